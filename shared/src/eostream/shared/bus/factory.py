@@ -1,0 +1,17 @@
+"""Pick the bus adapter the settings name."""
+
+from __future__ import annotations
+
+from eostream.shared.bus.base import Bus
+from eostream.shared.settings import ServiceSettings
+
+
+def build_bus(settings: ServiceSettings, *, service: str) -> Bus:
+    if settings.bus == "kafka":
+        from eostream.shared.bus.kafka import KafkaBus
+
+        assert settings.kafka is not None  # guaranteed by ServiceSettings validation
+        return KafkaBus(settings.kafka, service=service)
+    from eostream.shared.bus.memory import InMemoryBus
+
+    return InMemoryBus(service=service)

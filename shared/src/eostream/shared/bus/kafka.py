@@ -1,0 +1,283 @@
+"""The Kafka adapter of the bus (aiokafka). aiokafka is imported nowhere else.
+
+Delivery is at least once: offsets are committed by hand after the handler succeeded (or the
+record was dead-lettered), on every rebalance for the partitions being revoked, and on stop. A
+record may therefore arrive twice after a crash; handlers are idempotent on the event id or on
+the event's natural key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+
+from eostream.shared import metrics
+from eostream.shared.bus.base import (
+    Delivery,
+    Handler,
+    RecordProcessor,
+    RetryPolicy,
+    encode_all,
+    parse_dead_letter,
+)
+from eostream.shared.codec import WireMessage, encode, header_text
+from eostream.shared.errors import ConfigError
+from eostream.shared.events import DeadLetter, Event
+from eostream.shared.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+class KafkaBus:
+    def __init__(self, settings: KafkaSettings, *, service: str) -> None:
+        self._settings = settings
+        self._service = service
+        self.dead_letter_topic = settings.dead_letter_topic
+        self._producer: AIOKafkaProducer | None = None
+        self._known_topics: set[str] = set()
+        self._policy = RetryPolicy(
+            max_retries=settings.max_retries,
+            backoff_seconds=settings.retry_backoff_seconds,
+            backoff_max_seconds=settings.retry_backoff_max_seconds,
+        )
+
+    @property
+    def settings(self) -> KafkaSettings:
+        return self._settings
+
+    async def start(self) -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._settings.bootstrap_servers,
+            client_id=f"{self._settings.client_id}-{self._service}",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            request_timeout_ms=self._settings.request_timeout_ms,
+        )
+        try:
+            await producer.start()
+        except KafkaConnectionError:
+            await producer.stop()
+            raise ConfigError(
+                f"cannot reach Kafka at {self._settings.bootstrap_servers}: is the broker running, "
+                "and is KAFKA__BOOTSTRAP_SERVERS right?"
+            ) from None
+        self._producer = producer
+        await self.ensure_topics([self.dead_letter_topic])
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    def _admin(self) -> AIOKafkaAdminClient:
+        return AIOKafkaAdminClient(
+            bootstrap_servers=self._settings.bootstrap_servers,
+            client_id=f"{self._settings.client_id}-{self._service}-admin",
+            request_timeout_ms=self._settings.request_timeout_ms,
+        )
+
+    async def ensure_topics(self, topics: Iterable[str]) -> None:
+        """Create the topics that do not exist yet (idempotent, safe to race)."""
+        wanted = set(topics) - self._known_topics
+        if not wanted:
+            return
+        admin = self._admin()
+        await admin.start()
+        try:
+            missing = wanted - set(await admin.list_topics())
+            if missing:
+                new = [
+                    NewTopic(t, self._settings.partitions, self._settings.replication_factor)
+                    for t in sorted(missing)
+                ]
+                try:
+                    await admin.create_topics(new)
+                except TopicAlreadyExistsError:
+                    pass
+                await self._wait_for_topics(admin, missing)
+        finally:
+            await admin.close()
+        self._known_topics |= wanted
+
+    @staticmethod
+    async def _wait_for_topics(admin: AIOKafkaAdminClient, topics: set[str]) -> None:
+        for _ in range(50):
+            if topics <= set(await admin.list_topics()):
+                return
+            await asyncio.sleep(0.1)
+
+    def _require_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise RuntimeError("KafkaBus.start() must be awaited before publishing")
+        return self._producer
+
+    async def publish(self, topic: str, event: Event) -> None:
+        await self.publish_raw(topic, encode(event, source=self._service))
+        metrics.PUBLISHED.labels(self._service, topic).inc()
+
+    async def publish_many(self, topic: str, events: Sequence[Event]) -> None:
+        """Publish a batch and wait until the broker acknowledged every record."""
+        await self.ensure_topics([topic])
+        producer = self._require_producer()
+        futures = [
+            await producer.send(topic, m.value, key=m.key, headers=list(m.headers.items()))
+            for m in encode_all(events, self._service)
+        ]
+        await asyncio.gather(*futures)
+        metrics.PUBLISHED.labels(self._service, topic).inc(len(events))
+
+    async def publish_raw(self, topic: str, message: WireMessage) -> None:
+        await self.ensure_topics([topic])
+        await self._require_producer().send_and_wait(
+            topic, message.value, key=message.key, headers=list(message.headers.items())
+        )
+
+    def consumer(self, topics: Sequence[str], group: str, handler: Handler) -> KafkaConsumer:
+        return KafkaConsumer(self, list(topics), group, handler)
+
+    async def read_dead_letters(self, *, limit: int, timeout: float = 5.0) -> list[DeadLetter]:
+        """Read the dead-letter topic from the beginning, without a group (nothing committed)."""
+        await self.ensure_topics([self.dead_letter_topic])
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._settings.bootstrap_servers,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        try:
+            partitions = consumer.partitions_for_topic(self.dead_letter_topic) or set()
+            tps = [TopicPartition(self.dead_letter_topic, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            found: list[DeadLetter] = []
+            deadline = asyncio.get_running_loop().time() + timeout
+            while len(found) < limit and asyncio.get_running_loop().time() < deadline:
+                if all(await consumer.position(tp) >= ends[tp] for tp in tps):
+                    break
+                batch = await consumer.getmany(timeout_ms=200)
+                for records in batch.values():
+                    for r in records:
+                        found.append(parse_dead_letter(_wire(r)))
+            return found[:limit]
+        finally:
+            await consumer.stop()
+
+
+def _wire(record: object) -> WireMessage:
+    key = getattr(record, "key", None)
+    value = getattr(record, "value", None) or b""
+    headers = {name: (raw or b"") for name, raw in (getattr(record, "headers", None) or [])}
+    return WireMessage(key=key, value=value, headers=headers)
+
+
+class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, consumer: KafkaConsumer) -> None:
+        self._consumer = consumer
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._consumer.commit_pending(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info("%s: assigned %s", self._consumer.group, sorted(f"{t.topic}[{t.partition}]" for t in assigned))
+
+
+class KafkaConsumer:
+    def __init__(self, bus: KafkaBus, topics: list[str], group: str, handler: Handler) -> None:
+        self._bus = bus
+        self._topics = topics
+        self.group = group
+        self._stopping = asyncio.Event()
+        self._ready = False
+        self._kafka: AIOKafkaConsumer | None = None
+        self._pending: dict[TopicPartition, int] = {}
+        self._processor = RecordProcessor(
+            service=bus._service,
+            handler=handler,
+            policy=bus._policy,
+            dead_letter=lambda m: bus.publish_raw(bus.dead_letter_topic, m),
+        )
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    async def stop(self) -> None:
+        self._stopping.set()
+
+    async def commit_pending(self, only: Iterable[TopicPartition] | None = None) -> None:
+        if self._kafka is None or not self._pending:
+            return
+        chosen = set(only) if only is not None else set(self._pending)
+        offsets = {tp: off for tp, off in self._pending.items() if tp in chosen}
+        if not offsets:
+            return
+        try:
+            await self._kafka.commit(offsets)
+        except KafkaError as exc:
+            # The group moved on (rebalance): those records will be redelivered; duplicates are
+            # absorbed by idempotent handlers.
+            log.warning("%s: commit failed (%s); records may be redelivered", self.group, exc)
+        for tp in offsets:
+            self._pending.pop(tp, None)
+
+    async def run(self) -> None:
+        settings = self._bus.settings
+        await self._bus.ensure_topics(self._topics)
+        kafka = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            group_id=self.group,
+            client_id=f"{settings.client_id}-{self._bus._service}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=settings.batch_size,
+            request_timeout_ms=max(settings.request_timeout_ms, 40000),
+            session_timeout_ms=10000,
+            heartbeat_interval_ms=3000,
+            max_poll_interval_ms=1800000,
+        )
+        kafka.subscribe(self._topics, listener=_CommitOnRevoke(self))
+        try:
+            await kafka.start()
+        except KafkaConnectionError:
+            await kafka.stop()
+            raise ConfigError(f"cannot reach Kafka at {settings.bootstrap_servers}") from None
+        self._kafka = kafka
+        self._ready = True
+        try:
+            while not self._stopping.is_set():
+                batch = await kafka.getmany(timeout_ms=500, max_records=settings.batch_size)
+                for tp, records in batch.items():
+                    for record in records:
+                        if self._stopping.is_set():
+                            break
+                        delivery = Delivery(
+                            tp.topic,
+                            tp.partition,
+                            record.offset,
+                            record.key.decode("utf-8", errors="replace") if record.key else None,
+                            header_text(dict(_wire(record).headers)),
+                        )
+                        await self._processor.process(_wire(record), delivery)
+                        self._pending[tp] = record.offset + 1
+                    self._update_lag(kafka, tp)
+                await self.commit_pending()
+        finally:
+            self._ready = False
+            await self.commit_pending()
+            self._kafka = None
+            await kafka.stop()
+
+    def _update_lag(self, kafka: AIOKafkaConsumer, tp: TopicPartition) -> None:
+        highwater = kafka.highwater(tp)
+        if highwater is not None and tp in self._pending:
+            metrics.CONSUMER_LAG.labels(self._bus._service, tp.topic, self.group).set(
+                max(0, highwater - self._pending[tp])
+            )

@@ -1,0 +1,42 @@
+"""Prometheus metrics shared by every service.
+
+Names carry their unit; labels are low-cardinality (service, topic, outcome, ...), never a scene
+id or a path. Services add their own metrics in their own ``metrics.py`` with the same habits.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+PUBLISHED = Counter(
+    "eostream_events_published_total", "Events published on the bus", ["service", "topic"]
+)
+CONSUMED = Counter(
+    "eostream_events_consumed_total",
+    "Records consumed, by outcome (ok, retried, dead_letter, error)",
+    ["service", "topic", "outcome"],
+)
+DEAD_LETTERS = Counter(
+    "eostream_dead_letters_total",
+    "Records sent to the dead-letter topic",
+    ["service", "topic", "error_type"],
+)
+HANDLER_DURATION = Histogram(
+    "eostream_handler_duration_seconds",
+    "Time to handle one record, retries included",
+    ["service", "topic"],
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 1800),
+)
+EVENT_AGE = Histogram(
+    "eostream_event_age_seconds",
+    "Time from an event's creation to the end of its handling",
+    ["service", "topic"],
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600),
+)
+CONSUMER_LAG = Gauge(
+    "eostream_consumer_lag_messages",
+    "Records behind the end of the partition, per topic and consumer group",
+    ["service", "topic", "group"],
+)
+SERVICE_UP = Gauge("eostream_service_up", "1 while the service runs", ["service"])
+BUILD = Info("eostream_build", "Version of the eostream code")

@@ -1,0 +1,79 @@
+"""The operators' HTTP surface every service has: liveness, readiness and /metrics.
+
+Workers (ingest, trainer, registry-bridge) run it beside their consumers; the inference API mounts
+the same router into its own app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+
+import uvicorn
+from fastapi import APIRouter, FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+log = logging.getLogger(__name__)
+
+ReadinessCheck = Callable[[], tuple[bool, str]]
+
+
+def ops_router(service: str, readiness: ReadinessCheck) -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/livez", summary="Liveness: the process answers")
+    async def livez() -> dict[str, str]:
+        return {"status": "ok", "service": service}
+
+    @router.get("/readyz", summary="Readiness: the service can do its work now")
+    async def readyz(response: Response) -> dict[str, str]:
+        ok, detail = readiness()
+        if not ok:
+            response.status_code = 503
+        return {"status": "ok" if ok else "unavailable", "service": service, "detail": detail}
+
+    @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def create_ops_app(service: str, readiness: ReadinessCheck) -> FastAPI:
+    app = FastAPI(title=f"eostream {service} (operations)", docs_url=None, redoc_url=None)
+    app.include_router(ops_router(service, readiness))
+    return app
+
+
+class OpsServer:
+    """Runs an ASGI app with uvicorn inside the current event loop."""
+
+    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        if port == 0:
+            with socket.socket() as s:
+                s.bind((host, 0))
+                port = int(s.getsockname()[1])
+        self.host, self.port = host, port
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+        self._server = uvicorn.Server(config)
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.02)
+        log.info("operations endpoint on %s (/livez /readyz /metrics)", self.url)
+
+    async def stop(self) -> None:
+        self._server.should_exit = True
+        if self._task is not None:
+            await self._task

@@ -1,0 +1,29 @@
+"""Running a long-lived worker: signals, graceful drain, one clear line on a bad environment."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+from eostream.shared.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def install_stop_signals(stop: Callable[[], None]) -> None:
+    """SIGTERM and SIGINT call ``stop`` once: stop taking work, finish in-flight, commit, close."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+
+
+def run_service(main: Callable[[], Awaitable[None]]) -> None:
+    """Run ``main`` in a fresh event loop; a ConfigError ends the process with one line."""
+    try:
+        asyncio.run(main())
+    except ConfigError as exc:
+        print(f"eostream: {exc}", file=sys.stderr)  # noqa: T201 - the one line a user sees
+        raise SystemExit(2) from None

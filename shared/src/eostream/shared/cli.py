@@ -49,8 +49,13 @@ def _load_commands() -> None:
 
 def main() -> None:
     _load_commands()
+    run(app)
+
+
+def run(command: typer.Typer) -> None:
+    """Run a typer app; a ConfigError becomes one line on stderr and exit status 2."""
     try:
-        app()
+        command()
     except ConfigError as exc:
         print(f"eostream: {exc}", file=sys.stderr)  # noqa: T201 - the one line a user sees
         raise SystemExit(2) from None

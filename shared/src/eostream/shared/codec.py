@@ -67,9 +67,10 @@ def decode(message: WireMessage) -> Event:
     ce_type = ce.get_type()
     if not ce_type.startswith(TYPE_PREFIX):
         raise InvalidEventError(f"unknown CloudEvents type {ce_type!r}")
-    if data.get("event_type") != ce_type.removeprefix(TYPE_PREFIX):
+    payload_type = data.get("event_type")
+    if payload_type != ce_type.removeprefix(TYPE_PREFIX):
         raise InvalidEventError(
-            f"ce_type {ce_type!r} does not match the payload's event_type {data.get('event_type')!r}"
+            f"ce_type {ce_type!r} does not match the payload's event_type {payload_type!r}"
         )
     event = parse_event(data)
     if str(event.id) != ce.get_id():

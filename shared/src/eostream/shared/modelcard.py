@@ -31,7 +31,19 @@ EUROSAT_CLASSES: tuple[str, ...] = (
 
 #: Sentinel-2 band names in the order EuroSAT MS GeoTIFFs store them (B8A is LAST).
 EUROSAT_MS_FILE_ORDER: tuple[str, ...] = (
-    "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A",
+    "B01",
+    "B02",
+    "B03",
+    "B04",
+    "B05",
+    "B06",
+    "B07",
+    "B08",
+    "B09",
+    "B10",
+    "B11",
+    "B12",
+    "B8A",
 )
 #: The band sets a model can be trained on, each in the order the model's input expects.
 BAND_SETS: dict[str, tuple[str, ...]] = {

@@ -7,6 +7,7 @@ the same router into its own app.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections.abc import Callable
@@ -65,7 +66,8 @@ class OpsServer:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> None:
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        # The service's own loop owns SIGTERM/SIGINT (graceful drain), not uvicorn.
+        self._server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
         self._task = asyncio.create_task(self._server.serve())
         while not self._server.started:
             if self._task.done():

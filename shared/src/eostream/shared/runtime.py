@@ -6,7 +6,8 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from eostream.shared.errors import ConfigError
 
@@ -20,7 +21,7 @@ def install_stop_signals(stop: Callable[[], None]) -> None:
         loop.add_signal_handler(sig, stop)
 
 
-def run_service(main: Callable[[], Awaitable[None]]) -> None:
+def run_service(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run ``main`` in a fresh event loop; a ConfigError ends the process with one line."""
     try:
         asyncio.run(main())

@@ -176,7 +176,11 @@ class RecordProcessor:
                     delay = self._policy.delay(attempt)
                     log.warning(
                         "%s: retryable error (attempt %d of %d), retrying in %.1fs: %s",
-                        delivery.where(), attempt, self._policy.max_retries + 1, delay, exc,
+                        delivery.where(),
+                        attempt,
+                        self._policy.max_retries + 1,
+                        delay,
+                        exc,
                     )
                     metrics.CONSUMED.labels(self._service, delivery.topic, "retried").inc()
                     await asyncio.sleep(delay)
@@ -184,20 +188,29 @@ class RecordProcessor:
                 if disposition is Disposition.STOP:
                     log.error(
                         "%s: handler failed; stopping the consumer so it can be restarted",
-                        delivery.where(), exc_info=exc,
+                        delivery.where(),
+                        exc_info=exc,
                     )
                     metrics.CONSUMED.labels(self._service, delivery.topic, "error").inc()
-                    raise ConsumerStopped(f"{delivery.where()}: {type(exc).__name__}: {exc}") from exc
+                    raise ConsumerStopped(
+                        f"{delivery.where()}: {type(exc).__name__}: {exc}"
+                    ) from exc
                 reason = str(exc) or type(exc).__name__
                 if disposition is Disposition.RETRY:
                     reason = f"gave up after {attempt} attempts: {reason}"
                 await self._dead_letter(
                     dead_letter_message(
-                        message, delivery, reason=reason, error_type=type(exc).__name__,
-                        service=self._service, attempts=attempt,
+                        message,
+                        delivery,
+                        reason=reason,
+                        error_type=type(exc).__name__,
+                        service=self._service,
+                        attempts=attempt,
                     )
                 )
-                log.warning("%s: dead-lettered (%s): %s", delivery.where(), type(exc).__name__, reason)
+                log.warning(
+                    "%s: dead-lettered (%s): %s", delivery.where(), type(exc).__name__, reason
+                )
                 metrics.DEAD_LETTERS.labels(self._service, delivery.topic, type(exc).__name__).inc()
                 metrics.CONSUMED.labels(self._service, delivery.topic, "dead_letter").inc()
                 return

@@ -145,27 +145,34 @@ class KafkaBus:
     async def read_dead_letters(self, *, limit: int, timeout: float = 5.0) -> list[DeadLetter]:
         """Read the dead-letter topic from the beginning, without a group (nothing committed)."""
         await self.ensure_topics([self.dead_letter_topic])
+        # No group: aiokafka assigns every partition of the topic, and nothing is committed.
         consumer = AIOKafkaConsumer(
+            self.dead_letter_topic,
             bootstrap_servers=self._settings.bootstrap_servers,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
         await consumer.start()
         try:
-            partitions = consumer.partitions_for_topic(self.dead_letter_topic) or set()
-            tps = [TopicPartition(self.dead_letter_topic, p) for p in sorted(partitions)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
+            for _ in range(100):
+                if consumer.assignment():
+                    break
+                await asyncio.sleep(0.05)
+            tps = sorted(consumer.assignment())
+            if not tps:
+                return []
             ends = await consumer.end_offsets(tps)
             found: list[DeadLetter] = []
             deadline = asyncio.get_running_loop().time() + timeout
             while len(found) < limit and asyncio.get_running_loop().time() < deadline:
-                if all(await consumer.position(tp) >= ends[tp] for tp in tps):
+                positions = [await consumer.position(tp) for tp in tps]
+                if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
                     break
                 batch = await consumer.getmany(timeout_ms=200)
                 for records in batch.values():
                     for r in records:
                         found.append(parse_dead_letter(_wire(r)))
+            found.sort(key=lambda d: (d.time, d.original_partition or 0, d.original_offset or 0))
             return found[:limit]
         finally:
             await consumer.stop()
@@ -186,7 +193,11 @@ class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._consumer.commit_pending(revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        log.info("%s: assigned %s", self._consumer.group, sorted(f"{t.topic}[{t.partition}]" for t in assigned))
+        log.info(
+            "%s: assigned %s",
+            self._consumer.group,
+            sorted(f"{t.topic}[{t.partition}]" for t in assigned),
+        )
 
 
 class KafkaConsumer:

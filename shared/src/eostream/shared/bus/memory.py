@@ -77,9 +77,7 @@ class InMemoryBus:
 
 
 class InMemoryConsumer:
-    def __init__(
-        self, bus: InMemoryBus, topics: list[str], group: str, handler: Handler
-    ) -> None:
+    def __init__(self, bus: InMemoryBus, topics: list[str], group: str, handler: Handler) -> None:
         self._bus = bus
         self._topics = topics
         self._group = group

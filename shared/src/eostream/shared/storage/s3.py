@@ -31,7 +31,9 @@ class S3ObjectStore:
             region=settings.region,
             http_client=urllib3.PoolManager(
                 timeout=urllib3.Timeout(connect=5, read=60),
-                retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=(502, 503, 504)),
+                retries=urllib3.Retry(
+                    total=3, backoff_factor=0.2, status_forcelist=(502, 503, 504)
+                ),
                 maxsize=16,
             ),
         )
@@ -54,7 +56,9 @@ class S3ObjectStore:
                 ) from None
             raise ConfigError(f"{where}: {exc.code}: {exc.message}") from None
         except urllib3.exceptions.HTTPError as exc:
-            raise ConfigError(f"{where} is unreachable ({type(exc).__name__}): is it running?") from None
+            raise ConfigError(
+                f"{where} is unreachable ({type(exc).__name__}): is it running?"
+            ) from None
 
     def _call_error(self, exc: Exception, key: str) -> Exception:
         if isinstance(exc, S3Error) and exc.code in _MISSING_CODES:

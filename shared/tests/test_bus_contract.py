@@ -1,0 +1,215 @@
+"""One contract for the bus, run unchanged against the in-process adapter and real Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+import pytest
+
+from eostream.shared.bus import Bus, ConsumerStopped, Delivery
+from eostream.shared.bus.memory import InMemoryBus
+from eostream.shared.codec import WireMessage, encode
+from eostream.shared.errors import InvalidEventError, RetryableError
+from eostream.shared.events import Event, SceneDiscovered
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def scene(item_id: str, **extra: object) -> SceneDiscovered:
+    fields: dict[str, object] = {
+        "item_id": item_id,
+        "item_href": f"https://example.test/items/{item_id}",
+        "datetime": datetime(2024, 5, 1, 10, 30, tzinfo=UTC),
+        "processing_level": "L2A",
+        "bands": ("B02", "B03", "B04"),
+        "source_name": "contract",
+    }
+    fields.update(extra)
+    return SceneDiscovered.model_validate(fields)
+
+
+@pytest.fixture(params=["memory", pytest.param("kafka", marks=pytest.mark.stack)])
+async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
+    made: Bus
+    if request.param == "memory":
+        made = InMemoryBus(service="contract", dead_letter_topic=f"dlq-{uuid.uuid4().hex[:8]}")
+    else:
+        from eostream.shared.bus.kafka import KafkaBus
+        from eostream.shared.settings import KafkaSettings
+
+        bootstrap = request.getfixturevalue("kafka_bootstrap")
+        made = KafkaBus(
+            KafkaSettings(
+                bootstrap_servers=bootstrap,
+                dead_letter_topic=f"contract-dlq-{uuid.uuid4().hex[:8]}",
+                partitions=3,
+                retry_backoff_seconds=0.05,
+                max_retries=2,
+            ),
+            service="contract",
+        )
+    await made.start()
+    yield made
+    await made.close()
+
+
+@pytest.fixture
+def topic() -> str:
+    return f"contract-{uuid.uuid4().hex[:10]}"
+
+
+class Recorder:
+    """A handler that records what it saw and can be told to fail."""
+
+    def __init__(self, fail: Callable[[Event, int], Exception | None] | None = None) -> None:
+        self.events: list[Event] = []
+        self.deliveries: list[Delivery] = []
+        self.calls = 0
+        self._fail = fail
+
+    async def __call__(self, event: Event, delivery: Delivery) -> None:
+        self.calls += 1
+        if self._fail is not None and (exc := self._fail(event, self.calls)) is not None:
+            raise exc
+        self.events.append(event)
+        self.deliveries.append(delivery)
+
+
+async def run_until(
+    bus: Bus, topics: list[str], group: str, handler: Recorder, done: Callable[[], bool]
+) -> None:
+    consumer = bus.consumer(topics, group, handler)
+    task = asyncio.create_task(consumer.run())
+    try:
+        async with asyncio.timeout(60):
+            while not done():
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.05)
+    finally:
+        await consumer.stop()
+        await task
+
+
+async def test_published_events_arrive_intact_with_their_key(bus: Bus, topic: str) -> None:
+    sent = [scene(f"S2A_T{i:03d}") for i in range(20)]
+    await bus.publish_many(topic, sent[:10])
+    for event in sent[10:]:
+        await bus.publish(topic, event)
+    seen = Recorder()
+    await run_until(bus, [topic], "g1", seen, lambda: len(seen.events) >= 20)
+
+    assert sorted(e.id for e in seen.events) == sorted(e.id for e in sent)
+    by_id = {e.id: e for e in sent}
+    for event, delivery in zip(seen.events, seen.deliveries, strict=True):
+        assert event == by_id[event.id]
+        assert delivery.key == event.key
+        assert delivery.headers["ce_type"] == "io.eostream.scene.discovered"
+        assert delivery.headers["ce_id"] == str(event.id)
+        assert delivery.headers["ce_specversion"] == "1.0"
+
+
+async def test_events_with_one_key_stay_in_order(bus: Bus, topic: str) -> None:
+    sent = [scene("S2B_SAME", cloud_cover=float(i)) for i in range(30)]
+    await bus.publish_many(topic, sent)
+    seen = Recorder()
+    await run_until(bus, [topic], "order", seen, lambda: len(seen.events) >= 30)
+    assert [e.id for e in seen.events] == [e.id for e in sent]
+
+
+async def test_poison_message_goes_to_dead_letter_and_the_rest_flows(bus: Bus, topic: str) -> None:
+    await bus.publish(topic, scene("BEFORE"))
+    await bus.publish_raw(topic, WireMessage(key=b"BEFORE", value=b"\xff\xfenot json", headers={}))
+    good = encode(scene("X"))
+    bad_payload = json.dumps({**json.loads(good.value), "processing_level": "L9Z"}).encode()
+    await bus.publish_raw(
+        topic, WireMessage(key=b"BEFORE", value=bad_payload, headers=good.headers)
+    )
+    await bus.publish(topic, scene("AFTER"))
+
+    seen = Recorder()
+    await run_until(bus, [topic], "poison", seen, lambda: len(seen.events) >= 2)
+    assert sorted(e.key for e in seen.events) == ["AFTER", "BEFORE"]
+
+    letters = await bus.read_dead_letters(limit=10)
+    assert len(letters) == 2
+    undecodable, invalid = letters
+    assert undecodable.error_type == "InvalidEventError"
+    assert "CloudEvents" in undecodable.reason
+    assert undecodable.original_value == b"\xff\xfenot json"
+    assert invalid.error_type == "InvalidEventError"
+    assert "processing_level" in invalid.reason
+    for letter in letters:
+        assert letter.original_topic == topic
+        assert letter.original_offset is not None
+        assert letter.original_partition is not None
+        assert letter.service == "contract"
+
+
+async def test_retryable_errors_are_retried_then_succeed(bus: Bus, topic: str) -> None:
+    await bus.publish(topic, scene("FLAKY"))
+    seen = Recorder(fail=lambda _e, call: RetryableError("db down") if call <= 2 else None)
+    await run_until(bus, [topic], "retry", seen, lambda: len(seen.events) >= 1)
+    assert seen.calls == 3
+    assert await bus.read_dead_letters(limit=5, timeout=1) == []
+
+
+async def test_retries_are_bounded_then_dead_lettered(bus: Bus, topic: str) -> None:
+    # One key, so the second event arrives only after the first was dealt with.
+    await bus.publish(topic, scene("DOOMED"))
+    await bus.publish(topic, scene("DOOMED", cloud_cover=5.0))
+    seen = Recorder(
+        fail=lambda e, _c: RetryableError("still down") if e.cloud_cover is None else None  # type: ignore[attr-defined]
+    )
+    await run_until(bus, [topic], "bounded", seen, lambda: len(seen.events) >= 1)
+    letters = await bus.read_dead_letters(limit=5)
+    assert [letter.original_key for letter in letters] == ["DOOMED"]
+    assert letters[0].reason.startswith("gave up after")
+    assert letters[0].attempts >= 2
+
+
+async def test_handler_bug_stops_the_consumer_without_committing(bus: Bus, topic: str) -> None:
+    await bus.publish(topic, scene("BUG"))
+    crashing = Recorder(fail=lambda _e, _c: KeyError("a bug"))
+    consumer = bus.consumer([topic], "stopper", crashing)
+    with pytest.raises(ConsumerStopped, match="KeyError"):
+        async with asyncio.timeout(60):
+            await consumer.run()
+    # The record was not committed: the restarted service gets it again.
+    healthy = Recorder()
+    await run_until(bus, [topic], "stopper", healthy, lambda: len(healthy.events) >= 1)
+    assert [e.key for e in healthy.events] == ["BUG"]
+
+
+async def test_a_group_resumes_after_its_commits_and_groups_are_independent(
+    bus: Bus, topic: str
+) -> None:
+    await bus.publish_many(topic, [scene(f"FIRST{i}") for i in range(5)])
+    first = Recorder()
+    await run_until(bus, [topic], "resume", first, lambda: len(first.events) >= 5)
+
+    await bus.publish_many(topic, [scene(f"SECOND{i}") for i in range(3)])
+    second = Recorder()
+    await run_until(bus, [topic], "resume", second, lambda: len(second.events) >= 3)
+    assert sorted(e.key for e in second.events) == [f"SECOND{i}" for i in range(3)]
+
+    other = Recorder()
+    await run_until(bus, [topic], "other-group", other, lambda: len(other.events) >= 8)
+    assert len(other.events) == 8
+
+
+async def test_invalid_event_raised_by_a_handler_is_dead_lettered(bus: Bus, topic: str) -> None:
+    await bus.publish(topic, scene("REJECTED"))
+    await bus.publish(topic, scene("REJECTED", bands=("B02", "B03", "B04", "B08")))
+    seen = Recorder(
+        fail=lambda e, _c: InvalidEventError("no B08 asset") if len(e.bands) == 3 else None  # type: ignore[attr-defined]
+    )
+    await run_until(bus, [topic], "reject", seen, lambda: len(seen.events) >= 1)
+    letters = await bus.read_dead_letters(limit=5)
+    assert [(letter.original_key, letter.reason) for letter in letters] == [
+        ("REJECTED", "no B08 asset")
+    ]

@@ -1,0 +1,84 @@
+"""Settings: built once from the environment; a bad environment fails with one clear line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from pydantic_settings import SettingsConfigDict
+
+from eostream.shared.errors import ConfigError
+from eostream.shared.settings import ServiceSettings, load_settings
+
+
+class DemoSettings(ServiceSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="DEMO_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("DEMO_"):
+            monkeypatch.delenv(name)
+
+
+def test_nested_settings_come_from_prefixed_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEMO_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:19092")
+    monkeypatch.setenv("DEMO_STORE", "s3")
+    monkeypatch.setenv("DEMO_S3__ENDPOINT", "127.0.0.1:19000")
+    monkeypatch.setenv("DEMO_S3__ACCESS_KEY", "me")
+    monkeypatch.setenv("DEMO_S3__SECRET_KEY", "hush")
+    settings = load_settings(DemoSettings)
+    assert settings.kafka is not None and settings.kafka.bootstrap_servers == "127.0.0.1:19092"
+    assert settings.s3 is not None and settings.s3.endpoint == "127.0.0.1:19000"
+    assert "hush" not in repr(settings)  # secrets never show in logs
+
+
+def test_missing_bootstrap_servers_names_the_variable() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(DemoSettings)
+    assert "DEMO_KAFKA__BOOTSTRAP_SERVERS is not set" in str(caught.value)
+
+
+def test_missing_nested_secret_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEMO_BUS", "memory")
+    monkeypatch.setenv("DEMO_STORE", "s3")
+    monkeypatch.setenv("DEMO_S3__ENDPOINT", "127.0.0.1:19000")
+    monkeypatch.setenv("DEMO_S3__ACCESS_KEY", "me")
+    with pytest.raises(ConfigError, match="DEMO_S3__SECRET_KEY is not set"):
+        load_settings(DemoSettings)
+
+
+def test_invalid_values_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEMO_BUS", "carrier-pigeon")
+    with pytest.raises(ConfigError, match="DEMO_BUS is invalid"):
+        load_settings(DemoSettings)
+
+
+def test_settings_are_frozen(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEMO_BUS", "memory")
+    settings = load_settings(DemoSettings)
+    with pytest.raises(Exception, match="frozen"):
+        settings.bus = "kafka"  # type: ignore[misc]
+
+
+def test_the_cli_turns_a_config_error_into_one_line() -> None:
+    code = (
+        "from eostream.shared.cli import app, run\n"
+        "from eostream.shared.errors import ConfigError\n"
+        "@app.command()\n"
+        "def boom() -> None:\n"
+        "    raise ConfigError('configuration error: DEMO_X is not set; it is required')\n"
+        "import sys; sys.argv = ['eostream', 'boom']\n"
+        "run(app)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "eostream: configuration error: DEMO_X is not set; it is required"
+    ]

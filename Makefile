@@ -1,0 +1,62 @@
+# eostream: the two set-up commands are `make demo` and `make test`; `make help` lists the rest.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+UV_VERSION := 0.9.30
+PYTHON ?= python3
+# uv is installed with pip into $(PYTHON) and run as a module: no PATH assumptions.
+UV := $(PYTHON) -m uv
+# The real data folder beside the repo; override to point elsewhere.
+EOSTREAM_DATA_DIR ?= $(abspath $(CURDIR)/../shared/data)
+export EOSTREAM_DATA_DIR
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: uv
+uv: ## install the pinned uv if it is missing
+	@if [[ "$$($(UV) --version 2>/dev/null | cut -d' ' -f2)" != "$(UV_VERSION)" ]]; then \
+		$(PYTHON) -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"; fi
+
+.PHONY: install
+install: uv ## create .venv from uv.lock (one environment for the whole workspace)
+	@start=$$(date +%s); $(UV) sync --all-packages --frozen --quiet; \
+	echo "environment ready in $$(( $$(date +%s) - start ))s"
+
+.PHONY: tools
+tools: ## system tools the tests use (docker-compose to validate the compose file)
+	@deploy/local/tools.sh
+
+.PHONY: stack-up
+stack-up: install ## start the real local stack (Kafka, MinIO, PostgreSQL, MLflow, Prometheus, STAC API)
+	@deploy/local/stack up
+
+.PHONY: stack-down
+stack-down: ## stop the local stack
+	@deploy/local/stack down
+
+.PHONY: test
+test: install tools stack-up ## install everything, start the real stack, run every test
+	@eval "$$(deploy/local/stack env)"; \
+	$(UV) run --frozen pytest $(PYTEST_ARGS)
+
+.PHONY: test-unit
+test-unit: install ## only the tests that need no server
+	@$(UV) run --frozen pytest -m "not stack" $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: install ## ruff and mypy --strict
+	@$(UV) run --frozen ruff check .
+	@$(UV) run --frozen ruff format --check shared
+	@$(UV) run --frozen mypy shared/src
+
+.PHONY: demo
+demo: install ## the main job on the embedded default (in-process bus, local store, sqlite MLflow)
+	@$(UV) run --frozen eostream demo
+
+.PHONY: clean
+clean: ## remove the environment and caches inside the repo (not the download caches)
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache .eostream

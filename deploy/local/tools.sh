@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# System tools the test suite uses besides the stack, installed from Debian when missing.
+set -euo pipefail
+
+need=()
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+if ((${#need[@]})); then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null 2>&1 ||
+        { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null; }
+    echo "tools: installed ${need[*]}"
+fi

@@ -1,0 +1,452 @@
+"""docker-compose.yml and the service Dockerfiles, checked offline (no Docker engine needed).
+
+- Debian's docker-compose 1.29 validates the file (alone and with the GPU override).
+- Every long-running container has a healthcheck; one-shot jobs are marked and waited for.
+- The environment each eostream container gets is read by that service's real settings class:
+  every variable names a field (a typo would be ignored silently, the classes use
+  ``extra="ignore"``) and the whole set builds valid settings.
+- Each Dockerfile's dependency layer resolves from uv.lock with only the files it copies.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import os
+import re
+import shutil
+import subprocess
+import typing
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml  # type: ignore[import-untyped]
+from pydantic import AliasChoices, BaseModel
+from pydantic_settings import BaseSettings
+
+from eostream.shared.settings import ServiceSettings, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yml"
+GPU_OVERRIDE = ROOT / "deploy" / "docker" / "compose.gpu.yml"
+
+# compose service -> (settings module, env prefix, port, command after `eostream`)
+EOSTREAM_SERVICES: dict[str, tuple[str, str, int, tuple[str, ...]]] = {
+    "ingest": ("eostream.ingest.settings", "INGEST_", 8082, ("ingest", "run")),
+    "trainer": ("eostream.trainer.settings", "TRAINER_", 8083, ("trainer", "run")),
+    "registry-bridge": ("eostream.registry_bridge.settings", "BRIDGE_", 8081, ("bridge", "run")),
+    "inference": ("eostream.inference.settings", "INFERENCE_", 8080, ("inference", "serve")),
+}
+ONESHOT_LABEL = "io.eostream.oneshot"
+ENV_PREFIXES = ("INGEST_", "TRAINER_", "BRIDGE_", "INFERENCE_", "EOSTREAM_")
+
+
+# ---- helpers shared with tests/test_k8s.py ----------------------------------------------------
+
+
+def settings_class(module_name: str) -> type[ServiceSettings]:
+    """The one ServiceSettings subclass a service's settings module defines."""
+    module = importlib.import_module(module_name)
+    found = [
+        obj
+        for obj in vars(module).values()
+        if isinstance(obj, type)
+        and issubclass(obj, ServiceSettings)
+        and obj is not ServiceSettings
+        and obj.__module__ == module_name
+    ]
+    assert len(found) == 1, f"{module_name} should define one ServiceSettings class, has {found}"
+    return found[0]
+
+
+def _models_in(annotation: Any) -> Iterator[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+    for arg in typing.get_args(annotation):
+        yield from _models_in(arg)
+
+
+def accepted_env_names(cls: type[BaseSettings]) -> set[str]:
+    """The environment variable names a settings class reads (upper case)."""
+    prefix = str(cls.model_config.get("env_prefix", "")).upper()
+    delimiter = str(cls.model_config.get("env_nested_delimiter") or "__")
+    names: set[str] = set()
+    for name, field in cls.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names |= {c.upper() for c in alias.choices if isinstance(c, str)}
+        elif isinstance(alias, str):
+            names.add(alias.upper())
+        else:
+            names.add(f"{prefix}{name}".upper())
+        for model in _models_in(field.annotation):
+            names |= {f"{prefix}{name}{delimiter}{sub}".upper() for sub in model.model_fields}
+    return names
+
+
+@contextmanager
+def only_env(env: Mapping[str, str], prefixes: tuple[str, ...]) -> Iterator[None]:
+    """os.environ with every variable of these prefixes replaced by ``env``."""
+    saved = dict(os.environ)
+    try:
+        for key in list(os.environ):
+            if key.upper().startswith(prefixes):
+                del os.environ[key]
+        os.environ.update(env)
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def check_service_env(
+    module_name: str, env: Mapping[str, str], *, helpers: frozenset[str] = frozenset()
+) -> ServiceSettings:
+    """Every variable is read by the service's settings, and together they build valid settings.
+
+    ``helpers`` are variables that exist only to be expanded into others (Kubernetes $(VAR)).
+    """
+    cls = settings_class(module_name)
+    accepted = accepted_env_names(cls)
+    # variables in eostream's namespaces must be read; others (NVIDIA_*, OMP_*) are the runtime's
+    unknown = sorted(
+        k
+        for k in env
+        if k.upper().startswith(ENV_PREFIXES) and k.upper() not in accepted and k not in helpers
+    )
+    assert not unknown, (
+        f"{cls.__name__} reads none of {unknown}: the service would ignore them silently. "
+        f"Names it reads: {sorted(accepted)}"
+    )
+    with only_env({k: v for k, v in env.items() if k not in helpers}, ENV_PREFIXES):
+        return load_settings(cls)
+
+
+# ---- fixtures --------------------------------------------------------------------------------
+
+
+def docker_compose() -> str:
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.fail(
+            "docker-compose is not installed; it validates docker-compose.yml offline. "
+            "Install it with: apt-get install -y docker-compose"
+        )
+    return exe
+
+
+def compose_config(*files: Path) -> dict[str, Any]:
+    """The configuration docker-compose resolves (anchors merged, ${VARS} interpolated)."""
+    args = [docker_compose()]
+    for f in files:
+        args += ["-f", str(f)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EOSTREAM_", "COMPOSE_"))}
+    done = subprocess.run(
+        [*args, "config"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, f"docker-compose config failed:\n{done.stderr}"
+    config: dict[str, Any] = yaml.safe_load(done.stdout)
+    return config
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    return compose_config(COMPOSE)
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return loaded
+
+
+# ---- compose ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("files", [(COMPOSE,), (COMPOSE, GPU_OVERRIDE)], ids=["cpu", "gpu"])
+def test_docker_compose_validates(files: tuple[Path, ...]) -> None:
+    args = [docker_compose()]
+    for f in files:
+        args += ["-f", str(f)]
+    done = subprocess.run(
+        [*args, "config", "-q"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, (
+        f"docker-compose rejected {[f.name for f in files]}:\n{done.stderr}"
+    )
+
+
+def test_the_four_eostream_services_are_built_from_their_dockerfiles(
+    config: dict[str, Any],
+) -> None:
+    services = config["services"]
+    for name in EOSTREAM_SERVICES:
+        assert name in services, f"docker-compose.yml has no service {name!r}"
+        build = services[name]["build"]
+        assert Path(build["context"]).resolve() == ROOT, f"{name}: build context must be the repo"
+        assert build["dockerfile"] == f"services/{name}/Dockerfile"
+        assert (ROOT / build["dockerfile"]).is_file()
+
+
+def test_every_long_running_service_has_a_healthcheck(config: dict[str, Any]) -> None:
+    missing = []
+    for name, service in config["services"].items():
+        if service.get("labels", {}).get(ONESHOT_LABEL) == "true":
+            assert service.get("restart") == "no", f"one-shot {name} must not restart"
+            continue
+        check = service.get("healthcheck", {})
+        if check.get("disable") or not check.get("test"):
+            missing.append(name)
+    assert not missing, f"services without a healthcheck: {missing}"
+
+
+def test_dependencies_wait_for_health_or_completion(config: dict[str, Any]) -> None:
+    services = config["services"]
+    for name, service in services.items():
+        for dep, spec in service.get("depends_on", {}).items():
+            assert dep in services, f"{name} depends on unknown service {dep}"
+            oneshot = services[dep].get("labels", {}).get(ONESHOT_LABEL) == "true"
+            expected = "service_completed_successfully" if oneshot else "service_healthy"
+            assert spec.get("condition") == expected, f"{name} -> {dep}: use {expected}"
+
+
+def test_eostream_containers_check_their_own_ops_port(config: dict[str, Any]) -> None:
+    for name, (_, prefix, port, _) in EOSTREAM_SERVICES.items():
+        service = config["services"][name]
+        env = service["environment"]
+        assert env[f"{prefix}HTTP_PORT"] == str(port)
+        assert env[f"{prefix}HTTP_HOST"] == "0.0.0.0"  # noqa: S104 - inside the container
+        assert service["healthcheck"]["test"][-2:] == [prefix.rstrip("_"), "/readyz"]
+        # docker-compose 1.29 prints ports as "HOST_IP:HOST_PORT:TARGET/PROTO"
+        published = {int(p.rsplit(":", 1)[-1].split("/")[0]) for p in service.get("ports", [])}
+        assert port in published, f"{name}: ops port {port} not published"
+
+
+def test_volumes_are_named_or_existing_files(config: dict[str, Any], raw: dict[str, Any]) -> None:
+    declared = set(raw.get("volumes", {}))
+    for name, service in config["services"].items():
+        # docker-compose 1.29 prints volumes as "SOURCE:TARGET:MODE", bind sources absolute
+        for volume in service.get("volumes", []):
+            source_text = volume.split(":")[0]
+            if not source_text.startswith("/"):
+                assert source_text in declared, f"{name}: undeclared volume {volume}"
+            else:
+                source = Path(source_text)
+                # files this deployment owns must exist; the Prometheus and Grafana
+                # configuration and the data folder come from elsewhere
+                if source.is_relative_to(ROOT / "deploy" / "docker"):
+                    assert source.exists(), f"{name}: bind source {source} does not exist"
+
+
+@pytest.mark.parametrize("service", list(EOSTREAM_SERVICES))
+def test_compose_environment_builds_the_service_settings(
+    config: dict[str, Any], service: str
+) -> None:
+    module_name, _, port, _ = EOSTREAM_SERVICES[service]
+    env = {k: str(v) for k, v in config["services"][service]["environment"].items()}
+    settings = check_service_env(module_name, env)
+    assert settings.http_port == port
+    assert settings.bus == "kafka"
+    assert settings.kafka is not None
+    assert settings.kafka.bootstrap_servers == "kafka:9092"
+    assert settings.store == "s3"
+    assert settings.s3 is not None
+    assert settings.s3.endpoint == "minio:9000"
+
+
+def test_gpu_override_runs_the_cuda_image_on_a_gpu() -> None:
+    inference = compose_config(COMPOSE, GPU_OVERRIDE)["services"]["inference"]
+    assert inference["build"]["dockerfile"] == "services/inference/Dockerfile.cuda"
+    devices = inference["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    env = {k: str(v) for k, v in inference["environment"].items()}
+    settings = check_service_env("eostream.inference.settings", env)
+    assert settings.providers[0] == "CUDAExecutionProvider"  # type: ignore[attr-defined]
+
+
+# ---- Dockerfiles -----------------------------------------------------------------------------
+
+
+def instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+@pytest.mark.parametrize("service", list(EOSTREAM_SERVICES))
+def test_dockerfile_shape(service: str) -> None:
+    _, prefix, port, command = EOSTREAM_SERVICES[service]
+    steps = instructions(ROOT / "services" / service / "Dockerfile")
+    args = {word: [a for w, a in steps if w == word] for word, _ in steps}
+    assert any("python:3.11-slim" in a for a in args["ARG"]), "base must be python:3.11-slim"
+    runs = " ".join(args["RUN"])
+    assert "pip install uv==0.9.30" in runs
+    assert f"uv sync --frozen --no-dev --no-install-workspace --package eostream-{service}" in runs
+    assert f"--package eostream-{service}" in runs
+    assert args["USER"][-1].split(":")[0] not in ("root", "0"), "must run as a non-root user"
+    assert args["HEALTHCHECK"] and prefix.rstrip("_") in args["HEALTHCHECK"][-1]
+    assert str(port) in args["EXPOSE"][-1]
+    assert yaml.safe_load(args["CMD"][-1]) == ["eostream", *command]
+
+
+def _copy_sources(steps: list[tuple[str, str]]) -> list[str]:
+    sources = []
+    for word, rest in steps:
+        if word == "COPY" and not rest.startswith("--from"):
+            sources += rest.split()[:-1]
+    return sources
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    parts = path.rstrip("/").split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    for pattern in patterns:
+        if pattern.startswith("!"):
+            continue
+        pattern = pattern.rstrip("/")
+        bare = pattern.removeprefix("**/")
+        for candidate in prefixes:
+            if fnmatch.fnmatchcase(candidate, pattern) or (
+                pattern != bare and fnmatch.fnmatchcase(candidate.split("/")[-1], bare)
+            ):
+                return True
+    return False
+
+
+def test_dockerignore_keeps_what_the_dockerfiles_copy() -> None:
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for must_go in (".venv", "services/ingest/.venv", "shared/tests", ".git", "data"):
+        assert _ignored(must_go, patterns), f".dockerignore should exclude {must_go}"
+    files = [ROOT / "services" / s / "Dockerfile" for s in EOSTREAM_SERVICES]
+    files += [ROOT / "services" / "inference" / "Dockerfile.cuda"]
+    for dockerfile in files:
+        for source in _copy_sources(instructions(dockerfile)):
+            assert (ROOT / source).exists(), f"{dockerfile}: COPY {source}: no such path"
+            assert not _ignored(source, patterns), f"{dockerfile}: COPY {source} is dockerignored"
+
+
+@pytest.mark.parametrize("service", list(EOSTREAM_SERVICES))
+def test_dockerfile_build_stage_resolves_from_the_lock(service: str, tmp_path: Path) -> None:
+    """Replay the build stage's COPY steps into an empty context and run each `uv sync` in it
+    (--dry-run): each layer must have exactly the files uv needs, and the lock must fit."""
+    uv = shutil.which("uv")
+    assert uv is not None, "uv is needed (https://docs.astral.sh/uv/)"
+    steps = instructions(ROOT / "services" / service / "Dockerfile")
+    context = tmp_path / "src"
+    context.mkdir()
+    env = dict(
+        os.environ, UV_PROJECT_ENVIRONMENT=str(tmp_path / "venv"), UV_PYTHON_DOWNLOADS="never"
+    )
+    env.pop("VIRTUAL_ENV", None)
+    skip = shutil.ignore_patterns("__pycache__", "tests", ".venv", "*.pyc")
+    syncs = froms = 0
+    for word, rest in steps:
+        if word == "FROM":
+            froms += 1
+            if froms == 2:  # the runtime stage: the build stage is done
+                break
+        if word == "COPY" and not rest.startswith("--from"):
+            *sources, dest = rest.split()
+            for source in sources:
+                target = context / (dest if dest not in ("./", ".") else Path(source).name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if (ROOT / source).is_dir():
+                    shutil.copytree(ROOT / source, target, ignore=skip, dirs_exist_ok=True)
+                else:
+                    shutil.copy2(ROOT / source, target)
+        if word == "RUN" and rest.startswith("uv sync"):
+            command = rest.split("&&")[0].split()
+            done = subprocess.run(
+                [*command, "--dry-run"],
+                cwd=context,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert done.returncode == 0, f"{service}: `{rest}` fails on its layer:\n{done.stderr}"
+            syncs += 1
+    assert syncs == 2, f"{service}: expected two `uv sync` layers, found {syncs}"
+
+
+def test_cuda_variant_swaps_exactly_the_onnxruntime_pin(tmp_path: Path) -> None:
+    """Dockerfile.cuda rewrites the lock's `onnxruntime==X` line: it must be there, once."""
+    text = (ROOT / "services" / "inference" / "Dockerfile.cuda").read_text()
+    assert "sed -i -E 's/^onnxruntime==/onnxruntime-gpu==/'" in text
+    out = tmp_path / "requirements.txt"
+    done = subprocess.run(
+        [
+            "uv",
+            "export",
+            "--frozen",
+            "--no-dev",
+            "--package",
+            "eostream-inference",
+            "--no-emit-workspace",
+            "--no-hashes",
+            "--format",
+            "requirements.txt",
+            "-o",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    pins = [ln for ln in out.read_text().splitlines() if re.match(r"onnxruntime(-gpu)?==", ln)]
+    assert len(pins) == 1 and pins[0].startswith("onnxruntime=="), pins
+    assert not any(ln.startswith(("-e ", "./", "eostream")) for ln in out.read_text().splitlines())
+
+
+def test_env_name_helper_sees_nested_settings() -> None:
+    """accepted_env_names sees nested models inside Optional (kafka, s3)."""
+    names = accepted_env_names(settings_class("eostream.inference.settings"))
+    assert {"INFERENCE_KAFKA__BOOTSTRAP_SERVERS", "INFERENCE_S3__SECRET_KEY"} <= names
+    assert "INFERENCE_KAFKA" in names
+
+
+# ---- Prometheus in compose -------------------------------------------------------------------
+
+
+def test_compose_prometheus_scrapes_every_service_with_the_shared_rules(
+    config: dict[str, Any], tmp_path: Path
+) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is not installed; install it with: apt-get install -y prometheus")
+    mounts = config["services"]["prometheus"]["volumes"]
+    assert f"{ROOT}/deploy/prometheus/rules:/etc/prometheus/rules:ro" in mounts
+    source = ROOT / "deploy" / "docker" / "prometheus" / "prometheus.yml"
+    assert f"{source}:/etc/prometheus/prometheus.yml:ro" in mounts
+    prom = yaml.safe_load(source.read_text())
+    targets = {
+        job["job_name"]: job["static_configs"][0]["targets"] for job in prom["scrape_configs"]
+    }
+    for name, (_, prefix, port, _) in EOSTREAM_SERVICES.items():
+        job = "eostream-" + ("bridge" if prefix == "BRIDGE_" else name)
+        assert targets.get(job) == [f"{name}:{port}"], f"{job} should scrape {name}:{port}"
+    # the config as the container sees it, rules included, checked by Prometheus' own tool
+    prom["rule_files"] = [str(ROOT / "deploy" / "prometheus" / "rules" / "*.rules.yml")]
+    checked = tmp_path / "prometheus.yml"
+    checked.write_text(yaml.safe_dump(prom))
+    done = subprocess.run(
+        [promtool, "check", "config", str(checked)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = re.search(r"SUCCESS: (\d+) rule files found", done.stdout + done.stderr)
+    assert found and int(found.group(1)) >= 1, f"no rule files loaded:\n{done.stdout}"

@@ -1,0 +1,336 @@
+"""deploy/k8s, checked offline: each overlay builds with kustomize and validates against the
+Kubernetes JSON schemas (kubernetes-validate, strict), and what it deploys hangs together: probes,
+Service selectors and ports, ConfigMap/Secret/PVC references, $(VAR) order, the GPU request, and
+an environment that each service's real settings class reads in full.
+
+The tools come from deploy/k8s/tools.sh (cached under $EOSTREAM_CACHE/tools, keyed by version).
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml  # type: ignore[import-untyped]
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "deploy" / "k8s"
+OVERLAYS = ("local", "gpu")
+NAMESPACE = "eostream"
+# Secrets an overlay expects to exist in the cluster rather than generating them.
+EXTERNAL = {"local": set(), "gpu": {("Secret", "eostream-secrets")}}
+
+
+def _compose_helpers() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "eostream_test_compose_helpers", Path(__file__).with_name("test_compose.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+helpers = _compose_helpers()
+EOSTREAM_SERVICES: dict[str, tuple[str, str, int, tuple[str, ...]]] = helpers.EOSTREAM_SERVICES
+
+
+@pytest.fixture(scope="module")
+def tools() -> dict[str, str]:
+    done = subprocess.run(
+        ["bash", str(K8S / "tools.sh"), "install"], capture_output=True, text=True, timeout=600
+    )
+    if done.returncode != 0:
+        pytest.fail(f"deploy/k8s/tools.sh install failed (needs Go and uv):\n{done.stderr}")
+    return dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+
+
+def _build(tools: dict[str, str], path: Path) -> str:
+    done = subprocess.run(
+        [tools["KUSTOMIZE"], "build", str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, f"kustomize build {path.relative_to(ROOT)} failed:\n{done.stderr}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def rendered(tools: dict[str, str]) -> dict[str, str]:
+    paths = {"base": K8S / "base", "deps": K8S / "deps"}
+    paths |= {o: K8S / "overlays" / o for o in OVERLAYS}
+    return {name: _build(tools, path) for name, path in paths.items()}
+
+
+@pytest.fixture(scope="module")
+def objects(rendered: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
+    return {name: [d for d in yaml.safe_load_all(text) if d] for name, text in rendered.items()}
+
+
+def _find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def _workloads(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] in ("Deployment", "StatefulSet", "Job")]
+
+
+def _containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = workload["spec"]["template"]["spec"]
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+# ---- schema validation -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_validates_against_the_kubernetes_schemas(
+    tools: dict[str, str], rendered: dict[str, str], overlay: str, tmp_path: Path
+) -> None:
+    manifest = tmp_path / f"{overlay}.yaml"
+    manifest.write_text(rendered[overlay])
+    done = subprocess.run(
+        [
+            tools["KUBERNETES_VALIDATE"],
+            "--strict",
+            "--quiet",
+            "-k",
+            tools["KUBERNETES_SCHEMA_VERSION"],
+            str(manifest),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, f"overlays/{overlay} is not valid:\n{done.stdout}{done.stderr}"
+
+
+def test_validator_rejects_a_misspelt_field(
+    tools: dict[str, str], rendered: dict[str, str], tmp_path: Path
+) -> None:
+    """The validation above can fail: a typo in a probe is caught (strict mode)."""
+    manifest = tmp_path / "typo.yaml"
+    manifest.write_text(rendered["local"].replace("readinessProbe:", "readinesProbe:", 1))
+    done = subprocess.run(
+        [
+            tools["KUBERNETES_VALIDATE"],
+            "--strict",
+            "--quiet",
+            "-k",
+            tools["KUBERNETES_SCHEMA_VERSION"],
+            str(manifest),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0
+    assert "readinesProbe" in done.stdout + done.stderr
+
+
+# ---- the four services -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("service", list(EOSTREAM_SERVICES))
+def test_service_has_probes_and_a_service_on_its_ops_port(
+    objects: dict[str, list[dict[str, Any]]], overlay: str, service: str
+) -> None:
+    docs = objects[overlay]
+    _, _, port, command = EOSTREAM_SERVICES[service]
+    deployment = _find(docs, "Deployment", service)
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["eostream", *command]
+    assert {"name": "http", "containerPort": port, "protocol": "TCP"} in container["ports"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    svc = _find(docs, "Service", service)
+    assert svc["spec"]["ports"][0]["targetPort"] == "http"
+    assert deployment["metadata"]["namespace"] == NAMESPACE
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_long_running_container_has_probes(
+    objects: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    for workload in _workloads(objects[overlay]):
+        if workload["kind"] == "Job":
+            continue
+        for container in workload["spec"]["template"]["spec"]["containers"]:
+            where = f"{workload['kind']}/{workload['metadata']['name']}/{container['name']}"
+            assert "livenessProbe" in container, f"{where}: no liveness probe"
+            assert "readinessProbe" in container, f"{where}: no readiness probe"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_services_select_pods_and_name_their_ports(
+    objects: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    docs = objects[overlay]
+    pods = [w["spec"]["template"] for w in _workloads(docs)]
+    for svc in (d for d in docs if d["kind"] == "Service"):
+        selector = svc["spec"]["selector"]
+        matching = [p for p in pods if selector.items() <= p["metadata"].get("labels", {}).items()]
+        assert matching, f"Service/{svc['metadata']['name']} selects no pod"
+        named = {
+            port["name"]
+            for pod in matching
+            for c in pod["spec"]["containers"]
+            for port in c.get("ports", [])
+        }
+        for port in svc["spec"]["ports"]:
+            target = port.get("targetPort", port["port"])
+            if isinstance(target, str):
+                assert target in named, f"Service/{svc['metadata']['name']}: no port {target}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_references_resolve_inside_the_overlay(
+    objects: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    docs = objects[overlay]
+    present = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    for workload in _workloads(docs):
+        spec = workload["spec"]["template"]["spec"]
+        wanted: set[tuple[str, str]] = set()
+        claims = {t["metadata"]["name"] for t in workload["spec"].get("volumeClaimTemplates", [])}
+        for volume in spec.get("volumes", []):
+            if "configMap" in volume:
+                wanted.add(("ConfigMap", volume["configMap"]["name"]))
+            if "secret" in volume:
+                wanted.add(("Secret", volume["secret"]["secretName"]))
+            if "persistentVolumeClaim" in volume:
+                wanted.add(("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]))
+        for container in _containers(workload):
+            for source in container.get("envFrom", []):
+                if "configMapRef" in source:
+                    wanted.add(("ConfigMap", source["configMapRef"]["name"]))
+                if "secretRef" in source:
+                    wanted.add(("Secret", source["secretRef"]["name"]))
+            for var in container.get("env", []):
+                ref = var.get("valueFrom", {})
+                if "configMapKeyRef" in ref:
+                    wanted.add(("ConfigMap", ref["configMapKeyRef"]["name"]))
+                if "secretKeyRef" in ref:
+                    wanted.add(("Secret", ref["secretKeyRef"]["name"]))
+            for mount in container.get("volumeMounts", []):
+                names = {v["name"] for v in spec.get("volumes", [])} | claims
+                assert mount["name"] in names, f"{workload['metadata']['name']}: {mount}"
+        missing = wanted - present - EXTERNAL[overlay]
+        assert not missing, f"{workload['kind']}/{workload['metadata']['name']} needs {missing}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_dependent_variables_are_defined_before_use(
+    objects: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    """Kubernetes expands $(VAR) only from variables defined earlier in the list."""
+    for workload in _workloads(objects[overlay]):
+        for container in _containers(workload):
+            defined: set[str] = set()
+            for var in container.get("env", []):
+                for used in re.findall(r"\$\((\w+)\)", var.get("value", "")):
+                    assert used in defined, f"{container['name']}: {var['name']} uses $({used})"
+                defined.add(var["name"])
+            for arg in [*container.get("command", []), *container.get("args", [])]:
+                for used in re.findall(r"\$\((\w+)\)", arg):
+                    assert used in defined, f"{container['name']}: {arg!r} uses $({used})"
+
+
+def _container_env(
+    docs: list[dict[str, Any]], container: dict[str, Any]
+) -> tuple[dict[str, str], frozenset[str]]:
+    """The environment a container gets: ConfigMaps, literal values, Secrets (decoded when the
+    overlay generates them, a placeholder otherwise), $(VAR) expanded; plus the helper names."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env |= _find(docs, "ConfigMap", source["configMapRef"]["name"])["data"]
+    used: set[str] = set()
+    for var in container.get("env", []):
+        if "value" in var:
+            value = var["value"]
+            for name in re.findall(r"\$\((\w+)\)", value):
+                used.add(name)
+                value = value.replace(f"$({name})", env[name])
+        else:
+            ref = var["valueFrom"]["secretKeyRef"]
+            secrets = [
+                d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == ref["name"]
+            ]
+            value = (
+                base64.b64decode(secrets[0]["data"][ref["key"]]).decode()
+                if secrets
+                else f"external-{ref['key']}"
+            )
+        env[var["name"]] = value
+    return env, frozenset(used)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("service", list(EOSTREAM_SERVICES))
+def test_k8s_environment_builds_the_service_settings(
+    objects: dict[str, list[dict[str, Any]]], overlay: str, service: str
+) -> None:
+    module_name, _, port, _ = EOSTREAM_SERVICES[service]
+    docs = objects[overlay]
+    (container,) = _find(docs, "Deployment", service)["spec"]["template"]["spec"]["containers"]
+    env, used = _container_env(docs, container)
+    settings = helpers.check_service_env(module_name, env, helpers=used)
+    assert settings.http_port == port
+    assert settings.kafka is not None and settings.kafka.bootstrap_servers == "kafka:9092"
+    assert settings.s3 is not None and settings.s3.endpoint == "minio:9000"
+    if service == "inference":
+        first = "CUDAExecutionProvider" if overlay == "gpu" else "CPUExecutionProvider"
+        assert settings.providers[0] == first
+
+
+# ---- GPU, namespace, shared files ------------------------------------------------------------
+
+
+def _gpus(container: dict[str, Any]) -> str | None:
+    limits: dict[str, str] = container.get("resources", {}).get("limits", {})
+    return limits.get("nvidia.com/gpu")
+
+
+def test_only_the_gpu_overlay_gives_inference_a_gpu(
+    objects: dict[str, list[dict[str, Any]]],
+) -> None:
+    for name in ("base", "deps", "local"):
+        for workload in _workloads(objects[name]):
+            assert all(_gpus(c) is None for c in _containers(workload)), name
+    gpu = objects["gpu"]
+    for workload in _workloads(gpu):
+        for container in _containers(workload):
+            if workload["metadata"]["name"] == "inference":
+                assert _gpus(container) == "1"
+                assert container["image"] == "eostream/inference-cuda:dev"
+                tolerations = workload["spec"]["template"]["spec"]["tolerations"]
+                assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in (
+                    tolerations
+                )
+            else:
+                assert _gpus(container) is None
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_everything_lands_in_the_namespace(
+    objects: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    for doc in objects[overlay]:
+        if doc["kind"] == "Namespace":
+            assert doc["metadata"]["name"] == NAMESPACE
+        else:
+            assert doc["metadata"].get("namespace") == NAMESPACE, doc["metadata"]["name"]
+
+
+def test_postgres_init_script_is_the_compose_one() -> None:
+    k8s = (K8S / "deps" / "postgres-init.sql").read_text()
+    compose = (ROOT / "deploy" / "docker" / "postgres" / "20-eostream-databases.sql").read_text()
+    assert k8s == compose, "deploy/k8s/deps/postgres-init.sql differs from the compose init script"

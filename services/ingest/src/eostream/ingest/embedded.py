@@ -1,0 +1,80 @@
+"""The ingest component of the embedded mode (``eostream up``): the watcher on the shared
+in-process bus, with its state in sqlite under the embedded home.
+
+Options (``EmbeddedContext.options["ingest"]``): ``sources`` (a list of source objects, as in
+INGEST_SOURCES) and ``poll_interval_seconds``. Without sources, and with a data folder, it watches
+the one full scene of the data folder (the 29RKH tile's item), so a demo has a scene to classify.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+from pydantic import TypeAdapter
+
+from eostream.ingest.settings import IngestSettings, SourceConfig, StacApiSource, StaticSource
+from eostream.ingest.state import SqliteStateStore
+from eostream.ingest.watcher import Watcher
+from eostream.shared.embedded import EmbeddedContext
+
+log = logging.getLogger(__name__)
+
+DEMO_SCENE = (
+    "sentinel2_scenes/S2A_29RKH_20200219_0_L2A_cog_downsampled/S2A_29RKH_20200219_0_L2A.json"
+)
+
+
+def embedded_settings(context: EmbeddedContext) -> IngestSettings:
+    options = context.options_for("ingest")
+    adapter: TypeAdapter[list[StacApiSource | StaticSource]] = TypeAdapter(list[SourceConfig])
+    sources = adapter.validate_python(list(options.get("sources", [])))
+    if not sources and context.data_dir is not None and (context.data_dir / DEMO_SCENE).is_file():
+        sources = [StaticSource(name="demo-29rkh", href=str(context.data_dir / DEMO_SCENE))]
+    return IngestSettings(
+        bus="memory",
+        sources=tuple(sources),
+        sqlite_path=context.home / "ingest" / "state.sqlite",
+        poll_interval_seconds=float(options.get("poll_interval_seconds", 30.0)),
+        backoff_max_seconds=60.0,
+        http_host=context.http_host,
+    )
+
+
+class IngestComponent:
+    name = "ingest"
+
+    def __init__(self, context: EmbeddedContext) -> None:
+        self._context = context
+        self.settings = embedded_settings(context)
+        self._store = SqliteStateStore(self.settings.sqlite_path)
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.watcher: Watcher | None = None
+
+    @property
+    def urls(self) -> Mapping[str, str]:
+        return {}
+
+    async def start(self) -> None:
+        from eostream.ingest.service import build_watcher
+
+        await self._store.open()
+        self.watcher = build_watcher(self.settings, self._context.bus, self._store)
+        self._task = asyncio.create_task(self.watcher.run(self._stop), name="ingest-watcher")
+        log.info(
+            "ingest: watching %s", ", ".join(s.name for s in self.settings.sources) or "nothing"
+        )
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        await self._store.close()
+
+
+def component(context: EmbeddedContext) -> IngestComponent:
+    """Entry point of the ``eostream.components`` group."""
+    return IngestComponent(context)

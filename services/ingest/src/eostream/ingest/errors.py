@@ -1,0 +1,23 @@
+"""Domain errors of the ingest service."""
+
+from __future__ import annotations
+
+from eostream.shared.errors import ConfigError, EostreamError, RetryableError
+
+
+class ItemRejected(EostreamError, ValueError):
+    """A STAC item cannot become a SceneDiscovered (missing assets, bad geometry, unknown level,
+    no datetime). It goes to the dead-letter topic with this message as the reason."""
+
+    def __init__(self, item_id: str, reason: str) -> None:
+        super().__init__(f"{item_id}: {reason}")
+        self.item_id = item_id
+        self.reason = reason
+
+
+class SourceUnavailable(RetryableError):
+    """A source cannot be read now (API down, catalogue unreadable): back off and retry."""
+
+
+class UnknownSource(ConfigError):
+    """No source with that name is configured (check INGEST_SOURCES / INGEST_SOURCES_FILE)."""

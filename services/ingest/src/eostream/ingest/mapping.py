@@ -1,0 +1,203 @@
+"""STAC item -> SceneDiscovered: a pure function, and the checks that reject an item.
+
+No I/O here. The watcher calls :func:`to_scene` for every item; :class:`ItemRejected` carries the
+reason the item goes to the dead-letter topic with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from shapely.geometry import shape  # type: ignore[import-untyped]
+from shapely.validation import explain_validity  # type: ignore[import-untyped]
+
+from eostream.ingest.bands import bands_of
+from eostream.ingest.errors import ItemRejected
+from eostream.shared.events import Level, SceneDiscovered
+
+#: Namespace of the deterministic event ids (uuid5): the same item version always gets the
+#: same id, so a duplicate after a crash is recognisable downstream by ``event.id``.
+EVENT_NAMESPACE = uuid.UUID("0d6c5f7e-3b1f-5b8e-9a55-6e2f1b0c7a41")
+
+_BASELINE_IN_PRODUCT_ID = re.compile(r"_N(\d{2})(\d{2})_")
+_TILE_IN_ID = re.compile(r"(?:^|_)T?(\d{2}[C-HJ-NP-X][A-HJ-NP-Z]{2})(?:_|$)")
+
+
+def item_id(item: dict[str, Any]) -> str:
+    value = item.get("id")
+    return value if isinstance(value, str) and value else "<no id>"
+
+
+def item_version(item: dict[str, Any]) -> str:
+    """What changes when the provider updates an item: ``updated``, else a content digest."""
+    properties = item.get("properties") or {}
+    updated = properties.get("updated")
+    if isinstance(updated, str) and updated:
+        return updated
+    content = {k: item.get(k) for k in ("geometry", "bbox", "properties")}
+    content["assets"] = {k: (v or {}).get("href") for k, v in (item.get("assets") or {}).items()}
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+    return "sha256:" + digest[:32]
+
+
+def event_id(source: str, item: str, version: str) -> uuid.UUID:
+    return uuid.uuid5(EVENT_NAMESPACE, f"{source}\x00{item}\x00{version}")
+
+
+def parse_datetime(item: dict[str, Any]) -> datetime:
+    properties = item.get("properties") or {}
+    raw = properties.get("datetime") or properties.get("start_datetime")
+    if not isinstance(raw, str) or not raw:
+        raise ItemRejected(item_id(item), "missing datetime (properties.datetime is null/absent)")
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ItemRejected(item_id(item), f"unparseable datetime {raw!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def level_of(item: dict[str, Any], assume: Level | None = None) -> Level:
+    """L1C or L2A from s2:processing_level, the product type, the collection or the id."""
+    properties = item.get("properties") or {}
+    clues = [
+        properties.get("s2:processing_level"),
+        properties.get("processing:level"),
+        properties.get("s2:product_type"),
+        properties.get("sentinel:product_id"),
+        item.get("collection"),
+        item.get("id"),
+    ]
+    for clue in clues:
+        if not isinstance(clue, str):
+            continue
+        text = clue.upper().replace("-", "").replace("_", "").replace("LEVEL", "L")
+        has_2a, has_1c = "L2A" in text or "MSI2A" in text, "L1C" in text or "MSI1C" in text
+        if has_2a != has_1c:
+            return "L2A" if has_2a else "L1C"
+    if assume is not None:
+        return assume
+    raise ItemRejected(
+        item_id(item),
+        "unknown processing level: no s2:processing_level, s2:product_type, collection or id "
+        "names L1C or L2A (set assume_level on the source if the catalogue is known to be one)",
+    )
+
+
+def tile_of(item: dict[str, Any]) -> str | None:
+    """MGRS tile (``29RKH``) from grid:code, mgrs:*, s2:mgrs_tile, sentinel:* or the id."""
+    p = item.get("properties") or {}
+    code = p.get("grid:code")
+    if isinstance(code, str) and code.upper().startswith("MGRS-"):
+        return code[5:].upper()
+    for prefix in ("mgrs:", "sentinel:"):
+        zone, band, square = (
+            p.get(prefix + k) for k in ("utm_zone", "latitude_band", "grid_square")
+        )
+        if zone is not None and band and square:
+            return f"{int(zone):02d}{band}{square}".upper()
+    tile = p.get("s2:mgrs_tile")
+    if isinstance(tile, str) and tile:
+        return tile.upper().removeprefix("T")
+    match = _TILE_IN_ID.search(item_id(item))
+    return match.group(1) if match else None
+
+
+def cloud_cover_of(item: dict[str, Any]) -> float | None:
+    value = (item.get("properties") or {}).get("eo:cloud_cover")
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 100:
+        return float(value)
+    return None
+
+
+def check_geometry(item: dict[str, Any]) -> tuple[float, float, float, float]:
+    """The item's bbox, after checking its geometry is a valid lon/lat polygon."""
+    geometry = item.get("geometry")
+    if not isinstance(geometry, dict):
+        raise ItemRejected(item_id(item), "bad geometry: missing or null")
+    try:
+        geom = shape(geometry)
+    except Exception as exc:  # shapely raises several types for malformed GeoJSON
+        raise ItemRejected(item_id(item), f"bad geometry: {exc}") from None
+    if geom.is_empty:
+        raise ItemRejected(item_id(item), "bad geometry: empty")
+    if geom.geom_type not in ("Polygon", "MultiPolygon"):
+        raise ItemRejected(item_id(item), f"bad geometry: a {geom.geom_type}, not a polygon")
+    if not geom.is_valid:
+        raise ItemRejected(item_id(item), f"bad geometry: {explain_validity(geom)}")
+    w, s, e, n = geom.bounds
+    if not all(map(math.isfinite, (w, s, e, n))) or not (
+        -180 <= w <= 180 and -180 <= e <= 180 and -90 <= s <= 90 and -90 <= n <= 90
+    ):
+        raise ItemRejected(item_id(item), f"bad geometry: bounds {geom.bounds} are not lon/lat")
+    bbox = item.get("bbox")
+    if isinstance(bbox, list | tuple) and len(bbox) == 4:
+        return (float(bbox[0]), float(bbox[1]), float(bbox[2]), float(bbox[3]))
+    return (w, s, e, n)
+
+
+def baseline_of(item: dict[str, Any]) -> str | None:
+    """``s2:processing_baseline``, else the Nxxyy of the product id (Earth Search v0)."""
+    p = item.get("properties") or {}
+    baseline = p.get("s2:processing_baseline")
+    if baseline is not None:
+        return str(baseline)
+    for key in ("sentinel:product_id", "s2:product_uri"):
+        match = _BASELINE_IN_PRODUCT_ID.search(str(p.get(key) or ""))
+        if match:
+            return f"{match.group(1)}.{match.group(2)}"
+    return None
+
+
+def self_href(item: dict[str, Any]) -> str | None:
+    for link in item.get("links") or []:
+        if isinstance(link, dict) and link.get("rel") == "self" and link.get("href"):
+            return str(link["href"])
+    return None
+
+
+def to_scene(
+    item: dict[str, Any],
+    *,
+    source: str,
+    href: str | None = None,
+    assume_level: Level | None = None,
+    replace: bool = False,
+) -> SceneDiscovered:
+    """Map one STAC item (as JSON) to its event, or raise ItemRejected with the reason."""
+    ident = item.get("id")
+    if not isinstance(ident, str) or not ident or len(ident) > 256:
+        raise ItemRejected(item_id(item), "missing or invalid id")
+    when = parse_datetime(item)
+    bbox = check_geometry(item)
+    if not item.get("assets"):
+        raise ItemRejected(ident, "missing assets: the item has none")
+    bands = bands_of(item)
+    if not bands:
+        raise ItemRejected(ident, "missing assets: no Sentinel-2 band asset (B01..B12, B8A)")
+    level = level_of(item, assume_level)
+    item_href = href or self_href(item)
+    if not item_href:
+        raise ItemRejected(ident, "no href: the item has no self link")
+    version = item_version(item)
+    return SceneDiscovered(
+        id=uuid.uuid4() if replace else event_id(source, ident, version),
+        item_id=ident,
+        item_href=item_href,
+        collection=item.get("collection") if isinstance(item.get("collection"), str) else None,
+        datetime=when,
+        tile=tile_of(item),
+        cloud_cover=cloud_cover_of(item),
+        processing_level=level,
+        processing_baseline=baseline_of(item),
+        bands=bands,
+        bbox=bbox,
+        source_name=source,
+        source="ingest",
+        replace=replace,
+    )

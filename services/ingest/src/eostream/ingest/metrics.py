@@ -1,0 +1,31 @@
+"""Prometheus metrics of the ingest service. Labels: source (configured names, few) and outcome."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+ITEMS = Counter(
+    "eostream_ingest_items_total",
+    "STAC items by outcome: seen (returned by the source), published, rejected (dead-lettered), "
+    "filtered, duplicate (already announced)",
+    ["source", "outcome"],
+)
+POLL_DURATION = Histogram(
+    "eostream_ingest_poll_duration_seconds",
+    "Time of one poll of one source, paging and publishing included",
+    ["source"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900),
+)
+WATERMARK_LAG = Gauge(
+    "eostream_ingest_watermark_lag_seconds",
+    "Now minus the source's watermark (the newest item datetime announced)",
+    ["source"],
+)
+SOURCE_ERRORS = Counter(
+    "eostream_ingest_source_errors_total",
+    "Failed polls of a source, by error type",
+    ["source", "error_type"],
+)
+SOURCE_UP = Gauge(
+    "eostream_ingest_source_up", "1 when the last poll of the source succeeded", ["source"]
+)

@@ -1,0 +1,122 @@
+"""Wiring: build the bus, the state store and the sources from settings; run the watcher."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from eostream.ingest.settings import IngestSettings, StacApiSource
+from eostream.ingest.sources import StacApiItemSource, StaticItemSource
+from eostream.ingest.state import SqliteStateStore, StateStore
+from eostream.ingest.watcher import SERVICE, WatchedSource, Watcher
+from eostream.shared import metrics as shared_metrics
+from eostream.shared.bus import Bus, build_bus
+from eostream.shared.errors import ConfigError
+from eostream.shared.ops import OpsServer, create_ops_app
+from eostream.shared.runtime import install_stop_signals
+from eostream.shared.settings import configure_logging
+
+log = logging.getLogger(__name__)
+
+
+def build_state(settings: IngestSettings) -> StateStore:
+    if settings.state == "postgres":
+        from eostream.ingest.state_pg import PostgresStateStore
+
+        if settings.pg_dsn is None:  # checked by the settings too
+            raise ConfigError("INGEST_STATE=postgres needs INGEST_PG_DSN or EOSTREAM_PG_DSN")
+        return PostgresStateStore(
+            settings.pg_dsn.get_secret_value(),
+            database=settings.pg_database,
+            schema=settings.pg_schema,
+        )
+    return SqliteStateStore(settings.sqlite_path)
+
+
+def _s3_reader(settings: IngestSettings) -> Callable[[str, str], bytes] | None:
+    if settings.s3 is None:
+        return None
+    from eostream.shared.storage.s3 import S3ObjectStore
+
+    s3 = settings.s3
+    stores: dict[str, S3ObjectStore] = {}
+
+    def read(bucket: str, key: str) -> bytes:
+        if bucket not in stores:
+            stores[bucket] = S3ObjectStore(s3, bucket)
+        return stores[bucket].get_bytes(key)
+
+    return read
+
+
+def build_sources(settings: IngestSettings) -> list[WatchedSource]:
+    reader = _s3_reader(settings)
+    return [
+        WatchedSource(
+            StacApiItemSource(c) if isinstance(c, StacApiSource) else StaticItemSource(c, reader), c
+        )
+        for c in settings.sources
+    ]
+
+
+def build_watcher(settings: IngestSettings, bus: Bus, store: StateStore) -> Watcher:
+    return Watcher(
+        build_sources(settings),
+        store=store,
+        bus=bus,
+        topic=settings.topic,
+        dead_letter_topic=settings.kafka.dead_letter_topic
+        if settings.kafka
+        else "eostream.deadletter",
+        publish_batch=settings.publish_batch,
+        poll_interval=settings.poll_interval_seconds,
+        backoff=settings.backoff_seconds,
+        backoff_max=settings.backoff_max_seconds,
+    )
+
+
+@asynccontextmanager
+async def running(settings: IngestSettings, bus: Bus | None = None) -> AsyncIterator[Watcher]:
+    """Bus started, state open, watcher built; everything closed on the way out."""
+    own_bus = bus is None
+    bus = bus or build_bus(settings, service=SERVICE)
+    store = build_state(settings)
+    if own_bus:
+        await bus.start()
+    try:
+        await store.open()
+        try:
+            yield build_watcher(settings, bus, store)
+        finally:
+            await store.close()
+    finally:
+        if own_bus:
+            await bus.close()
+
+
+async def serve(settings: IngestSettings) -> None:
+    """``eostream ingest run``: watch until SIGTERM/SIGINT, then finish the poll and close."""
+    configure_logging(settings.log_level)
+    if not settings.sources:
+        log.warning("no sources configured (INGEST_SOURCES / INGEST_SOURCES_FILE): idle")
+    stop = asyncio.Event()
+    install_stop_signals(stop.set)
+    async with running(settings) as watcher:
+        ops = OpsServer(
+            create_ops_app(SERVICE, watcher.readiness), settings.http_host, settings.http_port
+        )
+        await ops.start()
+        shared_metrics.SERVICE_UP.labels(SERVICE).set(1)
+        log.info(
+            "watching %d source(s): %s",
+            len(settings.sources),
+            ", ".join(s.name for s in settings.sources),
+        )
+        try:
+            await watcher.run(stop)
+        finally:
+            shared_metrics.SERVICE_UP.labels(SERVICE).set(0)
+            await ops.stop()
+    log.info("stopped")

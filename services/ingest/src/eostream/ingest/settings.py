@@ -1,0 +1,157 @@
+"""Settings of the ingest service: the sources it watches and where it keeps its state.
+
+Sources come from ``INGEST_SOURCES`` (a JSON list) or from a YAML/JSON file named by
+``INGEST_SOURCES_FILE``; both may be given, the lists are joined. Names must be unique.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+import yaml  # type: ignore[import-untyped]
+from pydantic import (
+    AliasChoices,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    model_validator,
+)
+from pydantic_settings import SettingsConfigDict
+
+from eostream.shared import topics
+from eostream.shared.events import Level
+from eostream.shared.settings import ServiceSettings
+
+BBox = tuple[float, float, float, float]
+
+
+class ItemFilter(BaseModel):
+    """What a source lets through. Pushed to the API where it can be, checked again locally."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    collections: tuple[str, ...] = ()
+    bbox: BBox | None = None
+    aoi: dict[str, Any] | None = Field(default=None, description="GeoJSON geometry (EPSG:4326)")
+    max_cloud_cover: float | None = Field(default=None, ge=0, le=100)
+    levels: tuple[Level, ...] = ()
+    start: AwareDatetime | None = None
+    end: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.bbox is not None and self.aoi is not None:
+            raise ValueError("give bbox or aoi, not both")
+        if self.bbox is not None:
+            w, s, e, n = self.bbox
+            if not (-180 <= w <= 180 and -180 <= e <= 180 and -90 <= s <= n <= 90):
+                raise ValueError(f"bbox {self.bbox} is not west,south,east,north in degrees")
+        if self.start and self.end and self.start > self.end:
+            raise ValueError("start is after end")
+        return self
+
+
+class _SourceBase(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    filter: ItemFilter = ItemFilter()
+    assume_level: Level | None = Field(
+        default=None,
+        description="level to use when an item names none (e.g. EuroSAT patches are L1C)",
+    )
+
+
+class StacApiSource(_SourceBase):
+    kind: Literal["stac_api"] = "stac_api"
+    url: str = Field(min_length=1)
+    page_size: int = Field(default=100, ge=1, le=10000)
+    overlap_seconds: float = Field(
+        default=3 * 86400, ge=0, description="re-search this far behind the watermark"
+    )
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+
+class StaticSource(_SourceBase):
+    kind: Literal["static"] = "static"
+    href: str = Field(
+        min_length=1,
+        description="catalog.json, collection.json, an item or a FeatureCollection; path or s3://",
+    )
+    href_rewrites: dict[str, str] = Field(
+        default_factory=dict,
+        description="prefix -> replacement: read catalogues with absolute-URL links offline",
+    )
+
+
+SourceConfig = Annotated[StacApiSource | StaticSource, Field(discriminator="kind")]
+StateKind = Literal["sqlite", "postgres"]
+
+
+class IngestSettings(ServiceSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="INGEST_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+    sources: tuple[SourceConfig, ...] = ()
+    sources_file: Path | None = None
+
+    state: StateKind = "sqlite"
+    sqlite_path: Path = Path(".eostream/ingest-state.sqlite")
+    pg_dsn: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("INGEST_PG_DSN", "EOSTREAM_PG_DSN")
+    )
+    pg_database: str = "results"
+    pg_schema: str = Field(default="ingest", pattern=r"^[a-z_][a-z0-9_]*$")
+
+    topic: str = topics.SCENES_DISCOVERED
+    poll_interval_seconds: float = Field(default=60.0, gt=0)
+    backoff_seconds: float = Field(default=1.0, gt=0)
+    backoff_max_seconds: float = Field(default=300.0, gt=0)
+    publish_batch: int = Field(default=100, ge=1, le=10000)
+
+    @model_validator(mode="after")
+    def _sources(self) -> Self:
+        if self.sources_file is not None:
+            extra = load_sources_file(self.sources_file)
+            object.__setattr__(self, "sources", (*self.sources, *extra))
+        names = [s.name for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique; repeated: {', '.join(dupes)}")
+        if self.state == "postgres" and self.pg_dsn is None:
+            raise ValueError("INGEST_STATE=postgres needs INGEST_PG_DSN (or EOSTREAM_PG_DSN)")
+        return self
+
+    def source(self, name: str) -> StacApiSource | StaticSource:
+        for s in self.sources:
+            if s.name == name:
+                return s
+        from eostream.ingest.errors import UnknownSource
+
+        known = ", ".join(s.name for s in self.sources) or "none"
+        raise UnknownSource(f"no source named {name!r} (configured: {known})")
+
+
+def load_sources_file(path: Path) -> list[StacApiSource | StaticSource]:
+    """Read a YAML or JSON list of sources (or a mapping with a ``sources`` list)."""
+    from pydantic import TypeAdapter
+
+    text = path.read_text(encoding="utf-8")
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if isinstance(data, dict):
+        data = data.get("sources", [])
+    adapter: TypeAdapter[list[StacApiSource | StaticSource]] = TypeAdapter(list[SourceConfig])
+    return adapter.validate_python(data)
+
+
+def utc_text(value: datetime) -> str:
+    """RFC 3339 in UTC with a Z, as STAC APIs want it."""
+    from datetime import UTC
+
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -1,0 +1,188 @@
+"""Where items come from: STAC APIs (pystac-client item search, paged) and static catalogues
+(pystac's StacIO: local files or s3://). Both yield pages of raw item JSON; nothing is parsed
+into pystac objects here, so a malformed item reaches the validator instead of breaking the walk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+from pystac.stac_io import DefaultStacIO
+from pystac.utils import make_absolute_href
+
+from eostream.ingest.errors import SourceUnavailable
+from eostream.ingest.mapping import self_href
+from eostream.ingest.settings import StacApiSource, StaticSource, utc_text
+from eostream.shared.errors import RetryableError
+
+log = logging.getLogger(__name__)
+
+JsonDict = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RawItem:
+    item: JsonDict
+    href: str | None  # where a consumer can read the item; None: use its self link
+
+
+class ItemSource(Protocol):
+    name: str
+    #: True when the source can search by time, so the watcher keeps a watermark for it.
+    incremental: bool
+
+    def pages(
+        self, *, start: datetime | None, end: datetime | None
+    ) -> AsyncIterator[list[RawItem]]:
+        """Pages of items whose datetime is within [start, end] (None: open)."""
+
+
+async def _iterate_in_thread(pages: Iterator[list[RawItem]]) -> AsyncIterator[list[RawItem]]:
+    """Drive a blocking page iterator from a worker thread, one page at a time."""
+    done = object()
+    while True:
+        page = await asyncio.to_thread(next, pages, done)
+        if page is done:
+            return
+        yield page  # type: ignore[misc]
+
+
+def _range(start: datetime | None, end: datetime | None) -> str | None:
+    if start is None and end is None:
+        return None
+    return f"{utc_text(start) if start else '..'}/{utc_text(end) if end else '..'}"
+
+
+class StacApiItemSource:
+    incremental = True
+
+    def __init__(self, config: StacApiSource) -> None:
+        self.config = config
+        self.name = config.name
+
+    def _search(self, start: datetime | None, end: datetime | None) -> Iterator[list[RawItem]]:
+        from pystac_client import Client
+        from pystac_client.exceptions import APIError
+
+        rule = self.config.filter
+        try:
+            client = Client.open(self.config.url, timeout=self.config.timeout_seconds)
+            search = client.search(
+                collections=list(rule.collections) or None,
+                bbox=list(rule.bbox) if rule.bbox else None,
+                intersects=rule.aoi,
+                datetime=_range(start, end),
+                limit=self.config.page_size,
+            )
+            for page in search.pages_as_dicts():
+                yield [RawItem(f, None) for f in page.get("features", [])]
+        except (APIError, OSError) as exc:
+            raise SourceUnavailable(f"{self.name}: STAC API {self.config.url}: {exc}") from exc
+        except Exception as exc:  # requests' errors subclass OSError; anything else is the API's
+            if type(exc).__module__.startswith(("requests", "urllib3", "pystac_client")):
+                raise SourceUnavailable(f"{self.name}: STAC API {self.config.url}: {exc}") from exc
+            raise
+
+    async def pages(
+        self, *, start: datetime | None, end: datetime | None
+    ) -> AsyncIterator[list[RawItem]]:
+        async for page in _iterate_in_thread(self._search(start, end)):
+            yield page
+
+
+class RewritingStacIO(DefaultStacIO):
+    """pystac's StacIO with href prefix rewrites (read absolute-URL catalogues offline) and s3://
+    read through a caller-supplied function (the shared object store's S3 client)."""
+
+    def __init__(
+        self,
+        rewrites: dict[str, str],
+        s3_reader: Callable[[str, str], bytes] | None = None,
+    ) -> None:
+        super().__init__()
+        self._rewrites = sorted(rewrites.items(), key=lambda kv: -len(kv[0]))
+        self._s3_reader = s3_reader
+
+    def rewrite(self, href: str) -> str:
+        for prefix, replacement in self._rewrites:
+            if href.startswith(prefix):
+                return replacement + href[len(prefix) :]
+        return href
+
+    def read_text_from_href(self, href: str) -> str:
+        href = self.rewrite(href)
+        parsed = urlparse(href)
+        if parsed.scheme == "s3":
+            if self._s3_reader is None:
+                raise SourceUnavailable(f"{href}: s3:// catalogues need INGEST_S3__* settings")
+            return self._s3_reader(parsed.netloc, parsed.path.lstrip("/")).decode("utf-8")
+        return str(super().read_text_from_href(href))
+
+
+class StaticItemSource:
+    incremental = False
+    page_size = 100
+
+    def __init__(
+        self, config: StaticSource, s3_reader: Callable[[str, str], bytes] | None = None
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self._io = RewritingStacIO(config.href_rewrites, s3_reader)
+
+    def _read(self, href: str) -> JsonDict:
+        try:
+            data = json.loads(self._io.read_text(href))
+        except (OSError, ValueError, KeyError, RetryableError) as exc:  # KeyError: no such object
+            raise SourceUnavailable(f"{self.name}: cannot read {href}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise SourceUnavailable(f"{self.name}: {href} is not a STAC JSON object")
+        return data
+
+    def _walk(self, href: str, depth: int = 0) -> Iterator[RawItem]:
+        if depth > 16:
+            raise SourceUnavailable(f"{self.name}: catalogue deeper than 16 levels at {href}")
+        data = self._read(href)
+        kind = data.get("type")
+        if kind == "Feature":
+            yield RawItem(data, self._io.rewrite(href))
+            return
+        if kind == "FeatureCollection":
+            for feature in data.get("features") or []:
+                if isinstance(feature, dict):
+                    link = self_href(feature)
+                    yield RawItem(feature, self._io.rewrite(link) if link else None)
+            return
+        for link in data.get("links") or []:
+            if not isinstance(link, dict) or link.get("rel") not in ("item", "child"):
+                continue
+            target = make_absolute_href(str(link["href"]), href)
+            if link["rel"] == "item":
+                yield RawItem(self._read(target), self._io.rewrite(target))
+            else:
+                yield from self._walk(target, depth + 1)
+
+    def _pages(self) -> Iterator[list[RawItem]]:
+        page: list[RawItem] = []
+        for raw in self._walk(self.config.href):
+            page.append(raw)
+            if len(page) >= self.page_size:
+                yield page
+                page = []
+        if page:
+            yield page
+
+    async def pages(
+        self, *, start: datetime | None, end: datetime | None
+    ) -> AsyncIterator[list[RawItem]]:
+        # A static catalogue cannot search: every poll walks it whole; the seen-set dedupes and
+        # the filter (dates included) is applied item by item by the watcher.
+        async for page in _iterate_in_thread(self._pages()):
+            yield page

@@ -1,0 +1,195 @@
+"""The watcher's memory: a watermark and a seen-set per source. One protocol, two adapters
+(sqlite for the embedded mode, here; PostgreSQL for the full stack, in ``state_pg``).
+
+The seen-set is keyed by (source, item id, item version): an item whose ``updated`` changes is a
+new version and is announced again. Rows are written only after the bus acknowledged the
+publish, so a crash can repeat an announcement but never lose one (see README, "Delivery").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal, Protocol
+
+Outcome = Literal["published", "rejected", "filtered"]
+
+
+@dataclass(frozen=True)
+class SeenRecord:
+    item_id: str
+    version: str
+    outcome: Outcome
+    event_id: str | None = None
+    item_datetime: datetime | None = None
+
+
+@dataclass(frozen=True)
+class SourceSummary:
+    source: str
+    watermark: datetime | None
+    published: int
+    rejected: int
+    filtered: int
+    last_seen_at: datetime | None
+
+
+class StateStore(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def watermark(self, source: str) -> datetime | None: ...
+
+    async def set_watermark(self, source: str, value: datetime) -> None:
+        """Move the watermark forward (never back)."""
+
+    async def unseen(self, source: str, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """The (item id, version) pairs among ``keys`` that this source has not recorded."""
+
+    async def mark_seen(self, source: str, records: Sequence[SeenRecord]) -> None: ...
+
+    async def summary(self) -> list[SourceSummary]: ...
+
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS watermarks (
+        source TEXT PRIMARY KEY, watermark TEXT NOT NULL, updated_at TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS seen (
+        source TEXT NOT NULL, item_id TEXT NOT NULL, version TEXT NOT NULL,
+        outcome TEXT NOT NULL, event_id TEXT, item_datetime TEXT, seen_at TEXT NOT NULL,
+        PRIMARY KEY (source, item_id, version))""",
+)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat()
+
+
+def _dt(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+class SqliteStateStore:
+    """sqlite3 in a worker thread; one connection, serialised by a lock."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._conn: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("SqliteStateStore.open() must be awaited first")
+        return self._conn
+
+    async def open(self) -> None:
+        def connect() -> sqlite3.Connection:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            for statement in SCHEMA:
+                conn.execute(statement)
+            return conn
+
+        self._conn = await asyncio.to_thread(connect)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await asyncio.to_thread(conn.close)
+
+    async def watermark(self, source: str) -> datetime | None:
+        async with self._lock:
+            row = await asyncio.to_thread(
+                lambda: (
+                    self._db()
+                    .execute("SELECT watermark FROM watermarks WHERE source = ?", (source,))
+                    .fetchone()
+                )
+            )
+        return _dt(row[0]) if row else None
+
+    async def set_watermark(self, source: str, value: datetime) -> None:
+        current = await self.watermark(source)
+        if current is not None and value <= current:
+            return
+        now = _iso(datetime.now(UTC))
+        async with self._lock:
+            await asyncio.to_thread(
+                self._db().execute,
+                "INSERT INTO watermarks VALUES (?, ?, ?) ON CONFLICT(source) DO UPDATE "
+                "SET watermark = excluded.watermark, updated_at = excluded.updated_at",
+                (source, _iso(value), now),
+            )
+
+    async def unseen(self, source: str, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        wanted = set(keys)
+        if not wanted:
+            return set()
+        ids = sorted({item for item, _ in wanted})
+
+        def query() -> set[tuple[str, str]]:
+            found: set[tuple[str, str]] = set()
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = self._db().execute(
+                    f"SELECT item_id, version FROM seen WHERE source = ? AND item_id IN ({marks})",  # noqa: S608 - placeholders only
+                    (source, *chunk),
+                )
+                found.update((r[0], r[1]) for r in rows)
+            return found
+
+        async with self._lock:
+            seen = await asyncio.to_thread(query)
+        return wanted - seen
+
+    async def mark_seen(self, source: str, records: Sequence[SeenRecord]) -> None:
+        if not records:
+            return
+        now = _iso(datetime.now(UTC))
+        rows = [
+            (source, r.item_id, r.version, r.outcome, r.event_id, _iso(r.item_datetime), now)
+            for r in records
+        ]
+
+        def write() -> None:
+            db = self._db()
+            db.execute("BEGIN")
+            db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            db.execute("COMMIT")
+
+        async with self._lock:
+            await asyncio.to_thread(write)
+
+    async def summary(self) -> list[SourceSummary]:
+        def query() -> list[SourceSummary]:
+            db = self._db()
+            marks = dict(db.execute("SELECT source, watermark FROM watermarks").fetchall())
+            counts: dict[str, dict[str, int]] = {}
+            last: dict[str, str] = {}
+            for source, outcome, n, latest in db.execute(
+                "SELECT source, outcome, count(*), max(seen_at) FROM seen GROUP BY source, outcome"
+            ):
+                counts.setdefault(source, {})[outcome] = n
+                last[source] = max(last.get(source, ""), latest)
+            return [
+                SourceSummary(
+                    source=s,
+                    watermark=_dt(marks.get(s)),
+                    published=counts.get(s, {}).get("published", 0),
+                    rejected=counts.get(s, {}).get("rejected", 0),
+                    filtered=counts.get(s, {}).get("filtered", 0),
+                    last_seen_at=_dt(last.get(s)),
+                )
+                for s in sorted(set(marks) | set(counts))
+            ]
+
+        async with self._lock:
+            return await asyncio.to_thread(query)

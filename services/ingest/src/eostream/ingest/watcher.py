@@ -1,0 +1,301 @@
+"""The watcher: poll each source, map and validate its items, announce the new ones.
+
+Per page: drop what the seen-set already holds, map every other item to a SceneDiscovered
+(or reject it to the dead-letter topic with the reason), publish the events and wait for the
+broker's acknowledgement, and only then record them as seen. The watermark (newest item
+datetime) moves at the end of a complete poll; the next poll searches from watermark - overlap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from eostream.ingest import metrics
+from eostream.ingest.errors import ItemRejected, SourceUnavailable
+from eostream.ingest.filters import filtered_out
+from eostream.ingest.mapping import item_id, item_version, to_scene
+from eostream.ingest.settings import StacApiSource, StaticSource
+from eostream.ingest.sources import ItemSource, RawItem
+from eostream.ingest.state import SeenRecord, StateStore
+from eostream.shared.bus import Bus, Delivery
+from eostream.shared.bus.base import dead_letter_message
+from eostream.shared.codec import WireMessage
+from eostream.shared.events import SceneDiscovered
+
+log = logging.getLogger(__name__)
+SERVICE = "ingest"
+
+
+@dataclass
+class PollReport:
+    source: str
+    seen: int = 0
+    published: int = 0
+    rejected: int = 0
+    filtered: int = 0
+    duplicates: int = 0
+    watermark: datetime | None = None
+    seconds: float = 0.0
+    rejections: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WatchedSource:
+    source: ItemSource
+    config: StacApiSource | StaticSource
+
+
+class Watcher:
+    def __init__(
+        self,
+        sources: Sequence[WatchedSource],
+        *,
+        store: StateStore,
+        bus: Bus,
+        topic: str,
+        dead_letter_topic: str,
+        publish_batch: int = 100,
+        poll_interval: float = 60.0,
+        backoff: float = 1.0,
+        backoff_max: float = 300.0,
+    ) -> None:
+        self._sources = list(sources)
+        self._store = store
+        self._bus = bus
+        self._topic = topic
+        self._dead_letter_topic = dead_letter_topic
+        self._batch = publish_batch
+        self._interval = poll_interval
+        self._backoff = backoff
+        self._backoff_max = backoff_max
+        self._healthy: dict[str, bool] = {}
+        self._failures: dict[str, int] = {}
+        self._errors: dict[str, str] = {}
+
+    # -- one poll ----------------------------------------------------------------------------
+
+    async def poll(
+        self,
+        watched: WatchedSource,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        replace: bool = False,
+        backfill: bool = False,
+    ) -> PollReport:
+        """Poll one source once. ``backfill``: search [start, end] and leave the watermark be."""
+        name, config = watched.config.name, watched.config
+        report = PollReport(name)
+        began = time.perf_counter()
+        rule = config.filter
+        incremental = watched.source.incremental and not backfill
+        if incremental and isinstance(config, StacApiSource):
+            mark = await self._store.watermark(name)
+            start = rule.start
+            if mark is not None:
+                behind = mark - timedelta(seconds=config.overlap_seconds)
+                start = behind if start is None else max(start, behind)
+            end = rule.end
+        newest: datetime | None = None
+        handled: set[tuple[str, str]] = set()
+        async for page in watched.source.pages(start=start, end=end):
+            newest = _later(
+                newest,
+                await self._page(
+                    watched,
+                    page,
+                    report,
+                    handled,
+                    replace,
+                    start if backfill else None,
+                    end if backfill else None,
+                ),
+            )
+        if incremental and newest is not None:
+            await self._store.set_watermark(name, min(newest, datetime.now(UTC)))
+        report.watermark = await self._store.watermark(name)
+        if report.watermark is not None:
+            lag = (datetime.now(UTC) - report.watermark).total_seconds()
+            metrics.WATERMARK_LAG.labels(name).set(max(0.0, lag))
+        report.seconds = time.perf_counter() - began
+        metrics.POLL_DURATION.labels(name).observe(report.seconds)
+        return report
+
+    async def _page(
+        self,
+        watched: WatchedSource,
+        page: list[RawItem],
+        report: PollReport,
+        handled: set[tuple[str, str]],
+        replace: bool,
+        start: datetime | None,
+        end: datetime | None,
+    ) -> datetime | None:
+        name, config = watched.config.name, watched.config
+        report.seen += len(page)
+        metrics.ITEMS.labels(name, "seen").inc(len(page))
+        keyed = [((item_id(r.item), item_version(r.item)), r) for r in page]
+        fresh = (
+            {k for k, _ in keyed}
+            if replace
+            else await self._store.unseen(name, [k for k, _ in keyed])
+        )
+        events: list[tuple[SceneDiscovered, str]] = []
+        rejected: list[tuple[RawItem, ItemRejected, str]] = []
+        newest: datetime | None = None
+        for key, raw in keyed:
+            if key not in fresh or key in handled:
+                report.duplicates += 1
+                continue
+            handled.add(key)
+            try:
+                scene = to_scene(
+                    raw.item,
+                    source=name,
+                    href=raw.href,
+                    assume_level=config.assume_level,
+                    replace=replace,
+                )
+            except ItemRejected as exc:
+                rejected.append((raw, exc, key[1]))
+                continue
+            newest = _later(newest, scene.datetime)
+            why = filtered_out(scene, raw.item, config.filter)
+            if why is None and start is not None and scene.datetime < start:
+                why = "before the backfill range"
+            if why is None and end is not None and scene.datetime > end:
+                why = "after the backfill range"
+            if why is not None:
+                log.debug("%s: %s filtered out: %s", name, scene.item_id, why)
+                report.filtered += 1
+                continue
+            events.append((scene, key[1]))
+        metrics.ITEMS.labels(name, "duplicate").inc(report.duplicates)
+        metrics.ITEMS.labels(name, "filtered").inc(report.filtered)
+        for chunk_start in range(0, len(events), self._batch):
+            chunk = events[chunk_start : chunk_start + self._batch]
+            await self._bus.publish_many(self._topic, [scene for scene, _ in chunk])
+            # Acknowledged by the broker: now, and only now, remember them.
+            await self._store.mark_seen(
+                name,
+                [
+                    SeenRecord(s.item_id, version, "published", str(s.id), s.datetime)
+                    for s, version in chunk
+                ],
+            )
+            report.published += len(chunk)
+            metrics.ITEMS.labels(name, "published").inc(len(chunk))
+        for raw, why_not, version in rejected:
+            await self._dead_letter(name, raw, why_not)
+            await self._store.mark_seen(name, [SeenRecord(why_not.item_id, version, "rejected")])
+            report.rejected += 1
+            report.rejections.append(str(why_not))
+            metrics.ITEMS.labels(name, "rejected").inc()
+        return newest
+
+    async def _dead_letter(self, source: str, raw: RawItem, exc: ItemRejected) -> None:
+        key = exc.item_id
+        message = WireMessage(
+            key=key.encode("utf-8"),
+            value=json.dumps(raw.item, separators=(",", ":")).encode("utf-8"),
+            headers={"content-type": b"application/geo+json", "stac_source": source.encode()},
+        )
+        delivery = Delivery(topic=f"stac:{source}", partition=None, offset=None, key=key)
+        await self._bus.publish_raw(
+            self._dead_letter_topic,
+            dead_letter_message(
+                message,
+                delivery,
+                reason=exc.reason,
+                error_type="ItemRejected",
+                service=SERVICE,
+                attempts=1,
+            ),
+        )
+        log.warning("%s: rejected %s: %s", source, key, exc.reason)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    @property
+    def sources(self) -> list[WatchedSource]:
+        return list(self._sources)
+
+    def readiness(self) -> tuple[bool, str]:
+        waiting = [w.config.name for w in self._sources if w.config.name not in self._healthy]
+        failing = [n for n, ok in self._healthy.items() if not ok]
+        if failing:
+            return False, "; ".join(f"{n}: {self._errors.get(n, 'failing')}" for n in failing)
+        if waiting:
+            return False, f"first poll pending: {', '.join(waiting)}"
+        return True, f"{len(self._sources)} source(s) polled"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll every source until ``stop`` is set; the poll in flight is finished first."""
+        next_at = {w.config.name: 0.0 for w in self._sources}
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            for watched in self._sources:
+                name = watched.config.name
+                if stop.is_set() or loop.time() < next_at[name]:
+                    continue
+                next_at[name] = loop.time() + self._interval
+                try:
+                    report = await self.poll(watched)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self._on_failure(name, exc)
+                    next_at[name] = loop.time() + self._delay(name)
+                    continue
+                self._healthy[name], self._failures[name] = True, 0
+                metrics.SOURCE_UP.labels(name).set(1)
+                log.info(
+                    "%s: seen %d, published %d, rejected %d, filtered %d, duplicates %d in %.2fs "
+                    "(watermark %s)",
+                    name,
+                    report.seen,
+                    report.published,
+                    report.rejected,
+                    report.filtered,
+                    report.duplicates,
+                    report.seconds,
+                    report.watermark.isoformat() if report.watermark else "-",
+                )
+            wake = min(next_at.values(), default=loop.time() + self._interval)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=max(0.05, wake - loop.time()))
+            except TimeoutError:
+                pass
+
+    def _on_failure(self, name: str, exc: Exception) -> None:
+        self._healthy[name] = False
+        self._failures[name] = self._failures.get(name, 0) + 1
+        self._errors[name] = f"{type(exc).__name__}: {exc}"[:300]
+        metrics.SOURCE_ERRORS.labels(name, type(exc).__name__).inc()
+        metrics.SOURCE_UP.labels(name).set(0)
+        log.warning(
+            "%s: poll failed (%d in a row), retrying in %.1fs: %s",
+            name,
+            self._failures[name],
+            self._delay(name),
+            self._errors[name],
+            exc_info=None if isinstance(exc, OSError | SourceUnavailable) else exc,
+        )
+
+    def _delay(self, name: str) -> float:
+        failures = max(1, self._failures.get(name, 1))
+        return float(min(self._backoff_max, self._backoff * 2 ** (failures - 1)))
+
+
+def _later(a: datetime | None, b: datetime | None) -> datetime | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)

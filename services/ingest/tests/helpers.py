@@ -1,0 +1,29 @@
+"""Reading back what the watcher published on the in-process bus (through a real consumer)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from eostream.shared.bus import Delivery
+from eostream.shared.bus.memory import InMemoryBus
+from eostream.shared.events import Event, SceneDiscovered
+
+
+async def drain(bus: InMemoryBus, topic: str, group: str) -> list[SceneDiscovered]:
+    """Every event on ``topic`` that ``group`` has not consumed yet."""
+    got: list[SceneDiscovered] = []
+    want = bus.size(topic)
+
+    async def handler(event: Event, delivery: Delivery) -> None:
+        assert isinstance(event, SceneDiscovered)
+        got.append(event)
+
+    consumer = bus.consumer([topic], group, handler)
+    task = asyncio.create_task(consumer.run())
+    for _ in range(500):
+        await asyncio.sleep(0.01)
+        if bus._committed[(group, topic)] >= want:
+            break
+    await consumer.stop()
+    await task
+    return got

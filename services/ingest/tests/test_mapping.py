@@ -1,0 +1,142 @@
+"""STAC item -> SceneDiscovered on real items from four providers, and the rejections."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from eostream.ingest.bands import normalise
+from eostream.ingest.errors import ItemRejected
+from eostream.ingest.mapping import event_id, item_version, to_scene
+
+from .conftest import JsonDict, malformed_items
+
+ALL_BUT_B10 = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B11", "B12", "B8A")
+
+
+def _load(data_dir: Path, rel: str) -> JsonDict:
+    item: JsonDict = json.loads((data_dir / rel).read_text())
+    return item
+
+
+def test_earth_search_v1_items_map_with_tile_level_baseline_bands(
+    earth_search_v1: list[JsonDict],
+) -> None:
+    scenes = [to_scene(i, source="es") for i in earth_search_v1]
+    assert len(scenes) == 10
+    assert {s.tile for s in scenes} == {"13TDE"}
+    assert {s.processing_level for s in scenes} == {"L2A"}
+    assert all(s.bands == ALL_BUT_B10 for s in scenes)
+    first, raw = scenes[0], earth_search_v1[0]
+    assert first.item_id == raw["id"]
+    assert first.key == raw["id"]
+    assert first.cloud_cover == pytest.approx(raw["properties"]["eo:cloud_cover"])
+    assert first.processing_baseline == raw["properties"]["s2:processing_baseline"]
+    assert first.item_href.startswith("https://earth-search.aws.element84.com/v1/collections/")
+    assert first.bbox == tuple(raw["bbox"])
+    # the item itself stays out of the event
+    assert "assets" not in first.model_dump()
+
+
+def test_29rkh_item_with_local_href(rkh_item_path: Path) -> None:
+    item = json.loads(rkh_item_path.read_text())
+    scene = to_scene(item, source="local", href=str(rkh_item_path))
+    assert (scene.tile, scene.processing_level, scene.processing_baseline) == (
+        "29RKH",
+        "L2A",
+        "02.14",
+    )
+    assert scene.item_href == str(rkh_item_path)
+    assert scene.bands == ALL_BUT_B10  # the -jp2 duplicates collapse to one name each
+    assert scene.datetime.isoformat().startswith("2020-02-19T11:34:25")
+
+
+@pytest.mark.parametrize(
+    ("rel", "tile", "level", "baseline"),
+    [
+        ("sentinel2_stac/earth_search_v0/S2A_28QCH_20200714_0_L2A.json", "28QCH", "L2A", "02.14"),
+        ("sentinel2_stac/planetary_computer/sentinel-2-item.json", "24XWR", "L2A", "04.00"),
+        (
+            "sentinel2_stac/stactools_sentinel2_examples/S2A_T01LAC_20200717T221944_L1C.json",
+            "01LAC",
+            "L1C",
+            "02.09",
+        ),
+    ],
+)
+def test_other_providers(data_dir: Path, rel: str, tile: str, level: str, baseline: str) -> None:
+    scene = to_scene(_load(data_dir, rel), source="x", href="file:///x.json")
+    assert (scene.tile, scene.processing_level, scene.processing_baseline) == (
+        tile,
+        level,
+        baseline,
+    )
+    assert {"B02", "B03", "B04", "B08"} <= set(scene.bands)
+
+
+def test_l1c_carries_b10(data_dir: Path) -> None:
+    rel = "sentinel2_stac/stactools_sentinel2_examples/S2A_T01LAC_20200717T221944_L1C.json"
+    assert "B10" in to_scene(_load(data_dir, rel), source="x", href="x").bands
+
+
+def test_eurosat_patch_needs_an_assumed_level(data_dir: Path) -> None:
+    item = _load(data_dir, "eurosat100_stac/stac/subset/test/item-1.json")
+    with pytest.raises(ItemRejected, match="unknown processing level"):
+        to_scene(item, source="eurosat", href="x")
+    scene = to_scene(item, source="eurosat", href="x", assume_level="L1C")
+    assert scene.processing_level == "L1C"
+    assert len(scene.bands) == 13 and "B8A" in scene.bands  # B08A normalised
+    assert scene.tile is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("no-assets", "missing assets"),
+        ("no-band-assets", "missing assets"),
+        ("null-geometry", "bad geometry"),
+        ("self-intersecting", "bad geometry: Self-intersection"),
+        ("not-lonlat", "bad geometry"),
+        ("unknown-level", "unknown processing level"),
+        ("no-datetime", "missing datetime"),
+    ],
+)
+def test_malformed_items_are_rejected_with_a_reason(
+    earth_search_v1: list[JsonDict], kind: str, reason: str
+) -> None:
+    item = malformed_items(earth_search_v1[0])[kind]
+    with pytest.raises(ItemRejected, match=reason):
+        to_scene(item, source="es")
+
+
+def test_event_id_is_stable_per_item_version_and_fresh_on_replace(
+    earth_search_v1: list[JsonDict],
+) -> None:
+    item = earth_search_v1[0]
+    a, b = to_scene(item, source="es"), to_scene(item, source="es")
+    assert a.id == b.id == event_id("es", item["id"], item_version(item))
+    updated = json.loads(json.dumps(item))
+    updated["properties"]["updated"] = "2030-01-01T00:00:00Z"
+    assert to_scene(updated, source="es").id != a.id
+    again = to_scene(item, source="es", replace=True)
+    assert again.replace and again.id != a.id
+
+
+@pytest.mark.parametrize(
+    ("name", "band"),
+    [
+        ("blue", "B02"),
+        ("B2", "B02"),
+        ("B08A", "B8A"),
+        ("nir08", "B8A"),
+        ("red-jp2", "B04"),
+        ("blue_20m", "B02"),
+        ("scl", None),
+        ("B13", None),
+        ("visual", None),
+    ],
+)
+def test_band_names_normalise(name: str, band: str | None) -> None:
+    assert normalise(name) == band

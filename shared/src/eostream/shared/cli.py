@@ -40,7 +40,14 @@ def version() -> None:
 
 def _load_commands() -> None:
     for ep in sorted(entry_points(group="eostream.commands"), key=lambda e: e.name):
-        sub = ep.load()
+        try:
+            sub = ep.load()
+        except Exception as exc:  # one broken service must not take every command down
+            print(  # noqa: T201
+                f"eostream: the '{ep.name}' commands are unavailable ({type(exc).__name__}: {exc})",
+                file=sys.stderr,
+            )
+            continue
         if isinstance(sub, typer.Typer):
             app.add_typer(sub, name=ep.name)
         else:

@@ -1,0 +1,119 @@
+"""``eostream bridge run`` and ``eostream models promote|rollback|list``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated
+
+import typer
+
+from eostream.registry_bridge.settings import BridgeSettings
+from eostream.shared.settings import configure_logging, load_settings
+
+app = typer.Typer(name="bridge", help="registry-bridge: gate, promote and ship models.",
+                  no_args_is_help=True)
+models_app = typer.Typer(name="models", help="Promote, roll back and list model versions.",
+                         no_args_is_help=True)
+
+
+def _settings() -> BridgeSettings:
+    settings = load_settings(BridgeSettings)
+    configure_logging(settings.log_level)
+    return settings
+
+
+@app.command("run")
+def run_bridge() -> None:
+    """Run the webhook server, the reconcile loop and the ModelVersionRegistered consumer."""
+    from eostream.registry_bridge.service import run
+    from eostream.shared.runtime import run_service
+
+    settings = _settings()
+    run_service(lambda: run(settings))
+
+
+async def _with_bridge(action: str, **kwargs: str | bool) -> str:
+    from eostream.registry_bridge.service import build_bridge, mlflow_client_defaults
+
+    mlflow_client_defaults()
+    bridge = build_bridge(_settings())
+    await bridge.bus.start()
+    try:
+        if action == "promote":
+            event = await bridge.promote(
+                str(kwargs["name"]), str(kwargs["version"]), by=str(kwargs["by"]),
+                reason=str(kwargs["reason"]), force=bool(kwargs["force"]),
+            )
+        else:
+            event = await bridge.rollback(str(kwargs["name"]), by=str(kwargs["by"]),
+                                          reason=str(kwargs["reason"]))
+    finally:
+        await bridge.bus.close()
+    return (f"{event.name} v{event.version} is champion "
+            f"({event.artifact_uri}, sha256 {event.sha256})")
+
+
+def _fail(exc: Exception) -> None:
+    typer.echo(f"eostream: {exc}", err=True)
+    raise typer.Exit(1)
+
+
+@models_app.command("promote")
+def promote(
+    name: str,
+    version: str,
+    by: Annotated[str, typer.Option("--by", help="who promotes")],
+    reason: Annotated[str, typer.Option("--reason", help="why")],
+    force: Annotated[bool, typer.Option(help="promote even if the gate failed")] = False,
+) -> None:
+    """Make VERSION of NAME the champion: ship it and announce ModelPromoted."""
+    from eostream.registry_bridge.errors import PromotionError, RegistryUnavailableError
+
+    try:
+        typer.echo(asyncio.run(_with_bridge("promote", name=name, version=version, by=by,
+                                            reason=reason, force=force)))
+    except (PromotionError, RegistryUnavailableError) as exc:
+        _fail(exc)
+
+
+@models_app.command("rollback")
+def rollback(
+    name: str,
+    by: Annotated[str, typer.Option("--by", help="who rolls back")] = "cli",
+    reason: Annotated[str, typer.Option("--reason", help="why")] = "manual rollback",
+) -> None:
+    """Make the previous champion of NAME live again."""
+    from eostream.registry_bridge.errors import PromotionError, RegistryUnavailableError
+
+    try:
+        typer.echo(asyncio.run(_with_bridge("rollback", name=name, by=by, reason=reason)))
+    except (PromotionError, RegistryUnavailableError) as exc:
+        _fail(exc)
+
+
+@models_app.command("list")
+def list_versions(
+    name: str,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output")] = False,
+) -> None:
+    """List NAME's versions: aliases, gate verdict, accuracy, stage, shipped."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from eostream.registry_bridge.api import describe_versions
+    from eostream.registry_bridge.service import build_bridge, mlflow_client_defaults
+
+    mlflow_client_defaults()
+    rows = describe_versions(build_bridge(_settings()), name)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title=name)
+    for column in ("version", "aliases", "gate", "accuracy", "stage", "shipped", "promoted_by"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(", ".join(v) if isinstance(v, list) else str(v or "") for v in (
+            row["version"], row["aliases"], row["gate"], row["accuracy"], row["stage"],
+            "yes" if row["shipped"] else "", row["promoted_by"])))
+    Console().print(table)

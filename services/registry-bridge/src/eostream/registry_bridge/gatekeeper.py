@@ -1,0 +1,95 @@
+"""The gate's evaluations: held-out sets, candidate and champion scores, the recorded verdict.
+
+Blocking (ONNX Runtime, MLflow): the bridge calls these from a thread. Champion scores are
+cached per (name, version, held-out digest), since a champion is compared with every candidate.
+"""
+
+from __future__ import annotations
+
+import json
+
+from eostream.registry_bridge import evaluation, holdout, onnx_model, tags
+from eostream.registry_bridge.contract import reasons_json
+from eostream.registry_bridge.errors import RefusedError
+from eostream.registry_bridge.policy import Evaluation
+from eostream.registry_bridge.registry import MlflowRegistry
+from eostream.registry_bridge.settings import BridgeSettings
+from eostream.registry_bridge.shipping import Shipper
+from eostream.registry_bridge.verification import Verified
+
+
+class Gatekeeper:
+    def __init__(
+        self, settings: BridgeSettings, registry: MlflowRegistry, shipper: Shipper
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.shipper = shipper
+        self._holdouts: dict[str, holdout.Holdout] = {}
+        self._evaluations: dict[tuple[str, str, str], Evaluation] = {}
+
+    def holdout_for(self, band_set: str) -> holdout.Holdout:
+        if band_set not in self._holdouts:
+            h = self.settings.holdout
+            self._holdouts[band_set] = holdout.load(
+                self.settings.data_dir, band_set, h.per_class, h.salt
+            )
+        return self._holdouts[band_set]
+
+    def evaluate_candidate(self, verified: Verified) -> tuple[Evaluation, str]:
+        sess = onnx_model.session(verified.onnx_bytes, self.settings.torch_threads)
+        h = self.holdout_for(verified.card.band_set)
+        result = evaluation.evaluate(
+            lambda x: onnx_model.logits(sess, x), h,
+            experiment=self.settings.gate_experiment,
+            run_name=f"gate {verified.name} v{verified.version}",
+            params={"model_name": verified.name, "model_version": verified.version,
+                    "role": "candidate", "onnx_sha256": verified.sha256},
+            tags={"eostream.model_name": verified.name,
+                  "eostream.model_version": verified.version,
+                  "eostream.source_run_id": verified.run_id},
+        )
+        self._evaluations[(verified.name, verified.version, h.digest)] = result[0]
+        return result
+
+    def champion_onnx(self, name: str, version: str) -> bytes:
+        shipped = self.shipper.existing(name, version)
+        if shipped is not None:
+            model_key, _ = self.shipper.keys(name, version)
+            return self.shipper.store.get_bytes(model_key)
+        mv = self.registry.get_version(name, version)
+        data = self.registry.download_onnx(str(mv.run_id)) if mv.run_id else None
+        if data is None:
+            raise RefusedError([f"the champion {name} v{version} has no ONNX artifact"])
+        return data
+
+    def evaluate_champion(self, name: str, version: str, band_set: str) -> Evaluation:
+        h = self.holdout_for(band_set)
+        key = (name, version, h.digest)
+        if key not in self._evaluations:
+            sess = onnx_model.session(self.champion_onnx(name, version),
+                                      self.settings.torch_threads)
+            self._evaluations[key], _ = evaluation.evaluate(
+                lambda x: onnx_model.logits(sess, x), h,
+                experiment=self.settings.gate_experiment,
+                run_name=f"champion {name} v{version}",
+                params={"model_name": name, "model_version": version, "role": "champion"},
+                tags={"eostream.model_name": name, "eostream.model_version": version},
+            )
+        return self._evaluations[key]
+
+    def record_verdict(
+        self, name: str, version: str, outcome: str, reasons: tuple[str, ...], run_id: str,
+        candidate: Evaluation, champion_version: str | None,
+    ) -> None:
+        client = self.registry.client
+        client.set_tag(run_id, "eostream.gate", outcome)
+        client.set_tag(run_id, "eostream.champion_version", champion_version or "")
+        client.log_text(run_id, json.dumps({"outcome": outcome, "reasons": list(reasons)},
+                                           indent=2), "verdict.json")
+        self.registry.set_version_tags(name, version, {
+            tags.GATE: outcome,
+            tags.GATE_REASONS: reasons_json(reasons),
+            tags.GATE_EVAL_RUN: run_id,
+            tags.GATE_ACCURACY: f"{candidate.accuracy:.6f}",
+        })

@@ -1,0 +1,218 @@
+"""The STAC MLM item that describes a shipped model, built and validated with ``stac-model``.
+
+The item says what inference must know to run the model: the bands and their order, how
+reflectance becomes the model's input units (per band), the classes in output order, the
+ONNX artifact with its size and checksum, and where the training data and the MLflow run are.
+Validation is offline: the core STAC schema bundled with pystac, the MLM fields through
+stac-model's pydantic models, and the contract (bands, classes, checksum) against the card.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import onnx
+import pystac
+from pydantic import ValidationError
+from pystac.validation.stac_validator import JsonSchemaSTACValidator
+from stac_model.input import (  # type: ignore[import-untyped]
+    InputStructure,
+    ModelInput,
+    ValueScalingProcessingExpression,
+)
+from stac_model.output import (  # type: ignore[import-untyped]
+    MLMClassification,
+    ModelOutput,
+    ModelResult,
+)
+from stac_model.schema import MLModelExtension, MLModelProperties  # type: ignore[import-untyped]
+
+from eostream.shared.modelcard import ModelCard
+
+ONNX_MEDIA_TYPE = "application/octet-stream; framework=onnx; profile=onnx"
+#: EuroSAT patches come from 34 European countries; the model is meant for that extent.
+EUROPE_BBOX = (-31.3, 27.6, 45.0, 71.2)
+SENTINEL2A_LAUNCH = "2015-06-23T00:00:00Z"
+CARD_PROPERTY = "eostream:model_card"
+
+
+@dataclass(frozen=True)
+class MlmFacts:
+    name: str
+    version: str
+    card: ModelCard
+    artifact_href: str
+    sha256: str
+    size: int
+    created: datetime
+    run_id: str | None = None
+    run_href: str | None = None
+    training_data_href: str | None = None
+    metrics: tuple[tuple[str, float], ...] = ()
+
+
+def item_id(name: str, version: str) -> str:
+    return f"{name}-v{version}"
+
+
+def multihash_sha256(hex_digest: str) -> str:
+    """The ``file:checksum`` form: multihash code 0x12 (sha2-256), length 0x20, digest."""
+    return "1220" + hex_digest
+
+
+def _scaling_expression(card: ModelCard) -> list[ValueScalingProcessingExpression]:
+    expressions = []
+    for s in card.scaling:
+        lo = "None" if s.clip_min is None else repr(s.clip_min)
+        hi = "None" if s.clip_max is None else repr(s.clip_max)
+        expressions.append(
+            ValueScalingProcessingExpression(
+                format="python",
+                expression=f"numpy.clip({s.band} * {s.scale!r} + {s.offset!r}, {lo}, {hi})",
+                description=f"{s.band}: reflectance (0..1, harmonised) to model units",
+            )
+        )
+    return expressions
+
+
+def properties(facts: MlmFacts) -> MLModelProperties:
+    card = facts.card
+    model_input = ModelInput(
+        name=f"{card.band_set} Sentinel-2 {card.processing_level} patches",
+        bands=list(card.bands),
+        input=InputStructure(
+            shape=[-1, len(card.bands), card.patch_size, card.patch_size],
+            dim_order=["batch", "bands", "height", "width"],
+            data_type="float32",
+        ),
+        value_scaling=list(_scaling_expression(card)),
+        resize_type=None,
+        pre_processing_function=None,
+    )
+    model_output = ModelOutput(
+        name=card.output_name,
+        tasks={"classification"},
+        result=ModelResult(shape=[-1, len(card.classes)], dim_order=["batch", "class"],
+                           data_type="float32"),
+        classes=[MLMClassification(value=i, name=c) for i, c in enumerate(card.classes)],
+        post_processing_function=None,
+    )
+    return MLModelProperties(
+        name=f"{facts.name} v{facts.version}",
+        architecture=card.architecture or "unknown",
+        tasks={"classification"},
+        framework="onnxruntime",
+        framework_version=onnx.__version__,
+        file_size=facts.size,
+        accelerator="amd64",
+        accelerator_constrained=False,
+        pretrained=False,
+        input=[model_input],
+        output=[model_output],
+    )
+
+
+def build_item(facts: MlmFacts, self_href: str) -> dict[str, Any]:
+    bbox = list(EUROPE_BBOX)
+    geometry = {
+        "type": "Polygon",
+        "coordinates": [[
+            [bbox[0], bbox[1]], [bbox[2], bbox[1]], [bbox[2], bbox[3]], [bbox[0], bbox[3]],
+            [bbox[0], bbox[1]],
+        ]],
+    }
+    props: dict[str, Any] = {
+        "start_datetime": SENTINEL2A_LAUNCH,
+        "end_datetime": facts.created.isoformat().replace("+00:00", "Z"),
+        "description": facts.card.description
+        or f"EuroSAT land-cover classifier {facts.name} version {facts.version}",
+        CARD_PROPERTY: json.loads(facts.card.to_json()),
+        "eostream:model_name": facts.name,
+        "eostream:model_version": facts.version,
+        "eostream:sha256": facts.sha256,
+        "processing:level": facts.card.processing_level,
+    }
+    if facts.run_id:
+        props["eostream:mlflow_run_id"] = facts.run_id
+    for key, value in facts.metrics:
+        props[f"eostream:metric:{key}"] = value
+    item = pystac.Item(
+        id=item_id(facts.name, facts.version),
+        geometry=geometry,
+        bbox=bbox,
+        datetime=None,
+        properties=props,
+    )
+    asset = pystac.Asset(
+        href=facts.artifact_href,
+        title=f"{facts.name} v{facts.version} (ONNX)",
+        media_type=ONNX_MEDIA_TYPE,
+        roles=["mlm:model", "data"],
+        extra_fields={
+            "mlm:artifact_type": "onnx",
+            "file:size": facts.size,
+            "file:checksum": multihash_sha256(facts.sha256),
+            "bands": [{"name": b} for b in facts.card.bands],
+        },
+    )
+    item.add_asset("model", asset)
+    MLModelExtension.ext(item, add_if_missing=True).apply(properties(facts))
+    if facts.training_data_href:
+        item.add_link(pystac.Link(rel="derived-from", target=facts.training_data_href,
+                                  title="training data"))
+    if facts.card.training_data_digest:
+        item.add_link(pystac.Link(
+            rel="derived-from",
+            target=f"urn:eostream:dataset:sha256:{facts.card.training_data_digest}",
+            title="training data (content digest)",
+        ))
+    if facts.run_href:
+        item.add_link(pystac.Link(rel="via", target=facts.run_href, title="MLflow run"))
+    item.set_self_href(self_href)
+    data = item.to_dict(include_self_link=True, transform_hrefs=False)
+    data["stac_extensions"] = sorted(
+        {*data.get("stac_extensions", []),
+         "https://stac-extensions.github.io/file/v2.1.0/schema.json"}
+    )
+    return data
+
+
+def validate_item(data: dict[str, Any], card: ModelCard, sha256: str) -> list[str]:
+    """Every problem with an MLM item; empty when it is valid and matches the model."""
+    problems: list[str] = []
+    try:
+        JsonSchemaSTACValidator().validate_core(
+            data, pystac.STACObjectType.ITEM, str(data.get("stac_version"))
+        )
+    except Exception as exc:  # STACValidationError, or a schema we do not have offline
+        problems.append(f"not a valid STAC item: {exc}".splitlines()[0])
+    props = data.get("properties", {})
+    mlm = {k.removeprefix("mlm:"): v for k, v in props.items() if k.startswith("mlm:")}
+    try:
+        parsed = MLModelProperties.model_validate(mlm)
+    except ValidationError as exc:
+        return [*problems, f"invalid MLM fields: {exc}".splitlines()[0]]
+    if not any(s.endswith("/mlm/v1.6.0/schema.json") or "/mlm/" in s
+               for s in data.get("stac_extensions", [])):
+        problems.append("the MLM extension is not declared in stac_extensions")
+    if len(parsed.input) != 1 or list(parsed.input[0].bands or []) != list(card.bands):
+        problems.append(f"MLM input bands differ from the card's {list(card.bands)}")
+    if parsed.input and parsed.input[0].input.shape[1:] != [len(card.bands), card.patch_size,
+                                                            card.patch_size]:
+        problems.append("MLM input shape differs from the card")
+    classes = [c.name for c in (parsed.output[0].classes or [])] if parsed.output else []
+    if classes != list(card.classes):
+        problems.append("MLM output classes differ from the card's classes")
+    if parsed.input and len(parsed.input[0].value_scaling or []) != len(card.bands):
+        problems.append("MLM value scaling does not give one entry per band")
+    models = [a for a in data.get("assets", {}).values() if "mlm:model" in a.get("roles", [])]
+    if len(models) != 1:
+        problems.append("the item must have exactly one asset with role mlm:model")
+    elif models[0].get("file:checksum") != multihash_sha256(sha256):
+        problems.append("the model asset's file:checksum does not match the artifact's sha256")
+    if props.get(CARD_PROPERTY) and ModelCard.model_validate(props[CARD_PROPERTY]) != card:
+        problems.append("the item's model card differs from the model's")
+    return problems

@@ -1,0 +1,84 @@
+"""Reading and running ONNX models: facts for the contract, logits, agreement with torch."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+from eostream.registry_bridge.contract import Dim, OnnxFacts, TensorFacts
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _tensor_facts(value: onnx.ValueInfoProto) -> TensorFacts:
+    tensor = value.type.tensor_type
+    dims: list[Dim] = []
+    for d in tensor.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(str(d.dim_param))
+        else:
+            dims.append(None)
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
+    return TensorFacts(name=value.name, shape=tuple(dims), dtype=dtype)
+
+
+def inspect(data: bytes) -> tuple[OnnxFacts | None, list[str]]:
+    """Check the model with onnx.checker and describe its inputs, outputs and metadata."""
+    try:
+        model = onnx.load_model_from_string(data)
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:  # onnx raises several types (DecodeError, ValidationError, ...)
+        return None, [f"the ONNX model fails onnx.checker: {type(exc).__name__}: {exc}"[:500]]
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = tuple(_tensor_facts(v) for v in model.graph.input if v.name not in initializers)
+    outputs = tuple(_tensor_facts(v) for v in model.graph.output)
+    metadata = {p.key: p.value for p in model.metadata_props}
+    return OnnxFacts(inputs=inputs, outputs=outputs, metadata=metadata), []
+
+
+def session(data: bytes, threads: int = 1) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+def logits(sess: ort.InferenceSession, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    name = sess.get_inputs()[0].name
+    parts = [
+        np.asarray(sess.run(None, {name: images[i : i + batch]})[0])
+        for i in range(0, len(images), batch)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+
+
+def torch_logits(model: Any, images: np.ndarray, threads: int = 1) -> np.ndarray:
+    """Run an MLflow-loaded torch model (eager module or torch.export GraphModule)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    if isinstance(model, torch.nn.Module) and model.training:
+        try:
+            model.eval()
+        except (NotImplementedError, RuntimeError):  # torch.export modules refuse eval()
+            pass
+    with torch.no_grad():
+        out = model(torch.from_numpy(np.ascontiguousarray(images)))
+    if isinstance(out, tuple | list):
+        out = out[0]
+    return np.asarray(out.detach().cpu().numpy())
+
+
+def max_abs_difference(a: np.ndarray, b: np.ndarray) -> float:
+    if a.shape != b.shape:
+        return float("inf")
+    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)), initial=0.0))

@@ -1,0 +1,217 @@
+"""The model-registry port and its MLflow adapter (the only module, with evaluation.py, that
+talks to MLflow). Calls are retried with exponential backoff when MLflow does not answer."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import mlflow
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.entities.webhook import WebhookEvent, WebhookEventStr
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from eostream.registry_bridge import tags
+from eostream.registry_bridge.errors import RegistryUnavailableError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+WEBHOOK_NAME = "eostream-registry-bridge"
+WEBHOOK_EVENTS: tuple[WebhookEventStr, ...] = (
+    "model_version.created",
+    "model_version_alias.created",
+)
+_TRANSIENT_TEXT = (
+    "Max retries exceeded",
+    "Connection refused",
+    "Connection aborted",
+    "Read timed out",
+    "database is locked",
+    "could not connect to server",
+    "server closed the connection",
+)
+_TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    if isinstance(exc, MlflowException):
+        return exc.error_code in _TRANSIENT_CODES or any(t in str(exc) for t in _TRANSIENT_TEXT)
+    name = type(exc).__name__
+    return name in {"ConnectionError", "Timeout", "OperationalError"} or any(
+        t in str(exc) for t in _TRANSIENT_TEXT
+    )
+
+
+def is_not_found(exc: BaseException) -> bool:
+    return isinstance(exc, MlflowException) and exc.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+
+class MlflowRegistry:
+    """What the bridge needs of the MLflow registry."""
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        *,
+        attempts: int = 5,
+        backoff: float = 0.5,
+        backoff_max: float = 15.0,
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        mlflow.set_tracking_uri(tracking_uri)  # mlflow.models.evaluate logs to the global URI
+        mlflow.set_registry_uri(tracking_uri)
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._attempts = attempts
+        self._backoff = backoff
+        self._backoff_max = backoff_max
+
+    def call(self, what: str, fn: Callable[[], T]) -> T:
+        """Run ``fn`` with retries on transient failures; RegistryUnavailableError at the end."""
+        retrying = Retrying(
+            stop=stop_after_attempt(self._attempts),
+            wait=wait_exponential(multiplier=self._backoff, max=self._backoff_max),
+            retry=retry_if_exception(is_transient),
+            reraise=False,
+            before_sleep=lambda state: log.warning(
+                "MLflow %s failed (attempt %d of %d), retrying: %s",
+                what, state.attempt_number, self._attempts,
+                state.outcome.exception() if state.outcome else "?",
+            ),
+        )
+        try:
+            return retrying(fn)
+        except RetryError as exc:
+            cause = exc.last_attempt.exception()
+            raise RegistryUnavailableError(
+                f"MLflow at {self.tracking_uri} did not answer ({what}): {cause}"
+            ) from cause
+
+    # --- reads ---
+    def check(self) -> None:
+        self.call("search", lambda: self.client.search_registered_models(max_results=1))
+
+    def get_version(self, name: str, version: str) -> ModelVersion:
+        return self.call("get version", lambda: self.client.get_model_version(name, version))
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        def fetch() -> list[ModelVersion]:
+            found: list[ModelVersion] = []
+            token: str | None = None
+            while True:
+                page = self.client.search_model_versions(
+                    filter_string=f"name='{name}'", max_results=200, page_token=token
+                )
+                found.extend(page)
+                token = page.token
+                if not token:
+                    return found
+
+        return self.call("search versions", fetch)
+
+    def alias_version(self, name: str, alias: str) -> str | None:
+        def fetch() -> str | None:
+            try:
+                return str(self.client.get_model_version_by_alias(name, alias).version)
+            except MlflowException as exc:
+                if is_not_found(exc) or "alias" in str(exc).lower():
+                    return None
+                raise
+
+        return self.call("get alias", fetch)
+
+    def model_tags(self, name: str) -> dict[str, str]:
+        def fetch() -> dict[str, str]:
+            try:
+                return dict(self.client.get_registered_model(name).tags)
+            except MlflowException as exc:
+                if is_not_found(exc):
+                    return {}
+                raise
+
+        return self.call("get model", fetch)
+
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        return self.call("get run", lambda: dict(self.client.get_run(run_id).data.metrics))
+
+    def download_onnx(self, run_id: str) -> bytes | None:
+        """The run's ``onnx/model.onnx`` artifact, or None when the run has none."""
+
+        def fetch() -> bytes | None:
+            with tempfile.TemporaryDirectory(prefix="eostream-bridge-") as tmp:
+                try:
+                    local = self.client.download_artifacts(run_id, tags.ONNX_ARTIFACT_PATH, tmp)
+                except (MlflowException, OSError) as exc:
+                    if is_transient(exc):
+                        raise
+                    log.info("run %s has no %s: %s", run_id, tags.ONNX_ARTIFACT_PATH, exc)
+                    return None
+                path = Path(local)
+                return path.read_bytes() if path.is_file() else None
+
+        return self.call("download ONNX", fetch)
+
+    def load_torch(self, source: str) -> Any:
+        import mlflow.pytorch
+
+        return self.call("load torch model", lambda: mlflow.pytorch.load_model(source))
+
+    # --- writes ---
+    def set_version_tags(self, name: str, version: str, values: Mapping[str, str]) -> None:
+        def write() -> None:
+            for key, value in values.items():
+                self.client.set_model_version_tag(name, version, key, value)
+
+        self.call("set version tags", write)
+
+    def set_model_tag(self, name: str, key: str, value: str) -> None:
+        self.call("set model tag", lambda: self.client.set_registered_model_tag(name, key, value))
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.call(
+            "set alias", lambda: self.client.set_registered_model_alias(name, alias, version)
+        )
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        def write() -> None:
+            try:
+                self.client.delete_registered_model_alias(name, alias)
+            except MlflowException as exc:
+                if not is_not_found(exc):
+                    raise
+
+        self.call("delete alias", write)
+
+    def ensure_webhook(self, url: str, secret: str) -> str:
+        """Create (or update) the bridge's webhook in MLflow; returns its id."""
+
+        events: list[WebhookEvent | Any] = [WebhookEvent.from_str(e) for e in WEBHOOK_EVENTS]
+
+        def write() -> str:
+            existing = [w for w in self.client.list_webhooks() if w.name == WEBHOOK_NAME]
+            if existing:
+                hook = self.client.update_webhook(
+                    existing[0].webhook_id, url=url, events=events, secret=secret,
+                    status="ACTIVE",
+                )
+            else:
+                hook = self.client.create_webhook(
+                    name=WEBHOOK_NAME, url=url, events=events, secret=secret,
+                    description="eostream registry-bridge: gate, promote and ship new versions",
+                )
+            return str(hook.webhook_id)
+
+        return self.call("ensure webhook", write)

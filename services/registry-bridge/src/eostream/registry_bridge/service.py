@@ -1,0 +1,152 @@
+"""Wiring: settings -> registry, store, bus, bridge; webhook + REST + ops server, reconcile loop,
+worker, and the ModelVersionRegistered consumer (fast path)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+
+from fastapi import FastAPI
+
+from eostream.registry_bridge.api import models_router
+from eostream.registry_bridge.bridge import Bridge
+from eostream.registry_bridge.registry import MlflowRegistry
+from eostream.registry_bridge.settings import BridgeSettings
+from eostream.registry_bridge.webhook import webhook_router
+from eostream.registry_bridge.worker import Worker
+from eostream.shared import metrics as shared_metrics
+from eostream.shared import topics
+from eostream.shared.bus import Bus, Consumer, Delivery, build_bus
+from eostream.shared.events import Event, ModelVersionRegistered
+from eostream.shared.ops import OpsServer, create_ops_app
+from eostream.shared.storage import build_object_store
+
+log = logging.getLogger(__name__)
+
+SERVICE = "registry-bridge"
+
+
+def mlflow_client_defaults() -> None:
+    """Fail fast inside MLflow's own HTTP client; the bridge does its own backoff."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+def build_bridge(settings: BridgeSettings, bus: Bus | None = None) -> Bridge:
+    registry = MlflowRegistry(
+        settings.mlflow_tracking_uri, attempts=settings.retry_attempts,
+        backoff=settings.retry_backoff_seconds, backoff_max=settings.retry_backoff_max_seconds,
+    )
+    store = build_object_store(settings)
+    return Bridge(settings, registry, store, bus or build_bus(settings, service=SERVICE))
+
+
+class BridgeService:
+    """The long-running bridge. ``start`` then ``stop`` (tests run it in-process)."""
+
+    def __init__(self, settings: BridgeSettings, bus: Bus | None = None) -> None:
+        self.settings = settings
+        self.bridge = build_bridge(settings, bus)
+        self.bus = self.bridge.bus
+        self.worker = Worker(self.bridge, settings.model_names)
+        self.consumer: Consumer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.app = self.create_app()
+        self.server = OpsServer(self.app, settings.http_host, settings.http_port)
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self.worker.last_reconcile_ok:
+            return False, "MLflow registry not reached yet (see logs)"
+        if self.consumer is not None and not self.consumer.ready:
+            return False, f"not consuming {topics.MODELS_REGISTERED} yet"
+        return True, f"watching {', '.join(self.settings.model_names)}"
+
+    def create_app(self) -> FastAPI:
+        app = create_ops_app(SERVICE, self.readiness)
+        secret = self.settings.webhook_secret
+        app.include_router(webhook_router(
+            secret.get_secret_value() if secret else None,
+            self.settings.webhook_tolerance_seconds, self.worker.enqueue,
+        ))
+        app.include_router(models_router(self.bridge))
+        return app
+
+    async def _on_registered(self, event: Event, delivery: Delivery) -> None:
+        if not isinstance(event, ModelVersionRegistered):
+            raise ValueError(f"unexpected {event.event_type} on {delivery.topic}")
+        await self.worker.enqueue(event.name, event.version, "event")
+
+    async def start(self) -> None:
+        shared_metrics.SERVICE_UP.labels(SERVICE).set(1)
+        await asyncio.to_thread(self.bridge.shipper.store.check)
+        await self.bus.start()
+        await self.bus.ensure_topics([topics.MODELS_REGISTERED, topics.MODELS_PROMOTED])
+        await self.server.start()
+        self._register_webhook()
+        self.consumer = self.bus.consumer(
+            [topics.MODELS_REGISTERED], self.settings.consumer_group, self._on_registered
+        )
+        self._tasks = [
+            asyncio.create_task(self.worker.run(), name="bridge-worker"),
+            asyncio.create_task(
+                self.worker.reconcile_forever(self.settings.reconcile_interval_seconds),
+                name="bridge-reconcile",
+            ),
+            asyncio.create_task(self.consumer.run(), name="bridge-consumer"),
+        ]
+        log.info("registry-bridge watching %s (MLflow %s)", ", ".join(self.settings.model_names),
+                 self.settings.mlflow_tracking_uri)
+
+    def _register_webhook(self) -> None:
+        s = self.settings
+        if not (s.webhook_url and s.webhook_secret):
+            log.info("no webhook registered (BRIDGE_WEBHOOK_URL/SECRET unset): reconcile loop only")
+            return
+        try:
+            hook = self.bridge.registry.ensure_webhook(
+                s.webhook_url, s.webhook_secret.get_secret_value()
+            )
+            log.info("MLflow webhook %s -> %s", hook, s.webhook_url)
+        except Exception as exc:  # the reconcile loop still covers everything
+            log.warning("could not register the MLflow webhook (%s); reconcile loop only", exc)
+
+    async def wait(self) -> None:
+        """Until a task fails (a stopped consumer ends the process so it is restarted)."""
+        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()
+
+    async def stop(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.server.stop()
+        await self.bus.close()
+        shared_metrics.SERVICE_UP.labels(SERVICE).set(0)
+
+
+async def run(settings: BridgeSettings) -> None:
+    from eostream.shared.runtime import install_stop_signals
+
+    mlflow_client_defaults()
+    service = BridgeService(settings)
+    stop = asyncio.Event()
+    install_stop_signals(stop.set)
+    await service.start()
+    waiter = asyncio.create_task(service.wait())
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if waiter.done():
+            waiter.result()
+    finally:
+        stopper.cancel()
+        waiter.cancel()
+        await service.stop()

@@ -1,0 +1,89 @@
+"""Verify a registered version before it may be gated or shipped (blocking I/O; call from a
+thread). Every problem found becomes a reason; any reason refuses the version."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mlflow.entities.model_registry import ModelVersion
+
+from eostream.registry_bridge import contract, onnx_model, tags
+from eostream.registry_bridge.errors import NotReadyError, RefusedError
+from eostream.registry_bridge.holdout import Holdout
+from eostream.registry_bridge.registry import MlflowRegistry
+from eostream.shared.modelcard import ModelCard
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Verified:
+    name: str
+    version: str
+    run_id: str
+    card: ModelCard
+    onnx_bytes: bytes
+    sha256: str
+    agreement: float  # largest |onnx - torch| logit difference on held-out images
+
+
+def verify(
+    registry: MlflowRegistry,
+    mv: ModelVersion,
+    *,
+    holdout_for: Callable[[str], Holdout],
+    grace_seconds: float,
+    samples: int,
+    atol: float,
+    threads: int = 1,
+) -> Verified:
+    name, version = str(mv.name), str(mv.version)
+    version_tags = dict(mv.tags or {})
+    age = time.time() - (mv.creation_timestamp or 0) / 1000.0
+    if contract.missing_tags(version_tags) and age < grace_seconds:
+        raise NotReadyError(
+            f"{name} v{version}: waiting for tags {contract.missing_tags(version_tags)}"
+        )
+    card, problems = contract.check_tags(version_tags)
+    if not mv.run_id:
+        raise RefusedError([*problems, "the version has no run, so no ONNX artifact"])
+    data = registry.download_onnx(str(mv.run_id))
+    if data is None:
+        raise RefusedError(
+            [*problems, f"no ONNX artifact {tags.ONNX_ARTIFACT_PATH} in run {mv.run_id}"]
+        )
+    digest = onnx_model.sha256_hex(data)
+    tagged = version_tags.get(tags.ONNX_SHA256)
+    if tagged and tagged != digest:
+        problems.append(f"onnx_sha256 tag {tagged} does not match the artifact's {digest}")
+    facts, onnx_problems = onnx_model.inspect(data)
+    problems += onnx_problems
+    if facts is not None:
+        problems += contract.check_graph(facts, card)
+    if problems or card is None:
+        raise RefusedError(problems or ["no usable model card"])
+
+    holdout = holdout_for(card.band_set)
+    images = holdout.images[:: max(1, len(holdout.images) // samples)][:samples]
+    try:
+        torch_model = registry.load_torch(str(mv.source))
+    except Exception as exc:  # any failure to load means we cannot vouch for the export
+        raise RefusedError(
+            [f"cannot load the MLflow pytorch model {mv.source} to check the ONNX export: {exc}"]
+        ) from exc
+    try:
+        expected = onnx_model.torch_logits(torch_model, images, threads)
+        got = onnx_model.logits(onnx_model.session(data, threads), images)
+    except Exception as exc:
+        raise RefusedError([f"running the model on held-out images failed: {exc}"[:500]]) from exc
+    diff = onnx_model.max_abs_difference(got, expected)
+    if not diff <= atol:
+        raise RefusedError([
+            f"ONNX and torch outputs differ by up to {diff:.3g} on {len(images)} held-out images "
+            f"(tolerance {atol:g})"
+        ])
+    log.info("%s v%s verified: contract ok, ONNX vs torch max diff %.2e", name, version, diff)
+    return Verified(name, version, str(mv.run_id), card, data, digest, diff)

@@ -1,0 +1,103 @@
+"""The MLflow webhook receiver: verify the HMAC signature, then queue the work.
+
+MLflow 3.17 signs ``f"{delivery_id}.{timestamp}.{body}"`` with HMAC-SHA256 and sends
+``X-MLflow-Signature: v1,<base64>``, ``X-MLflow-Delivery-Id`` and ``X-MLflow-Timestamp``
+(mlflow/webhooks/delivery.py). Deliveries older than the tolerance are refused (replays). The
+handler only queues; the work happens in the bridge's worker, so MLflow gets its answer at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import APIRouter, HTTPException, Request
+
+from eostream.registry_bridge import metrics
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-MLflow-Signature"
+DELIVERY_ID_HEADER = "X-MLflow-Delivery-Id"
+TIMESTAMP_HEADER = "X-MLflow-Timestamp"
+
+Enqueue = Callable[[str, str | None, str], Awaitable[None]]  # (name, version or None, source)
+
+
+def sign(secret: str, delivery_id: str, timestamp: str, body: str) -> str:
+    mac = hmac.new(secret.encode(), f"{delivery_id}.{timestamp}.{body}".encode(), hashlib.sha256)
+    return "v1," + base64.b64encode(mac.digest()).decode()
+
+
+def verify_signature(
+    secret: str,
+    *,
+    body: bytes,
+    signature: str | None,
+    delivery_id: str | None,
+    timestamp: str | None,
+    tolerance_seconds: int,
+    now: float | None = None,
+) -> str | None:
+    """None when the delivery is authentic and fresh, else why not."""
+    if not signature or not delivery_id or not timestamp:
+        return "missing signature, delivery id or timestamp header"
+    try:
+        sent = int(timestamp)
+    except ValueError:
+        return "the timestamp header is not a Unix time"
+    if abs((now if now is not None else time.time()) - sent) > tolerance_seconds:
+        return "the delivery is too old or from the future (replay?)"
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return "the body is not UTF-8"
+    expected = sign(secret, delivery_id, timestamp, text)
+    if not hmac.compare_digest(expected.encode(), signature.strip().encode()):
+        return "the signature does not match"
+    return None
+
+
+def webhook_router(secret: str | None, tolerance_seconds: int, enqueue: Enqueue) -> APIRouter:
+    router = APIRouter(tags=["webhooks"])
+
+    @router.post("/webhooks/mlflow", status_code=202, summary="MLflow model registry webhook")
+    async def receive(request: Request) -> dict[str, str]:
+        body = await request.body()
+        if secret is None:
+            metrics.WEBHOOKS.labels("rejected").inc()
+            raise HTTPException(503, {
+                "code": "webhooks_disabled",
+                "description": "set BRIDGE_WEBHOOK_SECRET to accept webhooks",
+            })
+        problem = verify_signature(
+            secret, body=body, signature=request.headers.get(SIGNATURE_HEADER),
+            delivery_id=request.headers.get(DELIVERY_ID_HEADER),
+            timestamp=request.headers.get(TIMESTAMP_HEADER), tolerance_seconds=tolerance_seconds,
+        )
+        if problem is not None:
+            metrics.WEBHOOKS.labels("rejected").inc()
+            log.warning("webhook refused: %s", problem)
+            raise HTTPException(401, {"code": "bad_signature", "description": problem})
+        try:
+            payload = json.loads(body)
+            entity, action, data = payload["entity"], payload["action"], payload["data"]
+            name = str(data["name"])
+        except (ValueError, KeyError, TypeError) as exc:
+            metrics.WEBHOOKS.labels("rejected").inc()
+            raise HTTPException(400, {"code": "bad_payload", "description": str(exc)}) from None
+        metrics.WEBHOOKS.labels("accepted").inc()
+        if (entity, action) == ("model_version", "created"):
+            await enqueue(name, str(data["version"]), "webhook")
+        elif (entity, action) == ("model_version_alias", "created"):
+            await enqueue(name, None, "webhook")
+        else:
+            return {"status": "ignored"}
+        return {"status": "queued"}
+
+    return router

@@ -1,0 +1,174 @@
+"""The bridge end to end on the embedded adapters: sqlite MLflow, local files, in-process bus."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+
+from eostream.registry_bridge import tags
+from eostream.registry_bridge.bridge import Bridge
+from eostream.registry_bridge.errors import PromotionError
+from eostream.registry_bridge.registry import MlflowRegistry
+from eostream.registry_bridge.settings import BridgeSettings
+from eostream.shared import topics
+from eostream.shared.bus.memory import InMemoryBus
+from eostream.shared.codec import decode
+from eostream.shared.events import ModelPromoted
+from eostream.shared.storage import build_object_store
+
+
+def make_bridge(settings: BridgeSettings) -> tuple[Bridge, InMemoryBus]:
+    bus = InMemoryBus(service="registry-bridge")
+    store = build_object_store(settings)
+    store.check()
+    return Bridge(settings, MlflowRegistry(settings.mlflow_tracking_uri, attempts=2,
+                                           backoff=0.05), store, bus), bus
+
+
+def promoted(bus: InMemoryBus) -> list[ModelPromoted]:
+    events = [decode(m) for m in bus._logs[topics.MODELS_PROMOTED]]
+    return [e for e in events if isinstance(e, ModelPromoted)]
+
+
+def version_tags(name: str, version: str) -> dict[str, str]:
+    return dict(mlflow.MlflowClient().get_model_version(name, version).tags)
+
+
+async def test_better_version_is_promoted_and_shipped_worse_is_refused(
+    bridge_settings: BridgeSettings, register: Any, models: Any
+) -> None:
+    bridge, bus = make_bridge(bridge_settings)
+    await bus.start()
+    v1 = register(models.better, pt2=True)
+    outcome = await bridge.handle_version("eurosat-landcover", v1, "event")
+    assert outcome.state == "promoted", outcome.reasons
+
+    [event] = promoted(bus)
+    assert (event.name, event.version, event.alias) == ("eurosat-landcover", v1, "champion")
+    artifact = Path(event.artifact_uri.removeprefix("file://"))
+    assert hashlib.sha256(artifact.read_bytes()).hexdigest() == event.sha256
+    item = json.loads(Path(event.mlm_item_href.removeprefix("file://")).read_text())
+    assert item["properties"]["mlm:input"][0]["bands"] == ["B04", "B03", "B02"]
+    t = version_tags("eurosat-landcover", v1)
+    assert t[tags.GATE] == "passed" and t[tags.SHIPPED] == "true"
+    assert t[tags.STAGE] == "Production"
+    client = mlflow.MlflowClient()
+    assert str(client.get_model_version_by_alias("eurosat-landcover", "champion").version) == v1
+    eval_run = client.get_run(t[tags.GATE_EVAL_RUN])
+    assert "recall/Forest" in eval_run.data.metrics
+
+    v2 = register(models.worse)
+    outcome = await bridge.handle_version("eurosat-landcover", v2, "event")
+    assert outcome.state == "failed"
+    t2 = version_tags("eurosat-landcover", v2)
+    assert t2[tags.GATE] == "failed"
+    assert any(r.startswith("FAIL") for r in json.loads(t2[tags.GATE_REASONS]))
+    assert str(client.get_model_version_by_alias("eurosat-landcover", "champion").version) == v1
+    assert len(promoted(bus)) == 1
+    assert tags.SHIPPED not in t2
+
+    # handled versions are not handled twice
+    again = await bridge.handle_version("eurosat-landcover", v2, "reconcile")
+    assert again.state == "skipped"
+
+
+async def test_broken_versions_are_refused_with_reasons_and_never_shipped(
+    bridge_settings: BridgeSettings, register: Any, models: Any, export: Any, card: Any
+) -> None:
+    bridge, bus = make_bridge(bridge_settings)
+    await bus.start()
+    no_onnx = register(models.better, with_onnx=False)
+    fixed_batch = register(models.better, onnx_bytes=export(models.better, card, dynamic=False))
+    wrong_sha = register(models.better, tags={"onnx_sha256": "0" * 64})
+    expected = {
+        no_onnx: "no ONNX artifact onnx/model.onnx",
+        fixed_batch: "batch dimension is fixed",
+        wrong_sha: "does not match the artifact",
+    }
+    for version, text in expected.items():
+        outcome = await bridge.handle_version("eurosat-landcover", version, "event")
+        assert outcome.state == "refused"
+        t = version_tags("eurosat-landcover", version)
+        assert t[tags.GATE] == "refused"
+        assert any(text in r for r in json.loads(t[tags.GATE_REASONS])), t[tags.GATE_REASONS]
+        assert tags.SHIPPED not in t
+    store = build_object_store(bridge_settings)
+    assert list(store.list("models/")) == []
+    assert promoted(bus) == []
+    with pytest.raises(PromotionError, match="refused"):
+        await bridge.promote("eurosat-landcover", no_onnx, by="alice", reason="try", force=True)
+
+
+async def test_rollback_and_manual_promotion_over_rest(
+    bridge_settings: BridgeSettings, register: Any, models: Any
+) -> None:
+    import httpx
+
+    from eostream.registry_bridge.service import BridgeService
+
+    service = BridgeService(bridge_settings, bus=InMemoryBus(service="registry-bridge"))
+    bridge, bus = service.bridge, service.bus
+    await bus.start()
+    v1 = register(models.better)
+    v2 = register(models.better)  # same quality: passes (no drop, no required improvement)
+    v3 = register(models.worse)
+    for v in (v1, v2, v3):
+        await bridge.handle_version("eurosat-landcover", v, "event")
+    assert [e.version for e in promoted(bus)] == [v1, v2]
+    client = mlflow.MlflowClient()
+    assert version_tags("eurosat-landcover", v1)[tags.STAGE] == "Archived"
+
+    transport = httpx.ASGITransport(app=service.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://bridge") as http:
+        r = await http.post("/models/eurosat-landcover/rollback",
+                            json={"by": "alice", "reason": "v2 misclassifies rivers"})
+        assert r.status_code == 200, r.text
+        assert (r.json()["version"], r.json()["previous_version"]) == (v1, v2)
+        event = promoted(bus)[-1]
+        assert (event.version, event.promoted_by) == (v1, "alice")
+        assert "v2 misclassifies rivers" in event.reason
+        assert str(client.get_model_version_by_alias("eurosat-landcover", "champion").version) == v1
+        t2 = version_tags("eurosat-landcover", v2)
+        assert (t2[tags.STAGE], t2[tags.ROLLED_BACK_BY]) == ("Archived", "alice")
+
+        r = await http.post("/models/eurosat-landcover/promote",
+                            json={"version": v3, "by": "bob", "reason": "want it"})
+        assert r.status_code == 409 and "failed the gate" in r.text
+        r = await http.post("/models/eurosat-landcover/promote",
+                            json={"version": v2, "by": "bob", "reason": "rivers fixed upstream"})
+        assert r.status_code == 200, r.text
+        t2 = version_tags("eurosat-landcover", v2)
+        assert (t2[tags.PROMOTED_BY], t2[tags.PROMOTED_REASON]) == ("bob", "rivers fixed upstream")
+        assert promoted(bus)[-1].version == v2
+
+        listing = (await http.get("/models/eurosat-landcover")).json()
+        assert [row["gate"] for row in listing] == ["passed", "passed", "failed"]
+        assert listing[1]["aliases"] == ["champion"]
+
+
+async def test_champion_alias_moved_in_mlflow_is_announced_or_undone(
+    bridge_settings: BridgeSettings, register: Any, models: Any
+) -> None:
+    bridge, bus = make_bridge(bridge_settings.model_copy(update={"auto_promote": False}))
+    await bus.start()
+    v1 = register(models.better)
+    v2 = register(models.better, with_onnx=False)
+    assert (await bridge.handle_version("eurosat-landcover", v1, "event")).state == "challenger"
+    assert (await bridge.handle_version("eurosat-landcover", v2, "event")).state == "refused"
+    assert promoted(bus) == []
+    client = mlflow.MlflowClient()
+
+    client.set_registered_model_alias("eurosat-landcover", "champion", v1)  # someone, in MLflow
+    event = await bridge.sync_champion("eurosat-landcover")
+    assert event is not None and event.version == v1 and event.promoted_by == "mlflow-alias"
+    assert await bridge.sync_champion("eurosat-landcover") is None  # announced once
+
+    client.set_registered_model_alias("eurosat-landcover", "champion", v2)  # a refused version
+    assert await bridge.sync_champion("eurosat-landcover") is None
+    assert str(client.get_model_version_by_alias("eurosat-landcover", "champion").version) == v1
+    assert [e.version for e in promoted(bus)] == [v1]

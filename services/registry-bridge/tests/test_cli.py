@@ -1,0 +1,56 @@
+"""`eostream models promote|rollback|list` against a sqlite MLflow and the local store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+from typer.testing import CliRunner
+
+from eostream.registry_bridge.cli import models_app
+
+NAME = "eurosat-landcover"
+
+
+def test_promote_rollback_list(
+    register: Any, models: Any, tracking_uri: str, tmp_path: Path, data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key, value in {
+        "BRIDGE_BUS": "memory", "BRIDGE_STORE": "local",
+        "BRIDGE_LOCAL_STORE_ROOT": str(tmp_path / "objects"),
+        "BRIDGE_MLFLOW_TRACKING_URI": tracking_uri, "EOSTREAM_DATA_DIR": str(data_dir),
+        "BRIDGE_HOLDOUT__PER_CLASS": "10", "BRIDGE_GATE__MIN_ACCURACY": "0.2",
+        "BRIDGE_GATE__MAX_CLASS_DROP": "0.5", "BRIDGE_REGISTRATION_GRACE_SECONDS": "0",
+    }.items():
+        monkeypatch.setenv(key, value)
+    v1, v2, v3 = register(models.better), register(models.better), register(models.worse)
+    runner = CliRunner()
+
+    def champion() -> str:
+        return str(mlflow.MlflowClient().get_model_version_by_alias(NAME, "champion").version)
+
+    result = runner.invoke(models_app, ["promote", NAME, v1, "--by", "alice", "--reason", "first"])
+    assert result.exit_code == 0, result.output
+    assert f"{NAME} v{v1} is champion" in result.output and champion() == v1
+    result = runner.invoke(models_app, ["promote", NAME, v2, "--by", "bob", "--reason", "newer"])
+    assert result.exit_code == 0, result.output
+    assert champion() == v2
+
+    result = runner.invoke(models_app, ["promote", NAME, v3, "--by", "eve", "--reason", "why not"])
+    assert result.exit_code == 1 and "failed the gate" in result.output
+    assert champion() == v2
+
+    result = runner.invoke(models_app, ["rollback", NAME, "--by", "carol", "--reason", "drill"])
+    assert result.exit_code == 0, result.output
+    assert champion() == v1
+    t1 = mlflow.MlflowClient().get_model_version(NAME, v1).tags
+    assert t1["eostream.promoted_by"] == "carol" and "drill" in t1["eostream.promoted_reason"]
+
+    result = runner.invoke(models_app, ["list", NAME, "--json"])
+    rows = {row["version"]: row for row in json.loads(result.output)}
+    assert rows[v1]["aliases"] == ["champion"] and rows[v2]["stage"] == "Archived"
+    assert rows[v3]["gate"] == "failed" and not rows[v3]["shipped"]

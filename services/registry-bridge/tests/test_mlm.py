@@ -1,0 +1,65 @@
+"""The STAC MLM item: generated from the card, validated offline, tampering detected."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+import pystac
+
+from eostream.registry_bridge import mlm
+from eostream.shared.modelcard import ModelCard
+
+SHA = hashlib.sha256(b"model").hexdigest()
+
+
+def facts(card: ModelCard) -> mlm.MlmFacts:
+    return mlm.MlmFacts(
+        name="eurosat-landcover", version="3", card=card,
+        artifact_href="s3://eostream/models/eurosat-landcover/3/model.onnx", sha256=SHA,
+        size=12345, created=datetime(2026, 11, 21, tzinfo=UTC), run_id="abc",
+        run_href="http://127.0.0.1:15000/#/experiments/1/runs/abc",
+        metrics=(("test_accuracy", 0.9),),
+    )
+
+
+def item(card: ModelCard) -> dict[str, Any]:
+    return mlm.build_item(facts(card), "s3://eostream/models/eurosat-landcover/3/item.json")
+
+
+def test_item_describes_the_model_and_validates(card: ModelCard) -> None:
+    data = item(card)
+    assert mlm.validate_item(data, card, SHA) == []
+    props = data["properties"]
+    assert props["mlm:input"][0]["bands"] == ["B04", "B03", "B02"]
+    assert props["mlm:input"][0]["input"]["shape"] == [-1, 3, 64, 64]
+    scaling = props["mlm:input"][0]["value_scaling"]
+    assert len(scaling) == 3 and "B04" in scaling[0]["expression"]
+    classes = props["mlm:output"][0]["classification:classes"]
+    assert [c["name"] for c in classes][:2] == ["AnnualCrop", "Forest"]
+    model = data["assets"]["model"]
+    assert model["file:checksum"] == "1220" + SHA and "mlm:model" in model["roles"]
+    assert model["mlm:artifact_type"] == "onnx"
+    rels = {link["rel"] for link in data["links"]}
+    assert {"derived-from", "via", "self"} <= rels
+    assert pystac.Item.from_dict(data).id == "eurosat-landcover-v3"
+
+
+def test_wrong_band_order_is_caught(card: ModelCard) -> None:
+    data = item(card)
+    bad = copy.deepcopy(data)
+    bad["properties"]["mlm:input"][0]["bands"] = ["B02", "B03", "B04"]
+    assert any("input bands differ" in p for p in mlm.validate_item(bad, card, SHA))
+
+
+def test_checksum_mismatch_and_broken_core_fields_are_caught(card: ModelCard) -> None:
+    data = item(card)
+    assert any("file:checksum" in p for p in mlm.validate_item(data, card, "0" * 64))
+    broken = copy.deepcopy(data)
+    del broken["geometry"]
+    assert any("not a valid STAC item" in p for p in mlm.validate_item(broken, card, SHA))
+    no_tasks = copy.deepcopy(data)
+    del no_tasks["properties"]["mlm:tasks"]
+    assert any("invalid MLM fields" in p for p in mlm.validate_item(no_tasks, card, SHA))

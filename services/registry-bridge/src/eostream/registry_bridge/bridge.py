@@ -65,6 +65,7 @@ class Bridge:
         )
         self.thresholds = Thresholds(**settings.gate.model_dump())
         self.lock = asyncio.Lock()
+        self.announced: dict[str, str] = {}  # name -> version this bridge announced on its bus
         self.gate = Gatekeeper(settings, registry, self.shipper)
         self.holdout_for = self.gate.holdout_for
 
@@ -243,6 +244,7 @@ class Bridge:
             promoted_by=by, reason=reason[:2000], source=BRIDGE,
         )
         await self.bus.publish(topics.MODELS_PROMOTED, event)
+        self.announced[name] = version
         # written after the publish: a crash in between re-announces (consumers are idempotent)
         await self._t(self.registry.set_model_tag, name, tags.LIVE_VERSION, version)
         log.info("%s v%s is champion (by %s): %s", name, version, by, reason)
@@ -346,3 +348,32 @@ class Bridge:
             event = await self._announce(name, champion, shipment, live, by, reason)
             metrics.PROMOTIONS.labels("alias").inc()
             return event
+
+    async def announce_current_champion(self, name: str) -> ModelPromoted | None:
+        """Announce again the champion a previous run shipped and announced, on this bridge's bus.
+
+        For buses that do not keep their log across runs (the embedded in-process bus): without
+        it, inference started in the same process would not know the live model. Does nothing
+        when there is no champion, when the champion was never announced (``sync_champion``, in
+        the reconcile loop, ships and announces it), or when this bridge already announced it on
+        its bus, so calling it again is harmless. Nothing is shipped again while the models bucket
+        holds the shipment; the event carries the champion's recorded promoter and reason.
+        """
+        async with self.lock:
+            champion = await self._t(self.registry.alias_version, name, tags.CHAMPION)
+            live = (await self._t(self.registry.model_tags, name)).get(tags.LIVE_VERSION)
+            if champion is None or champion != live or self.announced.get(name) == champion:
+                return None
+            try:
+                shipment = await self._t(self._ensure_shipped, name, champion)
+            except RefusedError as exc:
+                log.error("%s: champion v%s cannot ship (%s); not announced", name, champion,
+                          "; ".join(exc.reasons))
+                return None
+            vtags = dict((await self._t(self.registry.get_version, name, champion)).tags or {})
+            log.info("%s: re-announcing champion v%s shipped by an earlier run", name, champion)
+            return await self._announce(
+                name, champion, shipment, vtags.get(tags.PREVIOUS_CHAMPION),
+                vtags.get(tags.PROMOTED_BY, BRIDGE),
+                vtags.get(tags.PROMOTED_REASON, "champion of an earlier run"),
+            )

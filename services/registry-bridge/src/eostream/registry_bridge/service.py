@@ -21,11 +21,12 @@ from eostream.shared import topics
 from eostream.shared.bus import Bus, Consumer, Delivery, build_bus
 from eostream.shared.events import Event, ModelVersionRegistered
 from eostream.shared.ops import OpsServer, create_ops_app
-from eostream.shared.storage import build_object_store
+from eostream.shared.storage import ObjectStore, build_object_store
 
 log = logging.getLogger(__name__)
 
 SERVICE = "registry-bridge"
+DRAIN_TIMEOUT_SECONDS = 45.0
 
 
 def mlflow_client_defaults() -> None:
@@ -35,21 +36,37 @@ def mlflow_client_defaults() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
-def build_bridge(settings: BridgeSettings, bus: Bus | None = None) -> Bridge:
+def build_bridge(
+    settings: BridgeSettings, bus: Bus | None = None, store: ObjectStore | None = None
+) -> Bridge:
     registry = MlflowRegistry(
         settings.mlflow_tracking_uri, attempts=settings.retry_attempts,
         backoff=settings.retry_backoff_seconds, backoff_max=settings.retry_backoff_max_seconds,
     )
-    store = build_object_store(settings)
-    return Bridge(settings, registry, store, bus or build_bus(settings, service=SERVICE))
+    return Bridge(settings, registry, store or build_object_store(settings),
+                  bus or build_bus(settings, service=SERVICE))
 
 
 class BridgeService:
-    """The long-running bridge. ``start`` then ``stop`` (tests run it in-process)."""
+    """The long-running bridge. ``start`` then ``stop`` (tests run it in-process).
 
-    def __init__(self, settings: BridgeSettings, bus: Bus | None = None) -> None:
+    A bus handed in belongs to the caller (the embedded runner shares one among all services):
+    the service neither starts nor closes it. ``webhooks=False`` leaves out the MLflow webhook
+    receiver and its registration (the embedded mode relies on the reconcile loop).
+    """
+
+    def __init__(
+        self,
+        settings: BridgeSettings,
+        bus: Bus | None = None,
+        store: ObjectStore | None = None,
+        *,
+        webhooks: bool = True,
+    ) -> None:
         self.settings = settings
-        self.bridge = build_bridge(settings, bus)
+        self.webhooks = webhooks
+        self._owns_bus = bus is None
+        self.bridge = build_bridge(settings, bus, store)
         self.bus = self.bridge.bus
         self.worker = Worker(self.bridge, settings.model_names)
         self.consumer: Consumer | None = None
@@ -66,11 +83,12 @@ class BridgeService:
 
     def create_app(self) -> FastAPI:
         app = create_ops_app(SERVICE, self.readiness)
-        secret = self.settings.webhook_secret
-        app.include_router(webhook_router(
-            secret.get_secret_value() if secret else None,
-            self.settings.webhook_tolerance_seconds, self.worker.enqueue,
-        ))
+        if self.webhooks:
+            secret = self.settings.webhook_secret
+            app.include_router(webhook_router(
+                secret.get_secret_value() if secret else None,
+                self.settings.webhook_tolerance_seconds, self.worker.enqueue,
+            ))
         app.include_router(models_router(self.bridge))
         return app
 
@@ -82,10 +100,12 @@ class BridgeService:
     async def start(self) -> None:
         shared_metrics.SERVICE_UP.labels(SERVICE).set(1)
         await asyncio.to_thread(self.bridge.shipper.store.check)
-        await self.bus.start()
+        if self._owns_bus:
+            await self.bus.start()
         await self.bus.ensure_topics([topics.MODELS_REGISTERED, topics.MODELS_PROMOTED])
         await self.server.start()
-        self._register_webhook()
+        if self.webhooks:
+            self._register_webhook()
         self.consumer = self.bus.consumer(
             [topics.MODELS_REGISTERED], self.settings.consumer_group, self._on_registered
         )
@@ -120,15 +140,26 @@ class BridgeService:
             task.result()
 
     async def stop(self) -> None:
+        """Stop taking work (consumer, reconcile loop), let the worker finish the version in
+        hand, then stop the worker; queued versions are picked up again by the next reconcile."""
         if self.consumer is not None:
             await self.consumer.stop()
+        working = [t for t in self._tasks if t.get_name() == "bridge-worker" and not t.done()]
+        for task in self._tasks:
+            if task not in working:
+                task.cancel()
+        if working and not await self.worker.drain(DRAIN_TIMEOUT_SECONDS):
+            log.warning("stopping with a version still in hand after %.0fs; the reconcile loop "
+                        "will handle it again", DRAIN_TIMEOUT_SECONDS)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self._tasks = []
         await self.server.stop()
-        await self.bus.close()
+        if self._owns_bus:
+            await self.bus.close()
         shared_metrics.SERVICE_UP.labels(SERVICE).set(0)
 
 

@@ -44,6 +44,9 @@ class Worker:
         self._queued: set[Item] = set()
         self.last_reconcile_ok = False
         self.reconcile_passes = 0
+        self.idle = asyncio.Event()  # set while waiting for work, clear while handling an item
+        self.idle.set()
+        self._stopping = False
 
     async def enqueue(self, name: str, version: str | None, source: str) -> None:
         if name not in self.names:
@@ -55,9 +58,10 @@ class Worker:
             await self.queue.put((item, source))
 
     async def run(self) -> None:
-        while True:
+        while not self._stopping:
             (name, version), source = await self.queue.get()
             self._queued.discard((name, version))
+            self.idle.clear()
             try:
                 if version is None:
                     await self.bridge.sync_champion(name)
@@ -72,6 +76,17 @@ class Worker:
                               version)
             finally:
                 self.queue.task_done()
+                self.idle.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Take no new item; wait until the one in hand is done. Queued items are dropped: the
+        registry is the source of truth and the next reconcile pass queues them again."""
+        self._stopping = True
+        try:
+            await asyncio.wait_for(self.idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     async def reconcile_once(self) -> int:
         """Queue every unhandled version and a champion check per model; returns versions queued."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import sys
 from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -36,6 +38,41 @@ def version() -> None:
     for dist in sorted(distributions(), key=lambda d: d.metadata["Name"]):
         if dist.metadata["Name"].startswith("eostream"):
             typer.echo(f"{dist.metadata['Name']} {dist.version}")
+
+
+HomeOption = Annotated[
+    Path, typer.Option(envvar="EOSTREAM_HOME", help="Where the embedded mode keeps its state")
+]
+DataOption = Annotated[
+    Path | None,
+    typer.Option(envvar="EOSTREAM_DATA_DIR", help="The real data folder (EuroSAT, scenes)"),
+]
+
+
+@app.command()
+def up(home: HomeOption = Path(".eostream"), data_dir: DataOption = None) -> None:
+    """Run the whole system in this process (embedded mode) until Ctrl-C."""
+    from eostream.shared.demo import run as run_embedded
+    from eostream.shared.runtime import run_service
+    from eostream.shared.settings import configure_logging
+
+    configure_logging("INFO")
+    run_service(lambda: run_embedded(home, data_dir, demo=False))
+
+
+@app.command()
+def demo(
+    home: HomeOption = Path(".eostream"),
+    data_dir: DataOption = None,
+    train_timeout: Annotated[float, typer.Option(help="Seconds to wait for a model")] = 900,
+) -> None:
+    """Train, gate and promote a first model, discover real scenes, classify them, show results."""
+    from eostream.shared.demo import run as run_embedded
+    from eostream.shared.runtime import run_service
+    from eostream.shared.settings import configure_logging
+
+    configure_logging("WARNING")
+    run_service(lambda: run_embedded(home, data_dir, demo=True, train_timeout=train_timeout))
 
 
 def _load_commands() -> None:

@@ -1,0 +1,260 @@
+"""``eostream up`` and ``eostream demo``: the whole system in one process, no external service.
+
+The embedded home (``.eostream/`` by default) holds everything that persists: the local object
+store, the MLflow database (sqlite) and artifacts, each service's state. An MLflow server on that
+sqlite database runs beside the system, so people get the MLflow UI and the services talk to
+MLflow exactly as they do on the full stack.
+
+The demo is event-driven like the real pipeline: it asks for a model only when no champion is
+announced, lets ingest discover the scenes of a static catalogue, and waits until inference has
+classified each of them. A second run finds the champion and the scenes already done, and only
+does what is new.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from eostream.shared import topics
+from eostream.shared.bus.base import Delivery
+from eostream.shared.bus.memory import InMemoryBus
+from eostream.shared.embedded import EmbeddedContext, EmbeddedSystem
+from eostream.shared.errors import ConfigError
+from eostream.shared.events import (
+    Event,
+    ModelPromoted,
+    SceneClassified,
+    SceneDiscovered,
+    TrainingRequested,
+    TrainingStarted,
+)
+from eostream.shared.storage.local import LocalObjectStore
+
+log = logging.getLogger(__name__)
+console = Console(stderr=False)
+
+WATCHED = (
+    topics.TRAINING_EVENTS,
+    topics.MODELS_REGISTERED,
+    topics.MODELS_PROMOTED,
+    topics.SCENES_DISCOVERED,
+    topics.SCENES_CLASSIFIED,
+    topics.DEAD_LETTER,
+)
+
+
+def free_port(host: str, preferred: int) -> int:
+    with socket.socket() as s:
+        try:
+            s.bind((host, preferred))
+        except OSError:
+            s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def mlflow_server(home: Path, host: str, port: int) -> Iterator[str]:
+    """An MLflow tracking server (and UI) on the embedded sqlite database."""
+    (home / "mlartifacts").mkdir(parents=True, exist_ok=True)
+    log_path = home / "mlflow.log"
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+        "--artifacts-destination", str(home / "mlartifacts"),
+        "--serve-artifacts", "--host", host, "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(  # noqa: S603 - our own interpreter, fixed arguments
+            command, stdout=log_file, stderr=subprocess.STDOUT, env=env
+        )
+    url = f"http://{host}:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                raise ConfigError(f"the MLflow server did not start; see {log_path}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise ConfigError(f"the MLflow server did not answer within 120 s; see {log_path}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@dataclass
+class Observer:
+    """Watches the pipeline's events on the in-process bus and tells a person what happens."""
+
+    started: float = field(default_factory=time.monotonic)
+    promoted: list[ModelPromoted] = field(default_factory=list)
+    discovered: dict[str, SceneDiscovered] = field(default_factory=dict)
+    classified: dict[str, SceneClassified] = field(default_factory=dict)
+    dead_letters: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def say(self, text: str) -> None:
+        console.print(f"[dim]{time.monotonic() - self.started:7.1f}s[/dim]  {text}")
+
+    async def __call__(self, event: Event, delivery: Delivery) -> None:
+        if isinstance(event, TrainingStarted):
+            self.say(f"training started: MLflow run {event.run_url}")
+        elif isinstance(event, ModelPromoted):
+            self.promoted.append(event)
+            self.say(f"model {event.name} v{event.version} is {event.alias} ({event.sha256[:12]})")
+        elif isinstance(event, SceneDiscovered):
+            self.discovered[event.item_id] = event
+            self.say(f"scene discovered: {event.item_id} ({event.processing_level})")
+        elif isinstance(event, SceneClassified):
+            self.classified[event.item_id] = event
+            top = max(event.class_shares.items(), key=lambda kv: kv[1], default=("?", 0.0))
+            self.say(
+                f"scene classified: {event.item_id} by v{event.model_version} in "
+                f"{event.duration_seconds:.1f}s, mostly {top[0]} ({top[1]:.0%})"
+            )
+        else:
+            self.say(f"{event.event_type}: {event.key}")
+        self.changed.set()
+
+    async def wait(self, done: Callable[[], object], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), timeout=min(remaining, 5))
+        return True
+
+
+def demo_options(data_dir: Path | None) -> Mapping[str, Mapping[str, Any]]:
+    return {
+        "ingest": {"poll_interval_seconds": 5.0},
+        "trainer": {},
+        "registry-bridge": {"reconcile_interval_seconds": 5.0},
+        "inference": {},
+    }
+
+
+async def run(
+    home: Path,
+    data_dir: Path | None,
+    *,
+    demo: bool,
+    train_timeout: float = 900,
+    host: str = "127.0.0.1",
+    mlflow_port: int = 5000,
+) -> None:
+    home = home.resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port(host, mlflow_port)
+    console.print(f"[bold]eostream[/bold] embedded mode, state in {home}")
+    with mlflow_server(home, host, port) as mlflow_url:
+        console.print(f"MLflow UI: {mlflow_url}")
+        bus = InMemoryBus(service="embedded")
+        store = LocalObjectStore(home / "objects", "eostream")
+        store.check()
+        context = EmbeddedContext(
+            bus=bus, store=store, home=home, mlflow_tracking_uri=mlflow_url,
+            data_dir=data_dir, http_host=host, options=demo_options(data_dir),
+        )  # fmt: skip
+        observer = Observer()
+        watcher = bus.consumer(list(WATCHED), "embedded-observer", observer)
+        watch_task = asyncio.create_task(watcher.run())
+        try:
+            async with EmbeddedSystem(context) as system:
+                for label, url in system.urls().items():
+                    console.print(f"{label}: {url}")
+                if demo:
+                    await scenario(observer, bus, train_timeout=train_timeout)
+                    await print_results(observer, system.urls())
+                else:
+                    await asyncio.Event().wait()  # until SIGINT/SIGTERM cancels us
+        finally:
+            await watcher.stop()
+            await watch_task
+
+
+class DemoFailed(Exception):
+    """The demo could not finish; the message says what did not happen."""
+
+
+async def scenario(observer: Observer, bus: InMemoryBus, *, train_timeout: float) -> None:
+    # The bridge re-announces a champion shipped by an earlier run before its start() returns.
+    if await observer.wait(lambda: observer.promoted, timeout=3):
+        observer.say("a champion from an earlier run is live: no training needed")
+    else:
+        request = request_training()
+        observer.say(
+            f"no champion yet: asking for a {request.architecture} on {request.band_set} "
+            f"({request.epochs} epochs, {request.samples_per_class} patches per class)"
+        )
+        await bus.publish(topics.TRAINING_REQUESTS, request)
+        if not await observer.wait(lambda: observer.promoted, timeout=train_timeout):
+            raise DemoFailed(f"no model was promoted within {train_timeout:.0f} s")
+    # Ingest polls its catalogue at start; anything new is classified by the live model.
+    await observer.wait(lambda: observer.discovered, timeout=20)
+    if not observer.discovered:
+        observer.say("no new scenes: every scene of the catalogue was announced before")
+        return
+
+    def pending() -> set[str]:
+        return set(observer.discovered) - set(observer.classified)
+
+    if not await observer.wait(lambda: not pending(), timeout=900):
+        raise DemoFailed(f"scenes not classified within 15 minutes: {sorted(pending())}")
+
+
+async def print_results(observer: Observer, urls: Mapping[str, str]) -> None:
+    """The table of every result the inference API knows, this run's and earlier runs'."""
+    api = urls.get("inference REST API")
+    if api is None:
+        console.print("[yellow]no inference API in this system: nothing to list[/yellow]")
+        return
+    async with httpx.AsyncClient(base_url=api, timeout=30) as client:
+        response = await client.get("/results", params={"limit": 100})
+        response.raise_for_status()
+        found = response.json()
+    table = Table(title=f"Classified scenes ({found['total']})")
+    for column in ("scene", "model", "top classes", "quicklook"):
+        table.add_column(column, overflow="fold")
+    for result in found["results"]:
+        shares = sorted(result["class_shares"].items(), key=lambda kv: -kv[1])[:3]
+        table.add_row(
+            result["scene_id"],
+            f"{result['model_name']} v{result['model_version']}",
+            ", ".join(f"{name} {share:.0%}" for name, share in shares),
+            result["links"]["quicklook"],
+        )
+    console.print(table)
+    console.print("REST: " + ", ".join(f"{api}{path}" for path in ("/docs", "/results", "/stac")))
+
+
+def request_training() -> TrainingRequested:
+    return TrainingRequested(
+        band_set="rgb", architecture="small_cnn", epochs=3, samples_per_class=300,
+        requested_by="eostream demo", reason="no champion yet",
+    )  # fmt: skip

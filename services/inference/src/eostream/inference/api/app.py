@@ -1,0 +1,56 @@
+"""``create_app(settings)``: the REST API. The lifespan starts the service (model, consumers)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+
+from eostream.inference import metrics
+from eostream.inference.api import classify, errors, models, processes, results, stac
+from eostream.inference.service import InferenceService
+from eostream.inference.settings import InferenceSettings
+from eostream.shared.ops import ops_router
+
+
+def create_app(settings: InferenceSettings, service: InferenceService | None = None) -> FastAPI:
+    svc = service or InferenceService(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        owned = not getattr(svc, "_started", False)
+        await svc.start()
+        try:
+            yield
+        finally:
+            if owned:
+                await svc.stop()
+
+    app = FastAPI(
+        title="eostream inference",
+        version="0.1.0",
+        description="Whole-scene land-cover classification of Sentinel-2 scenes, and its results.",
+        lifespan=lifespan,
+    )
+    app.state.service = svc
+    errors.install(app)
+
+    @app.middleware("http")
+    async def timing(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")
+        metrics.REQUEST_DURATION.labels(
+            template, request.method, str(response.status_code)
+        ).observe(time.perf_counter() - started)
+        return response
+
+    app.include_router(ops_router("inference", svc.readiness))
+    for router in (results.router, stac.router, models.router, classify.router, processes.router):
+        app.include_router(router)
+    return app

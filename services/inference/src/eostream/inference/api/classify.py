@@ -1,0 +1,95 @@
+"""On-demand classification: POST a GeoTIFF (multipart) or a STAC item href. Needs the API key."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field
+
+from eostream.inference.api.deps import ApiKey, PipelineDep, Settings
+from eostream.inference.api.params import parse_datetime
+from eostream.inference.api.results import summary
+from eostream.inference.errors import BadInputError, TooLargeError
+from eostream.inference.uploads import describe_bands, item_for_raster
+
+router = APIRouter(prefix="/classify", tags=["classify"], dependencies=[ApiKey])
+CHUNK = 1 << 20
+
+
+class ItemRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    item_href: str = Field(
+        min_length=1, max_length=4000, description="STAC item: path, s3:// or https://"
+    )
+    replace: bool = False
+
+
+@router.post("/item", summary="Classify the scene of a STAC item href now")
+async def classify_item(
+    request: Request, body: ItemRequest, pipeline: PipelineDep
+) -> dict[str, Any]:
+    outcome = await run_in_threadpool(pipeline.classify_href, body.item_href, replace=body.replace)
+    return summary(outcome.record, str(request.base_url)) | {"skipped": outcome.skipped}
+
+
+async def _save(upload: UploadFile, target: Path, limit: int) -> str:
+    digest = hashlib.sha256()
+    size = 0
+    with target.open("wb") as fh:
+        while chunk := await upload.read(CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise TooLargeError(f"the upload is larger than the {limit} bytes allowed")
+            digest.update(chunk)
+            fh.write(chunk)
+    if size == 0:
+        raise BadInputError("the upload is empty")
+    return digest.hexdigest()
+
+
+@router.post("/upload", summary="Classify an uploaded multi-band GeoTIFF (multipart)")
+async def classify_upload(
+    request: Request,
+    pipeline: PipelineDep,
+    settings: Settings,
+    file: Annotated[UploadFile, File(description="GeoTIFF, bands as DN (reflectance x 10000)")],
+    bands: Annotated[
+        str | None, Form(description="band ids in file order, e.g. B04,B03,B02")
+    ] = None,
+    level: Annotated[Literal["L1C", "L2A"], Form()] = "L2A",
+    scale: Annotated[float, Form(gt=0, le=1)] = 1e-4,
+    offset: Annotated[float, Form(ge=-1, le=1)] = 0.0,
+    acquired: Annotated[str | None, Form(description="acquisition time, RFC 3339")] = None,
+) -> dict[str, Any]:
+    declared_size = request.headers.get("content-length", "")
+    if declared_size.isdigit() and int(declared_size) > settings.max_upload_bytes + 65536:
+        raise TooLargeError(
+            f"the upload is larger than the {settings.max_upload_bytes} bytes allowed"
+        )
+    when, _ = parse_datetime(acquired)
+    with tempfile.TemporaryDirectory(prefix="eostream-upload-") as tmp:
+        path = Path(tmp) / "upload.tif"
+        digest = await _save(file, path, settings.max_upload_bytes)
+        declared = [b.strip() for b in bands.split(",") if b.strip()] if bands else None
+        band_ids = await run_in_threadpool(describe_bands, path, declared)
+        item = await run_in_threadpool(
+            item_for_raster,
+            path,
+            f"upload-{digest[:16]}",
+            band_ids,
+            level=level,
+            scale=scale,
+            offset=offset,
+            when=(when or datetime.now(UTC)).isoformat(),
+        )
+        outcome = await run_in_threadpool(
+            pipeline.classify_item, item, f"upload:{file.filename or 'upload.tif'}", replace=True
+        )
+    return summary(outcome.record, str(request.base_url)) | {"skipped": outcome.skipped}

@@ -1,0 +1,145 @@
+"""/results: search classified scenes, and get one scene's COG, quicklook and statistics."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+
+from eostream.inference.api.deps import Results, Store
+from eostream.inference.api.params import parse_bbox, parse_datetime
+from eostream.inference.errors import BadInputError, ResultNotFoundError
+from eostream.inference.results import ResultQuery, ResultRecord
+from eostream.shared.errors import ObjectNotFoundError
+
+router = APIRouter(prefix="/results", tags=["results"])
+
+
+def summary(record: ResultRecord, base: str) -> dict[str, Any]:
+    scene = f"{base}results/{record.scene_id}"
+    version = f"?model_version={record.model_version}"
+    return {
+        "id": record.id,
+        "scene_id": record.scene_id,
+        "model_name": record.model_name,
+        "model_version": record.model_version,
+        "run_id": record.run_id,
+        "datetime": record.datetime.isoformat() if record.datetime else None,
+        "bbox": list(record.bbox) if record.bbox else None,
+        "created": record.created.isoformat(),
+        "class_shares": {k: v["share"] for k, v in record.stats.get("classes", {}).items()},
+        "level_mismatch": record.item.get("properties", {}).get("eostream:level_mismatch"),
+        "links": {
+            "self": scene + version,
+            "item": f"{scene}/item{version}",
+            "cog": f"{scene}/cog{version}",
+            "quicklook": f"{scene}/quicklook{version}",
+            "statistics": f"{scene}/statistics{version}",
+        },
+    }
+
+
+@router.get("", summary="Search results by scene, bbox, time, class share and model version")
+def search_results(
+    request: Request,
+    results: Results,
+    scene_id: Annotated[str | None, Query(max_length=256)] = None,
+    bbox: Annotated[str | None, Query(description="minx,miny,maxx,maxy (WGS84)")] = None,
+    datetime: Annotated[str | None, Query(description="RFC 3339 instant or interval a/b")] = None,
+    class_name: Annotated[str | None, Query(alias="class", max_length=100)] = None,
+    min_share: Annotated[float | None, Query(ge=0, le=1)] = None,
+    model_name: Annotated[str | None, Query(max_length=200)] = None,
+    model_version: Annotated[str | None, Query(max_length=100)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> dict[str, Any]:
+    if min_share is not None and class_name is None:
+        raise BadInputError("min_share needs class (for example ?class=Forest&min_share=0.2)")
+    start, end = parse_datetime(datetime)
+    query = ResultQuery(
+        scene_id=scene_id,
+        bbox=parse_bbox(bbox),
+        start=start,
+        end=end,
+        class_name=class_name,
+        min_share=min_share,
+        model_name=model_name,
+        model_version=model_version,
+        limit=limit,
+        offset=offset,
+    )
+    records, total = results.search(query)
+    base = str(request.base_url)
+    return {
+        "results": [summary(r, base) for r in records],
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+    }
+
+
+def _one(results: Results, scene_id: str, model_version: str | None) -> ResultRecord:
+    record = results.get(scene_id, model_version)
+    if record is None:
+        which = f" by model version {model_version}" if model_version else ""
+        raise ResultNotFoundError(f"scene {scene_id!r} has not been classified{which}")
+    return record
+
+
+Version = Annotated[str | None, Query(max_length=100)]
+
+
+@router.get("/{scene_id}", summary="The latest result of one scene (or of one model version)")
+def get_result(
+    request: Request, scene_id: str, results: Results, model_version: Version = None
+) -> dict[str, Any]:
+    return summary(_one(results, scene_id, model_version), str(request.base_url))
+
+
+@router.get("/{scene_id}/item", summary="The result STAC item")
+def get_item(scene_id: str, results: Results, model_version: Version = None) -> dict[str, Any]:
+    return _one(results, scene_id, model_version).item
+
+
+@router.get("/{scene_id}/statistics", summary="Per-class pixels, area (km2) and share")
+def get_statistics(
+    scene_id: str, results: Results, model_version: Version = None
+) -> dict[str, Any]:
+    return _one(results, scene_id, model_version).stats
+
+
+def _object(store: Store, key: str, media_type: str) -> Response:
+    try:
+        return Response(store.get_bytes(key), media_type=media_type)
+    except ObjectNotFoundError:
+        raise ResultNotFoundError(f"{key} is missing from the object store") from None
+
+
+@router.get(
+    "/{scene_id}/cog",
+    summary="The classification COG (uint8, nodata 255)",
+    response_class=Response,
+    responses={200: {"content": {"image/tiff": {}}}},
+)
+def get_cog(
+    scene_id: str, results: Results, store: Store, model_version: Version = None
+) -> Response:
+    record = _one(results, scene_id, model_version)
+    return _object(
+        store,
+        f"{record.prefix}/classification.tif",
+        "image/tiff; application=geotiff; profile=cloud-optimized",
+    )
+
+
+@router.get(
+    "/{scene_id}/quicklook",
+    summary="A quicklook PNG of the classes",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+)
+def get_quicklook(
+    scene_id: str, results: Results, store: Store, model_version: Version = None
+) -> Response:
+    record = _one(results, scene_id, model_version)
+    return _object(store, f"{record.prefix}/quicklook.png", "image/png")

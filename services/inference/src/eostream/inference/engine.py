@@ -1,0 +1,166 @@
+"""Sliding-window classification of a whole scene.
+
+Strips of window rows are read by one background thread (big blocks, one read per band per
+strip) while the model runs on the previous strip; windows are cut from the strip in memory as
+strided views and batched. Each window labels its centre ``stride x stride`` crop (see
+:mod:`eostream.inference.tiling`), so every pixel is labelled exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from eostream.inference.model import LoadedModel
+from eostream.inference.tiling import Plan, place_labels, reflect_fill
+
+log = logging.getLogger(__name__)
+NODATA = 255
+
+
+class StripReader(Protocol):
+    height: int
+    width: int
+
+    def read_into(
+        self, top: int, bottom: int, out: npt.NDArray[np.float32]
+    ) -> npt.NDArray[np.bool_]:
+        """Write rows ``[top, bottom)`` in model units into ``out`` ``[C, rows, width]``;
+        return the invalid mask ``[rows, width]``."""
+
+
+@dataclass
+class Classification:
+    labels: npt.NDArray[np.uint8]
+    probabilities: npt.NDArray[np.uint8] | None
+    windows: int
+    seconds: float
+    read_wait_seconds: float
+    compute_seconds: float
+
+    @property
+    def pixels(self) -> int:
+        return int(self.labels.size)
+
+
+@dataclass
+class _Strip:
+    start: int
+    stop: int
+    data: npt.NDArray[np.float32]
+    invalid: npt.NDArray[np.bool_]
+    top: int
+
+
+def window_view(strip: npt.NDArray[np.float32], plan: Plan, n_rows: int) -> npt.NDArray[np.float32]:
+    """``[C, rows, cols]`` strip -> read-only view ``[n_rows, plan.cols, C, patch, patch]``."""
+    c = strip.shape[0]
+    s0, s1, s2 = strip.strides
+    return np.lib.stride_tricks.as_strided(
+        strip,
+        shape=(n_rows, plan.cols, c, plan.patch, plan.patch),
+        strides=(plan.stride * s1, plan.stride * s2, s0, s1, s2),
+        writeable=False,
+    )
+
+
+def batches(view: npt.NDArray[np.float32], batch_size: int) -> list[tuple[int, int]]:
+    """Split the strip's windows into near-equal batches of at most ``batch_size``."""
+    total = view.shape[0] * view.shape[1]
+    count = -(-total // batch_size)
+    size = -(-total // count)
+    return [(i, min(i + size, total)) for i in range(0, total, size)]
+
+
+def gather(view: npt.NDArray[np.float32], start: int, end: int) -> npt.NDArray[np.float32]:
+    """Windows ``[start, end)`` (row-major over the strip) as one contiguous batch."""
+    cols = view.shape[1]
+    pieces = []
+    k = start
+    while k < end:
+        r, c = divmod(k, cols)
+        e = min(end, (r + 1) * cols)
+        pieces.append(view[r, c : c + (e - k)])
+        k = e
+    return np.concatenate(pieces) if len(pieces) > 1 else np.ascontiguousarray(pieces[0])
+
+
+def strip_rows(plan: Plan, target_pixels: int = 512) -> int:
+    """Window rows per strip so one read covers about ``target_pixels`` rows (COG block rows)."""
+    return max(1, target_pixels // plan.stride)
+
+
+def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return np.asarray(e / e.sum(axis=1, keepdims=True), dtype=np.float32)
+
+
+def _load(reader: StripReader, plan: Plan, start: int, stop: int, channels: int) -> _Strip:
+    """Read a strip straight into a padded buffer, then fill its margins by reflection."""
+    top, bottom = plan.strip_pixels(start, stop)
+    rt, rb = max(top, 0), min(bottom, reader.height)
+    m, width = plan.margin, reader.width
+    padded = np.empty((channels, bottom - top, plan.padded_width()), np.float32)
+    invalid = reader.read_into(rt, rb, padded[:, rt - top : rb - top, m : m + width])
+    reflect_fill(padded, rt - top, bottom - rb, m, plan.padded_width() - m - width)
+    return _Strip(start, stop, padded, invalid, rt)
+
+
+def classify(
+    reader: StripReader,
+    model: LoadedModel,
+    plan: Plan,
+    *,
+    batch_size: int = 256,
+    rows_per_strip: int = 0,
+    probabilities: bool = False,
+) -> Classification:
+    height, width, stride = reader.height, reader.width, plan.stride
+    labels = np.full((height, width), NODATA, np.uint8)
+    probs = np.zeros((len(model.card.classes), height, width), np.uint8) if probabilities else None
+    strips = plan.strips(rows_per_strip or strip_rows(plan))
+    started = time.perf_counter()
+    wait = compute = 0.0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scene-reader") as pool:
+        channels = len(model.card.bands)
+        pending: Future[_Strip] = pool.submit(_load, reader, plan, *strips[0], channels)
+        for index in range(len(strips)):
+            t0 = time.perf_counter()
+            strip = pending.result()
+            wait += time.perf_counter() - t0
+            if index + 1 < len(strips):
+                pending = pool.submit(_load, reader, plan, *strips[index + 1], channels)
+            t1 = time.perf_counter()
+            n_rows = strip.stop - strip.start
+            view = window_view(strip.data, plan, n_rows)
+            window_labels = np.empty(n_rows * plan.cols, np.uint8)
+            window_probs = (
+                np.empty((n_rows * plan.cols, len(model.card.classes)), np.uint8)
+                if probs is not None
+                else None
+            )
+            for b0, b1 in batches(view, batch_size):
+                logits = model.run(gather(view, b0, b1))
+                window_labels[b0:b1] = logits.argmax(axis=1)
+                if window_probs is not None:
+                    window_probs[b0:b1] = np.rint(softmax(logits) * 254).astype(np.uint8)
+            y0, y1 = strip.start * stride, min(strip.stop * stride, height)
+            block = place_labels(window_labels, plan, n_rows)[: y1 - y0, :width]
+            invalid = strip.invalid[y0 - strip.top : y1 - strip.top]
+            labels[y0:y1] = np.where(invalid, NODATA, block)
+            if probs is not None and window_probs is not None:
+                for k in range(probs.shape[0]):
+                    probs[k, y0:y1] = place_labels(window_probs[:, k].copy(), plan, n_rows)[
+                        : y1 - y0, :width
+                    ]
+            compute += time.perf_counter() - t1
+    seconds = time.perf_counter() - started
+    log.debug("classified %dx%d px in %.2fs (waited %.2fs for reads)", width, height, seconds, wait)
+    return Classification(labels, probs, plan.windows, seconds, wait, compute)

@@ -1,0 +1,54 @@
+"""The inference service's domain errors. The API maps them to HTTP statuses in one place
+(``api/errors.py``); consumers dead-letter the bad-input ones (they subclass InvalidEventError)."""
+
+from __future__ import annotations
+
+from eostream.shared.errors import EostreamError, InvalidEventError, RetryableError
+
+
+class InferenceError(EostreamError):
+    """Base of this service's errors."""
+
+
+class BadInputError(InferenceError, InvalidEventError):
+    """The scene, item, raster or request is unusable as given; retrying will not help."""
+
+    code = "bad_input"
+
+
+class NotFoundError(BadInputError):
+    """A referenced item, asset or model artifact does not exist (404 upstream)."""
+
+    code = "not_found"
+
+
+class BandMismatchError(BadInputError):
+    """The scene lacks bands the model needs."""
+
+    code = "band_mismatch"
+
+
+class LevelMismatchError(BadInputError):
+    """The scene's processing level is not the model's, and the policy says refuse."""
+
+    code = "level_mismatch"
+
+
+class TooLargeError(BadInputError):
+    code = "too_large"
+
+
+class ModelLoadError(InferenceError, InvalidEventError):
+    """A promoted model cannot be used: checksum, card or graph do not match."""
+
+    code = "model_invalid"
+
+
+class NoModelError(InferenceError, RetryableError):
+    """No model is deployed yet; try again once one is promoted."""
+
+    code = "no_model"
+
+
+class ResultNotFoundError(InferenceError):
+    code = "not_found"

@@ -1,0 +1,341 @@
+"""Classify a scene end to end: item -> windows -> products -> object store -> results index.
+
+One :class:`Pipeline` serves the consumer (SceneDiscovered), the REST API (on-demand requests)
+and the model consumer (ModelPromoted -> build, warm, swap). Its methods block; async callers
+run them in a thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pystac
+
+from eostream.inference import fetch, metrics, writer
+from eostream.inference.engine import classify
+from eostream.inference.errors import BadInputError, ModelLoadError, NoModelError
+from eostream.inference.model import LoadedModel, ModelInfo, load_model
+from eostream.inference.results import ResultRecord, ResultsStore
+from eostream.inference.scene import SceneReader, prepare_scene
+from eostream.inference.session import ModelHolder, release_free_memory
+from eostream.inference.settings import InferenceSettings
+from eostream.inference.stacitem import build_result_item, result_item_id
+from eostream.inference.tiling import Plan
+from eostream.shared.events import ModelPromoted, SceneClassified
+from eostream.shared.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    record: ResultRecord
+    skipped: bool
+    seconds: float = 0.0
+    pixels: int = 0
+
+    def event(self, store: ObjectStore) -> SceneClassified:
+        item = self.record.item
+        assets = item.get("assets", {})
+        return SceneClassified(
+            item_id=self.record.scene_id,
+            model_name=self.record.model_name,
+            model_version=self.record.model_version,
+            run_id=self.record.run_id,
+            result_item_href=store.uri(f"{self.record.prefix}/item.json"),
+            cog_href=assets["classification"]["href"],
+            quicklook_href=assets.get("quicklook", {}).get("href"),
+            class_shares={k: v["share"] for k, v in self.record.stats["classes"].items()},
+            pixels=self.pixels or int(self.record.stats["pixels"]),
+            duration_seconds=self.seconds,
+        )
+
+
+def parse_item(data: bytes, href: str) -> dict[str, Any]:
+    try:
+        item = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInputError(f"{href} is not JSON: {exc}") from None
+    if not isinstance(item, dict) or "id" not in item:
+        raise BadInputError(f"{href} is not a STAC item (no id)")
+    return item
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: InferenceSettings,
+        store: ObjectStore,
+        results: ResultsStore,
+        holder: ModelHolder,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.results = results
+        self.holder = holder
+
+    # -- models -------------------------------------------------------------------------
+    def deploy(self, event: ModelPromoted) -> LoadedModel:
+        """Fetch, verify, build and warm the promoted model beside the live one, then swap."""
+        info = ModelInfo(
+            name=event.name,
+            version=event.version,
+            alias=event.alias,
+            run_id=event.run_id,
+            sha256=event.sha256,
+            artifact_uri=event.artifact_uri,
+            mlm_item_href=event.mlm_item_href,
+        )
+        return self.deploy_uri(info, event.artifact_uri, event.sha256)
+
+    def deploy_uri(self, info: ModelInfo, uri: str, sha256: str | None) -> LoadedModel:
+        s = self.settings
+        try:
+            data = fetch.read_bytes(uri, s3=s.s3, max_bytes=s.max_model_bytes)
+            model = load_model(
+                data,
+                info,
+                expected_sha256=sha256,
+                providers=s.providers,
+                intra_op_threads=s.intra_op_threads,
+            )
+        except BadInputError as exc:
+            metrics.MODEL_SWAPS.labels("failed").inc()
+            self._record(info, "failed", str(exc), None)
+            raise ModelLoadError(f"cannot load model {info.name} v{info.version}: {exc}") from exc
+        except ModelLoadError as exc:
+            metrics.MODEL_SWAPS.labels("failed").inc()
+            self._record(info, "failed", str(exc), None)
+            raise
+        self.holder.swap(model)
+        self._record(info, "live", "", model.provider)
+        return model
+
+    def _record(self, info: ModelInfo, status: str, detail: str, provider: str | None) -> None:
+        self.results.record_deployment(
+            name=info.name,
+            version=info.version,
+            alias=info.alias,
+            run_id=info.run_id,
+            sha256=info.sha256,
+            artifact_uri=info.artifact_uri,
+            mlm_item_href=info.mlm_item_href,
+            provider=provider,
+            status=status,
+            detail=detail[:2000],
+        )
+
+    # -- scenes -------------------------------------------------------------------------
+    def load_item(self, href: str) -> dict[str, Any]:
+        data = fetch.read_bytes(href, s3=self.settings.s3, max_bytes=self.settings.max_item_bytes)
+        return parse_item(data, href)
+
+    def classify_href(
+        self,
+        href: str,
+        *,
+        level: str | None = None,
+        baseline: str | None = None,
+        replace: bool = False,
+    ) -> Outcome:
+        if self.holder.current is None:
+            raise NoModelError("no model is deployed yet; promote one (ModelPromoted)")
+        return self.classify_item(
+            self.load_item(href), href, level=level, baseline=baseline, replace=replace
+        )
+
+    def classify_item(
+        self,
+        item: dict[str, Any],
+        item_href: str,
+        *,
+        level: str | None = None,
+        baseline: str | None = None,
+        replace: bool = False,
+    ) -> Outcome:
+        scene_id = str(item.get("id", ""))
+        if not scene_id:
+            raise BadInputError(f"{item_href}: the item has no id")
+        try:
+            with self.holder.lease() as model:
+                if not replace:
+                    existing = self._existing(scene_id, model)
+                    if existing is not None:
+                        metrics.SCENES.labels("skipped").inc()
+                        log.info(
+                            "%s already classified by %s v%s; skipping",
+                            scene_id,
+                            model.info.name,
+                            model.info.version,
+                        )
+                        return Outcome(existing, skipped=True)
+                try:
+                    return self._classify(item, item_href, model, level, baseline)
+                finally:
+                    release_free_memory()  # a scene's buffers are large: give them back
+        except BadInputError:
+            metrics.SCENES.labels("refused").inc()
+            raise
+        except Exception:
+            metrics.SCENES.labels("failed").inc()
+            raise
+
+    def _existing(self, scene_id: str, model: LoadedModel) -> ResultRecord | None:
+        if not self.results.exists(scene_id, model.info.name, model.info.version):
+            return None
+        return self.results.get(scene_id, model.info.version)
+
+    def _classify(
+        self,
+        item: dict[str, Any],
+        item_href: str,
+        model: LoadedModel,
+        level: str | None,
+        baseline: str | None,
+    ) -> Outcome:
+        s, card = self.settings, model.card
+        started = time.perf_counter()
+        plan = prepare_scene(
+            item,
+            item_href,
+            card,
+            policy=s.level_mismatch,
+            b10_fill=s.b10_fill_reflectance,
+            event_level=level,
+            event_baseline=baseline,
+        )
+        with SceneReader(
+            plan,
+            card,
+            fetch.gdal_env(s.s3, s.gdal_cache_mb),
+            max_pixels=s.max_scene_pixels,
+            mask_clouds=s.mask_clouds,
+        ) as reader:
+            windows = Plan(reader.height, reader.width, card.patch_size, s.stride)
+            result = classify(
+                reader,
+                model,
+                windows,
+                batch_size=s.batch_size,
+                rows_per_strip=s.rows_per_strip,
+                probabilities=s.write_probabilities,
+            )
+            pixel_km2 = reader.bounds_area_km2()
+            transform, crs = reader.transform, reader.crs
+        stats = writer.statistics(result.labels, card.classes, pixel_km2)
+        info = model.info
+        prefix = f"{s.results_prefix}/{plan.item_id}/{info.name}/v{info.version}"
+        hrefs = self._write_products(prefix, result, transform, crs, card.classes, stats)
+        extra = plan.decision.properties() | {
+            "eostream:radiometry": list(plan.notes),
+            "eostream:window": {
+                "patch": card.patch_size,
+                "stride": s.stride,
+                "padding": "reflect",
+                "labels": "centre crop",
+            },
+            "eostream:pixels": result.pixels,
+            "eostream:masked_pixels": stats["masked_pixels"],
+            "eostream:duration_seconds": round(result.seconds, 3),
+            "eostream:processing_baseline": plan.baseline,
+        }
+        stac = build_result_item(
+            scene=item,
+            scene_href=item_href,
+            collection_id=s.collection_id,
+            info=info,
+            card=card,
+            provider=model.provider,
+            hrefs=hrefs,
+            stats=stats,
+            extra_properties=extra,
+        )
+        stac.set_self_href(self.store.uri(f"{prefix}/item.json"))
+        item_dict = stac.to_dict(include_self_link=True)
+        self.store.put_bytes(
+            f"{prefix}/item.json", json.dumps(item_dict).encode(), "application/geo+json"
+        )
+        record = ResultRecord(
+            id=result_item_id(plan.item_id, info.name, info.version),
+            scene_id=plan.item_id,
+            model_name=info.name,
+            model_version=info.version,
+            run_id=info.run_id,
+            datetime=_when(stac),
+            bbox=_bbox(item),
+            prefix=prefix,
+            item=item_dict,
+            stats=stats,
+        )
+        self.results.put(record)
+        seconds = time.perf_counter() - started
+        metrics.SCENES.labels("classified").inc()
+        metrics.PIXELS.inc(result.pixels)
+        metrics.PIXELS_PER_SECOND.set(result.pixels / max(result.seconds, 1e-9))
+        metrics.SCENE_DURATION.observe(seconds)
+        log.info(
+            "classified %s with %s v%s: %dx%d px, %d windows in %.2fs (%.0f px/s, read wait %.2fs)",
+            plan.item_id,
+            info.name,
+            info.version,
+            result.labels.shape[1],
+            result.labels.shape[0],
+            result.windows,
+            result.seconds,
+            result.pixels / max(result.seconds, 1e-9),
+            result.read_wait_seconds,
+        )
+        return Outcome(record, skipped=False, seconds=seconds, pixels=result.pixels)
+
+    def _write_products(
+        self,
+        prefix: str,
+        result: Any,
+        transform: Any,
+        crs: Any,
+        classes: tuple[str, ...],
+        stats: dict[str, Any],
+    ) -> dict[str, str]:
+        hrefs: dict[str, str] = {}
+        with tempfile.TemporaryDirectory(prefix="eostream-inference-") as tmp:
+            cog = Path(tmp) / "classification.tif"
+            writer.write_classification(cog, result.labels, transform, crs, classes)
+            self.store.put_file(
+                f"{prefix}/classification.tif",
+                cog,
+                "image/tiff; application=geotiff; profile=cloud-optimized",
+            )
+            hrefs["classification"] = self.store.uri(f"{prefix}/classification.tif")
+            if result.probabilities is not None:
+                probs = Path(tmp) / "probabilities.tif"
+                writer.write_probabilities(probs, result.probabilities, transform, crs, classes)
+                self.store.put_file(f"{prefix}/probabilities.tif", probs, "image/tiff")
+                hrefs["probabilities"] = self.store.uri(f"{prefix}/probabilities.tif")
+        png = writer.quicklook_png(result.labels, len(classes))
+        self.store.put_bytes(f"{prefix}/quicklook.png", png, "image/png")
+        hrefs["quicklook"] = self.store.uri(f"{prefix}/quicklook.png")
+        self.store.put_bytes(
+            f"{prefix}/statistics.json", json.dumps(stats).encode(), "application/json"
+        )
+        hrefs["statistics"] = self.store.uri(f"{prefix}/statistics.json")
+        return hrefs
+
+
+def _when(item: pystac.Item) -> datetime | None:
+    return item.datetime
+
+
+def _bbox(item: dict[str, Any]) -> tuple[float, float, float, float] | None:
+    bbox = item.get("bbox")
+    if isinstance(bbox, list | tuple) and len(bbox) >= 4:
+        if len(bbox) == 6:
+            return (float(bbox[0]), float(bbox[1]), float(bbox[3]), float(bbox[4]))
+        return (float(bbox[0]), float(bbox[1]), float(bbox[2]), float(bbox[3]))
+    return None

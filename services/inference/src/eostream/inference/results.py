@@ -1,0 +1,329 @@
+"""The results index: one ResultsStore port, SQLAlchemy Core adapters for sqlite and PostgreSQL.
+
+Rows are the result STAC items with the columns searches need (scene, model, time, bbox) and one
+row per class share, so ``class=Forest&min_share=0.2`` is an indexed query in either database.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from datetime import datetime as DateTime
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+metadata = sa.MetaData()
+
+results_table = sa.Table(
+    "results",
+    metadata,
+    sa.Column("id", sa.String(600), primary_key=True),
+    sa.Column("scene_id", sa.String(256), nullable=False, index=True),
+    sa.Column("model_name", sa.String(200), nullable=False),
+    sa.Column("model_version", sa.String(100), nullable=False),
+    sa.Column("run_id", sa.String(100)),
+    sa.Column("datetime", sa.DateTime(timezone=True), index=True),
+    sa.Column("minx", sa.Float),
+    sa.Column("miny", sa.Float),
+    sa.Column("maxx", sa.Float),
+    sa.Column("maxy", sa.Float),
+    sa.Column("created", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("prefix", sa.String(1000), nullable=False),
+    sa.Column("item", sa.Text, nullable=False),
+    sa.Column("stats", sa.Text, nullable=False),
+    sa.UniqueConstraint("scene_id", "model_name", "model_version", name="uq_results_scene_model"),
+)
+classes_table = sa.Table(
+    "result_classes",
+    metadata,
+    sa.Column(
+        "result_id",
+        sa.String(600),
+        sa.ForeignKey("results.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("class_name", sa.String(100), primary_key=True),
+    sa.Column("share", sa.Float, nullable=False),
+    sa.Column("area_km2", sa.Float, nullable=False),
+    sa.Index("ix_result_classes_share", "class_name", "share"),
+)
+deployments_table = sa.Table(
+    "deployments",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("version", sa.String(100), nullable=False),
+    sa.Column("alias", sa.String(100)),
+    sa.Column("run_id", sa.String(100)),
+    sa.Column("sha256", sa.String(64)),
+    sa.Column("artifact_uri", sa.Text),
+    sa.Column("mlm_item_href", sa.Text),
+    sa.Column("provider", sa.String(100)),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("detail", sa.Text),
+    sa.Column("time", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    id: str
+    scene_id: str
+    model_name: str
+    model_version: str
+    run_id: str | None
+    datetime: DateTime | None
+    bbox: tuple[float, float, float, float] | None
+    prefix: str
+    item: dict[str, Any]
+    stats: dict[str, Any]
+    created: DateTime = field(default_factory=lambda: DateTime.now(UTC))
+
+
+@dataclass(frozen=True)
+class ResultQuery:
+    scene_id: str | None = None
+    ids: Sequence[str] | None = None
+    bbox: tuple[float, float, float, float] | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    class_name: str | None = None
+    min_share: float | None = None
+    model_name: str | None = None
+    model_version: str | None = None
+    limit: int = 100
+    offset: int = 0
+
+
+class ResultsStore(Protocol):
+    def init(self) -> None: ...
+
+    def exists(self, scene_id: str, model_name: str, model_version: str) -> bool: ...
+
+    def put(self, record: ResultRecord) -> None: ...
+
+    def get(self, scene_id: str, model_version: str | None = None) -> ResultRecord | None: ...
+
+    def search(self, query: ResultQuery) -> tuple[list[ResultRecord], int]: ...
+
+    def record_deployment(self, **fields: Any) -> None: ...
+
+    def deployments(self, limit: int = 50) -> list[dict[str, Any]]: ...
+
+    def ping(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class SqlResultsStore:
+    """Shared SQLAlchemy Core implementation; subclasses only say how to build the engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def init(self) -> None:
+        metadata.create_all(self._engine)
+
+    def exists(self, scene_id: str, model_name: str, model_version: str) -> bool:
+        stmt = sa.select(results_table.c.id).where(
+            results_table.c.scene_id == scene_id,
+            results_table.c.model_name == model_name,
+            results_table.c.model_version == model_version,
+        )
+        with self._engine.connect() as conn:
+            return conn.execute(stmt).first() is not None
+
+    def put(self, record: ResultRecord) -> None:
+        """Insert or replace (same scene and model version) in one transaction."""
+        bbox = record.bbox or (None, None, None, None)
+        row = {
+            "id": record.id,
+            "scene_id": record.scene_id,
+            "model_name": record.model_name,
+            "model_version": record.model_version,
+            "run_id": record.run_id,
+            "datetime": record.datetime,
+            "minx": bbox[0],
+            "miny": bbox[1],
+            "maxx": bbox[2],
+            "maxy": bbox[3],
+            "created": record.created,
+            "prefix": record.prefix,
+            "item": json.dumps(record.item),
+            "stats": json.dumps(record.stats),
+        }
+        shares = [
+            {
+                "result_id": record.id,
+                "class_name": name,
+                "share": float(v["share"]),
+                "area_km2": float(v["area_km2"]),
+            }
+            for name, v in record.stats.get("classes", {}).items()
+        ]
+        with self._engine.begin() as conn:
+            old = sa.select(results_table.c.id).where(
+                (results_table.c.id == record.id)
+                | (
+                    (results_table.c.scene_id == record.scene_id)
+                    & (results_table.c.model_name == record.model_name)
+                    & (results_table.c.model_version == record.model_version)
+                )
+            )
+            old_ids = [r[0] for r in conn.execute(old)]
+            if old_ids:
+                conn.execute(classes_table.delete().where(classes_table.c.result_id.in_(old_ids)))
+                conn.execute(results_table.delete().where(results_table.c.id.in_(old_ids)))
+            conn.execute(results_table.insert(), [row])
+            if shares:
+                conn.execute(classes_table.insert(), shares)
+
+    def get(self, scene_id: str, model_version: str | None = None) -> ResultRecord | None:
+        records, _ = self.search(
+            ResultQuery(scene_id=scene_id, model_version=model_version, limit=1)
+        )
+        return records[0] if records else None
+
+    def _where(self, q: ResultQuery) -> list[Any]:
+        c = results_table.c
+        where: list[Any] = []
+        if q.scene_id is not None:
+            where.append(c.scene_id == q.scene_id)
+        if q.ids:
+            where.append(c.id.in_(list(q.ids)))
+        if q.model_name is not None:
+            where.append(c.model_name == q.model_name)
+        if q.model_version is not None:
+            where.append(c.model_version == q.model_version)
+        if q.start is not None:
+            where.append(c.datetime >= q.start)
+        if q.end is not None:
+            where.append(c.datetime <= q.end)
+        if q.bbox is not None:
+            minx, miny, maxx, maxy = q.bbox
+            where += [c.minx <= maxx, c.maxx >= minx, c.miny <= maxy, c.maxy >= miny]
+        if q.class_name is not None:
+            sub = sa.select(classes_table.c.result_id).where(
+                classes_table.c.class_name == q.class_name,
+                classes_table.c.share >= (q.min_share if q.min_share is not None else 0.0),
+            )
+            where.append(c.id.in_(sub))
+        return where
+
+    def search(self, query: ResultQuery) -> tuple[list[ResultRecord], int]:
+        where = self._where(query)
+        stmt = (
+            sa.select(results_table)
+            .where(*where)
+            .order_by(results_table.c.created.desc(), results_table.c.id)
+            .limit(query.limit)
+            .offset(query.offset)
+        )
+        count = sa.select(sa.func.count()).select_from(results_table).where(*where)
+        with self._engine.connect() as conn:
+            rows = conn.execute(stmt).mappings().all()
+            total = int(conn.execute(count).scalar_one())
+        return [_record(r) for r in rows], total
+
+    def record_deployment(self, **fields: Any) -> None:
+        fields.setdefault("time", datetime.now(UTC))
+        with self._engine.begin() as conn:
+            conn.execute(deployments_table.insert(), [fields])
+
+    def deployments(self, limit: int = 50) -> list[dict[str, Any]]:
+        stmt = sa.select(deployments_table).order_by(deployments_table.c.id.desc()).limit(limit)
+        with self._engine.connect() as conn:
+            return [
+                {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in r.items()}
+                for r in conn.execute(stmt).mappings().all()
+            ]
+
+    def ping(self) -> bool:
+        try:
+            with self._engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except sa.exc.SQLAlchemyError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+
+def _record(row: Any) -> ResultRecord:
+    bbox = None
+    if row["minx"] is not None:
+        bbox = (row["minx"], row["miny"], row["maxx"], row["maxy"])
+    when = row["datetime"]
+    if when is not None and when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    created = row["created"]
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
+    return ResultRecord(
+        id=row["id"],
+        scene_id=row["scene_id"],
+        model_name=row["model_name"],
+        model_version=row["model_version"],
+        run_id=row["run_id"],
+        datetime=when,
+        bbox=bbox,
+        prefix=row["prefix"],
+        item=json.loads(row["item"]),
+        stats=json.loads(row["stats"]),
+        created=created,
+    )
+
+
+class SqliteResultsStore(SqlResultsStore):
+    """Embedded mode: one file (or ``sqlite://`` in memory), WAL for concurrent readers."""
+
+    def __init__(self, url: str) -> None:
+        from pathlib import Path
+
+        from sqlalchemy.pool import StaticPool
+
+        path = url.removeprefix("sqlite:///")
+        if path and path != url and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        memory = url in ("sqlite://", "sqlite:///:memory:")
+        engine = sa.create_engine(
+            url,
+            connect_args={"check_same_thread": False},
+            poolclass=StaticPool if memory else None,
+        )
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            if not memory:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.close()
+
+        super().__init__(engine)
+
+
+class PostgresResultsStore(SqlResultsStore):
+    """Full stack: PostgreSQL through psycopg 3 (``postgresql://`` URLs are accepted)."""
+
+    def __init__(self, url: str) -> None:
+        if url.startswith("postgresql://") or url.startswith("postgres://"):
+            url = "postgresql+psycopg://" + url.split("://", 1)[1]
+        super().__init__(sa.create_engine(url, pool_pre_ping=True, pool_size=5))
+
+
+def build_results_store(url: str) -> ResultsStore:
+    store: SqlResultsStore
+    if url.startswith("sqlite"):
+        store = SqliteResultsStore(url)
+    elif url.startswith("postgres"):
+        store = PostgresResultsStore(url)
+    else:
+        raise ValueError(f"unsupported results database URL {url!r} (sqlite:/// or postgresql://)")
+    store.init()
+    return store

@@ -1,0 +1,291 @@
+"""A scene ready to classify: its STAC item, band sources, radiometry, and a strip reader.
+
+:func:`prepare_scene` is pure (item JSON + model card -> :class:`ScenePlan`); :class:`SceneReader`
+does the I/O: it opens each band's COG (local, S3 or HTTP through GDAL), warps coarser bands to
+the grid of the finest band present, and turns DNs into the model's units strip by strip.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from eostream.inference import bands, radiometry
+from eostream.inference.errors import BadInputError, NotFoundError, TooLargeError
+from eostream.inference.levels import LevelDecision, Policy, decide, scene_level
+from eostream.shared.modelcard import ModelCard
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScenePlan:
+    item_id: str
+    item: dict[str, Any]
+    item_href: str
+    sources: dict[str, bands.BandSource]
+    radiometry: dict[str, radiometry.Radiometry]
+    fills: dict[str, float]
+    scl_href: str | None
+    decision: LevelDecision
+    baseline: str | None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def absolute_href(href: str, item_href: str) -> str:
+    if "://" in href or href.startswith("/"):
+        return href
+    base = item_href.rsplit("/", 1)[0] if "/" in item_href else "."
+    return f"{base}/{href}"
+
+
+def prepare_scene(
+    item: dict[str, Any],
+    item_href: str,
+    card: ModelCard,
+    *,
+    policy: Policy,
+    b10_fill: float,
+    event_level: str | None = None,
+    event_baseline: str | None = None,
+) -> ScenePlan:
+    """Map the model's bands to the item's assets and decide the radiometry and level handling."""
+    if item.get("type") != "Feature" or not isinstance(item.get("assets"), dict):
+        raise BadInputError(f"{item_href} is not a STAC item (no Feature type or no assets)")
+    props: Mapping[str, Any] = item.get("properties") or {}
+    assets: dict[str, dict[str, Any]] = {
+        k: {**v, "href": absolute_href(str(v.get("href", "")), item_href)}
+        for k, v in item["assets"].items()
+        if isinstance(v, dict)
+    }
+    level = event_level or scene_level(props, item.get("collection"))
+    baseline = event_baseline or props.get("s2:processing_baseline")
+    sources, missing = bands.map_bands(assets, card.bands)
+    decision = decide(card.processing_level, level, policy, missing)
+    scaling = {s.band: s for s in card.scaling}
+    fills = {}
+    for band in decision.fill_bands:
+        s = scaling[band]
+        fills[band] = b10_fill * s.scale + s.offset
+    rad = {
+        b: radiometry.for_asset(assets[src.asset_key], src.index, baseline)
+        for b, src in sources.items()
+    }
+    notes = tuple(
+        f"{b}: reflectance = DN*{r.scale:g}{r.offset:+g} ({r.source})" for b, r in rad.items()
+    )
+    return ScenePlan(
+        item_id=str(item.get("id")),
+        item=item,
+        item_href=item_href,
+        sources=sources,
+        radiometry=rad,
+        fills=fills,
+        scl_href=bands.scl_href(assets),
+        decision=decision,
+        baseline=str(baseline) if baseline else None,
+        notes=notes,
+    )
+
+
+def _open_error(href: str, exc: Exception) -> BadInputError:
+    text = str(exc)
+    if any(s in text for s in ("No such file", "404", "does not exist", "Not Found")):
+        return NotFoundError(f"asset {href} cannot be found: {text}")
+    return BadInputError(f"asset {href} is not a readable raster (corrupt or truncated?): {text}")
+
+
+class SceneReader:
+    """Reads model-ready strips of a scene; open, read and close run in one thread under Env."""
+
+    def __init__(
+        self,
+        plan: ScenePlan,
+        card: ModelCard,
+        gdal_env: Callable[[], Any],
+        *,
+        max_pixels: int,
+        mask_clouds: bool = True,
+    ) -> None:
+        self._plan = plan
+        self._card = card
+        self._env_factory = gdal_env
+        self._env = gdal_env()
+        self._max_pixels = max_pixels
+        self._mask_clouds = mask_clouds
+        self._datasets: dict[str, Any] = {}
+        self._band_readers: dict[str, tuple[Any, int, float | None]] = {}
+        self._scl: Any = None
+        self._scl_ratio = 0
+        self.height = self.width = 0
+        self.crs: Any = None
+        self.transform: Any = None
+
+    def __enter__(self) -> SceneReader:
+        self._env.__enter__()
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _dataset(self, href: str) -> Any:
+        if href not in self._datasets:
+            from eostream.inference.fetch import gdal_path
+
+            try:
+                self._datasets[href] = rasterio.open(gdal_path(href))
+            except RasterioError as exc:
+                raise _open_error(href, exc) from exc
+        return self._datasets[href]
+
+    def _open(self) -> None:
+        sources = self._plan.sources
+        opened = {b: self._dataset(s.href) for b, s in sources.items()}
+        for band, ds in opened.items():
+            if ds.crs is None:
+                raise BadInputError(
+                    f"asset {sources[band].href} has no CRS (unknown georeferencing)"
+                )
+            if sources[band].index > ds.count:
+                raise BadInputError(f"asset {sources[band].href} has no band {sources[band].index}")
+        finest = min(opened.values(), key=lambda d: abs(d.res[0] * d.res[1]) / _unit_area(d))
+        self.crs, self.transform = finest.crs, finest.transform
+        self.height, self.width = finest.height, finest.width
+        if self.height * self.width > self._max_pixels:
+            raise TooLargeError(
+                f"scene is {self.width}x{self.height} px, more than the {self._max_pixels} allowed"
+            )
+        for band, ds in opened.items():
+            reader = ds if self._same_grid(ds) else self._warp(ds, Resampling.bilinear)
+            self._band_readers[band] = (reader, sources[band].index, ds.nodata)
+        if self._mask_clouds and self._plan.scl_href:
+            scl = self._dataset(self._plan.scl_href)
+            self._scl_ratio = self._integer_ratio(scl)
+            self._scl = scl if self._scl_ratio else self._warp(scl, Resampling.nearest)
+
+    def _integer_ratio(self, ds: Any) -> int:
+        """k when ``ds`` is this grid coarsened k times from the same origin (SCL at 20 m), else 0.
+
+        Nearest-neighbour upsampling of such a grid is a repeat, far cheaper than the warper.
+        """
+        t, u = self.transform, ds.transform
+        if ds.crs != self.crs or t.b or t.d or u.b or u.d or (t.c, t.f) != (u.c, u.f):
+            return 0
+        ratio = float(u.a / t.a)
+        if ratio < 1 or abs(ratio - round(ratio)) > 1e-9 or abs(float(u.e / t.e) - ratio) > 1e-9:
+            return 0
+        k = round(ratio)
+        if int(ds.width) * k < self.width or int(ds.height) * k < self.height:
+            return 0
+        return k
+
+    def _read_scl(self, window: Window) -> npt.NDArray[Any]:
+        k = self._scl_ratio
+        if k <= 1:
+            return np.asarray(self._scl.read(1, window=window))
+        top, height = int(window.row_off), int(window.height)
+        r0, r1 = top // k, -(-(top + height) // k)
+        c1 = -(-self.width // k)
+        coarse = self._scl.read(1, window=Window(0, r0, c1, r1 - r0))
+        fine = np.repeat(np.repeat(coarse, k, axis=0), k, axis=1)
+        skip = top - r0 * k
+        return np.asarray(fine[skip : skip + height, : self.width])
+
+    def _same_grid(self, ds: Any) -> bool:
+        return bool(
+            ds.crs == self.crs
+            and ds.transform == self.transform
+            and (ds.height, ds.width) == (self.height, self.width)
+        )
+
+    def _warp(self, ds: Any, resampling: Resampling) -> Any:
+        vrt = WarpedVRT(
+            ds,
+            crs=self.crs,
+            transform=self.transform,
+            width=self.width,
+            height=self.height,
+            resampling=resampling,
+            nodata=ds.nodata,
+        )
+        self._datasets[f"vrt:{id(vrt)}"] = vrt
+        return vrt
+
+    def read(self, top: int, bottom: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+        out = np.empty((len(self._card.bands), bottom - top, self.width), np.float32)
+        return out, self.read_into(top, bottom, out)
+
+    def read_into(
+        self, top: int, bottom: int, out: npt.NDArray[np.float32]
+    ) -> npt.NDArray[np.bool_]:
+        window = Window(0, top, self.width, bottom - top)
+        invalid = np.zeros((bottom - top, self.width), bool)
+        with self._env_factory():
+            self._read_into(out, invalid, window)
+        return invalid
+
+    def _read_into(
+        self, out: npt.NDArray[np.float32], invalid: npt.NDArray[np.bool_], window: Window
+    ) -> None:
+        scaling = {s.band: s for s in self._card.scaling}
+        for i, band in enumerate(self._card.bands):
+            if band in self._plan.fills:
+                out[i] = self._plan.fills[band]
+                continue
+            reader, index, nodata = self._band_readers[band]
+            try:
+                dn = reader.read(index, window=window)
+            except RasterioError as exc:
+                raise BadInputError(
+                    f"asset {self._plan.sources[band].href}: read failed (truncated?): {exc}"
+                ) from exc
+            if nodata is not None:
+                invalid |= dn == nodata
+            radiometry.units_into(dn, self._plan.radiometry[band], scaling[band], out[i])
+        if self._scl is not None:
+            try:
+                invalid |= radiometry.cloud_mask(self._read_scl(window))
+            except RasterioError as exc:
+                raise BadInputError(f"SCL asset: read failed: {exc}") from exc
+
+    def bounds_area_km2(self) -> float:
+        """Area of one pixel in km2 (approximate for geographic CRSs)."""
+        a, e = abs(self.transform.a), abs(self.transform.e)
+        if self.crs is not None and self.crs.is_geographic:
+            lat = self.transform.f + self.transform.e * self.height / 2
+            metres = 111_320.0
+            return float(a * metres * math.cos(math.radians(lat)) * e * metres / 1e6)
+        return float(a * e / 1e6)
+
+    def close(self) -> None:
+        for ds in reversed(list(self._datasets.values())):
+            try:
+                ds.close()
+            except RasterioError:  # pragma: no cover - closing a broken file
+                log.debug("closing a dataset failed", exc_info=True)
+        self._datasets.clear()
+        try:
+            self._env.__exit__(None, None, None)
+        except Exception:
+            log.debug("leaving rasterio Env failed", exc_info=True)
+
+
+def _unit_area(ds: Any) -> float:
+    """Degrees are ~111 km; compare pixel sizes across CRSs roughly in metres."""
+    return 1.0 / (111_320.0**2) if ds.crs is not None and ds.crs.is_geographic else 1.0

@@ -1,0 +1,72 @@
+"""InferenceSettings: read from ``INFERENCE_*`` environment variables, built once at the entry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from eostream.shared.settings import ServiceSettings
+
+
+class InferenceSettings(ServiceSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="INFERENCE_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+    api_key: SecretStr = Field(description="required by writing endpoints (X-API-Key or Bearer)")
+    results_db: str = Field(
+        default="sqlite:///.eostream/inference-results.db",
+        description="SQLAlchemy URL of the results index (postgresql://... on the full stack)",
+    )
+    results_prefix: str = "results"
+    collection_id: str = "eostream-classifications"
+
+    # model
+    providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
+    intra_op_threads: int = Field(default=0, ge=0, description="0 = onnxruntime's default")
+    initial_model_uri: str | None = Field(default=None, description="load at start (optional)")
+    initial_model_sha256: str | None = None
+    max_model_bytes: int = Field(default=2_000_000_000, ge=1)
+    model_name: str | None = Field(
+        default=None, description="serve only promotions of this registered model (None = any)"
+    )
+    model_alias: str | None = Field(
+        default=None, description="serve only promotions under this alias, e.g. champion"
+    )
+    models_group: str = Field(
+        default="", description="consumer group for promotions; empty = one per host"
+    )
+    scenes_group: str = "inference-scenes"
+    model_wait_seconds: float = Field(default=30.0, ge=0)
+
+    # classification
+    stride: int = Field(default=32, ge=1, description="window step in pixels (<= 64)")
+    batch_size: int = Field(default=256, ge=1)
+    rows_per_strip: int = Field(
+        default=0, ge=0, description="window rows read per block; 0 = blocks of about 512 px"
+    )
+    gdal_cache_mb: int = Field(default=256, ge=16, description="GDAL block cache")
+    level_mismatch: Literal["adapt", "refuse"] = "adapt"
+    b10_fill_reflectance: float = Field(
+        default=0.0015, description="cirrus band value used when an L1C model sees an L2A scene"
+    )
+    write_probabilities: bool = False
+    mask_clouds: bool = True
+
+    # REST
+    max_upload_bytes: int = Field(default=200_000_000, ge=1)
+    max_scene_pixels: int = Field(
+        default=130_000_000, ge=1, description="per band, after resampling"
+    )
+    max_item_bytes: int = Field(default=5_000_000, ge=1)
+    data_dir: Path | None = Field(default=None, description="optional local data folder")
+
+    @field_validator("stride")
+    @classmethod
+    def _centred_stride(cls, stride: int) -> int:
+        if stride > 64 or (64 - stride) % 2:
+            raise ValueError("must be at most 64 and of the same parity as 64 (e.g. 64, 48, 32)")
+        return stride

@@ -1,0 +1,120 @@
+"""Products of one classified scene: the class COG, the probability COG, a quicklook PNG and
+per-class area statistics."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import rasterio
+from PIL import Image
+
+from eostream.inference.engine import NODATA
+
+#: One colour per EuroSAT class, in class order (RGB).
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 180, 60),  # AnnualCrop
+    (20, 110, 40),  # Forest
+    (140, 200, 90),  # HerbaceousVegetation
+    (120, 120, 120),  # Highway
+    (200, 40, 160),  # Industrial
+    (180, 230, 140),  # Pasture
+    (160, 110, 40),  # PermanentCrop
+    (230, 60, 50),  # Residential
+    (60, 140, 230),  # River
+    (20, 40, 140),  # SeaLake
+)
+
+
+def colormap(n_classes: int) -> dict[int, tuple[int, int, int, int]]:
+    cmap = {i: (*PALETTE[i % len(PALETTE)], 255) for i in range(n_classes)}
+    cmap[NODATA] = (0, 0, 0, 0)
+    return cmap
+
+
+def _cog_profile(transform: Any, crs: Any, shape: tuple[int, ...], dtype: str) -> dict[str, Any]:
+    count = 1 if len(shape) == 2 else shape[0]
+    return {
+        "driver": "COG",
+        "height": shape[-2],
+        "width": shape[-1],
+        "count": count,
+        "dtype": dtype,
+        "crs": crs,
+        "transform": transform,
+        "nodata": NODATA,
+        "compress": "DEFLATE",
+        "blocksize": 512,
+        "overview_resampling": "nearest",
+        "BIGTIFF": "IF_SAFER",
+    }
+
+
+def write_classification(
+    path: Path, labels: npt.NDArray[np.uint8], transform: Any, crs: Any, classes: tuple[str, ...]
+) -> None:
+    """uint8 COG with a colour map, internal overviews (nearest) and nodata 255."""
+    profile = _cog_profile(transform, crs, labels.shape, "uint8")
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(labels, 1)
+        dst.write_colormap(1, colormap(len(classes)))
+        dst.update_tags(1, **{f"class_{i}": name for i, name in enumerate(classes)})
+        dst.set_band_description(1, "class")
+
+
+def write_probabilities(
+    path: Path, probs: npt.NDArray[np.uint8], transform: Any, crs: Any, classes: tuple[str, ...]
+) -> None:
+    """One uint8 band per class: probability * 254 (255 = nodata)."""
+    profile = _cog_profile(transform, crs, probs.shape, "uint8") | {
+        "overview_resampling": "average"
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(probs)
+        for i, name in enumerate(classes, start=1):
+            dst.set_band_description(i, name)
+        dst.update_tags(scale=str(1 / 254))
+
+
+def quicklook_png(labels: npt.NDArray[np.uint8], n_classes: int, max_size: int = 1024) -> bytes:
+    """A palette PNG, nodata transparent, at most ``max_size`` pixels on its long side."""
+    step = max(1, int(np.ceil(max(labels.shape) / max_size)))
+    small = np.ascontiguousarray(labels[::step, ::step])
+    image = Image.fromarray(small, mode="P")
+    cmap = colormap(n_classes)
+    palette = [0] * 768
+    for index, (r, g, b, _a) in cmap.items():
+        palette[index * 3 : index * 3 + 3] = [r, g, b]
+    image.putpalette(palette)
+    image.info["transparency"] = NODATA
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", transparency=NODATA, optimize=False)
+    return buffer.getvalue()
+
+
+def statistics(
+    labels: npt.NDArray[np.uint8], classes: tuple[str, ...], pixel_km2: float
+) -> dict[str, Any]:
+    """Per-class pixel counts, areas (km2) and shares of the valid (unmasked) pixels."""
+    counts = np.zeros(256, np.int64)
+    for row in range(0, labels.shape[0], 1024):  # bincount widens to int64: count in blocks
+        counts += np.bincount(labels[row : row + 1024].ravel(), minlength=256)
+    valid = int(counts[: len(classes)].sum())
+    per_class = {
+        name: {
+            "pixels": int(counts[i]),
+            "area_km2": round(float(counts[i]) * pixel_km2, 4),
+            "share": round(float(counts[i]) / valid, 6) if valid else 0.0,
+        }
+        for i, name in enumerate(classes)
+    }
+    return {
+        "pixels": int(labels.size),
+        "valid_pixels": valid,
+        "masked_pixels": int(counts[NODATA]),
+        "pixel_area_km2": pixel_km2,
+        "classes": per_class,
+    }

@@ -1,0 +1,186 @@
+"""The real scene end to end on the real stack: Kafka, MinIO (COGs read over /vsis3) and
+PostgreSQL (results index). Needs `deploy/local/stack up`; fails (does not skip) without it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+from rasterio.io import MemoryFile
+
+from eostream.inference import testing
+from eostream.inference.api.app import create_app
+from eostream.inference.service import InferenceService
+from eostream.inference.settings import InferenceSettings
+from eostream.shared import topics
+from eostream.shared.bus import Delivery, build_bus
+from eostream.shared.events import Event, ModelPromoted, SceneClassified, SceneDiscovered
+from eostream.shared.settings import KafkaSettings, S3Settings
+from eostream.shared.storage.s3 import S3ObjectStore
+
+from .conftest import API_KEY, RKH  # type: ignore[import-not-found]
+
+pytestmark = pytest.mark.stack
+BUCKET = "eostream-inference-tests"
+
+
+def _env(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        pytest.fail(
+            f"{name} is not set: run `deploy/local/stack up` and export `deploy/local/stack env`"
+        )
+    return value
+
+
+async def _skip_history(bootstrap: str, group: str, topic: str) -> None:
+    """Start the group at the topic's end, as a fresh deployment would (others' events stay out)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()  # fetch metadata so the partitions are known
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in partitions]
+        if tps:
+            ends = await consumer.end_offsets(tps)
+            await consumer.commit({tp: off for tp, off in ends.items()})
+    finally:
+        await consumer.stop()
+
+
+async def test_real_tile_on_the_stack(data_dir: Path, tmp_path: Path) -> None:
+    bootstrap = _env("EOSTREAM_KAFKA_BOOTSTRAP")
+    s3 = S3Settings(
+        endpoint=_env("EOSTREAM_S3_ENDPOINT"),
+        access_key=SecretStr(_env("EOSTREAM_S3_ACCESS_KEY")),
+        secret_key=SecretStr(_env("EOSTREAM_S3_SECRET_KEY")),
+    )
+    dsn = _env("EOSTREAM_PG_DSN").rstrip("/") + "/results"
+    run = uuid.uuid4().hex[:10]
+    store = S3ObjectStore(s3, BUCKET)
+    store.check()
+
+    # the scene in MinIO: COGs and an item whose hrefs are s3:// URLs
+    folder = data_dir / RKH
+    item: dict[str, Any] = json.loads((folder / "S2A_29RKH_20200219_0_L2A.json").read_text())
+    item["id"] = f"S2A_29RKH_20200219_0_L2A-{run}"
+    for key in ("red", "green", "blue", "scl"):
+        name = item["assets"][key]["href"].rsplit("/", 1)[-1]
+        store.put_file(f"scenes/{run}/{name}", folder / name, "image/tiff")
+        item["assets"][key]["href"] = store.uri(f"scenes/{run}/{name}")
+    store.put_bytes(f"scenes/{run}/item.json", json.dumps(item).encode(), "application/json")
+    card = testing.model_card("rgb")
+    blob = testing.build_onnx(card, seed=7)
+    store.put_bytes(f"models/{run}/model.onnx", blob)
+    import hashlib
+
+    promoted = ModelPromoted(
+        name=f"eurosat-stack-{run}",
+        version=run,
+        alias="champion",
+        artifact_uri=store.uri(f"models/{run}/model.onnx"),
+        sha256=hashlib.sha256(blob).hexdigest(),
+        mlm_item_href=store.uri(f"models/{run}/mlm.json"),
+        run_id=f"run-{run}",
+    )
+
+    settings = InferenceSettings(
+        api_key=SecretStr(API_KEY),
+        bus="kafka",
+        kafka=KafkaSettings(bootstrap_servers=bootstrap),
+        store="s3",
+        s3=s3,
+        bucket=BUCKET,
+        results_db=dsn,
+        intra_op_threads=1,
+        scenes_group=f"inference-test-scenes-{run}",
+        models_group=f"inference-test-models-{run}",
+        results_prefix=f"results-{run}",
+        model_name=f"eurosat-stack-{run}",  # other teams promote their models on the same topic
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    for group, topic in (
+        (settings.scenes_group, topics.SCENES_DISCOVERED),
+        (settings.models_group, topics.MODELS_PROMOTED),
+    ):
+        await _skip_history(bootstrap, group, topic)
+
+    service = InferenceService(settings)
+    await service.start()
+    seen: list[SceneClassified] = []
+
+    async def collect(event: Event, _delivery: Delivery) -> None:
+        if isinstance(event, SceneClassified) and event.item_id == item["id"]:
+            seen.append(event)
+
+    listener_bus = build_bus(settings, service="inference-test")
+    await listener_bus.start()
+    listener = listener_bus.consumer(
+        [topics.SCENES_CLASSIFIED], f"inference-test-listen-{run}", collect
+    )
+    listen_task = asyncio.create_task(listener.run())
+    try:
+        assert service.bus is not None
+        await service.bus.publish(topics.MODELS_PROMOTED, promoted)
+        await service.bus.publish(
+            topics.SCENES_DISCOVERED,
+            SceneDiscovered(
+                item_id=item["id"],
+                item_href=store.uri(f"scenes/{run}/item.json"),
+                datetime=datetime(2020, 2, 19, tzinfo=UTC),
+                processing_level="L2A",
+                processing_baseline="02.14",
+                bands=("B02", "B03", "B04"),
+                source_name="stack-test",
+            ),
+        )
+        for _ in range(1200):
+            if seen:
+                break
+            await asyncio.sleep(0.1)
+        assert seen, "no SceneClassified for our scene within 120 s"
+        event = seen[0]
+        assert (event.model_version, event.run_id) == (run, f"run-{run}")
+        assert (
+            event.cog_href
+            == f"s3://{BUCKET}/results-{run}/{item['id']}/eurosat-stack-{run}/v{run}/classification.tif"
+        )
+        with (
+            MemoryFile(store.get_bytes(event.cog_href.split(f"{BUCKET}/", 1)[1])) as mem,
+            mem.open() as cog,
+        ):
+            labels = cog.read(1)
+            assert cog.shape == (1098, 1098) and cog.crs.to_epsg() == 32629
+        assert ((labels < 10) | (labels == 255)).all() and (labels < 10).mean() > 0.9
+
+        # the results index is PostgreSQL; the API answers from it
+        transport = httpx.ASGITransport(app=create_app(settings, service))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            r = await client.get(f"/results/{item['id']}")
+            assert r.status_code == 200 and r.json()["model_version"] == run
+            stats = (await client.get(f"/results/{item['id']}/statistics")).json()
+            assert stats["pixels"] == 1098 * 1098
+            found = (
+                await client.get(
+                    "/stac/search", params={"ids": f"{item['id']}__eurosat-stack-{run}__v{run}"}
+                )
+            ).json()
+            assert found["numberReturned"] == 1
+        assert type(service.results).__name__ == "PostgresResultsStore"
+    finally:
+        await listener.stop()
+        await asyncio.wait_for(listen_task, 30)
+        await listener_bus.close()
+        await service.stop()

@@ -32,6 +32,9 @@ class KafkaSettings(BaseModel):
     retry_backoff_max_seconds: float = Field(default=10.0, gt=0)
     batch_size: int = Field(default=200, ge=1, description="records fetched per poll")
     request_timeout_ms: int = Field(default=15000, ge=1000)
+    new_group_offset: Literal["earliest", "latest"] = Field(
+        default="earliest", description="where a consumer group with no commits starts"
+    )
 
 
 class S3Settings(BaseModel):

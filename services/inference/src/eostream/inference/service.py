@@ -35,6 +35,7 @@ class InferenceService:
     ) -> None:
         self.settings = settings
         self.bus = bus
+        self._owns_bus = bus is None
         self.store = store
         self._results = results
         self.consume = consume
@@ -42,6 +43,7 @@ class InferenceService:
         self._pipeline: Pipeline | None = None
         self._consumers: list[Consumer] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
         self._started = False
 
     @property
@@ -69,12 +71,28 @@ class InferenceService:
                 [topics.SCENES_DISCOVERED, topics.SCENES_CLASSIFIED, topics.MODELS_PROMOTED]
             )
             models_group = s.models_group or f"inference-models-{socket.gethostname()}"
-            self._consumers = [
-                self.bus.consumer([topics.MODELS_PROMOTED], models_group, self.on_model),
-                self.bus.consumer([topics.SCENES_DISCOVERED], s.scenes_group, self.on_scene),
-            ]
-            self._tasks = [asyncio.create_task(c.run()) for c in self._consumers]
+            self._stopping.clear()
+            models = self.bus.consumer([topics.MODELS_PROMOTED], models_group, self.on_model)
+            self._consumers = [models]
+            self._tasks = [asyncio.create_task(models.run(), name="inference-models")]
+            scenes = self.bus.consumer([topics.SCENES_DISCOVERED], s.scenes_group, self.on_scene)
+            self._consumers.append(scenes)
+            if s.defer_scenes_until_model and self.holder.current is None:
+                log.info("no model live yet: scenes wait on the bus until one is promoted")
+                run = self._run_once_model_live(scenes)
+            else:
+                run = scenes.run()
+            self._tasks.append(asyncio.create_task(run, name="inference-scenes"))
         self._started = True
+
+    async def _run_once_model_live(self, scenes: Consumer) -> None:
+        """Run the scenes consumer once a model is live; nothing is read (nor committed) before."""
+        while self.holder.current is None:
+            if self._stopping.is_set():
+                return
+            await asyncio.sleep(0.2)
+        log.info("a model is live: consuming scenes")
+        await scenes.run()
 
     async def _load_initial_model(self) -> None:
         s, pipeline = self.settings, self.pipeline
@@ -111,6 +129,7 @@ class InferenceService:
                 return
 
     async def stop(self) -> None:
+        self._stopping.set()
         for consumer in self._consumers:
             await consumer.stop()
         for task in self._tasks:
@@ -121,8 +140,8 @@ class InferenceService:
             except Exception:
                 log.exception("a consumer ended with an error")
         self._consumers, self._tasks = [], []
-        if self.bus is not None and self.consume:
-            await self.bus.close()
+        if self.bus is not None and self.consume and self._owns_bus:
+            await self.bus.close()  # a bus handed in is closed by whoever built it
         if self._results is not None:
             self._results.close()
         self._started = False

@@ -41,6 +41,11 @@ class InferenceSettings(ServiceSettings):
     )
     scenes_group: str = "inference-scenes"
     model_wait_seconds: float = Field(default=30.0, ge=0)
+    defer_scenes_until_model: bool = Field(
+        default=False,
+        description="start consuming scenes only once a model is live (scenes wait on the bus); "
+        "else a scene that finds no model within model_wait_seconds is retried, then dead-lettered",
+    )
 
     # classification
     stride: int = Field(default=32, ge=1, description="window step in pixels (<= 64)")

@@ -247,7 +247,7 @@ class KafkaConsumer:
             group_id=self.group,
             client_id=f"{settings.client_id}-{self._bus._service}",
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            auto_offset_reset=settings.new_group_offset,
             max_poll_records=settings.batch_size,
             request_timeout_ms=max(settings.request_timeout_ms, 40000),
             session_timeout_ms=10000,

@@ -75,6 +75,10 @@ class InMemoryBus:
     def size(self, topic: str) -> int:
         return len(self._logs[topic])
 
+    def records(self, topic: str) -> list[WireMessage]:
+        """Every record of a topic, oldest first (tests and tools; consumers use consumer())."""
+        return list(self._logs[topic])
+
 
 class InMemoryConsumer:
     def __init__(self, bus: InMemoryBus, topics: list[str], group: str, handler: Handler) -> None:

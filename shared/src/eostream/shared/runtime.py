@@ -10,6 +10,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from eostream.shared.errors import ConfigError
+from eostream.shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -28,3 +29,14 @@ def run_service(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     except ConfigError as exc:
         print(f"eostream: {exc}", file=sys.stderr)  # noqa: T201 - the one line a user sees
         raise SystemExit(2) from None
+
+
+async def preflight(settings: ServiceSettings) -> None:
+    """Check the backends a service needs before it starts work: a bad environment fails here,
+    with one line naming the problem (raised as ConfigError), not later in a stack trace.
+
+    The object store is checked (credentials, bucket); Kafka is checked by the bus's start().
+    """
+    from eostream.shared.storage import build_object_store
+
+    await asyncio.to_thread(build_object_store(settings).check)

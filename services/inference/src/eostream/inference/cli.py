@@ -22,12 +22,13 @@ def serve() -> None:
     """Run the REST API and the SceneDiscovered / ModelPromoted consumers until SIGTERM."""
     from eostream.inference.api.app import create_app
     from eostream.shared.ops import OpsServer
-    from eostream.shared.runtime import install_stop_signals, run_service
+    from eostream.shared.runtime import install_stop_signals, preflight, run_service
 
     settings = load_settings(InferenceSettings)
     configure_logging(settings.log_level)
 
     async def main() -> None:
+        await preflight(settings)
         stop = asyncio.Event()
         install_stop_signals(stop.set)
         server = OpsServer(create_app(settings), settings.http_host, settings.http_port)

@@ -15,7 +15,7 @@ from eostream.shared import metrics as shared_metrics
 from eostream.shared.bus import Bus, build_bus
 from eostream.shared.errors import ConfigError
 from eostream.shared.ops import OpsServer, create_ops_app
-from eostream.shared.runtime import install_stop_signals
+from eostream.shared.runtime import install_stop_signals, preflight
 from eostream.shared.settings import configure_logging
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,7 @@ async def running(settings: IngestSettings, bus: Bus | None = None) -> AsyncIter
 async def serve(settings: IngestSettings) -> None:
     """``eostream ingest run``: watch until SIGTERM/SIGINT, then finish the poll and close."""
     configure_logging(settings.log_level)
+    await preflight(settings)
     if not settings.sources:
         log.warning("no sources configured (INGEST_SOURCES / INGEST_SOURCES_FILE): idle")
     stop = asyncio.Event()

@@ -164,8 +164,9 @@ class BridgeService:
 
 
 async def run(settings: BridgeSettings) -> None:
-    from eostream.shared.runtime import install_stop_signals
+    from eostream.shared.runtime import install_stop_signals, preflight
 
+    await preflight(settings)
     mlflow_client_defaults()
     service = BridgeService(settings)
     stop = asyncio.Event()

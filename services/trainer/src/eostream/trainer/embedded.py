@@ -1,0 +1,198 @@
+"""The trainer component of the embedded mode (``eostream up`` / ``eostream demo``).
+
+The worker on the shared in-process bus, against the embedded MLflow
+(``context.mlflow_tracking_uri``: the demo's MLflow server, or a sqlite URI), with its catalogue
+cache, RGB scaling fit and epoch checkpoints under ``<home>/trainer``. It consumes
+``TrainingRequested`` and ``DatasetUpdated`` and publishes ``TrainingStarted`` and
+``ModelVersionRegistered``. It serves nothing (no operations endpoint in embedded mode).
+
+Training runs in a worker thread (:class:`~eostream.trainer.service.TrainerWorker` hands it to
+``asyncio.to_thread``), so the other components sharing the event loop keep serving while a model
+trains; torch uses at most ``num_threads`` threads.
+
+Stopping takes no new request and gives the training in flight ``stop_grace_seconds`` to finish
+and register. Past that it is interrupted at its next batch: its MLflow run is marked failed and
+its last epoch checkpoint stays under ``<home>/trainer/runs/<request id>``, so the same request,
+delivered again, resumes that run from that epoch.
+
+Options (``context.options["trainer"]``): any :class:`TrainerSettings` field, e.g.
+``num_threads``, ``device``, ``experiment_name``, ``default_model_name``, plus
+``stop_grace_seconds`` (default 45, under the embedded runner's 60 s per component); the bus,
+MLflow, the cache and the data folder are the embedded ones and cannot be set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eostream.shared.bus.base import Consumer
+from eostream.shared.embedded import EmbeddedContext
+from eostream.shared.errors import ConfigError
+from eostream.shared.settings import load_settings
+from eostream.trainer.pipeline import Outcome, StartedCallback, train_and_register
+from eostream.trainer.plan import TrainingPlan
+from eostream.trainer.service import SERVICE, TrainerWorker
+from eostream.trainer.settings import TrainerSettings
+from eostream.trainer.task import BatchCallback
+
+log = logging.getLogger(__name__)
+
+#: Settings the embedded mode decides; options naming them are refused.
+FIXED = frozenset(
+    (
+        "bus",
+        "kafka",
+        "store",
+        "s3",
+        "local_store_root",
+        "bucket",
+        "mlflow_tracking_uri",
+        "mlflow_registry_uri",
+        "cache_dir",
+        "data_dir",
+    )
+)
+GRACE_OPTION = "stop_grace_seconds"
+DEFAULT_GRACE_SECONDS = 45.0
+#: How long stop() waits for an interrupted training to reach its next batch and unwind.
+UNWIND_SECONDS = 10.0
+
+
+class TrainingInterruptedError(RuntimeError):
+    """Raised in the training thread, at a batch boundary, when the component stops."""
+
+
+def state_dir(context: EmbeddedContext) -> Path:
+    return context.home / SERVICE
+
+
+def stop_grace_seconds(context: EmbeddedContext) -> float:
+    value = context.options_for(SERVICE).get(GRACE_OPTION, DEFAULT_GRACE_SECONDS)
+    try:
+        grace = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"trainer option {GRACE_OPTION} must be a number, not {value!r}") from None
+    if grace < 0:
+        raise ConfigError(f"trainer option {GRACE_OPTION} must be >= 0, not {grace}")
+    return grace
+
+
+def embedded_settings(context: EmbeddedContext) -> TrainerSettings:
+    """Settings of the embedded worker: the context's MLflow, home and data folder plus options."""
+    options = {k: v for k, v in context.options_for(SERVICE).items() if k != GRACE_OPTION}
+    fixed = sorted(FIXED & options.keys())
+    if fixed:
+        raise ConfigError(
+            f"trainer option(s) {', '.join(fixed)} cannot be set in embedded mode "
+            "(the embedded bus, MLflow, cache and data folder are used)"
+        )
+    overrides: dict[str, Any] = {
+        **options,
+        "bus": "memory",
+        "store": "local",  # unused by the trainer: models go to MLflow
+        "local_store_root": context.home / "objects",
+        "mlflow_tracking_uri": context.mlflow_tracking_uri,
+        "cache_dir": state_dir(context),
+        "http_host": context.http_host,
+    }
+    if context.data_dir is not None:  # else TRAINER_DATA_DIR / EOSTREAM_DATA_DIR
+        overrides["data_dir"] = context.data_dir
+    return load_settings(TrainerSettings, **overrides)
+
+
+class TrainerComponent:
+    name = SERVICE
+
+    def __init__(self, context: EmbeddedContext) -> None:
+        self._context = context
+        self.settings = embedded_settings(context)
+        self.stop_grace_seconds = stop_grace_seconds(context)
+        self.worker = TrainerWorker(
+            self.settings, context.bus, trainer=self._train, on_batch=self._check_interrupt
+        )
+        self._consumer: Consumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._interrupt = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+
+    @property
+    def urls(self) -> Mapping[str, str]:
+        return {}
+
+    @property
+    def busy(self) -> bool:
+        """Whether a training is in flight."""
+        return not self._idle.is_set()
+
+    def _check_interrupt(self, _batch_size: int) -> None:
+        if self._interrupt.is_set():
+            raise TrainingInterruptedError("the embedded trainer is stopping")
+
+    def _train(
+        self,
+        plan: TrainingPlan,
+        settings: TrainerSettings,
+        on_started: StartedCallback | None,
+        on_batch: BatchCallback | None,
+    ) -> Outcome:
+        """Runs in the worker thread (``asyncio.to_thread``), never on the event loop."""
+        self._idle.clear()
+        try:
+            return train_and_register(plan, settings, on_started=on_started, on_batch=on_batch)
+        finally:
+            self._idle.set()
+
+    async def start(self) -> None:
+        state_dir(self._context).mkdir(parents=True, exist_ok=True)
+        torch.set_num_threads(self.settings.num_threads)
+        self._interrupt.clear()
+        self._consumer = self.worker.consumer()
+        self._task = asyncio.create_task(self._consumer.run(), name="trainer-consumer")
+        self._task.add_done_callback(_log_crash)
+        log.info(
+            "trainer: consuming training requests (MLflow %s, cache %s, %d torch threads)",
+            self.settings.mlflow_tracking_uri,
+            self.settings.cache_dir,
+            self.settings.num_threads,
+        )
+
+    async def stop(self) -> None:
+        if self._consumer is None or self._task is None:
+            return
+        consumer, task = self._consumer, self._task
+        self._consumer = self._task = None
+        await consumer.stop()  # no new record; the one in flight goes on
+        if self.busy:
+            log.info(
+                "trainer: waiting up to %.0fs for the training in flight", self.stop_grace_seconds
+            )
+        done, _ = await asyncio.wait({task}, timeout=self.stop_grace_seconds)
+        if not done:
+            log.warning(
+                "trainer: interrupting the training in flight; its last epoch checkpoint stays "
+                "under %s/runs for a redelivered request to resume",
+                self.settings.cache_dir,
+            )
+            task.cancel()  # the record is neither committed nor dead-lettered
+            self._interrupt.set()
+        await asyncio.wait({task})  # a crash was logged by _log_crash
+        if self.busy:  # the thread unwinds at its next batch
+            await asyncio.to_thread(self._idle.wait, UNWIND_SECONDS)
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("trainer: the consumer stopped", exc_info=task.exception())
+
+
+def component(context: EmbeddedContext) -> TrainerComponent:
+    """Entry point of the ``eostream.components`` group."""
+    return TrainerComponent(context)

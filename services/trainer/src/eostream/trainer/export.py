@@ -1,0 +1,98 @@
+"""torch -> ONNX: one self-contained file, a dynamic batch, the ModelCard in its metadata, and a
+check against torch on held-out patches before anything is registered."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from eostream.shared.modelcard import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelCard
+from eostream.trainer.errors import ExportMismatchError
+from eostream.trainer.models import EuroSATNet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportCheck:
+    max_abs_diff: float
+    argmax_agreement: float
+    samples: int
+
+
+def export_onnx(model: EuroSATNet, card: ModelCard, path: Path, opset: int = 18) -> str:
+    """Write ``model`` as ONNX to ``path``; returns the file's SHA-256."""
+    import onnx
+
+    model = model.cpu().eval()
+    example = torch.zeros(2, len(card.bands), card.patch_size, card.patch_size)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        opset_version=opset,
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+        dynamic_shapes={"x": {0: batch}},
+    )
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, card.to_json()
+    proto.producer_name = "eostream-trainer"
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def onnx_logits(path: Path, x: np.ndarray, threads: int = 1) -> np.ndarray:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    out = session.run([OUTPUT_NAME], {INPUT_NAME: x.astype(np.float32)})
+    return np.asarray(out[0])
+
+
+def read_card(path: Path) -> ModelCard:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    for entry in proto.metadata_props:
+        if entry.key == METADATA_KEY:
+            return ModelCard.from_json(entry.value)
+    raise ExportMismatchError(f"{path} has no {METADATA_KEY} metadata")
+
+
+def check_onnx(path: Path, model: EuroSATNet, x: torch.Tensor, tolerance: float) -> ExportCheck:
+    """Compare ONNX and torch logits on ``x``; raise ExportMismatchError when they disagree."""
+    model = model.cpu().eval()
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = onnx_logits(path, x.numpy())
+    diff = float(np.abs(expected - got).max())
+    agreement = float((expected.argmax(1) == got.argmax(1)).mean())
+    check = ExportCheck(diff, agreement, len(x))
+    log.info(
+        "ONNX vs torch on %d patches: max |diff| %.2e, argmax agreement %.4f",
+        len(x),
+        diff,
+        agreement,
+    )
+    if diff > tolerance or agreement < 1.0:
+        raise ExportMismatchError(
+            f"ONNX export disagrees with torch: max |diff| {diff:.3g} (tolerance {tolerance}), "
+            f"argmax agreement {agreement:.4f}"
+        )
+    return check

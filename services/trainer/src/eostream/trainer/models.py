@@ -1,0 +1,173 @@
+"""The networks: a small CNN and a ResNet-18 for 64x64 patches, normalisation built in.
+
+Every model is :class:`EuroSATNet`: a :class:`Normalize` layer (per-band mean and standard
+deviation, in the model's input units) followed by a backbone. What goes in is each band in the
+model's units (the ModelCard says which); what comes out is ``[N, 10]`` logits.
+
+:func:`widen_input` turns a model trained on some bands (RGB) into one that takes more (13 MS
+bands): the old filters move to their bands' positions, the new bands' filters start small, and
+the old bands' normalisation is rewritten for the new units, so on the old bands the widened
+network computes what the old one did.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import cast
+
+import torch
+import torchvision  # type: ignore[import-untyped]
+from torch import nn
+
+from eostream.shared.modelcard import EUROSAT_CLASSES
+
+ARCHITECTURES = ("small_cnn", "resnet18")
+NUM_CLASSES = len(EUROSAT_CLASSES)
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per band; mean and std are buffers, saved with the weights."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        if len(mean) != len(std):
+            raise ValueError("mean and std must have one value per band")
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    @property
+    def channels(self) -> int:
+        return int(self.mean.shape[1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def _small_cnn(in_channels: int) -> nn.Sequential:
+    """Four conv-BN-ReLU-pool blocks (64 -> 4 px) and a linear head: ~0.3 M parameters, cheap
+    enough to train on two CPU cores."""
+
+    def block(c_in: int, c_out: int) -> list[nn.Module]:
+        return [
+            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        ]
+
+    return nn.Sequential(
+        *block(in_channels, 32),  # 32x32
+        *block(32, 64),  # 16x16
+        *block(64, 128),  # 8x8
+        *block(128, 128),  # 4x4
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(0.2),
+        nn.Linear(128, NUM_CLASSES),
+    )
+
+
+def _resnet18(in_channels: int) -> nn.Module:
+    net = torchvision.models.resnet18(weights=None, num_classes=NUM_CLASSES)
+    # 64x64 input: a 3x3 stride-1 stem and no max-pool keep enough resolution for layer4.
+    net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    return cast(nn.Module, net)
+
+
+class EuroSATNet(nn.Module):
+    def __init__(
+        self, architecture: str, bands: Sequence[str], mean: Sequence[float], std: Sequence[float]
+    ) -> None:
+        super().__init__()
+        if architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"unknown architecture {architecture!r}; choose one of {ARCHITECTURES}"
+            )
+        if len(bands) != len(mean):
+            raise ValueError("one mean and std per band")
+        self.architecture = architecture
+        self.bands = tuple(bands)
+        self.normalize = Normalize(mean, std)
+        self.backbone: nn.Module = (
+            _small_cnn(len(bands)) if architecture == "small_cnn" else _resnet18(len(bands))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.backbone(self.normalize(x))
+        return out
+
+    @property
+    def first_conv(self) -> nn.Conv2d:
+        conv = getattr(self.backbone, self._first_conv_name)
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"first layer of {self.architecture} is {type(conv).__name__}")
+        return conv
+
+    @property
+    def _first_conv_name(self) -> str:
+        return "0" if self.architecture == "small_cnn" else "conv1"
+
+    def _set_first_conv(self, conv: nn.Conv2d) -> None:
+        setattr(self.backbone, self._first_conv_name, conv)
+
+
+def build_model(
+    architecture: str, bands: Sequence[str], mean: Sequence[float], std: Sequence[float]
+) -> EuroSATNet:
+    return EuroSATNet(architecture, bands, mean, std)
+
+
+def widen_input(
+    model: EuroSATNet,
+    bands: Sequence[str],
+    mean: Sequence[float],
+    std: Sequence[float],
+    unit_map: Mapping[str, tuple[float, float]] | None = None,
+    init_std: float = 1e-3,
+    seed: int = 0,
+) -> EuroSATNet:
+    """A copy of ``model`` that takes ``bands``; ``model``'s bands must all be among them.
+
+    ``mean``/``std`` normalise the new bands (in the new units). ``unit_map[band] = (a, b)`` says
+    how the new units map to the old model's units for an old band (``old = a * new + b``); the
+    old normalisation is rewritten through it, so for inputs whose new-only bands sit at their
+    mean the widened network's logits equal the old network's on the mapped old bands.
+    """
+    missing = [b for b in model.bands if b not in bands]
+    if missing:
+        raise ValueError(f"cannot widen: the new band list lacks {missing}")
+    unit_map = unit_map or {}
+    new = copy.deepcopy(model)
+    old_conv = model.first_conv
+    conv = nn.Conv2d(
+        len(bands),
+        old_conv.out_channels,
+        cast(tuple[int, int], old_conv.kernel_size),
+        stride=cast(tuple[int, int], old_conv.stride),
+        padding=cast(tuple[int, int], old_conv.padding),
+        bias=old_conv.bias is not None,
+    )
+    generator = torch.Generator().manual_seed(seed)
+    new_mean, new_std = list(mean), list(std)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * init_std)
+        for old_index, band in enumerate(model.bands):
+            index = list(bands).index(band)
+            conv.weight[:, index] = old_conv.weight[:, old_index]
+            a, b = unit_map.get(band, (1.0, 0.0))
+            old_mean = float(model.normalize.mean[0, old_index, 0, 0])
+            old_std = float(model.normalize.std[0, old_index, 0, 0])
+            # (a*x + b - m) / s == (x - (m - b)/a) / (s/a)
+            new_mean[index] = (old_mean - b) / a
+            new_std[index] = old_std / a
+        if old_conv.bias is not None and conv.bias is not None:
+            conv.bias.copy_(old_conv.bias)
+    new._set_first_conv(conv)
+    new.normalize = Normalize(new_mean, new_std)
+    new.bands = tuple(bands)
+    return new

@@ -1,0 +1,256 @@
+"""One training request, end to end: data -> model -> fit -> evaluate -> ONNX -> register.
+
+Idempotent and resumable: a request that already registered a version returns it without
+training; a request that crashed resumes its MLflow run and its last epoch checkpoint (both kept
+under the cache folder by request id). Registration is the last step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from eostream.shared.modelcard import BandScaling, ModelCard
+from eostream.trainer.bands import band_set_bands
+from eostream.trainer.catalog import build_catalog, list_sources, sources_digest
+from eostream.trainer.datasets import PatchTensors, band_statistics, load_patches
+from eostream.trainer.errors import BadTrainingRequestError
+from eostream.trainer.export import check_onnx, export_onnx
+from eostream.trainer.models import EuroSATNet, build_model, widen_input
+from eostream.trainer.plan import TrainingPlan
+from eostream.trainer.scaling import fit_rgb_scaling, identity_scaling
+from eostream.trainer.selection import Selection, SelectionSpec, select
+from eostream.trainer.settings import TrainerSettings
+from eostream.trainer.task import BatchCallback, TrainConfig, evaluate, fit, resolve_device
+from eostream.trainer.tracking import CARD_TAG, REQUEST_TAG, RegisteredVersion, Tracker, git_commit
+
+log = logging.getLogger(__name__)
+
+StartedCallback = Callable[[str, str, str], None]  # run_id, run_url, experiment_id
+ONNX_CHECK_SAMPLES = 256
+
+
+@dataclass(frozen=True)
+class Outcome:
+    version: RegisteredVersion
+    metrics: dict[str, float]
+    run_url: str
+    reused: bool = False
+
+
+def tracker_for(settings: TrainerSettings) -> Tracker:
+    return Tracker(
+        settings.mlflow_tracking_uri,
+        settings.experiment_name,
+        settings.mlflow_registry_uri,
+        settings.mlflow_ui_url,
+    )
+
+
+def card_scaling(band_set: str, settings: TrainerSettings) -> tuple[BandScaling, ...]:
+    """The card's scaling; the RGB fit is cached under the cache folder, keyed by the MS data."""
+    if band_set != "rgb":
+        return identity_scaling(band_set)
+    digest = sources_digest("ms13", list_sources(settings.data_dir, "ms13"))[:16]
+    path = settings.cache_dir / "scaling" / f"rgb-{digest}.json"
+    if path.is_file():
+        return tuple(BandScaling.model_validate(s) for s in json.loads(path.read_text()))
+    fit_result = fit_rgb_scaling(settings.data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([s.model_dump() for s in fit_result.scaling]))
+    return fit_result.scaling
+
+
+def prepare_model(plan: TrainingPlan, tracker: Tracker, train: PatchTensors) -> EuroSATNet:
+    bands = band_set_bands(plan.band_set)
+    mean, std = band_statistics(train.x)
+    if plan.base_model is None:
+        return build_model(plan.architecture, bands, mean, std)
+    base, base_card = tracker.load_base(plan.base_model)
+    if base.architecture != plan.architecture:
+        raise BadTrainingRequestError(
+            f"base_model {plan.base_model} is a {base.architecture}, the request asks for "
+            f"{plan.architecture}"
+        )
+    if base.bands == bands:
+        return base
+    if not set(base.bands) <= set(bands):
+        raise BadTrainingRequestError(
+            f"base_model {plan.base_model} takes bands {base.bands}, which cannot be widened to "
+            f"{plan.band_set} {bands}"
+        )
+    # the base model's units = scale * reflectance + offset; the new model takes reflectance
+    unit_map = {s.band: (s.scale, s.offset) for s in base_card.scaling}
+    log.info("widening %s from %s to %s", plan.base_model, base.bands, bands)
+    return widen_input(base, bands, mean, std, unit_map=unit_map, seed=plan.seed)
+
+
+def compute_description(device: torch.device) -> dict[str, str]:
+    info = {
+        "device": device.type,
+        "torch": torch.__version__,
+        "threads": str(torch.get_num_threads()),
+        "cpu": platform.processor() or platform.machine(),
+        "host": platform.node(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def train_and_register(
+    plan: TrainingPlan,
+    settings: TrainerSettings,
+    on_started: StartedCallback | None = None,
+    on_batch: BatchCallback | None = None,
+    tracker: Tracker | None = None,
+) -> Outcome:
+    started = time.perf_counter()
+    torch.set_num_threads(settings.num_threads)
+    tracker = tracker or tracker_for(settings)
+    tracker.configure()
+    existing = tracker.find_registered(plan.model_name, plan.request_id)
+    if existing is not None:
+        log.info(
+            "request %s already registered %s v%s", plan.request_id, existing.name, existing.version
+        )
+        url = tracker.run_url(existing.run_id)
+        if on_started is not None:
+            on_started(existing.run_id, url, tracker.experiment_id)
+        return Outcome(existing, {}, url, reused=True)
+
+    table = build_catalog(settings.data_dir, settings.cache_dir, plan.band_set)
+    selection = select(
+        table,
+        SelectionSpec(
+            band_set=plan.band_set,
+            classes=plan.classes,
+            samples_per_class=plan.samples_per_class,
+            split=plan.split,
+            seed=plan.seed,
+        ),
+    )
+    data = {
+        s: load_patches(settings.data_dir, plan.band_set, selection.of(s), settings.num_threads)
+        for s in ("train", "val", "test")
+    }
+    model = prepare_model(plan, tracker, data["train"])
+    card = ModelCard(
+        name=plan.model_name,
+        band_set=plan.band_set,
+        bands=band_set_bands(plan.band_set),
+        scaling=card_scaling(plan.band_set, settings),
+        architecture=plan.architecture,
+        training_data_digest=selection.digest,
+        description=f"EuroSAT {plan.band_set} {plan.architecture}, request {plan.request_id}",
+    )
+    device = resolve_device(settings.device)
+    work = settings.cache_dir / "runs" / _safe(plan.request_id)
+    work.mkdir(parents=True, exist_ok=True)
+    run_file = work / "mlflow_run_id"
+    resume = run_file.read_text().strip() if run_file.is_file() else None
+    tags = {
+        REQUEST_TAG: plan.request_id,
+        "eostream.requested_by": plan.requested_by,
+        "mlflow.source.git.commit": git_commit(),
+    }
+    with tracker.run(
+        resume, f"{plan.model_name}-{plan.band_set}-{plan.architecture}", tags
+    ) as run_id:
+        run_file.write_text(run_id)
+        url = tracker.run_url(run_id)
+        if on_started is not None:
+            on_started(run_id, url, tracker.experiment_id)
+        if resume is None:
+            tracker.log_params(_params(plan, selection))
+            tracker.set_tags({f"compute.{k}": v for k, v in compute_description(device).items()})
+            tracker.log_dataset(selection)
+        config = TrainConfig(
+            epochs=plan.epochs,
+            batch_size=plan.batch_size,
+            learning_rate=plan.learning_rate,
+            patience=plan.patience,
+            seed=plan.seed,
+        )
+        history = fit(
+            model,
+            data["train"],
+            data["val"],
+            config,
+            device,
+            checkpoint=work / "checkpoint.pt",
+            on_epoch=lambda epoch, m: tracker.log_metrics(m, step=epoch),
+            on_batch=on_batch,
+        )
+        model = model.cpu().eval()
+        cpu = torch.device("cpu")
+        results = {s: evaluate(model, data[s], cpu) for s in ("val", "test")}
+        for split, result in results.items():
+            # "val" metrics are the per-epoch curve; the kept (best) model's are "best_val_*"
+            tracker.log_evaluation("best_val" if split == "val" else split, result, card.classes)
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx_path = Path(tmp) / "model.onnx"
+            sha256 = export_onnx(model, card, onnx_path, settings.onnx_opset)
+            check = check_onnx(
+                onnx_path, model, data["test"].x[:ONNX_CHECK_SAMPLES], settings.onnx_tolerance
+            )
+            tracker.log_artifact(onnx_path, "onnx")
+        metrics = {
+            "test_accuracy": float(results["test"]["accuracy"]),
+            "best_val_accuracy": float(results["val"]["accuracy"]),
+            "best_epoch": float(history.best_epoch + 1),
+            "epochs_run": float(len(history.epochs)),
+            "train_images_per_second": history.images_per_second,
+            "onnx_max_abs_diff": check.max_abs_diff,
+            "onnx_argmax_agreement": check.argmax_agreement,
+            "run_time_seconds": time.perf_counter() - started,
+        }
+        tracker.log_metrics(metrics)
+        model_uri = tracker.log_model(model, data["test"].x[:2].numpy())
+        version = tracker.register(
+            model_uri,
+            plan.model_name,
+            {
+                "band_set": plan.band_set,
+                "input_scaling": json.dumps([s.model_dump() for s in card.scaling]),
+                "training_data_digest": selection.digest,
+                CARD_TAG: card.to_json(),
+                "onnx_sha256": sha256,
+                "onnx_artifact": "onnx/model.onnx",
+                "architecture": plan.architecture,
+                REQUEST_TAG: plan.request_id,
+                "test_accuracy": f"{metrics['test_accuracy']:.4f}",
+            },
+        )
+    shutil.rmtree(work, ignore_errors=True)
+    log.info(
+        "registered %s v%s (test accuracy %.3f) in %.0fs",
+        version.name,
+        version.version,
+        metrics["test_accuracy"],
+        metrics["run_time_seconds"],
+    )
+    return Outcome(version, metrics, url)
+
+
+def _params(plan: TrainingPlan, selection: Selection) -> dict[str, object]:
+    params: dict[str, object] = {k: v for k, v in asdict(plan).items() if k != "classes"}
+    params["classes"] = ",".join(plan.classes)
+    params["dataset_digest"] = selection.table.digest
+    params["selection_digest"] = selection.digest
+    for split, count in selection.counts().items():
+        params[f"n_{split}"] = count
+    return params
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:200]

@@ -1,0 +1,95 @@
+"""From an event to a training plan: every check of a request that needs no data or server.
+
+Pure functions; a bad request raises :class:`BadTrainingRequestError` whose message says what to
+change, and the bus dead-letters the event with that reason.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from eostream.shared.events import DatasetUpdated, TrainingRequested
+from eostream.shared.modelcard import BAND_SETS, EUROSAT_CLASSES
+from eostream.trainer.errors import BadTrainingRequestError
+from eostream.trainer.models import ARCHITECTURES
+from eostream.trainer.selection import SplitMode
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+_MODEL_URI = re.compile(r"^models:/[^/@]+(/\d+|@[\w-]+)$")
+MIN_SAMPLES_PER_CLASS = 10
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    request_id: str
+    model_name: str
+    band_set: str
+    architecture: str = "small_cnn"
+    epochs: int = 10
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    samples_per_class: int | None = None
+    split: SplitMode = "random"
+    seed: int = 42
+    base_model: str | None = None
+    classes: tuple[str, ...] = EUROSAT_CLASSES
+    patience: int = 5
+    requested_by: str = "unknown"
+    reason: str = ""
+
+
+def plan_training(event: TrainingRequested) -> TrainingPlan:
+    problems: list[str] = []
+    if event.band_set not in BAND_SETS:
+        problems.append(f"band_set {event.band_set!r} is unknown; use one of {sorted(BAND_SETS)}")
+    if event.architecture not in ARCHITECTURES:
+        problems.append(
+            f"architecture {event.architecture!r} is unknown; use one of {list(ARCHITECTURES)}"
+        )
+    if not _NAME.match(event.model_name):
+        problems.append(f"model_name {event.model_name!r} must be letters, digits, '.', '_', '-'")
+    if event.batch_size < 2:
+        problems.append("batch_size must be at least 2 (batch normalisation needs two samples)")
+    if event.learning_rate > 1.0:
+        problems.append(f"learning_rate {event.learning_rate} is too high (at most 1.0)")
+    if event.samples_per_class is not None and event.samples_per_class < MIN_SAMPLES_PER_CLASS:
+        problems.append(
+            f"samples_per_class {event.samples_per_class} is too few to split into "
+            f"train/val/test; use at least {MIN_SAMPLES_PER_CLASS}"
+        )
+    if event.base_model is not None and not _MODEL_URI.match(event.base_model):
+        problems.append(
+            f"base_model {event.base_model!r} must be models:/NAME/VERSION or models:/NAME@alias"
+        )
+    if problems:
+        raise BadTrainingRequestError("bad training request: " + "; ".join(problems))
+    return TrainingPlan(
+        request_id=event.request_id,
+        model_name=event.model_name,
+        band_set=event.band_set,
+        architecture=event.architecture,
+        epochs=event.epochs,
+        batch_size=event.batch_size,
+        learning_rate=event.learning_rate,
+        samples_per_class=event.samples_per_class,
+        split=event.split,
+        seed=event.seed,
+        base_model=event.base_model,
+        requested_by=event.requested_by,
+        reason=event.reason,
+    )
+
+
+def plan_for_dataset(event: DatasetUpdated, model_name: str, epochs: int) -> TrainingPlan:
+    """A data change retrains with defaults; the request id is derived from the data's digest,
+    so a redelivered DatasetUpdated does not train twice."""
+    request = TrainingRequested(
+        request_id=f"dataset-{event.dataset}-{event.digest[:16]}",
+        model_name=model_name,
+        band_set=event.band_set,
+        epochs=epochs,
+        requested_by="dataset.updated",
+        reason=f"dataset {event.dataset} changed (digest {event.digest[:16]})",
+    )
+    return plan_training(request)

@@ -1,0 +1,167 @@
+"""Choosing a training set from the stac-geoparquet table with DuckDB, and splitting it.
+
+The split is deterministic and recorded: a patch's split comes from the MD5 of its *group key*
+and the seed, mapped to [0, 1) and cut at the train/validation fractions. The same formula is
+written once in SQL (what selects) and once in Python (:func:`split_fraction`, what tests and
+readers use to check a recorded split).
+
+* ``random``: the group key is the Item id, so every patch is drawn on its own. Neighbouring
+  EuroSAT patches look alike, so this split flatters accuracy.
+* ``spatial``: patches that lie close together share a group and therefore a split.
+  MS patches are georeferenced: the group is the 20 km grid cell of the patch's lower-left corner
+  in its UTM zone. RGB JPEGs carry no georeference at all; for them the group is a block of 100
+  consecutive patch numbers within a class. Nothing published says EuroSAT's numbering follows
+  space, so for RGB this is a *grouped* hold-out, not a proven spatial one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from eostream.shared.modelcard import EUROSAT_CLASSES
+from eostream.trainer.catalog import CatalogTable
+from eostream.trainer.errors import DatasetError
+
+SplitMode = Literal["random", "spatial"]
+SPLITS = ("train", "val", "test")
+SPATIAL_CELL_METRES = 20_000
+RGB_INDEX_BLOCK = 100
+
+
+@dataclass(frozen=True)
+class SelectionSpec:
+    band_set: str
+    classes: tuple[str, ...] = EUROSAT_CLASSES
+    samples_per_class: int | None = None
+    split: SplitMode = "random"
+    seed: int = 42
+    train_fraction: float = 0.7
+    val_fraction: float = 0.15
+
+    def __post_init__(self) -> None:
+        unknown = [c for c in self.classes if c not in EUROSAT_CLASSES]
+        if unknown or not self.classes:
+            raise DatasetError(f"unknown classes {unknown}; choose from {list(EUROSAT_CLASSES)}")
+        if not (0 < self.train_fraction < 1 and 0 < self.val_fraction < 1):
+            raise DatasetError("train and validation fractions must lie strictly between 0 and 1")
+        if self.train_fraction + self.val_fraction >= 1:
+            raise DatasetError("train + validation fractions must leave room for a test split")
+
+
+@dataclass(frozen=True)
+class Patch:
+    item_id: str
+    class_name: str
+    label: int  # index in EUROSAT_CLASSES
+    href: str  # relative to the data folder
+    split: str
+
+
+@dataclass(frozen=True)
+class Selection:
+    spec: SelectionSpec
+    table: CatalogTable
+    patches: tuple[Patch, ...]
+    digest: str
+    sql: str
+
+    def of(self, split: str) -> list[Patch]:
+        return [p for p in self.patches if p.split == split]
+
+    def counts(self) -> dict[str, int]:
+        return {s: sum(1 for p in self.patches if p.split == s) for s in SPLITS}
+
+
+def split_fraction(group_key: str, seed: int) -> float:
+    """Where a group falls in [0, 1): the first 32 bits of MD5("key:seed")."""
+    digest = hashlib.md5(f"{group_key}:{seed}".encode(), usedforsecurity=False).hexdigest()
+    return int(digest[:8], 16) / 2**32
+
+
+def split_name(fraction: float, train_fraction: float, val_fraction: float) -> str:
+    if fraction < train_fraction:
+        return "train"
+    if fraction < train_fraction + val_fraction:
+        return "val"
+    return "test"
+
+
+def group_key_sql(band_set: str, mode: SplitMode) -> str:
+    if mode == "random":
+        return "id"
+    if band_set == "rgb":
+        return f"class || ':' || CAST(patch_index // {RGB_INDEX_BLOCK} AS VARCHAR)"
+    cell = SPATIAL_CELL_METRES
+    return (
+        f"\"proj:code\" || ':' || CAST(floor(\"proj:bbox\"[1] / {cell}) AS VARCHAR) || ':' || "
+        f'CAST(floor("proj:bbox"[2] / {cell}) AS VARCHAR)'
+    )
+
+
+def _fraction_sql(expr: str, seed: int) -> str:
+    return f"(('0x' || substr(md5(({expr}) || ':{int(seed)}'), 1, 8))::UBIGINT / 4294967296.0)"
+
+
+def build_sql(table: CatalogTable, spec: SelectionSpec) -> tuple[str, dict[str, object]]:
+    """The DuckDB query that selects, limits per class and splits (parameters separate)."""
+    group = group_key_sql(spec.band_set, spec.split)
+    limit = "" if spec.samples_per_class is None else "WHERE rank_in_class <= $per_class"
+    # Only code-made SQL is interpolated (the group expression, an int seed); values are bound.
+    sql = f"""
+        WITH chosen AS (
+            SELECT id, class, class_index, assets.image.href AS href,
+                   {group} AS group_key,
+                   row_number() OVER (
+                       PARTITION BY class ORDER BY {_fraction_sql("id", spec.seed + 1)}, id
+                   ) AS rank_in_class
+            FROM read_parquet($path)
+            WHERE list_contains($classes, class)
+        )
+        SELECT id, class, class_index, href,
+               CASE WHEN f < $train THEN 'train' WHEN f < $train_val THEN 'val'
+                    ELSE 'test' END AS split
+        FROM (SELECT *, {_fraction_sql("group_key", spec.seed)} AS f FROM chosen {limit})
+        ORDER BY id
+    """  # noqa: S608
+    params: dict[str, object] = {
+        "path": str(table.path),
+        "classes": list(spec.classes),
+        "train": spec.train_fraction,
+        "train_val": spec.train_fraction + spec.val_fraction,
+    }
+    if spec.samples_per_class is not None:
+        params["per_class"] = spec.samples_per_class
+    return sql, params
+
+
+def select(table: CatalogTable, spec: SelectionSpec) -> Selection:
+    import duckdb
+
+    if table.band_set != spec.band_set:
+        raise DatasetError(
+            f"table holds {table.band_set} patches, the request wants {spec.band_set}"
+        )
+    sql, params = build_sql(table, spec)
+    with duckdb.connect() as con:
+        rows = con.execute(sql, params).fetchall()
+    patches = tuple(Patch(r[0], r[1], int(r[2]), r[3], r[4]) for r in rows)
+    selection = Selection(spec, table, patches, _digest(table, spec, patches), sql)
+    counts = selection.counts()
+    empty = [s for s in SPLITS if counts[s] == 0]
+    if empty:
+        raise DatasetError(
+            f"the selection leaves no patches in {empty} ({counts}); ask for more samples per "
+            "class or other fractions"
+        )
+    return selection
+
+
+def _digest(table: CatalogTable, spec: SelectionSpec, patches: tuple[Patch, ...]) -> str:
+    h = hashlib.sha256(table.digest.encode())
+    h.update(json.dumps(asdict(spec), sort_keys=True).encode())
+    for p in patches:
+        h.update(f"{p.item_id}\t{p.label}\t{p.split}\n".encode())
+    return h.hexdigest()

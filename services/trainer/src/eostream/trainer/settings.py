@@ -1,0 +1,49 @@
+"""The trainer's settings: one class, prefix ``TRAINER_``, built once at the entrypoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import SettingsConfigDict
+
+from eostream.shared.settings import ServiceSettings
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class TrainerSettings(ServiceSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TRAINER_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+    mlflow_tracking_uri: str = Field(
+        default="sqlite:///.eostream/mlflow.db",
+        description="http(s)://host:port of an MLflow server, or sqlite:///path for embedded mode",
+    )
+    mlflow_registry_uri: str | None = Field(
+        default=None, description="defaults to the tracking URI"
+    )
+    mlflow_ui_url: str | None = Field(
+        default=None, description="base URL printed in run links (defaults to the tracking URI)"
+    )
+    experiment_name: str = Field(default="eostream-trainer", min_length=1)
+    data_dir: Path = Field(
+        default=Path("data"),
+        validation_alias=AliasChoices("data_dir", "TRAINER_DATA_DIR", "EOSTREAM_DATA_DIR"),
+        description="the folder holding eurosat_rgb/ and eurosat_ms/",
+    )
+    cache_dir: Path = Path(".eostream/trainer-cache")
+    device: Device = "auto"
+    num_threads: int = Field(default=2, ge=1, le=256)
+    num_workers: int = Field(default=0, ge=0, le=64, description="DataLoader worker processes")
+    consumer_group: str = "trainer"
+    onnx_opset: int = Field(default=18, ge=13, le=23)
+    onnx_tolerance: float = Field(default=1e-3, gt=0, description="max abs diff of ONNX logits")
+    dataset_updated_epochs: int = Field(
+        default=10, ge=1, description="epochs for data-triggered runs"
+    )
+    default_model_name: str = Field(
+        default="eurosat-landcover", min_length=1, description="model trained on DatasetUpdated"
+    )

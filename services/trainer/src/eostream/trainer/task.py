@@ -1,0 +1,224 @@
+"""Training one model: loss, optimiser, one epoch, evaluation, early stopping, checkpoints.
+
+Seeded end to end: the shuffle and augmentation of epoch ``e`` come from generators seeded with
+``seed + e``, so a run resumed from its checkpoint after a crash continues exactly as it would
+have. The checkpoint is written atomically after every epoch and holds the model, optimiser,
+scheduler, the best weights so far and the history.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from eostream.trainer.datasets import PatchTensors, augment
+from eostream.trainer.models import NUM_CLASSES
+
+log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+BatchCallback = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 5
+    seed: int = 42
+    augment: bool = True
+    amp: bool = True  # used on CUDA only
+
+
+@dataclass
+class History:
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = -1
+    best_val_accuracy: float = -1.0
+    stopped_early: bool = False
+    images_per_second: float = 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+def confusion_matrix(
+    y_true: np.ndarray, y_pred: np.ndarray, classes: int = NUM_CLASSES
+) -> np.ndarray:
+    matrix = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(matrix, (y_true, y_pred), 1)
+    return matrix
+
+
+def per_class_scores(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Precision and recall per class from a confusion matrix (rows: truth, columns: predicted)."""
+    tp = np.diag(matrix).astype(np.float64)
+    predicted = matrix.sum(axis=0).astype(np.float64)
+    actual = matrix.sum(axis=1).astype(np.float64)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
+    return precision, recall
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 256
+) -> torch.Tensor:
+    """Logits for ``x`` (on the CPU), in eval mode, in batches."""
+    model.eval()
+    outs = [
+        model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)
+    ]
+    return torch.cat(outs) if outs else torch.empty(0, NUM_CLASSES)
+
+
+def evaluate(model: nn.Module, data: PatchTensors, device: torch.device) -> dict[str, Any]:
+    logits = predict(model, data.x, device)
+    loss = float(nn.functional.cross_entropy(logits, data.y)) if len(data) else 0.0
+    pred = logits.argmax(dim=1).numpy()
+    truth = data.y.numpy()
+    matrix = confusion_matrix(truth, pred)
+    precision, recall = per_class_scores(matrix)
+    return {
+        "loss": loss,
+        "accuracy": float((pred == truth).mean()) if len(data) else 0.0,
+        "confusion": matrix,
+        "precision": precision,
+        "recall": recall,
+    }
+
+
+def _save_atomic(obj: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def fit(
+    model: nn.Module,
+    train: PatchTensors,
+    val: PatchTensors,
+    config: TrainConfig,
+    device: torch.device,
+    checkpoint: Path | None = None,
+    on_epoch: EpochCallback | None = None,
+    on_batch: BatchCallback | None = None,
+) -> History:
+    """Train ``model`` in place; on return it holds the best weights (by validation accuracy)."""
+    torch.manual_seed(config.seed)
+    model.to(device)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    use_amp = config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    history = History()
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    start_epoch = 0
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        if state.get("config") == asdict(config):
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            best_state = state["best_model"]
+            history = state["history"]
+            start_epoch = len(history.epochs)
+            log.info("resuming from %s at epoch %d", checkpoint, start_epoch + 1)
+        else:
+            log.warning("checkpoint %s was made with other settings; starting afresh", checkpoint)
+    loss_fn = nn.CrossEntropyLoss()
+    seen, busy = 0, 0.0
+    for epoch in range(start_epoch, config.epochs):
+        if history.stopped_early:
+            break
+        model.train()
+        torch.manual_seed(config.seed * 100_003 + epoch)  # dropout: same draws after a resume
+        generator = torch.Generator().manual_seed(config.seed + epoch)
+        order = torch.randperm(len(train), generator=generator)
+        total_loss, correct, started = 0.0, 0, time.perf_counter()
+        for i in range(0, len(order), config.batch_size):
+            index = order[i : i + config.batch_size]
+            if len(index) < 2:  # BatchNorm needs two samples
+                continue
+            xb = train.x[index].to(device, non_blocking=True)
+            yb = train.y[index].to(device, non_blocking=True)
+            if config.augment:
+                xb = augment(xb, generator)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device_type=device.type, enabled=use_amp):
+                logits = model(xb)
+                loss = loss_fn(logits, yb)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            total_loss += float(loss.detach()) * len(index)
+            correct += int((logits.argmax(1) == yb).sum())
+            if on_batch is not None:
+                on_batch(len(index))
+        elapsed = time.perf_counter() - started
+        seen, busy = seen + len(train), busy + elapsed
+        scheduler.step()
+        result = evaluate(model, val, device)
+        metrics = {
+            "train_loss": total_loss / max(len(train), 1),
+            "train_accuracy": correct / max(len(train), 1),
+            "val_loss": result["loss"],
+            "val_accuracy": result["accuracy"],
+            "images_per_second": len(train) / max(elapsed, 1e-9),
+            "learning_rate": float(scheduler.get_last_lr()[0]),
+        }
+        history.epochs.append(metrics)
+        if metrics["val_accuracy"] > history.best_val_accuracy:
+            history.best_val_accuracy = metrics["val_accuracy"]
+            history.best_epoch = epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        elif epoch - history.best_epoch >= config.patience:
+            history.stopped_early = True
+            log.info("early stop after epoch %d: no gain for %d epochs", epoch + 1, config.patience)
+        log.info(
+            "epoch %d/%d: loss %.3f, train acc %.3f, val acc %.3f, %.0f images/s",
+            epoch + 1,
+            config.epochs,
+            metrics["train_loss"],
+            metrics["train_accuracy"],
+            metrics["val_accuracy"],
+            metrics["images_per_second"],
+        )
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+        if checkpoint is not None:
+            _save_atomic(
+                {
+                    "config": asdict(config),
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "best_model": best_state,
+                    "history": history,
+                },
+                checkpoint,
+            )
+    history.images_per_second = seen / busy if busy else 0.0
+    model.load_state_dict(best_state)
+    return history

@@ -1,0 +1,77 @@
+"""Network shapes, built-in normalisation, and widening RGB to 13 bands."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from eostream.shared.modelcard import BAND_SETS
+from eostream.trainer.models import ARCHITECTURES, build_model, widen_input
+from eostream.trainer.task import confusion_matrix, per_class_scores
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("band_set", ["rgb", "ms13"])
+def test_shapes(architecture: str, band_set: str) -> None:
+    bands = BAND_SETS[band_set]
+    model = build_model(architecture, bands, [0.1] * len(bands), [0.05] * len(bands)).eval()
+    with torch.no_grad():
+        out = model(torch.rand(3, len(bands), 64, 64))
+    assert out.shape == (3, 10)
+    with pytest.raises(RuntimeError):
+        model(torch.rand(1, len(bands) + 1, 64, 64))
+
+
+def test_normalisation_is_inside_the_network() -> None:
+    model = build_model("small_cnn", BAND_SETS["rgb"], [100.0, 90.0, 80.0], [20.0, 10.0, 5.0])
+    x = torch.tensor([120.0, 90.0, 70.0]).view(1, 3, 1, 1).expand(1, 3, 64, 64)
+    normalised = model.normalize(x)
+    assert torch.allclose(normalised[0, :, 0, 0], torch.tensor([1.0, 0.0, -2.0]))
+    assert "normalize.mean" in model.state_dict()  # saved with the weights
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_widening_preserves_rgb_outputs(architecture: str) -> None:
+    torch.manual_seed(0)
+    rgb = build_model(
+        architecture, BAND_SETS["rgb"], [110.0, 100.0, 90.0], [40.0, 35.0, 30.0]
+    ).eval()
+    # the RGB model's units = a * reflectance + b (the fitted JPEG stretch)
+    unit_map = {"B04": (900.0, 3.0), "B03": (905.0, 2.8), "B02": (915.0, 1.9)}
+    ms_bands = BAND_SETS["ms13"]
+    ms_mean = [0.12 + 0.01 * i for i in range(13)]
+    ms_std = [0.04] * 13
+    wide = widen_input(rgb, ms_bands, ms_mean, ms_std, unit_map=unit_map, init_std=0.05).eval()
+    assert wide.first_conv.in_channels == 13 and wide.bands == ms_bands
+
+    reflectance = torch.rand(4, 13, 64, 64) * 0.25
+    for i, band in enumerate(ms_bands):  # bands the RGB model never saw sit at their mean
+        if band not in unit_map:
+            reflectance[:, i] = ms_mean[i]
+    rgb_units = torch.stack(
+        [reflectance[:, ms_bands.index(b)] * a + off for b, (a, off) in unit_map.items()], dim=1
+    )
+    with torch.no_grad():
+        expected = rgb(rgb_units)
+        got = wide(reflectance)
+    assert torch.allclose(got, expected, atol=1e-3, rtol=1e-3)
+    # and the new bands do matter once they move
+    reflectance[:, ms_bands.index("B08")] += 0.3
+    with torch.no_grad():
+        assert not torch.allclose(wide(reflectance), expected, atol=1e-3)
+
+
+def test_widening_refuses_missing_bands() -> None:
+    rgb = build_model("small_cnn", BAND_SETS["rgb"], [0.0] * 3, [1.0] * 3)
+    with pytest.raises(ValueError, match="lacks"):
+        widen_input(rgb, ("B02", "B03"), [0.0] * 2, [1.0] * 2)
+
+
+def test_per_class_scores() -> None:
+    truth = torch.tensor([0, 0, 1, 1, 2]).numpy()
+    pred = torch.tensor([0, 1, 1, 1, 0]).numpy()
+    matrix = confusion_matrix(truth, pred, classes=3)
+    precision, recall = per_class_scores(matrix)
+    assert matrix.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    assert precision.tolist() == [0.5, 2 / 3, 0.0]
+    assert recall.tolist() == [0.5, 1.0, 0.0]

@@ -1,0 +1,49 @@
+"""Pure request checks: what a good request becomes, and that data changes retrain idempotently."""
+
+from __future__ import annotations
+
+import pytest
+
+from eostream.shared.events import DatasetUpdated, TrainingRequested
+from eostream.trainer.errors import BadTrainingRequestError
+from eostream.trainer.plan import plan_for_dataset, plan_training
+from eostream.trainer.tracking import parse_model_uri
+
+
+def test_good_request_becomes_a_plan() -> None:
+    plan = plan_training(
+        TrainingRequested(
+            band_set="ms13",
+            architecture="resnet18",
+            epochs=3,
+            base_model="models:/eurosat-landcover@champion",
+            split="spatial",
+        )
+    )
+    assert (plan.band_set, plan.architecture, plan.epochs, plan.split) == (
+        "ms13",
+        "resnet18",
+        3,
+        "spatial",
+    )
+    assert parse_model_uri("models:/eurosat-landcover/7") == ("eurosat-landcover", "7", None)
+    assert parse_model_uri(plan.base_model or "") == ("eurosat-landcover", None, "champion")
+
+
+def test_all_problems_are_named_at_once() -> None:
+    with pytest.raises(BadTrainingRequestError) as info:
+        plan_training(TrainingRequested(band_set="rgbn", architecture="vgg", model_name="a b"))
+    message = str(info.value)
+    assert "band_set 'rgbn'" in message and "architecture 'vgg'" in message
+    assert "model_name 'a b'" in message
+
+
+def test_dataset_update_retrains_once_per_digest() -> None:
+    event = DatasetUpdated(dataset="eurosat", href="file:///data", digest="f" * 64, band_set="rgb")
+    first = plan_for_dataset(event, "eurosat-landcover", epochs=5)
+    again = plan_for_dataset(event.model_copy(), "eurosat-landcover", epochs=5)
+    changed = plan_for_dataset(
+        event.model_copy(update={"digest": "e" * 64}), "eurosat-landcover", epochs=5
+    )
+    assert first.request_id == again.request_id != changed.request_id
+    assert first.epochs == 5 and first.requested_by == "dataset.updated"

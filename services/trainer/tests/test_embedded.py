@@ -6,6 +6,7 @@ without dead-lettering the request and keeps its checkpoint."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,11 @@ from eostream.trainer.embedded import TrainerComponent, component, embedded_sett
 from .helpers import events_on, wait_until
 
 TICK = 0.05
+#: Longest tolerated gap between ticks. Training runs in a thread, but the process's garbage
+#: collector still pauses every thread for ~0.3-0.5 s while imports grow the heap (torch.onnx,
+#: matplotlib, MLflow's migrations); a trainer on the loop would stall it for the whole run (>10 s).
+MAX_GAP = 1.5
+log = logging.getLogger(__name__)
 
 
 def context_for(tmp_path: Path, data_dir: Path, options: dict[str, Any]) -> EmbeddedContext:
@@ -41,15 +47,17 @@ class LoopWatch:
 
     def __init__(self) -> None:
         self.longest = 0.0
+        self.longest_at = 0.0
         self.ticks = 0
         self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
-        last = time.monotonic()
+        start = last = time.monotonic()
         while True:
             await asyncio.sleep(TICK)
             now = time.monotonic()
-            self.longest = max(self.longest, now - last)
+            if now - last > self.longest:
+                self.longest, self.longest_at = now - last, last - start
             self.ticks += 1
             last = now
 
@@ -97,10 +105,14 @@ async def test_a_request_trains_and_registers_while_the_loop_keeps_running(
         )
         assert 0.0 <= registered.metrics["test_accuracy"] <= 1.0
         # the loop ticked throughout: training ran off it, in the worker's thread
+        log.info("longest event-loop gap while training: %.3fs", watch.longest)
         assert watch.ticks > 20
-        assert watch.longest < 1.0, f"event loop stalled for {watch.longest:.2f}s"
+        assert watch.longest < MAX_GAP, (
+            f"event loop stalled for {watch.longest:.2f}s, {watch.longest_at:.1f}s in"
+        )
     # the catalogue cache and the scaling fit live under <home>/trainer
     assert (tmp_path / "home" / "trainer" / "scaling").is_dir()
+    assert list((tmp_path / "home" / "trainer" / "stac").glob("eurosat-rgb-*.parquet"))
 
 
 async def test_stop_during_training_interrupts_it_and_keeps_the_checkpoint(
@@ -142,7 +154,7 @@ def test_embedded_settings_take_options_but_not_the_embedded_adapters(
     assert (settings.cache_dir, settings.data_dir) == (tmp_path / "home" / "trainer", data_dir)
     with pytest.raises(ConfigError, match="bus, cache_dir"):
         embedded_settings(context_for(tmp_path, data_dir, {"bus": "kafka", "cache_dir": "x"}))
-    with pytest.raises(ConfigError, match="(?i)num_threads"):
+    with pytest.raises(ConfigError, match=r"(?i)num_threads"):
         embedded_settings(context_for(tmp_path, data_dir, {"num_threads": 0}))
     with pytest.raises(ConfigError, match="stop_grace_seconds"):
         component(context_for(tmp_path, data_dir, {"stop_grace_seconds": -1}))

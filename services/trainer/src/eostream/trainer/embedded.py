@@ -6,7 +6,10 @@ cache, RGB scaling fit and epoch checkpoints under ``<home>/trainer``. It consum
 ``TrainingRequested`` and ``DatasetUpdated`` and publishes ``TrainingStarted`` and
 ``ModelVersionRegistered``. It serves nothing (no operations endpoint in embedded mode).
 
-Training runs in a worker thread (:class:`~eostream.trainer.service.TrainerWorker` hands it to
+At start the RGB catalogue cache is built in a child process (once per data digest; the cache
+stays under the home), and requests are taken once it is there: built in this process, its 27,000
+STAC items would make the garbage collector pause the shared event loop. Training runs in a
+worker thread (:class:`~eostream.trainer.service.TrainerWorker` hands it to
 ``asyncio.to_thread``), so the other components sharing the event loop keep serving while a model
 trains; torch uses at most ``num_threads`` threads.
 
@@ -25,7 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -61,6 +66,13 @@ FIXED = frozenset(
 )
 GRACE_OPTION = "stop_grace_seconds"
 DEFAULT_GRACE_SECONDS = 45.0
+#: Built in a child process at start: building the RGB catalogue (27,000 STAC items) in this
+#: process would make its garbage collector pause the shared event loop for ~0.1-0.5 s at a time.
+WARM_BAND_SET = "rgb"
+_WARM_CODE = (
+    "import sys; from pathlib import Path; from eostream.trainer.catalog import build_catalog; "
+    "build_catalog(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])"
+)
 #: How long stop() waits for an interrupted training to reach its next batch and unwind.
 UNWIND_SECONDS = 10.0
 
@@ -78,7 +90,8 @@ def stop_grace_seconds(context: EmbeddedContext) -> float:
     try:
         grace = float(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"trainer option {GRACE_OPTION} must be a number, not {value!r}") from None
+        message = f"trainer option {GRACE_OPTION} must be a number, not {value!r}"
+        raise ConfigError(message) from None
     if grace < 0:
         raise ConfigError(f"trainer option {GRACE_OPTION} must be >= 0, not {grace}")
     return grace
@@ -155,7 +168,7 @@ class TrainerComponent:
         torch.set_num_threads(self.settings.num_threads)
         self._interrupt.clear()
         self._consumer = self.worker.consumer()
-        self._task = asyncio.create_task(self._consumer.run(), name="trainer-consumer")
+        self._task = asyncio.create_task(self._serve(self._consumer), name="trainer-consumer")
         self._task.add_done_callback(_log_crash)
         log.info(
             "trainer: consuming training requests (MLflow %s, cache %s, %d torch threads)",
@@ -163,6 +176,10 @@ class TrainerComponent:
             self.settings.cache_dir,
             self.settings.num_threads,
         )
+
+    async def _serve(self, consumer: Consumer) -> None:
+        await warm_catalog(self.settings, WARM_BAND_SET)
+        await consumer.run()  # returns at once when stop() came during the warm-up
 
     async def stop(self) -> None:
         if self._consumer is None or self._task is None:
@@ -186,6 +203,41 @@ class TrainerComponent:
         await asyncio.wait({task})  # a crash was logged by _log_crash
         if self.busy:  # the thread unwinds at its next batch
             await asyncio.to_thread(self._idle.wait, UNWIND_SECONDS)
+
+
+async def warm_catalog(settings: TrainerSettings, band_set: str) -> bool:
+    """Build (or find) ``band_set``'s catalogue cache in a child process; False if it failed.
+
+    A failure is only logged: the request that needs the catalogue then fails (and is
+    dead-lettered) with the reason, as without the warm-up.
+    """
+    started = time.perf_counter()
+    process = await asyncio.create_subprocess_exec(  # this interpreter, fixed code
+        sys.executable,
+        "-c",
+        _WARM_CODE,
+        str(settings.data_dir),
+        str(settings.cache_dir),
+        band_set,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _, stderr = await process.communicate()
+    except asyncio.CancelledError:
+        process.kill()
+        await process.wait()
+        raise
+    if process.returncode != 0:
+        lines = stderr.decode(errors="replace").strip().splitlines()
+        log.warning(
+            "trainer: building the %s catalogue in a child process failed (%s)",
+            band_set,
+            lines[-1] if lines else f"exit status {process.returncode}",
+        )
+        return False
+    log.info("trainer: %s catalogue ready in %.1fs", band_set, time.perf_counter() - started)
+    return True
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

@@ -69,10 +69,26 @@ def demo(
     """Train, gate and promote a first model, discover real scenes, classify them, show results."""
     from eostream.shared.demo import run as run_embedded
     from eostream.shared.runtime import run_service
+
+    quiet_for_people()
+    run_service(lambda: run_embedded(home, data_dir, demo=True, train_timeout=train_timeout))
+
+
+def quiet_for_people() -> None:
+    """Warnings and the progress lines a person watches (training epochs with rates), no chatter."""
+    import logging
+    import os
+    import warnings
+
     from eostream.shared.settings import configure_logging
 
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
     configure_logging("WARNING")
-    run_service(lambda: run_embedded(home, data_dir, demo=True, train_timeout=train_timeout))
+    for progress in ("eostream.trainer.task", "eostream.trainer.catalog"):
+        logging.getLogger(progress).setLevel(logging.INFO)
 
 
 def _load_commands() -> None:

@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from eostream.shared import topics
-from eostream.shared.bus.base import Delivery
+from eostream.shared.bus.base import Delivery, parse_dead_letter
 from eostream.shared.bus.memory import InMemoryBus
 from eostream.shared.embedded import EmbeddedContext, EmbeddedSystem
 from eostream.shared.errors import ConfigError
@@ -54,7 +54,13 @@ WATCHED = (
     topics.MODELS_PROMOTED,
     topics.SCENES_DISCOVERED,
     topics.SCENES_CLASSIFIED,
-    topics.DEAD_LETTER,
+)
+#: The demo's scene: the real 29RKH tile in the data folder. Its STAC item names the public
+#: Earth Search bucket; inference reads the same files from the data folder, as from a mirror.
+DEMO_SCENE_DIR = "sentinel2_scenes/S2A_29RKH_20200219_0_L2A_cog_downsampled"
+DEMO_SCENE_BUCKET = (
+    "https://sentinel-cogs.s3.us-west-2.amazonaws.com/sentinel-s2-l2a-cogs/"
+    "29/R/KH/2020/2/S2A_29RKH_20200219_0_L2A/"
 )
 
 
@@ -112,7 +118,7 @@ class Observer:
     promoted: list[ModelPromoted] = field(default_factory=list)
     discovered: dict[str, SceneDiscovered] = field(default_factory=dict)
     classified: dict[str, SceneClassified] = field(default_factory=dict)
-    dead_letters: int = 0
+    dead_lettered: dict[str, str] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def say(self, text: str) -> None:
@@ -138,6 +144,17 @@ class Observer:
             self.say(f"{event.event_type}: {event.key}")
         self.changed.set()
 
+    def note_dead_letters(self, bus: InMemoryBus, seen: int) -> int:
+        """Report dead letters added since ``seen``; the records are read, never consumed."""
+        records = bus.records(topics.DEAD_LETTER)
+        for record in records[seen:]:
+            letter = parse_dead_letter(record)
+            key = letter.original_key or "?"
+            self.dead_lettered[key] = letter.reason
+            self.say(f"[red]dead-lettered[/red] {key} by {letter.service}: {letter.reason}")
+            self.changed.set()
+        return len(records)
+
     async def wait(self, done: Callable[[], object], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while not done():
@@ -151,11 +168,12 @@ class Observer:
 
 
 def demo_options(data_dir: Path | None) -> Mapping[str, Mapping[str, Any]]:
+    mirror = {DEMO_SCENE_BUCKET: f"{data_dir / DEMO_SCENE_DIR}/"} if data_dir else {}
     return {
         "ingest": {"poll_interval_seconds": 5.0},
         "trainer": {},
         "registry-bridge": {"reconcile_interval_seconds": 5.0},
-        "inference": {},
+        "inference": {"asset_href_rewrites": mirror},
     }
 
 
@@ -184,6 +202,7 @@ async def run(
         observer = Observer()
         watcher = bus.consumer(list(WATCHED), "embedded-observer", observer)
         watch_task = asyncio.create_task(watcher.run())
+        letters_task = asyncio.create_task(watch_dead_letters(observer, bus))
         try:
             async with EmbeddedSystem(context) as system:
                 for label, url in system.urls().items():
@@ -194,8 +213,16 @@ async def run(
                 else:
                     await asyncio.Event().wait()  # until SIGINT/SIGTERM cancels us
         finally:
+            letters_task.cancel()
             await watcher.stop()
             await watch_task
+
+
+async def watch_dead_letters(observer: Observer, bus: InMemoryBus) -> None:
+    seen = 0
+    while True:
+        seen = observer.note_dead_letters(bus, seen)
+        await asyncio.sleep(0.5)
 
 
 class DemoFailed(Exception):
@@ -222,10 +249,13 @@ async def scenario(observer: Observer, bus: InMemoryBus, *, train_timeout: float
         return
 
     def pending() -> set[str]:
-        return set(observer.discovered) - set(observer.classified)
+        return set(observer.discovered) - set(observer.classified) - set(observer.dead_lettered)
 
     if not await observer.wait(lambda: not pending(), timeout=900):
         raise DemoFailed(f"scenes not classified within 15 minutes: {sorted(pending())}")
+    failed = set(observer.discovered) & set(observer.dead_lettered)
+    if failed:
+        raise DemoFailed(f"scenes dead-lettered: {sorted(failed)}; see the reasons above")
 
 
 async def print_results(observer: Observer, urls: Mapping[str, str]) -> None:

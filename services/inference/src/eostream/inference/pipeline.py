@@ -207,6 +207,7 @@ class Pipeline:
             item_href,
             card,
             policy=s.level_mismatch,
+            href_rewrites=s.asset_href_rewrites,
             b10_fill=s.b10_fill_reflectance,
             event_level=level,
             event_baseline=baseline,

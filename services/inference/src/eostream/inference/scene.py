@@ -50,12 +50,21 @@ def absolute_href(href: str, item_href: str) -> str:
     return f"{base}/{href}"
 
 
+def rewrite_href(href: str, rewrites: Mapping[str, str]) -> str:
+    """Apply the longest matching prefix rewrite (a mirror of the original bucket)."""
+    for prefix in sorted(rewrites, key=len, reverse=True):
+        if href.startswith(prefix):
+            return rewrites[prefix] + href[len(prefix) :]
+    return href
+
+
 def prepare_scene(
     item: dict[str, Any],
     item_href: str,
     card: ModelCard,
     *,
     policy: Policy,
+    href_rewrites: Mapping[str, str] | None = None,
     b10_fill: float,
     event_level: str | None = None,
     event_baseline: str | None = None,
@@ -65,7 +74,12 @@ def prepare_scene(
         raise BadInputError(f"{item_href} is not a STAC item (no Feature type or no assets)")
     props: Mapping[str, Any] = item.get("properties") or {}
     assets: dict[str, dict[str, Any]] = {
-        k: {**v, "href": absolute_href(str(v.get("href", "")), item_href)}
+        k: {
+            **v,
+            "href": rewrite_href(
+                absolute_href(str(v.get("href", "")), item_href), href_rewrites or {}
+            ),
+        }
         for k, v in item["assets"].items()
         if isinstance(v, dict)
     }

@@ -41,6 +41,11 @@ class InferenceSettings(ServiceSettings):
     )
     scenes_group: str = "inference-scenes"
     model_wait_seconds: float = Field(default=30.0, ge=0)
+    asset_href_rewrites: dict[str, str] = Field(
+        default_factory=dict,
+        description="prefix -> replacement for asset hrefs: read scenes from a local or S3 "
+        "mirror of a public bucket (longest prefix wins)",
+    )
     defer_scenes_until_model: bool = Field(
         default=False,
         description="start consuming scenes only once a model is live (scenes wait on the bus); "

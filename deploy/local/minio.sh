@@ -17,20 +17,10 @@ minio_addr() { echo "$HOST:$MINIO_PORT"; }
 minio_is_running() { pid_alive minio; }
 minio_logs() { log_file minio; }
 
-_minio_binary_version() { # path -> module version recorded by the Go toolchain
-    go version -m "$1" 2>/dev/null | awk '$1 == "mod" && $2 == "github.com/minio/minio" {print $3}'
-}
-
 minio_install() {
     [[ -x "$MINIO_BIN" ]] && return 0
     mkdir -p "$MINIO_DIR"
     command -v go >/dev/null || die "minio: the Go toolchain is needed to build MinIO (go not on PATH)"
-    # Reuse an earlier build of exactly this version if one is lying around.
-    local candidate="$CACHE/minio-test/minio"
-    if [[ -x "$candidate" && "$(_minio_binary_version "$candidate")" == "$MINIO_VERSION" ]]; then
-        cp "$candidate" "$MINIO_BIN.tmp" && mv "$MINIO_BIN.tmp" "$MINIO_BIN"
-        return 0
-    fi
     log "minio: building github.com/minio/minio@$MINIO_VERSION (takes ~4 min, once)"
     local tmpbin="$MINIO_DIR/.build"
     rm -rf "$tmpbin"

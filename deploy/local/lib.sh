@@ -81,7 +81,9 @@ wait_until() {
         if "$@"; then
             return 0
         fi
-        if [[ -n "$pidname" ]] && ! pid_alive "$pidname"; then
+        # Only the pid, not the marker: right after the fork the child still shows the shell's
+        # command line until it execs the daemon.
+        if [[ -n "$pidname" ]] && ! kill -0 "$(read_pid "$pidname")" 2>/dev/null; then
             fail_with_logs "$name: process exited while waiting for it to become healthy" \
                 "$(log_file "$name")" "${EXTRA_LOG:-}"
         fi

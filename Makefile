@@ -38,8 +38,13 @@ stack-up: install ## start the real local stack (Kafka, MinIO, PostgreSQL, MLflo
 stack-down: ## stop the local stack
 	@deploy/local/stack down
 
+.PHONY: data-check
+data-check:
+	@[[ -d "$(EOSTREAM_DATA_DIR)" ]] || { echo "no data folder at $(EOSTREAM_DATA_DIR):" \
+		"set EOSTREAM_DATA_DIR to the real data (EuroSAT, Sentinel-2 scenes and STAC items)" >&2; exit 2; }
+
 .PHONY: test
-test: install tools stack-up ## install everything, start the real stack, run every test
+test: data-check install tools stack-up ## install everything, start the real stack, run every test
 	@eval "$$(deploy/local/stack env)"; \
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 

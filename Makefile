@@ -56,7 +56,7 @@ test-unit: install ## only the tests that need no server
 lint: install ## ruff and mypy --strict
 	@$(UV) run --frozen ruff check .
 	@$(UV) run --frozen ruff format --check shared
-	@$(UV) run --frozen mypy shared/src
+	@$(UV) run --frozen mypy shared/src services/*/src
 
 .PHONY: demo
 demo: install ## the main job on the embedded default (in-process bus, local store, sqlite MLflow)

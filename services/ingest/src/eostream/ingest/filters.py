@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shapely.geometry import box, shape  # type: ignore[import-untyped]
+from shapely.geometry import box, shape
 
 from eostream.ingest.settings import ItemFilter
 from eostream.shared.events import SceneDiscovered

@@ -14,8 +14,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from shapely.geometry import shape  # type: ignore[import-untyped]
-from shapely.validation import explain_validity  # type: ignore[import-untyped]
+from shapely.geometry import shape
+from shapely.validation import explain_validity
 
 from eostream.ingest.bands import bands_of
 from eostream.ingest.errors import ItemRejected

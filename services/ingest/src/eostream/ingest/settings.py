@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-import yaml  # type: ignore[import-untyped]
+import yaml
 from pydantic import (
     AliasChoices,
     AwareDatetime,

@@ -16,6 +16,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import mlflow
+
+# Imported here, at start-up and on the main thread, not lazily by mlflow.models.evaluate in a
+# worker thread: a lazy import of the evaluators (sklearn, scipy) on one thread while another
+# thread makes an MLflow REST call deadlocks on MLflow's import-hook lock (seen in the embedded
+# mode: the reconcile loop's search_model_versions against the gate's evaluate).
+import mlflow.models.evaluation.default_evaluator
+import mlflow.models.evaluation.evaluators.classifier
 import numpy as np
 import pandas as pd  # type: ignore[import-untyped]
 from mlflow.data.pandas_dataset import from_pandas

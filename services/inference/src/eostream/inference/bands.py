@@ -11,37 +11,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from eostream.shared.sentinel2 import COMMON_NAMES, SPECTRAL_ORDER
+
 #: Earth Search v1 asset keys / eo:bands names -> Sentinel-2 band ids.
-ALIASES: dict[str, str] = {
-    "coastal": "B01",
-    "blue": "B02",
-    "green": "B03",
-    "red": "B04",
-    "rededge1": "B05",
-    "rededge2": "B06",
-    "rededge3": "B07",
-    "nir": "B08",
-    "nir08": "B8A",
-    "nir09": "B09",
-    "cirrus": "B10",
-    "swir16": "B11",
-    "swir22": "B12",
-}
-S2_BANDS: tuple[str, ...] = (
-    "B01",
-    "B02",
-    "B03",
-    "B04",
-    "B05",
-    "B06",
-    "B07",
-    "B08",
-    "B8A",
-    "B09",
-    "B10",
-    "B11",
-    "B12",
-)
+ALIASES: dict[str, str] = COMMON_NAMES
+S2_BANDS: tuple[str, ...] = SPECTRAL_ORDER
 SCL_KEYS = ("scl", "SCL")
 
 

@@ -6,39 +6,11 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-#: The canonical names, in the order events carry them.
-CANONICAL = (
-    "B01",
-    "B02",
-    "B03",
-    "B04",
-    "B05",
-    "B06",
-    "B07",
-    "B08",
-    "B09",
-    "B10",
-    "B11",
-    "B12",
-    "B8A",
-)
+from eostream.shared.modelcard import EUROSAT_MS_FILE_ORDER
+from eostream.shared.sentinel2 import COMMON_NAMES
 
-#: Earth Search / STAC common names -> band.
-COMMON_NAMES = {
-    "coastal": "B01",
-    "blue": "B02",
-    "green": "B03",
-    "red": "B04",
-    "rededge1": "B05",
-    "rededge2": "B06",
-    "rededge3": "B07",
-    "nir": "B08",
-    "nir08": "B8A",
-    "nir09": "B09",
-    "cirrus": "B10",
-    "swir16": "B11",
-    "swir22": "B12",
-}
+#: The canonical names, in the order events carry them.
+CANONICAL = EUROSAT_MS_FILE_ORDER
 
 _BAND = re.compile(r"^B0?(\d{1,2})(A?)$", re.IGNORECASE)
 _SUFFIX = re.compile(r"[-_](jp2|cog|tif|\d{2}m)$", re.IGNORECASE)

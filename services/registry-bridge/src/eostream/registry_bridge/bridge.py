@@ -117,7 +117,7 @@ class Bridge:
             return Outcome(name, version, "deferred", (str(exc),))
         except RefusedError as exc:
             await self._t(self.registry.set_version_tags, name, version, {
-                tags.GATE: tags.GATE_REFUSED, tags.GATE_REASONS: reasons_json(exc.reasons),
+                tags.GATE_REASONS: reasons_json(exc.reasons), tags.GATE: tags.GATE_REFUSED,
             })
             metrics.GATE_RESULTS.labels("refused").inc()
             log.warning("%s v%s refused: %s", name, version, "; ".join(exc.reasons))

@@ -87,9 +87,10 @@ class Gatekeeper:
         client.set_tag(run_id, "eostream.champion_version", champion_version or "")
         client.log_text(run_id, json.dumps({"outcome": outcome, "reasons": list(reasons)},
                                            indent=2), "verdict.json")
+        # The verdict goes last: whoever sees it also sees its reasons (tags go one by one).
         self.registry.set_version_tags(name, version, {
-            tags.GATE: outcome,
             tags.GATE_REASONS: reasons_json(reasons),
             tags.GATE_EVAL_RUN: run_id,
             tags.GATE_ACCURACY: f"{candidate.accuracy:.6f}",
+            tags.GATE: outcome,
         })

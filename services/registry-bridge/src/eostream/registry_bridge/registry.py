@@ -171,6 +171,8 @@ class MlflowRegistry:
 
     # --- writes ---
     def set_version_tags(self, name: str, version: str, values: Mapping[str, str]) -> None:
+        """Write tags one by one, in the mapping's order: put the tag readers wait for last."""
+
         def write() -> None:
             for key, value in values.items():
                 self.client.set_model_version_tag(name, version, key, value)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol
 
 from eostream.shared.bus.base import Bus
+from eostream.shared.errors import ConfigError
 from eostream.shared.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,17 @@ class EmbeddedContext:
 
     def options_for(self, component: str) -> Mapping[str, Any]:
         return self.options.get(component, {})
+
+    def settable_options(self, component: str, fixed: Iterable[str]) -> dict[str, Any]:
+        """The component's options, refusing those the embedded system decides itself."""
+        options = dict(self.options_for(component))
+        refused = sorted(set(fixed) & options.keys())
+        if refused:
+            raise ConfigError(
+                f"{component} option(s) {', '.join(refused)} cannot be set in embedded mode "
+                "(the embedded system provides them)"
+            )
+        return options
 
 
 class Component(Protocol):

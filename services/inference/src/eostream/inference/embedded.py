@@ -33,7 +33,6 @@ from eostream.inference.api.app import create_app
 from eostream.inference.service import SERVICE, InferenceService
 from eostream.inference.settings import InferenceSettings
 from eostream.shared.embedded import EmbeddedContext
-from eostream.shared.errors import ConfigError
 from eostream.shared.ops import OpsServer
 from eostream.shared.settings import load_settings
 
@@ -71,13 +70,7 @@ def api_key(context: EmbeddedContext) -> SecretStr:
 
 def embedded_settings(context: EmbeddedContext) -> InferenceSettings:
     """Settings of the embedded service: the context's home and data folder plus the options."""
-    options = dict(context.options_for(SERVICE))
-    fixed = sorted(FIXED & options.keys())
-    if fixed:
-        raise ConfigError(
-            f"inference option(s) {', '.join(fixed)} cannot be set in embedded mode "
-            "(the embedded bus, store, results database and data folder are used)"
-        )
+    options = context.settable_options(SERVICE, FIXED)
     home = state_dir(context)
     home.mkdir(parents=True, exist_ok=True)
     overrides: dict[str, Any] = {

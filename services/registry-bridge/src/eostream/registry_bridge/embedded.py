@@ -27,7 +27,6 @@ from typing import Any
 from eostream.registry_bridge.service import SERVICE, BridgeService, mlflow_client_defaults
 from eostream.registry_bridge.settings import BridgeSettings
 from eostream.shared.embedded import EmbeddedContext
-from eostream.shared.errors import ConfigError
 from eostream.shared.events import ModelPromoted
 from eostream.shared.settings import load_settings
 
@@ -52,13 +51,7 @@ FIXED = frozenset(
 
 def embedded_settings(context: EmbeddedContext) -> BridgeSettings:
     """Settings of the embedded bridge: the context's MLflow and data folder plus the options."""
-    options = dict(context.options_for(SERVICE))
-    fixed = sorted(FIXED & options.keys())
-    if fixed:
-        raise ConfigError(
-            f"registry-bridge option(s) {', '.join(fixed)} cannot be set in embedded mode "
-            "(the embedded bus, store, MLflow and data folder are used)"
-        )
+    options = context.settable_options(SERVICE, FIXED)
     overrides: dict[str, Any] = {
         "reconcile_interval_seconds": 5.0,
         **options,

@@ -99,13 +99,8 @@ def stop_grace_seconds(context: EmbeddedContext) -> float:
 
 def embedded_settings(context: EmbeddedContext) -> TrainerSettings:
     """Settings of the embedded worker: the context's MLflow, home and data folder plus options."""
-    options = {k: v for k, v in context.options_for(SERVICE).items() if k != GRACE_OPTION}
-    fixed = sorted(FIXED & options.keys())
-    if fixed:
-        raise ConfigError(
-            f"trainer option(s) {', '.join(fixed)} cannot be set in embedded mode "
-            "(the embedded bus, MLflow, cache and data folder are used)"
-        )
+    options = context.settable_options(SERVICE, FIXED)
+    options.pop(GRACE_OPTION, None)
     overrides: dict[str, Any] = {
         **options,
         "bus": "memory",

@@ -10,11 +10,15 @@ and evaluates the rules.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -29,6 +33,8 @@ RULE_FILES = sorted((PROM / "rules").glob("*.rules.yml"))
 TEST_FILES = sorted((PROM / "tests").glob("*.test.yml"))
 RUNBOOK = PROM / "rules" / "RUNBOOK.md"
 SEVERITIES = {"critical", "warning", "info"}
+K8S = ROOT / "deploy" / "k8s"
+K8S_SCRAPE = K8S / "prometheus" / "scrape-configs.yml"
 
 
 def load_catalogue() -> ModuleType:
@@ -172,6 +178,30 @@ def test_unit_test_series_look_like_what_the_code_exports() -> None:
     assert not wrong
 
 
+def test_rules_and_their_tests_name_real_jobs_and_services() -> None:
+    """`job` values as the scrape configs set them, `service` values as the services name their
+    bus: a rule on up{job="eostream-registry-bridge"} would never fire."""
+    jobs = catalogue.scrape_jobs(ROOT)
+    services = catalogue.service_names(ROOT)
+    assert jobs == {"eostream-ingest", "eostream-trainer", "eostream-bridge", "eostream-inference"}
+    local = yaml.safe_load((PROM / "prometheus.yml").read_text())["scrape_configs"]
+    jobs |= {job["job_name"] for job in local if "static_configs" in job}  # prometheus, minio
+    wrong = {
+        rule.get("alert") or rule["record"]: found
+        for rule in rules()
+        if (found := catalogue.value_problems(rule["expr"], "job", jobs)
+            + catalogue.value_problems(rule["expr"], "service", services))
+    }
+    for path in TEST_FILES:
+        for case in yaml.safe_load(path.read_text())["tests"]:
+            for item in case["input_series"]:
+                if found := catalogue.value_problems(item["series"], "job", jobs) + (
+                    catalogue.value_problems(item["series"], "service", services)
+                ):
+                    wrong[f"{path.name}: {item['series']}"] = found
+    assert not wrong
+
+
 def test_prometheus_config_is_valid(promtool: str, tmp_path: Path) -> None:
     """deploy/prometheus/prometheus.yml rendered as deploy/local/prometheus.sh renders it
     (placeholders -> directories), beside the rules, passes `promtool check config`."""
@@ -201,6 +231,149 @@ def test_catalogue_notices_unknown_metrics_and_labels() -> None:
     assert catalogue.problems("sum by (model) (eostream_inference_model_info)", known) == [
         "grouping by labels no input has: model"
     ]
+
+
+# ---- the Kubernetes scrape job ------------------------------------------------------------------
+# Debian's Prometheus is built without Kubernetes service discovery, so these tests give the job's
+# relabelling, unchanged, to a real Prometheus with file_sd targets that carry the labels
+# Kubernetes discovery would give the pods of deploy/k8s (role pod: one target per container port).
+
+
+def k8s_jobs() -> list[dict[str, Any]]:
+    jobs: list[dict[str, Any]] = yaml.safe_load(K8S_SCRAPE.read_text())
+    return jobs
+
+
+def _label(name: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_]", "_", name)
+
+
+def k8s_pods(namespace: str) -> list[dict[str, Any]]:
+    """file_sd target groups: the pods of deploy/k8s base and deps as Kubernetes SD labels them."""
+    groups: list[dict[str, Any]] = []
+    for path in sorted([*(K8S / "base").glob("*.yaml"), *(K8S / "deps").glob("*.yaml")]):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc or doc.get("kind") not in ("Deployment", "StatefulSet"):
+                continue
+            meta = doc["spec"]["template"]["metadata"]
+            labels = {
+                "__meta_kubernetes_namespace": namespace,
+                "__meta_kubernetes_pod_name": f"{doc['metadata']['name']}-0",
+            }
+            for key, value in meta.get("labels", {}).items():
+                labels[f"__meta_kubernetes_pod_label_{_label(key)}"] = value
+            for key, value in meta.get("annotations", {}).items():
+                labels[f"__meta_kubernetes_pod_annotation_{_label(key)}"] = value
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                for port in container.get("ports", []):
+                    address = f"10.1.{len(groups)}.1:{port['containerPort']}"
+                    groups.append({"targets": [address], "labels": dict(labels)})
+    # a pod of some other application in the namespace that also asks to be scraped
+    groups.append({"targets": ["10.2.0.1:9100"], "labels": {
+        "__meta_kubernetes_namespace": namespace,
+        "__meta_kubernetes_pod_name": "node-exporter-0",
+        "__meta_kubernetes_pod_label_app_kubernetes_io_name": "node-exporter",
+        "__meta_kubernetes_pod_label_app_kubernetes_io_component": "service",
+        "__meta_kubernetes_pod_annotation_prometheus_io_scrape": "true",
+        "__meta_kubernetes_pod_annotation_prometheus_io_port": "9100",
+    }})
+    return groups
+
+
+def _file_sd_copy(job: dict[str, Any], targets: Path) -> dict[str, Any]:
+    copy = {k: v for k, v in job.items() if k != "kubernetes_sd_configs"}
+    copy["file_sd_configs"] = [{"files": [str(targets)], "refresh_interval": "1s"}]
+    return copy
+
+
+def overlay_namespace() -> str:
+    names = {
+        yaml.safe_load((path / "kustomization.yaml").read_text())["namespace"]
+        for path in sorted((K8S / "overlays").iterdir())
+    }
+    assert len(names) == 1, names
+    return names.pop()
+
+
+def test_k8s_scrape_job_discovers_the_overlays_namespace_pods() -> None:
+    (job,) = k8s_jobs()
+    (sd,) = job["kubernetes_sd_configs"]
+    assert sd["role"] == "pod"
+    assert sd["namespaces"]["names"] == [overlay_namespace()]
+
+
+def test_k8s_scrape_job_is_a_valid_prometheus_config(promtool: str, tmp_path: Path) -> None:
+    config = {"scrape_configs": [_file_sd_copy(j, tmp_path / "pods.json") for j in k8s_jobs()]}
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    done = run(promtool, "check", "config", str(tmp_path / "prometheus.yml"))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def prometheus_with_k8s_job(tmp_path: Path) -> Iterator[str]:
+    """A real Prometheus (the Debian binary) running the Kubernetes job on the pods' labels."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("prometheus is not installed: apt-get install -y prometheus")
+    targets = tmp_path / "pods.json"
+    targets.write_text(json.dumps(k8s_pods(overlay_namespace())))
+    config = {
+        "global": {"scrape_interval": "1h", "scrape_timeout": "1s"},
+        "scrape_configs": [_file_sd_copy(j, targets) for j in k8s_jobs()],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    url = f"http://127.0.0.1:{_free_port()}"
+    log = (tmp_path / "prometheus.log").open("w")
+    process = subprocess.Popen(
+        [binary, f"--config.file={tmp_path / 'prometheus.yml'}",
+         f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address={url.removeprefix('http://')}"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+def test_k8s_scrape_job_labels_the_services_as_the_rules_expect(
+    prometheus_with_k8s_job: str,
+) -> None:
+    deadline = time.monotonic() + 60
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"{prometheus_with_k8s_job}/api/v1/targets",
+                                 params={"state": "any"}, timeout=5)
+            body = response.json()["data"]
+            if body["activeTargets"] or body["droppedTargets"]:
+                break
+        except (httpx.HTTPError, KeyError, ValueError):
+            pass
+        time.sleep(0.5)
+    active = {t["labels"]["job"]: t for t in body.get("activeTargets", [])}
+    assert set(active) == catalogue.scrape_jobs(ROOT)
+    ports = {"eostream-ingest": 8082, "eostream-trainer": 8083, "eostream-bridge": 8081,
+             "eostream-inference": 8080}
+    for job, target in active.items():
+        assert target["labels"]["instance"].endswith(f":{ports[job]}"), target["labels"]
+        assert target["scrapeUrl"].endswith(f":{ports[job]}/metrics"), target["scrapeUrl"]
+        assert target["labels"]["namespace"] == overlay_namespace()
+        assert target["labels"]["pod"].endswith("-0")
+    dropped = {
+        t["discoveredLabels"].get("__meta_kubernetes_pod_name")
+        for t in body.get("droppedTargets", [])
+    }
+    assert {"node-exporter-0", "mlflow-0", "kafka-0", "minio-0"} <= dropped
 
 
 # ---- the running Prometheus --------------------------------------------------------------------

@@ -15,6 +15,9 @@ import pkgutil
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
 
 SCRAPE_LABELS = frozenset({"job", "instance"})
 # Series Prometheus makes itself; ALERTS carries every label of its alert.
@@ -93,6 +96,26 @@ def code_metrics() -> dict[str, frozenset[str]]:
     return found
 
 
+def service_names(root: Path) -> frozenset[str]:
+    """Values of the shared metrics' ``service`` label: each service's ``SERVICE`` constant (the
+    name it gives its bus, ``build_bus(settings, service=SERVICE)``)."""
+    found: set[str] = set()
+    for path in sorted(root.glob("services/*/src/eostream/*/*.py")):
+        found.update(re.findall(r'^SERVICE = "([^"]+)"$', path.read_text(), re.MULTILINE))
+    return frozenset(found)
+
+
+def scrape_jobs(root: Path) -> frozenset[str]:
+    """The eostream job names, as compose's Prometheus config names its jobs (the local stack's
+    file_sd targets and the Kubernetes scrape job label theirs the same way; tests check both)."""
+    path = root / "deploy" / "docker" / "prometheus" / "prometheus.yml"
+    config = yaml.safe_load(path.read_text())
+    return frozenset(
+        job["job_name"] for job in config["scrape_configs"]
+        if job["job_name"].startswith("eostream-")
+    )
+
+
 def grafana_to_promql(expr: str) -> str:
     for variable, value in GRAFANA_VARIABLES.items():
         expr = expr.replace(variable, value)
@@ -134,6 +157,43 @@ def references(expr: str) -> References:
         if not call and name not in _KEYWORDS:
             selectors.append((name, frozenset()))
     return References(tuple(selectors), frozenset(grouping))
+
+
+_MATCHER = re.compile(r'([a-zA-Z_]\w*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
+
+
+def matchers(expr: str) -> list[tuple[str, str, str]]:
+    """(label, operator, value) of every label matcher in ``expr``'s selectors."""
+    found: list[tuple[str, str, str]] = []
+    for match in _SELECTOR.finditer(grafana_to_promql(expr)):
+        found.extend(_MATCHER.findall(match.group(2)))
+    return found
+
+
+def value_problems(
+    expr: str, label: str, values: Iterable[str]
+) -> list[str]:
+    """Matchers on ``label`` in ``expr`` that select none of ``values`` (an ``=`` on a value not
+    among them, or a ``=~`` that matches none of them or names an alternative not among them)."""
+    allowed = frozenset(values)
+    found: list[str] = []
+    for name, op, value in matchers(expr):
+        if name != label:
+            continue
+        if op == "=" and value not in allowed:
+            found.append(f'{label}="{value}" matches nothing exported')
+        elif op == "=~":
+            pattern = re.compile(f"(?:{value})")
+            hits = {v for v in allowed if pattern.fullmatch(v)}
+            alternatives = re.fullmatch(r"([^()|]*)\(([^()]*)\)([^()|]*)", value)
+            expanded = (
+                {f"{alternatives[1]}{alt}{alternatives[3]}" for alt in alternatives[2].split("|")}
+                if alternatives else set()
+            )
+            if not hits or expanded - allowed:
+                found.append(f'{label}=~"{value}" names values not exported: '
+                             f"{sorted(expanded - allowed) or value}")
+    return found
 
 
 def recorded_labels(expr: str, known: Mapping[str, frozenset[str] | None]) -> frozenset[str]:

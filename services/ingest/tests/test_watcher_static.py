@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from typer.testing import CliRunner
 
 from eostream.ingest.service import build_sources, running
@@ -117,10 +118,15 @@ async def test_malformed_items_go_to_the_dead_letter_topic_and_valid_ones_flow(
         tmp_path, StaticSource(name="mixed", href=str(_catalogue(tmp_path, mixed)))
     )
     bus = InMemoryBus(service="ingest")
+    labels = {"service": "ingest", "topic": "stac:mixed", "error_type": "ItemRejected"}
+    before = REGISTRY.get_sample_value("eostream_dead_letters_total", labels) or 0.0
     async with running(settings, bus) as watcher:
         report = await watcher.poll(watcher.sources[0])
         second = await watcher.poll(watcher.sources[0])
     assert (report.published, report.rejected) == (10, len(broken))
+    # counted in the shared dead-letter metric like a consumer's dead letters
+    after = REGISTRY.get_sample_value("eostream_dead_letters_total", labels)
+    assert after == before + len(broken)
     assert (second.published, second.rejected) == (0, 0)  # rejected items are not re-sent
     events = await drain(bus, SCENES, "t")
     assert sorted(e.item_id for e in events) == sorted(i["id"] for i in earth_search_v1)

@@ -9,6 +9,7 @@ from typing import Any
 
 import mlflow
 import pytest
+from prometheus_client import REGISTRY
 
 from eostream.registry_bridge import tags
 from eostream.registry_bridge.bridge import Bridge
@@ -39,6 +40,33 @@ def version_tags(name: str, version: str) -> dict[str, str]:
     return dict(mlflow.MlflowClient().get_model_version(name, version).tags)
 
 
+def exported(metric: str) -> dict[tuple[str, ...], float]:
+    """The samples of one metric the bridge exports: sorted label values -> value."""
+    return {
+        tuple(v for _, v in sorted(s.labels.items())): s.value
+        for family in REGISTRY.collect()
+        for s in family.samples
+        if s.name == metric and s.labels.get("model") == "eurosat-landcover"
+    }
+
+
+def accuracy(version: str, role: str) -> float | None:
+    return exported("eostream_bridge_holdout_accuracy_ratio").get(
+        ("eurosat-landcover", version, role))
+
+
+def recall_versions() -> dict[str, int]:
+    """Version -> number of classes with an exported recall."""
+    found: dict[str, int] = {}
+    for _cls, _model, version in exported("eostream_bridge_holdout_recall_ratio"):
+        found[version] = found.get(version, 0) + 1
+    return found
+
+
+def champion_version() -> float | None:
+    return exported("eostream_bridge_champion_version").get(("eurosat-landcover",))
+
+
 async def test_better_version_is_promoted_and_shipped_worse_is_refused(
     bridge_settings: BridgeSettings, register: Any, models: Any
 ) -> None:
@@ -61,6 +89,13 @@ async def test_better_version_is_promoted_and_shipped_worse_is_refused(
     assert str(client.get_model_version_by_alias("eurosat-landcover", "champion").version) == v1
     eval_run = client.get_run(t[tags.GATE_EVAL_RUN])
     assert "recall/Forest" in eval_run.data.metrics
+    # the model-quality gauges: the gated version's scores, as challenger and as champion
+    assert champion_version() == float(v1)
+    assert accuracy(v1, "challenger") == pytest.approx(float(t[tags.GATE_ACCURACY]), abs=1e-6)
+    assert accuracy(v1, "champion") == accuracy(v1, "challenger")
+    assert recall_versions() == {v1: 10}
+    assert exported("eostream_bridge_holdout_recall_ratio")[("Forest", "eurosat-landcover", v1)] \
+        == pytest.approx(eval_run.data.metrics["recall/Forest"])
 
     v2 = register(models.worse)
     outcome = await bridge.handle_version("eurosat-landcover", v2, "event")
@@ -71,6 +106,12 @@ async def test_better_version_is_promoted_and_shipped_worse_is_refused(
     assert str(client.get_model_version_by_alias("eurosat-landcover", "champion").version) == v1
     assert len(promoted(bus)) == 1
     assert tags.SHIPPED not in t2
+    # the failed version is the latest challenger, below the champion it was compared with
+    assert champion_version() == float(v1)
+    worse, better = accuracy(v2, "challenger"), accuracy(v1, "champion")
+    assert worse is not None and better is not None and worse < better
+    assert accuracy(v1, "challenger") is None  # replaced: one challenger series per model
+    assert recall_versions() == {v1: 10, v2: 10}
 
     # handled versions are not handled twice
     again = await bridge.handle_version("eurosat-landcover", v2, "reconcile")
@@ -133,6 +174,8 @@ async def test_rollback_and_manual_promotion_over_rest(
         assert (event.version, event.promoted_by) == (v1, "alice")
         assert "v2 misclassifies rivers" in event.reason
         assert str(client.get_model_version_by_alias("eurosat-landcover", "champion").version) == v1
+        assert champion_version() == float(v1)
+        assert accuracy(v1, "champion") is not None and accuracy(v2, "champion") is None
         t2 = version_tags("eurosat-landcover", v2)
         assert (t2[tags.STAGE], t2[tags.ROLLED_BACK_BY]) == ("Archived", "alice")
 
@@ -167,8 +210,11 @@ async def test_champion_alias_moved_in_mlflow_is_announced_or_undone(
     event = await bridge.sync_champion("eurosat-landcover")
     assert event is not None and event.version == v1 and event.promoted_by == "mlflow-alias"
     assert await bridge.sync_champion("eurosat-landcover") is None  # announced once
+    assert champion_version() == float(v1)
+    assert accuracy(v1, "champion") == accuracy(v1, "challenger") is not None
 
     client.set_registered_model_alias("eurosat-landcover", "champion", v2)  # a refused version
     assert await bridge.sync_champion("eurosat-landcover") is None
     assert str(client.get_model_version_by_alias("eurosat-landcover", "champion").version) == v1
     assert [e.version for e in promoted(bus)] == [v1]
+    assert champion_version() == float(v1)  # the refused version never counts as champion

@@ -23,6 +23,7 @@ from eostream.ingest.mapping import item_id, item_version, to_scene
 from eostream.ingest.settings import StacApiSource, StaticSource
 from eostream.ingest.sources import ItemSource, RawItem
 from eostream.ingest.state import SeenRecord, StateStore
+from eostream.shared import metrics as shared_metrics
 from eostream.shared.bus import Bus, Delivery
 from eostream.shared.bus.base import dead_letter_message
 from eostream.shared.codec import WireMessage
@@ -30,6 +31,7 @@ from eostream.shared.events import SceneDiscovered
 
 log = logging.getLogger(__name__)
 SERVICE = "ingest"
+REJECTED = "ItemRejected"  # the dead letters' error type
 
 
 @dataclass
@@ -213,11 +215,13 @@ class Watcher:
                 message,
                 delivery,
                 reason=exc.reason,
-                error_type="ItemRejected",
+                error_type=REJECTED,
                 service=SERVICE,
                 attempts=1,
             ),
         )
+        # Counted like a consumer's dead letters: the "topic" is where the record came from.
+        shared_metrics.DEAD_LETTERS.labels(SERVICE, delivery.topic, REJECTED).inc()
         log.warning("%s: rejected %s: %s", source, key, exc.reason)
 
     # -- the loop ----------------------------------------------------------------------------

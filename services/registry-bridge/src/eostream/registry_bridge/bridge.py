@@ -129,6 +129,12 @@ class Bridge:
         if champion_version and champion_version != version:
             champion = await self._t(self.gate.evaluate_champion, name, champion_version,
                                      verified.card.band_set)
+        metrics.show_scores(name, version, metrics.CHALLENGER, candidate.accuracy,
+                            candidate.per_class_recall)
+        if champion is not None and champion_version is not None:
+            metrics.show_scores(name, champion_version, metrics.CHAMPION, champion.accuracy,
+                                champion.per_class_recall)
+        await self._show_champion(name, champion_version)
         verdict = judge(candidate, champion, self.thresholds)
         outcome = tags.GATE_PASSED if verdict.passed else tags.GATE_FAILED
         await self._t(self.gate.record_verdict, name, version, outcome, verdict.reasons, run_id,
@@ -149,6 +155,26 @@ class Bridge:
         await self._promote(name, version, BRIDGE, f"gate passed: {summary}"[:1000], "auto",
                             verified)
         return Outcome(name, version, "promoted", verdict.reasons)
+
+    async def _show_champion(self, name: str, version: str | None) -> None:
+        """Export the champion's version and, when known, its held-out scores: from this run's
+        gate evaluations, else the accuracy the gate recorded on the version (no recall)."""
+        metrics.show_champion(name, version)
+        if version is None or metrics.shown_version(name, metrics.CHAMPION) == version:
+            return
+        scores = self.gate.scores_of(name, version)
+        if scores is not None:
+            metrics.show_scores(name, version, metrics.CHAMPION, scores.accuracy,
+                                scores.per_class_recall)
+            return
+        metrics.forget_scores(name, metrics.CHAMPION)
+        try:
+            mv = await self._t(self.registry.get_version, name, version)
+            accuracy = dict(mv.tags or {}).get(tags.GATE_ACCURACY)
+            if accuracy:
+                metrics.show_scores(name, version, metrics.CHAMPION, float(accuracy), {})
+        except Exception as exc:  # a metric must not stop a promotion
+            log.warning("%s v%s: champion accuracy not exported: %s", name, version, exc)
 
     def _should_resume(self, name: str, version: str, vtags: dict[str, str]) -> bool:
         if tags.PROMOTED_AT in vtags:
@@ -229,6 +255,7 @@ class Bridge:
         await self._t(self.registry.set_version_tags, name, version, new_tags)
         event = await self._announce(name, version, shipment, before, by, reason)
         metrics.PROMOTIONS.labels(kind).inc()
+        await self._show_champion(name, version)
         return event
 
     async def _announce(
@@ -314,6 +341,7 @@ class Bridge:
             })
             event = await self._announce(name, target, shipment, current, by, why)
             metrics.ROLLBACKS.inc()
+            await self._show_champion(name, target)
             return event
 
     async def sync_champion(self, name: str) -> ModelPromoted | None:
@@ -322,6 +350,7 @@ class Bridge:
             champion = await self._t(self.registry.alias_version, name, tags.CHAMPION)
             live = (await self._t(self.registry.model_tags, name)).get(tags.LIVE_VERSION)
             if champion is None or champion == live:
+                await self._show_champion(name, champion)
                 return None
             try:
                 shipment = await self._t(self._ensure_shipped, name, champion)
@@ -334,6 +363,7 @@ class Bridge:
                     await self._t(self.registry.set_alias, name, tags.CHAMPION, live)
                 else:
                     await self._t(self.registry.delete_alias, name, tags.CHAMPION)
+                await self._show_champion(name, live)
                 return None
             vtags = dict((await self._t(self.registry.get_version, name, champion)).tags or {})
             by = vtags.get(tags.PROMOTED_BY, "mlflow-alias")
@@ -347,6 +377,7 @@ class Bridge:
             await self._t(self.registry.set_version_tags, name, champion, update)
             event = await self._announce(name, champion, shipment, live, by, reason)
             metrics.PROMOTIONS.labels("alias").inc()
+            await self._show_champion(name, champion)
             return event
 
     async def announce_current_champion(self, name: str) -> ModelPromoted | None:
@@ -372,8 +403,10 @@ class Bridge:
                 return None
             vtags = dict((await self._t(self.registry.get_version, name, champion)).tags or {})
             log.info("%s: re-announcing champion v%s shipped by an earlier run", name, champion)
-            return await self._announce(
+            event = await self._announce(
                 name, champion, shipment, vtags.get(tags.PREVIOUS_CHAMPION),
                 vtags.get(tags.PROMOTED_BY, BRIDGE),
                 vtags.get(tags.PROMOTED_REASON, "champion of an earlier run"),
             )
+            await self._show_champion(name, champion)
+            return event

@@ -78,6 +78,12 @@ class Gatekeeper:
             )
         return self._evaluations[key]
 
+    def scores_of(self, name: str, version: str) -> Evaluation | None:
+        """The scores this gatekeeper computed for ``name`` v``version`` (None: not evaluated by
+        this run)."""
+        found = [e for (n, v, _), e in self._evaluations.items() if (n, v) == (name, version)]
+        return found[-1] if found else None
+
     def record_verdict(
         self, name: str, version: str, outcome: str, reasons: tuple[str, ...], run_id: str,
         candidate: Evaluation, champion_version: str | None,

@@ -1,8 +1,18 @@
-"""registry-bridge Prometheus metrics (names with units, low-cardinality labels)."""
+"""registry-bridge Prometheus metrics (names with units, low-cardinality labels).
+
+The model-quality gauges carry ``model_version`` (and the recall gauge ``class``). Their
+cardinality is bounded: per watched model the bridge exports the scores of at most two versions
+at once, the last version the gate evaluated (role ``challenger``) and the current champion
+(role ``champion``), each with one accuracy series and at most ten recall series (the ten
+EuroSAT classes). A version's series are removed when it stops being either, so the exported
+set never grows with the number of versions; Prometheus keeps their history.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from collections.abc import Mapping
+
+from prometheus_client import Counter, Gauge, Histogram
 
 VERSIONS_SEEN = Counter(
     "eostream_bridge_versions_seen_total",
@@ -30,3 +40,69 @@ HANDLING_ERRORS = Counter(
     "Errors while handling a version (retried by the reconcile loop)",
     ["error_type"],
 )
+HOLDOUT_ACCURACY = Gauge(
+    "eostream_bridge_holdout_accuracy_ratio",
+    "Accuracy on the gate's fixed held-out set, of the version the gate last evaluated "
+    "(role challenger) and of the current champion (role champion)",
+    ["model", "model_version", "role"],
+)
+HOLDOUT_RECALL = Gauge(
+    "eostream_bridge_holdout_recall_ratio",
+    "Per-class recall on the gate's held-out set, of the last evaluated version and the champion",
+    ["model", "model_version", "class"],
+)
+CHAMPION_VERSION = Gauge(
+    "eostream_bridge_champion_version",
+    "Version number the champion alias points to",
+    ["model"],
+)
+
+CHALLENGER, CHAMPION = "challenger", "champion"
+# (model, role) -> (version, classes with a recall series) currently exported
+_shown: dict[tuple[str, str], tuple[str, frozenset[str]]] = {}
+
+
+def _drop(model: str, role: str) -> None:
+    shown = _shown.pop((model, role), None)
+    if shown is None:
+        return
+    version, classes = shown
+    HOLDOUT_ACCURACY.remove(model, version, role)
+    still = {v for (m, _), (v, _) in _shown.items() if m == model}
+    if version not in still:  # the other role may show the same version
+        for cls in classes:
+            HOLDOUT_RECALL.remove(model, version, cls)
+
+
+def show_scores(
+    model: str, version: str, role: str, accuracy: float, recall: Mapping[str, float]
+) -> None:
+    """Export ``version``'s held-out scores in ``role``, replacing the version shown before."""
+    _drop(model, role)
+    HOLDOUT_ACCURACY.labels(model, version, role).set(accuracy)
+    for cls, value in recall.items():
+        HOLDOUT_RECALL.labels(model, version, cls).set(value)
+    _shown[(model, role)] = (version, frozenset(recall))
+
+
+def forget_scores(model: str, role: str) -> None:
+    """Stop exporting the scores in ``role`` (e.g. a champion whose scores this run never saw)."""
+    _drop(model, role)
+
+
+def show_champion(model: str, version: str | None) -> None:
+    """Export the champion's version number; ``None``: the model has no champion."""
+    if version is None:
+        CHAMPION_VERSION.remove(model)
+        forget_scores(model, CHAMPION)
+        return
+    try:
+        CHAMPION_VERSION.labels(model).set(int(version))
+    except ValueError:  # MLflow versions are integers; anything else is not a number to plot
+        CHAMPION_VERSION.remove(model)
+
+
+def shown_version(model: str, role: str) -> str | None:
+    """The version whose scores are exported in ``role``, if any."""
+    shown = _shown.get((model, role))
+    return shown[0] if shown else None

@@ -7,9 +7,12 @@ UV_VERSION := 0.9.30
 PYTHON ?= python3
 # uv is installed with pip into $(PYTHON) and run as a module: no PATH assumptions.
 UV := $(PYTHON) -m uv
-# The real data folder beside the repo; override to point elsewhere.
-EOSTREAM_DATA_DIR ?= $(abspath $(CURDIR)/../shared/data)
+# The real data folder beside the repo; override to point elsewhere. Without one, `make demo`
+# downloads what it needs (checksummed) into the cache; the tests need the folder.
+EOSTREAM_DATA_DIR ?= $(wildcard $(abspath $(CURDIR)/../shared/data))
+ifneq ($(EOSTREAM_DATA_DIR),)
 export EOSTREAM_DATA_DIR
+endif
 PYTEST_ARGS ?=
 
 .PHONY: help
@@ -40,8 +43,9 @@ stack-down: ## stop the local stack
 
 .PHONY: data-check
 data-check:
-	@[[ -d "$(EOSTREAM_DATA_DIR)" ]] || { echo "no data folder at $(EOSTREAM_DATA_DIR):" \
-		"set EOSTREAM_DATA_DIR to the real data (EuroSAT, Sentinel-2 scenes and STAC items)" >&2; exit 2; }
+	@[[ -n "$(EOSTREAM_DATA_DIR)" && -d "$(EOSTREAM_DATA_DIR)" ]] || { echo "no data folder" \
+		"(../shared/data is missing): the tests need the real data (EuroSAT, Sentinel-2 scenes," \
+		"STAC items); set EOSTREAM_DATA_DIR to it" >&2; exit 2; }
 
 .PHONY: test
 test: data-check install tools stack-up ## install everything, start the real stack, run every test

@@ -33,6 +33,7 @@ from rich.table import Table
 from eostream.shared import topics
 from eostream.shared.bus.base import Delivery, parse_dead_letter
 from eostream.shared.bus.memory import InMemoryBus
+from eostream.shared.datasets import DEMO, MIRROR_ENV, default_data_dir, ensure_data
 from eostream.shared.embedded import EmbeddedContext, EmbeddedSystem
 from eostream.shared.errors import ConfigError
 from eostream.shared.events import (
@@ -167,6 +168,25 @@ class Observer:
         return True
 
 
+def demo_data_dir(data_dir: Path | None) -> Path:
+    """The demo's data folder: the one set (``--data-dir`` / ``EOSTREAM_DATA_DIR``) if it exists,
+    else the download cache, filled from the official sources (or ``EOSTREAM_DATA_MIRROR``) and
+    checked by sha256. Says in one line where the data comes from."""
+    data_dir = data_dir or (Path(p) if (p := os.environ.get("EOSTREAM_DATA_DIR")) else None)
+    if data_dir is not None and data_dir.is_dir():
+        console.print(f"data: {data_dir} (the data folder setting)", soft_wrap=True)
+        return data_dir
+    mirror = os.environ.get(MIRROR_ENV) or None
+    target = default_data_dir()
+    console.print(
+        f"data: {'no data folder set' if data_dir is None else f'{data_dir} does not exist'}; "
+        f"using {target}, downloaded once ({DEMO.size / 1e6:.0f} MB) from "
+        f"{mirror or 'the official sources'} and checked by sha256",
+        soft_wrap=True,
+    )
+    return ensure_data(target, mirror=mirror)
+
+
 def demo_options(data_dir: Path | None) -> Mapping[str, Mapping[str, Any]]:
     mirror = {DEMO_SCENE_BUCKET: f"{data_dir / DEMO_SCENE_DIR}/"} if data_dir else {}
     return {
@@ -188,6 +208,8 @@ async def run(
 ) -> None:
     home = home.resolve()
     home.mkdir(parents=True, exist_ok=True)
+    if demo:  # on the loop's thread, before anything runs on it: Ctrl-C stops it at once
+        data_dir = demo_data_dir(data_dir)
     port = free_port(host, mlflow_port)
     console.print(f"[bold]eostream[/bold] embedded mode, state in {home}")
     with mlflow_server(home, host, port) as mlflow_url:

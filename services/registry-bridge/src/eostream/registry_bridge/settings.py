@@ -43,7 +43,7 @@ class BridgeSettings(ServiceSettings):
         description="MLflow URI: http://... (server) or sqlite:///... (embedded)",
     )
     data_dir: Path = Field(
-        validation_alias=AliasChoices("BRIDGE_DATA_DIR", "EOSTREAM_DATA_DIR"),
+        validation_alias=AliasChoices("data_dir", "BRIDGE_DATA_DIR", "EOSTREAM_DATA_DIR"),
         description="folder holding eurosat_rgb/ and eurosat_ms/ (the held-out data)",
     )
     model_names: tuple[str, ...] = Field(

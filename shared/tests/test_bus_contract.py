@@ -32,7 +32,14 @@ def scene(item_id: str, **extra: object) -> SceneDiscovered:
     return SceneDiscovered.model_validate(fields)
 
 
-@pytest.fixture(params=["memory", pytest.param("kafka", marks=pytest.mark.stack)])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("kafka", marks=pytest.mark.stack),
+        # a namespaced deployment: same contract, topics prefixed on the broker only
+        pytest.param("kafka-prefixed", marks=pytest.mark.stack),
+    ]
+)
 async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
     made: Bus
     if request.param == "memory":
@@ -49,6 +56,7 @@ async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
                 partitions=3,
                 retry_backoff_seconds=0.05,
                 max_retries=2,
+                topic_prefix=f"ns{uuid.uuid4().hex[:6]}." if request.param.endswith("ed") else "",
             ),
             service="contract",
         )
@@ -213,3 +221,38 @@ async def test_invalid_event_raised_by_a_handler_is_dead_lettered(bus: Bus, topi
     assert [(letter.original_key, letter.reason) for letter in letters] == [
         ("REJECTED", "no B08 asset")
     ]
+
+
+@pytest.mark.stack
+async def test_a_topic_prefix_namespaces_the_broker_topics_only(kafka_bootstrap: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from eostream.shared.bus.kafka import KafkaBus
+    from eostream.shared.settings import KafkaSettings
+
+    prefix, topic = f"ns{uuid.uuid4().hex[:6]}.", f"contract-{uuid.uuid4().hex[:10]}"
+    bus = KafkaBus(
+        KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix), service="contract"
+    )
+    plain = KafkaBus(KafkaSettings(bootstrap_servers=kafka_bootstrap), service="contract")
+    await bus.start()
+    await plain.start()
+    try:
+        await bus.publish(topic, scene("NAMESPACED"))
+        await plain.publish(topic, scene("PLAIN"))
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            names = set(await admin.list_topics())
+        finally:
+            await admin.close()
+        assert {prefix + topic, topic, prefix + "eostream.deadletter"} <= names
+
+        seen = Recorder()
+        await run_until(bus, [topic], "ns", seen, lambda: len(seen.events) >= 1)
+        await asyncio.sleep(1.0)  # a leak from the plain topic would arrive by now
+        assert [e.item_id for e in seen.events if isinstance(e, SceneDiscovered)] == ["NAMESPACED"]
+        assert seen.deliveries[0].topic == topic  # handlers see the plain name
+    finally:
+        await bus.close()
+        await plain.close()

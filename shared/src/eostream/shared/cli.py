@@ -49,15 +49,80 @@ DataOption = Annotated[
 ]
 
 
+StackOption = Annotated[
+    str,
+    typer.Option(
+        "--stack",
+        help="embedded: every service in this process, no server needed; local: each service "
+        "its own process against the real local stack (deploy/local/stack)",
+    ),
+]
+
+
 @app.command()
-def up(home: HomeOption = Path(".eostream"), data_dir: DataOption = None) -> None:
-    """Run the whole system in this process (embedded mode) until Ctrl-C."""
-    from eostream.shared.demo import run as run_embedded
-    from eostream.shared.runtime import run_service
+def up(
+    home: HomeOption = Path(".eostream"),
+    data_dir: DataOption = None,
+    stack: StackOption = "embedded",
+    topic_prefix: Annotated[
+        str, typer.Option(help="--stack local: namespace of this deployment's topics and groups")
+    ] = "",
+) -> None:
+    """Run the whole system until Ctrl-C: in this process, or one process per service."""
     from eostream.shared.settings import configure_logging
 
     configure_logging("INFO")
+    if stack == "local":
+        up_local(home, data_dir, topic_prefix)
+        return
+    if stack != "embedded":
+        raise ConfigError(f"--stack must be 'embedded' or 'local', not {stack!r}")
+    from eostream.shared.demo import run as run_embedded
+    from eostream.shared.runtime import run_service
+
     run_service(lambda: run_embedded(home, data_dir, demo=False))
+
+
+def up_local(home: Path, data_dir: Path | None, topic_prefix: str) -> None:
+    """``eostream up --stack local``: the four services as processes, supervised."""
+    import os
+    import signal
+    import threading
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from eostream.shared.processes import Deployment, LocalStack, ProcessGroup
+
+    script = Path("deploy/local/stack")
+    if os.environ.get("EOSTREAM_KAFKA_BOOTSTRAP") or not script.exists():
+        local = LocalStack.from_environ()
+    else:  # in a checkout: start the stack (idempotent) and read its addresses
+        local = LocalStack.from_script(script)
+    deployment = Deployment(
+        home=home.resolve() / "local", data_dir=data_dir, topic_prefix=topic_prefix
+    )
+    group = ProcessGroup(local, deployment)
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    group.start()
+    table = Table(title="eostream: one process per service on the local stack")
+    for column in ("service", "pid", "/metrics", "addresses", "log"):
+        table.add_column(column)
+    for name, process in group.processes.items():
+        urls = "\n".join(f"{k}: {v}" for k, v in process.spec.urls.items())
+        table.add_row(
+            name, str(process.pid), f"{process.ops_url}/metrics", urls, str(process.log_path)
+        )
+    console = Console()
+    console.print(table)
+    console.print(f"MLflow {local.mlflow_uri}   Prometheus {local.prometheus_url or '-'}")
+    console.print("Ctrl-C stops every service (SIGTERM: each drains its work first).")
+    try:
+        group.supervise(stopping.is_set)
+    finally:
+        group.stop()
 
 
 @app.command()
@@ -92,6 +157,9 @@ def quiet_for_people() -> None:
 
 
 def _load_commands() -> None:
+    from eostream.shared.datasets_cli import data_app
+
+    app.add_typer(data_app, name="data")
     for ep in sorted(entry_points(group="eostream.commands"), key=lambda e: e.name):
         try:
             sub = ep.load()

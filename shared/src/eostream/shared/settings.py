@@ -35,6 +35,13 @@ class KafkaSettings(BaseModel):
     new_group_offset: Literal["earliest", "latest"] = Field(
         default="earliest", description="where a consumer group with no commits starts"
     )
+    topic_prefix: str = Field(
+        default="",
+        max_length=100,
+        pattern=r"^[A-Za-z0-9._-]*$",
+        description="namespace for several deployments on one cluster: 'staging.' gives "
+        "'staging.eostream.scenes.discovered'; services and events keep the plain names",
+    )
 
 
 class S3Settings(BaseModel):

@@ -11,6 +11,7 @@ import json
 import logging
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +33,8 @@ from eostream.shared.events import ModelPromoted, SceneClassified
 from eostream.shared.storage import ObjectStore
 
 log = logging.getLogger(__name__)
+#: uuid5 namespace of SceneClassified event ids
+RESULT_EVENTS = uuid.UUID("5f0c3a52-6c1e-4d0e-9a57-2f3c8b1d7e41")
 
 
 @dataclass(frozen=True)
@@ -42,9 +45,14 @@ class Outcome:
     pixels: int = 0
 
     def event(self, store: ObjectStore) -> SceneClassified:
+        """The SceneClassified of this result. Its id is derived from (scene, model, version), so
+        announcing one result again (after a crash, or for a scene found done) is a duplicate
+        delivery that consumers drop on the event id, never a second classification."""
         item = self.record.item
         assets = item.get("assets", {})
+        r = self.record
         return SceneClassified(
+            id=uuid.uuid5(RESULT_EVENTS, f"{r.scene_id}|{r.model_name}|{r.model_version}"),
             item_id=self.record.scene_id,
             model_name=self.record.model_name,
             model_version=self.record.model_version,

@@ -112,7 +112,7 @@ class ResultsStore(Protocol):
 
     def record_deployment(self, **fields: Any) -> None: ...
 
-    def deployments(self, limit: int = 50) -> list[dict[str, Any]]: ...
+    def deployments(self, limit: int = 50, name: str | None = None) -> list[dict[str, Any]]: ...
 
     def ping(self) -> bool: ...
 
@@ -234,8 +234,11 @@ class SqlResultsStore:
         with self._engine.begin() as conn:
             conn.execute(deployments_table.insert(), [fields])
 
-    def deployments(self, limit: int = 50) -> list[dict[str, Any]]:
+    def deployments(self, limit: int = 50, name: str | None = None) -> list[dict[str, Any]]:
+        """The latest deployments, newest first; only model ``name``'s when given."""
         stmt = sa.select(deployments_table).order_by(deployments_table.c.id.desc()).limit(limit)
+        if name is not None:
+            stmt = stmt.where(deployments_table.c.name == name)
         with self._engine.connect() as conn:
             return [
                 {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in r.items()}

@@ -109,7 +109,11 @@ class InferenceService:
             return
         if self._results is None:
             raise RuntimeError("results store missing")
-        for row in await asyncio.to_thread(self._results.deployments, 50):
+        for row in await asyncio.to_thread(self._results.deployments, 50, s.model_name):
+            if (s.model_name and row["name"] != s.model_name) or (
+                s.model_alias and row["alias"] != s.model_alias
+            ):
+                continue  # another deployment's model, in a results index it shares
             if row["status"] == "live" and row["artifact_uri"]:
                 info = ModelInfo(
                     name=row["name"],
@@ -203,10 +207,10 @@ class InferenceService:
             baseline=event.processing_baseline,
             replace=event.replace,
         )
-        if outcome.skipped:
-            return
         if self.bus is None or self.store is None:
             raise RuntimeError("InferenceService.start() has not run")
+        # A scene found done is announced again (same event id): had the last attempt crashed
+        # between writing the result and publishing, nobody would hear of the result otherwise.
         await self.bus.publish(topics.SCENES_CLASSIFIED, outcome.event(self.store))
 
     async def _wait_for_model(self) -> None:

@@ -39,6 +39,7 @@ class KafkaBus:
         self._settings = settings
         self._service = service
         self.dead_letter_topic = settings.dead_letter_topic
+        self._prefix = settings.topic_prefix
         self._producer: AIOKafkaProducer | None = None
         self._known_topics: set[str] = set()
         self._policy = RetryPolicy(
@@ -50,6 +51,14 @@ class KafkaBus:
     @property
     def settings(self) -> KafkaSettings:
         return self._settings
+
+    def physical(self, topic: str) -> str:
+        """The broker's name of a topic: the configured prefix, then the name services use."""
+        return self._prefix + topic
+
+    def logical(self, topic: str) -> str:
+        """The name services use of a broker topic (the inverse of :meth:`physical`)."""
+        return topic.removeprefix(self._prefix)
 
     async def start(self) -> None:
         producer = AIOKafkaProducer(
@@ -85,7 +94,7 @@ class KafkaBus:
 
     async def ensure_topics(self, topics: Iterable[str]) -> None:
         """Create the topics that do not exist yet (idempotent, safe to race)."""
-        wanted = set(topics) - self._known_topics
+        wanted = {self.physical(t) for t in topics} - self._known_topics
         if not wanted:
             return
         admin = self._admin()
@@ -127,7 +136,9 @@ class KafkaBus:
         await self.ensure_topics([topic])
         producer = self._require_producer()
         futures = [
-            await producer.send(topic, m.value, key=m.key, headers=list(m.headers.items()))
+            await producer.send(
+                self.physical(topic), m.value, key=m.key, headers=list(m.headers.items())
+            )
             for m in encode_all(events, self._service)
         ]
         await asyncio.gather(*futures)
@@ -136,7 +147,10 @@ class KafkaBus:
     async def publish_raw(self, topic: str, message: WireMessage) -> None:
         await self.ensure_topics([topic])
         await self._require_producer().send_and_wait(
-            topic, message.value, key=message.key, headers=list(message.headers.items())
+            self.physical(topic),
+            message.value,
+            key=message.key,
+            headers=list(message.headers.items()),
         )
 
     def consumer(self, topics: Sequence[str], group: str, handler: Handler) -> KafkaConsumer:
@@ -144,10 +158,19 @@ class KafkaBus:
 
     async def read_dead_letters(self, *, limit: int, timeout: float = 5.0) -> list[DeadLetter]:
         """Read the dead-letter topic from the beginning, without a group (nothing committed)."""
-        await self.ensure_topics([self.dead_letter_topic])
+        records = await self.read_topic(self.dead_letter_topic, timeout=timeout)
+        found = [parse_dead_letter(m) for m in records]
+        found.sort(key=lambda d: (d.time, d.original_partition or 0, d.original_offset or 0))
+        return found[:limit]
+
+    async def read_topic(self, topic: str, *, timeout: float = 20.0) -> list[WireMessage]:
+        """Every record of ``topic`` from the beginning to its end now, without a group (nothing
+        is committed): for operators' tools and tests, not for services."""
+        await self.ensure_topics([topic])
+        name = self.physical(topic)
         # No group: aiokafka assigns every partition of the topic, and nothing is committed.
         consumer = AIOKafkaConsumer(
-            self.dead_letter_topic,
+            name,
             bootstrap_servers=self._settings.bootstrap_servers,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -161,19 +184,18 @@ class KafkaBus:
             tps = sorted(consumer.assignment())
             if not tps:
                 return []
+            await consumer.seek_to_beginning(*tps)
             ends = await consumer.end_offsets(tps)
-            found: list[DeadLetter] = []
+            found: list[WireMessage] = []
             deadline = asyncio.get_running_loop().time() + timeout
-            while len(found) < limit and asyncio.get_running_loop().time() < deadline:
+            while asyncio.get_running_loop().time() < deadline:
                 positions = [await consumer.position(tp) for tp in tps]
                 if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
                     break
                 batch = await consumer.getmany(timeout_ms=200)
                 for records in batch.values():
-                    for r in records:
-                        found.append(parse_dead_letter(_wire(r)))
-            found.sort(key=lambda d: (d.time, d.original_partition or 0, d.original_offset or 0))
-            return found[:limit]
+                    found.extend(_wire(r) for r in records)
+            return found
         finally:
             await consumer.stop()
 
@@ -244,7 +266,7 @@ class KafkaConsumer:
         await self._bus.ensure_topics(self._topics)
         kafka = AIOKafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers,
-            group_id=self.group,
+            group_id=self._bus.physical(self.group),  # a namespace covers groups too
             client_id=f"{settings.client_id}-{self._bus._service}",
             enable_auto_commit=False,
             auto_offset_reset=settings.new_group_offset,
@@ -254,7 +276,9 @@ class KafkaConsumer:
             heartbeat_interval_ms=3000,
             max_poll_interval_ms=1800000,
         )
-        kafka.subscribe(self._topics, listener=_CommitOnRevoke(self))
+        kafka.subscribe(
+            [self._bus.physical(t) for t in self._topics], listener=_CommitOnRevoke(self)
+        )
         try:
             await kafka.start()
         except KafkaConnectionError:
@@ -270,7 +294,7 @@ class KafkaConsumer:
                         if self._stopping.is_set():
                             break
                         delivery = Delivery(
-                            tp.topic,
+                            self._bus.logical(tp.topic),
                             tp.partition,
                             record.offset,
                             record.key.decode("utf-8", errors="replace") if record.key else None,
@@ -289,6 +313,6 @@ class KafkaConsumer:
     def _update_lag(self, kafka: AIOKafkaConsumer, tp: TopicPartition) -> None:
         highwater = kafka.highwater(tp)
         if highwater is not None and tp in self._pending:
-            metrics.CONSUMER_LAG.labels(self._bus._service, tp.topic, self.group).set(
-                max(0, highwater - self._pending[tp])
-            )
+            metrics.CONSUMER_LAG.labels(
+                self._bus._service, self._bus.logical(tp.topic), self.group
+            ).set(max(0, highwater - self._pending[tp]))

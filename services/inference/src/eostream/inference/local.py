@@ -1,0 +1,37 @@
+"""``eostream up --stack local``: the inference API and consumers against the real local stack
+(results index in PostgreSQL, maps in MinIO). Writing endpoints take the deployment's API key,
+kept in its home under ``secrets/inference-api-key``."""
+
+from __future__ import annotations
+
+from eostream.shared.processes import (
+    Deployment,
+    LocalStack,
+    ProcessSpec,
+    eostream_command,
+    service_env,
+)
+
+SERVICE = "inference"
+
+
+def process(stack: LocalStack, deployment: Deployment, port: int) -> ProcessSpec:
+    """Entry point of the ``eostream.processes`` group."""
+    url = f"http://{deployment.host}:{port}"
+    env = {
+        **service_env("INFERENCE_", stack, deployment, port),
+        "INFERENCE_API_KEY": deployment.secret("inference-api-key"),
+        "INFERENCE_RESULTS_DB": stack.pg_dsn.rstrip("/") + "/results",
+        "INFERENCE_MODEL_NAME": deployment.model_name,
+        "INFERENCE_MODEL_ALIAS": "champion",
+        "INFERENCE_MODELS_GROUP": f"inference-models-{deployment.name}",
+        "INFERENCE_DEFER_SCENES_UNTIL_MODEL": "true",
+    }
+    return ProcessSpec(
+        SERVICE,
+        eostream_command("inference", "serve"),
+        env,
+        port,
+        deployment.host,
+        {"REST API": url, "API docs": f"{url}/docs"},
+    )

@@ -1,0 +1,39 @@
+"""``eostream up --stack local``: the registry bridge against the real local stack. It registers
+its HMAC-signed webhook in the MLflow server, so new versions reach it at once; the reconcile loop
+catches up on anything a webhook missed."""
+
+from __future__ import annotations
+
+import json
+
+from eostream.shared.processes import (
+    Deployment,
+    LocalStack,
+    ProcessSpec,
+    eostream_command,
+    service_env,
+)
+
+SERVICE = "registry-bridge"
+
+
+def process(stack: LocalStack, deployment: Deployment, port: int) -> ProcessSpec:
+    """Entry point of the ``eostream.processes`` group."""
+    url = f"http://{deployment.host}:{port}"
+    env = {
+        **service_env("BRIDGE_", stack, deployment, port),
+        "BRIDGE_MLFLOW_TRACKING_URI": stack.mlflow_uri,
+        "BRIDGE_MODEL_NAMES": json.dumps([deployment.model_name]),
+        "BRIDGE_WEBHOOK_SECRET": deployment.secret("mlflow-webhook"),
+        "BRIDGE_WEBHOOK_URL": f"{url}/webhooks/mlflow",
+        "BRIDGE_RECONCILE_INTERVAL_SECONDS": "30",
+    }
+    return ProcessSpec(
+        SERVICE,
+        eostream_command("bridge", "run"),
+        env,
+        port,
+        deployment.host,
+        {"REST API": url},
+        job="eostream-bridge",  # the name dashboards, alert rules and compose use
+    )

@@ -1,0 +1,167 @@
+"""The process supervisor behind `eostream up --stack local`, on real child processes (small HTTP
+servers answering /livez and /readyz); the services' own factories are checked for what they
+hand their processes."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from eostream.shared.errors import ConfigError
+from eostream.shared.processes import (
+    Deployment,
+    LocalStack,
+    ProcessGroup,
+    ProcessSpec,
+    discover_process_factories,
+    parse_exports,
+)
+
+SERVER = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path in ("/livez", "/readyz") else 404)
+        self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+STACK = LocalStack(
+    kafka_bootstrap="127.0.0.1:19092",
+    s3_endpoint="127.0.0.1:19000",
+    s3_access_key="key",
+    s3_secret_key="secret",  # noqa: S106 - not a credential: nothing connects
+    pg_dsn="postgresql://u:p@127.0.0.1:15432",
+    mlflow_uri="http://127.0.0.1:15000",
+    stac_api_url="http://127.0.0.1:18082",
+)
+
+
+def tiny(name: str, job: str = ""):  # type: ignore[no-untyped-def]
+    def factory(stack: LocalStack, deployment: Deployment, port: int) -> ProcessSpec:
+        args = (sys.executable, "-c", SERVER, str(port))
+        return ProcessSpec(name, args, {"TINY": name}, port, job=job)
+
+    return factory
+
+
+@pytest.fixture
+def group(tmp_path: Path) -> ProcessGroup:
+    stack = LocalStack(**{**STACK.__dict__, "prometheus_targets_dir": tmp_path / "targets"})
+    return ProcessGroup(
+        stack,
+        Deployment(name="unit", home=tmp_path / "home"),
+        factories={"one": tiny("one"), "two": tiny("two", job="eostream-2")},
+    )
+
+
+def test_start_registers_targets_and_stop_removes_them(group: ProcessGroup) -> None:
+    with group.running(ready_timeout=30):
+        assert all(p.alive for p in group.processes.values())
+        assert httpx.get(f"{group['one'].ops_url}/livez", timeout=5).status_code == 200
+        assert group.targets_file is not None
+        targets = json.loads(group.targets_file.read_text())
+        jobs = {t["labels"]["job"]: t["targets"] for t in targets}
+        assert jobs == {
+            "eostream-one": [f"127.0.0.1:{group['one'].spec.port}"],
+            "eostream-2": [f"127.0.0.1:{group['two'].spec.port}"],
+        }
+        # a `service` target label would rename the metrics' own service label
+        assert all("service" not in t["labels"] for t in targets)
+    assert not any(p.alive for p in group.processes.values())
+    assert not group.targets_file.exists()
+
+
+def test_the_supervisor_restarts_a_killed_process_but_not_a_stopped_one(
+    group: ProcessGroup,
+) -> None:
+    stopping = threading.Event()
+    with group.running(ready_timeout=30):
+        supervisor = threading.Thread(
+            target=group.supervise, args=(stopping.is_set,), kwargs={"poll": 0.1}
+        )
+        supervisor.start()
+        try:
+            group["one"].kill()
+            deadline = time.monotonic() + 30
+            while group["one"].starts < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert group["one"].starts == 2
+            group["one"].wait_ready(30)
+            group["two"].stop()
+            time.sleep(1.5)
+            assert not group["two"].alive and group["two"].starts == 1
+        finally:
+            stopping.set()
+            supervisor.join(10)
+    assert "=== start 2" in group["one"].log_path.read_text()
+
+
+def test_env_overrides_reach_the_process(tmp_path: Path) -> None:
+    group = ProcessGroup(
+        STACK,
+        Deployment(home=tmp_path),
+        env={"one": {"EXTRA": "1"}},
+        factories={"one": tiny("one")},
+    )
+    assert group["one"].spec.env == {"TINY": "one", "EXTRA": "1"}
+    with pytest.raises(ConfigError, match="unknown service"):
+        ProcessGroup(STACK, Deployment(home=tmp_path), only=("nope",), factories={})
+
+
+def test_a_process_that_dies_at_start_says_why(tmp_path: Path) -> None:
+    def broken(stack: LocalStack, deployment: Deployment, port: int) -> ProcessSpec:
+        args = (sys.executable, "-c", "import sys; print('no config'); sys.exit(2)")
+        return ProcessSpec("broken", args, {}, port)
+
+    group = ProcessGroup(STACK, Deployment(home=tmp_path), factories={"broken": broken})
+    with pytest.raises(RuntimeError, match=r"(?s)exited with status 2.*no config"):
+        group.start(ready_timeout=30)
+
+
+def test_the_stack_addresses_come_from_stack_env() -> None:
+    printed = "export EOSTREAM_KAFKA_BOOTSTRAP=127.0.0.1:19092\nexport A='b c'\nnot an export\n"
+    assert parse_exports(printed) == {"EOSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:19092", "A": "b c"}
+    with pytest.raises(ConfigError, match=r"EOSTREAM_S3_ENDPOINT.*deploy/local/stack up"):
+        LocalStack.from_environ({"EOSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:19092"})
+
+
+def test_every_service_offers_a_process_in_its_own_namespace(tmp_path: Path) -> None:
+    factories = discover_process_factories()
+    assert list(factories) == ["registry-bridge", "inference", "trainer", "ingest"]
+    deployment = Deployment(
+        name="ns", home=tmp_path, data_dir=tmp_path, topic_prefix="ns.", model_name="m"
+    )
+    prefixes = {
+        "registry-bridge": "BRIDGE_",
+        "inference": "INFERENCE_",
+        "trainer": "TRAINER_",
+        "ingest": "INGEST_",
+    }
+    for name, factory in factories.items():
+        spec = factory(STACK, deployment, 12345)
+        p = prefixes[name]
+        assert spec.env[f"{p}KAFKA__TOPIC_PREFIX"] == "ns."
+        assert spec.env[f"{p}HTTP_PORT"] == "12345"
+        assert spec.env[f"{p}STORE"] == "s3" and spec.env[f"{p}BUS"] == "kafka"
+        assert spec.env["EOSTREAM_DATA_DIR"] == str(tmp_path)
+    bridge = factories["registry-bridge"](STACK, deployment, 1)
+    assert bridge.job == "eostream-bridge"  # what dashboards and alert rules select
+    assert json.loads(bridge.env["BRIDGE_MODEL_NAMES"]) == ["m"]
+    inference = factories["inference"](STACK, deployment, 1)
+    assert inference.env["INFERENCE_MODEL_NAME"] == "m"
+    assert len(inference.env["INFERENCE_API_KEY"]) >= 24
+    # secrets are made once per deployment and kept
+    assert (
+        factories["inference"](STACK, deployment, 2).env["INFERENCE_API_KEY"]
+        == (inference.env["INFERENCE_API_KEY"])
+    )

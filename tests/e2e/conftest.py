@@ -1,0 +1,143 @@
+"""The whole loop on the real local stack, each service its own process.
+
+One deployment per test module: the four services started by the same
+:class:`~eostream.shared.processes.ProcessGroup` that ``eostream up --stack local`` runs, in a
+namespace of their own (topic prefix, consumer groups, model name, STAC collection, bucket
+prefix), so other tests on the same stack neither see nor disturb them. A supervisor thread
+restarts a process that dies, as an orchestrator would; tests kill processes on purpose and watch
+the system recover.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+from eostream.shared.driver import DeploymentDriver
+from eostream.shared.events import (
+    Event,
+    ModelPromoted,
+)
+from eostream.shared.processes import Deployment, LocalStack, ProcessGroup
+from eostream.shared.settings import S3Settings
+from eostream.shared.storage.s3 import S3ObjectStore
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[2]
+SCENE_DIR = "sentinel2_scenes/S2A_29RKH_20200219_0_L2A_cog_downsampled"
+SCENE_ITEM = "S2A_29RKH_20200219_0_L2A.json"
+SCENE_ASSETS = ("red", "green", "blue", "scl")
+COLLECTION_TEMPLATE = "sentinel2_stac/earth_search_v1/sentinel-2-c1-l2a.collection.json"
+
+E = TypeVar("E", bound=Event)
+
+
+System = DeploymentDriver
+
+
+def _stack() -> LocalStack:
+    try:
+        return LocalStack.from_environ()
+    except Exception as exc:  # the stack tests fail, never skip, without the stack
+        pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="module")
+def system(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    stack = _stack()
+    run = uuid.uuid4().hex[:8]
+    home = tmp_path_factory.mktemp(f"e2e-{run}")
+    collection = f"e2e-{run}"
+    store = S3ObjectStore(
+        S3Settings.model_validate(
+            {
+                "endpoint": stack.s3_endpoint,
+                "access_key": stack.s3_access_key,
+                "secret_key": stack.s3_secret_key,
+            }
+        ),
+        "eostream",
+    )
+    # the real scene's COGs in MinIO; every test item points at them (s3:// hrefs)
+    folder = data_dir / SCENE_DIR
+    template: dict[str, Any] = json.loads((folder / SCENE_ITEM).read_text())
+    template["assets"] = {k: template["assets"][k] for k in SCENE_ASSETS}
+    for key, asset in template["assets"].items():
+        name = asset["href"].rsplit("/", 1)[-1]
+        store.put_file(f"e2e/{run}/scene/{name}", folder / name, "image/tiff")
+        template["assets"][key]["href"] = store.uri(f"e2e/{run}/scene/{name}")
+    body = json.loads((data_dir / COLLECTION_TEMPLATE).read_text())
+    body.update(id=collection, links=[])
+    response = httpx.post(f"{stack.stac_api_url}/collections", json=body, timeout=30)
+    assert response.status_code in (200, 201), response.text
+
+    deployment = Deployment(
+        name=f"e2e-{run}",
+        home=home,
+        data_dir=data_dir,
+        topic_prefix=f"e2e-{run}.",
+        model_name=f"e2e-{run}",
+    )
+    source = {
+        "kind": "stac_api",
+        "name": "e2e-stac-api",
+        "url": stack.stac_api_url,
+        "filter": {"collections": [collection]},
+        "overlap_seconds": 30,
+    }
+    group = ProcessGroup(
+        stack,
+        deployment,
+        env={
+            "ingest": {"INGEST_SOURCES": json.dumps([source]), "INGEST_POLL_INTERVAL_SECONDS": "1"},
+            "trainer": {"TRAINER_NUM_THREADS": "2", "TRAINER_DEVICE": "cpu"},
+            "registry-bridge": {
+                # the first model is deliberately weak; later ones must beat it by 5 points
+                "BRIDGE_GATE__MIN_ACCURACY": "0.15",
+                "BRIDGE_GATE__MIN_IMPROVEMENT": "0.05",
+                "BRIDGE_GATE__MAX_CLASS_DROP": "1.0",
+                "BRIDGE_RECONCILE_INTERVAL_SECONDS": "5",
+                "BRIDGE_REGISTRATION_GRACE_SECONDS": "60",
+            },
+            "inference": {
+                "INFERENCE_INTRA_OP_THREADS": "1",
+                "INFERENCE_RESULTS_PREFIX": f"e2e-results-{run}",
+                "INFERENCE_COLLECTION_ID": f"e2e-classifications-{run}",
+            },
+        },
+    )
+    stopping = threading.Event()
+    supervisor = threading.Thread(
+        target=group.supervise, args=(stopping.is_set,), kwargs={"poll": 0.5}, daemon=True
+    )
+    group.start()
+    supervisor.start()
+    try:
+        yield System(stack, group, run, collection, template, store)
+    finally:
+        stopping.set()
+        supervisor.join(timeout=10)
+        group.stop()
+        httpx.delete(f"{stack.stac_api_url}/collections/{collection}", timeout=30)
+
+
+def restart_kafka() -> None:
+    """Restart the stack's broker (the real one: stop, start, wait until healthy)."""
+    subprocess.run([str(REPO / "deploy/local/stack"), "restart-kafka"], check=True)
+
+
+@pytest.fixture(scope="module")
+def first_champion(system: System) -> ModelPromoted:
+    """A deliberately weak first model (2 epochs on 40 patches a class), gated and promoted."""
+    promoted = system.train_and_promote(epochs=2, samples_per_class=40, reason="e2e first")
+    system.wait_for_champion(promoted.version)
+    return promoted

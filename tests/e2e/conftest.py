@@ -32,6 +32,7 @@ from eostream.shared.settings import S3Settings
 from eostream.shared.storage.s3 import S3ObjectStore
 
 log = logging.getLogger(__name__)
+logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
 REPO = Path(__file__).resolve().parents[2]
 SCENE_DIR = "sentinel2_scenes/S2A_29RKH_20200219_0_L2A_cog_downsampled"
 SCENE_ITEM = "S2A_29RKH_20200219_0_L2A.json"

@@ -283,7 +283,10 @@ def test_services_killed_mid_work_and_a_broker_restart_lose_nothing_and_repeat_n
     assert versions == {registered[0].version}
     from mlflow import MlflowClient
 
-    client = MlflowClient(system.stack.mlflow_uri)
+    # both URIs explicit: other tests in this process may have set a global registry URI
+    client = MlflowClient(
+        tracking_uri=system.stack.mlflow_uri, registry_uri=system.stack.mlflow_uri
+    )
     for mv in client.search_model_versions(f"name='{system.model_name}'"):
         assert {"band_set", "onnx_sha256", "eostream.model_card"} <= set(mv.tags), mv.version
     # the bridge, killed mid-gate, still reached one verdict for that version

@@ -127,14 +127,17 @@ async def test_real_tile_end_to_end(
     models = (await client.get("/models")).json()
     assert models["deployed"]["version"] == "3" and models["history"][0]["status"] == "live"
 
-    # idempotent on (scene, model version): a duplicate is skipped, replace recomputes
+    # idempotent on (scene, model version): a duplicate is not classified again, only announced
+    # again with the same event id (a crash between result and event must not lose the event);
+    # replace recomputes, and that is news with an id of its own
     await bus.publish(topics.SCENES_DISCOVERED, scene_event(rkh_item, "S2A_29RKH_20200219_0_L2A"))
     await bus.publish(
         topics.SCENES_DISCOVERED, scene_event(rkh_item, "S2A_29RKH_20200219_0_L2A", replace=True)
     )
-    await run_until(bus, topics.SCENES_CLASSIFIED, 2)
+    await run_until(bus, topics.SCENES_CLASSIFIED, 3)
     await asyncio.sleep(0.2)
-    assert bus.size(topics.SCENES_CLASSIFIED) == 2
+    first, again, replaced = (decode(m) for m in bus.records(topics.SCENES_CLASSIFIED))
+    assert first.id == again.id != replaced.id
     assert (await client.get("/results")).json()["total"] == 1
 
 

@@ -44,15 +44,17 @@ class Outcome:
     seconds: float = 0.0
     pixels: int = 0
 
-    def event(self, store: ObjectStore) -> SceneClassified:
+    def event(self, store: ObjectStore, *, recomputed: bool = False) -> SceneClassified:
         """The SceneClassified of this result. Its id is derived from (scene, model, version), so
         announcing one result again (after a crash, or for a scene found done) is a duplicate
-        delivery that consumers drop on the event id, never a second classification."""
+        delivery that consumers drop on the event id, never a second classification. A result
+        recomputed on purpose (``replace``) is news: it gets an id of its own."""
         item = self.record.item
         assets = item.get("assets", {})
         r = self.record
+        key = f"{r.scene_id}|{r.model_name}|{r.model_version}"
         return SceneClassified(
-            id=uuid.uuid5(RESULT_EVENTS, f"{r.scene_id}|{r.model_name}|{r.model_version}"),
+            id=uuid.uuid4() if recomputed else uuid.uuid5(RESULT_EVENTS, key),
             item_id=self.record.scene_id,
             model_name=self.record.model_name,
             model_version=self.record.model_version,

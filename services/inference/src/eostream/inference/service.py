@@ -211,7 +211,9 @@ class InferenceService:
             raise RuntimeError("InferenceService.start() has not run")
         # A scene found done is announced again (same event id): had the last attempt crashed
         # between writing the result and publishing, nobody would hear of the result otherwise.
-        await self.bus.publish(topics.SCENES_CLASSIFIED, outcome.event(self.store))
+        await self.bus.publish(
+            topics.SCENES_CLASSIFIED, outcome.event(self.store, recomputed=event.replace)
+        )
 
     async def _wait_for_model(self) -> None:
         deadline = asyncio.get_running_loop().time() + self.settings.model_wait_seconds

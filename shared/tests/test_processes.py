@@ -165,3 +165,42 @@ def test_every_service_offers_a_process_in_its_own_namespace(tmp_path: Path) -> 
         factories["inference"](STACK, deployment, 2).env["INFERENCE_API_KEY"]
         == (inference.env["INFERENCE_API_KEY"])
     )
+
+
+def test_children_do_not_outlive_a_killed_supervisor(tmp_path: Path) -> None:
+    """SIGKILL the supervising process: its service processes get SIGTERM and go (no orphans)."""
+    import os
+    import signal
+    import subprocess
+
+    pid_file = tmp_path / "child.pid"
+    script = f"""
+import sys, time
+from pathlib import Path
+from eostream.shared.processes import Deployment, LocalStack, ProcessGroup, ProcessSpec
+SERVER = {SERVER!r}
+def factory(stack, deployment, port):
+    return ProcessSpec("one", (sys.executable, "-c", SERVER, str(port)), {{}}, port)
+stack = LocalStack("k", "s", "a", "b", "p", "m", "st")
+group = ProcessGroup(stack, Deployment(home=Path({str(tmp_path)!r})), factories={{"one": factory}})
+group.start(ready_timeout=30)
+Path({str(pid_file)!r}).write_text(str(group["one"].pid))
+time.sleep(600)
+"""
+    supervisor = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    child = int(pid_file.read_text())
+    os.kill(child, 0)  # alive
+    supervisor.send_signal(signal.SIGKILL)
+    supervisor.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(child, signal.SIGKILL)
+    pytest.fail("the service process outlived its killed supervisor")

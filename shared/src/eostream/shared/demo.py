@@ -44,6 +44,7 @@ from eostream.shared.events import (
     TrainingRequested,
     TrainingStarted,
 )
+from eostream.shared.processes import DIE_WITH_PARENT
 from eostream.shared.storage.local import LocalObjectStore
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,12 @@ def mlflow_server(home: Path, host: str, port: int) -> Iterator[str]:
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(  # noqa: S603 - our own interpreter, fixed arguments
-            command, stdout=log_file, stderr=subprocess.STDOUT, env=env
+            command,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            # a SIGKILLed demo must not leave its MLflow server running
+            preexec_fn=DIE_WITH_PARENT,  # prctl only; resolved before the fork
         )
     url = f"http://{host}:{port}"
     try:

@@ -191,6 +191,29 @@ def discover_process_factories() -> dict[str, ProcessFactory]:
     return dict(sorted(found.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
 
 
+def _parent_death_signal() -> Callable[[], None] | None:
+    """On Linux, a pre-exec hook that makes the child receive SIGTERM when the thread that started
+    it dies: a supervisor killed with SIGKILL leaves no orphaned service behind (each drains and
+    exits). Everything is looked up before the fork; the hook itself takes no Python lock."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
+
+    def hook() -> None:
+        prctl(pr_set_pdeathsig, sigterm)
+
+    return hook
+
+
+DIE_WITH_PARENT = _parent_death_signal()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     import socket
 
@@ -254,7 +277,11 @@ class ServiceProcess:
             out.write(f"\n=== start {self.starts + 1} at {time.ctime()} ===\n".encode())
             out.flush()
             self._process = subprocess.Popen(  # noqa: S603 - our interpreter, fixed arguments
-                list(self.spec.args), stdout=out, stderr=subprocess.STDOUT, env=env
+                list(self.spec.args),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                preexec_fn=DIE_WITH_PARENT,  # prctl only; resolved before the fork
             )
         self.starts += 1
         self._started_at, self._ended_at = time.monotonic(), None

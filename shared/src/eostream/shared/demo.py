@@ -214,8 +214,8 @@ async def run(
 ) -> None:
     home = home.resolve()
     home.mkdir(parents=True, exist_ok=True)
-    if demo:  # on the loop's thread, before anything runs on it: Ctrl-C stops it at once
-        data_dir = demo_data_dir(data_dir)
+    # on the loop's thread, before anything runs on it: Ctrl-C stops it at once
+    data_dir = demo_data_dir(data_dir)
     port = free_port(host, mlflow_port)
     console.print(f"[bold]eostream[/bold] embedded mode, state in {home}")
     with mlflow_server(home, host, port) as mlflow_url:

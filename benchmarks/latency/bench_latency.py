@@ -23,7 +23,6 @@ what the event-driven path costs on top of the work itself.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -32,18 +31,17 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
 
-from eostream.shared.driver import DeploymentDriver
+from eostream.shared.driver import (
+    DeploymentDriver,
+    create_collection,
+    stage_scene,
+    watch_collection,
+)
 from eostream.shared.processes import Deployment, LocalStack, ProcessGroup
-from eostream.shared.settings import S3Settings
 from eostream.shared.storage.s3 import S3ObjectStore
-
-SCENE_DIR = "sentinel2_scenes/S2A_29RKH_20200219_0_L2A_cog_downsampled"
-SCENE_ITEM = "S2A_29RKH_20200219_0_L2A.json"
-COLLECTION_TEMPLATE = "sentinel2_stac/earth_search_v1/sentinel-2-c1-l2a.collection.json"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -69,11 +67,7 @@ def baseline_seconds(driver: DeploymentDriver, repeats: int = 3) -> float:
                 "api_key": SecretStr("bench"),
                 "bus": "memory",
                 "store": "s3",
-                "s3": {
-                    "endpoint": stack.s3_endpoint,
-                    "access_key": stack.s3_access_key,
-                    "secret_key": stack.s3_secret_key,
-                },
+                "s3": stack.s3_settings(),
                 "intra_op_threads": 1,
                 "results_prefix": f"latency-baseline-{driver.run}",
             }
@@ -103,33 +97,10 @@ def main() -> None:
     run = uuid.uuid4().hex[:8]
     home = Path(tempfile.mkdtemp(prefix=f"eostream-latency-{run}-"))
     collection = f"latency-{run}"
-    store = S3ObjectStore(
-        S3Settings.model_validate(
-            {
-                "endpoint": stack.s3_endpoint,
-                "access_key": stack.s3_access_key,
-                "secret_key": stack.s3_secret_key,
-            }
-        ),
-        "eostream",
-    )
-    folder = data_dir / SCENE_DIR
-    template: dict[str, Any] = json.loads((folder / SCENE_ITEM).read_text())
-    template["assets"] = {k: template["assets"][k] for k in ("red", "green", "blue", "scl")}
-    for asset in template["assets"].values():
-        name = asset["href"].rsplit("/", 1)[-1]
-        store.put_file(f"latency/{run}/scene/{name}", folder / name, "image/tiff")
-        asset["href"] = store.uri(f"latency/{run}/scene/{name}")
-    body = json.loads((data_dir / COLLECTION_TEMPLATE).read_text())
-    body.update(id=collection, links=[])
-    httpx.post(f"{stack.stac_api_url}/collections", json=body, timeout=30).raise_for_status()
+    store = S3ObjectStore(stack.s3_settings(), "eostream")
+    template = stage_scene(store, data_dir, f"latency/{run}/scene")
+    create_collection(stack, data_dir, collection)
 
-    source = {
-        "kind": "stac_api",
-        "name": "latency",
-        "url": stack.stac_api_url,
-        "filter": {"collections": [collection]},
-    }
     deployment = Deployment(
         name=f"latency-{run}",
         home=home,
@@ -142,7 +113,7 @@ def main() -> None:
         deployment,
         env={
             "ingest": {
-                "INGEST_SOURCES": json.dumps([source]),
+                "INGEST_SOURCES": watch_collection(stack, collection, "latency"),
                 "INGEST_POLL_INTERVAL_SECONDS": str(args.poll),
             },
             "registry-bridge": {"BRIDGE_GATE__MIN_ACCURACY": "0.15"},

@@ -10,34 +10,33 @@ the system recover.
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import httpx
 import pytest
 
-from eostream.shared.driver import DeploymentDriver
+from eostream.shared.driver import (
+    DeploymentDriver,
+    create_collection,
+    stage_scene,
+    watch_collection,
+)
 from eostream.shared.events import (
     Event,
     ModelPromoted,
 )
 from eostream.shared.processes import Deployment, LocalStack, ProcessGroup
-from eostream.shared.settings import S3Settings
 from eostream.shared.storage.s3 import S3ObjectStore
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
 REPO = Path(__file__).resolve().parents[2]
-SCENE_DIR = "sentinel2_scenes/S2A_29RKH_20200219_0_L2A_cog_downsampled"
-SCENE_ITEM = "S2A_29RKH_20200219_0_L2A.json"
-SCENE_ASSETS = ("red", "green", "blue", "scl")
-COLLECTION_TEMPLATE = "sentinel2_stac/earth_search_v1/sentinel-2-c1-l2a.collection.json"
 
 E = TypeVar("E", bound=Event)
 
@@ -58,28 +57,10 @@ def system(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     run = uuid.uuid4().hex[:8]
     home = tmp_path_factory.mktemp(f"e2e-{run}")
     collection = f"e2e-{run}"
-    store = S3ObjectStore(
-        S3Settings.model_validate(
-            {
-                "endpoint": stack.s3_endpoint,
-                "access_key": stack.s3_access_key,
-                "secret_key": stack.s3_secret_key,
-            }
-        ),
-        "eostream",
-    )
+    store = S3ObjectStore(stack.s3_settings(), "eostream")
     # the real scene's COGs in MinIO; every test item points at them (s3:// hrefs)
-    folder = data_dir / SCENE_DIR
-    template: dict[str, Any] = json.loads((folder / SCENE_ITEM).read_text())
-    template["assets"] = {k: template["assets"][k] for k in SCENE_ASSETS}
-    for key, asset in template["assets"].items():
-        name = asset["href"].rsplit("/", 1)[-1]
-        store.put_file(f"e2e/{run}/scene/{name}", folder / name, "image/tiff")
-        template["assets"][key]["href"] = store.uri(f"e2e/{run}/scene/{name}")
-    body = json.loads((data_dir / COLLECTION_TEMPLATE).read_text())
-    body.update(id=collection, links=[])
-    response = httpx.post(f"{stack.stac_api_url}/collections", json=body, timeout=30)
-    assert response.status_code in (200, 201), response.text
+    template = stage_scene(store, data_dir, f"e2e/{run}/scene")
+    create_collection(stack, data_dir, collection)
 
     deployment = Deployment(
         name=f"e2e-{run}",
@@ -88,18 +69,14 @@ def system(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         topic_prefix=f"e2e-{run}.",
         model_name=f"e2e-{run}",
     )
-    source = {
-        "kind": "stac_api",
-        "name": "e2e-stac-api",
-        "url": stack.stac_api_url,
-        "filter": {"collections": [collection]},
-        "overlap_seconds": 30,
-    }
     group = ProcessGroup(
         stack,
         deployment,
         env={
-            "ingest": {"INGEST_SOURCES": json.dumps([source]), "INGEST_POLL_INTERVAL_SECONDS": "1"},
+            "ingest": {
+                "INGEST_SOURCES": watch_collection(stack, collection, "e2e"),
+                "INGEST_POLL_INTERVAL_SECONDS": "1",
+            },
             "trainer": {"TRAINER_NUM_THREADS": "2", "TRAINER_DEVICE": "cpu"},
             "registry-bridge": {
                 # the first model is deliberately weak; later ones must beat it by 5 points

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
+import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -37,6 +39,48 @@ from eostream.shared.settings import KafkaSettings
 from eostream.shared.storage.s3 import S3ObjectStore
 
 E = TypeVar("E", bound=Event)
+T = TypeVar("T")
+
+
+#: The real scene every staged item copies: the 29RKH tile in the data folder, its RGB and SCL
+#: COGs uploaded to MinIO, and the Earth Search collection its copies are inserted into.
+SCENE_DIR = "sentinel2_scenes/S2A_29RKH_20200219_0_L2A_cog_downsampled"
+SCENE_ITEM = "S2A_29RKH_20200219_0_L2A.json"
+SCENE_ASSETS = ("red", "green", "blue", "scl")
+COLLECTION_TEMPLATE = "sentinel2_stac/earth_search_v1/sentinel-2-c1-l2a.collection.json"
+
+
+def stage_scene(store: S3ObjectStore, data_dir: Path, prefix: str) -> dict[str, Any]:
+    """Upload the real scene's COGs under ``prefix`` and return its item with s3:// hrefs."""
+    folder = data_dir / SCENE_DIR
+    item: dict[str, Any] = json.loads((folder / SCENE_ITEM).read_text())
+    item["assets"] = {k: item["assets"][k] for k in SCENE_ASSETS}
+    for asset in item["assets"].values():
+        name = asset["href"].rsplit("/", 1)[-1]
+        store.put_file(f"{prefix}/{name}", folder / name, "image/tiff")
+        asset["href"] = store.uri(f"{prefix}/{name}")
+    return item
+
+
+def create_collection(stack: LocalStack, data_dir: Path, collection: str) -> None:
+    """A collection in the stack's STAC API, shaped like Earth Search's Sentinel-2 L2A one."""
+    body = json.loads((data_dir / COLLECTION_TEMPLATE).read_text())
+    body.update(id=collection, links=[])
+    response = httpx.post(f"{stack.stac_api_url}/collections", json=body, timeout=30)
+    if response.status_code not in (200, 201):
+        raise RuntimeError(f"the STAC API refused collection {collection}: {response.text[:500]}")
+
+
+def watch_collection(stack: LocalStack, collection: str, name: str) -> str:
+    """``INGEST_SOURCES`` for an ingest that watches one collection of the stack's STAC API."""
+    source = {
+        "kind": "stac_api",
+        "name": name,
+        "url": stack.stac_api_url,
+        "filter": {"collections": [collection]},
+        "overlap_seconds": 30,
+    }
+    return json.dumps([source])
 
 
 class WaitTimeout(AssertionError):
@@ -97,38 +141,29 @@ class DeploymentDriver:
         return str(item["id"])
 
     # -- Kafka ----------------------------------------------------------------------------
-    def events(self, topic: str, kind: type[E]) -> list[E]:
-        async def read() -> list[Any]:
+    def _on_bus(self, action: Callable[[KafkaBus], Awaitable[T]]) -> T:
+        """Run ``action`` on a bus of this deployment's namespace, started and closed around it."""
+
+        async def run() -> T:
             bus = self.bus()
             await bus.start()
             try:
-                return [decode(m) for m in await bus.read_topic(topic)]
+                return await action(bus)
             finally:
                 await bus.close()
 
-        return [e for e in asyncio.run(read()) if isinstance(e, kind)]
+        return asyncio.run(run())
+
+    def events(self, topic: str, kind: type[E]) -> list[E]:
+        records = self._on_bus(lambda bus: bus.read_topic(topic))
+        return [e for e in map(decode, records) if isinstance(e, kind)]
 
     def dead_letters(self) -> list[DeadLetter]:
-        async def read() -> list[DeadLetter]:
-            bus = self.bus()
-            await bus.start()
-            try:
-                return [parse_dead_letter(m) for m in await bus.read_topic(topics.DEAD_LETTER)]
-            finally:
-                await bus.close()
-
-        return asyncio.run(read())
+        records = self._on_bus(lambda bus: bus.read_topic(topics.DEAD_LETTER))
+        return [parse_dead_letter(m) for m in records]
 
     def publish(self, topic: str, event: Event) -> None:
-        async def send() -> None:
-            bus = self.bus()
-            await bus.start()
-            try:
-                await bus.publish(topic, event)
-            finally:
-                await bus.close()
-
-        asyncio.run(send())
+        self._on_bus(lambda bus: bus.publish(topic, event))
 
     def request_training(self, **fields: Any) -> TrainingRequested:
         request = TrainingRequested(

@@ -40,6 +40,19 @@ class EmbeddedContext:
     http_host: str = "127.0.0.1"
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
+    def fixed_settings(self) -> dict[str, Any]:
+        """Settings the embedded system decides for every service: the in-process bus, the local
+        store under its home (built once, by the system), its HTTP host and its data folder."""
+        fixed: dict[str, Any] = {
+            "bus": "memory",
+            "store": "local",
+            "local_store_root": self.home / "objects",
+            "http_host": self.http_host,
+        }
+        if self.data_dir is not None:  # else the service's own *_DATA_DIR / EOSTREAM_DATA_DIR
+            fixed["data_dir"] = self.data_dir
+        return fixed
+
     def options_for(self, component: str) -> Mapping[str, Any]:
         return self.options.get(component, {})
 

@@ -33,6 +33,7 @@ import httpx
 
 from eostream.shared.embedded import START_ORDER
 from eostream.shared.errors import ConfigError
+from eostream.shared.settings import S3Settings
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,15 @@ class LocalStack:
             [str(script), "env"], check=True, capture_output=True, text=True
         ).stdout
         return cls.from_environ(parse_exports(printed))
+
+    def s3_settings(self) -> S3Settings:
+        return S3Settings.model_validate(
+            {
+                "endpoint": self.s3_endpoint,
+                "access_key": self.s3_access_key,
+                "secret_key": self.s3_secret_key,
+            }
+        )
 
     def client_env(self) -> dict[str, str]:
         """What MLflow and S3 clients in every service read (artifacts go to MinIO)."""

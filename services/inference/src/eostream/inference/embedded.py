@@ -76,15 +76,10 @@ def embedded_settings(context: EmbeddedContext) -> InferenceSettings:
     overrides: dict[str, Any] = {
         "defer_scenes_until_model": True,
         **options,
+        **context.fixed_settings(),  # the store is not built: the context's is handed in
         "api_key": api_key(context),
-        "bus": "memory",
-        "store": "local",  # not built: the context's store is handed in
-        "local_store_root": context.home / "objects",
         "results_db": f"sqlite:///{home / 'results.sqlite'}",
-        "http_host": context.http_host,
     }
-    if context.data_dir is not None:
-        overrides["data_dir"] = context.data_dir
     return load_settings(InferenceSettings, **overrides)
 
 

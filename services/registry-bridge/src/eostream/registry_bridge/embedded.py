@@ -55,14 +55,9 @@ def embedded_settings(context: EmbeddedContext) -> BridgeSettings:
     overrides: dict[str, Any] = {
         "reconcile_interval_seconds": 5.0,
         **options,
-        "bus": "memory",
-        "store": "local",  # not built: the context's store is handed in
-        "local_store_root": context.home / "objects",
+        **context.fixed_settings(),  # the store is not built: the context's is handed in
         "mlflow_tracking_uri": context.mlflow_tracking_uri,
-        "http_host": context.http_host,
     }
-    if context.data_dir is not None:  # else BRIDGE_DATA_DIR / EOSTREAM_DATA_DIR
-        overrides["data_dir"] = context.data_dir
     return load_settings(BridgeSettings, **overrides)
 
 

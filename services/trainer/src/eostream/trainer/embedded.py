@@ -103,15 +103,10 @@ def embedded_settings(context: EmbeddedContext) -> TrainerSettings:
     options.pop(GRACE_OPTION, None)
     overrides: dict[str, Any] = {
         **options,
-        "bus": "memory",
-        "store": "local",  # unused by the trainer: models go to MLflow
-        "local_store_root": context.home / "objects",
+        **context.fixed_settings(),  # the trainer stores nothing itself: models go to MLflow
         "mlflow_tracking_uri": context.mlflow_tracking_uri,
         "cache_dir": state_dir(context),
-        "http_host": context.http_host,
     }
-    if context.data_dir is not None:  # else TRAINER_DATA_DIR / EOSTREAM_DATA_DIR
-        overrides["data_dir"] = context.data_dir
     return load_settings(TrainerSettings, **overrides)
 
 

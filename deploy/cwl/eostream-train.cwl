@@ -45,7 +45,7 @@ $graph:
         type: string
         default: small_cnn
         label: network
-        doc: small_cnn or resnet18
+        doc: small_cnn, resnet18 (GPU) or resnet18_imagenet
       epochs:
         type: int
         default: 10

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
+
 import httpx
 
 from eostream.shared import metrics
@@ -24,5 +27,11 @@ async def test_liveness_readiness_and_metrics_over_http() -> None:
             assert (await client.get("/readyz")).status_code == 200
             scraped = (await client.get("/metrics")).text
         assert 'eostream_events_published_total{service="demo",topic="eostream.test"}' in scraped
+        assert 'eostream_service_up{service="demo"} 1.0' in scraped
+        version = importlib.metadata.version("eostream-shared")
+        assert (
+            f'eostream_build_info{{python="{platform.python_version()}",version="{version}"}} 1.0'
+            in scraped
+        )
     finally:
         await server.stop()

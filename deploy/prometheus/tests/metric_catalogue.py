@@ -90,6 +90,9 @@ def code_metrics() -> dict[str, frozenset[str]]:
                 kind = value._type or "untyped"
                 for sample, extra in sample_names(value._name, kind).items():
                     found[sample] = labels | extra
+                if kind == "info":  # an Info's labels are the keys of the dict it was given
+                    for point in value.collect()[0].samples:
+                        found[point.name] |= frozenset(point.labels)
     for family in REGISTRY.collect():  # process_*, python_* (no eostream family is lost)
         for point in family.samples:
             found.setdefault(point.name, frozenset(point.labels) | SCRAPE_LABELS)

@@ -6,6 +6,9 @@ id or a path. Services add their own metrics in their own ``metrics.py`` with th
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
+
 from prometheus_client import Counter, Gauge, Histogram, Info
 
 PUBLISHED = Counter(
@@ -38,5 +41,16 @@ CONSUMER_LAG = Gauge(
     "Records behind the end of the partition, per topic and consumer group",
     ["service", "topic", "group"],
 )
-SERVICE_UP = Gauge("eostream_service_up", "1 while the service runs", ["service"])
-BUILD = Info("eostream_build", "Version of the eostream code")
+SERVICE_UP = Gauge(
+    "eostream_service_up", "1 while the service serves its operations endpoints", ["service"]
+)
+BUILD = Info("eostream_build", "Version of the eostream code and the Python that runs it")
+BUILD.info(
+    {"version": importlib.metadata.version("eostream-shared"), "python": platform.python_version()}
+)
+
+
+def announce(service: str) -> None:
+    """``eostream_service_up{service} 1``: called by the operations router, once per service (the
+    embedded process holds one series per service beside its one ``eostream_build_info``)."""
+    SERVICE_UP.labels(service).set(1)

@@ -16,12 +16,15 @@ import uvicorn
 from fastapi import APIRouter, FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from eostream.shared import metrics
+
 log = logging.getLogger(__name__)
 
 ReadinessCheck = Callable[[], tuple[bool, str]]
 
 
 def ops_router(service: str, readiness: ReadinessCheck) -> APIRouter:
+    metrics.announce(service)
     router = APIRouter(tags=["operations"])
 
     @router.get("/livez", summary="Liveness: the process answers")
@@ -36,7 +39,7 @@ def ops_router(service: str, readiness: ReadinessCheck) -> APIRouter:
         return {"status": "ok" if ok else "unavailable", "service": service, "detail": detail}
 
     @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-    async def metrics() -> Response:
+    async def prometheus_metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return router

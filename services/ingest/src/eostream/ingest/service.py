@@ -11,7 +11,6 @@ from eostream.ingest.settings import IngestSettings, StacApiSource
 from eostream.ingest.sources import StacApiItemSource, StaticItemSource
 from eostream.ingest.state import SqliteStateStore, StateStore
 from eostream.ingest.watcher import SERVICE, WatchedSource, Watcher
-from eostream.shared import metrics as shared_metrics
 from eostream.shared.bus import Bus, build_bus
 from eostream.shared.errors import ConfigError
 from eostream.shared.ops import OpsServer, create_ops_app
@@ -109,7 +108,6 @@ async def serve(settings: IngestSettings) -> None:
             create_ops_app(SERVICE, watcher.readiness), settings.http_host, settings.http_port
         )
         await ops.start()
-        shared_metrics.SERVICE_UP.labels(SERVICE).set(1)
         log.info(
             "watching %d source(s): %s",
             len(settings.sources),
@@ -118,6 +116,5 @@ async def serve(settings: IngestSettings) -> None:
         try:
             await watcher.run(stop)
         finally:
-            shared_metrics.SERVICE_UP.labels(SERVICE).set(0)
             await ops.stop()
     log.info("stopped")

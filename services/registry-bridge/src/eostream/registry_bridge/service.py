@@ -16,7 +16,6 @@ from eostream.registry_bridge.registry import MlflowRegistry
 from eostream.registry_bridge.settings import BridgeSettings
 from eostream.registry_bridge.webhook import webhook_router
 from eostream.registry_bridge.worker import Worker
-from eostream.shared import metrics as shared_metrics
 from eostream.shared import topics
 from eostream.shared.bus import Bus, Consumer, Delivery, build_bus
 from eostream.shared.events import Event, ModelVersionRegistered
@@ -98,7 +97,6 @@ class BridgeService:
         await self.worker.enqueue(event.name, event.version, "event")
 
     async def start(self) -> None:
-        shared_metrics.SERVICE_UP.labels(SERVICE).set(1)
         await asyncio.to_thread(self.bridge.shipper.store.check)
         if self._owns_bus:
             await self.bus.start()
@@ -160,7 +158,6 @@ class BridgeService:
         await self.server.stop()
         if self._owns_bus:
             await self.bus.close()
-        shared_metrics.SERVICE_UP.labels(SERVICE).set(0)
 
 
 async def run(settings: BridgeSettings) -> None:

@@ -104,7 +104,9 @@ BandsOption = Annotated[str, typer.Option("--bands", help="band set: rgb or ms13
 @app.command("fit")
 def fit_command(
     bands: BandsOption = "rgb",
-    architecture: Annotated[str, typer.Option(help="small_cnn, resnet18 (GPU) or resnet18_imagenet")] = "small_cnn",
+    architecture: Annotated[
+        str, typer.Option(help="small_cnn, resnet18 (GPU) or resnet18_imagenet")
+    ] = "small_cnn",
     epochs: int = 10,
     batch_size: int = 64,
     learning_rate: float = 1e-3,

@@ -43,7 +43,7 @@ def test_store_outage_is_retried_then_shipping_completes(
 ) -> None:
     from datetime import UTC, datetime
 
-    from eostream.registry_bridge.mlm import MlmFacts
+    from eostream.shared.mlm import MlmFacts
 
     data = export(models.better, card)
     store = FlakyStore(tmp_path, failures=2)

@@ -20,11 +20,11 @@ import mlflow
 import pytest
 from prometheus_client import REGISTRY
 
-from eostream.registry_bridge import mlm, tags
+from eostream.registry_bridge import tags
 from eostream.registry_bridge.registry import WEBHOOK_NAME, MlflowRegistry
 from eostream.registry_bridge.service import BridgeService
 from eostream.registry_bridge.settings import BridgeSettings
-from eostream.shared import topics
+from eostream.shared import mlm, topics
 from eostream.shared.bus import Delivery
 from eostream.shared.bus.kafka import KafkaBus
 from eostream.shared.events import Event, ModelPromoted

@@ -23,7 +23,6 @@ from eostream.registry_bridge import metrics, tags
 from eostream.registry_bridge.contract import reasons_json
 from eostream.registry_bridge.errors import NotReadyError, PromotionError, RefusedError
 from eostream.registry_bridge.gatekeeper import Gatekeeper
-from eostream.registry_bridge.mlm import MlmFacts
 from eostream.registry_bridge.policy import Evaluation, Thresholds, judge
 from eostream.registry_bridge.registry import MlflowRegistry, is_not_found
 from eostream.registry_bridge.settings import BridgeSettings
@@ -32,6 +31,7 @@ from eostream.registry_bridge.verification import Verified, verify
 from eostream.shared import topics
 from eostream.shared.bus import Bus
 from eostream.shared.events import ModelPromoted
+from eostream.shared.mlm import MlmFacts
 from eostream.shared.storage import ObjectStore
 
 log = logging.getLogger(__name__)

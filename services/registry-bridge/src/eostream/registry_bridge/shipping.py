@@ -17,9 +17,9 @@ from typing import TypeVar
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from eostream.registry_bridge import mlm
 from eostream.registry_bridge.errors import RefusedError
 from eostream.registry_bridge.onnx_model import sha256_hex
+from eostream.shared import mlm
 from eostream.shared.errors import ObjectNotFoundError, RetryableError
 from eostream.shared.modelcard import ModelCard
 from eostream.shared.storage import ObjectStore

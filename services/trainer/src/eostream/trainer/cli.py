@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import shutil
 import tempfile
 import uuid
@@ -29,7 +28,6 @@ from eostream.shared.settings import configure_logging, load_settings
 from eostream.trainer.settings import TrainerSettings
 
 if TYPE_CHECKING:  # torch stays unimported until a command needs it
-    from eostream.shared.modelcard import ModelCard
     from eostream.trainer.pipeline import Outcome
     from eostream.trainer.plan import TrainingPlan
     from eostream.trainer.task import BatchCallback
@@ -166,76 +164,45 @@ def fit_command(
         typer.echo(f"STAC catalog: {catalog}")
 
 
-#: EuroSAT patches come from 34 European countries: the extent the model is meant for.
-EUROPE_BBOX = (-31.3, 27.6, 45.0, 71.2)
-MLM_EXTENSION = "https://stac-extensions.github.io/mlm/v1.6.0/schema.json"
-FILE_EXTENSION = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
-ONNX_MEDIA_TYPE = "application/octet-stream; framework=onnx; profile=onnx"
-
-
 def write_model_catalog(
     outcome: Outcome, onnx_path: Path, out_dir: Path, base_model: str | None = None
 ) -> Path:
     """A self-contained STAC catalog in ``out_dir`` with one MLM item: the ONNX and its card.
 
-    The item carries what inference needs (bands in order, per-band scaling to the model's
-    units, classes in output order) as STAC MLM fields, the test metrics, and the MLflow run.
+    The item is the one the registry-bridge ships (:mod:`eostream.shared.mlm`): what inference
+    needs (bands in order, per-band scaling to the model's units, classes in output order) as
+    STAC MLM fields, the test metrics and the MLflow run; here also the card as a JSON asset.
     """
+    from datetime import UTC, datetime
+
     import pystac
 
+    from eostream.shared import mlm
     from eostream.shared.modelcard import ModelCard
-    from eostream.trainer.catalog import DATE_RANGE
     from eostream.trainer.tracking import CARD_TAG
 
     version = outcome.version
     card = ModelCard.from_json(version.tags[CARD_TAG])
-    data = onnx_path.read_bytes()
-    west, south, east, north = EUROPE_BBOX
-    item = pystac.Item(
-        id=f"{version.name}-v{version.version}",
-        geometry={
-            "type": "Polygon",
-            "coordinates": [
-                [[west, south], [east, south], [east, north], [west, north], [west, south]]
-            ],
-        },
-        bbox=list(EUROPE_BBOX),
-        datetime=None,
-        start_datetime=DATE_RANGE[0],
-        end_datetime=DATE_RANGE[1],
-        properties={
-            "description": card.description,
-            "eostream:model_name": version.name,
-            "eostream:model_version": version.version,
-            "eostream:model_card": json.loads(card.to_json()),
-            "eostream:mlflow_run_id": version.run_id,
-            "eostream:sha256": hashlib.sha256(data).hexdigest(),
-            "processing:level": card.processing_level,
-            **{f"eostream:metric:{k}": v for k, v in sorted(outcome.metrics.items())},
-            **_mlm_properties(card, f"{version.name} v{version.version}", base_model),
-        },
-        stac_extensions=[FILE_EXTENSION, MLM_EXTENSION],
-    )
-    if outcome.run_url.startswith(("http://", "https://")):  # a server's UI, not a sqlite file
-        item.add_link(pystac.Link("via", outcome.run_url, title="MLflow run"))
-    folder = out_dir / item.id
+    folder = out_dir / mlm.item_id(version.name, version.version)
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(onnx_path, folder / "model.onnx")
     (folder / "model-card.json").write_text(card.to_json())
-    item.add_asset(
-        "model",
-        pystac.Asset(
-            str((folder / "model.onnx").resolve()),
-            title=f"{version.name} v{version.version} (ONNX, model card in its metadata)",
-            media_type=ONNX_MEDIA_TYPE,
-            roles=["mlm:model", "data"],
-            extra_fields={
-                "mlm:artifact_type": "onnx",
-                "file:size": len(data),
-                "file:checksum": "1220" + hashlib.sha256(data).hexdigest(),  # multihash sha2-256
-            },
-        ),
+    data = onnx_path.read_bytes()
+    facts = mlm.MlmFacts(
+        name=version.name,
+        version=version.version,
+        card=card,
+        artifact_href=str((folder / "model.onnx").resolve()),
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        created=datetime.now(UTC),
+        run_id=version.run_id,
+        # a server's UI, not a sqlite file
+        run_href=outcome.run_url if outcome.run_url.startswith(("http://", "https://")) else None,
+        metrics=tuple(sorted(outcome.metrics.items())),
+        base_model=base_model,
     )
+    item = pystac.Item.from_dict(mlm.build_item(facts, str((folder / "item.json").resolve())))
     item.add_asset(
         "model-card",
         pystac.Asset(
@@ -255,54 +222,6 @@ def write_model_catalog(
     catalog.make_all_asset_hrefs_relative()
     catalog.save(pystac.CatalogType.SELF_CONTAINED)
     return out_dir / "catalog.json"
-
-
-def _mlm_properties(card: ModelCard, name: str, base_model: str | None) -> dict[str, Any]:
-    """The STAC MLM fields of a model card (the contract inference checks at load)."""
-    scaling = [
-        {
-            "type": "processing",
-            "format": "python",
-            "expression": f"numpy.clip({s.band} * {s.scale!r} + {s.offset!r}, "
-            f"{s.clip_min!r}, {s.clip_max!r})",
-            "description": f"{s.band}: reflectance (0..1, harmonised) to model units",
-        }
-        for s in card.scaling
-    ]
-    return {
-        "mlm:name": name,
-        "mlm:architecture": card.architecture or "unknown",
-        "mlm:tasks": ["classification"],
-        "mlm:framework": "onnxruntime",
-        "mlm:pretrained": base_model is not None,
-        **({"mlm:pretrained_source": base_model} if base_model else {}),
-        "mlm:input": [
-            {
-                "name": f"{card.band_set} Sentinel-2 {card.processing_level} patches",
-                "bands": list(card.bands),
-                "input": {
-                    "shape": [-1, len(card.bands), card.patch_size, card.patch_size],
-                    "dim_order": ["batch", "bands", "height", "width"],
-                    "data_type": "float32",
-                },
-                "value_scaling": scaling,
-            }
-        ],
-        "mlm:output": [
-            {
-                "name": card.output_name,
-                "tasks": ["classification"],
-                "result": {
-                    "shape": [-1, len(card.classes)],
-                    "dim_order": ["batch", "class"],
-                    "data_type": "float32",
-                },
-                "classification:classes": [
-                    {"value": i, "name": c} for i, c in enumerate(card.classes)
-                ],
-            }
-        ],
-    }
 
 
 @app.command("evaluate")

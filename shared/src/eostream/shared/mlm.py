@@ -1,4 +1,7 @@
-"""The STAC MLM item that describes a shipped model, built and validated with ``stac-model``.
+"""The STAC MLM item that describes a model, built and validated with ``stac-model``.
+
+The registry-bridge ships one beside every ONNX it exports; ``eostream trainer fit --stac-out``
+writes the same item into a STAC catalog (the CWL application package's stage-out).
 
 The item says what inference must know to run the model: the bands and their order, how
 reflectance becomes the model's input units (per band), the classes in output order, the
@@ -9,12 +12,12 @@ stac-model's pydantic models, and the contract (bands, classes, checksum) agains
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import onnx
 import pystac
 from pydantic import ValidationError
 from pystac.validation.stac_validator import JsonSchemaSTACValidator
@@ -52,6 +55,14 @@ class MlmFacts:
     run_href: str | None = None
     training_data_href: str | None = None
     metrics: tuple[tuple[str, float], ...] = ()
+    base_model: str | None = None  # models:/NAME/VERSION it was fine-tuned from
+
+
+def _onnx_version() -> str | None:
+    try:
+        return importlib.metadata.version("onnx")
+    except importlib.metadata.PackageNotFoundError:  # inference reads items, never builds them
+        return None
 
 
 def item_id(name: str, version: str) -> str:
@@ -95,8 +106,9 @@ def properties(facts: MlmFacts) -> MLModelProperties:
     model_output = ModelOutput(
         name=card.output_name,
         tasks={"classification"},
-        result=ModelResult(shape=[-1, len(card.classes)], dim_order=["batch", "class"],
-                           data_type="float32"),
+        result=ModelResult(
+            shape=[-1, len(card.classes)], dim_order=["batch", "class"], data_type="float32"
+        ),
         classes=[MLMClassification(value=i, name=c) for i, c in enumerate(card.classes)],
         post_processing_function=None,
     )
@@ -105,11 +117,12 @@ def properties(facts: MlmFacts) -> MLModelProperties:
         architecture=card.architecture or "unknown",
         tasks={"classification"},
         framework="onnxruntime",
-        framework_version=onnx.__version__,
+        framework_version=_onnx_version(),
         file_size=facts.size,
         accelerator="amd64",
         accelerator_constrained=False,
-        pretrained=False,
+        pretrained=facts.base_model is not None,
+        pretrained_source=facts.base_model,
         input=[model_input],
         output=[model_output],
     )
@@ -119,10 +132,15 @@ def build_item(facts: MlmFacts, self_href: str) -> dict[str, Any]:
     bbox = list(EUROPE_BBOX)
     geometry = {
         "type": "Polygon",
-        "coordinates": [[
-            [bbox[0], bbox[1]], [bbox[2], bbox[1]], [bbox[2], bbox[3]], [bbox[0], bbox[3]],
-            [bbox[0], bbox[1]],
-        ]],
+        "coordinates": [
+            [
+                [bbox[0], bbox[1]],
+                [bbox[2], bbox[1]],
+                [bbox[2], bbox[3]],
+                [bbox[0], bbox[3]],
+                [bbox[0], bbox[1]],
+            ]
+        ],
     }
     props: dict[str, Any] = {
         "start_datetime": SENTINEL2A_LAUNCH,
@@ -161,21 +179,26 @@ def build_item(facts: MlmFacts, self_href: str) -> dict[str, Any]:
     item.add_asset("model", asset)
     MLModelExtension.ext(item, add_if_missing=True).apply(properties(facts))
     if facts.training_data_href:
-        item.add_link(pystac.Link(rel="derived-from", target=facts.training_data_href,
-                                  title="training data"))
+        item.add_link(
+            pystac.Link(rel="derived-from", target=facts.training_data_href, title="training data")
+        )
     if facts.card.training_data_digest:
-        item.add_link(pystac.Link(
-            rel="derived-from",
-            target=f"urn:eostream:dataset:sha256:{facts.card.training_data_digest}",
-            title="training data (content digest)",
-        ))
+        item.add_link(
+            pystac.Link(
+                rel="derived-from",
+                target=f"urn:eostream:dataset:sha256:{facts.card.training_data_digest}",
+                title="training data (content digest)",
+            )
+        )
     if facts.run_href:
         item.add_link(pystac.Link(rel="via", target=facts.run_href, title="MLflow run"))
     item.set_self_href(self_href)
     data = item.to_dict(include_self_link=True, transform_hrefs=False)
     data["stac_extensions"] = sorted(
-        {*data.get("stac_extensions", []),
-         "https://stac-extensions.github.io/file/v2.1.0/schema.json"}
+        {
+            *data.get("stac_extensions", []),
+            "https://stac-extensions.github.io/file/v2.1.0/schema.json",
+        }
     )
     return data
 
@@ -195,13 +218,18 @@ def validate_item(data: dict[str, Any], card: ModelCard, sha256: str) -> list[st
         parsed = MLModelProperties.model_validate(mlm)
     except ValidationError as exc:
         return [*problems, f"invalid MLM fields: {exc}".splitlines()[0]]
-    if not any(s.endswith("/mlm/v1.6.0/schema.json") or "/mlm/" in s
-               for s in data.get("stac_extensions", [])):
+    if not any(
+        s.endswith("/mlm/v1.6.0/schema.json") or "/mlm/" in s
+        for s in data.get("stac_extensions", [])
+    ):
         problems.append("the MLM extension is not declared in stac_extensions")
     if len(parsed.input) != 1 or list(parsed.input[0].bands or []) != list(card.bands):
         problems.append(f"MLM input bands differ from the card's {list(card.bands)}")
-    if parsed.input and parsed.input[0].input.shape[1:] != [len(card.bands), card.patch_size,
-                                                            card.patch_size]:
+    if parsed.input and parsed.input[0].input.shape[1:] != [
+        len(card.bands),
+        card.patch_size,
+        card.patch_size,
+    ]:
         problems.append("MLM input shape differs from the card")
     classes = [c.name for c in (parsed.output[0].classes or [])] if parsed.output else []
     if classes != list(card.classes):

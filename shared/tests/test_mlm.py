@@ -3,23 +3,45 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
 import pystac
+import pytest
 
-from eostream.registry_bridge import mlm
-from eostream.shared.modelcard import ModelCard
+from eostream.shared import mlm
+from eostream.shared.modelcard import BAND_SETS, BandScaling, ModelCard
 
 SHA = hashlib.sha256(b"model").hexdigest()
 
 
+@pytest.fixture
+def card() -> ModelCard:
+    return ModelCard(
+        name="eurosat-landcover",
+        band_set="rgb",
+        bands=BAND_SETS["rgb"],
+        scaling=tuple(
+            BandScaling(band=b, scale=255.0 / 0.3, clip_min=0.0, clip_max=255.0)
+            for b in BAND_SETS["rgb"]
+        ),
+        architecture="small_cnn",
+        training_data_digest="0" * 64,
+    )
+
+
 def facts(card: ModelCard) -> mlm.MlmFacts:
     return mlm.MlmFacts(
-        name="eurosat-landcover", version="3", card=card,
-        artifact_href="s3://eostream/models/eurosat-landcover/3/model.onnx", sha256=SHA,
-        size=12345, created=datetime(2026, 11, 21, tzinfo=UTC), run_id="abc",
+        name="eurosat-landcover",
+        version="3",
+        card=card,
+        artifact_href="s3://eostream/models/eurosat-landcover/3/model.onnx",
+        sha256=SHA,
+        size=12345,
+        created=datetime(2026, 11, 21, tzinfo=UTC),
+        run_id="abc",
         run_href="http://127.0.0.1:15000/#/experiments/1/runs/abc",
         metrics=(("test_accuracy", 0.9),),
     )
@@ -63,3 +85,12 @@ def test_checksum_mismatch_and_broken_core_fields_are_caught(card: ModelCard) ->
     no_tasks = copy.deepcopy(data)
     del no_tasks["properties"]["mlm:tasks"]
     assert any("invalid MLM fields" in p for p in mlm.validate_item(no_tasks, card, SHA))
+
+
+def test_a_fine_tuned_model_names_its_base(card: ModelCard) -> None:
+    assert item(card)["properties"]["mlm:pretrained"] is False
+    tuned = dataclasses.replace(facts(card), base_model="models:/eurosat-rgb/4")
+    data = mlm.build_item(tuned, "s3://eostream/models/eurosat-landcover/3/item.json")
+    assert data["properties"]["mlm:pretrained"] is True
+    assert data["properties"]["mlm:pretrained_source"] == "models:/eurosat-rgb/4"
+    assert mlm.validate_item(data, card, SHA) == []

@@ -26,8 +26,8 @@ import pytest
 import torch
 from torch import nn
 
-from eostream.registry_bridge import holdout
 from eostream.registry_bridge.settings import BridgeSettings
+from eostream.shared.holdout import choose
 from eostream.shared.modelcard import (
     BAND_SETS,
     EUROSAT_CLASSES,
@@ -98,7 +98,7 @@ class Models:
 def models(data_dir: Path) -> Models:
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    held = set(holdout.select(
+    held = set(choose(
         {c: [p.name for p in (data_dir / "eurosat_rgb" / c).glob("*.jpg")]
          for c in EUROSAT_CLASSES},
         HOLDOUT_PER_CLASS, HOLDOUT_SALT,

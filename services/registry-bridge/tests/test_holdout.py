@@ -7,16 +7,17 @@ from pathlib import Path
 import numpy as np
 
 from eostream.registry_bridge import holdout
+from eostream.shared.holdout import choose
 
 
 def test_selection_is_deterministic_and_order_free() -> None:
     names = {"Forest": [f"Forest_{i}.jpg" for i in range(100)],
              "River": [f"River_{i}.jpg" for i in range(50)]}
-    a = holdout.select(names, 5, "salt")
-    b = holdout.select({k: list(reversed(v)) for k, v in names.items()}, 5, "salt")
+    a = choose(names, 5, "salt")
+    b = choose({k: list(reversed(v)) for k, v in names.items()}, 5, "salt")
     assert a == b and len(a) == 10
-    assert holdout.select(names, 5, "other salt") != a
-    assert set(holdout.select(names, 6, "salt")) > set(a)  # growing the set keeps its members
+    assert choose(names, 5, "other salt") != a
+    assert set(choose(names, 6, "salt")) > set(a)  # growing the set keeps its members
 
 
 def test_rgb_holdout_in_model_units(data_dir: Path) -> None:

@@ -9,12 +9,15 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from eostream.shared.holdout import DEFAULT_PER_CLASS, DEFAULT_SALT, held_out_files
 from eostream.shared.modelcard import EUROSAT_CLASSES
 from eostream.trainer.catalog import CatalogTable, build_catalog
 from eostream.trainer.errors import DatasetError
 from eostream.trainer.selection import (
     SPATIAL_CELL_METRES,
     SelectionSpec,
+    exclusion_key,
+    gate_exclusion,
     select,
     split_fraction,
     split_name,
@@ -70,6 +73,38 @@ def test_random_split_is_deterministic_and_recorded(rgb_table: CatalogTable) -> 
         rgb_table, SelectionSpec("rgb", classes=("Forest", "River"), samples_per_class=300, seed=8)
     )
     assert other.digest != first.digest
+
+
+def test_the_gates_held_out_patches_are_never_trained_on(
+    rgb_table: CatalogTable, data_dir: Path
+) -> None:
+    held_out = held_out_files(data_dir, "rgb", DEFAULT_PER_CLASS, DEFAULT_SALT)
+    assert len(held_out) == 10 * DEFAULT_PER_CLASS
+    keys = gate_exclusion(rgb_table, held_out)
+    assert len(keys) == len(held_out)
+    full = select(rgb_table, SelectionSpec("rgb", seed=3))
+    kept = select(rgb_table, SelectionSpec("rgb", seed=3, exclude=keys))
+    in_full = {exclusion_key(p.class_name, p.href) for p in full.patches}
+    in_kept = {exclusion_key(p.class_name, p.href) for p in kept.patches}
+    assert set(keys) <= in_full  # the keys name real patches of the table...
+    assert not set(keys) & in_kept  # ...and none of them is in any split
+    assert len(kept.patches) == len(full.patches) - len(keys)
+    assert kept.digest != full.digest  # the exclusion is part of the recorded selection
+    # a per-class limit is filled from the remaining patches
+    limited = select(rgb_table, SelectionSpec("rgb", samples_per_class=50, exclude=keys))
+    assert len(limited.patches) == 500
+    assert not {exclusion_key(p.class_name, p.href) for p in limited.patches} & set(keys)
+
+
+def test_a_held_out_set_too_big_for_the_data_is_trained_on_and_said_so(
+    ms_table: CatalogTable, data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the local EuroSAT MS set holds about 27 patches a class: the default 30 would take them all
+    held_out = held_out_files(data_dir, "ms13", DEFAULT_PER_CLASS, DEFAULT_SALT)
+    assert gate_exclusion(ms_table, held_out) == ()
+    assert "the gate's scores of this model are optimistic" in caplog.text
+    small = held_out_files(data_dir, "ms13", 5, DEFAULT_SALT)
+    assert len(gate_exclusion(ms_table, small)) == 50
 
 
 def test_spatial_split_keeps_neighbours_together(ms_table: CatalogTable, data_dir: Path) -> None:

@@ -1,7 +1,7 @@
-"""The fixed held-out set the gate evaluates every model on.
+"""The fixed held-out set the gate evaluates every model on, loaded into memory.
 
-Files are chosen by hashing their names with a salt, per class: the same files on every machine
-and every run, whatever order the file system lists them in, without a split file to keep.
+Which files belong to it is decided in :mod:`eostream.shared.holdout` (salted name hashes, per
+class), which the trainer uses too, to keep these files out of training.
 Values are in the model's own units (see :mod:`eostream.shared.modelcard`): EuroSAT RGB JPEG
 pixels 0..255 as R, G, B (= B04, B03, B02); EuroSAT MS DN / 10000 in the file's band order
 (B8A last).
@@ -9,20 +9,17 @@ pixels 0..255 as R, G, B (= B04, B03, B02); EuroSAT MS DN / 10000 in the file's 
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from eostream.shared.holdout import digest_of, held_out_files
 from eostream.shared.modelcard import EUROSAT_CLASSES
 
 log = logging.getLogger(__name__)
 
-RGB_DIR = "eurosat_rgb"
-MS_DIR = "eurosat_ms"
 
 
 @dataclass(frozen=True)
@@ -37,43 +34,6 @@ class Holdout:
     @property
     def label_names(self) -> list[str]:
         return [EUROSAT_CLASSES[int(i)] for i in self.labels]
-
-
-def rank(name: str, salt: str) -> str:
-    return hashlib.sha256(f"{salt}:{name}".encode()).hexdigest()
-
-
-def select(names_by_class: Mapping[str, Iterable[str]], per_class: int, salt: str) -> list[str]:
-    """Pure: the ``per_class`` names of lowest salted hash in each class, classes in order."""
-    chosen: list[str] = []
-    for cls in EUROSAT_CLASSES:
-        names = sorted(set(names_by_class.get(cls, ())), key=lambda n: rank(Path(n).name, salt))
-        chosen.extend(sorted(names[:per_class]))
-    return chosen
-
-
-def digest_of(files: Iterable[str], salt: str) -> str:
-    h = hashlib.sha256(salt.encode())
-    for name in files:
-        h.update(b"\0" + name.encode())
-    return h.hexdigest()
-
-
-def _rgb_candidates(data_dir: Path) -> dict[str, list[str]]:
-    root = data_dir / RGB_DIR
-    return {
-        cls: [p.relative_to(data_dir).as_posix() for p in (root / cls).glob("*.jpg")]
-        for cls in EUROSAT_CLASSES
-    }
-
-
-def _ms_candidates(data_dir: Path) -> dict[str, list[str]]:
-    found: dict[str, dict[str, str]] = {cls: {} for cls in EUROSAT_CLASSES}
-    for path in sorted((data_dir / MS_DIR).rglob("*.tif")):
-        cls = path.parent.name
-        if cls in found:  # the same patch may sit in two sources: keep one copy per name
-            found[cls].setdefault(path.name, path.relative_to(data_dir).as_posix())
-    return {cls: list(by_name.values()) for cls, by_name in found.items()}
 
 
 def _read_rgb(path: Path) -> np.ndarray:
@@ -93,18 +53,13 @@ def _read_ms(path: Path) -> np.ndarray:
 
 
 def load(data_dir: Path, band_set: str, per_class: int, salt: str) -> Holdout:
-    if band_set == "rgb":
-        candidates, reader = _rgb_candidates(data_dir), _read_rgb
-    elif band_set == "ms13":
-        candidates, reader = _ms_candidates(data_dir), _read_ms
-    else:
-        raise ValueError(f"unknown band set {band_set!r}; expected rgb or ms13")
-    if not any(candidates.values()):
+    reader = _read_rgb if band_set == "rgb" else _read_ms
+    files = held_out_files(data_dir, band_set, per_class, salt)
+    if not files:
         raise FileNotFoundError(
             f"no held-out images for {band_set} under {data_dir}: set EOSTREAM_DATA_DIR "
             "(or BRIDGE_DATA_DIR) to the data folder"
         )
-    files = select(candidates, per_class, salt)
     index = {cls: i for i, cls in enumerate(EUROSAT_CLASSES)}
     labels = np.array([index[Path(f).parent.name] for f in files], dtype=np.int64)
     images = np.stack([reader(data_dir / f) for f in files])

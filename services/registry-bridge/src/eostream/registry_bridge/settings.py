@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from eostream.shared.holdout import HoldoutSettings
 from eostream.shared.settings import ServiceSettings
 
 
@@ -22,15 +23,6 @@ class GateSettings(BaseModel):
     min_improvement: float = Field(
         default=0.0, ge=-1, le=1, description="candidate accuracy must reach champion's + this"
     )
-
-
-class HoldoutSettings(BaseModel):
-    """The fixed held-out set: chosen by hashing file names, so it never changes between runs."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    per_class: int = Field(default=30, ge=1, le=2000)
-    salt: str = Field(default="eostream-holdout-v1", min_length=1)
 
 
 class BridgeSettings(ServiceSettings):

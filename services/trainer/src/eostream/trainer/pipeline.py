@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from eostream.shared.holdout import held_out_files
 from eostream.shared.modelcard import BandScaling, ModelCard
 from eostream.trainer.bands import band_set_bands
 from eostream.trainer.catalog import build_catalog, list_sources, sources_digest
@@ -28,7 +29,7 @@ from eostream.trainer.export import check_onnx, export_onnx
 from eostream.trainer.models import EuroSATNet, build_model, widen_input
 from eostream.trainer.plan import TrainingPlan
 from eostream.trainer.scaling import fit_rgb_scaling, identity_scaling
-from eostream.trainer.selection import Selection, SelectionSpec, select
+from eostream.trainer.selection import Selection, SelectionSpec, gate_exclusion, select
 from eostream.trainer.settings import TrainerSettings
 from eostream.trainer.task import BatchCallback, TrainConfig, evaluate, fit, resolve_device
 from eostream.trainer.tracking import CARD_TAG, REQUEST_TAG, RegisteredVersion, Tracker, git_commit
@@ -129,6 +130,8 @@ def train_and_register(
         return Outcome(existing, {}, url, reused=True)
 
     table = build_catalog(settings.data_dir, settings.cache_dir, plan.band_set)
+    gate = settings.gate_holdout
+    held_out = held_out_files(settings.data_dir, plan.band_set, gate.per_class, gate.salt)
     selection = select(
         table,
         SelectionSpec(
@@ -137,6 +140,7 @@ def train_and_register(
             samples_per_class=plan.samples_per_class,
             split=plan.split,
             seed=plan.seed,
+            exclude=gate_exclusion(table, held_out),
         ),
     )
     data = {
@@ -229,6 +233,8 @@ def train_and_register(
                 "architecture": plan.architecture,
                 REQUEST_TAG: plan.request_id,
                 "test_accuracy": f"{metrics['test_accuracy']:.4f}",
+                # false: the gate's held-out patches were in its training data (see selection)
+                "gate_holdout_excluded": str(bool(selection.spec.exclude)).lower(),
             },
         )
     shutil.rmtree(work, ignore_errors=True)
@@ -247,6 +253,7 @@ def _params(plan: TrainingPlan, selection: Selection) -> dict[str, object]:
     params["classes"] = ",".join(plan.classes)
     params["dataset_digest"] = selection.table.digest
     params["selection_digest"] = selection.digest
+    params["gate_holdout_excluded"] = len(selection.spec.exclude)
     for split, count in selection.counts().items():
         params[f"n_{split}"] = count
     return params

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
+from eostream.shared.holdout import HoldoutSettings
 from eostream.shared.settings import ServiceSettings
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -38,6 +39,10 @@ class TrainerSettings(ServiceSettings):
     device: Device = "auto"
     num_threads: int = Field(default=2, ge=1, le=256)
     num_workers: int = Field(default=0, ge=0, le=64, description="DataLoader worker processes")
+    gate_holdout: HoldoutSettings = Field(
+        default=HoldoutSettings(),
+        description="the registry-bridge's held-out set, left out of training (same settings)",
+    )
     consumer_group: str = "trainer"
     onnx_opset: int = Field(default=18, ge=13, le=23)
     onnx_tolerance: float = Field(default=1e-3, gt=0, description="max abs diff of ONNX logits")

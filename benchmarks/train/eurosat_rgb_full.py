@@ -74,6 +74,11 @@ def main() -> None:
     parser.add_argument("--samples-per-class", type=int, default=None)
     parser.add_argument("--baseline-images", type=int, default=5000)
     parser.add_argument("--patience", type=int, default=8)
+    parser.add_argument(
+        "--base-model",
+        default=None,
+        help="models:/NAME/VERSION to continue from (a second, low-learning-rate stage)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("stac_geoparquet", "onnxscript", "onnx_ir", "alembic"):
@@ -108,6 +113,7 @@ def main() -> None:
         learning_rate=args.learning_rate,
         samples_per_class=args.samples_per_class,
         patience=args.patience,
+        base_model=args.base_model,
         requested_by="benchmarks/train",
     )
     outcome = train_and_register(plan, settings)

@@ -23,7 +23,7 @@ from eostream.trainer.catalog import build_catalog
 from eostream.trainer.datasets import load_patches
 from eostream.trainer.export import onnx_logits, read_card
 from eostream.trainer.pipeline import tracker_for
-from eostream.trainer.selection import SelectionSpec, select
+from eostream.trainer.selection import SelectionSpec, select_for_training
 from eostream.trainer.service import TrainerWorker
 from eostream.trainer.settings import TrainerSettings
 from eostream.trainer.task import evaluate
@@ -102,7 +102,9 @@ async def test_training_on_the_real_stack(
     tracker.configure()
     model, card = tracker.load_base(f"models:/{registered.name}/{registered.version}")
     table = build_catalog(data_dir, trainer_cache, "rgb")
-    selection = select(table, SelectionSpec("rgb", samples_per_class=SAMPLES_PER_CLASS, seed=SEED))
+    spec = SelectionSpec("rgb", samples_per_class=SAMPLES_PER_CLASS, seed=SEED)
+    selection = select_for_training(table, spec, data_dir, settings.gate_holdout)
+    assert len(selection.spec.exclude) == 300  # the gate's held-out patches: never trained on
     test = load_patches(data_dir, "rgb", selection.of("test"))
     torch.set_num_threads(2)
     accuracy = evaluate(model, test, torch.device("cpu"))["accuracy"]

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from eostream.shared.holdout import held_out_files
 from eostream.shared.modelcard import BandScaling, ModelCard
 from eostream.trainer.bands import band_set_bands
 from eostream.trainer.catalog import build_catalog, list_sources, sources_digest
@@ -29,7 +28,7 @@ from eostream.trainer.export import check_onnx, export_onnx
 from eostream.trainer.models import EuroSATNet, build_model, widen_input
 from eostream.trainer.plan import TrainingPlan
 from eostream.trainer.scaling import fit_rgb_scaling, identity_scaling
-from eostream.trainer.selection import Selection, SelectionSpec, gate_exclusion, select
+from eostream.trainer.selection import Selection, SelectionSpec, select_for_training
 from eostream.trainer.settings import TrainerSettings
 from eostream.trainer.task import BatchCallback, TrainConfig, evaluate, fit, resolve_device
 from eostream.trainer.tracking import CARD_TAG, REQUEST_TAG, RegisteredVersion, Tracker, git_commit
@@ -130,9 +129,7 @@ def train_and_register(
         return Outcome(existing, {}, url, reused=True)
 
     table = build_catalog(settings.data_dir, settings.cache_dir, plan.band_set)
-    gate = settings.gate_holdout
-    held_out = held_out_files(settings.data_dir, plan.band_set, gate.per_class, gate.salt)
-    selection = select(
+    selection = select_for_training(
         table,
         SelectionSpec(
             band_set=plan.band_set,
@@ -140,8 +137,9 @@ def train_and_register(
             samples_per_class=plan.samples_per_class,
             split=plan.split,
             seed=plan.seed,
-            exclude=gate_exclusion(table, held_out),
         ),
+        settings.data_dir,
+        settings.gate_holdout,
     )
     data = {
         s: load_patches(settings.data_dir, plan.band_set, selection.of(s), settings.num_threads)

@@ -25,10 +25,11 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from pathlib import PurePosixPath
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
+from eostream.shared.holdout import HoldoutSettings, held_out_files
 from eostream.shared.modelcard import EUROSAT_CLASSES
 from eostream.trainer.catalog import CatalogTable
 from eostream.trainer.errors import DatasetError
@@ -203,6 +204,15 @@ def gate_exclusion(table: CatalogTable, held_out: Sequence[str]) -> tuple[str, .
         )
         return ()
     return keys
+
+
+def select_for_training(
+    table: CatalogTable, spec: SelectionSpec, data_dir: Path, gate: HoldoutSettings
+) -> Selection:
+    """:func:`select` with the gate's held-out files under ``data_dir`` left out (what the
+    pipeline trains on; tests that check a registered version's selection use it too)."""
+    held_out = held_out_files(data_dir, spec.band_set, gate.per_class, gate.salt)
+    return select(table, replace(spec, exclude=gate_exclusion(table, held_out)))
 
 
 def _digest(table: CatalogTable, spec: SelectionSpec, patches: tuple[Patch, ...]) -> str:

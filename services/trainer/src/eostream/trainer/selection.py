@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path, PurePosixPath
@@ -191,9 +192,7 @@ def gate_exclusion(table: CatalogTable, held_out: Sequence[str]) -> tuple[str, .
                 {"path": str(table.path)},
             ).fetchall()
         )
-    taken: dict[str, int] = {}
-    for key in keys:
-        taken[key.split("/", 1)[0]] = taken.get(key.split("/", 1)[0], 0) + 1
+    taken = Counter(key.split("/", 1)[0] for key in keys)
     starved = {c: f"{n} of {sizes.get(c, 0)}" for c, n in taken.items() if 2 * n >= sizes.get(c, 0)}
     if starved:
         log.warning(

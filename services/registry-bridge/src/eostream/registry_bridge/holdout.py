@@ -21,7 +21,6 @@ from eostream.shared.modelcard import EUROSAT_CLASSES
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class Holdout:
     band_set: str

@@ -45,7 +45,7 @@ $graph:
         type: string
         default: small_cnn
         label: network
-        doc: small_cnn, resnet18 (GPU) or resnet18_imagenet
+        doc: small_cnn, resnet18 (GPU), resnet18_stride2 or resnet18_imagenet
       epochs:
         type: int
         default: 10

@@ -22,6 +22,25 @@ def test_shapes(architecture: str, band_set: str) -> None:
         model(torch.rand(1, len(bands) + 1, 64, 64))
 
 
+@pytest.mark.parametrize(
+    ("architecture", "size"),
+    [("resnet18", 64), ("resnet18_stride2", 32), ("resnet18_imagenet", 16)],
+)
+def test_resnet_stems_set_layer1_resolution(architecture: str, size: int) -> None:
+    model = build_model(architecture, BAND_SETS["rgb"], [0.1] * 3, [0.05] * 3).eval()
+    layer1 = model.backbone.layer1
+    assert isinstance(layer1, torch.nn.Module)
+    seen: list[torch.Size] = []
+
+    def record(_module: torch.nn.Module, _inputs: object, out: torch.Tensor) -> None:
+        seen.append(out.shape)
+
+    layer1.register_forward_hook(record)
+    with torch.no_grad():
+        model(torch.rand(1, 3, 64, 64))
+    assert seen == [torch.Size([1, 64, size, size])]
+
+
 def test_normalisation_is_inside_the_network() -> None:
     model = build_model("small_cnn", BAND_SETS["rgb"], [100.0, 90.0, 80.0], [20.0, 10.0, 5.0])
     x = torch.tensor([120.0, 90.0, 70.0]).view(1, 3, 1, 1).expand(1, 3, 64, 64)

@@ -103,7 +103,7 @@ BandsOption = Annotated[str, typer.Option("--bands", help="band set: rgb or ms13
 def fit_command(
     bands: BandsOption = "rgb",
     architecture: Annotated[
-        str, typer.Option(help="small_cnn, resnet18 (GPU) or resnet18_imagenet")
+        str, typer.Option(help="small_cnn, resnet18 (GPU), resnet18_stride2 or resnet18_imagenet")
     ] = "small_cnn",
     epochs: int = 10,
     batch_size: int = 64,

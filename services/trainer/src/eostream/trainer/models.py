@@ -1,8 +1,10 @@
-"""The networks: a small CNN and two ResNet-18s for 64x64 patches, normalisation built in.
+"""The networks: a small CNN and three ResNet-18s for 64x64 patches, normalisation built in.
 
 * ``small_cnn``: four conv blocks, ~0.3 M parameters; trains in minutes on two CPU cores.
 * ``resnet18``: a 3x3 stride-1 stem and no max-pool, so layer1 sees all 64x64 pixels; the most
   accurate and ~16x the compute of ``resnet18_imagenet``: meant for a GPU.
+* ``resnet18_stride2``: a 3x3 stride-2 stem and no max-pool, so layer1 sees 32x32; ~4x the
+  compute of ``resnet18_imagenet``, the middle way for a CPU.
 * ``resnet18_imagenet``: torchvision's ResNet-18 as built for ImageNet (7x7 stride-2 stem and
   max-pool: layer1 sees 16x16); the ResNet that trains on the full EuroSAT in an hour on a CPU.
 
@@ -28,7 +30,7 @@ from torch import nn
 
 from eostream.shared.modelcard import EUROSAT_CLASSES
 
-ARCHITECTURES = ("small_cnn", "resnet18", "resnet18_imagenet")
+ARCHITECTURES = ("small_cnn", "resnet18", "resnet18_stride2", "resnet18_imagenet")
 NUM_CLASSES = len(EUROSAT_CLASSES)
 
 
@@ -77,13 +79,16 @@ def _small_cnn(in_channels: int) -> nn.Sequential:
     )
 
 
-def _resnet18(in_channels: int, imagenet_stem: bool = False) -> nn.Module:
+def _resnet18(in_channels: int, stem: str) -> nn.Module:
+    """torchvision's ResNet-18 with a stem for 64x64 patches: ``imagenet`` (7x7 stride 2 and
+    max-pool, layer1 at 16x16), ``stride2`` (3x3 stride 2, layer1 at 32x32) or ``full`` (3x3
+    stride 1, layer1 at 64x64)."""
     net = torchvision.models.resnet18(weights=None, num_classes=NUM_CLASSES)
-    if imagenet_stem:
+    if stem == "imagenet":
         net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
     else:
-        # 64x64 input: a 3x3 stride-1 stem and no max-pool keep enough resolution for layer4.
-        net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+        stride = 2 if stem == "stride2" else 1
+        net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=stride, padding=1, bias=False)
         net.maxpool = nn.Identity()
     return cast(nn.Module, net)
 
@@ -91,7 +96,8 @@ def _resnet18(in_channels: int, imagenet_stem: bool = False) -> nn.Module:
 def _backbone(architecture: str, in_channels: int) -> nn.Module:
     if architecture == "small_cnn":
         return _small_cnn(in_channels)
-    return _resnet18(in_channels, imagenet_stem=architecture == "resnet18_imagenet")
+    stems = {"resnet18": "full", "resnet18_stride2": "stride2", "resnet18_imagenet": "imagenet"}
+    return _resnet18(in_channels, stems[architecture])
 
 
 class EuroSATNet(nn.Module):

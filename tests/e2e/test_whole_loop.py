@@ -244,12 +244,26 @@ def test_services_killed_mid_work_and_a_broker_restart_lose_nothing_and_repeat_n
 
         # the trainer, in the middle of a run; then the bridge, in the middle of its gate
         request = system.request_training(epochs=8, samples_per_class=100, reason="e2e kills")
-        system.wait(
+        (started,) = system.wait(
             "the training to start",
             lambda: system.started(request.request_id),
             300,
         )
-        time.sleep(4)  # a few epochs in: the checkpoint holds some of them
+        # Kill it once a checkpoint is on disk. Each epoch's metrics reach MLflow just before its
+        # checkpoint is written, so the second epoch's metrics mean the first's checkpoint is
+        # there (a fixed sleep was shorter than one epoch on a busy machine).
+        from mlflow import MlflowClient
+
+        # both URIs explicit: other tests in this process may have set a global registry URI
+        client = MlflowClient(
+            tracking_uri=system.stack.mlflow_uri, registry_uri=system.stack.mlflow_uri
+        )
+        system.wait(
+            "the training's second epoch",
+            lambda: len(client.get_metric_history(started.run_id, "val_accuracy")) >= 2,
+            300,
+            every=0.5,
+        )
         kill_and_wait_back("trainer")
         registered = system.wait(
             "the killed run's registration",
@@ -287,12 +301,6 @@ def test_services_killed_mid_work_and_a_broker_restart_lose_nothing_and_repeat_n
     assert "resuming from" in system.group["trainer"].log_path.read_text()
     versions = {e.version for e in system.registered(request.request_id)}
     assert versions == {registered[0].version}
-    from mlflow import MlflowClient
-
-    # both URIs explicit: other tests in this process may have set a global registry URI
-    client = MlflowClient(
-        tracking_uri=system.stack.mlflow_uri, registry_uri=system.stack.mlflow_uri
-    )
     for mv in client.search_model_versions(f"name='{system.model_name}'"):
         assert {"band_set", "onnx_sha256", "eostream.model_card"} <= set(mv.tags), mv.version
     # the bridge, killed mid-gate, still reached one verdict for that version

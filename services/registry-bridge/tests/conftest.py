@@ -39,6 +39,21 @@ from eostream.shared.modelcard import (
 HOLDOUT_PER_CLASS = 15
 HOLDOUT_SALT = "eostream-holdout-v1"
 MODEL_NAME = "eurosat-landcover"
+# REST credentials of the test bridges: name -> (key, role)
+CREDENTIALS = {
+    "alice": ("alice-promoter-key-0001", "promoter"),
+    "bob": ("bob-promoter-key-000002", "promoter"),
+    "vic": ("vic-viewer-key-00000003", "viewer"),
+}
+
+
+def api_keys() -> dict[str, dict[str, str]]:
+    return {name: {"key": key, "role": role} for name, (key, role) in CREDENTIALS.items()}
+
+
+def as_(name: str) -> dict[str, str]:
+    """Headers that authenticate as ``name``."""
+    return {"X-API-Key": CREDENTIALS[name][0]}
 
 
 class TinyCNN(nn.Module):
@@ -223,6 +238,7 @@ def bridge_settings(tracking_uri: str, tmp_path: Path, data_dir: Path) -> Bridge
         reconcile_interval_seconds=0.5,
         retry_attempts=2,
         retry_backoff_seconds=0.05,
+        api_keys=api_keys(),
     )
 
 

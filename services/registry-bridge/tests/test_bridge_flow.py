@@ -22,6 +22,8 @@ from eostream.shared.codec import decode
 from eostream.shared.events import ModelPromoted
 from eostream.shared.storage import build_object_store
 
+from .conftest import as_
+
 
 def make_bridge(settings: BridgeSettings) -> tuple[Bridge, InMemoryBus]:
     bus = InMemoryBus(service="registry-bridge")
@@ -166,8 +168,8 @@ async def test_rollback_and_manual_promotion_over_rest(
 
     transport = httpx.ASGITransport(app=service.app)
     async with httpx.AsyncClient(transport=transport, base_url="http://bridge") as http:
-        r = await http.post("/models/eurosat-landcover/rollback",
-                            json={"by": "alice", "reason": "v2 misclassifies rivers"})
+        r = await http.post("/models/eurosat-landcover/rollback", headers=as_("alice"),
+                            json={"reason": "v2 misclassifies rivers"})
         assert r.status_code == 200, r.text
         assert (r.json()["version"], r.json()["previous_version"]) == (v1, v2)
         event = promoted(bus)[-1]
@@ -179,11 +181,11 @@ async def test_rollback_and_manual_promotion_over_rest(
         t2 = version_tags("eurosat-landcover", v2)
         assert (t2[tags.STAGE], t2[tags.ROLLED_BACK_BY]) == ("Archived", "alice")
 
-        r = await http.post("/models/eurosat-landcover/promote",
-                            json={"version": v3, "by": "bob", "reason": "want it"})
+        r = await http.post("/models/eurosat-landcover/promote", headers=as_("bob"),
+                            json={"version": v3, "reason": "want it"})
         assert r.status_code == 409 and "failed the gate" in r.text
-        r = await http.post("/models/eurosat-landcover/promote",
-                            json={"version": v2, "by": "bob", "reason": "rivers fixed upstream"})
+        r = await http.post("/models/eurosat-landcover/promote", headers=as_("bob"),
+                            json={"version": v2, "reason": "rivers fixed upstream"})
         assert r.status_code == 200, r.text
         t2 = version_tags("eurosat-landcover", v2)
         assert (t2[tags.PROMOTED_BY], t2[tags.PROMOTED_REASON]) == ("bob", "rivers fixed upstream")

@@ -54,3 +54,13 @@ def test_promote_rollback_list(
     rows = {row["version"]: row for row in json.loads(result.output)}
     assert rows[v1]["aliases"] == ["champion"] and rows[v2]["stage"] == "Archived"
     assert rows[v3]["gate"] == "failed" and not rows[v3]["shipped"]
+
+    result = runner.invoke(models_app, ["audit", NAME])  # the operators' names, via the CLI
+    assert result.exit_code == 0, result.output
+    audit = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(e["action"], e["from_version"], e["to_version"], e["by"], e["via"])
+            for e in audit] == [
+        ("promote", None, v1, "alice", "cli"),
+        ("promote", v1, v2, "bob", "cli"),
+        ("rollback", v2, v1, "carol", "cli"),
+    ]

@@ -134,5 +134,14 @@ def test_embedded_settings_take_options_but_not_the_embedded_adapters(
     assert (settings.bus, settings.mlflow_tracking_uri) == ("memory", "http://127.0.0.1:5999")
     assert (settings.data_dir, settings.http_host) == (data_dir, "127.0.0.2")
     assert embedded_settings(context({})).reconcile_interval_seconds == 5.0
+    # a promoter credential of its own, kept owner-only under the home, the same on every start
+    keys = settings.api_keys
+    assert list(keys) == ["operator"] and keys["operator"].role == "promoter"
+    kept = tmp_path / "home" / "registry-bridge" / "api-key"
+    assert kept.read_text().strip() == keys["operator"].key.get_secret_value()
+    assert kept.stat().st_mode & 0o077 == 0
+    assert embedded_settings(context({})).api_keys == keys
+    given = {"ci": {"key": "a-key-given-as-an-option", "role": "viewer"}}
+    assert list(embedded_settings(context({"api_keys": given})).api_keys) == ["ci"]
     with pytest.raises(ConfigError, match="bus, mlflow_tracking_uri"):
         embedded_settings(context({"bus": "kafka", "mlflow_tracking_uri": "x"}))

@@ -35,6 +35,7 @@ pytestmark = pytest.mark.stack
 
 WEBHOOK_PORT = 18471
 SECRET = "eostream-bridge-stack-test"  # noqa: S105 - a test fixture
+PROMOTER_KEY = "stack-test-promoter-key"
 BUCKET = "eostream"
 
 
@@ -56,6 +57,7 @@ def stack_settings(
         reconcile_interval_seconds=3600, registration_grace_seconds=0,
         consumer_group=f"bridge-test-{uuid.uuid4().hex[:8]}",
         holdout={"per_class": 15}, gate={"min_accuracy": 0.2, "max_class_drop": 0.5},
+        api_keys={"stack-test": {"key": PROMOTER_KEY, "role": "promoter"}},
     )
     return BridgeSettings(**(values | overrides))
 
@@ -158,13 +160,20 @@ async def test_better_version_ships_by_webhook_worse_is_refused_rollback_restore
 
         async with httpx.AsyncClient(base_url=service.server.url, timeout=120) as http:
             r = await http.post(f"/models/{model_name}/rollback",
-                                json={"by": "stack-test", "reason": "rollback drill"})
+                                headers={"Authorization": f"Bearer {PROMOTER_KEY}"},
+                                json={"reason": "rollback drill"})
             assert r.status_code == 200, r.text
         events = await promotions.wait(3)
         assert (events[2].version, events[2].previous_version) == (v1, v3)
         assert events[2].promoted_by == "stack-test"
         assert events[2].sha256 == event.sha256
         assert str(client.get_model_version_by_alias(model_name, "champion").version) == v1
+        audit = await asyncio.to_thread(service.bridge.audit.entries, model_name)  # in MinIO
+        assert [(e.action, e.from_version, e.to_version, e.by, e.via) for e in audit] == [
+            ("promote", None, v1, "registry-bridge", "auto"),
+            ("promote", v1, v3, "registry-bridge", "auto"),
+            ("rollback", v3, v1, "stack-test", "rest"),
+        ]
     finally:
         await service.stop()
 

@@ -20,10 +20,11 @@ from typing import Any, Literal, TypeVar
 from mlflow.entities.model_registry import ModelVersion
 
 from eostream.registry_bridge import metrics, tags
+from eostream.registry_bridge.audit import Action, AuditEntry, AuditLog, Via
 from eostream.registry_bridge.contract import reasons_json
 from eostream.registry_bridge.errors import NotReadyError, PromotionError, RefusedError
 from eostream.registry_bridge.gatekeeper import Gatekeeper
-from eostream.registry_bridge.policy import Evaluation, Thresholds, judge
+from eostream.registry_bridge.policy import Evaluation, Thresholds, champion_refusal, judge
 from eostream.registry_bridge.registry import MlflowRegistry, is_not_found
 from eostream.registry_bridge.settings import BridgeSettings
 from eostream.registry_bridge.shipping import Shipment, Shipper
@@ -61,6 +62,10 @@ class Bridge:
         self.bus = bus
         self.shipper = Shipper(
             store, settings.models_prefix, attempts=settings.retry_attempts,
+            backoff=settings.retry_backoff_seconds, backoff_max=settings.retry_backoff_max_seconds,
+        )
+        self.audit = AuditLog(
+            store, settings.audit_prefix, attempts=settings.retry_attempts,
             backoff=settings.retry_backoff_seconds, backoff_max=settings.retry_backoff_max_seconds,
         )
         self.thresholds = Thresholds(**settings.gate.model_dump())
@@ -107,7 +112,8 @@ class Bridge:
             if auto_promote and await self._t(self._should_resume, name, version, vtags):
                 log.info("%s v%s passed the gate earlier but was not promoted: resuming", name,
                          version)
-                await self._promote(name, version, BRIDGE, "gate passed (resumed)", "auto")
+                await self._promote(name, version, BRIDGE, "gate passed (resumed)", "auto",
+                                    via="auto")
                 return Outcome(name, version, "promoted", ("resumed",))
             return Outcome(name, version, "skipped", ("already passed",))
 
@@ -153,7 +159,7 @@ class Bridge:
             return Outcome(name, version, "challenger", verdict.reasons)
         summary = "; ".join(r for r in verdict.reasons if r.startswith("PASS"))
         await self._promote(name, version, BRIDGE, f"gate passed: {summary}"[:1000], "auto",
-                            verified)
+                            verified, via="auto")
         return Outcome(name, version, "promoted", verdict.reasons)
 
     async def _show_champion(self, name: str, version: str | None) -> None:
@@ -232,9 +238,19 @@ class Bridge:
                       samples=s.agreement_samples, atol=s.agreement_atol, threads=s.torch_threads)
 
     # ------------------------------------------------------------------ promote
+    async def _record(
+        self, name: str, action: Action, by: str, via: Via, before: str | None,
+        after: str | None, reason: str,
+    ) -> None:
+        await self._t(self.audit.append, AuditEntry(
+            model=name, action=action, by=by, via=via, from_version=before, to_version=after,
+            reason=reason,
+        ))
+
     async def _promote(
         self, name: str, version: str, by: str, reason: str, kind: str,
-        verified: Verified | None = None,
+        verified: Verified | None = None, *, via: Via, action: Action = "promote",
+        extra_tags: dict[str, str] | None = None,
     ) -> ModelPromoted:
         if verified is not None:
             shipment = await self._t(self._ship, name, verified)
@@ -245,8 +261,9 @@ class Bridge:
         await self._t(self.registry.set_alias, name, tags.CHAMPION, version)
         if await self._t(self.registry.alias_version, name, tags.CHALLENGER) == version:
             await self._t(self.registry.delete_alias, name, tags.CHALLENGER)
-        new_tags = {tags.STAGE: tags.STAGE_PRODUCTION, tags.PROMOTED_BY: by,
-                    tags.PROMOTED_REASON: reason[:5000], tags.PROMOTED_AT: _now()}
+        new_tags = {**(extra_tags or {}), tags.STAGE: tags.STAGE_PRODUCTION,
+                    tags.PROMOTED_BY: by, tags.PROMOTED_REASON: reason[:5000],
+                    tags.PROMOTED_AT: _now()}
         before = previous or live
         if before and before != version:
             new_tags[tags.PREVIOUS_CHAMPION] = before
@@ -255,6 +272,7 @@ class Bridge:
         await self._t(self.registry.set_version_tags, name, version, new_tags)
         event = await self._announce(name, version, shipment, before, by, reason)
         metrics.PROMOTIONS.labels(kind).inc()
+        await self._record(name, action, by, via, before, version, reason)
         await self._show_champion(name, version)
         return event
 
@@ -278,10 +296,12 @@ class Bridge:
         return event
 
     async def promote(
-        self, name: str, version: str, *, by: str, reason: str, force: bool = False
+        self, name: str, version: str, *, by: str, reason: str, force: bool = False,
+        via: Via = "cli",
     ) -> ModelPromoted:
-        """Manual promotion. A version that failed the gate needs ``force``; a refused one never
-        ships."""
+        """Manual promotion. A version that failed the gate needs ``force`` (an override, kept in
+        the audit log and in ``eostream.override_*`` tags); a refused one never ships. ``by`` is
+        who asks: the REST credential's name, or the operator of the CLI."""
         metrics.VERSIONS_SEEN.labels("manual").inc()
         async with self.lock:
             mv = await self._get_version(name, version)
@@ -300,8 +320,14 @@ class Bridge:
                 raise PromotionError(
                     f"{name} v{version} failed the gate: {reasons}; pass --force to promote anyway"
                 )
+            override = gate == tags.GATE_FAILED
+            extra = {tags.OVERRIDE_BY: by, tags.OVERRIDE_REASON: reason[:5000],
+                     tags.OVERRIDE_AT: _now()} if override else {}
             try:
-                return await self._promote(name, version, by, reason, "manual")
+                return await self._promote(
+                    name, version, by, reason, "override" if override else "manual", via=via,
+                    action="override" if override else "promote", extra_tags=extra,
+                )
             except RefusedError as exc:
                 raise PromotionError("; ".join(exc.reasons)) from exc
 
@@ -312,8 +338,11 @@ class Bridge:
         return {"refused": tags.GATE_REFUSED, "failed": tags.GATE_FAILED}.get(
             outcome.state, tags.GATE_PASSED)
 
-    async def rollback(self, name: str, *, by: str, reason: str) -> ModelPromoted:
-        """Make the champion before the current one live again."""
+    async def rollback(
+        self, name: str, *, by: str, reason: str, via: Via = "cli"
+    ) -> ModelPromoted:
+        """Make the champion before the current one live again (if it may still be champion:
+        the ``previous_champion`` tag is MLflow state anyone with MLflow access can write)."""
         async with self.lock:
             current = await self._t(self.registry.alias_version, name, tags.CHAMPION)
             if current is None:
@@ -325,6 +354,10 @@ class Bridge:
                     f"{name} v{current} has no previous champion recorded; promote a version "
                     "explicitly with `eostream models promote`"
                 )
+            why_not = await self._t(self._champion_refusal, name, target)
+            if why_not is not None:
+                raise PromotionError(f"{name} v{target}, the previous champion, may not be "
+                                     f"champion: {why_not}")
             try:
                 shipment = await self._t(self._ensure_shipped, name, target)
             except RefusedError as exc:
@@ -341,42 +374,88 @@ class Bridge:
             })
             event = await self._announce(name, target, shipment, current, by, why)
             metrics.ROLLBACKS.inc()
+            await self._record(name, "rollback", by, via, current, target, reason)
             await self._show_champion(name, target)
             return event
 
+    def _champion_refusal(self, name: str, version: str) -> str | None:
+        """Why ``version`` may not be champion (None: it may). Blocking."""
+        gate = dict(self.registry.get_version(name, version).tags or {}).get(tags.GATE)
+        overridden = gate == tags.GATE_FAILED and self.audit.overridden(name, version)
+        return champion_refusal(gate, overridden)
+
+    async def _undo_alias(self, name: str, champion: str, live: str | None, why: str) -> None:
+        """The alias guard: move the champion alias back to the version last announced (or
+        remove it), say why on the version, audit it. Nothing is shipped or announced."""
+        log.error("%s: champion alias set to v%s in MLflow, but %s; moving it back to %s", name,
+                  champion, why, f"v{live}" if live else "no champion")
+        restored = live
+        if live:
+            try:
+                await self._t(self.registry.set_alias, name, tags.CHAMPION, live)
+            except Exception as exc:  # the last live version is gone: leave no champion
+                log.error("%s: cannot restore v%s (%s); removing the alias", name, live, exc)
+                restored = None
+        if restored is None:
+            await self._t(self.registry.delete_alias, name, tags.CHAMPION)
+        reason = f"champion alias moved to v{champion} outside the bridge, undone: {why}"
+        await self._t(self.registry.set_version_tags, name, champion, {
+            tags.ALIAS_UNDONE_REASON: reason[:5000], tags.ALIAS_UNDONE_AT: _now(),
+        })
+        metrics.ALIAS_UNDONE.inc()
+        await self._record(name, "alias_undone", BRIDGE, "mlflow", champion, restored, reason)
+        await self._show_champion(name, restored)
+
     async def sync_champion(self, name: str) -> ModelPromoted | None:
-        """Announce a champion alias moved outside the bridge (MLflow UI/API), or a lost publish."""
+        """React to a champion alias moved outside the bridge (MLflow UI/API), or a lost publish.
+
+        The alias guard: a version that may not be champion (gate not passed, and no force
+        promotion on record in the audit log) is neither shipped nor announced; the alias goes
+        back to the version last announced. A passing version is shipped and announced.
+        """
         async with self.lock:
             champion = await self._t(self.registry.alias_version, name, tags.CHAMPION)
             live = (await self._t(self.registry.model_tags, name)).get(tags.LIVE_VERSION)
             if champion is None or champion == live:
                 await self._show_champion(name, champion)
                 return None
+            why_not = await self._t(self._champion_refusal, name, champion)
+            if why_not is not None:
+                await self._undo_alias(name, champion, live, why_not)
+                return None
             try:
                 shipment = await self._t(self._ensure_shipped, name, champion)
             except RefusedError as exc:
-                log.error("%s: champion alias set to v%s, which cannot ship (%s); restoring v%s",
-                          name, champion, "; ".join(exc.reasons), live)
                 await self._t(self.registry.set_version_tags, name, champion,
                               {tags.GATE_REASONS: reasons_json(exc.reasons)})
-                if live:
-                    await self._t(self.registry.set_alias, name, tags.CHAMPION, live)
-                else:
-                    await self._t(self.registry.delete_alias, name, tags.CHAMPION)
-                await self._show_champion(name, live)
+                await self._undo_alias(name, champion, live,
+                                       "it cannot ship: " + "; ".join(exc.reasons))
                 return None
             vtags = dict((await self._t(self.registry.get_version, name, champion)).tags or {})
-            by = vtags.get(tags.PROMOTED_BY, "mlflow-alias")
-            reason = vtags.get(tags.PROMOTED_REASON, "champion alias set in MLflow")
+            # the bridge's own promotion whose publish was lost (tags written, then a crash)
+            lost_publish = (tags.PROMOTED_AT in vtags
+                            and vtags.get(tags.STAGE) == tags.STAGE_PRODUCTION)
+            by, reason = "mlflow-alias", "champion alias set in MLflow"
             update = {tags.STAGE: tags.STAGE_PRODUCTION}
-            if tags.PROMOTED_AT not in vtags:
+            if lost_publish:
+                by = vtags.get(tags.PROMOTED_BY, by)
+                reason = vtags.get(tags.PROMOTED_REASON, reason)
+            else:
                 update |= {tags.PROMOTED_BY: by, tags.PROMOTED_REASON: reason,
                            tags.PROMOTED_AT: _now()}
-            if live and live != champion and tags.PREVIOUS_CHAMPION not in vtags:
-                update[tags.PREVIOUS_CHAMPION] = live
+            if live and live != champion:
+                if not (lost_publish and tags.PREVIOUS_CHAMPION in vtags):
+                    update[tags.PREVIOUS_CHAMPION] = live
+                await self._t(self.registry.set_version_tags, name, live,
+                              {tags.STAGE: tags.STAGE_ARCHIVED})
             await self._t(self.registry.set_version_tags, name, champion, update)
             event = await self._announce(name, champion, shipment, live, by, reason)
             metrics.PROMOTIONS.labels("alias").inc()
+            if lost_publish:  # the promotion's audit entry comes after its publish: not written
+                await self._record(name, "promote", by, "auto", live, champion,
+                                   f"{reason} (announced again after an interruption)")
+            else:
+                await self._record(name, "alias_accepted", by, "mlflow", live, champion, reason)
             await self._show_champion(name, champion)
             return event
 

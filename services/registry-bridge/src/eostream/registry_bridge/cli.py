@@ -1,8 +1,14 @@
-"""``eostream bridge run`` and ``eostream models promote|rollback|list``."""
+"""``eostream bridge run`` and ``eostream models promote|rollback|list|audit``.
+
+``models promote|rollback`` act through the library with the operator's own MLflow and object
+store access (no REST credential): they record ``--by``, by default the OS user, and write the
+same audit entries as the REST API (via ``cli``).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 from typing import Annotated
 
@@ -43,15 +49,22 @@ async def _with_bridge(action: str, **kwargs: str | bool) -> str:
         if action == "promote":
             event = await bridge.promote(
                 str(kwargs["name"]), str(kwargs["version"]), by=str(kwargs["by"]),
-                reason=str(kwargs["reason"]), force=bool(kwargs["force"]),
+                reason=str(kwargs["reason"]), force=bool(kwargs["force"]), via="cli",
             )
         else:
             event = await bridge.rollback(str(kwargs["name"]), by=str(kwargs["by"]),
-                                          reason=str(kwargs["reason"]))
+                                          reason=str(kwargs["reason"]), via="cli")
     finally:
         await bridge.bus.close()
     return (f"{event.name} v{event.version} is champion "
             f"({event.artifact_uri}, sha256 {event.sha256})")
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        return "cli"
 
 
 def _fail(exc: Exception) -> None:
@@ -63,16 +76,16 @@ def _fail(exc: Exception) -> None:
 def promote(
     name: str,
     version: str,
-    by: Annotated[str, typer.Option("--by", help="who promotes")],
     reason: Annotated[str, typer.Option("--reason", help="why")],
+    by: Annotated[str | None, typer.Option("--by", help="who promotes [the OS user]")] = None,
     force: Annotated[bool, typer.Option(help="promote even if the gate failed")] = False,
 ) -> None:
     """Make VERSION of NAME the champion: ship it and announce ModelPromoted."""
     from eostream.registry_bridge.errors import PromotionError, RegistryUnavailableError
 
     try:
-        typer.echo(asyncio.run(_with_bridge("promote", name=name, version=version, by=by,
-                                            reason=reason, force=force)))
+        typer.echo(asyncio.run(_with_bridge("promote", name=name, version=version,
+                                            by=by or _os_user(), reason=reason, force=force)))
     except (PromotionError, RegistryUnavailableError) as exc:
         _fail(exc)
 
@@ -80,14 +93,15 @@ def promote(
 @models_app.command("rollback")
 def rollback(
     name: str,
-    by: Annotated[str, typer.Option("--by", help="who rolls back")] = "cli",
+    by: Annotated[str | None, typer.Option("--by", help="who rolls back [the OS user]")] = None,
     reason: Annotated[str, typer.Option("--reason", help="why")] = "manual rollback",
 ) -> None:
     """Make the previous champion of NAME live again."""
     from eostream.registry_bridge.errors import PromotionError, RegistryUnavailableError
 
     try:
-        typer.echo(asyncio.run(_with_bridge("rollback", name=name, by=by, reason=reason)))
+        typer.echo(asyncio.run(_with_bridge("rollback", name=name, by=by or _os_user(),
+                                            reason=reason)))
     except (PromotionError, RegistryUnavailableError) as exc:
         _fail(exc)
 
@@ -117,3 +131,13 @@ def list_versions(
             row["version"], row["aliases"], row["gate"], row["accuracy"], row["stage"],
             "yes" if row["shipped"] else "", row["promoted_by"])))
     Console().print(table)
+
+
+@models_app.command("audit")
+def audit(name: str) -> None:
+    """Print NAME's audit log (JSON lines, oldest first)."""
+    from eostream.registry_bridge.service import build_bridge, mlflow_client_defaults
+
+    mlflow_client_defaults()
+    for entry in build_bridge(_settings()).audit.entries(name):
+        typer.echo(entry.model_dump_json())

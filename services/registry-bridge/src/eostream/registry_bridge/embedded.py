@@ -11,6 +11,10 @@ persist in the embedded home. So at start the component re-announces the champio
 shipped (:meth:`RegistryBridgeComponent.announce_current_champion`): inference in the same process
 then loads it without anything being gated or shipped again.
 
+The REST write routes take a credential: the ``api_keys`` option or ``BRIDGE_API_KEYS`` if given,
+else one promoter credential named ``operator`` whose key is generated on first start and kept in
+``<home>/registry-bridge/api-key`` (owner-only), so it is stable across runs.
+
 Options (``context.options["registry-bridge"]``): any :class:`BridgeSettings` field, e.g.
 ``reconcile_interval_seconds``, ``model_names``, ``gate``, ``holdout``, ``http_port``; the bus,
 the store, MLflow and webhooks are the embedded ones and cannot be set.
@@ -21,7 +25,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from eostream.registry_bridge.service import SERVICE, BridgeService, mlflow_client_defaults
@@ -49,6 +56,26 @@ FIXED = frozenset(
 )
 
 
+KEY_FILE = "api-key"
+OPERATOR = "operator"
+
+
+def operator_key(context: EmbeddedContext) -> str:
+    """The embedded operator's API key, kept under the home (generated on first use)."""
+    path: Path = context.home / SERVICE / KEY_FILE
+    if path.is_file():
+        kept = path.read_text(encoding="utf-8").strip()
+        if kept:
+            return kept
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(key + "\n")
+    log.info("registry-bridge: generated the %r promoter API key in %s", OPERATOR, path)
+    return key
+
+
 def embedded_settings(context: EmbeddedContext) -> BridgeSettings:
     """Settings of the embedded bridge: the context's MLflow and data folder plus the options."""
     options = context.settable_options(SERVICE, FIXED)
@@ -58,6 +85,8 @@ def embedded_settings(context: EmbeddedContext) -> BridgeSettings:
         **context.fixed_settings(),  # the store is not built: the context's is handed in
         "mlflow_tracking_uri": context.mlflow_tracking_uri,
     }
+    if "api_keys" not in options and not os.environ.get("BRIDGE_API_KEYS", "").strip():
+        overrides["api_keys"] = {OPERATOR: {"key": operator_key(context), "role": "promoter"}}
     return load_settings(BridgeSettings, **overrides)
 
 

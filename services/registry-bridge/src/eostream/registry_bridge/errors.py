@@ -28,3 +28,11 @@ class PromotionError(BridgeError, ValueError):
 
 class RegistryUnavailableError(RetryableError):
     """MLflow does not answer."""
+
+
+class NotAuthenticatedError(BridgeError):
+    """A write request came without a valid credential (answered 401)."""
+
+
+class NotAllowedError(BridgeError):
+    """A valid credential whose role may not do this (answered 403)."""

@@ -1,6 +1,8 @@
 """``eostream up --stack local``: the registry bridge against the real local stack. It registers
 its HMAC-signed webhook in the MLflow server, so new versions reach it at once; the reconcile loop
-catches up on anything a webhook missed."""
+catches up on anything a webhook missed. Its REST write routes take the deployment's promoter
+credential ``operator``, whose key is kept in the deployment's home under
+``secrets/bridge-operator-key``."""
 
 from __future__ import annotations
 
@@ -25,6 +27,9 @@ def process(stack: LocalStack, deployment: Deployment, port: int) -> ProcessSpec
         "BRIDGE_MLFLOW_TRACKING_URI": stack.mlflow_uri,
         "BRIDGE_MODEL_NAMES": json.dumps([deployment.model_name]),
         "BRIDGE_WEBHOOK_SECRET": deployment.secret("mlflow-webhook"),
+        "BRIDGE_API_KEYS": json.dumps(
+            {"operator": {"key": deployment.secret("bridge-operator-key"), "role": "promoter"}}
+        ),
         "BRIDGE_WEBHOOK_URL": f"{url}/webhooks/mlflow",
         "BRIDGE_RECONCILE_INTERVAL_SECONDS": "30",
     }

@@ -23,9 +23,15 @@ GATE_RESULTS = Counter(
     "eostream_bridge_gate_results_total", "Gate verdicts", ["outcome"]  # passed, failed, refused
 )
 PROMOTIONS = Counter(
-    "eostream_bridge_promotions_total", "Versions made champion", ["kind"]  # auto, manual, alias
+    "eostream_bridge_promotions_total",
+    "Versions made champion",
+    ["kind"],  # auto, manual, override (a forced gate failure), alias
 )
 ROLLBACKS = Counter("eostream_bridge_rollbacks_total", "Rollbacks to the previous champion")
+ALIAS_UNDONE = Counter(
+    "eostream_bridge_alias_moves_undone_total",
+    "Champion aliases moved in MLflow to a version that may not be champion, moved back",
+)
 SHIP_DURATION = Histogram(
     "eostream_bridge_ship_duration_seconds",
     "Time to verify, upload and describe one model version",

@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from eostream.registry_bridge import tags
+
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -98,3 +100,22 @@ def judge(
             f"(largest drop {worst:.4f})",
         )
     return Verdict(ok, tuple(reasons))
+
+
+def champion_refusal(gate: str | None, overridden: bool) -> str | None:
+    """Pure: None when a version with gate verdict ``gate`` (the ``eostream.gate`` tag) may be
+    champion, else why not. The alias guard asks this of a champion alias moved in MLflow.
+
+    A passed verdict may; a failed one only with a credentialed force promotion on record
+    (``overridden``); a refused version (contract broken) or one not gated yet never.
+    """
+    if gate == tags.GATE_PASSED:
+        return None
+    if gate == tags.GATE_FAILED:
+        if overridden:
+            return None
+        return ("it failed the promotion gate and no force promotion is on record; promote it "
+                "through the bridge with force to override")
+    if gate == tags.GATE_REFUSED:
+        return "it was refused by the gate (contract or verification) and can never ship"
+    return "it has no gate verdict yet; the bridge gates it first, then promote it if it passes"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
-from pydantic_settings import SettingsConfigDict
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from eostream.shared.holdout import HoldoutSettings
 from eostream.shared.settings import ServiceSettings
@@ -25,9 +28,32 @@ class GateSettings(BaseModel):
     )
 
 
+Role = Literal["promoter", "viewer"]
+PRINCIPAL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+MIN_KEY_LENGTH = 16
+
+
+class Credential(BaseModel):
+    """One API key of the REST API and what its holder may do. The principal (who is recorded
+    as ``promoted_by`` and in the audit log) is the name the credential is filed under."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    key: SecretStr = Field(description=f"the key itself, at least {MIN_KEY_LENGTH} characters")
+    role: Role = Field(description="promoter: may promote, force and roll back; viewer: may not")
+
+    @field_validator("key")
+    @classmethod
+    def _long_enough(cls, key: SecretStr) -> SecretStr:
+        if len(key.get_secret_value()) < MIN_KEY_LENGTH:
+            raise ValueError(f"an API key needs at least {MIN_KEY_LENGTH} characters")
+        return key
+
+
 class BridgeSettings(ServiceSettings):
     model_config = SettingsConfigDict(
-        env_prefix="BRIDGE_", env_nested_delimiter="__", frozen=True, extra="ignore"
+        env_prefix="BRIDGE_", env_nested_delimiter="__", frozen=True, extra="ignore",
+        hide_input_in_errors=True,  # errors must not echo BRIDGE_API_KEYS
     )
 
     mlflow_tracking_uri: str = Field(
@@ -50,6 +76,15 @@ class BridgeSettings(ServiceSettings):
         "secret, the bridge registers the webhook in MLflow at start",
     )
     webhook_tolerance_seconds: int = Field(default=300, ge=1, description="replay window")
+    api_keys: Annotated[dict[str, Credential], NoDecode] = Field(
+        default_factory=dict,
+        description='credentials of the REST write routes, JSON: {"alice": {"key": "...", '
+        '"role": "promoter"}, "grafana": {"key": "...", "role": "viewer"}}; the name is who is '
+        "recorded. None set: every write answers 401",
+    )
+    audit_prefix: str = Field(
+        default="audit", min_length=1, description="object-store prefix of the audit log"
+    )
     reconcile_interval_seconds: float = Field(default=30.0, gt=0)
     registration_grace_seconds: float = Field(
         default=120.0, ge=0, description="wait this long for a new version's tags before refusing"
@@ -66,3 +101,31 @@ class BridgeSettings(ServiceSettings):
     retry_attempts: int = Field(default=5, ge=1, description="MLflow / object store calls")
     retry_backoff_seconds: float = Field(default=0.5, gt=0)
     retry_backoff_max_seconds: float = Field(default=15.0, gt=0)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_api_keys(cls, value: Any) -> Any:
+        """``BRIDGE_API_KEYS`` is JSON; empty (compose's unset variable) means no credentials."""
+        if isinstance(value, str):
+            if not value.strip():
+                return {}
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ValueError(
+                    'not JSON; expected {"<name>": {"key": "<key>", "role": "promoter|viewer"}}'
+                ) from None
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _distinct_principals(cls, value: dict[str, Credential]) -> dict[str, Credential]:
+        for name in value:
+            if not PRINCIPAL.match(name):
+                raise ValueError(
+                    f"credential name {name!r}: use 1-64 letters, digits, '.', '_', '@' or '-'"
+                )
+        keys = [c.key.get_secret_value() for c in value.values()]
+        if len(set(keys)) != len(keys):
+            raise ValueError("two credentials share a key; give each principal its own")
+        return value

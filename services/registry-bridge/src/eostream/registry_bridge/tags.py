@@ -31,6 +31,13 @@ PROMOTED_AT = "eostream.promoted_at"
 PREVIOUS_CHAMPION = "eostream.previous_champion"
 ROLLED_BACK_BY = "eostream.rolled_back_by"
 ROLLED_BACK_REASON = "eostream.rolled_back_reason"
+# a force promotion of a version that failed the gate (the audit log is the proof, not these)
+OVERRIDE_BY = "eostream.override_by"
+OVERRIDE_REASON = "eostream.override_reason"
+OVERRIDE_AT = "eostream.override_at"
+# the alias guard moved the champion alias away from this version
+ALIAS_UNDONE_REASON = "eostream.alias_undone_reason"
+ALIAS_UNDONE_AT = "eostream.alias_undone_at"
 
 # --- written by the bridge, on the registered model ---
 LIVE_VERSION = "eostream.live_version"  # the version last announced with ModelPromoted

@@ -1,0 +1,114 @@
+"""The audit log: who promoted, forced, rolled back or undid what, when and why.
+
+Append-only by construction: one JSON object per entry in the bridge's object store (the models
+bucket), ``<prefix>/<model>/<UTC time>-<id>.json``, written once and never rewritten, so the
+listing is the history in time order. It lives beside the shipped models rather than in MLflow
+tags because whoever can move an alias in MLflow can also write tags: the alias guard trusts an
+override only when this log, which only the bridge writes, records it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Literal, TypeVar
+from urllib.parse import quote
+from uuid import UUID, uuid4
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from eostream.shared.errors import ObjectNotFoundError, RetryableError
+from eostream.shared.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: promote: a passing version made champion (by a person or the bridge); override: a version
+#: that failed the gate made champion with ``force``; rollback: the previous champion back;
+#: alias_accepted: a champion alias moved in MLflow to a passing version, shipped and announced;
+#: alias_undone: a champion alias moved in MLflow to a version that may not be champion, moved
+#: back.
+Action = Literal["promote", "override", "rollback", "alias_accepted", "alias_undone"]
+#: rest: the credentialed REST API; cli: ``eostream models ...`` on an operator's machine;
+#: auto: the bridge after a passed gate; mlflow: an alias moved in MLflow.
+Via = Literal["rest", "cli", "auto", "mlflow"]
+
+
+class AuditEntry(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: UUID = Field(default_factory=uuid4)
+    at: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
+    model: str = Field(min_length=1)
+    action: Action
+    by: str = Field(min_length=1, description="the credential's name, the OS user, or a service")
+    via: Via
+    from_version: str | None = Field(description="champion before (None: there was none)")
+    to_version: str | None = Field(description="champion after (None: the alias was removed)")
+    reason: str
+
+
+class AuditLog:
+    def __init__(
+        self,
+        store: ObjectStore,
+        prefix: str = "audit",
+        *,
+        attempts: int = 5,
+        backoff: float = 0.5,
+        backoff_max: float = 15.0,
+    ) -> None:
+        self.store = store
+        self.prefix = prefix.strip("/")
+        self._retrying = Retrying(
+            stop=stop_after_attempt(attempts),
+            wait=wait_exponential(multiplier=backoff, max=backoff_max),
+            retry=retry_if_exception_type((RetryableError, ConnectionError, TimeoutError)),
+            reraise=True,
+        )
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        return self._retrying(fn)
+
+    def _folder(self, name: str) -> str:
+        return f"{self.prefix}/{quote(name, safe='')}/"
+
+    def append(self, entry: AuditEntry) -> str:
+        """Write one entry; returns its key. Blocking (call from a thread)."""
+        stamp = entry.at.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        key = f"{self._folder(entry.model)}{stamp}-{entry.id.hex}.json"
+        body = entry.model_dump_json().encode()
+        self._call(lambda: self.store.put_bytes(key, body, "application/json"))
+        log.info(
+            "audit: %s %s %s -> %s by %s (%s): %s",
+            entry.model,
+            entry.action,
+            entry.from_version,
+            entry.to_version,
+            entry.by,
+            entry.via,
+            entry.reason,
+        )
+        return key
+
+    def entries(self, name: str) -> list[AuditEntry]:
+        """The model's entries, oldest first. Blocking."""
+        keys = sorted(o.key for o in self._call(lambda: list(self.store.list(self._folder(name)))))
+
+        def read(key: str) -> bytes:
+            return self._call(lambda: self.store.get_bytes(key))
+
+        found = []
+        for key in keys:
+            try:
+                found.append(AuditEntry.model_validate(json.loads(read(key))))
+            except (ObjectNotFoundError, ValueError, ValidationError) as exc:
+                log.warning("audit entry %s unreadable, left out: %s", key, exc)
+        return found
+
+    def overridden(self, name: str, version: str) -> bool:
+        """Whether a credentialed force promotion of ``name`` v``version`` is on record."""
+        return any(e.action == "override" and e.to_version == version for e in self.entries(name))

@@ -7,8 +7,11 @@ never skips silently.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,3 +68,115 @@ def stac_api_url() -> str:
 @pytest.fixture(scope="session")
 def prometheus_url() -> str:
     return require_env("EOSTREAM_PROMETHEUS_URL")
+
+
+# -- a broker outage exactly while a service publishes ------------------------------------------
+
+STACK_SCRIPT = Path(__file__).resolve().parent / "deploy" / "local" / "stack"
+
+
+class GatedBus:
+    """The real Kafka bus of a service, with its publishes to one topic held at a gate.
+
+    The test decides when the held publish goes on to the broker: after it has stopped the broker.
+    So the outage lands on the publish by construction, not by luck of timing. Everything else
+    (consumers, other topics, dead letters) goes straight to the real bus.
+    """
+
+    def __init__(self, inner: Any, topic: str) -> None:
+        self.inner = inner
+        self.topic = topic
+        self.held = asyncio.Event()
+        self.release = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def _gate(self, topic: str) -> None:
+        if topic == self.topic and not self.release.is_set():
+            self.held.set()
+            await self.release.wait()
+
+    async def publish(self, topic: str, event: Any) -> None:
+        await self._gate(topic)
+        await self.inner.publish(topic, event)
+
+    async def publish_many(self, topic: str, events: Any) -> None:
+        await self._gate(topic)
+        await self.inner.publish_many(topic, events)
+
+    async def publish_raw(self, topic: str, message: Any) -> None:
+        await self._gate(topic)
+        await self.inner.publish_raw(topic, message)
+
+    def consumer(self, topics: Any, group: str, handler: Any) -> Any:
+        return self.inner.consumer(topics, group, handler)
+
+
+def sample(name: str, labels: dict[str, str]) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def wait_for(done: Any, what: str, seconds: float = 300) -> None:
+    """Wait until ``done()``; the limit only ends a test that would otherwise hang."""
+    try:
+        async with asyncio.timeout(seconds):
+            while not done():
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        pytest.fail(f"still waiting for {what} after {seconds:.0f}s", pytrace=False)
+
+
+async def kafka(action: str) -> None:
+    """``deploy/local/stack down|up kafka`` (up waits until the broker is healthy)."""
+    await asyncio.to_thread(
+        subprocess.run, [str(STACK_SCRIPT), action, "kafka"], check=True, capture_output=True
+    )
+
+
+async def broker_outage_during(gated: GatedBus, service: str, *, restarts: bool = False) -> None:
+    """Hold until the service publishes to the gated topic, stop the broker, let the publish meet
+    the stopped broker (seen in the service's own metrics: a publish retried, or with
+    ``restarts`` its consumer restarted), then start the broker again."""
+    await wait_for(gated.held.is_set, f"{service} to publish to {gated.topic}")
+    retries = {"service": service, "topic": gated.topic}
+    before = sample("eostream_publish_retries_total", retries)
+    restarted = sum_restarts(service)
+    await kafka("down")
+    try:
+        gated.release.set()
+        if restarts:
+            await wait_for(lambda: sum_restarts(service) > restarted, f"{service} to restart")
+        else:
+            await wait_for(
+                lambda: sample("eostream_publish_retries_total", retries) > before,
+                f"{service}'s publish to meet the stopped broker",
+            )
+    finally:
+        await kafka("up")
+
+
+def sum_restarts(service: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return sum(
+        s.value
+        for metric in REGISTRY.collect()
+        if metric.name == "eostream_consumer_restarts"
+        for s in metric.samples
+        if s.name == "eostream_consumer_restarts_total" and s.labels.get("service") == service
+    )
+
+
+@pytest.fixture
+def outage() -> Any:
+    """The broker-outage helpers: ``outage.gate(bus, topic)``, ``await outage.during(...)``."""
+
+    class Outage:
+        gate = GatedBus
+        during = staticmethod(broker_outage_during)
+        wait_for = staticmethod(wait_for)
+
+    return Outage

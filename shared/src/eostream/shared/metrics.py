@@ -14,6 +14,11 @@ from prometheus_client import Counter, Gauge, Histogram, Info
 PUBLISHED = Counter(
     "eostream_events_published_total", "Events published on the bus", ["service", "topic"]
 )
+PUBLISH_RETRIES = Counter(
+    "eostream_publish_retries_total",
+    "Publishes tried again because the broker was unreachable or electing a leader",
+    ["service", "topic"],
+)
 CONSUMED = Counter(
     "eostream_events_consumed_total",
     "Records consumed, by outcome (ok, retried, dead_letter, error)",
@@ -38,8 +43,28 @@ EVENT_AGE = Histogram(
 )
 CONSUMER_LAG = Gauge(
     "eostream_consumer_lag_messages",
-    "Records behind the end of the partition, per topic and consumer group",
-    ["service", "topic", "group"],
+    "Records behind the end of the partition, per consumer group, topic and partition",
+    ["service", "topic", "group", "partition"],
+)
+CONSUMER_UP = Gauge(
+    "eostream_consumer_up",
+    "1 while the group's consumer runs; 0 while it restarts after a failure, or has stopped",
+    ["service", "group"],
+)
+CONSUMER_STALLED = Gauge(
+    "eostream_consumer_stalled",
+    "1 while the group's consumer has records waiting and made no progress for the stall time",
+    ["service", "group"],
+)
+CONSUMER_RESTARTS = Counter(
+    "eostream_consumer_restarts_total",
+    "Times a consumer ended while its service was not stopping and was started again",
+    ["service", "group"],
+)
+CONSUMER_PROGRESS = Gauge(
+    "eostream_consumer_last_progress_timestamp_seconds",
+    "Unix time of the consumer's last progress (a record done, a heartbeat, or nothing waiting)",
+    ["service", "group"],
 )
 SERVICE_UP = Gauge(
     "eostream_service_up", "1 while the service serves its operations endpoints", ["service"]

@@ -23,13 +23,20 @@ log = logging.getLogger(__name__)
 ReadinessCheck = Callable[[], tuple[bool, str]]
 
 
-def ops_router(service: str, readiness: ReadinessCheck) -> APIRouter:
+def ops_router(
+    service: str, readiness: ReadinessCheck, liveness: ReadinessCheck | None = None
+) -> APIRouter:
+    """``liveness``: what must hold for the process to be worth keeping (no stalled or
+    crash-looping consumer); failing it (503) asks the orchestrator for a restart."""
     metrics.announce(service)
     router = APIRouter(tags=["operations"])
 
-    @router.get("/livez", summary="Liveness: the process answers")
-    async def livez() -> dict[str, str]:
-        return {"status": "ok", "service": service}
+    @router.get("/livez", summary="Liveness: the process answers and no consumer is stuck")
+    async def livez(response: Response) -> dict[str, str]:
+        ok, detail = liveness() if liveness is not None else (True, "answering")
+        if not ok:
+            response.status_code = 503
+        return {"status": "ok" if ok else "unavailable", "service": service, "detail": detail}
 
     @router.get("/readyz", summary="Readiness: the service can do its work now")
     async def readyz(response: Response) -> dict[str, str]:
@@ -45,9 +52,11 @@ def ops_router(service: str, readiness: ReadinessCheck) -> APIRouter:
     return router
 
 
-def create_ops_app(service: str, readiness: ReadinessCheck) -> FastAPI:
+def create_ops_app(
+    service: str, readiness: ReadinessCheck, liveness: ReadinessCheck | None = None
+) -> FastAPI:
     app = FastAPI(title=f"eostream {service} (operations)", docs_url=None, redoc_url=None)
-    app.include_router(ops_router(service, readiness))
+    app.include_router(ops_router(service, readiness, liveness))
     return app
 
 

@@ -372,7 +372,11 @@ class ProcessGroup:
         env: Mapping[str, Mapping[str, str]] | None = None,
         only: tuple[str, ...] | None = None,
         factories: Mapping[str, ProcessFactory] | None = None,
+        replicas: Mapping[str, int] | None = None,
     ) -> None:
+        """``replicas``: more than one process of a service (``inference: 3`` starts inference,
+        inference-2 and inference-3, each on its own port; ``env`` may name a replica to give it
+        settings of its own, e.g. a consumer group that must not be shared)."""
         self.stack = stack
         self.deployment = deployment
         chosen = dict(factories) if factories is not None else discover_process_factories()
@@ -384,9 +388,17 @@ class ProcessGroup:
         overrides = env or {}
         self.processes: dict[str, ServiceProcess] = {}
         for name, factory in chosen.items():
-            spec = factory(stack, deployment, free_port(deployment.host))
-            spec = spec.with_env(overrides.get(name, {}))
-            self.processes[name] = ServiceProcess(spec, deployment.home / "logs")
+            for replica in range(1, (replicas or {}).get(name, 1) + 1):
+                key = name if replica == 1 else f"{name}-{replica}"
+                spec = factory(stack, deployment, free_port(deployment.host))
+                spec = spec.with_env(overrides.get(name, {}))
+                if replica > 1:
+                    spec = replace(
+                        spec.with_env(overrides.get(key, {})),
+                        name=key,
+                        job=spec.job or f"eostream-{name}",  # one job, several targets
+                    )
+                self.processes[key] = ServiceProcess(spec, deployment.home / "logs")
 
     def __getitem__(self, name: str) -> ServiceProcess:
         return self.processes[name]

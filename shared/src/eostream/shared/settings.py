@@ -32,6 +32,12 @@ class KafkaSettings(BaseModel):
     retry_backoff_max_seconds: float = Field(default=10.0, gt=0)
     batch_size: int = Field(default=200, ge=1, description="records fetched per poll")
     request_timeout_ms: int = Field(default=15000, ge=1000)
+    publish_retry_seconds: float = Field(
+        default=120.0,
+        ge=0,
+        description="how long a publish retries a broker that is unreachable or electing a "
+        "leader before it gives up (the consumer then restarts and the record is redelivered)",
+    )
     new_group_offset: Literal["earliest", "latest"] = Field(
         default="earliest", description="where a consumer group with no commits starts"
     )
@@ -41,6 +47,26 @@ class KafkaSettings(BaseModel):
         pattern=r"^[A-Za-z0-9._-]*$",
         description="namespace for several deployments on one cluster: 'staging.' gives "
         "'staging.eostream.scenes.discovered'; services and events keep the plain names",
+    )
+
+
+class ConsumerSupervision(BaseModel):
+    """How a service keeps its consumers alive (see :mod:`eostream.shared.bus.supervisor`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    restart_backoff_seconds: float = Field(default=1.0, gt=0)
+    restart_backoff_max_seconds: float = Field(default=60.0, gt=0)
+    stall_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="a consumer with records waiting and no progress for this long is stalled: "
+        "liveness fails so the orchestrator restarts the process",
+    )
+    crash_loop_restarts: int = Field(
+        default=5,
+        ge=1,
+        description="restarts in a row (each without a record handled) after which liveness fails",
     )
 
 
@@ -69,6 +95,7 @@ class ServiceSettings(BaseSettings):
 
     bus: BusKind = "kafka"
     kafka: KafkaSettings | None = None
+    consumers: ConsumerSupervision = ConsumerSupervision()
 
     store: StoreKind = "local"
     s3: S3Settings | None = None

@@ -14,7 +14,7 @@ from eostream.inference.results import ResultsStore, build_results_store
 from eostream.inference.session import ModelHolder
 from eostream.inference.settings import InferenceSettings
 from eostream.shared import topics
-from eostream.shared.bus import Bus, Consumer, Delivery, build_bus
+from eostream.shared.bus import Bus, Consumer, ConsumerProgress, Consumers, Delivery, build_bus
 from eostream.shared.errors import InvalidEventError
 from eostream.shared.events import Event, ModelPromoted, SceneDiscovered
 from eostream.shared.storage import ObjectStore, build_object_store
@@ -41,8 +41,7 @@ class InferenceService:
         self.consume = consume
         self.holder = ModelHolder()
         self._pipeline: Pipeline | None = None
-        self._consumers: list[Consumer] = []
-        self._tasks: list[asyncio.Task[None]] = []
+        self.consumers = Consumers(SERVICE, settings.consumers)
         self._stopping = asyncio.Event()
         self._started = False
 
@@ -72,27 +71,21 @@ class InferenceService:
             )
             models_group = s.models_group or f"inference-models-{socket.gethostname()}"
             self._stopping.clear()
-            models = self.bus.consumer([topics.MODELS_PROMOTED], models_group, self.on_model)
-            self._consumers = [models]
-            self._tasks = [asyncio.create_task(models.run(), name="inference-models")]
-            scenes = self.bus.consumer([topics.SCENES_DISCOVERED], s.scenes_group, self.on_scene)
-            self._consumers.append(scenes)
-            if s.defer_scenes_until_model and self.holder.current is None:
-                log.info("no model live yet: scenes wait on the bus until one is promoted")
-                run = self._run_once_model_live(scenes)
-            else:
-                run = scenes.run()
-            self._tasks.append(asyncio.create_task(run, name="inference-scenes"))
+            bus = self.bus
+            self.consumers = Consumers(SERVICE, s.consumers)
+            self.consumers.add(
+                models_group,
+                lambda: bus.consumer([topics.MODELS_PROMOTED], models_group, self.on_model),
+            )
+            self.consumers.add(
+                s.scenes_group,
+                lambda: _AfterModel(
+                    bus.consumer([topics.SCENES_DISCOVERED], s.scenes_group, self.on_scene),
+                    self,
+                ),
+            )
+            self.consumers.start()
         self._started = True
-
-    async def _run_once_model_live(self, scenes: Consumer) -> None:
-        """Run the scenes consumer once a model is live; nothing is read (nor committed) before."""
-        while self.holder.current is None:
-            if self._stopping.is_set():
-                return
-            await asyncio.sleep(0.2)
-        log.info("a model is live: consuming scenes")
-        await scenes.run()
 
     async def _load_initial_model(self) -> None:
         s, pipeline = self.settings, self.pipeline
@@ -134,16 +127,7 @@ class InferenceService:
 
     async def stop(self) -> None:
         self._stopping.set()
-        for consumer in self._consumers:
-            await consumer.stop()
-        for task in self._tasks:
-            try:
-                await asyncio.wait_for(task, timeout=30)
-            except (TimeoutError, asyncio.CancelledError):
-                task.cancel()
-            except Exception:
-                log.exception("a consumer ended with an error")
-        self._consumers, self._tasks = [], []
+        await self.consumers.stop(timeout=30)
         if self.bus is not None and self.consume and self._owns_bus:
             await self.bus.close()  # a bus handed in is closed by whoever built it
         if self._results is not None:
@@ -158,10 +142,14 @@ class InferenceService:
             return False, "no model deployed yet"
         if self._results is not None and not self._results.ping():
             return False, "results database unreachable"
-        for task in self._tasks:
-            if task.done():
-                return False, "a consumer stopped"
+        if self.consume:
+            ok, detail = self.consumers.readiness()
+            if not ok:
+                return False, detail
         return True, f"model {model.info.name} v{model.info.version} on {model.provider}"
+
+    def liveness(self) -> tuple[bool, str]:
+        return self.consumers.liveness()
 
     @property
     def results(self) -> ResultsStore:
@@ -239,3 +227,39 @@ class InferenceService:
             "processing_level": model.card.processing_level,
             "swaps": self.holder.swaps,
         }
+
+
+class _AfterModel:
+    """The scenes consumer, held back until a model is live (``defer_scenes_until_model``):
+    nothing is read, nor committed, before; scenes wait on the bus."""
+
+    def __init__(self, consumer: Consumer, service: InferenceService) -> None:
+        self._consumer = consumer
+        self._service = service
+
+    @property
+    def ready(self) -> bool:
+        return self._consumer.ready or self._waiting
+
+    @property
+    def _waiting(self) -> bool:
+        return self._service.settings.defer_scenes_until_model and (
+            self._service.holder.current is None
+        )
+
+    @property
+    def progress(self) -> ConsumerProgress:
+        return self._consumer.progress
+
+    async def run(self) -> None:
+        if self._waiting:
+            log.info("no model live yet: scenes wait on the bus until one is promoted")
+            while self._waiting:
+                if self._service._stopping.is_set():
+                    return
+                await asyncio.sleep(0.2)
+            log.info("a model is live: consuming scenes")
+        await self._consumer.run()
+
+    async def stop(self) -> None:
+        await self._consumer.stop()

@@ -17,7 +17,7 @@ from eostream.registry_bridge.settings import BridgeSettings
 from eostream.registry_bridge.webhook import webhook_router
 from eostream.registry_bridge.worker import Worker
 from eostream.shared import topics
-from eostream.shared.bus import Bus, Consumer, Delivery, build_bus
+from eostream.shared.bus import Bus, Consumers, Delivery, build_bus
 from eostream.shared.events import Event, ModelVersionRegistered
 from eostream.shared.ops import OpsServer, create_ops_app
 from eostream.shared.storage import ObjectStore, build_object_store
@@ -68,7 +68,13 @@ class BridgeService:
         self.bridge = build_bridge(settings, bus, store)
         self.bus = self.bridge.bus
         self.worker = Worker(self.bridge, settings.model_names)
-        self.consumer: Consumer | None = None
+        self.consumers = Consumers(SERVICE, settings.consumers)
+        self.consumers.add(
+            settings.consumer_group,
+            lambda: self.bus.consumer(
+                [topics.MODELS_REGISTERED], settings.consumer_group, self._on_registered
+            ),
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self.app = self.create_app()
         self.server = OpsServer(self.app, settings.http_host, settings.http_port)
@@ -76,19 +82,23 @@ class BridgeService:
     def readiness(self) -> tuple[bool, str]:
         if not self.worker.last_reconcile_ok:
             return False, "MLflow registry not reached yet (see logs)"
-        if self.consumer is not None and not self.consumer.ready:
-            return False, f"not consuming {topics.MODELS_REGISTERED} yet"
+        ok, detail = self.consumers.readiness()
+        if not ok:
+            return False, f"not consuming {topics.MODELS_REGISTERED}: {detail}"
         return True, f"watching {', '.join(self.settings.model_names)}"
 
     def create_app(self) -> FastAPI:
-        app = create_ops_app(SERVICE, self.readiness)
+        app = create_ops_app(SERVICE, self.readiness, self.consumers.liveness)
         if self.webhooks:
             secret = self.settings.webhook_secret
             app.include_router(webhook_router(
                 secret.get_secret_value() if secret else None,
                 self.settings.webhook_tolerance_seconds, self.worker.enqueue,
             ))
-        app.include_router(models_router(self.bridge))
+        app.include_router(models_router(self.bridge))  # writes need BRIDGE_API_KEYS (promoter)
+        if not self.settings.api_keys:
+            log.warning("BRIDGE_API_KEYS is not set: the REST write routes (promote, rollback) "
+                        "answer 401; `eostream models promote` still works locally")
         return app
 
     async def _on_registered(self, event: Event, delivery: Delivery) -> None:
@@ -104,17 +114,14 @@ class BridgeService:
         await self.server.start()
         if self.webhooks:
             self._register_webhook()
-        self.consumer = self.bus.consumer(
-            [topics.MODELS_REGISTERED], self.settings.consumer_group, self._on_registered
-        )
         self._tasks = [
             asyncio.create_task(self.worker.run(), name="bridge-worker"),
             asyncio.create_task(
                 self.worker.reconcile_forever(self.settings.reconcile_interval_seconds),
                 name="bridge-reconcile",
             ),
-            asyncio.create_task(self.consumer.run(), name="bridge-consumer"),
         ]
+        self.consumers.start()
         log.info("registry-bridge watching %s (MLflow %s)", ", ".join(self.settings.model_names),
                  self.settings.mlflow_tracking_uri)
 
@@ -132,7 +139,7 @@ class BridgeService:
             log.warning("could not register the MLflow webhook (%s); reconcile loop only", exc)
 
     async def wait(self) -> None:
-        """Until a task fails (a stopped consumer ends the process so it is restarted)."""
+        """Until the worker or the reconcile loop fails (the consumer restarts by itself)."""
         done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
         for task in done:
             task.result()
@@ -140,8 +147,7 @@ class BridgeService:
     async def stop(self) -> None:
         """Stop taking work (consumer, reconcile loop), let the worker finish the version in
         hand, then stop the worker; queued versions are picked up again by the next reconcile."""
-        if self.consumer is not None:
-            await self.consumer.stop()
+        await self.consumers.stop(timeout=DRAIN_TIMEOUT_SECONDS)
         working = [t for t in self._tasks if t.get_name() == "bridge-worker" and not t.done()]
         for task in self._tasks:
             if task not in working:

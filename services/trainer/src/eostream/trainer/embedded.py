@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from eostream.shared.bus.base import Consumer
+from eostream.shared.bus.supervisor import SupervisedConsumer
 from eostream.shared.embedded import EmbeddedContext
 from eostream.shared.errors import ConfigError
 from eostream.shared.settings import load_settings
@@ -120,11 +120,13 @@ class TrainerComponent:
         self.worker = TrainerWorker(
             self.settings, context.bus, trainer=self._train, on_batch=self._check_interrupt
         )
-        self._consumer: Consumer | None = None
+        self._consumer: SupervisedConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._interrupt = threading.Event()
         self._idle = threading.Event()
         self._idle.set()
+        #: Called from the training thread after each batch (progress bars, tests).
+        self.batch_observers: list[BatchCallback] = []
 
     @property
     def urls(self) -> Mapping[str, str]:
@@ -135,7 +137,9 @@ class TrainerComponent:
         """Whether a training is in flight."""
         return not self._idle.is_set()
 
-    def _check_interrupt(self, _batch_size: int) -> None:
+    def _check_interrupt(self, batch_size: int) -> None:
+        for observe in self.batch_observers:
+            observe(batch_size)
         if self._interrupt.is_set():
             raise TrainingInterruptedError("the embedded trainer is stopping")
 
@@ -157,7 +161,12 @@ class TrainerComponent:
         state_dir(self._context).mkdir(parents=True, exist_ok=True)
         torch.set_num_threads(self.settings.num_threads)
         self._interrupt.clear()
-        self._consumer = self.worker.consumer()
+        self._consumer = SupervisedConsumer(
+            self.worker.consumer,
+            service=SERVICE,
+            group=self.settings.consumer_group,
+            supervision=self.settings.consumers,
+        )
         self._task = asyncio.create_task(self._serve(self._consumer), name="trainer-consumer")
         self._task.add_done_callback(_log_crash)
         log.info(
@@ -167,7 +176,7 @@ class TrainerComponent:
             self.settings.num_threads,
         )
 
-    async def _serve(self, consumer: Consumer) -> None:
+    async def _serve(self, consumer: SupervisedConsumer) -> None:
         await warm_catalog(self.settings, WARM_BAND_SET)
         await consumer.run()  # returns at once when stop() came during the warm-up
 

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 
 from eostream.shared import topics
-from eostream.shared.bus import build_bus
+from eostream.shared.bus import Consumers, build_bus, heartbeat
 from eostream.shared.bus.base import Bus, Consumer, Delivery
 from eostream.shared.errors import RetryableError
 from eostream.shared.events import (
@@ -95,7 +95,7 @@ class TrainerWorker:
         self.busy = True
         try:
             outcome = await asyncio.to_thread(
-                self._trainer, plan, self.settings, started, self._on_batch
+                self._trainer, plan, self.settings, started, self._batch_done
             )
         except Exception as exc:
             metrics.TRAININGS.labels(plan.band_set, "failed").inc()
@@ -128,8 +128,20 @@ class TrainerWorker:
             ),
         )
 
+    def _batch_done(self, batch_size: int) -> None:
+        """In the training thread, after each batch: the consumer is not stalled, it trains."""
+        heartbeat()
+        if self._on_batch is not None:
+            self._on_batch(batch_size)
+
     def consumer(self) -> Consumer:
         return self.bus.consumer(list(CONSUMED), self.settings.consumer_group, self.handle)
+
+    def supervised(self) -> Consumers:
+        """The worker's consumer under supervision: started again whenever it ends unasked."""
+        consumers = Consumers(SERVICE, self.settings.consumers)
+        consumers.add(self.settings.consumer_group, self.consumer)
+        return consumers
 
 
 async def run_worker(
@@ -145,14 +157,17 @@ async def run_worker(
     try:
         await bus.ensure_topics([*CONSUMED, topics.TRAINING_EVENTS, topics.MODELS_REGISTERED])
         worker = TrainerWorker(settings, bus, on_batch=on_batch)
-        consumer = worker.consumer()
+        consumers = worker.supervised()
+        [consumer] = consumers.members
 
         def readiness() -> tuple[bool, str]:
-            if not consumer.ready:
-                return False, "consumer not running"
+            ok, detail = consumers.readiness()
+            if not ok:
+                return False, detail
             return True, "training" if worker.busy else "idle"
 
-        ops = OpsServer(create_ops_app(SERVICE, readiness), settings.http_host, settings.http_port)
+        app = create_ops_app(SERVICE, readiness, consumers.liveness)
+        ops = OpsServer(app, settings.http_host, settings.http_port)
         await ops.start()
         stopping: set[asyncio.Task[None]] = set()
 

@@ -5,15 +5,20 @@ about what happens to a record once it arrives lives here, so both adapters beha
 
 * undecodable or invalid payload -> dead-letter topic at once, with the reason;
 * retryable error -> bounded retries with exponential backoff, then dead-letter;
-* anything else -> logged with topic/partition/offset, and the consumer stops
-  (raising :class:`ConsumerStopped`) so the orchestrator restarts the service.
+* anything else (a bug, or the bus itself unreachable past its retries) -> logged with
+  topic/partition/offset, and the consumer stops (raising :class:`ConsumerStopped`) without
+  committing; :mod:`eostream.shared.bus.supervisor` starts it again with backoff and the record
+  is redelivered.
 
-The record's offset is committed only after it was handled or dead-lettered.
+The record's offset is committed only after it was handled or dead-lettered. Each consumer keeps a
+:class:`ConsumerProgress` (records waiting, last progress) that the supervisor reads to tell a
+stalled consumer from a busy one; long handlers call :func:`heartbeat` to say they move.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -49,7 +54,44 @@ Handler = Callable[[Event, Delivery], Awaitable[None]]
 
 
 class ConsumerStopped(EostreamError):
-    """A handler failed in a way that is neither bad input nor transient: restart the service."""
+    """A handler failed in a way that is neither bad input nor transient: restart the consumer."""
+
+
+@dataclass
+class ConsumerProgress:
+    """What a consumer did last, kept by its adapter (monotonic seconds)."""
+
+    last_progress: float = field(default_factory=time.monotonic)
+    #: records behind the end of the assigned partitions at the last poll
+    waiting: int = 0
+    records: int = 0
+    in_flight_since: float | None = None
+
+    def advanced(self) -> None:
+        self.last_progress = time.monotonic()
+
+    def idle(self, waiting: int) -> None:
+        """A poll that found ``waiting`` records behind; nothing waiting counts as progress."""
+        self.waiting = waiting
+        if waiting == 0:
+            self.advanced()
+
+
+_handling: contextvars.ContextVar[ConsumerProgress | None] = contextvars.ContextVar(
+    "eostream_handling", default=None
+)
+
+
+def heartbeat() -> None:
+    """Tell the consumer whose record is being handled that the handler is still moving.
+
+    For handlers that take longer than the stall time (a training run): call it from the handler
+    or from the thread it started with ``asyncio.to_thread`` (which copies the context). Outside a
+    handler it does nothing.
+    """
+    progress = _handling.get()
+    if progress is not None:
+        progress.advanced()
 
 
 @dataclass(frozen=True)
@@ -71,6 +113,9 @@ class Consumer(Protocol):
 
     @property
     def ready(self) -> bool: ...
+
+    @property
+    def progress(self) -> ConsumerProgress: ...
 
 
 class Bus(Protocol):
@@ -153,14 +198,28 @@ class RecordProcessor:
         handler: Handler,
         policy: RetryPolicy,
         dead_letter: Callable[[WireMessage], Awaitable[None]],
+        progress: ConsumerProgress | None = None,
     ) -> None:
         self._service = service
         self._handler = handler
         self._policy = policy
         self._dead_letter = dead_letter
+        self.progress = progress or ConsumerProgress()
 
     async def process(self, message: WireMessage, delivery: Delivery) -> None:
         """Return when the record may be committed; raise ConsumerStopped when it may not."""
+        progress = self.progress
+        progress.in_flight_since = time.monotonic()
+        token = _handling.set(progress)
+        try:
+            await self._process(message, delivery)
+        finally:
+            _handling.reset(token)
+            progress.in_flight_since = None
+        progress.records += 1
+        progress.advanced()
+
+    async def _process(self, message: WireMessage, delivery: Delivery) -> None:
         started = time.perf_counter()
         attempt = 0
         while True:

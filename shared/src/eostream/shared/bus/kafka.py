@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    TopicAlreadyExistsError,
+)
 
 from eostream.shared import metrics
 from eostream.shared.bus.base import (
+    ConsumerProgress,
     Delivery,
     Handler,
     RecordProcessor,
@@ -27,11 +33,24 @@ from eostream.shared.bus.base import (
     parse_dead_letter,
 )
 from eostream.shared.codec import WireMessage, encode, header_text
-from eostream.shared.errors import ConfigError
+from eostream.shared.errors import BusUnavailableError, ConfigError
 from eostream.shared.events import DeadLetter, Event
 from eostream.shared.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
+
+PUBLISH_BACKOFF_SECONDS = 0.5
+#: Within a batch, offsets are committed at most this often (and always at its end).
+COMMIT_INTERVAL_SECONDS = 1.0
+PUBLISH_BACKOFF_MAX_SECONDS = 5.0
+
+
+def transient(exc: BaseException) -> bool:
+    """A broker that is restarting, unreachable or electing a leader: worth trying again."""
+    return isinstance(exc, KafkaError) and (
+        bool(getattr(exc, "retriable", False))
+        or isinstance(exc, KafkaConnectionError | KafkaTimeoutError)
+    )
 
 
 class KafkaBus:
@@ -133,25 +152,71 @@ class KafkaBus:
 
     async def publish_many(self, topic: str, events: Sequence[Event]) -> None:
         """Publish a batch and wait until the broker acknowledged every record."""
-        await self.ensure_topics([topic])
-        producer = self._require_producer()
-        futures = [
-            await producer.send(
-                self.physical(topic), m.value, key=m.key, headers=list(m.headers.items())
-            )
-            for m in encode_all(events, self._service)
-        ]
-        await asyncio.gather(*futures)
+        messages = encode_all(events, self._service)
+
+        async def send() -> None:
+            await self.ensure_topics([topic])
+            producer = self._require_producer()
+            futures = [
+                await producer.send(
+                    self.physical(topic), m.value, key=m.key, headers=list(m.headers.items())
+                )
+                for m in messages
+            ]
+            await asyncio.gather(*futures)
+
+        await self._retrying(topic, send)
         metrics.PUBLISHED.labels(self._service, topic).inc(len(events))
 
     async def publish_raw(self, topic: str, message: WireMessage) -> None:
-        await self.ensure_topics([topic])
-        await self._require_producer().send_and_wait(
-            self.physical(topic),
-            message.value,
-            key=message.key,
-            headers=list(message.headers.items()),
-        )
+        async def send() -> None:
+            await self.ensure_topics([topic])
+            await self._require_producer().send_and_wait(
+                self.physical(topic),
+                message.value,
+                key=message.key,
+                headers=list(message.headers.items()),
+            )
+
+        await self._retrying(topic, send)
+
+    async def _retrying(self, topic: str, send: Callable[[], Awaitable[None]]) -> None:
+        """Run ``send`` until the broker takes it, through a restart or a leader election.
+
+        A batch half taken before a failure is sent again whole: consumers drop the duplicates by
+        event id. Past ``publish_retry_seconds`` it raises :class:`BusUnavailableError`, which
+        stops a consumer without committing (it is restarted and the record redelivered).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.publish_retry_seconds
+        delay = PUBLISH_BACKOFF_SECONDS
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await send()
+            except (KafkaError, OSError) as exc:
+                if not (transient(exc) or isinstance(exc, OSError)):
+                    raise
+                if loop.time() + delay > deadline:
+                    raise BusUnavailableError(
+                        f"the broker did not take a record for {topic} within "
+                        f"{self._settings.publish_retry_seconds:.0f}s ({attempt} attempts): "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
+                log.warning(
+                    "publishing to %s failed (attempt %d, %s: %s); retrying in %.1fs",
+                    topic,
+                    attempt,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                metrics.PUBLISH_RETRIES.labels(self._service, topic).inc()
+                await asyncio.sleep(delay)
+                delay = min(PUBLISH_BACKOFF_MAX_SECONDS, delay * 2)
+            else:
+                return
 
     def consumer(self, topics: Sequence[str], group: str, handler: Handler) -> KafkaConsumer:
         return KafkaConsumer(self, list(topics), group, handler)
@@ -207,14 +272,34 @@ def _wire(record: object) -> WireMessage:
     return WireMessage(key=key, value=value, headers=headers)
 
 
+async def _close(kafka: AIOKafkaConsumer, group: str) -> None:
+    """Stop an aiokafka consumer, even with the broker gone.
+
+    With the broker down, aiokafka 0.14's ``stop`` re-raises the CancelledError of its own fetch
+    task; left to propagate, it would look like a cancellation of the caller and end the
+    supervisor too. Only a real cancellation of this task goes on.
+    """
+    try:
+        await kafka.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.warning("%s: the consumer closed uncleanly (broker unreachable)", group)
+    except KafkaError as exc:
+        log.warning("%s: the consumer closed uncleanly: %s", group, exc)
+
+
 class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, consumer: KafkaConsumer) -> None:
         self._consumer = consumer
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         await self._consumer.commit_pending(revoked)
+        self._consumer.forget(revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._consumer.joined = True
         log.info(
             "%s: assigned %s",
             self._consumer.group,
@@ -231,6 +316,9 @@ class KafkaConsumer:
         self._ready = False
         self._kafka: AIOKafkaConsumer | None = None
         self._pending: dict[TopicPartition, int] = {}
+        self._next: dict[TopicPartition, int] = {}  # next offset to handle, per partition
+        self.joined = False  # a rebalance gave this member its partitions (maybe none)
+        self._committed_at = 0.0
         self._processor = RecordProcessor(
             service=bus._service,
             handler=handler,
@@ -242,8 +330,20 @@ class KafkaConsumer:
     def ready(self) -> bool:
         return self._ready
 
+    @property
+    def progress(self) -> ConsumerProgress:
+        return self._processor.progress
+
     async def stop(self) -> None:
         self._stopping.set()
+
+    def forget(self, revoked: Iterable[TopicPartition]) -> None:
+        """Partitions handed to another member: their lag is that member's to report."""
+        for tp in revoked:
+            self._next.pop(tp, None)
+            metrics.CONSUMER_LAG.labels(
+                self._bus._service, self._bus.logical(tp.topic), self.group, str(tp.partition)
+            ).set(0)
 
     async def commit_pending(self, only: Iterable[TopicPartition] | None = None) -> None:
         if self._kafka is None or not self._pending:
@@ -252,6 +352,7 @@ class KafkaConsumer:
         offsets = {tp: off for tp, off in self._pending.items() if tp in chosen}
         if not offsets:
             return
+        self._committed_at = asyncio.get_running_loop().time()
         try:
             await self._kafka.commit(offsets)
         except KafkaError as exc:
@@ -286,9 +387,16 @@ class KafkaConsumer:
             raise ConfigError(f"cannot reach Kafka at {settings.bootstrap_servers}") from None
         self._kafka = kafka
         self._ready = True
+        loop = asyncio.get_running_loop()
         try:
             while not self._stopping.is_set():
                 batch = await kafka.getmany(timeout_ms=500, max_records=settings.batch_size)
+                for tp, records in batch.items():
+                    self._next[tp] = records[0].offset
+                if batch:  # what waits now, the fetched records included (a stuck handler shows)
+                    lag = await self._lag(kafka)
+                    fetched = sum(len(records) for records in batch.values())
+                    self.progress.waiting = max(fetched, lag or 0)
                 for tp, records in batch.items():
                     for record in records:
                         if self._stopping.is_set():
@@ -301,18 +409,43 @@ class KafkaConsumer:
                             header_text(dict(_wire(record).headers)),
                         )
                         await self._processor.process(_wire(record), delivery)
-                        self._pending[tp] = record.offset + 1
-                    self._update_lag(kafka, tp)
+                        self._pending[tp] = self._next[tp] = record.offset + 1
+                        if loop.time() - self._committed_at >= COMMIT_INTERVAL_SECONDS:
+                            # slow records (a scene, a training): commit as they finish, so a
+                            # crash or a rebalance mid-batch redelivers little
+                            await self.commit_pending()
                 await self.commit_pending()
+                lag = await self._lag(kafka)
+                if lag is not None:
+                    self.progress.idle(lag)
         finally:
             self._ready = False
             await self.commit_pending()
             self._kafka = None
-            await kafka.stop()
+            await _close(kafka, self.group)
 
-    def _update_lag(self, kafka: AIOKafkaConsumer, tp: TopicPartition) -> None:
-        highwater = kafka.highwater(tp)
-        if highwater is not None and tp in self._pending:
+    async def _lag(self, kafka: AIOKafkaConsumer) -> int | None:
+        """Records behind the end of each assigned partition (exported per partition); the sum,
+        or None while a partition's end is not known yet (before its first fetch)."""
+        total: int | None = 0
+        assigned = kafka.assignment()
+        if not assigned:  # not in the group yet, or in it with no partition (an idle replica)
+            return 0 if self.joined else None
+        for tp in assigned:
+            highwater = kafka.highwater(tp)
+            if highwater is None:
+                total = None
+                continue
+            if tp not in self._next:
+                try:
+                    self._next[tp] = await kafka.position(tp)
+                except KafkaError:  # revoked meanwhile, or no position yet: next poll
+                    total = None
+                    continue
+            lag = max(0, highwater - self._next[tp])
             metrics.CONSUMER_LAG.labels(
-                self._bus._service, self._bus.logical(tp.topic), self.group
-            ).set(max(0, highwater - self._pending[tp]))
+                self._bus._service, self._bus.logical(tp.topic), self.group, str(tp.partition)
+            ).set(lag)
+            if total is not None:
+                total += lag
+        return total

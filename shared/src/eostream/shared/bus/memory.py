@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 
 from eostream.shared import metrics
 from eostream.shared.bus.base import (
+    ConsumerProgress,
     Delivery,
     Handler,
     RecordProcessor,
@@ -98,6 +99,15 @@ class InMemoryConsumer:
     def ready(self) -> bool:
         return self._ready
 
+    @property
+    def progress(self) -> ConsumerProgress:
+        return self._processor.progress
+
+    def _waiting(self) -> int:
+        return sum(
+            len(self._bus._logs[t]) - self._bus._committed[(self._group, t)] for t in self._topics
+        )
+
     async def stop(self) -> None:
         self._stopping.set()
         async with self._bus._changed:
@@ -118,14 +128,16 @@ class InMemoryConsumer:
                 async with self._bus._changed:
                     found = self._next()
                     if found is None:
+                        self.progress.idle(0)
                         await self._bus._changed.wait()
                         continue
+                    self.progress.waiting = self._waiting()
                 topic, offset, message = found
                 key = message.key.decode("utf-8", errors="replace") if message.key else None
                 delivery = Delivery(topic, 0, offset, key, header_text(message.headers))
                 await self._processor.process(message, delivery)
                 self._bus._committed[(self._group, topic)] = offset + 1
                 lag = len(self._bus._logs[topic]) - offset - 1
-                metrics.CONSUMER_LAG.labels(self._bus._service, topic, self._group).set(lag)
+                metrics.CONSUMER_LAG.labels(self._bus._service, topic, self._group, "0").set(lag)
         finally:
             self._ready = False

@@ -50,7 +50,7 @@ def create_app(settings: InferenceSettings, service: InferenceService | None = N
         ).observe(time.perf_counter() - started)
         return response
 
-    app.include_router(ops_router("inference", svc.readiness))
+    app.include_router(ops_router("inference", svc.readiness, svc.liveness))
     for router in (results.router, stac.router, models.router, classify.router, processes.router):
         app.include_router(router)
     return app

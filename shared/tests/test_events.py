@@ -76,6 +76,7 @@ def test_every_event_type_round_trips_through_the_wire() -> None:
             pixels=100,
             duration_seconds=1.5,
         ),
+        events.ItemReplayRequested(item_id="S2", source_name="es", letter_id="0123456789ab"),
     ]
     assert {type(s).__name__ for s in samples} == {c.__name__ for c in EVENT_TYPES.values()}
     for sample in samples:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
+from typing import Any
 
 from eostream.shared.bus import Delivery
 from eostream.shared.bus.memory import InMemoryBus
@@ -27,3 +30,21 @@ async def drain(bus: InMemoryBus, topic: str, group: str) -> list[SceneDiscovere
     await consumer.stop()
     await task
     return got
+
+
+def write_catalogue(root: Path, items: list[dict[str, Any]]) -> Path:
+    """A static catalogue, one file per item (rewritten in place: the user fixes it there)."""
+    root.mkdir(exist_ok=True)
+    links = []
+    for item in items:
+        (root / f"{item['id']}.json").write_text(json.dumps(item))
+        links.append({"rel": "item", "href": f"./{item['id']}.json"})
+    catalog = {
+        "type": "Catalog",
+        "id": "replay",
+        "stac_version": "1.0.0",
+        "description": "items to fix and replay",
+        "links": links,
+    }
+    (root / "catalog.json").write_text(json.dumps(catalog))
+    return root / "catalog.json"

@@ -142,6 +142,7 @@ async def test_items_inserted_while_running_are_announced_once_across_restarts(
         "INGEST_TOPIC": topic,
         "INGEST_STATE": "postgres",
         "INGEST_PG_DSN": dsn,
+        "INGEST_PG_SCHEMA": f"ingest_test_{run_id}",  # its own leader lock (ADR 0006)
         "INGEST_SOURCES": json.dumps([source]),
         "INGEST_POLL_INTERVAL_SECONDS": "0.5",
         "INGEST_HTTP_PORT": str(port),

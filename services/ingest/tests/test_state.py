@@ -27,6 +27,13 @@ async def _exercise(store: StateStore, source: str) -> None:
     assert await store.unseen("another-source", keys) == set(keys)
     rows = {r.source: r for r in await store.summary()}
     assert rows[source].published == 1 and rows[source].watermark == t0
+    # a replay forgets the rejections of an item (every version), never what was published
+    await store.mark_seen(
+        source, [SeenRecord("b", "v1", "rejected"), SeenRecord("b", "v2", "rejected")]
+    )
+    assert await store.forget_rejection(source, "a") == 0
+    assert await store.forget_rejection(source, "b") == 2
+    assert await store.unseen(source, [("a", "v1"), ("b", "v1")]) == {("b", "v1")}
 
 
 async def test_sqlite_state_survives_reopen(tmp_path: Path) -> None:

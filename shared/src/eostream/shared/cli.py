@@ -158,8 +158,10 @@ def quiet_for_people() -> None:
 
 def _load_commands() -> None:
     from eostream.shared.datasets_cli import data_app
+    from eostream.shared.dlq_cli import dlq_app
 
     app.add_typer(data_app, name="data")
+    app.add_typer(dlq_app, name="dlq")
     for ep in sorted(entry_points(group="eostream.commands"), key=lambda e: e.name):
         try:
             sub = ep.load()

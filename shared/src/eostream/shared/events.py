@@ -192,6 +192,29 @@ class SceneClassified(Event):
         return self.item_id
 
 
+class ItemReplayRequested(Event):
+    """An operator asks ingest to look again at a STAC item it rejected (``eostream dlq replay``).
+
+    Ingest re-reads the item from its source as it is now, forgets the earlier rejection and maps
+    it like a poll would: announced once if it is valid now, dead-lettered again if not.
+    """
+
+    event_type: Literal["item.replay_requested"] = "item.replay_requested"
+    schema_version: Literal[1] = 1
+
+    item_id: str = Field(min_length=1, max_length=256)
+    source_name: str = Field(min_length=1, description="The ingest source that rejected it")
+    collection: str | None = None
+    item_href: str | None = Field(default=None, description="Where ingest read it, if known")
+    letter_id: str = Field(min_length=1, description="The dead letter being replayed")
+    reason: str = Field(default="", description="Why it was rejected then")
+    requested_by: str = "unknown"
+
+    @property
+    def key(self) -> str:
+        return self.item_id
+
+
 class DeadLetter(BaseModel):
     """A dead-letter record read back: the original message, untouched, and why it is there.
 
@@ -221,7 +244,8 @@ AnyEvent = Annotated[
     | TrainingStarted
     | ModelVersionRegistered
     | ModelPromoted
-    | SceneClassified,
+    | SceneClassified
+    | ItemReplayRequested,
     Field(discriminator="event_type"),
 ]
 
@@ -235,6 +259,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ModelVersionRegistered,
         ModelPromoted,
         SceneClassified,
+        ItemReplayRequested,
     )
 }
 
@@ -313,6 +338,7 @@ __all__ = [
     "DatasetUpdated",
     "DeadLetter",
     "Event",
+    "ItemReplayRequested",
     "Level",
     "ModelPromoted",
     "ModelVersionRegistered",

@@ -10,6 +10,10 @@ DATASETS_UPDATED = "eostream.datasets.updated"
 MODELS_REGISTERED = "eostream.models.registered"
 MODELS_PROMOTED = "eostream.models.promoted"
 DEAD_LETTER = "eostream.deadletter"
+#: ``eostream dlq replay``'s log: one record per dead letter replayed (key: the letter's id)
+DEAD_LETTER_REPLAYED = "eostream.deadletter.replayed"
+#: replays of STAC items ingest rejected (``ItemReplayRequested``, key: the item id)
+INGEST_REPLAY = "eostream.ingest.replay"
 
 ALL = (
     SCENES_DISCOVERED,
@@ -20,4 +24,6 @@ ALL = (
     MODELS_REGISTERED,
     MODELS_PROMOTED,
     DEAD_LETTER,
+    DEAD_LETTER_REPLAYED,
+    INGEST_REPLAY,
 )

@@ -1,5 +1,6 @@
-"""The ingest component of the embedded mode (``eostream up``): the watcher on the shared
-in-process bus, with its state in sqlite under the embedded home.
+"""The ingest component of the embedded mode (``eostream up``): the watcher and its replay
+consumer on the shared in-process bus, with its state in sqlite under the embedded home (and the
+same leader lock as a service, so two systems on one home do not both announce).
 
 Options (``EmbeddedContext.options["ingest"]``): ``sources`` (a list of source objects, as in
 INGEST_SOURCES) and ``poll_interval_seconds``. Without sources, and with a data folder, it watches
@@ -11,12 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from pydantic import TypeAdapter
 
 from eostream.ingest.settings import IngestSettings, SourceConfig, StacApiSource, StaticSource
 from eostream.ingest.state import SqliteStateStore
 from eostream.ingest.watcher import Watcher
+
+if TYPE_CHECKING:
+    from eostream.ingest.service import IngestRunner
 from eostream.shared.embedded import EmbeddedContext
 
 log = logging.getLogger(__name__)
@@ -52,17 +57,19 @@ class IngestComponent:
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.watcher: Watcher | None = None
+        self.runner: IngestRunner | None = None
 
     @property
     def urls(self) -> Mapping[str, str]:
         return {}
 
     async def start(self) -> None:
-        from eostream.ingest.service import build_watcher
+        from eostream.ingest.service import IngestRunner, build_watcher
 
         await self._store.open()
         self.watcher = build_watcher(self.settings, self._context.bus, self._store)
-        self._task = asyncio.create_task(self.watcher.run(self._stop), name="ingest-watcher")
+        self.runner = IngestRunner(self.settings, self._context.bus, self.watcher)
+        self._task = asyncio.create_task(self.runner.run(self._stop), name="ingest-watcher")
         log.info(
             "ingest: watching %s", ", ".join(s.name for s in self.settings.sources) or "nothing"
         )

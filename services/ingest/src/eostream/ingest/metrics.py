@@ -29,3 +29,7 @@ SOURCE_ERRORS = Counter(
 SOURCE_UP = Gauge(
     "eostream_ingest_source_up", "1 when the last poll of the source succeeded", ["source"]
 )
+LEADER = Gauge(
+    "eostream_ingest_leader",
+    "1 when this replica holds the state's leader lock and polls; 0 when it stands by",
+)

@@ -1,4 +1,9 @@
-"""Wiring: build the bus, the state store and the sources from settings; run the watcher."""
+"""Wiring: build the bus, the state store and the sources from settings; run the watcher.
+
+:class:`IngestRunner` is what runs in a service (and in the embedded mode): while this replica
+holds the state's leader lock, the watcher polls and a supervised consumer takes the operators'
+replay requests (``eostream.ingest.replay``); otherwise it stands by (see ``leader``).
+"""
 
 from __future__ import annotations
 
@@ -7,17 +12,20 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+from eostream.ingest.leader import FileLeaderLock, LeaderLock, Leadership
 from eostream.ingest.settings import IngestSettings, StacApiSource
 from eostream.ingest.sources import StacApiItemSource, StaticItemSource
 from eostream.ingest.state import SqliteStateStore, StateStore
 from eostream.ingest.watcher import SERVICE, WatchedSource, Watcher
-from eostream.shared.bus import Bus, build_bus
-from eostream.shared.errors import ConfigError
+from eostream.shared.bus import Bus, Consumers, Delivery, build_bus
+from eostream.shared.errors import ConfigError, InvalidEventError
+from eostream.shared.events import Event, ItemReplayRequested
 from eostream.shared.ops import OpsServer, create_ops_app
 from eostream.shared.runtime import install_stop_signals, preflight
 from eostream.shared.settings import configure_logging
 
 log = logging.getLogger(__name__)
+REPLAY_GROUP = "ingest-replay"
 
 
 def build_state(settings: IngestSettings) -> StateStore:
@@ -32,6 +40,22 @@ def build_state(settings: IngestSettings) -> StateStore:
             schema=settings.pg_schema,
         )
     return SqliteStateStore(settings.sqlite_path)
+
+
+def build_lock(settings: IngestSettings) -> LeaderLock:
+    """The leader lock of the state the settings name (ADR 0006)."""
+    if settings.state == "postgres":
+        from eostream.ingest.leader import PostgresLeaderLock
+
+        if settings.pg_dsn is None:  # checked by the settings too
+            raise ConfigError("INGEST_STATE=postgres needs INGEST_PG_DSN or EOSTREAM_PG_DSN")
+        return PostgresLeaderLock(
+            settings.pg_dsn.get_secret_value(),
+            database=settings.pg_database,
+            schema=settings.pg_schema,
+        )
+    path = settings.sqlite_path
+    return FileLeaderLock(path.with_name(path.name + ".leader"))
 
 
 def _s3_reader(settings: IngestSettings) -> Callable[[str, str], bytes] | None:
@@ -76,6 +100,64 @@ def build_watcher(settings: IngestSettings, bus: Bus, store: StateStore) -> Watc
     )
 
 
+class IngestRunner:
+    """The watcher and its replay consumer, run while this replica is the leader."""
+
+    def __init__(
+        self,
+        settings: IngestSettings,
+        bus: Bus,
+        watcher: Watcher,
+        lock: LeaderLock | None = None,
+    ) -> None:
+        self._settings = settings
+        self._bus = bus
+        self.watcher = watcher
+        self.leadership = Leadership(
+            lock or build_lock(settings), retry_seconds=settings.leader_retry_seconds
+        )
+        self.consumers: Consumers | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Lead or stand by until ``stop``; the poll or replay in flight is finished first."""
+        await self.leadership.run(stop, self._lead)
+
+    async def _lead(self, resign: asyncio.Event) -> None:
+        topic = self._settings.replay_topic
+        consumers = Consumers(SERVICE, self._settings.consumers)
+        consumers.add(
+            REPLAY_GROUP, lambda: self._bus.consumer([topic], REPLAY_GROUP, self._on_replay)
+        )
+        self.consumers = consumers
+        consumers.start()
+        try:
+            await self.watcher.run(resign)
+        finally:
+            await consumers.stop()
+
+    async def _on_replay(self, event: Event, delivery: Delivery) -> None:
+        if not isinstance(event, ItemReplayRequested):
+            raise InvalidEventError(
+                f"{delivery.where()}: expected item.replay_requested, not {event.event_type}"
+            )
+        await self.watcher.replay(event)
+
+    def readiness(self) -> tuple[bool, str]:
+        standing_by = self.leadership.readiness()
+        if standing_by is not None:
+            return standing_by
+        ok, detail = self.watcher.readiness()
+        if self.consumers is not None:
+            ready, replay = self.consumers.readiness()
+            ok, detail = ok and ready, f"{detail}; {replay}"
+        return ok, f"leader: {detail}"
+
+    def liveness(self) -> tuple[bool, str]:
+        if self.leadership.role != "leader" or self.consumers is None:
+            return True, self.leadership.role
+        return self.consumers.liveness()
+
+
 @asynccontextmanager
 async def running(settings: IngestSettings, bus: Bus | None = None) -> AsyncIterator[Watcher]:
     """Bus started, state open, watcher built; everything closed on the way out."""
@@ -103,18 +185,26 @@ async def serve(settings: IngestSettings) -> None:
         log.warning("no sources configured (INGEST_SOURCES / INGEST_SOURCES_FILE): idle")
     stop = asyncio.Event()
     install_stop_signals(stop.set)
-    async with running(settings) as watcher:
-        ops = OpsServer(
-            create_ops_app(SERVICE, watcher.readiness), settings.http_host, settings.http_port
-        )
-        await ops.start()
-        log.info(
-            "watching %d source(s): %s",
-            len(settings.sources),
-            ", ".join(s.name for s in settings.sources),
-        )
-        try:
-            await watcher.run(stop)
-        finally:
-            await ops.stop()
+    bus = build_bus(settings, service=SERVICE)
+    await bus.start()
+    try:
+        async with running(settings, bus) as watcher:
+            runner = IngestRunner(settings, bus, watcher)
+            ops = OpsServer(
+                create_ops_app(SERVICE, runner.readiness, runner.liveness),
+                settings.http_host,
+                settings.http_port,
+            )
+            await ops.start()
+            log.info(
+                "watching %d source(s): %s",
+                len(settings.sources),
+                ", ".join(s.name for s in settings.sources),
+            )
+            try:
+                await runner.run(stop)
+            finally:
+                await ops.stop()
+    finally:
+        await bus.close()
     log.info("stopped")

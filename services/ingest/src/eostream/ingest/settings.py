@@ -114,6 +114,12 @@ class IngestSettings(ServiceSettings):
     backoff_seconds: float = Field(default=1.0, gt=0)
     backoff_max_seconds: float = Field(default=300.0, gt=0)
     publish_batch: int = Field(default=100, ge=1, le=10000)
+    replay_topic: str = topics.INGEST_REPLAY
+    leader_retry_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="how often a standby replica tries the leader lock, and the leader checks it",
+    )
 
     @model_validator(mode="after")
     def _sources(self) -> Self:

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 from pystac.stac_io import DefaultStacIO
 from pystac.utils import make_absolute_href
@@ -43,6 +43,12 @@ class ItemSource(Protocol):
     ) -> AsyncIterator[list[RawItem]]:
         """Pages of items whose datetime is within [start, end] (None: open)."""
 
+    async def fetch(
+        self, item_id: str, *, collection: str | None = None, href: str | None = None
+    ) -> RawItem | None:
+        """One item by id, as the source has it now (None: not there any more). ``collection``
+        and ``href`` are hints of where it was; raises SourceUnavailable when it cannot look."""
+
 
 async def _iterate_in_thread(pages: Iterator[list[RawItem]]) -> AsyncIterator[list[RawItem]]:
     """Drive a blocking page iterator from a worker thread, one page at a time."""
@@ -52,6 +58,16 @@ async def _iterate_in_thread(pages: Iterator[list[RawItem]]) -> AsyncIterator[li
         if page is done:
             return
         yield page  # type: ignore[misc]
+
+
+def _json_object(response: Any, source: str) -> JsonDict:
+    try:
+        data = response.json()
+    except ValueError as exc:
+        raise SourceUnavailable(f"{source}: {response.url} did not answer JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SourceUnavailable(f"{source}: {response.url} did not answer a JSON object")
+    return data
 
 
 def _range(start: datetime | None, end: datetime | None) -> str | None:
@@ -95,6 +111,36 @@ class StacApiItemSource:
     ) -> AsyncIterator[list[RawItem]]:
         async for page in _iterate_in_thread(self._search(start, end)):
             yield page
+
+    async def fetch(
+        self, item_id: str, *, collection: str | None = None, href: str | None = None
+    ) -> RawItem | None:
+        """GET the item from its collection; else (moved, or no collection known) search by id."""
+        import httpx
+
+        base = self.config.url.rstrip("/")
+        try:
+            async with httpx.AsyncClient(timeout=self.config.timeout_seconds) as client:
+                if collection:
+                    response = await client.get(
+                        f"{base}/collections/{quote(collection, safe='')}/items/"
+                        f"{quote(item_id, safe='')}"
+                    )
+                    if response.status_code == 200:
+                        return RawItem(_json_object(response, self.name), None)
+                    if response.status_code != 404:
+                        raise SourceUnavailable(
+                            f"{self.name}: GET {response.url}: HTTP {response.status_code}"
+                        )
+                response = await client.get(f"{base}/search", params={"ids": item_id})
+        except httpx.HTTPError as exc:
+            raise SourceUnavailable(f"{self.name}: STAC API {self.config.url}: {exc}") from exc
+        if response.status_code != 200:
+            raise SourceUnavailable(f"{self.name}: GET {response.url}: HTTP {response.status_code}")
+        for feature in _json_object(response, self.name).get("features") or []:
+            if isinstance(feature, dict) and feature.get("id") == item_id:
+                return RawItem(feature, None)
+        return None
 
 
 class RewritingStacIO(DefaultStacIO):
@@ -178,6 +224,25 @@ class StaticItemSource:
                 page = []
         if page:
             yield page
+
+    def _find(self, item_id: str, href: str | None) -> RawItem | None:
+        if href:
+            try:
+                data = self._read(href)
+            except SourceUnavailable:
+                data = {}  # moved or gone: look for it in the catalogue
+            if data.get("type") == "Feature" and data.get("id") == item_id:
+                return RawItem(data, self._io.rewrite(href))
+        for raw in self._walk(self.config.href):
+            if raw.item.get("id") == item_id:
+                return raw
+        return None
+
+    async def fetch(
+        self, item_id: str, *, collection: str | None = None, href: str | None = None
+    ) -> RawItem | None:
+        """Read the file the item was read from; else walk the catalogue for it."""
+        return await asyncio.to_thread(self._find, item_id, href)
 
     async def pages(
         self, *, start: datetime | None, end: datetime | None

@@ -53,6 +53,10 @@ class StateStore(Protocol):
 
     async def mark_seen(self, source: str, records: Sequence[SeenRecord]) -> None: ...
 
+    async def forget_rejection(self, source: str, item_id: str) -> int:
+        """Drop the "rejected" rows of an item (every version), so that it is looked at again
+        (``eostream dlq replay``); published rows stay. Returns the rows dropped."""
+
     async def summary(self) -> list[SourceSummary]: ...
 
 
@@ -167,6 +171,17 @@ class SqliteStateStore:
 
         async with self._lock:
             await asyncio.to_thread(write)
+
+    async def forget_rejection(self, source: str, item_id: str) -> int:
+        def delete() -> int:
+            cursor = self._db().execute(
+                "DELETE FROM seen WHERE source = ? AND item_id = ? AND outcome = 'rejected'",
+                (source, item_id),
+            )
+            return int(cursor.rowcount)
+
+        async with self._lock:
+            return await asyncio.to_thread(delete)
 
     async def summary(self) -> list[SourceSummary]:
         def query() -> list[SourceSummary]:

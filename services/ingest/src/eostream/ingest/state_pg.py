@@ -119,6 +119,16 @@ class PostgresStateStore:
                 ],
             )
 
+    async def forget_rejection(self, source: str, item_id: str) -> int:
+        await self._revive()
+        cur = await self._db().execute(
+            sql.SQL(
+                "DELETE FROM {} WHERE source = %s AND item_id = %s AND outcome = 'rejected'"
+            ).format(self._t("seen")),
+            (source, item_id),
+        )
+        return int(cur.rowcount)
+
     async def summary(self) -> list[SourceSummary]:
         cur = await self._db().execute(
             sql.SQL("SELECT source, watermark FROM {}").format(self._t("watermarks"))

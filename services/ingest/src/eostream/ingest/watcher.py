@@ -4,6 +4,10 @@ Per page: drop what the seen-set already holds, map every other item to a SceneD
 (or reject it to the dead-letter topic with the reason), publish the events and wait for the
 broker's acknowledgement, and only then record them as seen. The watermark (newest item
 datetime) moves at the end of a complete poll; the next poll searches from watermark - overlap.
+
+:meth:`Watcher.replay` runs one item an operator asked for again (``eostream dlq replay`` of a
+rejected item) through the same page path, after forgetting its rejection; pages and replays take
+turns (one lock), so an item is never announced by both.
 """
 
 from __future__ import annotations
@@ -27,11 +31,14 @@ from eostream.shared import metrics as shared_metrics
 from eostream.shared.bus import Bus, Delivery
 from eostream.shared.bus.base import dead_letter_message
 from eostream.shared.codec import WireMessage
-from eostream.shared.events import SceneDiscovered
+from eostream.shared.errors import InvalidEventError
+from eostream.shared.events import ItemReplayRequested, SceneDiscovered
 
 log = logging.getLogger(__name__)
 SERVICE = "ingest"
 REJECTED = "ItemRejected"  # the dead letters' error type
+#: header of a letter that came from a replay (as eostream.shared.deadletters.REPLAYED_FROM)
+REPLAYED_FROM = "dlq_replayed_from"
 
 
 @dataclass
@@ -79,6 +86,7 @@ class Watcher:
         self._healthy: dict[str, bool] = {}
         self._failures: dict[str, int] = {}
         self._errors: dict[str, str] = {}
+        self._turn = asyncio.Lock()  # one page (or replayed item) at a time
 
     # -- one poll ----------------------------------------------------------------------------
 
@@ -107,18 +115,19 @@ class Watcher:
         newest: datetime | None = None
         handled: set[tuple[str, str]] = set()
         async for page in watched.source.pages(start=start, end=end):
-            newest = _later(
-                newest,
-                await self._page(
-                    watched,
-                    page,
-                    report,
-                    handled,
-                    replace,
-                    start if backfill else None,
-                    end if backfill else None,
-                ),
-            )
+            async with self._turn:
+                newest = _later(
+                    newest,
+                    await self._page(
+                        watched,
+                        page,
+                        report,
+                        handled,
+                        replace,
+                        start if backfill else None,
+                        end if backfill else None,
+                    ),
+                )
         if incremental and newest is not None:
             await self._store.set_watermark(name, min(newest, datetime.now(UTC)))
         report.watermark = await self._store.watermark(name)
@@ -138,6 +147,7 @@ class Watcher:
         replace: bool,
         start: datetime | None,
         end: datetime | None,
+        replayed_from: str | None = None,
     ) -> datetime | None:
         name, config = watched.config.name, watched.config
         report.seen += len(page)
@@ -194,19 +204,26 @@ class Watcher:
             report.published += len(chunk)
             metrics.ITEMS.labels(name, "published").inc(len(chunk))
         for raw, why_not, version in rejected:
-            await self._dead_letter(name, raw, why_not)
+            await self._dead_letter(name, raw, why_not, replayed_from)
             await self._store.mark_seen(name, [SeenRecord(why_not.item_id, version, "rejected")])
             report.rejected += 1
             report.rejections.append(str(why_not))
             metrics.ITEMS.labels(name, "rejected").inc()
         return newest
 
-    async def _dead_letter(self, source: str, raw: RawItem, exc: ItemRejected) -> None:
+    async def _dead_letter(
+        self, source: str, raw: RawItem, exc: ItemRejected, replayed_from: str | None = None
+    ) -> None:
         key = exc.item_id
+        headers = {"content-type": b"application/geo+json", "stac_source": source.encode()}
+        if raw.href:  # where to read it again on a replay
+            headers["stac_href"] = raw.href.encode("utf-8")
+        if replayed_from:
+            headers[REPLAYED_FROM] = replayed_from.encode("utf-8")
         message = WireMessage(
             key=key.encode("utf-8"),
             value=json.dumps(raw.item, separators=(",", ":")).encode("utf-8"),
-            headers={"content-type": b"application/geo+json", "stac_source": source.encode()},
+            headers=headers,
         )
         delivery = Delivery(topic=f"stac:{source}", partition=None, offset=None, key=key)
         await self._bus.publish_raw(
@@ -223,6 +240,58 @@ class Watcher:
         # Counted like a consumer's dead letters: the "topic" is where the record came from.
         shared_metrics.DEAD_LETTERS.labels(SERVICE, delivery.topic, REJECTED).inc()
         log.warning("%s: rejected %s: %s", source, key, exc.reason)
+
+    # -- a replayed item --------------------------------------------------------------------
+
+    async def replay(self, request: ItemReplayRequested) -> PollReport:
+        """Look again at an item this watcher rejected: read it from its source as it is now,
+        forget the rejection, and map/publish/record it as a poll would (once, never twice).
+
+        Raises InvalidEventError when the source is not configured here or the item is gone
+        (the request is dead-lettered), SourceUnavailable when the source cannot be read now.
+        """
+        name = request.source_name
+        watched = next((w for w in self._sources if w.config.name == name), None)
+        if watched is None:
+            known = ", ".join(w.config.name for w in self._sources) or "none"
+            raise InvalidEventError(
+                f"replay of {request.item_id}: no source named {name!r} here (configured: {known})"
+            )
+        raw = await watched.source.fetch(
+            request.item_id, collection=request.collection, href=request.item_href
+        )
+        if raw is None:
+            raise InvalidEventError(
+                f"replay of {request.item_id}: the item is no longer at source {name!r}"
+            )
+        report = PollReport(name)
+        began = time.perf_counter()
+        async with self._turn:
+            forgotten = await self._store.forget_rejection(name, request.item_id)
+            report.seen = 1
+            metrics.ITEMS.labels(name, "seen").inc()
+            await self._page(
+                watched, [raw], report, set(), False, None, None, replayed_from=request.letter_id
+            )
+        report.seconds = time.perf_counter() - began
+        outcome = (
+            "announced"
+            if report.published
+            else "rejected again"
+            if report.rejected
+            else "filtered out"
+            if report.filtered
+            else "already announced"
+        )
+        log.info(
+            "%s: replay of %s (dead letter %s, %d rejection(s) forgotten): %s",
+            name,
+            request.item_id,
+            request.letter_id,
+            forgotten,
+            outcome,
+        )
+        return report
 
     # -- the loop ----------------------------------------------------------------------------
 

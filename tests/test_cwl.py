@@ -42,6 +42,7 @@ PACKAGES = {
 SCENE = "sentinel2_scenes/boadella_l2a_sentinelhub/sentinel_2/Boadella_2020-06-21.tif"
 SCENE_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
 NODATA = 255
+UNCERTAIN = 254  # eostream.inference.engine.UNCERTAIN: below the confidence threshold
 
 
 def cwltool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -205,7 +206,8 @@ def test_predict_package_stages_out_a_land_cover_map(predicted: Path, data_dir: 
     classification = item.assets["classification"]
     assert classification.media_type == pystac.MediaType.COG
     classes = classification.extra_fields["classification:classes"]
-    assert [c["name"] for c in classes] == list(EUROSAT_CLASSES)
+    # the model's classes, then the value for pixels it is unsure of
+    assert [c["name"] for c in classes] == [*EUROSAT_CLASSES, "uncertain"]
 
     with rasterio.open(data_dir / SCENE) as scene:
         scene_crs, scene_bounds, scene_shape = scene.crs, scene.bounds, scene.shape
@@ -215,10 +217,11 @@ def test_predict_package_stages_out_a_land_cover_map(predicted: Path, data_dir: 
         assert np.allclose(tuple(result.bounds), tuple(scene_bounds), atol=1e-9)
         labels = result.read(1)
     values = set(np.unique(labels).tolist())
-    assert values <= {*range(10), NODATA}, values
+    assert values <= {*range(10), UNCERTAIN, NODATA}, values
     assert values - {NODATA}, "the map classified no pixel"
 
     stats = json.loads(Path(item.assets["statistics"].get_absolute_href() or "").read_text())
     counts = {name: int((labels == i).sum()) for i, name in enumerate(EUROSAT_CLASSES)}
     assert {name: v["pixels"] for name, v in stats["classes"].items()} == counts
+    assert stats["uncertain"]["pixels"] == int((labels == UNCERTAIN).sum())
     assert Path(item.assets["quicklook"].get_absolute_href() or "").read_bytes()[:4] == b"\x89PNG"

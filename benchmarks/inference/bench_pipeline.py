@@ -154,6 +154,7 @@ def _settings(tmp: Path, stride: int) -> Any:
         batch_size=BATCH,
         rows_per_strip=0,
         max_scene_pixels=200_000_000,
+        allow_coarse_scenes=True,
         _env_file=None,
     )
 

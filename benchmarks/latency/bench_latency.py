@@ -69,6 +69,7 @@ def baseline_seconds(driver: DeploymentDriver, repeats: int = 3) -> float:
                 "store": "s3",
                 "s3": stack.s3_settings(),
                 "intra_op_threads": 1,
+                "allow_coarse_scenes": True,  # the 29RKH tile is 100 m
                 "results_prefix": f"latency-baseline-{driver.run}",
             }
         )

@@ -54,6 +54,7 @@ async def test_a_broker_outage_during_the_publish_ends_with_the_scene_classified
         local_store_root=tmp_path / "objects",
         results_db=f"sqlite:///{tmp_path}/results.db",
         intra_op_threads=1,
+        allow_coarse_scenes=True,  # the 29RKH tile is downsampled to 100 m
         initial_model_uri=model.as_uri(),
         initial_model_sha256=hashlib.sha256(blob).hexdigest(),
         scenes_group=f"scenes-{run}",

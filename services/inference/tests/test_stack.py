@@ -109,6 +109,7 @@ async def test_real_tile_on_the_stack(data_dir: Path, tmp_path: Path) -> None:
         models_group=f"inference-test-models-{run}",
         results_prefix=f"results-{run}",
         model_name=f"eurosat-stack-{run}",  # other teams promote their models on the same topic
+        allow_coarse_scenes=True,  # the 29RKH tile is 100 m
         _env_file=None,  # type: ignore[call-arg]
     )
     for group, topic in (

@@ -152,6 +152,7 @@ def build_item(facts: MlmFacts, self_href: str) -> dict[str, Any]:
         "eostream:model_version": facts.version,
         "eostream:sha256": facts.sha256,
         "processing:level": facts.card.processing_level,
+        "gsd": facts.card.gsd_m,  # STAC common metadata: the scale the model was trained at
     }
     if facts.run_id:
         props["eostream:mlflow_run_id"] = facts.run_id

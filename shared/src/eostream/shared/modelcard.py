@@ -69,6 +69,21 @@ class BandScaling(BaseModel):
     clip_max: float | None = None
 
 
+class InputReference(BaseModel):
+    """What the training inputs looked like, in model units: the distribution of the per-band
+    means of the training patches. Inference compares each window's band means with it (a
+    Mahalanobis distance) to tell a scene outside the training domain from one the model knows;
+    ``distance_p99`` is the 99th percentile of that distance over the training patches."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    patches: int = Field(ge=2)
+    mean: tuple[float, ...]
+    covariance: tuple[tuple[float, ...], ...]
+    distance_p99: float = Field(gt=0)
+    source: str = ""
+
+
 class ModelCard(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -87,6 +102,14 @@ class ModelCard(BaseModel):
     architecture: str = ""
     training_data_digest: str | None = None
     description: str = ""
+    gsd_m: float = Field(
+        default=10.0,
+        gt=0,
+        description="ground sampling distance of the training patches in metres (EuroSAT: 10)",
+    )
+    input_reference: InputReference | None = Field(
+        default=None, description="training-input statistics for the out-of-domain check"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -94,6 +117,13 @@ class ModelCard(BaseModel):
             raise ValueError("scaling must list exactly the model's bands, in the same order")
         if len(set(self.bands)) != len(self.bands):
             raise ValueError("bands must not repeat")
+        ref = self.input_reference
+        if ref is not None and (
+            len(ref.mean) != len(self.bands)
+            or len(ref.covariance) != len(self.bands)
+            or any(len(row) != len(self.bands) for row in ref.covariance)
+        ):
+            raise ValueError("input_reference must have one mean and covariance row per band")
         return self
 
     def to_json(self) -> str:

@@ -75,6 +75,9 @@ def embedded_settings(context: EmbeddedContext) -> InferenceSettings:
     home.mkdir(parents=True, exist_ok=True)
     overrides: dict[str, Any] = {
         "defer_scenes_until_model": True,
+        # the demo's only scene is the 29RKH tile downsampled to 100 m: classify it at its own
+        # resolution, marked coarse, rather than refuse it (option allow_coarse_scenes=False)
+        "allow_coarse_scenes": True,
         **options,
         **context.fixed_settings(),  # the store is not built: the context's is handed in
         "api_key": api_key(context),

@@ -17,11 +17,18 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from eostream.inference.domain import DomainCheck, SceneConfidence
 from eostream.inference.model import LoadedModel
 from eostream.inference.tiling import Plan, place_labels, reflect_fill
 
 log = logging.getLogger(__name__)
 NODATA = 255
+#: Pixels the model does not know: top-class probability below the threshold, or a window
+#: outside the training domain. Classes are 0..N-1 (N <= 254) and 255 is nodata, so the value
+#: next to nodata stays clear of any class index a bigger model could add.
+UNCERTAIN = 254
+#: bits of the per-pixel reason map
+LOW_CONFIDENCE, OUT_OF_DOMAIN = 1, 2
 
 
 class StripReader(Protocol):
@@ -43,6 +50,7 @@ class Classification:
     seconds: float
     read_wait_seconds: float
     compute_seconds: float
+    confidence: SceneConfidence | None = None
 
     @property
     def pixels(self) -> int:
@@ -121,8 +129,13 @@ def classify(
     batch_size: int = 256,
     rows_per_strip: int = 0,
     probabilities: bool = False,
+    uncertain_below: float = 0.0,
+    domain: DomainCheck | None = None,
 ) -> Classification:
+    """Label every pixel; windows whose top-class probability is below ``uncertain_below`` or
+    that ``domain`` scores out of the training domain are labelled :data:`UNCERTAIN`."""
     height, width, stride = reader.height, reader.width, plan.stride
+    tally = _Tally()
     labels = np.full((height, width), NODATA, np.uint8)
     probs = np.zeros((len(model.card.classes), height, width), np.uint8) if probabilities else None
     strips = plan.strips(rows_per_strip or strip_rows(plan))
@@ -141,20 +154,41 @@ def classify(
             n_rows = strip.stop - strip.start
             view = window_view(strip.data, plan, n_rows)
             window_labels = np.empty(n_rows * plan.cols, np.uint8)
+            window_conf = np.empty(n_rows * plan.cols, np.uint8)
+            window_why = np.zeros(n_rows * plan.cols, np.uint8)
             window_probs = (
                 np.empty((n_rows * plan.cols, len(model.card.classes)), np.uint8)
                 if probs is not None
                 else None
             )
             for b0, b1 in batches(view, batch_size):
-                logits = model.run(gather(view, b0, b1))
+                batch = gather(view, b0, b1)
+                logits = model.run(batch)
+                p = softmax(logits)
+                top = p.max(axis=1)
                 window_labels[b0:b1] = logits.argmax(axis=1)
+                window_conf[b0:b1] = np.rint(top * 255).astype(np.uint8)
+                window_why[b0:b1] |= np.where(top < uncertain_below, LOW_CONFIDENCE, 0).astype(
+                    np.uint8
+                )
+                if domain is not None:
+                    scores = domain.scores(batch)
+                    tally.scores.append(scores)
+                    window_why[b0:b1] |= np.where(scores > domain.limit, OUT_OF_DOMAIN, 0).astype(
+                        np.uint8
+                    )
                 if window_probs is not None:
-                    window_probs[b0:b1] = np.rint(softmax(logits) * 254).astype(np.uint8)
+                    window_probs[b0:b1] = np.rint(p * 254).astype(np.uint8)
+            window_labels[window_why > 0] = UNCERTAIN
             y0, y1 = strip.start * stride, min(strip.stop * stride, height)
             block = place_labels(window_labels, plan, n_rows)[: y1 - y0, :width]
             invalid = strip.invalid[y0 - strip.top : y1 - strip.top]
             labels[y0:y1] = np.where(invalid, NODATA, block)
+            valid = ~invalid
+            tally.add(
+                place_labels(window_conf, plan, n_rows)[: y1 - y0, :width][valid],
+                place_labels(window_why, plan, n_rows)[: y1 - y0, :width][valid],
+            )
             if probs is not None and window_probs is not None:
                 for k in range(probs.shape[0]):
                     probs[k, y0:y1] = place_labels(window_probs[:, k].copy(), plan, n_rows)[
@@ -163,4 +197,43 @@ def classify(
             compute += time.perf_counter() - t1
     seconds = time.perf_counter() - started
     log.debug("classified %dx%d px in %.2fs (waited %.2fs for reads)", width, height, seconds, wait)
-    return Classification(labels, probs, plan.windows, seconds, wait, compute)
+    return Classification(
+        labels,
+        probs,
+        plan.windows,
+        seconds,
+        wait,
+        compute,
+        tally.result(uncertain_below, domain),
+    )
+
+
+class _Tally:
+    """Running sums over the valid pixels for the scene's confidence figures."""
+
+    def __init__(self) -> None:
+        self.valid = self.low = self.ood = self.uncertain = 0
+        self.confidence = 0
+        self.scores: list[npt.NDArray[np.float32]] = []
+
+    def add(self, conf: npt.NDArray[np.uint8], why: npt.NDArray[np.uint8]) -> None:
+        self.valid += int(conf.size)
+        self.confidence += int(conf.sum(dtype=np.int64))
+        self.low += int(np.count_nonzero(why & LOW_CONFIDENCE))
+        self.ood += int(np.count_nonzero(why & OUT_OF_DOMAIN))
+        self.uncertain += int(np.count_nonzero(why))
+
+    def result(self, threshold: float, domain: DomainCheck | None) -> SceneConfidence:
+        n = max(self.valid, 1)
+        scores = np.concatenate(self.scores) if self.scores else None
+        return SceneConfidence(
+            mean_confidence=round(self.confidence / 255 / n, 4) if self.valid else None,
+            uncertain_share=round(self.uncertain / n, 6),
+            low_confidence_share=round(self.low / n, 6),
+            out_of_domain_share=round(self.ood / n, 6) if domain is not None else None,
+            median_domain_score=(
+                round(float(np.median(scores)), 3) if scores is not None and scores.size else None
+            ),
+            threshold=threshold,
+            domain_limit=domain.limit if domain is not None else None,
+        )

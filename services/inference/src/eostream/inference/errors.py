@@ -34,6 +34,13 @@ class LevelMismatchError(BadInputError):
     code = "level_mismatch"
 
 
+class CoarseSceneError(BadInputError):
+    """The scene is much coarser than the scale the model was trained at, and coarse scenes are
+    not allowed (``INFERENCE_ALLOW_COARSE_SCENES`` or the request's ``allow_coarse``)."""
+
+    code = "coarse_scene"
+
+
 class TooLargeError(BadInputError):
     code = "too_large"
 
@@ -52,3 +59,9 @@ class NoModelError(InferenceError, RetryableError):
 
 class ResultNotFoundError(InferenceError):
     code = "not_found"
+
+
+class ReferenceSetError(BadInputError):
+    """A reference set (labels for map accuracy), or one of its items, cannot be evaluated."""
+
+    code = "bad_reference"

@@ -26,6 +26,8 @@ def process(stack: LocalStack, deployment: Deployment, port: int) -> ProcessSpec
         "INFERENCE_MODEL_ALIAS": "champion",
         "INFERENCE_MODELS_GROUP": f"inference-models-{deployment.name}",
         "INFERENCE_DEFER_SCENES_UNTIL_MODEL": "true",
+        # the local stack's scenes are the 29RKH tile at 100 m: classify, marked coarse
+        "INFERENCE_ALLOW_COARSE_SCENES": "true",
     }
     return ProcessSpec(
         SERVICE,

@@ -20,6 +20,7 @@ from typing import Any
 import pystac
 
 from eostream.inference import fetch, metrics, writer
+from eostream.inference.domain import DomainCheck
 from eostream.inference.engine import classify
 from eostream.inference.errors import BadInputError, ModelLoadError, NoModelError
 from eostream.inference.model import LoadedModel, ModelInfo, load_model
@@ -154,11 +155,17 @@ class Pipeline:
         level: str | None = None,
         baseline: str | None = None,
         replace: bool = False,
+        allow_coarse: bool | None = None,
     ) -> Outcome:
         if self.holder.current is None:
             raise NoModelError("no model is deployed yet; promote one (ModelPromoted)")
         return self.classify_item(
-            self.load_item(href), href, level=level, baseline=baseline, replace=replace
+            self.load_item(href),
+            href,
+            level=level,
+            baseline=baseline,
+            replace=replace,
+            allow_coarse=allow_coarse,
         )
 
     def classify_item(
@@ -169,7 +176,9 @@ class Pipeline:
         level: str | None = None,
         baseline: str | None = None,
         replace: bool = False,
+        allow_coarse: bool | None = None,
     ) -> Outcome:
+        """Classify one item. ``allow_coarse`` overrides ``INFERENCE_ALLOW_COARSE_SCENES``."""
         scene_id = str(item.get("id", ""))
         if not scene_id:
             raise BadInputError(f"{item_href}: the item has no id")
@@ -187,7 +196,10 @@ class Pipeline:
                         )
                         return Outcome(existing, skipped=True)
                 try:
-                    return self._classify(item, item_href, model, level, baseline)
+                    coarse = (
+                        self.settings.allow_coarse_scenes if allow_coarse is None else allow_coarse
+                    )
+                    return self._classify(item, item_href, model, level, baseline, coarse)
                 finally:
                     release_free_memory()  # a scene's buffers are large: give them back
         except BadInputError:
@@ -209,6 +221,7 @@ class Pipeline:
         model: LoadedModel,
         level: str | None,
         baseline: str | None,
+        allow_coarse: bool = False,
     ) -> Outcome:
         s, card = self.settings, model.card
         started = time.perf_counter()
@@ -228,6 +241,7 @@ class Pipeline:
             fetch.gdal_env(s.s3, s.gdal_cache_mb),
             max_pixels=s.max_scene_pixels,
             mask_clouds=s.mask_clouds,
+            allow_coarse=allow_coarse,
         ) as reader:
             windows = Plan(reader.height, reader.width, card.patch_size, s.stride)
             result = classify(
@@ -237,10 +251,26 @@ class Pipeline:
                 batch_size=s.batch_size,
                 rows_per_strip=s.rows_per_strip,
                 probabilities=s.write_probabilities,
+                uncertain_below=s.uncertain_below,
+                domain=(
+                    DomainCheck(card.input_reference, s.out_of_domain_limit)
+                    if card.input_reference is not None
+                    else None
+                ),
             )
             pixel_km2 = reader.bounds_area_km2()
             transform, crs = reader.transform, reader.crs
+            scale: dict[str, Any] = {"gsd": reader.gsd, "eostream:model_gsd": card.gsd_m}
+            if reader.resampled:
+                scale["eostream:resampled_from_gsd"] = reader.source_gsd
+            if reader.coarse:
+                scale["eostream:coarse_scene"] = True
         stats = writer.statistics(result.labels, card.classes, pixel_km2)
+        confidence = result.confidence.properties() if result.confidence else {}
+        if confidence:
+            stats["mean_confidence"] = confidence["eostream:mean_confidence"]
+            stats["uncertain"]["below"] = confidence["eostream:uncertain_below"]
+            stats["out_of_domain"] = confidence["eostream:out_of_domain"]
         info = model.info
         prefix = f"{s.results_prefix}/{plan.item_id}/{info.name}/v{info.version}"
         hrefs = self._write_products(prefix, result, transform, crs, card.classes, stats)
@@ -256,6 +286,8 @@ class Pipeline:
             "eostream:masked_pixels": stats["masked_pixels"],
             "eostream:duration_seconds": round(result.seconds, 3),
             "eostream:processing_baseline": plan.baseline,
+            **scale,
+            **confidence,
         }
         stac = build_result_item(
             scene=item,
@@ -329,7 +361,7 @@ class Pipeline:
                 writer.write_probabilities(probs, result.probabilities, transform, crs, classes)
                 self.store.put_file(f"{prefix}/probabilities.tif", probs, "image/tiff")
                 hrefs["probabilities"] = self.store.uri(f"{prefix}/probabilities.tif")
-        png = writer.quicklook_png(result.labels, len(classes))
+        png = writer.quicklook_png(result.labels, classes)
         self.store.put_bytes(f"{prefix}/quicklook.png", png, "image/png")
         hrefs["quicklook"] = self.store.uri(f"{prefix}/quicklook.png")
         self.store.put_bytes(

@@ -1,8 +1,11 @@
 """A scene ready to classify: its STAC item, band sources, radiometry, and a strip reader.
 
 :func:`prepare_scene` is pure (item JSON + model card -> :class:`ScenePlan`); :class:`SceneReader`
-does the I/O: it opens each band's COG (local, S3 or HTTP through GDAL), warps coarser bands to
-the grid of the finest band present, and turns DNs into the model's units strip by strip.
+does the I/O: it opens each band's COG (local, S3 or HTTP through GDAL), warps every band to a
+grid at the model's ground sampling distance (``card.gsd_m``: a 20 m-only item is upsampled to
+10 m, so a 64-px window covers what a training patch covered), and turns DNs into the model's
+units strip by strip. A scene whose finest band is coarser than :data:`COARSE_FACTOR` times the
+model's GSD is refused, or, when allowed, classified on its own grid and marked coarse.
 """
 
 from __future__ import annotations
@@ -18,15 +21,27 @@ import numpy.typing as npt
 import rasterio
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
+from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from eostream.inference import bands, radiometry
-from eostream.inference.errors import BadInputError, NotFoundError, TooLargeError
+from eostream.inference.errors import (
+    BadInputError,
+    CoarseSceneError,
+    NotFoundError,
+    TooLargeError,
+)
 from eostream.inference.levels import LevelDecision, Policy, decide, scene_level
 from eostream.shared.modelcard import ModelCard
 
 log = logging.getLogger(__name__)
+#: A scene whose finest band is coarser than this many times the model's GSD is refused unless
+#: coarse scenes are allowed.
+COARSE_FACTOR = 2.0
+#: Grids within this relative difference of the model's GSD are read as they are.
+GSD_TOLERANCE = 0.1
+METRES_PER_DEGREE = 111_320.0
 
 
 @dataclass(frozen=True)
@@ -131,6 +146,7 @@ class SceneReader:
         *,
         max_pixels: int,
         mask_clouds: bool = True,
+        allow_coarse: bool = False,
     ) -> None:
         self._plan = plan
         self._card = card
@@ -138,6 +154,10 @@ class SceneReader:
         self._env = gdal_env()
         self._max_pixels = max_pixels
         self._mask_clouds = mask_clouds
+        self._allow_coarse = allow_coarse
+        #: finest band's GSD (m), the GSD classified at (m), and whether the grid was resampled
+        self.source_gsd = self.gsd = 0.0
+        self.resampled = self.coarse = False
         self._datasets: dict[str, Any] = {}
         self._band_readers: dict[str, tuple[Any, int, float | None]] = {}
         self._scl: Any = None
@@ -181,17 +201,46 @@ class SceneReader:
         finest = min(opened.values(), key=lambda d: abs(d.res[0] * d.res[1]) / _unit_area(d))
         self.crs, self.transform = finest.crs, finest.transform
         self.height, self.width = finest.height, finest.width
+        self._to_model_gsd(finest)
         if self.height * self.width > self._max_pixels:
             raise TooLargeError(
                 f"scene is {self.width}x{self.height} px, more than the {self._max_pixels} allowed"
             )
         for band, ds in opened.items():
-            reader = ds if self._same_grid(ds) else self._warp(ds, Resampling.bilinear)
+            finer = max(_gsd_m(ds)) < 0.9 * self.gsd  # downsampled: average, not interpolate
+            resampling = Resampling.average if finer else Resampling.bilinear
+            reader = ds if self._same_grid(ds) else self._warp(ds, resampling)
             self._band_readers[band] = (reader, sources[band].index, ds.nodata)
         if self._mask_clouds and self._plan.scl_href:
             scl = self._dataset(self._plan.scl_href)
             self._scl_ratio = self._integer_ratio(scl)
             self._scl = scl if self._scl_ratio else self._warp(scl, Resampling.nearest)
+
+    def _to_model_gsd(self, finest: Any) -> None:
+        """Put the grid at the model's GSD: same CRS and origin, pixel size scaled."""
+        gx, gy = _gsd_m(finest)
+        target = self._card.gsd_m
+        self.source_gsd = self.gsd = round(max(gx, gy), 3)
+        if max(gx, gy) > COARSE_FACTOR * target * (1 + GSD_TOLERANCE):
+            if not self._allow_coarse:
+                raise CoarseSceneError(
+                    f"the scene's finest band is {max(gx, gy):.0f} m, more than "
+                    f"{COARSE_FACTOR:g}x the {target:g} m the model was trained at: its windows "
+                    "would cover ground the model never saw at that scale. Classify a finer "
+                    "product, or allow coarse scenes (INFERENCE_ALLOW_COARSE_SCENES=true, or "
+                    "allow_coarse in the request) to classify it at its own resolution"
+                )
+            self.coarse = True
+            log.warning("classifying a %.0f m scene at its own resolution (coarse)", max(gx, gy))
+            return
+        fx, fy = gx / target, gy / target
+        if abs(fx - 1) <= GSD_TOLERANCE and abs(fy - 1) <= GSD_TOLERANCE:
+            return
+        self.transform = finest.transform @ Affine.scale(1 / fx, 1 / fy)
+        self.width = max(1, math.ceil(finest.width * fx - 1e-6))
+        self.height = max(1, math.ceil(finest.height * fy - 1e-6))
+        self.gsd = round(target, 3)
+        self.resampled = True
 
     def _integer_ratio(self, ds: Any) -> int:
         """k when ``ds`` is this grid coarsened k times from the same origin (SCL at 20 m), else 0.
@@ -298,6 +347,16 @@ class SceneReader:
             self._env.__exit__(None, None, None)
         except Exception:
             log.debug("leaving rasterio Env failed", exc_info=True)
+
+
+def _gsd_m(ds: Any) -> tuple[float, float]:
+    """Pixel width and height in metres (approximate for geographic CRSs)."""
+    a, e = abs(float(ds.transform.a)), abs(float(ds.transform.e))
+    if ds.crs is not None and ds.crs.is_geographic:
+        lat = float(ds.transform.f) + float(ds.transform.e) * ds.height / 2
+        return a * METRES_PER_DEGREE * math.cos(math.radians(lat)), e * METRES_PER_DEGREE
+    factor = float(ds.crs.linear_units_factor[1]) if ds.crs is not None else 1.0
+    return a * factor, e * factor
 
 
 def _unit_area(ds: Any) -> float:

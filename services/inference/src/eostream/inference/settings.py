@@ -65,6 +65,24 @@ class InferenceSettings(ServiceSettings):
     )
     write_probabilities: bool = False
     mask_clouds: bool = True
+    allow_coarse_scenes: bool = Field(
+        default=False,
+        description="classify a scene whose finest band is coarser than twice the model's GSD "
+        "at its own resolution (the result item says so); false = refuse it (dead letter, 422)",
+    )
+    uncertain_below: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="pixels whose top-class probability is below this are labelled uncertain (254)",
+    )
+    out_of_domain_limit: float = Field(
+        default=1.5,
+        gt=0,
+        description="windows whose band means lie farther from the training data than this many "
+        "times the training patches' 99th-percentile distance are labelled uncertain; needs a "
+        "card with input_reference",
+    )
 
     # REST
     max_upload_bytes: int = Field(default=200_000_000, ge=1)

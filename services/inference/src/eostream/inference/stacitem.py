@@ -7,8 +7,9 @@ from typing import Any
 
 import pystac
 
+from eostream.inference.engine import NODATA
 from eostream.inference.model import ModelInfo
-from eostream.inference.writer import PALETTE
+from eostream.inference.writer import legend
 from eostream.shared.modelcard import ModelCard
 
 CLASSIFICATION_EXT = "https://stac-extensions.github.io/classification/v2.0.0/schema.json"
@@ -70,14 +71,7 @@ def build_result_item(
                 title="model (STAC MLM item)",
             )
         )
-    classes = [
-        {
-            "value": i,
-            "name": name,
-            "color_hint": "{:02X}{:02X}{:02X}".format(*PALETTE[i % len(PALETTE)]),
-        }
-        for i, name in enumerate(card.classes)
-    ]
+    classes = legend(card.classes)
     item.add_asset(
         "classification",
         pystac.Asset(
@@ -87,7 +81,7 @@ def build_result_item(
             title="land-cover classes",
             extra_fields={
                 "classification:classes": classes,
-                "nodata": 255,
+                "nodata": NODATA,
                 "data_type": "uint8",
             },
         ),
@@ -108,6 +102,7 @@ def build_result_item(
             hrefs["quicklook"],
             media_type=pystac.MediaType.PNG,
             roles=["overview", "visual"],
+            extra_fields={"classification:classes": classes},
         ),
     )
     item.add_asset(

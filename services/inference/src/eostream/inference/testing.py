@@ -157,5 +157,137 @@ def localise_item(item_path: Path, out_path: Path) -> dict[str, Any]:
     return dict(item)
 
 
+def fit_rgb_scaling(data_dir: Path) -> tuple[BandScaling, ...]:
+    """Reflectance -> EuroSAT JPEG units for B04/B03/B02, fitted per band by least squares on
+    the real MS GeoTIFF / JPEG pairs of the data folder (saturated JPEG pixels left out)."""
+    import rasterio
+    from PIL import Image
+
+    refl, units = [], []
+    for tif in sorted((data_dir / "eurosat_ms").rglob("*.tif")):
+        jpeg = data_dir / "eurosat_rgb" / tif.parent.name / f"{tif.stem}.jpg"
+        if not jpeg.is_file():
+            continue
+        with rasterio.open(tif) as ds:  # file order B01..B12, B8A: B04, B03, B02 = 4, 3, 2
+            refl.append(ds.read([4, 3, 2]).reshape(3, -1).astype(np.float64) / 10000)
+        with Image.open(jpeg) as img:
+            units.append(
+                np.asarray(img.convert("RGB"), np.float64).transpose(2, 0, 1).reshape(3, -1)
+            )
+    r, u = np.concatenate(refl, axis=1), np.concatenate(units, axis=1)
+    out = []
+    for i, band in enumerate(BAND_SETS["rgb"]):
+        keep = (u[i] > 0) & (u[i] < 255)
+        design = np.stack([r[i][keep], np.ones(int(keep.sum()))], axis=1)
+        (a, b), *_ = np.linalg.lstsq(design, u[i][keep], rcond=None)
+        out.append(
+            BandScaling(band=band, scale=float(a), offset=float(b), clip_min=0, clip_max=255)
+        )
+    return tuple(out)
+
+
+def train_rgb_model(
+    data_dir: Path, *, per_class: int = 60, epochs: int = 15, seed: int = 0
+) -> tuple[bytes, ModelCard, float]:
+    """A small CNN trained on real EuroSAT RGB patches (seconds on a CPU), exported to ONNX with
+    its card (fitted scaling, 10 m GSD, input reference): (onnx bytes, card, held-out accuracy).
+    Needs torch (a dev dependency of the workspace)."""
+    import io
+    import warnings
+
+    import onnx
+    import torch
+    from PIL import Image
+    from torch import nn
+
+    from eostream.inference.domain import input_reference
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(2)
+    xs: list[np.ndarray[Any, Any]] = []
+    test_x: list[np.ndarray[Any, Any]] = []
+    ys: list[int] = []
+    test_y: list[int] = []
+    for i, cls in enumerate(EUROSAT_CLASSES):
+        files = sorted((data_dir / "eurosat_rgb" / cls).glob("*.jpg"))
+        step = max(1, len(files) // (per_class + 20))
+        chosen = files[::step][: per_class + 20]
+        for k, f in enumerate(chosen):
+            with Image.open(f) as img:
+                x = np.asarray(img.convert("RGB"), dtype=np.float32).transpose(2, 0, 1)
+            (xs if k < per_class else test_x).append(x)
+            (ys if k < per_class else test_y).append(i)
+    inputs = np.stack(xs)
+    x_t, y_t = torch.tensor(inputs), torch.tensor(ys)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(
+                nn.Conv2d(3, 16, 3, padding=1),
+                nn.ReLU(),
+                nn.MaxPool2d(4),
+                nn.Conv2d(16, 32, 3, padding=1),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+                nn.Conv2d(32, 32, 3, padding=1),
+                nn.ReLU(),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+                nn.Linear(32, len(EUROSAT_CLASSES)),
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.features(x / 255.0)  # type: ignore[no-any-return]
+
+    net = Net()
+    opt = torch.optim.Adam(net.parameters(), lr=5e-3)
+    for _ in range(epochs):
+        perm = torch.randperm(len(x_t))
+        for b in range(0, len(x_t), 32):
+            idx = perm[b : b + 32]
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x_t[idx]), y_t[idx]).backward()  # type: ignore[no-untyped-call]
+            opt.step()
+    net.eval()
+    with torch.no_grad():
+        predicted = net(torch.tensor(np.stack(test_x))).argmax(1).numpy()
+    accuracy = float((predicted == np.array(test_y)).mean())
+    card = ModelCard(
+        name="tiny-trained-rgb",
+        band_set="rgb",
+        bands=BAND_SETS["rgb"],
+        scaling=fit_rgb_scaling(data_dir),
+        architecture="tiny_cnn",
+        description=f"small CNN on {len(xs)} EuroSAT RGB patches (test helper)",
+        gsd_m=10.0,
+        input_reference=input_reference(inputs, source=f"{len(xs)} EuroSAT RGB patches"),
+    )
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net,
+            (torch.zeros(2, 3, 64, 64),),
+            buf,  # type: ignore[arg-type]
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "N"}, OUTPUT_NAME: {0: "N"}},
+            dynamo=False,
+        )
+    proto = onnx.load_model_from_string(buf.getvalue())
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, card.to_json()
+    return bytes(proto.SerializeToString()), card, accuracy
+
+
 EUROSAT = EUROSAT_CLASSES
-__all__ = ["build_onnx", "build_small_cnn", "item_for_raster", "localise_item", "model_card"]
+__all__ = [
+    "build_onnx",
+    "build_small_cnn",
+    "fit_rgb_scaling",
+    "item_for_raster",
+    "localise_item",
+    "model_card",
+    "train_rgb_model",
+]

@@ -4,15 +4,16 @@ per-class area statistics."""
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import rasterio
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
-from eostream.inference.engine import NODATA
+from eostream.inference.engine import NODATA, UNCERTAIN
 
 #: One colour per EuroSAT class, in class order (RGB).
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -27,10 +28,35 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
     (60, 140, 230),  # River
     (20, 40, 140),  # SeaLake
 )
+#: The colour of "uncertain" pixels (light grey, unlike any class colour).
+UNCERTAIN_COLOUR = (215, 215, 215)
+UNCERTAIN_NAME = "uncertain"
+
+
+def legend(classes: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Value, name and colour of every label the map can hold (classes, then uncertain)."""
+    entries = [
+        {"value": i, "name": name, "color_hint": "{:02X}{:02X}{:02X}".format(*_colour(i))}
+        for i, name in enumerate(classes)
+    ]
+    entries.append(
+        {
+            "value": UNCERTAIN,
+            "name": UNCERTAIN_NAME,
+            "description": "the model does not know: low confidence or outside its training data",
+            "color_hint": "{:02X}{:02X}{:02X}".format(*UNCERTAIN_COLOUR),
+        }
+    )
+    return entries
+
+
+def _colour(i: int) -> tuple[int, int, int]:
+    return PALETTE[i % len(PALETTE)]
 
 
 def colormap(n_classes: int) -> dict[int, tuple[int, int, int, int]]:
-    cmap = {i: (*PALETTE[i % len(PALETTE)], 255) for i in range(n_classes)}
+    cmap = {i: (*_colour(i), 255) for i in range(n_classes)}
+    cmap[UNCERTAIN] = (*UNCERTAIN_COLOUR, 255)
     cmap[NODATA] = (0, 0, 0, 0)
     return cmap
 
@@ -56,12 +82,16 @@ def _cog_profile(transform: Any, crs: Any, shape: tuple[int, ...], dtype: str) -
 def write_classification(
     path: Path, labels: npt.NDArray[np.uint8], transform: Any, crs: Any, classes: tuple[str, ...]
 ) -> None:
-    """uint8 COG with a colour map, internal overviews (nearest) and nodata 255."""
+    """uint8 COG with a colour map, internal overviews (nearest), uncertain 254, nodata 255."""
     profile = _cog_profile(transform, crs, labels.shape, "uint8")
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(labels, 1)
         dst.write_colormap(1, colormap(len(classes)))
-        dst.update_tags(1, **{f"class_{i}": name for i, name in enumerate(classes)})
+        dst.update_tags(
+            1,
+            **{f"class_{i}": name for i, name in enumerate(classes)},
+            **{f"class_{UNCERTAIN}": UNCERTAIN_NAME},
+        )
         dst.set_band_description(1, "class")
 
 
@@ -79,8 +109,13 @@ def write_probabilities(
         dst.update_tags(scale=str(1 / 254))
 
 
-def quicklook_png(labels: npt.NDArray[np.uint8], n_classes: int, max_size: int = 1024) -> bytes:
-    """A palette PNG, nodata transparent, at most ``max_size`` pixels on its long side."""
+def quicklook_png(
+    labels: npt.NDArray[np.uint8], classes: tuple[str, ...] | int, max_size: int = 1024
+) -> bytes:
+    """A palette PNG, nodata transparent, at most ``max_size`` pixels on its long side; its
+    legend (:func:`legend`, JSON) is the PNG text chunk ``legend``."""
+    names = classes if isinstance(classes, tuple) else tuple(f"class_{i}" for i in range(classes))
+    n_classes = len(names)
     step = max(1, int(np.ceil(max(labels.shape) / max_size)))
     small = np.ascontiguousarray(labels[::step, ::step])
     image = Image.fromarray(small, mode="P")
@@ -91,18 +126,21 @@ def quicklook_png(labels: npt.NDArray[np.uint8], n_classes: int, max_size: int =
     image.putpalette(palette)
     image.info["transparency"] = NODATA
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", transparency=NODATA, optimize=False)
+    text = PngImagePlugin.PngInfo()
+    text.add_text("legend", json.dumps(legend(names)))
+    image.save(buffer, format="PNG", transparency=NODATA, optimize=False, pnginfo=text)
     return buffer.getvalue()
 
 
 def statistics(
     labels: npt.NDArray[np.uint8], classes: tuple[str, ...], pixel_km2: float
 ) -> dict[str, Any]:
-    """Per-class pixel counts, areas (km2) and shares of the valid (unmasked) pixels."""
+    """Per-class pixel counts, areas (km2) and shares of the valid (unmasked) pixels; the
+    uncertain pixels are valid, counted apart (``uncertain``), so shares and it sum to 1."""
     counts = np.zeros(256, np.int64)
     for row in range(0, labels.shape[0], 1024):  # bincount widens to int64: count in blocks
         counts += np.bincount(labels[row : row + 1024].ravel(), minlength=256)
-    valid = int(counts[: len(classes)].sum())
+    valid = int(counts[: len(classes)].sum()) + int(counts[UNCERTAIN])
     per_class = {
         name: {
             "pixels": int(counts[i]),
@@ -117,4 +155,10 @@ def statistics(
         "masked_pixels": int(counts[NODATA]),
         "pixel_area_km2": pixel_km2,
         "classes": per_class,
+        "uncertain": {
+            "value": UNCERTAIN,
+            "pixels": int(counts[UNCERTAIN]),
+            "area_km2": round(float(counts[UNCERTAIN]) * pixel_km2, 4),
+            "share": round(float(counts[UNCERTAIN]) / valid, 6) if valid else 0.0,
+        },
     }

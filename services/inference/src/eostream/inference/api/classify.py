@@ -29,13 +29,23 @@ class ItemRequest(BaseModel):
         min_length=1, max_length=4000, description="STAC item: path, s3:// or https://"
     )
     replace: bool = False
+    allow_coarse: bool | None = Field(
+        default=None,
+        description="classify a scene much coarser than the model's GSD at its own resolution "
+        "(marked eostream:coarse_scene) instead of refusing it; default: the service setting",
+    )
 
 
 @router.post("/item", summary="Classify the scene of a STAC item href now")
 async def classify_item(
     request: Request, body: ItemRequest, pipeline: PipelineDep
 ) -> dict[str, Any]:
-    outcome = await run_in_threadpool(pipeline.classify_href, body.item_href, replace=body.replace)
+    outcome = await run_in_threadpool(
+        pipeline.classify_href,
+        body.item_href,
+        replace=body.replace,
+        allow_coarse=body.allow_coarse,
+    )
     return summary(outcome.record, str(request.base_url)) | {"skipped": outcome.skipped}
 
 
@@ -67,6 +77,9 @@ async def classify_upload(
     scale: Annotated[float, Form(gt=0, le=1)] = 1e-4,
     offset: Annotated[float, Form(ge=-1, le=1)] = 0.0,
     acquired: Annotated[str | None, Form(description="acquisition time, RFC 3339")] = None,
+    allow_coarse: Annotated[
+        bool | None, Form(description="classify a coarse scene at its own resolution")
+    ] = None,
 ) -> dict[str, Any]:
     declared_size = request.headers.get("content-length", "")
     if declared_size.isdigit() and int(declared_size) > settings.max_upload_bytes + 65536:
@@ -90,6 +103,10 @@ async def classify_upload(
             when=(when or datetime.now(UTC)).isoformat(),
         )
         outcome = await run_in_threadpool(
-            pipeline.classify_item, item, f"upload:{file.filename or 'upload.tif'}", replace=True
+            pipeline.classify_item,
+            item,
+            f"upload:{file.filename or 'upload.tif'}",
+            replace=True,
+            allow_coarse=allow_coarse,
         )
     return summary(outcome.record, str(request.base_url)) | {"skipped": outcome.skipped}

@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from eostream.inference.errors import (
     BadInputError,
     BandMismatchError,
+    CoarseSceneError,
     LevelMismatchError,
     ModelLoadError,
     NoModelError,
@@ -29,6 +30,7 @@ STATUS: list[tuple[type[Exception], int, str]] = [
     (TooLargeError, 413, "too_large"),
     (BandMismatchError, 422, "band_mismatch"),
     (LevelMismatchError, 422, "level_mismatch"),
+    (CoarseSceneError, 422, "coarse_scene"),
     (ModelLoadError, 422, "model_invalid"),
     (BadInputError, 400, "bad_input"),
     (NoModelError, 503, "no_model"),

@@ -28,6 +28,9 @@ def summary(record: ResultRecord, base: str) -> dict[str, Any]:
         "bbox": list(record.bbox) if record.bbox else None,
         "created": record.created.isoformat(),
         "class_shares": {k: v["share"] for k, v in record.stats.get("classes", {}).items()},
+        "uncertain_share": record.stats.get("uncertain", {}).get("share"),
+        "mean_confidence": record.stats.get("mean_confidence"),
+        "out_of_domain": record.stats.get("out_of_domain", {}).get("flagged_by"),
         "level_mismatch": record.item.get("properties", {}).get("eostream:level_mismatch"),
         "links": {
             "self": scene + version,

@@ -1,0 +1,207 @@
+"""Map accuracy: the Boadella reference set, the metrics, the NDWI baseline, bad reference items,
+and ``eostream maps evaluate`` end to end with a small model and a sqlite MLflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pystac
+import pytest
+from pystac.validation.stac_validator import JsonSchemaSTACValidator
+from rasterio.features import rasterize
+from typer.testing import CliRunner
+
+from eostream.inference import accuracy, reference, testing
+from eostream.inference.evaluation import read_band_on_grid
+from eostream.inference.maps_cli import app
+
+LABEL_SCHEMA = Path(__file__).parent / "schemas" / "label-v1.0.1.json"
+runner = CliRunner()
+
+
+def _offline_validator() -> JsonSchemaSTACValidator:
+    """pystac's validator with the core schemas it ships and the label extension's schema
+    from tests/schemas: no network."""
+    validator = JsonSchemaSTACValidator()
+    validator.schema_cache[reference_schema_uri()] = json.loads(LABEL_SCHEMA.read_text())
+    return validator
+
+
+def reference_schema_uri() -> str:
+    from pystac.extensions.label import LabelExtension
+
+    return LabelExtension.get_schema_uri()
+
+
+@pytest.fixture
+def boadella_ref(data_dir: Path, tmp_path: Path) -> Path:
+    return reference.build_boadella(data_dir, tmp_path / "ref")
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    card = testing.model_card("rgb", name="small-cnn-untrained", level="L2A")
+    path = tmp_path / "small.onnx"
+    path.write_bytes(testing.build_small_cnn(card, seed=3))
+    return path
+
+
+def test_boadella_reference_set_is_valid_stac(boadella_ref: Path) -> None:
+    pystac.validation.set_validator(_offline_validator())
+    try:
+        root = pystac.Catalog.from_file(str(boadella_ref.parent.parent / "catalog.json"))
+        root.validate_all()
+    finally:
+        pystac.validation.set_validator(JsonSchemaSTACValidator())
+    labels = pystac.Collection.from_file(str(boadella_ref))
+    assert labels.extra_fields[reference.MAPPING_FIELD] == {"water": ["SeaLake", "River"]}
+    items = {i.id: i for i in labels.get_items()}
+    assert sorted(items) == [
+        "boadella-water-2020-02-02",
+        "boadella-water-2020-06-21",
+        "boadella-water-2020-09-14",
+        "boadella-water-2021-07-16",
+    ]
+    coverage = {k: v.properties[reference.COVERAGE_FIELD] for k, v in items.items()}
+    assert coverage["boadella-water-2020-02-02"] == reference.PARTIAL
+    assert sum(v == reference.COMPLETE for v in coverage.values()) == 3
+    item = items["boadella-water-2020-06-21"]
+    assert item.properties["label:type"] == "vector"
+    assert item.properties["label:tasks"] == ["segmentation"]
+    scene = pystac.Item.from_file(str(item.get_links("source")[0].get_absolute_href()))
+    assert scene.id == "boadella-2020-06-21"
+    assert Path(str(scene.assets["data"].get_absolute_href())).is_file()
+    assert Path(str(item.assets["labels"].get_absolute_href())).is_file()
+    scenes = list(root.get_child("boadella-scenes").get_items())  # type: ignore[union-attr]
+    assert len(scenes) == 12
+
+
+def test_metrics_on_a_hand_made_example() -> None:
+    # 4x4: class 1 = water, 0 = other; the last row is outside the evaluated area
+    truth = np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]])
+    pred = np.array([[1, 0, 0, 0], [1, 1, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+    valid = np.ones((4, 4), bool)
+    valid[3] = False
+    cm = accuracy.confusion_matrix(truth, pred, 2, valid)
+    assert cm.tolist() == [[7, 1], [1, 3]]  # rows: reference, columns: prediction
+    water = accuracy.class_scores(cm, 1)
+    assert (water.precision, water.recall) == (0.75, 0.75)
+    assert water.f1 == pytest.approx(0.75)
+    assert water.iou == pytest.approx(3 / 5)
+    assert accuracy.overall_accuracy(cm) == pytest.approx(10 / 12)
+    none = accuracy.class_scores(accuracy.confusion_matrix(truth, pred * 0, 2, valid), 1)
+    assert none.precision is None and none.recall == 0.0  # nothing predicted: undefined
+    water_mask, defined = accuracy.ndwi_water(
+        np.array([[0.1, 0.0], [0.3, 0.2]]), np.array([[0.3, 0.0], [0.1, 0.2]])
+    )
+    assert water_mask.tolist() == [[False, False], [True, False]]
+    assert defined.tolist() == [[True, False], [True, True]]
+
+
+def test_ndwi_reaches_high_water_iou_on_a_real_boadella_date(boadella_ref: Path) -> None:
+    labels = pystac.Collection.from_file(str(boadella_ref))
+    item = labels.get_item("boadella-water-2020-06-21")
+    assert item is not None
+    scene = pystac.Item.from_file(str(item.get_links("source")[0].get_absolute_href()))
+    import rasterio
+
+    with rasterio.open(str(scene.assets["data"].get_absolute_href())) as ds:
+        grid, transform, crs = ds.shape, ds.transform, ds.crs
+    green = read_band_on_grid(scene, "B03", grid, transform, crs)
+    nir = read_band_on_grid(scene, "B08", grid, transform, crs)
+    assert 0.01 < float(np.nanmedian(green)) < 0.2  # reflectance, not DN
+    water, defined = accuracy.ndwi_water(green, nir)
+    shapes = reference.segmentation_geometries(
+        json.loads(Path(str(item.assets["labels"].get_absolute_href())).read_text())
+    )
+    truth = rasterize([(g, 1) for g, _ in shapes], out_shape=grid, transform=transform)
+    cm = accuracy.confusion_matrix(truth, water.astype(int), 2, defined)
+    assert accuracy.class_scores(cm, 1).iou > 0.8  # type: ignore[operator]
+
+
+def _break(ref: Path) -> None:
+    """Three bad items beside a good (partial) one."""
+    folder = ref.parent
+    # 1. labels far from their scene (the item's geometry moved 10 degrees east)
+    path = folder / "boadella-water-2020-06-21" / "boadella-water-2020-06-21.json"
+    item = json.loads(path.read_text())
+    shift = [[[x + 10, y] for x, y in ring] for ring in item["geometry"]["coordinates"]]
+    item["geometry"]["coordinates"] = shift
+    item["bbox"] = [item["bbox"][0] + 10, item["bbox"][1], item["bbox"][2] + 10, item["bbox"][3]]
+    path.write_text(json.dumps(item))
+    # 2. a class the mapping (and so the model) does not know
+    path = folder / "boadella-water-2020-09-14" / "boadella-water-2020-09-14.json"
+    item = json.loads(path.read_text())
+    item["properties"]["label:classes"] = [{"name": "labels", "classes": ["snow"]}]
+    path.write_text(json.dumps(item))
+    # 3. a label file that is not GeoJSON
+    (folder / "boadella-water-2021-07-16" / "Boadella_2021-07-16_labels.geojson").write_text(
+        '{"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": {"type"'
+    )
+
+
+def test_bad_reference_items_each_get_one_line_and_the_rest_goes_on(
+    boadella_ref: Path, tmp_path: Path
+) -> None:
+    _break(boadella_ref)
+    card = testing.model_card("rgb", name="tiny", level="L2A")
+    model = tmp_path / "tiny.onnx"
+    model.write_bytes(testing.build_onnx(card, seed=1))
+    result = runner.invoke(
+        app, ["evaluate", "--model", str(model), "--reference", str(boadella_ref.parent)]
+    )
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    joined = "\n".join(errors)
+    assert "boadella-water-2020-06-21: the labels" in joined and "do not overlap" in joined
+    assert "boadella-water-2020-09-14: label class(es) 'snow'" in joined
+    assert "boadella-water-2021-07-16: the label file" in joined and "not valid GeoJSON" in joined
+    # the good item was still evaluated (partial labels: recall only)
+    assert "2020-02-02  partial" in result.stdout
+    assert "1 item" not in result.stderr and "3 item(s) could not be evaluated" in result.stderr
+
+
+def test_maps_evaluate_end_to_end_logs_to_mlflow(
+    data_dir: Path, tmp_path: Path, model_file: Path
+) -> None:
+    built = runner.invoke(
+        app,
+        [
+            "reference", "build", "--from", "boadella", "--out", str(tmp_path / "ref"),
+            "--data-dir", str(data_dir), "--date", "2020-06-21",
+        ],
+    )  # fmt: skip
+    assert built.exit_code == 0, built.output
+    labels = tmp_path / "ref" / "boadella-water-labels" / "collection.json"
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = runner.invoke(
+        app,
+        [
+            "evaluate", "--model", str(model_file), "--reference", str(labels),
+            "--mlflow-uri", uri, "--experiment", "maps-test", "--out", str(tmp_path / "out"),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "2020-06-21  complete" in result.stdout
+    assert "NDWI water" in result.stdout
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["pooled"]["ndwi"]["water"]["iou"] > 0.8
+    assert set(summary["pooled"]["model"]) == {"water", "other"}
+    assert (tmp_path / "out" / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("maps-test")
+    assert experiment is not None
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.metrics["ndwi_water_iou"] > 0.8
+    assert "water_recall" in run.data.metrics
+    assert "2020-06-21/ndwi/water_iou" in run.data.metrics
+    assert run.data.params["class_mapping"] == json.dumps({"water": ["SeaLake", "River"]})
+    names = {a.path for a in client.list_artifacts(run.info.run_id, "map-accuracy")}
+    assert "map-accuracy/confusion.png" in names

@@ -18,9 +18,9 @@ from urllib.parse import quote
 from uuid import UUID, uuid4
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from eostream.shared.errors import ObjectNotFoundError, RetryableError
+from eostream.registry_bridge.shipping import store_retrying
+from eostream.shared.errors import ObjectNotFoundError
 from eostream.shared.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -63,12 +63,7 @@ class AuditLog:
     ) -> None:
         self.store = store
         self.prefix = prefix.strip("/")
-        self._retrying = Retrying(
-            stop=stop_after_attempt(attempts),
-            wait=wait_exponential(multiplier=backoff, max=backoff_max),
-            retry=retry_if_exception_type((RetryableError, ConnectionError, TimeoutError)),
-            reraise=True,
-        )
+        self._retrying = store_retrying(attempts, backoff, backoff_max)
 
     def _call(self, fn: Callable[[], T]) -> T:
         return self._retrying(fn)

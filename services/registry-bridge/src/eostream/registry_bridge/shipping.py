@@ -41,6 +41,21 @@ class Shipment:
     already_shipped: bool = False
 
 
+def store_retrying(attempts: int, backoff: float, backoff_max: float) -> Retrying:
+    """Bounded exponential retries of an object-store call that failed transiently (shipping and
+    the audit log share the store and this policy)."""
+    return Retrying(
+        stop=stop_after_attempt(attempts),
+        wait=wait_exponential(multiplier=backoff, max=backoff_max),
+        retry=retry_if_exception_type((RetryableError, ConnectionError, TimeoutError)),
+        reraise=True,
+        before_sleep=lambda s: log.warning(
+            "object store call failed (attempt %d), retrying: %s",
+            s.attempt_number, s.outcome.exception() if s.outcome else "?",
+        ),
+    )
+
+
 class Shipper:
     def __init__(
         self,
@@ -53,16 +68,7 @@ class Shipper:
     ) -> None:
         self.store = store
         self.prefix = prefix.strip("/")
-        self._retrying = Retrying(
-            stop=stop_after_attempt(attempts),
-            wait=wait_exponential(multiplier=backoff, max=backoff_max),
-            retry=retry_if_exception_type((RetryableError, ConnectionError, TimeoutError)),
-            reraise=True,
-            before_sleep=lambda s: log.warning(
-                "object store call failed (attempt %d), retrying: %s",
-                s.attempt_number, s.outcome.exception() if s.outcome else "?",
-            ),
-        )
+        self._retrying = store_retrying(attempts, backoff, backoff_max)
 
     def _call(self, fn: Callable[[], T]) -> T:
         return self._retrying(fn)

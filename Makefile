@@ -59,7 +59,7 @@ test-unit: install ## only the tests that need no server
 .PHONY: lint
 lint: install ## ruff and mypy --strict
 	@$(UV) run --frozen ruff check .
-	@$(UV) run --frozen ruff format --check shared
+	@$(UV) run --frozen ruff format --check .
 	@$(UV) run --frozen mypy shared/src services/*/src
 
 .PHONY: demo

@@ -31,8 +31,12 @@ GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
 EXPECTED = {
-    "eostream-overview", "eostream-ingest", "eostream-trainer", "eostream-registry-bridge",
-    "eostream-inference", "eostream-model-quality",
+    "eostream-overview",
+    "eostream-ingest",
+    "eostream-trainer",
+    "eostream-registry-bridge",
+    "eostream-inference",
+    "eostream-model-quality",
 }
 # Panels whose series exist only after an error happened: (dashboard uid, panel title) -> why.
 # A live test that drives traffic through every service may find these empty only when it drove
@@ -223,8 +227,9 @@ def test_the_metric_check_sees_every_metric_of_every_expression() -> None:
         names = catalogue.references(target["expr"]).metrics
         assert names, f"{where(uid, panel, target)}: no metric found"
         for name in names:
-            renamed = re.sub(rf"(?<![\w:]){re.escape(name)}(?![\w:])", f"{name}_renamed",
-                             target["expr"])
+            renamed = re.sub(
+                rf"(?<![\w:]){re.escape(name)}(?![\w:])", f"{name}_renamed", target["expr"]
+            )
             if f"unknown metric {name}_renamed" not in catalogue.problems(renamed, known):
                 blind.append(f"{where(uid, panel, target)}: {name}")
     assert not blind
@@ -254,8 +259,10 @@ def test_job_and_service_labels_name_what_is_scraped_and_exported() -> None:
     wrong = {
         where(uid, panel, target): found
         for uid, panel, target in targets()
-        if (found := catalogue.value_problems(target["expr"], "job", jobs)
-            + catalogue.value_problems(target["expr"], "service", services))
+        if (
+            found := catalogue.value_problems(target["expr"], "job", jobs)
+            + catalogue.value_problems(target["expr"], "service", services)
+        )
     }
     assert not wrong
     assert catalogue.value_problems('up{job="eostream-registry-bridge"}', "job", jobs)
@@ -289,7 +296,8 @@ def test_dashboard_provider_reads_where_compose_mounts_the_dashboards() -> None:
     assert provider["type"] == "file"
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     mounts = dict(
-        volume.split(":")[:2] for volume in compose["services"]["grafana"]["volumes"]
+        volume.split(":")[:2]
+        for volume in compose["services"]["grafana"]["volumes"]
         if volume.startswith("./")
     )
     assert mounts["./deploy/grafana/dashboards"] == provider["options"]["path"]
@@ -305,7 +313,7 @@ def test_the_running_prometheus_accepts_every_expression() -> None:
     if not url:
         pytest.fail(
             "EOSTREAM_PROMETHEUS_URL is not set; start the stack (deploy/local/stack up) and "
-            "export its addresses: eval \"$(deploy/local/stack env)\""
+            'export its addresses: eval "$(deploy/local/stack env)"'
         )
     rejected: dict[str, str] = {}
     with httpx.Client(base_url=url.rstrip("/"), timeout=30) as client:

@@ -31,7 +31,12 @@ def clean_env(tmp_path: Path) -> dict[str, str]:
 
 def start(command: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*EOSTREAM, *command], env=env, cwd=cwd, capture_output=True, text=True, timeout=90,
+        [*EOSTREAM, *command],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=90,
         check=False,
     )
 

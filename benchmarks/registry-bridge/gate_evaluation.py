@@ -27,9 +27,16 @@ from eostream.registry_bridge import evaluation, holdout, onnx_model
 class TinyCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.f = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4),
-                               nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
-                               nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+        self.f = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(4),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(16, 10),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.f(x / 255.0)
@@ -42,9 +49,15 @@ def main() -> None:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(TinyCNN().eval(), (torch.zeros(2, 3, 64, 64),), buf,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, dynamo=False)
+        torch.onnx.export(
+            TinyCNN().eval(),
+            (torch.zeros(2, 3, 64, 64),),
+            buf,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+            dynamo=False,
+        )
     started = time.perf_counter()
     h = holdout.load(data_dir, "rgb", per_class, "eostream-holdout-v1")
     load_s = time.perf_counter() - started
@@ -58,11 +71,23 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
-        evaluation.evaluate(lambda x: onnx_model.logits(sess, x), h, experiment="bench",
-                            run_name="warm-up", params={}, tags={})
+        evaluation.evaluate(
+            lambda x: onnx_model.logits(sess, x),
+            h,
+            experiment="bench",
+            run_name="warm-up",
+            params={},
+            tags={},
+        )
         started = time.perf_counter()
-        result, _ = evaluation.evaluate(lambda x: onnx_model.logits(sess, x), h,
-                                        experiment="bench", run_name="bench", params={}, tags={})
+        result, _ = evaluation.evaluate(
+            lambda x: onnx_model.logits(sess, x),
+            h,
+            experiment="bench",
+            run_name="bench",
+            params={},
+            tags={},
+        )
         mlflow_s = time.perf_counter() - started
     assert abs(result.accuracy - accuracy) < 1e-9 and len(recall) == 10
     print(f"held-out set: {len(h.files)} images, loaded in {load_s:.2f}s")

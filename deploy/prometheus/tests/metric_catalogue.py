@@ -36,8 +36,24 @@ _SELECTOR = re.compile(r"(?<![\w:])([a-zA-Z_:][\w:]*)?\s*\{([^}]*)\}")
 _MATCHER_LABEL = re.compile(r"([a-zA-Z_]\w*)\s*(?:=~|!~|!=|=)")
 _IDENT = re.compile(r"(?<![\w:.$])([a-zA-Z_:][\w:]*)(\s*\()?")
 _KEYWORDS = frozenset(
-    {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "group_left",
-     "group_right", "inf", "nan", "Inf", "NaN", "atan2"}
+    {
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "inf",
+        "nan",
+        "Inf",
+        "NaN",
+        "atan2",
+    }
 )
 
 
@@ -47,11 +63,19 @@ def sample_names(name: str, kind: str) -> dict[str, frozenset[str]]:
     if kind == "counter":
         return {f"{name}_total": none, f"{name}_created": none}
     if kind == "histogram":
-        return {f"{name}_bucket": frozenset({"le"}), f"{name}_count": none,
-                f"{name}_sum": none, f"{name}_created": none}
+        return {
+            f"{name}_bucket": frozenset({"le"}),
+            f"{name}_count": none,
+            f"{name}_sum": none,
+            f"{name}_created": none,
+        }
     if kind == "summary":
-        return {name: frozenset({"quantile"}), f"{name}_count": none, f"{name}_sum": none,
-                f"{name}_created": none}
+        return {
+            name: frozenset({"quantile"}),
+            f"{name}_count": none,
+            f"{name}_sum": none,
+            f"{name}_created": none,
+        }
     if kind == "info":
         return {f"{name}_info": none}
     if kind == "stateset":
@@ -114,7 +138,8 @@ def scrape_jobs(root: Path) -> frozenset[str]:
     path = root / "deploy" / "docker" / "prometheus" / "prometheus.yml"
     config = yaml.safe_load(path.read_text())
     return frozenset(
-        job["job_name"] for job in config["scrape_configs"]
+        job["job_name"]
+        for job in config["scrape_configs"]
         if job["job_name"].startswith("eostream-")
     )
 
@@ -173,9 +198,7 @@ def matchers(expr: str) -> list[tuple[str, str, str]]:
     return found
 
 
-def value_problems(
-    expr: str, label: str, values: Iterable[str]
-) -> list[str]:
+def value_problems(expr: str, label: str, values: Iterable[str]) -> list[str]:
     """Matchers on ``label`` in ``expr`` that select none of ``values`` (an ``=`` on a value not
     among them, or a ``=~`` that matches none of them or names an alternative not among them)."""
     allowed = frozenset(values)
@@ -191,11 +214,14 @@ def value_problems(
             alternatives = re.fullmatch(r"([^()|]*)\(([^()]*)\)([^()|]*)", value)
             expanded = (
                 {f"{alternatives[1]}{alt}{alternatives[3]}" for alt in alternatives[2].split("|")}
-                if alternatives else set()
+                if alternatives
+                else set()
             )
             if not hits or expanded - allowed:
-                found.append(f'{label}=~"{value}" names values not exported: '
-                             f"{sorted(expanded - allowed) or value}")
+                found.append(
+                    f'{label}=~"{value}" names values not exported: '
+                    f"{sorted(expanded - allowed) or value}"
+                )
     return found
 
 

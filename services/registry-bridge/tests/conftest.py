@@ -60,8 +60,13 @@ class TinyCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4),
-            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(4),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
             nn.Linear(16, 10),
         )
 
@@ -83,14 +88,18 @@ def rgb_card(digest: str = "0" * 64) -> ModelCard:
     )
 
 
-def export_onnx(model: nn.Module, card: ModelCard | None, *, dynamic: bool = True,
-                input_name: str = "input") -> bytes:
+def export_onnx(
+    model: nn.Module, card: ModelCard | None, *, dynamic: bool = True, input_name: str = "input"
+) -> bytes:
     buf = io.BytesIO()
     model.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, (torch.zeros(2, 3, 64, 64),), buf, input_names=[input_name],
+            model,
+            (torch.zeros(2, 3, 64, 64),),
+            buf,
+            input_names=[input_name],
             output_names=["logits"],
             dynamic_axes={input_name: {0: "N"}, "logits": {0: "N"}} if dynamic else None,
             dynamo=False,
@@ -113,17 +122,23 @@ class Models:
 def models(data_dir: Path) -> Models:
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    held = set(choose(
-        {c: [p.name for p in (data_dir / "eurosat_rgb" / c).glob("*.jpg")]
-         for c in EUROSAT_CLASSES},
-        HOLDOUT_PER_CLASS, HOLDOUT_SALT,
-    ))
+    held = set(
+        choose(
+            {
+                c: [p.name for p in (data_dir / "eurosat_rgb" / c).glob("*.jpg")]
+                for c in EUROSAT_CLASSES
+            },
+            HOLDOUT_PER_CLASS,
+            HOLDOUT_SALT,
+        )
+    )
     from PIL import Image
 
     xs, ys, names = [], [], []
     for i, cls in enumerate(EUROSAT_CLASSES):
-        files = [p for p in sorted((data_dir / "eurosat_rgb" / cls).glob("*.jpg"))
-                 if p.name not in held][:30]
+        files = [
+            p for p in sorted((data_dir / "eurosat_rgb" / cls).glob("*.jpg")) if p.name not in held
+        ][:30]
         for f in files:
             with Image.open(f) as img:
                 xs.append(np.asarray(img.convert("RGB"), dtype=np.float32).transpose(2, 0, 1))

@@ -29,8 +29,9 @@ def make_bridge(settings: BridgeSettings) -> tuple[Bridge, InMemoryBus]:
     bus = InMemoryBus(service="registry-bridge")
     store = build_object_store(settings)
     store.check()
-    return Bridge(settings, MlflowRegistry(settings.mlflow_tracking_uri, attempts=2,
-                                           backoff=0.05), store, bus), bus
+    return Bridge(
+        settings, MlflowRegistry(settings.mlflow_tracking_uri, attempts=2, backoff=0.05), store, bus
+    ), bus
 
 
 def promoted(bus: InMemoryBus) -> list[ModelPromoted]:
@@ -54,7 +55,8 @@ def exported(metric: str) -> dict[tuple[str, ...], float]:
 
 def accuracy(version: str, role: str) -> float | None:
     return exported("eostream_bridge_holdout_accuracy_ratio").get(
-        ("eurosat-landcover", version, role))
+        ("eurosat-landcover", version, role)
+    )
 
 
 def recall_versions() -> dict[str, int]:
@@ -96,8 +98,9 @@ async def test_better_version_is_promoted_and_shipped_worse_is_refused(
     assert accuracy(v1, "challenger") == pytest.approx(float(t[tags.GATE_ACCURACY]), abs=1e-6)
     assert accuracy(v1, "champion") == accuracy(v1, "challenger")
     assert recall_versions() == {v1: 10}
-    assert exported("eostream_bridge_holdout_recall_ratio")[("Forest", "eurosat-landcover", v1)] \
-        == pytest.approx(eval_run.data.metrics["recall/Forest"])
+    assert exported("eostream_bridge_holdout_recall_ratio")[
+        ("Forest", "eurosat-landcover", v1)
+    ] == pytest.approx(eval_run.data.metrics["recall/Forest"])
 
     v2 = register(models.worse)
     outcome = await bridge.handle_version("eurosat-landcover", v2, "event")
@@ -168,8 +171,11 @@ async def test_rollback_and_manual_promotion_over_rest(
 
     transport = httpx.ASGITransport(app=service.app)
     async with httpx.AsyncClient(transport=transport, base_url="http://bridge") as http:
-        r = await http.post("/models/eurosat-landcover/rollback", headers=as_("alice"),
-                            json={"reason": "v2 misclassifies rivers"})
+        r = await http.post(
+            "/models/eurosat-landcover/rollback",
+            headers=as_("alice"),
+            json={"reason": "v2 misclassifies rivers"},
+        )
         assert r.status_code == 200, r.text
         assert (r.json()["version"], r.json()["previous_version"]) == (v1, v2)
         event = promoted(bus)[-1]
@@ -181,11 +187,17 @@ async def test_rollback_and_manual_promotion_over_rest(
         t2 = version_tags("eurosat-landcover", v2)
         assert (t2[tags.STAGE], t2[tags.ROLLED_BACK_BY]) == ("Archived", "alice")
 
-        r = await http.post("/models/eurosat-landcover/promote", headers=as_("bob"),
-                            json={"version": v3, "reason": "want it"})
+        r = await http.post(
+            "/models/eurosat-landcover/promote",
+            headers=as_("bob"),
+            json={"version": v3, "reason": "want it"},
+        )
         assert r.status_code == 409 and "failed the gate" in r.text
-        r = await http.post("/models/eurosat-landcover/promote", headers=as_("bob"),
-                            json={"version": v2, "reason": "rivers fixed upstream"})
+        r = await http.post(
+            "/models/eurosat-landcover/promote",
+            headers=as_("bob"),
+            json={"version": v2, "reason": "rivers fixed upstream"},
+        )
         assert r.status_code == 200, r.text
         t2 = version_tags("eurosat-landcover", v2)
         assert (t2[tags.PROMOTED_BY], t2[tags.PROMOTED_REASON]) == ("bob", "rivers fixed upstream")

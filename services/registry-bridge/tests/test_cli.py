@@ -16,15 +16,23 @@ NAME = "eurosat-landcover"
 
 
 def test_promote_rollback_list(
-    register: Any, models: Any, tracking_uri: str, tmp_path: Path, data_dir: Path,
+    register: Any,
+    models: Any,
+    tracking_uri: str,
+    tmp_path: Path,
+    data_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     for key, value in {
-        "BRIDGE_BUS": "memory", "BRIDGE_STORE": "local",
+        "BRIDGE_BUS": "memory",
+        "BRIDGE_STORE": "local",
         "BRIDGE_LOCAL_STORE_ROOT": str(tmp_path / "objects"),
-        "BRIDGE_MLFLOW_TRACKING_URI": tracking_uri, "EOSTREAM_DATA_DIR": str(data_dir),
-        "BRIDGE_HOLDOUT__PER_CLASS": "10", "BRIDGE_GATE__MIN_ACCURACY": "0.2",
-        "BRIDGE_GATE__MAX_CLASS_DROP": "0.5", "BRIDGE_REGISTRATION_GRACE_SECONDS": "0",
+        "BRIDGE_MLFLOW_TRACKING_URI": tracking_uri,
+        "EOSTREAM_DATA_DIR": str(data_dir),
+        "BRIDGE_HOLDOUT__PER_CLASS": "10",
+        "BRIDGE_GATE__MIN_ACCURACY": "0.2",
+        "BRIDGE_GATE__MAX_CLASS_DROP": "0.5",
+        "BRIDGE_REGISTRATION_GRACE_SECONDS": "0",
     }.items():
         monkeypatch.setenv(key, value)
     v1, v2, v3 = register(models.better), register(models.better), register(models.worse)
@@ -58,8 +66,9 @@ def test_promote_rollback_list(
     result = runner.invoke(models_app, ["audit", NAME])  # the operators' names, via the CLI
     assert result.exit_code == 0, result.output
     audit = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [(e["action"], e["from_version"], e["to_version"], e["by"], e["via"])
-            for e in audit] == [
+    assert [
+        (e["action"], e["from_version"], e["to_version"], e["by"], e["via"]) for e in audit
+    ] == [
         ("promote", None, v1, "alice", "cli"),
         ("promote", v1, v2, "bob", "cli"),
         ("rollback", v2, v1, "carol", "cli"),

@@ -31,12 +31,41 @@ def test_wrong_input_name_and_missing_card(models: Any, export: Any, card: Model
 
 def test_card_that_disagrees_with_the_graph(models: Any, export: Any, card: ModelCard) -> None:
     ms_card = ModelCard(
-        name="m", band_set="ms13",
-        bands=("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11",
-               "B12", "B8A"),
-        scaling=tuple(BandScaling(band=b, scale=1.0) for b in (
-            "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12",
-            "B8A")),
+        name="m",
+        band_set="ms13",
+        bands=(
+            "B01",
+            "B02",
+            "B03",
+            "B04",
+            "B05",
+            "B06",
+            "B07",
+            "B08",
+            "B09",
+            "B10",
+            "B11",
+            "B12",
+            "B8A",
+        ),
+        scaling=tuple(
+            BandScaling(band=b, scale=1.0)
+            for b in (
+                "B01",
+                "B02",
+                "B03",
+                "B04",
+                "B05",
+                "B06",
+                "B07",
+                "B08",
+                "B09",
+                "B10",
+                "B11",
+                "B12",
+                "B8A",
+            )
+        ),
     )
     problems = problems_of(export(models.better, card), ms_card)
     assert any("differs from the version's tag" in p for p in problems)
@@ -44,8 +73,12 @@ def test_card_that_disagrees_with_the_graph(models: Any, export: Any, card: Mode
 
 
 def test_wrong_band_order_in_card(models: Any, export: Any) -> None:
-    bgr = ModelCard(name="m", band_set="rgb", bands=("B02", "B03", "B04"),
-                    scaling=tuple(BandScaling(band=b, scale=850.0) for b in ("B02", "B03", "B04")))
+    bgr = ModelCard(
+        name="m",
+        band_set="rgb",
+        bands=("B02", "B03", "B04"),
+        scaling=tuple(BandScaling(band=b, scale=850.0) for b in ("B02", "B03", "B04")),
+    )
     problems = problems_of(export(models.better, bgr), bgr)
     assert any("are not the rgb order" in p for p in problems)
 

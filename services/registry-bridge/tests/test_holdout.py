@@ -11,8 +11,10 @@ from eostream.shared.holdout import choose
 
 
 def test_selection_is_deterministic_and_order_free() -> None:
-    names = {"Forest": [f"Forest_{i}.jpg" for i in range(100)],
-             "River": [f"River_{i}.jpg" for i in range(50)]}
+    names = {
+        "Forest": [f"Forest_{i}.jpg" for i in range(100)],
+        "River": [f"River_{i}.jpg" for i in range(50)],
+    }
     a = choose(names, 5, "salt")
     b = choose({k: list(reversed(v)) for k, v in names.items()}, 5, "salt")
     assert a == b and len(a) == 10

@@ -29,7 +29,8 @@ def test_scores_of_many_versions_leave_two_versions_exported() -> None:
     for version in ("2", "3", "4"):
         metrics.show_scores(MODEL, version, metrics.CHALLENGER, 0.7, recall(0.7))
     assert series("eostream_bridge_holdout_accuracy_ratio") == {
-        ("1", "champion"), ("4", "challenger")
+        ("1", "champion"),
+        ("4", "challenger"),
     }
     recalls = series("eostream_bridge_holdout_recall_ratio")
     assert {version for _, version in recalls} == {"1", "4"}
@@ -38,7 +39,8 @@ def test_scores_of_many_versions_leave_two_versions_exported() -> None:
     # v4 is promoted: it is both the challenger and the champion; v1's series go
     metrics.show_scores(MODEL, "4", metrics.CHAMPION, 0.7, recall(0.7))
     assert series("eostream_bridge_holdout_accuracy_ratio") == {
-        ("4", "challenger"), ("4", "champion")
+        ("4", "challenger"),
+        ("4", "champion"),
     }
     assert {version for _, version in series("eostream_bridge_holdout_recall_ratio")} == {"4"}
     # the next challenger replaces v4 as challenger, but v4 keeps its recall as champion

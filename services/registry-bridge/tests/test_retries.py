@@ -50,17 +50,26 @@ def test_store_outage_is_retried_then_shipping_completes(
     shipper = Shipper(store, attempts=4, backoff=0.01, backoff_max=0.02)
 
     def describe(uri: str, sha: str, size: int) -> MlmFacts:
-        return MlmFacts(name="m", version="1", card=card, artifact_href=uri, sha256=sha,
-                        size=size, created=datetime.now(UTC))
+        return MlmFacts(
+            name="m",
+            version="1",
+            card=card,
+            artifact_href=uri,
+            sha256=sha,
+            size=size,
+            created=datetime.now(UTC),
+        )
 
     shipment = shipper.ship("m", "1", data, card, describe)
     assert store.attempts == 4 and shipper.existing("m", "1") == shipment.__class__(
-        **{**shipment.__dict__, "already_shipped": True})
+        **{**shipment.__dict__, "already_shipped": True}
+    )
 
     down = FlakyStore(tmp_path / "down", failures=100)
     with pytest.raises(RetryableError):
-        Shipper(down, attempts=3, backoff=0.01, backoff_max=0.02).ship("m", "1", data, card,
-                                                                        describe)
+        Shipper(down, attempts=3, backoff=0.01, backoff_max=0.02).ship(
+            "m", "1", data, card, describe
+        )
     assert down.attempts == 3
     assert shipper.existing("m", "1") is not None
     assert Shipper(down).existing("m", "1") is None  # nothing half-shipped is visible

@@ -46,8 +46,12 @@ async def test_reconcile_loop_and_event_fast_path(
         assert seen("reconcile") > before_reconcile
 
         v2 = register(models.better)
-        await bus.publish(topics.MODELS_REGISTERED, ModelVersionRegistered(
-            name="eurosat-landcover", version=v2, run_id="r", band_set="rgb"))
+        await bus.publish(
+            topics.MODELS_REGISTERED,
+            ModelVersionRegistered(
+                name="eurosat-landcover", version=v2, run_id="r", band_set="rgb"
+            ),
+        )
         events = await wait_for_promotions(bus, 2)
         assert events[1].version == v2 and events[1].previous_version == v1
         assert seen("event") > before_event

@@ -36,7 +36,10 @@ async def test_ship_twice_crash_between_uploads_and_changed_bytes(
     second = bridge._ship(NAME, verified)
     assert second.already_shipped
     assert (second.artifact_uri, second.sha256, second.mlm_item_href) == (
-        first.artifact_uri, first.sha256, first.mlm_item_href)
+        first.artifact_uri,
+        first.sha256,
+        first.mlm_item_href,
+    )
     assert store.get_bytes(item_key) == item_bytes  # nothing rewritten
 
     # a crash after the model upload but before the item (the commit marker): not shipped yet,
@@ -49,6 +52,11 @@ async def test_ship_twice_crash_between_uploads_and_changed_bytes(
 
     # the same (name, version) with different bytes is refused, and the shipped files stay
     with pytest.raises(RefusedError, match="already shipped"):
-        Shipper(store).ship(NAME, version, verified.onnx_bytes + b"\0", verified.card,
-                            lambda *_: pytest.fail("must not describe"))
+        Shipper(store).ship(
+            NAME,
+            version,
+            verified.onnx_bytes + b"\0",
+            verified.card,
+            lambda *_: pytest.fail("must not describe"),
+        )
     assert store.get_bytes(model_key) == verified.onnx_bytes

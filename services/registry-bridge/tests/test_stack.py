@@ -45,18 +45,31 @@ def model_name() -> str:
 
 
 def stack_settings(
-    model_name: str, mlflow_uri: str, kafka: str, s3: str, keys: tuple[str, str], data_dir: Any,
+    model_name: str,
+    mlflow_uri: str,
+    kafka: str,
+    s3: str,
+    keys: tuple[str, str],
+    data_dir: Any,
     **overrides: Any,
 ) -> BridgeSettings:
     values: dict[str, Any] = dict(
-        bus="kafka", kafka=KafkaSettings(bootstrap_servers=kafka, client_id="bridge-test"),
-        store="s3", s3=S3Settings(endpoint=s3, access_key=keys[0], secret_key=keys[1]),
-        bucket=BUCKET, mlflow_tracking_uri=mlflow_uri, data_dir=data_dir,
-        model_names=(model_name,), http_port=WEBHOOK_PORT, webhook_secret=SECRET,
+        bus="kafka",
+        kafka=KafkaSettings(bootstrap_servers=kafka, client_id="bridge-test"),
+        store="s3",
+        s3=S3Settings(endpoint=s3, access_key=keys[0], secret_key=keys[1]),
+        bucket=BUCKET,
+        mlflow_tracking_uri=mlflow_uri,
+        data_dir=data_dir,
+        model_names=(model_name,),
+        http_port=WEBHOOK_PORT,
+        webhook_secret=SECRET,
         webhook_url=f"http://127.0.0.1:{WEBHOOK_PORT}/webhooks/mlflow",
-        reconcile_interval_seconds=3600, registration_grace_seconds=0,
+        reconcile_interval_seconds=3600,
+        registration_grace_seconds=0,
         consumer_group=f"bridge-test-{uuid.uuid4().hex[:8]}",
-        holdout={"per_class": 15}, gate={"min_accuracy": 0.2, "max_class_drop": 0.5},
+        holdout={"per_class": 15},
+        gate={"min_accuracy": 0.2, "max_class_drop": 0.5},
         api_keys={"stack-test": {"key": PROMOTER_KEY, "role": "promoter"}},
     )
     return BridgeSettings(**(values | overrides))
@@ -68,8 +81,9 @@ class Promotions:
     def __init__(self, bus: KafkaBus, name: str) -> None:
         self.name = name
         self.events: list[ModelPromoted] = []
-        self.consumer = bus.consumer([topics.MODELS_PROMOTED], f"test-{uuid.uuid4().hex}",
-                                     self._handle)
+        self.consumer = bus.consumer(
+            [topics.MODELS_PROMOTED], f"test-{uuid.uuid4().hex}", self._handle
+        )
 
     async def _handle(self, event: Event, delivery: Delivery) -> None:
         if isinstance(event, ModelPromoted) and event.name == self.name:
@@ -86,8 +100,10 @@ class Promotions:
 
 @pytest.fixture
 async def promotions(kafka_bootstrap: str, model_name: str) -> AsyncIterator[Promotions]:
-    bus = KafkaBus(KafkaSettings(bootstrap_servers=kafka_bootstrap, client_id="bridge-test-reader"),
-                   service="bridge-test")
+    bus = KafkaBus(
+        KafkaSettings(bootstrap_servers=kafka_bootstrap, client_id="bridge-test-reader"),
+        service="bridge-test",
+    )
     await bus.start()
     await bus.ensure_topics([topics.MODELS_PROMOTED])
     reader = Promotions(bus, model_name)
@@ -116,25 +132,40 @@ def wait_for_tag(name: str, version: str, key: str, timeout: float = 150) -> dic
 
 
 @pytest.fixture
-def stack(mlflow_uri: str, kafka_bootstrap: str, s3_endpoint: str,
-          s3_credentials: tuple[str, str], data_dir: Any) -> dict[str, Any]:
+def stack(
+    mlflow_uri: str,
+    kafka_bootstrap: str,
+    s3_endpoint: str,
+    s3_credentials: tuple[str, str],
+    data_dir: Any,
+) -> dict[str, Any]:
     mlflow.set_tracking_uri(mlflow_uri)
     mlflow.set_registry_uri(mlflow_uri)
-    return dict(mlflow_uri=mlflow_uri, kafka=kafka_bootstrap, s3=s3_endpoint,
-                keys=s3_credentials, data_dir=data_dir)
+    return dict(
+        mlflow_uri=mlflow_uri,
+        kafka=kafka_bootstrap,
+        s3=s3_endpoint,
+        keys=s3_credentials,
+        data_dir=data_dir,
+    )
 
 
 async def test_better_version_ships_by_webhook_worse_is_refused_rollback_restores(
-    stack: dict[str, Any], model_name: str, promotions: Promotions, models: Any,
-    register_to: Any, card: Any,
+    stack: dict[str, Any],
+    model_name: str,
+    promotions: Promotions,
+    models: Any,
+    register_to: Any,
+    card: Any,
 ) -> None:
     settings = stack_settings(model_name, **stack)
     service = BridgeService(settings)
     webhooks_before = seen("webhook")
     await service.start()
     try:
-        v1 = await asyncio.to_thread(register_to, stack["mlflow_uri"], models.better,
-                                     name=model_name, pt2=True)
+        v1 = await asyncio.to_thread(
+            register_to, stack["mlflow_uri"], models.better, name=model_name, pt2=True
+        )
         [event] = await promotions.wait(1)
         assert (event.version, event.alias) == (v1, "champion")
         assert seen("webhook") > webhooks_before  # heard through MLflow's webhook
@@ -146,22 +177,26 @@ async def test_better_version_ships_by_webhook_worse_is_refused_rollback_restore
         client = mlflow.MlflowClient()
         assert str(client.get_model_version_by_alias(model_name, "champion").version) == v1
 
-        v2 = await asyncio.to_thread(register_to, stack["mlflow_uri"], models.worse,
-                                     name=model_name)
+        v2 = await asyncio.to_thread(
+            register_to, stack["mlflow_uri"], models.worse, name=model_name
+        )
         t2 = await asyncio.to_thread(wait_for_tag, model_name, v2, tags.GATE)
         assert t2[tags.GATE] == "failed"
         assert any(r.startswith("FAIL") for r in json.loads(t2[tags.GATE_REASONS]))
         assert str(client.get_model_version_by_alias(model_name, "champion").version) == v1
 
-        v3 = await asyncio.to_thread(register_to, stack["mlflow_uri"], models.better,
-                                     name=model_name)
+        v3 = await asyncio.to_thread(
+            register_to, stack["mlflow_uri"], models.better, name=model_name
+        )
         events = await promotions.wait(2)
         assert (events[1].version, events[1].previous_version) == (v3, v1)
 
         async with httpx.AsyncClient(base_url=service.server.url, timeout=120) as http:
-            r = await http.post(f"/models/{model_name}/rollback",
-                                headers={"Authorization": f"Bearer {PROMOTER_KEY}"},
-                                json={"reason": "rollback drill"})
+            r = await http.post(
+                f"/models/{model_name}/rollback",
+                headers={"Authorization": f"Bearer {PROMOTER_KEY}"},
+                json={"reason": "rollback drill"},
+            )
             assert r.status_code == 200, r.text
         events = await promotions.wait(3)
         assert (events[2].version, events[2].previous_version) == (v1, v3)
@@ -179,20 +214,23 @@ async def test_better_version_ships_by_webhook_worse_is_refused_rollback_restore
 
 
 async def test_dropped_webhook_is_caught_up_by_the_reconcile_loop(
-    stack: dict[str, Any], model_name: str, promotions: Promotions, models: Any,
+    stack: dict[str, Any],
+    model_name: str,
+    promotions: Promotions,
+    models: Any,
     register_to: Any,
 ) -> None:
     # The MLflow webhook points at WEBHOOK_PORT; this bridge listens elsewhere and does not
     # re-register, so MLflow's delivery for this version is lost (connection refused).
-    settings = stack_settings(model_name, **stack, http_port=0, webhook_url=None,
-                              reconcile_interval_seconds=2)
+    settings = stack_settings(
+        model_name, **stack, http_port=0, webhook_url=None, reconcile_interval_seconds=2
+    )
     registry = MlflowRegistry(stack["mlflow_uri"])
     dead_url = f"http://127.0.0.1:{WEBHOOK_PORT}/webhooks/mlflow"
     await asyncio.to_thread(registry.ensure_webhook, dead_url, SECRET)  # nobody listens there
     hooks = [h for h in registry.client.list_webhooks() if h.name == WEBHOOK_NAME]
     assert [h.url for h in hooks] == [dead_url]
-    v1 = await asyncio.to_thread(register_to, stack["mlflow_uri"], models.better,
-                                 name=model_name)
+    v1 = await asyncio.to_thread(register_to, stack["mlflow_uri"], models.better, name=model_name)
     before = seen("reconcile")
     service = BridgeService(settings)
     await service.start()

@@ -31,20 +31,40 @@ def test_our_signature_is_mlflows() -> None:
 def test_verification() -> None:
     body = '{"a": 1}'
     h = headers(body)
-    ok = verify_signature(SECRET, body=body.encode(), signature=h["X-MLflow-Signature"],
-                          delivery_id="d-1", timestamp=h["X-MLflow-Timestamp"],
-                          tolerance_seconds=60)
+    ok = verify_signature(
+        SECRET,
+        body=body.encode(),
+        signature=h["X-MLflow-Signature"],
+        delivery_id="d-1",
+        timestamp=h["X-MLflow-Timestamp"],
+        tolerance_seconds=60,
+    )
     assert ok is None
-    tampered = verify_signature(SECRET, body=b'{"a": 2}', signature=h["X-MLflow-Signature"],
-                                delivery_id="d-1", timestamp=h["X-MLflow-Timestamp"],
-                                tolerance_seconds=60)
+    tampered = verify_signature(
+        SECRET,
+        body=b'{"a": 2}',
+        signature=h["X-MLflow-Signature"],
+        delivery_id="d-1",
+        timestamp=h["X-MLflow-Timestamp"],
+        tolerance_seconds=60,
+    )
     assert tampered == "the signature does not match"
     old = headers(body, ts=int(time.time()) - 3600)
-    assert "too old" in str(verify_signature(
-        SECRET, body=body.encode(), signature=old["X-MLflow-Signature"], delivery_id="d-1",
-        timestamp=old["X-MLflow-Timestamp"], tolerance_seconds=60))
-    assert "missing" in str(verify_signature(SECRET, body=b"", signature=None, delivery_id=None,
-                                             timestamp=None, tolerance_seconds=60))
+    assert "too old" in str(
+        verify_signature(
+            SECRET,
+            body=body.encode(),
+            signature=old["X-MLflow-Signature"],
+            delivery_id="d-1",
+            timestamp=old["X-MLflow-Timestamp"],
+            tolerance_seconds=60,
+        )
+    )
+    assert "missing" in str(
+        verify_signature(
+            SECRET, body=b"", signature=None, delivery_id=None, timestamp=None, tolerance_seconds=60
+        )
+    )
 
 
 def test_endpoint_queues_created_versions_and_alias_changes_only_when_signed() -> None:
@@ -56,12 +76,28 @@ def test_endpoint_queues_created_versions_and_alias_changes_only_when_signed() -
     app = FastAPI()
     app.include_router(webhook_router(SECRET, 300, enqueue))
     client = TestClient(app)
-    created = json.dumps({"entity": "model_version", "action": "created",
-                          "timestamp": "2026-11-21T00:00:00Z",
-                          "data": {"name": "m", "version": "4", "source": "models:/x",
-                                   "run_id": "r", "tags": {}, "description": None}})
-    alias = json.dumps({"entity": "model_version_alias", "action": "created",
-                        "data": {"name": "m", "alias": "champion", "version": "2"}})
+    created = json.dumps(
+        {
+            "entity": "model_version",
+            "action": "created",
+            "timestamp": "2026-11-21T00:00:00Z",
+            "data": {
+                "name": "m",
+                "version": "4",
+                "source": "models:/x",
+                "run_id": "r",
+                "tags": {},
+                "description": None,
+            },
+        }
+    )
+    alias = json.dumps(
+        {
+            "entity": "model_version_alias",
+            "action": "created",
+            "data": {"name": "m", "alias": "champion", "version": "2"},
+        }
+    )
     for body in (created, alias):
         response = client.post("/webhooks/mlflow", content=body, headers=headers(body))
         assert response.status_code == 202

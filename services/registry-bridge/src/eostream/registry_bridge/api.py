@@ -59,8 +59,9 @@ _STATUS: dict[type[Exception], tuple[int, str]] = {
 
 
 def _error(exc: Exception) -> HTTPException:
-    status, code = next((v for t, v in _STATUS.items() if isinstance(exc, t)),
-                        (503, "registry_unavailable"))
+    status, code = next(
+        (v for t, v in _STATUS.items() if isinstance(exc, t)), (503, "registry_unavailable")
+    )
     headers = {"WWW-Authenticate": 'Bearer realm="registry-bridge"'} if status == 401 else None
     return HTTPException(status, {"code": code, "description": str(exc)}, headers=headers)
 
@@ -90,8 +91,9 @@ def _promoter(principal: Principal, what: str) -> None:
 
 def _ignored_by(by: str | None, principal: Principal) -> None:
     if by is not None and by != principal.name:
-        log.warning("request body names by=%r; ignored, %s is recorded (the credential)", by,
-                    principal.name)
+        log.warning(
+            "request body names by=%r; ignored, %s is recorded (the credential)", by, principal.name
+        )
 
 
 def describe_versions(bridge: Bridge, name: str) -> list[dict[str, Any]]:
@@ -101,17 +103,22 @@ def describe_versions(bridge: Bridge, name: str) -> list[dict[str, Any]]:
     for mv in sorted(bridge.registry.versions(name), key=lambda v: int(v.version)):
         t = dict(mv.tags or {})
         version = str(mv.version)
-        rows.append({
-            "version": version,
-            "aliases": [a for a, v in ((tags.CHAMPION, champion), (tags.CHALLENGER, challenger))
-                        if v == version],
-            "gate": t.get(tags.GATE),
-            "accuracy": t.get(tags.GATE_ACCURACY),
-            "stage": t.get(tags.STAGE),
-            "shipped": t.get(tags.SHIPPED) == "true",
-            "promoted_by": t.get(tags.PROMOTED_BY),
-            "reasons": t.get(tags.GATE_REASONS),
-        })
+        rows.append(
+            {
+                "version": version,
+                "aliases": [
+                    a
+                    for a, v in ((tags.CHAMPION, champion), (tags.CHALLENGER, challenger))
+                    if v == version
+                ],
+                "gate": t.get(tags.GATE),
+                "accuracy": t.get(tags.GATE_ACCURACY),
+                "stage": t.get(tags.STAGE),
+                "shipped": t.get(tags.SHIPPED) == "true",
+                "promoted_by": t.get(tags.PROMOTED_BY),
+                "reasons": t.get(tags.GATE_REASONS),
+            }
+        )
     return rows
 
 
@@ -133,8 +140,9 @@ def models_router(bridge: Bridge) -> APIRouter:
         _promoter(caller, "promote" if not body.force else "force a promotion")
         _ignored_by(body.by, caller)
         try:
-            event = await bridge.promote(name, body.version, by=caller.name, reason=body.reason,
-                                         force=body.force, via="rest")
+            event = await bridge.promote(
+                name, body.version, by=caller.name, reason=body.reason, force=body.force, via="rest"
+            )
         except (PromotionError, RegistryUnavailableError) as exc:
             raise _error(exc) from None
         return event.model_dump(mode="json")
@@ -161,9 +169,13 @@ def models_router(bridge: Bridge) -> APIRouter:
             entries = await asyncio.to_thread(bridge.audit.entries, name)
         except Exception as exc:
             log.warning("audit log of %s unreadable: %s", name, exc)
-            raise HTTPException(503, {"code": "audit_unavailable", "description":
-                                      f"the audit log cannot be read now ({exc}); try again"}
-                                ) from None
+            raise HTTPException(
+                503,
+                {
+                    "code": "audit_unavailable",
+                    "description": f"the audit log cannot be read now ({exc}); try again",
+                },
+            ) from None
         return [e.model_dump(mode="json") for e in entries[-limit:]]
 
     return router

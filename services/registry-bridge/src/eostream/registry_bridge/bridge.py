@@ -61,12 +61,18 @@ class Bridge:
         self.registry = registry
         self.bus = bus
         self.shipper = Shipper(
-            store, settings.models_prefix, attempts=settings.retry_attempts,
-            backoff=settings.retry_backoff_seconds, backoff_max=settings.retry_backoff_max_seconds,
+            store,
+            settings.models_prefix,
+            attempts=settings.retry_attempts,
+            backoff=settings.retry_backoff_seconds,
+            backoff_max=settings.retry_backoff_max_seconds,
         )
         self.audit = AuditLog(
-            store, settings.audit_prefix, attempts=settings.retry_attempts,
-            backoff=settings.retry_backoff_seconds, backoff_max=settings.retry_backoff_max_seconds,
+            store,
+            settings.audit_prefix,
+            attempts=settings.retry_attempts,
+            backoff=settings.retry_backoff_seconds,
+            backoff_max=settings.retry_backoff_max_seconds,
         )
         self.thresholds = Thresholds(**settings.gate.model_dump())
         self.lock = asyncio.Lock()
@@ -80,9 +86,13 @@ class Bridge:
     def _verify(self, mv: ModelVersion) -> Verified:
         s = self.settings
         return verify(
-            self.registry, mv, holdout_for=self.holdout_for,
-            grace_seconds=s.registration_grace_seconds, samples=s.agreement_samples,
-            atol=s.agreement_atol, threads=s.torch_threads,
+            self.registry,
+            mv,
+            holdout_for=self.holdout_for,
+            grace_seconds=s.registration_grace_seconds,
+            samples=s.agreement_samples,
+            atol=s.agreement_atol,
+            threads=s.torch_threads,
         )
 
     async def _get_version(self, name: str, version: str) -> ModelVersion:
@@ -110,10 +120,12 @@ class Bridge:
             return Outcome(name, version, "skipped", (f"already {gate}",))
         if gate == tags.GATE_PASSED:
             if auto_promote and await self._t(self._should_resume, name, version, vtags):
-                log.info("%s v%s passed the gate earlier but was not promoted: resuming", name,
-                         version)
-                await self._promote(name, version, BRIDGE, "gate passed (resumed)", "auto",
-                                    via="auto")
+                log.info(
+                    "%s v%s passed the gate earlier but was not promoted: resuming", name, version
+                )
+                await self._promote(
+                    name, version, BRIDGE, "gate passed (resumed)", "auto", via="auto"
+                )
                 return Outcome(name, version, "promoted", ("resumed",))
             return Outcome(name, version, "skipped", ("already passed",))
 
@@ -122,9 +134,15 @@ class Bridge:
         except NotReadyError as exc:
             return Outcome(name, version, "deferred", (str(exc),))
         except RefusedError as exc:
-            await self._t(self.registry.set_version_tags, name, version, {
-                tags.GATE_REASONS: reasons_json(exc.reasons), tags.GATE: tags.GATE_REFUSED,
-            })
+            await self._t(
+                self.registry.set_version_tags,
+                name,
+                version,
+                {
+                    tags.GATE_REASONS: reasons_json(exc.reasons),
+                    tags.GATE: tags.GATE_REFUSED,
+                },
+            )
             metrics.GATE_RESULTS.labels("refused").inc()
             log.warning("%s v%s refused: %s", name, version, "; ".join(exc.reasons))
             return Outcome(name, version, "refused", exc.reasons)
@@ -133,33 +151,56 @@ class Bridge:
         champion_version = await self._t(self.registry.alias_version, name, tags.CHAMPION)
         champion: Evaluation | None = None
         if champion_version and champion_version != version:
-            champion = await self._t(self.gate.evaluate_champion, name, champion_version,
-                                     verified.card.band_set)
-        metrics.show_scores(name, version, metrics.CHALLENGER, candidate.accuracy,
-                            candidate.per_class_recall)
+            champion = await self._t(
+                self.gate.evaluate_champion, name, champion_version, verified.card.band_set
+            )
+        metrics.show_scores(
+            name, version, metrics.CHALLENGER, candidate.accuracy, candidate.per_class_recall
+        )
         if champion is not None and champion_version is not None:
-            metrics.show_scores(name, champion_version, metrics.CHAMPION, champion.accuracy,
-                                champion.per_class_recall)
+            metrics.show_scores(
+                name,
+                champion_version,
+                metrics.CHAMPION,
+                champion.accuracy,
+                champion.per_class_recall,
+            )
         await self._show_champion(name, champion_version)
         verdict = judge(candidate, champion, self.thresholds)
         outcome = tags.GATE_PASSED if verdict.passed else tags.GATE_FAILED
-        await self._t(self.gate.record_verdict, name, version, outcome, verdict.reasons, run_id,
-                      candidate, champion_version)
+        await self._t(
+            self.gate.record_verdict,
+            name,
+            version,
+            outcome,
+            verdict.reasons,
+            run_id,
+            candidate,
+            champion_version,
+        )
         metrics.GATE_RESULTS.labels(outcome).inc()
-        log.info("%s v%s gate %s (champion %s): %s", name, version, outcome, champion_version,
-                 "; ".join(verdict.reasons))
+        log.info(
+            "%s v%s gate %s (champion %s): %s",
+            name,
+            version,
+            outcome,
+            champion_version,
+            "; ".join(verdict.reasons),
+        )
         if not verdict.passed:
             return Outcome(name, version, "failed", verdict.reasons)
 
         await self._t(self.registry.set_alias, name, tags.CHALLENGER, version)
-        await self._t(self.registry.set_version_tags, name, version,
-                      {tags.STAGE: tags.STAGE_STAGING})
+        await self._t(
+            self.registry.set_version_tags, name, version, {tags.STAGE: tags.STAGE_STAGING}
+        )
         if not auto_promote:
             await self._t(self._ship, name, verified)
             return Outcome(name, version, "challenger", verdict.reasons)
         summary = "; ".join(r for r in verdict.reasons if r.startswith("PASS"))
-        await self._promote(name, version, BRIDGE, f"gate passed: {summary}"[:1000], "auto",
-                            verified, via="auto")
+        await self._promote(
+            name, version, BRIDGE, f"gate passed: {summary}"[:1000], "auto", verified, via="auto"
+        )
         return Outcome(name, version, "promoted", verdict.reasons)
 
     async def _show_champion(self, name: str, version: str | None) -> None:
@@ -170,8 +211,9 @@ class Bridge:
             return
         scores = self.gate.scores_of(name, version)
         if scores is not None:
-            metrics.show_scores(name, version, metrics.CHAMPION, scores.accuracy,
-                                scores.per_class_recall)
+            metrics.show_scores(
+                name, version, metrics.CHAMPION, scores.accuracy, scores.per_class_recall
+            )
             return
         metrics.forget_scores(name, metrics.CHAMPION)
         try:
@@ -195,12 +237,20 @@ class Bridge:
             metrics_ = self.registry.run_metrics(verified.run_id)
             mv = self.registry.get_version(name, verified.version)
             shipment = self.shipper.ship(
-                name, verified.version, verified.onnx_bytes, verified.card,
+                name,
+                verified.version,
+                verified.onnx_bytes,
+                verified.card,
                 lambda uri, sha, size: MlmFacts(
-                    name=name, version=verified.version, card=verified.card, artifact_href=uri,
-                    sha256=sha, size=size,
+                    name=name,
+                    version=verified.version,
+                    card=verified.card,
+                    artifact_href=uri,
+                    sha256=sha,
+                    size=size,
                     created=datetime.fromtimestamp((mv.creation_timestamp or 0) / 1000, UTC),
-                    run_id=verified.run_id, run_href=self._run_href(verified.run_id),
+                    run_id=verified.run_id,
+                    run_href=self._run_href(verified.run_id),
                     training_data_href=dict(mv.tags or {}).get("training_data_href"),
                     metrics=tuple(sorted(metrics_.items())),
                 ),
@@ -210,10 +260,16 @@ class Bridge:
             raise
         outcome = "already_shipped" if shipment.already_shipped else "shipped"
         metrics.SHIP_DURATION.labels(outcome).observe(time.perf_counter() - started)
-        self.registry.set_version_tags(name, verified.version, {
-            tags.SHIPPED: "true", tags.ARTIFACT_URI: shipment.artifact_uri,
-            tags.SHA256: shipment.sha256, tags.MLM_ITEM_HREF: shipment.mlm_item_href,
-        })
+        self.registry.set_version_tags(
+            name,
+            verified.version,
+            {
+                tags.SHIPPED: "true",
+                tags.ARTIFACT_URI: shipment.artifact_uri,
+                tags.SHA256: shipment.sha256,
+                tags.MLM_ITEM_HREF: shipment.mlm_item_href,
+            },
+        )
         return shipment
 
     def _run_href(self, run_id: str) -> str | None:
@@ -234,22 +290,51 @@ class Bridge:
 
     def _verify_now(self, mv: ModelVersion) -> Verified:
         s = self.settings
-        return verify(self.registry, mv, holdout_for=self.holdout_for, grace_seconds=0,
-                      samples=s.agreement_samples, atol=s.agreement_atol, threads=s.torch_threads)
+        return verify(
+            self.registry,
+            mv,
+            holdout_for=self.holdout_for,
+            grace_seconds=0,
+            samples=s.agreement_samples,
+            atol=s.agreement_atol,
+            threads=s.torch_threads,
+        )
 
     # ------------------------------------------------------------------ promote
     async def _record(
-        self, name: str, action: Action, by: str, via: Via, before: str | None,
-        after: str | None, reason: str,
+        self,
+        name: str,
+        action: Action,
+        by: str,
+        via: Via,
+        before: str | None,
+        after: str | None,
+        reason: str,
     ) -> None:
-        await self._t(self.audit.append, AuditEntry(
-            model=name, action=action, by=by, via=via, from_version=before, to_version=after,
-            reason=reason,
-        ))
+        await self._t(
+            self.audit.append,
+            AuditEntry(
+                model=name,
+                action=action,
+                by=by,
+                via=via,
+                from_version=before,
+                to_version=after,
+                reason=reason,
+            ),
+        )
 
     async def _promote(
-        self, name: str, version: str, by: str, reason: str, kind: str,
-        verified: Verified | None = None, *, via: Via, action: Action = "promote",
+        self,
+        name: str,
+        version: str,
+        by: str,
+        reason: str,
+        kind: str,
+        verified: Verified | None = None,
+        *,
+        via: Via,
+        action: Action = "promote",
         extra_tags: dict[str, str] | None = None,
     ) -> ModelPromoted:
         if verified is not None:
@@ -261,14 +346,19 @@ class Bridge:
         await self._t(self.registry.set_alias, name, tags.CHAMPION, version)
         if await self._t(self.registry.alias_version, name, tags.CHALLENGER) == version:
             await self._t(self.registry.delete_alias, name, tags.CHALLENGER)
-        new_tags = {**(extra_tags or {}), tags.STAGE: tags.STAGE_PRODUCTION,
-                    tags.PROMOTED_BY: by, tags.PROMOTED_REASON: reason[:5000],
-                    tags.PROMOTED_AT: _now()}
+        new_tags = {
+            **(extra_tags or {}),
+            tags.STAGE: tags.STAGE_PRODUCTION,
+            tags.PROMOTED_BY: by,
+            tags.PROMOTED_REASON: reason[:5000],
+            tags.PROMOTED_AT: _now(),
+        }
         before = previous or live
         if before and before != version:
             new_tags[tags.PREVIOUS_CHAMPION] = before
-            await self._t(self.registry.set_version_tags, name, before,
-                          {tags.STAGE: tags.STAGE_ARCHIVED})
+            await self._t(
+                self.registry.set_version_tags, name, before, {tags.STAGE: tags.STAGE_ARCHIVED}
+            )
         await self._t(self.registry.set_version_tags, name, version, new_tags)
         event = await self._announce(name, version, shipment, before, by, reason)
         metrics.PROMOTIONS.labels(kind).inc()
@@ -277,16 +367,27 @@ class Bridge:
         return event
 
     async def _announce(
-        self, name: str, version: str, shipment: Shipment, previous: str | None, by: str,
+        self,
+        name: str,
+        version: str,
+        shipment: Shipment,
+        previous: str | None,
+        by: str,
         reason: str,
     ) -> ModelPromoted:
         mv = await self._t(self.registry.get_version, name, version)
         event = ModelPromoted(
-            name=name, version=version, alias=tags.CHAMPION, artifact_uri=shipment.artifact_uri,
-            sha256=shipment.sha256, mlm_item_href=shipment.mlm_item_href,
+            name=name,
+            version=version,
+            alias=tags.CHAMPION,
+            artifact_uri=shipment.artifact_uri,
+            sha256=shipment.sha256,
+            mlm_item_href=shipment.mlm_item_href,
             run_id=str(mv.run_id) if mv.run_id else None,
             previous_version=previous if previous != version else None,
-            promoted_by=by, reason=reason[:2000], source=BRIDGE,
+            promoted_by=by,
+            reason=reason[:2000],
+            source=BRIDGE,
         )
         await self.bus.publish(topics.MODELS_PROMOTED, event)
         self.announced[name] = version
@@ -296,7 +397,13 @@ class Bridge:
         return event
 
     async def promote(
-        self, name: str, version: str, *, by: str, reason: str, force: bool = False,
+        self,
+        name: str,
+        version: str,
+        *,
+        by: str,
+        reason: str,
+        force: bool = False,
         via: Via = "cli",
     ) -> ModelPromoted:
         """Manual promotion. A version that failed the gate needs ``force`` (an override, kept in
@@ -313,7 +420,8 @@ class Bridge:
             if gate is None:
                 gate = await self._gate_only(name, version)
             reasons = dict((await self._get_version(name, version)).tags or {}).get(
-                tags.GATE_REASONS, "[]")
+                tags.GATE_REASONS, "[]"
+            )
             if gate == tags.GATE_REFUSED:
                 raise PromotionError(f"{name} v{version} was refused and cannot ship: {reasons}")
             if gate == tags.GATE_FAILED and not force:
@@ -321,12 +429,25 @@ class Bridge:
                     f"{name} v{version} failed the gate: {reasons}; pass --force to promote anyway"
                 )
             override = gate == tags.GATE_FAILED
-            extra = {tags.OVERRIDE_BY: by, tags.OVERRIDE_REASON: reason[:5000],
-                     tags.OVERRIDE_AT: _now()} if override else {}
+            extra = (
+                {
+                    tags.OVERRIDE_BY: by,
+                    tags.OVERRIDE_REASON: reason[:5000],
+                    tags.OVERRIDE_AT: _now(),
+                }
+                if override
+                else {}
+            )
             try:
                 return await self._promote(
-                    name, version, by, reason, "override" if override else "manual", via=via,
-                    action="override" if override else "promote", extra_tags=extra,
+                    name,
+                    version,
+                    by,
+                    reason,
+                    "override" if override else "manual",
+                    via=via,
+                    action="override" if override else "promote",
+                    extra_tags=extra,
                 )
             except RefusedError as exc:
                 raise PromotionError("; ".join(exc.reasons)) from exc
@@ -336,11 +457,10 @@ class Bridge:
         if outcome.state == "deferred":
             raise PromotionError(f"{name} v{version} is not ready: {'; '.join(outcome.reasons)}")
         return {"refused": tags.GATE_REFUSED, "failed": tags.GATE_FAILED}.get(
-            outcome.state, tags.GATE_PASSED)
+            outcome.state, tags.GATE_PASSED
+        )
 
-    async def rollback(
-        self, name: str, *, by: str, reason: str, via: Via = "cli"
-    ) -> ModelPromoted:
+    async def rollback(self, name: str, *, by: str, reason: str, via: Via = "cli") -> ModelPromoted:
         """Make the champion before the current one live again (if it may still be champion:
         the ``previous_champion`` tag is MLflow state anyone with MLflow access can write)."""
         async with self.lock:
@@ -356,22 +476,36 @@ class Bridge:
                 )
             why_not = await self._t(self._champion_refusal, name, target)
             if why_not is not None:
-                raise PromotionError(f"{name} v{target}, the previous champion, may not be "
-                                     f"champion: {why_not}")
+                raise PromotionError(
+                    f"{name} v{target}, the previous champion, may not be champion: {why_not}"
+                )
             try:
                 shipment = await self._t(self._ensure_shipped, name, target)
             except RefusedError as exc:
                 raise PromotionError("; ".join(exc.reasons)) from exc
             await self._t(self.registry.set_alias, name, tags.CHAMPION, target)
-            await self._t(self.registry.set_version_tags, name, current, {
-                tags.STAGE: tags.STAGE_ARCHIVED, tags.ROLLED_BACK_BY: by,
-                tags.ROLLED_BACK_REASON: reason[:5000],
-            })
+            await self._t(
+                self.registry.set_version_tags,
+                name,
+                current,
+                {
+                    tags.STAGE: tags.STAGE_ARCHIVED,
+                    tags.ROLLED_BACK_BY: by,
+                    tags.ROLLED_BACK_REASON: reason[:5000],
+                },
+            )
             why = f"rollback from v{current}: {reason}"
-            await self._t(self.registry.set_version_tags, name, target, {
-                tags.STAGE: tags.STAGE_PRODUCTION, tags.PROMOTED_BY: by,
-                tags.PROMOTED_REASON: why[:5000], tags.PROMOTED_AT: _now(),
-            })
+            await self._t(
+                self.registry.set_version_tags,
+                name,
+                target,
+                {
+                    tags.STAGE: tags.STAGE_PRODUCTION,
+                    tags.PROMOTED_BY: by,
+                    tags.PROMOTED_REASON: why[:5000],
+                    tags.PROMOTED_AT: _now(),
+                },
+            )
             event = await self._announce(name, target, shipment, current, by, why)
             metrics.ROLLBACKS.inc()
             await self._record(name, "rollback", by, via, current, target, reason)
@@ -387,8 +521,13 @@ class Bridge:
     async def _undo_alias(self, name: str, champion: str, live: str | None, why: str) -> None:
         """The alias guard: move the champion alias back to the version last announced (or
         remove it), say why on the version, audit it. Nothing is shipped or announced."""
-        log.error("%s: champion alias set to v%s in MLflow, but %s; moving it back to %s", name,
-                  champion, why, f"v{live}" if live else "no champion")
+        log.error(
+            "%s: champion alias set to v%s in MLflow, but %s; moving it back to %s",
+            name,
+            champion,
+            why,
+            f"v{live}" if live else "no champion",
+        )
         restored = live
         if live:
             try:
@@ -399,9 +538,15 @@ class Bridge:
         if restored is None:
             await self._t(self.registry.delete_alias, name, tags.CHAMPION)
         reason = f"champion alias moved to v{champion} outside the bridge, undone: {why}"
-        await self._t(self.registry.set_version_tags, name, champion, {
-            tags.ALIAS_UNDONE_REASON: reason[:5000], tags.ALIAS_UNDONE_AT: _now(),
-        })
+        await self._t(
+            self.registry.set_version_tags,
+            name,
+            champion,
+            {
+                tags.ALIAS_UNDONE_REASON: reason[:5000],
+                tags.ALIAS_UNDONE_AT: _now(),
+            },
+        )
         metrics.ALIAS_UNDONE.inc()
         await self._record(name, "alias_undone", BRIDGE, "mlflow", champion, restored, reason)
         await self._show_champion(name, restored)
@@ -426,34 +571,51 @@ class Bridge:
             try:
                 shipment = await self._t(self._ensure_shipped, name, champion)
             except RefusedError as exc:
-                await self._t(self.registry.set_version_tags, name, champion,
-                              {tags.GATE_REASONS: reasons_json(exc.reasons)})
-                await self._undo_alias(name, champion, live,
-                                       "it cannot ship: " + "; ".join(exc.reasons))
+                await self._t(
+                    self.registry.set_version_tags,
+                    name,
+                    champion,
+                    {tags.GATE_REASONS: reasons_json(exc.reasons)},
+                )
+                await self._undo_alias(
+                    name, champion, live, "it cannot ship: " + "; ".join(exc.reasons)
+                )
                 return None
             vtags = dict((await self._t(self.registry.get_version, name, champion)).tags or {})
             # the bridge's own promotion whose publish was lost (tags written, then a crash)
-            lost_publish = (tags.PROMOTED_AT in vtags
-                            and vtags.get(tags.STAGE) == tags.STAGE_PRODUCTION)
+            lost_publish = (
+                tags.PROMOTED_AT in vtags and vtags.get(tags.STAGE) == tags.STAGE_PRODUCTION
+            )
             by, reason = "mlflow-alias", "champion alias set in MLflow"
             update = {tags.STAGE: tags.STAGE_PRODUCTION}
             if lost_publish:
                 by = vtags.get(tags.PROMOTED_BY, by)
                 reason = vtags.get(tags.PROMOTED_REASON, reason)
             else:
-                update |= {tags.PROMOTED_BY: by, tags.PROMOTED_REASON: reason,
-                           tags.PROMOTED_AT: _now()}
+                update |= {
+                    tags.PROMOTED_BY: by,
+                    tags.PROMOTED_REASON: reason,
+                    tags.PROMOTED_AT: _now(),
+                }
             if live and live != champion:
                 if not (lost_publish and tags.PREVIOUS_CHAMPION in vtags):
                     update[tags.PREVIOUS_CHAMPION] = live
-                await self._t(self.registry.set_version_tags, name, live,
-                              {tags.STAGE: tags.STAGE_ARCHIVED})
+                await self._t(
+                    self.registry.set_version_tags, name, live, {tags.STAGE: tags.STAGE_ARCHIVED}
+                )
             await self._t(self.registry.set_version_tags, name, champion, update)
             event = await self._announce(name, champion, shipment, live, by, reason)
             metrics.PROMOTIONS.labels("alias").inc()
             if lost_publish:  # the promotion's audit entry comes after its publish: not written
-                await self._record(name, "promote", by, "auto", live, champion,
-                                   f"{reason} (announced again after an interruption)")
+                await self._record(
+                    name,
+                    "promote",
+                    by,
+                    "auto",
+                    live,
+                    champion,
+                    f"{reason} (announced again after an interruption)",
+                )
             else:
                 await self._record(name, "alias_accepted", by, "mlflow", live, champion, reason)
             await self._show_champion(name, champion)
@@ -477,13 +639,20 @@ class Bridge:
             try:
                 shipment = await self._t(self._ensure_shipped, name, champion)
             except RefusedError as exc:
-                log.error("%s: champion v%s cannot ship (%s); not announced", name, champion,
-                          "; ".join(exc.reasons))
+                log.error(
+                    "%s: champion v%s cannot ship (%s); not announced",
+                    name,
+                    champion,
+                    "; ".join(exc.reasons),
+                )
                 return None
             vtags = dict((await self._t(self.registry.get_version, name, champion)).tags or {})
             log.info("%s: re-announcing champion v%s shipped by an earlier run", name, champion)
             event = await self._announce(
-                name, champion, shipment, vtags.get(tags.PREVIOUS_CHAMPION),
+                name,
+                champion,
+                shipment,
+                vtags.get(tags.PREVIOUS_CHAMPION),
                 vtags.get(tags.PROMOTED_BY, BRIDGE),
                 vtags.get(tags.PROMOTED_REASON, "champion of an earlier run"),
             )

@@ -17,10 +17,12 @@ import typer
 from eostream.registry_bridge.settings import BridgeSettings
 from eostream.shared.settings import configure_logging, load_settings
 
-app = typer.Typer(name="bridge", help="registry-bridge: gate, promote and ship models.",
-                  no_args_is_help=True)
-models_app = typer.Typer(name="models", help="Promote, roll back and list model versions.",
-                         no_args_is_help=True)
+app = typer.Typer(
+    name="bridge", help="registry-bridge: gate, promote and ship models.", no_args_is_help=True
+)
+models_app = typer.Typer(
+    name="models", help="Promote, roll back and list model versions.", no_args_is_help=True
+)
 
 
 def _settings() -> BridgeSettings:
@@ -48,16 +50,22 @@ async def _with_bridge(action: str, **kwargs: str | bool) -> str:
     try:
         if action == "promote":
             event = await bridge.promote(
-                str(kwargs["name"]), str(kwargs["version"]), by=str(kwargs["by"]),
-                reason=str(kwargs["reason"]), force=bool(kwargs["force"]), via="cli",
+                str(kwargs["name"]),
+                str(kwargs["version"]),
+                by=str(kwargs["by"]),
+                reason=str(kwargs["reason"]),
+                force=bool(kwargs["force"]),
+                via="cli",
             )
         else:
-            event = await bridge.rollback(str(kwargs["name"]), by=str(kwargs["by"]),
-                                          reason=str(kwargs["reason"]), via="cli")
+            event = await bridge.rollback(
+                str(kwargs["name"]), by=str(kwargs["by"]), reason=str(kwargs["reason"]), via="cli"
+            )
     finally:
         await bridge.bus.close()
-    return (f"{event.name} v{event.version} is champion "
-            f"({event.artifact_uri}, sha256 {event.sha256})")
+    return (
+        f"{event.name} v{event.version} is champion ({event.artifact_uri}, sha256 {event.sha256})"
+    )
 
 
 def _os_user() -> str:
@@ -84,8 +92,18 @@ def promote(
     from eostream.registry_bridge.errors import PromotionError, RegistryUnavailableError
 
     try:
-        typer.echo(asyncio.run(_with_bridge("promote", name=name, version=version,
-                                            by=by or _os_user(), reason=reason, force=force)))
+        typer.echo(
+            asyncio.run(
+                _with_bridge(
+                    "promote",
+                    name=name,
+                    version=version,
+                    by=by or _os_user(),
+                    reason=reason,
+                    force=force,
+                )
+            )
+        )
     except (PromotionError, RegistryUnavailableError) as exc:
         _fail(exc)
 
@@ -100,8 +118,9 @@ def rollback(
     from eostream.registry_bridge.errors import PromotionError, RegistryUnavailableError
 
     try:
-        typer.echo(asyncio.run(_with_bridge("rollback", name=name, by=by or _os_user(),
-                                            reason=reason)))
+        typer.echo(
+            asyncio.run(_with_bridge("rollback", name=name, by=by or _os_user(), reason=reason))
+        )
     except (PromotionError, RegistryUnavailableError) as exc:
         _fail(exc)
 
@@ -127,9 +146,20 @@ def list_versions(
     for column in ("version", "aliases", "gate", "accuracy", "stage", "shipped", "promoted_by"):
         table.add_column(column)
     for row in rows:
-        table.add_row(*(", ".join(v) if isinstance(v, list) else str(v or "") for v in (
-            row["version"], row["aliases"], row["gate"], row["accuracy"], row["stage"],
-            "yes" if row["shipped"] else "", row["promoted_by"])))
+        table.add_row(
+            *(
+                ", ".join(v) if isinstance(v, list) else str(v or "")
+                for v in (
+                    row["version"],
+                    row["aliases"],
+                    row["gate"],
+                    row["accuracy"],
+                    row["stage"],
+                    "yes" if row["shipped"] else "",
+                    row["promoted_by"],
+                )
+            )
+        )
     Console().print(table)
 
 

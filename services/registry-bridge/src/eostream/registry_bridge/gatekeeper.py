@@ -40,14 +40,21 @@ class Gatekeeper:
         sess = onnx_model.session(verified.onnx_bytes, self.settings.torch_threads)
         h = self.holdout_for(verified.card.band_set)
         result = evaluation.evaluate(
-            lambda x: onnx_model.logits(sess, x), h,
+            lambda x: onnx_model.logits(sess, x),
+            h,
             experiment=self.settings.gate_experiment,
             run_name=f"gate {verified.name} v{verified.version}",
-            params={"model_name": verified.name, "model_version": verified.version,
-                    "role": "candidate", "onnx_sha256": verified.sha256},
-            tags={"eostream.model_name": verified.name,
-                  "eostream.model_version": verified.version,
-                  "eostream.source_run_id": verified.run_id},
+            params={
+                "model_name": verified.name,
+                "model_version": verified.version,
+                "role": "candidate",
+                "onnx_sha256": verified.sha256,
+            },
+            tags={
+                "eostream.model_name": verified.name,
+                "eostream.model_version": verified.version,
+                "eostream.source_run_id": verified.run_id,
+            },
         )
         self._evaluations[(verified.name, verified.version, h.digest)] = result[0]
         return result
@@ -67,10 +74,12 @@ class Gatekeeper:
         h = self.holdout_for(band_set)
         key = (name, version, h.digest)
         if key not in self._evaluations:
-            sess = onnx_model.session(self.champion_onnx(name, version),
-                                      self.settings.torch_threads)
+            sess = onnx_model.session(
+                self.champion_onnx(name, version), self.settings.torch_threads
+            )
             self._evaluations[key], _ = evaluation.evaluate(
-                lambda x: onnx_model.logits(sess, x), h,
+                lambda x: onnx_model.logits(sess, x),
+                h,
                 experiment=self.settings.gate_experiment,
                 run_name=f"champion {name} v{version}",
                 params={"model_name": name, "model_version": version, "role": "champion"},
@@ -85,18 +94,31 @@ class Gatekeeper:
         return found[-1] if found else None
 
     def record_verdict(
-        self, name: str, version: str, outcome: str, reasons: tuple[str, ...], run_id: str,
-        candidate: Evaluation, champion_version: str | None,
+        self,
+        name: str,
+        version: str,
+        outcome: str,
+        reasons: tuple[str, ...],
+        run_id: str,
+        candidate: Evaluation,
+        champion_version: str | None,
     ) -> None:
         client = self.registry.client
         client.set_tag(run_id, "eostream.gate", outcome)
         client.set_tag(run_id, "eostream.champion_version", champion_version or "")
-        client.log_text(run_id, json.dumps({"outcome": outcome, "reasons": list(reasons)},
-                                           indent=2), "verdict.json")
+        client.log_text(
+            run_id,
+            json.dumps({"outcome": outcome, "reasons": list(reasons)}, indent=2),
+            "verdict.json",
+        )
         # The verdict goes last: whoever sees it also sees its reasons (tags go one by one).
-        self.registry.set_version_tags(name, version, {
-            tags.GATE_REASONS: reasons_json(reasons),
-            tags.GATE_EVAL_RUN: run_id,
-            tags.GATE_ACCURACY: f"{candidate.accuracy:.6f}",
-            tags.GATE: outcome,
-        })
+        self.registry.set_version_tags(
+            name,
+            version,
+            {
+                tags.GATE_REASONS: reasons_json(reasons),
+                tags.GATE_EVAL_RUN: run_id,
+                tags.GATE_ACCURACY: f"{candidate.accuracy:.6f}",
+                tags.GATE: outcome,
+            },
+        )

@@ -62,7 +62,9 @@ def load(data_dir: Path, band_set: str, per_class: int, salt: str) -> Holdout:
     index = {cls: i for i, cls in enumerate(EUROSAT_CLASSES)}
     labels = np.array([index[Path(f).parent.name] for f in files], dtype=np.int64)
     images = np.stack([reader(data_dir / f) for f in files])
-    log.info("held-out set %s: %d images, digest %s", band_set, len(files),
-             digest_of(files, salt)[:12])
-    return Holdout(band_set, tuple(files), labels, images, digest_of(files, salt),
-                   str(data_dir.resolve()))
+    log.info(
+        "held-out set %s: %d images, digest %s", band_set, len(files), digest_of(files, salt)[:12]
+    )
+    return Holdout(
+        band_set, tuple(files), labels, images, digest_of(files, salt), str(data_dir.resolve())
+    )

@@ -20,7 +20,9 @@ VERSIONS_SEEN = Counter(
     ["source"],  # webhook, reconcile, event, manual
 )
 GATE_RESULTS = Counter(
-    "eostream_bridge_gate_results_total", "Gate verdicts", ["outcome"]  # passed, failed, refused
+    "eostream_bridge_gate_results_total",
+    "Gate verdicts",
+    ["outcome"],  # passed, failed, refused
 )
 PROMOTIONS = Counter(
     "eostream_bridge_promotions_total",
@@ -39,7 +41,9 @@ SHIP_DURATION = Histogram(
     buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
 )
 WEBHOOKS = Counter(
-    "eostream_bridge_webhooks_total", "MLflow webhook deliveries", ["outcome"]  # accepted, rejected
+    "eostream_bridge_webhooks_total",
+    "MLflow webhook deliveries",
+    ["outcome"],  # accepted, rejected
 )
 HANDLING_ERRORS = Counter(
     "eostream_bridge_handling_errors_total",

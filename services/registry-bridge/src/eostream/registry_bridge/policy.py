@@ -45,9 +45,7 @@ class Verdict:
         return tuple(r for r in self.reasons if r.startswith("FAIL"))
 
 
-def judge(
-    candidate: Evaluation, champion: Evaluation | None, thresholds: Thresholds
-) -> Verdict:
+def judge(candidate: Evaluation, champion: Evaluation | None, thresholds: Thresholds) -> Verdict:
     """Decide whether ``candidate`` may replace ``champion`` (None: there is no champion yet)."""
     reasons: list[str] = []
     ok = True
@@ -68,8 +66,10 @@ def judge(
         reasons.append("PASS: no champion yet; nothing to compare with")
         return Verdict(ok, tuple(reasons))
 
-    if champion.dataset_digest and candidate.dataset_digest and (
-        champion.dataset_digest != candidate.dataset_digest
+    if (
+        champion.dataset_digest
+        and candidate.dataset_digest
+        and (champion.dataset_digest != candidate.dataset_digest)
     ):
         reasons.append("NOTE: champion and candidate were evaluated on different held-out sets")
 
@@ -114,8 +114,10 @@ def champion_refusal(gate: str | None, overridden: bool) -> str | None:
     if gate == tags.GATE_FAILED:
         if overridden:
             return None
-        return ("it failed the promotion gate and no force promotion is on record; promote it "
-                "through the bridge with force to override")
+        return (
+            "it failed the promotion gate and no force promotion is on record; promote it "
+            "through the bridge with force to override"
+        )
     if gate == tags.GATE_REFUSED:
         return "it was refused by the gate (contract or verification) and can never ship"
     return "it has no gate verdict yet; the bridge gates it first, then promote it if it passes"

@@ -88,7 +88,9 @@ class MlflowRegistry:
             reraise=False,
             before_sleep=lambda state: log.warning(
                 "MLflow %s failed (attempt %d of %d), retrying: %s",
-                what, state.attempt_number, self._attempts,
+                what,
+                state.attempt_number,
+                self._attempts,
                 state.outcome.exception() if state.outcome else "?",
             ),
         )
@@ -183,9 +185,7 @@ class MlflowRegistry:
         self.call("set model tag", lambda: self.client.set_registered_model_tag(name, key, value))
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
-        self.call(
-            "set alias", lambda: self.client.set_registered_model_alias(name, alias, version)
-        )
+        self.call("set alias", lambda: self.client.set_registered_model_alias(name, alias, version))
 
     def delete_alias(self, name: str, alias: str) -> None:
         def write() -> None:
@@ -206,12 +206,18 @@ class MlflowRegistry:
             existing = [w for w in self.client.list_webhooks() if w.name == WEBHOOK_NAME]
             if existing:
                 hook = self.client.update_webhook(
-                    existing[0].webhook_id, url=url, events=events, secret=secret,
+                    existing[0].webhook_id,
+                    url=url,
+                    events=events,
+                    secret=secret,
                     status="ACTIVE",
                 )
             else:
                 hook = self.client.create_webhook(
-                    name=WEBHOOK_NAME, url=url, events=events, secret=secret,
+                    name=WEBHOOK_NAME,
+                    url=url,
+                    events=events,
+                    secret=secret,
                     description="eostream registry-bridge: gate, promote and ship new versions",
                 )
             return str(hook.webhook_id)

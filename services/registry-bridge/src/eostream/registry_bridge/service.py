@@ -39,11 +39,17 @@ def build_bridge(
     settings: BridgeSettings, bus: Bus | None = None, store: ObjectStore | None = None
 ) -> Bridge:
     registry = MlflowRegistry(
-        settings.mlflow_tracking_uri, attempts=settings.retry_attempts,
-        backoff=settings.retry_backoff_seconds, backoff_max=settings.retry_backoff_max_seconds,
+        settings.mlflow_tracking_uri,
+        attempts=settings.retry_attempts,
+        backoff=settings.retry_backoff_seconds,
+        backoff_max=settings.retry_backoff_max_seconds,
     )
-    return Bridge(settings, registry, store or build_object_store(settings),
-                  bus or build_bus(settings, service=SERVICE))
+    return Bridge(
+        settings,
+        registry,
+        store or build_object_store(settings),
+        bus or build_bus(settings, service=SERVICE),
+    )
 
 
 class BridgeService:
@@ -91,14 +97,19 @@ class BridgeService:
         app = create_ops_app(SERVICE, self.readiness, self.consumers.liveness)
         if self.webhooks:
             secret = self.settings.webhook_secret
-            app.include_router(webhook_router(
-                secret.get_secret_value() if secret else None,
-                self.settings.webhook_tolerance_seconds, self.worker.enqueue,
-            ))
+            app.include_router(
+                webhook_router(
+                    secret.get_secret_value() if secret else None,
+                    self.settings.webhook_tolerance_seconds,
+                    self.worker.enqueue,
+                )
+            )
         app.include_router(models_router(self.bridge))  # writes need BRIDGE_API_KEYS (promoter)
         if not self.settings.api_keys:
-            log.warning("BRIDGE_API_KEYS is not set: the REST write routes (promote, rollback) "
-                        "answer 401; `eostream models promote` still works locally")
+            log.warning(
+                "BRIDGE_API_KEYS is not set: the REST write routes (promote, rollback) "
+                "answer 401; `eostream models promote` still works locally"
+            )
         return app
 
     async def _on_registered(self, event: Event, delivery: Delivery) -> None:
@@ -122,8 +133,11 @@ class BridgeService:
             ),
         ]
         self.consumers.start()
-        log.info("registry-bridge watching %s (MLflow %s)", ", ".join(self.settings.model_names),
-                 self.settings.mlflow_tracking_uri)
+        log.info(
+            "registry-bridge watching %s (MLflow %s)",
+            ", ".join(self.settings.model_names),
+            self.settings.mlflow_tracking_uri,
+        )
 
     def _register_webhook(self) -> None:
         s = self.settings
@@ -153,8 +167,11 @@ class BridgeService:
             if task not in working:
                 task.cancel()
         if working and not await self.worker.drain(DRAIN_TIMEOUT_SECONDS):
-            log.warning("stopping with a version still in hand after %.0fs; the reconcile loop "
-                        "will handle it again", DRAIN_TIMEOUT_SECONDS)
+            log.warning(
+                "stopping with a version still in hand after %.0fs; the reconcile loop "
+                "will handle it again",
+                DRAIN_TIMEOUT_SECONDS,
+            )
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -52,7 +52,10 @@ class Credential(BaseModel):
 
 class BridgeSettings(ServiceSettings):
     model_config = SettingsConfigDict(
-        env_prefix="BRIDGE_", env_nested_delimiter="__", frozen=True, extra="ignore",
+        env_prefix="BRIDGE_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="ignore",
         hide_input_in_errors=True,  # errors must not echo BRIDGE_API_KEYS
     )
 

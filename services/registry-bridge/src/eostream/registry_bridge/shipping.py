@@ -51,7 +51,8 @@ def store_retrying(attempts: int, backoff: float, backoff_max: float) -> Retryin
         reraise=True,
         before_sleep=lambda s: log.warning(
             "object store call failed (attempt %d), retrying: %s",
-            s.attempt_number, s.outcome.exception() if s.outcome else "?",
+            s.attempt_number,
+            s.outcome.exception() if s.outcome else "?",
         ),
     )
 
@@ -109,10 +110,12 @@ class Shipper:
         found = self.existing(name, version)
         if found is not None:
             if found.sha256 != digest:
-                raise RefusedError([
-                    f"{name} v{version} was already shipped with sha256 {found.sha256}; the "
-                    f"artifact now has {digest}. Register a new version instead."
-                ])
+                raise RefusedError(
+                    [
+                        f"{name} v{version} was already shipped with sha256 {found.sha256}; the "
+                        f"artifact now has {digest}. Register a new version instead."
+                    ]
+                )
             return found
         model_key, item_key = self.keys(name, version)
         self._call(lambda: self.store.put_bytes(model_key, onnx_bytes, "application/octet-stream"))

@@ -81,9 +81,11 @@ def verify(
         raise RefusedError([f"running the model on held-out images failed: {exc}"[:500]]) from exc
     diff = onnx_model.max_abs_difference(got, expected)
     if not diff <= atol:
-        raise RefusedError([
-            f"ONNX and torch outputs differ by up to {diff:.3g} on {len(images)} held-out images "
-            f"(tolerance {atol:g})"
-        ])
+        raise RefusedError(
+            [
+                f"ONNX and torch outputs differ by up to {diff:.3g} "
+                f"on {len(images)} held-out images (tolerance {atol:g})"
+            ]
+        )
     log.info("%s v%s verified: contract ok, ONNX vs torch max diff %.2e", name, version, diff)
     return Verified(name, version, str(mv.run_id), card, data, digest, diff)

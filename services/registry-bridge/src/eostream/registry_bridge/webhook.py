@@ -71,14 +71,20 @@ def webhook_router(secret: str | None, tolerance_seconds: int, enqueue: Enqueue)
         body = await request.body()
         if secret is None:
             metrics.WEBHOOKS.labels("rejected").inc()
-            raise HTTPException(503, {
-                "code": "webhooks_disabled",
-                "description": "set BRIDGE_WEBHOOK_SECRET to accept webhooks",
-            })
+            raise HTTPException(
+                503,
+                {
+                    "code": "webhooks_disabled",
+                    "description": "set BRIDGE_WEBHOOK_SECRET to accept webhooks",
+                },
+            )
         problem = verify_signature(
-            secret, body=body, signature=request.headers.get(SIGNATURE_HEADER),
+            secret,
+            body=body,
+            signature=request.headers.get(SIGNATURE_HEADER),
             delivery_id=request.headers.get(DELIVERY_ID_HEADER),
-            timestamp=request.headers.get(TIMESTAMP_HEADER), tolerance_seconds=tolerance_seconds,
+            timestamp=request.headers.get(TIMESTAMP_HEADER),
+            tolerance_seconds=tolerance_seconds,
         )
         if problem is not None:
             metrics.WEBHOOKS.labels("rejected").inc()

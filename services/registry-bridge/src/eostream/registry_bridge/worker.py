@@ -72,8 +72,9 @@ class Worker:
                 raise
             except Exception as exc:
                 metrics.HANDLING_ERRORS.labels(type(exc).__name__).inc()
-                log.exception("handling %s v%s failed; the reconcile loop will retry", name,
-                              version)
+                log.exception(
+                    "handling %s v%s failed; the reconcile loop will retry", name, version
+                )
             finally:
                 self.queue.task_done()
                 self.idle.set()

@@ -48,6 +48,11 @@ class ObjectNotFoundError(EostreamError, KeyError):
         return str(self.args[0]) if self.args else "object not found"
 
 
+class ObjectUnreadableError(EostreamError, ValueError):
+    """An object named by a URI cannot be used as given (too large, a scheme we cannot read, a
+    4xx answer): retrying will not help."""
+
+
 class Disposition(Enum):
     DEAD_LETTER = "dead_letter"
     RETRY = "retry"

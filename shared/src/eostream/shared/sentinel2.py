@@ -1,6 +1,22 @@
-"""Sentinel-2 band names: the one table every service uses to fold providers' spellings."""
+"""Sentinel-2 facts every service derives from a STAC item, each written once (ADR 0010).
+
+Pure functions over item JSON, no I/O: which band an asset name means (:func:`band_id`), which
+asset holds each band (:func:`band_sources`), which bands an item carries (:func:`bands_of`),
+its processing level (:func:`processing_level`) and baseline (:func:`processing_baseline`), and
+the DN-to-reflectance rule that follows from them (:func:`asset_radiometry`). Ingest builds its
+``SceneDiscovered`` events with them and inference reads scenes with them, on its event path and
+on its REST path alike, so a scene gets the same level, offset and bands whichever way it comes.
+"""
 
 from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from eostream.shared.events import Level
+from eostream.shared.modelcard import EUROSAT_MS_FILE_ORDER
 
 #: STAC common names (Earth Search v1 asset keys, eo:bands names) -> Sentinel-2 band ids.
 COMMON_NAMES: dict[str, str] = {
@@ -24,3 +40,220 @@ COMMON_NAMES: dict[str, str] = {
 SPECTRAL_ORDER: tuple[str, ...] = (
     "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12",
 )  # fmt: skip
+
+#: The order events carry band ids in (``SceneDiscovered.bands``).
+EVENT_ORDER: tuple[str, ...] = EUROSAT_MS_FILE_ORDER
+
+#: Asset keys of the scene classification layer (cloud mask) of L2A items.
+SCL_KEYS: tuple[str, ...] = ("scl", "SCL")
+
+#: DN of a harmonised reflectance of 1.0, and the offset of processing baseline 04.00 and later.
+QUANTIFICATION = 10000.0
+BASELINE_OFFSET_DN = -1000.0
+
+_BAND = re.compile(r"^B0?(\d{1,2})(A?)$", re.IGNORECASE)
+_SUFFIX = re.compile(r"[-_](jp2|cog|tif|\d{2}m)$", re.IGNORECASE)
+_BASELINE_IN_PRODUCT_ID = re.compile(r"_N(\d{2})(\d{2})_")
+#: Assets with these roles or keys are renderings (8-bit) or previews, never a band's source.
+_NOT_BAND_ROLES = frozenset({"thumbnail", "overview", "visual"})
+_NOT_BAND_KEYS = frozenset({"visual", "thumbnail"})
+
+
+# --- band names -------------------------------------------------------------------------------
+def band_id(name: str) -> str | None:
+    """``blue``, ``B2``, ``B02``, ``b04``, ``blue-jp2``, ``red_20m``, ``B08A``, ``b8a`` -> the
+    band id (``B01``..``B12``, ``B8A``); anything else (``scl``, ``visual``, ``B13``) -> None."""
+    text = name.strip()
+    while True:
+        stripped = _SUFFIX.sub("", text)
+        if stripped == text:
+            break
+        text = stripped
+    common = COMMON_NAMES.get(text.lower())
+    if common is not None:
+        return common
+    match = _BAND.match(text)
+    if match is None:
+        return None
+    number, a = int(match.group(1)), match.group(2).upper()
+    if a:
+        return "B8A" if number == 8 else None
+    return f"B{number:02d}" if 1 <= number <= 12 else None
+
+
+def ordered(names: Iterable[str], order: Sequence[str] = EVENT_ORDER) -> tuple[str, ...]:
+    """The band ids among ``names``, in ``order`` (events' order unless told)."""
+    found = set(names)
+    return tuple(b for b in order if b in found)
+
+
+# --- which asset holds which band -------------------------------------------------------------
+@dataclass(frozen=True)
+class BandSource:
+    """One band: read band ``index`` (1-based) of the asset ``asset_key`` at ``href``."""
+
+    band: str
+    asset_key: str
+    href: str
+    index: int = 1
+
+
+def _is_band_asset(key: str, asset: Any) -> bool:
+    if not isinstance(asset, Mapping) or not asset.get("href") or key in _NOT_BAND_KEYS:
+        return False
+    return not _NOT_BAND_ROLES & set(asset.get("roles") or [])
+
+
+def _is_jp2(key: str, asset: Mapping[str, Any]) -> bool:
+    return key.lower().endswith("-jp2") or "jp2" in str(asset.get("type", "")).lower()
+
+
+def _names(entries: Any) -> list[Mapping[str, Any]]:
+    return [e for e in entries or [] if isinstance(e, Mapping)]
+
+
+def _asset_bands(key: str, asset: Mapping[str, Any]) -> list[str | None]:
+    """The band id of each band of the asset, in file order (None: not a Sentinel-2 band)."""
+    eo = _names(asset.get("eo:bands"))
+    if len(eo) > 1:
+        return [
+            band_id(str(b.get("name", ""))) or band_id(str(b.get("common_name", ""))) for b in eo
+        ]
+    own = band_id(key)
+    if own is None and len(eo) == 1:
+        own = band_id(str(eo[0].get("name", "")))
+    return [own]
+
+
+def band_sources(
+    assets: Mapping[str, Any], wanted: Sequence[str] = SPECTRAL_ORDER
+) -> tuple[dict[str, BandSource], list[str]]:
+    """Where each wanted band is among an item's assets, and the wanted bands no asset holds.
+
+    A band found in several assets comes from the best one: a single-band file before a band of
+    a multi-band file, and a cloud-optimised GeoTIFF before a JPEG 2000 (Earth Search's ``-jp2``
+    duplicates); among equals, the first asset. Renderings (``visual``, thumbnails, overviews)
+    are never a source.
+    """
+    best: dict[str, tuple[int, BandSource]] = {}
+    for key, asset in assets.items():
+        if not _is_band_asset(key, asset):
+            continue
+        ids = _asset_bands(key, asset)
+        rank = (2 if _is_jp2(key, asset) else 0) + (0 if len(ids) == 1 else 1)
+        for index, bid in enumerate(ids, start=1):
+            if bid is None or bid not in wanted:
+                continue
+            if bid not in best or rank < best[bid][0]:
+                best[bid] = (rank, BandSource(bid, key, str(asset["href"]), index))
+    missing = [b for b in wanted if b not in best]
+    return {b: best[b][1] for b in wanted if b in best}, missing
+
+
+def bands_of(item: Mapping[str, Any]) -> tuple[str, ...]:
+    """The bands an item carries, in events' order: those :func:`band_sources` finds, plus the
+    item-level ``eo:bands`` when a data asset holds several bands without naming them (a
+    EuroSAT patch; those are not located, since such items' band order cannot be trusted)."""
+    assets = item.get("assets") or {}
+    found, _ = band_sources(assets, SPECTRAL_ORDER)
+    names = set(found)
+    multiband = any(
+        _is_band_asset(key, asset)
+        and len(asset.get("raster:bands") or []) > 1
+        and "data" in (asset.get("roles") or [])
+        for key, asset in assets.items()
+    )
+    if multiband:
+        properties = item.get("properties") or {}
+        item_names = (band_id(str(b.get("name", ""))) for b in _names(properties.get("eo:bands")))
+        names.update(n for n in item_names if n is not None)
+    return ordered(names)
+
+
+def scl_href(assets: Mapping[str, Any]) -> str | None:
+    """The href of the scene classification layer, if the item has one."""
+    for key in SCL_KEYS:
+        asset = assets.get(key)
+        if isinstance(asset, Mapping) and asset.get("href"):
+            return str(asset["href"])
+    return None
+
+
+# --- processing level and baseline ------------------------------------------------------------
+def processing_level(item: Mapping[str, Any]) -> Level | None:
+    """L1C or L2A from ``s2:processing_level``, ``processing:level``, ``s2:product_type``, the
+    product id, the collection or the item id (first that names one and only one); else None."""
+    properties = item.get("properties") or {}
+    clues = [
+        properties.get("s2:processing_level"),
+        properties.get("processing:level"),
+        properties.get("s2:product_type"),
+        properties.get("sentinel:product_id"),
+        item.get("collection"),
+        item.get("id"),
+    ]
+    for clue in clues:
+        if not isinstance(clue, str):
+            continue
+        text = clue.upper().replace("-", "").replace("_", "").replace("LEVEL", "L")
+        has_2a, has_1c = "L2A" in text or "MSI2A" in text, "L1C" in text or "MSI1C" in text
+        if has_2a != has_1c:
+            return "L2A" if has_2a else "L1C"
+    return None
+
+
+def processing_baseline(item: Mapping[str, Any]) -> str | None:
+    """``s2:processing_baseline``, else the ``Nxxyy`` of the product id or URI (Earth Search v0
+    items have only ``sentinel:product_id``)."""
+    properties = item.get("properties") or {}
+    baseline = properties.get("s2:processing_baseline")
+    if baseline is not None:
+        return str(baseline)
+    for key in ("sentinel:product_id", "s2:product_uri"):
+        match = _BASELINE_IN_PRODUCT_ID.search(str(properties.get(key) or ""))
+        if match:
+            return f"{match.group(1)}.{match.group(2)}"
+    return None
+
+
+def parse_baseline(baseline: str | None) -> tuple[int, int] | None:
+    """``"04.00"`` -> ``(4, 0)``; None when absent or unreadable."""
+    if not baseline:
+        return None
+    try:
+        major, _, minor = baseline.strip().partition(".")
+        return int(major), int(minor or 0)
+    except ValueError:
+        return None
+
+
+# --- radiometry -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Radiometry:
+    """``reflectance = DN * scale + offset``; ``source`` says which rule gave it."""
+
+    scale: float
+    offset: float
+    source: str
+
+
+def baseline_radiometry(baseline: str | None) -> Radiometry:
+    """Baseline 04.00 or later: ``(DN - 1000) / 10000``; earlier or unknown: ``DN / 10000``."""
+    parsed = parse_baseline(baseline)
+    if parsed is not None and parsed >= (4, 0):
+        return Radiometry(
+            1 / QUANTIFICATION, BASELINE_OFFSET_DN / QUANTIFICATION, "baseline>=04.00"
+        )
+    return Radiometry(1 / QUANTIFICATION, 0.0, "baseline<04.00" if parsed else "default")
+
+
+def asset_radiometry(asset: Mapping[str, Any], band_index: int, baseline: str | None) -> Radiometry:
+    """The asset's ``raster:bands`` scale/offset when it has them, else the baseline rule."""
+    raster_bands = _names(asset.get("raster:bands"))
+    if len(raster_bands) >= band_index:
+        rb = raster_bands[band_index - 1]
+        if "scale" in rb or "offset" in rb:
+            return Radiometry(
+                float(rb.get("scale", 1.0)), float(rb.get("offset", 0.0)), "raster:bands"
+            )
+    return baseline_radiometry(baseline)

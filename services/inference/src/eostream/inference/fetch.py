@@ -1,68 +1,36 @@
-"""Read bytes from the URIs events carry: local paths, file://, s3://bucket/key, http(s)://."""
+"""Read bytes from the URIs events carry (local paths, file://, s3://bucket/key, http(s)://)
+through :mod:`eostream.shared.objects`, and open rasters through GDAL."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
-import httpx
 import rasterio
 import rasterio.session
 
 from eostream.inference.errors import BadInputError, NotFoundError
-from eostream.shared.errors import ObjectNotFoundError, RetryableError
+from eostream.shared import objects
+from eostream.shared.errors import ObjectNotFoundError, ObjectUnreadableError
+from eostream.shared.objects import local_path
 from eostream.shared.settings import S3Settings
+
+__all__ = ["gdal_env", "gdal_path", "local_path", "read_bytes"]
 
 log = logging.getLogger(__name__)
 
 
-def local_path(uri: str) -> Path | None:
-    """The file a local URI names, or None for a remote one."""
-    parsed = urlparse(uri)
-    if parsed.scheme == "file":
-        return Path(unquote(parsed.path))
-    if parsed.scheme == "" or (len(parsed.scheme) == 1 and uri[1:3] in (":/", ":\\")):
-        return Path(uri)
-    return None
-
-
 def read_bytes(uri: str, *, s3: S3Settings | None, max_bytes: int) -> bytes:
-    path = local_path(uri)
-    parsed = urlparse(uri)
-    if path is not None:
-        if not path.is_file():
-            raise NotFoundError(f"{uri}: no such file")
-        if path.stat().st_size > max_bytes:
-            raise BadInputError(f"{uri}: larger than {max_bytes} bytes")
-        return path.read_bytes()
-    if parsed.scheme == "s3":
-        if s3 is None:
-            raise BadInputError(f"{uri}: an s3:// URI needs the S3 settings (INFERENCE_S3__*)")
-        from eostream.shared.storage.s3 import S3ObjectStore
-
-        store = S3ObjectStore(s3, parsed.netloc)
-        try:
-            return store.get_bytes(parsed.path.lstrip("/"))
-        except ObjectNotFoundError as exc:
-            raise NotFoundError(f"{uri}: {exc}") from None
-    if parsed.scheme in ("http", "https"):
-        try:
-            response = httpx.get(uri, timeout=30.0, follow_redirects=True)
-        except httpx.HTTPError as exc:
-            raise RetryableError(f"{uri}: {exc}") from exc
-        if response.status_code == 404:
-            raise NotFoundError(f"{uri}: 404 Not Found")
-        if response.status_code >= 500:
-            raise RetryableError(f"{uri}: HTTP {response.status_code}")
-        if response.status_code >= 400:
-            raise BadInputError(f"{uri}: HTTP {response.status_code}")
-        if len(response.content) > max_bytes:
-            raise BadInputError(f"{uri}: larger than {max_bytes} bytes")
-        return response.content
-    raise BadInputError(f"{uri}: unsupported URI scheme {parsed.scheme!r} (use file, s3 or https)")
+    """:func:`eostream.shared.objects.read_bytes`, its errors told as this service's."""
+    try:
+        return objects.read_bytes(uri, s3=s3, max_bytes=max_bytes)
+    except ObjectNotFoundError as exc:
+        raise NotFoundError(str(exc)) from None
+    except ObjectUnreadableError as exc:
+        hint = " (INFERENCE_S3__*)" if urlparse(uri).scheme == "s3" and s3 is None else ""
+        raise BadInputError(f"{exc}{hint}") from None
 
 
 def gdal_path(href: str) -> str:

@@ -7,27 +7,18 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from eostream.inference.errors import BandMismatchError, LevelMismatchError
+from eostream.shared.sentinel2 import processing_level
 
 Policy = Literal["adapt", "refuse"]
 
 
 def scene_level(properties: Mapping[str, Any], collection: str | None) -> str | None:
-    """L1C or L2A from the item's properties or collection name; None when it does not say."""
-    for key in ("processing:level", "s2:processing_level"):
-        value = str(properties.get(key, "")).upper().replace("LEVEL-", "L")
-        if value in ("L1C", "L2A"):
-            return value
-    product = str(properties.get("s2:product_type", "")).upper()
-    if product.endswith("1C"):
-        return "L1C"
-    if product.endswith("2A"):
-        return "L2A"
-    name = (collection or "").lower()
-    if "l2a" in name:
-        return "L2A"
-    if "l1c" in name:
-        return "L1C"
-    return None
+    """L1C or L2A from the item's properties or collection name; None when it does not say.
+
+    The rule is :func:`eostream.shared.sentinel2.processing_level` (the one ingest uses); prefer
+    calling it with the whole item, whose id is a clue too.
+    """
+    return processing_level({"properties": properties, "collection": collection})
 
 
 @dataclass(frozen=True)

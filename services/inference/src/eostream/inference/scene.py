@@ -25,15 +25,19 @@ from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from eostream.inference import bands, radiometry
+from eostream.inference import radiometry
 from eostream.inference.errors import (
     BadInputError,
     CoarseSceneError,
     NotFoundError,
     TooLargeError,
 )
-from eostream.inference.levels import LevelDecision, Policy, decide, scene_level
+from eostream.inference.levels import LevelDecision, Policy, decide
+from eostream.shared import sentinel2
 from eostream.shared.modelcard import ModelCard
+from eostream.shared.objects import absolute_href, rewrite_href
+
+__all__ = ["ScenePlan", "SceneReader", "absolute_href", "prepare_scene", "rewrite_href"]
 
 log = logging.getLogger(__name__)
 #: A scene whose finest band is coarser than this many times the model's GSD is refused unless
@@ -49,28 +53,13 @@ class ScenePlan:
     item_id: str
     item: dict[str, Any]
     item_href: str
-    sources: dict[str, bands.BandSource]
-    radiometry: dict[str, radiometry.Radiometry]
+    sources: dict[str, sentinel2.BandSource]
+    radiometry: dict[str, sentinel2.Radiometry]
     fills: dict[str, float]
     scl_href: str | None
     decision: LevelDecision
     baseline: str | None
     notes: tuple[str, ...] = field(default_factory=tuple)
-
-
-def absolute_href(href: str, item_href: str) -> str:
-    if "://" in href or href.startswith("/"):
-        return href
-    base = item_href.rsplit("/", 1)[0] if "/" in item_href else "."
-    return f"{base}/{href}"
-
-
-def rewrite_href(href: str, rewrites: Mapping[str, str]) -> str:
-    """Apply the longest matching prefix rewrite (a mirror of the original bucket)."""
-    for prefix in sorted(rewrites, key=len, reverse=True):
-        if href.startswith(prefix):
-            return rewrites[prefix] + href[len(prefix) :]
-    return href
 
 
 def prepare_scene(
@@ -87,20 +76,18 @@ def prepare_scene(
     """Map the model's bands to the item's assets and decide the radiometry and level handling."""
     if item.get("type") != "Feature" or not isinstance(item.get("assets"), dict):
         raise BadInputError(f"{item_href} is not a STAC item (no Feature type or no assets)")
-    props: Mapping[str, Any] = item.get("properties") or {}
+    rewrites = href_rewrites or {}
     assets: dict[str, dict[str, Any]] = {
-        k: {
-            **v,
-            "href": rewrite_href(
-                absolute_href(str(v.get("href", "")), item_href), href_rewrites or {}
-            ),
-        }
+        k: {**v, "href": rewrite_href(absolute_href(str(v["href"]), item_href), rewrites)}
+        if v.get("href")
+        else v
         for k, v in item["assets"].items()
         if isinstance(v, dict)
     }
-    level = event_level or scene_level(props, item.get("collection"))
-    baseline = event_baseline or props.get("s2:processing_baseline")
-    sources, missing = bands.map_bands(assets, card.bands)
+    # the same rules ingest used for the event (ADR 0010); an event's own values win
+    level = event_level or sentinel2.processing_level(item)
+    baseline = event_baseline or sentinel2.processing_baseline(item)
+    sources, missing = sentinel2.band_sources(assets, card.bands)
     decision = decide(card.processing_level, level, policy, missing)
     scaling = {s.band: s for s in card.scaling}
     fills = {}
@@ -108,7 +95,7 @@ def prepare_scene(
         s = scaling[band]
         fills[band] = b10_fill * s.scale + s.offset
     rad = {
-        b: radiometry.for_asset(assets[src.asset_key], src.index, baseline)
+        b: sentinel2.asset_radiometry(assets[src.asset_key], src.index, baseline)
         for b, src in sources.items()
     }
     notes = tuple(
@@ -121,7 +108,7 @@ def prepare_scene(
         sources=sources,
         radiometry=rad,
         fills=fills,
-        scl_href=bands.scl_href(assets),
+        scl_href=sentinel2.scl_href(assets),
         decision=decision,
         baseline=str(baseline) if baseline else None,
         notes=notes,

@@ -17,15 +17,14 @@ from typing import Any
 from shapely.geometry import shape
 from shapely.validation import explain_validity
 
-from eostream.ingest.bands import bands_of
 from eostream.ingest.errors import ItemRejected
 from eostream.shared.events import Level, SceneDiscovered
+from eostream.shared.sentinel2 import bands_of, processing_baseline, processing_level
 
 #: Namespace of the deterministic event ids (uuid5): the same item version always gets the
 #: same id, so a duplicate after a crash is recognisable downstream by ``event.id``.
 EVENT_NAMESPACE = uuid.UUID("0d6c5f7e-3b1f-5b8e-9a55-6e2f1b0c7a41")
 
-_BASELINE_IN_PRODUCT_ID = re.compile(r"_N(\d{2})(\d{2})_")
 _TILE_IN_ID = re.compile(r"(?:^|_)T?(\d{2}[C-HJ-NP-X][A-HJ-NP-Z]{2})(?:_|$)")
 
 
@@ -63,23 +62,10 @@ def parse_datetime(item: dict[str, Any]) -> datetime:
 
 
 def level_of(item: dict[str, Any], assume: Level | None = None) -> Level:
-    """L1C or L2A from s2:processing_level, the product type, the collection or the id."""
-    properties = item.get("properties") or {}
-    clues = [
-        properties.get("s2:processing_level"),
-        properties.get("processing:level"),
-        properties.get("s2:product_type"),
-        properties.get("sentinel:product_id"),
-        item.get("collection"),
-        item.get("id"),
-    ]
-    for clue in clues:
-        if not isinstance(clue, str):
-            continue
-        text = clue.upper().replace("-", "").replace("_", "").replace("LEVEL", "L")
-        has_2a, has_1c = "L2A" in text or "MSI2A" in text, "L1C" in text or "MSI1C" in text
-        if has_2a != has_1c:
-            return "L2A" if has_2a else "L1C"
+    """L1C or L2A by :func:`eostream.shared.sentinel2.processing_level`, else ``assume``."""
+    level = processing_level(item)
+    if level is not None:
+        return level
     if assume is not None:
         return assume
     raise ItemRejected(
@@ -142,16 +128,8 @@ def check_geometry(item: dict[str, Any]) -> tuple[float, float, float, float]:
 
 
 def baseline_of(item: dict[str, Any]) -> str | None:
-    """``s2:processing_baseline``, else the Nxxyy of the product id (Earth Search v0)."""
-    p = item.get("properties") or {}
-    baseline = p.get("s2:processing_baseline")
-    if baseline is not None:
-        return str(baseline)
-    for key in ("sentinel:product_id", "s2:product_uri"):
-        match = _BASELINE_IN_PRODUCT_ID.search(str(p.get(key) or ""))
-        if match:
-            return f"{match.group(1)}.{match.group(2)}"
-    return None
+    """The item's processing baseline (:func:`eostream.shared.sentinel2.processing_baseline`)."""
+    return processing_baseline(item)
 
 
 def self_href(item: dict[str, Any]) -> str | None:

@@ -20,6 +20,7 @@ from eostream.ingest.watcher import SERVICE, WatchedSource, Watcher
 from eostream.shared.bus import Bus, Consumers, Delivery, build_bus
 from eostream.shared.errors import ConfigError, InvalidEventError
 from eostream.shared.events import Event, ItemReplayRequested
+from eostream.shared.objects import bucket_reader
 from eostream.shared.ops import OpsServer, create_ops_app
 from eostream.shared.runtime import install_stop_signals, preflight
 from eostream.shared.settings import configure_logging
@@ -59,19 +60,7 @@ def build_lock(settings: IngestSettings) -> LeaderLock:
 
 
 def _s3_reader(settings: IngestSettings) -> Callable[[str, str], bytes] | None:
-    if settings.s3 is None:
-        return None
-    from eostream.shared.storage.s3 import S3ObjectStore
-
-    s3 = settings.s3
-    stores: dict[str, S3ObjectStore] = {}
-
-    def read(bucket: str, key: str) -> bytes:
-        if bucket not in stores:
-            stores[bucket] = S3ObjectStore(s3, bucket)
-        return stores[bucket].get_bytes(key)
-
-    return read
+    return bucket_reader(settings.s3) if settings.s3 is not None else None
 
 
 def build_sources(settings: IngestSettings) -> list[WatchedSource]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -14,7 +13,20 @@ import onnxruntime as ort
 from pydantic import ValidationError
 
 from eostream.inference.errors import ModelLoadError
+from eostream.shared import ort_session
+from eostream.shared.digest import sha256_hex
 from eostream.shared.modelcard import METADATA_KEY, ModelCard
+from eostream.shared.onnx_contract import OnnxFacts, TensorFacts, graph_problems, ort_dtype
+
+__all__ = [
+    "LoadedModel",
+    "ModelInfo",
+    "check_card_against_graph",
+    "choose_providers",
+    "graph_facts",
+    "load_model",
+    "sha256_hex",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,47 +61,30 @@ class LoadedModel:
         del self.session
 
 
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def choose_providers(wanted: tuple[str, ...]) -> list[str]:
-    available = set(ort.get_available_providers())
-    chosen = [p for p in wanted if p in available]
-    return chosen or ["CPUExecutionProvider"]
+    return ort_session.choose_providers(wanted, ort.get_available_providers())
+
+
+def graph_facts(session: ort.InferenceSession) -> OnnxFacts:
+    """What the contract check needs to know of an open session's graph, as plain values."""
+
+    def facts(node: Any) -> TensorFacts:
+        shape = tuple(d if isinstance(d, int | str) else None for d in node.shape)
+        return TensorFacts(name=node.name, shape=shape, dtype=ort_dtype(node.type))
+
+    return OnnxFacts(
+        inputs=tuple(facts(i) for i in session.get_inputs()),
+        outputs=tuple(facts(o) for o in session.get_outputs()),
+        metadata=dict(session.get_modelmeta().custom_metadata_map),
+    )
 
 
 def check_card_against_graph(card: ModelCard, session: ort.InferenceSession) -> None:
-    """Refuse a model whose card does not describe its graph."""
-    inputs = {i.name: i for i in session.get_inputs()}
-    outputs = {o.name: o for o in session.get_outputs()}
-    if card.input_name not in inputs:
-        raise ModelLoadError(f"graph has no input {card.input_name!r} (inputs: {sorted(inputs)})")
-    if card.output_name not in outputs:
-        raise ModelLoadError(
-            f"graph has no output {card.output_name!r} (outputs: {sorted(outputs)})"
-        )
-    shape: list[Any] = list(inputs[card.input_name].shape)
-    if len(shape) != 4:
-        raise ModelLoadError(
-            f"input {card.input_name!r} has rank {len(shape)}, expected 4 [N,C,H,W]"
-        )
-    channels, height, width = shape[1], shape[2], shape[3]
-    if isinstance(channels, int) and channels != len(card.bands):
-        raise ModelLoadError(
-            f"input has {channels} channels but the model card declares {len(card.bands)} bands "
-            f"{list(card.bands)}"
-        )
-    for dim in (height, width):
-        if isinstance(dim, int) and dim != card.patch_size:
-            raise ModelLoadError(f"input is {height}x{width}, card says patch {card.patch_size}")
-    if inputs[card.input_name].type != "tensor(float)":
-        raise ModelLoadError(f"input type is {inputs[card.input_name].type}, expected float32")
-    out_shape: list[Any] = list(outputs[card.output_name].shape)
-    if out_shape and isinstance(out_shape[-1], int) and out_shape[-1] != len(card.classes):
-        raise ModelLoadError(
-            f"output has {out_shape[-1]} classes, the card lists {len(card.classes)}"
-        )
+    """Refuse a model whose card does not describe its graph: the registry-bridge's gate check
+    (:func:`eostream.shared.onnx_contract.graph_problems`), so what passed the gate loads."""
+    problems = graph_problems(graph_facts(session), card)
+    if problems:
+        raise ModelLoadError("; ".join(problems))
 
 
 def load_model(
@@ -107,11 +102,7 @@ def load_model(
             f"model {info.name} v{info.version}: sha256 {digest} does not match the promoted "
             f"{expected_sha256}; refusing it"
         )
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if intra_op_threads:
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
+    options = ort_session.configure(ort.SessionOptions(), threads=intra_op_threads)
     try:
         session = ort.InferenceSession(
             data, sess_options=options, providers=choose_providers(providers)

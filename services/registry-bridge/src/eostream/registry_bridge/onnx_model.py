@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import numpy as np
@@ -10,11 +9,11 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from eostream.registry_bridge.contract import Dim, OnnxFacts, TensorFacts
+from eostream.shared import ort_session
+from eostream.shared.digest import sha256_hex
+from eostream.shared.onnx_contract import Dim, OnnxFacts, TensorFacts
 
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+__all__ = ["inspect", "logits", "max_abs_difference", "session", "sha256_hex", "torch_logits"]
 
 
 def _tensor_facts(value: onnx.ValueInfoProto) -> TensorFacts:
@@ -46,10 +45,8 @@ def inspect(data: bytes) -> tuple[OnnxFacts | None, list[str]]:
 
 
 def session(data: bytes, threads: int = 1) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    options = ort_session.configure(ort.SessionOptions(), threads=threads)
+    return ort.InferenceSession(data, options, providers=[ort_session.CPU])
 
 
 def logits(sess: ort.InferenceSession, images: np.ndarray, batch: int = 64) -> np.ndarray:

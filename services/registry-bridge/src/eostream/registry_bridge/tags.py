@@ -1,54 +1,82 @@
-"""Names of MLflow tags and aliases: the bridge's state lives on the registry, not in memory.
-
-Tags the trainer writes (the contract) have plain names; the bridge's own tags start with
-``eostream.``. A version with an ``eostream.gate`` tag has been handled.
-"""
+"""Names of MLflow tags and aliases. They live in :mod:`eostream.shared.tags` (ADR 0010), where
+the trainer that writes the contract tags finds them too; these names stay for the bridge."""
 
 from __future__ import annotations
 
-# --- written by the trainer (contract) ---
-BAND_SET = "band_set"
-INPUT_SCALING = "input_scaling"
-TRAINING_DATA_DIGEST = "training_data_digest"
-MODEL_CARD = "eostream.model_card"
-ONNX_SHA256 = "onnx_sha256"
-REQUIRED_CONTRACT_TAGS = (BAND_SET, MODEL_CARD, ONNX_SHA256)
-ONNX_ARTIFACT_PATH = "onnx/model.onnx"
+from eostream.shared.tags import (
+    ALIAS_UNDONE_AT,
+    ALIAS_UNDONE_REASON,
+    ARTIFACT_URI,
+    BAND_SET,
+    CHALLENGER,
+    CHAMPION,
+    GATE,
+    GATE_ACCURACY,
+    GATE_EVAL_RUN,
+    GATE_FAILED,
+    GATE_PASSED,
+    GATE_REASONS,
+    GATE_REFUSED,
+    INPUT_SCALING,
+    LIVE_VERSION,
+    MLM_ITEM_HREF,
+    MODEL_CARD,
+    ONNX_ARTIFACT_PATH,
+    ONNX_SHA256,
+    OVERRIDE_AT,
+    OVERRIDE_BY,
+    OVERRIDE_REASON,
+    PREVIOUS_CHAMPION,
+    PROMOTED_AT,
+    PROMOTED_BY,
+    PROMOTED_REASON,
+    REQUIRED_CONTRACT_TAGS,
+    ROLLED_BACK_BY,
+    ROLLED_BACK_REASON,
+    SHA256,
+    SHIPPED,
+    STAGE,
+    STAGE_ARCHIVED,
+    STAGE_PRODUCTION,
+    STAGE_STAGING,
+    TRAINING_DATA_DIGEST,
+)
 
-# --- written by the bridge, on model versions ---
-GATE = "eostream.gate"  # passed | failed | refused
-GATE_REASONS = "eostream.gate.reasons"  # JSON list of strings
-GATE_EVAL_RUN = "eostream.gate.eval_run_id"
-GATE_ACCURACY = "eostream.gate.accuracy"
-SHIPPED = "eostream.shipped"  # "true" once the MLM item (commit marker) is written
-ARTIFACT_URI = "eostream.artifact_uri"
-SHA256 = "eostream.sha256"
-MLM_ITEM_HREF = "eostream.mlm_item_href"
-STAGE = "eostream.stage"  # Production | Staging | Archived, for users of deprecated stages
-PROMOTED_BY = "eostream.promoted_by"
-PROMOTED_REASON = "eostream.promoted_reason"
-PROMOTED_AT = "eostream.promoted_at"
-PREVIOUS_CHAMPION = "eostream.previous_champion"
-ROLLED_BACK_BY = "eostream.rolled_back_by"
-ROLLED_BACK_REASON = "eostream.rolled_back_reason"
-# a force promotion of a version that failed the gate (the audit log is the proof, not these)
-OVERRIDE_BY = "eostream.override_by"
-OVERRIDE_REASON = "eostream.override_reason"
-OVERRIDE_AT = "eostream.override_at"
-# the alias guard moved the champion alias away from this version
-ALIAS_UNDONE_REASON = "eostream.alias_undone_reason"
-ALIAS_UNDONE_AT = "eostream.alias_undone_at"
-
-# --- written by the bridge, on the registered model ---
-LIVE_VERSION = "eostream.live_version"  # the version last announced with ModelPromoted
-
-# --- aliases and stage names ---
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-STAGE_PRODUCTION = "Production"
-STAGE_STAGING = "Staging"
-STAGE_ARCHIVED = "Archived"
-
-GATE_PASSED = "passed"
-GATE_FAILED = "failed"
-GATE_REFUSED = "refused"
+__all__ = [
+    "ALIAS_UNDONE_AT",
+    "ALIAS_UNDONE_REASON",
+    "ARTIFACT_URI",
+    "BAND_SET",
+    "CHALLENGER",
+    "CHAMPION",
+    "GATE",
+    "GATE_ACCURACY",
+    "GATE_EVAL_RUN",
+    "GATE_FAILED",
+    "GATE_PASSED",
+    "GATE_REASONS",
+    "GATE_REFUSED",
+    "INPUT_SCALING",
+    "LIVE_VERSION",
+    "MLM_ITEM_HREF",
+    "MODEL_CARD",
+    "ONNX_ARTIFACT_PATH",
+    "ONNX_SHA256",
+    "OVERRIDE_AT",
+    "OVERRIDE_BY",
+    "OVERRIDE_REASON",
+    "PREVIOUS_CHAMPION",
+    "PROMOTED_AT",
+    "PROMOTED_BY",
+    "PROMOTED_REASON",
+    "REQUIRED_CONTRACT_TAGS",
+    "ROLLED_BACK_BY",
+    "ROLLED_BACK_REASON",
+    "SHA256",
+    "SHIPPED",
+    "STAGE",
+    "STAGE_ARCHIVED",
+    "STAGE_PRODUCTION",
+    "STAGE_STAGING",
+    "TRAINING_DATA_DIGEST",
+]

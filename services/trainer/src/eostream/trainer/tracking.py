@@ -26,6 +26,7 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
+from eostream.shared import tags
 from eostream.shared.modelcard import ModelCard
 from eostream.trainer.errors import BadTrainingRequestError
 from eostream.trainer.models import EuroSATNet
@@ -33,8 +34,9 @@ from eostream.trainer.selection import Selection
 
 log = logging.getLogger(__name__)
 
-REQUEST_TAG = "eostream.request_id"
-CARD_TAG = "eostream.model_card"
+#: Tag names shared with the registry-bridge that reads them (``eostream.shared.tags``).
+REQUEST_TAG = tags.REQUEST_ID
+CARD_TAG = tags.MODEL_CARD
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
 
 

@@ -59,6 +59,44 @@ class Disposition(Enum):
     STOP = "stop"
 
 
+#: Words of a server that is down, restarting or overloaded, as MLflow (through requests),
+#: PostgreSQL, sqlite and HTTP servers put them in their errors' messages.
+_TRANSIENT_TEXT = (
+    "Max retries exceeded",
+    "Connection refused",
+    "Connection aborted",
+    "Connection reset",
+    "Read timed out",
+    "timed out",
+    "database is locked",
+    "could not connect to server",
+    "server closed the connection",
+    "error code 502",
+    "error code 503",
+    "error code 504",
+)
+#: MLflow's error codes of a server that asks to be tried again later.
+_TRANSIENT_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"})
+_TRANSIENT_TYPES = frozenset({"ConnectionError", "Timeout", "OperationalError"})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failure of a call to a server (MLflow, PostgreSQL, an HTTP store) looks like
+    the server being down, slow or overloaded: worth retrying with backoff (ADR 0010).
+
+    Duck-typed, so no client library is imported here: MLflow's ``error_code``, the class
+    names of requests' and SQLAlchemy's errors, the words of their messages.
+    """
+    if isinstance(exc, RetryableError | ConnectionError | TimeoutError):
+        return True
+    if getattr(exc, "error_code", None) in _TRANSIENT_CODES:
+        return True
+    if type(exc).__name__ in _TRANSIENT_TYPES:
+        return True
+    text = str(exc)
+    return any(marker in text for marker in _TRANSIENT_TEXT)
+
+
 def classify(exc: BaseException) -> Disposition:
     """The one error policy for consumers."""
     if isinstance(exc, InvalidEventError | ValueError):

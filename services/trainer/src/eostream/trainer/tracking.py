@@ -26,7 +26,7 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from eostream.shared import tags
+from eostream.shared import errors, tags
 from eostream.shared.modelcard import ModelCard
 from eostream.trainer.errors import BadTrainingRequestError
 from eostream.trainer.models import EuroSATNet
@@ -59,15 +59,9 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether an MLflow failure looks like a server that is down or slow (worth retrying)."""
-    from mlflow.exceptions import MlflowException
-
-    if isinstance(exc, ConnectionError | TimeoutError):
-        return True
-    text = str(exc)
-    return isinstance(exc, MlflowException) and any(
-        marker in text for marker in ("Max retries", "Connection", "timed out", "503", "502")
-    )
+    """Whether an MLflow failure looks like a server that is down or slow (worth retrying): the
+    rule the registry-bridge uses too (:func:`eostream.shared.errors.is_transient`)."""
+    return errors.is_transient(exc)
 
 
 def git_commit(cwd: Path | None = None) -> str:

@@ -1,0 +1,50 @@
+"""The graph-against-card check the registry-bridge gates with and inference loads with."""
+
+from __future__ import annotations
+
+from eostream.shared.modelcard import BAND_SETS, METADATA_KEY, BandScaling, ModelCard
+from eostream.shared.onnx_contract import OnnxFacts, TensorFacts, graph_problems, ort_dtype
+
+CARD = ModelCard(
+    name="m",
+    band_set="rgb",
+    bands=BAND_SETS["rgb"],
+    scaling=tuple(BandScaling(band=b, scale=1.0) for b in BAND_SETS["rgb"]),
+)
+
+
+def _facts(
+    *, name: str = "input", shape: tuple[int | str | None, ...] = ("N", 3, 64, 64)
+) -> OnnxFacts:
+    return OnnxFacts(
+        inputs=(TensorFacts(name, shape, "float32"),),
+        outputs=(TensorFacts("logits", ("N", 10), "float32"),),
+        metadata={METADATA_KEY: CARD.to_json()},
+    )
+
+
+def test_a_graph_that_follows_its_card_has_no_problem() -> None:
+    assert graph_problems(_facts(), CARD) == []
+    assert graph_problems(_facts(), None) == []  # the embedded card is used
+
+
+def test_every_break_is_named() -> None:
+    problems = graph_problems(_facts(name="x", shape=(2, 4, 64, 64)), CARD)
+    assert any("no input 'input'" in p and "input is named 'x'" in p for p in problems)
+    assert any("batch dimension is fixed at 2" in p for p in problems)
+    assert any("4 channels; the card declares 3 bands" in p for p in problems)
+
+
+def test_the_embedded_card_must_be_there_and_agree() -> None:
+    bare = OnnxFacts(_facts().inputs, _facts().outputs, {})
+    assert any("no model card in the ONNX metadata" in p for p in graph_problems(bare, CARD))
+    other = CARD.model_copy(update={"name": "other"})
+    assert any("differs from the version's tag" in p for p in graph_problems(_facts(), other))
+
+
+def test_onnxruntime_type_names() -> None:
+    assert [ort_dtype(t) for t in ("tensor(float)", "tensor(double)", "tensor(int64)")] == [
+        "float32",
+        "float64",
+        "int64",
+    ]

@@ -21,6 +21,7 @@ from eostream.ingest.errors import SourceUnavailable
 from eostream.ingest.mapping import self_href
 from eostream.ingest.settings import StacApiSource, StaticSource, utc_text
 from eostream.shared.errors import RetryableError
+from eostream.shared.objects import rewrite_href
 
 log = logging.getLogger(__name__)
 
@@ -153,14 +154,11 @@ class RewritingStacIO(DefaultStacIO):
         s3_reader: Callable[[str, str], bytes] | None = None,
     ) -> None:
         super().__init__()
-        self._rewrites = sorted(rewrites.items(), key=lambda kv: -len(kv[0]))
+        self._rewrites = dict(rewrites)
         self._s3_reader = s3_reader
 
     def rewrite(self, href: str) -> str:
-        for prefix, replacement in self._rewrites:
-            if href.startswith(prefix):
-                return replacement + href[len(prefix) :]
-        return href
+        return rewrite_href(href, self._rewrites)
 
     def read_text_from_href(self, href: str) -> str:
         href = self.rewrite(href)

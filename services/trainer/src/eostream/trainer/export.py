@@ -3,7 +3,6 @@ check against torch on held-out patches before anything is registered."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from eostream.shared import ort_session
+from eostream.shared.digest import file_sha256_hex
 from eostream.shared.modelcard import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelCard
 from eostream.trainer.errors import ExportMismatchError
 from eostream.trainer.models import EuroSATNet
@@ -51,16 +52,14 @@ def export_onnx(model: EuroSATNet, card: ModelCard, path: Path, opset: int = 18)
     proto.producer_name = "eostream-trainer"
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return file_sha256_hex(path)
 
 
 def onnx_logits(path: Path, x: np.ndarray, threads: int = 1) -> np.ndarray:
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    options = ort_session.configure(ort.SessionOptions(), threads=threads)
+    session = ort.InferenceSession(str(path), options, providers=[ort_session.CPU])
     out = session.run([OUTPUT_NAME], {INPUT_NAME: x.astype(np.float32)})
     return np.asarray(out[0])
 

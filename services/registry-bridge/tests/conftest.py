@@ -26,7 +26,12 @@ import pytest
 import torch
 from torch import nn
 
+from eostream.registry_bridge.bridge import Bridge, build_bridge
+from eostream.registry_bridge.registry import build_registry
+from eostream.registry_bridge.service import BridgeService
 from eostream.registry_bridge.settings import BridgeSettings
+from eostream.shared.bus import Bus
+from eostream.shared.bus.memory import InMemoryBus
 from eostream.shared.holdout import choose
 from eostream.shared.modelcard import (
     BAND_SETS,
@@ -35,6 +40,7 @@ from eostream.shared.modelcard import (
     BandScaling,
     ModelCard,
 )
+from eostream.shared.storage import ObjectStore, build_object_store
 
 HOLDOUT_PER_CLASS = 15
 HOLDOUT_SALT = "eostream-holdout-v1"
@@ -56,6 +62,27 @@ def as_(name: str) -> dict[str, str]:
     return {"X-API-Key": CREDENTIALS[name][0]}
 
 
+def make_bridge(
+    settings: BridgeSettings, bus: Bus | None = None, store: ObjectStore | None = None
+) -> Bridge:
+    """The bridge on the settings' MLflow and store (or ``store``) and ``bus`` (a fresh
+    in-process bus by default), wired the way the entrypoints wire it."""
+    if store is None:
+        store = build_object_store(settings)
+        store.check()
+    return build_bridge(
+        settings,
+        registry=build_registry(settings),
+        store=store,
+        bus=bus if bus is not None else InMemoryBus(service="registry-bridge"),
+    )
+
+
+def make_service(settings: BridgeSettings, bus: Bus, *, webhooks: bool = True) -> BridgeService:
+    """The service around :func:`make_bridge` on ``bus``, which the caller starts and closes."""
+    return BridgeService(settings, make_bridge(settings, bus), webhooks=webhooks)
+
+
 class TinyCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -71,7 +98,8 @@ class TinyCNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x / 255.0)  # normalisation inside the graph (contract)
+        logits: torch.Tensor = self.features(x / 255.0)  # normalisation inside the graph
+        return logits
 
 
 def rgb_card(digest: str = "0" * 64) -> ModelCard:
@@ -98,7 +126,7 @@ def export_onnx(
         torch.onnx.export(
             model,
             (torch.zeros(2, 3, 64, 64),),
-            buf,
+            buf,  # type: ignore[arg-type]  # a file object works; the stub says path
             input_names=[input_name],
             output_names=["logits"],
             dynamic_axes={input_name: {0: "N"}, "logits": {0: "N"}} if dynamic else None,
@@ -108,7 +136,7 @@ def export_onnx(
     if card is not None:
         entry = proto.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, card.to_json()
-    return proto.SerializeToString()
+    return bytes(proto.SerializeToString())
 
 
 @dataclass
@@ -152,7 +180,7 @@ def models(data_dir: Path) -> Models:
         for b in range(0, len(x), 64):
             idx = perm[b : b + 64]
             opt.zero_grad()
-            nn.functional.cross_entropy(better(x[idx]), y[idx]).backward()
+            torch.autograd.backward(nn.functional.cross_entropy(better(x[idx]), y[idx]))
             opt.step()
     better.eval()
     torch.manual_seed(1)

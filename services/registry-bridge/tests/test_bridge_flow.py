@@ -14,27 +14,24 @@ from prometheus_client import REGISTRY
 from eostream.registry_bridge import tags
 from eostream.registry_bridge.bridge import Bridge
 from eostream.registry_bridge.errors import PromotionError
-from eostream.registry_bridge.registry import MlflowRegistry
 from eostream.registry_bridge.settings import BridgeSettings
 from eostream.shared import topics
+from eostream.shared.bus import Bus
 from eostream.shared.bus.memory import InMemoryBus
 from eostream.shared.codec import decode
 from eostream.shared.events import ModelPromoted
 from eostream.shared.storage import build_object_store
 
-from .conftest import as_
+from .conftest import as_, make_bridge, make_service  # type: ignore[import-not-found]
 
 
-def make_bridge(settings: BridgeSettings) -> tuple[Bridge, InMemoryBus]:
+def bridge_and_bus(settings: BridgeSettings) -> tuple[Bridge, InMemoryBus]:
     bus = InMemoryBus(service="registry-bridge")
-    store = build_object_store(settings)
-    store.check()
-    return Bridge(
-        settings, MlflowRegistry(settings.mlflow_tracking_uri, attempts=2, backoff=0.05), store, bus
-    ), bus
+    return make_bridge(settings, bus), bus
 
 
-def promoted(bus: InMemoryBus) -> list[ModelPromoted]:
+def promoted(bus: Bus) -> list[ModelPromoted]:
+    assert isinstance(bus, InMemoryBus)
     events = [decode(m) for m in bus._logs[topics.MODELS_PROMOTED]]
     return [e for e in events if isinstance(e, ModelPromoted)]
 
@@ -74,7 +71,7 @@ def champion_version() -> float | None:
 async def test_better_version_is_promoted_and_shipped_worse_is_refused(
     bridge_settings: BridgeSettings, register: Any, models: Any
 ) -> None:
-    bridge, bus = make_bridge(bridge_settings)
+    bridge, bus = bridge_and_bus(bridge_settings)
     await bus.start()
     v1 = register(models.better, pt2=True)
     outcome = await bridge.handle_version("eurosat-landcover", v1, "event")
@@ -126,7 +123,7 @@ async def test_better_version_is_promoted_and_shipped_worse_is_refused(
 async def test_broken_versions_are_refused_with_reasons_and_never_shipped(
     bridge_settings: BridgeSettings, register: Any, models: Any, export: Any, card: Any
 ) -> None:
-    bridge, bus = make_bridge(bridge_settings)
+    bridge, bus = bridge_and_bus(bridge_settings)
     await bus.start()
     no_onnx = register(models.better, with_onnx=False)
     fixed_batch = register(models.better, onnx_bytes=export(models.better, card, dynamic=False))
@@ -155,9 +152,7 @@ async def test_rollback_and_manual_promotion_over_rest(
 ) -> None:
     import httpx
 
-    from eostream.registry_bridge.service import BridgeService
-
-    service = BridgeService(bridge_settings, bus=InMemoryBus(service="registry-bridge"))
+    service = make_service(bridge_settings, InMemoryBus(service="registry-bridge"))
     bridge, bus = service.bridge, service.bus
     await bus.start()
     v1 = register(models.better)
@@ -211,7 +206,7 @@ async def test_rollback_and_manual_promotion_over_rest(
 async def test_champion_alias_moved_in_mlflow_is_announced_or_undone(
     bridge_settings: BridgeSettings, register: Any, models: Any
 ) -> None:
-    bridge, bus = make_bridge(bridge_settings.model_copy(update={"auto_promote": False}))
+    bridge, bus = bridge_and_bus(bridge_settings.model_copy(update={"auto_promote": False}))
     await bus.start()
     v1 = register(models.better)
     v2 = register(models.better, with_onnx=False)

@@ -10,13 +10,14 @@ from typing import Any
 
 import pytest
 
-from eostream.registry_bridge.service import BridgeService
 from eostream.registry_bridge.settings import BridgeSettings
 from eostream.shared import topics
 from eostream.shared.bus.kafka import KafkaBus
 from eostream.shared.codec import decode
 from eostream.shared.events import ModelPromoted, ModelVersionRegistered
 from eostream.shared.settings import KafkaSettings
+
+from .conftest import make_service  # type: ignore[import-not-found]
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -41,7 +42,7 @@ async def test_a_broker_outage_during_the_publish_ends_with_the_version_promoted
     bus = KafkaBus(kafka, service="registry-bridge")
     await bus.start()
     gated = outage.gate(bus, topics.MODELS_PROMOTED)
-    service = BridgeService(settings, bus=gated, webhooks=False)
+    service = make_service(settings, gated, webhooks=False)
     await service.start()
     [member] = service.consumers.members
     try:

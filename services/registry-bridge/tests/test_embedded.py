@@ -21,7 +21,11 @@ from eostream.shared.errors import ConfigError
 from eostream.shared.events import ModelPromoted
 from eostream.shared.storage.local import LocalObjectStore
 
-from .conftest import HOLDOUT_PER_CLASS, HOLDOUT_SALT, MODEL_NAME
+from .conftest import (  # type: ignore[import-not-found]
+    HOLDOUT_PER_CLASS,
+    HOLDOUT_SALT,
+    MODEL_NAME,
+)
 
 OPTIONS = {
     "reconcile_interval_seconds": 0.3,

@@ -9,12 +9,13 @@ from typing import Any
 import httpx
 from prometheus_client import REGISTRY
 
-from eostream.registry_bridge.service import BridgeService
 from eostream.registry_bridge.settings import BridgeSettings
 from eostream.shared import topics
 from eostream.shared.bus.memory import InMemoryBus
 from eostream.shared.codec import decode
 from eostream.shared.events import ModelPromoted, ModelVersionRegistered
+
+from .conftest import make_service  # type: ignore[import-not-found]
 
 
 def seen(source: str) -> float:
@@ -37,7 +38,7 @@ async def test_reconcile_loop_and_event_fast_path(
     settings = bridge_settings.model_copy(update={"reconcile_interval_seconds": 3600})
     bus = InMemoryBus(service="registry-bridge")
     v1 = register(models.better)  # registered while no bridge runs: no webhook, no event
-    service = BridgeService(settings, bus=bus)
+    service = make_service(settings, bus)
     before_reconcile, before_event = seen("reconcile"), seen("event")
     await service.start()
     try:

@@ -7,13 +7,12 @@ from typing import Any
 
 import pytest
 
-from eostream.registry_bridge.bridge import Bridge
 from eostream.registry_bridge.errors import RefusedError
-from eostream.registry_bridge.registry import MlflowRegistry
 from eostream.registry_bridge.settings import BridgeSettings
 from eostream.registry_bridge.shipping import Shipper
-from eostream.shared.bus.memory import InMemoryBus
 from eostream.shared.storage import build_object_store
+
+from .conftest import make_bridge  # type: ignore[import-not-found]
 
 NAME = "eurosat-landcover"
 
@@ -22,18 +21,18 @@ async def test_ship_twice_crash_between_uploads_and_changed_bytes(
     bridge_settings: BridgeSettings, register: Any, models: Any
 ) -> None:
     store = build_object_store(bridge_settings)
-    registry = MlflowRegistry(bridge_settings.mlflow_tracking_uri, attempts=2, backoff=0.05)
-    bridge = Bridge(bridge_settings, registry, store, InMemoryBus(service="t"))
+    bridge = make_bridge(bridge_settings, store=store)
+    promoter = bridge.promoter  # the shipping step of the promotion transactions
     version = register(models.better)
-    verified = bridge._verify_now(registry.get_version(NAME, version))
+    verified = promoter.gate.verify(bridge.registry.get_version(NAME, version), wait_for_tags=False)
 
-    first = bridge._ship(NAME, verified)
+    first = promoter.ship(NAME, verified)
     assert not first.already_shipped
     model_key, item_key = bridge.shipper.keys(NAME, version)
     assert sorted(o.key for o in store.list("models/")) == sorted([model_key, item_key])
     item_bytes = store.get_bytes(item_key)
 
-    second = bridge._ship(NAME, verified)
+    second = promoter.ship(NAME, verified)
     assert second.already_shipped
     assert (second.artifact_uri, second.sha256, second.mlm_item_href) == (
         first.artifact_uri,
@@ -46,7 +45,7 @@ async def test_ship_twice_crash_between_uploads_and_changed_bytes(
     # and the next attempt completes it with the same result
     store.delete(item_key)
     assert bridge.shipper.existing(NAME, version) is None
-    third = bridge._ship(NAME, verified)
+    third = promoter.ship(NAME, verified)
     assert not third.already_shipped and third.sha256 == first.sha256
     assert json.loads(store.get_bytes(item_key))["properties"]["eostream:sha256"] == first.sha256
 

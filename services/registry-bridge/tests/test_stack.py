@@ -22,7 +22,7 @@ from prometheus_client import REGISTRY
 
 from eostream.registry_bridge import tags
 from eostream.registry_bridge.registry import WEBHOOK_NAME, MlflowRegistry
-from eostream.registry_bridge.service import BridgeService
+from eostream.registry_bridge.service import BridgeService, standalone_bridge
 from eostream.registry_bridge.settings import BridgeSettings
 from eostream.shared import mlm, topics
 from eostream.shared.bus import Delivery
@@ -159,7 +159,7 @@ async def test_better_version_ships_by_webhook_worse_is_refused_rollback_restore
     card: Any,
 ) -> None:
     settings = stack_settings(model_name, **stack)
-    service = BridgeService(settings)
+    service = BridgeService(settings, standalone_bridge(settings), owns_bus=True)
     webhooks_before = seen("webhook")
     await service.start()
     try:
@@ -232,7 +232,7 @@ async def test_dropped_webhook_is_caught_up_by_the_reconcile_loop(
     assert [h.url for h in hooks] == [dead_url]
     v1 = await asyncio.to_thread(register_to, stack["mlflow_uri"], models.better, name=model_name)
     before = seen("reconcile")
-    service = BridgeService(settings)
+    service = BridgeService(settings, standalone_bridge(settings), owns_bus=True)
     await service.start()
     try:
         [event] = await promotions.wait(1)

@@ -4,6 +4,8 @@ Same code as the CLI.
 Every write route takes a credential (``X-API-Key`` or ``Authorization: Bearer``, see
 :mod:`.auth`) whose role is ``promoter``; who is recorded is the credential's name. Reading the
 version list is public; reading the audit log takes any valid credential (viewer or promoter).
+Every error answers ``{"code", "description"}`` (:data:`ERRORS`, installed on the app with
+:func:`eostream.shared.http_errors.install`).
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query
-from pydantic import BaseModel, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from eostream.registry_bridge import tags
+from eostream.registry_bridge.audit import AuditEntry
 from eostream.registry_bridge.auth import (
     Principal,
     authenticate,
@@ -25,16 +28,30 @@ from eostream.registry_bridge.auth import (
 )
 from eostream.registry_bridge.bridge import Bridge
 from eostream.registry_bridge.errors import (
+    AuditUnavailableError,
     NotAllowedError,
     NotAuthenticatedError,
     PromotionError,
     RegistryUnavailableError,
 )
+from eostream.registry_bridge.port import ModelRegistry
+from eostream.shared.events import ModelPromoted
+from eostream.shared.http_errors import ErrorMapping, error_body, error_responses
 
 log = logging.getLogger(__name__)
 
 _BY_IGNORED = "ignored: who promotes is the credential's name (deprecated, will be refused)"
 _DEPRECATED: dict[str, JsonValue] = {"deprecated": True}  # OpenAPI only: no runtime warning
+
+#: the one place where the bridge's errors become HTTP answers (status, code)
+ERRORS: ErrorMapping = (
+    (NotAuthenticatedError, 401, "unauthenticated"),
+    (NotAllowedError, 403, "forbidden"),
+    (PromotionError, 409, "cannot_promote"),
+    (RegistryUnavailableError, 503, "registry_unavailable"),
+    (AuditUnavailableError, 503, "audit_unavailable"),
+)
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="registry-bridge"'}
 
 
 class PromoteRequest(BaseModel):
@@ -49,21 +66,19 @@ class RollbackRequest(BaseModel):
     by: str | None = Field(default=None, description=_BY_IGNORED, json_schema_extra=_DEPRECATED)
 
 
-#: the one place where the bridge's errors become HTTP answers
-_STATUS: dict[type[Exception], tuple[int, str]] = {
-    NotAuthenticatedError: (401, "unauthenticated"),
-    NotAllowedError: (403, "forbidden"),
-    PromotionError: (409, "cannot_promote"),
-    RegistryUnavailableError: (503, "registry_unavailable"),
-}
+class VersionRow(BaseModel):
+    """One version of a model, as the registry's tags describe it."""
 
+    model_config = ConfigDict(frozen=True)
 
-def _error(exc: Exception) -> HTTPException:
-    status, code = next(
-        (v for t, v in _STATUS.items() if isinstance(exc, t)), (503, "registry_unavailable")
-    )
-    headers = {"WWW-Authenticate": 'Bearer realm="registry-bridge"'} if status == 401 else None
-    return HTTPException(status, {"code": code, "description": str(exc)}, headers=headers)
+    version: str
+    aliases: list[str] = Field(description="champion and/or challenger")
+    gate: str | None = Field(description="passed, failed, refused; null: not gated yet")
+    accuracy: str | None = Field(description="held-out accuracy the gate measured")
+    stage: str | None = Field(description="Staging, Production, Archived")
+    shipped: bool
+    promoted_by: str | None
+    reasons: str | None = Field(description="the gate's reasons, a JSON list")
 
 
 def _principal_dependency(bridge: Bridge) -> Callable[..., Principal]:
@@ -75,8 +90,10 @@ def _principal_dependency(bridge: Bridge) -> Callable[..., Principal]:
     ) -> Principal:
         try:
             return authenticate(credentials, presented_key(x_api_key, authorization))
-        except NotAuthenticatedError as exc:
-            raise _error(exc) from None
+        except NotAuthenticatedError as exc:  # the challenge header needs an HTTPException
+            raise HTTPException(
+                401, error_body("unauthenticated", str(exc)), headers=_CHALLENGE
+            ) from None
 
     return current_principal
 
@@ -86,7 +103,7 @@ def _promoter(principal: Principal, what: str) -> None:
         require_promoter(principal, what)
     except NotAllowedError as exc:
         log.warning("refused: %s", exc)
-        raise _error(exc) from None
+        raise
 
 
 def _ignored_by(by: str | None, principal: Principal) -> None:
@@ -96,28 +113,28 @@ def _ignored_by(by: str | None, principal: Principal) -> None:
         )
 
 
-def describe_versions(bridge: Bridge, name: str) -> list[dict[str, Any]]:
-    champion = bridge.registry.alias_version(name, tags.CHAMPION)
-    challenger = bridge.registry.alias_version(name, tags.CHALLENGER)
+def describe_versions(registry: ModelRegistry, name: str) -> list[VersionRow]:
+    """Blocking: every version of ``name``, oldest first."""
+    champion = registry.alias_version(name, tags.CHAMPION)
+    challenger = registry.alias_version(name, tags.CHALLENGER)
     rows = []
-    for mv in sorted(bridge.registry.versions(name), key=lambda v: int(v.version)):
-        t = dict(mv.tags or {})
-        version = str(mv.version)
+    for mv in sorted(registry.versions(name), key=lambda v: int(v.version)):
+        t = mv.tags
         rows.append(
-            {
-                "version": version,
-                "aliases": [
+            VersionRow(
+                version=mv.version,
+                aliases=[
                     a
                     for a, v in ((tags.CHAMPION, champion), (tags.CHALLENGER, challenger))
-                    if v == version
+                    if v == mv.version
                 ],
-                "gate": t.get(tags.GATE),
-                "accuracy": t.get(tags.GATE_ACCURACY),
-                "stage": t.get(tags.STAGE),
-                "shipped": t.get(tags.SHIPPED) == "true",
-                "promoted_by": t.get(tags.PROMOTED_BY),
-                "reasons": t.get(tags.GATE_REASONS),
-            }
+                gate=t.get(tags.GATE),
+                accuracy=t.get(tags.GATE_ACCURACY),
+                stage=t.get(tags.STAGE),
+                shipped=t.get(tags.SHIPPED) == "true",
+                promoted_by=t.get(tags.PROMOTED_BY),
+                reasons=t.get(tags.GATE_REASONS),
+            )
         )
     return rows
 
@@ -126,56 +143,57 @@ def models_router(bridge: Bridge) -> APIRouter:
     router = APIRouter(prefix="/models", tags=["models"])
     authenticated = Depends(_principal_dependency(bridge))  # a local alias cannot annotate
 
-    @router.get("/{name}", summary="A model's versions with gate verdicts and aliases")
-    async def list_versions(name: str) -> list[dict[str, Any]]:
-        try:
-            return await asyncio.to_thread(describe_versions, bridge, name)
-        except RegistryUnavailableError as exc:
-            raise _error(exc) from None
+    @router.get(
+        "/{name}",
+        summary="A model's versions with gate verdicts and aliases",
+        responses=error_responses(503),
+    )
+    async def list_versions(name: str) -> list[VersionRow]:
+        return await asyncio.to_thread(describe_versions, bridge.registry, name)
 
-    @router.post("/{name}/promote", summary="Make a version champion (recorded with who and why)")
+    @router.post(
+        "/{name}/promote",
+        summary="Make a version champion (recorded with who and why)",
+        responses=error_responses(401, 403, 409, 422, 503),
+    )
     async def promote(
         name: str, body: PromoteRequest, caller: Principal = authenticated
-    ) -> dict[str, Any]:
+    ) -> ModelPromoted:
         _promoter(caller, "promote" if not body.force else "force a promotion")
         _ignored_by(body.by, caller)
-        try:
-            event = await bridge.promote(
-                name, body.version, by=caller.name, reason=body.reason, force=body.force, via="rest"
-            )
-        except (PromotionError, RegistryUnavailableError) as exc:
-            raise _error(exc) from None
-        return event.model_dump(mode="json")
+        return await bridge.promote(
+            name, body.version, by=caller.name, reason=body.reason, force=body.force, via="rest"
+        )
 
-    @router.post("/{name}/rollback", summary="Make the previous champion live again")
+    @router.post(
+        "/{name}/rollback",
+        summary="Make the previous champion live again",
+        responses=error_responses(401, 403, 409, 422, 503),
+    )
     async def rollback(
         name: str, body: RollbackRequest, caller: Principal = authenticated
-    ) -> dict[str, Any]:
+    ) -> ModelPromoted:
         _promoter(caller, "roll back")
         _ignored_by(body.by, caller)
-        try:
-            event = await bridge.rollback(name, by=caller.name, reason=body.reason, via="rest")
-        except (PromotionError, RegistryUnavailableError) as exc:
-            raise _error(exc) from None
-        return event.model_dump(mode="json")
+        return await bridge.rollback(name, by=caller.name, reason=body.reason, via="rest")
 
-    @router.get("/{name}/audit", summary="Promotions, overrides, rollbacks and undone alias moves")
+    @router.get(
+        "/{name}/audit",
+        summary="Promotions, overrides, rollbacks and undone alias moves",
+        responses=error_responses(401, 422, 503),
+    )
     async def audit(
         name: str,
         limit: Annotated[int, Query(ge=1, le=10_000, description="the newest N")] = 1000,
         caller: Principal = authenticated,
-    ) -> list[dict[str, Any]]:
+    ) -> list[AuditEntry]:
         try:
             entries = await asyncio.to_thread(bridge.audit.entries, name)
         except Exception as exc:
             log.warning("audit log of %s unreadable: %s", name, exc)
-            raise HTTPException(
-                503,
-                {
-                    "code": "audit_unavailable",
-                    "description": f"the audit log cannot be read now ({exc}); try again",
-                },
+            raise AuditUnavailableError(
+                f"the audit log cannot be read now ({exc}); try again"
             ) from None
-        return [e.model_dump(mode="json") for e in entries[-limit:]]
+        return entries[-limit:]
 
     return router

@@ -42,10 +42,10 @@ def run_bridge() -> None:
 
 
 async def _with_bridge(action: str, **kwargs: str | bool) -> str:
-    from eostream.registry_bridge.service import build_bridge, mlflow_client_defaults
+    from eostream.registry_bridge.service import mlflow_client_defaults, standalone_bridge
 
     mlflow_client_defaults()
-    bridge = build_bridge(_settings())
+    bridge = standalone_bridge(_settings())
     await bridge.bus.start()
     try:
         if action == "promote":
@@ -135,10 +135,11 @@ def list_versions(
     from rich.table import Table
 
     from eostream.registry_bridge.api import describe_versions
-    from eostream.registry_bridge.service import build_bridge, mlflow_client_defaults
+    from eostream.registry_bridge.registry import build_registry
+    from eostream.registry_bridge.service import mlflow_client_defaults
 
     mlflow_client_defaults()
-    rows = describe_versions(build_bridge(_settings()), name)
+    rows = [r.model_dump(mode="json") for r in describe_versions(build_registry(_settings()), name)]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -166,8 +167,16 @@ def list_versions(
 @models_app.command("audit")
 def audit(name: str) -> None:
     """Print NAME's audit log (JSON lines, oldest first)."""
-    from eostream.registry_bridge.service import build_bridge, mlflow_client_defaults
+    from eostream.registry_bridge.audit import AuditLog
+    from eostream.shared.storage import build_object_store
 
-    mlflow_client_defaults()
-    for entry in build_bridge(_settings()).audit.entries(name):
+    settings = _settings()
+    log = AuditLog(
+        build_object_store(settings),
+        settings.audit_prefix,
+        attempts=settings.retry_attempts,
+        backoff=settings.retry_backoff_seconds,
+        backoff_max=settings.retry_backoff_max_seconds,
+    )
+    for entry in log.entries(name):
         typer.echo(entry.model_dump_json())

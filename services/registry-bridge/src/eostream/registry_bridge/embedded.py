@@ -31,6 +31,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from eostream.registry_bridge.bridge import build_bridge
+from eostream.registry_bridge.registry import build_registry
 from eostream.registry_bridge.service import SERVICE, BridgeService, mlflow_client_defaults
 from eostream.registry_bridge.settings import BridgeSettings
 from eostream.shared.embedded import EmbeddedContext
@@ -107,9 +109,13 @@ class RegistryBridgeComponent:
 
     async def start(self) -> None:
         mlflow_client_defaults()
-        self.service = BridgeService(
-            self.settings, bus=self._context.bus, store=self._context.store, webhooks=False
+        bridge = build_bridge(
+            self.settings,
+            registry=build_registry(self.settings),
+            store=self._context.store,
+            bus=self._context.bus,
         )
+        self.service = BridgeService(self.settings, bridge, webhooks=False)
         await self.service.start()
         try:
             await self.announce_current_champion()

@@ -26,8 +26,16 @@ class PromotionError(BridgeError, ValueError):
     back to, version refused by the gate...). The message says what to do instead."""
 
 
+class VersionNotFoundError(BridgeError):
+    """The registry has no such model version."""
+
+
 class RegistryUnavailableError(RetryableError):
     """MLflow does not answer."""
+
+
+class AuditUnavailableError(BridgeError):
+    """The audit log cannot be read now (the object store does not answer)."""
 
 
 class NotAuthenticatedError(BridgeError):

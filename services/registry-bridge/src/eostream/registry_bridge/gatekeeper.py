@@ -1,27 +1,27 @@
-"""The gate's evaluations: held-out sets, candidate and champion scores, the recorded verdict.
+"""The gate's checks and evaluations: verification, held-out sets, candidate and champion
+scores, the recorded verdict.
 
-Blocking (ONNX Runtime, MLflow): the bridge calls these from a thread. Champion scores are
-cached per (name, version, held-out digest), since a champion is compared with every candidate.
+Blocking (ONNX Runtime, the registry): called inside the bridge's worker-thread transactions.
+Talks to the registry through its port only. Champion scores are cached per (name, version,
+held-out digest), since a champion is compared with every candidate.
 """
 
 from __future__ import annotations
 
 import json
 
-from eostream.registry_bridge import evaluation, holdout, onnx_model, tags
+from eostream.registry_bridge import holdout, onnx_model, tags
 from eostream.registry_bridge.contract import reasons_json
 from eostream.registry_bridge.errors import RefusedError
 from eostream.registry_bridge.policy import Evaluation
-from eostream.registry_bridge.registry import MlflowRegistry
+from eostream.registry_bridge.port import ModelRegistry, VersionInfo
 from eostream.registry_bridge.settings import BridgeSettings
 from eostream.registry_bridge.shipping import Shipper
-from eostream.registry_bridge.verification import Verified
+from eostream.registry_bridge.verification import Verified, verify
 
 
 class Gatekeeper:
-    def __init__(
-        self, settings: BridgeSettings, registry: MlflowRegistry, shipper: Shipper
-    ) -> None:
+    def __init__(self, settings: BridgeSettings, registry: ModelRegistry, shipper: Shipper) -> None:
         self.settings = settings
         self.registry = registry
         self.shipper = shipper
@@ -36,10 +36,25 @@ class Gatekeeper:
             )
         return self._holdouts[band_set]
 
+    def verify(self, mv: VersionInfo, *, wait_for_tags: bool = True) -> Verified:
+        """Verify ``mv`` (see :func:`.verification.verify`). ``wait_for_tags``: a version younger
+        than the registration grace period with tags missing is not ready yet (NotReadyError);
+        otherwise missing tags refuse it at once."""
+        s = self.settings
+        return verify(
+            self.registry,
+            mv,
+            holdout_for=self.holdout_for,
+            grace_seconds=s.registration_grace_seconds if wait_for_tags else 0,
+            samples=s.agreement_samples,
+            atol=s.agreement_atol,
+            threads=s.torch_threads,
+        )
+
     def evaluate_candidate(self, verified: Verified) -> tuple[Evaluation, str]:
         sess = onnx_model.session(verified.onnx_bytes, self.settings.torch_threads)
         h = self.holdout_for(verified.card.band_set)
-        result = evaluation.evaluate(
+        result = self.registry.evaluate(
             lambda x: onnx_model.logits(sess, x),
             h,
             experiment=self.settings.gate_experiment,
@@ -65,7 +80,7 @@ class Gatekeeper:
             model_key, _ = self.shipper.keys(name, version)
             return self.shipper.store.get_bytes(model_key)
         mv = self.registry.get_version(name, version)
-        data = self.registry.download_onnx(str(mv.run_id)) if mv.run_id else None
+        data = self.registry.download_onnx(mv.run_id) if mv.run_id else None
         if data is None:
             raise RefusedError([f"the champion {name} v{version} has no ONNX artifact"])
         return data
@@ -77,7 +92,7 @@ class Gatekeeper:
             sess = onnx_model.session(
                 self.champion_onnx(name, version), self.settings.torch_threads
             )
-            self._evaluations[key], _ = evaluation.evaluate(
+            self._evaluations[key], _ = self.registry.evaluate(
                 lambda x: onnx_model.logits(sess, x),
                 h,
                 experiment=self.settings.gate_experiment,
@@ -103,10 +118,11 @@ class Gatekeeper:
         candidate: Evaluation,
         champion_version: str | None,
     ) -> None:
-        client = self.registry.client
-        client.set_tag(run_id, "eostream.gate", outcome)
-        client.set_tag(run_id, "eostream.champion_version", champion_version or "")
-        client.log_text(
+        self.registry.set_run_tags(
+            run_id,
+            {"eostream.gate": outcome, "eostream.champion_version": champion_version or ""},
+        )
+        self.registry.log_run_text(
             run_id,
             json.dumps({"outcome": outcome, "reasons": list(reasons)}, indent=2),
             "verdict.json",

@@ -1,5 +1,7 @@
-"""The model-registry port and its MLflow adapter (the only module, with evaluation.py, that
-talks to MLflow). Calls are retried with exponential backoff when MLflow does not answer."""
+"""The MLflow adapter of the model-registry port (:class:`.port.ModelRegistry`): the only module,
+with evaluation.py, that talks to MLflow. It answers in eostream's value objects
+(:class:`.port.VersionInfo`); calls are retried with exponential backoff when MLflow does not
+answer."""
 
 from __future__ import annotations
 
@@ -22,8 +24,12 @@ from tenacity import (
     wait_exponential,
 )
 
-from eostream.registry_bridge import tags
-from eostream.registry_bridge.errors import RegistryUnavailableError
+from eostream.registry_bridge import evaluation, tags
+from eostream.registry_bridge.errors import RegistryUnavailableError, VersionNotFoundError
+from eostream.registry_bridge.holdout import Holdout
+from eostream.registry_bridge.policy import Evaluation
+from eostream.registry_bridge.port import Predictor, VersionInfo
+from eostream.registry_bridge.settings import BridgeSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -60,8 +66,30 @@ def is_not_found(exc: BaseException) -> bool:
     return isinstance(exc, MlflowException) and exc.error_code == "RESOURCE_DOES_NOT_EXIST"
 
 
+def version_info(mv: ModelVersion) -> VersionInfo:
+    return VersionInfo(
+        name=str(mv.name),
+        version=str(mv.version),
+        status=str(mv.status),
+        run_id=str(mv.run_id) if mv.run_id else None,
+        source=str(mv.source),
+        created_ms=int(mv.creation_timestamp or 0),
+        tags=dict(mv.tags or {}),
+    )
+
+
+def build_registry(settings: BridgeSettings) -> MlflowRegistry:
+    """The MLflow adapter the settings name (``BRIDGE_MLFLOW_TRACKING_URI``, retry policy)."""
+    return MlflowRegistry(
+        settings.mlflow_tracking_uri,
+        attempts=settings.retry_attempts,
+        backoff=settings.retry_backoff_seconds,
+        backoff_max=settings.retry_backoff_max_seconds,
+    )
+
+
 class MlflowRegistry:
-    """What the bridge needs of the MLflow registry."""
+    """The model-registry port on an MLflow tracking server or database."""
 
     def __init__(
         self,
@@ -106,18 +134,24 @@ class MlflowRegistry:
     def check(self) -> None:
         self.call("search", lambda: self.client.search_registered_models(max_results=1))
 
-    def get_version(self, name: str, version: str) -> ModelVersion:
-        return self.call("get version", lambda: self.client.get_model_version(name, version))
+    def get_version(self, name: str, version: str) -> VersionInfo:
+        try:
+            mv = self.call("get version", lambda: self.client.get_model_version(name, version))
+        except MlflowException as exc:
+            if is_not_found(exc):
+                raise VersionNotFoundError(f"{name} has no version {version}") from None
+            raise
+        return version_info(mv)
 
-    def versions(self, name: str) -> list[ModelVersion]:
-        def fetch() -> list[ModelVersion]:
-            found: list[ModelVersion] = []
+    def versions(self, name: str) -> list[VersionInfo]:
+        def fetch() -> list[VersionInfo]:
+            found: list[VersionInfo] = []
             token: str | None = None
             while True:
                 page = self.client.search_model_versions(
                     filter_string=f"name='{name}'", max_results=200, page_token=token
                 )
-                found.extend(page)
+                found.extend(version_info(mv) for mv in page)
                 token = page.token
                 if not token:
                     return found
@@ -148,6 +182,13 @@ class MlflowRegistry:
 
     def run_metrics(self, run_id: str) -> dict[str, float]:
         return self.call("get run", lambda: dict(self.client.get_run(run_id).data.metrics))
+
+    def run_href(self, run_id: str) -> str | None:
+        uri = self.tracking_uri
+        if not uri.startswith(("http://", "https://")):
+            return None
+        run = self.call("get run", lambda: self.client.get_run(run_id))
+        return f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
 
     def download_onnx(self, run_id: str) -> bytes | None:
         """The run's ``onnx/model.onnx`` artifact, or None when the run has none."""
@@ -196,6 +237,32 @@ class MlflowRegistry:
                     raise
 
         self.call("delete alias", write)
+
+    def set_run_tags(self, run_id: str, values: Mapping[str, str]) -> None:
+        def write() -> None:
+            for key, value in values.items():
+                self.client.set_tag(run_id, key, value)
+
+        self.call("set run tags", write)
+
+    def log_run_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.call("log text", lambda: self.client.log_text(run_id, text, artifact_file))
+
+    def evaluate(
+        self,
+        predict: Predictor,
+        holdout: Holdout,
+        *,
+        experiment: str,
+        run_name: str,
+        params: Mapping[str, str],
+        tags: Mapping[str, str],
+    ) -> tuple[Evaluation, str]:
+        """``mlflow.models.evaluate`` on the held-out set, as a run (not retried: a half-logged
+        evaluation run is not repeated blindly)."""
+        return evaluation.evaluate(
+            predict, holdout, experiment=experiment, run_name=run_name, params=params, tags=tags
+        )
 
     def ensure_webhook(self, url: str, secret: str) -> str:
         """Create (or update) the bridge's webhook in MLflow; returns its id."""

@@ -1,5 +1,6 @@
-"""Wiring: settings -> registry, store, bus, bridge; webhook + REST + ops server, reconcile loop,
-worker, and the ModelVersionRegistered consumer (fast path)."""
+"""The long-running service around a built bridge: webhook + REST + ops server, reconcile loop,
+worker, and the ModelVersionRegistered consumer (fast path). :func:`run` is the entrypoint that
+builds the adapters (MLflow, object store, bus) from the settings."""
 
 from __future__ import annotations
 
@@ -10,17 +11,17 @@ import os
 
 from fastapi import FastAPI
 
-from eostream.registry_bridge.api import models_router
-from eostream.registry_bridge.bridge import Bridge
-from eostream.registry_bridge.registry import MlflowRegistry
+from eostream.registry_bridge.api import ERRORS, models_router
+from eostream.registry_bridge.bridge import Bridge, build_bridge
+from eostream.registry_bridge.registry import build_registry
 from eostream.registry_bridge.settings import BridgeSettings
 from eostream.registry_bridge.webhook import webhook_router
 from eostream.registry_bridge.worker import Worker
-from eostream.shared import topics
-from eostream.shared.bus import Bus, Consumers, Delivery, build_bus
+from eostream.shared import http_errors, topics
+from eostream.shared.bus import Consumers, Delivery, build_bus
 from eostream.shared.events import Event, ModelVersionRegistered
 from eostream.shared.ops import OpsServer, create_ops_app
-from eostream.shared.storage import ObjectStore, build_object_store
+from eostream.shared.storage import build_object_store
 
 log = logging.getLogger(__name__)
 
@@ -35,44 +36,39 @@ def mlflow_client_defaults() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
-def build_bridge(
-    settings: BridgeSettings, bus: Bus | None = None, store: ObjectStore | None = None
-) -> Bridge:
-    registry = MlflowRegistry(
-        settings.mlflow_tracking_uri,
-        attempts=settings.retry_attempts,
-        backoff=settings.retry_backoff_seconds,
-        backoff_max=settings.retry_backoff_max_seconds,
-    )
-    return Bridge(
+def standalone_bridge(settings: BridgeSettings) -> Bridge:
+    """The bridge on the adapters the settings name: MLflow, the object store, the bus (not
+    started). For the standalone service and the CLI."""
+    return build_bridge(
         settings,
-        registry,
-        store or build_object_store(settings),
-        bus or build_bus(settings, service=SERVICE),
+        registry=build_registry(settings),
+        store=build_object_store(settings),
+        bus=build_bus(settings, service=SERVICE),
     )
 
 
 class BridgeService:
     """The long-running bridge. ``start`` then ``stop`` (tests run it in-process).
 
-    A bus handed in belongs to the caller (the embedded runner shares one among all services):
-    the service neither starts nor closes it. ``webhooks=False`` leaves out the MLflow webhook
-    receiver and its registration (the embedded mode relies on the reconcile loop).
+    ``owns_bus``: the service starts and closes the bridge's bus; otherwise the bus belongs to
+    the caller (the embedded runner shares one among all services). ``webhooks=False`` leaves out
+    the MLflow webhook receiver and its registration (the embedded mode relies on the reconcile
+    loop).
     """
 
     def __init__(
         self,
         settings: BridgeSettings,
-        bus: Bus | None = None,
-        store: ObjectStore | None = None,
+        bridge: Bridge,
         *,
+        owns_bus: bool = False,
         webhooks: bool = True,
     ) -> None:
         self.settings = settings
         self.webhooks = webhooks
-        self._owns_bus = bus is None
-        self.bridge = build_bridge(settings, bus, store)
-        self.bus = self.bridge.bus
+        self._owns_bus = owns_bus
+        self.bridge = bridge
+        self.bus = bridge.bus
         self.worker = Worker(self.bridge, settings.model_names)
         self.consumers = Consumers(SERVICE, settings.consumers)
         self.consumers.add(
@@ -95,6 +91,7 @@ class BridgeService:
 
     def create_app(self) -> FastAPI:
         app = create_ops_app(SERVICE, self.readiness, self.consumers.liveness)
+        http_errors.install(app, ERRORS)  # every error answers {"code", "description"}
         if self.webhooks:
             secret = self.settings.webhook_secret
             app.include_router(
@@ -118,7 +115,7 @@ class BridgeService:
         await self.worker.enqueue(event.name, event.version, "event")
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.bridge.shipper.store.check)
+        await asyncio.to_thread(self.bridge.store.check)
         if self._owns_bus:
             await self.bus.start()
         await self.bus.ensure_topics([topics.MODELS_REGISTERED, topics.MODELS_PROMOTED])
@@ -188,7 +185,7 @@ async def run(settings: BridgeSettings) -> None:
 
     await preflight(settings)
     mlflow_client_defaults()
-    service = BridgeService(settings)
+    service = BridgeService(settings, standalone_bridge(settings), owns_bus=True)
     stop = asyncio.Event()
     install_stop_signals(stop.set)
     await service.start()

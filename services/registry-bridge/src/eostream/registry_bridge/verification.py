@@ -8,12 +8,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mlflow.entities.model_registry import ModelVersion
-
 from eostream.registry_bridge import contract, onnx_model, tags
 from eostream.registry_bridge.errors import NotReadyError, RefusedError
 from eostream.registry_bridge.holdout import Holdout
-from eostream.registry_bridge.registry import MlflowRegistry
+from eostream.registry_bridge.port import ModelRegistry, VersionInfo
 from eostream.shared.modelcard import ModelCard
 
 log = logging.getLogger(__name__)
@@ -31,8 +29,8 @@ class Verified:
 
 
 def verify(
-    registry: MlflowRegistry,
-    mv: ModelVersion,
+    registry: ModelRegistry,
+    mv: VersionInfo,
     *,
     holdout_for: Callable[[str], Holdout],
     grace_seconds: float,
@@ -40,9 +38,9 @@ def verify(
     atol: float,
     threads: int = 1,
 ) -> Verified:
-    name, version = str(mv.name), str(mv.version)
-    version_tags = dict(mv.tags or {})
-    age = time.time() - (mv.creation_timestamp or 0) / 1000.0
+    name, version = mv.name, mv.version
+    version_tags = dict(mv.tags)
+    age = time.time() - mv.created_ms / 1000.0
     if contract.missing_tags(version_tags) and age < grace_seconds:
         raise NotReadyError(
             f"{name} v{version}: waiting for tags {contract.missing_tags(version_tags)}"
@@ -50,7 +48,7 @@ def verify(
     card, problems = contract.check_tags(version_tags)
     if not mv.run_id:
         raise RefusedError([*problems, "the version has no run, so no ONNX artifact"])
-    data = registry.download_onnx(str(mv.run_id))
+    data = registry.download_onnx(mv.run_id)
     if data is None:
         raise RefusedError(
             [*problems, f"no ONNX artifact {tags.ONNX_ARTIFACT_PATH} in run {mv.run_id}"]
@@ -69,7 +67,7 @@ def verify(
     holdout = holdout_for(card.band_set)
     images = holdout.images[:: max(1, len(holdout.images) // samples)][:samples]
     try:
-        torch_model = registry.load_torch(str(mv.source))
+        torch_model = registry.load_torch(mv.source)
     except Exception as exc:  # any failure to load means we cannot vouch for the export
         raise RefusedError(
             [f"cannot load the MLflow pytorch model {mv.source} to check the ONNX export: {exc}"]
@@ -88,4 +86,4 @@ def verify(
             ]
         )
     log.info("%s v%s verified: contract ok, ONNX vs torch max diff %.2e", name, version, diff)
-    return Verified(name, version, str(mv.run_id), card, data, digest, diff)
+    return Verified(name, version, mv.run_id, card, data, digest, diff)

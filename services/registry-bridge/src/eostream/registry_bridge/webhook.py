@@ -4,6 +4,8 @@ MLflow 3.17 signs ``f"{delivery_id}.{timestamp}.{body}"`` with HMAC-SHA256 and s
 ``X-MLflow-Signature: v1,<base64>``, ``X-MLflow-Delivery-Id`` and ``X-MLflow-Timestamp``
 (mlflow/webhooks/delivery.py). Deliveries older than the tolerance are refused (replays). The
 handler only queues; the work happens in the bridge's worker, so MLflow gets its answer at once.
+Errors answer ``{"code", "description"}`` on an app with
+:func:`eostream.shared.http_errors.install`.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel, Field
 
 from eostream.registry_bridge import metrics
+from eostream.shared.http_errors import error_body, error_responses
 
 log = logging.getLogger(__name__)
 
@@ -63,20 +68,28 @@ def verify_signature(
     return None
 
 
+class WebhookAck(BaseModel):
+    status: Literal["queued", "ignored"] = Field(
+        description="queued: the bridge will look at the version or the champion; ignored: an "
+        "event the bridge does not act on"
+    )
+
+
 def webhook_router(secret: str | None, tolerance_seconds: int, enqueue: Enqueue) -> APIRouter:
     router = APIRouter(tags=["webhooks"])
 
-    @router.post("/webhooks/mlflow", status_code=202, summary="MLflow model registry webhook")
-    async def receive(request: Request) -> dict[str, str]:
+    @router.post(
+        "/webhooks/mlflow",
+        status_code=202,
+        summary="MLflow model registry webhook",
+        responses=error_responses(400, 401, 503),
+    )
+    async def receive(request: Request) -> WebhookAck:
         body = await request.body()
         if secret is None:
             metrics.WEBHOOKS.labels("rejected").inc()
             raise HTTPException(
-                503,
-                {
-                    "code": "webhooks_disabled",
-                    "description": "set BRIDGE_WEBHOOK_SECRET to accept webhooks",
-                },
+                503, error_body("webhooks_disabled", "set BRIDGE_WEBHOOK_SECRET to accept webhooks")
             )
         problem = verify_signature(
             secret,
@@ -89,21 +102,21 @@ def webhook_router(secret: str | None, tolerance_seconds: int, enqueue: Enqueue)
         if problem is not None:
             metrics.WEBHOOKS.labels("rejected").inc()
             log.warning("webhook refused: %s", problem)
-            raise HTTPException(401, {"code": "bad_signature", "description": problem})
+            raise HTTPException(401, error_body("bad_signature", problem))
         try:
             payload = json.loads(body)
             entity, action, data = payload["entity"], payload["action"], payload["data"]
             name = str(data["name"])
         except (ValueError, KeyError, TypeError) as exc:
             metrics.WEBHOOKS.labels("rejected").inc()
-            raise HTTPException(400, {"code": "bad_payload", "description": str(exc)}) from None
+            raise HTTPException(400, error_body("bad_payload", str(exc))) from None
         metrics.WEBHOOKS.labels("accepted").inc()
         if (entity, action) == ("model_version", "created"):
             await enqueue(name, str(data["version"]), "webhook")
         elif (entity, action) == ("model_version_alias", "created"):
             await enqueue(name, None, "webhook")
         else:
-            return {"status": "ignored"}
-        return {"status": "queued"}
+            return WebhookAck(status="ignored")
+        return WebhookAck(status="queued")
 
     return router

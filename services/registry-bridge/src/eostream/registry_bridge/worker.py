@@ -95,9 +95,7 @@ class Worker:
         registry = self.bridge.registry
         for name in self.names:
             versions = await asyncio.to_thread(registry.versions, name)
-            for version in pending(
-                (str(v.version), dict(v.tags or {}), str(v.status)) for v in versions
-            ):
+            for version in pending((v.version, v.tags, v.status) for v in versions):
                 await self.enqueue(name, version, "reconcile")
                 queued += 1
             await self.enqueue(name, None, "reconcile")

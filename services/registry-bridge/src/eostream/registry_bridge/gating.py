@@ -1,0 +1,131 @@
+"""The gate transaction: verify a new version, evaluate it against the champion, record the
+verdict, then make it challenger and (with ``auto_promote``) champion.
+
+Blocking and not thread-safe, like :mod:`.promotion`: the bridge runs it as one operation in one
+worker thread, under its lock.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from eostream.registry_bridge import metrics, tags
+from eostream.registry_bridge.contract import reasons_json
+from eostream.registry_bridge.errors import NotReadyError, PromotionError, RefusedError
+from eostream.registry_bridge.gatekeeper import Gatekeeper
+from eostream.registry_bridge.policy import Evaluation, Thresholds, judge
+from eostream.registry_bridge.port import ModelRegistry
+from eostream.registry_bridge.promotion import BRIDGE, Outcome, Promoter
+
+log = logging.getLogger(__name__)
+
+
+class Gating:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        gate: Gatekeeper,
+        promoter: Promoter,
+        thresholds: Thresholds,
+    ) -> None:
+        self.registry = registry
+        self.gate = gate
+        self.promoter = promoter
+        self.thresholds = thresholds
+
+    def handle(self, name: str, version: str, auto_promote: bool) -> Outcome:
+        """Gate ``name`` v``version`` unless done; promote it when it passes and
+        ``auto_promote``. A version gated earlier but never promoted (a crash in between) is
+        promoted now if it is still newer than the champion."""
+        mv = self.promoter.version(name, version)
+        if not mv.ready:
+            return Outcome(name, version, "deferred", (f"status {mv.status}",))
+        vtags = dict(mv.tags)
+        gate = vtags.get(tags.GATE)
+        if gate in (tags.GATE_FAILED, tags.GATE_REFUSED):
+            return Outcome(name, version, "skipped", (f"already {gate}",))
+        if gate == tags.GATE_PASSED:
+            if auto_promote and self._should_resume(name, version, vtags):
+                log.info(
+                    "%s v%s passed the gate earlier but was not promoted: resuming", name, version
+                )
+                self.promoter.promote(
+                    name, version, BRIDGE, "gate passed (resumed)", "auto", via="auto"
+                )
+                return Outcome(name, version, "promoted", ("resumed",))
+            return Outcome(name, version, "skipped", ("already passed",))
+
+        try:
+            verified = self.gate.verify(mv)
+        except NotReadyError as exc:
+            return Outcome(name, version, "deferred", (str(exc),))
+        except RefusedError as exc:
+            self.registry.set_version_tags(
+                name,
+                version,
+                {tags.GATE_REASONS: reasons_json(exc.reasons), tags.GATE: tags.GATE_REFUSED},
+            )
+            metrics.GATE_RESULTS.labels("refused").inc()
+            log.warning("%s v%s refused: %s", name, version, "; ".join(exc.reasons))
+            return Outcome(name, version, "refused", exc.reasons)
+
+        candidate, run_id = self.gate.evaluate_candidate(verified)
+        champion_version = self.registry.alias_version(name, tags.CHAMPION)
+        champion: Evaluation | None = None
+        if champion_version and champion_version != version:
+            champion = self.gate.evaluate_champion(name, champion_version, verified.card.band_set)
+        metrics.show_scores(
+            name, version, metrics.CHALLENGER, candidate.accuracy, candidate.per_class_recall
+        )
+        if champion is not None and champion_version is not None:
+            metrics.show_scores(
+                name,
+                champion_version,
+                metrics.CHAMPION,
+                champion.accuracy,
+                champion.per_class_recall,
+            )
+        self.promoter.show_champion(name, champion_version)
+        verdict = judge(candidate, champion, self.thresholds)
+        outcome = tags.GATE_PASSED if verdict.passed else tags.GATE_FAILED
+        self.gate.record_verdict(
+            name, version, outcome, verdict.reasons, run_id, candidate, champion_version
+        )
+        metrics.GATE_RESULTS.labels(outcome).inc()
+        log.info(
+            "%s v%s gate %s (champion %s): %s",
+            name,
+            version,
+            outcome,
+            champion_version,
+            "; ".join(verdict.reasons),
+        )
+        if not verdict.passed:
+            return Outcome(name, version, "failed", verdict.reasons)
+
+        self.registry.set_alias(name, tags.CHALLENGER, version)
+        self.registry.set_version_tags(name, version, {tags.STAGE: tags.STAGE_STAGING})
+        if not auto_promote:
+            self.promoter.ship(name, verified)
+            return Outcome(name, version, "challenger", verdict.reasons)
+        summary = "; ".join(r for r in verdict.reasons if r.startswith("PASS"))
+        self.promoter.promote(
+            name, version, BRIDGE, f"gate passed: {summary}"[:1000], "auto", verified, via="auto"
+        )
+        return Outcome(name, version, "promoted", verdict.reasons)
+
+    def verdict_first(self, name: str, version: str) -> str:
+        """Gate a version an operator wants to promote that has no verdict yet (never promoting
+        it); returns the verdict, or PromotionError when it is not ready."""
+        outcome = self.handle(name, version, auto_promote=False)
+        if outcome.state == "deferred":
+            raise PromotionError(f"{name} v{version} is not ready: {'; '.join(outcome.reasons)}")
+        return {"refused": tags.GATE_REFUSED, "failed": tags.GATE_FAILED}.get(
+            outcome.state, tags.GATE_PASSED
+        )
+
+    def _should_resume(self, name: str, version: str, vtags: dict[str, str]) -> bool:
+        if tags.PROMOTED_AT in vtags:
+            return False
+        champion = self.registry.alias_version(name, tags.CHAMPION)
+        return champion is None or int(version) > int(champion)

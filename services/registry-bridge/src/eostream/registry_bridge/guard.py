@@ -1,0 +1,141 @@
+"""The champion alias guard and the champion sync (docs/adr/0007): react to a champion alias
+moved outside the bridge, to a lost publish, and re-announce a champion on a fresh bus.
+
+Blocking and not thread-safe, like :mod:`.promotion`: the bridge runs each as one operation in
+one worker thread, under its lock.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from eostream.registry_bridge import metrics, tags
+from eostream.registry_bridge.contract import reasons_json
+from eostream.registry_bridge.errors import RefusedError
+from eostream.registry_bridge.port import ModelRegistry
+from eostream.registry_bridge.promotion import BRIDGE, Promoter, now
+from eostream.shared.events import ModelPromoted
+
+log = logging.getLogger(__name__)
+
+
+class ChampionGuard:
+    def __init__(self, registry: ModelRegistry, promoter: Promoter) -> None:
+        self.registry = registry
+        self.promoter = promoter
+
+    def _champion_and_live(self, name: str) -> tuple[str | None, str | None]:
+        champion = self.registry.alias_version(name, tags.CHAMPION)
+        return champion, self.registry.model_tags(name).get(tags.LIVE_VERSION)
+
+    def sync(self, name: str) -> ModelPromoted | None:
+        """A version that may not be champion (gate not passed, and no force promotion on record
+        in the audit log) is neither shipped nor announced; the alias goes back to the version
+        last announced. A passing version is shipped and announced."""
+        p = self.promoter
+        champion, live = self._champion_and_live(name)
+        if champion is None or champion == live:
+            p.show_champion(name, champion)
+            return None
+        why_not = p.champion_refusal(name, champion)
+        if why_not is not None:
+            self.undo_alias(name, champion, live, why_not)
+            return None
+        try:
+            shipment = p.ensure_shipped(name, champion)
+        except RefusedError as exc:
+            self.registry.set_version_tags(
+                name, champion, {tags.GATE_REASONS: reasons_json(exc.reasons)}
+            )
+            self.undo_alias(name, champion, live, "it cannot ship: " + "; ".join(exc.reasons))
+            return None
+        vtags = self.registry.get_version(name, champion).tags
+        # the bridge's own promotion whose publish was lost (tags written, then a crash)
+        lost_publish = tags.PROMOTED_AT in vtags and vtags.get(tags.STAGE) == tags.STAGE_PRODUCTION
+        by, reason = "mlflow-alias", "champion alias set in MLflow"
+        update = {tags.STAGE: tags.STAGE_PRODUCTION}
+        if lost_publish:
+            by = vtags.get(tags.PROMOTED_BY, by)
+            reason = vtags.get(tags.PROMOTED_REASON, reason)
+        else:
+            update |= {tags.PROMOTED_BY: by, tags.PROMOTED_REASON: reason, tags.PROMOTED_AT: now()}
+        if live and live != champion:
+            if not (lost_publish and tags.PREVIOUS_CHAMPION in vtags):
+                update[tags.PREVIOUS_CHAMPION] = live
+            self.registry.set_version_tags(name, live, {tags.STAGE: tags.STAGE_ARCHIVED})
+        self.registry.set_version_tags(name, champion, update)
+        event = p.announce(name, champion, shipment, live, by, reason)
+        metrics.PROMOTIONS.labels("alias").inc()
+        if lost_publish:  # the promotion's audit entry comes after its publish: not written
+            p.record(
+                name,
+                "promote",
+                by,
+                "auto",
+                live,
+                champion,
+                f"{reason} (announced again after an interruption)",
+            )
+        else:
+            p.record(name, "alias_accepted", by, "mlflow", live, champion, reason)
+        p.show_champion(name, champion)
+        return event
+
+    def undo_alias(self, name: str, champion: str, live: str | None, why: str) -> None:
+        """Move the champion alias back to the version last announced (or remove it), say why on
+        the version, audit it. Nothing is shipped or announced."""
+        log.error(
+            "%s: champion alias set to v%s in MLflow, but %s; moving it back to %s",
+            name,
+            champion,
+            why,
+            f"v{live}" if live else "no champion",
+        )
+        restored = live
+        if live:
+            try:
+                self.registry.set_alias(name, tags.CHAMPION, live)
+            except Exception as exc:  # the last live version is gone: leave no champion
+                log.error("%s: cannot restore v%s (%s); removing the alias", name, live, exc)
+                restored = None
+        if restored is None:
+            self.registry.delete_alias(name, tags.CHAMPION)
+        reason = f"champion alias moved to v{champion} outside the bridge, undone: {why}"
+        self.registry.set_version_tags(
+            name,
+            champion,
+            {tags.ALIAS_UNDONE_REASON: reason[:5000], tags.ALIAS_UNDONE_AT: now()},
+        )
+        metrics.ALIAS_UNDONE.inc()
+        self.promoter.record(name, "alias_undone", BRIDGE, "mlflow", champion, restored, reason)
+        self.promoter.show_champion(name, restored)
+
+    def announce_current(self, name: str) -> ModelPromoted | None:
+        """Announce again the champion a previous run shipped and announced (see
+        :meth:`.bridge.Bridge.announce_current_champion`)."""
+        p = self.promoter
+        champion, live = self._champion_and_live(name)
+        if champion is None or champion != live or p.announced.get(name) == champion:
+            return None
+        try:
+            shipment = p.ensure_shipped(name, champion)
+        except RefusedError as exc:
+            log.error(
+                "%s: champion v%s cannot ship (%s); not announced",
+                name,
+                champion,
+                "; ".join(exc.reasons),
+            )
+            return None
+        vtags = self.registry.get_version(name, champion).tags
+        log.info("%s: re-announcing champion v%s shipped by an earlier run", name, champion)
+        event = p.announce(
+            name,
+            champion,
+            shipment,
+            vtags.get(tags.PREVIOUS_CHAMPION),
+            vtags.get(tags.PROMOTED_BY, BRIDGE),
+            vtags.get(tags.PROMOTED_REASON, "champion of an earlier run"),
+        )
+        p.show_champion(name, champion)
+        return event

@@ -18,6 +18,7 @@ from pystac_client import Client
 from eostream.inference.api.app import create_app
 from eostream.inference.service import InferenceService
 from eostream.inference.settings import InferenceSettings
+from eostream.inference.wiring import build_service
 from eostream.shared.events import ModelPromoted
 from eostream.shared.ops import OpsServer
 
@@ -29,7 +30,7 @@ async def _classify_three(
     boadella_item: Callable[[str], Path],
     make_model: Callable[..., ModelPromoted],
 ) -> None:
-    await asyncio.to_thread(service.pipeline.deploy, make_model("1", seed=0))
+    await asyncio.to_thread(service.deployment.deploy, make_model("1", seed=0))
     for date in ("2020-06-21", "2021-07-16", "2022-06-01"):
         await asyncio.to_thread(service.pipeline.classify_href, str(boadella_item(date)))
 
@@ -123,7 +124,7 @@ def fuzz_app(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterat
         max_upload_bytes=100_000,
         _env_file=None,  # type: ignore[call-arg]
     )
-    svc = InferenceService(cfg, consume=False)
+    svc = build_service(cfg, consume=False)
     asyncio.run(svc.start())
     tif = data_dir / "sentinel2_scenes/boadella_l2a_sentinelhub/sentinel_2/Boadella_2020-06-21.tif"
     item = testing.item_for_raster(

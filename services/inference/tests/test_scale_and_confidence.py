@@ -24,6 +24,7 @@ from eostream.inference import testing
 from eostream.inference.scene import _gsd_m
 from eostream.inference.service import InferenceService
 from eostream.inference.settings import InferenceSettings
+from eostream.inference.wiring import build_service
 from eostream.shared import topics
 from eostream.shared.bus.memory import InMemoryBus
 from eostream.shared.events import ModelPromoted, SceneDiscovered
@@ -66,7 +67,7 @@ async def test_a_20m_only_item_is_classified_at_10m(
     boadella_20m: Path,
     make_model: Callable[..., ModelPromoted],
 ) -> None:
-    await asyncio.to_thread(service.pipeline.deploy, make_model("1"))
+    await asyncio.to_thread(service.deployment.deploy, make_model("1"))
     outcome = await asyncio.to_thread(service.pipeline.classify_href, str(boadella_20m))
     with rasterio.open(boadella_20m.with_suffix(".tif")) as src:
         source_gsd = max(_gsd_m(src))
@@ -90,10 +91,10 @@ async def test_a_100m_scene_is_refused_unless_asked_for(
 
     cfg = settings.model_copy(update={"allow_coarse_scenes": False})
     bus = InMemoryBus(service="inference")
-    svc = InferenceService(cfg, bus=bus)
+    svc = build_service(cfg, bus=bus)
     await svc.start()
     try:
-        await asyncio.to_thread(svc.pipeline.deploy, make_model("1"))
+        await asyncio.to_thread(svc.deployment.deploy, make_model("1"))
         transport = httpx.ASGITransport(app=create_app(cfg, svc))
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             refused = await client.post(
@@ -166,7 +167,7 @@ async def test_the_desert_tile_comes_out_mostly_uncertain(
     boadella_item: Callable[[str], Path],
     trained: ModelPromoted,
 ) -> None:
-    await asyncio.to_thread(service.pipeline.deploy, trained)
+    await asyncio.to_thread(service.deployment.deploy, trained)
     await asyncio.to_thread(service.pipeline.classify_href, str(rkh_item))
     item = (await client.get(f"/results/{RKH_ID}/item")).json()
     props: dict[str, Any] = item["properties"]

@@ -18,8 +18,8 @@ from rasterio.io import MemoryFile
 
 from eostream.inference import testing
 from eostream.inference.api.app import create_app
-from eostream.inference.service import InferenceService
 from eostream.inference.settings import InferenceSettings
+from eostream.inference.wiring import build_service
 from eostream.shared import topics
 from eostream.shared.bus import Delivery, build_bus
 from eostream.shared.events import Event, ModelPromoted, SceneClassified, SceneDiscovered
@@ -118,7 +118,7 @@ async def test_real_tile_on_the_stack(data_dir: Path, tmp_path: Path) -> None:
     ):
         await _skip_history(bootstrap, group, topic)
 
-    service = InferenceService(settings)
+    service = build_service(settings)
     await service.start()
     seen: list[SceneClassified] = []
 

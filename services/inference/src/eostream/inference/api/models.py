@@ -6,13 +6,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from eostream.inference.api.deps import Results, Service
+from eostream.inference.api.deps import Deployment, Results
 
 router = APIRouter(prefix="/models", tags=["models"])
 
 
 @router.get("", summary="The deployed model and the deployment history (newest first)")
 def get_models(
-    service: Service, results: Results, limit: Annotated[int, Query(ge=1, le=500)] = 50
+    deployment: Deployment, results: Results, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> dict[str, Any]:
-    return {"deployed": service.describe() or None, "history": results.deployments(limit)}
+    return {"deployed": deployment.describe() or None, "history": results.deployments(limit)}

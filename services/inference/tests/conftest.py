@@ -125,7 +125,7 @@ def settings(tmp_path: Path) -> InferenceSettings:
         model_wait_seconds=5,
         max_upload_bytes=5_000_000,
         allow_coarse_scenes=True,  # most tests classify the 100 m 29RKH tile
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
     )
 
 

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -23,7 +24,12 @@ from eostream.shared import topics
 from eostream.shared.bus.memory import InMemoryBus
 from eostream.shared.events import ModelPromoted, SceneDiscovered
 
-from .conftest import AUTH, BOADELLA_BANDS  # type: ignore[import-not-found]
+from .conftest import AUTH, BOADELLA_BANDS
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
 
 @pytest.fixture
@@ -31,8 +37,7 @@ def http_dir(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A real local HTTP server over a folder (for 404s over HTTP)."""
     root = tmp_path / "www"
     root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a, **k: None  # type: ignore[method-assign]
+    handler = functools.partial(_QuietHandler, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

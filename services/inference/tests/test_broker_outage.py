@@ -26,7 +26,7 @@ from eostream.shared.codec import decode
 from eostream.shared.events import SceneClassified, SceneDiscovered
 from eostream.shared.settings import ConsumerSupervision, KafkaSettings
 
-from .conftest import API_KEY  # type: ignore[import-not-found]
+from .conftest import API_KEY
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -59,7 +59,7 @@ async def test_a_broker_outage_during_the_publish_ends_with_the_scene_classified
         initial_model_sha256=hashlib.sha256(blob).hexdigest(),
         scenes_group=f"scenes-{run}",
         models_group=f"models-{run}",
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
     )
     bus = KafkaBus(kafka, service="inference")
     await bus.start()

@@ -23,7 +23,7 @@ from eostream.shared.codec import decode
 from eostream.shared.events import ModelPromoted, SceneClassified, SceneDiscovered
 from eostream.shared.modelcard import EUROSAT_CLASSES
 
-from .conftest import AUTH  # type: ignore[import-not-found]
+from .conftest import AUTH
 
 
 def scene_event(href: Path, item_id: str, **kw: object) -> SceneDiscovered:
@@ -34,7 +34,7 @@ def scene_event(href: Path, item_id: str, **kw: object) -> SceneDiscovered:
         processing_level="L2A",
         bands=("B02", "B03", "B04"),
         source_name="test",
-        **kw,  # type: ignore[arg-type]
+        **kw,
     )
 
 

@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 import rasterio
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from rasterio.enums import Resampling
 from rasterio.transform import Affine
 
@@ -29,7 +29,7 @@ from eostream.shared import topics
 from eostream.shared.bus.memory import InMemoryBus
 from eostream.shared.events import ModelPromoted, SceneDiscovered
 
-from .conftest import AUTH, BOADELLA_BANDS  # type: ignore[import-not-found]
+from .conftest import AUTH, BOADELLA_BANDS
 
 BOADELLA = "sentinel2_scenes/boadella_l2a_sentinelhub/sentinel_2/Boadella_2020-06-21.tif"
 RKH_ID = "S2A_29RKH_20200219_0_L2A"
@@ -190,6 +190,7 @@ async def test_the_desert_tile_comes_out_mostly_uncertain(
     assert legend[254] == "uncertain"
     png = (await client.get(f"/results/{RKH_ID}/quicklook")).content
     with Image.open(io.BytesIO(png)) as image:
+        assert isinstance(image, PngImagePlugin.PngImageFile)
         assert {e["value"]: e["name"] for e in json.loads(image.text["legend"])}[254] == (
             "uncertain"
         )

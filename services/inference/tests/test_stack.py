@@ -26,7 +26,7 @@ from eostream.shared.events import Event, ModelPromoted, SceneClassified, SceneD
 from eostream.shared.settings import KafkaSettings, S3Settings
 from eostream.shared.storage.s3 import S3ObjectStore
 
-from .conftest import API_KEY, RKH  # type: ignore[import-not-found]
+from .conftest import API_KEY, RKH
 
 pytestmark = pytest.mark.stack
 BUCKET = "eostream-inference-tests"
@@ -110,7 +110,7 @@ async def test_real_tile_on_the_stack(data_dir: Path, tmp_path: Path) -> None:
         results_prefix=f"results-{run}",
         model_name=f"eurosat-stack-{run}",  # other teams promote their models on the same topic
         allow_coarse_scenes=True,  # the 29RKH tile is 100 m
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
     )
     for group, topic in (
         (settings.scenes_group, topics.SCENES_DISCOVERED),

@@ -1,5 +1,5 @@
 """``create_app(settings, service)``: the REST API. The lifespan starts the service (model,
-consumers) unless it was started already, and then stops it too."""
+consumers) unless it runs already, and stops only a service it started."""
 
 from __future__ import annotations
 

@@ -175,21 +175,16 @@ def _model(stride: int) -> Any:
 def measure_pipeline(item: Path, stride: int) -> dict[str, Any]:
     """The service's own path: item -> windows -> COG + quicklook + STAC item + index."""
     from eostream.inference.model import ModelInfo
-    from eostream.inference.pipeline import Pipeline
-    from eostream.inference.results import build_results_store
-    from eostream.inference.session import ModelHolder
+    from eostream.inference.wiring import build_service
     from eostream.shared.storage.local import LocalObjectStore
 
     with tempfile.TemporaryDirectory() as tmp:
         s = _settings(Path(tmp), stride)
-        pipeline = Pipeline(
-            s,
-            LocalObjectStore(s.local_store_root, s.bucket),
-            build_results_store(s.results_db),
-            ModelHolder(),
-        )
+        store = LocalObjectStore(s.local_store_root, s.bucket)
+        service = build_service(s, store=store, consume=False)
+        pipeline = service.pipeline
         path, sha = model_file()
-        pipeline.deploy_uri(ModelInfo(name="bench-cnn", version="1"), str(path), sha)
+        service.deployment.deploy_uri(ModelInfo(name="bench-cnn", version="1"), str(path), sha)
         started = time.perf_counter()
         outcome = pipeline.classify_href(str(item), replace=True)
         total = time.perf_counter() - started

@@ -54,10 +54,9 @@ def baseline_seconds(driver: DeploymentDriver, repeats: int = 3) -> float:
     service does, but called in this process: no bus, no STAC API, no service in between."""
     from pydantic import SecretStr
 
-    from eostream.inference.pipeline import Pipeline
     from eostream.inference.results import build_results_store
-    from eostream.inference.session import ModelHolder
     from eostream.inference.settings import InferenceSettings
+    from eostream.inference.wiring import build_service
 
     promoted = driver.promoted()[-1]
     stack = driver.stack
@@ -74,8 +73,9 @@ def baseline_seconds(driver: DeploymentDriver, repeats: int = 3) -> float:
             }
         )
         results = build_results_store(f"sqlite:///{tmp}/results.db")
-        pipeline = Pipeline(settings, driver.store, results, ModelHolder())
-        pipeline.deploy(promoted)
+        service = build_service(settings, store=driver.store, results=results, consume=False)
+        pipeline = service.pipeline
+        service.deployment.deploy(promoted)
         item = driver.new_item(f"baseline-{driver.run}")
         times = []
         for _ in range(repeats):

@@ -17,6 +17,7 @@ from eostream.inference import testing
 from eostream.inference.api.app import create_app
 from eostream.inference.service import InferenceService
 from eostream.inference.settings import InferenceSettings
+from eostream.inference.wiring import build_service
 from eostream.shared.bus.base import RetryPolicy
 from eostream.shared.bus.memory import InMemoryBus
 from eostream.shared.events import ModelPromoted
@@ -124,7 +125,7 @@ def settings(tmp_path: Path) -> InferenceSettings:
         model_wait_seconds=5,
         max_upload_bytes=5_000_000,
         allow_coarse_scenes=True,  # most tests classify the 100 m 29RKH tile
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
     )
 
 
@@ -135,7 +136,7 @@ def bus() -> InMemoryBus:
 
 @pytest.fixture
 async def service(settings: InferenceSettings, bus: InMemoryBus) -> AsyncIterator[InferenceService]:
-    svc = InferenceService(settings, bus=bus)
+    svc = build_service(settings, bus=bus)
     await svc.start()
     try:
         yield svc

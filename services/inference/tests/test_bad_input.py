@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -18,11 +19,17 @@ import pytest
 import rasterio
 
 from eostream.inference.service import InferenceService
+from eostream.inference.wiring import build_service
 from eostream.shared import topics
 from eostream.shared.bus.memory import InMemoryBus
 from eostream.shared.events import ModelPromoted, SceneDiscovered
 
-from .conftest import AUTH, BOADELLA_BANDS  # type: ignore[import-not-found]
+from .conftest import AUTH, BOADELLA_BANDS
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
 
 @pytest.fixture
@@ -30,8 +37,7 @@ def http_dir(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A real local HTTP server over a folder (for 404s over HTTP)."""
     root = tmp_path / "www"
     root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a, **k: None  # type: ignore[method-assign]
+    handler = functools.partial(_QuietHandler, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -128,7 +134,7 @@ async def test_rest_answers_4xx_with_a_reason(
     make_model: Callable[..., ModelPromoted],
     boadella_item: Callable[[str], Path],
 ) -> None:
-    await asyncio.to_thread(service.pipeline.deploy, make_model("1"))
+    await asyncio.to_thread(service.deployment.deploy, make_model("1"))
     for name, (href, status, words) in broken.items():
         r = await client.post("/classify/item", json={"item_href": str(href)}, headers=AUTH)
         assert r.status_code == status, f"{name}: {r.status_code} {r.text}"
@@ -150,7 +156,7 @@ async def test_consumer_dead_letters_with_the_reason(
     make_model: Callable[..., ModelPromoted],
     boadella_item: Callable[[str], Path],
 ) -> None:
-    await asyncio.to_thread(service.pipeline.deploy, make_model("1"))
+    await asyncio.to_thread(service.deployment.deploy, make_model("1"))
     for name, (href, _status, _words) in broken.items():
         await bus.publish(
             topics.SCENES_DISCOVERED,
@@ -195,10 +201,10 @@ async def test_level_refusal_is_a_clear_422(
     from eostream.inference.api.app import create_app
 
     strict = settings.model_copy(update={"level_mismatch": "refuse"})  # type: ignore[attr-defined]
-    svc = InferenceService(strict, consume=False)
+    svc = build_service(strict, consume=False)
     await svc.start()
     try:
-        await asyncio.to_thread(svc.pipeline.deploy, make_model("1"))
+        await asyncio.to_thread(svc.deployment.deploy, make_model("1"))
         transport = httpx.ASGITransport(app=create_app(strict, svc))
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
             r = await c.post(
@@ -216,7 +222,7 @@ async def test_uploads(
     boadella_item: Callable[[str], Path],
     make_model: Callable[..., ModelPromoted],
 ) -> None:
-    await asyncio.to_thread(service.pipeline.deploy, make_model("1"))
+    await asyncio.to_thread(service.deployment.deploy, make_model("1"))
     tif = Path(json.loads(boadella_item("2020-06-21").read_text())["assets"]["data"]["href"])
     content = tif.read_bytes()
     files = {"file": ("boadella.tif", content, "image/tiff")}

@@ -18,15 +18,15 @@ from pydantic import SecretStr
 
 from eostream.inference import testing
 from eostream.inference.results import ResultQuery
-from eostream.inference.service import InferenceService
 from eostream.inference.settings import InferenceSettings
+from eostream.inference.wiring import build_service
 from eostream.shared import topics
 from eostream.shared.bus.kafka import KafkaBus
 from eostream.shared.codec import decode
 from eostream.shared.events import SceneClassified, SceneDiscovered
 from eostream.shared.settings import ConsumerSupervision, KafkaSettings
 
-from .conftest import API_KEY  # type: ignore[import-not-found]
+from .conftest import API_KEY
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -59,12 +59,12 @@ async def test_a_broker_outage_during_the_publish_ends_with_the_scene_classified
         initial_model_sha256=hashlib.sha256(blob).hexdigest(),
         scenes_group=f"scenes-{run}",
         models_group=f"models-{run}",
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
     )
     bus = KafkaBus(kafka, service="inference")
     await bus.start()
     gated = outage.gate(bus, topics.SCENES_CLASSIFIED)
-    service = InferenceService(settings, bus=gated)
+    service = build_service(settings, bus=gated)
     await service.start()
     scene = SceneDiscovered(
         item_id="S2A_29RKH_20200219_0_L2A",  # the id inside the item

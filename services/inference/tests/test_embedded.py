@@ -21,7 +21,7 @@ from eostream.shared.errors import ConfigError
 from eostream.shared.events import ModelPromoted
 from eostream.shared.storage.local import LocalObjectStore
 
-from .test_end_to_end import classified, run_until, scene_event  # type: ignore[import-not-found]
+from .test_end_to_end import classified, run_until, scene_event
 
 SCENE = "S2A_29RKH_20200219_0_L2A"
 # No grace period and no retries: a scene handled before a model is live would be dead-lettered.

@@ -23,7 +23,7 @@ from eostream.shared.codec import decode
 from eostream.shared.events import ModelPromoted, SceneClassified, SceneDiscovered
 from eostream.shared.modelcard import EUROSAT_CLASSES
 
-from .conftest import AUTH  # type: ignore[import-not-found]
+from .conftest import AUTH
 
 
 def scene_event(href: Path, item_id: str, **kw: object) -> SceneDiscovered:
@@ -34,7 +34,7 @@ def scene_event(href: Path, item_id: str, **kw: object) -> SceneDiscovered:
         processing_level="L2A",
         bands=("B02", "B03", "B04"),
         source_name="test",
-        **kw,  # type: ignore[arg-type]
+        **kw,
     )
 
 
@@ -206,7 +206,7 @@ async def test_processes_and_on_demand_item(
     boadella_item: Callable[[str], Path],
     make_model: Callable[..., ModelPromoted],
 ) -> None:
-    await asyncio.to_thread(service.pipeline.deploy, make_model("2"))
+    await asyncio.to_thread(service.deployment.deploy, make_model("2"))
     listing = (await client.get("/processes")).json()
     assert listing["processes"][0]["id"] == "classify-scene"
     href = str(boadella_item("2020-09-14"))
@@ -234,14 +234,14 @@ def pytest_approx(value: float) -> object:
 async def test_probability_cog_when_asked(
     settings: object, boadella_item: Callable[[str], Path], make_model: Callable[..., ModelPromoted]
 ) -> None:
-    from eostream.inference.service import InferenceService as Service
+    from eostream.inference.wiring import build_service
 
     # a random-weight model is unsure everywhere: keep every pixel's class to compare
     cfg = settings.model_copy(update={"write_probabilities": True, "uncertain_below": 0.0})  # type: ignore[attr-defined]
-    svc = Service(cfg, consume=False)
+    svc = build_service(cfg, consume=False)
     await svc.start()
     try:
-        await asyncio.to_thread(svc.pipeline.deploy, make_model("1"))
+        await asyncio.to_thread(svc.deployment.deploy, make_model("1"))
         outcome = await asyncio.to_thread(
             svc.pipeline.classify_href, str(boadella_item("2020-06-21"))
         )

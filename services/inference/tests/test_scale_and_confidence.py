@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 import rasterio
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from rasterio.enums import Resampling
 from rasterio.transform import Affine
 
@@ -24,11 +24,12 @@ from eostream.inference import testing
 from eostream.inference.scene import _gsd_m
 from eostream.inference.service import InferenceService
 from eostream.inference.settings import InferenceSettings
+from eostream.inference.wiring import build_service
 from eostream.shared import topics
 from eostream.shared.bus.memory import InMemoryBus
 from eostream.shared.events import ModelPromoted, SceneDiscovered
 
-from .conftest import AUTH, BOADELLA_BANDS  # type: ignore[import-not-found]
+from .conftest import AUTH, BOADELLA_BANDS
 
 BOADELLA = "sentinel2_scenes/boadella_l2a_sentinelhub/sentinel_2/Boadella_2020-06-21.tif"
 RKH_ID = "S2A_29RKH_20200219_0_L2A"
@@ -66,7 +67,7 @@ async def test_a_20m_only_item_is_classified_at_10m(
     boadella_20m: Path,
     make_model: Callable[..., ModelPromoted],
 ) -> None:
-    await asyncio.to_thread(service.pipeline.deploy, make_model("1"))
+    await asyncio.to_thread(service.deployment.deploy, make_model("1"))
     outcome = await asyncio.to_thread(service.pipeline.classify_href, str(boadella_20m))
     with rasterio.open(boadella_20m.with_suffix(".tif")) as src:
         source_gsd = max(_gsd_m(src))
@@ -90,10 +91,10 @@ async def test_a_100m_scene_is_refused_unless_asked_for(
 
     cfg = settings.model_copy(update={"allow_coarse_scenes": False})
     bus = InMemoryBus(service="inference")
-    svc = InferenceService(cfg, bus=bus)
+    svc = build_service(cfg, bus=bus)
     await svc.start()
     try:
-        await asyncio.to_thread(svc.pipeline.deploy, make_model("1"))
+        await asyncio.to_thread(svc.deployment.deploy, make_model("1"))
         transport = httpx.ASGITransport(app=create_app(cfg, svc))
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             refused = await client.post(
@@ -166,7 +167,7 @@ async def test_the_desert_tile_comes_out_mostly_uncertain(
     boadella_item: Callable[[str], Path],
     trained: ModelPromoted,
 ) -> None:
-    await asyncio.to_thread(service.pipeline.deploy, trained)
+    await asyncio.to_thread(service.deployment.deploy, trained)
     await asyncio.to_thread(service.pipeline.classify_href, str(rkh_item))
     item = (await client.get(f"/results/{RKH_ID}/item")).json()
     props: dict[str, Any] = item["properties"]
@@ -189,6 +190,7 @@ async def test_the_desert_tile_comes_out_mostly_uncertain(
     assert legend[254] == "uncertain"
     png = (await client.get(f"/results/{RKH_ID}/quicklook")).content
     with Image.open(io.BytesIO(png)) as image:
+        assert isinstance(image, PngImagePlugin.PngImageFile)
         assert {e["value"]: e["name"] for e in json.loads(image.text["legend"])}[254] == (
             "uncertain"
         )

@@ -18,15 +18,15 @@ from rasterio.io import MemoryFile
 
 from eostream.inference import testing
 from eostream.inference.api.app import create_app
-from eostream.inference.service import InferenceService
 from eostream.inference.settings import InferenceSettings
+from eostream.inference.wiring import build_service
 from eostream.shared import topics
 from eostream.shared.bus import Delivery, build_bus
 from eostream.shared.events import Event, ModelPromoted, SceneClassified, SceneDiscovered
 from eostream.shared.settings import KafkaSettings, S3Settings
 from eostream.shared.storage.s3 import S3ObjectStore
 
-from .conftest import API_KEY, RKH  # type: ignore[import-not-found]
+from .conftest import API_KEY, RKH
 
 pytestmark = pytest.mark.stack
 BUCKET = "eostream-inference-tests"
@@ -110,7 +110,7 @@ async def test_real_tile_on_the_stack(data_dir: Path, tmp_path: Path) -> None:
         results_prefix=f"results-{run}",
         model_name=f"eurosat-stack-{run}",  # other teams promote their models on the same topic
         allow_coarse_scenes=True,  # the 29RKH tile is 100 m
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
     )
     for group, topic in (
         (settings.scenes_group, topics.SCENES_DISCOVERED),
@@ -118,7 +118,7 @@ async def test_real_tile_on_the_stack(data_dir: Path, tmp_path: Path) -> None:
     ):
         await _skip_history(bootstrap, group, topic)
 
-    service = InferenceService(settings)
+    service = build_service(settings)
     await service.start()
     seen: list[SceneClassified] = []
 

@@ -32,8 +32,8 @@ async def test_twenty_swaps_under_load(
     events = [make_model(str(v), seed=v) for v in range(1, SWAPS + 2)]
     item_href = boadella_item("2020-06-21")
     item = json.loads(item_href.read_text())
-    pipeline, holder = service.pipeline, service.holder
-    await asyncio.to_thread(pipeline.deploy, events[0])
+    pipeline, holder = service.pipeline, service.deployment.holder
+    await asyncio.to_thread(service.deployment.deploy, events[0])
 
     stop = threading.Event()
     gate = threading.Event()  # cleared only for the instant RSS is sampled between requests
@@ -128,18 +128,18 @@ async def test_twenty_swaps_under_load(
 async def test_promotions_of_other_models_are_ignored(
     settings: object, make_model: Callable[..., ModelPromoted]
 ) -> None:
-    from eostream.inference.service import InferenceService as Service
+    from eostream.inference.wiring import build_service
     from eostream.shared.bus.base import Delivery
 
     cfg = settings.model_copy(update={"model_name": "eurosat", "model_alias": "champion"})  # type: ignore[attr-defined]
-    svc = Service(cfg, consume=False)
+    svc = build_service(cfg, consume=False)
     await svc.start()
     try:
         where = Delivery(topics.MODELS_PROMOTED, 0, 0, None)
         await svc.on_model(make_model("1"), where)
         await svc.on_model(make_model("2", name="someone-else"), where)
         await svc.on_model(make_model("3").model_copy(update={"alias": "challenger"}), where)
-        model = svc.holder.current
+        model = svc.deployment.current
         assert model is not None and (model.info.name, model.info.version) == ("eurosat", "1")
     finally:
         await svc.stop()
@@ -150,7 +150,7 @@ async def test_a_bad_promotion_keeps_the_live_model(
     bus: InMemoryBus,
     make_model: Callable[..., ModelPromoted],
 ) -> None:
-    await asyncio.to_thread(service.pipeline.deploy, make_model("1"))
+    await asyncio.to_thread(service.deployment.deploy, make_model("1"))
     good = make_model("2")
     tampered = good.model_copy(update={"sha256": "f" * 64})
     await bus.publish(topics.MODELS_PROMOTED, tampered)
@@ -160,6 +160,6 @@ async def test_a_bad_promotion_keeps_the_live_model(
         await asyncio.sleep(0.02)
     dead = await bus.read_dead_letters(limit=5)
     assert len(dead) == 1 and "sha256" in dead[0].reason
-    model = service.holder.current
+    model = service.deployment.current
     assert model is not None and model.info.version == "1"
     assert service.results.deployments(5)[0]["status"] == "failed"

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 def serve() -> None:
     """Run the REST API and the SceneDiscovered / ModelPromoted consumers until SIGTERM."""
     from eostream.inference.api.app import create_app
+    from eostream.inference.wiring import build_service
     from eostream.shared.ops import OpsServer
     from eostream.shared.runtime import install_stop_signals, preflight, run_service
 
@@ -44,7 +45,8 @@ def serve() -> None:
         await preflight(settings)
         stop = asyncio.Event()
         install_stop_signals(stop.set)
-        server = OpsServer(create_app(settings), settings.http_host, settings.http_port)
+        service = await asyncio.to_thread(build_service, settings)
+        server = OpsServer(create_app(settings, service), settings.http_host, settings.http_port)
         await server.start()
         log.info("inference API on %s (docs at /docs)", server.url)
         await stop.wait()
@@ -144,7 +146,7 @@ def classify(
 ) -> None:
     """Classify scenes with one model, without the bus (writes to the configured store)."""
     from eostream.inference.model import ModelInfo
-    from eostream.inference.service import InferenceService
+    from eostream.inference.wiring import build_service
 
     overrides: dict[str, Any] = {}
     if "INFERENCE_API_KEY" not in os.environ:
@@ -152,11 +154,11 @@ def classify(
     hrefs = item_hrefs(item_href)
 
     async def main(settings: InferenceSettings) -> list[dict[str, Any]]:
-        service = InferenceService(settings, consume=False)
+        service = await asyncio.to_thread(build_service, settings, consume=False)
         await service.start()
         items = []
         try:
-            service.pipeline.deploy_uri(
+            service.deployment.deploy_uri(
                 ModelInfo(name="cli", version="0", artifact_uri=model), model, None
             )
             for href in hrefs:

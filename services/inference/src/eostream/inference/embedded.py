@@ -20,6 +20,7 @@ database and the data folder are the embedded ones and cannot be set.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -32,6 +33,7 @@ from pydantic import SecretStr
 from eostream.inference.api.app import create_app
 from eostream.inference.service import SERVICE, InferenceService
 from eostream.inference.settings import InferenceSettings
+from eostream.inference.wiring import build_service
 from eostream.shared.embedded import EmbeddedContext
 from eostream.shared.ops import OpsServer
 from eostream.shared.settings import load_settings
@@ -102,8 +104,8 @@ class InferenceComponent:
         return {"REST API": self._server.url}
 
     async def start(self) -> None:
-        self.service = InferenceService(
-            self.settings, bus=self._context.bus, store=self._context.store
+        self.service = await asyncio.to_thread(
+            build_service, self.settings, bus=self._context.bus, store=self._context.store
         )
         await self.service.start()  # before the app's lifespan, so the component owns it
         try:

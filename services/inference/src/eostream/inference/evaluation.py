@@ -351,14 +351,14 @@ async def _evaluate(
     settings: InferenceSettings,
     on_error: Callable[[str], None] | None,
 ) -> Report:
-    from eostream.inference.service import InferenceService
+    from eostream.inference.wiring import build_service
 
-    service = InferenceService(settings, consume=False)
+    service = await asyncio.to_thread(build_service, settings, consume=False)
     await service.start()
     try:
         name = Path(local_path(model_uri) or model_uri).stem or "model"
         info = ModelInfo(name=name, version="0", artifact_uri=model_uri)
-        loaded = await asyncio.to_thread(service.pipeline.deploy_uri, info, model_uri, None)
+        loaded = await asyncio.to_thread(service.deployment.deploy_uri, info, model_uri, None)
         report = Report(model=model_uri, model_name=loaded.card.name, reference=ref)
         for item in ref.items:
             try:

@@ -1,8 +1,9 @@
 """Classify a scene end to end: item -> windows -> products -> object store -> results index.
 
-One :class:`Pipeline` serves the consumer (SceneDiscovered), the REST API (on-demand requests)
-and the model consumer (ModelPromoted -> build, warm, swap). Its methods block; async callers
-run them in a thread.
+One :class:`Pipeline` serves the scenes consumer (SceneDiscovered) and the REST API (on-demand
+requests). It classifies each scene with the model its :class:`LiveModel` leases it for the
+whole scene (the service's :class:`~eostream.inference.deployment.ModelDeployment`); deploying
+and swapping models is not its business. Its methods block; async callers run them in a thread.
 """
 
 from __future__ import annotations
@@ -12,25 +13,26 @@ import logging
 import tempfile
 import time
 import uuid
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pystac
 
 from eostream.inference import fetch, metrics, writer
 from eostream.inference.domain import DomainCheck
 from eostream.inference.engine import classify
-from eostream.inference.errors import BadInputError, ModelLoadError, NoModelError
-from eostream.inference.model import LoadedModel, ModelInfo, load_model
+from eostream.inference.errors import BadInputError, NoModelError
+from eostream.inference.model import LoadedModel
 from eostream.inference.results import ResultRecord, ResultsStore
 from eostream.inference.scene import SceneReader, prepare_scene
-from eostream.inference.session import ModelHolder, release_free_memory
+from eostream.inference.session import release_free_memory
 from eostream.inference.settings import InferenceSettings
 from eostream.inference.stacitem import build_result_item, result_item_id
 from eostream.inference.tiling import Plan
-from eostream.shared.events import ModelPromoted, SceneClassified
+from eostream.shared.events import SceneClassified
 from eostream.shared.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -79,69 +81,28 @@ def parse_item(data: bytes, href: str) -> dict[str, Any]:
     return item
 
 
+class LiveModel(Protocol):
+    """The model to classify with: ``current`` (None before the first deployment) and a lease
+    that keeps one model alive for a whole scene (a ModelDeployment or a bare ModelHolder)."""
+
+    @property
+    def current(self) -> LoadedModel | None: ...
+
+    def lease(self) -> AbstractContextManager[LoadedModel]: ...
+
+
 class Pipeline:
     def __init__(
         self,
         settings: InferenceSettings,
         store: ObjectStore,
         results: ResultsStore,
-        holder: ModelHolder,
+        models: LiveModel,
     ) -> None:
         self.settings = settings
         self.store = store
         self.results = results
-        self.holder = holder
-
-    # -- models -------------------------------------------------------------------------
-    def deploy(self, event: ModelPromoted) -> LoadedModel:
-        """Fetch, verify, build and warm the promoted model beside the live one, then swap."""
-        info = ModelInfo(
-            name=event.name,
-            version=event.version,
-            alias=event.alias,
-            run_id=event.run_id,
-            sha256=event.sha256,
-            artifact_uri=event.artifact_uri,
-            mlm_item_href=event.mlm_item_href,
-        )
-        return self.deploy_uri(info, event.artifact_uri, event.sha256)
-
-    def deploy_uri(self, info: ModelInfo, uri: str, sha256: str | None) -> LoadedModel:
-        s = self.settings
-        try:
-            data = fetch.read_bytes(uri, s3=s.s3, max_bytes=s.max_model_bytes)
-            model = load_model(
-                data,
-                info,
-                expected_sha256=sha256,
-                providers=s.providers,
-                intra_op_threads=s.intra_op_threads,
-            )
-        except BadInputError as exc:
-            metrics.MODEL_SWAPS.labels("failed").inc()
-            self._record(info, "failed", str(exc), None)
-            raise ModelLoadError(f"cannot load model {info.name} v{info.version}: {exc}") from exc
-        except ModelLoadError as exc:
-            metrics.MODEL_SWAPS.labels("failed").inc()
-            self._record(info, "failed", str(exc), None)
-            raise
-        self.holder.swap(model)
-        self._record(info, "live", "", model.provider)
-        return model
-
-    def _record(self, info: ModelInfo, status: str, detail: str, provider: str | None) -> None:
-        self.results.record_deployment(
-            name=info.name,
-            version=info.version,
-            alias=info.alias,
-            run_id=info.run_id,
-            sha256=info.sha256,
-            artifact_uri=info.artifact_uri,
-            mlm_item_href=info.mlm_item_href,
-            provider=provider,
-            status=status,
-            detail=detail[:2000],
-        )
+        self.models = models
 
     # -- scenes -------------------------------------------------------------------------
     def load_item(self, href: str) -> dict[str, Any]:
@@ -157,7 +118,7 @@ class Pipeline:
         replace: bool = False,
         allow_coarse: bool | None = None,
     ) -> Outcome:
-        if self.holder.current is None:
+        if self.models.current is None:
             raise NoModelError("no model is deployed yet; promote one (ModelPromoted)")
         return self.classify_item(
             self.load_item(href),
@@ -183,7 +144,7 @@ class Pipeline:
         if not scene_id:
             raise BadInputError(f"{item_href}: the item has no id")
         try:
-            with self.holder.lease() as model:
+            with self.models.lease() as model:
                 if not replace:
                     existing = self._existing(scene_id, model)
                     if existing is not None:

@@ -1,4 +1,5 @@
-"""``create_app(settings)``: the REST API. The lifespan starts the service (model, consumers)."""
+"""``create_app(settings, service)``: the REST API. The lifespan starts the service (model,
+consumers) unless it runs already, and stops only a service it started."""
 
 from __future__ import annotations
 
@@ -12,15 +13,18 @@ from eostream.inference import metrics
 from eostream.inference.api import classify, errors, models, processes, results, stac
 from eostream.inference.service import InferenceService
 from eostream.inference.settings import InferenceSettings
+from eostream.inference.wiring import build_service
 from eostream.shared.ops import ops_router
 
 
 def create_app(settings: InferenceSettings, service: InferenceService | None = None) -> FastAPI:
-    svc = service or InferenceService(settings)
+    """The API over ``service``; without one, over a service built from the settings alone
+    (:func:`~eostream.inference.wiring.build_service`, which opens the results index)."""
+    svc = service or build_service(settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        owned = not getattr(svc, "_started", False)
+        owned = not svc.started
         await svc.start()
         try:
             yield

@@ -15,11 +15,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from eostream.inference.api.deps import ApiKey, PipelineDep, Settings
 from eostream.inference.api.params import parse_datetime
 from eostream.inference.api.results import summary
+from eostream.inference.api.schemas import ClassifyResult
 from eostream.inference.errors import BadInputError, TooLargeError
 from eostream.inference.uploads import describe_bands, item_for_raster
+from eostream.shared.http_errors import error_responses
 
 router = APIRouter(prefix="/classify", tags=["classify"], dependencies=[ApiKey])
 CHUNK = 1 << 20
+#: 400 unusable input, 401 no key, 413 too large, 422 invalid request or a scene that cannot be
+#: classified as it is (bands, level, scale, model), 503 no model yet
+CLASSIFY = error_responses(400, 401, 413, 422, 503)
 
 
 class ItemRequest(BaseModel):
@@ -36,7 +41,12 @@ class ItemRequest(BaseModel):
     )
 
 
-@router.post("/item", summary="Classify the scene of a STAC item href now")
+@router.post(
+    "/item",
+    summary="Classify the scene of a STAC item href now",
+    response_model=ClassifyResult,
+    responses=CLASSIFY,
+)
 async def classify_item(
     request: Request, body: ItemRequest, pipeline: PipelineDep
 ) -> dict[str, Any]:
@@ -64,7 +74,12 @@ async def _save(upload: UploadFile, target: Path, limit: int) -> str:
     return digest.hexdigest()
 
 
-@router.post("/upload", summary="Classify an uploaded multi-band GeoTIFF (multipart)")
+@router.post(
+    "/upload",
+    summary="Classify an uploaded multi-band GeoTIFF (multipart)",
+    response_model=ClassifyResult,
+    responses=CLASSIFY,
+)
 async def classify_upload(
     request: Request,
     pipeline: PipelineDep,

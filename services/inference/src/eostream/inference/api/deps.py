@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request
 
+from eostream.inference.deployment import ModelDeployment
 from eostream.inference.pipeline import Pipeline
 from eostream.inference.results import ResultsStore
 from eostream.inference.service import InferenceService
@@ -34,15 +35,18 @@ def get_pipeline(service: Service) -> Pipeline:
     return service.pipeline
 
 
+def get_deployment(service: Service) -> ModelDeployment:
+    return service.deployment
+
+
 def get_store(service: Service) -> ObjectStore:
-    if service.store is None:
-        raise RuntimeError("the service has not started")
     return service.store
 
 
 Settings = Annotated[InferenceSettings, Depends(get_settings)]
 Results = Annotated[ResultsStore, Depends(get_results)]
 PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
+Deployment = Annotated[ModelDeployment, Depends(get_deployment)]
 Store = Annotated[ObjectStore, Depends(get_store)]
 
 

@@ -6,13 +6,20 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from eostream.inference.api.deps import Results, Service
+from eostream.inference.api.deps import Deployment, Results
+from eostream.inference.api.schemas import Models
+from eostream.shared.http_errors import error_responses
 
 router = APIRouter(prefix="/models", tags=["models"])
 
 
-@router.get("", summary="The deployed model and the deployment history (newest first)")
+@router.get(
+    "",
+    summary="The deployed model and the deployment history (newest first)",
+    response_model=Models,
+    responses=error_responses(422),
+)
 def get_models(
-    service: Service, results: Results, limit: Annotated[int, Query(ge=1, le=500)] = 50
+    deployment: Deployment, results: Results, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> dict[str, Any]:
-    return {"deployed": service.describe() or None, "history": results.deployments(limit)}
+    return {"deployed": deployment.describe() or None, "history": results.deployments(limit)}

@@ -8,10 +8,12 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict
 
-from eostream.inference.api.classify import ItemRequest
+from eostream.inference.api.classify import CLASSIFY, ItemRequest
 from eostream.inference.api.deps import ApiKey, PipelineDep
 from eostream.inference.api.results import summary
+from eostream.inference.api.schemas import ExecuteResult, ProcessDescription, ProcessList
 from eostream.inference.errors import ResultNotFoundError
+from eostream.shared.http_errors import error_responses
 
 router = APIRouter(prefix="/processes", tags=["processes"])
 PROCESS_ID = "classify-scene"
@@ -55,7 +57,7 @@ def _link(request: Request, rel: str, path: str) -> dict[str, str]:
     return {"rel": rel, "href": f"{request.base_url}{path.lstrip('/')}", "type": "application/json"}
 
 
-@router.get("", summary="The processes this server offers")
+@router.get("", summary="The processes this server offers", response_model=ProcessList)
 def list_processes(request: Request) -> dict[str, Any]:
     brief = {k: DESCRIPTION[k] for k in ("id", "title", "version", "jobControlOptions")}
     brief["links"] = [_link(request, "self", f"processes/{PROCESS_ID}")]
@@ -67,13 +69,24 @@ def _check(process_id: str) -> None:
         raise ResultNotFoundError(f"no process {process_id!r}; GET /processes lists them")
 
 
-@router.get("/{process_id}", summary="A process description")
+@router.get(
+    "/{process_id}",
+    summary="A process description",
+    response_model=ProcessDescription,
+    responses=error_responses(404, 422),
+)
 def get_process(request: Request, process_id: str) -> dict[str, Any]:
     _check(process_id)
     return DESCRIPTION | {"links": [_link(request, "self", f"processes/{process_id}")]}
 
 
-@router.post("/{process_id}/execution", summary="Execute synchronously", dependencies=[ApiKey])
+@router.post(
+    "/{process_id}/execution",
+    summary="Execute synchronously",
+    dependencies=[ApiKey],
+    response_model=ExecuteResult,
+    responses={**CLASSIFY, **error_responses(404)},
+)
 async def execute(
     request: Request, process_id: str, body: Execute, pipeline: PipelineDep
 ) -> dict[str, Any]:

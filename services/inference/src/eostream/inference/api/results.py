@@ -8,9 +8,17 @@ from fastapi import APIRouter, Query, Request, Response
 
 from eostream.inference.api.deps import Results, Store
 from eostream.inference.api.params import parse_bbox, parse_datetime
+from eostream.inference.api.schemas import (
+    ResultPage,
+    ResultSummary,
+    StacItem,
+    Statistics,
+    as_stored,
+)
 from eostream.inference.errors import BadInputError, ResultNotFoundError
 from eostream.inference.results import ResultQuery, ResultRecord
 from eostream.shared.errors import ObjectNotFoundError
+from eostream.shared.http_errors import error_responses
 
 router = APIRouter(prefix="/results", tags=["results"])
 
@@ -42,7 +50,12 @@ def summary(record: ResultRecord, base: str) -> dict[str, Any]:
     }
 
 
-@router.get("", summary="Search results by scene, bbox, time, class share and model version")
+@router.get(
+    "",
+    summary="Search results by scene, bbox, time, class share and model version",
+    response_model=ResultPage,
+    responses=error_responses(400, 422),
+)
 def search_results(
     request: Request,
     results: Results,
@@ -92,23 +105,36 @@ def _one(results: Results, scene_id: str, model_version: str | None) -> ResultRe
 Version = Annotated[str | None, Query(max_length=100)]
 
 
-@router.get("/{scene_id}", summary="The latest result of one scene (or of one model version)")
+LOOKUP = error_responses(404, 422)
+
+
+@router.get(
+    "/{scene_id}",
+    summary="The latest result of one scene (or of one model version)",
+    response_model=ResultSummary,
+    responses=LOOKUP,
+)
 def get_result(
     request: Request, scene_id: str, results: Results, model_version: Version = None
 ) -> dict[str, Any]:
     return summary(_one(results, scene_id, model_version), str(request.base_url))
 
 
-@router.get("/{scene_id}/item", summary="The result STAC item")
-def get_item(scene_id: str, results: Results, model_version: Version = None) -> dict[str, Any]:
-    return _one(results, scene_id, model_version).item
+@router.get(
+    "/{scene_id}/item", summary="The result STAC item", response_model=StacItem, responses=LOOKUP
+)
+def get_item(scene_id: str, results: Results, model_version: Version = None) -> Response:
+    return as_stored(_one(results, scene_id, model_version).item)  # as stored
 
 
-@router.get("/{scene_id}/statistics", summary="Per-class pixels, area (km2) and share")
-def get_statistics(
-    scene_id: str, results: Results, model_version: Version = None
-) -> dict[str, Any]:
-    return _one(results, scene_id, model_version).stats
+@router.get(
+    "/{scene_id}/statistics",
+    summary="Per-class pixels, area (km2) and share",
+    response_model=Statistics,
+    responses=LOOKUP,
+)
+def get_statistics(scene_id: str, results: Results, model_version: Version = None) -> Response:
+    return as_stored(_one(results, scene_id, model_version).stats)  # as stored
 
 
 def _object(store: Store, key: str, media_type: str) -> Response:
@@ -122,7 +148,7 @@ def _object(store: Store, key: str, media_type: str) -> Response:
     "/{scene_id}/cog",
     summary="The classification COG (uint8, nodata 255)",
     response_class=Response,
-    responses={200: {"content": {"image/tiff": {}}}},
+    responses={200: {"content": {"image/tiff": {}}}, **LOOKUP},
 )
 def get_cog(
     scene_id: str, results: Results, store: Store, model_version: Version = None
@@ -139,7 +165,7 @@ def get_cog(
     "/{scene_id}/quicklook",
     summary="A quicklook PNG of the classes",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}},
+    responses={200: {"content": {"image/png": {}}}, **LOOKUP},
 )
 def get_quicklook(
     scene_id: str, results: Results, store: Store, model_version: Version = None

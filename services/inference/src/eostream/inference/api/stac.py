@@ -5,13 +5,23 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from eostream.inference.api.deps import Results, Settings
 from eostream.inference.api.params import parse_bbox, parse_datetime
+from eostream.inference.api.schemas import (
+    Collection,
+    Collections,
+    Conformance,
+    ItemCollection,
+    Landing,
+    StacItem,
+    as_stored,
+)
 from eostream.inference.errors import BadInputError, ResultNotFoundError
 from eostream.inference.results import ResultQuery, ResultRecord
+from eostream.shared.http_errors import error_responses
 
 router = APIRouter(prefix="/stac", tags=["stac"])
 STAC_VERSION = "1.0.0"
@@ -24,6 +34,8 @@ CONFORMS = [
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/geojson",
 ]
 GEOJSON = "application/geo+json"
+QUERY = error_responses(400, 422)
+LOOKUP = error_responses(404, 422)
 
 
 def _root(request: Request) -> str:
@@ -34,7 +46,7 @@ def _link(rel: str, href: str, media: str = "application/json", **extra: Any) ->
     return {"rel": rel, "href": href, "type": media, **extra}
 
 
-@router.get("", summary="STAC landing page")
+@router.get("", summary="STAC landing page", response_model=Landing)
 def landing(request: Request, settings: Settings) -> dict[str, Any]:
     root = _root(request)
     return {
@@ -56,7 +68,7 @@ def landing(request: Request, settings: Settings) -> dict[str, Any]:
     }
 
 
-@router.get("/conformance", summary="Conformance classes")
+@router.get("/conformance", summary="Conformance classes", response_model=Conformance)
 def conformance() -> dict[str, Any]:
     return {"conformsTo": CONFORMS}
 
@@ -82,7 +94,7 @@ def _collection(request: Request, collection_id: str) -> dict[str, Any]:
     }
 
 
-@router.get("/collections", summary="Collections")
+@router.get("/collections", summary="Collections", response_model=Collections)
 def collections(request: Request, settings: Settings) -> dict[str, Any]:
     return {
         "collections": [_collection(request, settings.collection_id)],
@@ -95,7 +107,12 @@ def _check_collection(settings: Settings, collection_id: str) -> None:
         raise ResultNotFoundError(f"no collection {collection_id!r}")
 
 
-@router.get("/collections/{collection_id}", summary="One collection")
+@router.get(
+    "/collections/{collection_id}",
+    summary="One collection",
+    response_model=Collection,
+    responses=LOOKUP,
+)
 def collection(request: Request, collection_id: str, settings: Settings) -> dict[str, Any]:
     _check_collection(settings, collection_id)
     return _collection(request, collection_id)
@@ -146,7 +163,13 @@ Limit = Annotated[int, Query(ge=1, le=1000)]
 Token = Annotated[int, Query(ge=0, le=1_000_000, description="paging offset")]
 
 
-@router.get("/collections/{collection_id}/items", summary="Items of a collection")
+# Items are answered as stored (as_stored), and only documented by their models.
+@router.get(
+    "/collections/{collection_id}/items",
+    summary="Items of a collection",
+    response_model=ItemCollection,
+    responses=error_responses(400, 404, 422),
+)
 def items(
     request: Request,
     collection_id: str,
@@ -156,23 +179,28 @@ def items(
     datetime: str | None = None,
     limit: Limit = 10,
     token: Token = 0,
-) -> dict[str, Any]:
+) -> Response:
     _check_collection(settings, collection_id)
     start, end = parse_datetime(datetime)
     query = ResultQuery(bbox=parse_bbox(bbox), start=start, end=end, limit=limit, offset=token)
     request.state.results = results
-    return _page(request, query, collection_id, _next(request, token + limit))
+    return as_stored(_page(request, query, collection_id, _next(request, token + limit)))
 
 
-@router.get("/collections/{collection_id}/items/{item_id}", summary="One item")
+@router.get(
+    "/collections/{collection_id}/items/{item_id}",
+    summary="One item",
+    response_model=StacItem,
+    responses=LOOKUP,
+)
 def item(
     request: Request, collection_id: str, item_id: str, settings: Settings, results: Results
-) -> dict[str, Any]:
+) -> Response:
     _check_collection(settings, collection_id)
     records, _ = results.search(ResultQuery(ids=[item_id], limit=1))
     if not records:
         raise ResultNotFoundError(f"no item {item_id!r} in {collection_id}")
-    return _item(request, records[0], collection_id)
+    return as_stored(_item(request, records[0], collection_id))
 
 
 class SearchBody(BaseModel):
@@ -225,7 +253,7 @@ def _csv(text: str | None) -> list[str] | None:
     return [p for p in text.split(",") if p] if text else None
 
 
-@router.get("/search", summary="Item search (GET)")
+@router.get("/search", summary="Item search (GET)", response_model=ItemCollection, responses=QUERY)
 def search_get(
     request: Request,
     settings: Settings,
@@ -236,7 +264,7 @@ def search_get(
     datetime: str | None = None,
     limit: Limit = 10,
     token: Token = 0,
-) -> dict[str, Any]:
+) -> Response:
     box = parse_bbox(bbox)
     body = SearchBody(
         collections=_csv(collections),
@@ -246,13 +274,15 @@ def search_get(
         limit=limit,
         token=token,
     )
-    return _search(request, body, settings, results)
+    return as_stored(_search(request, body, settings, results))
 
 
-@router.post("/search", summary="Item search (POST)")
+@router.post(
+    "/search", summary="Item search (POST)", response_model=ItemCollection, responses=QUERY
+)
 def search_post(
     request: Request, body: SearchBody, settings: Settings, results: Results
-) -> dict[str, Any]:
+) -> Response:
     if body.bbox is not None and len(body.bbox) not in (4, 6):
         raise BadInputError("bbox must have 4 or 6 numbers")
-    return _search(request, body, settings, results)
+    return as_stored(_search(request, body, settings, results))

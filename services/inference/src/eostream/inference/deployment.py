@@ -1,0 +1,235 @@
+"""Model deployment: which model is live, and how a new one becomes live.
+
+:class:`ModelDeployment` fetches a promoted model through a :class:`ModelSource`, verifies,
+builds and warms it beside the live one, swaps it in (:class:`~eostream.inference.session.
+ModelHolder`: in-flight requests finish on the model they started with), and writes every
+attempt to the results index's deployment records. At start it makes the initial model live:
+``INFERENCE_INITIAL_MODEL_URI``, else the last live deployment of the served model.
+
+The scene pipeline never deploys: it leases whatever model this hands it (``lease()``).
+Methods block; async callers run them in a thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+from eostream.inference import fetch, metrics
+from eostream.inference.errors import BadInputError, ModelLoadError
+from eostream.inference.model import LoadedModel, ModelInfo, load_model
+from eostream.inference.results import ResultsStore
+from eostream.inference.session import ModelHolder
+from eostream.inference.settings import InferenceSettings
+from eostream.shared.errors import InvalidEventError
+from eostream.shared.events import ModelPromoted
+from eostream.shared.settings import S3Settings
+
+log = logging.getLogger(__name__)
+
+
+class ModelSource(Protocol):
+    """Where model artifacts come from: the bytes of the ONNX file an artifact URI names."""
+
+    def read(self, uri: str) -> bytes: ...
+
+
+class FetchedModels:
+    """The default :class:`ModelSource`: paths, ``file://``, ``s3://`` and ``https://`` URIs,
+    read with the service's S3 settings and size limit."""
+
+    def __init__(self, s3: S3Settings | None, max_bytes: int) -> None:
+        self._s3 = s3
+        self._max_bytes = max_bytes
+
+    @classmethod
+    def from_settings(cls, settings: InferenceSettings) -> FetchedModels:
+        return cls(settings.s3, settings.max_model_bytes)
+
+    def read(self, uri: str) -> bytes:
+        return fetch.read_bytes(uri, s3=self._s3, max_bytes=self._max_bytes)
+
+
+def info_of(event: ModelPromoted) -> ModelInfo:
+    return ModelInfo(
+        name=event.name,
+        version=event.version,
+        alias=event.alias,
+        run_id=event.run_id,
+        sha256=event.sha256,
+        artifact_uri=event.artifact_uri,
+        mlm_item_href=event.mlm_item_href,
+    )
+
+
+class ModelDeployment:
+    """The live model of one service, its hot swap and its deployment records."""
+
+    def __init__(
+        self,
+        settings: InferenceSettings,
+        results: ResultsStore,
+        source: ModelSource,
+        holder: ModelHolder | None = None,
+    ) -> None:
+        self.settings = settings
+        self.results = results
+        self.source = source
+        self.holder = holder or ModelHolder()
+
+    # -- what the pipeline and the probes read -------------------------------------------
+    @property
+    def current(self) -> LoadedModel | None:
+        return self.holder.current
+
+    @contextmanager
+    def lease(self) -> Iterator[LoadedModel]:
+        """The live model for one whole request; a swap meanwhile does not take it away."""
+        with self.holder.lease() as model:
+            yield model
+
+    @property
+    def swaps(self) -> int:
+        return self.holder.swaps
+
+    # -- promotions ---------------------------------------------------------------------
+    def serves(self, event: ModelPromoted) -> bool:
+        """Whether this service serves the promoted model (``MODEL_NAME`` / ``MODEL_ALIAS``)."""
+        s = self.settings
+        return not (
+            (s.model_name and event.name != s.model_name)
+            or (s.model_alias and event.alias != s.model_alias)
+        )
+
+    def is_live(self, event: ModelPromoted) -> bool:
+        model = self.holder.current
+        return model is not None and (
+            model.info.name,
+            model.info.version,
+            model.info.sha256,
+        ) == (event.name, event.version, event.sha256)
+
+    def promote(self, event: ModelPromoted) -> LoadedModel | None:
+        """Deploy a promotion this service serves and that is not live yet; else nothing."""
+        if not self.serves(event):
+            s = self.settings
+            log.info(
+                "ignoring promotion of %s v%s@%s: this service serves %s@%s",
+                event.name,
+                event.version,
+                event.alias,
+                s.model_name or "*",
+                s.model_alias or "*",
+            )
+            return None
+        if self.is_live(event):
+            log.info("model %s v%s is already live; nothing to do", event.name, event.version)
+            return None
+        return self.deploy(event)
+
+    def deploy(self, event: ModelPromoted) -> LoadedModel:
+        """Fetch, verify, build and warm the promoted model beside the live one, then swap."""
+        return self.deploy_uri(info_of(event), event.artifact_uri, event.sha256)
+
+    def deploy_uri(self, info: ModelInfo, uri: str, sha256: str | None) -> LoadedModel:
+        s = self.settings
+        try:
+            model = load_model(
+                self.source.read(uri),
+                info,
+                expected_sha256=sha256,
+                providers=s.providers,
+                intra_op_threads=s.intra_op_threads,
+            )
+        except BadInputError as exc:
+            metrics.MODEL_SWAPS.labels("failed").inc()
+            self._record(info, "failed", str(exc), None)
+            raise ModelLoadError(f"cannot load model {info.name} v{info.version}: {exc}") from exc
+        except ModelLoadError as exc:
+            metrics.MODEL_SWAPS.labels("failed").inc()
+            self._record(info, "failed", str(exc), None)
+            raise
+        self.holder.swap(model)
+        self._record(info, "live", "", model.provider)
+        return model
+
+    def _record(self, info: ModelInfo, status: str, detail: str, provider: str | None) -> None:
+        self.results.record_deployment(
+            name=info.name,
+            version=info.version,
+            alias=info.alias,
+            run_id=info.run_id,
+            sha256=info.sha256,
+            artifact_uri=info.artifact_uri,
+            mlm_item_href=info.mlm_item_href,
+            provider=provider,
+            status=status,
+            detail=detail[:2000],
+        )
+
+    # -- start --------------------------------------------------------------------------
+    def load_initial(self) -> LoadedModel | None:
+        """Make the initial model live: ``INITIAL_MODEL_URI`` (a failure raises), else the last
+        live deployment of the served model in the results index (a failure is logged)."""
+        s = self.settings
+        if s.initial_model_uri:
+            info = ModelInfo(
+                name="initial",
+                version="0",
+                artifact_uri=s.initial_model_uri,
+                sha256=s.initial_model_sha256 or "",
+            )
+            return self.deploy_uri(info, s.initial_model_uri, s.initial_model_sha256)
+        row = self._last_live()
+        if row is None:
+            return None
+        info = ModelInfo(
+            name=row["name"],
+            version=row["version"],
+            alias=row["alias"],
+            run_id=row["run_id"],
+            sha256=row["sha256"] or "",
+            artifact_uri=row["artifact_uri"],
+            mlm_item_href=row["mlm_item_href"],
+        )
+        try:
+            return self.deploy_uri(info, row["artifact_uri"], row["sha256"])
+        except InvalidEventError as exc:
+            log.warning("could not reload the last live model: %s", exc)
+            return None
+
+    def _last_live(self) -> dict[str, Any] | None:
+        """The newest deployment record of the served model that went live."""
+        s = self.settings
+        for row in self.results.deployments(50, s.model_name):
+            if (s.model_name and row["name"] != s.model_name) or (
+                s.model_alias and row["alias"] != s.model_alias
+            ):
+                continue  # another deployment's model, in a results index it shares
+            if row["status"] == "live" and row["artifact_uri"]:
+                return row
+        return None
+
+    # -- reporting ----------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """The live model (``GET /models``); empty when none is live."""
+        model = self.holder.current
+        if model is None:
+            return {}
+        i = model.info
+        return {
+            "name": i.name,
+            "version": i.version,
+            "alias": i.alias,
+            "run_id": i.run_id,
+            "sha256": i.sha256,
+            "artifact_uri": i.artifact_uri,
+            "mlm_item_href": i.mlm_item_href,
+            "provider": model.provider,
+            "bands": list(model.card.bands),
+            "classes": list(model.card.classes),
+            "processing_level": model.card.processing_level,
+            "swaps": self.holder.swaps,
+        }

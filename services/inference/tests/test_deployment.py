@@ -1,0 +1,78 @@
+"""Model deployment apart from the scene pipeline: models come from the ModelSource the service is
+built with, a failed promotion is recorded and keeps the live model, and a restart reloads the
+last model that went live (not a later one that failed)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from eostream.inference import testing
+from eostream.inference.errors import ModelLoadError
+from eostream.inference.model import ModelInfo
+from eostream.inference.results import build_results_store
+from eostream.inference.settings import InferenceSettings
+from eostream.inference.wiring import build_service
+from eostream.shared.events import ModelPromoted
+
+
+class ModelsInMemory:
+    """A ModelSource over a dict: what a registry client or a cache would plug in."""
+
+    def __init__(self, blobs: dict[str, bytes]) -> None:
+        self.blobs = blobs
+        self.read_uris: list[str] = []
+
+    def read(self, uri: str) -> bytes:
+        self.read_uris.append(uri)
+        return self.blobs[uri]
+
+
+def test_models_come_from_the_source_the_service_is_built_with(
+    settings: InferenceSettings, boadella_item: Callable[[str], Path]
+) -> None:
+    blob = testing.build_onnx(testing.model_card(name="mem-cnn"))
+    source = ModelsInMemory({"mem://mem-cnn/1": blob})
+    service = build_service(settings, models=source, consume=False)
+    try:
+        info = ModelInfo(name="mem-cnn", version="1", artifact_uri="mem://mem-cnn/1")
+        sha = hashlib.sha256(blob).hexdigest()
+        service.deployment.deploy_uri(info, "mem://mem-cnn/1", sha)
+        outcome = service.pipeline.classify_href(str(boadella_item("2020-06-21")))
+    finally:
+        service.results.close()
+    assert source.read_uris == ["mem://mem-cnn/1"]
+    assert (outcome.record.model_name, outcome.record.model_version) == ("mem-cnn", "1")
+    assert service.deployment.describe()["name"] == "mem-cnn"
+
+
+async def test_a_restart_reloads_the_last_model_that_went_live(
+    settings: InferenceSettings, make_model: Callable[..., ModelPromoted]
+) -> None:
+    first = build_service(settings, consume=False)
+    await first.start()
+    try:
+        first.deployment.deploy(make_model("1"))
+        with pytest.raises(ModelLoadError, match="sha256"):
+            first.deployment.deploy(make_model("2").model_copy(update={"sha256": "0" * 64}))
+        live = first.deployment.current
+        assert live is not None and live.info.version == "1"
+    finally:
+        await first.stop()
+
+    results = build_results_store(settings.results_db)
+    assert [(d["version"], d["status"]) for d in results.deployments(5)] == [
+        ("2", "failed"),
+        ("1", "live"),
+    ]
+    second = build_service(settings, results=results, consume=False)
+    await second.start()
+    try:
+        reloaded = second.deployment.current
+        assert reloaded is not None and reloaded.info.version == "1"
+        assert second.readiness()[0]
+    finally:
+        await second.stop()

@@ -32,7 +32,7 @@ from typing import Any
 
 import httpx
 
-from eostream.ingest.service import running
+from eostream.ingest.service import from_settings, running, started
 from eostream.ingest.settings import (
     IngestSettings,
     ItemFilter,
@@ -97,7 +97,8 @@ def baseline(api: str, cid: str, page: int, start: datetime, end: datetime) -> t
 
 
 async def ingest(settings: IngestSettings, start: datetime, end: datetime) -> tuple[int, float]:
-    async with running(settings) as watcher:
+    adapters = from_settings(settings)
+    async with started(adapters.bus), running(settings, adapters) as watcher:
         began = time.perf_counter()
         report = await watcher.poll(watcher.sources[0], start=start, end=end, backfill=True)
         seconds = time.perf_counter() - began

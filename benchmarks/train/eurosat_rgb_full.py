@@ -31,7 +31,7 @@ from eostream.shared.settings import load_settings
 from eostream.trainer.catalog import build_catalog
 from eostream.trainer.datasets import band_statistics, load_patches
 from eostream.trainer.models import build_model
-from eostream.trainer.pipeline import train_and_register
+from eostream.trainer.pipeline import tracker_for, train_and_register
 from eostream.trainer.plan import TrainingPlan
 from eostream.trainer.selection import SelectionSpec, select
 from eostream.trainer.settings import TrainerSettings
@@ -118,7 +118,7 @@ def main() -> None:
         base_model=args.base_model,
         requested_by="benchmarks/train",
     )
-    outcome = train_and_register(plan, settings)
+    outcome = train_and_register(plan, settings, tracker=tracker_for(settings))
     ours = outcome.metrics["train_images_per_second"]
     print(
         f"trainer pipeline: {ours:,.0f} images/s in its training epochs "

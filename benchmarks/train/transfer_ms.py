@@ -22,7 +22,7 @@ import uuid
 import torch
 
 from eostream.shared.settings import load_settings
-from eostream.trainer.pipeline import train_and_register
+from eostream.trainer.pipeline import tracker_for, train_and_register
 from eostream.trainer.plan import TrainingPlan
 from eostream.trainer.settings import TrainerSettings
 
@@ -45,6 +45,7 @@ def main() -> None:
     if settings.mlflow_tracking_uri.startswith("sqlite:///.eostream"):
         settings = settings.model_copy(update={"mlflow_tracking_uri": f"sqlite:///{tmp}/mlflow.db"})
     torch.set_num_threads(settings.num_threads)
+    tracker = tracker_for(settings)
     tag = uuid.uuid4().hex[:6]
     rgb = train_and_register(
         TrainingPlan(
@@ -57,6 +58,7 @@ def main() -> None:
             samples_per_class=args.rgb_samples_per_class,
         ),
         settings,
+        tracker=tracker,
     )
     base = f"models:/{rgb.version.name}/{rgb.version.version}"
     print(f"RGB base model {base}: test accuracy {rgb.metrics['test_accuracy']:.3f}")
@@ -78,6 +80,7 @@ def main() -> None:
                     patience=args.ms_epochs,
                 ),
                 settings,
+                tracker=tracker,
             )
             scores[label] = outcome.metrics["test_accuracy"]
         gains.append(scores["fine-tuned"] - scores["scratch"])

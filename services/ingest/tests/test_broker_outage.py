@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from eostream.ingest.service import running
+from eostream.ingest.service import from_settings, running
 from eostream.ingest.settings import IngestSettings, StaticSource
 from eostream.shared import topics
 from eostream.shared.bus.kafka import KafkaBus
@@ -40,14 +40,14 @@ async def test_a_broker_outage_during_the_publish_ends_with_the_scene_announced_
         sources=(StaticSource(name=source, href=str(rkh_item_path)),),
         sqlite_path=tmp_path / "state.sqlite",
         poll_interval_seconds=1,
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
     )
     bus = KafkaBus(kafka, service="ingest")
     await bus.start()
     gated = outage.gate(bus, topics.SCENES_DISCOVERED)
     stop = asyncio.Event()
     try:
-        async with running(settings, gated) as watcher:
+        async with running(settings, from_settings(settings, bus=gated)) as watcher:
             task = asyncio.create_task(watcher.run(stop))
             try:
                 await outage.during(gated, "ingest")

@@ -10,7 +10,14 @@ import copy
 from collections.abc import Callable
 from pathlib import Path
 
-from eostream.ingest.service import IngestRunner, build_watcher, running
+from eostream.ingest.service import (
+    IngestRunner,
+    build_ingest,
+    build_lock,
+    build_sources,
+    from_settings,
+    running,
+)
 from eostream.ingest.settings import IngestSettings, StaticSource
 from eostream.ingest.state import SqliteStateStore
 from eostream.shared import deadletters as dl
@@ -60,7 +67,8 @@ async def test_a_fixed_item_replayed_is_announced_once_and_a_second_replay_does_
     catalog = write_catalogue(tmp_path / "cat", [good, broken(fixable, "no-assets")])
     settings = settings_for(tmp_path, catalog)
     bus = InMemoryBus(service="ingest")
-    async with running(settings, bus) as watcher:
+    adapters = from_settings(settings, bus=bus)
+    async with running(settings, adapters) as watcher:
         first = await watcher.poll(watcher.sources[0])
         assert (first.published, first.rejected) == (1, 1)
         # the user fixes the item at its source, keeping its id and `updated`
@@ -75,7 +83,7 @@ async def test_a_fixed_item_replayed_is_announced_once_and_a_second_replay_does_
 
         # the service: the poller (every 0.1 s) and the replay consumer, side by side
         stop = asyncio.Event()
-        runner = IngestRunner(settings, bus, watcher)
+        runner = IngestRunner(settings, bus=bus, watcher=watcher, lock=adapters.lock)
         task = asyncio.create_task(runner.run(stop))
         try:
             await until(lambda: bus.size(SCENES) == 2, "the replayed item")
@@ -114,14 +122,15 @@ async def test_a_replayed_item_still_broken_is_dead_lettered_again_with_the_reas
     catalog = write_catalogue(tmp_path / "cat", [broken(item, "no-assets")])
     settings = settings_for(tmp_path, catalog)
     bus = InMemoryBus(service="ingest")
-    async with running(settings, bus) as watcher:
+    adapters = from_settings(settings, bus=bus)
+    async with running(settings, adapters) as watcher:
         assert (await watcher.poll(watcher.sources[0])).rejected == 1
         # "fixed" the wrong way: assets back, datetime lost
         write_catalogue(tmp_path / "cat", [broken(item, "no-datetime")])
         (first,) = await dlb.read_letters(bus)
         await dlb.replay(bus, [first])
         stop = asyncio.Event()
-        runner = IngestRunner(settings, bus, watcher)
+        runner = IngestRunner(settings, bus=bus, watcher=watcher, lock=adapters.lock)
         task = asyncio.create_task(runner.run(stop))
         try:
             await until(lambda: bus.size(bus.dead_letter_topic) == 2, "the second rejection")
@@ -148,7 +157,14 @@ async def test_two_watchers_on_one_state_one_polls_the_other_stands_by_then_take
     async def replica() -> tuple[IngestRunner, SqliteStateStore]:
         store = SqliteStateStore(settings.sqlite_path)
         await store.open()
-        return IngestRunner(settings, bus, build_watcher(settings, bus, store)), store
+        runner = build_ingest(
+            settings,
+            bus=bus,
+            state=store,
+            lock=build_lock(settings),
+            sources=build_sources(settings),
+        )
+        return runner, store
 
     (a, store_a), (b, store_b) = await replica(), await replica()
     stop_a, stop_b = asyncio.Event(), asyncio.Event()

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from eostream.ingest.service import running
+from eostream.ingest.service import from_settings, running, started
 from eostream.ingest.settings import IngestSettings, StaticSource
 from eostream.shared.events import SceneDiscovered
 from eostream.shared.settings import KafkaSettings
@@ -266,7 +266,8 @@ async def test_static_catalogues_and_malformed_items_on_kafka(
             StaticSource(name=f"mixed-{run_id}", href=str(mixed)),
         ),
     )
-    async with running(settings) as watcher:
+    adapters = from_settings(settings)
+    async with started(adapters.bus), running(settings, adapters) as watcher:
         reports = [await watcher.poll(w) for w in watcher.sources]
         again = [await watcher.poll(w) for w in watcher.sources]
     assert [(r.published, r.rejected) for r in reports] == [(100, 0), (1, 0), (2, len(broken))]
@@ -316,7 +317,7 @@ async def test_static_catalogue_on_s3(
     from .helpers import drain
 
     bus = InMemoryBus(service="ingest")
-    async with running(settings, bus) as watcher:
+    async with running(settings, from_settings(settings, bus=bus)) as watcher:
         report = await watcher.poll(watcher.sources[0])
     assert (report.published, report.rejected) == (4, 0)
     events = await drain(bus, settings.topic, "t")

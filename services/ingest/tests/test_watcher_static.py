@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 from typer.testing import CliRunner
 
-from eostream.ingest.service import build_sources, running
+from eostream.ingest.service import build_sources, from_settings, running
 from eostream.ingest.settings import IngestSettings, StacApiSource, StaticSource
 from eostream.ingest.state import SeenRecord, SqliteStateStore
 from eostream.ingest.watcher import Watcher
@@ -55,12 +55,14 @@ async def test_static_catalogues_announce_each_item_once_across_restarts(
         StaticSource(name="rkh", href=str(rkh_item_path)),
     )
     bus = InMemoryBus(service="ingest")
-    async with running(settings, bus) as watcher:
+    async with running(settings, from_settings(settings, bus=bus)) as watcher:
         reports = [await watcher.poll(w) for w in watcher.sources]
         assert [(r.published, r.rejected) for r in reports] == [(100, 0), (1, 0)]
         again = [await watcher.poll(w) for w in watcher.sources]
         assert [(r.published, r.duplicates) for r in again] == [(0, 100), (0, 1)]
-    async with running(settings, bus) as restarted:  # same sqlite file: a restart
+    async with running(
+        settings, from_settings(settings, bus=bus)
+    ) as restarted:  # same sqlite file: a restart
         assert sum([(await restarted.poll(w)).published for w in restarted.sources]) == 0
 
     events = await drain(bus, SCENES, "t")
@@ -80,7 +82,7 @@ async def test_eurosat_without_an_assumed_level_is_dead_lettered(
 ) -> None:
     settings = _settings(tmp_path, _eurosat(data_dir, eurosat_catalog))
     bus = InMemoryBus(service="ingest")
-    async with running(settings, bus) as watcher:
+    async with running(settings, from_settings(settings, bus=bus)) as watcher:
         report = await watcher.poll(watcher.sources[0])
     assert (report.published, report.rejected) == (0, 100)
     dead = await bus.read_dead_letters(limit=1000)
@@ -120,7 +122,7 @@ async def test_malformed_items_go_to_the_dead_letter_topic_and_valid_ones_flow(
     bus = InMemoryBus(service="ingest")
     labels = {"service": "ingest", "topic": "stac:mixed", "error_type": "ItemRejected"}
     before = REGISTRY.get_sample_value("eostream_dead_letters_total", labels) or 0.0
-    async with running(settings, bus) as watcher:
+    async with running(settings, from_settings(settings, bus=bus)) as watcher:
         report = await watcher.poll(watcher.sources[0])
         second = await watcher.poll(watcher.sources[0])
     assert (report.published, report.rejected) == (10, len(broken))
@@ -191,7 +193,7 @@ async def test_backfill_replace_announces_again_with_new_ids(
 ) -> None:
     settings = _settings(tmp_path, StaticSource(name="rkh", href=str(rkh_item_path)))
     bus = InMemoryBus(service="ingest")
-    async with running(settings, bus) as watcher:
+    async with running(settings, from_settings(settings, bus=bus)) as watcher:
         source = watcher.sources[0]
         assert (await watcher.poll(source)).published == 1
         from datetime import UTC, datetime
@@ -223,7 +225,7 @@ async def test_unreachable_api_backs_off_and_reports_unready(
     )
     bus = InMemoryBus(service="ingest")
     stop = asyncio.Event()
-    async with running(settings, bus) as watcher:
+    async with running(settings, from_settings(settings, bus=bus)) as watcher:
         ops = OpsServer(create_ops_app("ingest", watcher.readiness), "127.0.0.1", 0)
         await ops.start()
         task = asyncio.create_task(watcher.run(stop))

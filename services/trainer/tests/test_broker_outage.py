@@ -16,9 +16,10 @@ from eostream.shared.bus.kafka import KafkaBus
 from eostream.shared.codec import decode
 from eostream.shared.events import ModelVersionRegistered, TrainingRequested
 from eostream.shared.settings import KafkaSettings
-from eostream.trainer.service import TrainerWorker
+from eostream.trainer.pipeline import tracker_for
+from eostream.trainer.service import build_trainer
 
-from .conftest import make_settings  # type: ignore[import-not-found]
+from .conftest import make_settings
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -35,7 +36,7 @@ async def test_a_broker_outage_during_the_publish_ends_with_one_registered_versi
     bus = KafkaBus(kafka, service="trainer")
     await bus.start()
     gated = outage.gate(bus, topics.MODELS_REGISTERED)
-    consumers = TrainerWorker(settings, gated).supervised()
+    consumers = build_trainer(settings, bus=gated, tracker=tracker_for(settings)).supervised()
     [member] = consumers.members
     consumers.start()
     request = TrainingRequested(

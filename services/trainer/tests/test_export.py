@@ -43,8 +43,12 @@ def test_onnx_agrees_with_torch_on_real_patches(ms_table, data_dir: Path, tmp_pa
         assert onnx_logits(path, patches.x[:batch].numpy()).shape == (batch, 10)
 
     # a model that differs from the export is caught
+    backbone = model.backbone
+    assert isinstance(backbone, torch.nn.Sequential)
+    head = backbone[-1]  # small_cnn: its last layer is the classifier
+    assert isinstance(head, torch.nn.Linear)
     with torch.no_grad():
-        model.backbone[-1].bias += torch.linspace(0, 5, 10)
+        head.bias.add_(torch.linspace(0, 5, 10))
     with pytest.raises(ExportMismatchError, match="disagrees"):
         check_onnx(path, model, patches.x, tolerance=1e-3)
     assert np.isfinite(onnx_logits(path, patches.x.numpy())).all()

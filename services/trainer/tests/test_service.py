@@ -4,29 +4,34 @@ one trains, publishes TrainingStarted and ModelVersionRegistered, and registers 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from eostream.shared import topics
 from eostream.shared.bus.memory import InMemoryBus
-from eostream.shared.events import DatasetUpdated, TrainingRequested
-from eostream.trainer.service import TrainerWorker
+from eostream.shared.events import DatasetUpdated, Event, TrainingRequested
+from eostream.trainer.pipeline import tracker_for
+from eostream.trainer.service import build_trainer
 from eostream.trainer.settings import TrainerSettings
 
 from .helpers import events_on, wait_until
 
 
 async def _run(
-    settings: TrainerSettings, events: list[tuple[str, object]], done: int, timeout: float = 60
+    settings: TrainerSettings,
+    events: Sequence[tuple[str, Event]],
+    done: int,
+    timeout: float = 60,
 ) -> InMemoryBus:
     """Publish ``events``, run the worker until ``done`` records are handled, stop it."""
     bus = InMemoryBus(service="trainer")
-    worker = TrainerWorker(settings, bus)
+    worker = build_trainer(settings, bus=bus, tracker=tracker_for(settings))
     consumer = worker.consumer()
     task = asyncio.create_task(consumer.run())
     for topic, event in events:
-        await bus.publish(topic, event)  # type: ignore[arg-type]
+        await bus.publish(topic, event)
     handled = lambda: bus.size(topics.DEAD_LETTER) + bus.size(topics.MODELS_REGISTERED) >= done  # noqa: E731
     try:
         await wait_until(handled, timeout, f"{done} handled records")
@@ -46,7 +51,7 @@ async def test_bad_requests_are_dead_lettered_with_reasons(
         TrainingRequested(request_id="base", base_model="s3://somewhere/model.pt"),
         TrainingRequested(request_id="batch", batch_size=1),
     ]
-    events = [(topics.TRAINING_REQUESTS, e) for e in bad]
+    events: list[tuple[str, Event]] = [(topics.TRAINING_REQUESTS, e) for e in bad]
     events.append(
         (
             topics.DATASETS_UPDATED,

@@ -24,7 +24,7 @@ from eostream.trainer.datasets import load_patches
 from eostream.trainer.export import onnx_logits, read_card
 from eostream.trainer.pipeline import tracker_for
 from eostream.trainer.selection import SelectionSpec, select_for_training
-from eostream.trainer.service import TrainerWorker
+from eostream.trainer.service import build_trainer
 from eostream.trainer.settings import TrainerSettings
 from eostream.trainer.task import evaluate
 
@@ -72,7 +72,7 @@ async def test_training_on_the_real_stack(
         if getattr(event, "request_id", None) == request.request_id:
             seen.append(event)
 
-    worker = TrainerWorker(settings, bus).consumer()
+    worker = build_trainer(settings, bus=bus, tracker=tracker_for(settings)).consumer()
     listener = bus.consumer(
         [topics.TRAINING_EVENTS, topics.MODELS_REGISTERED], f"trainer-test-listener-{run}", listen
     )

@@ -14,6 +14,7 @@ from eostream.trainer.settings import TrainerSettings
 
 @pytest.mark.slow
 def test_fine_tune_ms13_from_registered_rgb(sqlite_settings: TrainerSettings) -> None:
+    tracker = tracker_for(sqlite_settings)
     rgb = train_and_register(
         TrainingPlan(
             request_id="rgb-base",
@@ -24,10 +25,9 @@ def test_fine_tune_ms13_from_registered_rgb(sqlite_settings: TrainerSettings) ->
             batch_size=32,
         ),
         sqlite_settings,
+        tracker=tracker,
     )
     base_uri = f"models:/{rgb.version.name}/{rgb.version.version}"
-    tracker = tracker_for(sqlite_settings)
-    tracker.configure()
     base, base_card = tracker.load_base(base_uri)
     ms = train_and_register(
         TrainingPlan(
@@ -40,6 +40,7 @@ def test_fine_tune_ms13_from_registered_rgb(sqlite_settings: TrainerSettings) ->
             base_model=base_uri,
         ),
         sqlite_settings,
+        tracker=tracker,
     )
     tuned, card = tracker.load_base(f"models:/{ms.version.name}/{ms.version.version}")
     assert card.band_set == "ms13" and card.bands == BAND_SETS["ms13"]

@@ -33,11 +33,11 @@ def _when(text: str) -> datetime:
 @app.command()
 def run() -> None:
     """Watch every configured source until SIGTERM (the poll in flight is finished)."""
-    from eostream.ingest.service import serve
+    from eostream.ingest.service import from_settings, serve
     from eostream.shared.runtime import run_service
 
     settings = _settings()
-    run_service(lambda: serve(settings))
+    run_service(lambda: serve(settings, from_settings(settings)))
 
 
 @app.command()
@@ -50,7 +50,7 @@ def backfill(
     ] = False,
 ) -> None:
     """Announce the items of one source in a date range (the watermark is left alone)."""
-    from eostream.ingest.service import running
+    from eostream.ingest.service import from_settings, running, started
 
     settings = _settings()
     configure_logging(settings.log_level)
@@ -58,7 +58,8 @@ def backfill(
     begin, finish = _when(start), _when(end)
 
     async def go() -> None:
-        async with running(settings) as watcher:
+        adapters = from_settings(settings)
+        async with started(adapters.bus), running(settings, adapters) as watcher:
             watched = next(w for w in watcher.sources if w.config.name == config.name)
             report = await watcher.poll(
                 watched, start=begin, end=finish, replace=replace, backfill=True

@@ -17,12 +17,11 @@ from typing import TYPE_CHECKING
 from pydantic import TypeAdapter
 
 from eostream.ingest.settings import IngestSettings, SourceConfig, StacApiSource, StaticSource
-from eostream.ingest.state import SqliteStateStore
 from eostream.ingest.watcher import Watcher
+from eostream.shared.embedded import EmbeddedContext
 
 if TYPE_CHECKING:
-    from eostream.ingest.service import IngestRunner
-from eostream.shared.embedded import EmbeddedContext
+    from eostream.ingest.service import IngestAdapters, IngestRunner
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +39,7 @@ def embedded_settings(context: EmbeddedContext) -> IngestSettings:
     return IngestSettings(
         bus="memory",
         sources=tuple(sources),
+        state="sqlite",
         sqlite_path=context.home / "ingest" / "state.sqlite",
         poll_interval_seconds=float(options.get("poll_interval_seconds", 30.0)),
         backoff_max_seconds=60.0,
@@ -50,10 +50,9 @@ def embedded_settings(context: EmbeddedContext) -> IngestSettings:
 class IngestComponent:
     name = "ingest"
 
-    def __init__(self, context: EmbeddedContext) -> None:
-        self._context = context
-        self.settings = embedded_settings(context)
-        self._store = SqliteStateStore(self.settings.sqlite_path)
+    def __init__(self, settings: IngestSettings, adapters: IngestAdapters) -> None:
+        self.settings = settings
+        self._adapters = adapters
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.watcher: Watcher | None = None
@@ -64,11 +63,18 @@ class IngestComponent:
         return {}
 
     async def start(self) -> None:
-        from eostream.ingest.service import IngestRunner, build_watcher
+        from eostream.ingest.service import build_ingest
 
-        await self._store.open()
-        self.watcher = build_watcher(self.settings, self._context.bus, self._store)
-        self.runner = IngestRunner(self.settings, self._context.bus, self.watcher)
+        adapters = self._adapters
+        await adapters.state.open()
+        self.runner = build_ingest(
+            self.settings,
+            bus=adapters.bus,
+            state=adapters.state,
+            lock=adapters.lock,
+            sources=adapters.sources,
+        )
+        self.watcher = self.runner.watcher
         self._task = asyncio.create_task(self.runner.run(self._stop), name="ingest-watcher")
         log.info(
             "ingest: watching %s", ", ".join(s.name for s in self.settings.sources) or "nothing"
@@ -79,9 +85,13 @@ class IngestComponent:
         if self._task is not None:
             await self._task
             self._task = None
-        await self._store.close()
+        await self._adapters.state.close()
 
 
 def component(context: EmbeddedContext) -> IngestComponent:
-    """Entry point of the ``eostream.components`` group."""
-    return IngestComponent(context)
+    """Entry point of the ``eostream.components`` group: the settings and adapters (the
+    context's shared bus; sqlite state and file lock under the home) are picked here."""
+    from eostream.ingest.service import from_settings
+
+    settings = embedded_settings(context)
+    return IngestComponent(settings, from_settings(settings, bus=context.bus))

@@ -1,4 +1,11 @@
-"""Wiring: build the bus, the state store and the sources from settings; run the watcher.
+"""Wiring: the entrypoint picks the adapters, a builder makes the service from them.
+
+One shape, as in every eostream service: :func:`from_settings` picks the adapters the settings
+name (Kafka or in-process bus; sqlite or PostgreSQL state and leader lock; STAC API or static
+sources) and returns them as :class:`IngestAdapters`; :func:`build_ingest` takes them as keyword
+arguments and builds the service. Constructors take their adapters and never build one. Only the
+entrypoints call :func:`from_settings`: :func:`serve` (``eostream ingest run``), ``cli.py`` and
+``embedded.py`` (which hands in the embedded mode's shared bus).
 
 :class:`IngestRunner` is what runs in a service (and in the embedded mode): while this replica
 holds the state's leader lock, the watcher polls and a supervised consumer takes the operators'
@@ -9,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from eostream.ingest.leader import FileLeaderLock, LeaderLock, Leadership
 from eostream.ingest.settings import IngestSettings, StacApiSource
@@ -73,10 +81,41 @@ def build_sources(settings: IngestSettings) -> list[WatchedSource]:
     ]
 
 
-def build_watcher(settings: IngestSettings, bus: Bus, store: StateStore) -> Watcher:
+@dataclass(frozen=True)
+class IngestAdapters:
+    """What ingest talks to; the entrypoint picks each one (:func:`from_settings`).
+
+    Whoever built them closes them: the bus (``start``/``close``) and the state
+    (``open``/``close``, done by :func:`running` and :func:`serve`).
+    """
+
+    bus: Bus
+    state: StateStore
+    lock: LeaderLock
+    sources: tuple[WatchedSource, ...]
+
+
+def from_settings(settings: IngestSettings, *, bus: Bus | None = None) -> IngestAdapters:
+    """The adapters the settings name. ``bus``: one the caller already has (the embedded mode's
+    shared bus, a test's); else the settings' (Kafka or in-process)."""
+    return IngestAdapters(
+        bus=bus if bus is not None else build_bus(settings, service=SERVICE),
+        state=build_state(settings),
+        lock=build_lock(settings),
+        sources=tuple(build_sources(settings)),
+    )
+
+
+def build_watcher(
+    settings: IngestSettings,
+    *,
+    bus: Bus,
+    state: StateStore,
+    sources: Sequence[WatchedSource],
+) -> Watcher:
     return Watcher(
-        build_sources(settings),
-        store=store,
+        sources,
+        store=state,
         bus=bus,
         topic=settings.topic,
         dead_letter_topic=settings.kafka.dead_letter_topic
@@ -89,22 +128,34 @@ def build_watcher(settings: IngestSettings, bus: Bus, store: StateStore) -> Watc
     )
 
 
+def build_ingest(
+    settings: IngestSettings,
+    *,
+    bus: Bus,
+    state: StateStore,
+    lock: LeaderLock,
+    sources: Sequence[WatchedSource],
+) -> IngestRunner:
+    """The service on these adapters: the watcher and its replay consumer, under the lock."""
+    watcher = build_watcher(settings, bus=bus, state=state, sources=sources)
+    return IngestRunner(settings, bus=bus, watcher=watcher, lock=lock)
+
+
 class IngestRunner:
     """The watcher and its replay consumer, run while this replica is the leader."""
 
     def __init__(
         self,
         settings: IngestSettings,
+        *,
         bus: Bus,
         watcher: Watcher,
-        lock: LeaderLock | None = None,
+        lock: LeaderLock,
     ) -> None:
         self._settings = settings
         self._bus = bus
         self.watcher = watcher
-        self.leadership = Leadership(
-            lock or build_lock(settings), retry_seconds=settings.leader_retry_seconds
-        )
+        self.leadership = Leadership(lock, retry_seconds=settings.leader_retry_seconds)
         self.consumers: Consumers | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -148,37 +199,51 @@ class IngestRunner:
 
 
 @asynccontextmanager
-async def running(settings: IngestSettings, bus: Bus | None = None) -> AsyncIterator[Watcher]:
-    """Bus started, state open, watcher built; everything closed on the way out."""
-    own_bus = bus is None
-    bus = bus or build_bus(settings, service=SERVICE)
-    store = build_state(settings)
-    if own_bus:
-        await bus.start()
+async def running(settings: IngestSettings, adapters: IngestAdapters) -> AsyncIterator[Watcher]:
+    """The state open and the watcher built on ``adapters``; the state closed on the way out.
+
+    The bus is the caller's to start before and close after (:func:`started`).
+    """
+    await adapters.state.open()
     try:
-        await store.open()
-        try:
-            yield build_watcher(settings, bus, store)
-        finally:
-            await store.close()
+        yield build_watcher(
+            settings, bus=adapters.bus, state=adapters.state, sources=adapters.sources
+        )
     finally:
-        if own_bus:
-            await bus.close()
+        await adapters.state.close()
 
 
-async def serve(settings: IngestSettings) -> None:
-    """``eostream ingest run``: watch until SIGTERM/SIGINT, then finish the poll and close."""
+@asynccontextmanager
+async def started(bus: Bus) -> AsyncIterator[Bus]:
+    """``bus`` started, and closed on the way out: for the entrypoint that built it."""
+    await bus.start()
+    try:
+        yield bus
+    finally:
+        await bus.close()
+
+
+async def serve(settings: IngestSettings, adapters: IngestAdapters) -> None:
+    """``eostream ingest run``: watch until SIGTERM/SIGINT, then finish the poll and close.
+
+    ``adapters`` (from :func:`from_settings`) are this process's: started here, closed here.
+    """
     configure_logging(settings.log_level)
     await preflight(settings)
     if not settings.sources:
         log.warning("no sources configured (INGEST_SOURCES / INGEST_SOURCES_FILE): idle")
     stop = asyncio.Event()
     install_stop_signals(stop.set)
-    bus = build_bus(settings, service=SERVICE)
-    await bus.start()
-    try:
-        async with running(settings, bus) as watcher:
-            runner = IngestRunner(settings, bus, watcher)
+    async with started(adapters.bus):
+        await adapters.state.open()
+        try:
+            runner = build_ingest(
+                settings,
+                bus=adapters.bus,
+                state=adapters.state,
+                lock=adapters.lock,
+                sources=adapters.sources,
+            )
             ops = OpsServer(
                 create_ops_app(SERVICE, runner.readiness, runner.liveness),
                 settings.http_host,
@@ -194,6 +259,6 @@ async def serve(settings: IngestSettings) -> None:
                 await runner.run(stop)
             finally:
                 await ops.stop()
-    finally:
-        await bus.close()
+        finally:
+            await adapters.state.close()
     log.info("stopped")

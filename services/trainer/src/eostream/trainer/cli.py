@@ -90,10 +90,10 @@ def _checked(request: TrainingRequested) -> TrainingPlan:
 def run() -> None:
     """Run the worker: consume TrainingRequested / DatasetUpdated, train, register, publish."""
     from eostream.shared.runtime import run_service
-    from eostream.trainer.service import run_worker
+    from eostream.trainer.service import from_settings, run_worker
 
     settings = _settings()
-    run_service(lambda: run_worker(settings))
+    run_service(lambda: run_worker(settings, from_settings(settings)))
 
 
 BandsOption = Annotated[str, typer.Option("--bands", help="band set: rgb or ms13")]
@@ -126,6 +126,7 @@ def fit_command(
     from eostream.trainer.pipeline import tracker_for, train_and_register
 
     settings = _settings(bus="memory")  # fit publishes nothing: no Kafka settings needed
+    tracker = tracker_for(settings)
     plan = _checked(
         TrainingRequested(
             band_set=bands,
@@ -145,6 +146,7 @@ def fit_command(
         outcome = train_and_register(
             plan,
             settings,
+            tracker=tracker,
             on_started=lambda _r, url, _e: typer.echo(f"MLflow run: {url}"),
             on_batch=on_batch,
         )
@@ -152,8 +154,6 @@ def fit_command(
     for key, value in sorted(outcome.metrics.items()):
         typer.echo(f"  {key}: {value:.4g}")
     if stac_out is not None:
-        tracker = tracker_for(settings)
-        tracker.configure()
         with tempfile.TemporaryDirectory(prefix="eostream-fit-") as tmp:
             onnx_path = tracker.download_artifact(
                 outcome.version.run_id,
@@ -301,7 +301,8 @@ async def _submit(
     from eostream.shared import topics
     from eostream.shared.bus import build_bus
     from eostream.shared.events import Event, ModelVersionRegistered, TrainingStarted
-    from eostream.trainer.service import SERVICE, TrainerWorker
+    from eostream.trainer.pipeline import tracker_for
+    from eostream.trainer.service import SERVICE, build_trainer
 
     bus = build_bus(settings, service="trainer-cli")
     await bus.start()
@@ -326,7 +327,8 @@ async def _submit(
         )
         if settings.bus == "memory":  # embedded mode: this process is the worker
             with progress_bar() as on_batch:
-                worker = TrainerWorker(settings, bus, on_batch=on_batch)
+                tracker = tracker_for(settings)
+                worker = build_trainer(settings, bus=bus, tracker=tracker, on_batch=on_batch)
                 tasks.append(asyncio.create_task(worker.consumer().run()))
                 event = await asyncio.wait_for(started, timeout)
                 typer.echo(f"MLflow run: {event.run_url}")

@@ -41,11 +41,12 @@ from eostream.shared.bus.supervisor import SupervisedConsumer
 from eostream.shared.embedded import EmbeddedContext
 from eostream.shared.errors import ConfigError
 from eostream.shared.settings import load_settings
-from eostream.trainer.pipeline import Outcome, StartedCallback, train_and_register
+from eostream.trainer.pipeline import Outcome, StartedCallback
 from eostream.trainer.plan import TrainingPlan
-from eostream.trainer.service import SERVICE, TrainerWorker
+from eostream.trainer.service import SERVICE, TrainerAdapters, build_trainer, from_settings, train
 from eostream.trainer.settings import TrainerSettings
 from eostream.trainer.task import BatchCallback
+from eostream.trainer.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +114,21 @@ def embedded_settings(context: EmbeddedContext) -> TrainerSettings:
 class TrainerComponent:
     name = SERVICE
 
-    def __init__(self, context: EmbeddedContext) -> None:
-        self._context = context
-        self.settings = embedded_settings(context)
-        self.stop_grace_seconds = stop_grace_seconds(context)
-        self.worker = TrainerWorker(
-            self.settings, context.bus, trainer=self._train, on_batch=self._check_interrupt
+    def __init__(
+        self,
+        settings: TrainerSettings,
+        adapters: TrainerAdapters,
+        *,
+        stop_grace_seconds: float = DEFAULT_GRACE_SECONDS,
+    ) -> None:
+        self.settings = settings
+        self.stop_grace_seconds = stop_grace_seconds
+        self.worker = build_trainer(
+            settings,
+            bus=adapters.bus,
+            tracker=adapters.tracker,
+            trainer=self._train,
+            on_batch=self._check_interrupt,
         )
         self._consumer: SupervisedConsumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -147,18 +157,19 @@ class TrainerComponent:
         self,
         plan: TrainingPlan,
         settings: TrainerSettings,
+        tracker: Tracker,
         on_started: StartedCallback | None,
         on_batch: BatchCallback | None,
     ) -> Outcome:
         """Runs in the worker thread (``asyncio.to_thread``), never on the event loop."""
         self._idle.clear()
         try:
-            return train_and_register(plan, settings, on_started=on_started, on_batch=on_batch)
+            return train(plan, settings, tracker, on_started, on_batch)
         finally:
             self._idle.set()
 
     async def start(self) -> None:
-        state_dir(self._context).mkdir(parents=True, exist_ok=True)
+        self.settings.cache_dir.mkdir(parents=True, exist_ok=True)  # state_dir(context)
         torch.set_num_threads(self.settings.num_threads)
         self._interrupt.clear()
         self._consumer = SupervisedConsumer(
@@ -245,5 +256,11 @@ def _log_crash(task: asyncio.Task[None]) -> None:
 
 
 def component(context: EmbeddedContext) -> TrainerComponent:
-    """Entry point of the ``eostream.components`` group."""
-    return TrainerComponent(context)
+    """Entry point of the ``eostream.components`` group: the settings and adapters (the
+    context's shared bus, a tracker on the context's MLflow) are picked here."""
+    settings = embedded_settings(context)
+    return TrainerComponent(
+        settings,
+        from_settings(settings, bus=context.bus),
+        stop_grace_seconds=stop_grace_seconds(context),
+    )

@@ -48,6 +48,7 @@ class Outcome:
 
 
 def tracker_for(settings: TrainerSettings) -> Tracker:
+    """The MLflow adapter the settings name (an MLflow server, or sqlite)."""
     return Tracker(
         settings.mlflow_tracking_uri,
         settings.experiment_name,
@@ -110,13 +111,15 @@ def compute_description(device: torch.device) -> dict[str, str]:
 def train_and_register(
     plan: TrainingPlan,
     settings: TrainerSettings,
+    *,
+    tracker: Tracker,
     on_started: StartedCallback | None = None,
     on_batch: BatchCallback | None = None,
-    tracker: Tracker | None = None,
 ) -> Outcome:
+    """Train, evaluate, export and register ``plan``, tracked by ``tracker`` (the MLflow adapter
+    the entrypoint picked: :func:`tracker_for`)."""
     started = time.perf_counter()
     torch.set_num_threads(settings.num_threads)
-    tracker = tracker or tracker_for(settings)
     tracker.configure()
     existing = tracker.find_registered(plan.model_name, plan.request_id)
     if existing is not None:

@@ -4,6 +4,13 @@ ModelVersionRegistered out.
 Training is blocking and long, so it runs in a worker thread while the event loop keeps the
 consumer, the operations endpoint and publishing alive. One request at a time: the consumer hands
 over the next record only when the previous one is done (and then commits it).
+
+Wiring, the shape of every eostream service: :func:`from_settings` picks the adapters the settings
+name (Kafka or in-process bus; the MLflow server or sqlite tracker) and returns them as
+:class:`TrainerAdapters`; :func:`build_trainer` takes them as keyword arguments and builds the
+worker. Constructors take their adapters and never build one. Only the entrypoints call
+:func:`from_settings`: ``cli.py`` (for :func:`run_worker`) and ``embedded.py`` (which hands in the
+embedded mode's shared bus).
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from eostream.shared import topics
 from eostream.shared.bus import Consumers, build_bus, heartbeat
@@ -24,40 +32,83 @@ from eostream.shared.events import (
     TrainingStarted,
 )
 from eostream.trainer import metrics
-from eostream.trainer.pipeline import Outcome, StartedCallback, train_and_register
+from eostream.trainer.pipeline import Outcome, StartedCallback, tracker_for, train_and_register
 from eostream.trainer.plan import TrainingPlan, plan_for_dataset, plan_training
 from eostream.trainer.settings import TrainerSettings
 from eostream.trainer.task import BatchCallback
-from eostream.trainer.tracking import is_transient
+from eostream.trainer.tracking import Tracker, is_transient
 
 log = logging.getLogger(__name__)
 
 SERVICE = "trainer"
 CONSUMED = (topics.TRAINING_REQUESTS, topics.DATASETS_UPDATED)
+#: One training, run in the worker thread: plan, settings, tracker, on_started, on_batch.
 Trainer = Callable[
-    [TrainingPlan, TrainerSettings, StartedCallback | None, BatchCallback | None], Outcome
+    [TrainingPlan, TrainerSettings, Tracker, StartedCallback | None, BatchCallback | None],
+    Outcome,
 ]
 
 
-def _default_trainer(
+def train(
     plan: TrainingPlan,
     settings: TrainerSettings,
+    tracker: Tracker,
     on_started: StartedCallback | None,
     on_batch: BatchCallback | None,
 ) -> Outcome:
-    return train_and_register(plan, settings, on_started=on_started, on_batch=on_batch)
+    """The worker's training: :func:`~eostream.trainer.pipeline.train_and_register`."""
+    return train_and_register(
+        plan, settings, tracker=tracker, on_started=on_started, on_batch=on_batch
+    )
+
+
+@dataclass(frozen=True)
+class TrainerAdapters:
+    """What the trainer talks to; the entrypoint picks each one (:func:`from_settings`).
+
+    Whoever built the bus starts and closes it (:func:`run_worker` does for its own).
+    """
+
+    bus: Bus
+    tracker: Tracker
+
+
+def from_settings(settings: TrainerSettings, *, bus: Bus | None = None) -> TrainerAdapters:
+    """The adapters the settings name. ``bus``: one the caller already has (the embedded mode's
+    shared bus, a test's); else the settings' (Kafka or in-process)."""
+    return TrainerAdapters(
+        bus=bus if bus is not None else build_bus(settings, service=SERVICE),
+        tracker=tracker_for(settings),
+    )
+
+
+def build_trainer(
+    settings: TrainerSettings,
+    *,
+    bus: Bus,
+    tracker: Tracker,
+    trainer: Trainer = train,
+    on_batch: BatchCallback | None = None,
+) -> TrainerWorker:
+    """The worker on these adapters. ``trainer``: what runs one training in the worker thread
+    (the embedded mode wraps :func:`train` to interrupt it); ``on_batch``: called after each
+    batch, in that thread."""
+    return TrainerWorker(settings, bus=bus, tracker=tracker, trainer=trainer, on_batch=on_batch)
 
 
 class TrainerWorker:
     def __init__(
         self,
         settings: TrainerSettings,
+        *,
         bus: Bus,
-        trainer: Trainer = _default_trainer,
+        tracker: Tracker,
+        trainer: Trainer = train,
         on_batch: BatchCallback | None = None,
     ) -> None:
         self.settings = settings
         self.bus = bus
+        self.tracker = tracker
         self._trainer = trainer
         self._on_batch = on_batch
         self.busy = False
@@ -95,7 +146,7 @@ class TrainerWorker:
         self.busy = True
         try:
             outcome = await asyncio.to_thread(
-                self._trainer, plan, self.settings, started, self._batch_done
+                self._trainer, plan, self.settings, self.tracker, started, self._batch_done
             )
         except Exception as exc:
             metrics.TRAININGS.labels(plan.band_set, "failed").inc()
@@ -144,19 +195,21 @@ class TrainerWorker:
         return consumers
 
 
-async def run_worker(
-    settings: TrainerSettings, bus: Bus | None = None, on_batch: BatchCallback | None = None
-) -> None:
-    """Run until SIGTERM/SIGINT: consume, train, publish; operators' endpoint alongside."""
+async def run_worker(settings: TrainerSettings, adapters: TrainerAdapters) -> None:
+    """Run until SIGTERM/SIGINT: consume, train, publish; operators' endpoint alongside.
+
+    ``adapters`` (from :func:`from_settings`) are this process's: the bus is started and closed
+    here.
+    """
     from eostream.shared.ops import OpsServer, create_ops_app
     from eostream.shared.runtime import install_stop_signals, preflight
 
     await preflight(settings)
-    bus = bus or build_bus(settings, service=SERVICE)
+    bus = adapters.bus
     await bus.start()
     try:
         await bus.ensure_topics([*CONSUMED, topics.TRAINING_EVENTS, topics.MODELS_REGISTERED])
-        worker = TrainerWorker(settings, bus, on_batch=on_batch)
+        worker = build_trainer(settings, bus=bus, tracker=adapters.tracker)
         consumers = worker.supervised()
         [consumer] = consumers.members
 

@@ -30,6 +30,7 @@ from eostream.registry_bridge.holdout import Holdout
 from eostream.registry_bridge.policy import Evaluation
 from eostream.registry_bridge.port import Predictor, VersionInfo
 from eostream.registry_bridge.settings import BridgeSettings
+from eostream.shared.errors import is_transient
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,27 +40,6 @@ WEBHOOK_EVENTS: tuple[WebhookEventStr, ...] = (
     "model_version.created",
     "model_version_alias.created",
 )
-_TRANSIENT_TEXT = (
-    "Max retries exceeded",
-    "Connection refused",
-    "Connection aborted",
-    "Read timed out",
-    "database is locked",
-    "could not connect to server",
-    "server closed the connection",
-)
-_TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}
-
-
-def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, ConnectionError | TimeoutError):
-        return True
-    if isinstance(exc, MlflowException):
-        return exc.error_code in _TRANSIENT_CODES or any(t in str(exc) for t in _TRANSIENT_TEXT)
-    name = type(exc).__name__
-    return name in {"ConnectionError", "Timeout", "OperationalError"} or any(
-        t in str(exc) for t in _TRANSIENT_TEXT
-    )
 
 
 def is_not_found(exc: BaseException) -> bool:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from eostream.shared import tags
 from eostream.shared.events import TrainingRequested
 from eostream.shared.settings import configure_logging, load_settings
 from eostream.trainer.settings import TrainerSettings
@@ -157,7 +158,7 @@ def fit_command(
         with tempfile.TemporaryDirectory(prefix="eostream-fit-") as tmp:
             onnx_path = tracker.download_artifact(
                 outcome.version.run_id,
-                outcome.version.tags.get("onnx_artifact", "onnx/model.onnx"),
+                outcome.version.tags.get(tags.ONNX_ARTIFACT, tags.ONNX_ARTIFACT_PATH),
                 Path(tmp),
             )
             catalog = write_model_catalog(outcome, onnx_path, stac_out, plan.base_model)

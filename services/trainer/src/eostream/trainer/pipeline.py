@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from eostream.shared import tags
 from eostream.shared.modelcard import BandScaling, ModelCard
 from eostream.trainer.bands import band_set_bands
 from eostream.trainer.catalog import build_catalog, list_sources, sources_digest
@@ -31,7 +32,7 @@ from eostream.trainer.scaling import fit_rgb_scaling, identity_scaling
 from eostream.trainer.selection import Selection, SelectionSpec, select_for_training
 from eostream.trainer.settings import TrainerSettings
 from eostream.trainer.task import BatchCallback, TrainConfig, evaluate, fit, resolve_device
-from eostream.trainer.tracking import CARD_TAG, REQUEST_TAG, RegisteredVersion, Tracker, git_commit
+from eostream.trainer.tracking import RegisteredVersion, Tracker, git_commit
 
 log = logging.getLogger(__name__)
 
@@ -163,13 +164,13 @@ def train_and_register(
     work.mkdir(parents=True, exist_ok=True)
     run_file = work / "mlflow_run_id"
     resume = run_file.read_text().strip() if run_file.is_file() else None
-    tags = {
-        REQUEST_TAG: plan.request_id,
+    run_tags = {
+        tags.REQUEST_ID: plan.request_id,
         "eostream.requested_by": plan.requested_by,
         "mlflow.source.git.commit": git_commit(),
     }
     with tracker.run(
-        resume, f"{plan.model_name}-{plan.band_set}-{plan.architecture}", tags
+        resume, f"{plan.model_name}-{plan.band_set}-{plan.architecture}", run_tags
     ) as run_id:
         run_file.write_text(run_id)
         url = tracker.run_url(run_id)
@@ -225,17 +226,17 @@ def train_and_register(
             model_uri,
             plan.model_name,
             {
-                "band_set": plan.band_set,
-                "input_scaling": json.dumps([s.model_dump() for s in card.scaling]),
-                "training_data_digest": selection.digest,
-                CARD_TAG: card.to_json(),
-                "onnx_sha256": sha256,
-                "onnx_artifact": "onnx/model.onnx",
-                "architecture": plan.architecture,
-                REQUEST_TAG: plan.request_id,
-                "test_accuracy": f"{metrics['test_accuracy']:.4f}",
+                tags.BAND_SET: plan.band_set,
+                tags.INPUT_SCALING: json.dumps([s.model_dump() for s in card.scaling]),
+                tags.TRAINING_DATA_DIGEST: selection.digest,
+                tags.MODEL_CARD: card.to_json(),
+                tags.ONNX_SHA256: sha256,
+                tags.ONNX_ARTIFACT: tags.ONNX_ARTIFACT_PATH,
+                tags.ARCHITECTURE: plan.architecture,
+                tags.REQUEST_ID: plan.request_id,
+                tags.TEST_ACCURACY: f"{metrics['test_accuracy']:.4f}",
                 # false: the gate's held-out patches were in its training data (see selection)
-                "gate_holdout_excluded": str(bool(selection.spec.exclude)).lower(),
+                tags.GATE_HOLDOUT_EXCLUDED: str(bool(selection.spec.exclude)).lower(),
             },
         )
     shutil.rmtree(work, ignore_errors=True)

@@ -6,8 +6,11 @@ the container image and ``eostream up --stack local`` start it.
 
 import sys
 
-from eostream.registry_bridge.cli import app
+from eostream.registry_bridge.cli import app, models_app
 from eostream.shared.errors import ConfigError
+
+# `eostream models ...` too, so an operator can promote or roll back inside the image
+app.add_typer(models_app, name="models")
 
 try:
     app(prog_name="python -m eostream.registry_bridge")

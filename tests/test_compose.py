@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml  # type: ignore[import-untyped]
+import yaml
 from pydantic import AliasChoices, BaseModel
 from pydantic_settings import BaseSettings
 

@@ -25,7 +25,7 @@ import numpy as np
 import pystac
 import pytest
 import rasterio
-import yaml  # type: ignore[import-untyped]
+import yaml
 from pystac.validation.stac_validator import JsonSchemaSTACValidator
 
 from eostream.inference.uploads import item_for_raster

@@ -23,7 +23,7 @@ from typing import Any
 
 import jsonschema
 import pytest
-import yaml  # type: ignore[import-untyped]
+import yaml
 
 from eostream.shared import topics
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from eostream.runner.processes import ProcessGroup, discover_process_factories
-from eostream.shared.deployment import Deployment, LocalStack, ProcessSpec, parse_exports
+from eostream.runner.processes import ProcessGroup, discover_process_factories, parse_exports
+from eostream.shared.deployment import Deployment, LocalStack, ProcessSpec
 from eostream.shared.errors import ConfigError
 
 SERVER = """

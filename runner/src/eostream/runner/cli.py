@@ -92,14 +92,14 @@ def up_local(home: Path, data_dir: Path | None, topic_prefix: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from eostream.runner.processes import ProcessGroup
+    from eostream.runner.processes import ProcessGroup, stack_from_script
     from eostream.shared.deployment import Deployment, LocalStack
 
     script = Path("deploy/local/stack")
     if os.environ.get("EOSTREAM_KAFKA_BOOTSTRAP") or not script.exists():
         local = LocalStack.from_environ()
     else:  # in a checkout: start the stack (idempotent) and read its addresses
-        local = LocalStack.from_script(script)
+        local = stack_from_script(script)
     deployment = Deployment(
         home=home.resolve() / "local", data_dir=data_dir, topic_prefix=topic_prefix
     )

@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -41,6 +42,27 @@ from eostream.shared.embedded import START_ORDER
 from eostream.shared.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+def parse_exports(text: str) -> dict[str, str]:
+    """``export NAME=VALUE`` lines (as ``stack env`` prints them) to a mapping."""
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        words = shlex.split(line)
+        if len(words) == 2 and words[0] == "export" and "=" in words[1]:
+            name, value = words[1].split("=", 1)
+            found[name] = value
+    return found
+
+
+def stack_from_script(script: Path, *, start: bool = True) -> LocalStack:
+    """Start the local stack with its script (idempotent) and read the addresses it exports."""
+    if start:
+        subprocess.run([str(script), "up"], check=True)  # noqa: S603 - the repo's own script
+    printed = subprocess.run(  # noqa: S603
+        [str(script), "env"], check=True, capture_output=True, text=True
+    ).stdout
+    return LocalStack.from_environ(parse_exports(printed))
 
 
 def discover_process_factories() -> dict[str, ProcessFactory]:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shlex
-import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -68,16 +66,6 @@ class LocalStack:
             prometheus_targets_dir=Path(targets) if targets else None,
         )
 
-    @classmethod
-    def from_script(cls, script: Path, *, start: bool = True) -> LocalStack:
-        """Start the stack with its script (idempotent) and read the addresses it exports."""
-        if start:
-            subprocess.run([str(script), "up"], check=True)  # noqa: S603 - the repo's own script
-        printed = subprocess.run(  # noqa: S603
-            [str(script), "env"], check=True, capture_output=True, text=True
-        ).stdout
-        return cls.from_environ(parse_exports(printed))
-
     def s3_settings(self) -> S3Settings:
         return S3Settings.model_validate(
             {
@@ -96,17 +84,6 @@ class LocalStack:
             "AWS_SECRET_ACCESS_KEY": self.s3_secret_key,
             "AWS_DEFAULT_REGION": "us-east-1",
         }
-
-
-def parse_exports(text: str) -> dict[str, str]:
-    """``export NAME=VALUE`` lines (as ``stack env`` prints them) to a mapping."""
-    found: dict[str, str] = {}
-    for line in text.splitlines():
-        words = shlex.split(line)
-        if len(words) == 2 and words[0] == "export" and "=" in words[1]:
-            name, value = words[1].split("=", 1)
-            found[name] = value
-    return found
 
 
 @dataclass(frozen=True)

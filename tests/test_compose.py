@@ -5,7 +5,9 @@
 - The environment each eostream container gets is read by that service's real settings class:
   every variable names a field (a typo would be ignored silently, the classes use
   ``extra="ignore"``) and the whole set builds valid settings.
-- Each Dockerfile's dependency layer resolves from uv.lock with only the files it copies.
+- The four services are built from one Dockerfile (deploy/docker/Dockerfile), which differs per
+  service only by its build arguments; each image starts its service alone (``python -m``, no
+  runner), and each one's dependency layer resolves from uv.lock with only the files it copies.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import typing
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -23,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml  # type: ignore[import-untyped]
+import yaml
 from pydantic import AliasChoices, BaseModel
 from pydantic_settings import BaseSettings
 
@@ -33,12 +36,25 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 GPU_OVERRIDE = ROOT / "deploy" / "docker" / "compose.gpu.yml"
 
-# compose service -> (settings module, env prefix, port, command after `eostream`)
+DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
+CUDA_DOCKERFILE = ROOT / "services" / "inference" / "Dockerfile.cuda"
+
+# compose service -> (settings module, env prefix, port, command after `python -m`)
 EOSTREAM_SERVICES: dict[str, tuple[str, str, int, tuple[str, ...]]] = {
-    "ingest": ("eostream.ingest.settings", "INGEST_", 8082, ("ingest", "run")),
-    "trainer": ("eostream.trainer.settings", "TRAINER_", 8083, ("trainer", "run")),
-    "registry-bridge": ("eostream.registry_bridge.settings", "BRIDGE_", 8081, ("bridge", "run")),
-    "inference": ("eostream.inference.settings", "INFERENCE_", 8080, ("inference", "serve")),
+    "ingest": ("eostream.ingest.settings", "INGEST_", 8082, ("eostream.ingest", "run")),
+    "trainer": ("eostream.trainer.settings", "TRAINER_", 8083, ("eostream.trainer", "run")),
+    "registry-bridge": (
+        "eostream.registry_bridge.settings",
+        "BRIDGE_",
+        8081,
+        ("eostream.registry_bridge", "run"),
+    ),
+    "inference": (
+        "eostream.inference.settings",
+        "INFERENCE_",
+        8080,
+        ("eostream.inference", "serve"),
+    ),
 }
 ONESHOT_LABEL = "io.eostream.oneshot"
 ENV_PREFIXES = ("INGEST_", "TRAINER_", "BRIDGE_", "INFERENCE_", "EOSTREAM_")
@@ -179,16 +195,30 @@ def test_docker_compose_validates(files: tuple[Path, ...]) -> None:
     )
 
 
-def test_the_four_eostream_services_are_built_from_their_dockerfiles(
+def build_args(service: str) -> dict[str, str]:
+    """The build arguments that make deploy/docker/Dockerfile the image of ``service``."""
+    _, prefix, port, (package, command) = EOSTREAM_SERVICES[service]
+    return {
+        "SERVICE": service,
+        "PACKAGE": package,
+        "ENV_PREFIX": prefix.rstrip("_"),
+        "PORT": str(port),
+        "COMMAND": command,
+    }
+
+
+def test_the_four_eostream_services_are_built_from_one_dockerfile(
     config: dict[str, Any],
 ) -> None:
     services = config["services"]
-    for name in EOSTREAM_SERVICES:
+    for name, (_, _, _, command) in EOSTREAM_SERVICES.items():
         assert name in services, f"docker-compose.yml has no service {name!r}"
         build = services[name]["build"]
         assert Path(build["context"]).resolve() == ROOT, f"{name}: build context must be the repo"
-        assert build["dockerfile"] == f"services/{name}/Dockerfile"
-        assert (ROOT / build["dockerfile"]).is_file()
+        assert (ROOT / build["dockerfile"]).resolve() == DOCKERFILE
+        assert {k: str(v) for k, v in build["args"].items()} == build_args(name)
+        # started alone, as the image's CMD would: no `eostream` runner in the image
+        assert services[name]["command"] == ["python", "-m", *command]
 
 
 def test_every_long_running_service_has_a_healthcheck(config: dict[str, Any]) -> None:
@@ -270,9 +300,21 @@ def test_gpu_override_runs_the_cuda_image_on_a_gpu() -> None:
 # ---- Dockerfiles -----------------------------------------------------------------------------
 
 
-def instructions(dockerfile: Path) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+def instructions(dockerfile: Path, args: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped; with ``args``
+    (build arguments), every ``${ARG}``/``$ARG`` of a declared ARG replaced as Docker would."""
     text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    if args is not None:
+        values = dict(re.findall(r"^ARG (\w+)=(\S+)$", text, flags=re.M))
+        values.update(args)
+        declared = set(re.findall(r"^ARG (\w+)", text, flags=re.M))
+        missing = sorted(declared - values.keys())
+        assert not missing, f"{dockerfile}: no value for build argument(s) {missing}"
+        text = re.sub(
+            r"\$\{(\w+)\}|\$(\w+)",
+            lambda m: values.get(m[1] or m[2], m[0]) if (m[1] or m[2]) in declared else m[0],
+            text,
+        )
     out = []
     for line in text.splitlines():
         line = line.strip()
@@ -284,18 +326,42 @@ def instructions(dockerfile: Path) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("service", list(EOSTREAM_SERVICES))
 def test_dockerfile_shape(service: str) -> None:
-    _, prefix, port, command = EOSTREAM_SERVICES[service]
-    steps = instructions(ROOT / "services" / service / "Dockerfile")
+    _, prefix, port, (package, command) = EOSTREAM_SERVICES[service]
+    steps = instructions(DOCKERFILE, build_args(service))
     args = {word: [a for w, a in steps if w == word] for word, _ in steps}
     assert any("python:3.11-slim" in a for a in args["ARG"]), "base must be python:3.11-slim"
     runs = " ".join(args["RUN"])
     assert "pip install uv==0.9.30" in runs
     assert f"uv sync --frozen --no-dev --no-install-workspace --package eostream-{service}" in runs
     assert f"--package eostream-{service}" in runs
+    assert f"-m {package} --help" in runs, "the build checks that the service starts alone"
     assert args["USER"][-1].split(":")[0] not in ("root", "0"), "must run as a non-root user"
-    assert args["HEALTHCHECK"] and prefix.rstrip("_") in args["HEALTHCHECK"][-1]
+    env = " ".join(args["ENV"])
+    assert f"{prefix}HTTP_HOST=0.0.0.0" in env and f"{prefix}HTTP_PORT={port}" in env
+    assert f"EOSTREAM_ENV_PREFIX={prefix.rstrip('_')}" in env  # what the healthcheck reads
+    assert f"EOSTREAM_PACKAGE={package}" in env and f"EOSTREAM_COMMAND={command}" in env
+    assert args["HEALTHCHECK"] and "healthcheck.py" in args["HEALTHCHECK"][-1]
     assert str(port) in args["EXPOSE"][-1]
-    assert yaml.safe_load(args["CMD"][-1]) == ["eostream", *command]
+    cmd = yaml.safe_load(args["CMD"][-1])
+    assert cmd[:2] == ["/bin/sh", "-c"] and cmd[2].startswith("exec python -m ")
+    assert "eostream" not in [w for a in args["CMD"] for w in yaml.safe_load(a)], "no runner"
+    copies = " ".join(args["COPY"])
+    assert "runner/pyproject.toml" in copies and "runner/ " not in copies, "runner not in image"
+
+
+def test_the_healthcheck_reads_the_image_prefix(tmp_path: Path) -> None:
+    """The image's HEALTHCHECK passes only the path: the prefix comes from EOSTREAM_ENV_PREFIX."""
+    script = ROOT / "deploy" / "docker" / "healthcheck.py"
+    env = {"PATH": os.environ.get("PATH", ""), "EOSTREAM_ENV_PREFIX": "INGEST"}
+    done = subprocess.run(
+        [sys.executable, str(script), "/livez"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 1
+    assert "INGEST_HTTP_PORT is not set" in done.stderr
+    done = subprocess.run(
+        [sys.executable, str(script), "/livez"], env={}, capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "usage" in done.stderr
 
 
 def _copy_sources(steps: list[tuple[str, str]]) -> list[str]:
@@ -330,10 +396,10 @@ def test_dockerignore_keeps_what_the_dockerfiles_copy() -> None:
     ]
     for must_go in (".venv", "services/ingest/.venv", "shared/tests", ".git", "data"):
         assert _ignored(must_go, patterns), f".dockerignore should exclude {must_go}"
-    files = [ROOT / "services" / s / "Dockerfile" for s in EOSTREAM_SERVICES]
-    files += [ROOT / "services" / "inference" / "Dockerfile.cuda"]
-    for dockerfile in files:
-        for source in _copy_sources(instructions(dockerfile)):
+    files = [(DOCKERFILE, build_args(s)) for s in EOSTREAM_SERVICES]
+    files += [(CUDA_DOCKERFILE, {})]
+    for dockerfile, build in files:
+        for source in _copy_sources(instructions(dockerfile, build)):
             assert (ROOT / source).exists(), f"{dockerfile}: COPY {source}: no such path"
             assert not _ignored(source, patterns), f"{dockerfile}: COPY {source} is dockerignored"
 
@@ -344,7 +410,7 @@ def test_dockerfile_build_stage_resolves_from_the_lock(service: str, tmp_path: P
     (--dry-run): each layer must have exactly the files uv needs, and the lock must fit."""
     uv = shutil.which("uv")
     assert uv is not None, "uv is needed (https://docs.astral.sh/uv/)"
-    steps = instructions(ROOT / "services" / service / "Dockerfile")
+    steps = instructions(DOCKERFILE, build_args(service))
     context = tmp_path / "src"
     context.mkdir()
     env = dict(
@@ -384,7 +450,7 @@ def test_dockerfile_build_stage_resolves_from_the_lock(service: str, tmp_path: P
 
 def test_cuda_variant_swaps_exactly_the_onnxruntime_pin(tmp_path: Path) -> None:
     """Dockerfile.cuda rewrites the lock's `onnxruntime==X` line: it must be there, once."""
-    text = (ROOT / "services" / "inference" / "Dockerfile.cuda").read_text()
+    text = CUDA_DOCKERFILE.read_text()
     assert "sed -i -E 's/^onnxruntime==/onnxruntime-gpu==/'" in text
     out = tmp_path / "requirements.txt"
     done = subprocess.run(

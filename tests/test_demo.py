@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 def demo(home: Path, data_dir: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from eostream.shared.cli import main; main()", "demo",
+        [sys.executable, "-c", "from eostream.runner.cli import main; main()", "demo",
          "--home", str(home), "--data-dir", str(data_dir), "--train-timeout", "600"],
         capture_output=True, text=True, timeout=1100, check=False,
         env={**os.environ, "COLUMNS": "200"},

@@ -337,7 +337,7 @@ def _file_sd_copy(job: dict[str, Any], targets: Path) -> dict[str, Any]:
 
 def overlay_namespace() -> str:
     names = {
-        yaml.safe_load((path / "kustomization.yaml").read_text())["namespace"]
+        str(yaml.safe_load((path / "kustomization.yaml").read_text())["namespace"])
         for path in sorted((K8S / "overlays").iterdir())
     }
     assert len(names) == 1, names

@@ -1,4 +1,6 @@
-"""A malformed environment stops a service at start with one clear line, not a stack trace."""
+"""A malformed environment stops a service at start with one clear line, not a stack trace:
+started as its container image starts it (``python -m eostream.<package>``) and through the
+runner's ``eostream`` command."""
 
 from __future__ import annotations
 
@@ -15,9 +17,16 @@ SERVICES = [
     ("BRIDGE", ["bridge", "run"]),
     ("INFERENCE", ["inference", "serve"]),
 ]
+#: The package each service starts from on its own (its ``__main__``), by env prefix.
+PACKAGES = {
+    "INGEST": "eostream.ingest",
+    "TRAINER": "eostream.trainer",
+    "BRIDGE": "eostream.registry_bridge",
+    "INFERENCE": "eostream.inference",
+}
 #: Settings a service requires besides the ones under test (secrets with no default).
 REQUIRED = {"INFERENCE": {"INFERENCE_API_KEY": "a-key-for-the-test"}}
-EOSTREAM = [sys.executable, "-c", "from eostream.shared.cli import main; main()"]
+EOSTREAM = [sys.executable, "-c", "from eostream.runner.cli import main; main()"]
 
 
 def clean_env(tmp_path: Path) -> dict[str, str]:
@@ -29,9 +38,13 @@ def clean_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def start(command: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def start(
+    command: list[str], env: dict[str, str], cwd: Path, *, alone: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``eostream COMMAND...``, or with ``alone`` (a package) ``python -m PACKAGE COMMAND[1:]``."""
+    args = [*EOSTREAM, *command] if alone is None else [sys.executable, "-m", alone, *command[1:]]
     return subprocess.run(
-        [*EOSTREAM, *command],
+        args,
         env=env,
         cwd=cwd,
         capture_output=True,
@@ -47,12 +60,13 @@ def test_missing_bootstrap_servers_is_one_line_naming_the_variable(
 ) -> None:
     env = clean_env(tmp_path)
     env[f"{prefix}_BUS"] = "kafka"
-    done = start(command, env, tmp_path)
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert f"{prefix}_KAFKA__BOOTSTRAP_SERVERS" in lines[0]
-    assert "Traceback" not in done.stderr
+    for alone in (None, PACKAGES[prefix]):
+        done = start(command, env, tmp_path, alone=alone)
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1, done.stderr
+        assert f"{prefix}_KAFKA__BOOTSTRAP_SERVERS" in lines[0]
+        assert "Traceback" not in done.stderr
 
 
 @pytest.mark.stack
@@ -71,7 +85,7 @@ def test_bad_s3_credentials_are_one_line_naming_the_problem(
             f"{prefix}_S3__SECRET_KEY": "not-the-secret",
         }
     )
-    done = start(command, env, tmp_path)
+    done = start(command, env, tmp_path, alone=PACKAGES[prefix])  # as its image starts it
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr

@@ -45,7 +45,7 @@ def test_up_stack_local_runs_each_service_as_its_own_process(
     targets = Path(targets_dir) / "eostream-local.json"
     prefix = f"up{uuid.uuid4().hex[:6]}."
     command = [
-        sys.executable, "-c", "from eostream.shared.cli import main; main()",
+        sys.executable, "-c", "from eostream.runner.cli import main; main()",
         "up", "--stack", "local", "--home", str(tmp_path), "--topic-prefix", prefix,
     ]  # fmt: skip
     out = (tmp_path / "up.log").open("wb")

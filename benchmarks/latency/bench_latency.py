@@ -34,13 +34,14 @@ from pathlib import Path
 
 import httpx
 
-from eostream.shared.driver import (
+from eostream.runner.driver import (
     DeploymentDriver,
     create_collection,
     stage_scene,
     watch_collection,
 )
-from eostream.shared.processes import Deployment, LocalStack, ProcessGroup
+from eostream.runner.processes import ProcessGroup
+from eostream.shared.deployment import Deployment, LocalStack
 from eostream.shared.storage.s3 import S3ObjectStore
 
 

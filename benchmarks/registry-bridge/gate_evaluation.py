@@ -39,7 +39,8 @@ class TinyCNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.f(x / 255.0)
+        out: torch.Tensor = self.f(x / 255.0)
+        return out
 
 
 def main() -> None:
@@ -52,7 +53,7 @@ def main() -> None:
         torch.onnx.export(
             TinyCNN().eval(),
             (torch.zeros(2, 3, 64, 64),),
-            buf,
+            buf,  # type: ignore[arg-type]  # the TorchScript exporter writes to a file object too
             input_names=["input"],
             output_names=["logits"],
             dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},

@@ -62,7 +62,7 @@ $graph:
     id: classify
     label: eostream inference classify
     doc: >-
-      Runs `eostream inference classify SCENES --model MODEL --stac-out maps`: a scratch store
+      Runs `python -m eostream.inference classify SCENES --model MODEL --stac-out maps`: a scratch store
       and results index under the temporary folder, the STAC catalog in maps/ as the result.
     requirements:
       ResourceRequirement:
@@ -77,7 +77,7 @@ $graph:
     hints:
       DockerRequirement:
         dockerPull: eostream/inference:latest
-    baseCommand: [eostream, inference, classify]
+    baseCommand: [python, -m, eostream.inference, classify]
     arguments:
       - prefix: --stac-out
         valueFrom: maps

@@ -106,7 +106,7 @@ $graph:
     id: train
     label: eostream trainer fit
     doc: >-
-      Runs `eostream trainer fit --stac-out model`. MLflow records the run in a scratch sqlite
+      Runs `python -m eostream.trainer fit --stac-out model`. MLflow records the run in a scratch sqlite
       database under the tool's temporary folder; the STAC catalog in model/ is the result.
     requirements:
       ResourceRequirement:
@@ -122,7 +122,7 @@ $graph:
     hints:
       DockerRequirement:
         dockerPull: eostream/trainer:latest
-    baseCommand: [eostream, trainer, fit]
+    baseCommand: [python, -m, eostream.trainer, fit]
     arguments:
       - prefix: --stac-out
         valueFrom: model

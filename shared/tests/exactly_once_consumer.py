@@ -41,7 +41,12 @@ async def main(bootstrap: str, topic: str, group: str, db_path: str, dlq: str) -
     )
     await bus.start()
     consumer = bus.consumer([topic], group, apply)
-    install_stop_signals(lambda: asyncio.ensure_future(consumer.stop()))
+    stopping: list[asyncio.Future[None]] = []
+
+    def stop() -> None:
+        stopping.append(asyncio.ensure_future(consumer.stop()))
+
+    install_stop_signals(stop)
     try:
         await consumer.run()
     finally:

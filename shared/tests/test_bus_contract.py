@@ -115,11 +115,11 @@ async def test_published_events_arrive_intact_with_their_key(bus: Bus, topic: st
 
     assert sorted(e.id for e in seen.events) == sorted(e.id for e in sent)
     by_id = {e.id: e for e in sent}
-    for event, delivery in zip(seen.events, seen.deliveries, strict=True):
-        assert event == by_id[event.id]
-        assert delivery.key == event.key
+    for got, delivery in zip(seen.events, seen.deliveries, strict=True):
+        assert got == by_id[got.id]
+        assert delivery.key == got.key
         assert delivery.headers["ce_type"] == "io.eostream.scene.discovered"
-        assert delivery.headers["ce_id"] == str(event.id)
+        assert delivery.headers["ce_id"] == str(got.id)
         assert delivery.headers["ce_specversion"] == "1.0"
 
 

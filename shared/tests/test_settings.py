@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 from pydantic_settings import SettingsConfigDict
 
@@ -65,20 +62,3 @@ def test_settings_are_frozen(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings(DemoSettings)
     with pytest.raises(Exception, match="frozen"):
         settings.bus = "kafka"  # type: ignore[misc]
-
-
-def test_the_cli_turns_a_config_error_into_one_line() -> None:
-    code = (
-        "from eostream.shared.cli import app, run\n"
-        "from eostream.shared.errors import ConfigError\n"
-        "@app.command()\n"
-        "def boom() -> None:\n"
-        "    raise ConfigError('configuration error: DEMO_X is not set; it is required')\n"
-        "import sys; sys.argv = ['eostream', 'boom']\n"
-        "run(app)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [
-        "eostream: configuration error: DEMO_X is not set; it is required"
-    ]

@@ -1,7 +1,7 @@
 """The whole loop on the real local stack, each service its own process.
 
 One deployment per test module: the four services started by the same
-:class:`~eostream.shared.processes.ProcessGroup` that ``eostream up --stack local`` runs, in a
+:class:`~eostream.runner.processes.ProcessGroup` that ``eostream up --stack local`` runs, in a
 namespace of their own (topic prefix, consumer groups, model name, STAC collection, bucket
 prefix), so other tests on the same stack neither see nor disturb them. A supervisor thread
 restarts a process that dies, as an orchestrator would; tests kill processes on purpose and watch
@@ -21,17 +21,18 @@ from typing import TypeVar
 import httpx
 import pytest
 
-from eostream.shared.driver import (
+from eostream.runner.driver import (
     DeploymentDriver,
     create_collection,
     stage_scene,
     watch_collection,
 )
+from eostream.runner.processes import ProcessGroup
+from eostream.shared.deployment import Deployment, LocalStack
 from eostream.shared.events import (
     Event,
     ModelPromoted,
 )
-from eostream.shared.processes import Deployment, LocalStack, ProcessGroup
 from eostream.shared.storage.s3 import S3ObjectStore
 
 log = logging.getLogger(__name__)

@@ -26,10 +26,11 @@ import httpx
 import pytest
 
 from eostream.inference import testing
+from eostream.runner.driver import DeploymentDriver, stage_scene
+from eostream.runner.processes import ProcessGroup
 from eostream.shared import topics
-from eostream.shared.driver import DeploymentDriver, stage_scene
+from eostream.shared.deployment import Deployment, LocalStack
 from eostream.shared.events import ModelPromoted, SceneClassified, SceneDiscovered
-from eostream.shared.processes import Deployment, LocalStack, ProcessGroup
 from eostream.shared.storage.s3 import S3ObjectStore
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow, pytest.mark.timeout(1200)]

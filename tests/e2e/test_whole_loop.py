@@ -17,7 +17,7 @@ from rasterio.io import MemoryFile
 
 from eostream.shared.events import ModelPromoted
 
-from .conftest import System, restart_kafka  # type: ignore[import-not-found]
+from .conftest import System, restart_kafka
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -296,8 +296,8 @@ def test_services_killed_mid_work_and_a_broker_restart_lose_nothing_and_repeat_n
     per_version = Counter((r["scene_id"], r["model_version"]) for r in system.results())
     assert [k for k, n in per_version.items() if n != 1] == []
     discovered = defaultdict(set)
-    for e in system.discovered():
-        discovered[e.item_id].add(e.id)
+    for found in system.discovered():
+        discovered[found.item_id].add(found.id)
     assert all(len(discovered[s]) == 1 for s in inserted)
 
     # the killed training run resumed from its checkpoint and was registered once, never half

@@ -4,11 +4,11 @@ kept in its home under ``secrets/inference-api-key``."""
 
 from __future__ import annotations
 
-from eostream.shared.processes import (
+from eostream.shared.deployment import (
     Deployment,
     LocalStack,
     ProcessSpec,
-    eostream_command,
+    service_command,
     service_env,
 )
 
@@ -31,7 +31,7 @@ def process(stack: LocalStack, deployment: Deployment, port: int) -> ProcessSpec
     }
     return ProcessSpec(
         SERVICE,
-        eostream_command("inference", "serve"),
+        service_command("eostream.inference", "serve"),
         env,
         port,
         deployment.host,

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import re
 
-from eostream.shared.processes import (
+from eostream.shared.deployment import (
     Deployment,
     LocalStack,
     ProcessSpec,
-    eostream_command,
+    service_command,
     service_env,
 )
 
@@ -42,4 +42,6 @@ def process(stack: LocalStack, deployment: Deployment, port: int) -> ProcessSpec
         "INGEST_PG_SCHEMA": state_schema(deployment),
         "INGEST_POLL_INTERVAL_SECONDS": "10",
     }
-    return ProcessSpec(SERVICE, eostream_command("ingest", "run"), env, port, deployment.host)
+    return ProcessSpec(
+        SERVICE, service_command("eostream.ingest", "run"), env, port, deployment.host
+    )

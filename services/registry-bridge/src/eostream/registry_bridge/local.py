@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 
-from eostream.shared.processes import (
+from eostream.shared.deployment import (
     Deployment,
     LocalStack,
     ProcessSpec,
-    eostream_command,
+    service_command,
     service_env,
 )
 
@@ -35,7 +35,7 @@ def process(stack: LocalStack, deployment: Deployment, port: int) -> ProcessSpec
     }
     return ProcessSpec(
         SERVICE,
-        eostream_command("bridge", "run"),
+        service_command("eostream.registry_bridge", "run"),
         env,
         port,
         deployment.host,

@@ -3,11 +3,11 @@ requests, the MLflow server for tracking and the registry, its artifacts in MinI
 
 from __future__ import annotations
 
-from eostream.shared.processes import (
+from eostream.shared.deployment import (
     Deployment,
     LocalStack,
     ProcessSpec,
-    eostream_command,
+    service_command,
     service_env,
 )
 
@@ -25,7 +25,7 @@ def process(stack: LocalStack, deployment: Deployment, port: int) -> ProcessSpec
     }
     return ProcessSpec(
         SERVICE,
-        eostream_command("trainer", "run"),
+        service_command("eostream.trainer", "run"),
         env,
         port,
         deployment.host,

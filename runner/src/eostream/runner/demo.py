@@ -30,10 +30,12 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from eostream.runner.datasets import DEMO, MIRROR_ENV, default_data_dir
+from eostream.runner.processes import DIE_WITH_PARENT
+from eostream.runner.provision import ensure_data
 from eostream.shared import topics
 from eostream.shared.bus.base import Delivery, parse_dead_letter
 from eostream.shared.bus.memory import InMemoryBus
-from eostream.shared.datasets import DEMO, MIRROR_ENV, default_data_dir, ensure_data
 from eostream.shared.embedded import EmbeddedContext, EmbeddedSystem
 from eostream.shared.errors import ConfigError
 from eostream.shared.events import (
@@ -44,7 +46,6 @@ from eostream.shared.events import (
     TrainingRequested,
     TrainingStarted,
 )
-from eostream.shared.processes import DIE_WITH_PARENT
 from eostream.shared.storage.local import LocalObjectStore
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Downloading one file over HTTP: streamed, resumed with Range requests, checked by digest.
 
-Used by :mod:`eostream.shared.datasets`; nothing here knows what the files are.
+Used by :mod:`eostream.runner.datasets`; nothing here knows what the files are.
 """
 
 from __future__ import annotations

@@ -1,22 +1,8 @@
-"""The real data the demo needs, downloaded from its official sources and checked by sha256.
+"""Fetching the demo data into a folder and checking a folder against the manifest.
 
-``ensure_data(folder)`` makes ``folder`` hold the same layout as the shared data folder
-(``EOSTREAM_DATA_DIR``) for the files the demo reads, and nothing more:
-
-- ``eurosat_rgb/<Class>/<Class>_<n>.jpg``: all 27,000 EuroSAT RGB JPEGs (trainer catalogue,
-  the gate's held-out set, the RGB half of the scaling pairs), from the EuroSAT authors' Zenodo
-  archive (94.7 MB).
-- ``eurosat100_stac/data/.../tif/<Class>/<Class>_<n>.tif``: the 100 EuroSAT MS GeoTIFFs of
-  EuroSAT100 (10.7 MB), the MS half of the pairs the trainer fits the RGB model's scaling on,
-  from the URLs its STAC catalogue names, and ``eurosat_ms/MANIFEST.csv`` listing them.
-- ``sentinel2_scenes/S2A_29RKH_20200219_0_L2A_cog_downsampled/``: the demo scene's STAC Item and
-  the four rasters an RGB model reads (B02, B03, B04 and SCL for the cloud mask; 7.0 MB).
-
-About 112 MB in all. Every file is written under its final name only once its digest matched;
-a mismatch deletes what was downloaded and raises :class:`DataFetchError` naming the URL and
-both digests. A marker (``.eostream-data.json``) records what was verified, so a second call
-fetches nothing. A mirror (``EOSTREAM_DATA_MIRROR``) serves each official URL under
-``<mirror>/<host>/<path>`` (the layout ``wget -x`` writes): ``eostream data urls`` lists them.
+:func:`ensure_data` downloads what :data:`eostream.runner.datasets.DEMO` names (each file checked
+by sha256 before it takes its final name) and records what it verified in a marker, so a second
+call fetches nothing; :func:`check_data` says, file by file, whether a folder holds the manifest.
 """
 
 from __future__ import annotations
@@ -25,15 +11,13 @@ import contextlib
 import csv
 import fcntl
 import hashlib
-import io
 import json
 import os
-import re
 import shutil
 import threading
 import time
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
@@ -50,172 +34,27 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from eostream.shared.download import (
+from eostream.runner.datasets import (
+    CLASSES,
+    DATA_VERSION,
+    DEMO,
+    MARKER,
+    MIRROR_ENV,
+    ListedRows,
+    Manifest,
+    RemoteArchive,
+    RemoteFile,
+    folder_tree,
+    listed_rows,
+    tree_digest,
+)
+from eostream.runner.download import (
     Advance,
     DataFetchError,
     fetch_verified,
     file_digest,
     mirrored,
 )
-
-#: Bump when the manifest changes: the cache is keyed by it, so an old download stays valid.
-DATA_VERSION = "1"
-MARKER = ".eostream-data.json"
-MIRROR_ENV = "EOSTREAM_DATA_MIRROR"
-CLASSES = (
-    "AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial",
-    "Pasture", "PermanentCrop", "Residential", "River", "SeaLake",
-)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    """One file, downloaded as is from ``url`` to ``path`` (relative to the data folder)."""
-
-    path: str
-    url: str
-    size: int
-    sha256: str
-
-
-@dataclass(frozen=True)
-class RemoteArchive:
-    """A zip whose members matching ``member`` are extracted to ``dest/<group 'rel'>``.
-
-    ``md5`` is the publisher's checksum of the zip (Zenodo publishes md5 only). ``tree_sha256``
-    is :func:`tree_digest` over the extracted files: the content check, in sha256.
-    """
-
-    dest: str
-    url: str
-    size: int
-    md5: str
-    member: re.Pattern[str]
-    files: int
-    tree_sha256: str
-
-
-@dataclass(frozen=True)
-class ListedRows:
-    """A CSV the download writes (it is not published anywhere): ``rows`` of the data folder's
-    MANIFEST.csv. A folder passes if its CSV lists each of these paths with the same sha256."""
-
-    path: str
-    resource: str
-
-
-@dataclass(frozen=True)
-class Manifest:
-    files: tuple[RemoteFile, ...]
-    archives: tuple[RemoteArchive, ...]
-    listings: tuple[ListedRows, ...]
-
-    @property
-    def size(self) -> int:
-        return sum(f.size for f in self.files) + sum(a.size for a in self.archives)
-
-    def urls(self) -> list[str]:
-        return [a.url for a in self.archives] + [f.url for f in self.files]
-
-
-# --- the manifest ---------------------------------------------------------------------------
-# EuroSAT RGB: the authors' archive on Zenodo (doi:10.5281/zenodo.7711810, MIT). Size and md5 as
-# Zenodo publishes them. It has never been downloaded here (no internet): tree_sha256 was computed
-# from shared/data/eurosat_rgb, whose 27,000 JPEGs are byte-identical to three independent copies
-# of this archive's content (see its PROVENANCE.md), over the class folders only; the archive's
-# top folder (EuroSAT_RGB/ on Zenodo, 2750/ in the older DFKI EuroSAT.zip) does not matter.
-EUROSAT_RGB = RemoteArchive(
-    dest="eurosat_rgb",
-    url="https://zenodo.org/records/7711810/files/EuroSAT_RGB.zip?download=1",
-    size=94_658_721,
-    md5="f46e308c4d50d4bf32fedad2d3d62f3b",
-    member=re.compile(rf"(?:^|/)(?P<rel>(?P<cls>{'|'.join(CLASSES)})/(?P=cls)_\d+\.jpg)$"),
-    files=27_000,
-    tree_sha256="20a1a14fe4e5e7b3d5a1db892da1bd4414fbb4e1d578fea84353dbfb954fabb4",
-)
-
-# EuroSAT100 MS GeoTIFFs, at the commit of the URLs their STAC catalogue names (tag 0.5.0 of
-# ai-extensions/stac-data-loader). Path, size and sha256 come from the data folder's
-# eurosat_ms/MANIFEST.csv, whose sha256 of each tif matches an independent copy's Git-LFS pointer
-# (eurosat_ms/PROVENANCE.md). The full EuroSAT_MS.zip (2.07 GB) would be the authors' source; these
-# 100 patches are the published files the RGB scaling fit needs, at 0.5 % of its size.
-_EUROSAT100 = (
-    "https://raw.githubusercontent.com/ai-extensions/stac-data-loader/"
-    "9e13b11e8af985800bffbff9e72c75dccbb0935f/data/EuroSAT/"
-)
-MS_LISTING = ListedRows(path="eurosat_ms/MANIFEST.csv", resource="datasets_eurosat_ms.csv")
-
-# The demo scene. The data folder holds rio-tiler-pds's test fixtures of Earth Search's
-# S2A_29RKH_20200219_0_L2A: the STAC Item as is, and the sentinel-cogs COGs downsampled 10x. The
-# downsampled rasters are not on the sentinel-cogs bucket, and a local resampling of the official
-# COGs (B04 alone is about 200 MB) would not give the same bytes, so no checksum could hold: they
-# are fetched as rio-tiler-pds publishes them, at the commit named in the folder's PROVENANCE.md.
-# sha256 computed from the data folder's copies, byte-identical to the git blobs at that commit.
-SCENE_DIR = "sentinel2_scenes/S2A_29RKH_20200219_0_L2A_cog_downsampled"
-_SCENE = (
-    "https://raw.githubusercontent.com/cogeotiff/rio-tiler-pds/"
-    "f8b93f3b9cbe2d94271f36d43a8878953aec2682/tests/fixtures/sentinel-cogs/"
-    "sentinel-s2-l2a-cogs/29/R/KH/2020/2/S2A_29RKH_20200219_0_L2A/"
-)
-SCENE_FILES = tuple(
-    RemoteFile(f"{SCENE_DIR}/{name}", _SCENE + name, size, sha256)
-    for name, size, sha256 in (
-        ("S2A_29RKH_20200219_0_L2A.json", 20_848,
-         "a85d8a3aa1eb74e7354273499d5dc7b026792a9449deb48a107147f2e88dd885"),
-        ("B02.tif", 2_251_637, "b71f92be3aabdcf05247b72f43cbb2491737dcf7f4624d1016a38f2c48658f42"),
-        ("B03.tif", 2_320_211, "6682575d3714324b78f0128d8c066b3c5109d5459db1b6b13972588740946dfc"),
-        ("B04.tif", 2_381_555, "03d15e216bdc97fce93f6067bb4699dc58a89205ac2b169e0be7c51946aaff47"),
-        ("SCL.tif", 8_268, "12a5f0c708d36e0f61e18121178d1c9b1beae07bc0194e42e011763f4528d6d6"),
-    )
-)  # fmt: skip
-
-
-def listed_rows(listing: ListedRows) -> list[dict[str, str]]:
-    text = resources.files("eostream.shared").joinpath(listing.resource).read_text()
-    return list(csv.DictReader(io.StringIO(text)))
-
-
-def _eurosat100_files() -> tuple[RemoteFile, ...]:
-    prefix = "eurosat100_stac/"
-    return tuple(
-        RemoteFile(row["path"], _EUROSAT100 + row["path"][len(prefix) :], int(row["bytes"]),
-                   row["sha256"])
-        for row in listed_rows(MS_LISTING)
-    )  # fmt: skip
-
-
-DEMO = Manifest(
-    files=(*_eurosat100_files(), *SCENE_FILES), archives=(EUROSAT_RGB,), listings=(MS_LISTING,)
-)
-
-
-# --- where, and from where ------------------------------------------------------------------
-def default_data_dir() -> Path:
-    """``${EOSTREAM_CACHE:-~/.cache/eostream}/data/<DATA_VERSION>``: outside any clone."""
-    base = os.environ.get("EOSTREAM_CACHE") or "~/.cache/eostream"
-    return Path(base).expanduser() / "data" / DATA_VERSION
-
-
-# --- digests --------------------------------------------------------------------------------
-def tree_digest(entries: Iterable[tuple[str, int, str]]) -> str:
-    """sha256 over the sorted lines ``relpath<TAB>size<TAB>sha256``, paths relative to the
-    data folder with forward slashes."""
-    h = hashlib.sha256()
-    for rel, size, sha in sorted(entries):
-        h.update(f"{rel}\t{size}\t{sha}\n".encode())
-    return h.hexdigest()
-
-
-def folder_tree(root: Path, archive: RemoteArchive) -> list[tuple[str, int, str]]:
-    """The (relpath, size, sha256) of the files under ``root/archive.dest`` the archive names."""
-    found: list[tuple[str, int, str]] = []
-    for path in sorted((root / archive.dest).rglob("*")):
-        rel = path.relative_to(root / archive.dest).as_posix()
-        match = archive.member.search(rel)
-        if path.is_file() and match and match["rel"] == rel:
-            data = path.read_bytes()
-            found.append((f"{archive.dest}/{rel}", len(data), hashlib.sha256(data).hexdigest()))
-    return found
 
 
 # --- the marker -----------------------------------------------------------------------------
@@ -328,7 +167,7 @@ def _listing_ok(root: Path, listing: ListedRows) -> bool:
 
 
 def _write_listing(root: Path, listing: ListedRows) -> None:
-    text = resources.files("eostream.shared").joinpath(listing.resource).read_bytes()
+    text = resources.files("eostream.runner").joinpath(listing.resource).read_bytes()
     target = root / listing.path
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")

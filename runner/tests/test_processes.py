@@ -13,15 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from eostream.runner.processes import ProcessGroup, discover_process_factories, parse_exports
+from eostream.shared.deployment import Deployment, LocalStack, ProcessSpec
 from eostream.shared.errors import ConfigError
-from eostream.shared.processes import (
-    Deployment,
-    LocalStack,
-    ProcessGroup,
-    ProcessSpec,
-    discover_process_factories,
-    parse_exports,
-)
 
 SERVER = """
 import http.server, sys
@@ -177,7 +171,8 @@ def test_children_do_not_outlive_a_killed_supervisor(tmp_path: Path) -> None:
     script = f"""
 import sys, time
 from pathlib import Path
-from eostream.shared.processes import Deployment, LocalStack, ProcessGroup, ProcessSpec
+from eostream.runner.processes import ProcessGroup
+from eostream.shared.deployment import Deployment, LocalStack, ProcessSpec
 SERVER = {SERVER!r}
 def factory(stack, deployment, port):
     return ProcessSpec("one", (sys.executable, "-c", SERVER, str(port)), {{}}, port)

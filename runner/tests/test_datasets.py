@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import pytest
 from typer.testing import CliRunner
 
-from eostream.shared.datasets import (
+from eostream.runner.datasets import (
     CLASSES,
     DEMO,
     EUROSAT_RGB,
@@ -31,13 +31,12 @@ from eostream.shared.datasets import (
     SCENE_FILES,
     Manifest,
     RemoteArchive,
-    check_data,
     default_data_dir,
-    ensure_data,
     tree_digest,
 )
-from eostream.shared.datasets_cli import data_app
-from eostream.shared.download import DataFetchError, file_digest, mirrored
+from eostream.runner.datasets_cli import data_app
+from eostream.runner.download import DataFetchError, file_digest, mirrored
+from eostream.runner.provision import check_data, ensure_data
 
 
 class Mirror:
@@ -177,7 +176,7 @@ def test_fetch_downloads_each_file_once_and_lays_it_out_as_the_demo_reads_it(
     from eostream.inference.scene import rewrite_href
     from eostream.ingest.embedded import DEMO_SCENE
     from eostream.registry_bridge.holdout import load as load_holdout
-    from eostream.shared.demo import demo_options
+    from eostream.runner.demo import demo_options
     from eostream.trainer.catalog import build_catalog, list_sources
     from eostream.trainer.scaling import fit_rgb_scaling
 
@@ -226,7 +225,7 @@ def test_the_demo_uses_the_cache_when_no_data_folder_is_set(
     fetched: Path, served: Mirror, cache: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
-    from eostream.shared.demo import demo_data_dir
+    from eostream.runner.demo import demo_data_dir
 
     monkeypatch.setenv("EOSTREAM_CACHE", str(cache))
     monkeypatch.setenv("EOSTREAM_DATA_MIRROR", served.url)

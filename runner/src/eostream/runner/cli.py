@@ -77,7 +77,7 @@ def up(
         return
     if stack != "embedded":
         raise ConfigError(f"--stack must be 'embedded' or 'local', not {stack!r}")
-    from eostream.shared.demo import run as run_embedded
+    from eostream.runner.demo import run as run_embedded
     from eostream.shared.runtime import run_service
 
     run_service(lambda: run_embedded(home, data_dir, demo=False))
@@ -92,13 +92,14 @@ def up_local(home: Path, data_dir: Path | None, topic_prefix: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from eostream.shared.processes import Deployment, LocalStack, ProcessGroup
+    from eostream.runner.processes import ProcessGroup, stack_from_script
+    from eostream.shared.deployment import Deployment, LocalStack
 
     script = Path("deploy/local/stack")
     if os.environ.get("EOSTREAM_KAFKA_BOOTSTRAP") or not script.exists():
         local = LocalStack.from_environ()
     else:  # in a checkout: start the stack (idempotent) and read its addresses
-        local = LocalStack.from_script(script)
+        local = stack_from_script(script)
     deployment = Deployment(
         home=home.resolve() / "local", data_dir=data_dir, topic_prefix=topic_prefix
     )
@@ -132,7 +133,7 @@ def demo(
     train_timeout: Annotated[float, typer.Option(help="Seconds to wait for a model")] = 900,
 ) -> None:
     """Train, gate and promote a first model, discover real scenes, classify them, show results."""
-    from eostream.shared.demo import run as run_embedded
+    from eostream.runner.demo import run as run_embedded
     from eostream.shared.runtime import run_service
 
     quiet_for_people()
@@ -157,8 +158,8 @@ def quiet_for_people() -> None:
 
 
 def _load_commands() -> None:
-    from eostream.shared.datasets_cli import data_app
-    from eostream.shared.dlq_cli import dlq_app
+    from eostream.runner.datasets_cli import data_app
+    from eostream.runner.dlq_cli import dlq_app
 
     app.add_typer(data_app, name="data")
     app.add_typer(dlq_app, name="dlq")

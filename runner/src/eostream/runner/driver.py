@@ -2,7 +2,7 @@
 the STAC API, ask for training, read the topics, query the REST API, and wait for outcomes.
 
 The end-to-end tests (tests/e2e) and the latency benchmark (benchmarks/latency) are built on it,
-with the services run by :class:`~eostream.shared.processes.ProcessGroup`.
+with the services run by :class:`~eostream.runner.processes.ProcessGroup`.
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ from typing import Any, TypeVar
 
 import httpx
 
+from eostream.runner.processes import ProcessGroup
 from eostream.shared import topics
 from eostream.shared.bus.base import parse_dead_letter
 from eostream.shared.bus.kafka import KafkaBus
 from eostream.shared.codec import decode
+from eostream.shared.deployment import LocalStack
 from eostream.shared.events import (
     DeadLetter,
     Event,
@@ -34,7 +36,6 @@ from eostream.shared.events import (
     TrainingRequested,
     TrainingStarted,
 )
-from eostream.shared.processes import LocalStack, ProcessGroup
 from eostream.shared.settings import KafkaSettings
 from eostream.shared.storage.s3 import S3ObjectStore
 
@@ -176,7 +177,7 @@ class DeploymentDriver:
             batch_size=32,
             learning_rate=3e-3,
             seed=7,
-            requested_by="eostream.shared.driver",
+            requested_by="eostream.runner.driver",
             **fields,
         )
         self.publish(topics.TRAINING_REQUESTS, request)

@@ -13,14 +13,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from eostream.shared.datasets import (
-    DEMO,
-    MIRROR_ENV,
-    check_data,
-    default_data_dir,
-    ensure_data,
-)
-from eostream.shared.download import mirrored
+from eostream.runner.datasets import DEMO, MIRROR_ENV, default_data_dir
+from eostream.runner.download import mirrored
+from eostream.runner.provision import check_data, ensure_data
 
 data_app = typer.Typer(
     help="The real data the demo needs: download it (checksummed) or check a data folder.",

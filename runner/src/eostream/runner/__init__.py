@@ -1,0 +1,1 @@
+"""eostream.runner: the ``eostream`` command, the embedded demo, the process supervisor."""

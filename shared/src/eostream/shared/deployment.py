@@ -1,0 +1,159 @@
+"""What a deployment of eostream is made of, described without running anything.
+
+A :class:`Deployment` (its name, home, topic prefix, model name) on a :class:`LocalStack` (the
+servers ``deploy/local/stack`` started) runs one :class:`ProcessSpec` per service. Each service
+describes its own process through the ``eostream.processes`` entry-point group: a callable
+``(stack, deployment, port) -> ProcessSpec`` (its ``local.py``) that knows its own settings'
+variable names; :func:`service_env` gives the ones every service shares. Starting and supervising
+the processes is the runner's work (``eostream.runner.processes``), not this library's.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from eostream.shared.errors import ConfigError
+from eostream.shared.settings import S3Settings
+
+#: The entry-point group through which each service offers its :data:`ProcessFactory`.
+ENTRY_POINT_GROUP = "eostream.processes"
+
+
+#: The variables ``deploy/local/stack env`` prints, by field of :class:`LocalStack`.
+STACK_VARIABLES = {
+    "kafka_bootstrap": "EOSTREAM_KAFKA_BOOTSTRAP",
+    "s3_endpoint": "EOSTREAM_S3_ENDPOINT",
+    "s3_access_key": "EOSTREAM_S3_ACCESS_KEY",
+    "s3_secret_key": "EOSTREAM_S3_SECRET_KEY",
+    "pg_dsn": "EOSTREAM_PG_DSN",
+    "mlflow_uri": "EOSTREAM_MLFLOW_URI",
+    "stac_api_url": "EOSTREAM_STAC_API_URL",
+}
+
+
+@dataclass(frozen=True)
+class LocalStack:
+    """The servers of the real local stack, as ``deploy/local/stack env`` exports them."""
+
+    kafka_bootstrap: str
+    s3_endpoint: str
+    s3_access_key: str
+    s3_secret_key: str
+    pg_dsn: str
+    mlflow_uri: str
+    stac_api_url: str
+    prometheus_url: str | None = None
+    prometheus_targets_dir: Path | None = None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> LocalStack:
+        env = os.environ if environ is None else environ
+        missing = [var for var in STACK_VARIABLES.values() if not env.get(var)]
+        if missing:
+            raise ConfigError(
+                f"{', '.join(missing)} not set: start the stack with `deploy/local/stack up` and "
+                'export its addresses with `eval "$(deploy/local/stack env)"`'
+            )
+        targets = env.get("EOSTREAM_PROMETHEUS_TARGETS_DIR")
+        return cls(
+            **{name: env[var] for name, var in STACK_VARIABLES.items()},
+            prometheus_url=env.get("EOSTREAM_PROMETHEUS_URL") or None,
+            prometheus_targets_dir=Path(targets) if targets else None,
+        )
+
+    def s3_settings(self) -> S3Settings:
+        return S3Settings.model_validate(
+            {
+                "endpoint": self.s3_endpoint,
+                "access_key": self.s3_access_key,
+                "secret_key": self.s3_secret_key,
+            }
+        )
+
+    def client_env(self) -> dict[str, str]:
+        """What MLflow and S3 clients in every service read (artifacts go to MinIO)."""
+        return {
+            "MLFLOW_TRACKING_URI": self.mlflow_uri,
+            "MLFLOW_S3_ENDPOINT_URL": f"http://{self.s3_endpoint}",
+            "AWS_ACCESS_KEY_ID": self.s3_access_key,
+            "AWS_SECRET_ACCESS_KEY": self.s3_secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What the processes of one deployment share. Two deployments on one stack stay apart:
+    their topics, consumer groups, bucket prefixes and model names do not meet."""
+
+    name: str = "local"
+    home: Path = Path(".eostream/local")
+    data_dir: Path | None = None
+    topic_prefix: str = ""
+    model_name: str = "eurosat-landcover"
+    bucket: str = "eostream"
+    host: str = "127.0.0.1"
+    log_level: str = "INFO"
+
+    def secret(self, name: str) -> str:
+        """A secret of this deployment, made once and kept in its home (0600)."""
+        path = self.home / "secrets" / name
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_urlsafe(24))
+        return path.read_text().strip()
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """How to run one service: its command line, its environment and its operator port."""
+
+    name: str
+    args: tuple[str, ...]
+    env: Mapping[str, str]
+    port: int
+    host: str = "127.0.0.1"
+    urls: Mapping[str, str] = field(default_factory=dict)
+    #: Prometheus job name; dashboards and alert rules select services by it
+    job: str = ""
+
+    def with_env(self, extra: Mapping[str, str]) -> ProcessSpec:
+        return replace(self, env={**self.env, **extra})
+
+
+ProcessFactory = Callable[[LocalStack, Deployment, int], ProcessSpec]
+
+
+def service_command(package: str, *words: str) -> tuple[str, ...]:
+    """``python -m PACKAGE WORDS...`` run by this interpreter (no PATH assumption): how a
+    service starts on its own, in a container image as under ``eostream up --stack local``."""
+    return (sys.executable, "-m", package, *words)
+
+
+def service_env(
+    prefix: str, stack: LocalStack, deployment: Deployment, port: int
+) -> dict[str, str]:
+    """The settings every service has (bus, store, HTTP), for the variable prefix ``prefix``."""
+    env = {
+        f"{prefix}LOG_LEVEL": deployment.log_level,
+        f"{prefix}HTTP_HOST": deployment.host,
+        f"{prefix}HTTP_PORT": str(port),
+        f"{prefix}BUS": "kafka",
+        f"{prefix}KAFKA__BOOTSTRAP_SERVERS": stack.kafka_bootstrap,
+        f"{prefix}KAFKA__TOPIC_PREFIX": deployment.topic_prefix,
+        f"{prefix}STORE": "s3",
+        f"{prefix}S3__ENDPOINT": stack.s3_endpoint,
+        f"{prefix}S3__ACCESS_KEY": stack.s3_access_key,
+        f"{prefix}S3__SECRET_KEY": stack.s3_secret_key,
+        f"{prefix}BUCKET": deployment.bucket,
+        **stack.client_env(),
+    }
+    if deployment.data_dir is not None:
+        env["EOSTREAM_DATA_DIR"] = str(deployment.data_dir)
+    return env

@@ -10,7 +10,7 @@ import httpx
 from eostream.registry_bridge.settings import BridgeSettings
 from eostream.shared.bus.memory import InMemoryBus
 
-from .conftest import MODEL_NAME, as_, make_service  # type: ignore[import-not-found]
+from .conftest import MODEL_NAME, as_, make_service
 
 
 def _ref(content: dict[str, Any]) -> str:

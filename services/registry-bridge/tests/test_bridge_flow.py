@@ -22,7 +22,7 @@ from eostream.shared.codec import decode
 from eostream.shared.events import ModelPromoted
 from eostream.shared.storage import build_object_store
 
-from .conftest import as_, make_bridge, make_service  # type: ignore[import-not-found]
+from .conftest import as_, make_bridge, make_service
 
 
 def bridge_and_bus(settings: BridgeSettings) -> tuple[Bridge, InMemoryBus]:

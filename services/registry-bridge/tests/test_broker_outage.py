@@ -17,7 +17,7 @@ from eostream.shared.codec import decode
 from eostream.shared.events import ModelPromoted, ModelVersionRegistered
 from eostream.shared.settings import KafkaSettings
 
-from .conftest import make_service  # type: ignore[import-not-found]
+from .conftest import make_service
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -21,7 +21,7 @@ from eostream.shared.errors import ConfigError
 from eostream.shared.events import ModelPromoted
 from eostream.shared.storage.local import LocalObjectStore
 
-from .conftest import (  # type: ignore[import-not-found]
+from .conftest import (
     HOLDOUT_PER_CLASS,
     HOLDOUT_SALT,
     MODEL_NAME,

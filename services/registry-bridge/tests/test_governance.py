@@ -30,7 +30,7 @@ from eostream.shared.events import ModelPromoted
 from eostream.shared.settings import load_settings
 from eostream.shared.storage import build_object_store
 
-from .conftest import (  # type: ignore[import-not-found]
+from .conftest import (
     CREDENTIALS,
     MODEL_NAME,
     as_,

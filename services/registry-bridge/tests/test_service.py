@@ -15,7 +15,7 @@ from eostream.shared.bus.memory import InMemoryBus
 from eostream.shared.codec import decode
 from eostream.shared.events import ModelPromoted, ModelVersionRegistered
 
-from .conftest import make_service  # type: ignore[import-not-found]
+from .conftest import make_service
 
 
 def seen(source: str) -> float:

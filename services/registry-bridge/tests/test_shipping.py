@@ -12,7 +12,7 @@ from eostream.registry_bridge.settings import BridgeSettings
 from eostream.registry_bridge.shipping import Shipper
 from eostream.shared.storage import build_object_store
 
-from .conftest import make_bridge  # type: ignore[import-not-found]
+from .conftest import make_bridge
 
 NAME = "eurosat-landcover"
 

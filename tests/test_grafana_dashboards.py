@@ -250,6 +250,24 @@ def test_the_model_quality_dashboard_shows_the_gate_scores() -> None:
     } <= used
 
 
+def test_the_model_quality_dashboard_shows_the_maps_by_version() -> None:
+    """Class shares, mean confidence and uncertain share, each split by model version."""
+    board = load(GRAFANA / "dashboards" / "eostream-model-quality.json")
+    shown = {
+        name: catalogue.references(target["expr"]).grouping
+        for panel in panels(board)
+        for target in panel.get("targets", [])
+        for name in catalogue.references(target["expr"]).metrics
+        if name.startswith(("eostream_inference_class_", "eostream_inference_scene_"))
+    }
+    assert {
+        "eostream_inference_class_pixels_total",
+        "eostream_inference_scene_mean_confidence_sum",
+        "eostream_inference_scene_uncertain_share_sum",
+    } <= set(shown)
+    assert all({"model", "version"} <= grouping for grouping in shown.values()), shown
+
+
 def test_job_and_service_labels_name_what_is_scraped_and_exported() -> None:
     """`job` values as the scrape configs set them (eostream-bridge, not eostream-registry-bridge);
     `service` values as the services name their bus (registry-bridge)."""

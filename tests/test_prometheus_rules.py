@@ -120,6 +120,37 @@ def test_rule_unit_tests_catch_a_broken_rule(promtool: str, tmp_path: Path) -> N
     assert "EostreamConsumerLagGrowing" in done.stdout + done.stderr
 
 
+@pytest.mark.parametrize(
+    ("threshold", "changed"),
+    [
+        ("eostream:map_drift_class_share:threshold\n        expr: vector(0.15)", "vector(0.5)"),
+        ("eostream:map_drift_mean_confidence:threshold\n        expr: vector(0.1)", "vector(0.5)"),
+        ("eostream:map_drift_min_scenes:threshold\n        expr: vector(5)", "vector(1)"),
+    ],
+    ids=["class-share", "mean-confidence", "min-scenes"],
+)
+def test_the_map_drift_thresholds_are_the_recording_rule_constants(
+    promtool: str, tmp_path: Path, threshold: str, changed: str
+) -> None:
+    """EostreamMapDriftAfterPromotion reads its thresholds from one place each: change one and
+    maps.test.yml notices (a higher share or confidence threshold stops it firing; a lower scene
+    minimum lets it fire too early)."""
+    (tmp_path / "rules").mkdir()
+    text = (PROM / "rules" / "eostream.rules.yml").read_text()
+    assert text.count(threshold) == 1
+    name, _, old = threshold.rpartition(" ")
+    (tmp_path / "rules" / "eostream.rules.yml").write_text(
+        text.replace(threshold, f"{name} {changed}")
+    )
+    (tmp_path / "tests").mkdir()
+    test = tmp_path / "tests" / "maps.test.yml"
+    shutil.copy(PROM / "tests" / "maps.test.yml", test)
+    done = run(promtool, "test", "rules", str(test))
+    assert old != changed
+    assert done.returncode != 0
+    assert "EostreamMapDriftAfterPromotion" in done.stdout + done.stderr
+
+
 # The two halves of EostreamConsumerStalled's backstop, as written in the rules file.
 STALL_NO_PROGRESS = (
     "(time() - eostream_consumer_last_progress_timestamp_seconds) > 300\n"

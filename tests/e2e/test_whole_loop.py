@@ -149,6 +149,59 @@ def test_a_better_model_is_trained_gated_promoted_and_swapped_in_while_classifyi
     assert letters == []
     metrics = httpx.get(f"{system.inference_url}/metrics", timeout=30).text
     assert 'eostream_inference_scenes_total{outcome="failed"}' not in metrics
+    # what the maps say reaches the real Prometheus, per model version and scene kind (L2A)
+    _assert_map_metrics_in_prometheus(system, (first_champion.version, version))
+
+
+def _prometheus_by_version(system: System, query: str) -> dict[str, float]:
+    prometheus = system.stack.prometheus_url
+    assert prometheus, "EOSTREAM_PROMETHEUS_URL is not set"
+    body = httpx.post(f"{prometheus}/api/v1/query", data={"query": query}, timeout=30).json()
+    assert body["status"] == "success", (query, body)
+    return {r["metric"]["version"]: float(r["value"][1]) for r in body["data"]["result"]}
+
+
+def _assert_map_metrics_in_prometheus(system: System, versions: tuple[str, ...]) -> None:
+    """Class pixels (uncertain as a class), per-scene mean confidence and uncertain share of
+    ``versions`` of this deployment's model are in Prometheus, labelled by version and scene kind;
+    each version's class shares sum to 1 and it counted at most the scenes it has results for."""
+    model = f'model="{system.model_name}", scene_kind="L2A"'
+    results = Counter(r["model_version"] for r in system.results())
+
+    def scenes() -> dict[str, float]:
+        found = _prometheus_by_version(
+            system,
+            f"sum by (version) (eostream_inference_scene_mean_confidence_count{{{model}}})",
+        )
+        return found if set(versions) <= set(found) else {}
+
+    counted = system.wait("the map metrics of both versions in Prometheus", scenes, 60)
+    for v in versions:
+        assert 0 < counted[v] <= results[v], (v, counted, results)
+    uncertain = _prometheus_by_version(
+        system, f"sum by (version) (eostream_inference_scene_uncertain_share_count{{{model}}})"
+    )
+    assert [uncertain.get(v) for v in versions] == [counted[v] for v in versions]
+    pixels = _prometheus_by_version(
+        system,
+        f'sum by (version) (eostream_inference_class_pixels_total{{{model}, class="uncertain"}})'
+        f" >= 0",
+    )
+    assert set(versions) <= set(pixels)  # "uncertain" is a class of its own
+    shares = _prometheus_by_version(
+        system,
+        f"sum by (version) (sum by (version, class) (eostream_inference_class_pixels_total"
+        f"{{{model}}}) / ignoring (class) group_left () sum by (version) "
+        f"(eostream_inference_class_pixels_total{{{model}}}))",
+    )
+    for v in versions:
+        assert abs(shares[v] - 1.0) < 1e-6, (v, shares)
+    confidence = _prometheus_by_version(
+        system,
+        f"sum by (version) (eostream_inference_scene_mean_confidence_sum{{{model}}})"
+        f" / sum by (version) (eostream_inference_scene_mean_confidence_count{{{model}}})",
+    )
+    assert all(0.0 < confidence[v] <= 1.0 for v in versions), confidence
 
 
 def _dashboards_module() -> ModuleType:

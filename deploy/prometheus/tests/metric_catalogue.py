@@ -225,6 +225,18 @@ def value_problems(expr: str, label: str, values: Iterable[str]) -> list[str]:
     return found
 
 
+# label_replace(v, "dst", "replacement", "src", "regex"): its last four arguments
+_LABEL_REPLACE = re.compile(
+    r'label_replace\s*\((?:[^"]|"(?:[^"\\]|\\.)*")*?'
+    r',\s*"([a-zA-Z_]\w*)"\s*,\s*"[^"]*"\s*,\s*"[a-zA-Z_]\w*"\s*,\s*"[^"]*"\s*\)'
+)
+
+
+def created_labels(expr: str) -> frozenset[str]:
+    """Labels ``label_replace`` writes (its destination label), available to later grouping."""
+    return frozenset(_LABEL_REPLACE.findall(grafana_to_promql(expr)))
+
+
 def recorded_labels(expr: str, known: Mapping[str, frozenset[str] | None]) -> frozenset[str]:
     """The labels a recording rule's series carry: its grouping labels, or its input's."""
     refs = references(expr)
@@ -240,7 +252,7 @@ def problems(expr: str, known: Mapping[str, frozenset[str] | None]) -> list[str]
     """What in ``expr`` the catalogue ``known`` (sample name -> labels; None: any) lacks."""
     refs = references(expr)
     found: list[str] = []
-    available: set[str] = {"le"}
+    available: set[str] = {"le", *created_labels(expr)}
     for name, labels in refs.selectors:
         if name not in known:
             found.append(f"unknown metric {name}")

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
+
+from eostream.inference.writer import UNCERTAIN_NAME
 
 PIXELS_PER_SECOND = Gauge(
     "eostream_inference_pixels_per_second", "Pixels classified per second in the last scene"
@@ -37,3 +42,57 @@ REQUEST_DURATION = Histogram(
 def set_model_info(name: str, version: str, provider: str) -> None:
     MODEL_INFO.clear()
     MODEL_INFO.labels(name, version, provider).set(1)
+
+
+# -- what the maps say, per model version ------------------------------------------------------
+# "Same kind of scenes": the scene's processing level (L1C, L2A), anything else "other", so the
+# labels stay bounded: model name x version x scene kind (x class for the pixel counter).
+SCENE_KINDS = frozenset({"L1C", "L2A"})
+
+CLASS_PIXELS = Counter(
+    "eostream_inference_class_pixels_total",
+    "Pixels labelled with each class (and 'uncertain') by model version and scene kind",
+    ["model", "version", "scene_kind", "class"],
+)
+SCENE_MEAN_CONFIDENCE = Histogram(
+    "eostream_inference_scene_mean_confidence",
+    "Mean top-class probability over a scene's valid pixels, one observation per scene",
+    ["model", "version", "scene_kind"],
+    buckets=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0),
+)
+SCENE_UNCERTAIN_SHARE = Histogram(
+    "eostream_inference_scene_uncertain_share",
+    "Share of a scene's valid pixels labelled uncertain (254), one observation per scene",
+    ["model", "version", "scene_kind"],
+    buckets=(0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0),
+)
+
+
+def scene_kind(level: str | None) -> str:
+    """The bounded ``scene_kind`` label: the scene's processing level, else ``other``."""
+    return level if level in SCENE_KINDS else "other"
+
+
+def record_map(
+    model: str,
+    version: str,
+    level: str | None,
+    stats: Mapping[str, Any],
+    *,
+    mean_confidence: float | None,
+    uncertain_share: float | None,
+) -> None:
+    """Count one finished scene's map, once: the pixels of each class and of ``uncertain`` from
+    its ``statistics``, and (when it had valid pixels) its mean confidence and uncertain share,
+    the values of its result item's ``eostream:mean_confidence`` / ``eostream:uncertain_share``."""
+    kind = scene_kind(level)
+    for name, entry in stats["classes"].items():
+        CLASS_PIXELS.labels(model, version, kind, name).inc(entry["pixels"])
+    uncertain = stats["uncertain"]
+    CLASS_PIXELS.labels(model, version, kind, UNCERTAIN_NAME).inc(uncertain["pixels"])
+    if not stats["valid_pixels"]:
+        return  # an all-cloud scene says nothing about the model
+    share = uncertain["share"] if uncertain_share is None else uncertain_share
+    SCENE_UNCERTAIN_SHARE.labels(model, version, kind).observe(share)
+    if mean_confidence is not None:
+        SCENE_MEAN_CONFIDENCE.labels(model, version, kind).observe(mean_confidence)

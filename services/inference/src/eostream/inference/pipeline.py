@@ -284,6 +284,14 @@ class Pipeline:
         metrics.PIXELS.inc(result.pixels)
         metrics.PIXELS_PER_SECOND.set(result.pixels / max(result.seconds, 1e-9))
         metrics.SCENE_DURATION.observe(seconds)
+        metrics.record_map(
+            info.name,
+            info.version,
+            plan.decision.scene_level,
+            stats,
+            mean_confidence=confidence.get("eostream:mean_confidence"),
+            uncertain_share=confidence.get("eostream:uncertain_share"),
+        )
         log.info(
             "classified %s with %s v%s: %dx%d px, %d windows in %.2fs (%.0f px/s, read wait %.2fs)",
             plan.item_id,

@@ -1,6 +1,9 @@
 """The networks: a small CNN and three ResNet-18s for 64x64 patches, normalisation built in.
 
 * ``small_cnn``: four conv blocks, ~0.3 M parameters; trains in minutes on two CPU cores.
+* ``centre_cnn``: ``small_cnn`` for the window's context plus per-pixel logits of its central
+  8x8 pixels (see :class:`_CentreCNN`): for maps, whose pixels are labelled by the window
+  centred on them.
 * ``resnet18``: a 3x3 stride-1 stem and no max-pool, so layer1 sees all 64x64 pixels; the most
   accurate and ~16x the compute of ``resnet18_imagenet``: meant for a GPU.
 * ``resnet18_stride2``: a 3x3 stride-2 stem and no max-pool, so layer1 sees 32x32; ~4x the
@@ -30,7 +33,16 @@ from torch import nn
 
 from eostream.shared.modelcard import EUROSAT_CLASSES
 
-ARCHITECTURES = ("small_cnn", "resnet18", "resnet18_stride2", "resnet18_imagenet")
+ARCHITECTURES = (
+    "small_cnn",
+    "centre_cnn",
+    "resnet18",
+    "resnet18_stride2",
+    "resnet18_imagenet",
+)
+#: the central pixels whose own spectra ``centre_cnn`` classifies (inference's stride 8 labels
+#: the central 8x8 of each window)
+CENTRE_CROP = 8
 NUM_CLASSES = len(EUROSAT_CLASSES)
 
 
@@ -79,6 +91,35 @@ def _small_cnn(in_channels: int) -> nn.Sequential:
     )
 
 
+class _CentreCNN(nn.Module):
+    """``small_cnn`` on the whole window (context) plus per-pixel logits of the central
+    ``crop`` x ``crop`` pixels (a 3x3 receptive field), averaged: the window's class follows
+    the pixels it labels at inference, not only their 640 m surroundings. Train it with the
+    ``centre`` augmentation so the context branch does not drown the centre."""
+
+    def __init__(self, in_channels: int, crop: int = CENTRE_CROP) -> None:
+        super().__init__()
+        self.crop = crop
+        self.context = _small_cnn(in_channels)
+        self.local = nn.Sequential(
+            nn.Conv2d(in_channels, 64, 1, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(64, 64, 3, bias=False),  # valid: the crop plus a 1 px margin in
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(64, NUM_CLASSES, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top = (x.shape[-2] - self.crop) // 2 - 1
+        left = (x.shape[-1] - self.crop) // 2 - 1
+        centre = x[..., top : top + self.crop + 2, left : left + self.crop + 2]
+        local = self.local(centre).mean(dim=(2, 3))
+        out: torch.Tensor = self.context(x) + local
+        return out
+
+
 def _resnet18(in_channels: int, stem: str) -> nn.Module:
     """torchvision's ResNet-18 with a stem for 64x64 patches: ``imagenet`` (7x7 stride 2 and
     max-pool, layer1 at 16x16), ``stride2`` (3x3 stride 2, layer1 at 32x32) or ``full`` (3x3
@@ -96,6 +137,8 @@ def _resnet18(in_channels: int, stem: str) -> nn.Module:
 def _backbone(architecture: str, in_channels: int) -> nn.Module:
     if architecture == "small_cnn":
         return _small_cnn(in_channels)
+    if architecture == "centre_cnn":
+        return _CentreCNN(in_channels)
     stems = {"resnet18": "full", "resnet18_stride2": "stride2", "resnet18_imagenet": "imagenet"}
     return _resnet18(in_channels, stems[architecture])
 
@@ -115,30 +158,50 @@ class EuroSATNet(nn.Module):
         self.bands = tuple(bands)
         self.normalize = Normalize(mean, std)
         self.backbone = _backbone(architecture, len(bands))
+        self.jitter: nn.Module | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # training-only input augmentation (identity in eval); getattr: older pickles lack it
+        jitter = getattr(self, "jitter", None)
+        if jitter is not None and self.training:
+            x = jitter(x)
         out: torch.Tensor = self.backbone(self.normalize(x))
         return out
 
+    def with_jitter(self, jitter: nn.Module | None) -> EuroSATNet:
+        """Attach (or with None remove) a training-only input augmentation, e.g.
+        :class:`~eostream.trainer.augment.RadiometricJitter`; returns self."""
+        self.jitter = jitter
+        return self
+
     @property
     def first_conv(self) -> nn.Conv2d:
-        conv = getattr(self.backbone, self._first_conv_name)
-        if not isinstance(conv, nn.Conv2d):
-            raise TypeError(f"first layer of {self.architecture} is {type(conv).__name__}")
-        return conv
+        return self.input_convs[0]
 
     @property
-    def _first_conv_name(self) -> str:
-        return "0" if self.architecture == "small_cnn" else "conv1"
+    def input_convs(self) -> list[nn.Conv2d]:
+        """Every conv that reads the input bands (``centre_cnn`` has two branches)."""
+        convs = [getattr(parent, name) for parent, name in self._input_conv_slots()]
+        for conv in convs:
+            if not isinstance(conv, nn.Conv2d):
+                raise TypeError(f"first layer of {self.architecture} is {type(conv).__name__}")
+        return convs
 
-    def _set_first_conv(self, conv: nn.Conv2d) -> None:
-        setattr(self.backbone, self._first_conv_name, conv)
+    def _input_conv_slots(self) -> list[tuple[nn.Module, str]]:
+        if self.architecture == "centre_cnn":
+            backbone = cast(_CentreCNN, self.backbone)
+            return [(backbone.context, "0"), (backbone.local, "0")]
+        return [(self.backbone, "0" if self.architecture == "small_cnn" else "conv1")]
 
 
 def build_model(
-    architecture: str, bands: Sequence[str], mean: Sequence[float], std: Sequence[float]
+    architecture: str,
+    bands: Sequence[str],
+    mean: Sequence[float],
+    std: Sequence[float],
+    jitter: nn.Module | None = None,
 ) -> EuroSATNet:
-    return EuroSATNet(architecture, bands, mean, std)
+    return EuroSATNet(architecture, bands, mean, std).with_jitter(jitter)
 
 
 def widen_input(
@@ -162,31 +225,32 @@ def widen_input(
         raise ValueError(f"cannot widen: the new band list lacks {missing}")
     unit_map = unit_map or {}
     new = copy.deepcopy(model)
-    old_conv = model.first_conv
-    conv = nn.Conv2d(
-        len(bands),
-        old_conv.out_channels,
-        cast(tuple[int, int], old_conv.kernel_size),
-        stride=cast(tuple[int, int], old_conv.stride),
-        padding=cast(tuple[int, int], old_conv.padding),
-        bias=old_conv.bias is not None,
-    )
     generator = torch.Generator().manual_seed(seed)
     new_mean, new_std = list(mean), list(std)
-    with torch.no_grad():
-        conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * init_std)
-        for old_index, band in enumerate(model.bands):
-            index = list(bands).index(band)
-            conv.weight[:, index] = old_conv.weight[:, old_index]
-            a, b = unit_map.get(band, (1.0, 0.0))
-            old_mean = float(model.normalize.mean[0, old_index, 0, 0])
-            old_std = float(model.normalize.std[0, old_index, 0, 0])
-            # (a*x + b - m) / s == (x - (m - b)/a) / (s/a)
-            new_mean[index] = (old_mean - b) / a
-            new_std[index] = old_std / a
-        if old_conv.bias is not None and conv.bias is not None:
-            conv.bias.copy_(old_conv.bias)
-    new._set_first_conv(conv)
+    for old_index, band in enumerate(model.bands):
+        index = list(bands).index(band)
+        a, b = unit_map.get(band, (1.0, 0.0))
+        old_mean = float(model.normalize.mean[0, old_index, 0, 0])
+        old_std = float(model.normalize.std[0, old_index, 0, 0])
+        # (a*x + b - m) / s == (x - (m - b)/a) / (s/a)
+        new_mean[index] = (old_mean - b) / a
+        new_std[index] = old_std / a
+    for old_conv, (parent, name) in zip(model.input_convs, new._input_conv_slots(), strict=True):
+        conv = nn.Conv2d(
+            len(bands),
+            old_conv.out_channels,
+            cast(tuple[int, int], old_conv.kernel_size),
+            stride=cast(tuple[int, int], old_conv.stride),
+            padding=cast(tuple[int, int], old_conv.padding),
+            bias=old_conv.bias is not None,
+        )
+        with torch.no_grad():
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * init_std)
+            for old_index, band in enumerate(model.bands):
+                conv.weight[:, list(bands).index(band)] = old_conv.weight[:, old_index]
+            if old_conv.bias is not None and conv.bias is not None:
+                conv.bias.copy_(old_conv.bias)
+        setattr(parent, name, conv)
     new.normalize = Normalize(new_mean, new_std)
     new.bands = tuple(bands)
     return new

@@ -21,6 +21,7 @@ import torch
 
 from eostream.shared import tags
 from eostream.shared.modelcard import BandScaling, ModelCard
+from eostream.trainer.augment import training_augmentation
 from eostream.trainer.bands import band_set_bands
 from eostream.trainer.catalog import build_catalog, list_sources, sources_digest
 from eostream.trainer.datasets import PatchTensors, band_statistics, load_patches
@@ -150,6 +151,9 @@ def train_and_register(
         for s in ("train", "val", "test")
     }
     model = prepare_model(plan, tracker, data["train"])
+    if settings.input_augmentation:  # training-only (identity in eval): not in the ONNX
+        units = {s.band: (s.scale, s.offset) for s in card_scaling(plan.band_set, settings)}
+        model.with_jitter(training_augmentation(settings.input_augmentation, model.bands, units))
     card = ModelCard(
         name=plan.model_name,
         band_set=plan.band_set,
@@ -168,6 +172,7 @@ def train_and_register(
         tags.REQUEST_ID: plan.request_id,
         "eostream.requested_by": plan.requested_by,
         "mlflow.source.git.commit": git_commit(),
+        "eostream.input_augmentation": ",".join(settings.input_augmentation) or "none",
     }
     with tracker.run(
         resume, f"{plan.model_name}-{plan.band_set}-{plan.architecture}", run_tags

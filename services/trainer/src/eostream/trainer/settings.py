@@ -43,6 +43,11 @@ class TrainerSettings(ServiceSettings):
         default=HoldoutSettings(),
         description="the registry-bridge's held-out set, left out of training (same settings)",
     )
+    input_augmentation: tuple[str, ...] = Field(
+        default=(),
+        description="training-only input augmentations: radiometry (L1C->L2A haze and gain "
+        "jitter), centre (the label is the window's centre); see trainer/augment.py",
+    )
     consumer_group: str = "trainer"
     onnx_opset: int = Field(default=18, ge=13, le=23)
     onnx_tolerance: float = Field(default=1e-3, gt=0, description="max abs diff of ONNX logits")

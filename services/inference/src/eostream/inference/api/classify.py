@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +23,7 @@ from eostream.inference.errors import BadInputError, NoModelError, TooLargeError
 from eostream.inference.pipeline import Outcome, Pipeline, parse_item
 from eostream.inference.settings import InferenceSettings
 from eostream.inference.uploads import describe_bands, item_for_raster
+from eostream.shared import sentinel2
 from eostream.shared.errors import EostreamError
 from eostream.shared.http_errors import error_responses
 from eostream.shared.objects import absolute_href, rewrite_href
@@ -48,19 +49,31 @@ class ItemRequest(BaseModel):
     )
 
 
+def _rasters_opened(item: dict[str, Any], href: str, rewrites: Mapping[str, str]) -> set[str]:
+    """The hrefs the pipeline may open as rasters, for any model: every band's source asset and
+    the cloud mask, made absolute and rewritten as :func:`~eostream.inference.scene.prepare_scene`
+    does (metadata, thumbnails and other assets are never read)."""
+    raw = item.get("assets")
+    assets = {
+        key: {**asset, "href": rewrite_href(absolute_href(str(asset["href"]), href), rewrites)}
+        for key, asset in (raw.items() if isinstance(raw, dict) else ())
+        if isinstance(asset, dict) and asset.get("href")
+    }
+    sources, _ = sentinel2.band_sources(assets, sentinel2.SPECTRAL_ORDER)
+    opened = {source.href for source in sources.values()}
+    scl = sentinel2.scl_href(assets)
+    return opened | {scl} if scl else opened
+
+
 def load_checked_item(settings: InferenceSettings, href: str) -> dict[str, Any]:
-    """The STAC item a REST user named, read only if it and every asset it names are allowed
-    sources (``INFERENCE_SOURCES__*``); an HTTP redirect only to the same host."""
+    """The STAC item a REST user named, read only if it and every raster the pipeline may open
+    from it are allowed sources (``INFERENCE_SOURCES__*``); HTTP redirects only to the same
+    host."""
     policy = fetch.source_policy(settings)
     data = fetch.read_bytes(href, s3=settings.s3, max_bytes=settings.max_item_bytes, policy=policy)
     item = parse_item(data, href)
-    assets = item.get("assets")
-    for asset in assets.values() if isinstance(assets, dict) else ():
-        if isinstance(asset, dict) and asset.get("href"):
-            target = rewrite_href(
-                absolute_href(str(asset["href"]), href), settings.asset_href_rewrites
-            )
-            fetch.check_source(target, policy)
+    for target in _rasters_opened(item, href, settings.asset_href_rewrites):
+        fetch.check_source(target, policy)
     return item
 
 

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from eostream.inference import testing
 from eostream.inference.api.app import create_app
 from eostream.inference.service import InferenceService
-from eostream.inference.settings import InferenceSettings
+from eostream.inference.settings import InferenceSettings, SourcesSettings
 from eostream.inference.wiring import build_service
 from eostream.shared.bus.base import RetryPolicy
 from eostream.shared.bus.memory import InMemoryBus
@@ -125,6 +125,8 @@ def settings(tmp_path: Path) -> InferenceSettings:
         model_wait_seconds=5,
         max_upload_bytes=5_000_000,
         allow_coarse_scenes=True,  # most tests classify the 100 m 29RKH tile
+        # test HTTP servers on 127.0.0.1 stand for STAC APIs (loopback is refused by default)
+        sources=SourcesSettings(allowed_networks=("127.0.0.1/32",)),
         _env_file=None,
     )
 

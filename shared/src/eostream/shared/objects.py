@@ -11,12 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urljoin, urlparse
 
+from eostream.shared import sources_policy
 from eostream.shared.errors import ObjectNotFoundError, ObjectUnreadableError, RetryableError
 from eostream.shared.settings import S3Settings
+from eostream.shared.sources_policy import SourcePolicy
+
+if TYPE_CHECKING:
+    import httpx
 
 HTTP_TIMEOUT_SECONDS = 30.0
+MAX_REDIRECTS = 5
 
 
 def local_path(uri: str) -> Path | None:
@@ -43,13 +50,21 @@ def bucket_reader(s3: S3Settings) -> Callable[[str, str], bytes]:
     return read
 
 
-def read_bytes(uri: str, *, s3: S3Settings | None, max_bytes: int) -> bytes:
+def read_bytes(
+    uri: str, *, s3: S3Settings | None, max_bytes: int, policy: SourcePolicy | None = None
+) -> bytes:
     """The object's bytes.
+
+    With a ``policy`` (a URI a REST user named), the URI must be allowed by it
+    (:func:`eostream.shared.sources_policy.check`) and an HTTP redirect is followed only to the
+    same scheme, host and port, itself allowed; anything else raises SourceNotAllowedError.
 
     Raises ObjectNotFoundError (no such file, key or 404), ObjectUnreadableError (larger than
     ``max_bytes``, an unknown scheme, s3:// without S3 settings, another 4xx) or RetryableError
     (a network error or a 5xx).
     """
+    if policy is not None:
+        sources_policy.check(uri, policy)
     path = local_path(uri)
     parsed = urlparse(uri)
     if path is not None:
@@ -66,12 +81,7 @@ def read_bytes(uri: str, *, s3: S3Settings | None, max_bytes: int) -> bytes:
         except ObjectNotFoundError as exc:
             raise ObjectNotFoundError(f"{uri}: {exc}") from None
     if parsed.scheme in ("http", "https"):
-        import httpx
-
-        try:
-            response = httpx.get(uri, timeout=HTTP_TIMEOUT_SECONDS, follow_redirects=True)
-        except httpx.HTTPError as exc:
-            raise RetryableError(f"{uri}: {exc}") from exc
+        response = _http_get(uri, policy)
         if response.status_code == 404:
             raise ObjectNotFoundError(f"{uri}: 404 Not Found")
         if response.status_code >= 500:
@@ -84,6 +94,31 @@ def read_bytes(uri: str, *, s3: S3Settings | None, max_bytes: int) -> bytes:
     raise ObjectUnreadableError(
         f"{uri}: unsupported URI scheme {parsed.scheme!r} (use file, s3 or https)"
     )
+
+
+def _http_get(uri: str, policy: SourcePolicy | None) -> httpx.Response:
+    import httpx
+
+    if policy is None:
+        try:
+            return httpx.get(uri, timeout=HTTP_TIMEOUT_SECONDS, follow_redirects=True)
+        except httpx.HTTPError as exc:
+            raise RetryableError(f"{uri}: {exc}") from exc
+    origin = urlparse(uri)
+    current = uri
+    for _ in range(MAX_REDIRECTS + 1):
+        try:
+            response = httpx.get(current, timeout=HTTP_TIMEOUT_SECONDS, follow_redirects=False)
+        except httpx.HTTPError as exc:
+            raise RetryableError(f"{uri}: {exc}") from exc
+        if not response.is_redirect:
+            return response
+        target = urlparse(urljoin(current, response.headers.get("location", "")))
+        if (target.scheme, target.netloc) != (origin.scheme, origin.netloc):
+            raise sources_policy.SourceNotAllowedError("a redirect to another host")
+        current = target.geturl()
+        sources_policy.check(current, policy)
+    raise sources_policy.SourceNotAllowedError("too many redirects")
 
 
 def absolute_href(href: str, item_href: str) -> str:

@@ -45,6 +45,14 @@ class TooLargeError(BadInputError):
     code = "too_large"
 
 
+class SourceNotAllowedError(BadInputError):
+    """A REST request named a source outside the allowed roots, buckets and hosts, or one the
+    service may not read. One message for every reason: no answer tells whether a file exists
+    or a port is open (the reason is logged)."""
+
+    code = "source_not_allowed"
+
+
 class ModelLoadError(InferenceError, InvalidEventError):
     """A promoted model cannot be used: checksum, card or graph do not match."""
 

@@ -4,28 +4,84 @@ through :mod:`eostream.shared.objects`, and open rasters through GDAL."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
 import rasterio
 import rasterio.session
 
-from eostream.inference.errors import BadInputError, NotFoundError
-from eostream.shared import objects
+from eostream.inference.errors import BadInputError, NotFoundError, SourceNotAllowedError
+from eostream.inference.settings import InferenceSettings
+from eostream.shared import objects, sources_policy
 from eostream.shared.errors import ObjectNotFoundError, ObjectUnreadableError
 from eostream.shared.objects import local_path
 from eostream.shared.settings import S3Settings
+from eostream.shared.sources_policy import SourcePolicy
 
-__all__ = ["gdal_env", "gdal_path", "local_path", "read_bytes"]
+__all__ = [
+    "RASTER_DRIVERS",
+    "check_source",
+    "gdal_env",
+    "gdal_path",
+    "local_path",
+    "open_raster",
+    "read_bytes",
+    "source_policy",
+]
 
 log = logging.getLogger(__name__)
+#: The only GDAL drivers a raster is opened with: no VRT (it reads other files and URLs), no
+#: raw formats, whatever a file's name says.
+RASTER_DRIVERS = ("GTiff", "COG", "JP2OpenJPEG")
 
 
-def read_bytes(uri: str, *, s3: S3Settings | None, max_bytes: int) -> bytes:
+def open_raster(path: str, drivers: Sequence[str] = RASTER_DRIVERS) -> Any:
+    """Open a raster for reading with only ``drivers`` tried (GDAL's allowed-drivers list).
+
+    ``rasterio.open`` documents a list of drivers but 1.4 refuses one (TypeError), so this builds
+    its reader directly. Call it inside a ``rasterio.Env`` (``gdal_env``'s, or a plain one).
+    """
+    from rasterio._path import _parse_path
+    from rasterio.io import DatasetReader
+
+    return DatasetReader(_parse_path(path), driver=list(drivers))
+
+
+def source_policy(settings: InferenceSettings) -> SourcePolicy:
+    """What a REST request may name: the allowed roots, the data folder, the service's store."""
+    roots = list(settings.sources.allowed_roots)
+    data_dir = settings.data_dir or os.environ.get("EOSTREAM_DATA_DIR")
+    if data_dir:
+        roots.append(str(data_dir))
+    if settings.store == "local":
+        roots.append(str(settings.local_store_root))
+    else:
+        roots.append(f"s3://{settings.bucket}")
+    return SourcePolicy.build(
+        roots, settings.sources.allowed_hosts, settings.sources.allowed_networks
+    )
+
+
+def check_source(uri: str, policy: SourcePolicy) -> None:
+    """Raise this service's SourceNotAllowedError (one message; the reason is logged)."""
+    try:
+        sources_policy.check(uri, policy)
+    except sources_policy.SourceNotAllowedError as exc:
+        log.warning("refused source %r: %s", uri, exc.reason)
+        raise SourceNotAllowedError(sources_policy.GENERIC) from None
+
+
+def read_bytes(
+    uri: str, *, s3: S3Settings | None, max_bytes: int, policy: SourcePolicy | None = None
+) -> bytes:
     """:func:`eostream.shared.objects.read_bytes`, its errors told as this service's."""
     try:
-        return objects.read_bytes(uri, s3=s3, max_bytes=max_bytes)
+        return objects.read_bytes(uri, s3=s3, max_bytes=max_bytes, policy=policy)
+    except sources_policy.SourceNotAllowedError as exc:
+        log.warning("refused source %r: %s", uri, exc.reason)
+        raise SourceNotAllowedError(sources_policy.GENERIC) from None
     except ObjectNotFoundError as exc:
         raise NotFoundError(str(exc)) from None
     except ObjectUnreadableError as exc:
@@ -65,7 +121,7 @@ def gdal_env(s3: S3Settings | None, cache_mb: int = 256) -> Callable[[], rasteri
     """
     options: dict[str, str | int] = {
         "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-        "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
+        "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF,.jp2,.JP2",
         "GDAL_HTTP_MAX_RETRY": "2",
         "GDAL_HTTP_TIMEOUT": "30",
         "GDAL_CACHEMAX": cache_mb,

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import rasterio
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.transform import Affine
@@ -167,10 +166,10 @@ class SceneReader:
 
     def _dataset(self, href: str) -> Any:
         if href not in self._datasets:
-            from eostream.inference.fetch import gdal_path
+            from eostream.inference.fetch import gdal_path, open_raster
 
-            try:
-                self._datasets[href] = rasterio.open(gdal_path(href))
+            try:  # GTiff/COG/JPEG 2000 only: never a VRT, whatever the file is called
+                self._datasets[href] = open_raster(gdal_path(href))
             except RasterioError as exc:
                 raise _open_error(href, exc) from exc
         return self._datasets[href]

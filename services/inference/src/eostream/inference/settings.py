@@ -2,13 +2,37 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from eostream.shared.settings import ServiceSettings
+
+
+class SourcesSettings(BaseModel):
+    """What a REST request may name (``INFERENCE_SOURCES__*``); scenes announced on the bus are
+    not checked (ingest read them from the configured STAC sources)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    allowed_roots: tuple[str, ...] = Field(
+        default=(tempfile.gettempdir(),),
+        description="local folders and s3://bucket[/prefix] a request may name, besides the data "
+        "folder (DATA_DIR, else EOSTREAM_DATA_DIR) and the service's own store, always allowed; "
+        "the default is the system temp folder (set [] to drop it)",
+    )
+    allowed_hosts: tuple[str, ...] = Field(
+        default=("*",),
+        description="http(s) host names a request may name: '*', 'host' or '*.domain'",
+    )
+    allowed_networks: tuple[str, ...] = Field(
+        default=(),
+        description="address ranges allowed although private, loopback or link-local "
+        "(e.g. 127.0.0.0/8 for a local STAC API); none by default",
+    )
 
 
 class InferenceSettings(ServiceSettings):
@@ -91,6 +115,16 @@ class InferenceSettings(ServiceSettings):
     )
     max_item_bytes: int = Field(default=5_000_000, ge=1)
     data_dir: Path | None = Field(default=None, description="optional local data folder")
+    sources: SourcesSettings = Field(default_factory=SourcesSettings)
+    max_request_pixels: int = Field(
+        default=30_000_000,
+        ge=1,
+        description="width x height an uploaded raster may declare (checked from its header, "
+        "before any pixel is decoded)",
+    )
+    max_request_body_bytes: int = Field(
+        default=1_000_000, ge=1, description="body of a request other than an upload"
+    )
 
     @field_validator("stride")
     @classmethod

@@ -10,16 +10,56 @@ from rasterio.errors import RasterioError
 from rasterio.warp import transform_bounds
 
 from eostream.inference.bands import band_id
-from eostream.inference.errors import BadInputError, BandMismatchError
+from eostream.inference.errors import BadInputError, BandMismatchError, TooLargeError
+from eostream.inference.fetch import open_raster
+
+#: An upload is a GeoTIFF (COGs included): never a VRT or another format, whatever its name.
+UPLOAD_DRIVERS = ("GTiff",)
 
 
-def describe_bands(path: Path, declared: list[str] | None) -> list[str]:
-    """The band ids of a multi-band file: as declared, or from its band descriptions."""
+def _truncated(ds: Any, size: int) -> bool:
+    """Whether the header names data past the end of a ``size``-byte file (read from the TIFF
+    tags: nothing is decoded)."""
+    for bidx in range(1, ds.count + 1):
+        bh, bw = ds.block_shapes[bidx - 1]
+        for y in range(-(-ds.height // bh)):
+            for x in range(-(-ds.width // bw)):
+                offset = ds.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=bidx)
+                length = ds.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=bidx)
+                if offset and length and int(offset) + int(length) > size:
+                    return True
+    return False
+
+
+def describe_bands(path: Path, declared: list[str] | None, *, max_pixels: int = 0) -> list[str]:
+    """The band ids of a multi-band GeoTIFF: as declared, or from its band descriptions.
+
+    Only the header is read: a file that is not a GeoTIFF (a VRT named .tif, say), a truncated
+    one, or one that declares more than ``max_pixels`` (width x height; 0 = no limit) is refused
+    before any pixel is decoded. Messages never name the server's path.
+    """
     try:
-        with rasterio.open(path) as ds:
+        with (
+            rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"),
+            open_raster(str(path), UPLOAD_DRIVERS) as ds,
+        ):
             count, descriptions, crs = ds.count, ds.descriptions, ds.crs
-    except RasterioError as exc:
-        raise BadInputError(f"the upload is not a readable GeoTIFF: {exc}") from None
+            width, height = ds.width, ds.height
+            truncated = _truncated(ds, path.stat().st_size)
+    except RasterioError:
+        raise BadInputError(
+            "the upload is not a readable GeoTIFF: truncated, corrupt or another format (only "
+            "GeoTIFF and COG are accepted; VRT and other formats are refused)"
+        ) from None
+    if truncated:
+        raise BadInputError(
+            "the upload is truncated or corrupt: its header names data past the end of the file"
+        )
+    if max_pixels and width * height > max_pixels:
+        raise TooLargeError(
+            f"the upload declares {width}x{height} px, more than the {max_pixels} px "
+            "(width x height) allowed per request"
+        )
     if crs is None:
         raise BadInputError("the raster has no CRS (unknown georeferencing); reproject it first")
     if declared:

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request, Response
 
 from eostream.inference import metrics
 from eostream.inference.api import classify, errors, models, processes, results, stac
+from eostream.inference.api.guard import MULTIPART_SLACK, UPLOAD_PATH, RequestGuard
 from eostream.inference.service import InferenceService
 from eostream.inference.settings import InferenceSettings
 from eostream.inference.wiring import build_service
@@ -54,6 +55,13 @@ def create_app(settings: InferenceSettings, service: InferenceService | None = N
         ).observe(time.perf_counter() - started)
         return response
 
+    def body_limit(path: str) -> int:
+        if path == UPLOAD_PATH:
+            return settings.max_upload_bytes + MULTIPART_SLACK
+        return settings.max_request_body_bytes
+
+    # outermost of the app's middleware: runs before any body is read or parsed
+    app.add_middleware(RequestGuard, api_key=settings.api_key.get_secret_value(), limit=body_limit)
     app.include_router(ops_router("inference", svc.readiness, svc.liveness))
     for router in (results.router, stac.router, models.router, classify.router, processes.router):
         app.include_router(router)

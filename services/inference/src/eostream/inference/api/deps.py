@@ -50,21 +50,24 @@ Deployment = Annotated[ModelDeployment, Depends(get_deployment)]
 Store = Annotated[ObjectStore, Depends(get_store)]
 
 
+UNAUTHORIZED = "a valid API key is required (header X-API-Key or Authorization: Bearer)"
+
+
+def key_is_valid(x_api_key: str | None, authorization: str | None, expected: str) -> bool:
+    """Whether the request's X-API-Key or Bearer token is the API key (constant time)."""
+    given = x_api_key
+    if given is None and authorization and authorization.lower().startswith("bearer "):
+        given = authorization[7:].strip()
+    return bool(given) and secrets.compare_digest(str(given).encode(), expected.encode())
+
+
 def require_api_key(
     settings: Settings,
     x_api_key: Annotated[str | None, Header()] = None,
     authorization: Annotated[str | None, Header()] = None,
 ) -> None:
-    given = x_api_key
-    if given is None and authorization and authorization.lower().startswith("bearer "):
-        given = authorization[7:].strip()
-    expected = settings.api_key.get_secret_value()
-    if not given or not secrets.compare_digest(given.encode(), expected.encode()):
-        raise HTTPException(
-            401,
-            "a valid API key is required (header X-API-Key or Authorization: Bearer)",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    if not key_is_valid(x_api_key, authorization, settings.api_key.get_secret_value()):
+        raise HTTPException(401, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
 
 
 ApiKey = Depends(require_api_key)

@@ -14,6 +14,7 @@ from eostream.inference.errors import (
     NoModelError,
     NotFoundError,
     ResultNotFoundError,
+    SourceNotAllowedError,
     TooLargeError,
 )
 from eostream.shared import http_errors
@@ -23,6 +24,7 @@ from eostream.shared.errors import RetryableError
 STATUS: list[tuple[type[Exception], int, str]] = [
     (ResultNotFoundError, 404, "not_found"),
     (NotFoundError, 422, "referenced_not_found"),
+    (SourceNotAllowedError, 422, "source_not_allowed"),
     (TooLargeError, 413, "too_large"),
     (BandMismatchError, 422, "band_mismatch"),
     (LevelMismatchError, 422, "level_mismatch"),

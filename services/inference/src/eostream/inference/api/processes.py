@@ -8,8 +8,8 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict
 
-from eostream.inference.api.classify import CLASSIFY, ItemRequest
-from eostream.inference.api.deps import ApiKey, PipelineDep
+from eostream.inference.api.classify import CLASSIFY, ItemRequest, classify_named_item
+from eostream.inference.api.deps import ApiKey, PipelineDep, Settings
 from eostream.inference.api.results import summary
 from eostream.inference.api.schemas import ExecuteResult, ProcessDescription, ProcessList
 from eostream.inference.errors import ResultNotFoundError
@@ -88,10 +88,14 @@ def get_process(request: Request, process_id: str) -> dict[str, Any]:
     responses={**CLASSIFY, **error_responses(404)},
 )
 async def execute(
-    request: Request, process_id: str, body: Execute, pipeline: PipelineDep
+    request: Request, process_id: str, body: Execute, pipeline: PipelineDep, settings: Settings
 ) -> dict[str, Any]:
     _check(process_id)
     outcome = await run_in_threadpool(
-        pipeline.classify_href, body.inputs.item_href, replace=body.inputs.replace
+        classify_named_item,
+        pipeline,
+        settings,
+        body.inputs.item_href,
+        replace=body.inputs.replace,
     )
     return {"result": summary(outcome.record, str(request.base_url)) | {"skipped": outcome.skipped}}

@@ -1,0 +1,328 @@
+"""Hostile input over REST (issue #20): requests cost nothing until allowed, only allowed sources
+are read, and no answer leaks a server path or whether a file exists or a port is open."""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import json
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import rasterio
+
+from eostream.inference.api.app import create_app
+from eostream.inference.service import InferenceService
+from eostream.inference.settings import InferenceSettings, SourcesSettings
+from eostream.inference.wiring import build_service
+from eostream.shared.events import ModelPromoted
+from eostream.shared.sources_policy import GENERIC
+
+from .conftest import AUTH, BOADELLA_BANDS
+
+GB = 1 << 30
+REFUSED = {"code": "source_not_allowed", "description": GENERIC}
+RAW_VRT_OF_ETC_FILE = """<VRTDataset rasterXSize="16" rasterYSize="4">
+  <SRS>EPSG:32631</SRS>
+  <GeoTransform>500000, 10, 0, 4600000, 0, -10</GeoTransform>
+  <VRTRasterBand dataType="Byte" band="1" subClass="VRTRawRasterBand">
+    <SourceFilename relativetoVRT="0">/etc/passwd</SourceFilename>
+    <ImageOffset>0</ImageOffset><PixelOffset>1</PixelOffset><LineOffset>16</LineOffset>
+  </VRTRasterBand>
+</VRTDataset>
+"""
+
+
+@pytest.fixture
+def spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The temp folder uploads are spooled to (Starlette's and ours), empty at the start."""
+    folder = tmp_path / "spool"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+class _Body:
+    """A streamed request body that counts what the server pulled from it."""
+
+    def __init__(self, total: int, chunk: int = 1 << 20) -> None:
+        self.total, self.chunk, self.sent = total, chunk, 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while self.sent < self.total:
+            n = min(self.chunk, self.total - self.sent)
+            self.sent += n
+            yield b"\0" * n
+
+
+def _multipart(boundary: str, size: int) -> tuple[bytes, bytes]:
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.tif"\r\n'
+        "Content-Type: image/tiff\r\n\r\n"
+    ).encode()
+    return head, f"\r\n--{boundary}--\r\n".encode()
+
+
+async def test_unauthenticated_gigabyte_upload_is_refused_before_reading(
+    client: httpx.AsyncClient, spool: Path
+) -> None:
+    body = _Body(GB)
+    r = await client.post(
+        "/classify/upload",
+        content=body,
+        headers={"Content-Length": str(GB), "Content-Type": "multipart/form-data; boundary=b"},
+    )
+    assert r.status_code == 401 and r.json()["code"] == "unauthorized"
+    assert body.sent == 0, "the body was read before the key was checked"
+    assert list(spool.iterdir()) == []
+    # the same for the OGC process endpoint
+    r = await client.post("/processes/classify-scene/execution", content=_Body(GB))
+    assert r.status_code == 401
+
+
+async def test_oversize_authenticated_upload_is_cut_off_while_streaming(
+    client: httpx.AsyncClient, settings: InferenceSettings, spool: Path
+) -> None:
+    declared = await client.post(
+        "/classify/upload",
+        content=_Body(GB),
+        headers={**AUTH, "Content-Length": str(GB), "Content-Type": "multipart/form-data"},
+    )
+    assert declared.status_code == 413 and declared.json()["code"] == "too_large"
+
+    head, tail = _multipart("b", 0)
+    payload = _Body(3 * settings.max_upload_bytes)
+
+    async def stream() -> AsyncIterator[bytes]:  # no Content-Length: chunked, size unknown
+        yield head
+        async for chunk in payload:
+            yield chunk
+        yield tail
+
+    r = await client.post(
+        "/classify/upload",
+        content=stream(),
+        headers={**AUTH, "Content-Type": "multipart/form-data; boundary=b"},
+    )
+    assert r.status_code == 413 and r.json()["code"] == "too_large", r.text
+    assert payload.sent < 2 * settings.max_upload_bytes, "the whole body was read"
+
+    lying = _Body(settings.max_upload_bytes)  # says 1000 bytes, sends 5 MB
+
+    async def lie() -> AsyncIterator[bytes]:
+        yield head
+        async for chunk in lying:
+            yield chunk
+
+    r = await client.post(
+        "/classify/upload",
+        content=lie(),
+        headers={
+            **AUTH,
+            "Content-Length": "1000",
+            "Content-Type": "multipart/form-data; boundary=b",
+        },
+    )
+    assert r.status_code == 413
+    assert lying.sent <= 2 << 20
+
+
+async def test_a_vrt_upload_is_refused(
+    service: InferenceService,
+    client: httpx.AsyncClient,
+    make_model: Callable[..., ModelPromoted],
+    boadella_item: Callable[[str], Path],
+    tmp_path: Path,
+) -> None:
+    await asyncio.to_thread(service.deployment.deploy, make_model("1"))
+    vrt = tmp_path / "passwd.tif"
+    vrt.write_text(RAW_VRT_OF_ETC_FILE)
+    with rasterio.open(vrt) as ds:  # what GDAL would do with it unchecked
+        assert ds.driver == "VRT" and bytes(ds.read(1).ravel()[:5]) == b"root:"
+    files = {"file": ("scene.tif", vrt.read_bytes(), "image/tiff")}
+    r = await client.post("/classify/upload", files=files, data={"bands": "B04"}, headers=AUTH)
+    assert r.status_code == 400 and r.json()["code"] == "bad_input", r.text
+    assert "VRT" in r.json()["description"] and "eostream-upload" not in r.text
+
+    # named by an item inside the allowed roots, the pipeline refuses to open it too
+    item = json.loads(boadella_item("2020-06-21").read_text())
+    item["assets"]["data"]["href"] = str(vrt)
+    named = tmp_path / "vrt-item.json"
+    named.write_text(json.dumps(item))
+    r = await client.post("/classify/item", json={"item_href": str(named)}, headers=AUTH)
+    assert r.status_code == 400 and "not a readable raster" in r.json()["description"], r.text
+
+
+class _Redirect(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        targets = {
+            "/to-other-host": "http://127.0.0.2:{port}/item.json",
+            "/to-nowhere": "http://127.0.0.3:1/item.json",
+        }
+        target = targets.get(self.path.split("?")[0])
+        if target is None:
+            self.send_response(404)
+            self.end_headers()
+            return
+        self.send_response(302)
+        port = self.headers.get("Host", "").rsplit(":", 1)[-1]
+        self.send_header("Location", target.format(port=port))
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def redirector() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+async def _client_with(
+    settings: InferenceSettings, sources: SourcesSettings, model: ModelPromoted
+) -> AsyncIterator[httpx.AsyncClient]:
+    cfg = settings.model_copy(update={"sources": sources})
+    svc = build_service(cfg, consume=False)
+    await svc.start()
+    try:
+        await asyncio.to_thread(svc.deployment.deploy, model)
+        transport = httpx.ASGITransport(app=create_app(cfg, svc))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            yield c
+    finally:
+        await svc.stop()
+
+
+@pytest.fixture
+async def default_client(
+    settings: InferenceSettings, make_model: Callable[..., ModelPromoted]
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A service with the default allowed sources (the conftest's allows 127.0.0.1)."""
+    async for c in _client_with(settings, SourcesSettings(), make_model("1")):
+        yield c
+
+
+@pytest.fixture
+async def loopback_client(
+    settings: InferenceSettings, make_model: Callable[..., ModelPromoted]
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A service that allows 127.0.0.1 (a local STAC API) but nothing else private."""
+    sources = SourcesSettings(allowed_networks=("127.0.0.1/32",))
+    async for c in _client_with(settings, sources, make_model("1")):
+        yield c
+
+
+async def test_named_sources_outside_the_allow_list_get_one_answer(
+    default_client: httpx.AsyncClient, boadella_item: Callable[[str], Path], tmp_path: Path
+) -> None:
+    client = default_client
+    with socket_listening() as open_port:
+        hrefs = [
+            "/etc/passwd",  # exists
+            "/etc/no-such-file.json",  # does not
+            "file:///etc/passwd",
+            "file:///etc/no-such-file.json",
+            "/vsicurl/http://169.254.169.254/latest/meta-data/",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://10.0.0.1/item.json",
+            f"http://127.0.0.1:{open_port}/item.json",  # a port that is open
+            "http://127.0.0.1:1/item.json",  # one that is not
+            "http://[::1]:1/item.json",
+            "s3://some-other-bucket/item.json",
+            "gopher://127.0.0.1:70/",
+        ]
+        for href in hrefs:
+            r = await client.post("/classify/item", json={"item_href": href}, headers=AUTH)
+            assert (r.status_code, r.json()) == (422, REFUSED), (href, r.text)
+    # an allowed item that names a forbidden asset: the same answer, nothing opened
+    item = json.loads(boadella_item("2020-06-21").read_text())
+    for asset in ("/etc/passwd", "http://169.254.169.254/x.tif", "../../../../etc/passwd"):
+        item["assets"]["data"]["href"] = asset
+        named = tmp_path / "named.json"
+        named.write_text(json.dumps(item))
+        r = await client.post("/classify/item", json={"item_href": str(named)}, headers=AUTH)
+        assert (r.status_code, r.json()) == (422, REFUSED), (asset, r.text)
+    r = await client.post(
+        "/processes/classify-scene/execution",
+        json={"inputs": {"item_href": "/etc/passwd"}},
+        headers=AUTH,
+    )
+    assert (r.status_code, r.json()) == (422, REFUSED)
+
+
+async def test_redirects_to_another_host_are_refused(
+    loopback_client: httpx.AsyncClient, redirector: str
+) -> None:
+    for path in ("/to-other-host", "/to-nowhere"):
+        r = await loopback_client.post(
+            "/classify/item", json={"item_href": redirector + path}, headers=AUTH
+        )
+        assert (r.status_code, r.json()) == (422, REFUSED), (path, r.text)
+    # the allowed loopback host itself is read (a 404 is told: the source is allowed)
+    r = await loopback_client.post(
+        "/classify/item", json={"item_href": redirector + "/missing.json"}, headers=AUTH
+    )
+    assert r.status_code == 422 and r.json()["code"] == "referenced_not_found"
+
+
+async def test_truncated_and_huge_uploads_get_clear_errors(
+    service: InferenceService,
+    client: httpx.AsyncClient,
+    make_model: Callable[..., ModelPromoted],
+    data_dir: Path,
+    tmp_path: Path,
+) -> None:
+    await asyncio.to_thread(service.deployment.deploy, make_model("1"))
+    tif = data_dir / "sentinel2_scenes/boadella_l2a_sentinelhub/sentinel_2/Boadella_2020-06-21.tif"
+    bands = ",".join(BOADELLA_BANDS)
+    for cut in (600, tif.stat().st_size // 2):
+        files = {"file": ("cut.tif", tif.read_bytes()[:cut], "image/tiff")}
+        r = await client.post("/classify/upload", files=files, data={"bands": bands}, headers=AUTH)
+        text = r.json()["description"]
+        assert r.status_code == 400 and "truncated" in text and "no CRS" not in text, (cut, text)
+        assert "eostream-upload" not in r.text and tempfile.gettempdir() not in r.text
+
+    # a tiny deflated file that declares 6000 x 6000 px: refused from its header
+    bomb = tmp_path / "bomb.tif"
+    profile = {"driver": "GTiff", "width": 6000, "height": 6000, "count": 1, "dtype": "uint16"}
+    with rasterio.open(
+        bomb,
+        "w",
+        **profile,
+        crs="EPSG:32631",
+        transform=rasterio.transform.from_origin(500000, 4600000, 10, 10),
+        tiled=True,
+        compress="deflate",
+    ) as ds:
+        ds.write(np.zeros((1, 6000, 6000), np.uint16))
+    assert bomb.stat().st_size < 300_000
+    files = {"file": ("bomb.tif", bomb.read_bytes(), "image/tiff")}
+    r = await client.post("/classify/upload", files=files, data={"bands": "B04"}, headers=AUTH)
+    assert r.status_code == 413 and r.json()["code"] == "too_large", r.text
+    assert "6000x6000" in r.json()["description"]
+
+
+class socket_listening:
+    """A port with a listener on 127.0.0.1 (to show an open port answers like a closed one)."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen()
+        return int(self._sock.getsockname()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        self._sock.close()

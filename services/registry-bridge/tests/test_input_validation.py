@@ -3,6 +3,7 @@ error body (never a 500), and never reaches an MLflow search filter."""
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -86,3 +87,42 @@ def test_the_cli_refuses_bad_names_and_versions_in_one_line() -> None:
         result = runner.invoke(models_app, args)
         assert result.exit_code == 1, (args, result.output)
         assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+def test_openapi_fuzz_of_the_model_routes_has_no_server_errors(
+    bridge_settings: BridgeSettings,
+) -> None:
+    """schemathesis over the /models routes (names, versions, bodies): never a 5xx."""
+    import schemathesis
+    from hypothesis import HealthCheck, given
+    from hypothesis import settings as hsettings
+    from schemathesis.core.result import Ok
+
+    service = make_service(bridge_settings, InMemoryBus(service="registry-bridge"))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", service.app)
+    failures: list[str] = []
+    calls = 0
+
+    for result in schema.get_all_operations():
+        assert isinstance(result, Ok), result
+        operation = result.ok()
+        if not operation.path.startswith("/models"):
+            continue
+
+        @given(case=operation.as_strategy())
+        @hsettings(
+            max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        )
+        def run(case: schemathesis.Case[Any]) -> None:
+            nonlocal calls
+            response = case.call(headers=as_("alice"))
+            calls += 1
+            if response.status_code >= 500 and response.status_code != 503:
+                failures.append(
+                    f"{case.method} {case.formatted_path}: {response.status_code} "
+                    f"{response.text[:200]}"
+                )
+
+        run()
+    assert not failures, failures[:5]
+    assert calls >= 50

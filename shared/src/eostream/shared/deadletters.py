@@ -45,6 +45,15 @@ STAC_PREFIX = "stac:"
 #: Namespace of the ids of ItemReplayRequested events (uuid5 of the letter id).
 REPLAY_NAMESPACE = uuid.UUID("5d1b8f0e-6a8c-4f57-9a0e-2f3c7d9b1e64")
 
+#: Largest value a dead letter keeps whole (bytes); a larger one is kept as an excerpt of this
+#: size, with ``dlq_original_size`` and ``dlq_truncated`` headers (Kafka refuses records over
+#: about 1 MB by default, so a 10 MB item cannot be dead-lettered whole).
+MAX_VALUE_BYTES = 256 * 1024
+#: Headers of a dead letter whose value is an excerpt: the original value's size in bytes, and
+#: ``true``. Such a letter cannot be replayed byte for byte (:func:`replay_of` refuses it).
+ORIGINAL_SIZE = DLQ_HEADER_PREFIX + "original_size"
+TRUNCATED = DLQ_HEADER_PREFIX + "truncated"
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)\s*$", re.IGNORECASE)
 _UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -102,6 +111,22 @@ def letter_id(message: WireMessage) -> str:
         digest.update(len(raw).to_bytes(8, "big") + raw)
         digest.update(len(message.headers[name]).to_bytes(8, "big") + message.headers[name])
     return digest.hexdigest()[:LETTER_ID_LENGTH]
+
+
+def excerpt(value: bytes, max_bytes: int = MAX_VALUE_BYTES) -> tuple[bytes, dict[str, bytes]]:
+    """The value a dead letter keeps, and the headers that say so: ``value`` itself when it is
+    at most ``max_bytes`` long, else its first ``max_bytes`` bytes with the original size."""
+    if len(value) <= max_bytes:
+        return value, {}
+    return value[:max_bytes], {
+        ORIGINAL_SIZE: str(len(value)).encode("ascii"),
+        TRUNCATED: b"true",
+    }
+
+
+def is_excerpt(message: WireMessage) -> bool:
+    """Whether a letter keeps only an excerpt of the original value."""
+    return message.headers.get(TRUNCATED) == b"true"
 
 
 def read_letter(message: WireMessage) -> Letter:
@@ -243,6 +268,12 @@ def replay_of(item: Letter, *, requested_by: str = "eostream dlq") -> Replay:
     if not letter.original_topic:
         raise DeadLetterQueryError(
             f"letter {item.id} names no original topic (dlq_original_topic): cannot replay it"
+        )
+    if is_excerpt(item.message):
+        size = item.message.headers.get(ORIGINAL_SIZE, b"?").decode("ascii", errors="replace")
+        raise DeadLetterQueryError(
+            f"letter {item.id} keeps only an excerpt of its {size}-byte value: cannot replay it "
+            "byte for byte; publish the original again from its source"
         )
     headers = {
         name: value

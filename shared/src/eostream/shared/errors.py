@@ -7,6 +7,7 @@ anything else stops the consumer so the orchestrator restarts it.
 
 from __future__ import annotations
 
+import errno
 from enum import Enum
 
 
@@ -97,10 +98,44 @@ def is_transient(exc: BaseException) -> bool:
     return any(marker in text for marker in _TRANSIENT_TEXT)
 
 
+#: errnos of an OSError that the record caused, not the machine: a path it names that is too
+#: long, missing, a folder, not a folder, a link loop or not a valid name. Retrying or restarting
+#: cannot help, so the record is dead-lettered. Every other errno (a full or read-only disk, an
+#: I/O error, no file handles or memory left, permission denied on our own files) is the
+#: infrastructure's, and stops the consumer.
+INPUT_ERRNOS = frozenset(
+    {
+        errno.ENAMETOOLONG,
+        errno.ENOENT,
+        errno.EISDIR,
+        errno.ENOTDIR,
+        errno.ELOOP,
+        errno.EINVAL,
+        errno.EILSEQ,
+    }
+)
+
+
+def is_input_oserror(exc: BaseException) -> bool:
+    """Whether ``exc`` is an OSError caused by the path or data a record names (INPUT_ERRNOS)."""
+    return (
+        isinstance(exc, OSError)
+        and not isinstance(exc, ConnectionError | TimeoutError)
+        and exc.errno in INPUT_ERRNOS
+    )
+
+
 def classify(exc: BaseException) -> Disposition:
-    """The one error policy for consumers."""
+    """The one error policy for consumers (ADR 0003).
+
+    Invalid input (InvalidEventError, ValueError, and an OSError the record's own paths caused,
+    :data:`INPUT_ERRNOS`) is dead-lettered; transient failures are retried; anything else stops
+    the consumer, whose supervisor starts it again.
+    """
     if isinstance(exc, InvalidEventError | ValueError):
         return Disposition.DEAD_LETTER
     if isinstance(exc, RetryableError | ConnectionError | TimeoutError):
         return Disposition.RETRY
+    if is_input_oserror(exc):
+        return Disposition.DEAD_LETTER
     return Disposition.STOP

@@ -27,6 +27,11 @@ class KafkaSettings(BaseModel):
     partitions: int = Field(default=4, ge=1, description="for topics created when missing")
     replication_factor: int = Field(default=1, ge=1)
     dead_letter_topic: str = "eostream.deadletter"
+    dead_letter_max_value_bytes: int = Field(
+        default=256 * 1024,
+        ge=1024,
+        description="a dead letter keeps an excerpt of a larger value, with its original size",
+    )
     max_retries: int = Field(default=3, ge=0, description="retries of a retryable error")
     retry_backoff_seconds: float = Field(default=0.5, gt=0)
     retry_backoff_max_seconds: float = Field(default=10.0, gt=0)

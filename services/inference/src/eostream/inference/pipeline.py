@@ -27,11 +27,12 @@ from eostream.inference.engine import classify
 from eostream.inference.errors import BadInputError, NoModelError
 from eostream.inference.model import LoadedModel
 from eostream.inference.results import ResultRecord, ResultsStore
-from eostream.inference.scene import SceneReader, prepare_scene
+from eostream.inference.scene import ScenePlan, SceneReader, prepare_scene
 from eostream.inference.session import release_free_memory
 from eostream.inference.settings import InferenceSettings
 from eostream.inference.stacitem import build_result_item, result_item_id
 from eostream.inference.tiling import Plan
+from eostream.inference.validation import validate_item
 from eostream.shared.events import SceneClassified
 from eostream.shared.storage import ObjectStore
 
@@ -140,9 +141,12 @@ class Pipeline:
         allow_coarse: bool | None = None,
     ) -> Outcome:
         """Classify one item. ``allow_coarse`` overrides ``INFERENCE_ALLOW_COARSE_SCENES``."""
-        scene_id = str(item.get("id", ""))
-        if not scene_id:
-            raise BadInputError(f"{item_href}: the item has no id")
+        try:
+            validate_item(item, item_href)  # before any work: no result files for a bad item
+        except BadInputError:
+            metrics.SCENES.labels("refused").inc()
+            raise
+        scene_id = str(item["id"])
         try:
             with self.models.lease() as model:
                 if not replace:
@@ -234,7 +238,6 @@ class Pipeline:
             stats["out_of_domain"] = confidence["eostream:out_of_domain"]
         info = model.info
         prefix = f"{s.results_prefix}/{plan.item_id}/{info.name}/v{info.version}"
-        hrefs = self._write_products(prefix, result, transform, crs, card.classes, stats)
         extra = plan.decision.properties() | {
             "eostream:radiometry": list(plan.notes),
             "eostream:window": {
@@ -250,6 +253,34 @@ class Pipeline:
             **scale,
             **confidence,
         }
+        rollback = not self.results.exists(plan.item_id, info.name, info.version)
+        try:
+            return self._publish(
+                item, item_href, model, plan, result, prefix, transform, crs, stats, extra, started
+            )
+        except BaseException:
+            # no orphans: what this attempt wrote goes (a replaced result keeps its files, which
+            # its index record still names)
+            if rollback:
+                writer.remove_products(self.store, prefix)
+            raise
+
+    def _publish(
+        self,
+        item: dict[str, Any],
+        item_href: str,
+        model: LoadedModel,
+        plan: ScenePlan,
+        result: Any,
+        prefix: str,
+        transform: Any,
+        crs: Any,
+        stats: dict[str, Any],
+        extra: dict[str, Any],
+        started: float,
+    ) -> Outcome:
+        s, card, info = self.settings, model.card, model.info
+        hrefs = self._write_products(prefix, result, transform, crs, card.classes, stats)
         stac = build_result_item(
             scene=item,
             scene_href=item_href,

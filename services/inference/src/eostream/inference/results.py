@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from datetime import datetime as DateTime
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -146,12 +146,12 @@ class SqlResultsStore:
             "model_name": record.model_name,
             "model_version": record.model_version,
             "run_id": record.run_id,
-            "datetime": record.datetime,
+            "datetime": _utc(record.datetime),
             "minx": bbox[0],
             "miny": bbox[1],
             "maxx": bbox[2],
             "maxy": bbox[3],
-            "created": record.created,
+            "created": _utc(record.created),
             "prefix": record.prefix,
             "item": json.dumps(record.item),
             "stats": json.dumps(record.stats),
@@ -200,9 +200,9 @@ class SqlResultsStore:
         if q.model_version is not None:
             where.append(c.model_version == q.model_version)
         if q.start is not None:
-            where.append(c.datetime >= q.start)
+            where.append(c.datetime >= _utc(q.start))
         if q.end is not None:
-            where.append(c.datetime <= q.end)
+            where.append(c.datetime <= _utc(q.end))
         if q.bbox is not None:
             minx, miny, maxx, maxy = q.bbox
             where += [c.minx <= maxx, c.maxx >= minx, c.miny <= maxy, c.maxy >= miny]
@@ -255,6 +255,19 @@ class SqlResultsStore:
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+@overload
+def _utc(value: datetime) -> datetime: ...
+@overload
+def _utc(value: None) -> None: ...
+def _utc(value: datetime | None) -> datetime | None:
+    """A time as UTC (a naive one is taken as UTC). sqlite keeps a time's wall-clock fields
+    and drops its offset, so times are written and compared in UTC to compare as instants
+    (``12:30+01:00`` is 11:30Z); PostgreSQL's timestamptz compares them so anyway."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _record(row: Any) -> ResultRecord:

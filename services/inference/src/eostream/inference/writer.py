@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,30 @@ import rasterio
 from PIL import Image, PngImagePlugin
 
 from eostream.inference.engine import NODATA, UNCERTAIN
+from eostream.shared.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+#: Every object a classified scene writes under its result prefix (``<prefix>/<name>``).
+PRODUCT_FILES = (
+    "classification.tif",
+    "probabilities.tif",
+    "quicklook.png",
+    "statistics.json",
+    "item.json",
+)
+
+
+def remove_products(store: ObjectStore, prefix: str) -> None:
+    """Roll back a scene whose classification failed after it wrote products: delete every
+    product under ``prefix`` (missing ones are fine), so no orphan files stay behind. A delete
+    that fails is logged, never raised: the error that caused the rollback is the one to tell."""
+    for name in PRODUCT_FILES:
+        try:
+            store.delete(f"{prefix}/{name}")
+        except Exception as exc:  # best effort: the original error wins
+            log.warning("could not remove %s/%s after a failed scene: %s", prefix, name, exc)
+
 
 #: One colour per EuroSAT class, in class order (RGB).
 PALETTE: tuple[tuple[int, int, int], ...] = (

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
 from eostream.ingest.settings import IngestSettings
+from eostream.shared.errors import EostreamError
 from eostream.shared.settings import configure_logging, load_settings
 
 app = typer.Typer(
@@ -24,7 +25,12 @@ def _settings() -> IngestSettings:
 
 
 def _when(text: str) -> datetime:
-    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is not an RFC 3339 time (2024-04-01T00:00:00Z)"
+        ) from None
     if value.tzinfo is None:
         raise typer.BadParameter(f"{text!r} has no time zone; add Z or +00:00")
     return value
@@ -52,10 +58,13 @@ def backfill(
     """Announce the items of one source in a date range (the watermark is left alone)."""
     from eostream.ingest.service import from_settings, running, started
 
-    settings = _settings()
-    configure_logging(settings.log_level)
-    config = settings.source(source)
     begin, finish = _when(start), _when(end)
+    try:
+        settings = _settings()
+        configure_logging(settings.log_level)
+        config = settings.source(source)
+    except EostreamError as exc:
+        _fail(exc)
 
     async def go() -> None:
         adapters = from_settings(settings)
@@ -70,7 +79,15 @@ def backfill(
             f"{report.duplicates} in {report.seconds:.1f}s"
         )
 
-    asyncio.run(go())
+    try:
+        asyncio.run(go())
+    except (EostreamError, OSError) as exc:  # a source or the bus down: one line, no traceback
+        _fail(exc)
+
+
+def _fail(exc: Exception) -> NoReturn:
+    typer.echo(f"eostream ingest: {type(exc).__name__}: {exc}", err=True)
+    raise typer.Exit(1) from None
 
 
 @app.command()

@@ -20,7 +20,7 @@ from pystac.utils import make_absolute_href
 from eostream.ingest.errors import SourceUnavailable
 from eostream.ingest.mapping import self_href
 from eostream.ingest.settings import StacApiSource, StaticSource, utc_text
-from eostream.shared.errors import RetryableError
+from eostream.shared.errors import RetryableError, is_transient
 from eostream.shared.objects import rewrite_href
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,9 @@ JsonDict = dict[str, Any]
 class RawItem:
     item: JsonDict
     href: str | None  # where a consumer can read the item; None: use its self link
+    #: why the item could not be read (an unreadable or broken file of a static catalogue);
+    #: ``item`` is then empty and the watcher dead-letters it with this reason and its href
+    unreadable: str | None = None
 
 
 class ItemSource(Protocol):
@@ -190,6 +193,22 @@ class StaticItemSource:
             raise SourceUnavailable(f"{self.name}: {href} is not a STAC JSON object")
         return data
 
+    def _read_item(self, href: str) -> RawItem:
+        """One item file of the catalogue; a file that cannot be read or is not a JSON object
+        is that item's problem (a RawItem marked ``unreadable``), not the catalogue's: the
+        others are still announced. A transient failure (a server down) still fails the poll."""
+        where = self._io.rewrite(href)
+        try:
+            data = json.loads(self._io.read_text(href))
+        except (OSError, ValueError, KeyError, RetryableError) as exc:
+            if is_transient(exc):
+                raise SourceUnavailable(f"{self.name}: cannot read {href}: {exc}") from exc
+            reason = f"cannot read the item file {where}: {type(exc).__name__}: {exc}"
+            return RawItem({}, where, unreadable=reason[:1000])
+        if not isinstance(data, dict):
+            return RawItem({}, where, unreadable=f"the item file {where} is not a JSON object")
+        return RawItem(data, where)
+
     def _walk(self, href: str, depth: int = 0) -> Iterator[RawItem]:
         if depth > 16:
             raise SourceUnavailable(f"{self.name}: catalogue deeper than 16 levels at {href}")
@@ -209,7 +228,7 @@ class StaticItemSource:
                 continue
             target = make_absolute_href(str(link["href"]), href)
             if link["rel"] == "item":
-                yield RawItem(self._read(target), self._io.rewrite(target))
+                yield self._read_item(target)
             else:
                 yield from self._walk(target, depth + 1)
 

@@ -19,6 +19,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import PurePosixPath
+from urllib.parse import urlparse
 
 from eostream.ingest import metrics
 from eostream.ingest.errors import ItemRejected, SourceUnavailable
@@ -39,6 +41,8 @@ SERVICE = "ingest"
 REJECTED = "ItemRejected"  # the dead letters' error type
 #: header of a letter that came from a replay (as eostream.shared.deadletters.REPLAYED_FROM)
 REPLAYED_FROM = "dlq_replayed_from"
+#: the seen-set version of an item whose file could not be read (a static catalogue's)
+UNREADABLE = "unreadable"
 
 
 @dataclass
@@ -152,6 +156,10 @@ class Watcher:
         name, config = watched.config.name, watched.config
         report.seen += len(page)
         metrics.ITEMS.labels(name, "seen").inc(len(page))
+        broken = [r for r in page if r.unreadable is not None]
+        if broken:
+            page = [r for r in page if r.unreadable is None]
+            await self._unreadable(name, broken, report, handled, replayed_from)
         keyed = [((item_id(r.item), item_version(r.item)), r) for r in page]
         fresh = (
             {k for k, _ in keyed}
@@ -210,6 +218,33 @@ class Watcher:
             report.rejections.append(str(why_not))
             metrics.ITEMS.labels(name, "rejected").inc()
         return newest
+
+    async def _unreadable(
+        self,
+        name: str,
+        broken: list[RawItem],
+        report: PollReport,
+        handled: set[tuple[str, str]],
+        replayed_from: str | None,
+    ) -> None:
+        """Items whose file could not be read: one dead letter each (reason and href), once.
+
+        Named by their file (``item-15.json`` -> ``item-15``) under the version ``unreadable``,
+        so the same broken file is not dead-lettered on every poll, and the item is announced
+        as soon as its file is fixed (a fixed item has a version of its own)."""
+        keyed = [((_file_id(r.href), UNREADABLE), r) for r in broken]
+        fresh = await self._store.unseen(name, [k for k, _ in keyed])
+        for key, raw in keyed:
+            if key not in fresh or key in handled:
+                report.duplicates += 1
+                continue
+            handled.add(key)
+            why = ItemRejected(key[0], raw.unreadable or "the item file cannot be read")
+            await self._dead_letter(name, raw, why, replayed_from)
+            await self._store.mark_seen(name, [SeenRecord(key[0], UNREADABLE, "rejected")])
+            report.rejected += 1
+            report.rejections.append(str(why))
+            metrics.ITEMS.labels(name, "rejected").inc()
 
     async def _dead_letter(
         self, source: str, raw: RawItem, exc: ItemRejected, replayed_from: str | None = None
@@ -364,6 +399,14 @@ class Watcher:
     def _delay(self, name: str) -> float:
         failures = max(1, self._failures.get(name, 1))
         return float(min(self._backoff_max, self._backoff * 2 ** (failures - 1)))
+
+
+def _file_id(href: str | None) -> str:
+    """The item id an unreadable item file stands for: its file name without ``.json``."""
+    if not href:
+        return "<unreadable>"
+    stem = PurePosixPath(urlparse(href).path).name
+    return stem.removesuffix(".json") or "<unreadable>"
 
 
 def _later(a: datetime | None, b: datetime | None) -> datetime | None:

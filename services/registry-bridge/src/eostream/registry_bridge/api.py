@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from eostream.registry_bridge import tags
@@ -35,6 +35,7 @@ from eostream.registry_bridge.errors import (
     RegistryUnavailableError,
 )
 from eostream.registry_bridge.port import ModelRegistry
+from eostream.registry_bridge.registry import MODEL_NAME_PATTERN, VERSION_PATTERN
 from eostream.shared.events import ModelPromoted
 from eostream.shared.http_errors import ErrorMapping, error_body, error_responses
 
@@ -54,8 +55,19 @@ ERRORS: ErrorMapping = (
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="registry-bridge"'}
 
 
+#: A model name in a path: checked before anything reaches MLflow (422 ``invalid_request``).
+ModelName = Annotated[
+    str,
+    Path(
+        pattern=MODEL_NAME_PATTERN,
+        max_length=256,
+        description="the registered model: letters, digits and _ . - (at most 256)",
+    ),
+]
+
+
 class PromoteRequest(BaseModel):
-    version: str = Field(min_length=1)
+    version: str = Field(pattern=VERSION_PATTERN, description="a version number: 1, 2, 3, ...")
     reason: str = Field(min_length=1, description="why")
     force: bool = Field(default=False, description="promote even if the gate failed (override)")
     by: str | None = Field(default=None, description=_BY_IGNORED, json_schema_extra=_DEPRECATED)
@@ -146,9 +158,9 @@ def models_router(bridge: Bridge) -> APIRouter:
     @router.get(
         "/{name}",
         summary="A model's versions with gate verdicts and aliases",
-        responses=error_responses(503),
+        responses=error_responses(422, 503),
     )
-    async def list_versions(name: str) -> list[VersionRow]:
+    async def list_versions(name: ModelName) -> list[VersionRow]:
         return await asyncio.to_thread(describe_versions, bridge.registry, name)
 
     @router.post(
@@ -157,7 +169,7 @@ def models_router(bridge: Bridge) -> APIRouter:
         responses=error_responses(401, 403, 409, 422, 503),
     )
     async def promote(
-        name: str, body: PromoteRequest, caller: Principal = authenticated
+        name: ModelName, body: PromoteRequest, caller: Principal = authenticated
     ) -> ModelPromoted:
         _promoter(caller, "promote" if not body.force else "force a promotion")
         _ignored_by(body.by, caller)
@@ -171,7 +183,7 @@ def models_router(bridge: Bridge) -> APIRouter:
         responses=error_responses(401, 403, 409, 422, 503),
     )
     async def rollback(
-        name: str, body: RollbackRequest, caller: Principal = authenticated
+        name: ModelName, body: RollbackRequest, caller: Principal = authenticated
     ) -> ModelPromoted:
         _promoter(caller, "roll back")
         _ignored_by(body.by, caller)
@@ -183,7 +195,7 @@ def models_router(bridge: Bridge) -> APIRouter:
         responses=error_responses(401, 422, 503),
     )
     async def audit(
-        name: str,
+        name: ModelName,
         limit: Annotated[int, Query(ge=1, le=10_000, description="the newest N")] = 1000,
         caller: Principal = authenticated,
     ) -> list[AuditEntry]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -75,9 +75,21 @@ def _os_user() -> str:
         return "cli"
 
 
-def _fail(exc: Exception) -> None:
+def _fail(exc: Exception) -> NoReturn:
     typer.echo(f"eostream: {exc}", err=True)
     raise typer.Exit(1)
+
+
+def _check(name: str, version: str | None = None) -> None:
+    """A name (and version) of the safe form, or one line and exit 1 (nothing reaches MLflow)."""
+    from eostream.registry_bridge.registry import InvalidNameError, check_model_name, check_version
+
+    try:
+        check_model_name(name)
+        if version is not None:
+            check_version(version)
+    except InvalidNameError as exc:
+        _fail(exc)
 
 
 @models_app.command("promote")
@@ -90,6 +102,8 @@ def promote(
 ) -> None:
     """Make VERSION of NAME the champion: ship it and announce ModelPromoted."""
     from eostream.registry_bridge.errors import PromotionError, RegistryUnavailableError
+
+    _check(name, version)
 
     try:
         typer.echo(
@@ -117,6 +131,8 @@ def rollback(
     """Make the previous champion of NAME live again."""
     from eostream.registry_bridge.errors import PromotionError, RegistryUnavailableError
 
+    _check(name)
+
     try:
         typer.echo(
             asyncio.run(_with_bridge("rollback", name=name, by=by or _os_user(), reason=reason))
@@ -138,6 +154,7 @@ def list_versions(
     from eostream.registry_bridge.registry import build_registry
     from eostream.registry_bridge.service import mlflow_client_defaults
 
+    _check(name)
     mlflow_client_defaults()
     rows = [r.model_dump(mode="json") for r in describe_versions(build_registry(_settings()), name)]
     if as_json:
@@ -170,6 +187,7 @@ def audit(name: str) -> None:
     from eostream.registry_bridge.audit import AuditLog
     from eostream.shared.storage import build_object_store
 
+    _check(name)
     settings = _settings()
     log = AuditLog(
         build_object_store(settings),

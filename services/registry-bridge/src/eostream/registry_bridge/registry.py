@@ -6,6 +6,7 @@ answer."""
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -40,6 +41,40 @@ WEBHOOK_EVENTS: tuple[WebhookEventStr, ...] = (
     "model_version.created",
     "model_version_alias.created",
 )
+
+
+#: A model name the bridge accepts (REST path, CLI argument, MLflow search filter): a letter or
+#: digit, then letters, digits and ``_ . -``; at most 256 characters. No quotes, ``:`` or ``/``,
+#: so a name can never change the meaning of a filter, a ``models:/`` URI or a store key.
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,255}$"
+_MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
+#: A model version: MLflow numbers them 1, 2, 3, ...
+VERSION_PATTERN = r"^[1-9][0-9]{0,17}$"
+_VERSION = re.compile(VERSION_PATTERN)
+
+
+class InvalidNameError(ValueError):
+    """A model name or version that is not of the safe form (:data:`MODEL_NAME_PATTERN`)."""
+
+
+def check_model_name(name: str) -> str:
+    if not _MODEL_NAME.fullmatch(name):
+        raise InvalidNameError(
+            f"{name[:80]!r} is not a model name: use 1 to 256 letters, digits and _ . - "
+            "(starting with a letter or digit)"
+        )
+    return name
+
+
+def check_version(version: str) -> str:
+    if not _VERSION.fullmatch(version):
+        raise InvalidNameError(f"{version[:40]!r} is not a model version: a positive integer")
+    return version
+
+
+def name_filter(name: str) -> str:
+    """MLflow's search filter for the versions of ``name``: built only from a checked name."""
+    return f"name = '{check_model_name(name)}'"
 
 
 def is_not_found(exc: BaseException) -> bool:
@@ -124,12 +159,14 @@ class MlflowRegistry:
         return version_info(mv)
 
     def versions(self, name: str) -> list[VersionInfo]:
+        where = name_filter(name)
+
         def fetch() -> list[VersionInfo]:
             found: list[VersionInfo] = []
             token: str | None = None
             while True:
                 page = self.client.search_model_versions(
-                    filter_string=f"name='{name}'", max_results=200, page_token=token
+                    filter_string=where, max_results=200, page_token=token
                 )
                 found.extend(version_info(mv) for mv in page)
                 token = page.token

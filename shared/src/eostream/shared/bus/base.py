@@ -94,11 +94,17 @@ def heartbeat() -> None:
         progress.advanced()
 
 
+#: Largest value a dead letter keeps whole (see eostream.shared.deadletters.MAX_VALUE_BYTES).
+DEAD_LETTER_MAX_VALUE_BYTES = 256 * 1024
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     max_retries: int = 3
     backoff_seconds: float = 0.5
     backoff_max_seconds: float = 10.0
+    #: a dead letter keeps an excerpt of a value larger than this, and its original size
+    dead_letter_max_value_bytes: int = DEAD_LETTER_MAX_VALUE_BYTES
 
     def delay(self, attempt: int) -> float:
         return float(min(self.backoff_max_seconds, self.backoff_seconds * 2 ** (attempt - 1)))
@@ -148,8 +154,14 @@ def dead_letter_message(
     error_type: str,
     service: str,
     attempts: int,
+    max_value_bytes: int = DEAD_LETTER_MAX_VALUE_BYTES,
 ) -> WireMessage:
-    """The original bytes, untouched, with the reason and origin in ``dlq_*`` headers."""
+    """The original bytes, untouched, with the reason and origin in ``dlq_*`` headers; a value
+    over ``max_value_bytes`` is kept as an excerpt with its original size
+    (:func:`eostream.shared.deadletters.excerpt`)."""
+    from eostream.shared.deadletters import excerpt  # it imports this module
+
+    kept, size_headers = excerpt(message.value, max_value_bytes)
     headers = dict(message.headers)
     extra = {
         "reason": reason[:2000],
@@ -163,7 +175,8 @@ def dead_letter_message(
     }
     for name, value in extra.items():
         headers[DLQ_HEADER_PREFIX + name] = value.encode("utf-8")
-    return WireMessage(key=message.key, value=message.value, headers=headers)
+    headers.update(size_headers)
+    return WireMessage(key=message.key, value=kept, headers=headers)
 
 
 def parse_dead_letter(message: WireMessage) -> DeadLetter:
@@ -265,6 +278,7 @@ class RecordProcessor:
                         error_type=type(exc).__name__,
                         service=self._service,
                         attempts=attempt,
+                        max_value_bytes=self._policy.dead_letter_max_value_bytes,
                     )
                 )
                 log.warning(

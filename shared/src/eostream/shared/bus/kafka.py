@@ -55,6 +55,7 @@ class KafkaBus:
             max_retries=settings.max_retries,
             backoff_seconds=settings.retry_backoff_seconds,
             backoff_max_seconds=settings.retry_backoff_max_seconds,
+            dead_letter_max_value_bytes=settings.dead_letter_max_value_bytes,
         )
 
     @property

@@ -36,8 +36,8 @@ from pydantic import SecretStr
 from eostream.inference import evaluation, reference
 from eostream.inference.fetch import local_path
 from eostream.inference.model import ModelInfo
-from eostream.inference.service import InferenceService
 from eostream.inference.settings import InferenceSettings
+from eostream.inference.wiring import build_service
 from eostream.shared.holdout import HoldoutSettings
 from eostream.shared.modelcard import ModelCard
 from eostream.shared.settings import load_settings
@@ -127,11 +127,11 @@ def class_shares(
     model: Path, hrefs: list[str], settings: InferenceSettings
 ) -> dict[str, dict[str, float]]:
     async def run() -> dict[str, dict[str, float]]:
-        service = InferenceService(settings, consume=False)
+        service = await asyncio.to_thread(build_service, settings, consume=False)
         await service.start()
         try:
             info = ModelInfo(name=model.stem, version="0", artifact_uri=str(model))
-            loaded = await asyncio.to_thread(service.pipeline.deploy_uri, info, str(model), None)
+            loaded = await asyncio.to_thread(service.deployment.deploy_uri, info, str(model), None)
             out = {}
             for href in hrefs:
                 try:

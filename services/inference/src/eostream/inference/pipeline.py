@@ -320,8 +320,8 @@ class Pipeline:
             info.version,
             plan.decision.scene_level,
             stats,
-            mean_confidence=confidence.get("eostream:mean_confidence"),
-            uncertain_share=confidence.get("eostream:uncertain_share"),
+            mean_confidence=extra.get("eostream:mean_confidence"),
+            uncertain_share=extra.get("eostream:uncertain_share"),
         )
         log.info(
             "classified %s with %s v%s: %dx%d px, %d windows in %.2fs (%.0f px/s, read wait %.2fs)",

@@ -13,34 +13,25 @@ turns (one lock), so an item is never announced by both.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import PurePosixPath
-from urllib.parse import urlparse
 
-from eostream.ingest import metrics
+from eostream.ingest import metrics, rejects
 from eostream.ingest.errors import ItemRejected, SourceUnavailable
 from eostream.ingest.filters import filtered_out
 from eostream.ingest.mapping import item_id, item_version, to_scene
 from eostream.ingest.settings import StacApiSource, StaticSource
 from eostream.ingest.sources import ItemSource, RawItem
 from eostream.ingest.state import SeenRecord, StateStore
-from eostream.shared import metrics as shared_metrics
-from eostream.shared.bus import Bus, Delivery
-from eostream.shared.bus.base import dead_letter_message
-from eostream.shared.codec import WireMessage
+from eostream.shared.bus import Bus
 from eostream.shared.errors import InvalidEventError
 from eostream.shared.events import ItemReplayRequested, SceneDiscovered
 
 log = logging.getLogger(__name__)
 SERVICE = "ingest"
-REJECTED = "ItemRejected"  # the dead letters' error type
-#: header of a letter that came from a replay (as eostream.shared.deadletters.REPLAYED_FROM)
-REPLAYED_FROM = "dlq_replayed_from"
 #: the seen-set version of an item whose file could not be read (a static catalogue's)
 UNREADABLE = "unreadable"
 
@@ -232,7 +223,7 @@ class Watcher:
         Named by their file (``item-15.json`` -> ``item-15``) under the version ``unreadable``,
         so the same broken file is not dead-lettered on every poll, and the item is announced
         as soon as its file is fixed (a fixed item has a version of its own)."""
-        keyed = [((_file_id(r.href), UNREADABLE), r) for r in broken]
+        keyed = [((rejects.file_id(r.href), UNREADABLE), r) for r in broken]
         fresh = await self._store.unseen(name, [k for k, _ in keyed])
         for key, raw in keyed:
             if key not in fresh or key in handled:
@@ -249,32 +240,9 @@ class Watcher:
     async def _dead_letter(
         self, source: str, raw: RawItem, exc: ItemRejected, replayed_from: str | None = None
     ) -> None:
-        key = exc.item_id
-        headers = {"content-type": b"application/geo+json", "stac_source": source.encode()}
-        if raw.href:  # where to read it again on a replay
-            headers["stac_href"] = raw.href.encode("utf-8")
-        if replayed_from:
-            headers[REPLAYED_FROM] = replayed_from.encode("utf-8")
-        message = WireMessage(
-            key=key.encode("utf-8"),
-            value=json.dumps(raw.item, separators=(",", ":")).encode("utf-8"),
-            headers=headers,
+        await rejects.dead_letter(
+            self._bus, self._dead_letter_topic, source, raw, exc, replayed_from
         )
-        delivery = Delivery(topic=f"stac:{source}", partition=None, offset=None, key=key)
-        await self._bus.publish_raw(
-            self._dead_letter_topic,
-            dead_letter_message(
-                message,
-                delivery,
-                reason=exc.reason,
-                error_type=REJECTED,
-                service=SERVICE,
-                attempts=1,
-            ),
-        )
-        # Counted like a consumer's dead letters: the "topic" is where the record came from.
-        shared_metrics.DEAD_LETTERS.labels(SERVICE, delivery.topic, REJECTED).inc()
-        log.warning("%s: rejected %s: %s", source, key, exc.reason)
 
     # -- a replayed item --------------------------------------------------------------------
 
@@ -399,14 +367,6 @@ class Watcher:
     def _delay(self, name: str) -> float:
         failures = max(1, self._failures.get(name, 1))
         return float(min(self._backoff_max, self._backoff * 2 ** (failures - 1)))
-
-
-def _file_id(href: str | None) -> str:
-    """The item id an unreadable item file stands for: its file name without ``.json``."""
-    if not href:
-        return "<unreadable>"
-    stem = PurePosixPath(urlparse(href).path).name
-    return stem.removesuffix(".json") or "<unreadable>"
 
 
 def _later(a: datetime | None, b: datetime | None) -> datetime | None:

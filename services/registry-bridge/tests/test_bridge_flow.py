@@ -11,11 +11,10 @@ import mlflow
 import pytest
 from prometheus_client import REGISTRY
 
-from eostream.registry_bridge import tags
 from eostream.registry_bridge.bridge import Bridge
 from eostream.registry_bridge.errors import PromotionError
 from eostream.registry_bridge.settings import BridgeSettings
-from eostream.shared import topics
+from eostream.shared import tags, topics
 from eostream.shared.bus import Bus
 from eostream.shared.bus.memory import InMemoryBus
 from eostream.shared.codec import decode

@@ -15,13 +15,12 @@ import httpx
 import mlflow
 import pytest
 
-from eostream.registry_bridge import tags
 from eostream.registry_bridge.auth import authenticate, presented_key
 from eostream.registry_bridge.errors import NotAuthenticatedError, PromotionError
 from eostream.registry_bridge.policy import champion_refusal
 from eostream.registry_bridge.service import BridgeService
 from eostream.registry_bridge.settings import BridgeSettings, Credential
-from eostream.shared import topics
+from eostream.shared import tags, topics
 from eostream.shared.bus import Bus
 from eostream.shared.bus.memory import InMemoryBus
 from eostream.shared.codec import decode

@@ -20,11 +20,10 @@ import mlflow
 import pytest
 from prometheus_client import REGISTRY
 
-from eostream.registry_bridge import tags
 from eostream.registry_bridge.registry import WEBHOOK_NAME, MlflowRegistry
 from eostream.registry_bridge.service import BridgeService, standalone_bridge
 from eostream.registry_bridge.settings import BridgeSettings
-from eostream.shared import mlm, topics
+from eostream.shared import mlm, tags, topics
 from eostream.shared.bus import Delivery
 from eostream.shared.bus.kafka import KafkaBus
 from eostream.shared.events import Event, ModelPromoted

@@ -18,7 +18,6 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from eostream.registry_bridge import tags
 from eostream.registry_bridge.audit import AuditEntry
 from eostream.registry_bridge.auth import (
     Principal,
@@ -36,6 +35,7 @@ from eostream.registry_bridge.errors import (
 )
 from eostream.registry_bridge.port import ModelRegistry
 from eostream.registry_bridge.registry import MODEL_NAME_PATTERN, VERSION_PATTERN
+from eostream.shared import tags
 from eostream.shared.events import ModelPromoted
 from eostream.shared.http_errors import ErrorMapping, error_body, error_responses
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from eostream.registry_bridge import holdout, onnx_model, tags
+from eostream.registry_bridge import holdout, onnx_model
 from eostream.registry_bridge.contract import reasons_json
 from eostream.registry_bridge.errors import RefusedError
 from eostream.registry_bridge.policy import Evaluation
@@ -18,6 +18,7 @@ from eostream.registry_bridge.port import ModelRegistry, VersionInfo
 from eostream.registry_bridge.settings import BridgeSettings
 from eostream.registry_bridge.shipping import Shipper
 from eostream.registry_bridge.verification import Verified, verify
+from eostream.shared import tags
 
 
 class Gatekeeper:

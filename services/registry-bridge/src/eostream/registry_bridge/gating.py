@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 
-from eostream.registry_bridge import metrics, tags
+from eostream.registry_bridge import metrics
 from eostream.registry_bridge.contract import reasons_json
 from eostream.registry_bridge.errors import NotReadyError, PromotionError, RefusedError
 from eostream.registry_bridge.gatekeeper import Gatekeeper
 from eostream.registry_bridge.policy import Evaluation, Thresholds, judge
 from eostream.registry_bridge.port import ModelRegistry
 from eostream.registry_bridge.promotion import BRIDGE, Outcome, Promoter
+from eostream.shared import tags
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 
-from eostream.registry_bridge import metrics, tags
+from eostream.registry_bridge import metrics
 from eostream.registry_bridge.contract import reasons_json
 from eostream.registry_bridge.errors import RefusedError
 from eostream.registry_bridge.port import ModelRegistry
 from eostream.registry_bridge.promotion import BRIDGE, Promoter, now
+from eostream.shared import tags
 from eostream.shared.events import ModelPromoted
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from eostream.registry_bridge import tags
+from eostream.shared import tags
 
 
 @dataclass(frozen=True)

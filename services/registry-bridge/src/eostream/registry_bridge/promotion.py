@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from eostream.registry_bridge import metrics, tags
+from eostream.registry_bridge import metrics
 from eostream.registry_bridge.audit import Action, AuditEntry, AuditLog, Via
 from eostream.registry_bridge.errors import PromotionError, RefusedError, VersionNotFoundError
 from eostream.registry_bridge.gatekeeper import Gatekeeper
@@ -24,6 +24,7 @@ from eostream.registry_bridge.policy import champion_refusal
 from eostream.registry_bridge.port import ModelRegistry, VersionInfo
 from eostream.registry_bridge.shipping import Shipment, Shipper
 from eostream.registry_bridge.verification import Verified
+from eostream.shared import tags
 from eostream.shared.events import ModelPromoted
 from eostream.shared.mlm import MlmFacts
 

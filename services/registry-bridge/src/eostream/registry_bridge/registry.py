@@ -25,12 +25,13 @@ from tenacity import (
     wait_exponential,
 )
 
-from eostream.registry_bridge import evaluation, tags
+from eostream.registry_bridge import evaluation
 from eostream.registry_bridge.errors import RegistryUnavailableError, VersionNotFoundError
 from eostream.registry_bridge.holdout import Holdout
 from eostream.registry_bridge.policy import Evaluation
 from eostream.registry_bridge.port import Predictor, VersionInfo
 from eostream.registry_bridge.settings import BridgeSettings
+from eostream.shared import tags
 from eostream.shared.errors import is_transient
 
 log = logging.getLogger(__name__)

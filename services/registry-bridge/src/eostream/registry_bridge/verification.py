@@ -8,10 +8,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from eostream.registry_bridge import contract, onnx_model, tags
+from eostream.registry_bridge import contract, onnx_model
 from eostream.registry_bridge.errors import NotReadyError, RefusedError
 from eostream.registry_bridge.holdout import Holdout
 from eostream.registry_bridge.port import ModelRegistry, VersionInfo
+from eostream.shared import tags
 from eostream.shared.modelcard import ModelCard
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,9 @@ import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 
-from eostream.registry_bridge import metrics, tags
+from eostream.registry_bridge import metrics
 from eostream.registry_bridge.bridge import Bridge
+from eostream.shared import tags
 
 log = logging.getLogger(__name__)
 

@@ -180,3 +180,63 @@ def outage() -> Any:
         wait_for = staticmethod(wait_for)
 
     return Outage
+
+
+# Topics a test session creates on the shared local Kafka are deleted when the session ends. Every
+# test uses its own random topic prefix, so without this the broker keeps thousands of partitions
+# from earlier runs and each (re)start, including the broker-outage tests', spends minutes loading
+# them. Topics that existed before the session are never touched. EOSTREAM_TEST_KEEP_TOPICS=1 keeps
+# them (e.g. to inspect a failed run, or while another test session shares the broker).
+_topics_before_session: set[str] | None = None
+
+
+async def _kafka_topics(bootstrap: str) -> set[str]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+async def _delete_kafka_topics(bootstrap: str, names: list[str]) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=60_000)
+    await admin.start()
+    try:
+        for start in range(0, len(names), 200):
+            await admin.delete_topics(names[start : start + 200], timeout_ms=60_000)
+    finally:
+        await admin.close()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    global _topics_before_session
+    bootstrap = os.environ.get("EOSTREAM_KAFKA_BOOTSTRAP")
+    if not bootstrap or os.environ.get("EOSTREAM_TEST_KEEP_TOPICS"):
+        return
+    try:
+        _topics_before_session = asyncio.run(_kafka_topics(bootstrap))
+    except Exception:  # no broker: the stack tests will say so themselves
+        _topics_before_session = None
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    bootstrap = os.environ.get("EOSTREAM_KAFKA_BOOTSTRAP")
+    if not bootstrap or _topics_before_session is None:
+        return
+    try:
+        created = sorted(
+            name
+            for name in asyncio.run(_kafka_topics(bootstrap)) - _topics_before_session
+            if not name.startswith("__")
+        )
+        if created:
+            asyncio.run(_delete_kafka_topics(bootstrap, created))
+    except Exception as error:  # cleanup must never fail a finished run
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"left this session's Kafka topics in place: {error}")

@@ -8,7 +8,7 @@ import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from eostream.inference import testing
 from eostream.inference.api.app import create_app
 from eostream.inference.api.ogc import CONFORMANCE, EXCEPTION, REL, SPEC
 from eostream.inference.jobs import FAILED, JobRunner, JobStore
+from eostream.inference.results import jobs_table
 from eostream.inference.service import InferenceService
 from eostream.inference.settings import InferenceSettings
 from eostream.inference.wiring import build_service
@@ -117,14 +118,25 @@ def client_parts(client: httpx.AsyncClient) -> Any:
 async def test_jobs_left_running_by_a_crash_are_marked_failed(
     service: InferenceService,
 ) -> None:
+    """A job whose runner stopped touching it (a crash) fails; another live runner's job, touched
+    within three heartbeats, is left alone."""
     store = JobStore(service.results.engine)
-    job = store.create("classify-scene", {"scene": "x"}, ("eurosat", "1"))
-    store.update(job.id, status="running", started=datetime.now(UTC))
-    runner = JobRunner(store, workers=1, max_pending=2)
+    crashed = store.create("classify-scene", {"scene": "x"}, ("eurosat", "1"))
+    store.update(crashed.id, status="running", started=datetime.now(UTC))
+    with service.results.engine.begin() as conn:  # its runner's last heartbeat: an hour ago
+        conn.execute(
+            jobs_table.update()
+            .where(jobs_table.c.id == crashed.id)
+            .values(updated=datetime.now(UTC) - timedelta(hours=1))
+        )
+    elsewhere = store.create("classify-scene", {"scene": "y"}, ("eurosat", "1"))
+    runner = JobRunner(store, workers=1, max_pending=2, heartbeat=60)
     assert runner.start() == 1
     runner.stop()
-    after = store.get(job.id)
-    assert after is not None and after.status == FAILED and "restarted" in after.message
+    after = store.get(crashed.id)
+    assert after is not None and after.status == FAILED and "stopped" in after.message
+    kept = store.get(elsewhere.id)
+    assert kept is not None and kept.status == "accepted"
 
 
 def _mlm_item(tmp_path: Path, version: str, card: Any, blob: bytes) -> Path:

@@ -7,9 +7,12 @@ successful, failed, dismissed. Jobs run in their own :class:`JobRunner` threads
 (``INFERENCE_JOBS_WORKERS``), never in the threads that answer live requests, with at most
 ``INFERENCE_JOBS_MAX_PENDING`` waiting; more are refused.
 
-A restart cannot resume a job's half-written scene, so :meth:`JobRunner.start` marks every job
-left accepted or running by the previous process **failed**, with a message that says so; the
-client submits it again (classification is idempotent per scene and model version).
+A restart cannot resume a job's half-written scene, so jobs left accepted or running by a
+stopped process are marked **failed**, with a message that says so, and the client submits them
+again (classification is idempotent per scene and model version). Runners share the table
+(replicas, one results index): each touches its unfinished jobs every heartbeat
+(``INFERENCE_JOBS_HEARTBEAT_SECONDS``), and any runner fails the jobs nobody touched for three
+heartbeats, at its start and at every beat.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -42,7 +45,7 @@ ACCEPTED, RUNNING, SUCCESSFUL, FAILED, DISMISSED = (
 )
 STATUSES = (ACCEPTED, RUNNING, SUCCESSFUL, FAILED, DISMISSED)
 UNFINISHED = (ACCEPTED, RUNNING)
-RESTARTED = "the service restarted before this job finished; submit it again"
+RESTARTED = "the process running this job stopped before it finished; submit it again"
 
 
 class JobsBusyError(InferenceError, RetryableError):
@@ -144,7 +147,7 @@ class JobStore:
         with self._engine.begin() as conn:
             return bool(conn.execute(stmt.values(**fields)).rowcount)
 
-    def list(
+    def page(
         self,
         *,
         limit: int = 10,
@@ -171,18 +174,31 @@ class JobStore:
             total = int(conn.execute(count).scalar_one())
         return [_job(r) for r in rows], total
 
-    def fail_unfinished(self, message: str = RESTARTED) -> int:
-        """Mark every accepted or running job failed (after a restart); how many there were."""
+    def fail_unfinished(self, older_than: datetime, message: str = RESTARTED) -> int:
+        """Mark failed every accepted or running job not touched since ``older_than``: no live
+        runner holds it (runners touch theirs every heartbeat). How many there were."""
         now = datetime.now(UTC)
         stmt = (
             jobs_table.update()
-            .where(jobs_table.c.status.in_(UNFINISHED))
+            .where(jobs_table.c.status.in_(UNFINISHED), jobs_table.c.updated < older_than)
             .values(
                 status=FAILED, message=message, finished=now, updated=now, error_code="restarted"
             )
         )
         with self._engine.begin() as conn:
             return int(conn.execute(stmt).rowcount)
+
+    def touch(self, job_ids: list[str]) -> None:
+        """This runner still holds these jobs (its heartbeat)."""
+        if not job_ids:
+            return
+        stmt = (
+            jobs_table.update()
+            .where(jobs_table.c.id.in_(job_ids), jobs_table.c.status.in_(UNFINISHED))
+            .values(updated=datetime.now(UTC))
+        )
+        with self._engine.begin() as conn:
+            conn.execute(stmt)
 
 
 class Progress:
@@ -205,26 +221,53 @@ Work = Callable[[Progress], dict[str, Any]]
 class JobRunner:
     """Runs jobs in ``workers`` threads of its own, with at most ``max_pending`` waiting."""
 
-    def __init__(self, store: JobStore, *, workers: int, max_pending: int) -> None:
+    def __init__(
+        self, store: JobStore, *, workers: int, max_pending: int, heartbeat: float = 10.0
+    ) -> None:
         self.store = store
         self.workers = workers
         self.max_pending = max_pending
+        self.heartbeat = heartbeat
         self._lock = threading.Lock()
         self._futures: dict[str, Future[None]] = {}
+        self._held: set[str] = set()  # unfinished jobs of this runner, sync ones included
         self._pending = 0
         self._pool: ThreadPoolExecutor | None = None
+        self._stopping = threading.Event()
+        self._beat: threading.Thread | None = None
 
     def start(self) -> int:
-        """Open the pool; jobs a previous process left unfinished are marked failed."""
-        failed = self.store.fail_unfinished()
-        if failed:
-            log.warning("%d job(s) were unfinished at the last stop; marked failed", failed)
+        """Open the pool and start the heartbeat; jobs no live runner holds (left by a stopped
+        process, here or on another replica) are marked failed, now and at every beat."""
+        failed = self.sweep()
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="eostream-job")
+        self._stopping.clear()
+        self._beat = threading.Thread(target=self._heartbeat, name="eostream-jobs", daemon=True)
+        self._beat.start()
         return failed
 
+    def sweep(self) -> int:
+        """Fail the jobs whose runner has not touched them for three heartbeats."""
+        stale = datetime.now(UTC) - timedelta(seconds=3 * self.heartbeat)
+        failed = self.store.fail_unfinished(stale)
+        if failed:
+            log.warning("%d unfinished job(s) lost their runner; marked failed", failed)
+        return failed
+
+    def _heartbeat(self) -> None:
+        while not self._stopping.wait(self.heartbeat):
+            try:
+                with self._lock:
+                    held = sorted(self._held)
+                self.store.touch(held)
+                self.sweep()
+            except Exception:  # the database may be away for a moment; try at the next beat
+                log.exception("jobs heartbeat failed")
+
     def stop(self) -> None:
-        """Stop taking jobs; waiting jobs are cancelled (the next start marks them failed), a
+        """Stop taking jobs; waiting jobs are cancelled (the next sweep marks them failed), a
         running one finishes in the background."""
+        self._stopping.set()
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
@@ -239,12 +282,19 @@ class JobRunner:
                     "try again later"
                 )
             self._pending += 1
+            self._held.add(job.id)
             self._futures[job.id] = self._pool.submit(self._run, job.id, work)
 
     def run_now(self, job: Job, work: Work) -> Job:
         """Run a job in the calling thread (synchronous execution); the finished job. Its error,
         if any, is recorded and raised again (the caller answers it)."""
-        self._execute(job.id, work, reraise=True)
+        with self._lock:
+            self._held.add(job.id)
+        try:
+            self._execute(job.id, work, reraise=True)
+        finally:
+            with self._lock:
+                self._held.discard(job.id)
         return self.store.must(job.id)
 
     def dismiss(self, job_id: str) -> Job | None:
@@ -268,6 +318,7 @@ class JobRunner:
 
     def _done(self, job_id: str) -> None:
         with self._lock:
+            self._held.discard(job_id)
             if self._futures.pop(job_id, None) is not None:
                 self._pending = max(0, self._pending - 1)
 

@@ -133,6 +133,12 @@ class InferenceSettings(ServiceSettings):
     jobs_max_pending: int = Field(
         default=16, ge=1, description="jobs accepted but not started; more are refused (503)"
     )
+    jobs_heartbeat_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="how often a runner marks its unfinished jobs alive; jobs nobody marked for "
+        "three heartbeats (their process stopped) are failed",
+    )
     model_cache_size: int = Field(
         default=2,
         ge=0,

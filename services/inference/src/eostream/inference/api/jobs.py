@@ -59,7 +59,7 @@ async def list_jobs(
     total = 0
     if not kind or "process" in kind:  # every job here is a process job
         jobs, total = await run_in_threadpool(
-            parts.jobs.list, limit=limit, offset=offset, status=status, process_id=process_id
+            parts.jobs.page, limit=limit, offset=offset, status=status, process_id=process_id
         )
     query = request.url.include_query_params
     links = [{"rel": "self", "href": str(request.url), "type": "application/json"}]

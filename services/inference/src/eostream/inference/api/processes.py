@@ -187,7 +187,12 @@ class Parts:
             resolver=ModelResolver(service.deployment, service.store, s.models_prefix),
             cache=ModelCache(service.deployment, s.model_cache_size),
             jobs=jobs,
-            runner=JobRunner(jobs, workers=s.jobs_workers, max_pending=s.jobs_max_pending),
+            runner=JobRunner(
+                jobs,
+                workers=s.jobs_workers,
+                max_pending=s.jobs_max_pending,
+                heartbeat=s.jobs_heartbeat_seconds,
+            ),
         )
 
 

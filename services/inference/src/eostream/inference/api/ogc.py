@@ -95,6 +95,38 @@ class OgcLink(BaseModel):
     title: str | None = None
 
 
+class Landing(BaseModel):
+    title: str
+    description: str
+    links: list[OgcLink]
+
+
+class Conformance(BaseModel):
+    conformsTo: list[str]
+
+
+class ProcessSummary(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    title: str
+    version: str
+    jobControlOptions: list[str]
+    outputTransmission: list[str]
+    links: list[OgcLink]
+
+
+class ProcessList(BaseModel):
+    processes: list[ProcessSummary]
+    links: list[OgcLink]
+
+
+class ProcessDescription(ProcessSummary):
+    description: str
+    inputs: dict[str, dict[str, Any]]
+    outputs: dict[str, dict[str, Any]]
+
+
 class JobModel(BaseModel):
     name: str | None
     version: str | None

@@ -24,10 +24,14 @@ from eostream.inference.api.classify import CLASSIFY, _rasters_opened, load_chec
 from eostream.inference.api.deps import ApiKey, Service
 from eostream.inference.api.ogc import (
     CONFORMANCE,
+    JSON,
     REL,
     BadRequestRoute,
+    Conformance,
+    Landing,
     OgcError,
-    OgcLink,
+    ProcessDescription,
+    ProcessList,
     StatusInfo,
     link,
     status_info,
@@ -35,7 +39,7 @@ from eostream.inference.api.ogc import (
 from eostream.inference.api.results import summary
 from eostream.inference.api.schemas import ClassifyResult
 from eostream.inference.errors import BadInputError, NotFoundError
-from eostream.inference.jobs import Job, JobRunner, JobStore, Progress
+from eostream.inference.jobs import FAILED, Job, JobRunner, JobsBusyError, JobStore, Progress
 from eostream.inference.model_cache import (
     ModelCache,
     ModelResolver,
@@ -105,40 +109,6 @@ DESCRIPTION: dict[str, Any] = {
 
 
 # -- documents --------------------------------------------------------------------------------
-class Landing(BaseModel):
-    title: str
-    description: str
-    links: list[OgcLink]
-
-
-class Conformance(BaseModel):
-    conformsTo: list[str]
-
-
-class Put(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class ProcessSummary(Put):
-    id: str
-    title: str
-    version: str
-    jobControlOptions: list[str]
-    outputTransmission: list[str]
-    links: list[OgcLink]
-
-
-class ProcessList(BaseModel):
-    processes: list[ProcessSummary]
-    links: list[OgcLink]
-
-
-class ProcessDescription(ProcessSummary):
-    description: str
-    inputs: dict[str, dict[str, Any]]
-    outputs: dict[str, dict[str, Any]]
-
-
 class Inputs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -374,13 +344,20 @@ async def execute(
     job = await run_in_threadpool(parts.jobs.create, PROCESS_ID, inputs, (info.name, info.version))
     work = _work(service, parts, plan, body.inputs, str(request.base_url))
     if prefer and "respond-async" in prefer.lower():
-        await run_in_threadpool(parts.runner.submit, job, work)
+        try:
+            await run_in_threadpool(parts.runner.submit, job, work)
+        except JobsBusyError as exc:  # the job never ran: say so in its record too
+            await run_in_threadpool(
+                parts.jobs.update, job.id, status=FAILED, message=str(exc), error_code=exc.code
+            )
+            raise
         return _accepted(request, job)
     done = await run_in_threadpool(parts.runner.run_now, job, work)
-    response.headers["Link"] = f'<{request.base_url}jobs/{done.id}>; rel="monitor"'
+    monitor = {"Link": f'<{request.base_url}jobs/{done.id}>; rel="monitor"'}
     result = done.result or {}
     if body.response == "raw":  # the one output alone (documented under the process outputs)
-        return Response(json.dumps(result["result"]), media_type="application/json")
+        return Response(json.dumps(result["result"]), media_type=JSON, headers=monitor)
+    response.headers.update(monitor)
     return result
 
 

@@ -3,6 +3,7 @@ consumers) unless it runs already, and stops only a service it started."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -28,7 +29,7 @@ def create_app(settings: InferenceSettings, service: InferenceService | None = N
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         owned = not svc.started
         await svc.start()
-        parts.runner.start()
+        await asyncio.to_thread(parts.runner.start)  # sweeps jobs nobody holds
         try:
             yield
         finally:

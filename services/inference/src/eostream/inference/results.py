@@ -68,6 +68,26 @@ deployments_table = sa.Table(
     sa.Column("time", sa.DateTime(timezone=True), nullable=False),
 )
 
+#: OGC API - Processes jobs (``eostream.inference.jobs``), kept beside the results they make
+jobs_table = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("process_id", sa.String(100), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False, index=True),
+    sa.Column("message", sa.Text, nullable=False, default=""),
+    sa.Column("progress", sa.Integer, nullable=False, default=0),
+    sa.Column("created", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("started", sa.DateTime(timezone=True)),
+    sa.Column("finished", sa.DateTime(timezone=True)),
+    sa.Column("updated", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("inputs", sa.Text, nullable=False),
+    sa.Column("model_name", sa.String(200)),
+    sa.Column("model_version", sa.String(100)),
+    sa.Column("result", sa.Text),
+    sa.Column("error_code", sa.String(100)),
+)
+
 
 @dataclass(frozen=True)
 class ResultRecord:
@@ -118,12 +138,20 @@ class ResultsStore(Protocol):
 
     def close(self) -> None: ...
 
+    @property
+    def engine(self) -> Engine: ...
+
 
 class SqlResultsStore:
     """Shared SQLAlchemy Core implementation; subclasses only say how to build the engine."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+
+    @property
+    def engine(self) -> Engine:
+        """The database, for stores that keep their tables beside the results (jobs)."""
+        return self._engine
 
     def init(self) -> None:
         metadata.create_all(self._engine)

@@ -126,6 +126,32 @@ class InferenceSettings(ServiceSettings):
         default=1_000_000, ge=1, description="body of a request other than an upload"
     )
 
+    # OGC API - Processes: jobs and models other than the live one
+    jobs_workers: int = Field(
+        default=1, ge=1, le=16, description="threads that run asynchronous jobs (not live traffic)"
+    )
+    jobs_max_pending: int = Field(
+        default=16, ge=1, description="jobs accepted but not started; more are refused (503)"
+    )
+    jobs_heartbeat_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="how often a runner marks its unfinished jobs alive; jobs nobody marked for "
+        "three heartbeats (their process stopped) are failed",
+    )
+    model_cache_size: int = Field(
+        default=2,
+        ge=0,
+        description="sessions of models other than the live one kept loaded (least recently "
+        "used goes first); 0 = load for each job and free after it",
+    )
+    models_prefix: str = Field(
+        default="models",
+        min_length=1,
+        description="object-store prefix of the shipped models (<prefix>/<name>/<version>/"
+        "item.json): where models:/NAME/VERSION is looked up when no deployment recorded it",
+    )
+
     @field_validator("stride")
     @classmethod
     def _centred_stride(cls, stride: int) -> int:

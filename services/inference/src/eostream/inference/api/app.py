@@ -3,6 +3,7 @@ consumers) unless it runs already, and stops only a service it started."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -10,7 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 
 from eostream.inference import metrics
-from eostream.inference.api import classify, errors, models, processes, results, stac
+from eostream.inference.api import classify, errors, jobs, models, ogc, processes, results, stac
 from eostream.inference.api.guard import MULTIPART_SLACK, UPLOAD_PATH, RequestGuard
 from eostream.inference.service import InferenceService
 from eostream.inference.settings import InferenceSettings
@@ -22,14 +23,18 @@ def create_app(settings: InferenceSettings, service: InferenceService | None = N
     """The API over ``service``; without one, over a service built from the settings alone
     (:func:`~eostream.inference.wiring.build_service`, which opens the results index)."""
     svc = service or build_service(settings)
+    parts = processes.Parts.build(svc)  # OGC API - Processes: jobs, other models' sessions
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         owned = not svc.started
         await svc.start()
+        await asyncio.to_thread(parts.runner.start)  # sweeps jobs nobody holds
         try:
             yield
         finally:
+            parts.runner.stop()
+            parts.cache.clear()
             if owned:
                 await svc.stop()
 
@@ -40,7 +45,9 @@ def create_app(settings: InferenceSettings, service: InferenceService | None = N
         lifespan=lifespan,
     )
     app.state.service = svc
+    app.state.ogc = parts
     errors.install(app)
+    ogc.install(app)
 
     @app.middleware("http")
     async def timing(
@@ -63,6 +70,13 @@ def create_app(settings: InferenceSettings, service: InferenceService | None = N
     # outermost of the app's middleware: runs before any body is read or parsed
     app.add_middleware(RequestGuard, api_key=settings.api_key.get_secret_value(), limit=body_limit)
     app.include_router(ops_router("inference", svc.readiness, svc.liveness))
-    for router in (results.router, stac.router, models.router, classify.router, processes.router):
+    for router in (
+        results.router,
+        stac.router,
+        models.router,
+        classify.router,
+        processes.router,
+        jobs.router,
+    ):
         app.include_router(router)
     return app

@@ -335,6 +335,18 @@ async def _job_list(client: httpx.AsyncClient, scene: str) -> None:
     assert len(by_process["jobs"]) == len(jobs)
     assert (await client.get("/jobs", params={"processID": "other"})).json()["jobs"] == []
     assert (await client.get("/jobs", params={"status": "sideways"})).status_code == 400
+    # datetime (when created), minDuration / maxDuration (seconds run)
+    created = sorted(j["created"] for j in jobs)
+    since = (await client.get("/jobs", params={"datetime": f"{created[-1]}/.."})).json()["jobs"]
+    assert [j["created"] for j in since] == [created[-1]]
+    before = (await client.get("/jobs", params={"datetime": f"../{created[0]}"})).json()["jobs"]
+    assert [j["created"] for j in before] == [created[0]]
+    ran = (await client.get("/jobs", params={"minDuration": 0})).json()["jobs"]
+    assert ran and all(j.get("started") for j in ran)
+    days = (await client.get("/jobs", params={"minDuration": 86_400})).json()
+    assert days["jobs"] == [] and days["numberMatched"] == 0
+    assert (await client.get("/jobs", params={"datetime": "yesterday"})).status_code == 400
+    assert (await client.get("/jobs", params={"minDuration": -1})).status_code == 400
 
 
 async def _dismiss(client: httpx.AsyncClient, scene: str) -> None:

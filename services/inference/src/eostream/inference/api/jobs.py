@@ -19,7 +19,9 @@ from eostream.inference.api.ogc import (
     no_such_job,
     status_info,
 )
+from eostream.inference.api.params import parse_datetime
 from eostream.inference.api.processes import PartsDep, ResultDocument
+from eostream.inference.errors import BadInputError
 from eostream.inference.jobs import ACCEPTED, FAILED, RUNNING, STATUSES, SUCCESSFUL, Job
 from eostream.shared.http_errors import error_responses
 
@@ -51,15 +53,39 @@ async def list_jobs(
     status: Annotated[list[str] | None, Query(max_length=5)] = None,
     process_id: Annotated[list[str] | None, Query(alias="processID", max_length=5)] = None,
     kind: Annotated[list[str] | None, Query(alias="type", max_length=5)] = None,
+    created: Annotated[
+        str | None,
+        Query(
+            alias="datetime",
+            max_length=100,
+            description="when the job was created: an instant or an interval (a/b, ../b, a/..)",
+        ),
+    ] = None,
+    min_duration: Annotated[
+        int | None, Query(alias="minDuration", ge=0, description="ran at least (seconds)")
+    ] = None,
+    max_duration: Annotated[
+        int | None, Query(alias="maxDuration", ge=0, description="ran at most (seconds)")
+    ] = None,
 ) -> dict[str, Any]:
     bad = sorted(set(status or ()) - set(STATUSES))
     if bad:
         raise OgcError(400, "", "bad_request", f"unknown status {bad}; one of {list(STATUSES)}")
+    try:
+        created_between = parse_datetime(created)
+    except BadInputError as error:
+        raise OgcError(400, "", "bad_request", str(error)) from None
     jobs: list[Job] = []
     total = 0
     if not kind or "process" in kind:  # every job here is a process job
         jobs, total = await run_in_threadpool(
-            parts.jobs.page, limit=limit, offset=offset, status=status, process_id=process_id
+            parts.jobs.page,
+            limit=limit,
+            offset=offset,
+            status=status,
+            process_id=process_id,
+            created=created_between,
+            duration=(min_duration, max_duration),
         )
     query = request.url.include_query_params
     links = [{"rel": "self", "href": str(request.url), "type": "application/json"}]

@@ -161,7 +161,7 @@ class JobStore:
         (inclusive; None is open); ``duration`` bounds, in seconds, how long a job has run:
         finished - started, or now - started while it runs (a job not started has no duration
         and never matches a duration bound)."""
-        where = []
+        where: list[sa.ColumnElement[bool]] = []
         if status:
             where.append(jobs_table.c.status.in_(status))
         if process_id:

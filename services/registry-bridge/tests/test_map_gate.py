@@ -44,7 +44,7 @@ from eostream.trainer.task import TrainConfig, fit
 
 from .conftest import make_bridge, register_version
 
-pytestmark = pytest.mark.stack
+pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
 DATE = "2020-09-14"
 FIXED = ("radiometry", "centre")  # the augmentations that make maps right on L2A scenes

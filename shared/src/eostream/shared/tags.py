@@ -28,6 +28,16 @@ GATE = "eostream.gate"  # passed | failed | refused
 GATE_REASONS = "eostream.gate.reasons"  # JSON list of strings
 GATE_EVAL_RUN = "eostream.gate.eval_run_id"
 GATE_ACCURACY = "eostream.gate.accuracy"
+# the map check against the reference set (BRIDGE_GATE__REFERENCE), see docs/maps-accuracy.md
+GATE_MAP = "eostream.gate.map"  # passed | failed | skipped (no reference set configured)
+GATE_MAP_METRIC = "eostream.gate.map.metric"  # the compared figure: mean_iou | overall_accuracy
+GATE_MAP_FIGURE = "eostream.gate.map.figure"  # this version's compared figure
+GATE_MAP_CHAMPION_FIGURE = "eostream.gate.map.champion_figure"  # the champion's, when compared
+GATE_MAP_MEAN_IOU = "eostream.gate.map.mean_iou"  # mean IoU of the reference classes
+GATE_MAP_OVERALL_ACCURACY = "eostream.gate.map.overall_accuracy"
+# digest of the reference set and the evaluation settings the figures above hold for: a champion's
+# figures are reused while it matches, not recomputed for every candidate
+GATE_MAP_KEY = "eostream.gate.map.key"
 SHIPPED = "eostream.shipped"  # "true" once the MLM item (commit marker) is written
 ARTIFACT_URI = "eostream.artifact_uri"
 SHA256 = "eostream.sha256"
@@ -60,3 +70,4 @@ STAGE_ARCHIVED = "Archived"
 GATE_PASSED = "passed"
 GATE_FAILED = "failed"
 GATE_REFUSED = "refused"
+GATE_MAP_SKIPPED = "skipped"

@@ -170,7 +170,7 @@ def build_bridge(
     gate = Gatekeeper(settings, registry, shipper)
     publisher = LoopPublisher(bus)
     promoter = Promoter(registry, gate, shipper, audit, publisher)
-    gating = Gating(registry, gate, promoter, Thresholds(**settings.gate.model_dump()))
+    gating = Gating(registry, gate, promoter, Thresholds.of(settings.gate))
     return Bridge(
         settings,
         registry,

@@ -3,22 +3,28 @@ scores, the recorded verdict.
 
 Blocking (ONNX Runtime, the registry): called inside the bridge's worker-thread transactions.
 Talks to the registry through its port only. Champion scores are cached per (name, version,
-held-out digest), since a champion is compared with every candidate.
+held-out digest), since a champion is compared with every candidate. Map figures on the
+reference set (:mod:`.maps`) are kept in the version's tags under the reference set's key, so a
+champion's maps are scored once, not for every candidate, even across restarts.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Mapping
 
-from eostream.registry_bridge import holdout, onnx_model
+from eostream.registry_bridge import holdout, maps, onnx_model
 from eostream.registry_bridge.contract import reasons_json
 from eostream.registry_bridge.errors import RefusedError
-from eostream.registry_bridge.policy import Evaluation
+from eostream.registry_bridge.policy import Evaluation, MapScores
 from eostream.registry_bridge.port import ModelRegistry, VersionInfo
 from eostream.registry_bridge.settings import BridgeSettings
 from eostream.registry_bridge.shipping import Shipper
 from eostream.registry_bridge.verification import Verified, verify
 from eostream.shared import tags
+
+log = logging.getLogger(__name__)
 
 
 class Gatekeeper:
@@ -28,6 +34,27 @@ class Gatekeeper:
         self.shipper = shipper
         self._holdouts: dict[str, holdout.Holdout] = {}
         self._evaluations: dict[tuple[str, str, str], Evaluation] = {}
+        gate = settings.gate
+        self.reference = (
+            maps.ReferenceSet(
+                gate.reference, gate.map_stride, gate.map_uncertain_below, settings.torch_threads
+            )
+            if gate.reference
+            else None
+        )
+        self._map_key: str | None = None
+        self._maps: dict[tuple[str, str, str], MapScores] = {}
+
+    def _reference(self) -> maps.ReferenceSet:
+        if self.reference is None:
+            raise RuntimeError("no reference set configured (BRIDGE_GATE__REFERENCE)")
+        return self.reference
+
+    def map_key(self) -> str:
+        """The reference set's key (read once: the set is a configured, fixed thing)."""
+        if self._map_key is None:
+            self._map_key = self._reference().key()
+        return self._map_key
 
     def holdout_for(self, band_set: str) -> holdout.Holdout:
         if band_set not in self._holdouts:
@@ -103,6 +130,46 @@ class Gatekeeper:
             )
         return self._evaluations[key]
 
+    def map_candidate(self, verified: Verified, run_id: str) -> MapScores:
+        """Score the candidate's maps on the reference set and log the figures to its gate
+        run (``run_id``)."""
+        reference = self._reference()
+        report = reference.score(verified.onnx_bytes)
+        key = self.map_key()
+        if report.metrics:
+            self.registry.log_run_metrics(run_id, report.metrics)
+        self.registry.set_run_tags(
+            run_id, {tags.GATE_MAP_KEY: key, "eostream.map_reference": reference.href}
+        )
+        self._maps[(verified.name, verified.version, key)] = report.scores
+        log.info(
+            "%s v%s maps on %s: mean IoU %s, overall accuracy %s (%d items, %d errors)",
+            verified.name,
+            verified.version,
+            reference.href,
+            report.scores.mean_iou,
+            report.scores.overall_accuracy,
+            report.scores.items,
+            len(report.scores.errors),
+        )
+        return report.scores
+
+    def map_champion(self, name: str, version: str) -> MapScores | None:
+        """The champion's map figures: from memory, else from its version tags when they were
+        made with this reference set and settings, else scored now and written to its tags.
+        None when its maps cannot be scored."""
+        reference = self._reference()
+        key = self.map_key()
+        if (name, version, key) not in self._maps:
+            found = maps.from_tags(dict(self.registry.get_version(name, version).tags), key)
+            if found is None:
+                log.info("scoring the champion %s v%s on %s", name, version, reference.href)
+                found = reference.score(self.champion_onnx(name, version)).scores
+                self.registry.set_version_tags(name, version, maps.as_tags(found, key))
+            self._maps[(name, version, key)] = found
+        scores = self._maps[(name, version, key)]
+        return scores if scores.figure(self.settings.gate.map_metric) is not None else None
+
     def scores_of(self, name: str, version: str) -> Evaluation | None:
         """The scores this gatekeeper computed for ``name`` v``version`` (None: not evaluated by
         this run)."""
@@ -118,7 +185,10 @@ class Gatekeeper:
         run_id: str,
         candidate: Evaluation,
         champion_version: str | None,
+        extra: Mapping[str, str] | None = None,
     ) -> None:
+        """Write the verdict to the gate run and the version; ``extra`` tags (the map check's)
+        go before the verdict tag."""
         self.registry.set_run_tags(
             run_id,
             {"eostream.gate": outcome, "eostream.champion_version": champion_version or ""},
@@ -136,6 +206,7 @@ class Gatekeeper:
                 tags.GATE_REASONS: reasons_json(reasons),
                 tags.GATE_EVAL_RUN: run_id,
                 tags.GATE_ACCURACY: f"{candidate.accuracy:.6f}",
+                **(extra or {}),
                 tags.GATE: outcome,
             },
         )

@@ -1,5 +1,6 @@
-"""The gate transaction: verify a new version, evaluate it against the champion, record the
-verdict, then make it challenger and (with ``auto_promote``) champion.
+"""The gate transaction: verify a new version, evaluate it against the champion (on the EuroSAT
+hold-out, and on the reference set's maps when one is configured), record the verdict, then make
+it challenger and (with ``auto_promote``) champion.
 
 Blocking and not thread-safe, like :mod:`.promotion`: the bridge runs it as one operation in one
 worker thread, under its lock.
@@ -9,13 +10,21 @@ from __future__ import annotations
 
 import logging
 
-from eostream.registry_bridge import metrics
+from eostream.registry_bridge import maps, metrics
 from eostream.registry_bridge.contract import reasons_json
 from eostream.registry_bridge.errors import NotReadyError, PromotionError, RefusedError
 from eostream.registry_bridge.gatekeeper import Gatekeeper
-from eostream.registry_bridge.policy import Evaluation, Thresholds, judge
+from eostream.registry_bridge.policy import (
+    Evaluation,
+    Thresholds,
+    Verdict,
+    combine,
+    judge,
+    judge_map,
+)
 from eostream.registry_bridge.port import ModelRegistry
 from eostream.registry_bridge.promotion import BRIDGE, Outcome, Promoter
+from eostream.registry_bridge.verification import Verified
 from eostream.shared import tags
 
 log = logging.getLogger(__name__)
@@ -87,10 +96,11 @@ class Gating:
                 champion.per_class_recall,
             )
         self.promoter.show_champion(name, champion_version)
-        verdict = judge(candidate, champion, self.thresholds)
+        map_verdict, map_tags = self._map_check(verified, run_id, champion_version)
+        verdict = combine(judge(candidate, champion, self.thresholds), map_verdict)
         outcome = tags.GATE_PASSED if verdict.passed else tags.GATE_FAILED
         self.gate.record_verdict(
-            name, version, outcome, verdict.reasons, run_id, candidate, champion_version
+            name, version, outcome, verdict.reasons, run_id, candidate, champion_version, map_tags
         )
         metrics.GATE_RESULTS.labels(outcome).inc()
         log.info(
@@ -114,6 +124,30 @@ class Gating:
             name, version, BRIDGE, f"gate passed: {summary}"[:1000], "auto", verified, via="auto"
         )
         return Outcome(name, version, "promoted", verdict.reasons)
+
+    def _map_check(
+        self, verified: Verified, run_id: str, champion_version: str | None
+    ) -> tuple[Verdict, dict[str, str]]:
+        """The map check's verdict and the version tags recording it."""
+        metric = self.thresholds.map_metric
+        if self.gate.reference is None:
+            note = "NOTE: map check skipped: no reference set configured (BRIDGE_GATE__REFERENCE)"
+            return Verdict(True, (note,)), {tags.GATE_MAP: tags.GATE_MAP_SKIPPED}
+        candidate = self.gate.map_candidate(verified, run_id)
+        champion = None
+        if champion_version and champion_version != verified.version:
+            champion = self.gate.map_champion(verified.name, champion_version)
+        verdict = judge_map(candidate, champion, self.thresholds)
+        figure = candidate.figure(metric)
+        theirs = champion.figure(metric) if champion is not None else None
+        values = {
+            **maps.as_tags(candidate, self.gate.map_key()),
+            tags.GATE_MAP_METRIC: metric,
+            tags.GATE_MAP_FIGURE: "" if figure is None else f"{figure:.6f}",
+            tags.GATE_MAP_CHAMPION_FIGURE: "" if theirs is None else f"{theirs:.6f}",
+            tags.GATE_MAP: tags.GATE_PASSED if verdict.passed else tags.GATE_FAILED,
+        }
+        return verdict, values
 
     def verdict_first(self, name: str, version: str) -> str:
         """Gate a version an operator wants to promote that has no verdict yet (never promoting

@@ -6,6 +6,12 @@ A candidate passes when
 * with a champion: its accuracy reaches the champion's plus ``min_improvement``, and no class's
   recall falls more than ``max_class_drop`` below the champion's recall for that class.
 
+With a reference set configured (``BRIDGE_GATE__REFERENCE``) :func:`judge_map` adds the map
+check: the candidate's map figure on the reference scenes (mean IoU of the reference classes, or
+overall accuracy) must not fall more than ``map_margin`` below the champion's, and must reach
+``map_floor`` when one is set. Patch accuracy does not predict map accuracy
+(docs/maps-accuracy.md), so a candidate better on EuroSAT patches can still fail here.
+
 Every check yields one human-readable reason, passed or not, so the verdict explains itself in
 the version's tags.
 """
@@ -14,8 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 from eostream.shared import tags
+
+if TYPE_CHECKING:
+    from eostream.registry_bridge.settings import GateSettings
+
+MapMetric = Literal["mean_iou", "overall_accuracy"]
 
 
 @dataclass(frozen=True)
@@ -29,10 +41,41 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
+class MapScores:
+    """A model's maps scored on the reference set (pooled over its completely labelled items).
+
+    None where nothing could be scored; ``errors`` holds one line per item (or for the whole
+    set) that could not be evaluated.
+    """
+
+    mean_iou: float | None
+    overall_accuracy: float | None
+    items: int = 0
+    errors: tuple[str, ...] = ()
+
+    def figure(self, metric: MapMetric) -> float | None:
+        return self.mean_iou if metric == "mean_iou" else self.overall_accuracy
+
+
+@dataclass(frozen=True)
 class Thresholds:
     min_accuracy: float = 0.5
     max_class_drop: float = 0.10
     min_improvement: float = 0.0
+    map_metric: MapMetric = "mean_iou"
+    map_margin: float = 0.02
+    map_floor: float | None = None
+
+    @classmethod
+    def of(cls, gate: GateSettings) -> Thresholds:
+        return cls(
+            min_accuracy=gate.min_accuracy,
+            max_class_drop=gate.max_class_drop,
+            min_improvement=gate.min_improvement,
+            map_metric=gate.map_metric,
+            map_margin=gate.map_margin,
+            map_floor=gate.map_floor,
+        )
 
 
 @dataclass(frozen=True)
@@ -100,6 +143,52 @@ def judge(candidate: Evaluation, champion: Evaluation | None, thresholds: Thresh
             f"(largest drop {worst:.4f})",
         )
     return Verdict(ok, tuple(reasons))
+
+
+def judge_map(candidate: MapScores, champion: MapScores | None, thresholds: Thresholds) -> Verdict:
+    """The map check: ``candidate``'s figure vs ``champion``'s (None: no champion, or its maps
+    could not be scored) less ``map_margin``, and vs ``map_floor``."""
+    metric = thresholds.map_metric
+    figure = candidate.figure(metric)
+    if figure is None:
+        why = "; ".join(candidate.errors) or "no completely labelled item"
+        text = f"FAIL: map {metric} could not be scored on the reference set: {why}"
+        return Verdict(False, (text,))
+    reasons: list[str] = []
+    ok = True
+
+    def check(passed: bool, text: str) -> None:
+        nonlocal ok
+        ok = ok and passed
+        reasons.append(("PASS: " if passed else "FAIL: ") + text)
+
+    if thresholds.map_floor is not None:
+        check(
+            figure >= thresholds.map_floor,
+            f"map {metric} {figure:.4f} vs minimum {thresholds.map_floor:.4f}",
+        )
+    theirs = champion.figure(metric) if champion is not None else None
+    if theirs is None:
+        reasons.append(
+            f"PASS: map {metric} {figure:.4f} recorded; no champion map figure to compare with"
+        )
+    else:
+        check(
+            figure >= theirs - thresholds.map_margin,
+            f"map {metric} {figure:.4f} vs champion {theirs:.4f} - margin "
+            f"{thresholds.map_margin:.4f}",
+        )
+    if candidate.errors:
+        reasons.append(
+            f"NOTE: {len(candidate.errors)} reference item(s) not scored: "
+            + "; ".join(candidate.errors)
+        )
+    return Verdict(ok, tuple(reasons))
+
+
+def combine(*verdicts: Verdict) -> Verdict:
+    """One verdict from several checks: passed when all passed, every reason kept."""
+    return Verdict(all(v.passed for v in verdicts), tuple(r for v in verdicts for r in v.reasons))
 
 
 def champion_refusal(gate: str | None, overridden: bool) -> str | None:

@@ -94,6 +94,8 @@ class ModelRegistry(Protocol):
 
     def log_run_text(self, run_id: str, text: str, artifact_file: str) -> None: ...
 
+    def log_run_metrics(self, run_id: str, values: Mapping[str, float]) -> None: ...
+
     def evaluate(
         self,
         predict: Predictor,

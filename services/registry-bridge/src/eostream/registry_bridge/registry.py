@@ -8,11 +8,13 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import mlflow
+from mlflow.entities import Metric
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.entities.webhook import WebhookEvent, WebhookEventStr
 from mlflow.exceptions import MlflowException
@@ -265,6 +267,11 @@ class MlflowRegistry:
 
     def log_run_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self.call("log text", lambda: self.client.log_text(run_id, text, artifact_file))
+
+    def log_run_metrics(self, run_id: str, values: Mapping[str, float]) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(value), now, 0) for key, value in values.items()]
+        self.call("log metrics", lambda: self.client.log_batch(run_id, metrics=batch))
 
     def evaluate(
         self,

@@ -26,6 +26,41 @@ class GateSettings(BaseModel):
     min_improvement: float = Field(
         default=0.0, ge=-1, le=1, description="candidate accuracy must reach champion's + this"
     )
+    # the map check (see :mod:`eostream.registry_bridge.maps`)
+    reference: str | None = Field(
+        default=None,
+        description="a reference set's labels collection (collection.json, its folder or URL, "
+        "as `eostream maps reference build` writes it): each candidate's maps are scored on it "
+        "too; unset: no map check (the version's tags say it was skipped)",
+    )
+    map_metric: Literal["mean_iou", "overall_accuracy"] = Field(
+        default="mean_iou",
+        description="the compared map figure: mean IoU of the reference classes (water IoU for "
+        "Boadella) or overall accuracy; both are recorded",
+    )
+    map_margin: float = Field(
+        default=0.02, ge=0, le=1, description="largest allowed drop of the map figure vs champion"
+    )
+    map_floor: float | None = Field(
+        default=None, ge=0, le=1, description="the map figure every candidate must reach (optional)"
+    )
+    map_stride: int = Field(
+        default=8, ge=2, le=64, description="inference window step on the reference scenes"
+    )
+    map_uncertain_below: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="inference's uncertain threshold while scoring maps (0: every pixel gets its "
+        "top class; uncertain pixels count as background)",
+    )
+
+    @field_validator("map_stride")
+    @classmethod
+    def _centred_stride(cls, stride: int) -> int:
+        if (64 - stride) % 2:
+            raise ValueError("the stride must be even (windows are centred on their cells)")
+        return stride
 
 
 Role = Literal["promoter", "viewer"]

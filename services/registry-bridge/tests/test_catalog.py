@@ -236,7 +236,7 @@ async def test_embedded_bridge_keeps_a_static_catalogue_of_shipped_models(
 def test_no_catalogue_when_unset(
     bridge_settings: BridgeSettings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from eostream.registry_bridge.catalog import build_publisher
+    from eostream.registry_bridge.publishers import build_publisher
 
     with caplog.at_level("INFO"):
         assert build_publisher(bridge_settings.catalog) is None

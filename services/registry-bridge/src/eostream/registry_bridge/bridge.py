@@ -19,13 +19,14 @@ from typing import TypeVar
 
 from eostream.registry_bridge import metrics
 from eostream.registry_bridge.audit import AuditLog, Via
-from eostream.registry_bridge.catalog import ModelsCatalog, build_publisher
+from eostream.registry_bridge.catalog import ModelsCatalog
 from eostream.registry_bridge.gatekeeper import Gatekeeper
 from eostream.registry_bridge.gating import Gating
 from eostream.registry_bridge.guard import ChampionGuard
 from eostream.registry_bridge.policy import Thresholds
 from eostream.registry_bridge.port import ModelRegistry
 from eostream.registry_bridge.promotion import BRIDGE, Outcome, Promoter
+from eostream.registry_bridge.publishers import build_publisher
 from eostream.registry_bridge.settings import BridgeSettings
 from eostream.registry_bridge.shipping import Shipper
 from eostream.shared import topics

@@ -4,10 +4,9 @@
 One code path builds what is published (pure functions, no I/O): :func:`catalog_item` takes the
 shipped MLM item (immutable, the commit marker in the models bucket) and adds the version's
 current state from the registry (aliases, status, gate verdict and figures);
-:func:`build_collection` merges a collection's extents and summaries with new items. Two
-publishers put them somewhere behind one small interface (:class:`.publishers.CatalogPublisher`): a STAC API
-with the transactions extension (:class:`StacApiPublisher`, the stack's stac-fastapi-pgstac) or
-a static catalogue folder (:class:`StaticCatalogPublisher`, the embedded mode's).
+:func:`build_collection` merges a collection's extents and summaries with new items. The
+publishers of :mod:`.publishers` write them: a STAC API with the transactions extension (the
+stack's stac-fastapi-pgstac) or a static catalogue folder (the embedded mode's).
 
 :class:`ModelsCatalog` is run by the bridge after every operation on a model (and so after each
 reconcile pass): it re-derives the items of the model's shipped versions and publishes those

@@ -65,7 +65,7 @@ def test_item_describes_the_model_and_validates(card: ModelCard) -> None:
     assert model["file:checksum"] == "1220" + SHA and "mlm:model" in model["roles"]
     assert model["mlm:artifact_type"] == "onnx"
     rels = {link["rel"] for link in data["links"]}
-    assert {"derived-from", "via", "self"} <= rels
+    assert {"derived_from", "via", "self"} <= rels
     assert pystac.Item.from_dict(data).id == "eurosat-landcover-v3"
 
 
@@ -93,4 +93,8 @@ def test_a_fine_tuned_model_names_its_base(card: ModelCard) -> None:
     data = mlm.build_item(tuned, "s3://eostream/models/eurosat-landcover/3/item.json")
     assert data["properties"]["mlm:pretrained"] is True
     assert data["properties"]["mlm:pretrained_source"] == "models:/eurosat-rgb/4"
+    base = [link for link in data["links"] if link.get("title") == "base model"]
+    assert [(link["rel"], link["href"]) for link in base] == [
+        ("derived_from", "models:/eurosat-rgb/4")
+    ]
     assert mlm.validate_item(data, card, SHA) == []

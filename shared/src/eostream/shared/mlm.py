@@ -40,6 +40,9 @@ ONNX_MEDIA_TYPE = "application/octet-stream; framework=onnx; profile=onnx"
 EUROPE_BBOX = (-31.3, 27.6, 45.0, 71.2)
 SENTINEL2A_LAUNCH = "2015-06-23T00:00:00Z"
 CARD_PROPERTY = "eostream:model_card"
+#: STAC's relation type for the sources of a derived product (training data, the base model):
+#: ``derived_from``, with an underscore (STAC spec, "Relation types")
+DERIVED_FROM = "derived_from"
 
 
 @dataclass(frozen=True)
@@ -181,16 +184,18 @@ def build_item(facts: MlmFacts, self_href: str) -> dict[str, Any]:
     MLModelExtension.ext(item, add_if_missing=True).apply(properties(facts))
     if facts.training_data_href:
         item.add_link(
-            pystac.Link(rel="derived-from", target=facts.training_data_href, title="training data")
+            pystac.Link(rel=DERIVED_FROM, target=facts.training_data_href, title="training data")
         )
     if facts.card.training_data_digest:
         item.add_link(
             pystac.Link(
-                rel="derived-from",
+                rel=DERIVED_FROM,
                 target=f"urn:eostream:dataset:sha256:{facts.card.training_data_digest}",
                 title="training data (content digest)",
             )
         )
+    if facts.base_model:
+        item.add_link(pystac.Link(rel=DERIVED_FROM, target=facts.base_model, title="base model"))
     if facts.run_href:
         item.add_link(pystac.Link(rel="via", target=facts.run_href, title="MLflow run"))
     item.set_self_href(self_href)
@@ -244,4 +249,6 @@ def validate_item(data: dict[str, Any], card: ModelCard, sha256: str) -> list[st
         problems.append("the model asset's file:checksum does not match the artifact's sha256")
     if props.get(CARD_PROPERTY) and ModelCard.model_validate(props[CARD_PROPERTY]) != card:
         problems.append("the item's model card differs from the model's")
+    if any(link.get("rel") == "derived-from" for link in data.get("links", [])):
+        problems.append(f"'derived-from' is not a STAC relation type: use {DERIVED_FROM!r}")
     return problems

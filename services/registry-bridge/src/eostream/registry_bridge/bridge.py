@@ -19,12 +19,14 @@ from typing import TypeVar
 
 from eostream.registry_bridge import metrics
 from eostream.registry_bridge.audit import AuditLog, Via
+from eostream.registry_bridge.catalog import ModelsCatalog
 from eostream.registry_bridge.gatekeeper import Gatekeeper
 from eostream.registry_bridge.gating import Gating
 from eostream.registry_bridge.guard import ChampionGuard
 from eostream.registry_bridge.policy import Thresholds
 from eostream.registry_bridge.port import ModelRegistry
 from eostream.registry_bridge.promotion import BRIDGE, Outcome, Promoter
+from eostream.registry_bridge.publishers import build_publisher
 from eostream.registry_bridge.settings import BridgeSettings
 from eostream.registry_bridge.shipping import Shipper
 from eostream.shared import topics
@@ -73,6 +75,7 @@ class Bridge:
         gating: Gating,
         guard: ChampionGuard,
         publisher: LoopPublisher,
+        catalog: ModelsCatalog | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -83,6 +86,7 @@ class Bridge:
         self.gating = gating
         self.guard = guard
         self._publisher = publisher
+        self.catalog = catalog
         self.lock = asyncio.Lock()
 
     @property
@@ -90,10 +94,15 @@ class Bridge:
         return self.shipper.store
 
     async def _transaction(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
-        """Run one operation in one worker thread, under the lock."""
+        """Run one operation in one worker thread, under the lock; then bring the models
+        catalogue in step with the model (every operation's first argument is its name)."""
         async with self.lock:
             self._publisher.loop = asyncio.get_running_loop()
-            return await asyncio.to_thread(fn, *args, **kwargs)
+            try:
+                return await asyncio.to_thread(fn, *args, **kwargs)
+            finally:
+                if self.catalog is not None and args and isinstance(args[0], str):
+                    await asyncio.to_thread(self.catalog.refresh, args[0])
 
     async def handle_version(self, name: str, version: str, source: str = "manual") -> Outcome:
         """Gate a new version; promote it when it passes (and auto_promote is on)."""
@@ -181,4 +190,7 @@ def build_bridge(
         gating=gating,
         guard=ChampionGuard(registry, promoter),
         publisher=publisher,
+        catalog=ModelsCatalog(
+            registry, shipper, build_publisher(settings.catalog), settings.catalog.collection
+        ),
     )

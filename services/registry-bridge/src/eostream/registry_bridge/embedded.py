@@ -11,6 +11,10 @@ persist in the embedded home. So at start the component re-announces the champio
 shipped (:meth:`RegistryBridgeComponent.announce_current_champion`): inference in the same process
 then loads it without anything being gated or shipped again.
 
+Every shipped model is published to a static STAC catalogue,
+``<home>/registry-bridge/stac/catalog.json`` (collection ``eostream-models``; the ``catalog``
+option, e.g. ``{"stac_api_url": ...}``, publishes elsewhere).
+
 The REST write routes take a credential: the ``api_keys`` option or ``BRIDGE_API_KEYS`` if given,
 else one promoter credential named ``operator`` whose key is generated on first start and kept in
 ``<home>/registry-bridge/api-key`` (owner-only), so it is stable across runs.
@@ -59,6 +63,7 @@ FIXED = frozenset(
 
 
 KEY_FILE = "api-key"
+CATALOG_DIR = "stac"  # <home>/registry-bridge/stac/catalog.json: the models catalogue
 OPERATOR = "operator"
 
 
@@ -87,6 +92,8 @@ def embedded_settings(context: EmbeddedContext) -> BridgeSettings:
         **context.fixed_settings(),  # the store is not built: the context's is handed in
         "mlflow_tracking_uri": context.mlflow_tracking_uri,
     }
+    if "catalog" not in options:  # the models catalogue: a static one under the home
+        overrides["catalog"] = {"static_dir": context.home / SERVICE / CATALOG_DIR}
     if "api_keys" not in options and not os.environ.get("BRIDGE_API_KEYS", "").strip():
         overrides["api_keys"] = {OPERATOR: {"key": operator_key(context), "role": "promoter"}}
     return load_settings(BridgeSettings, **overrides)

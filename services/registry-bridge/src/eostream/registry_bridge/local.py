@@ -2,7 +2,8 @@
 its HMAC-signed webhook in the MLflow server, so new versions reach it at once; the reconcile loop
 catches up on anything a webhook missed. Its REST write routes take the deployment's promoter
 credential ``operator``, whose key is kept in the deployment's home under
-``secrets/bridge-operator-key``."""
+``secrets/bridge-operator-key``. Shipped models go to the stack's STAC API (collection
+``eostream-models``)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ def process(stack: LocalStack, deployment: Deployment, port: int) -> ProcessSpec
         ),
         "BRIDGE_WEBHOOK_URL": f"{url}/webhooks/mlflow",
         "BRIDGE_RECONCILE_INTERVAL_SECONDS": "30",
+        "BRIDGE_CATALOG__STAC_API_URL": stack.stac_api_url,  # the eostream-models collection
     }
     return ProcessSpec(
         SERVICE,

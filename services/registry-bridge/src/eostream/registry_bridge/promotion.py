@@ -50,6 +50,13 @@ def now() -> str:
     return datetime.now(UTC).isoformat()
 
 
+def base_model_of(run_params: dict[str, str]) -> str | None:
+    """The ``models:/`` URI a run fine-tuned (the trainer logs its plan's ``base_model``
+    parameter; ``None`` when it trained from scratch)."""
+    value = run_params.get("base_model", "").strip()
+    return value if value.startswith("models:/") else None
+
+
 class Promoter:
     def __init__(
         self,
@@ -78,6 +85,7 @@ class Promoter:
         started = time.perf_counter()
         try:
             run_metrics = self.registry.run_metrics(verified.run_id)
+            base_model = base_model_of(self.registry.run_params(verified.run_id))
             mv = self.registry.get_version(name, verified.version)
             shipment = self.shipper.ship(
                 name,
@@ -96,6 +104,7 @@ class Promoter:
                     run_href=self.registry.run_href(verified.run_id),
                     training_data_href=mv.tags.get("training_data_href"),
                     metrics=tuple(sorted(run_metrics.items())),
+                    base_model=base_model,
                 ),
             )
         except Exception:

@@ -203,6 +203,9 @@ class MlflowRegistry:
     def run_metrics(self, run_id: str) -> dict[str, float]:
         return self.call("get run", lambda: dict(self.client.get_run(run_id).data.metrics))
 
+    def run_params(self, run_id: str) -> dict[str, str]:
+        return self.call("get run", lambda: dict(self.client.get_run(run_id).data.params))
+
     def run_href(self, run_id: str) -> str | None:
         uri = self.tracking_uri
         if not uri.startswith(("http://", "https://")):

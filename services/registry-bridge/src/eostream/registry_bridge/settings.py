@@ -85,6 +85,22 @@ class Credential(BaseModel):
         return key
 
 
+class CatalogSettings(BaseModel):
+    """Where the bridge publishes the STAC collection of shipped models (``eostream-models``):
+    a STAC API with the transactions extension, else a static catalogue folder, else nowhere."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    stac_api_url: str | None = Field(
+        default=None, description="STAC API root (transactions on), e.g. http://127.0.0.1:18082"
+    )
+    static_dir: Path | None = Field(
+        default=None, description="folder of a static STAC catalogue (the embedded mode's)"
+    )
+    collection: str = Field(default="eostream-models", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    timeout_seconds: float = Field(default=10.0, gt=0, description="per STAC API request")
+
+
 class BridgeSettings(ServiceSettings):
     model_config = SettingsConfigDict(
         env_prefix="BRIDGE_",
@@ -139,6 +155,11 @@ class BridgeSettings(ServiceSettings):
     retry_attempts: int = Field(default=5, ge=1, description="MLflow / object store calls")
     retry_backoff_seconds: float = Field(default=0.5, gt=0)
     retry_backoff_max_seconds: float = Field(default=15.0, gt=0)
+    # --- the models catalogue (catalog.py): STAC API (transactions) or a static catalogue ---
+    catalog: CatalogSettings = Field(
+        default_factory=CatalogSettings,
+        description="where shipped MLM items are published (BRIDGE_CATALOG__STAC_API_URL, ...)",
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

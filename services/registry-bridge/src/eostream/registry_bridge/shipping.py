@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -96,6 +96,15 @@ class Shipper:
             mlm_item_href=self.store.uri(item_key),
             already_shipped=True,
         )
+
+    def item(self, name: str, version: str) -> dict[str, Any] | None:
+        """The shipped MLM item of (name, version), or None when it was not shipped."""
+        _, item_key = self.keys(name, version)
+        try:
+            data: dict[str, Any] = json.loads(self._call(lambda: self.store.get_bytes(item_key)))
+        except ObjectNotFoundError:
+            return None
+        return data
 
     def ship(
         self,

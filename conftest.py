@@ -240,3 +240,44 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.write_line(f"left this session's Kafka topics in place: {error}")
+
+
+def stac_validator_problems(data: dict[str, Any]) -> list[str]:
+    """What stac-validator (the ``stac-valid`` package) says about a STAC object: [] when valid.
+
+    It checks the core STAC schemas offline: the schema URLs map to the copies pystac ships,
+    so no test reaches schemas.stacspec.org or geojson.org. Extensions are not checked here (their
+    schemas are online); the MLM fields are checked with stac-model where items are built.
+    """
+    import pystac.validation.jsonschemas as bundled
+    from stac_validator.validate import StacValidate
+
+    root = Path(bundled.__file__).parent
+    version = str(data.get("stac_version", ""))
+    spec = root / "stac-spec" / f"v{version}"
+    if not spec.is_dir():
+        return [f"stac_version {version!r}: no offline core schemas (pystac has {_bundled(root)})"]
+    kinds = {"catalog.json": "catalog-spec", "collection.json": "collection-spec"}
+    schema_map = {
+        f"https://schemas.stacspec.org/v{version}/{kinds.get(f.name, 'item-spec')}/json-schema/"
+        f"{f.name}": str(f)
+        for f in spec.glob("*.json")
+    } | {f"https://geojson.org/schema/{f.name}": str(f) for f in (root / "geojson").glob("*.json")}
+    validator = StacValidate(core=True, schema_map=schema_map)
+    if validator.validate_dict(data):
+        return []
+    return [
+        f"{m.get('error_type')}: {m.get('error_message')}"
+        for m in validator.message
+        if not m.get("valid_stac")
+    ]
+
+
+def _bundled(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / "stac-spec").iterdir())
+
+
+@pytest.fixture(scope="session")
+def stac_validator() -> Any:
+    """``stac_validator(data) -> problems`` ([] when valid); core schemas offline."""
+    return stac_validator_problems

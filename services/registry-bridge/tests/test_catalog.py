@@ -176,7 +176,12 @@ class StaticCatalogue:
 
 
 async def test_embedded_bridge_keeps_a_static_catalogue_of_shipped_models(
-    tmp_path: Path, tracking_uri: str, data_dir: Path, register: Any, models: Any
+    tmp_path: Path,
+    tracking_uri: str,
+    data_dir: Path,
+    register: Any,
+    models: Any,
+    stac_validator: Any,
 ) -> None:
     bus = InMemoryBus(service="embedded")
     context = EmbeddedContext(
@@ -216,10 +221,13 @@ async def test_embedded_bridge_keeps_a_static_catalogue_of_shipped_models(
         assert found.within(AUSTRALIA) == set()
         assert found.where("eostream:aliases", "champion") == {ids[v2]}
         assert found.items[ids[v1]].properties["eostream:status"] == "archived"
-        assert validate_collection(found.collection.to_dict(transform_hrefs=False)) == []
+        collection = found.collection.to_dict(transform_hrefs=False)
+        assert validate_collection(collection) == []
+        assert stac_validator(collection) == []
         for item in found.items.values():
             data = item.to_dict(transform_hrefs=False)
             assert validate_catalog_item(data, COLLECTION) == []
+            assert stac_validator(data) == []
             assert {link["rel"] for link in data["links"]} >= {"collection", "derived_from"}
 
         service = bridge_component.service

@@ -82,6 +82,7 @@ async def test_shipped_versions_are_found_by_task_class_and_bbox_and_follow_prom
     s3_credentials: tuple[str, str],
     data_dir: Any,
     models: Any,
+    stac_validator: Any,
     register_to: Any,
 ) -> None:
     name = f"eurosat-landcover-catalog-{uuid.uuid4().hex[:8]}"
@@ -131,13 +132,11 @@ async def test_shipped_versions_are_found_by_task_class_and_bbox_and_follow_prom
         # pgstac leaves out the null `datetime` (the item has start/end_datetime) that STAC's
         # schema wants present; what the bridge published has it
         assert "datetime" not in item["properties"]
-        assert (
-            validate_catalog_item(
-                item | {"properties": {**item["properties"], "datetime": None}}, COLLECTION
-            )
-            == []
-        )
+        published = item | {"properties": {**item["properties"], "datetime": None}}
+        assert validate_catalog_item(published, COLLECTION) == []
+        assert stac_validator(published) == []
         assert validate_collection(collection) == []
+        assert stac_validator(collection) == []
         assert "classification" in collection["summaries"]["mlm:tasks"]
         assert "SeaLake" in collection["summaries"]["eostream:classes"]
         assert collection["summaries"]["eostream:bands"] >= ["B02", "B03", "B04"]

@@ -8,6 +8,7 @@ import asyncio
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -148,3 +149,32 @@ async def test_records_and_their_headers_survive_a_reopened_log(tmp_path: Path) 
     await task
     assert seen.seen == [("KEPT", 0)]
     await reopened.close()
+
+
+async def test_a_consumer_on_another_threads_loop_gets_what_this_loop_publishes(
+    tmp_path: Path,
+) -> None:
+    bus = SqliteBus(tmp_path / "bus.sqlite", service="threads")
+    await bus.start()
+    seen = Keys()
+    stop = threading.Event()
+
+    async def consume() -> None:
+        consumer = bus.consumer([TOPIC], "threaded", seen)
+        task = asyncio.create_task(consumer.run())
+        while not stop.is_set():
+            await asyncio.sleep(0.02)
+        await consumer.stop()
+        await task
+
+    thread = threading.Thread(target=lambda: asyncio.run(consume()))
+    thread.start()
+    try:
+        for i in range(20):
+            await bus.publish(TOPIC, scene(f"T{i}"))
+        await until(lambda: len(seen.seen) == 20, "the records in the other thread")
+    finally:
+        stop.set()
+        await asyncio.to_thread(thread.join, 30)
+    assert seen.seen == [(f"T{i}", i) for i in range(20)]
+    await bus.close()

@@ -1,4 +1,5 @@
-"""One contract for the bus, run unchanged against the in-process adapter and real Kafka."""
+"""One contract for the bus, run unchanged against the in-process adapter, the durable embedded
+bus (SQLite) and real Kafka."""
 
 from __future__ import annotations
 
@@ -10,8 +11,16 @@ from datetime import UTC, datetime
 
 import pytest
 
-from eostream.shared.bus import Bus, Consumers, ConsumerStopped, Delivery, heartbeat
+from eostream.shared.bus import (
+    Bus,
+    Consumers,
+    ConsumerStopped,
+    Delivery,
+    RetryPolicy,
+    heartbeat,
+)
 from eostream.shared.bus.memory import InMemoryBus
+from eostream.shared.bus.sqlite import SqliteBus
 from eostream.shared.bus.supervisor import SupervisedConsumer
 from eostream.shared.codec import WireMessage, encode
 from eostream.shared.errors import InvalidEventError, RetryableError
@@ -37,6 +46,7 @@ def scene(item_id: str, **extra: object) -> SceneDiscovered:
 @pytest.fixture(
     params=[
         "memory",
+        "sqlite",
         pytest.param("kafka", marks=pytest.mark.stack),
         # a namespaced deployment: same contract, topics prefixed on the broker only
         pytest.param("kafka-prefixed", marks=pytest.mark.stack),
@@ -46,6 +56,14 @@ async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
     made: Bus
     if request.param == "memory":
         made = InMemoryBus(service="contract", dead_letter_topic=f"dlq-{uuid.uuid4().hex[:8]}")
+    elif request.param == "sqlite":
+        tmp_path = request.getfixturevalue("tmp_path")
+        made = SqliteBus(
+            tmp_path / "bus.sqlite",
+            service="contract",
+            dead_letter_topic=f"dlq-{uuid.uuid4().hex[:8]}",
+            policy=RetryPolicy(max_retries=2, backoff_seconds=0.05),
+        )
     else:
         from eostream.shared.bus.kafka import KafkaBus
         from eostream.shared.settings import KafkaSettings

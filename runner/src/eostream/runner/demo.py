@@ -1,9 +1,10 @@
 """``eostream up`` and ``eostream demo``: the whole system in one process, no external service.
 
 The embedded home (``.eostream/`` by default) holds everything that persists: the local object
-store, the MLflow database (sqlite) and artifacts, each service's state. An MLflow server on that
-sqlite database runs beside the system, so people get the MLflow UI and the services talk to
-MLflow exactly as they do on the full stack.
+store, the bus log (``bus.sqlite``: every event, and what each consumer group has handled, so a
+crash loses nothing; ADR 0014), the MLflow database (sqlite) and artifacts, each service's state.
+An MLflow server on that sqlite database runs beside the system, so people get the MLflow UI and
+the services talk to MLflow exactly as they do on the full stack.
 
 The demo is event-driven like the real pipeline: it asks for a model only when no champion is
 announced, lets ingest discover the scenes of a static catalogue, and waits until inference has
@@ -35,8 +36,8 @@ from eostream.runner.processes import DIE_WITH_PARENT
 from eostream.runner.provision import ensure_data
 from eostream.shared import topics
 from eostream.shared.bus.base import Delivery, parse_dead_letter
-from eostream.shared.bus.memory import InMemoryBus
-from eostream.shared.embedded import EmbeddedContext, EmbeddedSystem
+from eostream.shared.bus.sqlite import SqliteBus
+from eostream.shared.embedded import EmbeddedContext, EmbeddedSystem, embedded_bus
 from eostream.shared.errors import ConfigError
 from eostream.shared.events import (
     Event,
@@ -120,7 +121,7 @@ def mlflow_server(home: Path, host: str, port: int) -> Iterator[str]:
 
 @dataclass
 class Observer:
-    """Watches the pipeline's events on the in-process bus and tells a person what happens."""
+    """Watches the pipeline's events on the embedded bus and tells a person what happens."""
 
     started: float = field(default_factory=time.monotonic)
     promoted: list[ModelPromoted] = field(default_factory=list)
@@ -152,7 +153,7 @@ class Observer:
             self.say(f"{event.event_type}: {event.key}")
         self.changed.set()
 
-    def note_dead_letters(self, bus: InMemoryBus, seen: int) -> int:
+    def note_dead_letters(self, bus: SqliteBus, seen: int) -> int:
         """Report dead letters added since ``seen``; the records are read, never consumed."""
         records = bus.records(topics.DEAD_LETTER)
         for record in records[seen:]:
@@ -221,7 +222,7 @@ async def run(
     console.print(f"[bold]eostream[/bold] embedded mode, state in {home}")
     with mlflow_server(home, host, port) as mlflow_url:
         console.print(f"MLflow UI: {mlflow_url}")
-        bus = InMemoryBus(service="embedded")
+        bus = embedded_bus(home)  # durable: a crash loses no event (ADR 0014)
         store = LocalObjectStore(home / "objects", "eostream")
         store.check()
         context = EmbeddedContext(
@@ -247,8 +248,8 @@ async def run(
             await watch_task
 
 
-async def watch_dead_letters(observer: Observer, bus: InMemoryBus) -> None:
-    seen = 0
+async def watch_dead_letters(observer: Observer, bus: SqliteBus) -> None:
+    seen = await bus.call(lambda db: db.end(topics.DEAD_LETTER))  # earlier runs' were told then
     while True:
         seen = observer.note_dead_letters(bus, seen)
         await asyncio.sleep(0.5)
@@ -258,7 +259,7 @@ class DemoFailed(Exception):
     """The demo could not finish; the message says what did not happen."""
 
 
-async def scenario(observer: Observer, bus: InMemoryBus, *, train_timeout: float) -> None:
+async def scenario(observer: Observer, bus: SqliteBus, *, train_timeout: float) -> None:
     # The bridge re-announces a champion shipped by an earlier run before its start() returns.
     if await observer.wait(lambda: observer.promoted, timeout=3):
         observer.say("a champion from an earlier run is live: no training needed")

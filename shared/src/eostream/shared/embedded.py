@@ -1,4 +1,9 @@
-"""The embedded mode: every service in one process, on one in-process bus and a local store.
+"""The embedded mode: every service in one process, on one durable bus and a local store.
+
+The bus is :func:`embedded_bus`: a SQLite log under the embedded home (ADR 0014), so what was
+published survives a crash or a Ctrl-C and what was not handled yet is delivered again at the
+next start. (The in-process :class:`~eostream.shared.bus.memory.InMemoryBus` remains for tests
+that want a throwaway bus.)
 
 Each service offers an embedded component through the ``eostream.components`` entry-point group:
 a callable taking an :class:`EmbeddedContext` and returning a :class:`Component`. This module
@@ -15,14 +20,19 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from eostream.shared.bus.base import Bus
 from eostream.shared.errors import ConfigError
 from eostream.shared.storage.base import ObjectStore
 
+if TYPE_CHECKING:
+    from eostream.shared.bus.sqlite import SqliteBus
+
 log = logging.getLogger(__name__)
 
+#: The bus log's file under the embedded home.
+BUS_FILE = "bus.sqlite"
 ENTRY_POINT_GROUP = "eostream.components"
 #: Start order; components not listed here start after these, by name.
 START_ORDER = ("registry-bridge", "inference", "trainer", "ingest")
@@ -41,8 +51,9 @@ class EmbeddedContext:
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def fixed_settings(self) -> dict[str, Any]:
-        """Settings the embedded system decides for every service: the in-process bus, the local
-        store under its home (built once, by the system), its HTTP host and its data folder."""
+        """Settings the embedded system decides for every service: a bus that is not Kafka (the
+        context's, handed in; the kind "memory" says only that), the local store under its home
+        (built once, by the system), its HTTP host and its data folder."""
         fixed: dict[str, Any] = {
             "bus": "memory",
             "store": "local",
@@ -66,6 +77,13 @@ class EmbeddedContext:
                 "(the embedded system provides them)"
             )
         return options
+
+
+def embedded_bus(home: Path, *, service: str = "embedded") -> SqliteBus:
+    """The embedded system's bus: the durable log at ``<home>/bus.sqlite``."""
+    from eostream.shared.bus.sqlite import SqliteBus
+
+    return SqliteBus(home / BUS_FILE, service=service)
 
 
 class Component(Protocol):

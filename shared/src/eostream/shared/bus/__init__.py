@@ -1,4 +1,5 @@
-"""The bus port (publish events, run consumers) and its Kafka and in-process adapters."""
+"""The bus port (publish events, run consumers) and its adapters: Kafka, the durable SQLite log
+of the embedded mode (:mod:`.sqlite`) and the in-process bus of throwaway test buses."""
 
 from eostream.shared.bus.base import (
     Bus,

@@ -30,6 +30,7 @@ import yaml
 from pydantic import AliasChoices, BaseModel
 from pydantic_settings import BaseSettings
 
+from eostream.shared.errors import ConfigError
 from eostream.shared.settings import ServiceSettings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +58,14 @@ EOSTREAM_SERVICES: dict[str, tuple[str, str, int, tuple[str, ...]]] = {
     ),
 }
 ONESHOT_LABEL = "io.eostream.oneshot"
+#: The secrets docker-compose.yml requires (none has a default), as an operator's .env sets them.
+SECRETS = {
+    "EOSTREAM_S3_SECRET_KEY": "s3-secret-of-the-test-0001",
+    "EOSTREAM_PG_PASSWORD": "pg-password-of-the-test-0001",
+    "INFERENCE_API_KEY": "inference-key-of-the-test-0001",
+    "BRIDGE_WEBHOOK_SECRET": "webhook-secret-of-the-test-0001",
+    "GRAFANA_ADMIN_PASSWORD": "grafana-password-of-the-test-0001",
+}
 ENV_PREFIXES = ("INGEST_", "TRAINER_", "BRIDGE_", "INFERENCE_", "EOSTREAM_")
 
 
@@ -160,6 +169,7 @@ def compose_config(*files: Path) -> dict[str, Any]:
     for f in files:
         args += ["-f", str(f)]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EOSTREAM_", "COMPOSE_"))}
+    env.update(SECRETS)
     done = subprocess.run(
         [*args, "config"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
@@ -188,11 +198,39 @@ def test_docker_compose_validates(files: tuple[Path, ...]) -> None:
     for f in files:
         args += ["-f", str(f)]
     done = subprocess.run(
-        [*args, "config", "-q"], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [*args, "config", "-q"],
+        cwd=ROOT,
+        env={**os.environ, **SECRETS},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, (
         f"docker-compose rejected {[f.name for f in files]}:\n{done.stderr}"
     )
+
+
+def test_compose_publishes_no_default_secret(tmp_path: Path) -> None:
+    """Without the secrets compose refuses to start and names one; .env.example lists them all;
+    and the services themselves refuse the defaults earlier versions of this file published."""
+    env = {k: v for k, v in os.environ.items() if k not in SECRETS}
+    done = subprocess.run(
+        [docker_compose(), "-f", str(COMPOSE), "config", "-q"],
+        cwd=tmp_path,  # no .env picked up
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0 and "see .env.example" in done.stderr, done.stderr
+    example = (ROOT / ".env.example").read_text()
+    for name in SECRETS:
+        assert f"\n{name}=\n" in example, f".env.example should list {name} (empty)"
+    old = compose_config(COMPOSE)["services"]["inference"]["environment"]
+    old = {k: str(v) for k, v in old.items()}
+    old["INFERENCE_API_KEY"] = "eostream-local-api-key"  # the former default
+    with pytest.raises(ConfigError, match="INFERENCE_API_KEY holds a published default"):
+        check_service_env("eostream.inference.settings", old)
 
 
 def build_args(service: str) -> dict[str, str]:

@@ -26,13 +26,14 @@ import pytest
 import yaml
 
 from eostream.shared import topics
+from eostream.shared.secrets_policy import PUBLISHED
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ("local", "gpu")
 NAMESPACE = "eostream"
 # Secrets an overlay expects to exist in the cluster rather than generating them.
-EXTERNAL = {"local": set(), "gpu": {("Secret", "eostream-secrets")}}
+EXTERNAL = {"local": {("Secret", "eostream-secrets")}, "gpu": {("Secret", "eostream-secrets")}}
 
 
 def _compose_helpers() -> Any:
@@ -572,3 +573,13 @@ def test_keda_scales_inference_on_the_lag_of_its_scenes_group(
     partitions = min(partitions, int(broker_env.get("KAFKA_NUM_PARTITIONS", partitions)))
     assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= partitions
     assert meta.get("allowIdleConsumers", "false") == "false"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_no_overlay_publishes_a_secret(
+    objects: dict[str, list[dict[str, Any]]], rendered: dict[str, str], overlay: str
+) -> None:
+    """Secrets come from the cluster (created out of band), never from a committed value."""
+    assert not [d for d in objects[overlay] if d["kind"] == "Secret"]
+    for value in PUBLISHED - {"eostream"}:  # "eostream" is also every name of the deployment
+        assert value not in rendered[overlay], f"overlays/{overlay} publishes {value!r}"

@@ -91,3 +91,22 @@ def test_bad_s3_credentials_are_one_line_naming_the_problem(
     assert len(lines) == 1, done.stderr
     assert "rejected the credentials" in lines[0]
     assert "Traceback" not in done.stderr
+
+
+def test_a_published_default_secret_stops_a_service_in_one_line(tmp_path: Path) -> None:
+    """Listening on the network (as in a container) with the API key docker-compose.yml once
+    published as a default: inference refuses to start (issue #20)."""
+    env = clean_env(tmp_path)
+    env.update(
+        {
+            "INFERENCE_BUS": "memory",
+            "INFERENCE_HTTP_HOST": "0.0.0.0",  # noqa: S104
+            "INFERENCE_API_KEY": "eostream-local-api-key",
+        }
+    )
+    done = start(["inference", "serve"], env, tmp_path, alone="eostream.inference")
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "INFERENCE_API_KEY holds a published default secret" in lines[0]
+    assert "eostream-local-api-key" not in lines[0] and "Traceback" not in done.stderr

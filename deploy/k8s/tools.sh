@@ -6,6 +6,8 @@
 #   deploy/k8s/tools.sh install   install what is missing (needs Go and uv; registries only)
 #   deploy/k8s/tools.sh env       print KUSTOMIZE=... and KUBERNETES_VALIDATE=... (exit 1 if missing)
 #   deploy/k8s/tools.sh validate  build every overlay and validate it (what tests/test_k8s.py does)
+#   deploy/k8s/tools.sh secret    print a Secret eostream-secrets with fresh random values, for a
+#                                 laptop cluster: deploy/k8s/tools.sh secret | kubectl apply -f -
 #
 # Cache: ${EOSTREAM_CACHE:-$HOME/.cache/eostream}/tools/<tool>-<version>/
 set -euo pipefail
@@ -80,9 +82,24 @@ cmd_validate() {
     done
 }
 
+cmd_secret() {
+    # random, URL-safe values (pg-password is embedded in connection URLs); nothing published
+    python3 - <<'PY'
+import secrets
+
+keys = ["s3-secret-key", "pg-password", "inference-api-key", "mlflow-webhook-secret",
+        "bridge-operator-key"]
+print("apiVersion: v1\nkind: Secret\nmetadata:\n  name: eostream-secrets\n  namespace: eostream")
+print("type: Opaque\nstringData:\n  s3-access-key: eostream")
+for key in keys:
+    print(f"  {key}: {secrets.token_urlsafe(24)}")
+PY
+}
+
 case "${1:-}" in
     install) cmd_install ;;
     env) cmd_env ;;
     validate) cmd_validate ;;
-    *) die "usage: $0 install|env|validate" ;;
+    secret) cmd_secret ;;
+    *) die "usage: $0 install|env|validate|secret" ;;
 esac

@@ -9,6 +9,7 @@ import json
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ from eostream.inference.api.app import create_app
 from eostream.inference.service import InferenceService
 from eostream.inference.settings import InferenceSettings, SourcesSettings
 from eostream.inference.wiring import build_service
-from eostream.shared.events import ModelPromoted
+from eostream.shared import topics
+from eostream.shared.bus.memory import InMemoryBus
+from eostream.shared.events import ModelPromoted, SceneDiscovered
 from eostream.shared.sources_policy import GENERIC
 
 from .conftest import AUTH, BOADELLA_BANDS
@@ -164,6 +167,7 @@ class _Redirect(http.server.BaseHTTPRequestHandler):
         targets = {
             "/to-other-host": "http://127.0.0.2:{port}/item.json",
             "/to-nowhere": "http://127.0.0.3:1/item.json",
+            "/band.tif": "http://127.0.0.2:{port}/band.tif",  # a raster asset that redirects
         }
         target = targets.get(self.path.split("?")[0])
         if target is None:
@@ -262,13 +266,23 @@ async def test_named_sources_outside_the_allow_list_get_one_answer(
 
 
 async def test_redirects_to_another_host_are_refused(
-    loopback_client: httpx.AsyncClient, redirector: str
+    loopback_client: httpx.AsyncClient,
+    redirector: str,
+    boadella_item: Callable[[str], Path],
+    tmp_path: Path,
 ) -> None:
     for path in ("/to-other-host", "/to-nowhere"):
         r = await loopback_client.post(
             "/classify/item", json={"item_href": redirector + path}, headers=AUTH
         )
         assert (r.status_code, r.json()) == (422, REFUSED), (path, r.text)
+    # an allowed item whose raster asset redirects to another host: GDAL would follow it
+    item = json.loads(boadella_item("2020-06-21").read_text())
+    item["assets"]["data"]["href"] = redirector + "/band.tif"
+    named = tmp_path / "redirecting-asset.json"
+    named.write_text(json.dumps(item))
+    r = await loopback_client.post("/classify/item", json={"item_href": str(named)}, headers=AUTH)
+    assert (r.status_code, r.json()) == (422, REFUSED), r.text
     # the allowed loopback host itself is read (a 404 is told: the source is allowed)
     r = await loopback_client.post(
         "/classify/item", json={"item_href": redirector + "/missing.json"}, headers=AUTH
@@ -326,3 +340,47 @@ class socket_listening:
 
     def __exit__(self, *exc: object) -> None:
         self._sock.close()
+
+
+async def test_the_pixel_budget_refuses_a_scene_before_classifying_it(
+    settings: InferenceSettings,
+    bus: InMemoryBus,
+    make_model: Callable[..., ModelPromoted],
+    boadella_item: Callable[[str], Path],
+) -> None:
+    """Over INFERENCE_MAX_SCENE_PIXELS (checked from the rasters' headers, before any window is
+    read): 413 over REST, a dead letter with the reason from the consumer; nothing written."""
+    cfg = settings.model_copy(update={"max_scene_pixels": 10_000})
+    svc = build_service(cfg, bus=bus)
+    await svc.start()
+    try:
+        await asyncio.to_thread(svc.deployment.deploy, make_model("1"))
+        transport = httpx.ASGITransport(app=create_app(cfg, svc))
+        href = str(boadella_item("2020-06-21"))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            r = await client.post("/classify/item", json={"item_href": href}, headers=AUTH)
+        assert r.status_code == 413 and r.json()["code"] == "too_large", r.text
+        assert "more than the 10000 allowed" in r.json()["description"]
+        await bus.publish(
+            topics.SCENES_DISCOVERED,
+            SceneDiscovered(
+                item_id="boadella-2020-06-21",
+                item_href=href,
+                datetime=datetime(2020, 6, 21, tzinfo=UTC),
+                processing_level="L2A",
+                bands=tuple(BOADELLA_BANDS),
+                source_name="test",
+            ),
+        )
+        for _ in range(400):
+            dead = await bus.read_dead_letters(limit=5)
+            if dead:
+                break
+            await asyncio.sleep(0.05)
+        assert [d.original_key for d in dead] == ["boadella-2020-06-21"]
+        assert "more than the 10000 allowed" in dead[0].reason, dead[0].reason
+        assert bus.size(topics.SCENES_CLASSIFIED) == 0
+        written = [p for p in Path(cfg.local_store_root).rglob("*") if p.is_file()]
+        assert written == [], written
+    finally:
+        await svc.stop()

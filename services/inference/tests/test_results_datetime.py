@@ -1,40 +1,65 @@
-"""Datetime filters of the results index compare instants on sqlite, whatever the offsets."""
+"""Datetime filters of the results index compare instants, whatever the offsets: on sqlite (the
+embedded index) and on PostgreSQL (the full stack's)."""
 
 from __future__ import annotations
 
+import os
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
-from eostream.inference.results import ResultQuery, ResultRecord, build_results_store
+import pytest
+
+from eostream.inference.results import (
+    ResultQuery,
+    ResultRecord,
+    ResultsStore,
+    build_results_store,
+)
 
 
-def _record(scene: str, when: datetime) -> ResultRecord:
+def _record(scene: str, when: datetime, model: str = "m") -> ResultRecord:
     return ResultRecord(
-        id=f"{scene}__m__v1",
+        id=f"{scene}__{model}__v1",
         scene_id=scene,
-        model_name="m",
+        model_name=model,
         model_version="1",
         run_id=None,
         datetime=when,
         bbox=(0.0, 0.0, 1.0, 1.0),
-        prefix=f"results/{scene}/m/v1",
+        prefix=f"results/{scene}/{model}/v1",
         item={"id": scene},
         stats={"classes": {}},
     )
 
 
 def test_time_bounds_with_offsets_find_scenes_by_instant(tmp_path: Path) -> None:
-    store = build_results_store(f"sqlite:///{tmp_path}/results.db")
+    _check_offsets(build_results_store(f"sqlite:///{tmp_path}/results.db"), "m")
+
+
+@pytest.mark.stack
+def test_time_bounds_with_offsets_on_postgresql() -> None:
+    """The same on the full stack's PostgreSQL index (records of a model name of its own)."""
+    dsn = os.environ.get("EOSTREAM_PG_DSN")
+    if not dsn:
+        pytest.fail('EOSTREAM_PG_DSN is not set: eval "$(deploy/local/stack env)"')
+    store = build_results_store(dsn.rstrip("/") + "/results")
+    _check_offsets(store, f"offsets-{uuid.uuid4().hex[:12]}")
+
+
+def _check_offsets(store: ResultsStore, model: str) -> None:
     plus1, plus2 = timezone(timedelta(hours=1)), timezone(timedelta(hours=2))
-    store.put(_record("utc", datetime(2020, 7, 14, 11, 34, tzinfo=UTC)))
+    utc_scene, offset_scene = f"utc-{model}", f"offset-{model}"
+    store.put(_record(utc_scene, datetime(2020, 7, 14, 11, 34, tzinfo=UTC), model))
     # the same instant written with an offset: 13:34+02:00 is 11:34Z
-    store.put(_record("offset", datetime(2020, 7, 14, 13, 34, tzinfo=plus2)))
+    store.put(_record(offset_scene, datetime(2020, 7, 14, 13, 34, tzinfo=plus2), model))
     try:
 
         def found(start: datetime | None, end: datetime | None) -> set[str]:
-            records, total = store.search(ResultQuery(start=start, end=end))
+            records, total = store.search(ResultQuery(start=start, end=end, model_name=model))
             assert total == len(records)
-            return {r.scene_id for r in records}
+            names = {utc_scene: "utc", offset_scene: "offset"}
+            return {names[r.scene_id] for r in records}
 
         # 12:30+01:00 is 11:30Z: both scenes (11:34Z) are after it
         assert found(datetime(2020, 7, 14, 12, 30, tzinfo=plus1), None) == {"utc", "offset"}
@@ -46,7 +71,7 @@ def test_time_bounds_with_offsets_find_scenes_by_instant(tmp_path: Path) -> None
             "utc",
             "offset",
         }
-        back = store.get("offset")
+        back = store.get(offset_scene)
         assert back is not None and back.datetime == datetime(2020, 7, 14, 11, 34, tzinfo=UTC)
     finally:
         store.close()

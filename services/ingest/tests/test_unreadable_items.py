@@ -134,3 +134,29 @@ def test_backfill_of_an_unreadable_catalogue_is_one_line(
     assert bad_time.exit_code == 2 and "Traceback" not in bad_time.output
     unknown = CliRunner().invoke(app, ["backfill", "--source", "nope", *RANGE])
     assert unknown.exit_code == 1 and len(unknown.output.strip().splitlines()) == 1
+
+
+async def test_links_outside_the_catalogue_are_dead_lettered_not_read(
+    tmp_path: Path, data_dir: Path, eurosat_copy: Path
+) -> None:
+    """Item and child links to files outside the catalogue's folder or to hosts nobody
+    configured (the cloud metadata address) are refused by the shared allow-list: each one is
+    dead-lettered with the reason, nothing is read, and the rest of the catalogue is announced."""
+    catalog = eurosat_copy / "stac" / "subset" / "catalog.json"
+    data = json.loads(catalog.read_text())
+    hostile = {
+        "item": ["/etc/passwd", "../../../../../../etc/hostname", "http://169.254.169.254/x.json"],
+        "child": ["file:///etc/", "http://127.0.0.1:1/catalog.json"],
+    }
+    for rel, hrefs in hostile.items():
+        data["links"] += [{"rel": rel, "href": href} for href in hrefs]
+    catalog.write_text(json.dumps(data))
+    settings = _settings(tmp_path, eurosat_copy)
+    bus = InMemoryBus(service="ingest")
+    async with running(settings, from_settings(settings, bus=bus)) as watcher:
+        first = await watcher.poll(watcher.sources[0])
+    assert (first.published, first.rejected) == (97, 3 + 5)
+    reasons = [d.reason for d in await bus.read_dead_letters(limit=100)]
+    refused = [r for r in reasons if "not allowed" in r]
+    assert len(refused) == 5, reasons
+    assert not any("root:" in r for r in reasons)  # /etc/passwd was never read

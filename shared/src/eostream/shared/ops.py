@@ -31,14 +31,22 @@ def ops_router(
     metrics.announce(service)
     router = APIRouter(tags=["operations"])
 
-    @router.get("/livez", summary="Liveness: the process answers and no consumer is stuck")
+    @router.get(
+        "/livez",
+        summary="Liveness: the process answers and no consumer is stuck",
+        responses={503: {"description": "not alive: restart the process (same body)"}},
+    )
     async def livez(response: Response) -> dict[str, str]:
         ok, detail = liveness() if liveness is not None else (True, "answering")
         if not ok:
             response.status_code = 503
         return {"status": "ok" if ok else "unavailable", "service": service, "detail": detail}
 
-    @router.get("/readyz", summary="Readiness: the service can do its work now")
+    @router.get(
+        "/readyz",
+        summary="Readiness: the service can do its work now",
+        responses={503: {"description": "not ready yet (same body, with the reason)"}},
+    )
     async def readyz(response: Response) -> dict[str, str]:
         ok, detail = readiness()
         if not ok:

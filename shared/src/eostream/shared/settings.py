@@ -122,6 +122,16 @@ class ServiceSettings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _no_published_secrets(self) -> Self:
+        """A published default secret only for a server on this machine (issue #20)."""
+        from eostream.shared.secrets_policy import refusal
+
+        reason = refusal(self, prefix=str(self.model_config.get("env_prefix", "")))
+        if reason is not None:
+            raise ValueError(reason)
+        return self
+
 
 S = TypeVar("S", bound=BaseSettings)
 

@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urljoin, urlparse
 
 import rasterio
 import rasterio.session
@@ -22,6 +22,7 @@ from eostream.shared.sources_policy import SourcePolicy
 
 __all__ = [
     "RASTER_DRIVERS",
+    "check_http_raster",
     "check_source",
     "gdal_env",
     "gdal_path",
@@ -73,6 +74,44 @@ def check_source(uri: str, policy: SourcePolicy) -> None:
         raise SourceNotAllowedError(sources_policy.GENERIC) from None
 
 
+#: Redirects a REST-named raster URL may take, all on its own host.
+MAX_REDIRECTS = 3
+
+
+def check_http_raster(uri: str, policy: SourcePolicy) -> None:
+    """A raster href over http(s) that a REST user named, asked before GDAL opens it: GDAL's HTTP
+    client follows every redirect (it has no switch), so the URL must answer (a 1-byte range)
+    without a redirect to another host, each hop an allowed source. A refusal and a server that
+    cannot be reached get the same one message."""
+    import httpx
+
+    origin = urlparse(uri)
+    current = uri
+    for _ in range(MAX_REDIRECTS + 1):
+        check_source(current, policy)
+        try:
+            with httpx.stream(
+                "GET",
+                current,
+                headers={"Range": "bytes=0-0"},
+                timeout=10.0,
+                follow_redirects=False,
+            ) as response:
+                location = response.headers.get("location", "") if response.is_redirect else None
+        except httpx.HTTPError as exc:
+            log.warning("refused source %r: %s", uri, exc)
+            raise SourceNotAllowedError(sources_policy.GENERIC) from None
+        if location is None:
+            return
+        target = urlparse(urljoin(current, location))
+        if (target.scheme, target.netloc) != (origin.scheme, origin.netloc):
+            log.warning("refused source %r: a redirect to another host (%s)", uri, target.netloc)
+            raise SourceNotAllowedError(sources_policy.GENERIC)
+        current = target.geturl()
+    log.warning("refused source %r: too many redirects", uri)
+    raise SourceNotAllowedError(sources_policy.GENERIC)
+
+
 def read_bytes(
     uri: str, *, s3: S3Settings | None, max_bytes: int, policy: SourcePolicy | None = None
 ) -> bytes:
@@ -120,10 +159,19 @@ def gdal_env(s3: S3Settings | None, cache_mb: int = 256) -> Callable[[], rasteri
     enters its own Env from this factory.
     """
     options: dict[str, str | int] = {
+        # no probing: no directory listing or sidecar lookups next to a raster (.aux.xml, .ovr,
+        # .msk, world files), /vsicurl/ only for raster extensions, bounded retries and waits
         "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+        "GDAL_PAM_ENABLED": "NO",
+        "GDAL_GEOREF_SOURCES": "INTERNAL",
         "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF,.jp2,.JP2",
         "GDAL_HTTP_MAX_RETRY": "2",
         "GDAL_HTTP_TIMEOUT": "30",
+        "GDAL_HTTP_CONNECTTIMEOUT": "10",
+        # GDAL has no switch to refuse redirects: credentials never follow one, no .netrc, and
+        # REST-named hrefs were checked (allowed host, public address, no redirect elsewhere)
+        "CPL_VSIL_CURL_AUTHORIZATION_HEADER_ALLOWED_IF_REDIRECT": "NO",
+        "GDAL_HTTP_NETRC": "NO",
         "GDAL_CACHEMAX": cache_mb,
     }
     credentials: dict[str, str] = {}

@@ -111,7 +111,11 @@ class InferenceSettings(ServiceSettings):
     # REST
     max_upload_bytes: int = Field(default=200_000_000, ge=1)
     max_scene_pixels: int = Field(
-        default=130_000_000, ge=1, description="per band, after resampling"
+        default=130_000_000,
+        ge=1,
+        description="pixel budget of one scene (width x height at the model's GSD), checked from "
+        "the rasters' headers before any pixel is read: /classify/item and the OGC process answer "
+        "413, a scene event is dead-lettered with the reason",
     )
     max_item_bytes: int = Field(default=5_000_000, ge=1)
     data_dir: Path | None = Field(default=None, description="optional local data folder")

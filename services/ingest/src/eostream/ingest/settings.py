@@ -87,6 +87,12 @@ class StaticSource(_SourceBase):
         default_factory=dict,
         description="prefix -> replacement: read catalogues with absolute-URL links offline",
     )
+    allowed_roots: tuple[str, ...] = Field(
+        default=(),
+        description="where the catalogue's item and child links may lead besides its own folder "
+        "(local), bucket (s3://) or host (http[s]://) and its rewrite targets: folders, "
+        "s3://bucket entries or http(s)://host URLs; any other link is dead-lettered, not read",
+    )
 
 
 SourceConfig = Annotated[StacApiSource | StaticSource, Field(discriminator="kind")]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,8 +21,10 @@ from pystac.utils import make_absolute_href
 from eostream.ingest.errors import SourceUnavailable
 from eostream.ingest.mapping import self_href
 from eostream.ingest.settings import StacApiSource, StaticSource, utc_text
+from eostream.shared import sources_policy
 from eostream.shared.errors import RetryableError, is_transient
 from eostream.shared.objects import rewrite_href
+from eostream.shared.sources_policy import SourcePolicy
 
 log = logging.getLogger(__name__)
 
@@ -155,22 +158,48 @@ class RewritingStacIO(DefaultStacIO):
         self,
         rewrites: dict[str, str],
         s3_reader: Callable[[str, str], bytes] | None = None,
+        policy: SourcePolicy | None = None,
     ) -> None:
         super().__init__()
         self._rewrites = dict(rewrites)
         self._s3_reader = s3_reader
+        self._policy = policy
 
     def rewrite(self, href: str) -> str:
         return rewrite_href(href, self._rewrites)
 
     def read_text_from_href(self, href: str) -> str:
         href = self.rewrite(href)
+        if self._policy is not None:  # raises SourceNotAllowedError (a ValueError)
+            sources_policy.check(href, self._policy)
         parsed = urlparse(href)
         if parsed.scheme == "s3":
             if self._s3_reader is None:
                 raise SourceUnavailable(f"{href}: s3:// catalogues need INGEST_S3__* settings")
             return self._s3_reader(parsed.netloc, parsed.path.lstrip("/")).decode("utf-8")
         return str(super().read_text_from_href(href))
+
+
+def catalogue_policy(config: StaticSource) -> SourcePolicy:
+    """Where a static catalogue's links may lead (:mod:`eostream.shared.sources_policy`): its own
+    folder, bucket or host, its rewrite targets and ``allowed_roots``. Hosts the operator named
+    are trusted whatever they resolve to (a STAC server on the local network); a link to any
+    other host, folder or bucket is refused."""
+    roots: list[str] = []
+    hosts: list[str] = []
+    for place in (config.href, *config.href_rewrites.values(), *config.allowed_roots):
+        parsed = urlparse(place)
+        if parsed.scheme in ("http", "https"):
+            if parsed.hostname:
+                hosts.append(parsed.hostname)
+        elif parsed.scheme == "s3":
+            roots.append(f"s3://{parsed.netloc}")
+        else:
+            path = sources_policy.local_target(os.path.abspath(parsed.path or place))
+            if path is not None:
+                folder = path if place.endswith("/") or os.path.isdir(path) else None
+                roots.append(folder or os.path.dirname(path))
+    return SourcePolicy.build(roots, hosts, networks=("0.0.0.0/0", "::/0"))
 
 
 class StaticItemSource:
@@ -182,7 +211,8 @@ class StaticItemSource:
     ) -> None:
         self.config = config
         self.name = config.name
-        self._io = RewritingStacIO(config.href_rewrites, s3_reader)
+        self.policy = catalogue_policy(config)
+        self._io = RewritingStacIO(config.href_rewrites, s3_reader, self.policy)
 
     def _read(self, href: str) -> JsonDict:
         try:
@@ -229,8 +259,15 @@ class StaticItemSource:
             target = make_absolute_href(str(link["href"]), href)
             if link["rel"] == "item":
                 yield self._read_item(target)
-            else:
-                yield from self._walk(target, depth + 1)
+                continue
+            try:
+                sources_policy.check(self._io.rewrite(target), self.policy)
+            except sources_policy.SourceNotAllowedError as exc:  # this link's problem alone
+                where = self._io.rewrite(target)
+                reason = f"the child link {where} is not allowed: {exc.reason}"
+                yield RawItem({}, where, unreadable=reason[:1000])
+                continue
+            yield from self._walk(target, depth + 1)
 
     def _pages(self) -> Iterator[list[RawItem]]:
         page: list[RawItem] = []

@@ -166,7 +166,7 @@ def models_router(bridge: Bridge) -> APIRouter:
     @router.post(
         "/{name}/promote",
         summary="Make a version champion (recorded with who and why)",
-        responses=error_responses(401, 403, 409, 422, 503),
+        responses=error_responses(400, 401, 403, 409, 422, 503),
     )
     async def promote(
         name: ModelName, body: PromoteRequest, caller: Principal = authenticated
@@ -180,7 +180,7 @@ def models_router(bridge: Bridge) -> APIRouter:
     @router.post(
         "/{name}/rollback",
         summary="Make the previous champion live again",
-        responses=error_responses(401, 403, 409, 422, 503),
+        responses=error_responses(400, 401, 403, 409, 422, 503),
     )
     async def rollback(
         name: ModelName, body: RollbackRequest, caller: Principal = authenticated

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -68,12 +69,16 @@ def _rasters_opened(item: dict[str, Any], href: str, rewrites: Mapping[str, str]
 def load_checked_item(settings: InferenceSettings, href: str) -> dict[str, Any]:
     """The STAC item a REST user named, read only if it and every raster the pipeline may open
     from it are allowed sources (``INFERENCE_SOURCES__*``); HTTP redirects only to the same
-    host."""
+    host, for the item and for every http(s) raster (asked before GDAL opens it)."""
     policy = fetch.source_policy(settings)
     data = fetch.read_bytes(href, s3=settings.s3, max_bytes=settings.max_item_bytes, policy=policy)
     item = parse_item(data, href)
-    for target in _rasters_opened(item, href, settings.asset_href_rewrites):
+    targets = sorted(_rasters_opened(item, href, settings.asset_href_rewrites))
+    for target in targets:
         fetch.check_source(target, policy)
+    for target in targets:  # GDAL follows redirects: only URLs that stay on their host
+        if urlparse(target).scheme in ("http", "https"):
+            fetch.check_http_raster(target, policy)
     return item
 
 

@@ -1,0 +1,132 @@
+"""Published default secrets are refused outside this machine (issue #20).
+
+Earlier versions of docker-compose.yml and the local Kubernetes overlay shipped fixed credentials
+(``eostream-local-api-key``, ``eostream-local-secret``, ...). Anybody can read them, so a service
+must not accept one for a server other machines can reach. :func:`published_defaults` is the
+pure decision, run by every service's settings (:class:`eostream.shared.settings.ServiceSettings`)
+so a service started with one exits at once with one line naming the variables.
+
+What counts as "this machine only" (where a published value stays allowed):
+
+- a secret of the service's own HTTP API (an API key, a webhook secret) when the service listens
+  on a loopback address (``HTTP_HOST`` 127.0.0.1, the default; never 0.0.0.0);
+- the S3 secret key when the S3 endpoint is a loopback address;
+- a password inside a URL (``postgresql://user:password@host/db``) when its host is loopback.
+
+So the embedded mode (``eostream up``: keys generated per home) and the local stack
+(``deploy/local/stack``, which binds 127.0.0.1 only and whose fixed local credentials the tests
+use) keep working, while docker-compose, Kubernetes and any service listening on a network
+address need secrets of their own.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, SecretStr
+
+__all__ = ["PUBLISHED", "is_loopback", "published_defaults", "refusal"]
+
+#: Values published in this repository (or by the servers it runs) as defaults.
+PUBLISHED = frozenset(
+    {
+        "eostream",  # the local PostgreSQL password and the former Grafana default
+        "eostream-local-api-key",
+        "eostream-local-secret",
+        "eostream-local-webhook-secret",
+        "eostream-local-bridge-operator-key",
+        "minioadmin",  # MinIO's own default
+        "CHANGE-ME",  # deploy/k8s/base/secret.template.yaml
+    }
+)
+
+
+#: Fields that name who connects rather than prove it (S3 access keys are published with
+#: every request): never counted as secrets.
+IDENTIFIERS = frozenset({"access_key"})
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` (a name or an address, optionally with ``:port``) names this machine
+    alone. Pure: names other than ``localhost`` are not resolved, so they count as remote."""
+    if not host:
+        return False
+    text = host.strip().lower()
+    if text.startswith("["):  # [::1]:9000
+        text = text[1:].split("]", 1)[0]
+    elif text.count(":") == 1:  # host:port
+        text = text.rsplit(":", 1)[0]
+    if text == "localhost" or text.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(text).is_loopback
+    except ValueError:
+        return False
+
+
+def _variable(prefix: str, path: Sequence[str]) -> str:
+    return (prefix + "__".join(path)).upper()
+
+
+def _url_password(value: str) -> tuple[str | None, str | None]:
+    try:
+        parts = urlsplit(value)
+        return parts.password, parts.hostname
+    except ValueError:
+        return None, None
+
+
+def _findings(model: BaseModel, path: list[str], host: str | None) -> Iterator[list[str]]:
+    own_host = getattr(model, "endpoint", None) if "endpoint" in type(model).model_fields else None
+    if isinstance(own_host, str):
+        host = own_host  # the secrets of an S3 (or any endpoint) piece guard that endpoint
+    for name in type(model).model_fields:
+        if name in IDENTIFIERS:
+            continue
+        yield from _value_findings(getattr(model, name), [*path, name], host)
+
+
+def _value_findings(value: Any, path: list[str], host: str | None) -> Iterator[list[str]]:
+    if isinstance(value, SecretStr):
+        if value.get_secret_value() in PUBLISHED and not is_loopback(host):
+            yield path
+    elif isinstance(value, BaseModel):
+        yield from _findings(value, path, host)
+    elif isinstance(value, dict):
+        for item in value.values():
+            found = list(_value_findings(item, path, host))
+            if found:
+                yield path
+                return
+    elif isinstance(value, str) and "://" in value and "@" in value:
+        password, url_host = _url_password(value)
+        if password in PUBLISHED and not is_loopback(url_host):
+            yield path
+
+
+def published_defaults(settings: BaseModel, *, prefix: str = "") -> list[str]:
+    """The variables (``prefix`` + field path) that hold a published default secret for a server
+    other machines can reach; empty when there is none. Pure."""
+    own = getattr(settings, "http_host", None)
+    found: list[str] = []
+    for path in _findings(settings, [], own if isinstance(own, str) else None):
+        variable = _variable(prefix, path)
+        if variable not in found:
+            found.append(variable)
+    return found
+
+
+def refusal(settings: BaseModel, *, prefix: str = "") -> str | None:
+    """One line telling the operator what to change, or None when no published secret is used."""
+    found = published_defaults(settings, prefix=prefix)
+    if not found:
+        return None
+    return (
+        f"{', '.join(found)} {'holds' if len(found) == 1 else 'hold'} a published default "
+        "secret, refused for a server other machines can reach; set a secret of your own "
+        "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`), or keep the "
+        "service on 127.0.0.1"
+    )

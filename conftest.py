@@ -250,7 +250,7 @@ def stac_validator_problems(data: dict[str, Any]) -> list[str]:
     schemas are online); the MLM fields are checked with stac-model where items are built.
     """
     import pystac.validation.jsonschemas as bundled
-    from stac_validator.validate import StacValidate
+    from stac_validator.validate import StacValidate  # type: ignore[import-untyped]
 
     root = Path(bundled.__file__).parent
     version = str(data.get("stac_version", ""))

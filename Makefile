@@ -79,8 +79,8 @@ mypy: ## mypy --strict on every source and tests folder (make lint runs it; so d
 	if [[ -n "$$failed" ]]; then echo "mypy found errors in:$$failed" >&2; exit 1; fi
 
 .PHONY: demo
-demo: install ## the main job on the embedded default (in-process bus, local store, sqlite MLflow)
-	@$(UV) run --frozen eostream demo
+demo: install ## the main job on the embedded default, then serve until Ctrl-C (EXIT=1: stop after)
+	@$(UV) run --frozen eostream demo $(if $(EXIT),--exit)
 
 .PHONY: clean
 clean: ## remove the environment and caches inside the repo (not the download caches)

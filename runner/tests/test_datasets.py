@@ -24,8 +24,10 @@ import pytest
 from typer.testing import CliRunner
 
 from eostream.runner.datasets import (
+    BOADELLA_FILES,
     CLASSES,
     DEMO,
+    DEMO_DATE,
     EUROSAT_RGB,
     MARKER,
     SCENE_FILES,
@@ -156,9 +158,9 @@ def test_the_cache_is_keyed_by_version_outside_the_clone(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("EOSTREAM_CACHE", str(tmp_path))
-    assert default_data_dir() == tmp_path / "data" / "1"
+    assert default_data_dir() == tmp_path / "data" / "2"
     monkeypatch.delenv("EOSTREAM_CACHE")
-    assert default_data_dir() == Path.home() / ".cache" / "eostream" / "data" / "1"
+    assert default_data_dir() == Path.home() / ".cache" / "eostream" / "data" / "2"
 
 
 def test_a_mirror_holds_each_official_url_under_its_host() -> None:
@@ -172,6 +174,7 @@ def test_a_mirror_holds_each_official_url_under_its_host() -> None:
 def test_fetch_downloads_each_file_once_and_lays_it_out_as_the_demo_reads_it(
     fetched: Path, served: Mirror, manifest: Manifest, tmp_path: Path
 ) -> None:
+    from eostream.inference import reference
     from eostream.inference.bands import map_bands, scl_href
     from eostream.inference.scene import rewrite_href
     from eostream.ingest.embedded import DEMO_SCENE
@@ -182,16 +185,20 @@ def test_fetch_downloads_each_file_once_and_lays_it_out_as_the_demo_reads_it(
 
     paths = [p for p, _ in served.requests]
     assert sorted(paths) == sorted(set(served.routes)), "each served file exactly once"
-    assert len(paths) == 1 + 100 + len(SCENE_FILES)
+    assert len(paths) == 1 + 376 + len(BOADELLA_FILES) + len(SCENE_FILES)
     assert served.bytes_sent == manifest.size
     assert not list(fetched.rglob("*.part")) and not (fetched / ".staging").exists()
 
     # the trainer: its catalogue, and the RGB scaling fitted on the MS/RGB pairs
     assert len(list_sources(fetched, "rgb")) == 27_000
-    assert build_catalog(fetched, tmp_path, "ms13").count == 100
-    assert fit_rgb_scaling(fetched).pairs == 100
+    assert build_catalog(fetched, tmp_path, "ms13").count == 375  # the duplicate counted once
+    assert fit_rgb_scaling(fetched).pairs == 375
     # the registry bridge's held-out set
     assert len(load_holdout(fetched, "rgb", 5, "test-salt").files) == 50
+    assert len(load_holdout(fetched, "ms13", 5, "test-salt").files) == 50
+    # the demo's scene and labels: its reference set builds from the download alone
+    labels = reference.build_boadella(fetched, tmp_path / "ref", dates=[DEMO_DATE])
+    assert labels.is_file() and (tmp_path / "ref" / "boadella-scenes").is_dir()
     # ingest's demo scene, and the assets inference reads through the demo's mirror rewrite
     item = json.loads((fetched / DEMO_SCENE).read_text())
     rewrites = demo_options(fetched)["inference"]["asset_href_rewrites"]

@@ -131,13 +131,27 @@ def demo(
     home: HomeOption = Path(".eostream"),
     data_dir: DataOption = None,
     train_timeout: Annotated[float, typer.Option(help="Seconds to wait for a model")] = 900,
+    exit_after: Annotated[
+        bool,
+        typer.Option(
+            "--exit",
+            envvar="EOSTREAM_DEMO_EXIT",
+            help="Stop once the results and the map's accuracy are printed (scripts, tests); "
+            "by default the REST APIs and the MLflow UI stay up until Ctrl-C",
+        ),
+    ] = False,
 ) -> None:
-    """Train, gate and promote a first model, discover real scenes, classify them, show results."""
+    """Train, gate and promote a first model, classify a real scene, show the map and its
+    accuracy against hand-made labels; then serve until Ctrl-C."""
     from eostream.runner.demo import run as run_embedded
     from eostream.shared.runtime import run_service
 
     quiet_for_people()
-    run_service(lambda: run_embedded(home, data_dir, demo=True, train_timeout=train_timeout))
+    run_service(
+        lambda: run_embedded(
+            home, data_dir, demo=True, exit_after=exit_after, train_timeout=train_timeout
+        )
+    )
 
 
 def quiet_for_people() -> None:

@@ -8,11 +8,18 @@
   archive (94.7 MB).
 - ``eurosat100_stac/data/.../tif/<Class>/<Class>_<n>.tif``: the 100 EuroSAT MS GeoTIFFs of
   EuroSAT100 (10.7 MB), the MS half of the pairs the trainer fits the RGB model's scaling on,
-  from the URLs its STAC catalogue names, and ``eurosat_ms/MANIFEST.csv`` listing them.
-- ``sentinel2_scenes/S2A_29RKH_20200219_0_L2A_cog_downsampled/``: the demo scene's STAC Item and
-  the four rasters an RGB model reads (B02, B03, B04 and SCL for the cloud mask; 7.0 MB).
+  from the URLs its STAC catalogue names, and ``eurosat_ms/MANIFEST.csv`` listing every MS tif.
+- ``eurosat_ms/{shrey160_1pct,eotdl_small}/...``: the other 276 real EuroSAT MS GeoTIFFs of the
+  data folder (29.6 MB; the 13-band demo model trains on all of them), from the two GitHub
+  repositories named in the folder's PROVENANCE.md, at the commits named there.
+- ``sentinel2_scenes/boadella_l2a_sentinelhub/``: the demo scene, the real Sentinel-2 L2A crop of
+  the Boadella reservoir of 2020-06-21, its hand-made water labels and the crop's bounding box
+  (1.8 MB), from the EOTDL repository at the commit its PROVENANCE.md names.
+- ``sentinel2_scenes/S2A_29RKH_20200219_0_L2A_cog_downsampled/``: the 29RKH scene's STAC Item and
+  the four rasters an RGB model reads (B02, B03, B04 and SCL for the cloud mask; 7.0 MB), the
+  scene ``eostream up`` watches without a source.
 
-About 112 MB in all. Every file is written under its final name only once its digest matched;
+About 144 MB in all. Every file is written under its final name only once its digest matched;
 a mismatch deletes what was downloaded and raises :class:`DataFetchError` naming the URL and
 both digests. A marker (``.eostream-data.json``) records what was verified, so a second call
 fetches nothing. A mirror (``EOSTREAM_DATA_MIRROR``) serves each official URL under
@@ -32,7 +39,7 @@ from importlib import resources
 from pathlib import Path
 
 #: Bump when the manifest changes: the cache is keyed by it, so an old download stays valid.
-DATA_VERSION = "1"
+DATA_VERSION = "2"
 MARKER = ".eostream-data.json"
 MIRROR_ENV = "EOSTREAM_DATA_MIRROR"
 CLASSES = (
@@ -107,8 +114,8 @@ EUROSAT_RGB = RemoteArchive(
     tree_sha256="20a1a14fe4e5e7b3d5a1db892da1bd4414fbb4e1d578fea84353dbfb954fabb4",
 )
 
-# EuroSAT100 MS GeoTIFFs, at the commit of the URLs their STAC catalogue names (tag 0.5.0 of
-# ai-extensions/stac-data-loader). Path, size and sha256 come from the data folder's
+# EuroSAT MS GeoTIFFs. EuroSAT100's at the commit of the URLs their STAC catalogue names (tag
+# 0.5.0 of ai-extensions/stac-data-loader). Path, size and sha256 come from the data folder's
 # eurosat_ms/MANIFEST.csv, whose sha256 of each tif matches an independent copy's Git-LFS pointer
 # (eurosat_ms/PROVENANCE.md). The full EuroSAT_MS.zip (2.07 GB) would be the authors' source; these
 # 100 patches are the published files the RGB scaling fit needs, at 0.5 % of its size.
@@ -118,7 +125,7 @@ _EUROSAT100 = (
 )
 MS_LISTING = ListedRows(path="eurosat_ms/MANIFEST.csv", resource="datasets_eurosat_ms.csv")
 
-# The demo scene. The data folder holds rio-tiler-pds's test fixtures of Earth Search's
+# The 29RKH scene. The data folder holds rio-tiler-pds's test fixtures of Earth Search's
 # S2A_29RKH_20200219_0_L2A: the STAC Item as is, and the sentinel-cogs COGs downsampled 10x. The
 # downsampled rasters are not on the sentinel-cogs bucket, and a local resampling of the official
 # COGs (B04 alone is about 200 MB) would not give the same bytes, so no checksum could hold: they
@@ -148,17 +155,58 @@ def listed_rows(listing: ListedRows) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
-def _eurosat100_files() -> tuple[RemoteFile, ...]:
-    prefix = "eurosat100_stac/"
-    return tuple(
-        RemoteFile(row["path"], _EUROSAT100 + row["path"][len(prefix) :], int(row["bytes"]),
-                   row["sha256"])
-        for row in listed_rows(MS_LISTING)
-    )  # fmt: skip
+#: Where each MS tif of the listing is published, by the folder it lies in: raw git blobs at the
+#: commits named in eurosat_ms/PROVENANCE.md (sha256 of each checked against an independent
+#: copy's Git-LFS pointer there); the listing is the data folder's MANIFEST.csv as is.
+MS_SOURCES = {
+    "eurosat100_stac/": _EUROSAT100,
+    "eurosat_ms/shrey160_1pct/": (
+        "https://raw.githubusercontent.com/shrey160/EuroSAT_MS_Deep_Learning/"
+        "95c6739c0ec8940772510c78d1a17c7e394d3f6a/data/Euro_MS_Test_red/"
+    ),
+    "eurosat_ms/eotdl_small/": (
+        "https://raw.githubusercontent.com/earthpulse/eotdl/"
+        "2c97324509c335e9c3dd29c5fd5651c75af9c1bc/tutorials/notebooks/example_data/EuroSAT-small/"
+    ),
+}
+
+
+def _ms_files() -> tuple[RemoteFile, ...]:
+    files = []
+    for row in listed_rows(MS_LISTING):
+        prefix = next(p for p in MS_SOURCES if row["path"].startswith(p))
+        url = MS_SOURCES[prefix] + row["path"][len(prefix) :]
+        files.append(RemoteFile(row["path"], url, int(row["bytes"]), row["sha256"]))
+    return tuple(files)
+
+
+# The demo scene: the real Boadella L2A crop of 2020-06-21 (12 bands, Sentinel Hub order), its
+# hand-made water labels and the crop's bounding box, as the EOTDL repository holds them at the
+# commit named in boadella_l2a_sentinelhub/PROVENANCE.md (the last with the workshop folder).
+# sha256 computed from the data folder's copies, which are those git blobs byte for byte.
+BOADELLA_DIR = "sentinel2_scenes/boadella_l2a_sentinelhub"
+DEMO_DATE = "2020-06-21"
+_BOADELLA = (
+    "https://raw.githubusercontent.com/earthpulse/eotdl/"
+    "5467dd69c4fc54410db6fa6adae2e2bb08d2b211/tutorials/workshops/bids23/workshop_data/"
+)
+BOADELLA_FILES = tuple(
+    RemoteFile(f"{BOADELLA_DIR}/{name}", _BOADELLA + name, size, sha256)
+    for name, size, sha256 in (
+        ("boadella_bbox.geojson", 363,
+         "0a5730475442728f9e66afc81830481173dba413627b7390aee53cbb510ad142"),
+        (f"sentinel_2/Boadella_{DEMO_DATE}.tif", 1_754_425,
+         "8e80e37cd5a11d19ae2fc989d225e98fddab17a5fec8a1fa767bc78a64b5aabf"),
+        (f"sentinel_2/Boadella_{DEMO_DATE}_labels.geojson", 90_869,
+         "ca0b8354272aa88bce3d5f46eda8d3a83097c48c665fdac5118f1e85cbe59d1a"),
+    )
+)  # fmt: skip
 
 
 DEMO = Manifest(
-    files=(*_eurosat100_files(), *SCENE_FILES), archives=(EUROSAT_RGB,), listings=(MS_LISTING,)
+    files=(*_ms_files(), *BOADELLA_FILES, *SCENE_FILES),
+    archives=(EUROSAT_RGB,),
+    listings=(MS_LISTING,),
 )
 
 

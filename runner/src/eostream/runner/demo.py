@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +29,20 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from eostream.runner.datasets import DEMO, MIRROR_ENV, default_data_dir
-from eostream.runner.processes import DIE_WITH_PARENT
+from eostream.runner.datasets import DEMO, MIRROR_ENV, SCENE_DIR, default_data_dir
+from eostream.runner.demo_scene import (
+    AUGMENTATION,
+    DEMO_GATE,
+    INFERENCE_OPTIONS,
+    SCENE_ID,
+    Accuracy,
+    Reference,
+    build_reference,
+    map_accuracy,
+    read_accuracy,
+    request_training,
+)
+from eostream.runner.mlflow_server import free_port, mlflow_server
 from eostream.runner.provision import ensure_data
 from eostream.shared import topics
 from eostream.shared.bus.base import Delivery, parse_dead_letter
@@ -42,11 +52,12 @@ from eostream.shared.errors import ConfigError
 from eostream.shared.events import (
     Event,
     ModelPromoted,
+    ModelVersionRegistered,
     SceneClassified,
     SceneDiscovered,
-    TrainingRequested,
     TrainingStarted,
 )
+from eostream.shared.runtime import install_stop_signals
 from eostream.shared.storage.local import LocalObjectStore
 
 log = logging.getLogger(__name__)
@@ -59,64 +70,6 @@ WATCHED = (
     topics.SCENES_DISCOVERED,
     topics.SCENES_CLASSIFIED,
 )
-#: The demo's scene: the real 29RKH tile in the data folder. Its STAC item names the public
-#: Earth Search bucket; inference reads the same files from the data folder, as from a mirror.
-DEMO_SCENE_DIR = "sentinel2_scenes/S2A_29RKH_20200219_0_L2A_cog_downsampled"
-DEMO_SCENE_BUCKET = (
-    "https://sentinel-cogs.s3.us-west-2.amazonaws.com/sentinel-s2-l2a-cogs/"
-    "29/R/KH/2020/2/S2A_29RKH_20200219_0_L2A/"
-)
-
-
-def free_port(host: str, preferred: int) -> int:
-    with socket.socket() as s:
-        try:
-            s.bind((host, preferred))
-        except OSError:
-            s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def mlflow_server(home: Path, host: str, port: int) -> Iterator[str]:
-    """An MLflow tracking server (and UI) on the embedded sqlite database."""
-    (home / "mlartifacts").mkdir(parents=True, exist_ok=True)
-    log_path = home / "mlflow.log"
-    command = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
-        "--artifacts-destination", str(home / "mlartifacts"),
-        "--serve-artifacts", "--host", host, "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with log_path.open("ab") as log_file:
-        process = subprocess.Popen(  # noqa: S603 - our own interpreter, fixed arguments
-            command,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
-            # a SIGKILLed demo must not leave its MLflow server running
-            preexec_fn=DIE_WITH_PARENT,  # prctl only; resolved before the fork
-        )
-    url = f"http://{host}:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                raise ConfigError(f"the MLflow server did not start; see {log_path}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise ConfigError(f"the MLflow server did not answer within 120 s; see {log_path}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 @dataclass
@@ -125,6 +78,7 @@ class Observer:
 
     started: float = field(default_factory=time.monotonic)
     promoted: list[ModelPromoted] = field(default_factory=list)
+    registered: dict[str, ModelVersionRegistered] = field(default_factory=dict)
     discovered: dict[str, SceneDiscovered] = field(default_factory=dict)
     classified: dict[str, SceneClassified] = field(default_factory=dict)
     dead_lettered: dict[str, str] = field(default_factory=dict)
@@ -139,6 +93,9 @@ class Observer:
         elif isinstance(event, ModelPromoted):
             self.promoted.append(event)
             self.say(f"model {event.name} v{event.version} is {event.alias} ({event.sha256[:12]})")
+        elif isinstance(event, ModelVersionRegistered):
+            self.registered[event.key] = event
+            self.say(f"model {event.name} v{event.version} registered; the gate scores it")
         elif isinstance(event, SceneDiscovered):
             self.discovered[event.item_id] = event
             self.say(f"scene discovered: {event.item_id} ({event.processing_level})")
@@ -195,14 +152,33 @@ def demo_data_dir(data_dir: Path | None) -> Path:
     return ensure_data(target, mirror=mirror)
 
 
-def demo_options(data_dir: Path | None) -> Mapping[str, Mapping[str, Any]]:
-    mirror = {DEMO_SCENE_BUCKET: f"{data_dir / DEMO_SCENE_DIR}/"} if data_dir else {}
-    return {
+#: ``eostream up``'s scene without sources: the 29RKH tile of the data folder, whose STAC item
+#: names the public Earth Search bucket; inference reads the same files from the data folder.
+RKH_SCENE_BUCKET = (
+    "https://sentinel-cogs.s3.us-west-2.amazonaws.com/sentinel-s2-l2a-cogs/"
+    "29/R/KH/2020/2/S2A_29RKH_20200219_0_L2A/"
+)
+
+
+def demo_options(
+    data_dir: Path | None, reference: Reference | None = None
+) -> Mapping[str, Mapping[str, Any]]:
+    """Options of the embedded components. With the demo's reference set, ingest watches its
+    scene item and the trainer and inference use the recipe of docs/maps-accuracy.md."""
+    mirror = {RKH_SCENE_BUCKET: f"{data_dir / SCENE_DIR}/"} if data_dir else {}
+    options: dict[str, dict[str, Any]] = {
         "ingest": {"poll_interval_seconds": 5.0},
         "trainer": {},
         "registry-bridge": {"reconcile_interval_seconds": 5.0},
         "inference": {"asset_href_rewrites": mirror},
     }
+    if reference is not None:
+        options["registry-bridge"]["gate"] = DEMO_GATE
+        source = {"kind": "static", "name": "demo-boadella", "href": str(reference.scene_item)}
+        options["ingest"]["sources"] = [source]
+        options["trainer"]["input_augmentation"] = list(AUGMENTATION)
+        options["inference"].update(INFERENCE_OPTIONS)
+    return options
 
 
 async def run(
@@ -210,14 +186,20 @@ async def run(
     data_dir: Path | None,
     *,
     demo: bool,
+    exit_after: bool = False,
     train_timeout: float = 900,
     host: str = "127.0.0.1",
     mlflow_port: int = 5000,
 ) -> None:
+    """The embedded system; with ``demo``, the demo's job first. It then serves until SIGINT or
+    SIGTERM (``exit_after``: it stops once the job is done), and says so in one line."""
     home = home.resolve()
     home.mkdir(parents=True, exist_ok=True)
     # on the loop's thread, before anything runs on it: Ctrl-C stops it at once
     data_dir = demo_data_dir(data_dir)
+    stop = asyncio.Event()
+    install_stop_signals(stop.set)
+    reference = await build_reference(home, data_dir) if demo else None
     port = free_port(host, mlflow_port)
     console.print(f"[bold]eostream[/bold] embedded mode, state in {home}")
     with mlflow_server(home, host, port) as mlflow_url:
@@ -227,7 +209,7 @@ async def run(
         store.check()
         context = EmbeddedContext(
             bus=bus, store=store, home=home, mlflow_tracking_uri=mlflow_url,
-            data_dir=data_dir, http_host=host, options=demo_options(data_dir),
+            data_dir=data_dir, http_host=host, options=demo_options(data_dir, reference),
         )  # fmt: skip
         observer = Observer()
         watcher = bus.consumer(list(WATCHED), "embedded-observer", observer)
@@ -235,17 +217,79 @@ async def run(
         letters_task = asyncio.create_task(watch_dead_letters(observer, bus))
         try:
             async with EmbeddedSystem(context) as system:
+                urls = {"MLflow UI": mlflow_url, **system.urls()}
                 for label, url in system.urls().items():
                     console.print(f"{label}: {url}")
-                if demo:
-                    await scenario(observer, bus, train_timeout=train_timeout)
-                    await print_results(observer, system.urls())
-                else:
-                    await asyncio.Event().wait()  # until SIGINT/SIGTERM cancels us
+                if reference is not None:
+                    job = job_of(observer, bus, reference, urls, home, train_timeout)
+                    if not await until_stopped(job, stop):
+                        console.print("eostream: stopped by a signal before the demo finished")
+                        return
+                if exit_after:
+                    return
+                console.print(
+                    "[bold]Serving[/bold] until Ctrl-C: " + ", ".join(urls.values()), soft_wrap=True
+                )
+                await stop.wait()
+                console.print(f"eostream: stopping (signal); state kept in {home}")
         finally:
             letters_task.cancel()
             await watcher.stop()
             await watch_task
+
+
+async def until_stopped(job: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Run ``job`` unless ``stop`` is set first (then cancel it): whether it ran to its end."""
+    task = asyncio.create_task(job)
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if task.done():
+        task.result()  # DemoFailed: one line and exit status 2
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
+
+
+async def job_of(
+    observer: Observer, bus: SqliteBus, reference: Reference, urls: Mapping[str, str],
+    home: Path, train_timeout: float,
+) -> None:  # fmt: skip
+    """The demo's job: a champion, the scene classified by it, the results, the map's accuracy
+    (measured beside inference's own classification of the scene, as soon as it is champion)."""
+    bridge = urls.get("registry-bridge REST API")
+    champion = await ensure_champion(observer, bus, bridge, train_timeout=train_timeout)
+    measuring = asyncio.create_task(
+        accuracy_of(observer, champion, reference, urls["MLflow UI"], home)
+    )
+    try:
+        await scene_classified(observer, champion, urls)
+        await print_results(observer, urls)
+        accuracy = await measuring
+    finally:
+        measuring.cancel()
+    console.print(accuracy.line(), soft_wrap=True)
+    api = urls.get("inference REST API")
+    if api:
+        console.print(
+            f"the map: {api}/results/{SCENE_ID}/quicklook (legend on the right), "
+            f"COG {api}/results/{SCENE_ID}/cog",
+            soft_wrap=True,
+        )
+
+
+async def accuracy_of(
+    observer: Observer, champion: ModelPromoted, reference: Reference, mlflow_url: str, home: Path
+) -> Accuracy:
+    """The champion's map accuracy, measured once per model version (kept under the home)."""
+    out = home / "accuracy" / f"{champion.name}-v{champion.version}"
+    if (out / "summary.json").is_file():
+        observer.say(f"map accuracy of v{champion.version}: measured in an earlier run ({out})")
+        return read_accuracy(out / "summary.json")
+    observer.say(f"measuring v{champion.version}'s map against the labels (eostream maps evaluate)")
+    return await map_accuracy(reference, champion.artifact_uri, mlflow_url, out)
 
 
 async def watch_dead_letters(observer: Observer, bus: SqliteBus) -> None:
@@ -255,11 +299,14 @@ async def watch_dead_letters(observer: Observer, bus: SqliteBus) -> None:
         await asyncio.sleep(0.5)
 
 
-class DemoFailed(Exception):
-    """The demo could not finish; the message says what did not happen."""
+class DemoFailed(ConfigError):
+    """The demo could not finish; the message says what did not happen (one line, status 2)."""
 
 
-async def scenario(observer: Observer, bus: SqliteBus, *, train_timeout: float) -> None:
+async def ensure_champion(
+    observer: Observer, bus: SqliteBus, bridge: str | None, *, train_timeout: float
+) -> ModelPromoted:
+    """The live champion: announced again from an earlier run, else trained, gated, promoted."""
     # The bridge re-announces a champion shipped by an earlier run before its start() returns.
     if await observer.wait(lambda: observer.promoted, timeout=3):
         observer.say("a champion from an earlier run is live: no training needed")
@@ -267,25 +314,67 @@ async def scenario(observer: Observer, bus: SqliteBus, *, train_timeout: float) 
         request = request_training()
         observer.say(
             f"no champion yet: asking for a {request.architecture} on {request.band_set} "
-            f"({request.epochs} epochs, {request.samples_per_class} patches per class)"
+            f"({request.epochs} epochs, augmentation {'+'.join(AUGMENTATION)})"
         )
         await bus.publish(topics.TRAINING_REQUESTS, request)
-        if not await observer.wait(lambda: observer.promoted, timeout=train_timeout):
-            raise DemoFailed(f"no model was promoted within {train_timeout:.0f} s")
-    # Ingest polls its catalogue at start; anything new is classified by the live model.
-    await observer.wait(lambda: observer.discovered, timeout=20)
-    if not observer.discovered:
-        observer.say("no new scenes: every scene of the catalogue was announced before")
+        deadline = time.monotonic() + train_timeout
+        while not await observer.wait(lambda: observer.promoted, timeout=5):
+            if time.monotonic() > deadline:
+                raise DemoFailed(f"no model was promoted within {train_timeout:.0f} s")
+            if bridge:
+                await fail_if_refused(bridge, observer.registered)
+    return observer.promoted[-1]
+
+
+async def fail_if_refused(bridge: str, registered: Mapping[str, ModelVersionRegistered]) -> None:
+    """Raise DemoFailed when the gate refused a version this run registered (no promotion will
+    come), with the gate's reasons, as the bridge's REST API tells them."""
+    for event in registered.values():
+        try:
+            async with httpx.AsyncClient(base_url=bridge, timeout=10) as client:
+                response = await client.get(f"/models/{event.name}")
+        except httpx.HTTPError:
+            return
+        if response.status_code != 200:
+            return
+        for row in response.json():
+            if row.get("version") == event.version and row.get("gate") in ("failed", "refused"):
+                reasons = "; ".join(json.loads(row.get("reasons") or "[]"))
+                raise DemoFailed(
+                    f"the gate {row['gate']} {event.name} v{event.version} ({reasons}); "
+                    f"see the registry-bridge's /models/{event.name}"
+                )
+
+
+async def scene_classified(
+    observer: Observer, champion: ModelPromoted, urls: Mapping[str, str]
+) -> None:
+    """Wait until the demo scene's map by the champion exists (made now, or in an earlier run)."""
+    api = urls.get("inference REST API")
+    if api and await classified_before(api, champion):
+        observer.say(f"{SCENE_ID} was classified by v{champion.version} in an earlier run")
         return
 
-    def pending() -> set[str]:
-        return set(observer.discovered) - set(observer.classified) - set(observer.dead_lettered)
+    # Ingest polls its catalogue at start; the scene waits on the bus until a model is live.
+    def done() -> bool:
+        return SCENE_ID in observer.classified or SCENE_ID in observer.dead_lettered
 
-    if not await observer.wait(lambda: not pending(), timeout=900):
-        raise DemoFailed(f"scenes not classified within 15 minutes: {sorted(pending())}")
-    failed = set(observer.discovered) & set(observer.dead_lettered)
-    if failed:
-        raise DemoFailed(f"scenes dead-lettered: {sorted(failed)}; see the reasons above")
+    if not await observer.wait(done, timeout=900):
+        raise DemoFailed(f"{SCENE_ID} was not classified within 15 minutes")
+    if SCENE_ID in observer.dead_lettered:
+        raise DemoFailed(f"{SCENE_ID} was dead-lettered: {observer.dead_lettered[SCENE_ID]}")
+
+
+async def classified_before(api: str, champion: ModelPromoted) -> bool:
+    """Whether the inference API already holds the demo scene's map by the champion."""
+    async with httpx.AsyncClient(base_url=api, timeout=30) as client:
+        response = await client.get("/results", params={"scene_id": SCENE_ID})
+    if response.status_code != 200:
+        return False
+    return any(
+        r.get("model_version") == champion.version and r.get("model_name") == champion.name
+        for r in response.json().get("results", [])
+    )
 
 
 async def print_results(observer: Observer, urls: Mapping[str, str]) -> None:
@@ -311,10 +400,3 @@ async def print_results(observer: Observer, urls: Mapping[str, str]) -> None:
         )
     console.print(table)
     console.print("REST: " + ", ".join(f"{api}{path}" for path in ("/docs", "/results", "/stac")))
-
-
-def request_training() -> TrainingRequested:
-    return TrainingRequested(
-        band_set="rgb", architecture="small_cnn", epochs=3, samples_per_class=300,
-        requested_by="eostream demo", reason="no champion yet",
-    )  # fmt: skip

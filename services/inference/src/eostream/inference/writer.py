@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import rasterio
-from PIL import Image, PngImagePlugin
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from eostream.inference.engine import NODATA, UNCERTAIN
 from eostream.shared.storage import ObjectStore
@@ -134,27 +134,69 @@ def write_probabilities(
         dst.update_tags(scale=str(1 / 254))
 
 
+#: Palette entries of the legend panel (never a class value: classes are 0..n-1, n <= 250).
+LEGEND_BACKGROUND, LEGEND_INK = 252, 253
+_LEGEND_PAD, _LEGEND_SWATCH, _LEGEND_FONT_SIZE = 8, 14, 13
+
+
 def quicklook_png(
     labels: npt.NDArray[np.uint8], classes: tuple[str, ...] | int, max_size: int = 1024
 ) -> bytes:
-    """A palette PNG, nodata transparent, at most ``max_size`` pixels on its long side; its
-    legend (:func:`legend`, JSON) is the PNG text chunk ``legend``."""
+    """A palette PNG: the map (at most ``max_size`` pixels on its long side, nodata transparent)
+    with its legend drawn on the right (a colour swatch and the name of every class, and
+    "uncertain"). The map keeps its class values; the legend (:func:`legend`, JSON) is also the
+    PNG text chunk ``legend`` and the map's box in the image the text chunk ``map_box``
+    (left, top, right, bottom)."""
     names = classes if isinstance(classes, tuple) else tuple(f"class_{i}" for i in range(classes))
     n_classes = len(names)
     step = max(1, int(np.ceil(max(labels.shape) / max_size)))
     small = np.ascontiguousarray(labels[::step, ::step])
-    image = Image.fromarray(small, mode="P")
+    image = with_legend(Image.fromarray(small, mode="P"), names)
     cmap = colormap(n_classes)
     palette = [0] * 768
     for index, (r, g, b, _a) in cmap.items():
         palette[index * 3 : index * 3 + 3] = [r, g, b]
+    palette[LEGEND_BACKGROUND * 3 : LEGEND_BACKGROUND * 3 + 3] = [255, 255, 255]
+    palette[LEGEND_INK * 3 : LEGEND_INK * 3 + 3] = [0, 0, 0]
     image.putpalette(palette)
     image.info["transparency"] = NODATA
     buffer = io.BytesIO()
     text = PngImagePlugin.PngInfo()
     text.add_text("legend", json.dumps(legend(names)))
+    text.add_text("map_box", ",".join(map(str, (0, 0, small.shape[1], small.shape[0]))))
     image.save(buffer, format="PNG", transparency=NODATA, optimize=False, pnginfo=text)
     return buffer.getvalue()
+
+
+def with_legend(map_image: Image.Image, names: tuple[str, ...]) -> Image.Image:
+    """``map_image`` (mode P, class values) with a legend panel to its right: one row per class
+    and one for "uncertain", each a swatch of the class's palette entry and its name."""
+    if len(names) >= LEGEND_BACKGROUND:  # no free palette entry left for the panel
+        return map_image
+    font = ImageFont.load_default(size=_LEGEND_FONT_SIZE)
+    entries = [*enumerate(names), (UNCERTAIN, UNCERTAIN_NAME)]
+    row = _LEGEND_SWATCH + 4
+    text_width = max(int(np.ceil(font.getlength(name))) for _, name in entries)
+    panel_w = _LEGEND_PAD * 4 + _LEGEND_SWATCH + text_width
+    panel_h = _LEGEND_PAD * 2 + row * len(entries)
+    width, height = map_image.width + panel_w, max(map_image.height, panel_h)
+    image = Image.new("P", (width, height), NODATA)
+    image.paste(map_image, (0, 0))
+    draw = ImageDraw.Draw(image)
+    left = map_image.width
+    draw.rectangle((left, 0, width - 1, panel_h - 1), fill=LEGEND_BACKGROUND)
+    for n, (value, name) in enumerate(entries):
+        top = _LEGEND_PAD + n * row
+        x = left + _LEGEND_PAD
+        draw.rectangle((x, top, x + _LEGEND_SWATCH - 1, top + _LEGEND_SWATCH - 1), fill=value)
+        draw.rectangle(
+            (x, top, x + _LEGEND_SWATCH - 1, top + _LEGEND_SWATCH - 1), outline=LEGEND_INK
+        )
+        draw.text(
+            (x + _LEGEND_SWATCH + _LEGEND_PAD, top + _LEGEND_SWATCH // 2),
+            name, fill=LEGEND_INK, font=font, anchor="lm",
+        )  # fmt: skip
+    return image
 
 
 def statistics(

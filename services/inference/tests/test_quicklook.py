@@ -1,0 +1,51 @@
+"""The quicklook a person looks at: the map with its legend (every class's colour and name, and
+"uncertain") drawn beside it, the map's pixels untouched."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+from PIL import Image, PngImagePlugin
+
+from eostream.inference.engine import NODATA, UNCERTAIN
+from eostream.inference.writer import LEGEND_INK, colormap, quicklook_png
+from eostream.shared.modelcard import EUROSAT_CLASSES
+
+
+def test_the_quicklook_shows_the_map_and_a_legend_of_every_class_and_uncertain() -> None:
+    classes = tuple(EUROSAT_CLASSES)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, len(classes), (300, 200)).astype(np.uint8)
+    labels[:20] = UNCERTAIN
+    labels[-20:] = NODATA
+
+    with Image.open(io.BytesIO(quicklook_png(labels, classes))) as image:
+        assert isinstance(image, PngImagePlugin.PngImageFile) and image.mode == "P"
+        left, top, right, bottom = map(int, image.text["map_box"].split(","))
+        assert (left, top, right, bottom) == (0, 0, 200, 300)
+        pixels = np.asarray(image)
+        palette = image.getpalette() or []
+        legend = json.loads(image.text["legend"])
+
+    assert (pixels[:bottom, :right] == labels).all(), "the map keeps its class values"
+    assert image.width > right, "the legend is drawn to the right of the map"
+    panel = pixels[:, right:]
+    cmap = colormap(len(classes))
+    for value in [*range(len(classes)), UNCERTAIN]:
+        assert (panel == value).sum() >= 100, f"a swatch of {value}"  # 12x12 inside the outline
+        assert palette[value * 3 : value * 3 + 3] == list(cmap[value][:3])
+    assert (panel == LEGEND_INK).sum() > 500, "the names are written"
+    assert [e["name"] for e in legend] == [*classes, "uncertain"]
+
+
+def test_a_map_larger_than_the_limit_is_shrunk_and_a_tiny_one_gets_the_whole_legend() -> None:
+    big = np.zeros((3000, 1500), np.uint8)
+    with Image.open(io.BytesIO(quicklook_png(big, tuple(EUROSAT_CLASSES)))) as image:
+        assert isinstance(image, PngImagePlugin.PngImageFile)
+        assert image.text["map_box"] == "0,0,500,1000"
+    tiny = np.full((4, 4), 9, np.uint8)
+    with Image.open(io.BytesIO(quicklook_png(tiny, tuple(EUROSAT_CLASSES)))) as image:
+        pixels = np.asarray(image)
+        assert image.height > 100 and (pixels[:, 4:] == UNCERTAIN).sum() >= 100

@@ -3,8 +3,12 @@ pystac-client to search classified scenes."""
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Annotated, Any
 
+import shapely
+import shapely.geometry
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,7 +28,7 @@ from eostream.inference.results import ResultQuery, ResultRecord
 from eostream.shared.http_errors import error_responses
 
 router = APIRouter(prefix="/stac", tags=["stac"])
-STAC_VERSION = "1.0.0"
+STAC_VERSION = "1.1.0"  # the version of the result items
 CONFORMS = [
     "https://api.stacspec.org/v1.0.0/core",
     "https://api.stacspec.org/v1.0.0/collections",
@@ -34,6 +38,12 @@ CONFORMS = [
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/geojson",
 ]
 GEOJSON = "application/geo+json"
+#: FastAPI answers /openapi.json as application/json, and the link's type must match it
+OPENAPI = "application/json"
+MAX_LIMIT = 1000  # a larger limit is capped to this (the spec lets a server cap it)
+#: extensions /stac does not implement: refused with 400 rather than silently ignored
+UNSUPPORTED = ("filter", "filter-lang", "sortby", "fields", "query")
+_INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")
 QUERY = error_responses(400, 422)
 LOOKUP = error_responses(404, 422)
 
@@ -59,6 +69,8 @@ def landing(request: Request, settings: Settings) -> dict[str, Any]:
         "links": [
             _link("self", root),
             _link("root", root),
+            _link("service-desc", f"{request.base_url}openapi.json", OPENAPI),
+            _link("service-doc", f"{request.base_url}docs", "text/html"),
             _link("conformance", f"{root}/conformance"),
             _link("data", f"{root}/collections"),
             _link("search", f"{root}/search", GEOJSON, method="GET"),
@@ -98,7 +110,10 @@ def _collection(request: Request, collection_id: str) -> dict[str, Any]:
 def collections(request: Request, settings: Settings) -> dict[str, Any]:
     return {
         "collections": [_collection(request, settings.collection_id)],
-        "links": [_link("self", f"{_root(request)}/collections")],
+        "links": [
+            _link("self", f"{_root(request)}/collections"),
+            _link("root", _root(request)),
+        ],
     }
 
 
@@ -141,9 +156,12 @@ def _page(
     request: Request, query: ResultQuery, collection_id: str, next_href: str | None
 ) -> dict[str, Any]:
     # results is set by the caller through request.state to keep this function pure of deps
-    records, total = request.state.results.search(query)
+    records, total = _records(request.state.results, query, request.state.intersects)
     features = [_item(request, r, collection_id) for r in records]
-    links: list[dict[str, Any]] = [_link("root", _root(request))]
+    links: list[dict[str, Any]] = [
+        _link("root", _root(request)),
+        _link("self", str(request.url), GEOJSON),
+    ]
     if next_href and query.offset + len(records) < total:
         links.append(_link("next", next_href, GEOJSON))
     return {
@@ -155,11 +173,79 @@ def _page(
     }
 
 
+def _records(
+    results: Any, query: ResultQuery, area: shapely.Geometry | None
+) -> tuple[list[ResultRecord], int]:
+    """A page of the index's answer; with ``intersects``, the candidates of the area's bbox
+    (an indexed query) kept where their geometry meets the area, paged here."""
+    if area is None:
+        found: tuple[list[ResultRecord], int] = results.search(query)
+        return found
+    wide = ResultQuery(
+        ids=query.ids, bbox=area.bounds, start=query.start, end=query.end, limit=1_000_000
+    )
+    candidates, _ = results.search(wide)
+    hits = [r for r in candidates if area.intersects(_footprint(r))]
+    return hits[query.offset : query.offset + query.limit], len(hits)
+
+
+def _footprint(record: ResultRecord) -> shapely.Geometry:
+    geometry = record.item.get("geometry")
+    if geometry:
+        return shapely.geometry.shape(geometry)
+    return shapely.box(*record.bbox) if record.bbox else shapely.Point()
+
+
+def _area(value: Any) -> shapely.Geometry | None:
+    """``intersects``: a GeoJSON geometry (a JSON text in GET), or 400."""
+    if value is None or value == "":
+        return None
+    try:
+        geojson = json.loads(value) if isinstance(value, str) else value
+        area = shapely.geometry.shape(geojson)
+    except Exception as exc:  # shapely raises several types for bad GeoJSON
+        raise BadInputError(f"intersects is not a GeoJSON geometry: {exc}") from None
+    if area.is_empty:
+        raise BadInputError("intersects is an empty geometry")
+    return area
+
+
+def _when(text: str | None) -> tuple[Any, Any]:
+    """An RFC 3339 instant or interval (``..`` or empty for an open end, not both), or 400."""
+    if not text:
+        return None, None
+    upper = text.upper()
+    ends = upper.split("/") if "/" in upper else [upper]
+    open_ends = [e for e in ends if e in ("", "..")]
+    if len(ends) > 2 or len(open_ends) == len(ends):
+        raise BadInputError(f"datetime {text!r} is not an RFC 3339 instant or interval")
+    for end in ends:
+        if end not in ("", "..") and not _INSTANT.fullmatch(end):
+            raise BadInputError(f"datetime {text!r} is not an RFC 3339 instant or interval")
+    return parse_datetime(upper)
+
+
+def _limit(limit: int) -> int:
+    if limit < 1:
+        raise BadInputError(f"limit must be at least 1, not {limit}")
+    return min(limit, MAX_LIMIT)
+
+
+def _refuse_unsupported(names: Any) -> None:
+    asked = [n for n in UNSUPPORTED if n in names]
+    if asked:
+        raise BadInputError(f"not supported by this STAC API: {', '.join(asked)}")
+
+
+def _geojson(document: dict[str, Any]) -> Response:
+    return Response(as_stored(document).body, media_type=GEOJSON)
+
+
 def _next(request: Request, offset: int) -> str:
     return str(request.url.include_query_params(token=str(offset)))
 
 
-Limit = Annotated[int, Query(ge=1, le=1000)]
+Limit = Annotated[int, Query(description=f"page size, capped to {MAX_LIMIT}")]
 Token = Annotated[int, Query(ge=0, le=1_000_000, description="paging offset")]
 
 
@@ -181,10 +267,13 @@ def items(
     token: Token = 0,
 ) -> Response:
     _check_collection(settings, collection_id)
-    start, end = parse_datetime(datetime)
+    _refuse_unsupported(request.query_params)
+    start, end = _when(datetime)
+    limit = _limit(limit)
     query = ResultQuery(bbox=parse_bbox(bbox), start=start, end=end, limit=limit, offset=token)
     request.state.results = results
-    return as_stored(_page(request, query, collection_id, _next(request, token + limit)))
+    request.state.intersects = None
+    return _geojson(_page(request, query, collection_id, _next(request, token + limit)))
 
 
 @router.get(
@@ -200,17 +289,18 @@ def item(
     records, _ = results.search(ResultQuery(ids=[item_id], limit=1))
     if not records:
         raise ResultNotFoundError(f"no item {item_id!r} in {collection_id}")
-    return as_stored(_item(request, records[0], collection_id))
+    return _geojson(_item(request, records[0], collection_id))
 
 
 class SearchBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
 
     collections: list[str] | None = None
     ids: list[str] | None = Field(default=None, max_length=1000)
     bbox: list[float] | None = Field(default=None, min_length=4, max_length=6)
+    intersects: dict[str, Any] | None = None
     datetime: str | None = None
-    limit: int = Field(default=10, ge=1, le=1000)
+    limit: int = Field(default=10, ge=1)
     token: int = Field(default=0, ge=0, le=1_000_000)
 
 
@@ -225,12 +315,17 @@ def _search(
             "numberMatched": 0,
             "numberReturned": 0,
         }
+    _refuse_unsupported(body.model_extra or {})
+    if body.bbox is not None and body.intersects is not None:
+        raise BadInputError("bbox and intersects must not both be given")
     bbox = parse_bbox(",".join(str(v) for v in body.bbox)) if body.bbox else None
-    start, end = parse_datetime(body.datetime)
+    start, end = _when(body.datetime)
+    body.limit = _limit(body.limit)
     query = ResultQuery(
         ids=body.ids, bbox=bbox, start=start, end=end, limit=body.limit, offset=body.token
     )
     request.state.results = results
+    request.state.intersects = _area(body.intersects)
     page = _page(request, query, settings.collection_id, None)
     if body.token + page["numberReturned"] < page["numberMatched"]:
         if request.method == "GET":
@@ -261,20 +356,24 @@ def search_get(
     collections: str | None = None,
     ids: str | None = None,
     bbox: str | None = None,
+    intersects: str | None = None,
     datetime: str | None = None,
     limit: Limit = 10,
     token: Token = 0,
 ) -> Response:
+    _refuse_unsupported(request.query_params)
     box = parse_bbox(bbox)
+    area = _area(intersects)
     body = SearchBody(
         collections=_csv(collections),
         ids=_csv(ids),
         bbox=list(box) if box else None,
+        intersects=shapely.geometry.mapping(area) if area is not None else None,
         datetime=datetime,
-        limit=limit,
+        limit=_limit(limit),
         token=token,
     )
-    return as_stored(_search(request, body, settings, results))
+    return _geojson(_search(request, body, settings, results))
 
 
 @router.post(
@@ -285,4 +384,4 @@ def search_post(
 ) -> Response:
     if body.bbox is not None and len(body.bbox) not in (4, 6):
         raise BadInputError("bbox must have 4 or 6 numbers")
-    return as_stored(_search(request, body, settings, results))
+    return _geojson(_search(request, body, settings, results))

@@ -23,11 +23,14 @@ DECLARED = {
     "https://api.stacspec.org/v1.0.0/core": "core",
     "https://api.stacspec.org/v1.0.0/ogcapi-features": "features",
     "https://api.stacspec.org/v1.0.0/item-search": "item-search",
+    "https://api.stacspec.org/v1.0.0/item-search#sort": "item-search#sort",
+    "https://api.stacspec.org/v1.0.0/item-search#fields": "item-search#fields",
 }
 
 
 #: the validator fetches STAC's JSON schemas from schemas.stacspec.org, unreachable offline;
 #: those checks are done instead with pystac's bundled schemas (``offline_schema_check``)
+CONFIDENCE = "eostream:mean_confidence"  # the nested property of the Fields checks
 OFFLINE = ("schemas.stacspec.org", "stac-extensions.github.io")
 
 
@@ -43,7 +46,7 @@ def validate(
         geometry=json.dumps(geometry),
         auth_bearer_token=None,
         auth_query_parameter=None,
-        fields_nested_property=None,
+        fields_nested_property=f"properties.{CONFIDENCE}",
         validate_pagination=True,
         query_config=QueryConfig(*[None] * 13),
         transaction_collection=None,
@@ -83,11 +86,24 @@ async def check_search_parameters(stac: str, item: dict[str, Any]) -> None:
             client.post(f"{stac}/search", json={"intersects": {"type": "Polygon"}}),
             client.get(f"{stac}/search", params={"datetime": "1985-04-12"}),
             client.get(f"{stac}/search", params={"filter": "confidence > 0.9"}),
-            client.post(f"{stac}/search", json={"sortby": [{"field": "id"}]}),
+            client.post(f"{stac}/search", json={"sortby": [{"field": "id", "direction": "up"}]}),
+            client.post(f"{stac}/search", json={"fields": {"include": "id"}}),
         ):
             answer = await bad
             assert answer.status_code == 400, answer.text
             assert set(answer.json()) == {"code", "description"}
+        for order, reverse in (("-properties.datetime", True), ("+datetime", False)):
+            page = (await client.get(f"{stac}/search", params={"sortby": order})).json()
+            times = [f["properties"]["datetime"] for f in page["features"]]
+            assert times == sorted(times, reverse=reverse) and len(set(times)) == 2
+        body = {"sortby": [{"field": "id", "direction": "desc"}], "fields": {"exclude": ["assets"]}}
+        page = (await client.post(f"{stac}/search", json=body)).json()
+        ids = [f["id"] for f in page["features"]]
+        assert ids == sorted(ids, reverse=True) and all("assets" not in f for f in page["features"])
+        slim = await client.get(f"{stac}/search", params={"fields": "properties.datetime"})
+        for feature in slim.json()["features"]:
+            assert set(feature) == {"type", "stac_version", "id", "links", "properties"}
+            assert set(feature["properties"]) == {"datetime"}
         cors = await client.get(f"{stac}/search", headers={"Origin": "https://example.org"})
         assert cors.headers["access-control-allow-origin"] == "*"
 
@@ -113,8 +129,9 @@ async def test_stac_api_validator_finds_no_error(
             collection = (
                 await client.get(f"{server.url}/stac/collections/{settings.collection_id}")
             ).json()
+        assert CONFIDENCE in item["properties"]
         ccs = [DECLARED[c] for c in landing["conformsTo"] if c in DECLARED]
-        assert {"core", "features", "item-search"} <= set(ccs)
+        assert set(ccs) == set(DECLARED.values())
         _warnings, errors = await asyncio.to_thread(
             validate, f"{server.url}/stac", settings.collection_id, item["geometry"], ccs
         )

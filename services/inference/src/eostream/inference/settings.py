@@ -47,6 +47,11 @@ class InferenceSettings(ServiceSettings):
     )
     results_prefix: str = "results"
     collection_id: str = "eostream-classifications"
+    cors_origins: tuple[str, ...] = Field(
+        default=("*",),
+        description="origins a browser may read the API from (CORS, GET only); '*' = any, "
+        "none = no CORS headers",
+    )
 
     # model
     providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")

@@ -7,8 +7,11 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import cast
 
 from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 
 from eostream.inference import metrics
 from eostream.inference.api import classify, errors, jobs, models, ogc, processes, results, stac
@@ -48,6 +51,19 @@ def create_app(settings: InferenceSettings, service: InferenceService | None = N
     app.state.ogc = parts
     errors.install(app)
     ogc.install(app)
+    invalid = cast(
+        Callable[[Request, Exception], Awaitable[Response]],
+        app.exception_handlers[RequestValidationError],
+    )
+
+    async def stac_invalid(request: Request, exc: Exception) -> Response:
+        """The STAC API answers a bad parameter with 400 (the same error body)."""
+        response = await invalid(request, exc)
+        if request.url.path == "/stac" or request.url.path.startswith("/stac/"):
+            response.status_code = 400
+        return response
+
+    app.add_exception_handler(RequestValidationError, stac_invalid)
 
     @app.middleware("http")
     async def timing(
@@ -69,6 +85,10 @@ def create_app(settings: InferenceSettings, service: InferenceService | None = N
 
     # outermost of the app's middleware: runs before any body is read or parsed
     app.add_middleware(RequestGuard, api_key=settings.api_key.get_secret_value(), limit=body_limit)
+    if settings.cors_origins:  # reads only: browsers may GET from these origins
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET"]
+        )
     app.include_router(ops_router("inference", svc.readiness, svc.liveness))
     for router in (
         results.router,

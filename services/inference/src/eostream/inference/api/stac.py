@@ -3,8 +3,12 @@ pystac-client to search classified scenes."""
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Annotated, Any
 
+import shapely
+import shapely.geometry
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,16 +28,24 @@ from eostream.inference.results import ResultQuery, ResultRecord
 from eostream.shared.http_errors import error_responses
 
 router = APIRouter(prefix="/stac", tags=["stac"])
-STAC_VERSION = "1.0.0"
+STAC_VERSION = "1.1.0"  # the version of the result items
 CONFORMS = [
     "https://api.stacspec.org/v1.0.0/core",
     "https://api.stacspec.org/v1.0.0/collections",
     "https://api.stacspec.org/v1.0.0/ogcapi-features",
     "https://api.stacspec.org/v1.0.0/item-search",
+    "https://api.stacspec.org/v1.0.0/item-search#sort",
+    "https://api.stacspec.org/v1.0.0/item-search#fields",
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core",
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/geojson",
 ]
 GEOJSON = "application/geo+json"
+#: FastAPI answers /openapi.json as application/json, and the link's type must match it
+OPENAPI = "application/json"
+MAX_LIMIT = 1000  # a larger limit is capped to this (the spec lets a server cap it)
+#: extensions /stac does not implement: refused with 400 rather than silently ignored
+UNSUPPORTED = ("filter", "filter-lang", "query")
+_INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")
 QUERY = error_responses(400, 422)
 LOOKUP = error_responses(404, 422)
 
@@ -59,6 +71,8 @@ def landing(request: Request, settings: Settings) -> dict[str, Any]:
         "links": [
             _link("self", root),
             _link("root", root),
+            _link("service-desc", f"{request.base_url}openapi.json", OPENAPI),
+            _link("service-doc", f"{request.base_url}docs", "text/html"),
             _link("conformance", f"{root}/conformance"),
             _link("data", f"{root}/collections"),
             _link("search", f"{root}/search", GEOJSON, method="GET"),
@@ -98,7 +112,10 @@ def _collection(request: Request, collection_id: str) -> dict[str, Any]:
 def collections(request: Request, settings: Settings) -> dict[str, Any]:
     return {
         "collections": [_collection(request, settings.collection_id)],
-        "links": [_link("self", f"{_root(request)}/collections")],
+        "links": [
+            _link("self", f"{_root(request)}/collections"),
+            _link("root", _root(request)),
+        ],
     }
 
 
@@ -141,9 +158,15 @@ def _page(
     request: Request, query: ResultQuery, collection_id: str, next_href: str | None
 ) -> dict[str, Any]:
     # results is set by the caller through request.state to keep this function pure of deps
-    records, total = request.state.results.search(query)
+    state = request.state
+    records, total = _records(state.results, query, state.intersects, state.sortby)
     features = [_item(request, r, collection_id) for r in records]
-    links: list[dict[str, Any]] = [_link("root", _root(request))]
+    if state.fields is not None:
+        features = [_pick(f, *state.fields) for f in features]
+    links: list[dict[str, Any]] = [
+        _link("root", _root(request)),
+        _link("self", str(request.url), GEOJSON),
+    ]
     if next_href and query.offset + len(records) < total:
         links.append(_link("next", next_href, GEOJSON))
     return {
@@ -155,11 +178,205 @@ def _page(
     }
 
 
+def _records(
+    results: Any,
+    query: ResultQuery,
+    area: shapely.Geometry | None,
+    sortby: list[tuple[str, bool]] | None = None,
+) -> tuple[list[ResultRecord], int]:
+    """A page of the index's answer. With ``intersects`` or ``sortby``, the candidates of the
+    index's query (bbox, datetime, ids: indexed) are kept where their geometry meets the area,
+    sorted and paged here."""
+    if area is None and not sortby:
+        found: tuple[list[ResultRecord], int] = results.search(query)
+        return found
+    wide = ResultQuery(
+        ids=query.ids,
+        bbox=area.bounds if area is not None else query.bbox,
+        start=query.start,
+        end=query.end,
+        limit=1_000_000,
+    )
+    candidates, _ = results.search(wide)
+    hits = [r for r in candidates if area is None or area.intersects(_footprint(r))]
+    for name, descending in reversed(sortby or []):  # stable sorts, last key first
+        present = [r for r in hits if _value(r, name) is not None]
+        missing = [r for r in hits if _value(r, name) is None]
+        present.sort(key=lambda r: _value(r, name), reverse=descending)
+        hits = present + missing  # items without the property come last either way
+    return hits[query.offset : query.offset + query.limit], len(hits)
+
+
+def _value(record: ResultRecord, name: str) -> Any:
+    """An item's property for ``sortby``: ``id``, ``collection`` or a property, with or
+    without the ``properties.`` prefix; scalars only."""
+    if name == "id":
+        return record.id
+    key = name.removeprefix("properties.")
+    value = record.item.get("properties", {}).get(key)
+    return value if isinstance(value, str | int | float) else None
+
+
+def _sortby(value: Any) -> list[tuple[str, bool]] | None:
+    """``sortby``: ``+a,-b`` (GET) or ``[{"field", "direction"}]`` (POST): (field, descending)."""
+    if value is None or value == "":
+        return None
+    keys: list[tuple[str, bool]] = []
+    if isinstance(value, str):
+        for part in value.split(","):
+            name = part.strip().lstrip("+")
+            if not name:
+                raise BadInputError(f"sortby {value!r} has an empty field")
+            keys.append((name.lstrip("-"), name.startswith("-")))
+        return keys
+    if not isinstance(value, list):
+        raise BadInputError("sortby must be a list of {field, direction}")
+    for entry in value:
+        if not isinstance(entry, dict) or not isinstance(entry.get("field"), str):
+            raise BadInputError(f"sortby entry {entry!r} has no field")
+        direction = entry.get("direction", "asc")
+        if direction not in ("asc", "desc"):
+            raise BadInputError(f"sortby direction {direction!r} is not asc or desc")
+        keys.append((entry["field"], direction == "desc"))
+    return keys
+
+
+def _fields(value: Any) -> tuple[list[str] | None, list[str]] | None:
+    """``fields``: ``a,-b`` (GET) or ``{"include": [], "exclude": []}`` (POST)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        if not parts:
+            return None
+        include = [p.lstrip("+") for p in parts if not p.startswith("-")]
+        return include or None, [p[1:] for p in parts if p.startswith("-")]
+    lists = [value.get(k) or [] for k in ("include", "exclude")] if isinstance(value, dict) else []
+    if not lists or not all(
+        isinstance(v, list) and all(isinstance(p, str) for p in v) for v in lists
+    ):
+        raise BadInputError("fields must be {include: [...], exclude: [...]} of strings")
+    # include absent: the whole item less the excluded; empty or null: the default fields
+    return (list(lists[0]) if "include" in value else None), list(lists[1])
+
+
+#: the fields answered when ``fields`` is given, before its include and exclude
+_DEFAULT = (
+    "type",
+    "stac_version",
+    "id",
+    "geometry",
+    "bbox",
+    "links",
+    "assets",
+    "collection",
+    "properties.datetime",
+)
+
+
+def _pick(item: dict[str, Any], include: list[str] | None, exclude: list[str]) -> dict[str, Any]:
+    """The Fields extension: the ``include``d (dotted) paths and the four an item needs (the
+    default fields when the include list is empty; the whole item when there is none), less
+    the ``exclude``d ones; a path named in both, or included below an excluded one, is kept."""
+    if include is None:  # the whole item, less the excluded
+        whole = {k: (dict(v) if isinstance(v, dict) else v) for k, v in item.items()}
+        for path in exclude:
+            head, _, rest = path.partition(".")
+            if not rest:
+                whole.pop(head, None)
+            elif isinstance(whole.get(head), dict):
+                whole[head].pop(rest, None)
+        return whole
+    dropped = set(exclude) - set(include)
+
+    def kept(path: str) -> bool:
+        parts = path.split(".")
+        prefixes = {".".join(parts[: i + 1]) for i in range(len(parts))}
+        return path in include or not prefixes & dropped
+
+    picked: dict[str, Any] = {}
+    base = ("type", "stac_version", "id", "links") if include else _DEFAULT
+    for path in dict.fromkeys([*base, *include]):
+        if not kept(path):
+            continue
+        head, _, rest = path.partition(".")
+        if head not in item:
+            continue
+        if not rest:
+            if isinstance(item[head], dict) and head in picked:
+                picked[head] = {**item[head], **picked[head]}
+            else:
+                picked[head] = item[head]
+        elif isinstance(item[head], dict) and rest in item[head]:
+            if not isinstance(picked.get(head), dict):
+                picked[head] = {}
+            picked[head][rest] = item[head][rest]
+    if isinstance(item.get("properties"), dict) and "properties" in picked:
+        # an excluded property below an included ``properties``
+        for path in dropped:
+            head, _, rest = path.partition(".")
+            if head == "properties" and rest and "properties" in include:
+                picked["properties"].pop(rest, None)
+    return picked
+
+
+def _footprint(record: ResultRecord) -> shapely.Geometry:
+    geometry = record.item.get("geometry")
+    if geometry:
+        return shapely.geometry.shape(geometry)
+    return shapely.box(*record.bbox) if record.bbox else shapely.Point()
+
+
+def _area(value: Any) -> shapely.Geometry | None:
+    """``intersects``: a GeoJSON geometry (a JSON text in GET), or 400."""
+    if value is None or value == "":
+        return None
+    try:
+        geojson = json.loads(value) if isinstance(value, str) else value
+        area = shapely.geometry.shape(geojson)
+    except Exception as exc:  # shapely raises several types for bad GeoJSON
+        raise BadInputError(f"intersects is not a GeoJSON geometry: {exc}") from None
+    if area.is_empty:
+        raise BadInputError("intersects is an empty geometry")
+    return area
+
+
+def _when(text: str | None) -> tuple[Any, Any]:
+    """An RFC 3339 instant or interval (``..`` or empty for an open end, not both), or 400."""
+    if not text:
+        return None, None
+    upper = text.upper()
+    ends = upper.split("/") if "/" in upper else [upper]
+    open_ends = [e for e in ends if e in ("", "..")]
+    if len(ends) > 2 or len(open_ends) == len(ends):
+        raise BadInputError(f"datetime {text!r} is not an RFC 3339 instant or interval")
+    for end in ends:
+        if end not in ("", "..") and not _INSTANT.fullmatch(end):
+            raise BadInputError(f"datetime {text!r} is not an RFC 3339 instant or interval")
+    return parse_datetime(upper)
+
+
+def _limit(limit: int) -> int:
+    if limit < 1:
+        raise BadInputError(f"limit must be at least 1, not {limit}")
+    return min(limit, MAX_LIMIT)
+
+
+def _refuse_unsupported(names: Any) -> None:
+    asked = [n for n in UNSUPPORTED if n in names]
+    if asked:
+        raise BadInputError(f"not supported by this STAC API: {', '.join(asked)}")
+
+
+def _geojson(document: dict[str, Any]) -> Response:
+    return Response(as_stored(document).body, media_type=GEOJSON)
+
+
 def _next(request: Request, offset: int) -> str:
     return str(request.url.include_query_params(token=str(offset)))
 
 
-Limit = Annotated[int, Query(ge=1, le=1000)]
+Limit = Annotated[int, Query(description=f"page size, capped to {MAX_LIMIT}")]
 Token = Annotated[int, Query(ge=0, le=1_000_000, description="paging offset")]
 
 
@@ -181,10 +398,14 @@ def items(
     token: Token = 0,
 ) -> Response:
     _check_collection(settings, collection_id)
-    start, end = parse_datetime(datetime)
+    _refuse_unsupported(request.query_params)
+    start, end = _when(datetime)
+    limit = _limit(limit)
     query = ResultQuery(bbox=parse_bbox(bbox), start=start, end=end, limit=limit, offset=token)
     request.state.results = results
-    return as_stored(_page(request, query, collection_id, _next(request, token + limit)))
+    request.state.intersects = None
+    request.state.sortby = request.state.fields = None
+    return _geojson(_page(request, query, collection_id, _next(request, token + limit)))
 
 
 @router.get(
@@ -200,23 +421,28 @@ def item(
     records, _ = results.search(ResultQuery(ids=[item_id], limit=1))
     if not records:
         raise ResultNotFoundError(f"no item {item_id!r} in {collection_id}")
-    return as_stored(_item(request, records[0], collection_id))
+    return _geojson(_item(request, records[0], collection_id))
 
 
 class SearchBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
 
-    collections: list[str] | None = None
+    collections: list[str] | str | None = None  # a string: one id or a comma-separated list
     ids: list[str] | None = Field(default=None, max_length=1000)
     bbox: list[float] | None = Field(default=None, min_length=4, max_length=6)
+    intersects: dict[str, Any] | None = None
     datetime: str | None = None
-    limit: int = Field(default=10, ge=1, le=1000)
+    sortby: list[dict[str, Any]] | None = None
+    fields: dict[str, Any] | None = None
+    limit: int = Field(default=10, ge=1)
     token: int = Field(default=0, ge=0, le=1_000_000)
 
 
 def _search(
     request: Request, body: SearchBody, settings: Settings, results: Results
 ) -> dict[str, Any]:
+    if isinstance(body.collections, str):
+        body.collections = _csv(body.collections)
     if body.collections and settings.collection_id not in body.collections:
         return {
             "type": "FeatureCollection",
@@ -225,12 +451,19 @@ def _search(
             "numberMatched": 0,
             "numberReturned": 0,
         }
+    _refuse_unsupported(body.model_extra or {})
+    if body.bbox is not None and body.intersects is not None:
+        raise BadInputError("bbox and intersects must not both be given")
     bbox = parse_bbox(",".join(str(v) for v in body.bbox)) if body.bbox else None
-    start, end = parse_datetime(body.datetime)
+    start, end = _when(body.datetime)
+    body.limit = _limit(body.limit)
     query = ResultQuery(
         ids=body.ids, bbox=bbox, start=start, end=end, limit=body.limit, offset=body.token
     )
     request.state.results = results
+    request.state.intersects = _area(body.intersects)
+    request.state.sortby = _sortby(body.sortby)
+    request.state.fields = _fields(body.fields)
     page = _page(request, query, settings.collection_id, None)
     if body.token + page["numberReturned"] < page["numberMatched"]:
         if request.method == "GET":
@@ -261,20 +494,29 @@ def search_get(
     collections: str | None = None,
     ids: str | None = None,
     bbox: str | None = None,
+    intersects: str | None = None,
     datetime: str | None = None,
+    sortby: str | None = None,
+    fields: str | None = None,
     limit: Limit = 10,
     token: Token = 0,
 ) -> Response:
+    _refuse_unsupported(request.query_params)
+    keys, picked = _sortby(sortby), _fields(fields)
     box = parse_bbox(bbox)
+    area = _area(intersects)
     body = SearchBody(
         collections=_csv(collections),
         ids=_csv(ids),
         bbox=list(box) if box else None,
+        intersects=shapely.geometry.mapping(area) if area is not None else None,
         datetime=datetime,
-        limit=limit,
+        sortby=[{"field": k, "direction": "desc" if d else "asc"} for k, d in keys or []],
+        fields={"include": picked[0], "exclude": picked[1]} if picked else None,
+        limit=_limit(limit),
         token=token,
     )
-    return as_stored(_search(request, body, settings, results))
+    return _geojson(_search(request, body, settings, results))
 
 
 @router.post(
@@ -285,4 +527,6 @@ def search_post(
 ) -> Response:
     if body.bbox is not None and len(body.bbox) not in (4, 6):
         raise BadInputError("bbox must have 4 or 6 numbers")
-    return as_stored(_search(request, body, settings, results))
+    if "fields" in body.model_fields_set and body.fields is None:
+        raise BadInputError("fields must be an object {include, exclude}, not null")
+    return _geojson(_search(request, body, settings, results))

@@ -1,0 +1,399 @@
+"""Static int8 (QDQ) against fp32 on this CPU: throughput, file size and accuracy, in one run.
+
+For each model (``--models``; or ``--onnx PATH`` for an existing fp32 export) the benchmark
+
+* trains a small real model the way bench_map_accuracy does (``rgb``: ``small_cnn`` on a few
+  thousand EuroSAT RGB JPEGs; ``ms13``: the ``centre_cnn`` of docs/maps-accuracy.md on the 375
+  real 13-band patches) and exports it with the trainer's ``export_onnx``;
+* quantises it with ``onnxruntime.quantization.quantize_static``: QDQ format, per-channel int8
+  weights, int8 activations, calibrated on real training patches in the model's input units
+  (what ``load_patches`` returns: JPEG 0..255 for ``rgb``, reflectance for ``ms13``; the model
+  normalises inside its graph);
+* measures both with onnxruntime's CPU provider and the project's session options
+  (``eostream.shared.ort_session.configure``) on the same hold-out windows: windows/s at batch
+  1 and 64 (warm-up, then the median of interleaved repeats), file size, top-1 accuracy of each
+  on the EuroSAT test split and the top-1 agreement of the two, and prints int8/fp32 ratios;
+* with ``--maps``, classifies one labelled Boadella L2A date with both through inference's
+  evaluation (``eostream.inference.evaluation``) and prints water IoU of each and the pixel
+  agreement of the two maps (13-band models only: the RGB model maps no water on L2A scenes,
+  see FIELD-NOTES.md).
+
+Everything onnxruntime does runs in a child process that never imports torch (torch and
+onnxruntime in one process fight over threads).
+
+    EOSTREAM_DATA_DIR=/work/shared/data uv run python benchmarks/inference/bench_int8.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# name: (band set, architecture, augmentations, samples per class, epochs, batch size)
+MODELS: dict[str, tuple[str, str, tuple[str, ...], int | None, int, int]] = {
+    "rgb": ("rgb", "small_cnn", (), 400, 3, 64),
+    "ms13": ("ms13", "centre_cnn", ("radiometry", "centre"), None, 10, 32),
+}
+CALIBRATION = 256  # training patches the int8 activation ranges are calibrated on
+
+
+def cpu_line() -> str:
+    """``lscpu``'s model name and which of avx2 / avx512f / VNNI / AMX the CPU flags show."""
+    lscpu, out = shutil.which("lscpu"), ""
+    if lscpu:
+        done = subprocess.run([lscpu], capture_output=True, text=True, check=False)  # noqa: S603
+        out = done.stdout
+    fields = dict(
+        (k.strip(), v.strip()) for k, _, v in (ln.partition(":") for ln in out.splitlines())
+    )
+    flags = set(fields.get("Flags", "").split())
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+    shown = " ".join(f"{f}={'yes' if f in flags else 'no'}" for f in wanted)
+    return f"{fields.get('Model name', platform.processor())}, {os.cpu_count()} CPUs; {shown}"
+
+
+def band_set_of(path: Path) -> str:
+    """The band set of the ModelCard in an ONNX file's metadata (without importing torch)."""
+    import onnx
+
+    from eostream.shared.modelcard import METADATA_KEY, ModelCard
+
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return ModelCard.from_json(props[METADATA_KEY]).band_set
+
+
+# -- parent: training, export, data (torch) --------------------------------------------------
+def train_and_export(name: str, data_dir: Path, work: Path, seed: int, epochs: int | None) -> Path:
+    """Train model ``name``, export it to ONNX and save its calibration and test windows."""
+    import torch
+
+    from eostream.shared.holdout import HoldoutSettings
+    from eostream.shared.modelcard import ModelCard
+    from eostream.trainer.augment import training_augmentation
+    from eostream.trainer.bands import band_set_bands
+    from eostream.trainer.catalog import build_catalog
+    from eostream.trainer.datasets import band_statistics, load_patches
+    from eostream.trainer.export import export_onnx
+    from eostream.trainer.models import build_model
+    from eostream.trainer.scaling import fit_rgb_scaling, identity_scaling
+    from eostream.trainer.selection import SelectionSpec, select_for_training
+    from eostream.trainer.task import TrainConfig, evaluate, fit
+
+    band_set, architecture, augmentation, per_class, default_epochs, batch = MODELS[name]
+    table = build_catalog(data_dir, work / "cache", band_set)
+    spec = SelectionSpec(band_set=band_set, samples_per_class=per_class, seed=seed)
+    selection = select_for_training(table, spec, data_dir, HoldoutSettings())
+    data = {s: load_patches(data_dir, band_set, selection.of(s)) for s in ("train", "val", "test")}
+    bands = band_set_bands(band_set)
+    scaling = identity_scaling(band_set) if band_set != "rgb" else fit_rgb_scaling(data_dir).scaling
+    mean, std = band_statistics(data["train"].x)
+    units = {s.band: (s.scale, s.offset) for s in scaling}
+    model = build_model(
+        architecture, bands, mean, std, training_augmentation(augmentation, bands, units)
+    )
+    n = epochs or default_epochs
+    config = TrainConfig(epochs=n, batch_size=batch, learning_rate=3e-3, patience=n, seed=seed)
+    started = time.perf_counter()
+    fit(model, data["train"], data["val"], config, torch.device("cpu"))
+    model = model.cpu().eval()
+    torch_accuracy = float(evaluate(model, data["test"], torch.device("cpu"))["accuracy"])
+    card = ModelCard(
+        name=f"bench-int8-{name}",
+        band_set=band_set,
+        bands=bands,
+        scaling=scaling,
+        architecture=architecture,
+        description=f"bench_int8 {name}, {n} epochs",
+    )
+    path = work / f"{name}.onnx"
+    export_onnx(model, card, path)
+    print(
+        f"{name}: {architecture} on {len(data['train'])} train / {len(data['test'])} test "
+        f"patches, {n} epochs in {time.perf_counter() - started:.0f} s; torch test accuracy "
+        f"{torch_accuracy:.3f}",
+        flush=True,
+    )
+    save_windows(work / name, data["train"].x.numpy(), data["test"].x.numpy(), data["test"].y)
+    return path
+
+
+def windows_for(onnx_path: Path, data_dir: Path, work: Path, name: str, seed: int) -> None:
+    """Calibration and test windows for an existing export (``--onnx``), by its card's band set."""
+    from eostream.shared.holdout import HoldoutSettings
+    from eostream.trainer.catalog import build_catalog
+    from eostream.trainer.datasets import load_patches
+    from eostream.trainer.selection import SelectionSpec, select_for_training
+
+    band_set = band_set_of(onnx_path)
+    per_class = MODELS["rgb"][3] if band_set == "rgb" else None
+    table = build_catalog(data_dir, work / "cache", band_set)
+    spec = SelectionSpec(band_set=band_set, samples_per_class=per_class, seed=seed)
+    selection = select_for_training(table, spec, data_dir, HoldoutSettings())
+    train = load_patches(data_dir, band_set, selection.of("train"))
+    test = load_patches(data_dir, band_set, selection.of("test"))
+    save_windows(work / name, train.x.numpy(), test.x.numpy(), test.y)
+
+
+def save_windows(folder: Path, train_x: np.ndarray, test_x: np.ndarray, test_y: Any) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    pick = rng.choice(len(train_x), size=min(CALIBRATION, len(train_x)), replace=False)
+    np.save(folder / "calibration.npy", train_x[np.sort(pick)].astype(np.float32))
+    np.save(folder / "test_x.npy", test_x.astype(np.float32))
+    np.save(folder / "test_y.npy", np.asarray(test_y, dtype=np.int64))
+
+
+# -- child: quantisation and measurements (onnxruntime, no torch) ----------------------------
+def quantise(fp32: Path, int8: Path, calibration: np.ndarray) -> None:
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from eostream.shared.modelcard import INPUT_NAME, METADATA_KEY
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self, x: np.ndarray, batch: int = 32) -> None:
+            self.batches = iter([x[i : i + batch] for i in range(0, len(x), batch)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            x = next(self.batches, None)
+            return None if x is None else {INPUT_NAME: x}
+
+    prepared = int8.with_suffix(".pre.onnx")
+    quant_pre_process(str(fp32), str(prepared))
+    quantize_static(
+        str(prepared),
+        str(int8),
+        Reader(calibration),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+    )
+    prepared.unlink()
+    # the ModelCard travels in the metadata; keep it so inference can load the int8 file
+    source = {p.key: p.value for p in onnx.load(str(fp32)).metadata_props}
+    proto = onnx.load(str(int8))
+    if METADATA_KEY not in {p.key for p in proto.metadata_props} and METADATA_KEY in source:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, source[METADATA_KEY]
+        onnx.save(proto, str(int8))
+
+
+def session(path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    from eostream.shared import ort_session
+
+    options = ort_session.configure(ort.SessionOptions(), threads=threads)
+    return ort.InferenceSession(str(path), options, providers=[ort_session.CPU])
+
+
+def logits(sess: Any, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    from eostream.shared.modelcard import INPUT_NAME, OUTPUT_NAME
+
+    outs = [
+        sess.run([OUTPUT_NAME], {INPUT_NAME: x[i : i + batch]})[0] for i in range(0, len(x), batch)
+    ]
+    return np.concatenate(outs)
+
+
+def throughput(
+    sessions: dict[str, Any], x: np.ndarray, batch: int, repeats: int, budget: float
+) -> dict[str, float]:
+    """Median windows/s of each session on the same windows, repeats interleaved."""
+    from eostream.shared.modelcard import INPUT_NAME, OUTPUT_NAME
+
+    count = 1024 if batch > 1 else 256  # test windows repeated when there are fewer
+    count = max(batch, count // batch * batch)
+    windows = np.resize(x, (count, *x.shape[1:])).astype(np.float32)
+    chunks = [windows[i : i + batch] for i in range(0, count, batch)]
+    for sess in sessions.values():  # warm-up
+        for chunk in chunks[:3]:
+            sess.run([OUTPUT_NAME], {INPUT_NAME: chunk})
+    rates: dict[str, list[float]] = {k: [] for k in sessions}
+    deadline = time.perf_counter() + budget
+    for r in range(repeats):
+        for key, sess in sessions.items():
+            started = time.perf_counter()
+            for chunk in chunks:
+                sess.run([OUTPUT_NAME], {INPUT_NAME: chunk})
+            rates[key].append(count / (time.perf_counter() - started))
+        if r >= 2 and time.perf_counter() > deadline:
+            break
+    return {k: statistics.median(v) for k, v in rates.items()}
+
+
+def measure(folder: Path, fp32: Path, threads: int, repeats: int) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    int8 = fp32.with_name(fp32.stem + ".int8.onnx")
+    started = time.perf_counter()
+    quantise(fp32, int8, np.load(folder / "calibration.npy"))
+    quantised_s = time.perf_counter() - started
+    x, y = np.load(folder / "test_x.npy"), np.load(folder / "test_y.npy")
+    sessions = {"fp32": session(fp32, threads), "int8": session(int8, threads)}
+    pred = {k: logits(s, x).argmax(1) for k, s in sessions.items()}
+    out: dict[str, Any] = {
+        "onnxruntime": ort.__version__,
+        "band_set": band_set_of(fp32),
+        "threads": threads,
+        "quantise_s": quantised_s,
+        "int8_path": str(int8),
+        "test_windows": len(x),
+        "size_bytes": {"fp32": fp32.stat().st_size, "int8": int8.stat().st_size},
+        "accuracy": {k: float((p == y).mean()) for k, p in pred.items()},
+        "agreement": float((pred["fp32"] == pred["int8"]).mean()),
+        "windows_per_s": {},
+    }
+    for batch in (1, 64):
+        out["windows_per_s"][str(batch)] = throughput(sessions, x, batch, repeats, budget=20.0)
+    return out
+
+
+# -- maps (optional) ----------------------------------------------------------------------
+def maps(data_dir: Path, work: Path, fp32: Path, int8: Path, date: str, stride: int) -> None:
+    import rasterio
+    from pydantic import SecretStr
+
+    from eostream.inference import evaluation, reference
+    from eostream.inference.settings import InferenceSettings
+    from eostream.shared.settings import load_settings
+
+    labels = reference.build_boadella(data_dir, work / f"ref-{fp32.stem}", dates=[date])
+    water: dict[str, float | None] = {}
+    rasters: dict[str, np.ndarray] = {}
+    for key, model in (("fp32", fp32), ("int8", int8)):
+        root = work / f"maps-{fp32.stem}-{key}"
+        settings = load_settings(
+            InferenceSettings,
+            api_key=SecretStr(""),
+            bus="memory",
+            store="local",
+            local_store_root=root / "objects",
+            results_db=f"sqlite:///{root}/results.db",
+            stride=stride,
+            allow_coarse_scenes=True,
+            uncertain_below=0.0,
+            out_of_domain_limit=1000.0,
+            intra_op_threads=2,
+        )
+        started = time.perf_counter()
+        report = evaluation.evaluate(str(labels), str(model), settings=settings)
+        for line in report.errors:
+            print(f"  error ({key}): {line}")
+        for item in report.items:
+            water[key] = evaluation.scores_for(item.model_cm, report.classes, item.partial)[
+                "water"
+            ]["iou"]
+            if item.ndwi_cm is not None:
+                ndwi = evaluation.scores_for(item.ndwi_cm, report.classes, item.partial)["water"]
+                water["ndwi"] = ndwi["iou"]
+        cogs = sorted((root / "objects").rglob("*.tif"))
+        if cogs:
+            with rasterio.open(cogs[0]) as ds:
+                rasters[key] = ds.read(1)
+        print(f"  {key}: map of {date} in {time.perf_counter() - started:.1f} s", flush=True)
+    agreement = None
+    if len(rasters) == 2 and rasters["fp32"].shape == rasters["int8"].shape:
+        agreement = float((rasters["fp32"] == rasters["int8"]).mean())
+    print(
+        f"  Boadella {date}, stride {stride}: water IoU fp32 {_f(water.get('fp32'))}, int8 "
+        f"{_f(water.get('int8'))}, NDWI {_f(water.get('ndwi'))}; map pixel agreement "
+        f"{_f(agreement)}"
+    )
+
+
+def _f(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def report(name: str, m: dict[str, Any]) -> None:
+    size, acc, wps = m["size_bytes"], m["accuracy"], m["windows_per_s"]
+    print(
+        f"\n== {name} (onnxruntime {m['onnxruntime']}, {m['threads']} intra-op threads, "
+        f"quantised in {m['quantise_s']:.1f} s on {CALIBRATION} calibration patches)"
+    )
+    print("                       fp32        int8   int8/fp32")
+    for batch in ("1", "64"):
+        f32, i8 = wps[batch]["fp32"], wps[batch]["int8"]
+        print(f"windows/s batch {batch:>2}  {f32:9.0f}   {i8:9.0f}   {i8 / f32:8.2f}x")
+    print(
+        f"file size (KiB)     {size['fp32'] / 1024:9.1f}   {size['int8'] / 1024:9.1f}   "
+        f"{size['int8'] / size['fp32']:8.2f}x"
+    )
+    print(
+        f"test accuracy       {acc['fp32']:9.4f}   {acc['int8']:9.4f}   "
+        f"{acc['int8'] - acc['fp32']:+8.4f} (diff)"
+    )
+    print(f"top-1 agreement int8 vs fp32 on {m['test_windows']} test windows: {m['agreement']:.4f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["rgb", "ms13"], choices=list(MODELS))
+    parser.add_argument("--onnx", type=Path, help="an existing fp32 export instead of training")
+    parser.add_argument("--epochs", type=int, default=None, help="override every model's")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")))
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--maps", action="store_true", help="water IoU on one Boadella date")
+    parser.add_argument("--date", default="2020-09-14", help="the Boadella date of --maps")
+    parser.add_argument("--stride", type=int, default=4, help="window step (px) of --maps")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--measure", nargs=2, metavar=("FOLDER", "ONNX"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:  # the child: onnxruntime only
+        folder, fp32 = Path(args.measure[0]), Path(args.measure[1])
+        result = measure(folder, fp32, args.threads, args.repeats)
+        (folder / "result.json").write_text(json.dumps(result))
+        return
+    data_dir = Path(os.environ.get("EOSTREAM_DATA_DIR", "data")).resolve()
+    work = Path(tempfile.mkdtemp(prefix="bench-int8-"))
+    load = os.getloadavg()
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(f"cpu: {cpu_line()}")
+    print(f"load average: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
+    if args.onnx:
+        exports = {args.onnx.stem: args.onnx.resolve()}
+        windows_for(exports[args.onnx.stem], data_dir, work, args.onnx.stem, args.seed)
+    else:
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("TRAINER_NUM_THREADS", "2")))
+        exports = {
+            name: train_and_export(name, data_dir, work, args.seed, args.epochs)
+            for name in args.models
+        }
+    figures: dict[str, Any] = {}
+    for name, fp32 in exports.items():
+        child = [sys.executable, __file__, "--threads", str(args.threads)]
+        child += ["--repeats", str(args.repeats), "--measure", str(work / name), str(fp32)]
+        subprocess.run(child, check=True)  # noqa: S603
+        figures[name] = json.loads((work / name / "result.json").read_text())
+        report(name, figures[name])
+        if args.maps and figures[name]["band_set"] == "ms13":
+            maps(data_dir, work, fp32, Path(figures[name]["int8_path"]), args.date, args.stride)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -8,6 +8,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 MLFLOW_PORT=15000
 MLFLOW_HOME="$STATE/mlflow"
 MLFLOW_BIN="$ROOT/.venv/bin/mlflow"
+# Bump when the server's launch settings below change: `stack up` then restarts a server started
+# with the old ones (its PID alone says nothing about how it was started).
+MLFLOW_LAUNCH_VERSION=2
 
 mlflow_addr() { echo "http://$HOST:$MLFLOW_PORT"; }
 mlflow_is_running() { pid_alive mlflow; }
@@ -23,6 +26,11 @@ mlflow_install() {
 
 mlflow_up() {
     mlflow_install
+    if mlflow_is_running &&
+        [[ "$(cat "$MLFLOW_HOME/launch-version" 2>/dev/null)" != "$MLFLOW_LAUNCH_VERSION" ]]; then
+        up_note "restarting: started with older launch settings"
+        mlflow_down
+    fi
     if mlflow_is_running; then
         up_note "already running"
     else
@@ -44,6 +52,10 @@ mlflow_up() {
             export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
             # Local webhooks: plain http to services on 127.0.0.1.
             export MLFLOW_WEBHOOK_ALLOWED_SCHEMES=http,https MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS=true
+            # MLflow caches the webhook list (60 s by default): a bridge that re-registers its
+            # webhook on a new port would get no event for a minute. Local bridges come and go
+            # (every test starts one), so the stack reads the list afresh each second.
+            export MLFLOW_WEBHOOK_CACHE_TTL=1
             MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY="$(cat "$MLFLOW_HOME/webhook-secret-key")"
             export MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY
             start_daemon mlflow "mlflow server" "$MLFLOW_BIN" server \
@@ -52,6 +64,7 @@ mlflow_up() {
                 --artifacts-destination s3://mlflow/ --serve-artifacts \
                 --allowed-hosts "127.0.0.1,127.0.0.1:*,localhost,localhost:*"
         )
+        echo "$MLFLOW_LAUNCH_VERSION" >"$MLFLOW_HOME/launch-version"
         up_note "started"
     fi
     wait_for_http "${EOSTREAM_MLFLOW_TIMEOUT:-120}" mlflow mlflow "http://$HOST:$MLFLOW_PORT/health"

@@ -8,6 +8,7 @@ never skips silently.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import subprocess
 from pathlib import Path
@@ -281,3 +282,67 @@ def _bundled(root: Path) -> list[str]:
 def stac_validator() -> Any:
     """``stac_validator(data) -> problems`` ([] when valid); core schemas offline."""
     return stac_validator_problems
+
+
+def openapi_fuzz(
+    url: str, headers: dict[str, str], examples: int, *, negative: bool
+) -> tuple[list[str], set[tuple[str, str, int]]]:
+    """Every operation of the API at ``url`` with ``headers``, in schemathesis' positive and
+    negative modes: the failures (one line each) and the (method, path, status) answered."""
+    import schemathesis
+    from hypothesis import HealthCheck, given
+    from hypothesis import settings as hsettings
+    from hypothesis.errors import Unsatisfiable
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.core.failures import FailureGroup
+    from schemathesis.core.result import Ok
+    from schemathesis.generation import GenerationMode
+    from schemathesis.specs.openapi.checks import status_code_conformance
+
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+    failures: list[str] = []
+    seen: set[tuple[str, str, int]] = set()
+    operations = []
+    for result in schema.get_all_operations():
+        if not isinstance(result, Ok):
+            pytest.fail(f"the schema has an operation schemathesis cannot read: {result}")
+        operations.append(result.ok())
+    modes = list(GenerationMode) if negative else [GenerationMode.POSITIVE]
+    for operation, mode in itertools.product(operations, modes):
+        if mode == GenerationMode.NEGATIVE and not (len(operation.query) or len(operation.body)):
+            continue  # path segments only: routed or 404, slow to make invalid
+
+        @given(case=operation.as_strategy(mode))
+        @hsettings(
+            max_examples=examples,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+        )
+        def run(case: schemathesis.Case[Any]) -> None:
+            response = case.call(base_url=url, headers=headers, timeout=60)
+            seen.add((case.method, case.operation.path, response.status_code))
+            try:
+                case.validate_response(
+                    response, checks=[not_a_server_error, status_code_conformance]
+                )
+            except (AssertionError, FailureGroup) as exc:
+                failures.append(
+                    f"{case.method} {case.formatted_path}: {response.status_code} "
+                    f"{response.text[:160]!r} ({type(exc).__name__})"
+                )
+
+        try:
+            run()
+        except Unsatisfiable:  # no negative case for an operation without inputs
+            if mode != GenerationMode.NEGATIVE:
+                raise
+    return failures, seen
+
+
+@pytest.fixture(scope="session")
+def fuzz() -> Any:
+    """``fuzz(url, headers, examples, negative=...) -> (failures, seen)``: schemathesis over every
+    operation of a running API (never a 5xx, every answered status documented)."""
+    return openapi_fuzz

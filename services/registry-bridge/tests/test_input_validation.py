@@ -4,7 +4,6 @@ error body (never a 500), and never reaches an MLflow search filter."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 from typing import Any
 from urllib.parse import quote
 
@@ -95,6 +94,7 @@ def test_the_cli_refuses_bad_names_and_versions_in_one_line() -> None:
 
 async def test_openapi_fuzz_of_the_whole_api_with_and_without_credentials(
     bridge_settings: BridgeSettings,
+    fuzz: Any,
 ) -> None:
     """schemathesis over every route of the running bridge (models, webhook, ops), as a
     promoter and as nobody: never a 5xx, every status answered documented."""
@@ -118,7 +118,7 @@ async def test_openapi_fuzz_of_the_whole_api_with_and_without_credentials(
                 pytest.fail("the bridge was not ready within 60 s")
         for headers in (as_("alice"), {}):
             failures, seen = await asyncio.to_thread(
-                fuzz, service.server.url, headers, negative=bool(headers)
+                fuzz, service.server.url, headers, FUZZ_EXAMPLES, negative=bool(headers)
             )
             assert not failures, "\n".join(failures[:10])
             assert len(seen) >= 6, seen
@@ -127,58 +127,3 @@ async def test_openapi_fuzz_of_the_whole_api_with_and_without_credentials(
     finally:
         await service.stop()
         await bus.close()
-
-
-def fuzz(
-    url: str, headers: dict[str, str], *, negative: bool
-) -> tuple[list[str], set[tuple[str, str, int]]]:
-    """Every operation of the API at ``url`` with ``headers``: the failures (one line each) and
-    the (method, path, status) answered."""
-    import schemathesis
-    from hypothesis import HealthCheck, given
-    from hypothesis import settings as hsettings
-    from hypothesis.errors import Unsatisfiable
-    from schemathesis.checks import not_a_server_error
-    from schemathesis.core.failures import FailureGroup
-    from schemathesis.core.result import Ok
-    from schemathesis.generation import GenerationMode
-    from schemathesis.specs.openapi.checks import status_code_conformance
-
-    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
-    failures: list[str] = []
-    seen: set[tuple[str, str, int]] = set()
-    operations = []
-    for result in schema.get_all_operations():
-        assert isinstance(result, Ok), result
-        operations.append(result.ok())
-    modes = list(GenerationMode) if negative else [GenerationMode.POSITIVE]
-    for operation, mode in itertools.product(operations, modes):
-        if mode == GenerationMode.NEGATIVE and not (len(operation.query) or len(operation.body)):
-            continue  # path segments only: routed or 404, slow to make invalid
-
-        @given(case=operation.as_strategy(mode))
-        @hsettings(
-            max_examples=FUZZ_EXAMPLES,
-            deadline=None,
-            database=None,
-            derandomize=True,
-            suppress_health_check=list(HealthCheck),
-        )
-        def run(case: schemathesis.Case[Any]) -> None:
-            response = case.call(base_url=url, headers=headers, timeout=60)
-            seen.add((case.method, case.operation.path, response.status_code))
-            try:
-                case.validate_response(
-                    response, checks=[not_a_server_error, status_code_conformance]
-                )
-            except (AssertionError, FailureGroup) as exc:
-                failures.append(
-                    f"{case.method} {case.formatted_path}: {response.status_code} "
-                    f"{response.text[:160]!r} ({type(exc).__name__})"
-                )
-
-        try:
-            run()
-        except Unsatisfiable:  # no negative case for an operation without inputs
-            assert mode == GenerationMode.NEGATIVE, operation.path
-    return failures, seen

@@ -19,17 +19,9 @@ from pydantic import SecretStr
 
 from eostream.inference import evaluation, reference
 from eostream.inference.settings import InferenceSettings
-from eostream.shared.holdout import HoldoutSettings
 from eostream.shared.modelcard import ModelCard
-from eostream.trainer.augment import training_augmentation
-from eostream.trainer.bands import band_set_bands
-from eostream.trainer.catalog import build_catalog
-from eostream.trainer.datasets import band_statistics, load_patches
 from eostream.trainer.export import export_onnx
-from eostream.trainer.models import build_model
-from eostream.trainer.scaling import identity_scaling
-from eostream.trainer.selection import SelectionSpec, select_for_training
-from eostream.trainer.task import TrainConfig, fit
+from eostream.trainer.recipe import fit_recipe, load_training_data
 
 DATE = "2020-09-14"
 BAR = 0.7
@@ -38,33 +30,18 @@ EPOCHS = 10
 
 @pytest.mark.slow
 def test_fixed_ms_model_maps_real_l2a_water(data_dir: Path, tmp_path: Path) -> None:
-    torch.manual_seed(0)
     torch.set_num_threads(2)
-    table = build_catalog(data_dir, tmp_path / "cache", "ms13")
-    selection = select_for_training(
-        table, SelectionSpec(band_set="ms13"), data_dir, HoldoutSettings()
-    )
-    train, val = (load_patches(data_dir, "ms13", selection.of(s)) for s in ("train", "val"))
-    bands = band_set_bands("ms13")
-    mean, std = band_statistics(train.x)
-    model = build_model(
-        "centre_cnn",
-        bands,
-        mean,
-        std,
-        training_augmentation(("radiometry", "centre"), bands),
-    )
-    config = TrainConfig(epochs=EPOCHS, batch_size=32, learning_rate=3e-3, patience=EPOCHS, seed=42)
-    fit(model, train, val, config, torch.device("cpu"))
+    data = load_training_data(data_dir, tmp_path / "cache", "ms13")
+    model = fit_recipe(data, "centre_cnn", augmentations=("radiometry", "centre"), epochs=EPOCHS)
     card = ModelCard(
         name="maps-fixed",
         band_set="ms13",
-        bands=bands,
-        scaling=identity_scaling("ms13"),
+        bands=data.bands,
+        scaling=data.scaling,
         architecture="centre_cnn",
     )
     onnx = tmp_path / "model.onnx"
-    export_onnx(model.cpu().eval(), card, onnx)
+    export_onnx(model, card, onnx)
 
     labels = reference.build_boadella(data_dir, tmp_path / "ref", dates=[DATE])
     settings = InferenceSettings(

@@ -79,36 +79,27 @@ def train_and_export(name: str, data_dir: Path, work: Path, seed: int, epochs: i
     """Train model ``name``, export it to ONNX and save its calibration and test windows."""
     import torch
 
-    from eostream.shared.holdout import HoldoutSettings
     from eostream.shared.modelcard import ModelCard
-    from eostream.trainer.augment import training_augmentation
-    from eostream.trainer.bands import band_set_bands
-    from eostream.trainer.catalog import build_catalog
-    from eostream.trainer.datasets import band_statistics, load_patches
     from eostream.trainer.export import export_onnx
-    from eostream.trainer.models import build_model
-    from eostream.trainer.scaling import fit_rgb_scaling, identity_scaling
-    from eostream.trainer.selection import SelectionSpec, select_for_training
-    from eostream.trainer.task import TrainConfig, evaluate, fit
+    from eostream.trainer.recipe import fit_recipe, load_training_data
+    from eostream.trainer.task import evaluate
 
     band_set, architecture, augmentation, per_class, default_epochs, batch = MODELS[name]
-    table = build_catalog(data_dir, work / "cache", band_set)
-    spec = SelectionSpec(band_set=band_set, samples_per_class=per_class, seed=seed)
-    selection = select_for_training(table, spec, data_dir, HoldoutSettings())
-    data = {s: load_patches(data_dir, band_set, selection.of(s)) for s in ("train", "val", "test")}
-    bands = band_set_bands(band_set)
-    scaling = identity_scaling(band_set) if band_set != "rgb" else fit_rgb_scaling(data_dir).scaling
-    mean, std = band_statistics(data["train"].x)
-    units = {s.band: (s.scale, s.offset) for s in scaling}
-    model = build_model(
-        architecture, bands, mean, std, training_augmentation(augmentation, bands, units)
+    data = load_training_data(
+        data_dir,
+        work / "cache",
+        band_set,
+        samples_per_class=per_class,
+        seed=seed,
+        splits=("train", "val", "test"),
     )
+    bands, scaling = data.bands, data.scaling
     n = epochs or default_epochs
-    config = TrainConfig(epochs=n, batch_size=batch, learning_rate=3e-3, patience=n, seed=seed)
     started = time.perf_counter()
-    fit(model, data["train"], data["val"], config, torch.device("cpu"))
-    model = model.cpu().eval()
-    torch_accuracy = float(evaluate(model, data["test"], torch.device("cpu"))["accuracy"])
+    model = fit_recipe(
+        data, architecture, augmentations=augmentation, epochs=n, batch_size=batch, seed=seed
+    )
+    torch_accuracy = float(evaluate(model, data.splits["test"], torch.device("cpu"))["accuracy"])
     card = ModelCard(
         name=f"bench-int8-{name}",
         band_set=band_set,
@@ -120,12 +111,13 @@ def train_and_export(name: str, data_dir: Path, work: Path, seed: int, epochs: i
     path = work / f"{name}.onnx"
     export_onnx(model, card, path)
     print(
-        f"{name}: {architecture} on {len(data['train'])} train / {len(data['test'])} test "
+        f"{name}: {architecture} on {len(data.train)} train / {len(data.splits['test'])} test "
         f"patches, {n} epochs in {time.perf_counter() - started:.0f} s; torch test accuracy "
         f"{torch_accuracy:.3f}",
         flush=True,
     )
-    save_windows(work / name, data["train"].x.numpy(), data["test"].x.numpy(), data["test"].y)
+    test = data.splits["test"]
+    save_windows(work / name, data.train.x.numpy(), test.x.numpy(), test.y)
     return path
 
 

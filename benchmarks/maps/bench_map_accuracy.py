@@ -38,18 +38,11 @@ from eostream.inference.fetch import local_path
 from eostream.inference.model import ModelInfo
 from eostream.inference.settings import InferenceSettings
 from eostream.inference.wiring import build_service
-from eostream.shared.holdout import HoldoutSettings
 from eostream.shared.modelcard import ModelCard
 from eostream.shared.settings import load_settings
-from eostream.trainer.augment import training_augmentation
-from eostream.trainer.bands import band_set_bands
-from eostream.trainer.catalog import build_catalog
-from eostream.trainer.datasets import band_statistics, load_patches
 from eostream.trainer.export import export_onnx
-from eostream.trainer.models import build_model
-from eostream.trainer.scaling import fit_rgb_scaling, identity_scaling
-from eostream.trainer.selection import SelectionSpec, select_for_training
-from eostream.trainer.task import TrainConfig, evaluate, fit
+from eostream.trainer.recipe import fit_recipe, load_training_data
+from eostream.trainer.task import evaluate
 
 RKH = "sentinel2_scenes/S2A_29RKH_20200219_0_L2A_cog_downsampled"
 RKH_BUCKET = (
@@ -68,28 +61,25 @@ def train(
     name: str, data_dir: Path, work: Path, seed: int, epochs: int | None
 ) -> tuple[Path, float]:
     band_set, architecture, augmentation, per_class, default_epochs = CANDIDATES[name]
-    table = build_catalog(data_dir, work / "cache", band_set)
-    spec = SelectionSpec(band_set=band_set, samples_per_class=per_class, seed=seed)
-    selection = select_for_training(table, spec, data_dir, HoldoutSettings())
-    data = {s: load_patches(data_dir, band_set, selection.of(s)) for s in ("train", "val", "test")}
-    bands = band_set_bands(band_set)
-    scaling = identity_scaling(band_set) if band_set != "rgb" else fit_rgb_scaling(data_dir).scaling
-    mean, std = band_statistics(data["train"].x)
-    units = {s.band: (s.scale, s.offset) for s in scaling}
-    model = build_model(
-        architecture, bands, mean, std, training_augmentation(augmentation, bands, units)
+    data = load_training_data(
+        data_dir,
+        work / "cache",
+        band_set,
+        samples_per_class=per_class,
+        seed=seed,
+        splits=("train", "val", "test"),
     )
     n = epochs or default_epochs
-    config = TrainConfig(
+    model = fit_recipe(
+        data,
+        architecture,
+        augmentations=augmentation,
         epochs=n,
         batch_size=32 if band_set != "rgb" else 64,
-        learning_rate=3e-3,
-        patience=n,
         seed=seed,
     )
-    fit(model, data["train"], data["val"], config, torch.device("cpu"))
-    model = model.cpu().eval()
-    accuracy = float(evaluate(model, data["test"], torch.device("cpu"))["accuracy"])
+    accuracy = float(evaluate(model, data.splits["test"], torch.device("cpu"))["accuracy"])
+    bands, scaling = data.bands, data.scaling
     card = ModelCard(
         name=name,
         band_set=band_set,

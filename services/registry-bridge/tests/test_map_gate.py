@@ -32,15 +32,9 @@ from eostream.registry_bridge.settings import BridgeSettings
 from eostream.shared import tags
 from eostream.shared.holdout import HoldoutSettings
 from eostream.shared.modelcard import ModelCard
-from eostream.trainer.augment import training_augmentation
-from eostream.trainer.bands import band_set_bands
-from eostream.trainer.catalog import build_catalog
-from eostream.trainer.datasets import band_statistics, load_patches
 from eostream.trainer.export import export_onnx
-from eostream.trainer.models import EuroSATNet, build_model
-from eostream.trainer.scaling import identity_scaling
-from eostream.trainer.selection import SelectionSpec, select_for_training
-from eostream.trainer.task import TrainConfig, fit
+from eostream.trainer.models import EuroSATNet
+from eostream.trainer.recipe import fit_recipe, load_training_data
 
 from .conftest import make_bridge, register_version
 
@@ -61,13 +55,7 @@ class Trained:
 def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Trained]:
     tmp = tmp_path_factory.mktemp("map-gate-models")
     torch.set_num_threads(2)
-    table = build_catalog(data_dir, tmp / "cache", "ms13")
-    selection = select_for_training(
-        table, SelectionSpec(band_set="ms13"), data_dir, HoldoutSettings()
-    )
-    train, val = (load_patches(data_dir, "ms13", selection.of(s)) for s in ("train", "val"))
-    bands = band_set_bands("ms13")
-    mean, std = band_statistics(train.x)
+    data = load_training_data(data_dir, tmp / "cache", "ms13")
     recipes = {
         "champion": ("centre_cnn", FIXED, 1),
         "patches": ("small_cnn", (), 3),
@@ -75,21 +63,14 @@ def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     }
     out = {}
     for role, (architecture, augmentations, epochs) in recipes.items():
-        torch.manual_seed(0)
-        jitter = training_augmentation(augmentations, bands) if augmentations else None
-        model = build_model(architecture, bands, mean, std, jitter)
-        config = TrainConfig(
-            epochs=epochs, batch_size=32, learning_rate=3e-3, patience=epochs, seed=42
-        )
-        fit(model, train, val, config, torch.device("cpu"))
-        model = model.cpu().eval()
+        model = fit_recipe(data, architecture, augmentations=augmentations, epochs=epochs)
         card = ModelCard(
             name="eurosat-landcover",
             band_set="ms13",
-            bands=bands,
-            scaling=identity_scaling("ms13"),
+            bands=data.bands,
+            scaling=data.scaling,
             architecture=architecture,
-            training_data_digest=selection.digest,
+            training_data_digest=data.selection.digest,
         )
         path = tmp / f"{role}.onnx"
         export_onnx(model, card, path)

@@ -131,6 +131,7 @@ class Notifier:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
+        self._stopping = False
 
     # -- the hook (any thread) ------------------------------------------------------------
     def on_result(self, record: ResultRecord) -> None:
@@ -173,12 +174,20 @@ class Notifier:
             return
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        self._stopping = False
         self._client = httpx.AsyncClient(follow_redirects=False)
         self._task = asyncio.create_task(self._run(), name="subscriptions-delivery")
 
     async def stop(self) -> None:
+        """Let the attempts in flight finish (a request's timeout at most), then stop; one cut
+        short is tried again when its lease ends."""
         task, self._task = self._task, None
         if task is not None:
+            self._stopping = True
+            if self._wake is not None:
+                self._wake.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), self.settings.timeout_seconds + 5)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -190,7 +199,7 @@ class Notifier:
     async def _run(self) -> None:
         s = self.settings
         lease = s.timeout_seconds + 30
-        while True:
+        while not self._stopping:
             try:
                 due = await asyncio.to_thread(self.store.claim_due, s.concurrency, lease)
                 if due:

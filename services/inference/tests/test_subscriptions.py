@@ -189,8 +189,9 @@ async def announce_both(
     *,
     promote: bool = True,
 ) -> None:
-    """A model (unless deployed already), then two scenes through the service's consumer: Boadella, inside the area,
-    and the 29RKH tile, outside it; returns once both results are written and announced."""
+    """A model (unless deployed already), then two scenes through the service's consumer:
+    Boadella, inside the area, and the 29RKH tile, outside it; returns once both results are
+    written and announced."""
     if promote:
         await bus.publish(topics.MODELS_PROMOTED, make_model("1"))
     await bus.publish(

@@ -24,13 +24,16 @@ from cloudevents.core.v1.event import CloudEvent
 from prometheus_client import REGISTRY
 
 from eostream.inference.api.app import create_app
+from eostream.inference.embedded import component
 from eostream.inference.service import InferenceService
 from eostream.inference.settings import InferenceSettings, SubscriptionsSettings
 from eostream.inference.wiring import build_service
 from eostream.shared import topics
 from eostream.shared.bus.memory import InMemoryBus
+from eostream.shared.embedded import EmbeddedContext
 from eostream.shared.events import ModelPromoted
 from eostream.shared.modelcard import EUROSAT_CLASSES
+from eostream.shared.storage.local import LocalObjectStore
 
 from .conftest import AUTH
 from .test_end_to_end import run_until, scene_event
@@ -390,3 +393,49 @@ async def test_subscriptions_and_a_delivery_mid_retry_survive_a_restart(
     ids = {p.headers["webhook-id"] for p in receiver.posts}
     assert len(ids) == 1  # the same message, retried across the restart
     verify(created["secret"], receiver.posts[-1])
+
+
+async def test_the_embedded_component_notifies_over_real_http(
+    tmp_path: Path,
+    receiver: Receiver,
+    make_model: Callable[..., ModelPromoted],
+    boadella_item: Callable[[str], Path],
+    rkh_item: Path,
+) -> None:
+    """`eostream up`'s inference component: subscribe on its REST API over HTTP, announce the
+    two scenes on the embedded bus; one signed notification arrives."""
+    bus = InMemoryBus(service="embedded")
+    options = {
+        "api_key": AUTH["X-API-Key"],
+        "intra_op_threads": 1,
+        "subscriptions": {
+            "allowed_schemes": ["http"],
+            "allowed_networks": ["127.0.0.1/32"],
+            "backoff_seconds": 0.05,
+        },
+    }
+    inference = component(
+        EmbeddedContext(
+            bus=bus,
+            store=LocalObjectStore(tmp_path / "objects", "eostream"),
+            home=tmp_path / "home",
+            mlflow_tracking_uri="sqlite:///unused.db",
+            options={"inference": options},
+        )
+    )
+    await inference.start()
+    try:
+        async with httpx.AsyncClient(base_url=inference.urls["REST API"], timeout=30) as api:
+            created = await subscribe(api, webhook_url=receiver.url)
+            await announce_both(bus, make_model, boadella_item, rkh_item)
+            await until(lambda: len(receiver.posts) >= 1, what="the notification")
+            for _ in range(100):
+                rows = await deliveries(api, created["id"])
+                if rows and all(r["status"] == "sent" for r in rows):
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        await inference.stop()
+    assert [r["status"] for r in rows] == ["sent"] and len(receiver.posts) == 1
+    verify(created["secret"], receiver.posts[0])
+    assert json.loads(receiver.posts[0].body)["scene_id"] == "boadella-2020-06-21"

@@ -40,8 +40,8 @@ REQUEST_DURATION = Histogram(
 
 NOTIFICATIONS = Counter(
     "eostream_inference_notifications_total",
-    "Subscription notifications by target (webhook, kafka) and outcome: sent, failed (an "
-    "attempt that will be retried) or dead_lettered",
+    "Subscription notifications by target (webhook, kafka; 'any' for a result that could not "
+    "be matched) and outcome: sent, failed (one failed attempt) or dead_lettered",
     ["target", "outcome"],
 )
 NOTIFICATIONS_PENDING = Gauge(

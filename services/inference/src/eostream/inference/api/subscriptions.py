@@ -42,6 +42,7 @@ class _BadRequestRoute(APIRoute):
         return run
 
 
+#: 422 is documented (as every route's ErrorBody) but answered 400 here, as /jobs does
 router = APIRouter(
     prefix="/subscriptions",
     tags=["subscriptions"],
@@ -167,7 +168,7 @@ def _known_classes(service: InferenceService, notifier: Notifier) -> set[str]:
     summary="Subscribe an area: be told of each new result that covers it",
     status_code=201,
     response_model=SubscriptionCreated,
-    responses=error_responses(400, 401, 409, 413, 503),
+    responses=error_responses(400, 401, 409, 413, 422, 503),
 )
 async def create(body: SubscriptionRequest, service: Service) -> dict[str, Any]:
     notifier = _notifier(service)
@@ -207,7 +208,7 @@ async def create(body: SubscriptionRequest, service: Service) -> dict[str, Any]:
     "",
     summary="The subscriptions, newest first",
     response_model=SubscriptionList,
-    responses=error_responses(400, 401, 503),
+    responses=error_responses(400, 401, 422, 503),
 )
 async def list_subscriptions(
     service: Service,
@@ -223,7 +224,7 @@ async def list_subscriptions(
     "/{sub_id}",
     summary="One subscription",
     response_model=SubscriptionOut,
-    responses=error_responses(400, 401, 404, 503),
+    responses=error_responses(400, 401, 404, 422, 503),
 )
 async def get_subscription(sub_id: SubscriptionId, service: Service) -> dict[str, Any]:
     sub = await run_in_threadpool(_notifier(service).store.get, sub_id)
@@ -236,7 +237,7 @@ async def get_subscription(sub_id: SubscriptionId, service: Service) -> dict[str
     "/{sub_id}/deliveries",
     summary="A subscription's latest notifications: sent, waiting or dead-lettered (and why)",
     response_model=DeliveryList,
-    responses=error_responses(400, 401, 404, 503),
+    responses=error_responses(400, 401, 404, 422, 503),
 )
 async def deliveries(
     sub_id: SubscriptionId,
@@ -255,7 +256,7 @@ async def deliveries(
     summary="Unsubscribe (notifications not yet sent are dropped: the subscriber asked)",
     status_code=204,
     response_class=Response,
-    responses=error_responses(400, 401, 404, 503),
+    responses=error_responses(400, 401, 404, 422, 503),
 )
 async def delete(sub_id: SubscriptionId, service: Service) -> Response:
     if not await run_in_threadpool(_notifier(service).store.delete, sub_id):

@@ -182,6 +182,9 @@ class Notifier:
         """Let the attempts in flight finish (a request's timeout at most), then stop; one cut
         short is tried again when its lease ends."""
         task, self._task = self._task, None
+        if task is not None and task.get_loop() is not asyncio.get_running_loop():
+            # started in another event loop (now closed or stopped): nothing left to wait for
+            task, self._client = None, None
         if task is not None:
             self._stopping = True
             if self._wake is not None:

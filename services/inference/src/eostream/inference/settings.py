@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -85,6 +86,13 @@ class SubscriptionsSettings(BaseModel):
         min_length=1,
         description="a Kafka target must start with it (subscribers never write system topics)",
     )
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, networks: tuple[str, ...]) -> tuple[str, ...]:
+        for network in networks:
+            ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
+        return networks
 
 
 class InferenceSettings(ServiceSettings):

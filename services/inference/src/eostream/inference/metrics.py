@@ -38,6 +38,17 @@ REQUEST_DURATION = Histogram(
     buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120),
 )
 
+NOTIFICATIONS = Counter(
+    "eostream_inference_notifications_total",
+    "Subscription notifications by target (webhook, kafka; 'any' for a result that could not "
+    "be matched) and outcome: sent, failed (one failed attempt) or dead_lettered",
+    ["target", "outcome"],
+)
+NOTIFICATIONS_PENDING = Gauge(
+    "eostream_inference_notifications_pending",
+    "Subscription notifications waiting for delivery (as last counted by the worker)",
+)
+
 
 def set_model_info(name: str, version: str, provider: str) -> None:
     MODEL_INFO.clear()

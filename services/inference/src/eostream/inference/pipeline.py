@@ -13,6 +13,7 @@ import logging
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -104,6 +105,9 @@ class Pipeline:
         self.store = store
         self.results = results
         self.models = models
+        #: called with each result written to the index, in the classification's thread
+        #: (subscriptions: a quick match and an outbox row; delivery happens elsewhere)
+        self.on_result: list[Callable[[ResultRecord], None]] = []
 
     # -- scenes -------------------------------------------------------------------------
     def load_item(self, href: str) -> dict[str, Any]:
@@ -310,6 +314,8 @@ class Pipeline:
             stats=stats,
         )
         self.results.put(record)
+        for hook in self.on_result:
+            hook(record)
         seconds = time.perf_counter() - started
         metrics.SCENES.labels("classified").inc()
         metrics.PIXELS.inc(result.pixels)

@@ -12,6 +12,7 @@ from eostream.inference.deployment import ModelDeployment
 from eostream.inference.pipeline import Pipeline
 from eostream.inference.results import ResultsStore
 from eostream.inference.settings import InferenceSettings
+from eostream.inference.subscriptions.delivery import Notifier
 from eostream.shared import topics
 from eostream.shared.bus import Bus, Consumer, ConsumerProgress, Consumers, Delivery
 from eostream.shared.errors import InvalidEventError
@@ -35,12 +36,14 @@ class InferenceService:
         deployment: ModelDeployment,
         bus: Bus | None = None,
         owns_bus: bool = False,
+        notifier: Notifier | None = None,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
         self.deployment = deployment
         self.bus = bus
         self._owns_bus = owns_bus
+        self.notifier = notifier  # subscriptions: None = this service notifies nobody
         self.consumers = Consumers(SERVICE, settings.consumers)
         self._stopping = asyncio.Event()
         self._started = False
@@ -88,11 +91,15 @@ class InferenceService:
                 ),
             )
             self.consumers.start()
+        if self.notifier is not None:
+            await self.notifier.start()
         self._started = True
 
     async def stop(self) -> None:
         self._stopping.set()
         await self.consumers.stop(timeout=30)
+        if self.notifier is not None:
+            await self.notifier.stop()
         if self.bus is not None and self._owns_bus:
             await self.bus.close()  # a bus handed in is closed by whoever built it
         self.results.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -33,6 +34,65 @@ class SourcesSettings(BaseModel):
         description="address ranges allowed although private, loopback or link-local "
         "(e.g. 127.0.0.0/8 for a local STAC API); none by default",
     )
+
+
+class SubscriptionsSettings(BaseModel):
+    """Notifications of new results to subscribers (``INFERENCE_SUBSCRIPTIONS__*``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_retries: int = Field(
+        default=5, ge=0, le=20, description="attempts after the first, then dead-letter"
+    )
+    backoff_seconds: float = Field(
+        default=2.0, gt=0, description="wait before the first retry; doubles each retry"
+    )
+    max_backoff_seconds: float = Field(default=600.0, gt=0, description="longest wait")
+    timeout_seconds: float = Field(
+        default=10.0, gt=0, le=120, description="one webhook request (connect + answer)"
+    )
+    concurrency: int = Field(
+        default=4, ge=1, le=64, description="deliveries in flight at once (one worker)"
+    )
+    max_pending: int = Field(
+        default=10_000,
+        ge=1,
+        description="deliveries waiting; a notification past it is dead-lettered (queue full)",
+    )
+    max_subscriptions: int = Field(default=1_000, ge=1, description="more are refused (409)")
+    max_vertices: int = Field(default=10_000, ge=4, description="of a subscription's geometry")
+    allowed_schemes: tuple[Literal["http", "https"], ...] = Field(
+        default=("https",), description="webhook URL schemes"
+    )
+    allowed_hosts: tuple[str, ...] = Field(
+        default=("*",), description="webhook host names: '*', 'host' or '*.domain'"
+    )
+    allowed_networks: tuple[str, ...] = Field(
+        default=(),
+        description="address ranges a webhook may resolve to although private, loopback or "
+        "link-local (none by default: no SSRF into the service's own network)",
+    )
+    require_handshake: bool = Field(
+        default=True,
+        description="a webhook must answer the CloudEvents abuse-protection handshake (OPTIONS "
+        "with WebHook-Request-Origin -> WebHook-Allowed-Origin) at creation; false = any HTTP "
+        "answer shows it reachable",
+    )
+    origin: str = Field(
+        default="eostream-inference", description="WebHook-Request-Origin sent in the handshake"
+    )
+    kafka_topic_prefix: str = Field(
+        default="eostream.notifications.",
+        min_length=1,
+        description="a Kafka target must start with it (subscribers never write system topics)",
+    )
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, networks: tuple[str, ...]) -> tuple[str, ...]:
+        for network in networks:
+            ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
+        return networks
 
 
 class InferenceSettings(ServiceSettings):
@@ -160,6 +220,9 @@ class InferenceSettings(ServiceSettings):
         description="object-store prefix of the shipped models (<prefix>/<name>/<version>/"
         "item.json): where models:/NAME/VERSION is looked up when no deployment recorded it",
     )
+
+    # notifications of new results (/subscriptions)
+    subscriptions: SubscriptionsSettings = Field(default_factory=SubscriptionsSettings)
 
     @field_validator("stride")
     @classmethod

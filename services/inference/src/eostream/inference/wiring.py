@@ -18,6 +18,8 @@ from eostream.inference.pipeline import Pipeline
 from eostream.inference.results import ResultsStore, build_results_store
 from eostream.inference.service import SERVICE, InferenceService
 from eostream.inference.settings import InferenceSettings
+from eostream.inference.subscriptions.delivery import Notifier
+from eostream.inference.subscriptions.store import SubscriptionStore
 from eostream.shared.bus import Bus, build_bus
 from eostream.shared.storage import ObjectStore, build_object_store
 
@@ -50,6 +52,15 @@ def build_service(
     elif bus is None:
         bus = build_bus(settings, service=SERVICE)
         owns_bus = True
+    subscriptions = SubscriptionStore(results.engine)
+    subscriptions.init()
+    notifier = Notifier(settings.subscriptions, subscriptions, bus)
+    pipeline.on_result.append(notifier.on_result)
     return InferenceService(
-        settings, pipeline=pipeline, deployment=deployment, bus=bus, owns_bus=owns_bus
+        settings,
+        pipeline=pipeline,
+        deployment=deployment,
+        bus=bus,
+        owns_bus=owns_bus,
+        notifier=notifier,
     )

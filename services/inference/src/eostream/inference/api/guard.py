@@ -1,10 +1,10 @@
 """A request costs nothing until it is allowed: an ASGI middleware that runs before FastAPI
 reads a body (FastAPI spools a multipart upload to disk while it parses the form).
 
-Writing requests (POST under ``/classify/`` and ``/processes/``) without a valid API key are
-answered 401 before one byte of their body is read; a body whose declared Content-Length is over
-the route's limit is answered 413 at once; one that lies about its length (or sends none) is cut
-off with 413 as soon as it passes the limit while streaming.
+Writing requests (POST under ``/classify/``, ``/processes/`` and ``/subscriptions``) without a
+valid API key are answered 401 before one byte of their body is read; a body whose declared
+Content-Length is over the route's limit is answered 413 at once; one that lies about its length
+(or sends none) is cut off with 413 as soon as it passes the limit while streaming.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from eostream.inference.api.deps import UNAUTHORIZED, key_is_valid
 #: Multipart framing around an upload's bytes (boundaries, part headers, the other fields).
 MULTIPART_SLACK = 65_536
 UPLOAD_PATH = "/classify/upload"
-PROTECTED = ("/classify/", "/processes/")
+PROTECTED = ("/classify/", "/processes/", "/subscriptions")
 
 
 class _TooLarge(Exception):

@@ -1,16 +1,23 @@
 """The quicklook a person looks at: the map with its legend (every class's colour and name, and
-"uncertain") drawn beside it, the map's pixels untouched."""
+"uncertain") drawn beside it and the scene id and model written below, the map's pixels
+untouched."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+from collections.abc import Callable
+from pathlib import Path
 
+import httpx
 import numpy as np
 from PIL import Image, PngImagePlugin
 
 from eostream.inference.engine import NODATA, UNCERTAIN
+from eostream.inference.service import InferenceService
 from eostream.inference.writer import LEGEND_INK, colormap, quicklook_png
+from eostream.shared.events import ModelPromoted
 from eostream.shared.modelcard import EUROSAT_CLASSES
 
 
@@ -49,3 +56,36 @@ def test_a_map_larger_than_the_limit_is_shrunk_and_a_tiny_one_gets_the_whole_leg
     with Image.open(io.BytesIO(quicklook_png(tiny, tuple(EUROSAT_CLASSES)))) as image:
         pixels = np.asarray(image)
         assert image.height > 100 and (pixels[:, 4:] == UNCERTAIN).sum() >= 100
+
+
+def test_the_caption_is_written_below_the_map_and_kept_as_a_text_chunk() -> None:
+    labels = np.full((40, 30), 1, np.uint8)
+    caption = "S2A_29RKH_20200219_0_L2A  |  eurosat v7"
+    with Image.open(io.BytesIO(quicklook_png(labels, tuple(EUROSAT_CLASSES)))) as plain:
+        plain_size = plain.size
+        assert "caption" not in plain.text
+    with Image.open(io.BytesIO(quicklook_png(labels, tuple(EUROSAT_CLASSES), caption=caption))) as image:
+        assert isinstance(image, PngImagePlugin.PngImageFile)
+        assert image.text["caption"] == caption
+        assert image.text["map_box"] == "0,0,30,40"
+        pixels = np.asarray(image)
+    assert image.height > plain_size[1] and image.width >= plain_size[0]
+    assert (pixels[:40, :30] == labels).all(), "the map keeps its class values"
+    strip = pixels[plain_size[1] :]
+    assert (strip == LEGEND_INK).sum() > 200, "the caption is written in the strip below"
+    assert image.width > 200, "the strip is as wide as the caption needs"
+
+
+async def test_a_classified_scene_s_quicklook_names_the_scene_and_the_model(
+    client: httpx.AsyncClient,
+    service: InferenceService,
+    make_model: Callable[..., ModelPromoted],
+    rkh_item: Path,
+) -> None:
+    await asyncio.to_thread(service.deployment.deploy, make_model("3", seed=0))
+    await asyncio.to_thread(service.pipeline.classify_href, str(rkh_item))
+    r = await client.get("/results/S2A_29RKH_20200219_0_L2A/quicklook")
+    assert r.status_code == 200
+    with Image.open(io.BytesIO(r.content)) as image:
+        assert isinstance(image, PngImagePlugin.PngImageFile)
+        assert image.text["caption"] == "S2A_29RKH_20200219_0_L2A  |  eurosat v3"

@@ -284,7 +284,8 @@ class Pipeline:
         started: float,
     ) -> Outcome:
         s, card, info = self.settings, model.card, model.info
-        hrefs = self._write_products(prefix, result, transform, crs, card.classes, stats)
+        caption = f"{plan.item_id}  |  {info.name} v{info.version}"
+        hrefs = self._write_products(prefix, result, transform, crs, card.classes, stats, caption)
         stac = build_result_item(
             scene=item,
             scene_href=item_href,
@@ -351,6 +352,7 @@ class Pipeline:
         crs: Any,
         classes: tuple[str, ...],
         stats: dict[str, Any],
+        caption: str = "",
     ) -> dict[str, str]:
         hrefs: dict[str, str] = {}
         with tempfile.TemporaryDirectory(prefix="eostream-inference-") as tmp:
@@ -367,7 +369,7 @@ class Pipeline:
                 writer.write_probabilities(probs, result.probabilities, transform, crs, classes)
                 self.store.put_file(f"{prefix}/probabilities.tif", probs, "image/tiff")
                 hrefs["probabilities"] = self.store.uri(f"{prefix}/probabilities.tif")
-        png = writer.quicklook_png(result.labels, classes)
+        png = writer.quicklook_png(result.labels, classes, caption=caption)
         self.store.put_bytes(f"{prefix}/quicklook.png", png, "image/png")
         hrefs["quicklook"] = self.store.uri(f"{prefix}/quicklook.png")
         self.store.put_bytes(

@@ -194,6 +194,11 @@ class InferenceSettings(ServiceSettings):
     max_request_body_bytes: int = Field(
         default=1_000_000, ge=1, description="body of a request other than an upload"
     )
+    vector_max_polygons: int = Field(
+        default=100_000,
+        ge=1,
+        description="regions a map may have for /results/{scene}/vector; more answer 413",
+    )
 
     # OGC API - Processes: jobs and models other than the live one
     jobs_workers: int = Field(

@@ -140,18 +140,22 @@ _LEGEND_PAD, _LEGEND_SWATCH, _LEGEND_FONT_SIZE = 8, 14, 13
 
 
 def quicklook_png(
-    labels: npt.NDArray[np.uint8], classes: tuple[str, ...] | int, max_size: int = 1024
+    labels: npt.NDArray[np.uint8],
+    classes: tuple[str, ...] | int,
+    max_size: int = 1024,
+    caption: str = "",
 ) -> bytes:
     """A palette PNG: the map (at most ``max_size`` pixels on its long side, nodata transparent)
     with its legend drawn on the right (a colour swatch and the name of every class, and
-    "uncertain"). The map keeps its class values; the legend (:func:`legend`, JSON) is also the
-    PNG text chunk ``legend`` and the map's box in the image the text chunk ``map_box``
-    (left, top, right, bottom)."""
+    "uncertain") and ``caption`` (the scene id and model) written below. The map keeps its class
+    values; the legend (:func:`legend`, JSON) is also the PNG text chunk ``legend``, the caption
+    the chunk ``caption`` and the map's box in the image the chunk ``map_box`` (left, top, right,
+    bottom)."""
     names = classes if isinstance(classes, tuple) else tuple(f"class_{i}" for i in range(classes))
     n_classes = len(names)
     step = max(1, int(np.ceil(max(labels.shape) / max_size)))
     small = np.ascontiguousarray(labels[::step, ::step])
-    image = with_legend(Image.fromarray(small, mode="P"), names)
+    image = with_caption(with_legend(Image.fromarray(small, mode="P"), names), caption)
     cmap = colormap(n_classes)
     palette = [0] * 768
     for index, (r, g, b, _a) in cmap.items():
@@ -164,6 +168,8 @@ def quicklook_png(
     text = PngImagePlugin.PngInfo()
     text.add_text("legend", json.dumps(legend(names)))
     text.add_text("map_box", ",".join(map(str, (0, 0, small.shape[1], small.shape[0]))))
+    if caption:
+        text.add_text("caption", caption)
     image.save(buffer, format="PNG", transparency=NODATA, optimize=False, pnginfo=text)
     return buffer.getvalue()
 
@@ -197,6 +203,23 @@ def with_legend(map_image: Image.Image, names: tuple[str, ...]) -> Image.Image:
             name, fill=LEGEND_INK, font=font, anchor="lm",
         )  # fmt: skip
     return image
+
+
+def with_caption(image: Image.Image, caption: str) -> Image.Image:
+    """``image`` (mode P) with a strip below it holding ``caption`` (widened if the text needs)."""
+    if not caption:
+        return image
+    font = ImageFont.load_default(size=_LEGEND_FONT_SIZE)
+    strip = _LEGEND_FONT_SIZE + 2 * _LEGEND_PAD
+    width = max(image.width, int(np.ceil(font.getlength(caption))) + 2 * _LEGEND_PAD)
+    out = Image.new("P", (width, image.height + strip), NODATA)
+    out.paste(image, (0, 0))
+    draw = ImageDraw.Draw(out)
+    draw.rectangle((0, image.height, width - 1, image.height + strip - 1), fill=LEGEND_BACKGROUND)
+    draw.text(
+        (_LEGEND_PAD, image.height + strip // 2), caption, fill=LEGEND_INK, font=font, anchor="lm"
+    )
+    return out
 
 
 def statistics(

@@ -24,6 +24,7 @@ from eostream.inference.api import (
     results,
     stac,
     subscriptions,
+    vector,
 )
 from eostream.inference.api.guard import MULTIPART_SLACK, UPLOAD_PATH, RequestGuard
 from eostream.inference.service import InferenceService
@@ -108,6 +109,7 @@ def create_app(settings: InferenceSettings, service: InferenceService | None = N
         processes.router,
         jobs.router,
         subscriptions.router,
+        vector.router,
     ):
         app.include_router(router)
     return app

@@ -46,6 +46,7 @@ def summary(record: ResultRecord, base: str) -> dict[str, Any]:
             "cog": f"{scene}/cog{version}",
             "quicklook": f"{scene}/quicklook{version}",
             "statistics": f"{scene}/statistics{version}",
+            "vector": f"{scene}/vector{version}",
         },
     }
 

@@ -45,6 +45,7 @@ class ResultLinks(BaseModel):
     cog: str = Field(description="the classification COG (uint8, nodata 255)")
     quicklook: str = Field(description="a PNG of the classes")
     statistics: str = Field(description="per-class pixels, area and share")
+    vector: str = Field(description="the map as polygons per class (GeoJSON, GeoParquet)")
 
 
 class ResultSummary(BaseModel):

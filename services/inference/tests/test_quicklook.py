@@ -62,9 +62,11 @@ def test_the_caption_is_written_below_the_map_and_kept_as_a_text_chunk() -> None
     labels = np.full((40, 30), 1, np.uint8)
     caption = "S2A_29RKH_20200219_0_L2A  |  eurosat v7"
     with Image.open(io.BytesIO(quicklook_png(labels, tuple(EUROSAT_CLASSES)))) as plain:
+        assert isinstance(plain, PngImagePlugin.PngImageFile)
         plain_size = plain.size
         assert "caption" not in plain.text
-    with Image.open(io.BytesIO(quicklook_png(labels, tuple(EUROSAT_CLASSES), caption=caption))) as image:
+    png = quicklook_png(labels, tuple(EUROSAT_CLASSES), caption=caption)
+    with Image.open(io.BytesIO(png)) as image:
         assert isinstance(image, PngImagePlugin.PngImageFile)
         assert image.text["caption"] == caption
         assert image.text["map_box"] == "0,0,30,40"

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import geopandas
+import geopandas  # type: ignore[import-untyped]
 import httpx
 import pyproj
 import pytest

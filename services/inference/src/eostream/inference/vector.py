@@ -154,8 +154,8 @@ def to_geoparquet(vm: VectorMap) -> bytes:
     """GeoParquet 1.1: one row per class, WKB geometry in the map's CRS (PROJJSON in the
     ``geo`` metadata), readable by geopandas, GDAL/QGIS and DuckDB."""
     try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        import pyarrow as pa  # type: ignore[import-untyped]
+        import pyarrow.parquet as pq  # type: ignore[import-untyped]
     except ImportError:  # pyarrow is not a dependency of the service image
         raise BadInputError(
             "GeoParquet needs pyarrow, which this installation lacks; ask for f=geojson"
@@ -166,9 +166,7 @@ def to_geoparquet(vm: VectorMap) -> bytes:
     }
     columns["geometry"] = [shapely.to_wkb(f.geometry) for f in vm.features]
     table = pa.table(columns)
-    bounds = (
-        list(shapely.total_bounds([f.geometry for f in vm.features])) if vm.features else []
-    )
+    bounds = list(shapely.total_bounds([f.geometry for f in vm.features])) if vm.features else []
     geo = {
         "version": "1.1.0",
         "primary_column": "geometry",

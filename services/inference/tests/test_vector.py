@@ -74,6 +74,8 @@ async def test_the_geojson_has_one_valid_lonlat_multipolygon_per_class_with_the_
     expected = _stats_areas(stats)
     assert len(expected) >= 2, "a real map holds several classes"
     assert [f["properties"]["class"] for f in collection["features"]] == list(expected)
+    pixels = sum(f["properties"]["pixels"] for f in collection["features"])
+    assert pixels == stats["valid_pixels"] - stats["uncertain"]["pixels"], "no uncertain, no nodata"
     geod = pyproj.Geod(ellps="WGS84")
     west, south, east, north = summary["bbox"]
     for feature in collection["features"]:
@@ -130,6 +132,15 @@ async def test_the_geoparquet_opens_with_geopandas_in_the_cog_s_crs(
     for name, area in zip(frame["class"], frame.geometry.area / 1e6, strict=True):
         assert area == pytest.approx(expected[name], abs=1e-6), name  # pixels x pixel area
     assert set(frame["scene_id"]) == {SCENE} and set(frame["model_version"]) == {"1"}
+    # the UTM map's GeoJSON is lon/lat on the scene
+    west, south, east, north = (await client.get(f"/results/{SCENE}")).json()["bbox"]
+    collection = (await client.get(f"/results/{SCENE}/vector")).json()
+    for feature in collection["features"]:
+        geometry = shape(feature["geometry"])
+        assert geometry.is_valid and geometry.geom_type == "MultiPolygon"
+        minx, miny, maxx, maxy = geometry.bounds
+        assert west - 0.01 <= minx < maxx <= east + 0.01 and south - 0.01 <= miny < maxy
+        assert maxy <= north + 0.01
 
 
 async def test_simplified_polygons_stay_valid_with_fewer_vertices_and_close_areas(

@@ -195,7 +195,7 @@ class InferenceSettings(ServiceSettings):
         default=1_000_000, ge=1, description="body of a request other than an upload"
     )
     vector_max_polygons: int = Field(
-        default=100_000,
+        default=50_000,
         ge=1,
         description="regions a map may have for /results/{scene}/vector; more answer 413",
     )

@@ -136,9 +136,15 @@ def _properties(vm: VectorMap, feature: ClassFeature) -> dict[str, Any]:
 def to_geojson(vm: VectorMap) -> bytes:
     """An RFC 7946 FeatureCollection in EPSG:4326 (geometries reprojected, cut at the
     antimeridian, exterior rings counter-clockwise)."""
+    to_lonlat = pyproj.Transformer.from_crs(
+        pyproj.CRS.from_wkt(vm.crs.to_wkt()), "EPSG:4326", always_xy=True
+    )
     features = []
     for feature in vm.features:
-        lonlat = shape(transform_geom(vm.crs, "EPSG:4326", mapping(feature.geometry)))
+        lonlat = shapely.transform(feature.geometry, to_lonlat.transform, interleaved=False)
+        west, _, east, _ = lonlat.bounds
+        if not (-180 <= west <= east <= 180) or east - west > 180:  # crosses the antimeridian
+            lonlat = shape(transform_geom(vm.crs, "EPSG:4326", mapping(feature.geometry)))
         features.append(
             {
                 "type": "Feature",

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import geojson_pydantic
 import geopandas  # type: ignore[import-untyped]
 import httpx
 import pyproj
@@ -70,7 +71,7 @@ async def test_the_geojson_has_one_valid_lonlat_multipolygon_per_class_with_the_
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "application/geo+json"
     collection = r.json()
-    assert collection["type"] == "FeatureCollection"
+    geojson_pydantic.FeatureCollection.model_validate(collection)  # rings closed, positions
     expected = _stats_areas(stats)
     assert len(expected) >= 2, "a real map holds several classes"
     assert [f["properties"]["class"] for f in collection["features"]] == list(expected)

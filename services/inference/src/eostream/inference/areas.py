@@ -229,7 +229,7 @@ def _window(
         return Window(0, 0, 0, 0)
     left, bottom, right, top = bounds
     inverse = ~transform
-    cols, rows = zip(*(inverse * (x, y) for x in (left, right) for y in (bottom, top)), strict=True)
+    cols, rows = zip(*(inverse @ (x, y) for x in (left, right) for y in (bottom, top)), strict=True)
     col0, col1 = max(0, math.floor(min(cols))), min(width, math.ceil(max(cols)))
     row0, row1 = max(0, math.floor(min(rows))), min(height, math.ceil(max(rows)))
     return Window(col0, row0, max(0, col1 - col0), max(0, row1 - row0))

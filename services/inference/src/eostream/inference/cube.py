@@ -80,7 +80,7 @@ def target_grid(maps: Sequence[Map], geometry: areas.Geometry) -> Grid:
     ):
         raise BadInputError("the area does not meet the maps")
     inverse = ~transform
-    cols, rows = zip(*(inverse * (x, y) for x in (left, right) for y in (bottom, top)), strict=True)
+    cols, rows = zip(*(inverse @ (x, y) for x in (left, right) for y in (bottom, top)), strict=True)
     col0, row0 = math.floor(min(cols) + 1e-9), math.floor(min(rows) + 1e-9)
     col1, row1 = math.ceil(max(cols) - 1e-9), math.ceil(max(rows) - 1e-9)
     return Grid(crs, transform * Affine.translation(col0, row0), row1 - row0, col1 - col0)
@@ -186,7 +186,7 @@ def _axis_attrs(crs: CRS, axis: str) -> dict[str, str]:
 
 
 def _crs_attrs(grid: Grid) -> dict[str, Any]:
-    wkt = grid.crs.to_wkt()
+    wkt = grid.crs.to_wkt(version="WKT2_2019")
     t = grid.transform
     attrs: dict[str, Any] = {
         "crs_wkt": wkt,

@@ -60,35 +60,50 @@ def check_geometry(value: Any) -> Geometry:
     polygons = [coords] if value["type"] == "Polygon" else coords
     if not isinstance(polygons, list) or not polygons:
         raise BadInputError(f"intersects: a {value['type']} needs coordinates")
+    flat = []
     for polygon in polygons:
         if not isinstance(polygon, list) or not polygon:
             raise BadInputError("intersects: a polygon is a list of linear rings")
-        for ring in polygon:
-            _check_ring(ring)
-    return {"type": value["type"], "coordinates": coords}
+        flat.append([_check_ring(ring) for ring in polygon])
+    return (
+        {"type": "Polygon", "coordinates": flat[0]}
+        if value["type"] == "Polygon"
+        else {
+            "type": "MultiPolygon",
+            "coordinates": flat,
+        }
+    )
 
 
-def _check_ring(ring: Any) -> None:
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _check_ring(ring: Any) -> list[list[float]]:
+    """The ring in 2D (a third coordinate is dropped)."""
     if not isinstance(ring, list) or len(ring) < 4:
         raise BadInputError("intersects: a linear ring needs at least four positions")
+    out = []
     for position in ring:
         if (
             not isinstance(position, list)
             or len(position) not in (2, 3)
-            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in position)
-            or not all(math.isfinite(v) for v in position)
+            or not all(_number(v) for v in position)
         ):
-            raise BadInputError("intersects: a position is two or three finite numbers")
-        if not (-180 <= position[0] <= 180 and -90 <= position[1] <= 90):
-            raise BadInputError(f"intersects: position {position} is outside -180..180, -90..90")
-    if ring[0][:2] != ring[-1][:2]:
+            raise BadInputError("intersects: a position is two or three numbers")
+        x, y = position[0], position[1]
+        if not (-180 <= x <= 180 and -90 <= y <= 90):  # NaN fails too
+            raise BadInputError(f"intersects: position {str(position)[:80]} is outside the range")
+        out.append([float(x), float(y)])
+    if out[0] != out[-1]:
         raise BadInputError("intersects: a linear ring must end where it starts")
-    lons = [p[0] for p in ring]
+    lons = [p[0] for p in out]
     if max(lons) - min(lons) > 180:
         raise BadInputError(
             "intersects: a ring spans more than 180 degrees of longitude (crosses the "
             "antimeridian?): not supported, ask for the two sides separately"
         )
+    return out
 
 
 def geometry_bbox(geometry: Geometry) -> tuple[float, float, float, float]:
@@ -240,8 +255,11 @@ def _read(ds: Any, geometry: Geometry | None) -> AreaMap:
     if geometry is None:
         window, local = full, None
     else:
-        local = transform_geom("EPSG:4326", ds.crs, densify(geometry)) if ds.crs else geometry
-        window = _window(geometry_bbox(local), ds.transform, ds.width, ds.height)
+        try:
+            local = transform_geom("EPSG:4326", ds.crs, densify(geometry)) if ds.crs else geometry
+            window = _window(geometry_bbox(local), ds.transform, ds.width, ds.height)
+        except Exception:  # GDAL raises its (private) CPLE errors: not expressible there
+            local, window = geometry, Window(0, 0, 0, 0)
     height, width = int(window.height), int(window.width)
     if height <= 0 or width <= 0:
         labels = np.full((0, 0), NODATA, np.uint8)

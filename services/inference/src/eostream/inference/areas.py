@@ -93,7 +93,8 @@ def _check_ring(ring: Any) -> list[list[float]]:
             raise BadInputError("intersects: a position is two or three numbers")
         x, y = position[0], position[1]
         if not (-180 <= x <= 180 and -90 <= y <= 90):  # NaN fails too
-            raise BadInputError(f"intersects: position {str(position)[:80]} is outside the range")
+            where = str(position)[:80]
+            raise BadInputError(f"intersects: position {where} is outside -180..180, -90..90")
         out.append([float(x), float(y)])
     if out[0] != out[-1]:
         raise BadInputError("intersects: a linear ring must end where it starts")

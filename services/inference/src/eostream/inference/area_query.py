@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from eostream.inference import areas, writer
 from eostream.inference.engine import NODATA, UNCERTAIN
@@ -263,8 +263,14 @@ def change_png(found: Change) -> bytes:
     palette[writer.LEGEND_BACKGROUND * 3 : writer.LEGEND_BACKGROUND * 3 + 3] = [255, 255, 255]
     palette[writer.LEGEND_INK * 3 : writer.LEGEND_INK * 3 + 3] = [0, 0, 0]
     picture.putpalette(palette)
+    text = PngImagePlugin.PngInfo()
+    text.add_text(
+        "description",
+        "changed pixels in the colour of their class in b; unchanged pixels near-white "
+        "(250,250,250); transparent: outside the area or unlabelled in either map",
+    )
     buffer = io.BytesIO()
-    picture.save(buffer, format="PNG", transparency=NODATA)
+    picture.save(buffer, format="PNG", transparency=NODATA, pnginfo=text)
     return buffer.getvalue()
 
 

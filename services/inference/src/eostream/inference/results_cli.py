@@ -97,19 +97,22 @@ def _aggregate(
     return body
 
 
-def _plot(body: dict[str, Any], out: Path) -> None:
+def _plot(body: dict[str, Any], area: dict[str, str], out: Path) -> None:
     from eostream.inference.areas_plot import plot_areas
 
     names = [e["name"] for e in body["legend"]]
     colours = ["#" + e["color_hint"] for e in body["legend"]]
     table = [[d["classes"][n]["km2"] for n in names] for d in body["dates"]]
     try:
-        plot_areas(
-            [d["date"] for d in body["dates"]], names, colours, table, out, "class areas over time"
-        )
+        plot_areas([d["date"] for d in body["dates"]], names, colours, table, out, _title(area))
     except ImportError as exc:
         raise _fail(f"{exc.name} is missing: install eostream-inference[maps]") from None
     typer.echo(f"plot: {out}")
+
+
+def _title(area: dict[str, str]) -> str:
+    where = f"bbox {area['bbox']}" if "bbox" in area else "the given area"
+    return f"Class areas over time, {where}"
 
 
 @app.command()
@@ -138,7 +141,8 @@ def plot(
     model_version: Version = None,
 ) -> None:
     """Plot the class areas of an area over time (PNG, the maps' class colours)."""
-    _plot(_aggregate(url, _area(bbox, intersects), datetime, model_version), out)
+    area = _area(bbox, intersects)
+    _plot(_aggregate(url, area, datetime, model_version), area, out)
 
 
 @app.command()
@@ -181,4 +185,4 @@ def cube(
     sizes = dict(dataset["classification"].sizes)
     typer.echo(f"cube: {out} (time {sizes['time']}, y {sizes['y']}, x {sizes['x']})")
     if plot is not None:
-        _plot(body, plot)
+        _plot(body, area, plot)

@@ -29,7 +29,10 @@ Bbox = Annotated[
 ]
 Intersects = Annotated[
     str | None,
-    Query(max_length=200_000, description="a GeoJSON Polygon or MultiPolygon (WGS84), as JSON"),
+    Query(
+        max_length=2000,
+        description="a GeoJSON Polygon or MultiPolygon (WGS84), as JSON (at most 2000 characters)",
+    ),
 ]
 Version = Annotated[
     str | None,

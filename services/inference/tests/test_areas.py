@@ -135,6 +135,7 @@ def area_settings(root: Path) -> InferenceSettings:
 class Served:
     url: str
     service: InferenceService
+    data_dir: Path
 
     def stats(self, date: str) -> dict[str, object]:
         record = self.service.results.get(f"boadella-{date}")
@@ -157,7 +158,7 @@ async def twelve(
     server = OpsServer(create_app(settings, service), "127.0.0.1", 0)
     await server.start()
     try:
-        yield Served(server.url, service)
+        yield Served(server.url, service, data_dir)
     finally:
         await server.stop()
         await service.stop()
@@ -256,6 +257,25 @@ async def test_an_area_that_cuts_the_scene_counts_the_pixels_inside_it(twelve: S
         assert set(west["dates"][date]["classes"]) == {"SeaLake", "Forest"}
     west_area = west["dates"][date]["area_pixels"]
     assert west_area == in_west.size and 0 < west_area < 377 * 380
+
+    # the same area as a GeoJSON body (POST), and the reservoir's real outline (681 KB)
+    box = {"type": "Polygon", "coordinates": [[[2.79, 42.33], [SPLIT, 42.33], [SPLIT, 42.37],
+                                               [2.79, 42.37], [2.79, 42.33]]]}  # fmt: skip
+    outline = json.loads((twelve.data_dir / BOADELLA / "boadella.geojson").read_text())
+    async with httpx.AsyncClient(timeout=120) as client:
+        posted = await client.post(
+            f"{twelve.url}/results/aggregate",
+            json={"intersects": box, "classes": ["SeaLake", "Forest"]},
+        )
+        reservoir = await client.post(
+            f"{twelve.url}/results/aggregate",
+            json={"intersects": outline["features"][0]["geometry"], "f": "csv"},
+        )
+    assert posted.json()["dates"] == west["dates"]
+    assert reservoir.status_code == 200, reservoir.text[:300]
+    rows = list(csv.DictReader(io.StringIO(reservoir.text)))
+    inside = sum(int(r["pixels"]) for r in rows if r["date"] == "2020-09-14")
+    assert 0 < inside < 377 * 380
 
 
 async def test_the_change_matrix_of_two_dates_and_its_map(twelve: Served) -> None:

@@ -47,8 +47,8 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _geometry(text: str) -> str:
-    """The GeoJSON geometry of ``text`` (a file path or JSON), as JSON for the query."""
+def _geometry(text: str) -> Any:
+    """The GeoJSON geometry of ``text`` (a file path or JSON)."""
     path = Path(text)
     try:
         raw = path.read_text() if path.is_file() else text
@@ -62,18 +62,23 @@ def _geometry(text: str) -> str:
         value = features[0]
     if isinstance(value, dict) and value.get("type") == "Feature":
         value = value.get("geometry")
-    return json.dumps(value)
+    return value
 
 
-def _area(bbox: str | None, intersects: str | None) -> dict[str, str]:
+def _area(bbox: str | None, intersects: str | None) -> dict[str, Any]:
     if (bbox is None) == (intersects is None):
         raise _fail("give the area: --bbox minx,miny,maxx,maxy or --intersects FILE")
     return {"bbox": bbox} if bbox is not None else {"intersects": _geometry(str(intersects))}
 
 
-def _get(client: httpx.Client, url: str, params: dict[str, str] | None = None) -> httpx.Response:
+def _get(
+    client: httpx.Client, url: str, params: dict[str, str] | None = None, body: Any = None
+) -> httpx.Response:
     try:
-        response = client.get(url, params=params)
+        if body is not None:
+            response = client.post(url, json=body)
+        else:
+            response = client.get(url, params=params)
     except httpx.HTTPError as exc:
         raise _fail(f"cannot reach {url}: {exc}") from None
     if response.status_code >= 400:
@@ -86,18 +91,24 @@ def _get(client: httpx.Client, url: str, params: dict[str, str] | None = None) -
 
 
 def _aggregate(
-    url: str, area: dict[str, str], datetime: str | None, version: str | None
+    url: str, area: dict[str, Any], datetime: str | None, version: str | None
 ) -> dict[str, Any]:
+    """The areas: GET with a bbox, POST with a geometry (it may be too large for a URL)."""
     params = dict(area)
     params |= {k: v for k, v in (("datetime", datetime), ("model_version", version)) if v}
+    endpoint = url.rstrip("/") + "/results/aggregate"
     with httpx.Client(timeout=120) as client:
-        body: dict[str, Any] = _get(client, url.rstrip("/") + "/results/aggregate", params).json()
+        if "intersects" in area:
+            response = _get(client, endpoint, body=params)
+        else:
+            response = _get(client, endpoint, params)
+        body: dict[str, Any] = response.json()
     if not body["dates"]:
         raise _fail("no result map meets the area in that time")
     return body
 
 
-def _plot(body: dict[str, Any], area: dict[str, str], out: Path) -> None:
+def _plot(body: dict[str, Any], area: dict[str, Any], out: Path) -> None:
     from eostream.inference.areas_plot import plot_areas
 
     names = [e["name"] for e in body["legend"]]
@@ -110,7 +121,7 @@ def _plot(body: dict[str, Any], area: dict[str, str], out: Path) -> None:
     typer.echo(f"plot: {out}")
 
 
-def _title(area: dict[str, str]) -> str:
+def _title(area: dict[str, Any]) -> str:
     where = f"bbox {area['bbox']}" if "bbox" in area else "the given area"
     return f"Class areas over time, {where}"
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from eostream.inference import area_query, areas, writer
 from eostream.inference.api.deps import Results, Store
@@ -144,16 +144,77 @@ def aggregate(
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
     geometry = parse_area(bbox, intersects)
+    wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes else []
+    csv = f == "csv" or (f is None and accept is not None and "text/csv" in accept)
+    return _aggregate(
+        request, results, store, geometry, datetime, wanted, model_name, model_version, csv
+    )
+
+
+ClassName = Annotated[str, Field(max_length=100)]
+
+
+class AggregateQuery(BaseModel):
+    """The query of ``POST /results/aggregate``: an area too large for a URL."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bbox: list[float] | None = Field(default=None, min_length=4, max_length=4)
+    intersects: dict[str, Any] | None = Field(
+        default=None, description="a GeoJSON Polygon or MultiPolygon (WGS84)"
+    )
+    datetime: str | None = Field(default=None, max_length=100)
+    classes: list[Annotated[str, Field(max_length=100)]] | None = Field(
+        default=None, max_length=100
+    )
+    model_name: str | None = Field(default=None, max_length=200)
+    model_version: str | None = Field(default=None, max_length=100)
+    f: Literal["json", "csv"] | None = None
+
+
+@router.post(
+    "/aggregate",
+    summary="The same, the query as a JSON body (for areas too large for a URL); a read",
+    response_model=Aggregate,
+    responses={200: {"content": {"text/csv": {}}}, **error_responses(400, 404, 413, 422)},
+)
+def aggregate_post(
+    request: Request, results: Results, store: Store, query: AggregateQuery
+) -> Response:
+    if (query.bbox is None) == (query.intersects is None):
+        raise BadInputError("give the area: bbox [minx, miny, maxx, maxy] or intersects <GeoJSON>")
+    if query.bbox is not None:
+        minx, miny, maxx, maxy = query.bbox
+        if miny > maxy:
+            raise BadInputError(f"bbox {query.bbox}: miny exceeds maxy")
+        geometry = areas.bbox_geometry((minx, miny, maxx, maxy))
+    else:
+        geometry = areas.check_geometry(query.intersects)
+    return _aggregate(
+        request, results, store, geometry, query.datetime, query.classes or [],
+        query.model_name, query.model_version, query.f == "csv",
+    )  # fmt: skip
+
+
+def _aggregate(
+    request: Request,
+    results: Results,
+    store: Store,
+    geometry: areas.Geometry,
+    datetime: str | None,
+    wanted: list[str],
+    model_name: str | None,
+    model_version: str | None,
+    csv: bool,
+) -> Response:
     start, end = parse_datetime(datetime)
     records = area_query.select(
         results, geometry, start, end, model_name=model_name, model_version=model_version
     )
     known = area_query.legend(records)
-    wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes else []
     area_query.check_classes(wanted, known)
     names = wanted or [*known, writer.UNCERTAIN_NAME]
     entries = area_query.aggregate(records, _reader(store), geometry, names)
-    csv = f == "csv" or (f is None and accept is not None and "text/csv" in accept)
     if csv:
         return Response(area_query.csv_lines(entries), media_type="text/csv; charset=utf-8")
     body = Aggregate(

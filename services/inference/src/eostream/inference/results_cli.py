@@ -118,6 +118,8 @@ def _plot(body: dict[str, Any], area: dict[str, Any], out: Path) -> None:
         plot_areas([d["date"] for d in body["dates"]], names, colours, table, out, _title(area))
     except ImportError as exc:
         raise _fail(f"{exc.name} is missing: install eostream-inference[maps]") from None
+    except OSError as exc:
+        raise _fail(f"cannot write {out}: {exc}") from None
     typer.echo(f"plot: {out}")
 
 
@@ -192,7 +194,10 @@ def cube(
         shutil.rmtree(out)
     # zarr v2 with consolidated metadata: every zarr reader opens it without a warning (v3 has
     # no consolidated metadata in its specification yet)
-    dataset.to_zarr(out, mode="w", consolidated=True, zarr_format=2)
+    try:
+        dataset.to_zarr(out, mode="w", consolidated=True, zarr_format=2)
+    except OSError as exc:
+        raise _fail(f"cannot write {out}: {exc}") from None
     sizes = dict(dataset["classification"].sizes)
     typer.echo(f"cube: {out} (time {sizes['time']}, y {sizes['y']}, x {sizes['x']})")
     if plot is not None:

@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 
 from eostream.inference import metrics
+from eostream.inference.api import areas as area_routes
 from eostream.inference.api import (
     classify,
     errors,
@@ -102,6 +103,7 @@ def create_app(settings: InferenceSettings, service: InferenceService | None = N
         )
     app.include_router(ops_router("inference", svc.readiness, svc.liveness))
     for router in (
+        area_routes.router,  # before results: /results/{scene_id} would take /results/aggregate
         results.router,
         stac.router,
         models.router,

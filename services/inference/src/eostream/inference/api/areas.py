@@ -1,0 +1,328 @@
+"""/results/aggregate and /results/change: class areas of an area per acquisition date, and the
+transitions between two maps (``eostream.inference.area_query``). Registered before
+``results.router``, whose ``/results/{scene_id}`` would take ``aggregate`` for a scene id."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+from urllib.parse import quote, urlencode
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from eostream.inference import area_query, areas, writer
+from eostream.inference.api.deps import Results, Store
+from eostream.inference.api.params import parse_datetime
+from eostream.inference.errors import BadInputError
+from eostream.inference.results import ResultRecord
+from eostream.shared.http_errors import error_responses
+
+router = APIRouter(prefix="/results", tags=["areas"])
+
+Bbox = Annotated[
+    str | None,
+    Query(
+        max_length=400,
+        description="minx,miny,maxx,maxy (WGS84); one crossing the antimeridian is refused (400)",
+    ),
+]
+Intersects = Annotated[
+    str | None,
+    Query(
+        max_length=2000,
+        description="a GeoJSON Polygon or MultiPolygon (WGS84), as JSON (at most 2000 characters)",
+    ),
+]
+Version = Annotated[
+    str | None,
+    Query(
+        max_length=100, description="this model version's results (default: each scene's latest)"
+    ),
+]
+
+
+class ClassArea(BaseModel):
+    pixels: int = Field(description="pixels inside the area")
+    km2: float
+
+
+class DateAreas(BaseModel):
+    date: str = Field(description="acquisition date (UTC), YYYY-MM-DD")
+    results: list[str] = Field(description="the result ids summed for this date")
+    scenes: list[str]
+    maps: list[str] = Field(description="the results' classification COGs")
+    area_pixels: int = Field(description="pixels of the maps inside the area")
+    area_km2: float
+    nodata_pixels: int = Field(description="of those, pixels without a label (masked, nodata)")
+    classes: dict[str, ClassArea] = Field(description="per class (and uncertain)")
+
+
+class LegendEntry(BaseModel):
+    value: int
+    name: str
+    color_hint: str
+
+
+class Aggregate(BaseModel):
+    """Class areas (km2) inside the area, per acquisition date, oldest first."""
+
+    area: dict[str, Any] = Field(description="the area, a GeoJSON geometry (WGS84)")
+    datetime: str | None
+    model_version: str | None = Field(description="null: each scene's latest result")
+    legend: list[LegendEntry] = Field(description="the classes of the results, then uncertain")
+    dates: list[DateAreas]
+
+
+class ChangeLinks(BaseModel):
+    map: str = Field(description="PNG: changed pixels in their new class's colour")
+    cog: str = Field(description="COG (uint16): from * 256 + to, 65535 nodata")
+
+
+class ChangeMatrix(BaseModel):
+    """Transitions from map a to map b inside the area (rows: a's class, columns: b's)."""
+
+    a: str = Field(description="result id of a")
+    b: str = Field(description="result id of b")
+    a_datetime: str | None
+    b_datetime: str | None
+    classes: list[str] = Field(description="row and column labels: classes, then uncertain")
+    pixels: list[list[int]]
+    km2: list[list[float]]
+    changed_km2: float
+    unchanged_km2: float
+    compared_pixels: int = Field(description="pixels inside the area labelled in both maps")
+    links: ChangeLinks
+
+
+def parse_area(bbox: str | None, intersects: str | None) -> areas.Geometry:
+    """The area: exactly one of bbox and intersects."""
+    if (bbox is None) == (intersects is None):
+        raise BadInputError("give the area: bbox=minx,miny,maxx,maxy or intersects=<GeoJSON>")
+    if bbox is not None:
+        try:
+            parts = [float(p) for p in bbox.split(",")]
+        except ValueError:
+            raise BadInputError(
+                f"bbox {bbox!r} must be four numbers: minx,miny,maxx,maxy"
+            ) from None
+        if len(parts) != 4 or not all(p == p for p in parts):
+            raise BadInputError(f"bbox {bbox!r} must be four numbers: minx,miny,maxx,maxy")
+        if parts[1] > parts[3]:
+            raise BadInputError(f"bbox {bbox!r}: miny exceeds maxy")
+        return areas.bbox_geometry((parts[0], parts[1], parts[2], parts[3]))
+    try:
+        value = json.loads(str(intersects))
+    except ValueError:
+        raise BadInputError("intersects is not JSON (a GeoJSON Polygon or MultiPolygon)") from None
+    return areas.check_geometry(value)
+
+
+def _reader(store: Any) -> Any:
+    return lambda record: area_query.map_bytes(store, record)
+
+
+@router.get(
+    "/aggregate",
+    summary="Class areas (km2) inside an area per acquisition date (JSON, or CSV with f=csv)",
+    response_model=Aggregate,
+    responses={200: {"content": {"text/csv": {}}}, **error_responses(400, 404, 422)},
+)
+def aggregate(
+    request: Request,
+    results: Results,
+    store: Store,
+    bbox: Bbox = None,
+    intersects: Intersects = None,
+    datetime: Annotated[str | None, Query(max_length=100, description="RFC 3339 a/b")] = None,
+    classes: Annotated[
+        str | None, Query(max_length=2000, description="comma-separated class names (all)")
+    ] = None,
+    model_name: Annotated[str | None, Query(max_length=200)] = None,
+    model_version: Version = None,
+    f: Annotated[Literal["json", "csv"] | None, Query(description="json or csv")] = None,
+    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Response:
+    geometry = parse_area(bbox, intersects)
+    wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes else []
+    csv = f == "csv" or (f is None and accept is not None and "text/csv" in accept)
+    return _aggregate(
+        request, results, store, geometry, datetime, wanted, model_name, model_version, csv
+    )
+
+
+ClassName = Annotated[str, Field(max_length=100)]
+
+
+class AggregateQuery(BaseModel):
+    """The query of ``POST /results/aggregate``: an area too large for a URL."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bbox: list[float] | None = Field(default=None, min_length=4, max_length=4)
+    intersects: dict[str, Any] | None = Field(
+        default=None, description="a GeoJSON Polygon or MultiPolygon (WGS84)"
+    )
+    datetime: str | None = Field(default=None, max_length=100)
+    classes: list[Annotated[str, Field(max_length=100)]] | None = Field(
+        default=None, max_length=100
+    )
+    model_name: str | None = Field(default=None, max_length=200)
+    model_version: str | None = Field(default=None, max_length=100)
+    f: Literal["json", "csv"] | None = None
+
+
+@router.post(
+    "/aggregate",
+    summary="The same, the query as a JSON body (for areas too large for a URL); a read",
+    response_model=Aggregate,
+    responses={200: {"content": {"text/csv": {}}}, **error_responses(400, 404, 413, 422)},
+)
+def aggregate_post(
+    request: Request, results: Results, store: Store, query: AggregateQuery
+) -> Response:
+    if (query.bbox is None) == (query.intersects is None):
+        raise BadInputError("give the area: bbox [minx, miny, maxx, maxy] or intersects <GeoJSON>")
+    if query.bbox is not None:
+        minx, miny, maxx, maxy = query.bbox
+        if miny > maxy:
+            raise BadInputError(f"bbox {query.bbox}: miny exceeds maxy")
+        geometry = areas.bbox_geometry((minx, miny, maxx, maxy))
+    else:
+        geometry = areas.check_geometry(query.intersects)
+    return _aggregate(
+        request, results, store, geometry, query.datetime, query.classes or [],
+        query.model_name, query.model_version, query.f == "csv",
+    )  # fmt: skip
+
+
+def _aggregate(
+    request: Request,
+    results: Results,
+    store: Store,
+    geometry: areas.Geometry,
+    datetime: str | None,
+    wanted: list[str],
+    model_name: str | None,
+    model_version: str | None,
+    csv: bool,
+) -> Response:
+    start, end = parse_datetime(datetime)
+    records = area_query.select(
+        results, geometry, start, end, model_name=model_name, model_version=model_version
+    )
+    known = area_query.legend(records)
+    area_query.check_classes(wanted, known)
+    names = wanted or [*known, writer.UNCERTAIN_NAME]
+    entries = area_query.aggregate(records, _reader(store), geometry, names)
+    if csv:
+        return Response(area_query.csv_lines(entries), media_type="text/csv; charset=utf-8")
+    body = Aggregate(
+        area=geometry,
+        datetime=datetime,
+        model_version=model_version,
+        legend=[LegendEntry(**e) for e in _legend(known)],
+        dates=[
+            DateAreas(
+                date=e.date.isoformat(),
+                results=e.results,
+                scenes=e.scenes,
+                maps=[
+                    f"{request.base_url}results/{quote(r.scene_id, safe='')}/cog?"
+                    + urlencode({"model_version": r.model_version})
+                    for r in e.records
+                ],
+                area_pixels=e.area_pixels,
+                area_km2=e.area_km2,
+                nodata_pixels=e.nodata_pixels,
+                classes={k: ClassArea(**v) for k, v in e.classes.items()},
+            )
+            for e in entries
+        ],
+    )
+    return Response(body.model_dump_json(), media_type="application/json")
+
+
+def _legend(names: tuple[str, ...]) -> list[dict[str, Any]]:
+    return [{k: e[k] for k in ("value", "name", "color_hint")} for e in writer.legend(names)]
+
+
+def _pair(
+    results: Results,
+    store: Store,
+    a: str,
+    b: str,
+    bbox: str | None,
+    intersects: str | None,
+    model_version: str | None,
+) -> tuple[ResultRecord, ResultRecord, area_query.Change]:
+    geometry = parse_area(bbox, intersects) if bbox is not None or intersects is not None else None
+    first = area_query.resolve(results, a, geometry, model_version=model_version)
+    second = area_query.resolve(results, b, geometry, model_version=model_version)
+    return first, second, area_query.change(first, second, _reader(store), geometry)
+
+
+Ref = Annotated[
+    str, Query(min_length=1, max_length=600, description="a result id, or a date YYYY-MM-DD")
+]
+OptionalArea = "the area (optional with result ids; needed with dates to pick the scene)"
+
+
+@router.get(
+    "/change",
+    summary="Transition matrix between two maps of one grid (result ids or dates) in an area",
+    response_model=ChangeMatrix,
+    responses=error_responses(400, 404, 422),
+)
+def change(
+    request: Request,
+    results: Results,
+    store: Store,
+    a: Ref,
+    b: Ref,
+    bbox: Annotated[str | None, Query(max_length=400, description=OptionalArea)] = None,
+    intersects: Intersects = None,
+    model_version: Version = None,
+) -> ChangeMatrix:
+    first, second, found = _pair(results, store, a, b, bbox, intersects, model_version)
+    params = {"a": first.id, "b": second.id}
+    params |= {k: v for k, v in (("bbox", bbox), ("intersects", intersects)) if v is not None}
+    link = f"{request.base_url}results/change/map?"
+    return ChangeMatrix(
+        a=first.id,
+        b=second.id,
+        a_datetime=first.datetime.isoformat() if first.datetime else None,
+        b_datetime=second.datetime.isoformat() if second.datetime else None,
+        links=ChangeLinks(
+            map=link + urlencode(params), cog=link + urlencode(params | {"f": "tif"})
+        ),
+        **found.body(),
+    )
+
+
+@router.get(
+    "/change/map",
+    summary="Change map of two maps: PNG (changed pixels in the new class's colour) or COG",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/png": {}, "image/tiff": {}}},
+        **error_responses(400, 404, 422),
+    },
+)
+def change_map(
+    results: Results,
+    store: Store,
+    a: Ref,
+    b: Ref,
+    bbox: Annotated[str | None, Query(max_length=400, description=OptionalArea)] = None,
+    intersects: Intersects = None,
+    model_version: Version = None,
+    f: Annotated[Literal["png", "tif"], Query(description="png or tif (COG)")] = "png",
+) -> Response:
+    _first, _second, found = _pair(results, store, a, b, bbox, intersects, model_version)
+    if f == "tif":
+        return Response(
+            area_query.change_cog(found),
+            media_type="image/tiff; application=geotiff; profile=cloud-optimized",
+        )
+    return Response(area_query.change_png(found), media_type="image/png")

@@ -1,0 +1,204 @@
+"""``eostream results ...``: change over time in an area, from a running inference service.
+
+The commands talk to the service's REST API (``--url`` or ``EOSTREAM_INFERENCE_URL``; reads
+need no key): ``/results/aggregate`` picks the results (each scene's latest, or
+``--model-version``) and gives the areas; ``cube`` then fetches each result's COG and stacks
+them into a zarr data cube (``eostream.inference.cube``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from eostream.inference.errors import InferenceError
+
+app = typer.Typer(
+    name="results",
+    help="Change over time in an area: class areas, data cubes, plots.",
+    no_args_is_help=True,
+)
+
+Url = Annotated[
+    str,
+    typer.Option(
+        envvar="EOSTREAM_INFERENCE_URL", help="the inference service, e.g. http://127.0.0.1:8000"
+    ),
+]
+Bbox = Annotated[str | None, typer.Option(help="minx,miny,maxx,maxy (WGS84)")]
+Intersects = Annotated[
+    str | None,
+    typer.Option(help="a GeoJSON file (or text): a Polygon, or a Feature(Collection) of one"),
+]
+Datetime = Annotated[str | None, typer.Option(help="RFC 3339 interval, e.g. 2020-01-01/2022-12-31")]
+Version = Annotated[
+    str | None, typer.Option(help="this model version's results (default: each scene's latest)")
+]
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
+
+
+def _geometry(text: str) -> Any:
+    """The GeoJSON geometry of ``text`` (a file path or JSON)."""
+    path = Path(text)
+    try:
+        raw = path.read_text() if path.is_file() else text
+        value: Any = json.loads(raw)
+    except (OSError, ValueError) as exc:
+        raise _fail(f"--intersects: not a GeoJSON file or text ({exc})") from None
+    if isinstance(value, dict) and value.get("type") == "FeatureCollection":
+        features = value.get("features") or []
+        if len(features) != 1:
+            raise _fail("--intersects: a FeatureCollection must hold exactly one feature")
+        value = features[0]
+    if isinstance(value, dict) and value.get("type") == "Feature":
+        value = value.get("geometry")
+    return value
+
+
+def _area(bbox: str | None, intersects: str | None) -> dict[str, Any]:
+    if (bbox is None) == (intersects is None):
+        raise _fail("give the area: --bbox minx,miny,maxx,maxy or --intersects FILE")
+    return {"bbox": bbox} if bbox is not None else {"intersects": _geometry(str(intersects))}
+
+
+def _get(
+    client: httpx.Client, url: str, params: dict[str, str] | None = None, body: Any = None
+) -> httpx.Response:
+    try:
+        if body is not None:
+            response = client.post(url, json=body)
+        else:
+            response = client.get(url, params=params)
+    except httpx.HTTPError as exc:
+        raise _fail(f"cannot reach {url}: {exc}") from None
+    if response.status_code >= 400:
+        try:
+            message = response.json()["description"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:200]
+        raise _fail(f"{response.status_code} from {response.url.path}: {message}")
+    return response
+
+
+def _aggregate(
+    url: str, area: dict[str, Any], datetime: str | None, version: str | None
+) -> dict[str, Any]:
+    """The areas: GET with a bbox, POST with a geometry (it may be too large for a URL)."""
+    params = dict(area)
+    params |= {k: v for k, v in (("datetime", datetime), ("model_version", version)) if v}
+    endpoint = url.rstrip("/") + "/results/aggregate"
+    with httpx.Client(timeout=120) as client:
+        if "intersects" in area:
+            response = _get(client, endpoint, body=params)
+        else:
+            response = _get(client, endpoint, params)
+        body: dict[str, Any] = response.json()
+    if not body["dates"]:
+        raise _fail("no result map meets the area in that time")
+    return body
+
+
+def _plot(body: dict[str, Any], area: dict[str, Any], out: Path) -> None:
+    from eostream.inference.areas_plot import plot_areas
+
+    names = [e["name"] for e in body["legend"]]
+    colours = ["#" + e["color_hint"] for e in body["legend"]]
+    table = [[d["classes"][n]["km2"] for n in names] for d in body["dates"]]
+    try:
+        plot_areas([d["date"] for d in body["dates"]], names, colours, table, out, _title(area))
+    except ImportError as exc:
+        raise _fail(f"{exc.name} is missing: install eostream-inference[maps]") from None
+    except OSError as exc:
+        raise _fail(f"cannot write {out}: {exc}") from None
+    typer.echo(f"plot: {out}")
+
+
+def _title(area: dict[str, Any]) -> str:
+    where = f"bbox {area['bbox']}" if "bbox" in area else "the given area"
+    return f"Class areas over time, {where}"
+
+
+@app.command()
+def aggregate(
+    url: Url,
+    bbox: Bbox = None,
+    intersects: Intersects = None,
+    datetime: Datetime = None,
+    model_version: Version = None,
+) -> None:
+    """Print km2 per class per acquisition date (CSV: date,class,km2,pixels)."""
+    body = _aggregate(url, _area(bbox, intersects), datetime, model_version)
+    typer.echo("date,class,km2,pixels")
+    for entry in body["dates"]:
+        for name, value in entry["classes"].items():
+            typer.echo(f"{entry['date']},{name},{value['km2']},{value['pixels']}")
+
+
+@app.command()
+def plot(
+    url: Url,
+    out: Annotated[Path, typer.Option(help="the PNG to write", dir_okay=False)],
+    bbox: Bbox = None,
+    intersects: Intersects = None,
+    datetime: Datetime = None,
+    model_version: Version = None,
+) -> None:
+    """Plot the class areas of an area over time (PNG, the maps' class colours)."""
+    area = _area(bbox, intersects)
+    _plot(_aggregate(url, area, datetime, model_version), area, out)
+
+
+@app.command()
+def cube(
+    url: Url,
+    out: Annotated[Path, typer.Option(help="the zarr store to write (a folder)", file_okay=False)],
+    bbox: Bbox = None,
+    intersects: Intersects = None,
+    datetime: Datetime = None,
+    model_version: Version = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="also plot the areas over time (PNG)")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace OUT if it exists")] = False,
+) -> None:
+    """Stack the maps of an area into a zarr data cube (time, y, x) that plain xarray opens."""
+    from eostream.inference import cube as cubes
+
+    if out.exists() and not overwrite:
+        raise _fail(f"{out} exists (pass --overwrite to replace it)")
+    area = _area(bbox, intersects)
+    body = _aggregate(url, area, datetime, model_version)
+    names = tuple(e["name"] for e in body["legend"] if e["name"] != "uncertain")
+    todo = [(d, r, m) for d in body["dates"] for r, m in zip(d["results"], d["maps"], strict=True)]
+    maps = []
+    with httpx.Client(timeout=300) as client:
+        for n, (entry, result, href) in enumerate(todo, start=1):
+            typer.echo(f"map {n}/{len(todo)}: {result}", err=True)
+            cog = _get(client, href).content
+            maps.append(cubes.Map(date.fromisoformat(entry["date"]), result, names, cog))
+    try:
+        dataset = cubes.build(maps, body["area"])
+    except InferenceError as exc:
+        raise _fail(str(exc)) from None
+    if out.exists():
+        shutil.rmtree(out)
+    # zarr v2 with consolidated metadata: every zarr reader opens it without a warning (v3 has
+    # no consolidated metadata in its specification yet)
+    try:
+        dataset.to_zarr(out, mode="w", consolidated=True, zarr_format=2)
+    except OSError as exc:
+        raise _fail(f"cannot write {out}: {exc}") from None
+    sizes = dict(dataset["classification"].sizes)
+    typer.echo(f"cube: {out} (time {sizes['time']}, y {sizes['y']}, x {sizes['x']})")
+    if plot is not None:
+        _plot(body, area, plot)

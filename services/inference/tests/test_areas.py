@@ -58,42 +58,24 @@ def model(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> ModelProm
     """A 13-band centre_cnn trained for one epoch the fixed way (docs/maps-accuracy.md)."""
     import torch
 
-    from eostream.shared.holdout import HoldoutSettings
     from eostream.shared.modelcard import ModelCard
-    from eostream.trainer.augment import training_augmentation
-    from eostream.trainer.bands import band_set_bands
-    from eostream.trainer.catalog import build_catalog
-    from eostream.trainer.datasets import band_statistics, load_patches
     from eostream.trainer.export import export_onnx
-    from eostream.trainer.models import build_model
-    from eostream.trainer.scaling import identity_scaling
-    from eostream.trainer.selection import SelectionSpec, select_for_training
-    from eostream.trainer.task import TrainConfig, fit
+    from eostream.trainer.recipe import fit_recipe, load_training_data
 
     tmp = tmp_path_factory.mktemp("areas-model")
-    torch.manual_seed(0)
     torch.set_num_threads(2)
     logging.getLogger("eostream.trainer").setLevel(logging.ERROR)
-    table = build_catalog(data_dir, tmp / "cache", "ms13")
-    selection = select_for_training(
-        table, SelectionSpec(band_set="ms13"), data_dir, HoldoutSettings()
-    )
-    train, val = (load_patches(data_dir, "ms13", selection.of(s)) for s in ("train", "val"))
-    bands = band_set_bands("ms13")
-    mean, std = band_statistics(train.x)
-    jitter = training_augmentation(("radiometry", "centre"), bands)
-    net = build_model("centre_cnn", bands, mean, std, jitter)
-    config = TrainConfig(epochs=1, batch_size=32, learning_rate=3e-3, patience=1, seed=42)
-    fit(net, train, val, config, torch.device("cpu"))
+    data = load_training_data(data_dir, tmp / "cache", "ms13")
+    net = fit_recipe(data, "centre_cnn", augmentations=("radiometry", "centre"), epochs=1)
     card = ModelCard(
         name="areas",
         band_set="ms13",
-        bands=bands,
-        scaling=identity_scaling("ms13"),
+        bands=data.bands,
+        scaling=data.scaling,
         architecture="centre_cnn",
     )
     path = tmp / "areas-1.onnx"
-    export_onnx(net.cpu().eval(), card, path)
+    export_onnx(net, card, path)
     blob = path.read_bytes()
     return ModelPromoted(
         name="areas",

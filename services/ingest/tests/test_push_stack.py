@@ -67,7 +67,7 @@ def settings_for(run_id: str, collection: str, **kw: Any) -> IngestSettings:
             StacApiSource(
                 name=f"api-{run_id}",
                 url=env("EOSTREAM_STAC_API_URL"),
-                filter={"collections": [collection]},  # type: ignore[arg-type]
+                filter={"collections": [collection]},
                 overlap_seconds=HOUR,
             ),
         ),

@@ -7,6 +7,7 @@ STAC API and Kafka, and PostgreSQL NOTIFY, is in test_push_stack.py.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import time
@@ -230,3 +231,16 @@ def test_push_needs_a_secret_and_a_source_it_names_must_exist(tmp_path: Path) ->
             sqlite_path=tmp_path / "s.sqlite",
             push=PushSettings(enabled=True, secret=SecretStr(SECRET), source="nope"),
         )
+
+
+async def test_the_ingest_api_answers_only_documented_statuses_under_fuzzing(
+    tmp_path: Path, earth_search_v1: list[JsonDict], fuzz: Any
+) -> None:
+    """schemathesis over the ops and push routes: no 5xx, every status and body documented
+    (unsigned fuzz cases get the documented 401 body)."""
+    async with push_server(tmp_path, earth_search_v1[:1]) as (client, bus, _watcher):
+        url = str(client.base_url).rstrip("/")
+        failures, seen = await asyncio.to_thread(fuzz, url, {}, 25, negative=True)
+        assert not failures, "\n".join(failures[:10])
+        assert ("POST", PUSH_PATH, 401) in seen
+        assert bus.size(SCENES) == 0

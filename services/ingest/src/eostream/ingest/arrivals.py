@@ -12,6 +12,7 @@ items of configured sources can be announced at all (ADR 0016).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -78,6 +79,7 @@ class Arrivals:
                 + (f" (only source {self._source!r} takes notifications)" if self._source else ""),
             )
         name = watched.config.name
+        began = time.perf_counter()
         try:
             raw = await watched.source.fetch(arrival.item_id, collection=arrival.collection)
         except SourceUnavailable as exc:
@@ -90,6 +92,7 @@ class Arrivals:
                 "item_not_found",
                 f"source {name!r} has no item {arrival.item_id!r} in {arrival.collection!r}",
             )
+        read = time.perf_counter() - began
         report = await self._watcher.take(watched, raw)
         if report.published:
             taken = Taken("announced", arrival.item_id, arrival.collection, name, "announced")
@@ -105,13 +108,15 @@ class Arrivals:
             )
         metrics.NOTIFICATIONS.labels(arrival.via, taken.outcome).inc()
         log.info(
-            "%s: %s %s (%s%s): %s",
+            "%s: %s %s (%s%s): %s (read %.3fs, mapped and published %.3fs)",
             name,
             arrival.via,
             arrival.item_id,
             arrival.collection,
             f", notification {arrival.notice}" if arrival.notice else "",
             taken.detail,
+            read,
+            report.seconds,
         )
         return taken
 

@@ -133,6 +133,18 @@ async def announced(settings: IngestSettings, item_id: str, at_least: int = 1) -
     return []
 
 
+async def terminate_listener(dsn: str, channel: str) -> None:
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cursor = await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE query = %s AND pid <> pg_backend_pid()",
+            (f'LISTEN "{channel}"',),
+        )
+        assert [row[0] for row in await cursor.fetchall()] == [True]
+
+
 def new_item(template: JsonDict, collection: str, run_id: str, name: str) -> JsonDict:
     return clone(
         template, collection=collection, new_id=f"S2B_{name}_{run_id}", when=datetime.now(UTC)
@@ -190,6 +202,16 @@ async def test_notify_announces_an_item_inserted_into_pgstac_once_without_a_poll
             post_items(api, collection, [item])  # the STAC API's transaction: pgstac.items
             events = await announced(settings, item["id"])
             assert len(events) == 1, "not announced by NOTIFY"
+            # the listener's connection dies: it reconnects and LISTENs again
+            await terminate_listener(dsn, channel)
+            for _ in range(400):
+                if runner.listener.connections >= 2 and runner.listener.listening:
+                    break
+                await asyncio.sleep(0.05)
+            assert runner.listener.connections >= 2, runner.listener.readiness()
+            later = new_item(earth_search_v1[2], collection, run_id, "AFTER_RECONNECT")
+            post_items(api, collection, [later])
+            assert len(await announced(settings, later["id"])) == 1
             # the provider updates it (a new `updated`): the UPDATE notifies, a new version
             item["properties"]["updated"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
             response = httpx.put(

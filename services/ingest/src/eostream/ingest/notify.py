@@ -104,6 +104,7 @@ class NotifyListener:
         self._reconnect_max = reconnect_max
         self.listening = False
         self.error: str | None = None
+        self.connections = 0  # LISTENs done so far: 1 + reconnections
 
     def readiness(self) -> tuple[bool, str]:
         if self.listening:
@@ -134,6 +135,7 @@ class NotifyListener:
         async with await psycopg.AsyncConnection.connect(self._dsn, autocommit=True) as conn:
             await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
             self.listening, self.error = True, None
+            self.connections += 1
             log.info("NOTIFY: listening on %s", self._channel)
             while not stop.is_set():
                 async for note in conn.notifies(timeout=0.5):

@@ -21,3 +21,13 @@ class SourceUnavailable(RetryableError):
 
 class UnknownSource(ConfigError):
     """No source with that name is configured (check INGEST_SOURCES / INGEST_SOURCES_FILE)."""
+
+
+class PushRefused(EostreamError):
+    """A pushed notification that is not taken: its HTTP status, error code and reason."""
+
+    def __init__(self, status: int, code: str, description: str) -> None:
+        super().__init__(description)
+        self.status = status
+        self.code = code
+        self.description = description

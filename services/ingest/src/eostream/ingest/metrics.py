@@ -33,3 +33,10 @@ LEADER = Gauge(
     "eostream_ingest_leader",
     "1 when this replica holds the state's leader lock and polls; 0 when it stands by",
 )
+NOTIFICATIONS = Counter(
+    "eostream_ingest_notifications_total",
+    "Items that arrived by push (signed CloudEvents) or by PostgreSQL NOTIFY, by outcome: "
+    "announced, duplicate, filtered, rejected, not_found, not_watched, refused (signature, "
+    "event), failed (source unreadable)",
+    ["via", "outcome"],
+)

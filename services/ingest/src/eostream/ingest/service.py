@@ -19,7 +19,10 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from eostream.ingest.api import PUSH_PATH, create_app
+from eostream.ingest.arrivals import Arrivals
 from eostream.ingest.leader import FileLeaderLock, LeaderLock, Leadership
 from eostream.ingest.settings import IngestSettings, StacApiSource
 from eostream.ingest.sources import StacApiItemSource, StaticItemSource
@@ -29,9 +32,12 @@ from eostream.shared.bus import Bus, Consumers, Delivery, build_bus
 from eostream.shared.errors import ConfigError, InvalidEventError
 from eostream.shared.events import Event, ItemReplayRequested
 from eostream.shared.objects import bucket_reader
-from eostream.shared.ops import OpsServer, create_ops_app
+from eostream.shared.ops import OpsServer
 from eostream.shared.runtime import install_stop_signals, preflight
 from eostream.shared.settings import configure_logging
+
+if TYPE_CHECKING:
+    from eostream.ingest.notify import NotifyListener
 
 log = logging.getLogger(__name__)
 REPLAY_GROUP = "ingest-replay"
@@ -157,6 +163,14 @@ class IngestRunner:
         self.watcher = watcher
         self.leadership = Leadership(lock, retry_seconds=settings.leader_retry_seconds)
         self.consumers: Consumers | None = None
+        self.arrivals = Arrivals(watcher, source=settings.push.source)
+        self.notified = Arrivals(watcher, source=settings.notify.source)
+        self.listener: NotifyListener | None = None
+        self._leading = False
+
+    def arrivals_now(self) -> Arrivals | None:
+        """Who takes pushed items now: the leader's watcher; None while standing by."""
+        return self.arrivals if self._leading else None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Lead or stand by until ``stop``; the poll or replay in flight is finished first."""
@@ -170,10 +184,37 @@ class IngestRunner:
         )
         self.consumers = consumers
         consumers.start()
+        listening = await self._start_listener(resign)
+        self._leading = True
         try:
             await self.watcher.run(resign)
         finally:
+            self._leading = False
+            if listening is not None:
+                await listening
             await consumers.stop()
+
+    async def _start_listener(self, resign: asyncio.Event) -> asyncio.Task[None] | None:
+        """LISTEN for pgstac's NOTIFY while leading (INGEST_NOTIFY__ENABLED)."""
+        notify = self._settings.notify
+        dsn = self._settings.notify_dsn()
+        if not notify.enabled or dsn is None:
+            return None
+        from eostream.ingest.notify import NotifyListener, install_trigger
+
+        if notify.install_trigger:
+            try:
+                await install_trigger(dsn, notify.channel)
+            except Exception as exc:  # the listener still runs; the poll is the safety net
+                log.warning("NOTIFY trigger not installed: %s", exc)
+        self.listener = NotifyListener(
+            dsn,
+            notify.channel,
+            self.notified.take,
+            reconnect=notify.reconnect_seconds,
+            reconnect_max=notify.reconnect_max_seconds,
+        )
+        return asyncio.create_task(self.listener.run(resign), name="ingest-notify")
 
     async def _on_replay(self, event: Event, delivery: Delivery) -> None:
         if not isinstance(event, ItemReplayRequested):
@@ -187,6 +228,9 @@ class IngestRunner:
         if standing_by is not None:
             return standing_by
         ok, detail = self.watcher.readiness()
+        if self.listener is not None:
+            listening, what = self.listener.readiness()
+            ok, detail = ok and listening, f"{detail}; {what}"
         if self.consumers is not None:
             ready, replay = self.consumers.readiness()
             ok, detail = ok and ready, f"{detail}; {replay}"
@@ -196,6 +240,33 @@ class IngestRunner:
         if self.leadership.role != "leader" or self.consumers is None:
             return True, self.leadership.role
         return self.consumers.liveness()
+
+
+def http_servers(settings: IngestSettings, runner: IngestRunner) -> list[OpsServer]:
+    """The ops server (with the push route when push is on and has no port of its own), and a
+    push server of its own on ``INGEST_PUSH__HOST``/``PORT`` when that is set. Not started."""
+    servers = [
+        OpsServer(
+            create_app(
+                settings,
+                readiness=runner.readiness,
+                liveness=runner.liveness,
+                arrivals_now=runner.arrivals_now,
+            ),
+            settings.http_host,
+            settings.http_port,
+        )
+    ]
+    if settings.push.enabled and settings.push.port is not None:
+        push_app = create_app(
+            settings,
+            readiness=runner.readiness,
+            arrivals_now=runner.arrivals_now,
+            ops=False,
+            pushed=True,
+        )
+        servers.append(OpsServer(push_app, settings.push.host, settings.push.port))
+    return servers
 
 
 @asynccontextmanager
@@ -244,12 +315,11 @@ async def serve(settings: IngestSettings, adapters: IngestAdapters) -> None:
                 lock=adapters.lock,
                 sources=adapters.sources,
             )
-            ops = OpsServer(
-                create_ops_app(SERVICE, runner.readiness, runner.liveness),
-                settings.http_host,
-                settings.http_port,
-            )
-            await ops.start()
+            servers = http_servers(settings, runner)
+            for server in servers:
+                await server.start()
+            if settings.push.enabled:
+                log.info("push: POST %s%s", servers[-1].url, PUSH_PATH)
             log.info(
                 "watching %d source(s): %s",
                 len(settings.sources),
@@ -258,7 +328,8 @@ async def serve(settings: IngestSettings, adapters: IngestAdapters) -> None:
             try:
                 await runner.run(stop)
             finally:
-                await ops.stop()
+                for server in servers:
+                    await server.stop()
         finally:
             await adapters.state.close()
     log.info("stopped")

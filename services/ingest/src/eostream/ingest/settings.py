@@ -96,6 +96,77 @@ class StaticSource(_SourceBase):
 
 
 SourceConfig = Annotated[StacApiSource | StaticSource, Field(discriminator="kind")]
+
+#: CloudEvent types the push endpoint takes: EOEPCA's resource-registration notifications and
+#: eostream's own (ADR 0016).
+PUSH_EVENT_TYPES = (
+    "org.eoepca.resource-registration.resource.added",
+    "org.eoepca.resource-registration.resource.updated",
+    "org.eostream.stac.item.created",
+    "org.eostream.stac.item.updated",
+)
+
+
+class PushSettings(BaseModel):
+    """``INGEST_PUSH__*``: the HTTP endpoint that takes signed CloudEvents naming new items."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = False
+    host: str = Field(default="127.0.0.1", description="bind address of a push server of its own")
+    port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="a port of its own (0: any free one); None: served on the ops server",
+    )
+    secret: SecretStr | None = Field(
+        default=None, description="Standard Webhooks signing secret (whsec_<base64> or text)"
+    )
+    tolerance_seconds: float = Field(
+        default=300.0, gt=0, le=3600, description="how far webhook-timestamp may be from now"
+    )
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=16 * 1_048_576)
+    event_types: tuple[str, ...] = PUSH_EVENT_TYPES
+    source: str | None = Field(
+        default=None,
+        description="the configured source pushed items belong to; None: the one whose filter "
+        "admits the item's collection",
+    )
+
+    @model_validator(mode="after")
+    def _secret_when_enabled(self) -> Self:
+        if self.enabled and (self.secret is None or len(self.secret.get_secret_value()) < 16):
+            raise ValueError(
+                "INGEST_PUSH__ENABLED=true needs INGEST_PUSH__SECRET (16 characters at least)"
+            )
+        return self
+
+
+class NotifySettings(BaseModel):
+    """``INGEST_NOTIFY__*``: PostgreSQL LISTEN/NOTIFY on new items of a pgstac database."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = False
+    dsn: SecretStr | None = Field(
+        default=None, description="the pgstac database (the STAC API's); else EOSTREAM_PG_DSN"
+    )
+    database: str | None = Field(
+        default="stac", description="the database to connect to (empty: the DSN's own)"
+    )
+    channel: str = Field(default="eostream_items", pattern=r"^[a-z_][a-z0-9_]{0,40}$")
+    install_trigger: bool = Field(
+        default=True, description="create the NOTIFY trigger on pgstac.items at start (idempotent)"
+    )
+    source: str | None = Field(
+        default=None,
+        description="the configured source notified items belong to; None: by collection",
+    )
+    reconnect_seconds: float = Field(default=1.0, gt=0)
+    reconnect_max_seconds: float = Field(default=30.0, gt=0)
+
+
 StateKind = Literal["sqlite", "postgres"]
 
 
@@ -126,6 +197,8 @@ class IngestSettings(ServiceSettings):
         gt=0,
         description="how often a standby replica tries the leader lock, and the leader checks it",
     )
+    push: PushSettings = PushSettings()
+    notify: NotifySettings = NotifySettings()
 
     @model_validator(mode="after")
     def _sources(self) -> Self:
@@ -138,7 +211,25 @@ class IngestSettings(ServiceSettings):
             raise ValueError(f"source names must be unique; repeated: {', '.join(dupes)}")
         if self.state == "postgres" and self.pg_dsn is None:
             raise ValueError("INGEST_STATE=postgres needs INGEST_PG_DSN (or EOSTREAM_PG_DSN)")
+        for what, chosen in (("PUSH", self.push.source), ("NOTIFY", self.notify.source)):
+            if chosen is not None and chosen not in names:
+                raise ValueError(f"INGEST_{what}__SOURCE={chosen!r} is not a configured source")
+        if self.notify.enabled and self.notify.dsn is None and self.pg_dsn is None:
+            raise ValueError(
+                "INGEST_NOTIFY__ENABLED=true needs INGEST_NOTIFY__DSN (or EOSTREAM_PG_DSN)"
+            )
         return self
+
+    def notify_dsn(self) -> str | None:
+        """The pgstac database to LISTEN on: NOTIFY__DSN, else the PostgreSQL DSN, with
+        NOTIFY__DATABASE put in when the DSN names no database."""
+        secret = self.notify.dsn or self.pg_dsn
+        if secret is None:
+            return None
+        from psycopg.conninfo import make_conninfo
+
+        dsn = secret.get_secret_value()
+        return make_conninfo(dsn, dbname=self.notify.database) if self.notify.database else dsn
 
     def source(self, name: str) -> StacApiSource | StaticSource:
         for s in self.sources:

@@ -47,6 +47,7 @@ class PollReport:
     watermark: datetime | None = None
     seconds: float = 0.0
     rejections: list[str] = field(default_factory=list)
+    filtered_why: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,7 @@ class Watcher:
             if why is not None:
                 log.debug("%s: %s filtered out: %s", name, scene.item_id, why)
                 report.filtered += 1
+                report.filtered_why.append(why)
                 continue
             events.append((scene, key[1]))
         metrics.ITEMS.labels(name, "duplicate").inc(report.duplicates)
@@ -294,6 +296,23 @@ class Watcher:
             forgotten,
             outcome,
         )
+        return report
+
+    # -- an item pushed or notified ---------------------------------------------------------
+
+    async def take(self, watched: WatchedSource, raw: RawItem) -> PollReport:
+        """One item that arrived by push or NOTIFY (:mod:`eostream.ingest.arrivals`), through
+        the page path a poll takes: the same seen-set, mapping, filter and dead letters, in turn
+        with the polls, so an item pushed and later polled (or the other way) is announced once.
+        """
+        name = watched.config.name
+        report = PollReport(name)
+        began = time.perf_counter()
+        async with self._turn:
+            report.seen = 1
+            metrics.ITEMS.labels(name, "seen").inc()
+            await self._page(watched, [raw], report, set(), False, None, None)
+        report.seconds = time.perf_counter() - began
         return report
 
     # -- the loop ----------------------------------------------------------------------------

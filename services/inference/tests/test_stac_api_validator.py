@@ -25,6 +25,8 @@ DECLARED = {
     "https://api.stacspec.org/v1.0.0/item-search": "item-search",
     "https://api.stacspec.org/v1.0.0/item-search#sort": "item-search#sort",
     "https://api.stacspec.org/v1.0.0/item-search#fields": "item-search#fields",
+    "https://api.stacspec.org/v1.0.0-rc.2/item-search#filter": "item-search#filter",
+    "https://api.stacspec.org/v1.0.0-rc.2/ogcapi-features#filter": "features#filter",
 }
 
 

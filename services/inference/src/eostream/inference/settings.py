@@ -47,6 +47,11 @@ class InferenceSettings(ServiceSettings):
     )
     results_prefix: str = "results"
     collection_id: str = "eostream-classifications"
+    public_url: str | None = Field(
+        default=None,
+        description="the service's URL as clients reach it (http://host:port), used in the "
+        "asset hrefs of result items; without it, the URL of each request",
+    )
     cors_origins: tuple[str, ...] = Field(
         default=("*",),
         description="origins a browser may read the API from (CORS, GET only); '*' = any, "

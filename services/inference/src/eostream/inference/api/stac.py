@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import shapely
@@ -12,7 +13,9 @@ import shapely.geometry
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from eostream.inference.api import filters
 from eostream.inference.api.deps import Results, Settings
+from eostream.inference.api.filters import FILTER_CONFORMS, QUERYABLES_REL, Filter
 from eostream.inference.api.params import parse_bbox, parse_datetime
 from eostream.inference.api.schemas import (
     Collection,
@@ -24,7 +27,8 @@ from eostream.inference.api.schemas import (
     as_stored,
 )
 from eostream.inference.errors import BadInputError, ResultNotFoundError
-from eostream.inference.results import ResultQuery, ResultRecord
+from eostream.inference.results import ResultQuery, ResultRecord, class_names
+from eostream.inference.stacitem import public_item
 from eostream.shared.http_errors import error_responses
 
 router = APIRouter(prefix="/stac", tags=["stac"])
@@ -38,13 +42,14 @@ CONFORMS = [
     "https://api.stacspec.org/v1.0.0/item-search#fields",
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core",
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/geojson",
+    *FILTER_CONFORMS,
 ]
 GEOJSON = "application/geo+json"
 #: FastAPI answers /openapi.json as application/json, and the link's type must match it
 OPENAPI = "application/json"
 MAX_LIMIT = 1000  # a larger limit is capped to this (the spec lets a server cap it)
 #: extensions /stac does not implement: refused with 400 rather than silently ignored
-UNSUPPORTED = ("filter", "filter-lang", "query")
+UNSUPPORTED = ("query",)
 _INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")
 QUERY = error_responses(400, 422)
 LOOKUP = error_responses(404, 422)
@@ -78,6 +83,7 @@ def landing(request: Request, settings: Settings) -> dict[str, Any]:
             _link("search", f"{root}/search", GEOJSON, method="GET"),
             _link("search", f"{root}/search", GEOJSON, method="POST"),
             _link("child", f"{root}/collections/{settings.collection_id}"),
+            _link(QUERYABLES_REL, f"{root}/queryables", filters.SCHEMA_JSON),
         ],
     }
 
@@ -104,6 +110,9 @@ def _collection(request: Request, collection_id: str) -> dict[str, Any]:
             _link("root", root),
             _link("parent", root),
             _link("items", f"{root}/collections/{collection_id}/items", GEOJSON),
+            _link(
+                QUERYABLES_REL, f"{root}/collections/{collection_id}/queryables", filters.SCHEMA_JSON
+            ),
         ],
     }
 
@@ -135,9 +144,14 @@ def collection(request: Request, collection_id: str, settings: Settings) -> dict
     return _collection(request, collection_id)
 
 
+def public_base(request: Request, settings: Settings) -> str:
+    """The service's URL as clients reach it: the public URL setting, or the request's."""
+    return settings.public_url or str(request.base_url)
+
+
 def _item(request: Request, record: ResultRecord, collection_id: str) -> dict[str, Any]:
     root = _root(request)
-    item = dict(record.item)
+    item = public_item(record.item, request.state.public_base)
     item["collection"] = collection_id
     kept = [
         link
@@ -159,8 +173,11 @@ def _page(
 ) -> dict[str, Any]:
     # results is set by the caller through request.state to keep this function pure of deps
     state = request.state
-    records, total = _records(state.results, query, state.intersects, state.sortby)
-    features = [_item(request, r, collection_id) for r in records]
+    present = lambda r: _item(request, r, collection_id)  # noqa: E731
+    records, total = _records(
+        state.results, query, state.intersects, state.sortby, state.filter, present
+    )
+    features = [present(r) for r in records]
     if state.fields is not None:
         features = [_pick(f, *state.fields) for f in features]
     links: list[dict[str, Any]] = [
@@ -183,11 +200,13 @@ def _records(
     query: ResultQuery,
     area: shapely.Geometry | None,
     sortby: list[tuple[str, bool]] | None = None,
+    where: Filter | None = None,
+    present: Callable[[ResultRecord], dict[str, Any]] | None = None,
 ) -> tuple[list[ResultRecord], int]:
-    """A page of the index's answer. With ``intersects`` or ``sortby``, the candidates of the
-    index's query (bbox, datetime, ids: indexed) are kept where their geometry meets the area,
-    sorted and paged here."""
-    if area is None and not sortby:
+    """A page of the index's answer. With ``intersects``, ``sortby`` or a CQL2 ``filter``, the
+    candidates of the index's query (bbox, datetime, ids: indexed) are kept where their
+    geometry meets the area and the filter selects the item as served, sorted and paged here."""
+    if area is None and not sortby and where is None:
         found: tuple[list[ResultRecord], int] = results.search(query)
         return found
     wide = ResultQuery(
@@ -199,6 +218,8 @@ def _records(
     )
     candidates, _ = results.search(wide)
     hits = [r for r in candidates if area is None or area.intersects(_footprint(r))]
+    if where is not None:
+        hits = [r for r in hits if where.matches(present(r) if present else r.item)]
     for name, descending in reversed(sortby or []):  # stable sorts, last key first
         present = [r for r in hits if _value(r, name) is not None]
         missing = [r for r in hits if _value(r, name) is None]
@@ -378,6 +399,33 @@ def _next(request: Request, offset: int) -> str:
 
 Limit = Annotated[int, Query(description=f"page size, capped to {MAX_LIMIT}")]
 Token = Annotated[int, Query(ge=0, le=1_000_000, description="paging offset")]
+CqlFilter = Annotated[
+    str | None,
+    Query(
+        alias="filter",
+        max_length=filters.MAX_FILTER_CHARS,
+        description="CQL2 filter (cql2-text, or cql2-json as text); see /stac/queryables",
+    ),
+]
+FilterLang = Annotated[str | None, Query(alias="filter-lang", description="cql2-text | cql2-json")]
+FilterCrs = Annotated[str | None, Query(alias="filter-crs", description=filters.CRS84)]
+
+
+def _filter(
+    request: Request, results: Results, value: Any, lang: str | None, crs: str | None
+) -> Filter | None:
+    if value is None or value == "":
+        if lang not in (None, "", *filters.LANGS):
+            raise BadInputError(f"filter-lang {lang!r} is not one of {', '.join(filters.LANGS)}")
+        return None
+    return filters.parse_filter(value, lang or None, crs, class_names(results))
+
+
+def _prepare(request: Request, settings: Settings, results: Results) -> None:
+    request.state.results = results
+    request.state.public_base = public_base(request, settings)
+    request.state.intersects = request.state.filter = None
+    request.state.sortby = request.state.fields = None
 
 
 # Items are answered as stored (as_stored), and only documented by their models.
@@ -396,15 +444,17 @@ def items(
     datetime: str | None = None,
     limit: Limit = 10,
     token: Token = 0,
+    filter_: CqlFilter = None,
+    filter_lang: FilterLang = None,
+    filter_crs: FilterCrs = None,
 ) -> Response:
     _check_collection(settings, collection_id)
     _refuse_unsupported(request.query_params)
     start, end = _when(datetime)
     limit = _limit(limit)
     query = ResultQuery(bbox=parse_bbox(bbox), start=start, end=end, limit=limit, offset=token)
-    request.state.results = results
-    request.state.intersects = None
-    request.state.sortby = request.state.fields = None
+    _prepare(request, settings, results)
+    request.state.filter = _filter(request, results, filter_, filter_lang, filter_crs)
     return _geojson(_page(request, query, collection_id, _next(request, token + limit)))
 
 
@@ -421,11 +471,12 @@ def item(
     records, _ = results.search(ResultQuery(ids=[item_id], limit=1))
     if not records:
         raise ResultNotFoundError(f"no item {item_id!r} in {collection_id}")
+    _prepare(request, settings, results)
     return _geojson(_item(request, records[0], collection_id))
 
 
 class SearchBody(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
 
     collections: list[str] | str | None = None  # a string: one id or a comma-separated list
     ids: list[str] | None = Field(default=None, max_length=1000)
@@ -436,6 +487,9 @@ class SearchBody(BaseModel):
     fields: dict[str, Any] | None = None
     limit: int = Field(default=10, ge=1)
     token: int = Field(default=0, ge=0, le=1_000_000)
+    filter: dict[str, Any] | str | None = None
+    filter_lang: str | None = Field(default=None, alias="filter-lang")
+    filter_crs: str | None = Field(default=None, alias="filter-crs")
 
 
 def _search(
@@ -460,7 +514,10 @@ def _search(
     query = ResultQuery(
         ids=body.ids, bbox=bbox, start=start, end=end, limit=body.limit, offset=body.token
     )
-    request.state.results = results
+    _prepare(request, settings, results)
+    request.state.filter = _filter(
+        request, results, body.filter, body.filter_lang, body.filter_crs
+    )
     request.state.intersects = _area(body.intersects)
     request.state.sortby = _sortby(body.sortby)
     request.state.fields = _fields(body.fields)
@@ -500,6 +557,9 @@ def search_get(
     fields: str | None = None,
     limit: Limit = 10,
     token: Token = 0,
+    filter_: CqlFilter = None,
+    filter_lang: FilterLang = None,
+    filter_crs: FilterCrs = None,
 ) -> Response:
     _refuse_unsupported(request.query_params)
     keys, picked = _sortby(sortby), _fields(fields)
@@ -515,6 +575,8 @@ def search_get(
         fields={"include": picked[0], "exclude": picked[1]} if picked else None,
         limit=_limit(limit),
         token=token,
+        filter=filter_,
+        **{"filter-lang": filter_lang, "filter-crs": filter_crs},
     )
     return _geojson(_search(request, body, settings, results))
 
@@ -530,3 +592,6 @@ def search_post(
     if "fields" in body.model_fields_set and body.fields is None:
         raise BadInputError("fields must be an object {include, exclude}, not null")
     return _geojson(_search(request, body, settings, results))
+
+
+router.include_router(filters.router)

@@ -183,15 +183,15 @@ def parse_filter(
     known = known_properties(classes)
     unknown = sorted(props - set(known))
     if unknown:
-        classes_named = [p.removeprefix(SHARE_PREFIX) for p in unknown if p.startswith(SHARE_PREFIX)]
+        classes_named = [
+            p.removeprefix(SHARE_PREFIX) for p in unknown if p.startswith(SHARE_PREFIX)
+        ]
         hint = f" (no result has the classes {', '.join(classes_named)})" if classes_named else ""
         raise BadInputError(
             f"filter names properties that are not queryable: {', '.join(unknown)}{hint}; "
             "GET /stac/queryables lists them"
         )
-    names = frozenset(
-        p for p in props if p not in ("id", "collection", "geometry") and p in known
-    )
+    names = frozenset(p for p in props if p not in ("id", "collection", "geometry") and p in known)
     return Filter(expr, names)
 
 
@@ -199,7 +199,7 @@ def _schema(document: dict[str, Any]) -> Response:
     return Response(json.dumps(document), media_type=SCHEMA_JSON)
 
 
-SCHEMA_RESPONSE = {200: {"content": {SCHEMA_JSON: {}}}}
+SCHEMA_RESPONSE: dict[int | str, dict[str, Any]] = {200: {"content": {SCHEMA_JSON: {}}}}
 
 
 @router.get(

@@ -111,7 +111,9 @@ def _collection(request: Request, collection_id: str) -> dict[str, Any]:
             _link("parent", root),
             _link("items", f"{root}/collections/{collection_id}/items", GEOJSON),
             _link(
-                QUERYABLES_REL, f"{root}/collections/{collection_id}/queryables", filters.SCHEMA_JSON
+                QUERYABLES_REL,
+                f"{root}/collections/{collection_id}/queryables",
+                filters.SCHEMA_JSON,
             ),
         ],
     }
@@ -173,11 +175,14 @@ def _page(
 ) -> dict[str, Any]:
     # results is set by the caller through request.state to keep this function pure of deps
     state = request.state
-    present = lambda r: _item(request, r, collection_id)  # noqa: E731
+
+    def serve(record: ResultRecord) -> dict[str, Any]:
+        return _item(request, record, collection_id)
+
     records, total = _records(
-        state.results, query, state.intersects, state.sortby, state.filter, present
+        state.results, query, state.intersects, state.sortby, state.filter, serve
     )
-    features = [present(r) for r in records]
+    features = [serve(r) for r in records]
     if state.fields is not None:
         features = [_pick(f, *state.fields) for f in features]
     links: list[dict[str, Any]] = [
@@ -201,7 +206,7 @@ def _records(
     area: shapely.Geometry | None,
     sortby: list[tuple[str, bool]] | None = None,
     where: Filter | None = None,
-    present: Callable[[ResultRecord], dict[str, Any]] | None = None,
+    serve: Callable[[ResultRecord], dict[str, Any]] | None = None,
 ) -> tuple[list[ResultRecord], int]:
     """A page of the index's answer. With ``intersects``, ``sortby`` or a CQL2 ``filter``, the
     candidates of the index's query (bbox, datetime, ids: indexed) are kept where their
@@ -219,7 +224,7 @@ def _records(
     candidates, _ = results.search(wide)
     hits = [r for r in candidates if area is None or area.intersects(_footprint(r))]
     if where is not None:
-        hits = [r for r in hits if where.matches(present(r) if present else r.item)]
+        hits = [r for r in hits if where.matches(serve(r) if serve else r.item)]
     for name, descending in reversed(sortby or []):  # stable sorts, last key first
         present = [r for r in hits if _value(r, name) is not None]
         missing = [r for r in hits if _value(r, name) is None]
@@ -515,9 +520,7 @@ def _search(
         ids=body.ids, bbox=bbox, start=start, end=end, limit=body.limit, offset=body.token
     )
     _prepare(request, settings, results)
-    request.state.filter = _filter(
-        request, results, body.filter, body.filter_lang, body.filter_crs
-    )
+    request.state.filter = _filter(request, results, body.filter, body.filter_lang, body.filter_crs)
     request.state.intersects = _area(body.intersects)
     request.state.sortby = _sortby(body.sortby)
     request.state.fields = _fields(body.fields)

@@ -492,7 +492,7 @@ class SearchBody(BaseModel):
     fields: dict[str, Any] | None = None
     limit: int = Field(default=10, ge=1)
     token: int = Field(default=0, ge=0, le=1_000_000)
-    filter: dict[str, Any] | str | None = None
+    filter: Any = None  # CQL2 JSON (an object) or text; checked by filters.parse_filter
     filter_lang: str | None = Field(default=None, alias="filter-lang")
     filter_crs: str | None = Field(default=None, alias="filter-crs")
 

@@ -38,6 +38,9 @@ SCHEMA_JSON = "application/schema+json"
 CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
 LANGS = ("cql2-text", "cql2-json")
 MAX_FILTER_CHARS = 20_000
+#: in a GET the filter is part of the URL, which the server reads up to 16 KiB (h11's limit):
+#: 1000 characters percent-encode to at most 9 KB
+MAX_GET_FILTER_CHARS = 1000
 
 #: the operators the ``cql2`` package evaluates (CQL2 1.0); any other is refused with 400
 OPERATORS = frozenset(

@@ -408,8 +408,9 @@ CqlFilter = Annotated[
     str | None,
     Query(
         alias="filter",
-        max_length=filters.MAX_FILTER_CHARS,
-        description="CQL2 filter (cql2-text, or cql2-json as text); see /stac/queryables",
+        max_length=filters.MAX_GET_FILTER_CHARS,
+        description="CQL2 filter (cql2-text, or cql2-json as text); see /stac/queryables. "
+        "A longer one goes in a POST body",
     ),
 ]
 FilterLang = Annotated[str | None, Query(alias="filter-lang", description="cql2-text | cql2-json")]

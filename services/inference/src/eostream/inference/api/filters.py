@@ -14,6 +14,8 @@ from typing import Any
 
 import cql2
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from eostream.inference.api.deps import Results, Settings
 from eostream.inference.errors import BadInputError, ResultNotFoundError
@@ -198,18 +200,38 @@ def parse_filter(
     return Filter(expr, names)
 
 
+class Queryables(BaseModel):
+    """A queryables document: the JSON schema of what a CQL2 filter may name."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    schema_: str = Field(alias="$schema")
+    id: str = Field(alias="$id")
+    type: str = "object"
+    title: str | None = None
+    properties: dict[str, dict[str, Any]]
+    additionalProperties: bool = False
+
+
+class SchemaJsonResponse(JSONResponse):
+    media_type = SCHEMA_JSON
+
+
+#: the answer's media type is JSON schema's; its body is documented by :class:`Queryables`
+SCHEMA_200: dict[int | str, dict[str, Any]] = {
+    200: {"content": {SCHEMA_JSON: {"schema": {"$ref": "#/components/schemas/Queryables"}}}}
+}
+
+
 def _schema(document: dict[str, Any]) -> Response:
-    return Response(json.dumps(document), media_type=SCHEMA_JSON)
-
-
-SCHEMA_RESPONSE: dict[int | str, dict[str, Any]] = {200: {"content": {SCHEMA_JSON: {}}}}
+    return SchemaJsonResponse(document)
 
 
 @router.get(
     "/queryables",
     summary="Properties a CQL2 filter may name (JSON schema)",
-    response_class=Response,
-    responses={**SCHEMA_RESPONSE, **error_responses(422)},
+    response_model=Queryables,
+    responses={**SCHEMA_200, **error_responses(422)},
 )
 def queryables(request: Request, results: Results) -> Response:
     url = str(request.url.remove_query_params(list(request.query_params)))
@@ -219,8 +241,8 @@ def queryables(request: Request, results: Results) -> Response:
 @router.get(
     "/collections/{collection_id}/queryables",
     summary="Properties a CQL2 filter on a collection's items may name (JSON schema)",
-    response_class=Response,
-    responses={**SCHEMA_RESPONSE, **error_responses(404, 422)},
+    response_model=Queryables,
+    responses={**SCHEMA_200, **error_responses(404, 422)},
 )
 def collection_queryables(
     request: Request, collection_id: str, settings: Settings, results: Results

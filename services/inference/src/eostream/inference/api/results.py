@@ -150,7 +150,7 @@ FILES = {
 }
 AUX = "classification.tif.aux.xml"  # made from the item's legend: category names for GDAL
 RANGED = {
-    206: {"description": "Partial content (a Range request)"},
+    206: {"description": "Partial content (a Range request)", "content": {COG: {}}},
     **error_responses(404, 416, 422),
 }
 
@@ -169,9 +169,15 @@ def _file(request: Request, store: Store, record: ResultRecord, name: str) -> Re
         raise ResultNotFoundError(f"{name} is missing from the object store") from None
 
 
-@router.api_route(
+@router.get(
     "/{scene_id}/files/{model_version}/{name}",
-    methods=["GET", "HEAD"],
+    summary="One product file of a result (HTTP Range requests; the COG's .aux.xml: categories)",
+    response_class=Response,
+    responses={200: {"content": {COG: {}, "image/png": {}}}, **RANGED},
+)
+@router.head(
+    "/{scene_id}/files/{model_version}/{name}",
+    operation_id="head_file",
     summary="One product file of a result (HTTP Range requests; the COG's .aux.xml: categories)",
     response_class=Response,
     responses={200: {"content": {COG: {}, "image/png": {}}}, **RANGED},
@@ -187,9 +193,15 @@ def get_file(
     return _file(request, store, _one(results, scene_id, model_version), name)
 
 
-@router.api_route(
+@router.get(
     "/{scene_id}/cog",
-    methods=["GET", "HEAD"],
+    summary="The classification COG (uint8, nodata 255; HTTP Range requests)",
+    response_class=Response,
+    responses={200: {"content": {"image/tiff": {}}}, **RANGED},
+)
+@router.head(
+    "/{scene_id}/cog",
+    operation_id="head_cog",
     summary="The classification COG (uint8, nodata 255; HTTP Range requests)",
     response_class=Response,
     responses={200: {"content": {"image/tiff": {}}}, **RANGED},
@@ -200,9 +212,15 @@ def get_cog(
     return _file(request, store, _one(results, scene_id, model_version), "classification.tif")
 
 
-@router.api_route(
+@router.get(
     "/{scene_id}/quicklook",
-    methods=["GET", "HEAD"],
+    summary="A quicklook PNG of the classes, with its legend",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, **RANGED},
+)
+@router.head(
+    "/{scene_id}/quicklook",
+    operation_id="head_quicklook",
     summary="A quicklook PNG of the classes, with its legend",
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}, **RANGED},

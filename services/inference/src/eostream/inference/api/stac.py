@@ -3,8 +3,6 @@ pystac-client to search classified scenes."""
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -16,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from eostream.inference.api import filters
 from eostream.inference.api.deps import Results, Settings
 from eostream.inference.api.filters import FILTER_CONFORMS, QUERYABLES_REL, Filter
-from eostream.inference.api.params import parse_bbox, parse_datetime
+from eostream.inference.api.params import parse_bbox
 from eostream.inference.api.schemas import (
     Collection,
     Collections,
@@ -25,6 +23,14 @@ from eostream.inference.api.schemas import (
     Landing,
     StacItem,
     as_stored,
+)
+from eostream.inference.api.search_params import (
+    footprint,
+    parse_fields,
+    parse_intersects,
+    parse_sortby,
+    parse_when,
+    pick_fields,
 )
 from eostream.inference.errors import BadInputError, ResultNotFoundError
 from eostream.inference.results import ResultQuery, ResultRecord, class_names
@@ -50,7 +56,6 @@ OPENAPI = "application/json"
 MAX_LIMIT = 1000  # a larger limit is capped to this (the spec lets a server cap it)
 #: extensions /stac does not implement: refused with 400 rather than silently ignored
 UNSUPPORTED = ("query",)
-_INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")
 QUERY = error_responses(400, 422)
 LOOKUP = error_responses(404, 422)
 
@@ -184,7 +189,7 @@ def _page(
     )
     features = [serve(r) for r in records]
     if state.fields is not None:
-        features = [_pick(f, *state.fields) for f in features]
+        features = [pick_fields(f, *state.fields) for f in features]
     links: list[dict[str, Any]] = [
         _link("root", _root(request)),
         _link("self", str(request.url), GEOJSON),
@@ -222,7 +227,7 @@ def _records(
         limit=1_000_000,
     )
     candidates, _ = results.search(wide)
-    hits = [r for r in candidates if area is None or area.intersects(_footprint(r))]
+    hits = [r for r in candidates if area is None or area.intersects(footprint(r))]
     if where is not None:
         hits = [r for r in hits if where.matches(serve(r) if serve else r.item)]
     for name, descending in reversed(sortby or []):  # stable sorts, last key first
@@ -241,145 +246,6 @@ def _value(record: ResultRecord, name: str) -> Any:
     key = name.removeprefix("properties.")
     value = record.item.get("properties", {}).get(key)
     return value if isinstance(value, str | int | float) else None
-
-
-def _sortby(value: Any) -> list[tuple[str, bool]] | None:
-    """``sortby``: ``+a,-b`` (GET) or ``[{"field", "direction"}]`` (POST): (field, descending)."""
-    if value is None or value == "":
-        return None
-    keys: list[tuple[str, bool]] = []
-    if isinstance(value, str):
-        for part in value.split(","):
-            name = part.strip().lstrip("+")
-            if not name:
-                raise BadInputError(f"sortby {value!r} has an empty field")
-            keys.append((name.lstrip("-"), name.startswith("-")))
-        return keys
-    if not isinstance(value, list):
-        raise BadInputError("sortby must be a list of {field, direction}")
-    for entry in value:
-        if not isinstance(entry, dict) or not isinstance(entry.get("field"), str):
-            raise BadInputError(f"sortby entry {entry!r} has no field")
-        direction = entry.get("direction", "asc")
-        if direction not in ("asc", "desc"):
-            raise BadInputError(f"sortby direction {direction!r} is not asc or desc")
-        keys.append((entry["field"], direction == "desc"))
-    return keys
-
-
-def _fields(value: Any) -> tuple[list[str] | None, list[str]] | None:
-    """``fields``: ``a,-b`` (GET) or ``{"include": [], "exclude": []}`` (POST)."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        parts = [p.strip() for p in value.split(",") if p.strip()]
-        if not parts:
-            return None
-        include = [p.lstrip("+") for p in parts if not p.startswith("-")]
-        return include or None, [p[1:] for p in parts if p.startswith("-")]
-    lists = [value.get(k) or [] for k in ("include", "exclude")] if isinstance(value, dict) else []
-    if not lists or not all(
-        isinstance(v, list) and all(isinstance(p, str) for p in v) for v in lists
-    ):
-        raise BadInputError("fields must be {include: [...], exclude: [...]} of strings")
-    # include absent: the whole item less the excluded; empty or null: the default fields
-    return (list(lists[0]) if "include" in value else None), list(lists[1])
-
-
-#: the fields answered when ``fields`` is given, before its include and exclude
-_DEFAULT = (
-    "type",
-    "stac_version",
-    "id",
-    "geometry",
-    "bbox",
-    "links",
-    "assets",
-    "collection",
-    "properties.datetime",
-)
-
-
-def _pick(item: dict[str, Any], include: list[str] | None, exclude: list[str]) -> dict[str, Any]:
-    """The Fields extension: the ``include``d (dotted) paths and the four an item needs (the
-    default fields when the include list is empty; the whole item when there is none), less
-    the ``exclude``d ones; a path named in both, or included below an excluded one, is kept."""
-    if include is None:  # the whole item, less the excluded
-        whole = {k: (dict(v) if isinstance(v, dict) else v) for k, v in item.items()}
-        for path in exclude:
-            head, _, rest = path.partition(".")
-            if not rest:
-                whole.pop(head, None)
-            elif isinstance(whole.get(head), dict):
-                whole[head].pop(rest, None)
-        return whole
-    dropped = set(exclude) - set(include)
-
-    def kept(path: str) -> bool:
-        parts = path.split(".")
-        prefixes = {".".join(parts[: i + 1]) for i in range(len(parts))}
-        return path in include or not prefixes & dropped
-
-    picked: dict[str, Any] = {}
-    base = ("type", "stac_version", "id", "links") if include else _DEFAULT
-    for path in dict.fromkeys([*base, *include]):
-        if not kept(path):
-            continue
-        head, _, rest = path.partition(".")
-        if head not in item:
-            continue
-        if not rest:
-            if isinstance(item[head], dict) and head in picked:
-                picked[head] = {**item[head], **picked[head]}
-            else:
-                picked[head] = item[head]
-        elif isinstance(item[head], dict) and rest in item[head]:
-            if not isinstance(picked.get(head), dict):
-                picked[head] = {}
-            picked[head][rest] = item[head][rest]
-    if isinstance(item.get("properties"), dict) and "properties" in picked:
-        # an excluded property below an included ``properties``
-        for path in dropped:
-            head, _, rest = path.partition(".")
-            if head == "properties" and rest and "properties" in include:
-                picked["properties"].pop(rest, None)
-    return picked
-
-
-def _footprint(record: ResultRecord) -> shapely.Geometry:
-    geometry = record.item.get("geometry")
-    if geometry:
-        return shapely.geometry.shape(geometry)
-    return shapely.box(*record.bbox) if record.bbox else shapely.Point()
-
-
-def _area(value: Any) -> shapely.Geometry | None:
-    """``intersects``: a GeoJSON geometry (a JSON text in GET), or 400."""
-    if value is None or value == "":
-        return None
-    try:
-        geojson = json.loads(value) if isinstance(value, str) else value
-        area = shapely.geometry.shape(geojson)
-    except Exception as exc:  # shapely raises several types for bad GeoJSON
-        raise BadInputError(f"intersects is not a GeoJSON geometry: {exc}") from None
-    if area.is_empty:
-        raise BadInputError("intersects is an empty geometry")
-    return area
-
-
-def _when(text: str | None) -> tuple[Any, Any]:
-    """An RFC 3339 instant or interval (``..`` or empty for an open end, not both), or 400."""
-    if not text:
-        return None, None
-    upper = text.upper()
-    ends = upper.split("/") if "/" in upper else [upper]
-    open_ends = [e for e in ends if e in ("", "..")]
-    if len(ends) > 2 or len(open_ends) == len(ends):
-        raise BadInputError(f"datetime {text!r} is not an RFC 3339 instant or interval")
-    for end in ends:
-        if end not in ("", "..") and not _INSTANT.fullmatch(end):
-            raise BadInputError(f"datetime {text!r} is not an RFC 3339 instant or interval")
-    return parse_datetime(upper)
 
 
 def _limit(limit: int) -> int:
@@ -456,7 +322,7 @@ def items(
 ) -> Response:
     _check_collection(settings, collection_id)
     _refuse_unsupported(request.query_params)
-    start, end = _when(datetime)
+    start, end = parse_when(datetime)
     limit = _limit(limit)
     query = ResultQuery(bbox=parse_bbox(bbox), start=start, end=end, limit=limit, offset=token)
     _prepare(request, settings, results)
@@ -515,16 +381,16 @@ def _search(
     if body.bbox is not None and body.intersects is not None:
         raise BadInputError("bbox and intersects must not both be given")
     bbox = parse_bbox(",".join(str(v) for v in body.bbox)) if body.bbox else None
-    start, end = _when(body.datetime)
+    start, end = parse_when(body.datetime)
     body.limit = _limit(body.limit)
     query = ResultQuery(
         ids=body.ids, bbox=bbox, start=start, end=end, limit=body.limit, offset=body.token
     )
     _prepare(request, settings, results)
     request.state.filter = _filter(request, results, body.filter, body.filter_lang, body.filter_crs)
-    request.state.intersects = _area(body.intersects)
-    request.state.sortby = _sortby(body.sortby)
-    request.state.fields = _fields(body.fields)
+    request.state.intersects = parse_intersects(body.intersects)
+    request.state.sortby = parse_sortby(body.sortby)
+    request.state.fields = parse_fields(body.fields)
     page = _page(request, query, settings.collection_id, None)
     if body.token + page["numberReturned"] < page["numberMatched"]:
         if request.method == "GET":
@@ -566,9 +432,9 @@ def search_get(
     filter_crs: FilterCrs = None,
 ) -> Response:
     _refuse_unsupported(request.query_params)
-    keys, picked = _sortby(sortby), _fields(fields)
+    keys, picked = parse_sortby(sortby), parse_fields(fields)
     box = parse_bbox(bbox)
-    area = _area(intersects)
+    area = parse_intersects(intersects)
     body = SearchBody(
         collections=_csv(collections),
         ids=_csv(ids),

@@ -16,6 +16,7 @@ import socket
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -154,7 +155,7 @@ async def test_results_in_the_stacks_stac_api(
         shares = record.item["properties"]["eostream:class_shares"]
         top = max(shares, key=shares.get)
 
-        def search(cql: str, bbox: list[float]) -> list[dict[str, object]]:
+        def search(cql: str, bbox: list[float]) -> list[dict[str, Any]]:
             client = Client.open(stac_api)
             found = client.search(collections=[COLLECTION], bbox=bbox, filter=cql, max_items=50)
             return [item.to_dict() for item in found.items()]
@@ -169,7 +170,7 @@ async def test_results_in_the_stacks_stac_api(
 
         # its asset hrefs are this service's HTTP URLs; GDAL reads the COG from MinIO by them
         item = found[0]
-        asset = item["assets"]["classification"]  # type: ignore[index]
+        asset = item["assets"]["classification"]
         href = asset["href"]
         assert href.startswith(f"http://127.0.0.1:{port}/results/")
         assert asset["alternate"]["storage"]["href"].startswith(f"s3://{BUCKET}/")
@@ -205,7 +206,7 @@ async def test_results_in_the_stacks_stac_api(
             stac_api,
             COLLECTION,
             item["geometry"],
-            ccs,  # type: ignore[arg-type]
+            ccs,
         )
         errors = [e for e in errors if not any(host in e for host in OFFLINE)]
         known = {

@@ -28,6 +28,9 @@ def process(stack: LocalStack, deployment: Deployment, port: int) -> ProcessSpec
         "INFERENCE_DEFER_SCENES_UNTIL_MODEL": "true",
         # the local stack's scenes are the 29RKH tile at 100 m: classify, marked coarse
         "INFERENCE_ALLOW_COARSE_SCENES": "true",
+        # result items go to the stack's STAC API too, with asset hrefs of this process
+        "INFERENCE_CATALOG__STAC_API_URL": stack.stac_api_url,
+        "INFERENCE_PUBLIC_URL": url,
     }
     return ProcessSpec(
         SERVICE,

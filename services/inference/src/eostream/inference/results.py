@@ -361,6 +361,13 @@ class PostgresResultsStore(SqlResultsStore):
         super().__init__(sa.create_engine(url, pool_pre_ping=True, pool_size=5))
 
 
+def class_names(results: ResultsStore) -> list[str]:
+    """The classes of every indexed result (what a CQL2 filter on class shares may name)."""
+    stmt = sa.select(classes_table.c.class_name).distinct().order_by(classes_table.c.class_name)
+    with results.engine.connect() as conn:
+        return [str(row[0]) for row in conn.execute(stmt)]
+
+
 def build_results_store(url: str) -> ResultsStore:
     store: SqlResultsStore
     if url.startswith("sqlite"):

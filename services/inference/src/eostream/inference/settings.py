@@ -95,6 +95,19 @@ class SubscriptionsSettings(BaseModel):
         return networks
 
 
+class CatalogSettings(BaseModel):
+    """Where result items are published besides the service's own /stac: a STAC API with the
+    transactions extension (the stack's stac-fastapi-pgstac), or nowhere."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    stac_api_url: str | None = Field(
+        default=None, description="STAC API root (transactions on), e.g. http://127.0.0.1:18082"
+    )
+    collection: str = Field(default="eostream-results", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    timeout_seconds: float = Field(default=10.0, gt=0, description="per STAC API request")
+
+
 class InferenceSettings(ServiceSettings):
     model_config = SettingsConfigDict(
         env_prefix="INFERENCE_", env_nested_delimiter="__", frozen=True, extra="ignore"
@@ -107,6 +120,12 @@ class InferenceSettings(ServiceSettings):
     )
     results_prefix: str = "results"
     collection_id: str = "eostream-classifications"
+    catalog: CatalogSettings = Field(default_factory=CatalogSettings)
+    public_url: str | None = Field(
+        default=None,
+        description="the service's URL as clients reach it (http://host:port), used in the "
+        "asset hrefs of result items; without it, the URL of each request",
+    )
     cors_origins: tuple[str, ...] = Field(
         default=("*",),
         description="origins a browser may read the API from (CORS, GET only); '*' = any, "

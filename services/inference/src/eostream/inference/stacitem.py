@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import pystac
 
@@ -13,6 +14,13 @@ from eostream.inference.writer import legend
 from eostream.shared.modelcard import ModelCard
 
 CLASSIFICATION_EXT = "https://stac-extensions.github.io/classification/v2.0.0/schema.json"
+ALTERNATE_EXT = "https://stac-extensions.github.io/alternate-assets/v1.2.0/schema.json"
+#: flat per-class share properties (``eostream:share:Forest``) a CQL2 filter can compare
+SHARE_PREFIX = "eostream:share:"
+#: the name of the object-store href kept beside an asset's HTTP href (alternate-assets)
+STORAGE_ALTERNATE = "storage"
+#: properties of the source scene a result item repeats (queryable: the scene's cloud cover)
+SCENE_PROPERTIES = ("eo:cloud_cover",)
 
 
 def result_item_id(scene_id: str, model_name: str, version: str) -> str:
@@ -50,6 +58,7 @@ def build_result_item(
             "eostream:execution_provider": provider,
             "eostream:class_shares": {k: v["share"] for k, v in stats["classes"].items()},
             "eostream:class_area_km2": {k: v["area_km2"] for k, v in stats["classes"].items()},
+            **{k: props[k] for k in SCENE_PROPERTIES if props.get(k) is not None},
             "processing:software": {"eostream-inference": "0.1.0"},
             "created": datetime.now(UTC).isoformat(),
             **extra_properties,
@@ -114,3 +123,44 @@ def build_result_item(
         ),
     )
     return item
+
+
+def file_url(base_url: str, scene_id: str, model_version: str, name: str) -> str:
+    """The HTTP URL at which this service serves one product file of a result (Range
+    requests; ``<name>.aux.xml`` beside a COG holds its category names for GDAL and QGIS)."""
+    scene, version = quote(scene_id, safe=""), quote(model_version, safe="")
+    return f"{base_url.rstrip('/')}/results/{scene}/files/{version}/{quote(name, safe='')}"
+
+
+def public_item(item: dict[str, Any], base_url: str) -> dict[str, Any]:
+    """A stored result item as a STAC API serves it: every asset's href an HTTP URL of this
+    service (``base_url``: the public URL setting, or the request's), the object-store href
+    kept as the asset's ``storage`` alternate; one flat ``eostream:share:<class>`` number per
+    class share, so CQL2 filters compare them. The stored item is not changed."""
+    out = dict(item)
+    props = dict(out.get("properties") or {})
+    shares = props.get("eostream:class_shares")
+    if isinstance(shares, dict):
+        props.update({f"{SHARE_PREFIX}{k}": v for k, v in shares.items()})
+    out["properties"] = props
+    scene, version = props.get("eostream:scene_id"), props.get("eostream:model_version")
+    assets = out.get("assets")
+    if not isinstance(assets, dict) or scene is None or version is None:
+        return out
+    public: dict[str, Any] = {}
+    for key, asset in assets.items():
+        href = str(asset.get("href", ""))
+        if href.startswith(("http://", "https://")) or not href:
+            public[key] = asset
+            continue
+        name = href.rstrip("/").rsplit("/", 1)[-1]
+        public[key] = {
+            **asset,
+            "href": file_url(base_url, str(scene), str(version), name),
+            "alternate": {STORAGE_ALTERNATE: {"href": href, "title": "object store"}},
+        }
+    out["assets"] = public
+    extensions = list(out.get("stac_extensions") or [])
+    if ALTERNATE_EXT not in extensions:
+        out["stac_extensions"] = [*extensions, ALTERNATE_EXT]
+    return out

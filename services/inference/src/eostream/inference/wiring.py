@@ -13,6 +13,7 @@ thread.
 
 from __future__ import annotations
 
+from eostream.inference.catalog import with_catalog
 from eostream.inference.deployment import FetchedModels, ModelDeployment, ModelSource
 from eostream.inference.pipeline import Pipeline
 from eostream.inference.results import ResultsStore, build_results_store
@@ -42,6 +43,7 @@ def build_service(
         store = build_object_store(settings)
     if results is None:
         results = build_results_store(settings.results_db)
+    results = with_catalog(results, settings)  # publishes into the stack's STAC API if set
     if models is None:
         models = FetchedModels.from_settings(settings)
     deployment = ModelDeployment(settings, results, models)

@@ -86,6 +86,46 @@ def colormap(n_classes: int) -> dict[int, tuple[int, int, int, int]]:
     return cmap
 
 
+def pam_xml(entries: list[dict[str, Any]]) -> bytes:
+    """The GDAL PAM sidecar (``<cog>.aux.xml``) of a class COG: the category name of every
+    pixel value (:func:`legend` entries; unnamed values in between are empty) and a thematic
+    raster attribute table (value, class, colour), which GDAL and QGIS read beside the COG.
+    GeoTIFF has no place for category names: GDAL's GTiff driver keeps them in this sidecar
+    even for a file it writes itself."""
+    from xml.sax.saxutils import escape
+
+    by_value = {int(e["value"]): e for e in entries}
+    top = max(by_value, default=-1)
+    names = "".join(
+        f"<Category>{escape(str(by_value[v]['name']))}</Category>"
+        if v in by_value
+        else "<Category></Category>"
+        for v in range(top + 1)
+    )
+    columns = (
+        '<FieldDefn index="0"><Name>value</Name><Type>0</Type><Usage>5</Usage></FieldDefn>'
+        '<FieldDefn index="1"><Name>class</Name><Type>2</Type><Usage>2</Usage></FieldDefn>'
+        '<FieldDefn index="2"><Name>red</Name><Type>0</Type><Usage>6</Usage></FieldDefn>'
+        '<FieldDefn index="3"><Name>green</Name><Type>0</Type><Usage>7</Usage></FieldDefn>'
+        '<FieldDefn index="4"><Name>blue</Name><Type>0</Type><Usage>8</Usage></FieldDefn>'
+    )
+    rows = []
+    for i, (value, e) in enumerate(sorted(by_value.items())):
+        hint = str(e.get("color_hint", "000000"))
+        r, g, b = (int(hint[k : k + 2], 16) for k in (0, 2, 4))
+        cells = f"<F>{value}</F><F>{escape(str(e['name']))}</F><F>{r}</F><F>{g}</F><F>{b}</F>"
+        rows.append(f'<Row index="{i}">{cells}</Row>')
+    table = (
+        f'<GDALRasterAttributeTable tableType="thematic">{columns}{"".join(rows)}'
+        "</GDALRasterAttributeTable>"
+    )
+    return (
+        '<PAMDataset><PAMRasterBand band="1">'
+        f"<CategoryNames>{names}</CategoryNames>{table}"
+        "</PAMRasterBand></PAMDataset>\n"
+    ).encode()
+
+
 def _cog_profile(transform: Any, crs: Any, shape: tuple[int, ...], dtype: str) -> dict[str, Any]:
     count = 1 if len(shape) == 2 else shape[0]
     return {

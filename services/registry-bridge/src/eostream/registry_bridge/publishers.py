@@ -11,13 +11,11 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import quote
 
-import httpx
 import pystac
 
 from eostream.registry_bridge.settings import CatalogSettings
-from eostream.shared.errors import EostreamError
+from eostream.shared.stac_transactions import CatalogError, StacTransactions
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +23,7 @@ log = logging.getLogger(__name__)
 HIERARCHY = frozenset(("self", "root", "parent", "collection", "items"))
 
 
-class CatalogError(EostreamError):
-    """The catalogue refused or did not answer a write."""
+__all__ = ["CatalogError", "CatalogPublisher", "StacApiPublisher", "StaticCatalogPublisher"]
 
 
 class CatalogPublisher(Protocol):
@@ -44,62 +41,28 @@ class CatalogPublisher(Protocol):
 
 
 class StacApiPublisher:
-    """A STAC API with the transactions extension (stac-fastapi-pgstac): ``PUT`` replaces,
-    ``POST`` creates when ``PUT`` finds nothing."""
+    """A STAC API with the transactions extension (stac-fastapi-pgstac), written through the
+    shared :class:`~eostream.shared.stac_transactions.StacTransactions` client."""
 
     def __init__(self, url: str, collection: str, timeout: float = 10.0) -> None:
-        self.url = url.rstrip("/")
+        self.client = StacTransactions(url, timeout)
+        self.url = self.client.url
         self.collection = collection
-        self.http = httpx.Client(
-            base_url=self.url, timeout=timeout, transport=httpx.HTTPTransport(retries=2)
-        )
 
     @property
     def where(self) -> str:
         return f"{self.url}/collections/{self.collection}"
 
-    def _path(self) -> str:
-        return f"/collections/{quote(self.collection, safe='')}"
-
     def current_collection(self) -> dict[str, Any] | None:
-        r = self.http.get(self._path())
-        if r.status_code == 404:
-            return None
-        self._check(r)
-        data: dict[str, Any] = r.json()
-        return data
+        return self.client.get_collection(self.collection)
 
     def publish(self, collection: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> None:
-        self._upsert(self._path(), "/collections", collection)
+        self.client.upsert_collection(collection)
         for item in items:
-            self._upsert(
-                f"{self._path()}/items/{quote(str(item['id']), safe='')}",
-                f"{self._path()}/items",
-                item,
-            )
-
-    def _upsert(self, put_path: str, post_path: str, body: Mapping[str, Any]) -> None:
-        r = self.http.put(put_path, json=body)
-        if r.status_code == 404:
-            r = self.http.post(post_path, json=body)
-            if r.status_code == 409:  # created meanwhile by another bridge
-                r = self.http.put(put_path, json=body)
-        self._check(r)
-
-    @staticmethod
-    def _check(r: httpx.Response) -> None:
-        if r.status_code == 405:
-            raise CatalogError(
-                f"{r.request.method} {r.request.url}: 405; is the STAC API's transactions "
-                "extension on (stac-fastapi: ENABLE_TRANSACTIONS_EXTENSIONS=true)?"
-            )
-        if r.status_code >= 400:
-            raise CatalogError(
-                f"{r.request.method} {r.request.url}: {r.status_code} {r.text[:500]}"
-            )
+            self.client.upsert_item(self.collection, item)
 
     def close(self) -> None:
-        self.http.close()
+        self.client.close()
 
 
 class StaticCatalogPublisher:

@@ -19,8 +19,13 @@ def parse_bbox(text: str | None) -> tuple[float, float, float, float] | None:
     if len(parts) != 4 or any(p != p for p in parts):
         raise BadInputError(f"bbox {text!r} must be four numbers: minx,miny,maxx,maxy")
     minx, miny, maxx, maxy = parts
-    if minx > maxx or miny > maxy:
-        raise BadInputError(f"bbox {text!r}: min must not exceed max")
+    if minx > maxx:
+        raise BadInputError(
+            f"bbox {text!r} crosses the antimeridian (minx > maxx), which is not supported: "
+            "search each side apart (minx..180 and -180..maxx)"
+        )
+    if miny > maxy:
+        raise BadInputError(f"bbox {text!r}: miny must not exceed maxy")
     return minx, miny, maxx, maxy
 
 

@@ -6,8 +6,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
+from eostream.inference import writer
 from eostream.inference.api.deps import Results, Store
 from eostream.inference.api.params import parse_bbox, parse_datetime
+from eostream.inference.api.ranges import ranged_object
 from eostream.inference.api.schemas import (
     ResultPage,
     ResultSummary,
@@ -138,38 +140,93 @@ def get_statistics(scene_id: str, results: Results, model_version: Version = Non
     return as_stored(_one(results, scene_id, model_version).stats)  # as stored
 
 
-def _object(store: Store, key: str, media_type: str) -> Response:
+COG = "image/tiff; application=geotiff; profile=cloud-optimized"
+#: the product files served by /results/{scene}/files/{version}/{name}, and their media types
+FILES = {
+    "classification.tif": COG,
+    "probabilities.tif": COG,
+    "quicklook.png": "image/png",
+    "statistics.json": "application/json",
+    "item.json": "application/geo+json",
+}
+AUX = "classification.tif.aux.xml"  # made from the item's legend: category names for GDAL
+RANGED = {
+    206: {"description": "Partial content (a Range request)", "content": {COG: {}}},
+    **error_responses(404, 416, 422),
+}
+
+
+def _file(request: Request, store: Store, record: ResultRecord, name: str) -> Response:
+    if name == AUX:
+        classes = record.item["assets"]["classification"].get("classification:classes", [])
+        return Response(writer.pam_xml(classes), media_type="application/xml")
+    if name not in FILES:
+        raise ResultNotFoundError(
+            f"no file {name!r} in a result: one of {', '.join([*FILES, AUX])}"
+        )
     try:
-        return Response(store.get_bytes(key), media_type=media_type)
+        return ranged_object(request, store, f"{record.prefix}/{name}", FILES[name])
     except ObjectNotFoundError:
-        raise ResultNotFoundError(f"{key} is missing from the object store") from None
+        raise ResultNotFoundError(f"{name} is missing from the object store") from None
+
+
+@router.get(
+    "/{scene_id}/files/{model_version}/{name}",
+    summary="One product file of a result (HTTP Range requests; the COG's .aux.xml: categories)",
+    response_class=Response,
+    responses={200: {"content": {COG: {}, "image/png": {}}}, **RANGED},
+)
+@router.head(
+    "/{scene_id}/files/{model_version}/{name}",
+    operation_id="head_file",
+    summary="One product file of a result (HTTP Range requests; the COG's .aux.xml: categories)",
+    response_class=Response,
+    responses={200: {"content": {COG: {}, "image/png": {}}}, **RANGED},
+)
+def get_file(
+    request: Request,
+    scene_id: str,
+    model_version: str,
+    name: str,
+    results: Results,
+    store: Store,
+) -> Response:
+    return _file(request, store, _one(results, scene_id, model_version), name)
 
 
 @router.get(
     "/{scene_id}/cog",
-    summary="The classification COG (uint8, nodata 255)",
+    summary="The classification COG (uint8, nodata 255; HTTP Range requests)",
     response_class=Response,
-    responses={200: {"content": {"image/tiff": {}}}, **LOOKUP},
+    responses={200: {"content": {"image/tiff": {}}}, **RANGED},
+)
+@router.head(
+    "/{scene_id}/cog",
+    operation_id="head_cog",
+    summary="The classification COG (uint8, nodata 255; HTTP Range requests)",
+    response_class=Response,
+    responses={200: {"content": {"image/tiff": {}}}, **RANGED},
 )
 def get_cog(
-    scene_id: str, results: Results, store: Store, model_version: Version = None
+    request: Request, scene_id: str, results: Results, store: Store, model_version: Version = None
 ) -> Response:
-    record = _one(results, scene_id, model_version)
-    return _object(
-        store,
-        f"{record.prefix}/classification.tif",
-        "image/tiff; application=geotiff; profile=cloud-optimized",
-    )
+    return _file(request, store, _one(results, scene_id, model_version), "classification.tif")
 
 
 @router.get(
     "/{scene_id}/quicklook",
-    summary="A quicklook PNG of the classes",
+    summary="A quicklook PNG of the classes, with its legend",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}, **LOOKUP},
+    responses={200: {"content": {"image/png": {}}}, **RANGED},
+)
+@router.head(
+    "/{scene_id}/quicklook",
+    operation_id="head_quicklook",
+    summary="A quicklook PNG of the classes, with its legend",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, **RANGED},
 )
 def get_quicklook(
-    scene_id: str, results: Results, store: Store, model_version: Version = None
+    request: Request, scene_id: str, results: Results, store: Store, model_version: Version = None
 ) -> Response:
-    record = _one(results, scene_id, model_version)
-    return _object(store, f"{record.prefix}/quicklook.png", "image/png")
+    return _file(request, store, _one(results, scene_id, model_version), "quicklook.png")

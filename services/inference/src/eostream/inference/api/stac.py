@@ -3,8 +3,7 @@ pystac-client to search classified scenes."""
 
 from __future__ import annotations
 
-import json
-import re
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import shapely
@@ -12,8 +11,10 @@ import shapely.geometry
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from eostream.inference.api import filters
 from eostream.inference.api.deps import Results, Settings
-from eostream.inference.api.params import parse_bbox, parse_datetime
+from eostream.inference.api.filters import FILTER_CONFORMS, QUERYABLES_REL, Filter
+from eostream.inference.api.params import parse_bbox
 from eostream.inference.api.schemas import (
     Collection,
     Collections,
@@ -23,8 +24,17 @@ from eostream.inference.api.schemas import (
     StacItem,
     as_stored,
 )
+from eostream.inference.api.search_params import (
+    footprint,
+    parse_fields,
+    parse_intersects,
+    parse_sortby,
+    parse_when,
+    pick_fields,
+)
 from eostream.inference.errors import BadInputError, ResultNotFoundError
-from eostream.inference.results import ResultQuery, ResultRecord
+from eostream.inference.results import ResultQuery, ResultRecord, class_names
+from eostream.inference.stacitem import public_item
 from eostream.shared.http_errors import error_responses
 
 router = APIRouter(prefix="/stac", tags=["stac"])
@@ -38,14 +48,14 @@ CONFORMS = [
     "https://api.stacspec.org/v1.0.0/item-search#fields",
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core",
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/geojson",
+    *FILTER_CONFORMS,
 ]
 GEOJSON = "application/geo+json"
 #: FastAPI answers /openapi.json as application/json, and the link's type must match it
 OPENAPI = "application/json"
 MAX_LIMIT = 1000  # a larger limit is capped to this (the spec lets a server cap it)
 #: extensions /stac does not implement: refused with 400 rather than silently ignored
-UNSUPPORTED = ("filter", "filter-lang", "query")
-_INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")
+UNSUPPORTED = ("query",)
 QUERY = error_responses(400, 422)
 LOOKUP = error_responses(404, 422)
 
@@ -78,6 +88,7 @@ def landing(request: Request, settings: Settings) -> dict[str, Any]:
             _link("search", f"{root}/search", GEOJSON, method="GET"),
             _link("search", f"{root}/search", GEOJSON, method="POST"),
             _link("child", f"{root}/collections/{settings.collection_id}"),
+            _link(QUERYABLES_REL, f"{root}/queryables", filters.SCHEMA_JSON),
         ],
     }
 
@@ -104,6 +115,11 @@ def _collection(request: Request, collection_id: str) -> dict[str, Any]:
             _link("root", root),
             _link("parent", root),
             _link("items", f"{root}/collections/{collection_id}/items", GEOJSON),
+            _link(
+                QUERYABLES_REL,
+                f"{root}/collections/{collection_id}/queryables",
+                filters.SCHEMA_JSON,
+            ),
         ],
     }
 
@@ -135,9 +151,14 @@ def collection(request: Request, collection_id: str, settings: Settings) -> dict
     return _collection(request, collection_id)
 
 
+def public_base(request: Request, settings: Settings) -> str:
+    """The service's URL as clients reach it: the public URL setting, or the request's."""
+    return settings.public_url or str(request.base_url)
+
+
 def _item(request: Request, record: ResultRecord, collection_id: str) -> dict[str, Any]:
     root = _root(request)
-    item = dict(record.item)
+    item = public_item(record.item, request.state.public_base)
     item["collection"] = collection_id
     kept = [
         link
@@ -159,10 +180,16 @@ def _page(
 ) -> dict[str, Any]:
     # results is set by the caller through request.state to keep this function pure of deps
     state = request.state
-    records, total = _records(state.results, query, state.intersects, state.sortby)
-    features = [_item(request, r, collection_id) for r in records]
+
+    def serve(record: ResultRecord) -> dict[str, Any]:
+        return _item(request, record, collection_id)
+
+    records, total = _records(
+        state.results, query, state.intersects, state.sortby, state.filter, serve
+    )
+    features = [serve(r) for r in records]
     if state.fields is not None:
-        features = [_pick(f, *state.fields) for f in features]
+        features = [pick_fields(f, *state.fields) for f in features]
     links: list[dict[str, Any]] = [
         _link("root", _root(request)),
         _link("self", str(request.url), GEOJSON),
@@ -183,11 +210,13 @@ def _records(
     query: ResultQuery,
     area: shapely.Geometry | None,
     sortby: list[tuple[str, bool]] | None = None,
+    where: Filter | None = None,
+    serve: Callable[[ResultRecord], dict[str, Any]] | None = None,
 ) -> tuple[list[ResultRecord], int]:
-    """A page of the index's answer. With ``intersects`` or ``sortby``, the candidates of the
-    index's query (bbox, datetime, ids: indexed) are kept where their geometry meets the area,
-    sorted and paged here."""
-    if area is None and not sortby:
+    """A page of the index's answer. With ``intersects``, ``sortby`` or a CQL2 ``filter``, the
+    candidates of the index's query (bbox, datetime, ids: indexed) are kept where their
+    geometry meets the area and the filter selects the item as served, sorted and paged here."""
+    if area is None and not sortby and where is None:
         found: tuple[list[ResultRecord], int] = results.search(query)
         return found
     wide = ResultQuery(
@@ -198,7 +227,9 @@ def _records(
         limit=1_000_000,
     )
     candidates, _ = results.search(wide)
-    hits = [r for r in candidates if area is None or area.intersects(_footprint(r))]
+    hits = [r for r in candidates if area is None or area.intersects(footprint(r))]
+    if where is not None:
+        hits = [r for r in hits if where.matches(serve(r) if serve else r.item)]
     for name, descending in reversed(sortby or []):  # stable sorts, last key first
         present = [r for r in hits if _value(r, name) is not None]
         missing = [r for r in hits if _value(r, name) is None]
@@ -215,145 +246,6 @@ def _value(record: ResultRecord, name: str) -> Any:
     key = name.removeprefix("properties.")
     value = record.item.get("properties", {}).get(key)
     return value if isinstance(value, str | int | float) else None
-
-
-def _sortby(value: Any) -> list[tuple[str, bool]] | None:
-    """``sortby``: ``+a,-b`` (GET) or ``[{"field", "direction"}]`` (POST): (field, descending)."""
-    if value is None or value == "":
-        return None
-    keys: list[tuple[str, bool]] = []
-    if isinstance(value, str):
-        for part in value.split(","):
-            name = part.strip().lstrip("+")
-            if not name:
-                raise BadInputError(f"sortby {value!r} has an empty field")
-            keys.append((name.lstrip("-"), name.startswith("-")))
-        return keys
-    if not isinstance(value, list):
-        raise BadInputError("sortby must be a list of {field, direction}")
-    for entry in value:
-        if not isinstance(entry, dict) or not isinstance(entry.get("field"), str):
-            raise BadInputError(f"sortby entry {entry!r} has no field")
-        direction = entry.get("direction", "asc")
-        if direction not in ("asc", "desc"):
-            raise BadInputError(f"sortby direction {direction!r} is not asc or desc")
-        keys.append((entry["field"], direction == "desc"))
-    return keys
-
-
-def _fields(value: Any) -> tuple[list[str] | None, list[str]] | None:
-    """``fields``: ``a,-b`` (GET) or ``{"include": [], "exclude": []}`` (POST)."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        parts = [p.strip() for p in value.split(",") if p.strip()]
-        if not parts:
-            return None
-        include = [p.lstrip("+") for p in parts if not p.startswith("-")]
-        return include or None, [p[1:] for p in parts if p.startswith("-")]
-    lists = [value.get(k) or [] for k in ("include", "exclude")] if isinstance(value, dict) else []
-    if not lists or not all(
-        isinstance(v, list) and all(isinstance(p, str) for p in v) for v in lists
-    ):
-        raise BadInputError("fields must be {include: [...], exclude: [...]} of strings")
-    # include absent: the whole item less the excluded; empty or null: the default fields
-    return (list(lists[0]) if "include" in value else None), list(lists[1])
-
-
-#: the fields answered when ``fields`` is given, before its include and exclude
-_DEFAULT = (
-    "type",
-    "stac_version",
-    "id",
-    "geometry",
-    "bbox",
-    "links",
-    "assets",
-    "collection",
-    "properties.datetime",
-)
-
-
-def _pick(item: dict[str, Any], include: list[str] | None, exclude: list[str]) -> dict[str, Any]:
-    """The Fields extension: the ``include``d (dotted) paths and the four an item needs (the
-    default fields when the include list is empty; the whole item when there is none), less
-    the ``exclude``d ones; a path named in both, or included below an excluded one, is kept."""
-    if include is None:  # the whole item, less the excluded
-        whole = {k: (dict(v) if isinstance(v, dict) else v) for k, v in item.items()}
-        for path in exclude:
-            head, _, rest = path.partition(".")
-            if not rest:
-                whole.pop(head, None)
-            elif isinstance(whole.get(head), dict):
-                whole[head].pop(rest, None)
-        return whole
-    dropped = set(exclude) - set(include)
-
-    def kept(path: str) -> bool:
-        parts = path.split(".")
-        prefixes = {".".join(parts[: i + 1]) for i in range(len(parts))}
-        return path in include or not prefixes & dropped
-
-    picked: dict[str, Any] = {}
-    base = ("type", "stac_version", "id", "links") if include else _DEFAULT
-    for path in dict.fromkeys([*base, *include]):
-        if not kept(path):
-            continue
-        head, _, rest = path.partition(".")
-        if head not in item:
-            continue
-        if not rest:
-            if isinstance(item[head], dict) and head in picked:
-                picked[head] = {**item[head], **picked[head]}
-            else:
-                picked[head] = item[head]
-        elif isinstance(item[head], dict) and rest in item[head]:
-            if not isinstance(picked.get(head), dict):
-                picked[head] = {}
-            picked[head][rest] = item[head][rest]
-    if isinstance(item.get("properties"), dict) and "properties" in picked:
-        # an excluded property below an included ``properties``
-        for path in dropped:
-            head, _, rest = path.partition(".")
-            if head == "properties" and rest and "properties" in include:
-                picked["properties"].pop(rest, None)
-    return picked
-
-
-def _footprint(record: ResultRecord) -> shapely.Geometry:
-    geometry = record.item.get("geometry")
-    if geometry:
-        return shapely.geometry.shape(geometry)
-    return shapely.box(*record.bbox) if record.bbox else shapely.Point()
-
-
-def _area(value: Any) -> shapely.Geometry | None:
-    """``intersects``: a GeoJSON geometry (a JSON text in GET), or 400."""
-    if value is None or value == "":
-        return None
-    try:
-        geojson = json.loads(value) if isinstance(value, str) else value
-        area = shapely.geometry.shape(geojson)
-    except Exception as exc:  # shapely raises several types for bad GeoJSON
-        raise BadInputError(f"intersects is not a GeoJSON geometry: {exc}") from None
-    if area.is_empty:
-        raise BadInputError("intersects is an empty geometry")
-    return area
-
-
-def _when(text: str | None) -> tuple[Any, Any]:
-    """An RFC 3339 instant or interval (``..`` or empty for an open end, not both), or 400."""
-    if not text:
-        return None, None
-    upper = text.upper()
-    ends = upper.split("/") if "/" in upper else [upper]
-    open_ends = [e for e in ends if e in ("", "..")]
-    if len(ends) > 2 or len(open_ends) == len(ends):
-        raise BadInputError(f"datetime {text!r} is not an RFC 3339 instant or interval")
-    for end in ends:
-        if end not in ("", "..") and not _INSTANT.fullmatch(end):
-            raise BadInputError(f"datetime {text!r} is not an RFC 3339 instant or interval")
-    return parse_datetime(upper)
 
 
 def _limit(limit: int) -> int:
@@ -378,6 +270,34 @@ def _next(request: Request, offset: int) -> str:
 
 Limit = Annotated[int, Query(description=f"page size, capped to {MAX_LIMIT}")]
 Token = Annotated[int, Query(ge=0, le=1_000_000, description="paging offset")]
+CqlFilter = Annotated[
+    str | None,
+    Query(
+        alias="filter",
+        max_length=filters.MAX_GET_FILTER_CHARS,
+        description="CQL2 filter (cql2-text, or cql2-json as text); see /stac/queryables. "
+        "A longer one goes in a POST body",
+    ),
+]
+FilterLang = Annotated[str | None, Query(alias="filter-lang", description="cql2-text | cql2-json")]
+FilterCrs = Annotated[str | None, Query(alias="filter-crs", description=filters.CRS84)]
+
+
+def _filter(
+    request: Request, results: Results, value: Any, lang: str | None, crs: str | None
+) -> Filter | None:
+    if value is None or value == "":
+        if lang not in (None, "", *filters.LANGS):
+            raise BadInputError(f"filter-lang {lang!r} is not one of {', '.join(filters.LANGS)}")
+        return None
+    return filters.parse_filter(value, lang or None, crs, class_names(results))
+
+
+def _prepare(request: Request, settings: Settings, results: Results) -> None:
+    request.state.results = results
+    request.state.public_base = public_base(request, settings)
+    request.state.intersects = request.state.filter = None
+    request.state.sortby = request.state.fields = None
 
 
 # Items are answered as stored (as_stored), and only documented by their models.
@@ -396,15 +316,17 @@ def items(
     datetime: str | None = None,
     limit: Limit = 10,
     token: Token = 0,
+    filter_: CqlFilter = None,
+    filter_lang: FilterLang = None,
+    filter_crs: FilterCrs = None,
 ) -> Response:
     _check_collection(settings, collection_id)
     _refuse_unsupported(request.query_params)
-    start, end = _when(datetime)
+    start, end = parse_when(datetime)
     limit = _limit(limit)
     query = ResultQuery(bbox=parse_bbox(bbox), start=start, end=end, limit=limit, offset=token)
-    request.state.results = results
-    request.state.intersects = None
-    request.state.sortby = request.state.fields = None
+    _prepare(request, settings, results)
+    request.state.filter = _filter(request, results, filter_, filter_lang, filter_crs)
     return _geojson(_page(request, query, collection_id, _next(request, token + limit)))
 
 
@@ -421,11 +343,12 @@ def item(
     records, _ = results.search(ResultQuery(ids=[item_id], limit=1))
     if not records:
         raise ResultNotFoundError(f"no item {item_id!r} in {collection_id}")
+    _prepare(request, settings, results)
     return _geojson(_item(request, records[0], collection_id))
 
 
 class SearchBody(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
 
     collections: list[str] | str | None = None  # a string: one id or a comma-separated list
     ids: list[str] | None = Field(default=None, max_length=1000)
@@ -436,6 +359,9 @@ class SearchBody(BaseModel):
     fields: dict[str, Any] | None = None
     limit: int = Field(default=10, ge=1)
     token: int = Field(default=0, ge=0, le=1_000_000)
+    filter: Any = None  # CQL2 JSON (an object) or text; checked by filters.parse_filter
+    filter_lang: str | None = Field(default=None, alias="filter-lang")
+    filter_crs: str | None = Field(default=None, alias="filter-crs")
 
 
 def _search(
@@ -455,15 +381,16 @@ def _search(
     if body.bbox is not None and body.intersects is not None:
         raise BadInputError("bbox and intersects must not both be given")
     bbox = parse_bbox(",".join(str(v) for v in body.bbox)) if body.bbox else None
-    start, end = _when(body.datetime)
+    start, end = parse_when(body.datetime)
     body.limit = _limit(body.limit)
     query = ResultQuery(
         ids=body.ids, bbox=bbox, start=start, end=end, limit=body.limit, offset=body.token
     )
-    request.state.results = results
-    request.state.intersects = _area(body.intersects)
-    request.state.sortby = _sortby(body.sortby)
-    request.state.fields = _fields(body.fields)
+    _prepare(request, settings, results)
+    request.state.filter = _filter(request, results, body.filter, body.filter_lang, body.filter_crs)
+    request.state.intersects = parse_intersects(body.intersects)
+    request.state.sortby = parse_sortby(body.sortby)
+    request.state.fields = parse_fields(body.fields)
     page = _page(request, query, settings.collection_id, None)
     if body.token + page["numberReturned"] < page["numberMatched"]:
         if request.method == "GET":
@@ -500,11 +427,14 @@ def search_get(
     fields: str | None = None,
     limit: Limit = 10,
     token: Token = 0,
+    filter_: CqlFilter = None,
+    filter_lang: FilterLang = None,
+    filter_crs: FilterCrs = None,
 ) -> Response:
     _refuse_unsupported(request.query_params)
-    keys, picked = _sortby(sortby), _fields(fields)
+    keys, picked = parse_sortby(sortby), parse_fields(fields)
     box = parse_bbox(bbox)
-    area = _area(intersects)
+    area = parse_intersects(intersects)
     body = SearchBody(
         collections=_csv(collections),
         ids=_csv(ids),
@@ -515,6 +445,8 @@ def search_get(
         fields={"include": picked[0], "exclude": picked[1]} if picked else None,
         limit=_limit(limit),
         token=token,
+        filter=filter_,
+        **{"filter-lang": filter_lang, "filter-crs": filter_crs},
     )
     return _geojson(_search(request, body, settings, results))
 
@@ -530,3 +462,6 @@ def search_post(
     if "fields" in body.model_fields_set and body.fields is None:
         raise BadInputError("fields must be an object {include, exclude}, not null")
     return _geojson(_search(request, body, settings, results))
+
+
+router.include_router(filters.router)

@@ -10,3 +10,13 @@ if ((${#need[@]})); then
         { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null; }
     echo "tools: installed ${need[*]}"
 fi
+
+# Chromium for the viewer's browser test (services/inference/tests/test_viewer_browser.py):
+# Debian's own build at /usr/bin/chromium, driven by Playwright for Python (never
+# `playwright install`, which downloads a browser from the internet).
+if [[ ! -x /usr/bin/chromium ]]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 ||
+        { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null; }
+    echo "tools: installed chromium"
+fi

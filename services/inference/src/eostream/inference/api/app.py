@@ -14,7 +14,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 
 from eostream.inference import metrics
-from eostream.inference.api import classify, errors, jobs, models, ogc, processes, results, stac
+from eostream.inference.api import (
+    classify,
+    errors,
+    jobs,
+    models,
+    ogc,
+    processes,
+    results,
+    stac,
+    tiles,
+    viewer,
+)
 from eostream.inference.api.guard import MULTIPART_SLACK, UPLOAD_PATH, RequestGuard
 from eostream.inference.service import InferenceService
 from eostream.inference.settings import InferenceSettings
@@ -97,6 +108,8 @@ def create_app(settings: InferenceSettings, service: InferenceService | None = N
         classify.router,
         processes.router,
         jobs.router,
+        tiles.router,
     ):
         app.include_router(router)
+    viewer.install(app, settings.viewer_dir)  # the map page at / for browsers
     return app

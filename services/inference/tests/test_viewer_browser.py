@@ -1,12 +1,13 @@
 """The map page in a real headless browser (Debian's Chromium driven by Playwright): real results
-of three Boadella dates, classified by a small CNN trained on real EuroSAT patches, served by the
-real inference app over HTTP. The page loads with no console error, its tiles render (the land
+of three Boadella dates, classified by a real ONNX model, served by the real inference app over
+HTTP. The page loads with no console error, its tiles render (the land
 cover over the true colour, non-blank where the scene is), the legend lists the model's classes,
 the date slider runs through the three dates, and each result shows its statistics and links.
 
 Chromium comes from Debian (``deploy/local/tools.sh``, run by ``make tools``/``make test``:
 ``apt-get install -y chromium``); Playwright's own browser download is never used. Set
-``EOSTREAM_VIEWER_SCREENSHOT=docs/img/viewer-boadella.png`` to keep the screenshot.
+``EOSTREAM_VIEWER_SCREENSHOT=docs/img/viewer-boadella.png`` to keep the screenshot, and
+``EOSTREAM_VIEWER_MODEL=model.onnx`` to classify with a trained model instead of the tiny one.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eostream.inference import testing
 from eostream.inference.api.app import create_app
 from eostream.inference.service import InferenceService
 from eostream.inference.settings import InferenceSettings
@@ -61,26 +61,28 @@ def chromium() -> Path:
 
 
 @pytest.fixture
-def model(
-    data_dir: Path, tmp_path: Path, make_model: Callable[..., ModelPromoted]
-) -> ModelPromoted:
-    """A tiny real ONNX model; for the README's screenshot, a small CNN trained on real EuroSAT
-    RGB patches (minutes on a busy CPU), so the map shows land cover worth looking at."""
-    if not os.environ.get("EOSTREAM_VIEWER_SCREENSHOT"):
+def settings(settings: InferenceSettings) -> InferenceSettings:
+    """The conftest's settings, classifying as the demo does (uncertain below 0.3)."""
+    return settings.model_copy(update={"uncertain_below": 0.3})
+
+
+@pytest.fixture
+def model(make_model: Callable[..., ModelPromoted]) -> ModelPromoted:
+    """A tiny real ONNX model, or the ONNX file ``EOSTREAM_VIEWER_MODEL`` names (the README's
+    screenshot: a model of ``eostream trainer fit --stac-out DIR``, so the map shows land cover
+    worth looking at)."""
+    path = os.environ.get("EOSTREAM_VIEWER_MODEL")
+    if not path:
         return make_model("1")
-    pytest.importorskip("torch")
-    blob, _card, accuracy = testing.train_rgb_model(data_dir, per_class=40, epochs=15)
-    assert accuracy > 0.3
-    path = tmp_path / "tiny-trained-rgb.onnx"
-    path.write_bytes(blob)
+    blob = Path(path).read_bytes()
     return ModelPromoted(
-        name="tiny-trained-rgb",
+        name="eurosat-landcover",
         version="1",
         alias="champion",
-        artifact_uri=path.as_uri(),
+        artifact_uri=Path(path).resolve().as_uri(),
         sha256=hashlib.sha256(blob).hexdigest(),
-        mlm_item_href="file:///models/tiny-trained-rgb/1/mlm.json",
-        run_id="run-trained",
+        mlm_item_href="file:///models/eurosat-landcover/1/mlm.json",
+        run_id="run-viewer",
     )
 
 
@@ -111,9 +113,7 @@ async def test_the_map_page_shows_boadella_results_over_true_colour(
                 executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS
             )
             page = await browser.new_page(viewport=VIEWPORT)  # type: ignore[arg-type]
-            page.on(
-                "console", lambda m: errors.append(m.text) if m.type == "error" else None
-            )
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
             page.on(
                 "response",

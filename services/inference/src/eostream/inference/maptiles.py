@@ -1,10 +1,11 @@
 """Map tiles of results and of their scenes, read by rio-tiler (no tiling of our own).
 
-A client names a result (scene id, optional model version), never a path or URL: :func:`result_source`
-and :func:`scene_source` look the result up in the results index and resolve what to read from
-what the service stored itself (the result's COG in the object store; the bands of the scene item
-its result links to as ``derived_from``). The readers open rasters only with the GTiff, COG and JPEG
-2000 drivers (never a VRT) inside the service's GDAL environment (S3 credentials, no probing).
+A client names a result (scene id, optional model version), never a path or URL: the routes look
+the result up in the results index, and :func:`result_source` and :func:`scene_bands` resolve
+what to read from what the service stored itself (the result's COG in the object store; the
+bands of the scene item its result links to as ``derived_from``). The readers open rasters only
+with the GTiff, COG and JPEG 2000 drivers (never a VRT) inside the service's GDAL environment
+(S3 credentials, no probing).
 
 - :class:`ResultReader`: the uint8 class COG, with the colour map of the result's legend (nodata
   255 transparent).
@@ -171,7 +172,9 @@ class SafeReader(Reader):  # type: ignore[misc]
         super().__attrs_post_init__()
 
 
-def _guarded_tile(read: Callable[[], ImageData], tms: TileMatrixSet, x: int, y: int, z: int) -> ImageData:
+def _guarded_tile(
+    read: Callable[[], ImageData], tms: TileMatrixSet, x: int, y: int, z: int
+) -> ImageData:
     check_tile(tms, x, y, z)
     try:
         return read()
@@ -248,7 +251,7 @@ class TrueColourReader(MultiBaseReader):  # type: ignore[misc]
 
 
 def stretch(image: ImageData, bands: Sequence[Band]) -> ImageData:
-    """DN -> reflectance (each band's scale and offset) -> 8 bits (0 .. WHITE_REFLECTANCE, gamma)."""
+    """DN -> reflectance (each band's scale and offset) -> 8 bits (0..WHITE_REFLECTANCE, gamma)."""
     data = np.asarray(image.array.data, np.float32)
     out = np.empty(data.shape, np.uint8)
     for i, band in enumerate(bands):

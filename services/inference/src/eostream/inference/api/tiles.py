@@ -116,7 +116,7 @@ class MapTiles(TilerFactory):  # type: ignore[misc]
         def wmts_capabilities(
             request: Request,
             tileMatrixSetId: Annotated[str, Path(pattern="^(WebMercatorQuad|WorldCRS84Quad)$")],
-            src_path: Any = Depends(self.path_dependency),
+            src_path: Annotated[Any, Depends(self.path_dependency)],
         ) -> Response:
             tms = factory.supported_tms.get(tileMatrixSetId)
             with factory.reader(src_path, tms=tms) as src:
@@ -183,6 +183,4 @@ def _documented(factory: MapTiles) -> APIRouter:
 router.include_router(
     _documented(results_tiles), prefix="/tiles/results/{scene_id}", tags=["tiles"]
 )
-router.include_router(
-    _documented(scenes_tiles), prefix="/tiles/scenes/{scene_id}", tags=["tiles"]
-)
+router.include_router(_documented(scenes_tiles), prefix="/tiles/scenes/{scene_id}", tags=["tiles"])

@@ -52,14 +52,14 @@ def capabilities(
         "<ows:ServiceType>OGC WMTS</ows:ServiceType>"
         "<ows:ServiceTypeVersion>1.0.0</ows:ServiceTypeVersion>"
         "</ows:ServiceIdentification>"
-        "<ows:OperationsMetadata><ows:Operation name=\"GetCapabilities\"><ows:DCP><ows:HTTP>"
-        f"<ows:Get xlink:href={quoteattr(self_url)}><ows:Constraint name=\"GetEncoding\">"
+        '<ows:OperationsMetadata><ows:Operation name="GetCapabilities"><ows:DCP><ows:HTTP>'
+        f'<ows:Get xlink:href={quoteattr(self_url)}><ows:Constraint name="GetEncoding">'
         "<ows:AllowedValues><ows:Value>RESTful</ows:Value></ows:AllowedValues>"
         "</ows:Constraint></ows:Get></ows:HTTP></ows:DCP></ows:Operation></ows:OperationsMetadata>"
         "<Contents><Layer>"
         f"<ows:Title>{escape(title)}</ows:Title>"
         f"<ows:Identifier>{escape(layer)}</ows:Identifier>"
-        "<ows:WGS84BoundingBox crs=\"urn:ogc:def:crs:OGC:2:84\">"
+        '<ows:WGS84BoundingBox crs="urn:ogc:def:crs:OGC:2:84">'
         f"<ows:LowerCorner>{west!r} {south!r}</ows:LowerCorner>"
         f"<ows:UpperCorner>{east!r} {north!r}</ows:UpperCorner>"
         "</ows:WGS84BoundingBox>"

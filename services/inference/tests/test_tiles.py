@@ -17,8 +17,9 @@ import pytest
 import rasterio
 from PIL import Image
 
+from eostream.inference.engine import NODATA
 from eostream.inference.service import InferenceService
-from eostream.inference.writer import NODATA, colormap
+from eostream.inference.writer import colormap
 from eostream.shared.events import ModelPromoted
 
 SCENE = "boadella-2020-06-21"
@@ -38,7 +39,8 @@ async def classified(
     boadella_item: Callable[[str], Path],
 ) -> Any:
     await asyncio.to_thread(service.deployment.deploy, make_model("1"))
-    result = await asyncio.to_thread(service.pipeline.classify_href, str(boadella_item()))
+    href = str(boadella_item("2020-06-21"))
+    result = await asyncio.to_thread(service.pipeline.classify_href, href)
     assert not result.skipped
     record = service.results.get(SCENE)
     assert record is not None

@@ -62,8 +62,9 @@ def chromium() -> Path:
 
 @pytest.fixture
 def settings(settings: InferenceSettings) -> InferenceSettings:
-    """The conftest's settings, classifying as the demo does (uncertain below 0.3)."""
-    return settings.model_copy(update={"uncertain_below": 0.3})
+    """The conftest's settings, classifying about as the demo does (uncertain below 0.3, a
+    finer stride than the conftest's 32)."""
+    return settings.model_copy(update={"uncertain_below": 0.3, "stride": 8})
 
 
 @pytest.fixture

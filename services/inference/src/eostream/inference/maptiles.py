@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import attr
 import numpy as np
@@ -154,7 +154,7 @@ def check_tile(tms: TileMatrixSet, x: int, y: int, z: int) -> None:
 
 
 @attr.s
-class SafeReader(Reader):  # type: ignore[misc]
+class SafeReader(Reader):
     """rio-tiler's Reader on a dataset opened with the service's drivers and GDAL environment
     (``env``: a factory of ``rasterio.Env``)."""
 
@@ -169,7 +169,7 @@ class SafeReader(Reader):  # type: ignore[misc]
             except RasterioError as exc:
                 self._ctx_stack.close()
                 raise BadInputError(f"the raster behind this map cannot be read: {exc}") from None
-        super().__attrs_post_init__()
+        super().__attrs_post_init__()  # type: ignore[no-untyped-call]
 
 
 def _guarded_tile(
@@ -189,13 +189,15 @@ class ResultReader(SafeReader):
     """A result's class COG; ``input`` is a :class:`ResultSource`."""
 
     def __attrs_post_init__(self) -> None:
-        source: ResultSource = self.input
+        source = cast(ResultSource, self.input)
         self.env = source.env
         self.input = source.href
         super().__attrs_post_init__()
         self.colormap = source.colormap
 
-    def tile(self, tile_x: int, tile_y: int, tile_z: int, **kwargs: Any) -> ImageData:
+    def tile(  # type: ignore[override]
+        self, tile_x: int, tile_y: int, tile_z: int, **kwargs: Any
+    ) -> ImageData:
         kwargs.pop("indexes", None)  # the class band alone
         kwargs["resampling_method"] = "nearest"  # classes are labels: never interpolated
         parent = super().tile
@@ -206,7 +208,7 @@ class ResultReader(SafeReader):
 
 
 @attr.s
-class TrueColourReader(MultiBaseReader):  # type: ignore[misc]
+class TrueColourReader(MultiBaseReader):
     """The scene's true colour; ``input`` is a :class:`SceneSource`. Each of B04, B03, B02 is an
     asset read by :class:`SafeReader` (a multi-band file once per band, with its index)."""
 

@@ -93,14 +93,14 @@ def _no_process() -> None:
 
 
 @define(kw_only=True)
-class MapTiles(TilerFactory):  # type: ignore[misc]
+class MapTiles(TilerFactory):
     """TilerFactory with only its tile and TileJSON routes, and a WMTS capabilities route."""
 
     layer_name: str = "map"
 
     def register_routes(self) -> None:
-        self.tile()
-        self.tilejson()
+        self.tile()  # type: ignore[no-untyped-call]
+        self.tilejson()  # type: ignore[no-untyped-call]
         self.wmts()
 
     def wmts(self) -> None:
@@ -116,7 +116,8 @@ class MapTiles(TilerFactory):  # type: ignore[misc]
         def wmts_capabilities(
             request: Request,
             tileMatrixSetId: Annotated[str, Path(pattern="^(WebMercatorQuad|WorldCRS84Quad)$")],
-            src_path: Annotated[Any, Depends(self.path_dependency)],
+            # a default, not Annotated: the annotations are strings, and `self` is no global
+            src_path: Any = Depends(self.path_dependency),  # noqa: B008
         ) -> Response:
             tms = factory.supported_tms.get(tileMatrixSetId)
             with factory.reader(src_path, tms=tms) as src:

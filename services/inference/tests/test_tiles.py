@@ -85,10 +85,11 @@ async def test_true_colour_tile_of_the_scene(client: httpx.AsyncClient, classifi
 
 
 async def test_tilejson_and_wmts(client: httpx.AsyncClient, classified: Any) -> None:
-    tj = (await client.get(f"/tiles/results/{SCENE}/WebMercatorQuad/tilejson.json")).json()
-    west, south, east, north = tj["bounds"]
-    assert west < CENTRE[0] < east and south < CENTRE[1] < north
-    assert f"/tiles/results/{SCENE}/tiles/WebMercatorQuad/" in tj["tiles"][0]
+    for kind in ("results", "scenes"):
+        tj = (await client.get(f"/tiles/{kind}/{SCENE}/WebMercatorQuad/tilejson.json")).json()
+        west, south, east, north = tj["bounds"]
+        assert west < CENTRE[0] < east and south < CENTRE[1] < north
+        assert f"/tiles/{kind}/{SCENE}/tiles/WebMercatorQuad/" in tj["tiles"][0]
     r = await client.get(f"/tiles/scenes/{SCENE}/WebMercatorQuad/WMTSCapabilities.xml")
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/xml")
     ns = {"w": "http://www.opengis.net/wmts/1.0", "ows": "http://www.opengis.net/ows/1.1"}

@@ -249,7 +249,10 @@ class TrueColourReader(MultiBaseReader):
         return stretch(image, self.input.bands)
 
     def info(self, *args: Any, **kwargs: Any) -> Any:
-        return super().info(assets=list(self.assets))
+        """The first band's file (TileJSON asks for its data type and descriptions)."""
+        first = self.input.bands[0]
+        with self.reader(first.href, tms=self.tms, env=self.input.env) as src:
+            return src.info()
 
 
 def stretch(image: ImageData, bands: Sequence[Band]) -> ImageData:

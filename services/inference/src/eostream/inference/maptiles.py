@@ -16,6 +16,7 @@ with the GTiff, COG and JPEG 2000 drivers (never a VRT) inside the service's GDA
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -133,8 +134,16 @@ def scene_bands(
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=256)
+def _scene_item_text(href: str, s3: S3Settings | None, max_bytes: int) -> bytes:
+    """The scene item's bytes, kept for the next tiles (a scene's item does not change; errors
+    are not kept)."""
+    return fetch.read_bytes(href, s3=s3, max_bytes=max_bytes)
+
+
 def read_scene_item(href: str, s3: S3Settings | None, max_bytes: int) -> dict[str, Any]:
-    data = fetch.read_bytes(href, s3=s3, max_bytes=max_bytes)
+    """The scene item a result links to, read once per href and process."""
+    data = _scene_item_text(href, s3, max_bytes)
     try:
         item = json.loads(data)
     except ValueError:

@@ -28,10 +28,24 @@ uv: ## install the pinned uv if it is missing
 install: uv ## create .venv from uv.lock (one environment for the whole workspace)
 	@start=$$(date +%s); $(UV) sync --all-packages --frozen --quiet; \
 	echo "environment ready in $$(( $$(date +%s) - start ))s"
+	@$(MAKE) --no-print-directory viewer
+
+# The inference map page's MapLibre GL, from the npm registry by its lock (no CDN at run time);
+# npm ci runs again only when package-lock.json is newer than the installed tree.
+VIEWER_DIR := services/inference/viewer
+.PHONY: viewer
+viewer: ## install the map page's JavaScript (npm ci in services/inference/viewer)
+	@if ! command -v npm >/dev/null 2>&1; then \
+		echo "viewer: npm is missing, the map page is off (make tools installs it)"; \
+	elif [[ ! -f $(VIEWER_DIR)/node_modules/.package-lock.json || \
+		$(VIEWER_DIR)/package-lock.json -nt $(VIEWER_DIR)/node_modules/.package-lock.json ]]; then \
+		npm ci --prefix $(VIEWER_DIR) --no-audit --no-fund --loglevel=error >/dev/null \
+			&& echo "viewer: maplibre-gl installed"; fi
 
 .PHONY: tools
-tools: ## system tools the tests use (docker-compose to validate the compose file)
+tools: ## system tools the tests use (docker-compose, Chromium for the browser test, npm)
 	@deploy/local/tools.sh
+	@$(MAKE) --no-print-directory viewer
 
 .PHONY: stack-up
 stack-up: install ## start the real local stack (Kafka, MinIO, PostgreSQL, MLflow, Prometheus, STAC API)

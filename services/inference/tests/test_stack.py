@@ -4,6 +4,7 @@ PostgreSQL (results index). Needs `deploy/local/stack up`; fails (does not skip)
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import uuid
@@ -12,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import morecantile
+import numpy as np
 import pytest
+from PIL import Image
 from pydantic import SecretStr
 from rasterio.io import MemoryFile
 
@@ -179,6 +183,19 @@ async def test_real_tile_on_the_stack(data_dir: Path, tmp_path: Path) -> None:
                 )
             ).json()
             assert found["numberReturned"] == 1
+            # map tiles read the COG and the scene's bands from MinIO with the service's keys
+            for kind in ("results", "scenes"):
+                base = f"/tiles/{kind}/{item['id']}/WebMercatorQuad"
+                tj = (await client.get(f"{base}/tilejson.json")).json()
+                west, south, east, north = tj["bounds"]
+                tile = morecantile.tms.get("WebMercatorQuad").tile(
+                    (west + east) / 2, (south + north) / 2, tj["maxzoom"]
+                )
+                png = await client.get(f"/tiles/{kind}/{item['id']}/tiles/WebMercatorQuad/"
+                                       f"{tile.z}/{tile.x}/{tile.y}.png")  # fmt: skip
+                assert png.status_code == 200, png.text
+                with Image.open(io.BytesIO(png.content)) as image:
+                    assert (np.asarray(image.convert("RGBA"))[..., 3] == 255).mean() > 0.9
         assert type(service.results).__name__ == "PostgresResultsStore"
     finally:
         await listener.stop()

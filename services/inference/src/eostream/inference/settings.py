@@ -203,6 +203,11 @@ class InferenceSettings(ServiceSettings):
     )
     max_item_bytes: int = Field(default=5_000_000, ge=1)
     data_dir: Path | None = Field(default=None, description="optional local data folder")
+    viewer_dir: Path | None = Field(
+        default=None,
+        description="the map page's folder (static/ and node_modules/ after npm ci); default: "
+        "services/inference/viewer beside the package",
+    )
     sources: SourcesSettings = Field(default_factory=SourcesSettings)
     max_request_pixels: int = Field(
         default=30_000_000,

@@ -25,7 +25,9 @@ from eostream.inference.api import (
     results,
     stac,
     subscriptions,
+    tiles,
     vector,
+    viewer,
 )
 from eostream.inference.api.guard import MULTIPART_SLACK, UPLOAD_PATH, RequestGuard
 from eostream.inference.service import InferenceService
@@ -112,6 +114,8 @@ def create_app(settings: InferenceSettings, service: InferenceService | None = N
         jobs.router,
         subscriptions.router,
         vector.router,
+        tiles.router,
     ):
         app.include_router(router)
+    viewer.install(app, settings.viewer_dir)  # the map page at / for browsers
     return app

@@ -11,6 +11,14 @@ STAC_VENV="$CACHE/stac-api-$STAC_API_VERSION-pgstac-$PYPGSTAC_VERSION"
 STAC_PORT=18082
 STAC_HOME="$STATE/stac-api"
 STAC_DSN="postgresql://$PG_USER:$PG_PASSWORD@$HOST:$PG_PORT/stac"
+# The extensions the server declares and answers. Not `fields` and not `query`: stac-fastapi-pgstac
+# 7.2 answers them in ways stac-api-validator reports as errors (fields: application/json bodies,
+# `fields: null` taken as none, type/stac_version dropped; query: only its comparison operators),
+# and a server should declare only what it conforms to. CQL2 `filter` covers what `query` did.
+STAC_EXTENSIONS="sort,filter,pagination,collection_search"
+# Bump when the launch settings below change: `stack up` then restarts a server started with the
+# old ones.
+STAC_LAUNCH_VERSION=2
 
 stac_api_addr() { echo "http://$HOST:$STAC_PORT"; }
 stac_api_is_running() { pid_alive stac-api; }
@@ -46,6 +54,11 @@ stac_api_migrate() {
 
 stac_api_up() {
     stac_api_install
+    if stac_api_is_running &&
+        [[ "$(cat "$STAC_HOME/launch-version" 2>/dev/null)" != "$STAC_LAUNCH_VERSION" ]]; then
+        up_note "restarting: started with older launch settings"
+        stac_api_down
+    fi
     if stac_api_is_running; then
         up_note "already running"
     else
@@ -61,10 +74,12 @@ stac_api_up() {
             export STAC_FASTAPI_TITLE="eostream local STAC API" STAC_FASTAPI_LANDING_ID=eostream-local
             export STAC_FASTAPI_DESCRIPTION="stac-fastapi-pgstac $STAC_API_VERSION, pgstac $PYPGSTAC_VERSION"
             export STAC_FASTAPI_VERSION="$STAC_API_VERSION"
+            export ENABLED_EXTENSIONS="$STAC_EXTENSIONS"
             start_daemon stac-api "stac_fastapi.pgstac.app" "$STAC_VENV/bin/uvicorn" \
                 stac_fastapi.pgstac.app:create_app --factory \
                 --host "$HOST" --port "$STAC_PORT" --workers 1
         )
+        echo "$STAC_LAUNCH_VERSION" >"$STAC_HOME/launch-version"
         up_note "started"
     fi
     wait_for_http "${EOSTREAM_STAC_API_TIMEOUT:-60}" stac-api stac-api "http://$HOST:$STAC_PORT/_mgmt/ping"

@@ -61,15 +61,6 @@ VALIDATOR_CLASSES = {
 #: (the server is the stack's; eostream only writes into it): each pattern and why. Any other
 #: error fails the test, and so does a server that no longer shows one (the list is then stale).
 UPSTREAM = {
-    r"\[Item Search - Fields Ext\] .* content-type header is application/json instead of "
-    r"'application/geo\+json'": "pgstac answers a search that has `fields` as application/json",
-    r"\[Item Search - Fields Ext\] .*\"fields\": null\} had unexpected status code 200 "
-    r"instead of 400.*": "pgstac takes `fields: null` as no fields",
-    r"\[Item Search - Fields Ext\] : POST \{.*\} response contained 'properties\..*', but "
-    r"should have been excluded": "pgstac answers an empty or null include with the whole item",
-    r"\[Item Search - Fields Ext\] : POST \{.*\} response contained fewer than 5 fields.*": (
-        "pgstac drops type and stac_version when only a nested property is included"
-    ),
     r"\[Item Search - Sort Ext\] : POST .*\"collections\": \"[^\"]+\"\} had unexpected "
     r"status code 400 instead of 200: ?": (
         "the validator sends `collections` as a string in a POST body; the spec's is an array"

@@ -198,6 +198,21 @@ class StacApiLabelCatalog:
         self.tx.close()
 
 
+def _absolute(path: Path) -> dict[str, Any]:
+    """The item read from ``path`` with its relative hrefs (the source link, the labels asset:
+    a self-contained catalogue writes them relative) made absolute again."""
+    item = _absolute_hrefs(pystac.Item.from_file(str(path)))
+    return item.to_dict(include_self_link=False, transform_hrefs=False)
+
+
+def _absolute_hrefs(item: pystac.Item) -> pystac.Item:
+    for link in item.links:
+        if link.rel not in HIERARCHY:
+            link.target = link.get_absolute_href() or link.href
+    item.make_asset_hrefs_absolute()
+    return item
+
+
 class StaticLabelCatalog:
     """``<root>/catalog.json``, ``<root>/<collection>/collection.json``,
     ``<root>/<collection>/<id>/<id>.json`` (pystac's self-contained layout)."""
@@ -215,7 +230,7 @@ class StaticLabelCatalog:
         for path in sorted(folder.glob("*/*.json")) if folder.is_dir() else []:
             data = json.loads(path.read_text(encoding="utf-8"))
             if data.get("type") == "Feature":
-                found[str(data["id"])] = data
+                found[str(data["id"])] = _absolute(path)
         return found
 
     def _collections(self) -> dict[str, dict[str, Any]]:
@@ -259,7 +274,7 @@ class StaticLabelCatalog:
             return []
         found = []
         for item in child.get_items():
-            d = item.to_dict(include_self_link=False, transform_hrefs=False)
+            d = _absolute_hrefs(item).to_dict(include_self_link=False, transform_hrefs=False)
             if item_matches(
                 d,
                 bbox=query.bbox,

@@ -21,19 +21,25 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pystac
-from pystac.extensions.label import (
-    LabelClasses,
-    LabelCount,
-    LabelExtension,
-    LabelOverview,
-    LabelType,
-)
+
+with warnings.catch_warnings():
+    # pystac deprecates its label extension because the extension is unmaintained upstream
+    # ("pilot"); it is still the STAC way to describe labels, and its fields are stable.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from pystac.extensions.label import (
+        LabelClasses,
+        LabelCount,
+        LabelExtension,
+        LabelOverview,
+        LabelType,
+    )
 from shapely.errors import GEOSException
 from shapely.geometry import box, mapping, shape
 from shapely.geometry.base import BaseGeometry

@@ -103,6 +103,63 @@ def test_embedded_import_then_search_by_class_and_bbox(data_dir: Path, tmp_path:
     assert listed.stdout.startswith("water-labels\tclasses: water\ttasks: segmentation")
 
 
+def test_a_class_mask_on_the_scene_grid_becomes_a_raster_label_item(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """The 2020-06-21 water polygon burnt into a mask on the crop's own grid (1 water, 0 other,
+    255 nodata in the first rows), imported with --mask and a value -> class mapping."""
+    from rasterio.features import rasterize
+
+    date = "2020-06-21"
+    doc = json.loads((data_dir / FOLDER / f"Boadella_{date}_labels.geojson").read_text())
+    water = [f["geometry"] for f in doc["features"] if "segmentation" in f["properties"]["tasks"]]
+    with rasterio.open(data_dir / FOLDER / f"Boadella_{date}.tif") as src:
+        profile = {"crs": src.crs, "transform": src.transform}
+        shape_ = (src.height, src.width)
+    burnt = rasterize(water, out_shape=shape_, transform=profile["transform"], dtype="uint8")
+    burnt[:10] = 255
+    mask = tmp_path / "water-mask.tif"
+    with rasterio.open(mask, "w", driver="GTiff", width=shape_[1], height=shape_[0], count=1,
+                       dtype="uint8", nodata=255, **profile) as dst:  # fmt: skip
+        dst.write(burnt[np.newaxis])
+    home = tmp_path / "home"
+    scene = scene_file(data_dir, tmp_path, date)
+    result = invoke("import", "--scene", scene, "--mask", mask,
+                    "--value-class", "0=other", "--value-class", "1=water", "--home", home)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (item,) = pystac.Catalog.from_file(str(home / "labels" / "catalog.json")).get_items(
+        recursive=True
+    )
+    label = LabelExtension.ext(item)
+    assert str(label.label_type) == "raster"
+    assert label.label_classes is not None and label.label_classes[0].classes == ["other", "water"]
+    counts = {c.name: c.count for c in (label.label_overviews or [])[0].counts or []}
+    assert counts == {"water": int((burnt == 1).sum()), "other": int((burnt == 0).sum())}
+    assert item.assets["labels"].media_type == pystac.MediaType.GEOTIFF
+    unmapped = invoke("import", "--scene", scene, "--mask", mask,
+                      "--value-class", "1=water", "--home", home)  # fmt: skip
+    assert unmapped.exit_code == 2
+    assert "mask value 0 has no class" in unmapped.stderr
+
+
+def test_the_installed_command_fails_in_one_line(tmp_path: Path) -> None:
+    """The ``eostream`` entry point loads the labels commands; bad input: one line, status 2."""
+    import subprocess
+    import sys
+
+    eostream = Path(sys.executable).parent / "eostream"
+    run = subprocess.run(
+        [str(eostream), "labels", "import", "--scene", str(tmp_path / "nope.json"),
+         "--geojson", str(tmp_path / "x.geojson"), "--home", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"eostream labels: {tmp_path / 'nope.json'}: no such file"
+    )
+
+
 @pytest.fixture
 def bad(tmp_path: Path) -> dict[str, Path]:
     def write(name: str, data: object) -> Path:

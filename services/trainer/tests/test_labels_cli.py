@@ -124,8 +124,8 @@ def test_a_class_mask_on_the_scene_grid_becomes_a_raster_label_item(
         dst.write(burnt[np.newaxis])
     home = tmp_path / "home"
     scene = scene_file(data_dir, tmp_path, date)
-    result = invoke("import", "--scene", scene, "--mask", mask,
-                    "--value-class", "0=other", "--value-class", "1=water", "--home", home)  # fmt: skip
+    mapping_ = ["--value-class", "0=other", "--value-class", "1=water"]
+    result = invoke("import", "--scene", scene, "--mask", mask, *mapping_, "--home", home)
     assert result.exit_code == 0, result.output
     (item,) = pystac.Catalog.from_file(str(home / "labels" / "catalog.json")).get_items(
         recursive=True

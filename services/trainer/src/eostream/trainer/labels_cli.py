@@ -210,6 +210,12 @@ def import_(
         for note in built.notes:
             typer.echo(f"      note: {note}", err=True)
         progress(f"storing the labels as {store.uri(key)}")
+        if home is None and store.uri(key).startswith("file:"):
+            typer.echo(
+                "      note: a local file; set TRAINER_STORE=s3 and TRAINER_S3__* so that the "
+                "stack's services can read it",
+                err=True,
+            )
         store.check()
         if mask is not None:
             store.put_file(key, mask, "image/tiff; application=geotiff")

@@ -227,6 +227,7 @@ def test_bad_input_is_one_line_and_exit_2(
         (["search", "--bbox", "1,2,3"], "expected WEST,SOUTH,EAST,NORTH"),
         (["search", "--datetime", "yesterday"], "expected START/END"),
         (["import", "--scene", "s.json"], "exactly one of --geojson"),
+        (["search", "--collection", "nope"], "no label collection 'nope'"),
     ],
 )
 def test_bad_options_are_one_line_and_exit_2(

@@ -364,7 +364,11 @@ def _label_item(
     item.add_asset(
         LABELS_ASSET, pystac.Asset(asset_href, media_type=media_type, roles=["labels", "data"])
     )
-    return _plain(item.to_dict(include_self_link=False, transform_hrefs=False))
+    data = _plain(item.to_dict(include_self_link=False, transform_hrefs=False))
+    if class_property is None:  # a mask has no property; the schema wants a string or nothing
+        for overview in data["properties"]["label:overviews"]:
+            overview.pop("property_key", None)
+    return data
 
 
 def _plain(data: dict[str, Any]) -> dict[str, Any]:

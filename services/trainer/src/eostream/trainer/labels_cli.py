@@ -290,6 +290,8 @@ def search(
             tasks=task or (),
             interval=_interval(datetime_),
         )
+        if collection not in {c["id"] for c in catalog.collections()}:
+            raise LabelError(f"no label collection {collection!r} at {catalog.where}")
         items = catalog.search(query)
     except (EostreamError, ValueError, OSError) as exc:
         raise _fail(str(exc).splitlines()[0]) from None

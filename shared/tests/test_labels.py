@@ -16,7 +16,9 @@ import pytest
 import rasterio
 from pystac.extensions.label import LabelExtension, LabelType
 from shapely.geometry import box, mapping, shape
+from shapely.ops import unary_union
 
+from eostream.shared.errors import Disposition, classify
 from eostream.shared.label_catalog import grow_collection, item_matches
 from eostream.shared.labels import (
     CLASSES_FIELD,
@@ -130,6 +132,29 @@ def test_labels_partly_outside_are_clipped_and_the_loss_is_said(data_dir: Path) 
     assert kept is not None and kept.area == pytest.approx(half_out.area / 2)
 
 
+def fc_of(geometry: Any) -> dict[str, Any]:
+    feature = {"type": "Feature", "properties": {"labels": "water"}, "geometry": mapping(geometry)}
+    return {"type": "FeatureCollection", "features": [feature]}
+
+
+def test_clipping_keeps_polygons_polygons(data_dir: Path) -> None:
+    """A polygon that also runs along the scene's edge from outside: the intersection has a line
+    part, which is not a label; what is kept is polygonal."""
+    s = scene(data_dir, "2020-06-21")
+    w, south, e, n = s.footprint.bounds
+    mid = (south + n) / 2
+    # one polygon: a block across the east edge, and above it a block outside that touches the
+    # edge (the scene's side of it is a line)
+    crossing = unary_union([box(e - 0.01, south + 0.001, e + 0.01, mid), box(e, mid, e + 0.01, n)])
+    assert crossing.intersection(s.footprint).geom_type == "GeometryCollection"
+    doc = fc_of(crossing)
+    built = build_vector_label_item(s, doc, asset_href="x")
+    assert built.features is not None
+    kept = shape(built.features["features"][0]["geometry"])
+    assert kept.geom_type in ("Polygon", "MultiPolygon") and kept.is_valid
+    assert any("clipped to scene" in n for n in built.notes)
+
+
 def test_points_are_labels_too(data_dir: Path) -> None:
     doc = labels_of(data_dir, "2020-09-14")
     points = [f for f in doc["features"] if f["geometry"]["type"] == "Point"]
@@ -234,7 +259,7 @@ def test_bad_vector_labels_give_one_line(
         build_vector_label_item(scene(data_dir, "2020-06-21"), doc, asset_href="x", **kwargs)
     assert expected in str(info.value)
     assert "\n" not in str(info.value)
-    assert isinstance(info.value, ValueError)  # an event carrying it is dead-lettered
+    assert classify(info.value) == Disposition.DEAD_LETTER  # an event carrying it
 
 
 def test_a_mask_outside_its_scene_is_refused(data_dir: Path) -> None:

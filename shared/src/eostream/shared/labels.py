@@ -41,7 +41,7 @@ with warnings.catch_warnings():
         LabelType,
     )
 from shapely.errors import GEOSException
-from shapely.geometry import box, mapping, shape
+from shapely.geometry import Polygon, box, mapping, shape
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 from shapely.validation import explain_validity
@@ -197,7 +197,7 @@ def build_vector_label_item(
         if not geom.intersects(scene.footprint):
             dropped_features += 1
             continue
-        part = geom if scene.footprint.contains(geom) else geom.intersection(scene.footprint)
+        part = geom if scene.footprint.contains(geom) else _same_kind(geom, scene.footprint)
         if part.is_empty or (geom.area > 0 and part.area == 0):
             dropped_features += 1  # touches the footprint's edge only
             continue
@@ -375,6 +375,16 @@ def _plain(data: dict[str, Any]) -> dict[str, Any]:
     """JSON types only (shapely's mapping gives tuples, which JSON schemas reject)."""
     out: dict[str, Any] = json.loads(json.dumps(data))
     return out
+
+
+def _same_kind(geom: BaseGeometry, footprint: BaseGeometry) -> BaseGeometry:
+    """The part of ``geom`` inside ``footprint``, polygons kept polygons: an intersection along
+    an edge can add lines or points (a GeometryCollection), which are not labels."""
+    part = geom.intersection(footprint)
+    if geom.area > 0 and part.geom_type == "GeometryCollection":
+        polygons = [g for g in getattr(part, "geoms", []) if g.area > 0]
+        return unary_union(polygons) if polygons else Polygon()
+    return part
 
 
 def default_item_id(scene_id: str, task: str, *, raster: bool) -> str:

@@ -141,7 +141,7 @@ def test_clipping_keeps_polygons_polygons(data_dir: Path) -> None:
     """A polygon that also runs along the scene's edge from outside: the intersection has a line
     part, which is not a label; what is kept is polygonal."""
     s = scene(data_dir, "2020-06-21")
-    w, south, e, n = s.footprint.bounds
+    _, south, e, n = s.footprint.bounds
     mid = (south + n) / 2
     # one polygon: a block across the east edge, and above it a block outside that touches the
     # edge (the scene's side of it is a line)

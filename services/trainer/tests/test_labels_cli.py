@@ -300,6 +300,21 @@ def test_stack_import_then_pystac_client_finds_by_class_and_bbox(
     cli = invoke("search", "--stac-api", stac_api_url, "--collection", stack_collection,
                  "--class", "water", "--bbox", RESERVOIR)  # fmt: skip
     assert ids(cli) == wanted
+    # a scene item in the object store, imported again: the item is replaced, not added
+    store = S3ObjectStore(s3, "eostream")
+    key = f"labels/{stack_collection}/scenes/boadella-2020-06-21.json"
+    store.put_file(key, scene_file(data_dir, tmp_path, "2020-06-21"), "application/geo+json")
+    again = invoke("import", "--scene", store.uri(key), "--collection", stack_collection,
+                   "--geojson", data_dir / FOLDER / "Boadella_2020-06-21_labels.geojson",
+                   "--stac-api", stac_api_url)  # fmt: skip
+    assert again.exit_code == 0, again.output
+    assert search("water", RESERVOIR) == wanted
+    replaced = client.get_collection(stack_collection).get_item(  # type: ignore[union-attr]
+        "boadella-2020-06-21-segmentation-labels"
+    )
+    assert replaced is not None
+    assert [x.href for x in replaced.links if x.rel == "source"] == [store.uri(key)]
+
     for item in client.search(collections=[stack_collection]).items():
         href = item.assets["labels"].href
         assert href.startswith("s3://eostream/labels/")

@@ -42,6 +42,7 @@ from eostream.shared.labels import (
     parse_class_list,
 )
 from eostream.shared.objects import local_path, read_bytes
+from eostream.shared.settings import S3Settings
 from eostream.shared.storage.base import ObjectStore
 
 MAX_LABEL_BYTES = 256 * 1024 * 1024
@@ -79,21 +80,23 @@ def _catalog(stac_api: str | None, home: Path | None) -> LabelCatalog:
     raise _fail("name a catalogue: --stac-api URL (or EOSTREAM_STAC_API_URL) or --home DIR")
 
 
-def _store(home: Path | None) -> ObjectStore:
+def _store(home: Path | None) -> tuple[ObjectStore, S3Settings | None]:
+    """Where the labels go, and the S3 settings to read an ``s3://`` scene with."""
     if home is not None:
         from eostream.shared.storage.local import LocalObjectStore
 
-        return LocalObjectStore(home / "objects", "eostream")
+        return LocalObjectStore(home / "objects", "eostream"), None
     from eostream.shared.settings import load_settings
     from eostream.shared.storage.factory import build_object_store
     from eostream.trainer.settings import TrainerSettings
 
-    return build_object_store(load_settings(TrainerSettings, bus="memory"))
+    settings = load_settings(TrainerSettings, bus="memory")
+    return build_object_store(settings), settings.s3
 
 
-def _read_json(uri: str, what: str) -> Any:
+def _read_json(uri: str, what: str, s3: S3Settings | None = None) -> Any:
     try:
-        return json.loads(read_bytes(uri, s3=None, max_bytes=MAX_LABEL_BYTES))
+        return json.loads(read_bytes(uri, s3=s3, max_bytes=MAX_LABEL_BYTES))
     except json.JSONDecodeError as exc:
         raise LabelError(f"{what} {uri}: not JSON ({exc.msg}, line {exc.lineno})") from None
 
@@ -172,10 +175,10 @@ def import_(
 
         path = local_path(scene)
         scene_href = str(path.resolve()) if path is not None else scene
+        store, s3 = _store(home)
         progress(f"reading scene {scene_href}")
-        the_scene = Scene.from_item(_read_json(scene_href, "scene"), scene_href)
+        the_scene = Scene.from_item(_read_json(scene_href, "scene", s3), scene_href)
         class_list = parse_class_list(_read_json(str(classes), "class list")) if classes else None
-        store = _store(home)
         raster = mask is not None
         the_id = item_id or default_item_id(the_scene.id, task, raster=raster)
         key = f"labels/{collection}/{the_id}/{'mask.tif' if raster else 'labels.geojson'}"

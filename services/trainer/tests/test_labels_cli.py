@@ -269,6 +269,7 @@ def test_stack_import_then_pystac_client_finds_by_class_and_bbox(
     stac_api_url: str,
     stack_collection: str,
     s3: S3Settings,
+    stac_validator: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("TRAINER_STORE", "s3")
@@ -282,6 +283,9 @@ def test_stack_import_then_pystac_client_finds_by_class_and_bbox(
     assert collection is not None
     assert collection.summaries.get_list("eostream:label_classes") == ["water"]
     assert collection.summaries.get_list("label:tasks") == ["segmentation"]
+    interval = collection.extent.temporal.intervals[0]
+    assert [t.date().isoformat() for t in interval if t] == ["2020-06-21", "2021-07-16"]
+    assert stac_validator(collection.to_dict()) == []
 
     def search(cls: str, bbox: str) -> set[str]:
         found = client.search(
@@ -318,5 +322,6 @@ def test_stack_import_then_pystac_client_finds_by_class_and_bbox(
     for item in client.search(collections=[stack_collection]).items():
         href = item.assets["labels"].href
         assert href.startswith("s3://eostream/labels/")
+        assert stac_validator(item.to_dict()) == []
         stored = json.loads(read_bytes(href, s3=s3, max_bytes=10_000_000))
         assert [f["properties"]["labels"] for f in stored["features"]] == [["water"]]

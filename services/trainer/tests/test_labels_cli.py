@@ -179,6 +179,10 @@ def bad(tmp_path: Path) -> dict[str, Path]:
         transform=from_bounds(900000, 5500000, 900080, 5500080, 8, 8),
     ) as dst:  # fmt: skip
         dst.write(np.ones((1, 8, 8), dtype="uint8"))
+    nocrs = tmp_path / "no-crs.tif"
+    with rasterio.open(nocrs, "w", driver="GTiff", width=8, height=8, count=1,
+                       dtype="uint8") as dst:  # fmt: skip
+        dst.write(np.ones((1, 8, 8), dtype="uint8"))
     return {
         "outside": write("outside.geojson", fc(mapping(box(10, 50, 11, 51)))),
         "unknown": write("unknown.geojson", fc(inside, "lava")),
@@ -188,6 +192,7 @@ def bad(tmp_path: Path) -> dict[str, Path]:
         "none": write("none.geojson", {"type": "FeatureCollection", "features": []}),
         "notjson": write("notjson.geojson", "{not json"),
         "mask": mask,
+        "nocrs": nocrs,
     }  # fmt: skip
 
 
@@ -201,6 +206,7 @@ def bad(tmp_path: Path) -> dict[str, Path]:
         ("none", "has no features"),
         ("notjson", "not JSON"),
         ("mask", "mask outside its scene"),
+        ("nocrs", "it has no CRS"),
         ("missing", "no such file"),
     ],
 )
@@ -210,8 +216,8 @@ def test_bad_input_is_one_line_and_exit_2(
     scene = scene_file(data_dir, tmp_path, "2020-06-21")
     home = tmp_path / "home"
     labels: list[str | Path] = ["--geojson", bad.get(case, tmp_path / "missing.geojson")]
-    if case == "mask":
-        labels = ["--mask", bad["mask"], "--value-class", "1=water"]
+    if case in ("mask", "nocrs"):
+        labels = ["--mask", bad[case], "--value-class", "1=water"]
     result = invoke("import", "--scene", scene, *labels, "--home", home,
                     "--classes", data_dir / FOLDER / "labels.json")  # fmt: skip
     assert result.exit_code == 2, result.output

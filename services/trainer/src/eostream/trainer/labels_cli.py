@@ -54,7 +54,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-CollectionOpt = Annotated[str, typer.Option(help="the label collection")]
+CollectionOpt = Annotated[
+    str, typer.Option(envvar="EOSTREAM_LABELS_COLLECTION", help="the label collection")
+]
 StacApiOpt = Annotated[
     str | None,
     typer.Option(

@@ -248,6 +248,17 @@ INSIDE = mapping(box(2.80, 42.34, 2.81, 42.35))
         ({"type": "FeatureCollection", "features": []}, {}, "has no features"),
         ({"type": "Feature"}, {}, "not a GeoJSON FeatureCollection"),
         (fc(INSIDE, cls=None), {}, "no class in property 'labels'"),
+        (fc(INSIDE, cls=["water", " "]), {}, "no class in property 'labels'"),
+        (fc(INSIDE), {"class_property": "class"}, "no class in property 'class'"),
+        (
+            {
+                "type": "FeatureCollection",
+                "features": [{"type": "Feature", "geometry": INSIDE, "properties": [1]}],
+            },
+            {},
+            "'properties' is not an object",
+        ),
+        ({"type": "FeatureCollection", "features": [7]}, {}, "feature 0 is not a GeoJSON Feature"),
         (fc(INSIDE), {"task": "detection"}, "task 'detection'"),
         (fc(INSIDE), {"item_id": "../x"}, "item id '../x'"),
     ],

@@ -121,7 +121,7 @@ class LabelItem:
 def _classes_of(value: object, n: int, prop: str) -> list[str]:
     if isinstance(value, str) and value.strip():
         return [value.strip()]
-    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+    if isinstance(value, list) and value and all(isinstance(v, str) and v.strip() for v in value):
         return [v.strip() for v in value]
     raise LabelError(f"feature {n}: no class in property {prop!r} (got {value!r})")
 
@@ -173,6 +173,8 @@ def build_vector_label_item(
     for n, feature in enumerate(features):
         geom = _geometry(feature, n)
         props = feature.get("properties") or {}
+        if not isinstance(props, dict):
+            raise LabelError(f"feature {n}: 'properties' is not an object")
         tasks = props.get(TASKS_PROPERTY)
         if isinstance(tasks, list) and task not in tasks:
             other_task += 1

@@ -108,19 +108,6 @@ mlflow_up() {
         chmod 700 "$MLFLOW_HOME" # the auth store holds password hashes
         _mlflow_ensure_database
         rm -f "$MLFLOW_AUTH_DIR/accounts"
-        # The auth app's settings; the admin is created from MLFLOW_AUTH_ADMIN_PASSWORD on the
-        # first start against an empty auth store (later starts ignore it). default_permission
-        # NO_PERMISSIONS: an account sees only what it created or was granted (init_auth.py).
-        cat >"$MLFLOW_HOME/basic_auth.ini" <<INI
-[mlflow]
-default_permission = NO_PERMISSIONS
-database_uri = sqlite:///$MLFLOW_HOME/basic_auth.db
-admin_username = $MLFLOW_ADMIN_USER
-authorization_function = mlflow.server.auth:authenticate_request_basic_auth
-# Checking a password (PBKDF2) took ~0.9 s of CPU here, on every request: cache a checked
-# password for 10 minutes. One worker, so a password changed over the API takes effect at once.
-auth_cache_ttl_seconds = 600
-INI
         # Webhook secrets are encrypted with this key; keep it stable across restarts.
         if [[ ! -s "$MLFLOW_HOME/webhook-secret-key" ]]; then
             "$VENV_PY" -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())' \
@@ -143,12 +130,15 @@ INI
             export MLFLOW_WEBHOOK_CACHE_TTL=1
             MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY="$(cat "$MLFLOW_HOME/webhook-secret-key")"
             export MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY
-            export MLFLOW_AUTH_CONFIG_PATH="$MLFLOW_HOME/basic_auth.ini"
+            # The authentication app (deploy/mlflow/server.sh writes its settings): auth store in
+            # sqlite beside the state, the admin made on the first start.
+            export MLFLOW_BIN MLFLOW_AUTH_CONFIG_PATH="$MLFLOW_HOME/basic_auth.ini"
+            export MLFLOW_AUTH_DATABASE_URI="sqlite:///$MLFLOW_HOME/basic_auth.db"
+            export MLFLOW_AUTH_ADMIN_USERNAME="$MLFLOW_ADMIN_USER"
             MLFLOW_AUTH_ADMIN_PASSWORD="$(mlflow_secret admin-password)"
-            # The auth app's CSRF protection (its login form) needs a key that outlives restarts.
             MLFLOW_FLASK_SERVER_SECRET_KEY="$(mlflow_secret flask-secret-key)"
             export MLFLOW_AUTH_ADMIN_PASSWORD MLFLOW_FLASK_SERVER_SECRET_KEY
-            start_daemon mlflow "mlflow server" "$MLFLOW_BIN" server --app-name basic-auth \
+            start_daemon mlflow "mlflow server" "$ROOT/deploy/mlflow/server.sh" \
                 --host "$HOST" --port "$MLFLOW_PORT" --workers 1 \
                 --backend-store-uri "postgresql+psycopg://$PG_USER:$PG_PASSWORD@$HOST:$PG_PORT/$MLFLOW_DB" \
                 --artifacts-destination "$MLFLOW_ARTIFACTS" --serve-artifacts \

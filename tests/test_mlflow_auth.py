@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -53,7 +54,7 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def post(uri: str, path: str, body: dict[str, object], auth: tuple[str, str] | None) -> int:
+def post(uri: str, path: str, body: dict[str, Any], auth: tuple[str, str] | None) -> int:
     return requests.post(f"{uri}{API}/{path}", json=body, auth=auth, timeout=30).status_code
 
 

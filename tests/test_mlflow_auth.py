@@ -16,10 +16,9 @@ import requests
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from conftest import require_env
-from eostream.shared.deployment import MlflowAccount
-
-pytestmark = pytest.mark.stack
+from eostream.registry_bridge.local import process as bridge_process
+from eostream.shared.deployment import STACK_VARIABLES, Deployment, LocalStack, MlflowAccount
+from eostream.trainer.local import process as trainer_process
 
 API = "/api/2.0/mlflow"
 
@@ -37,8 +36,8 @@ def account(service: str) -> MlflowAccount:
 
 
 @pytest.fixture(scope="module")
-def uri() -> str:
-    return require_env("EOSTREAM_MLFLOW_URI").rstrip("/")
+def uri(mlflow_uri: str) -> str:
+    return mlflow_uri.rstrip("/")
 
 
 @contextmanager
@@ -58,6 +57,33 @@ def post(uri: str, path: str, body: dict[str, Any], auth: tuple[str, str] | None
     return requests.post(f"{uri}{API}/{path}", json=body, auth=auth, timeout=30).status_code
 
 
+def test_the_local_trainer_and_bridge_log_in_as_their_own_accounts(tmp_path: Path) -> None:
+    """`stack env` -> LocalStack -> each process's environment (eostream up --stack local, e2e)."""
+    addresses = {var: f"value-of-{var}" for var in STACK_VARIABLES.values()}
+    accounts = {
+        "EOSTREAM_MLFLOW_TRAINER_USERNAME": "eostream-trainer",
+        "EOSTREAM_MLFLOW_TRAINER_PASSWORD": "trainer-pw",
+        "EOSTREAM_MLFLOW_BRIDGE_USERNAME": "eostream-bridge",
+        "EOSTREAM_MLFLOW_BRIDGE_PASSWORD": "bridge-pw",
+    }
+    deployment = Deployment(home=tmp_path)
+    stack = LocalStack.from_environ({**addresses, **accounts})
+    assert "trainer-pw" not in repr(stack)
+    trainer = trainer_process(stack, deployment, 18001).env
+    bridge = bridge_process(stack, deployment, 18002).env
+    assert (trainer["MLFLOW_TRACKING_USERNAME"], trainer["MLFLOW_TRACKING_PASSWORD"]) == (
+        "eostream-trainer",
+        "trainer-pw",
+    )
+    assert (bridge["MLFLOW_TRACKING_USERNAME"], bridge["MLFLOW_TRACKING_PASSWORD"]) == (
+        "eostream-bridge",
+        "bridge-pw",
+    )
+    open_stack = LocalStack.from_environ(addresses)  # an MLflow without authentication
+    assert "MLFLOW_TRACKING_USERNAME" not in trainer_process(open_stack, deployment, 18001).env
+
+
+@pytest.mark.stack
 def test_anonymous_writes_and_reads_are_refused(uri: str) -> None:
     name = unique("anonymous")
     assert post(uri, "experiments/create", {"name": name}, None) == 401
@@ -70,6 +96,7 @@ def test_anonymous_writes_and_reads_are_refused(uri: str) -> None:
     assert requests.get(f"{uri}/health", timeout=30).status_code == 200  # probes need no account
 
 
+@pytest.mark.stack
 def test_a_wrong_password_is_refused(uri: str) -> None:
     trainer = account("trainer")
     wrong = (trainer.username, trainer.password + "x")
@@ -77,11 +104,13 @@ def test_a_wrong_password_is_refused(uri: str) -> None:
     assert post(uri, "experiments/create", {"name": unique("nobody")}, ("nobody", "x")) == 401
 
 
+@pytest.mark.stack
 def test_the_trainer_logs_runs_and_registers_versions_but_administers_nothing(
     uri: str, tmp_path: Path
 ) -> None:
     trainer = account("trainer")
-    require_env("MLFLOW_TRACKING_USERNAME")  # the operator's (admin) account, for the setup
+    # the setup runs as the operator's (admin) account, as `stack env` exports it
+    assert os.environ.get("MLFLOW_TRACKING_USERNAME"), "MLFLOW_TRACKING_USERNAME is not set"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     # an experiment someone else made first (the operator): the trainer's role still lets it log
     shared_experiment = client.create_experiment(unique("auth-shared"))  # as the admin (env)
@@ -107,6 +136,7 @@ def test_the_trainer_logs_runs_and_registers_versions_but_administers_nothing(
     assert post(uri, "webhooks", hook, trainer_auth) == 403
 
 
+@pytest.mark.stack
 def test_the_bridge_reads_runs_moves_aliases_and_registers_webhooks(
     uri: str, tmp_path: Path
 ) -> None:

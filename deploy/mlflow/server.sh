@@ -24,6 +24,7 @@ export MLFLOW_AUTH_ADMIN_USERNAME MLFLOW_AUTH_ADMIN_PASSWORD MLFLOW_FLASK_SERVER
 export MLFLOW_AUTH_CONFIG_PATH
 
 umask 077 # the file names the auth store, with its password
+rm -f "$MLFLOW_AUTH_CONFIG_PATH"
 cat >"$MLFLOW_AUTH_CONFIG_PATH" <<INI
 [mlflow]
 default_permission = NO_PERMISSIONS

@@ -28,7 +28,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.server.auth.client import AuthServiceClient
@@ -43,8 +43,9 @@ TRAINER_GRANTS = (("experiment", "*", "EDIT"), ("registered_model", "*", "EDIT")
 class Account:
     what: str
     username: str
-    password: str
-    admin: bool
+    password: str = field(repr=False)
+    admin: bool = False
+    role: str | None = None
 
 
 def _env(name: str) -> str:
@@ -60,7 +61,7 @@ def accounts() -> list[Account]:
             "trainer",
             _env("EOSTREAM_MLFLOW_TRAINER_USERNAME"),
             _env("EOSTREAM_MLFLOW_TRAINER_PASSWORD"),
-            admin=False,
+            role=TRAINER_ROLE,
         ),
         Account(
             "registry-bridge",
@@ -101,6 +102,7 @@ def ensure_user(client: AuthServiceClient, account: Account) -> str:
 
 
 def ensure_trainer_role(client: AuthServiceClient, username: str) -> None:
+    """The role (made once, its grants kept as TRAINER_GRANTS says) and the user's membership."""
     role = next(
         (r for r in client.list_roles(DEFAULT_WORKSPACE_NAME) if r.name == TRAINER_ROLE), None
     )
@@ -133,7 +135,7 @@ def main(argv: list[str]) -> int:
     try:
         for account in wanted:
             done = ensure_user(client, account)
-            if not account.admin:
+            if account.role == TRAINER_ROLE:
                 ensure_trainer_role(client, account.username)
             print(f"mlflow account {account.username} ({account.what}): {done}")  # noqa: T201
     except MlflowException as exc:

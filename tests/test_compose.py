@@ -65,6 +65,10 @@ SECRETS = {
     "INFERENCE_API_KEY": "inference-key-of-the-test-0001",
     "BRIDGE_WEBHOOK_SECRET": "webhook-secret-of-the-test-0001",
     "GRAFANA_ADMIN_PASSWORD": "grafana-password-of-the-test-0001",
+    "EOSTREAM_MLFLOW_ADMIN_PASSWORD": "mlflow-admin-password-of-the-test-0001",
+    "EOSTREAM_MLFLOW_TRAINER_PASSWORD": "mlflow-trainer-password-of-the-test-0001",
+    "EOSTREAM_MLFLOW_BRIDGE_PASSWORD": "mlflow-bridge-password-of-the-test-0001",
+    "EOSTREAM_MLFLOW_SECRET_KEY": "mlflow-secret-key-of-the-test-0001",
 }
 ENV_PREFIXES = ("INGEST_", "TRAINER_", "BRIDGE_", "INFERENCE_", "EOSTREAM_")
 

@@ -88,7 +88,8 @@ cmd_secret() {
 import secrets
 
 keys = ["s3-secret-key", "pg-password", "inference-api-key", "mlflow-webhook-secret",
-        "bridge-operator-key"]
+        "bridge-operator-key", "mlflow-admin-password", "mlflow-trainer-password",
+        "mlflow-bridge-password", "mlflow-secret-key"]
 print("apiVersion: v1\nkind: Secret\nmetadata:\n  name: eostream-secrets\n  namespace: eostream")
 print("type: Opaque\nstringData:\n  s3-access-key: eostream")
 for key in keys:

@@ -36,9 +36,39 @@ STACK_VARIABLES = {
 }
 
 
+#: The MLflow accounts ``deploy/local/stack env`` exports (basic auth), by service.
+MLFLOW_ACCOUNT_VARIABLES = {
+    "trainer": ("EOSTREAM_MLFLOW_TRAINER_USERNAME", "EOSTREAM_MLFLOW_TRAINER_PASSWORD"),
+    "bridge": ("EOSTREAM_MLFLOW_BRIDGE_USERNAME", "EOSTREAM_MLFLOW_BRIDGE_PASSWORD"),
+}
+
+
+@dataclass(frozen=True)
+class MlflowAccount:
+    """A service's account on an MLflow server that runs its authentication app."""
+
+    username: str
+    password: str = field(repr=False)
+
+    @classmethod
+    def from_environ(cls, env: Mapping[str, str], service: str) -> MlflowAccount | None:
+        user_var, password_var = MLFLOW_ACCOUNT_VARIABLES[service]
+        if env.get(user_var) and env.get(password_var):
+            return cls(env[user_var], env[password_var])
+        return None
+
+    def client_env(self) -> dict[str, str]:
+        """What the MLflow client reads (HTTP basic auth on every request)."""
+        return {
+            "MLFLOW_TRACKING_USERNAME": self.username,
+            "MLFLOW_TRACKING_PASSWORD": self.password,
+        }
+
+
 @dataclass(frozen=True)
 class LocalStack:
-    """The servers of the real local stack, as ``deploy/local/stack env`` exports them."""
+    """The servers of the real local stack, as ``deploy/local/stack env`` exports them. The
+    MLflow accounts are there when the stack's MLflow runs its authentication app."""
 
     kafka_bootstrap: str
     s3_endpoint: str
@@ -49,6 +79,8 @@ class LocalStack:
     stac_api_url: str
     prometheus_url: str | None = None
     prometheus_targets_dir: Path | None = None
+    mlflow_trainer: MlflowAccount | None = None
+    mlflow_bridge: MlflowAccount | None = None
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> LocalStack:
@@ -64,6 +96,8 @@ class LocalStack:
             **{name: env[var] for name, var in STACK_VARIABLES.items()},
             prometheus_url=env.get("EOSTREAM_PROMETHEUS_URL") or None,
             prometheus_targets_dir=Path(targets) if targets else None,
+            mlflow_trainer=MlflowAccount.from_environ(env, "trainer"),
+            mlflow_bridge=MlflowAccount.from_environ(env, "bridge"),
         )
 
     def s3_settings(self) -> S3Settings:
@@ -137,9 +171,15 @@ def service_command(package: str, *words: str) -> tuple[str, ...]:
 
 
 def service_env(
-    prefix: str, stack: LocalStack, deployment: Deployment, port: int
+    prefix: str,
+    stack: LocalStack,
+    deployment: Deployment,
+    port: int,
+    *,
+    mlflow_account: MlflowAccount | None = None,
 ) -> dict[str, str]:
-    """The settings every service has (bus, store, HTTP), for the variable prefix ``prefix``."""
+    """The settings every service has (bus, store, HTTP), for the variable prefix ``prefix``;
+    with ``mlflow_account``, the service's MLflow client logs in as that account."""
     env = {
         f"{prefix}LOG_LEVEL": deployment.log_level,
         f"{prefix}HTTP_HOST": deployment.host,
@@ -153,6 +193,7 @@ def service_env(
         f"{prefix}S3__SECRET_KEY": stack.s3_secret_key,
         f"{prefix}BUCKET": deployment.bucket,
         **stack.client_env(),
+        **(mlflow_account.client_env() if mlflow_account else {}),
     }
     if deployment.data_dir is not None:
         env["EOSTREAM_DATA_DIR"] = str(deployment.data_dir)

@@ -3,7 +3,8 @@ its HMAC-signed webhook in the MLflow server, so new versions reach it at once; 
 catches up on anything a webhook missed. Its REST write routes take the deployment's promoter
 credential ``operator``, whose key is kept in the deployment's home under
 ``secrets/bridge-operator-key``. Shipped models go to the stack's STAC API (collection
-``eostream-models``)."""
+``eostream-models``). On an MLflow with authentication it logs in as the bridge's account
+(``EOSTREAM_MLFLOW_BRIDGE_*``, an MLflow admin: only admins may register webhooks)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def process(stack: LocalStack, deployment: Deployment, port: int) -> ProcessSpec
     """Entry point of the ``eostream.processes`` group."""
     url = f"http://{deployment.host}:{port}"
     env = {
-        **service_env("BRIDGE_", stack, deployment, port),
+        **service_env("BRIDGE_", stack, deployment, port, mlflow_account=stack.mlflow_bridge),
         "BRIDGE_MLFLOW_TRACKING_URI": stack.mlflow_uri,
         "BRIDGE_MODEL_NAMES": json.dumps([deployment.model_name]),
         "BRIDGE_WEBHOOK_SECRET": deployment.secret("mlflow-webhook"),

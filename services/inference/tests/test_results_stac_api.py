@@ -63,7 +63,8 @@ VALIDATOR_CLASSES = {
 UPSTREAM = {
     r"\[Item Search - Sort Ext\] : POST .*\"collections\": \"[^\"]+\"\} had unexpected "
     r"status code 400 instead of 200: ?": (
-        "the validator sends `collections` as a string in a POST body; the spec's is an array"
+        "the validator sends `collections` as a string in a POST body; the spec's is an array "
+        "(stac-utils/stac-api-validator#656, open)"
     ),
 }
 

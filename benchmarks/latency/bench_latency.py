@@ -47,7 +47,6 @@ import httpx
 from psycopg.conninfo import make_conninfo
 
 from eostream.ingest.notify import drop_trigger
-from eostream.ingest.push import signed_headers
 from eostream.runner.driver import (
     DeploymentDriver,
     create_collection,
@@ -57,6 +56,7 @@ from eostream.runner.driver import (
 from eostream.runner.processes import ProcessGroup
 from eostream.shared.deployment import Deployment, LocalStack
 from eostream.shared.storage.s3 import S3ObjectStore
+from eostream.shared.webhooks import signed_headers
 
 
 def pct(values: list[float], q: float) -> float:

@@ -25,7 +25,6 @@ from pydantic import SecretStr, ValidationError
 
 from eostream.ingest.api import PUSH_PATH, create_app
 from eostream.ingest.arrivals import Arrivals
-from eostream.ingest.push import signed_headers
 from eostream.ingest.service import build_ingest, from_settings, running
 from eostream.ingest.settings import IngestSettings, PushSettings, StaticSource
 from eostream.shared import deadletters as dl
@@ -33,6 +32,7 @@ from eostream.shared import deadletters_bus as dlb
 from eostream.shared import topics
 from eostream.shared.bus.memory import InMemoryBus
 from eostream.shared.ops import OpsServer
+from eostream.shared.webhooks import signed_headers
 
 from .conftest import JsonDict
 from .helpers import drain, write_catalogue

@@ -22,11 +22,11 @@ from pydantic import SecretStr
 
 from eostream.ingest.api import PUSH_PATH
 from eostream.ingest.notify import drop_trigger
-from eostream.ingest.push import signed_headers
 from eostream.ingest.service import IngestRunner, build_ingest, from_settings, http_servers
 from eostream.ingest.settings import IngestSettings, NotifySettings, PushSettings, StacApiSource
 from eostream.shared.events import SceneDiscovered
 from eostream.shared.settings import KafkaSettings
+from eostream.shared.webhooks import signed_headers
 
 from .conftest import JsonDict
 from .stack_helpers import clone, create_collection, delete_collection, post_items, read_topic

@@ -22,6 +22,7 @@ from eostream.inference.subscriptions import spec, webhooks
 from eostream.inference.subscriptions.delivery import Notifier
 from eostream.inference.subscriptions.store import Delivery, Subscription, new_id, now
 from eostream.shared.http_errors import error_responses
+from eostream.shared.webhooks import new_secret
 
 
 class _BadRequestRoute(APIRoute):
@@ -184,7 +185,7 @@ async def create(body: SubscriptionRequest, service: Service) -> dict[str, Any]:
     secret = None
     if body.webhook_url is not None:
         await run_in_threadpool(webhooks.check_target, body.webhook_url, s)
-        secret = webhooks.new_secret()
+        secret = new_secret()
     elif body.kafka_topic is not None:
         spec.check_topic(body.kafka_topic, s.kafka_topic_prefix)
         if notifier.bus is None:

@@ -46,6 +46,7 @@ from eostream.shared.bus import Bus
 from eostream.shared.bus.base import Delivery as BusDelivery
 from eostream.shared.bus.base import dead_letter_message
 from eostream.shared.codec import WireMessage
+from eostream.shared.webhooks import sign
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def webhook_request(stored: dict[str, Any], secret: str) -> tuple[dict[str, str]
     headers = dict(message.headers)
     headers["webhook-id"] = stored["id"]
     headers["webhook-timestamp"] = str(stamp)
-    headers["webhook-signature"] = webhooks.sign(secret, stored["id"], stamp, message.body)
+    headers["webhook-signature"] = sign(secret, stored["id"], stamp, message.body)
     return headers, message.body
 
 

@@ -1,7 +1,7 @@
 """Webhook targets: which URLs may be called (the outbound policy, against SSRF), the
 CloudEvents abuse-protection handshake at creation, and the signed request of a notification.
 
-Signatures follow the Standard Webhooks specification (https://www.standardwebhooks.com): a
+Signatures follow the Standard Webhooks specification (``eostream.shared.webhooks``): a
 per-subscription secret ``whsec_<base64 key>``, the headers ``webhook-id``, ``webhook-timestamp``
 (Unix seconds) and ``webhook-signature`` = ``v1,<base64 HMAC-SHA256(key, "id.timestamp.body")>``.
 The request itself is a CloudEvent in the HTTP binary content mode (``ce-*`` headers, the data
@@ -11,11 +11,7 @@ as the JSON body).
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import logging
-import secrets
 from urllib.parse import urlparse
 
 import httpx
@@ -27,7 +23,6 @@ from eostream.shared.sources_policy import SourcePolicy
 
 log = logging.getLogger(__name__)
 
-SECRET_PREFIX = "whsec_"  # noqa: S105 (the Standard Webhooks prefix, not a secret)
 NOT_ALLOWED = (
     "webhook_url is not allowed: its scheme, host or address is outside the allowed webhook "
     "targets (INFERENCE_SUBSCRIPTIONS__ALLOWED_SCHEMES / _HOSTS / _NETWORKS)"
@@ -41,17 +36,6 @@ class DeliveryFailed(Exception):
         super().__init__(reason)
         self.reason = reason
         self.final = final
-
-
-def new_secret() -> str:
-    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
-
-
-def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    """The ``webhook-signature`` header value of a message."""
-    key = base64.b64decode(secret.removeprefix(SECRET_PREFIX))
-    content = f"{msg_id}.{timestamp}.".encode() + body
-    return "v1," + base64.b64encode(hmac.new(key, content, hashlib.sha256).digest()).decode()
 
 
 def policy(settings: SubscriptionsSettings) -> SourcePolicy:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from eostream.inference import area_query, areas, writer
 from eostream.inference.api.deps import Results, Store
-from eostream.inference.api.params import parse_datetime
+from eostream.inference.api.params import parse_bbox, parse_datetime
 from eostream.inference.errors import BadInputError
 from eostream.inference.results import ResultRecord
 from eostream.shared.http_errors import error_responses
@@ -100,17 +100,10 @@ def parse_area(bbox: str | None, intersects: str | None) -> areas.Geometry:
     if (bbox is None) == (intersects is None):
         raise BadInputError("give the area: bbox=minx,miny,maxx,maxy or intersects=<GeoJSON>")
     if bbox is not None:
-        try:
-            parts = [float(p) for p in bbox.split(",")]
-        except ValueError:
-            raise BadInputError(
-                f"bbox {bbox!r} must be four numbers: minx,miny,maxx,maxy"
-            ) from None
-        if len(parts) != 4 or not all(p == p for p in parts):
-            raise BadInputError(f"bbox {bbox!r} must be four numbers: minx,miny,maxx,maxy")
-        if parts[1] > parts[3]:
-            raise BadInputError(f"bbox {bbox!r}: miny exceeds maxy")
-        return areas.bbox_geometry((parts[0], parts[1], parts[2], parts[3]))
+        box = parse_bbox(bbox)  # the bbox of every route (/results, /stac): one parser
+        if box is None:
+            raise BadInputError("bbox is empty: give minx,miny,maxx,maxy")
+        return areas.bbox_geometry(box)
     try:
         value = json.loads(str(intersects))
     except ValueError:

@@ -13,6 +13,7 @@ import shapely.geometry
 
 from eostream.inference.api.params import parse_datetime
 from eostream.inference.errors import BadInputError
+from eostream.inference.geojson import parse_geometry
 from eostream.inference.results import ResultRecord
 
 _INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")
@@ -136,12 +137,9 @@ def parse_intersects(value: Any) -> shapely.Geometry | None:
         return None
     try:
         geojson = json.loads(value) if isinstance(value, str) else value
-        area = shapely.geometry.shape(geojson)
-    except Exception as exc:  # shapely raises several types for bad GeoJSON
-        raise BadInputError(f"intersects is not a GeoJSON geometry: {exc}") from None
-    if area.is_empty:
-        raise BadInputError("intersects is an empty geometry")
-    return area
+    except ValueError:
+        raise BadInputError("intersects is not a GeoJSON geometry: not JSON") from None
+    return parse_geometry(geojson, name="intersects")
 
 
 def parse_when(text: str | None) -> tuple[Any, Any]:

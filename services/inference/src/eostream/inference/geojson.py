@@ -1,0 +1,93 @@
+"""GeoJSON geometries from clients (RFC 7946: longitude/latitude), checked once for every route
+that takes one (/stac ``intersects``, subscriptions). Pure."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import shapely
+from shapely.geometry import shape
+from shapely.geometry.base import BaseGeometry
+from shapely.validation import explain_validity
+
+from eostream.inference.errors import BadInputError
+
+#: positions a client's geometry may have unless the route says otherwise
+MAX_VERTICES = 10_000
+
+GEOMETRY_TYPES = frozenset(
+    ("Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon")
+)
+
+
+def parse_geometry(
+    value: object, max_vertices: int = MAX_VERTICES, *, name: str = "geometry"
+) -> BaseGeometry:
+    """A GeoJSON geometry in longitude/latitude (RFC 7946), valid and of at most
+    ``max_vertices`` positions, as a shapely geometry; BadInputError says what is wrong
+    (naming the parameter ``name``). A GeometryCollection's members are checked each."""
+    budget = [max_vertices]
+    geometry = _geometry(value, budget, max_vertices, name)
+    if geometry.is_empty:
+        raise BadInputError(f"{name} is empty")
+    return geometry
+
+
+def _geometry(value: object, budget: list[int], limit: int, name: str) -> BaseGeometry:
+    if not isinstance(value, Mapping):
+        raise BadInputError(f"{name} must be a GeoJSON geometry object")
+    kind = value.get("type")
+    if kind == "GeometryCollection":
+        members = value.get("geometries")
+        if not isinstance(members, list | tuple):
+            raise BadInputError(f"{name} is not a GeoJSON geometry: no `geometries` array")
+        return shapely.GeometryCollection([_geometry(m, budget, limit, name) for m in members])
+    if kind not in GEOMETRY_TYPES:
+        raise BadInputError(
+            f"{name} type must be one of {sorted(GEOMETRY_TYPES)} or GeometryCollection "
+            f"(got {str(kind)[:40]!r})"
+        )
+    coordinates = value.get("coordinates")
+    if not isinstance(coordinates, list | tuple) or not coordinates:  # tuples: mapping()
+        raise BadInputError(
+            f"{name} is not a GeoJSON geometry: its coordinates must be a non-empty array"
+        )
+    positions = _positions(coordinates, budget, limit, name)
+    for lon, lat in positions:
+        if not (-180 <= lon <= 180 and -90 <= lat <= 90):
+            raise BadInputError(
+                f"{name} position ({lon}, {lat}) is outside longitude [-180, 180] / "
+                "latitude [-90, 90]"
+            )
+    try:
+        geometry = shape({"type": kind, "coordinates": coordinates})
+    except (ValueError, TypeError, IndexError, AttributeError, shapely.errors.ShapelyError) as exc:
+        raise BadInputError(f"{name} is not valid GeoJSON: {exc}") from None
+    if not geometry.is_valid:
+        raise BadInputError(f"{name} is not valid: {explain_validity(geometry)}")
+    return geometry
+
+
+def _positions(
+    coordinates: list[Any] | tuple[Any, ...], budget: list[int], limit: int, name: str
+) -> list[tuple[float, float]]:
+    """Every position of a coordinates array (any nesting), each two or three finite numbers;
+    ``budget[0]`` counts down the positions the whole geometry may still have."""
+    found: list[tuple[float, float]] = []
+    stack: list[Any] = [coordinates]
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, list | tuple) or not node:
+            raise BadInputError(f"{name} coordinates must be nested arrays of positions")
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in node):
+            if len(node) not in (2, 3) or not all(math.isfinite(v) for v in node):
+                raise BadInputError(f"a {name} position must be 2 or 3 finite numbers")
+            found.append((float(node[0]), float(node[1])))
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise BadInputError(f"{name} has more than {limit} positions")
+        else:
+            stack.extend(node)
+    return found

@@ -15,7 +15,6 @@ import csv
 import hashlib
 import io
 import json
-import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +63,6 @@ def model(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> ModelProm
 
     tmp = tmp_path_factory.mktemp("areas-model")
     torch.set_num_threads(2)
-    logging.getLogger("eostream.trainer").setLevel(logging.ERROR)
     data = load_training_data(data_dir, tmp / "cache", "ms13")
     net = fit_recipe(data, "centre_cnn", augmentations=("radiometry", "centre"), epochs=1)
     card = ModelCard(

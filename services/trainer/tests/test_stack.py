@@ -40,7 +40,14 @@ async def test_training_on_the_real_stack(
     kafka_bootstrap: str, mlflow_uri: str, data_dir: Path, trainer_cache: Path, tmp_path: Path
 ) -> None:
     run = uuid.uuid4().hex[:8]
-    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, client_id=f"trainer-test-{run}")
+    # topics of its own: a new consumer group starts at the earliest record, and the shared
+    # broker's plain `eostream.training.requests` holds every earlier run's requests, which the
+    # worker would otherwise train (or look up) one by one before reaching this one
+    kafka = KafkaSettings(
+        bootstrap_servers=kafka_bootstrap,
+        client_id=f"trainer-test-{run}",
+        topic_prefix=f"trainer{run}.",
+    )
     settings = TrainerSettings(
         bus="kafka",
         kafka=kafka,

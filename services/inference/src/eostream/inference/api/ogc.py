@@ -77,9 +77,14 @@ class BadRequestRoute(APIRoute):
                 parts = [
                     f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
                 ]
-                raise OgcError(400, "", "bad_request", "; ".join(parts)) from None
+                raise self.refusal("; ".join(parts)) from None
 
         return run
+
+    @staticmethod
+    def refusal(description: str) -> Exception:
+        """The error a 400 is answered with (here the OGC exception body)."""
+        return OgcError(400, "", "bad_request", description)
 
 
 def link(request: Request, rel: str, path: str, media: str = JSON, **extra: str) -> dict[str, str]:

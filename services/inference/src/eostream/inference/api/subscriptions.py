@@ -4,18 +4,16 @@ answers 400 with the reason and changes nothing."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from shapely.geometry import mapping
 
 from eostream.inference.api.deps import ApiKey, Service
+from eostream.inference.api.ogc import BadRequestRoute
 from eostream.inference.errors import BadInputError
 from eostream.inference.service import InferenceService
 from eostream.inference.subscriptions import spec, webhooks
@@ -25,22 +23,13 @@ from eostream.shared.http_errors import error_responses
 from eostream.shared.webhooks import new_secret
 
 
-class _BadRequestRoute(APIRoute):
-    """Invalid parameters or body answer 400 (the issue's contract for subscriptions)."""
+class _BadRequestRoute(BadRequestRoute):
+    """Invalid parameters or body answer 400 (the issue's contract for subscriptions), with the
+    service's own error body rather than the OGC one."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def run(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except RequestValidationError as exc:
-                parts = [
-                    f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
-                ]
-                raise BadInputError("; ".join(parts)) from None
-
-        return run
+    @staticmethod
+    def refusal(description: str) -> Exception:
+        return BadInputError(description)
 
 
 #: 422 is documented (as every route's ErrorBody) but answered 400 here, as /jobs does

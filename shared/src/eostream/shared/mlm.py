@@ -156,6 +156,8 @@ def build_item(facts: MlmFacts, self_href: str) -> dict[str, Any]:
         "eostream:sha256": facts.sha256,
         "processing:level": facts.card.processing_level,
         "gsd": facts.card.gsd_m,  # STAC common metadata: the scale the model was trained at
+        "eostream:library": facts.card.library,  # what it was trained with (it runs as ONNX)
+        "eostream:task": facts.card.task,
     }
     if facts.run_id:
         props["eostream:mlflow_run_id"] = facts.run_id

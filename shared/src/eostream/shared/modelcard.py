@@ -110,6 +110,18 @@ class ModelCard(BaseModel):
     input_reference: InputReference | None = Field(
         default=None, description="training-input statistics for the out-of-domain check"
     )
+    task: Literal["patch", "pixel", "segmentation"] = Field(
+        default="patch",
+        description=(
+            "patch: [N, C, P, P] windows -> [N, classes] (the window's class); pixel: [N, C] "
+            "band vectors -> [N, classes] (one pixel each, patch_size 1); segmentation: "
+            "[N, C, P, P] -> [N, classes, P, P] (one class per pixel)"
+        ),
+    )
+    library: Literal["pytorch", "scikit-learn", "keras"] = Field(
+        default="pytorch", description="the library the model was trained with"
+    )
+    library_version: str = ""
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -117,6 +129,8 @@ class ModelCard(BaseModel):
             raise ValueError("scaling must list exactly the model's bands, in the same order")
         if len(set(self.bands)) != len(self.bands):
             raise ValueError("bands must not repeat")
+        if self.task == "pixel" and self.patch_size != 1:
+            raise ValueError("a pixel model's patch_size is 1")
         ref = self.input_reference
         if ref is not None and (
             len(ref.mean) != len(self.bands)

@@ -55,6 +55,8 @@ def build_result_item(
             "eostream:mlflow_run_id": info.run_id,
             "eostream:model_sha256": info.sha256,
             "eostream:model_bands": list(card.bands),
+            "eostream:model_library": card.library,
+            "eostream:model_task": card.task,
             "eostream:execution_provider": provider,
             "eostream:class_shares": {k: v["share"] for k, v in stats["classes"].items()},
             "eostream:class_area_km2": {k: v["area_km2"] for k, v in stats["classes"].items()},

@@ -226,26 +226,7 @@ def evaluate_item(
     n = len(ref.classes)
     bg = n - 1
     index = {c: i for i, c in enumerate(ref.classes)}
-
-    def burn(geoms: list[dict[str, Any]], value: int = 1, fill: int = 0) -> np.ndarray:
-        if not geoms:
-            return np.full(grid, fill, np.int16)
-        projected = [transform_geom("EPSG:4326", crs, g) for g in geoms]
-        return np.asarray(
-            rasterize(
-                [(g, value) for g in projected],
-                out_shape=grid,
-                transform=transform,
-                fill=fill,
-                dtype="int16",
-            )
-        )
-
-    truth = np.full(grid, bg, np.int16)
-    for geometry, cs in shapes:
-        for c in cs:
-            truth = np.where(burn([geometry]) > 0, index[c], truth).astype(np.int16)
-    in_area = burn([_geo(area)]) > 0
+    truth, in_area = rasterize_labels(shapes, _geo(area), index, bg, grid, transform, crs)
     if not in_area.any():
         raise ReferenceSetError(f"the labels do not overlap the classified pixels of {scene.id}")
 
@@ -268,6 +249,40 @@ def evaluate_item(
     model_cm = accuracy.confusion_matrix(truth, mapped, n, valid)
     when = scene.datetime.date().isoformat() if scene.datetime else ""
     return ItemResult(item.id, scene.id, when, coverage, int(valid.sum()), model_cm, ndwi_cm)
+
+
+def rasterize_labels(
+    shapes: Sequence[tuple[dict[str, Any], list[str]]],
+    area: dict[str, Any],
+    index: dict[str, int],
+    background: int,
+    grid: tuple[int, int],
+    transform: Any,
+    crs: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Label shapes (EPSG:4326) on a grid: ``(truth, in_area)``. ``truth`` holds each pixel's
+    class index (``index[class]``; a later shape wins; ``background`` outside every shape) and
+    ``in_area`` marks the pixels whose centre is inside ``area`` (the labelled area)."""
+
+    def burn(geoms: list[dict[str, Any]]) -> np.ndarray:
+        if not geoms:
+            return np.zeros(grid, np.int16)
+        projected = [transform_geom("EPSG:4326", crs, g) for g in geoms]
+        return np.asarray(
+            rasterize(
+                [(g, 1) for g in projected],
+                out_shape=grid,
+                transform=transform,
+                fill=0,
+                dtype="int16",
+            )
+        )
+
+    truth = np.full(grid, background, np.int16)
+    for geometry, cs in shapes:
+        for c in cs:
+            truth = np.where(burn([geometry]) > 0, index[c], truth).astype(np.int16)
+    return truth, burn([area]) > 0
 
 
 def _geo(geom: Any) -> dict[str, Any]:

@@ -109,3 +109,53 @@ def evaluate(
     if report.errors:
         typer.echo(f"{len(report.errors)} item(s) could not be evaluated (see above)", err=True)
         raise typer.Exit(1)
+
+
+@app.command()
+def cube(
+    catalog: Annotated[
+        str, typer.Argument(help="STAC catalog/collection of the scenes (e.g. a reference set)")
+    ],
+    out: Annotated[Path, typer.Option(help="the zarr store to write (a folder)", file_okay=False)],
+    bands: Annotated[
+        list[str] | None, typer.Option("--band", help="keep only this band (repeatable)")
+    ] = None,
+    dates: Annotated[
+        list[str] | None, typer.Option("--date", help="keep only this date (repeatable)")
+    ] = None,
+    mask_clouds: Annotated[
+        bool, typer.Option(help="NaN where the scene's SCL says cloud or shadow")
+    ] = True,
+    overwrite: Annotated[bool, typer.Option(help="replace OUT if it exists")] = False,
+) -> None:
+    """Stack the scenes of CATALOG (one grid) into a zarr cube (time, band, y, x) of surface
+    reflectance, read the way inference reads a scene for a model; plain xarray opens it."""
+    import shutil
+
+    from eostream.inference import scenecube
+    from eostream.shared import sentinel2
+
+    if out.exists() and not overwrite:
+        raise _fail(f"{out} exists (pass --overwrite to replace it)")
+    logging.getLogger("rasterio").setLevel(logging.ERROR)
+    try:
+        scenes = scenecube.scenes_in(catalog)
+        if dates:
+            scenes = [s for s in scenes if str(s.datetime)[:10] in dates]
+            if not scenes:
+                raise _fail(f"no scene of {catalog} on {', '.join(dates)}")
+        wanted = [b.upper() for b in bands] if bands else None
+        if wanted is None:  # every band the first scene has, in spectral order
+            wanted = list(sentinel2.ordered(sentinel2.bands_of(scenes[0].item), sentinel2.SPECTRAL_ORDER))
+        dataset = scenecube.build(scenes, wanted, mask_clouds=mask_clouds)
+        if out.exists():
+            shutil.rmtree(out)
+        scenecube.write_zarr(dataset, out)
+    except InferenceError as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(f"cannot write {out}: {exc}") from None
+    sizes = dict(dataset[scenecube.VARIABLE].sizes)
+    typer.echo(
+        f"cube: {out} (time {sizes['time']}, band {sizes['band']}, y {sizes['y']}, x {sizes['x']})"
+    )

@@ -3,6 +3,7 @@ opens, pixels sampled under the water labels, and a per-pixel model that maps a 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import rasterio
 import xarray as xr
 from rasterio.windows import Window
 from sklearn.ensemble import HistGradientBoostingClassifier
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 from typer.testing import CliRunner
 
 from eostream.inference import accuracy, reference, sampling, scenecube
@@ -115,14 +116,18 @@ def test_boadella_cube_pixel_model_maps_a_held_out_date(
     ndwi_map = np.where(is_water, water, labels.background).astype(np.uint8)
     ndwi_map[maps[held] == NODATA] = NODATA
     ndwi_iou = accuracy.class_scores(sampling.confusion(cube, labels, item, ndwi_map), water).iou
-    print(f"held-out 2021-07-16 water IoU: pixel model {model_iou:.3f}, NDWI>0 {ndwi_iou:.3f}")
+    logging.getLogger(__name__).warning(
+        "held-out 2021-07-16 water IoU: pixel model %.3f, NDWI>0 %.3f", model_iou, ndwi_iou
+    )
     assert model_iou is not None and model_iou > 0.8
     assert ndwi_iou is not None and ndwi_iou > 0.8
     # the snowy/cloudy 2020-01-18 is left unmapped, not called water or land
     assert (maps[times.index("2020-01-18")] == NODATA).mean() > 0.9
 
     out = tmp_path / "maps.zarr"
-    scenecube.maps_dataset(cube, maps, labels.classes).to_zarr(out, consolidated=True, zarr_format=2)
+    scenecube.maps_dataset(cube, maps, labels.classes).to_zarr(
+        out, consolidated=True, zarr_format=2
+    )
     back = xr.open_zarr(out, mask_and_scale=False)["classification"]
     assert back.attrs["flag_meanings"].split()[:2] == ["water", "other"]
     np.testing.assert_array_equal(back.isel(time=held).values, maps[held])
@@ -139,7 +144,10 @@ def test_cube_cli_writes_zarr_and_refuses_bad_input(
     assert done.exit_code == 0, done.output
     cube = xr.open_zarr(out)
     assert [str(b) for b in cube["band"].values] == ["B03", "B08"]
-    assert [str(s) for s in cube["scene_id"].values] == ["boadella-2020-06-21", "boadella-2021-07-16"]
+    assert [str(s) for s in cube["scene_id"].values] == [
+        "boadella-2020-06-21",
+        "boadella-2021-07-16",
+    ]
     for bad, says in [
         (args, "exists"),
         (["cube", str(tmp_path / "nope"), "--out", str(tmp_path / "x.zarr")], "not a readable"),

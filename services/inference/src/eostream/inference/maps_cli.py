@@ -146,7 +146,9 @@ def cube(
                 raise _fail(f"no scene of {catalog} on {', '.join(dates)}")
         wanted = [b.upper() for b in bands] if bands else None
         if wanted is None:  # every band the first scene has, in spectral order
-            wanted = list(sentinel2.ordered(sentinel2.bands_of(scenes[0].item), sentinel2.SPECTRAL_ORDER))
+            wanted = list(
+                sentinel2.ordered(sentinel2.bands_of(scenes[0].item), sentinel2.SPECTRAL_ORDER)
+            )
         dataset = scenecube.build(scenes, wanted, mask_clouds=mask_clouds)
         if out.exists():
             shutil.rmtree(out)

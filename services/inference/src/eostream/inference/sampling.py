@@ -92,8 +92,8 @@ def load_labels(href: str) -> LabelSet:
     """The label items of a STAC catalog or collection (recursively)."""
     path = Path(href)
     if path.is_dir():
-        names = ("collection.json", "catalog.json")
-        path = next((path / n for n in names if (path / n).is_file()), path)
+        roots = ("collection.json", "catalog.json")
+        path = next((path / n for n in roots if (path / n).is_file()), path)
     try:
         root = pystac.read_file(str(path.resolve()) if local_path(str(path)) else href)
     except Exception as exc:
@@ -254,9 +254,7 @@ def sample(
         rows, cols = np.nonzero(keep)
         y = truth[rows, cols].astype(np.int64)
         if max_per_class is not None:
-            chosen = [
-                rng.permutation(np.flatnonzero(y == k))[:max_per_class] for k in np.unique(y)
-            ]
+            chosen = [rng.permutation(np.flatnonzero(y == k))[:max_per_class] for k in np.unique(y)]
             pick = np.sort(np.concatenate(chosen)) if chosen else np.array([], np.int64)
             rows, cols, y = rows[pick], cols[pick], y[pick]
         xs.append(features(plane[:, rows, cols].T, bands, indices))

@@ -91,7 +91,9 @@ def scenes_in(href: str) -> list[Scene]:
     label item and has at least one Sentinel-2 band asset; sorted by datetime."""
     path = Path(href)
     if path.is_dir():
-        path = next((path / n for n in ("catalog.json", "collection.json") if (path / n).is_file()), path)
+        path = next(
+            (path / n for n in ("catalog.json", "collection.json") if (path / n).is_file()), path
+        )
     try:
         root = pystac.read_file(str(path.resolve()) if local_path(str(path)) else href)
     except Exception as exc:
@@ -165,7 +167,7 @@ def _backend_array(series: _SceneSeries) -> Any:
     from xarray.backends import BackendArray
     from xarray.core import indexing
 
-    class SceneArray(BackendArray):  # type: ignore[misc]
+    class SceneArray(BackendArray):
         def __init__(self) -> None:
             g = series.grid
             self.shape = (len(series.plans), len(series.card.bands), g.height, g.width)
@@ -233,11 +235,23 @@ def build(
     dataset = xr.Dataset(
         {VARIABLE: data, "spatial_ref": xr.DataArray(np.int32(0), attrs=_crs_attrs(grid))},
         coords={
-            "time": ("time", np.array(times, dtype="datetime64[ns]"), {"long_name": "acquisition time"}),
-            "band": ("band", np.array(list(bands), dtype=object), {"long_name": "Sentinel-2 band id"}),
+            "time": (
+                "time",
+                np.array(times, dtype="datetime64[ns]"),
+                {"long_name": "acquisition time"},
+            ),
+            "band": (
+                "band",
+                np.array(list(bands), dtype=object),
+                {"long_name": "Sentinel-2 band id"},
+            ),
             "y": ("y", ys, _axis_attrs(grid.crs, "y")),
             "x": ("x", xs, _axis_attrs(grid.crs, "x")),
-            "scene_id": ("time", np.array([s.id for s in scenes], dtype=object), {"long_name": "STAC item id"}),
+            "scene_id": (
+                "time",
+                np.array([s.id for s in scenes], dtype=object),
+                {"long_name": "STAC item id"},
+            ),
         },
         attrs={
             "Conventions": "CF-1.8",

@@ -3,6 +3,7 @@ opens, pixels sampled under the water labels, and a per-pixel model that maps a 
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from eostream.inference.engine import NODATA
 from eostream.inference.fetch import gdal_env
 from eostream.inference.maps_cli import app
 from eostream.inference.scene import SceneReader, prepare_scene
+from eostream.shared.label_catalog import StaticLabelCatalog
+from eostream.shared.labels import Scene, build_vector_label_item
 from eostream.shared.modelcard import BandScaling, ModelCard
 
 HELD_OUT = np.datetime64("2021-07-16T10:30:00", "ns")
@@ -158,3 +161,35 @@ def test_cube_cli_writes_zarr_and_refuses_bad_input(
         assert result.exit_code == 2
         assert says in result.output and "Traceback" not in result.output
         assert len(result.output.strip().splitlines()) == 1
+
+
+def test_users_label_items_sample_like_the_reference_set(
+    boadella: tuple[Path, Path], data_dir: Path, tmp_path: Path
+) -> None:
+    """A label item as `eostream labels import --home` writes it (shared.labels, a static label
+    catalogue, the GeoJSON behind a file:// URI) is sampled on the cube like a reference item."""
+    root = boadella[0]
+    scene_path = root / "boadella-scenes/boadella-2020-06-21/boadella-2020-06-21.json"
+    scene = Scene.from_item(json.loads(scene_path.read_text()), str(scene_path))
+    folder = data_dir / reference.BOADELLA_FOLDER / "sentinel_2"
+    document = json.loads((folder / "Boadella_2020-06-21_labels.geojson").read_text())
+    stored = tmp_path / "objects/labels.geojson"
+    built = build_vector_label_item(scene, document, asset_href=stored.as_uri())
+    stored.parent.mkdir(parents=True)
+    stored.write_text(json.dumps(built.features))
+    StaticLabelCatalog(tmp_path / "labels").add("my-labels", [built.item])
+
+    cube = scenecube.build(scenecube.scenes_in(str(root)), ["B03", "B08"])
+    mine = sampling.load_labels(str(tmp_path / "labels"))
+    assert mine.classes == ("water", "other")  # the classes drawn, then the background
+    table = sampling.sample(cube, mine, max_per_class=500, seed=3)
+    assert {str(t)[:10] for t in table.time} == {"2020-06-21"}
+    assert table.counts() == {"water": 500, "other": 500}
+    ref = sampling.load_labels(str(boadella[1]))
+    same_date = [t for t in cube["time"].values if str(t)[:10] != "2020-06-21"]
+    theirs = sampling.sample(cube, ref, exclude=same_date)
+    # the same polygons: every pixel the user's item calls water, the reference calls water too
+    water = {(r, c) for r, c, y in zip(theirs.row, theirs.col, theirs.y, strict=True) if y == 0}
+    assert all(
+        (r, c) in water for r, c, y in zip(table.row, table.col, table.y, strict=True) if y == 0
+    )

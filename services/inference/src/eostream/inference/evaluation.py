@@ -174,7 +174,7 @@ def read_labels(item: pystac.Item) -> list[tuple[dict[str, Any], list[str]]]:
         raise ReferenceSetError("the label item has no labels asset")
     href = asset.get_absolute_href() or asset.href
     try:
-        text = Path(href).read_text()
+        text = Path(local_path(href) or href).read_text()  # a path or file:// URI
     except OSError as exc:
         raise ReferenceSetError(f"cannot read the label file {href}: {exc.strerror}") from None
     try:

@@ -46,7 +46,7 @@ import pystac
 from eostream.inference import accuracy, reference, scenecube
 from eostream.inference.engine import NODATA
 from eostream.inference.errors import BadInputError
-from eostream.inference.evaluation import label_classes, rasterize_labels, read_labels, scene_href
+from eostream.inference.evaluation import rasterize_labels, read_labels, scene_href
 from eostream.inference.fetch import local_path
 
 with warnings.catch_warnings():
@@ -119,7 +119,7 @@ def load_labels(href: str) -> LabelSet:
         else:
             raise BadInputError(f"label item {item.id} has no geometry (its labelled area)")
         scene = pystac.Item.from_file(scene_href(item))
-        classes = sorted({*label_classes(item), *(c for _, cs in shapes for c in cs)})
+        classes = sorted({c for _, cs in shapes for c in cs})  # the classes drawn
         when = np.datetime64(scene.datetime.replace(tzinfo=None), "ns") if scene.datetime else None
         out.append(Labels(item.id, scene.id, when, coverage, shapes, area, tuple(classes)))
     if not out:

@@ -155,6 +155,7 @@ def test_cube_cli_writes_zarr_and_refuses_bad_input(
         (args, "exists"),
         (["cube", str(tmp_path / "nope"), "--out", str(tmp_path / "x.zarr")], "not a readable"),
         (["cube", root, "--out", str(tmp_path / "y.zarr"), "--band", "B99"], "unknown band"),
+        (["cube", root, "--out", str(tmp_path / "w.zarr"), "--band", "B10"], "no asset for band"),
         (["cube", root, "--out", str(tmp_path / "z.zarr"), "--date", "1999-01-01"], "no scene"),
     ]:
         result = runner.invoke(app, bad)

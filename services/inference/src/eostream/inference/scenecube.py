@@ -23,11 +23,11 @@ and ``y``; ``time`` is the acquisition datetime; each scene's item id is in ``sc
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -50,15 +50,17 @@ CHUNK = 256
 MAX_PIXELS = 100_000_000
 
 
-def reflectance_card(bands: Sequence[str], *, gsd_m: float = 10.0) -> ModelCard:
+def reflectance_card(
+    bands: Sequence[str], *, level: Literal["L1C", "L2A"] = "L2A", gsd_m: float = 10.0
+) -> ModelCard:
     """A model card whose units are reflectance (scale 1, offset 0) for ``bands``: what
-    :class:`SceneReader` turns DNs into is then exactly reflectance."""
+    :class:`SceneReader` turns DNs into is then exactly reflectance (of ``level``)."""
     return ModelCard(
         name="reflectance",
         band_set="rgb" if len(bands) <= 3 else "ms13",
         bands=tuple(bands),
         scaling=tuple(BandScaling(band=b, scale=1.0) for b in bands),
-        processing_level="L2A",
+        processing_level=level,
         gsd_m=gsd_m,
         task="pixel",
         patch_size=1,
@@ -81,9 +83,12 @@ class Scene:
     def datetime(self) -> np.datetime64:
         text = str((self.item.get("properties") or {}).get("datetime") or "")
         try:
-            return np.datetime64(text.rstrip("Z").replace("+00:00", ""), "ns")
+            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
             raise BadInputError(f"scene {self.id} has no readable datetime ({text!r})") from None
+        if when.tzinfo is not None:  # UTC, naive: the cube's time axis
+            when = when.astimezone(UTC).replace(tzinfo=None)
+        return np.datetime64(when, "ns")
 
 
 def scenes_in(href: str) -> list[Scene]:
@@ -127,11 +132,15 @@ class _SceneSeries:
         self.env = gdal_env(None)
         self.plans: list[ScenePlan] = []
         for s in scenes:
+            level = sentinel2.processing_level(s.item) or card.processing_level
+            if level != card.processing_level:
+                raise BadInputError(
+                    f"scene {s.id} is {level}, {scenes[0].id} is {card.processing_level}: "
+                    "a cube holds one processing level (top-of-atmosphere or surface reflectance)"
+                )
             try:
                 plan = prepare_scene(s.item, s.href, card, policy="refuse", b10_fill=0.0)
-            except BadInputError:
-                raise
-            except Exception as exc:  # LevelMismatch, BandMismatch: one line for the user
+            except BadInputError as exc:  # bands the scene lacks: one line naming the scene
                 raise BadInputError(f"scene {s.id}: {exc}") from None
             self.plans.append(plan)
         grids = [self._grid(p) for p in self.plans]
@@ -144,7 +153,6 @@ class _SceneSeries:
                     f"{first.crs}): a cube needs one grid; cut the scenes to one grid first"
                 )
         self.grid = first
-        self._lock = threading.Lock()
 
     def _reader(self, plan: ScenePlan) -> SceneReader:
         return SceneReader(
@@ -217,7 +225,9 @@ def build(
     times = [s.datetime for s in scenes]
     if len(set(times)) != len(times):
         raise BadInputError("two scenes share one datetime: a cube has one scene per time")
-    series = _SceneSeries(scenes, reflectance_card(bands, gsd_m=gsd_m), mask_clouds)
+    level = sentinel2.processing_level(scenes[0].item) or "L2A"
+    card = reflectance_card(bands, level=level, gsd_m=gsd_m)
+    series = _SceneSeries(scenes, card, mask_clouds)
     grid = series.grid
     gt = grid.transform
     xs = gt.c + gt.a * (np.arange(grid.width) + 0.5)

@@ -106,6 +106,10 @@ def test_boadella_cube_pixel_model_maps_a_held_out_date(
     assert len(train) and len(test)
     assert not set(train.blocks(64).tolist()) & set(test.blocks(64).tolist())
 
+    # what a pixel model fitted on the table states in its card: these bands, reflectance in
+    card = sampling.card_for(table, "boadella-water-hgb")
+    assert card.bands == table.bands and card.classes == ("water", "other")
+    assert all((s.scale, s.offset) == (1.0, 0.0) for s in card.scaling) and card.patch_size == 1
     with threadpool_limits(1):  # OpenMP threads on shared cores only fight each other
         model = HistGradientBoostingClassifier(max_iter=25, random_state=0).fit(table.x, table.y)
         maps = {t: sampling.classify(cube, t, model.predict) for t in range(cube.sizes["time"])}

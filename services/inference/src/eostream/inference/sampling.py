@@ -37,7 +37,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -48,6 +48,7 @@ from eostream.inference.engine import NODATA
 from eostream.inference.errors import BadInputError
 from eostream.inference.evaluation import rasterize_labels, read_labels, scene_href
 from eostream.inference.fetch import local_path
+from eostream.shared.modelcard import ModelCard
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -173,6 +174,24 @@ class PixelTable:
 
     def counts(self) -> dict[str, int]:
         return {c: int((self.y == i).sum()) for i, c in enumerate(self.classes)}
+
+
+def card_for(table: PixelTable, name: str, *, level: Literal["L1C", "L2A"] = "L2A") -> ModelCard:
+    """The model card a per-pixel model fitted on ``table`` states: its bands in the table's
+    order, reflectance as input (scale 1, offset 0), its classes, ``task`` pixel. A table with
+    spectral indices has no card: the card's inputs are bands only."""
+    if table.features != table.bands:
+        extra = ", ".join(table.features[len(table.bands) :])
+        raise BadInputError(f"a pixel model card takes bands only; this table also has {extra}")
+    card = scenecube.reflectance_card(table.bands, level=level)
+    return card.model_copy(
+        update={
+            "name": name,
+            "classes": table.classes,
+            "library": "scikit-learn",
+            "description": f"per-pixel classifier of {', '.join(table.bands)} reflectance",
+        }
+    )
 
 
 def block_split(

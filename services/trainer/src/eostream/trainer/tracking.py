@@ -218,7 +218,7 @@ class Tracker:
 
     def log_keras_model(self, model: Any, example: np.ndarray, requirements: list[str]) -> str:
         """A Keras 3 model as the run's ``model`` (the ``.keras`` format), like :meth:`log_model`
-        for torch: a signature and a batch-2 input example; returns its URI for :meth:`register`."""
+        for torch, with a signature (of a batch-2 example); returns its URI for :meth:`register`."""
         import mlflow.keras
         from mlflow.models import infer_signature
 
@@ -226,8 +226,9 @@ class Tracker:
         info = mlflow.keras.log_model(
             model,
             name="model",
+            # no input_example: mlflow 3.17's keras flavour writes it before the model folder
+            # exists (FileNotFoundError); the signature still says the shapes and types
             signature=infer_signature(example, output),
-            input_example=example,
             pip_requirements=requirements,
         )
         return str(info.model_uri)

@@ -97,6 +97,7 @@ async def test_a_keras_model_is_trained_gated_promoted_shipped_and_maps_a_real_s
     # MLflow: the card names keras, the model is the keras flavour, keras' fit was autologged
     client = MlflowClient(mlflow_uri)
     version = client.get_model_version(name, "1")
+    assert version.source is not None and version.run_id is not None
     card = ModelCard.from_json(version.tags[tags.MODEL_CARD])
     assert (card.library, card.band_set, card.architecture) == ("keras", "ms13", "small_cnn")
     assert card.library_version.startswith("3.")

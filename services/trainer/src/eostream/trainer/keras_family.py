@@ -21,6 +21,7 @@ import logging
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -173,7 +174,9 @@ def export_onnx(model: Any, card: ModelCard, path: Path) -> str:
 
     with tempfile.TemporaryDirectory(prefix="eostream-keras-") as tmp:
         raw = Path(tmp) / "keras.onnx"
-        model.export(str(raw), format="onnx", verbose=False)
+        with warnings.catch_warnings():  # the trace's notes on keras' shape checks
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            model.export(str(raw), format="onnx", verbose=False)
         proto = onnx.load(str(raw))
     graph = proto.graph
     if len(graph.input) != 1 or len(graph.output) != 1:

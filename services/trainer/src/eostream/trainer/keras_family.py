@@ -175,7 +175,7 @@ def export_onnx(model: Any, card: ModelCard, path: Path) -> str:
     with tempfile.TemporaryDirectory(prefix="eostream-keras-") as tmp:
         raw = Path(tmp) / "keras.onnx"
         with warnings.catch_warnings():  # the trace's notes on keras' shape checks
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # type: ignore[attr-defined]
             model.export(str(raw), format="onnx", verbose=False)
         proto = onnx.load(str(raw))
     graph = proto.graph

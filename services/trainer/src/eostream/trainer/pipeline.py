@@ -168,7 +168,7 @@ def train_and_register(
         s: load_patches(settings.data_dir, plan.band_set, selection.of(s), settings.num_threads)
         for s in ("train", "val", "test")
     }
-    # the keras family builds its own model (keras_family); prepared here: torch's
+    # the torch family's model; the keras family builds its own (keras_family.fit_and_export)
     model = prepare_model(plan, tracker, data["train"]) if plan.family == "torch" else None
     augmentation = settings.input_augmentation if model is not None else ()
     if model is not None and augmentation:  # training-only (identity in eval): not in the ONNX

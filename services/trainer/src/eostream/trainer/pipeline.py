@@ -216,7 +216,7 @@ def train_and_register(
             patience=plan.patience,
             seed=plan.seed,
         )
-        if model is None:  # the keras family (the only one without a torch model)
+        if plan.family == "keras":
             from eostream.trainer import keras_family
 
             fitted = keras_family.fit_and_export(
@@ -228,10 +228,12 @@ def train_and_register(
                 tolerance=settings.onnx_tolerance,
                 on_batch=on_batch,
             )
-        else:
+        elif model is not None:  # the torch family's, prepared above
             fitted = _fit_torch(
                 model, card, data, config, settings, tracker, device, work, on_batch
             )
+        else:  # plan_training refuses families the pipeline does not know
+            raise BadTrainingRequestError(f"no trainer for family {plan.family!r}")
         results = fitted.results
         for split, result in results.items():
             # "val" metrics are the per-epoch curve; the kept (best) model's are "best_val_*"

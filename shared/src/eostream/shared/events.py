@@ -85,6 +85,10 @@ class TrainingRequested(Event):
     model_name: str = Field(default="eurosat-landcover", min_length=1, max_length=200)
     band_set: str = Field(default="rgb", description="rgb or ms13; validated by the trainer")
     architecture: str = "small_cnn"
+    family: str = Field(
+        default="torch",
+        description="the library that trains it: torch, keras, ...; validated by the trainer",
+    )
     epochs: int = Field(default=10, ge=1, le=1000)
     batch_size: int = Field(default=64, ge=1, le=4096)
     learning_rate: float = Field(default=1e-3, gt=0, le=10)

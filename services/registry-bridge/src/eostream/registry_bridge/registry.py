@@ -6,6 +6,7 @@ answer."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import tempfile
 import time
@@ -231,9 +232,17 @@ class MlflowRegistry:
         return self.call("download ONNX", fetch)
 
     def load_torch(self, source: str) -> Any:
+        """A torch model, or a Keras 3 one (the trainer's keras family), which on keras' torch
+        backend is a torch module too: whichever flavour the version's MLmodel names."""
+        import mlflow.models
         import mlflow.pytorch
 
-        return self.call("load torch model", lambda: mlflow.pytorch.load_model(source))
+        def load() -> Any:
+            if "keras" in mlflow.models.get_model_info(source).flavors:
+                return load_keras(source)
+            return mlflow.pytorch.load_model(source)
+
+        return self.call("load torch model", load)
 
     # --- writes ---
     def set_version_tags(self, name: str, version: str, values: Mapping[str, str]) -> None:
@@ -318,3 +327,16 @@ class MlflowRegistry:
             return str(hook.webhook_id)
 
         return self.call("ensure webhook", write)
+
+
+def load_keras(source: str) -> Any:
+    """A Keras 3 model on its torch backend. Keras picks its backend at its first import, from
+    KERAS_BACKEND, and defaults to TensorFlow, which eostream does not install: so torch unless
+    the process chose already."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    import keras
+    import mlflow.keras
+
+    if keras.backend.backend() != "torch":
+        raise RuntimeError(f"keras runs on {keras.backend.backend()}; the bridge needs torch")
+    return mlflow.keras.load_model(source)

@@ -71,7 +71,10 @@ def verify(
         torch_model = registry.load_torch(mv.source)
     except Exception as exc:  # any failure to load means we cannot vouch for the export
         raise RefusedError(
-            [f"cannot load the MLflow pytorch model {mv.source} to check the ONNX export: {exc}"]
+            [
+                f"cannot load the MLflow model {mv.source} ({card.library}) to check the ONNX "
+                f"export: {exc}"
+            ]
         ) from exc
     try:
         expected = onnx_model.torch_logits(torch_model, images, threads)

@@ -98,6 +98,9 @@ def run() -> None:
 
 
 BandsOption = Annotated[str, typer.Option("--bands", help="band set: rgb or ms13")]
+FamilyOption = Annotated[
+    str, typer.Option("--family", help="the library that trains the model: torch or keras")
+]
 
 
 @app.command("fit")
@@ -106,6 +109,7 @@ def fit_command(
     architecture: Annotated[
         str, typer.Option(help="small_cnn, resnet18 (GPU), resnet18_stride2 or resnet18_imagenet")
     ] = "small_cnn",
+    family: FamilyOption = "torch",
     epochs: int = 10,
     batch_size: int = 64,
     learning_rate: float = 1e-3,
@@ -132,6 +136,7 @@ def fit_command(
         TrainingRequested(
             band_set=bands,
             architecture=architecture,
+            family=family,
             epochs=epochs,
             batch_size=batch_size,
             learning_rate=learning_rate,
@@ -266,6 +271,7 @@ def submit(
     bands: BandsOption = "rgb",
     epochs: Annotated[int, typer.Option(help="training epochs")] = 10,
     architecture: str = "small_cnn",
+    family: FamilyOption = "torch",
     batch_size: int = 64,
     learning_rate: float = 1e-3,
     samples_per_class: int | None = None,
@@ -282,6 +288,7 @@ def submit(
     request = TrainingRequested(
         band_set=bands,
         architecture=architecture,
+        family=family,
         epochs=epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,

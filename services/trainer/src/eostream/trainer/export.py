@@ -79,19 +79,28 @@ def check_onnx(path: Path, model: EuroSATNet, x: torch.Tensor, tolerance: float)
     model = model.cpu().eval()
     with torch.no_grad():
         expected = model(x).numpy()
-    got = onnx_logits(path, x.numpy())
+    return compare_onnx(path, expected, x.numpy(), tolerance, "torch")
+
+
+def compare_onnx(
+    path: Path, expected: np.ndarray, x: np.ndarray, tolerance: float, library: str
+) -> ExportCheck:
+    """ONNX logits of ``x`` against ``expected`` (``library``'s own logits of the same patches):
+    the agreement, or ExportMismatchError when they disagree."""
+    got = onnx_logits(path, x)
     diff = float(np.abs(expected - got).max())
     agreement = float((expected.argmax(1) == got.argmax(1)).mean())
     check = ExportCheck(diff, agreement, len(x))
     log.info(
-        "ONNX vs torch on %d patches: max |diff| %.2e, argmax agreement %.4f",
+        "ONNX vs %s on %d patches: max |diff| %.2e, argmax agreement %.4f",
+        library,
         len(x),
         diff,
         agreement,
     )
     if diff > tolerance or agreement < 1.0:
         raise ExportMismatchError(
-            f"ONNX export disagrees with torch: max |diff| {diff:.3g} (tolerance {tolerance}), "
-            f"argmax agreement {agreement:.4f}"
+            f"ONNX export disagrees with {library}: max |diff| {diff:.3g} "
+            f"(tolerance {tolerance}), argmax agreement {agreement:.4f}"
         )
     return check

@@ -15,7 +15,9 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from importlib.metadata import version as dist_version
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,6 +41,22 @@ log = logging.getLogger(__name__)
 
 StartedCallback = Callable[[str, str, str], None]  # run_id, run_url, experiment_id
 ONNX_CHECK_SAMPLES = 256
+
+
+#: Each family's library, as the card names it, and the distribution its version is read from.
+LIBRARIES = {"torch": ("pytorch", "torch"), "keras": ("keras", "keras")}
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """What a family's fit hands back to the shared steps: its evaluation on ``val`` and
+    ``test`` (:func:`eostream.trainer.task.evaluate`'s dicts), its fit and ONNX-check figures,
+    the checked ONNX's SHA-256 (logged under ``onnx/``) and the logged model's URI."""
+
+    results: dict[str, dict[str, Any]]
+    metrics: dict[str, float]
+    sha256: str
+    model_uri: str
 
 
 @dataclass(frozen=True)
@@ -150,10 +168,13 @@ def train_and_register(
         s: load_patches(settings.data_dir, plan.band_set, selection.of(s), settings.num_threads)
         for s in ("train", "val", "test")
     }
-    model = prepare_model(plan, tracker, data["train"])
-    if settings.input_augmentation:  # training-only (identity in eval): not in the ONNX
+    # the torch family's model; the keras family builds its own (keras_family.fit_and_export)
+    model = prepare_model(plan, tracker, data["train"]) if plan.family == "torch" else None
+    augmentation = settings.input_augmentation if model is not None else ()
+    if model is not None and augmentation:  # training-only (identity in eval): not in the ONNX
         units = {s.band: (s.scale, s.offset) for s in card_scaling(plan.band_set, settings)}
-        model.with_jitter(training_augmentation(settings.input_augmentation, model.bands, units))
+        model.with_jitter(training_augmentation(augmentation, model.bands, units))
+    library, distribution = LIBRARIES[plan.family]
     card = ModelCard(
         name=plan.model_name,
         band_set=plan.band_set,
@@ -162,6 +183,8 @@ def train_and_register(
         architecture=plan.architecture,
         training_data_digest=selection.digest,
         description=f"EuroSAT {plan.band_set} {plan.architecture}, request {plan.request_id}",
+        library=library,
+        library_version=dist_version(distribution),
     )
     device = resolve_device(settings.device)
     work = settings.cache_dir / "runs" / _safe(plan.request_id)
@@ -172,7 +195,8 @@ def train_and_register(
         tags.REQUEST_ID: plan.request_id,
         "eostream.requested_by": plan.requested_by,
         "mlflow.source.git.commit": git_commit(),
-        "eostream.input_augmentation": ",".join(settings.input_augmentation) or "none",
+        "eostream.input_augmentation": ",".join(augmentation) or "none",
+        "eostream.family": plan.family,
     }
     with tracker.run(
         resume, f"{plan.model_name}-{plan.band_set}-{plan.architecture}", run_tags
@@ -192,50 +216,44 @@ def train_and_register(
             patience=plan.patience,
             seed=plan.seed,
         )
-        history = fit(
-            model,
-            data["train"],
-            data["val"],
-            config,
-            device,
-            checkpoint=work / "checkpoint.pt",
-            on_epoch=lambda epoch, m: tracker.log_metrics(m, step=epoch),
-            on_batch=on_batch,
-        )
-        model = model.cpu().eval()
-        cpu = torch.device("cpu")
-        results = {s: evaluate(model, data[s], cpu) for s in ("val", "test")}
+        if plan.family == "keras":
+            from eostream.trainer import keras_family
+
+            fitted = keras_family.fit_and_export(
+                card,
+                data,
+                config,
+                tracker=tracker,
+                device=device,
+                tolerance=settings.onnx_tolerance,
+                on_batch=on_batch,
+            )
+        elif model is not None:  # the torch family's, prepared above
+            fitted = _fit_torch(
+                model, card, data, config, settings, tracker, device, work, on_batch
+            )
+        else:  # plan_training refuses families the pipeline does not know
+            raise BadTrainingRequestError(f"no trainer for family {plan.family!r}")
+        results = fitted.results
         for split, result in results.items():
             # "val" metrics are the per-epoch curve; the kept (best) model's are "best_val_*"
             tracker.log_evaluation("best_val" if split == "val" else split, result, card.classes)
-        with tempfile.TemporaryDirectory() as tmp:
-            onnx_path = Path(tmp) / "model.onnx"
-            sha256 = export_onnx(model, card, onnx_path, settings.onnx_opset)
-            check = check_onnx(
-                onnx_path, model, data["test"].x[:ONNX_CHECK_SAMPLES], settings.onnx_tolerance
-            )
-            tracker.log_artifact(onnx_path, "onnx")
         metrics = {
             "test_accuracy": float(results["test"]["accuracy"]),
             "best_val_accuracy": float(results["val"]["accuracy"]),
-            "best_epoch": float(history.best_epoch + 1),
-            "epochs_run": float(len(history.epochs)),
-            "train_images_per_second": history.images_per_second,
-            "onnx_max_abs_diff": check.max_abs_diff,
-            "onnx_argmax_agreement": check.argmax_agreement,
+            **fitted.metrics,
             "run_time_seconds": time.perf_counter() - started,
         }
         tracker.log_metrics(metrics)
-        model_uri = tracker.log_model(model, data["test"].x[:2].numpy())
         version = tracker.register(
-            model_uri,
+            fitted.model_uri,
             plan.model_name,
             {
                 tags.BAND_SET: plan.band_set,
                 tags.INPUT_SCALING: json.dumps([s.model_dump() for s in card.scaling]),
                 tags.TRAINING_DATA_DIGEST: selection.digest,
                 tags.MODEL_CARD: card.to_json(),
-                tags.ONNX_SHA256: sha256,
+                tags.ONNX_SHA256: fitted.sha256,
                 tags.ONNX_ARTIFACT: tags.ONNX_ARTIFACT_PATH,
                 tags.ARCHITECTURE: plan.architecture,
                 tags.REQUEST_ID: plan.request_id,
@@ -253,6 +271,50 @@ def train_and_register(
         metrics["run_time_seconds"],
     )
     return Outcome(version, metrics, url)
+
+
+def _fit_torch(
+    model: EuroSATNet,
+    card: ModelCard,
+    data: dict[str, PatchTensors],
+    config: TrainConfig,
+    settings: TrainerSettings,
+    tracker: Tracker,
+    device: torch.device,
+    work: Path,
+    on_batch: BatchCallback | None,
+) -> Fitted:
+    """The torch family's part: fit (resuming from the epoch checkpoint), evaluate, export,
+    check and log the model."""
+    history = fit(
+        model,
+        data["train"],
+        data["val"],
+        config,
+        device,
+        checkpoint=work / "checkpoint.pt",
+        on_epoch=lambda epoch, m: tracker.log_metrics(m, step=epoch),
+        on_batch=on_batch,
+    )
+    model = model.cpu().eval()
+    cpu = torch.device("cpu")
+    results = {s: evaluate(model, data[s], cpu) for s in ("val", "test")}
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        sha256 = export_onnx(model, card, onnx_path, settings.onnx_opset)
+        check = check_onnx(
+            onnx_path, model, data["test"].x[:ONNX_CHECK_SAMPLES], settings.onnx_tolerance
+        )
+        tracker.log_artifact(onnx_path, "onnx")
+    metrics = {
+        "best_epoch": float(history.best_epoch + 1),
+        "epochs_run": float(len(history.epochs)),
+        "train_images_per_second": history.images_per_second,
+        "onnx_max_abs_diff": check.max_abs_diff,
+        "onnx_argmax_agreement": check.argmax_agreement,
+    }
+    model_uri = tracker.log_model(model, data["test"].x[:2].numpy())
+    return Fitted(results=results, metrics=metrics, sha256=sha256, model_uri=model_uri)
 
 
 def _params(plan: TrainingPlan, selection: Selection) -> dict[str, object]:

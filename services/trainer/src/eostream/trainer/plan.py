@@ -18,6 +18,11 @@ from eostream.trainer.selection import SplitMode
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _MODEL_URI = re.compile(r"^models:/[^/@]+(/\d+|@[\w-]+)$")
 MIN_SAMPLES_PER_CLASS = 10
+#: The libraries a model can be trained with (``TrainingRequested.family``); torch is the default
+#: and the only one with every architecture, fine-tuning and the input augmentations.
+FAMILIES = ("torch", "keras")
+#: What the keras family builds (:mod:`eostream.trainer.keras_family`).
+KERAS_ARCHITECTURES = ("small_cnn",)
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,7 @@ class TrainingPlan:
     model_name: str
     band_set: str
     architecture: str = "small_cnn"
+    family: str = "torch"
     epochs: int = 10
     batch_size: int = 64
     learning_rate: float = 1e-3
@@ -47,6 +53,15 @@ def plan_training(event: TrainingRequested) -> TrainingPlan:
         problems.append(
             f"architecture {event.architecture!r} is unknown; use one of {list(ARCHITECTURES)}"
         )
+    if event.family not in FAMILIES:
+        problems.append(f"family {event.family!r} is unknown; use one of {list(FAMILIES)}")
+    elif event.family == "keras":
+        if event.architecture not in KERAS_ARCHITECTURES:
+            problems.append(
+                f"the keras family builds {list(KERAS_ARCHITECTURES)}, not {event.architecture!r}"
+            )
+        if event.base_model is not None:
+            problems.append("the keras family trains from scratch: base_model must be empty")
     if not _NAME.match(event.model_name):
         problems.append(f"model_name {event.model_name!r} must be letters, digits, '.', '_', '-'")
     if event.batch_size < 2:
@@ -69,6 +84,7 @@ def plan_training(event: TrainingRequested) -> TrainingPlan:
         model_name=event.model_name,
         band_set=event.band_set,
         architecture=event.architecture,
+        family=event.family,
         epochs=event.epochs,
         batch_size=event.batch_size,
         learning_rate=event.learning_rate,

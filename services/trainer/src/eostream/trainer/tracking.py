@@ -200,6 +200,39 @@ class Tracker:
         )
         return str(info.model_uri)
 
+    @contextmanager
+    def keras_autolog(self) -> Iterator[None]:
+        """MLflow's Keras 3 autologging (``mlflow.keras.autolog``) around one ``model.fit`` in the
+        active run: per-epoch loss/accuracy and val_* metrics, the fit's arguments, the optimizer
+        configuration and the model summary. Off again afterwards (it patches ``keras.Model.fit``
+        process-wide). The model and data are logged by the trainer itself (:meth:`log_dataset`,
+        :meth:`log_keras_model`), so autolog logs neither. Only :mod:`eostream.trainer.keras_family`
+        calls this: it has set ``KERAS_BACKEND=torch`` before keras (and so mlflow.keras) loads."""
+        import mlflow.keras
+
+        mlflow.keras.autolog(log_models=False, log_datasets=False, silent=True)
+        try:
+            yield
+        finally:
+            mlflow.keras.autolog(disable=True)
+
+    def log_keras_model(self, model: Any, example: np.ndarray, requirements: list[str]) -> str:
+        """A Keras 3 model as the run's ``model`` (the ``.keras`` format), like :meth:`log_model`
+        for torch, with a signature (of a batch-2 example); returns its URI for :meth:`register`."""
+        import mlflow.keras
+        from mlflow.models import infer_signature
+
+        output = np.asarray(model.predict(example, verbose=0))
+        info = mlflow.keras.log_model(
+            model,
+            name="model",
+            # no input_example: mlflow 3.17's keras flavour writes it before the model folder
+            # exists (FileNotFoundError); the signature still says the shapes and types
+            signature=infer_signature(example, output),
+            pip_requirements=requirements,
+        )
+        return str(info.model_uri)
+
     def log_artifact(self, path: Path, artifact_path: str) -> None:
         mlflow.log_artifact(str(path), artifact_path)
 

@@ -233,6 +233,18 @@ def test_the_onnx_pyfunc_model_gives_inferences_logits_on_a_real_window(
             f"runs:/{project_run.run_id}/onnx_model/model.onnx", dst_path=str(tmp_path / "b")
         )
     )
+    requirements = Path(
+        mlflow.artifacts.download_artifacts(
+            f"runs:/{project_run.run_id}/onnx_model/requirements.txt", dst_path=str(tmp_path / "c")
+        )
+    ).read_text()
+    # serving it needs onnxruntime, not the trainer's workspace (torch, ...)
+    assert {r.split("==")[0] for r in requirements.split()} == {
+        "mlflow",
+        "onnx",
+        "onnxruntime",
+        "numpy",
+    }
     # what inference serves is what pyfunc and `mlflow models serve` run, byte for byte
     expected_sha = mv.tags[tags.ONNX_SHA256]
     assert hashlib.sha256(pyfunc_file.read_bytes()).hexdigest() == expected_sha
@@ -278,7 +290,7 @@ async def test_the_version_description_says_what_it_is_and_the_gate_adds_its_ver
     mv = client.get_model_version(project_run.model_name, project_run.version)
     card = ModelCard.from_json(mv.tags[tags.MODEL_CARD])
     params = client.get_run(project_run.run_id).data.params
-    text = mv.description
+    text = mv.description or ""
     assert card.architecture in text and "small_cnn" in text
     assert ", ".join(card.bands) in text and ", ".join(card.classes) in text
     assert params["dataset_digest"] in text and params["selection_digest"] in text
@@ -312,7 +324,7 @@ async def test_the_version_description_says_what_it_is_and_the_gate_adds_its_ver
     assert outcome.state in ("challenger", "failed"), outcome
     after = client.get_model_version(project_run.model_name, project_run.version)
     verdict = after.tags[tags.GATE]
-    described = after.description
+    described = after.description or ""
     # the trainer's text stays; the verdict and its reasons follow it
     assert described.startswith(text)
     tail = described[len(text) :]

@@ -21,9 +21,9 @@ ROOT = PROJECT.parents[1]
 
 
 def test_the_declared_environment_installs_this_checkouts_packages() -> None:
-    project = _project_spec.load_project(str(PROJECT))
+    project = _project_spec.load_project(str(PROJECT))  # type: ignore[no-untyped-call]
     assert project.env_type == "python_env"
-    env = _PythonEnv.from_yaml(project.env_config_path)
+    env = _PythonEnv.from_yaml(project.env_config_path)  # type: ignore[no-untyped-call]
     requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
     assert f">={env.python}" in requires, (env.python, requires)
     backend = tomllib.loads((PROJECT / "pyproject.toml").read_text())["build-system"]["requires"]
@@ -43,7 +43,7 @@ def test_the_declared_environment_installs_this_checkouts_packages() -> None:
 
 @pytest.mark.parametrize("entry", ["train", "evaluate"])
 def test_every_entry_point_is_a_trainer_command_with_its_options(entry: str) -> None:
-    project = _project_spec.load_project(str(PROJECT))
+    project = _project_spec.load_project(str(PROJECT))  # type: ignore[no-untyped-call]
     point = project.get_entry_point(entry)
     values = {name: f"<{name}>" for name in point.parameters}
     words = shlex.split(point.command.format(**values))

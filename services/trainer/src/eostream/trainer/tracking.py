@@ -260,6 +260,8 @@ class Tracker:
         """The ONNX file, byte for byte, as an ``mlflow.onnx`` model named ``onnx_model``
         (pyfunc, ``mlflow models serve``): signature ``input`` [-1, C, P, P] float32 ->
         ``logits`` [-1, classes], a batch-2 input example, CPU execution."""
+        from importlib.metadata import version
+
         import mlflow.onnx
         import onnx
         from mlflow.models import ModelSignature
@@ -279,6 +281,12 @@ class Tracker:
             input_example={INPUT_NAME: example},
             onnx_execution_providers=["CPUExecutionProvider"],
             save_as_external_data=False,  # one file, the same bytes as onnx/model.onnx
+            # what serving it needs (else MLflow exports the whole uv workspace's lock)
+            pip_requirements=[
+                f"onnx=={version('onnx')}",
+                f"onnxruntime=={version('onnxruntime')}",
+                f"numpy=={version('numpy')}",
+            ],
         )
         return str(info.model_uri)
 

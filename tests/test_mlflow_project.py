@@ -331,3 +331,10 @@ async def test_the_version_description_says_what_it_is_and_the_gate_adds_its_ver
     assert tail.startswith(f"\n\n{VERDICT_HEADING}: {verdict} (no champion)")
     for reason in json.loads(after.tags[tags.GATE_REASONS]):
         assert f"- {reason}" in tail
+    # the gate's evaluation run records the bridge's code version too
+    gate_run = client.get_run(after.tags[tags.GATE_EVAL_RUN]).data.tags
+    assert gate_run[provenance.PACKAGE_TAG] == "eostream-registry-bridge"
+    assert (
+        gate_run[provenance.GIT_COMMIT_TAG]
+        == client.get_run(project_run.run_id).data.tags[provenance.GIT_COMMIT_TAG]
+    )

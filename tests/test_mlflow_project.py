@@ -5,7 +5,8 @@ file as an ``mlflow.onnx`` model that ``mlflow.pyfunc`` loads and that gives inf
 on real windows of a real scene, a version description (the trainer's), and, once the
 registry-bridge has gated it (as its own account), the verdict in that description.
 
-One training for the whole module (~1.5-3 min on 2 busy cores): the tests read what it logged.
+One training for the whole module (the module took 3.4-5.6 min on 2 busy shared cores, most of it
+`mlflow run` and the gate): the tests read what it logged.
 """
 
 from __future__ import annotations

@@ -92,6 +92,11 @@ mypy: ## mypy --strict on every source and tests folder (make lint runs it; so d
 	done; \
 	if [[ -n "$$failed" ]]; then echo "mypy found errors in:$$failed" >&2; exit 1; fi
 
+.PHONY: images
+images: ## build the four service images (docker compose), stamped with this commit for MLflow runs
+	@EOSTREAM_GIT_COMMIT="$$(git rev-parse HEAD)" $(or $(COMPOSE),docker compose) build \
+		ingest trainer registry-bridge inference
+
 .PHONY: demo
 demo: install ## the main job on the embedded default, then serve until Ctrl-C (EXIT=1: stop after)
 	@$(UV) run --frozen eostream demo $(if $(EXIT),--exit)

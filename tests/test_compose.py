@@ -246,6 +246,7 @@ def build_args(service: str) -> dict[str, str]:
         "ENV_PREFIX": prefix.rstrip("_"),
         "PORT": str(port),
         "COMMAND": command,
+        "GIT_COMMIT": "unknown",  # `make images` passes the commit (EOSTREAM_GIT_COMMIT)
     }
 
 
@@ -389,6 +390,30 @@ def test_dockerfile_shape(service: str) -> None:
     assert "eostream" not in [w for a in args["CMD"] for w in yaml.safe_load(a)], "no runner"
     copies = " ".join(args["COPY"])
     assert "runner/pyproject.toml" in copies and "runner/ " not in copies, "runner not in image"
+
+
+def test_images_carry_the_commit_they_were_built_from() -> None:
+    """No .git in an image: the build argument GIT_COMMIT (``make images`` passes HEAD through
+    EOSTREAM_GIT_COMMIT) becomes EOSTREAM_GIT_COMMIT, which MLflow runs record
+    (eostream.shared.provenance)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EOSTREAM_", "COMPOSE_"))}
+    done = subprocess.run(
+        [docker_compose(), "-f", str(COMPOSE), "config"],
+        cwd=ROOT,
+        env={**env, **SECRETS, "EOSTREAM_GIT_COMMIT": commit},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    services = yaml.safe_load(done.stdout)["services"]
+    for name in EOSTREAM_SERVICES:
+        assert services[name]["build"]["args"]["GIT_COMMIT"] == commit, name
+        steps = instructions(DOCKERFILE, {**build_args(name), "GIT_COMMIT": commit})
+        assert f"EOSTREAM_GIT_COMMIT={commit}" in " ".join(a for w, a in steps if w == "ENV")
+    makefile = (ROOT / "Makefile").read_text()
+    assert 'EOSTREAM_GIT_COMMIT="$$(git rev-parse HEAD)"' in makefile
 
 
 def test_the_healthcheck_reads_the_image_prefix(tmp_path: Path) -> None:

@@ -205,3 +205,5 @@ def test_maps_evaluate_end_to_end_logs_to_mlflow(
     assert run.data.params["class_mapping"] == json.dumps({"water": ["SeaLake", "River"]})
     names = {a.path for a in client.list_artifacts(run.info.run_id, "map-accuracy")}
     assert "map-accuracy/confusion.png" in names
+    assert run.data.tags["eostream.package"] == "eostream-inference"  # and the commit
+    assert run.data.tags["mlflow.source.git.commit"] != ""

@@ -216,13 +216,19 @@ def log_to_mlflow(report: Report, tracking_uri: str, experiment: str, artifacts:
     """One MLflow run with the parameters, metrics and pictures; returns the run id."""
     import mlflow
 
+    from eostream.shared import provenance
+
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else client.create_experiment(experiment)
     run = client.create_run(
         experiment_id,
         run_name=f"maps-{report.reference.collection_id}-{report.model_name}",
-        tags={"eostream.kind": "map-evaluation", "eostream.model": report.model_name},
+        tags={
+            **provenance.code_version("eostream-inference").run_tags(),  # package, commit
+            "eostream.kind": "map-evaluation",
+            "eostream.model": report.model_name,
+        },
     )
     run_id = str(run.info.run_id)
     try:

@@ -31,6 +31,7 @@ from mlflow.models import make_metric
 
 from eostream.registry_bridge.holdout import Holdout
 from eostream.registry_bridge.policy import Evaluation
+from eostream.shared import provenance
 from eostream.shared.modelcard import EUROSAT_CLASSES
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,11 @@ def evaluate(
         name=f"eurosat-{holdout.band_set}-holdout-{holdout.digest[:12]}",
     )
     mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=run_name, tags=dict(tags)) as run, warnings.catch_warnings():
+    code = provenance.code_version("eostream-registry-bridge").run_tags()  # package, commit
+    with (
+        mlflow.start_run(run_name=run_name, tags={**code, **tags}) as run,
+        warnings.catch_warnings(),
+    ):
         warnings.simplefilter("ignore")
         mlflow.log_params({**params, "holdout_digest": holdout.digest, "holdout_size": len(frame)})
         result = mlflow.models.evaluate(  # type: ignore[no-untyped-call]

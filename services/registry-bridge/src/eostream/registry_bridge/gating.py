@@ -70,6 +70,7 @@ class Gating:
         except NotReadyError as exc:
             return Outcome(name, version, "deferred", (str(exc),))
         except RefusedError as exc:
+            self._describe(name, version, tags.GATE_REFUSED, exc.reasons)
             self.registry.set_version_tags(
                 name,
                 version,
@@ -99,6 +100,7 @@ class Gating:
         map_verdict, map_tags = self._map_check(verified, run_id, champion_version)
         verdict = combine(judge(candidate, champion, self.thresholds), map_verdict)
         outcome = tags.GATE_PASSED if verdict.passed else tags.GATE_FAILED
+        self._describe(name, version, outcome, verdict.reasons, champion_version)
         self.gate.record_verdict(
             name, version, outcome, verdict.reasons, run_id, candidate, champion_version, map_tags
         )
@@ -149,6 +151,20 @@ class Gating:
         }
         return verdict, values
 
+    def _describe(
+        self,
+        name: str,
+        version: str,
+        outcome: str,
+        reasons: tuple[str, ...],
+        champion_version: str | None = None,
+    ) -> None:
+        """Put the verdict in the version's description (before the verdict tag, which readers
+        wait for; a second gate of the same version replaces it)."""
+        current = self.registry.get_version(name, version).description
+        text = with_verdict(current, outcome, reasons, champion_version)
+        self.registry.set_version_description(name, version, text)
+
     def verdict_first(self, name: str, version: str) -> str:
         """Gate a version an operator wants to promote that has no verdict yet (never promoting
         it); returns the verdict, or PromotionError when it is not ready."""
@@ -164,3 +180,25 @@ class Gating:
             return False
         champion = self.registry.alias_version(name, tags.CHAMPION)
         return champion is None or int(version) > int(champion)
+
+
+VERDICT_HEADING = "**Gate verdict (registry-bridge)**"
+#: MLflow keeps at most 5000 characters of a version's description
+DESCRIPTION_LIMIT = 5000
+
+
+def with_verdict(
+    description: str,
+    outcome: str,
+    reasons: tuple[str, ...] | list[str],
+    champion_version: str | None = None,
+) -> str:
+    """``description`` with its gate verdict paragraph (any earlier one replaced)."""
+    kept = description.split(VERDICT_HEADING, 1)[0].rstrip()
+    against = f"against champion v{champion_version}" if champion_version else "no champion"
+    verdict = "\n".join([f"{VERDICT_HEADING}: {outcome} ({against})", *(f"- {r}" for r in reasons)])
+    room = DESCRIPTION_LIMIT - len(verdict) - 2
+    if room < len(kept):
+        kept = kept[: max(room - 1, 0)] + "…" if room > 1 else ""
+    text = f"{kept}\n\n{verdict}" if kept else verdict
+    return text[:DESCRIPTION_LIMIT]

@@ -33,6 +33,7 @@ class VersionInfo:
     source: str  # where the registry loads the framework model from
     created_ms: int  # registration time, milliseconds since the epoch
     tags: Mapping[str, str] = field(default_factory=dict)
+    description: str = ""  # the registry's free text (Markdown): the trainer's, then the verdict
 
     @property
     def ready(self) -> bool:
@@ -84,6 +85,9 @@ class ModelRegistry(Protocol):
     # --- writes ---
     def set_version_tags(self, name: str, version: str, values: Mapping[str, str]) -> None:
         """Write tags one by one in the mapping's order: the tag readers wait for goes last."""
+
+    def set_version_description(self, name: str, version: str, text: str) -> None:
+        """Replace the version's description with ``text``."""
 
     def set_model_tag(self, name: str, key: str, value: str) -> None: ...
 

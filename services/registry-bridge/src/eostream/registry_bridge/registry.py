@@ -94,6 +94,7 @@ def version_info(mv: ModelVersion) -> VersionInfo:
         source=str(mv.source),
         created_ms=int(mv.creation_timestamp or 0),
         tags=dict(mv.tags or {}),
+        description=str(mv.description or ""),
     )
 
 
@@ -253,6 +254,12 @@ class MlflowRegistry:
                 self.client.set_model_version_tag(name, version, key, value)
 
         self.call("set version tags", write)
+
+    def set_version_description(self, name: str, version: str, text: str) -> None:
+        self.call(
+            "set version description",
+            lambda: self.client.update_model_version(name, version, description=text),
+        )
 
     def set_model_tag(self, name: str, key: str, value: str) -> None:
         self.call("set model tag", lambda: self.client.set_registered_model_tag(name, key, value))

@@ -253,6 +253,7 @@ def fit_and_export(
         sha256 = export_onnx(model, card, onnx_path)
         check = check_onnx(onnx_path, model, data["test"].x[:ONNX_CHECK_SAMPLES], tolerance)
         tracker.log_artifact(onnx_path, "onnx")
+        tracker.log_onnx_model(onnx_path, data["test"].x[:2].numpy())
     model_uri = tracker.log_keras_model(
         model,
         data["test"].x[:2].numpy(),

@@ -35,7 +35,7 @@ from eostream.trainer.scaling import fit_rgb_scaling, identity_scaling
 from eostream.trainer.selection import Selection, SelectionSpec, select_for_training
 from eostream.trainer.settings import TrainerSettings
 from eostream.trainer.task import BatchCallback, TrainConfig, evaluate, fit, resolve_device
-from eostream.trainer.tracking import RegisteredVersion, Tracker, git_commit
+from eostream.trainer.tracking import RegisteredVersion, Tracker, version_description
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,6 @@ def train_and_register(
     run_tags = {
         tags.REQUEST_ID: plan.request_id,
         "eostream.requested_by": plan.requested_by,
-        "mlflow.source.git.commit": git_commit(),
         "eostream.input_augmentation": ",".join(augmentation) or "none",
         "eostream.family": plan.family,
     }
@@ -261,6 +260,7 @@ def train_and_register(
                 # false: the gate's held-out patches were in its training data (see selection)
                 tags.GATE_HOLDOUT_EXCLUDED: str(bool(selection.spec.exclude)).lower(),
             },
+            description=version_description(card, selection, metrics["test_accuracy"]),
         )
     shutil.rmtree(work, ignore_errors=True)
     log.info(
@@ -293,7 +293,7 @@ def _fit_torch(
         config,
         device,
         checkpoint=work / "checkpoint.pt",
-        on_epoch=lambda epoch, m: tracker.log_metrics(m, step=epoch),
+        on_epoch=tracker.log_epoch,
         on_batch=on_batch,
     )
     model = model.cpu().eval()
@@ -306,6 +306,7 @@ def _fit_torch(
             onnx_path, model, data["test"].x[:ONNX_CHECK_SAMPLES], settings.onnx_tolerance
         )
         tracker.log_artifact(onnx_path, "onnx")
+        tracker.log_onnx_model(onnx_path, data["test"].x[:2].numpy())
     metrics = {
         "best_epoch": float(history.best_epoch + 1),
         "epochs_run": float(len(history.epochs)),

@@ -2,11 +2,14 @@
 
 One experiment per task (the settings name it). A run records the request's parameters, one
 metric row per epoch, per-class precision/recall, the confusion matrix as a PNG, the selected
-training data as a dataset input (the stac-geoparquet table and its digest), the git commit, the
-compute used and the run time; then the model (pickled, with a signature and a batch-2 input
-example), the ONNX export under ``onnx/``, and finally a registered model version whose tags
-carry the ModelCard. Registration is the last step and one call (version and tags together), so
-a crash leaves no half-registered version.
+training data as a dataset input (the stac-geoparquet table and its digest), the package version
+and git commit (:mod:`eostream.shared.provenance`), the compute used and the run time, the epoch
+curves as TensorBoard event files under ``tensorboard/``; then the model (pickled, with a signature
+and a batch-2 input example), the ONNX export under ``onnx/`` and the same file as an
+``mlflow.onnx`` model (``onnx_model``: pyfunc, ``mlflow models serve``), and finally a registered
+model version whose tags carry the ModelCard and whose description says what it is and what it was
+trained on. Registration is the last step and one call (version and tags together), so a crash
+leaves no half-registered version (the description follows it at once).
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -26,8 +28,8 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from eostream.shared import errors, tags
-from eostream.shared.modelcard import ModelCard
+from eostream.shared import errors, provenance, tags
+from eostream.shared.modelcard import INPUT_NAME, OUTPUT_NAME, ModelCard
 from eostream.trainer.errors import BadTrainingRequestError
 from eostream.trainer.models import EuroSATNet
 from eostream.trainer.selection import Selection
@@ -37,6 +39,11 @@ log = logging.getLogger(__name__)
 #: Tag names shared with the registry-bridge that reads them (``eostream.shared.tags``).
 REQUEST_TAG = tags.REQUEST_ID
 CARD_TAG = tags.MODEL_CARD
+#: The distribution whose version every run records (with the commit: eostream.shared.provenance)
+PACKAGE = "eostream-trainer"
+#: Run artifact folders: TensorBoard event files, and the ONNX file as an mlflow.onnx model
+TENSORBOARD_ARTIFACT = "tensorboard"
+ONNX_MODEL_NAME = "onnx_model"
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
 
 
@@ -64,19 +71,32 @@ def is_transient(exc: BaseException) -> bool:
     return errors.is_transient(exc)
 
 
-def git_commit(cwd: Path | None = None) -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],  # noqa: S607 - git from PATH, fixed arguments
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=cwd or Path(__file__).parent,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
+def code_tags() -> dict[str, str]:
+    """The package version and git commit every run records (the image's baked commit where
+    there is no checkout)."""
+    return provenance.code_version(PACKAGE).run_tags()
+
+
+def version_description(card: ModelCard, selection: Selection, test_accuracy: float) -> str:
+    """The registered version's description (Markdown): what it is, what it was trained on."""
+    counts = selection.counts()
+    spec = selection.spec
+    return "\n".join(
+        [
+            f"**{card.name}**: EuroSAT {card.task} classifier, {card.architecture or '?'} "
+            f"({card.library}{' ' + card.library_version if card.library_version else ''}), "
+            f"band set {card.band_set} ({', '.join(card.bands)}), "
+            f"{len(card.classes)} classes ({', '.join(card.classes)}).",
+            "",
+            f"Trained on {counts.get('train', 0)} patches (validation {counts.get('val', 0)}, "
+            f"test {counts.get('test', 0)}; {spec.split} split, seed {spec.seed}) of the "
+            f"{selection.table.band_set} catalogue `{selection.table.path.name}` "
+            f"(dataset digest `{selection.table.digest}`, selection digest "
+            f"`{selection.digest}`); gate hold-out excluded: {len(spec.exclude)} files.",
+            "",
+            f"Test accuracy {test_accuracy:.4f}.",
+        ]
+    )
 
 
 class Tracker:
@@ -92,6 +112,8 @@ class Tracker:
         self.experiment_name = experiment_name
         self.ui_url = (ui_url or tracking_uri).rstrip("/")
         self.experiment_id = ""
+        self._board: Any = None  # the active run's SummaryWriter (torch.utils.tensorboard)
+        self._board_dir: Path | None = None
 
     def configure(self) -> str:
         mlflow.set_tracking_uri(self.tracking_uri)
@@ -114,14 +136,26 @@ class Tracker:
 
     @contextmanager
     def run(self, run_id: str | None, run_name: str, tags: Mapping[str, str]) -> Iterator[str]:
-        """Start (or resume, when ``run_id`` is given) a run; yields its id."""
-        with mlflow.start_run(
-            run_id=run_id,
-            run_name=None if run_id else run_name,
-            experiment_id=self.experiment_id,
-            tags=dict(tags),
-        ) as active:
-            yield str(active.info.run_id)
+        """Start (or resume, when ``run_id`` is given) a run tagged with ``tags`` and the code
+        version (:func:`code_tags`); yields its id. Epoch scalars go to TensorBoard event files
+        in a temporary folder, logged as ``tensorboard/`` before registration (or at the end)."""
+        with (
+            tempfile.TemporaryDirectory(prefix="eostream-tensorboard-") as board,
+            mlflow.start_run(
+                run_id=run_id,
+                run_name=None if run_id else run_name,
+                experiment_id=self.experiment_id,
+                tags={**dict(tags), **code_tags()},
+            ) as active,
+        ):
+            self._board_dir = Path(board)
+            try:
+                yield str(active.info.run_id)
+                self.log_tensorboard()
+            finally:
+                if self._board is not None:
+                    self._board.close()
+                self._board = self._board_dir = None
 
     def find_registered(self, name: str, request_id: str) -> RegisteredVersion | None:
         """The version a request already registered (redelivery after success), if any."""
@@ -141,6 +175,28 @@ class Tracker:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        """One epoch's metrics: to MLflow (step ``epoch``) and to the run's TensorBoard events."""
+        self.log_metrics(metrics, step=epoch)
+        if self._board_dir is None:
+            return
+        if self._board is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._board = SummaryWriter(log_dir=str(self._board_dir))
+        for key, value in metrics.items():  # train_loss -> train/loss: TensorBoard's groups
+            split, _, rest = key.partition("_")
+            tag = f"{split}/{rest}" if split in ("train", "val") and rest else key
+            self._board.add_scalar(tag, float(value), epoch)
+
+    def log_tensorboard(self) -> None:
+        """Log the event files written so far as ``tensorboard/`` (once; a no-op without any)."""
+        if self._board is None or self._board_dir is None:
+            return
+        self._board.close()
+        self._board = None
+        mlflow.log_artifacts(str(self._board_dir), TENSORBOARD_ARTIFACT)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         mlflow.set_tags(dict(tags))
@@ -233,11 +289,56 @@ class Tracker:
         )
         return str(info.model_uri)
 
+    def log_onnx_model(self, onnx_path: Path, example: np.ndarray) -> str:
+        """The ONNX file, byte for byte, as an ``mlflow.onnx`` model named ``onnx_model``
+        (pyfunc, ``mlflow models serve``): signature ``input`` [-1, C, P, P] float32 ->
+        ``logits`` [-1, classes], a batch-2 input example, CPU execution."""
+        from importlib.metadata import version
+
+        import mlflow.onnx
+        import onnx
+        from mlflow.models import ModelSignature
+        from mlflow.types import Schema, TensorSpec
+
+        proto = onnx.load(str(onnx_path))
+        example = example.astype(np.float32)
+        classes = proto.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *example.shape[1:]), INPUT_NAME)]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, classes), OUTPUT_NAME)]),
+        )
+        info = mlflow.onnx.log_model(
+            proto,
+            name=ONNX_MODEL_NAME,
+            signature=signature,
+            input_example={INPUT_NAME: example},
+            onnx_execution_providers=["CPUExecutionProvider"],
+            save_as_external_data=False,  # one file, the same bytes as onnx/model.onnx
+            # what serving it needs (else MLflow exports the whole uv workspace's lock)
+            pip_requirements=[
+                f"onnx=={version('onnx')}",
+                f"onnxruntime=={version('onnxruntime')}",
+                f"numpy=={version('numpy')}",
+            ],
+        )
+        return str(info.model_uri)
+
     def log_artifact(self, path: Path, artifact_path: str) -> None:
         mlflow.log_artifact(str(path), artifact_path)
 
-    def register(self, model_uri: str, name: str, tags: Mapping[str, str]) -> RegisteredVersion:
+    def register(
+        self,
+        model_uri: str,
+        name: str,
+        tags: Mapping[str, str],
+        description: str | None = None,
+    ) -> RegisteredVersion:
+        """Register ``model_uri`` with ``tags`` (one call), after logging what the run still has
+        pending (its TensorBoard events); then set the version's ``description``."""
+        self.log_tensorboard()
         mv = mlflow.register_model(model_uri, name, tags=dict(tags))
+        if description:
+            self.client.update_model_version(name, str(mv.version), description=description)
         return RegisteredVersion(mv.name, str(mv.version), str(mv.run_id), dict(tags))
 
     def download_artifact(self, run_id: str, artifact_path: str, dst: Path) -> Path:

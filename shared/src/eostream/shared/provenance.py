@@ -1,0 +1,76 @@
+"""Which code made a run: the eostream package's version and the git commit, for MLflow tags.
+
+The commit comes from, in this order: ``git rev-parse HEAD`` where the code is a git checkout
+(the workspace, ``mlflow run``); else the ``EOSTREAM_GIT_COMMIT`` variable, which the images set
+from their ``GIT_COMMIT`` build argument (``.git`` is not in an image: deploy/docker/Dockerfile,
+``make images``); else ``unknown``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+#: The variable the images carry the commit in (deploy/docker/Dockerfile's GIT_COMMIT).
+COMMIT_ENV = "EOSTREAM_GIT_COMMIT"
+UNKNOWN = "unknown"
+#: Run tags (MLflow's own name for the commit, so its UI shows it).
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
+COMMIT_SOURCE_TAG = "eostream.git_commit_source"
+PACKAGE_TAG = "eostream.package"
+PACKAGE_VERSION_TAG = "eostream.package_version"
+
+
+@dataclass(frozen=True)
+class CodeVersion:
+    package: str
+    version: str
+    commit: str
+    commit_source: str  # git | env | unknown
+
+    def run_tags(self) -> dict[str, str]:
+        return {
+            GIT_COMMIT_TAG: self.commit,
+            COMMIT_SOURCE_TAG: self.commit_source,
+            PACKAGE_TAG: self.package,
+            PACKAGE_VERSION_TAG: self.version,
+        }
+
+
+def package_version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return UNKNOWN
+
+
+def git_commit(cwd: Path | None = None) -> tuple[str, str]:
+    """(commit, where it came from): git in ``cwd`` (this file's folder by default), else the
+    ``EOSTREAM_GIT_COMMIT`` variable, else ``unknown``."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],  # noqa: S607 - git from PATH, fixed arguments
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=cwd or Path(__file__).parent,
+            check=False,
+        )
+        commit = out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    if commit:
+        return commit, "git"
+    baked = os.environ.get(COMMIT_ENV, "").strip()
+    if baked and baked != UNKNOWN:
+        return baked, "env"
+    return UNKNOWN, UNKNOWN
+
+
+def code_version(distribution: str, cwd: Path | None = None) -> CodeVersion:
+    """The package ``distribution``'s version and the commit of the code that runs."""
+    commit, source = git_commit(cwd)
+    return CodeVersion(distribution, package_version(distribution), commit, source)

@@ -48,7 +48,7 @@ from eostream.shared.holdout import (
     ms_candidates,
     rgb_candidates,
 )
-from eostream.shared.modelcard import EUROSAT_CLASSES, INPUT_NAME, METADATA_KEY, ModelCard
+from eostream.shared.modelcard import EUROSAT_CLASSES, INPUT_NAME, ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def quantise(fp32: bytes, calibration: np.ndarray, batch: int = 32) -> bytes:
     if len(calibration) == 0:
         raise ValueError("no calibration patches")
     with tempfile.TemporaryDirectory(prefix="eostream-int8-") as tmp:
-        source, prepared, out = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
+        source, prepared, out = (Path(tmp, f) for f in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         source.write_bytes(fp32)
         quant_pre_process(str(source), str(prepared))
         quantize_static(

@@ -7,7 +7,7 @@ For each model (``--models``; or ``--onnx PATH`` for an existing fp32 export) th
   real 13-band patches) and exports it with the trainer's ``export_onnx``;
 * quantises it with the registry-bridge's own ``eostream.registry_bridge.quantize.quantise`` (what
   the bridge ships as the MLM item's int8 asset; ``onnxruntime.quantization.quantize_static``: QDQ
-  format, per-channel int8 weights, int8 activations), calibrated on real training patches in the
+  format, per-channel int8 weights, uint8 activations), calibrated on real training patches in the
   model's input units
   (what ``load_patches`` returns: JPEG 0..255 for ``rgb``, reflectance for ``ms13``; the model
   normalises inside its graph);

@@ -235,6 +235,7 @@ def maps(data_dir: Path, work: Path, fp32: Path, int8: Path, date: str, stride: 
 
     from eostream.inference import evaluation, reference
     from eostream.inference.settings import InferenceSettings
+    from eostream.shared.modelcard import EUROSAT_CLASSES
     from eostream.shared.settings import load_settings
 
     labels = reference.build_boadella(data_dir, work / f"ref-{fp32.stem}", dates=[date])
@@ -271,13 +272,18 @@ def maps(data_dir: Path, work: Path, fp32: Path, int8: Path, date: str, stride: 
             with rasterio.open(cogs[0]) as ds:
                 rasters[key] = ds.read(1)
         print(f"  {key}: map of {date} in {time.perf_counter() - started:.1f} s", flush=True)
-    agreement = None
+    agreement = water_agreement = None
     if len(rasters) == 2 and rasters["fp32"].shape == rasters["int8"].shape:
         agreement = float((rasters["fp32"] == rasters["int8"]).mean())
+        water_classes = reference.BOADELLA_MAPPING["water"]
+        wet = [i for i, c in enumerate(EUROSAT_CLASSES) if c in water_classes]
+        water_agreement = float(
+            (np.isin(rasters["fp32"], wet) == np.isin(rasters["int8"], wet)).mean()
+        )
     print(
         f"  Boadella {date}, stride {stride}: water IoU fp32 {_f(water.get('fp32'))}, int8 "
         f"{_f(water.get('int8'))}, NDWI {_f(water.get('ndwi'))}; map pixel agreement "
-        f"{_f(agreement)}"
+        f"{_f(agreement)} (all classes), {_f(water_agreement)} (water or not)"
     )
 
 

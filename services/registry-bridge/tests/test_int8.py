@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 from pydantic import SecretStr
 
 from eostream.inference import testing
 from eostream.inference.settings import InferenceSettings
 from eostream.inference.wiring import build_service
-from eostream.registry_bridge.quantize import calibration_files, judge
+from eostream.registry_bridge.holdout import Holdout
+from eostream.registry_bridge.quantize import calibration_files, check, judge, load_calibration
 from eostream.registry_bridge.settings import BridgeSettings, Int8Settings
 from eostream.shared import mlm, tags
 from eostream.shared.events import ModelPromoted
@@ -178,3 +180,25 @@ def test_judge() -> None:
     assert not ok  # the int8 maps could not be scored
     ok, reasons = judge(0.90, 0.91, 0.70, 0.71, s, map_checked=True)
     assert ok and all(r.startswith("PASS") for r in reasons)
+
+
+def test_other_tasks_ship_fp32_only_and_a_calibration_that_cannot_be_read_fails_the_check(
+    card: ModelCard, data_dir: Path
+) -> None:
+    def never(*_: Any) -> Any:
+        raise AssertionError("must not run")
+
+    def unreadable() -> Any:
+        return load_calibration(data_dir / "nowhere", "rgb", 50, HoldoutSettings())
+
+    empty = Holdout("rgb", (), np.zeros(0, np.int64), np.zeros((0, 3, 64, 64), np.float32), "")
+    pixel = card.model_copy(update={"task": "pixel"})
+    kwargs: dict[str, Any] = {"holdout": empty, "logits": never}
+    result = check(b"", pixel, settings=Int8Settings(), calibration=never, **kwargs)
+    assert (result.outcome, result.onnx_bytes) == ("skipped", None)
+    assert "only patch models" in result.reasons[0] and result.as_tags()[tags.INT8] == "skipped"
+    off = check(b"", card, settings=Int8Settings(enabled=False), calibration=never, **kwargs)
+    assert off.outcome == "skipped"
+    broken = check(b"", card, settings=Int8Settings(), calibration=unreadable, **kwargs)
+    assert (broken.outcome, broken.onnx_bytes) == ("failed", None)
+    assert "FileNotFoundError" in broken.reasons[0]

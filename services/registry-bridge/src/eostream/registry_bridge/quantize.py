@@ -244,21 +244,22 @@ def check(
 ) -> Int8Check:
     """Quantise ``fp32`` and check it (see the module). ``logits(onnx, images)`` runs a model;
     ``maps(onnx)`` scores one on the reference set and ``fp32_maps()`` gives the fp32 model's
-    figures (both None: no reference set). Never raises for a model that cannot be quantised:
-    that fails the check."""
+    figures (both None: no reference set). Never raises for a model that cannot be quantised or
+    calibration patches that cannot be read: that fails the check (fp32 ships anyway)."""
     if not settings.enabled:
         return skipped("int8 disabled (BRIDGE_INT8__ENABLED=false)")
     if card.task != "patch":
         return skipped(f"only patch models are quantised; this one is a {card.task} model")
     started = time.perf_counter()
-    x = calibration()
+    x = np.zeros((0,), np.float32)
     try:
+        x = calibration()
         int8 = quantise(fp32, x)
         y = holdout.labels
         pred32 = logits(fp32, holdout.images).argmax(1)
         pred8 = logits(int8, holdout.images).argmax(1)
     except Exception as exc:  # onnxruntime and onnx raise many types
-        reason = f"FAIL: quantising or running the int8 model failed: {exc!r}"[:1000]
+        reason = f"FAIL: calibrating, quantising or running the int8 model failed: {exc!r}"[:1000]
         return Int8Check("failed", (reason,), calibration=len(x))
     accuracy32, accuracy8 = float((pred32 == y).mean()), float((pred8 == y).mean())
     agreement = float((pred32 == pred8).mean())

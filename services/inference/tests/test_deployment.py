@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from eostream.inference import testing
+from eostream.inference.api.schemas import DeployedModel
 from eostream.inference.errors import ModelLoadError
 from eostream.inference.model import ModelInfo
 from eostream.inference.results import build_results_store
@@ -128,4 +129,5 @@ def test_on_cpu_the_int8_file_of_the_mlm_item_runs_when_its_checksum_holds(
         finally:
             service.results.close()
         assert model.precision == expected, (item_bytes, s.int8_on_cpu)
-        assert service.deployment.describe()["precision"] == expected
+        described = DeployedModel.model_validate(service.deployment.describe())  # GET /models
+        assert described.precision == expected

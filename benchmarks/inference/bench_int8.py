@@ -5,8 +5,10 @@ For each model (``--models``; or ``--onnx PATH`` for an existing fp32 export) th
 * trains a small real model the way bench_map_accuracy does (``rgb``: ``small_cnn`` on a few
   thousand EuroSAT RGB JPEGs; ``ms13``: the ``centre_cnn`` of docs/maps-accuracy.md on the 375
   real 13-band patches) and exports it with the trainer's ``export_onnx``;
-* quantises it with ``onnxruntime.quantization.quantize_static``: QDQ format, per-channel int8
-  weights, int8 activations, calibrated on real training patches in the model's input units
+* quantises it with the registry-bridge's own ``eostream.registry_bridge.quantize.quantise`` (what
+  the bridge ships as the MLM item's int8 asset; ``onnxruntime.quantization.quantize_static``: QDQ
+  format, per-channel int8 weights, uint8 activations), calibrated on real training patches in the
+  model's input units
   (what ``load_patches`` returns: JPEG 0..255 for ``rgb``, reflectance for ``ms13``; the model
   normalises inside its graph);
 * measures both with onnxruntime's CPU provider and the project's session options
@@ -149,44 +151,10 @@ def save_windows(folder: Path, train_x: np.ndarray, test_x: np.ndarray, test_y: 
 
 # -- child: quantisation and measurements (onnxruntime, no torch) ----------------------------
 def quantise(fp32: Path, int8: Path, calibration: np.ndarray) -> None:
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    """The product's quantisation (the registry-bridge's, what it ships), file to file."""
+    from eostream.registry_bridge.quantize import quantise as product_quantise
 
-    from eostream.shared.modelcard import INPUT_NAME, METADATA_KEY
-
-    class Reader(CalibrationDataReader):  # type: ignore[misc]
-        def __init__(self, x: np.ndarray, batch: int = 32) -> None:
-            self.batches = iter([x[i : i + batch] for i in range(0, len(x), batch)])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            x = next(self.batches, None)
-            return None if x is None else {INPUT_NAME: x}
-
-    prepared = int8.with_suffix(".pre.onnx")
-    quant_pre_process(str(fp32), str(prepared))
-    quantize_static(
-        str(prepared),
-        str(int8),
-        Reader(calibration),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-    )
-    prepared.unlink()
-    # the ModelCard travels in the metadata; keep it so inference can load the int8 file
-    source = {p.key: p.value for p in onnx.load(str(fp32)).metadata_props}
-    proto = onnx.load(str(int8))
-    if METADATA_KEY not in {p.key for p in proto.metadata_props} and METADATA_KEY in source:
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = METADATA_KEY, source[METADATA_KEY]
-        onnx.save(proto, str(int8))
+    int8.write_bytes(product_quantise(fp32.read_bytes(), calibration))
 
 
 def session(path: Path, threads: int) -> Any:
@@ -267,6 +235,7 @@ def maps(data_dir: Path, work: Path, fp32: Path, int8: Path, date: str, stride: 
 
     from eostream.inference import evaluation, reference
     from eostream.inference.settings import InferenceSettings
+    from eostream.shared.modelcard import EUROSAT_CLASSES
     from eostream.shared.settings import load_settings
 
     labels = reference.build_boadella(data_dir, work / f"ref-{fp32.stem}", dates=[date])
@@ -303,13 +272,18 @@ def maps(data_dir: Path, work: Path, fp32: Path, int8: Path, date: str, stride: 
             with rasterio.open(cogs[0]) as ds:
                 rasters[key] = ds.read(1)
         print(f"  {key}: map of {date} in {time.perf_counter() - started:.1f} s", flush=True)
-    agreement = None
+    agreement = water_agreement = None
     if len(rasters) == 2 and rasters["fp32"].shape == rasters["int8"].shape:
         agreement = float((rasters["fp32"] == rasters["int8"]).mean())
+        water_classes = reference.BOADELLA_MAPPING["water"]
+        wet = [i for i, c in enumerate(EUROSAT_CLASSES) if c in water_classes]
+        water_agreement = float(
+            (np.isin(rasters["fp32"], wet) == np.isin(rasters["int8"], wet)).mean()
+        )
     print(
         f"  Boadella {date}, stride {stride}: water IoU fp32 {_f(water.get('fp32'))}, int8 "
         f"{_f(water.get('int8'))}, NDWI {_f(water.get('ndwi'))}; map pixel agreement "
-        f"{_f(agreement)}"
+        f"{_f(agreement)} (all classes), {_f(water_agreement)} (water or not)"
     )
 
 

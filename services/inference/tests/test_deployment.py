@@ -5,12 +5,14 @@ last model that went live (not a later one that failed)."""
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from eostream.inference import testing
+from eostream.inference.api.schemas import DeployedModel
 from eostream.inference.errors import ModelLoadError
 from eostream.inference.model import ModelInfo
 from eostream.inference.results import build_results_store
@@ -76,3 +78,56 @@ async def test_a_restart_reloads_the_last_model_that_went_live(
         assert second.readiness()[0]
     finally:
         await second.stop()
+
+
+def test_on_cpu_the_int8_file_of_the_mlm_item_runs_when_its_checksum_holds(
+    settings: InferenceSettings,
+) -> None:
+    """The MLM item's int8 asset runs on CPU (checked against its own checksum); a wrong
+    checksum, a failed check or ``int8_on_cpu=False`` run the fp32 file."""
+    fp32 = testing.build_onnx(testing.model_card(name="q-cnn"), seed=1)
+    int8 = testing.build_onnx(testing.model_card(name="q-cnn"), seed=2)  # stands for the int8 file
+
+    def item(checksum: str, check: str = "passed") -> bytes:
+        asset = {
+            "href": "model.int8.onnx",  # relative to the item, as an item may write it
+            "roles": ["data"],
+            "file:checksum": "1220" + checksum,
+            "eostream:precision": "int8",
+            "eostream:int8_check": check,
+        }
+        return json.dumps(
+            {"assets": {"model": {"href": "mem://q/model.onnx"}, "model_int8": asset}}
+        ).encode()
+
+    good = hashlib.sha256(int8).hexdigest()
+    info = ModelInfo(
+        name="q-cnn",
+        version="1",
+        sha256=hashlib.sha256(fp32).hexdigest(),
+        artifact_uri="mem://q/model.onnx",
+        mlm_item_href="mem://q/item.json",
+    )
+    cases = [
+        (settings, item(good), "int8"),
+        (settings, item("0" * 64), "fp32"),
+        (settings, item(good, check="failed"), "fp32"),
+        (settings.model_copy(update={"int8_on_cpu": False}), item(good), "fp32"),
+    ]
+    for s, item_bytes, expected in cases:
+        cpu = s.model_copy(update={"providers": ("CPUExecutionProvider",)})
+        source = ModelsInMemory(
+            {
+                "mem://q/model.onnx": fp32,
+                "mem://q/model.int8.onnx": int8,
+                "mem://q/item.json": item_bytes,
+            }
+        )
+        service = build_service(cpu, models=source, consume=False)
+        try:
+            model = service.deployment.deploy_uri(info, info.artifact_uri, info.sha256)
+        finally:
+            service.results.close()
+        assert model.precision == expected, (item_bytes, s.int8_on_cpu)
+        described = DeployedModel.model_validate(service.deployment.describe())  # GET /models
+        assert described.precision == expected

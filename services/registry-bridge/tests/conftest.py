@@ -277,6 +277,8 @@ def bridge_settings(tracking_uri: str, tmp_path: Path, data_dir: Path) -> Bridge
         data_dir=data_dir,
         holdout={"per_class": HOLDOUT_PER_CLASS, "salt": HOLDOUT_SALT},
         gate={"min_accuracy": 0.2, "max_class_drop": 0.5, "min_improvement": 0.0},
+        # the int8 variant costs ~3 s per shipment: off here, on in test_int8.py
+        int8={"enabled": False},
         registration_grace_seconds=0,
         reconcile_interval_seconds=0.5,
         retry_attempts=2,

@@ -45,6 +45,26 @@ CARD_PROPERTY = "eostream:model_card"
 DERIVED_FROM = "derived_from"
 
 
+#: the asset field naming an ONNX asset's numeric precision: fp32 (the ``model`` asset) or int8
+PRECISION = "eostream:precision"
+#: the key of the int8 asset, shipped beside the fp32 ``model`` when it passed its check
+INT8_ASSET = "model_int8"
+
+
+@dataclass(frozen=True)
+class ModelVariant:
+    """Another ONNX file of the same model (the int8 one), shipped as a second asset: not an
+    ``mlm:model`` asset (that stays the fp32 file every reader can run), its checksum and its
+    check's figures in ``fields``."""
+
+    key: str
+    precision: str
+    href: str
+    sha256: str
+    size: int
+    fields: tuple[tuple[str, Any], ...] = ()
+
+
 @dataclass(frozen=True)
 class MlmFacts:
     name: str
@@ -59,6 +79,7 @@ class MlmFacts:
     training_data_href: str | None = None
     metrics: tuple[tuple[str, float], ...] = ()
     base_model: str | None = None  # models:/NAME/VERSION it was fine-tuned from
+    variants: tuple[ModelVariant, ...] = ()
 
 
 def _onnx_version() -> str | None:
@@ -180,9 +201,28 @@ def build_item(facts: MlmFacts, self_href: str) -> dict[str, Any]:
             "file:size": facts.size,
             "file:checksum": multihash_sha256(facts.sha256),
             "bands": [{"name": b} for b in facts.card.bands],
+            PRECISION: "fp32",
         },
     )
     item.add_asset("model", asset)
+    for variant in facts.variants:
+        item.add_asset(
+            variant.key,
+            pystac.Asset(
+                href=variant.href,
+                title=f"{facts.name} v{facts.version} (ONNX, {variant.precision})",
+                media_type=ONNX_MEDIA_TYPE,
+                roles=["data"],
+                extra_fields={
+                    "mlm:artifact_type": "onnx",
+                    "file:size": variant.size,
+                    "file:checksum": multihash_sha256(variant.sha256),
+                    "bands": [{"name": b} for b in facts.card.bands],
+                    PRECISION: variant.precision,
+                    **dict(variant.fields),
+                },
+            ),
+        )
     MLModelExtension.ext(item, add_if_missing=True).apply(properties(facts))
     if facts.training_data_href:
         item.add_link(
@@ -249,6 +289,9 @@ def validate_item(data: dict[str, Any], card: ModelCard, sha256: str) -> list[st
         problems.append("the item must have exactly one asset with role mlm:model")
     elif models[0].get("file:checksum") != multihash_sha256(sha256):
         problems.append("the model asset's file:checksum does not match the artifact's sha256")
+    for key, asset in data.get("assets", {}).items():
+        if key != "model" and asset.get(PRECISION) and not asset.get("file:checksum"):
+            problems.append(f"the {key} asset has no file:checksum")
     if props.get(CARD_PROPERTY) and ModelCard.model_validate(props[CARD_PROPERTY]) != card:
         problems.append("the item's model card differs from the model's")
     if any(link.get("rel") == "derived-from" for link in data.get("links", [])):

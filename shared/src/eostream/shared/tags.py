@@ -38,6 +38,14 @@ GATE_MAP_OVERALL_ACCURACY = "eostream.gate.map.overall_accuracy"
 # digest of the reference set and the evaluation settings the figures above hold for: a champion's
 # figures are reused while it matches, not recomputed for every candidate
 GATE_MAP_KEY = "eostream.gate.map.key"
+# the int8 variant (registry_bridge.quantize): passed (shipped beside the fp32 file) | failed
+# (not shipped) | skipped (disabled, or a task other than patch)
+INT8 = "eostream.int8"
+INT8_REASONS = "eostream.int8.reasons"  # JSON list of strings
+INT8_ACCURACY_DELTA = "eostream.int8.accuracy_delta"  # int8 - fp32 top-1 on the hold-out
+INT8_AGREEMENT = "eostream.int8.agreement"  # top-1 agreement of int8 and fp32 on the hold-out
+INT8_MAP_DELTA = "eostream.int8.map_delta"  # int8 - fp32 map figure on the reference set
+INT8_SHA256 = "eostream.int8.sha256"
 SHIPPED = "eostream.shipped"  # "true" once the MLM item (commit marker) is written
 ARTIFACT_URI = "eostream.artifact_uri"
 SHA256 = "eostream.sha256"

@@ -6,12 +6,17 @@ ModelHolder`: in-flight requests finish on the model they started with), and wri
 attempt to the results index's deployment records. At start it makes the initial model live:
 ``INFERENCE_INITIAL_MODEL_URI``, else the last live deployment of the served model.
 
+On the CPU provider a model whose MLM item ships an int8 file that passed its check runs that
+file (:meth:`ModelDeployment.load`; ``INFERENCE_INT8_ON_CPU=false`` turns it off), checked
+against the item's checksum; when it cannot be read or loaded, the fp32 file runs.
+
 The scene pipeline never deploys: it leases whatever model this hands it (``lease()``).
 Methods block; async callers run them in a thread.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +24,14 @@ from typing import Any, Protocol
 
 from eostream.inference import fetch, metrics
 from eostream.inference.errors import BadInputError, ModelLoadError
-from eostream.inference.model import LoadedModel, ModelInfo, load_model
+from eostream.inference.model import (
+    Artifact,
+    LoadedModel,
+    ModelInfo,
+    int8_artifact,
+    int8_wanted,
+    load_model,
+)
 from eostream.inference.results import ResultsStore
 from eostream.inference.session import ModelHolder
 from eostream.inference.settings import InferenceSettings
@@ -133,16 +145,49 @@ class ModelDeployment:
         """Fetch, verify, build and warm the promoted model beside the live one, then swap."""
         return self.deploy_uri(info_of(event), event.artifact_uri, event.sha256)
 
-    def deploy_uri(self, info: ModelInfo, uri: str, sha256: str | None) -> LoadedModel:
+    def load(self, info: ModelInfo, uri: str, sha256: str | None) -> LoadedModel:
+        """Load ``info``'s model: its int8 file when :meth:`int8_of` finds one to run, else
+        (or when that fails) the fp32 file at ``uri`` with ``sha256``."""
         s = self.settings
+        int8 = self.int8_of(info)
+        if int8 is not None:
+            try:
+                return load_model(
+                    self.source.read(int8.uri),
+                    info,
+                    expected_sha256=int8.sha256,
+                    providers=s.providers,
+                    intra_op_threads=s.intra_op_threads,
+                    precision="int8",
+                )
+            except Exception as exc:  # the fp32 file is always there to fall back on
+                log.warning(
+                    "int8 file of %s v%s not loaded, running fp32: %s", info.name, info.version, exc
+                )
+        return load_model(
+            self.source.read(uri),
+            info,
+            expected_sha256=sha256,
+            providers=s.providers,
+            intra_op_threads=s.intra_op_threads,
+        )
+
+    def int8_of(self, info: ModelInfo) -> Artifact | None:
+        """The int8 file to run for ``info``: on the CPU provider, with int8 allowed, when its
+        MLM item ships one that passed its check; else None."""
+        s = self.settings
+        if not info.mlm_item_href or not int8_wanted(s.providers, s.int8_on_cpu):
+            return None
         try:
-            model = load_model(
-                self.source.read(uri),
-                info,
-                expected_sha256=sha256,
-                providers=s.providers,
-                intra_op_threads=s.intra_op_threads,
-            )
+            item = json.loads(self.source.read(info.mlm_item_href))
+            return int8_artifact(item, info.mlm_item_href)
+        except Exception as exc:  # no item, or not one: run fp32
+            log.warning("MLM item %s not read (%s); running fp32", info.mlm_item_href, exc)
+            return None
+
+    def deploy_uri(self, info: ModelInfo, uri: str, sha256: str | None) -> LoadedModel:
+        try:
+            model = self.load(info, uri, sha256)
         except BadInputError as exc:
             metrics.MODEL_SWAPS.labels("failed").inc()
             self._record(info, "failed", str(exc), None)
@@ -228,6 +273,7 @@ class ModelDeployment:
             "artifact_uri": i.artifact_uri,
             "mlm_item_href": i.mlm_item_href,
             "provider": model.provider,
+            "precision": model.precision,
             "bands": list(model.card.bands),
             "classes": list(model.card.classes),
             "processing_level": model.card.processing_level,

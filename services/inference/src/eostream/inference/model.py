@@ -1,11 +1,16 @@
-"""Loading a model: checksum, onnxruntime session, and the ModelCard checked against the graph."""
+"""Loading a model: checksum, onnxruntime session, and the ModelCard checked against the graph.
+
+A shipped model may have an int8 file beside its fp32 one (the MLM item's ``model_int8`` asset,
+written by the registry-bridge when the int8 model passed its accuracy check):
+:func:`int8_artifact` finds it in an item and :func:`int8_wanted` says whether to run it (on the
+CPU provider only; CUDA runs fp32). The loaded model names its ``precision``."""
 
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -13,22 +18,28 @@ import onnxruntime as ort
 from pydantic import ValidationError
 
 from eostream.inference.errors import ModelLoadError
-from eostream.shared import ort_session
+from eostream.shared import mlm, ort_session
 from eostream.shared.digest import sha256_hex
 from eostream.shared.modelcard import METADATA_KEY, ModelCard
+from eostream.shared.objects import absolute_href
 from eostream.shared.onnx_contract import OnnxFacts, TensorFacts, graph_problems, ort_dtype
 
 __all__ = [
+    "Artifact",
     "LoadedModel",
     "ModelInfo",
+    "Precision",
     "check_card_against_graph",
     "choose_providers",
     "graph_facts",
+    "int8_artifact",
+    "int8_wanted",
     "load_model",
     "sha256_hex",
 ]
 
 log = logging.getLogger(__name__)
+Precision = Literal["fp32", "int8"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,15 @@ class ModelInfo:
     mlm_item_href: str | None = None
 
 
+@dataclass(frozen=True)
+class Artifact:
+    """One ONNX file of a model: where it is, its checksum and its precision."""
+
+    uri: str
+    sha256: str
+    precision: Precision = "fp32"
+
+
 @dataclass
 class LoadedModel:
     """One onnxruntime session with the card that describes it."""
@@ -51,6 +71,7 @@ class LoadedModel:
     session: ort.InferenceSession
     provider: str
     loaded_at: float = field(default_factory=time.time)
+    precision: Precision = "fp32"
 
     def run(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         out = self.session.run([self.card.output_name], {self.card.input_name: batch})
@@ -63,6 +84,27 @@ class LoadedModel:
 
 def choose_providers(wanted: tuple[str, ...]) -> list[str]:
     return ort_session.choose_providers(wanted, ort.get_available_providers())
+
+
+def int8_wanted(wanted: tuple[str, ...], allowed: bool) -> bool:
+    """Whether an int8 file should run: allowed, and onnxruntime would run on the CPU provider
+    (what the first available of ``wanted`` is); CUDA runs the fp32 file."""
+    chosen = choose_providers(wanted)
+    return allowed and bool(chosen) and chosen[0] == ort_session.CPU
+
+
+def int8_artifact(item: dict[str, Any], item_href: str) -> Artifact | None:
+    """The int8 file an MLM item ships beside the fp32 one, when it has one whose check passed
+    (relative hrefs resolved against ``item_href``); None otherwise."""
+    asset = (item.get("assets") or {}).get(mlm.INT8_ASSET)
+    if not isinstance(asset, dict) or asset.get(mlm.PRECISION) != "int8":
+        return None
+    checksum = str(asset.get("file:checksum") or "")
+    if asset.get("eostream:int8_check") != "passed" or not asset.get("href"):
+        return None
+    if not checksum.startswith("1220") or len(checksum) != 68:
+        return None  # never run a file without its sha256
+    return Artifact(absolute_href(str(asset["href"]), item_href), checksum[4:], "int8")
 
 
 def graph_facts(session: ort.InferenceSession) -> OnnxFacts:
@@ -94,6 +136,7 @@ def load_model(
     expected_sha256: str | None,
     providers: tuple[str, ...],
     intra_op_threads: int = 0,
+    precision: Precision = "fp32",
 ) -> LoadedModel:
     """Verify, open, validate and warm a model. Raises ModelLoadError on any mismatch."""
     digest = sha256_hex(data)
@@ -123,15 +166,22 @@ def load_model(
             f"model {info.name} v{info.version}: invalid model card: {exc}"
         ) from exc
     check_card_against_graph(card, session)
-    model = LoadedModel(info=info, card=card, session=session, provider=session.get_providers()[0])
+    model = LoadedModel(
+        info=info,
+        card=card,
+        session=session,
+        provider=session.get_providers()[0],
+        precision=precision,
+    )
     _warm(model)
     log.info(
-        "loaded model %s v%s (%s, bands %s) on %s",
+        "loaded model %s v%s (%s, bands %s) on %s, %s",
         info.name,
         info.version,
         card.architecture or "?",
         ",".join(card.bands),
         model.provider,
+        precision,
     )
     return model
 

@@ -29,7 +29,7 @@ from typing import Any
 from eostream.inference import fetch
 from eostream.inference.deployment import ModelDeployment
 from eostream.inference.errors import BadInputError, NoModelError, ResultNotFoundError
-from eostream.inference.model import LoadedModel, ModelInfo, load_model
+from eostream.inference.model import LoadedModel, ModelInfo
 from eostream.inference.session import release_free_memory
 from eostream.shared.errors import ObjectNotFoundError
 from eostream.shared.objects import absolute_href
@@ -291,20 +291,15 @@ class ModelCache:
             self._free(entry)
 
     def _load(self, info: ModelInfo) -> LoadedModel:
-        s = self.deployment.settings
-        data = self.deployment.source.read(info.artifact_uri)
-        try:
-            model = load_model(
-                data,
-                info,
-                expected_sha256=info.sha256 or None,
-                providers=s.providers,
-                intra_op_threads=s.intra_op_threads,
-            )
-        finally:
-            del data
+        # the deployment's loader: its checks and its precision choice (int8 on CPU)
+        model = self.deployment.load(info, info.artifact_uri, info.sha256 or None)
         self.loads += 1
-        log.info("loaded %s v%s beside the live model (cache)", info.name, info.version)
+        log.info(
+            "loaded %s v%s (%s) beside the live model (cache)",
+            info.name,
+            info.version,
+            model.precision,
+        )
         return model
 
     def _free(self, entry: _Entry) -> None:

@@ -293,6 +293,7 @@ class Pipeline:
             info=info,
             card=card,
             provider=model.provider,
+            precision=model.precision,
             hrefs=hrefs,
             stats=stats,
             extra_properties=extra,

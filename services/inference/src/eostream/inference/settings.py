@@ -135,6 +135,11 @@ class InferenceSettings(ServiceSettings):
     # model
     providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
     intra_op_threads: int = Field(default=0, ge=0, description="0 = onnxruntime's default")
+    int8_on_cpu: bool = Field(
+        default=True,
+        description="on the CPU provider, run a model's int8 file when its MLM item ships one "
+        "that passed its accuracy check (CUDA always runs fp32)",
+    )
     initial_model_uri: str | None = Field(default=None, description="load at start (optional)")
     initial_model_sha256: str | None = None
     max_model_bytes: int = Field(default=2_000_000_000, ge=1)

@@ -35,6 +35,7 @@ def build_result_item(
     info: ModelInfo,
     card: ModelCard,
     provider: str,
+    precision: str = "fp32",
     hrefs: dict[str, str],
     stats: dict[str, Any],
     extra_properties: dict[str, Any],
@@ -58,6 +59,7 @@ def build_result_item(
             "eostream:model_library": card.library,
             "eostream:model_task": card.task,
             "eostream:execution_provider": provider,
+            "eostream:model_precision": precision,  # fp32, or int8 (the MLM item's model_int8)
             "eostream:class_shares": {k: v["share"] for k, v in stats["classes"].items()},
             "eostream:class_area_km2": {k: v["area_km2"] for k, v in stats["classes"].items()},
             **{k: props[k] for k in SCENE_PROPERTIES if props.get(k) is not None},

@@ -14,7 +14,9 @@ import json
 import logging
 from collections.abc import Mapping
 
-from eostream.registry_bridge import holdout, maps, onnx_model
+import numpy as np
+
+from eostream.registry_bridge import holdout, maps, onnx_model, quantize
 from eostream.registry_bridge.contract import reasons_json
 from eostream.registry_bridge.errors import RefusedError
 from eostream.registry_bridge.policy import Evaluation, MapScores
@@ -33,6 +35,7 @@ class Gatekeeper:
         self.registry = registry
         self.shipper = shipper
         self._holdouts: dict[str, holdout.Holdout] = {}
+        self._calibration: dict[str, np.ndarray] = {}
         self._evaluations: dict[tuple[str, str, str], Evaluation] = {}
         gate = settings.gate
         self.reference = (
@@ -169,6 +172,33 @@ class Gatekeeper:
             self._maps[(name, version, key)] = found
         scores = self._maps[(name, version, key)]
         return scores if scores.figure(self.settings.gate.map_metric) is not None else None
+
+    def calibration_for(self, band_set: str) -> np.ndarray:
+        """The int8 calibration patches of a band set (training patches, read once)."""
+        if band_set not in self._calibration:
+            s = self.settings
+            self._calibration[band_set] = quantize.load_calibration(
+                s.data_dir, band_set, s.int8.calibration_size, s.holdout
+            )
+        return self._calibration[band_set]
+
+    def int8_check(self, verified: Verified) -> quantize.Int8Check:
+        """Quantise ``verified`` to int8 and check it against its fp32 model on the hold-out and,
+        when configured, the reference set's maps (:mod:`.quantize`)."""
+        band_set, threads = verified.card.band_set, self.settings.torch_threads
+        reference = self.reference
+        return quantize.check(
+            verified.onnx_bytes,
+            verified.card,
+            settings=self.settings.int8,
+            holdout=self.holdout_for(band_set),
+            calibration=lambda: self.calibration_for(band_set),
+            logits=lambda data, x: onnx_model.logits(onnx_model.session(data, threads), x),
+            maps=(lambda data: reference.score(data).scores) if reference is not None else None,
+            # the fp32 figures the gate recorded (memory, else the version's tags), else scored
+            fp32_maps=lambda: self.map_champion(verified.name, verified.version),
+            map_metric=self.settings.gate.map_metric,
+        )
 
     def scores_of(self, name: str, version: str) -> Evaluation | None:
         """The scores this gatekeeper computed for ``name`` v``version`` (None: not evaluated by

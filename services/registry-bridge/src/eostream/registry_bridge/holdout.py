@@ -51,8 +51,13 @@ def _read_ms(path: Path) -> np.ndarray:
         return bands
 
 
-def load(data_dir: Path, band_set: str, per_class: int, salt: str) -> Holdout:
+def read_images(data_dir: Path, band_set: str, files: list[str]) -> np.ndarray:
+    """EuroSAT files (relative to ``data_dir``) as float32 [N, C, 64, 64] in the model's units."""
     reader = _read_rgb if band_set == "rgb" else _read_ms
+    return np.stack([reader(data_dir / f) for f in files])
+
+
+def load(data_dir: Path, band_set: str, per_class: int, salt: str) -> Holdout:
     files = held_out_files(data_dir, band_set, per_class, salt)
     if not files:
         raise FileNotFoundError(
@@ -61,7 +66,7 @@ def load(data_dir: Path, band_set: str, per_class: int, salt: str) -> Holdout:
         )
     index = {cls: i for i, cls in enumerate(EUROSAT_CLASSES)}
     labels = np.array([index[Path(f).parent.name] for f in files], dtype=np.int64)
-    images = np.stack([reader(data_dir / f) for f in files])
+    images = read_images(data_dir, band_set, files)
     log.info(
         "held-out set %s: %d images, digest %s", band_set, len(files), digest_of(files, salt)[:12]
     )

@@ -22,9 +22,10 @@ from eostream.registry_bridge.errors import PromotionError, RefusedError, Versio
 from eostream.registry_bridge.gatekeeper import Gatekeeper
 from eostream.registry_bridge.policy import champion_refusal
 from eostream.registry_bridge.port import ModelRegistry, VersionInfo
-from eostream.registry_bridge.shipping import Shipment, Shipper
+from eostream.registry_bridge.quantize import INT8, Int8Check
+from eostream.registry_bridge.shipping import INT8_FILE, Shipment, Shipper, Variant
 from eostream.registry_bridge.verification import Verified
-from eostream.shared import tags
+from eostream.shared import mlm, tags
 from eostream.shared.events import ModelPromoted
 from eostream.shared.mlm import MlmFacts
 
@@ -82,7 +83,26 @@ class Promoter:
 
     # ------------------------------------------------------------------ ship
     def ship(self, name: str, verified: Verified) -> Shipment:
+        """Ship the version: its fp32 file, the int8 one when it passes its check (made only
+        when the version is not shipped yet), the MLM item; then the version's tags."""
         started = time.perf_counter()
+        checks: list[Int8Check] = []
+
+        def variants() -> tuple[Variant, ...]:
+            check = self.gate.int8_check(verified)
+            checks.append(check)
+            if check.onnx_bytes is None:
+                return ()
+            return (
+                Variant(
+                    mlm.INT8_ASSET,
+                    INT8,
+                    INT8_FILE,
+                    check.onnx_bytes,
+                    tuple(check.asset_fields().items()),
+                ),
+            )
+
         try:
             run_metrics = self.registry.run_metrics(verified.run_id)
             base_model = base_model_of(self.registry.run_params(verified.run_id))
@@ -106,6 +126,7 @@ class Promoter:
                     metrics=tuple(sorted(run_metrics.items())),
                     base_model=base_model,
                 ),
+                variants,
             )
         except Exception:
             metrics.SHIP_DURATION.labels("error").observe(time.perf_counter() - started)
@@ -116,6 +137,7 @@ class Promoter:
             name,
             verified.version,
             {
+                **(checks[-1].as_tags() if checks else {}),
                 tags.SHIPPED: "true",
                 tags.ARTIFACT_URI: shipment.artifact_uri,
                 tags.SHA256: shipment.sha256,

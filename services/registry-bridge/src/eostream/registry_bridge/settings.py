@@ -63,6 +63,37 @@ class GateSettings(BaseModel):
         return stride
 
 
+class Int8Settings(BaseModel):
+    """The int8 variant shipped beside the fp32 model (see :mod:`eostream.registry_bridge.
+    quantize`): ``BRIDGE_INT8__ENABLED``, ``BRIDGE_INT8__MAX_ACCURACY_LOSS``, ..."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = Field(
+        default=True, description="quantise patch models to int8 before shipping them"
+    )
+    max_accuracy_loss: float = Field(
+        default=0.01,
+        ge=-1,
+        le=1,
+        description="largest drop of hold-out top-1 accuracy, fp32 minus int8, that still ships",
+    )
+    max_map_loss: float = Field(
+        default=0.02,
+        ge=-1,
+        le=1,
+        description="largest drop of the map figure (BRIDGE_GATE__MAP_METRIC, water IoU on "
+        "Boadella) on the reference set, when one is configured",
+    )
+    calibration_size: int = Field(
+        default=256,
+        ge=10,
+        le=5000,
+        description="training patches (never the hold-out's) the activation ranges are "
+        "calibrated on, spread over the classes",
+    )
+
+
 Role = Literal["promoter", "viewer"]
 PRINCIPAL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 MIN_KEY_LENGTH = 16
@@ -147,6 +178,7 @@ class BridgeSettings(ServiceSettings):
     auto_promote: bool = Field(default=True, description="challenger -> champion without a person")
     gate: GateSettings = GateSettings()
     holdout: HoldoutSettings = HoldoutSettings()
+    int8: Int8Settings = Int8Settings()
     models_prefix: str = Field(default="models", min_length=1)
     agreement_samples: int = Field(default=16, ge=1, description="images for ONNX vs torch")
     agreement_atol: float = Field(default=1e-3, gt=0, description="largest |logit difference|")

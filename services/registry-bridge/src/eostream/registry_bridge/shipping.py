@@ -1,6 +1,8 @@
 """Shipping: the verified ONNX artifact and its STAC MLM item into the models bucket.
 
-Layout: ``<prefix>/<name>/<version>/model.onnx`` and ``.../item.json``. The MLM item is written
+Layout: ``<prefix>/<name>/<version>/model.onnx``, ``.../model.int8.onnx`` when an int8 variant
+passed its check (:mod:`.quantize`; the item's ``model_int8`` asset) and ``.../item.json``. The
+MLM item is written
 last and is the commit marker: a version is shipped when, and only when, its item exists. A
 crash between the two uploads leaves a model file with no item, which the next attempt simply
 overwrites (same bytes), so shipping is idempotent on (name, version) and never half-done as
@@ -9,6 +11,7 @@ seen by readers, who look for the item first.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -28,7 +31,20 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MODEL_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
 ITEM_FILE = "item.json"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Another file of the same model shipped beside it (the int8 one): ``file`` next to
+    model.onnx, asset ``key`` of the MLM item with ``fields``."""
+
+    key: str
+    precision: str
+    file: str
+    onnx_bytes: bytes
+    fields: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -113,8 +129,11 @@ class Shipper:
         onnx_bytes: bytes,
         card: ModelCard,
         describe: Callable[[str, str, int], mlm.MlmFacts],
+        variants: Callable[[], tuple[Variant, ...]] | None = None,
     ) -> Shipment:
-        """Upload and describe; ``describe(artifact_uri, sha256, size)`` gives the MLM facts."""
+        """Upload and describe; ``describe(artifact_uri, sha256, size)`` gives the MLM facts.
+        ``variants()`` (called only when the version is not shipped yet) gives the files to
+        ship beside the model, each checksummed like it."""
         digest = sha256_hex(onnx_bytes)
         found = self.existing(name, version)
         if found is not None:
@@ -127,13 +146,23 @@ class Shipper:
                 )
             return found
         model_key, item_key = self.keys(name, version)
-        self._call(lambda: self.store.put_bytes(model_key, onnx_bytes, "application/octet-stream"))
-        stored = sha256_hex(self._call(lambda: self.store.get_bytes(model_key)))
-        if stored != digest:
-            raise RetryableError(f"{model_key}: read back sha256 {stored}, expected {digest}")
+        extra = variants() if variants is not None else ()
+        self._upload(model_key, onnx_bytes, digest)
+        described: list[mlm.ModelVariant] = []
+        for v in extra:
+            key = f"{model_key.rsplit('/', 1)[0]}/{v.file}"
+            sha = sha256_hex(v.onnx_bytes)
+            self._upload(key, v.onnx_bytes, sha)
+            described.append(
+                mlm.ModelVariant(
+                    v.key, v.precision, self.store.uri(key), sha, len(v.onnx_bytes), v.fields
+                )
+            )
         artifact_uri = self.store.uri(model_key)
         item_href = self.store.uri(item_key)
-        item = mlm.build_item(describe(artifact_uri, digest, len(onnx_bytes)), item_href)
+        facts = describe(artifact_uri, digest, len(onnx_bytes))
+        facts = dataclasses.replace(facts, variants=(*facts.variants, *described))
+        item = mlm.build_item(facts, item_href)
         problems = mlm.validate_item(item, card, digest)
         if problems:
             raise RefusedError([f"MLM item: {p}" for p in problems])
@@ -141,3 +170,10 @@ class Shipper:
         self._call(lambda: self.store.put_bytes(item_key, body, "application/geo+json"))
         log.info("shipped %s v%s to %s (sha256 %s)", name, version, artifact_uri, digest[:12])
         return Shipment(name, version, artifact_uri, digest, item_href)
+
+    def _upload(self, key: str, data: bytes, digest: str) -> None:
+        """Upload ``data`` and read it back: the stored bytes must have ``digest``."""
+        self._call(lambda: self.store.put_bytes(key, data, "application/octet-stream"))
+        stored = sha256_hex(self._call(lambda: self.store.get_bytes(key)))
+        if stored != digest:
+            raise RetryableError(f"{key}: read back sha256 {stored}, expected {digest}")

@@ -10,7 +10,7 @@ read.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Response
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -182,6 +182,9 @@ class DeployedModel(BaseModel):
     artifact_uri: str
     mlm_item_href: str | None
     provider: str = Field(description="the onnxruntime execution provider")
+    precision: Literal["fp32", "int8"] = Field(
+        default="fp32", description="the file that runs: fp32, or the MLM item's int8 (CPU)"
+    )
     bands: list[str]
     classes: list[str]
     processing_level: str

@@ -1,0 +1,308 @@
+"""The int8 variant of a patch model: statically quantised, checked against fp32, shipped beside it.
+
+After a version passed the gate and before it ships (:meth:`.promotion.Promoter.ship`), the bridge
+
+* quantises its ONNX with onnxruntime's ``quantize_static`` (:func:`quantise`): QDQ format,
+  per-channel int8 weights, uint8 activations (U8S8) whose ranges are calibrated (MinMax) on
+  ``calibration_size`` EuroSAT training patches in the model's input units
+  (:func:`calibration_files`: chosen per class by a salted name hash among the files that are not
+  in the gate's hold-out, so the int8 model is never checked on patches it was calibrated on);
+* scores both on the hold-out (top-1 accuracy of each, their top-1 agreement) and, with a
+  reference set configured, on its maps (the gate's map figure of each);
+* judges (:func:`judge`, pure): the int8 accuracy may be at most ``max_accuracy_loss`` below the
+  fp32 one, its map figure at most ``max_map_loss`` below.
+
+A passed int8 model ships as a second asset of the MLM item (``model_int8``, with its checksum,
+``eostream:precision`` and the figures); a failed one is not shipped, the fp32 one is anyway. The
+verdict and figures are version tags (``eostream.int8*``). Only ``task == "patch"`` models are
+quantised for now; the others ship fp32 only (``skipped``).
+
+:func:`quantise` is the one quantisation code path: ``benchmarks/inference/bench_int8.py`` calls
+it. This module never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+
+from eostream.registry_bridge.holdout import Holdout, read_images
+from eostream.registry_bridge.policy import MapScores
+from eostream.registry_bridge.settings import Int8Settings
+from eostream.shared import tags
+from eostream.shared.digest import sha256_hex
+from eostream.shared.holdout import (
+    HoldoutSettings,
+    choose,
+    held_out_files,
+    ms_candidates,
+    rgb_candidates,
+)
+from eostream.shared.modelcard import EUROSAT_CLASSES, INPUT_NAME, ModelCard
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["passed", "failed", "skipped"]
+CALIBRATION_SALT = "eostream-int8-calibration-v1"
+INT8 = "int8"
+FP32 = "fp32"
+
+
+def quantise(fp32: bytes, calibration: np.ndarray, batch: int = 32) -> bytes:
+    """Static int8 quantisation of an ONNX model (QDQ, per-channel int8 weights, uint8
+    activations calibrated with MinMax on ``calibration``, float32 [N, C, H, W] in the model's
+    input units). The ModelCard metadata entry is carried over, so inference loads the result."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self, x: np.ndarray) -> None:
+            self.batches = iter([x[i : i + batch] for i in range(0, len(x), batch)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            x = next(self.batches, None)
+            return None if x is None else {INPUT_NAME: np.ascontiguousarray(x, np.float32)}
+
+    if len(calibration) == 0:
+        raise ValueError("no calibration patches")
+    with tempfile.TemporaryDirectory(prefix="eostream-int8-") as tmp:
+        source, prepared, out = (Path(tmp, f) for f in ("fp32.onnx", "pre.onnx", "int8.onnx"))
+        source.write_bytes(fp32)
+        quant_pre_process(str(source), str(prepared))
+        quantize_static(
+            str(prepared),
+            str(out),
+            Reader(calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            # U8S8: uint8 activations, int8 weights. On this VNNI Xeon S8S8 QDQ ran slower than
+            # fp32 for the 13-band centre_cnn (0.89x) and U8S8 faster (1.26x); on AVX2 without
+            # VNNI U8S8 may saturate, which the accuracy check would catch
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+        proto = onnx.load(str(out))
+    metadata = {p.key: p.value for p in onnx.load_model_from_string(fp32).metadata_props}
+    present = {p.key for p in proto.metadata_props}
+    for key, value in metadata.items():
+        if key not in present:
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+    return bytes(proto.SerializeToString())
+
+
+def calibration_files(
+    data_dir: Path, band_set: str, size: int, holdout: HoldoutSettings
+) -> list[str]:
+    """About ``size`` training patches (paths relative to ``data_dir``), the same number per
+    class, none of them in the hold-out."""
+    candidates = rgb_candidates(data_dir) if band_set == "rgb" else ms_candidates(data_dir)
+    held = set(held_out_files(data_dir, band_set, holdout.per_class, holdout.salt))
+    remaining = {cls: [f for f in names if f not in held] for cls, names in candidates.items()}
+    return choose(remaining, math.ceil(size / len(EUROSAT_CLASSES)), CALIBRATION_SALT)
+
+
+def load_calibration(
+    data_dir: Path, band_set: str, size: int, holdout: HoldoutSettings
+) -> np.ndarray:
+    files = calibration_files(data_dir, band_set, size, holdout)
+    if not files:
+        raise FileNotFoundError(f"no {band_set} training patches under {data_dir} to calibrate on")
+    return read_images(data_dir, band_set, files)
+
+
+@dataclass(frozen=True)
+class Int8Check:
+    """The int8 verdict of one version and the figures it rests on (None: not measured)."""
+
+    outcome: Outcome
+    reasons: tuple[str, ...]
+    onnx_bytes: bytes | None = None  # only when passed: what ships
+    accuracy_fp32: float | None = None
+    accuracy_int8: float | None = None
+    agreement: float | None = None
+    map_metric: str = "mean_iou"
+    map_fp32: float | None = None
+    map_int8: float | None = None
+    calibration: int = 0
+    seconds: float = 0.0
+
+    @property
+    def accuracy_delta(self) -> float | None:
+        if self.accuracy_fp32 is None or self.accuracy_int8 is None:
+            return None
+        return self.accuracy_int8 - self.accuracy_fp32
+
+    @property
+    def map_delta(self) -> float | None:
+        if self.map_fp32 is None or self.map_int8 is None:
+            return None
+        return self.map_int8 - self.map_fp32
+
+    @property
+    def sha256(self) -> str | None:
+        return sha256_hex(self.onnx_bytes) if self.onnx_bytes is not None else None
+
+    def as_tags(self) -> dict[str, str]:
+        """The version tags recording the verdict (the verdict tag last)."""
+
+        def fmt(value: float | None) -> str:
+            return "" if value is None else f"{value:.6f}"
+
+        return {
+            tags.INT8_REASONS: json.dumps(list(self.reasons)),
+            tags.INT8_ACCURACY_DELTA: fmt(self.accuracy_delta),
+            tags.INT8_AGREEMENT: fmt(self.agreement),
+            tags.INT8_MAP_DELTA: fmt(self.map_delta),
+            tags.INT8_SHA256: self.sha256 or "",
+            tags.INT8: self.outcome,
+        }
+
+    def asset_fields(self) -> dict[str, Any]:
+        """The int8 asset's fields in the MLM item (besides href, size and checksum)."""
+        fields: dict[str, Any] = {
+            "eostream:int8_check": self.outcome,
+            "eostream:calibration_patches": self.calibration,
+        }
+        if self.accuracy_delta is not None:
+            fields["eostream:holdout_accuracy"] = round(float(self.accuracy_int8 or 0.0), 6)
+            fields["eostream:holdout_accuracy_delta"] = round(self.accuracy_delta, 6)
+        if self.agreement is not None:
+            fields["eostream:holdout_agreement"] = round(self.agreement, 6)
+        if self.map_delta is not None:
+            fields[f"eostream:map_{self.map_metric}_delta"] = round(self.map_delta, 6)
+        return fields
+
+
+def skipped(reason: str) -> Int8Check:
+    return Int8Check("skipped", (f"NOTE: {reason}",))
+
+
+def judge(
+    accuracy_fp32: float,
+    accuracy_int8: float,
+    map_fp32: float | None,
+    map_int8: float | None,
+    settings: Int8Settings,
+    *,
+    map_checked: bool,
+) -> tuple[bool, tuple[str, ...]]:
+    """Pure: whether the int8 model may ship, with one reason per check."""
+    reasons: list[str] = []
+    passed = True
+    loss = accuracy_fp32 - accuracy_int8
+    ok = loss <= settings.max_accuracy_loss + 1e-12
+    passed &= ok
+    reasons.append(
+        f"{'PASS' if ok else 'FAIL'}: hold-out accuracy int8 {accuracy_int8:.4f} vs fp32 "
+        f"{accuracy_fp32:.4f} (loss {loss:+.4f}, at most {settings.max_accuracy_loss:.4f})"
+    )
+    if not map_checked:
+        reasons.append("NOTE: map check skipped: no reference set configured")
+    elif map_fp32 is None:
+        reasons.append("NOTE: map check skipped: the fp32 model's maps could not be scored")
+    elif map_int8 is None:
+        passed = False
+        reasons.append("FAIL: the int8 model's maps could not be scored on the reference set")
+    else:
+        map_loss = map_fp32 - map_int8
+        ok = map_loss <= settings.max_map_loss + 1e-12
+        passed &= ok
+        reasons.append(
+            f"{'PASS' if ok else 'FAIL'}: map figure int8 {map_int8:.4f} vs fp32 {map_fp32:.4f} "
+            f"(loss {map_loss:+.4f}, at most {settings.max_map_loss:.4f})"
+        )
+    return passed, tuple(reasons)
+
+
+def check(
+    fp32: bytes,
+    card: ModelCard,
+    *,
+    settings: Int8Settings,
+    holdout: Holdout,
+    calibration: Callable[[], np.ndarray],
+    logits: Callable[[bytes, np.ndarray], np.ndarray],
+    maps: Callable[[bytes], MapScores] | None = None,
+    fp32_maps: Callable[[], MapScores | None] | None = None,
+    map_metric: Literal["mean_iou", "overall_accuracy"] = "mean_iou",
+) -> Int8Check:
+    """Quantise ``fp32`` and check it (see the module). ``logits(onnx, images)`` runs a model;
+    ``maps(onnx)`` scores one on the reference set and ``fp32_maps()`` gives the fp32 model's
+    figures (both None: no reference set). Never raises for a model that cannot be quantised or
+    calibration patches that cannot be read: that fails the check (fp32 ships anyway)."""
+    if not settings.enabled:
+        return skipped("int8 disabled (BRIDGE_INT8__ENABLED=false)")
+    if card.task != "patch":
+        return skipped(f"only patch models are quantised; this one is a {card.task} model")
+    started = time.perf_counter()
+    x = np.zeros((0,), np.float32)
+    try:
+        x = calibration()
+        int8 = quantise(fp32, x)
+        y = holdout.labels
+        pred32 = logits(fp32, holdout.images).argmax(1)
+        pred8 = logits(int8, holdout.images).argmax(1)
+    except Exception as exc:  # onnxruntime and onnx raise many types
+        reason = f"FAIL: calibrating, quantising or running the int8 model failed: {exc!r}"[:1000]
+        return Int8Check("failed", (reason,), calibration=len(x))
+    accuracy32, accuracy8 = float((pred32 == y).mean()), float((pred8 == y).mean())
+    agreement = float((pred32 == pred8).mean())
+    map32 = map8 = None
+    if maps is not None and fp32_maps is not None:
+        theirs = fp32_maps()
+        map32 = theirs.figure(map_metric) if theirs is not None else None
+        if map32 is not None:
+            map8 = maps(int8).figure(map_metric)
+    passed, reasons = judge(
+        accuracy32, accuracy8, map32, map8, settings, map_checked=maps is not None
+    )
+    result = Int8Check(
+        "passed" if passed else "failed",
+        (*reasons, f"NOTE: top-1 agreement with fp32 on the hold-out {agreement:.4f}"),
+        int8 if passed else None,
+        accuracy32,
+        accuracy8,
+        agreement,
+        map_metric,
+        map32,
+        map8,
+        len(x),
+        time.perf_counter() - started,
+    )
+    log.info(
+        "int8 check %s (%.1f s, %d calibration patches): %s",
+        result.outcome,
+        result.seconds,
+        len(x),
+        "; ".join(result.reasons),
+    )
+    return result
+
+
+__all__ = [
+    "FP32",
+    "INT8",
+    "Int8Check",
+    "calibration_files",
+    "check",
+    "judge",
+    "load_calibration",
+    "quantise",
+    "skipped",
+]

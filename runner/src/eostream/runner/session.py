@@ -27,7 +27,14 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
-from eostream.client import BridgeClient, InferenceClient, ModelVersion, Submission, TrainingClient
+from eostream.client import (
+    ApiError,
+    BridgeClient,
+    InferenceClient,
+    ModelVersion,
+    Submission,
+    TrainingClient,
+)
 from eostream.runner.mlflow_server import free_port, mlflow_server
 from eostream.shared.embedded import EmbeddedContext, EmbeddedSystem, discover_components
 from eostream.shared.embedded import embedded_bus as open_bus
@@ -38,6 +45,7 @@ from eostream.shared.storage.local import LocalObjectStore
 T = TypeVar("T")
 #: Without ingest: a notebook names its scenes itself (OGC processes), nothing is watched.
 COMPONENTS = ("registry-bridge", "inference", "trainer")
+MLFLOW_USERS = frozenset(("registry-bridge", "trainer"))
 INFERENCE_KEY = Path("inference") / "api-key"
 BRIDGE_KEY = Path("registry-bridge") / "api-key"
 
@@ -97,8 +105,13 @@ class EmbeddedSession:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         try:
-            port = free_port(host, 0)
-            with mlflow_server(self.home, host, port, timeout=self._timeout) as mlflow_url:
+            # MLflow only for the components that use it (inference alone needs none)
+            tracking = (
+                contextlib.nullcontext("")
+                if not MLFLOW_USERS & set(components)
+                else (mlflow_server(self.home, host, free_port(host, 0), timeout=self._timeout))
+            )
+            with tracking as mlflow_url:
                 store = LocalObjectStore(self.home / "objects", "eostream")
                 store.check()
                 self._bus = open_bus(self.home)
@@ -109,7 +122,8 @@ class EmbeddedSession:
                 found = discover_components()
                 factories = {name: found[name] for name in components if name in found}
                 async with EmbeddedSystem(context, factories) as system:
-                    self.urls = {"MLflow UI": mlflow_url, **system.urls()}
+                    self.urls = {"MLflow UI": mlflow_url} if mlflow_url else {}
+                    self.urls.update(system.urls())
                     self._ready.set()
                     await self._stop.wait()
         except BaseException as exc:
@@ -160,7 +174,12 @@ class EmbeddedSession:
         deadline = time.monotonic() + timeout
         with self.bridge() as bridge:
             while True:
-                rows = bridge.versions(name)
+                try:
+                    rows = bridge.versions(name)
+                except ApiError as exc:  # unanswered: the gate may hold the registry; ask again
+                    if exc.status:
+                        raise
+                    rows = []
                 for row in rows:
                     wanted = version is None or row.version == version
                     if wanted and "champion" in row.aliases:

@@ -166,14 +166,15 @@ class InferenceClient(RestClient):
     def wait(self, job_id: str, *, timeout: float = 600, poll: float = 0.5) -> Job:
         """Poll a job until it is done; ApiError (code ``job_failed``) if it did not succeed."""
         deadline = time.monotonic() + timeout
+        url = self.absolute(f"/jobs/{job_id}")
         while True:
             job = self.job(job_id)
             if job.done:
                 if job.status != "successful":
-                    raise ApiError(200, "job_failed", f"{job.status}: {job.message}", job_id)
+                    raise ApiError(200, "job_failed", f"{job.status}: {job.message}", url)
                 return job
             if time.monotonic() > deadline:
-                raise ApiError(0, "timeout", f"still {job.status} after {timeout:.0f} s", job_id)
+                raise ApiError(0, "timeout", f"still {job.status} after {timeout:.0f} s", url)
             time.sleep(poll)
 
     def job_result(self, job_id: str) -> ResultSummary:

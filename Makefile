@@ -66,6 +66,14 @@ test: data-check install tools stack-up ## install everything, start the real st
 	@eval "$$(deploy/local/stack env)"; \
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
+# The notebooks/ are tests too (pytest --nbmake, pyproject.toml): `make test` executes each one on
+# a fresh kernel against the embedded system and fails if a cell raises. `make notebooks` runs only
+# them and writes the README's pictures (docs/img/notebooks/).
+.PHONY: notebooks
+notebooks: data-check install ## execute the notebooks/ and refresh their pictures in docs/img/notebooks
+	@mkdir -p docs/img/notebooks; EOSTREAM_NOTEBOOK_FIGURES=$(CURDIR)/docs/img/notebooks \
+		$(UV) run --frozen pytest notebooks $(PYTEST_ARGS)
+
 .PHONY: test-unit
 test-unit: install ## only the tests that need no server
 	@$(UV) run --frozen pytest -m "not stack" $(PYTEST_ARGS)

@@ -27,8 +27,9 @@ def free_port(host: str, preferred: int) -> int:
 
 
 @contextlib.contextmanager
-def mlflow_server(home: Path, host: str, port: int) -> Iterator[str]:
-    """An MLflow tracking server (and UI) on the embedded sqlite database."""
+def mlflow_server(home: Path, host: str, port: int, *, timeout: float = 120) -> Iterator[str]:
+    """An MLflow tracking server (and UI) on the embedded sqlite database; ConfigError when it
+    does not answer within ``timeout`` seconds."""
     (home / "mlartifacts").mkdir(parents=True, exist_ok=True)
     log_path = home / "mlflow.log"
     command = [
@@ -49,7 +50,7 @@ def mlflow_server(home: Path, host: str, port: int) -> Iterator[str]:
         )
     url = f"http://{host}:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None:
                 raise ConfigError(f"the MLflow server did not start; see {log_path}")
@@ -57,7 +58,9 @@ def mlflow_server(home: Path, host: str, port: int) -> Iterator[str]:
                 if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                     break
             if time.monotonic() > deadline:
-                raise ConfigError(f"the MLflow server did not answer within 120 s; see {log_path}")
+                raise ConfigError(
+                    f"the MLflow server did not answer within {timeout:.0f} s; see {log_path}"
+                )
             time.sleep(0.5)
         yield url
     finally:

@@ -1,9 +1,9 @@
 """``eostream results ...``: change over time in an area, from a running inference service.
 
-The commands talk to the service's REST API (``--url`` or ``EOSTREAM_INFERENCE_URL``; reads
-need no key): ``/results/aggregate`` picks the results (each scene's latest, or
-``--model-version``) and gives the areas; ``cube`` then fetches each result's COG and stacks
-them into a zarr data cube (``eostream.inference.cube``).
+The commands talk to the service's REST API through ``eostream.client`` (``--url`` or
+``EOSTREAM_INFERENCE_URL``; reads need no key): ``/results/aggregate`` picks the results (each
+scene's latest, or ``--model-version``) and gives the areas; ``cube`` then fetches each
+result's COG and stacks them into a zarr data cube (``eostream.inference.cube``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
+from eostream.client import ApiError, InferenceClient
 from eostream.inference.errors import InferenceError
 
 app = typer.Typer(
@@ -71,41 +72,28 @@ def _area(bbox: str | None, intersects: str | None) -> dict[str, Any]:
     return {"bbox": bbox} if bbox is not None else {"intersects": _geometry(str(intersects))}
 
 
-def _get(
-    client: httpx.Client, url: str, params: dict[str, str] | None = None, body: Any = None
-) -> httpx.Response:
-    try:
-        if body is not None:
-            response = client.post(url, json=body)
-        else:
-            response = client.get(url, params=params)
-    except httpx.HTTPError as exc:
-        raise _fail(f"cannot reach {url}: {exc}") from None
-    if response.status_code >= 400:
-        try:
-            message = response.json()["description"]
-        except (ValueError, KeyError, TypeError):
-            message = response.text[:200]
-        raise _fail(f"{response.status_code} from {response.url.path}: {message}")
-    return response
-
-
 def _aggregate(
     url: str, area: dict[str, Any], datetime: str | None, version: str | None
 ) -> dict[str, Any]:
     """The areas: GET with a bbox, POST with a geometry (it may be too large for a URL)."""
-    params = dict(area)
-    params |= {k: v for k, v in (("datetime", datetime), ("model_version", version)) if v}
-    endpoint = url.rstrip("/") + "/results/aggregate"
-    with httpx.Client(timeout=120) as client:
-        if "intersects" in area:
-            response = _get(client, endpoint, body=params)
-        else:
-            response = _get(client, endpoint, params)
-        body: dict[str, Any] = response.json()
+    with InferenceClient(url, timeout=120) as client:
+        try:
+            body = client.aggregate(
+                bbox=area.get("bbox"), intersects=area.get("intersects"), datetime=datetime,
+                model_version=version,
+            )  # fmt: skip
+        except ApiError as exc:
+            raise _fail(_said(exc)) from None
     if not body["dates"]:
         raise _fail("no result map meets the area in that time")
     return body
+
+
+def _said(exc: ApiError) -> str:
+    """An ApiError as one line: what failed and what the server said."""
+    if not exc.status:
+        return f"cannot reach {exc.url}: {exc.description}"
+    return f"{exc.status} from {httpx.URL(exc.url).path}: {exc.description}"
 
 
 def _plot(body: dict[str, Any], area: dict[str, Any], out: Path) -> None:
@@ -181,10 +169,13 @@ def cube(
     names = tuple(e["name"] for e in body["legend"] if e["name"] != "uncertain")
     todo = [(d, r, m) for d in body["dates"] for r, m in zip(d["results"], d["maps"], strict=True)]
     maps = []
-    with httpx.Client(timeout=300) as client:
+    with InferenceClient(url, timeout=300) as client:
         for n, (entry, result, href) in enumerate(todo, start=1):
             typer.echo(f"map {n}/{len(todo)}: {result}", err=True)
-            cog = _get(client, href).content
+            try:
+                cog = client.download(href)
+            except ApiError as exc:
+                raise _fail(_said(exc)) from None
             maps.append(cubes.Map(date.fromisoformat(entry["date"]), result, names, cog))
     try:
         dataset = cubes.build(maps, body["area"])

@@ -1,0 +1,34 @@
+"""The registry-bridge's REST API: a model's versions with their gate verdicts and aliases, and
+the promoter's writes (promote, roll back), which need a credential with role ``promoter``.
+
+    with BridgeClient("http://127.0.0.1:8001", api_key=key) as bridge:
+        champion = bridge.champion("eurosat-landcover")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eostream.client.http import RestClient
+from eostream.client.schemas import ModelVersion
+
+
+class BridgeClient(RestClient):
+    """A running registry-bridge, by its base URL."""
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        """Every version of the model ``name``, as the registry's tags describe it."""
+        return [ModelVersion.model_validate(row) for row in self.get_json(f"/models/{name}")]
+
+    def champion(self, name: str) -> ModelVersion | None:
+        """The version holding the ``champion`` alias, if any."""
+        return next((v for v in self.versions(name) if "champion" in v.aliases), None)
+
+    def promote(self, name: str, version: str, *, reason: str, force: bool = False) -> Any:
+        """Make ``version`` champion (recorded with the credential's name and ``reason``)."""
+        body = {"version": version, "reason": reason, "force": force}
+        return self.request("POST", f"/models/{name}/promote", json=body).json()
+
+    def rollback(self, name: str, *, reason: str) -> Any:
+        """Make the previous champion live again."""
+        return self.request("POST", f"/models/{name}/rollback", json={"reason": reason}).json()

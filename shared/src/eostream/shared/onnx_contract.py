@@ -62,7 +62,9 @@ def _is_dynamic(dim: Dim) -> bool:
     return dim is None or isinstance(dim, str)
 
 
-def _patch_input_problems(shape: tuple[Dim, ...], channels: int | None, patch: int | None) -> list[str]:
+def _patch_input_problems(
+    shape: tuple[Dim, ...], channels: int | None, patch: int | None
+) -> list[str]:
     """A patch model's input: ``[N, C, P, P]``, N dynamic."""
     patch = patch or PATCH_SIZE
     if len(shape) != 4:

@@ -27,9 +27,7 @@ EPSILON = 1e-6
 def indices_for(bands: Sequence[str]) -> tuple[tuple[str, int, int], ...]:
     """The indices ``bands`` allow, as (name, column of a, column of b)."""
     where = {b: i for i, b in enumerate(bands)}
-    return tuple(
-        (name, where[a], where[b]) for name, a, b in INDICES if a in where and b in where
-    )
+    return tuple((name, where[a], where[b]) for name, a, b in INDICES if a in where and b in where)
 
 
 def feature_names(bands: Sequence[str]) -> tuple[str, ...]:

@@ -230,7 +230,11 @@ class MlflowRegistry:
 
         return self.call("download ONNX", fetch)
 
-    def load_torch(self, source: str) -> Any:
+    def load_native(self, source: str, library: str) -> Any:
+        if library == "scikit-learn":
+            import mlflow.sklearn
+
+            return self.call("load sklearn model", lambda: mlflow.sklearn.load_model(source))
         import mlflow.pytorch
 
         return self.call("load torch model", lambda: mlflow.pytorch.load_model(source))

@@ -102,10 +102,20 @@ BandsOption = Annotated[str, typer.Option("--bands", help="band set: rgb or ms13
 
 @app.command("fit")
 def fit_command(
-    bands: BandsOption = "rgb",
+    bands: Annotated[
+        str | None, typer.Option("--bands", help="band set: rgb or ms13 (sklearn: ms13)")
+    ] = None,
+    family: Annotated[
+        str,
+        typer.Option(help="torch (patch CNNs) or sklearn (per-pixel models, 10 m maps)"),
+    ] = "torch",
     architecture: Annotated[
-        str, typer.Option(help="small_cnn, resnet18 (GPU), resnet18_stride2 or resnet18_imagenet")
-    ] = "small_cnn",
+        str | None,
+        typer.Option(
+            help="torch: small_cnn, resnet18 (GPU), resnet18_stride2, resnet18_imagenet; "
+            "sklearn: pixel_hgb or pixel_rf"
+        ),
+    ] = None,
     epochs: int = 10,
     batch_size: int = 64,
     learning_rate: float = 1e-3,
@@ -123,8 +133,18 @@ def fit_command(
         ),
     ] = None,
 ) -> None:
-    """Train in this process, without the bus (MLproject, benchmarks and the CWL package)."""
+    """Train in this process, without the bus (MLproject, benchmarks and the CWL package).
+
+    ``--family sklearn`` fits a per-pixel scikit-learn model (``--epochs`` x 10 boosting
+    iterations, ``--batch-size`` pixels sampled per patch)."""
     from eostream.trainer.pipeline import tracker_for, train_and_register
+
+    if family not in ("torch", "sklearn"):
+        typer.echo(f"eostream: --family {family!r} is unknown; use torch or sklearn", err=True)
+        raise typer.Exit(2)
+    pixel = family == "sklearn"
+    bands = bands or ("ms13" if pixel else "rgb")
+    architecture = architecture or ("pixel_hgb" if pixel else "small_cnn")
 
     settings = _settings(bus="memory")  # fit publishes nothing: no Kafka settings needed
     tracker = tracker_for(settings)

@@ -13,6 +13,7 @@ from eostream.shared.events import DatasetUpdated, TrainingRequested
 from eostream.shared.modelcard import BAND_SETS, EUROSAT_CLASSES
 from eostream.trainer.errors import BadTrainingRequestError
 from eostream.trainer.models import ARCHITECTURES
+from eostream.trainer.pixel import PIXEL_ARCHITECTURES
 from eostream.trainer.selection import SplitMode
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -43,10 +44,14 @@ def plan_training(event: TrainingRequested) -> TrainingPlan:
     problems: list[str] = []
     if event.band_set not in BAND_SETS:
         problems.append(f"band_set {event.band_set!r} is unknown; use one of {sorted(BAND_SETS)}")
-    if event.architecture not in ARCHITECTURES:
-        problems.append(
-            f"architecture {event.architecture!r} is unknown; use one of {list(ARCHITECTURES)}"
-        )
+    known = [*ARCHITECTURES, *PIXEL_ARCHITECTURES]
+    if event.architecture not in known:
+        problems.append(f"architecture {event.architecture!r} is unknown; use one of {known}")
+    if event.architecture in PIXEL_ARCHITECTURES:
+        if event.band_set != "ms13":
+            problems.append("a pixel model (scikit-learn) takes band_set ms13")
+        if event.base_model is not None:
+            problems.append("a pixel model (scikit-learn) cannot be fine-tuned from base_model")
     if not _NAME.match(event.model_name):
         problems.append(f"model_name {event.model_name!r} must be letters, digits, '.', '_', '-'")
     if event.batch_size < 2:

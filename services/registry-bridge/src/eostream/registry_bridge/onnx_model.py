@@ -92,12 +92,15 @@ def sklearn_pixel_logits(estimator: Any, images: np.ndarray, bands: tuple[str, .
     """What a pixel model's ONNX graph gives for the pixels of ``images`` ``[N, C, H, W]``,
     computed by its scikit-learn estimator (fitted on the bands and the spectral indices of
     :mod:`eostream.shared.spectral`): ``log(max(p, 1e-12))`` per pixel, ``[N * H * W, K]``."""
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
     from eostream.shared.spectral import index_features
 
     n, c = images.shape[:2]
     pixels = images.reshape(n, c, -1).transpose(0, 2, 1).reshape(-1, c)
-    p = estimator.predict_proba(index_features(pixels, bands))
-    return np.log(np.maximum(p, 1e-12)).astype(np.float32)
+    with threadpool_limits(1):  # OpenMP threads spin against each other on busy cores
+        p = estimator.predict_proba(index_features(pixels, bands))
+    return np.asarray(np.log(np.maximum(p, 1e-12)), np.float32)
 
 
 def pixel_onnx_logits(sess: ort.InferenceSession, images: np.ndarray) -> np.ndarray:

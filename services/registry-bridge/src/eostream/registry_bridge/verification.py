@@ -101,5 +101,7 @@ def verify(
                 f"on {len(images)} held-out images (tolerance {atol:g})"
             ]
         )
-    log.info("%s v%s verified: contract ok, ONNX vs torch max diff %.2e", name, version, diff)
+    log.info(
+        "%s v%s verified: contract ok, ONNX vs %s max diff %.2e", name, version, card.library, diff
+    )
     return Verified(name, version, mv.run_id, card, data, digest, diff)

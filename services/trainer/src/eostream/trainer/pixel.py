@@ -37,6 +37,11 @@ from eostream.trainer.export import ExportCheck, onnx_logits
 
 log = logging.getLogger(__name__)
 
+#: classes of a fitted estimator that MLflow's skops format must be told to trust on load
+SKOPS_TRUSTED = {
+    "pixel_hgb": ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"],
+    "pixel_rf": [],
+}
 #: architecture name -> what it is; a TrainingRequested naming one of these trains a pixel model
 PIXEL_ARCHITECTURES: dict[str, str] = {
     "pixel_hgb": "HistGradientBoostingClassifier on bands + spectral indices",
@@ -57,8 +62,11 @@ class PixelModel:
 
     def logits(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """``[N, C]`` band vectors -> ``[N, classes]`` log-probabilities (what ONNX gives)."""
-        p = self.estimator.predict_proba(index_features(x, self.bands))
-        return np.log(np.maximum(p, PROBABILITY_FLOOR)).astype(np.float32)
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+        with threadpool_limits(1):  # OpenMP threads spin against each other on busy cores
+            p = self.estimator.predict_proba(index_features(x, self.bands))
+        return np.asarray(np.log(np.maximum(p, PROBABILITY_FLOOR)), np.float32)
 
 
 def sample_pixels(
@@ -125,7 +133,7 @@ def fit_pixel_model(
         )
     else:
         raise DatasetError(f"unknown pixel architecture {architecture!r}")
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
     with threadpool_limits(threads):  # OpenMP spinning on a busy machine costs 10x
         estimator.fit(index_features(x, bands), y)
@@ -248,11 +256,13 @@ def check_pixel_onnx(
 
 
 def patch_probabilities(
-    logits_of: Any, x: torch.Tensor | npt.NDArray[np.float32], chunk: int = 64
+    logits_of: Any, x: torch.Tensor | npt.NDArray[np.float32], chunk: int = 64, step: int = 1
 ) -> npt.NDArray[np.float32]:
     """A pixel model's class probabilities of whole patches ``[N, C, H, W]``: the mean of its
-    per-pixel probabilities over each patch (``logits_of``: ``[n, C]`` -> ``[n, classes]``)."""
+    per-pixel probabilities over each patch (``logits_of``: ``[n, C]`` -> ``[n, classes]``),
+    over every ``step``-th row and column of it (1: every pixel, as the gate scores)."""
     array = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    array = array[:, :, ::step, ::step]
     n, c = array.shape[:2]
     out = []
     for i in range(0, n, chunk):

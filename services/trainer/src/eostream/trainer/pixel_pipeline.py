@@ -6,7 +6,8 @@ sampled from the selected EuroSAT MS patches (``batch_size`` pixels per patch; w
 ``radiometry`` input augmentation each training patch is drawn three times, twice under a fresh
 L1C->L2A haze and gain jitter), the estimator is fitted under ``mlflow.sklearn.autolog``
 (``epochs`` x 10 boosting iterations or trees) and scored on the val/test patches by the mean of
-its per-pixel probabilities over each patch (how the registry-bridge's gate scores it too).
+its per-pixel probabilities over each patch (on a 1-in-4 grid; the registry-bridge's gate
+scores its hold-out the same way on every pixel).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from eostream.trainer.pipeline import (
     select_and_load,
 )
 from eostream.trainer.pixel import (
+    SKOPS_TRUSTED,
     PixelModel,
     check_pixel_onnx,
     export_pixel_onnx,
@@ -51,12 +53,15 @@ log = logging.getLogger(__name__)
 
 AUGMENTED_COPIES = 3
 CHECK_PIXELS = 20_000
+#: val/test patches are scored on every 4th row and column (256 of 4,096 pixels): the run's
+#: figures; the gate scores every pixel of its own hold-out
+SCORE_STEP = 4
 
 
 def patch_scores(model: PixelModel, data: PatchTensors) -> dict[str, Any]:
     """Accuracy, loss, confusion, precision and recall of whole patches, each scored by the mean
     of the model's per-pixel probabilities over the patch."""
-    p = patch_probabilities(model.logits, data.x)
+    p = patch_probabilities(model.logits, data.x, step=SCORE_STEP)
     truth = data.y.numpy()
     pred = p.argmax(axis=1)
     matrix = confusion_matrix(truth, pred, len(model.classes))
@@ -126,8 +131,8 @@ def train_pixel_model(
         if on_started is not None:
             on_started(run_id, url, tracker.experiment_id)
         tracker.log_params(
-            {
-                **run_params(plan, selection),
+            {  # request.*: the estimator's own parameters come from autolog under their names
+                **{f"request.{k}": v for k, v in run_params(plan, selection).items()},
                 "training_pixels": len(x),
                 "pixels_per_patch": plan.batch_size,
             }
@@ -167,7 +172,11 @@ def train_pixel_model(
             "run_time_seconds": time.perf_counter() - started,
         }
         tracker.log_metrics(metrics)
-        model_uri = tracker.log_sklearn_model(model.estimator, index_features(check_x[:2], bands))
+        model_uri = tracker.log_sklearn_model(
+            model.estimator,
+            index_features(check_x[:2], bands),
+            SKOPS_TRUSTED.get(plan.architecture, ()),
+        )
         version = tracker.register(
             model_uri,
             plan.model_name,

@@ -212,7 +212,9 @@ class Tracker:
         finally:
             mlflow.sklearn.autolog(disable=True)
 
-    def log_sklearn_model(self, estimator: Any, example: np.ndarray) -> str:
+    def log_sklearn_model(
+        self, estimator: Any, example: np.ndarray, trusted: Sequence[str] = ()
+    ) -> str:
         """Log a pixel model's estimator (fitted on bands + spectral indices); returns its URI."""
         import mlflow.sklearn
         import sklearn
@@ -224,6 +226,7 @@ class Tracker:
             signature=infer_signature(example, estimator.predict_proba(example)),
             input_example=example,
             pip_requirements=[f"scikit-learn=={sklearn.__version__}"],
+            skops_trusted_types=list(trusted),  # our own estimator's classes (skops format)
         )
         return str(info.model_uri)
 

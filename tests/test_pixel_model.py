@@ -145,8 +145,16 @@ async def test_sklearn_pixel_model_is_gated_shipped_and_maps_real_l2a_water(
     result = json.loads(result_path.read_text())["properties"]
     assert result["eostream:model_library"] == "scikit-learn"
     assert result["eostream:model_task"] == "pixel"
-    assert result["gsd"] == 10.0
-    assert result["eostream:window"]["labels"] == "pixel"
-    (cog,) = [p for p in (tmp_path / "inference").rglob("*.tif") if "classification" in p.name]
-    with rasterio.open(cog) as src:
-        assert src.res == (10.0, 10.0), "a true 10 m map"
+    assert result["gsd"] == pytest.approx(10.0, rel=0.01), "the scene's 10 m grid"
+    assert result["eostream:window"] == {
+        "patch": 1,
+        "stride": 1,
+        "padding": "reflect",
+        "labels": "pixel",
+    }
+    (cog,) = [p for p in (tmp_path / "inference").rglob("classification.tif")]
+    with rasterio.open(cog) as src:  # the crop's own grid (EPSG:4326), one cell per pixel
+        labels = src.read(1)
+    assert labels.size == result["eostream:pixels"], "one label per 10 m pixel"
+    # a true 10 m map: labels change between neighbouring pixels, not in 64 px blocks
+    assert (labels[:, 1:] != labels[:, :-1]).mean() > 0.01

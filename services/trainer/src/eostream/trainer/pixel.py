@@ -133,7 +133,7 @@ def fit_pixel_model(
         )
     else:
         raise DatasetError(f"unknown pixel architecture {architecture!r}")
-    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+    from threadpoolctl import threadpool_limits
 
     with threadpool_limits(threads):  # OpenMP spinning on a busy machine costs 10x
         estimator.fit(index_features(x, bands), y)

@@ -163,7 +163,8 @@ def fit_command(
             requested_by="cli",
         )
     )
-    with progress_bar() as on_batch:
+    # a pixel model has no batches to count
+    with contextlib.nullcontext(None) if pixel else progress_bar() as on_batch:
         outcome = train_and_register(
             plan,
             settings,

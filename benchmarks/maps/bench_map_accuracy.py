@@ -12,7 +12,10 @@ Candidates (``--candidates``, any of):
 * ``ms13``: small CNN on the 375 real 13-band L1C GeoTIFFs, no radiometric augmentation;
 * ``ms13-fixed``: ``centre_cnn`` (context CNN + per-pixel logits of the central 8x8) with
   ``TRAINER_INPUT_AUGMENTATION='["radiometry","centre"]'`` (haze and gain jitter for
-  L1C -> L2A, centre-context swaps so a window answers for its centre pixels).
+  L1C -> L2A, centre-context swaps so a window answers for its centre pixels);
+* ``pixel-hgb``: a per-pixel scikit-learn HistGradientBoosting on the 13 bands and NDWI, MNDWI,
+  NDVI, NDBI (computed in the ONNX graph), fitted on EuroSAT MS pixels with the radiometry
+  jitter (:mod:`eostream.trainer.pixel`): every pixel classified on its own, a 10 m map.
 
     EOSTREAM_DATA_DIR=/path/to/data uv run python benchmarks/maps/bench_map_accuracy.py
 """
@@ -38,9 +41,16 @@ from eostream.inference.fetch import local_path
 from eostream.inference.model import ModelInfo
 from eostream.inference.settings import InferenceSettings
 from eostream.inference.wiring import build_service
-from eostream.shared.modelcard import ModelCard
+from eostream.shared.modelcard import EUROSAT_CLASSES, ModelCard
 from eostream.shared.settings import load_settings
+from eostream.trainer.augment import training_augmentation
 from eostream.trainer.export import export_onnx
+from eostream.trainer.pixel import (
+    export_pixel_onnx,
+    fit_pixel_model,
+    patch_probabilities,
+    sample_pixels,
+)
 from eostream.trainer.recipe import fit_recipe, load_training_data
 from eostream.trainer.task import evaluate
 
@@ -54,13 +64,68 @@ CANDIDATES: dict[str, tuple[str, str, tuple[str, ...], int | None, int]] = {
     "rgb": ("rgb", "small_cnn", (), 1000, 5),
     "ms13": ("ms13", "small_cnn", (), None, 30),
     "ms13-fixed": ("ms13", "centre_cnn", ("radiometry", "centre"), None, 30),
+    # per-pixel scikit-learn model: "epochs" x 10 boosting iterations (see train_pixel)
+    "pixel-hgb": ("ms13", "pixel_hgb", ("radiometry",), None, 10),
 }
+PIXELS_PER_PATCH = 100
+AUGMENTED_COPIES = 3
+
+
+def train_pixel(
+    name: str, data_dir: Path, work: Path, seed: int, epochs: int
+) -> tuple[Path, float]:
+    """The per-pixel candidate: ``PIXELS_PER_PATCH`` pixels of every training patch, drawn
+    ``AUGMENTED_COPIES`` times (all but the first under the L1C->L2A radiometry jitter), a
+    HistGradientBoosting on bands + indices; EuroSAT accuracy of whole test patches by the mean
+    of the per-pixel probabilities."""
+    band_set, architecture, augmentation, per_class, _ = CANDIDATES[name]
+    data = load_training_data(
+        data_dir,
+        work / "cache",
+        band_set,
+        samples_per_class=per_class,
+        seed=seed,
+        splits=("train", "test"),
+    )
+    units = {s.band: (s.scale, s.offset) for s in data.scaling}
+    jitter = training_augmentation(augmentation, data.bands, units)
+    x, y = sample_pixels(
+        data.train, PIXELS_PER_PATCH, seed=seed, augmentation=jitter, copies=AUGMENTED_COPIES
+    )
+    model = fit_pixel_model(
+        x,
+        y,
+        EUROSAT_CLASSES,
+        data.bands,
+        seed=seed,
+        architecture=architecture,
+        max_iter=10 * epochs,
+    )
+    test = data.splits["test"]
+    p = patch_probabilities(model.logits, test.x)
+    accuracy = float((p.argmax(axis=1) == test.y.numpy()).mean())
+    card = ModelCard(
+        name=name,
+        band_set=band_set,
+        bands=data.bands,
+        scaling=data.scaling,
+        architecture=architecture,
+        task="pixel",
+        patch_size=1,
+        library="scikit-learn",
+        description=f"bench_map_accuracy {name}: {len(x)} pixels, {10 * epochs} iterations",
+    )
+    path = work / f"{name}.onnx"
+    export_pixel_onnx(model, card, path)
+    return path, accuracy
 
 
 def train(
     name: str, data_dir: Path, work: Path, seed: int, epochs: int | None
 ) -> tuple[Path, float]:
     band_set, architecture, augmentation, per_class, default_epochs = CANDIDATES[name]
+    if architecture.startswith("pixel_"):
+        return train_pixel(name, data_dir, work, seed, epochs or default_epochs)
     data = load_training_data(
         data_dir,
         work / "cache",

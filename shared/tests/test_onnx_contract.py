@@ -48,3 +48,47 @@ def test_onnxruntime_type_names() -> None:
         "float64",
         "int64",
     ]
+
+
+PIXEL_CARD = ModelCard(
+    name="px",
+    band_set="ms13",
+    bands=BAND_SETS["ms13"],
+    scaling=tuple(BandScaling(band=b, scale=1.0) for b in BAND_SETS["ms13"]),
+    task="pixel",
+    patch_size=1,
+    library="scikit-learn",
+)
+
+
+def _pixel_facts(
+    shape: tuple[int | str | None, ...] = ("N", 13), *, outputs: tuple[str, ...] = ("logits",)
+) -> OnnxFacts:
+    return OnnxFacts(
+        inputs=(TensorFacts("input", shape, "float32"),),
+        outputs=tuple(TensorFacts(o, ("N", 10), "float32") for o in outputs),
+        metadata={METADATA_KEY: PIXEL_CARD.to_json()},
+    )
+
+
+def test_a_pixel_model_takes_band_vectors() -> None:
+    assert graph_problems(_pixel_facts(), PIXEL_CARD) == []
+    assert any(
+        "rank 4" in p and "[N, C]" in p
+        for p in graph_problems(_pixel_facts(("N", 13, 1, 1)), PIXEL_CARD)
+    )
+    problems = graph_problems(_pixel_facts((5, 12)), PIXEL_CARD)
+    assert any("fixed at 5" in p for p in problems)
+    assert any("12 channels; the card declares 13" in p for p in problems)
+
+
+def test_skl2onnx_label_output_is_refused() -> None:
+    """Exactly the card's one output: a graph that still has skl2onnx's ``label`` is refused."""
+    problems = graph_problems(_pixel_facts(outputs=("label", "logits")), PIXEL_CARD)
+    assert any("2 outputs; exactly 1" in p for p in problems)
+
+
+def test_segmentation_is_refused_with_its_reason() -> None:
+    card = CARD.model_copy(update={"task": "segmentation"})
+    facts = OnnxFacts(_facts().inputs, _facts().outputs, {METADATA_KEY: card.to_json()})
+    assert any("'segmentation'" in p and "not supported" in p for p in graph_problems(facts, card))

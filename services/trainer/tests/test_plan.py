@@ -47,3 +47,14 @@ def test_dataset_update_retrains_once_per_digest() -> None:
     )
     assert first.request_id == again.request_id != changed.request_id
     assert first.epochs == 5 and first.requested_by == "dataset.updated"
+
+
+def test_a_pixel_model_is_planned_for_ms13_only() -> None:
+    plan = plan_training(TrainingRequested(band_set="ms13", architecture="pixel_hgb"))
+    assert plan.architecture == "pixel_hgb"
+    with pytest.raises(BadTrainingRequestError) as info:
+        plan_training(
+            TrainingRequested(band_set="rgb", architecture="pixel_rf", base_model="models:/m/1")
+        )
+    message = str(info.value)
+    assert "takes band_set ms13" in message and "cannot be fine-tuned" in message

@@ -62,8 +62,44 @@ def _is_dynamic(dim: Dim) -> bool:
     return dim is None or isinstance(dim, str)
 
 
+def _patch_input_problems(
+    shape: tuple[Dim, ...], channels: int | None, patch: int | None
+) -> list[str]:
+    """A patch model's input: ``[N, C, P, P]``, N dynamic."""
+    patch = patch or PATCH_SIZE
+    if len(shape) != 4:
+        return [f"input has rank {len(shape)}; the contract says [N, C, H, W]"]
+    problems: list[str] = []
+    n, c, h, w = shape
+    if not _is_dynamic(n):
+        problems.append(f"input batch dimension is fixed at {n}; it must be dynamic")
+    if channels is not None and c != channels:
+        problems.append(f"input has {c} channels; the card declares {channels} bands")
+    if (h, w) != (patch, patch):
+        problems.append(f"input patch is {h}x{w}; the contract says {patch}x{patch}")
+    return problems
+
+
+def _pixel_input_problems(shape: tuple[Dim, ...], channels: int | None) -> list[str]:
+    """A pixel model's input: ``[N, C]`` band vectors, N dynamic."""
+    if len(shape) != 2:
+        return [f"input has rank {len(shape)}; a pixel model's contract says [N, C]"]
+    problems: list[str] = []
+    n, c = shape
+    if not _is_dynamic(n):
+        problems.append(f"input batch dimension is fixed at {n}; it must be dynamic")
+    if channels is not None and c != channels:
+        problems.append(f"input has {c} channels; the card declares {channels} bands")
+    return problems
+
+
 def graph_problems(facts: OnnxFacts, card: ModelCard | None) -> list[str]:
     """Every way the graph breaks the contract or its card; empty when it follows both.
+
+    A patch model (the card's ``task``) takes ``[N, C, P, P]``, a pixel model ``[N, C]``; both
+    give ``[N, classes]`` float32 scores whose softmax is the class probability (a pixel model
+    exported from scikit-learn outputs log-probabilities) and nothing else: one output only, so
+    skl2onnx's ``label`` output must be dropped before saving. Segmentation is refused for now.
 
     ``card`` is the card the graph travels with (a version's tag); the card embedded in the
     graph's metadata must exist and equal it. Without ``card`` the embedded one is used.
@@ -99,17 +135,17 @@ def graph_problems(facts: OnnxFacts, card: ModelCard | None) -> list[str]:
         problems.append(f"output type is {out.dtype}; the contract says float32")
 
     channels = len(card.bands) if card else None
-    patch = card.patch_size if card else PATCH_SIZE
-    if len(inp.shape) != 4:
-        problems.append(f"input has rank {len(inp.shape)}; the contract says [N, C, H, W]")
+    task = card.task if card else "patch"
+    if task == "segmentation":
+        problems.append(
+            "task 'segmentation' ([N, classes, P, P] outputs) is not supported yet: "
+            "train a patch or pixel model"
+        )
+        return problems
+    if task == "pixel":
+        problems += _pixel_input_problems(inp.shape, channels)
     else:
-        n, c, h, w = inp.shape
-        if not _is_dynamic(n):
-            problems.append(f"input batch dimension is fixed at {n}; it must be dynamic")
-        if channels is not None and c != channels:
-            problems.append(f"input has {c} channels; the card declares {channels} bands")
-        if (h, w) != (patch, patch):
-            problems.append(f"input patch is {h}x{w}; the contract says {patch}x{patch}")
+        problems += _patch_input_problems(inp.shape, channels, card.patch_size if card else None)
     n_classes = len(card.classes) if card else len(EUROSAT_CLASSES)
     if len(out.shape) != 2:
         problems.append(f"output has rank {len(out.shape)}; the contract says [N, classes]")

@@ -23,7 +23,10 @@ DEFAULT_DISTANCE_LIMIT = 1.5
 
 
 def band_means(batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-    """``[N, C, H, W]`` -> ``[N, C]`` per-window band means."""
+    """``[N, C, H, W]`` -> ``[N, C]`` per-window band means; a pixel model's ``[N, C]`` band
+    vectors are their own means (its reference is the distribution of training pixels)."""
+    if batch.ndim == 2:
+        return np.asarray(batch, np.float64)
     return np.asarray(batch.mean(axis=(2, 3), dtype=np.float64))
 
 
@@ -40,7 +43,8 @@ def _distances(
 
 
 def input_reference(inputs: npt.NDArray[np.float32], source: str = "") -> InputReference:
-    """The card's reference from the training inputs ``[N, C, H, W]`` in model units."""
+    """The card's reference from the training inputs ``[N, C, H, W]`` (a pixel model's
+    ``[N, C]`` pixels) in model units."""
     means = band_means(inputs)
     centre = means.mean(axis=0)
     cov = np.atleast_2d(np.cov(means, rowvar=False))
@@ -69,7 +73,8 @@ class DomainCheck:
         object.__setattr__(self, "_inv", _inverse(cov))
 
     def scores(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """``[N, C, H, W]`` -> ``[N]``: 1.0 is the training patches' 99th percentile."""
+        """``[N, C, H, W]`` (or ``[N, C]`` pixels) -> ``[N]``: 1.0 is the training inputs' 99th
+        percentile."""
         d = _distances(band_means(batch), self._centre, self._inv)
         return (d / self.reference.distance_p99).astype(np.float32)
 

@@ -3,7 +3,10 @@
 Strips of window rows are read by one background thread (big blocks, one read per band per
 strip) while the model runs on the previous strip; windows are cut from the strip in memory as
 strided views and batched. Each window labels its centre ``stride x stride`` crop (see
-:mod:`eostream.inference.tiling`), so every pixel is labelled exactly once.
+:mod:`eostream.inference.tiling`), so every pixel is labelled exactly once. A pixel model
+(``card.task == "pixel"``) runs on a plan of 1x1 windows at stride 1: each batch is ``[N, C]``
+band vectors, one per pixel, and confidence, the out-of-domain check and placement work as
+for windows (:func:`plan_for`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy.typing as npt
 from eostream.inference.domain import DomainCheck, SceneConfidence
 from eostream.inference.model import LoadedModel
 from eostream.inference.tiling import Plan, place_labels, reflect_fill
+from eostream.shared.modelcard import ModelCard
 
 log = logging.getLogger(__name__)
 NODATA = 255
@@ -99,6 +103,19 @@ def gather(view: npt.NDArray[np.float32], start: int, end: int) -> npt.NDArray[n
     return np.concatenate(pieces) if len(pieces) > 1 else np.ascontiguousarray(pieces[0])
 
 
+def plan_for(card: ModelCard, height: int, width: int, stride: int) -> Plan:
+    """The window plan of a scene for ``card``'s model: ``stride`` for a patch model, every
+    pixel on its own (patch 1, stride 1) for a pixel model."""
+    if card.task == "pixel":
+        return Plan(height, width, 1, 1)
+    return Plan(height, width, card.patch_size, stride)
+
+
+def batch_for(card: ModelCard, batch_size: int, pixel_batch_size: int) -> int:
+    """Windows per model call: ``pixel_batch_size`` band vectors for a pixel model."""
+    return pixel_batch_size if card.task == "pixel" else batch_size
+
+
 def strip_rows(plan: Plan, target_pixels: int = 512) -> int:
     """Window rows per strip so one read covers about ``target_pixels`` rows (COG block rows)."""
     return max(1, target_pixels // plan.stride)
@@ -138,11 +155,14 @@ def classify(
     tally = _Tally()
     labels = np.full((height, width), NODATA, np.uint8)
     probs = np.zeros((len(model.card.classes), height, width), np.uint8) if probabilities else None
+    pixel = model.card.task == "pixel"
+    if pixel and (plan.patch, plan.stride) != (1, 1):
+        raise ValueError("a pixel model classifies every pixel: plan patch 1, stride 1")
     strips = plan.strips(rows_per_strip or strip_rows(plan))
     started = time.perf_counter()
     wait = compute = 0.0
+    channels = len(model.card.bands)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scene-reader") as pool:
-        channels = len(model.card.bands)
         pending: Future[_Strip] = pool.submit(_load, reader, plan, *strips[0], channels)
         for index in range(len(strips)):
             t0 = time.perf_counter()
@@ -163,6 +183,8 @@ def classify(
             )
             for b0, b1 in batches(view, batch_size):
                 batch = gather(view, b0, b1)
+                if pixel:  # [N, C, 1, 1] windows of one pixel -> [N, C] band vectors
+                    batch = batch.reshape(len(batch), channels)
                 logits = model.run(batch)
                 p = softmax(logits)
                 top = p.max(axis=1)

@@ -188,9 +188,8 @@ def load_model(
 
 def _warm(model: LoadedModel) -> None:
     """One real batch through the graph, so the first request pays no start-up cost."""
-    batch = np.zeros(
-        (2, len(model.card.bands), model.card.patch_size, model.card.patch_size), np.float32
-    )
+    size = () if model.card.task == "pixel" else (model.card.patch_size,) * 2
+    batch = np.zeros((2, len(model.card.bands), *size), np.float32)
     try:
         logits = model.run(batch)
     except Exception as exc:

@@ -24,7 +24,7 @@ import pystac
 
 from eostream.inference import fetch, metrics, writer
 from eostream.inference.domain import DomainCheck
-from eostream.inference.engine import classify
+from eostream.inference.engine import batch_for, classify, plan_for
 from eostream.inference.errors import BadInputError, NoModelError
 from eostream.inference.model import LoadedModel
 from eostream.inference.results import ResultRecord, ResultsStore
@@ -32,7 +32,6 @@ from eostream.inference.scene import ScenePlan, SceneReader, prepare_scene
 from eostream.inference.session import release_free_memory
 from eostream.inference.settings import InferenceSettings
 from eostream.inference.stacitem import build_result_item, result_item_id
-from eostream.inference.tiling import Plan
 from eostream.inference.validation import validate_item
 from eostream.shared.events import SceneClassified
 from eostream.shared.storage import ObjectStore
@@ -212,12 +211,12 @@ class Pipeline:
             mask_clouds=s.mask_clouds,
             allow_coarse=allow_coarse,
         ) as reader:
-            windows = Plan(reader.height, reader.width, card.patch_size, s.stride)
+            windows = plan_for(card, reader.height, reader.width, s.stride)
             result = classify(
                 reader,
                 model,
                 windows,
-                batch_size=s.batch_size,
+                batch_size=batch_for(card, s.batch_size, s.pixel_batch_size),
                 rows_per_strip=s.rows_per_strip,
                 probabilities=s.write_probabilities,
                 uncertain_below=s.uncertain_below,
@@ -245,10 +244,10 @@ class Pipeline:
         extra = plan.decision.properties() | {
             "eostream:radiometry": list(plan.notes),
             "eostream:window": {
-                "patch": card.patch_size,
-                "stride": s.stride,
+                "patch": windows.patch,
+                "stride": windows.stride,
                 "padding": "reflect",
-                "labels": "centre crop",
+                "labels": "pixel" if card.task == "pixel" else "centre crop",
             },
             "eostream:pixels": result.pixels,
             "eostream:masked_pixels": stats["masked_pixels"],

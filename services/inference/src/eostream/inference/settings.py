@@ -168,6 +168,9 @@ class InferenceSettings(ServiceSettings):
     # classification
     stride: int = Field(default=32, ge=1, description="window step in pixels (<= 64)")
     batch_size: int = Field(default=256, ge=1)
+    pixel_batch_size: int = Field(
+        default=65536, ge=1, description="band vectors per call of a pixel model (task pixel)"
+    )
     rows_per_strip: int = Field(
         default=0, ge=0, description="window rows read per block; 0 = blocks of about 512 px"
     )

@@ -13,7 +13,16 @@ from eostream.shared import ort_session
 from eostream.shared.digest import sha256_hex
 from eostream.shared.onnx_contract import Dim, OnnxFacts, TensorFacts
 
-__all__ = ["inspect", "logits", "max_abs_difference", "session", "sha256_hex", "torch_logits"]
+__all__ = [
+    "inspect",
+    "logits",
+    "max_abs_difference",
+    "pixel_onnx_logits",
+    "session",
+    "sha256_hex",
+    "sklearn_pixel_logits",
+    "torch_logits",
+]
 
 
 def _tensor_facts(value: onnx.ValueInfoProto) -> TensorFacts:
@@ -50,12 +59,55 @@ def session(data: bytes, threads: int = 1) -> ort.InferenceSession:
 
 
 def logits(sess: ort.InferenceSession, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Patch logits ``[N, classes]`` of ``images`` ``[N, C, H, W]``. A pixel model (an input of
+    rank 2, ``[N, C]``) scores a patch by the mean of its per-pixel probabilities over all the
+    patch's pixels; the logits returned are the log of that mean (so softmax and argmax work as
+    for a patch model)."""
     name = sess.get_inputs()[0].name
+    if len(sess.get_inputs()[0].shape) == 2:
+        return pixel_patch_logits(sess, images, batch)
     parts = [
         np.asarray(sess.run(None, {name: images[i : i + batch]})[0])
         for i in range(0, len(images), batch)
     ]
     return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+
+
+def pixel_patch_logits(sess: ort.InferenceSession, images: np.ndarray, batch: int) -> np.ndarray:
+    name = sess.get_inputs()[0].name
+    parts = []
+    for i in range(0, len(images), batch):
+        part = images[i : i + batch]
+        n, c = part.shape[:2]
+        pixels = np.ascontiguousarray(part.reshape(n, c, -1).transpose(0, 2, 1).reshape(-1, c))
+        z = np.asarray(sess.run(None, {name: pixels.astype(np.float32)})[0], np.float64)
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        mean = p.reshape(n, -1, p.shape[1]).mean(axis=1)
+        parts.append(np.log(np.maximum(mean, 1e-12)).astype(np.float32))
+    return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+
+
+def sklearn_pixel_logits(estimator: Any, images: np.ndarray, bands: tuple[str, ...]) -> np.ndarray:
+    """What a pixel model's ONNX graph gives for the pixels of ``images`` ``[N, C, H, W]``,
+    computed by its scikit-learn estimator (fitted on the bands and the spectral indices of
+    :mod:`eostream.shared.spectral`): ``log(max(p, 1e-12))`` per pixel, ``[N * H * W, K]``."""
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+    from eostream.shared.spectral import index_features
+
+    n, c = images.shape[:2]
+    pixels = images.reshape(n, c, -1).transpose(0, 2, 1).reshape(-1, c)
+    with threadpool_limits(1):  # OpenMP threads spin against each other on busy cores
+        p = estimator.predict_proba(index_features(pixels, bands))
+    return np.asarray(np.log(np.maximum(p, 1e-12)), np.float32)
+
+
+def pixel_onnx_logits(sess: ort.InferenceSession, images: np.ndarray) -> np.ndarray:
+    """A pixel model's ONNX logits for every pixel of ``images``: ``[N * H * W, K]``."""
+    n, c = images.shape[:2]
+    pixels = np.ascontiguousarray(images.reshape(n, c, -1).transpose(0, 2, 1).reshape(-1, c))
+    return np.asarray(sess.run(None, {sess.get_inputs()[0].name: pixels})[0])
 
 
 def torch_logits(model: Any, images: np.ndarray, threads: int = 1) -> np.ndarray:

@@ -78,8 +78,9 @@ class ModelRegistry(Protocol):
         """The run's ONNX artifact, None when the run has none."""
         ...
 
-    def load_torch(self, source: str) -> Any:
-        """The framework model registered at ``source`` (a torch module)."""
+    def load_native(self, source: str, library: str) -> Any:
+        """The framework model registered at ``source``: a torch module, or the scikit-learn
+        estimator of a pixel model (``library`` is the card's)."""
         ...
 
     # --- writes ---

@@ -232,9 +232,14 @@ class MlflowRegistry:
 
         return self.call("download ONNX", fetch)
 
-    def load_torch(self, source: str) -> Any:
-        """A torch model, or a Keras 3 one (the trainer's keras family), which on keras' torch
-        backend is a torch module too: whichever flavour the version's MLmodel names."""
+    def load_native(self, source: str, library: str) -> Any:
+        """The version's model in the library it was trained with: a scikit-learn estimator, a
+        torch module, or a Keras 3 model (the trainer's keras family, on keras' torch backend a
+        torch module too): whichever flavour the version's MLmodel names."""
+        if library == "scikit-learn":
+            import mlflow.sklearn
+
+            return self.call("load sklearn model", lambda: mlflow.sklearn.load_model(source))
         import mlflow.models
         import mlflow.pytorch
 

@@ -99,17 +99,28 @@ def run() -> None:
 
 BandsOption = Annotated[str, typer.Option("--bands", help="band set: rgb or ms13")]
 FamilyOption = Annotated[
-    str, typer.Option("--family", help="the library that trains the model: torch or keras")
+    str,
+    typer.Option(
+        "--family",
+        help="the library that trains the model: torch or keras (patch CNNs), sklearn (per-pixel "
+        "models, 10 m maps)",
+    ),
 ]
 
 
 @app.command("fit")
 def fit_command(
-    bands: BandsOption = "rgb",
-    architecture: Annotated[
-        str, typer.Option(help="small_cnn, resnet18 (GPU), resnet18_stride2 or resnet18_imagenet")
-    ] = "small_cnn",
+    bands: Annotated[
+        str | None, typer.Option("--bands", help="band set: rgb or ms13 (sklearn: ms13)")
+    ] = None,
     family: FamilyOption = "torch",
+    architecture: Annotated[
+        str | None,
+        typer.Option(
+            help="torch: small_cnn, resnet18 (GPU), resnet18_stride2, resnet18_imagenet; "
+            "sklearn: pixel_hgb or pixel_rf"
+        ),
+    ] = None,
     epochs: int = 10,
     batch_size: int = 64,
     learning_rate: float = 1e-3,
@@ -127,8 +138,19 @@ def fit_command(
         ),
     ] = None,
 ) -> None:
-    """Train in this process, without the bus (MLproject, benchmarks and the CWL package)."""
+    """Train in this process, without the bus (MLproject, benchmarks and the CWL package).
+
+    ``--family sklearn`` fits a per-pixel scikit-learn model (``--epochs`` x 10 boosting
+    iterations, ``--batch-size`` pixels sampled per patch)."""
     from eostream.trainer.pipeline import tracker_for, train_and_register
+    from eostream.trainer.plan import FAMILIES
+
+    if family not in FAMILIES:
+        typer.echo(f"eostream: --family {family!r} is unknown; use one of {FAMILIES}", err=True)
+        raise typer.Exit(2)
+    pixel = family == "sklearn"
+    bands = bands or ("ms13" if pixel else "rgb")
+    architecture = architecture or ("pixel_hgb" if pixel else "small_cnn")
 
     settings = _settings(bus="memory")  # fit publishes nothing: no Kafka settings needed
     tracker = tracker_for(settings)
@@ -148,7 +170,8 @@ def fit_command(
             requested_by="cli",
         )
     )
-    with progress_bar() as on_batch:
+    # a pixel model has no batches to count
+    with contextlib.nullcontext(None) if pixel else progress_bar() as on_batch:
         outcome = train_and_register(
             plan,
             settings,

@@ -44,7 +44,11 @@ ONNX_CHECK_SAMPLES = 256
 
 
 #: Each family's library, as the card names it, and the distribution its version is read from.
-LIBRARIES = {"torch": ("pytorch", "torch"), "keras": ("keras", "keras")}
+LIBRARIES = {
+    "torch": ("pytorch", "torch"),
+    "keras": ("keras", "keras"),
+    "sklearn": ("scikit-learn", "scikit-learn"),
+}
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,30 @@ def prepare_model(plan: TrainingPlan, tracker: Tracker, train: PatchTensors) -> 
     return widen_input(base, bands, mean, std, unit_map=unit_map, seed=plan.seed)
 
 
+def select_and_load(
+    plan: TrainingPlan, settings: TrainerSettings
+) -> tuple[Selection, dict[str, PatchTensors]]:
+    """The request's selection (the gate's hold-out left out) and its train/val/test patches."""
+    table = build_catalog(settings.data_dir, settings.cache_dir, plan.band_set)
+    selection = select_for_training(
+        table,
+        SelectionSpec(
+            band_set=plan.band_set,
+            classes=plan.classes,
+            samples_per_class=plan.samples_per_class,
+            split=plan.split,
+            seed=plan.seed,
+        ),
+        settings.data_dir,
+        settings.gate_holdout,
+    )
+    data = {
+        s: load_patches(settings.data_dir, plan.band_set, selection.of(s), settings.num_threads)
+        for s in ("train", "val", "test")
+    }
+    return selection, data
+
+
 def compute_description(device: torch.device) -> dict[str, str]:
     info = {
         "device": device.type,
@@ -141,7 +169,7 @@ def train_and_register(
     started = time.perf_counter()
     torch.set_num_threads(settings.num_threads)
     tracker.configure()
-    existing = tracker.find_registered(plan.model_name, plan.request_id)
+    existing = tracker.find_registered(plan.model_name, plan.request_id)  # also pixel models
     if existing is not None:
         log.info(
             "request %s already registered %s v%s", plan.request_id, existing.name, existing.version
@@ -151,23 +179,11 @@ def train_and_register(
             on_started(existing.run_id, url, tracker.experiment_id)
         return Outcome(existing, {}, url, reused=True)
 
-    table = build_catalog(settings.data_dir, settings.cache_dir, plan.band_set)
-    selection = select_for_training(
-        table,
-        SelectionSpec(
-            band_set=plan.band_set,
-            classes=plan.classes,
-            samples_per_class=plan.samples_per_class,
-            split=plan.split,
-            seed=plan.seed,
-        ),
-        settings.data_dir,
-        settings.gate_holdout,
-    )
-    data = {
-        s: load_patches(settings.data_dir, plan.band_set, selection.of(s), settings.num_threads)
-        for s in ("train", "val", "test")
-    }
+    if plan.family == "sklearn":  # per-pixel models: a pipeline of their own
+        from eostream.trainer.pixel_pipeline import train_pixel_model
+
+        return train_pixel_model(plan, settings, tracker=tracker, on_started=on_started)
+    selection, data = select_and_load(plan, settings)
     # the torch family's model; the keras family builds its own (keras_family.fit_and_export)
     model = prepare_model(plan, tracker, data["train"]) if plan.family == "torch" else None
     augmentation = settings.input_augmentation if model is not None else ()
@@ -205,7 +221,7 @@ def train_and_register(
         if on_started is not None:
             on_started(run_id, url, tracker.experiment_id)
         if resume is None:
-            tracker.log_params(_params(plan, selection))
+            tracker.log_params(run_params(plan, selection))
             tracker.set_tags({f"compute.{k}": v for k, v in compute_description(device).items()})
             tracker.log_dataset(selection)
         config = TrainConfig(
@@ -318,7 +334,7 @@ def _fit_torch(
     return Fitted(results=results, metrics=metrics, sha256=sha256, model_uri=model_uri)
 
 
-def _params(plan: TrainingPlan, selection: Selection) -> dict[str, object]:
+def run_params(plan: TrainingPlan, selection: Selection) -> dict[str, object]:
     params: dict[str, object] = {k: v for k, v in asdict(plan).items() if k != "classes"}
     params["classes"] = ",".join(plan.classes)
     params["dataset_digest"] = selection.table.digest

@@ -13,6 +13,7 @@ from eostream.shared.events import DatasetUpdated, TrainingRequested
 from eostream.shared.modelcard import BAND_SETS, EUROSAT_CLASSES
 from eostream.trainer.errors import BadTrainingRequestError
 from eostream.trainer.models import ARCHITECTURES
+from eostream.trainer.pixel import PIXEL_ARCHITECTURES
 from eostream.trainer.selection import SplitMode
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -20,7 +21,7 @@ _MODEL_URI = re.compile(r"^models:/[^/@]+(/\d+|@[\w-]+)$")
 MIN_SAMPLES_PER_CLASS = 10
 #: The libraries a model can be trained with (``TrainingRequested.family``); torch is the default
 #: and the only one with every architecture, fine-tuning and the input augmentations.
-FAMILIES = ("torch", "keras")
+FAMILIES = ("torch", "keras", "sklearn")
 #: What the keras family builds (:mod:`eostream.trainer.keras_family`).
 KERAS_ARCHITECTURES = ("small_cnn",)
 
@@ -49,19 +50,29 @@ def plan_training(event: TrainingRequested) -> TrainingPlan:
     problems: list[str] = []
     if event.band_set not in BAND_SETS:
         problems.append(f"band_set {event.band_set!r} is unknown; use one of {sorted(BAND_SETS)}")
-    if event.architecture not in ARCHITECTURES:
-        problems.append(
-            f"architecture {event.architecture!r} is unknown; use one of {list(ARCHITECTURES)}"
-        )
-    if event.family not in FAMILIES:
-        problems.append(f"family {event.family!r} is unknown; use one of {list(FAMILIES)}")
-    elif event.family == "keras":
+    # a pixel architecture is the scikit-learn family's (a request may name only the architecture)
+    family = "sklearn" if event.architecture in PIXEL_ARCHITECTURES else event.family
+    known = [*ARCHITECTURES, *PIXEL_ARCHITECTURES]
+    if event.architecture not in known:
+        problems.append(f"architecture {event.architecture!r} is unknown; use one of {known}")
+    if family not in FAMILIES:
+        problems.append(f"family {family!r} is unknown; use one of {list(FAMILIES)}")
+    elif family == "keras":
         if event.architecture not in KERAS_ARCHITECTURES:
             problems.append(
                 f"the keras family builds {list(KERAS_ARCHITECTURES)}, not {event.architecture!r}"
             )
         if event.base_model is not None:
             problems.append("the keras family trains from scratch: base_model must be empty")
+    elif family == "sklearn":
+        if event.architecture not in PIXEL_ARCHITECTURES:
+            problems.append(
+                f"the sklearn family builds {list(PIXEL_ARCHITECTURES)}, not {event.architecture!r}"
+            )
+        if event.band_set != "ms13":
+            problems.append("a pixel model (scikit-learn) takes band_set ms13")
+        if event.base_model is not None:
+            problems.append("a pixel model (scikit-learn) cannot be fine-tuned from base_model")
     if not _NAME.match(event.model_name):
         problems.append(f"model_name {event.model_name!r} must be letters, digits, '.', '_', '-'")
     if event.batch_size < 2:
@@ -84,7 +95,7 @@ def plan_training(event: TrainingRequested) -> TrainingPlan:
         model_name=event.model_name,
         band_set=event.band_set,
         architecture=event.architecture,
-        family=event.family,
+        family=family,
         epochs=event.epochs,
         batch_size=event.batch_size,
         learning_rate=event.learning_rate,

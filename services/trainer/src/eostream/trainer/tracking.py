@@ -323,6 +323,36 @@ class Tracker:
         )
         return str(info.model_uri)
 
+    @contextmanager
+    def sklearn_autolog(self) -> Iterator[None]:
+        """MLflow's scikit-learn autologging (parameters, training metrics) for the fits inside;
+        the model is logged by :meth:`log_sklearn_model`, with a signature, so its URI is known."""
+        import mlflow.sklearn
+
+        mlflow.sklearn.autolog(log_models=False, log_datasets=False, silent=True)
+        try:
+            yield
+        finally:
+            mlflow.sklearn.autolog(disable=True)
+
+    def log_sklearn_model(
+        self, estimator: Any, example: np.ndarray, trusted: Sequence[str] = ()
+    ) -> str:
+        """Log a pixel model's estimator (fitted on bands + spectral indices); returns its URI."""
+        import mlflow.sklearn
+        import sklearn
+        from mlflow.models import infer_signature
+
+        info = mlflow.sklearn.log_model(
+            estimator,
+            name="model",
+            signature=infer_signature(example, estimator.predict_proba(example)),
+            input_example=example,
+            pip_requirements=[f"scikit-learn=={sklearn.__version__}"],
+            skops_trusted_types=list(trusted),  # our own estimator's classes (skops format)
+        )
+        return str(info.model_uri)
+
     def log_artifact(self, path: Path, artifact_path: str) -> None:
         mlflow.log_artifact(str(path), artifact_path)
 

@@ -35,7 +35,7 @@ from eostream.client import (
     Submission,
     TrainingClient,
 )
-from eostream.runner.mlflow_server import free_port, mlflow_server
+from eostream.runner.mlflow_server import home_mlflow_server
 from eostream.shared.embedded import EmbeddedContext, EmbeddedSystem, discover_components
 from eostream.shared.embedded import embedded_bus as open_bus
 from eostream.shared.errors import ConfigError
@@ -109,7 +109,7 @@ class EmbeddedSession:
             tracking = (
                 contextlib.nullcontext("")
                 if not MLFLOW_USERS & set(components)
-                else (mlflow_server(self.home, host, free_port(host, 0), timeout=self._timeout))
+                else home_mlflow_server(self.home, host, timeout=self._timeout)
             )
             with tracking as mlflow_url:
                 store = LocalObjectStore(self.home / "objects", "eostream")
@@ -198,7 +198,8 @@ class EmbeddedSession:
 
     # -- the end ------------------------------------------------------------------------------
     def stop(self, timeout: float = 120) -> None:
-        """Stop every component (each finishes its work in flight) and the MLflow server."""
+        """Stop every component (each finishes its work in flight) and the MLflow server this
+        session started (one advertised on the home by another process stays)."""
         if self._loop is not None and self._stop is not None and not self._loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop ended already
                 self._loop.call_soon_threadsafe(self._stop.set)

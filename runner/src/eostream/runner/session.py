@@ -13,7 +13,9 @@ its own in a daemon thread, waits until every REST API answers, and hands back t
     session.stop()
 
 State stays under the home between sessions, as with ``eostream up``: a second session finds
-the models, results and MLflow runs of the first.
+the models, results and MLflow runs of the first. A session uses the MLflow server advertised
+on its home when one runs (the notebooks' pytest run starts one for all of them), else starts
+its own and stops it in :meth:`stop`.
 """
 
 from __future__ import annotations

@@ -171,6 +171,14 @@ def quiet_for_people() -> None:
         logging.getLogger(progress).setLevel(logging.INFO)
 
 
+def full_app() -> typer.Typer:
+    """The ``eostream`` app with every service's commands, e.g. for typer's ``CliRunner`` in a
+    notebook (loaded once per process)."""
+    if not any(group.name == "data" for group in app.registered_groups):
+        _load_commands()
+    return app
+
+
 def _load_commands() -> None:
     from eostream.runner.datasets_cli import data_app
     from eostream.runner.dlq_cli import dlq_app

@@ -1,20 +1,30 @@
-"""The embedded mode's MLflow server (and UI) on its sqlite database, a child process."""
+"""The embedded mode's MLflow server (and UI) on its sqlite database, a child process.
+
+A process that outlives the sessions using a home (the notebooks' pytest run) can *advertise*
+its server in ``<home>/mlflow-server.json`` (URL and pid): :func:`home_mlflow_server` then
+reuses it instead of starting another one on the same database, and starts its own only when
+none is advertised or the advertised one is gone.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 
 from eostream.runner.processes import DIE_WITH_PARENT
 from eostream.shared.errors import ConfigError
+
+#: Under the home: the advertised server, ``{"url": ..., "pid": ...}``.
+STATE_FILE = "mlflow-server.json"
 
 
 def free_port(host: str, preferred: int) -> int:
@@ -26,12 +36,10 @@ def free_port(host: str, preferred: int) -> int:
         return int(s.getsockname()[1])
 
 
-@contextlib.contextmanager
-def mlflow_server(home: Path, host: str, port: int, *, timeout: float = 120) -> Iterator[str]:
-    """An MLflow tracking server (and UI) on the embedded sqlite database; ConfigError when it
-    does not answer within ``timeout`` seconds."""
+def start_mlflow_server(home: Path, host: str, port: int) -> subprocess.Popen[bytes]:
+    """Launch the server on the home's sqlite database without waiting for it; it dies with
+    this process."""
     (home / "mlartifacts").mkdir(parents=True, exist_ok=True)
-    log_path = home / "mlflow.log"
     command = [
         sys.executable, "-m", "mlflow", "server",
         "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
@@ -39,8 +47,8 @@ def mlflow_server(home: Path, host: str, port: int, *, timeout: float = 120) -> 
         "--serve-artifacts", "--host", host, "--port", str(port), "--workers", "1",
     ]  # fmt: skip
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with log_path.open("ab") as log_file:
-        process = subprocess.Popen(  # noqa: S603 - our own interpreter, fixed arguments
+    with (home / "mlflow.log").open("ab") as log_file:
+        return subprocess.Popen(  # noqa: S603 - our own interpreter, fixed arguments
             command,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -48,24 +56,94 @@ def mlflow_server(home: Path, host: str, port: int, *, timeout: float = 120) -> 
             # a SIGKILLed demo must not leave its MLflow server running
             preexec_fn=DIE_WITH_PARENT,  # prctl only; resolved before the fork
         )
+
+
+def wait_healthy(url: str, alive: Callable[[], bool], log_path: Path, timeout: float) -> None:
+    """Return once ``url`` answers /health; ConfigError when the server ends or times out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if not alive():
+            raise ConfigError(f"the MLflow server did not start; see {log_path}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        if time.monotonic() > deadline:
+            raise ConfigError(
+                f"the MLflow server did not answer within {timeout:.0f} s; see {log_path}"
+            )
+        time.sleep(0.5)
+
+
+def stop_mlflow_server(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@contextlib.contextmanager
+def mlflow_server(home: Path, host: str, port: int, *, timeout: float = 120) -> Iterator[str]:
+    """An MLflow tracking server (and UI) on the embedded sqlite database; ConfigError when it
+    does not answer within ``timeout`` seconds."""
+    process = start_mlflow_server(home, host, port)
     url = f"http://{host}:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise ConfigError(f"the MLflow server did not start; see {log_path}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise ConfigError(
-                    f"the MLflow server did not answer within {timeout:.0f} s; see {log_path}"
-                )
-            time.sleep(0.5)
+        wait_healthy(url, lambda: process.poll() is None, home / "mlflow.log", timeout)
         yield url
     finally:
-        process.terminate()
+        stop_mlflow_server(process)
+
+
+@contextlib.contextmanager
+def advertised_mlflow_server(home: Path, host: str = "127.0.0.1") -> Iterator[str]:
+    """Start the home's server (without waiting for it) and advertise it to every session on
+    the home until the block ends; then withdraw and stop it."""
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port(host, 0)
+    process = start_mlflow_server(home, host, port)
+    url = f"http://{host}:{port}"
+    state = home / STATE_FILE
+    state.write_text(json.dumps({"url": url, "pid": process.pid}), encoding="utf-8")
+    try:
+        yield url
+    finally:
+        state.unlink(missing_ok=True)
+        stop_mlflow_server(process)
+
+
+def advertised(home: Path) -> tuple[str, int] | None:
+    """The URL and pid of the server advertised on the home, when its process still runs."""
+    try:
+        state = json.loads((home / STATE_FILE).read_text(encoding="utf-8"))
+        url, pid = str(state["url"]), int(state["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (url, pid) if _is_mlflow(pid) else None
+
+
+def _is_mlflow(pid: int) -> bool:
+    if Path("/proc").is_dir():  # a recycled pid is no MLflow server
         try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+            return b"mlflow" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def home_mlflow_server(home: Path, host: str, *, timeout: float = 120) -> Iterator[str]:
+    """The server advertised on the home (once healthy) when there is one, else one of this
+    process, stopped at the end of the block."""
+    found = advertised(home)
+    if found is not None:
+        url, pid = found
+        wait_healthy(url, lambda: _is_mlflow(pid), home / "mlflow.log", timeout)
+        yield url
+        return
+    with mlflow_server(home, host, free_port(host, 0), timeout=timeout) as url:
+        yield url

@@ -13,7 +13,9 @@ its own in a daemon thread, waits until every REST API answers, and hands back t
     session.stop()
 
 State stays under the home between sessions, as with ``eostream up``: a second session finds
-the models, results and MLflow runs of the first.
+the models, results and MLflow runs of the first. A session uses the MLflow server advertised
+on its home when one runs (the notebooks' pytest run starts one for all of them), else starts
+its own and stops it in :meth:`stop`.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from eostream.client import (
     Submission,
     TrainingClient,
 )
-from eostream.runner.mlflow_server import free_port, mlflow_server
+from eostream.runner.mlflow_server import home_mlflow_server
 from eostream.shared.embedded import EmbeddedContext, EmbeddedSystem, discover_components
 from eostream.shared.embedded import embedded_bus as open_bus
 from eostream.shared.errors import ConfigError
@@ -109,7 +111,7 @@ class EmbeddedSession:
             tracking = (
                 contextlib.nullcontext("")
                 if not MLFLOW_USERS & set(components)
-                else (mlflow_server(self.home, host, free_port(host, 0), timeout=self._timeout))
+                else home_mlflow_server(self.home, host, timeout=self._timeout)
             )
             with tracking as mlflow_url:
                 store = LocalObjectStore(self.home / "objects", "eostream")
@@ -198,7 +200,8 @@ class EmbeddedSession:
 
     # -- the end ------------------------------------------------------------------------------
     def stop(self, timeout: float = 120) -> None:
-        """Stop every component (each finishes its work in flight) and the MLflow server."""
+        """Stop every component (each finishes its work in flight) and the MLflow server this
+        session started (one advertised on the home by another process stays)."""
         if self._loop is not None and self._stop is not None and not self._loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop ended already
                 self._loop.call_soon_threadsafe(self._stop.set)

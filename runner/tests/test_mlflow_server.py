@@ -1,0 +1,49 @@
+"""A session reuses the MLflow server advertised on its home only while that server lives: a
+state file left by a killed run, or naming a pid the system gave to another program since, is
+ignored (the session then starts its own server)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from eostream.runner.mlflow_server import STATE_FILE, advertised
+
+
+def write_state(home: Path, pid: int) -> None:
+    (home / STATE_FILE).write_text(json.dumps({"url": "http://127.0.0.1:9", "pid": pid}))
+
+
+def test_no_state_file_or_a_broken_one_advertises_nothing(tmp_path: Path) -> None:
+    assert advertised(tmp_path) is None
+    (tmp_path / STATE_FILE).write_text("{not json")
+    assert advertised(tmp_path) is None
+
+
+def test_a_dead_or_recycled_pid_is_no_server(tmp_path: Path) -> None:
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    write_state(tmp_path, ended.pid)
+    assert advertised(tmp_path) is None
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        write_state(tmp_path, other.pid)  # alive, but no MLflow server
+        assert advertised(tmp_path) is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_live_mlflow_process_is_advertised(tmp_path: Path) -> None:
+    # identity is the command line (`python -m mlflow server ...`); a sleeper carrying the word
+    # stands in for the server, whose start-up would cost this test half a minute
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "mlflow"])
+    try:
+        write_state(tmp_path, live.pid)
+        assert advertised(tmp_path) == ("http://127.0.0.1:9", live.pid)
+    finally:
+        live.kill()
+        live.wait()
+    assert advertised(tmp_path) is None

@@ -11,20 +11,24 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision  # type: ignore[import-untyped]
+from mlflow import MlflowClient
+from typer.testing import CliRunner
 
-from eostream.shared import mlm
+from eostream.shared import mlm, tags
 from eostream.shared.checkpoints import CHECKPOINTS, checkpoint_path
 from eostream.shared.events import TrainingRequested
 from eostream.shared.modelcard import BAND_SETS, ModelCard
 from eostream.trainer.catalog import CatalogTable
+from eostream.trainer.cli import app
 from eostream.trainer.datasets import PatchTensors, band_statistics, load_patches
 from eostream.trainer.errors import BadTrainingRequestError
 from eostream.trainer.models import EuroSATNet, build_model
-from eostream.trainer.pipeline import pretrained_start
+from eostream.trainer.pipeline import pretrained_start, tracker_for, train_and_register
 from eostream.trainer.plan import plan_training
 from eostream.trainer.pretrained import load_pretrained, resolve_pretrained
 from eostream.trainer.scaling import identity_scaling
 from eostream.trainer.selection import SelectionSpec, select
+from eostream.trainer.settings import TrainerSettings
 from eostream.trainer.task import TrainConfig, fit, param_groups
 
 
@@ -38,10 +42,10 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def rgb_train(rgb_table: CatalogTable, data_dir: Path) -> PatchTensors:
-    """16 real EuroSAT RGB patches."""
-    selection = select(rgb_table, SelectionSpec("rgb", samples_per_class=10, seed=3))
-    train = load_patches(data_dir, "rgb", selection.of("train"))
+def ms_train(ms_table: CatalogTable, data_dir: Path) -> PatchTensors:
+    """16 real EuroSAT MS patches (the MS catalogue is quick to build)."""
+    selection = select(ms_table, SelectionSpec("ms13", samples_per_class=10, seed=3))
+    train = load_patches(data_dir, "ms13", selection.of("train"))
     return PatchTensors(train.x[:16], train.y[:16], train.ids[:16])
 
 
@@ -85,16 +89,18 @@ def test_loaded_backbone_is_the_checkpoint(checkpoint: Path) -> None:
     )
 
 
-def test_frozen_backbone_only_the_head_changes(checkpoint: Path, rgb_train: PatchTensors) -> None:
-    plan = plan_training(_request(pretrained=str(checkpoint), freeze_backbone=True))
-    model = _model("rgb", rgb_train)
+def test_frozen_backbone_only_the_head_changes(checkpoint: Path, ms_train: PatchTensors) -> None:
+    plan = plan_training(
+        _request(band_set="ms13", pretrained=str(checkpoint), freeze_backbone=True)
+    )
+    model = _model("ms13", ms_train)
     source = pretrained_start(plan, model)
     assert source is not None and source.sha256 in source.description
     before = {k: v.clone() for k, v in model.named_parameters()}
     fit(
         model,
-        rgb_train,
-        rgb_train,
+        ms_train,
+        ms_train,
         TrainConfig(epochs=1, batch_size=16, augment=False),
         torch.device("cpu"),
     )
@@ -171,3 +177,39 @@ def test_registered_checkpoint_is_checked_in_the_cache(
 def test_bad_pretrained_requests_are_refused(fields: dict[str, object], problem: str) -> None:
     with pytest.raises(BadTrainingRequestError, match=problem):
         plan_training(_request(**fields))
+
+
+@pytest.mark.slow
+def test_a_pretrained_run_records_its_checkpoint(
+    checkpoint: Path, sqlite_settings: TrainerSettings
+) -> None:
+    """The whole path (sqlite MLflow): run tag and param, and the registered card."""
+    tracker = tracker_for(sqlite_settings)
+    plan = plan_training(
+        _request(
+            request_id="pretrained-start", model_name="pretrained-ms", band_set="ms13",
+            epochs=1, samples_per_class=10, batch_size=64, pretrained=str(checkpoint),
+            backbone_lr_scale=0.1,
+        )
+    )  # fmt: skip
+    outcome = train_and_register(plan, sqlite_settings, tracker=tracker)
+    card = ModelCard.from_json(outcome.version.tags[tags.MODEL_CARD])
+    source = resolve_pretrained(str(checkpoint))
+    assert card.pretrained_source == source.description
+    run = MlflowClient(sqlite_settings.mlflow_tracking_uri).get_run(outcome.version.run_id)
+    assert run.data.tags["eostream.pretrained"] == source.description
+    assert run.data.params["pretrained"] == str(checkpoint)
+    assert float(run.data.params["backbone_lr_scale"]) == 0.1
+
+
+def test_fit_refuses_a_missing_checkpoint_in_one_line(
+    sqlite_settings: TrainerSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRAINER_MLFLOW_TRACKING_URI", sqlite_settings.mlflow_tracking_uri)
+    monkeypatch.setenv("TRAINER_CACHE_DIR", str(tmp_path / "cache"))
+    missing = tmp_path / "missing.pth"
+    words = ["fit", "--bands", "ms13", "--architecture", "resnet18_imagenet"]
+    result = CliRunner().invoke(app, [*words, "--pretrained", str(missing)])
+    assert result.exit_code == 2, result.output
+    assert f"pretrained '{missing}' is neither a known checkpoint" in result.output
+    assert "Traceback" not in result.output

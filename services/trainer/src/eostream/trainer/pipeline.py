@@ -125,12 +125,14 @@ def prepare_model(plan: TrainingPlan, tracker: Tracker, train: PatchTensors) -> 
     return widen_input(base, bands, mean, std, unit_map=unit_map, seed=plan.seed)
 
 
-def pretrained_start(plan: TrainingPlan, model: EuroSATNet) -> PretrainedSource | None:
-    """Load the plan's pretrained checkpoint into ``model`` (and freeze it if asked): the
-    checkpoint, or None without one."""
+def pretrained_start(
+    plan: TrainingPlan, model: EuroSATNet, source: PretrainedSource | None = None
+) -> PretrainedSource | None:
+    """Load the plan's pretrained checkpoint (``source``, if resolved already) into ``model``
+    and freeze it if asked: the checkpoint, or None without one."""
     if plan.pretrained is None:
         return None
-    source = resolve_pretrained(plan.pretrained)
+    source = source or resolve_pretrained(plan.pretrained)
     load_pretrained(model, source)
     if plan.freeze_backbone:
         freeze_loaded(model)
@@ -201,10 +203,12 @@ def train_and_register(
         from eostream.trainer.pixel_pipeline import train_pixel_model
 
         return train_pixel_model(plan, settings, tracker=tracker, on_started=on_started)
+    # a missing or wrong checkpoint file is refused before the data is read
+    checked = resolve_pretrained(plan.pretrained) if plan.pretrained else None
     selection, data = select_and_load(plan, settings)
     # the torch family's model; the keras family builds its own (keras_family.fit_and_export)
     model = prepare_model(plan, tracker, data["train"]) if plan.family == "torch" else None
-    pretrained = pretrained_start(plan, model) if model is not None else None
+    pretrained = pretrained_start(plan, model, checked) if model is not None else None
     augmentation = settings.input_augmentation if model is not None else ()
     if model is not None and augmentation:  # training-only (identity in eval): not in the ONNX
         units = {s.band: (s.scale, s.offset) for s in card_scaling(plan.band_set, settings)}

@@ -113,7 +113,7 @@ def test_backbone_learning_rate_scale_makes_two_groups(checkpoint: Path) -> None
     load_pretrained(model, resolve_pretrained(str(checkpoint)))
     groups = param_groups(model, TrainConfig(learning_rate=1e-3, backbone_lr_scale=0.1))
     assert [g["lr"] for g in groups] == pytest.approx([1e-4, 1e-3])
-    head = {id(p) for p in model.backbone.fc.parameters()}
+    head = {id(p) for p in model.backbone.get_submodule("fc").parameters()}
     assert {id(p) for p in groups[1]["params"]} == head
     assert len(groups[0]["params"]) == len(list(model.parameters())) - 2
     assert len(param_groups(model, TrainConfig())) == 1

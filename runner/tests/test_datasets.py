@@ -36,9 +36,10 @@ from eostream.runner.datasets import (
     default_data_dir,
     tree_digest,
 )
-from eostream.runner.datasets_cli import data_app
+from eostream.runner.datasets_cli import data_app, fetch_checkpoint
 from eostream.runner.download import DataFetchError, file_digest, mirrored
 from eostream.runner.provision import check_data, ensure_data
+from eostream.shared.checkpoints import Checkpoint, checkpoint_path
 
 
 class Mirror:
@@ -357,3 +358,33 @@ def test_data_check_names_a_wrong_file(data_dir: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(data_app, ["check", str(tmp_path)])
     assert result.exit_code == 1
     assert "wrong or missing" in result.output
+
+
+def test_a_checkpoint_is_fetched_once_through_the_mirror_and_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EOSTREAM_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(bytes(range(256)) * 400)
+    digest = file_digest(weights)
+    entry = Checkpoint(
+        name="test-net", url="https://download.example.org/models/net-x.pth",
+        filename="net-x.pth", architecture="resnet18", description="a test file",
+        sha256_prefix=digest[:8],
+    )  # fmt: skip
+    with Mirror({}) as mirror:
+        mirror.route(entry.url, weights)
+        path = fetch_checkpoint(entry, mirror=mirror.url)
+        assert path == checkpoint_path(entry) and file_digest(path) == digest
+        assert fetch_checkpoint(entry, mirror=mirror.url) == path  # already there: no request
+        assert len(mirror.requests) == 1
+        wrong = replace(entry, filename="other.pth", sha256="0" * 64)
+        with pytest.raises(DataFetchError, match="the download was deleted"):
+            fetch_checkpoint(wrong, mirror=mirror.url)
+    assert not list(checkpoint_path(wrong).parent.glob("other.pth*"))
+
+
+def test_an_unknown_checkpoint_is_refused() -> None:
+    result = CliRunner().invoke(data_app, ["checkpoint", "no-such-net"])
+    assert isinstance(result.exception, DataFetchError)
+    assert "resnet18-imagenet" in str(result.exception)

@@ -9,13 +9,15 @@ import os
 from pathlib import Path
 from typing import Annotated
 
+import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from eostream.runner.datasets import DEMO, MIRROR_ENV, default_data_dir
-from eostream.runner.download import mirrored
+from eostream.runner.download import DataFetchError, download, file_digest, mirrored
 from eostream.runner.provision import check_data, ensure_data
+from eostream.shared.checkpoints import CHECKPOINTS, Checkpoint, checkpoint_path
 
 data_app = typer.Typer(
     help="The real data the demo needs: download it (checksummed) or check a data folder.",
@@ -74,8 +76,50 @@ def check(
     console.print(f"{folder}: all {len(results)} entries verified")
 
 
+def fetch_checkpoint(
+    entry: Checkpoint, mirror: str | None = None, client: httpx.Client | None = None
+) -> Path:
+    """Download ``entry`` once into the checkpoint cache, checked against its registry digest
+    (a mismatch deletes the download); a file already there and right is kept."""
+    final = checkpoint_path(entry)
+    if final.is_file() and entry.accepts(file_digest(final)):
+        return final
+    url = mirrored(entry.url, mirror)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    part = final.with_name(final.name + ".part")
+    http = client or httpx.Client(follow_redirects=True, timeout=httpx.Timeout(60, connect=20))
+    try:
+        download(http, url, part, lambda _n: None)
+    finally:
+        if client is None:
+            http.close()
+    digest = file_digest(part)
+    if not entry.accepts(digest):
+        part.unlink()
+        raise DataFetchError(
+            f"{url}: sha256 {digest} but {entry.name} is {entry.expected}; the download was "
+            "deleted (a changed or corrupted source, or a wrong mirror)"
+        )
+    part.replace(final)
+    return final
+
+
+@data_app.command()
+def checkpoint(
+    name: Annotated[str, typer.Argument(help=f"one of {', '.join(sorted(CHECKPOINTS))}")],
+    mirror: MirrorOption = None,
+) -> None:
+    """Download a pretrained checkpoint once (checksummed) for `trainer fit --pretrained NAME`."""
+    entry = CHECKPOINTS.get(name)
+    if entry is None:
+        raise DataFetchError(f"checkpoint {name!r} is unknown; use one of {sorted(CHECKPOINTS)}")
+    console.print(f"checkpoint: {entry.description} from {mirrored(entry.url, mirror)}")
+    path = fetch_checkpoint(entry, mirror)
+    console.print(f"checkpoint: verified {path} (trainer fit --pretrained {name})", soft_wrap=True)
+
+
 @data_app.command()
 def urls(mirror: MirrorOption = None) -> None:
     """Print every URL the download uses; a mirror serves each under <mirror>/<host>/<path>."""
-    for url in DEMO.urls():
+    for url in [*DEMO.urls(), *(c.url for c in CHECKPOINTS.values())]:
         typer.echo(mirrored(url, mirror))

@@ -98,6 +98,15 @@ class TrainingRequested(Event):
     base_model: str | None = Field(
         default=None, description="models:/NAME/VERSION or models:/NAME@alias to fine-tune from"
     )
+    pretrained: str | None = Field(
+        default=None,
+        description="a checkpoint name (eostream data checkpoint NAME) or a checkpoint file to "
+        "start a resnet18_imagenet from",
+    )
+    freeze_backbone: bool = Field(default=False, description="with pretrained: train only the head")
+    backbone_lr_scale: float = Field(
+        default=1.0, gt=0, le=1, description="with pretrained: the backbone's learning rate factor"
+    )
     requested_by: str = "unknown"
     reason: str = ""
 

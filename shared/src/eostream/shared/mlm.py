@@ -145,8 +145,9 @@ def properties(facts: MlmFacts) -> MLModelProperties:
         file_size=facts.size,
         accelerator="amd64",
         accelerator_constrained=False,
-        pretrained=facts.base_model is not None,
-        pretrained_source=facts.base_model,
+        # fine-tuned from a registered version, or started from a pretrained checkpoint file
+        pretrained=(facts.base_model or facts.card.pretrained_source) is not None,
+        pretrained_source=facts.base_model or facts.card.pretrained_source,
         input=[model_input],
         output=[model_output],
     )

@@ -122,6 +122,10 @@ class ModelCard(BaseModel):
         default="pytorch", description="the library the model was trained with"
     )
     library_version: str = ""
+    pretrained_source: str | None = Field(
+        default=None,
+        description="the checkpoint the training started from: 'NAME-or-path sha256:<hex>'",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

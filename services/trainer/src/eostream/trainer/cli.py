@@ -129,6 +129,24 @@ def fit_command(
     seed: int = 42,
     model_name: str = "eurosat-landcover",
     base_model: Annotated[str | None, typer.Option(help="models:/NAME/VERSION")] = None,
+    pretrained: Annotated[
+        str | None,
+        typer.Option(
+            help="start a resnet18_imagenet from a checkpoint: a name (eostream data checkpoint "
+            "NAME) or a file"
+        ),
+    ] = None,
+    freeze_backbone: Annotated[
+        bool, typer.Option(help="with --pretrained: train only the head")
+    ] = False,
+    backbone_lr_scale: Annotated[
+        float,
+        typer.Option(
+            min=1e-6,
+            max=1.0,
+            help="with --pretrained: the backbone's learning rate factor",
+        ),
+    ] = 1.0,
     stac_out: Annotated[
         Path | None,
         typer.Option(
@@ -167,18 +185,27 @@ def fit_command(
             seed=seed,
             model_name=model_name,
             base_model=base_model,
+            pretrained=pretrained,
+            freeze_backbone=freeze_backbone,
+            backbone_lr_scale=backbone_lr_scale,
             requested_by="cli",
         )
     )
     # a pixel model has no batches to count
-    with contextlib.nullcontext(None) if pixel else progress_bar() as on_batch:
-        outcome = train_and_register(
-            plan,
-            settings,
-            tracker=tracker,
-            on_started=lambda _r, url, _e: typer.echo(f"MLflow run: {url}"),
-            on_batch=on_batch,
-        )
+    from eostream.trainer.errors import BadTrainingRequestError
+
+    try:
+        with contextlib.nullcontext(None) if pixel else progress_bar() as on_batch:
+            outcome = train_and_register(
+                plan,
+                settings,
+                tracker=tracker,
+                on_started=lambda _r, url, _e: typer.echo(f"MLflow run: {url}"),
+                on_batch=on_batch,
+            )
+    except BadTrainingRequestError as exc:  # e.g. a pretrained file that is missing or wrong
+        typer.echo(f"eostream: {exc}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"registered {outcome.version.name} version {outcome.version.version}")
     for key, value in sorted(outcome.metrics.items()):
         typer.echo(f"  {key}: {value:.4g}")

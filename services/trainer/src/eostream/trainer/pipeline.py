@@ -31,6 +31,12 @@ from eostream.trainer.errors import BadTrainingRequestError
 from eostream.trainer.export import check_onnx, export_onnx
 from eostream.trainer.models import EuroSATNet, build_model, widen_input
 from eostream.trainer.plan import TrainingPlan
+from eostream.trainer.pretrained import (
+    PretrainedSource,
+    freeze_loaded,
+    load_pretrained,
+    resolve_pretrained,
+)
 from eostream.trainer.scaling import fit_rgb_scaling, identity_scaling
 from eostream.trainer.selection import Selection, SelectionSpec, select_for_training
 from eostream.trainer.settings import TrainerSettings
@@ -119,6 +125,20 @@ def prepare_model(plan: TrainingPlan, tracker: Tracker, train: PatchTensors) -> 
     return widen_input(base, bands, mean, std, unit_map=unit_map, seed=plan.seed)
 
 
+def pretrained_start(
+    plan: TrainingPlan, model: EuroSATNet, source: PretrainedSource | None = None
+) -> PretrainedSource | None:
+    """Load the plan's pretrained checkpoint (``source``, if resolved already) into ``model``
+    and freeze it if asked: the checkpoint, or None without one."""
+    if plan.pretrained is None:
+        return None
+    source = source or resolve_pretrained(plan.pretrained)
+    load_pretrained(model, source)
+    if plan.freeze_backbone:
+        freeze_loaded(model)
+    return source
+
+
 def select_and_load(
     plan: TrainingPlan, settings: TrainerSettings
 ) -> tuple[Selection, dict[str, PatchTensors]]:
@@ -183,9 +203,12 @@ def train_and_register(
         from eostream.trainer.pixel_pipeline import train_pixel_model
 
         return train_pixel_model(plan, settings, tracker=tracker, on_started=on_started)
+    # a missing or wrong checkpoint file is refused before the data is read
+    checked = resolve_pretrained(plan.pretrained) if plan.pretrained else None
     selection, data = select_and_load(plan, settings)
     # the torch family's model; the keras family builds its own (keras_family.fit_and_export)
     model = prepare_model(plan, tracker, data["train"]) if plan.family == "torch" else None
+    pretrained = pretrained_start(plan, model, checked) if model is not None else None
     augmentation = settings.input_augmentation if model is not None else ()
     if model is not None and augmentation:  # training-only (identity in eval): not in the ONNX
         units = {s.band: (s.scale, s.offset) for s in card_scaling(plan.band_set, settings)}
@@ -201,6 +224,7 @@ def train_and_register(
         description=f"EuroSAT {plan.band_set} {plan.architecture}, request {plan.request_id}",
         library=library,
         library_version=dist_version(distribution),
+        pretrained_source=pretrained.description if pretrained else None,
     )
     device = resolve_device(settings.device)
     work = settings.cache_dir / "runs" / _safe(plan.request_id)
@@ -212,6 +236,7 @@ def train_and_register(
         "eostream.requested_by": plan.requested_by,
         "eostream.input_augmentation": ",".join(augmentation) or "none",
         "eostream.family": plan.family,
+        "eostream.pretrained": pretrained.description if pretrained else "none",
     }
     with tracker.run(
         resume, f"{plan.model_name}-{plan.band_set}-{plan.architecture}", run_tags
@@ -230,6 +255,7 @@ def train_and_register(
             learning_rate=plan.learning_rate,
             patience=plan.patience,
             seed=plan.seed,
+            backbone_lr_scale=plan.backbone_lr_scale,
         )
         if plan.family == "keras":
             from eostream.trainer import keras_family

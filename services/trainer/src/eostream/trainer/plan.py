@@ -14,6 +14,7 @@ from eostream.shared.modelcard import BAND_SETS, EUROSAT_CLASSES
 from eostream.trainer.errors import BadTrainingRequestError
 from eostream.trainer.models import ARCHITECTURES
 from eostream.trainer.pixel import PIXEL_ARCHITECTURES
+from eostream.trainer.pretrained import PRETRAINED_ARCHITECTURES
 from eostream.trainer.selection import SplitMode
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -42,6 +43,9 @@ class TrainingPlan:
     base_model: str | None = None
     classes: tuple[str, ...] = EUROSAT_CLASSES
     patience: int = 5
+    pretrained: str | None = None
+    freeze_backbone: bool = False
+    backbone_lr_scale: float = 1.0
     requested_by: str = "unknown"
     reason: str = ""
 
@@ -88,6 +92,7 @@ def plan_training(event: TrainingRequested) -> TrainingPlan:
         problems.append(
             f"base_model {event.base_model!r} must be models:/NAME/VERSION or models:/NAME@alias"
         )
+    problems.extend(_pretrained_problems(event, family))
     if problems:
         raise BadTrainingRequestError("bad training request: " + "; ".join(problems))
     return TrainingPlan(
@@ -103,9 +108,31 @@ def plan_training(event: TrainingRequested) -> TrainingPlan:
         split=event.split,
         seed=event.seed,
         base_model=event.base_model,
+        pretrained=event.pretrained,
+        freeze_backbone=event.freeze_backbone,
+        backbone_lr_scale=event.backbone_lr_scale,
         requested_by=event.requested_by,
         reason=event.reason,
     )
+
+
+def _pretrained_problems(event: TrainingRequested, family: str) -> list[str]:
+    """A pretrained start: a torch resnet18_imagenet, not also fine-tuned from a base model;
+    freezing and the backbone's learning rate only with one (the file is checked when loaded)."""
+    if event.pretrained is None:
+        if event.freeze_backbone or event.backbone_lr_scale != 1.0:
+            return ["freeze_backbone and backbone_lr_scale need a pretrained checkpoint"]
+        return []
+    problems = []
+    if family != "torch" or event.architecture not in PRETRAINED_ARCHITECTURES:
+        problems.append(
+            f"a pretrained start needs the torch family and {list(PRETRAINED_ARCHITECTURES)}"
+        )
+    if event.base_model is not None:
+        problems.append("pretrained and base_model exclude each other")
+    if event.freeze_backbone and event.backbone_lr_scale != 1.0:
+        problems.append("a frozen backbone has no learning rate: drop backbone_lr_scale")
+    return problems
 
 
 def plan_for_dataset(event: DatasetUpdated, model_name: str, epochs: int) -> TrainingPlan:

@@ -43,6 +43,8 @@ class TrainConfig:
     seed: int = 42
     augment: bool = True
     amp: bool = True  # used on CUDA only
+    #: the backbone's learning rate relative to the head's (a pretrained start: below 1)
+    backbone_lr_scale: float = 1.0
 
 
 @dataclass
@@ -115,6 +117,25 @@ def _save_atomic(obj: dict[str, Any], path: Path) -> None:
     tmp.replace(path)
 
 
+#: the classification head's parameters, by name (the ResNets' ``fc``)
+HEAD_PREFIX = "backbone.fc."
+
+
+def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """The optimiser's groups: the trainable parameters at ``learning_rate``, or with a
+    ``backbone_lr_scale`` other than 1 the head (``fc``) at ``learning_rate`` and the rest at
+    ``learning_rate * backbone_lr_scale``. Frozen parameters are left out."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if config.backbone_lr_scale == 1.0:
+        return [{"params": [p for _, p in named]}]
+    head = [p for n, p in named if n.startswith(HEAD_PREFIX)]
+    if not head:
+        raise ValueError(f"backbone_lr_scale needs a head ({HEAD_PREFIX}*) to tell apart")
+    rest = [p for n, p in named if not n.startswith(HEAD_PREFIX)]
+    lr = config.learning_rate
+    return [{"params": rest, "lr": lr * config.backbone_lr_scale}, {"params": head, "lr": lr}]
+
+
 def fit(
     model: nn.Module,
     train: PatchTensors,
@@ -129,7 +150,7 @@ def fit(
     torch.manual_seed(config.seed)
     model.to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        param_groups(model, config), lr=config.learning_rate, weight_decay=config.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     use_amp = config.amp and device.type == "cuda"

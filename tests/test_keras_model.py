@@ -95,7 +95,8 @@ async def test_a_keras_model_is_trained_gated_promoted_shipped_and_maps_a_real_s
     assert f"registered {name} version 1" in fit.stdout
 
     # MLflow: the card names keras, the model is the keras flavour, keras' fit was autologged
-    client = MlflowClient(mlflow_uri)
+    # both URIs explicit: other tests in this process may have set a global registry URI
+    client = MlflowClient(tracking_uri=mlflow_uri, registry_uri=mlflow_uri)
     version = client.get_model_version(name, "1")
     assert version.source is not None and version.run_id is not None
     card = ModelCard.from_json(version.tags[tags.MODEL_CARD])

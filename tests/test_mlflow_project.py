@@ -102,7 +102,10 @@ def project_run(
         # the MLproject's command is `python -m eostream.trainer`: this interpreter's
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    env.pop("MLFLOW_RUN_ID", None)
+    # what earlier tests in this process may have left for MLflow (`mlflow run` refuses an
+    # experiment id beside --experiment-name)
+    for leftover in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        env.pop(leftover, None)
     env.pop(provenance.COMMIT_ENV, None)
     done = subprocess.run(
         [

@@ -74,7 +74,8 @@ async def test_sklearn_pixel_model_is_gated_shipped_and_maps_real_l2a_water(
     version = trained.version
     card = json.loads(version.tags[tags.MODEL_CARD])
     assert (card["task"], card["library"], card["patch_size"]) == ("pixel", "scikit-learn", 1)
-    run = mlflow.MlflowClient(tracking_uri=mlflow_uri, registry_uri=mlflow_uri).get_run(version.run_id)
+    client = mlflow.MlflowClient(tracking_uri=mlflow_uri, registry_uri=mlflow_uri)
+    run = client.get_run(version.run_id)
     assert run.data.params["max_iter"] == "50", "autologged by mlflow.sklearn.autolog"
     assert trained.metrics["onnx_max_abs_diff"] < 1e-3
 
@@ -103,7 +104,7 @@ async def test_sklearn_pixel_model_is_gated_shipped_and_maps_real_l2a_water(
     )
     outcome = await bridge.handle_version(NAME, version.version)
     assert outcome.state == "promoted", outcome.reasons
-    gated = dict(mlflow.MlflowClient(tracking_uri=mlflow_uri, registry_uri=mlflow_uri).get_model_version(NAME, version.version).tags)
+    gated = dict(client.get_model_version(NAME, version.version).tags)
     assert gated[tags.GATE] == "passed"
     gate_water = float(gated[tags.GATE_MAP_FIGURE])
     model_key, item_key = bridge.shipper.keys(NAME, version.version)

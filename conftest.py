@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,24 @@ def pg_dsn() -> str:
 @pytest.fixture(scope="session")
 def mlflow_uri() -> str:
     return require_env("EOSTREAM_MLFLOW_URI")
+
+
+@pytest.fixture(scope="module")
+def stack_mlflow_globals(mlflow_uri: str) -> Iterator[str]:
+    """Point MLflow's process-wide tracking and registry URIs at the stack's server for a module.
+
+    The trainer and the bridge set those globals to whatever server they last worked with
+    (``mlflow.models.evaluate`` logs to the global URI); a test that calls ``mlflow.*`` functions
+    (``models:/`` and ``runs:/`` URIs) must not inherit the one an earlier test left behind.
+    """
+    import mlflow
+
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(mlflow_uri)
+    mlflow.set_registry_uri(mlflow_uri)
+    yield mlflow_uri
+    mlflow.set_tracking_uri(previous[0])
+    mlflow.set_registry_uri(previous[1])
 
 
 @pytest.fixture(scope="session")

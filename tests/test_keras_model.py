@@ -38,7 +38,12 @@ from eostream.shared.holdout import DEFAULT_SALT
 from eostream.shared.modelcard import ModelCard
 from eostream.shared.storage.local import LocalObjectStore
 
-pytestmark = [pytest.mark.stack, pytest.mark.slow, pytest.mark.timeout(1200)]
+pytestmark = [
+    pytest.mark.stack,
+    pytest.mark.slow,
+    pytest.mark.timeout(1200),
+    pytest.mark.usefixtures("stack_mlflow_globals"),
+]
 
 SCENE = "S2A_29RKH_20200219_0_L2A"  # the data folder's full scene: ingest's embedded default
 EXPERIMENT = "eostream-keras-e2e"

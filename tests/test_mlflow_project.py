@@ -33,7 +33,7 @@ from eostream.shared import provenance, tags
 from eostream.shared.deployment import MlflowAccount
 from eostream.shared.modelcard import ModelCard
 
-pytestmark = pytest.mark.stack
+pytestmark = [pytest.mark.stack, pytest.mark.usefixtures("stack_mlflow_globals")]
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "eostream-mlproject-tests"

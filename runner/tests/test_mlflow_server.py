@@ -39,8 +39,13 @@ def test_a_dead_or_recycled_pid_is_no_server(tmp_path: Path) -> None:
 def test_a_live_mlflow_process_is_advertised(tmp_path: Path) -> None:
     # identity is the command line (`python -m mlflow server ...`); a sleeper carrying the word
     # stands in for the server, whose start-up would cost this test half a minute
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "mlflow"])
+    live = subprocess.Popen(
+        [sys.executable, "-c", "import time; print(flush=True); time.sleep(30)", "mlflow"],
+        stdout=subprocess.PIPE,
+    )
     try:
+        assert live.stdout is not None
+        live.stdout.readline()  # until then the child may still be the forked test process
         write_state(tmp_path, live.pid)
         assert advertised(tmp_path) == ("http://127.0.0.1:9", live.pid)
     finally:

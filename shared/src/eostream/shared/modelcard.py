@@ -126,6 +126,15 @@ class ModelCard(BaseModel):
         default=None,
         description="the checkpoint the training started from: 'NAME-or-path sha256:<hex>'",
     )
+    dataset: str | None = Field(
+        default=None,
+        description="the chip dataset the model was trained on (its stac-geoparquet table, "
+        "``eostream labels chips``); None: EuroSAT",
+    )
+    dataset_test_split: str | None = Field(
+        default=None,
+        description="the split of ``dataset`` held out for testing (what a gate scores it on)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

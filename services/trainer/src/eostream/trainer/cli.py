@@ -155,6 +155,14 @@ def fit_command(
             file_okay=False,
         ),
     ] = None,
+    dataset: Annotated[
+        Path | None,
+        typer.Option(
+            "--dataset",
+            help="train on a chip dataset (eostream labels chips: its folder or chips.parquet): "
+            "its classes, bands, chip size and split replace EuroSAT's",
+        ),
+    ] = None,
 ) -> None:
     """Train in this process, without the bus (MLproject, benchmarks and the CWL package).
 
@@ -167,7 +175,8 @@ def fit_command(
         typer.echo(f"eostream: --family {family!r} is unknown; use one of {FAMILIES}", err=True)
         raise typer.Exit(2)
     pixel = family == "sklearn"
-    bands = bands or ("ms13" if pixel else "rgb")
+    chips = _chip_dataset(dataset, family, base_model, pretrained) if dataset else None
+    bands = chips.band_set if chips else bands or ("ms13" if pixel else "rgb")
     architecture = architecture or ("pixel_hgb" if pixel else "small_cnn")
 
     settings = _settings(bus="memory")  # fit publishes nothing: no Kafka settings needed
@@ -191,6 +200,10 @@ def fit_command(
             requested_by="cli",
         )
     )
+    if chips is not None:
+        from dataclasses import replace
+
+        plan = replace(plan, dataset=str(chips.path), classes=chips.classes)
     # a pixel model has no batches to count
     from eostream.trainer.errors import BadTrainingRequestError
 
@@ -218,6 +231,32 @@ def fit_command(
             )
             catalog = write_model_catalog(outcome, onnx_path, stac_out, plan.base_model)
         typer.echo(f"STAC catalog: {catalog}")
+
+
+def _chip_dataset(
+    dataset: Path, family: str, base_model: str | None, pretrained: str | None
+) -> Any:
+    """The chip dataset ``--dataset`` names, or one line and exit status 2."""
+    from eostream.trainer import chipset
+    from eostream.trainer.errors import DatasetError
+
+    problems = [
+        what
+        for what, bad in (
+            ("--family torch", family != "torch"),
+            ("no --base-model", base_model is not None),
+            ("no --pretrained", pretrained is not None),
+        )
+        if bad
+    ]
+    if problems:
+        typer.echo(f"eostream: --dataset trains from scratch: use {', '.join(problems)}", err=True)
+        raise typer.Exit(2)
+    try:
+        return chipset.open_dataset(dataset)
+    except DatasetError as exc:
+        typer.echo(f"eostream: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def write_model_catalog(

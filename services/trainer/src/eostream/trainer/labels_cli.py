@@ -333,3 +333,75 @@ def list_(stac_api: StacApiOpt = None, home: HomeOpt = None) -> None:
             f"{c['id']}\tclasses: {','.join(s.get(CLASSES_FIELD, []))}\t"
             f"tasks: {','.join(s.get('label:tasks', []))}"
         )
+
+
+@app.command("chips")
+def chips(
+    labels: Annotated[
+        str, typer.Option(help="label items: a STAC labels collection or catalog (path or URL)")
+    ],
+    out: Annotated[Path, typer.Option(help="the dataset folder to write", file_okay=False)],
+    size: Annotated[int, typer.Option(help="chip edge in pixels (10 m)")] = 64,
+    stride: Annotated[int | None, typer.Option(help="pixels between chips (default: size)")] = None,
+    classes: Annotated[
+        str | None, typer.Option(help="comma-separated dataset classes, in output order")
+    ] = None,
+    background: Annotated[
+        str | None, typer.Option(help="the class of labelled pixels outside every shape")
+    ] = None,
+    class_list: Annotated[
+        Path | None,
+        typer.Option(help="a labelling tool's labels.json: more class names --classes may use"),
+    ] = None,
+    bands: Annotated[str, typer.Option(help="the model's band set: rgb or ms13")] = "rgb",
+    min_share: Annotated[float, typer.Option(help="share a chip's class must cover")] = 0.75,
+    max_invalid: Annotated[float, typer.Option(help="most nodata/cloud share kept")] = 0.05,
+    block: Annotated[int, typer.Option(help="chips per edge of a spatial split block")] = 4,
+    split_by: Annotated[str, typer.Option(help="space (blocks with a gap) or date")] = "space",
+    seed: int = 0,
+) -> None:
+    """Cut image chips and per-pixel masks from the labelled scenes, read as inference reads
+    them, into a stac-geoparquet dataset that ``eostream trainer fit --dataset`` trains on."""
+    try:
+        from eostream.inference import chips as cutter
+        from eostream.inference.errors import InferenceError
+    except ImportError:  # the trainer image has no inference package
+        raise _fail("chips need the eostream-inference package (its scene reader)") from None
+    from eostream.trainer import chipset
+
+    if split_by not in ("space", "date"):
+        raise _fail(f"--split-by {split_by!r}: use space or date")
+    try:
+        names: list[str] = []
+        if class_list is not None:
+            doc = _read_json(str(class_list), "class list")
+            names = [str(e["name"]) for e in doc.get("labels", [])] if isinstance(doc, dict) else []
+        rules = cutter.ChipRules(
+            size=size,
+            stride=stride,
+            min_share=min_share,
+            max_invalid=max_invalid,
+            block=block,
+            split_by="date" if split_by == "date" else "space",
+            seed=seed,
+        )
+        wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+        cut = cutter.cut(
+            labels,
+            classes=wanted,
+            background=background,
+            class_list=names,
+            band_set=bands,
+            rules=rules,
+        )
+        table = chipset.write(cut, out, rules)
+    except (InferenceError, EostreamError, OSError, KeyError, TypeError) as exc:
+        raise _fail(str(exc)) from None
+    counts = cut.counts()
+    typer.echo(f"{len(cut.chips)} chips ({', '.join(cut.classes)}) -> {table}")
+    for split, per_class in counts.items():
+        typer.echo(f"  {split}: " + ", ".join(f"{c} {n}" for c, n in per_class.items()))
+    typer.echo(
+        "  dropped: "
+        + (", ".join(f"{r} {n}" for r, n in sorted(cut.dropped.items())) or "none")
+    )

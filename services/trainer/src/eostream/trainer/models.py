@@ -13,7 +13,8 @@
 
 Every model is :class:`EuroSATNet`: a :class:`Normalize` layer (per-band mean and standard
 deviation, in the model's input units) followed by a backbone. What goes in is each band in the
-model's units (the ModelCard says which); what comes out is ``[N, 10]`` logits.
+model's units (the ModelCard says which); what comes out is ``[N, classes]`` logits (the
+EuroSAT 10 by default; a chip dataset's own class list with ``num_classes``).
 
 :func:`widen_input` turns a model trained on some bands (RGB) into one that takes more (13 MS
 bands): the old filters move to their bands' positions, the new bands' filters start small, and
@@ -67,7 +68,7 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def _small_cnn(in_channels: int) -> nn.Sequential:
+def _small_cnn(in_channels: int, num_classes: int = NUM_CLASSES) -> nn.Sequential:
     """Four conv-BN-ReLU-pool blocks (64 -> 4 px) and a linear head: ~0.3 M parameters, cheap
     enough to train on two CPU cores."""
 
@@ -87,7 +88,7 @@ def _small_cnn(in_channels: int) -> nn.Sequential:
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
         nn.Dropout(0.2),
-        nn.Linear(128, NUM_CLASSES),
+        nn.Linear(128, num_classes),
     )
 
 
@@ -97,10 +98,12 @@ class _CentreCNN(nn.Module):
     the pixels it labels at inference, not only their 640 m surroundings. Train it with the
     ``centre`` augmentation so the context branch does not drown the centre."""
 
-    def __init__(self, in_channels: int, crop: int = CENTRE_CROP) -> None:
+    def __init__(
+        self, in_channels: int, crop: int = CENTRE_CROP, num_classes: int = NUM_CLASSES
+    ) -> None:
         super().__init__()
         self.crop = crop
-        self.context = _small_cnn(in_channels)
+        self.context = _small_cnn(in_channels, num_classes)
         self.local = nn.Sequential(
             nn.Conv2d(in_channels, 64, 1, bias=False),
             nn.BatchNorm2d(64),
@@ -108,7 +111,7 @@ class _CentreCNN(nn.Module):
             nn.Conv2d(64, 64, 3, bias=False),  # valid: the crop plus a 1 px margin in
             nn.BatchNorm2d(64),
             nn.ReLU(inplace=True),
-            nn.Conv2d(64, NUM_CLASSES, 1),
+            nn.Conv2d(64, num_classes, 1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,11 +123,11 @@ class _CentreCNN(nn.Module):
         return out
 
 
-def _resnet18(in_channels: int, stem: str) -> nn.Module:
+def _resnet18(in_channels: int, stem: str, num_classes: int = NUM_CLASSES) -> nn.Module:
     """torchvision's ResNet-18 with a stem for 64x64 patches: ``imagenet`` (7x7 stride 2 and
     max-pool, layer1 at 16x16), ``stride2`` (3x3 stride 2, layer1 at 32x32) or ``full`` (3x3
     stride 1, layer1 at 64x64)."""
-    net = torchvision.models.resnet18(weights=None, num_classes=NUM_CLASSES)
+    net = torchvision.models.resnet18(weights=None, num_classes=num_classes)
     if stem == "imagenet":
         net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
     else:
@@ -134,18 +137,23 @@ def _resnet18(in_channels: int, stem: str) -> nn.Module:
     return cast(nn.Module, net)
 
 
-def _backbone(architecture: str, in_channels: int) -> nn.Module:
+def _backbone(architecture: str, in_channels: int, num_classes: int = NUM_CLASSES) -> nn.Module:
     if architecture == "small_cnn":
-        return _small_cnn(in_channels)
+        return _small_cnn(in_channels, num_classes)
     if architecture == "centre_cnn":
-        return _CentreCNN(in_channels)
+        return _CentreCNN(in_channels, num_classes=num_classes)
     stems = {"resnet18": "full", "resnet18_stride2": "stride2", "resnet18_imagenet": "imagenet"}
-    return _resnet18(in_channels, stems[architecture])
+    return _resnet18(in_channels, stems[architecture], num_classes)
 
 
 class EuroSATNet(nn.Module):
     def __init__(
-        self, architecture: str, bands: Sequence[str], mean: Sequence[float], std: Sequence[float]
+        self,
+        architecture: str,
+        bands: Sequence[str],
+        mean: Sequence[float],
+        std: Sequence[float],
+        num_classes: int = NUM_CLASSES,
     ) -> None:
         super().__init__()
         if architecture not in ARCHITECTURES:
@@ -157,7 +165,7 @@ class EuroSATNet(nn.Module):
         self.architecture = architecture
         self.bands = tuple(bands)
         self.normalize = Normalize(mean, std)
-        self.backbone = _backbone(architecture, len(bands))
+        self.backbone = _backbone(architecture, len(bands), num_classes)
         self.jitter: nn.Module | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -200,8 +208,10 @@ def build_model(
     mean: Sequence[float],
     std: Sequence[float],
     jitter: nn.Module | None = None,
+    num_classes: int = NUM_CLASSES,
 ) -> EuroSATNet:
-    return EuroSATNet(architecture, bands, mean, std).with_jitter(jitter)
+    """``num_classes`` outputs: EuroSAT's 10 by default, a chip dataset's class count else."""
+    return EuroSATNet(architecture, bands, mean, std, num_classes).with_jitter(jitter)
 
 
 def widen_input(

@@ -25,6 +25,7 @@ from eostream.shared import tags
 from eostream.shared.modelcard import BandScaling, ModelCard
 from eostream.trainer.augment import training_augmentation
 from eostream.trainer.bands import band_set_bands
+from eostream.trainer import chipset
 from eostream.trainer.catalog import build_catalog, list_sources, sources_digest
 from eostream.trainer.datasets import PatchTensors, band_statistics, load_patches
 from eostream.trainer.errors import BadTrainingRequestError
@@ -105,7 +106,9 @@ def prepare_model(plan: TrainingPlan, tracker: Tracker, train: PatchTensors) -> 
     bands = band_set_bands(plan.band_set)
     mean, std = band_statistics(train.x)
     if plan.base_model is None:
-        return build_model(plan.architecture, bands, mean, std)
+        return build_model(plan.architecture, bands, mean, std, num_classes=len(plan.classes))
+    if plan.dataset is not None:
+        raise BadTrainingRequestError("a chip dataset model trains from scratch: drop base_model")
     base, base_card = tracker.load_base(plan.base_model)
     if base.architecture != plan.architecture:
         raise BadTrainingRequestError(
@@ -142,7 +145,12 @@ def pretrained_start(
 def select_and_load(
     plan: TrainingPlan, settings: TrainerSettings
 ) -> tuple[Selection, dict[str, PatchTensors]]:
-    """The request's selection (the gate's hold-out left out) and its train/val/test patches."""
+    """The request's selection (the gate's hold-out left out) and its train/val/test patches;
+    with ``plan.dataset``, the chip dataset's chips in their recorded splits."""
+    if plan.dataset is not None:
+        dataset = chipset.open_dataset(plan.dataset)
+        chosen = chipset.select(dataset, plan.seed)
+        return chosen, {s: chipset.load(dataset, chosen.of(s)) for s in ("train", "val", "test")}
     table = build_catalog(settings.data_dir, settings.cache_dir, plan.band_set)
     selection = select_for_training(
         table,
@@ -214,17 +222,21 @@ def train_and_register(
         units = {s.band: (s.scale, s.offset) for s in card_scaling(plan.band_set, settings)}
         model.with_jitter(training_augmentation(augmentation, model.bands, units))
     library, distribution = LIBRARIES[plan.family]
-    card = ModelCard(
-        name=plan.model_name,
-        band_set=plan.band_set,
-        bands=band_set_bands(plan.band_set),
-        scaling=card_scaling(plan.band_set, settings),
-        architecture=plan.architecture,
-        training_data_digest=selection.digest,
-        description=f"EuroSAT {plan.band_set} {plan.architecture}, request {plan.request_id}",
-        library=library,
-        library_version=dist_version(distribution),
-        pretrained_source=pretrained.description if pretrained else None,
+    card = (
+        chip_card(plan, chipset.open_dataset(plan.dataset), selection.digest, distribution)
+        if plan.dataset is not None
+        else ModelCard(
+            name=plan.model_name,
+            band_set=plan.band_set,
+            bands=band_set_bands(plan.band_set),
+            scaling=card_scaling(plan.band_set, settings),
+            architecture=plan.architecture,
+            training_data_digest=selection.digest,
+            description=f"EuroSAT {plan.band_set} {plan.architecture}, request {plan.request_id}",
+            library=library,
+            library_version=dist_version(distribution),
+            pretrained_source=pretrained.description if pretrained else None,
+        )
     )
     device = resolve_device(settings.device)
     work = settings.cache_dir / "runs" / _safe(plan.request_id)
@@ -369,6 +381,30 @@ def run_params(plan: TrainingPlan, selection: Selection) -> dict[str, object]:
     for split, count in selection.counts().items():
         params[f"n_{split}"] = count
     return params
+
+
+def chip_card(
+    plan: TrainingPlan, dataset: chipset.ChipDataset, digest: str, distribution: str = "torch"
+) -> ModelCard:
+    """The card of a model trained on a chip dataset: its classes, band set, chip size and
+    processing level; input in reflectance (scale 1, offset 0: what the chips hold)."""
+    return ModelCard(
+        name=plan.model_name,
+        band_set=dataset.band_set,  # type: ignore[arg-type]
+        bands=band_set_bands(dataset.band_set),
+        scaling=identity_scaling(dataset.band_set),
+        classes=dataset.classes,
+        patch_size=dataset.size,
+        processing_level=dataset.processing_level,  # type: ignore[arg-type]
+        architecture=plan.architecture,
+        training_data_digest=digest,
+        description=f"{', '.join(dataset.classes)} {plan.architecture} on chips "
+        f"{dataset.path.parent.name}, request {plan.request_id}",
+        library="pytorch",
+        library_version=dist_version(distribution),
+        dataset=str(dataset.path.resolve()),
+        dataset_test_split="test",
+    )
 
 
 def _safe(text: str) -> str:

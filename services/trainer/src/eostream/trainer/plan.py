@@ -48,6 +48,9 @@ class TrainingPlan:
     backbone_lr_scale: float = 1.0
     requested_by: str = "unknown"
     reason: str = ""
+    #: a chip dataset (``eostream labels chips``; folder or its chips.parquet): its classes,
+    #: band set, chip size and recorded split replace EuroSAT's
+    dataset: str | None = None
 
 
 def plan_training(event: TrainingRequested) -> TrainingPlan:

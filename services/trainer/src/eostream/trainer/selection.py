@@ -53,11 +53,13 @@ class SelectionSpec:
     train_fraction: float = 0.7
     val_fraction: float = 0.15
     exclude: tuple[str, ...] = ()  # "Class/file name" keys left out of every split
+    #: the classes the table knows (EuroSAT's; a chip dataset's own, see trainer/chipset.py)
+    vocabulary: tuple[str, ...] = EUROSAT_CLASSES
 
     def __post_init__(self) -> None:
-        unknown = [c for c in self.classes if c not in EUROSAT_CLASSES]
+        unknown = [c for c in self.classes if c not in self.vocabulary]
         if unknown or not self.classes:
-            raise DatasetError(f"unknown classes {unknown}; choose from {list(EUROSAT_CLASSES)}")
+            raise DatasetError(f"unknown classes {unknown}; choose from {list(self.vocabulary)}")
         if not (0 < self.train_fraction < 1 and 0 < self.val_fraction < 1):
             raise DatasetError("train and validation fractions must lie strictly between 0 and 1")
         if self.train_fraction + self.val_fraction >= 1:
@@ -68,7 +70,7 @@ class SelectionSpec:
 class Patch:
     item_id: str
     class_name: str
-    label: int  # index in EUROSAT_CLASSES
+    label: int  # index in the table's classes (EUROSAT_CLASSES for EuroSAT)
     href: str  # relative to the data folder
     split: str
 
@@ -216,7 +218,10 @@ def select_for_training(
 
 def _digest(table: CatalogTable, spec: SelectionSpec, patches: tuple[Patch, ...]) -> str:
     h = hashlib.sha256(table.digest.encode())
-    h.update(json.dumps(asdict(spec), sort_keys=True).encode())
+    fields = asdict(spec)
+    if spec.vocabulary == EUROSAT_CLASSES:  # EuroSAT digests stay what they were
+        del fields["vocabulary"]
+    h.update(json.dumps(fields, sort_keys=True).encode())
     for p in patches:
         h.update(f"{p.item_id}\t{p.label}\t{p.split}\n".encode())
     return h.hexdigest()

@@ -92,3 +92,18 @@ def test_segmentation_is_refused_with_its_reason() -> None:
     card = CARD.model_copy(update={"task": "segmentation"})
     facts = OnnxFacts(_facts().inputs, _facts().outputs, {METADATA_KEY: card.to_json()})
     assert any("'segmentation'" in p and "not supported" in p for p in graph_problems(facts, card))
+
+
+def test_any_class_list_passes_when_the_output_has_one_score_per_class() -> None:
+    card = CARD.model_copy(update={"classes": ("water", "forest", "other"), "patch_size": 32})
+    facts = OnnxFacts(
+        inputs=(TensorFacts("input", ("N", 3, 32, 32), "float32"),),
+        outputs=(TensorFacts("logits", ("N", 3), "float32"),),
+        metadata={METADATA_KEY: card.to_json()},
+    )
+    assert graph_problems(facts, card) == []
+    ten = OnnxFacts(facts.inputs, _facts().outputs, facts.metadata)
+    assert "output has 10 classes; the card declares 3" in graph_problems(ten, card)
+    twice = card.model_copy(update={"classes": ("water", "water", "other")})
+    bad = OnnxFacts(facts.inputs, facts.outputs, {METADATA_KEY: twice.to_json()})
+    assert "card classes must be a non-empty list of distinct names" in graph_problems(bad, twice)

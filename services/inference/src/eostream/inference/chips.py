@@ -205,8 +205,8 @@ def _footprint(grid: Any, row: int, col: int, size: int) -> tuple[float, float, 
     from rasterio.warp import transform_bounds
 
     t = grid.transform
-    x0, y0 = t * (col, row)
-    x1, y1 = t * (col + size, row + size)
+    x0, y0 = t.c + t.a * col + t.b * row, t.f + t.d * col + t.e * row
+    x1, y1 = x0 + t.a * size + t.b * size, y0 + t.d * size + t.e * size
     box = transform_bounds(
         grid.crs, "EPSG:4326", min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
     )
@@ -238,9 +238,9 @@ def cut(
         raise BadInputError(f"the scenes ({grid.width}x{grid.height} px) are smaller than a chip")
     label_index = {c: i for i, c in enumerate(labels.classes)}
     to_wanted = np.full(len(labels.classes), UNKNOWN, np.uint8)
-    for c, i in label_index.items():
-        if c in wanted:
-            to_wanted[i] = wanted.index(c)
+    for name, i in label_index.items():
+        if name in wanted:
+            to_wanted[i] = wanted.index(name)
     s, area = rules.size, float(rules.size * rules.size)
     dropped: Counter[str] = Counter()
     found: list[tuple[str, str, int, int, int, float, npt.NDArray[Any], npt.NDArray[Any]]] = []

@@ -39,10 +39,12 @@ log = logging.getLogger(__name__)
 Predictor = Callable[[np.ndarray], np.ndarray]  # images -> logits
 
 
-def per_class_recall(predicted: list[str], actual: list[str]) -> dict[str, float]:
+def per_class_recall(
+    predicted: list[str], actual: list[str], classes: tuple[str, ...] = EUROSAT_CLASSES
+) -> dict[str, float]:
     p, t = np.asarray(predicted), np.asarray(actual)
     result: dict[str, float] = {}
-    for cls in EUROSAT_CLASSES:
+    for cls in classes:
         mask = t == cls
         if mask.any():
             result[cls] = float((p[mask] == cls).mean())
@@ -52,7 +54,10 @@ def per_class_recall(predicted: list[str], actual: list[str]) -> dict[str, float
 def _recall_metric(predictions: pd.Series, targets: pd.Series, metrics: Any) -> MetricValue:
     # MLflow maps the parameters by name: these three names are part of its API
     del metrics
-    return MetricValue(aggregate_results=per_class_recall(list(predictions), list(targets)))
+    classes = tuple(sorted({*map(str, targets), *map(str, predictions)}))
+    return MetricValue(
+        aggregate_results=per_class_recall(list(predictions), list(targets), classes)
+    )
 
 
 def evaluate(
@@ -66,7 +71,7 @@ def evaluate(
 ) -> tuple[Evaluation, str]:
     """Evaluate, log an evaluation run, and return the scores and the run id."""
     positions = {name: i for i, name in enumerate(holdout.files)}
-    classes = np.asarray(EUROSAT_CLASSES)
+    classes = np.asarray(holdout.classes)  # EuroSAT's, or a chip dataset's own
 
     def model(frame: pd.DataFrame) -> np.ndarray:
         index = [positions[name] for name in frame["file"]]
@@ -77,7 +82,11 @@ def evaluate(
         frame,
         source=holdout.source,
         targets="label",
-        name=f"eurosat-{holdout.band_set}-holdout-{holdout.digest[:12]}",
+        name=(
+            f"eurosat-{holdout.band_set}-holdout-{holdout.digest[:12]}"
+            if holdout.classes == EUROSAT_CLASSES
+            else f"chips-{holdout.band_set}-holdout-{holdout.digest[:12]}"
+        ),
     )
     mlflow.set_experiment(experiment)
     code = provenance.code_version("eostream-registry-bridge").run_tags()  # package, commit
@@ -99,13 +108,13 @@ def evaluate(
             ],
             evaluator_config={
                 "log_model_explainability": False,
-                "label_list": list(EUROSAT_CLASSES),
+                "label_list": list(holdout.classes),
             },
         )
     metrics = result.metrics
     recall = {
         cls: float(metrics[f"recall/{cls}"])
-        for cls in EUROSAT_CLASSES
+        for cls in holdout.classes
         if f"recall/{cls}" in metrics
     }
     evaluation = Evaluation(

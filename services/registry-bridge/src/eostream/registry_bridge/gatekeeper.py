@@ -25,6 +25,7 @@ from eostream.registry_bridge.settings import BridgeSettings
 from eostream.registry_bridge.shipping import Shipper
 from eostream.registry_bridge.verification import Verified, verify
 from eostream.shared import tags
+from eostream.shared.modelcard import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,16 @@ class Gatekeeper:
             self._map_key = self._reference().key()
         return self._map_key
 
-    def holdout_for(self, band_set: str) -> holdout.Holdout:
+    def holdout_for(self, of: str | ModelCard) -> holdout.Holdout:
+        """The held-out set of a band set (EuroSAT), or of a card: a model trained on a chip
+        dataset (``card.dataset``) is scored on that dataset's test split, in its classes."""
+        if isinstance(of, ModelCard) and of.dataset is not None:
+            split = of.dataset_test_split or "test"
+            key = f"chips:{of.dataset}#{split}"
+            if key not in self._holdouts:
+                self._holdouts[key] = holdout.load_chips(of.dataset, split)
+            return self._holdouts[key]
+        band_set = of.band_set if isinstance(of, ModelCard) else of
         if band_set not in self._holdouts:
             h = self.settings.holdout
             self._holdouts[band_set] = holdout.load(
@@ -84,7 +94,7 @@ class Gatekeeper:
 
     def evaluate_candidate(self, verified: Verified) -> tuple[Evaluation, str]:
         sess = onnx_model.session(verified.onnx_bytes, self.settings.torch_threads)
-        h = self.holdout_for(verified.card.band_set)
+        h = self.holdout_for(verified.card)
         result = self.registry.evaluate(
             lambda x: onnx_model.logits(sess, x),
             h,
@@ -116,8 +126,10 @@ class Gatekeeper:
             raise RefusedError([f"the champion {name} v{version} has no ONNX artifact"])
         return data
 
-    def evaluate_champion(self, name: str, version: str, band_set: str) -> Evaluation:
-        h = self.holdout_for(band_set)
+    def evaluate_champion(self, name: str, version: str, of: str | ModelCard) -> Evaluation:
+        """The champion's scores on the candidate's held-out set (``of``: its band set or
+        card)."""
+        h = self.holdout_for(of)
         key = (name, version, h.digest)
         if key not in self._evaluations:
             sess = onnx_model.session(
@@ -173,8 +185,16 @@ class Gatekeeper:
         scores = self._maps[(name, version, key)]
         return scores if scores.figure(self.settings.gate.map_metric) is not None else None
 
-    def calibration_for(self, band_set: str) -> np.ndarray:
-        """The int8 calibration patches of a band set (training patches, read once)."""
+    def calibration_for(self, band_set: str, card: ModelCard | None = None) -> np.ndarray:
+        """The int8 calibration patches of a band set (training patches, read once); for a
+        chip dataset's model, chips of its train split."""
+        if card is not None and card.dataset is not None:
+            key = f"chips:{card.dataset}"
+            if key not in self._calibration:
+                chips = holdout.load_chips(card.dataset, "train").images
+                size = self.settings.int8.calibration_size
+                self._calibration[key] = chips[:: max(1, len(chips) // size)][:size]
+            return self._calibration[key]
         if band_set not in self._calibration:
             s = self.settings
             self._calibration[band_set] = quantize.load_calibration(
@@ -191,8 +211,8 @@ class Gatekeeper:
             verified.onnx_bytes,
             verified.card,
             settings=self.settings.int8,
-            holdout=self.holdout_for(band_set),
-            calibration=lambda: self.calibration_for(band_set),
+            holdout=self.holdout_for(verified.card),
+            calibration=lambda: self.calibration_for(band_set, verified.card),
             logits=lambda data, x: onnx_model.logits(onnx_model.session(data, threads), x),
             maps=(lambda data: reference.score(data).scores) if reference is not None else None,
             # the fp32 figures the gate recorded (memory, else the version's tags), else scored

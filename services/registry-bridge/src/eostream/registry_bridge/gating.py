@@ -84,7 +84,7 @@ class Gating:
         champion_version = self.registry.alias_version(name, tags.CHAMPION)
         champion: Evaluation | None = None
         if champion_version and champion_version != version:
-            champion = self.gate.evaluate_champion(name, champion_version, verified.card.band_set)
+            champion = self.gate.evaluate_champion(name, champion_version, verified.card)
         metrics.show_scores(
             name, version, metrics.CHALLENGER, candidate.accuracy, candidate.per_class_recall
         )

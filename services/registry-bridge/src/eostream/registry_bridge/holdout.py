@@ -29,10 +29,12 @@ class Holdout:
     images: np.ndarray  # float32 [N, C, 64, 64] in the model's units
     digest: str  # sha256 over the salt and the chosen file names
     source: str = ""  # the data folder the files are relative to
+    #: the classes ``labels`` index: EuroSAT's, or a chip dataset's own (:func:`load_chips`)
+    classes: tuple[str, ...] = EUROSAT_CLASSES
 
     @property
     def label_names(self) -> list[str]:
-        return [EUROSAT_CLASSES[int(i)] for i in self.labels]
+        return [self.classes[int(i)] for i in self.labels]
 
 
 def _read_rgb(path: Path) -> np.ndarray:
@@ -72,4 +74,46 @@ def load(data_dir: Path, band_set: str, per_class: int, salt: str) -> Holdout:
     )
     return Holdout(
         band_set, tuple(files), labels, images, digest_of(files, salt), str(data_dir.resolve())
+    )
+
+
+def load_chips(table: str, split: str = "test") -> Holdout:
+    """The ``split`` chips of a chip dataset (``eostream labels chips``; the model card's
+    ``dataset`` and ``dataset_test_split``): the held-out set of a model trained on it, whose
+    classes are the dataset's. The EuroSAT hold-out cannot score such a model."""
+    import hashlib
+
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]
+
+    path = Path(table)
+    if not path.is_file():
+        raise FileNotFoundError(f"the model's chip dataset {table} is not readable here")
+    rows = pq.read_table(path).to_pylist()
+    classes_at = {int(r["class_index"]): str(r["class"]) for r in rows}
+    classes = tuple(classes_at[i] for i in sorted(classes_at))
+    if list(sorted(classes_at)) != list(range(len(classes))):
+        raise ValueError(f"{table}: class indices {sorted(classes_at)} are not 0..n-1")
+    chosen = sorted((r for r in rows if r["split"] == split), key=lambda r: str(r["id"]))
+    if not chosen:
+        raise FileNotFoundError(f"the chip dataset {table} has no {split!r} chips")
+    arrays: dict[str, np.ndarray] = {}
+    images = []
+    for r in chosen:
+        href = str(r["assets"]["image"]["href"])
+        if href not in arrays:
+            with np.load(path.parent / href) as npz:
+                arrays[href] = npz["x"]
+        images.append(arrays[href][int(r["chip_index"])])
+    files = tuple(str(r["id"]) for r in chosen)
+    h = hashlib.sha256(path.read_bytes())
+    h.update(f"\n{split}\n".encode())
+    log.info("held-out chips %s (%s): %d chips of %s", split, path, len(files), ", ".join(classes))
+    return Holdout(
+        band_set=str(chosen[0]["band_set"]),
+        files=files,
+        labels=np.array([int(r["class_index"]) for r in chosen], dtype=np.int64),
+        images=np.stack(images).astype(np.float32),
+        digest=h.hexdigest(),
+        source=str(path.resolve()),
+        classes=classes,
     )

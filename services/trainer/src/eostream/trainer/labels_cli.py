@@ -402,6 +402,5 @@ def chips(
     for split, per_class in counts.items():
         typer.echo(f"  {split}: " + ", ".join(f"{c} {n}" for c, n in per_class.items()))
     typer.echo(
-        "  dropped: "
-        + (", ".join(f"{r} {n}" for r, n in sorted(cut.dropped.items())) or "none")
+        "  dropped: " + (", ".join(f"{r} {n}" for r, n in sorted(cut.dropped.items())) or "none")
     )

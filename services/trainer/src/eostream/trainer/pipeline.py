@@ -23,9 +23,9 @@ import torch
 
 from eostream.shared import tags
 from eostream.shared.modelcard import BandScaling, ModelCard
+from eostream.trainer import chipset
 from eostream.trainer.augment import training_augmentation
 from eostream.trainer.bands import band_set_bands
-from eostream.trainer import chipset
 from eostream.trainer.catalog import build_catalog, list_sources, sources_digest
 from eostream.trainer.datasets import PatchTensors, band_statistics, load_patches
 from eostream.trainer.errors import BadTrainingRequestError
@@ -390,12 +390,12 @@ def chip_card(
     processing level; input in reflectance (scale 1, offset 0: what the chips hold)."""
     return ModelCard(
         name=plan.model_name,
-        band_set=dataset.band_set,  # type: ignore[arg-type]
+        band_set=dataset.band_set,
         bands=band_set_bands(dataset.band_set),
         scaling=identity_scaling(dataset.band_set),
         classes=dataset.classes,
         patch_size=dataset.size,
-        processing_level=dataset.processing_level,  # type: ignore[arg-type]
+        processing_level=dataset.processing_level,
         architecture=plan.architecture,
         training_data_digest=digest,
         description=f"{', '.join(dataset.classes)} {plan.architecture} on chips "

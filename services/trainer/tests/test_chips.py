@@ -1,0 +1,188 @@
+"""Chips cut from labelled real scenes (Boadella) train a patch classifier on the labels' own
+classes (water, other), which inference's pipeline then runs on a third real date."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import mlflow
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from eostream.inference import evaluation, reference
+from eostream.registry_bridge import contract, onnx_model
+from eostream.registry_bridge import evaluation as gate_evaluation
+from eostream.registry_bridge import holdout as gate_holdout
+from eostream.shared.modelcard import ModelCard
+from eostream.trainer import chipset
+from eostream.trainer.cli import app as trainer_app
+from eostream.trainer.labels_cli import app as labels_app
+
+TRAIN_DATES = ("2020-06-21", "2020-09-14")
+MAP_DATE = "2021-07-16"
+SIZE = 32
+LABELS_JSON = "sentinel2_scenes/boadella_l2a_sentinelhub/sentinel_2/labels.json"
+
+
+def _chips(labels: Path, out: Path, *extra: str) -> tuple[int, str]:
+    args = ["chips", "--labels", str(labels), "--out", str(out), "--size", str(SIZE), *extra]
+    result = CliRunner().invoke(labels_app, args)
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def _root_logging() -> Iterator[None]:
+    """The CLI's configure_logging points the root logger at CliRunner's stream, closed after
+    the command: put the handlers back, so later commands do not log into a closed file."""
+    handlers, level = logging.root.handlers[:], logging.root.level
+    yield
+    logging.root.handlers[:] = handlers
+    logging.root.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def references(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two labelled dates to cut chips from, and a third to map."""
+    root = tmp_path_factory.mktemp("boadella")
+    train = reference.build_boadella(data_dir, root / "train", TRAIN_DATES)
+    third = reference.build_boadella(data_dir, root / "map", (MAP_DATE,))
+    # the reference's water is the model's own class "water" (data of the set, not code)
+    collection = json.loads(third.read_text())
+    collection[reference.MAPPING_FIELD] = {"water": ["water"]}
+    third.write_text(json.dumps(collection))
+    return train, third
+
+
+@pytest.fixture(scope="module")
+def dataset(references: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("chips") / "boadella"
+    code, output = _chips(references[0], out, "--block", "3", "--classes", "water,other")
+    assert code == 0, output
+    assert "dropped: mixed" in output and "split_gap" in output
+    return out
+
+
+def test_chips_are_labelled_on_purpose_and_split_apart(dataset: Path) -> None:
+    data = chipset.open_dataset(dataset)
+    assert data.classes == ("water", "other")
+    assert (data.band_set, data.size, data.processing_level) == ("rgb", SIZE, "L2A")
+    with duckdb.connect() as con:
+        rows = con.execute(
+            "SELECT split, class, class_share, chip_row, chip_col, assets.image.href, chip_index,"
+            " scene_id FROM read_parquet($p)",
+            {"p": str(data.path)},
+        ).fetchall()
+    assert {r[0] for r in rows} == {"train", "val", "test"}
+    assert {r[1] for r in rows} == {"water", "other"}
+    assert {r[7] for r in rows} == {f"boadella-{d}" for d in TRAIN_DATES}
+    assert min(r[2] for r in rows) >= 0.75  # every chip's class covers 75 % of it
+    # no training chip touches (overlaps or borders) a test chip, on any date
+    train = {(r[3], r[4]) for r in rows if r[0] == "train"}
+    test = {(r[3], r[4]) for r in rows if r[0] == "test"}
+    assert not any(
+        abs(a[0] - b[0]) <= SIZE and abs(a[1] - b[1]) <= SIZE for a in train for b in test
+    )
+    # the arrays: reflectance as inference reads it, and a per-pixel mask agreeing with the class
+    water = next(r for r in rows if r[1] == "water")
+    with np.load(dataset / water[5]) as npz:
+        x, mask = npz["x"][water[6]], npz["mask"][water[6]]
+    assert x.shape == (3, SIZE, SIZE) and np.isfinite(x).all()
+    assert 0.0 <= float(np.median(x)) < 0.2  # water is dark
+    assert (mask == 0).mean() >= 0.75
+    summary = json.loads((dataset / "dataset.json").read_text())
+    assert summary["dropped"]["mixed"] > 0 and summary["dropped"]["split_gap"] > 0
+
+
+@pytest.mark.usefixtures("_root_logging")
+def test_a_water_other_classifier_trains_and_maps_a_third_date(
+    dataset: Path,
+    references: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TRAINER_MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("TRAINER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TRAINER_EXPERIMENT_NAME", "chips-test")
+    monkeypatch.setenv("TRAINER_DEVICE", "cpu")
+    out = tmp_path / "model"
+    words = ["fit", "--dataset", str(dataset), "--epochs", "2", "--batch-size", "16"]
+    result = CliRunner().invoke(
+        trainer_app, [*words, "--model-name", "boadella-water", "--stac-out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    card = ModelCard.from_json((next(out.rglob("model-card.json"))).read_text())
+    assert card.classes == ("water", "other")
+    assert card.patch_size == SIZE and card.processing_level == "L2A"
+    assert card.dataset == str((dataset / chipset.TABLE).resolve())
+    assert card.dataset_test_split == "test"
+    onnx_path = next(out.rglob("*.onnx"))
+    # the bridge's contract takes its classes, and its gate scores it on the dataset's test split
+    data = onnx_path.read_bytes()
+    facts, problems = onnx_model.inspect(data)
+    assert facts is not None and problems == []
+    assert contract.check_graph(facts, card) == []
+    held_out = gate_holdout.load_chips(str(card.dataset), str(card.dataset_test_split))
+    assert held_out.classes == card.classes and held_out.images.shape[1:] == (3, SIZE, SIZE)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    session = onnx_model.session(data, 1)
+    scores, _ = gate_evaluation.evaluate(
+        lambda x: onnx_model.logits(session, x),
+        held_out,
+        experiment="chips-gate-test",
+        run_name="gate",
+        params={},
+        tags={},
+    )
+    assert scores.samples == len(held_out.files) and set(scores.per_class_recall) <= {
+        "water",
+        "other",
+    }
+    assert scores.accuracy > 0.5
+    # inference's own pipeline (embedded) loads it (the contract takes its classes) and maps
+    report = evaluation.evaluate(str(references[1]), str(onnx_path))
+    assert report.errors == [] and report.classes == ["water", "other"]
+    (item,) = report.items
+    cm = item.model_cm  # rows: labels (water, other); columns: the map
+    iou = cm[0, 0] / (cm[0].sum() + cm[:, 0].sum() - cm[0, 0])
+    assert cm[0, 0] / cm[0].sum() > 0.5, cm  # most labelled water is mapped as water
+    assert iou > 0.3, cm
+    assert cm[1, 1] > cm[0, 1], cm  # the map is not water everywhere
+
+
+def test_bad_chip_requests_get_one_line(
+    references: tuple[Path, Path], data_dir: Path, tmp_path: Path
+) -> None:
+    third = references[1]
+    code, output = _chips(third, tmp_path / "a", "--classes", "water,cloud")
+    assert code == 2 and output.strip() == (
+        "eostream labels: unknown class cloud: the labels name water, other"
+    )
+    # forest is a class of the labelling tool's list, but no label draws it
+    code, output = _chips(
+        third,
+        tmp_path / "b",
+        "--classes",
+        "water,forest,other",
+        "--class-list",
+        str(data_dir / LABELS_JSON),
+    )
+    assert code == 2 and output.startswith("eostream labels: class forest has no chips"), output
+    code, output = _chips(third, tmp_path / "c", "--size", "128", "--classes", "water,other")
+    assert code == 2 and output.startswith("eostream labels: too few chips to split"), output
+    for out in ("a", "b", "c"):
+        assert not (tmp_path / out).exists()  # nothing half-written
+    assert len(output.strip().splitlines()) == 1
+
+
+@pytest.mark.usefixtures("_root_logging")
+def test_fit_refuses_a_missing_dataset_in_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(trainer_app, ["fit", "--dataset", str(tmp_path / "none")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == (
+        f"eostream: no chip dataset at {tmp_path / 'none'} (expected a folder with chips.parquet)"
+    )

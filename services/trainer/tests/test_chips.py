@@ -174,7 +174,11 @@ def test_bad_chip_requests_get_one_line(
     assert code == 2 and output.startswith("eostream labels: class forest has no chips"), output
     code, output = _chips(third, tmp_path / "c", "--size", "128", "--classes", "water,other")
     assert code == 2 and output.startswith("eostream labels: too few chips to split"), output
-    for out in ("a", "b", "c"):
+    code, output = _chips(third, tmp_path / "d", "--split-by", "date")
+    assert code == 2 and output.startswith(
+        "eostream labels: too few chips to split: they lie in 1 date(s)"
+    ), output
+    for out in ("a", "b", "c", "d"):
         assert not (tmp_path / out).exists()  # nothing half-written
     assert len(output.strip().splitlines()) == 1
 

@@ -313,10 +313,12 @@ def _split(
         split = _split_of(sorted({f"{r // edge}:{c // edge}" for r, c in places}), rules, "block")
         at = {(r, c): split[f"{r // edge}:{c // edge}"] for r, c in places}
         rank = {"train": 0, "val": 1, "test": 2}
+        reach = range(-(s // rules.step), s // rules.step + 1)  # the chips a chip touches
         keep = {
             p: not any(
-                rank[at[q]] > rank[at[p]] and abs(q[0] - p[0]) <= s and abs(q[1] - p[1]) <= s
-                for q in places
+                rank[at.get((p[0] + i * rules.step, p[1] + j * rules.step), "train")] > rank[at[p]]
+                for i in reach
+                for j in reach
             )
             for p in places
         }

@@ -119,10 +119,11 @@ class Bench:
 
     def ious(self, probability: npt.NDArray[np.float32], date: str) -> list[float]:
         mapped = np.isfinite(probability)
-        return [
-            self.score(date, self.to_map(np.nan_to_num(probability) > t, mapped)).iou
+        scores = [
+            self.score(date, self.to_map(np.nan_to_num(probability) > t, mapped))
             for t in THRESHOLDS
         ]
+        return [s.iou or 0.0 for s in scores]
 
     def inner(self, full: list[str], recipe: tuple[bool, bool]) -> npt.NDArray[np.float64]:
         """Mean IoU per threshold, leave one of the ``full`` training dates out."""
@@ -130,7 +131,7 @@ class Bench:
         for val in full:
             model = self.fit(self.train_dates([d for d in full if d != val], recipe), recipe[0])
             rows.append(self.ious(self.water_probability(model, val), val))
-        return np.asarray(rows).mean(axis=0)
+        return np.asarray(np.mean(rows, axis=0), np.float64)
 
     def ndwi_map(self, date: str, mapped: npt.NDArray[np.bool_]) -> Any:
         plane = self.plane(date)
@@ -140,7 +141,7 @@ class Bench:
 
 
 def fmt(s: accuracy.ClassScores) -> str:
-    return f"{s.precision:.3f} / {s.recall:.3f} / {s.iou:.3f}"
+    return " / ".join("-" if v is None else f"{v:.3f}" for v in (s.precision, s.recall, s.iou))
 
 
 def main() -> None:

@@ -30,17 +30,23 @@ def indices_for(bands: Sequence[str]) -> tuple[tuple[str, int, int], ...]:
     return tuple((name, where[a], where[b]) for name, a, b in INDICES if a in where and b in where)
 
 
-def feature_names(bands: Sequence[str]) -> tuple[str, ...]:
-    return (*bands, *(name for name, _, _ in indices_for(bands)))
+def feature_names(bands: Sequence[str], *, with_bands: bool = True) -> tuple[str, ...]:
+    names = tuple(name for name, _, _ in indices_for(bands))
+    return (*bands, *names) if with_bands else names
 
 
-def index_features(x: npt.NDArray[np.float32], bands: Sequence[str]) -> npt.NDArray[np.float32]:
+def index_features(
+    x: npt.NDArray[np.float32], bands: Sequence[str], *, with_bands: bool = True
+) -> npt.NDArray[np.float32]:
     """``[N, C]`` band vectors -> ``[N, C + k]``: the bands, then the indices ``bands`` allow,
-    computed in float32 exactly as the exported graph computes them."""
+    computed in float32 exactly as the exported graph computes them. ``with_bands=False``: the
+    ``k`` indices alone (ratios: they carry over between dates better than reflectance does)."""
     x = np.asarray(x, np.float32)
-    columns = [x]
+    columns = [x] if with_bands else []
     for _, a, b in indices_for(bands):
         num = x[:, a] - x[:, b]
         den = x[:, a] + x[:, b] + np.float32(EPSILON)
         columns.append((num / den)[:, None])
+    if not columns:
+        raise ValueError(f"bands {tuple(bands)} allow no spectral index")
     return np.ascontiguousarray(np.concatenate(columns, axis=1), dtype=np.float32)

@@ -8,6 +8,12 @@ front of the skl2onnx graph, and ends in ``logits = log(max(probabilities, 1e-12
 contract's one ``[N, classes]`` output whose softmax is the class probability (skl2onnx's
 ``label`` output is dropped, ``zipmap`` is off).
 
+Two options serve models fitted on the user's own labels (benchmarks/maps/bench_own_labels.py):
+``with_bands=False`` fits on the indices alone (band ratios carry over between dates better than
+reflectance does), and :meth:`PixelModel.with_threshold` moves one class's decision threshold by
+adding a constant to its log-probability, inside the graph too, so every consumer's argmax (and
+softmax) uses it without knowing about it.
+
 The functions here take plain arrays, so any sampler can feed them (EuroSAT patches below;
 pixels under label items elsewhere)::
 
@@ -20,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,14 +65,39 @@ class PixelModel:
     bands: tuple[str, ...]
     classes: tuple[str, ...]
     architecture: str
+    with_bands: bool = True  # False: fitted on the spectral indices alone
+    #: added to each class's log-probability (all 0: none); see :meth:`with_threshold`
+    log_shift: tuple[float, ...] | None = None
 
-    def logits(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """``[N, C]`` band vectors -> ``[N, classes]`` log-probabilities (what ONNX gives)."""
+    def features(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """``[N, C]`` band vectors -> what the estimator takes."""
+        return index_features(x, self.bands, with_bands=self.with_bands)
+
+    def probabilities(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        """The estimator's own class probabilities (no threshold shift)."""
         from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
         with threadpool_limits(1):  # OpenMP threads spin against each other on busy cores
-            p = self.estimator.predict_proba(index_features(x, self.bands))
-        return np.asarray(np.log(np.maximum(p, PROBABILITY_FLOOR)), np.float32)
+            return np.asarray(self.estimator.predict_proba(self.features(x)), np.float64)
+
+    def logits(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """``[N, C]`` band vectors -> ``[N, classes]`` log-probabilities, shifted by
+        :attr:`log_shift` (what ONNX gives)."""
+        z = np.log(np.maximum(self.probabilities(x), PROBABILITY_FLOOR))
+        if self.log_shift is not None:
+            z = z + np.asarray(self.log_shift)
+        return np.asarray(z, np.float32)
+
+    def with_threshold(self, cls: int, threshold: float) -> PixelModel:
+        """This model deciding ``cls`` where its probability exceeds ``threshold`` (two classes:
+        exactly; more: ``cls`` wins where ``p_cls / p_other > threshold / (1 - threshold)`` for
+        every other class). Kept as ``log((1 - t) / t)`` added to the class's log-probability;
+        the softmax of the shifted logits is the probability under the matching prior shift."""
+        if not 0.0 < threshold < 1.0 or not 0 <= cls < len(self.classes):
+            raise DatasetError(f"threshold {threshold} of class {cls}: want 0 < t < 1, a class")
+        shift = [0.0] * len(self.classes)
+        shift[cls] = float(np.log((1.0 - threshold) / threshold))
+        return replace(self, log_shift=tuple(shift))
 
 
 def sample_pixels(
@@ -111,10 +142,11 @@ def fit_pixel_model(
     architecture: str = "pixel_hgb",
     max_iter: int = 200,
     threads: int = 1,
+    with_bands: bool = True,
 ) -> PixelModel:
     """Fit ``architecture`` on pixels ``x`` ``[n, C]`` (card units, ``bands`` order) labelled
     ``y`` (indices into ``classes``; every class must occur, so the output has one column per
-    class)."""
+    class). ``with_bands=False``: on the spectral indices alone."""
     from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 
     if x.ndim != 2 or x.shape[1] != len(bands) or len(x) != len(y):
@@ -136,9 +168,9 @@ def fit_pixel_model(
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(threads):  # OpenMP spinning on a busy machine costs 10x
-        estimator.fit(index_features(x, bands), y)
-    log.info("fitted %s on %d pixels x %d features", architecture, len(x), x.shape[1])
-    return PixelModel(estimator, tuple(bands), tuple(classes), architecture)
+        estimator.fit(index_features(x, bands, with_bands=with_bands), y)
+    log.info("fitted %s on %d pixels (bands %s)", architecture, len(x), with_bands)
+    return PixelModel(estimator, tuple(bands), tuple(classes), architecture, with_bands)
 
 
 def pixel_onnx(model: PixelModel, opset: int = 17) -> Any:
@@ -148,7 +180,7 @@ def pixel_onnx(model: PixelModel, opset: int = 17) -> Any:
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import FloatTensorType
 
-    n_features = len(model.bands) + len(indices_for(model.bands))
+    n_features = len(model.bands) * model.with_bands + len(indices_for(model.bands))
     with _int_missing_flags():
         inner = to_onnx(
             model.estimator,
@@ -163,7 +195,7 @@ def pixel_onnx(model: PixelModel, opset: int = 17) -> Any:
         helper.make_tensor("eps", TensorProto.FLOAT, [], [EPSILON]),
         helper.make_tensor("floor", TensorProto.FLOAT, [], [PROBABILITY_FLOOR]),
     ]
-    columns = [INPUT_NAME]
+    columns = [INPUT_NAME] if model.with_bands else []
     for name, a, b in indices_for(model.bands):
         for band, col in (("a", a), ("b", b)):
             inits.append(helper.make_tensor(f"{name}_{band}_idx", TensorProto.INT64, [1], [col]))
@@ -180,10 +212,15 @@ def pixel_onnx(model: PixelModel, opset: int = 17) -> Any:
         ]
         columns.append(name)
     nodes.append(helper.make_node("Concat", columns, ["features"], axis=1))
+    shifted = model.log_shift is not None and any(model.log_shift)
     tail = [
         helper.make_node("Max", [probabilities, "floor"], ["probabilities_floored"]),
-        helper.make_node("Log", ["probabilities_floored"], [OUTPUT_NAME]),
+        helper.make_node("Log", ["probabilities_floored"], ["log_p" if shifted else OUTPUT_NAME]),
     ]
+    if shifted:
+        shift = [float(v) for v in model.log_shift or ()]
+        inits.append(helper.make_tensor("log_shift", TensorProto.FLOAT, [1, len(shift)], shift))
+        tail.append(helper.make_node("Add", ["log_p", "log_shift"], [OUTPUT_NAME]))
     merged = helper.make_graph(
         [*nodes, *graph.node, *tail],
         "eostream_pixel_model",
@@ -242,8 +279,8 @@ def check_pixel_onnx(
     """Compare ONNX and scikit-learn on pixels ``x``; raise ExportMismatchError when they
     disagree beyond ``tolerance`` (compared on probabilities: log-probabilities of ~0 differ
     wildly in float32 without meaning anything)."""
-    expected = np.exp(model.logits(x))
-    got = np.exp(onnx_logits(path, x))
+    expected = _softmax(model.logits(x))
+    got = _softmax(onnx_logits(path, x))
     diff = float(np.abs(expected - got).max())
     agreement = float((expected.argmax(1) == got.argmax(1)).mean())
     log.info("ONNX vs scikit-learn on %d pixels: max |diff| %.2e", len(x), diff)
@@ -253,6 +290,11 @@ def check_pixel_onnx(
             f"(tolerance {tolerance})"
         )
     return ExportCheck(diff, agreement, len(x))
+
+
+def _softmax(z: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    e = np.exp(np.asarray(z, np.float64) - np.max(z, axis=1, keepdims=True))
+    return np.asarray(e / e.sum(axis=1, keepdims=True))
 
 
 def patch_probabilities(

@@ -124,6 +124,7 @@ class Pipeline:
         baseline: str | None = None,
         replace: bool = False,
         allow_coarse: bool | None = None,
+        progress: ReportProgress | None = None,
     ) -> Outcome:
         if self.models.current is None:
             raise NoModelError("no model is deployed yet; promote one (ModelPromoted)")
@@ -134,6 +135,7 @@ class Pipeline:
             baseline=baseline,
             replace=replace,
             allow_coarse=allow_coarse,
+            progress=progress,
         )
 
     def classify_item(

@@ -26,6 +26,10 @@ from eostream.inference.writer import UNCERTAIN_NAME, colormap, label_counts
 
 #: COG block size (px) and the longest side of the quicklook's map (px)
 BLOCK, QUICKLOOK_SIZE = 512, 1024
+#: the strip files are band-interleaved: building a multi-band COG's overviews from a
+#: pixel-interleaved one decompresses every tile once per band, and under the reader's GDAL
+#: cache (256 MB) a 10-class probability map of a full tile took 4 min instead of ~20 s
+INTERLEAVE = "band"
 
 
 def _tiled_profile(shape: tuple[int, int], count: int, transform: Any, crs: Any) -> dict[str, Any]:
@@ -43,6 +47,7 @@ def _tiled_profile(shape: tuple[int, int], count: int, transform: Any, crs: Any)
         "blockysize": BLOCK,
         "compress": "DEFLATE",
         "BIGTIFF": "IF_SAFER",
+        "interleave": INTERLEAVE,
     }
 
 

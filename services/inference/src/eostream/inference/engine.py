@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -46,6 +47,37 @@ class StripReader(Protocol):
         return the invalid mask ``[rows, width]``."""
 
 
+class StripSink(Protocol):
+    """Where :func:`classify_strips` puts each strip's pixels (in order, top to bottom)."""
+
+    def write(
+        self, top: int, labels: npt.NDArray[np.uint8], probabilities: npt.NDArray[np.uint8] | None
+    ) -> None:
+        """Rows ``[top, top + len(labels))``: labels ``[rows, width]`` and, when asked for,
+        probabilities ``[classes, rows, width]`` (probability * 254, 255 = nodata)."""
+
+
+#: Called after each strip with (image rows done, image rows in all, windows per second).
+OnProgress = Callable[[int, int, float], None]
+
+
+@dataclass
+class Run:
+    """What a classification did, without its pixels (those went to the sink)."""
+
+    height: int
+    width: int
+    windows: int
+    seconds: float
+    read_wait_seconds: float
+    compute_seconds: float
+    confidence: SceneConfidence | None = None
+
+    @property
+    def pixels(self) -> int:
+        return self.height * self.width
+
+
 @dataclass
 class Classification:
     labels: npt.NDArray[np.uint8]
@@ -59,6 +91,21 @@ class Classification:
     @property
     def pixels(self) -> int:
         return int(self.labels.size)
+
+
+class ArraySink:
+    """Keeps the whole map in memory (small scenes, tests, evaluation)."""
+
+    def __init__(self, height: int, width: int, classes: int, probabilities: bool) -> None:
+        self.labels = np.full((height, width), NODATA, np.uint8)
+        self.probabilities = np.zeros((classes, height, width), np.uint8) if probabilities else None
+
+    def write(
+        self, top: int, labels: npt.NDArray[np.uint8], probabilities: npt.NDArray[np.uint8] | None
+    ) -> None:
+        self.labels[top : top + len(labels)] = labels
+        if self.probabilities is not None and probabilities is not None:
+            self.probabilities[:, top : top + len(labels)] = probabilities
 
 
 @dataclass
@@ -149,18 +196,58 @@ def classify(
     uncertain_below: float = 0.0,
     domain: DomainCheck | None = None,
 ) -> Classification:
-    """Label every pixel; windows whose top-class probability is below ``uncertain_below`` or
-    that ``domain`` scores out of the training domain are labelled :data:`UNCERTAIN`."""
+    """:func:`classify_strips` into memory: the whole label map (and probabilities)."""
+    sink = ArraySink(reader.height, reader.width, len(model.card.classes), probabilities)
+    run = classify_strips(
+        reader,
+        model,
+        plan,
+        sink,
+        batch_size=batch_size,
+        rows_per_strip=rows_per_strip,
+        probabilities=probabilities,
+        uncertain_below=uncertain_below,
+        domain=domain,
+    )
+    return Classification(
+        sink.labels,
+        sink.probabilities,
+        run.windows,
+        run.seconds,
+        run.read_wait_seconds,
+        run.compute_seconds,
+        run.confidence,
+    )
+
+
+def classify_strips(
+    reader: StripReader,
+    model: LoadedModel,
+    plan: Plan,
+    sink: StripSink,
+    *,
+    batch_size: int = 256,
+    rows_per_strip: int = 0,
+    probabilities: bool = False,
+    uncertain_below: float = 0.0,
+    domain: DomainCheck | None = None,
+    on_progress: OnProgress | None = None,
+) -> Run:
+    """Label every pixel, strip by strip, into ``sink``; windows whose top-class probability is
+    below ``uncertain_below`` or that ``domain`` scores out of the training domain are labelled
+    :data:`UNCERTAIN`. Memory is bounded by two strips (the one classified and the one being
+    read), whatever the scene's size. Progress is logged every 10 % of the rows and passed to
+    ``on_progress`` after every strip."""
     height, width, stride = reader.height, reader.width, plan.stride
     tally = _Tally()
-    labels = np.full((height, width), NODATA, np.uint8)
-    probs = np.zeros((len(model.card.classes), height, width), np.uint8) if probabilities else None
+    n_classes = len(model.card.classes)
     pixel = model.card.task == "pixel"
     if pixel and (plan.patch, plan.stride) != (1, 1):
         raise ValueError("a pixel model classifies every pixel: plan patch 1, stride 1")
     strips = plan.strips(rows_per_strip or strip_rows(plan))
     started = time.perf_counter()
     wait = compute = 0.0
+    done_windows, logged = 0, 0
     channels = len(model.card.bands)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scene-reader") as pool:
         pending: Future[_Strip] = pool.submit(_load, reader, plan, *strips[0], channels)
@@ -177,9 +264,7 @@ def classify(
             window_conf = np.empty(n_rows * plan.cols, np.uint8)
             window_why = np.zeros(n_rows * plan.cols, np.uint8)
             window_probs = (
-                np.empty((n_rows * plan.cols, len(model.card.classes)), np.uint8)
-                if probs is not None
-                else None
+                np.empty((n_rows * plan.cols, n_classes), np.uint8) if probabilities else None
             )
             for b0, b1 in batches(view, batch_size):
                 batch = gather(view, b0, b1)
@@ -205,23 +290,39 @@ def classify(
             y0, y1 = strip.start * stride, min(strip.stop * stride, height)
             block = place_labels(window_labels, plan, n_rows)[: y1 - y0, :width]
             invalid = strip.invalid[y0 - strip.top : y1 - strip.top]
-            labels[y0:y1] = np.where(invalid, NODATA, block)
             valid = ~invalid
             tally.add(
                 place_labels(window_conf, plan, n_rows)[: y1 - y0, :width][valid],
                 place_labels(window_why, plan, n_rows)[: y1 - y0, :width][valid],
             )
-            if probs is not None and window_probs is not None:
-                for k in range(probs.shape[0]):
-                    probs[k, y0:y1] = place_labels(window_probs[:, k].copy(), plan, n_rows)[
+            block_probs = None
+            if window_probs is not None:
+                block_probs = np.empty((n_classes, y1 - y0, width), np.uint8)
+                for k in range(n_classes):
+                    block_probs[k] = place_labels(window_probs[:, k].copy(), plan, n_rows)[
                         : y1 - y0, :width
                     ]
+            sink.write(y0, np.where(invalid, NODATA, block).astype(np.uint8), block_probs)
+            del strip, view, block, block_probs  # the next strip's buffers reuse this memory
             compute += time.perf_counter() - t1
+            done_windows += n_rows * plan.cols
+            rate = done_windows / max(time.perf_counter() - started, 1e-9)
+            if on_progress is not None:
+                on_progress(y1, height, rate)
+            if y1 * 10 // height > logged or y1 == height:
+                logged = y1 * 10 // height
+                log.info(
+                    "classified %d/%d rows (%d%%), %.0f windows/s",
+                    y1,
+                    height,
+                    100 * y1 // height,
+                    rate,
+                )
     seconds = time.perf_counter() - started
     log.debug("classified %dx%d px in %.2fs (waited %.2fs for reads)", width, height, seconds, wait)
-    return Classification(
-        labels,
-        probs,
+    return Run(
+        height,
+        width,
         plan.windows,
         seconds,
         wait,

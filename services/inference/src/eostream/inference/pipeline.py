@@ -24,8 +24,9 @@ import pystac
 
 from eostream.inference import fetch, metrics, writer
 from eostream.inference.domain import DomainCheck
-from eostream.inference.engine import batch_for, classify, plan_for
+from eostream.inference.engine import Run, batch_for, classify_strips, plan_for
 from eostream.inference.errors import BadInputError, NoModelError
+from eostream.inference.mapwriter import MapWriter
 from eostream.inference.model import LoadedModel
 from eostream.inference.results import ResultRecord, ResultsStore
 from eostream.inference.scene import ScenePlan, SceneReader, prepare_scene
@@ -37,6 +38,8 @@ from eostream.shared.events import SceneClassified
 from eostream.shared.storage import ObjectStore
 
 log = logging.getLogger(__name__)
+#: Called with a percentage (0..100) and a line of text while a scene is classified.
+ReportProgress = Callable[[int, str], None]
 #: uuid5 namespace of SceneClassified event ids
 RESULT_EVENTS = uuid.UUID("5f0c3a52-6c1e-4d0e-9a57-2f3c8b1d7e41")
 
@@ -121,6 +124,7 @@ class Pipeline:
         baseline: str | None = None,
         replace: bool = False,
         allow_coarse: bool | None = None,
+        progress: ReportProgress | None = None,
     ) -> Outcome:
         if self.models.current is None:
             raise NoModelError("no model is deployed yet; promote one (ModelPromoted)")
@@ -131,6 +135,7 @@ class Pipeline:
             baseline=baseline,
             replace=replace,
             allow_coarse=allow_coarse,
+            progress=progress,
         )
 
     def classify_item(
@@ -142,8 +147,11 @@ class Pipeline:
         baseline: str | None = None,
         replace: bool = False,
         allow_coarse: bool | None = None,
+        progress: ReportProgress | None = None,
     ) -> Outcome:
-        """Classify one item. ``allow_coarse`` overrides ``INFERENCE_ALLOW_COARSE_SCENES``."""
+        """Classify one item. ``allow_coarse`` overrides ``INFERENCE_ALLOW_COARSE_SCENES``;
+        ``progress`` hears 10..90 % as strips of rows are classified, then 95 % while the
+        products are written."""
         try:
             validate_item(item, item_href)  # before any work: no result files for a bad item
         except BadInputError:
@@ -167,7 +175,7 @@ class Pipeline:
                     coarse = (
                         self.settings.allow_coarse_scenes if allow_coarse is None else allow_coarse
                     )
-                    return self._classify(item, item_href, model, level, baseline, coarse)
+                    return self._classify(item, item_href, model, level, baseline, coarse, progress)
                 finally:
                     release_free_memory()  # a scene's buffers are large: give them back
         except BadInputError:
@@ -190,6 +198,25 @@ class Pipeline:
         level: str | None,
         baseline: str | None,
         allow_coarse: bool = False,
+        progress: ReportProgress | None = None,
+    ) -> Outcome:
+        """Classify strip by strip into the products' files (memory bounded by a strip, not
+        by the scene), then publish them."""
+        with tempfile.TemporaryDirectory(prefix="eostream-inference-") as tmp:
+            return self._classify_into(
+                Path(tmp), item, item_href, model, level, baseline, allow_coarse, progress
+            )
+
+    def _classify_into(
+        self,
+        tmp: Path,
+        item: dict[str, Any],
+        item_href: str,
+        model: LoadedModel,
+        level: str | None,
+        baseline: str | None,
+        allow_coarse: bool,
+        progress: ReportProgress | None,
     ) -> Outcome:
         s, card = self.settings, model.card
         started = time.perf_counter()
@@ -212,28 +239,41 @@ class Pipeline:
             allow_coarse=allow_coarse,
         ) as reader:
             windows = plan_for(card, reader.height, reader.width, s.stride)
-            result = classify(
-                reader,
-                model,
-                windows,
-                batch_size=batch_for(card, s.batch_size, s.pixel_batch_size),
-                rows_per_strip=s.rows_per_strip,
-                probabilities=s.write_probabilities,
-                uncertain_below=s.uncertain_below,
-                domain=(
-                    DomainCheck(card.input_reference, s.out_of_domain_limit)
-                    if card.input_reference is not None
-                    else None
-                ),
+            maps = MapWriter(
+                (reader.height, reader.width),
+                reader.transform,
+                reader.crs,
+                card.classes,
+                classification=tmp / "classification.tif",
+                probabilities=tmp / "probabilities.tif" if s.write_probabilities else None,
             )
+            with maps:
+                result = classify_strips(
+                    reader,
+                    model,
+                    windows,
+                    maps,
+                    batch_size=batch_for(card, s.batch_size, s.pixel_batch_size),
+                    rows_per_strip=s.rows_per_strip,
+                    probabilities=s.write_probabilities,
+                    uncertain_below=s.uncertain_below,
+                    domain=(
+                        DomainCheck(card.input_reference, s.out_of_domain_limit)
+                        if card.input_reference is not None
+                        else None
+                    ),
+                    on_progress=_reporter(progress),
+                )
+                if progress is not None:
+                    progress(95, "writing the map (COG, overviews, quicklook)")
+                maps.finish()
             pixel_km2 = reader.bounds_area_km2()
-            transform, crs = reader.transform, reader.crs
             scale: dict[str, Any] = {"gsd": reader.gsd, "eostream:model_gsd": card.gsd_m}
             if reader.resampled:
                 scale["eostream:resampled_from_gsd"] = reader.source_gsd
             if reader.coarse:
                 scale["eostream:coarse_scene"] = True
-        stats = writer.statistics(result.labels, card.classes, pixel_km2)
+        stats = writer.statistics_of_counts(maps.counts, result.pixels, card.classes, pixel_km2)
         confidence = result.confidence.properties() if result.confidence else {}
         if confidence:
             stats["mean_confidence"] = confidence["eostream:mean_confidence"]
@@ -259,7 +299,7 @@ class Pipeline:
         rollback = not self.results.exists(plan.item_id, info.name, info.version)
         try:
             return self._publish(
-                item, item_href, model, plan, result, prefix, transform, crs, stats, extra, started
+                item, item_href, model, plan, result, maps, prefix, stats, extra, started
             )
         except BaseException:
             # no orphans: what this attempt wrote goes (a replaced result keeps its files, which
@@ -274,17 +314,16 @@ class Pipeline:
         item_href: str,
         model: LoadedModel,
         plan: ScenePlan,
-        result: Any,
+        result: Run,
+        maps: MapWriter,
         prefix: str,
-        transform: Any,
-        crs: Any,
         stats: dict[str, Any],
         extra: dict[str, Any],
         started: float,
     ) -> Outcome:
         s, card, info = self.settings, model.card, model.info
         caption = f"{plan.item_id}  |  {info.name} v{info.version}"
-        hrefs = self._write_products(prefix, result, transform, crs, card.classes, stats, caption)
+        hrefs = self._put_products(prefix, maps, card.classes, stats, caption)
         stac = build_result_item(
             scene=item,
             scene_href=item_href,
@@ -335,8 +374,8 @@ class Pipeline:
             plan.item_id,
             info.name,
             info.version,
-            result.labels.shape[1],
-            result.labels.shape[0],
+            result.width,
+            result.height,
             result.windows,
             result.seconds,
             result.pixels / max(result.seconds, 1e-9),
@@ -344,32 +383,28 @@ class Pipeline:
         )
         return Outcome(record, skipped=False, seconds=seconds, pixels=result.pixels)
 
-    def _write_products(
+    def _put_products(
         self,
         prefix: str,
-        result: Any,
-        transform: Any,
-        crs: Any,
+        maps: MapWriter,
         classes: tuple[str, ...],
         stats: dict[str, Any],
         caption: str = "",
     ) -> dict[str, str]:
+        """Upload the COGs ``maps`` wrote, the quicklook and the statistics."""
         hrefs: dict[str, str] = {}
-        with tempfile.TemporaryDirectory(prefix="eostream-inference-") as tmp:
-            cog = Path(tmp) / "classification.tif"
-            writer.write_classification(cog, result.labels, transform, crs, classes)
-            self.store.put_file(
-                f"{prefix}/classification.tif",
-                cog,
-                "image/tiff; application=geotiff; profile=cloud-optimized",
-            )
-            hrefs["classification"] = self.store.uri(f"{prefix}/classification.tif")
-            if result.probabilities is not None:
-                probs = Path(tmp) / "probabilities.tif"
-                writer.write_probabilities(probs, result.probabilities, transform, crs, classes)
-                self.store.put_file(f"{prefix}/probabilities.tif", probs, "image/tiff")
-                hrefs["probabilities"] = self.store.uri(f"{prefix}/probabilities.tif")
-        png = writer.quicklook_png(result.labels, classes, caption=caption)
+        if maps.classification is None:  # pragma: no cover - the pipeline always asks for it
+            raise RuntimeError("the map writer wrote no classification")
+        self.store.put_file(
+            f"{prefix}/classification.tif",
+            maps.classification,
+            "image/tiff; application=geotiff; profile=cloud-optimized",
+        )
+        hrefs["classification"] = self.store.uri(f"{prefix}/classification.tif")
+        if maps.probabilities is not None:
+            self.store.put_file(f"{prefix}/probabilities.tif", maps.probabilities, "image/tiff")
+            hrefs["probabilities"] = self.store.uri(f"{prefix}/probabilities.tif")
+        png = writer.quicklook_png(maps.quicklook, classes, caption=caption)
         self.store.put_bytes(f"{prefix}/quicklook.png", png, "image/png")
         hrefs["quicklook"] = self.store.uri(f"{prefix}/quicklook.png")
         self.store.put_bytes(
@@ -377,6 +412,21 @@ class Pipeline:
         )
         hrefs["statistics"] = self.store.uri(f"{prefix}/statistics.json")
         return hrefs
+
+
+def _reporter(progress: ReportProgress | None) -> Callable[[int, int, float], None] | None:
+    """Strips done -> 10..90 % of a job (reading the item and writing the map are the rest)."""
+    if progress is None:
+        return None
+    report = progress
+
+    def on_strip(rows: int, total: int, windows_per_s: float) -> None:
+        report(
+            10 + 80 * rows // max(total, 1),
+            f"classified {rows}/{total} rows ({windows_per_s:.0f} windows/s)",
+        )
+
+    return on_strip
 
 
 def _when(item: pystac.Item) -> datetime | None:

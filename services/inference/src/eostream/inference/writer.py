@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import rasterio
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from eostream.inference.engine import NODATA, UNCERTAIN
@@ -126,52 +125,26 @@ def pam_xml(entries: list[dict[str, Any]]) -> bytes:
     ).encode()
 
 
-def _cog_profile(transform: Any, crs: Any, shape: tuple[int, ...], dtype: str) -> dict[str, Any]:
-    count = 1 if len(shape) == 2 else shape[0]
-    return {
-        "driver": "COG",
-        "height": shape[-2],
-        "width": shape[-1],
-        "count": count,
-        "dtype": dtype,
-        "crs": crs,
-        "transform": transform,
-        "nodata": NODATA,
-        "compress": "DEFLATE",
-        "blocksize": 512,
-        "overview_resampling": "nearest",
-        "BIGTIFF": "IF_SAFER",
-    }
-
-
 def write_classification(
     path: Path, labels: npt.NDArray[np.uint8], transform: Any, crs: Any, classes: tuple[str, ...]
 ) -> None:
     """uint8 COG with a colour map, internal overviews (nearest), uncertain 254, nodata 255."""
-    profile = _cog_profile(transform, crs, labels.shape, "uint8")
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(labels, 1)
-        dst.write_colormap(1, colormap(len(classes)))
-        dst.update_tags(
-            1,
-            **{f"class_{i}": name for i, name in enumerate(classes)},
-            **{f"class_{UNCERTAIN}": UNCERTAIN_NAME},
-        )
-        dst.set_band_description(1, "class")
+    from eostream.inference.mapwriter import MapWriter
+
+    with MapWriter(labels.shape, transform, crs, classes, classification=path) as maps:
+        maps.write(0, labels, None)
+        maps.finish()
 
 
 def write_probabilities(
     path: Path, probs: npt.NDArray[np.uint8], transform: Any, crs: Any, classes: tuple[str, ...]
 ) -> None:
     """One uint8 band per class: probability * 254 (255 = nodata)."""
-    profile = _cog_profile(transform, crs, probs.shape, "uint8") | {
-        "overview_resampling": "average"
-    }
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(probs)
-        for i, name in enumerate(classes, start=1):
-            dst.set_band_description(i, name)
-        dst.update_tags(scale=str(1 / 254))
+    from eostream.inference.mapwriter import MapWriter
+
+    with MapWriter(probs.shape[1:], transform, crs, classes, probabilities=path) as maps:
+        maps.write(0, None, probs)
+        maps.finish()
 
 
 #: Palette entries of the legend panel (never a class value: classes are 0..n-1, n <= 250).
@@ -269,7 +242,19 @@ def statistics(
     uncertain pixels are valid, counted apart (``uncertain``), so shares and it sum to 1."""
     counts = np.zeros(256, np.int64)
     for row in range(0, labels.shape[0], 1024):  # bincount widens to int64: count in blocks
-        counts += np.bincount(labels[row : row + 1024].ravel(), minlength=256)
+        counts += label_counts(labels[row : row + 1024])
+    return statistics_of_counts(counts, int(labels.size), classes, pixel_km2)
+
+
+def label_counts(labels: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
+    """How many pixels hold each value 0..255 (add the counts of strips for a whole map)."""
+    return np.bincount(labels.ravel(), minlength=256).astype(np.int64)
+
+
+def statistics_of_counts(
+    counts: npt.NDArray[np.int64], pixels: int, classes: tuple[str, ...], pixel_km2: float
+) -> dict[str, Any]:
+    """:func:`statistics` from the value counts of a whole map (:func:`label_counts`)."""
     valid = int(counts[: len(classes)].sum()) + int(counts[UNCERTAIN])
     per_class = {
         name: {
@@ -280,7 +265,7 @@ def statistics(
         for i, name in enumerate(classes)
     }
     return {
-        "pixels": int(labels.size),
+        "pixels": pixels,
         "valid_pixels": valid,
         "masked_pixels": int(counts[NODATA]),
         "pixel_area_km2": pixel_km2,

@@ -147,7 +147,7 @@ class StatusInfo(BaseModel):
     jobID: str
     status: str = Field(description="accepted, running, successful, failed or dismissed")
     message: str
-    progress: int = Field(ge=0, le=100, description="coarse: steps of the job, not windows")
+    progress: int = Field(ge=0, le=100, description="percent done (10..90: rows classified)")
     created: str
     started: str | None
     finished: str | None

@@ -301,7 +301,11 @@ def _work(service: InferenceService, parts: Parts, plan: Plan, inputs: Inputs, b
             progress(10, f"classifying with {model.info.name} v{model.info.version}")
             pipeline = Pipeline(service.settings, service.store, service.results, Pinned(model))
             outcome = pipeline.classify_item(
-                plan.item, plan.href, replace=inputs.replace, allow_coarse=inputs.allow_coarse
+                plan.item,
+                plan.href,
+                replace=inputs.replace,
+                allow_coarse=inputs.allow_coarse,
+                progress=progress,
             )
         return {"result": summary(outcome.record, base) | {"skipped": outcome.skipped}}
 

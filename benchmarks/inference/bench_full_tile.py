@@ -1,0 +1,341 @@
+"""A full 10980 x 10980 Sentinel-2 tile through inference's own pipeline: time and peak RSS,
+fp32 against int8 of the same network, in one run.
+
+* Tile: **upsampled real data**. The data folder has 29RKH (2020-02-19, L2A) only downsampled
+  10x (B02/B03/B04 at 100 m, SCL at 200 m; see its PROVENANCE.md). The benchmark resamples those
+  bands back onto the tile's native grid (bilinear through GDAL's warper for B02/B03/B04 at 10 m,
+  nearest for SCL at 20 m) into tiled, deflate-compressed GeoTIFFs, with a STAC item that is
+  the real one with its hrefs pointed at them. The pixels are real reflectances but smooth
+  (no 10 m detail): the speed and memory of the path are real, the maps are not meaningful.
+  ``--size N`` crops the top-left N x N pixels of the same 10 m grid (for development).
+  Built once into a cache folder (``EOSTREAM_BENCH_CACHE``, default ``$TMPDIR``).
+* Model: bench_int8's ``rgb`` model (``small_cnn`` trained on EuroSAT RGB, exported with the
+  trainer's ``export_onnx``), quantised with the registry-bridge's own ``quantise`` on 256
+  training patches (what the bridge ships as the MLM item's int8 asset). fp32 runs the export;
+  int8 runs through the deployment's own int8 choice (an MLM item naming the int8 file with its
+  checksum and a passed check, as the bridge writes it).
+* Each precision classifies in a child process of its own, through the service's
+  ``Pipeline.classify_href`` (what a SceneDiscovered event or ``eostream inference classify``
+  runs) with the service's settings (stride 32 by default, batch 256, strips of ~512 rows,
+  uncertain below 0.5, no probabilities unless ``--probabilities``): wall time, windows/s,
+  pixels/s and the child's peak RSS (``VmHWM``). Then the pixel agreement of the two maps.
+
+    EOSTREAM_DATA_DIR=/work/shared/data uv run python benchmarks/inference/bench_full_tile.py \
+        [--size 10980] [--stride 32] [--threads 2] [--epochs 3] [--precisions fp32 int8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+RKH = "sentinel2_scenes/S2A_29RKH_20200219_0_L2A_cog_downsampled"
+FULL = 10980
+PRECISIONS = ("fp32", "int8")
+CACHE = Path(
+    os.environ.get("EOSTREAM_BENCH_CACHE", Path(tempfile.gettempdir()) / "eostream-bench-full-tile")
+)
+#: asset key -> (file of the downsampled tile, metres per pixel of the rebuilt band, resampling)
+BANDS = {
+    "blue": ("B02.tif", 10, "bilinear"),
+    "green": ("B03.tif", 10, "bilinear"),
+    "red": ("B04.tif", 10, "bilinear"),
+    "scl": ("SCL.tif", 20, "nearest"),
+}
+
+
+def memory_mib(field: str) -> float:
+    """``VmHWM`` (peak) or ``VmRSS`` (now) of this process in MiB. Not ``ru_maxrss``: Linux
+    keeps that across ``execve``, so a child started by the training parent would report the
+    parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_int8() -> ModuleType:
+    """The sibling benchmark whose model recipe and quantisation this one reuses."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_int8", Path(__file__).with_name("bench_int8.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- the tile ---------------------------------------------------------------------------------
+def build_tile(data_dir: Path, size: int) -> Path:
+    """The 29RKH bands resampled to their native grid (top-left ``size`` px), and its item."""
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.transform import from_origin
+    from rasterio.vrt import WarpedVRT
+    from rasterio.windows import Window
+
+    folder = CACHE / f"rkh-10m-{size}"
+    item_path = folder / "item.json"
+    if item_path.exists():
+        return item_path
+    folder.mkdir(parents=True, exist_ok=True)
+    source = data_dir / RKH
+    item = json.loads((source / "S2A_29RKH_20200219_0_L2A.json").read_text())
+    assets: dict[str, Any] = {}
+    for key, (name, metres, how) in BANDS.items():
+        n = size * 10 // metres
+        transform = from_origin(199980, 2800020, metres, metres)
+        target = folder / name
+        started = time.perf_counter()
+        with rasterio.open(source / name) as src:
+            vrt = WarpedVRT(
+                src,
+                crs=src.crs,
+                transform=transform,
+                width=n,
+                height=n,
+                resampling=Resampling[how],
+                nodata=src.nodata,
+            )
+            profile = {
+                "driver": "GTiff",
+                "width": n,
+                "height": n,
+                "count": 1,
+                "dtype": src.dtypes[0],
+                "crs": src.crs,
+                "transform": transform,
+                "nodata": src.nodata,
+                "tiled": True,
+                "blockxsize": 512,
+                "blockysize": 512,
+                "compress": "DEFLATE",
+            }
+            with vrt, rasterio.open(f"{target}.part", "w", **profile) as dst:
+                for row in range(0, n, 1024):
+                    window = Window(0, row, n, min(1024, n - row))
+                    dst.write(vrt.read(1, window=window), 1, window=window)
+        Path(f"{target}.part").rename(target)
+        seconds = time.perf_counter() - started
+        print(f"  built {name}: {n}x{n} px at {metres} m ({how}) in {seconds:.0f} s", flush=True)
+        asset = dict(item["assets"][key])
+        asset["href"] = str(target)
+        asset["proj:shape"] = [n, n]
+        asset["proj:transform"] = list(transform)[:6]
+        assets[key] = asset
+    item["id"] = f"{item['id']}_10m_upsampled_{size}"
+    item["assets"] = assets
+    item["links"] = []
+    item_path.write_text(json.dumps(item))
+    return item_path
+
+
+# -- the model --------------------------------------------------------------------------------
+def model_files(data_dir: Path, epochs: int, seed: int) -> tuple[Path, Path]:
+    """bench_int8's rgb model (fp32 export) and its registry-bridge int8 file, cached."""
+    work = CACHE / f"model-rgb-e{epochs}-s{seed}"
+    fp32, int8 = work / "rgb.onnx", work / "rgb.int8.onnx"
+    if not fp32.exists():
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("TRAINER_NUM_THREADS", "2")))
+        bench_int8().train_and_export("rgb", data_dir, work, seed, epochs)
+    if not int8.exists():  # onnxruntime in a child that never imports torch
+        child = [sys.executable, __file__, "--quantise", str(work / "rgb"), str(fp32), str(int8)]
+        subprocess.run(child, check=True)  # noqa: S603
+    return fp32, int8
+
+
+def mlm_item_for(fp32: Path, int8: Path) -> Path:
+    """What the bridge publishes for a model whose int8 file passed its check (the parts the
+    deployment reads: the int8 asset, its precision, checksum and check)."""
+    from eostream.shared import mlm
+
+    sha = hashlib.sha256(int8.read_bytes()).hexdigest()
+    item = {
+        "type": "Feature",
+        "id": fp32.stem,
+        "assets": {
+            "model": {"href": fp32.name, mlm.PRECISION: "fp32"},
+            mlm.INT8_ASSET: {
+                "href": int8.name,
+                mlm.PRECISION: "int8",
+                "file:checksum": f"1220{sha}",
+                "eostream:int8_check": "passed",
+            },
+        },
+    }
+    path = fp32.with_name("mlm.json")
+    path.write_text(json.dumps(item))
+    return path
+
+
+# -- child: one classification ----------------------------------------------------------------
+def classify_child(args: argparse.Namespace) -> None:
+    from pydantic import SecretStr
+
+    from eostream.inference.model import ModelInfo
+    from eostream.inference.settings import InferenceSettings
+    from eostream.inference.wiring import build_service
+    from eostream.shared.storage.local import LocalObjectStore
+
+    logging.basicConfig(level=logging.INFO, format="    %(asctime)s %(name)s %(message)s")
+    item, fp32, out = Path(args.item), Path(args.model), Path(args.out)
+    with tempfile.TemporaryDirectory(prefix="bench-full-tile-") as tmp:
+        s = InferenceSettings(
+            api_key=SecretStr("bench"),
+            bus="memory",
+            local_store_root=Path(tmp) / "o",
+            results_db=f"sqlite:///{tmp}/r.db",
+            intra_op_threads=args.threads,
+            stride=args.stride,
+            int8_on_cpu=args.precision == "int8",
+            write_probabilities=args.probabilities,
+            providers=("CPUExecutionProvider",),
+            _env_file=None,
+        )
+        service = build_service(
+            s, store=LocalObjectStore(s.local_store_root, s.bucket), consume=False
+        )
+        mlm_href = str(fp32.with_name("mlm.json")) if args.precision == "int8" else None
+        info = ModelInfo(name="bench-full-tile", version="1", mlm_item_href=mlm_href)
+        sha = hashlib.sha256(fp32.read_bytes()).hexdigest()
+        model = service.deployment.deploy_uri(info, str(fp32), sha)
+        rss_loaded = memory_mib("VmRSS")
+        started = time.perf_counter()
+        outcome = service.pipeline.classify_href(str(item), replace=True)
+        total = time.perf_counter() - started
+        props = outcome.record.item["properties"]
+        cog = Path(tmp) / "o" / s.bucket / outcome.record.prefix / "classification.tif"
+        if not cog.exists():
+            cog = next((Path(tmp) / "o").rglob("classification.tif"))
+        cog.rename(out.with_suffix(".tif"))
+        window = props["eostream:window"]
+        result = {
+            "precision": model.precision,
+            "provider": props["eostream:execution_provider"],
+            "pixels": props["eostream:pixels"],
+            "patch": window["patch"],
+            "stride": window["stride"],
+            "engine_seconds": props["eostream:duration_seconds"],
+            "total_seconds": total,
+            "peak_rss_mib": memory_mib("VmHWM"),
+            "rss_after_model_load_mib": rss_loaded,
+            "shares": {k: v["share"] for k, v in outcome.record.stats["classes"].items()},
+        }
+    out.write_text(json.dumps(result))
+
+
+def agreement(a: Path, b: Path) -> float:
+    """Share of pixels where two class maps agree (read in strips)."""
+    import rasterio
+    from rasterio.windows import Window
+
+    same = total = 0
+    with rasterio.open(a) as x, rasterio.open(b) as y:
+        for row in range(0, x.height, 1024):
+            window = Window(0, row, x.width, min(1024, x.height - row))
+            p, q = x.read(1, window=window), y.read(1, window=window)
+            same += int(np.count_nonzero(p == q))
+            total += p.size
+    return same / max(total, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--size", type=int, default=FULL, help="tile side in 10 m pixels")
+    parser.add_argument(
+        "--stride", type=int, default=32, help="window step (the service's default)"
+    )
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")))
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs of the rgb model")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--precisions", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"]
+    )
+    parser.add_argument("--probabilities", action="store_true", help="also write probabilities")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--quantise", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--classify", action="store_true", help=argparse.SUPPRESS)
+    for hidden in ("--item", "--model", "--out", "--precision"):
+        parser.add_argument(hidden, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quantise:  # child: onnxruntime only
+        folder, fp32, int8 = (Path(p) for p in args.quantise)
+        bench_int8().quantise(fp32, int8, np.load(folder / "calibration.npy"))
+        return
+    if args.classify:  # child: one classification
+        classify_child(args)
+        return
+    if args.size > FULL or args.size < 64:
+        parser.error(f"--size must be between 64 and {FULL}")
+    data_dir = Path(os.environ.get("EOSTREAM_DATA_DIR", "data")).resolve()
+    load = os.getloadavg()
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(f"cpu: {bench_int8().cpu_line()}")
+    print(f"load average: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
+    print(
+        f"tile: 29RKH 2020-02-19 L2A, real bands UPSAMPLED from 100/200 m to 10/20 m, "
+        f"{args.size}x{args.size} px at 10 m",
+        flush=True,
+    )
+    item = build_tile(data_dir, args.size)
+    fp32, int8 = model_files(data_dir, args.epochs, args.seed)
+    mlm_item_for(fp32, int8)
+    figures: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-full-tile-") as tmp:
+        for precision in args.precisions:
+            out = Path(tmp) / f"{precision}.json"
+            child = [sys.executable, __file__, "--classify", "--item", str(item)]
+            child += ["--model", str(fp32), "--out", str(out), "--precision", precision]
+            child += ["--stride", str(args.stride), "--threads", str(args.threads)]
+            child += ["--probabilities"] if args.probabilities else []
+            print(f"\n== {precision}", flush=True)
+            subprocess.run(child, check=True)  # noqa: S603
+            figures[precision] = json.loads(out.read_text())
+        if {"fp32", "int8"} <= set(figures):
+            figures["agreement"] = agreement(Path(tmp) / "fp32.tif", Path(tmp) / "int8.tif")
+    report(figures, args)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+
+
+def report(figures: dict[str, Any], args: argparse.Namespace) -> None:
+    runs = {k: v for k, v in figures.items() if isinstance(v, dict)}
+    first = next(iter(runs.values()))
+    side = args.size
+    rows = -(-side // first["stride"])
+    windows = rows * rows
+    print(
+        f"\ntile {side}x{side} px ({side * side / 1e6:.0f} Mpx), patch {first['patch']}, stride "
+        f"{first['stride']}: {windows} windows; {args.threads} intra-op threads"
+    )
+    print("precision   total s   engine s   windows/s    Mpx/s   peak RSS MiB (after load)")
+    for r in runs.values():
+        print(
+            f"{r['precision']:<9} {r['total_seconds']:9.1f} {r['engine_seconds']:10.1f} "
+            f"{windows / r['engine_seconds']:11.0f} {r['pixels'] / r['total_seconds'] / 1e6:8.2f} "
+            f"{r['peak_rss_mib']:14.0f} ({r['rss_after_model_load_mib']:.0f})"
+        )
+    if {"fp32", "int8"} <= set(runs):
+        ratio = runs["fp32"]["total_seconds"] / runs["int8"]["total_seconds"]
+        share = figures["agreement"]
+        print(f"int8 speed-up (total time): {ratio:.2f}x; the maps agree on {share:.4f} of pixels")
+
+
+if __name__ == "__main__":
+    main()

@@ -125,6 +125,11 @@ class DatasetUpdated(Event):
     href: str = Field(min_length=1)
     digest: str = Field(min_length=1)
     band_set: str = "rgb"
+    model_name: str | None = Field(
+        default=None,
+        description="the model to train; default: the dataset's name for labels, else the "
+        "trainer's default model",
+    )
 
     @property
     def key(self) -> str:

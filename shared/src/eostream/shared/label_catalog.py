@@ -52,6 +52,9 @@ class LabelCatalog(Protocol):
     def collections(self) -> list[dict[str, Any]]:
         """The label collections (those that declare the label extension)."""
 
+    def href(self, collection: str) -> str:
+        """Where a reader finds ``collection`` (a collection.json path, or its API URL)."""
+
     def close(self) -> None: ...
 
 
@@ -159,6 +162,9 @@ class StacApiLabelCatalog:
     def where(self) -> str:
         return self.url
 
+    def href(self, collection: str) -> str:
+        return f"{self.url}/collections/{collection}"
+
     def add(self, collection: str, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         coll = grow_collection(self.tx.get_collection(collection), items, collection)
         self.tx.upsert_collection(coll)
@@ -223,6 +229,9 @@ class StaticLabelCatalog:
     @property
     def where(self) -> str:
         return str(self.root / "catalog.json")
+
+    def href(self, collection: str) -> str:
+        return str((self.root / collection / "collection.json").resolve())
 
     def _items(self, collection: str) -> dict[str, dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}

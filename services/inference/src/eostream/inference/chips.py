@@ -32,6 +32,7 @@ whole dates in one split instead (the same places then appear in several splits)
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,7 +48,10 @@ from eostream.inference.errors import BadInputError
 from eostream.inference.evaluation import rasterize_labels, scene_href
 from eostream.inference.fetch import local_path
 from eostream.shared import sentinel2
+from eostream.shared.bus.base import heartbeat
 from eostream.shared.modelcard import BAND_SETS
+
+log = logging.getLogger(__name__)
 
 UNKNOWN = 255
 SPLITS = ("train", "val", "test")
@@ -221,8 +225,13 @@ def cut(
     class_list: Sequence[str] = (),
     band_set: str = "ms13",
     rules: ChipRules | None = None,
+    skip_empty: bool = False,
 ) -> ChipSet:
-    """Chips of the labelled scenes of ``labels_href`` (a labels collection or catalog)."""
+    """Chips of the labelled scenes of ``labels_href`` (a labels collection or catalog).
+
+    A class with no chip is an error, unless ``skip_empty``: then the dataset leaves it out
+    (the cut runs again without it; at least two classes must keep chips), as the trainer does
+    for label collections announced on the bus, where nobody chose the classes."""
     rules = rules or ChipRules()
     if band_set not in BAND_SETS:
         raise BadInputError(f"unknown band set {band_set!r}; choose one of {sorted(BAND_SETS)}")
@@ -245,6 +254,7 @@ def cut(
     dropped: Counter[str] = Counter()
     found: list[tuple[str, str, int, int, int, float, npt.NDArray[Any], npt.NDArray[Any]]] = []
     for item in sorted(labels.items, key=lambda i: (i.time is None, i.time, i.item_id)):
+        heartbeat()  # cut inside a bus handler (the trainer's): still moving
         t = sampling.time_index(cube, item)
         truth, in_area = rasterize_labels(
             item.shapes,
@@ -287,6 +297,11 @@ def cut(
                 )
     chips, arrays = _split(found, wanted, rules, grid, dropped)
     empty = [c for c in wanted if not any(ch.class_name == c for ch in chips)]
+    kept = [c for c in wanted if c not in empty]
+    if empty and skip_empty and len(kept) >= 2:
+        log.info("classes without chips left out of the dataset: %s", ", ".join(empty))
+        return cut(labels_href, classes=kept, background=background, class_list=class_list,
+                   band_set=band_set, rules=rules)  # fmt: skip
     if empty:
         raise BadInputError(
             f"class {', '.join(empty)} has no chips (no labelled window is "

@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING
 
 from pydantic import TypeAdapter
 
-from eostream.ingest.settings import IngestSettings, SourceConfig, StacApiSource, StaticSource
+from eostream.ingest.settings import (
+    IngestSettings,
+    LabelsSettings,
+    SourceConfig,
+    StacApiSource,
+    StaticSource,
+)
 from eostream.ingest.watcher import Watcher
 from eostream.shared.embedded import EmbeddedContext
 
@@ -42,6 +48,11 @@ def embedded_settings(context: EmbeddedContext) -> IngestSettings:
         state="sqlite",
         sqlite_path=context.home / "ingest" / "state.sqlite",
         poll_interval_seconds=float(options.get("poll_interval_seconds", 30.0)),
+        # the labels `eostream labels import --home` writes: announced when they change
+        labels=LabelsSettings.model_validate(
+            {"catalog": str(context.home / "labels"), "poll_interval_seconds": 30.0}
+            | dict(options.get("labels", {}))
+        ),
         backoff_max_seconds=60.0,
         http_host=context.http_host,
     )
@@ -73,6 +84,7 @@ class IngestComponent:
             state=adapters.state,
             lock=adapters.lock,
             sources=adapters.sources,
+            labels=adapters.labels,
         )
         self.watcher = self.runner.watcher
         self._task = asyncio.create_task(self.runner.run(self._stop), name="ingest-watcher")

@@ -15,14 +15,17 @@ replay requests (``eostream.ingest.replay``); otherwise it stands by (see ``lead
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from eostream.ingest.api import PUSH_PATH, create_app
 from eostream.ingest.arrivals import Arrivals
+from eostream.ingest.labelwatch import LabelWatcher
 from eostream.ingest.leader import FileLeaderLock, LeaderLock, Leadership
 from eostream.ingest.settings import IngestSettings, StacApiSource
 from eostream.ingest.sources import StacApiItemSource, StaticItemSource
@@ -31,6 +34,7 @@ from eostream.ingest.watcher import SERVICE, WatchedSource, Watcher
 from eostream.shared.bus import Bus, Consumers, Delivery, build_bus
 from eostream.shared.errors import ConfigError, InvalidEventError
 from eostream.shared.events import Event, ItemReplayRequested
+from eostream.shared.label_catalog import LabelCatalog, StacApiLabelCatalog, StaticLabelCatalog
 from eostream.shared.objects import bucket_reader
 from eostream.shared.ops import OpsServer
 from eostream.shared.runtime import install_stop_signals, preflight
@@ -99,6 +103,7 @@ class IngestAdapters:
     state: StateStore
     lock: LeaderLock
     sources: tuple[WatchedSource, ...]
+    labels: LabelCatalog | None = None
 
 
 def from_settings(settings: IngestSettings, *, bus: Bus | None = None) -> IngestAdapters:
@@ -109,6 +114,7 @@ def from_settings(settings: IngestSettings, *, bus: Bus | None = None) -> Ingest
         state=build_state(settings),
         lock=build_lock(settings),
         sources=tuple(build_sources(settings)),
+        labels=build_label_catalog(settings),
     )
 
 
@@ -134,6 +140,31 @@ def build_watcher(
     )
 
 
+def build_label_catalog(settings: IngestSettings) -> LabelCatalog | None:
+    """The label catalogue INGEST_LABELS__CATALOG names: a STAC API (http[s]) or a folder."""
+    where = settings.labels.catalog
+    if not where:
+        return None
+    if where.startswith(("http://", "https://")):
+        return StacApiLabelCatalog(where)
+    return StaticLabelCatalog(Path(where))
+
+
+def build_label_watcher(
+    settings: IngestSettings, *, bus: Bus, state: StateStore, catalog: LabelCatalog | None
+) -> LabelWatcher | None:
+    if catalog is None:
+        return None
+    return LabelWatcher(
+        catalog,
+        store=state,
+        bus=bus,
+        collections=settings.labels.collections,
+        band_set=settings.labels.band_set,
+        poll_interval=settings.labels.poll_interval_seconds,
+    )
+
+
 def build_ingest(
     settings: IngestSettings,
     *,
@@ -141,10 +172,13 @@ def build_ingest(
     state: StateStore,
     lock: LeaderLock,
     sources: Sequence[WatchedSource],
+    labels: LabelCatalog | None = None,
 ) -> IngestRunner:
-    """The service on these adapters: the watcher and its replay consumer, under the lock."""
+    """The service on these adapters: the watcher and its replay consumer (and the label
+    watcher, when a label catalogue is given), under the lock."""
     watcher = build_watcher(settings, bus=bus, state=state, sources=sources)
-    return IngestRunner(settings, bus=bus, watcher=watcher, lock=lock)
+    label_watcher = build_label_watcher(settings, bus=bus, state=state, catalog=labels)
+    return IngestRunner(settings, bus=bus, watcher=watcher, lock=lock, labels=label_watcher)
 
 
 class IngestRunner:
@@ -157,10 +191,12 @@ class IngestRunner:
         bus: Bus,
         watcher: Watcher,
         lock: LeaderLock,
+        labels: LabelWatcher | None = None,
     ) -> None:
         self._settings = settings
         self._bus = bus
         self.watcher = watcher
+        self.labels = labels
         self.leadership = Leadership(lock, retry_seconds=settings.leader_retry_seconds)
         self.consumers: Consumers | None = None
         self.arrivals = Arrivals(watcher, source=settings.push.source)
@@ -186,10 +222,15 @@ class IngestRunner:
         consumers.start()
         listening = await self._start_listener(resign)
         self._leading = True
+        labelling = asyncio.create_task(self.labels.run(resign)) if self.labels else None
         try:
             await self.watcher.run(resign)
         finally:
             self._leading = False
+            if labelling is not None:
+                labelling.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await labelling
             if listening is not None:
                 await listening
             await consumers.stop()
@@ -314,6 +355,7 @@ async def serve(settings: IngestSettings, adapters: IngestAdapters) -> None:
                 state=adapters.state,
                 lock=adapters.lock,
                 sources=adapters.sources,
+                labels=adapters.labels,
             )
             servers = http_servers(settings, runner)
             for server in servers:

@@ -167,6 +167,24 @@ class NotifySettings(BaseModel):
     reconnect_max_seconds: float = Field(default=30.0, gt=0)
 
 
+class LabelsSettings(BaseModel):
+    """``INGEST_LABELS__*``: label collections announced as datasets (``DatasetUpdated``) each
+    time their items change, for the trainer to learn from (:mod:`eostream.ingest.labelwatch`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    catalog: str | None = Field(
+        default=None,
+        description="a static label catalogue folder (embedded: <home>/labels) or a STAC API "
+        "root URL; None: labels are not watched",
+    )
+    collections: tuple[str, ...] = Field(
+        default=(), description="the label collections to watch; empty: every one"
+    )
+    band_set: str = Field(default="rgb", description="the band set to train on: rgb or ms13")
+    poll_interval_seconds: float = Field(default=60.0, gt=0)
+
+
 StateKind = Literal["sqlite", "postgres"]
 
 
@@ -199,6 +217,7 @@ class IngestSettings(ServiceSettings):
     )
     push: PushSettings = PushSettings()
     notify: NotifySettings = NotifySettings()
+    labels: LabelsSettings = LabelsSettings()
 
     @model_validator(mode="after")
     def _sources(self) -> Self:

@@ -31,9 +31,9 @@ from eostream.shared.events import (
     TrainingRequested,
     TrainingStarted,
 )
-from eostream.trainer import metrics
+from eostream.trainer import labelled, metrics
 from eostream.trainer.pipeline import Outcome, StartedCallback, tracker_for, train_and_register
-from eostream.trainer.plan import TrainingPlan, plan_for_dataset, plan_training
+from eostream.trainer.plan import TrainingPlan, plan_training
 from eostream.trainer.settings import TrainerSettings
 from eostream.trainer.task import BatchCallback
 from eostream.trainer.tracking import Tracker, is_transient
@@ -116,14 +116,12 @@ class TrainerWorker:
     def plan(self, event: Event) -> TrainingPlan | None:
         if isinstance(event, TrainingRequested):
             return plan_training(event)
-        if isinstance(event, DatasetUpdated):
-            return plan_for_dataset(
-                event, self.settings.default_model_name, self.settings.dataset_updated_epochs
-            )
+        if isinstance(event, DatasetUpdated):  # may cut chips from labels: blocking
+            return labelled.dataset_plan(event, self.settings)
         return None
 
     async def handle(self, event: Event, delivery: Delivery) -> None:
-        plan = self.plan(event)
+        plan = await asyncio.to_thread(self.plan, event)
         if plan is None:
             log.debug("%s: ignoring %s", delivery.where(), event.event_type)
             return

@@ -54,6 +54,12 @@ class TrainerSettings(ServiceSettings):
     dataset_updated_epochs: int = Field(
         default=10, ge=1, description="epochs for data-triggered runs"
     )
+    label_chip_size: int = Field(
+        default=32, ge=8, le=1024, description="chip edge (10 m px) cut from announced labels"
+    )
+    label_chip_block: int = Field(
+        default=3, ge=1, le=64, description="chips per edge of a spatial split block"
+    )
     default_model_name: str = Field(
         default="eurosat-landcover", min_length=1, description="model trained on DatasetUpdated"
     )

@@ -1,0 +1,134 @@
+"""Label collections, announced as datasets: ``DatasetUpdated`` once per change of their items.
+
+The label watcher lists the label collections of a label catalogue (the stack's STAC API, or the
+embedded mode's static catalogue under the home; :mod:`eostream.shared.label_catalog`), hashes
+each collection's items (id, geometry, properties, assets and source links: what a change to the
+labels changes) and publishes ``DatasetUpdated(dataset=<collection>, href, digest)`` on
+``eostream.datasets.updated`` when that digest is new. The state store's seen-set (the scene
+watcher's, under the source ``labels:<collection>``) records a digest only after the broker
+acknowledged the event, so a restart re-announces nothing and loses nothing; the trainer's
+request id derives from the digest, so a redelivered announcement trains once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from eostream.ingest.state import SeenRecord, StateStore
+from eostream.shared import topics
+from eostream.shared.bus import Bus
+from eostream.shared.events import DatasetUpdated
+from eostream.shared.label_catalog import LabelCatalog, LabelQuery
+
+log = logging.getLogger(__name__)
+SOURCE_PREFIX = "labels:"
+#: links that say what an item labels (the rest point at the catalogue's own layout)
+KEPT_LINKS = ("source",)
+
+
+def items_digest(items: Sequence[Mapping[str, Any]]) -> str:
+    """SHA-256 of the items' content that matters to training, independent of their order."""
+    rows = []
+    for item in items:
+        links = sorted(
+            str(link.get("href"))
+            for link in item.get("links", [])
+            if isinstance(link, Mapping) and link.get("rel") in KEPT_LINKS
+        )
+        assets = {
+            k: str(v.get("href"))
+            for k, v in (item.get("assets") or {}).items()
+            if isinstance(v, Mapping)
+        }
+        rows.append(
+            json.dumps(
+                [item.get("id"), item.get("geometry"), item.get("properties"), assets, links],
+                sort_keys=True,
+                default=str,
+            )
+        )
+    return hashlib.sha256("\n".join(sorted(rows)).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Announced:
+    collection: str
+    items: int
+    digest: str
+    published: bool
+
+
+class LabelWatcher:
+    """Announce changed label collections of ``catalog`` (``collections``: these only)."""
+
+    def __init__(
+        self,
+        catalog: LabelCatalog,
+        *,
+        store: StateStore,
+        bus: Bus,
+        collections: Sequence[str] = (),
+        band_set: str = "rgb",
+        poll_interval: float = 60.0,
+        topic: str = topics.DATASETS_UPDATED,
+    ) -> None:
+        self._catalog = catalog
+        self._store = store
+        self._bus = bus
+        self._collections = tuple(collections)
+        self._band_set = band_set
+        self._interval = poll_interval
+        self._topic = topic
+
+    def _list(self) -> list[tuple[str, list[dict[str, Any]]]]:
+        """(collection id, its items) for every watched collection (blocking)."""
+        names = self._collections or tuple(str(c["id"]) for c in self._catalog.collections())
+        return [(name, self._catalog.search(LabelQuery(name, limit=100_000))) for name in names]
+
+    async def poll(self) -> list[Announced]:
+        """One look at every watched collection; announces those whose digest is new."""
+        done: list[Announced] = []
+        for name, items in await asyncio.to_thread(self._list):
+            if not items:
+                continue
+            digest = items_digest(items)
+            source = SOURCE_PREFIX + name
+            if not await self._store.unseen(source, [(name, digest)]):
+                done.append(Announced(name, len(items), digest, published=False))
+                continue
+            event = DatasetUpdated(
+                dataset=name,
+                href=self._catalog.href(name),
+                digest=digest,
+                band_set=self._band_set,
+                source="ingest",
+            )
+            await self._bus.publish(self._topic, event)
+            await self._store.mark_seen(
+                source, [SeenRecord(name, digest, "published", event_id=str(event.id))]
+            )
+            log.info(
+                "labels %s changed (%d items, digest %s): announced", name, len(items), digest[:16]
+            )
+            done.append(Announced(name, len(items), digest, published=True))
+        return done
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll until ``stop``; a failed poll (catalogue or broker away) is retried next time."""
+        while not stop.is_set():
+            try:
+                await self.poll()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the catalogue or the broker is away: try again later
+                log.warning("label collections not polled: %s", exc)
+            try:
+                await asyncio.wait_for(stop.wait(), self._interval)
+            except TimeoutError:
+                pass

@@ -1,0 +1,131 @@
+"""What a ``DatasetUpdated`` names, as a chip dataset the trainer trains on.
+
+Ingest announces a label collection when its items change (``eostream.datasets.updated``, the
+digest of its items). The trainer then trains on *those* labels: it cuts chips from the labelled
+scenes as ``eostream labels chips`` does (inference's scene reader: the same band mapping,
+radiometry and resampling as the maps; spatial split with a gap), into its cache under the
+event's digest, and trains a patch classifier on the labels' own classes. A class nobody
+labelled enough to give a chip is left out (logged); fewer than two classes with chips is a bad
+dataset, dead-lettered with the reason.
+
+``href`` may also name a chip dataset written beforehand (its folder or ``chips.parquet``). Any
+other href (e.g. a EuroSAT folder) keeps the old meaning: retrain the default model on EuroSAT.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from eostream.shared.errors import EostreamError
+from eostream.shared.events import DatasetUpdated
+from eostream.trainer import chipset
+from eostream.trainer.errors import DatasetError
+from eostream.trainer.plan import TrainingPlan, plan_for_dataset
+from eostream.trainer.settings import TrainerSettings
+
+log = logging.getLogger(__name__)
+
+CHIPS_FOLDER = "label-chips"
+
+
+def local_file(href: str) -> Path | None:
+    """``href`` as a local path (plain or ``file://``), None for other schemes."""
+    parsed = urlparse(href)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme in ("", "c", "d") or len(parsed.scheme) == 1:  # a path (or a drive)
+        return Path(href)
+    return None
+
+
+def is_label_stac(path: Path) -> bool:
+    """A STAC collection or catalog file (or a folder holding one) that declares labels."""
+    if path.is_dir():
+        path = next(
+            (path / n for n in ("collection.json", "catalog.json") if (path / n).is_file()), path
+        )
+    if not path.is_file() or path.suffix != ".json":
+        return False
+    try:
+        doc: Any = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(doc, dict) or doc.get("type") not in ("Collection", "Catalog"):
+        return False
+    extensions = " ".join(str(e) for e in doc.get("stac_extensions", []))
+    return "/label/" in extensions or any(
+        link.get("rel") == "item" for link in doc.get("links", []) if isinstance(link, dict)
+    )
+
+
+def _folder_name(event: DatasetUpdated) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", event.dataset).strip("-") or "labels"
+    return f"{safe}-{event.digest[:16]}"
+
+
+def cut_chips(labels: Path, out: Path, settings: TrainerSettings, band_set: str) -> Path:
+    """Chips of the label collection ``labels`` into ``out`` (written once: a folder that
+    holds a dataset is reused, since its name carries the labels' digest)."""
+    if (out / chipset.TABLE).is_file():
+        return out
+    try:
+        from eostream.inference import chips as cutter
+    except ImportError:  # an image without inference's scene reader
+        raise DatasetError("label chips need the eostream-inference package") from None
+    rules = cutter.ChipRules(size=settings.label_chip_size, block=settings.label_chip_block)
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        cut = cutter.cut(str(labels), band_set=band_set, rules=rules, skip_empty=True)
+        chipset.write(cut, partial, rules)
+    except EostreamError as exc:  # the labels' own problem: the event is dead-lettered
+        shutil.rmtree(partial, ignore_errors=True)
+        raise DatasetError(f"labels {labels}: {exc}") from None
+    partial.replace(out)
+    counts = cut.counts()
+    log.info(
+        "cut %d chips (%s) from %s: %s; dropped %s",
+        len(cut.chips),
+        ", ".join(cut.classes),
+        labels,
+        counts,
+        dict(cut.dropped),
+    )
+    return out
+
+
+def _is_chip_dataset(path: Path) -> bool:
+    return (path / chipset.TABLE).is_file() or (path.name == chipset.TABLE and path.is_file())
+
+
+def dataset_plan(event: DatasetUpdated, settings: TrainerSettings) -> TrainingPlan:
+    """The training a ``DatasetUpdated`` asks for (blocking: may cut chips)."""
+    path = local_file(event.href)
+    if path is None and "/collections/" in urlparse(event.href).path:
+        raise DatasetError(
+            f"{event.href}: label collections are cut from a static label catalogue (a path); "
+            "chips from a STAC API's collection are not supported yet"
+        )
+    data: chipset.ChipDataset | None = None
+    if path is not None and _is_chip_dataset(path):
+        data = chipset.open_dataset(path)
+    elif path is not None and is_label_stac(path):
+        out = settings.cache_dir / CHIPS_FOLDER / _folder_name(event)
+        data = chipset.open_dataset(cut_chips(path, out, settings, event.band_set))
+    if data is None:  # not labels: retrain the default model with defaults
+        return plan_for_dataset(
+            event, event.model_name or settings.default_model_name, settings.dataset_updated_epochs
+        )
+    plan = plan_for_dataset(
+        event.model_copy(update={"band_set": data.band_set}),
+        event.model_name or event.dataset,
+        settings.dataset_updated_epochs,
+    )
+    return replace(plan, dataset=str(data.path), classes=data.classes)

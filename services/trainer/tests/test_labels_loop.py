@@ -1,0 +1,163 @@
+"""A label lands, a model learns from it: water polygons imported over two real Boadella dates
+(`eostream labels import --home`) are announced once by ingest's label watcher, and the trainer
+cuts chips from them and registers a classifier of the labels' own classes (water, other)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from eostream.inference import reference
+from eostream.ingest.labelwatch import LabelWatcher
+from eostream.ingest.state import SqliteStateStore
+from eostream.shared import tags, topics
+from eostream.shared.bus.memory import InMemoryBus
+from eostream.shared.events import DatasetUpdated, ModelVersionRegistered
+from eostream.shared.label_catalog import StaticLabelCatalog
+from eostream.shared.modelcard import ModelCard
+from eostream.trainer.labels_cli import app as labels_app
+from eostream.trainer.pipeline import tracker_for
+from eostream.trainer.service import build_trainer
+from eostream.trainer.settings import TrainerSettings
+
+from .helpers import events_on, wait_until
+
+DATES = ("2020-06-21", "2020-09-14")
+COLLECTION = "boadella-water"
+
+
+@pytest.fixture
+def _root_logging() -> Iterator[None]:
+    """The CLI's configure_logging points the root logger at CliRunner's stream: put it back."""
+    handlers, level = logging.root.handlers[:], logging.root.level
+    yield
+    logging.root.handlers[:] = handlers
+    logging.root.setLevel(level)
+
+
+def _import(home: Path, scenes: Path, data_dir: Path, date: str) -> None:
+    folder = data_dir / reference.BOADELLA_FOLDER / "sentinel_2"
+    scene = scenes / f"boadella-{date}" / f"boadella-{date}.json"
+    words = ["import", "--scene", str(scene), "--home", str(home), "--collection", COLLECTION]
+    geojson = folder / f"Boadella_{date}_labels.geojson"
+    result = CliRunner().invoke(labels_app, [*words, "--geojson", str(geojson)])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.usefixtures("_root_logging")
+async def test_imported_labels_are_announced_once_and_trained_on(
+    data_dir: Path, sqlite_settings: TrainerSettings, tmp_path: Path
+) -> None:
+    built = reference.build_boadella(data_dir, tmp_path / "reference", DATES)
+    scenes = built.parent.parent / "boadella-scenes"
+    home = tmp_path / "home"
+    bus = InMemoryBus(service="ingest")
+    state = SqliteStateStore(tmp_path / "ingest.sqlite")
+    await state.open()
+    watcher = LabelWatcher(StaticLabelCatalog(home / "labels"), store=state, bus=bus)
+    try:
+        assert await watcher.poll() == []  # no labels yet: nothing to announce
+
+        _import(home, scenes, data_dir, DATES[0])
+        [first] = await watcher.poll()
+        assert first.published and first.items == 1
+        [again] = await watcher.poll()  # unchanged: announced once
+        assert not again.published and again.digest == first.digest
+
+        _import(home, scenes, data_dir, DATES[1])  # a second date labelled: a new dataset
+        [second] = await watcher.poll()
+        assert second.published and second.items == 2 and second.digest != first.digest
+    finally:
+        await state.close()
+    announced = [
+        e for e in events_on(bus, topics.DATASETS_UPDATED) if isinstance(e, DatasetUpdated)
+    ]
+    assert [e.digest for e in announced] == [first.digest, second.digest]
+    latest = announced[-1]
+    assert latest.dataset == COLLECTION and latest.source == "ingest"
+    assert Path(latest.href) == (home / "labels" / COLLECTION / "collection.json").resolve()
+
+    # the trainer takes the latest announcement: chips of both dates, the labels' classes
+    settings = sqlite_settings.model_copy(update={"dataset_updated_epochs": 2})
+    worker = build_trainer(settings, bus=bus, tracker=tracker_for(settings))
+    consumer = worker.consumer()
+    await bus.publish(topics.DATASETS_UPDATED, latest)  # what a consumer group starting now sees
+    task = asyncio.create_task(consumer.run())
+    try:
+        await wait_until(
+            lambda: bus.size(topics.MODELS_REGISTERED) + bus.size(topics.DEAD_LETTER) >= 3,
+            600,
+            "three announcements handled",
+        )
+    finally:
+        await consumer.stop()
+        await asyncio.wait_for(task, 60)
+    assert bus.size(topics.DEAD_LETTER) == 0
+    registered = [
+        e for e in events_on(bus, topics.MODELS_REGISTERED) if isinstance(e, ModelVersionRegistered)
+    ]
+    names = {(r.name, r.version) for r in registered}
+    assert {n for n, _ in names} == {COLLECTION}
+    # the last two are the same digest: trained once, the redelivery reuses the version
+    assert registered[-1].version == registered[-2].version
+    client = MlflowClient(str(settings.mlflow_tracking_uri))
+    version = client.get_model_version(COLLECTION, registered[-1].version)
+    card = ModelCard.from_json(version.tags[tags.MODEL_CARD])
+    assert card.classes == ("water", "other")
+    assert card.dataset is not None and second.digest[:16] in card.dataset
+    summary = json.loads((Path(card.dataset).parent / "dataset.json").read_text())
+    assert summary["labels"] == latest.href
+    assert registered[-2].metrics["test_accuracy"] > 0.5, registered[-2].metrics
+
+
+async def test_bad_label_announcements_are_dead_lettered_with_the_reason(
+    sqlite_settings: TrainerSettings, tmp_path: Path
+) -> None:
+    empty = tmp_path / "labels" / "nothing"
+    empty.mkdir(parents=True)
+    (empty / "collection.json").write_text(
+        json.dumps(
+            {
+                "type": "Collection",
+                "id": "nothing",
+                "stac_version": "1.0.0",
+                "stac_extensions": ["https://stac-extensions.github.io/label/v1.0.1/schema.json"],
+                "description": "no items",
+                "license": "other",
+                "extent": {
+                    "spatial": {"bbox": [[0, 0, 1, 1]]},
+                    "temporal": {"interval": [[None, None]]},
+                },
+                "links": [],
+            }
+        )
+    )
+    bus = InMemoryBus(service="trainer")
+    worker = build_trainer(sqlite_settings, bus=bus, tracker=tracker_for(sqlite_settings))
+    consumer = worker.consumer()
+    task = asyncio.create_task(consumer.run())
+    for dataset, href in [
+        ("nothing", str(empty / "collection.json")),
+        ("api", "http://127.0.0.1:9/collections/water"),
+    ]:
+        await bus.publish(
+            topics.DATASETS_UPDATED, DatasetUpdated(dataset=dataset, href=href, digest="d" * 64)
+        )
+    try:
+        await wait_until(lambda: bus.size(topics.DEAD_LETTER) >= 2, 60, "two dead letters")
+    finally:
+        await consumer.stop()
+        await asyncio.wait_for(task, 30)
+    reasons = {
+        letter.original_key: letter.reason for letter in await bus.read_dead_letters(limit=10)
+    }
+    assert "labels" in reasons["nothing"] and "Traceback" not in reasons["nothing"]
+    assert "not supported yet" in reasons["api"]
+    assert bus.size(topics.MODELS_REGISTERED) == 0

@@ -19,7 +19,7 @@ from eostream.ingest.labelwatch import LabelWatcher
 from eostream.ingest.state import SqliteStateStore
 from eostream.shared import tags, topics
 from eostream.shared.bus.memory import InMemoryBus
-from eostream.shared.events import DatasetUpdated, ModelVersionRegistered
+from eostream.shared.events import DatasetUpdated, ModelVersionRegistered, TrainingRequested
 from eostream.shared.label_catalog import StaticLabelCatalog
 from eostream.shared.modelcard import ModelCard
 from eostream.trainer.labels_cli import app as labels_app
@@ -115,6 +115,39 @@ async def test_imported_labels_are_announced_once_and_trained_on(
     summary = json.loads((Path(card.dataset).parent / "dataset.json").read_text())
     assert summary["labels"] == latest.href
     assert registered[-2].metrics["test_accuracy"] > 0.5, registered[-2].metrics
+
+    # a request may name the chips (or the labels) itself
+    requests = [
+        TrainingRequested(request_id="chips", model_name="water-2", epochs=1, dataset=card.dataset),
+        TrainingRequested(request_id="nowhere", dataset=str(tmp_path / "nowhere")),
+        TrainingRequested(request_id="keras", family="keras", dataset=card.dataset),
+    ]
+    worker = build_trainer(settings, bus=bus, tracker=tracker_for(settings))
+    consumer = worker.consumer()
+    for request in requests:
+        await bus.publish(topics.TRAINING_REQUESTS, request)
+    task = asyncio.create_task(consumer.run())
+    try:
+        await wait_until(
+            lambda: bus.size(topics.MODELS_REGISTERED) + bus.size(topics.DEAD_LETTER) >= 6,
+            300,
+            "three requests handled",
+        )
+    finally:
+        await consumer.stop()
+        await asyncio.wait_for(task, 60)
+    reasons = {
+        letter.original_key: letter.reason for letter in await bus.read_dead_letters(limit=10)
+    }
+    assert "neither a chip dataset" in reasons["nowhere"]
+    assert "use the torch family" in reasons["keras"]
+    [chips] = [
+        e
+        for e in events_on(bus, topics.MODELS_REGISTERED)
+        if isinstance(e, ModelVersionRegistered) and e.request_id == "chips"
+    ]
+    version = client.get_model_version("water-2", chips.version)
+    assert ModelCard.from_json(version.tags[tags.MODEL_CARD]).classes == ("water", "other")
 
 
 async def test_bad_label_announcements_are_dead_lettered_with_the_reason(

@@ -107,6 +107,12 @@ class TrainingRequested(Event):
     backbone_lr_scale: float = Field(
         default=1.0, gt=0, le=1, description="with pretrained: the backbone's learning rate factor"
     )
+    dataset: str | None = Field(
+        default=None,
+        description="train on labelled chips instead of EuroSAT: a chip dataset (folder or "
+        "chips.parquet, eostream labels chips) or a label collection of a static catalogue "
+        "(its collection.json); its classes and band set replace EuroSAT's",
+    )
     requested_by: str = "unknown"
     reason: str = ""
 

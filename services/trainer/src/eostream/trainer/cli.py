@@ -368,6 +368,13 @@ def submit(
     seed: int = 42,
     model_name: str = "eurosat-landcover",
     base_model: str | None = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="train on labelled chips: a chip dataset (folder or chips.parquet) or a label "
+            "collection's collection.json, as the worker reads it"
+        ),
+    ] = None,
     wait: Annotated[bool, typer.Option(help="also wait for the registered version")] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the worker")] = 300.0,
 ) -> None:
@@ -386,6 +393,7 @@ def submit(
         seed=seed,
         model_name=model_name,
         base_model=base_model,
+        dataset=dataset,
         requested_by="eostream train",
     )
     _checked(request)  # refuse a bad request here, before it reaches the bus

@@ -24,10 +24,10 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from eostream.shared.errors import EostreamError
-from eostream.shared.events import DatasetUpdated
+from eostream.shared.events import DatasetUpdated, TrainingRequested
 from eostream.trainer import chipset
 from eostream.trainer.errors import DatasetError
-from eostream.trainer.plan import TrainingPlan, plan_for_dataset
+from eostream.trainer.plan import TrainingPlan, plan_for_dataset, plan_training
 from eostream.trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
@@ -65,9 +65,9 @@ def is_label_stac(path: Path) -> bool:
     )
 
 
-def _folder_name(event: DatasetUpdated) -> str:
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", event.dataset).strip("-") or "labels"
-    return f"{safe}-{event.digest[:16]}"
+def _folder_name(name: str, key: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "labels"
+    return f"{safe}-{key[:16]}"
 
 
 def cut_chips(labels: Path, out: Path, settings: TrainerSettings, band_set: str) -> Path:
@@ -117,7 +117,7 @@ def dataset_plan(event: DatasetUpdated, settings: TrainerSettings) -> TrainingPl
     if path is not None and _is_chip_dataset(path):
         data = chipset.open_dataset(path)
     elif path is not None and is_label_stac(path):
-        out = settings.cache_dir / CHIPS_FOLDER / _folder_name(event)
+        out = settings.cache_dir / CHIPS_FOLDER / _folder_name(event.dataset, event.digest)
         data = chipset.open_dataset(cut_chips(path, out, settings, event.band_set))
     if data is None:  # not labels: retrain the default model with defaults
         return plan_for_dataset(
@@ -129,3 +129,35 @@ def dataset_plan(event: DatasetUpdated, settings: TrainerSettings) -> TrainingPl
         settings.dataset_updated_epochs,
     )
     return replace(plan, dataset=str(data.path), classes=data.classes)
+
+
+def request_plan(event: TrainingRequested, settings: TrainerSettings) -> TrainingPlan:
+    """The training a ``TrainingRequested`` asks for; with ``dataset``, on those chips (cut
+    first when it names a label collection; blocking)."""
+    plan = plan_training(event)
+    if event.dataset is None:
+        return plan
+    problems = [
+        what
+        for what, bad in (
+            ("the torch family", plan.family != "torch"),
+            ("no base_model", event.base_model is not None),
+            ("no pretrained", event.pretrained is not None),
+        )
+        if bad
+    ]
+    if problems:
+        raise DatasetError(f"a dataset trains from scratch: use {', '.join(problems)}")
+    path = local_file(event.dataset)
+    if path is not None and _is_chip_dataset(path):
+        data = chipset.open_dataset(path)
+    elif path is not None and is_label_stac(path):
+        name = path.parent.name if path.is_file() else path.name
+        out = settings.cache_dir / CHIPS_FOLDER / _folder_name(name, event.request_id)
+        data = chipset.open_dataset(cut_chips(path, out, settings, event.band_set))
+    else:
+        raise DatasetError(
+            f"dataset {event.dataset}: neither a chip dataset (chips.parquet) nor a label "
+            "collection of a static catalogue"
+        )
+    return replace(plan, dataset=str(data.path), classes=data.classes, band_set=data.band_set)

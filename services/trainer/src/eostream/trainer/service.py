@@ -33,7 +33,7 @@ from eostream.shared.events import (
 )
 from eostream.trainer import labelled, metrics
 from eostream.trainer.pipeline import Outcome, StartedCallback, tracker_for, train_and_register
-from eostream.trainer.plan import TrainingPlan, plan_training
+from eostream.trainer.plan import TrainingPlan
 from eostream.trainer.settings import TrainerSettings
 from eostream.trainer.task import BatchCallback
 from eostream.trainer.tracking import Tracker, is_transient
@@ -114,8 +114,8 @@ class TrainerWorker:
         self.busy = False
 
     def plan(self, event: Event) -> TrainingPlan | None:
-        if isinstance(event, TrainingRequested):
-            return plan_training(event)
+        if isinstance(event, TrainingRequested):  # a dataset may need chips cut: blocking
+            return labelled.request_plan(event, self.settings)
         if isinstance(event, DatasetUpdated):  # may cut chips from labels: blocking
             return labelled.dataset_plan(event, self.settings)
         return None

@@ -1,0 +1,64 @@
+"""The own-labels loop in the embedded system, with no step after the import: water polygons of
+two real Boadella dates imported with `eostream labels import --home` are announced by ingest,
+trained on by the trainer (chips of the labels' own classes) and gated and promoted by the
+registry-bridge on the dataset's held-out chips."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from eostream.inference import reference
+from eostream.runner.session import EmbeddedSession
+from eostream.trainer.labels_cli import app as labels_app
+
+DATES = ("2020-06-21", "2020-09-14")
+MODEL = "boadella-water"
+
+
+@pytest.fixture
+def _root_logging() -> Iterator[None]:
+    """The CLI's configure_logging points the root logger at CliRunner's stream: put it back."""
+    handlers, level = logging.root.handlers[:], logging.root.level
+    yield
+    logging.root.handlers[:] = handlers
+    logging.root.setLevel(level)
+
+
+@pytest.mark.usefixtures("_root_logging")
+def test_imported_labels_become_a_gated_champion(data_dir: Path, tmp_path: Path) -> None:
+    built = reference.build_boadella(data_dir, tmp_path / "reference", DATES)
+    scenes = built.parent.parent / "boadella-scenes"
+    folder = data_dir / reference.BOADELLA_FOLDER / "sentinel_2"
+    home = tmp_path / "home"
+    session = EmbeddedSession.start(
+        home,
+        data_dir,
+        components=("ingest", "trainer", "registry-bridge"),
+        options={
+            "ingest": {"sources": [], "labels": {"poll_interval_seconds": 1.0}},
+            "trainer": {"dataset_updated_epochs": 4},
+            "registry-bridge": {"model_names": [MODEL], "reconcile_interval_seconds": 2.0},
+        },
+    )
+    try:
+        for date in DATES:
+            scene = scenes / f"boadella-{date}" / f"boadella-{date}.json"
+            words = ["import", "--scene", str(scene), "--home", str(home), "--collection", MODEL]
+            geojson = folder / f"Boadella_{date}_labels.geojson"
+            result = CliRunner().invoke(labels_app, [*words, "--geojson", str(geojson)])
+            assert result.exit_code == 0, result.output
+        champion = session.champion(MODEL, timeout=600)
+        with session.bridge() as bridge:
+            versions = bridge.versions(MODEL)
+    finally:
+        session.stop()
+    # the bridge's default gate (held-out accuracy >= 0.5, no class dropped) on the dataset's
+    # held-out chips
+    assert champion.gate == "passed", champion
+    assert champion.accuracy is not None and float(champion.accuracy) > 0.5
+    assert all(v.gate in ("passed", "failed", "refused") for v in versions)

@@ -1,7 +1,7 @@
 """The own-labels loop in the embedded system, with no step after the import: water polygons of
 two real Boadella dates imported with `eostream labels import --home` are announced by ingest,
-trained on by the trainer (chips of the labels' own classes) and gated and promoted by the
-registry-bridge on the dataset's held-out chips."""
+trained on by the trainer (chips of the labels' own classes), gated and promoted by the
+registry-bridge on the dataset's held-out chips, and inference maps a third date with it."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from eostream.runner.session import EmbeddedSession
 from eostream.trainer.labels_cli import app as labels_app
 
 DATES = ("2020-06-21", "2020-09-14")
+MAP_DATE = "2021-07-16"
 MODEL = "boadella-water"
 
 
@@ -31,18 +32,19 @@ def _root_logging() -> Iterator[None]:
 
 @pytest.mark.usefixtures("_root_logging")
 def test_imported_labels_become_a_gated_champion(data_dir: Path, tmp_path: Path) -> None:
-    built = reference.build_boadella(data_dir, tmp_path / "reference", DATES)
+    built = reference.build_boadella(data_dir, tmp_path / "reference", (*DATES, MAP_DATE))
     scenes = built.parent.parent / "boadella-scenes"
     folder = data_dir / reference.BOADELLA_FOLDER / "sentinel_2"
     home = tmp_path / "home"
     session = EmbeddedSession.start(
         home,
         data_dir,
-        components=("ingest", "trainer", "registry-bridge"),
+        components=("ingest", "trainer", "registry-bridge", "inference"),
         options={
             "ingest": {"sources": [], "labels": {"poll_interval_seconds": 1.0}},
             "trainer": {"dataset_updated_epochs": 4},
             "registry-bridge": {"model_names": [MODEL], "reconcile_interval_seconds": 2.0},
+            "inference": {"stride": 8, "intra_op_threads": 2},
         },
     )
     try:
@@ -55,6 +57,13 @@ def test_imported_labels_become_a_gated_champion(data_dir: Path, tmp_path: Path)
         champion = session.champion(MODEL, timeout=600)
         with session.bridge() as bridge:
             versions = bridge.versions(MODEL)
+        # the champion maps a date nobody labelled for it
+        scene = scenes / f"boadella-{MAP_DATE}" / f"boadella-{MAP_DATE}.json"
+        with session.inference() as api:
+            job = api.execute({"scene": str(scene), "model": f"models:/{MODEL}/{champion.version}"})
+            job = api.wait(job.job_id, timeout=600)
+            assert job.status == "successful", job
+            result = api.job_result(job.job_id)
     finally:
         session.stop()
     # the bridge's default gate (held-out accuracy >= 0.5, no class dropped) on the dataset's
@@ -62,3 +71,8 @@ def test_imported_labels_become_a_gated_champion(data_dir: Path, tmp_path: Path)
     assert champion.gate == "passed", champion
     assert champion.accuracy is not None and float(champion.accuracy) > 0.5
     assert all(v.gate in ("passed", "failed", "refused") for v in versions)
+    assert (result.model_name, result.model_version) == (MODEL, champion.version)
+    assert result.run_id and result.scene_id == f"boadella-{MAP_DATE}"
+    # the reservoir is water, most of the valley is not
+    assert 0.02 < result.class_shares["water"] < 0.5, result.class_shares
+    assert set(result.class_shares) <= {"water", "other", "uncertain"}

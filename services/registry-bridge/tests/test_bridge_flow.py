@@ -146,6 +146,22 @@ async def test_broken_versions_are_refused_with_reasons_and_never_shipped(
         await bridge.promote("eurosat-landcover", no_onnx, by="alice", reason="try", force=True)
 
 
+async def test_a_new_class_list_under_the_champions_name_is_refused(
+    bridge_settings: BridgeSettings, register: Any, models: Any, card: Any
+) -> None:
+    bridge, bus = bridge_and_bus(bridge_settings)
+    await bus.start()
+    v1 = register(models.better)
+    assert (await bridge.handle_version("eurosat-landcover", v1, "event")).state == "promoted"
+    other = card.model_copy(update={"classes": tuple(f"class{i}" for i in range(10))})
+    v2 = register(models.better, card=other)
+    outcome = await bridge.handle_version("eurosat-landcover", v2, "event")
+    assert outcome.state == "refused"
+    assert "are not the champion v1's" in outcome.reasons[0], outcome.reasons
+    assert version_tags("eurosat-landcover", v2)[tags.GATE] == "refused"
+    assert [e.version for e in promoted(bus)] == [v1]
+
+
 async def test_rollback_and_manual_promotion_over_rest(
     bridge_settings: BridgeSettings, register: Any, models: Any
 ) -> None:

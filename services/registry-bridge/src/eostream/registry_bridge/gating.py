@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from eostream.registry_bridge import maps, metrics
+from eostream.registry_bridge import contract, maps, metrics
 from eostream.registry_bridge.contract import reasons_json
 from eostream.registry_bridge.errors import NotReadyError, PromotionError, RefusedError
 from eostream.registry_bridge.gatekeeper import Gatekeeper
@@ -26,6 +26,7 @@ from eostream.registry_bridge.port import ModelRegistry
 from eostream.registry_bridge.promotion import BRIDGE, Outcome, Promoter
 from eostream.registry_bridge.verification import Verified
 from eostream.shared import tags
+from eostream.shared.modelcard import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,11 @@ class Gating:
                 return Outcome(name, version, "promoted", ("resumed",))
             return Outcome(name, version, "skipped", ("already passed",))
 
+        champion_version = self.registry.alias_version(name, tags.CHAMPION)
         try:
             verified = self.gate.verify(mv)
+            if champion_version and champion_version != version:
+                self._same_classes(name, champion_version, verified.card)
         except NotReadyError as exc:
             return Outcome(name, version, "deferred", (str(exc),))
         except RefusedError as exc:
@@ -81,7 +85,6 @@ class Gating:
             return Outcome(name, version, "refused", exc.reasons)
 
         candidate, run_id = self.gate.evaluate_candidate(verified)
-        champion_version = self.registry.alias_version(name, tags.CHAMPION)
         champion: Evaluation | None = None
         if champion_version and champion_version != version:
             champion = self.gate.evaluate_champion(name, champion_version, verified.card)
@@ -126,6 +129,21 @@ class Gating:
             name, version, BRIDGE, f"gate passed: {summary}"[:1000], "auto", verified, via="auto"
         )
         return Outcome(name, version, "promoted", verdict.reasons)
+
+    def _same_classes(self, name: str, champion_version: str, card: ModelCard) -> None:
+        """Refuse a candidate whose class list is not the champion's: its maps would mean
+        something else under the same name (a new class list is a new model name)."""
+        theirs, _ = contract.check_tags(
+            dict(self.registry.get_version(name, champion_version).tags)
+        )
+        if theirs is not None and tuple(theirs.classes) != tuple(card.classes):
+            mine, champions = ", ".join(card.classes), ", ".join(theirs.classes)
+            raise RefusedError(
+                [
+                    f"classes ({mine}) are not the champion v{champion_version}'s ({champions}): "
+                    "register a new class list under another model name"
+                ]
+            )
 
     def _map_check(
         self, verified: Verified, run_id: str, champion_version: str | None

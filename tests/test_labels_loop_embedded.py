@@ -63,7 +63,7 @@ def test_imported_labels_become_a_gated_champion(data_dir: Path, tmp_path: Path)
             job = api.execute({"scene": str(scene), "model": f"models:/{MODEL}/{champion.version}"})
             job = api.wait(job.job_id, timeout=600)
             assert job.status == "successful", job
-            result = api.job_result(job.job_id)
+            mapped = api.job_result(job.job_id)
     finally:
         session.stop()
     # the bridge's default gate (held-out accuracy >= 0.5, no class dropped) on the dataset's
@@ -71,8 +71,8 @@ def test_imported_labels_become_a_gated_champion(data_dir: Path, tmp_path: Path)
     assert champion.gate == "passed", champion
     assert champion.accuracy is not None and float(champion.accuracy) > 0.5
     assert all(v.gate in ("passed", "failed", "refused") for v in versions)
-    assert (result.model_name, result.model_version) == (MODEL, champion.version)
-    assert result.run_id and result.scene_id == f"boadella-{MAP_DATE}"
+    assert (mapped.model_name, mapped.model_version) == (MODEL, champion.version)
+    assert mapped.run_id and mapped.scene_id == f"boadella-{MAP_DATE}"
     # the reservoir is water, most of the valley is not
-    assert 0.02 < result.class_shares["water"] < 0.5, result.class_shares
-    assert set(result.class_shares) <= {"water", "other", "uncertain"}
+    assert 0.02 < mapped.class_shares["water"] < 0.5, mapped.class_shares
+    assert set(mapped.class_shares) <= {"water", "other", "uncertain"}

@@ -80,6 +80,19 @@ def stack_mlflow_globals(mlflow_uri: str) -> Iterator[str]:
     mlflow.set_registry_uri(previous[1])
 
 
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """For tests that invoke a CLI through typer's CliRunner: its configure_logging points the
+    root logger at CliRunner's stream, closed after the command; put the handlers back, so later
+    code does not log into a closed file."""
+    import logging
+
+    handlers, level = logging.root.handlers[:], logging.root.level
+    yield
+    logging.root.handlers[:] = handlers
+    logging.root.setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def stac_api_url() -> str:
     return require_env("EOSTREAM_STAC_API_URL")

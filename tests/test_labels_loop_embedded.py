@@ -5,8 +5,6 @@ registry-bridge on the dataset's held-out chips, and inference maps a third date
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,16 +19,7 @@ MAP_DATE = "2021-07-16"
 MODEL = "boadella-water"
 
 
-@pytest.fixture
-def _root_logging() -> Iterator[None]:
-    """The CLI's configure_logging points the root logger at CliRunner's stream: put it back."""
-    handlers, level = logging.root.handlers[:], logging.root.level
-    yield
-    logging.root.handlers[:] = handlers
-    logging.root.setLevel(level)
-
-
-@pytest.mark.usefixtures("_root_logging")
+@pytest.mark.usefixtures("root_logging")
 def test_imported_labels_become_a_gated_champion(data_dir: Path, tmp_path: Path) -> None:
     built = reference.build_boadella(data_dir, tmp_path / "reference", (*DATES, MAP_DATE))
     scenes = built.parent.parent / "boadella-scenes"

@@ -4,8 +4,6 @@ classes (water, other), which inference's pipeline then runs on a third real dat
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -33,16 +31,6 @@ def _chips(labels: Path, out: Path, *extra: str) -> tuple[int, str]:
     args = ["chips", "--labels", str(labels), "--out", str(out), "--size", str(SIZE), *extra]
     result = CliRunner().invoke(labels_app, args)
     return result.exit_code, result.output
-
-
-@pytest.fixture
-def _root_logging() -> Iterator[None]:
-    """The CLI's configure_logging points the root logger at CliRunner's stream, closed after
-    the command: put the handlers back, so later commands do not log into a closed file."""
-    handlers, level = logging.root.handlers[:], logging.root.level
-    yield
-    logging.root.handlers[:] = handlers
-    logging.root.setLevel(level)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +86,7 @@ def test_chips_are_labelled_on_purpose_and_split_apart(dataset: Path) -> None:
     assert summary["dropped"]["mixed"] > 0 and summary["dropped"]["split_gap"] > 0
 
 
-@pytest.mark.usefixtures("_root_logging")
+@pytest.mark.usefixtures("root_logging")
 def test_a_water_other_classifier_trains_and_maps_a_third_date(
     dataset: Path,
     references: tuple[Path, Path],
@@ -183,7 +171,7 @@ def test_bad_chip_requests_get_one_line(
     assert len(output.strip().splitlines()) == 1
 
 
-@pytest.mark.usefixtures("_root_logging")
+@pytest.mark.usefixtures("root_logging")
 def test_fit_refuses_a_missing_dataset_in_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(trainer_app, ["fit", "--dataset", str(tmp_path / "none")])
     assert result.exit_code == 2

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,15 +31,6 @@ DATES = ("2020-06-21", "2020-09-14")
 COLLECTION = "boadella-water"
 
 
-@pytest.fixture
-def _root_logging() -> Iterator[None]:
-    """The CLI's configure_logging points the root logger at CliRunner's stream: put it back."""
-    handlers, level = logging.root.handlers[:], logging.root.level
-    yield
-    logging.root.handlers[:] = handlers
-    logging.root.setLevel(level)
-
-
 def _import(home: Path, scenes: Path, data_dir: Path, date: str) -> None:
     folder = data_dir / reference.BOADELLA_FOLDER / "sentinel_2"
     scene = scenes / f"boadella-{date}" / f"boadella-{date}.json"
@@ -51,7 +40,7 @@ def _import(home: Path, scenes: Path, data_dir: Path, date: str) -> None:
     assert result.exit_code == 0, result.output
 
 
-@pytest.mark.usefixtures("_root_logging")
+@pytest.mark.usefixtures("root_logging")
 async def test_imported_labels_are_announced_once_and_trained_on(
     data_dir: Path, sqlite_settings: TrainerSettings, tmp_path: Path
 ) -> None:

@@ -41,12 +41,10 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-import pystac
 
 from eostream.inference import sampling, scenecube
 from eostream.inference.errors import BadInputError
 from eostream.inference.evaluation import rasterize_labels, scene_href
-from eostream.inference.fetch import local_path
 from eostream.shared import sentinel2
 from eostream.shared.bus.base import heartbeat
 from eostream.shared.modelcard import BAND_SETS
@@ -143,16 +141,7 @@ class ChipSet:
 
 def _label_scenes(href: str) -> list[scenecube.Scene]:
     """The scenes the label items of ``href`` name through their ``source`` links."""
-    path = Path(href)
-    if path.is_dir():
-        names = ("collection.json", "catalog.json")
-        path = next((path / n for n in names if (path / n).is_file()), path)
-    try:
-        root = pystac.read_file(str(path.resolve()) if local_path(str(path)) else href)
-    except Exception as exc:
-        raise BadInputError(f"{href} is not a readable STAC catalog: {exc}") from None
-    if not isinstance(root, pystac.Catalog):
-        raise BadInputError(f"{href} is a STAC {type(root).__name__}, not a catalog")
+    root = sampling.labels_root(href)
     hrefs = sorted(
         {scene_href(i) for i in root.get_items(recursive=True) if "label:type" in i.properties}
     )

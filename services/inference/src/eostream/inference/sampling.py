@@ -89,8 +89,9 @@ class LabelSet:
         return len(self.classes) - 1
 
 
-def load_labels(href: str) -> LabelSet:
-    """The label items of a STAC catalog or collection (recursively)."""
+def labels_root(href: str) -> pystac.Catalog:
+    """The STAC catalog or collection ``href`` names (a folder: its collection.json or
+    catalog.json), or BadInputError."""
     path = Path(href)
     if path.is_dir():
         roots = ("collection.json", "catalog.json")
@@ -101,6 +102,12 @@ def load_labels(href: str) -> LabelSet:
         raise BadInputError(f"{href} is not a readable STAC catalog: {exc}") from None
     if not isinstance(root, pystac.Catalog):
         raise BadInputError(f"{href} is a STAC {type(root).__name__}, not a catalog")
+    return root
+
+
+def load_labels(href: str) -> LabelSet:
+    """The label items of a STAC catalog or collection (recursively)."""
+    root = labels_root(href)
     background = BACKGROUND
     out = []
     for coll in [root, *root.get_children()]:

@@ -21,10 +21,11 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 from eostream.shared.errors import EostreamError
 from eostream.shared.events import DatasetUpdated, TrainingRequested
+from eostream.shared.objects import local_path
 from eostream.trainer import chipset
 from eostream.trainer.errors import DatasetError
 from eostream.trainer.plan import TrainingPlan, plan_for_dataset, plan_training
@@ -33,16 +34,6 @@ from eostream.trainer.settings import TrainerSettings
 log = logging.getLogger(__name__)
 
 CHIPS_FOLDER = "label-chips"
-
-
-def local_file(href: str) -> Path | None:
-    """``href`` as a local path (plain or ``file://``), None for other schemes."""
-    parsed = urlparse(href)
-    if parsed.scheme == "file":
-        return Path(unquote(parsed.path))
-    if parsed.scheme in ("", "c", "d") or len(parsed.scheme) == 1:  # a path (or a drive)
-        return Path(href)
-    return None
 
 
 def is_label_stac(path: Path) -> bool:
@@ -105,20 +96,30 @@ def _is_chip_dataset(path: Path) -> bool:
     return (path / chipset.TABLE).is_file() or (path.name == chipset.TABLE and path.is_file())
 
 
+def _open(
+    href: str, name: str, key: str, settings: TrainerSettings, band_set: str
+) -> chipset.ChipDataset | None:
+    """The chip dataset ``href`` names, or the chips cut from the label collection it names
+    (cached as ``<name>-<key>``); None when it is neither (or not local)."""
+    path = local_path(href)
+    if path is None:
+        return None
+    if _is_chip_dataset(path):
+        return chipset.open_dataset(path)
+    if is_label_stac(path):
+        out = settings.cache_dir / CHIPS_FOLDER / _folder_name(name, key)
+        return chipset.open_dataset(cut_chips(path, out, settings, band_set))
+    return None
+
+
 def dataset_plan(event: DatasetUpdated, settings: TrainerSettings) -> TrainingPlan:
     """The training a ``DatasetUpdated`` asks for (blocking: may cut chips)."""
-    path = local_file(event.href)
-    if path is None and "/collections/" in urlparse(event.href).path:
+    if local_path(event.href) is None and "/collections/" in urlparse(event.href).path:
         raise DatasetError(
             f"{event.href}: label collections are cut from a static label catalogue (a path); "
             "chips from a STAC API's collection are not supported yet"
         )
-    data: chipset.ChipDataset | None = None
-    if path is not None and _is_chip_dataset(path):
-        data = chipset.open_dataset(path)
-    elif path is not None and is_label_stac(path):
-        out = settings.cache_dir / CHIPS_FOLDER / _folder_name(event.dataset, event.digest)
-        data = chipset.open_dataset(cut_chips(path, out, settings, event.band_set))
+    data = _open(event.href, event.dataset, event.digest, settings, event.band_set)
     if data is None:  # not labels: retrain the default model with defaults
         return plan_for_dataset(
             event, event.model_name or settings.default_model_name, settings.dataset_updated_epochs
@@ -148,14 +149,10 @@ def request_plan(event: TrainingRequested, settings: TrainerSettings) -> Trainin
     ]
     if problems:
         raise DatasetError(f"a dataset trains from scratch: use {', '.join(problems)}")
-    path = local_file(event.dataset)
-    if path is not None and _is_chip_dataset(path):
-        data = chipset.open_dataset(path)
-    elif path is not None and is_label_stac(path):
-        name = path.parent.name if path.is_file() else path.name
-        out = settings.cache_dir / CHIPS_FOLDER / _folder_name(name, event.request_id)
-        data = chipset.open_dataset(cut_chips(path, out, settings, event.band_set))
-    else:
+    path = Path(event.dataset)
+    name = path.parent.name if path.suffix == ".json" else path.name
+    data = _open(event.dataset, name, event.request_id, settings, event.band_set)
+    if data is None:
         raise DatasetError(
             f"dataset {event.dataset}: neither a chip dataset (chips.parquet) nor a label "
             "collection of a static catalogue"

@@ -100,6 +100,13 @@ async def test_imported_labels_are_announced_once_and_trained_on(
     version = client.get_model_version(COLLECTION, registered[-1].version)
     card = ModelCard.from_json(version.tags[tags.MODEL_CARD])
     assert card.classes == ("water", "other")
+    # by default a per-pixel model (label_architecture pixel_hgb) on the spectral indices alone,
+    # its water threshold chosen on the val chips' pixels
+    assert (card.task, card.library, card.pixel_features) == ("pixel", "scikit-learn", "indices")
+    assert card.band_set == "l2a"  # the 12 bands of L2A scenes (no B10)
+    run = client.get_run(str(version.run_id))
+    assert run.data.params["threshold_class"] == "water"
+    assert run.data.metrics["test_pixel_iou_water"] > 0.8, run.data.metrics
     assert card.dataset is not None and second.digest[:16] in card.dataset
     summary = json.loads((Path(card.dataset).parent / "dataset.json").read_text())
     assert summary["labels"] == latest.href
@@ -129,14 +136,18 @@ async def test_imported_labels_are_announced_once_and_trained_on(
         letter.original_key: letter.reason for letter in await bus.read_dead_letters(limit=10)
     }
     assert "neither a chip dataset" in reasons["nowhere"]
-    assert "use the torch family" in reasons["keras"]
+    assert "use the torch or sklearn family" in reasons["keras"]
     [chips] = [
         e
         for e in events_on(bus, topics.MODELS_REGISTERED)
         if isinstance(e, ModelVersionRegistered) and e.request_id == "chips"
     ]
     version = client.get_model_version("water-2", chips.version)
-    assert ModelCard.from_json(version.tags[tags.MODEL_CARD]).classes == ("water", "other")
+    card = ModelCard.from_json(version.tags[tags.MODEL_CARD])
+    assert (card.classes, card.task, card.library) == (("water", "other"), "patch", "pytorch")
+    # few chips: at least min_chip_steps optimiser steps, the loss weighted by class
+    params = client.get_run(str(version.run_id)).data.params
+    assert int(params["epochs_for_steps"]) > 1 and params["class_weights"].startswith("(")
 
 
 async def test_bad_label_announcements_are_dead_lettered_with_the_reason(

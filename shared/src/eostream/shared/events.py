@@ -48,7 +48,7 @@ class Event(BaseModel):
 
 
 Level = Literal["L1C", "L2A"]
-BandSet = Literal["rgb", "ms13"]
+BandSet = Literal["rgb", "ms13", "l2a"]
 
 
 class SceneDiscovered(Event):

@@ -49,6 +49,9 @@ EUROSAT_MS_FILE_ORDER: tuple[str, ...] = (
 BAND_SETS: dict[str, tuple[str, ...]] = {
     "rgb": ("B04", "B03", "B02"),
     "ms13": EUROSAT_MS_FILE_ORDER,
+    # Level-2A products have no B10 (cirrus, top of atmosphere only): chips cut from L2A scenes
+    # for models of the user's own labels; EuroSAT (L1C) is rgb or ms13
+    "l2a": tuple(b for b in EUROSAT_MS_FILE_ORDER if b != "B10"),
 }
 
 PATCH_SIZE = 64
@@ -89,7 +92,7 @@ class ModelCard(BaseModel):
 
     schema_version: Literal[1] = 1
     name: str
-    band_set: Literal["rgb", "ms13"]
+    band_set: Literal["rgb", "ms13", "l2a"]
     bands: tuple[str, ...] = Field(min_length=1)
     scaling: tuple[BandScaling, ...]
     classes: tuple[str, ...] = EUROSAT_CLASSES
@@ -135,6 +138,16 @@ class ModelCard(BaseModel):
         default=None,
         description="the split of ``dataset`` held out for testing (what a gate scores it on)",
     )
+    pixel_features: Literal["bands+indices", "indices"] = Field(
+        default="bands+indices",
+        description="a pixel model's inputs to its estimator: the bands and the spectral indices "
+        "of eostream.shared.spectral, or the indices alone (computed inside the ONNX graph)",
+    )
+    class_log_shift: tuple[float, ...] | None = Field(
+        default=None,
+        description="a pixel model's per-class offsets added to its log-probabilities (a "
+        "decision threshold chosen on held-out pixels, inside the ONNX graph); None: none",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -144,6 +157,8 @@ class ModelCard(BaseModel):
             raise ValueError("bands must not repeat")
         if self.task == "pixel" and self.patch_size != 1:
             raise ValueError("a pixel model's patch_size is 1")
+        if self.class_log_shift is not None and len(self.class_log_shift) != len(self.classes):
+            raise ValueError("class_log_shift needs one offset per class")
         ref = self.input_reference
         if ref is not None and (
             len(ref.mean) != len(self.bands)

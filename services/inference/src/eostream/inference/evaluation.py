@@ -153,12 +153,19 @@ def check_mapping(ref: Reference, label_classes: Sequence[str], card: ModelCard)
             f"{reference.MAPPING_FIELD}"
         )
     for c in label_classes:
-        missing = [m for m in ref.mapping[c] if m not in card.classes]
+        missing = [m for m in model_targets(ref, c, card) if m not in card.classes]
         if missing:
             raise ReferenceSetError(
                 f"the model cannot map {c!r}: it has no class {', '.join(missing)} "
                 f"(model classes: {', '.join(card.classes)})"
             )
+
+
+def model_targets(ref: Reference, cls: str, card: ModelCard) -> list[str]:
+    """The model classes a reference class ``cls`` counts as: itself, when the model has a class
+    of that name (a model trained on the reference's own classes, e.g. on the user's water
+    labels), else the reference set's mapping (water -> SeaLake + River for EuroSAT)."""
+    return [cls] if cls in card.classes else ref.mapping[cls]
 
 
 def label_classes(item: pystac.Item) -> list[str]:
@@ -231,8 +238,8 @@ def evaluate_item(
         raise ReferenceSetError(f"the labels do not overlap the classified pixels of {scene.id}")
 
     lut = np.full(256, bg, np.int16)
-    for ref_class, targets in ref.mapping.items():
-        for t in targets:
+    for ref_class in ref.mapping:
+        for t in model_targets(ref, ref_class, card):
             if t in card.classes:
                 lut[card.classes.index(t)] = index[ref_class]
     valid = in_area & (predicted != NODATA)

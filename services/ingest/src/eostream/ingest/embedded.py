@@ -40,7 +40,9 @@ def embedded_settings(context: EmbeddedContext) -> IngestSettings:
     options = context.options_for("ingest")
     adapter: TypeAdapter[list[StacApiSource | StaticSource]] = TypeAdapter(list[SourceConfig])
     sources = adapter.validate_python(list(options.get("sources", [])))
-    if not sources and context.data_dir is not None and (context.data_dir / DEMO_SCENE).is_file():
+    # no sources given: the 29RKH scene of the data folder (an explicit [] watches labels only)
+    demo = context.data_dir is not None and (context.data_dir / DEMO_SCENE).is_file()
+    if "sources" not in options and demo and context.data_dir is not None:
         sources = [StaticSource(name="demo-29rkh", href=str(context.data_dir / DEMO_SCENE))]
     return IngestSettings(
         bus="memory",

@@ -74,7 +74,7 @@ class LabelWatcher:
         store: StateStore,
         bus: Bus,
         collections: Sequence[str] = (),
-        band_set: str = "rgb",
+        band_set: str = "l2a",
         poll_interval: float = 60.0,
         topic: str = topics.DATASETS_UPDATED,
     ) -> None:

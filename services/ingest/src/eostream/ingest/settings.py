@@ -181,7 +181,11 @@ class LabelsSettings(BaseModel):
     collections: tuple[str, ...] = Field(
         default=(), description="the label collections to watch; empty: every one"
     )
-    band_set: str = Field(default="rgb", description="the band set to train on: rgb or ms13")
+    band_set: str = Field(
+        default="l2a",
+        description="the band set to cut label chips in: l2a (the 12 bands of L2A scenes: what "
+        "per-pixel models on spectral indices need), ms13 (L1C scenes) or rgb",
+    )
     poll_interval_seconds: float = Field(default=60.0, gt=0)
 
 

@@ -10,9 +10,10 @@ precision and the confusion matrix.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import mlflow
@@ -20,8 +21,14 @@ import mlflow
 # Imported here, at start-up and on the main thread, not lazily by mlflow.models.evaluate in a
 # worker thread: a lazy import of the evaluators (sklearn, scipy) on one thread while another
 # thread makes an MLflow REST call deadlocks on MLflow's import-hook lock (seen in the embedded
-# mode: the reconcile loop's search_model_versions against the gate's evaluate).
+# mode: the reconcile loop's search_model_versions against the gate's evaluate). The evaluator
+# registry too: its import runs a post-import hook that imports the evaluators while holding that
+# lock, and a thread importing anything then (every MLflow REST call tries to import Databricks'
+# `dbruntime`) holds the interpreter's import lock and waits for MLflow's (seen: a gate's first
+# evaluate against the trainer's log_params).
+import mlflow.models.evaluation.base
 import mlflow.models.evaluation.default_evaluator
+import mlflow.models.evaluation.evaluator_registry
 import mlflow.models.evaluation.evaluators.classifier
 import numpy as np
 import pandas as pd  # type: ignore[import-untyped]
@@ -35,6 +42,21 @@ from eostream.shared import provenance
 from eostream.shared.modelcard import EUROSAT_CLASSES
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _no_flavor_autologging(enable_tracing: bool = True) -> Iterator[None]:
+    del enable_tracing
+    yield
+
+
+# Around each evaluation MLflow reconfigures the autologging of every flavor whose library is
+# loaded, inside its import-hook lock: it imports mlflow.pytorch and tries lightning and
+# pytorch_lightning (absent: tried again every time). An import on any other thread meanwhile
+# (the trainer's, or the `dbruntime` import every MLflow REST call tries) holds the interpreter's
+# import lock and waits for MLflow's: the process hangs (seen in the embedded mode). The gate's
+# model is a plain function, so there is no flavor autologging to configure.
+mlflow.models.evaluation.base.configure_autologging_for_evaluation = _no_flavor_autologging
 
 Predictor = Callable[[np.ndarray], np.ndarray]  # images -> logits
 

@@ -88,10 +88,19 @@ def pixel_patch_logits(sess: ort.InferenceSession, images: np.ndarray, batch: in
     return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
 
 
-def sklearn_pixel_logits(estimator: Any, images: np.ndarray, bands: tuple[str, ...]) -> np.ndarray:
+def sklearn_pixel_logits(
+    estimator: Any,
+    images: np.ndarray,
+    bands: tuple[str, ...],
+    *,
+    with_bands: bool = True,
+    log_shift: tuple[float, ...] | None = None,
+) -> np.ndarray:
     """What a pixel model's ONNX graph gives for the pixels of ``images`` ``[N, C, H, W]``,
     computed by its scikit-learn estimator (fitted on the bands and the spectral indices of
-    :mod:`eostream.shared.spectral`): ``log(max(p, 1e-12))`` per pixel, ``[N * H * W, K]``."""
+    :mod:`eostream.shared.spectral`, or on the indices alone without ``with_bands``):
+    ``log(max(p, 1e-12)) + log_shift`` per pixel, ``[N * H * W, K]`` (the card's
+    ``pixel_features`` and ``class_log_shift``)."""
     from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
     from eostream.shared.spectral import index_features
@@ -99,8 +108,11 @@ def sklearn_pixel_logits(estimator: Any, images: np.ndarray, bands: tuple[str, .
     n, c = images.shape[:2]
     pixels = images.reshape(n, c, -1).transpose(0, 2, 1).reshape(-1, c)
     with threadpool_limits(1):  # OpenMP threads spin against each other on busy cores
-        p = estimator.predict_proba(index_features(pixels, bands))
-    return np.asarray(np.log(np.maximum(p, 1e-12)), np.float32)
+        p = estimator.predict_proba(index_features(pixels, bands, with_bands=with_bands))
+    z = np.log(np.maximum(p, 1e-12))
+    if log_shift is not None:
+        z = z + np.asarray(log_shift)
+    return np.asarray(z, np.float32)
 
 
 def pixel_onnx_logits(sess: ort.InferenceSession, images: np.ndarray) -> np.ndarray:

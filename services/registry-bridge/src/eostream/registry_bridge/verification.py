@@ -40,7 +40,15 @@ def _outputs(
     float32 without meaning anything)."""
     sess = onnx_model.session(data, threads)
     if card.task == "pixel":
-        expected = np.exp(onnx_model.sklearn_pixel_logits(native, images, card.bands))
+        expected = np.exp(
+            onnx_model.sklearn_pixel_logits(
+                native,
+                images,
+                card.bands,
+                with_bands=card.pixel_features == "bands+indices",
+                log_shift=card.class_log_shift,
+            )
+        )
         return expected, np.exp(onnx_model.pixel_onnx_logits(sess, images))
     return onnx_model.torch_logits(native, images, threads), onnx_model.logits(sess, images)
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from eostream.trainer.catalog import CatalogTable
 from eostream.trainer.errors import DatasetError
@@ -237,3 +238,24 @@ def load(dataset: ChipDataset, patches: list[Patch]) -> PatchTensors:
     x = torch.from_numpy(np.stack(arrays).astype(np.float32))
     y = torch.tensor([p.label for p in patches], dtype=torch.int64)
     return PatchTensors(x, y, tuple(p.item_id for p in patches))
+
+
+def load_masks(dataset: ChipDataset, patches: list[Patch]) -> npt.NDArray[np.uint8]:
+    """The chips' per-pixel masks ``[n, size, size]`` (class indices; 255: unknown or invalid),
+    in the order of ``patches`` (as :func:`load`)."""
+    if not patches:
+        raise DatasetError("no chips to load")
+    files: dict[str, Any] = {}
+    masks = []
+    for p in patches:
+        name, _, index = p.href.partition("#")
+        if name not in files:
+            f = dataset.path.parent / name
+            if not f.is_file():
+                raise DatasetError(f"chip array file {f} is missing")
+            with np.load(f) as npz:
+                if "mask" not in npz:
+                    raise DatasetError(f"{f} has no per-pixel masks; cut the chips again")
+                files[name] = npz["mask"]
+        masks.append(files[name][int(index)])
+    return np.stack(masks).astype(np.uint8)

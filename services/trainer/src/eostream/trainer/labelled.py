@@ -128,6 +128,8 @@ def dataset_plan(event: DatasetUpdated, settings: TrainerSettings) -> TrainingPl
         event.model_copy(update={"band_set": data.band_set}),
         event.model_name or event.dataset,
         settings.dataset_updated_epochs,
+        settings.label_architecture,
+        str(data.path),
     )
     return replace(plan, dataset=str(data.path), classes=data.classes)
 
@@ -141,7 +143,7 @@ def request_plan(event: TrainingRequested, settings: TrainerSettings) -> Trainin
     problems = [
         what
         for what, bad in (
-            ("the torch family", plan.family != "torch"),
+            ("the torch or sklearn family", plan.family == "keras"),
             ("no base_model", event.base_model is not None),
             ("no pretrained", event.pretrained is not None),
         )

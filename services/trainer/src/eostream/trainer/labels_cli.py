@@ -353,7 +353,9 @@ def chips(
         Path | None,
         typer.Option(help="a labelling tool's labels.json: more class names --classes may use"),
     ] = None,
-    bands: Annotated[str, typer.Option(help="the model's band set: rgb or ms13")] = "rgb",
+    bands: Annotated[
+        str, typer.Option(help="band set: rgb, ms13 (L1C scenes) or l2a (L2A's 12 bands)")
+    ] = "rgb",
     min_share: Annotated[float, typer.Option(help="share a chip's class must cover")] = 0.75,
     max_invalid: Annotated[float, typer.Option(help="most nodata/cloud share kept")] = 0.05,
     block: Annotated[int, typer.Option(help="chips per edge of a spatial split block")] = 4,

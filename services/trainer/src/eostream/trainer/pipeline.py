@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,15 @@ from eostream.trainer.pretrained import (
 from eostream.trainer.scaling import fit_rgb_scaling, identity_scaling
 from eostream.trainer.selection import Selection, SelectionSpec, select_for_training
 from eostream.trainer.settings import TrainerSettings
-from eostream.trainer.task import BatchCallback, TrainConfig, evaluate, fit, resolve_device
+from eostream.trainer.task import (
+    BatchCallback,
+    TrainConfig,
+    balanced_class_weights,
+    epochs_for_steps,
+    evaluate,
+    fit,
+    resolve_device,
+)
 from eostream.trainer.tracking import RegisteredVersion, Tracker, version_description
 
 log = logging.getLogger(__name__)
@@ -261,14 +269,11 @@ def train_and_register(
             tracker.log_params(run_params(plan, selection))
             tracker.set_tags({f"compute.{k}": v for k, v in compute_description(device).items()})
             tracker.log_dataset(selection)
-        config = TrainConfig(
-            epochs=plan.epochs,
-            batch_size=plan.batch_size,
-            learning_rate=plan.learning_rate,
-            patience=plan.patience,
-            seed=plan.seed,
-            backbone_lr_scale=plan.backbone_lr_scale,
-        )
+        config = train_config(plan, settings, data["train"])
+        if resume is None and plan.dataset is not None:
+            tracker.log_params(
+                {"epochs_for_steps": config.epochs, "class_weights": config.class_weights}
+            )
         if plan.family == "keras":
             from eostream.trainer import keras_family
 
@@ -370,6 +375,34 @@ def _fit_torch(
     }
     model_uri = tracker.log_model(model, data["test"].x[:2].numpy())
     return Fitted(results=results, metrics=metrics, sha256=sha256, model_uri=model_uri)
+
+
+def train_config(plan: TrainingPlan, settings: TrainerSettings, train: PatchTensors) -> TrainConfig:
+    """The fit's settings. On a chip dataset (the user's own labels: few chips, rare classes)
+    at least ``settings.min_chip_steps`` optimiser steps, patience stretched alike, and the
+    loss weighted by class (:func:`balanced_class_weights`)."""
+    config = TrainConfig(
+        epochs=plan.epochs,
+        batch_size=plan.batch_size,
+        learning_rate=plan.learning_rate,
+        patience=plan.patience,
+        seed=plan.seed,
+        backbone_lr_scale=plan.backbone_lr_scale,
+    )
+    if plan.dataset is None:
+        return config
+    epochs = epochs_for_steps(plan.epochs, len(train), plan.batch_size, settings.min_chip_steps)
+    if epochs > plan.epochs:
+        log.info(
+            "%d training chips: %d epochs instead of %d for %d optimiser steps",
+            len(train), epochs, plan.epochs, settings.min_chip_steps,
+        )  # fmt: skip
+    return replace(
+        config,
+        epochs=epochs,
+        patience=plan.patience * epochs // plan.epochs,
+        class_weights=balanced_class_weights(train.y, len(plan.classes)),
+    )
 
 
 def run_params(plan: TrainingPlan, selection: Selection) -> dict[str, object]:

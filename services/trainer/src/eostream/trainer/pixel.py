@@ -264,6 +264,13 @@ def export_pixel_onnx(model: PixelModel, card: ModelCard, path: Path, opset: int
         raise ExportMismatchError("a pixel model's card says task 'pixel', library 'scikit-learn'")
     if card.bands != model.bands or card.classes != model.classes:
         raise ExportMismatchError("the card's bands or classes differ from the fitted model's")
+    features = "bands+indices" if model.with_bands else "indices"
+    shift = model.log_shift if model.log_shift is not None and any(model.log_shift) else None
+    if card.pixel_features != features or card.class_log_shift != shift:
+        raise ExportMismatchError(
+            f"the card's pixel_features / class_log_shift ({card.pixel_features}, "
+            f"{card.class_log_shift}) differ from the fitted model's ({features}, {shift})"
+        )
     proto = pixel_onnx(model, opset)
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, card.to_json()

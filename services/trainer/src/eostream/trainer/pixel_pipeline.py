@@ -25,6 +25,7 @@ import sklearn
 from eostream.shared import tags
 from eostream.shared.modelcard import ModelCard
 from eostream.shared.spectral import index_features
+from eostream.trainer import chipset, label_pixels
 from eostream.trainer.augment import training_augmentation
 from eostream.trainer.bands import band_set_bands
 from eostream.trainer.datasets import PatchTensors
@@ -32,6 +33,7 @@ from eostream.trainer.pipeline import (
     Outcome,
     StartedCallback,
     card_scaling,
+    chip_card,
     run_params,
     select_and_load,
 )
@@ -45,6 +47,7 @@ from eostream.trainer.pixel import (
     sample_pixels,
 )
 from eostream.trainer.plan import TrainingPlan
+from eostream.trainer.selection import Selection
 from eostream.trainer.settings import TrainerSettings
 from eostream.trainer.task import confusion_matrix, per_class_scores
 from eostream.trainer.tracking import Tracker, version_description
@@ -87,6 +90,8 @@ def train_pixel_model(
     an earlier registration by the caller)."""
     started = time.perf_counter()
     selection, data = select_and_load(plan, settings)
+    if plan.dataset is not None:
+        return _train_on_label_chips(plan, settings, selection, data, tracker, on_started)
     bands = band_set_bands(plan.band_set)
     scaling = card_scaling(plan.band_set, settings)
     augmentation = None
@@ -117,6 +122,89 @@ def train_pixel_model(
             f"NDBI in the graph), request {plan.request_id}"
         ),
     )
+    return _fit_and_register(
+        plan, settings, selection, data, card, x, y, tracker=tracker, on_started=on_started,
+        started=started,
+    )  # fmt: skip
+
+
+def _train_on_label_chips(
+    plan: TrainingPlan,
+    settings: TrainerSettings,
+    selection: Selection,
+    data: dict[str, PatchTensors],
+    tracker: Tracker,
+    on_started: StartedCallback | None,
+) -> Outcome:
+    """A pixel model of the user's own labels: the labelled pixels of the train chips' masks
+    (:mod:`eostream.trainer.label_pixels`), on the indices alone by default, with the rarer
+    class's threshold chosen on the val chips' pixels."""
+    started = time.perf_counter()
+    dataset = chipset.open_dataset(plan.dataset or "")
+    masks = {s: chipset.load_masks(dataset, list(selection.of(s))) for s in data}
+    pixels = {
+        s: label_pixels.mask_pixels(
+            data[s].x.numpy(), masks[s], max_pixels=settings.label_pixel_max, seed=plan.seed
+        )
+        for s in data
+    }
+    bands = band_set_bands(dataset.band_set)
+    with_bands = label_pixels.uses_bands(bands, settings.label_pixel_indices_only)
+    card = chip_card(plan, dataset, selection.digest, "scikit-learn").model_copy(
+        update={
+            "task": "pixel",
+            "patch_size": 1,
+            "library": "scikit-learn",
+            "library_version": sklearn.__version__,
+            "pixel_features": "bands+indices" if with_bands else "indices",
+            "description": (
+                f"{', '.join(dataset.classes)} per-pixel {plan.architecture} on the labelled "
+                f"pixels of chips {dataset.path.parent.name} "
+                f"({'bands + indices' if with_bands else 'spectral indices alone'}), "
+                f"request {plan.request_id}"
+            ),
+        }
+    )
+    # the train chips' pixels date by date (a chip's arrays file is its scene's)
+    train = list(selection.of("train"))
+    scenes = sorted({p.href.partition("#")[0] for p in train})
+    by_date = {}
+    for scene in scenes:
+        index = [i for i, p in enumerate(train) if p.href.partition("#")[0] == scene]
+        by_date[scene] = label_pixels.mask_pixels(
+            data["train"].x.numpy()[index],
+            masks["train"][index],
+            max_pixels=max(1000, settings.label_pixel_max // len(scenes)),
+            seed=plan.seed,
+        )
+    x, y = pixels["train"]
+    return _fit_and_register(
+        plan, settings, selection, data, card, x, y, tracker=tracker, on_started=on_started,
+        started=started, held_out=pixels, by_date=by_date,
+    )  # fmt: skip
+
+
+def _fit_and_register(
+    plan: TrainingPlan,
+    settings: TrainerSettings,
+    selection: Selection,
+    data: dict[str, PatchTensors],
+    card: ModelCard,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    tracker: Tracker,
+    on_started: StartedCallback | None,
+    started: float,
+    held_out: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    by_date: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> Outcome:
+    """Fit ``card``'s estimator on pixels ``x``, ``y`` in an MLflow run, score, export, check
+    and register it. With ``held_out`` (labelled pixels per split: the user's own labels) a
+    two-class model gets the threshold that the val pixels choose, and per-pixel IoUs are
+    logged."""
+    bands = card.bands
+    with_bands = card.pixel_features == "bands+indices"
     run_tags = {
         tags.REQUEST_ID: plan.request_id,
         "eostream.requested_by": plan.requested_by,
@@ -146,14 +234,27 @@ def train_pixel_model(
             model = fit_pixel_model(
                 x,
                 y,
-                plan.classes,
+                card.classes,
                 bands,
                 seed=plan.seed,
                 architecture=plan.architecture,
                 max_iter=10 * plan.epochs,
                 threads=settings.num_threads,
+                with_bands=with_bands,
             )
         fit_seconds = time.perf_counter() - fit_started
+        pixel_metrics: dict[str, float] = {}
+        if held_out is not None:
+
+            def refit(xs: np.ndarray, ys: np.ndarray) -> PixelModel:
+                return fit_pixel_model(
+                    xs, ys, card.classes, bands, seed=plan.seed, architecture=plan.architecture,
+                    max_iter=10 * plan.epochs, threads=settings.num_threads, with_bands=with_bands,
+                )  # fmt: skip
+
+            model, card, pixel_metrics = _tune_on_pixels(
+                model, card, held_out, tracker, by_date or {}, refit
+            )
         results = {s: patch_scores(model, data[s]) for s in ("val", "test")}
         for split, result in results.items():
             tracker.log_evaluation("best_val" if split == "val" else split, result, card.classes)
@@ -171,11 +272,12 @@ def train_pixel_model(
             "onnx_max_abs_diff": check.max_abs_diff,
             "onnx_argmax_agreement": check.argmax_agreement,
             "run_time_seconds": time.perf_counter() - started,
+            **pixel_metrics,
         }
         tracker.log_metrics(metrics)
         model_uri = tracker.log_sklearn_model(
             model.estimator,
-            index_features(check_x[:2], bands),
+            index_features(check_x[:2], bands, with_bands=with_bands),
             SKOPS_TRUSTED.get(plan.architecture, ()),
         )
         version = tracker.register(
@@ -203,3 +305,42 @@ def train_pixel_model(
         metrics["run_time_seconds"],
     )
     return Outcome(version, metrics, url)
+
+
+def _tune_on_pixels(
+    model: PixelModel,
+    card: ModelCard,
+    pixels: dict[str, tuple[np.ndarray, np.ndarray]],
+    tracker: Tracker,
+    by_date: dict[str, tuple[np.ndarray, np.ndarray]],
+    refit: Any,
+) -> tuple[PixelModel, ModelCard, dict[str, float]]:
+    """A two-class model's threshold (the rarer class's): by leave-one-date-out over the
+    training dates when there are two or more, else on the val pixels. Both splits' per-pixel
+    IoUs are returned as metrics."""
+    metrics: dict[str, float] = {}
+    if len(model.classes) == 2:
+        cls = label_pixels.rarer_class(pixels["train"][1], 2)
+        chosen = label_pixels.threshold_across_dates(
+            by_date, refit, cls
+        ) or label_pixels.choose_threshold(model, *pixels["val"], cls)
+        name = model.classes[chosen.cls]
+        tracker.log_params(
+            {
+                "threshold_class": name,
+                "threshold": chosen.threshold,
+                "threshold_chosen_on": chosen.chosen_on,
+            }
+        )
+        log.info(
+            "threshold of %s: %.2f (%s IoU %.3f; %.3f at 0.5)",
+            name, chosen.threshold, chosen.chosen_on, chosen.iou, chosen.iou_at_half,
+        )  # fmt: skip
+        if chosen.threshold != 0.5:
+            model = model.with_threshold(chosen.cls, chosen.threshold)
+            card = card.model_copy(update={"class_log_shift": model.log_shift})
+    for split in ("val", "test"):
+        x, y = pixels[split]
+        for cls_name, value in label_pixels.pixel_ious(model, x, y).items():
+            metrics[f"{split}_pixel_iou_{cls_name}"] = value
+    return model, card, metrics

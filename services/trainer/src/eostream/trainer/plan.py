@@ -76,10 +76,13 @@ def plan_training(event: TrainingRequested) -> TrainingPlan:
             problems.append(
                 f"the sklearn family builds {list(PIXEL_ARCHITECTURES)}, not {event.architecture!r}"
             )
-        if event.band_set != "ms13":
-            problems.append("a pixel model (scikit-learn) takes band_set ms13")
+        if event.band_set == "rgb":
+            problems.append("a pixel model (scikit-learn) takes band_set ms13 (or l2a chips)")
         if event.base_model is not None:
             problems.append("a pixel model (scikit-learn) cannot be fine-tuned from base_model")
+    if event.band_set == "l2a" and event.dataset is None:
+        problems.append("band_set l2a is for chips cut from L2A scenes (a dataset); EuroSAT is "
+                        "rgb or ms13")  # fmt: skip
     if not _NAME.match(event.model_name):
         problems.append(f"model_name {event.model_name!r} must be letters, digits, '.', '_', '-'")
     if event.batch_size < 2:
@@ -138,13 +141,21 @@ def _pretrained_problems(event: TrainingRequested, family: str) -> list[str]:
     return problems
 
 
-def plan_for_dataset(event: DatasetUpdated, model_name: str, epochs: int) -> TrainingPlan:
+def plan_for_dataset(
+    event: DatasetUpdated,
+    model_name: str,
+    epochs: int,
+    architecture: str = "small_cnn",
+    dataset: str | None = None,
+) -> TrainingPlan:
     """A data change retrains with defaults; the request id is derived from the data's digest,
     so a redelivered DatasetUpdated does not train twice."""
     request = TrainingRequested(
         request_id=f"dataset-{event.dataset}-{event.digest[:16]}",
         model_name=model_name,
         band_set=event.band_set,
+        architecture=architecture,
+        dataset=dataset,
         epochs=epochs,
         requested_by="dataset.updated",
         reason=f"dataset {event.dataset} changed (digest {event.digest[:16]})",

@@ -54,6 +54,26 @@ class TrainerSettings(ServiceSettings):
     dataset_updated_epochs: int = Field(
         default=10, ge=1, description="epochs for data-triggered runs"
     )
+    min_chip_steps: int = Field(
+        default=300,
+        ge=0,
+        description="runs on a chip dataset take at least this many optimiser steps (more epochs "
+        "when the dataset is small), with class-balanced loss weights",
+    )
+    label_architecture: str = Field(
+        default="pixel_hgb",
+        description="what runs on an announced label collection train: pixel_hgb / pixel_rf "
+        "(a per-pixel scikit-learn model on the chips' masks: true 10 m maps; needs ms13 "
+        "labels) or a patch classifier (small_cnn, ...) on the chips' classes",
+    )
+    label_pixel_indices_only: bool = Field(
+        default=True,
+        description="per-pixel models on label chips take the spectral indices alone, not the "
+        "bands (ratios carry over between dates; docs/maps-accuracy.md)",
+    )
+    label_pixel_max: int = Field(
+        default=300_000, ge=1000, description="at most this many labelled pixels to fit on"
+    )
     label_chip_size: int = Field(
         default=32, ge=8, le=1024, description="chip edge (10 m px) cut from announced labels"
     )

@@ -45,6 +45,8 @@ class TrainConfig:
     amp: bool = True  # used on CUDA only
     #: the backbone's learning rate relative to the head's (a pretrained start: below 1)
     backbone_lr_scale: float = 1.0
+    #: per-class weights of the loss (None: all 1); see :func:`balanced_class_weights`
+    class_weights: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -136,6 +138,24 @@ def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
     return [{"params": rest, "lr": lr * config.backbone_lr_scale}, {"params": head, "lr": lr}]
 
 
+def balanced_class_weights(labels: torch.Tensor, classes: int) -> tuple[float, ...]:
+    """Loss weights inversely proportional to each class's share of ``labels`` (mean 1 over the
+    classes present; an absent class weighs 0): a rare class (the water of a valley) counts as
+    much as a common one instead of being outvoted."""
+    counts = torch.bincount(labels, minlength=classes).double()
+    present = counts > 0
+    weights = torch.zeros(classes, dtype=torch.float64)
+    weights[present] = counts[present].sum() / (present.sum() * counts[present])
+    return tuple(round(float(w), 6) for w in weights)
+
+
+def epochs_for_steps(epochs: int, samples: int, batch_size: int, min_steps: int) -> int:
+    """``epochs``, raised so that training takes at least ``min_steps`` optimiser steps: a few
+    dozen chips make one or two batches an epoch, and ten epochs of that barely move a network."""
+    per_epoch = max(1, -(-samples // batch_size))
+    return max(epochs, -(-min_steps // per_epoch))
+
+
 def fit(
     model: nn.Module,
     train: PatchTensors,
@@ -171,7 +191,8 @@ def fit(
             log.info("resuming from %s at epoch %d", checkpoint, start_epoch + 1)
         else:
             log.warning("checkpoint %s was made with other settings; starting afresh", checkpoint)
-    loss_fn = nn.CrossEntropyLoss()
+    weights = None if config.class_weights is None else torch.tensor(config.class_weights)
+    loss_fn = nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
     seen, busy = 0, 0.0
     for epoch in range(start_epoch, config.epochs):
         if history.stopped_early:

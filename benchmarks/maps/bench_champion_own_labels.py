@@ -1,0 +1,128 @@
+"""eostream's champion from the user's own labels, per held-out Boadella date, beside NDWI > 0.
+
+The whole system, not a script around a model: for each of the three fully labelled Boadella L2A
+dates, the hand-made water polygons of the OTHER two full dates are imported with
+``eostream labels import --home`` into a fresh embedded home; ingest announces the label
+collection, the trainer cuts chips and fits its default model for labels (a per-pixel
+``pixel_hgb`` on the spectral indices, its water threshold chosen by leave-one-date-out over
+the two training dates: ``eostream.trainer.label_pixels``), the
+registry-bridge gates it (the dataset's test chips, and its map check on the held-out date) and
+promotes it. That champion is then scored with ``eostream maps evaluate``'s scoring on the
+held-out date against its labels, beside NDWI = (B03 - B08) / (B03 + B08) > 0 on the same pixels,
+in the same run. The held-out date is never imported, cut or trained on.
+
+    EOSTREAM_DATA_DIR=/work/shared/data uv run python benchmarks/maps/bench_champion_own_labels.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from pydantic import SecretStr
+from typer.testing import CliRunner
+
+from eostream.inference import evaluation, reference
+from eostream.inference.settings import InferenceSettings
+from eostream.runner.session import EmbeddedSession
+from eostream.trainer.labels_cli import app as labels_app
+
+DATES = ("2020-06-21", "2020-09-14", "2021-07-16")
+MODEL = "boadella-water"
+
+
+def champion_for(held: str, data_dir: Path, work: Path) -> dict[str, object]:
+    """Import the other dates' labels, let the system make a champion, score it on ``held``."""
+    built = reference.build_boadella(data_dir, work / "reference", DATES)
+    scenes = built.parent.parent / "boadella-scenes"
+    folder = data_dir / reference.BOADELLA_FOLDER / "sentinel_2"
+    home = work / "home"
+    for date in (d for d in DATES if d != held):
+        scene = scenes / f"boadella-{date}" / f"boadella-{date}.json"
+        words = ["import", "--scene", str(scene), "--home", str(home), "--collection", MODEL]
+        geojson = folder / f"Boadella_{date}_labels.geojson"
+        result = CliRunner().invoke(labels_app, [*words, "--geojson", str(geojson)])
+        if result.exit_code != 0:
+            raise SystemExit(result.output)
+    gate_reference = reference.build_boadella(data_dir, work / "gate-reference", (held,))
+    started = time.perf_counter()
+    session = EmbeddedSession.start(
+        home,
+        data_dir,
+        components=("ingest", "trainer", "registry-bridge"),
+        options={
+            "ingest": {"sources": [], "labels": {"poll_interval_seconds": 1.0}},
+            "registry-bridge": {
+                "model_names": [MODEL],
+                "reconcile_interval_seconds": 2.0,
+                "gate": {"reference": str(gate_reference)},
+            },
+        },
+    )
+    try:
+        champion = session.champion(MODEL, timeout=900)
+        seconds = time.perf_counter() - started
+        client = MlflowClient(session.mlflow_url)
+        run_id = str(client.get_model_version(MODEL, champion.version).run_id)
+        onnx = mlflow.artifacts.download_artifacts(
+            run_id=run_id,
+            artifact_path="onnx/model.onnx",
+            dst_path=str(work / "champion"),
+            tracking_uri=session.mlflow_url,
+        )
+        params = client.get_run(run_id).data.params
+    finally:
+        session.stop()
+    settings = InferenceSettings(
+        api_key=SecretStr(""),
+        bus="memory",
+        store="local",
+        local_store_root=work / "objects",
+        results_db=f"sqlite:///{work}/results.db",
+        uncertain_below=0.0,
+        intra_op_threads=2,
+    )
+    report = evaluation.evaluate(str(built), onnx, settings=settings)
+    [item] = [i for i in report.items if i.item_id.endswith(held)]
+    assert item.ndwi_cm is not None
+    return {
+        "model": evaluation.scores_for(item.model_cm, report.classes, partial=False)["water"],
+        "ndwi": evaluation.scores_for(item.ndwi_cm, report.classes, partial=False)["water"],
+        "version": champion.version,
+        "gate": champion.gate,
+        "threshold": f"{params.get('threshold', '0.5')} ({params.get('threshold_chosen_on', '-')})",
+        "seconds": seconds,
+    }
+
+
+def main() -> None:
+    argparse.ArgumentParser(description=__doc__).parse_args()
+    data_dir = Path(os.environ.get("EOSTREAM_DATA_DIR", "../shared/data"))
+    rows = []
+    for held in DATES:
+        with tempfile.TemporaryDirectory(prefix="eostream-champion-") as tmp:
+            rows.append((held, champion_for(held, data_dir, Path(tmp))))
+        print(f"{held}: done in {rows[-1][1]['seconds']:.0f} s", flush=True)
+    print()
+    print(
+        "| held-out date | champion of the other dates' labels P / R / IoU "
+        "| NDWI > 0 P / R / IoU | IoU ratio | threshold | labels -> champion |"
+    )
+    print("|---|---|---|---|---|---|")
+    for held, r in rows:
+        m, b = r["model"], r["ndwi"]
+        assert isinstance(m, dict) and isinstance(b, dict)
+        print(
+            f"| {held} | {m['precision']:.3f} / {m['recall']:.3f} / **{m['iou']:.3f}** "
+            f"| {b['precision']:.3f} / {b['recall']:.3f} / {b['iou']:.3f} "
+            f"| {m['iou'] / b['iou']:.3f} | {r['threshold']} | {r['seconds']:.0f} s |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -71,7 +71,7 @@ def test_imported_labels_become_a_gated_champion(data_dir: Path, tmp_path: Path)
     assert champion.gate == "passed", champion
     assert champion.accuracy is not None and float(champion.accuracy) > 0.5
     # ... and its maps of the left-out date scored by the gate's map check
-    assert "map mean_iou" in champion.reasons, champion.reasons
+    assert "map mean_iou" in (champion.reasons or ""), champion.reasons
     assert all(v.gate in ("passed", "failed", "refused") for v in versions)
     assert (mapped.model_name, mapped.model_version) == (MODEL, champion.version)
     assert mapped.run_id and mapped.scene_id == f"boadella-{MAP_DATE}"

@@ -56,7 +56,8 @@ def _no_flavor_autologging(enable_tracing: bool = True) -> Iterator[None]:
 # (the trainer's, or the `dbruntime` import every MLflow REST call tries) holds the interpreter's
 # import lock and waits for MLflow's: the process hangs (seen in the embedded mode). The gate's
 # model is a plain function, so there is no flavor autologging to configure.
-mlflow.models.evaluation.base.configure_autologging_for_evaluation = _no_flavor_autologging
+_base: Any = mlflow.models.evaluation.base
+_base.configure_autologging_for_evaluation = _no_flavor_autologging
 
 Predictor = Callable[[np.ndarray], np.ndarray]  # images -> logits
 

@@ -80,11 +80,12 @@ def stack_mlflow_globals(mlflow_uri: str) -> Iterator[str]:
     mlflow.set_registry_uri(previous[1])
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def root_logging() -> Iterator[None]:
-    """For tests that invoke a CLI through typer's CliRunner: its configure_logging points the
-    root logger at CliRunner's stream, closed after the command; put the handlers back, so later
-    code does not log into a closed file."""
+    """Every test: a CLI invoked through typer's CliRunner points the root logger at CliRunner's
+    stream (configure_logging), closed after the command; put the handlers back, so later code
+    (in this test or the next: rasterio's warnings inside another CLI's captured output) does
+    not log into a closed file."""
     import logging
 
     handlers, level = logging.root.handlers[:], logging.root.level

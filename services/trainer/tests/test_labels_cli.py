@@ -1,5 +1,6 @@
 """``eostream labels``: the real Boadella water labels imported as STAC label items, then found
-again by class and bbox; in a static catalogue (embedded mode) and in the stack's STAC API."""
+again by class and bbox; in a static catalogue (embedded mode) and in the stack's STAC API, where
+the trainer then cuts chips from the collection ingest would announce."""
 
 from __future__ import annotations
 
@@ -21,10 +22,14 @@ from rasterio.transform import from_bounds
 from shapely.geometry import box, mapping
 from typer.testing import CliRunner
 
+from eostream.inference import reference
+from eostream.shared.events import DatasetUpdated
 from eostream.shared.objects import local_path, read_bytes
 from eostream.shared.settings import S3Settings
 from eostream.shared.storage.s3 import S3ObjectStore
+from eostream.trainer.labelled import dataset_plan
 from eostream.trainer.labels_cli import app
+from eostream.trainer.settings import TrainerSettings
 
 FOLDER = "sentinel2_scenes/boadella_l2a_sentinelhub/sentinel_2"
 IMPORTED = ("2020-06-21", "2020-09-14", "2021-07-16")  # three dates; 2020-02-02 is held out
@@ -331,3 +336,55 @@ def test_stack_import_then_pystac_client_finds_by_class_and_bbox(
         assert stac_validator(item.to_dict()) == []
         stored = json.loads(read_bytes(href, s3=s3, max_bytes=10_000_000))
         assert [f["properties"]["labels"] for f in stored["features"]] == [["water"]]
+
+
+@pytest.mark.stack
+def test_stack_label_collection_becomes_the_trainers_chips(
+    data_dir: Path,
+    tmp_path: Path,
+    stac_api_url: str,
+    stack_collection: str,
+    s3: S3Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    sqlite_settings: TrainerSettings,
+) -> None:
+    """What ingest announces for a label collection on the stack (its STAC API URL): the trainer
+    copies it (the labels from the object store, a scene item stored there too) and cuts chips
+    of the labels' classes."""
+    for name, value in (
+        ("TRAINER_STORE", "s3"),
+        ("TRAINER_S3__ENDPOINT", s3.endpoint),
+        ("TRAINER_S3__ACCESS_KEY", s3.access_key.get_secret_value()),
+        ("TRAINER_S3__SECRET_KEY", s3.secret_key.get_secret_value()),
+    ):
+        monkeypatch.setenv(name, value)
+    built = reference.build_boadella(data_dir, tmp_path / "ref", IMPORTED[:2])
+    scenes = built.parent.parent / "boadella-scenes"
+    store = S3ObjectStore(s3, "eostream")
+    for i, date in enumerate(IMPORTED[:2]):
+        scene = scenes / f"boadella-{date}" / f"boadella-{date}.json"
+        href = str(scene)
+        if i == 0:  # one scene item in the object store, its assets made absolute
+            item = json.loads(scene.read_text())
+            for asset in item["assets"].values():
+                asset["href"] = str((scene.parent / asset["href"]).resolve())
+            key = f"labels/{stack_collection}/scenes/boadella-{date}.json"
+            store.put_bytes(key, json.dumps(item).encode(), "application/geo+json")
+            href = store.uri(key)
+        result = invoke("import", "--scene", href, "--collection", stack_collection,
+                        "--geojson", data_dir / FOLDER / f"Boadella_{date}_labels.geojson",
+                        "--stac-api", stac_api_url)  # fmt: skip
+        assert result.exit_code == 0, result.output
+
+    settings = sqlite_settings.model_copy(update={"s3": s3, "cache_dir": tmp_path / "cache"})
+    href = f"{stac_api_url}/collections/{stack_collection}"
+    event = DatasetUpdated(dataset=stack_collection, href=href, digest="e" * 64, band_set="l2a")
+    plan = dataset_plan(event, settings)
+    assert plan.classes == ("water", "other") and plan.dataset is not None
+    assert (plan.architecture, plan.band_set) == ("pixel_hgb", "l2a")
+    summary = json.loads((Path(plan.dataset).parent / "dataset.json").read_text())
+    assert sum(summary["counts"]["train"].values()) > 20, summary
+    assert {c for split in summary["counts"].values() for c in split} == {"water", "other"}
+    copied = next((settings.cache_dir / "label-stac").iterdir())
+    assert (copied / "collection.json").is_file()
+    assert len(list(copied.glob("*/scene.json"))) == 1  # the scene from the object store

@@ -8,8 +8,11 @@ event's digest, and trains a patch classifier on the labels' own classes. A clas
 labelled enough to give a chip is left out (logged); fewer than two classes with chips is a bad
 dataset, dead-lettered with the reason.
 
-``href`` may also name a chip dataset written beforehand (its folder or ``chips.parquet``). Any
-other href (e.g. a EuroSAT folder) keeps the old meaning: retrain the default model on EuroSAT.
+A label collection on a STAC API (``<root>/collections/<id>``, what ingest announces on the
+stack) is first copied into a static catalogue (:mod:`eostream.trainer.stac_labels`: the items,
+their labels read from the object store with ``TRAINER_S3__*``). ``href`` may also name a chip
+dataset written beforehand (its folder or ``chips.parquet``). Any other href (e.g. a EuroSAT
+folder) keeps the old meaning: retrain the default model on EuroSAT.
 """
 
 from __future__ import annotations
@@ -21,12 +24,11 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from eostream.shared.errors import EostreamError
 from eostream.shared.events import DatasetUpdated, TrainingRequested
 from eostream.shared.objects import local_path
-from eostream.trainer import chipset
+from eostream.trainer import chipset, stac_labels
 from eostream.trainer.errors import DatasetError
 from eostream.trainer.plan import TrainingPlan, plan_for_dataset, plan_training
 from eostream.trainer.settings import TrainerSettings
@@ -34,6 +36,8 @@ from eostream.trainer.settings import TrainerSettings
 log = logging.getLogger(__name__)
 
 CHIPS_FOLDER = "label-chips"
+#: copies of label collections served by a STAC API (:mod:`eostream.trainer.stac_labels`)
+STAC_FOLDER = "label-stac"
 
 
 def is_label_stac(path: Path) -> bool:
@@ -102,6 +106,9 @@ def _open(
     """The chip dataset ``href`` names, or the chips cut from the label collection it names
     (cached as ``<name>-<key>``); None when it is neither (or not local)."""
     path = local_path(href)
+    if path is None and stac_labels.collection_url(href) is not None:
+        copy = settings.cache_dir / STAC_FOLDER / _folder_name(name, key)
+        path = stac_labels.materialize(href, copy, settings.s3)
     if path is None:
         return None
     if _is_chip_dataset(path):
@@ -114,11 +121,6 @@ def _open(
 
 def dataset_plan(event: DatasetUpdated, settings: TrainerSettings) -> TrainingPlan:
     """The training a ``DatasetUpdated`` asks for (blocking: may cut chips)."""
-    if local_path(event.href) is None and "/collections/" in urlparse(event.href).path:
-        raise DatasetError(
-            f"{event.href}: label collections are cut from a static label catalogue (a path); "
-            "chips from a STAC API's collection are not supported yet"
-        )
     data = _open(event.href, event.dataset, event.digest, settings, event.band_set)
     if data is None:  # not labels: retrain the default model with defaults
         return plan_for_dataset(

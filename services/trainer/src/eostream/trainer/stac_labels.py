@@ -1,0 +1,152 @@
+"""A label collection served by a STAC API, copied into a static catalogue the chip cutter reads.
+
+On the stack, ``eostream labels import --stac-api`` puts label items into the STAC API
+(stac-fastapi-pgstac) and their labels (GeoJSON or a class mask) into the object store
+(``s3://``); ingest announces the collection as ``<root>/collections/<id>``. The chip cutter
+(:mod:`eostream.inference.chips`) reads static catalogues, so the trainer first copies the
+collection: its items, each label asset read with the trainer's S3 settings into a file beside
+the item, and each labelled scene's item (``source`` link) when it lives in the object store (its
+raster assets stay where they are). The copy is written once per announced digest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlparse
+
+from eostream.shared.errors import EostreamError, RetryableError
+from eostream.shared.objects import local_path, read_bytes
+from eostream.shared.settings import S3Settings
+from eostream.trainer.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+MAX_ITEMS = 10_000
+MAX_LABEL_BYTES = 200_000_000
+MAX_ITEM_BYTES = 10_000_000
+HIERARCHY = {"self", "root", "parent", "collection", "item", "child", "items"}
+
+
+def collection_url(href: str) -> tuple[str, str] | None:
+    """``(STAC API root, collection id)`` of an ``http(s)://.../collections/<id>`` href."""
+    parsed = urlparse(href)
+    if parsed.scheme not in ("http", "https"):
+        return None
+    root, sep, rest = href.rstrip("/").rpartition("/collections/")
+    if not sep or not rest or "/" in rest:
+        return None
+    return root, rest
+
+
+def materialize(href: str, out: Path, s3: S3Settings | None) -> Path:
+    """Copy the STAC API collection ``href`` into ``out``; returns its ``collection.json``."""
+    target = out / "collection.json"
+    if target.is_file():
+        return target
+    where = collection_url(href)
+    if where is None:
+        raise DatasetError(f"{href}: not a STAC API collection URL (<root>/collections/<id>)")
+    root, cid = where
+    import requests
+    from pystac_client import Client
+    from pystac_client.exceptions import APIError
+
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        client = Client.open(root)
+        found = client.get_collection(cid)
+        if found is None:
+            raise DatasetError(f"{href}: no such collection")
+        collection = found.to_dict(transform_hrefs=False)
+        items = list(client.search(collections=[cid], max_items=MAX_ITEMS).items_as_dicts())
+        if not items:
+            raise DatasetError(f"{href}: the collection holds no items")
+        partial.mkdir(parents=True)
+        links = [link for link in collection.get("links", []) if link.get("rel") not in HIERARCHY]
+        for item in items:
+            links.append({"rel": "item", "href": f"./{item['id']}/{item['id']}.json"})
+            _copy_item(dict(item), partial / str(item["id"]), s3, root)
+        collection["links"] = [*links, {"rel": "root", "href": "./collection.json"}]
+        (partial / "collection.json").write_text(json.dumps(collection, indent=1))
+    except (requests.RequestException, APIError, EostreamError, OSError, KeyError) as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(exc, (DatasetError, RetryableError)):
+            raise
+        if _unreachable(exc):  # the STAC API is down: worth trying again later
+            raise RetryableError(f"{href}: the STAC API is unreachable: {exc}") from None
+        raise DatasetError(f"{href}: cannot copy the label collection: {exc}") from None
+    shutil.rmtree(out, ignore_errors=True)
+    partial.replace(out)
+    log.info("copied %d label items of %s into %s", len(items), href, out)
+    return target
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """A connection error or timeout, raised as is or wrapped (pystac-client's APIError)."""
+    import requests
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (requests.ConnectionError, requests.Timeout, ConnectionError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "Failed to establish a new connection" in str(exc) or "timed out" in str(exc)
+
+
+def _copy_item(item: dict[str, Any], folder: Path, s3: S3Settings | None, root: str) -> None:
+    folder.mkdir(parents=True)
+    for key, asset in item.get("assets", {}).items():
+        roles = asset.get("roles") or []
+        if key != "labels" and "labels" not in roles:
+            continue
+        uri = str(asset["href"])
+        name = PurePosixPath(urlparse(uri).path).name or f"{key}.bin"
+        (folder / name).write_bytes(read_bytes(uri, s3=s3, max_bytes=MAX_LABEL_BYTES))
+        asset["href"] = f"./{name}"
+    links = []
+    for link in item.get("links", []):
+        if link.get("rel") in HIERARCHY:
+            continue
+        if link.get("rel") == "source":
+            link = {**link, "href": _scene_href(str(link["href"]), folder, s3, root)}
+        links.append(link)
+    item["links"] = [
+        *links,
+        {"rel": "root", "href": "../collection.json"},
+        {"rel": "parent", "href": "../collection.json"},
+        {"rel": "collection", "href": "../collection.json"},
+    ]
+    (folder / f"{item['id']}.json").write_text(json.dumps(item, indent=1))
+
+
+def _scene_href(uri: str, folder: Path, s3: S3Settings | None, root: str) -> str:
+    """Where the copy finds a label item's scene. A scene item imported by its local path comes
+    back from stac-fastapi resolved against the API's own URL (``<root>/tmp/x.json``): that path
+    again, when it is a file here."""
+    if uri.startswith(f"{root}/"):
+        path = Path("/" + uri.removeprefix(f"{root}/"))
+        if path.is_file():
+            return str(path)
+    if local_path(uri) is not None:
+        return uri
+    return _scene_copy(uri, folder, s3)
+
+
+def _scene_copy(uri: str, folder: Path, s3: S3Settings | None) -> str:
+    """The scene item at ``uri`` (s3:// or http) as a local file; its assets stay where they
+    are, made absolute against ``uri``."""
+    if urlparse(uri).scheme != "s3":
+        return uri  # http(s): the scene reader fetches it itself
+    scene = json.loads(read_bytes(uri, s3=s3, max_bytes=MAX_ITEM_BYTES))
+    base = uri.rsplit("/", 1)[0]
+    for asset in scene.get("assets", {}).values():
+        href = str(asset.get("href", ""))
+        if href.startswith("./") or not (urlparse(href).scheme or href.startswith("/")):
+            asset["href"] = f"{base}/{href.removeprefix('./')}"
+    (folder / "scene.json").write_text(json.dumps(scene))
+    return "./scene.json"  # beside the item (the folder is renamed when complete)

@@ -138,7 +138,8 @@ def _train_on_label_chips(
 ) -> Outcome:
     """A pixel model of the user's own labels: the labelled pixels of the train chips' masks
     (:mod:`eostream.trainer.label_pixels`), on the indices alone by default, with the rarer
-    class's threshold chosen on the val chips' pixels."""
+    class's threshold chosen by leave-one-date-out over the training dates (else on the val
+    chips' pixels)."""
     started = time.perf_counter()
     dataset = chipset.open_dataset(plan.dataset or "")
     masks = {s: chipset.load_masks(dataset, list(selection.of(s))) for s in data}
@@ -171,6 +172,8 @@ def _train_on_label_chips(
     by_date = {}
     for scene in scenes:
         index = [i for i, p in enumerate(train) if p.href.partition("#")[0] == scene]
+        if not (masks["train"][index] != label_pixels.UNKNOWN).any():
+            continue  # no labelled pixel on that date's training chips
         by_date[scene] = label_pixels.mask_pixels(
             data["train"].x.numpy()[index],
             masks["train"][index],

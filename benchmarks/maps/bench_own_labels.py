@@ -191,7 +191,7 @@ def main() -> None:
                     path = Path(tmp) / f"{held}.onnx"
                     card = sampling.card_for(
                         bench.tables[full[0]], f"boadella-water-not-{held}"
-                    ).model_copy(update={"architecture": "pixel_hgb"})
+                    ).model_copy(update={"architecture": "pixel_hgb", **thresholded.card_fields()})
                     export_pixel_onnx(thresholded, card, path)
                     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 

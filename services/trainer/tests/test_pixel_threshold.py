@@ -50,7 +50,7 @@ def test_threshold_is_inside_the_exported_graph(table: sampling.PixelTable, tmp_
     assert model.estimator.n_features_in_ == 4
     strict = model.with_threshold(water, 0.9)
     card = sampling.card_for(table, "water-threshold-test").model_copy(
-        update={"architecture": "pixel_hgb"}
+        update={"architecture": "pixel_hgb", **strict.card_fields()}
     )
     path = tmp_path / "model.onnx"
     export_pixel_onnx(strict, card, path)

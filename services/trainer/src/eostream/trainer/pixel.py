@@ -88,6 +88,15 @@ class PixelModel:
             z = z + np.asarray(self.log_shift)
         return np.asarray(z, np.float32)
 
+    def card_fields(self) -> dict[str, Any]:
+        """What its model card must say about how it decides (``ModelCard.pixel_features``,
+        ``class_log_shift``): ``card.model_copy(update=model.card_fields())``."""
+        shift = self.log_shift if self.log_shift is not None and any(self.log_shift) else None
+        return {
+            "pixel_features": "bands+indices" if self.with_bands else "indices",
+            "class_log_shift": shift,
+        }
+
     def with_threshold(self, cls: int, threshold: float) -> PixelModel:
         """This model deciding ``cls`` where its probability exceeds ``threshold`` (two classes:
         exactly; more: ``cls`` wins where ``p_cls / p_other > threshold / (1 - threshold)`` for
@@ -264,12 +273,12 @@ def export_pixel_onnx(model: PixelModel, card: ModelCard, path: Path, opset: int
         raise ExportMismatchError("a pixel model's card says task 'pixel', library 'scikit-learn'")
     if card.bands != model.bands or card.classes != model.classes:
         raise ExportMismatchError("the card's bands or classes differ from the fitted model's")
-    features = "bands+indices" if model.with_bands else "indices"
-    shift = model.log_shift if model.log_shift is not None and any(model.log_shift) else None
-    if card.pixel_features != features or card.class_log_shift != shift:
+    wanted = model.card_fields()
+    said = {"pixel_features": card.pixel_features, "class_log_shift": card.class_log_shift}
+    if said != wanted:
         raise ExportMismatchError(
-            f"the card's pixel_features / class_log_shift ({card.pixel_features}, "
-            f"{card.class_log_shift}) differ from the fitted model's ({features}, {shift})"
+            f"the card says {said} but the fitted model is {wanted}: "
+            "card.model_copy(update=model.card_fields())"
         )
     proto = pixel_onnx(model, opset)
     entry = proto.metadata_props.add()

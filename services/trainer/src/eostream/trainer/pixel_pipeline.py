@@ -341,7 +341,7 @@ def _tune_on_pixels(
         )  # fmt: skip
         if chosen.threshold != 0.5:
             model = model.with_threshold(chosen.cls, chosen.threshold)
-            card = card.model_copy(update={"class_log_shift": model.log_shift})
+            card = card.model_copy(update=model.card_fields())
     for split in ("val", "test"):
         x, y = pixels[split]
         for cls_name, value in label_pixels.pixel_ious(model, x, y).items():

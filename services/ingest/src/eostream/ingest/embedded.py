@@ -41,9 +41,9 @@ def embedded_settings(context: EmbeddedContext) -> IngestSettings:
     adapter: TypeAdapter[list[StacApiSource | StaticSource]] = TypeAdapter(list[SourceConfig])
     sources = adapter.validate_python(list(options.get("sources", [])))
     # no sources given: the 29RKH scene of the data folder (an explicit [] watches labels only)
-    demo = context.data_dir is not None and (context.data_dir / DEMO_SCENE).is_file()
-    if "sources" not in options and demo and context.data_dir is not None:
-        sources = [StaticSource(name="demo-29rkh", href=str(context.data_dir / DEMO_SCENE))]
+    data_dir = context.data_dir
+    if "sources" not in options and data_dir is not None and (data_dir / DEMO_SCENE).is_file():
+        sources = [StaticSource(name="demo-29rkh", href=str(data_dir / DEMO_SCENE))]
     return IngestSettings(
         bus="memory",
         sources=tuple(sources),

@@ -216,16 +216,13 @@ def select(dataset: ChipDataset, seed: int = 42) -> Selection:
     return selection
 
 
-def load(dataset: ChipDataset, patches: list[Patch]) -> PatchTensors:
-    """The chips' arrays (reflectance, the card's units) and class indices."""
-    import torch
-
-    from eostream.trainer.datasets import PatchTensors
-
+def _stacked(dataset: ChipDataset, patches: list[Patch], array: str) -> npt.NDArray[Any]:
+    """One array (``x``: the chips, ``mask``: their per-pixel classes) of every chip, in the
+    order of ``patches``; each scene's ``arrays/<scene>.npz`` read once."""
     if not patches:
         raise DatasetError("no chips to load")
     files: dict[str, Any] = {}
-    arrays = []
+    rows = []
     for p in patches:
         name, _, index = p.href.partition("#")
         if name not in files:
@@ -233,9 +230,20 @@ def load(dataset: ChipDataset, patches: list[Patch]) -> PatchTensors:
             if not f.is_file():
                 raise DatasetError(f"chip array file {f} is missing")
             with np.load(f) as npz:
-                files[name] = npz["x"]
-        arrays.append(files[name][int(index)])
-    x = torch.from_numpy(np.stack(arrays).astype(np.float32))
+                if array not in npz:
+                    raise DatasetError(f"{f} has no {array!r} array; cut the chips again")
+                files[name] = npz[array]
+        rows.append(files[name][int(index)])
+    return np.stack(rows)
+
+
+def load(dataset: ChipDataset, patches: list[Patch]) -> PatchTensors:
+    """The chips' arrays (reflectance, the card's units) and class indices."""
+    import torch
+
+    from eostream.trainer.datasets import PatchTensors
+
+    x = torch.from_numpy(_stacked(dataset, patches, "x").astype(np.float32))
     y = torch.tensor([p.label for p in patches], dtype=torch.int64)
     return PatchTensors(x, y, tuple(p.item_id for p in patches))
 
@@ -243,19 +251,4 @@ def load(dataset: ChipDataset, patches: list[Patch]) -> PatchTensors:
 def load_masks(dataset: ChipDataset, patches: list[Patch]) -> npt.NDArray[np.uint8]:
     """The chips' per-pixel masks ``[n, size, size]`` (class indices; 255: unknown or invalid),
     in the order of ``patches`` (as :func:`load`)."""
-    if not patches:
-        raise DatasetError("no chips to load")
-    files: dict[str, Any] = {}
-    masks = []
-    for p in patches:
-        name, _, index = p.href.partition("#")
-        if name not in files:
-            f = dataset.path.parent / name
-            if not f.is_file():
-                raise DatasetError(f"chip array file {f} is missing")
-            with np.load(f) as npz:
-                if "mask" not in npz:
-                    raise DatasetError(f"{f} has no per-pixel masks; cut the chips again")
-                files[name] = npz["mask"]
-        masks.append(files[name][int(index)])
-    return np.stack(masks).astype(np.uint8)
+    return _stacked(dataset, patches, "mask").astype(np.uint8)

@@ -143,9 +143,10 @@ def _train_on_label_chips(
     started = time.perf_counter()
     dataset = chipset.open_dataset(plan.dataset or "")
     masks = {s: chipset.load_masks(dataset, list(selection.of(s))) for s in data}
+    chips = {s: data[s].x.numpy() for s in data}
     pixels = {
         s: label_pixels.mask_pixels(
-            data[s].x.numpy(), masks[s], max_pixels=settings.label_pixel_max, seed=plan.seed
+            chips[s], masks[s], max_pixels=settings.label_pixel_max, seed=plan.seed
         )
         for s in data
     }
@@ -167,15 +168,15 @@ def _train_on_label_chips(
         }
     )
     # the train chips' pixels date by date (a chip's arrays file is its scene's)
-    train = list(selection.of("train"))
-    scenes = sorted({p.href.partition("#")[0] for p in train})
+    scene_of = np.array([p.href.partition("#")[0] for p in selection.of("train")])
+    scenes = sorted(set(scene_of.tolist()))
     by_date = {}
     for scene in scenes:
-        index = [i for i, p in enumerate(train) if p.href.partition("#")[0] == scene]
+        index = np.flatnonzero(scene_of == scene)
         if not (masks["train"][index] != label_pixels.UNKNOWN).any():
             continue  # no labelled pixel on that date's training chips
         by_date[scene] = label_pixels.mask_pixels(
-            data["train"].x.numpy()[index],
+            chips["train"][index],
             masks["train"][index],
             max_pixels=max(1000, settings.label_pixel_max // len(scenes)),
             seed=plan.seed,

@@ -1,9 +1,10 @@
 """The own-labels loop in the embedded system, with no step after the import: water polygons of
 two real Boadella dates imported with `eostream labels import --home` are announced by ingest,
-trained on by the trainer (a per-pixel model on the labelled pixels of chips cut from those
-dates), gated and promoted by the registry-bridge on the dataset's held-out chips, and inference
-maps a third date with it: its water against that date's hand-made labels, beside NDWI > 0 on
-the same pixels in the same run."""
+trained on by the trainer (its default model for labels: a segmentation network learning every
+pixel's class from the masks of chips cut from those dates, on the bands' spectral indices),
+gated and promoted by the registry-bridge on the dataset's held-out chips (pixel by pixel) and
+on its maps of a third date, and inference maps that date with it at 10 m: its water against
+that date's hand-made labels, beside NDWI > 0 on the same pixels in the same run."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 from eostream.inference import evaluation, reference
 from eostream.inference.settings import InferenceSettings
 from eostream.runner.session import EmbeddedSession
+from eostream.trainer.export import read_card
 from eostream.trainer.labels_cli import app as labels_app
 
 DATES = ("2020-06-21", "2020-09-14")
@@ -37,7 +39,10 @@ def test_imported_labels_become_a_gated_champion(data_dir: Path, tmp_path: Path)
         data_dir,
         components=("ingest", "trainer", "registry-bridge", "inference"),
         options={
-            "ingest": {"sources": [], "labels": {"poll_interval_seconds": 1.0}},
+            "ingest": {
+                "sources": [],
+                "labels": {"poll_interval_seconds": 1.0, "settle_seconds": 2.0},
+            },
             "trainer": {"dataset_updated_epochs": 4},
             "registry-bridge": {
                 "model_names": [MODEL],
@@ -81,6 +86,12 @@ def test_imported_labels_become_a_gated_champion(data_dir: Path, tmp_path: Path)
 
     # the champion's water on the date it never saw, against its labels, beside NDWI > 0
     [onnx] = (home / "mlartifacts").glob(f"*/{mapped.run_id}/artifacts/onnx/model.onnx")
+    card = read_card(onnx)
+    assert (card.task, card.architecture, card.classes) == (
+        "segmentation",
+        "seg_unet_indices",
+        ("water", "other"),
+    )
     settings = InferenceSettings(
         api_key=SecretStr(""),
         bus="memory",

@@ -3,15 +3,17 @@
 The whole system, not a script around a model: for each of the three fully labelled Boadella L2A
 dates, the hand-made water polygons of the OTHER two full dates are imported with
 ``eostream labels import --home`` into a fresh embedded home; ingest announces the label
-collection, the trainer cuts chips and fits its default model for labels (a per-pixel
-``pixel_hgb`` on the spectral indices, its water threshold chosen by leave-one-date-out over
-the two training dates: ``eostream.trainer.label_pixels``), the
+collection, the trainer cuts chips and fits its model for labels (by default ``seg_unet``, a
+small U-Net learning every pixel's class from the chips' masks; ``--architecture pixel_hgb`` for
+the per-pixel scikit-learn model on the spectral indices, its water threshold chosen by
+leave-one-date-out over the two training dates: ``eostream.trainer.label_pixels``), the
 registry-bridge gates it (the dataset's test chips, and its map check on the held-out date) and
 promotes it. That champion is then scored with ``eostream maps evaluate``'s scoring on the
 held-out date against its labels, beside NDWI = (B03 - B08) / (B03 + B08) > 0 on the same pixels,
 in the same run. The held-out date is never imported, cut or trained on.
 
-    EOSTREAM_DATA_DIR=/work/shared/data uv run python benchmarks/maps/bench_champion_own_labels.py
+    EOSTREAM_DATA_DIR=/work/shared/data uv run python benchmarks/maps/bench_champion_own_labels.py \
+        [--architecture pixel_hgb] [--dates 2021-07-16]
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ DATES = ("2020-06-21", "2020-09-14", "2021-07-16")
 MODEL = "boadella-water"
 
 
-def champion_for(held: str, data_dir: Path, work: Path) -> dict[str, object]:
+def champion_for(
+    held: str, data_dir: Path, work: Path, architecture: str | None = None
+) -> dict[str, object]:
     """Import the other dates' labels, let the system make a champion, score it on ``held``."""
     built = reference.build_boadella(data_dir, work / "reference", DATES)
     scenes = built.parent.parent / "boadella-scenes"
@@ -56,7 +60,12 @@ def champion_for(held: str, data_dir: Path, work: Path) -> dict[str, object]:
         data_dir,
         components=("ingest", "trainer", "registry-bridge"),
         options={
-            "ingest": {"sources": [], "labels": {"poll_interval_seconds": 1.0}},
+            "ingest": {
+                "sources": [],
+                "labels": {"poll_interval_seconds": 1.0, "settle_seconds": 2.0},
+            },
+            # the trainer's model for labels: its default, or the one asked for
+            "trainer": {"label_architecture": architecture} if architecture else {},
             "registry-bridge": {
                 "model_names": [MODEL],
                 "reconcile_interval_seconds": 2.0,
@@ -96,29 +105,38 @@ def champion_for(held: str, data_dir: Path, work: Path) -> dict[str, object]:
         "version": champion.version,
         "gate": champion.gate,
         "threshold": f"{params.get('threshold', '0.5')} ({params.get('threshold_chosen_on', '-')})",
+        "architecture": params.get("architecture", params.get("request.architecture", "?")),
         "seconds": seconds,
     }
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__).parse_args()
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--architecture",
+        help="the trainer's model for labels (TRAINER_LABEL_ARCHITECTURE; default: its own, "
+        "seg_unet), e.g. pixel_hgb for the per-pixel scikit-learn model",
+    )
+    parser.add_argument("--dates", nargs="*", default=DATES, help="held-out dates to run")
+    args = parser.parse_args()
     data_dir = Path(os.environ.get("EOSTREAM_DATA_DIR", "../shared/data"))
     rows = []
-    for held in DATES:
+    for held in args.dates:
         with tempfile.TemporaryDirectory(prefix="eostream-champion-") as tmp:
-            rows.append((held, champion_for(held, data_dir, Path(tmp))))
+            rows.append((held, champion_for(held, data_dir, Path(tmp), args.architecture)))
         print(f"{held}: done in {rows[-1][1]['seconds']:.0f} s", flush=True)
     print()
     print(
-        "| held-out date | champion of the other dates' labels P / R / IoU "
+        "| held-out date | model | champion of the other dates' labels P / R / IoU "
         "| NDWI > 0 P / R / IoU | IoU ratio | threshold | labels -> champion |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for held, r in rows:
         m, b = r["model"], r["ndwi"]
         assert isinstance(m, dict) and isinstance(b, dict)
         print(
-            f"| {held} | {m['precision']:.3f} / {m['recall']:.3f} / **{m['iou']:.3f}** "
+            f"| {held} | {r['architecture']} "
+            f"| {m['precision']:.3f} / {m['recall']:.3f} / **{m['iou']:.3f}** "
             f"| {b['precision']:.3f} / {b['recall']:.3f} / {b['iou']:.3f} "
             f"| {m['iou'] / b['iou']:.3f} | {r['threshold']} | {r['seconds']:.0f} s |"
         )

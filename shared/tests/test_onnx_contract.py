@@ -88,10 +88,32 @@ def test_skl2onnx_label_output_is_refused() -> None:
     assert any("2 outputs; exactly 1" in p for p in problems)
 
 
-def test_segmentation_is_refused_with_its_reason() -> None:
-    card = CARD.model_copy(update={"task": "segmentation"})
-    facts = OnnxFacts(_facts().inputs, _facts().outputs, {METADATA_KEY: card.to_json()})
-    assert any("'segmentation'" in p and "not supported" in p for p in graph_problems(facts, card))
+def test_a_segmentation_model_gives_a_score_per_class_and_pixel() -> None:
+    card = CARD.model_copy(
+        update={"task": "segmentation", "classes": ("water", "other"), "patch_size": 32}
+    )
+    inputs = (TensorFacts("input", ("N", 3, 32, 32), "float32"),)
+
+    def facts(shape: tuple[int | str | None, ...]) -> OnnxFacts:
+        out = (TensorFacts("logits", shape, "float32"),)
+        return OnnxFacts(inputs, out, {METADATA_KEY: card.to_json()})
+
+    assert graph_problems(facts(("N", 2, 32, 32)), card) == []
+    assert graph_problems(facts(("N", 2)), card) == [
+        "output has rank 2; the contract says [N, classes, P, P]"
+    ]
+    problems = graph_problems(facts((4, 3, 16, 16)), card)
+    assert "output batch dimension is fixed at 4; must be dynamic" in problems
+    assert "output has 3 classes; the card declares 2" in problems
+    assert "output is 16x16 per class; a segmentation model's is 32x32" in problems
+    # a patch model's card with a per-pixel output is refused the other way round
+    patch = card.model_copy(update={"task": "patch"})
+    patch_facts = OnnxFacts(
+        inputs, facts(("N", 2, 32, 32)).outputs, {METADATA_KEY: patch.to_json()}
+    )
+    assert graph_problems(patch_facts, patch) == [
+        "output has rank 4; the contract says [N, classes]"
+    ]
 
 
 def test_any_class_list_passes_when_the_output_has_one_score_per_class() -> None:

@@ -142,6 +142,70 @@ def test_a_water_other_classifier_trains_and_maps_a_third_date(
     assert cm[1, 1] > cm[0, 1], cm  # the map is not water everywhere
 
 
+@pytest.mark.usefixtures("root_logging")
+def test_a_water_segmentation_network_trains_on_masks_is_gated_by_pixel_and_maps_at_10m(
+    dataset: Path,
+    references: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """seg_unet learns every pixel's class from the chips' masks; its ONNX gives a score per
+    class and pixel, the gate scores it pixel by pixel on the test chips, and inference maps the
+    third date from the windows' centres."""
+    monkeypatch.setenv("TRAINER_MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("TRAINER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TRAINER_EXPERIMENT_NAME", "chips-test")
+    monkeypatch.setenv("TRAINER_DEVICE", "cpu")
+    out = tmp_path / "model"
+    words = ["fit", "--dataset", str(dataset), "--architecture", "seg_unet", "--epochs", "2"]
+    result = CliRunner().invoke(
+        trainer_app, [*words, "--model-name", "boadella-seg", "--stac-out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    card = ModelCard.from_json((next(out.rglob("model-card.json"))).read_text())
+    assert (card.task, card.architecture, card.classes) == (
+        "segmentation",
+        "seg_unet",
+        ("water", "other"),
+    )
+    data = next(out.rglob("*.onnx")).read_bytes()
+    facts, problems = onnx_model.inspect(data)
+    assert facts is not None and problems == []
+    assert contract.check_graph(facts, card) == []
+    assert facts.outputs[0].shape[1:] == (2, SIZE, SIZE)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [run] = mlflow.search_runs(experiment_names=["chips-test"], output_format="list")
+    metrics = run.data.metrics
+    # few chips: at least min_chip_steps optimiser steps, on the labelled pixels' classes
+    assert int(run.data.params["epochs_for_steps"]) > 2
+    assert metrics["test_pixel_iou_water"] > 0.7, metrics
+    assert metrics["onnx_argmax_agreement"] > 0.9999
+
+    # the gate: every labelled pixel of the test chips is a row
+    held_out = gate_holdout.load_chips(str(card.dataset), "test", masks=True)
+    assert held_out.masks is not None and held_out.masks.shape == (len(held_out.files), SIZE, SIZE)
+    session = onnx_model.session(data, 1)
+    scores, _ = gate_evaluation.evaluate(
+        lambda x: onnx_model.logits(session, x),
+        held_out,
+        experiment="chips-gate-test",
+        run_name="gate",
+        params={},
+        tags={},
+    )
+    assert scores.samples == int((held_out.masks != 255).sum())
+    assert scores.accuracy == pytest.approx(metrics["test_accuracy"], abs=1e-6), "one figure"
+    assert scores.per_class_recall["water"] > 0.7
+
+    # inference maps the third date per pixel and scores it against its labels
+    report = evaluation.evaluate(str(references[1]), str(next(out.rglob("*.onnx"))))
+    assert report.errors == [] and report.classes == ["water", "other"]
+    (item,) = report.items
+    cm = item.model_cm
+    iou = cm[0, 0] / (cm[0].sum() + cm[:, 0].sum() - cm[0, 0])
+    assert iou > 0.7, cm
+
+
 def test_bad_chip_requests_get_one_line(
     references: tuple[Path, Path], data_dir: Path, tmp_path: Path
 ) -> None:

@@ -106,6 +106,19 @@ def test_embedded_import_then_search_by_class_and_bbox(data_dir: Path, tmp_path:
         assert LabelExtension.ext(item).label_tasks == ["segmentation"]
     listed = invoke("list", "--home", home)
     assert listed.stdout.startswith("water-labels\tclasses: water\ttasks: segmentation")
+    assert {i.properties[reference.COVERAGE_FIELD] for i in items} == {reference.COMPLETE}
+
+    # 2020-02-02 traces only part of the reservoir: --partial says so, and its chips then hold
+    # water where it is drawn (the rest of its pixels are unknown, not background)
+    partial = invoke(
+        "import", "--scene", scene_file(data_dir, tmp_path, "2020-02-02"), "--partial",
+        "--geojson", data_dir / FOLDER / "Boadella_2020-02-02_labels.geojson",
+        "--collection", "water-labels", "--home", home,
+    )  # fmt: skip
+    assert partial.exit_code == 0, partial.output
+    catalog = pystac.Catalog.from_file(str(home / "labels" / "catalog.json"))
+    [item] = [i for i in catalog.get_items(recursive=True) if "2020-02-02" in i.id]
+    assert item.properties[reference.COVERAGE_FIELD] == reference.PARTIAL
 
 
 def test_a_class_mask_on_the_scene_grid_becomes_a_raster_label_item(
@@ -381,7 +394,7 @@ def test_stack_label_collection_becomes_the_trainers_chips(
     event = DatasetUpdated(dataset=stack_collection, href=href, digest="e" * 64, band_set="l2a")
     plan = dataset_plan(event, settings)
     assert plan.classes == ("water", "other") and plan.dataset is not None
-    assert (plan.architecture, plan.band_set) == ("pixel_hgb", "l2a")
+    assert (plan.architecture, plan.band_set) == ("seg_unet_indices", "l2a")
     summary = json.loads((Path(plan.dataset).parent / "dataset.json").read_text())
     assert sum(summary["counts"]["train"].values()) > 20, summary
     assert {c for split in summary["counts"].values() for c in split} == {"water", "other"}

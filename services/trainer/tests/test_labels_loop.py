@@ -100,12 +100,14 @@ async def test_imported_labels_are_announced_once_and_trained_on(
     version = client.get_model_version(COLLECTION, registered[-1].version)
     card = ModelCard.from_json(version.tags[tags.MODEL_CARD])
     assert card.classes == ("water", "other")
-    # by default a per-pixel model (label_architecture pixel_hgb) on the spectral indices alone,
-    # its water threshold chosen on the val chips' pixels
-    assert (card.task, card.library, card.pixel_features) == ("pixel", "scikit-learn", "indices")
+    # by default a segmentation network (label_architecture seg_unet_indices) on the masks
+    assert (card.task, card.library, card.architecture) == (
+        "segmentation",
+        "pytorch",
+        "seg_unet_indices",
+    )
     assert card.band_set == "l2a"  # the 12 bands of L2A scenes (no B10)
     run = client.get_run(str(version.run_id))
-    assert run.data.params["threshold_class"] == "water"
     assert run.data.metrics["test_pixel_iou_water"] > 0.8, run.data.metrics
     assert card.dataset is not None and second.digest[:16] in card.dataset
     summary = json.loads((Path(card.dataset).parent / "dataset.json").read_text())
@@ -117,6 +119,13 @@ async def test_imported_labels_are_announced_once_and_trained_on(
         TrainingRequested(request_id="chips", model_name="water-2", epochs=1, dataset=card.dataset),
         TrainingRequested(request_id="nowhere", dataset=str(tmp_path / "nowhere")),
         TrainingRequested(request_id="keras", family="keras", dataset=card.dataset),
+        TrainingRequested(
+            request_id="pixels",
+            model_name="water-px",
+            architecture="pixel_hgb",
+            band_set="l2a",
+            dataset=card.dataset,
+        ),
     ]
     worker = build_trainer(settings, bus=bus, tracker=tracker_for(settings))
     consumer = worker.consumer()
@@ -125,9 +134,9 @@ async def test_imported_labels_are_announced_once_and_trained_on(
     task = asyncio.create_task(consumer.run())
     try:
         await wait_until(
-            lambda: bus.size(topics.MODELS_REGISTERED) + bus.size(topics.DEAD_LETTER) >= 6,
+            lambda: bus.size(topics.MODELS_REGISTERED) + bus.size(topics.DEAD_LETTER) >= 7,
             300,
-            "three requests handled",
+            "four requests handled",
         )
     finally:
         await consumer.stop()
@@ -148,6 +157,19 @@ async def test_imported_labels_are_announced_once_and_trained_on(
     # few chips: at least min_chip_steps optimiser steps, the loss weighted by class
     params = client.get_run(str(version.run_id)).data.params
     assert int(params["epochs_for_steps"]) > 1 and params["class_weights"].startswith("(")
+    # the per-pixel scikit-learn model of the same chips: the indices alone, its water threshold
+    # chosen on pixels it was not fitted on
+    [pixels] = [
+        e
+        for e in events_on(bus, topics.MODELS_REGISTERED)
+        if isinstance(e, ModelVersionRegistered) and e.request_id == "pixels"
+    ]
+    version = client.get_model_version("water-px", pixels.version)
+    card = ModelCard.from_json(version.tags[tags.MODEL_CARD])
+    assert (card.task, card.library, card.pixel_features) == ("pixel", "scikit-learn", "indices")
+    run = client.get_run(str(version.run_id))
+    assert run.data.params["threshold_class"] == "water"
+    assert run.data.metrics["test_pixel_iou_water"] > 0.8, run.data.metrics
 
 
 async def test_bad_label_announcements_are_dead_lettered_with_the_reason(
@@ -195,3 +217,39 @@ async def test_bad_label_announcements_are_dead_lettered_with_the_reason(
     # a STAC API that does not answer: retried, then dead-lettered with the reason
     assert "STAC API is unreachable" in reasons["api"] and "gave up after" in reasons["api"]
     assert bus.size(topics.MODELS_REGISTERED) == 0
+
+
+async def test_dates_imported_one_after_another_are_announced_once_they_settle(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """``settle_seconds``: a collection still changing is not announced; once its items have
+    held still that long, one announcement covers every date imported meanwhile."""
+    built = reference.build_boadella(data_dir, tmp_path / "reference", DATES)
+    scenes = built.parent.parent / "boadella-scenes"
+    home = tmp_path / "home"
+    bus = InMemoryBus(service="ingest")
+    state = SqliteStateStore(tmp_path / "ingest.sqlite")
+    await state.open()
+    now = [0.0]
+    watcher = LabelWatcher(
+        StaticLabelCatalog(home / "labels"), store=state, bus=bus, settle_seconds=10,
+        clock=lambda: now[0],
+    )  # fmt: skip
+    try:
+        _import(home, scenes, data_dir, DATES[0])
+        [first] = await watcher.poll()
+        assert not first.published  # just changed: wait
+        now[0] = 5.0
+        _import(home, scenes, data_dir, DATES[1])  # changed again before it settled
+        [second] = await watcher.poll()
+        assert not second.published and second.items == 2
+        now[0] = 14.0  # 9 s since the last change
+        assert not (await watcher.poll())[0].published
+        now[0] = 15.0
+        [settled] = await watcher.poll()
+        assert settled.published and settled.items == 2
+        now[0] = 100.0
+        assert not (await watcher.poll())[0].published  # announced once
+    finally:
+        await state.close()
+    assert bus.size(topics.DATASETS_UPDATED) == 1

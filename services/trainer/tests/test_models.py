@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from eostream.shared.modelcard import BAND_SETS
-from eostream.trainer.models import ARCHITECTURES, build_model, widen_input
+from eostream.trainer.models import (
+    ARCHITECTURES,
+    INDEX_ARCHITECTURES,
+    SEGMENTATION_ARCHITECTURES,
+    build_model,
+    widen_input,
+)
 from eostream.trainer.task import confusion_matrix, per_class_scores
 
 
@@ -14,10 +20,23 @@ from eostream.trainer.task import confusion_matrix, per_class_scores
 @pytest.mark.parametrize("band_set", ["rgb", "ms13"])
 def test_shapes(architecture: str, band_set: str) -> None:
     bands = BAND_SETS[band_set]
-    model = build_model(architecture, bands, [0.1] * len(bands), [0.05] * len(bands)).eval()
+    if architecture in INDEX_ARCHITECTURES:  # it sees the four indices the 13 bands allow
+        if band_set == "rgb":
+            with pytest.raises(ValueError, match="allow no spectral index"):
+                build_model(architecture, bands, [0.1] * 4, [0.05] * 4)
+            return
+        model = build_model(architecture, bands, [0.0] * 4, [0.5] * 4).eval()
+    else:
+        model = build_model(architecture, bands, [0.1] * len(bands), [0.05] * len(bands)).eval()
     with torch.no_grad():
         out = model(torch.rand(3, len(bands), 64, 64))
-    assert out.shape == (3, 10)
+    # a segmentation network scores every class for every pixel
+    per_pixel = (64, 64) if architecture in SEGMENTATION_ARCHITECTURES else ()
+    assert out.shape == (3, 10, *per_pixel)
+    if architecture in INDEX_ARCHITECTURES:  # it picks its bands by position: too few fail
+        with pytest.raises(IndexError):
+            model(torch.rand(1, 2, 64, 64))
+        return
     with pytest.raises(RuntimeError):
         model(torch.rand(1, len(bands) + 1, 64, 64))
 
@@ -49,7 +68,9 @@ def test_normalisation_is_inside_the_network() -> None:
     assert "normalize.mean" in model.state_dict()  # saved with the weights
 
 
-@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize(
+    "architecture", [a for a in ARCHITECTURES if a not in INDEX_ARCHITECTURES]
+)  # an index network sees no RGB band: nothing to widen
 def test_widening_preserves_rgb_outputs(architecture: str) -> None:
     torch.manual_seed(0)
     rgb = build_model(

@@ -55,6 +55,13 @@ DEFAULT_COLLECTION = "eostream-labels"
 #: the GeoJSON property holding a feature's class (a string or a list of strings); SCANEO's name
 DEFAULT_CLASS_PROPERTY = "labels"
 TASKS = ("segmentation", "classification")
+#: a per-pixel mask's value for a pixel of no known class (unlabelled, nodata or cloud); the
+#: chips' masks, the trainer's loss and the gate's per-pixel hold-out all skip it
+MASK_UNKNOWN = 255
+#: how complete a label item's labels are: ``complete`` (every pixel of its footprint that no
+#: shape covers is background) or ``partial`` (only some objects were drawn: the rest unknown)
+COVERAGE_FIELD = "eostream:label_coverage"
+COMPLETE, PARTIAL = "complete", "partial"
 #: the feature property label tools (SCANEO) use to tell segmentation shapes from prompts
 TASKS_PROPERTY = "tasks"
 GEOJSON_TYPE = "application/geo+json"

@@ -127,11 +127,16 @@ def properties(facts: MlmFacts) -> MLModelProperties:
         resize_type=None,
         pre_processing_function=None,
     )
+    segmentation = card.task == "segmentation"
+    tasks = {"semantic-segmentation"} if segmentation else {"classification"}
+    per_pixel = [card.patch_size, card.patch_size] if segmentation else []
     model_output = ModelOutput(
         name=card.output_name,
-        tasks={"classification"},
+        tasks=tasks,
         result=ModelResult(
-            shape=[-1, len(card.classes)], dim_order=["batch", "class"], data_type="float32"
+            shape=[-1, len(card.classes), *per_pixel],
+            dim_order=["batch", "class", *(["height", "width"] if segmentation else [])],
+            data_type="float32",
         ),
         classes=[MLMClassification(value=i, name=c) for i, c in enumerate(card.classes)],
         post_processing_function=None,
@@ -139,7 +144,7 @@ def properties(facts: MlmFacts) -> MLModelProperties:
     return MLModelProperties(
         name=f"{facts.name} v{facts.version}",
         architecture=card.architecture or "unknown",
-        tasks={"classification"},
+        tasks=tasks,
         framework="onnxruntime",
         framework_version=_onnx_version(),
         file_size=facts.size,

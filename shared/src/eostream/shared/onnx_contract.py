@@ -93,13 +93,31 @@ def _pixel_input_problems(shape: tuple[Dim, ...], channels: int | None) -> list[
     return problems
 
 
+def _output_problems(shape: tuple[Dim, ...], n_classes: int, patch: int, task: str) -> list[str]:
+    """``[N, classes]`` scores; a segmentation model's ``[N, classes, P, P]`` (one score per
+    class and pixel of the window); N dynamic."""
+    expected = "[N, classes, P, P]" if task == "segmentation" else "[N, classes]"
+    if len(shape) != len(expected.split(",")):
+        return [f"output has rank {len(shape)}; the contract says {expected}"]
+    problems: list[str] = []
+    if not _is_dynamic(shape[0]):
+        problems.append(f"output batch dimension is fixed at {shape[0]}; must be dynamic")
+    if shape[1] != n_classes:
+        problems.append(f"output has {shape[1]} classes; the card declares {n_classes}")
+    if task == "segmentation" and tuple(shape[2:]) != (patch, patch):
+        h, w = shape[2:]
+        problems.append(f"output is {h}x{w} per class; a segmentation model's is {patch}x{patch}")
+    return problems
+
+
 def graph_problems(facts: OnnxFacts, card: ModelCard | None) -> list[str]:
     """Every way the graph breaks the contract or its card; empty when it follows both.
 
     A patch model (the card's ``task``) takes ``[N, C, P, P]``, a pixel model ``[N, C]``; both
     give ``[N, classes]`` float32 scores whose softmax is the class probability (a pixel model
     exported from scikit-learn outputs log-probabilities) and nothing else: one output only, so
-    skl2onnx's ``label`` output must be dropped before saving. Segmentation is refused for now.
+    skl2onnx's ``label`` output must be dropped before saving. A segmentation model takes
+    ``[N, C, P, P]`` and gives ``[N, classes, P, P]``: a score per class for every pixel.
 
     ``card`` is the card the graph travels with (a version's tag); the card embedded in the
     graph's metadata must exist and equal it. Without ``card`` the embedded one is used.
@@ -136,24 +154,13 @@ def graph_problems(facts: OnnxFacts, card: ModelCard | None) -> list[str]:
 
     channels = len(card.bands) if card else None
     task = card.task if card else "patch"
-    if task == "segmentation":
-        problems.append(
-            "task 'segmentation' ([N, classes, P, P] outputs) is not supported yet: "
-            "train a patch or pixel model"
-        )
-        return problems
+    patch = card.patch_size if card else None
     if task == "pixel":
         problems += _pixel_input_problems(inp.shape, channels)
     else:
-        problems += _patch_input_problems(inp.shape, channels, card.patch_size if card else None)
+        problems += _patch_input_problems(inp.shape, channels, patch)
     n_classes = len(card.classes) if card else len(EUROSAT_CLASSES)
-    if len(out.shape) != 2:
-        problems.append(f"output has rank {len(out.shape)}; the contract says [N, classes]")
-    else:
-        if not _is_dynamic(out.shape[0]):
-            problems.append(f"output batch dimension is fixed at {out.shape[0]}; must be dynamic")
-        if out.shape[1] != n_classes:
-            problems.append(f"output has {out.shape[1]} classes; the card declares {n_classes}")
+    problems += _output_problems(out.shape, n_classes, patch or PATCH_SIZE, task)
 
     if card is not None:
         expected_bands = BAND_SETS.get(card.band_set)

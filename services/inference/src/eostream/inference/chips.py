@@ -47,11 +47,12 @@ from eostream.inference.errors import BadInputError
 from eostream.inference.evaluation import rasterize_labels, scene_href
 from eostream.shared import sentinel2
 from eostream.shared.bus.base import heartbeat
+from eostream.shared.labels import MASK_UNKNOWN
 from eostream.shared.modelcard import BAND_SETS
 
 log = logging.getLogger(__name__)
 
-UNKNOWN = 255
+UNKNOWN = MASK_UNKNOWN
 SPLITS = ("train", "val", "test")
 REASONS = ("nodata_or_cloud", "unlabelled", "mixed", "class_not_asked", "split_gap")
 

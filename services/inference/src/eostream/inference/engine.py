@@ -6,7 +6,11 @@ strided views and batched. Each window labels its centre ``stride x stride`` cro
 :mod:`eostream.inference.tiling`), so every pixel is labelled exactly once. A pixel model
 (``card.task == "pixel"``) runs on a plan of 1x1 windows at stride 1: each batch is ``[N, C]``
 band vectors, one per pixel, and confidence, the out-of-domain check and placement work as
-for windows (:func:`plan_for`).
+for windows (:func:`plan_for`). A segmentation model (``card.task == "segmentation"``) gives a
+class score for every pixel of its window: windows overlap by half (stride ``patch / 2``) and
+each keeps the scores of its centre ``stride x stride`` pixels, so every pixel is labelled once,
+by the window it is central in, with at least ``patch / 4`` pixels of context on every side
+(the window edges, where zero padding inside the network shows, are never used: no seams).
 """
 
 from __future__ import annotations
@@ -155,7 +159,15 @@ def plan_for(card: ModelCard, height: int, width: int, stride: int) -> Plan:
     pixel on its own (patch 1, stride 1) for a pixel model."""
     if card.task == "pixel":
         return Plan(height, width, 1, 1)
+    if card.task == "segmentation":
+        return Plan(height, width, card.patch_size, segmentation_stride(card.patch_size))
     return Plan(height, width, card.patch_size, stride)
+
+
+def segmentation_stride(patch: int) -> int:
+    """A segmentation model's stride: about half its window, so each window's kept centre has
+    ``patch // 4`` pixels of context on every side (32 -> 16, margin 8)."""
+    return patch - 2 * (patch // 4)
 
 
 def batch_for(card: ModelCard, batch_size: int, pixel_batch_size: int) -> int:
@@ -244,6 +256,9 @@ def classify_strips(
     pixel = model.card.task == "pixel"
     if pixel and (plan.patch, plan.stride) != (1, 1):
         raise ValueError("a pixel model classifies every pixel: plan patch 1, stride 1")
+    # a segmentation model labels each window's centre stride x stride pixels, one by one
+    cell = (stride, stride) if model.card.task == "segmentation" else ()
+    crop = slice(plan.margin, plan.margin + stride)
     strips = plan.strips(rows_per_strip or strip_rows(plan))
     started = time.perf_counter()
     wait = compute = 0.0
@@ -260,17 +275,20 @@ def classify_strips(
             t1 = time.perf_counter()
             n_rows = strip.stop - strip.start
             view = window_view(strip.data, plan, n_rows)
-            window_labels = np.empty(n_rows * plan.cols, np.uint8)
-            window_conf = np.empty(n_rows * plan.cols, np.uint8)
-            window_why = np.zeros(n_rows * plan.cols, np.uint8)
+            n_windows = n_rows * plan.cols
+            window_labels = np.empty((n_windows, *cell), np.uint8)
+            window_conf = np.empty((n_windows, *cell), np.uint8)
+            window_why = np.zeros((n_windows, *cell), np.uint8)
             window_probs = (
-                np.empty((n_rows * plan.cols, n_classes), np.uint8) if probabilities else None
+                np.empty((n_windows, n_classes, *cell), np.uint8) if probabilities else None
             )
             for b0, b1 in batches(view, batch_size):
                 batch = gather(view, b0, b1)
                 if pixel:  # [N, C, 1, 1] windows of one pixel -> [N, C] band vectors
                     batch = batch.reshape(len(batch), channels)
                 logits = model.run(batch)
+                if cell:  # [N, K, P, P] -> the centre [N, K, S, S]
+                    logits = logits[:, :, crop, crop]
                 p = softmax(logits)
                 top = p.max(axis=1)
                 window_labels[b0:b1] = logits.argmax(axis=1)
@@ -281,9 +299,8 @@ def classify_strips(
                 if domain is not None:
                     scores = domain.scores(batch)
                     tally.scores.append(scores)
-                    window_why[b0:b1] |= np.where(scores > domain.limit, OUT_OF_DOMAIN, 0).astype(
-                        np.uint8
-                    )
+                    out = np.where(scores > domain.limit, OUT_OF_DOMAIN, 0).astype(np.uint8)
+                    window_why[b0:b1] |= out.reshape(len(out), *(1 for _ in cell))
                 if window_probs is not None:
                     window_probs[b0:b1] = np.rint(p * 254).astype(np.uint8)
             window_labels[window_why > 0] = UNCERTAIN

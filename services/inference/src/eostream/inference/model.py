@@ -196,7 +196,7 @@ def _warm(model: LoadedModel) -> None:
         raise ModelLoadError(
             f"model {model.info.name} v{model.info.version} fails to run: {exc}"
         ) from exc
-    if logits.shape != (2, len(model.card.classes)):
-        raise ModelLoadError(
-            f"model output shape {logits.shape} is not [N, {len(model.card.classes)}]"
-        )
+    per_pixel = size if model.card.task == "segmentation" else ()
+    if logits.shape != (2, len(model.card.classes), *per_pixel):
+        expected = ", ".join(["N", str(len(model.card.classes)), *map(str, per_pixel)])
+        raise ModelLoadError(f"model output shape {logits.shape} is not [{expected}]")

@@ -38,6 +38,12 @@ from eostream.shared.events import SceneClassified
 from eostream.shared.storage import ObjectStore
 
 log = logging.getLogger(__name__)
+#: how the result item says a model's windows label pixels (``eostream:window``)
+WINDOW_LABELS = {
+    "patch": "centre crop",  # one class for the window's centre stride x stride
+    "pixel": "pixel",  # every pixel on its own
+    "segmentation": "centre crop per pixel",  # the centre's own per-pixel classes
+}
 #: Called with a percentage (0..100) and a line of text while a scene is classified.
 ReportProgress = Callable[[int, str], None]
 #: uuid5 namespace of SceneClassified event ids
@@ -287,7 +293,7 @@ class Pipeline:
                 "patch": windows.patch,
                 "stride": windows.stride,
                 "padding": "reflect",
-                "labels": "pixel" if card.task == "pixel" else "centre crop",
+                "labels": WINDOW_LABELS[card.task],
             },
             "eostream:pixels": result.pixels,
             "eostream:masked_pixels": stats["masked_pixels"],

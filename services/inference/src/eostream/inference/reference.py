@@ -41,11 +41,12 @@ from shapely.geometry import mapping, shape
 from shapely.ops import unary_union
 
 from eostream.inference.uploads import item_for_raster
+from eostream.shared.labels import COMPLETE as COMPLETE
+from eostream.shared.labels import COVERAGE_FIELD as COVERAGE_FIELD
+from eostream.shared.labels import PARTIAL as PARTIAL
 
 MAPPING_FIELD = "eostream:class_mapping"
 BACKGROUND_FIELD = "eostream:background_class"
-COVERAGE_FIELD = "eostream:label_coverage"
-COMPLETE, PARTIAL = "complete", "partial"
 LABELS_ASSET = "labels"
 #: the GeoJSON property that holds a feature's class(es) (a string or a list of strings)
 LABEL_PROPERTY = "labels"

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import socket
 
+from eostream.inference import remap
 from eostream.inference.deployment import ModelDeployment
 from eostream.inference.pipeline import Pipeline
 from eostream.inference.results import ResultsStore
@@ -127,6 +128,32 @@ class InferenceService:
         if not isinstance(event, ModelPromoted):
             raise InvalidEventError(f"expected model.promoted, got {event.event_type}")
         await asyncio.to_thread(self.deployment.promote, event)
+        if self._remaps(event):
+            await self._remap(event)
+
+    def _remaps(self, event: ModelPromoted) -> bool:
+        """Whether the promoted version, now live, maps its model's earlier scenes again:
+        ``INFERENCE_REMAP_ON_PROMOTION`` all, or labels (a model trained on the user's labels:
+        its card names a chip dataset), or none."""
+        mode, model = self.settings.remap_on_promotion, self.deployment.current
+        if mode == "none" or model is None or not self.deployment.is_live(event):
+            return False
+        return mode == "all" or model.card.dataset is not None
+
+    async def _remap(self, event: ModelPromoted) -> None:
+        """Announce again the scenes other versions of the live model mapped (:mod:`.remap`);
+        idempotent, so a redelivered promotion repeats nothing."""
+        if self.bus is None:
+            return
+        events = await asyncio.to_thread(
+            remap.remap_events, self.pipeline, event.name, event.version
+        )
+        if events:
+            await self.bus.publish_many(topics.SCENES_DISCOVERED, events)
+            log.info(
+                "%s v%s is live: %d scene(s) its other versions mapped are mapped again",
+                event.name, event.version, len(events),
+            )  # fmt: skip
 
     async def on_scene(self, event: Event, delivery: Delivery) -> None:
         if not isinstance(event, SceneDiscovered):

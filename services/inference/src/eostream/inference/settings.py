@@ -152,6 +152,12 @@ class InferenceSettings(ServiceSettings):
     models_group: str = Field(
         default="", description="consumer group for promotions; empty = one per host"
     )
+    remap_on_promotion: Literal["labels", "all", "none"] = Field(
+        default="labels",
+        description="when a version goes live, map again (through the scenes topic) the scenes "
+        "that other versions of its model mapped: labels (only models trained on the user's own "
+        "labels: the labelled area follows its champion), all, or none",
+    )
     scenes_group: str = "inference-scenes"
     model_wait_seconds: float = Field(default=30.0, ge=0)
     asset_href_rewrites: dict[str, str] = Field(

@@ -145,6 +145,45 @@ def build_small_cnn(card: ModelCard, *, seed: int = 0) -> bytes:
     return bytes(model.SerializeToString())
 
 
+def build_segmentation_onnx(
+    card: ModelCard, *, seed: int = 0, width: int = 8, any_size: bool = False
+) -> bytes:
+    """A tiny fully convolutional net ``[N, C, P, P] -> [N, classes, P, P]`` (two 3x3 convs, a
+    receptive field of 5x5) with seeded random weights and the card inside; ``any_size``: the
+    same graph with free height and width, to run it on a whole image at once."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    c, k = len(card.bands), len(card.classes)
+    inits = [
+        numpy_helper.from_array(np.full((c, 1, 1), 1e-3, np.float32), "scale"),
+        numpy_helper.from_array(rng.normal(0, 0.5, (width, c, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(-0.2, 0.5, (width,)).astype(np.float32), "b1"),
+        numpy_helper.from_array(rng.normal(0, 1.0, (k, width, 3, 3)).astype(np.float32), "w2"),
+        numpy_helper.from_array(np.zeros((k,), np.float32), "b2"),
+    ]
+    nodes = [
+        helper.make_node("Mul", [INPUT_NAME, "scale"], ["x0"]),
+        helper.make_node("Conv", ["x0", "w1", "b1"], ["x1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["x1"], ["x2"]),
+        helper.make_node("Conv", ["x2", "w2", "b2"], [OUTPUT_NAME], pads=[1, 1, 1, 1]),
+    ]
+    h, w = ("H", "W") if any_size else (card.patch_size, card.patch_size)
+    graph = helper.make_graph(
+        nodes,
+        "tiny_segmentation",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", c, h, w])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", k, h, w])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, {METADATA_KEY: card.to_json()})
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
 def localise_item(item_path: Path, out_path: Path) -> dict[str, Any]:
     """Copy an item JSON, pointing asset hrefs that end in a local file name to that file."""
     item = json.loads(item_path.read_text())

@@ -101,6 +101,12 @@ def reflect_fill(
 
 
 def place_labels(labels: npt.NDArray[np.uint8], plan: Plan, n_rows: int) -> npt.NDArray[np.uint8]:
-    """Per-window labels ``[n_rows*cols]`` -> pixel labels ``[n_rows*stride, cols*stride]``."""
+    """Per-window labels ``[n_rows*cols]`` -> pixel labels ``[n_rows*stride, cols*stride]``;
+    per-window blocks of pixel labels ``[n_rows*cols, stride, stride]`` (a segmentation model's
+    centres) are laid side by side into the same shape."""
+    s = plan.stride
+    if labels.ndim == 3:
+        blocks = labels.reshape(n_rows, plan.cols, s, s)
+        return np.ascontiguousarray(blocks.transpose(0, 2, 1, 3)).reshape(n_rows * s, -1)
     grid = labels.reshape(n_rows, plan.cols)
-    return np.repeat(np.repeat(grid, plan.stride, axis=0), plan.stride, axis=1)
+    return np.repeat(np.repeat(grid, s, axis=0), s, axis=1)

@@ -7,7 +7,9 @@ labels changes) and publishes ``DatasetUpdated(dataset=<collection>, href, diges
 ``eostream.datasets.updated`` when that digest is new. The state store's seen-set (the scene
 watcher's, under the source ``labels:<collection>``) records a digest only after the broker
 acknowledged the event, so a restart re-announces nothing and loses nothing; the trainer's
-request id derives from the digest, so a redelivered announcement trains once.
+request id derives from the digest, so a redelivered announcement trains once. A new digest is
+announced once it has held for ``settle_seconds`` (``INGEST_LABELS__SETTLE_SECONDS``): several
+dates imported one after the other start one training.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,7 +79,9 @@ class LabelWatcher:
         collections: Sequence[str] = (),
         band_set: str = "l2a",
         poll_interval: float = 60.0,
+        settle_seconds: float = 0.0,
         topic: str = topics.DATASETS_UPDATED,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._catalog = catalog
         self._store = store
@@ -84,7 +89,23 @@ class LabelWatcher:
         self._collections = tuple(collections)
         self._band_set = band_set
         self._interval = poll_interval
+        self._settle = settle_seconds
         self._topic = topic
+        self._clock = clock
+        #: collection -> (a new digest, when it was first seen): announced once it has settled
+        self._pending: dict[str, tuple[str, float]] = {}
+
+    def _settled(self, name: str, digest: str) -> bool:
+        """Whether ``digest`` has stayed ``name``'s for ``settle_seconds``: a user importing
+        several dates one after the other starts one training, not one per date."""
+        if self._settle <= 0:
+            return True
+        now = self._clock()
+        seen, since = self._pending.get(name, ("", now))
+        if seen != digest:
+            self._pending[name] = (digest, now)
+            since = now
+        return now - since >= self._settle
 
     def _list(self) -> list[tuple[str, list[dict[str, Any]]]]:
         """(collection id, its items) for every watched collection (blocking)."""
@@ -100,6 +121,12 @@ class LabelWatcher:
             digest = items_digest(items)
             source = SOURCE_PREFIX + name
             if not await self._store.unseen(source, [(name, digest)]):
+                self._pending.pop(name, None)
+                done.append(Announced(name, len(items), digest, published=False))
+                continue
+            if not self._settled(name, digest):
+                log.info("labels %s changed (%d items): announced once they settle for %.0f s",
+                         name, len(items), self._settle)  # fmt: skip
                 done.append(Announced(name, len(items), digest, published=False))
                 continue
             event = DatasetUpdated(
@@ -113,6 +140,7 @@ class LabelWatcher:
             await self._store.mark_seen(
                 source, [SeenRecord(name, digest, "published", event_id=str(event.id))]
             )
+            self._pending.pop(name, None)
             log.info(
                 "labels %s changed (%d items, digest %s): announced", name, len(items), digest[:16]
             )

@@ -162,6 +162,7 @@ def build_label_watcher(
         collections=settings.labels.collections,
         band_set=settings.labels.band_set,
         poll_interval=settings.labels.poll_interval_seconds,
+        settle_seconds=settings.labels.settle_seconds,
     )
 
 

@@ -187,6 +187,12 @@ class LabelsSettings(BaseModel):
         "per-pixel models on spectral indices need), ms13 (L1C scenes) or rgb",
     )
     poll_interval_seconds: float = Field(default=60.0, gt=0)
+    settle_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="announce a changed collection once its items have not changed for this "
+        "long: several dates imported one after the other start one training, not one each",
+    )
 
 
 StateKind = Literal["sqlite", "postgres"]

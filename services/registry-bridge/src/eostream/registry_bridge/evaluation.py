@@ -39,6 +39,7 @@ from mlflow.models import make_metric
 from eostream.registry_bridge.holdout import Holdout
 from eostream.registry_bridge.policy import Evaluation
 from eostream.shared import provenance
+from eostream.shared.labels import MASK_UNKNOWN as UNKNOWN
 from eostream.shared.modelcard import EUROSAT_CLASSES
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,38 @@ def _recall_metric(predictions: pd.Series, targets: pd.Series, metrics: Any) -> 
     )
 
 
+def _pixel_rows(
+    predict: Predictor, holdout: Holdout, positions: Mapping[str, int]
+) -> tuple[pd.DataFrame, Callable[[pd.DataFrame], np.ndarray]]:
+    """The rows of a per-pixel evaluation (chip, pixel, its class) and the model that labels
+    them: the predictor's per-pixel scores ``[N, classes, H, W]``, run once."""
+    if holdout.masks is None:
+        raise ValueError("a per-pixel evaluation needs the hold-out's masks")
+    classes = np.asarray(holdout.classes)
+    flat = holdout.masks.reshape(len(holdout.masks), -1)
+    chip, pixel = np.nonzero(flat != UNKNOWN)
+    frame = pd.DataFrame(
+        {
+            "file": np.asarray(holdout.files)[chip],
+            "pixel": pixel,
+            "label": classes[flat[chip, pixel]],
+        }
+    )
+    predicted: list[np.ndarray] = []
+
+    def model(rows: pd.DataFrame) -> np.ndarray:
+        if not predicted:
+            scores = predict(holdout.images)
+            if scores.ndim != 4:
+                raise ValueError(f"a per-pixel hold-out needs [N, classes, H, W] scores, got "
+                                 f"{scores.shape}")  # fmt: skip
+            predicted.append(scores.argmax(axis=1).reshape(len(scores), -1))
+        index = np.asarray([positions[name] for name in rows["file"]])
+        return np.asarray(classes[predicted[0][index, rows["pixel"].to_numpy()]])
+
+    return frame, model
+
+
 def evaluate(
     predict: Predictor,
     holdout: Holdout,
@@ -92,15 +125,20 @@ def evaluate(
     params: Mapping[str, str],
     tags: Mapping[str, str],
 ) -> tuple[Evaluation, str]:
-    """Evaluate, log an evaluation run, and return the scores and the run id."""
+    """Evaluate, log an evaluation run, and return the scores and the run id. A hold-out with
+    masks (a segmentation model's) is scored on every labelled pixel: a row per pixel."""
     positions = {name: i for i, name in enumerate(holdout.files)}
     classes = np.asarray(holdout.classes)  # EuroSAT's, or a chip dataset's own
 
-    def model(frame: pd.DataFrame) -> np.ndarray:
+    def per_image(frame: pd.DataFrame) -> np.ndarray:
         index = [positions[name] for name in frame["file"]]
         return np.asarray(classes[np.argmax(predict(holdout.images[index]), axis=1)])
 
-    frame = pd.DataFrame({"file": list(holdout.files), "label": holdout.label_names})
+    model: Callable[[pd.DataFrame], np.ndarray] = per_image
+    if holdout.masks is None:
+        frame = pd.DataFrame({"file": list(holdout.files), "label": holdout.label_names})
+    else:
+        frame, model = _pixel_rows(predict, holdout, positions)
     dataset = from_pandas(
         frame,
         source=holdout.source,
@@ -118,7 +156,14 @@ def evaluate(
         warnings.catch_warnings(),
     ):
         warnings.simplefilter("ignore")
-        mlflow.log_params({**params, "holdout_digest": holdout.digest, "holdout_size": len(frame)})
+        mlflow.log_params(
+            {
+                **params,
+                "holdout_digest": holdout.digest,
+                "holdout_size": len(frame),
+                "holdout_unit": "image" if holdout.masks is None else "pixel",
+            }
+        )
         result = mlflow.models.evaluate(  # type: ignore[no-untyped-call]
             model,
             dataset,

@@ -65,9 +65,10 @@ class Gatekeeper:
         dataset (``card.dataset``) is scored on that dataset's test split, in its classes."""
         if isinstance(of, ModelCard) and of.dataset is not None:
             split = of.dataset_test_split or "test"
-            key = f"chips:{of.dataset}#{split}"
+            pixels = of.task == "segmentation"  # scored pixel by pixel on the chips' masks
+            key = f"chips:{of.dataset}#{split}{':pixels' if pixels else ''}"
             if key not in self._holdouts:
-                self._holdouts[key] = holdout.load_chips(of.dataset, split)
+                self._holdouts[key] = holdout.load_chips(of.dataset, split, masks=pixels)
             return self._holdouts[key]
         band_set = of.band_set if isinstance(of, ModelCard) else of
         if band_set not in self._holdouts:

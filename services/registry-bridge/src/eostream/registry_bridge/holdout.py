@@ -31,6 +31,9 @@ class Holdout:
     source: str = ""  # the data folder the files are relative to
     #: the classes ``labels`` index: EuroSAT's, or a chip dataset's own (:func:`load_chips`)
     classes: tuple[str, ...] = EUROSAT_CLASSES
+    #: every pixel's class ``[N, H, W]`` (255: unknown) for a segmentation model, which is
+    #: scored pixel by pixel; None: one label per image
+    masks: np.ndarray | None = None
 
     @property
     def label_names(self) -> list[str]:
@@ -77,10 +80,11 @@ def load(data_dir: Path, band_set: str, per_class: int, salt: str) -> Holdout:
     )
 
 
-def load_chips(table: str, split: str = "test") -> Holdout:
+def load_chips(table: str, split: str = "test", *, masks: bool = False) -> Holdout:
     """The ``split`` chips of a chip dataset (``eostream labels chips``; the model card's
     ``dataset`` and ``dataset_test_split``): the held-out set of a model trained on it, whose
-    classes are the dataset's. The EuroSAT hold-out cannot score such a model."""
+    classes are the dataset's. The EuroSAT hold-out cannot score such a model. ``masks``: with
+    the chips' per-pixel masks (a segmentation model's hold-out)."""
     import hashlib
 
     import pyarrow.parquet as pq  # type: ignore[import-untyped]
@@ -96,17 +100,22 @@ def load_chips(table: str, split: str = "test") -> Holdout:
     chosen = sorted((r for r in rows if r["split"] == split), key=lambda r: str(r["id"]))
     if not chosen:
         raise FileNotFoundError(f"the chip dataset {table} has no {split!r} chips")
-    arrays: dict[str, np.ndarray] = {}
-    images = []
+    arrays: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    images, chip_masks = [], []
     for r in chosen:
         href = str(r["assets"]["image"]["href"])
         if href not in arrays:
             with np.load(path.parent / href) as npz:
-                arrays[href] = npz["x"]
-        images.append(arrays[href][int(r["chip_index"])])
+                if masks and "mask" not in npz:
+                    raise FileNotFoundError(f"{path.parent / href} has no per-pixel masks")
+                arrays[href] = (npz["x"], npz["mask"] if masks else None)
+        x, m = arrays[href]
+        images.append(x[int(r["chip_index"])])
+        if m is not None:
+            chip_masks.append(m[int(r["chip_index"])])
     files = tuple(str(r["id"]) for r in chosen)
     h = hashlib.sha256(path.read_bytes())
-    h.update(f"\n{split}\n".encode())
+    h.update(f"\n{split}{' pixels' if masks else ''}\n".encode())
     log.info("held-out chips %s (%s): %d chips of %s", split, path, len(files), ", ".join(classes))
     return Holdout(
         band_set=str(chosen[0]["band_set"]),
@@ -116,4 +125,5 @@ def load_chips(table: str, split: str = "test") -> Holdout:
         digest=h.hexdigest(),
         source=str(path.resolve()),
         classes=classes,
+        masks=np.stack(chip_masks).astype(np.uint8) if masks else None,
     )

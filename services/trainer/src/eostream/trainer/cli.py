@@ -197,6 +197,7 @@ def fit_command(
             pretrained=pretrained,
             freeze_backbone=freeze_backbone,
             backbone_lr_scale=backbone_lr_scale,
+            dataset=str(chips.path) if chips else None,
             requested_by="cli",
         )
     )

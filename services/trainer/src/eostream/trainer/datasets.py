@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from eostream.shared.labels import MASK_UNKNOWN
 from eostream.shared.modelcard import PATCH_SIZE
 from eostream.trainer.bands import band_set_bands, file_indices
 from eostream.trainer.errors import DatasetError
@@ -28,10 +29,15 @@ log = logging.getLogger(__name__)
 DN_PER_REFLECTANCE = 10_000.0
 
 
+#: a mask's value for a pixel of no known class
+UNKNOWN = MASK_UNKNOWN
+
+
 @dataclass(frozen=True)
 class PatchTensors:
     x: torch.Tensor  # [N, C, 64, 64] float32, model units
-    y: torch.Tensor  # [N] int64 class indices
+    #: [N] int64 class indices; a segmentation set's per-pixel masks [N, H, W] (255: unknown)
+    y: torch.Tensor
     ids: tuple[str, ...]
 
     def __len__(self) -> int:
@@ -101,13 +107,26 @@ def band_statistics(x: torch.Tensor) -> tuple[list[float], list[float]]:
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random flips and 90-degree rotations, one draw per patch (train set only)."""
+    return augment_pair(x, None, generator)[0]
+
+
+def augment_pair(
+    x: torch.Tensor, masks: torch.Tensor | None, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`augment` of patches ``[N, C, H, W]`` and, with the same draws, of their per-pixel
+    masks ``[N, H, W]`` (a segmentation model's targets turn with their pixels)."""
     n = x.shape[0]
     flips = torch.randint(0, 2, (n,), generator=generator).to(x.device).bool()
     turns = torch.randint(0, 4, (n,), generator=generator).to(x.device)
-    x = torch.where(flips.view(-1, 1, 1, 1), x.flip(-1), x)
-    out = x.clone()
-    for k in (1, 2, 3):
-        mask = turns == k
-        if bool(mask.any()):
-            out[mask] = torch.rot90(x[mask], k, dims=(-2, -1))
-    return out
+
+    def apply(t: torch.Tensor) -> torch.Tensor:
+        view = flips.view(-1, *([1] * (t.dim() - 1)))
+        t = torch.where(view, t.flip(-1), t)
+        out = t.clone()
+        for k in (1, 2, 3):
+            chosen = turns == k
+            if bool(chosen.any()):
+                out[chosen] = torch.rot90(t[chosen], k, dims=(-2, -1))
+        return out
+
+    return apply(x), (apply(masks) if masks is not None else None)

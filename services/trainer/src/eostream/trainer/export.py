@@ -91,6 +91,9 @@ def compare_onnx(
     diff = float(np.abs(expected - got).max())
     agreement = float((expected.argmax(1) == got.argmax(1)).mean())
     check = ExportCheck(diff, agreement, len(x))
+    # per-pixel scores (segmentation): hundreds of thousands of argmaxes, where a near-tie may
+    # flip within float tolerance; a patch model's classes must all agree
+    least = 1.0 if expected.ndim == 2 else 1.0 - 1e-4
     log.info(
         "ONNX vs %s on %d patches: max |diff| %.2e, argmax agreement %.4f",
         library,
@@ -98,7 +101,7 @@ def compare_onnx(
         diff,
         agreement,
     )
-    if diff > tolerance or agreement < 1.0:
+    if diff > tolerance or agreement < least:
         raise ExportMismatchError(
             f"ONNX export disagrees with {library}: max |diff| {diff:.3g} "
             f"(tolerance {tolerance}), argmax agreement {agreement:.4f}"

@@ -29,12 +29,12 @@ import numpy as np
 import numpy.typing as npt
 
 from eostream.shared.spectral import indices_for
+from eostream.trainer.datasets import UNKNOWN
 from eostream.trainer.errors import DatasetError
 from eostream.trainer.pixel import PixelModel
 
 log = logging.getLogger(__name__)
 
-UNKNOWN = 255
 #: thresholds tried for the rarer class's probability
 THRESHOLDS = tuple(round(float(t), 2) for t in np.arange(0.05, 0.96, 0.05))
 

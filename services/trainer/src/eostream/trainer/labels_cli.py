@@ -29,9 +29,12 @@ from eostream.shared.label_catalog import (
 )
 from eostream.shared.labels import (
     CLASSES_FIELD,
+    COMPLETE,
+    COVERAGE_FIELD,
     DEFAULT_CLASS_PROPERTY,
     DEFAULT_COLLECTION,
     GEOJSON_TYPE,
+    PARTIAL,
     LabelError,
     LabelItem,
     Mask,
@@ -159,6 +162,14 @@ def import_(
     ] = None,
     task: Annotated[str, typer.Option(help="segmentation or classification")] = "segmentation",
     item_id: Annotated[str | None, typer.Option("--id", help="the label item's id")] = None,
+    partial: Annotated[
+        bool,
+        typer.Option(
+            "--partial",
+            help="only some objects are drawn: pixels outside the shapes are unknown, not "
+            "background (eostream:label_coverage partial)",
+        ),
+    ] = False,
     collection: CollectionOpt = DEFAULT_COLLECTION,
     stac_api: StacApiOpt = None,
     home: HomeOpt = None,
@@ -212,6 +223,7 @@ def import_(
                 task=task,
                 item_id=the_id,
             )
+        built.item["properties"][COVERAGE_FIELD] = PARTIAL if partial else COMPLETE
         for note in built.notes:
             typer.echo(f"      note: {note}", err=True)
         progress(f"storing the labels as {store.uri(key)}")

@@ -10,6 +10,10 @@
   compute of ``resnet18_imagenet``, the middle way for a CPU.
 * ``resnet18_imagenet``: torchvision's ResNet-18 as built for ImageNet (7x7 stride-2 stem and
   max-pool: layer1 sees 16x16); the ResNet that trains on the full EuroSAT in an hour on a CPU.
+* ``seg_unet``: a small U-Net for semantic segmentation: one class per pixel of the window
+  (``[N, classes, P, P]``), trained on the per-pixel masks of a chip dataset;
+  ``seg_unet_indices`` sees the spectral indices of the bands (:class:`SpectralIndices`, in the
+  graph) instead of the bands.
 
 Every model is :class:`EuroSATNet`: a :class:`Normalize` layer (per-band mean and standard
 deviation, in the model's input units) followed by a backbone. What goes in is each band in the
@@ -40,7 +44,14 @@ ARCHITECTURES = (
     "resnet18",
     "resnet18_stride2",
     "resnet18_imagenet",
+    "seg_unet",
+    "seg_unet_indices",
 )
+#: the networks that give one class per pixel (``[N, classes, P, P]``): trained on chip masks
+SEGMENTATION_ARCHITECTURES = ("seg_unet", "seg_unet_indices")
+#: the networks that see the spectral indices of their bands (computed in the graph), not the
+#: bands: band ratios carry over between dates where reflectance does not
+INDEX_ARCHITECTURES = ("seg_unet_indices",)
 #: the central pixels whose own spectra ``centre_cnn`` classifies (inference's stride 8 labels
 #: the central 8x8 of each window)
 CENTRE_CROP = 8
@@ -137,7 +148,73 @@ def _resnet18(in_channels: int, stem: str, num_classes: int = NUM_CLASSES) -> nn
     return cast(nn.Module, net)
 
 
+class SpectralIndices(nn.Module):
+    """The bands ``[N, C, H, W]`` -> their spectral indices ``[N, k, H, W]``
+    (:data:`eostream.shared.spectral.INDICES` that the bands allow, as the per-pixel models
+    compute them), inside the network and so inside its ONNX graph: inference feeds bands."""
+
+    def __init__(self, bands: Sequence[str]) -> None:
+        super().__init__()
+        from eostream.shared.spectral import EPSILON, indices_for
+
+        pairs = indices_for(bands)
+        if not pairs:
+            raise ValueError(f"bands {tuple(bands)} allow no spectral index")
+        self.a = [a for _, a, _ in pairs]
+        self.b = [b for _, _, b in pairs]
+        self.epsilon = EPSILON
+
+    @property
+    def channels(self) -> int:
+        return len(self.a)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = x[:, self.a], x[:, self.b]
+        return (a - b) / (a + b + self.epsilon)
+
+
+class _UNet(nn.Module):
+    """A small U-Net (two 2x down- and up-sampling levels, skip connections, ~0.12 M
+    parameters at width 16): ``[N, C, P, P] -> [N, classes, P, P]``, one score per class and
+    pixel, for windows whose side is a multiple of 4 (chips of 32 px)."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 16) -> None:
+        super().__init__()
+
+        def double(c_in: int, c_out: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+            )
+
+        w = width
+        self.enc1 = double(in_channels, w)  # P
+        self.enc2 = double(w, 2 * w)  # P / 2
+        self.middle = double(2 * w, 4 * w)  # P / 4
+        self.pool = nn.MaxPool2d(2)
+        self.up2 = nn.ConvTranspose2d(4 * w, 2 * w, 2, stride=2)
+        self.dec2 = double(4 * w, 2 * w)
+        self.up1 = nn.ConvTranspose2d(2 * w, w, 2, stride=2)
+        self.dec1 = double(2 * w, w)
+        self.head = nn.Conv2d(w, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e1 = self.enc1(x)
+        e2 = self.enc2(self.pool(e1))
+        m = self.middle(self.pool(e2))
+        d2 = self.dec2(torch.cat([self.up2(m), e2], dim=1))
+        d1 = self.dec1(torch.cat([self.up1(d2), e1], dim=1))
+        out: torch.Tensor = self.head(d1)
+        return out
+
+
 def _backbone(architecture: str, in_channels: int, num_classes: int = NUM_CLASSES) -> nn.Module:
+    if architecture in ("seg_unet", "seg_unet_indices"):
+        return _UNet(in_channels, num_classes)
     if architecture == "small_cnn":
         return _small_cnn(in_channels, num_classes)
     if architecture == "centre_cnn":
@@ -160,12 +237,16 @@ class EuroSATNet(nn.Module):
             raise ValueError(
                 f"unknown architecture {architecture!r}; choose one of {ARCHITECTURES}"
             )
-        if len(bands) != len(mean):
-            raise ValueError("one mean and std per band")
         self.architecture = architecture
         self.bands = tuple(bands)
+        # what the backbone sees: the bands, or (INDEX_ARCHITECTURES) their spectral indices
+        indices = SpectralIndices(bands) if architecture in INDEX_ARCHITECTURES else None
+        self.features: nn.Module | None = indices
+        seen = len(bands) if indices is None else indices.channels
+        if seen != len(mean):
+            raise ValueError(f"one mean and std per input feature ({seen})")
         self.normalize = Normalize(mean, std)
-        self.backbone = _backbone(architecture, len(bands), num_classes)
+        self.backbone = _backbone(architecture, seen, num_classes)
         self.jitter: nn.Module | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -173,6 +254,9 @@ class EuroSATNet(nn.Module):
         jitter = getattr(self, "jitter", None)
         if jitter is not None and self.training:
             x = jitter(x)
+        features = getattr(self, "features", None)
+        if features is not None:
+            x = features(x)
         out: torch.Tensor = self.backbone(self.normalize(x))
         return out
 
@@ -199,6 +283,8 @@ class EuroSATNet(nn.Module):
         if self.architecture == "centre_cnn":
             backbone = cast(_CentreCNN, self.backbone)
             return [(backbone.context, "0"), (backbone.local, "0")]
+        if self.architecture in SEGMENTATION_ARCHITECTURES:
+            return [(cast(_UNet, self.backbone).enc1, "0")]
         return [(self.backbone, "0" if self.architecture == "small_cnn" else "conv1")]
 
 

@@ -19,6 +19,7 @@ from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from eostream.shared import tags
@@ -30,7 +31,14 @@ from eostream.trainer.catalog import build_catalog, list_sources, sources_digest
 from eostream.trainer.datasets import PatchTensors, band_statistics, load_patches
 from eostream.trainer.errors import BadTrainingRequestError
 from eostream.trainer.export import check_onnx, export_onnx
-from eostream.trainer.models import EuroSATNet, build_model, widen_input
+from eostream.trainer.models import (
+    INDEX_ARCHITECTURES,
+    SEGMENTATION_ARCHITECTURES,
+    EuroSATNet,
+    SpectralIndices,
+    build_model,
+    widen_input,
+)
 from eostream.trainer.plan import TrainingPlan
 from eostream.trainer.pretrained import (
     PretrainedSource,
@@ -112,9 +120,17 @@ def card_scaling(band_set: str, settings: TrainerSettings) -> tuple[BandScaling,
 
 def prepare_model(plan: TrainingPlan, tracker: Tracker, train: PatchTensors) -> EuroSATNet:
     bands = band_set_bands(plan.band_set)
-    mean, std = band_statistics(train.x)
+    seen = train.x
+    if plan.architecture in INDEX_ARCHITECTURES:  # normalised as the network sees them
+        with torch.no_grad():
+            seen = SpectralIndices(bands)(train.x)
+    mean, std = band_statistics(seen)
     if plan.base_model is None:
-        return build_model(plan.architecture, bands, mean, std, num_classes=len(plan.classes))
+        # the initial weights follow the request's seed, not whatever drew from torch's global
+        # generator before in this process: the same request trains the same model
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(plan.seed)
+            return build_model(plan.architecture, bands, mean, std, num_classes=len(plan.classes))
     if plan.dataset is not None:
         raise BadTrainingRequestError("a chip dataset model trains from scratch: drop base_model")
     base, base_card = tracker.load_base(plan.base_model)
@@ -158,7 +174,12 @@ def select_and_load(
     if plan.dataset is not None:
         dataset = chipset.open_dataset(plan.dataset)
         chosen = chipset.select(dataset, plan.seed)
-        return chosen, {s: chipset.load(dataset, chosen.of(s)) for s in ("train", "val", "test")}
+        data = {s: chipset.load(dataset, chosen.of(s)) for s in ("train", "val", "test")}
+        if plan.architecture in SEGMENTATION_ARCHITECTURES:  # targets: every pixel's class
+            for s, tensors in data.items():
+                masks = chipset.load_masks(dataset, list(chosen.of(s)))
+                data[s] = replace(tensors, y=torch.from_numpy(masks.astype(np.int64)))
+        return chosen, data
     table = build_catalog(settings.data_dir, settings.cache_dir, plan.band_set)
     selection = select_for_training(
         table,
@@ -300,6 +321,7 @@ def train_and_register(
             "test_accuracy": float(results["test"]["accuracy"]),
             "best_val_accuracy": float(results["val"]["accuracy"]),
             **fitted.metrics,
+            **pixel_iou_metrics(results, card.classes),
             "run_time_seconds": time.perf_counter() - started,
         }
         tracker.log_metrics(metrics)
@@ -377,6 +399,22 @@ def _fit_torch(
     return Fitted(results=results, metrics=metrics, sha256=sha256, model_uri=model_uri)
 
 
+def pixel_iou_metrics(
+    results: dict[str, dict[str, Any]], classes: tuple[str, ...]
+) -> dict[str, float]:
+    """A segmentation model's per-pixel IoUs (``{split}_pixel_iou_<class>``, as a pixel model
+    logs them) and their mean; nothing for a patch model."""
+    metrics: dict[str, float] = {}
+    for split in ("val", "test"):
+        result = results.get(split, {})
+        if "iou" not in result:
+            continue
+        metrics[f"{split}_mean_iou"] = float(result["mean_iou"])
+        for name, value in zip(classes, result["iou"], strict=True):
+            metrics[f"{split}_pixel_iou_{name}"] = float(value)
+    return metrics
+
+
 def train_config(plan: TrainingPlan, settings: TrainerSettings, train: PatchTensors) -> TrainConfig:
     """The fit's settings. On a chip dataset (the user's own labels: few chips, rare classes)
     at least ``settings.min_chip_steps`` optimiser steps, patience stretched alike, and the
@@ -420,8 +458,16 @@ def chip_card(
     plan: TrainingPlan, dataset: chipset.ChipDataset, digest: str, distribution: str = "torch"
 ) -> ModelCard:
     """The card of a model trained on a chip dataset: its classes, band set, chip size and
-    processing level; input in reflectance (scale 1, offset 0: what the chips hold)."""
+    processing level; input in reflectance (scale 1, offset 0: what the chips hold). A
+    segmentation architecture's card says so (``task``): one class per pixel of the chip."""
+    segmentation = plan.architecture in SEGMENTATION_ARCHITECTURES
+    if segmentation and dataset.size % 4:
+        raise BadTrainingRequestError(
+            f"{plan.architecture} halves its chips twice: their side must be a multiple of 4, "
+            f"not {dataset.size} (eostream labels chips --size 32)"
+        )
     return ModelCard(
+        task="segmentation" if segmentation else "patch",
         name=plan.model_name,
         band_set=dataset.band_set,
         bands=band_set_bands(dataset.band_set),
@@ -431,7 +477,8 @@ def chip_card(
         processing_level=dataset.processing_level,
         architecture=plan.architecture,
         training_data_digest=digest,
-        description=f"{', '.join(dataset.classes)} {plan.architecture} on chips "
+        description=f"{', '.join(dataset.classes)} {plan.architecture} "
+        f"{'(per-pixel masks) ' if segmentation else ''}on chips "
         f"{dataset.path.parent.name}, request {plan.request_id}",
         library="pytorch",
         library_version=dist_version(distribution),

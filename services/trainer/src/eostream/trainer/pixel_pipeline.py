@@ -28,7 +28,7 @@ from eostream.shared.spectral import index_features
 from eostream.trainer import chipset, label_pixels
 from eostream.trainer.augment import training_augmentation
 from eostream.trainer.bands import band_set_bands
-from eostream.trainer.datasets import PatchTensors
+from eostream.trainer.datasets import UNKNOWN, PatchTensors
 from eostream.trainer.pipeline import (
     Outcome,
     StartedCallback,
@@ -173,7 +173,7 @@ def _train_on_label_chips(
     by_date = {}
     for scene in scenes:
         index = np.flatnonzero(scene_of == scene)
-        if not (masks["train"][index] != label_pixels.UNKNOWN).any():
+        if not (masks["train"][index] != UNKNOWN).any():
             continue  # no labelled pixel on that date's training chips
         by_date[scene] = label_pixels.mask_pixels(
             chips["train"][index],

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from eostream.shared.events import DatasetUpdated, TrainingRequested
 from eostream.shared.modelcard import BAND_SETS, EUROSAT_CLASSES
 from eostream.trainer.errors import BadTrainingRequestError
-from eostream.trainer.models import ARCHITECTURES
+from eostream.trainer.models import ARCHITECTURES, SEGMENTATION_ARCHITECTURES
 from eostream.trainer.pixel import PIXEL_ARCHITECTURES
 from eostream.trainer.pretrained import PRETRAINED_ARCHITECTURES
 from eostream.trainer.selection import SplitMode
@@ -80,6 +80,11 @@ def plan_training(event: TrainingRequested) -> TrainingPlan:
             problems.append("a pixel model (scikit-learn) takes band_set ms13 (or l2a chips)")
         if event.base_model is not None:
             problems.append("a pixel model (scikit-learn) cannot be fine-tuned from base_model")
+    if event.architecture in SEGMENTATION_ARCHITECTURES and event.dataset is None:
+        problems.append(
+            f"{event.architecture} is a segmentation model: it learns from per-pixel masks, so "
+            "name a chip dataset (eostream labels chips)"
+        )
     if event.band_set == "l2a" and event.dataset is None:
         problems.append("band_set l2a is for chips cut from L2A scenes (a dataset); EuroSAT is "
                         "rgb or ms13")  # fmt: skip

@@ -61,10 +61,13 @@ class TrainerSettings(ServiceSettings):
         "when the dataset is small), with class-balanced loss weights",
     )
     label_architecture: str = Field(
-        default="pixel_hgb",
-        description="what runs on an announced label collection train: pixel_hgb / pixel_rf "
-        "(a per-pixel scikit-learn model on the chips' masks: true 10 m maps; needs ms13 "
-        "labels) or a patch classifier (small_cnn, ...) on the chips' classes",
+        default="seg_unet_indices",
+        description="what runs on an announced label collection train: seg_unet_indices (a "
+        "small U-Net learning every pixel's class from the chips' masks, on the spectral "
+        "indices of the bands: segmentation, the most accurate on the Boadella dates, "
+        "benchmarks/maps) or seg_unet (on the bands), pixel_hgb / pixel_rf (a per-pixel "
+        "scikit-learn model on the masks' labelled pixels; ms13 or l2a labels), or a patch "
+        "classifier (small_cnn, ...) on the chips' classes",
     )
     label_pixel_indices_only: bool = Field(
         default=True,

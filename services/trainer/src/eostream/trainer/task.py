@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from eostream.trainer.datasets import PatchTensors, augment
+from eostream.trainer.datasets import UNKNOWN, PatchTensors, augment_pair
 from eostream.trainer.models import NUM_CLASSES
 
 log = logging.getLogger(__name__)
@@ -97,19 +97,42 @@ def predict(
 
 
 def evaluate(model: nn.Module, data: PatchTensors, device: torch.device) -> dict[str, Any]:
+    """Loss, accuracy, confusion, precision and recall of ``model`` on ``data``; on per-pixel
+    masks (a segmentation set) over the labelled pixels, with each class's IoU and their mean
+    (``mean_iou``) too."""
     logits = predict(model, data.x, device)
-    loss = float(nn.functional.cross_entropy(logits, data.y)) if len(data) else 0.0
+    loss = (
+        float(nn.functional.cross_entropy(logits, data.y, ignore_index=UNKNOWN))
+        if len(data) and bool((data.y != UNKNOWN).any())
+        else 0.0
+    )
     pred = logits.argmax(dim=1).numpy()
     truth = data.y.numpy()
-    matrix = confusion_matrix(truth, pred)
+    labelled = truth != UNKNOWN
+    pred, truth = pred[labelled], truth[labelled]
+    classes = int(logits.shape[1]) if logits.dim() > 1 else NUM_CLASSES
+    matrix = confusion_matrix(truth, pred, classes)
     precision, recall = per_class_scores(matrix)
-    return {
+    result = {
         "loss": loss,
-        "accuracy": float((pred == truth).mean()) if len(data) else 0.0,
+        "accuracy": float((pred == truth).mean()) if len(truth) else 0.0,
         "confusion": matrix,
         "precision": precision,
         "recall": recall,
     }
+    if data.y.dim() == 3:
+        iou = class_ious(matrix)
+        result["iou"] = iou
+        result["mean_iou"] = float(iou[matrix.sum(axis=1) > 0].mean()) if len(truth) else 0.0
+    return result
+
+
+def class_ious(matrix: np.ndarray) -> np.ndarray:
+    """Each class's intersection over union from a confusion matrix."""
+    tp = np.diag(matrix).astype(np.float64)
+    union = matrix.sum(axis=0) + matrix.sum(axis=1) - tp
+    iou: np.ndarray = np.divide(tp, union, out=np.zeros_like(tp), where=union > 0)
+    return iou
 
 
 def _save_atomic(obj: dict[str, Any], path: Path) -> None:
@@ -142,6 +165,8 @@ def balanced_class_weights(labels: torch.Tensor, classes: int) -> tuple[float, .
     """Loss weights inversely proportional to each class's share of ``labels`` (mean 1 over the
     classes present; an absent class weighs 0): a rare class (the water of a valley) counts as
     much as a common one instead of being outvoted."""
+    labels = labels.flatten()  # per-pixel masks count their labelled pixels
+    labels = labels[labels != UNKNOWN]
     counts = torch.bincount(labels, minlength=classes).double()
     present = counts > 0
     weights = torch.zeros(classes, dtype=torch.float64)
@@ -192,7 +217,12 @@ def fit(
         else:
             log.warning("checkpoint %s was made with other settings; starting afresh", checkpoint)
     weights = None if config.class_weights is None else torch.tensor(config.class_weights)
-    loss_fn = nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
+    loss_fn = nn.CrossEntropyLoss(
+        weight=weights.to(device) if weights is not None else None, ignore_index=UNKNOWN
+    )
+    # per-pixel masks: a segmentation model, kept by its validation mean IoU
+    per_pixel = train.y.dim() == 3
+    labelled = int((train.y != UNKNOWN).sum()) if per_pixel else len(train)
     seen, busy = 0, 0.0
     for epoch in range(start_epoch, config.epochs):
         if history.stopped_early:
@@ -209,7 +239,8 @@ def fit(
             xb = train.x[index].to(device, non_blocking=True)
             yb = train.y[index].to(device, non_blocking=True)
             if config.augment:
-                xb = augment(xb, generator)
+                xb, turned = augment_pair(xb, yb if per_pixel else None, generator)
+                yb = turned if turned is not None else yb
             xb = xb.contiguous(memory_format=torch.channels_last)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device_type=device.type, enabled=use_amp):
@@ -219,7 +250,7 @@ def fit(
             scaler.step(optimizer)
             scaler.update()
             total_loss += float(loss.detach()) * len(index)
-            correct += int((logits.argmax(1) == yb).sum())
+            correct += int(((logits.argmax(1) == yb) & (yb != UNKNOWN)).sum())
             if on_batch is not None:
                 on_batch(len(index))
         elapsed = time.perf_counter() - started
@@ -228,15 +259,17 @@ def fit(
         result = evaluate(model, val, device)
         metrics = {
             "train_loss": total_loss / max(len(train), 1),
-            "train_accuracy": correct / max(len(train), 1),
+            "train_accuracy": correct / max(labelled, 1),
             "val_loss": result["loss"],
             "val_accuracy": result["accuracy"],
+            **({"val_mean_iou": result["mean_iou"]} if per_pixel else {}),
             "images_per_second": len(train) / max(elapsed, 1e-9),
             "learning_rate": float(scheduler.get_last_lr()[0]),
         }
         history.epochs.append(metrics)
-        if metrics["val_accuracy"] > history.best_val_accuracy:
-            history.best_val_accuracy = metrics["val_accuracy"]
+        score = metrics["val_mean_iou" if per_pixel else "val_accuracy"]
+        if score > history.best_val_accuracy:
+            history.best_val_accuracy = score
             history.best_epoch = epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         elif epoch - history.best_epoch >= config.patience:

@@ -3,10 +3,10 @@
 The whole system, not a script around a model: for each of the three fully labelled Boadella L2A
 dates, the hand-made water polygons of the OTHER two full dates are imported with
 ``eostream labels import --home`` into a fresh embedded home; ingest announces the label
-collection, the trainer cuts chips and fits its model for labels (by default ``seg_unet``, a
-small U-Net learning every pixel's class from the chips' masks; ``--architecture pixel_hgb`` for
-the per-pixel scikit-learn model on the spectral indices, its water threshold chosen by
-leave-one-date-out over the two training dates: ``eostream.trainer.label_pixels``), the
+collection, the trainer cuts chips and fits its model for labels (by default
+``seg_unet_indices``, a small U-Net learning every pixel's class from the chips' masks on the
+bands' spectral indices; ``--architecture pixel_hgb`` for the per-pixel scikit-learn model, its
+water threshold chosen by leave-one-date-out over the two training dates), the
 registry-bridge gates it (the dataset's test chips, and its map check on the held-out date) and
 promotes it. That champion is then scored with ``eostream maps evaluate``'s scoring on the
 held-out date against its labels, beside NDWI = (B03 - B08) / (B03 + B08) > 0 on the same pixels,
@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument(
         "--architecture",
         help="the trainer's model for labels (TRAINER_LABEL_ARCHITECTURE; default: its own, "
-        "seg_unet), e.g. pixel_hgb for the per-pixel scikit-learn model",
+        "seg_unet_indices), e.g. pixel_hgb for the per-pixel scikit-learn model",
     )
     parser.add_argument("--dates", nargs="*", default=DATES, help="held-out dates to run")
     args = parser.parse_args()

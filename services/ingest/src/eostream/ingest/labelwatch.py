@@ -105,6 +105,8 @@ class LabelWatcher:
         if seen != digest:
             self._pending[name] = (digest, now)
             since = now
+            log.info("labels %s changed: announced once they hold still for %.0f s",
+                     name, self._settle)  # fmt: skip
         return now - since >= self._settle
 
     def _list(self) -> list[tuple[str, list[dict[str, Any]]]]:
@@ -125,8 +127,6 @@ class LabelWatcher:
                 done.append(Announced(name, len(items), digest, published=False))
                 continue
             if not self._settled(name, digest):
-                log.info("labels %s changed (%d items): announced once they settle for %.0f s",
-                         name, len(items), self._settle)  # fmt: skip
                 done.append(Announced(name, len(items), digest, published=False))
                 continue
             event = DatasetUpdated(

@@ -244,7 +244,7 @@ def _chip_dataset(
     problems = [
         what
         for what, bad in (
-            ("--family torch", family != "torch"),
+            ("--family torch or sklearn", family == "keras"),
             ("no --base-model", base_model is not None),
             ("no --pretrained", pretrained is not None),
         )

@@ -63,11 +63,11 @@ class TrainerSettings(ServiceSettings):
     label_architecture: str = Field(
         default="seg_unet_indices",
         description="what runs on an announced label collection train: seg_unet_indices (a "
-        "small U-Net learning every pixel's class from the chips' masks, on the spectral "
-        "indices of the bands: segmentation, the most accurate on the Boadella dates, "
-        "benchmarks/maps) or seg_unet (on the bands), pixel_hgb / pixel_rf (a per-pixel "
-        "scikit-learn model on the masks' labelled pixels; ms13 or l2a labels), or a patch "
-        "classifier (small_cnn, ...) on the chips' classes",
+        "small U-Net learning every pixel's class from the chips' masks, on the bands' spectral "
+        "indices computed in its graph: segmentation; the most accurate on the same chips, "
+        "benchmarks/maps/bench_label_models.py) or seg_unet (on the bands), pixel_hgb / "
+        "pixel_rf (a per-pixel scikit-learn model on the masks' labelled pixels, on the "
+        "indices; ms13 or l2a labels), or a patch classifier (small_cnn, ...)",
     )
     label_pixel_indices_only: bool = Field(
         default=True,

@@ -12,11 +12,9 @@ import logging
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from eostream.inference import evaluation, reference
-from eostream.inference.settings import InferenceSettings
 from eostream.runner.session import EmbeddedSession
 from eostream.trainer.export import read_card
 from eostream.trainer.labels_cli import app as labels_app
@@ -24,6 +22,9 @@ from eostream.trainer.labels_cli import app as labels_app
 DATES = ("2020-06-21", "2020-09-14")
 MAP_DATE = "2021-07-16"
 MODEL = "boadella-water"
+
+#: maps scored as `eostream maps evaluate` scores them: every pixel gets its top class
+SCORING = {"uncertain_below": 0.0, "intra_op_threads": 2}
 
 
 @pytest.mark.usefixtures("root_logging")
@@ -92,16 +93,7 @@ def test_imported_labels_become_a_gated_champion(data_dir: Path, tmp_path: Path)
         "seg_unet_indices",
         ("water", "other"),
     )
-    settings = InferenceSettings(
-        api_key=SecretStr(""),
-        bus="memory",
-        store="local",
-        local_store_root=tmp_path / "objects",
-        results_db=f"sqlite:///{tmp_path}/results.db",
-        uncertain_below=0.0,
-        intra_op_threads=2,
-    )
-    report = evaluation.evaluate(str(built), str(onnx), settings=settings)
+    report = evaluation.evaluate(str(built), str(onnx), overrides=SCORING)
     assert not report.errors, report.errors
     [item] = [i for i in report.items if i.item_id.endswith(MAP_DATE)]
     assert item.ndwi_cm is not None

@@ -26,16 +26,17 @@ from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
-from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from eostream.inference import evaluation, reference
-from eostream.inference.settings import InferenceSettings
 from eostream.runner.session import EmbeddedSession
 from eostream.trainer.labels_cli import app as labels_app
 
 DATES = ("2020-06-21", "2020-09-14", "2021-07-16")
 MODEL = "boadella-water"
+
+#: maps scored as `eostream maps evaluate` scores them: every pixel gets its top class
+SCORING = {"uncertain_below": 0.0, "intra_op_threads": 2}
 
 
 def champion_for(
@@ -87,16 +88,7 @@ def champion_for(
         params = client.get_run(run_id).data.params
     finally:
         session.stop()
-    settings = InferenceSettings(
-        api_key=SecretStr(""),
-        bus="memory",
-        store="local",
-        local_store_root=work / "objects",
-        results_db=f"sqlite:///{work}/results.db",
-        uncertain_below=0.0,
-        intra_op_threads=2,
-    )
-    report = evaluation.evaluate(str(built), onnx, settings=settings)
+    report = evaluation.evaluate(str(built), onnx, overrides=SCORING)
     [item] = [i for i in report.items if i.item_id.endswith(held)]
     assert item.ndwi_cm is not None
     return {

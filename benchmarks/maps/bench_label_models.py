@@ -26,16 +26,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from eostream.inference import evaluation, reference
-from eostream.inference.settings import InferenceSettings
 from eostream.trainer.cli import app as trainer_app
 from eostream.trainer.labels_cli import app as labels_app
 from eostream.trainer.pixel import PIXEL_ARCHITECTURES
 
 DATES = ("2020-06-21", "2020-09-14", "2021-07-16")
+
+#: maps scored as `eostream maps evaluate` scores them: every pixel gets its top class
+SCORING = {"uncertain_below": 0.0, "intra_op_threads": 2}
 
 
 def cut_chips(data_dir: Path, held: str, work: Path) -> tuple[Path, Path]:
@@ -71,16 +72,7 @@ def score(chips: Path, held_out: Path, architecture: str, seed: int, work: Path)
         raise SystemExit(result.output)
     seconds = time.perf_counter() - started
     onnx = next(run.rglob("*.onnx"))
-    settings = InferenceSettings(
-        api_key=SecretStr(""),
-        bus="memory",
-        store="local",
-        local_store_root=work / "objects",
-        results_db=f"sqlite:///{run}-results.db",
-        uncertain_below=0.0,
-        intra_op_threads=2,
-    )
-    report = evaluation.evaluate(str(held_out), str(onnx), settings=settings)
+    report = evaluation.evaluate(str(held_out), str(onnx), overrides=SCORING)
     [item] = report.items
     assert item.ndwi_cm is not None
     return {

@@ -22,11 +22,9 @@ import numpy as np
 import pytest
 import rasterio
 from mlflow import MlflowClient
-from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from eostream.inference import evaluation, reference
-from eostream.inference.settings import InferenceSettings
 from eostream.runner.driver import DeploymentDriver, watch_collection
 from eostream.runner.processes import ProcessGroup
 from eostream.shared import tags
@@ -41,6 +39,9 @@ TRAIN = ("2020-02-02", "2020-06-21", "2020-09-14")
 PARTIAL = {"2020-02-02"}
 HELD_OUT = "2021-07-16"
 FOLDER = reference.BOADELLA_FOLDER + "/sentinel_2"
+
+#: maps scored as `eostream maps evaluate` scores them: every pixel gets its top class
+SCORING = {"uncertain_below": 0.0, "intra_op_threads": 2}
 
 
 def _absolute(scene: Path) -> dict[str, Any]:
@@ -211,17 +212,8 @@ def test_labels_imported_into_the_stac_api_end_as_a_segmentation_champion_mappin
     # the champion's water on the held-out date against its labels, beside NDWI > 0
     onnx = tmp_path / "champion.onnx"
     onnx.write_bytes(read_bytes(promoted.artifact_uri, s3=s3, max_bytes=50_000_000))
-    settings = InferenceSettings(
-        api_key=SecretStr(""),
-        bus="memory",
-        store="local",
-        local_store_root=tmp_path / "objects",
-        results_db=f"sqlite:///{tmp_path}/results.db",
-        uncertain_below=0.0,
-        intra_op_threads=2,
-    )
     ref = reference.build_boadella(data_dir, tmp_path / "held-out", (HELD_OUT,))
-    report = evaluation.evaluate(str(ref), str(onnx), settings=settings)
+    report = evaluation.evaluate(str(ref), str(onnx), overrides=SCORING)
     assert not report.errors, report.errors
     [item] = report.items
     assert item.ndwi_cm is not None

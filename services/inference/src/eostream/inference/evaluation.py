@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -346,11 +346,14 @@ def evaluate(
     *,
     on_error: Callable[[str], None] | None = None,
     settings: InferenceSettings | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> Report:
     """Classify every labelled scene with the model and score the maps and the NDWI baseline.
 
-    Errors of single items are collected (and passed to ``on_error`` at once); a reference set
-    or model that cannot be used at all raises.
+    Without ``settings`` the scene runs on scratch settings (memory bus, a temporary local store
+    and results index), with ``overrides`` on top (e.g. ``uncertain_below=0``: every pixel gets
+    its top class). Errors of single items are collected (and passed to ``on_error`` at once); a
+    reference set or model that cannot be used at all raises.
     """
     ref = load_reference(reference_href)
     if not ref.items:
@@ -363,6 +366,7 @@ def evaluate(
             store="local",
             local_store_root=Path(tmp) / "objects",
             results_db=f"sqlite:///{tmp}/results.db",
+            **(overrides or {}),
         )
         return asyncio.run(_evaluate(ref, model_uri, s, on_error))
 

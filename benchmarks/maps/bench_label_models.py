@@ -12,6 +12,12 @@ is the initial weights and the order of the batches; the chips stay the same.
     EOSTREAM_DATA_DIR=/work/shared/data uv run python benchmarks/maps/bench_label_models.py \\
         [--architectures seg_unet_indices seg_unet pixel_hgb] [--seeds 42 1 2]
 
+Fine-tuning from what exists: an architecture written ``NAME+eurosat`` starts from a EuroSAT
+``small_cnn`` that the run trains first (``--base-bands rgb``: all 27,000 RGB patches, widened
+to the 12 bands; ``ms13``: the 375 13-band patches, B10 dropped) and registers, e.g.
+``--architectures seg_small_cnn seg_small_cnn+eurosat`` (its encoder in a U-Net, against the
+same U-Net from scratch).
+
 Through the whole system (ingest, trainer, gate) rather than the CLI:
 ``bench_champion_own_labels.py``.
 """
@@ -53,18 +59,51 @@ def cut_chips(data_dir: Path, held: str, work: Path) -> tuple[Path, Path]:
     return chips, held_out
 
 
-def score(chips: Path, held_out: Path, architecture: str, seed: int, work: Path) -> dict[str, Any]:
-    """Train ``architecture`` on ``chips`` with ``seed``; its water and NDWI's on the date."""
-    run = work / f"{architecture}-{seed}"
+BASE = "models:/eurosat-base/1"
+
+
+def train_base(bands: str, epochs: int, root: Path) -> Path:
+    """A EuroSAT small_cnn on ``bands``, registered as :data:`BASE` in ``root/base.db``."""
+    db = root / "base.db"
+    _environment(db, root)
+    words = ["fit", "--bands", bands, "--architecture", "small_cnn", "--epochs", str(epochs),
+             "--model-name", "eurosat-base"]  # fmt: skip
+    started = time.perf_counter()
+    result = CliRunner().invoke(trainer_app, words)
+    if result.exit_code != 0:
+        raise SystemExit(result.output)
+    print(f"base: EuroSAT {bands} small_cnn, {epochs} epochs, "
+          f"{time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
+    return db
+
+
+def _environment(db: Path, cache: Path) -> None:
     os.environ.update(
-        TRAINER_MLFLOW_TRACKING_URI=f"sqlite:///{run}.db",
-        TRAINER_CACHE_DIR=str(work / "cache"),
+        TRAINER_MLFLOW_TRACKING_URI=f"sqlite:///{db}",
+        TRAINER_CACHE_DIR=str(cache / "cache"),
         TRAINER_EXPERIMENT_NAME="label-models",
         TRAINER_DEVICE="cpu",
     )
-    words = ["fit", "--dataset", str(chips), "--architecture", architecture, "--epochs", "10",
+
+
+def score(
+    chips: Path,
+    held_out: Path,
+    architecture: str,
+    seed: int,
+    work: Path,
+    base_db: Path | None = None,
+) -> dict[str, Any]:
+    """Train ``architecture`` on ``chips`` with ``seed``; its water and NDWI's on the date.
+    ``NAME+eurosat`` starts NAME from :data:`BASE` (in ``base_db``)."""
+    name, _, start = architecture.partition("+")
+    run = work / f"{name}-{start or 'scratch'}-{seed}"
+    _environment(base_db if start and base_db else Path(f"{run}.db"), work)
+    words = ["fit", "--dataset", str(chips), "--architecture", name, "--epochs", "10",
              "--seed", str(seed), "--model-name", "water", "--stac-out", str(run)]  # fmt: skip
-    if architecture in PIXEL_ARCHITECTURES:
+    if start:
+        words += ["--base-model", BASE]
+    if name in PIXEL_ARCHITECTURES:
         words += ["--family", "sklearn"]
     started = time.perf_counter()
     result = CliRunner().invoke(trainer_app, words)
@@ -89,24 +128,42 @@ def main() -> None:
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 1, 2])
     parser.add_argument("--dates", nargs="+", default=list(DATES))
+    parser.add_argument("--base-bands", choices=["rgb", "ms13"], default="rgb")
+    parser.add_argument("--base-epochs", type=int, default=5)
     args = parser.parse_args()
     data_dir = Path(os.environ.get("EOSTREAM_DATA_DIR", "../shared/data"))
     rows = []
-    for held in args.dates:
-        with tempfile.TemporaryDirectory(prefix="eostream-label-models-") as tmp:
-            work = Path(tmp)
-            chips, held_out = cut_chips(data_dir, held, work)
-            for architecture in args.architectures:
-                runs = [score(chips, held_out, architecture, s, work) for s in args.seeds]
-                ious = [r["model"]["iou"] for r in runs]
-                ndwi = runs[0]["ndwi"]["iou"]
-                rows.append(
-                    (held, architecture, ious, ndwi, statistics.mean(r["seconds"] for r in runs))
-                )
-                print(f"{held} {architecture}: IoU {' / '.join(f'{v:.3f}' for v in ious)} "
-                      f"(NDWI {ndwi:.3f})", flush=True)  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="eostream-label-base-") as base_tmp:
+        base_db = None
+        if any("+" in a for a in args.architectures):
+            base_db = train_base(args.base_bands, args.base_epochs, Path(base_tmp))
+        for held in args.dates:
+            rows.extend(_held_out_date(data_dir, held, args.architectures, args.seeds, base_db))
+    _table(rows, args.seeds)
+
+
+def _held_out_date(
+    data_dir: Path, held: str, architectures: list[str], seeds: list[int], base_db: Path | None
+) -> list[tuple[str, str, list[float], float, float]]:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="eostream-label-models-") as tmp:
+        work = Path(tmp)
+        chips, held_out = cut_chips(data_dir, held, work)
+        for architecture in architectures:
+            runs = [score(chips, held_out, architecture, s, work, base_db) for s in seeds]
+            ious = [r["model"]["iou"] for r in runs]
+            ndwi = runs[0]["ndwi"]["iou"]
+            rows.append(
+                (held, architecture, ious, ndwi, statistics.mean(r["seconds"] for r in runs))
+            )
+            print(f"{held} {architecture}: IoU {' / '.join(f'{v:.3f}' for v in ious)} "
+                  f"(NDWI {ndwi:.3f})", flush=True)  # fmt: skip
+    return rows
+
+
+def _table(rows: list[tuple[str, str, list[float], float, float]], seed_list: list[int]) -> None:
     print()
-    seeds = " / ".join(map(str, args.seeds))
+    seeds = " / ".join(map(str, seed_list))
     print(f"| held-out date | model | water IoU, seeds {seeds} | mean | NDWI > 0 | mean - NDWI "
           "| fit |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import duckdb
 import mlflow
@@ -16,6 +17,10 @@ from eostream.inference import evaluation, reference
 from eostream.registry_bridge import contract, onnx_model
 from eostream.registry_bridge import evaluation as gate_evaluation
 from eostream.registry_bridge import holdout as gate_holdout
+from eostream.registry_bridge.gatekeeper import Gatekeeper
+from eostream.registry_bridge.registry import MlflowRegistry
+from eostream.registry_bridge.settings import BridgeSettings
+from eostream.registry_bridge.shipping import Shipper
 from eostream.shared.modelcard import ModelCard
 from eostream.trainer import chipset
 from eostream.trainer.cli import app as trainer_app
@@ -173,7 +178,8 @@ def test_a_water_segmentation_network_trains_on_masks_is_gated_by_pixel_and_maps
     assert facts is not None and problems == []
     assert contract.check_graph(facts, card) == []
     assert facts.outputs[0].shape[1:] == (2, SIZE, SIZE)
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(tracking)
     [run] = mlflow.search_runs(experiment_names=["chips-test"], output_format="list")
     metrics = run.data.metrics
     # few chips: at least min_chip_steps optimiser steps, on the labelled pixels' classes
@@ -197,6 +203,17 @@ def test_a_water_segmentation_network_trains_on_masks_is_gated_by_pixel_and_maps
     assert scores.accuracy == pytest.approx(metrics["test_accuracy"], abs=1e-6), "one figure"
     assert scores.per_class_recall["water"] > 0.7
 
+    # a bridge on another machine reads the card's path nowhere: it takes the run's copy
+    elsewhere = card.model_copy(update={"dataset": str(tmp_path / "trainer-disk/chips.parquet")})
+    settings = BridgeSettings(bus="memory", data_dir=tmp_path, mlflow_tracking_uri=tracking)
+    gate = Gatekeeper(settings, MlflowRegistry(tracking), cast(Shipper, None))
+    copied = gate.holdout_for(elsewhere, run.info.run_id)
+    assert copied.digest == held_out.digest and copied.masks is not None
+    assert np.array_equal(copied.masks, held_out.masks)
+    assert gate.chip_table(elsewhere) != elsewhere.dataset  # downloaded once, then reused
+    with pytest.raises(FileNotFoundError, match="not readable here"):
+        Gatekeeper(settings, MlflowRegistry(tracking), cast(Shipper, None)).holdout_for(elsewhere)
+
     # inference maps the third date per pixel and scores it against its labels
     report = evaluation.evaluate(str(references[1]), str(next(out.rglob("*.onnx"))))
     assert report.errors == [] and report.classes == ["water", "other"]
@@ -204,6 +221,61 @@ def test_a_water_segmentation_network_trains_on_masks_is_gated_by_pixel_and_maps
     cm = item.model_cm
     iou = cm[0, 0] / (cm[0].sum() + cm[:, 0].sum() - cm[0, 0])
     assert iou > 0.7, cm
+
+
+def test_label_models_start_from_a_registered_eurosat_classifier(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fine-tuning from what exists: a registered 13-band EuroSAT small_cnn starts a
+    water/other classifier on the RGB chips (the other ten bands dropped, a new two-class head)
+    and a seg_small_cnn (its encoder); both name it as their start, on card and MLM item."""
+    monkeypatch.setenv("TRAINER_MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("TRAINER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TRAINER_EXPERIMENT_NAME", "fine-tune-test")
+    monkeypatch.setenv("TRAINER_DEVICE", "cpu")
+    monkeypatch.setenv("TRAINER_MIN_CHIP_STEPS", "100")  # a smoke test: a third of the default
+    runner = CliRunner()
+    words = ["fit", "--bands", "ms13", "--architecture", "small_cnn", "--epochs", "1"]
+    result = runner.invoke(
+        trainer_app, [*words, "--samples-per-class", "12", "--model-name", "eurosat-ms"]
+    )
+    assert result.exit_code == 0, result.output
+    base = "models:/eurosat-ms/1"
+    scored = (("small_cnn", "test_accuracy"), ("seg_small_cnn", "test_mean_iou"))
+    for architecture, metric in scored:
+        out = tmp_path / architecture
+        words = ["fit", "--dataset", str(dataset), "--architecture", architecture, "--epochs", "2",
+                 "--base-model", base, "--model-name", f"boadella-{architecture}",
+                 "--stac-out", str(out)]  # fmt: skip
+        result = runner.invoke(trainer_app, words)
+        assert result.exit_code == 0, result.output
+        card = ModelCard.from_json((next(out.rglob("model-card.json"))).read_text())
+        assert (card.architecture, card.classes, card.band_set) == (
+            architecture,
+            ("water", "other"),
+            "rgb",
+        )
+        assert card.pretrained_source == base
+        [item] = [json.loads(f.read_text()) for f in out.rglob("*.json") if "mlm:name" in
+                  json.loads(f.read_text()).get("properties", {})]  # fmt: skip
+        assert item["properties"]["mlm:pretrained_source"] == base
+        mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        [run] = mlflow.search_runs(
+            experiment_names=["fine-tune-test"],
+            filter_string=f"params.architecture = '{architecture}' "
+            f"and params.base_model = '{base}'",
+            output_format="list",
+        )
+        assert run.data.metrics[metric] > 0.7, run.data.metrics
+
+    # a start the request's network cannot take: one line
+    words = ["fit", "--dataset", str(dataset), "--architecture", "seg_unet", "--epochs", "1"]
+    result = runner.invoke(trainer_app, [*words, "--base-model", base])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == (  # below the progress bar: one line
+        f"eostream: base_model {base} is a small_cnn: fine-tune it as a small_cnn (or "
+        "seg_small_cnn, with its encoder), not a seg_unet"
+    ), result.output
 
 
 def test_bad_chip_requests_get_one_line(

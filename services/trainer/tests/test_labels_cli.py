@@ -395,6 +395,18 @@ def test_stack_label_collection_becomes_the_trainers_chips(
     plan = dataset_plan(event, settings)
     assert plan.classes == ("water", "other") and plan.dataset is not None
     assert (plan.architecture, plan.band_set) == ("seg_unet_indices", "l2a")
+    assert plan.base_model is None
+    # a deployment that starts label models from a EuroSAT classifier's encoder
+    start = {
+        "label_base_model": "models:/eurosat-ms@champion",
+        "label_architecture": "seg_small_cnn",
+    }
+    started = dataset_plan(event, settings.model_copy(update=start))
+    assert (started.base_model, started.architecture, started.dataset) == (
+        "models:/eurosat-ms@champion",
+        "seg_small_cnn",
+        plan.dataset,
+    )
     summary = json.loads((Path(plan.dataset).parent / "dataset.json").read_text())
     assert sum(summary["counts"]["train"].values()) > 20, summary
     assert {c for split in summary["counts"].values() for c in split} == {"water", "other"}

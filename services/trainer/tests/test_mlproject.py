@@ -35,8 +35,9 @@ def test_the_declared_environment_installs_this_checkouts_packages() -> None:
         pyproject = tomllib.loads((Path(url) / "pyproject.toml").read_text())
         assert pyproject["project"]["name"] == name
         installs[name] = pyproject["project"]["dependencies"]
-    assert set(installs) == {"eostream-trainer", "eostream-shared"}
-    # the trainer needs nothing from the workspace but shared (no runner: `python -m`)
+    assert set(installs) == {"eostream-trainer", "eostream-shared", "eostream-inference"}
+    # the trainer needs nothing from the workspace but shared and inference (its scene reader
+    # cuts label chips); no runner: `python -m`
     workspace = {d for deps in installs.values() for d in deps if d.startswith("eostream-")}
     assert workspace <= set(installs), workspace
 

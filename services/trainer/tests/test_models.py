@@ -1,6 +1,9 @@
-"""Network shapes, built-in normalisation, and widening RGB to 13 bands."""
+"""Network shapes, built-in normalisation, widening RGB to 13 bands, and starting a model
+from another (new bands, a new head, a classifier's encoder in a U-Net)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 import torch
@@ -11,6 +14,8 @@ from eostream.trainer.models import (
     INDEX_ARCHITECTURES,
     SEGMENTATION_ARCHITECTURES,
     build_model,
+    new_head,
+    transfer_encoder,
     widen_input,
 )
 from eostream.trainer.task import confusion_matrix, per_class_scores
@@ -105,6 +110,68 @@ def test_widening_refuses_missing_bands() -> None:
     rgb = build_model("small_cnn", BAND_SETS["rgb"], [0.0] * 3, [1.0] * 3)
     with pytest.raises(ValueError, match="lacks"):
         widen_input(rgb, ("B02", "B03"), [0.0] * 2, [1.0] * 2)
+
+
+def test_dropping_a_band_is_the_band_at_its_mean() -> None:
+    """A 13-band (L1C) model narrowed to the 12 L2A bands: B10's filters go, which is what the
+    old network computed with B10 at its mean."""
+    torch.manual_seed(0)
+    ms, l2a = BAND_SETS["ms13"], BAND_SETS["l2a"]
+    mean, std = [0.1 + 0.01 * i for i in range(13)], [0.05] * 13
+    old = build_model("small_cnn", ms, mean, std).eval()
+    narrow = widen_input(old, l2a, [0.0] * 12, [1.0] * 12, drop_missing=True).eval()
+    assert narrow.bands == l2a and narrow.first_conv.in_channels == 12
+    x = torch.rand(3, 13, 64, 64) * 0.3
+    x[:, ms.index("B10")] = mean[ms.index("B10")]
+    with torch.no_grad():
+        assert torch.allclose(narrow(x[:, [ms.index(b) for b in l2a]]), old(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("architecture", [a for a in ARCHITECTURES if a not in INDEX_ARCHITECTURES])
+def test_a_new_head_keeps_the_rest(architecture: str) -> None:
+    torch.manual_seed(0)
+    bands = BAND_SETS["rgb"]
+    model = build_model(architecture, bands, [0.1] * 3, [0.05] * 3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    new_head(model, 3, seed=1)
+    size = 32 if architecture in SEGMENTATION_ARCHITECTURES else 64
+    with torch.no_grad():
+        out = model.eval()(torch.rand(2, 3, size, size))
+    assert out.shape[1] == 3
+    after = model.state_dict()
+    changed = {k for k in before if k not in after or before[k].shape != after[k].shape}
+    kept = [k for k in before if k not in changed]
+    assert changed and all(torch.equal(before[k], after[k]) for k in kept)
+    heads = {k.rsplit(".", 1)[0] for k in changed}
+    assert len(heads) == (2 if architecture == "centre_cnn" else 1), heads
+
+
+@pytest.mark.parametrize("source", ["small_cnn", "centre_cnn"])
+def test_a_classifiers_encoder_starts_a_u_net(source: str) -> None:
+    """seg_small_cnn's encoder computes what the classifier's first three blocks did."""
+    torch.manual_seed(0)
+    bands = BAND_SETS["l2a"]
+    mean, std = [0.1] * 12, [0.05] * 12
+    classifier = build_model(source, bands, mean, std).eval()
+    for module in classifier.modules():  # trained-looking BN statistics
+        if isinstance(module, torch.nn.BatchNorm2d):
+            assert module.running_mean is not None and module.running_var is not None
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    segmenter = build_model("seg_small_cnn", bands, [0.0] * 12, [1.0] * 12, num_classes=2)
+    transfer_encoder(classifier, segmenter).eval()
+    backbone: Any = classifier.backbone
+    cnn = backbone if source == "small_cnn" else backbone.context
+    x = torch.rand(2, 12, 32, 32) * 0.3
+    with torch.no_grad():
+        expected = cnn[:11](classifier.normalize(x))  # three blocks and the pools between
+        unet: Any = segmenter.backbone
+        got = unet.enc3(unet.pool(unet.enc2(unet.pool(unet.enc1(segmenter.normalize(x))))))
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert segmenter(x).shape == (2, 2, 32, 32)
+    resnet = build_model("resnet18_imagenet", bands, mean, std)
+    with pytest.raises(ValueError, match="starts from a small_cnn or centre_cnn"):
+        transfer_encoder(resnet, segmenter)
 
 
 def test_per_class_scores() -> None:

@@ -127,7 +127,8 @@ class ModelCard(BaseModel):
     library_version: str = ""
     pretrained_source: str | None = Field(
         default=None,
-        description="the checkpoint the training started from: 'NAME-or-path sha256:<hex>'",
+        description="what the training started from: a checkpoint ('NAME-or-path "
+        "sha256:<hex>') or a registered version (models:/NAME/VERSION)",
     )
     dataset: str | None = Field(
         default=None,

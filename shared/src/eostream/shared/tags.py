@@ -20,6 +20,9 @@ TEST_ACCURACY = "test_accuracy"
 GATE_HOLDOUT_EXCLUDED = "gate_holdout_excluded"  # "false": the gate's patches were trained on
 REQUIRED_CONTRACT_TAGS = (BAND_SET, MODEL_CARD, ONNX_SHA256)
 ONNX_ARTIFACT_PATH = "onnx/model.onnx"
+# a chip dataset's model: the dataset (chips.parquet, dataset.json, arrays/) the run trained on,
+# so the bridge can score it on the test chips without the trainer's disk
+CHIPS_ARTIFACT_PATH = "chips"
 # --- written by the trainer on runs and model versions ---
 REQUEST_ID = "eostream.request_id"  # the TrainingRequested event the run answers
 

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 
@@ -37,6 +40,7 @@ class Gatekeeper:
         self.shipper = shipper
         self._holdouts: dict[str, holdout.Holdout] = {}
         self._calibration: dict[str, np.ndarray] = {}
+        self._chip_tables: dict[str, str] = {}  # a card's dataset -> its table readable here
         self._evaluations: dict[tuple[str, str, str], Evaluation] = {}
         gate = settings.gate
         self.reference = (
@@ -60,15 +64,35 @@ class Gatekeeper:
             self._map_key = self._reference().key()
         return self._map_key
 
-    def holdout_for(self, of: str | ModelCard) -> holdout.Holdout:
+    def chip_table(self, card: ModelCard, run_id: str | None = None) -> str:
+        """Where the chip dataset of ``card`` is readable here: the card's path (the trainer's
+        disk: the embedded mode, one machine), else the copy the version's run logged
+        (``tags.CHIPS_ARTIFACT_PATH``, downloaded once per process into a temporary folder)."""
+        dataset = str(card.dataset)
+        if dataset in self._chip_tables:
+            return self._chip_tables[dataset]
+        if Path(dataset).is_file() or run_id is None:
+            return dataset
+        dest = Path(tempfile.mkdtemp(prefix="eostream-bridge-chips-"))
+        table = self.registry.download_chips(run_id, dest)
+        if table is None:  # holdout.load_chips says the dataset is not readable here
+            shutil.rmtree(dest, ignore_errors=True)
+            return dataset
+        log.info("chip dataset %s: the copy logged by run %s", dataset, run_id)
+        self._chip_tables[dataset] = str(table)
+        return str(table)
+
+    def holdout_for(self, of: str | ModelCard, run_id: str | None = None) -> holdout.Holdout:
         """The held-out set of a band set (EuroSAT), or of a card: a model trained on a chip
-        dataset (``card.dataset``) is scored on that dataset's test split, in its classes."""
+        dataset (``card.dataset``) is scored on that dataset's test split, in its classes
+        (``run_id``: the run that logged the dataset, when the card's path is not here)."""
         if isinstance(of, ModelCard) and of.dataset is not None:
             split = of.dataset_test_split or "test"
             pixels = of.task == "segmentation"  # scored pixel by pixel on the chips' masks
             key = f"chips:{of.dataset}#{split}{':pixels' if pixels else ''}"
             if key not in self._holdouts:
-                self._holdouts[key] = holdout.load_chips(of.dataset, split, masks=pixels)
+                table = self.chip_table(of, run_id)
+                self._holdouts[key] = holdout.load_chips(table, split, masks=pixels)
             return self._holdouts[key]
         band_set = of.band_set if isinstance(of, ModelCard) else of
         if band_set not in self._holdouts:
@@ -95,7 +119,7 @@ class Gatekeeper:
 
     def evaluate_candidate(self, verified: Verified) -> tuple[Evaluation, str]:
         sess = onnx_model.session(verified.onnx_bytes, self.settings.torch_threads)
-        h = self.holdout_for(verified.card)
+        h = self.holdout_for(verified.card, verified.run_id)
         result = self.registry.evaluate(
             lambda x: onnx_model.logits(sess, x),
             h,
@@ -186,13 +210,15 @@ class Gatekeeper:
         scores = self._maps[(name, version, key)]
         return scores if scores.figure(self.settings.gate.map_metric) is not None else None
 
-    def calibration_for(self, band_set: str, card: ModelCard | None = None) -> np.ndarray:
+    def calibration_for(
+        self, band_set: str, card: ModelCard | None = None, run_id: str | None = None
+    ) -> np.ndarray:
         """The int8 calibration patches of a band set (training patches, read once); for a
         chip dataset's model, chips of its train split."""
         if card is not None and card.dataset is not None:
             key = f"chips:{card.dataset}"
             if key not in self._calibration:
-                chips = holdout.load_chips(card.dataset, "train").images
+                chips = holdout.load_chips(self.chip_table(card, run_id), "train").images
                 size = self.settings.int8.calibration_size
                 self._calibration[key] = chips[:: max(1, len(chips) // size)][:size]
             return self._calibration[key]
@@ -212,8 +238,8 @@ class Gatekeeper:
             verified.onnx_bytes,
             verified.card,
             settings=self.settings.int8,
-            holdout=self.holdout_for(verified.card),
-            calibration=lambda: self.calibration_for(band_set, verified.card),
+            holdout=self.holdout_for(verified.card, verified.run_id),
+            calibration=lambda: self.calibration_for(band_set, verified.card, verified.run_id),
             logits=lambda data, x: onnx_model.logits(onnx_model.session(data, threads), x),
             maps=(lambda data: reference.score(data).scores) if reference is not None else None,
             # the fp32 figures the gate recorded (memory, else the version's tags), else scored

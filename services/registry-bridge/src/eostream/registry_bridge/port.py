@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -76,6 +77,11 @@ class ModelRegistry(Protocol):
 
     def download_onnx(self, run_id: str) -> bytes | None:
         """The run's ONNX artifact, None when the run has none."""
+        ...
+
+    def download_chips(self, run_id: str, dest: Path) -> Path | None:
+        """The chip dataset the run trained on (``tags.CHIPS_ARTIFACT_PATH``), downloaded into
+        ``dest``: its ``chips.parquet``, or None when the run logged none."""
         ...
 
     def load_native(self, source: str, library: str) -> Any:

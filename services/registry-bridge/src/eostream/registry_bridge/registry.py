@@ -232,6 +232,20 @@ class MlflowRegistry:
 
         return self.call("download ONNX", fetch)
 
+    def download_chips(self, run_id: str, dest: Path) -> Path | None:
+        def fetch() -> Path | None:
+            try:
+                local = self.client.download_artifacts(run_id, tags.CHIPS_ARTIFACT_PATH, str(dest))
+            except (MlflowException, OSError) as exc:
+                if is_transient(exc):
+                    raise
+                log.info("run %s has no %s: %s", run_id, tags.CHIPS_ARTIFACT_PATH, exc)
+                return None
+            table = Path(local) / "chips.parquet"
+            return table if table.is_file() else None
+
+        return self.call("download chips", fetch)
+
     def load_native(self, source: str, library: str) -> Any:
         """The version's model in the library it was trained with: a scikit-learn estimator, a
         torch module, or a Keras 3 model (the trainer's keras family, on keras' torch backend a

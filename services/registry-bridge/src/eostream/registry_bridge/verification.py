@@ -57,7 +57,7 @@ def verify(
     registry: ModelRegistry,
     mv: VersionInfo,
     *,
-    holdout_for: Callable[[ModelCard], Holdout],
+    holdout_for: Callable[[ModelCard, str], Holdout],
     grace_seconds: float,
     samples: int,
     atol: float,
@@ -89,7 +89,7 @@ def verify(
     if problems or card is None:
         raise RefusedError(problems or ["no usable model card"])
 
-    holdout = holdout_for(card)  # a chip dataset's model: its own test chips
+    holdout = holdout_for(card, mv.run_id)  # a chip dataset's model: its own test chips
     images = holdout.images[:: max(1, len(holdout.images) // samples)][:samples]
     try:
         native = registry.load_native(mv.source, card.library)

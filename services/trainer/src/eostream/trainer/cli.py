@@ -128,7 +128,14 @@ def fit_command(
     split: Annotated[str, typer.Option(help="random or spatial")] = "random",
     seed: int = 42,
     model_name: str = "eurosat-landcover",
-    base_model: Annotated[str | None, typer.Option(help="models:/NAME/VERSION")] = None,
+    base_model: Annotated[
+        str | None,
+        typer.Option(
+            help="start from a registered version, models:/NAME/VERSION or models:/NAME@alias "
+            "(with --dataset: a new head for its classes, or a small_cnn's encoder in a "
+            "seg_small_cnn)"
+        ),
+    ] = None,
     pretrained: Annotated[
         str | None,
         typer.Option(
@@ -175,7 +182,7 @@ def fit_command(
         typer.echo(f"eostream: --family {family!r} is unknown; use one of {FAMILIES}", err=True)
         raise typer.Exit(2)
     pixel = family == "sklearn"
-    chips = _chip_dataset(dataset, family, base_model, pretrained) if dataset else None
+    chips = _chip_dataset(dataset, family, pretrained) if dataset else None
     bands = chips.band_set if chips else bands or ("ms13" if pixel else "rgb")
     architecture = architecture or ("pixel_hgb" if pixel else "small_cnn")
 
@@ -234,9 +241,7 @@ def fit_command(
         typer.echo(f"STAC catalog: {catalog}")
 
 
-def _chip_dataset(
-    dataset: Path, family: str, base_model: str | None, pretrained: str | None
-) -> Any:
+def _chip_dataset(dataset: Path, family: str, pretrained: str | None) -> Any:
     """The chip dataset ``--dataset`` names, or one line and exit status 2."""
     from eostream.trainer import chipset
     from eostream.trainer.errors import DatasetError
@@ -245,13 +250,12 @@ def _chip_dataset(
         what
         for what, bad in (
             ("--family torch or sklearn", family == "keras"),
-            ("no --base-model", base_model is not None),
-            ("no --pretrained", pretrained is not None),
+            ("no --pretrained (a --base-model may start it)", pretrained is not None),
         )
         if bad
     ]
     if problems:
-        typer.echo(f"eostream: --dataset trains from scratch: use {', '.join(problems)}", err=True)
+        typer.echo(f"eostream: --dataset: use {', '.join(problems)}", err=True)
         raise typer.Exit(2)
     try:
         return chipset.open_dataset(dataset)

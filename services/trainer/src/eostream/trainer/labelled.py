@@ -70,10 +70,8 @@ def cut_chips(labels: Path, out: Path, settings: TrainerSettings, band_set: str)
     holds a dataset is reused, since its name carries the labels' digest)."""
     if (out / chipset.TABLE).is_file():
         return out
-    try:
-        from eostream.inference import chips as cutter
-    except ImportError:  # an image without inference's scene reader
-        raise DatasetError("label chips need the eostream-inference package") from None
+    from eostream.inference import chips as cutter  # inference's scene reader: one code path
+
     rules = cutter.ChipRules(size=settings.label_chip_size, block=settings.label_chip_block)
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -132,6 +130,7 @@ def dataset_plan(event: DatasetUpdated, settings: TrainerSettings) -> TrainingPl
         settings.dataset_updated_epochs,
         settings.label_architecture,
         str(data.path),
+        settings.label_base_model,
     )
     return replace(plan, dataset=str(data.path), classes=data.classes)
 
@@ -146,13 +145,12 @@ def request_plan(event: TrainingRequested, settings: TrainerSettings) -> Trainin
         what
         for what, bad in (
             ("the torch or sklearn family", plan.family == "keras"),
-            ("no base_model", event.base_model is not None),
-            ("no pretrained", event.pretrained is not None),
+            ("no pretrained checkpoint (a base_model may start it)", event.pretrained is not None),
         )
         if bad
     ]
     if problems:
-        raise DatasetError(f"a dataset trains from scratch: use {', '.join(problems)}")
+        raise DatasetError(f"a dataset model: use {', '.join(problems)}")
     path = Path(event.dataset)
     name = path.parent.name if path.suffix == ".json" else path.name
     data = _open(event.dataset, name, event.request_id, settings, event.band_set)

@@ -376,11 +376,8 @@ def chips(
 ) -> None:
     """Cut image chips and per-pixel masks from the labelled scenes, read as inference reads
     them, into a stac-geoparquet dataset that ``eostream trainer fit --dataset`` trains on."""
-    try:
-        from eostream.inference import chips as cutter
-        from eostream.inference.errors import InferenceError
-    except ImportError:  # the trainer image has no inference package
-        raise _fail("chips need the eostream-inference package (its scene reader)") from None
+    from eostream.inference import chips as cutter  # inference's scene reader: one code path
+    from eostream.inference.errors import InferenceError
     from eostream.trainer import chipset
 
     if split_by not in ("space", "date"):

@@ -14,6 +14,8 @@
   (``[N, classes, P, P]``), trained on the per-pixel masks of a chip dataset;
   ``seg_unet_indices`` sees the spectral indices of the bands (:class:`SpectralIndices`, in the
   graph) instead of the bands.
+* ``seg_small_cnn``: a U-Net whose encoder is ``small_cnn``'s first three blocks, so it can
+  start from the encoder of a EuroSAT classifier (:func:`transfer_encoder`).
 
 Every model is :class:`EuroSATNet`: a :class:`Normalize` layer (per-band mean and standard
 deviation, in the model's input units) followed by a backbone. What goes in is each band in the
@@ -23,7 +25,10 @@ EuroSAT 10 by default; a chip dataset's own class list with ``num_classes``).
 :func:`widen_input` turns a model trained on some bands (RGB) into one that takes more (13 MS
 bands): the old filters move to their bands' positions, the new bands' filters start small, and
 the old bands' normalisation is rewritten for the new units, so on the old bands the widened
-network computes what the old one did.
+network computes what the old one did; with ``drop_missing`` it also drops bands the new list
+lacks (the network sees them at their mean). :func:`new_head` gives a model a fresh output layer
+for another class list; :func:`transfer_encoder` copies a ``small_cnn`` (or ``centre_cnn``)
+classifier's convolutions into a ``seg_small_cnn``: fine-tuning from what exists.
 """
 
 from __future__ import annotations
@@ -46,9 +51,12 @@ ARCHITECTURES = (
     "resnet18_imagenet",
     "seg_unet",
     "seg_unet_indices",
+    "seg_small_cnn",
 )
 #: the networks that give one class per pixel (``[N, classes, P, P]``): trained on chip masks
-SEGMENTATION_ARCHITECTURES = ("seg_unet", "seg_unet_indices")
+SEGMENTATION_ARCHITECTURES = ("seg_unet", "seg_unet_indices", "seg_small_cnn")
+#: the classifiers whose encoder :func:`transfer_encoder` moves into a ``seg_small_cnn``
+ENCODER_SOURCES = ("small_cnn", "centre_cnn")
 #: the networks that see the spectral indices of their bands (computed in the graph), not the
 #: bands: band ratios carry over between dates where reflectance does not
 INDEX_ARCHITECTURES = ("seg_unet_indices",)
@@ -212,9 +220,55 @@ class _UNet(nn.Module):
         return out
 
 
+class _SmallCnnUNet(nn.Module):
+    """A U-Net whose encoder is ``small_cnn``'s first three conv-BN-ReLU blocks (32, 64 and 128
+    filters at P, P/2 and P/4; the same module names: ``enc1.0`` is ``small_cnn``'s ``0``), so
+    a EuroSAT classifier's filters can start it; the decoder upsamples twice with skip
+    connections to one score per class and pixel (~0.3 M parameters), for windows whose side
+    is a multiple of 4."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+
+        def single(c_in: int, c_out: int) -> nn.Sequential:  # small_cnn's block, less the pool
+            return nn.Sequential(
+                nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+            )
+
+        def double(c_in: int, c_out: int) -> nn.Sequential:
+            return nn.Sequential(*single(c_in, c_out), *single(c_out, c_out))
+
+        self.enc1 = single(in_channels, 32)  # P
+        self.enc2 = single(32, 64)  # P / 2
+        self.enc3 = single(64, 128)  # P / 4
+        self.pool = nn.MaxPool2d(2)
+        self.up2 = nn.ConvTranspose2d(128, 64, 2, stride=2)
+        self.dec2 = double(128, 64)
+        self.up1 = nn.ConvTranspose2d(64, 32, 2, stride=2)
+        self.dec1 = double(64, 32)
+        self.head = nn.Conv2d(32, num_classes, 1)
+
+    @property
+    def encoder(self) -> list[nn.Sequential]:
+        return [self.enc1, self.enc2, self.enc3]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e1 = self.enc1(x)
+        e2 = self.enc2(self.pool(e1))
+        e3 = self.enc3(self.pool(e2))
+        d2 = self.dec2(torch.cat([self.up2(e3), e2], dim=1))
+        d1 = self.dec1(torch.cat([self.up1(d2), e1], dim=1))
+        out: torch.Tensor = self.head(d1)
+        return out
+
+
 def _backbone(architecture: str, in_channels: int, num_classes: int = NUM_CLASSES) -> nn.Module:
     if architecture in ("seg_unet", "seg_unet_indices"):
         return _UNet(in_channels, num_classes)
+    if architecture == "seg_small_cnn":
+        return _SmallCnnUNet(in_channels, num_classes)
     if architecture == "small_cnn":
         return _small_cnn(in_channels, num_classes)
     if architecture == "centre_cnn":
@@ -284,7 +338,7 @@ class EuroSATNet(nn.Module):
             backbone = cast(_CentreCNN, self.backbone)
             return [(backbone.context, "0"), (backbone.local, "0")]
         if self.architecture in SEGMENTATION_ARCHITECTURES:
-            return [(cast(_UNet, self.backbone).enc1, "0")]
+            return [(cast(_UNet | _SmallCnnUNet, self.backbone).enc1, "0")]
         return [(self.backbone, "0" if self.architecture == "small_cnn" else "conv1")]
 
 
@@ -308,22 +362,30 @@ def widen_input(
     unit_map: Mapping[str, tuple[float, float]] | None = None,
     init_std: float = 1e-3,
     seed: int = 0,
+    drop_missing: bool = False,
 ) -> EuroSATNet:
-    """A copy of ``model`` that takes ``bands``; ``model``'s bands must all be among them.
+    """A copy of ``model`` that takes ``bands``; ``model``'s bands must all be among them, or
+    with ``drop_missing`` those that are not are dropped: their filters go, which is what the
+    old network computed with those bands at their mean (normalised 0).
 
     ``mean``/``std`` normalise the new bands (in the new units). ``unit_map[band] = (a, b)`` says
     how the new units map to the old model's units for an old band (``old = a * new + b``); the
     old normalisation is rewritten through it, so for inputs whose new-only bands sit at their
     mean the widened network's logits equal the old network's on the mapped old bands.
     """
+    if getattr(model, "features", None) is not None:  # its normalisation is of indices
+        if tuple(bands) != model.bands:
+            raise ValueError(f"{model.architecture} sees its bands' indices: they cannot change")
+        return copy.deepcopy(model)
     missing = [b for b in model.bands if b not in bands]
-    if missing:
+    if missing and not drop_missing:
         raise ValueError(f"cannot widen: the new band list lacks {missing}")
     unit_map = unit_map or {}
     new = copy.deepcopy(model)
     generator = torch.Generator().manual_seed(seed)
     new_mean, new_std = list(mean), list(std)
-    for old_index, band in enumerate(model.bands):
+    kept = [(i, band) for i, band in enumerate(model.bands) if band in bands]
+    for old_index, band in kept:
         index = list(bands).index(band)
         a, b = unit_map.get(band, (1.0, 0.0))
         old_mean = float(model.normalize.mean[0, old_index, 0, 0])
@@ -342,7 +404,7 @@ def widen_input(
         )
         with torch.no_grad():
             conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * init_std)
-            for old_index, band in enumerate(model.bands):
+            for old_index, band in kept:
                 conv.weight[:, list(bands).index(band)] = old_conv.weight[:, old_index]
             if old_conv.bias is not None and conv.bias is not None:
                 conv.bias.copy_(old_conv.bias)
@@ -350,3 +412,61 @@ def widen_input(
     new.normalize = Normalize(new_mean, new_std)
     new.bands = tuple(bands)
     return new
+
+
+def output_layers(model: EuroSATNet) -> list[tuple[nn.Module, str]]:
+    """The (parent, name) of every layer that gives class scores: the head(s)."""
+    backbone = model.backbone
+    if isinstance(backbone, _CentreCNN):
+        return [(backbone.context, str(len(backbone.context) - 1)), (backbone.local, "6")]
+    if isinstance(backbone, _UNet | _SmallCnnUNet):
+        return [(backbone, "head")]
+    if isinstance(backbone, nn.Sequential):  # small_cnn
+        return [(backbone, str(len(backbone) - 1))]
+    return [(backbone, "fc")]  # the ResNets
+
+
+def new_head(model: EuroSATNet, num_classes: int, seed: int = 0) -> EuroSATNet:
+    """``model`` (changed in place, and returned) with freshly initialised output layers for
+    ``num_classes`` classes: fine-tuning a model for another class list keeps everything
+    else it learnt."""
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        for parent, name in output_layers(model):
+            old = getattr(parent, name)
+            if isinstance(old, nn.Linear):
+                setattr(parent, name, nn.Linear(old.in_features, num_classes))
+            elif isinstance(old, nn.Conv2d):
+                setattr(parent, name, nn.Conv2d(old.in_channels, num_classes, 1))
+            else:
+                raise TypeError(f"the head of {model.architecture} is {type(old).__name__}")
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return model
+
+
+def transfer_encoder(classifier: EuroSATNet, segmenter: EuroSATNet) -> EuroSATNet:
+    """Copy a ``small_cnn`` (or ``centre_cnn``'s context) classifier's first three blocks and
+    its normalisation into ``segmenter``, a ``seg_small_cnn`` on the same bands; returns it.
+    The decoder and the head keep their initial weights."""
+    if classifier.architecture not in ENCODER_SOURCES:
+        raise ValueError(
+            f"a seg_small_cnn starts from a {' or '.join(ENCODER_SOURCES)} classifier, "
+            f"not a {classifier.architecture}"
+        )
+    if segmenter.architecture != "seg_small_cnn":
+        raise ValueError(f"only a seg_small_cnn takes a classifier's encoder, not a "
+                         f"{segmenter.architecture}")  # fmt: skip
+    if classifier.bands != segmenter.bands:
+        raise ValueError(f"bands differ: {classifier.bands} and {segmenter.bands}")
+    cnn = classifier.backbone
+    if isinstance(cnn, _CentreCNN):
+        cnn = cnn.context
+    source = cast(nn.Sequential, cnn)
+    target = cast(_SmallCnnUNet, segmenter.backbone)
+    for level, block in enumerate(target.encoder):  # small_cnn: conv, BN, ReLU, pool per level
+        for offset in (0, 1):
+            block[offset].load_state_dict(source[4 * level + offset].state_dict())
+    segmenter.normalize.load_state_dict(classifier.normalize.state_dict())
+    return segmenter

@@ -13,7 +13,7 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from importlib.metadata import version as dist_version
 from pathlib import Path
@@ -32,11 +32,14 @@ from eostream.trainer.datasets import PatchTensors, band_statistics, load_patche
 from eostream.trainer.errors import BadTrainingRequestError
 from eostream.trainer.export import check_onnx, export_onnx
 from eostream.trainer.models import (
+    ENCODER_SOURCES,
     INDEX_ARCHITECTURES,
     SEGMENTATION_ARCHITECTURES,
     EuroSATNet,
     SpectralIndices,
     build_model,
+    new_head,
+    transfer_encoder,
     widen_input,
 )
 from eostream.trainer.plan import TrainingPlan
@@ -131,9 +134,9 @@ def prepare_model(plan: TrainingPlan, tracker: Tracker, train: PatchTensors) -> 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(plan.seed)
             return build_model(plan.architecture, bands, mean, std, num_classes=len(plan.classes))
-    if plan.dataset is not None:
-        raise BadTrainingRequestError("a chip dataset model trains from scratch: drop base_model")
     base, base_card = tracker.load_base(plan.base_model)
+    if plan.dataset is not None:
+        return start_from_base(plan, base, base_card, mean, std)
     if base.architecture != plan.architecture:
         raise BadTrainingRequestError(
             f"base_model {plan.base_model} is a {base.architecture}, the request asks for "
@@ -150,6 +153,55 @@ def prepare_model(plan: TrainingPlan, tracker: Tracker, train: PatchTensors) -> 
     unit_map = {s.band: (s.scale, s.offset) for s in base_card.scaling}
     log.info("widening %s from %s to %s", plan.base_model, base.bands, bands)
     return widen_input(base, bands, mean, std, unit_map=unit_map, seed=plan.seed)
+
+
+def start_from_base(
+    plan: TrainingPlan,
+    base: EuroSATNet,
+    base_card: ModelCard,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> EuroSATNet:
+    """A chip dataset's model that starts from a registered version (``plan.base_model``):
+    the base's input moved to the chips' bands and units (bands it has and the chips lack
+    dropped, bands the chips add starting small), then either the same architecture with a
+    new head when the class list differs, or a ``seg_small_cnn`` whose encoder is a
+    ``small_cnn``/``centre_cnn`` classifier's (a EuroSAT classifier's filters for a
+    segmentation model)."""
+    bands = band_set_bands(plan.band_set)
+    encoder_only = plan.architecture == "seg_small_cnn" and base.architecture in ENCODER_SOURCES
+    if base.architecture != plan.architecture and not encoder_only:
+        encoder = base.architecture in ENCODER_SOURCES
+        also = " (or seg_small_cnn, with its encoder)" if encoder else ""
+        raise BadTrainingRequestError(
+            f"base_model {plan.base_model} is a {base.architecture}: fine-tune it as a "
+            f"{base.architecture}{also}, not a {plan.architecture}"
+        )
+    # the base model's units = scale * reflectance + offset; the chips hold reflectance
+    unit_map = {s.band: (s.scale, s.offset) for s in base_card.scaling}
+    try:
+        model = widen_input(
+            base, bands, mean, std, unit_map=unit_map, seed=plan.seed, drop_missing=True
+        )
+    except ValueError as exc:
+        raise BadTrainingRequestError(f"base_model {plan.base_model}: {exc}") from exc
+    log.info(
+        "starting from %s (%s, %s) on the chips' %s",
+        plan.base_model,
+        base.architecture,
+        ", ".join(base_card.classes),
+        plan.band_set,
+    )
+    if encoder_only:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(plan.seed)
+            segmenter = build_model(
+                plan.architecture, bands, mean, std, num_classes=len(plan.classes)
+            )
+        return transfer_encoder(model, segmenter)
+    if tuple(base_card.classes) != tuple(plan.classes):
+        new_head(model, len(plan.classes), seed=plan.seed)
+    return model
 
 
 def pretrained_start(
@@ -290,6 +342,8 @@ def train_and_register(
             tracker.log_params(run_params(plan, selection))
             tracker.set_tags({f"compute.{k}": v for k, v in compute_description(device).items()})
             tracker.log_dataset(selection)
+            if plan.dataset is not None:
+                tracker.log_chips(chipset.open_dataset(plan.dataset).path)
         config = train_config(plan, settings, data["train"])
         if resume is None and plan.dataset is not None:
             tracker.log_params(
@@ -484,6 +538,7 @@ def chip_card(
         library_version=dist_version(distribution),
         dataset=str(dataset.path.resolve()),
         dataset_test_split="test",
+        pretrained_source=plan.base_model,
     )
 
 

@@ -233,6 +233,8 @@ def _fit_and_register(
             {"compute.sklearn": sklearn.__version__, "compute.threads": str(settings.num_threads)}
         )
         tracker.log_dataset(selection)
+        if plan.dataset is not None:
+            tracker.log_chips(chipset.open_dataset(plan.dataset).path)
         fit_started = time.perf_counter()
         with tracker.sklearn_autolog():
             model = fit_pixel_model(

@@ -152,6 +152,7 @@ def plan_for_dataset(
     epochs: int,
     architecture: str = "small_cnn",
     dataset: str | None = None,
+    base_model: str | None = None,
 ) -> TrainingPlan:
     """A data change retrains with defaults; the request id is derived from the data's digest,
     so a redelivered DatasetUpdated does not train twice."""
@@ -161,6 +162,7 @@ def plan_for_dataset(
         band_set=event.band_set,
         architecture=architecture,
         dataset=dataset,
+        base_model=base_model,
         epochs=epochs,
         requested_by="dataset.updated",
         reason=f"dataset {event.dataset} changed (digest {event.digest[:16]})",

@@ -65,9 +65,18 @@ class TrainerSettings(ServiceSettings):
         description="what runs on an announced label collection train: seg_unet_indices (a "
         "small U-Net learning every pixel's class from the chips' masks, on the bands' spectral "
         "indices computed in its graph: segmentation; the most accurate on the same chips, "
-        "benchmarks/maps/bench_label_models.py) or seg_unet (on the bands), pixel_hgb / "
+        "benchmarks/maps/bench_label_models.py) or seg_unet (on the bands), seg_small_cnn (a U-Net "
+        "on small_cnn's encoder, which label_base_model can start from a EuroSAT classifier), "
+        "pixel_hgb / "
         "pixel_rf (a per-pixel scikit-learn model on the masks' labelled pixels, on the "
         "indices; ms13 or l2a labels), or a patch classifier (small_cnn, ...)",
+    )
+    label_base_model: str | None = Field(
+        default=None,
+        description="a registered version (models:/NAME/VERSION or models:/NAME@alias) that "
+        "training on an announced label collection starts from: the same architecture (a new "
+        "head when the class list differs), or a small_cnn/centre_cnn EuroSAT classifier whose "
+        "encoder starts a seg_small_cnn; empty: from scratch",
     )
     label_pixel_indices_only: bool = Field(
         default=True,

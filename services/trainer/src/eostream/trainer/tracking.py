@@ -356,6 +356,25 @@ class Tracker:
     def log_artifact(self, path: Path, artifact_path: str) -> None:
         mlflow.log_artifact(str(path), artifact_path)
 
+    def log_chips(self, table: Path) -> None:
+        """The chip dataset a run trains on (``table``: its ``chips.parquet``; the table, its
+        ``dataset.json`` and the arrays it names) under :data:`tags.CHIPS_ARTIFACT_PATH`: the
+        bridge gates the model on its test chips from there when the trainer's disk is not its."""
+        import pyarrow.parquet as pq  # type: ignore[import-untyped]
+
+        folder = table.parent
+        hrefs = {
+            str(a["image"]["href"])
+            for a in pq.read_table(table, columns=["assets"])["assets"].to_pylist()
+        }
+        for name in (table.name, "dataset.json"):
+            if (folder / name).is_file():
+                mlflow.log_artifact(str(folder / name), tags.CHIPS_ARTIFACT_PATH)
+        for href in sorted(hrefs):
+            sub = Path(href).parent.as_posix()
+            path = f"{tags.CHIPS_ARTIFACT_PATH}/{sub}" if sub != "." else tags.CHIPS_ARTIFACT_PATH
+            mlflow.log_artifact(str(folder / href), path)
+
     def register(
         self,
         model_uri: str,

@@ -166,7 +166,7 @@ def test_a_classifiers_encoder_starts_a_u_net(source: str) -> None:
     with torch.no_grad():
         expected = cnn[:11](classifier.normalize(x))  # three blocks and the pools between
         unet: Any = segmenter.backbone
-        got = unet.enc3(unet.pool(unet.enc2(unet.pool(unet.enc1(segmenter.normalize(x))))))
+        got = unet.middle(unet.pool(unet.enc2(unet.pool(unet.enc1(segmenter.normalize(x))))))
     assert torch.allclose(got, expected, atol=1e-6)
     assert segmenter(x).shape == (2, 2, 32, 32)
     resnet = build_model("resnet18_imagenet", bands, mean, std)

@@ -181,34 +181,47 @@ class SpectralIndices(nn.Module):
         return (a - b) / (a + b + self.epsilon)
 
 
-class _UNet(nn.Module):
-    """A small U-Net (two 2x down- and up-sampling levels, skip connections, ~0.12 M
-    parameters at width 16): ``[N, C, P, P] -> [N, classes, P, P]``, one score per class and
-    pixel, for windows whose side is a multiple of 4 (chips of 32 px)."""
+def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True)]
 
-    def __init__(self, in_channels: int, num_classes: int, width: int = 16) -> None:
+
+class _UNet(nn.Module):
+    """A small U-Net (two 2x down- and up-sampling levels, skip connections):
+    ``[N, C, P, P] -> [N, classes, P, P]``, one score per class and pixel, for windows whose
+    side is a multiple of 4 (chips of 32 px). ``seg_unet``: width 16, two convs a level (~0.12 M
+    parameters). ``seg_small_cnn`` (``single_encoder``, width 32): each encoder level is one
+    conv-BN-ReLU, ``small_cnn``'s first three blocks (32, 64 and 128 filters; ``enc1.0`` is
+    ``small_cnn``'s ``0``), so a EuroSAT classifier's filters can start it (~0.3 M)."""
+
+    def __init__(
+        self, in_channels: int, num_classes: int, width: int = 16, single_encoder: bool = False
+    ) -> None:
         super().__init__()
 
         def double(c_in: int, c_out: int) -> nn.Sequential:
-            return nn.Sequential(
-                nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-                nn.BatchNorm2d(c_out),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
-                nn.BatchNorm2d(c_out),
-                nn.ReLU(inplace=True),
+            return nn.Sequential(*_conv_bn_relu(c_in, c_out), *_conv_bn_relu(c_out, c_out))
+
+        def encoder(c_in: int, c_out: int) -> nn.Sequential:
+            return (
+                nn.Sequential(*_conv_bn_relu(c_in, c_out))
+                if single_encoder
+                else double(c_in, c_out)
             )
 
         w = width
-        self.enc1 = double(in_channels, w)  # P
-        self.enc2 = double(w, 2 * w)  # P / 2
-        self.middle = double(2 * w, 4 * w)  # P / 4
+        self.enc1 = encoder(in_channels, w)  # P
+        self.enc2 = encoder(w, 2 * w)  # P / 2
+        self.middle = encoder(2 * w, 4 * w)  # P / 4
         self.pool = nn.MaxPool2d(2)
         self.up2 = nn.ConvTranspose2d(4 * w, 2 * w, 2, stride=2)
         self.dec2 = double(4 * w, 2 * w)
         self.up1 = nn.ConvTranspose2d(2 * w, w, 2, stride=2)
         self.dec1 = double(2 * w, w)
         self.head = nn.Conv2d(w, num_classes, 1)
+
+    @property
+    def encoder(self) -> list[nn.Sequential]:
+        return [self.enc1, self.enc2, self.middle]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         e1 = self.enc1(x)
@@ -220,55 +233,11 @@ class _UNet(nn.Module):
         return out
 
 
-class _SmallCnnUNet(nn.Module):
-    """A U-Net whose encoder is ``small_cnn``'s first three conv-BN-ReLU blocks (32, 64 and 128
-    filters at P, P/2 and P/4; the same module names: ``enc1.0`` is ``small_cnn``'s ``0``), so
-    a EuroSAT classifier's filters can start it; the decoder upsamples twice with skip
-    connections to one score per class and pixel (~0.3 M parameters), for windows whose side
-    is a multiple of 4."""
-
-    def __init__(self, in_channels: int, num_classes: int) -> None:
-        super().__init__()
-
-        def single(c_in: int, c_out: int) -> nn.Sequential:  # small_cnn's block, less the pool
-            return nn.Sequential(
-                nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-                nn.BatchNorm2d(c_out),
-                nn.ReLU(inplace=True),
-            )
-
-        def double(c_in: int, c_out: int) -> nn.Sequential:
-            return nn.Sequential(*single(c_in, c_out), *single(c_out, c_out))
-
-        self.enc1 = single(in_channels, 32)  # P
-        self.enc2 = single(32, 64)  # P / 2
-        self.enc3 = single(64, 128)  # P / 4
-        self.pool = nn.MaxPool2d(2)
-        self.up2 = nn.ConvTranspose2d(128, 64, 2, stride=2)
-        self.dec2 = double(128, 64)
-        self.up1 = nn.ConvTranspose2d(64, 32, 2, stride=2)
-        self.dec1 = double(64, 32)
-        self.head = nn.Conv2d(32, num_classes, 1)
-
-    @property
-    def encoder(self) -> list[nn.Sequential]:
-        return [self.enc1, self.enc2, self.enc3]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        e1 = self.enc1(x)
-        e2 = self.enc2(self.pool(e1))
-        e3 = self.enc3(self.pool(e2))
-        d2 = self.dec2(torch.cat([self.up2(e3), e2], dim=1))
-        d1 = self.dec1(torch.cat([self.up1(d2), e1], dim=1))
-        out: torch.Tensor = self.head(d1)
-        return out
-
-
 def _backbone(architecture: str, in_channels: int, num_classes: int = NUM_CLASSES) -> nn.Module:
     if architecture in ("seg_unet", "seg_unet_indices"):
         return _UNet(in_channels, num_classes)
     if architecture == "seg_small_cnn":
-        return _SmallCnnUNet(in_channels, num_classes)
+        return _UNet(in_channels, num_classes, width=32, single_encoder=True)
     if architecture == "small_cnn":
         return _small_cnn(in_channels, num_classes)
     if architecture == "centre_cnn":
@@ -338,7 +307,7 @@ class EuroSATNet(nn.Module):
             backbone = cast(_CentreCNN, self.backbone)
             return [(backbone.context, "0"), (backbone.local, "0")]
         if self.architecture in SEGMENTATION_ARCHITECTURES:
-            return [(cast(_UNet | _SmallCnnUNet, self.backbone).enc1, "0")]
+            return [(cast(_UNet, self.backbone).enc1, "0")]
         return [(self.backbone, "0" if self.architecture == "small_cnn" else "conv1")]
 
 
@@ -419,7 +388,7 @@ def output_layers(model: EuroSATNet) -> list[tuple[nn.Module, str]]:
     backbone = model.backbone
     if isinstance(backbone, _CentreCNN):
         return [(backbone.context, str(len(backbone.context) - 1)), (backbone.local, "6")]
-    if isinstance(backbone, _UNet | _SmallCnnUNet):
+    if isinstance(backbone, _UNet):
         return [(backbone, "head")]
     if isinstance(backbone, nn.Sequential):  # small_cnn
         return [(backbone, str(len(backbone) - 1))]
@@ -464,7 +433,7 @@ def transfer_encoder(classifier: EuroSATNet, segmenter: EuroSATNet) -> EuroSATNe
     if isinstance(cnn, _CentreCNN):
         cnn = cnn.context
     source = cast(nn.Sequential, cnn)
-    target = cast(_SmallCnnUNet, segmenter.backbone)
+    target = cast(_UNet, segmenter.backbone)
     for level, block in enumerate(target.encoder):  # small_cnn: conv, BN, ReLU, pool per level
         for offset in (0, 1):
             block[offset].load_state_dict(source[4 * level + offset].state_dict())

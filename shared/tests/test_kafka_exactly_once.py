@@ -1,4 +1,5 @@
-"""10,000 events through real Kafka, the consumer SIGKILLed mid-stream and restarted.
+"""10,000 events through real Kafka, the consumer SIGKILLed mid-stream and restarted; and a
+producer that died of a producer-state error replaced without losing a batch.
 
 Every event's effect must be applied exactly once: nothing lost, redelivered duplicates absorbed
 by the idempotency key, and the one poison message in the stream dead-lettered with its reason.
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from aiokafka.errors import OutOfOrderSequenceNumber
 
 from eostream.shared.bus.kafka import KafkaBus
 from eostream.shared.codec import WireMessage
@@ -116,3 +118,48 @@ async def test_sigkill_mid_stream_loses_nothing_and_applies_everything_once(
     assert letters[0].original_value == b"{not json"
     assert letters[0].original_topic == topic
     assert "not a CloudEvents" in letters[0].reason
+
+
+async def test_a_producer_that_lost_its_idempotence_state_is_replaced_and_the_batch_sent(
+    kafka_bootstrap: str,
+) -> None:
+    """After a broker restart the idempotent producer can die for good: aiokafka stops its sender
+    and every later send raises OutOfOrderSequenceNumber. The bus must start a new producer and
+    send the batch again, not back off forever with the dead one."""
+    run = uuid.uuid4().hex[:8]
+    topic = f"producer-state-{run}"
+    bus = KafkaBus(
+        KafkaSettings(bootstrap_servers=kafka_bootstrap, dead_letter_topic=f"dlq-{run}"),
+        service="producer-state",
+    )
+    await bus.start()
+    try:
+        now = datetime.now(UTC)
+        events = [
+            SceneDiscovered(
+                item_id=f"S2X_{i:02d}",
+                item_href=f"s3://scenes/{i}.json",
+                datetime=now,
+                processing_level="L2A",
+                bands=("B04",),
+                source_name="producer-state",
+            )
+            for i in range(20)
+        ]
+        await bus.publish_many(topic, events[:10])
+        dead = bus._producer
+        assert dead is not None
+        # What aiokafka does when its sender dies of a producer-state error: every pending and
+        # later record fails with it.
+        dead._message_accumulator.fail_all(OutOfOrderSequenceNumber("broker lost the sequence"))
+        with pytest.raises(OutOfOrderSequenceNumber):
+            await dead.send_and_wait(bus.physical(topic), b"x")
+
+        await bus.publish_many(topic, events[10:])
+        await bus.publish(topic, events[0])
+
+        assert bus._producer is not None and bus._producer is not dead
+        seen = [m.key or b"" for m in await bus.read_topic(topic)]
+        assert sorted(set(seen)) == sorted(e.item_id.encode() for e in events)
+    finally:
+        await bus.close()

@@ -19,6 +19,11 @@ PUBLISH_RETRIES = Counter(
     "Publishes tried again because the broker was unreachable or electing a leader",
     ["service", "topic"],
 )
+PRODUCER_REPLACED = Counter(
+    "eostream_producer_replaced_total",
+    "Kafka producers replaced after losing their idempotence state (e.g. a broker restart)",
+    ["service"],
+)
 CONSUMED = Counter(
     "eostream_events_consumed_total",
     "Records consumed, by outcome (ok, retried, dead_letter, error)",

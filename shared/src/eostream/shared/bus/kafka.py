@@ -15,7 +15,15 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaConnectionError,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    TopicAlreadyExistsError,
+    UnknownProducerId,
+)
 
 from eostream.shared import metrics
 from eostream.shared.bus.base import Handler, RetryPolicy, encode_all, parse_dead_letter
@@ -42,6 +50,22 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# Errors after which an idempotent producer is dead for good: aiokafka's sender task stops and
+# every later send raises the same error. Seen after a broker restart that lost the producer's
+# sequence state (OutOfOrderSequenceNumber). A new producer, with a new producer id, recovers.
+PRODUCER_STATE_ERRORS = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    ProducerFenced,
+)
+
+
+class ProducerReplaced(KafkaError):  # type: ignore[misc]  # aiokafka is untyped
+    """The producer lost its idempotence state and was replaced: send the batch again."""
+
+    retriable = True
+
 
 class KafkaBus:
     def __init__(self, settings: KafkaSettings, *, service: str) -> None:
@@ -50,6 +74,7 @@ class KafkaBus:
         self.dead_letter_topic = settings.dead_letter_topic
         self._prefix = settings.topic_prefix
         self._producer: AIOKafkaProducer | None = None
+        self._started = False
         self._known_topics: set[str] = set()
         self._policy = RetryPolicy(
             max_retries=settings.max_retries,
@@ -70,8 +95,8 @@ class KafkaBus:
         """The name services use of a broker topic (the inverse of :meth:`physical`)."""
         return topic.removeprefix(self._prefix)
 
-    async def start(self) -> None:
-        producer = AIOKafkaProducer(
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
             bootstrap_servers=self._settings.bootstrap_servers,
             client_id=f"{self._settings.client_id}-{self._service}",
             acks="all",
@@ -79,6 +104,9 @@ class KafkaBus:
             linger_ms=5,
             request_timeout_ms=self._settings.request_timeout_ms,
         )
+
+    async def start(self) -> None:
+        producer = self._new_producer()
         try:
             await producer.start()
         except KafkaConnectionError:
@@ -88,12 +116,43 @@ class KafkaBus:
                 "and is KAFKA__BOOTSTRAP_SERVERS right?"
             ) from None
         self._producer = producer
+        self._started = True
         await self.ensure_topics([self.dead_letter_topic])
 
     async def close(self) -> None:
+        self._started = False
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+
+    async def _live_producer(self) -> AIOKafkaProducer:
+        """The producer, started again if an earlier one died of a producer-state error."""
+        if self._producer is None:
+            if not self._started:
+                raise RuntimeError("KafkaBus.start() must be awaited before publishing")
+            producer = self._new_producer()
+            try:
+                await producer.start()  # a broker still down raises a transient error: retried
+            except BaseException:
+                await producer.stop()
+                raise
+            self._producer = producer
+        return self._producer
+
+    async def _replace_producer(self, exc: KafkaError) -> None:
+        dead, self._producer = self._producer, None
+        log.warning(
+            "the %s producer lost its idempotence state (%s: %s); starting a new one",
+            self._service,
+            type(exc).__name__,
+            exc,
+        )
+        metrics.PRODUCER_REPLACED.labels(self._service).inc()
+        if dead is not None:
+            try:
+                await dead.stop()
+            except Exception as stop_error:
+                log.debug("stopping the dead producer: %s", stop_error)
 
     def _admin(self) -> AIOKafkaAdminClient:
         return AIOKafkaAdminClient(
@@ -132,11 +191,6 @@ class KafkaBus:
                 return
             await asyncio.sleep(0.1)
 
-    def _require_producer(self) -> AIOKafkaProducer:
-        if self._producer is None:
-            raise RuntimeError("KafkaBus.start() must be awaited before publishing")
-        return self._producer
-
     async def publish(self, topic: str, event: Event) -> None:
         await self.publish_raw(topic, encode(event, source=self._service))
         metrics.PUBLISHED.labels(self._service, topic).inc()
@@ -147,7 +201,7 @@ class KafkaBus:
 
         async def send() -> None:
             await self.ensure_topics([topic])
-            producer = self._require_producer()
+            producer = await self._live_producer()
             futures = [
                 await producer.send(
                     self.physical(topic), m.value, key=m.key, headers=list(m.headers.items())
@@ -162,7 +216,8 @@ class KafkaBus:
     async def publish_raw(self, topic: str, message: WireMessage) -> None:
         async def send() -> None:
             await self.ensure_topics([topic])
-            await self._require_producer().send_and_wait(
+            producer = await self._live_producer()
+            await producer.send_and_wait(
                 self.physical(topic),
                 message.value,
                 key=message.key,
@@ -172,8 +227,17 @@ class KafkaBus:
         await self._retrying(topic, send)
 
     async def _retrying(self, topic: str, send: Callable[[], Awaitable[None]]) -> None:
+        async def send_on_a_live_producer() -> None:
+            try:
+                await send()
+            except PRODUCER_STATE_ERRORS as exc:
+                # The whole batch goes again on the new producer; records the old one had
+                # written are duplicates that consumers drop by event id.
+                await self._replace_producer(exc)
+                raise ProducerReplaced(f"{type(exc).__name__}: {exc}") from exc
+
         await publish_retrying(
-            send,
+            send_on_a_live_producer,
             topic=topic,
             service=self._service,
             retry_seconds=self._settings.publish_retry_seconds,

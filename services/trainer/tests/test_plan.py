@@ -58,3 +58,13 @@ def test_a_pixel_model_is_planned_for_ms13_only() -> None:
         )
     message = str(info.value)
     assert "takes band_set ms13" in message and "cannot be fine-tuned" in message
+
+
+def test_the_recipe_extras_reach_the_plan_and_are_refused_where_they_mean_nothing() -> None:
+    plan = plan_training(TrainingRequested(label_smoothing=0.1, mix="both", ema_decay=0.999))
+    assert (plan.label_smoothing, plan.mix, plan.ema_decay) == (0.1, "both", 0.999)
+    with pytest.raises(BadTrainingRequestError, match="for the torch family"):
+        plan_training(TrainingRequested(family="sklearn", architecture="pixel_hgb", mix="mixup",
+                                        band_set="ms13"))  # fmt: skip
+    with pytest.raises(BadTrainingRequestError, match="trains on masks"):
+        plan_training(TrainingRequested(architecture="seg_unet", dataset="chips", mix="cutmix"))

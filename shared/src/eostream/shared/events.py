@@ -107,6 +107,19 @@ class TrainingRequested(Event):
     backbone_lr_scale: float = Field(
         default=1.0, gt=0, le=1, description="with pretrained: the backbone's learning rate factor"
     )
+    label_smoothing: float = Field(
+        default=0.0, ge=0, le=0.5, description="share of the target spread over every class"
+    )
+    mix: Literal["none", "mixup", "cutmix", "both"] = Field(
+        default="none", description="mix pairs of training patches (patch classification only)"
+    )
+    ema_decay: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="above 0: keep and ship an exponential moving average of the weights "
+        "(e.g. 0.999)",
+    )
     dataset: str | None = Field(
         default=None,
         description="train on labelled chips instead of EuroSAT: a chip dataset (folder or "

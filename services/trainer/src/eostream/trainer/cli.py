@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
+import click
 import typer
 
 from eostream.shared import tags
@@ -154,6 +155,26 @@ def fit_command(
             help="with --pretrained: the backbone's learning rate factor",
         ),
     ] = 1.0,
+    label_smoothing: Annotated[
+        float,
+        typer.Option(min=0.0, max=0.5, help="share of the target spread over every class"),
+    ] = 0.0,
+    mix: Annotated[
+        str,
+        typer.Option(
+            click_type=click.Choice(["none", "mixup", "cutmix", "both"]),
+            help="mix pairs of training patches (patch classification only)",
+        ),
+    ] = "none",
+    ema_decay: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.99999,
+            help="above 0: validate, keep and ship an exponential moving average of the weights "
+            "(e.g. 0.999)",
+        ),
+    ] = 0.0,
     stac_out: Annotated[
         Path | None,
         typer.Option(
@@ -204,6 +225,9 @@ def fit_command(
             pretrained=pretrained,
             freeze_backbone=freeze_backbone,
             backbone_lr_scale=backbone_lr_scale,
+            label_smoothing=label_smoothing,
+            mix=mix,  # one of click.Choice's; pydantic checks it again
+            ema_decay=ema_decay,
             dataset=str(chips.path) if chips else None,
             requested_by="cli",
         )

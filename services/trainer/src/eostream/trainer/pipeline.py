@@ -480,6 +480,9 @@ def train_config(plan: TrainingPlan, settings: TrainerSettings, train: PatchTens
         patience=plan.patience,
         seed=plan.seed,
         backbone_lr_scale=plan.backbone_lr_scale,
+        label_smoothing=plan.label_smoothing,
+        mix=plan.mix,
+        ema_decay=plan.ema_decay,
     )
     if plan.dataset is None:
         return config

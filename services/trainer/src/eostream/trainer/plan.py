@@ -16,6 +16,7 @@ from eostream.trainer.models import ARCHITECTURES, SEGMENTATION_ARCHITECTURES
 from eostream.trainer.pixel import PIXEL_ARCHITECTURES
 from eostream.trainer.pretrained import PRETRAINED_ARCHITECTURES
 from eostream.trainer.selection import SplitMode
+from eostream.trainer.task import MixMode
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _MODEL_URI = re.compile(r"^models:/[^/@]+(/\d+|@[\w-]+)$")
@@ -46,6 +47,10 @@ class TrainingPlan:
     pretrained: str | None = None
     freeze_backbone: bool = False
     backbone_lr_scale: float = 1.0
+    #: the recipe's extras (:class:`eostream.trainer.task.TrainConfig`): free at inference
+    label_smoothing: float = 0.0
+    mix: MixMode = "none"
+    ema_decay: float = 0.0
     requested_by: str = "unknown"
     reason: str = ""
     #: a chip dataset (``eostream labels chips``; folder or its chips.parquet): its classes,
@@ -104,6 +109,7 @@ def plan_training(event: TrainingRequested) -> TrainingPlan:
             f"base_model {event.base_model!r} must be models:/NAME/VERSION or models:/NAME@alias"
         )
     problems.extend(_pretrained_problems(event, family))
+    problems.extend(_recipe_problems(event, family))
     if problems:
         raise BadTrainingRequestError("bad training request: " + "; ".join(problems))
     return TrainingPlan(
@@ -122,9 +128,22 @@ def plan_training(event: TrainingRequested) -> TrainingPlan:
         pretrained=event.pretrained,
         freeze_backbone=event.freeze_backbone,
         backbone_lr_scale=event.backbone_lr_scale,
+        label_smoothing=event.label_smoothing,
+        mix=event.mix,
+        ema_decay=event.ema_decay,
         requested_by=event.requested_by,
         reason=event.reason,
     )
+
+
+def _recipe_problems(event: TrainingRequested, family: str) -> list[str]:
+    """Label smoothing, mixing and the EMA are the torch loop's; mixing needs patch labels."""
+    extras = event.label_smoothing > 0 or event.mix != "none" or event.ema_decay > 0
+    if extras and family != "torch":
+        return ["label_smoothing, mix and ema_decay are for the torch family"]
+    if event.mix != "none" and event.architecture in SEGMENTATION_ARCHITECTURES:
+        return [f"mix {event.mix!r} mixes patch labels: {event.architecture} trains on masks"]
+    return []
 
 
 def _pretrained_problems(event: TrainingRequested, family: str) -> list[str]:

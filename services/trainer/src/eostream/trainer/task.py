@@ -8,6 +8,11 @@ scheduler, the best weights so far and the history.
 Training runs in channels-last memory format (NHWC): on two CPU cores it is 1.1x (ResNet-18) to
 1.5x (small CNN) faster, and on a GPU it is what tensor cores want. The model is handed back in
 the default format, so what is saved and exported does not depend on it.
+
+What costs nothing at inference (the exported network is the same size and shape): label
+smoothing, mixup/cutmix of patch pairs, and an exponential moving average (EMA) of the weights,
+which is then the model that is validated, kept and exported. ``benchmarks/train/
+eurosat_rgb_recipe.py`` measures what each buys.
 """
 
 from __future__ import annotations
@@ -18,11 +23,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from eostream.trainer.datasets import UNKNOWN, PatchTensors, augment_pair
 from eostream.trainer.models import NUM_CLASSES
@@ -31,6 +37,13 @@ log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 BatchCallback = Callable[[int], None]
+
+MixMode = Literal["none", "mixup", "cutmix", "both"]
+MIX_MODES: tuple[MixMode, ...] = ("none", "mixup", "cutmix", "both")
+#: Beta(alpha, alpha) of the mixing weight: mixup blends mildly (timm's and the paper's small
+#: alpha for small images); cutmix draws the box's area uniformly
+MIXUP_ALPHA = 0.2
+CUTMIX_ALPHA = 1.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,14 @@ class TrainConfig:
     backbone_lr_scale: float = 1.0
     #: per-class weights of the loss (None: all 1); see :func:`balanced_class_weights`
     class_weights: tuple[float, ...] | None = None
+    #: the target puts ``1 - s`` on the label and ``s`` spread over every class
+    label_smoothing: float = 0.0
+    #: mix pairs of training patches (patch classification only): ``mixup`` blends two images,
+    #: ``cutmix`` pastes a box of one into the other, ``both`` picks one of the two per batch
+    mix: MixMode = "none"
+    #: above 0: an exponential moving average of the weights (and batch-norm statistics) with
+    #: this decay per step is what is validated, kept and handed back
+    ema_decay: float = 0.0
 
 
 @dataclass
@@ -181,6 +202,29 @@ def epochs_for_steps(epochs: int, samples: int, batch_size: int, min_steps: int)
     return max(epochs, -(-min_steps // per_epoch))
 
 
+def mix_batch(
+    x: torch.Tensor, y: torch.Tensor, mode: MixMode, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Mix each patch with another of the batch: the mixed images, the partner's labels and the
+    weight ``lam`` of the patch's own label (the loss is ``lam * CE(y) + (1 - lam) * CE(y2)``)."""
+    if mode == "both":
+        mode = "mixup" if rng.random() < 0.5 else "cutmix"
+    partner = torch.from_numpy(rng.permutation(len(y))).to(y.device)
+    if mode == "mixup":
+        lam = float(rng.beta(MIXUP_ALPHA, MIXUP_ALPHA))
+        return lam * x + (1.0 - lam) * x[partner], y[partner], lam
+    height, width = x.shape[-2:]
+    cut = float(np.sqrt(1.0 - rng.beta(CUTMIX_ALPHA, CUTMIX_ALPHA)))
+    box_h, box_w = round(height * cut), round(width * cut)
+    top = int(rng.integers(0, height - box_h + 1))
+    left = int(rng.integers(0, width - box_w + 1))
+    mixed = x.clone()
+    mixed[..., top : top + box_h, left : left + box_w] = x[
+        partner, :, top : top + box_h, left : left + box_w
+    ]
+    return mixed, y[partner], 1.0 - box_h * box_w / (height * width)
+
+
 def fit(
     model: nn.Module,
     train: PatchTensors,
@@ -193,6 +237,9 @@ def fit(
 ) -> History:
     """Train ``model`` in place; on return it holds the best weights (by validation accuracy)."""
     torch.manual_seed(config.seed)
+    per_pixel = train.y.dim() == 3  # per-pixel masks: a segmentation model, kept by val mean IoU
+    if per_pixel and config.mix != "none":
+        raise ValueError("mixup/cutmix mix patch labels: a segmentation model trains without")
     model.to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = torch.optim.AdamW(
         param_groups(model, config), lr=config.learning_rate, weight_decay=config.weight_decay
@@ -201,7 +248,17 @@ def fit(
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     history = History()
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    ema = (
+        AveragedModel(
+            model,
+            multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay),  # type: ignore[no-untyped-call]
+            use_buffers=True,
+        )
+        if config.ema_decay > 0
+        else None
+    )
+    kept: nn.Module = ema.module if ema is not None else model  # validated, kept, handed back
+    best_state = {k: v.detach().clone() for k, v in kept.state_dict().items()}
     start_epoch = 0
     if checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, map_location=device, weights_only=False)
@@ -210,6 +267,8 @@ def fit(
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
+            if ema is not None:
+                ema.load_state_dict(state["ema"])
             best_state = state["best_model"]
             history = state["history"]
             start_epoch = len(history.epochs)
@@ -218,10 +277,10 @@ def fit(
             log.warning("checkpoint %s was made with other settings; starting afresh", checkpoint)
     weights = None if config.class_weights is None else torch.tensor(config.class_weights)
     loss_fn = nn.CrossEntropyLoss(
-        weight=weights.to(device) if weights is not None else None, ignore_index=UNKNOWN
+        weight=weights.to(device) if weights is not None else None,
+        ignore_index=UNKNOWN,
+        label_smoothing=config.label_smoothing,
     )
-    # per-pixel masks: a segmentation model, kept by its validation mean IoU
-    per_pixel = train.y.dim() == 3
     labelled = int((train.y != UNKNOWN).sum()) if per_pixel else len(train)
     seen, busy = 0, 0.0
     for epoch in range(start_epoch, config.epochs):
@@ -230,6 +289,7 @@ def fit(
         model.train()
         torch.manual_seed(config.seed * 100_003 + epoch)  # dropout: same draws after a resume
         generator = torch.Generator().manual_seed(config.seed + epoch)
+        mixing = np.random.default_rng([config.seed, epoch])
         order = torch.randperm(len(train), generator=generator)
         total_loss, correct, started = 0.0, 0, time.perf_counter()
         for i in range(0, len(order), config.batch_size):
@@ -241,14 +301,21 @@ def fit(
             if config.augment:
                 xb, turned = augment_pair(xb, yb if per_pixel else None, generator)
                 yb = turned if turned is not None else yb
+            partner, lam = yb, 1.0
+            if config.mix != "none":
+                xb, partner, lam = mix_batch(xb, yb, config.mix, mixing)
             xb = xb.contiguous(memory_format=torch.channels_last)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device_type=device.type, enabled=use_amp):
                 logits = model(xb)
                 loss = loss_fn(logits, yb)
+                if lam < 1.0:
+                    loss = lam * loss + (1.0 - lam) * loss_fn(logits, partner)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            if ema is not None:
+                ema.update_parameters(model)
             total_loss += float(loss.detach()) * len(index)
             correct += int(((logits.argmax(1) == yb) & (yb != UNKNOWN)).sum())
             if on_batch is not None:
@@ -256,7 +323,7 @@ def fit(
         elapsed = time.perf_counter() - started
         seen, busy = seen + len(train), busy + elapsed
         scheduler.step()
-        result = evaluate(model, val, device)
+        result = evaluate(kept, val, device)
         metrics = {
             "train_loss": total_loss / max(len(train), 1),
             "train_accuracy": correct / max(labelled, 1),
@@ -271,7 +338,7 @@ def fit(
         if score > history.best_val_accuracy:
             history.best_val_accuracy = score
             history.best_epoch = epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in kept.state_dict().items()}
         elif epoch - history.best_epoch >= config.patience:
             history.stopped_early = True
             log.info("early stop after epoch %d: no gain for %d epochs", epoch + 1, config.patience)
@@ -296,6 +363,7 @@ def fit(
                     "scaler": scaler.state_dict(),
                     "best_model": best_state,
                     "history": history,
+                    **({"ema": ema.state_dict()} if ema is not None else {}),
                 },
                 checkpoint,
             )

@@ -30,7 +30,7 @@ from eostream.runner.processes import ProcessGroup
 from eostream.shared import tags
 from eostream.shared.deployment import Deployment, LocalStack
 from eostream.shared.modelcard import ModelCard
-from eostream.shared.objects import read_bytes
+from eostream.shared.objects import absolute_href, read_bytes
 from eostream.shared.storage.s3 import S3ObjectStore
 from eostream.trainer.labels_cli import app as labels_app
 
@@ -199,6 +199,8 @@ def test_labels_imported_into_the_stac_api_end_as_a_segmentation_champion_mappin
         assert properties["eostream:model_task"] == "segmentation"
         assert properties["eostream:window"]["labels"] == "centre crop per pixel"
         assert properties["gsd"] == pytest.approx(10.0, rel=0.01), "the scene's 10 m grid"
+        # the bridge's int8 twin passed its pixel check: the CPU maps come from it
+        assert properties["eostream:model_precision"] == "int8", properties
     held_out = results[f"boadella-{HELD_OUT}"]
     assert 0.02 < held_out["class_shares"]["water"] < 0.2, held_out
     cog = httpx.get(f"{system.inference_url}/results/boadella-{HELD_OUT}/cog", timeout=30)
@@ -225,3 +227,17 @@ def test_labels_imported_into_the_stac_api_end_as_a_segmentation_champion_mappin
     )  # fmt: skip
     assert model["iou"] >= ndwi["iou"] - 0.03, (model, ndwi)
     assert np.isfinite(gate_map_iou)
+
+    # the int8 file that made the twelve maps, scored the same way
+    assert version.tags[tags.INT8] == "passed", version.tags.get(tags.INT8_REASONS)
+    mlm_item = json.loads(read_bytes(promoted.mlm_item_href, s3=s3, max_bytes=5_000_000))
+    int8_href = absolute_href(mlm_item["assets"]["model_int8"]["href"], promoted.mlm_item_href)
+    int8 = tmp_path / "champion.int8.onnx"
+    int8.write_bytes(read_bytes(int8_href, s3=s3, max_bytes=50_000_000))
+    [item8] = evaluation.evaluate(str(ref), str(int8), overrides=SCORING).items
+    model8 = evaluation.scores_for(item8.model_cm, report.classes, partial=False)["water"]
+    log.warning(
+        "%s: int8 champion water IoU %.3f (P %.3f R %.3f)",
+        HELD_OUT, model8["iou"], model8["precision"], model8["recall"],
+    )  # fmt: skip
+    assert model8["iou"] == pytest.approx(model["iou"], abs=0.02), (model8, model)

@@ -196,7 +196,11 @@ def test_other_tasks_ship_fp32_only_and_a_calibration_that_cannot_be_read_fails_
     kwargs: dict[str, Any] = {"holdout": empty, "logits": never}
     result = check(b"", pixel, settings=Int8Settings(), calibration=never, **kwargs)
     assert (result.outcome, result.onnx_bytes) == ("skipped", None)
-    assert "only patch models" in result.reasons[0] and result.as_tags()[tags.INT8] == "skipped"
+    assert "only patch and segmentation" in result.reasons[0]
+    assert result.as_tags()[tags.INT8] == "skipped"
+    segmentation = card.model_copy(update={"task": "segmentation"})
+    unmasked = check(b"", segmentation, settings=Int8Settings(), calibration=never, **kwargs)
+    assert unmasked.outcome == "failed" and "hold-out with masks" in unmasked.reasons[0]
     off = check(b"", card, settings=Int8Settings(enabled=False), calibration=never, **kwargs)
     assert off.outcome == "skipped"
     broken = check(b"", card, settings=Int8Settings(), calibration=unreadable, **kwargs)

@@ -14,12 +14,12 @@ import pytest
 from typer.testing import CliRunner
 
 from eostream.inference import evaluation, reference
-from eostream.registry_bridge import contract, onnx_model
+from eostream.registry_bridge import contract, onnx_model, quantize
 from eostream.registry_bridge import evaluation as gate_evaluation
 from eostream.registry_bridge import holdout as gate_holdout
 from eostream.registry_bridge.gatekeeper import Gatekeeper
 from eostream.registry_bridge.registry import MlflowRegistry
-from eostream.registry_bridge.settings import BridgeSettings
+from eostream.registry_bridge.settings import BridgeSettings, Int8Settings
 from eostream.registry_bridge.shipping import Shipper
 from eostream.shared.modelcard import ModelCard
 from eostream.trainer import chipset
@@ -221,6 +221,26 @@ def test_a_water_segmentation_network_trains_on_masks_is_gated_by_pixel_and_maps
     cm = item.model_cm
     iou = cm[0, 0] / (cm[0].sum() + cm[:, 0].sum() - cm[0, 0])
     assert iou > 0.7, cm
+
+    # int8: calibrated on the run's training chips, checked on every labelled test pixel; it
+    # maps the third date as the fp32 model does
+    verdict = quantize.check(
+        data,
+        card,
+        settings=Int8Settings(),
+        holdout=held_out,
+        calibration=lambda: gate.calibration_for(card.band_set, elsewhere, run.info.run_id),
+        logits=lambda model, x: onnx_model.logits(onnx_model.session(model, 1), x),
+    )
+    assert verdict.outcome == "passed" and verdict.onnx_bytes is not None, verdict.reasons
+    assert verdict.agreement is not None and verdict.agreement > 0.97, verdict.reasons
+    assert "labelled pixels" in verdict.reasons[-1]
+    int8_file = tmp_path / "int8.onnx"
+    int8_file.write_bytes(verdict.onnx_bytes)
+    (item8,) = evaluation.evaluate(str(references[1]), str(int8_file)).items
+    cm8 = item8.model_cm
+    iou8 = cm8[0, 0] / (cm8[0].sum() + cm8[:, 0].sum() - cm8[0, 0])
+    assert iou8 == pytest.approx(iou, abs=0.02), (iou, iou8)
 
 
 def test_label_models_start_from_a_registered_eurosat_classifier(

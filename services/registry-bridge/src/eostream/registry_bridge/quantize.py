@@ -1,4 +1,4 @@
-"""The int8 variant of a patch model: statically quantised, checked against fp32, shipped beside it.
+"""The int8 variant of a model: statically quantised, checked against fp32, shipped beside it.
 
 After a version passed the gate and before it ships (:meth:`.promotion.Promoter.ship`), the bridge
 
@@ -14,8 +14,9 @@ After a version passed the gate and before it ships (:meth:`.promotion.Promoter.
 
 A passed int8 model ships as a second asset of the MLM item (``model_int8``, with its checksum,
 ``eostream:precision`` and the figures); a failed one is not shipped, the fp32 one is anyway. The
-verdict and figures are version tags (``eostream.int8*``). Only ``task == "patch"`` models are
-quantised for now; the others ship fp32 only (``skipped``).
+verdict and figures are version tags (``eostream.int8*``). Patch and segmentation models are
+quantised; a segmentation model calibrates on its dataset's training chips and is scored on every
+labelled pixel of the test chips (accuracy and agreement per pixel, 255 left out).
 
 :func:`quantise` is the one quantisation code path: ``benchmarks/inference/bench_int8.py`` calls
 it. This module never imports torch.
@@ -48,6 +49,7 @@ from eostream.shared.holdout import (
     ms_candidates,
     rgb_candidates,
 )
+from eostream.shared.labels import MASK_UNKNOWN as UNKNOWN
 from eostream.shared.modelcard import EUROSAT_CLASSES, INPUT_NAME, ModelCard
 
 log = logging.getLogger(__name__)
@@ -248,21 +250,27 @@ def check(
     calibration patches that cannot be read: that fails the check (fp32 ships anyway)."""
     if not settings.enabled:
         return skipped("int8 disabled (BRIDGE_INT8__ENABLED=false)")
-    if card.task != "patch":
-        return skipped(f"only patch models are quantised; this one is a {card.task} model")
+    if card.task not in ("patch", "segmentation"):
+        return skipped(f"only patch and segmentation models are quantised, not {card.task}")
+    pixels = card.task == "segmentation"
+    if pixels and holdout.masks is None:
+        return Int8Check("failed", ("FAIL: a segmentation model needs a hold-out with masks",))
     started = time.perf_counter()
     x = np.zeros((0,), np.float32)
     try:
         x = calibration()
         int8 = quantise(fp32, x)
-        y = holdout.labels
+        # a segmentation model is scored on every labelled pixel of the test chips
+        y = holdout.masks if pixels and holdout.masks is not None else holdout.labels
         pred32 = logits(fp32, holdout.images).argmax(1)
         pred8 = logits(int8, holdout.images).argmax(1)
     except Exception as exc:  # onnxruntime and onnx raise many types
         reason = f"FAIL: calibrating, quantising or running the int8 model failed: {exc!r}"[:1000]
         return Int8Check("failed", (reason,), calibration=len(x))
-    accuracy32, accuracy8 = float((pred32 == y).mean()), float((pred8 == y).mean())
-    agreement = float((pred32 == pred8).mean())
+    labelled = y != UNKNOWN
+    accuracy32 = float((pred32 == y)[labelled].mean())
+    accuracy8 = float((pred8 == y)[labelled].mean())
+    agreement = float((pred32 == pred8)[labelled].mean())
     map32 = map8 = None
     if maps is not None and fp32_maps is not None:
         theirs = fp32_maps()
@@ -274,7 +282,11 @@ def check(
     )
     result = Int8Check(
         "passed" if passed else "failed",
-        (*reasons, f"NOTE: top-1 agreement with fp32 on the hold-out {agreement:.4f}"),
+        (
+            *reasons,
+            f"NOTE: top-1 agreement with fp32 on the hold-out"
+            f"{' (labelled pixels)' if pixels else ''} {agreement:.4f}",
+        ),
         int8 if passed else None,
         accuracy32,
         accuracy8,

@@ -18,10 +18,10 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import click
 import typer
 
 from eostream.shared import tags
@@ -33,6 +33,16 @@ if TYPE_CHECKING:  # torch stays unimported until a command needs it
     from eostream.trainer.pipeline import Outcome
     from eostream.trainer.plan import TrainingPlan
     from eostream.trainer.task import BatchCallback
+
+
+class Mix(StrEnum):
+    """``--mix``: how pairs of training patches are mixed (TrainConfig.mix)."""
+
+    none = "none"
+    mixup = "mixup"
+    cutmix = "cutmix"
+    both = "both"
+
 
 app = typer.Typer(
     name="trainer",
@@ -160,12 +170,8 @@ def fit_command(
         typer.Option(min=0.0, max=0.5, help="share of the target spread over every class"),
     ] = 0.0,
     mix: Annotated[
-        str,
-        typer.Option(
-            click_type=click.Choice(["none", "mixup", "cutmix", "both"]),
-            help="mix pairs of training patches (patch classification only)",
-        ),
-    ] = "none",
+        Mix, typer.Option(help="mix pairs of training patches (patch classification only)")
+    ] = Mix.none,
     ema_decay: Annotated[
         float,
         typer.Option(
@@ -226,7 +232,7 @@ def fit_command(
             freeze_backbone=freeze_backbone,
             backbone_lr_scale=backbone_lr_scale,
             label_smoothing=label_smoothing,
-            mix=mix,  # one of click.Choice's; pydantic checks it again
+            mix=mix.value,
             ema_decay=ema_decay,
             dataset=str(chips.path) if chips else None,
             requested_by="cli",

@@ -41,6 +41,21 @@ def count(db: Path, table: str) -> int:
         return 0  # the consumer has not created its tables yet
 
 
+def scenes(count: int, source: str) -> list[SceneDiscovered]:
+    now = datetime.now(UTC)
+    return [
+        SceneDiscovered(
+            item_id=f"S2X_{i:05d}",
+            item_href=f"s3://scenes/{i}.json",
+            datetime=now,
+            processing_level="L2A",
+            bands=("B04",),
+            source_name=source,
+        )
+        for i in range(count)
+    ]
+
+
 def start_consumer(*args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, str(CONSUMER), *args])
 
@@ -65,18 +80,7 @@ async def test_sigkill_mid_stream_loses_nothing_and_applies_everything_once(
         KafkaSettings(bootstrap_servers=kafka_bootstrap, dead_letter_topic=dlq), service="producer"
     )
     await bus.start()
-    now = datetime.now(UTC)
-    events = [
-        SceneDiscovered(
-            item_id=f"S2X_{i:05d}",
-            item_href=f"s3://scenes/{i}.json",
-            datetime=now,
-            processing_level="L2A",
-            bands=("B04",),
-            source_name="exactly-once",
-        )
-        for i in range(TOTAL)
-    ]
+    events = scenes(TOTAL, "exactly-once")
     await bus.publish_many(topic, events[: TOTAL // 2])
     await bus.publish_raw(topic, WireMessage(key=b"S2X_poison", value=b"{not json", headers={}))
     await bus.publish_many(topic, events[TOTAL // 2 :])
@@ -134,18 +138,7 @@ async def test_a_producer_that_lost_its_idempotence_state_is_replaced_and_the_ba
     )
     await bus.start()
     try:
-        now = datetime.now(UTC)
-        events = [
-            SceneDiscovered(
-                item_id=f"S2X_{i:02d}",
-                item_href=f"s3://scenes/{i}.json",
-                datetime=now,
-                processing_level="L2A",
-                bands=("B04",),
-                source_name="producer-state",
-            )
-            for i in range(20)
-        ]
+        events = scenes(20, "producer-state")
         await bus.publish_many(topic, events[:10])
         dead = bus._producer
         assert dead is not None

@@ -75,6 +75,10 @@ class SceneDiscovered(Event):
         return self.item_id
 
 
+#: how pairs of training patches are mixed (the trainer's ``TrainConfig.mix``)
+MixMode = Literal["none", "mixup", "cutmix", "both"]
+
+
 class TrainingRequested(Event):
     """Somebody (a person, a schedule, a data change) asks for a model to be trained."""
 
@@ -110,7 +114,7 @@ class TrainingRequested(Event):
     label_smoothing: float = Field(
         default=0.0, ge=0, le=0.5, description="share of the target spread over every class"
     )
-    mix: Literal["none", "mixup", "cutmix", "both"] = Field(
+    mix: MixMode = Field(
         default="none", description="mix pairs of training patches (patch classification only)"
     )
     ema_decay: float = Field(

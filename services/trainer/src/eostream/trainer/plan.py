@@ -9,14 +9,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from eostream.shared.events import DatasetUpdated, TrainingRequested
+from eostream.shared.events import DatasetUpdated, MixMode, TrainingRequested
 from eostream.shared.modelcard import BAND_SETS, EUROSAT_CLASSES
 from eostream.trainer.errors import BadTrainingRequestError
 from eostream.trainer.models import ARCHITECTURES, SEGMENTATION_ARCHITECTURES
 from eostream.trainer.pixel import PIXEL_ARCHITECTURES
 from eostream.trainer.pretrained import PRETRAINED_ARCHITECTURES
 from eostream.trainer.selection import SplitMode
-from eostream.trainer.task import MixMode
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _MODEL_URI = re.compile(r"^models:/[^/@]+(/\d+|@[\w-]+)$")

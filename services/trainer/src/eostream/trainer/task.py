@@ -23,13 +23,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
+from eostream.shared.events import MixMode
 from eostream.trainer.datasets import UNKNOWN, PatchTensors, augment_pair
 from eostream.trainer.models import NUM_CLASSES
 
@@ -38,8 +39,6 @@ log = logging.getLogger(__name__)
 EpochCallback = Callable[[int, dict[str, float]], None]
 BatchCallback = Callable[[int], None]
 
-MixMode = Literal["none", "mixup", "cutmix", "both"]
-MIX_MODES: tuple[MixMode, ...] = ("none", "mixup", "cutmix", "both")
 #: Beta(alpha, alpha) of the mixing weight: mixup blends mildly (timm's and the paper's small
 #: alpha for small images); cutmix draws the box's area uniformly
 MIXUP_ALPHA = 0.2

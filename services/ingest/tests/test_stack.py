@@ -168,7 +168,8 @@ async def test_items_inserted_while_running_are_announced_once_across_restarts(
         clone(
             broken[k],
             collection=collection,
-            new_id=f"{k}-{run_id}",
+            # not f"{k}-{run_id}": "unknown-level-2a..." names L2A to processing_level
+            new_id=f"{k}-run-{run_id}",
             when=base + timedelta(minutes=next(counter)),
         )
         for k in ("no-band-assets", "unknown-level")

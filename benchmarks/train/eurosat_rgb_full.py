@@ -14,7 +14,7 @@ ResNet-18) is meant for a GPU: 12 to 16 h on two CPU cores. ``--architecture res
         --epochs 1 --samples-per-class 100 --baseline-images 1000
 
 Settings come from the environment as for the worker (TRAINER_MLFLOW_TRACKING_URI,
-TRAINER_CACHE_DIR, TRAINER_DEVICE, TRAINER_NUM_THREADS; EOSTREAM_DATA_DIR).
+TRAINER_CACHE_DIR, TRAINER_DEVICE, TRAINER_NUM_THREADS, TRAINER_CPU_BF16; EOSTREAM_DATA_DIR).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from eostream.trainer.pipeline import tracker_for, train_and_register
 from eostream.trainer.plan import TrainingPlan
 from eostream.trainer.selection import SelectionSpec, select
 from eostream.trainer.settings import TrainerSettings
-from eostream.trainer.task import resolve_device
+from eostream.trainer.task import TrainConfig, resolve_device, training_precision
 
 
 def plain_loop(
@@ -46,9 +46,11 @@ def plain_loop(
     batch_size: int,
     images: int,
     lr: float,
+    mode: str,
 ) -> float:
-    """images/s of the textbook loop: shuffle, forward, loss, backward, step."""
-    model.to(device).train()
+    """images/s of the textbook loop: shuffle, forward, loss, backward, step (in the pipeline's
+    precision ``mode``, channels-last as it trains)."""
+    model.to(device).to(memory_format=torch.channels_last).train()  # type: ignore[call-overload]
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     order = torch.randperm(len(y))[:images]
     done, started = 0, time.perf_counter()
@@ -57,8 +59,11 @@ def plain_loop(
         if len(index) < 2:
             continue
         xb, yb = x[index].to(device), y[index].to(device)
+        xb = xb.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(model(xb), yb)
+        dtype = torch.bfloat16 if mode == "bf16-mixed" else torch.float16
+        with torch.autocast(device.type, dtype=dtype, enabled=mode != "fp32"):
+            loss = nn.functional.cross_entropy(model(xb), yb)
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         done += len(index)
@@ -76,6 +81,9 @@ def main() -> None:
     parser.add_argument("--samples-per-class", type=int, default=None)
     parser.add_argument("--baseline-images", type=int, default=5000)
     parser.add_argument("--patience", type=int, default=8)
+    parser.add_argument("--label-smoothing", type=float, default=0.0)
+    parser.add_argument("--mix", choices=["none", "mixup", "cutmix", "both"], default="none")
+    parser.add_argument("--ema-decay", type=float, default=0.0)
     parser.add_argument(
         "--base-model",
         default=None,
@@ -93,6 +101,7 @@ def main() -> None:
     selection = select(table, SelectionSpec("rgb", samples_per_class=args.samples_per_class))
     train = load_patches(settings.data_dir, "rgb", selection.of("train"), settings.num_threads)
     mean, std = band_statistics(train.x)
+    mode = training_precision(TrainConfig(cpu_bf16=settings.cpu_bf16), device)
     torch.manual_seed(0)
     baseline = plain_loop(
         build_model(args.architecture, ("B04", "B03", "B02"), mean, std),
@@ -102,8 +111,12 @@ def main() -> None:
         args.batch_size,
         min(args.baseline_images, len(train)),
         args.learning_rate,
+        mode,
     )
-    print(f"plain torch loop: {baseline:,.0f} images/s ({device}, {settings.num_threads} threads)")
+    print(
+        f"plain torch loop: {baseline:,.0f} images/s "
+        f"({device}, {settings.num_threads} threads, {mode})"
+    )
 
     plan = TrainingPlan(
         request_id=f"bench-{uuid.uuid4().hex[:8]}",
@@ -117,6 +130,9 @@ def main() -> None:
         patience=args.patience,
         base_model=args.base_model,
         requested_by="benchmarks/train",
+        label_smoothing=args.label_smoothing,
+        mix=args.mix,
+        ema_decay=args.ema_decay,
     )
     outcome = train_and_register(plan, settings, tracker=tracker_for(settings))
     ours = outcome.metrics["train_images_per_second"]

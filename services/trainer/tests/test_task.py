@@ -14,7 +14,8 @@ from eostream.trainer.catalog import CatalogTable
 from eostream.trainer.datasets import PatchTensors, augment, band_statistics, load_patches
 from eostream.trainer.models import build_model
 from eostream.trainer.selection import SelectionSpec, select
-from eostream.trainer.task import TrainConfig, evaluate, fit, mix_batch
+from eostream.trainer import task
+from eostream.trainer.task import TrainConfig, evaluate, fit, mix_batch, training_precision
 
 RECIPE = {"label_smoothing": 0.1, "mix": "both", "ema_decay": 0.9}
 
@@ -147,3 +148,35 @@ def test_segmentation_refuses_mixing(ms_data: dict[str, PatchTensors]) -> None:
     masks = PatchTensors(train.x, train.y[:, None, None].expand(-1, 64, 64).contiguous(), train.ids)
     with pytest.raises(ValueError, match="segmentation"):
         fit(_model(train), masks, masks, TrainConfig(epochs=1, mix="cutmix"), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "no-bf16"])
+def test_cpu_bf16_computes_in_bf16_where_native_and_keeps_fp32_weights(
+    ms_data: dict[str, PatchTensors],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    native: bool,
+) -> None:
+    monkeypatch.setattr(task, "native_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    config = TrainConfig(epochs=1, batch_size=16, cpu_bf16=True)
+    model = _model(ms_data["train"])
+    computed: set[torch.dtype] = set()
+    first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    hook = first_conv.register_forward_hook(
+        lambda m, _i, out: computed.add(out.dtype) if m.training else None
+    )
+    before = [p.detach().clone() for p in model.parameters()]
+    history = fit(model, ms_data["train"], ms_data["val"], config, cpu)
+    hook.remove()
+    expected = "bf16-mixed" if native else "fp32"
+    assert training_precision(config, cpu) == expected
+    assert computed == {torch.bfloat16 if native else torch.float32}
+    assert ("no native bf16" in caplog.text) is not native
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the weights stay fp32
+    assert any(not torch.equal(p, q) for p, q in zip(before, model.parameters(), strict=True))
+    assert np.isfinite(history.epochs[0]["train_loss"])
+    # validation runs in fp32 on the fp32 weights: what it kept is what evaluate() measures
+    assert evaluate(model, ms_data["val"], cpu)["accuracy"] == pytest.approx(
+        history.best_val_accuracy
+    )

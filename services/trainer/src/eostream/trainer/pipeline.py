@@ -60,6 +60,7 @@ from eostream.trainer.task import (
     evaluate,
     fit,
     resolve_device,
+    training_precision,
 )
 from eostream.trainer.tracking import RegisteredVersion, Tracker, version_description
 
@@ -345,6 +346,8 @@ def train_and_register(
             if plan.dataset is not None:
                 tracker.log_chips(chipset.open_dataset(plan.dataset).path)
         config = train_config(plan, settings, data["train"])
+        if resume is None:
+            tracker.log_params({"precision": training_precision(config, device)})
         if resume is None and plan.dataset is not None:
             tracker.log_params(
                 {"epochs_for_steps": config.epochs, "class_weights": config.class_weights}
@@ -483,6 +486,7 @@ def train_config(plan: TrainingPlan, settings: TrainerSettings, train: PatchTens
         label_smoothing=plan.label_smoothing,
         mix=plan.mix,
         ema_decay=plan.ema_decay,
+        cpu_bf16=settings.cpu_bf16,
     )
     if plan.dataset is None:
         return config

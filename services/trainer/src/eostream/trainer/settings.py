@@ -39,6 +39,12 @@ class TrainerSettings(ServiceSettings):
     device: Device = "auto"
     num_threads: int = Field(default=2, ge=1, le=256)
     num_workers: int = Field(default=0, ge=0, le=64, description="DataLoader worker processes")
+    cpu_bf16: bool = Field(
+        default=False,
+        description="train in bfloat16 autocast on a CPU with native bf16 (AMX or AVX512-BF16; "
+        "fp32 where it has none): ResNet-18s 1.7x-3.3x faster on the 2 cores here; weights, "
+        "validation and the ONNX export stay fp32",
+    )
     gate_holdout: HoldoutSettings = Field(
         default=HoldoutSettings(),
         description="the registry-bridge's held-out set, left out of training (same settings)",

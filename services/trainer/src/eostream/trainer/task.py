@@ -57,6 +57,8 @@ class TrainConfig:
     seed: int = 42
     augment: bool = True
     amp: bool = True  # used on CUDA only
+    #: bf16 autocast on a CPU with native bf16 (see :func:`training_precision`)
+    cpu_bf16: bool = False
     #: the backbone's learning rate relative to the head's (a pretrained start: below 1)
     backbone_lr_scale: float = 1.0
     #: per-class weights of the loss (None: all 1); see :func:`balanced_class_weights`
@@ -79,6 +81,25 @@ class History:
     best_val_accuracy: float = -1.0
     stopped_early: bool = False
     images_per_second: float = 0.0
+
+
+def training_precision(config: TrainConfig, device: torch.device) -> str:
+    """What the forward and backward passes compute in: ``fp16-mixed`` (CUDA autocast with loss
+    scaling), ``bf16-mixed`` (CPU autocast, asked for and native to the CPU: AMX or AVX512-BF16;
+    emulated bf16 would be slower than fp32) or ``fp32``. Weights and optimiser state stay fp32."""
+    if device.type == "cuda" and config.amp:
+        return "fp16-mixed"
+    if device.type == "cpu" and config.cpu_bf16:
+        if native_bf16():
+            return "bf16-mixed"
+        log.warning("cpu_bf16 asked for but this CPU has no native bf16: training in fp32")
+    return "fp32"
+
+
+def native_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (AMX or AVX512-BF16)."""
+    available = torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
+    return bool(available and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def resolve_device(name: str) -> torch.device:
@@ -265,8 +286,10 @@ def fit(
         param_groups(model, config), lr=config.learning_rate, weight_decay=config.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    use_amp = config.amp and device.type == "cuda"
+    mode = training_precision(config, device)
+    use_amp = mode == "fp16-mixed"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    autocast_dtype = torch.bfloat16 if mode == "bf16-mixed" else torch.float16
     history = History()
     ema = (
         AveragedModel(
@@ -326,7 +349,7 @@ def fit(
                 xb, partner, lam = mix_batch(xb, yb, config.mix, mixing)
             xb = xb.contiguous(memory_format=torch.channels_last)
             optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type=device.type, enabled=use_amp):
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=mode != "fp32"):
                 logits = model(xb)
                 loss = loss_fn(logits, yb)
                 if lam < 1.0:

@@ -52,6 +52,8 @@ def plain_loop(
     precision ``mode``, channels-last as it trains)."""
     model.to(device).to(memory_format=torch.channels_last).train()  # type: ignore[call-overload]
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    dtype = torch.bfloat16 if mode == "bf16-mixed" else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=mode == "fp16-mixed")  # as the trainer's
     order = torch.randperm(len(y))[:images]
     done, started = 0, time.perf_counter()
     for i in range(0, len(order), batch_size):
@@ -61,11 +63,11 @@ def plain_loop(
         xb, yb = x[index].to(device), y[index].to(device)
         xb = xb.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad()
-        dtype = torch.bfloat16 if mode == "bf16-mixed" else torch.float16
         with torch.autocast(device.type, dtype=dtype, enabled=mode != "fp32"):
             loss = nn.functional.cross_entropy(model(xb), yb)
-        loss.backward()  # type: ignore[no-untyped-call]
-        optimizer.step()
+        scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+        scaler.step(optimizer)
+        scaler.update()
         done += len(index)
     if device.type == "cuda":
         torch.cuda.synchronize()

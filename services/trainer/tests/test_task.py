@@ -3,6 +3,7 @@ exactly where it stopped, with the recipe's extras (label smoothing, mixup/cutmi
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +11,11 @@ import pytest
 import torch
 
 from eostream.shared.modelcard import BAND_SETS
+from eostream.trainer import task
 from eostream.trainer.catalog import CatalogTable
 from eostream.trainer.datasets import PatchTensors, augment, band_statistics, load_patches
 from eostream.trainer.models import build_model
 from eostream.trainer.selection import SelectionSpec, select
-from eostream.trainer import task
 from eostream.trainer.task import TrainConfig, evaluate, fit, mix_batch, training_precision
 
 RECIPE = {"label_smoothing": 0.1, "mix": "both", "ema_decay": 0.9}
@@ -180,3 +181,11 @@ def test_cpu_bf16_computes_in_bf16_where_native_and_keeps_fp32_weights(
     assert evaluate(model, ms_data["val"], cpu)["accuracy"] == pytest.approx(
         history.best_val_accuracy
     )
+
+
+def test_a_checkpoint_resumes_whatever_the_precision_and_from_before_the_field() -> None:
+    config = asdict(TrainConfig(epochs=3))
+    older = {k: v for k, v in config.items() if k != "cpu_bf16"}  # written before the field
+    assert task.resumable(older) == task.resumable(config)
+    assert task.resumable({**config, "cpu_bf16": True}) == task.resumable(config)
+    assert task.resumable({**config, "epochs": 4}) != task.resumable(config)

@@ -346,8 +346,9 @@ def train_and_register(
             if plan.dataset is not None:
                 tracker.log_chips(chipset.open_dataset(plan.dataset).path)
         config = train_config(plan, settings, data["train"])
-        if resume is None:
-            tracker.log_params({"precision": training_precision(config, device)})
+        # a tag, set on every start: a run resumed on another machine may compute otherwise
+        mode = "fp32" if plan.family == "keras" else training_precision(config, device)
+        tracker.set_tags({"compute.precision": mode})
         if resume is None and plan.dataset is not None:
             tracker.log_params(
                 {"epochs_for_steps": config.epochs, "class_weights": config.class_weights}

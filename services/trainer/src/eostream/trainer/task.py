@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -96,8 +97,19 @@ def training_precision(config: TrainConfig, device: torch.device) -> str:
     return "fp32"
 
 
+def resumable(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a checkpoint's settings must share with a run's for it to resume: everything but
+    ``cpu_bf16`` (the weights and optimiser state are fp32 whatever the precision), so a
+    checkpoint of an older version without that field resumes too."""
+    return None if config is None else {k: v for k, v in config.items() if k != "cpu_bf16"}
+
+
 def native_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively on this CPU (AMX or AVX512-BF16)."""
+    """Whether this CPU computes bf16 natively: AMX or AVX512-BF16 on x86 (oneDNN's own check
+    also says yes on any AVX-512 CPU, where it emulates bf16 slower than fp32), oneDNN's bf16
+    support elsewhere (Arm)."""
+    if platform.machine().lower() in ("x86_64", "amd64", "i686", "x86"):
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     available = torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
     return bool(available and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
@@ -305,7 +317,7 @@ def fit(
     start_epoch = 0
     if checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, map_location=device, weights_only=False)
-        if state.get("config") == asdict(config):
+        if resumable(state.get("config")) == resumable(asdict(config)):
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])

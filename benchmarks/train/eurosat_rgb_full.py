@@ -35,7 +35,7 @@ from eostream.trainer.pipeline import tracker_for, train_and_register
 from eostream.trainer.plan import TrainingPlan
 from eostream.trainer.selection import SelectionSpec, select
 from eostream.trainer.settings import TrainerSettings
-from eostream.trainer.task import TrainConfig, resolve_device, training_precision
+from eostream.trainer.task import TrainConfig, autocast, resolve_device, training_precision
 
 
 def plain_loop(
@@ -52,7 +52,6 @@ def plain_loop(
     precision ``mode``, channels-last as it trains)."""
     model.to(device).to(memory_format=torch.channels_last).train()  # type: ignore[call-overload]
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    dtype = torch.bfloat16 if mode == "bf16-mixed" else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=mode == "fp16-mixed")  # as the trainer's
     order = torch.randperm(len(y))[:images]
     done, started = 0, time.perf_counter()
@@ -63,7 +62,7 @@ def plain_loop(
         xb, yb = x[index].to(device), y[index].to(device)
         xb = xb.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad()
-        with torch.autocast(device.type, dtype=dtype, enabled=mode != "fp32"):
+        with autocast(mode, device):
             loss = nn.functional.cross_entropy(model(xb), yb)
         scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
         scaler.step(optimizer)

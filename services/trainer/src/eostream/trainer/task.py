@@ -97,6 +97,12 @@ def training_precision(config: TrainConfig, device: torch.device) -> str:
     return "fp32"
 
 
+def autocast(mode: str, device: torch.device) -> torch.autocast:
+    """The autocast context of a training step in precision ``mode`` (off for ``fp32``)."""
+    dtype = torch.bfloat16 if mode == "bf16-mixed" else torch.float16
+    return torch.autocast(device.type, dtype=dtype, enabled=mode != "fp32")
+
+
 def resumable(config: dict[str, Any] | None) -> dict[str, Any] | None:
     """What a checkpoint's settings must share with a run's for it to resume: everything but
     ``cpu_bf16`` (the weights and optimiser state are fp32 whatever the precision), so a
@@ -301,7 +307,6 @@ def fit(
     mode = training_precision(config, device)
     use_amp = mode == "fp16-mixed"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    autocast_dtype = torch.bfloat16 if mode == "bf16-mixed" else torch.float16
     history = History()
     ema = (
         AveragedModel(
@@ -361,7 +366,7 @@ def fit(
                 xb, partner, lam = mix_batch(xb, yb, config.mix, mixing)
             xb = xb.contiguous(memory_format=torch.channels_last)
             optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=mode != "fp32"):
+            with autocast(mode, device):
                 logits = model(xb)
                 loss = loss_fn(logits, yb)
                 if lam < 1.0:

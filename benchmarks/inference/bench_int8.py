@@ -7,14 +7,16 @@ For each model (``--models``; or ``--onnx PATH`` for an existing fp32 export) th
   real 13-band patches) and exports it with the trainer's ``export_onnx``;
 * quantises it with the registry-bridge's own ``eostream.registry_bridge.quantize.quantise`` (what
   the bridge ships as the MLM item's int8 asset; ``onnxruntime.quantization.quantize_static``: QDQ
-  format, per-channel int8 weights, uint8 activations), calibrated on real training patches in the
-  model's input units
+  format, per-channel int8 weights, uint8 activations, the stem kept fp32), calibrated on real
+  training patches in the model's input units
   (what ``load_patches`` returns: JPEG 0..255 for ``rgb``, reflectance for ``ms13``; the model
   normalises inside its graph);
 * measures both with onnxruntime's CPU provider and the project's session options
   (``eostream.shared.ort_session.configure``) on the same hold-out windows: windows/s at batch
   1 and 64 (warm-up, then the median of interleaved repeats), file size, top-1 accuracy of each
   on the EuroSAT test split and the top-1 agreement of the two, and prints int8/fp32 ratios;
+  beside them, in the same run, the same quantisation with the stem int8 too (``stem_fp32=False``:
+  what the bridge shipped before), to show what keeping the stem fp32 buys;
 * with ``--maps``, classifies one labelled Boadella L2A date with both through inference's
   evaluation (``eostream.inference.evaluation``) and prints water IoU of each and the pixel
   agreement of the two maps (13-band models only: the RGB model maps no water on L2A scenes,
@@ -150,20 +152,24 @@ def save_windows(folder: Path, train_x: np.ndarray, test_x: np.ndarray, test_y: 
 
 
 # -- child: quantisation and measurements (onnxruntime, no torch) ----------------------------
-def quantise(fp32: Path, int8: Path, calibration: np.ndarray) -> None:
-    """The product's quantisation (the registry-bridge's, what it ships), file to file."""
+def quantise(fp32: Path, int8: Path, calibration: np.ndarray, *, stem_fp32: bool = True) -> None:
+    """The product's quantisation (the registry-bridge's, what it ships), file to file;
+    ``stem_fp32=False``: the stem quantised too (what it shipped before, for comparison)."""
     from eostream.registry_bridge.quantize import quantise as product_quantise
 
-    int8.write_bytes(product_quantise(fp32.read_bytes(), calibration))
+    int8.write_bytes(product_quantise(fp32.read_bytes(), calibration, stem_fp32=stem_fp32))
 
 
-def session(path: Path, threads: int) -> Any:
+def session(path: Path, threads: int, *, before: bool = False) -> Any:
+    """A session as inference opens one; ``before``: as it opened one before the stem stayed
+    fp32 (every onnxruntime optimiser on)."""
     import onnxruntime as ort
 
     from eostream.shared import ort_session
 
     options = ort_session.configure(ort.SessionOptions(), threads=threads)
-    return ort.InferenceSession(str(path), options, providers=[ort_session.CPU])
+    extra = {} if before else ort_session.session_arguments()
+    return ort.InferenceSession(str(path), options, providers=[ort_session.CPU], **extra)
 
 
 def logits(sess: Any, x: np.ndarray, batch: int = 256) -> np.ndarray:
@@ -205,11 +211,18 @@ def measure(folder: Path, fp32: Path, threads: int, repeats: int) -> dict[str, A
     import onnxruntime as ort
 
     int8 = fp32.with_name(fp32.stem + ".int8.onnx")
+    int8_stem = fp32.with_name(fp32.stem + ".int8-stem.onnx")
+    calibration = np.load(folder / "calibration.npy")
     started = time.perf_counter()
-    quantise(fp32, int8, np.load(folder / "calibration.npy"))
+    quantise(fp32, int8, calibration)
     quantised_s = time.perf_counter() - started
+    quantise(fp32, int8_stem, calibration, stem_fp32=False)
     x, y = np.load(folder / "test_x.npy"), np.load(folder / "test_y.npy")
-    sessions = {"fp32": session(fp32, threads), "int8": session(int8, threads)}
+    sessions = {
+        "fp32": session(fp32, threads),
+        "int8": session(int8, threads),
+        "int8_stem": session(int8_stem, threads, before=True),
+    }
     pred = {k: logits(s, x).argmax(1) for k, s in sessions.items()}
     out: dict[str, Any] = {
         "onnxruntime": ort.__version__,
@@ -221,6 +234,7 @@ def measure(folder: Path, fp32: Path, threads: int, repeats: int) -> dict[str, A
         "size_bytes": {"fp32": fp32.stat().st_size, "int8": int8.stat().st_size},
         "accuracy": {k: float((p == y).mean()) for k, p in pred.items()},
         "agreement": float((pred["fp32"] == pred["int8"]).mean()),
+        "agreement_stem": float((pred["fp32"] == pred["int8_stem"]).mean()),
         "windows_per_s": {},
     }
     for batch in (1, 64):
@@ -297,19 +311,27 @@ def report(name: str, m: dict[str, Any]) -> None:
         f"\n== {name} (onnxruntime {m['onnxruntime']}, {m['threads']} intra-op threads, "
         f"quantised in {m['quantise_s']:.1f} s on {CALIBRATION} calibration patches)"
     )
-    print("                       fp32        int8   int8/fp32")
+    print("int8: the stem fp32 (shipped); int8 stem too: every convolution int8 (before)")
+    print("                       fp32        int8   int8/fp32   int8 stem too   /fp32")
     for batch in ("1", "64"):
-        f32, i8 = wps[batch]["fp32"], wps[batch]["int8"]
-        print(f"windows/s batch {batch:>2}  {f32:9.0f}   {i8:9.0f}   {i8 / f32:8.2f}x")
+        f32, i8, st = (wps[batch][k] for k in ("fp32", "int8", "int8_stem"))
+        print(
+            f"windows/s batch {batch:>2}  {f32:9.0f}   {i8:9.0f}   {i8 / f32:8.2f}x"
+            f"   {st:13.0f}   {st / f32:5.2f}x"
+        )
     print(
         f"file size (KiB)     {size['fp32'] / 1024:9.1f}   {size['int8'] / 1024:9.1f}   "
         f"{size['int8'] / size['fp32']:8.2f}x"
     )
     print(
         f"test accuracy       {acc['fp32']:9.4f}   {acc['int8']:9.4f}   "
-        f"{acc['int8'] - acc['fp32']:+8.4f} (diff)"
+        f"{acc['int8'] - acc['fp32']:+8.4f} (diff)   {acc['int8_stem']:13.4f}   "
+        f"{acc['int8_stem'] - acc['fp32']:+.4f}"
     )
-    print(f"top-1 agreement int8 vs fp32 on {m['test_windows']} test windows: {m['agreement']:.4f}")
+    print(
+        f"top-1 agreement with fp32 on {m['test_windows']} test windows: int8 "
+        f"{m['agreement']:.4f}, int8 stem too {m['agreement_stem']:.4f}"
+    )
 
 
 def main() -> None:

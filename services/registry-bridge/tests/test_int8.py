@@ -16,6 +16,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import onnx
 from pydantic import SecretStr
 
 from eostream.inference import testing
@@ -100,6 +101,11 @@ async def test_a_passing_int8_ships_beside_fp32_and_inference_runs_it_on_cpu(
     assert sorted(o.key for o in store.list("models/")) == sorted([model_key, int8_key, item_key])
     fp32, int8 = store.get_bytes(model_key), store.get_bytes(int8_key)
     assert b"QuantizeLinear" in int8 and b"QuantizeLinear" not in fp32  # (QDQ)
+    # the stem (first convolution, on the raw bands) stays fp32; every other one is int8
+    graph = onnx.load_model_from_string(int8).graph
+    made_by = {out: node.op_type for node in graph.node for out in node.output}
+    weights = [made_by.get(node.input[1], "fp32") for node in graph.node if node.op_type == "Conv"]
+    assert weights == ["fp32"] + ["DequantizeLinear"] * (len(weights) - 1) and len(weights) > 1
     item = json.loads(store.get_bytes(item_key))
     asset = item["assets"][mlm.INT8_ASSET]
     assert asset["file:checksum"] == "1220" + hashlib.sha256(int8).hexdigest()

@@ -184,6 +184,7 @@ def test_a_water_segmentation_network_trains_on_masks_is_gated_by_pixel_and_maps
     metrics = run.data.metrics
     # few chips: at least min_chip_steps optimiser steps, on the labelled pixels' classes
     assert int(run.data.params["epochs_for_steps"]) > 2
+    assert run.data.tags["compute.precision"] == "fp32"  # TRAINER_CPU_BF16 is off by default
     assert metrics["test_pixel_iou_water"] > 0.7, metrics
     assert metrics["onnx_argmax_agreement"] > 0.9999
 

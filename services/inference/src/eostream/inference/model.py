@@ -148,7 +148,10 @@ def load_model(
     options = ort_session.configure(ort.SessionOptions(), threads=intra_op_threads)
     try:
         session = ort.InferenceSession(
-            data, sess_options=options, providers=choose_providers(providers)
+            data,
+            sess_options=options,
+            providers=choose_providers(providers),
+            **ort_session.session_arguments(),
         )
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
         raise ModelLoadError(

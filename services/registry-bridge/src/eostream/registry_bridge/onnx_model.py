@@ -55,7 +55,9 @@ def inspect(data: bytes) -> tuple[OnnxFacts | None, list[str]]:
 
 def session(data: bytes, threads: int = 1) -> ort.InferenceSession:
     options = ort_session.configure(ort.SessionOptions(), threads=threads)
-    return ort.InferenceSession(data, options, providers=[ort_session.CPU])
+    return ort.InferenceSession(
+        data, options, providers=[ort_session.CPU], **ort_session.session_arguments()
+    )
 
 
 def logits(sess: ort.InferenceSession, images: np.ndarray, batch: int = 64) -> np.ndarray:

@@ -59,7 +59,9 @@ def onnx_logits(path: Path, x: np.ndarray, threads: int = 1) -> np.ndarray:
     import onnxruntime as ort
 
     options = ort_session.configure(ort.SessionOptions(), threads=threads)
-    session = ort.InferenceSession(str(path), options, providers=[ort_session.CPU])
+    session = ort.InferenceSession(
+        str(path), options, providers=[ort_session.CPU], **ort_session.session_arguments()
+    )
     out = session.run([OUTPUT_NAME], {INPUT_NAME: x.astype(np.float32)})
     return np.asarray(out[0])
 

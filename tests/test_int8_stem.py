@@ -1,0 +1,76 @@
+"""Every network's int8 file keeps its stem fp32: the convolutions that read the bands, and what
+leads to them (normalisation, the centre crop, spectral indices), see the inputs unrounded;
+every later convolution is int8. Exported by the trainer's own exporter, quantised by the
+registry-bridge's own ``quantise``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from eostream.registry_bridge.quantize import quantise
+from eostream.shared.modelcard import BAND_SETS, ModelCard
+from eostream.trainer.export import export_onnx
+from eostream.trainer.models import INDEX_ARCHITECTURES, SpectralIndices, build_model
+from eostream.trainer.scaling import identity_scaling
+
+QDQ = {"QuantizeLinear", "DequantizeLinear"}
+
+
+def ancestors(graph: onnx.GraphProto, tensor: str) -> list[onnx.NodeProto]:
+    """Every node ``tensor`` is computed from."""
+    made_by = {out: node for node in graph.node for out in node.output}
+    seen: dict[int, onnx.NodeProto] = {}
+    todo = [tensor]
+    while todo:
+        node = made_by.get(todo.pop())
+        if node is not None and id(node) not in seen:
+            seen[id(node)] = node
+            todo.extend(node.input)
+    return list(seen.values())
+
+
+@pytest.mark.parametrize(
+    ("architecture", "band_set"),
+    [
+        ("small_cnn", "rgb"),
+        ("centre_cnn", "ms13"),  # two input convolutions, one behind a crop
+        ("resnet18_imagenet", "rgb"),  # residual adds right after the stem
+        ("seg_unet_indices", "l2a"),  # spectral indices computed in the graph
+        ("seg_small_cnn", "l2a"),
+    ],
+    ids=lambda value: str(value),
+)
+def test_the_stem_stays_fp32_and_the_rest_is_int8(
+    architecture: str, band_set: str, tmp_path: Path
+) -> None:
+    bands = BAND_SETS[band_set]
+    torch.manual_seed(0)
+    seen = SpectralIndices(bands).channels if architecture in INDEX_ARCHITECTURES else len(bands)
+    model = build_model(architecture, bands, [0.1] * seen, [0.05] * seen)
+    card = ModelCard(
+        name="stem",
+        band_set=band_set,  # type: ignore[arg-type]
+        bands=bands,
+        scaling=identity_scaling(band_set),
+        architecture=architecture,
+    )
+    path = tmp_path / "model.onnx"
+    export_onnx(model, card, path)
+    calibration = np.random.default_rng(0).uniform(0, 0.3, (16, len(bands), 64, 64))
+    graph = onnx.load_model_from_string(quantise(path.read_bytes(), calibration)).graph
+
+    stem, rest = [], []
+    for conv in (node for node in graph.node if node.op_type == "Conv"):
+        upstream = ancestors(graph, conv.input[0])
+        (rest if any(n.op_type == "Conv" for n in upstream) else stem).append((conv, upstream))
+    assert stem and rest
+    for conv, upstream in stem:
+        assert not any(n.op_type in QDQ for n in upstream), f"{conv.name} reads rounded bands"
+        assert not any(n.op_type in QDQ for n in ancestors(graph, conv.input[1])), conv.name
+    for conv, _ in rest:
+        assert [n.op_type for n in ancestors(graph, conv.input[1])][:1] == ["DequantizeLinear"]

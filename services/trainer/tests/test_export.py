@@ -8,10 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from eostream.shared.modelcard import BAND_SETS, ModelCard
+from eostream.shared.modelcard import BAND_SETS, INPUT_NAME, OUTPUT_NAME, ModelCard
 from eostream.trainer.datasets import load_patches
 from eostream.trainer.errors import ExportMismatchError
-from eostream.trainer.export import check_onnx, export_onnx, onnx_logits, read_card
+from eostream.trainer.export import (
+    check_onnx,
+    compare_onnx,
+    export_onnx,
+    onnx_logits,
+    read_card,
+)
 from eostream.trainer.models import build_model
 from eostream.trainer.scaling import identity_scaling
 from eostream.trainer.selection import SelectionSpec, select
@@ -52,3 +58,28 @@ def test_onnx_agrees_with_torch_on_real_patches(ms_table, data_dir: Path, tmp_pa
     with pytest.raises(ExportMismatchError, match="disagrees"):
         check_onnx(path, model, patches.x, tolerance=1e-3)
     assert np.isfinite(onnx_logits(path, patches.x.numpy())).all()
+
+
+def test_the_tolerance_grows_with_the_logits(tmp_path: Path) -> None:
+    """float32 rounding is relative: logits of ~2000 may differ by 2e-3 in ONNX, logits of ~1
+    may not."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [INPUT_NAME], [OUTPUT_NAME])],
+        "identity",
+        [value(INPUT_NAME, TensorProto.FLOAT, ["batch", 10])],
+        [value(OUTPUT_NAME, TensorProto.FLOAT, ["batch", 10])],
+    )
+    path = tmp_path / "identity.onnx"
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    onnx.save(model, str(path))
+    x = np.random.default_rng(0).normal(size=(4, 10)).astype(np.float32)
+    x[:, 0] += 10.0  # one clear winner a row: the argmaxes agree throughout
+
+    large = compare_onnx(path, x * 200 + 2e-3, x * 200, 1e-3, "torch")
+    assert large.max_abs_diff == pytest.approx(2e-3, rel=0.1) and large.argmax_agreement == 1.0
+    with pytest.raises(ExportMismatchError, match="tolerance 0.001 x 1, the largest"):
+        compare_onnx(path, x / 20 + 2e-3, x / 20, 1e-3, "torch")

@@ -93,6 +93,10 @@ def compare_onnx(
     diff = float(np.abs(expected - got).max())
     agreement = float((expected.argmax(1) == got.argmax(1)).mean())
     check = ExportCheck(diff, agreement, len(x))
+    # float32 rounding grows with the logits: the tolerance is relative to the largest |logit|
+    # once that exceeds 1 (a one-epoch resnet18_stride2 failed an absolute 1e-3 at 1.95e-3 with
+    # every argmax agreeing)
+    scale = max(1.0, float(np.abs(expected).max()))
     # per-pixel scores (segmentation): hundreds of thousands of argmaxes, where a near-tie may
     # flip within float tolerance; a patch model's classes must all agree
     least = 1.0 if expected.ndim == 2 else 1.0 - 1e-4
@@ -103,9 +107,9 @@ def compare_onnx(
         diff,
         agreement,
     )
-    if diff > tolerance or agreement < least:
+    if diff > tolerance * scale or agreement < least:
         raise ExportMismatchError(
-            f"ONNX export disagrees with {library}: max |diff| {diff:.3g} "
-            f"(tolerance {tolerance}), argmax agreement {agreement:.4f}"
+            f"ONNX export disagrees with {library}: max |diff| {diff:.3g} (tolerance "
+            f"{tolerance} x {scale:.3g}, the largest |logit|), argmax agreement {agreement:.4f}"
         )
     return check

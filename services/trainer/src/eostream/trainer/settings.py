@@ -56,7 +56,11 @@ class TrainerSettings(ServiceSettings):
     )
     consumer_group: str = "trainer"
     onnx_opset: int = Field(default=18, ge=13, le=23)
-    onnx_tolerance: float = Field(default=1e-3, gt=0, description="max abs diff of ONNX logits")
+    onnx_tolerance: float = Field(
+        default=1e-3,
+        gt=0,
+        description="max abs diff of ONNX logits, relative to the largest |logit| above 1",
+    )
     dataset_updated_epochs: int = Field(
         default=10, ge=1, description="epochs for data-triggered runs"
     )

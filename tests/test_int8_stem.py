@@ -54,7 +54,7 @@ def test_the_stem_stays_fp32_and_the_rest_is_int8(
     model = build_model(architecture, bands, [0.1] * seen, [0.05] * seen)
     card = ModelCard(
         name="stem",
-        band_set=band_set,  # type: ignore[arg-type]
+        band_set=band_set,
         bands=bands,
         scaling=identity_scaling(band_set),
         architecture=architecture,
@@ -64,7 +64,8 @@ def test_the_stem_stays_fp32_and_the_rest_is_int8(
     calibration = np.random.default_rng(0).uniform(0, 0.3, (16, len(bands), 64, 64))
     graph = onnx.load_model_from_string(quantise(path.read_bytes(), calibration)).graph
 
-    stem, rest = [], []
+    stem: list[tuple[onnx.NodeProto, list[onnx.NodeProto]]] = []
+    rest: list[tuple[onnx.NodeProto, list[onnx.NodeProto]]] = []
     for conv in (node for node in graph.node if node.op_type == "Conv"):
         upstream = ancestors(graph, conv.input[0])
         (rest if any(n.op_type == "Conv" for n in upstream) else stem).append((conv, upstream))

@@ -8,10 +8,18 @@ registration) and prints its throughput as a ratio of the baseline and its held-
 Target: >= 0.97 test accuracy. ``--architecture resnet18 --epochs 30`` (the full-resolution
 ResNet-18) is meant for a GPU: 12 to 16 h on two CPU cores. ``--architecture resnet18_imagenet
 --epochs 45 --patience 45`` reached 0.971 in 86 min on two CPU cores (0.968 in 30 epochs),
-``resnet18_stride2`` 0.963 in 16 epochs (103 min; README). A short proof run:
+``resnet18_stride2`` 0.963 in 16 epochs (103 min), and 0.982 with ``--epochs 50 --patience 50
+--label-smoothing 0.1`` in bf16 (``TRAINER_CPU_BF16=true``, 102 min on an AMX CPU; README).
+A short proof run:
 
     EOSTREAM_DATA_DIR=/path/to/data uv run python benchmarks/train/eurosat_rgb_full.py \
         --epochs 1 --samples-per-class 100 --baseline-images 1000
+
+``--precision-table small_cnn,resnet18_imagenet,resnet18_stride2,resnet18`` only times the plain
+loop, per network, in fp32 and then in the mode ``TRAINER_CPU_BF16=true`` gives this machine
+(bf16-mixed on a CPU with AMX or AVX512-BF16, fp16-mixed on CUDA, fp32 where neither), from the
+same initial weights on the same patches (``--baseline-images`` a side, one warm-up batch
+first), and prints the ratios.
 
 Settings come from the environment as for the worker (TRAINER_MLFLOW_TRACKING_URI,
 TRAINER_CACHE_DIR, TRAINER_DEVICE, TRAINER_NUM_THREADS, TRAINER_CPU_BF16; EOSTREAM_DATA_DIR).
@@ -20,6 +28,7 @@ TRAINER_CACHE_DIR, TRAINER_DEVICE, TRAINER_NUM_THREADS, TRAINER_CPU_BF16; EOSTRE
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import time
 import uuid
@@ -73,6 +82,32 @@ def plain_loop(
     return done / (time.perf_counter() - started)
 
 
+def precision_table(
+    architectures: list[str],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mean: list[float],
+    std: list[float],
+    device: torch.device,
+    args: argparse.Namespace,
+) -> None:
+    """The plain loop's images/s per network in fp32 and in mixed precision, and their ratio."""
+    mixed = training_precision(TrainConfig(cpu_bf16=True), device)
+    images, batch = min(args.baseline_images, len(y)), args.batch_size
+    print(f"{device}, {torch.get_num_threads()} threads, {images} images a side")
+    print(f"{'network':<20} {'fp32 img/s':>11} {mixed + ' img/s':>17} {'ratio':>7}")
+    for architecture in architectures:
+        torch.manual_seed(0)
+        initial = build_model(architecture, ("B04", "B03", "B02"), mean, std)
+        rates = {}
+        for mode in ("fp32", mixed):
+            model = copy.deepcopy(initial)
+            plain_loop(model, x[:batch], y[:batch], device, batch, batch, args.learning_rate, mode)
+            rates[mode] = plain_loop(model, x, y, device, batch, images, args.learning_rate, mode)
+        ratio = rates[mixed] / rates["fp32"]
+        print(f"{architecture:<20} {rates['fp32']:>11,.1f} {rates[mixed]:>17,.1f} {ratio:>6.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--architecture", default="resnet18")
@@ -85,6 +120,12 @@ def main() -> None:
     parser.add_argument("--label-smoothing", type=float, default=0.0)
     parser.add_argument("--mix", choices=["none", "mixup", "cutmix", "both"], default="none")
     parser.add_argument("--ema-decay", type=float, default=0.0)
+    parser.add_argument(
+        "--precision-table",
+        default=None,
+        metavar="ARCHITECTURES",
+        help="comma-separated networks: time the plain loop in fp32 and in mixed precision, no run",
+    )
     parser.add_argument(
         "--base-model",
         default=None,
@@ -102,6 +143,9 @@ def main() -> None:
     selection = select(table, SelectionSpec("rgb", samples_per_class=args.samples_per_class))
     train = load_patches(settings.data_dir, "rgb", selection.of("train"), settings.num_threads)
     mean, std = band_statistics(train.x)
+    if args.precision_table:
+        precision_table(args.precision_table.split(","), train.x, train.y, mean, std, device, args)
+        return
     mode = training_precision(TrainConfig(cpu_bf16=settings.cpu_bf16), device)
     torch.manual_seed(0)
     baseline = plain_loop(

@@ -81,5 +81,5 @@ def test_the_tolerance_grows_with_the_logits(tmp_path: Path) -> None:
 
     large = compare_onnx(path, x * 200 + 2e-3, x * 200, 1e-3, "torch")
     assert large.max_abs_diff == pytest.approx(2e-3, rel=0.1) and large.argmax_agreement == 1.0
-    with pytest.raises(ExportMismatchError, match="tolerance 0.001 x 1, the largest"):
+    with pytest.raises(ExportMismatchError, match=r"tolerance 0\.001 x 1, the largest"):
         compare_onnx(path, x / 20 + 2e-3, x / 20, 1e-3, "torch")

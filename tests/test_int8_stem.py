@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 
 from eostream.registry_bridge.quantize import quantise
 from eostream.shared.modelcard import BAND_SETS, ModelCard
@@ -75,3 +76,71 @@ def test_the_stem_stays_fp32_and_the_rest_is_int8(
         assert not any(n.op_type in QDQ for n in ancestors(graph, conv.input[1])), conv.name
     for conv, _ in rest:
         assert [n.op_type for n in ancestors(graph, conv.input[1])][:1] == ["DequantizeLinear"]
+
+
+@pytest.mark.parametrize(
+    ("architecture", "band_set"),
+    [("small_cnn", "rgb"), ("resnet18_imagenet", "rgb"), ("centre_cnn", "ms13")],
+    ids=lambda value: str(value),
+)
+def test_the_gemm_kernels_weights_stand_for_the_same_values(
+    architecture: str, band_set: str, tmp_path: Path
+) -> None:
+    """``conv_kernel="gemm"`` stores every int8 convolution's weights one less with zero point
+    -1 (so onnxruntime runs them on its int8 GEMM, not its direct kernels): the same dequantised
+    weights, the same logits to within one step of the output's quantisation."""
+    import onnxruntime as ort
+
+    from eostream.registry_bridge.quantize import fastest_kernel
+    from eostream.shared import ort_session
+
+    bands = BAND_SETS[band_set]
+    torch.manual_seed(0)
+    model = build_model(architecture, bands, [0.1] * len(bands), [0.05] * len(bands))
+    card = ModelCard(
+        name="gemm",
+        band_set=band_set,
+        bands=bands,
+        scaling=identity_scaling(band_set),
+        architecture=architecture,
+    )
+    path = tmp_path / "model.onnx"
+    export_onnx(model, card, path)
+    x = np.random.default_rng(0).uniform(0, 0.3, (32, len(bands), 64, 64)).astype(np.float32)
+    models = {k: quantise(path.read_bytes(), x, conv_kernel=k) for k in ("direct", "gemm")}
+
+    def conv_weights(data: bytes) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        graph = onnx.load_model_from_string(data).graph
+        arrays = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        weights = {node.input[1] for node in graph.node if node.op_type == "Conv"}
+        return {
+            node.output[0]: tuple(arrays[t] for t in node.input[:3])  # type: ignore[misc]
+            for node in graph.node
+            if node.op_type == "DequantizeLinear" and node.output[0] in weights
+        }
+
+    direct, gemm = conv_weights(models["direct"]), conv_weights(models["gemm"])
+    assert direct.keys() == gemm.keys() and direct
+    for name, (w, scale, zero) in gemm.items():
+        w0, scale0, zero0 = direct[name]
+        assert not zero0.any() and (zero == -1).all(), name
+        assert np.array_equal(scale, scale0)
+        assert np.array_equal(w.astype(np.int32) + 1, w0.astype(np.int32)), name
+
+    out_scale = float(
+        next(
+            numpy_helper.to_array(i)
+            for i in onnx.load_model_from_string(models["direct"]).graph.initializer
+            if i.name == "logits_scale"
+        )
+    )
+    options = ort_session.configure(ort.SessionOptions(), threads=1)
+    logits = {
+        k: ort.InferenceSession(
+            data, options, providers=[ort_session.CPU], **ort_session.session_arguments()
+        ).run(None, {"input": x})[0]
+        for k, data in models.items()
+    }
+    assert np.abs(logits["gemm"] - logits["direct"]).max() <= out_scale + 1e-6
+    chosen, kernel, medians = fastest_kernel(models["direct"], x, repeats=2)
+    assert chosen == models[kernel] and medians.keys() == {"direct", "gemm"}

@@ -16,7 +16,7 @@ fp32 against int8 of the same network, in one run.
   checksum and a passed check, as the bridge writes it).
 * Each precision classifies in a child process of its own, through the service's
   ``Pipeline.classify_href`` (what a SceneDiscovered event or ``eostream inference classify``
-  runs) with the service's settings (stride 32 by default, batch 256, strips of ~512 rows,
+  runs) with the service's settings (stride 32 by default, batch 64 on the CPU, strips of ~512 rows,
   uncertain below 0.5, no probabilities unless ``--probabilities``): wall time, windows/s,
   pixels/s and the child's peak RSS (``VmHWM``). Then the pixel agreement of the two maps.
 

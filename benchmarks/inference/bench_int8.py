@@ -13,10 +13,14 @@ For each model (``--models``; or ``--onnx PATH`` for an existing fp32 export) th
   normalises inside its graph);
 * measures both with onnxruntime's CPU provider and the project's session options
   (``eostream.shared.ort_session.configure``) on the same hold-out windows: windows/s at batch
-  1 and 64 (warm-up, then the median of interleaved repeats), file size, top-1 accuracy of each
+  1, 64 and 256 (warm-up, then the median of interleaved repeats), file size, top-1 accuracy of each
   on the EuroSAT test split and the top-1 agreement of the two, and prints int8/fp32 ratios;
-  beside them, in the same run, the same quantisation with the stem int8 too (``stem_fp32=False``:
-  what the bridge shipped before), to show what keeping the stem fp32 buys;
+  the int8 model twice, its convolutions on onnxruntime's int8 GEMM (``conv_kernel="gemm"``,
+  weight zero point -1) and on its direct kernels (``"direct"``, zero point 0), the values the
+  same (the largest logit difference is printed), and says which the bridge's timing
+  (``fastest_kernel``, ``BRIDGE_INT8__CONV_KERNEL=auto``) ships on this host; beside them, in the
+  same run, the same quantisation with the stem int8 too (``stem_fp32=False``: what the bridge
+  shipped before), to show what keeping the stem fp32 buys;
 * with ``--maps``, classifies one labelled Boadella L2A date with both through inference's
   evaluation (``eostream.inference.evaluation``) and prints water IoU of each and the pixel
   agreement of the two maps (13-band models only: the RGB model maps no water on L2A scenes,
@@ -51,6 +55,10 @@ MODELS: dict[str, tuple[str, str, tuple[str, ...], int | None, int, int]] = {
     "ms13": ("ms13", "centre_cnn", ("radiometry", "centre"), None, 10, 32),
 }
 CALIBRATION = 256  # training patches the int8 activation ranges are calibrated on
+#: batch sizes timed: one window (a REST request), 64 (the bridge's kernel timing and what
+#: inference runs a scene at on the CPU) and 256 (its batch on a GPU, and on the CPU until
+#: 2026-12-04)
+BATCHES = (1, 64, 256)
 
 
 def cpu_line() -> str:
@@ -152,12 +160,34 @@ def save_windows(folder: Path, train_x: np.ndarray, test_x: np.ndarray, test_y: 
 
 
 # -- child: quantisation and measurements (onnxruntime, no torch) ----------------------------
-def quantise(fp32: Path, int8: Path, calibration: np.ndarray, *, stem_fp32: bool = True) -> None:
-    """The product's quantisation (the registry-bridge's, what it ships), file to file;
-    ``stem_fp32=False``: the stem quantised too (what it shipped before, for comparison)."""
+def quantise(
+    fp32: Path,
+    int8: Path,
+    calibration: np.ndarray,
+    *,
+    stem_fp32: bool = True,
+    conv_kernel: str = "auto",
+    threads: int = 2,
+) -> str:
+    """The product's quantisation (the registry-bridge's, what it ships), file to file; returns
+    the int8 convolutions' kernel. ``conv_kernel="auto"``: both kernels timed on this host and
+    the faster kept, as the bridge does by default (``fastest_kernel``); ``"gemm"`` or
+    ``"direct"``: that one. ``stem_fp32=False``: the stem quantised too (what it shipped
+    before, for comparison)."""
+    from eostream.registry_bridge.quantize import fastest_kernel
     from eostream.registry_bridge.quantize import quantise as product_quantise
 
-    int8.write_bytes(product_quantise(fp32.read_bytes(), calibration, stem_fp32=stem_fp32))
+    kernel = "direct" if conv_kernel == "auto" else conv_kernel
+    data = product_quantise(
+        fp32.read_bytes(),
+        calibration,
+        stem_fp32=stem_fp32,
+        conv_kernel="gemm" if kernel == "gemm" else "direct",
+    )
+    if conv_kernel == "auto":
+        data, kernel, _ = fastest_kernel(data, calibration, threads)
+    int8.write_bytes(data)
+    return kernel
 
 
 def session(path: Path, threads: int, *, before: bool = False) -> Any:
@@ -210,26 +240,33 @@ def throughput(
 def measure(folder: Path, fp32: Path, threads: int, repeats: int) -> dict[str, Any]:
     import onnxruntime as ort
 
-    int8 = fp32.with_name(fp32.stem + ".int8.onnx")
+    int8 = fp32.with_name(fp32.stem + ".int8.onnx")  # what the bridge ships (auto)
+    direct, gemm = (fp32.with_name(f"{fp32.stem}.int8-{k}.onnx") for k in ("direct", "gemm"))
     int8_stem = fp32.with_name(fp32.stem + ".int8-stem.onnx")
     calibration = np.load(folder / "calibration.npy")
     started = time.perf_counter()
-    quantise(fp32, int8, calibration)
+    quantise(fp32, direct, calibration, conv_kernel="direct")
     quantised_s = time.perf_counter() - started
-    quantise(fp32, int8_stem, calibration, stem_fp32=False)
+    quantise(fp32, gemm, calibration, conv_kernel="gemm")
+    chosen = quantise(fp32, int8, calibration, threads=threads)
+    quantise(fp32, int8_stem, calibration, stem_fp32=False, conv_kernel="direct")
     x, y = np.load(folder / "test_x.npy"), np.load(folder / "test_y.npy")
     sessions = {
         "fp32": session(fp32, threads),
-        "int8": session(int8, threads),
+        "int8_gemm": session(gemm, threads),
+        "int8": session(direct, threads),
         "int8_stem": session(int8_stem, threads, before=True),
     }
-    pred = {k: logits(s, x).argmax(1) for k, s in sessions.items()}
+    scores = {k: logits(s, x) for k, s in sessions.items()}
+    pred = {k: v.argmax(1) for k, v in scores.items()}
     out: dict[str, Any] = {
         "onnxruntime": ort.__version__,
         "band_set": band_set_of(fp32),
         "threads": threads,
         "quantise_s": quantised_s,
         "int8_path": str(int8),
+        "conv_kernel": chosen,
+        "gemm_vs_direct_max_abs": float(np.abs(scores["int8_gemm"] - scores["int8"]).max()),
         "test_windows": len(x),
         "size_bytes": {"fp32": fp32.stat().st_size, "int8": int8.stat().st_size},
         "accuracy": {k: float((p == y).mean()) for k, p in pred.items()},
@@ -237,7 +274,7 @@ def measure(folder: Path, fp32: Path, threads: int, repeats: int) -> dict[str, A
         "agreement_stem": float((pred["fp32"] == pred["int8_stem"]).mean()),
         "windows_per_s": {},
     }
-    for batch in (1, 64):
+    for batch in BATCHES:
         out["windows_per_s"][str(batch)] = throughput(sessions, x, batch, repeats, budget=20.0)
     return out
 
@@ -311,13 +348,21 @@ def report(name: str, m: dict[str, Any]) -> None:
         f"\n== {name} (onnxruntime {m['onnxruntime']}, {m['threads']} intra-op threads, "
         f"quantised in {m['quantise_s']:.1f} s on {CALIBRATION} calibration patches)"
     )
-    print("int8: the stem fp32 (shipped); int8 stem too: every convolution int8 (before)")
-    print("                       fp32        int8   int8/fp32   int8 stem too   /fp32")
-    for batch in ("1", "64"):
-        f32, i8, st = (wps[batch][k] for k in ("fp32", "int8", "int8_stem"))
+    print(
+        "int8 gemm / direct: the stem fp32, the other convolutions on onnxruntime's int8 GEMM "
+        "(weight zero point -1) / its direct kernels (zero point 0), the values the same; the "
+        f"bridge ships the faster on its host (here: {m['conv_kernel']}); int8 stem too: every "
+        "convolution int8, direct kernels (shipped before 2026-12-04)"
+    )
+    print(
+        "                       fp32   int8 gemm   /fp32   int8 direct   /fp32"
+        "   int8 stem too   /fp32"
+    )
+    for batch in map(str, BATCHES):
+        f32, gm, i8, st = (wps[batch][k] for k in ("fp32", "int8_gemm", "int8", "int8_stem"))
         print(
-            f"windows/s batch {batch:>2}  {f32:9.0f}   {i8:9.0f}   {i8 / f32:8.2f}x"
-            f"   {st:13.0f}   {st / f32:5.2f}x"
+            f"windows/s batch {batch:>3} {f32:9.0f}   {gm:9.0f}   {gm / f32:4.2f}x"
+            f"   {i8:11.0f}   {i8 / f32:4.2f}x   {st:13.0f}   {st / f32:4.2f}x"
         )
     print(
         f"file size (KiB)     {size['fp32'] / 1024:9.1f}   {size['int8'] / 1024:9.1f}   "
@@ -330,7 +375,8 @@ def report(name: str, m: dict[str, Any]) -> None:
     )
     print(
         f"top-1 agreement with fp32 on {m['test_windows']} test windows: int8 "
-        f"{m['agreement']:.4f}, int8 stem too {m['agreement_stem']:.4f}"
+        f"{m['agreement']:.4f}, int8 stem too {m['agreement_stem']:.4f}; largest |logit| "
+        f"difference of int8 gemm and int8 direct: {m['gemm_vs_direct_max_abs']:.3g}"
     )
 
 

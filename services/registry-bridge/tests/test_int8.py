@@ -17,6 +17,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import onnx
+from onnx import numpy_helper
 from pydantic import SecretStr
 
 from eostream.inference import testing
@@ -112,6 +113,17 @@ async def test_a_passing_int8_ships_beside_fp32_and_inference_runs_it_on_cpu(
     assert asset["file:size"] == len(int8) and asset[mlm.PRECISION] == "int8"
     assert asset["eostream:int8_check"] == "passed" and "mlm:model" not in asset["roles"]
     assert item["assets"]["model"][mlm.PRECISION] == "fp32"
+    # both kernels were timed (BRIDGE_INT8__CONV_KERNEL=auto) and the item says which shipped:
+    # the GEMM one stores the int8 convolution weights with zero point -1, the direct one with 0
+    kernel = asset["eostream:int8_conv_kernel"]
+    initialisers = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    conv_weights = {node.input[1] for node in graph.node if node.op_type == "Conv"}
+    zero_points = {
+        int(initialisers[node.input[2]].flat[0])
+        for node in graph.node
+        if node.op_type == "DequantizeLinear" and node.output[0] in conv_weights
+    }
+    assert zero_points == {-1 if kernel == "gemm" else 0}
     assert item["properties"]["eostream:sha256"] == hashlib.sha256(fp32).hexdigest()
     # the verdict and its figures, on the version
     vtags = mlflow.MlflowClient().get_model_version(NAME, version).tags
@@ -120,7 +132,9 @@ async def test_a_passing_int8_ships_beside_fp32_and_inference_runs_it_on_cpu(
     delta = float(vtags[tags.INT8_ACCURACY_DELTA])
     assert -0.05 <= delta == asset["eostream:holdout_accuracy_delta"]
     assert 0 < float(vtags[tags.INT8_AGREEMENT]) <= 1
-    assert json.loads(vtags[tags.INT8_REASONS])[0].startswith("PASS: hold-out accuracy int8")
+    reasons = json.loads(vtags[tags.INT8_REASONS])
+    assert reasons[0].startswith("PASS: hold-out accuracy int8")
+    assert any(f"on onnxruntime's {kernel} kernels, timed here" in r for r in reasons), reasons
 
     # inference on CPU runs the int8 file and names it; with int8 off, the fp32 one
     event = promoted_event(version)

@@ -259,7 +259,7 @@ class Pipeline:
                     model,
                     windows,
                     maps,
-                    batch_size=batch_for(card, s.batch_size, s.pixel_batch_size),
+                    batch_size=batch_for(card, s.batch_size, s.pixel_batch_size, model.provider),
                     rows_per_strip=s.rows_per_strip,
                     probabilities=s.write_probabilities,
                     uncertain_below=s.uncertain_below,

@@ -173,7 +173,12 @@ class InferenceSettings(ServiceSettings):
 
     # classification
     stride: int = Field(default=32, ge=1, description="window step in pixels (<= 64)")
-    batch_size: int = Field(default=256, ge=1)
+    batch_size: int = Field(
+        default=0,
+        ge=0,
+        description="windows per model call; 0: by execution provider, 64 on the CPU (faster "
+        "and half the memory of 256 on a full tile), 256 on a GPU",
+    )
     pixel_batch_size: int = Field(
         default=65536, ge=1, description="band vectors per call of a pixel model (task pixel)"
     )

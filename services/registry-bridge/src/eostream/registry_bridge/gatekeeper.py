@@ -245,6 +245,7 @@ class Gatekeeper:
             # the fp32 figures the gate recorded (memory, else the version's tags), else scored
             fp32_maps=lambda: self.map_champion(verified.name, verified.version),
             map_metric=self.settings.gate.map_metric,
+            threads=threads,
         )
 
     def scores_of(self, name: str, version: str) -> Evaluation | None:

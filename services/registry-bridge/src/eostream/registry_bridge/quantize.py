@@ -3,7 +3,8 @@
 After a version passed the gate and before it ships (:meth:`.promotion.Promoter.ship`), the bridge
 
 * quantises its ONNX with onnxruntime's ``quantize_static`` (:func:`quantise`): QDQ format,
-  the stem left fp32, per-channel int8 weights, uint8 activations (U8S8) whose ranges are
+  the stem left fp32, per-channel symmetric int8 weights (zero point 0, or -1 to run on
+  onnxruntime's int8 GEMM: :func:`gemm_weights`), uint8 activations (U8S8) whose ranges are
   calibrated (MinMax) on ``calibration_size`` EuroSAT training patches in the model's input
   units (:func:`calibration_files`: chosen per class by a salted name hash among the files that
   are not in the gate's hold-out, so the int8 model is never checked on patches it was
@@ -12,6 +13,10 @@ After a version passed the gate and before it ships (:meth:`.promotion.Promoter.
   reference set configured, on its maps (the gate's map figure of each);
 * judges (:func:`judge`, pure): the int8 accuracy may be at most ``max_accuracy_loss`` below the
   fp32 one, its map figure at most ``max_map_loss`` below.
+* with ``conv_kernel=auto``, times the int8 model's two kernel choices (:func:`gemm_weights`,
+  the values bit for bit the same) on 64 calibration patches on this host and ships the faster
+  (:func:`fastest_kernel`); the verdict's notes and the asset (``eostream:int8_conv_kernel``)
+  say which and the times.
 
 A passed int8 model ships as a second asset of the MLM item (``model_int8``, with its checksum,
 ``eostream:precision`` and the figures); a failed one is not shipped, the fp32 one is anyway. The
@@ -37,6 +42,7 @@ from typing import Any, Literal
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from eostream.registry_bridge.holdout import Holdout, read_images
 from eostream.registry_bridge.policy import MapScores
@@ -56,13 +62,22 @@ from eostream.shared.modelcard import EUROSAT_CLASSES, INPUT_NAME, ModelCard
 log = logging.getLogger(__name__)
 
 Outcome = Literal["passed", "failed", "skipped"]
+#: how onnxruntime runs the int8 convolutions (:func:`gemm_weights`)
+ConvKernel = Literal["gemm", "direct"]
+#: what the GEMM kernels must save to be chosen over onnxruntime's default (direct) ones
+GEMM_MARGIN = 0.03
 CALIBRATION_SALT = "eostream-int8-calibration-v1"
 INT8 = "int8"
 FP32 = "fp32"
 
 
 def quantise(
-    fp32: bytes, calibration: np.ndarray, batch: int = 32, *, stem_fp32: bool = True
+    fp32: bytes,
+    calibration: np.ndarray,
+    batch: int = 32,
+    *,
+    stem_fp32: bool = True,
+    conv_kernel: ConvKernel = "direct",
 ) -> bytes:
     """Static int8 quantisation of an ONNX model (QDQ, per-channel int8 weights, uint8
     activations calibrated with MinMax on ``calibration``, float32 [N, C, H, W] in the model's
@@ -72,7 +87,11 @@ def quantise(
     and what follows them up to the next convolution) stays fp32: it sees the bands themselves,
     few channels (a GEMM reduction of 27 for RGB), where int8 is slower than onnxruntime's fp32
     NCHWc convolution (profiled here: 16.8 ms against 8.5 ms for the RGB ``small_cnn``'s stem at
-    batch 64) and where rounding the input costs most."""
+    batch 64) and where rounding the input costs most.
+
+    ``conv_kernel`` chooses how onnxruntime will run the int8 convolutions, the values being
+    the same either way (:func:`gemm_weights`): ``gemm`` (im2col and its int8 GEMM) or
+    ``direct`` (its symmetric direct-convolution kernels)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -113,6 +132,8 @@ def quantise(
             nodes_to_exclude=excluded,
         )
         proto = onnx.load(str(out))
+    if conv_kernel == "gemm":
+        gemm_weights(proto)
     metadata = {p.key: p.value for p in onnx.load_model_from_string(fp32).metadata_props}
     present = {p.key for p in proto.metadata_props}
     for key, value in metadata.items():
@@ -120,6 +141,90 @@ def quantise(
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
     return bytes(proto.SerializeToString())
+
+
+def gemm_weights(model: onnx.ModelProto) -> int:
+    """Store each int8 convolution's symmetric weights with zero point -1 instead of 0 (the
+    weights one less: [-127, 127] becomes [-128, 126]), so they stand for the same values; returns
+    how many convolutions were rewritten.
+
+    Only the kernel onnxruntime picks changes: a QLinearConv whose weight zero points are all 0
+    runs on its symmetric direct-convolution kernels (``MlasConvSym``: VNNI or AVX2), any other on
+    im2col and its int8 GEMM (``MlasGemm``), which uses AMX where the CPU has it. On this host's
+    Xeon (AVX-512, VNNI, AMX) a 2048^3 MatMulInteger ran 3.6 T ops/s against 0.29 T for the fp32
+    MatMul, and the RGB ``small_cnn``'s three int8 convolutions at batch 64 took 5.1 ms against
+    5.3 ms on the direct kernels, the logits bit for bit the same; but single convolutions timed
+    alone went either way (0.54x-1.65x), so the bridge times both on each model
+    (:func:`fastest_kernel`, ``BRIDGE_INT8__CONV_KERNEL=auto``) unless told which.
+    ``benchmarks/inference/bench_int8.py`` times both. A convolution whose weights already use
+    -128 is left as it is."""
+    graph = model.graph
+    initialisers = {init.name: init for init in graph.initializer}
+    dequantised_by = {
+        out: node
+        for node in graph.node
+        if node.op_type == "DequantizeLinear"
+        for out in node.output
+    }
+    rewritten = 0
+    done: set[str] = set()
+    for conv in (node for node in graph.node if node.op_type == "Conv"):
+        dq = dequantised_by.get(conv.input[1]) if len(conv.input) > 1 else None
+        if dq is None or len(dq.input) < 3:
+            continue
+        weights, zero_point = (initialisers.get(dq.input[i]) for i in (0, 2))
+        if weights is None or zero_point is None or {weights.name, zero_point.name} & done:
+            continue
+        w, zp = numpy_helper.to_array(weights), numpy_helper.to_array(zero_point)
+        if w.dtype != np.int8 or zp.dtype != np.int8 or np.any(zp != 0) or w.min() < -127:
+            continue
+        weights.CopyFrom(
+            numpy_helper.from_array((w.astype(np.int16) - 1).astype(np.int8), weights.name)
+        )
+        zero_point.CopyFrom(numpy_helper.from_array(np.full_like(zp, -1), zero_point.name))
+        done |= {weights.name, zero_point.name}
+        rewritten += 1
+    return rewritten
+
+
+def fastest_kernel(
+    int8: bytes, windows: np.ndarray, threads: int = 1, repeats: int = 5
+) -> tuple[bytes, ConvKernel, dict[ConvKernel, float]]:
+    """The faster of ``int8`` (quantised with ``conv_kernel="direct"``) and its
+    :func:`gemm_weights` twin on this host: each run on the same ``windows`` (up to 64) in
+    sessions set up as inference sets them up, one warm-up and ``repeats`` interleaved runs each;
+    the GEMM twin must be ``GEMM_MARGIN`` faster (median seconds per run) to be chosen. Returns
+    the chosen model, its kernel and both medians."""
+    import onnxruntime as ort
+
+    from eostream.shared import ort_session
+
+    proto = onnx.load_model_from_string(int8)
+    if not gemm_weights(proto):
+        return int8, "direct", {}
+    models: dict[ConvKernel, bytes] = {
+        "direct": int8,
+        "gemm": bytes(proto.SerializeToString()),
+    }
+    x = np.ascontiguousarray(windows[:64], np.float32)
+    sessions = {}
+    for kernel, data in models.items():
+        options = ort_session.configure(ort.SessionOptions(), threads=threads)
+        sessions[kernel] = ort.InferenceSession(
+            data, options, providers=[ort_session.CPU], **ort_session.session_arguments()
+        )
+        sessions[kernel].run(None, {INPUT_NAME: x})
+    runs: dict[ConvKernel, list[float]] = {kernel: [] for kernel in models}
+    for _ in range(repeats):
+        for kernel, sess in sessions.items():
+            started = time.perf_counter()
+            sess.run(None, {INPUT_NAME: x})
+            runs[kernel].append(time.perf_counter() - started)
+    medians: dict[ConvKernel, float] = {k: float(np.median(v)) for k, v in runs.items()}
+    chosen: ConvKernel = (
+        "gemm" if medians["gemm"] < (1 - GEMM_MARGIN) * medians["direct"] else "direct"
+    )
+    return models[chosen], chosen, medians
 
 
 def stem_nodes(model: onnx.ModelProto) -> list[str]:
@@ -196,6 +301,7 @@ class Int8Check:
     map_int8: float | None = None
     calibration: int = 0
     seconds: float = 0.0
+    conv_kernel: ConvKernel | None = None  # of what ships (None: nothing quantised)
 
     @property
     def accuracy_delta(self) -> float | None:
@@ -241,6 +347,8 @@ class Int8Check:
             fields["eostream:holdout_agreement"] = round(self.agreement, 6)
         if self.map_delta is not None:
             fields[f"eostream:map_{self.map_metric}_delta"] = round(self.map_delta, 6)
+        if self.conv_kernel is not None:
+            fields["eostream:int8_conv_kernel"] = self.conv_kernel
         return fields
 
 
@@ -296,11 +404,14 @@ def check(
     maps: Callable[[bytes], MapScores] | None = None,
     fp32_maps: Callable[[], MapScores | None] | None = None,
     map_metric: Literal["mean_iou", "overall_accuracy"] = "mean_iou",
+    threads: int = 1,
 ) -> Int8Check:
     """Quantise ``fp32`` and check it (see the module). ``logits(onnx, images)`` runs a model;
     ``maps(onnx)`` scores one on the reference set and ``fp32_maps()`` gives the fp32 model's
-    figures (both None: no reference set). Never raises for a model that cannot be quantised or
-    calibration patches that cannot be read: that fails the check (fp32 ships anyway)."""
+    figures (both None: no reference set); ``threads``: the intra-op threads of the sessions
+    that time the kernels (``conv_kernel=auto``). Never raises for a model that cannot be
+    quantised or calibration patches that cannot be read: that fails the check (fp32 ships
+    anyway)."""
     if not settings.enabled:
         return skipped("int8 disabled (BRIDGE_INT8__ENABLED=false)")
     if card.task not in ("patch", "segmentation"):
@@ -310,9 +421,13 @@ def check(
         return Int8Check("failed", ("FAIL: a segmentation model needs a hold-out with masks",))
     started = time.perf_counter()
     x = np.zeros((0,), np.float32)
+    kernel: ConvKernel = "direct" if settings.conv_kernel == "auto" else settings.conv_kernel
+    timed: dict[ConvKernel, float] = {}
     try:
         x = calibration()
-        int8 = quantise(fp32, x)
+        int8 = quantise(fp32, x, conv_kernel=kernel)
+        if settings.conv_kernel == "auto":
+            int8, kernel, timed = fastest_kernel(int8, x, threads)
         # a segmentation model is scored on every labelled pixel of the test chips
         y = holdout.masks if pixels and holdout.masks is not None else holdout.labels
         pred32 = logits(fp32, holdout.images).argmax(1)
@@ -333,6 +448,13 @@ def check(
     passed, reasons = judge(
         accuracy32, accuracy8, map32, map8, settings, map_checked=maps is not None
     )
+    if timed:
+        reasons = (
+            *reasons,
+            f"NOTE: int8 convolutions on onnxruntime's {kernel} kernels, timed here on "
+            f"{min(len(x), 64)} calibration patches: gemm {timed['gemm'] * 1e3:.1f} ms, "
+            f"direct {timed['direct'] * 1e3:.1f} ms a run",
+        )
     result = Int8Check(
         "passed" if passed else "failed",
         (
@@ -349,6 +471,7 @@ def check(
         map8,
         len(x),
         time.perf_counter() - started,
+        kernel if passed else None,
     )
     log.info(
         "int8 check %s (%.1f s, %d calibration patches): %s",
@@ -362,10 +485,14 @@ def check(
 
 __all__ = [
     "FP32",
+    "GEMM_MARGIN",
     "INT8",
+    "ConvKernel",
     "Int8Check",
     "calibration_files",
     "check",
+    "fastest_kernel",
+    "gemm_weights",
     "judge",
     "load_calibration",
     "quantise",

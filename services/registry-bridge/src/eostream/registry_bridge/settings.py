@@ -92,6 +92,13 @@ class Int8Settings(BaseModel):
         description="training patches (never the hold-out's) the activation ranges are "
         "calibrated on, spread over the classes",
     )
+    conv_kernel: Literal["auto", "gemm", "direct"] = Field(
+        default="auto",
+        description="how onnxruntime runs the int8 convolutions, the values the same either "
+        "way: gemm (weight zero point -1: im2col and its int8 GEMM, AMX where present), direct "
+        "(zero point 0: its symmetric direct-convolution kernels) or auto (both timed on this "
+        "host, the faster shipped); benchmarks/inference/bench_int8.py times both",
+    )
 
 
 Role = Literal["promoter", "viewer"]

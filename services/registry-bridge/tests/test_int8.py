@@ -21,6 +21,7 @@ from onnx import numpy_helper
 from pydantic import SecretStr
 
 from eostream.inference import testing
+from eostream.inference.model import ModelInfo, load_model
 from eostream.inference.settings import InferenceSettings
 from eostream.inference.wiring import build_service
 from eostream.registry_bridge.holdout import Holdout
@@ -124,6 +125,11 @@ async def test_a_passing_int8_ships_beside_fp32_and_inference_runs_it_on_cpu(
         if node.op_type == "DequantizeLinear" and node.output[0] in conv_weights
     }
     assert zero_points == {-1 if kernel == "gemm" else 0}
+    # loaded by its path (evaluation of a local file), the int8 file still names itself int8
+    info = ModelInfo(name=NAME, version=version)
+    cpu = ("CPUExecutionProvider",)
+    assert load_model(int8, info, expected_sha256=None, providers=cpu).precision == "int8"
+    assert load_model(fp32, info, expected_sha256=None, providers=cpu).precision == "fp32"
     assert item["properties"]["eostream:sha256"] == hashlib.sha256(fp32).hexdigest()
     # the verdict and its figures, on the version
     vtags = mlflow.MlflowClient().get_model_version(NAME, version).tags

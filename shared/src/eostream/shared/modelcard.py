@@ -58,6 +58,9 @@ PATCH_SIZE = 64
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 METADATA_KEY = "eostream.model_card"
+#: the ONNX metadata entry naming a file's numeric precision ("int8": written by the
+#: registry-bridge's quantisation); a file without it is fp32
+PRECISION_METADATA_KEY = "eostream.precision"
 
 
 class BandScaling(BaseModel):

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from eostream.inference.errors import ModelLoadError
 from eostream.shared import mlm, ort_session
 from eostream.shared.digest import sha256_hex
-from eostream.shared.modelcard import METADATA_KEY, ModelCard
+from eostream.shared.modelcard import METADATA_KEY, PRECISION_METADATA_KEY, ModelCard
 from eostream.shared.objects import absolute_href
 from eostream.shared.onnx_contract import OnnxFacts, TensorFacts, graph_problems, ort_dtype
 
@@ -138,7 +138,9 @@ def load_model(
     intra_op_threads: int = 0,
     precision: Precision = "fp32",
 ) -> LoadedModel:
-    """Verify, open, validate and warm a model. Raises ModelLoadError on any mismatch."""
+    """Verify, open, validate and warm a model. Raises ModelLoadError on any mismatch.
+    ``precision``: what the caller chose to load (an MLM item's int8 asset); a file whose metadata
+    says int8 (the registry-bridge's quantisation) is int8 however it was found."""
     digest = sha256_hex(data)
     if expected_sha256 is not None and digest != expected_sha256:
         raise ModelLoadError(
@@ -169,6 +171,8 @@ def load_model(
             f"model {info.name} v{info.version}: invalid model card: {exc}"
         ) from exc
     check_card_against_graph(card, session)
+    if meta.get(PRECISION_METADATA_KEY) == "int8":  # an int8 file loaded by its path, too
+        precision = "int8"
     model = LoadedModel(
         info=info,
         card=card,

@@ -57,7 +57,12 @@ from eostream.shared.holdout import (
     rgb_candidates,
 )
 from eostream.shared.labels import MASK_UNKNOWN as UNKNOWN
-from eostream.shared.modelcard import EUROSAT_CLASSES, INPUT_NAME, ModelCard
+from eostream.shared.modelcard import (
+    EUROSAT_CLASSES,
+    INPUT_NAME,
+    PRECISION_METADATA_KEY,
+    ModelCard,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +86,8 @@ def quantise(
 ) -> bytes:
     """Static int8 quantisation of an ONNX model (QDQ, per-channel int8 weights, uint8
     activations calibrated with MinMax on ``calibration``, float32 [N, C, H, W] in the model's
-    input units). The ModelCard metadata entry is carried over, so inference loads the result.
+    input units). The ModelCard metadata entry is carried over, so inference loads the result,
+    and an ``eostream.precision`` entry says int8.
 
     With ``stem_fp32`` the stem (:func:`stem_nodes`: the input convolutions, what leads to them
     and what follows them up to the next convolution) stays fp32: it sees the bands themselves,
@@ -135,6 +141,7 @@ def quantise(
     if conv_kernel == "gemm":
         gemm_weights(proto)
     metadata = {p.key: p.value for p in onnx.load_model_from_string(fp32).metadata_props}
+    metadata[PRECISION_METADATA_KEY] = INT8  # what inference names the file by, however loaded
     present = {p.key for p in proto.metadata_props}
     for key, value in metadata.items():
         if key not in present:

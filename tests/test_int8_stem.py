@@ -35,6 +35,24 @@ def ancestors(graph: onnx.GraphProto, tensor: str) -> list[onnx.NodeProto]:
     return list(seen.values())
 
 
+def exported(architecture: str, band_set: str, tmp_path: Path) -> Path:
+    """An untrained ``architecture`` on ``band_set`` exported by the trainer's own exporter."""
+    bands = BAND_SETS[band_set]
+    torch.manual_seed(0)
+    seen = SpectralIndices(bands).channels if architecture in INDEX_ARCHITECTURES else len(bands)
+    model = build_model(architecture, bands, [0.1] * seen, [0.05] * seen)
+    card = ModelCard(
+        name=architecture,
+        band_set=band_set,
+        bands=bands,
+        scaling=identity_scaling(band_set),
+        architecture=architecture,
+    )
+    path = tmp_path / "model.onnx"
+    export_onnx(model, card, path)
+    return path
+
+
 @pytest.mark.parametrize(
     ("architecture", "band_set"),
     [
@@ -50,18 +68,7 @@ def test_the_stem_stays_fp32_and_the_rest_is_int8(
     architecture: str, band_set: str, tmp_path: Path
 ) -> None:
     bands = BAND_SETS[band_set]
-    torch.manual_seed(0)
-    seen = SpectralIndices(bands).channels if architecture in INDEX_ARCHITECTURES else len(bands)
-    model = build_model(architecture, bands, [0.1] * seen, [0.05] * seen)
-    card = ModelCard(
-        name="stem",
-        band_set=band_set,
-        bands=bands,
-        scaling=identity_scaling(band_set),
-        architecture=architecture,
-    )
-    path = tmp_path / "model.onnx"
-    export_onnx(model, card, path)
+    path = exported(architecture, band_set, tmp_path)
     calibration = np.random.default_rng(0).uniform(0, 0.3, (16, len(bands), 64, 64))
     graph = onnx.load_model_from_string(quantise(path.read_bytes(), calibration)).graph
 
@@ -89,23 +96,11 @@ def test_the_gemm_kernels_weights_stand_for_the_same_values(
     """``conv_kernel="gemm"`` stores every int8 convolution's weights one less with zero point
     -1 (so onnxruntime runs them on its int8 GEMM, not its direct kernels): the same dequantised
     weights, the same logits to within one step of the output's quantisation."""
-    import onnxruntime as ort
-
+    from eostream.registry_bridge import onnx_model
     from eostream.registry_bridge.quantize import fastest_kernel
-    from eostream.shared import ort_session
 
     bands = BAND_SETS[band_set]
-    torch.manual_seed(0)
-    model = build_model(architecture, bands, [0.1] * len(bands), [0.05] * len(bands))
-    card = ModelCard(
-        name="gemm",
-        band_set=band_set,
-        bands=bands,
-        scaling=identity_scaling(band_set),
-        architecture=architecture,
-    )
-    path = tmp_path / "model.onnx"
-    export_onnx(model, card, path)
+    path = exported(architecture, band_set, tmp_path)
     x = np.random.default_rng(0).uniform(0, 0.3, (32, len(bands), 64, 64)).astype(np.float32)
     models = {k: quantise(path.read_bytes(), x, conv_kernel=k) for k in ("direct", "gemm")}
 
@@ -134,13 +129,7 @@ def test_the_gemm_kernels_weights_stand_for_the_same_values(
             if i.name == "logits_scale"
         )
     )
-    options = ort_session.configure(ort.SessionOptions(), threads=1)
-    logits = {
-        k: ort.InferenceSession(
-            data, options, providers=[ort_session.CPU], **ort_session.session_arguments()
-        ).run(None, {"input": x})[0]
-        for k, data in models.items()
-    }
+    logits = {k: onnx_model.logits(onnx_model.session(data), x) for k, data in models.items()}
     assert np.abs(logits["gemm"] - logits["direct"]).max() <= out_scale + 1e-6
     chosen, kernel, medians = fastest_kernel(models["direct"], x, repeats=2)
     assert chosen == models[kernel] and medians.keys() == {"direct", "gemm"}

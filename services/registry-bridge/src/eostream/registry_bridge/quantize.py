@@ -202,9 +202,7 @@ def fastest_kernel(
     sessions set up as inference sets them up, one warm-up and ``repeats`` interleaved runs each;
     the GEMM twin must be ``GEMM_MARGIN`` faster (median seconds per run) to be chosen. Returns
     the chosen model, its kernel and both medians."""
-    import onnxruntime as ort
-
-    from eostream.shared import ort_session
+    from eostream.registry_bridge import onnx_model
 
     proto = onnx.load_model_from_string(int8)
     if not gemm_weights(proto):
@@ -214,13 +212,9 @@ def fastest_kernel(
         "gemm": bytes(proto.SerializeToString()),
     }
     x = np.ascontiguousarray(windows[:64], np.float32)
-    sessions = {}
-    for kernel, data in models.items():
-        options = ort_session.configure(ort.SessionOptions(), threads=threads)
-        sessions[kernel] = ort.InferenceSession(
-            data, options, providers=[ort_session.CPU], **ort_session.session_arguments()
-        )
-        sessions[kernel].run(None, {INPUT_NAME: x})
+    sessions = {kernel: onnx_model.session(data, threads) for kernel, data in models.items()}
+    for sess in sessions.values():  # warm-up
+        sess.run(None, {INPUT_NAME: x})
     runs: dict[ConvKernel, list[float]] = {kernel: [] for kernel in models}
     for _ in range(repeats):
         for kernel, sess in sessions.items():

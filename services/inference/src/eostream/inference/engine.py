@@ -28,6 +28,7 @@ import numpy.typing as npt
 from eostream.inference.domain import DomainCheck, SceneConfidence
 from eostream.inference.model import LoadedModel
 from eostream.inference.tiling import Plan, place_labels, reflect_fill
+from eostream.shared import ort_session
 from eostream.shared.modelcard import ModelCard
 
 log = logging.getLogger(__name__)
@@ -175,12 +176,12 @@ def segmentation_stride(patch: int) -> int:
 #: (benchmarks/inference/bench_full_tile.py, 2026-12-04) took the int8 small_cnn 31.3 s at 64
 #: against 34.3 s at 256, fp32 57.9 s against 57.2 s, and peak RSS fell from 912 to 532 MiB.
 #: On a GPU a larger batch keeps the device busy.
-PROVIDER_BATCH = {"CPUExecutionProvider": 64}
+PROVIDER_BATCH = {ort_session.CPU: 64}
 DEFAULT_BATCH = 256
 
 
 def batch_for(
-    card: ModelCard, batch_size: int, pixel_batch_size: int, provider: str = "CPUExecutionProvider"
+    card: ModelCard, batch_size: int, pixel_batch_size: int, provider: str = ort_session.CPU
 ) -> int:
     """Windows per model call: ``pixel_batch_size`` band vectors for a pixel model, else
     ``batch_size`` windows, or with 0 the provider's (:data:`PROVIDER_BATCH`)."""

@@ -16,17 +16,23 @@ fp32 against int8 of the same network, in one run.
   checksum and a passed check, as the bridge writes it).
 * Each precision classifies in a child process of its own, through the service's
   ``Pipeline.classify_href`` (what a SceneDiscovered event or ``eostream inference classify``
-  runs) with the service's settings (stride 32 by default, batch 64 on the CPU, strips of ~512 rows,
-  uncertain below 0.5, no probabilities unless ``--probabilities``): wall time, windows/s,
-  pixels/s and the child's peak RSS (``VmHWM``). Then the pixel agreement of the two maps.
+  runs) with the service's settings (stride 32 by default, batch 64 on the CPU and 256 on a GPU,
+  strips of ~512 rows, uncertain below 0.5, no probabilities unless ``--probabilities``): wall
+  time, windows/s, pixels/s and the child's peak RSS (``VmHWM``). Then the pixel agreement of
+  each map with the first.
+* ``--providers cuda cpu`` runs each precision on each execution provider (int8 on the CPU only:
+  CUDA runs the fp32 file, as the service does). A CUDA run is **asserted**: the child fails if
+  the result item names any other provider.
 
     EOSTREAM_DATA_DIR=/work/shared/data uv run python benchmarks/inference/bench_full_tile.py \
-        [--size 10980] [--stride 32] [--threads 2] [--epochs 3] [--precisions fp32 int8]
+        [--size 10980] [--stride 32] [--threads 2] [--epochs 3] [--precisions fp32 int8] \
+        [--providers cpu cuda]
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import hashlib
 import importlib.util
 import json
@@ -46,6 +52,7 @@ import numpy as np
 RKH = "sentinel2_scenes/S2A_29RKH_20200219_0_L2A_cog_downsampled"
 FULL = 10980
 PRECISIONS = ("fp32", "int8")
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 CACHE = Path(
     os.environ.get("EOSTREAM_BENCH_CACHE", Path(tempfile.gettempdir()) / "eostream-bench-full-tile")
 )
@@ -95,8 +102,9 @@ def build_tile(data_dir: Path, size: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     source = data_dir / RKH
     item = json.loads((source / "S2A_29RKH_20200219_0_L2A.json").read_text())
-    assets: dict[str, Any] = {}
-    for key, (name, metres, how) in BANDS.items():
+
+    def build(key: str) -> dict[str, Any]:
+        name, metres, how = BANDS[key]
         n = size * 10 // metres
         transform = from_origin(199980, 2800020, metres, metres)
         target = folder / name
@@ -136,7 +144,11 @@ def build_tile(data_dir: Path, size: int) -> Path:
         asset["href"] = str(target)
         asset["proj:shape"] = [n, n]
         asset["proj:transform"] = list(transform)[:6]
-        assets[key] = asset
+        return asset
+
+    # one band a thread: GDAL's warping and compression let go of the GIL
+    with concurrent.futures.ThreadPoolExecutor(min(len(BANDS), os.cpu_count() or 1)) as pool:
+        assets = dict(zip(BANDS, pool.map(build, BANDS), strict=True))
     item["id"] = f"{item['id']}_10m_upsampled_{size}"
     item["assets"] = assets
     item["links"] = []
@@ -188,6 +200,7 @@ def mlm_item_for(fp32: Path, int8: Path) -> Path:
 def classify_child(args: argparse.Namespace) -> None:
     from pydantic import SecretStr
 
+    from eostream.inference.engine import batch_for
     from eostream.inference.model import ModelInfo
     from eostream.inference.settings import InferenceSettings
     from eostream.inference.wiring import build_service
@@ -205,7 +218,8 @@ def classify_child(args: argparse.Namespace) -> None:
             stride=args.stride,
             int8_on_cpu=args.precision == "int8",
             write_probabilities=args.probabilities,
-            providers=("CPUExecutionProvider",),
+            providers=(PROVIDERS[args.provider],),
+            batch_size=args.batch_size,
             _env_file=None,
         )
         service = build_service(
@@ -220,6 +234,11 @@ def classify_child(args: argparse.Namespace) -> None:
         outcome = service.pipeline.classify_href(str(item), replace=True)
         total = time.perf_counter() - started
         props = outcome.record.item["properties"]
+        if props["eostream:execution_provider"] != PROVIDERS[args.provider]:
+            raise SystemExit(
+                f"asked for {PROVIDERS[args.provider]}, the map was made on "
+                f"{props['eostream:execution_provider']}"
+            )
         cog = Path(tmp) / "o" / s.bucket / outcome.record.prefix / "classification.tif"
         if not cog.exists():
             cog = next((Path(tmp) / "o").rglob("classification.tif"))
@@ -227,6 +246,7 @@ def classify_child(args: argparse.Namespace) -> None:
         window = props["eostream:window"]
         result = {
             "precision": model.precision,
+            "batch": batch_for(model.card, s.batch_size, s.pixel_batch_size, model.provider),
             "provider": props["eostream:execution_provider"],
             "pixels": props["eostream:pixels"],
             "patch": window["patch"],
@@ -267,11 +287,17 @@ def main() -> None:
     parser.add_argument(
         "--precisions", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"]
     )
+    parser.add_argument(
+        "--providers", nargs="+", default=["cpu"], choices=list(PROVIDERS), help="cpu and/or cuda"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=0, help="windows a call (0: the provider's default)"
+    )
     parser.add_argument("--probabilities", action="store_true", help="also write probabilities")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--quantise", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--classify", action="store_true", help=argparse.SUPPRESS)
-    for hidden in ("--item", "--model", "--out", "--precision"):
+    for hidden in ("--item", "--model", "--out", "--precision", "--provider"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quantise:  # child: onnxruntime only
@@ -296,26 +322,43 @@ def main() -> None:
     item = build_tile(data_dir, args.size)
     fp32, int8 = model_files(data_dir, args.epochs, args.seed)
     mlm_item_for(fp32, int8)
+    runs = [
+        (provider, precision)
+        for provider in args.providers
+        for precision in args.precisions
+        if provider == "cpu" or precision == "fp32"  # CUDA runs the fp32 file
+    ]
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-full-tile-") as tmp:
-        for precision in args.precisions:
-            out = Path(tmp) / f"{precision}.json"
+        for provider, precision in runs:
+            name = run_name(provider, precision, args.providers)
+            out = Path(tmp) / f"{provider}-{precision}.json"
             child = [sys.executable, __file__, "--classify", "--item", str(item)]
             child += ["--model", str(fp32), "--out", str(out), "--precision", precision]
             child += ["--stride", str(args.stride), "--threads", str(args.threads)]
+            child += ["--provider", provider, "--batch-size", str(args.batch_size)]
             child += ["--probabilities"] if args.probabilities else []
-            print(f"\n== {precision}", flush=True)
+            print(f"\n== {name}", flush=True)
             subprocess.run(child, check=True)  # noqa: S603
-            figures[precision] = json.loads(out.read_text())
-        if {"fp32", "int8"} <= set(figures):
-            figures["agreement"] = agreement(Path(tmp) / "fp32.tif", Path(tmp) / "int8.tif")
+            figures[name] = json.loads(out.read_text())
+            figures[name]["map"] = str(out.with_suffix(".tif"))
+        # every map against the CPU's fp32 map (else the first run's)
+        ref = figures.get(run_name("cpu", "fp32", args.providers)) or next(iter(figures.values()))
+        figures["agreement"] = {
+            k: agreement(Path(ref["map"]), Path(v["map"])) for k, v in figures.items()
+        }
     report(figures, args)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))
 
 
+def run_name(provider: str, precision: str, providers: list[str]) -> str:
+    """``fp32``/``int8`` as before when only the CPU runs; else ``fp32 cuda`` and so on."""
+    return precision if providers == ["cpu"] else f"{precision} {provider}"
+
+
 def report(figures: dict[str, Any], args: argparse.Namespace) -> None:
-    runs = {k: v for k, v in figures.items() if isinstance(v, dict)}
+    runs = {k: v for k, v in figures.items() if k != "agreement"}
     first = next(iter(runs.values()))
     side = args.size
     rows = -(-side // first["stride"])
@@ -324,17 +367,29 @@ def report(figures: dict[str, Any], args: argparse.Namespace) -> None:
         f"\ntile {side}x{side} px ({side * side / 1e6:.0f} Mpx), patch {first['patch']}, stride "
         f"{first['stride']}: {windows} windows; {args.threads} intra-op threads"
     )
-    print("precision   total s   engine s   windows/s    Mpx/s   peak RSS MiB (after load)")
-    for r in runs.values():
+    print(
+        "run           batch   total s   engine s   windows/s    Mpx/s   peak RSS MiB (after load)"
+        "   agreement"
+    )
+    for name, r in runs.items():
         print(
-            f"{r['precision']:<9} {r['total_seconds']:9.1f} {r['engine_seconds']:10.1f} "
-            f"{windows / r['engine_seconds']:11.0f} {r['pixels'] / r['total_seconds'] / 1e6:8.2f} "
-            f"{r['peak_rss_mib']:14.0f} ({r['rss_after_model_load_mib']:.0f})"
+            f"{name:<13} {r.get('batch') or '-':>5} {r['total_seconds']:9.1f} "
+            f"{r['engine_seconds']:10.1f} {windows / r['engine_seconds']:11.0f} "
+            f"{r['pixels'] / r['total_seconds'] / 1e6:8.2f} {r['peak_rss_mib']:14.0f} "
+            f"({r['rss_after_model_load_mib']:.0f}) {figures['agreement'][name]:11.4f}"
         )
-    if {"fp32", "int8"} <= set(runs):
-        ratio = runs["fp32"]["total_seconds"] / runs["int8"]["total_seconds"]
-        share = figures["agreement"]
-        print(f"int8 speed-up (total time): {ratio:.2f}x; the maps agree on {share:.4f} of pixels")
+    cpu = run_name("cpu", "fp32", args.providers)
+    for other in (
+        run_name("cpu", "int8", args.providers),
+        run_name("cuda", "fp32", args.providers),
+    ):
+        if cpu in runs and other in runs and other != cpu:
+            ratio = runs[cpu]["total_seconds"] / runs[other]["total_seconds"]
+            share = figures["agreement"][other]
+            print(
+                f"{other} against {cpu} (total time): {ratio:.2f}x; the maps agree on "
+                f"{share:.4f} of pixels"
+            )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,15 @@ accuracy per step, its gain over the baseline of the same run, and the wall time
     EOSTREAM_DATA_DIR=/path/to/data uv run python benchmarks/train/eurosat_rgb_recipe.py \
         --architecture small_cnn --epochs 12
 
+``--minutes M`` lowers the epochs so that each fit ends within about M minutes, from one epoch
+of the same fit timed on a sample first (for a lent GPU's fixed time). ``--split-file F`` keeps
+the split in a JSON file: written after the catalogue's selection when F is missing, read when F
+exists, so a host without the catalogue's stac-geoparquet and DuckDB trains on the same patches.
+The full-resolution ResNet-18 on a GPU (benchmarks/gpu/README.md):
+
+    ... eurosat_rgb_recipe.py --architecture resnet18 --batch-size 128 --steps ema \
+        --epochs 40 --minutes 4 --split-file split.json
+
 Settings come from the environment as for the worker (TRAINER_CACHE_DIR, TRAINER_DEVICE,
 TRAINER_NUM_THREADS; EOSTREAM_DATA_DIR). Nothing is logged to MLflow: these are fits, not runs.
 """
@@ -22,18 +31,21 @@ TRAINER_NUM_THREADS; EOSTREAM_DATA_DIR). Nothing is logged to MLflow: these are 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
 import time
+from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from eostream.shared.modelcard import BAND_SETS
 from eostream.shared.settings import load_settings
-from eostream.trainer.catalog import build_catalog
-from eostream.trainer.datasets import band_statistics, load_patches
+from eostream.trainer.datasets import PatchTensors, band_statistics, load_patches
 from eostream.trainer.models import build_model
-from eostream.trainer.selection import SelectionSpec, select
+from eostream.trainer.selection import Patch
 from eostream.trainer.settings import TrainerSettings
 from eostream.trainer.task import TrainConfig, evaluate, fit, resolve_device
 
@@ -46,6 +58,51 @@ STEPS: dict[str, dict[str, Any]] = {
 }
 
 
+def split_patches(settings: TrainerSettings, args: argparse.Namespace) -> dict[str, list[Patch]]:
+    """The train/val/test patches: from ``--split-file`` when it exists, else selected from the
+    catalogue (and written to ``--split-file`` when one is named)."""
+    splits = ("train", "val", "test")
+    path: Path | None = args.split_file
+    if path is not None and path.exists():
+        stored = json.loads(path.read_text())
+        print(f"split read from {path}")
+        return {split: [Patch(**p) for p in stored[split]] for split in splits}
+    from eostream.trainer.catalog import build_catalog  # stac-geoparquet, DuckDB
+    from eostream.trainer.selection import SelectionSpec, select
+
+    table = build_catalog(settings.data_dir, settings.cache_dir, "rgb")
+    selection = select(table, SelectionSpec("rgb", samples_per_class=args.samples_per_class))
+    patches = {split: selection.of(split) for split in splits}
+    if path is not None:
+        path.write_text(json.dumps({k: [asdict(p) for p in v] for k, v in patches.items()}))
+    return patches
+
+
+def sample(data: PatchTensors, n: int) -> PatchTensors:
+    return PatchTensors(data.x[:n], data.y[:n], data.ids[:n])
+
+
+def epochs_within(
+    minutes: float,
+    data: dict[str, PatchTensors],
+    make_model: Any,
+    config: TrainConfig,
+    device: torch.device,
+) -> tuple[int, float]:
+    """Epochs of ``config``'s fit that end within ``minutes``, and the seconds one epoch should
+    take: one epoch on a sample (the same share of validation patches) after a warm-up one."""
+    n = min(4096, len(data["train"]))
+    share = n / len(data["train"])
+    train = sample(data["train"], n)
+    val = sample(data["val"], max(2, round(len(data["val"]) * share)))
+    one = replace(config, epochs=1)
+    fit(make_model(), train, val, one, device)  # warm-up: cuDNN's algorithms, allocator
+    started = time.perf_counter()
+    fit(make_model(), train, val, one, device)
+    epoch = (time.perf_counter() - started) / share
+    return max(1, min(config.epochs, math.floor(minutes * 60 / epoch))), epoch
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--architecture", default="small_cnn")
@@ -55,18 +112,22 @@ def main() -> None:
     parser.add_argument("--samples-per-class", type=int, default=None)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--steps", nargs="+", choices=list(STEPS), default=list(STEPS))
+    parser.add_argument(
+        "--minutes", type=float, default=None, help="fewer epochs so each fit ends within this"
+    )
+    parser.add_argument("--split-file", type=Path, default=None, help="read or write the split")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     settings = load_settings(TrainerSettings, bus="memory")
     torch.set_num_threads(settings.num_threads)
     device = resolve_device(settings.device)
-    table = build_catalog(settings.data_dir, settings.cache_dir, "rgb")
-    selection = select(table, SelectionSpec("rgb", samples_per_class=args.samples_per_class))
+    started = time.perf_counter()
     data = {
-        split: load_patches(settings.data_dir, "rgb", selection.of(split), settings.num_threads)
-        for split in ("train", "val", "test")
+        split: load_patches(settings.data_dir, "rgb", patches, settings.num_threads)
+        for split, patches in split_patches(settings, args).items()
     }
+    print(f"patches loaded in {time.perf_counter() - started:.0f} s", flush=True)
     mean, std = band_statistics(data["train"].x)
     print(
         f"EuroSAT RGB: {len(data['train'])} train / {len(data['val'])} val / "
@@ -81,8 +142,11 @@ def main() -> None:
         extras |= STEPS[name]
         if name not in args.steps:
             continue
-        torch.manual_seed(args.seed)
-        model = build_model(args.architecture, BAND_SETS["rgb"], mean, std)
+
+        def make_model() -> Any:
+            torch.manual_seed(args.seed)
+            return build_model(args.architecture, BAND_SETS["rgb"], mean, std)
+
         config = TrainConfig(
             epochs=args.epochs,
             batch_size=args.batch_size,
@@ -91,6 +155,14 @@ def main() -> None:
             seed=args.seed,
             **extras,
         )
+        if args.minutes:
+            epochs, seconds = epochs_within(args.minutes, data, make_model, config, device)
+            config = replace(config, epochs=epochs, patience=epochs)
+            print(
+                f"{name}: one epoch ~{seconds:.1f} s, so {epochs} epochs in {args.minutes:.1f} min",
+                flush=True,
+            )
+        model = make_model()
         started = time.perf_counter()
         history = fit(model, data["train"], data["val"], config, device)
         minutes = (time.perf_counter() - started) / 60

@@ -35,11 +35,13 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from eostream.shared.modelcard import BAND_SETS
 from eostream.shared.settings import load_settings
@@ -65,6 +67,11 @@ def split_patches(settings: TrainerSettings, args: argparse.Namespace) -> dict[s
     path: Path | None = args.split_file
     if path is not None and path.exists():
         stored = json.loads(path.read_text())
+        if stored.get("samples_per_class") != args.samples_per_class:
+            raise SystemExit(
+                f"{path} holds a split of {stored.get('samples_per_class')} patches a class, "
+                f"not {args.samples_per_class}: delete it or name another file"
+            )
         print(f"split read from {path}")
         return {split: [Patch(**p) for p in stored[split]] for split in splits}
     from eostream.trainer.catalog import build_catalog  # stac-geoparquet, DuckDB
@@ -74,7 +81,8 @@ def split_patches(settings: TrainerSettings, args: argparse.Namespace) -> dict[s
     selection = select(table, SelectionSpec("rgb", samples_per_class=args.samples_per_class))
     patches = {split: selection.of(split) for split in splits}
     if path is not None:
-        path.write_text(json.dumps({k: [asdict(p) for p in v] for k, v in patches.items()}))
+        stored = {k: [asdict(p) for p in v] for k, v in patches.items()}
+        path.write_text(json.dumps({"samples_per_class": args.samples_per_class} | stored))
     return patches
 
 
@@ -85,7 +93,7 @@ def sample(data: PatchTensors, n: int) -> PatchTensors:
 def epochs_within(
     minutes: float,
     data: dict[str, PatchTensors],
-    make_model: Any,
+    make_model: Callable[[], nn.Module],
     config: TrainConfig,
     device: torch.device,
 ) -> tuple[int, float]:
@@ -143,7 +151,7 @@ def main() -> None:
         if name not in args.steps:
             continue
 
-        def make_model() -> Any:
+        def make_model() -> nn.Module:
             torch.manual_seed(args.seed)
             return build_model(args.architecture, BAND_SETS["rgb"], mean, std)
 

@@ -95,9 +95,11 @@ def test_the_gemm_kernels_weights_stand_for_the_same_values(
 ) -> None:
     """``conv_kernel="gemm"`` stores every int8 convolution's weights one less with zero point
     -1 (so onnxruntime runs them on its int8 GEMM, not its direct kernels): the same dequantised
-    weights, the same logits to within one step of the output's quantisation."""
+    weights, the same logits to within one step of the output's quantisation where this CPU's
+    int8 GEMM is exact (VNNI or AMX); where it is not, the bridge's timing keeps the direct
+    kernels."""
     from eostream.registry_bridge import onnx_model
-    from eostream.registry_bridge.quantize import fastest_kernel
+    from eostream.registry_bridge.quantize import fastest_kernel, output_step
 
     bands = BAND_SETS[band_set]
     path = exported(architecture, band_set, tmp_path)
@@ -129,7 +131,10 @@ def test_the_gemm_kernels_weights_stand_for_the_same_values(
             if i.name == "logits_scale"
         )
     )
+    assert output_step(onnx.load_model_from_string(models["direct"])) == out_scale
     logits = {k: onnx_model.logits(onnx_model.session(data), x) for k, data in models.items()}
-    assert np.abs(logits["gemm"] - logits["direct"]).max() <= out_scale + 1e-6
     chosen, kernel, medians = fastest_kernel(models["direct"], x, repeats=2)
-    assert chosen == models[kernel] and medians.keys() == {"direct", "gemm"}
+    if np.abs(logits["gemm"] - logits["direct"]).max() <= out_scale + 1e-6:
+        assert chosen == models[kernel] and medians.keys() == {"direct", "gemm"}
+    else:  # this CPU's int8 GEMM saturates (AVX2 without VNNI): the bridge keeps the direct one
+        assert (chosen, kernel, medians) == (models["direct"], "direct", {})

@@ -201,7 +201,13 @@ def fastest_kernel(
     :func:`gemm_weights` twin on this host: each run on the same ``windows`` (up to 64) in
     sessions set up as inference sets them up, one warm-up and ``repeats`` interleaved runs each;
     the GEMM twin must be ``GEMM_MARGIN`` faster (median seconds per run) to be chosen. Returns
-    the chosen model, its kernel and both medians."""
+    the chosen model, its kernel and both medians.
+
+    The twin must also give the same outputs to within one step of the output's quantisation
+    (:func:`output_step`): on a CPU without VNNI (AVX2 only) onnxruntime's u8s8 GEMM adds pairs
+    of products in int16, which saturates on full-range weights (seen 2026-12-04 on an AMD EPYC
+    with AVX2 only: logits 4 steps apart). Then the direct kernels ship and no times are
+    returned."""
     from eostream.registry_bridge import onnx_model
 
     proto = onnx.load_model_from_string(int8)
@@ -213,8 +219,15 @@ def fastest_kernel(
     }
     x = np.ascontiguousarray(windows[:64], np.float32)
     sessions = {kernel: onnx_model.session(data, threads) for kernel, data in models.items()}
-    for sess in sessions.values():  # warm-up
-        sess.run(None, {INPUT_NAME: x})
+    warm = {kernel: sess.run(None, {INPUT_NAME: x})[0] for kernel, sess in sessions.items()}
+    apart = float(np.abs(np.asarray(warm["gemm"]) - np.asarray(warm["direct"])).max())
+    if apart > output_step(proto) + 1e-6:
+        log.warning(
+            "int8: the GEMM kernels' outputs differ from the direct ones by %.4g on this CPU "
+            "(int16 saturation without VNNI?): shipping the direct kernels",
+            apart,
+        )
+        return int8, "direct", {}
     runs: dict[ConvKernel, list[float]] = {kernel: [] for kernel in models}
     for _ in range(repeats):
         for kernel, sess in sessions.items():
@@ -226,6 +239,17 @@ def fastest_kernel(
         "gemm" if medians["gemm"] < (1 - GEMM_MARGIN) * medians["direct"] else "direct"
     )
     return models[chosen], chosen, medians
+
+
+def output_step(model: onnx.ModelProto) -> float:
+    """The quantisation step of the graph's first output: the scale of the DequantizeLinear that
+    makes it (0.0 when none does: then outputs must be equal)."""
+    name = model.graph.output[0].name
+    scales = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and name in node.output and node.input[1] in scales:
+            return float(np.max(numpy_helper.to_array(scales[node.input[1]])))
+    return 0.0
 
 
 def stem_nodes(model: onnx.ModelProto) -> list[str]:
@@ -496,6 +520,7 @@ __all__ = [
     "gemm_weights",
     "judge",
     "load_calibration",
+    "output_step",
     "quantise",
     "skipped",
 ]

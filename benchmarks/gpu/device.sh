@@ -15,7 +15,9 @@ set -uo pipefail
 work=/tmp/eostream-gpu
 gather() {
   mkdir -p "$work/parts"
-  for f in .gpu[0-9]*/*; do [[ -e $f ]] && cp --update=none "$f" "$work/parts/"; done
+  for f in .gpu[0-9]*/*; do  # each part once (a later call may find earlier folders there)
+    [[ -e $f && ! -e $work/parts/${f##*/} ]] && cp "$f" "$work/parts/"
+  done
   ls -l "$work/parts"
 }
 if [[ ${1:-} == --gather ]]; then gather; exit; fi

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 
 import pytest
 
@@ -28,6 +29,24 @@ def test_a_good_model_loads_warm_on_the_best_provider() -> None:
     model = _load(testing.build_onnx(card))
     assert model.card == card  # type: ignore[attr-defined]
     assert model.provider in ("CUDAExecutionProvider", "CPUExecutionProvider")  # type: ignore[attr-defined]
+
+
+def test_a_provider_onnxruntime_offers_but_cannot_start_is_logged_and_not_claimed(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # onnxruntime-gpu lists CUDA even where its libraries fail to load, then runs on the CPU: here
+    # this CPU build is made to list it, and the real session falls back the same way
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("CUDA is really available here")
+    offered = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: offered)
+    with caplog.at_level(logging.WARNING, logger="eostream.inference.model"):
+        model = _load(testing.build_onnx(testing.model_card("rgb")))
+    assert model.provider == "CPUExecutionProvider"  # type: ignore[attr-defined]
+    (record,) = [r for r in caplog.records if "wanted CUDAExecutionProvider" in r.message]
+    assert "runs on CPUExecutionProvider" in record.message
 
 
 def test_checksum_mismatch_is_refused() -> None:

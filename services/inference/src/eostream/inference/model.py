@@ -148,11 +148,12 @@ def load_model(
             f"{expected_sha256}; refusing it"
         )
     options = ort_session.configure(ort.SessionOptions(), threads=intra_op_threads)
+    chosen = choose_providers(providers)
     try:
         session = ort.InferenceSession(
             data,
             sess_options=options,
-            providers=choose_providers(providers),
+            providers=chosen,
             **ort_session.session_arguments(),
         )
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
@@ -173,11 +174,23 @@ def load_model(
     check_card_against_graph(card, session)
     if meta.get(PRECISION_METADATA_KEY) == "int8":  # an int8 file loaded by its path, too
         precision = "int8"
+    provider = session.get_providers()[0]
+    if provider != chosen[0]:
+        # onnxruntime lists a provider whose libraries then fail to load (CUDA without its
+        # runtime, a driver too old) and quietly runs on the next one
+        log.warning(
+            "model %s v%s: wanted %s, which this onnxruntime offers, but the session runs on "
+            "%s (onnxruntime's own log says why)",
+            info.name,
+            info.version,
+            chosen[0],
+            provider,
+        )
     model = LoadedModel(
         info=info,
         card=card,
         session=session,
-        provider=session.get_providers()[0],
+        provider=provider,
         precision=precision,
     )
     _warm(model)

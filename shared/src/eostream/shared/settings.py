@@ -179,5 +179,6 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("aiokafka", "kafka", "urllib3", "botocore"):
+    # numexpr (imported by pandas, under mlflow) logs its thread count at INFO on import
+    for noisy in ("aiokafka", "kafka", "urllib3", "botocore", "numexpr"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -33,12 +33,14 @@ log = logging.getLogger(__name__)
 @app.command()
 def serve() -> None:
     """Run the REST API and the SceneDiscovered / ModelPromoted consumers until SIGTERM."""
+    # a bad environment is reported before the slow imports, and what they log before logging
+    # is configured stays out of the service's log (as it did when they came first)
+    settings = load_settings(InferenceSettings)
     from eostream.inference.api.app import create_app
     from eostream.inference.wiring import build_service
     from eostream.shared.ops import OpsServer
     from eostream.shared.runtime import install_stop_signals, preflight, run_service
 
-    settings = load_settings(InferenceSettings)
     configure_logging(settings.log_level)
 
     async def main() -> None:

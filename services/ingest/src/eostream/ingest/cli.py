@@ -39,10 +39,10 @@ def _when(text: str) -> datetime:
 @app.command()
 def run() -> None:
     """Watch every configured source until SIGTERM (the poll in flight is finished)."""
+    settings = _settings()  # a bad environment is reported before the slow imports
     from eostream.ingest.service import from_settings, serve
     from eostream.shared.runtime import run_service
 
-    settings = _settings()
     run_service(lambda: serve(settings, from_settings(settings)))
 
 

@@ -34,10 +34,13 @@ def _settings() -> BridgeSettings:
 @app.command("run")
 def run_bridge() -> None:
     """Run the webhook server, the reconcile loop and the ModelVersionRegistered consumer."""
+    # a bad environment is reported before the slow imports, and what they log before logging
+    # is configured stays out of the service's log (as it did when they came first)
+    settings = load_settings(BridgeSettings)
     from eostream.registry_bridge.service import run
     from eostream.shared.runtime import run_service
 
-    settings = _settings()
+    configure_logging(settings.log_level)
     run_service(lambda: run(settings))
 
 

@@ -54,12 +54,16 @@ app = typer.Typer(
 
 def _settings(**overrides: Any) -> TrainerSettings:
     settings = load_settings(TrainerSettings, **overrides)
+    _configure_logging(settings)
+    return settings
+
+
+def _configure_logging(settings: TrainerSettings) -> None:
+    import logging
+
     configure_logging(settings.log_level)
     for noisy in ("stac_geoparquet", "onnxscript", "onnx_ir", "alembic"):
-        import logging
-
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return settings
 
 
 @contextlib.contextmanager
@@ -101,10 +105,13 @@ def _checked(request: TrainingRequested) -> TrainingPlan:
 @app.command("run")
 def run() -> None:
     """Run the worker: consume TrainingRequested / DatasetUpdated, train, register, publish."""
+    # a bad environment is reported before the slow imports, and what they log before logging
+    # is configured stays out of the service's log (as it did when they came first)
+    settings = load_settings(TrainerSettings)
     from eostream.shared.runtime import run_service
     from eostream.trainer.service import from_settings, run_worker
 
-    settings = _settings()
+    _configure_logging(settings)
     run_service(lambda: run_worker(settings, from_settings(settings)))
 
 

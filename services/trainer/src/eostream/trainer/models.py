@@ -38,7 +38,6 @@ from collections.abc import Mapping, Sequence
 from typing import cast
 
 import torch
-import torchvision  # type: ignore[import-untyped]
 from torch import nn
 
 from eostream.shared.modelcard import EUROSAT_CLASSES
@@ -146,6 +145,10 @@ def _resnet18(in_channels: int, stem: str, num_classes: int = NUM_CLASSES) -> nn
     """torchvision's ResNet-18 with a stem for 64x64 patches: ``imagenet`` (7x7 stride 2 and
     max-pool, layer1 at 16x16), ``stride2`` (3x3 stride 2, layer1 at 32x32) or ``full`` (3x3
     stride 1, layer1 at 64x64)."""
+    # imported here: torchvision's package import pulls in torch._dynamo and sympy (~5 s of CPU
+    # at every trainer start on two cores), and only the ResNets need it
+    import torchvision  # type: ignore[import-untyped]
+
     net = torchvision.models.resnet18(weights=None, num_classes=num_classes)
     if stem == "imagenet":
         net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)

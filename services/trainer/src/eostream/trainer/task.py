@@ -351,7 +351,11 @@ def fit(
         generator = torch.Generator().manual_seed(config.seed + epoch)
         mixing = np.random.default_rng([config.seed, epoch])
         order = torch.randperm(len(train), generator=generator)
-        total_loss, correct, started = 0.0, 0, time.perf_counter()
+        # summed on the device and read once an epoch: a read per batch would make the host
+        # wait for the accelerator at every step
+        total_loss = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        started = time.perf_counter()
         for i in range(0, len(order), config.batch_size):
             index = order[i : i + config.batch_size]
             if len(index) < 2:  # BatchNorm needs two samples
@@ -376,10 +380,11 @@ def fit(
             scaler.update()
             if ema is not None:
                 ema.update_parameters(model)
-            total_loss += float(loss.detach()) * len(index)
-            correct += int(((logits.argmax(1) == yb) & (yb != UNKNOWN)).sum())
+            total_loss += loss.detach().float() * len(index)
+            correct += ((logits.argmax(1) == yb) & (yb != UNKNOWN)).sum()
             if on_batch is not None:
                 on_batch(len(index))
+        summed_loss, summed_correct = float(total_loss), int(correct)  # waits for the device
         elapsed = time.perf_counter() - started
         seen, busy = seen + len(train), busy + elapsed
         scheduler.step()
@@ -387,8 +392,8 @@ def fit(
             refresh_batch_norm(ema.module, train, device, config)
         result = evaluate(kept, val, device)
         metrics = {
-            "train_loss": total_loss / max(len(train), 1),
-            "train_accuracy": correct / max(labelled, 1),
+            "train_loss": summed_loss / max(len(train), 1),
+            "train_accuracy": summed_correct / max(labelled, 1),
             "val_loss": result["loss"],
             "val_accuracy": result["accuracy"],
             **({"val_mean_iou": result["mean_iou"]} if per_pixel else {}),

@@ -157,9 +157,18 @@ def build_tile(data_dir: Path, size: int) -> Path:
 
 
 # -- the model --------------------------------------------------------------------------------
+#: the rgb model's training epochs and seed unless told (``--epochs``, ``--seed``)
+EPOCHS, SEED = 3, 42
+
+
+def model_folder(epochs: int = EPOCHS, seed: int = SEED) -> Path:
+    """Where :func:`model_files` caches the model (``bench_gpu.py`` reads its export there)."""
+    return CACHE / f"model-rgb-e{epochs}-s{seed}"
+
+
 def model_files(data_dir: Path, epochs: int, seed: int) -> tuple[Path, Path]:
     """bench_int8's rgb model (fp32 export) and its registry-bridge int8 file, cached."""
-    work = CACHE / f"model-rgb-e{epochs}-s{seed}"
+    work = model_folder(epochs, seed)
     fp32, int8 = work / "rgb.onnx", work / "rgb.int8.onnx"
     if not fp32.exists():
         import torch
@@ -282,8 +291,10 @@ def main() -> None:
         "--stride", type=int, default=32, help="window step (the service's default)"
     )
     parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")))
-    parser.add_argument("--epochs", type=int, default=3, help="training epochs of the rgb model")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--epochs", type=int, default=EPOCHS, help="training epochs of the rgb model"
+    )
+    parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument(
         "--precisions", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"]
     )

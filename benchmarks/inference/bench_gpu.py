@@ -20,6 +20,7 @@ windows, in one run, through inference's own ``load_model`` (outside CI; needs a
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -34,15 +35,15 @@ CPU = "CPUExecutionProvider"
 
 
 def default_model() -> Path:
-    """bench_full_tile's cached rgb export (3 epochs, seed 42)."""
-    import tempfile
-
-    cache = Path(
-        os.environ.get(
-            "EOSTREAM_BENCH_CACHE", Path(tempfile.gettempdir()) / "eostream-bench-full-tile"
-        )
+    """bench_full_tile's cached rgb export (its default epochs and seed)."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_full_tile", Path(__file__).with_name("bench_full_tile.py")
     )
-    return cache / "model-rgb-e3-s42" / "rgb.onnx"
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    folder: Path = module.model_folder()
+    return folder / "rgb.onnx"
 
 
 def load(path: Path, provider: str, threads: int) -> Any:

@@ -83,6 +83,11 @@ test-unit: install ## only the tests that need no server
 # above each is a package base, so `from .conftest import ...` resolves under services/<name>/
 # even where <name> is no valid module name (registry-bridge).
 SOURCE_DIRS := shared/src runner/src $(wildcard services/*/src)
+# mypy's incremental cache lives outside the clone, beside the stack's downloads, so a fresh clone
+# (CI's) reuses it: `make lint` took 40 s instead of 71-79 s in a fresh clone. mypy itself drops
+# the entries of another mypy version and of files whose contents changed.
+MYPY_CACHE_DIR ?= $(or $(EOSTREAM_CACHE),$(HOME)/.cache/eostream)/mypy
+export MYPY_CACHE_DIR
 TEST_PATHS := conftest.py shared/tests runner/tests $(wildcard services/*/tests) tests benchmarks
 
 .PHONY: lint

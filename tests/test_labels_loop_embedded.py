@@ -44,7 +44,8 @@ def test_imported_labels_become_a_gated_champion(data_dir: Path, tmp_path: Path)
                 "sources": [],
                 "labels": {"poll_interval_seconds": 1.0, "settle_seconds": 2.0},
             },
-            "trainer": {"dataset_updated_epochs": 4},
+            # 100 optimiser steps, not the default 300: the masks' water is learnt before that
+            "trainer": {"dataset_updated_epochs": 4, "min_chip_steps": 100},
             "registry-bridge": {
                 "model_names": [MODEL],
                 "reconcile_interval_seconds": 2.0,

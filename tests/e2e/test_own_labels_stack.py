@@ -108,7 +108,12 @@ def own_labels(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
                 "INGEST_LABELS__COLLECTIONS": json.dumps([labels]),
                 "INGEST_LABELS__POLL_INTERVAL_SECONDS": "1",
             },
-            "trainer": {"TRAINER_NUM_THREADS": "2", "TRAINER_DEVICE": "cpu"},
+            "trainer": {
+                "TRAINER_NUM_THREADS": "2",
+                "TRAINER_DEVICE": "cpu",
+                # 100 optimiser steps, not the default 300: the masks' water is learnt before that
+                "TRAINER_MIN_CHIP_STEPS": "100",
+            },
             "registry-bridge": {
                 "BRIDGE_GATE__REFERENCE": str(gate_reference),
                 "BRIDGE_RECONCILE_INTERVAL_SECONDS": "5",

@@ -102,6 +102,7 @@ def test_a_water_other_classifier_trains_and_maps_a_third_date(
     monkeypatch.setenv("TRAINER_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("TRAINER_EXPERIMENT_NAME", "chips-test")
     monkeypatch.setenv("TRAINER_DEVICE", "cpu")
+    monkeypatch.setenv("TRAINER_MIN_CHIP_STEPS", "100")  # a smoke test: a third of the default
     out = tmp_path / "model"
     words = ["fit", "--dataset", str(dataset), "--epochs", "2", "--batch-size", "16"]
     result = CliRunner().invoke(
@@ -161,6 +162,7 @@ def test_a_water_segmentation_network_trains_on_masks_is_gated_by_pixel_and_maps
     monkeypatch.setenv("TRAINER_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("TRAINER_EXPERIMENT_NAME", "chips-test")
     monkeypatch.setenv("TRAINER_DEVICE", "cpu")
+    monkeypatch.setenv("TRAINER_MIN_CHIP_STEPS", "100")  # a smoke test: a third of the default
     out = tmp_path / "model"
     words = ["fit", "--dataset", str(dataset), "--architecture", "seg_unet", "--epochs", "2"]
     result = CliRunner().invoke(

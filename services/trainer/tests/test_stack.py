@@ -67,7 +67,7 @@ async def test_training_on_the_real_stack(
         model_name="eurosat-ci-smoke",
         band_set="rgb",
         architecture="small_cnn",
-        epochs=10,
+        epochs=6,  # 0.770 on the held-out patches on 2026-12-05 (10 epochs: 25 s more)
         batch_size=32,
         learning_rate=3e-3,
         samples_per_class=SAMPLES_PER_CLASS,

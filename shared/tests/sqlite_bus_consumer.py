@@ -24,7 +24,9 @@ async def main(db: str, topic: str, group: str, effects: str, started: str) -> N
 
     async def handle(event: Event, delivery: Delivery) -> None:
         if event.key.startswith("HANG"):
-            Path(started).write_text(f"{event.key}@{delivery.offset}\n")
+            scratch = Path(started + ".tmp")  # renamed: the test never sees an empty file
+            scratch.write_text(f"{event.key}@{delivery.offset}\n")
+            scratch.replace(started)
             await asyncio.Event().wait()  # until SIGKILL
         with open(effects, "a", encoding="utf-8") as out:
             out.write(event.key + "\n")

@@ -23,13 +23,16 @@ from shapely.geometry import box, mapping
 from typer.testing import CliRunner
 
 from eostream.inference import reference
+from eostream.shared.errors import RetryableError
 from eostream.shared.events import DatasetUpdated
+from eostream.shared.label_catalog import ALL_ITEMS, LabelQuery, StacApiLabelCatalog, items_digest
 from eostream.shared.objects import local_path, read_bytes
 from eostream.shared.settings import S3Settings
 from eostream.shared.storage.s3 import S3ObjectStore
 from eostream.trainer.labelled import dataset_plan
 from eostream.trainer.labels_cli import app
 from eostream.trainer.settings import TrainerSettings
+from eostream.trainer.stac_labels import materialize
 
 FOLDER = "sentinel2_scenes/boadella_l2a_sentinelhub/sentinel_2"
 IMPORTED = ("2020-06-21", "2020-09-14", "2021-07-16")  # three dates; 2020-02-02 is held out
@@ -393,6 +396,15 @@ def test_stack_label_collection_becomes_the_trainers_chips(
     href = f"{stac_api_url}/collections/{stack_collection}"
     event = DatasetUpdated(dataset=stack_collection, href=href, digest="e" * 64, band_set="l2a")
     plan = dataset_plan(event, settings)
+    # not the announced digest: the labels' own, as ingest hashes them, names the training
+    announced = items_digest(
+        StacApiLabelCatalog(stac_api_url).search(LabelQuery(stack_collection, limit=ALL_ITEMS))
+    )
+    assert plan.request_id == f"dataset-{stack_collection}-{announced[:16]}"
+    # a copy is never written under a digest its labels do not have
+    with pytest.raises(RetryableError, match="changed while they were read"):
+        materialize(href, tmp_path / "stale", s3, expected="0" * 64)
+    assert not (tmp_path / "stale").exists()
     assert plan.classes == ("water", "other") and plan.dataset is not None
     assert (plan.architecture, plan.band_set) == ("seg_unet_indices", "l2a")
     assert plan.base_model is None

@@ -9,11 +9,13 @@
   pystac and filtered with :func:`item_matches`.
 
 Both grow the collection's extent and summaries on each import (:func:`grow_collection`,
-pure); :func:`item_matches` is what a STAC API search answers, for the static catalogue.
+pure); :func:`item_matches` is what a STAC API search answers, for the static catalogue;
+:func:`items_digest` is a collection's state, as ingest announces it and the trainer checks it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +30,39 @@ from eostream.shared.labels import CLASSES_FIELD, DEFAULT_COLLECTION, LABEL_SCHE
 from eostream.shared.stac_transactions import StacTransactions
 
 HIERARCHY = ("root", "parent", "collection", "self", "child", "item")
+
+#: links that say what an item labels (the rest point at the catalogue's own layout)
+KEPT_LINKS = ("source",)
+#: a search for every item of a label collection (what :func:`items_digest` covers)
+ALL_ITEMS = 100_000
+
+
+def items_digest(items: Sequence[Mapping[str, Any]]) -> str:
+    """SHA-256 of the items' content that matters to training, independent of their order.
+
+    Ingest announces a label collection with the digest of its items; the trainer computes it
+    again before it trains, so what it trains (and names after the digest) is what it read.
+    """
+    rows = []
+    for item in items:
+        links = sorted(
+            str(link.get("href"))
+            for link in item.get("links", [])
+            if isinstance(link, Mapping) and link.get("rel") in KEPT_LINKS
+        )
+        assets = {
+            k: str(v.get("href"))
+            for k, v in (item.get("assets") or {}).items()
+            if isinstance(v, Mapping)
+        }
+        rows.append(
+            json.dumps(
+                [item.get("id"), item.get("geometry"), item.get("properties"), assets, links],
+                sort_keys=True,
+                default=str,
+            )
+        )
+    return hashlib.sha256("\n".join(sorted(rows)).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

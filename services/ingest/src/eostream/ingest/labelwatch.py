@@ -2,12 +2,13 @@
 
 The label watcher lists the label collections of a label catalogue (the stack's STAC API, or the
 embedded mode's static catalogue under the home; :mod:`eostream.shared.label_catalog`), hashes
-each collection's items (id, geometry, properties, assets and source links: what a change to the
-labels changes) and publishes ``DatasetUpdated(dataset=<collection>, href, digest)`` on
-``eostream.datasets.updated`` when that digest is new. The state store's seen-set (the scene
-watcher's, under the source ``labels:<collection>``) records a digest only after the broker
-acknowledged the event, so a restart re-announces nothing and loses nothing; the trainer's
-request id derives from the digest, so a redelivered announcement trains once. A new digest is
+each collection's items (``items_digest``: id, geometry, properties, assets and source links,
+what a change to the labels changes) and publishes ``DatasetUpdated(dataset=<collection>, href,
+digest)`` on ``eostream.datasets.updated`` when that digest is new. The state store's seen-set
+(the scene watcher's, under the source ``labels:<collection>``) records a digest only after the
+broker acknowledged the event, so a restart re-announces nothing and loses nothing. The
+trainer's request id derives from the digest of the labels as it reads them, so a redelivered
+announcement trains once, and one overtaken by newer labels trains those (once). A new digest is
 announced once it has held for ``settle_seconds`` (``INGEST_LABELS__SETTLE_SECONDS``): several
 dates imported one after the other start one training.
 """
@@ -15,11 +16,9 @@ dates imported one after the other start one training.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,36 +26,10 @@ from eostream.ingest.state import SeenRecord, StateStore
 from eostream.shared import topics
 from eostream.shared.bus import Bus
 from eostream.shared.events import DatasetUpdated
-from eostream.shared.label_catalog import LabelCatalog, LabelQuery
+from eostream.shared.label_catalog import ALL_ITEMS, LabelCatalog, LabelQuery, items_digest
 
 log = logging.getLogger(__name__)
 SOURCE_PREFIX = "labels:"
-#: links that say what an item labels (the rest point at the catalogue's own layout)
-KEPT_LINKS = ("source",)
-
-
-def items_digest(items: Sequence[Mapping[str, Any]]) -> str:
-    """SHA-256 of the items' content that matters to training, independent of their order."""
-    rows = []
-    for item in items:
-        links = sorted(
-            str(link.get("href"))
-            for link in item.get("links", [])
-            if isinstance(link, Mapping) and link.get("rel") in KEPT_LINKS
-        )
-        assets = {
-            k: str(v.get("href"))
-            for k, v in (item.get("assets") or {}).items()
-            if isinstance(v, Mapping)
-        }
-        rows.append(
-            json.dumps(
-                [item.get("id"), item.get("geometry"), item.get("properties"), assets, links],
-                sort_keys=True,
-                default=str,
-            )
-        )
-    return hashlib.sha256("\n".join(sorted(rows)).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -112,7 +85,7 @@ class LabelWatcher:
     def _list(self) -> list[tuple[str, list[dict[str, Any]]]]:
         """(collection id, its items) for every watched collection (blocking)."""
         names = self._collections or tuple(str(c["id"]) for c in self._catalog.collections())
-        return [(name, self._catalog.search(LabelQuery(name, limit=100_000))) for name in names]
+        return [(name, self._catalog.search(LabelQuery(name, limit=ALL_ITEMS))) for name in names]
 
     async def poll(self) -> list[Announced]:
         """One look at every watched collection; announces those whose digest is new."""

@@ -1,12 +1,15 @@
 """What a ``DatasetUpdated`` names, as a chip dataset the trainer trains on.
 
 Ingest announces a label collection when its items change (``eostream.datasets.updated``, the
-digest of its items). The trainer then trains on *those* labels: it cuts chips from the labelled
-scenes as ``eostream labels chips`` does (inference's scene reader: the same band mapping,
-radiometry and resampling as the maps; spatial split with a gap), into its cache under the
-event's digest, and trains a patch classifier on the labels' own classes. A class nobody
-labelled enough to give a chip is left out (logged); fewer than two classes with chips is a bad
-dataset, dead-lettered with the reason.
+digest of its items). The trainer then trains on the labels as they are when it reads them: it
+hashes the collection's items again (:func:`eostream.shared.label_catalog.items_digest`), cuts
+chips from the labelled scenes as ``eostream labels chips`` does (inference's scene reader: the
+same band mapping, radiometry and resampling as the maps; spatial split with a gap) into its
+cache under that digest, and trains a patch classifier on the labels' own classes. The request
+id, the chips and the model card name that digest: an announcement overtaken by newer labels
+(both on the bus) trains the newer labels once, and the newer announcement reuses that version.
+A class nobody labelled enough to give a chip is left out (logged); fewer than two classes with
+chips is a bad dataset, dead-lettered with the reason.
 
 A label collection on a STAC API (``<root>/collections/<id>``, what ingest announces on the
 stack) is first copied into a static catalogue (:mod:`eostream.trainer.stac_labels`: the items,
@@ -25,8 +28,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from eostream.shared.errors import EostreamError
+import pystac
+
+from eostream.shared.errors import EostreamError, RetryableError
 from eostream.shared.events import DatasetUpdated, TrainingRequested
+from eostream.shared.label_catalog import (
+    ALL_ITEMS,
+    LabelQuery,
+    StaticLabelCatalog,
+    items_digest,
+)
 from eostream.shared.objects import local_path
 from eostream.trainer import chipset, stac_labels
 from eostream.trainer.errors import DatasetError
@@ -99,14 +110,20 @@ def _is_chip_dataset(path: Path) -> bool:
 
 
 def _open(
-    href: str, name: str, key: str, settings: TrainerSettings, band_set: str
+    href: str,
+    name: str,
+    key: str,
+    settings: TrainerSettings,
+    band_set: str,
+    digest: str | None = None,
 ) -> chipset.ChipDataset | None:
     """The chip dataset ``href`` names, or the chips cut from the label collection it names
-    (cached as ``<name>-<key>``); None when it is neither (or not local)."""
+    (cached as ``<name>-<key>``; ``digest``: the one a STAC API collection's copy must have);
+    None when it is neither (or not local)."""
     path = local_path(href)
     if path is None and stac_labels.collection_url(href) is not None:
         copy = settings.cache_dir / STAC_FOLDER / _folder_name(name, key)
-        path = stac_labels.materialize(href, copy, settings.s3)
+        path = stac_labels.materialize(href, copy, settings.s3, expected=digest)
     if path is None:
         return None
     if _is_chip_dataset(path):
@@ -117,9 +134,50 @@ def _open(
     return None
 
 
+def labels_digest(href: str) -> str | None:
+    """The digest of the items of the label collection ``href`` names, as they are now (what
+    ingest announces); None when ``href`` names no label collection of a STAC API or of a static
+    label catalogue (a chip dataset, a EuroSAT folder, a lone collection file)."""
+    if stac_labels.collection_url(href) is not None:
+        return stac_labels.digest(href)
+    path = local_path(href)
+    if path is None:
+        return None
+    if path.is_dir():
+        path = path / "collection.json"
+    root = path.parent.parent
+    if path.name != "collection.json" or not (root / "catalog.json").is_file():
+        return None
+    try:
+        collection = str(json.loads(path.read_text())["id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        items = StaticLabelCatalog(root).search(LabelQuery(collection, limit=ALL_ITEMS))
+    except (OSError, ValueError, KeyError, TypeError, pystac.STACError):
+        return None  # a broken catalogue: the chip cutter says what is wrong with it
+    return items_digest(items) if items else None
+
+
 def dataset_plan(event: DatasetUpdated, settings: TrainerSettings) -> TrainingPlan:
-    """The training a ``DatasetUpdated`` asks for (blocking: may cut chips)."""
-    data = _open(event.href, event.dataset, event.digest, settings, event.band_set)
+    """The training a ``DatasetUpdated`` asks for (blocking: may cut chips), on the labels as
+    they are now: named after their digest, which differs from the event's when newer labels
+    overtook the announcement."""
+    now = labels_digest(event.href)
+    if now is not None and now != event.digest:
+        log.warning(
+            "labels %s changed since they were announced (digest %s, now %s): training them as "
+            "they are now, under their digest",
+            event.dataset,
+            event.digest[:16],
+            now[:16],
+        )
+        event = event.model_copy(update={"digest": now})
+    data = _open(event.href, event.dataset, event.digest, settings, event.band_set, now)
+    # a STAC API collection's copy was checked as it was read; a static one is cut in place
+    if now is not None and local_path(event.href) is not None and labels_digest(event.href) != now:
+        shutil.rmtree(settings.cache_dir / CHIPS_FOLDER / _folder_name(event.dataset, now), True)
+        raise RetryableError(f"labels {event.dataset} changed while their chips were cut")
     if data is None:  # not labels: retrain the default model with defaults
         return plan_for_dataset(
             event, event.model_name or settings.default_model_name, settings.dataset_updated_epochs

@@ -6,7 +6,7 @@ On the stack, ``eostream labels import --stac-api`` puts label items into the ST
 (:mod:`eostream.inference.chips`) reads static catalogues, so the trainer first copies the
 collection: its items, each label asset read with the trainer's S3 settings into a file beside
 the item, and each labelled scene's item (``source`` link) when it lives in the object store (its
-raster assets stay where they are). The copy is written once per announced digest.
+raster assets stay where they are). The copy is written once per digest of the items it holds.
 """
 
 from __future__ import annotations
@@ -14,11 +14,14 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
 from eostream.shared.errors import EostreamError, RetryableError
+from eostream.shared.label_catalog import items_digest
 from eostream.shared.objects import local_path, read_bytes
 from eostream.shared.settings import S3Settings
 from eostream.trainer.errors import DatasetError
@@ -42,48 +45,86 @@ def collection_url(href: str) -> tuple[str, str] | None:
     return root, rest
 
 
-def materialize(href: str, out: Path, s3: S3Settings | None) -> Path:
-    """Copy the STAC API collection ``href`` into ``out``; returns its ``collection.json``."""
+def digest(href: str) -> str:
+    """The digest of the STAC API collection ``href``'s items as they are now (what ingest
+    announces: :func:`eostream.shared.label_catalog.items_digest`)."""
+    with _reading(href):
+        _, _, items = _read(href)
+    return items_digest(items)
+
+
+def materialize(href: str, out: Path, s3: S3Settings | None, expected: str | None = None) -> Path:
+    """Copy the STAC API collection ``href`` into ``out``; returns its ``collection.json``.
+
+    ``expected``: the items' digest the copy must have. Labels changed since it was computed are
+    not copied under its name: a RetryableError, and the next try reads them again.
+    """
     target = out / "collection.json"
     if target.is_file():
         return target
-    where = collection_url(href)
-    if where is None:
-        raise DatasetError(f"{href}: not a STAC API collection URL (<root>/collections/<id>)")
-    root, cid = where
-    import requests
-    from pystac_client import Client
-    from pystac_client.exceptions import APIError
-
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        client = Client.open(root)
-        found = client.get_collection(cid)
-        if found is None:
-            raise DatasetError(f"{href}: no such collection")
-        collection = found.to_dict(transform_hrefs=False)
-        items = list(client.search(collections=[cid], max_items=MAX_ITEMS).items_as_dicts())
-        if not items:
-            raise DatasetError(f"{href}: the collection holds no items")
-        partial.mkdir(parents=True)
-        links = [link for link in collection.get("links", []) if link.get("rel") not in HIERARCHY]
-        for item in items:
-            links.append({"rel": "item", "href": f"./{item['id']}/{item['id']}.json"})
-            _copy_item(dict(item), partial / str(item["id"]), s3, root)
-        collection["links"] = [*links, {"rel": "root", "href": "./collection.json"}]
-        (partial / "collection.json").write_text(json.dumps(collection, indent=1))
-    except (requests.RequestException, APIError, EostreamError, OSError, KeyError) as exc:
+        with _reading(href):
+            root, collection, items = _read(href)
+            now = items_digest(items)  # before _copy_item rewrites the asset hrefs
+            if expected is not None and now != expected:
+                raise RetryableError(
+                    f"{href}: the labels changed while they were read (digest {now[:16]}, "
+                    f"not {expected[:16]}); read again"
+                )
+            partial.mkdir(parents=True)
+            links = [lk for lk in collection.get("links", []) if lk.get("rel") not in HIERARCHY]
+            for item in items:
+                links.append({"rel": "item", "href": f"./{item['id']}/{item['id']}.json"})
+                _copy_item(dict(item), partial / str(item["id"]), s3, root)
+            collection["links"] = [*links, {"rel": "root", "href": "./collection.json"}]
+            (partial / "collection.json").write_text(json.dumps(collection, indent=1))
+    except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
-        if isinstance(exc, (DatasetError, RetryableError)):
-            raise
-        if _unreachable(exc):  # the STAC API is down: worth trying again later
-            raise RetryableError(f"{href}: the STAC API is unreachable: {exc}") from None
-        raise DatasetError(f"{href}: cannot copy the label collection: {exc}") from None
+        raise
     shutil.rmtree(out, ignore_errors=True)
     partial.replace(out)
     log.info("copied %d label items of %s into %s", len(items), href, out)
     return target
+
+
+def _read(href: str) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
+    """(the API root, the collection, its items) of the STAC API collection ``href``."""
+    where = collection_url(href)
+    if where is None:
+        raise DatasetError(f"{href}: not a STAC API collection URL (<root>/collections/<id>)")
+    root, cid = where
+    from pystac_client import Client
+
+    client = Client.open(root)
+    found = client.get_collection(cid)
+    if found is None:
+        raise DatasetError(f"{href}: no such collection")
+    collection = found.to_dict(transform_hrefs=False)
+    items = [
+        dict(i) for i in client.search(collections=[cid], max_items=MAX_ITEMS).items_as_dicts()
+    ]
+    if not items:
+        raise DatasetError(f"{href}: the collection holds no items")
+    return root, collection, items
+
+
+@contextmanager
+def _reading(href: str) -> Iterator[None]:
+    """The errors of reading ``href`` as the trainer's: an unreachable STAC API is worth trying
+    again later (RetryableError), anything else is the labels' problem (DatasetError)."""
+    import requests
+    from pystac_client.exceptions import APIError
+
+    try:
+        yield
+    except (DatasetError, RetryableError):
+        raise
+    except (requests.RequestException, APIError, EostreamError, OSError, KeyError) as exc:
+        if _unreachable(exc):  # the STAC API is down: worth trying again later
+            raise RetryableError(f"{href}: the STAC API is unreachable: {exc}") from None
+        raise DatasetError(f"{href}: cannot read the label collection: {exc}") from None
 
 
 def _unreachable(exc: BaseException) -> bool:

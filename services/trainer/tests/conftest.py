@@ -29,14 +29,22 @@ def trainer_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("trainer-cache")
 
 
+def _built(data_dir: Path, trainer_cache: Path, band_set: str) -> CatalogTable:
+    """The table built here and now, not copied from this machine's cache (where an earlier run,
+    maybe of other code, left one): the catalogue's own tests test the builder."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EOSTREAM_CACHE", str(trainer_cache / "machine"))
+        return build_catalog(data_dir, trainer_cache, band_set)
+
+
 @pytest.fixture(scope="session")
 def ms_table(data_dir: Path, trainer_cache: Path) -> CatalogTable:
-    return build_catalog(data_dir, trainer_cache, "ms13")
+    return _built(data_dir, trainer_cache, "ms13")
 
 
 @pytest.fixture(scope="session")
 def rgb_table(data_dir: Path, trainer_cache: Path) -> CatalogTable:
-    return build_catalog(data_dir, trainer_cache, "rgb")
+    return _built(data_dir, trainer_cache, "rgb")
 
 
 def make_settings(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from pathlib import Path
 
@@ -57,6 +58,32 @@ def test_rgb_catalog_is_complete_and_cached(
     mtime = rgb_table.path.stat().st_mtime_ns
     again = build_catalog(data_dir, trainer_cache, "rgb")
     assert again == rgb_table and again.path.stat().st_mtime_ns == mtime  # built once
+
+
+def test_a_new_cache_folder_copies_the_table_this_machine_built(
+    data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("EOSTREAM_CACHE", str(tmp_path / "machine"))
+    kept = tmp_path / "machine" / "catalogues"
+    built = build_catalog(data_dir, tmp_path / "home-a", "ms13")
+    assert (kept / built.path.name).read_bytes() == built.path.read_bytes()
+    with caplog.at_level(logging.INFO, logger="eostream.trainer.catalog"):
+        copied = build_catalog(data_dir, tmp_path / "home-b", "ms13")
+    assert "copied this machine's table" in caplog.text and "as stac-geoparquet" not in caplog.text
+    assert copied.path == tmp_path / "home-b" / "stac" / built.path.name
+    assert (copied.digest, copied.count) == (built.digest, 375)
+    assert copied.path.read_bytes() == built.path.read_bytes()
+    # a damaged copy is never trusted: the table is built again, and the copy mended
+    (kept / built.path.name).write_bytes(b"not a parquet file")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="eostream.trainer.catalog"):
+        rebuilt = build_catalog(data_dir, tmp_path / "home-c", "ms13")
+    assert "built 375 EuroSAT ms13 STAC items" in caplog.text
+    assert rebuilt.count == 375
+    assert (kept / built.path.name).read_bytes() == rebuilt.path.read_bytes()
 
 
 def test_random_split_is_deterministic_and_recorded(rgb_table: CatalogTable) -> None:

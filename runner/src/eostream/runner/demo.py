@@ -47,7 +47,12 @@ from eostream.runner.provision import ensure_data
 from eostream.shared import topics
 from eostream.shared.bus.base import Delivery, parse_dead_letter
 from eostream.shared.bus.sqlite import SqliteBus
-from eostream.shared.embedded import EmbeddedContext, EmbeddedSystem, embedded_bus
+from eostream.shared.embedded import (
+    EmbeddedContext,
+    EmbeddedSystem,
+    discover_components,
+    embedded_bus,
+)
 from eostream.shared.errors import ConfigError
 from eostream.shared.events import (
     Event,
@@ -202,7 +207,8 @@ async def run(
     reference = await build_reference(home, data_dir) if demo else None
     port = free_port(host, mlflow_port)
     console.print(f"[bold]eostream[/bold] embedded mode, state in {home}")
-    with mlflow_server(home, host, port) as mlflow_url:
+    # the services' imports (~8 s of CPU) while the MLflow server starts in its own process
+    with mlflow_server(home, host, port, meanwhile=discover_components) as mlflow_url:
         console.print(f"MLflow UI: {mlflow_url}")
         bus = embedded_bus(home)  # durable: a crash loses no event (ADR 0014)
         store = LocalObjectStore(home / "objects", "eostream")

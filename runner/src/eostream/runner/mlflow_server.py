@@ -83,12 +83,23 @@ def stop_mlflow_server(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def mlflow_server(home: Path, host: str, port: int, *, timeout: float = 120) -> Iterator[str]:
+def mlflow_server(
+    home: Path,
+    host: str,
+    port: int,
+    *,
+    timeout: float = 120,
+    meanwhile: Callable[[], object] | None = None,
+) -> Iterator[str]:
     """An MLflow tracking server (and UI) on the embedded sqlite database; ConfigError when it
-    does not answer within ``timeout`` seconds."""
+    does not answer within ``timeout`` seconds. ``meanwhile`` runs (on this thread) while the
+    server starts: the server takes ~8-10 s to answer, time this process can use, e.g. to
+    import the services (:func:`eostream.shared.embedded.discover_components`)."""
     process = start_mlflow_server(home, host, port)
     url = f"http://{host}:{port}"
     try:
+        if meanwhile is not None:
+            meanwhile()
         wait_healthy(url, lambda: process.poll() is None, home / "mlflow.log", timeout)
         yield url
     finally:
@@ -136,14 +147,23 @@ def _is_mlflow(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def home_mlflow_server(home: Path, host: str, *, timeout: float = 120) -> Iterator[str]:
+def home_mlflow_server(
+    home: Path,
+    host: str,
+    *,
+    timeout: float = 120,
+    meanwhile: Callable[[], object] | None = None,
+) -> Iterator[str]:
     """The server advertised on the home (once healthy) when there is one, else one of this
-    process, stopped at the end of the block."""
+    process, stopped at the end of the block (``meanwhile``: as :func:`mlflow_server`'s)."""
     found = advertised(home)
     if found is not None:
         url, pid = found
+        if meanwhile is not None:
+            meanwhile()
         wait_healthy(url, lambda: _is_mlflow(pid), home / "mlflow.log", timeout)
         yield url
         return
-    with mlflow_server(home, host, free_port(host, 0), timeout=timeout) as url:
+    port = free_port(host, 0)
+    with mlflow_server(home, host, port, timeout=timeout, meanwhile=meanwhile) as url:
         yield url

@@ -111,7 +111,9 @@ class EmbeddedSession:
             tracking = (
                 contextlib.nullcontext("")
                 if not MLFLOW_USERS & set(components)
-                else home_mlflow_server(self.home, host, timeout=self._timeout)
+                else home_mlflow_server(
+                    self.home, host, timeout=self._timeout, meanwhile=discover_components
+                )
             )
             with tracking as mlflow_url:
                 store = LocalObjectStore(self.home / "objects", "eostream")

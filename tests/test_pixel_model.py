@@ -49,9 +49,9 @@ HOLDOUT = HoldoutSettings(per_class=5)
 
 
 async def test_sklearn_pixel_model_is_gated_shipped_and_maps_real_l2a_water(
-    data_dir: Path, tmp_path: Path
+    data_dir: Path, tmp_path: Path, sqlite_mlflow: str
 ) -> None:
-    mlflow_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow_uri = sqlite_mlflow
     boadella = reference.build_boadella(data_dir, tmp_path / "ref", dates=[DATE])
 
     # 1. the trainer, asked for a pixel model the way an event asks

@@ -166,7 +166,7 @@ def test_bad_reference_items_each_get_one_line_and_the_rest_goes_on(
 
 
 def test_maps_evaluate_end_to_end_logs_to_mlflow(
-    data_dir: Path, tmp_path: Path, model_file: Path
+    data_dir: Path, tmp_path: Path, model_file: Path, sqlite_mlflow: str
 ) -> None:
     built = runner.invoke(
         app,
@@ -177,7 +177,7 @@ def test_maps_evaluate_end_to_end_logs_to_mlflow(
     )  # fmt: skip
     assert built.exit_code == 0, built.output
     labels = tmp_path / "ref" / "boadella-water-labels" / "collection.json"
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = sqlite_mlflow
     result = runner.invoke(
         app,
         [

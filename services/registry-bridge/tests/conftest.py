@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import shutil
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -189,19 +188,10 @@ def models(data_dir: Path) -> Models:
     return Models(better=better, worse=worse, training_digest=digest)
 
 
-@pytest.fixture(scope="session")
-def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An initialised sqlite MLflow database (creating one takes ~10 s), copied per test."""
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
 @pytest.fixture
-def tracking_uri(mlflow_template: Path, tmp_path: Path) -> Iterator[str]:
-    db = tmp_path / "mlflow.db"
-    shutil.copyfile(mlflow_template, db)
-    uri = f"sqlite:///{db}"
+def tracking_uri(sqlite_mlflow: str) -> Iterator[str]:
+    """This test's sqlite MLflow (a copy of the session's template), set as MLflow's global."""
+    uri = sqlite_mlflow
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     yield uri

@@ -62,8 +62,10 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_the_gate_evaluation_imports_no_evaluator_lazily(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_the_gate_evaluation_imports_no_evaluator_lazily(
+    tmp_path: Path, sqlite_mlflow: str
+) -> None:
+    uri = sqlite_mlflow
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, uri],
         capture_output=True,

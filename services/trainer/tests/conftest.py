@@ -63,5 +63,5 @@ def make_settings(
 
 
 @pytest.fixture
-def sqlite_settings(data_dir: Path, trainer_cache: Path, tmp_path: Path) -> TrainerSettings:
-    return make_settings(data_dir, trainer_cache, f"sqlite:///{tmp_path / 'mlflow.db'}")
+def sqlite_settings(data_dir: Path, trainer_cache: Path, sqlite_mlflow: str) -> TrainerSettings:
+    return make_settings(data_dir, trainer_cache, sqlite_mlflow)

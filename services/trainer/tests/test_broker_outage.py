@@ -24,6 +24,7 @@ from .conftest import make_settings
 pytestmark = [pytest.mark.stack, pytest.mark.slow, pytest.mark.timeout(600)]
 
 
+@pytest.mark.usefixtures("sqlite_mlflow")
 async def test_a_broker_outage_during_the_publish_ends_with_one_registered_version(
     kafka_bootstrap: str, data_dir: Path, trainer_cache: Path, tmp_path: Path, outage: Any
 ) -> None:

@@ -91,7 +91,7 @@ def test_chips_are_labelled_on_purpose_and_split_apart(dataset: Path) -> None:
     assert summary["dropped"]["mixed"] > 0 and summary["dropped"]["split_gap"] > 0
 
 
-@pytest.mark.usefixtures("root_logging")
+@pytest.mark.usefixtures("root_logging", "sqlite_mlflow")
 def test_a_water_other_classifier_trains_and_maps_a_third_date(
     dataset: Path,
     references: tuple[Path, Path],
@@ -148,7 +148,7 @@ def test_a_water_other_classifier_trains_and_maps_a_third_date(
     assert cm[1, 1] > cm[0, 1], cm  # the map is not water everywhere
 
 
-@pytest.mark.usefixtures("root_logging")
+@pytest.mark.usefixtures("root_logging", "sqlite_mlflow")
 def test_a_water_segmentation_network_trains_on_masks_is_gated_by_pixel_and_maps_at_10m(
     dataset: Path,
     references: tuple[Path, Path],
@@ -246,6 +246,7 @@ def test_a_water_segmentation_network_trains_on_masks_is_gated_by_pixel_and_maps
     assert iou8 == pytest.approx(iou, abs=0.02), (iou, iou8)
 
 
+@pytest.mark.usefixtures("sqlite_mlflow")
 def test_label_models_start_from_a_registered_eurosat_classifier(
     dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

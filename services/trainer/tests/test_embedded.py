@@ -68,6 +68,7 @@ class LoopWatch:
         self._task.cancel()
 
 
+@pytest.mark.usefixtures("sqlite_mlflow")
 async def test_a_request_trains_and_registers_while_the_loop_keeps_running(
     tmp_path: Path, data_dir: Path
 ) -> None:
@@ -113,6 +114,7 @@ async def test_a_request_trains_and_registers_while_the_loop_keeps_running(
     assert list((tmp_path / "home" / "trainer" / "stac").glob("eurosat-rgb-*.parquet"))
 
 
+@pytest.mark.usefixtures("sqlite_mlflow")
 async def test_stop_during_training_interrupts_it_and_keeps_the_checkpoint(
     tmp_path: Path, data_dir: Path
 ) -> None:

@@ -14,6 +14,7 @@ from eostream.shared.holdout import DEFAULT_PER_CLASS, DEFAULT_SALT, held_out_fi
 from eostream.shared.modelcard import EUROSAT_CLASSES
 from eostream.trainer.catalog import CatalogTable, build_catalog
 from eostream.trainer.errors import DatasetError
+from eostream.trainer.pipeline import card_scaling
 from eostream.trainer.selection import (
     SPATIAL_CELL_METRES,
     SelectionSpec,
@@ -23,6 +24,8 @@ from eostream.trainer.selection import (
     split_fraction,
     split_name,
 )
+
+from .conftest import make_settings
 
 
 def test_ms_items_carry_label_and_projection(ms_table: CatalogTable, data_dir: Path) -> None:
@@ -67,12 +70,12 @@ def test_a_new_cache_folder_copies_the_table_this_machine_built(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setenv("EOSTREAM_CACHE", str(tmp_path / "machine"))
-    kept = tmp_path / "machine" / "catalogues"
+    kept = tmp_path / "machine" / "eurosat"
     built = build_catalog(data_dir, tmp_path / "home-a", "ms13")
     assert (kept / built.path.name).read_bytes() == built.path.read_bytes()
     with caplog.at_level(logging.INFO, logger="eostream.trainer.catalog"):
         copied = build_catalog(data_dir, tmp_path / "home-b", "ms13")
-    assert "copied this machine's table" in caplog.text and "as stac-geoparquet" not in caplog.text
+    assert "copied this machine's" in caplog.text and "as stac-geoparquet" not in caplog.text
     assert copied.path == tmp_path / "home-b" / "stac" / built.path.name
     assert (copied.digest, copied.count) == (built.digest, 375)
     assert copied.path.read_bytes() == built.path.read_bytes()
@@ -170,3 +173,20 @@ def test_bad_selections_are_refused(ms_table: CatalogTable, tmp_path: Path) -> N
         build_catalog(tmp_path, tmp_path, "rgb")
     with pytest.raises(DatasetError, match="leaves no patches"):
         select(ms_table, SelectionSpec("ms13", classes=("Forest",), samples_per_class=1))
+
+
+def test_the_rgb_scaling_fit_is_kept_for_the_next_cache_folder(
+    data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("EOSTREAM_CACHE", str(tmp_path / "machine"))
+    first = make_settings(data_dir, tmp_path / "home-a", "sqlite:///unused.db")
+    fitted = card_scaling("rgb", first)  # fitted on the 375 MS/RGB pairs, ~6 s
+    assert [s.band for s in fitted] == ["B04", "B03", "B02"]
+    (kept,) = (tmp_path / "machine" / "eurosat").glob("rgb-scaling-*.json")
+    with caplog.at_level(logging.INFO, logger="eostream.trainer.catalog"):
+        copied = card_scaling("rgb", make_settings(data_dir, tmp_path / "home-b", "sqlite://"))
+    assert copied == fitted and f"copied this machine's {kept}" in caplog.text
+    assert (tmp_path / "home-b" / "scaling" / kept.name).read_bytes() == kept.read_bytes()

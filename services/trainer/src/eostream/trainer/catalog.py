@@ -6,7 +6,8 @@ it is built once and rebuilt only when the data changes. Asset hrefs are relativ
 folder, so a cached table stays valid wherever the data folder is mounted, and one machine needs
 it built once: a copy is kept in :func:`machine_dir` (``${EOSTREAM_CACHE:-~/.cache/eostream}``),
 and a new cache folder (a new home, a service's first start) copies it from there (~0.5 MB)
-instead of spending ~7 s of CPU building the 27,000 RGB items again.
+instead of spending ~7 s of CPU building the 27,000 RGB items again (:func:`cached_copy`; the
+RGB scaling fit of :mod:`eostream.trainer.pipeline` is kept there the same way).
 
 RGB JPEGs carry no georeference. STAC allows ``geometry: null`` for such Items, but
 stac-geoparquet 0.8 cannot store it (nor a missing bbox): their Items get an empty
@@ -26,6 +27,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -227,9 +229,27 @@ def _footprints(sources: list[PatchSource]) -> list[list[float] | None]:
 
 
 def machine_dir() -> Path:
-    """``${EOSTREAM_CACHE:-~/.cache/eostream}/catalogues``: this machine's copy of each table."""
+    """``${EOSTREAM_CACHE:-~/.cache/eostream}/eurosat``: this machine's copy of what is derived
+    from the EuroSAT data alone (the tables, the RGB scaling fit), named after its digest."""
     base = os.environ.get("EOSTREAM_CACHE") or "~/.cache/eostream"
-    return Path(base).expanduser() / "catalogues"
+    return Path(base).expanduser() / "eurosat"
+
+
+def cached_copy(path: Path, valid: Callable[[Path], bool]) -> bool:
+    """Whether ``path`` (a file of a cache folder, named after the data's digest) is there and
+    ``valid``, copied from :func:`machine_dir` when it was not; False: derive it again."""
+    if path.is_file() and valid(path):
+        return True
+    kept = machine_dir() / path.name
+    if kept.is_file() and valid(kept) and _copy(kept, path):
+        log.info("%s: copied this machine's %s", path.parent, kept)
+        return True
+    return False
+
+
+def keep_copy(path: Path) -> None:
+    """Keep a copy of the freshly derived ``path`` for the next cache folder on this machine."""
+    _copy(path, machine_dir() / path.name)
 
 
 def _rows(path: Path) -> int | None:
@@ -266,16 +286,9 @@ def build_catalog(data_dir: Path, cache_dir: Path, band_set: str) -> CatalogTabl
     if not sources:
         raise DatasetError(f"no EuroSAT {band_set} patches found under {data_dir}")
     digest = sources_digest(band_set, sources)
-    name = f"eurosat-{band_set}-{digest[:16]}.parquet"
-    path = cache_dir / "stac" / name
-    count = _rows(path) if path.is_file() else None
-    if count is not None:
-        return CatalogTable(band_set, path, digest, count)
-    kept = machine_dir() / name
-    count = _rows(kept) if kept.is_file() else None
-    if count is not None and _copy(kept, path):
-        log.info("EuroSAT %s STAC items: copied this machine's table %s", band_set, kept)
-        return CatalogTable(band_set, path, digest, count)
+    path = cache_dir / "stac" / f"eurosat-{band_set}-{digest[:16]}.parquet"
+    if cached_copy(path, lambda p: _rows(p) is not None):
+        return CatalogTable(band_set, path, digest, _rows(path) or 0)
     started = time.perf_counter()
     footprints = _footprints(sources)
     items = [
@@ -286,7 +299,7 @@ def build_catalog(data_dir: Path, cache_dir: Path, band_set: str) -> CatalogTabl
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     stac_geoparquet.arrow.to_parquet(reader, tmp)
     tmp.replace(path)  # atomic: a crash never leaves a half-written table under the final name
-    _copy(path, kept)  # for the next cache folder on this machine
+    keep_copy(path)
     log.info(
         "built %d EuroSAT %s STAC items as stac-geoparquet in %.1fs: %s",
         len(items),

@@ -27,7 +27,13 @@ from eostream.shared.modelcard import BandScaling, ModelCard
 from eostream.trainer import chipset
 from eostream.trainer.augment import training_augmentation
 from eostream.trainer.bands import band_set_bands
-from eostream.trainer.catalog import build_catalog, list_sources, sources_digest
+from eostream.trainer.catalog import (
+    build_catalog,
+    cached_copy,
+    keep_copy,
+    list_sources,
+    sources_digest,
+)
 from eostream.trainer.datasets import PatchTensors, band_statistics, load_patches
 from eostream.trainer.errors import BadTrainingRequestError
 from eostream.trainer.export import check_onnx, export_onnx
@@ -109,17 +115,28 @@ def tracker_for(settings: TrainerSettings) -> Tracker:
 
 
 def card_scaling(band_set: str, settings: TrainerSettings) -> tuple[BandScaling, ...]:
-    """The card's scaling; the RGB fit is cached under the cache folder, keyed by the MS data."""
+    """The card's scaling; the RGB fit is cached under the cache folder, keyed by the MS data
+    (and copied from this machine's copy: :func:`eostream.trainer.catalog.cached_copy`)."""
     if band_set != "rgb":
         return identity_scaling(band_set)
     digest = sources_digest("ms13", list_sources(settings.data_dir, "ms13"))[:16]
-    path = settings.cache_dir / "scaling" / f"rgb-{digest}.json"
-    if path.is_file():
-        return tuple(BandScaling.model_validate(s) for s in json.loads(path.read_text()))
-    fit_result = fit_rgb_scaling(settings.data_dir)
+    path = settings.cache_dir / "scaling" / f"rgb-scaling-{digest}.json"
+    if cached_copy(path, lambda p: _read_scaling(p) is not None):
+        return _read_scaling(path) or ()
+    fit_result = fit_rgb_scaling(settings.data_dir)  # ~6 s of CPU
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps([s.model_dump() for s in fit_result.scaling]))
+    keep_copy(path)
     return fit_result.scaling
+
+
+def _read_scaling(path: Path) -> tuple[BandScaling, ...] | None:
+    """The scaling saved in ``path``; None when it is not one (a damaged file is fitted again)."""
+    try:
+        found = tuple(BandScaling.model_validate(s) for s in json.loads(path.read_text()))
+    except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
+        return None
+    return found or None
 
 
 def prepare_model(plan: TrainingPlan, tracker: Tracker, train: PatchTensors) -> EuroSATNet:

@@ -4,7 +4,7 @@ The table is built from the files under the data folder and cached under the cac
 by a digest of the source listing (relative path, size, class) and of this builder's version, so
 it is built once and rebuilt only when the data changes. Asset hrefs are relative to the data
 folder, so a cached table stays valid wherever the data folder is mounted, and one machine needs
-it built once: a copy is kept in :func:`machine_dir` (``${EOSTREAM_CACHE:-~/.cache/eostream}``),
+it built once: a copy is kept in :func:`machine_dir` (``${EOSTREAM_CACHE}/eurosat``),
 and a new cache folder (a new home, a service's first start) copies it from there (~0.5 MB)
 instead of spending ~7 s of CPU building the 27,000 RGB items again (:func:`cached_copy`; the
 RGB scaling fit of :mod:`eostream.trainer.pipeline` is kept there the same way).
@@ -272,7 +272,7 @@ def _copy(source: Path, target: Path) -> bool:
         scratch.replace(target)
     except OSError as exc:
         scratch.unlink(missing_ok=True)
-        log.debug("catalogue %s not copied to %s: %s", source, target, exc)
+        log.debug("%s not copied to %s: %s", source, target, exc)
         return False
     return True
 

@@ -63,14 +63,16 @@ def test_rgb_catalog_is_complete_and_cached(
     assert again == rgb_table and again.path.stat().st_mtime_ns == mtime  # built once
 
 
-def test_a_new_cache_folder_copies_the_table_this_machine_built(
-    data_dir: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+@pytest.fixture
+def kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's own machine cache: where derived EuroSAT files are kept for the next home."""
     monkeypatch.setenv("EOSTREAM_CACHE", str(tmp_path / "machine"))
-    kept = tmp_path / "machine" / "eurosat"
+    return tmp_path / "machine" / "eurosat"
+
+
+def test_a_new_cache_folder_copies_the_table_this_machine_built(
+    data_dir: Path, tmp_path: Path, kept: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     built = build_catalog(data_dir, tmp_path / "home-a", "ms13")
     assert (kept / built.path.name).read_bytes() == built.path.read_bytes()
     with caplog.at_level(logging.INFO, logger="eostream.trainer.catalog"):
@@ -176,17 +178,13 @@ def test_bad_selections_are_refused(ms_table: CatalogTable, tmp_path: Path) -> N
 
 
 def test_the_rgb_scaling_fit_is_kept_for_the_next_cache_folder(
-    data_dir: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    data_dir: Path, tmp_path: Path, kept: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setenv("EOSTREAM_CACHE", str(tmp_path / "machine"))
     first = make_settings(data_dir, tmp_path / "home-a", "sqlite:///unused.db")
     fitted = card_scaling("rgb", first)  # fitted on the 375 MS/RGB pairs, ~6 s
     assert [s.band for s in fitted] == ["B04", "B03", "B02"]
-    (kept,) = (tmp_path / "machine" / "eurosat").glob("rgb-scaling-*.json")
+    (fit,) = kept.glob("rgb-scaling-*.json")
     with caplog.at_level(logging.INFO, logger="eostream.trainer.catalog"):
         copied = card_scaling("rgb", make_settings(data_dir, tmp_path / "home-b", "sqlite://"))
-    assert copied == fitted and f"copied this machine's {kept}" in caplog.text
-    assert (tmp_path / "home-b" / "scaling" / kept.name).read_bytes() == kept.read_bytes()
+    assert copied == fitted and f"copied this machine's {fit}" in caplog.text
+    assert (tmp_path / "home-b" / "scaling" / fit.name).read_bytes() == fit.read_bytes()

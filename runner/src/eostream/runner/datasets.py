@@ -31,12 +31,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+
+from eostream.shared.settings import cache_root
 
 #: Bump when the manifest changes: the cache is keyed by it, so an old download stays valid.
 DATA_VERSION = "2"
@@ -213,8 +214,7 @@ DEMO = Manifest(
 # --- where, and from where ------------------------------------------------------------------
 def default_data_dir() -> Path:
     """``${EOSTREAM_CACHE:-~/.cache/eostream}/data/<DATA_VERSION>``: outside any clone."""
-    base = os.environ.get("EOSTREAM_CACHE") or "~/.cache/eostream"
-    return Path(base).expanduser() / "data" / DATA_VERSION
+    return cache_root() / "data" / DATA_VERSION
 
 
 # --- digests --------------------------------------------------------------------------------

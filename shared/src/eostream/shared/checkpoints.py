@@ -12,9 +12,10 @@ torchvision's own; an entry with a full ``sha256`` is checked on all 64 digits.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from eostream.shared.settings import cache_root
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,7 @@ CHECKPOINTS = {
 
 def checkpoint_dir() -> Path:
     """``${EOSTREAM_CACHE:-~/.cache/eostream}/checkpoints``: outside any clone."""
-    base = os.environ.get("EOSTREAM_CACHE") or "~/.cache/eostream"
-    return Path(base).expanduser() / "checkpoints"
+    return cache_root() / "checkpoints"
 
 
 def checkpoint_path(checkpoint: Checkpoint) -> Path:

@@ -10,6 +10,7 @@ with :func:`load_settings` and passed down. A missing or invalid setting raises
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Literal, Self, TypeVar
 
@@ -134,6 +135,12 @@ class ServiceSettings(BaseSettings):
 
 
 S = TypeVar("S", bound=BaseSettings)
+
+
+def cache_root() -> Path:
+    """``${EOSTREAM_CACHE:-~/.cache/eostream}``: this machine's cache, outside any clone (data
+    downloads, checkpoints, what is derived from the EuroSAT data)."""
+    return Path(os.environ.get("EOSTREAM_CACHE") or "~/.cache/eostream").expanduser()
 
 
 def load_settings(cls: type[S], **overrides: Any) -> S:

@@ -43,6 +43,7 @@ from pystac.extensions.label import (
 )
 
 from eostream.shared.modelcard import BAND_SETS, EUROSAT_CLASSES, EUROSAT_MS_FILE_ORDER
+from eostream.shared.settings import cache_root
 from eostream.trainer.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -231,8 +232,7 @@ def _footprints(sources: list[PatchSource]) -> list[list[float] | None]:
 def machine_dir() -> Path:
     """``${EOSTREAM_CACHE:-~/.cache/eostream}/eurosat``: this machine's copy of what is derived
     from the EuroSAT data alone (the tables, the RGB scaling fit), named after its digest."""
-    base = os.environ.get("EOSTREAM_CACHE") or "~/.cache/eostream"
-    return Path(base).expanduser() / "eurosat"
+    return cache_root() / "eurosat"
 
 
 def cached_copy(path: Path, valid: Callable[[Path], bool]) -> bool:

@@ -24,9 +24,19 @@ uv: ## install the pinned uv if it is missing
 	@if [[ "$$($(UV) --version 2>/dev/null | cut -d' ' -f2)" != "$(UV_VERSION)" ]]; then \
 		$(PYTHON) -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"; fi
 
+# Bytecode is compiled once, at install, as the images do (deploy/docker/Dockerfile). Where
+# PYTHONDONTWRITEBYTECODE is set (this machine sets it) Python writes no .pyc, so every process
+# would compile each module it imports, every time: importing mlflow's server, torch, onnx,
+# onnxruntime, rasterio, fastapi and aiokafka took 12.4 s without and 5.7 s with. uv compiles the
+# installed packages (33 s on a fresh .venv, nothing when they are unchanged); compileall the
+# workspace's own sources (0.4 s; ~0.5 s less per service process).
+export UV_COMPILE_BYTECODE := 1
+WORKSPACE_SOURCES := shared/src runner/src $(wildcard services/*/src)
+
 .PHONY: install
 install: uv ## create .venv from uv.lock (one environment for the whole workspace)
 	@start=$$(date +%s); $(UV) sync --all-packages --frozen --quiet; \
+	.venv/bin/python -m compileall -q $(WORKSPACE_SOURCES) >/dev/null; \
 	echo "environment ready in $$(( $$(date +%s) - start ))s"
 	@$(MAKE) --no-print-directory viewer
 
@@ -82,7 +92,7 @@ test-unit: install ## only the tests that need no server
 # folders share module names (conftest, test_stack, ...) that one call would see twice. The folder
 # above each is a package base, so `from .conftest import ...` resolves under services/<name>/
 # even where <name> is no valid module name (registry-bridge).
-SOURCE_DIRS := shared/src runner/src $(wildcard services/*/src)
+SOURCE_DIRS := $(WORKSPACE_SOURCES)
 # mypy's incremental cache lives outside the clone, beside the stack's downloads, so a fresh clone
 # (CI's) reuses it: `make lint` took 40 s instead of 71-79 s in a fresh clone. mypy itself drops
 # the entries of another mypy version and of files whose contents changed.

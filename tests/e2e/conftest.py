@@ -86,11 +86,13 @@ def system(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                 "BRIDGE_GATE__MAX_CLASS_DROP": "1.0",
                 "BRIDGE_RECONCILE_INTERVAL_SECONDS": "5",
                 "BRIDGE_REGISTRATION_GRACE_SECONDS": "60",
+                "BRIDGE_CATALOG__COLLECTION": f"e2e-models-{run}",
             },
             "inference": {
                 "INFERENCE_INTRA_OP_THREADS": "1",
                 "INFERENCE_RESULTS_PREFIX": f"e2e-results-{run}",
                 "INFERENCE_COLLECTION_ID": f"e2e-classifications-{run}",
+                "INFERENCE_CATALOG__COLLECTION": f"e2e-results-{run}",
             },
         },
     )
@@ -106,7 +108,9 @@ def system(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         stopping.set()
         supervisor.join(timeout=10)
         group.stop()
-        httpx.delete(f"{stack.stac_api_url}/collections/{collection}", timeout=30)
+        # the run's collections in the stack's STAC API: scenes, result items, model items
+        for name in (collection, f"e2e-results-{run}", f"e2e-models-{run}"):
+            httpx.delete(f"{stack.stac_api_url}/collections/{name}", timeout=30)
 
 
 def restart_kafka() -> None:

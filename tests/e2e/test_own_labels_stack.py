@@ -117,11 +117,13 @@ def own_labels(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
             "registry-bridge": {
                 "BRIDGE_GATE__REFERENCE": str(gate_reference),
                 "BRIDGE_RECONCILE_INTERVAL_SECONDS": "5",
+                "BRIDGE_CATALOG__COLLECTION": f"own-labels-models-{run}",
             },
             "inference": {
                 "INFERENCE_INTRA_OP_THREADS": "1",
                 "INFERENCE_RESULTS_PREFIX": f"own-labels-results-{run}",
                 "INFERENCE_COLLECTION_ID": f"own-labels-classifications-{run}",
+                "INFERENCE_CATALOG__COLLECTION": f"own-labels-results-{run}",
             },
         },
     )
@@ -139,7 +141,8 @@ def own_labels(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         stopping.set()
         supervisor.join(timeout=10)
         group.stop()
-        for collection in (scene_collection, labels):
+        ours = (f"own-labels-results-{run}", f"own-labels-models-{run}")
+        for collection in (scene_collection, labels, *ours):
             httpx.delete(f"{stack.stac_api_url}/collections/{collection}", timeout=30)
 
 

@@ -81,6 +81,7 @@ def test_three_replicas_classify_each_scene_once_with_one_killed_mid_way(
                 "INFERENCE_INTRA_OP_THREADS": "1",
                 "INFERENCE_RESULTS_PREFIX": f"replicas-results-{run}",
                 "INFERENCE_COLLECTION_ID": f"replicas-classifications-{run}",
+                "INFERENCE_CATALOG__COLLECTION": f"replicas-results-{run}",
             },
             **{
                 name: {"INFERENCE_MODELS_GROUP": f"inference-models-{run}-{name}"}
@@ -124,25 +125,28 @@ def test_three_replicas_classify_each_scene_once_with_one_killed_mid_way(
             )
         )
 
-    with group.running():
-        for name in REPLICAS:  # ready: the model is live and both consumers run
-            group[name].wait_ready(240)
-        driver.publish_many(topics.SCENES_DISCOVERED, scenes)
+    try:
+        with group.running():
+            for name in REPLICAS:  # ready: the model is live and both consumers run
+                group[name].wait_ready(240)
+            driver.publish_many(topics.SCENES_DISCOVERED, scenes)
 
-        victim = group["inference-2"]
-        driver.wait(
-            "inference-2 to classify some scenes",
-            lambda: scenes_done(victim.ops_url) >= 3,
-            300,
-            every=0.2,
-        )
-        killed_after = scenes_done(victim.ops_url)
-        victim.kill()  # SIGKILL, mid-work: it had scenes in hand and more in its partitions
-        log.info("killed inference-2 after it had classified %s scenes", killed_after)
+            victim = group["inference-2"]
+            driver.wait(
+                "inference-2 to classify some scenes",
+                lambda: scenes_done(victim.ops_url) >= 3,
+                300,
+                every=0.2,
+            )
+            killed_after = scenes_done(victim.ops_url)
+            victim.kill()  # SIGKILL, mid-work: it had scenes in hand and more in its partitions
+            log.info("killed inference-2 after it had classified %s scenes", killed_after)
 
-        ids = [s.item_id for s in scenes]
-        results = driver.wait_for_results(ids, 900)
-        survivors = {n: scenes_done(group[n].ops_url) for n in REPLICAS if n != victim.name}
+            ids = [s.item_id for s in scenes]
+            results = driver.wait_for_results(ids, 900)
+            survivors = {n: scenes_done(group[n].ops_url) for n in REPLICAS if n != victim.name}
+    finally:  # the result items the replicas published to the stack's STAC API
+        httpx.delete(f"{stack.stac_api_url}/collections/replicas-results-{run}", timeout=30)
 
     assert set(results) == set(ids)
     assert all(r["model_version"] == "1" for r in results.values())

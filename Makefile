@@ -126,3 +126,4 @@ demo: install ## the main job on the embedded default, then serve until Ctrl-C (
 .PHONY: clean
 clean: ## remove the environment and caches inside the repo (not the download caches)
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache .eostream
+	find $(WORKSPACE_SOURCES) -name __pycache__ -type d -prune -exec rm -rf {} +

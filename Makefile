@@ -28,7 +28,7 @@ uv: ## install the pinned uv if it is missing
 # PYTHONDONTWRITEBYTECODE is set (this machine sets it) Python writes no .pyc, so every process
 # would compile each module it imports, every time: importing mlflow's server, torch, onnx,
 # onnxruntime, rasterio, fastapi and aiokafka took 12.4 s without and 5.7 s with. uv compiles the
-# installed packages (33 s on a fresh .venv, 1.5 s when they are unchanged: only `install` asks,
+# installed packages (33-38 s on a fresh .venv, 1.5 s when they are unchanged: only `install` asks,
 # not each `uv run`); compileall the workspace's own sources (0.4 s; ~0.5 s less per process).
 WORKSPACE_SOURCES := shared/src runner/src $(wildcard services/*/src)
 

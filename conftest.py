@@ -237,12 +237,50 @@ def outage() -> Any:
     return Outage
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that stops the broker must say so (``pytest.mark.alone``): `make test` runs the
+    others on parallel workers first, where a stopped broker would fail a neighbour's test."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if "outage" in getattr(item, "fixturenames", ())
+        and item.get_closest_marker("alone") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests stop the broker (the outage fixture) but lack pytest.mark.alone: "
+            + ", ".join(unmarked)
+        )
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """On `make test`'s parallel workers (pytest-xdist): a test file goes to one worker whole, so
+    its module fixtures are set up once; the notebooks/ all go to one worker, in order, as they
+    share one home and its MLflow server (notebooks/conftest.py)."""
+    from xdist.scheduler import LoadFileScheduling  # type: ignore[import-untyped]
+
+    class FileScheduling(LoadFileScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.startswith("notebooks/"):
+                return "notebooks"
+            return str(super()._split_scope(nodeid))
+
+    return FileScheduling(config, log)
+
+
 # Topics a test session creates on the shared local Kafka are deleted when the session ends. Every
 # test uses its own random topic prefix, so without this the broker keeps thousands of partitions
 # from earlier runs and each (re)start, including the broker-outage tests', spends minutes loading
 # them. Topics that existed before the session are never touched. EOSTREAM_TEST_KEEP_TOPICS=1 keeps
-# them (e.g. to inspect a failed run, or while another test session shares the broker).
+# them (e.g. to inspect a failed run, or while another test session shares the broker). Under
+# pytest-xdist only the controller does this, before the first worker starts and after the last
+# ends: a worker that finished first would delete the topics its neighbours still use.
 _topics_before_session: set[str] | None = None
+
+
+def _xdist_worker(session: pytest.Session) -> bool:
+    return hasattr(session.config, "workerinput")
 
 
 async def _kafka_topics(bootstrap: str) -> set[str]:
@@ -271,7 +309,7 @@ async def _delete_kafka_topics(bootstrap: str, names: list[str]) -> None:
 def pytest_sessionstart(session: pytest.Session) -> None:
     global _topics_before_session
     bootstrap = os.environ.get("EOSTREAM_KAFKA_BOOTSTRAP")
-    if not bootstrap or os.environ.get("EOSTREAM_TEST_KEEP_TOPICS"):
+    if not bootstrap or os.environ.get("EOSTREAM_TEST_KEEP_TOPICS") or _xdist_worker(session):
         return
     try:
         _topics_before_session = asyncio.run(_kafka_topics(bootstrap))

@@ -34,6 +34,8 @@ from eostream.shared.objects import absolute_href, read_bytes
 from eostream.shared.storage.s3 import S3ObjectStore
 from eostream.trainer.labels_cli import app as labels_app
 
+pytestmark = [pytest.mark.stack, pytest.mark.alone, pytest.mark.slow]
+
 log = logging.getLogger(__name__)
 TRAIN = ("2020-02-02", "2020-06-21", "2020-09-14")
 PARTIAL = {"2020-02-02"}

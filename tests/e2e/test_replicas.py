@@ -33,7 +33,7 @@ from eostream.shared.deployment import Deployment, LocalStack
 from eostream.shared.events import ModelPromoted, SceneClassified, SceneDiscovered
 from eostream.shared.storage.s3 import S3ObjectStore
 
-pytestmark = [pytest.mark.stack, pytest.mark.slow, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.stack, pytest.mark.alone, pytest.mark.slow, pytest.mark.timeout(1200)]
 log = logging.getLogger(__name__)
 
 SCENES = 100

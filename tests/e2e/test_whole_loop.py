@@ -19,7 +19,7 @@ from eostream.shared.events import ModelPromoted
 
 from .conftest import System, restart_kafka
 
-pytestmark = [pytest.mark.stack, pytest.mark.slow, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.stack, pytest.mark.alone, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
 def test_a_new_stac_item_ends_as_a_classification_queryable_over_rest(

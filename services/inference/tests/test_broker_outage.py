@@ -28,7 +28,7 @@ from eostream.shared.settings import ConsumerSupervision, KafkaSettings
 
 from .conftest import API_KEY
 
-pytestmark = [pytest.mark.stack, pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.stack, pytest.mark.alone, pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 @pytest.mark.parametrize("way_back", ["publish retried", "consumer restarted"])

@@ -20,7 +20,7 @@ from eostream.shared.codec import decode
 from eostream.shared.events import SceneDiscovered
 from eostream.shared.settings import KafkaSettings
 
-pytestmark = [pytest.mark.stack, pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.stack, pytest.mark.alone, pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def duplicates(source: str) -> float:

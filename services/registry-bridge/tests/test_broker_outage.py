@@ -19,7 +19,7 @@ from eostream.shared.settings import KafkaSettings
 
 from .conftest import make_service
 
-pytestmark = [pytest.mark.stack, pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.stack, pytest.mark.alone, pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 async def test_a_broker_outage_during_the_publish_ends_with_the_version_promoted_once(

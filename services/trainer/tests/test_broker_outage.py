@@ -21,7 +21,7 @@ from eostream.trainer.service import build_trainer
 
 from .conftest import make_settings
 
-pytestmark = [pytest.mark.stack, pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.stack, pytest.mark.alone, pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 @pytest.mark.usefixtures("sqlite_mlflow")

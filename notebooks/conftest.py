@@ -6,6 +6,8 @@ of it creating the sqlite database the first time). Here pytest starts one, in t
 when the first notebook runs (it gets ready while the first notebooks explore data) and
 advertises it on the home; every session of the run reuses it, and it ends with the pytest
 session. A notebook run alone in Jupyter finds none advertised and starts its own, as before.
+On `make test`'s pytest-xdist workers every notebook goes to the same worker, in order (the
+scheduler in the root conftest.py), so this holds there too.
 """
 
 from __future__ import annotations

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.formats.json import JSONFormat
@@ -42,11 +43,33 @@ RKH_AREA = {
 }
 
 
+@pytest.fixture
+def own_results_db() -> Iterator[str]:
+    """A results index of this test's own on the stack's PostgreSQL, dropped at the end. On the
+    shared one, another test's inference service (a neighbour on `make test`'s parallel workers)
+    matched its own 29RKH result to this test's subscriptions, and its notifier claimed that
+    delivery and dead-lettered it after one attempt, under its own settings."""
+    from psycopg import sql
+
+    server = _env("EOSTREAM_PG_DSN").rstrip("/")
+    name = f"results_subs_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield f"{server}/{name}"
+    finally:
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
 async def test_kafka_target_and_dead_letters_on_the_stack_with_postgresql(
     sub_settings: InferenceSettings,
     receiver: Receiver,
     rkh_item: Path,
     make_model: Callable[..., ModelPromoted],
+    own_results_db: str,
 ) -> None:
     run = uuid.uuid4().hex[:10]
     settings = sub_settings.model_copy(
@@ -56,7 +79,7 @@ async def test_kafka_target_and_dead_letters_on_the_stack_with_postgresql(
             "kafka": KafkaSettings(
                 bootstrap_servers=_env("EOSTREAM_KAFKA_BOOTSTRAP"), topic_prefix=f"subs{run}."
             ),
-            "results_db": _env("EOSTREAM_PG_DSN").rstrip("/") + "/results",
+            "results_db": own_results_db,
             "results_prefix": f"results-{run}",
             "subscriptions": sub_settings.subscriptions.model_copy(update={"max_retries": 1}),
         }
@@ -67,7 +90,6 @@ async def test_kafka_target_and_dead_letters_on_the_stack_with_postgresql(
     await service.bus.start()
     await service.notifier.start()  # the notifier alone: no consumers of the shared topics
     topic = f"eostream.notifications.stack-{run}"
-    created: list[str] = []
     transport = httpx.ASGITransport(app=create_app(settings, service))
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as api:
@@ -86,7 +108,6 @@ async def test_kafka_target_and_dead_letters_on_the_stack_with_postgresql(
                     headers=AUTH,
                 )
             ).json()
-            created += [to_kafka["id"], to_hook["id"]]
             model = make_model(run, name=f"eurosat-subs-{run}")
             await asyncio.to_thread(service.deployment.deploy, model)
             outcome = await asyncio.to_thread(service.pipeline.classify_href, str(rkh_item))
@@ -127,10 +148,7 @@ async def test_kafka_target_and_dead_letters_on_the_stack_with_postgresql(
             assert len(letters) == 1 and "HTTP 500" in letters[0].reason
             assert len(receiver.posts) == 2
             verify(to_hook["secret"], receiver.posts[-1])
-            for sid in created:
+            for sid in (to_kafka["id"], to_hook["id"]):
                 assert (await api.delete(f"/subscriptions/{sid}", headers=AUTH)).status_code == 204
-            created.clear()
     finally:
-        for sid in created:  # leave no subscription in the shared results index
-            await asyncio.to_thread(service.notifier.store.delete, sid)
         await service.stop()  # the notifier, the bus it built, the results index

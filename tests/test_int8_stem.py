@@ -133,7 +133,7 @@ def test_the_gemm_kernels_weights_stand_for_the_same_values(
     )
     assert output_step(onnx.load_model_from_string(models["direct"])) == out_scale
     logits = {k: onnx_model.logits(onnx_model.session(data), x) for k, data in models.items()}
-    chosen, kernel, medians = fastest_kernel(models["direct"], x, repeats=2)
+    chosen, kernel, medians = fastest_kernel(models["direct"], x, rounds=2, runs=1)
     if np.abs(logits["gemm"] - logits["direct"]).max() <= out_scale + 1e-6:
         assert chosen == models[kernel] and medians.keys() == {"direct", "gemm"}
     else:  # this CPU's int8 GEMM saturates (AVX2 without VNNI): the bridge keeps the direct one

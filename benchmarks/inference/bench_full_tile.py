@@ -313,7 +313,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.quantise:  # child: onnxruntime only
         folder, fp32, int8 = (Path(p) for p in args.quantise)
-        bench_int8().quantise(fp32, int8, np.load(folder / "calibration.npy"))
+        kernel = bench_int8().quantise(fp32, int8, np.load(folder / "calibration.npy"))
+        print(f"int8 convolutions on onnxruntime's {kernel} kernels (the bridge's choice here)")
         return
     if args.classify:  # child: one classification
         classify_child(args)

@@ -82,8 +82,6 @@ def test_imported_labels_become_a_gated_champion(data_dir: Path, tmp_path: Path)
     assert all(v.gate in ("passed", "failed", "refused") for v in versions)
     assert (mapped.model_name, mapped.model_version) == (MODEL, champion.version)
     assert mapped.run_id and mapped.scene_id == f"boadella-{MAP_DATE}"
-    # the reservoir is water, most of the valley is not
-    assert 0.02 < mapped.class_shares["water"] < 0.2, mapped.class_shares
     assert set(mapped.class_shares) <= {"water", "other", "uncertain"}
 
     # the champion's water on the date it never saw, against its labels, beside NDWI > 0
@@ -98,6 +96,13 @@ def test_imported_labels_become_a_gated_champion(data_dir: Path, tmp_path: Path)
     assert not report.errors, report.errors
     [item] = [i for i in report.items if i.item_id.endswith(MAP_DATE)]
     assert item.ndwi_cm is not None
+    # the reservoir is water, most of the valley is not: the service's map has about as much
+    # water as the date's labels (0.196 of the scene; NDWI > 0: 0.177). A fixed bound of 0.2
+    # failed on an AVX-512 host at 0.200014.
+    water = report.classes.index("water")
+    labelled = float(item.model_cm[water].sum() / item.model_cm.sum())
+    assert 0.1 < labelled < 0.3, labelled  # the labels read as the whole scene's
+    assert abs(mapped.class_shares["water"] - labelled) < 0.05, (mapped.class_shares, labelled)
     model = evaluation.scores_for(item.model_cm, report.classes, partial=False)["water"]
     ndwi = evaluation.scores_for(item.ndwi_cm, report.classes, partial=False)["water"]
     logging.getLogger(__name__).warning(

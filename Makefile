@@ -76,13 +76,15 @@ data-check:
 # here 38 % idle on average (vmstat over a clean-clone CI run). Both passes always run; exit
 # status 5 (a PYTEST_ARGS selection that leaves a pass nothing to run) is no failure.
 TEST_WORKERS ?= 2
+# one pass: pytest with $(1); its failure is kept in $$failed (exit status 5 is none) and the
+# recipe goes on
+pytest_pass = $(UV) run --frozen pytest $(1) $(PYTEST_ARGS) || { rc=$$?; [[ $$rc == 5 ]] || failed=$$rc; }
 
 .PHONY: test
 test: data-check install tools stack-up ## install everything, start the real stack, run every test
 	@eval "$$(deploy/local/stack env)"; failed=0; \
-	$(UV) run --frozen pytest -m "not alone" -n $(TEST_WORKERS) $(PYTEST_ARGS) \
-		|| { rc=$$?; [[ $$rc == 5 ]] || failed=$$rc; }; \
-	$(UV) run --frozen pytest -m alone $(PYTEST_ARGS) || { rc=$$?; [[ $$rc == 5 ]] || failed=$$rc; }; \
+	$(call pytest_pass,-m "not alone" -n $(TEST_WORKERS)); \
+	$(call pytest_pass,-m alone); \
 	exit $$failed
 
 # The notebooks/ are tests too (pytest --nbmake, pyproject.toml): `make test` executes each one on
@@ -94,8 +96,8 @@ notebooks: data-check install ## execute the notebooks/ and refresh their pictur
 		$(UV) run --frozen pytest notebooks $(PYTEST_ARGS)
 
 .PHONY: test-unit
-test-unit: install ## only the tests that need no server
-	@$(UV) run --frozen pytest -m "not stack" $(PYTEST_ARGS)
+test-unit: data-check install tools ## only the tests that need no server (on $(TEST_WORKERS) workers)
+	@$(UV) run --frozen pytest -m "not stack" -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # mypy --strict (pyproject.toml) on the sources in one call, then on each tests folder alone: the
 # folders share module names (conftest, test_stack, ...) that one call would see twice. The folder

@@ -114,6 +114,24 @@ def test_bad_s3_credentials_fail_with_one_clear_line(s3_endpoint: str) -> None:
     assert "\n" not in message
 
 
+@pytest.mark.stack
+def test_a_bucket_made_by_another_replica_meanwhile_is_no_error(
+    s3_endpoint: str, s3_credentials: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two replicas starting at once both find no bucket and both make it: MinIO answers the
+    second one BucketAlreadyOwnedByYou, which must not stop that replica."""
+    settings = s3_settings(s3_endpoint, *s3_credentials)
+    bucket = f"contract-{uuid.uuid4().hex[:12]}"
+    first, second = S3ObjectStore(settings, bucket), S3ObjectStore(settings, bucket)
+    # the second asked before the first made the bucket
+    monkeypatch.setattr(second._client, "bucket_exists", lambda _name: False)
+    first.check()
+    second.check()
+    second.put_bytes("made-twice", b"ok")
+    assert first.get_bytes("made-twice") == b"ok"
+    first.delete("made-twice")
+
+
 def test_unreachable_s3_fails_with_one_clear_line() -> None:
     unreachable = S3ObjectStore(s3_settings("127.0.0.1:9", "a", "b"), "eostream")
     with pytest.raises(ConfigError, match="unreachable"):

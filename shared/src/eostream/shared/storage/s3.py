@@ -49,6 +49,8 @@ class S3ObjectStore:
             if not self._client.bucket_exists(self._bucket):
                 self._client.make_bucket(self._bucket)
         except S3Error as exc:
+            if exc.code == "BucketAlreadyOwnedByYou":
+                return  # another replica (or process) created it between our two calls
             if exc.code in _CREDENTIAL_CODES:
                 raise ConfigError(
                     f"{where} rejected the credentials ({exc.code}): check the S3 access key "

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -157,3 +158,28 @@ async def client(
 
 
 AUTH = {"X-API-Key": API_KEY}
+
+
+@pytest.fixture
+def own_results_db() -> Iterator[str]:
+    """A results index of the test's own: a new database on the stack's PostgreSQL, dropped at
+    the end. On the shared one, another test's inference service (a neighbour on `make test`'s
+    parallel workers) matched its own 29RKH result to test_subscriptions_stack's
+    subscriptions, and its notifier claimed that delivery and dead-lettered it after one
+    attempt, under its own settings."""
+    import psycopg
+    from psycopg import sql
+
+    server = os.environ.get("EOSTREAM_PG_DSN", "").rstrip("/")
+    if not server:
+        pytest.fail("EOSTREAM_PG_DSN is not set: run `deploy/local/stack up` and export its env")
+    name = f"results_own_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield f"{server}/{name}"
+    finally:
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )

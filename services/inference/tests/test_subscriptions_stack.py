@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.formats.json import JSONFormat
@@ -41,27 +40,6 @@ RKH_AREA = {
     "type": "Polygon",
     "coordinates": [[[-11.5, 24.5], [-11.0, 24.5], [-11.0, 25.0], [-11.5, 25.0], [-11.5, 24.5]]],
 }
-
-
-@pytest.fixture
-def own_results_db() -> Iterator[str]:
-    """A results index of this test's own on the stack's PostgreSQL, dropped at the end. On the
-    shared one, another test's inference service (a neighbour on `make test`'s parallel workers)
-    matched its own 29RKH result to this test's subscriptions, and its notifier claimed that
-    delivery and dead-lettered it after one attempt, under its own settings."""
-    from psycopg import sql
-
-    server = _env("EOSTREAM_PG_DSN").rstrip("/")
-    name = f"results_subs_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield f"{server}/{name}"
-    finally:
-        with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 async def test_kafka_target_and_dead_letters_on_the_stack_with_postgresql(

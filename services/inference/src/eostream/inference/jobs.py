@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from eostream.inference.errors import InferenceError
-from eostream.inference.results import jobs_table
+from eostream.inference.results import create_tables, jobs_table
 from eostream.shared.errors import EostreamError, RetryableError
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class JobStore:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        jobs_table.create(engine, checkfirst=True)
+        create_tables(engine, jobs_table)
 
     def create(self, process_id: str, inputs: dict[str, Any], model: tuple[str, str] | None) -> Job:
         now = datetime.now(UTC)

@@ -7,6 +7,7 @@ row per class share, so ``class=Forest&min_share=0.2`` is an indexed query in ei
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -142,6 +143,35 @@ class ResultsStore(Protocol):
     def engine(self) -> Engine: ...
 
 
+#: the PostgreSQL advisory lock taken while tables are created (any fixed number: ours)
+SCHEMA_LOCK = 0x656F7374  # "eost"
+#: sqlite has no advisory locks: this process's stores take turns, other processes retry
+_SCHEMA_TURNS = threading.Lock()
+_SCHEMA_TRIES = 5
+
+
+def create_tables(engine: Engine, tables: sa.MetaData | sa.Table) -> None:
+    """Create what is missing of ``tables``, one store at a time: replicas starting at once on
+    a new database would otherwise both find a table missing and the second CREATE fail
+    ("already exists"). On PostgreSQL they take turns under an advisory lock; on sqlite this
+    process's stores take turns and a CREATE that another process beat is tried again."""
+    for attempt in range(1, _SCHEMA_TRIES + 1):
+        try:
+            with _SCHEMA_TURNS, engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(
+                        sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK}
+                    )
+                if isinstance(tables, sa.MetaData):
+                    tables.create_all(conn)
+                else:
+                    tables.create(conn, checkfirst=True)
+            return
+        except sa.exc.OperationalError as exc:
+            if attempt == _SCHEMA_TRIES or "already exists" not in str(exc.orig):
+                raise
+
+
 class SqlResultsStore:
     """Shared SQLAlchemy Core implementation; subclasses only say how to build the engine."""
 
@@ -154,7 +184,7 @@ class SqlResultsStore:
         return self._engine
 
     def init(self) -> None:
-        metadata.create_all(self._engine)
+        create_tables(self._engine, metadata)
 
     def exists(self, scene_id: str, model_name: str, model_version: str) -> bool:
         stmt = sa.select(results_table.c.id).where(

@@ -18,6 +18,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from eostream.inference.results import classes_table, create_tables
+
 metadata = sa.MetaData()
 
 subscriptions_table = sa.Table(
@@ -104,7 +106,7 @@ class SubscriptionStore:
         self._engine = engine
 
     def init(self) -> None:
-        metadata.create_all(self._engine)
+        create_tables(self._engine, metadata)
 
     # -- subscriptions --------------------------------------------------------------------
     def add(self, sub: Subscription) -> None:
@@ -255,8 +257,6 @@ class SubscriptionStore:
 
     def indexed_classes(self) -> set[str]:
         """Class names in the results index (the classes of every model that wrote one)."""
-        from eostream.inference.results import classes_table
-
         stmt = sa.select(classes_table.c.class_name).distinct()
         with self._engine.connect() as conn:
             return {str(r[0]) for r in conn.execute(stmt)}

@@ -43,8 +43,11 @@ class Up:
     def __init__(self, home: Path, data_dir: Path, env: dict[str, str]) -> None:
         self.lines: list[str] = []
         self._new: queue.Queue[str | None] = queue.Queue()
+        up = [*EOSTREAM, "up", "--home", str(home), "--data-dir", str(data_dir)]
+        # --mlflow-port 0: any free port, not 5000 first (test_demo may be starting a server
+        # beside this one on `make test`'s parallel workers, and both could take 5000 as free)
         self.process = subprocess.Popen(
-            [*EOSTREAM, "up", "--home", str(home), "--data-dir", str(data_dir)],
+            [*up, "--mlflow-port", "0"],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -15,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.stack, pytest.mark.timeout(300)]
+# alone: its registry-bridge re-points the stack's one MLflow webhook
+# (`eostream-registry-bridge`) to itself, which a neighbour's bridge test is listening on, and
+# its services use the stack's shared defaults (results index, model name, Prometheus targets)
+pytestmark = [pytest.mark.stack, pytest.mark.alone, pytest.mark.timeout(300)]
 
 
 async def _topics(bootstrap: str) -> set[str]:

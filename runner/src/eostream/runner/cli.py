@@ -43,6 +43,14 @@ def version() -> None:
 HomeOption = Annotated[
     Path, typer.Option(envvar="EOSTREAM_HOME", help="Where the embedded mode keeps its state")
 ]
+MlflowPortOption = Annotated[
+    int,
+    typer.Option(
+        envvar="EOSTREAM_MLFLOW_PORT",
+        help="The embedded MLflow server's port when it is free (else any free one); 0: any "
+        "free one, for several embedded systems starting at once on one host",
+    ),
+]
 DataOption = Annotated[
     Path | None,
     typer.Option(envvar="EOSTREAM_DATA_DIR", help="The real data folder (EuroSAT, scenes)"),
@@ -67,6 +75,7 @@ def up(
     topic_prefix: Annotated[
         str, typer.Option(help="--stack local: namespace of this deployment's topics and groups")
     ] = "",
+    mlflow_port: MlflowPortOption = 5000,
 ) -> None:
     """Run the whole system until Ctrl-C: in this process, or one process per service."""
     from eostream.shared.settings import configure_logging
@@ -80,7 +89,7 @@ def up(
     from eostream.runner.demo import run as run_embedded
     from eostream.shared.runtime import run_service
 
-    run_service(lambda: run_embedded(home, data_dir, demo=False))
+    run_service(lambda: run_embedded(home, data_dir, demo=False, mlflow_port=mlflow_port))
 
 
 def up_local(home: Path, data_dir: Path | None, topic_prefix: str) -> None:
@@ -140,6 +149,7 @@ def demo(
             "by default the REST APIs and the MLflow UI stay up until Ctrl-C",
         ),
     ] = False,
+    mlflow_port: MlflowPortOption = 5000,
 ) -> None:
     """Train, gate and promote a first model, classify a real scene, show the map and its
     accuracy against hand-made labels; then serve until Ctrl-C."""
@@ -149,7 +159,12 @@ def demo(
     quiet_for_people()
     run_service(
         lambda: run_embedded(
-            home, data_dir, demo=True, exit_after=exit_after, train_timeout=train_timeout
+            home,
+            data_dir,
+            demo=True,
+            exit_after=exit_after,
+            train_timeout=train_timeout,
+            mlflow_port=mlflow_port,
         )
     )
 

@@ -5,6 +5,7 @@ registry-bridge's own ``quantise``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -133,8 +134,78 @@ def test_the_gemm_kernels_weights_stand_for_the_same_values(
     )
     assert output_step(onnx.load_model_from_string(models["direct"])) == out_scale
     logits = {k: onnx_model.logits(onnx_model.session(data), x) for k, data in models.items()}
-    chosen, kernel, medians = fastest_kernel(models["direct"], x, rounds=2, runs=1)
+    chosen, kernel, medians = fastest_kernel(models["direct"], x, pairs=1, runs=1)
     if np.abs(logits["gemm"] - logits["direct"]).max() <= out_scale + 1e-6:
         assert chosen == models[kernel] and medians.keys() == {"direct", "gemm"}
     else:  # this CPU's int8 GEMM saturates (AVX2 without VNNI): the bridge keeps the direct one
         assert (chosen, kernel, medians) == (models["direct"], "direct", {})
+
+
+class _Clock:
+    """A fake ``time.perf_counter`` that only the fake sessions move."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class _Session:
+    """Stands in for an onnxruntime session: each run costs ``cost()`` seconds of ``clock``."""
+
+    def __init__(self, clock: _Clock, cost: Callable[[], float]) -> None:
+        self.clock, self.cost = clock, cost
+
+    def run(self, _names: object, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.clock.now += self.cost()
+        return [np.zeros((len(next(iter(feeds.values()))), 10), np.float32)]
+
+
+@pytest.mark.parametrize(
+    ("gemm_cost", "second_cost", "chosen"),
+    [
+        (0.9, 1.0, "gemm"),  # 10 % faster
+        (0.99, 1.0, "direct"),  # within GEMM_MARGIN: the default stays
+        (1.2, 1.0, "direct"),
+        # the same speed, but whichever runs second in a round seems 30 % faster (a warm
+        # cache), or slower: the order alternates, so that favours neither kernel
+        (1.0, 0.7, "direct"),
+        (1.0, 1.3, "direct"),
+    ],
+)
+def test_the_bridge_times_both_kernels_in_rounds_of_either_order(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    gemm_cost: float,
+    second_cost: float,
+    chosen: str,
+) -> None:
+    """``fastest_kernel``'s choice on a fake clock: the median over pairs of rounds (one in
+    each order) of their time ratios, the GEMM twin only when it saves ``GEMM_MARGIN``; no
+    timed assertion (the clock is a counter)."""
+    from eostream.registry_bridge import onnx_model, quantize
+
+    x = np.random.default_rng(0).uniform(0, 0.3, (8, 3, 64, 64)).astype(np.float32)
+    direct = quantise(exported("small_cnn", "rgb", tmp_path).read_bytes(), x)
+    clock = _Clock()
+    calls = [0]
+
+    def session(data: bytes, _threads: int = 1) -> _Session:
+        kernel = quantize.kernel_of(data)
+
+        def cost() -> float:
+            # one warm-up run of each, then rounds of one run of each (runs=1)
+            calls[0] += 1
+            second = calls[0] > 2 and calls[0] % 2 == 0
+            return (gemm_cost if kernel == "gemm" else 1.0) * (second_cost if second else 1.0)
+
+        return _Session(clock, cost)
+
+    monkeypatch.setattr(onnx_model, "session", session)
+    monkeypatch.setattr(quantize, "time", clock)
+    data, kernel, medians = quantize.fastest_kernel(direct, x, pairs=4, runs=1)
+    assert kernel == chosen and quantize.kernel_of(data) == chosen
+    assert medians.keys() == {"direct", "gemm"}
+    with pytest.raises(ValueError, match="at least 1"):
+        quantize.fastest_kernel(direct, x, pairs=0)

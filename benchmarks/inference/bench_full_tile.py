@@ -313,8 +313,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quantise:  # child: onnxruntime only
         folder, fp32, int8 = (Path(p) for p in args.quantise)
-        kernel = bench_int8().quantise(fp32, int8, np.load(folder / "calibration.npy"))
-        print(f"int8 convolutions on onnxruntime's {kernel} kernels (the bridge's choice here)")
+        bench_int8().quantise(fp32, int8, np.load(folder / "calibration.npy"))
         return
     if args.classify:  # child: one classification
         classify_child(args)
@@ -334,6 +333,10 @@ def main() -> None:
     item = build_tile(data_dir, args.size)
     fp32, int8 = model_files(data_dir, args.epochs, args.seed)
     mlm_item_for(fp32, int8)
+    from eostream.registry_bridge.quantize import kernel_of
+
+    # read from the file: a cached one keeps the kernels chosen when it was made
+    print(f"int8 convolutions on onnxruntime's {kernel_of(int8.read_bytes())} kernels", flush=True)
     runs = [
         (provider, precision)
         for provider in args.providers

@@ -69,7 +69,7 @@ log = logging.getLogger(__name__)
 Outcome = Literal["passed", "failed", "skipped"]
 #: how onnxruntime runs the int8 convolutions (:func:`gemm_weights`)
 ConvKernel = Literal["gemm", "direct"]
-#: what the GEMM kernels must save (median ratio of paired rounds) to be chosen over
+#: what the GEMM kernels must save (:func:`fastest_kernel`'s median ratio) to be chosen over
 #: onnxruntime's default (direct) ones
 GEMM_MARGIN = 0.03
 CALIBRATION_SALT = "eostream-int8-calibration-v1"
@@ -196,21 +196,23 @@ def gemm_weights(model: onnx.ModelProto) -> int:
 
 
 def fastest_kernel(
-    int8: bytes, windows: np.ndarray, threads: int = 1, rounds: int = 7, runs: int = 4
+    int8: bytes, windows: np.ndarray, threads: int = 1, pairs: int = 4, runs: int = 4
 ) -> tuple[bytes, ConvKernel, dict[ConvKernel, float]]:
     """The faster of ``int8`` (quantised with ``conv_kernel="direct"``) and its
     :func:`gemm_weights` twin on this host: both run on the same ``windows`` (up to 64) in
-    sessions set up as inference sets them up, one warm-up, then ``rounds`` rounds of ``runs``
-    runs of each, the two interleaved; the GEMM twin is chosen when the median of the rounds'
-    time ratios (GEMM / direct) is ``GEMM_MARGIN`` below 1. Returns the chosen model, its kernel
-    and each one's median seconds a run.
+    sessions set up as inference sets them up, one warm-up, then ``pairs`` pairs of rounds, a
+    round being ``runs`` runs of one and ``runs`` of the other, the GEMM twin first in one round
+    of a pair and second in the other. A pair's figure is the geometric mean of its two rounds'
+    time ratios (GEMM / direct), in which what running first or second does cancels out; the
+    GEMM twin is chosen when the median of the pairs' figures is ``GEMM_MARGIN`` below 1.
+    Returns the chosen model, its kernel and each one's median seconds a run.
 
     Paired rounds of several runs, because single runs (~25-50 ms here) are too noisy on a
     shared host: five of them each, medians compared, chose the RGB ``small_cnn``'s GEMM twin
     on an AMD EPYC with AVX-512 VNNI and no AMX (2026-12-05), which ``bench_int8.py`` then
     measured 10 % slower than the direct kernels; single-run ratios of the two ranged 0.7-2.1
     there, the ratios of four-run rounds 1.0-1.4, with medians of 1.11-1.21 (the direct ones
-    faster) in six trials of six.
+    faster) in six trials of six for that model (and of six for the 13-band ``centre_cnn``).
 
     The twin must also give the same outputs to within one step of the output's quantisation
     (:func:`output_step`): on a CPU without VNNI (AVX2 only) onnxruntime's u8s8 GEMM adds pairs
@@ -219,6 +221,8 @@ def fastest_kernel(
     returned."""
     from eostream.registry_bridge import onnx_model
 
+    if pairs < 1 or runs < 1:
+        raise ValueError(f"pairs and runs must be at least 1, not {pairs} and {runs}")
     proto = onnx.load_model_from_string(int8)
     if not gemm_weights(proto):
         return int8, "direct", {}
@@ -238,15 +242,32 @@ def fastest_kernel(
         )
         return int8, "direct", {}
     times: dict[ConvKernel, list[float]] = {kernel: [] for kernel in models}
-    for _ in range(rounds):
-        for kernel, sess in sessions.items():
-            started = time.perf_counter()
-            for _ in range(runs):
-                sess.run(None, {INPUT_NAME: x})
-            times[kernel].append((time.perf_counter() - started) / runs)
-    ratio = float(np.median(np.divide(times["gemm"], times["direct"])))
+    orders: tuple[tuple[ConvKernel, ConvKernel], ...] = (("gemm", "direct"), ("direct", "gemm"))
+    for _ in range(pairs):
+        for order in orders:
+            for kernel in order:
+                started = time.perf_counter()
+                for _ in range(runs):
+                    sessions[kernel].run(None, {INPUT_NAME: x})
+                times[kernel].append((time.perf_counter() - started) / runs)
+    ratios = np.divide(times["gemm"], times["direct"]).reshape(pairs, len(orders))
+    ratio = float(np.median(np.sqrt(ratios.prod(axis=1))))
     chosen: ConvKernel = "gemm" if ratio < 1 - GEMM_MARGIN else "direct"
     return models[chosen], chosen, {k: float(np.median(v)) for k, v in times.items()}
+
+
+def kernel_of(int8: bytes) -> ConvKernel:
+    """The kernels onnxruntime runs an int8 model's convolutions on: ``gemm`` when a
+    convolution's weight zero point is -1 (:func:`gemm_weights`), else ``direct``."""
+    graph = onnx.load_model_from_string(int8).graph
+    weights = {node.input[1] for node in graph.node if node.op_type == "Conv"}
+    zero_points = {
+        node.input[2]
+        for node in graph.node
+        if node.op_type == "DequantizeLinear" and node.output[0] in weights and len(node.input) > 2
+    }
+    arrays = (numpy_helper.to_array(i) for i in graph.initializer if i.name in zero_points)
+    return "gemm" if any(np.any(zp == -1) for zp in arrays) else "direct"
 
 
 def output_step(model: onnx.ModelProto) -> float:
@@ -486,7 +507,7 @@ def check(
             *reasons,
             f"NOTE: int8 convolutions on onnxruntime's {kernel} kernels, timed here on "
             f"{min(len(x), 64)} calibration patches: gemm {timed['gemm'] * 1e3:.1f} ms, "
-            f"direct {timed['direct'] * 1e3:.1f} ms a run (medians of paired rounds)",
+            f"direct {timed['direct'] * 1e3:.1f} ms a run (medians of rounds in either order)",
         )
     result = Int8Check(
         "passed" if passed else "failed",

@@ -6,6 +6,7 @@ row per class share, so ``class=Forest&min_share=0.2`` is an indexed query in ei
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Sequence
@@ -155,9 +156,10 @@ def create_tables(engine: Engine, tables: sa.MetaData | sa.Table) -> None:
     a new database would otherwise both find a table missing and the second CREATE fail
     ("already exists"). On PostgreSQL they take turns under an advisory lock; on sqlite this
     process's stores take turns and a CREATE that another process beat is tried again."""
+    sqlite = engine.dialect.name == "sqlite"
     for attempt in range(1, _SCHEMA_TRIES + 1):
         try:
-            with _SCHEMA_TURNS, engine.begin() as conn:
+            with _SCHEMA_TURNS if sqlite else contextlib.nullcontext(), engine.begin() as conn:
                 if conn.dialect.name == "postgresql":
                     conn.execute(
                         sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK}
@@ -167,8 +169,10 @@ def create_tables(engine: Engine, tables: sa.MetaData | sa.Table) -> None:
                 else:
                     tables.create(conn, checkfirst=True)
             return
+        # sqlite's "table ... already exists" (PostgreSQL's would be an IntegrityError or a
+        # ProgrammingError; its lock leaves none to retry)
         except sa.exc.OperationalError as exc:
-            if attempt == _SCHEMA_TRIES or "already exists" not in str(exc.orig):
+            if not sqlite or attempt == _SCHEMA_TRIES or "already exists" not in str(exc.orig):
                 raise
 
 

@@ -96,7 +96,7 @@ notebooks: data-check install ## execute the notebooks/ and refresh their pictur
 		$(UV) run --frozen pytest notebooks $(PYTEST_ARGS)
 
 .PHONY: test-unit
-test-unit: data-check install tools ## only the tests that need no server (on $(TEST_WORKERS) workers)
+test-unit: data-check install tools ## only the tests that need no server (on the TEST_WORKERS xdist workers)
 	@$(UV) run --frozen pytest -m "not stack" -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # mypy --strict (pyproject.toml) on the sources in one call, then on each tests folder alone: the

@@ -80,7 +80,7 @@ def test_demo_maps_the_reservoir_serves_its_urls_until_ctrl_c_and_a_rerun_only_d
     home = tmp_path / "home"
     # any free port for its MLflow server, not 5000 first: test_embedded_crash may be starting
     # one beside it (`make test`'s parallel workers), and both could take 5000 as free
-    env = {**os.environ, "COLUMNS": "200", "EOSTREAM_MLFLOW_PORT": "0"}
+    env = {**os.environ, "COLUMNS": "200", "EOSTREAM_EMBEDDED_MLFLOW_PORT": "0"}
     env.pop("EOSTREAM_DEMO_EXIT", None)
     process = subprocess.Popen(
         command(home, data_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

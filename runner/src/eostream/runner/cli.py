@@ -46,9 +46,11 @@ HomeOption = Annotated[
 MlflowPortOption = Annotated[
     int,
     typer.Option(
-        envvar="EOSTREAM_MLFLOW_PORT",
-        help="The embedded MLflow server's port when it is free (else any free one); 0: any "
-        "free one, for several embedded systems starting at once on one host",
+        envvar="EOSTREAM_EMBEDDED_MLFLOW_PORT",
+        min=0,
+        max=65535,
+        help="Embedded mode: its MLflow server's port when it is free (else any free one); 0: "
+        "any free one, for several embedded systems starting at once on one host",
     ),
 ]
 DataOption = Annotated[

@@ -166,22 +166,10 @@ def gemm_weights(model: onnx.ModelProto) -> int:
     (:func:`fastest_kernel`, ``BRIDGE_INT8__CONV_KERNEL=auto``) unless told which.
     ``benchmarks/inference/bench_int8.py`` times both. A convolution whose weights already use
     -128 is left as it is."""
-    graph = model.graph
-    initialisers = {init.name: init for init in graph.initializer}
-    dequantised_by = {
-        out: node
-        for node in graph.node
-        if node.op_type == "DequantizeLinear"
-        for out in node.output
-    }
     rewritten = 0
     done: set[str] = set()
-    for conv in (node for node in graph.node if node.op_type == "Conv"):
-        dq = dequantised_by.get(conv.input[1]) if len(conv.input) > 1 else None
-        if dq is None or len(dq.input) < 3:
-            continue
-        weights, zero_point = (initialisers.get(dq.input[i]) for i in (0, 2))
-        if weights is None or zero_point is None or {weights.name, zero_point.name} & done:
+    for weights, zero_point in _conv_weights(model.graph):
+        if {weights.name, zero_point.name} & done:
             continue
         w, zp = numpy_helper.to_array(weights), numpy_helper.to_array(zero_point)
         if w.dtype != np.int8 or zp.dtype != np.int8 or np.any(zp != 0) or w.min() < -127:
@@ -193,6 +181,27 @@ def gemm_weights(model: onnx.ModelProto) -> int:
         done |= {weights.name, zero_point.name}
         rewritten += 1
     return rewritten
+
+
+def _conv_weights(graph: onnx.GraphProto) -> list[tuple[onnx.TensorProto, onnx.TensorProto]]:
+    """Each int8 convolution's weights and their zero point (the initialisers its weights'
+    DequantizeLinear reads), in the graph's order."""
+    initialisers = {init.name: init for init in graph.initializer}
+    dequantised_by = {
+        out: node
+        for node in graph.node
+        if node.op_type == "DequantizeLinear"
+        for out in node.output
+    }
+    found = []
+    for conv in (node for node in graph.node if node.op_type == "Conv"):
+        dq = dequantised_by.get(conv.input[1]) if len(conv.input) > 1 else None
+        if dq is None or len(dq.input) < 3:
+            continue
+        weights, zero_point = (initialisers.get(dq.input[i]) for i in (0, 2))
+        if weights is not None and zero_point is not None:
+            found.append((weights, zero_point))
+    return found
 
 
 def fastest_kernel(
@@ -259,15 +268,9 @@ def fastest_kernel(
 def kernel_of(int8: bytes) -> ConvKernel:
     """The kernels onnxruntime runs an int8 model's convolutions on: ``gemm`` when a
     convolution's weight zero point is -1 (:func:`gemm_weights`), else ``direct``."""
-    graph = onnx.load_model_from_string(int8).graph
-    weights = {node.input[1] for node in graph.node if node.op_type == "Conv"}
-    zero_points = {
-        node.input[2]
-        for node in graph.node
-        if node.op_type == "DequantizeLinear" and node.output[0] in weights and len(node.input) > 2
-    }
-    arrays = (numpy_helper.to_array(i) for i in graph.initializer if i.name in zero_points)
-    return "gemm" if any(np.any(zp == -1) for zp in arrays) else "direct"
+    conv_weights = _conv_weights(onnx.load_model_from_string(int8).graph)
+    minus_one = (np.any(numpy_helper.to_array(zp) == -1) for _, zp in conv_weights)
+    return "gemm" if any(minus_one) else "direct"
 
 
 def output_step(model: onnx.ModelProto) -> float:

@@ -10,11 +10,23 @@ from pathlib import Path
 import pytest
 
 from eostream.shared import topics
+from eostream.shared.bus.base import Delivery
 from eostream.shared.bus.memory import InMemoryBus
-from eostream.shared.events import DatasetUpdated, Event, TrainingRequested
-from eostream.trainer.pipeline import tracker_for
+from eostream.shared.errors import BusUnavailableError, Disposition, classify
+from eostream.shared.events import (
+    DatasetUpdated,
+    Event,
+    ModelVersionRegistered,
+    TrainingRequested,
+    TrainingStarted,
+)
+from eostream.shared.settings import KafkaSettings
+from eostream.trainer.pipeline import Outcome, StartedCallback, tracker_for
+from eostream.trainer.plan import TrainingPlan
 from eostream.trainer.service import build_trainer
 from eostream.trainer.settings import TrainerSettings
+from eostream.trainer.task import BatchCallback
+from eostream.trainer.tracking import Tracker, filter_value
 
 from .helpers import events_on, wait_until
 
@@ -103,7 +115,7 @@ async def test_missing_data_and_unknown_base_model_are_dead_lettered(
 @pytest.mark.slow
 async def test_training_request_registers_once(sqlite_settings: TrainerSettings) -> None:
     request = TrainingRequested(
-        request_id="ms-small",
+        request_id="bob's ms-small",  # a quote: the MLflow lookup of a redelivery quotes it
         model_name="eurosat-ms-test",
         band_set="ms13",
         epochs=2,
@@ -113,11 +125,73 @@ async def test_training_request_registers_once(sqlite_settings: TrainerSettings)
     assert bus.size(topics.DEAD_LETTER) == 0
     (started,) = events_on(bus, topics.TRAINING_EVENTS)
     (registered,) = events_on(bus, topics.MODELS_REGISTERED)
-    assert started.request_id == "ms-small" and started.run_id in started.run_url  # type: ignore[attr-defined]
-    assert registered.version == "1" and registered.band_set == "ms13"  # type: ignore[attr-defined]
-    assert registered.metrics["onnx_argmax_agreement"] == 1.0  # type: ignore[attr-defined]
+    assert isinstance(started, TrainingStarted) and isinstance(registered, ModelVersionRegistered)
+    assert started.request_id == "bob's ms-small" and started.run_id in started.run_url
+    assert not started.reused
+    assert registered.version == "1" and registered.band_set == "ms13"
+    assert registered.metrics["onnx_argmax_agreement"] == 1.0
 
-    # a redelivered request does not train or register again
+    # a redelivered request does not train or register again, and says so
     again = await _run(sqlite_settings, [(topics.TRAINING_REQUESTS, request)], 1, timeout=120)
+    (started_again,) = events_on(again, topics.TRAINING_EVENTS)
     (registered_again,) = events_on(again, topics.MODELS_REGISTERED)
-    assert registered_again.version == "1" and registered_again.run_id == registered.run_id  # type: ignore[attr-defined]
+    assert isinstance(started_again, TrainingStarted) and started_again.reused
+    assert started_again.run_id == registered.run_id
+    assert isinstance(registered_again, ModelVersionRegistered)
+    assert registered_again.version == "1" and registered_again.run_id == registered.run_id
+    # the version's own figures, read back from its run, not an empty dict
+    assert registered_again.metrics["test_accuracy"] == registered.metrics["test_accuracy"]
+
+
+class _BrokerDown(InMemoryBus):
+    """An in-process bus that gives up on TrainingStarted as the Kafka bus does once its
+    publish retries run out (BusUnavailableError)."""
+
+    async def publish(self, topic: str, event: Event) -> None:
+        if topic == topics.TRAINING_EVENTS:
+            raise BusUnavailableError("the broker did not take a record within 90s")
+        await super().publish(topic, event)
+
+
+async def test_a_broker_outage_at_the_start_is_not_an_mlflow_failure(
+    sqlite_settings: TrainerSettings,
+) -> None:
+    """The worker waits past the bus's own publish retries for its TrainingStarted, and a
+    BusUnavailableError stops the consumer (the record comes again) instead of being retried
+    and dead-lettered as "MLflow unreachable"."""
+    kafka = KafkaSettings(bootstrap_servers="127.0.0.1:1", publish_retry_seconds=90)
+    settings = sqlite_settings.model_copy(update={"kafka": kafka})
+
+    def trains(
+        plan: TrainingPlan,
+        settings: TrainerSettings,
+        tracker: Tracker,
+        on_started: StartedCallback | None,
+        on_batch: BatchCallback | None,
+    ) -> Outcome:
+        assert on_started is not None
+        on_started("run-1", "http://127.0.0.1:5000/#/runs/run-1", "0", False)
+        raise AssertionError("the TrainingStarted publish should have failed")
+
+    bus = _BrokerDown(service="trainer")
+    worker = build_trainer(settings, bus=bus, tracker=tracker_for(settings), trainer=trains)
+    assert worker._started_timeout() > kafka.publish_retry_seconds
+    delivery = Delivery(topic=topics.TRAINING_REQUESTS, partition=0, offset=0, key="outage")
+    with pytest.raises(BusUnavailableError):
+        await worker.handle(TrainingRequested(request_id="outage"), delivery)
+    assert classify(BusUnavailableError("down")) is Disposition.STOP
+
+
+@pytest.mark.parametrize(
+    ("value", "literal"),
+    [("plain-id", "'plain-id'"), ("bob's run", '"bob\'s run"'), ("x' OR '1", "\"x' OR '1\"")],
+)
+def test_filter_values_cannot_end_their_literal(value: str, literal: str) -> None:
+    from mlflow.utils.search_utils import SearchUtils
+
+    assert filter_value(value) == literal
+    parse = SearchUtils.parse_search_filter
+    (clause,) = parse(f"tags.`r` = {filter_value(value)}")  # type: ignore[no-untyped-call]
+    assert clause["value"] == value
+    with pytest.raises(ValueError, match="both kinds of quote"):
+        filter_value('it\'s "quoted"')

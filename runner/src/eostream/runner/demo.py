@@ -94,7 +94,8 @@ class Observer:
 
     async def __call__(self, event: Event, delivery: Delivery) -> None:
         if isinstance(event, TrainingStarted):
-            self.say(f"training started: MLflow run {event.run_url}")
+            done = "trained already" if event.reused else "training started"
+            self.say(f"{done}: MLflow run {event.run_url}")
         elif isinstance(event, ModelPromoted):
             self.promoted.append(event)
             self.say(f"model {event.name} v{event.version} is {event.alias} ({event.sha256[:12]})")

@@ -167,6 +167,11 @@ class TrainingStarted(Event):
     run_id: str = Field(min_length=1)
     run_url: str = Field(min_length=1)
     experiment_id: str
+    reused: bool = Field(
+        default=False,
+        description="the request had registered its version already (a redelivery): nothing "
+        "trains, ``run_id`` is the run that did",
+    )
 
     @property
     def key(self) -> str:

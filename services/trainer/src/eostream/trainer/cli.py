@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from eostream.shared import tags
-from eostream.shared.events import TrainingRequested
+from eostream.shared.events import TrainingRequested, TrainingStarted
 from eostream.shared.settings import configure_logging, load_settings
 from eostream.trainer.settings import TrainerSettings
 
@@ -258,13 +258,16 @@ def fit_command(
                 plan,
                 settings,
                 tracker=tracker,
-                on_started=lambda _r, url, _e: typer.echo(f"MLflow run: {url}"),
+                on_started=lambda _r, url, _e, reused: typer.echo(
+                    f"{'already trained by this request id' if reused else 'MLflow run'}: {url}"
+                ),
                 on_batch=on_batch,
             )
     except BadTrainingRequestError as exc:  # e.g. a pretrained file that is missing or wrong
         typer.echo(f"eostream: {exc}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(f"registered {outcome.version.name} version {outcome.version.version}")
+    done = "already registered" if outcome.reused else "registered"
+    typer.echo(f"{done} {outcome.version.name} version {outcome.version.version}")
     for key, value in sorted(outcome.metrics.items()):
         typer.echo(f"  {key}: {value:.4g}")
     if stac_out is not None:
@@ -442,12 +445,18 @@ def submit(
     asyncio.run(_submit(settings, request, wait, timeout))
 
 
+def _run_line(event: TrainingStarted) -> str:
+    if event.reused:
+        return f"already trained by request {event.request_id}: MLflow run {event.run_url}"
+    return f"MLflow run: {event.run_url}"
+
+
 async def _submit(
     settings: TrainerSettings, request: TrainingRequested, wait: bool, timeout: float
 ) -> None:
     from eostream.shared import topics
     from eostream.shared.bus import build_bus
-    from eostream.shared.events import Event, ModelVersionRegistered, TrainingStarted
+    from eostream.shared.events import Event, ModelVersionRegistered
     from eostream.trainer.pipeline import tracker_for
     from eostream.trainer.service import SERVICE, build_trainer
 
@@ -478,17 +487,19 @@ async def _submit(
                 worker = build_trainer(settings, bus=bus, tracker=tracker, on_batch=on_batch)
                 tasks.append(asyncio.create_task(worker.consumer().run()))
                 event = await asyncio.wait_for(started, timeout)
-                typer.echo(f"MLflow run: {event.run_url}")
+                typer.echo(_run_line(event))
                 registered = await done
         else:
             event = await asyncio.wait_for(started, timeout)
-            typer.echo(f"MLflow run: {event.run_url}")
+            typer.echo(_run_line(event))
             if not wait:
                 return
             registered = await done
+        accuracy = registered.metrics.get("test_accuracy")
         typer.echo(
-            f"registered {registered.name} version {registered.version} "
-            f"(test accuracy {registered.metrics.get('test_accuracy', float('nan')):.3f})"
+            f"{'already registered' if event.reused else 'registered'} {registered.name} "
+            f"version {registered.version}"
+            + ("" if accuracy is None else f" (test accuracy {accuracy:.3f})")
         )
     except TimeoutError:
         typer.echo(

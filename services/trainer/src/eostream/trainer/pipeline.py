@@ -72,7 +72,9 @@ from eostream.trainer.tracking import RegisteredVersion, Tracker, version_descri
 
 log = logging.getLogger(__name__)
 
-StartedCallback = Callable[[str, str, str], None]  # run_id, run_url, experiment_id
+#: ``(run_id, run_url, experiment_id, reused)``: a run began, or (``reused``) the request had
+#: already registered a version, whose run this is
+StartedCallback = Callable[[str, str, str, bool], None]
 ONNX_CHECK_SAMPLES = 256
 
 
@@ -303,8 +305,8 @@ def train_and_register(
         )
         url = tracker.run_url(existing.run_id)
         if on_started is not None:
-            on_started(existing.run_id, url, tracker.experiment_id)
-        return Outcome(existing, {}, url, reused=True)
+            on_started(existing.run_id, url, tracker.experiment_id, True)
+        return Outcome(existing, existing.metrics, url, reused=True)
 
     if plan.family == "sklearn":  # per-pixel models: a pipeline of their own
         from eostream.trainer.pixel_pipeline import train_pixel_model
@@ -355,7 +357,7 @@ def train_and_register(
         run_file.write_text(run_id)
         url = tracker.run_url(run_id)
         if on_started is not None:
-            on_started(run_id, url, tracker.experiment_id)
+            on_started(run_id, url, tracker.experiment_id, False)
         if resume is None:
             tracker.log_params(run_params(plan, selection))
             tracker.set_tags({f"compute.{k}": v for k, v in compute_description(device).items()})

@@ -221,7 +221,7 @@ def _fit_and_register(
     ):
         url = tracker.run_url(run_id)
         if on_started is not None:
-            on_started(run_id, url, tracker.experiment_id)
+            on_started(run_id, url, tracker.experiment_id, False)
         tracker.log_params(
             {  # request.*: the estimator's own parameters come from autolog under their names
                 **{f"request.{k}": v for k, v in run_params(plan, selection).items()},

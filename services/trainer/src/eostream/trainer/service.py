@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from eostream.shared import topics
 from eostream.shared.bus import Consumers, build_bus, heartbeat
 from eostream.shared.bus.base import Bus, Consumer, Delivery
-from eostream.shared.errors import RetryableError
+from eostream.shared.errors import BusUnavailableError, RetryableError
 from eostream.shared.events import (
     DatasetUpdated,
     Event,
@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 SERVICE = "trainer"
 CONSUMED = (topics.TRAINING_REQUESTS, topics.DATASETS_UPDATED)
+#: how much longer than the bus's own publish retries the training thread waits for its
+#: TrainingStarted to be taken (the in-memory bus does not retry)
+STARTED_MARGIN_SECONDS = 60.0
 #: One training, run in the worker thread: plan, settings, tracker, on_started, on_batch.
 Trainer = Callable[
     [TrainingPlan, TrainerSettings, Tracker, StartedCallback | None, BatchCallback | None],
@@ -127,19 +130,26 @@ class TrainerWorker:
             return
         loop = asyncio.get_running_loop()
 
-        def started(run_id: str, run_url: str, experiment_id: str) -> None:
+        def started(run_id: str, run_url: str, experiment_id: str, reused: bool) -> None:
             message = TrainingStarted(
                 request_id=plan.request_id,
                 run_id=run_id,
                 run_url=run_url,
                 experiment_id=experiment_id,
+                reused=reused,
                 source=SERVICE,
             )
             future = asyncio.run_coroutine_threadsafe(
                 self.bus.publish(topics.TRAINING_EVENTS, message), loop
             )
-            future.result(timeout=60)
-            log.info("training %s started: %s", plan.request_id, run_url)
+            # the publish retries an unreachable broker for publish_retry_seconds and then
+            # raises BusUnavailableError (the record is redelivered, never dead-lettered): wait
+            # past that, so a broker outage is not taken for an MLflow one
+            future.result(timeout=self._started_timeout())
+            if reused:
+                log.info("training %s was done already: %s", plan.request_id, run_url)
+            else:
+                log.info("training %s started: %s", plan.request_id, run_url)
 
         self.busy = True
         try:
@@ -148,6 +158,8 @@ class TrainerWorker:
             )
         except Exception as exc:
             metrics.TRAININGS.labels(plan.band_set, "failed").inc()
+            if isinstance(exc, BusUnavailableError):
+                raise  # the broker, not MLflow: the consumer stops and the record comes again
             if is_transient(exc):
                 raise RetryableError(f"MLflow unreachable: {exc}") from exc
             raise
@@ -176,6 +188,11 @@ class TrainerWorker:
                 source=SERVICE,
             ),
         )
+
+    def _started_timeout(self) -> float:
+        kafka = self.settings.kafka
+        retrying = kafka.publish_retry_seconds if kafka is not None else 0.0
+        return retrying + STARTED_MARGIN_SECONDS
 
     def _batch_done(self, batch_size: int) -> None:
         """In the training thread, after each batch: the consumer is not stalled, it trains."""

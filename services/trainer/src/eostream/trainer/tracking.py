@@ -20,7 +20,7 @@ import re
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,8 @@ class RegisteredVersion:
     version: str
     run_id: str
     tags: dict[str, str]
+    #: the run's final metrics (test accuracy...), where the lookup read them
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
@@ -69,6 +71,19 @@ def is_transient(exc: BaseException) -> bool:
     """Whether an MLflow failure looks like a server that is down or slow (worth retrying): the
     rule the registry-bridge uses too (:func:`eostream.shared.errors.is_transient`)."""
     return errors.is_transient(exc)
+
+
+def filter_value(value: str) -> str:
+    """``value`` as a string literal of an MLflow search filter: in single quotes, or in double
+    quotes when it holds a single quote (a request id is any text: ``bob's run``, or a dataset's
+    name), so no value can end the literal and add clauses. MLflow's filters have no escape for
+    a literal holding both kinds: that is refused (ValueError: a dead letter, not a crash loop).
+    """
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError(f"{value[:80]!r} holds both kinds of quote: MLflow cannot search for it")
 
 
 def code_tags() -> dict[str, str]:
@@ -161,13 +176,17 @@ class Tracker:
         """The version a request already registered (redelivery after success), if any."""
         client = self.client
         runs = client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{REQUEST_TAG}` = '{request_id}'"
+            [self.experiment_id],
+            filter_string=f"tags.`{REQUEST_TAG}` = {filter_value(request_id)}",
         )
         for run in runs:
             for mv in client.search_model_versions(
-                f"name = '{name}' and run_id = '{run.info.run_id}'"
+                f"name = {filter_value(name)} and run_id = {filter_value(run.info.run_id)}"
             ):
-                return RegisteredVersion(mv.name, str(mv.version), run.info.run_id, dict(mv.tags))
+                metrics = {k: float(v) for k, v in run.data.metrics.items()}
+                return RegisteredVersion(
+                    mv.name, str(mv.version), run.info.run_id, dict(mv.tags), metrics
+                )
         return None
 
     def log_params(self, params: Mapping[str, Any]) -> None:

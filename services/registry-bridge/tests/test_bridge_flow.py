@@ -9,6 +9,7 @@ from typing import Any
 
 import mlflow
 import pytest
+import torch
 from prometheus_client import REGISTRY
 
 from eostream.registry_bridge.bridge import Bridge
@@ -19,6 +20,7 @@ from eostream.shared.bus import Bus
 from eostream.shared.bus.memory import InMemoryBus
 from eostream.shared.codec import decode
 from eostream.shared.events import ModelPromoted
+from eostream.shared.modelcard import BAND_SETS, METADATA_KEY, BandScaling, ModelCard
 from eostream.shared.storage import build_object_store
 
 from .conftest import as_, make_bridge, make_service
@@ -242,3 +244,131 @@ async def test_champion_alias_moved_in_mlflow_is_announced_or_undone(
     assert str(client.get_model_version_by_alias("eurosat-landcover", "champion").version) == v1
     assert [e.version for e in promoted(bus)] == [v1]
     assert champion_version() == float(v1)  # the refused version never counts as champion
+
+
+async def test_a_deleted_champion_alias_still_gates_against_the_live_model(
+    bridge_settings: BridgeSettings, register: Any, models: Any
+) -> None:
+    """Deleting the champion alias in MLflow does not turn the next version into a "first
+    model" judged on the minimum accuracy alone: the gate compares it with the version
+    inference serves, and the guard sets the alias back."""
+    bridge, bus = bridge_and_bus(bridge_settings)
+    await bus.start()
+    v1 = register(models.better)
+    assert (await bridge.handle_version("eurosat-landcover", v1, "event")).state == "promoted"
+    client = mlflow.MlflowClient()
+    client.delete_registered_model_alias("eurosat-landcover", "champion")  # someone, in MLflow
+
+    v2 = register(models.worse)  # above the minimum accuracy? judged against v1 regardless
+    outcome = await bridge.handle_version("eurosat-landcover", v2, "event")
+    assert outcome.state == "failed", outcome
+    assert any("vs champion" in r for r in outcome.reasons), outcome.reasons
+    assert not any("no champion yet" in r for r in outcome.reasons)
+
+    assert await bridge.sync_champion("eurosat-landcover") is None  # nothing new to announce
+    assert str(client.get_model_version_by_alias("eurosat-landcover", "champion").version) == v1
+    assert [e.version for e in promoted(bus)] == [v1]
+
+
+async def test_a_forced_promotion_cut_short_after_its_announcement_is_announced_again(
+    bridge_settings: BridgeSettings, register: Any, models: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process stops between a forced promotion's publish (inference now serves it) and its
+    live_version tag: the override is on record already, so the guard announces the forced
+    version again instead of moving the alias back under the model inference serves."""
+    bridge, bus = bridge_and_bus(bridge_settings)
+    await bus.start()
+    v1 = register(models.better)
+    assert (await bridge.handle_version("eurosat-landcover", v1, "event")).state == "promoted"
+    v2 = register(models.worse)
+    assert (await bridge.handle_version("eurosat-landcover", v2, "event")).state == "failed"
+
+    registry = bridge.promoter.registry
+    real = registry.set_model_tag
+
+    def dies_once(name: str, key: str, value: str) -> None:
+        monkeypatch.setattr(registry, "set_model_tag", real)
+        raise RuntimeError("the process stopped here")
+
+    monkeypatch.setattr(registry, "set_model_tag", dies_once)
+    with pytest.raises(RuntimeError, match="stopped here"):
+        await bridge.promote("eurosat-landcover", v2, by="alice", reason="hotfix", force=True)
+    assert [e.version for e in promoted(bus)] == [v1, v2]  # inference got v2
+
+    event = await bridge.sync_champion("eurosat-landcover")
+    assert event is not None and event.version == v2
+    client = mlflow.MlflowClient()
+    assert str(client.get_model_version_by_alias("eurosat-landcover", "champion").version) == v2
+    live = client.get_registered_model("eurosat-landcover").tags[tags.LIVE_VERSION]
+    assert live == v2
+
+
+class _Bands13(torch.nn.Module):
+    """A 13-band classifier (untrained): what `eostream train --bands ms13` registers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(13, 4, 3, padding=1)
+        self.head = torch.nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.head(self.conv(x).mean(dim=(2, 3)))
+        return out
+
+
+def _ms13_onnx(model: torch.nn.Module, card: ModelCard) -> bytes:
+    import io
+    import warnings
+
+    import onnx
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model.eval(),
+            (torch.zeros(2, 13, 64, 64),),
+            buf,  # type: ignore[arg-type]  # a file object works; the stub says path
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+            dynamo=False,
+        )
+    proto = onnx.load_model_from_string(buf.getvalue())
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, card.to_json()
+    return bytes(proto.SerializeToString())
+
+
+async def test_other_bands_under_the_champions_name_fail_the_gate_once(
+    bridge_settings: BridgeSettings, register: Any, models: Any, card: ModelCard
+) -> None:
+    """The champion reads RGB, the new version 13 bands: an ONNX model's channel count is
+    fixed, so the champion cannot be scored on the candidate's hold-out. The gate records a
+    failed verdict saying so (it used to crash, and retried every reconcile for ever); an
+    operator can still move the name to the new bands with --force."""
+    lenient = bridge_settings.gate.model_copy(update={"min_accuracy": 0.0})
+    bridge, bus = bridge_and_bus(bridge_settings.model_copy(update={"gate": lenient}))
+    await bus.start()
+    v1 = register(models.better)
+    assert (await bridge.handle_version("eurosat-landcover", v1, "event")).state == "promoted"
+    ms13 = card.model_copy(
+        update={
+            "band_set": "ms13",
+            "bands": BAND_SETS["ms13"],
+            "scaling": tuple(BandScaling(band=b, scale=1.0) for b in BAND_SETS["ms13"]),
+        }
+    )
+    torch.manual_seed(0)
+    net = _Bands13()
+    v2 = register(net, card=ms13, onnx_bytes=_ms13_onnx(net, ms13))
+    outcome = await bridge.handle_version("eurosat-landcover", v2, "event")
+    assert outcome.state == "failed", outcome
+    assert any("are not the champion v1's rgb" in r for r in outcome.reasons), outcome.reasons
+    assert version_tags("eurosat-landcover", v2)[tags.GATE] == "failed"
+    # judged once: the next pass skips it
+    again = await bridge.handle_version("eurosat-landcover", v2, "reconcile")
+    assert again.state == "skipped"
+    assert [e.version for e in promoted(bus)] == [v1]
+    await bridge.promote("eurosat-landcover", v2, by="alice", reason="move to 13 bands", force=True)
+    assert [e.version for e in promoted(bus)] == [v1, v2]

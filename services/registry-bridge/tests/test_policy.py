@@ -53,3 +53,12 @@ def test_required_improvement() -> None:
 def test_empty_evaluation_never_passes() -> None:
     empty = Evaluation(accuracy=1.0, per_class_recall={}, samples=0)
     assert not judge(empty, None, Thresholds(min_accuracy=0.0)).passed
+
+
+def test_a_candidate_exactly_at_a_threshold_passes() -> None:
+    """0.82 - 0.80 is 0.01999... in binary floating point: exactly the improvement asked, and a
+    drop of exactly the allowance, pass (as the settings' descriptions say)."""
+    strict = Thresholds(min_accuracy=0.82, max_class_drop=0.1, min_improvement=0.02)
+    verdict = judge(ev(0.82, Forest=0.70), ev(0.80, Forest=0.80), strict)
+    assert verdict.passed, verdict.failures
+    assert not judge(ev(0.8199), ev(0.80), strict).passed

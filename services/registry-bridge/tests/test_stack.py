@@ -212,6 +212,32 @@ async def test_better_version_ships_by_webhook_worse_is_refused_rollback_restore
         await service.stop()
 
 
+async def test_deployments_sharing_one_mlflow_keep_their_own_webhooks(
+    stack: dict[str, Any],
+) -> None:
+    """Two deployments on one MLflow server (BRIDGE_WEBHOOK_NAME apart) each keep a webhook
+    pointing at their own bridge: registering one does not re-point the other."""
+    registry = MlflowRegistry(stack["mlflow_uri"])
+    run = uuid.uuid4().hex[:8]
+    urls = {f"eostream-test-{run}-{d}": f"http://127.0.0.1:1/{d}/webhooks/mlflow" for d in "ab"}
+    ids = []
+    try:
+        for name, url in urls.items():
+            ids.append(await asyncio.to_thread(registry.ensure_webhook, url, SECRET, name))
+        again = await asyncio.to_thread(
+            registry.ensure_webhook,
+            urls[f"eostream-test-{run}-a"],
+            SECRET,
+            f"eostream-test-{run}-a",
+        )
+        assert again == ids[0]  # updated in place, not duplicated
+        hooks = {h.name: h.url for h in registry.webhooks() if h.name in urls}
+        assert hooks == urls
+    finally:
+        for hook_id in ids:
+            await asyncio.to_thread(registry.client.delete_webhook, hook_id)
+
+
 async def test_dropped_webhook_is_caught_up_by_the_reconcile_loop(
     stack: dict[str, Any],
     model_name: str,

@@ -66,11 +66,13 @@ class Gating:
                 return Outcome(name, version, "promoted", ("resumed",))
             return Outcome(name, version, "skipped", ("already passed",))
 
-        champion_version = self.registry.alias_version(name, tags.CHAMPION)
+        champion_version = self._champion(name)
+        champion_card: ModelCard | None = None
         try:
             verified = self.gate.verify(mv)
             if champion_version and champion_version != version:
-                self._same_classes(name, champion_version, verified.card)
+                champion_card = self._champion_card(name, champion_version)
+                self._same_classes(champion_version, champion_card, verified.card)
         except NotReadyError as exc:
             return Outcome(name, version, "deferred", (str(exc),))
         except RefusedError as exc:
@@ -86,7 +88,8 @@ class Gating:
 
         candidate, run_id = self.gate.evaluate_candidate(verified)
         champion: Evaluation | None = None
-        if champion_version and champion_version != version:
+        other_bands = _other_bands(champion_version, champion_card, verified.card)
+        if champion_version and champion_version != version and other_bands is None:
             champion = self.gate.evaluate_champion(name, champion_version, verified.card)
         metrics.show_scores(
             name, version, metrics.CHALLENGER, candidate.accuracy, candidate.per_class_recall
@@ -102,6 +105,8 @@ class Gating:
         self.promoter.show_champion(name, champion_version)
         map_verdict, map_tags = self._map_check(verified, run_id, champion_version)
         verdict = combine(judge(candidate, champion, self.thresholds), map_verdict)
+        if other_bands is not None:  # no patch comparison: never replaces it unasked
+            verdict = combine(verdict, Verdict(False, (other_bands,)))
         outcome = tags.GATE_PASSED if verdict.passed else tags.GATE_FAILED
         self._describe(name, version, outcome, verdict.reasons, champion_version)
         self.gate.record_verdict(
@@ -130,12 +135,28 @@ class Gating:
         )
         return Outcome(name, version, "promoted", verdict.reasons)
 
-    def _same_classes(self, name: str, champion_version: str, card: ModelCard) -> None:
-        """Refuse a candidate whose class list is not the champion's: its maps would mean
-        something else under the same name (a new class list is a new model name)."""
+    def _champion(self, name: str) -> str | None:
+        """The champion alias's version; where the alias was deleted in MLflow (the guard sets
+        it back), the version inference serves: a missing alias is no licence to judge a new
+        version as if it were the first."""
+        alias = self.registry.alias_version(name, tags.CHAMPION)
+        if alias is not None:
+            return alias
+        live = self.registry.model_tags(name).get(tags.LIVE_VERSION)
+        if live is None or live not in {v.version for v in self.registry.versions(name)}:
+            return None
+        return live
+
+    def _champion_card(self, name: str, champion_version: str) -> ModelCard | None:
         theirs, _ = contract.check_tags(
             dict(self.registry.get_version(name, champion_version).tags)
         )
+        return theirs
+
+    @staticmethod
+    def _same_classes(champion_version: str, theirs: ModelCard | None, card: ModelCard) -> None:
+        """Refuse a candidate whose class list is not the champion's: its maps would mean
+        something else under the same name (a new class list is a new model name)."""
         if theirs is not None and tuple(theirs.classes) != tuple(card.classes):
             mine, champions = ", ".join(card.classes), ", ".join(theirs.classes)
             raise RefusedError(
@@ -198,6 +219,23 @@ class Gating:
             return False
         champion = self.registry.alias_version(name, tags.CHAMPION)
         return champion is None or int(version) > int(champion)
+
+
+def _other_bands(
+    champion_version: str | None, theirs: ModelCard | None, card: ModelCard
+) -> str | None:
+    """Why the champion cannot be scored on the candidate's held-out patches (it reads other
+    bands: an ONNX model's input has a fixed channel count), as a failing reason; None when it
+    can. Such a candidate fails the gate, so it never replaces the champion unasked; an operator
+    who means to move the name to the new bands promotes it with ``--force`` (audited)."""
+    if champion_version is None or theirs is None or tuple(theirs.bands) == tuple(card.bands):
+        return None
+    return (
+        f"FAIL: bands {card.band_set} ({len(card.bands)}) are not the champion "
+        f"v{champion_version}'s {theirs.band_set} ({len(theirs.bands)}): their held-out "
+        "accuracies cannot be compared; register it under another model name, or promote it "
+        "with --force to move this name to the new bands"
+    )
 
 
 VERDICT_HEADING = "**Gate verdict (registry-bridge)**"

@@ -35,6 +35,9 @@ class ChampionGuard:
         last announced. A passing version is shipped and announced."""
         p = self.promoter
         champion, live = self._champion_and_live(name)
+        if champion is None and live is not None:
+            self.restore_alias(name, live)
+            return None
         if champion is None or champion == live:
             p.show_champion(name, champion)
             return None
@@ -81,6 +84,22 @@ class ChampionGuard:
             p.record(name, "alias_accepted", by, "mlflow", live, champion, reason)
         p.show_champion(name, champion)
         return event
+
+    def restore_alias(self, name: str, live: str) -> None:
+        """The champion alias was deleted in MLflow while inference still serves ``live``: set
+        it back (fail closed), so the gate keeps comparing new versions with the model that
+        maps the scenes rather than judging them as if there were no champion. Retiring a
+        model is done by promoting another, not by deleting its alias."""
+        try:
+            self.registry.set_alias(name, tags.CHAMPION, live)
+        except Exception as exc:  # the live version itself is gone: nothing to restore
+            log.error("%s: champion alias deleted and v%s cannot be restored: %s", name, live, exc)
+            return
+        reason = f"champion alias deleted outside the bridge while v{live} is live: restored"
+        log.error("%s: %s", name, reason)
+        metrics.ALIAS_UNDONE.inc()
+        self.promoter.record(name, "alias_undone", BRIDGE, "mlflow", None, live, reason)
+        self.promoter.show_champion(name, live)
 
     def undo_alias(self, name: str, champion: str, live: str | None, why: str) -> None:
         """Move the champion alias back to the version last announced (or remove it), say why on

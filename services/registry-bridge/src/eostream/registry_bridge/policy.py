@@ -88,6 +88,12 @@ class Verdict:
         return tuple(r for r in self.reasons if r.startswith("FAIL"))
 
 
+#: scores and thresholds are decimal fractions that binary floating point rounds (0.82 - 0.80 is
+#: 0.01999...): a comparison counts a difference this small as none, so a candidate exactly at
+#: a threshold passes, as the thresholds' descriptions say
+TOLERANCE = 1e-9
+
+
 def judge(candidate: Evaluation, champion: Evaluation | None, thresholds: Thresholds) -> Verdict:
     """Decide whether ``candidate`` may replace ``champion`` (None: there is no champion yet)."""
     reasons: list[str] = []
@@ -102,7 +108,7 @@ def judge(candidate: Evaluation, champion: Evaluation | None, thresholds: Thresh
         return Verdict(False, ("FAIL: the held-out set is empty; nothing was evaluated",))
 
     check(
-        candidate.accuracy >= thresholds.min_accuracy,
+        candidate.accuracy >= thresholds.min_accuracy - TOLERANCE,
         f"accuracy {candidate.accuracy:.4f} vs minimum {thresholds.min_accuracy:.4f}",
     )
     if champion is None:
@@ -118,7 +124,7 @@ def judge(candidate: Evaluation, champion: Evaluation | None, thresholds: Thresh
 
     needed = champion.accuracy + thresholds.min_improvement
     check(
-        candidate.accuracy >= needed,
+        candidate.accuracy >= needed - TOLERANCE,
         f"accuracy {candidate.accuracy:.4f} vs champion {champion.accuracy:.4f}"
         f" + {thresholds.min_improvement:.4f}",
     )
@@ -126,7 +132,9 @@ def judge(candidate: Evaluation, champion: Evaluation | None, thresholds: Thresh
         name: champion_recall - candidate.per_class_recall.get(name, 0.0)
         for name, champion_recall in champion.per_class_recall.items()
     }
-    too_far = {name: drop for name, drop in drops.items() if drop > thresholds.max_class_drop}
+    too_far = {
+        name: drop for name, drop in drops.items() if drop > thresholds.max_class_drop + TOLERANCE
+    }
     for name, drop in sorted(too_far.items()):
         check(
             False,
@@ -164,7 +172,7 @@ def judge_map(candidate: MapScores, champion: MapScores | None, thresholds: Thre
 
     if thresholds.map_floor is not None:
         check(
-            figure >= thresholds.map_floor,
+            figure >= thresholds.map_floor - TOLERANCE,
             f"map {metric} {figure:.4f} vs minimum {thresholds.map_floor:.4f}",
         )
     theirs = champion.figure(metric) if champion is not None else None
@@ -174,7 +182,7 @@ def judge_map(candidate: MapScores, champion: MapScores | None, thresholds: Thre
         )
     else:
         check(
-            figure >= theirs - thresholds.map_margin,
+            figure >= theirs - thresholds.map_margin - TOLERANCE,
             f"map {metric} {figure:.4f} vs champion {theirs:.4f} - margin "
             f"{thresholds.map_margin:.4f}",
         )

@@ -122,6 +122,7 @@ class ModelRegistry(Protocol):
         """Score ``predict`` on ``holdout``, recorded as an evaluation run; (scores, run id)."""
         ...
 
-    def ensure_webhook(self, url: str, secret: str) -> str:
-        """Create or update the bridge's webhook in the registry; returns its id."""
+    def ensure_webhook(self, url: str, secret: str, name: str) -> str:
+        """Create or update the webhook called ``name`` (this deployment's) in the registry;
+        returns its id."""
         ...

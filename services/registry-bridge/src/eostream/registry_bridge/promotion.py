@@ -214,9 +214,12 @@ class Promoter:
             new_tags[tags.PREVIOUS_CHAMPION] = before
             self.registry.set_version_tags(name, before, {tags.STAGE: tags.STAGE_ARCHIVED})
         self.registry.set_version_tags(name, version, new_tags)
+        # audited before the announcement: were the process to stop between the publish and
+        # the live_version tag, the alias guard must find a forced promotion on record, and
+        # announce its version again rather than move the alias back under a live model
+        self.record(name, action, by, via, before, version, reason)
         event = self.announce(name, version, shipment, before, by, reason)
         metrics.PROMOTIONS.labels(kind).inc()
-        self.record(name, action, by, via, before, version, reason)
         self.show_champion(name, version)
         return event
 

@@ -327,13 +327,25 @@ class MlflowRegistry:
             predict, holdout, experiment=experiment, run_name=run_name, params=params, tags=tags
         )
 
-    def ensure_webhook(self, url: str, secret: str) -> str:
-        """Create (or update) the bridge's webhook in MLflow; returns its id."""
+    def webhooks(self) -> list[Any]:
+        """Every webhook of the MLflow server, all pages."""
+        found: list[Any] = []
+        token: str | None = None
+        while True:
+            page = self.client.list_webhooks(page_token=token)
+            found += list(page)
+            token = page.token
+            if not token:
+                return found
+
+    def ensure_webhook(self, url: str, secret: str, name: str = WEBHOOK_NAME) -> str:
+        """Create (or update) the webhook called ``name`` (``BRIDGE_WEBHOOK_NAME``: one per
+        deployment sharing this MLflow) in MLflow; returns its id."""
 
         events: list[WebhookEvent | Any] = [WebhookEvent.from_str(e) for e in WEBHOOK_EVENTS]
 
         def write() -> str:
-            existing = [w for w in self.client.list_webhooks() if w.name == WEBHOOK_NAME]
+            existing = [w for w in self.webhooks() if w.name == name]
             if existing:
                 hook = self.client.update_webhook(
                     existing[0].webhook_id,
@@ -344,7 +356,7 @@ class MlflowRegistry:
                 )
             else:
                 hook = self.client.create_webhook(
-                    name=WEBHOOK_NAME,
+                    name=name,
                     url=url,
                     events=events,
                     secret=secret,

@@ -143,9 +143,9 @@ class BridgeService:
             return
         try:
             hook = self.bridge.registry.ensure_webhook(
-                s.webhook_url, s.webhook_secret.get_secret_value()
+                s.webhook_url, s.webhook_secret.get_secret_value(), s.webhook_name
             )
-            log.info("MLflow webhook %s -> %s", hook, s.webhook_url)
+            log.info("MLflow webhook %s (%s) -> %s", s.webhook_name, hook, s.webhook_url)
         except Exception as exc:  # the reconcile loop still covers everything
             log.warning("could not register the MLflow webhook (%s); reconcile loop only", exc)
 

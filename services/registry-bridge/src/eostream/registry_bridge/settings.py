@@ -168,6 +168,13 @@ class BridgeSettings(ServiceSettings):
         "secret, the bridge registers the webhook in MLflow at start",
     )
     webhook_tolerance_seconds: int = Field(default=300, ge=1, description="replay window")
+    webhook_name: str = Field(
+        default="eostream-registry-bridge",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$",
+        description="the name of this deployment's webhook in MLflow: deployments that share "
+        "one MLflow server each need their own, or the last bridge to start takes every "
+        "delivery",
+    )
     api_keys: Annotated[dict[str, Credential], NoDecode] = Field(
         default_factory=dict,
         description='credentials of the REST write routes, JSON: {"alice": {"key": "...", '

@@ -62,7 +62,7 @@ async def test_an_unreachable_stac_api_does_not_fail_the_scene(
         item = published_item(outcome.record, "eostream-results", "http://maps.example.org")
         assert item["collection"] == "eostream-results"
         assert item["assets"]["classification"]["href"].startswith(
-            "http://maps.example.org/results/boadella-2020-06-21/files/1/classification.tif"
+            "http://maps.example.org/results/boadella-2020-06-21/files/eurosat/1/classification.tif"
         )
         assert not {link["rel"] for link in item["links"]} & {"self", "root", "parent"}
         first = collection_document("eostream-results", item, None)

@@ -148,8 +148,9 @@ async def test_the_map_page_shows_boadella_results_over_true_colour(
             hrefs = await page.eval_on_selector_all(
                 "#result-links a", "els => els.map(e => e.href)"
             )
-            assert any(h.endswith("/cog?model_version=1") for h in hrefs)
-            assert any("/item?model_version=1" in h for h in hrefs)
+            # the links name the model as well as its version (versions are per model)
+            assert any(f"/cog?model_version=1&model_name={model_name}" in h for h in hrefs)
+            assert any(f"/item?model_version=1&model_name={model_name}" in h for h in hrefs)
             for href in hrefs:  # the links answer (the COG is the real file)
                 status = await page.evaluate("u => fetch(u).then(r => r.status)", href)
                 assert status == 200, href

@@ -46,7 +46,7 @@ async function getJSON(path) {
 }
 
 const query = (params) => new URLSearchParams(params).toString();
-const version = (r) => query({ model_version: r.model_version });
+const version = (r) => query({ model_version: r.model_version, model_name: r.model_name });
 const day = (r) => (r.datetime ?? "").slice(0, 10) || "no date";
 const pct = (x) => (x == null ? "–" : `${(100 * x).toFixed(1)} %`);
 

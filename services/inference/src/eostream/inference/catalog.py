@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from sqlalchemy.engine import Engine
 
@@ -37,7 +38,8 @@ def published_item(record: ResultRecord, collection: str, public_url: str) -> di
         *(link for link in item.get("links", []) if link.get("rel") not in HIERARCHY),
         {
             "rel": "alternate",
-            "href": f"{base}/results/{record.scene_id}/item?model_version={record.model_version}",
+            "href": f"{base}/results/{quote(record.scene_id, safe='')}/item?"
+            + urlencode({"model_name": record.model_name, "model_version": record.model_version}),
             "type": "application/geo+json",
             "title": "the result in the inference service",
         },
@@ -148,8 +150,10 @@ class PublishingResults:
                 exc,
             )
 
-    def get(self, scene_id: str, model_version: str | None = None) -> ResultRecord | None:
-        return self.inner.get(scene_id, model_version)
+    def get(
+        self, scene_id: str, model_version: str | None = None, model_name: str | None = None
+    ) -> ResultRecord | None:
+        return self.inner.get(scene_id, model_version, model_name)
 
     def search(self, query: ResultQuery) -> tuple[list[ResultRecord], int]:
         return self.inner.search(query)

@@ -73,6 +73,7 @@ class Job:
 
 
 def _utc(value: datetime | None) -> datetime | None:
+    """A time as UTC (a naive one is taken as UTC), as the jobs table holds and compares it."""
     if value is None:
         return None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
@@ -166,10 +167,13 @@ class JobStore:
             where.append(jobs_table.c.status.in_(status))
         if process_id:
             where.append(jobs_table.c.process_id.in_(process_id))
-        if created[0] is not None:
-            where.append(jobs_table.c.created >= created[0])
-        if created[1] is not None:
-            where.append(jobs_table.c.created <= created[1])
+        # in UTC: sqlite keeps a time's wall-clock fields and drops its offset, and the table
+        # holds UTC, so 12:30+02:00 must be compared as 10:30 (PostgreSQL would do it anyway)
+        low_created, high_created = _utc(created[0]), _utc(created[1])
+        if low_created is not None:
+            where.append(jobs_table.c.created >= low_created)
+        if high_created is not None:
+            where.append(jobs_table.c.created <= high_created)
         stmt = (
             sa.select(jobs_table)
             .where(*where)
@@ -202,7 +206,7 @@ class JobStore:
         now = datetime.now(UTC)
         stmt = (
             jobs_table.update()
-            .where(jobs_table.c.status.in_(UNFINISHED), jobs_table.c.updated < older_than)
+            .where(jobs_table.c.status.in_(UNFINISHED), jobs_table.c.updated < _utc(older_than))
             .values(
                 status=FAILED, message=message, finished=now, updated=now, error_code="restarted"
             )

@@ -192,9 +192,9 @@ class Pipeline:
             raise
 
     def _existing(self, scene_id: str, model: LoadedModel) -> ResultRecord | None:
-        if not self.results.exists(scene_id, model.info.name, model.info.version):
-            return None
-        return self.results.get(scene_id, model.info.version)
+        """This model's own result of the scene (by name and version: versions are numbered
+        per registered model, so another model's v3 is not this one's)."""
+        return self.results.get(scene_id, model.info.version, model_name=model.info.name)
 
     def _classify(
         self,

@@ -128,7 +128,9 @@ class ResultsStore(Protocol):
 
     def put(self, record: ResultRecord) -> None: ...
 
-    def get(self, scene_id: str, model_version: str | None = None) -> ResultRecord | None: ...
+    def get(
+        self, scene_id: str, model_version: str | None = None, model_name: str | None = None
+    ) -> ResultRecord | None: ...
 
     def search(self, query: ResultQuery) -> tuple[list[ResultRecord], int]: ...
 
@@ -244,9 +246,18 @@ class SqlResultsStore:
             if shares:
                 conn.execute(classes_table.insert(), shares)
 
-    def get(self, scene_id: str, model_version: str | None = None) -> ResultRecord | None:
+    def get(
+        self, scene_id: str, model_version: str | None = None, model_name: str | None = None
+    ) -> ResultRecord | None:
+        """One result of a scene: model ``model_name``'s ``model_version`` when both are given
+        (at most one row). Version numbers are per registered model (v3 of one model is not v3
+        of another), so a caller that knows the model names it; one that does not gets the
+        newest matching result: the latest ``created``, ties to the smallest item id (the same
+        order as :meth:`search`), never an arbitrary row."""
         records, _ = self.search(
-            ResultQuery(scene_id=scene_id, model_version=model_version, limit=1)
+            ResultQuery(
+                scene_id=scene_id, model_name=model_name, model_version=model_version, limit=1
+            )
         )
         return records[0] if records else None
 

@@ -129,11 +129,19 @@ def build_result_item(
     return item
 
 
-def file_url(base_url: str, scene_id: str, model_version: str, name: str) -> str:
+def file_url(
+    base_url: str, scene_id: str, model_name: str | None, model_version: str, name: str
+) -> str:
     """The HTTP URL at which this service serves one product file of a result (Range
-    requests; ``<name>.aux.xml`` beside a COG holds its category names for GDAL and QGIS)."""
+    requests; ``<name>.aux.xml`` beside a COG holds its category names for GDAL and QGIS):
+    ``/results/{scene}/files/{model_name}/{version}/{name}``. The model is a path segment, not
+    a query: version numbers are per registered model, and GDAL finds a sidecar by appending
+    ``.aux.xml`` to the URL, which a query string would break. Without a model name (an item
+    that never had one) the older ``/results/{scene}/files/{version}/{name}``: the scene's
+    newest result of that version."""
     scene, version = quote(scene_id, safe=""), quote(model_version, safe="")
-    return f"{base_url.rstrip('/')}/results/{scene}/files/{version}/{quote(name, safe='')}"
+    model = f"{quote(model_name, safe='')}/" if model_name else ""
+    return f"{base_url.rstrip('/')}/results/{scene}/files/{model}{version}/{quote(name, safe='')}"
 
 
 def public_item(item: dict[str, Any], base_url: str) -> dict[str, Any]:
@@ -148,6 +156,7 @@ def public_item(item: dict[str, Any], base_url: str) -> dict[str, Any]:
         props.update({f"{SHARE_PREFIX}{k}": v for k, v in shares.items()})
     out["properties"] = props
     scene, version = props.get("eostream:scene_id"), props.get("eostream:model_version")
+    model = props.get("eostream:model_name")
     assets = out.get("assets")
     if not isinstance(assets, dict) or scene is None or version is None:
         return out
@@ -160,7 +169,9 @@ def public_item(item: dict[str, Any], base_url: str) -> dict[str, Any]:
         name = href.rstrip("/").rsplit("/", 1)[-1]
         public[key] = {
             **asset,
-            "href": file_url(base_url, str(scene), str(version), name),
+            "href": file_url(
+                base_url, str(scene), str(model) if model else None, str(version), name
+            ),
             "alternate": {STORAGE_ALTERNATE: {"href": href, "title": "object store"}},
         }
     out["assets"] = public

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from typing import Annotated, Any
+from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 
 from eostream.inference import writer
 from eostream.inference.api.deps import Results, Store
@@ -26,8 +27,11 @@ router = APIRouter(prefix="/results", tags=["results"])
 
 
 def summary(record: ResultRecord, base: str) -> dict[str, Any]:
-    scene = f"{base}results/{record.scene_id}"
-    version = f"?model_version={record.model_version}"
+    scene = f"{base}results/{quote(record.scene_id, safe='')}"
+    # the model's name as well as its version: versions are numbered per registered model
+    version = "?" + urlencode(
+        {"model_version": record.model_version, "model_name": record.model_name}
+    )
     return {
         "id": record.id,
         "scene_id": record.scene_id,
@@ -97,15 +101,40 @@ def search_results(
     }
 
 
-def _one(results: Results, scene_id: str, model_version: str | None) -> ResultRecord:
-    record = results.get(scene_id, model_version)
+def _one(
+    results: Results, scene_id: str, model_version: str | None, model_name: str | None = None
+) -> ResultRecord:
+    """The result of a scene by ``model_name``'s ``model_version``; with only one of them, or
+    neither, the newest that matches (``ResultsStore.get``: latest created, ties to the
+    smallest item id)."""
+    record = results.get(scene_id, model_version, model_name)
     if record is None:
-        which = f" by model version {model_version}" if model_version else ""
-        raise ResultNotFoundError(f"scene {scene_id!r} has not been classified{which}")
+        which = " ".join(
+            part
+            for part in (
+                f"model {model_name!r}" if model_name else "",
+                f"version {model_version}" if model_version else "",
+            )
+            if part
+        )
+        raise ResultNotFoundError(
+            f"scene {scene_id!r} has not been classified" + (f" by {which}" if which else "")
+        )
     return record
 
 
-Version = Annotated[str | None, Query(max_length=100)]
+Version = Annotated[
+    str | None,
+    Query(
+        max_length=100,
+        description="The model version. Versions are numbered per registered model: without "
+        "model_name, the scene's newest result of any model with this version",
+    ),
+]
+ModelName = Annotated[
+    str | None,
+    Query(max_length=200, description="The registered model's name (default: any model)"),
+]
 
 
 LOOKUP = error_responses(404, 422)
@@ -113,21 +142,27 @@ LOOKUP = error_responses(404, 422)
 
 @router.get(
     "/{scene_id}",
-    summary="The latest result of one scene (or of one model version)",
+    summary="The latest result of one scene (or of one model and version)",
     response_model=ResultSummary,
     responses=LOOKUP,
 )
 def get_result(
-    request: Request, scene_id: str, results: Results, model_version: Version = None
+    request: Request,
+    scene_id: str,
+    results: Results,
+    model_version: Version = None,
+    model_name: ModelName = None,
 ) -> dict[str, Any]:
-    return summary(_one(results, scene_id, model_version), str(request.base_url))
+    return summary(_one(results, scene_id, model_version, model_name), str(request.base_url))
 
 
 @router.get(
     "/{scene_id}/item", summary="The result STAC item", response_model=StacItem, responses=LOOKUP
 )
-def get_item(scene_id: str, results: Results, model_version: Version = None) -> Response:
-    return as_stored(_one(results, scene_id, model_version).item)  # as stored
+def get_item(
+    scene_id: str, results: Results, model_version: Version = None, model_name: ModelName = None
+) -> Response:
+    return as_stored(_one(results, scene_id, model_version, model_name).item)  # as stored
 
 
 @router.get(
@@ -136,12 +171,15 @@ def get_item(scene_id: str, results: Results, model_version: Version = None) -> 
     response_model=Statistics,
     responses=LOOKUP,
 )
-def get_statistics(scene_id: str, results: Results, model_version: Version = None) -> Response:
-    return as_stored(_one(results, scene_id, model_version).stats)  # as stored
+def get_statistics(
+    scene_id: str, results: Results, model_version: Version = None, model_name: ModelName = None
+) -> Response:
+    return as_stored(_one(results, scene_id, model_version, model_name).stats)  # as stored
 
 
 COG = "image/tiff; application=geotiff; profile=cloud-optimized"
-#: the product files served by /results/{scene}/files/{version}/{name}, and their media types
+#: the product files served by /results/{scene}/files/{model}/{version}/{name}, and their
+#: media types
 FILES = {
     "classification.tif": COG,
     "probabilities.tif": COG,
@@ -170,18 +208,61 @@ def _file(request: Request, store: Store, record: ResultRecord, name: str) -> Re
         raise ResultNotFoundError(f"{name} is missing from the object store") from None
 
 
+FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {COG: {}, "image/png": {}}},
+    **RANGED,
+}
+FILE_SUMMARY = "One product file of a result (HTTP Range requests; the COG's .aux.xml: categories)"
+
+
+@router.get(
+    "/{scene_id}/files/{model_name}/{model_version}/{name}",
+    summary=FILE_SUMMARY,
+    response_class=Response,
+    responses=FILE_RESPONSES,
+)
+@router.head(
+    "/{scene_id}/files/{model_name}/{model_version}/{name}",
+    operation_id="head_model_file",
+    summary=FILE_SUMMARY,
+    response_class=Response,
+    responses=FILE_RESPONSES,
+)
+def get_model_file(
+    request: Request,
+    scene_id: str,
+    model_name: Annotated[str, Path(max_length=200)],
+    model_version: Annotated[str, Path(max_length=100)],
+    name: str,
+    results: Results,
+    store: Store,
+) -> Response:
+    """The asset hrefs of result items (``stacitem.file_url``): one model's own file."""
+    return _file(request, store, _one(results, scene_id, model_version, model_name), name)
+
+
+OLD_FILE = (
+    "The older asset hrefs, kept for items published with them: the scene's newest result of "
+    "this version (latest created, ties to the smallest item id) unless model_name is given"
+)
+
+
 @router.get(
     "/{scene_id}/files/{model_version}/{name}",
-    summary="One product file of a result (HTTP Range requests; the COG's .aux.xml: categories)",
+    summary=FILE_SUMMARY + " (by version only)",
+    description=OLD_FILE,
+    deprecated=True,
     response_class=Response,
-    responses={200: {"content": {COG: {}, "image/png": {}}}, **RANGED},
+    responses=FILE_RESPONSES,
 )
 @router.head(
     "/{scene_id}/files/{model_version}/{name}",
     operation_id="head_file",
-    summary="One product file of a result (HTTP Range requests; the COG's .aux.xml: categories)",
+    summary=FILE_SUMMARY + " (by version only)",
+    description=OLD_FILE,
+    deprecated=True,
     response_class=Response,
-    responses={200: {"content": {COG: {}, "image/png": {}}}, **RANGED},
+    responses=FILE_RESPONSES,
 )
 def get_file(
     request: Request,
@@ -190,8 +271,9 @@ def get_file(
     name: str,
     results: Results,
     store: Store,
+    model_name: ModelName = None,
 ) -> Response:
-    return _file(request, store, _one(results, scene_id, model_version), name)
+    return _file(request, store, _one(results, scene_id, model_version, model_name), name)
 
 
 @router.get(
@@ -208,9 +290,15 @@ def get_file(
     responses={200: {"content": {"image/tiff": {}}}, **RANGED},
 )
 def get_cog(
-    request: Request, scene_id: str, results: Results, store: Store, model_version: Version = None
+    request: Request,
+    scene_id: str,
+    results: Results,
+    store: Store,
+    model_version: Version = None,
+    model_name: ModelName = None,
 ) -> Response:
-    return _file(request, store, _one(results, scene_id, model_version), "classification.tif")
+    record = _one(results, scene_id, model_version, model_name)
+    return _file(request, store, record, "classification.tif")
 
 
 @router.get(
@@ -227,6 +315,12 @@ def get_cog(
     responses={200: {"content": {"image/png": {}}}, **RANGED},
 )
 def get_quicklook(
-    request: Request, scene_id: str, results: Results, store: Store, model_version: Version = None
+    request: Request,
+    scene_id: str,
+    results: Results,
+    store: Store,
+    model_version: Version = None,
+    model_name: ModelName = None,
 ) -> Response:
-    return _file(request, store, _one(results, scene_id, model_version), "quicklook.png")
+    record = _one(results, scene_id, model_version, model_name)
+    return _file(request, store, record, "quicklook.png")

@@ -1,7 +1,7 @@
 """/tiles: XYZ tiles, TileJSON and WMTS capabilities of a result's land-cover map (its class colour
 map) and of its scene's true colour, served by titiler's TilerFactory over rio-tiler readers.
 
-A request names a scene id (and optionally a model version), never a path or URL: the path
+A request names a scene id (and optionally a model name and version), never a path or URL: the path
 dependencies below look the result up and give the readers what the service stored itself
 (:mod:`eostream.inference.maptiles`). Only the tile, TileJSON and WMTS routes are registered;
 expressions, band indexes, algorithms, rescaling and colour maps from the query are not offered.
@@ -21,7 +21,8 @@ from titiler.core.factory import TilerFactory
 from eostream.inference import fetch, maptiles
 from eostream.inference.api import wmts
 from eostream.inference.api.deps import Service
-from eostream.inference.errors import BadInputError, ResultNotFoundError
+from eostream.inference.api.results import _one
+from eostream.inference.errors import BadInputError
 from eostream.inference.results import ResultRecord
 from eostream.shared.http_errors import error_responses
 
@@ -39,16 +40,23 @@ ERRORS = error_responses(400, 404, 422)
 SceneId = Annotated[str, Path(max_length=256, description="The scene id of a result")]
 ModelVersion = Annotated[
     str | None,
-    Query(max_length=100, description="The model version of the result (default: the latest)"),
+    Query(
+        max_length=100,
+        description="The model version of the result (default: the latest). Versions are "
+        "numbered per registered model: without model_name, the newest result of any model "
+        "with this version",
+    ),
+]
+ModelName = Annotated[
+    str | None,
+    Query(max_length=200, description="The registered model's name (default: any model)"),
 ]
 
 
-def _record(service: Any, scene_id: str, model_version: str | None) -> ResultRecord:
-    record: ResultRecord | None = service.results.get(scene_id, model_version)
-    if record is None:
-        which = f" by model version {model_version}" if model_version else ""
-        raise ResultNotFoundError(f"scene {scene_id!r} has not been classified{which}")
-    return record
+def _record(
+    service: Any, scene_id: str, model_version: str | None, model_name: str | None
+) -> ResultRecord:
+    return _one(service.results, scene_id, model_version, model_name)
 
 
 def _env(service: Any) -> maptiles.EnvFactory:
@@ -57,19 +65,25 @@ def _env(service: Any) -> maptiles.EnvFactory:
 
 
 def result_path(
-    scene_id: SceneId, service: Service, model_version: ModelVersion = None
+    scene_id: SceneId,
+    service: Service,
+    model_version: ModelVersion = None,
+    model_name: ModelName = None,
 ) -> maptiles.ResultSource:
     """The result's class COG (a request cannot name another file)."""
-    record = _record(service, scene_id, model_version)
+    record = _record(service, scene_id, model_version, model_name)
     uri = service.store.uri(f"{record.prefix}/classification.tif")
     return maptiles.result_source(record, uri, _env(service))
 
 
 def scene_path(
-    scene_id: SceneId, service: Service, model_version: ModelVersion = None
+    scene_id: SceneId,
+    service: Service,
+    model_version: ModelVersion = None,
+    model_name: ModelName = None,
 ) -> maptiles.SceneSource:
     """The true-colour bands of the scene the result was made from."""
-    record = _record(service, scene_id, model_version)
+    record = _record(service, scene_id, model_version, model_name)
     s = service.settings
     href = maptiles.scene_href(record)
     item = maptiles.read_scene_item(href, s.s3, s.max_item_bytes)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from eostream.inference import vector
 from eostream.inference.api.deps import Results, Settings, Store
-from eostream.inference.api.results import Version, _one
+from eostream.inference.api.results import ModelName, Version, _one
 from eostream.inference.errors import ResultNotFoundError
 from eostream.shared.errors import ObjectNotFoundError
 from eostream.shared.http_errors import error_responses
@@ -70,6 +70,7 @@ def get_vector(
     store: Store,
     settings: Settings,
     model_version: Version = None,
+    model_name: ModelName = None,
     f: Annotated[
         Literal["geojson", "parquet"],
         Query(description="geojson: RFC 7946, EPSG:4326; parquet: GeoParquet in the map's CRS"),
@@ -78,7 +79,7 @@ def get_vector(
         float, Query(ge=0, le=1000, description="simplification tolerance in metres (0: none)")
     ] = 0,
 ) -> Response:
-    record = _one(results, scene_id, model_version)
+    record = _one(results, scene_id, model_version, model_name)
     try:
         cog = store.get_bytes(f"{record.prefix}/classification.tif")
     except ObjectNotFoundError:

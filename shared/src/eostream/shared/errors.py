@@ -26,6 +26,11 @@ class InvalidEventError(EostreamError):
     """A message cannot be decoded or validated: retrying will not help (poison message)."""
 
 
+class InvalidItemError(InvalidEventError, ValueError):
+    """A STAC item's field has the wrong type or value (``roles`` not a list of strings, a
+    ``raster:bands`` scale that is not a number): the item cannot be used as given."""
+
+
 class RetryableError(EostreamError):
     """A transient failure (a server down, a timeout): worth retrying with backoff."""
 

@@ -3,18 +3,23 @@
 Pure functions over item JSON, no I/O: which band an asset name means (:func:`band_id`), which
 asset holds each band (:func:`band_sources`), which bands an item carries (:func:`bands_of`),
 its processing level (:func:`processing_level`) and baseline (:func:`processing_baseline`), and
-the DN-to-reflectance rule that follows from them (:func:`asset_radiometry`). Ingest builds its
+the DN-to-reflectance rule that follows from them (:func:`asset_radiometry`). A field these read
+with the wrong type (``roles`` not a list of strings, a ``raster:bands`` scale that is not a
+number) raises :class:`~eostream.shared.errors.InvalidItemError`; :func:`check_item` finds the
+first such field of a whole item before any work is done. Ingest builds its
 ``SceneDiscovered`` events with them and inference reads scenes with them, on its event path and
 on its REST path alike, so a scene gets the same level, offset and bands whichever way it comes.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from eostream.shared.errors import InvalidItemError
 from eostream.shared.events import Level
 from eostream.shared.modelcard import EUROSAT_MS_FILE_ORDER
 
@@ -98,23 +103,37 @@ class BandSource:
     index: int = 1
 
 
+def _roles(key: str, asset: Mapping[str, Any]) -> set[str]:
+    roles = asset.get("roles")
+    if roles is None:
+        return set()
+    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+        raise InvalidItemError(f"asset {key!r:.80}: roles must be a list of strings")
+    return set(roles)
+
+
 def _is_band_asset(key: str, asset: Any) -> bool:
     if not isinstance(asset, Mapping) or not asset.get("href") or key in _NOT_BAND_KEYS:
         return False
-    return not _NOT_BAND_ROLES & set(asset.get("roles") or [])
+    return not _NOT_BAND_ROLES & _roles(key, asset)
 
 
 def _is_jp2(key: str, asset: Mapping[str, Any]) -> bool:
     return key.lower().endswith("-jp2") or "jp2" in str(asset.get("type", "")).lower()
 
 
-def _names(entries: Any) -> list[Mapping[str, Any]]:
-    return [e for e in entries or [] if isinstance(e, Mapping)]
+def _names(entries: Any, what: str = "eo:bands") -> list[Mapping[str, Any]]:
+    """The objects of a list field (``eo:bands``, ``raster:bands``); absent: none."""
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        raise InvalidItemError(f"{what} must be a list of objects")
+    return [e for e in entries if isinstance(e, Mapping)]
 
 
 def _asset_bands(key: str, asset: Mapping[str, Any]) -> list[str | None]:
     """The band id of each band of the asset, in file order (None: not a Sentinel-2 band)."""
-    eo = _names(asset.get("eo:bands"))
+    eo = _names(asset.get("eo:bands"), f"asset {key!r:.80}: eo:bands")
     if len(eo) > 1:
         return [
             band_id(str(b.get("name", ""))) or band_id(str(b.get("common_name", ""))) for b in eo
@@ -154,18 +173,21 @@ def bands_of(item: Mapping[str, Any]) -> tuple[str, ...]:
     """The bands an item carries, in events' order: those :func:`band_sources` finds, plus the
     item-level ``eo:bands`` when a data asset holds several bands without naming them (a
     EuroSAT patch; those are not located, since such items' band order cannot be trusted)."""
-    assets = item.get("assets") or {}
+    assets = _assets(item)
     found, _ = band_sources(assets, SPECTRAL_ORDER)
     names = set(found)
     multiband = any(
         _is_band_asset(key, asset)
-        and len(asset.get("raster:bands") or []) > 1
-        and "data" in (asset.get("roles") or [])
+        and len(_names(asset.get("raster:bands"), f"asset {key!r:.80}: raster:bands")) > 1
+        and "data" in _roles(key, asset)
         for key, asset in assets.items()
     )
     if multiband:
-        properties = item.get("properties") or {}
-        item_names = (band_id(str(b.get("name", ""))) for b in _names(properties.get("eo:bands")))
+        properties = _properties(item)
+        item_names = (
+            band_id(str(b.get("name", "")))
+            for b in _names(properties.get("eo:bands"), "properties.eo:bands")
+        )
         names.update(n for n in item_names if n is not None)
     return ordered(names)
 
@@ -183,7 +205,7 @@ def scl_href(assets: Mapping[str, Any]) -> str | None:
 def processing_level(item: Mapping[str, Any]) -> Level | None:
     """L1C or L2A from ``s2:processing_level``, ``processing:level``, ``s2:product_type``, the
     product id, the collection or the item id (first that names one and only one); else None."""
-    properties = item.get("properties") or {}
+    properties = _properties(item)
     clues = [
         properties.get("s2:processing_level"),
         properties.get("processing:level"),
@@ -205,7 +227,7 @@ def processing_level(item: Mapping[str, Any]) -> Level | None:
 def processing_baseline(item: Mapping[str, Any]) -> str | None:
     """``s2:processing_baseline``, else the ``Nxxyy`` of the product id or URI (Earth Search v0
     items have only ``sentinel:product_id``)."""
-    properties = item.get("properties") or {}
+    properties = _properties(item)
     baseline = properties.get("s2:processing_baseline")
     if baseline is not None:
         return str(baseline)
@@ -247,13 +269,68 @@ def baseline_radiometry(baseline: str | None) -> Radiometry:
     return Radiometry(1 / QUANTIFICATION, 0.0, "baseline<04.00" if parsed else "default")
 
 
+def _finite(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidItemError(f"{what} must be a finite number, not {value!r:.80}")
+    return float(value)
+
+
+def _scale_offset(rb: Mapping[str, Any], what: str) -> tuple[float | None, float | None]:
+    """A ``raster:bands`` entry's scale and offset (None: absent or null)."""
+    scale, offset = rb.get("scale"), rb.get("offset")
+    return (
+        None if scale is None else _finite(scale, f"{what}.scale"),
+        None if offset is None else _finite(offset, f"{what}.offset"),
+    )
+
+
 def asset_radiometry(asset: Mapping[str, Any], band_index: int, baseline: str | None) -> Radiometry:
     """The asset's ``raster:bands`` scale/offset when it has them, else the baseline rule."""
-    raster_bands = _names(asset.get("raster:bands"))
+    raster_bands = _names(asset.get("raster:bands"), "raster:bands")
     if len(raster_bands) >= band_index:
-        rb = raster_bands[band_index - 1]
-        if "scale" in rb or "offset" in rb:
+        scale, offset = _scale_offset(
+            raster_bands[band_index - 1], f"raster:bands[{band_index - 1}]"
+        )
+        if scale is not None or offset is not None:
             return Radiometry(
-                float(rb.get("scale", 1.0)), float(rb.get("offset", 0.0)), "raster:bands"
+                1.0 if scale is None else scale, 0.0 if offset is None else offset, "raster:bands"
             )
     return baseline_radiometry(baseline)
+
+
+# --- the fields above, checked at once --------------------------------------------------------
+def _properties(item: Mapping[str, Any]) -> Mapping[str, Any]:
+    properties = item.get("properties")
+    if properties is None:
+        return {}
+    if not isinstance(properties, Mapping):
+        raise InvalidItemError("the item's properties must be an object")
+    return properties
+
+
+def _assets(item: Mapping[str, Any]) -> Mapping[str, Any]:
+    assets = item.get("assets")
+    if assets is None:
+        return {}
+    if not isinstance(assets, Mapping):
+        raise InvalidItemError("the item's assets must be an object")
+    return assets
+
+
+def check_item(item: Mapping[str, Any]) -> None:
+    """Raise :class:`~eostream.shared.errors.InvalidItemError` naming the first field this
+    module reads that has the wrong type: the properties' and each asset's ``eo:bands``, each
+    asset's ``href``, ``roles`` and ``raster:bands`` (whose scale and offset must be finite
+    numbers). Run it before any work, so a bad item is refused, not a crash half-way."""
+    _names(_properties(item).get("eo:bands"), "properties.eo:bands")
+    for key, asset in _assets(item).items():
+        if not isinstance(asset, Mapping):
+            continue  # not an asset: never read
+        name = f"asset {key!r:.80}"
+        href = asset.get("href")
+        if href is not None and not isinstance(href, str):
+            raise InvalidItemError(f"{name}: href must be a string")
+        _roles(key, asset)
+        _names(asset.get("eo:bands"), f"{name}: eo:bands")
+        for index, rb in enumerate(_names(asset.get("raster:bands"), f"{name}: raster:bands")):
+            _scale_offset(rb, f"{name}: raster:bands[{index}]")

@@ -20,10 +20,10 @@ import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from eostream.inference import fetch, metrics
-from eostream.inference.errors import BadInputError, ModelLoadError
+from eostream.inference.errors import BadInputError, ModelLoadError, SourceNotAllowedError
 from eostream.inference.model import (
     Artifact,
     LoadedModel,
@@ -38,6 +38,7 @@ from eostream.inference.settings import InferenceSettings
 from eostream.shared.errors import InvalidEventError
 from eostream.shared.events import ModelPromoted
 from eostream.shared.settings import S3Settings
+from eostream.shared.sources_policy import SourcePolicy
 
 log = logging.getLogger(__name__)
 
@@ -145,32 +146,57 @@ class ModelDeployment:
         """Fetch, verify, build and warm the promoted model beside the live one, then swap."""
         return self.deploy_uri(info_of(event), event.artifact_uri, event.sha256)
 
-    def load(self, info: ModelInfo, uri: str, sha256: str | None) -> LoadedModel:
-        """Load ``info``'s model: its int8 file when :meth:`int8_of` finds one to run, else
-        (or when that fails) the fp32 file at ``uri`` with ``sha256``."""
+    def load(
+        self,
+        info: ModelInfo,
+        uri: str,
+        sha256: str | None,
+        *,
+        int8: Artifact | Literal["item"] | None = "item",
+        policy: SourcePolicy | None = None,
+    ) -> LoadedModel:
+        """Load ``info``'s model: its int8 file when there is one to run, else (or when that
+        fails) the fp32 file at ``uri`` with ``sha256``.
+
+        ``int8``: ``"item"`` finds the int8 file in ``info``'s MLM item (:meth:`int8_of`); a
+        model a REST user named passes the one found (and checked) when its item was read, or
+        None. ``policy``: the sources a REST user may name; given, every file is read through it
+        (redirects only to the same host, each hop allowed) and a refusal is never an fp32
+        fallback but the user's error."""
         s = self.settings
-        int8 = self.int8_of(info)
+        if isinstance(int8, str):
+            int8 = self.int8_of(info)
+        elif not int8_wanted(s.providers, s.int8_on_cpu):
+            int8 = None
         if int8 is not None:
             try:
                 return load_model(
-                    self.source.read(int8.uri),
+                    self._read(int8.uri, policy),
                     info,
                     expected_sha256=int8.sha256,
                     providers=s.providers,
                     intra_op_threads=s.intra_op_threads,
                     precision="int8",
                 )
+            except SourceNotAllowedError:
+                raise
             except Exception as exc:  # the fp32 file is always there to fall back on
                 log.warning(
                     "int8 file of %s v%s not loaded, running fp32: %s", info.name, info.version, exc
                 )
         return load_model(
-            self.source.read(uri),
+            self._read(uri, policy),
             info,
             expected_sha256=sha256,
             providers=s.providers,
             intra_op_threads=s.intra_op_threads,
         )
+
+    def _read(self, uri: str, policy: SourcePolicy | None) -> bytes:
+        if policy is None:
+            return self.source.read(uri)
+        s = self.settings
+        return fetch.read_bytes(uri, s3=s.s3, max_bytes=s.max_model_bytes, policy=policy)
 
     def int8_of(self, info: ModelInfo) -> Artifact | None:
         """The int8 file to run for ``info``: on the CPU provider, with int8 allowed, when its

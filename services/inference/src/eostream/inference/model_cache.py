@@ -22,17 +22,18 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
-from typing import Any
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from eostream.inference import fetch
 from eostream.inference.deployment import ModelDeployment
 from eostream.inference.errors import BadInputError, NoModelError, ResultNotFoundError
-from eostream.inference.model import LoadedModel, ModelInfo
+from eostream.inference.model import Artifact, LoadedModel, ModelInfo, int8_artifact
 from eostream.inference.session import release_free_memory
 from eostream.shared.errors import ObjectNotFoundError
 from eostream.shared.objects import absolute_href
+from eostream.shared.sources_policy import SourcePolicy
 from eostream.shared.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -78,10 +79,16 @@ def parse_ref(text: str | None) -> ModelRef:
 
 @dataclass(frozen=True)
 class Resolved:
-    """The model to run: the live one (``live``), or an artifact to load."""
+    """The model to run: the live one when it was resolved (``live``), or an artifact to load.
+
+    A model named by a REST user's MLM item carries the ``policy`` its files are read through
+    and the ``int8`` file its item named, both checked when it was resolved ("item": a model
+    this service knows, whose int8 file its own MLM item names)."""
 
     info: ModelInfo
     live: bool = False
+    int8: Artifact | Literal["item"] | None = field(default="item", compare=False)
+    policy: SourcePolicy | None = field(default=None, compare=False)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -150,8 +157,13 @@ class ModelResolver:
         s = self.settings
         policy = fetch.source_policy(s)
         data = fetch.read_bytes(href, s3=s.s3, max_bytes=s.max_item_bytes, policy=policy)
-        resolved = self._from_item(data, href)
-        fetch.check_source(resolved.info.artifact_uri, policy)
+        named = self._from_item(data, href)
+        # every file the item names that would be read: the fp32 file and the int8 one
+        int8 = int8_artifact(json.loads(data), href)
+        fetch.check_source(named.info.artifact_uri, policy)
+        if int8 is not None:
+            fetch.check_source(int8.uri, policy)
+        resolved = Resolved(named.info, int8=int8, policy=policy)
         live = self.deployment.current
         if live is not None and resolved.key == (
             live.info.name,
@@ -197,6 +209,10 @@ class ModelResolver:
         )
 
 
+def _key(info: ModelInfo) -> tuple[str, str, str]:
+    return (info.name, info.version, info.sha256)
+
+
 def _info(row: dict[str, Any]) -> ModelInfo:
     return ModelInfo(
         name=row["name"],
@@ -237,11 +253,30 @@ class ModelCache:
             return [(e.model.info.name, e.model.info.version) for e in self._entries.values()]
 
     def lease(self, resolved: Resolved) -> AbstractContextManager[LoadedModel]:
-        """The model to run for one job: the live one leased from the deployment, or a cached
-        (else freshly loaded) one."""
+        """The model to run for one job: the one it resolved, whatever is live when it runs.
+        The live model leased from the deployment while it is still the one resolved, else
+        (promoted over meanwhile) a cached or freshly loaded one, as any other version."""
         if resolved.live:
-            return self.deployment.lease()
+            return self._live_or_loaded(resolved)
         return self._lease(resolved)
+
+    @contextmanager
+    def _live_or_loaded(self, resolved: Resolved) -> Iterator[LoadedModel]:
+        with ExitStack() as stack:
+            model: LoadedModel | None = None
+            if self.deployment.current is not None:
+                model = stack.enter_context(self.deployment.lease())
+                if _key(model.info) != resolved.key:
+                    stack.close()  # promoted over since: not the model this job resolved
+                    model = None
+            if model is None:
+                log.info(
+                    "%s v%s is no longer live: loading it for a job that resolved it",
+                    resolved.info.name,
+                    resolved.info.version,
+                )
+                model = stack.enter_context(self._lease(resolved))
+            yield model
 
     @contextmanager
     def _lease(self, resolved: Resolved) -> Iterator[LoadedModel]:
@@ -266,7 +301,7 @@ class ModelCache:
                     self._entries.move_to_end(key)
                     entry.leases += 1
                     return entry
-            entry = _Entry(self._load(resolved.info))
+            entry = _Entry(self._load(resolved))
         evicted: list[_Entry] = []
         with self._lock:
             entry.leases = 1
@@ -290,9 +325,17 @@ class ModelCache:
         if free:
             self._free(entry)
 
-    def _load(self, info: ModelInfo) -> LoadedModel:
-        # the deployment's loader: its checks and its precision choice (int8 on CPU)
-        model = self.deployment.load(info, info.artifact_uri, info.sha256 or None)
+    def _load(self, resolved: Resolved) -> LoadedModel:
+        # the deployment's loader: its checks and its precision choice (int8 on CPU); a model
+        # a REST user named is read through the source policy, with the int8 file checked
+        info = resolved.info
+        model = self.deployment.load(
+            info,
+            info.artifact_uri,
+            info.sha256 or None,
+            int8=resolved.int8,
+            policy=resolved.policy,
+        )
         self.loads += 1
         log.info(
             "loaded %s v%s (%s) beside the live model (cache)",

@@ -2,8 +2,11 @@
 
 A scene's id names its results (store keys, result item ids, the results index), so it must be a
 safe name; its bbox and datetime go into the result item and the index, so they must be what
-STAC says they are. Both the consumer (a dead letter) and the REST API (400, ``bad_input``)
-refuse an item that is not, with the reason, before classifying it.
+STAC says they are (and a time must stay a time once converted to UTC); the asset fields the
+scene is read with (``roles``, ``eo:bands``, ``raster:bands`` scale and offset) must have their
+STAC types (:func:`eostream.shared.sentinel2.check_item`). Both the consumer (a dead letter)
+and the REST API (400, ``bad_input``) refuse an item that is not, with the reason, before
+classifying it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from eostream.inference.errors import BadInputError
+from eostream.shared import sentinel2
+from eostream.shared.errors import InvalidItemError
 
 #: Longest scene id accepted (it becomes part of store keys and result ids).
 MAX_ID_LENGTH = 256
@@ -29,6 +34,15 @@ def validate_item(item: dict[str, Any], href: str) -> None:
     if not isinstance(properties, dict):
         raise BadInputError(f"{href}: the item has no properties object")
     check_datetime(properties, href)
+    check_fields(item, href)
+
+
+def check_fields(item: dict[str, Any], href: str) -> None:
+    """The fields the scene is read with have their STAC types (no crash half-way)."""
+    try:
+        sentinel2.check_item(item)
+    except InvalidItemError as exc:
+        raise BadInputError(f"{href}: {exc}") from None
 
 
 def check_id(value: object, href: str) -> str:
@@ -87,11 +101,19 @@ def parse_instant(value: object, what: str, href: str) -> datetime:
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
     try:
-        return datetime.fromisoformat(text)
+        instant = datetime.fromisoformat(text)
     except ValueError:
         raise BadInputError(
             f"{href}: {what} {value!r:.80} is not an RFC 3339 time (2020-06-21T10:30:00Z)"
         ) from None
+    if instant.tzinfo is not None:
+        try:
+            instant.astimezone(UTC)  # results are indexed in UTC
+        except OverflowError:
+            raise BadInputError(
+                f"{href}: {what} {value!r:.80} is outside the years 1..9999 in UTC"
+            ) from None
+    return instant
 
 
 def check_datetime(properties: dict[str, Any], href: str) -> None:

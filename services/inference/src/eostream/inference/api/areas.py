@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from eostream.inference import area_query, areas, writer
 from eostream.inference.api.deps import Results, Store
-from eostream.inference.api.params import parse_bbox, parse_datetime
+from eostream.inference.api.params import parse_bbox
+from eostream.inference.api.search_params import parse_utc_datetime
 from eostream.inference.errors import BadInputError
 from eostream.inference.results import ResultRecord
 from eostream.shared.http_errors import error_responses
@@ -108,6 +109,10 @@ def parse_area(bbox: str | None, intersects: str | None) -> areas.Geometry:
         value = json.loads(str(intersects))
     except ValueError:
         raise BadInputError("intersects is not JSON (a GeoJSON Polygon or MultiPolygon)") from None
+    except RecursionError:  # thousands of nested brackets
+        raise BadInputError(
+            "intersects is nested too deep (a GeoJSON Polygon or MultiPolygon)"
+        ) from None
     return areas.check_geometry(value)
 
 
@@ -200,7 +205,7 @@ def _aggregate(
     model_version: str | None,
     csv: bool,
 ) -> Response:
-    start, end = parse_datetime(datetime)
+    start, end = parse_utc_datetime(datetime)
     records = area_query.select(
         results, geometry, start, end, model_name=model_name, model_version=model_version
     )

@@ -24,6 +24,7 @@ from eostream.inference.errors import BadInputError, NoModelError, TooLargeError
 from eostream.inference.pipeline import Outcome, Pipeline, parse_item
 from eostream.inference.settings import InferenceSettings
 from eostream.inference.uploads import describe_bands, item_for_raster
+from eostream.inference.validation import validate_item
 from eostream.shared import sentinel2
 from eostream.shared.errors import EostreamError
 from eostream.shared.http_errors import error_responses
@@ -73,13 +74,22 @@ def load_checked_item(settings: InferenceSettings, href: str) -> dict[str, Any]:
     policy = fetch.source_policy(settings)
     data = fetch.read_bytes(href, s3=settings.s3, max_bytes=settings.max_item_bytes, policy=policy)
     item = parse_item(data, href)
+    check_item_sources(settings, item, href)
+    return item
+
+
+def check_item_sources(settings: InferenceSettings, item: dict[str, Any], href: str) -> None:
+    """Refuse an item a REST user gave (by href or inline) unless it is valid and every raster
+    the pipeline may open from it is an allowed source, http(s) ones redirecting only to the
+    same host (asked before GDAL, which follows redirects, opens them)."""
+    validate_item(item, href)  # before its hrefs are read: a field of the wrong type is a 400
+    policy = fetch.source_policy(settings)
     targets = sorted(_rasters_opened(item, href, settings.asset_href_rewrites))
     for target in targets:
         fetch.check_source(target, policy)
-    for target in targets:  # GDAL follows redirects: only URLs that stay on their host
+    for target in targets:
         if urlparse(target).scheme in ("http", "https"):
             fetch.check_http_raster(target, policy)
-    return item
 
 
 def classify_named_item(

@@ -18,7 +18,7 @@ from eostream.inference.errors import (
     TooLargeError,
 )
 from eostream.shared import http_errors
-from eostream.shared.errors import RetryableError
+from eostream.shared.errors import InvalidItemError, RetryableError
 
 #: (domain error, HTTP status, code); the first that matches wins, so subclasses come first.
 STATUS: list[tuple[type[Exception], int, str]] = [
@@ -31,6 +31,7 @@ STATUS: list[tuple[type[Exception], int, str]] = [
     (CoarseSceneError, 422, "coarse_scene"),
     (ModelLoadError, 422, "model_invalid"),
     (BadInputError, 400, "bad_input"),
+    (InvalidItemError, 400, "bad_input"),  # a STAC item's field read outside validation
     (NoModelError, 503, "no_model"),
     (RetryableError, 503, "unavailable"),
 ]

@@ -36,7 +36,12 @@ def _instant(text: str) -> datetime | None:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise BadInputError(f"{text!r} is not an RFC 3339 date-time") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if not value.tzinfo:
+        return value.replace(tzinfo=UTC)
+    try:  # in UTC here: 0001-01-01T00:00:00+01:00 has no UTC year to be in
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise BadInputError(f"{text!r} is outside the years 1 to 9999 in UTC") from None
 
 
 def parse_datetime(text: str | None) -> tuple[datetime | None, datetime | None]:

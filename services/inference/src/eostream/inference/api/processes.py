@@ -19,8 +19,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
-from eostream.inference import fetch
-from eostream.inference.api.classify import CLASSIFY, _rasters_opened, load_checked_item
+from eostream.inference.api.classify import CLASSIFY, check_item_sources, load_checked_item
 from eostream.inference.api.deps import ApiKey, Service
 from eostream.inference.api.ogc import (
     CONFORMANCE,
@@ -267,9 +266,7 @@ def _scene(service: InferenceService, inputs: Inputs) -> tuple[dict[str, Any], s
     if isinstance(scene, dict):
         item = parse_item(json.dumps(scene).encode(), "the inline scene")
         href = f"inline:{item['id']}"
-        policy = fetch.source_policy(service.settings)
-        for target in _rasters_opened(item, href, service.settings.asset_href_rewrites):
-            fetch.check_source(target, policy)
+        check_item_sources(service.settings, item, href)  # as /classify/item: redirects too
         return item, href
     raise BadInputError("inputs.scene is required: a STAC item href or an inline STAC item")
 

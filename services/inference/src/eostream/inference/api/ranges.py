@@ -88,15 +88,26 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not first and not last:
         return None
     if not first:  # the last N bytes
-        n = int(last)
+        n = _position(last)
         if n == 0:
             raise Unsatisfiable(header)
         return max(0, size - n), size - 1
-    start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
-    if start >= size or (last and int(last) < start):
+    start = _position(first)
+    end = min(_position(last), size - 1) if last else size - 1
+    if start >= size or (last and _position(last) < start):
         raise Unsatisfiable(header)
     return start, end
+
+
+#: Stands for any position of more digits than an object's size can have (int() refuses
+#: texts of over 4300 digits, and such numbers mean the same past the end of any object).
+_FAR = 1 << 63
+
+
+def _position(digits: str) -> int:
+    """A byte position of a Range header: a run of ASCII digits, however long."""
+    significant = digits.lstrip("0") or "0"
+    return int(significant) if len(significant) <= 18 else _FAR
 
 
 def ranged_object(request: Request, store: ObjectStore, key: str, media_type: str) -> Response:

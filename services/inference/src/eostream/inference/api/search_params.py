@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import shapely
@@ -139,6 +140,8 @@ def parse_intersects(value: Any) -> shapely.Geometry | None:
         geojson = json.loads(value) if isinstance(value, str) else value
     except ValueError:
         raise BadInputError("intersects is not a GeoJSON geometry: not JSON") from None
+    except RecursionError:  # json.loads of thousands of nested brackets
+        raise BadInputError("intersects is not a GeoJSON geometry: nested too deep") from None
     return parse_geometry(geojson, name="intersects")
 
 
@@ -154,4 +157,22 @@ def parse_when(text: str | None) -> tuple[Any, Any]:
     for end in ends:
         if end not in ("", "..") and not _INSTANT.fullmatch(end):
             raise BadInputError(f"datetime {text!r} is not an RFC 3339 instant or interval")
-    return parse_datetime(upper)
+    return parse_utc_datetime(upper)
+
+
+def parse_utc_datetime(text: str | None) -> tuple[datetime | None, datetime | None]:
+    """:func:`~eostream.inference.api.params.parse_datetime`, and 400 for an instant that is
+    no time once converted to UTC, as the results index compares them (``0001-01-01T00:00:00
+    +01:00`` is in year 0)."""
+    start, end = parse_datetime(text)
+    for instant in (start, end):
+        if instant is None:
+            continue
+        try:
+            instant.astimezone(UTC)
+        except OverflowError:
+            shown = instant.isoformat()
+            raise BadInputError(
+                f"datetime {text!r:.100}: {shown} is outside the years 1..9999 in UTC"
+            ) from None
+    return start, end

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import shapely
 import shapely.geometry
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from eostream.inference.api import filters
 from eostream.inference.api.deps import Results, Settings
@@ -409,6 +409,19 @@ def _search(
     return page
 
 
+def _search_body(**fields: Any) -> SearchBody:
+    """The POST body a GET search's parameters make; 400 naming what is wrong (``ids``: at
+    most 1000), as the POST body's validation would."""
+    try:
+        return SearchBody(**fields)
+    except ValidationError as exc:
+        parts = [
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            for e in exc.errors(include_url=False, include_input=False)[:5]
+        ]
+        raise BadInputError("; ".join(parts)) from None
+
+
 def _csv(text: str | None) -> list[str] | None:
     return [p for p in text.split(",") if p] if text else None
 
@@ -435,7 +448,7 @@ def search_get(
     keys, picked = parse_sortby(sortby), parse_fields(fields)
     box = parse_bbox(bbox)
     area = parse_intersects(intersects)
-    body = SearchBody(
+    body = _search_body(
         collections=_csv(collections),
         ids=_csv(ids),
         bbox=list(box) if box else None,

@@ -185,6 +185,11 @@ async def test_query_input_that_overflowed_is_a_400(client: httpx.AsyncClient) -
         "/results?datetime=9999-12-31T23:59:59-01:00",
         "/jobs?datetime=0001-01-01T00:00:00%2B01:00",
         f"/stac/search?intersects={deep}",
+        f"/stac/search?filter-lang=cql2-json&filter={deep}",
+        "/stac/search?filter-lang=cql2-json&filter="
+        + '{"op":"not","args":[' * 400
+        + '{"op":"=","args":[{"property":"id"},"x"]}'
+        + "]}" * 400,
         f"/results/aggregate?intersects={deep}",
         "/stac/search?ids=" + ",".join(f"s{i}" for i in range(1001)),
     ):

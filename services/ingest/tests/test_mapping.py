@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -107,6 +108,26 @@ def test_malformed_items_are_rejected_with_a_reason(
     earth_search_v1: list[JsonDict], kind: str, reason: str
 ) -> None:
     item = malformed_items(earth_search_v1[0])[kind]
+    with pytest.raises(ItemRejected, match=reason):
+        to_scene(item, source="es")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("roles", "data", "roles must be a list of strings"),
+        ("eo:bands", {"name": "B04"}, "eo:bands must be a list"),
+        ("raster:bands", [{"scale": "a"}], "scale must be a finite number"),
+    ],
+)
+def test_fields_of_the_wrong_type_are_rejected_not_raised(
+    earth_search_v1: list[JsonDict], field: str, value: object, reason: str
+) -> None:
+    """Rejected with the reason (recorded, dead-lettered, the poll goes on): an exception of
+    another kind would fail the whole poll, at every poll."""
+    item = copy.deepcopy(earth_search_v1[0])
+    key = next(k for k in item["assets"] if k.lower() in ("red", "b04"))
+    item["assets"][key][field] = value
     with pytest.raises(ItemRejected, match=reason):
         to_scene(item, source="es")
 

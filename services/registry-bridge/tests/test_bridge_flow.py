@@ -301,6 +301,8 @@ async def test_a_forced_promotion_cut_short_after_its_announcement_is_announced_
     assert str(client.get_model_version_by_alias("eurosat-landcover", "champion").version) == v2
     live = client.get_registered_model("eurosat-landcover").tags[tags.LIVE_VERSION]
     assert live == v2
+    to_v2 = [e for e in bridge.promoter.audit.entries("eurosat-landcover") if e.to_version == v2]
+    assert [(e.action, e.by) for e in to_v2] == [("override", "alice")]  # once, as it was
 
 
 class _Bands13(torch.nn.Module):
@@ -365,6 +367,7 @@ async def test_other_bands_under_the_champions_name_fail_the_gate_once(
     outcome = await bridge.handle_version("eurosat-landcover", v2, "event")
     assert outcome.state == "failed", outcome
     assert any("are not the champion v1's rgb" in r for r in outcome.reasons), outcome.reasons
+    assert not any("no champion yet" in r for r in outcome.reasons), outcome.reasons
     assert version_tags("eurosat-landcover", v2)[tags.GATE] == "failed"
     # judged once: the next pass skips it
     again = await bridge.handle_version("eurosat-landcover", v2, "reconcile")

@@ -149,7 +149,10 @@ class _BrokerDown(InMemoryBus):
 
     async def publish(self, topic: str, event: Event) -> None:
         if topic == topics.TRAINING_EVENTS:
-            raise BusUnavailableError("the broker did not take a record within 90s")
+            # the words of a timeout, as the real error's carry: is_transient would take it
+            raise BusUnavailableError(
+                "the broker did not take a record within 90s: KafkaTimeoutError: timed out"
+            )
         await super().publish(topic, event)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from eostream.client.errors import ApiError
 from eostream.client.http import RestClient
@@ -80,45 +81,72 @@ class InferenceClient(RestClient):
         found = self.request("POST", "/stac/search", json=body).json()
         return list(found["features"])
 
-    def result(self, scene_id: str, *, model_version: str | None = None) -> ResultSummary:
-        """The latest result of a scene (or the one made by ``model_version``)."""
-        body = self.get_json(f"/results/{scene_id}", model_version=model_version)
+    def result(
+        self, scene_id: str, *, model_version: str | None = None, model_name: str | None = None
+    ) -> ResultSummary:
+        """The latest result of a scene, or the one ``model_name`` (and ``model_version``)
+        made: versions are numbered per model, so name the model where several map."""
+        body = self.get_json(
+            f"/results/{scene_id}", model_version=model_version, model_name=model_name
+        )
         return ResultSummary.model_validate(body)
 
-    def item(self, scene_id: str, *, model_version: str | None = None) -> dict[str, Any]:
+    def item(
+        self, scene_id: str, *, model_version: str | None = None, model_name: str | None = None
+    ) -> dict[str, Any]:
         """The result's STAC item."""
         body: dict[str, Any] = self.get_json(
-            f"/results/{scene_id}/item", model_version=model_version
+            f"/results/{scene_id}/item", model_version=model_version, model_name=model_name
         )
         return body
 
-    def statistics(self, scene_id: str, *, model_version: str | None = None) -> Statistics:
+    def statistics(
+        self, scene_id: str, *, model_version: str | None = None, model_name: str | None = None
+    ) -> Statistics:
         """Per-class pixels, area (km2) and share of a result."""
-        body = self.get_json(f"/results/{scene_id}/statistics", model_version=model_version)
+        body = self.get_json(
+            f"/results/{scene_id}/statistics", model_version=model_version, model_name=model_name
+        )
         return Statistics.model_validate(body)
 
-    def quicklook_url(self, scene_id: str, *, model_version: str | None = None) -> str:
-        return self._file_url(scene_id, "quicklook", model_version)
+    def quicklook_url(
+        self, scene_id: str, *, model_version: str | None = None, model_name: str | None = None
+    ) -> str:
+        return self._file_url(scene_id, "quicklook", model_version, model_name)
 
-    def cog_url(self, scene_id: str, *, model_version: str | None = None) -> str:
+    def cog_url(
+        self, scene_id: str, *, model_version: str | None = None, model_name: str | None = None
+    ) -> str:
         """The classification COG's URL (HTTP Range requests: GDAL opens it with /vsicurl/)."""
-        return self._file_url(scene_id, "cog", model_version)
+        return self._file_url(scene_id, "cog", model_version, model_name)
 
-    def quicklook(self, scene_id: str, *, model_version: str | None = None) -> bytes:
+    def quicklook(
+        self, scene_id: str, *, model_version: str | None = None, model_name: str | None = None
+    ) -> bytes:
         """The quicklook PNG (classes in the model's colours, with the legend)."""
-        return self.download(self.quicklook_url(scene_id, model_version=model_version))
+        url = self.quicklook_url(scene_id, model_version=model_version, model_name=model_name)
+        return self.download(url)
 
-    def cog(self, scene_id: str, *, model_version: str | None = None) -> bytes:
+    def cog(
+        self, scene_id: str, *, model_version: str | None = None, model_name: str | None = None
+    ) -> bytes:
         """The classification COG (uint8 class indices, nodata 255)."""
-        return self.download(self.cog_url(scene_id, model_version=model_version))
+        return self.download(
+            self.cog_url(scene_id, model_version=model_version, model_name=model_name)
+        )
 
     def download(self, url: str) -> bytes:
         """The bytes behind a URL or path of this API (e.g. an ``aggregate`` map href)."""
         return self.request("GET", url).content
 
-    def _file_url(self, scene_id: str, name: str, model_version: str | None) -> str:
-        url = f"{self.url}/results/{scene_id}/{name}"
-        return f"{url}?model_version={model_version}" if model_version else url
+    def _file_url(
+        self, scene_id: str, name: str, model_version: str | None, model_name: str | None
+    ) -> str:
+        url = f"{self.url}/results/{quote(scene_id, safe='')}/{name}"
+        params = {
+            k: v for k, v in (("model_version", model_version), ("model_name", model_name)) if v
+        }
+        return f"{url}?{urlencode(params)}" if params else url
 
     def aggregate(
         self,

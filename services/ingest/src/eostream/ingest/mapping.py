@@ -18,8 +18,14 @@ from shapely.geometry import shape
 from shapely.validation import explain_validity
 
 from eostream.ingest.errors import ItemRejected
+from eostream.shared.errors import InvalidItemError
 from eostream.shared.events import Level, SceneDiscovered
-from eostream.shared.sentinel2 import bands_of, processing_baseline, processing_level
+from eostream.shared.sentinel2 import (
+    bands_of,
+    check_item,
+    processing_baseline,
+    processing_level,
+)
 
 #: Namespace of the deterministic event ids (uuid5): the same item version always gets the
 #: same id, so a duplicate after a crash is recognisable downstream by ``event.id``.
@@ -151,6 +157,10 @@ def to_scene(
     ident = item.get("id")
     if not isinstance(ident, str) or not ident or len(ident) > 256:
         raise ItemRejected(item_id(item), "missing or invalid id")
+    try:  # a field of the wrong type (roles not a list, a scale that is no number)
+        check_item(item)
+    except InvalidItemError as exc:
+        raise ItemRejected(ident, str(exc)) from None
     when = parse_datetime(item)
     bbox = check_geometry(item)
     if not item.get("assets"):

@@ -104,9 +104,11 @@ class Gating:
             )
         self.promoter.show_champion(name, champion_version)
         map_verdict, map_tags = self._map_check(verified, run_id, champion_version)
-        verdict = combine(judge(candidate, champion, self.thresholds), map_verdict)
+        patches = judge(candidate, champion, self.thresholds)
         if other_bands is not None:  # no patch comparison: never replaces it unasked
-            verdict = combine(verdict, Verdict(False, (other_bands,)))
+            kept = tuple(r for r in patches.reasons if "no champion yet" not in r)
+            patches = Verdict(False, (*kept, other_bands))
+        verdict = combine(patches, map_verdict)
         outcome = tags.GATE_PASSED if verdict.passed else tags.GATE_FAILED
         self._describe(name, version, outcome, verdict.reasons, champion_version)
         self.gate.record_verdict(
@@ -217,7 +219,7 @@ class Gating:
     def _should_resume(self, name: str, version: str, vtags: dict[str, str]) -> bool:
         if tags.PROMOTED_AT in vtags:
             return False
-        champion = self.registry.alias_version(name, tags.CHAMPION)
+        champion = self._champion(name)  # a deleted alias: still the live version
         return champion is None or int(version) > int(champion)
 
 

@@ -18,6 +18,8 @@ from eostream.shared import tags
 from eostream.shared.events import ModelPromoted
 
 log = logging.getLogger(__name__)
+#: the audit actions that make a version champion through :meth:`.promotion.Promoter.promote`
+PROMOTING_ACTIONS = ("promote", "override", "rollback")
 
 
 class ChampionGuard:
@@ -70,7 +72,9 @@ class ChampionGuard:
         self.registry.set_version_tags(name, champion, update)
         event = p.announce(name, champion, shipment, live, by, reason)
         metrics.PROMOTIONS.labels("alias").inc()
-        if lost_publish:  # the promotion's audit entry comes after its publish: not written
+        if lost_publish and not self._recorded(name, champion):
+            # the promotion is audited before its publish (Promoter.promote): only a stop in
+            # the moment between its tags and its audit entry leaves none
             p.record(
                 name,
                 "promote",
@@ -80,10 +84,16 @@ class ChampionGuard:
                 champion,
                 f"{reason} (announced again after an interruption)",
             )
-        else:
+        elif not lost_publish:
             p.record(name, "alias_accepted", by, "mlflow", live, champion, reason)
         p.show_champion(name, champion)
         return event
+
+    def _recorded(self, name: str, version: str) -> bool:
+        """Whether the model's newest audit entry is the promotion of ``version``."""
+        entries = self.promoter.audit.entries(name)
+        last = entries[-1] if entries else None
+        return last is not None and last.to_version == version and last.action in PROMOTING_ACTIONS
 
     def restore_alias(self, name: str, live: str) -> None:
         """The champion alias was deleted in MLflow while inference still serves ``live``: set

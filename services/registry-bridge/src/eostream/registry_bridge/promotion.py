@@ -314,9 +314,9 @@ class Promoter:
                 tags.PROMOTED_AT: now(),
             },
         )
+        self.record(name, "rollback", by, via, current, target, reason)  # before: see promote
         event = self.announce(name, target, shipment, current, by, why)
         metrics.ROLLBACKS.inc()
-        self.record(name, "rollback", by, via, current, target, reason)
         self.show_champion(name, target)
         return event
 

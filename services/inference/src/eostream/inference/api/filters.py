@@ -169,6 +169,8 @@ def parse_filter(
             value = json.loads(value)
         except ValueError as exc:
             raise BadInputError(f"filter is not CQL2 JSON: {exc}") from None
+        except RecursionError:
+            raise BadInputError("filter is nested too deeply") from None
     if lang == "cql2-text" and not isinstance(value, str):
         raise BadInputError("filter-lang cql2-text needs the filter as a string")
     if lang == "cql2-json" and not isinstance(value, dict):
@@ -181,7 +183,10 @@ def parse_filter(
         raise BadInputError(f"filter is not valid {lang}: {detail[:300]}") from None
     props: set[str] = set()
     ops: set[str] = set()
-    _names(tree, props, ops)
+    try:
+        _names(tree, props, ops)
+    except RecursionError:
+        raise BadInputError("filter is nested too deeply") from None
     unknown_ops = sorted(ops - OPERATORS)
     if unknown_ops:
         raise BadInputError(f"filter uses unknown CQL2 operators: {', '.join(unknown_ops)}")

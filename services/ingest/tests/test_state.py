@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -60,5 +61,38 @@ async def test_postgres_state() -> None:
     await store.open()
     try:
         await _exercise(store, f"test-{uuid.uuid4().hex[:8]}")
+    finally:
+        await store.close()
+
+
+@pytest.mark.stack
+async def test_postgres_state_keeps_one_operation_on_its_connection_at_a_time() -> None:
+    """The scene and label watchers share the store's one connection: a statement of one sent
+    while the other's transaction block (mark_seen) is open would run in that transaction and
+    roll back with it. Each operation waits for the one before it."""
+    dsn = os.environ.get("EOSTREAM_PG_DSN")
+    if not dsn:
+        pytest.fail("EOSTREAM_PG_DSN is not set (deploy/local/stack env)")
+    store = PostgresStateStore(dsn, database="results", schema="ingest_test")
+    await store.open()
+    source, other = (f"test-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    t0 = datetime(2024, 4, 1, tzinfo=UTC)
+    try:
+        bad = [SeenRecord(f"i{n}", "v1", "published") for n in range(200)]
+        bad.append(SeenRecord("x", "v1", None))  # type: ignore[arg-type]  # NOT NULL: rolls back
+        results = await asyncio.gather(
+            store.mark_seen(source, bad),
+            store.set_watermark(other, t0),
+            return_exceptions=True,
+        )
+        assert isinstance(results[0], Exception) and results[1] is None
+        assert await store.watermark(other) == t0  # not rolled back with the failed batch
+        assert await store.unseen(source, [("i0", "v1")]) == {("i0", "v1")}
+        async with store._lock:  # an operation in progress: the next one waits for it
+            waiting = asyncio.create_task(store.set_watermark(other, t0 + timedelta(days=1)))
+            await asyncio.sleep(0.2)
+            assert not waiting.done()
+        await waiting
+        assert await store.watermark(other) == t0 + timedelta(days=1)
     finally:
         await store.close()

@@ -3,6 +3,7 @@ the ``results`` database. Same tables and semantics as the sqlite adapter."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -16,10 +17,15 @@ from eostream.shared.errors import ConfigError
 
 
 class PostgresStateStore:
+    """One connection, its operations serialised by a lock as in the sqlite adapter: the scene
+    and label watchers share the store, and a statement of one sent while the other's
+    transaction block is open would run inside that transaction (and roll back with it)."""
+
     def __init__(self, dsn: str, *, database: str | None = None, schema: str = "ingest") -> None:
         self._conninfo = make_conninfo(dsn, dbname=database) if database else dsn
         self._schema = schema
         self._conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
+        self._lock = asyncio.Lock()
 
     def _db(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
         if self._conn is None:
@@ -72,87 +78,94 @@ class PostgresStateStore:
         return sql.SQL("{}.{}").format(sql.Identifier(self._schema), sql.Identifier(table))
 
     async def watermark(self, source: str) -> datetime | None:
-        await self._revive()
-        cur = await self._db().execute(
-            sql.SQL("SELECT watermark FROM {} WHERE source = %s").format(self._t("watermarks")),
-            (source,),
-        )
-        row = await cur.fetchone()
-        return row[0] if row else None  # type: ignore[return-value]
+        async with self._lock:
+            await self._revive()
+            cur = await self._db().execute(
+                sql.SQL("SELECT watermark FROM {} WHERE source = %s").format(self._t("watermarks")),
+                (source,),
+            )
+            row = await cur.fetchone()
+            return row[0] if row else None  # type: ignore[return-value]
 
     async def set_watermark(self, source: str, value: datetime) -> None:
-        await self._db().execute(
-            sql.SQL(
-                "INSERT INTO {t} VALUES (%s, %s, now()) ON CONFLICT (source) DO UPDATE "
-                "SET watermark = excluded.watermark, updated_at = now() "
-                "WHERE {t}.watermark < excluded.watermark"
-            ).format(t=self._t("watermarks")),
-            (source, value),
-        )
+        async with self._lock:
+            await self._db().execute(
+                sql.SQL(
+                    "INSERT INTO {t} VALUES (%s, %s, now()) ON CONFLICT (source) DO UPDATE "
+                    "SET watermark = excluded.watermark, updated_at = now() "
+                    "WHERE {t}.watermark < excluded.watermark"
+                ).format(t=self._t("watermarks")),
+                (source, value),
+            )
 
     async def unseen(self, source: str, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
-        wanted = set(keys)
-        if not wanted:
-            return set()
-        await self._revive()
-        cur = await self._db().execute(
-            sql.SQL(
-                "SELECT item_id, version FROM {} WHERE source = %s AND item_id = ANY(%s)"
-            ).format(self._t("seen")),
-            (source, sorted({i for i, _ in wanted})),
-        )
-        seen = {(str(r[0]), str(r[1])) for r in await cur.fetchall()}
-        return wanted - seen
+        async with self._lock:
+            wanted = set(keys)
+            if not wanted:
+                return set()
+            await self._revive()
+            cur = await self._db().execute(
+                sql.SQL(
+                    "SELECT item_id, version FROM {} WHERE source = %s AND item_id = ANY(%s)"
+                ).format(self._t("seen")),
+                (source, sorted({i for i, _ in wanted})),
+            )
+            seen = {(str(r[0]), str(r[1])) for r in await cur.fetchall()}
+            return wanted - seen
 
     async def mark_seen(self, source: str, records: Sequence[SeenRecord]) -> None:
-        if not records:
-            return
-        now = datetime.now(UTC)
-        async with self._db().transaction(), self._db().cursor() as cur:
-            await cur.executemany(
-                sql.SQL(
-                    "INSERT INTO {} VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
-                ).format(self._t("seen")),
-                [
-                    (source, r.item_id, r.version, r.outcome, r.event_id, r.item_datetime, now)
-                    for r in records
-                ],
-            )
+        async with self._lock:
+            if not records:
+                return
+            now = datetime.now(UTC)
+            async with self._db().transaction(), self._db().cursor() as cur:
+                await cur.executemany(
+                    sql.SQL(
+                        "INSERT INTO {} VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+                    ).format(self._t("seen")),
+                    [
+                        (source, r.item_id, r.version, r.outcome, r.event_id, r.item_datetime, now)
+                        for r in records
+                    ],
+                )
 
     async def forget_rejection(self, source: str, item_id: str) -> int:
-        await self._revive()
-        cur = await self._db().execute(
-            sql.SQL(
-                "DELETE FROM {} WHERE source = %s AND item_id = %s AND outcome = 'rejected'"
-            ).format(self._t("seen")),
-            (source, item_id),
-        )
-        return int(cur.rowcount)
+        async with self._lock:
+            await self._revive()
+            cur = await self._db().execute(
+                sql.SQL(
+                    "DELETE FROM {} WHERE source = %s AND item_id = %s AND outcome = 'rejected'"
+                ).format(self._t("seen")),
+                (source, item_id),
+            )
+            return int(cur.rowcount)
 
     async def summary(self) -> list[SourceSummary]:
-        cur = await self._db().execute(
-            sql.SQL("SELECT source, watermark FROM {}").format(self._t("watermarks"))
-        )
-        marks = {str(r[0]): r[1] for r in await cur.fetchall()}
-        cur = await self._db().execute(
-            sql.SQL(
-                "SELECT source, outcome, count(*), max(seen_at) FROM {} GROUP BY source, outcome"
-            ).format(self._t("seen"))
-        )
-        counts: dict[str, dict[str, int]] = {}
-        last: dict[str, datetime] = {}
-        for source, outcome, n, latest in await cur.fetchall():
-            counts.setdefault(str(source), {})[str(outcome)] = int(n)  # type: ignore[call-overload]
-            prev = last.get(str(source))
-            last[str(source)] = latest if prev is None or latest > prev else prev  # type: ignore[assignment,operator]
-        return [
-            SourceSummary(
-                source=s,
-                watermark=marks.get(s),  # type: ignore[arg-type]
-                published=counts.get(s, {}).get("published", 0),
-                rejected=counts.get(s, {}).get("rejected", 0),
-                filtered=counts.get(s, {}).get("filtered", 0),
-                last_seen_at=last.get(s),
+        async with self._lock:
+            cur = await self._db().execute(
+                sql.SQL("SELECT source, watermark FROM {}").format(self._t("watermarks"))
             )
-            for s in sorted(set(marks) | set(counts))
-        ]
+            marks = {str(r[0]): r[1] for r in await cur.fetchall()}
+            cur = await self._db().execute(
+                sql.SQL(
+                    "SELECT source, outcome, count(*), max(seen_at) FROM {} "
+                    "GROUP BY source, outcome"
+                ).format(self._t("seen"))
+            )
+            counts: dict[str, dict[str, int]] = {}
+            last: dict[str, datetime] = {}
+            for source, outcome, n, latest in await cur.fetchall():
+                counts.setdefault(str(source), {})[str(outcome)] = int(n)  # type: ignore[call-overload]
+                prev = last.get(str(source))
+                last[str(source)] = latest if prev is None or latest > prev else prev  # type: ignore[assignment,operator]
+            return [
+                SourceSummary(
+                    source=s,
+                    watermark=marks.get(s),  # type: ignore[arg-type]
+                    published=counts.get(s, {}).get("published", 0),
+                    rejected=counts.get(s, {}).get("rejected", 0),
+                    filtered=counts.get(s, {}).get("filtered", 0),
+                    last_seen_at=last.get(s),
+                )
+                for s in sorted(set(marks) | set(counts))
+            ]

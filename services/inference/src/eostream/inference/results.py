@@ -277,8 +277,7 @@ class SqlResultsStore:
         if q.end is not None:
             where.append(c.datetime <= _utc(q.end))
         if q.bbox is not None:
-            minx, miny, maxx, maxy = q.bbox
-            where += [c.minx <= maxx, c.maxx >= minx, c.miny <= maxy, c.maxy >= miny]
+            where += bbox_overlaps(c.minx, c.miny, c.maxx, c.maxy, q.bbox)
         if q.class_name is not None:
             sub = sa.select(classes_table.c.result_id).where(
                 classes_table.c.class_name == q.class_name,
@@ -328,6 +327,31 @@ class SqlResultsStore:
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+def bbox_overlaps(
+    minx: Any, miny: Any, maxx: Any, maxy: Any, bbox: tuple[float, float, float, float]
+) -> list[Any]:
+    """The conditions (all must hold) under which the stored box ``minx..maxy`` meets ``bbox``.
+
+    A box whose west is east of its east (``minx > maxx``, as STAC and GeoJSON write one across
+    the antimeridian, e.g. ``[179, -17, -179, -16]``) covers ``minx..180`` and ``-180..maxx``;
+    this holds for the stored box and for ``bbox`` alike. Two boxes that both cross always meet
+    in longitude; one that does not cross meets one that does if it reaches east of the
+    crossing one's west or west of its east. Two boxes that do not cross keep the plain
+    comparison (``minx <= east and maxx >= west``) as its own branch of the OR, and the
+    latitudes stay separate conditions, so the other, indexed conditions of a search (scene,
+    time, ids) narrow it as before. A row without a bbox (NULLs) meets nothing."""
+    west, south, east, north = bbox
+    crossing_row = minx > maxx
+    if west <= east:
+        longitude = sa.or_(
+            sa.and_(minx <= east, maxx >= west),
+            sa.and_(crossing_row, sa.or_(minx <= east, maxx >= west)),
+        )
+    else:  # the query crosses: it covers west..180 and -180..east
+        longitude = sa.or_(maxx >= west, minx <= east, crossing_row)
+    return [longitude, miny <= north, maxy >= south]
 
 
 @overload

@@ -116,6 +116,28 @@ def geometry_bbox(geometry: Geometry) -> tuple[float, float, float, float]:
     return min(xs), min(ys), max(xs), max(ys)
 
 
+#: the pixels of a map whose size its result does not record: a full Sentinel-2 tile at 10 m
+FULL_TILE_PIXELS = 10980 * 10980
+
+
+def window_pixels(
+    pixels: int, footprint: tuple[float, float, float, float] | None, geometry: Geometry | None
+) -> int:
+    """About how many of a map's ``pixels`` :func:`read_area` reads for ``geometry``, before
+    reading it: the share of the map's WGS84 footprint bbox that the area's bbox covers (all of
+    them without an area or a footprint; none where the boxes do not meet)."""
+    if geometry is None or footprint is None:
+        return pixels
+    ax0, ay0, ax1, ay1 = geometry_bbox(geometry)
+    fx0, fy0, fx1, fy1 = footprint
+    width, height = min(ax1, fx1) - max(ax0, fx0), min(ay1, fy1) - max(ay0, fy0)
+    if width < 0 or height < 0:
+        return 0
+    share_x = min(1.0, width / (fx1 - fx0)) if fx1 > fx0 else 1.0
+    share_y = min(1.0, height / (fy1 - fy0)) if fy1 > fy0 else 1.0
+    return min(pixels, math.ceil(pixels * share_x * share_y) + 1)
+
+
 def densify(geometry: Geometry, parts: int = 16) -> Geometry:
     """``geometry`` with each edge cut in ``parts``, so that a WGS84 edge stays close to its
     course once projected (a bbox is a curved shape in UTM)."""
@@ -171,16 +193,28 @@ class Counts:
         return out
 
 
+#: pixels per block of rows in :func:`count` and :func:`transitions`: their temporaries (indices,
+#: weights) stay a few MB whatever the map's size, where whole-map ones took ~33 bytes a pixel
+BLOCK_PIXELS = 1 << 20
+
+
+def _rows_per_block(shape: tuple[int, ...]) -> int:
+    return max(1, BLOCK_PIXELS // max(1, shape[1]))
+
+
 def count(
     labels: npt.NDArray[np.uint8], inside: npt.NDArray[np.bool_], row_km2: npt.NDArray[np.float64]
 ) -> Counts:
-    """Pixels and km2 per label value over the pixels where ``inside``."""
-    weights = np.broadcast_to(row_km2[:, None], labels.shape)
-    values = labels[inside]
-    return Counts(
-        np.bincount(values, minlength=256).astype(np.int64),
-        np.bincount(values, weights=weights[inside], minlength=256).astype(np.float64),
-    )
+    """Pixels and km2 per label value over the pixels where ``inside`` (in blocks of rows)."""
+    pixels, km2 = np.zeros(256, np.int64), np.zeros(256, np.float64)
+    step = _rows_per_block(labels.shape)
+    for row in range(0, labels.shape[0], step):
+        block, keep = labels[row : row + step], inside[row : row + step]
+        weights = np.broadcast_to(row_km2[row : row + step, None], block.shape)
+        values = block[keep]
+        pixels += np.bincount(values, minlength=256).astype(np.int64)
+        km2 += np.bincount(values, weights=weights[keep], minlength=256)
+    return Counts(pixels, km2)
 
 
 def transitions(
@@ -191,17 +225,23 @@ def transitions(
     values: list[int],
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
     """From-to matrices (pixels, km2) over ``values`` (row: the value in ``a``, column: in
-    ``b``) of the pixels inside the area that hold one of ``values`` in both maps."""
-    index = np.full(256, -1, np.int64)
-    index[values] = np.arange(len(values))
-    ia, ib = index[a], index[b]
-    keep = inside & (ia >= 0) & (ib >= 0)
+    ``b``) of the pixels inside the area that hold one of ``values`` in both maps. Counted in
+    blocks of rows with uint8 indices: memory beyond the maps is a few MB."""
     n = len(values)
-    code = ia[keep] * n + ib[keep]
-    weights = np.broadcast_to(row_km2[:, None], a.shape)[keep]
-    pixels = np.bincount(code, minlength=n * n).reshape(n, n)
-    km2 = np.bincount(code, weights=weights, minlength=n * n).astype(np.float64).reshape(n, n)
-    return pixels.astype(np.int64), km2
+    if n > 255:
+        raise BadInputError(f"{n} classes: at most 255 can be compared")
+    index = np.full(256, 255, np.uint8)  # 255: not one of values
+    index[values] = np.arange(n, dtype=np.uint8)
+    pixels, km2 = np.zeros(n * n, np.int64), np.zeros(n * n, np.float64)
+    step = _rows_per_block(a.shape)
+    for row in range(0, a.shape[0], step):
+        ia, ib = index[a[row : row + step]], index[b[row : row + step]]
+        keep = inside[row : row + step] & (ia != 255) & (ib != 255)
+        code = ia[keep].astype(np.int32) * n + ib[keep]
+        weights = np.broadcast_to(row_km2[row : row + step, None], ia.shape)[keep]
+        pixels += np.bincount(code, minlength=n * n).astype(np.int64)
+        km2 += np.bincount(code, weights=weights, minlength=n * n)
+    return pixels.reshape(n, n), km2.reshape(n, n)
 
 
 # -- reading a result map ----------------------------------------------------------------------
@@ -267,8 +307,8 @@ def _read(ds: Any, geometry: Geometry | None) -> AreaMap:
         inside = np.zeros((0, 0), bool)
     else:
         labels = ds.read(1, window=window)
-        if local is None:
-            inside = np.ones(labels.shape, bool)
+        if local is None:  # every pixel: a read-only view, no byte per pixel
+            inside = np.broadcast_to(np.True_, labels.shape)
         else:
             inside = geometry_mask(
                 [local], out_shape=labels.shape, transform=ds.window_transform(window), invert=True

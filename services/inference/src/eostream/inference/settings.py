@@ -237,6 +237,28 @@ class InferenceSettings(ServiceSettings):
     max_request_body_bytes: int = Field(
         default=1_000_000, ge=1, description="body of a request other than an upload"
     )
+    area_max_pixels: int = Field(
+        default=300_000_000,
+        ge=1,
+        description="pixels one /results/aggregate or /results/change (+ /map) request may read, "
+        "summed over its maps and estimated from the results' sizes and footprints before any "
+        "map is read; more answer 413 (narrow the area, bbox or datetime). The default holds "
+        "two full 10980 x 10980 tiles: the change of a whole tile",
+    )
+    area_pixels_in_flight: int = Field(
+        default=500_000_000,
+        ge=1,
+        description="pixels all /results/aggregate and /results/change requests may read at "
+        "once (about 10 bytes of memory each at the peak); a request that would pass it answers "
+        "503 with Retry-After instead of waiting in the threadpool (one alone always runs)",
+    )
+    stac_max_candidates: int = Field(
+        default=10_000,
+        ge=1,
+        description="index records a /stac search with intersects, sortby or filter may load "
+        "to check, sort and page here (those its bbox, datetime and ids select); more answer "
+        "413 (narrow bbox, datetime or ids)",
+    )
     vector_max_polygons: int = Field(
         default=50_000,
         ge=1,

@@ -1,25 +1,35 @@
 """/results/aggregate and /results/change: class areas of an area per acquisition date, and the
 transitions between two maps (``eostream.inference.area_query``). Registered before
-``results.router``, whose ``/results/{scene_id}`` would take ``aggregate`` for a scene id."""
+``results.router``, whose ``/results/{scene_id}`` would take ``aggregate`` for a scene id.
+
+Both read whole windows of result maps into memory, in the threadpool beside the model and the
+consumers, so both are bounded before any map is read: the pixels one request may read
+(``AREA_MAX_PIXELS``, estimated from the results' sizes and footprints: 413 with how to narrow
+it) and the pixels all of them read at once (``AREA_PIXELS_IN_FLIGHT``: 503 with Retry-After)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from eostream.inference import area_query, areas, writer
-from eostream.inference.api.deps import Results, Store
+from eostream.inference.api.deps import Results, Settings, Store
 from eostream.inference.api.params import parse_bbox
 from eostream.inference.api.search_params import parse_utc_datetime
-from eostream.inference.errors import BadInputError
+from eostream.inference.errors import BadInputError, TooLargeError
 from eostream.inference.results import ResultRecord
 from eostream.shared.http_errors import error_responses
 
 router = APIRouter(prefix="/results", tags=["areas"])
+#: what a client is told to wait (seconds) when the maps being read fill the budget
+RETRY_AFTER_SECONDS = 5
 
 Bbox = Annotated[
     str | None,
@@ -120,14 +130,80 @@ def _reader(store: Any) -> Any:
     return lambda record: area_query.map_bytes(store, record)
 
 
+class PixelBudget:
+    """The pixels the area requests of one app read at once: a request that would pass the
+    limit is answered 503 at once (never queued in the threadpool); one alone always runs."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        with self._lock:
+            if self.held and self.held + pixels > self.limit:
+                raise HTTPException(
+                    503,
+                    detail={
+                        "code": "unavailable",
+                        "description": f"busy: other requests are reading result maps (this "
+                        f"one would read about {pixels:,} pixels); retry in "
+                        f"{RETRY_AFTER_SECONDS} s, or narrow the area, bbox or datetime",
+                    },
+                    headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+                )
+            self.held += pixels
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.held -= pixels
+
+
+_BUDGET_LOCK = threading.Lock()
+
+
+def _budget(request: Request, settings: Settings) -> PixelBudget:
+    """The app's budget (one per app: made by its first area request)."""
+    state = request.app.state
+    with _BUDGET_LOCK:
+        budget: PixelBudget | None = getattr(state, "area_budget", None)
+        if budget is None:
+            budget = state.area_budget = PixelBudget(settings.area_pixels_in_flight)
+    return budget
+
+
+def _map_pixels(record: ResultRecord) -> int:
+    """The map's width x height, as its statistics (or its item) record it; else a full tile."""
+    value = record.stats.get("pixels", record.item.get("properties", {}).get("eostream:pixels"))
+    known = isinstance(value, int) and not isinstance(value, bool) and value > 0
+    return int(value) if known else areas.FULL_TILE_PIXELS
+
+
+def _pixels(
+    records: Sequence[ResultRecord], geometry: areas.Geometry | None, settings: Settings, how: str
+) -> int:
+    """The pixels reading ``records`` in ``geometry`` costs, estimated before any is read; more
+    than ``AREA_MAX_PIXELS`` is a :class:`TooLargeError` that says ``how`` to narrow it."""
+    total = sum(areas.window_pixels(_map_pixels(r), r.bbox, geometry) for r in records)
+    if total > settings.area_max_pixels:
+        raise TooLargeError(
+            f"this request would read about {total:,} pixels of {len(records)} result map(s); "
+            f"a request may read at most {settings.area_max_pixels:,}: {how}"
+        )
+    return total
+
+
 @router.get(
     "/aggregate",
     summary="Class areas (km2) inside an area per acquisition date (JSON, or CSV with f=csv)",
     response_model=Aggregate,
-    responses={200: {"content": {"text/csv": {}}}, **error_responses(400, 404, 422)},
+    responses={200: {"content": {"text/csv": {}}}, **error_responses(400, 404, 413, 422, 503)},
 )
 def aggregate(
     request: Request,
+    settings: Settings,
     results: Results,
     store: Store,
     bbox: Bbox = None,
@@ -145,8 +221,9 @@ def aggregate(
     wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes else []
     csv = f == "csv" or (f is None and accept is not None and "text/csv" in accept)
     return _aggregate(
-        request, results, store, geometry, datetime, wanted, model_name, model_version, csv
-    )
+        request, settings, results, store, geometry, datetime, wanted, model_name,
+        model_version, csv,
+    )  # fmt: skip
 
 
 ClassName = Annotated[str, Field(max_length=100)]
@@ -174,10 +251,10 @@ class AggregateQuery(BaseModel):
     "/aggregate",
     summary="The same, the query as a JSON body (for areas too large for a URL); a read",
     response_model=Aggregate,
-    responses={200: {"content": {"text/csv": {}}}, **error_responses(400, 404, 413, 422)},
+    responses={200: {"content": {"text/csv": {}}}, **error_responses(400, 404, 413, 422, 503)},
 )
 def aggregate_post(
-    request: Request, results: Results, store: Store, query: AggregateQuery
+    request: Request, settings: Settings, results: Results, store: Store, query: AggregateQuery
 ) -> Response:
     if (query.bbox is None) == (query.intersects is None):
         raise BadInputError("give the area: bbox [minx, miny, maxx, maxy] or intersects <GeoJSON>")
@@ -189,13 +266,14 @@ def aggregate_post(
     else:
         geometry = areas.check_geometry(query.intersects)
     return _aggregate(
-        request, results, store, geometry, query.datetime, query.classes or [],
+        request, settings, results, store, geometry, query.datetime, query.classes or [],
         query.model_name, query.model_version, query.f == "csv",
     )  # fmt: skip
 
 
 def _aggregate(
     request: Request,
+    settings: Settings,
     results: Results,
     store: Store,
     geometry: areas.Geometry,
@@ -212,7 +290,9 @@ def _aggregate(
     known = area_query.legend(records)
     area_query.check_classes(wanted, known)
     names = wanted or [*known, writer.UNCERTAIN_NAME]
-    entries = area_query.aggregate(records, _reader(store), geometry, names)
+    how = "give a smaller area (bbox or intersects) or a shorter datetime range"
+    with _budget(request, settings).hold(_pixels(records, geometry, settings, how)):
+        entries = area_query.aggregate(records, _reader(store), geometry, names)
     if csv:
         return Response(area_query.csv_lines(entries), media_type="text/csv; charset=utf-8")
     body = Aggregate(
@@ -245,7 +325,10 @@ def _legend(names: tuple[str, ...]) -> list[dict[str, Any]]:
     return [{k: e[k] for k in ("value", "name", "color_hint")} for e in writer.legend(names)]
 
 
+@contextlib.contextmanager
 def _pair(
+    request: Request,
+    settings: Settings,
     results: Results,
     store: Store,
     a: str,
@@ -253,11 +336,19 @@ def _pair(
     bbox: str | None,
     intersects: str | None,
     model_version: str | None,
-) -> tuple[ResultRecord, ResultRecord, area_query.Change]:
+) -> Iterator[tuple[ResultRecord, ResultRecord, area_query.Change]]:
+    """The two results and their change, within the budget until the block ends (the map and
+    the COG are drawn from the maps read)."""
     geometry = parse_area(bbox, intersects) if bbox is not None or intersects is not None else None
     first = area_query.resolve(results, a, geometry, model_version=model_version)
     second = area_query.resolve(results, b, geometry, model_version=model_version)
-    return first, second, area_query.change(first, second, _reader(store), geometry)
+    how = (
+        "give an area (bbox or intersects) around what you compare"
+        if geometry is None
+        else "give a smaller area (bbox or intersects)"
+    )
+    with _budget(request, settings).hold(_pixels([first, second], geometry, settings, how)):
+        yield first, second, area_query.change(first, second, _reader(store), geometry)
 
 
 Ref = Annotated[
@@ -270,10 +361,11 @@ OptionalArea = "the area (optional with result ids; needed with dates to pick th
     "/change",
     summary="Transition matrix between two maps of one grid (result ids or dates) in an area",
     response_model=ChangeMatrix,
-    responses=error_responses(400, 404, 422),
+    responses=error_responses(400, 404, 413, 422, 503),
 )
 def change(
     request: Request,
+    settings: Settings,
     results: Results,
     store: Store,
     a: Ref,
@@ -282,7 +374,12 @@ def change(
     intersects: Intersects = None,
     model_version: Version = None,
 ) -> ChangeMatrix:
-    first, second, found = _pair(results, store, a, b, bbox, intersects, model_version)
+    with _pair(request, settings, results, store, a, b, bbox, intersects, model_version) as (
+        first,
+        second,
+        found,
+    ):
+        body = found.body()
     params = {"a": first.id, "b": second.id}
     params |= {k: v for k, v in (("bbox", bbox), ("intersects", intersects)) if v is not None}
     link = f"{request.base_url}results/change/map?"
@@ -294,7 +391,7 @@ def change(
         links=ChangeLinks(
             map=link + urlencode(params), cog=link + urlencode(params | {"f": "tif"})
         ),
-        **found.body(),
+        **body,
     )
 
 
@@ -304,10 +401,12 @@ def change(
     response_class=Response,
     responses={
         200: {"content": {"image/png": {}, "image/tiff": {}}},
-        **error_responses(400, 404, 422),
+        **error_responses(400, 404, 413, 422, 503),
     },
 )
 def change_map(
+    request: Request,
+    settings: Settings,
     results: Results,
     store: Store,
     a: Ref,
@@ -317,10 +416,14 @@ def change_map(
     model_version: Version = None,
     f: Annotated[Literal["png", "tif"], Query(description="png or tif (COG)")] = "png",
 ) -> Response:
-    _first, _second, found = _pair(results, store, a, b, bbox, intersects, model_version)
-    if f == "tif":
-        return Response(
-            area_query.change_cog(found),
-            media_type="image/tiff; application=geotiff; profile=cloud-optimized",
-        )
-    return Response(area_query.change_png(found), media_type="image/png")
+    with _pair(request, settings, results, store, a, b, bbox, intersects, model_version) as (
+        _first,
+        _second,
+        found,
+    ):
+        if f == "tif":
+            return Response(
+                area_query.change_cog(found),
+                media_type="image/tiff; application=geotiff; profile=cloud-optimized",
+            )
+        return Response(area_query.change_png(found), media_type="image/png")

@@ -32,7 +32,7 @@ from eostream.inference.api.search_params import (
     parse_when,
     pick_fields,
 )
-from eostream.inference.errors import BadInputError, ResultNotFoundError
+from eostream.inference.errors import BadInputError, ResultNotFoundError, TooLargeError
 from eostream.inference.results import ResultQuery, ResultRecord, class_names
 from eostream.inference.stacitem import public_item
 from eostream.shared.http_errors import error_responses
@@ -54,9 +54,11 @@ GEOJSON = "application/geo+json"
 #: FastAPI answers /openapi.json as application/json, and the link's type must match it
 OPENAPI = "application/json"
 MAX_LIMIT = 1000  # a larger limit is capped to this (the spec lets a server cap it)
+#: index records a search with intersects, sortby or filter loads at most (a setting's default)
+MAX_CANDIDATES = 10_000
 #: extensions /stac does not implement: refused with 400 rather than silently ignored
 UNSUPPORTED = ("query",)
-QUERY = error_responses(400, 422)
+QUERY = error_responses(400, 413, 422)
 LOOKUP = error_responses(404, 422)
 
 
@@ -185,8 +187,9 @@ def _page(
         return _item(request, record, collection_id)
 
     records, total = _records(
-        state.results, query, state.intersects, state.sortby, state.filter, serve
-    )
+        state.results, query, state.intersects, state.sortby, state.filter, serve,
+        max_candidates=state.max_candidates,
+    )  # fmt: skip
     features = [serve(r) for r in records]
     if state.fields is not None:
         features = [pick_fields(f, *state.fields) for f in features]
@@ -212,10 +215,13 @@ def _records(
     sortby: list[tuple[str, bool]] | None = None,
     where: Filter | None = None,
     serve: Callable[[ResultRecord], dict[str, Any]] | None = None,
+    *,
+    max_candidates: int = MAX_CANDIDATES,
 ) -> tuple[list[ResultRecord], int]:
     """A page of the index's answer. With ``intersects``, ``sortby`` or a CQL2 ``filter``, the
     candidates of the index's query (bbox, datetime, ids: indexed) are kept where their
-    geometry meets the area and the filter selects the item as served, sorted and paged here."""
+    geometry meets the area and the filter selects the item as served, sorted and paged here:
+    at most ``max_candidates`` of them are loaded, more is a :class:`TooLargeError`."""
     if area is None and not sortby and where is None:
         found: tuple[list[ResultRecord], int] = results.search(query)
         return found
@@ -224,9 +230,21 @@ def _records(
         bbox=area.bounds if area is not None else query.bbox,
         start=query.start,
         end=query.end,
-        limit=1_000_000,
+        limit=max_candidates,
     )
-    candidates, _ = results.search(wide)
+    candidates, matched = results.search(wide)
+    if matched > max_candidates:
+        given = {
+            "intersects": area is not None,
+            "sortby": bool(sortby),
+            "filter": where is not None,
+        }
+        asked = ", ".join(name for name, yes in given.items() if yes)
+        raise TooLargeError(
+            f"{matched:,} results match the bbox, datetime and ids; a search with {asked} "
+            f"checks at most {max_candidates:,} of them: narrow the bbox (or intersects), the "
+            "datetime range or the ids"
+        )
     hits = [r for r in candidates if area is None or area.intersects(footprint(r))]
     if where is not None:
         hits = [r for r in hits if where.matches(serve(r) if serve else r.item)]
@@ -298,6 +316,7 @@ def _prepare(request: Request, settings: Settings, results: Results) -> None:
     request.state.public_base = public_base(request, settings)
     request.state.intersects = request.state.filter = None
     request.state.sortby = request.state.fields = None
+    request.state.max_candidates = settings.stac_max_candidates
 
 
 # Items are answered as stored (as_stored), and only documented by their models.
@@ -305,7 +324,7 @@ def _prepare(request: Request, settings: Settings, results: Results) -> None:
     "/collections/{collection_id}/items",
     summary="Items of a collection",
     response_model=ItemCollection,
-    responses=error_responses(400, 404, 422),
+    responses=error_responses(400, 404, 413, 422),
 )
 def items(
     request: Request,

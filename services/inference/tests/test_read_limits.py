@@ -310,3 +310,23 @@ def test_transitions_of_a_large_map_need_little_memory_beyond_the_maps() -> None
     assert peak < 2 * side * side, f"{peak / side / side:.1f} bytes a pixel"
     peak = _peak(lambda: areas.count(a, everywhere, row_km2))
     assert peak < 2 * side * side, f"{peak / side / side:.1f} bytes a pixel"
+
+
+def _area(x0: float, y0: float, x1: float, y1: float) -> dict[str, Any]:
+    ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+    return {"type": "Polygon", "coordinates": [ring]}
+
+
+def test_the_estimate_errs_high_where_it_cannot_tell() -> None:
+    """A footprint across the antimeridian, an area that misses the footprint box (a partial
+    tile's map is larger than its scene's box) and a thin strip (the window read is the strip's
+    box turned into the map's UTM grid) are charged enough, never 0."""
+    tile = 10980 * 10980
+    footprint = (2.0, 42.0, 3.0, 43.0)
+    fiji = _area(179.2, -17.0, 179.3, -16.9)
+    assert areas.window_pixels(tile, (179.0, -17.5, -179.5, -16.5), fiji) == tile
+    assert areas.window_pixels(tile, footprint, _area(10.0, 10.0, 10.1, 10.1)) == tile
+    naive = tile * 0.0001  # a strip's width's share of the footprint, times its full height
+    assert areas.window_pixels(tile, footprint, _area(2.5, 42.0, 2.5001, 43.0)) > 50 * naive
+    quarter = areas.window_pixels(tile, footprint, _area(2.0, 42.0, 2.5, 42.5))
+    assert 0.25 * tile < quarter < 0.4 * tile

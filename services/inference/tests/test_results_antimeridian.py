@@ -13,7 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
+import shapely.geometry
 
+from eostream.inference.api.stac import index_bbox
 from eostream.inference.results import (
     ResultQuery,
     ResultRecord,
@@ -177,3 +179,16 @@ async def test_a_query_bbox_across_the_antimeridian_is_a_400(client: httpx.Async
         assert set(body) == {"code", "description"}, body
         assert "antimeridian" in body["description"], body
         assert "search each side apart" in body["description"], body
+
+
+def test_an_area_split_at_the_antimeridian_narrows_the_index_to_the_box_across_it() -> None:
+    """RFC 7946 splits such an area at 180: its bounds are the whole -180..180 band, which
+    would load every result of those latitudes (and meet the candidates' limit); the index is
+    asked for the box across the antimeridian instead."""
+    east_part = shapely.geometry.box(179.5, -17.0, 180.0, -16.0)
+    west_part = shapely.geometry.box(-180.0, -17.0, -179.5, -16.0)
+    split = shapely.geometry.MultiPolygon([east_part, west_part])
+    assert index_bbox(split) == (179.5, -17.0, -179.5, -16.0)
+    assert index_bbox(east_part) == (179.5, -17.0, 180.0, -16.0)
+    elsewhere = shapely.geometry.MultiPolygon([east_part, shapely.geometry.box(0, 0, 1, 1)])
+    assert index_bbox(elsewhere) == (0.0, -17.0, 180.0, 1.0)

@@ -118,23 +118,34 @@ def geometry_bbox(geometry: Geometry) -> tuple[float, float, float, float]:
 
 #: the pixels of a map whose size its result does not record: a full Sentinel-2 tile at 10 m
 FULL_TILE_PIXELS = 10980 * 10980
+#: tan(5 degrees): more than the turn between a UTM grid and the WGS84 axes (the grid
+#: convergence, ~3 degrees at a zone's edge in Sentinel-2's latitudes) and the slant of a
+#: degree's width with latitude across a tile
+SKEW = 0.0875
 
 
 def window_pixels(
     pixels: int, footprint: tuple[float, float, float, float] | None, geometry: Geometry | None
 ) -> int:
-    """About how many of a map's ``pixels`` :func:`read_area` reads for ``geometry``, before
-    reading it: the share of the map's WGS84 footprint bbox that the area's bbox covers (all of
-    them without an area or a footprint; none where the boxes do not meet)."""
+    """At least about how many of a map's ``pixels`` :func:`read_area` reads for ``geometry``,
+    before reading it: the share of the map's WGS84 footprint bbox that the area's bbox covers,
+    each side widened by the other's times :data:`SKEW` (the window read is the area's bbox in
+    the map's UTM grid, turned by up to a few degrees: a thin strip reads a wide window). All of
+    them without an area or a footprint, where the footprint crosses the antimeridian, and where
+    the boxes do not meet (the footprint is the scene's, smaller than the map on a partial tile;
+    the read still opens the map): an estimate that errs, errs high."""
     if geometry is None or footprint is None:
         return pixels
     ax0, ay0, ax1, ay1 = geometry_bbox(geometry)
     fx0, fy0, fx1, fy1 = footprint
+    if fx0 >= fx1 or fy0 >= fy1:  # across the antimeridian (west > east), or degenerate
+        return pixels
     width, height = min(ax1, fx1) - max(ax0, fx0), min(ay1, fy1) - max(ay0, fy0)
     if width < 0 or height < 0:
-        return 0
-    share_x = min(1.0, width / (fx1 - fx0)) if fx1 > fx0 else 1.0
-    share_y = min(1.0, height / (fy1 - fy0)) if fy1 > fy0 else 1.0
+        return pixels
+    fw, fh = fx1 - fx0, fy1 - fy0
+    share_x = min(1.0, (width + SKEW * height * fw / fh) / fw)
+    share_y = min(1.0, (height + SKEW * width * fh / fw) / fh)
     return min(pixels, math.ceil(pixels * share_x * share_y) + 1)
 
 

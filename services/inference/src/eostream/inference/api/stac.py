@@ -208,6 +208,22 @@ def _page(
     }
 
 
+def index_bbox(area: shapely.Geometry) -> tuple[float, float, float, float]:
+    """The box the index narrows an ``intersects`` search to: the area's bounds, or, for an
+    area split at the antimeridian as RFC 7946 asks (parts that end at 180 and parts that start
+    at -180), the box across it (west > east, which :func:`..results.bbox_overlaps` reads), not
+    the -180..180 band of its bounds that would load every result of those latitudes."""
+    west, south, east, north = (float(v) for v in area.bounds)
+    parts = list(getattr(area, "geoms", [area]))
+    at_east = [g for g in parts if g.bounds[2] >= 180.0]
+    at_west = [g for g in parts if g.bounds[0] <= -180.0]
+    if not at_east or not at_west or len(at_east) + len(at_west) != len(parts):
+        return west, south, east, north
+    if any(g.bounds[0] <= -180.0 and g.bounds[2] >= 180.0 for g in parts):
+        return west, south, east, north  # a part spans the globe
+    return min(g.bounds[0] for g in at_east), south, max(g.bounds[2] for g in at_west), north
+
+
 def _records(
     results: Any,
     query: ResultQuery,

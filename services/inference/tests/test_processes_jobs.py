@@ -17,7 +17,9 @@ import pytest
 
 from eostream.inference import testing
 from eostream.inference.api.app import create_app
-from eostream.inference.api.ogc import CONFORMANCE, EXCEPTION, REL, SPEC
+from eostream.inference.api.ogc import CONFORMANCE, EXCEPTION, REL, SPEC, OgcError
+from eostream.inference.api.processes import sync_result
+from eostream.inference.errors import NotFoundError
 from eostream.inference.jobs import FAILED, JobRunner, JobStore
 from eostream.inference.results import jobs_table
 from eostream.inference.service import InferenceService
@@ -361,3 +363,37 @@ async def _dismiss(client: httpx.AsyncClient, scene: str) -> None:
     assert (await client.get(f"/jobs/{job_id}/results")).status_code == 404
     missing = await client.delete("/jobs/none", headers=AUTH)
     assert missing.status_code == 404 and missing.json()["type"] == EXCEPTION + "no-such-job"
+
+
+async def test_failed_and_dismissed_jobs_answer_their_own_status(
+    service: InferenceService, client: httpx.AsyncClient
+) -> None:
+    """A job refused for a full queue answers 503 (it was 500), one that failed on a missing
+    reference 422 as the synchronous request does (it was 404, read as "no such job"), and a
+    synchronous run dismissed while it ran 409 (it was a 500: an empty results document)."""
+    store = JobStore(service.results.engine)
+    runner = JobRunner(store, workers=1, max_pending=2, heartbeat=60)
+
+    def missing(progress: Any) -> dict[str, Any]:
+        raise NotFoundError("the scene's item is gone (404)")
+
+    gone = store.create("classify-scene", {"scene": "x"}, ("eurosat", "1"))
+    with pytest.raises(NotFoundError):
+        runner.run_now(gone, missing)
+    busy = store.create("classify-scene", {"scene": "y"}, ("eurosat", "1"))
+    store.update(busy.id, status=FAILED, message="8 jobs wait already", error_code="busy")
+
+    def dismissed_meanwhile(progress: Any) -> dict[str, Any]:
+        runner.dismiss(cut.id)  # another client's DELETE /jobs/{id}
+        return {"result": {}}
+
+    cut = store.create("classify-scene", {"scene": "z"}, ("eurosat", "1"))
+    done = runner.run_now(cut, dismissed_meanwhile)
+    with pytest.raises(OgcError) as refused:
+        sync_result(done)
+    assert refused.value.status == 409 and "dismissed" in refused.value.description
+
+    r = await client.get(f"/jobs/{gone.id}/results")
+    assert r.status_code == 422 and r.json()["code"] == "referenced_not_found", r.text
+    r = await client.get(f"/jobs/{busy.id}/results")
+    assert r.status_code == 503 and r.json()["code"] == "busy", r.text

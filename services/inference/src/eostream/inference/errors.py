@@ -17,9 +17,10 @@ class BadInputError(InferenceError, InvalidEventError):
 
 
 class NotFoundError(BadInputError):
-    """A referenced item, asset or model artifact does not exist (404 upstream)."""
+    """A referenced item, asset or model artifact does not exist (404 upstream): the request
+    refers to something missing, answered 422 (``not_found`` is this API's own 404)."""
 
-    code = "not_found"
+    code = "referenced_not_found"
 
 
 class BandMismatchError(BadInputError):

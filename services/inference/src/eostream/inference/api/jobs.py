@@ -29,6 +29,7 @@ router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=BadRequestRoute)
 #: a failed job's error code -> the status its results answer
 _FAILED_STATUS = {code: status for _cls, status, code in reversed(STATUS)} | {
     "restarted": 503,
+    "busy": 503,  # JobsBusyError: the job never ran, too many waited
     "internal": 500,
 }
 

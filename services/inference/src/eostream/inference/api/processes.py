@@ -38,7 +38,15 @@ from eostream.inference.api.ogc import (
 from eostream.inference.api.results import summary
 from eostream.inference.api.schemas import ClassifyResult
 from eostream.inference.errors import BadInputError, NotFoundError
-from eostream.inference.jobs import FAILED, Job, JobRunner, JobsBusyError, JobStore, Progress
+from eostream.inference.jobs import (
+    FAILED,
+    SUCCESSFUL,
+    Job,
+    JobRunner,
+    JobsBusyError,
+    JobStore,
+    Progress,
+)
 from eostream.inference.model_cache import (
     ModelCache,
     ModelResolver,
@@ -323,7 +331,7 @@ ASYNC_HEADERS = {
     responses={
         201: {"model": StatusInfo, "description": "a job was created", "headers": ASYNC_HEADERS},
         **CLASSIFY,
-        **error_responses(404),
+        **error_responses(404, 409),
     },
 )
 async def execute(
@@ -355,11 +363,24 @@ async def execute(
         return _accepted(request, job)
     done = await run_in_threadpool(parts.runner.run_now, job, work)
     monitor = {"Link": f'<{request.base_url}jobs/{done.id}>; rel="monitor"'}
-    result = done.result or {}
+    result = sync_result(done)
     if body.response == "raw":  # the one output alone (documented under the process outputs)
         return Response(json.dumps(result["result"]), media_type=JSON, headers=monitor)
     response.headers.update(monitor)
     return result
+
+
+def sync_result(done: Job) -> dict[str, Any]:
+    """The results document of a job run synchronously; a job dismissed while it ran (DELETE
+    /jobs/{id} from another client) has none to give: 409, not an empty document."""
+    if done.status != SUCCESSFUL or done.result is None:
+        raise OgcError(
+            409,
+            "",
+            "dismissed",
+            f"job {done.id} was {done.status} while it ran ({done.message}): no result",
+        )
+    return done.result
 
 
 def _accepted(request: Request, job: Job) -> Response:

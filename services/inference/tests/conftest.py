@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import os
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -183,3 +185,36 @@ def own_results_db() -> Iterator[str]:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+
+class _Redirect(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        targets = {
+            "/to-other-host": "http://127.0.0.2:{port}/item.json",
+            "/to-nowhere": "http://127.0.0.3:1/item.json",
+            "/band.tif": "http://127.0.0.2:{port}/band.tif",  # a raster asset that redirects
+        }
+        target = targets.get(self.path.split("?")[0])
+        if target is None:
+            self.send_response(404)
+            self.end_headers()
+            return
+        self.send_response(302)
+        port = self.headers.get("Host", "").rsplit(":", 1)[-1]
+        self.send_header("Location", target.format(port=port))
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def redirector() -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 whose paths redirect to other hosts (127.0.0.2 on the same
+    port, or 127.0.0.3:1 where nothing listens): for the source policy's redirect checks."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()

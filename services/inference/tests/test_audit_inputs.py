@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import http.server
 import json
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
@@ -28,60 +25,19 @@ from eostream.inference.errors import BadInputError
 from eostream.inference.model_cache import ModelCache, ModelResolver, parse_ref
 from eostream.inference.service import InferenceService
 from eostream.inference.settings import InferenceSettings, SourcesSettings
-from eostream.inference.validation import validate_item
 from eostream.inference.wiring import build_service
-from eostream.shared import mlm, sentinel2, topics
-from eostream.shared.bus.memory import InMemoryBus
+from eostream.shared import mlm, sentinel2
 from eostream.shared.errors import Disposition, InvalidItemError, classify
-from eostream.shared.events import ModelPromoted, SceneDiscovered
+from eostream.shared.events import ModelPromoted
 from eostream.shared.sources_policy import GENERIC
 
-from .conftest import AUTH, BOADELLA_BANDS
-from .test_hostile_input import _Redirect
+from .conftest import AUTH
 
 REFUSED = {"code": "source_not_allowed", "description": GENERIC}
 EXECUTE = "/processes/classify-scene/execution"
 
 
-# -- A: asset fields of the wrong type ---------------------------------------------------------
-def _bad_items(good: dict[str, Any]) -> dict[str, tuple[dict[str, Any], str]]:
-    """name -> (item, words of the reason): each made from the good item by one change."""
-
-    def variant(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-        item: dict[str, Any] = json.loads(json.dumps(good))
-        change(item)
-        return item
-
-    def data(**fields: Any) -> Callable[[dict[str, Any]], None]:
-        return lambda item: item["assets"]["data"].update(fields)
-
-    def when(value: str) -> Callable[[dict[str, Any]], None]:
-        return lambda item: item["properties"].update(datetime=value)
-
-    one_band = [{"scale": 0.0001, "offset": 0}]
-    return {
-        "roles-number": (variant(data(roles=5)), "roles must be a list of strings"),
-        "roles-string": (variant(data(roles="data")), "roles must be a list of strings"),
-        "scale-list": (
-            variant(data(**{"raster:bands": [{**one_band[0], "scale": [1]}]})),
-            "scale must be a finite number",
-        ),
-        "scale-text": (
-            variant(data(**{"raster:bands": [{**one_band[0], "scale": "a"}]})),
-            "scale must be a finite number",
-        ),
-        "offset-true": (
-            variant(data(**{"raster:bands": [{**one_band[0], "offset": True}]})),
-            "offset must be a finite number",
-        ),
-        "raster-bands-number": (variant(data(**{"raster:bands": 3})), "raster:bands must be a"),
-        "eo-bands-number": (variant(data(**{"eo:bands": 3})), "eo:bands must be a list"),
-        "assets-list": (variant(lambda item: item.update(assets=[1])), "assets must be an object"),
-        "before-year-1-in-utc": (variant(when("0001-01-01T00:00:00+01:00")), "years 1..9999"),
-        "after-9999-in-utc": (variant(when("9999-12-31T23:59:59-01:00")), "years 1..9999"),
-    }
-
-
+# -- A: asset fields of the wrong type (the items themselves: test_item_validation.py) --------
 def test_the_shared_rules_raise_a_bad_item_error_that_is_dead_lettered() -> None:
     for asset, what in (
         ({"href": "b04.tif", "roles": 5}, "roles"),
@@ -102,74 +58,6 @@ def test_the_shared_rules_raise_a_bad_item_error_that_is_dead_lettered() -> None
     )
     assert sentinel2.asset_radiometry({"raster:bands": [{"scale": 2}]}, 1, None).scale == 2.0
     assert classify(TypeError("a real bug")) is Disposition.STOP  # still stops the consumer
-
-
-def test_validation_names_the_field(boadella_item: Callable[[str], Path]) -> None:
-    good = json.loads(boadella_item("2020-06-21").read_text())
-    validate_item(good, "good.json")
-    for name, (item, words) in _bad_items(good).items():
-        with pytest.raises(BadInputError, match=r"^bad\.json: ") as caught:
-            validate_item(item, "bad.json")
-        assert words in str(caught.value), (name, str(caught.value))
-
-
-async def test_the_consumer_dead_letters_such_items_and_goes_on(
-    service: InferenceService,
-    bus: InMemoryBus,
-    tmp_path: Path,
-    boadella_item: Callable[[str], Path],
-    make_model: Callable[..., ModelPromoted],
-) -> None:
-    await asyncio.to_thread(service.deployment.deploy, make_model("1"))
-    good = json.loads(boadella_item("2020-06-21").read_text())
-    bad = _bad_items(good)
-    for name, (item, _words) in bad.items():
-        href = tmp_path / f"{name}.json"
-        href.write_text(json.dumps(item))
-        await bus.publish(topics.SCENES_DISCOVERED, _scene_event(name, str(href)))
-    good_href = str(boadella_item("2020-06-21"))
-    await bus.publish(topics.SCENES_DISCOVERED, _scene_event("good", good_href))
-    for _ in range(600):
-        if bus.size(bus.dead_letter_topic) >= len(bad) and bus.size(topics.SCENES_CLASSIFIED):
-            break
-        await asyncio.sleep(0.05)
-    reasons = {d.original_key: d.reason for d in await bus.read_dead_letters(limit=50)}
-    assert set(reasons) == set(bad)
-    for name, (_item, words) in bad.items():
-        assert words in reasons[name], (name, reasons[name])
-    assert bus.size(topics.SCENES_CLASSIFIED) == 1  # the good scene after them was classified
-    assert service.liveness()[0]
-
-
-def _scene_event(key: str, href: str) -> SceneDiscovered:
-    return SceneDiscovered(
-        item_id=key,
-        item_href=href,
-        datetime=datetime(2020, 6, 21, tzinfo=UTC),
-        processing_level="L2A",
-        bands=tuple(BOADELLA_BANDS),
-        source_name="test",
-    )
-
-
-async def test_rest_answers_400_with_the_reason(
-    service: InferenceService,
-    client: httpx.AsyncClient,
-    tmp_path: Path,
-    boadella_item: Callable[[str], Path],
-    make_model: Callable[..., ModelPromoted],
-) -> None:
-    await asyncio.to_thread(service.deployment.deploy, make_model("1"))
-    good = json.loads(boadella_item("2020-06-21").read_text())
-    for name, (item, words) in _bad_items(good).items():
-        href = tmp_path / f"{name}.json"
-        href.write_text(json.dumps(item))
-        r = await client.post("/classify/item", json={"item_href": str(href)}, headers=AUTH)
-        assert r.status_code == 400, (name, r.text)
-        assert r.json()["code"] == "bad_input" and words in r.json()["description"], name
-        r = await client.post(EXECUTE, json={"inputs": {"scene": item}}, headers=AUTH)
-        assert r.status_code == 400 and words in r.json()["description"], (name, r.text)
-    assert (await client.get("/readyz")).status_code == 200
 
 
 # -- B: query parameters -----------------------------------------------------------------------
@@ -213,16 +101,6 @@ def test_range_positions_of_thousands_of_digits() -> None:
 
 
 # -- C: every href a REST user's scene or model names ------------------------------------------
-@pytest.fixture
-def redirector() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Redirect)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-
-
 @pytest.fixture
 async def loopback(
     settings: InferenceSettings, make_model: Callable[..., ModelPromoted]

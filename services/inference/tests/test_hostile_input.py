@@ -4,14 +4,11 @@ are read, and no answer leaks a server path or whether a file exists or a port i
 from __future__ import annotations
 
 import asyncio
-import http.server
 import json
 import tempfile
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
@@ -160,37 +157,6 @@ async def test_a_vrt_upload_is_refused(
     named.write_text(json.dumps(item))
     r = await client.post("/classify/item", json={"item_href": str(named)}, headers=AUTH)
     assert r.status_code == 400 and "not a readable raster" in r.json()["description"], r.text
-
-
-class _Redirect(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        targets = {
-            "/to-other-host": "http://127.0.0.2:{port}/item.json",
-            "/to-nowhere": "http://127.0.0.3:1/item.json",
-            "/band.tif": "http://127.0.0.2:{port}/band.tif",  # a raster asset that redirects
-        }
-        target = targets.get(self.path.split("?")[0])
-        if target is None:
-            self.send_response(404)
-            self.end_headers()
-            return
-        self.send_response(302)
-        port = self.headers.get("Host", "").rsplit(":", 1)[-1]
-        self.send_header("Location", target.format(port=port))
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def redirector() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Redirect)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
 
 
 async def _client_with(

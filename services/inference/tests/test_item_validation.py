@@ -1,5 +1,6 @@
-"""Items are checked before any work: a bad id, bbox or datetime is a 400 over REST and a dead
-letter from the consumer, with no file written; a scene that fails after writing leaves none."""
+"""Items are checked before any work: a bad id, bbox, datetime or asset field is a 400 over REST
+(the classify route and the process) and a dead letter from the consumer, which goes on, with no
+file written; a scene that fails after writing leaves none."""
 
 from __future__ import annotations
 
@@ -23,24 +24,46 @@ from eostream.shared.events import ModelPromoted, SceneDiscovered
 
 from .conftest import AUTH, BOADELLA_BANDS
 
+EXECUTE = "/processes/classify-scene/execution"
+
 
 def _bad_items(good: dict[str, Any]) -> dict[str, tuple[dict[str, Any], str]]:
-    """name -> (item, words of the reason)."""
+    """name -> (item, words of the reason): each made from the good item by one change. Among
+    them asset fields of the wrong type and times outside years 1-9999 in UTC, which raised
+    TypeError or OverflowError past validation (a consumer stopped for ever, a 500)."""
 
-    def variant(**changes: Any) -> dict[str, Any]:
+    def variant(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         item: dict[str, Any] = json.loads(json.dumps(good))
-        for key, value in changes.items():
-            if key == "datetime":
-                item["properties"]["datetime"] = value
-            else:
-                item[key] = value
+        change(item)
         return item
 
+    def top(**fields: Any) -> Callable[[dict[str, Any]], None]:
+        return lambda item: item.update(fields)
+
+    def data(**fields: Any) -> Callable[[dict[str, Any]], None]:
+        return lambda item: item["assets"]["data"].update(fields)
+
+    def when(value: str) -> Callable[[dict[str, Any]], None]:
+        return lambda item: item["properties"].update(datetime=value)
+
+    def band(**fields: Any) -> Callable[[dict[str, Any]], None]:
+        return data(**{"raster:bands": [{"scale": 0.0001, "offset": 0, **fields}]})
+
     return {
-        "bbox-not-numbers": (variant(bbox=["west", 0, 1, 1]), "bbox"),
-        "bad-datetime": (variant(datetime="2020-13-45T99:00:00Z"), "RFC 3339"),
-        "dotdot-id": (variant(id="../../etc"), "not a safe name"),
-        "long-id": (variant(id="a" * 1100), "1100 characters"),
+        "bbox-not-numbers": (variant(top(bbox=["west", 0, 1, 1])), "bbox"),
+        "bad-datetime": (variant(when("2020-13-45T99:00:00Z")), "RFC 3339"),
+        "dotdot-id": (variant(top(id="../../etc")), "not a safe name"),
+        "long-id": (variant(top(id="a" * 1100)), "1100 characters"),
+        "roles-number": (variant(data(roles=5)), "roles must be a list of strings"),
+        "roles-string": (variant(data(roles="data")), "roles must be a list of strings"),
+        "scale-list": (variant(band(scale=[1])), "scale must be a finite number"),
+        "scale-text": (variant(band(scale="a")), "scale must be a finite number"),
+        "offset-true": (variant(band(offset=True)), "offset must be a finite number"),
+        "raster-bands-number": (variant(data(**{"raster:bands": 3})), "raster:bands must be a"),
+        "eo-bands-number": (variant(data(**{"eo:bands": 3})), "eo:bands must be a list"),
+        "assets-list": (variant(top(assets=[1])), "assets must be an object"),
+        "before-year-1-in-utc": (variant(when("0001-01-01T00:00:00+01:00")), "years 1..9999"),
+        "after-9999-in-utc": (variant(when("9999-12-31T23:59:59-01:00")), "years 1..9999"),
     }
 
 
@@ -65,8 +88,19 @@ async def test_rest_refuses_bad_items_with_a_400_and_writes_nothing(
         assert r.status_code == 400, f"{name}: {r.status_code} {r.text}"
         body = r.json()
         assert body["code"] == "bad_input" and words in body["description"], (name, body)
+        r = await client.post(EXECUTE, json={"inputs": {"scene": item}}, headers=AUTH)
+        assert r.status_code == 400 and words in r.json()["description"], (name, r.text)
     assert _results(service, settings) == []
     assert (await client.get("/readyz")).status_code == 200
+
+
+def test_validation_names_the_field(boadella_item: Callable[[str], Path]) -> None:
+    good = json.loads(boadella_item("2020-06-21").read_text())
+    validate_item(good, "good.json")
+    for name, (item, words) in _bad_items(good).items():
+        with pytest.raises(BadInputError, match=r"^bad\.json: ") as caught:
+            validate_item(item, "bad.json")
+        assert words in str(caught.value), (name, str(caught.value))
 
 
 async def test_consumer_dead_letters_bad_items_and_writes_nothing(
@@ -83,17 +117,7 @@ async def test_consumer_dead_letters_bad_items_and_writes_nothing(
     for name, (item, _words) in bad.items():
         href = tmp_path / f"{name}.json"
         href.write_text(json.dumps(item))
-        await bus.publish(
-            topics.SCENES_DISCOVERED,
-            SceneDiscovered(
-                item_id=name,
-                item_href=str(href),
-                datetime=datetime(2020, 6, 21, tzinfo=UTC),
-                processing_level="L2A",
-                bands=tuple(BOADELLA_BANDS),
-                source_name="test",
-            ),
-        )
+        await bus.publish(topics.SCENES_DISCOVERED, _scene_event(name, str(href)))
     for _ in range(400):
         if bus.size(bus.dead_letter_topic) >= len(bad):
             break
@@ -103,6 +127,26 @@ async def test_consumer_dead_letters_bad_items_and_writes_nothing(
     for name, (_item, words) in bad.items():
         assert words in reasons[name], (name, reasons[name])
     assert _results(service, settings) == []
+    # the consumer goes on: a good scene after them is classified
+    good_href = str(boadella_item("2020-06-21"))
+    await bus.publish(topics.SCENES_DISCOVERED, _scene_event("good", good_href))
+    for _ in range(600):
+        if bus.size(topics.SCENES_CLASSIFIED):
+            break
+        await asyncio.sleep(0.05)
+    assert bus.size(topics.SCENES_CLASSIFIED) == 1
+    assert service.liveness()[0]
+
+
+def _scene_event(key: str, href: str) -> SceneDiscovered:
+    return SceneDiscovered(
+        item_id=key,
+        item_href=href,
+        datetime=datetime(2020, 6, 21, tzinfo=UTC),
+        processing_level="L2A",
+        bands=tuple(BOADELLA_BANDS),
+        source_name="test",
+    )
 
 
 async def test_a_scene_that_fails_after_writing_leaves_no_files(

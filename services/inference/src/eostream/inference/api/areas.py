@@ -21,8 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from eostream.inference import area_query, areas, writer
 from eostream.inference.api.deps import Results, Settings, Store
-from eostream.inference.api.params import parse_bbox
-from eostream.inference.api.search_params import parse_utc_datetime
+from eostream.inference.api.params import parse_bbox, parse_datetime
 from eostream.inference.errors import BadInputError, TooLargeError
 from eostream.inference.results import ResultRecord
 from eostream.shared.http_errors import error_responses
@@ -283,7 +282,7 @@ def _aggregate(
     model_version: str | None,
     csv: bool,
 ) -> Response:
-    start, end = parse_utc_datetime(datetime)
+    start, end = parse_datetime(datetime)
     records = area_query.select(
         results, geometry, start, end, model_name=model_name, model_version=model_version
     )

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
 from typing import Any
 
 import shapely
@@ -157,22 +156,4 @@ def parse_when(text: str | None) -> tuple[Any, Any]:
     for end in ends:
         if end not in ("", "..") and not _INSTANT.fullmatch(end):
             raise BadInputError(f"datetime {text!r} is not an RFC 3339 instant or interval")
-    return parse_utc_datetime(upper)
-
-
-def parse_utc_datetime(text: str | None) -> tuple[datetime | None, datetime | None]:
-    """:func:`~eostream.inference.api.params.parse_datetime`, and 400 for an instant that is
-    no time once converted to UTC, as the results index compares them (``0001-01-01T00:00:00
-    +01:00`` is in year 0)."""
-    start, end = parse_datetime(text)
-    for instant in (start, end):
-        if instant is None:
-            continue
-        try:
-            instant.astimezone(UTC)
-        except OverflowError:
-            shown = instant.isoformat()
-            raise BadInputError(
-                f"datetime {text!r:.100}: {shown} is outside the years 1..9999 in UTC"
-            ) from None
-    return start, end
+    return parse_datetime(upper)  # in UTC; a time outside years 1-9999 there is a 400

@@ -7,6 +7,7 @@ says how to search instead."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from eostream.inference.results import (
     build_results_store,
 )
 from eostream.inference.service import InferenceService
+from eostream.inference.subscriptions.matching import footprint
 
 Box = tuple[float, float, float, float]
 
@@ -192,3 +194,26 @@ def test_an_area_split_at_the_antimeridian_narrows_the_index_to_the_box_across_i
     assert index_bbox(east_part) == (179.5, -17.0, 180.0, -16.0)
     elsewhere = shapely.geometry.MultiPolygon([east_part, shapely.geometry.box(0, 0, 1, 1)])
     assert index_bbox(elsewhere) == (0.0, -17.0, 180.0, 1.0)
+
+
+async def test_a_result_without_a_geometry_is_its_bbox_on_both_sides(
+    client: httpx.AsyncClient, service: InferenceService
+) -> None:
+    """An item with no geometry falls back to its bbox: across the antimeridian that is the two
+    sides, west..180 and -180..east, not the box between them (the rest of the globe), for the
+    ``intersects`` search and for the subscriptions' matcher alike."""
+    record = _record("across", SCENES["across"], "m")
+    service.results.put(dataclasses.replace(record, item={**record.item, "geometry": None}))
+    where = footprint(record.item | {"geometry": None}, record.bbox)
+    assert where is not None and where.geom_type == "MultiPolygon"
+    for area, meets in (
+        (shapely.geometry.box(179.2, -16.8, 179.8, -16.2), True),
+        (shapely.geometry.box(-179.8, -16.8, -179.2, -16.2), True),
+        (shapely.geometry.box(0.0, -16.8, 1.0, -16.2), False),  # between its sides: Africa
+    ):
+        assert where.intersects(area) is meets, area.bounds
+        r = await client.post(
+            "/stac/search", json={"intersects": shapely.geometry.mapping(area), "limit": 10}
+        )
+        assert r.status_code == 200, r.text
+        assert len(r.json()["features"]) == int(meets), area.bounds

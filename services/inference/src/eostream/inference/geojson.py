@@ -35,6 +35,19 @@ def parse_geometry(
     return geometry
 
 
+def bbox_shape(bbox: tuple[float, float, float, float]) -> BaseGeometry:
+    """A stored WGS84 bbox (an item's, a result's) as a shape. One whose west is east of its
+    east (``[179, -17, -179, -16]``: across the antimeridian, as STAC and GeoJSON write it) is
+    the MultiPolygon of its two sides, ``west..180`` and ``-180..east``, not the box between
+    them, which is the rest of the globe."""
+    west, south, east, north = bbox
+    if west <= east:
+        return shapely.box(west, south, east, north)
+    return shapely.MultiPolygon(
+        [shapely.box(west, south, 180.0, north), shapely.box(-180.0, south, east, north)]
+    )
+
+
 def _geometry(value: object, budget: list[int], limit: int, name: str) -> BaseGeometry:
     if not isinstance(value, Mapping):
         raise BadInputError(f"{name} must be a GeoJSON geometry object")

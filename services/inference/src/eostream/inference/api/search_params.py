@@ -13,7 +13,7 @@ import shapely.geometry
 
 from eostream.inference.api.params import parse_datetime
 from eostream.inference.errors import BadInputError
-from eostream.inference.geojson import parse_geometry
+from eostream.inference.geojson import bbox_shape, parse_geometry
 from eostream.inference.results import ResultRecord
 
 _INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")
@@ -128,7 +128,7 @@ def footprint(record: ResultRecord) -> shapely.Geometry:
     geometry = record.item.get("geometry")
     if geometry:
         return shapely.geometry.shape(geometry)
-    return shapely.box(*record.bbox) if record.bbox else shapely.Point()
+    return bbox_shape(record.bbox) if record.bbox else shapely.Point()
 
 
 def parse_intersects(value: Any) -> shapely.Geometry | None:

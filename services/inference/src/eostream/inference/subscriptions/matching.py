@@ -6,16 +6,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from shapely.geometry import box, shape
+from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
+from eostream.inference.geojson import bbox_shape
 from eostream.inference.subscriptions.store import Subscription
 
 
 def footprint(
     item: Mapping[str, Any], bbox: tuple[float, float, float, float] | None
 ) -> BaseGeometry | None:
-    """The result's footprint: its item's geometry, else its bounding box, else None."""
+    """The result's footprint: its item's geometry, else its bounding box (:func:`bbox_shape`),
+    else None."""
     geometry = item.get("geometry")
     if isinstance(geometry, Mapping):
         try:
@@ -25,7 +27,7 @@ def footprint(
         if found is not None and not found.is_empty:
             return found if found.is_valid else found.buffer(0)
     if bbox is not None:
-        return box(*bbox)
+        return bbox_shape(bbox)  # two sides when it crosses the antimeridian
     return None
 
 

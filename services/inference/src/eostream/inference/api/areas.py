@@ -5,30 +5,29 @@ transitions between two maps (``eostream.inference.area_query``). Registered bef
 Both read whole windows of result maps into memory, in the threadpool beside the model and the
 consumers, so both are bounded before any map is read: the pixels one request may read
 (``AREA_MAX_PIXELS``, estimated from the results' sizes and footprints: 413 with how to narrow
-it) and the pixels all of them read at once (``AREA_PIXELS_IN_FLIGHT``: 503 with Retry-After)."""
+it) and the pixels all of them read at once (``AREA_PIXELS_IN_FLIGHT``: 503 with Retry-After):
+``api/area_limits.py``."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from eostream.inference import area_query, areas, writer
+from eostream.inference.api import area_limits
 from eostream.inference.api.deps import Results, Settings, Store
 from eostream.inference.api.params import parse_bbox, parse_datetime
-from eostream.inference.errors import BadInputError, TooLargeError
+from eostream.inference.errors import BadInputError
 from eostream.inference.results import ResultRecord
 from eostream.shared.http_errors import error_responses
 
 router = APIRouter(prefix="/results", tags=["areas"])
-#: what a client is told to wait (seconds) when the maps being read fill the budget
-RETRY_AFTER_SECONDS = 5
 
 Bbox = Annotated[
     str | None,
@@ -129,71 +128,6 @@ def _reader(store: Any) -> Any:
     return lambda record: area_query.map_bytes(store, record)
 
 
-class PixelBudget:
-    """The pixels the area requests of one app read at once: a request that would pass the
-    limit is answered 503 at once (never queued in the threadpool); one alone always runs."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.held = 0
-        self._lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def hold(self, pixels: int) -> Iterator[None]:
-        with self._lock:
-            if self.held and self.held + pixels > self.limit:
-                raise HTTPException(
-                    503,
-                    detail={
-                        "code": "unavailable",
-                        "description": f"busy: other requests are reading result maps (this "
-                        f"one would read about {pixels:,} pixels); retry in "
-                        f"{RETRY_AFTER_SECONDS} s, or narrow the area, bbox or datetime",
-                    },
-                    headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-                )
-            self.held += pixels
-        try:
-            yield
-        finally:
-            with self._lock:
-                self.held -= pixels
-
-
-_BUDGET_LOCK = threading.Lock()
-
-
-def _budget(request: Request, settings: Settings) -> PixelBudget:
-    """The app's budget (one per app: made by its first area request)."""
-    state = request.app.state
-    with _BUDGET_LOCK:
-        budget: PixelBudget | None = getattr(state, "area_budget", None)
-        if budget is None:
-            budget = state.area_budget = PixelBudget(settings.area_pixels_in_flight)
-    return budget
-
-
-def _map_pixels(record: ResultRecord) -> int:
-    """The map's width x height, as its statistics (or its item) record it; else a full tile."""
-    value = record.stats.get("pixels", record.item.get("properties", {}).get("eostream:pixels"))
-    known = isinstance(value, int) and not isinstance(value, bool) and value > 0
-    return int(value) if known else areas.FULL_TILE_PIXELS
-
-
-def _pixels(
-    records: Sequence[ResultRecord], geometry: areas.Geometry | None, settings: Settings, how: str
-) -> int:
-    """The pixels reading ``records`` in ``geometry`` costs, estimated before any is read; more
-    than ``AREA_MAX_PIXELS`` is a :class:`TooLargeError` that says ``how`` to narrow it."""
-    total = sum(areas.window_pixels(_map_pixels(r), r.bbox, geometry) for r in records)
-    if total > settings.area_max_pixels:
-        raise TooLargeError(
-            f"this request would read about {total:,} pixels of {len(records)} result map(s); "
-            f"a request may read at most {settings.area_max_pixels:,}: {how}"
-        )
-    return total
-
-
 @router.get(
     "/aggregate",
     summary="Class areas (km2) inside an area per acquisition date (JSON, or CSV with f=csv)",
@@ -290,7 +224,7 @@ def _aggregate(
     area_query.check_classes(wanted, known)
     names = wanted or [*known, writer.UNCERTAIN_NAME]
     how = "give a smaller area (bbox or intersects) or a shorter datetime range"
-    with _budget(request, settings).hold(_pixels(records, geometry, settings, how)):
+    with area_limits.reading(request, settings, records, geometry, how):
         entries = area_query.aggregate(records, _reader(store), geometry, names)
     if csv:
         return Response(area_query.csv_lines(entries), media_type="text/csv; charset=utf-8")
@@ -346,7 +280,7 @@ def _pair(
         if geometry is None
         else "give a smaller area (bbox or intersects)"
     )
-    with _budget(request, settings).hold(_pixels([first, second], geometry, settings, how)):
+    with area_limits.reading(request, settings, [first, second], geometry, how):
         yield first, second, area_query.change(first, second, _reader(store), geometry)
 
 

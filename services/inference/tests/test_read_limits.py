@@ -24,8 +24,9 @@ from affine import Affine
 from pydantic import SecretStr
 from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
+from rasterio.windows import Window
 
-from eostream.inference import areas, writer
+from eostream.inference import area_query, areas, writer
 from eostream.inference.api.app import create_app
 from eostream.inference.results import ResultRecord
 from eostream.inference.settings import InferenceSettings
@@ -310,6 +311,37 @@ def test_transitions_of_a_large_map_need_little_memory_beyond_the_maps() -> None
     assert peak < 2 * side * side, f"{peak / side / side:.1f} bytes a pixel"
     peak = _peak(lambda: areas.count(a, everywhere, row_km2))
     assert peak < 2 * side * side, f"{peak / side / side:.1f} bytes a pixel"
+
+
+def test_the_areas_of_a_date_need_little_memory_beyond_the_map() -> None:
+    """An aggregate's date sums its maps' counts: no array of pixel areas the size of the window
+    (8 bytes a pixel: with the labels and the area mask, ~11 at the peak)."""
+    side = 4096
+    labels = np.random.default_rng(2).integers(0, 4, (side, side), dtype=np.uint8)
+    labels[:100] = areas.NODATA
+    row_km2 = np.linspace(1e-4, 2e-4, side)
+    found = areas.AreaMap(
+        labels=labels,
+        inside=np.broadcast_to(np.True_, labels.shape),
+        row_km2=row_km2,
+        window=Window(0, 0, side, side),
+        transform=Affine.identity(),
+        crs=None,
+        shape=(side, side),
+    )
+    stats = {"classes": {name: {} for name in ("Forest", "River", "SeaLake", "Urban")}}
+    record = ResultRecord(
+        id="r", scene_id="s", model_name="limits", model_version="1", run_id=None,
+        datetime=datetime(2024, 5, 1, tzinfo=UTC), bbox=FOOTPRINT, prefix="p", item={},
+        stats=stats,
+    )  # fmt: skip
+    day = area_query.DateAreas(datetime(2024, 5, 1).date())
+    peak = _peak(lambda: day.add(record, found))
+    assert peak < 2 * side * side, f"{peak / side / side:.1f} bytes a pixel"
+    assert day.area_pixels == side * side and day.nodata_pixels == 100 * side
+    assert day.area_km2 == pytest.approx(float(row_km2.sum()) * side)
+    in_classes = sum(int(c["pixels"]) for c in day.classes.values())
+    assert in_classes + day.nodata_pixels == day.area_pixels
 
 
 def _area(x0: float, y0: float, x1: float, y1: float) -> dict[str, Any]:

@@ -119,8 +119,10 @@ class DateAreas:
             mine = self.classes.setdefault(name, {"pixels": 0, "km2": 0.0})
             mine["pixels"] = int(mine["pixels"]) + int(value["pixels"])
             mine["km2"] = float(mine["km2"]) + float(value["km2"])
-        self.area_pixels += int(found.inside.sum())
-        self.area_km2 += float((found.row_km2[:, None] * found.inside).sum())
+        # every pixel inside holds some value: the area is the sum of the counts (no array of
+        # pixel areas the size of the window, which took 8 bytes a pixel)
+        self.area_pixels += int(counts.pixels.sum())
+        self.area_km2 += float(counts.km2.sum())
         self.nodata_pixels += int(counts.pixels[NODATA])
 
 

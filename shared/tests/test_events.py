@@ -45,6 +45,15 @@ def test_events_are_frozen_and_closed() -> None:
         SceneDiscovered.model_validate({**scene.model_dump(), "surprise": 1})
 
 
+@pytest.mark.parametrize("seed", [-1, 2**32, 10**30])
+def test_a_training_seed_is_one_the_generators_take(seed: int) -> None:
+    """numpy's generators refuse a negative seed and torch's a seed past 64 bits: such a request
+    used to fail at the first epoch, after TrainingStarted and its MLflow run."""
+    with pytest.raises(ValidationError, match="seed"):
+        TrainingRequested(request_id="r", seed=seed)
+    assert TrainingRequested(request_id="r", seed=2**32 - 1).seed == 2**32 - 1
+
+
 def test_times_must_be_aware() -> None:
     with pytest.raises(ValidationError, match="timezone"):
         SceneDiscovered.model_validate({**a_scene().model_dump(), "datetime": "2024-03-02T11:05"})

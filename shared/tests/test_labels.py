@@ -261,6 +261,7 @@ INSIDE = mapping(box(2.80, 42.34, 2.81, 42.35))
         ({"type": "FeatureCollection", "features": [7]}, {}, "feature 0 is not a GeoJSON Feature"),
         (fc(INSIDE), {"task": "detection"}, "task 'detection'"),
         (fc(INSIDE), {"item_id": "../x"}, "item id '../x'"),
+        (fc(INSIDE), {"item_id": "scene-1\n"}, "item id 'scene-1\\n'"),  # a folder's name
     ],
 )
 def test_bad_vector_labels_give_one_line(

@@ -85,6 +85,10 @@ def test_checksum_mismatch_and_broken_core_fields_are_caught(card: ModelCard) ->
     no_tasks = copy.deepcopy(data)
     del no_tasks["properties"]["mlm:tasks"]
     assert any("invalid MLM fields" in p for p in mlm.validate_item(no_tasks, card, SHA))
+    bad_card = copy.deepcopy(data)
+    bad_card["properties"][mlm.CARD_PROPERTY]["patch_size"] = "x"
+    problems = mlm.validate_item(bad_card, card, SHA)  # listed, not raised
+    assert any("model card is not valid" in p for p in problems), problems
 
 
 def test_a_fine_tuned_model_names_its_base(card: ModelCard) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+from pydantic import ValidationError
+
 from eostream.shared.modelcard import BAND_SETS, METADATA_KEY, BandScaling, ModelCard
 from eostream.shared.onnx_contract import OnnxFacts, TensorFacts, graph_problems, ort_dtype
 
@@ -33,6 +36,13 @@ def test_every_break_is_named() -> None:
     assert any("no input 'input'" in p and "input is named 'x'" in p for p in problems)
     assert any("batch dimension is fixed at 2" in p for p in problems)
     assert any("4 channels; the card declares 3 bands" in p for p in problems)
+
+
+def test_a_card_must_name_a_patch_size_a_model_can_take() -> None:
+    """0 used to pass as "the default" (64) while inference fed the model 0 x 0 windows."""
+    for size in (0, -64):
+        with pytest.raises(ValidationError, match="patch_size"):
+            CARD.model_validate({**CARD.model_dump(), "patch_size": size})
 
 
 def test_the_embedded_card_must_be_there_and_agree() -> None:

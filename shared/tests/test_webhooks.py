@@ -39,6 +39,9 @@ def test_a_fresh_secret_signs_and_verifies_and_a_rotation_keeps_both_keys() -> N
     [
         ({"webhook-signature": ""}, "unauthorized"),
         ({"webhook-timestamp": "soon"}, "bad_signature"),
+        ({"webhook-timestamp": "\u00b2"}, "bad_signature"),  # str.isdigit says yes, int() no
+        ({"webhook-timestamp": "9" * 5000}, "bad_signature"),  # past int()'s 4,300 digits
+        ({"webhook-timestamp": "1000\n"}, "bad_signature"),
         ({"webhook-timestamp": "1301"}, "stale_timestamp"),
         ({"webhook-id": "m2"}, "bad_signature"),
         ({"webhook-signature": "v2,abc"}, "bad_signature"),

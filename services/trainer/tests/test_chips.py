@@ -11,6 +11,7 @@ import duckdb
 import mlflow
 import numpy as np
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from eostream.inference import evaluation, reference
@@ -24,6 +25,7 @@ from eostream.registry_bridge.shipping import Shipper
 from eostream.shared.modelcard import ModelCard
 from eostream.trainer import chipset
 from eostream.trainer.cli import app as trainer_app
+from eostream.trainer.cli import fit_command, submit
 from eostream.trainer.labels_cli import app as labels_app
 
 TRAIN_DATES = ("2020-06-21", "2020-09-14")
@@ -338,3 +340,20 @@ def test_fit_refuses_a_missing_dataset_in_one_line(tmp_path: Path) -> None:
     assert result.output.strip().splitlines()[-1] == (
         f"eostream: no chip dataset at {tmp_path / 'none'} (expected a folder with chips.parquet)"
     )
+
+
+@pytest.mark.usefixtures("root_logging")
+@pytest.mark.parametrize("command", ["fit", "submit"])
+def test_an_option_out_of_the_requests_bounds_is_one_line(command: str) -> None:
+    """pydantic's refusal of the request was a traceback (``eostream trainer fit`` and
+    ``eostream train``, which is ``submit``)."""
+    train_app = typer.Typer()
+    train_app.command("fit")(fit_command)
+    train_app.command("submit")(submit)
+    result = CliRunner().invoke(train_app, [command, "--seed", "-1"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        "eostream: --seed: Input should be greater than or equal to 0"
+    ), result.output
+    result = CliRunner().invoke(train_app, [command, "--epochs", "0", "--seed", "-1"])
+    assert result.output.strip().endswith("(and 1 more)"), result.output

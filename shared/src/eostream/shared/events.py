@@ -98,7 +98,13 @@ class TrainingRequested(Event):
     learning_rate: float = Field(default=1e-3, gt=0, le=10)
     samples_per_class: int | None = Field(default=None, ge=1)
     split: Literal["random", "spatial"] = "random"
-    seed: int = 42
+    seed: int = Field(
+        default=42,
+        ge=0,
+        le=2**32 - 1,
+        description="0..2**32-1: what numpy's and torch's generators take (a negative or huge "
+        "seed failed only at the first epoch, after the run had started)",
+    )
     base_model: str | None = Field(
         default=None, description="models:/NAME/VERSION or models:/NAME@alias to fine-tune from"
     )

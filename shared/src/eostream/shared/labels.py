@@ -406,11 +406,11 @@ def _check_task(task: str) -> None:
         raise LabelError(f"task {task!r}: expected one of {', '.join(TASKS)}")
 
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
 def _check_id(item_id: str) -> None:
-    if not _ID.match(item_id):
+    if not _ID.fullmatch(item_id):  # not match with $: that lets a trailing newline through
         raise LabelError(f"item id {item_id!r}: use letters, digits, '.', '_' and '-'")
 
 

@@ -298,8 +298,12 @@ def validate_item(data: dict[str, Any], card: ModelCard, sha256: str) -> list[st
     for key, asset in data.get("assets", {}).items():
         if key != "model" and asset.get(PRECISION) and not asset.get("file:checksum"):
             problems.append(f"the {key} asset has no file:checksum")
-    if props.get(CARD_PROPERTY) and ModelCard.model_validate(props[CARD_PROPERTY]) != card:
-        problems.append("the item's model card differs from the model's")
+    if props.get(CARD_PROPERTY):
+        try:
+            if ModelCard.model_validate(props[CARD_PROPERTY]) != card:
+                problems.append("the item's model card differs from the model's")
+        except ValidationError as exc:
+            problems.append(f"the item's model card is not valid: {exc}".splitlines()[0])
     if any(link.get("rel") == "derived-from" for link in data.get("links", [])):
         problems.append(f"'derived-from' is not a STAC relation type: use {DERIVED_FROM!r}")
     return problems

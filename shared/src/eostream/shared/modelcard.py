@@ -99,7 +99,7 @@ class ModelCard(BaseModel):
     bands: tuple[str, ...] = Field(min_length=1)
     scaling: tuple[BandScaling, ...]
     classes: tuple[str, ...] = EUROSAT_CLASSES
-    patch_size: int = PATCH_SIZE
+    patch_size: int = Field(default=PATCH_SIZE, ge=1, le=4096)
     input_name: str = INPUT_NAME
     output_name: str = OUTPUT_NAME
     processing_level: Literal["L1C", "L2A"] = Field(

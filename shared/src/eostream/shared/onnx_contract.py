@@ -66,7 +66,7 @@ def _patch_input_problems(
     shape: tuple[Dim, ...], channels: int | None, patch: int | None
 ) -> list[str]:
     """A patch model's input: ``[N, C, P, P]``, N dynamic."""
-    patch = patch or PATCH_SIZE
+    patch = PATCH_SIZE if patch is None else patch
     if len(shape) != 4:
         return [f"input has rank {len(shape)}; the contract says [N, C, H, W]"]
     problems: list[str] = []
@@ -160,7 +160,7 @@ def graph_problems(facts: OnnxFacts, card: ModelCard | None) -> list[str]:
     else:
         problems += _patch_input_problems(inp.shape, channels, patch)
     n_classes = len(card.classes) if card else len(EUROSAT_CLASSES)
-    problems += _output_problems(out.shape, n_classes, patch or PATCH_SIZE, task)
+    problems += _output_problems(out.shape, n_classes, PATCH_SIZE if patch is None else patch, task)
 
     if card is not None:
         expected_bands = BAND_SETS.get(card.band_set)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
 from eostream.shared import tags
 from eostream.shared.events import TrainingRequested, TrainingStarted
@@ -88,6 +89,19 @@ def progress_bar() -> Iterator[BatchCallback]:
             progress.update(task, rate=f"{speed:,.0f} images/s" if speed else "")
 
         yield on_batch
+
+
+def _request(**fields: Any) -> TrainingRequested:
+    """The request the options make, or one clear line and exit status 2 (an option out of the
+    event's bounds, as ``--seed -1`` or ``--epochs 0``, printed pydantic's traceback)."""
+    try:
+        return TrainingRequested(**fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "request"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        typer.echo(f"eostream: --{where.replace('_', '-')}: {first['msg']}{more}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _checked(request: TrainingRequested) -> TrainingPlan:
@@ -223,7 +237,7 @@ def fit_command(
     settings = _settings(bus="memory")  # fit publishes nothing: no Kafka settings needed
     tracker = tracker_for(settings)
     plan = _checked(
-        TrainingRequested(
+        _request(
             band_set=bands,
             architecture=architecture,
             family=family,
@@ -425,8 +439,7 @@ def submit(
 ) -> None:
     """Ask the trainer for a model: publish TrainingRequested, print the MLflow run link."""
 
-    settings = _settings()
-    request = TrainingRequested(
+    request = _request(
         band_set=bands,
         architecture=architecture,
         family=family,
@@ -442,7 +455,7 @@ def submit(
         requested_by="eostream train",
     )
     _checked(request)  # refuse a bad request here, before it reaches the bus
-    asyncio.run(_submit(settings, request, wait, timeout))
+    asyncio.run(_submit(_settings(), request, wait, timeout))
 
 
 def _run_line(event: TrainingStarted) -> str:

@@ -75,3 +75,21 @@ def test_a_service_started_with_one_gets_one_line(monkeypatch: pytest.MonkeyPatc
     assert "eostream-local-api-key" not in text  # the value itself is never echoed
     monkeypatch.setenv("DEMO_API_KEY", "a-secret-of-my-own-1234")
     assert load_settings(_Settings).api_key.get_secret_value() == "a-secret-of-my-own-1234"
+
+
+def test_a_dsn_kept_as_a_secret_is_checked_like_a_plain_one() -> None:
+    """Ingest's ``pg_dsn`` is a SecretStr: its password counts where its host is not loopback,
+    whatever the service's own HTTP host."""
+
+    class _WithDsn(_Settings):
+        pg_dsn: SecretStr = SecretStr("postgresql://u:a-password-of-my-own@db:5432/results")
+
+    base = _WithDsn(bus="memory", _env_file=None)
+    remote = SecretStr("postgresql://eostream:eostream@postgres:5432/results")
+    local = SecretStr("postgresql://eostream:eostream@127.0.0.1:15432/results")
+    for http_host in ("0.0.0.0", "127.0.0.1"):  # noqa: S104
+        bad = base.model_copy(update={"http_host": http_host, "pg_dsn": remote})
+        assert published_defaults(bad, prefix="INGEST_") == ["INGEST_PG_DSN"], http_host
+    fine = base.model_copy(update={"http_host": "0.0.0.0", "pg_dsn": local})  # noqa: S104
+    assert published_defaults(fine, prefix="INGEST_") == []
+    assert published_defaults(base.model_copy(update={"http_host": "0.0.0.0"})) == []  # noqa: S104

@@ -9,8 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from eostream.client.http import RestClient
+from eostream.client.http import RestClient, api_path, json_object
 from eostream.client.schemas import ModelVersion
+
+
+def _versions(body: Any) -> list[ModelVersion]:
+    if not isinstance(body, list):
+        raise TypeError(f"expected a list of versions, got {type(body).__name__}")
+    return [ModelVersion.model_validate(row) for row in body]
 
 
 class BridgeClient(RestClient):
@@ -18,7 +24,7 @@ class BridgeClient(RestClient):
 
     def versions(self, name: str) -> list[ModelVersion]:
         """Every version of the model ``name``, as the registry's tags describe it."""
-        return [ModelVersion.model_validate(row) for row in self.get_json(f"/models/{name}")]
+        return self.get(api_path("models", name), _versions)
 
     def champion(self, name: str) -> ModelVersion | None:
         """The version holding the ``champion`` alias, if any."""
@@ -27,8 +33,10 @@ class BridgeClient(RestClient):
     def promote(self, name: str, version: str, *, reason: str, force: bool = False) -> Any:
         """Make ``version`` champion (recorded with the credential's name and ``reason``)."""
         body = {"version": version, "reason": reason, "force": force}
-        return self.request("POST", f"/models/{name}/promote", json=body).json()
+        return self.call("POST", api_path("models", name, "promote"), json_object, json=body)
 
     def rollback(self, name: str, *, reason: str) -> Any:
         """Make the previous champion live again."""
-        return self.request("POST", f"/models/{name}/rollback", json={"reason": reason}).json()
+        return self.call(
+            "POST", api_path("models", name, "rollback"), json_object, json={"reason": reason}
+        )

@@ -16,10 +16,10 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from eostream.client.errors import ApiError
-from eostream.client.http import RestClient
+from eostream.client.http import RestClient, api_path, json_object
 from eostream.client.schemas import Job, Models, ProcessList, ResultPage, ResultSummary, Statistics
 
 PROCESS = "classify-scene"
@@ -32,6 +32,14 @@ def _bbox(bbox: Bbox | str | None) -> str | None:
     if bbox is None or isinstance(bbox, str):
         return bbox
     return ",".join(str(v) for v in bbox)
+
+
+def _features(body: Any) -> list[dict[str, Any]]:
+    """The items of a STAC ``FeatureCollection``."""
+    features = json_object(body)["features"]
+    if not isinstance(features, list):
+        raise TypeError(f"features is {type(features).__name__}, not a list")
+    return features
 
 
 class InferenceClient(RestClient):
@@ -58,7 +66,7 @@ class InferenceClient(RestClient):
             "min_share": min_share, "model_name": model_name, "model_version": model_version,
             "limit": limit, "offset": offset,
         }  # fmt: skip
-        return ResultPage.model_validate(self.get_json("/results", **params))
+        return self.get("/results", ResultPage.model_validate, **params)
 
     def stac_search(
         self,
@@ -78,36 +86,41 @@ class InferenceClient(RestClient):
         if filter is not None:
             body["filter"] = filter
             body["filter-lang"] = "cql2-text" if isinstance(filter, str) else "cql2-json"
-        found = self.request("POST", "/stac/search", json=body).json()
-        return list(found["features"])
+        return self.call("POST", "/stac/search", _features, json=body)
 
     def result(
         self, scene_id: str, *, model_version: str | None = None, model_name: str | None = None
     ) -> ResultSummary:
         """The latest result of a scene, or the one ``model_name`` (and ``model_version``)
         made: versions are numbered per model, so name the model where several map."""
-        body = self.get_json(
-            f"/results/{scene_id}", model_version=model_version, model_name=model_name
+        return self.get(
+            api_path("results", scene_id),
+            ResultSummary.model_validate,
+            model_version=model_version,
+            model_name=model_name,
         )
-        return ResultSummary.model_validate(body)
 
     def item(
         self, scene_id: str, *, model_version: str | None = None, model_name: str | None = None
     ) -> dict[str, Any]:
         """The result's STAC item."""
-        body: dict[str, Any] = self.get_json(
-            f"/results/{scene_id}/item", model_version=model_version, model_name=model_name
+        return self.get(
+            api_path("results", scene_id, "item"),
+            json_object,
+            model_version=model_version,
+            model_name=model_name,
         )
-        return body
 
     def statistics(
         self, scene_id: str, *, model_version: str | None = None, model_name: str | None = None
     ) -> Statistics:
         """Per-class pixels, area (km2) and share of a result."""
-        body = self.get_json(
-            f"/results/{scene_id}/statistics", model_version=model_version, model_name=model_name
+        return self.get(
+            api_path("results", scene_id, "statistics"),
+            Statistics.model_validate,
+            model_version=model_version,
+            model_name=model_name,
         )
-        return Statistics.model_validate(body)
 
     def quicklook_url(
         self, scene_id: str, *, model_version: str | None = None, model_name: str | None = None
@@ -136,13 +149,14 @@ class InferenceClient(RestClient):
         )
 
     def download(self, url: str) -> bytes:
-        """The bytes behind a URL or path of this API (e.g. an ``aggregate`` map href)."""
+        """The bytes behind a URL or path of this API (e.g. an ``aggregate`` map href); the API
+        key goes only to this API's own URLs."""
         return self.request("GET", url).content
 
     def _file_url(
         self, scene_id: str, name: str, model_version: str | None, model_name: str | None
     ) -> str:
-        url = f"{self.url}/results/{quote(scene_id, safe='')}/{name}"
+        url = self.url + api_path("results", scene_id, name)
         params = {
             k: v for k, v in (("model_version", model_version), ("model_name", model_name)) if v
         }
@@ -163,38 +177,36 @@ class InferenceClient(RestClient):
         params: dict[str, Any] = {"datetime": datetime, "model_version": model_version}
         if intersects is not None:
             body = {"intersects": intersects, **{k: v for k, v in params.items() if v}}
-            found: dict[str, Any] = self.request("POST", "/results/aggregate", json=body).json()
-        else:
-            found = self.get_json("/results/aggregate", bbox=_bbox(bbox), **params)
-        return found
+            return self.call("POST", "/results/aggregate", json_object, json=body)
+        return self.get("/results/aggregate", json_object, bbox=_bbox(bbox), **params)
 
     # -- models -------------------------------------------------------------------------------
     def models(self) -> Models:
         """The deployed model and the deployment history (newest first)."""
-        return Models.model_validate(self.get_json("/models"))
+        return self.get("/models", Models.model_validate)
 
     # -- OGC API - Processes ------------------------------------------------------------------
     def processes(self) -> ProcessList:
-        return ProcessList.model_validate(self.get_json("/processes"))
+        return self.get("/processes", ProcessList.model_validate)
 
     def execute(self, inputs: dict[str, Any], *, process: str = PROCESS) -> Job:
         """Start a job (``Prefer: respond-async``): e.g. ``{"scene": <item href, or the item>,
         "model": "models:/<name>/<version>"}``. Needs the API key."""
-        response = self.request(
+        return self.call(
             "POST",
-            f"/processes/{process}/execution",
+            api_path("processes", process, "execution"),
+            Job.model_validate,
             json={"inputs": inputs},
             headers={"Prefer": "respond-async"},
         )
-        return Job.model_validate(response.json())
 
     def job(self, job_id: str) -> Job:
-        return Job.model_validate(self.get_json(f"/jobs/{job_id}"))
+        return self.get(api_path("jobs", job_id), Job.model_validate)
 
     def wait(self, job_id: str, *, timeout: float = 600, poll: float = 0.5) -> Job:
         """Poll a job until it is done; ApiError (code ``job_failed``) if it did not succeed."""
         deadline = time.monotonic() + timeout
-        url = self.absolute(f"/jobs/{job_id}")
+        url = self.absolute(api_path("jobs", job_id))
         while True:
             job = self.job(job_id)
             if job.done:
@@ -207,5 +219,7 @@ class InferenceClient(RestClient):
 
     def job_result(self, job_id: str) -> ResultSummary:
         """A successful job's result (the map it made)."""
-        document = self.get_json(f"/jobs/{job_id}/results")
-        return ResultSummary.model_validate(document["result"])
+        return self.get(
+            api_path("jobs", job_id, "results"),
+            lambda body: ResultSummary.model_validate(json_object(body)["result"]),
+        )

@@ -68,13 +68,15 @@ class MlflowAccount:
 @dataclass(frozen=True)
 class LocalStack:
     """The servers of the real local stack, as ``deploy/local/stack env`` exports them. The
-    MLflow accounts are there when the stack's MLflow runs its authentication app."""
+    MLflow accounts are there when the stack's MLflow runs its authentication app. The S3 secret
+    and the DSN (it holds the PostgreSQL password) stay out of its repr, which logs and test
+    reports print."""
 
     kafka_bootstrap: str
     s3_endpoint: str
     s3_access_key: str
-    s3_secret_key: str
-    pg_dsn: str
+    s3_secret_key: str = field(repr=False)
+    pg_dsn: str = field(repr=False)
     mlflow_uri: str
     stac_api_url: str
     prometheus_url: str | None = None

@@ -89,9 +89,20 @@ def _findings(model: BaseModel, path: list[str], host: str | None) -> Iterator[l
         yield from _value_findings(getattr(model, name), [*path, name], host)
 
 
+def _published_in_url(value: str) -> bool:
+    """Whether ``value`` is a URL (a DSN) carrying a published password for a host that is not
+    loopback: the URL names its own server, so ``host`` (the service's) does not matter."""
+    if "://" not in value or "@" not in value:
+        return False
+    password, url_host = _url_password(value)
+    return password in PUBLISHED and not is_loopback(url_host)
+
+
 def _value_findings(value: Any, path: list[str], host: str | None) -> Iterator[list[str]]:
     if isinstance(value, SecretStr):
-        if value.get_secret_value() in PUBLISHED and not is_loopback(host):
+        # a DSN is a SecretStr too (ingest's pg_dsn): its password is checked like a plain one's
+        secret = value.get_secret_value()
+        if (secret in PUBLISHED and not is_loopback(host)) or _published_in_url(secret):
             yield path
     elif isinstance(value, BaseModel):
         yield from _findings(value, path, host)
@@ -101,10 +112,8 @@ def _value_findings(value: Any, path: list[str], host: str | None) -> Iterator[l
             if found:
                 yield path
                 return
-    elif isinstance(value, str) and "://" in value and "@" in value:
-        password, url_host = _url_password(value)
-        if password in PUBLISHED and not is_loopback(url_host):
-            yield path
+    elif isinstance(value, str) and _published_in_url(value):
+        yield path
 
 
 def published_defaults(settings: BaseModel, *, prefix: str = "") -> list[str]:

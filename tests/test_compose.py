@@ -30,6 +30,7 @@ import yaml
 from pydantic import AliasChoices, BaseModel
 from pydantic_settings import BaseSettings
 
+from eostream.inference.api import viewer as viewer_api
 from eostream.shared.errors import ConfigError
 from eostream.shared.settings import ServiceSettings, load_settings
 
@@ -237,6 +238,59 @@ def test_compose_publishes_no_default_secret(tmp_path: Path) -> None:
         check_service_env("eostream.inference.settings", old)
 
 
+def test_make_images_needs_no_secrets(tmp_path: Path) -> None:
+    """A fresh clone has no .env: compose resolves every ${VAR:?...} even to build, so `make
+    images` must hand it the file in a form it accepts (docker-compose config stands in for the
+    build, which needs a Docker engine), and build the four services and MLflow."""
+    calls = tmp_path / "calls"
+    compose = tmp_path / "compose"
+    compose.write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> {calls}\n'
+        f"exec {docker_compose()} -f {COMPOSE} --env-file {tmp_path / 'no.env'} config -q\n"
+    )
+    compose.chmod(0o755)
+    (tmp_path / "no.env").write_text("")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in SECRETS and not k.startswith(("EOSTREAM_", "COMPOSE_", "MAKE"))
+    }
+    done = subprocess.run(
+        ["make", "--no-print-directory", "images", f"COMPOSE={compose}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    (call,) = calls.read_text().splitlines()
+    command, *services = call.split()
+    assert command == "build"
+    assert set(services) == {*EOSTREAM_SERVICES, "mlflow"}
+
+
+def test_no_container_has_a_secret_on_its_command_line(config: dict[str, Any]) -> None:
+    """A command line is world-readable (ps, /proc/PID/cmdline): secrets go in the environment.
+    MLflow reads its tracking store, which holds the PostgreSQL password, from
+    MLFLOW_BACKEND_STORE_URI."""
+    for name, service in config["services"].items():
+        words = [*service.get("command", []), *service.get("entrypoint", [])]
+        for secret, value in SECRETS.items():
+            assert not any(value in str(w) for w in words), f"{name}: {secret} in its command"
+    mlflow = config["services"]["mlflow"]
+    assert not any("backend-store-uri" in w for w in mlflow["command"])
+    pg = SECRETS["EOSTREAM_PG_PASSWORD"]
+    uri = mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"]
+    assert uri == f"postgresql://eostream:{pg}@postgres:5432/mlflow"
+    # the MLflow of the image (deploy/docker/mlflow pins the lock's version) reads that variable
+    from mlflow.cli import server
+
+    (option,) = [p for p in server.params if p.name == "backend_store_uri"]
+    assert option.envvar == "MLFLOW_BACKEND_STORE_URI"
+
+
 def build_args(service: str) -> dict[str, str]:
     """The build arguments that make deploy/docker/Dockerfile the image of ``service``."""
     _, prefix, port, (package, command) = EOSTREAM_SERVICES[service]
@@ -292,7 +346,10 @@ def test_eostream_containers_check_their_own_ops_port(config: dict[str, Any]) ->
         env = service["environment"]
         assert env[f"{prefix}HTTP_PORT"] == str(port)
         assert env[f"{prefix}HTTP_HOST"] == "0.0.0.0"  # noqa: S104 - inside the container
-        assert service["healthcheck"]["test"][-2:] == [prefix.rstrip("_"), "/readyz"]
+        # inference is not ready until a model is live (a fresh system has none): its container
+        # is healthy when it answers, or `docker compose up --wait` would fail
+        path = "/livez" if name == "inference" else "/readyz"
+        assert service["healthcheck"]["test"][-2:] == [prefix.rstrip("_"), path]
         # docker-compose 1.29 prints ports as "HOST_IP:HOST_PORT:TARGET/PROTO"
         published = {int(p.rsplit(":", 1)[-1].split("/")[0]) for p in service.get("ports", [])}
         assert port in published, f"{name}: ops port {port} not published"
@@ -390,6 +447,46 @@ def test_dockerfile_shape(service: str) -> None:
     assert "eostream" not in [w for a in args["CMD"] for w in yaml.safe_load(a)], "no runner"
     copies = " ".join(args["COPY"])
     assert "runner/pyproject.toml" in copies and "runner/ " not in copies, "runner not in image"
+
+
+def _stages(steps: list[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
+    """A Dockerfile's instructions by stage: named ones by name, the last (runtime) as ""."""
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for word, rest in steps:
+        if word == "FROM":
+            current = []
+            parts = rest.split()
+            stages[parts[2] if len(parts) > 2 and parts[1].upper() == "AS" else ""] = current
+        else:
+            current.append((word, rest))
+    return stages
+
+
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, CUDA_DOCKERFILE], ids=["cpu", "cuda"])
+def test_both_inference_images_serve_the_map_viewer(dockerfile: Path) -> None:
+    """The viewer (page + MapLibre from the npm lock) lands where INFERENCE_VIEWER_DIR points,
+    in the CPU image and the GPU one alike; without it inference serves no map page."""
+    build = build_args("inference") if dockerfile == DOCKERFILE else None
+    stages = _stages(instructions(dockerfile, build))
+    viewer = stages["viewer"]
+    copied = " ".join(rest for word, rest in viewer if word == "COPY")
+    assert "services/inference/viewer/package-lock.json" in copied
+    assert "services/inference/viewer/static/" in copied
+    assert any(word == "RUN" and rest.startswith("npm ci") for word, rest in viewer)
+    runtime = stages[""]
+    env = " ".join(rest for word, rest in runtime if word == "ENV")
+    found = re.search(r"INFERENCE_VIEWER_DIR=(\S+)", env)
+    assert found, f"{dockerfile.name}: no INFERENCE_VIEWER_DIR"
+    folder = found[1]
+    copies = {
+        tuple(rest.split()[1:])
+        for word, rest in runtime
+        if word == "COPY" and rest.startswith("--from=viewer")
+    }
+    # where eostream.inference.api.viewer looks for the page and MapLibre under that folder
+    assert ("/viewer/static", f"{folder}/{Path(viewer_api.PAGE).parent}") in copies
+    assert (f"/viewer/{viewer_api.MAPLIBRE}", f"{folder}/{viewer_api.MAPLIBRE}") in copies
 
 
 def test_images_carry_the_commit_they_were_built_from() -> None:

@@ -296,6 +296,66 @@ def test_error_only_panels_exist_and_can_be_empty() -> None:
             assert "vector(" not in target["expr"], f"{key} always has data: not error-only"
 
 
+def _inference_requests(route: str, method: str, status: str, per_minute: int) -> dict[str, str]:
+    labels = f'route="{route}", method="{method}", status="{status}", job="eostream-inference"'
+    return {
+        "series": f"eostream_inference_request_duration_seconds_count{{{labels}}}",
+        "values": f"0+{per_minute}x30",
+    }
+
+
+@pytest.mark.parametrize(
+    ("api", "share"),
+    [
+        ([], 0.0),
+        (
+            [
+                _inference_requests("/results", "GET", "200", 480),
+                _inference_requests("/classify/item", "POST", "500", 120),
+            ],
+            0.2,
+        ),
+    ],
+    ids=["no-model-yet", "api-failing"],
+)
+def test_server_errors_panel_leaves_out_the_ops_routes(
+    promtool: str, tmp_path: Path, api: list[dict[str, str]], share: float
+) -> None:
+    """/readyz answers 503 until a model is live and the health checks poll it: a fresh
+    deployment shows no server errors; 5xx on the API's own routes still show, as their share."""
+    board = load(GRAFANA / "dashboards" / "eostream-inference.json")
+    (panel,) = (p for p in panels(board) if p["title"] == "Server errors (5xx share)")
+    (target,) = panel["targets"]
+    ops = [
+        _inference_requests("/readyz", "GET", "503", 6),
+        _inference_requests("/livez", "GET", "200", 6),
+        _inference_requests("/metrics", "GET", "200", 12),
+    ]
+    test = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": ops + api,
+                "promql_expr_test": [
+                    {
+                        "expr": catalogue.grafana_to_promql(target["expr"]),
+                        "eval_time": "20m",
+                        "exp_samples": [{"labels": "{}", "value": share}],
+                    }
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "panel.test.yml"
+    path.write_text(yaml.safe_dump(test, sort_keys=False))
+    done = subprocess.run(
+        [promtool, "test", "rules", str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 # ---- provisioning ----------------------------------------------------------------------------
 
 

@@ -340,6 +340,33 @@ def test_everything_lands_in_the_namespace(
             assert doc["metadata"].get("namespace") == NAMESPACE, doc["metadata"]["name"]
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_no_container_has_a_secret_on_its_command_line(
+    objects: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    """A command line is world-readable (ps, /proc/PID/cmdline): a $(VAR) from a Secret may be
+    expanded into another variable, never into command or args. MLflow reads its tracking store,
+    which holds the PostgreSQL password, from MLFLOW_BACKEND_STORE_URI."""
+    for workload in _workloads(objects[overlay]):
+        for container in _containers(workload):
+            secret: set[str] = set()
+            for var in container.get("env", []):
+                used = set(re.findall(r"\$\((\w+)\)", var.get("value", "")))
+                if "secretKeyRef" in var.get("valueFrom", {}) or used & secret:
+                    secret.add(var["name"])
+            for word in [*container.get("command", []), *container.get("args", [])]:
+                leaked = set(re.findall(r"\$\((\w+)\)", word)) & secret
+                assert not leaked, f"{container['name']}: {word!r} holds {leaked}"
+    (mlflow,) = _find(objects[overlay], "Deployment", "mlflow")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert not any("backend-store-uri" in word for word in mlflow["command"])
+    env = {var["name"]: var.get("value") for var in mlflow["env"]}
+    assert env["MLFLOW_BACKEND_STORE_URI"] == (
+        "postgresql://eostream:$(EOSTREAM_PG_PASSWORD)@postgres:5432/mlflow"
+    )
+
+
 def test_postgres_init_script_is_the_compose_one() -> None:
     k8s = (K8S / "deps" / "postgres-init.sql").read_text()
     compose = (ROOT / "deploy" / "docker" / "postgres" / "20-eostream-databases.sql").read_text()
@@ -399,23 +426,37 @@ def _scaledobject_errors(crd: dict[str, Any], doc: dict[str, Any]) -> list[str]:
     )
 
 
+def _build_with_keda(
+    tools: dict[str, str], where: Path, overlay: str, namespace: str | None = None
+) -> str:
+    """The overlay with the KEDA component added to its kustomization, as the README says (and
+    its `namespace` changed, as an operator's copy might)."""
+    tree = where / "k8s"
+    shutil.copytree(K8S, tree)
+    kustomization = tree / "overlays" / overlay / "kustomization.yaml"
+    config = yaml.safe_load(kustomization.read_text())
+    config.setdefault("components", []).append(
+        os.path.relpath(tree / KEDA_COMPONENT, kustomization.parent)
+    )
+    if namespace is not None:
+        config["namespace"] = namespace
+        for path in kustomization.parent.glob("*.yaml"):
+            path.write_text(
+                path.read_text().replace(f"name: {NAMESPACE}\n", f"name: {namespace}\n")
+            )
+    kustomization.write_text(yaml.safe_dump(config, sort_keys=False))
+    return _build(tools, kustomization.parent)
+
+
 @pytest.fixture(scope="module")
 def keda_rendered(
     tools: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, str]:
     """Each overlay with the KEDA component added to its kustomization, as the README says."""
-    rendered: dict[str, str] = {}
-    for overlay in OVERLAYS:
-        tree = tmp_path_factory.mktemp(f"k8s-{overlay}") / "k8s"
-        shutil.copytree(K8S, tree)
-        kustomization = tree / "overlays" / overlay / "kustomization.yaml"
-        config = yaml.safe_load(kustomization.read_text())
-        config.setdefault("components", []).append(
-            os.path.relpath(tree / KEDA_COMPONENT, kustomization.parent)
-        )
-        kustomization.write_text(yaml.safe_dump(config, sort_keys=False))
-        rendered[overlay] = _build(tools, kustomization.parent)
-    return rendered
+    return {
+        overlay: _build_with_keda(tools, tmp_path_factory.mktemp(f"k8s-{overlay}"), overlay)
+        for overlay in OVERLAYS
+    }
 
 
 @pytest.fixture(scope="module")
@@ -557,7 +598,9 @@ def test_keda_scales_inference_on_the_lag_of_its_scenes_group(
     (trigger,) = spec["triggers"]
     assert trigger["type"] == "kafka"
     meta = trigger["metadata"]
-    assert meta["bootstrapServers"] == kafka.bootstrap_servers
+    # KEDA's operator runs in its own namespace (usually `keda`), where the services' short name
+    # does not resolve: the same broker, by its namespace-qualified Service name
+    assert meta["bootstrapServers"] == _qualified(kafka.bootstrap_servers, scaled)
     # the broker's names, as KafkaBus.physical() makes them from the settings
     assert meta["consumerGroup"] == kafka.topic_prefix + inference.scenes_group
     assert meta["topic"] == kafka.topic_prefix + topics.SCENES_DISCOVERED
@@ -573,6 +616,55 @@ def test_keda_scales_inference_on_the_lag_of_its_scenes_group(
     partitions = min(partitions, int(broker_env.get("KAFKA_NUM_PARTITIONS", partitions)))
     assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= partitions
     assert meta.get("allowIdleConsumers", "false") == "false"
+
+
+def _qualified(bootstrap: str, where: dict[str, Any]) -> str:
+    """``host:port`` as a client in any namespace reaches it: the Service in ``where``'s one."""
+    host, port = bootstrap.rsplit(":", 1)
+    return f"{host}.{where['metadata']['namespace']}.svc.cluster.local:{port}"
+
+
+def _broker_env(docs: list[dict[str, Any]]) -> dict[str, str]:
+    """The Kafka broker's environment as its pod gets it (downward API, $(VAR) expanded)."""
+    broker = _find(docs, "StatefulSet", "kafka")
+    (container,) = broker["spec"]["template"]["spec"]["containers"]
+    env: dict[str, str] = {}
+    for var in container["env"]:
+        if "value" in var:
+            env[var["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env[m[1]], var["value"])
+        else:
+            assert var["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}, var
+            env[var["name"]] = broker["metadata"]["namespace"]
+    return env
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_kafka_advertises_a_name_other_namespaces_resolve(
+    objects: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    """Clients bootstrap from the address they are given, then connect to the one the broker
+    advertises: it must resolve in KEDA's namespace as well as in the services' one."""
+    docs = objects[overlay]
+    bootstrap = _settings(docs, "inference").kafka.bootstrap_servers
+    service = _find(docs, "Service", bootstrap.rsplit(":", 1)[0])
+    assert int(bootstrap.rsplit(":", 1)[1]) in {p["port"] for p in service["spec"]["ports"]}
+    advertised = _broker_env(docs)["KAFKA_ADVERTISED_LISTENERS"]
+    assert advertised == f"PLAINTEXT://{_qualified(bootstrap, service)}"
+
+
+def test_keda_and_the_broker_follow_an_overlays_namespace(
+    tools: dict[str, str], tmp_path: Path
+) -> None:
+    """An overlay that deploys to another namespace needs no other edit: the trigger and the
+    advertised listener name the broker in that namespace."""
+    docs = [
+        d for d in yaml.safe_load_all(_build_with_keda(tools, tmp_path, "local", "eo-test")) if d
+    ]
+    scaled = _scaledobject(docs)
+    assert scaled["metadata"]["namespace"] == "eo-test"
+    expected = "kafka.eo-test.svc.cluster.local:9092"
+    assert scaled["spec"]["triggers"][0]["metadata"]["bootstrapServers"] == expected
+    assert _broker_env(docs)["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{expected}"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

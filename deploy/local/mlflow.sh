@@ -26,7 +26,8 @@ MLFLOW_BRIDGE_USER=eostream-bridge
 # Bump when the server's launch settings below change: `stack up` then restarts a server started
 # with the old ones (its PID alone says nothing about how it was started).
 # 3: the authentication app (basic-auth) and the eostream accounts.
-MLFLOW_LAUNCH_VERSION=3
+# 4: the tracking store's URI in the environment, not on the command line (ps shows that).
+MLFLOW_LAUNCH_VERSION=4
 
 mlflow_addr() { echo "http://$HOST:$MLFLOW_PORT"; }
 mlflow_is_running() { pid_alive mlflow; }
@@ -138,9 +139,11 @@ mlflow_up() {
             MLFLOW_AUTH_ADMIN_PASSWORD="$(mlflow_secret admin-password)"
             MLFLOW_FLASK_SERVER_SECRET_KEY="$(mlflow_secret flask-secret-key)"
             export MLFLOW_AUTH_ADMIN_PASSWORD MLFLOW_FLASK_SERVER_SECRET_KEY
+            # The tracking store through the environment, which `mlflow server` reads: as
+            # --backend-store-uri its password would show in the process list.
+            export MLFLOW_BACKEND_STORE_URI="postgresql+psycopg://$PG_USER:$PG_PASSWORD@$HOST:$PG_PORT/$MLFLOW_DB"
             start_daemon mlflow "mlflow server" "$ROOT/deploy/mlflow/server.sh" \
                 --host "$HOST" --port "$MLFLOW_PORT" --workers 1 \
-                --backend-store-uri "postgresql+psycopg://$PG_USER:$PG_PASSWORD@$HOST:$PG_PORT/$MLFLOW_DB" \
                 --artifacts-destination "$MLFLOW_ARTIFACTS" --serve-artifacts \
                 --allowed-hosts "127.0.0.1,127.0.0.1:*,localhost,localhost:*"
         )

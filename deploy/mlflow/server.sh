@@ -3,6 +3,8 @@
 # and Kubernetes run it: writes the auth app's settings from the environment, then
 # `exec mlflow server --app-name basic-auth "$@"`.
 #
+#   MLFLOW_BACKEND_STORE_URI        the tracking store, e.g. postgresql://...; `mlflow server` reads
+#                                   it itself (rather than --backend-store-uri, which ps shows)
 #   MLFLOW_AUTH_DATABASE_URI        the auth store (users, roles, grants), e.g. postgresql://...
 #   MLFLOW_AUTH_ADMIN_USERNAME      the admin made on the first start (default eostream-admin)
 #   MLFLOW_AUTH_ADMIN_PASSWORD      its password (read only while the auth store is empty)

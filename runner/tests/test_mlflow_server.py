@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from eostream.runner.mlflow_server import STATE_FILE, advertised
+import pytest
+
+from eostream.runner.mlflow_server import STATE_FILE, advertised, wait_healthy
+from eostream.shared.errors import ConfigError
 
 
 def write_state(home: Path, pid: int) -> None:
@@ -52,3 +55,11 @@ def test_a_live_mlflow_process_is_advertised(tmp_path: Path) -> None:
         live.kill()
         live.wait()
     assert advertised(tmp_path) is None
+
+
+def test_the_wait_for_a_server_ends_when_its_session_is_stopped(tmp_path: Path) -> None:
+    """A notebook's start that gave up stops the wait for MLflow (minutes) at once."""
+    with pytest.raises(ConfigError, match="stopped while waiting for the MLflow server"):
+        wait_healthy(
+            "http://127.0.0.1:9", lambda: True, tmp_path / "mlflow.log", 600, cancelled=lambda: True
+        )

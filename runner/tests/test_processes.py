@@ -13,7 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from eostream.runner.processes import ProcessGroup, discover_process_factories, parse_exports
+from eostream.runner.processes import (
+    ProcessGroup,
+    StartInterrupted,
+    discover_process_factories,
+    parse_exports,
+)
 from eostream.shared.deployment import Deployment, LocalStack, ProcessSpec
 from eostream.shared.errors import ConfigError
 
@@ -120,6 +125,20 @@ def test_a_process_that_dies_at_start_says_why(tmp_path: Path) -> None:
     group = ProcessGroup(STACK, Deployment(home=tmp_path), factories={"broken": broken})
     with pytest.raises(RuntimeError, match=r"(?s)exited with status 2.*no config"):
         group.start(ready_timeout=30)
+
+
+def test_a_stop_asked_during_the_readiness_wait_stops_what_started(tmp_path: Path) -> None:
+    """`eostream up --stack local` passes its Ctrl-C flag: the wait (minutes for a real service)
+    ends at once, and the processes already started are stopped."""
+
+    def never_ready(stack: LocalStack, deployment: Deployment, port: int) -> ProcessSpec:
+        return ProcessSpec("slow", (sys.executable, "-c", "import time; time.sleep(600)"), {}, port)
+
+    group = ProcessGroup(STACK, Deployment(home=tmp_path), factories={"slow": never_ready})
+    with pytest.raises(StartInterrupted):
+        group.start(ready_timeout=600, stop=lambda: group["slow"].alive)  # asked once it runs
+    assert group["slow"].starts == 1
+    assert not group["slow"].alive
 
 
 def test_the_stack_addresses_come_from_stack_env() -> None:

@@ -78,13 +78,19 @@ def up(
         str, typer.Option(help="--stack local: namespace of this deployment's topics and groups")
     ] = "",
     mlflow_port: MlflowPortOption = 5000,
+    ready_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1, help="--stack local: seconds each service has to answer /livez when it starts"
+        ),
+    ] = 240.0,
 ) -> None:
     """Run the whole system until Ctrl-C: in this process, or one process per service."""
     from eostream.shared.settings import configure_logging
 
     configure_logging("INFO")
     if stack == "local":
-        up_local(home, data_dir, topic_prefix)
+        up_local(home, data_dir, topic_prefix, ready_timeout=ready_timeout)
         return
     if stack != "embedded":
         raise ConfigError(f"--stack must be 'embedded' or 'local', not {stack!r}")
@@ -94,8 +100,13 @@ def up(
     run_service(lambda: run_embedded(home, data_dir, demo=False, mlflow_port=mlflow_port))
 
 
-def up_local(home: Path, data_dir: Path | None, topic_prefix: str) -> None:
-    """``eostream up --stack local``: the four services as processes, supervised."""
+def up_local(
+    home: Path, data_dir: Path | None, topic_prefix: str, *, ready_timeout: float = 240.0
+) -> None:
+    """``eostream up --stack local``: the four services as processes, supervised. Ctrl-C or
+    SIGTERM at any time stops what started; a service that fails to start is one line (ConfigError)
+    naming it and its log."""
+    import logging
     import os
     import signal
     import threading
@@ -103,22 +114,45 @@ def up_local(home: Path, data_dir: Path | None, topic_prefix: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from eostream.runner.processes import ProcessGroup, stack_from_script
+    from eostream.runner.processes import (
+        NotReady,
+        ProcessGroup,
+        StartInterrupted,
+        stack_from_script,
+    )
     from eostream.shared.deployment import Deployment, LocalStack
 
+    log = logging.getLogger(__name__)
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # from here on: no KeyboardInterrupt
+        signal.signal(sig, lambda *_: stopping.set())
     script = Path("deploy/local/stack")
-    if os.environ.get("EOSTREAM_KAFKA_BOOTSTRAP") or not script.exists():
-        local = LocalStack.from_environ()
-    else:  # in a checkout: start the stack (idempotent) and read its addresses
-        local = stack_from_script(script)
+    try:
+        if os.environ.get("EOSTREAM_KAFKA_BOOTSTRAP") or not script.exists():
+            local = LocalStack.from_environ()
+        else:  # in a checkout: start the stack (idempotent) and read its addresses
+            local = stack_from_script(script)
+    except ConfigError:
+        if stopping.is_set():  # Ctrl-C reaches `stack up` too, which then fails
+            log.info("stopped before the stack was up")
+            return
+        raise
+    if stopping.is_set():
+        return
     deployment = Deployment(
         home=home.resolve() / "local", data_dir=data_dir, topic_prefix=topic_prefix
     )
     group = ProcessGroup(local, deployment)
-    stopping = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopping.set())
-    group.start()
+    try:  # a failure or a stop here has stopped every process started
+        group.start(ready_timeout=ready_timeout, stop=stopping.is_set)
+    except StartInterrupted:
+        log.info("stopped before every service was ready")
+        return
+    except NotReady as exc:
+        if stopping.is_set():  # the child ended because the Ctrl-C reached it too
+            log.info("stopped before every service was ready")
+            return
+        raise ConfigError(exc.summary) from None
     table = Table(title="eostream: one process per service on the local stack")
     for column in ("service", "pid", "/metrics", "addresses", "log"):
         table.add_column(column)

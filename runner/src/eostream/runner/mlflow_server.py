@@ -58,10 +58,20 @@ def start_mlflow_server(home: Path, host: str, port: int) -> subprocess.Popen[by
         )
 
 
-def wait_healthy(url: str, alive: Callable[[], bool], log_path: Path, timeout: float) -> None:
-    """Return once ``url`` answers /health; ConfigError when the server ends or times out."""
+def wait_healthy(
+    url: str,
+    alive: Callable[[], bool],
+    log_path: Path,
+    timeout: float,
+    *,
+    cancelled: Callable[[], bool] | None = None,
+) -> None:
+    """Return once ``url`` answers /health; ConfigError when the server ends or times out, or
+    as soon as ``cancelled()`` is true (its caller was asked to stop)."""
     deadline = time.monotonic() + timeout
     while True:
+        if cancelled is not None and cancelled():
+            raise ConfigError("stopped while waiting for the MLflow server")
         if not alive():
             raise ConfigError(f"the MLflow server did not start; see {log_path}")
         with contextlib.suppress(httpx.HTTPError):
@@ -90,17 +100,21 @@ def mlflow_server(
     *,
     timeout: float = 120,
     meanwhile: Callable[[], object] | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> Iterator[str]:
     """An MLflow tracking server (and UI) on the embedded sqlite database; ConfigError when it
-    does not answer within ``timeout`` seconds. ``meanwhile`` runs (on this thread) while the
-    server starts: the server takes ~8-10 s to answer, time this process can use, e.g. to
-    import the services (:func:`eostream.shared.embedded.discover_components`)."""
+    does not answer within ``timeout`` seconds, or ``cancelled()`` turns true first. ``meanwhile``
+    runs (on this thread) while the server starts: the server takes ~8-10 s to answer, time this
+    process can use, e.g. to import the services
+    (:func:`eostream.shared.embedded.discover_components`)."""
     process = start_mlflow_server(home, host, port)
     url = f"http://{host}:{port}"
     try:
         if meanwhile is not None:
             meanwhile()
-        wait_healthy(url, lambda: process.poll() is None, home / "mlflow.log", timeout)
+        wait_healthy(
+            url, lambda: process.poll() is None, home / "mlflow.log", timeout, cancelled=cancelled
+        )
         yield url
     finally:
         stop_mlflow_server(process)
@@ -153,17 +167,23 @@ def home_mlflow_server(
     *,
     timeout: float = 120,
     meanwhile: Callable[[], object] | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> Iterator[str]:
     """The server advertised on the home (once healthy) when there is one, else one of this
-    process, stopped at the end of the block (``meanwhile``: as :func:`mlflow_server`'s)."""
+    process, stopped at the end of the block (``meanwhile``, ``cancelled``: as
+    :func:`mlflow_server`'s)."""
     found = advertised(home)
     if found is not None:
         url, pid = found
         if meanwhile is not None:
             meanwhile()
-        wait_healthy(url, lambda: _is_mlflow(pid), home / "mlflow.log", timeout)
+        wait_healthy(
+            url, lambda: _is_mlflow(pid), home / "mlflow.log", timeout, cancelled=cancelled
+        )
         yield url
         return
     port = free_port(host, 0)
-    with mlflow_server(home, host, port, timeout=timeout, meanwhile=meanwhile) as url:
+    with mlflow_server(
+        home, host, port, timeout=timeout, meanwhile=meanwhile, cancelled=cancelled
+    ) as url:
         yield url

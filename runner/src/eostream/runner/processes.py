@@ -56,12 +56,23 @@ def parse_exports(text: str) -> dict[str, str]:
 
 
 def stack_from_script(script: Path, *, start: bool = True) -> LocalStack:
-    """Start the local stack with its script (idempotent) and read the addresses it exports."""
+    """Start the local stack with its script (idempotent) and read the addresses it exports;
+    ConfigError naming the command when the script fails."""
     if start:
-        subprocess.run([str(script), "up"], check=True)  # noqa: S603 - the repo's own script
-    printed = subprocess.run(  # noqa: S603
-        [str(script), "env"], check=True, capture_output=True, text=True
-    ).stdout
+        try:
+            subprocess.run([str(script), "up"], check=True)  # noqa: S603 - the repo's own script
+        except subprocess.CalledProcessError as exc:
+            raise ConfigError(
+                f"`{script} up` failed with status {exc.returncode} (its output is above); "
+                f"fix that, then try again"
+            ) from None
+    try:
+        printed = subprocess.run(  # noqa: S603
+            [str(script), "env"], check=True, capture_output=True, text=True
+        ).stdout
+    except subprocess.CalledProcessError as exc:
+        said = " ".join(exc.stderr.split()) if exc.stderr else "no message"
+        raise ConfigError(f"`{script} env` failed with status {exc.returncode}: {said}") from None
     return LocalStack.from_environ(parse_exports(printed))
 
 
@@ -92,6 +103,29 @@ def _parent_death_signal() -> Callable[[], None] | None:
 
 
 DIE_WITH_PARENT = _parent_death_signal()
+
+
+class StartInterrupted(Exception):
+    """The wait for readiness ended because a stop was asked (Ctrl-C, SIGTERM)."""
+
+
+class NotReady(Exception):
+    """A service process that exited, or did not answer, before it was ready. ``str()`` has the
+    last lines of its log; :attr:`summary` is one line for a person (service and log file)."""
+
+    def __init__(self, name: str, log_path: Path, reason: str, tail: str) -> None:
+        super().__init__(f"{name} {reason}; last lines of {log_path}:\n{tail}")
+        self.service = name
+        self.log_path = log_path
+        self.summary = f"{name} {reason}; see its log {log_path}"
+
+
+class ExitedBeforeReadyError(NotReady, RuntimeError):
+    """The process ended before it was ready."""
+
+
+class NotReadyInTimeError(NotReady, TimeoutError):
+    """The process did not answer within the readiness timeout."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -176,20 +210,32 @@ class ServiceProcess:
         except httpx.HTTPError:
             return False
 
-    def wait_ready(self, timeout: float = 180.0, *, probe: str = "/readyz") -> None:
-        """Wait until ``probe`` answers: /livez (serving) or /readyz (doing its work)."""
+    def wait_ready(
+        self,
+        timeout: float = 180.0,
+        *,
+        probe: str = "/readyz",
+        stop: Callable[[], bool] | None = None,
+    ) -> None:
+        """Wait until ``probe`` answers: /livez (serving) or /readyz (doing its work).
+        :class:`ExitedBeforeReadyError` when the process ends first, :class:`NotReadyInTimeError`
+        after ``timeout`` seconds, :class:`StartInterrupted` as soon as ``stop()`` is true."""
         deadline = time.monotonic() + timeout
         while not self.answers(probe):
+            # before the exit check: a Ctrl-C reaches the children too, and ends them
+            if stop is not None and stop():
+                raise StartInterrupted(f"stopped while {self.name} was starting")
             if self._process is not None and self._process.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name} exited with status {self._process.returncode} before it was "
-                    f"ready; last lines of {self.log_path}:\n{self.tail()}"
-                )
+                status = self._process.returncode
+                raise ExitedBeforeReadyError(
+                    self.name, self.log_path, f"exited with status {status} before it was ready",
+                    self.tail(),
+                )  # fmt: skip
             if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"{self.name} {probe} not answering within {timeout:.0f} s; last lines of "
-                    f"{self.log_path}:\n{self.tail()}"
-                )
+                raise NotReadyInTimeError(
+                    self.name, self.log_path, f"{probe} not answering within {timeout:g} s",
+                    self.tail(),
+                )  # fmt: skip
             time.sleep(0.5)
 
     def kill(self) -> None:
@@ -278,15 +324,19 @@ class ProcessGroup:
         folder = self.stack.prometheus_targets_dir
         return None if folder is None else folder / f"eostream-{self.deployment.name}.json"
 
-    def start(self, *, ready_timeout: float = 240.0) -> None:
+    def start(
+        self, *, ready_timeout: float = 240.0, stop: Callable[[], bool] | None = None
+    ) -> None:
         """Start every process and wait until each serves /livez (inference is ready only once a
-        model is live, so readiness is the caller's to wait for)."""
+        model is live, so readiness is the caller's to wait for). On any failure, or
+        :class:`StartInterrupted` once ``stop()`` is true, the processes started are stopped
+        before the exception leaves."""
         self.deployment.home.mkdir(parents=True, exist_ok=True)
         try:
             for process in self.processes.values():
                 process.start()
             for process in self.processes.values():
-                process.wait_ready(ready_timeout, probe="/livez")
+                process.wait_ready(ready_timeout, probe="/livez", stop=stop)
         except BaseException:
             self.stop()
             raise

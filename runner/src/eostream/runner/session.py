@@ -50,6 +50,8 @@ COMPONENTS = ("registry-bridge", "inference", "trainer")
 MLFLOW_USERS = frozenset(("registry-bridge", "trainer"))
 INFERENCE_KEY = Path("inference") / "api-key"
 BRIDGE_KEY = Path("registry-bridge") / "api-key"
+#: Seconds :meth:`EmbeddedSession.start` waits, on a failed start, for what started to stop.
+STOP_AFTER_TIMEOUT = 120.0
 
 
 class EmbeddedSession:
@@ -61,6 +63,8 @@ class EmbeddedSession:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
+        self._stop_asked = threading.Event()  # seen before the loop runs, and by MLflow's wait
+        self._task: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         self._bus: Any = None
         self._thread: threading.Thread | None = None
@@ -92,8 +96,11 @@ class EmbeddedSession:
         session._thread = thread
         thread.start()
         if not session._ready.wait(timeout):
-            raise ConfigError(f"the embedded system did not start within {timeout:.0f} s")
+            # no session reaches the caller: stop what did start (MLflow, components) here
+            session.stop(timeout=STOP_AFTER_TIMEOUT)
+            raise ConfigError(f"the embedded system did not start within {timeout:g} s")
         if session._failure is not None:
+            session.stop(timeout=STOP_AFTER_TIMEOUT)  # the thread is ending: let it finish
             raise ConfigError(f"the embedded system did not start: {session._failure}")
         return session
 
@@ -104,15 +111,22 @@ class EmbeddedSession:
         options: Mapping[str, Mapping[str, Any]],
         host: str,
     ) -> None:
-        self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        self._task = asyncio.current_task()
+        self._loop = asyncio.get_running_loop()  # last: stop() reads it to reach the others
         try:
+            if self._stop_asked.is_set():  # stop() came before the loop ran
+                return
             # MLflow only for the components that use it (inference alone needs none)
             tracking = (
                 contextlib.nullcontext("")
                 if not MLFLOW_USERS & set(components)
                 else home_mlflow_server(
-                    self.home, host, timeout=self._timeout, meanwhile=discover_components
+                    self.home,
+                    host,
+                    timeout=self._timeout,
+                    meanwhile=discover_components,
+                    cancelled=self._stop_asked.is_set,
                 )
             )
             with tracking as mlflow_url:
@@ -130,9 +144,10 @@ class EmbeddedSession:
                     self.urls.update(system.urls())
                     self._ready.set()
                     await self._stop.wait()
-        except BaseException as exc:
+        except asyncio.CancelledError:  # stop() while the components were starting
+            pass
+        except Exception as exc:  # start() raises it, as one line; the thread prints nothing
             self._failure = exc
-            raise
         finally:
             self._ready.set()
 
@@ -204,8 +219,16 @@ class EmbeddedSession:
     def stop(self, timeout: float = 120) -> None:
         """Stop every component (each finishes its work in flight) and the MLflow server this
         session started (one advertised on the home by another process stays)."""
-        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+        self._stop_asked.set()
+        if self._loop is not None and not self._loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop ended already
-                self._loop.call_soon_threadsafe(self._stop.set)
+                self._loop.call_soon_threadsafe(self._wake)
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def _wake(self) -> None:
+        """On the loop: end the serving wait, or the start when it is still under way."""
+        if self._stop is not None:
+            self._stop.set()
+        if not self._ready.is_set() and self._task is not None:
+            self._task.cancel()

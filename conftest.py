@@ -164,8 +164,8 @@ class GatedBus:
         await self._gate(topic)
         await self.inner.publish_raw(topic, message)
 
-    def consumer(self, topics: Any, group: str, handler: Any) -> Any:
-        return self.inner.consumer(topics, group, handler)
+    def consumer(self, topics: Any, group: str, handler: Any, *, dead_letter: bool = True) -> Any:
+        return self.inner.consumer(topics, group, handler, dead_letter=dead_letter)
 
 
 def sample(name: str, labels: dict[str, str]) -> float:

@@ -108,9 +108,15 @@ class Recorder:
 
 
 async def run_until(
-    bus: Bus, topics: list[str], group: str, handler: Recorder, done: Callable[[], bool]
+    bus: Bus,
+    topics: list[str],
+    group: str,
+    handler: Recorder,
+    done: Callable[[], bool],
+    *,
+    dead_letter: bool = True,
 ) -> None:
-    consumer = bus.consumer(topics, group, handler)
+    consumer = bus.consumer(topics, group, handler, dead_letter=dead_letter)
     task = asyncio.create_task(consumer.run())
     try:
         async with asyncio.timeout(60):
@@ -181,6 +187,26 @@ async def test_poison_message_goes_to_dead_letter_and_the_rest_flows(bus: Bus, t
         assert letter.original_offset is not None
         assert letter.original_partition is not None
         assert letter.service == "contract"
+
+
+async def test_a_follower_skips_poison_and_dead_letters_nothing(bus: Bus, topic: str) -> None:
+    """A follower (a client waiting for its answer, a group per request) reads the history the
+    services have dead-lettered already: each one copied the poison there again."""
+    await bus.publish_raw(topic, WireMessage(key=b"K", value=b"\xff\xfenot json", headers={}))
+    after = encode(scene("AFTER"))
+    await bus.publish_raw(topic, WireMessage(key=b"K", value=after.value, headers=after.headers))
+    first, second = Recorder(), Recorder()
+    await run_until(
+        bus, [topic], "follower-1", first, lambda: bool(first.events), dead_letter=False
+    )
+    await run_until(
+        bus, [topic], "follower-2", second, lambda: bool(second.events), dead_letter=False
+    )
+    assert [e.key for e in first.events] == [e.key for e in second.events] == ["AFTER"]
+    assert await bus.read_dead_letters(limit=10) == []
+    seen = Recorder()  # a service's consumer still dead-letters it, once
+    await run_until(bus, [topic], "service", seen, lambda: bool(seen.events))
+    assert len(await bus.read_dead_letters(limit=10)) == 1
 
 
 async def test_retryable_errors_are_retried_then_succeed(bus: Bus, topic: str) -> None:

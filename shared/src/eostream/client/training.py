@@ -81,8 +81,9 @@ class TrainingClient:
                 registered.set_result(event)
 
         group = f"eostream-client-{uuid.uuid4().hex[:12]}"
+        # a follower: the trainer's consumers dead-letter a bad record once, not each client
         consumer = self._bus.consumer(
-            [topics.TRAINING_EVENTS, topics.MODELS_REGISTERED], group, listen
+            [topics.TRAINING_EVENTS, topics.MODELS_REGISTERED], group, listen, dead_letter=False
         )
         submission._consumer = consumer
         submission._task = asyncio.create_task(consumer.run())

@@ -487,7 +487,10 @@ async def _submit(
                 done.set_result(event)
 
     group = f"trainer-cli-{uuid.uuid4().hex[:8]}"
-    listener = bus.consumer([topics.TRAINING_EVENTS, topics.MODELS_REGISTERED], group, listen)
+    # a follower: a bad record is the services' to dead-letter, not each submission's again
+    listener = bus.consumer(
+        [topics.TRAINING_EVENTS, topics.MODELS_REGISTERED], group, listen, dead_letter=False
+    )
     tasks = [asyncio.create_task(listener.run())]
     try:
         await bus.publish(topics.TRAINING_REQUESTS, request)

@@ -140,7 +140,15 @@ class Bus(Protocol):
     async def publish_raw(self, topic: str, message: WireMessage) -> None:
         """Publish bytes as they are (tests and tools; services publish events)."""
 
-    def consumer(self, topics: Sequence[str], group: str, handler: Handler) -> Consumer: ...
+    def consumer(
+        self, topics: Sequence[str], group: str, handler: Handler, *, dead_letter: bool = True
+    ) -> Consumer:
+        """A consumer of ``topics`` in ``group``. ``dead_letter=False`` makes a follower that
+        only watches (a client waiting for its answer, in a group of its own that reads the
+        topics' history): a record it cannot use is skipped, never dead-lettered, since the
+        services' own consumers dead-letter it once and a follower per request would copy it to
+        the dead-letter topic again each time."""
+        ...
 
     async def read_dead_letters(self, *, limit: int, timeout: float = 5.0) -> list[DeadLetter]:
         """Read the dead-letter topic from the start (operators and tests)."""
@@ -202,7 +210,8 @@ def parse_dead_letter(message: WireMessage) -> DeadLetter:
 
 
 class RecordProcessor:
-    """Decode one record, run the handler under the error policy, dead-letter when due."""
+    """Decode one record, run the handler under the error policy, dead-letter when due (skip,
+    for a follower: ``dead_letter=None``)."""
 
     def __init__(
         self,
@@ -210,7 +219,7 @@ class RecordProcessor:
         service: str,
         handler: Handler,
         policy: RetryPolicy,
-        dead_letter: Callable[[WireMessage], Awaitable[None]],
+        dead_letter: Callable[[WireMessage], Awaitable[None]] | None,
         progress: ConsumerProgress | None = None,
     ) -> None:
         self._service = service
@@ -270,6 +279,9 @@ class RecordProcessor:
                 reason = str(exc) or type(exc).__name__
                 if disposition is Disposition.RETRY:
                     reason = f"gave up after {attempt} attempts: {reason}"
+                if self._dead_letter is None:  # a follower: the services dead-letter it
+                    log.debug("%s: skipped (%s): %s", delivery.where(), type(exc).__name__, reason)
+                    return
                 await self._dead_letter(
                     dead_letter_message(
                         message,

@@ -243,8 +243,10 @@ class KafkaBus:
             retry_seconds=self._settings.publish_retry_seconds,
         )
 
-    def consumer(self, topics: Sequence[str], group: str, handler: Handler) -> KafkaConsumer:
-        return KafkaConsumer(self, list(topics), group, handler)
+    def consumer(
+        self, topics: Sequence[str], group: str, handler: Handler, *, dead_letter: bool = True
+    ) -> KafkaConsumer:
+        return KafkaConsumer(self, list(topics), group, handler, dead_letter=dead_letter)
 
     async def read_dead_letters(self, *, limit: int, timeout: float = 5.0) -> list[DeadLetter]:
         """Read the dead-letter topic from the beginning, without a group (nothing committed)."""

@@ -70,7 +70,15 @@ class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class KafkaConsumer:
-    def __init__(self, bus: KafkaBus, topics: list[str], group: str, handler: Handler) -> None:
+    def __init__(
+        self,
+        bus: KafkaBus,
+        topics: list[str],
+        group: str,
+        handler: Handler,
+        *,
+        dead_letter: bool = True,
+    ) -> None:
         self._bus = bus
         self._topics = topics
         self.group = group
@@ -85,7 +93,9 @@ class KafkaConsumer:
             service=bus._service,
             handler=handler,
             policy=bus._policy,
-            dead_letter=lambda m: bus.publish_raw(bus.dead_letter_topic, m),
+            dead_letter=(lambda m: bus.publish_raw(bus.dead_letter_topic, m))
+            if dead_letter
+            else None,
         )
 
     @property

@@ -67,8 +67,10 @@ class InMemoryBus:
             self._logs[topic].append(message)
             self._changed.notify_all()
 
-    def consumer(self, topics: Sequence[str], group: str, handler: Handler) -> InMemoryConsumer:
-        return InMemoryConsumer(self, list(topics), group, handler)
+    def consumer(
+        self, topics: Sequence[str], group: str, handler: Handler, *, dead_letter: bool = True
+    ) -> InMemoryConsumer:
+        return InMemoryConsumer(self, list(topics), group, handler, dead_letter=dead_letter)
 
     async def read_dead_letters(self, *, limit: int, timeout: float = 5.0) -> list[DeadLetter]:
         return [parse_dead_letter(m) for m in self._logs[self.dead_letter_topic][:limit]]
@@ -82,7 +84,15 @@ class InMemoryBus:
 
 
 class InMemoryConsumer:
-    def __init__(self, bus: InMemoryBus, topics: list[str], group: str, handler: Handler) -> None:
+    def __init__(
+        self,
+        bus: InMemoryBus,
+        topics: list[str],
+        group: str,
+        handler: Handler,
+        *,
+        dead_letter: bool = True,
+    ) -> None:
         self._bus = bus
         self._topics = topics
         self._group = group
@@ -92,7 +102,9 @@ class InMemoryConsumer:
             service=bus._service,
             handler=handler,
             policy=bus._policy,
-            dead_letter=lambda m: bus.publish_raw(bus.dead_letter_topic, m),
+            dead_letter=(lambda m: bus.publish_raw(bus.dead_letter_topic, m))
+            if dead_letter
+            else None,
         )
 
     @property

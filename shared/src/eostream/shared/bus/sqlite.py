@@ -118,8 +118,10 @@ class SqliteBus:
             await self.call(lambda db: db.append(topic, messages))
             self._wake()
 
-    def consumer(self, topics: Sequence[str], group: str, handler: Handler) -> SqliteConsumer:
-        return SqliteConsumer(self, list(topics), group, handler)
+    def consumer(
+        self, topics: Sequence[str], group: str, handler: Handler, *, dead_letter: bool = True
+    ) -> SqliteConsumer:
+        return SqliteConsumer(self, list(topics), group, handler, dead_letter=dead_letter)
 
     async def read_dead_letters(self, *, limit: int, timeout: float = 5.0) -> list[DeadLetter]:
         records = await self.read_topic(self.dead_letter_topic)

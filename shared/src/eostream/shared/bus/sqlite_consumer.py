@@ -32,7 +32,15 @@ LEASE_CHECK_SECONDS = min(1.0, LEASE_SECONDS / 10)
 
 
 class SqliteConsumer:
-    def __init__(self, bus: SqliteBus, topics: list[str], group: str, handler: Handler) -> None:
+    def __init__(
+        self,
+        bus: SqliteBus,
+        topics: list[str],
+        group: str,
+        handler: Handler,
+        *,
+        dead_letter: bool = True,
+    ) -> None:
         self._bus = bus
         self._topics = topics
         self.group = group
@@ -46,7 +54,9 @@ class SqliteConsumer:
             service=bus._service,
             handler=handler,
             policy=bus._policy,
-            dead_letter=lambda m: bus.publish_raw(bus.dead_letter_topic, m),
+            dead_letter=(lambda m: bus.publish_raw(bus.dead_letter_topic, m))
+            if dead_letter
+            else None,
         )
 
     @property

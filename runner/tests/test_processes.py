@@ -43,6 +43,8 @@ STACK = LocalStack(
     mlflow_uri="http://127.0.0.1:15000",
     stac_api_url="http://127.0.0.1:18082",
 )
+#: how long ProcessGroup.supervise waits before a process's first restart
+FIRST_RESTART_BACKOFF_SECONDS = 1.0
 
 
 def tiny(name: str, job: str = ""):  # type: ignore[no-untyped-def]
@@ -84,10 +86,21 @@ def test_the_supervisor_restarts_a_killed_process_but_not_a_stopped_one(
     group: ProcessGroup,
 ) -> None:
     stopping = threading.Event()
+    polls: list[float] = []  # when each of the supervisor's rounds began (it asks stop() first)
+
+    def stop() -> bool:
+        polls.append(time.monotonic())
+        return stopping.is_set()
+
+    def wait_for_polls(count: int, since: float) -> list[float]:
+        deadline = time.monotonic() + 60
+        while len(after := [p for p in polls if p >= since]) < count:
+            assert time.monotonic() < deadline, f"the supervisor polled {len(after)} times"
+            time.sleep(0.05)
+        return after
+
     with group.running(ready_timeout=30):
-        supervisor = threading.Thread(
-            target=group.supervise, args=(stopping.is_set,), kwargs={"poll": 0.1}
-        )
+        supervisor = threading.Thread(target=group.supervise, args=(stop,), kwargs={"poll": 0.1})
         supervisor.start()
         try:
             group["one"].kill()
@@ -97,7 +110,12 @@ def test_the_supervisor_restarts_a_killed_process_but_not_a_stopped_one(
             assert group["one"].starts == 2
             group["one"].wait_ready(30)
             group["two"].stop()
-            time.sleep(1.5)
+            # a supervisor that took the stopped process for a dead one would see it in the
+            # first round after the stop, and restart it in the first round that began a
+            # backoff later; wait until that round is over (the next one has begun), so the
+            # check rests on rounds the supervisor ran, not on a sleep
+            second = wait_for_polls(2, since=time.monotonic())[1]
+            wait_for_polls(2, since=second + FIRST_RESTART_BACKOFF_SECONDS)
             assert not group["two"].alive and group["two"].starts == 1
         finally:
             stopping.set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 from pydantic_settings import SettingsConfigDict
 
 from eostream.shared.errors import ConfigError
@@ -10,9 +11,10 @@ from eostream.shared.settings import ServiceSettings, load_settings
 
 
 class DemoSettings(ServiceSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="DEMO_", env_nested_delimiter="__", frozen=True, extra="ignore"
-    )
+    # ServiceSettings' own config with only the prefix changed, so the tests below check what
+    # every service inherits (frozen, nested "__"), not a copy of it written here; each service's
+    # own class is checked in tests/test_settings_frozen.py
+    model_config = SettingsConfigDict(**{**ServiceSettings.model_config, "env_prefix": "DEMO_"})
 
 
 @pytest.fixture(autouse=True)
@@ -60,5 +62,8 @@ def test_invalid_values_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> No
 def test_settings_are_frozen(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DEMO_BUS", "memory")
     settings = load_settings(DemoSettings)
-    with pytest.raises(Exception, match="frozen"):
+    assert DemoSettings.model_config["env_prefix"] == "DEMO_"
+    with pytest.raises(ValidationError, match="frozen"):
         settings.bus = "kafka"  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="frozen"):  # the nested pieces too
+        settings.consumers.stall_seconds = 1.0  # type: ignore[misc]

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from eostream.shared.errors import ConfigError, InvalidKeyError, ObjectNotFoundError
+from eostream.shared.errors import (
+    ConfigError,
+    InvalidKeyError,
+    ObjectNotFoundError,
+    RetryableError,
+)
 from eostream.shared.settings import S3Settings
 from eostream.shared.storage import ObjectStore
 from eostream.shared.storage.local import LocalObjectStore
@@ -140,3 +146,31 @@ def test_unreachable_s3_fails_with_one_clear_line() -> None:
     unreachable = S3ObjectStore(s3_settings("127.0.0.1:9", "a", "b"), "eostream")
     with pytest.raises(ConfigError, match="unreachable"):
         unreachable.check()
+
+
+def _closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on: bound by us, then closed."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.parametrize("call", ["put_bytes", "get_bytes", "put_file", "get_file"])
+def test_reads_and_writes_on_a_store_that_went_down_are_retryable(
+    call: str, tmp_path: Path
+) -> None:
+    """MinIO down after the service started (connection refused): reads and writes raise
+    RetryableError, which consumers and the bridge's Shipper retry with backoff (the bridge's
+    tests/test_retries.py stands in a store that fails this way). The client's own urllib3
+    retries (3, backoff 0.2 s) end it in about a second."""
+    store = S3ObjectStore(s3_settings(f"127.0.0.1:{_closed_port()}", "a", "b"), "eostream")
+    source = tmp_path / "model.onnx"
+    source.write_bytes(b"onnx")
+    calls: dict[str, Callable[[], object]] = {
+        "put_bytes": lambda: store.put_bytes("models/m/1/model.onnx", b"onnx"),
+        "get_bytes": lambda: store.get_bytes("models/m/1/model.onnx"),
+        "put_file": lambda: store.put_file("models/m/1/model.onnx", source),
+        "get_file": lambda: store.get_file("models/m/1/model.onnx", tmp_path / "copy.onnx"),
+    }
+    with pytest.raises(RetryableError, match=r"S3 127\.0\.0\.1:"):
+        calls[call]()

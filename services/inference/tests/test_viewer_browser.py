@@ -53,9 +53,10 @@ VIEWPORT = {"width": 1280, "height": 800}
 @pytest.fixture(scope="module")
 def chromium() -> Path:
     if not CHROMIUM.is_file():
-        pytest.skip(
+        pytest.fail(
             "no /usr/bin/chromium: run `make tools` (deploy/local/tools.sh installs Debian's "
-            "chromium with apt-get) to run the browser test"
+            "chromium with apt-get: apt-get install -y chromium) to run the browser test",
+            pytrace=False,
         )
     return CHROMIUM
 

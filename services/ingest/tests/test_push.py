@@ -66,18 +66,54 @@ def signed(
     return headers, body
 
 
+class BodyRead:
+    """Between the HTTP server and the app: counts the request body bytes the app pulled (its
+    ``receive`` calls), so a test can tell a body refused unread from one read and refused."""
+
+    def __init__(self) -> None:
+        self.app: Any = None
+        self.read = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def counted() -> Any:
+            message = await receive()
+            if message.get("type") == "http.request":
+                self.read += len(message.get("body", b""))
+            return message
+
+        await self.app(scope, counted, send)
+
+
+class _Body:
+    """A streamed request body (sent chunked: no length declared) of ``total`` bytes."""
+
+    def __init__(self, total: int, chunk: int = 1 << 16) -> None:
+        self.total, self.chunk, self.sent = total, chunk, 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while self.sent < self.total:
+            n = min(self.chunk, self.total - self.sent)
+            self.sent += n
+            yield b"x" * n
+
+
 @asynccontextmanager
 async def push_server(
-    tmp_path: Path, items: list[JsonDict]
+    tmp_path: Path, items: list[JsonDict], body_read: BodyRead | None = None
 ) -> AsyncIterator[tuple[httpx.AsyncClient, InMemoryBus, Any]]:
     """The ingest app (ops and push routes) on 127.0.0.1, its watcher on a catalogue of
-    ``items``; yields a client on it, the bus and the watcher."""
+    ``items``; yields a client on it, the bus and the watcher. ``body_read``: counts the body
+    bytes the app reads."""
     catalog = write_catalogue(tmp_path / "cat", items)
     settings = settings_for(tmp_path, catalog)
     bus = InMemoryBus(service="ingest")
     async with running(settings, from_settings(settings, bus=bus)) as watcher:
         arrivals = Arrivals(watcher)
-        app = create_app(settings, readiness=lambda: (True, "test"), arrivals_now=lambda: arrivals)
+        app: Any = create_app(
+            settings, readiness=lambda: (True, "test"), arrivals_now=lambda: arrivals
+        )
+        if body_read is not None:
+            body_read.app, app = app, body_read
         server = OpsServer(app, "127.0.0.1", 0)
         await server.start()
         try:
@@ -155,7 +191,8 @@ async def test_pushed_items_pass_the_policies_of_polled_ones(
     good = earth_search_v1[0]
     no_assets = copy.deepcopy(earth_search_v1[1])
     no_assets["assets"] = {}
-    async with push_server(tmp_path, [good, no_assets]) as (client, bus, _watcher):
+    body_read = BodyRead()
+    async with push_server(tmp_path, [good, no_assets], body_read) as (client, bus, _watcher):
 
         async def post(data: Any, kind: str = ADDED) -> httpx.Response:
             headers, body = signed(event(data, kind))
@@ -183,12 +220,23 @@ async def test_pushed_items_pass_the_policies_of_polled_ones(
             PUSH_PATH, content=raw, headers={"content-type": "application/json", **stamp}
         )
         assert (plain.status_code, plain.json()["code"]) == (400, "bad_request")
-        # too large: refused before it is read
-        huge = b"x" * (2 * 1_048_576)
+        # too large: refused before it is read when its length says so...
+        limit = PushSettings().max_body_bytes
+        body_read.read = 0
+        huge = b"x" * (2 * limit)
         big = await client.post(
             PUSH_PATH, content=huge, headers={"content-type": "application/json"}
         )
         assert (big.status_code, big.json()["code"]) == (413, "too_large")
+        assert body_read.read == 0, "the body was read before its declared length was checked"
+        # ...and cut off while streaming when it declares no length (chunked)
+        body_read.read = 0
+        streamed = _Body(16 * limit)
+        cut = await client.post(
+            PUSH_PATH, content=streamed, headers={"content-type": "application/json"}
+        )
+        assert (cut.status_code, cut.json()["code"]) == (413, "too_large")
+        assert limit < body_read.read < 2 * limit, f"read {body_read.read} of {streamed.total}"
         assert bus.size(SCENES) == 0
         spec = (await client.get("/openapi.json")).json()
         route = spec["paths"][PUSH_PATH]["post"]

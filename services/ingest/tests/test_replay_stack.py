@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from eostream.shared import topics
 from eostream.shared.events import SceneDiscovered
@@ -68,6 +69,30 @@ class Ingest:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-3000:]
+
+    def polls(self, source: str) -> float:
+        """Polls of ``source`` this process finished (its /metrics:
+        ``eostream_ingest_poll_duration_seconds_count``; 0 while it does not answer yet)."""
+        try:
+            text = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=2).text
+        except httpx.HTTPError:
+            return 0.0
+        return next(
+            (
+                sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+                if sample.name == "eostream_ingest_poll_duration_seconds_count"
+                and sample.labels.get("source") == source
+            ),
+            0.0,
+        )
+
+    async def two_more_polls(self, source: str) -> None:
+        """Until ``source`` has been polled twice more: at least one whole poll that began after
+        this call (a negative check then rests on the polls that ran, not on a sleep)."""
+        done = self.polls(source)
+        await until(lambda: self.polls(source) >= done + 2, f"two more polls of {source}", self)
 
 
 async def until(check: Callable[[], bool], what: str, *procs: Ingest, seconds: float = 90) -> None:
@@ -169,7 +194,7 @@ async def test_an_item_fixed_at_the_stac_api_and_replayed_is_announced_once(
             f"{api}/collections/{collection}/items/{fixed['id']}", json=fixed, timeout=30
         )
         assert response.status_code in (200, 201), response.text[:500]
-        await asyncio.sleep(1.5)  # several polls: none looks at the rejected version again
+        await ingest.two_more_polls(f"es-{run_id}")  # none looks at the rejected version again
         assert len(await scenes(prefix)) == 1
 
         listed = eostream("dlq", "list", "--topic", f"stac:es-{run_id}", "--topic-prefix", prefix)
@@ -187,7 +212,10 @@ async def test_an_item_fixed_at_the_stac_api_and_replayed_is_announced_once(
         again = eostream("dlq", "replay", "--topic", f"stac:es-{run_id}", "--topic-prefix", prefix)
         assert again.returncode == 0, again.stderr
         assert "1 already replayed" in again.stdout, again.stdout
-        await asyncio.sleep(2)  # more polls, and time for a second replay if one had gone out
+        # no second replay request went out, and more polls do not announce the item again
+        requests = await read_topic(bootstrap, prefix + topics.INGEST_REPLAY)
+        assert [type(r).__name__ for r in requests] == ["ItemReplayRequested"]
+        await ingest.two_more_polls(f"es-{run_id}")
         assert ingest.stop(signal.SIGTERM) == 0
     finally:
         if ingest.proc.poll() is None:
@@ -235,7 +263,7 @@ async def test_two_ingest_processes_on_one_postgres_state_announce_once_across_a
             if await count() >= 6:
                 break
             await asyncio.sleep(0.25)
-        await asyncio.sleep(1.5)
+        await b.two_more_polls("cat")  # the new leader does not announce its catalogue again
         assert b.stop(signal.SIGTERM) == 0
     finally:
         for p in (a, b):

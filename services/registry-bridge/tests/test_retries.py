@@ -23,7 +23,10 @@ def test_mlflow_down_gives_registry_unavailable(monkeypatch: pytest.MonkeyPatch)
 
 
 class FlakyStore(LocalObjectStore):
-    """A real local store whose first writes fail the way S3 does when MinIO is down."""
+    """A real local store whose first writes fail the way S3 does when MinIO is down: the real
+    S3ObjectStore raises RetryableError on a refused connection, checked in
+    shared/tests/test_storage_contract.py
+    (test_reads_and_writes_on_a_store_that_went_down_are_retryable)."""
 
     def __init__(self, root: Path, failures: int) -> None:
         super().__init__(root, "eostream")

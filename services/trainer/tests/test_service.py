@@ -4,15 +4,19 @@ one trains, publishes TrainingStarted and ModelVersionRegistered, and registers 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from eostream.shared import topics
 from eostream.shared.bus.base import Delivery
+from eostream.shared.bus.kafka import KafkaBus
 from eostream.shared.bus.memory import InMemoryBus
-from eostream.shared.errors import BusUnavailableError, Disposition, classify
+from eostream.shared.codec import decode
+from eostream.shared.errors import BusUnavailableError
 from eostream.shared.events import (
     DatasetUpdated,
     Event,
@@ -23,10 +27,10 @@ from eostream.shared.events import (
 from eostream.shared.settings import KafkaSettings
 from eostream.trainer.pipeline import Outcome, StartedCallback, tracker_for
 from eostream.trainer.plan import TrainingPlan
-from eostream.trainer.service import build_trainer
+from eostream.trainer.service import CONSUMED, build_trainer
 from eostream.trainer.settings import TrainerSettings
 from eostream.trainer.task import BatchCallback
-from eostream.trainer.tracking import Tracker, filter_value
+from eostream.trainer.tracking import RegisteredVersion, Tracker, filter_value
 
 from .helpers import events_on, wait_until
 
@@ -143,27 +147,30 @@ async def test_training_request_registers_once(sqlite_settings: TrainerSettings)
     assert registered_again.metrics["test_accuracy"] == registered.metrics["test_accuracy"]
 
 
-class _BrokerDown(InMemoryBus):
-    """An in-process bus that gives up on TrainingStarted as the Kafka bus does once its
-    publish retries run out (BusUnavailableError)."""
-
-    async def publish(self, topic: str, event: Event) -> None:
-        if topic == topics.TRAINING_EVENTS:
-            # the words of a timeout, as the real error's carry: is_transient would take it
-            raise BusUnavailableError(
-                "the broker did not take a record within 90s: KafkaTimeoutError: timed out"
-            )
-        await super().publish(topic, event)
-
-
+@pytest.mark.stack
+@pytest.mark.alone
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 async def test_a_broker_outage_at_the_start_is_not_an_mlflow_failure(
     sqlite_settings: TrainerSettings,
+    kafka_bootstrap: str,
+    outage: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The worker waits past the bus's own publish retries for its TrainingStarted, and a
-    BusUnavailableError stops the consumer (the record comes again) instead of being retried
-    and dead-lettered as "MLflow unreachable"."""
-    kafka = KafkaSettings(bootstrap_servers="127.0.0.1:1", publish_retry_seconds=90)
-    settings = sqlite_settings.model_copy(update={"kafka": kafka})
+    """The broker stops exactly while the worker publishes TrainingStarted (the publish is held
+    at a gate until the broker is down), on the real Kafka bus. The training thread waits past
+    the bus's own publish retries and gets the bus's BusUnavailableError (not its own timeout);
+    the handler lets it stop the consumer (the record comes again) instead of retrying and
+    dead-lettering it as "MLflow unreachable"; after the broker is back the redelivered request
+    is announced and registered. Only the training itself is a stand-in: it is not under test."""
+    run = uuid.uuid4().hex[:8]
+    kafka = KafkaSettings(
+        bootstrap_servers=kafka_bootstrap, topic_prefix=f"start{run}.", publish_retry_seconds=3
+    )
+    settings = sqlite_settings.model_copy(
+        update={"bus": "kafka", "kafka": kafka, "consumer_group": f"t-{run}"}
+    )
+    started_errors: list[BaseException] = []  # what each TrainingStarted publish raised
 
     def trains(
         plan: TrainingPlan,
@@ -173,16 +180,63 @@ async def test_a_broker_outage_at_the_start_is_not_an_mlflow_failure(
         on_batch: BatchCallback | None,
     ) -> Outcome:
         assert on_started is not None
-        on_started("run-1", "http://127.0.0.1:5000/#/runs/run-1", "0", False)
-        raise AssertionError("the TrainingStarted publish should have failed")
+        try:
+            on_started(f"run-{run}", f"http://127.0.0.1:5000/#/runs/run-{run}", "0", False)
+        except BaseException as exc:
+            started_errors.append(exc)
+            raise
+        version = RegisteredVersion(name=f"start-{run}", version="1", run_id=f"run-{run}", tags={})
+        return Outcome(version=version, metrics={}, run_url=f"http://127.0.0.1:5000/#/runs/{run}")
 
-    bus = _BrokerDown(service="trainer")
-    worker = build_trainer(settings, bus=bus, tracker=tracker_for(settings), trainer=trains)
+    bus = KafkaBus(kafka, service="trainer")
+    await bus.start()
+    # as run_worker does: the publish meets the stopped broker in its producer, not its admin
+    await bus.ensure_topics([*CONSUMED, topics.TRAINING_EVENTS, topics.MODELS_REGISTERED])
+    gated = outage.gate(bus, topics.TRAINING_EVENTS)
+    worker = build_trainer(settings, bus=gated, tracker=tracker_for(settings), trainer=trains)
     assert worker._started_timeout() > kafka.publish_retry_seconds
-    delivery = Delivery(topic=topics.TRAINING_REQUESTS, partition=0, offset=0, key="outage")
-    with pytest.raises(BusUnavailableError):
-        await worker.handle(TrainingRequested(request_id="outage"), delivery)
-    assert classify(BusUnavailableError("down")) is Disposition.STOP
+    handled: list[BaseException | None] = []  # each handling's error, None when it succeeded
+    handle = worker.handle
+
+    async def recording(event: Event, delivery: Delivery) -> None:
+        try:
+            await handle(event, delivery)
+        except BaseException as exc:
+            handled.append(exc)
+            raise
+        handled.append(None)
+
+    monkeypatch.setattr(worker, "handle", recording)
+    consumers = worker.supervised()
+    [member] = consumers.members
+    consumers.start()
+    request = TrainingRequested(request_id=f"start-{run}")
+    try:
+        await bus.publish(topics.TRAINING_REQUESTS, request)
+        await outage.during(gated, "trainer", restarts=True)
+        await outage.wait_for(
+            lambda: bool(handled) and handled[-1] is None,
+            "the redelivered request to be handled after the outage",
+        )
+        # the thread waited out the publish's retries: the bus's error, never a TimeoutError
+        assert started_errors and all(isinstance(e, BusUnavailableError) for e in started_errors)
+        # ...and the handler passed it on as is (it stops the consumer), never RetryableError
+        errors = [e for e in handled if e is not None]
+        assert errors and all(isinstance(e, BusUnavailableError) for e in errors), errors
+        assert member.restarts >= 1
+        announced = [decode(m) for m in await bus.read_topic(topics.TRAINING_EVENTS, timeout=60)]
+        assert {e.request_id for e in announced if isinstance(e, TrainingStarted)} == {
+            request.request_id
+        }
+        registered = [decode(m) for m in await bus.read_topic(topics.MODELS_REGISTERED, timeout=60)]
+        assert {e.request_id for e in registered if isinstance(e, ModelVersionRegistered)} == {
+            request.request_id
+        }
+        assert await bus.read_dead_letters(limit=5, timeout=5) == []  # no "MLflow unreachable"
+    finally:
+        gated.release.set()
+        await consumers.stop()
+        await bus.close()
 
 
 @pytest.mark.parametrize(

@@ -155,7 +155,9 @@ def _closed_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.mark.parametrize("call", ["put_bytes", "get_bytes", "put_file", "get_file"])
+@pytest.mark.parametrize(
+    "call", ["put_bytes", "get_bytes", "put_file", "get_file", "exists", "delete", "list"]
+)
 def test_reads_and_writes_on_a_store_that_went_down_are_retryable(
     call: str, tmp_path: Path
 ) -> None:
@@ -171,6 +173,10 @@ def test_reads_and_writes_on_a_store_that_went_down_are_retryable(
         "get_bytes": lambda: store.get_bytes("models/m/1/model.onnx"),
         "put_file": lambda: store.put_file("models/m/1/model.onnx", source),
         "get_file": lambda: store.get_file("models/m/1/model.onnx", tmp_path / "copy.onnx"),
+        # the bridge's Shipper asks exists() inside the retry that catches RetryableError
+        "exists": lambda: store.exists("models/m/1/model.onnx"),
+        "delete": lambda: store.delete("models/m/1/model.onnx"),
+        "list": lambda: list(store.list("models/")),
     }
     with pytest.raises(RetryableError, match=r"S3 127\.0\.0\.1:"):
         calls[call]()

@@ -191,8 +191,13 @@ class TrainerWorker:
 
     def _started_timeout(self) -> float:
         kafka = self.settings.kafka
-        retrying = kafka.publish_retry_seconds if kafka is not None else 0.0
-        return retrying + STARTED_MARGIN_SECONDS
+        if kafka is None:
+            return STARTED_MARGIN_SECONDS
+        # the bus retries for publish_retry_seconds, and its last attempt may then wait for the
+        # broker's answer up to request_timeout_ms (15 s by default, settable past the margin)
+        return (
+            kafka.publish_retry_seconds + kafka.request_timeout_ms / 1000 + STARTED_MARGIN_SECONDS
+        )
 
     def _batch_done(self, batch_size: int) -> None:
         """In the training thread, after each batch: the consumer is not stalled, it trains."""

@@ -113,17 +113,26 @@ class S3ObjectStore:
             if exc.code in _MISSING_CODES:
                 return False
             raise
+        except urllib3.exceptions.HTTPError as exc:  # the server is down: retryable, as a put
+            raise self._call_error(exc, key) from exc
         return True
 
     def delete(self, key: str) -> None:
         validate_key(key)
-        self._client.remove_object(self._bucket, key)
+        try:
+            self._client.remove_object(self._bucket, key)
+        except (S3Error, urllib3.exceptions.HTTPError) as exc:
+            raise self._call_error(exc, key) from exc
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         validate_prefix(prefix)
-        for obj in self._client.list_objects(self._bucket, prefix=prefix or None, recursive=True):
-            if obj.object_name is not None and not obj.is_dir:
-                yield ObjectInfo(key=obj.object_name, size=int(obj.size or 0))
+        found = self._client.list_objects(self._bucket, prefix=prefix or None, recursive=True)
+        try:
+            for obj in found:  # the listing is fetched page by page as it is iterated
+                if obj.object_name is not None and not obj.is_dir:
+                    yield ObjectInfo(key=obj.object_name, size=int(obj.size or 0))
+        except (S3Error, urllib3.exceptions.HTTPError) as exc:
+            raise self._call_error(exc, prefix) from exc
 
     def uri(self, key: str) -> str:
         return f"s3://{self._bucket}/{validate_key(key)}"

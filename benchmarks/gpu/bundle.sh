@@ -4,8 +4,10 @@
 # eostream's other packages, when files can only reach it in parts of a few tens of MiB:
 #
 #   * site.tar.xz: cp312 wheels of onnxruntime-gpu (CUDA 13 build) and the packages the
-#     benchmarks import that such a host lacks, unpacked; the CUDA provider's kernels pruned to
-#     one GPU architecture (prune_fatbin.py: 255 MB of wheel becomes ~110 MB of bundle);
+#     benchmarks import that such a host lacks, each checked against its hash in
+#     benchmarks/gpu/host-wheels.txt (written on the first run), unpacked; the CUDA provider's
+#     kernels pruned to one GPU architecture (prune_fatbin.py: 255 MB of wheel becomes ~110 MB of
+#     bundle);
 #   * data.tar.xz: the EuroSAT RGB patches and the 29RKH tile from $EOSTREAM_DATA_DIR;
 #   * rest.tar.xz: cache/, bench_full_tile's model (fp32, int8, MLM item, test windows) from
 #     $EOSTREAM_BENCH_CACHE, built first with `bench_full_tile.py --size 256` if missing; and
@@ -37,13 +39,27 @@ if [[ ! -f $work/bundle/site.tar.xz ]]; then  # built once; delete it to rebuild
     jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1
     orjson==3.13.0
   )
-  python3 -m pip download --quiet --only-binary=:all: --python-version 3.12 --implementation cp \
+  # their dependencies that the host has already
+  host=(numpy packaging attrs click certifi urllib3 six python-dateutil pyparsing)
+  # Every wheel is checked against the hash pinned for it in $pinned: the pins above and their
+  # dependencies, resolved for cp312 manylinux_2_28 (uv.lock cannot give these hashes: it holds
+  # cp311 wheels only, and no onnxruntime-gpu). Without the file, it is resolved from the index
+  # and written once: review and commit it; every later bundle then gets exactly those files.
+  pinned=benchmarks/gpu/host-wheels.txt
+  if [[ ! -f $pinned ]]; then
+    omit=()
+    for p in "${host[@]}"; do omit+=(--no-emit-package "$p"); done
+    printf '%s\n' "${wheels[@]}" | "${UV:-uv}" pip compile - --quiet --generate-hashes \
+      --no-header --python-version 3.12 --python-platform x86_64-manylinux_2_28 \
+      --only-binary :all: "${omit[@]}" -o "$pinned"
+    echo "wrote $pinned (hashes from the index): review it and commit it" >&2
+  fi
+  rm -rf "$work/wheels" && mkdir -p "$work/wheels"
+  python3 -m pip download --quiet --require-hashes --no-deps --only-binary=:all: \
+    --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
     --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 -d "$work/wheels" "${wheels[@]}" 2>&1 | grep -v WARNING || true
-  # pystac's extension packages come with it (metadata only)
-  python3 -m pip download --quiet --only-binary=:all: --no-deps --python-version 3.12 \
-    -d "$work/wheels" pystac==1.15.2 pystac-core==1.15.2 2>&1 | grep -v WARNING || true
+    --platform manylinux2014_x86_64 -d "$work/wheels" -r "$pinned"
 
   site=$work/site
   rm -rf "$site" && mkdir -p "$site"

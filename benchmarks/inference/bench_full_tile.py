@@ -320,7 +320,9 @@ def main() -> None:
         return
     if args.size > FULL or args.size < 64:
         parser.error(f"--size must be between 64 and {FULL}")
-    data_dir = Path(os.environ.get("EOSTREAM_DATA_DIR", "data")).resolve()
+    if not os.environ.get("EOSTREAM_DATA_DIR"):
+        parser.error("EOSTREAM_DATA_DIR is not set: point it at the data folder")
+    data_dir = Path(os.environ["EOSTREAM_DATA_DIR"]).resolve()
     load = os.getloadavg()
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"cpu: {bench_int8().cpu_line()}")

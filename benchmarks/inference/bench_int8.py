@@ -13,12 +13,14 @@ For each model (``--models``; or ``--onnx PATH`` for an existing fp32 export) th
   normalises inside its graph);
 * measures both with onnxruntime's CPU provider and the project's session options
   (``eostream.shared.ort_session.configure``) on the same hold-out windows: windows/s at batch
-  1, 64 and 256 (warm-up, then the median of interleaved repeats), file size, top-1 accuracy of each
+  1, 64 and 256 (warm-up, then the median of interleaved repeats: ``--repeats`` all run, else
+  7 cut after 20 s per batch size; the count is printed), file size, top-1 accuracy of each
   on the EuroSAT test split and the top-1 agreement of the two, and prints int8/fp32 ratios;
   the int8 model twice, its convolutions on onnxruntime's int8 GEMM (``conv_kernel="gemm"``,
   weight zero point -1) and on its direct kernels (``"direct"``, zero point 0), the values the
   same (the largest logit difference is printed), and says which the bridge's timing
-  (``fastest_kernel``, ``BRIDGE_INT8__CONV_KERNEL=auto``) ships on this host; beside them, in the
+  (``fastest_kernel``, ``BRIDGE_INT8__CONV_KERNEL=auto``) ships on this host: that kernel's
+  column is measured on the shipped file itself, the one ``--maps`` maps; beside them, in the
   same run, the same quantisation with the stem int8 too (``stem_fp32=False``: what the bridge
   shipped before), to show what keeping the stem fp32 buys;
 * with ``--maps``, classifies one labelled Boadella L2A date with both through inference's
@@ -59,6 +61,7 @@ CALIBRATION = 256  # training patches the int8 activation ranges are calibrated 
 #: inference runs a scene at on the CPU) and 256 (its batch on a GPU, and on the CPU until
 #: 2026-12-04)
 BATCHES = (1, 64, 256)
+REPEATS = 7  # interleaved repeats per batch size without --repeats (cut after 20 s, 3 at least)
 
 
 def cpu_line() -> str:
@@ -212,9 +215,10 @@ def logits(sess: Any, x: np.ndarray, batch: int = 256) -> np.ndarray:
 
 
 def throughput(
-    sessions: dict[str, Any], x: np.ndarray, batch: int, repeats: int, budget: float
-) -> dict[str, float]:
-    """Median windows/s of each session on the same windows, repeats interleaved."""
+    sessions: dict[str, Any], x: np.ndarray, batch: int, repeats: int, budget: float | None
+) -> tuple[dict[str, float], int]:
+    """Median windows/s of each session on the same windows, repeats interleaved, and how many
+    repeats ran: all ``repeats``, or with a ``budget`` (s) at least 3, stopping once it is spent."""
     from eostream.shared.modelcard import INPUT_NAME, OUTPUT_NAME
 
     count = 1024 if batch > 1 else 256  # test windows repeated when there are fewer
@@ -225,40 +229,48 @@ def throughput(
         for chunk in chunks[:3]:
             sess.run([OUTPUT_NAME], {INPUT_NAME: chunk})
     rates: dict[str, list[float]] = {k: [] for k in sessions}
-    deadline = time.perf_counter() + budget
+    deadline = None if budget is None else time.perf_counter() + budget
     for r in range(repeats):
         for key, sess in sessions.items():
             started = time.perf_counter()
             for chunk in chunks:
                 sess.run([OUTPUT_NAME], {INPUT_NAME: chunk})
             rates[key].append(count / (time.perf_counter() - started))
-        if r >= 2 and time.perf_counter() > deadline:
+        if deadline is not None and r >= 2 and time.perf_counter() > deadline:
             break
-    return {k: statistics.median(v) for k, v in rates.items()}
+    return {k: statistics.median(v) for k, v in rates.items()}, len(rates["fp32"])
 
 
-def measure(folder: Path, fp32: Path, threads: int, repeats: int) -> dict[str, Any]:
+def measure(folder: Path, fp32: Path, threads: int, repeats: int | None) -> dict[str, Any]:
+    """Every figure of each file; ``"int8"`` is the shipped file's (``int8_path``, the bridge's
+    kernel choice), which also stands in its kernel's column (``int8_direct`` or ``int8_gemm``).
+    ``repeats`` None: up to ``REPEATS``, cut after 20 s per batch size (3 at least)."""
     import onnxruntime as ort
 
     int8 = fp32.with_name(fp32.stem + ".int8.onnx")  # what the bridge ships (auto)
-    direct, gemm = (fp32.with_name(f"{fp32.stem}.int8-{k}.onnx") for k in ("direct", "gemm"))
+    twins = {k: fp32.with_name(f"{fp32.stem}.int8-{k}.onnx") for k in ("direct", "gemm")}
     int8_stem = fp32.with_name(fp32.stem + ".int8-stem.onnx")
     calibration = np.load(folder / "calibration.npy")
     started = time.perf_counter()
-    quantise(fp32, direct, calibration, conv_kernel="direct")
+    quantise(fp32, twins["direct"], calibration, conv_kernel="direct")
     quantised_s = time.perf_counter() - started
-    quantise(fp32, gemm, calibration, conv_kernel="gemm")
+    quantise(fp32, twins["gemm"], calibration, conv_kernel="gemm")
     chosen = quantise(fp32, int8, calibration, threads=threads)
+    twins[chosen] = int8  # the shipped file itself, not a twin quantised apart
     quantise(fp32, int8_stem, calibration, stem_fp32=False, conv_kernel="direct")
-    x, y = np.load(folder / "test_x.npy"), np.load(folder / "test_y.npy")
-    sessions = {
-        "fp32": session(fp32, threads),
-        "int8_gemm": session(gemm, threads),
-        "int8": session(direct, threads),
-        "int8_stem": session(int8_stem, threads, before=True),
+    files = {
+        "fp32": fp32,
+        "int8_gemm": twins["gemm"],
+        "int8_direct": twins["direct"],
+        "int8_stem": int8_stem,
     }
+    x, y = np.load(folder / "test_x.npy"), np.load(folder / "test_y.npy")
+    sessions = {k: session(p, threads, before=k == "int8_stem") for k, p in files.items()}
     scores = {k: logits(s, x) for k, s in sessions.items()}
     pred = {k: v.argmax(1) for k, v in scores.items()}
+    shipped = f"int8_{chosen}"
+    accuracy = {k: float((p == y).mean()) for k, p in pred.items()}
+    agreement = {k: float((pred["fp32"] == p).mean()) for k, p in pred.items() if k != "fp32"}
     out: dict[str, Any] = {
         "onnxruntime": ort.__version__,
         "band_set": band_set_of(fp32),
@@ -266,16 +278,21 @@ def measure(folder: Path, fp32: Path, threads: int, repeats: int) -> dict[str, A
         "quantise_s": quantised_s,
         "int8_path": str(int8),
         "conv_kernel": chosen,
-        "gemm_vs_direct_max_abs": float(np.abs(scores["int8_gemm"] - scores["int8"]).max()),
+        "gemm_vs_direct_max_abs": float(np.abs(scores["int8_gemm"] - scores["int8_direct"]).max()),
         "test_windows": len(x),
-        "size_bytes": {"fp32": fp32.stat().st_size, "int8": int8.stat().st_size},
-        "accuracy": {k: float((p == y).mean()) for k, p in pred.items()},
-        "agreement": float((pred["fp32"] == pred["int8"]).mean()),
-        "agreement_stem": float((pred["fp32"] == pred["int8_stem"]).mean()),
+        "size_bytes": {k: p.stat().st_size for k, p in {**files, "int8": int8}.items()},
+        "accuracy": {**accuracy, "int8": accuracy[shipped]},
+        "agreement": {**agreement, "int8": agreement[shipped]},
         "windows_per_s": {},
+        "repeats": {},
     }
+    budget = 20.0 if repeats is None else None
     for batch in BATCHES:
-        out["windows_per_s"][str(batch)] = throughput(sessions, x, batch, repeats, budget=20.0)
+        rates, done = throughput(
+            sessions, x, batch, REPEATS if repeats is None else repeats, budget
+        )
+        out["windows_per_s"][str(batch)] = {**rates, "int8": rates[shipped]}
+        out["repeats"][str(batch)] = done
     return out
 
 
@@ -343,7 +360,7 @@ def _f(value: float | None) -> str:
 
 
 def report(name: str, m: dict[str, Any]) -> None:
-    size, acc, wps = m["size_bytes"], m["accuracy"], m["windows_per_s"]
+    size, acc, agree, wps = m["size_bytes"], m["accuracy"], m["agreement"], m["windows_per_s"]
     print(
         f"\n== {name} (onnxruntime {m['onnxruntime']}, {m['threads']} intra-op threads, "
         f"quantised in {m['quantise_s']:.1f} s on {CALIBRATION} calibration patches)"
@@ -351,32 +368,33 @@ def report(name: str, m: dict[str, Any]) -> None:
     print(
         "int8 gemm / direct: the stem fp32, the other convolutions on onnxruntime's int8 GEMM "
         "(weight zero point -1) / its direct kernels (zero point 0), the values the same; the "
-        f"bridge ships the faster on its host (here: {m['conv_kernel']}); int8 stem too: every "
-        "convolution int8, direct kernels (shipped before 2026-12-04)"
+        f"bridge ships the faster on its host (here: {m['conv_kernel']}; that column is the "
+        "shipped file itself, the one --maps maps); int8 stem too: every convolution int8, "
+        "direct kernels (shipped before 2026-12-04)"
     )
     print(
         "                       fp32   int8 gemm   /fp32   int8 direct   /fp32"
         "   int8 stem too   /fp32"
     )
+    kinds = (("int8_gemm", 9), ("int8_direct", 11), ("int8_stem", 13))
     for batch in map(str, BATCHES):
-        f32, gm, i8, st = (wps[batch][k] for k in ("fp32", "int8_gemm", "int8", "int8_stem"))
-        print(
-            f"windows/s batch {batch:>3} {f32:9.0f}   {gm:9.0f}   {gm / f32:4.2f}x"
-            f"   {i8:11.0f}   {i8 / f32:4.2f}x   {st:13.0f}   {st / f32:4.2f}x"
+        f32 = wps[batch]["fp32"]
+        cells = "".join(
+            f"   {wps[batch][k]:{w}.0f}   {wps[batch][k] / f32:4.2f}x" for k, w in kinds
         )
-    print(
-        f"file size (KiB)     {size['fp32'] / 1024:9.1f}   {size['int8'] / 1024:9.1f}   "
-        f"{size['int8'] / size['fp32']:8.2f}x"
+        print(f"windows/s batch {batch:>3} {f32:9.0f}{cells}")
+    cells = "".join(
+        f"   {size[k] / 1024:{w}.1f}   {size[k] / size['fp32']:4.2f}x" for k, w in kinds
     )
+    print(f"file size (KiB)     {size['fp32'] / 1024:9.1f}{cells}")
+    cells = "".join(f"   {acc[k]:{w}.4f} {acc[k] - acc['fp32']:+.4f}" for k, w in kinds)
+    print(f"test accuracy       {acc['fp32']:9.4f}{cells}")
+    cells = "".join(f"   {agree[k]:{w}.4f}        " for k, w in kinds)
+    print(f"top-1 agreement     {'':9}{cells}".rstrip())
+    repeats = ", ".join(f"batch {b} {n}" for b, n in m["repeats"].items())
     print(
-        f"test accuracy       {acc['fp32']:9.4f}   {acc['int8']:9.4f}   "
-        f"{acc['int8'] - acc['fp32']:+8.4f} (diff)   {acc['int8_stem']:13.4f}   "
-        f"{acc['int8_stem'] - acc['fp32']:+.4f}"
-    )
-    print(
-        f"top-1 agreement with fp32 on {m['test_windows']} test windows: int8 "
-        f"{m['agreement']:.4f}, int8 stem too {m['agreement_stem']:.4f}; largest |logit| "
-        f"difference of int8 gemm and int8 direct: {m['gemm_vs_direct_max_abs']:.3g}"
+        f"on {m['test_windows']} test windows; repeats per batch size: {repeats}; largest "
+        f"|logit| difference of int8 gemm and int8 direct: {m['gemm_vs_direct_max_abs']:.3g}"
     )
 
 
@@ -387,7 +405,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="override every model's")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")))
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        help=f"interleaved repeats per batch size, all run (default: {REPEATS}, cut after 20 s)",
+    )
     parser.add_argument("--maps", action="store_true", help="water IoU on one Boadella date")
     parser.add_argument("--date", default="2020-09-14", help="the Boadella date of --maps")
     parser.add_argument("--stride", type=int, default=4, help="window step (px) of --maps")
@@ -399,7 +421,9 @@ def main() -> None:
         result = measure(folder, fp32, args.threads, args.repeats)
         (folder / "result.json").write_text(json.dumps(result))
         return
-    data_dir = Path(os.environ.get("EOSTREAM_DATA_DIR", "data")).resolve()
+    if not os.environ.get("EOSTREAM_DATA_DIR"):
+        parser.error("EOSTREAM_DATA_DIR is not set: point it at the data folder")
+    data_dir = Path(os.environ["EOSTREAM_DATA_DIR"]).resolve()
     work = Path(tempfile.mkdtemp(prefix="bench-int8-"))
     load = os.getloadavg()
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
@@ -419,7 +443,8 @@ def main() -> None:
     figures: dict[str, Any] = {}
     for name, fp32 in exports.items():
         child = [sys.executable, __file__, "--threads", str(args.threads)]
-        child += ["--repeats", str(args.repeats), "--measure", str(work / name), str(fp32)]
+        child += [] if args.repeats is None else ["--repeats", str(args.repeats)]
+        child += ["--measure", str(work / name), str(fp32)]
         subprocess.run(child, check=True)  # noqa: S603
         figures[name] = json.loads((work / name / "result.json").read_text())
         report(name, figures[name])

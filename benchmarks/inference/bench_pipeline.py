@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import logging
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -34,7 +34,16 @@ BATCH = 256
 
 
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's ``VmHWM``, read by bench_full_tile's ``memory_mib``: ``ru_maxrss`` would
+    carry the parent's peak (it builds the synthetic tile) into each child across ``execve``."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_full_tile", Path(__file__).with_name("bench_full_tile.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    peak: float = module.memory_mib("VmHWM")
+    return peak
 
 
 # -- scenes ---------------------------------------------------------------------------------
@@ -205,7 +214,8 @@ def _reader(item: Path, model: Any) -> Any:
     plan = prepare_scene(
         json.loads(item.read_text()), str(item), model.card, policy="adapt", b10_fill=0.0015
     )
-    return SceneReader(plan, model.card, gdal_env(None), max_pixels=200_000_000)
+    # the real 29RKH tile is 100 m; allowed here as _settings allows it (allow_coarse_scenes)
+    return SceneReader(plan, model.card, gdal_env(None), max_pixels=200_000_000, allow_coarse=True)
 
 
 def measure_bare(item: Path, stride: int, sample: int) -> dict[str, Any]:
@@ -345,6 +355,8 @@ def main() -> None:
     parser.add_argument("--full-size", type=int, default=10980)
     parser.add_argument("--skip-full", action="store_true")
     opts = parser.parse_args()
+    if not os.environ.get("EOSTREAM_DATA_DIR"):
+        parser.error("EOSTREAM_DATA_DIR is not set: point it at the data folder")
     with tempfile.TemporaryDirectory() as tmp:
         scenes = [("real 29RKH (1098x1098, 100 m)", real_item(Path(tmp)), 32)]
         if not opts.skip_full:

@@ -111,7 +111,9 @@ def main() -> None:
     )
     parser.add_argument("--dates", nargs="*", default=DATES, help="held-out dates to run")
     args = parser.parse_args()
-    data_dir = Path(os.environ.get("EOSTREAM_DATA_DIR", "../shared/data"))
+    if not os.environ.get("EOSTREAM_DATA_DIR"):
+        parser.error("EOSTREAM_DATA_DIR is not set: point it at the data folder")
+    data_dir = Path(os.environ["EOSTREAM_DATA_DIR"])
     rows = []
     for held in args.dates:
         with tempfile.TemporaryDirectory(prefix="eostream-champion-") as tmp:

@@ -131,7 +131,9 @@ def main() -> None:
     parser.add_argument("--base-bands", choices=["rgb", "ms13"], default="rgb")
     parser.add_argument("--base-epochs", type=int, default=5)
     args = parser.parse_args()
-    data_dir = Path(os.environ.get("EOSTREAM_DATA_DIR", "../shared/data"))
+    if not os.environ.get("EOSTREAM_DATA_DIR"):
+        parser.error("EOSTREAM_DATA_DIR is not set: point it at the data folder")
+    data_dir = Path(os.environ["EOSTREAM_DATA_DIR"])
     rows = []
     with tempfile.TemporaryDirectory(prefix="eostream-label-base-") as base_tmp:
         base_db = None

@@ -229,7 +229,9 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(int(os.environ.get("TRAINER_NUM_THREADS", "2")))
-    data_dir = Path(os.environ.get("EOSTREAM_DATA_DIR", "data")).resolve()
+    if not os.environ.get("EOSTREAM_DATA_DIR"):
+        parser.error("EOSTREAM_DATA_DIR is not set: point it at the data folder")
+    data_dir = Path(os.environ["EOSTREAM_DATA_DIR"]).resolve()
     work = Path(tempfile.mkdtemp(prefix="bench-maps-"))
     ref_root = work / "ref"
     labels_path = reference.build_boadella(data_dir, ref_root)

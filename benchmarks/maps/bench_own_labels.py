@@ -156,7 +156,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=100, help="boosting iterations")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    data_dir = Path(os.environ.get("EOSTREAM_DATA_DIR", "../shared/data"))
+    if not os.environ.get("EOSTREAM_DATA_DIR"):
+        parser.error("EOSTREAM_DATA_DIR is not set: point it at the data folder")
+    data_dir = Path(os.environ["EOSTREAM_DATA_DIR"])
 
     with tempfile.TemporaryDirectory(prefix="eostream-own-labels-") as tmp:
         labels_href = reference.build_boadella(data_dir, Path(tmp) / "ref")

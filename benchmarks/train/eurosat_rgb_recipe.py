@@ -16,9 +16,11 @@ accuracy per step, its gain over the baseline of the same run, and the wall time
         --architecture small_cnn --epochs 12
 
 ``--minutes M`` lowers the epochs so that each fit ends within about M minutes, from one epoch
-of the same fit timed on a sample first (for a lent GPU's fixed time). ``--split-file F`` keeps
-the split in a JSON file: written after the catalogue's selection when F is missing, read when F
-exists, so a host without the catalogue's stac-geoparquet and DuckDB trains on the same patches.
+of the costliest step asked (the last: the steps add up) timed on a sample first; every step
+then gets that many epochs, one schedule, printed (for a lent GPU's fixed time).
+``--split-file F`` keeps the split in a JSON file: written after the catalogue's selection when F
+is missing, read when F exists, so a host without the catalogue's stac-geoparquet and DuckDB
+trains on the same patches.
 The full-resolution ResNet-18 on a GPU (benchmarks/gpu/README.md):
 
     ... eurosat_rgb_recipe.py --architecture resnet18 --batch-size 128 --steps ema \
@@ -111,6 +113,16 @@ def epochs_within(
     return max(1, min(config.epochs, math.floor(minutes * 60 / epoch))), epoch
 
 
+def extras_of(step: str) -> dict[str, Any]:
+    """The settings of ``step`` and of the steps before it in the ladder."""
+    extras: dict[str, Any] = {}
+    for name in STEPS:
+        extras |= STEPS[name]
+        if name == step:
+            break
+    return extras
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--architecture", default="small_cnn")
@@ -144,41 +156,44 @@ def main() -> None:
         f"{settings.num_threads} threads"
     )
 
-    extras: dict[str, Any] = {}
-    rows: list[tuple[str, float, float, float]] = []
-    for name in STEPS:
-        extras |= STEPS[name]
-        if name not in args.steps:
-            continue
+    def make_model() -> nn.Module:
+        torch.manual_seed(args.seed)
+        return build_model(args.architecture, BAND_SETS["rgb"], mean, std)
 
-        def make_model() -> nn.Module:
-            torch.manual_seed(args.seed)
-            return build_model(args.architecture, BAND_SETS["rgb"], mean, std)
-
-        config = TrainConfig(
-            epochs=args.epochs,
+    def config_of(step: str, epochs: int) -> TrainConfig:
+        """``step``'s settings and those of the steps before it, ``epochs`` with no early stop."""
+        return TrainConfig(
+            epochs=epochs,
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,
-            patience=args.epochs,  # no early stop: every step gets the whole schedule
+            patience=epochs,  # no early stop: every step gets the whole schedule
             seed=args.seed,
-            **extras,
+            **extras_of(step),
         )
-        if args.minutes:
-            epochs, seconds = epochs_within(args.minutes, data, make_model, config, device)
-            config = replace(config, epochs=epochs, patience=epochs)
-            print(
-                f"{name}: one epoch ~{seconds:.1f} s, so {epochs} epochs in {args.minutes:.1f} min",
-                flush=True,
-            )
+
+    steps = [name for name in STEPS if name in args.steps]
+    epochs = args.epochs
+    if args.minutes:  # one schedule for every step, timed on the costliest (the last asked)
+        epochs, seconds = epochs_within(
+            args.minutes, data, make_model, config_of(steps[-1], args.epochs), device
+        )
+        print(
+            f"{steps[-1]}: one epoch ~{seconds:.1f} s, so {epochs} epochs for every step, each "
+            f"within {args.minutes:.1f} min",
+            flush=True,
+        )
+    rows: list[tuple[str, float, float, float]] = []
+    for name in steps:
         model = make_model()
         started = time.perf_counter()
-        history = fit(model, data["train"], data["val"], config, device)
+        history = fit(model, data["train"], data["val"], config_of(name, epochs), device)
         minutes = (time.perf_counter() - started) / 60
         accuracy = float(evaluate(model, data["test"], device)["accuracy"])
         rows.append((name, accuracy, history.best_val_accuracy, minutes))
         print(
-            f"{name:<10} {extras}: test {accuracy:.4f}, val {history.best_val_accuracy:.4f} "
-            f"(epoch {history.best_epoch + 1}), {minutes:.1f} min",
+            f"{name:<10} {extras_of(name)}: test {accuracy:.4f}, "
+            f"val {history.best_val_accuracy:.4f} (epoch {history.best_epoch + 1}), "
+            f"{epochs} epochs, {minutes:.1f} min",
             flush=True,
         )
 

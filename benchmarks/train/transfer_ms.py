@@ -8,23 +8,87 @@
 Prints both held-out accuracies and their difference. EuroSAT MS here has only 375 real patches
 (about 51 held out), so one run's difference is noisy: use ``--seeds`` for several.
 
+The two EuroSAT releases share file stems (``Forest_12.jpg`` and ``Forest_12.tif`` are one
+place), so the RGB base leaves out every patch whose class and stem is in the MS test split of
+one of ``--seeds``, and the run prints that overlap (0 by construction).
+
     EOSTREAM_DATA_DIR=/path/to/data uv run python benchmarks/train/transfer_ms.py
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import statistics
 import tempfile
 import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path, PurePosixPath
+from unittest import mock
 
 import torch
 
+from eostream.shared.holdout import HoldoutSettings
 from eostream.shared.settings import load_settings
+from eostream.trainer import pipeline
+from eostream.trainer.catalog import CatalogTable, build_catalog
 from eostream.trainer.pipeline import tracker_for, train_and_register
 from eostream.trainer.plan import TrainingPlan
+from eostream.trainer.selection import (
+    Patch,
+    Selection,
+    SelectionSpec,
+    exclusion_key,
+    select,
+    select_for_training,
+)
 from eostream.trainer.settings import TrainerSettings
+
+
+def place(patch: Patch) -> str:
+    """Its class and file stem (``Forest/Forest_12``): one place in both releases, ``.jpg`` in
+    RGB and ``.tif`` in MS."""
+    return f"{patch.class_name}/{PurePosixPath(patch.href).stem}"
+
+
+def ms_test_places(settings: TrainerSettings, seeds: list[int]) -> dict[int, set[str]]:
+    """Per seed, the places of the MS test patches (the split the MS runs below select)."""
+    table = build_catalog(settings.data_dir, settings.cache_dir, "ms13")
+    return {
+        seed: {
+            place(p)
+            for p in select_for_training(
+                table,
+                SelectionSpec(band_set="ms13", seed=seed),
+                settings.data_dir,
+                settings.gate_holdout,
+            ).of("test")
+        }
+        for seed in seeds
+    }
+
+
+@contextlib.contextmanager
+def leaving_out(places: set[str], chosen: list[Selection]) -> Iterator[None]:
+    """The trainer's selection (gate hold-out left out) with ``places`` left out too; each
+    selection made is appended to ``chosen``."""
+
+    def select_leaving_out(
+        table: CatalogTable, spec: SelectionSpec, data_dir: Path, gate: HoldoutSettings
+    ) -> Selection:
+        gated = select_for_training(table, spec, data_dir, gate)
+        every = select(table, replace(gated.spec, samples_per_class=None))
+        extra = {exclusion_key(p.class_name, p.href) for p in every.patches if place(p) in places}
+        selection = select(
+            table, replace(spec, exclude=tuple(sorted({*gated.spec.exclude, *extra})))
+        )
+        chosen.append(selection)
+        return selection
+
+    with mock.patch.object(pipeline, "select_for_training", select_leaving_out):
+        yield
 
 
 def main() -> None:
@@ -47,21 +111,30 @@ def main() -> None:
     torch.set_num_threads(settings.num_threads)
     tracker = tracker_for(settings)
     tag = uuid.uuid4().hex[:6]
-    rgb = train_and_register(
-        TrainingPlan(
-            request_id=f"transfer-rgb-{tag}",
-            model_name=f"transfer-rgb-{tag}",
-            band_set="rgb",
-            architecture=args.architecture,
-            epochs=args.rgb_epochs,
-            learning_rate=3e-3,
-            samples_per_class=args.rgb_samples_per_class,
-        ),
-        settings,
-        tracker=tracker,
-    )
+    ms_test = ms_test_places(settings, args.seeds)
+    base_selections: list[Selection] = []
+    with leaving_out(set[str]().union(*ms_test.values()), base_selections):
+        rgb = train_and_register(
+            TrainingPlan(
+                request_id=f"transfer-rgb-{tag}",
+                model_name=f"transfer-rgb-{tag}",
+                band_set="rgb",
+                architecture=args.architecture,
+                epochs=args.rgb_epochs,
+                learning_rate=3e-3,
+                samples_per_class=args.rgb_samples_per_class,
+            ),
+            settings,
+            tracker=tracker,
+        )
     base = f"models:/{rgb.version.name}/{rgb.version.version}"
     print(f"RGB base model {base}: test accuracy {rgb.metrics['test_accuracy']:.3f}")
+    base_places = {place(p) for chosen in base_selections for p in chosen.patches}
+    for seed, places in ms_test.items():
+        print(
+            f"seed {seed}: MS test patches in the RGB base's data (any split): "
+            f"{len(places & base_places)} of {len(places)}"
+        )
     gains = []
     for seed in args.seeds:
         scores = {}

@@ -28,6 +28,7 @@ from rasterio.windows import Window
 
 from eostream.inference import area_query, areas, writer
 from eostream.inference.api.app import create_app
+from eostream.inference.engine import NODATA
 from eostream.inference.results import ResultRecord
 from eostream.inference.settings import InferenceSettings
 from eostream.inference.wiring import build_service
@@ -318,7 +319,7 @@ def test_the_areas_of_a_date_need_little_memory_beyond_the_map() -> None:
     (8 bytes a pixel: with the labels and the area mask, ~11 at the peak)."""
     side = 4096
     labels = np.random.default_rng(2).integers(0, 4, (side, side), dtype=np.uint8)
-    labels[:100] = areas.NODATA
+    labels[:100] = NODATA
     row_km2 = np.linspace(1e-4, 2e-4, side)
     found = areas.AreaMap(
         labels=labels,
@@ -329,7 +330,7 @@ def test_the_areas_of_a_date_need_little_memory_beyond_the_map() -> None:
         crs=None,
         shape=(side, side),
     )
-    stats = {"classes": {name: {} for name in ("Forest", "River", "SeaLake", "Urban")}}
+    stats: dict[str, Any] = {"classes": {n: {} for n in ("Forest", "River", "SeaLake", "Urban")}}
     record = ResultRecord(
         id="r", scene_id="s", model_name="limits", model_version="1", run_id=None,
         datetime=datetime(2024, 5, 1, tzinfo=UTC), bbox=FOOTPRINT, prefix="p", item={},

@@ -1,7 +1,9 @@
 """The model contract between trainer, registry-bridge and inference.
 
-A model is an ONNX graph with one float32 input ``input`` of shape ``[N, C, 64, 64]`` and one
-output ``logits`` of shape ``[N, 10]`` (the EuroSAT classes, in :data:`EUROSAT_CLASSES` order).
+A model is an ONNX graph with one float32 input ``input`` of shape ``[N, C, P, P]`` (P the card's
+``patch_size``, 64 for EuroSAT; ``[N, C]`` for a pixel model) and one output ``logits`` of shape
+``[N, classes]`` (``[N, classes, P, P]`` for segmentation; the card's classes, by default the
+EuroSAT ten in :data:`EUROSAT_CLASSES` order; ``onnx_contract`` checks a graph against its card).
 Normalisation is inside the graph; what goes in is each declared band in the model's own units.
 The :class:`ModelCard` says which bands, in which order, and how to turn top-of-atmosphere or
 surface reflectance (0..1, harmonised) into those units. It travels as the ONNX metadata entry

@@ -7,6 +7,15 @@ On the stack, ``eostream labels import --stac-api`` puts label items into the ST
 collection: its items, each label asset read with the trainer's S3 settings into a file beside
 the item, and each labelled scene's item (``source`` link) when it lives in the object store (its
 raster assets stay where they are). The copy is written once per digest of the items it holds.
+
+What the copy trusts: nothing the collection says names a file here. An item id must be a safe
+id (the labels' own rule, :func:`eostream.shared.labels._check_id`: letters, digits, ``.``,
+``_`` and ``-``, starting with a letter or digit), since it names the item's folder and file; a
+label asset must be an ``s3://``, ``http://`` or ``https://`` URI (a local path or ``file://``
+would let whoever writes to the STAC API read the trainer's own files into the copy: put the
+labels in the object store, ``TRAINER_STORE=s3``). Either refuses the whole collection
+(DatasetError: the DatasetUpdated or TrainingRequested that named it is dead-lettered with the
+reason) before anything is written. Every file is written only inside the copy's folder.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from urllib.parse import urlparse
 
 from eostream.shared.errors import EostreamError, RetryableError
 from eostream.shared.label_catalog import items_digest
+from eostream.shared.labels import _ID as SAFE_ID
 from eostream.shared.objects import local_path, read_bytes
 from eostream.shared.settings import S3Settings
 from eostream.trainer.errors import DatasetError
@@ -32,6 +42,8 @@ MAX_ITEMS = 10_000
 MAX_LABEL_BYTES = 200_000_000
 MAX_ITEM_BYTES = 10_000_000
 HIERARCHY = {"self", "root", "parent", "collection", "item", "child", "items"}
+#: the schemes a label asset of a STAC API collection may name (never a local file)
+LABEL_SCHEMES = ("s3", "http", "https")
 
 
 def collection_url(href: str) -> tuple[str, str] | None:
@@ -73,11 +85,12 @@ def materialize(href: str, out: Path, s3: S3Settings | None, expected: str | Non
                     f"{href}: the labels changed while they were read (digest {now[:16]}, "
                     f"not {expected[:16]}); read again"
                 )
+            _check_items(href, items)
             partial.mkdir(parents=True)
             links = [lk for lk in collection.get("links", []) if lk.get("rel") not in HIERARCHY]
             for item in items:
                 links.append({"rel": "item", "href": f"./{item['id']}/{item['id']}.json"})
-                _copy_item(dict(item), partial / str(item["id"]), s3, root)
+                _copy_item(dict(item), _inside(partial / item["id"], partial), s3, root)
             collection["links"] = [*links, {"rel": "root", "href": "./collection.json"}]
             (partial / "collection.json").write_text(json.dumps(collection, indent=1))
     except BaseException:
@@ -87,6 +100,43 @@ def materialize(href: str, out: Path, s3: S3Settings | None, expected: str | Non
     partial.replace(out)
     log.info("copied %d label items of %s into %s", len(items), href, out)
     return target
+
+
+def _check_items(href: str, items: list[dict[str, Any]]) -> None:
+    """Refuse (DatasetError) a collection with an item whose id is no safe file name, or whose
+    label asset is not in the object store or on the web (see the module's docstring)."""
+    seen: set[str] = set()
+    for item in items:
+        item_id = item.get("id")
+        if not isinstance(item_id, str) or not SAFE_ID.fullmatch(item_id):
+            raise DatasetError(
+                f"{href}: item id {item_id!r} is not a safe id (letters, digits, '.', '_' and "
+                "'-', starting with a letter or digit); rename the item"
+            )
+        if item_id in seen:
+            raise DatasetError(f"{href}: two items have the id {item_id!r}")
+        seen.add(item_id)
+        for uri in _label_hrefs(item):
+            scheme = urlparse(uri).scheme
+            if scheme not in LABEL_SCHEMES:
+                raise DatasetError(
+                    f"{href}: item {item_id}: label asset {uri!r} is not an s3://, http:// or "
+                    "https:// URI; a label collection on a STAC API keeps its labels in the "
+                    "object store (import them with TRAINER_STORE=s3)"
+                )
+
+
+def _label_hrefs(item: dict[str, Any]) -> Iterator[str]:
+    for key, asset in item.get("assets", {}).items():
+        if key == "labels" or "labels" in (asset.get("roles") or []):
+            yield str(asset["href"])
+
+
+def _inside(path: Path, folder: Path) -> Path:
+    """``path``, checked to lie inside ``folder`` once both are resolved."""
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise DatasetError(f"{path}: outside the copy's folder {folder}; refused")
+    return path
 
 
 def _read(href: str) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
@@ -141,13 +191,15 @@ def _unreachable(exc: BaseException) -> bool:
 
 def _copy_item(item: dict[str, Any], folder: Path, s3: S3Settings | None, root: str) -> None:
     folder.mkdir(parents=True)
+    taken = {f"{item['id']}.json", "scene.json"}
     for key, asset in item.get("assets", {}).items():
         roles = asset.get("roles") or []
         if key != "labels" and "labels" not in roles:
             continue
         uri = str(asset["href"])
-        name = PurePosixPath(urlparse(uri).path).name or f"{key}.bin"
-        (folder / name).write_bytes(read_bytes(uri, s3=s3, max_bytes=MAX_LABEL_BYTES))
+        name = _asset_name(uri, str(key), taken)
+        data = read_bytes(uri, s3=s3, max_bytes=MAX_LABEL_BYTES)
+        _inside(folder / name, folder).write_bytes(data)
         asset["href"] = f"./{name}"
     links = []
     for link in item.get("links", []):
@@ -162,7 +214,19 @@ def _copy_item(item: dict[str, Any], folder: Path, s3: S3Settings | None, root: 
         {"rel": "parent", "href": "../collection.json"},
         {"rel": "collection", "href": "../collection.json"},
     ]
-    (folder / f"{item['id']}.json").write_text(json.dumps(item, indent=1))
+    _inside(folder / f"{item['id']}.json", folder).write_text(json.dumps(item, indent=1))
+
+
+def _asset_name(uri: str, key: str, taken: set[str]) -> str:
+    """The file a label asset is copied into, beside its item: the asset's own file name when it
+    is a safe one not yet taken, else one made from its key or its number."""
+    name = PurePosixPath(urlparse(uri).path).name
+    suffix = PurePosixPath(name).suffix or ".bin"
+    candidates = [name, f"{key}{suffix}", f"{key}.bin"]
+    candidates += [f"labels-{n}.bin" for n in range(len(taken) + 1)]
+    chosen = next(c for c in candidates if SAFE_ID.fullmatch(c) and c not in taken)
+    taken.add(chosen)
+    return chosen
 
 
 def _scene_href(uri: str, folder: Path, s3: S3Settings | None, root: str) -> str:
@@ -189,5 +253,5 @@ def _scene_copy(uri: str, folder: Path, s3: S3Settings | None) -> str:
         href = str(asset.get("href", ""))
         if href.startswith("./") or not (urlparse(href).scheme or href.startswith("/")):
             asset["href"] = f"{base}/{href.removeprefix('./')}"
-    (folder / "scene.json").write_text(json.dumps(scene))
+    _inside(folder / "scene.json", folder).write_text(json.dumps(scene))
     return "./scene.json"  # beside the item (the folder is renamed when complete)

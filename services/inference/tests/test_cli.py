@@ -1,5 +1,5 @@
-"""The CLI: registered under eostream.commands, `serve` runs the API until SIGTERM, and a missing
-API key is one clear configuration error."""
+"""The CLI: registered under eostream.commands, `serve` runs the API until SIGTERM, a missing
+API key is one clear configuration error, and `classify` leaves the service's deployments alone."""
 
 from __future__ import annotations
 
@@ -9,14 +9,19 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
 from eostream.inference.cli import app
+from eostream.inference.settings import InferenceSettings
+from eostream.inference.wiring import build_service
 from eostream.shared.errors import ConfigError
+from eostream.shared.events import ModelPromoted
 
 
 def test_registered_as_an_eostream_command() -> None:
@@ -25,8 +30,6 @@ def test_registered_as_an_eostream_command() -> None:
 
 
 def test_missing_api_key_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from typer.testing import CliRunner
-
     monkeypatch.delenv("INFERENCE_API_KEY", raising=False)
     monkeypatch.setenv("INFERENCE_BUS", "memory")
     result = CliRunner().invoke(app, ["serve"])
@@ -69,3 +72,43 @@ def test_serve_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out.decode()[-2000:]
+
+
+def test_classify_into_the_service_index_leaves_its_last_live_model(
+    monkeypatch: pytest.MonkeyPatch,
+    settings: InferenceSettings,
+    make_model: Callable[..., ModelPromoted],
+    boadella_item: Callable[[str], Path],
+) -> None:
+    """A one-off `classify` (no --stac-out) writes its result into the configured index, but a
+    service restarted on that index (no INFERENCE_MODEL_NAME) reloads its own model, not the
+    CLI's."""
+    service = build_service(settings, consume=False)
+    try:
+        service.deployment.deploy(make_model("1"))  # the service's model went live
+    finally:
+        service.results.close()
+
+    adhoc = make_model("7", name="adhoc")
+    for name in ("INFERENCE_MODEL_NAME", "INFERENCE_MODEL_ALIAS", "INFERENCE_INITIAL_MODEL_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("INFERENCE_BUS", "memory")
+    monkeypatch.setenv("INFERENCE_STORE", "local")
+    monkeypatch.setenv("INFERENCE_LOCAL_STORE_ROOT", str(settings.local_store_root))
+    monkeypatch.setenv("INFERENCE_RESULTS_DB", settings.results_db)
+    monkeypatch.setenv("INFERENCE_INTRA_OP_THREADS", "1")
+    href = str(boadella_item("2020-06-21"))
+    result = CliRunner().invoke(app, ["classify", href, "--model", adhoc.artifact_uri])
+    assert result.exit_code == 0, result.output
+
+    restarted = build_service(settings, consume=False)
+    try:
+        record = restarted.results.get("boadella-2020-06-21")
+        assert record is not None and record.model_name == "cli"  # the CLI's result is kept
+        restarted.deployment.load_initial()
+        live = restarted.deployment.current
+        assert live is not None
+        assert (live.info.name, live.info.version) == ("eurosat", "1")
+        assert "cli" not in {d["name"] for d in restarted.results.deployments(50)}
+    finally:
+        restarted.results.close()

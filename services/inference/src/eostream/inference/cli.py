@@ -16,13 +16,17 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import SecretStr
 
 from eostream.inference.settings import InferenceSettings
 from eostream.shared.settings import configure_logging, load_settings
+
+if TYPE_CHECKING:  # the service's modules are slow to import: serve imports them when it runs
+    from eostream.inference.service import InferenceService
+    from eostream.shared.ops import OpsServer
 
 app = typer.Typer(
     name="inference", help="Whole-scene classification and its REST API.", no_args_is_help=True
@@ -52,9 +56,19 @@ def serve() -> None:
         await server.start()
         log.info("inference API on %s (docs at /docs)", server.url)
         await stop.wait()
-        await server.stop()
+        await shutdown(service, server)
 
     run_service(main)
+
+
+async def shutdown(service: InferenceService, server: OpsServer) -> None:
+    """SIGTERM's drain: first take no new scenes or promotions (the record in flight finishes and
+    is committed), then stop the HTTP server, which finishes the requests in flight and then runs
+    the app's lifespan shutdown (jobs, notifier, results index). The consumers stop first because
+    uvicorn runs that shutdown only once every request has ended: a long classification would
+    otherwise leave them taking records until the orchestrator kills the process."""
+    await service.stop_intake()
+    await server.stop()
 
 
 CATALOG_FILE = "catalog.json"
@@ -160,8 +174,10 @@ def classify(
         await service.start()
         items = []
         try:
+            # not recorded: the index's deployments are the service's, whose restart reloads
+            # its last live model (never this one-off)
             service.deployment.deploy_uri(
-                ModelInfo(name="cli", version="0", artifact_uri=model), model, None
+                ModelInfo(name="cli", version="0", artifact_uri=model), model, None, record=False
             )
             for href in hrefs:
                 outcome = await asyncio.to_thread(

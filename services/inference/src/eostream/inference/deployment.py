@@ -211,22 +211,37 @@ class ModelDeployment:
             log.warning("MLM item %s not read (%s); running fp32", info.mlm_item_href, exc)
             return None
 
-    def deploy_uri(self, info: ModelInfo, uri: str, sha256: str | None) -> LoadedModel:
+    def deploy_uri(
+        self, info: ModelInfo, uri: str, sha256: str | None, *, record: bool = True
+    ) -> LoadedModel:
+        """Load the model at ``uri`` and make it live. ``record=False`` (the CLI's one-off
+        classification) keeps it out of the results index's deployments, so a service on that
+        index never reloads it as its last live model."""
         try:
             model = self.load(info, uri, sha256)
         except BadInputError as exc:
             metrics.MODEL_SWAPS.labels("failed").inc()
-            self._record(info, "failed", str(exc), None)
+            self._record(info, "failed", str(exc), None, record=record)
             raise ModelLoadError(f"cannot load model {info.name} v{info.version}: {exc}") from exc
         except ModelLoadError as exc:
             metrics.MODEL_SWAPS.labels("failed").inc()
-            self._record(info, "failed", str(exc), None)
+            self._record(info, "failed", str(exc), None, record=record)
             raise
         self.holder.swap(model)
-        self._record(info, "live", "", model.provider)
+        self._record(info, "live", "", model.provider, record=record)
         return model
 
-    def _record(self, info: ModelInfo, status: str, detail: str, provider: str | None) -> None:
+    def _record(
+        self,
+        info: ModelInfo,
+        status: str,
+        detail: str,
+        provider: str | None,
+        *,
+        record: bool = True,
+    ) -> None:
+        if not record:
+            return
         self.results.record_deployment(
             name=info.name,
             version=info.version,

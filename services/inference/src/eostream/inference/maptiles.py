@@ -3,7 +3,8 @@
 A client names a result (scene id, optional model version), never a path or URL: the routes look
 the result up in the results index, and :func:`result_source` and :func:`scene_bands` resolve
 what to read from what the service stored itself (the result's COG in the object store; the
-bands of the scene item its result links to as ``derived_from``). The readers open rasters only
+bands of the scene item its result links to as ``derived_from``, that item and its bands read
+only from the allowed sources, :func:`check_band_sources`). The readers open rasters only
 with the GTiff, COG and JPEG 2000 drivers (never a VRT) inside the service's GDAL environment
 (S3 credentials, no probing).
 
@@ -21,6 +22,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
+from urllib.parse import urlparse
 
 import attr
 import numpy as np
@@ -38,6 +40,7 @@ from eostream.inference.results import ResultRecord
 from eostream.shared import sentinel2
 from eostream.shared.objects import absolute_href, rewrite_href
 from eostream.shared.settings import S3Settings
+from eostream.shared.sources_policy import SourcePolicy
 
 #: The bands of a true-colour rendering, in R, G, B order.
 TRUE_COLOUR = ("B04", "B03", "B02")
@@ -135,15 +138,21 @@ def scene_bands(
 
 
 @functools.lru_cache(maxsize=256)
-def _scene_item_text(href: str, s3: S3Settings | None, max_bytes: int) -> bytes:
+def _scene_item_text(
+    href: str, s3: S3Settings | None, max_bytes: int, policy: SourcePolicy | None
+) -> bytes:
     """The scene item's bytes, kept for the next tiles (a scene's item does not change; errors
     are not kept)."""
-    return fetch.read_bytes(href, s3=s3, max_bytes=max_bytes)
+    return fetch.read_bytes(href, s3=s3, max_bytes=max_bytes, policy=policy)
 
 
-def read_scene_item(href: str, s3: S3Settings | None, max_bytes: int) -> dict[str, Any]:
-    """The scene item a result links to, read once per href and process."""
-    data = _scene_item_text(href, s3, max_bytes)
+def read_scene_item(
+    href: str, s3: S3Settings | None, max_bytes: int, policy: SourcePolicy | None
+) -> dict[str, Any]:
+    """The scene item a result links to, read once per href and process, only if ``policy``
+    allows it (HTTP redirects only to the same host, each hop allowed; None: a scene the bus
+    announced, read as the pipeline read it)."""
+    data = _scene_item_text(href, s3, max_bytes, policy)
     try:
         item = json.loads(data)
     except ValueError:
@@ -151,6 +160,22 @@ def read_scene_item(href: str, s3: S3Settings | None, max_bytes: int) -> dict[st
     if not isinstance(item, dict):
         raise BadInputError(f"the scene item {href} is not a JSON object")
     return item
+
+
+def check_band_sources(bands: Sequence[Band], policy: SourcePolicy | None) -> None:
+    """Refuse (:class:`~eostream.inference.errors.SourceNotAllowedError`) a scene whose bands are
+    not all allowed sources, before any is opened: the item is read again (once per process) and
+    may have changed since its scene was classified, and tiles need no API key. http(s) bands
+    must answer without a redirect to another host (GDAL follows every redirect). None: a scene
+    the bus announced (ingest's configured sources), not checked, as in the pipeline."""
+    if policy is None:
+        return
+    hrefs = sorted({band.href for band in bands})
+    for href in hrefs:
+        fetch.check_source(href, policy)
+    for href in hrefs:
+        if urlparse(href).scheme in ("http", "https"):
+            fetch.check_http_raster(href, policy)
 
 
 def check_tile(tms: TileMatrixSet, x: int, y: int, z: int) -> None:

@@ -154,10 +154,15 @@ class Pipeline:
         replace: bool = False,
         allow_coarse: bool | None = None,
         progress: ReportProgress | None = None,
+        requested: bool = False,
     ) -> Outcome:
         """Classify one item. ``allow_coarse`` overrides ``INFERENCE_ALLOW_COARSE_SCENES``;
         ``progress`` hears 10..90 % as strips of rows are classified, then 95 % while the
-        products are written."""
+        products are written. ``requested``: a REST request named the item, whose sources were
+        checked against ``INFERENCE_SOURCES__*``; the result says so
+        (``eostream:sources_checked``), and the scene tiles check them again on every read (the
+        item may have changed since). A scene announced on the bus came from ingest's configured
+        sources and is read as such."""
         try:
             validate_item(item, item_href)  # before any work: no result files for a bad item
         except BadInputError:
@@ -181,7 +186,9 @@ class Pipeline:
                     coarse = (
                         self.settings.allow_coarse_scenes if allow_coarse is None else allow_coarse
                     )
-                    return self._classify(item, item_href, model, level, baseline, coarse, progress)
+                    return self._classify(
+                        item, item_href, model, level, baseline, coarse, progress, requested
+                    )
                 finally:
                     release_free_memory()  # a scene's buffers are large: give them back
         except BadInputError:
@@ -205,12 +212,21 @@ class Pipeline:
         baseline: str | None,
         allow_coarse: bool = False,
         progress: ReportProgress | None = None,
+        requested: bool = False,
     ) -> Outcome:
         """Classify strip by strip into the products' files (memory bounded by a strip, not
         by the scene), then publish them."""
         with tempfile.TemporaryDirectory(prefix="eostream-inference-") as tmp:
             return self._classify_into(
-                Path(tmp), item, item_href, model, level, baseline, allow_coarse, progress
+                Path(tmp),
+                item,
+                item_href,
+                model,
+                level,
+                baseline,
+                allow_coarse,
+                progress,
+                requested,
             )
 
     def _classify_into(
@@ -223,6 +239,7 @@ class Pipeline:
         baseline: str | None,
         allow_coarse: bool,
         progress: ReportProgress | None,
+        requested: bool = False,
     ) -> Outcome:
         s, card = self.settings, model.card
         started = time.perf_counter()
@@ -288,6 +305,7 @@ class Pipeline:
         info = model.info
         prefix = f"{s.results_prefix}/{plan.item_id}/{info.name}/v{info.version}"
         extra = plan.decision.properties() | {
+            "eostream:sources_checked": requested,
             "eostream:radiometry": list(plan.notes),
             "eostream:window": {
                 "patch": windows.patch,

@@ -22,6 +22,8 @@ from eostream.shared.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 SERVICE = "inference"
+#: How long a stop waits for the records in flight before it cancels their handlers.
+CONSUMERS_STOP_SECONDS = 30.0
 
 
 class InferenceService:
@@ -69,6 +71,7 @@ class InferenceService:
         if self._started:
             return
         s = self.settings
+        self._stopping.clear()
         await asyncio.to_thread(self.store.check)
         await asyncio.to_thread(self.deployment.load_initial)
         if self.bus is not None:
@@ -78,7 +81,6 @@ class InferenceService:
                 [topics.SCENES_DISCOVERED, topics.SCENES_CLASSIFIED, topics.MODELS_PROMOTED]
             )
             models_group = s.models_group or f"inference-models-{socket.gethostname()}"
-            self._stopping.clear()
             self.consumers = Consumers(SERVICE, s.consumers)
             self.consumers.add(
                 models_group,
@@ -96,9 +98,16 @@ class InferenceService:
             await self.notifier.start()
         self._started = True
 
-    async def stop(self) -> None:
+    async def stop_intake(self) -> None:
+        """Take no new records (SIGTERM's first step, before the HTTP server drains): the
+        consumers finish the record in flight, commit and stop, and readiness fails; REST
+        requests in flight, the notifier and the results index go on until :meth:`stop`."""
         self._stopping.set()
-        await self.consumers.stop(timeout=30)
+        consumers, self.consumers = self.consumers, Consumers(SERVICE, self.settings.consumers)
+        await consumers.stop(timeout=CONSUMERS_STOP_SECONDS)
+
+    async def stop(self) -> None:
+        await self.stop_intake()
         if self.notifier is not None:
             await self.notifier.stop()
         if self.bus is not None and self._owns_bus:
@@ -110,6 +119,8 @@ class InferenceService:
         model = self.deployment.current
         if not self._started:
             return False, "starting"
+        if self._stopping.is_set():
+            return False, "stopping"
         if model is None:
             return False, "no model deployed yet"
         if not self.results.ping():

@@ -105,7 +105,9 @@ def classify_named_item(
     if pipeline.models.current is None:
         raise NoModelError("no model is deployed yet; promote one (ModelPromoted)")
     item = load_checked_item(settings, href)
-    return pipeline.classify_item(item, href, replace=replace, allow_coarse=allow_coarse)
+    return pipeline.classify_item(
+        item, href, replace=replace, allow_coarse=allow_coarse, requested=True
+    )
 
 
 @router.post(
@@ -207,5 +209,6 @@ async def classify_upload(
             f"upload:{file.filename or 'upload.tif'}",
             replace=True,
             allow_coarse=allow_coarse,
+            requested=True,
         )
     return summary(outcome.record, str(request.base_url)) | {"skipped": outcome.skipped}

@@ -311,6 +311,7 @@ def _work(service: InferenceService, parts: Parts, plan: Plan, inputs: Inputs, b
                 replace=inputs.replace,
                 allow_coarse=inputs.allow_coarse,
                 progress=progress,
+                requested=True,
             )
         return {"result": summary(outcome.record, base) | {"skipped": outcome.skipped}}
 

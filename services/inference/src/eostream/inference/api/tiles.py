@@ -82,12 +82,20 @@ def scene_path(
     model_version: ModelVersion = None,
     model_name: ModelName = None,
 ) -> maptiles.SceneSource:
-    """The true-colour bands of the scene the result was made from."""
+    """The true-colour bands of the scene the result was made from. A scene a REST request named
+    (``eostream:sources_checked``; and any result that does not say) is read again only from
+    the sources a request may name (``INFERENCE_SOURCES__*``), its item and every band, else
+    422: the item may have changed since. A scene announced on the bus is read as the pipeline
+    read it: ingest took it from its configured sources (a STAC API on the private network)."""
     record = _record(service, scene_id, model_version, model_name)
     s = service.settings
+    props = record.item.get("properties") or {}
+    from_bus = props.get("eostream:sources_checked") is False
+    policy = None if from_bus else fetch.source_policy(s)
     href = maptiles.scene_href(record)
-    item = maptiles.read_scene_item(href, s.s3, s.max_item_bytes)
+    item = maptiles.read_scene_item(href, s.s3, s.max_item_bytes, policy)
     bands = maptiles.scene_bands(item, href, s.asset_href_rewrites)
+    maptiles.check_band_sources(bands, policy)
     return maptiles.SceneSource(scene_id=scene_id, bands=bands, env=_env(service))
 
 

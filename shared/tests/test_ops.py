@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import platform
+import threading
 
 import httpx
 
@@ -34,4 +36,49 @@ async def test_liveness_readiness_and_metrics_over_http() -> None:
             in scraped
         )
     finally:
+        await server.stop()
+
+
+async def test_a_readiness_check_that_blocks_stops_neither_livez_nor_the_loop() -> None:
+    """Inference's readiness pings its results database (up to the pool's 30 s timeout): on the
+    event loop that would stop the consumers, the Kafka heartbeats and /livez with it."""
+    entered, release = threading.Event(), threading.Event()
+    calls = 0
+
+    def readiness() -> tuple[bool, str]:  # a database that does not answer until released
+        nonlocal calls
+        calls += 1
+        entered.set()
+        released = release.wait(timeout=5)
+        return released, "database answered" if released else "the loop never came back"
+
+    ticks = 0
+
+    async def ticker() -> None:  # stands for the consumers and heartbeats on the same loop
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    server = OpsServer(create_ops_app("demo", readiness), "127.0.0.1", 0)
+    await server.start()
+    beat = asyncio.create_task(ticker())
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            probes = [asyncio.create_task(client.get("/readyz")) for _ in range(3)]
+            assert await asyncio.to_thread(entered.wait, 10)
+            before = ticks
+            live = await client.get("/livez")  # answered while the check still blocks
+            await asyncio.sleep(0.1)
+            assert live.status_code == 200
+            assert ticks > before
+            assert not any(p.done() for p in probes)
+            release.set()
+            answers = await asyncio.gather(*probes)
+        assert [a.status_code for a in answers] == [200, 200, 200]
+        assert {a.json()["detail"] for a in answers} == {"database answered"}
+        assert calls == 1  # probes that came meanwhile shared the run in flight
+    finally:
+        release.set()
+        beat.cancel()
         await server.stop()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import sqlite3
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,6 +50,93 @@ async def test_sqlite_state_survives_reopen(tmp_path: Path) -> None:
     try:
         assert await again.unseen("s", [("a", "v1")]) == set()
         assert await again.watermark("s") == datetime(2024, 4, 1, tzinfo=UTC)
+    finally:
+        await again.close()
+
+
+async def test_sqlite_state_recovers_from_a_failed_write(tmp_path: Path) -> None:
+    """A write that fails ("database is locked": another writer of the file held it past the
+    busy timeout) is rolled back: the next writes work and survive a restart."""
+    path = tmp_path / "state.sqlite"
+    store = SqliteStateStore(path, timeout=0.1)
+    await store.open()
+    other = sqlite3.connect(path, isolation_level=None)  # e.g. `eostream ingest` on the same file
+    t0 = datetime(2024, 4, 1, tzinfo=UTC)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            await store.mark_seen("s", [SeenRecord("a", "v1", "published")])
+        other.execute("COMMIT")
+        await store.mark_seen("s", [SeenRecord("b", "v1", "published")])
+        await store.set_watermark("s", t0)
+        assert await store.forget_rejection("s", "b") == 0
+    finally:
+        other.close()
+        await store.close()
+    again = SqliteStateStore(path)
+    await again.open()
+    try:
+        assert await again.watermark("s") == t0
+        assert await again.unseen("s", [("a", "v1"), ("b", "v1")]) == {("a", "v1")}
+    finally:
+        await again.close()
+
+
+async def test_sqlite_state_cancelled_call_keeps_the_connection_until_its_thread_is_done(
+    tmp_path: Path,
+) -> None:
+    """The label watcher is cancelled on resignation while the replay consumer still uses the
+    store: its thread goes on with the connection, so the next call waits for it to finish
+    rather than run beside it on the same connection."""
+    path = tmp_path / "state.sqlite"
+    store = SqliteStateStore(path, timeout=10)
+    await store.open()
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # the first write's thread waits for the file
+        first = asyncio.create_task(
+            store.mark_seen("labels:x", [SeenRecord("x", "d1", "published")])
+        )
+        await asyncio.sleep(0.3)
+        first.cancel()
+        second = asyncio.create_task(store.mark_seen("s", [SeenRecord("item", "v", "published")]))
+        await asyncio.sleep(0.3)
+        assert not second.done()  # waits: the first thread still has the connection
+        other.execute("COMMIT")
+        await second
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        # the thread could not be stopped: its write went through, and nothing is left open
+        assert await store.unseen("s", [("item", "v")]) == set()
+        assert await store.unseen("labels:x", [("x", "d1")]) == set()
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_sqlite_state_close_waits_for_a_cancelled_call(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    store = SqliteStateStore(path, timeout=10)
+    await store.open()
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        call = asyncio.create_task(store.mark_seen("s", [SeenRecord("a", "v1", "published")]))
+        await asyncio.sleep(0.3)
+        call.cancel()
+        closing = asyncio.create_task(store.close())
+        await asyncio.sleep(0.3)
+        assert not closing.done()
+        other.execute("COMMIT")
+        await closing
+        with contextlib.suppress(asyncio.CancelledError):
+            await call
+    finally:
+        other.close()
+    again = SqliteStateStore(path)
+    await again.open()
+    try:
+        assert await again.unseen("s", [("a", "v1")]) == set()
     finally:
         await again.close()
 

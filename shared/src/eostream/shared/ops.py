@@ -23,13 +23,35 @@ log = logging.getLogger(__name__)
 ReadinessCheck = Callable[[], tuple[bool, str]]
 
 
+class _InThread:
+    """A readiness check run in a worker thread, one run at a time: a check may block (the
+    inference service pings its results database, up to the pool's timeout), and on the event
+    loop it would stop every consumer, the Kafka heartbeats and /livez with it. Probes that
+    arrive while a check runs wait for that run's answer, so a hung database ties up one thread
+    however often the orchestrator asks. A check must therefore be safe to call from a thread."""
+
+    def __init__(self, check: ReadinessCheck) -> None:
+        self._check = check
+        self._running: asyncio.Future[tuple[bool, str]] | None = None
+
+    async def __call__(self) -> tuple[bool, str]:
+        running = self._running
+        loop = asyncio.get_running_loop()
+        if running is None or running.done() or running.get_loop() is not loop:
+            running = self._running = asyncio.ensure_future(asyncio.to_thread(self._check))
+        # shielded: a probe that gives up (client gone) leaves the run to the others
+        return await asyncio.shield(running)
+
+
 def ops_router(
     service: str, readiness: ReadinessCheck, liveness: ReadinessCheck | None = None
 ) -> APIRouter:
     """``liveness``: what must hold for the process to be worth keeping (no stalled or
-    crash-looping consumer); failing it (503) asks the orchestrator for a restart."""
+    crash-looping consumer); failing it (503) asks the orchestrator for a restart. It runs on the
+    event loop and must not block. ``readiness`` may block: it runs in a worker thread."""
     metrics.announce(service)
     router = APIRouter(tags=["operations"])
+    check_readiness = _InThread(readiness)
 
     @router.get(
         "/livez",
@@ -37,6 +59,7 @@ def ops_router(
         responses={503: {"description": "not alive: restart the process (same body)"}},
     )
     async def livez(response: Response) -> dict[str, str]:
+        # on the loop: liveness reads the consumers' progress and never blocks
         ok, detail = liveness() if liveness is not None else (True, "answering")
         if not ok:
             response.status_code = 503
@@ -48,7 +71,7 @@ def ops_router(
         responses={503: {"description": "not ready yet (same body, with the reason)"}},
     )
     async def readyz(response: Response) -> dict[str, str]:
-        ok, detail = readiness()
+        ok, detail = await check_readiness()
         if not ok:
             response.status_code = 503
         return {"status": "ok" if ok else "unavailable", "service": service, "detail": detail}

@@ -10,6 +10,10 @@ What counts as "this machine only" (where a published value stays allowed):
 
 - a secret of the service's own HTTP API (an API key, a webhook secret) when the service listens
   on a loopback address (``HTTP_HOST`` 127.0.0.1, the default; never 0.0.0.0);
+- a secret inside a settings piece that runs a server of its own (a ``host`` field, and a
+  ``port`` that is set when the piece has one: ingest's ``PUSH__HOST``/``PUSH__PORT``) when that
+  server's ``host`` is loopback; with ``port`` None the piece is served on the service's own
+  server, so ``HTTP_HOST`` decides;
 - the S3 secret key when the S3 endpoint is a loopback address;
 - a password inside a URL (``postgresql://user:password@host/db``) when its host is loopback.
 
@@ -79,10 +83,23 @@ def _url_password(value: str) -> tuple[str | None, str | None]:
         return None, None
 
 
+def _own_host(model: BaseModel) -> str | None:
+    """The address the secrets of ``model`` guard when it is not the service's ``http_host``:
+    an ``endpoint`` (S3: the server it talks to), or the ``host`` a server of its own binds."""
+    fields = type(model).model_fields
+    if "endpoint" in fields:
+        endpoint = getattr(model, "endpoint", None)
+        return endpoint if isinstance(endpoint, str) else None
+    if "host" in fields and ("port" not in fields or getattr(model, "port", None) is not None):
+        bind = getattr(model, "host", None)
+        return bind if isinstance(bind, str) else None
+    return None  # served on the service's own server
+
+
 def _findings(model: BaseModel, path: list[str], host: str | None) -> Iterator[list[str]]:
-    own_host = getattr(model, "endpoint", None) if "endpoint" in type(model).model_fields else None
-    if isinstance(own_host, str):
-        host = own_host  # the secrets of an S3 (or any endpoint) piece guard that endpoint
+    own_host = _own_host(model)
+    if own_host is not None:
+        host = own_host  # its secrets guard that endpoint, or that server of its own
     for name in type(model).model_fields:
         if name in IDENTIFIERS:
             continue

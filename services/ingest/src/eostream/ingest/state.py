@@ -9,12 +9,15 @@ publish, so a crash can repeat an announcement but never lose one (see README, "
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
+
+T = TypeVar("T")
 
 Outcome = Literal["published", "rejected", "filtered"]
 
@@ -79,10 +82,15 @@ def _dt(value: str | None) -> datetime | None:
 
 
 class SqliteStateStore:
-    """sqlite3 in a worker thread; one connection, serialised by a lock."""
+    """sqlite3 in a worker thread; one connection, serialised by a lock.
 
-    def __init__(self, path: Path) -> None:
+    ``timeout``: how long a write waits for another writer of the file (an ``eostream ingest``
+    command on the same state) before it fails with "database is locked".
+    """
+
+    def __init__(self, path: Path, *, timeout: float = 5.0) -> None:
         self._path = path
+        self._timeout = timeout
         self._conn: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
 
@@ -91,10 +99,30 @@ class SqliteStateStore:
             raise RuntimeError("SqliteStateStore.open() must be awaited first")
         return self._conn
 
+    async def _in_thread(self, work: Callable[[], T]) -> T:
+        """Run ``work`` on the connection in a worker thread, one at a time.
+
+        A thread cannot be stopped: when the caller is cancelled (the label watcher, on
+        resignation) the lock stays held until the thread is done with the connection, then the
+        cancellation goes on. Released at once, the next operation would run on the same
+        connection beside it ("cannot start a transaction within a transaction").
+        """
+        async with self._lock:
+            running = asyncio.ensure_future(asyncio.to_thread(work))
+            try:
+                return await asyncio.shield(running)
+            except asyncio.CancelledError:
+                while not running.done():  # a second cancellation does not cut the wait short
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait({running})
+                raise
+
     async def open(self) -> None:
         def connect() -> sqlite3.Connection:
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+            conn = sqlite3.connect(
+                self._path, timeout=self._timeout, check_same_thread=False, isolation_level=None
+            )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             for statement in SCHEMA:
@@ -104,19 +132,19 @@ class SqliteStateStore:
         self._conn = await asyncio.to_thread(connect)
 
     async def close(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await asyncio.to_thread(conn.close)
+        async with self._lock:  # after the operation in flight (its thread) is done
+            if self._conn is not None:
+                conn, self._conn = self._conn, None
+                await asyncio.to_thread(conn.close)
 
     async def watermark(self, source: str) -> datetime | None:
-        async with self._lock:
-            row = await asyncio.to_thread(
-                lambda: (
-                    self._db()
-                    .execute("SELECT watermark FROM watermarks WHERE source = ?", (source,))
-                    .fetchone()
-                )
+        row = await self._in_thread(
+            lambda: (
+                self._db()
+                .execute("SELECT watermark FROM watermarks WHERE source = ?", (source,))
+                .fetchone()
             )
+        )
         return _dt(row[0]) if row else None
 
     async def set_watermark(self, source: str, value: datetime) -> None:
@@ -124,13 +152,13 @@ class SqliteStateStore:
         if current is not None and value <= current:
             return
         now = _iso(datetime.now(UTC))
-        async with self._lock:
-            await asyncio.to_thread(
-                self._db().execute,
+        await self._in_thread(
+            lambda: self._db().execute(
                 "INSERT INTO watermarks VALUES (?, ?, ?) ON CONFLICT(source) DO UPDATE "
                 "SET watermark = excluded.watermark, updated_at = excluded.updated_at",
                 (source, _iso(value), now),
             )
+        )
 
     async def unseen(self, source: str, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         wanted = set(keys)
@@ -150,8 +178,7 @@ class SqliteStateStore:
                 found.update((r[0], r[1]) for r in rows)
             return found
 
-        async with self._lock:
-            seen = await asyncio.to_thread(query)
+        seen = await self._in_thread(query)
         return wanted - seen
 
     async def mark_seen(self, source: str, records: Sequence[SeenRecord]) -> None:
@@ -166,11 +193,18 @@ class SqliteStateStore:
         def write() -> None:
             db = self._db()
             db.execute("BEGIN")
-            db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-            db.execute("COMMIT")
+            try:
+                db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                db.execute("COMMIT")
+            except BaseException:
+                # "database is locked", a full disk: left open, the transaction would take every
+                # later statement on this connection with it (and BEGIN would fail for good)
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                raise
 
-        async with self._lock:
-            await asyncio.to_thread(write)
+        await self._in_thread(write)
 
     async def forget_rejection(self, source: str, item_id: str) -> int:
         def delete() -> int:
@@ -180,8 +214,7 @@ class SqliteStateStore:
             )
             return int(cursor.rowcount)
 
-        async with self._lock:
-            return await asyncio.to_thread(delete)
+        return await self._in_thread(delete)
 
     async def summary(self) -> list[SourceSummary]:
         def query() -> list[SourceSummary]:
@@ -206,5 +239,4 @@ class SqliteStateStore:
                 for s in sorted(set(marks) | set(counts))
             ]
 
-        async with self._lock:
-            return await asyncio.to_thread(query)
+        return await self._in_thread(query)

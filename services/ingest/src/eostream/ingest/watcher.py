@@ -322,10 +322,13 @@ class Watcher:
         return list(self._sources)
 
     def readiness(self) -> tuple[bool, str]:
-        waiting = [w.config.name for w in self._sources if w.config.name not in self._healthy]
-        failing = [n for n, ok in self._healthy.items() if not ok]
+        # called from the ops server's worker thread while the loop updates these: copies
+        # (atomic for a dict of str) are read, not the dicts themselves
+        healthy, errors = dict(self._healthy), dict(self._errors)
+        waiting = [w.config.name for w in self._sources if w.config.name not in healthy]
+        failing = [n for n, ok in healthy.items() if not ok]
         if failing:
-            return False, "; ".join(f"{n}: {self._errors.get(n, 'failing')}" for n in failing)
+            return False, "; ".join(f"{n}: {errors.get(n, 'failing')}" for n in failing)
         if waiting:
             return False, f"first poll pending: {', '.join(waiting)}"
         return True, f"{len(self._sources)} source(s) polled"

@@ -74,6 +74,9 @@ class KafkaBus:
         self.dead_letter_topic = settings.dead_letter_topic
         self._prefix = settings.topic_prefix
         self._producer: AIOKafkaProducer | None = None
+        # one replacement at a time: concurrent sends that all saw the producer die replace it
+        # once, and a late one never stops the fresh producer (see _replace_producer)
+        self._replacing = asyncio.Lock()
         self._started = False
         self._known_topics: set[str] = set()
         self._policy = RetryPolicy(
@@ -120,27 +123,39 @@ class KafkaBus:
         await self.ensure_topics([self.dead_letter_topic])
 
     async def close(self) -> None:
-        self._started = False
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
+        async with self._replacing:  # no replacement started after this one is stopped
+            self._started = False
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
 
     async def _live_producer(self) -> AIOKafkaProducer:
         """The producer, started again if an earlier one died of a producer-state error."""
-        if self._producer is None:
-            if not self._started:
-                raise RuntimeError("KafkaBus.start() must be awaited before publishing")
-            producer = self._new_producer()
-            try:
-                await producer.start()  # a broker still down raises a transient error: retried
-            except BaseException:
-                await producer.stop()
-                raise
-            self._producer = producer
-        return self._producer
+        producer = self._producer
+        if producer is not None:
+            return producer
+        async with self._replacing:  # the first send after a replacement starts the new one
+            if self._producer is None:
+                if not self._started:
+                    raise RuntimeError("KafkaBus.start() must be awaited before publishing")
+                producer = self._new_producer()
+                try:
+                    await producer.start()  # a broker still down raises a transient error: retried
+                except BaseException:
+                    await producer.stop()
+                    raise
+                self._producer = producer
+            return self._producer
 
-    async def _replace_producer(self, exc: KafkaError) -> None:
-        dead, self._producer = self._producer, None
+    async def _replace_producer(self, dead: AIOKafkaProducer, exc: KafkaError) -> None:
+        """Retire ``dead``, the producer a send failed on, unless it is retired already:
+        concurrent sends on it all fail, and only the first replaces it."""
+        async with self._replacing:
+            current = self._producer is dead
+            if current:
+                self._producer = None
+        if not current:
+            return  # replaced by another send (or the bus is closed): nothing to do
         log.warning(
             "the %s producer lost its idempotence state (%s: %s); starting a new one",
             self._service,
@@ -148,11 +163,10 @@ class KafkaBus:
             exc,
         )
         metrics.PRODUCER_REPLACED.labels(self._service).inc()
-        if dead is not None:
-            try:
-                await dead.stop()
-            except Exception as stop_error:
-                log.debug("stopping the dead producer: %s", stop_error)
+        try:
+            await dead.stop()
+        except Exception as stop_error:
+            log.debug("stopping the dead producer: %s", stop_error)
 
     def _admin(self) -> AIOKafkaAdminClient:
         return AIOKafkaAdminClient(
@@ -199,9 +213,7 @@ class KafkaBus:
         """Publish a batch and wait until the broker acknowledged every record."""
         messages = encode_all(events, self._service)
 
-        async def send() -> None:
-            await self.ensure_topics([topic])
-            producer = await self._live_producer()
+        async def send(producer: AIOKafkaProducer) -> None:
             futures = [
                 await producer.send(
                     self.physical(topic), m.value, key=m.key, headers=list(m.headers.items())
@@ -214,9 +226,7 @@ class KafkaBus:
         metrics.PUBLISHED.labels(self._service, topic).inc(len(events))
 
     async def publish_raw(self, topic: str, message: WireMessage) -> None:
-        async def send() -> None:
-            await self.ensure_topics([topic])
-            producer = await self._live_producer()
+        async def send(producer: AIOKafkaProducer) -> None:
             await producer.send_and_wait(
                 self.physical(topic),
                 message.value,
@@ -226,14 +236,18 @@ class KafkaBus:
 
         await self._retrying(topic, send)
 
-    async def _retrying(self, topic: str, send: Callable[[], Awaitable[None]]) -> None:
+    async def _retrying(
+        self, topic: str, send: Callable[[AIOKafkaProducer], Awaitable[None]]
+    ) -> None:
         async def send_on_a_live_producer() -> None:
+            await self.ensure_topics([topic])
+            producer = await self._live_producer()
             try:
-                await send()
+                await send(producer)
             except PRODUCER_STATE_ERRORS as exc:
                 # The whole batch goes again on the new producer; records the old one had
                 # written are duplicates that consumers drop by event id.
-                await self._replace_producer(exc)
+                await self._replace_producer(producer, exc)
                 raise ProducerReplaced(f"{type(exc).__name__}: {exc}") from exc
 
         await publish_retrying(

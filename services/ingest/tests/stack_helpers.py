@@ -73,7 +73,7 @@ async def read_dead_letters(bootstrap: str, topic: str) -> list[DeadLetter]:
 
 async def read_records(bootstrap: str, topic: str, timeout: float = 20.0) -> list[WireMessage]:
     """Every record of ``topic`` from the beginning to the current end."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import AIOKafkaConsumer
 
     probe = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await probe.start()
@@ -88,10 +88,14 @@ async def read_records(bootstrap: str, topic: str, timeout: float = 20.0) -> lis
     )
     await consumer.start()
     try:
-        numbers = consumer.partitions_for_topic(topic) or set()
-        if not numbers:
+        # the partitions come with a metadata update in the background: asked at once, on busy
+        # cores they were not there yet and the read found no records
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not consumer.assignment() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        tps = sorted(consumer.assignment())
+        if not tps:
             return []
-        tps = [TopicPartition(topic, p) for p in sorted(numbers)]
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
         records: list[WireMessage] = []

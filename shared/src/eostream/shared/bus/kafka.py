@@ -283,9 +283,10 @@ class KafkaBus:
         )
         await consumer.start()
         try:
-            for _ in range(100):
-                if consumer.assignment():
-                    break
+            # the partitions come with a metadata update in the background: on busy cores that
+            # took longer than the 5 s once waited here, and the read answered "no records"
+            deadline = asyncio.get_running_loop().time() + timeout
+            while not consumer.assignment() and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.05)
             tps = sorted(consumer.assignment())
             if not tps:

@@ -115,6 +115,9 @@ async def test_tilejson_and_wmts(client: httpx.AsyncClient, classified: Any) -> 
         ("/tiles/results/no-such-scene/tiles/WebMercatorQuad/14/0/0.png", 404),
         ("/tiles/scenes/no-such-scene/tiles/WebMercatorQuad/14/0/0.png", 404),
         ("/tiles/results/{s}/tiles/WebMercatorQuad/14/{x}/{y}.png?tilesize=100000", 400),
+        # str.isdigit takes both, int() neither: they were 500s
+        ("/tiles/results/{s}/tiles/WebMercatorQuad/14/{x}/{y}.png?tilesize=%C2%B2", 422),
+        ("/tiles/results/{s}/tiles/WebMercatorQuad/14/{x}/{y}.png?tilesize=" + "9" * 5000, 400),
         ("/tiles/results/%2Fetc%2Fpasswd/tiles/WebMercatorQuad/14/0/0.png", 404),
     ],
 )

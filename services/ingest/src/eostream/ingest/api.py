@@ -108,7 +108,8 @@ def push_router(settings: PushSettings, arrivals_now: ArrivalsNow) -> APIRouter:
 
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+    digits = declared is not None and declared.isascii() and declared.isdigit()
+    if declared is not None and (not digits or len(declared) > 18 or int(declared) > limit):
         raise PushRefused(413, "too_large", f"the body is over the {limit} bytes allowed")
     chunks: list[bytes] = []
     size = 0

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from eostream.registry_bridge.audit import AuditEntry
 from eostream.registry_bridge.auth import (
+    CHALLENGE,
     Principal,
     authenticate,
     presented_key,
@@ -52,7 +53,9 @@ ERRORS: ErrorMapping = (
     (RegistryUnavailableError, 503, "registry_unavailable"),
     (AuditUnavailableError, 503, "audit_unavailable"),
 )
-_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="registry-bridge"'}
+_CHALLENGE = {"WWW-Authenticate": CHALLENGE}
+#: the longest ``reason`` kept (tags, audit entries, events); a longer one answers 422
+REASON_MAX_LENGTH = 2000
 
 
 #: A model name in a path: checked before anything reaches MLflow (422 ``invalid_request``).
@@ -68,14 +71,18 @@ ModelName = Annotated[
 
 class PromoteRequest(BaseModel):
     version: str = Field(pattern=VERSION_PATTERN, description="a version number: 1, 2, 3, ...")
-    reason: str = Field(min_length=1, description="why")
+    reason: str = Field(min_length=1, max_length=REASON_MAX_LENGTH, description="why")
     force: bool = Field(default=False, description="promote even if the gate failed (override)")
-    by: str | None = Field(default=None, description=_BY_IGNORED, json_schema_extra=_DEPRECATED)
+    by: str | None = Field(
+        default=None, max_length=256, description=_BY_IGNORED, json_schema_extra=_DEPRECATED
+    )
 
 
 class RollbackRequest(BaseModel):
-    reason: str = Field(min_length=1)
-    by: str | None = Field(default=None, description=_BY_IGNORED, json_schema_extra=_DEPRECATED)
+    reason: str = Field(min_length=1, max_length=REASON_MAX_LENGTH, description="why")
+    by: str | None = Field(
+        default=None, max_length=256, description=_BY_IGNORED, json_schema_extra=_DEPRECATED
+    )
 
 
 class VersionRow(BaseModel):
@@ -166,7 +173,7 @@ def models_router(bridge: Bridge) -> APIRouter:
     @router.post(
         "/{name}/promote",
         summary="Make a version champion (recorded with who and why)",
-        responses=error_responses(400, 401, 403, 409, 422, 503),
+        responses=error_responses(400, 401, 403, 409, 413, 422, 503),
     )
     async def promote(
         name: ModelName, body: PromoteRequest, caller: Principal = authenticated
@@ -180,7 +187,7 @@ def models_router(bridge: Bridge) -> APIRouter:
     @router.post(
         "/{name}/rollback",
         summary="Make the previous champion live again",
-        responses=error_responses(400, 401, 403, 409, 422, 503),
+        responses=error_responses(400, 401, 403, 409, 413, 422, 503),
     )
     async def rollback(
         name: ModelName, body: RollbackRequest, caller: Principal = authenticated

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from eostream.registry_bridge.errors import NotAllowedError, NotAuthenticatedError
 from eostream.registry_bridge.settings import Credential, Role
 
+#: ``WWW-Authenticate`` of a 401: what to present
+CHALLENGE = 'Bearer realm="registry-bridge"'
+
 
 @dataclass(frozen=True)
 class Principal:

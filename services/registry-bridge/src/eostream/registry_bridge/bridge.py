@@ -39,6 +39,25 @@ __all__ = ["BRIDGE", "Bridge", "LoopPublisher", "Outcome", "build_bridge"]
 T = TypeVar("T")
 
 
+async def in_thread_to_the_end(fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+    """``fn`` in a worker thread, awaited until the thread returns even when the awaiting task
+    is cancelled: a thread cannot be stopped, so a caller holding the bridge's lock keeps it
+    until the transaction really ended (no second one runs beside it). A cancellation is
+    raised once the thread is done."""
+    future = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.wait((future,))  # unlike await, a cancelled wait leaves the future be
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        if not future.cancelled():
+            future.exception()  # retrieved: the cancellation is what the caller hears
+        raise asyncio.CancelledError
+    return future.result()
+
+
 class LoopPublisher:
     """Publishes ``ModelPromoted`` from a worker thread on the event loop that owns the bus, and
     waits until the bus took it (or raised)."""
@@ -99,10 +118,10 @@ class Bridge:
         async with self.lock:
             self._publisher.loop = asyncio.get_running_loop()
             try:
-                return await asyncio.to_thread(fn, *args, **kwargs)
+                return await in_thread_to_the_end(fn, *args, **kwargs)
             finally:
                 if self.catalog is not None and args and isinstance(args[0], str):
-                    await asyncio.to_thread(self.catalog.refresh, args[0])
+                    await in_thread_to_the_end(self.catalog.refresh, args[0])
 
     async def handle_version(self, name: str, version: str, source: str = "manual") -> Outcome:
         """Gate a new version; promote it when it passes (and auto_promote is on)."""

@@ -33,6 +33,7 @@ from eostream.registry_bridge.errors import RegistryUnavailableError, VersionNot
 from eostream.registry_bridge.holdout import Holdout
 from eostream.registry_bridge.policy import Evaluation
 from eostream.registry_bridge.port import Predictor, VersionInfo
+from eostream.registry_bridge.redaction import redact_urls, without_userinfo
 from eostream.registry_bridge.settings import BridgeSettings
 from eostream.shared import tags
 from eostream.shared.errors import is_transient
@@ -120,6 +121,8 @@ class MlflowRegistry:
         backoff_max: float = 15.0,
     ) -> None:
         self.tracking_uri = tracking_uri
+        #: what messages and logs name: the URI without its user and password
+        self.shown_uri = redact_urls(tracking_uri)
         mlflow.set_tracking_uri(tracking_uri)  # mlflow.models.evaluate logs to the global URI
         mlflow.set_registry_uri(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -139,16 +142,18 @@ class MlflowRegistry:
                 what,
                 state.attempt_number,
                 self._attempts,
-                state.outcome.exception() if state.outcome else "?",
+                redact_urls(str(state.outcome.exception())) if state.outcome else "?",
             ),
         )
         try:
             return retrying(fn)
         except RetryError as exc:
             cause = exc.last_attempt.exception()
+            # from None: the cause's own message names the URI with its password (MLflow's
+            # "API request to http://user:password@..."); its redacted text is in ours
             raise RegistryUnavailableError(
-                f"MLflow at {self.tracking_uri} did not answer ({what}): {cause}"
-            ) from cause
+                f"MLflow at {self.shown_uri} did not answer ({what}): {redact_urls(str(cause))}"
+            ) from None
 
     # --- reads ---
     def check(self) -> None:
@@ -209,7 +214,7 @@ class MlflowRegistry:
         return self.call("get run", lambda: dict(self.client.get_run(run_id).data.params))
 
     def run_href(self, run_id: str) -> str | None:
-        uri = self.tracking_uri
+        uri = without_userinfo(self.tracking_uri)  # the link is public (STAC item)
         if not uri.startswith(("http://", "https://")):
             return None
         run = self.call("get run", lambda: self.client.get_run(run_id))
@@ -225,7 +230,12 @@ class MlflowRegistry:
                 except (MlflowException, OSError) as exc:
                     if is_transient(exc):
                         raise
-                    log.info("run %s has no %s: %s", run_id, tags.ONNX_ARTIFACT_PATH, exc)
+                    log.info(
+                        "run %s has no %s: %s",
+                        run_id,
+                        tags.ONNX_ARTIFACT_PATH,
+                        redact_urls(str(exc)),
+                    )
                     return None
                 path = Path(local)
                 return path.read_bytes() if path.is_file() else None
@@ -239,7 +249,9 @@ class MlflowRegistry:
             except (MlflowException, OSError) as exc:
                 if is_transient(exc):
                     raise
-                log.info("run %s has no %s: %s", run_id, tags.CHIPS_ARTIFACT_PATH, exc)
+                log.info(
+                    "run %s has no %s: %s", run_id, tags.CHIPS_ARTIFACT_PATH, redact_urls(str(exc))
+                )
                 return None
             table = Path(local) / "chips.parquet"
             return table if table.is_file() else None

@@ -13,7 +13,9 @@ from fastapi import FastAPI
 
 from eostream.registry_bridge.api import ERRORS, models_router
 from eostream.registry_bridge.bridge import Bridge, build_bridge
+from eostream.registry_bridge.redaction import redact_urls
 from eostream.registry_bridge.registry import build_registry
+from eostream.registry_bridge.request_guard import RequestGuard
 from eostream.registry_bridge.settings import BridgeSettings
 from eostream.registry_bridge.webhook import webhook_router
 from eostream.registry_bridge.worker import Worker
@@ -102,6 +104,12 @@ class BridgeService:
                 )
             )
         app.include_router(models_router(self.bridge))  # writes need BRIDGE_API_KEYS (promoter)
+        # before FastAPI reads a body: writes without a credential and oversized bodies refused
+        app.add_middleware(
+            RequestGuard,
+            credentials=self.settings.api_keys,
+            max_body_bytes=self.settings.max_body_bytes,
+        )
         if not self.settings.api_keys:
             log.warning(
                 "BRIDGE_API_KEYS is not set: the REST write routes (promote, rollback) "
@@ -121,7 +129,9 @@ class BridgeService:
         await self.bus.ensure_topics([topics.MODELS_REGISTERED, topics.MODELS_PROMOTED])
         await self.server.start()
         if self.webhooks:
-            self._register_webhook()
+            # in a thread: MLflow may take minutes to answer (retries, 30 s timeouts), and the
+            # ops server (/livez) and the stop signals run on this loop meanwhile
+            await asyncio.to_thread(self._register_webhook)
         self._tasks = [
             asyncio.create_task(self.worker.run(), name="bridge-worker"),
             asyncio.create_task(
@@ -133,10 +143,11 @@ class BridgeService:
         log.info(
             "registry-bridge watching %s (MLflow %s)",
             ", ".join(self.settings.model_names),
-            self.settings.mlflow_tracking_uri,
+            redact_urls(self.settings.mlflow_tracking_uri),
         )
 
     def _register_webhook(self) -> None:
+        """Blocking: create or update this deployment's webhook in MLflow."""
         s = self.settings
         if not (s.webhook_url and s.webhook_secret):
             log.info("no webhook registered (BRIDGE_WEBHOOK_URL/SECRET unset): reconcile loop only")
@@ -145,9 +156,14 @@ class BridgeService:
             hook = self.bridge.registry.ensure_webhook(
                 s.webhook_url, s.webhook_secret.get_secret_value(), s.webhook_name
             )
-            log.info("MLflow webhook %s (%s) -> %s", s.webhook_name, hook, s.webhook_url)
+            log.info(
+                "MLflow webhook %s (%s) -> %s", s.webhook_name, hook, redact_urls(s.webhook_url)
+            )
         except Exception as exc:  # the reconcile loop still covers everything
-            log.warning("could not register the MLflow webhook (%s); reconcile loop only", exc)
+            log.warning(
+                "could not register the MLflow webhook (%s); reconcile loop only",
+                redact_urls(str(exc)),
+            )
 
     async def wait(self) -> None:
         """Until the worker or the reconcile loop fails (the consumer restarts by itself)."""

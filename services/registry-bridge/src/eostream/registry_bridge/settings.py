@@ -181,6 +181,13 @@ class BridgeSettings(ServiceSettings):
         '"role": "promoter"}, "grafana": {"key": "...", "role": "viewer"}}; the name is who is '
         "recorded. None set: every write answers 401",
     )
+    max_body_bytes: int = Field(
+        default=1 << 20,
+        ge=1024,
+        le=64 << 20,
+        description="the largest request body the HTTP API reads (webhooks, promote, rollback); "
+        "larger ones answer 413 before or as soon as they pass it",
+    )
     audit_prefix: str = Field(
         default="audit", min_length=1, description="object-store prefix of the audit log"
     )

@@ -2,10 +2,11 @@
 
 MLflow 3.17 signs ``f"{delivery_id}.{timestamp}.{body}"`` with HMAC-SHA256 and sends
 ``X-MLflow-Signature: v1,<base64>``, ``X-MLflow-Delivery-Id`` and ``X-MLflow-Timestamp``
-(mlflow/webhooks/delivery.py). Deliveries older than the tolerance are refused (replays). The
-handler only queues; the work happens in the bridge's worker, so MLflow gets its answer at once.
-Errors answer ``{"code", "description"}`` on an app with
-:func:`eostream.shared.http_errors.install`.
+(mlflow/webhooks/delivery.py). Deliveries older than the tolerance are refused (replays), and
+a delivery without those headers or out of the window is refused before its body is read (its
+size is capped by :mod:`.request_guard`). The handler only queues; the work happens in the
+bridge's worker, so MLflow gets its answer at once. Errors answer ``{"code", "description"}``
+on an app with :func:`eostream.shared.http_errors.install`.
 """
 
 from __future__ import annotations
@@ -31,12 +32,35 @@ SIGNATURE_HEADER = "X-MLflow-Signature"
 DELIVERY_ID_HEADER = "X-MLflow-Delivery-Id"
 TIMESTAMP_HEADER = "X-MLflow-Timestamp"
 
+MISSING_HEADERS = "missing signature, delivery id or timestamp header"
+
 Enqueue = Callable[[str, str | None, str], Awaitable[None]]  # (name, version or None, source)
 
 
 def sign(secret: str, delivery_id: str, timestamp: str, body: str) -> str:
     mac = hmac.new(secret.encode(), f"{delivery_id}.{timestamp}.{body}".encode(), hashlib.sha256)
     return "v1," + base64.b64encode(mac.digest()).decode()
+
+
+def check_headers(
+    *,
+    signature: str | None,
+    delivery_id: str | None,
+    timestamp: str | None,
+    tolerance_seconds: int,
+    now: float | None = None,
+) -> str | None:
+    """What can be refused before the body is read: None when the signature headers are there
+    and the delivery is fresh, else why not."""
+    if not signature or not delivery_id or not timestamp:
+        return MISSING_HEADERS
+    try:
+        sent = int(timestamp)
+    except ValueError:
+        return "the timestamp header is not a Unix time"
+    if abs((now if now is not None else time.time()) - sent) > tolerance_seconds:
+        return "the delivery is too old or from the future (replay?)"
+    return None
 
 
 def verify_signature(
@@ -50,14 +74,15 @@ def verify_signature(
     now: float | None = None,
 ) -> str | None:
     """None when the delivery is authentic and fresh, else why not."""
-    if not signature or not delivery_id or not timestamp:
-        return "missing signature, delivery id or timestamp header"
-    try:
-        sent = int(timestamp)
-    except ValueError:
-        return "the timestamp header is not a Unix time"
-    if abs((now if now is not None else time.time()) - sent) > tolerance_seconds:
-        return "the delivery is too old or from the future (replay?)"
+    problem = check_headers(
+        signature=signature,
+        delivery_id=delivery_id,
+        timestamp=timestamp,
+        tolerance_seconds=tolerance_seconds,
+        now=now,
+    )
+    if problem is not None or not (signature and delivery_id and timestamp):
+        return problem or MISSING_HEADERS
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -82,23 +107,35 @@ def webhook_router(secret: str | None, tolerance_seconds: int, enqueue: Enqueue)
         "/webhooks/mlflow",
         status_code=202,
         summary="MLflow model registry webhook",
-        responses=error_responses(400, 401, 503),
+        responses=error_responses(400, 401, 413, 503),
     )
     async def receive(request: Request) -> WebhookAck:
-        body = await request.body()
+        # everything that can be refused without the body is, before it is read
         if secret is None:
             metrics.WEBHOOKS.labels("rejected").inc()
             raise HTTPException(
                 503, error_body("webhooks_disabled", "set BRIDGE_WEBHOOK_SECRET to accept webhooks")
             )
-        problem = verify_signature(
-            secret,
-            body=body,
-            signature=request.headers.get(SIGNATURE_HEADER),
-            delivery_id=request.headers.get(DELIVERY_ID_HEADER),
-            timestamp=request.headers.get(TIMESTAMP_HEADER),
+        signature = request.headers.get(SIGNATURE_HEADER)
+        delivery_id = request.headers.get(DELIVERY_ID_HEADER)
+        timestamp = request.headers.get(TIMESTAMP_HEADER)
+        problem = check_headers(
+            signature=signature,
+            delivery_id=delivery_id,
+            timestamp=timestamp,
             tolerance_seconds=tolerance_seconds,
         )
+        body = b""
+        if problem is None:
+            body = await request.body()  # at most BRIDGE_MAX_BODY_BYTES (RequestGuard)
+            problem = verify_signature(
+                secret,
+                body=body,
+                signature=signature,
+                delivery_id=delivery_id,
+                timestamp=timestamp,
+                tolerance_seconds=tolerance_seconds,
+            )
         if problem is not None:
             metrics.WEBHOOKS.labels("rejected").inc()
             log.warning("webhook refused: %s", problem)

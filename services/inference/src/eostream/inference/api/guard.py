@@ -53,7 +53,7 @@ class RequestGuard:
         limit = allowed = self._limit(path)
         declared = headers.get("content-length")
         if declared is not None:
-            if not declared.isdigit():
+            if not (declared.isascii() and declared.isdigit() and len(declared) <= 18):
                 await _answer(send, 400, "bad_request", "the Content-Length header is invalid")
                 return
             if int(declared) > limit:

@@ -102,7 +102,13 @@ def scene_path(
 def bounded_tilesize(request: Request) -> None:
     """Refuse tiles larger than MAX_TILESIZE before any pixel is read."""
     value = request.query_params.get("tilesize")
-    if value is not None and value.isdigit() and int(value) > MAX_TILESIZE:
+    # ASCII digits, and few: str.isdigit takes "²", which int() refuses, as it does 5,000 digits
+    if (
+        value is not None
+        and value.isascii()
+        and value.isdigit()
+        and (len(value) > len(str(MAX_TILESIZE)) or int(value) > MAX_TILESIZE)
+    ):
         raise BadInputError(f"tilesize is at most {MAX_TILESIZE} pixels")
 
 

@@ -22,6 +22,7 @@ from eostream.ingest.arrivals import Arrivals
 from eostream.ingest.errors import PushRefused
 from eostream.ingest.settings import IngestSettings, PushSettings
 from eostream.shared import http_errors
+from eostream.shared.body_limit import valid_length
 from eostream.shared.http_errors import error_body, error_responses
 from eostream.shared.ops import ReadinessCheck, ops_router
 
@@ -108,8 +109,7 @@ def push_router(settings: PushSettings, arrivals_now: ArrivalsNow) -> APIRouter:
 
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    digits = declared is not None and declared.isascii() and declared.isdigit()
-    if declared is not None and (not digits or len(declared) > 18 or int(declared) > limit):
+    if declared is not None and (not valid_length(declared) or int(declared) > limit):
         raise PushRefused(413, "too_large", f"the body is over the {limit} bytes allowed")
     chunks: list[bytes] = []
     size = 0

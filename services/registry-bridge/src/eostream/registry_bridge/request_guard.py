@@ -12,7 +12,8 @@ The answers do not ask to close the connection: uvicorn then discards the rest o
 body as it arrives (never keeping it), and the client, still sending, reads the answer instead
 of a reset connection. The webhook route checks its signature headers before it reads the body
 (:mod:`.webhook`).
-Inference has the same guard (``eostream.inference.api.guard``) for its own routes.
+The size limit is ``eostream.shared.body_limit``, which inference's guard
+(``eostream.inference.api.guard``) uses too.
 """
 
 from __future__ import annotations
@@ -22,18 +23,15 @@ import re
 from collections.abc import Mapping
 
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from eostream.registry_bridge.auth import CHALLENGE, authenticate, presented_key
 from eostream.registry_bridge.errors import NotAuthenticatedError
 from eostream.registry_bridge.settings import Credential
+from eostream.shared.body_limit import run_bounded
 
 #: the routes that take a promoter's credential and a body
 WRITE_ROUTE = re.compile(r"^/models/[^/]+/(?:promote|rollback)/?$")
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class RequestGuard:
@@ -60,46 +58,19 @@ class RequestGuard:
             except NotAuthenticatedError as exc:
                 await _answer(send, 401, "unauthenticated", str(exc), challenge=True)
                 return
-        limit = self._max
-        declared = headers.get("content-length")
-        if declared is not None:
-            if not (declared.isascii() and declared.isdigit() and len(declared) <= 18):
-                await _answer(send, 400, "bad_request", "the Content-Length header is invalid")
-                return
-            if int(declared) > limit:
-                await _answer(send, 413, "too_large", _too_large(self._max))
-                return
-            limit = int(declared)  # a body longer than it said is cut off too
-        received = 0
-        exceeded = started = False
 
-        async def guarded_receive() -> Message:
-            nonlocal received, exceeded
-            if exceeded:
-                return {"type": "http.disconnect"}
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    exceeded = True
-                    raise _TooLarge
-            return message
+        async def refuse(status: int, code: str, description: str) -> None:
+            await _answer(send, status, code, description)
 
-        async def guarded_send(message: Message) -> None:
-            nonlocal started
-            if exceeded:  # the app's answer to a body cut off (FastAPI: 400): ours replaces it
-                return
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, guarded_receive, guarded_send)
-        except Exception:
-            if not exceeded:
-                raise
-        if exceeded and not started:
-            await _answer(send, 413, "too_large", _too_large(self._max))
+        await run_bounded(
+            self.app,
+            scope,
+            receive,
+            send,
+            limit=self._max,
+            refuse=refuse,
+            too_large=_too_large(self._max),
+        )
 
 
 def _too_large(limit: int) -> str:

@@ -4,7 +4,8 @@ reads a body (FastAPI spools a multipart upload to disk while it parses the form
 Writing requests (POST under ``/classify/``, ``/processes/`` and ``/subscriptions``) without a
 valid API key are answered 401 before one byte of their body is read; a body whose declared
 Content-Length is over the route's limit is answered 413 at once; one that lies about its length
-(or sends none) is cut off with 413 as soon as it passes the limit while streaming.
+(or sends none) is cut off with 413 as soon as it passes the limit while streaming
+(``eostream.shared.body_limit``).
 """
 
 from __future__ import annotations
@@ -13,18 +14,15 @@ import json
 from collections.abc import Callable
 
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from eostream.inference.api.deps import UNAUTHORIZED, key_is_valid
+from eostream.shared.body_limit import run_bounded
 
 #: Multipart framing around an upload's bytes (boundaries, part headers, the other fields).
 MULTIPART_SLACK = 65_536
 UPLOAD_PATH = "/classify/upload"
 PROTECTED = ("/classify/", "/processes/", "/subscriptions")
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class RequestGuard:
@@ -50,46 +48,14 @@ class RequestGuard:
             ):
                 await _answer(send, 401, "unauthorized", UNAUTHORIZED, bearer=True)
                 return
-        limit = allowed = self._limit(path)
-        declared = headers.get("content-length")
-        if declared is not None:
-            if not (declared.isascii() and declared.isdigit() and len(declared) <= 18):
-                await _answer(send, 400, "bad_request", "the Content-Length header is invalid")
-                return
-            if int(declared) > limit:
-                await _answer(send, 413, "too_large", _too_large(limit))
-                return
-            limit = int(declared)  # a body longer than it said is cut off too
-        received = 0
-        exceeded = started = False
+        limit = self._limit(path)
 
-        async def guarded_receive() -> Message:
-            nonlocal received, exceeded
-            if exceeded:
-                return {"type": "http.disconnect"}
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    exceeded = True
-                    raise _TooLarge
-            return message
+        async def refuse(status: int, code: str, description: str) -> None:
+            await _answer(send, status, code, description)
 
-        async def guarded_send(message: Message) -> None:
-            nonlocal started
-            if exceeded:  # the app's answer to a body cut off: ours replaces it
-                return
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, guarded_receive, guarded_send)
-        except Exception:
-            if not exceeded:
-                raise
-        if exceeded and not started:
-            await _answer(send, 413, "too_large", _too_large(allowed))
+        await run_bounded(
+            self.app, scope, receive, send, limit=limit, refuse=refuse, too_large=_too_large(limit)
+        )
 
 
 def _too_large(limit: int) -> str:

@@ -49,6 +49,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.cpu
+from benchmarks.cpu import cpu_mask
+
 RKH = "sentinel2_scenes/S2A_29RKH_20200219_0_L2A_cog_downsampled"
 FULL = 10980
 PRECISIONS = ("fp32", "int8")
@@ -169,7 +172,10 @@ def model_folder(epochs: int = EPOCHS, seed: int = SEED) -> Path:
 def model_files(data_dir: Path, epochs: int, seed: int) -> tuple[Path, Path]:
     """bench_int8's rgb model (fp32 export) and its registry-bridge int8 file, cached."""
     work = model_folder(epochs, seed)
-    fp32, int8 = work / "rgb.onnx", work / "rgb.int8.onnx"
+    # the int8 file keeps the kernels the bridge chose where it was made: one per CPU mode
+    mode = os.environ.get(cpu_mask.MARKER, "host")
+    fp32 = work / "rgb.onnx"
+    int8 = work / ("rgb.int8.onnx" if mode == "host" else f"rgb.int8-{mode}.onnx")
     if not fp32.exists():
         import torch
 
@@ -306,6 +312,13 @@ def main() -> None:
     )
     parser.add_argument("--probabilities", action="store_true", help="also write probabilities")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--cpu",
+        choices=cpu_mask.MODES,
+        default="host",
+        help="avx2: everything as on a CPU with AVX2 but no AVX-512/VNNI (emulated by masking "
+        "CPUID; benchmarks/cpu/cpu_mask.py)",
+    )
     parser.add_argument("--quantise", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--classify", action="store_true", help=argparse.SUPPRESS)
     for hidden in ("--item", "--model", "--out", "--precision", "--provider"):
@@ -322,10 +335,15 @@ def main() -> None:
         parser.error(f"--size must be between 64 and {FULL}")
     if not os.environ.get("EOSTREAM_DATA_DIR"):
         parser.error("EOSTREAM_DATA_DIR is not set: point it at the data folder")
+    try:
+        cpu_mask.rerun_under(args.cpu)  # returns once masked (or for host)
+        seen = cpu_mask.describe()
+    except cpu_mask.MaskError as error:
+        parser.error(str(error))
     data_dir = Path(os.environ["EOSTREAM_DATA_DIR"]).resolve()
     load = os.getloadavg()
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    print(f"cpu: {bench_int8().cpu_line()}")
+    print(f"cpu: {bench_int8().cpu_line()}; the libraries see: {seen}")
     print(f"load average: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
     print(
         f"tile: 29RKH 2020-02-19 L2A, real bands UPSAMPLED from 100/200 m to 10/20 m, "

@@ -51,6 +51,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.cpu
+from benchmarks.cpu import cpu_mask
+
 # name: (band set, architecture, augmentations, samples per class, epochs, batch size)
 MODELS: dict[str, tuple[str, str, tuple[str, ...], int | None, int, int]] = {
     "rgb": ("rgb", "small_cnn", (), 400, 3, 64),
@@ -414,6 +417,13 @@ def main() -> None:
     parser.add_argument("--date", default="2020-09-14", help="the Boadella date of --maps")
     parser.add_argument("--stride", type=int, default=4, help="window step (px) of --maps")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--cpu",
+        choices=cpu_mask.MODES,
+        default="host",
+        help="avx2: everything as on a CPU with AVX2 but no AVX-512/VNNI (emulated by masking "
+        "CPUID; benchmarks/cpu/cpu_mask.py)",
+    )
     parser.add_argument("--measure", nargs=2, metavar=("FOLDER", "ONNX"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:  # the child: onnxruntime only
@@ -423,11 +433,16 @@ def main() -> None:
         return
     if not os.environ.get("EOSTREAM_DATA_DIR"):
         parser.error("EOSTREAM_DATA_DIR is not set: point it at the data folder")
+    try:
+        cpu_mask.rerun_under(args.cpu)  # returns once masked (or for host)
+        seen = cpu_mask.describe()
+    except cpu_mask.MaskError as error:
+        parser.error(str(error))
     data_dir = Path(os.environ["EOSTREAM_DATA_DIR"]).resolve()
     work = Path(tempfile.mkdtemp(prefix="bench-int8-"))
     load = os.getloadavg()
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    print(f"cpu: {cpu_line()}")
+    print(f"cpu: {cpu_line()}; the libraries see: {seen}")
     print(f"load average: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
     if args.onnx:
         exports = {args.onnx.stem: args.onnx.resolve()}

@@ -10,9 +10,9 @@ import socket
 import httpx
 import pytest
 
-from eostream.registry_bridge.redaction import redact_urls, without_userinfo
 from eostream.registry_bridge.settings import BridgeSettings
 from eostream.shared.bus.memory import InMemoryBus
+from eostream.shared.redaction import redact_urls, without_userinfo
 
 from .conftest import MODEL_NAME, make_service
 

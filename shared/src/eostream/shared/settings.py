@@ -170,8 +170,11 @@ def describe_validation_error(cls: type[BaseSettings], exc: ValidationError) -> 
 
 
 def configure_logging(level: str) -> None:
-    """Configure stdlib logging once, at the entrypoint: rich on a terminal, plain otherwise."""
+    """Configure stdlib logging once, at the entrypoint: rich on a terminal, plain otherwise;
+    the credentials of URLs masked in every line (``redaction.RedactingFormatter``)."""
     import sys
+
+    from eostream.shared.redaction import RedactingFormatter
 
     handler: logging.Handler
     if sys.stderr.isatty():
@@ -182,7 +185,7 @@ def configure_logging(level: str) -> None:
     else:
         handler = logging.StreamHandler()
         fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    handler.setFormatter(logging.Formatter(fmt))
+    handler.setFormatter(RedactingFormatter(fmt))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

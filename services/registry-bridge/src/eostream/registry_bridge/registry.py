@@ -33,10 +33,10 @@ from eostream.registry_bridge.errors import RegistryUnavailableError, VersionNot
 from eostream.registry_bridge.holdout import Holdout
 from eostream.registry_bridge.policy import Evaluation
 from eostream.registry_bridge.port import Predictor, VersionInfo
-from eostream.registry_bridge.redaction import redact_urls, without_userinfo
 from eostream.registry_bridge.settings import BridgeSettings
 from eostream.shared import tags
 from eostream.shared.errors import is_transient
+from eostream.shared.redaction import redact_urls, without_userinfo
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -13,7 +13,6 @@ from fastapi import FastAPI
 
 from eostream.registry_bridge.api import ERRORS, models_router
 from eostream.registry_bridge.bridge import Bridge, build_bridge
-from eostream.registry_bridge.redaction import redact_urls
 from eostream.registry_bridge.registry import build_registry
 from eostream.registry_bridge.request_guard import RequestGuard
 from eostream.registry_bridge.settings import BridgeSettings
@@ -23,6 +22,7 @@ from eostream.shared import http_errors, topics
 from eostream.shared.bus import Consumers, Delivery, build_bus
 from eostream.shared.events import Event, ModelVersionRegistered
 from eostream.shared.ops import OpsServer, create_ops_app
+from eostream.shared.redaction import redact_urls
 from eostream.shared.storage import build_object_store
 
 log = logging.getLogger(__name__)

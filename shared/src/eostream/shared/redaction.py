@@ -1,9 +1,11 @@
-"""Credentials out of what people read: an MLflow URI may carry ``user:password@`` (a tracking
-server behind basic auth, a database DSN). Error bodies (``GET /models/{name}`` is public), logs
-and catalogue links show it without them."""
+"""Credentials out of what people read: a URI may carry ``user:password@`` (an MLflow tracking
+server behind basic auth, a database DSN, a broker or object-store URL). Error bodies (the
+bridge's ``GET /models/{name}`` is public), catalogue links and every service's log lines
+(:class:`RedactingFormatter`, installed by ``settings.configure_logging``) show it without them."""
 
 from __future__ import annotations
 
+import logging
 import re
 from urllib.parse import urlsplit, urlunsplit
 
@@ -26,3 +28,12 @@ def without_userinfo(uri: str) -> str:
     if "@" not in parts.netloc:
         return uri
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+class RedactingFormatter(logging.Formatter):
+    """A formatter whose every line, the traceback included, has its URLs' userinfo masked: a
+    library's error text ("API request to http://user:password@host failed") logged with
+    ``log.exception`` or ``%s`` keeps no credential."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_urls(super().format(record))

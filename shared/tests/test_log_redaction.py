@@ -1,0 +1,45 @@
+"""Every service's log lines keep no credential: ``configure_logging`` masks the userinfo of URLs
+in messages, their arguments and tracebacks (an MLflow client error names its URL whole)."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from eostream.shared.settings import configure_logging
+
+
+@pytest.fixture
+def configured() -> Iterator[io.StringIO]:
+    """The configured handler, writing into a buffer instead of stderr."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        configure_logging("INFO")
+        (handler,) = root.handlers
+        assert isinstance(handler, logging.StreamHandler)
+        buffer = io.StringIO()
+        handler.setStream(buffer)
+        yield buffer
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def test_log_lines_mask_url_credentials(configured: io.StringIO) -> None:
+    log = logging.getLogger("eostream.test")
+    uri = "http://bridge:s3cret-pass@mlflow.internal:5000"
+    log.warning("reconcile failed (%s); next try in 5s", f"API request to {uri}/api failed")
+    try:
+        dsn = "postgresql://u:pw@db/x"
+        raise ConnectionError(f"Max retries exceeded with url {uri}/ajax-api ({dsn})")
+    except ConnectionError:
+        log.exception("handling failed")
+    err = configured.getvalue()
+    assert "s3cret-pass" not in err and ":pw@" not in err
+    assert "API request to http://***@mlflow.internal:5000/api failed" in err
+    assert "Traceback" in err and "postgresql://***@db/x" in err
+    assert "ConnectionError: Max retries exceeded with url http://***@mlflow.internal:5000" in err

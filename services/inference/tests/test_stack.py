@@ -45,21 +45,29 @@ def _env(name: str) -> str:
     return value
 
 
-async def _skip_history(bootstrap: str, group: str, topic: str) -> None:
-    """Start the group at the topic's end, as a fresh deployment would (others' events stay out)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+async def _skip_history(bootstrap: str, group: str, topic: str, timeout: float = 30) -> None:
+    """Start the group at the topic's end, as a fresh deployment would (others' events stay out).
+    The group's own consumer joins, is given every partition and commits their ends (asked for
+    the partitions without subscribing, aiokafka answered none, and this committed nothing)."""
+    from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+        topic, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
     )
     await consumer.start()
     try:
-        await consumer.topics()  # fetch metadata so the partitions are known
-        partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in partitions]
-        if tps:
-            ends = await consumer.end_offsets(tps)
-            await consumer.commit({tp: off for tp, off in ends.items()})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not consumer.assignment() and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        tps = sorted(consumer.assignment())
+        if not tps:  # the topic does not exist yet: no history to skip
+            assert topic not in await consumer.topics(), f"{group} was given no partition"
+            return
+        ends = await consumer.end_offsets(tps)
+        await consumer.commit(ends)
+        committed = {tp: await consumer.committed(tp) for tp in tps}
+        assert committed == ends, (committed, ends)
     finally:
         await consumer.stop()
 

@@ -346,6 +346,52 @@ async def test_a_kafka_target_gets_the_cloudevent_on_its_topic(
     assert records[0].key == data["result_id"].encode()
 
 
+async def test_a_result_written_just_before_a_crash_is_notified_when_its_scene_comes_again(
+    api: httpx.AsyncClient,
+    sub_service: InferenceService,
+    receiver: Receiver,
+    make_model: Callable[..., ModelPromoted],
+    boadella_item: Callable[[str], Path],
+) -> None:
+    """The result is in the index but the process died before its hooks ran: Kafka delivers
+    the scene again (its offset was never committed), the pipeline finds it classified, and
+    the subscriber hears of it then; once, however often the scene comes again, and anew for a
+    recomputed result."""
+    pipeline, scene = sub_service.pipeline, str(boadella_item("2020-06-21"))
+    await asyncio.to_thread(sub_service.deployment.deploy, make_model("1"))
+    created = await subscribe(api, webhook_url=receiver.url)
+    hooks = pipeline.on_result[:]
+    pipeline.on_result.clear()  # the crash: the result is written, its hooks never run
+    first = await asyncio.to_thread(pipeline.classify_href, scene)
+    pipeline.on_result[:] = hooks  # the restarted service
+    assert await deliveries(api, created["id"]) == []
+
+    async def sent(count: int) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for _ in range(200):
+            rows = await deliveries(api, created["id"])
+            if len(rows) >= count and all(d["status"] == "sent" for d in rows):
+                break
+            await asyncio.sleep(0.05)
+        return rows
+
+    again = await asyncio.to_thread(pipeline.classify_href, scene)  # the redelivery
+    assert again.skipped and again.record.id == first.record.id
+    rows = await sent(1)
+    assert [(d["result_id"], d["status"]) for d in rows] == [(first.record.id, "sent")]
+    for _ in range(2):  # more duplicates: matched again, nothing new
+        assert (await asyncio.to_thread(pipeline.classify_href, scene)).skipped
+    await asyncio.sleep(0.3)
+    assert len(await deliveries(api, created["id"])) == 1 and len(receiver.posts) == 1
+
+    redone = await asyncio.to_thread(pipeline.classify_href, scene, replace=True)
+    assert not redone.skipped and redone.record.id == first.record.id
+    rows = await sent(2)
+    assert len(rows) == 2 and len({d["id"] for d in rows}) == 2, rows
+    await until(lambda: len(receiver.posts) == 2, what="the recomputed result's notification")
+    assert len({p.headers["webhook-id"] for p in receiver.posts}) == 2
+
+
 async def test_subscriptions_and_a_delivery_mid_retry_survive_a_restart(
     sub_settings: InferenceSettings,
     receiver: Receiver,

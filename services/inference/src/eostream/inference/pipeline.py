@@ -113,8 +113,10 @@ class Pipeline:
         self.store = store
         self.results = results
         self.models = models
-        #: called with each result written to the index, in the classification's thread
-        #: (subscriptions: a quick match and an outbox row; delivery happens elsewhere)
+        #: called with each result written to the index, and with the result found when a
+        #: scene comes again already classified (a crash may have come between writing it and
+        #: its hooks), in the classification's thread: hooks are idempotent (subscriptions: a
+        #: quick match and an outbox row per version of a result; delivery happens elsewhere)
         self.on_result: list[Callable[[ResultRecord], None]] = []
 
     # -- scenes -------------------------------------------------------------------------
@@ -181,6 +183,7 @@ class Pipeline:
                             model.info.name,
                             model.info.version,
                         )
+                        self._run_hooks(existing)
                         return Outcome(existing, skipped=True)
                 try:
                     coarse = (
@@ -197,6 +200,10 @@ class Pipeline:
         except Exception:
             metrics.SCENES.labels("failed").inc()
             raise
+
+    def _run_hooks(self, record: ResultRecord) -> None:
+        for hook in self.on_result:
+            hook(record)
 
     def _existing(self, scene_id: str, model: LoadedModel) -> ResultRecord | None:
         """This model's own result of the scene (by name and version: versions are numbered
@@ -378,8 +385,7 @@ class Pipeline:
             stats=stats,
         )
         self.results.put(record)
-        for hook in self.on_result:
-            hook(record)
+        self._run_hooks(record)
         seconds = time.perf_counter() - started
         metrics.SCENES.labels("classified").inc()
         metrics.PIXELS.inc(result.pixels)

@@ -1,15 +1,17 @@
-"""Notifications of new results: the hook that matches a result written to the index against
-the subscriptions, and the worker that delivers what it matched.
+"""Notifications of new results: the hook that matches a result written to the index against the
+subscriptions, and the worker that delivers what it matched.
 
-The hook (:meth:`Notifier.on_result`, called by the pipeline after a result is stored, in the
-classification's thread) only reads the subscriptions and writes one delivery row per match:
-classification never waits for a subscriber. The worker (one asyncio task of the running
-service) sends the due rows, at most ``concurrency`` at once: a webhook gets a signed CloudEvent
-over HTTP, a Kafka target the CloudEvent in the Kafka binary mode through the service's bus. A
-failed attempt is retried with exponential backoff (``backoff_seconds`` doubling up to
+The hook (:meth:`Notifier.on_result`, called by the pipeline after a result is stored, and again
+whenever the scene is found classified already, in the classification's thread) only reads the
+subscriptions and writes one delivery row per match and version of the result: classification never
+waits for a subscriber, and a result written just before a crash is matched when its scene comes
+again (Kafka delivers it again, its offset not committed). The worker (one asyncio task of the
+running service) sends the due rows, at most ``concurrency`` at once: a webhook gets a signed
+CloudEvent over HTTP, a Kafka target the CloudEvent in the Kafka binary mode through the service's
+bus. A failed attempt is retried with exponential backoff (``backoff_seconds`` doubling up to
 ``max_backoff_seconds``); after ``max_retries`` retries, or at once when the target is no longer
-allowed, the notification goes to the dead-letter topic with the reason and its row is marked
-dead with it. Rows are in the results index, so a restart resumes where the last run stopped.
+allowed, the notification goes to the dead-letter topic with the reason and its row is marked dead
+with it. Rows are in the results index, so a restart resumes where the last run stopped.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from eostream.inference.subscriptions.store import (
     Delivery,
     Subscription,
     SubscriptionStore,
-    new_id,
+    delivery_id,
     now,
 )
 from eostream.inference.subscriptions.webhooks import DeliveryFailed
@@ -64,7 +66,7 @@ def notification(
     links = record.item.get("links", [])
     self_href = next((ln.get("href") for ln in links if ln.get("rel") == "self"), None)
     return {
-        "id": new_id(),
+        "id": delivery_id(sub.id, record.id, record.created),
         "attributes": {
             "specversion": "1.0",
             "source": SOURCE,
@@ -165,8 +167,10 @@ class Notifier:
                 if full
                 else None
             )
-            self.store.enqueue(sub.id, record.id, notification(sub, record, found), dying=reason)
-            count += 1
+            event = notification(sub, record, found)
+            count += self.store.enqueue(
+                sub.id, record.id, event, dying=reason, since=record.created
+            )
         return count
 
     # -- the worker ----------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Subscriptions and their pending deliveries, kept in the results index (sqlite or PostgreSQL).
 
 Both survive a restart: a subscription until it is deleted, a delivery until it is sent or
-dead-lettered. A delivery is an outbox row: the hook that matches a new result writes it, the
+dead-lettered. A delivery is an outbox row: the hook that matches a new result writes it (once
+per subscription and version of a result: matching the same result again writes nothing), the
 worker claims it (a lease, so two replicas on one PostgreSQL never send it twice at once and a
 worker that died mid-attempt leaves it to be tried again when the lease ends), then marks it
 sent, reschedules it or marks it dead with the reason.
@@ -172,9 +173,19 @@ class SubscriptionStore:
 
     # -- deliveries -----------------------------------------------------------------------
     def enqueue(
-        self, sub_id: str, result_id: str, event: dict[str, Any], *, dying: str | None = None
-    ) -> None:
-        """Write one delivery, due now; ``dying``: to be dead-lettered with that reason."""
+        self,
+        sub_id: str,
+        result_id: str,
+        event: dict[str, Any],
+        *,
+        dying: str | None = None,
+        since: datetime | None = None,
+    ) -> bool:
+        """Write one delivery, due now (``dying``: to be dead-lettered with that reason), and say
+        whether it was written: not when this subscription already has a delivery of this
+        result made at or after ``since`` (the result's ``created``: the same version of the
+        result, matched again), nor when a row with the event's id exists (another replica
+        matched it at the same moment; see :func:`delivery_id`)."""
         t = now()
         row = {
             "id": str(event["id"]),
@@ -188,8 +199,21 @@ class SubscriptionStore:
             "created": t,
             "updated": t,
         }
-        with self._engine.begin() as conn:
-            conn.execute(deliveries_table.insert(), [row])
+        c = deliveries_table.c
+        try:
+            with self._engine.begin() as conn:
+                if since is not None:
+                    made = sa.select(c.id).where(
+                        c.subscription_id == sub_id,
+                        c.result_id == result_id,
+                        c.created >= _utc(since),
+                    )
+                    if conn.execute(made.limit(1)).first() is not None:
+                        return False
+                conn.execute(deliveries_table.insert(), [row])
+        except sa.exc.IntegrityError:  # the same id: written by another replica meanwhile
+            return False
+        return True
 
     def pending_count(self) -> int:
         stmt = (
@@ -275,6 +299,18 @@ class SubscriptionStore:
 
 def new_id() -> str:
     return str(uuid.uuid4())
+
+
+#: the namespace of delivery ids (:func:`delivery_id`)
+DELIVERIES = uuid.UUID("0b8d6f1e-55a4-4c1e-9d27-6a3f5e2c9b70")
+
+
+def delivery_id(sub_id: str, result_id: str, result_created: datetime) -> str:
+    """The id of the delivery telling ``sub_id`` of one version of a result (also its
+    CloudEvent id, which subscribers deduplicate on): the same whenever that result is matched
+    again, a new one for a recomputed result (its ``created`` moves)."""
+    key = f"{sub_id}|{result_id}|{_utc(result_created).isoformat()}"
+    return str(uuid.uuid5(DELIVERIES, key))
 
 
 def _subscription(row: Any) -> Subscription:

@@ -14,6 +14,7 @@ by the source's hash, once.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib
 import os
@@ -101,3 +102,24 @@ def describe() -> str:
         "avx2 only, EMULATED (benchmarks/cpu/avx2_only.c masks AVX-512, VNNI and AMX from "
         "CPUID; numpy sees avx2=yes avx512f=no avx512vnni=no)"
     )
+
+
+def add_option(parser: argparse.ArgumentParser) -> None:
+    """A benchmark's ``--cpu`` option."""
+    parser.add_argument(
+        "--cpu",
+        choices=MODES,
+        default="host",
+        help="avx2: everything as on a CPU with AVX2 but no AVX-512/VNNI (emulated by masking "
+        "CPUID; benchmarks/cpu/cpu_mask.py)",
+    )
+
+
+def enter(parser: argparse.ArgumentParser, mode: str) -> str:
+    """Run on under ``mode`` (re-running the script under its mask when needed) and say what
+    the libraries see (:func:`describe`); a mask that cannot be used ends the run with one line."""
+    try:
+        rerun_under(mode)
+        return describe()
+    except MaskError as error:
+        parser.error(str(error))

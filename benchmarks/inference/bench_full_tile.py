@@ -312,13 +312,7 @@ def main() -> None:
     )
     parser.add_argument("--probabilities", action="store_true", help="also write probabilities")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument(
-        "--cpu",
-        choices=cpu_mask.MODES,
-        default="host",
-        help="avx2: everything as on a CPU with AVX2 but no AVX-512/VNNI (emulated by masking "
-        "CPUID; benchmarks/cpu/cpu_mask.py)",
-    )
+    cpu_mask.add_option(parser)
     parser.add_argument("--quantise", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--classify", action="store_true", help=argparse.SUPPRESS)
     for hidden in ("--item", "--model", "--out", "--precision", "--provider"):
@@ -335,11 +329,7 @@ def main() -> None:
         parser.error(f"--size must be between 64 and {FULL}")
     if not os.environ.get("EOSTREAM_DATA_DIR"):
         parser.error("EOSTREAM_DATA_DIR is not set: point it at the data folder")
-    try:
-        cpu_mask.rerun_under(args.cpu)  # returns once masked (or for host)
-        seen = cpu_mask.describe()
-    except cpu_mask.MaskError as error:
-        parser.error(str(error))
+    seen = cpu_mask.enter(parser, args.cpu)  # re-runs this script masked if asked
     data_dir = Path(os.environ["EOSTREAM_DATA_DIR"]).resolve()
     load = os.getloadavg()
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")

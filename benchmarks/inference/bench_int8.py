@@ -417,13 +417,7 @@ def main() -> None:
     parser.add_argument("--date", default="2020-09-14", help="the Boadella date of --maps")
     parser.add_argument("--stride", type=int, default=4, help="window step (px) of --maps")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument(
-        "--cpu",
-        choices=cpu_mask.MODES,
-        default="host",
-        help="avx2: everything as on a CPU with AVX2 but no AVX-512/VNNI (emulated by masking "
-        "CPUID; benchmarks/cpu/cpu_mask.py)",
-    )
+    cpu_mask.add_option(parser)
     parser.add_argument("--measure", nargs=2, metavar=("FOLDER", "ONNX"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:  # the child: onnxruntime only
@@ -433,11 +427,7 @@ def main() -> None:
         return
     if not os.environ.get("EOSTREAM_DATA_DIR"):
         parser.error("EOSTREAM_DATA_DIR is not set: point it at the data folder")
-    try:
-        cpu_mask.rerun_under(args.cpu)  # returns once masked (or for host)
-        seen = cpu_mask.describe()
-    except cpu_mask.MaskError as error:
-        parser.error(str(error))
+    seen = cpu_mask.enter(parser, args.cpu)  # re-runs this script masked if asked
     data_dir = Path(os.environ["EOSTREAM_DATA_DIR"]).resolve()
     work = Path(tempfile.mkdtemp(prefix="bench-int8-"))
     load = os.getloadavg()

@@ -1,4 +1,5 @@
-"""Replaying a rejected STAC item (`eostream dlq replay`), and one active poller per state.
+"""Replaying a rejected STAC item (`eostream dlq replay`), one active poller per state, and a
+leader that stands down finishing the label announcement in flight.
 
 The in-process bus and sqlite; the same on the real stack is in test_replay_stack.py.
 """
@@ -7,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from eostream.ingest.labelwatch import SOURCE_PREFIX, LabelWatcher
 from eostream.ingest.service import (
     IngestRunner,
     build_ingest,
@@ -18,12 +20,13 @@ from eostream.ingest.service import (
     from_settings,
     running,
 )
-from eostream.ingest.settings import IngestSettings, StaticSource
-from eostream.ingest.state import SqliteStateStore
+from eostream.ingest.settings import IngestSettings, LabelsSettings, StaticSource
+from eostream.ingest.state import SeenRecord, SqliteStateStore
 from eostream.shared import deadletters as dl
 from eostream.shared import deadletters_bus as dlb
 from eostream.shared import topics
 from eostream.shared.bus.memory import InMemoryBus
+from eostream.shared.label_catalog import StaticLabelCatalog
 
 from .conftest import JsonDict
 from .helpers import drain, write_catalogue
@@ -195,3 +198,94 @@ async def test_two_watchers_on_one_state_one_polls_the_other_stands_by_then_take
         await store_b.close()
     events = await drain(bus, SCENES, "t")
     assert sorted(e.item_id for e in events) == sorted(i["id"] for i in items)  # each once
+
+
+#: one label item (STAC label extension): water polygons over the Boadella reservoir
+LABEL_ITEM: JsonDict = {
+    "type": "Feature",
+    "stac_version": "1.0.0",
+    "stac_extensions": ["https://stac-extensions.github.io/label/v1.0.1/schema.json"],
+    "id": "boadella-2020-06-21-water",
+    "geometry": {
+        "type": "Polygon",
+        "coordinates": [
+            [[2.79, 42.33], [2.83, 42.33], [2.83, 42.36], [2.79, 42.36], [2.79, 42.33]]
+        ],
+    },
+    "bbox": [2.79, 42.33, 2.83, 42.36],
+    "properties": {
+        "datetime": "2020-06-21T10:56:31Z",
+        "label:description": "water",
+        "label:type": "vector",
+        "label:properties": ["class"],
+        "label:classes": [{"name": "class", "classes": ["water", "other"]}],
+        "label:tasks": ["segmentation"],
+    },
+    "assets": {
+        "labels": {
+            "href": "s3://labels/boadella-2020-06-21-water.geojson",
+            "type": "application/geo+json",
+            "roles": ["labels"],
+        }
+    },
+    "links": [],
+}
+
+
+class HeldStateStore(SqliteStateStore):
+    """The real sqlite state, whose recording of a label announcement waits for ``release``:
+    the moment between the broker's acknowledgement and the seen-set's row."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.holding, self.release = asyncio.Event(), asyncio.Event()
+
+    async def mark_seen(self, source: str, records: Sequence[SeenRecord]) -> None:
+        if source.startswith(SOURCE_PREFIX):
+            self.holding.set()
+            await self.release.wait()
+        await super().mark_seen(source, records)
+
+
+async def test_a_label_announcement_in_flight_when_the_leader_stops_is_finished_not_cut(
+    tmp_path: Path, earth_search_v1: list[JsonDict]
+) -> None:
+    """The leader stops between publishing a DatasetUpdated and recording it: the label watcher
+    finishes its poll as the scene watcher does (it was cancelled there, so the next leader
+    announced the same labels again)."""
+    settings = settings_for(
+        tmp_path,
+        write_catalogue(tmp_path / "cat", earth_search_v1[:1]),
+        labels=LabelsSettings(poll_interval_seconds=0.1, settle_seconds=0),
+    )
+    labels = StaticLabelCatalog(tmp_path / "labels")
+    labels.add("boadella-water", [LABEL_ITEM])
+    bus = InMemoryBus(service="ingest")
+    store = HeldStateStore(settings.sqlite_path)
+    await store.open()
+    stop = asyncio.Event()
+    try:
+        runner = build_ingest(
+            settings,
+            bus=bus,
+            state=store,
+            lock=build_lock(settings),
+            sources=build_sources(settings),
+            labels=labels,
+        )
+        task = asyncio.create_task(runner.run(stop))
+        await until(store.holding.is_set, "the announcement to be acknowledged")
+        assert bus.size(topics.DATASETS_UPDATED) == 1
+        stop.set()  # the leader stands down while the row is being written
+        await asyncio.sleep(0.3)
+        store.release.set()
+        await asyncio.wait_for(task, 20)
+
+        # the next leader finds the labels announced
+        [again] = await LabelWatcher(labels, store=store, bus=bus).poll()
+        assert not again.published
+    finally:
+        stop.set()
+        store.release.set()
+        await store.close()
+    assert bus.size(topics.DATASETS_UPDATED) == 1

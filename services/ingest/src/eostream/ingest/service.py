@@ -15,7 +15,6 @@ replay requests (``eostream.ingest.replay``); otherwise it stands by (see ``lead
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -229,9 +228,12 @@ class IngestRunner:
         finally:
             self._leading = False
             if labelling is not None:
-                labelling.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await labelling
+                # on resigning, the label watcher finishes its poll as the watcher did: cut
+                # between the broker's acknowledgement and the seen-set's row, the next leader
+                # would announce the same labels again; it is cancelled when the watcher failed
+                if not resign.is_set():
+                    labelling.cancel()
+                await asyncio.gather(labelling, return_exceptions=True)
             if listening is not None:
                 await listening
             await consumers.stop()

@@ -227,7 +227,7 @@ async def test_a_sorted_or_filtered_search_over_too_many_records_is_413(tmp_path
     async with served(limited(tmp_path, stac_max_candidates=3), tmp_path) as (client, _):
         triangle = [[-10, 30], [10, 30], [10, 50], [-10, 30]]
         for r in (
-            await client.get("/stac/search", params={"sortby": "-datetime"}),
+            await client.get("/stac/search", params={"sortby": "-eostream:model_version"}),
             await client.post("/stac/search", json={"filter": "eostream:model_version = '1'"}),
             await client.post(
                 "/stac/search", json={"intersects": {"type": "Polygon", "coordinates": [triangle]}}
@@ -238,8 +238,11 @@ async def test_a_sorted_or_filtered_search_over_too_many_records_is_413(tmp_path
             assert r.json()["code"] == "too_large"
             assert "5 results" in description and "at most 3" in description
             assert "narrow" in description and "datetime" in description
-        # a narrower search, and one that the index pages alone, answer
-        narrow = {"sortby": "-datetime", "datetime": "2021-01-01T00:00:00Z/2021-03-01T00:00:00Z"}
+        # a narrower search, and those the index sorts and pages alone, answer
+        narrow = {
+            "sortby": "-eostream:model_version,-datetime",
+            "datetime": "2021-01-01T00:00:00Z/2021-03-01T00:00:00Z",
+        }
         r = await client.get("/stac/search", params=narrow)
         assert r.status_code == 200, r.text
         assert [f["properties"]["datetime"][:10] for f in r.json()["features"]] == [
@@ -248,6 +251,38 @@ async def test_a_sorted_or_filtered_search_over_too_many_records_is_413(tmp_path
         ]
         r = await client.get("/stac/search")
         assert r.status_code == 200 and r.json()["numberMatched"] == len(DATES)
+
+
+async def test_a_search_sorted_by_datetime_or_id_is_sorted_by_the_index_past_the_cap(
+    tmp_path: Path,
+) -> None:
+    """``datetime`` and ``id`` are the index's columns: it sorts and pages by them itself, so
+    every record is reachable however many match (they were loaded and sorted here, 413 past
+    ``STAC_MAX_CANDIDATES``)."""
+    async with served(limited(tmp_path, stac_max_candidates=3), tmp_path) as (client, recs):
+        for sortby, key, newest_first in (
+            ("-datetime", "datetime", True),
+            ("+properties.datetime", "datetime", False),
+            ("-id", "id", True),
+        ):
+            seen: list[str] = []
+            url, params = "/stac/search", {"sortby": sortby, "limit": "2"}
+            while url:
+                r = await client.get(url, params=params or None)  # {} would drop the query
+                assert r.status_code == 200, r.text
+                page = r.json()
+                assert page["numberMatched"] == len(DATES)
+                seen += [f[key] if key == "id" else f["properties"][key] for f in page["features"]]
+                url = next((ln["href"] for ln in page["links"] if ln["rel"] == "next"), "")
+                params = {}
+            assert len(seen) == len(recs) == len(DATES)
+            assert seen == sorted(seen, reverse=newest_first), (sortby, seen)
+        r = await client.post(
+            "/stac/search", json={"sortby": [{"field": "datetime", "direction": "desc"}]}
+        )
+        assert r.status_code == 200 and r.json()["numberMatched"] == len(DATES)
+        dates = [f["properties"]["datetime"][:10] for f in r.json()["features"]]
+        assert dates == sorted(DATES, reverse=True)
 
 
 async def test_under_the_defaults_a_sorted_search_answers_every_record(tmp_path: Path) -> None:

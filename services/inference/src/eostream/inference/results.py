@@ -119,6 +119,14 @@ class ResultQuery:
     model_version: str | None = None
     limit: int = 100
     offset: int = 0
+    #: (column of :data:`SORTABLE`, descending) keys the index sorts by, before its own order
+    #: (newest first, then id); a record without the value comes last either way
+    order: tuple[tuple[str, bool], ...] = ()
+
+
+#: the STAC ``sortby`` fields the index sorts itself, and their columns (other fields are sorted
+#: over the loaded candidates by the STAC API)
+SORTABLE = {"id": "id", "datetime": "datetime", "properties.datetime": "datetime"}
 
 
 class ResultsStore(Protocol):
@@ -288,10 +296,15 @@ class SqlResultsStore:
 
     def search(self, query: ResultQuery) -> tuple[list[ResultRecord], int]:
         where = self._where(query)
+        c = results_table.c
+        keys = [
+            (c[column].desc() if descending else c[column].asc()).nulls_last()
+            for column, descending in query.order
+        ]
         stmt = (
             sa.select(results_table)
             .where(*where)
-            .order_by(results_table.c.created.desc(), results_table.c.id)
+            .order_by(*keys, c.created.desc(), c.id)
             .limit(query.limit)
             .offset(query.offset)
         )

@@ -255,9 +255,10 @@ class InferenceSettings(ServiceSettings):
     stac_max_candidates: int = Field(
         default=10_000,
         ge=1,
-        description="index records a /stac search with intersects, sortby or filter may load "
-        "to check, sort and page here (those its bbox, datetime and ids select); more answer "
-        "413 (narrow bbox, datetime or ids)",
+        description="index records a /stac search with intersects, filter or a sortby field "
+        "other than id and datetime (those the index sorts) may load to check, sort and page "
+        "here (those its bbox, datetime and ids select); more answer 413 (narrow bbox, "
+        "datetime or ids)",
     )
     vector_max_polygons: int = Field(
         default=50_000,

@@ -3,6 +3,7 @@ pystac-client to search classified scenes."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -33,7 +34,7 @@ from eostream.inference.api.search_params import (
     pick_fields,
 )
 from eostream.inference.errors import BadInputError, ResultNotFoundError, TooLargeError
-from eostream.inference.results import ResultQuery, ResultRecord, class_names
+from eostream.inference.results import SORTABLE, ResultQuery, ResultRecord, class_names
 from eostream.inference.stacitem import public_item
 from eostream.shared.http_errors import error_responses
 
@@ -234,12 +235,16 @@ def _records(
     *,
     max_candidates: int = MAX_CANDIDATES,
 ) -> tuple[list[ResultRecord], int]:
-    """A page of the index's answer. With ``intersects``, ``sortby`` or a CQL2 ``filter``, the
-    candidates of the index's query (bbox, datetime, ids: indexed) are kept where their
-    geometry meets the area and the filter selects the item as served, sorted and paged here:
-    at most ``max_candidates`` of them are loaded, more is a :class:`TooLargeError`."""
-    if area is None and not sortby and where is None:
-        found: tuple[list[ResultRecord], int] = results.search(query)
+    """A page of the index's answer. The index sorts by ``id`` and ``datetime`` itself. With
+    ``intersects``, a CQL2 ``filter`` or ``sortby`` another field, the candidates of the index's
+    query (bbox, datetime, ids: indexed) are kept where their geometry meets the area and the
+    filter selects the item as served, sorted and paged here: at most ``max_candidates`` of them
+    are loaded, more is a :class:`TooLargeError`."""
+    if area is None and where is None and all(name in SORTABLE for name, _ in sortby or []):
+        order = tuple((SORTABLE[name], descending) for name, descending in sortby or [])
+        found: tuple[list[ResultRecord], int] = results.search(
+            dataclasses.replace(query, order=order)
+        )
         return found
     wide = ResultQuery(
         ids=query.ids,

@@ -96,4 +96,7 @@ def malformed_items(template: JsonDict) -> dict[str, JsonDict]:
     for key in ("s2:product_type", "s2:processing_level"):
         unknown["properties"].pop(key, None)
     variant("no-datetime")["properties"]["datetime"] = None
+    variant("bbox-text")["bbox"] = ["west", 39.66, -104.88, 40.65]  # raised from the poll
+    variant("bbox-null")["bbox"] = [None, 39.66, -104.88, 40.65]
+    variant("bbox-nan")["bbox"] = [float("nan"), 39.66, -104.88, 40.65]  # went on the bus
     return out

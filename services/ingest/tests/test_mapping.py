@@ -102,6 +102,9 @@ def test_eurosat_patch_needs_an_assumed_level(data_dir: Path) -> None:
         ("not-lonlat", "bad geometry"),
         ("unknown-level", "unknown processing level"),
         ("no-datetime", "missing datetime"),
+        ("bbox-text", "bad bbox: .* no finite number"),
+        ("bbox-null", "bad bbox: .* no finite number"),
+        ("bbox-nan", "bad bbox: .* no finite number"),
     ],
 )
 def test_malformed_items_are_rejected_with_a_reason(

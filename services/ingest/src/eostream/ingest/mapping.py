@@ -128,9 +128,27 @@ def check_geometry(item: dict[str, Any]) -> tuple[float, float, float, float]:
     ):
         raise ItemRejected(item_id(item), f"bad geometry: bounds {geom.bounds} are not lon/lat")
     bbox = item.get("bbox")
-    if isinstance(bbox, list | tuple) and len(bbox) == 4:
-        return (float(bbox[0]), float(bbox[1]), float(bbox[2]), float(bbox[3]))
-    return (w, s, e, n)
+    if bbox is None:
+        return (w, s, e, n)
+    return check_bbox(item_id(item), bbox)
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_bbox(ident: str, bbox: object) -> tuple[float, float, float, float]:
+    """An item's declared ``bbox`` (4 numbers, or 6 with heights) as (west, south, east, north),
+    or ItemRejected: a string, a null or a NaN in it raised from the poll, or went on the bus."""
+    shown = repr(bbox)[:120]
+    if not isinstance(bbox, list | tuple) or len(bbox) not in (4, 6):
+        raise ItemRejected(ident, f"bad bbox: {shown} is not a list of 4 or 6 numbers")
+    if not all(_finite(v) for v in bbox):
+        raise ItemRejected(ident, f"bad bbox: {shown} has a value that is no finite number")
+    w, s, e, n = (bbox[0], bbox[1], bbox[2], bbox[3]) if len(bbox) == 4 else (*bbox[:2], *bbox[3:5])
+    if not (-180 <= w <= 180 and -180 <= e <= 180 and -90 <= s <= n <= 90):
+        raise ItemRejected(ident, f"bad bbox: {shown} is not lon/lat (west, south, east, north)")
+    return (float(w), float(s), float(e), float(n))
 
 
 def baseline_of(item: dict[str, Any]) -> str | None:

@@ -177,6 +177,11 @@ class Watcher:
             except ItemRejected as exc:
                 rejected.append((raw, exc, key[1]))
                 continue
+            except Exception as exc:  # a shape no rule foresaw: this item, not the whole poll
+                log.warning("%s: item %s could not be read", name, key[0], exc_info=True)
+                reason = f"unreadable item: {type(exc).__name__}: {exc}"
+                rejected.append((raw, ItemRejected(key[0], reason[:500]), key[1]))
+                continue
             newest = _later(newest, scene.datetime)
             why = filtered_out(scene, raw.item, config.filter)
             if why is None and start is not None and scene.datetime < start:

@@ -91,8 +91,18 @@ def tile_of(item: dict[str, Any]) -> str | None:
         zone, band, square = (
             p.get(prefix + k) for k in ("utm_zone", "latitude_band", "grid_square")
         )
-        if zone is not None and band and square:
-            return f"{int(zone):02d}{band}{square}".upper()
+        number = str(zone) if isinstance(zone, int) and not isinstance(zone, bool) else zone
+        if (  # each part its own shape, else not a tile (a list or a NaN raised here)
+            isinstance(number, str)
+            and number.isascii()
+            and number.isdigit()
+            and 1 <= int(number) <= 60
+            and isinstance(band, str)
+            and isinstance(square, str)
+            and re.fullmatch(r"[A-Za-z]", band)
+            and re.fullmatch(r"[A-Za-z]{2}", square)
+        ):
+            return f"{int(number):02d}{band}{square}".upper()
     tile = p.get("s2:mgrs_tile")
     if isinstance(tile, str) and tile:
         return tile.upper().removeprefix("T")
@@ -157,7 +167,8 @@ def baseline_of(item: dict[str, Any]) -> str | None:
 
 
 def self_href(item: dict[str, Any]) -> str | None:
-    for link in item.get("links") or []:
+    links = item.get("links")
+    for link in links if isinstance(links, list) else []:
         if isinstance(link, dict) and link.get("rel") == "self" and link.get("href"):
             return str(link["href"])
     return None

@@ -48,3 +48,35 @@ def write_catalogue(root: Path, items: list[dict[str, Any]]) -> Path:
     }
     (root / "catalog.json").write_text(json.dumps(catalog))
     return root / "catalog.json"
+
+
+#: one label item (STAC label extension): water polygons over the Boadella reservoir
+LABEL_ITEM: dict[str, Any] = {
+    "type": "Feature",
+    "stac_version": "1.0.0",
+    "stac_extensions": ["https://stac-extensions.github.io/label/v1.0.1/schema.json"],
+    "id": "boadella-2020-06-21-water",
+    "geometry": {
+        "type": "Polygon",
+        "coordinates": [
+            [[2.79, 42.33], [2.83, 42.33], [2.83, 42.36], [2.79, 42.36], [2.79, 42.33]]
+        ],
+    },
+    "bbox": [2.79, 42.33, 2.83, 42.36],
+    "properties": {
+        "datetime": "2020-06-21T10:56:31Z",
+        "label:description": "water",
+        "label:type": "vector",
+        "label:properties": ["class"],
+        "label:classes": [{"name": "class", "classes": ["water", "other"]}],
+        "label:tasks": ["segmentation"],
+    },
+    "assets": {
+        "labels": {
+            "href": "s3://labels/boadella-2020-06-21-water.geojson",
+            "type": "application/geo+json",
+            "roles": ["labels"],
+        }
+    },
+    "links": [],
+}

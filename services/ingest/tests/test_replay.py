@@ -29,7 +29,7 @@ from eostream.shared.bus.memory import InMemoryBus
 from eostream.shared.label_catalog import StaticLabelCatalog
 
 from .conftest import JsonDict
-from .helpers import drain, write_catalogue
+from .helpers import LABEL_ITEM, drain, write_catalogue
 
 SCENES = topics.SCENES_DISCOVERED
 
@@ -198,38 +198,6 @@ async def test_two_watchers_on_one_state_one_polls_the_other_stands_by_then_take
         await store_b.close()
     events = await drain(bus, SCENES, "t")
     assert sorted(e.item_id for e in events) == sorted(i["id"] for i in items)  # each once
-
-
-#: one label item (STAC label extension): water polygons over the Boadella reservoir
-LABEL_ITEM: JsonDict = {
-    "type": "Feature",
-    "stac_version": "1.0.0",
-    "stac_extensions": ["https://stac-extensions.github.io/label/v1.0.1/schema.json"],
-    "id": "boadella-2020-06-21-water",
-    "geometry": {
-        "type": "Polygon",
-        "coordinates": [
-            [[2.79, 42.33], [2.83, 42.33], [2.83, 42.36], [2.79, 42.36], [2.79, 42.33]]
-        ],
-    },
-    "bbox": [2.79, 42.33, 2.83, 42.36],
-    "properties": {
-        "datetime": "2020-06-21T10:56:31Z",
-        "label:description": "water",
-        "label:type": "vector",
-        "label:properties": ["class"],
-        "label:classes": [{"name": "class", "classes": ["water", "other"]}],
-        "label:tasks": ["segmentation"],
-    },
-    "assets": {
-        "labels": {
-            "href": "s3://labels/boadella-2020-06-21-water.geojson",
-            "type": "application/geo+json",
-            "roles": ["labels"],
-        }
-    },
-    "links": [],
-}
 
 
 class HeldStateStore(SqliteStateStore):

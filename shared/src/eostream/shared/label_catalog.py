@@ -45,14 +45,17 @@ def items_digest(items: Sequence[Mapping[str, Any]]) -> str:
     """
     rows = []
     for item in items:
+        # fields of another shape count as absent: a digest never raises on a label item
+        listed, named = item.get("links"), item.get("assets")
         links = sorted(
             str(link.get("href"))
-            for link in item.get("links", [])
-            if isinstance(link, Mapping) and link.get("rel") in KEPT_LINKS
-        )
+            for link in (listed if isinstance(listed, list) else [])
+            if isinstance(link, Mapping) and isinstance(link.get("rel"), str)
+            and link["rel"] in KEPT_LINKS
+        )  # fmt: skip
         assets = {
-            k: str(v.get("href"))
-            for k, v in (item.get("assets") or {}).items()
+            str(k): str(v.get("href"))
+            for k, v in (named if isinstance(named, Mapping) else {}).items()
             if isinstance(v, Mapping)
         }
         rows.append(

@@ -82,13 +82,23 @@ class LabelWatcher:
                      name, self._settle)  # fmt: skip
         return now - since >= self._settle
 
-    def _list(self) -> list[tuple[str, list[dict[str, Any]]]]:
-        """(collection id, its items) for every watched collection (blocking)."""
+    def _list(self) -> list[tuple[str, list[dict[str, Any]] | None]]:
+        """(collection id, its items; None when they cannot be read) for every watched
+        collection (blocking). The catalogue's list of collections failing fails the poll."""
         names = self._collections or tuple(str(c["id"]) for c in self._catalog.collections())
-        return [(name, self._catalog.search(LabelQuery(name, limit=ALL_ITEMS))) for name in names]
+        found: list[tuple[str, list[dict[str, Any]] | None]] = []
+        for name in names:
+            try:
+                found.append((name, self._catalog.search(LabelQuery(name, limit=ALL_ITEMS))))
+            except Exception as exc:  # this collection's problem: the others are announced
+                log.warning("label collection %s not read: %s", name, exc)
+                found.append((name, None))
+        return found
 
     async def poll(self) -> list[Announced]:
-        """One look at every watched collection; announces those whose digest is new."""
+        """One look at every watched collection; announces those whose digest is new. A
+        collection that cannot be read is logged and left for the next poll; the others go on
+        (one broken item file stopped every collection's announcements, at every poll)."""
         done: list[Announced] = []
         for name, items in await asyncio.to_thread(self._list):
             if not items:

@@ -99,4 +99,5 @@ def malformed_items(template: JsonDict) -> dict[str, JsonDict]:
     variant("bbox-text")["bbox"] = ["west", 39.66, -104.88, 40.65]  # raised from the poll
     variant("bbox-null")["bbox"] = [None, 39.66, -104.88, 40.65]
     variant("bbox-nan")["bbox"] = [float("nan"), 39.66, -104.88, 40.65]  # went on the bus
+    variant("properties-list")["properties"] = ["not", "an", "object"]  # its version raised
     return out

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from eostream.ingest.bands import normalise
 from eostream.ingest.errors import ItemRejected
-from eostream.ingest.mapping import event_id, item_version, to_scene
+from eostream.ingest.mapping import event_id, item_id, item_version, to_scene
 
 from .conftest import JsonDict, malformed_items
 
@@ -108,6 +108,7 @@ def test_eurosat_patch_needs_an_assumed_level(data_dir: Path) -> None:
         ("bbox-text", "bad bbox: .* no finite number"),
         ("bbox-null", "bad bbox: .* no finite number"),
         ("bbox-nan", "bad bbox: .* no finite number"),
+        ("properties-list", "properties must be an object"),
     ],
 )
 def test_malformed_items_are_rejected_with_a_reason(
@@ -250,12 +251,14 @@ def test_any_field_of_any_type_is_mapped_or_rejected_never_raised(
     earth_search_v1: list[JsonDict], data: st.DataObject
 ) -> None:
     """A real item with up to three fields replaced by any JSON value (found this way: ``links``
-    a number, ``mgrs:utm_zone`` a list or a text, and a text or a null in the bbox raised from
-    the mapping, failing the source's poll; each is a case above now)."""
+    a number, ``mgrs:utm_zone`` a list or a text, a text or a null in the bbox and ``properties``
+    or ``assets`` a list raised from the mapping, failing the source's poll; each is a case
+    above now)."""
     item = copy.deepcopy(earth_search_v1[0])
     where = st.sampled_from(_paths(item))
     for path, value in data.draw(st.lists(st.tuples(where, JSON_VALUES), min_size=1, max_size=3)):
         _put(item, path, value)
+    item_id(item), item_version(item)  # computed before the item is checked
     try:
         to_scene(item, source="fuzz")
     except ItemRejected:

@@ -118,7 +118,7 @@ async def test_malformed_items_go_to_the_dead_letter_topic_and_valid_ones_flow(
     mixed: list[JsonDict] = []
     for valid, bad in zip(earth_search_v1, broken.values(), strict=False):
         mixed += [valid, bad]
-    mixed += earth_search_v1[len(broken) :]
+    mixed += earth_search_v1[len(broken) :] + list(broken.values())[len(earth_search_v1) :]
     settings = _settings(
         tmp_path, StaticSource(name="mixed", href=str(_catalogue(tmp_path, mixed)))
     )
@@ -148,6 +148,7 @@ async def test_malformed_items_go_to_the_dead_letter_topic_and_valid_ones_flow(
             "no-band-assets": "missing assets",
             "unknown-level": "unknown processing level",
             "no-datetime": "missing datetime",
+            "properties-list": "properties must be an object",
         }
         want = "bad bbox" if kind.startswith("bbox-") else expected.get(kind, "bad geometry")
         assert want in letter.reason

@@ -41,12 +41,18 @@ def item_id(item: dict[str, Any]) -> str:
 
 def item_version(item: dict[str, Any]) -> str:
     """What changes when the provider updates an item: ``updated``, else a content digest."""
-    properties = item.get("properties") or {}
-    updated = properties.get("updated")
+    # never raises, whatever the item's shape: it is computed before the item is checked
+    properties = item.get("properties")
+    updated = properties.get("updated") if isinstance(properties, dict) else None
     if isinstance(updated, str) and updated:
         return updated
     content = {k: item.get(k) for k in ("geometry", "bbox", "properties")}
-    content["assets"] = {k: (v or {}).get("href") for k, v in (item.get("assets") or {}).items()}
+    assets = item.get("assets")
+    content["assets"] = (
+        {str(k): v.get("href") if isinstance(v, dict) else None for k, v in assets.items()}
+        if isinstance(assets, dict)
+        else assets or {}
+    )
     digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
     return "sha256:" + digest[:32]
 

@@ -27,6 +27,7 @@ from eostream.inference.api.app import create_app
 from eostream.inference.embedded import component
 from eostream.inference.service import InferenceService
 from eostream.inference.settings import InferenceSettings, SubscriptionsSettings
+from eostream.inference.subscriptions import webhooks
 from eostream.inference.wiring import build_service
 from eostream.shared import topics
 from eostream.shared.bus.memory import InMemoryBus
@@ -312,6 +313,44 @@ async def test_a_failing_webhook_is_retried_then_dead_lettered_with_the_reason(
     assert isinstance(letter_data, dict) and letter_data["scene_id"] == "boadella-2020-06-21"
     assert counter("webhook", "failed") == failed_before + 2 * tries
     assert counter("webhook", "dead_lettered") == dead_before + 2
+
+
+async def test_an_unforeseen_error_of_a_delivery_is_retried_then_dead_lettered(
+    api: httpx.AsyncClient,
+    sub_service: InferenceService,
+    bus: InMemoryBus,
+    receiver: Receiver,
+    make_model: Callable[..., ModelPromoted],
+    boadella_item: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An error that is no DeliveryFailed (here from the webhook call itself) counts as a
+    failed attempt: retried with backoff, then dead-lettered with it (it was taken for the
+    worker's own failure: the row came back after its lease, forever, never dead-lettered)."""
+
+    async def broken_post(*_args: Any, **_kw: Any) -> None:
+        raise UnicodeError("label empty or too long")
+
+    monkeypatch.setattr(webhooks, "post", broken_post)  # what the delivery worker calls
+    await asyncio.to_thread(sub_service.deployment.deploy, make_model("1"))
+    created = await subscribe(api, webhook_url=receiver.url)
+    await asyncio.to_thread(sub_service.pipeline.classify_href, str(boadella_item("2020-06-21")))
+    tries = sub_service.settings.subscriptions.max_retries + 1
+    rows: list[dict[str, Any]] = []
+    for _ in range(400):
+        rows = await deliveries(api, created["id"])
+        if rows and rows[0]["status"] == "dead":
+            break
+        await asyncio.sleep(0.05)
+    assert [(d["status"], d["attempts"]) for d in rows] == [("dead", tries)], rows
+    [letter] = [
+        d
+        for d in await bus.read_dead_letters(limit=100)
+        if d.original_topic == f"webhook:{created['id']}"
+    ]
+    assert letter.reason == (
+        f"undeliverable after {tries} attempt(s): UnicodeError: label empty or too long"
+    )
 
 
 async def test_a_kafka_target_gets_the_cloudevent_on_its_topic(

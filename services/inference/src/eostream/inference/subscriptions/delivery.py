@@ -245,7 +245,14 @@ class Notifier:
         attempts = delivery.attempts + 1
         try:
             await self._send(delivery, sub)
-        except DeliveryFailed as failed:
+        except Exception as exc:  # an error no rule foresaw is a failed attempt too
+            failed = (
+                exc
+                if isinstance(exc, DeliveryFailed)
+                else DeliveryFailed(f"{type(exc).__name__}: {exc}"[:500])
+            )
+            if not isinstance(exc, DeliveryFailed):
+                log.warning("subscriptions: %s failed unexpectedly", delivery.id, exc_info=True)
             metrics.NOTIFICATIONS.labels(sub.target, "failed").inc()
             if failed.final or attempts > self.settings.max_retries:
                 reason = f"undeliverable after {attempts} attempt(s): {failed.reason}"

@@ -185,6 +185,20 @@ async def deliveries(api: httpx.AsyncClient, sub_id: str) -> list[dict[str, Any]
     return found
 
 
+async def settled(
+    api: httpx.AsyncClient, sub_id: str, status: str, count: int = 1
+) -> list[dict[str, Any]]:
+    """The subscription's deliveries once at least ``count`` are there, all ``status`` (or as
+    they are after 20 s)."""
+    rows: list[dict[str, Any]] = []
+    for _ in range(400):
+        rows = await deliveries(api, sub_id)
+        if len(rows) >= count and all(d["status"] == status for d in rows):
+            break
+        await asyncio.sleep(0.05)
+    return rows
+
+
 async def announce_both(
     bus: InMemoryBus,
     make_model: Callable[..., ModelPromoted],
@@ -222,16 +236,7 @@ async def test_a_scene_in_the_area_is_notified_once_signed_and_one_outside_is_no
     await announce_both(bus, make_model, boadella_item, rkh_item)
     await until(lambda: len(receiver.posts) >= 1, what="the notification")
     # both results are written: wait until nothing is left to send, then count what arrived
-    rows: list[dict[str, Any]] = []
-
-    async def settled() -> bool:
-        rows[:] = await deliveries(api, created["id"])
-        return bool(rows) and all(d["status"] == "sent" for d in rows)
-
-    for _ in range(200):
-        if await settled():
-            break
-        await asyncio.sleep(0.05)
+    rows = await settled(api, created["id"], "sent")
     assert len(rows) == 1 and rows[0]["attempts"] == 1, rows
     assert len(receiver.posts) == 1, [p.headers for p in receiver.posts]
 
@@ -276,12 +281,7 @@ async def test_a_failing_webhook_is_retried_then_dead_lettered_with_the_reason(
     await announce_both(bus, make_model, boadella_item, rkh_item)
     tries = sub_service.settings.subscriptions.max_retries + 1
     for sub in (answering, refusing):
-        rows: list[dict[str, Any]] = []
-        for _ in range(400):
-            rows = await deliveries(api, sub["id"])
-            if rows and rows[0]["status"] == "dead":
-                break
-            await asyncio.sleep(0.05)
+        rows = await settled(api, sub["id"], "dead")
         assert [(d["status"], d["attempts"]) for d in rows] == [("dead", tries)], rows
     assert len(receiver.posts) == tries  # first attempt and the retries, each signed
     for post in receiver.posts:
@@ -336,12 +336,7 @@ async def test_an_unforeseen_error_of_a_delivery_is_retried_then_dead_lettered(
     created = await subscribe(api, webhook_url=receiver.url)
     await asyncio.to_thread(sub_service.pipeline.classify_href, str(boadella_item("2020-06-21")))
     tries = sub_service.settings.subscriptions.max_retries + 1
-    rows: list[dict[str, Any]] = []
-    for _ in range(400):
-        rows = await deliveries(api, created["id"])
-        if rows and rows[0]["status"] == "dead":
-            break
-        await asyncio.sleep(0.05)
+    rows = await settled(api, created["id"], "dead")
     assert [(d["status"], d["attempts"]) for d in rows] == [("dead", tries)], rows
     [letter] = [
         d
@@ -405,18 +400,9 @@ async def test_a_result_written_just_before_a_crash_is_notified_when_its_scene_c
     pipeline.on_result[:] = hooks  # the restarted service
     assert await deliveries(api, created["id"]) == []
 
-    async def sent(count: int) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
-        for _ in range(200):
-            rows = await deliveries(api, created["id"])
-            if len(rows) >= count and all(d["status"] == "sent" for d in rows):
-                break
-            await asyncio.sleep(0.05)
-        return rows
-
     again = await asyncio.to_thread(pipeline.classify_href, scene)  # the redelivery
     assert again.skipped and again.record.id == first.record.id
-    rows = await sent(1)
+    rows = await settled(api, created["id"], "sent")
     assert [(d["result_id"], d["status"]) for d in rows] == [(first.record.id, "sent")]
     for _ in range(2):  # more duplicates: matched again, nothing new
         assert (await asyncio.to_thread(pipeline.classify_href, scene)).skipped
@@ -425,7 +411,7 @@ async def test_a_result_written_just_before_a_crash_is_notified_when_its_scene_c
 
     redone = await asyncio.to_thread(pipeline.classify_href, scene, replace=True)
     assert not redone.skipped and redone.record.id == first.record.id
-    rows = await sent(2)
+    rows = await settled(api, created["id"], "sent", count=2)
     assert len(rows) == 2 and len({d["id"] for d in rows}) == 2, rows
     await until(lambda: len(receiver.posts) == 2, what="the recomputed result's notification")
     assert len({p.headers["webhook-id"] for p in receiver.posts}) == 2

@@ -32,6 +32,7 @@ from eostream.shared import deadletters_bus as dlb
 from eostream.shared import topics
 from eostream.shared.bus.memory import InMemoryBus
 from eostream.shared.ops import OpsServer
+from eostream.shared.testing import BodyRead, StreamedBody
 from eostream.shared.webhooks import signed_headers
 
 from .conftest import JsonDict
@@ -64,37 +65,6 @@ def signed(
     if not structured:
         headers["content-type"] = "application/json"
     return headers, body
-
-
-class BodyRead:
-    """Between the HTTP server and the app: counts the request body bytes the app pulled (its
-    ``receive`` calls), so a test can tell a body refused unread from one read and refused."""
-
-    def __init__(self) -> None:
-        self.app: Any = None
-        self.read = 0
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        async def counted() -> Any:
-            message = await receive()
-            if message.get("type") == "http.request":
-                self.read += len(message.get("body", b""))
-            return message
-
-        await self.app(scope, counted, send)
-
-
-class _Body:
-    """A streamed request body (sent chunked: no length declared) of ``total`` bytes."""
-
-    def __init__(self, total: int, chunk: int = 1 << 16) -> None:
-        self.total, self.chunk, self.sent = total, chunk, 0
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        while self.sent < self.total:
-            n = min(self.chunk, self.total - self.sent)
-            self.sent += n
-            yield b"x" * n
 
 
 @asynccontextmanager
@@ -231,7 +201,7 @@ async def test_pushed_items_pass_the_policies_of_polled_ones(
         assert body_read.read == 0, "the body was read before its declared length was checked"
         # ...and cut off while streaming when it declares no length (chunked)
         body_read.read = 0
-        streamed = _Body(16 * limit)
+        streamed = StreamedBody(16 * limit, chunk=1 << 16)
         cut = await client.post(
             PUSH_PATH, content=streamed, headers={"content-type": "application/json"}
         )

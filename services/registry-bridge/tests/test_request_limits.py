@@ -19,6 +19,7 @@ from eostream.registry_bridge.settings import BridgeSettings
 from eostream.registry_bridge.webhook import sign
 from eostream.shared.bus.memory import InMemoryBus
 from eostream.shared.ops import OpsServer
+from eostream.shared.testing import BodyRead, StreamedBody
 
 from .conftest import MODEL_NAME, as_, make_service
 
@@ -26,37 +27,6 @@ LIMIT = 64 * 1024
 SECRET = "webhook-secret-0001"  # noqa: S105 - a test fixture
 WEBHOOK = "/webhooks/mlflow"
 PROMOTE = f"/models/{MODEL_NAME}/promote"
-
-
-class BodyRead:
-    """Between the HTTP server and the app: counts the request body bytes the app pulled (its
-    ``receive`` calls), so a test can tell a body refused unread from one read and refused."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.read = 0
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        async def counted() -> Any:
-            message = await receive()
-            if message.get("type") == "http.request":
-                self.read += len(message.get("body", b""))
-            return message
-
-        await self.app(scope, counted, send)
-
-
-class Streamed:
-    """A request body sent chunked (no length declared) of ``total`` bytes."""
-
-    def __init__(self, total: int, chunk: int = 1 << 14) -> None:
-        self.total, self.chunk, self.sent = total, chunk, 0
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        while self.sent < self.total:
-            n = min(self.chunk, self.total - self.sent)
-            self.sent += n
-            yield b"x" * n
 
 
 def signed(body: bytes) -> dict[str, str]:
@@ -103,16 +73,16 @@ async def test_oversized_and_unauthenticated_bodies_are_refused_unread(
         assert await post(PROMOTE, big, as_("alice")) == (413, "too_large", 0)
         # no length declared (chunked): cut off as soon as it passes the limit
         for path, headers in ((WEBHOOK, signed(b"{}")), (PROMOTE, as_("alice"))):
-            streamed = Streamed(16 * LIMIT)
+            streamed = StreamedBody(16 * LIMIT)
             status, code, read = await post(path, streamed, headers)
             assert (status, code) == (413, "too_large"), path
             assert LIMIT < read < 2 * LIMIT, f"{path}: read {read} of {streamed.total}"
         # no credential, no signature headers: 401 before the body, whatever its size
         assert await post(PROMOTE, big, {}) == (401, "unauthenticated", 0)
-        assert await post(PROMOTE, Streamed(2 * LIMIT), {}) == (401, "unauthenticated", 0)
-        assert await post(WEBHOOK, Streamed(2 * LIMIT), {}) == (401, "bad_signature", 0)
+        assert await post(PROMOTE, StreamedBody(2 * LIMIT), {}) == (401, "unauthenticated", 0)
+        assert await post(WEBHOOK, StreamedBody(2 * LIMIT), {}) == (401, "bad_signature", 0)
         stale = {**signed(b"{}"), "X-MLflow-Timestamp": str(int(time.time()) - 3600)}
-        assert await post(WEBHOOK, Streamed(2 * LIMIT), stale) == (401, "bad_signature", 0)
+        assert await post(WEBHOOK, StreamedBody(2 * LIMIT), stale) == (401, "bad_signature", 0)
 
         # free text is bounded
         long_reason = {"version": "1", "reason": "r" * (REASON_MAX_LENGTH + 1)}

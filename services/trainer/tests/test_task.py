@@ -144,6 +144,54 @@ def test_the_ema_is_what_is_validated_kept_and_handed_back(
     )
 
 
+def test_the_weight_average_is_torchs_ema_and_resumes(ms_data: dict[str, PatchTensors]) -> None:
+    """WeightAverage keeps the host's count instead of reading it from the device each step
+    (on a GPU); what it computes and saves is torch's AveragedModel with an EMA."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    model = _model(ms_data["train"])
+    ours = task.WeightAverage(model, 0.8)
+    ema = get_ema_multi_avg_fn(0.8)  # type: ignore[no-untyped-call]
+    torchs = AveragedModel(model, multi_avg_fn=ema, use_buffers=False)
+    resumed = task.WeightAverage(model, 0.8)
+    for step in range(5):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+            model.train()(ms_data["train"].x[:8])  # moves the batch-norm buffers
+        ours.update_parameters(model)
+        torchs.update_parameters(model)
+        if step == 2:  # a resume from a checkpoint of three steps
+            resumed.load_state_dict(ours.state_dict())
+        elif step > 2:
+            resumed.update_parameters(model)
+    for averaged in (ours, resumed):
+        assert averaged.updates == 5
+        mine, reference = averaged.state_dict(), torchs.state_dict()
+        assert mine.keys() == reference.keys()
+        assert all(torch.equal(mine[k], reference[k]) for k in reference)
+
+
+def test_the_batch_norm_refresh_is_torchs_update_bn(ms_data: dict[str, PatchTensors]) -> None:
+    """refresh_batch_norm sets each batch's weight on the host; the statistics are update_bn's
+    plain average over the same batches."""
+    from torch.optim.swa_utils import update_bn
+
+    train, config = ms_data["train"], TrainConfig(batch_size=16)
+    ours, reference = _model(train), _model(train)
+    ours.eval()
+    task.refresh_batch_norm(ours, train, torch.device("cpu"), config)
+    index = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed))
+    index = index[: task.BN_REFRESH_PATCHES]
+    batches = [train.x[index[i : i + 16]] for i in range(0, len(index), 16)]
+    last = torch.channels_last
+    update_bn([b.contiguous(memory_format=last) for b in batches], reference.eval())
+    assert not ours.training
+    mine, theirs = ours.state_dict(), reference.state_dict()
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    assert all(m.momentum == 0.1 for m in ours.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
 def test_segmentation_refuses_mixing(ms_data: dict[str, PatchTensors]) -> None:
     train = ms_data["train"]
     masks = PatchTensors(train.x, train.y[:, None, None].expand(-1, 64, 64).contiguous(), train.ids)

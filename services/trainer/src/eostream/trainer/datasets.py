@@ -116,17 +116,20 @@ def augment_pair(
     """:func:`augment` of patches ``[N, C, H, W]`` and, with the same draws, of their per-pixel
     masks ``[N, H, W]`` (a segmentation model's targets turn with their pixels)."""
     n = x.shape[0]
-    flips = torch.randint(0, 2, (n,), generator=generator).to(x.device).bool()
-    turns = torch.randint(0, 4, (n,), generator=generator).to(x.device)
+    # drawn on the host and turned into index lists there: testing or masking with tensors on
+    # an accelerator would make the host wait for it several times a batch
+    flips = torch.randint(0, 2, (n,), generator=generator).bool()
+    turns = torch.randint(0, 4, (n,), generator=generator)
+    flipped = flips.to(x.device, non_blocking=True)
+    turned = {k: torch.nonzero(turns == k).flatten() for k in (1, 2, 3)}
+    turned = {k: v.to(x.device, non_blocking=True) for k, v in turned.items() if len(v)}
 
     def apply(t: torch.Tensor) -> torch.Tensor:
-        view = flips.view(-1, *([1] * (t.dim() - 1)))
+        view = flipped.view(-1, *([1] * (t.dim() - 1)))
         t = torch.where(view, t.flip(-1), t)
         out = t.clone()
-        for k in (1, 2, 3):
-            chosen = turns == k
-            if bool(chosen.any()):
-                out[chosen] = torch.rot90(t[chosen], k, dims=(-2, -1))
+        for k, chosen in turned.items():
+            out[chosen] = torch.rot90(t[chosen], k, dims=(-2, -1))
         return out
 
     return apply(x), (apply(masks) if masks is not None else None)

@@ -59,6 +59,7 @@ def exported(architecture: str, band_set: str, tmp_path: Path) -> Path:
     [
         ("small_cnn", "rgb"),
         ("centre_cnn", "ms13"),  # two input convolutions, one behind a crop
+        ("centre_cnn_stride2", "ms13"),  # the same, the context's a strided one
         ("resnet18_imagenet", "rgb"),  # residual adds right after the stem
         ("seg_unet_indices", "l2a"),  # spectral indices computed in the graph
         ("seg_small_cnn", "l2a"),
@@ -88,7 +89,12 @@ def test_the_stem_stays_fp32_and_the_rest_is_int8(
 
 @pytest.mark.parametrize(
     ("architecture", "band_set"),
-    [("small_cnn", "rgb"), ("resnet18_imagenet", "rgb"), ("centre_cnn", "ms13")],
+    [
+        ("small_cnn", "rgb"),
+        ("resnet18_imagenet", "rgb"),
+        ("centre_cnn", "ms13"),
+        ("centre_cnn_stride2", "ms13"),
+    ],
     ids=lambda value: str(value),
 )
 def test_the_gemm_kernels_weights_stand_for_the_same_values(

@@ -13,6 +13,8 @@ Candidates (``--candidates``, any of):
 * ``ms13-fixed``: ``centre_cnn`` (context CNN + per-pixel logits of the central 8x8) with
   ``TRAINER_INPUT_AUGMENTATION='["radiometry","centre"]'`` (haze and gain jitter for
   L1C -> L2A, centre-context swaps so a window answers for its centre pixels);
+* ``ms13-fixed-stride2``: the same with ``centre_cnn_stride2`` (its context's first layer
+  strided instead of max-pooled: a quarter of the fp32 work int8 leaves);
 * ``pixel-hgb``: a per-pixel scikit-learn HistGradientBoosting on the 13 bands and NDWI, MNDWI,
   NDVI, NDBI (computed in the ONNX graph), fitted on EuroSAT MS pixels with the radiometry
   jitter (:mod:`eostream.trainer.pixel`): every pixel classified on its own, a 10 m map.
@@ -64,6 +66,7 @@ CANDIDATES: dict[str, tuple[str, str, tuple[str, ...], int | None, int]] = {
     "rgb": ("rgb", "small_cnn", (), 1000, 5),
     "ms13": ("ms13", "small_cnn", (), None, 30),
     "ms13-fixed": ("ms13", "centre_cnn", ("radiometry", "centre"), None, 30),
+    "ms13-fixed-stride2": ("ms13", "centre_cnn_stride2", ("radiometry", "centre"), None, 30),
     # per-pixel scikit-learn model: "epochs" x 10 boosting iterations (see train_pixel)
     "pixel-hgb": ("ms13", "pixel_hgb", ("radiometry",), None, 10),
 }
@@ -216,7 +219,10 @@ def class_shares(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--candidates", nargs="+", default=["ms13-fixed", "ms13", "rgb"], choices=list(CANDIDATES)
+        "--candidates",
+        nargs="+",
+        default=["ms13-fixed", "ms13", "rgb"],
+        choices=list(CANDIDATES),
     )
     parser.add_argument("--epochs", type=int, default=None, help="override every candidate's")
     parser.add_argument("--seed", type=int, default=42)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from eostream.shared.modelcard import BAND_SETS
+from eostream.trainer import models
 from eostream.trainer.models import (
     ARCHITECTURES,
     INDEX_ARCHITECTURES,
@@ -63,6 +64,29 @@ def test_resnet_stems_set_layer1_resolution(architecture: str, size: int) -> Non
     with torch.no_grad():
         model(torch.rand(1, 3, 64, 64))
     assert seen == [torch.Size([1, 64, size, size])]
+
+
+def test_the_strided_centre_cnn_strides_its_first_layer_instead_of_pooling() -> None:
+    """centre_cnn_stride2: the context's first convolution strides (a quarter of its work) and
+    its max-pool goes; the second block sees the same 32x32 as centre_cnn's, the rest is equal."""
+    shapes: dict[str, list[torch.Size]] = {}
+    for architecture in ("centre_cnn", "centre_cnn_stride2"):
+        model = build_model(architecture, BAND_SETS["ms13"], [0.1] * 13, [0.05] * 13).eval()
+        context = list(model.backbone.get_submodule("context").children())
+        convs = [m for m in context if isinstance(m, torch.nn.Conv2d)]
+        seen = shapes.setdefault(architecture, [])
+        convs[1].register_forward_hook(
+            lambda _m, inputs, _o, seen=seen: seen.append(inputs[0].shape)
+        )
+        with torch.no_grad():
+            model(torch.rand(2, 13, 64, 64))
+        pools = [m for m in context if isinstance(m, torch.nn.MaxPool2d)]
+        assert (convs[0].stride, len(pools)) == (
+            ((2, 2), 3) if architecture == "centre_cnn_stride2" else ((1, 1), 4)
+        )
+    assert shapes["centre_cnn"] == shapes["centre_cnn_stride2"] == [torch.Size([2, 32, 32, 32])]
+    with pytest.raises(ValueError, match="stem_stride is 1 or 2"):
+        models._small_cnn(13, stem_stride=4)
 
 
 def test_normalisation_is_inside_the_network() -> None:
@@ -143,7 +167,7 @@ def test_a_new_head_keeps_the_rest(architecture: str) -> None:
     kept = [k for k in before if k not in changed]
     assert changed and all(torch.equal(before[k], after[k]) for k in kept)
     heads = {k.rsplit(".", 1)[0] for k in changed}
-    assert len(heads) == (2 if architecture == "centre_cnn" else 1), heads
+    assert len(heads) == (2 if architecture.startswith("centre_cnn") else 1), heads
 
 
 @pytest.mark.parametrize("source", ["small_cnn", "centre_cnn"])

@@ -149,7 +149,8 @@ def fit_command(
     architecture: Annotated[
         str | None,
         typer.Option(
-            help="torch: small_cnn, resnet18 (GPU), resnet18_stride2, resnet18_imagenet; "
+            help="torch: small_cnn, centre_cnn, centre_cnn_stride2 (maps), resnet18 (GPU), "
+            "resnet18_stride2, resnet18_imagenet; "
             "sklearn: pixel_hgb or pixel_rf"
         ),
     ] = None,

@@ -7,6 +7,7 @@ its source and href so ``eostream dlq replay`` can read it again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import PurePosixPath
@@ -63,9 +64,12 @@ async def dead_letter(
     log.warning("%s: rejected %s: %s", source, key, exc.reason)
 
 
-def file_id(href: str | None) -> str:
-    """The item id an unreadable item file stands for: its file name without ``.json``."""
-    if not href:
-        return "<unreadable>"
-    stem = PurePosixPath(urlparse(href).path).name
+def unreadable_id(raw: RawItem) -> str:
+    """The item id an unreadable item stands for: its file's name without ``.json``; for one
+    with no file (a STAC API's feature that is not an object) a digest of why, so each such
+    feature is dead-lettered once, not at every poll, and two different ones are two letters."""
+    if not raw.href:
+        digest = hashlib.sha256((raw.unreadable or "").encode("utf-8")).hexdigest()[:12]
+        return f"<unreadable {digest}>"
+    stem = PurePosixPath(urlparse(raw.href).path).name
     return stem.removesuffix(".json") or "<unreadable>"

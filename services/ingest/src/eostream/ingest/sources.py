@@ -83,6 +83,24 @@ def _range(start: datetime | None, end: datetime | None) -> str | None:
     return f"{utc_text(start) if start else '..'}/{utc_text(end) if end else '..'}"
 
 
+def page_items(page: Any, source: str, url: str) -> list[RawItem]:
+    """The items of one page of a STAC API search. A feature that is not a JSON object is that
+    feature's problem: marked ``unreadable`` (the watcher dead-letters it with the reason, the
+    rest of the page flows); a page without a list of features is the API's."""
+    features = page.get("features", []) if isinstance(page, dict) else None
+    if not isinstance(features, list):
+        raise SourceUnavailable(f"{source}: STAC API {url} answered a page without a features list")
+    items = []
+    for n, feature in enumerate(features):
+        if isinstance(feature, dict):
+            items.append(RawItem(feature, None))
+            continue
+        shown = json.dumps(feature, default=str)[:200]
+        reason = f"feature {n} of a page of STAC API {url} is not a JSON object: {shown}"
+        items.append(RawItem({}, None, unreadable=reason[:1000]))
+    return items
+
+
 class StacApiItemSource:
     incremental = True
 
@@ -105,7 +123,7 @@ class StacApiItemSource:
                 limit=self.config.page_size,
             )
             for page in search.pages_as_dicts():
-                yield [RawItem(f, None) for f in page.get("features", [])]
+                yield page_items(page, self.name, self.config.url)
         except (APIError, OSError) as exc:
             raise SourceUnavailable(f"{self.name}: STAC API {self.config.url}: {exc}") from exc
         except Exception as exc:  # requests' errors subclass OSError; anything else is the API's

@@ -230,7 +230,7 @@ class Watcher:
         Named by their file (``item-15.json`` -> ``item-15``) under the version ``unreadable``,
         so the same broken file is not dead-lettered on every poll, and the item is announced
         as soon as its file is fixed (a fixed item has a version of its own)."""
-        keyed = [((rejects.file_id(r.href), UNREADABLE), r) for r in broken]
+        keyed = [((rejects.unreadable_id(r), UNREADABLE), r) for r in broken]
         fresh = await self._store.unseen(name, [k for k, _ in keyed])
         for key, raw in keyed:
             if key not in fresh or key in handled:

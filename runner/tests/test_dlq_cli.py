@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -17,45 +16,11 @@ from typer.testing import CliRunner
 from eostream.runner.dlq_cli import dlq_app
 from eostream.shared import deadletters as dl
 from eostream.shared import deadletters_bus as dlb
-from eostream.shared.bus import Delivery
-from eostream.shared.bus.base import dead_letter_message
 from eostream.shared.bus.memory import InMemoryBus
-from eostream.shared.codec import WireMessage, encode
-from eostream.shared.events import SceneDiscovered
+from eostream.shared.codec import encode
+from eostream.shared.testing import letter_of, scene
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def scene(item_id: str, **extra: object) -> SceneDiscovered:
-    fields: dict[str, object] = {
-        "item_id": item_id,
-        "item_href": f"https://example.test/items/{item_id}",
-        "datetime": datetime(2024, 5, 1, 10, 30, tzinfo=UTC),
-        "processing_level": "L2A",
-        "bands": ("B02", "B03", "B04"),
-        "source_name": "dlq-test",
-    }
-    fields.update(extra)
-    return SceneDiscovered.model_validate(fields)
-
-
-def letter_of(
-    message: WireMessage,
-    *,
-    topic: str = "eostream.scenes.discovered",
-    offset: int | None = 7,
-    reason: str = "bad",
-    service: str = "inference",
-) -> WireMessage:
-    delivery = Delivery(topic, None if offset is None else 0, offset, None)
-    return dead_letter_message(
-        message,
-        delivery,
-        reason=reason,
-        error_type="InvalidEventError",
-        service=service,
-        attempts=1,
-    )
 
 
 # -- the command ---------------------------------------------------------------------------------

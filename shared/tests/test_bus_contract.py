@@ -7,7 +7,6 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
 
 import pytest
 
@@ -26,21 +25,9 @@ from eostream.shared.codec import WireMessage, encode
 from eostream.shared.errors import InvalidEventError, RetryableError
 from eostream.shared.events import Event, SceneDiscovered
 from eostream.shared.settings import ConsumerSupervision
+from eostream.shared.testing import scene
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def scene(item_id: str, **extra: object) -> SceneDiscovered:
-    fields: dict[str, object] = {
-        "item_id": item_id,
-        "item_href": f"https://example.test/items/{item_id}",
-        "datetime": datetime(2024, 5, 1, 10, 30, tzinfo=UTC),
-        "processing_level": "L2A",
-        "bands": ("B02", "B03", "B04"),
-        "source_name": "contract",
-    }
-    fields.update(extra)
-    return SceneDiscovered.model_validate(fields)
 
 
 @pytest.fixture(

@@ -14,46 +14,14 @@ from eostream.shared import deadletters as dl
 from eostream.shared import deadletters_bus as dlb
 from eostream.shared import topics
 from eostream.shared.bus import Bus, Delivery
-from eostream.shared.bus.base import dead_letter_message
 from eostream.shared.bus.memory import InMemoryBus
 from eostream.shared.codec import WireMessage, encode
 from eostream.shared.errors import InvalidEventError
-from eostream.shared.events import Event, ItemReplayRequested, SceneDiscovered
+from eostream.shared.events import Event, ItemReplayRequested
+from eostream.shared.testing import letter_of, scene
 
 pytestmark = pytest.mark.timeout(180)
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-
-
-def scene(item_id: str, **extra: object) -> SceneDiscovered:
-    fields: dict[str, object] = {
-        "item_id": item_id,
-        "item_href": f"https://example.test/items/{item_id}",
-        "datetime": datetime(2024, 5, 1, 10, 30, tzinfo=UTC),
-        "processing_level": "L2A",
-        "bands": ("B02", "B03", "B04"),
-        "source_name": "dlq-test",
-    }
-    fields.update(extra)
-    return SceneDiscovered.model_validate(fields)
-
-
-def letter_of(
-    message: WireMessage,
-    *,
-    topic: str = "eostream.scenes.discovered",
-    offset: int | None = 7,
-    reason: str = "bad",
-    service: str = "inference",
-) -> WireMessage:
-    delivery = Delivery(topic, None if offset is None else 0, offset, None)
-    return dead_letter_message(
-        message,
-        delivery,
-        reason=reason,
-        error_type="InvalidEventError",
-        service=service,
-        attempts=1,
-    )
 
 
 def stamped(message: WireMessage, when: datetime) -> WireMessage:

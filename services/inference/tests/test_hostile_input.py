@@ -23,10 +23,12 @@ from eostream.shared import topics
 from eostream.shared.bus.memory import InMemoryBus
 from eostream.shared.events import ModelPromoted, SceneDiscovered
 from eostream.shared.sources_policy import GENERIC
+from eostream.shared.testing import StreamedBody
 
 from .conftest import AUTH, BOADELLA_BANDS
 
 GB = 1 << 30
+MIB = 1 << 20  # the streamed bodies' chunks
 REFUSED = {"code": "source_not_allowed", "description": GENERIC}
 RAW_VRT_OF_ETC_FILE = """<VRTDataset rasterXSize="16" rasterYSize="4">
   <SRS>EPSG:32631</SRS>
@@ -48,19 +50,6 @@ def spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-class _Body:
-    """A streamed request body that counts what the server pulled from it."""
-
-    def __init__(self, total: int, chunk: int = 1 << 20) -> None:
-        self.total, self.chunk, self.sent = total, chunk, 0
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        while self.sent < self.total:
-            n = min(self.chunk, self.total - self.sent)
-            self.sent += n
-            yield b"\0" * n
-
-
 def _multipart(boundary: str, size: int) -> tuple[bytes, bytes]:
     head = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.tif"\r\n'
@@ -72,7 +61,7 @@ def _multipart(boundary: str, size: int) -> tuple[bytes, bytes]:
 async def test_unauthenticated_gigabyte_upload_is_refused_before_reading(
     client: httpx.AsyncClient, spool: Path
 ) -> None:
-    body = _Body(GB)
+    body = StreamedBody(GB, chunk=MIB)
     r = await client.post(
         "/classify/upload",
         content=body,
@@ -82,7 +71,9 @@ async def test_unauthenticated_gigabyte_upload_is_refused_before_reading(
     assert body.sent == 0, "the body was read before the key was checked"
     assert list(spool.iterdir()) == []
     # the same for the OGC process endpoint
-    r = await client.post("/processes/classify-scene/execution", content=_Body(GB))
+    r = await client.post(
+        "/processes/classify-scene/execution", content=StreamedBody(GB, chunk=MIB)
+    )
     assert r.status_code == 401
 
 
@@ -91,13 +82,13 @@ async def test_oversize_authenticated_upload_is_cut_off_while_streaming(
 ) -> None:
     declared = await client.post(
         "/classify/upload",
-        content=_Body(GB),
+        content=StreamedBody(GB, chunk=MIB),
         headers={**AUTH, "Content-Length": str(GB), "Content-Type": "multipart/form-data"},
     )
     assert declared.status_code == 413 and declared.json()["code"] == "too_large"
 
     head, tail = _multipart("b", 0)
-    payload = _Body(3 * settings.max_upload_bytes)
+    payload = StreamedBody(3 * settings.max_upload_bytes, chunk=MIB)
 
     async def stream() -> AsyncIterator[bytes]:  # no Content-Length: chunked, size unknown
         yield head
@@ -113,7 +104,7 @@ async def test_oversize_authenticated_upload_is_cut_off_while_streaming(
     assert r.status_code == 413 and r.json()["code"] == "too_large", r.text
     assert payload.sent < 2 * settings.max_upload_bytes, "the whole body was read"
 
-    lying = _Body(settings.max_upload_bytes)  # says 1000 bytes, sends 5 MB
+    lying = StreamedBody(settings.max_upload_bytes, chunk=MIB)  # says 1000 bytes, sends 5 MB
 
     async def lie() -> AsyncIterator[bytes]:
         yield head

@@ -23,6 +23,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 SCENE = "boadella-2020-06-21"
 ACCURACY = re.compile(
+    r"map accuracy \((?P<precision>fp32|int8) model, as served\), .* "
     r"water IoU (?P<iou>[\d.]+) \(precision (?P<p>[\d.]+), recall (?P<r>[\d.]+)\); "
     r"NDWI > 0 baseline, same pixels: IoU (?P<ndwi>[\d.]+)"
 )
@@ -114,6 +115,9 @@ def test_demo_maps_the_reservoir_serves_its_urls_until_ctrl_c_and_a_rerun_only_d
         assert httpx.get(f"{bridge}/readyz", timeout=30).status_code == 200
         results = httpx.get(f"{api}/results", timeout=30).json()
         assert [r["scene_id"] for r in results["results"]] == [SCENE]
+        # the figure is the served map's: measured with the file that made it (int8 on a CPU)
+        served = httpx.get(f"{api}/results/{SCENE}/item", timeout=30).json()["properties"]
+        assert accuracy["precision"] == served["eostream:model_precision"], served
         quicklook = httpx.get(f"{api}/results/{SCENE}/quicklook", timeout=30)
         with Image.open(io.BytesIO(quicklook.content)) as png:
             map_box = tuple(int(v) for v in png.info["map_box"].split(","))

@@ -6,11 +6,17 @@ reservoir with water IoU >= 0.7 (this test: 0.894; seeds vary, see docs/maps-acc
 The old approaches fail that bar on this date (same labels, same pixels, NDWI > 0: 0.930): the
 RGB small_cnn through the L1C JPEG fit 0.20-0.37 (stride 32), the 13-band small_cnn without the
 fix 0.19 (stride 32) / 0.57 (stride 8). Needs EOSTREAM_DATA_DIR; ~1-2 minutes on 2 cores.
+
+The same model named by a version's MLM item is scored as inference serves it: its int8 file
+(the registry-bridge's quantisation) on this CPU, and the report says so.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,6 +25,8 @@ from pydantic import SecretStr
 
 from eostream.inference import evaluation, reference
 from eostream.inference.settings import InferenceSettings
+from eostream.registry_bridge.quantize import quantise
+from eostream.shared import mlm
 from eostream.shared.modelcard import ModelCard
 from eostream.trainer.export import export_onnx
 from eostream.trainer.recipe import fit_recipe, load_training_data
@@ -55,13 +63,64 @@ def test_fixed_ms_model_maps_real_l2a_water(data_dir: Path, tmp_path: Path) -> N
         intra_op_threads=2,
     )
     report = evaluation.evaluate(str(labels), str(onnx), settings=settings)
-    assert not report.errors
-    (item,) = report.items
-    assert item.ndwi_cm is not None
-    model_water = evaluation.scores_for(item.model_cm, report.classes, partial=False)["water"]
-    ndwi_water = evaluation.scores_for(item.ndwi_cm, report.classes, partial=False)["water"]
+    assert report.precision == "fp32"
+    model_water, ndwi_water = _water(report)
     logging.getLogger(__name__).warning(
         f"{DATE}: model water IoU {model_water['iou']:.3f}, NDWI {ndwi_water['iou']:.3f}"
     )
     assert model_water["iou"] >= BAR, (model_water, ndwi_water)
     assert model_water["precision"] >= 0.85, "the shore is not dilated by half a window"
+
+    # named by its MLM item, the version is scored with the file inference runs on this CPU
+    int8 = tmp_path / "model.int8.onnx"
+    int8.write_bytes(quantise(onnx.read_bytes(), data.train.x[:256].numpy()))
+    item = _mlm_item(tmp_path / "item.json", card, onnx, int8)
+    served = evaluation.evaluate(str(labels), str(item), settings=settings)
+    assert (served.precision, served.model_version) == ("int8", "7")
+    int8_water, _ = _water(served)
+    logging.getLogger(__name__).warning(f"{DATE}: int8 water IoU {int8_water['iou']:.3f}")
+    assert int8_water["iou"] == pytest.approx(model_water["iou"], abs=0.02)
+    # the same file named directly gives the same figure: it is the int8 file that mapped
+    alone = evaluation.evaluate(str(labels), str(int8), settings=settings)
+    assert alone.precision == "int8" and _water(alone)[0] == int8_water
+    # inference told to run fp32 (int8_on_cpu off): the item's fp32 file, and the report says so
+    fp32_only = settings.model_copy(update={"int8_on_cpu": False})
+    told = evaluation.evaluate(str(labels), str(item), settings=fp32_only)
+    assert told.precision == "fp32" and _water(told)[0] == model_water
+
+
+def _water(report: evaluation.Report) -> tuple[dict[str, float], dict[str, float]]:
+    """Water scores of the model and of NDWI on the one labelled date."""
+    assert not report.errors, report.errors
+    (item,) = report.items
+    assert item.ndwi_cm is not None
+    model = evaluation.scores_for(item.model_cm, report.classes, partial=False)["water"]
+    ndwi = evaluation.scores_for(item.ndwi_cm, report.classes, partial=False)["water"]
+    return model, ndwi
+
+
+def _mlm_item(path: Path, card: ModelCard, fp32: Path, int8: Path) -> Path:
+    """Version 7's MLM item as the registry-bridge ships it: the fp32 file, and the int8 one
+    beside it with its checksum and a passed check."""
+    blob, small = fp32.read_bytes(), int8.read_bytes()
+    facts = mlm.MlmFacts(
+        name=card.name,
+        version="7",
+        card=card,
+        artifact_href=fp32.as_uri(),
+        sha256=hashlib.sha256(blob).hexdigest(),
+        size=len(blob),
+        created=datetime.now(UTC),
+        variants=(
+            mlm.ModelVariant(
+                key=mlm.INT8_ASSET,
+                precision="int8",
+                href=int8.as_uri(),
+                sha256=hashlib.sha256(small).hexdigest(),
+                size=len(small),
+                fields=(("eostream:int8_check", "passed"),),
+            ),
+        ),
+    )
+    path.write_text(json.dumps(mlm.build_item(facts, path.as_uri())))
+    return path

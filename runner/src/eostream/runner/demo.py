@@ -292,11 +292,20 @@ async def accuracy_of(
 ) -> Accuracy:
     """The champion's map accuracy, measured once per model version (kept under the home)."""
     out = home / "accuracy" / f"{champion.name}-v{champion.version}"
-    if (out / "summary.json").is_file():
+    if _measured_as_served(out / "summary.json"):
         observer.say(f"map accuracy of v{champion.version}: measured in an earlier run ({out})")
         return read_accuracy(out / "summary.json")
     observer.say(f"measuring v{champion.version}'s map against the labels (eostream maps evaluate)")
-    return await map_accuracy(reference, champion.artifact_uri, mlflow_url, out)
+    return await map_accuracy(reference, champion.mlm_item_href, mlflow_url, out)
+
+
+def _measured_as_served(summary: Path) -> bool:
+    """Whether an earlier run measured the map as served: its summary names the precision
+    (earlier versions of the demo scored the fp32 file, whatever inference ran)."""
+    try:
+        return "precision" in json.loads(summary.read_text())
+    except (OSError, ValueError):
+        return False
 
 
 async def watch_dead_letters(observer: Observer, bus: SqliteBus) -> None:

@@ -12,7 +12,9 @@ Everything goes through the services' own commands (``eostream maps ...``, found
   classified by the champion and served like any other.
 - ``eostream maps evaluate`` scores the champion on the reference's label item (water precision,
   recall and IoU) beside the NDWI > 0 baseline on the same pixels, in the same run, with the
-  inference settings the demo's map was made with, and logs the run to the demo's MLflow.
+  inference settings the demo's map was made with, and logs the run to the demo's MLflow. It is
+  given the champion's MLM item, so it runs the file inference serves (the int8 one on the CPU
+  when it passed the bridge's check) and the figure is the served map's.
 
 The model recipe is the one docs/maps-accuracy.md found to make recognisable Boadella maps: a
 13-band ``centre_cnn`` trained on EuroSAT MS (Level-1C) with the radiometric (L1C->L2A haze and
@@ -94,10 +96,12 @@ class Accuracy:
     ndwi: Scores
     pixels: int
     summary: Path
+    precision: str  # of the model file that made the map: fp32 or int8
 
     def line(self) -> str:
         return (
-            f"map accuracy, {SCENE_ID} against its hand-made water labels ({self.pixels:,} px): "
+            f"map accuracy ({self.precision} model, as served), {SCENE_ID} against its hand-made "
+            f"water labels ({self.pixels:,} px): "
             f"water {self.model.line()}; NDWI > 0 baseline, same pixels: {self.ndwi.line()}"
         )
 
@@ -164,8 +168,9 @@ def inference_env() -> dict[str, str]:
 async def map_accuracy(
     reference: Reference, model_uri: str, mlflow_url: str, out: Path
 ) -> Accuracy:
-    """Score ``model_uri`` (the champion's ONNX) on the reference set with ``eostream maps
-    evaluate``; raises ConfigError with its last error line when it could not."""
+    """Score ``model_uri`` (the champion's MLM item: the file inference runs for it) on the
+    reference set with ``eostream maps evaluate``; raises ConfigError with its last error line
+    when it could not."""
     rc, _, err = await eostream(
         "maps", "evaluate", "--model", model_uri, "--reference", str(reference.labels),
         "--out", str(out), "--mlflow-uri", mlflow_url, "--experiment", "eostream-demo-map-accuracy",
@@ -189,5 +194,9 @@ def read_accuracy(summary: Path) -> Accuracy:
         return Scores(float(water["precision"]), float(water["recall"]), float(water["iou"]))
 
     return Accuracy(
-        scores(item["model"]["water"]), scores(item["ndwi"]["water"]), int(item["pixels"]), summary
+        scores(item["model"]["water"]),
+        scores(item["ndwi"]["water"]),
+        int(item["pixels"]),
+        summary,
+        str(found.get("precision") or "fp32"),
     )

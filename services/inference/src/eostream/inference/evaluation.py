@@ -6,6 +6,10 @@ on the grid of the classification the pipeline wrote, and NDWI = (B03 - B08) / (
 computed from the scene's own bands, resampled to that grid, on the same pixels: a baseline
 measured in the same run. A bad reference item (no overlap with its scene, classes the model
 cannot map, a label file that is not GeoJSON) becomes one error line; the others go on.
+
+The model is an ONNX file, or a version's MLM item: then it is loaded as inference loads that
+version (its int8 file on the CPU when the item ships one that passed its check), so the figures
+are those of the maps inference serves, and the report names the precision that made them.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 import pystac
@@ -33,7 +38,7 @@ from eostream.inference import accuracy, reference
 from eostream.inference.engine import NODATA
 from eostream.inference.errors import InferenceError, ReferenceSetError
 from eostream.inference.fetch import local_path
-from eostream.inference.model import ModelInfo
+from eostream.inference.model import ModelInfo, info_from_item
 from eostream.inference.pipeline import Pipeline
 from eostream.inference.settings import InferenceSettings
 from eostream.shared.modelcard import ModelCard
@@ -76,9 +81,14 @@ class ItemResult:
 
 @dataclass
 class Report:
+    """The scores of one model on a reference set. ``precision``: the file that classified
+    (``int8`` when the model was named by its MLM item and inference runs its int8 file here)."""
+
     model: str
     model_name: str
     reference: Reference
+    precision: str = "fp32"
+    model_version: str | None = None
     items: list[ItemResult] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -348,7 +358,8 @@ def evaluate(
     settings: InferenceSettings | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Report:
-    """Classify every labelled scene with the model and score the maps and the NDWI baseline.
+    """Classify every labelled scene with the model (an ONNX file, or a version's MLM item:
+    :func:`is_item`) and score the maps and the NDWI baseline.
 
     Without ``settings`` the scene runs on scratch settings (memory bus, a temporary local store
     and results index), with ``overrides`` on top (e.g. ``uncertain_below=0``: every pixel gets
@@ -371,6 +382,11 @@ def evaluate(
         return asyncio.run(_evaluate(ref, model_uri, s, on_error))
 
 
+def is_item(model_uri: str) -> bool:
+    """Whether ``evaluate`` was given a version's MLM item (a ``.json`` href), not an ONNX file."""
+    return urlparse(model_uri).path.lower().endswith(".json")
+
+
 async def _evaluate(
     ref: Reference,
     model_uri: str,
@@ -382,10 +398,22 @@ async def _evaluate(
     service = await asyncio.to_thread(build_service, settings, consume=False)
     await service.start()
     try:
-        name = Path(local_path(model_uri) or model_uri).stem or "model"
-        info = ModelInfo(name=name, version="0", artifact_uri=model_uri)
-        loaded = await asyncio.to_thread(service.deployment.deploy_uri, info, model_uri, None)
-        report = Report(model=model_uri, model_name=loaded.card.name, reference=ref)
+        deployment = service.deployment
+        if is_item(model_uri):  # what inference runs for this version: int8 where it would
+            data = await asyncio.to_thread(deployment.source.read, model_uri)
+            info = info_from_item(data, model_uri)
+            sha256: str | None = info.sha256
+        else:
+            name = Path(local_path(model_uri) or model_uri).stem or "model"
+            info, sha256 = ModelInfo(name=name, version="0", artifact_uri=model_uri), None
+        loaded = await asyncio.to_thread(deployment.deploy_uri, info, info.artifact_uri, sha256)
+        report = Report(
+            model=model_uri,
+            model_name=loaded.card.name,
+            reference=ref,
+            precision=loaded.precision,
+            model_version=info.version if is_item(model_uri) else None,
+        )
         for item in ref.items:
             try:
                 result = await asyncio.to_thread(

@@ -57,7 +57,13 @@ def build(
 
 @app.command()
 def evaluate(
-    model: Annotated[str, typer.Option(help="ONNX model file or URI (its model card is inside)")],
+    model: Annotated[
+        str,
+        typer.Option(
+            help="ONNX model file or URI (its model card is inside), or a version's MLM item "
+            "(.json): then the file inference runs for it (int8 on the CPU where it passed)"
+        ),
+    ],
     reference_href: Annotated[
         str,
         typer.Option(

@@ -58,6 +58,8 @@ def summary(report: Report) -> dict[str, Any]:
     return {
         "model": report.model,
         "model_name": report.model_name,
+        "model_version": report.model_version,
+        "precision": report.precision,
         "reference": ref.href,
         "reference_collection": ref.collection_id,
         "classes": classes,
@@ -81,6 +83,10 @@ def _f(value: float | None) -> str:
     return "  -  " if value is None else f"{value:.3f}"
 
 
+def _version(report: Report) -> str:
+    return f" v{report.model_version}" if report.model_version else ""
+
+
 def table(report: Report) -> list[str]:
     """The lines printed for a person: water per date (model beside NDWI), then pooled scores."""
     s = summary(report)
@@ -89,7 +95,7 @@ def table(report: Report) -> list[str]:
     lines = [
         f"reference {ref.collection_id}: {len(ref.items)} label items; {mapping}; "
         f"{ref.background} <- every other model class",
-        f"model {report.model_name} ({report.model})",
+        f"model {report.model_name}{_version(report)} ({report.model}), {report.precision}",
         "",
         f"{'date':<11} {'coverage':<9} {'pixels':>7}  {'model water P / R / IoU':<24}"
         f"{'NDWI water P / R / IoU':<24}{'model OA':>9}{'NDWI OA':>9}",
@@ -235,12 +241,15 @@ def log_to_mlflow(report: Report, tracking_uri: str, experiment: str, artifacts:
         params = {
             "model": report.model,
             "model_name": report.model_name,
+            "precision": report.precision,
             "reference": report.reference.href,
             "reference_collection": report.reference.collection_id,
             "class_mapping": json.dumps(report.reference.mapping),
             "baseline": "ndwi>0",
             "partial_labels": "recall only, not pooled",
         }
+        if report.model_version:
+            params["model_version"] = report.model_version
         for key, text in params.items():
             client.log_param(run_id, key, text[:500])
         for key, value in mlflow_metrics(report).items():

@@ -3,10 +3,12 @@
 A shipped model may have an int8 file beside its fp32 one (the MLM item's ``model_int8`` asset,
 written by the registry-bridge when the int8 model passed its accuracy check):
 :func:`int8_artifact` finds it in an item and :func:`int8_wanted` says whether to run it (on the
-CPU provider only; CUDA runs fp32). The loaded model names its ``precision``."""
+CPU provider only; CUDA runs fp32). :func:`info_from_item` reads the model an MLM item describes.
+The loaded model names its ``precision``."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -17,7 +19,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 from pydantic import ValidationError
 
-from eostream.inference.errors import ModelLoadError
+from eostream.inference.errors import BadInputError, ModelLoadError
 from eostream.shared import mlm, ort_session
 from eostream.shared.digest import sha256_hex
 from eostream.shared.modelcard import METADATA_KEY, PRECISION_METADATA_KEY, ModelCard
@@ -32,6 +34,7 @@ __all__ = [
     "check_card_against_graph",
     "choose_providers",
     "graph_facts",
+    "info_from_item",
     "int8_artifact",
     "int8_wanted",
     "load_model",
@@ -105,6 +108,39 @@ def int8_artifact(item: dict[str, Any], item_href: str) -> Artifact | None:
     if not checksum.startswith("1220") or len(checksum) != 68:
         return None  # never run a file without its sha256
     return Artifact(absolute_href(str(asset["href"]), item_href), checksum[4:], "int8")
+
+
+def info_from_item(data: bytes, href: str) -> ModelInfo:
+    """The model an MLM item (``data``, read from ``href``) describes: its name, version, MLflow
+    run, checksum and fp32 ONNX asset (relative hrefs resolved against ``href``)."""
+    try:
+        item = json.loads(data)
+        props: dict[str, Any] = item["properties"]
+        assets = [
+            a
+            for a in item["assets"].values()
+            if "mlm:model" in (a.get("roles") or []) and a.get("href")
+        ]
+        name = str(props.get("eostream:model_name") or item["id"])
+        version = str(props.get("eostream:model_version") or "")
+        sha256 = str(props["eostream:sha256"])
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BadInputError(
+            f"{href} is not an MLM item of an eostream model (needs properties "
+            f"eostream:sha256 and an asset with role mlm:model): {exc!r}"
+        ) from None
+    if len(assets) != 1 or not version:
+        raise BadInputError(
+            f"{href}: an MLM item needs eostream:model_version and one mlm:model asset"
+        )
+    return ModelInfo(
+        name=name,
+        version=version,
+        run_id=props.get("eostream:mlflow_run_id"),
+        sha256=sha256,
+        artifact_uri=absolute_href(str(assets[0]["href"]), href),
+        mlm_item_href=href,
+    )
 
 
 def graph_facts(session: ort.InferenceSession) -> OnnxFacts:

@@ -29,10 +29,15 @@ from typing import Any, Literal
 from eostream.inference import fetch
 from eostream.inference.deployment import ModelDeployment
 from eostream.inference.errors import BadInputError, NoModelError, ResultNotFoundError
-from eostream.inference.model import Artifact, LoadedModel, ModelInfo, int8_artifact
+from eostream.inference.model import (
+    Artifact,
+    LoadedModel,
+    ModelInfo,
+    info_from_item,
+    int8_artifact,
+)
 from eostream.inference.session import release_free_memory
 from eostream.shared.errors import ObjectNotFoundError
-from eostream.shared.objects import absolute_href
 from eostream.shared.sources_policy import SourcePolicy
 from eostream.shared.storage import ObjectStore
 
@@ -176,37 +181,7 @@ class ModelResolver:
     @staticmethod
     def _from_item(data: bytes, href: str) -> Resolved:
         """The model an MLM item describes: its name, version, checksum and ONNX asset."""
-        try:
-            item = json.loads(data)
-            props: dict[str, Any] = item["properties"]
-            assets = [
-                a
-                for a in item["assets"].values()
-                if "mlm:model" in (a.get("roles") or []) and a.get("href")
-            ]
-            name = str(props.get("eostream:model_name") or item["id"])
-            version = str(props.get("eostream:model_version") or "")
-            sha256 = str(props["eostream:sha256"])
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise BadInputError(
-                f"{href} is not an MLM item of an eostream model (needs properties "
-                f"eostream:sha256 and an asset with role mlm:model): {exc!r}"
-            ) from None
-        if len(assets) != 1 or not version:
-            raise BadInputError(
-                f"{href}: an MLM item needs eostream:model_version and one mlm:model asset"
-            )
-        uri = absolute_href(str(assets[0]["href"]), href)
-        return Resolved(
-            ModelInfo(
-                name=name,
-                version=version,
-                run_id=props.get("eostream:mlflow_run_id"),
-                sha256=sha256,
-                artifact_uri=uri,
-                mlm_item_href=href,
-            )
-        )
+        return Resolved(info_from_item(data, href))
 
 
 def _key(info: ModelInfo) -> tuple[str, str, str]:

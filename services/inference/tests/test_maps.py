@@ -165,6 +165,20 @@ def test_bad_reference_items_each_get_one_line_and_the_rest_goes_on(
     assert "1 item" not in result.stderr and "3 item(s) could not be evaluated" in result.stderr
 
 
+def test_a_model_item_that_is_not_one_is_one_line(boadella_ref: Path, tmp_path: Path) -> None:
+    """``--model`` may name a version's MLM item (tests/test_map_accuracy.py evaluates a real
+    one); a JSON file that is not one ends the command with one line."""
+    for text in ('{"id": "x"}', "not json"):
+        item = tmp_path / "item.json"
+        item.write_text(text)
+        result = runner.invoke(
+            app, ["evaluate", "--model", str(item), "--reference", str(boadella_ref.parent)]
+        )
+        assert result.exit_code == 2, result.output
+        assert result.stderr.startswith("error: ") and "is not an MLM item" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 def test_maps_evaluate_end_to_end_logs_to_mlflow(
     data_dir: Path, tmp_path: Path, model_file: Path, sqlite_mlflow: str
 ) -> None:
@@ -190,6 +204,7 @@ def test_maps_evaluate_end_to_end_logs_to_mlflow(
     assert "NDWI water" in result.stdout
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["pooled"]["ndwi"]["water"]["iou"] > 0.8
+    assert (summary["precision"], summary["model_version"]) == ("fp32", None)
     assert set(summary["pooled"]["model"]) == {"water", "other"}
     assert (tmp_path / "out" / "confusion.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -203,6 +218,7 @@ def test_maps_evaluate_end_to_end_logs_to_mlflow(
     assert "water_recall" in run.data.metrics
     assert "2020-06-21/ndwi/water_iou" in run.data.metrics
     assert run.data.params["class_mapping"] == json.dumps({"water": ["SeaLake", "River"]})
+    assert run.data.params["precision"] == "fp32"
     names = {a.path for a in client.list_artifacts(run.info.run_id, "map-accuracy")}
     assert "map-accuracy/confusion.png" in names
     assert run.data.tags["eostream.package"] == "eostream-inference"  # and the commit

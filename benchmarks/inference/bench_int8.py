@@ -85,6 +85,19 @@ def cpu_line() -> str:
     return f"{fields.get('Model name', platform.processor())}, {os.cpu_count()} CPUs; {shown}"
 
 
+def int8_goal() -> tuple[float, str] | None:
+    """Issue #22's goal for int8 / fp32 on the CPU the libraries see (numpy's CPUID probe, so an
+    ``--cpu avx2`` mask counts): 2x where VNNI is present, 1.5x on AVX2 without it."""
+    import importlib
+
+    seen = importlib.import_module("numpy._core._multiarray_umath").__cpu_features__
+    if seen.get("AVX512VNNI") or seen.get("AVXVNNI"):
+        return 2.0, "VNNI present"
+    if seen.get("AVX2"):
+        return 1.5, "AVX2 without VNNI"
+    return None
+
+
 def band_set_of(path: Path) -> str:
     """The band set of the ModelCard in an ONNX file's metadata (without importing torch)."""
     import onnx
@@ -397,6 +410,14 @@ def report(name: str, m: dict[str, Any]) -> None:
     print(f"test accuracy       {acc['fp32']:9.4f}{cells}")
     cells = "".join(f"   {agree[k]:{w}.4f}        " for k, w in kinds)
     print(f"top-1 agreement     {'':9}{cells}".rstrip())
+    goal = int8_goal()
+    if goal is not None:
+        at = wps["64"]["int8"] / wps["64"]["fp32"]
+        print(
+            f"goal (issue #22) where {goal[1]}: int8 >= {goal[0]:.1f}x fp32; the shipped int8 "
+            f"file at batch 64 (inference's CPU batch): {at:.2f}x, "
+            f"{'met' if at >= goal[0] else 'NOT met'}"
+        )
     repeats = ", ".join(f"batch {b} {n}" for b, n in m["repeats"].items())
     print(
         f"on {m['test_windows']} test windows; repeats per batch size: {repeats}; largest "

@@ -13,7 +13,7 @@ from pystac.validation.stac_validator import JsonSchemaSTACValidator
 from rasterio.features import rasterize
 from typer.testing import CliRunner
 
-from eostream.inference import accuracy, reference, testing
+from eostream.inference import accuracy, evaluation, reference, testing
 from eostream.inference.evaluation import read_band_on_grid
 from eostream.inference.maps_cli import app
 
@@ -163,6 +163,17 @@ def test_bad_reference_items_each_get_one_line_and_the_rest_goes_on(
     # the good item was still evaluated (partial labels: recall only)
     assert "2020-02-02  partial" in result.stdout
     assert "1 item" not in result.stderr and "3 item(s) could not be evaluated" in result.stderr
+
+
+def test_a_model_item_is_told_from_an_onnx_file_by_its_name_else_its_first_byte() -> None:
+    def unread(uri: str) -> bytes:
+        raise AssertionError(f"{uri} was read, its name says what it is")
+
+    assert evaluation.is_item("s3://models/m/3/item.json", unread)
+    assert not evaluation.is_item("/models/m/3/model.ONNX", unread)
+    item_url = "http://stac.example/collections/eostream-models/items/m-3"
+    assert evaluation.is_item(item_url, lambda _: b' \n{"type": "Feature"}')
+    assert not evaluation.is_item(item_url, lambda _: b"\x08\x08\x12\x07pytorch")
 
 
 def test_a_model_item_that_is_not_one_is_one_line(boadella_ref: Path, tmp_path: Path) -> None:

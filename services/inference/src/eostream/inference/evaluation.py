@@ -382,9 +382,14 @@ def evaluate(
         return asyncio.run(_evaluate(ref, model_uri, s, on_error))
 
 
-def is_item(model_uri: str) -> bool:
-    """Whether ``evaluate`` was given a version's MLM item (a ``.json`` href), not an ONNX file."""
-    return urlparse(model_uri).path.lower().endswith(".json")
+def is_item(model_uri: str, read: Callable[[str], bytes]) -> bool:
+    """Whether ``evaluate`` was given a version's MLM item rather than an ONNX file: by its name
+    (``.json``, ``.onnx``), else by its first byte (a STAC API's item URL has no suffix; an ONNX
+    file is protobuf, never a JSON object)."""
+    path = urlparse(model_uri).path.lower()
+    if path.endswith((".json", ".onnx")):
+        return path.endswith(".json")
+    return read(model_uri).lstrip()[:1] == b"{"
 
 
 async def _evaluate(
@@ -399,7 +404,8 @@ async def _evaluate(
     await service.start()
     try:
         deployment = service.deployment
-        if is_item(model_uri):  # what inference runs for this version: int8 where it would
+        named_item = await asyncio.to_thread(is_item, model_uri, deployment.source.read)
+        if named_item:  # what inference runs for this version: its int8 file where it would
             data = await asyncio.to_thread(deployment.source.read, model_uri)
             info = info_from_item(data, model_uri)
             sha256: str | None = info.sha256
@@ -412,7 +418,7 @@ async def _evaluate(
             model_name=loaded.card.name,
             reference=ref,
             precision=loaded.precision,
-            model_version=info.version if is_item(model_uri) else None,
+            model_version=info.version if named_item else None,
         )
         for item in ref.items:
             try:

@@ -61,7 +61,8 @@ def evaluate(
         str,
         typer.Option(
             help="ONNX model file or URI (its model card is inside), or a version's MLM item "
-            "(.json): then the file inference runs for it (int8 on the CPU where it passed)"
+            "(a .json file, or a STAC API's item URL): then the file inference runs for it (int8 "
+            "on the CPU where it passed its check)"
         ),
     ],
     reference_href: Annotated[

@@ -112,6 +112,17 @@ def test_demo_maps_the_reservoir_serves_its_urls_until_ctrl_c_and_a_rerun_only_d
         ).json()
         names = {e["name"] for e in runs["experiments"]}
         assert "eostream-demo-map-accuracy" in names, names  # the accuracy run is in the UI
+        [experiment] = [e for e in runs["experiments"] if e["name"] == "eostream-demo-map-accuracy"]
+        found = httpx.post(
+            f"{mlflow}/api/2.0/mlflow/runs/search",
+            json={"experiment_ids": [experiment["experiment_id"]]},
+            timeout=30,
+        ).json()
+        [measured] = found["runs"]
+        params = {p["key"]: p["value"] for p in measured["data"]["params"]}
+        # it names the version, the precision and the training run of the model it scored
+        assert (params["model_version"], params["precision"]) == ("1", accuracy["precision"])
+        assert params["model_run_id"] in first, "the training run the demo printed"
         assert httpx.get(f"{bridge}/readyz", timeout=30).status_code == 200
         results = httpx.get(f"{api}/results", timeout=30).json()
         assert [r["scene_id"] for r in results["results"]] == [SCENE]

@@ -89,6 +89,7 @@ class Report:
     reference: Reference
     precision: str = "fp32"
     model_version: str | None = None
+    model_run_id: str | None = None  # the MLflow run that trained it (an MLM item names it)
     items: list[ItemResult] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -419,6 +420,7 @@ async def _evaluate(
             reference=ref,
             precision=loaded.precision,
             model_version=info.version if named_item else None,
+            model_run_id=info.run_id,
         )
         for item in ref.items:
             try:

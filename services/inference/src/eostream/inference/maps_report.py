@@ -59,6 +59,7 @@ def summary(report: Report) -> dict[str, Any]:
         "model": report.model,
         "model_name": report.model_name,
         "model_version": report.model_version,
+        "model_run_id": report.model_run_id,
         "precision": report.precision,
         "reference": ref.href,
         "reference_collection": ref.collection_id,
@@ -250,6 +251,8 @@ def log_to_mlflow(report: Report, tracking_uri: str, experiment: str, artifacts:
         }
         if report.model_version:
             params["model_version"] = report.model_version
+        if report.model_run_id:
+            params["model_run_id"] = report.model_run_id
         for key, text in params.items():
             client.log_param(run_id, key, text[:500])
         for key, value in mlflow_metrics(report).items():

@@ -61,6 +61,9 @@ def test_fixed_ms_model_maps_real_l2a_water(data_dir: Path, tmp_path: Path) -> N
         stride=4,
         uncertain_below=0.0,  # every pixel gets its top class
         intra_op_threads=2,
+        # inference on a CPU, where a version's int8 file runs (CUDA would run its fp32 one)
+        providers=("CPUExecutionProvider",),
+        int8_on_cpu=True,
     )
     report = evaluation.evaluate(str(labels), str(onnx), settings=settings)
     assert report.precision == "fp32"

@@ -4,6 +4,9 @@ and ``eostream maps evaluate`` end to end with a small model and a sqlite MLflow
 from __future__ import annotations
 
 import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -169,11 +172,12 @@ def test_a_model_item_is_told_from_an_onnx_file_by_its_name_else_its_first_byte(
     def unread(uri: str) -> bytes:
         raise AssertionError(f"{uri} was read, its name says what it is")
 
-    assert evaluation.is_item("s3://models/m/3/item.json", unread)
-    assert not evaluation.is_item("/models/m/3/model.ONNX", unread)
+    item = b' \n{"type": "Feature"}'
+    assert evaluation.read_item("s3://models/m/3/item.json", lambda _: item) == item
+    assert evaluation.read_item("/models/m/3/model.ONNX", unread) is None
     item_url = "http://stac.example/collections/eostream-models/items/m-3"
-    assert evaluation.is_item(item_url, lambda _: b' \n{"type": "Feature"}')
-    assert not evaluation.is_item(item_url, lambda _: b"\x08\x08\x12\x07pytorch")
+    assert evaluation.read_item(item_url, lambda _: item) == item
+    assert evaluation.read_item(item_url, lambda _: b"\x08\x08\x12\x07pytorch") is None
 
 
 def test_a_model_item_that_is_not_one_is_one_line(boadella_ref: Path, tmp_path: Path) -> None:
@@ -188,11 +192,45 @@ def test_a_model_item_that_is_not_one_is_one_line(boadella_ref: Path, tmp_path: 
         assert result.exit_code == 2, result.output
         assert result.stderr.startswith("error: ") and "is not an MLM item" in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    # a STAC API that does not answer (nothing listens on the port): one line too
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/collections/models/items/m-3"
+    result = runner.invoke(
+        app, ["evaluate", "--model", url, "--reference", str(boadella_ref.parent)]
+    )
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: "), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_maps_evaluate_end_to_end_logs_to_mlflow(
-    data_dir: Path, tmp_path: Path, model_file: Path, sqlite_mlflow: str
+    data_dir: Path,
+    tmp_path: Path,
+    model_file: Path,
+    sqlite_mlflow: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # a STAC API the service would publish its results to: an evaluation's maps never go there
+    # (a version's evaluation would replace the served result item, which has the same id)
+    requests: list[str] = []
+
+    class Catalogue(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requests.append(f"GET {self.path}")
+            self.send_error(404)
+
+        do_POST = do_PUT = do_GET
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    catalogue = ThreadingHTTPServer(("127.0.0.1", 0), Catalogue)
+    threading.Thread(target=catalogue.serve_forever, daemon=True).start()
+    monkeypatch.setenv(
+        "INFERENCE_CATALOG__STAC_API_URL", f"http://127.0.0.1:{catalogue.server_port}"
+    )
+
     built = runner.invoke(
         app,
         [
@@ -216,6 +254,8 @@ def test_maps_evaluate_end_to_end_logs_to_mlflow(
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["pooled"]["ndwi"]["water"]["iou"] > 0.8
     assert (summary["precision"], summary["model_version"]) == ("fp32", None)
+    catalogue.shutdown()
+    assert requests == [], requests
     assert set(summary["pooled"]["model"]) == {"water", "other"}
     assert (tmp_path / "out" / "confusion.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -40,7 +40,7 @@ from eostream.inference.errors import InferenceError, ReferenceSetError
 from eostream.inference.fetch import local_path
 from eostream.inference.model import ModelInfo, info_from_item
 from eostream.inference.pipeline import Pipeline
-from eostream.inference.settings import InferenceSettings
+from eostream.inference.settings import CatalogSettings, InferenceSettings
 from eostream.shared.modelcard import ModelCard
 from eostream.shared.settings import load_settings
 
@@ -360,7 +360,7 @@ def evaluate(
     overrides: Mapping[str, Any] | None = None,
 ) -> Report:
     """Classify every labelled scene with the model (an ONNX file, or a version's MLM item:
-    :func:`is_item`) and score the maps and the NDWI baseline.
+    :func:`read_item`) and score the maps and the NDWI baseline.
 
     Without ``settings`` the scene runs on scratch settings (memory bus, a temporary local store
     and results index), with ``overrides`` on top (e.g. ``uncertain_below=0``: every pixel gets
@@ -383,14 +383,16 @@ def evaluate(
         return asyncio.run(_evaluate(ref, model_uri, s, on_error))
 
 
-def is_item(model_uri: str, read: Callable[[str], bytes]) -> bool:
-    """Whether ``evaluate`` was given a version's MLM item rather than an ONNX file: by its name
-    (``.json``, ``.onnx``), else by its first byte (a STAC API's item URL has no suffix; an ONNX
-    file is protobuf, never a JSON object)."""
+def read_item(model_uri: str, read: Callable[[str], bytes]) -> bytes | None:
+    """The bytes of the version's MLM item ``evaluate`` was given, or None for an ONNX file: told
+    by its name (``.json``, ``.onnx``), else by its first byte (a STAC API's item URL has no
+    suffix; an ONNX file is protobuf, never a JSON object, and one named without a suffix is
+    read once more to load it)."""
     path = urlparse(model_uri).path.lower()
-    if path.endswith((".json", ".onnx")):
-        return path.endswith(".json")
-    return read(model_uri).lstrip()[:1] == b"{"
+    if path.endswith(".onnx"):
+        return None
+    data = read(model_uri)
+    return data if path.endswith(".json") or data.lstrip()[:1] == b"{" else None
 
 
 async def _evaluate(
@@ -401,14 +403,16 @@ async def _evaluate(
 ) -> Report:
     from eostream.inference.wiring import build_service
 
+    # scratch results only: an evaluation never publishes (INFERENCE_CATALOG__* in the
+    # environment would otherwise replace the served result item, which has the same id)
+    settings = settings.model_copy(update={"catalog": CatalogSettings()})
     service = await asyncio.to_thread(build_service, settings, consume=False)
     await service.start()
     try:
         deployment = service.deployment
-        named_item = await asyncio.to_thread(is_item, model_uri, deployment.source.read)
-        if named_item:  # what inference runs for this version: its int8 file where it would
-            data = await asyncio.to_thread(deployment.source.read, model_uri)
-            info = info_from_item(data, model_uri)
+        mlm_item = await asyncio.to_thread(read_item, model_uri, deployment.source.read)
+        if mlm_item is not None:  # what inference runs for this version: int8 where it would
+            info = info_from_item(mlm_item, model_uri)
             sha256: str | None = info.sha256
         else:
             name = Path(local_path(model_uri) or model_uri).stem or "model"
@@ -419,7 +423,7 @@ async def _evaluate(
             model_name=loaded.card.name,
             reference=ref,
             precision=loaded.precision,
-            model_version=info.version if named_item else None,
+            model_version=info.version if mlm_item is not None else None,
             model_run_id=info.run_id,
         )
         for item in ref.items:

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from eostream.inference.errors import InferenceError
+from eostream.shared.errors import EostreamError
 
 app = typer.Typer(
     name="maps", help="Map accuracy: reference sets and evaluations.", no_args_is_help=True
@@ -93,7 +94,7 @@ def evaluate(
         report = evaluation.evaluate(
             reference_href, model, on_error=lambda line: typer.echo(f"error: {line}", err=True)
         )
-    except InferenceError as exc:
+    except (InferenceError, EostreamError) as exc:  # a source down, a setting: one line
         raise _fail(str(exc)) from None
     for line in maps_report.table(report):
         typer.echo(line)

@@ -124,6 +124,7 @@ def info_from_item(data: bytes, href: str) -> ModelInfo:
         name = str(props.get("eostream:model_name") or item["id"])
         version = str(props.get("eostream:model_version") or "")
         sha256 = str(props["eostream:sha256"])
+        run_id = props.get("eostream:mlflow_run_id")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise BadInputError(
             f"{href} is not an MLM item of an eostream model (needs properties "
@@ -136,7 +137,7 @@ def info_from_item(data: bytes, href: str) -> ModelInfo:
     return ModelInfo(
         name=name,
         version=version,
-        run_id=props.get("eostream:mlflow_run_id"),
+        run_id=str(run_id) if run_id else None,
         sha256=sha256,
         artifact_uri=absolute_href(str(assets[0]["href"]), href),
         mlm_item_href=href,

@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from eostream.inference import evaluation, reference
+from eostream.inference.stacitem import MODEL_LINK_TITLE
 from eostream.runner.session import EmbeddedSession
 from eostream.trainer.export import read_card
 from eostream.trainer.labels_cli import app as labels_app
@@ -100,7 +101,7 @@ def test_imported_labels_become_a_gated_champion(data_dir: Path, tmp_path: Path)
     model_item = next(
         link["href"]
         for link in result_item["links"]
-        if link["rel"] == "derived_from" and link.get("title") == "model (STAC MLM item)"
+        if link["rel"] == "derived_from" and link.get("title") == MODEL_LINK_TITLE
     )
     report = evaluation.evaluate(str(built), model_item, overrides=SCORING)
     assert not report.errors, report.errors

@@ -156,19 +156,19 @@ class ModelResolver:
             data = self.store.get_bytes(key)
         except ObjectNotFoundError:
             return None
-        return self._from_item(data, self.store.uri(key))
+        return Resolved(info_from_item(data, self.store.uri(key)))
 
     def _from_item_href(self, href: str) -> Resolved:
         s = self.settings
         policy = fetch.source_policy(s)
         data = fetch.read_bytes(href, s3=s.s3, max_bytes=s.max_item_bytes, policy=policy)
-        named = self._from_item(data, href)
+        named = info_from_item(data, href)
         # every file the item names that would be read: the fp32 file and the int8 one
         int8 = int8_artifact(json.loads(data), href)
-        fetch.check_source(named.info.artifact_uri, policy)
+        fetch.check_source(named.artifact_uri, policy)
         if int8 is not None:
             fetch.check_source(int8.uri, policy)
-        resolved = Resolved(named.info, int8=int8, policy=policy)
+        resolved = Resolved(named, int8=int8, policy=policy)
         live = self.deployment.current
         if live is not None and resolved.key == (
             live.info.name,
@@ -177,11 +177,6 @@ class ModelResolver:
         ):
             return Resolved(live.info, live=True)
         return resolved
-
-    @staticmethod
-    def _from_item(data: bytes, href: str) -> Resolved:
-        """The model an MLM item describes: its name, version, checksum and ONNX asset."""
-        return Resolved(info_from_item(data, href))
 
 
 def _key(info: ModelInfo) -> tuple[str, str, str]:

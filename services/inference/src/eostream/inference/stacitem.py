@@ -19,6 +19,8 @@ ALTERNATE_EXT = "https://stac-extensions.github.io/alternate-assets/v1.2.0/schem
 SHARE_PREFIX = "eostream:share:"
 #: the name of the object-store href kept beside an asset's HTTP href (alternate-assets)
 STORAGE_ALTERNATE = "storage"
+#: the title of a result item's ``derived_from`` link to the model's MLM item
+MODEL_LINK_TITLE = "model (STAC MLM item)"
 #: properties of the source scene a result item repeats (queryable: the scene's cloud cover)
 SCENE_PROPERTIES = ("eo:cloud_cover",)
 
@@ -81,7 +83,7 @@ def build_result_item(
                 "derived_from",
                 info.mlm_item_href,
                 media_type="application/geo+json",
-                title="model (STAC MLM item)",
+                title=MODEL_LINK_TITLE,
             )
         )
     classes = legend(card.classes)

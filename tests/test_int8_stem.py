@@ -1,11 +1,12 @@
-"""Every network's int8 file keeps its stem fp32: the convolutions that read the bands, and what
-leads to them (normalisation, the centre crop, spectral indices), see the inputs unrounded;
-every later convolution is int8. Exported by the trainer's own exporter, quantised by the
-registry-bridge's own ``quantise``."""
+"""How an int8 file's stem is quantised: by default every convolution is int8, the input ones
+fed by one per-band quantisation that does the model's normalisation (``stem="fused"``,
+registry_bridge.input_stem); a network that does not start with its normalisation, or
+``stem="fp32"``, keeps the convolutions that read the bands fp32. Exported by the trainer's own
+exporter, quantised by the registry-bridge's own ``quantise``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,8 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from eostream.registry_bridge.quantize import quantise
+from eostream.registry_bridge.input_stem import CHANNEL_MULTIPLE, WEIGHT_LEVELS, is_fused
+from eostream.registry_bridge.quantize import Stem, quantise
 from eostream.shared.modelcard import BAND_SETS, ModelCard
 from eostream.trainer.export import export_onnx
 from eostream.trainer.models import INDEX_ARCHITECTURES, SpectralIndices, build_model
@@ -36,12 +38,24 @@ def ancestors(graph: onnx.GraphProto, tensor: str) -> list[onnx.NodeProto]:
     return list(seen.values())
 
 
-def exported(architecture: str, band_set: str, tmp_path: Path) -> Path:
-    """An untrained ``architecture`` on ``band_set`` exported by the trainer's own exporter."""
+def exported(
+    architecture: str,
+    band_set: str,
+    tmp_path: Path,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Path:
+    """An untrained ``architecture`` on ``band_set`` exported by the trainer's own exporter
+    (normalising by ``mean`` and ``std``, else 0.1 and 0.05 for every band)."""
     bands = BAND_SETS[band_set]
     torch.manual_seed(0)
     seen = SpectralIndices(bands).channels if architecture in INDEX_ARCHITECTURES else len(bands)
-    model = build_model(architecture, bands, [0.1] * seen, [0.05] * seen)
+    model = build_model(
+        architecture,
+        bands,
+        [0.1] * seen if mean is None else [float(v) for v in mean],
+        [0.05] * seen if std is None else [float(v) for v in std],
+    )
     card = ModelCard(
         name=architecture,
         band_set=band_set,
@@ -54,33 +68,238 @@ def exported(architecture: str, band_set: str, tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize(
-    ("architecture", "band_set"),
-    [
-        ("small_cnn", "rgb"),
-        ("centre_cnn", "ms13"),  # two input convolutions, one behind a crop
-        ("centre_cnn_stride2", "ms13"),  # the same, the context's a strided one
-        ("resnet18_imagenet", "rgb"),  # residual adds right after the stem
-        ("seg_unet_indices", "l2a"),  # spectral indices computed in the graph
-        ("seg_small_cnn", "l2a"),
-    ],
-    ids=lambda value: str(value),
-)
-def test_the_stem_stays_fp32_and_the_rest_is_int8(
+FUSABLE = [
+    ("small_cnn", "rgb"),
+    ("centre_cnn", "ms13"),  # two input convolutions, one behind a crop
+    ("centre_cnn_stride2", "ms13"),  # the same, the context's a strided one
+    ("resnet18_imagenet", "rgb"),  # a 7x7 stride-2 stem, residual adds after it
+    ("seg_small_cnn", "l2a"),
+]
+
+
+def input_convs(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The convolutions with no convolution upstream of their input."""
+    return [
+        node
+        for node in graph.node
+        if node.op_type == "Conv"
+        and not any(n.op_type == "Conv" for n in ancestors(graph, node.input[0]))
+    ]
+
+
+@pytest.mark.parametrize(("architecture", "band_set"), FUSABLE, ids=str)
+def test_every_convolution_is_int8_and_the_input_is_quantised_once_per_band(
     architecture: str, band_set: str, tmp_path: Path
 ) -> None:
     bands = BAND_SETS[band_set]
     path = exported(architecture, band_set, tmp_path)
     calibration = np.random.default_rng(0).uniform(0, 0.3, (16, len(bands), 64, 64))
-    graph = onnx.load_model_from_string(quantise(path.read_bytes(), calibration)).graph
+    model = onnx.load_model_from_string(quantise(path.read_bytes(), calibration))
+    graph = model.graph
+    arrays = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
 
-    stem: list[tuple[onnx.NodeProto, list[onnx.NodeProto]]] = []
+    assert is_fused(model)
+    assert not [n.op_type for n in graph.node if n.op_type in ("Sub", "Div")]
+    readers = [n for n in graph.node if graph.input[0].name in n.input]
+    assert [n.op_type for n in readers] == ["QuantizeLinear"]
+    axis = next(a.i for a in readers[0].attribute if a.name == "axis")
+    assert axis == 1 and arrays[readers[0].input[1]].shape == (len(bands),)
+    for conv in (n for n in graph.node if n.op_type == "Conv"):
+        made = [n.op_type for n in ancestors(graph, conv.input[0])]
+        assert made[:1] == ["DequantizeLinear"], f"{conv.name} reads fp32"
+        assert [n.op_type for n in ancestors(graph, conv.input[1])] == ["DequantizeLinear"]
+    padded = -(-len(bands) // CHANNEL_MULTIPLE) * CHANNEL_MULTIPLE
+    made_by = {out: node for node in graph.node for out in node.output}
+    for conv in input_convs(graph):
+        weights = arrays[made_by[conv.input[1]].input[0]]
+        assert weights.dtype == np.int8 and np.abs(weights).max() <= WEIGHT_LEVELS
+        whole = made_by[conv.input[0]].name == "input_DQ"  # else a crop's
+        assert weights.shape[1] == (padded if whole else len(bands)), conv.name
+        if whole:
+            assert not weights[:, len(bands) :].any()
+
+
+@pytest.mark.parametrize(
+    ("architecture", "band_set"), [("small_cnn", "rgb"), ("centre_cnn", "ms13")], ids=str
+)
+def test_the_fused_file_runs_as_inference_runs_it_and_agrees_with_fp32(
+    architecture: str, band_set: str, tmp_path: Path
+) -> None:
+    """With every onnxruntime optimisation on (its QLinearConv kernels, as inference opens the
+    file), the fused int8 logits stay as close to fp32's as the stem-fp32 file's do, within a
+    few output steps."""
+    from eostream.registry_bridge import onnx_model
+    from eostream.registry_bridge.quantize import output_step
+
+    bands = len(BAND_SETS[band_set])
+    path = exported(
+        architecture,
+        band_set,
+        tmp_path,
+        mean=np.linspace(0.04, 0.2, bands).tolist(),
+        std=np.linspace(0.03, 0.09, bands).tolist(),
+    )
+    x = np.random.default_rng(0).uniform(0, 0.3, (48, bands, 64, 64)).astype(np.float32)
+    fused = quantise(path.read_bytes(), x[:32])
+    stem_fp32 = quantise(path.read_bytes(), x[:32], stem="fp32")
+    logits = {
+        name: onnx_model.logits(onnx_model.session(data), x[32:])
+        for name, data in (("fp32", path.read_bytes()), ("fused", fused), ("stem", stem_fp32))
+    }
+    step = output_step(onnx.load_model_from_string(fused))
+    fused_error = np.abs(logits["fused"] - logits["fp32"]).max()
+    stem_error = np.abs(logits["stem"] - logits["fp32"]).max()
+    assert fused_error <= max(4 * step, 2 * stem_error), (fused_error, stem_error, step)
+
+
+def _normalising_graph(
+    *,
+    mean: np.ndarray | None = None,
+    group: int = 1,
+    shared: bool = False,
+    output_normalised: bool = False,
+) -> onnx.GraphProto:
+    """input [1, 4, 8, 8] -> (Sub mean) -> Div std -> two 3x3 convolutions."""
+    from onnx import TensorProto, helper
+
+    inits = [numpy_helper.from_array(np.full((1, 4, 1, 1), 0.5, np.float32), "std")]
+    nodes = []
+    source = "input"
+    if mean is not None:
+        inits.append(numpy_helper.from_array(mean.astype(np.float32), "mean"))
+        nodes.append(helper.make_node("Sub", ["input", "mean"], ["centred"]))
+        source = "centred"
+    nodes.append(helper.make_node("Div", [source, "std"], ["normalised"]))
+    for i in range(2):
+        name = "w0" if shared else f"w{i}"
+        if not shared or i == 0:
+            shape = (4, 4 // group, 3, 3)
+            inits.append(numpy_helper.from_array(np.ones(shape, np.float32), name))
+        nodes.append(
+            helper.make_node(
+                "Conv", ["normalised", name], [f"y{i}"], pads=[1, 1, 1, 1], group=group
+            )
+        )
+    outputs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None) for i in range(2)]
+    if output_normalised:
+        outputs.append(helper.make_tensor_value_info("normalised", TensorProto.FLOAT, None))
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4, 8, 8])
+    return helper.make_graph(nodes, "g", [x], outputs, inits)
+
+
+def test_only_what_the_rewrite_handles_is_fused() -> None:
+    from eostream.registry_bridge.input_stem import find_normalisation, fusable
+
+    per_band = np.arange(4, dtype=np.float32).reshape(1, 4, 1, 1) / 10
+    assert fusable(_normalising_graph(mean=per_band))
+    divided = _normalising_graph()  # input / std: a mean of 0
+    norm = find_normalisation(divided)
+    assert fusable(divided) and norm is not None and not norm.mean.any()
+    assert not fusable(_normalising_graph(mean=per_band.ravel()))  # [C] broadcasts along W
+    assert not fusable(_normalising_graph(mean=per_band, group=4))  # depthwise
+    assert not fusable(_normalising_graph(mean=per_band, shared=True))  # one weight, two convs
+    assert not fusable(_normalising_graph(mean=per_band, output_normalised=True))
+
+
+@pytest.mark.parametrize(
+    ("architecture", "band_set"),
+    [("small_cnn", "rgb"), ("centre_cnn", "ms13"), ("resnet18_imagenet", "rgb")],
+    ids=str,
+)
+def test_the_fused_input_convolutions_compute_what_the_fp32_ones_do_on_the_grid(
+    architecture: str, band_set: str, tmp_path: Path
+) -> None:
+    """Inputs that the per-band quantisation represents exactly: each input convolution of the
+    int8 file (run without onnxruntime's fusions, so in float) gives what the fp32 file's gives
+    with the same (7-bit) weights, to the bias's int32 rounding, everywhere but the border ring
+    its zero padding reaches. That checks the per-band scales and zero points against the
+    model's mean and std, the bias's correction for the mean rounded to the grid, the padded
+    channels and the crop."""
+    import onnxruntime as ort
+
+    bands = len(BAND_SETS[band_set])
+    mean = np.linspace(0.04, 0.2, bands).tolist()
+    std = np.linspace(0.03, 0.09, bands).tolist()
+    path = exported(architecture, band_set, tmp_path, mean=mean, std=std)
+    calibration = np.random.default_rng(0).uniform(0, 0.3, (16, bands, 64, 64))
+    int8 = onnx.load_model_from_string(quantise(path.read_bytes(), calibration))
+    fp32 = onnx.load(str(path))
+    arrays = {i.name: numpy_helper.to_array(i) for i in int8.graph.initializer}
+    band_scale, band_zero = arrays["input_band_scale"], arrays["input_band_zero_point"]
+    codes = np.random.default_rng(1).integers(0, 256, (4, bands, 64, 64))
+    shape = (1, bands, 1, 1)
+    x = ((codes - band_zero.reshape(shape)) * band_scale.reshape(shape)).astype(np.float32)
+
+    convs = {conv.name: conv for conv in input_convs(int8.graph)}
+    assert len(convs) == (2 if architecture == "centre_cnn" else 1)
+    made_by = {out: node for node in int8.graph.node for out in node.output}
+    fp32_inits = {i.name: i for i in fp32.graph.initializer}
+    for name, conv in convs.items():
+        dq = made_by[conv.input[1]]
+        w = arrays[dq.input[0]].astype(np.float64) * arrays[dq.input[1]].reshape(-1, 1, 1, 1)
+        theirs = next(n for n in fp32.graph.node if n.name == name)
+        original = numpy_helper.to_array(fp32_inits[theirs.input[1]])
+        assert np.abs(w[:, :bands] - original).max() <= np.abs(original).max() / WEIGHT_LEVELS
+        fp32_inits[theirs.input[1]].CopyFrom(
+            numpy_helper.from_array(w[:, :bands].astype(np.float32), theirs.input[1])
+        )
+
+    def run(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+        for name in convs:
+            node = next(n for n in model.graph.node if n.name == name)
+            model.graph.output.append(onnx.ValueInfoProto(name=node.output[0]))
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = ort.InferenceSession(model.SerializeToString(), options)
+        names = [o.name for o in model.graph.output][-len(convs) :]
+        return dict(zip(convs, session.run(names, {"input": x}), strict=True))
+
+    ours, theirs = run(int8), run(fp32)
+    for name, conv in convs.items():
+        attrs = {a.name: list(a.ints) for a in conv.attribute}
+        pad, stride = max(attrs.get("pads", [0]) or [0]), (attrs.get("strides") or [1])[0]
+        ring = -(-pad // stride)
+        inner = (slice(None), slice(None), slice(ring, -ring or None), slice(ring, -ring or None))
+        bias_scale = arrays[made_by[conv.input[2]].input[1]].reshape(1, -1, 1, 1)
+        error = np.abs(ours[name] - theirs[name])[inner]
+        scale = np.abs(theirs[name]).max()
+        assert (error <= bias_scale + 1e-5 * scale).all(), f"{name}: {error.max():.3g}"
+        if ring:  # the border ring reads the zero padding, where the correction is approximate
+            assert np.abs(ours[name] - theirs[name]).max() > error.max()
+
+
+@pytest.mark.parametrize(
+    ("architecture", "band_set", "stem"),
+    [
+        ("seg_unet_indices", "l2a", "fused"),  # spectral indices first: no fusing, stem fp32
+        ("small_cnn", "rgb", "fp32"),
+        ("centre_cnn", "ms13", "fp32"),
+        ("resnet18_imagenet", "rgb", "fp32"),  # residual adds right after the stem
+    ],
+    ids=str,
+)
+def test_a_stem_left_fp32_reads_the_bands_unrounded(
+    architecture: str, band_set: str, stem: Stem, tmp_path: Path
+) -> None:
+    """With ``stem="fp32"``, or for a network that does not start with its normalisation, the
+    convolutions that read the bands and what leads to them (normalisation, the centre crop,
+    spectral indices) see the inputs unrounded; every later convolution is int8."""
+    bands = BAND_SETS[band_set]
+    path = exported(architecture, band_set, tmp_path)
+    calibration = np.random.default_rng(0).uniform(0, 0.3, (16, len(bands), 64, 64))
+    model = onnx.load_model_from_string(quantise(path.read_bytes(), calibration, stem=stem))
+    graph = model.graph
+    assert not is_fused(model)
+
+    stem_convs: list[tuple[onnx.NodeProto, list[onnx.NodeProto]]] = []
     rest: list[tuple[onnx.NodeProto, list[onnx.NodeProto]]] = []
     for conv in (node for node in graph.node if node.op_type == "Conv"):
         upstream = ancestors(graph, conv.input[0])
-        (rest if any(n.op_type == "Conv" for n in upstream) else stem).append((conv, upstream))
-    assert stem and rest
-    for conv, upstream in stem:
+        (rest if any(n.op_type == "Conv" for n in upstream) else stem_convs).append(
+            (conv, upstream)
+        )
+    assert stem_convs and rest
+    for conv, upstream in stem_convs:
         assert not any(n.op_type in QDQ for n in upstream), f"{conv.name} reads rounded bands"
         assert not any(n.op_type in QDQ for n in ancestors(graph, conv.input[1])), conv.name
     for conv, _ in rest:
@@ -215,3 +434,22 @@ def test_the_bridge_times_both_kernels_in_rounds_of_either_order(
     assert medians.keys() == {"direct", "gemm"}
     with pytest.raises(ValueError, match="at least 1"):
         quantize.fastest_kernel(direct, x, pairs=0)
+
+
+def test_a_stem_that_cannot_be_fused_stays_fp32(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where the fusing gives up on a graph it accepted (a band's zero point outside uint8),
+    the int8 file keeps its stem fp32 instead of failing the int8 check."""
+    from eostream.registry_bridge import input_stem
+
+    def refuse(_model: onnx.ModelProto, _calibration: np.ndarray) -> onnx.ModelProto:
+        raise ValueError("a band's zero point falls outside uint8")
+
+    monkeypatch.setattr(input_stem, "fuse", refuse)
+    path = exported("small_cnn", "rgb", tmp_path)
+    x = np.random.default_rng(0).uniform(0, 0.3, (8, 3, 64, 64))
+    model = onnx.load_model_from_string(quantise(path.read_bytes(), x))
+    assert not is_fused(model)
+    assert [n.op_type for n in model.graph.node if n.op_type in ("Sub", "Div")] == ["Sub", "Div"]
+    assert "the stem stays fp32: a band's zero point" in caplog.text

@@ -8,10 +8,10 @@ For each model (``--models``; or ``--onnx PATH`` for an existing fp32 export) th
   ``centre_cnn_stride2``) and exports it with the trainer's ``export_onnx``;
 * quantises it with the registry-bridge's own ``eostream.registry_bridge.quantize.quantise`` (what
   the bridge ships as the MLM item's int8 asset; ``onnxruntime.quantization.quantize_static``: QDQ
-  format, per-channel int8 weights, uint8 activations, the stem kept fp32), calibrated on real
-  training patches in the model's input units
-  (what ``load_patches`` returns: JPEG 0..255 for ``rgb``, reflectance for ``ms13``; the model
-  normalises inside its graph);
+  format, per-channel int8 weights, uint8 activations, every convolution int8, the input ones
+  fed by one per-band quantisation that does the model's normalisation: ``stem="fused"``),
+  calibrated on real training patches in the model's input units (what ``load_patches``
+  returns: JPEG 0..255 for ``rgb``, reflectance for ``ms13``);
 * measures both with onnxruntime's CPU provider and the project's session options
   (``eostream.shared.ort_session.configure``) on the same hold-out windows: windows/s at batch
   1, 64 and 256 (warm-up, then the median of interleaved repeats: ``--repeats`` all run, else
@@ -22,8 +22,9 @@ For each model (``--models``; or ``--onnx PATH`` for an existing fp32 export) th
   same (the largest logit difference is printed), and says which the bridge's timing
   (``fastest_kernel``, ``BRIDGE_INT8__CONV_KERNEL=auto``) ships on this host: that kernel's
   column is measured on the shipped file itself, the one ``--maps`` maps; beside them, in the
-  same run, the same quantisation with the stem int8 too (``stem_fp32=False``: what the bridge
-  shipped before), to show what keeping the stem fp32 buys;
+  same run, the same quantisation with the stem fp32 (``stem="fp32"``: the input convolutions
+  and the normalisation unquantised, what the bridge shipped from 2026-12-04 to 12-06), to show
+  what quantising the stem with the normalisation folded in (``stem="fused"``) buys;
 * with ``--maps``, classifies one labelled Boadella L2A date with both through inference's
   evaluation (``eostream.inference.evaluation``) and prints water IoU of each and the pixel
   agreement of the two maps (13-band models only: the RGB model maps no water on L2A scenes,
@@ -187,15 +188,16 @@ def quantise(
     int8: Path,
     calibration: np.ndarray,
     *,
-    stem_fp32: bool = True,
+    stem: str = "fused",
     conv_kernel: str = "auto",
     threads: int = 2,
 ) -> str:
     """The product's quantisation (the registry-bridge's, what it ships), file to file; returns
     the int8 convolutions' kernel. ``conv_kernel="auto"``: both kernels timed on this host and
     the faster kept, as the bridge does by default (``fastest_kernel``); ``"gemm"`` or
-    ``"direct"``: that one. ``stem_fp32=False``: the stem quantised too (what it shipped
-    before, for comparison)."""
+    ``"direct"``: that one. ``stem``: how the input convolutions are quantised (``"fused"``, the
+    bridge's: int8, the normalisation folded into the input's quantisation; ``"fp32"``: kept
+    fp32, what it shipped from 2026-12-04 to 12-06, for comparison)."""
     from eostream.registry_bridge.quantize import fastest_kernel
     from eostream.registry_bridge.quantize import quantise as product_quantise
 
@@ -203,7 +205,7 @@ def quantise(
     data = product_quantise(
         fp32.read_bytes(),
         calibration,
-        stem_fp32=stem_fp32,
+        stem=stem,  # type: ignore[arg-type]
         conv_kernel="gemm" if kernel == "gemm" else "direct",
     )
     if conv_kernel == "auto":
@@ -212,15 +214,14 @@ def quantise(
     return kernel
 
 
-def session(path: Path, threads: int, *, before: bool = False) -> Any:
-    """A session as inference opens one; ``before``: as it opened one before the stem stayed
-    fp32 (every onnxruntime optimiser on)."""
+def session(path: Path, threads: int) -> Any:
+    """A session as inference opens one."""
     import onnxruntime as ort
 
     from eostream.shared import ort_session
 
     options = ort_session.configure(ort.SessionOptions(), threads=threads)
-    extra = {} if before else ort_session.session_arguments()
+    extra = ort_session.session_arguments()
     return ort.InferenceSession(str(path), options, providers=[ort_session.CPU], **extra)
 
 
@@ -268,7 +269,7 @@ def measure(folder: Path, fp32: Path, threads: int, repeats: int | None) -> dict
 
     int8 = fp32.with_name(fp32.stem + ".int8.onnx")  # what the bridge ships (auto)
     twins = {k: fp32.with_name(f"{fp32.stem}.int8-{k}.onnx") for k in ("direct", "gemm")}
-    int8_stem = fp32.with_name(fp32.stem + ".int8-stem.onnx")
+    int8_stem = fp32.with_name(fp32.stem + ".int8-stem-fp32.onnx")
     calibration = np.load(folder / "calibration.npy")
     started = time.perf_counter()
     quantise(fp32, twins["direct"], calibration, conv_kernel="direct")
@@ -276,15 +277,15 @@ def measure(folder: Path, fp32: Path, threads: int, repeats: int | None) -> dict
     quantise(fp32, twins["gemm"], calibration, conv_kernel="gemm")
     chosen = quantise(fp32, int8, calibration, threads=threads)
     twins[chosen] = int8  # the shipped file itself, not a twin quantised apart
-    quantise(fp32, int8_stem, calibration, stem_fp32=False, conv_kernel="direct")
+    quantise(fp32, int8_stem, calibration, stem="fp32", conv_kernel="direct")
     files = {
         "fp32": fp32,
         "int8_gemm": twins["gemm"],
         "int8_direct": twins["direct"],
-        "int8_stem": int8_stem,
+        "int8_stem_fp32": int8_stem,
     }
     x, y = np.load(folder / "test_x.npy"), np.load(folder / "test_y.npy")
-    sessions = {k: session(p, threads, before=k == "int8_stem") for k, p in files.items()}
+    sessions = {k: session(p, threads) for k, p in files.items()}
     scores = {k: logits(s, x) for k, s in sessions.items()}
     pred = {k: v.argmax(1) for k, v in scores.items()}
     shipped = f"int8_{chosen}"
@@ -385,17 +386,18 @@ def report(name: str, m: dict[str, Any]) -> None:
         f"quantised in {m['quantise_s']:.1f} s on {CALIBRATION} calibration patches)"
     )
     print(
-        "int8 gemm / direct: the stem fp32, the other convolutions on onnxruntime's int8 GEMM "
+        "int8 gemm / direct: every convolution int8, the input ones fed by one per-band "
+        "quantisation that does the model's normalisation; the others on onnxruntime's int8 GEMM "
         "(weight zero point -1) / its direct kernels (zero point 0), the values the same; the "
         f"bridge ships the faster on its host (here: {m['conv_kernel']}; that column is the "
-        "shipped file itself, the one --maps maps); int8 stem too: every convolution int8, "
-        "direct kernels (shipped before 2026-12-04)"
+        "shipped file itself, the one --maps maps); int8 stem fp32: the input convolutions and "
+        "the normalisation fp32, direct kernels (shipped 2026-12-04 to 12-06)"
     )
     print(
         "                       fp32   int8 gemm   /fp32   int8 direct   /fp32"
-        "   int8 stem too   /fp32"
+        "   int8 stem fp32   /fp32"
     )
-    kinds = (("int8_gemm", 9), ("int8_direct", 11), ("int8_stem", 13))
+    kinds = (("int8_gemm", 9), ("int8_direct", 11), ("int8_stem_fp32", 14))
     for batch in map(str, BATCHES):
         f32 = wps[batch]["fp32"]
         cells = "".join(

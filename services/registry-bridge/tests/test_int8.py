@@ -25,6 +25,7 @@ from eostream.inference.model import ModelInfo, load_model
 from eostream.inference.settings import InferenceSettings
 from eostream.inference.wiring import build_service
 from eostream.registry_bridge.holdout import Holdout
+from eostream.registry_bridge.input_stem import FUSED_NODE
 from eostream.registry_bridge.quantize import calibration_files, check, judge, load_calibration
 from eostream.registry_bridge.settings import BridgeSettings, Int8Settings
 from eostream.shared import mlm, tags
@@ -103,11 +104,13 @@ async def test_a_passing_int8_ships_beside_fp32_and_inference_runs_it_on_cpu(
     assert sorted(o.key for o in store.list("models/")) == sorted([model_key, int8_key, item_key])
     fp32, int8 = store.get_bytes(model_key), store.get_bytes(int8_key)
     assert b"QuantizeLinear" in int8 and b"QuantizeLinear" not in fp32  # (QDQ)
-    # the stem (first convolution, on the raw bands) stays fp32; every other one is int8
+    # every convolution int8, the first one's input quantised once per band by a QuantizeLinear
+    # that also does the model's normalisation (x / 255 here)
     graph = onnx.load_model_from_string(int8).graph
     made_by = {out: node.op_type for node in graph.node for out in node.output}
     weights = [made_by.get(node.input[1], "fp32") for node in graph.node if node.op_type == "Conv"]
-    assert weights == ["fp32"] + ["DequantizeLinear"] * (len(weights) - 1) and len(weights) > 1
+    assert weights == ["DequantizeLinear"] * len(weights) and len(weights) > 1
+    assert [n.name for n in graph.node if graph.input[0].name in n.input] == [FUSED_NODE]
     item = json.loads(store.get_bytes(item_key))
     asset = item["assets"][mlm.INT8_ASSET]
     assert asset["file:checksum"] == "1220" + hashlib.sha256(int8).hexdigest()

@@ -15,10 +15,11 @@ CPU = "CPUExecutionProvider"
 _Options = TypeVar("_Options")
 #: onnxruntime graph rewrites every session leaves out (``disabled_optimizers``, see
 #: :func:`session_arguments`). QDQPropagationTransformer moves a QuantizeLinear up across a
-#: MaxPool: where an int8 model's stem stays fp32 (registry_bridge.quantize) that turns the stem's
-#: fp32 NCHWc max-pool into a uint8 NCHW one that took 21 of 59 ms of the RGB ``small_cnn`` at
-#: batch 64 (against 4 ms in fp32). The values are the same either way: a max commutes with a
-#: monotone quantisation.
+#: MaxPool: where an int8 model's stem stays fp32 (registry_bridge.quantize: ``stem="fp32"``, or
+#: a network whose normalisation cannot be folded into its input's quantisation) that turns the
+#: stem's fp32 NCHWc max-pool into a uint8 NCHW one that took 21 of 59 ms of the RGB
+#: ``small_cnn`` at batch 64 (against 4 ms in fp32). The values are the same either way: a max
+#: commutes with a monotone quantisation.
 DISABLED_OPTIMIZERS = ("QDQPropagationTransformer",)
 
 

@@ -240,6 +240,7 @@ def test_a_water_segmentation_network_trains_on_masks_is_gated_by_pixel_and_maps
     assert verdict.outcome == "passed" and verdict.onnx_bytes is not None, verdict.reasons
     assert verdict.agreement is not None and verdict.agreement > 0.97, verdict.reasons
     assert "labelled pixels" in verdict.reasons[-1]
+    assert "the input convolutions int8, the normalisation folded" in verdict.reasons[-2]
     int8_file = tmp_path / "int8.onnx"
     int8_file.write_bytes(verdict.onnx_bytes)
     (item8,) = evaluation.evaluate(str(references[1]), str(int8_file)).items

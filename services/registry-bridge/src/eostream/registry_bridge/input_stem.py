@@ -106,9 +106,11 @@ def find_normalisation(graph: onnx.GraphProto) -> Normalisation | None:
             return None
         nodes.append(after[0])
     std = _per_band(constants.get(nodes[-1].input[1]), bands)
-    mean = _per_band(constants.get(nodes[0].input[1]), bands) if len(nodes) == 2 else None
-    if len(nodes) == 1:
-        mean = np.zeros(bands, np.float32)
+    mean = (
+        _per_band(constants.get(nodes[0].input[1]), bands)
+        if len(nodes) == 2
+        else np.zeros(bands, np.float32)
+    )
     if mean is None or std is None or not np.all(std > 0):
         return None
     return Normalisation(name, tuple(nodes), mean, std)
@@ -188,11 +190,12 @@ def fuse(
             axis=1,
         )
     ]
-    drop = {*map(id, norm.nodes), id(quantise_in), id(dequantise_in)}
+    # nodes by name: quantize_static's and quantise's (name_nodes) are unique
+    drop = {*(n.name for n in norm.nodes), quantise_in.name, dequantise_in.name}
     convs = readers.get(normalised, [])
     # crops: their Slices read the uint8 input; the QuantizeLinear/DequantizeLinear pair that
     # quantize_static put after the last one becomes one DequantizeLinear on our grid
-    replaced: dict[int, onnx.NodeProto] = {}
+    replaced: dict[str, onnx.NodeProto] = {}
     cropped_convs: list[onnx.NodeProto] = []
     for node in list(convs):
         if node.op_type != "Slice":
@@ -202,8 +205,8 @@ def fuse(
         for last in _slice_chain_ends(node, readers):
             q = _only(readers.get(last.output[0], []), "QuantizeLinear")
             dq = _only(readers.get(q.output[0], []), "DequantizeLinear")
-            drop.add(id(q))
-            replaced[id(dq)] = helper.make_node(
+            drop.add(q.name)
+            replaced[dq.name] = helper.make_node(
                 "DequantizeLinear",
                 [last.output[0], scale, zero_point],
                 [dq.output[0]],
@@ -239,10 +242,12 @@ def fuse(
         _refit(conv, made_by, arrays, graph, offset, step, bands)
 
     nodes: list[onnx.NodeProto] = [*head]
+    if len({node.name for node in graph.node}) != len(graph.node):
+        raise ValueError("the graph's node names are not unique")
     for node in graph.node:
-        if id(node) in replaced:
-            nodes.append(replaced[id(node)])
-        elif id(node) not in drop:
+        if node.name in replaced:
+            nodes.append(replaced[node.name])
+        elif node.name not in drop:
             nodes.append(node)
     del graph.node[:]
     graph.node.extend(_topological(nodes, graph))

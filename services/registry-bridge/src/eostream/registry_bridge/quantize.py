@@ -547,13 +547,13 @@ def check(
         "passed" if passed else "failed",
         (
             *reasons,
-            f"NOTE: top-1 agreement with fp32 on the hold-out"
-            f"{' (labelled pixels)' if pixels else ''} {agreement:.4f}",
             "NOTE: the input convolutions int8, the normalisation folded into the input's "
             "quantisation"
             if input_stem.is_fused(onnx.load_model_from_string(int8))
             else "NOTE: the input convolutions fp32 (their normalisation could not be folded "
             "into the input's quantisation; the bridge's log says why)",
+            f"NOTE: top-1 agreement with fp32 on the hold-out"
+            f"{' (labelled pixels)' if pixels else ''} {agreement:.4f}",
         ),
         int8 if passed else None,
         accuracy32,

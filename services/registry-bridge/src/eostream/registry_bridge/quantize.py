@@ -139,6 +139,10 @@ def quantise(
         name_nodes(graph)
         onnx.save(graph, str(prepared))
         if stem == "fused" and not input_stem.fusable(graph.graph):
+            log.info(
+                "int8: the stem stays fp32: the graph does not start with a per-band "
+                "normalisation that only plain convolutions and crops read"
+            )
             stem = "fp32"
         excluded = stem_nodes(graph) if stem == "fp32" else []
         quantize_static(

@@ -5,8 +5,9 @@
   8x8 pixels (see :class:`_CentreCNN`): for maps, whose pixels are labelled by the window
   centred on them.
 * ``centre_cnn_stride2``: ``centre_cnn`` whose context starts with a 3x3 stride-2 convolution
-  (no max-pool after it): the first layer, which sees every band and stays fp32 in an int8
-  model, costs a quarter, so it maps ~1.9x as fast in int8; its maps came out a little less
+  (no max-pool after it): the first layer, which sees every band, costs a quarter (while int8
+  files kept that layer fp32, until 2026-12-06, it mapped ~1.9x as fast in int8; now that it
+  is int8 too, ``centre_cnn`` itself meets the int8 goals); its maps came out a little less
   right than ``centre_cnn``'s in most paired trainings (docs/maps-accuracy.md), so the demo
   keeps ``centre_cnn``.
 * ``resnet18``: a 3x3 stride-1 stem and no max-pool, so layer1 sees all 64x64 pixels; the most

@@ -49,12 +49,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.cpu
 from benchmarks.cpu import cpu_mask
+
+if TYPE_CHECKING:
+    from eostream.registry_bridge.quantize import Stem
 
 # name: (band set, architecture, augmentations, samples per class, epochs, batch size)
 MODELS: dict[str, tuple[str, str, tuple[str, ...], int | None, int, int]] = {
@@ -188,7 +191,7 @@ def quantise(
     int8: Path,
     calibration: np.ndarray,
     *,
-    stem: str = "fused",
+    stem: Stem = "fused",
     conv_kernel: str = "auto",
     threads: int = 2,
 ) -> str:
@@ -205,7 +208,7 @@ def quantise(
     data = product_quantise(
         fp32.read_bytes(),
         calibration,
-        stem=stem,  # type: ignore[arg-type]
+        stem=stem,
         conv_kernel="gemm" if kernel == "gemm" else "direct",
     )
     if conv_kernel == "auto":

@@ -124,7 +124,7 @@ def fusable(graph: onnx.GraphProto) -> bool:
     if norm is None:
         return False
     readers = _readers(graph)
-    constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    constants = {i.name: i for i in graph.initializer}
     outputs = {o.name for o in graph.output}
     todo = [(node, norm.output) for node in readers.get(norm.output, [])]
     while todo:
@@ -294,7 +294,7 @@ def _refit(
         b_scale = numpy_helper.to_array(arrays[bias_dq.input[1]]).astype(np.float64)
         bias = b_q * b_scale
         bias_name, bias_scale_name = bias_dq.input[0], bias_dq.input[1]
-    else:  # a bias of its own, dequantised like quantize_static's
+    else:  # a bias of its own, dequantised like quantize_static's, added to the graph below
         bias = np.zeros(w.shape[0])
         bias_name, bias_scale_name = f"{conv.name}_bias_quantized", f"{conv.name}_bias_scale"
         graph.initializer.extend(
@@ -308,9 +308,7 @@ def _refit(
             [bias_name, bias_scale_name],
             [f"{conv.name}_bias"],
             name=f"{conv.name}_bias_DequantizeLinear",
-            axis=0,
         )
-        graph.node.append(bias_dq)  # a copy: set up before
         while len(conv.input) < 3:
             conv.input.append("")
         conv.input[2] = bias_dq.output[0]
@@ -326,7 +324,9 @@ def _refit(
     wider = np.zeros((w_q.shape[0], max(channels, w_q.shape[1]), *w_q.shape[2:]), np.int8)
     wider[:, : w_q.shape[1]] = w_q
     for dq in (weights_dq, bias_dq):  # their scales are per output channel now
-        _set_axis(dq, 0)  # (a no-op on the new bias's copy, made with axis 0)
+        _set_axis(dq, 0)
+    if bias_dq.name not in {node.name for node in graph.node}:
+        graph.node.append(bias_dq)  # (appending copies it: after it is set up)
     weights, scales = weights_dq.input[0], weights_dq.input[1]
     arrays[weights].CopyFrom(numpy_helper.from_array(wider, weights))
     arrays[scales].CopyFrom(numpy_helper.from_array(w_scale.astype(np.float32), scales))
@@ -372,7 +372,7 @@ def _per_band(init: TensorProto | None, bands: int) -> np.ndarray | None:
 
 def _plain(
     conv: onnx.NodeProto,
-    constants: dict[str, np.ndarray],
+    constants: dict[str, TensorProto],
     readers: dict[str, list[onnx.NodeProto]],
 ) -> bool:
     """An ungrouped convolution with weights (and bias) of its own: :func:`_refit` pads and
@@ -386,11 +386,12 @@ def _plain(
     )
 
 
-def _spatial(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> bool:
+def _spatial(node: onnx.NodeProto, constants: dict[str, TensorProto]) -> bool:
     """A Slice of a 4-d tensor whose axes are constant and leave out the batch and the bands."""
     if len(node.input) < 4 or node.input[3] not in constants:
         return False
-    return all(int(a) % 4 in (2, 3) for a in np.atleast_1d(constants[node.input[3]]))
+    axes = numpy_helper.to_array(constants[node.input[3]])
+    return all(int(a) % 4 in (2, 3) for a in np.atleast_1d(axes))
 
 
 def _slice_chain_ends(

@@ -15,7 +15,13 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from eostream.registry_bridge.input_stem import CHANNEL_MULTIPLE, WEIGHT_LEVELS, is_fused
+from eostream.registry_bridge.input_stem import (
+    CHANNEL_MULTIPLE,
+    INPUT_PERCENTILE,
+    WEIGHT_LEVELS,
+    band_range,
+    is_fused,
+)
 from eostream.registry_bridge.quantize import Stem, quantise
 from eostream.shared.modelcard import BAND_SETS, ModelCard
 from eostream.trainer.export import export_onnx
@@ -150,6 +156,52 @@ def test_the_fused_file_runs_as_inference_runs_it_and_agrees_with_fp32(
     fused_error = np.abs(logits["fused"] - logits["fp32"]).max()
     stem_error = np.abs(logits["stem"] - logits["fp32"]).max()
     assert fused_error <= max(4 * step, 2 * stem_error), (fused_error, stem_error, step)
+
+
+def test_band_range_leaves_out_the_brightest_and_darkest_pixels() -> None:
+    x = np.random.default_rng(0).uniform(0.0, 0.3, (16, 3, 32, 32))
+    low, high = band_range(x, 100)
+    assert np.array_equal(low, x.min(axis=(0, 2, 3))) and np.array_equal(high, x.max((0, 2, 3)))
+    x[0, 1, 0, 0], x[3, 2, 5, 5] = 9.0, -9.0  # 1 of 16,384 pixels each: under 0.01 %
+    low, high = band_range(x, INPUT_PERCENTILE)
+    assert np.all(high < 0.31) and np.all(low > -0.01)
+    assert band_range(x, 100)[1][1] == 9.0 and band_range(x, 100)[0][2] == -9.0
+
+
+def test_a_few_outlier_pixels_in_the_calibration_keep_the_input_grid_fine(
+    tmp_path: Path,
+) -> None:
+    """One grid serves every band, so a min-max range would let a handful of bright pixels of
+    one band (a cloud, a glinting roof) coarsen the input of every band; the per-band
+    percentiles keep the step, and the int8 logits stay as close to fp32's as without them."""
+    from eostream.registry_bridge import onnx_model
+
+    bands = len(BAND_SETS["ms13"])
+    mean, std = np.linspace(0.04, 0.2, bands), np.linspace(0.03, 0.09, bands)
+    path = exported("centre_cnn", "ms13", tmp_path, mean=mean.tolist(), std=std.tolist())
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 0.3, (48, bands, 64, 64)).astype(np.float32)
+    clean = x[:32]
+    bright = clean.copy()
+    bright[5, 1, 10:12, 10:12] = 5.0  # 4 pixels of 131,072, 141 standard deviations of band 1
+
+    def step(model: bytes) -> float:
+        arrays = {i.name: i for i in onnx.load_model_from_string(model).graph.initializer}
+        return float(numpy_helper.to_array(arrays["input_normalised_scale"]))
+
+    models = {
+        "clean": quantise(path.read_bytes(), clean),
+        "bright": quantise(path.read_bytes(), bright),
+    }
+    assert step(models["bright"]) == pytest.approx(step(models["clean"]), rel=0.02)
+    # what a min-max grid would have made of it: a step 13x as coarse
+    assert (5.0 - mean[1]) / std[1] / 255 > 10 * step(models["clean"])
+    fp32 = onnx_model.logits(onnx_model.session(path.read_bytes()), x[32:])
+    error = {
+        name: np.abs(onnx_model.logits(onnx_model.session(data), x[32:]) - fp32).max()
+        for name, data in models.items()
+    }
+    assert error["bright"] <= 1.5 * error["clean"] + 1e-6, error
 
 
 def _normalising_graph(

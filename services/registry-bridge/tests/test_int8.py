@@ -17,6 +17,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import onnx
+import pytest
 from onnx import numpy_helper
 from pydantic import SecretStr
 
@@ -30,8 +31,8 @@ from eostream.registry_bridge.quantize import calibration_files, check, judge, l
 from eostream.registry_bridge.settings import BridgeSettings, Int8Settings
 from eostream.shared import mlm, tags
 from eostream.shared.events import ModelPromoted
-from eostream.shared.holdout import HoldoutSettings, held_out_files
-from eostream.shared.modelcard import ModelCard
+from eostream.shared.holdout import HoldoutSettings, held_out_files, ms_candidates
+from eostream.shared.modelcard import EUROSAT_CLASSES, ModelCard
 from eostream.shared.storage import build_object_store
 
 from .conftest import HOLDOUT_PER_CLASS, make_bridge
@@ -195,6 +196,26 @@ def test_calibration_patches_are_training_patches_never_the_holdout(data_dir: Pa
         held = set(held_out_files(data_dir, "rgb", holdout.per_class, holdout.salt))
         assert len(files) == len(set(files)) == 100 and not set(files) & held
         assert len({f.split("/")[1] for f in files}) == 10  # every class
+
+
+def test_where_the_holdout_would_starve_the_data_calibration_fills_up_from_it(
+    data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The data folder's EuroSAT MS set: the hold-out takes 270 of its 276 patches and the
+    trainer trains on it; calibrating on the 6 others (2 classes) clipped the activations of
+    every other class, so each class is filled up from its held-out patches, after its others."""
+    holdout = HoldoutSettings()
+    held = set(held_out_files(data_dir, "ms13", holdout.per_class, holdout.salt))
+    files = calibration_files(data_dir, "ms13", 100, holdout)
+    by_class = {cls: [f for f in files if f.split("/")[-2] == cls] for cls in EUROSAT_CLASSES}
+    assert len(files) == len(set(files)) == 100
+    assert all(len(names) == 10 for names in by_class.values())  # every class
+    spare = {f for names in ms_candidates(data_dir).values() for f in names if f not in held}
+    assert 0 < len(spare) < 20 and spare <= set(files)  # every patch the hold-out leaves
+    assert "calibration patches are held-out ones" in caplog.text
+    for names in by_class.values():  # a class's held-out patches come after its others
+        flags = [f in held for f in names]
+        assert flags == sorted(flags)
 
 
 def test_judge() -> None:

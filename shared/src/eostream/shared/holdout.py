@@ -51,6 +51,13 @@ def choose(names_by_class: Mapping[str, Iterable[str]], per_class: int, salt: st
     return chosen
 
 
+def starved(sizes: Mapping[str, int], taken: Mapping[str, int]) -> dict[str, str]:
+    """Pure: the classes of which the held-out set takes half or more of the ``sizes`` patches
+    (class -> ``"taken of size"``). Leaving the hold-out out would starve them, so the trainer
+    trains on it anyway (and says so) and the bridge's int8 calibration may draw on it."""
+    return {c: f"{n} of {sizes.get(c, 0)}" for c, n in taken.items() if 2 * n >= sizes.get(c, 0)}
+
+
 def digest_of(files: Iterable[str], salt: str) -> str:
     h = hashlib.sha256(salt.encode())
     for name in files:

@@ -10,7 +10,9 @@ After a version passed the gate and before it ships (:meth:`.promotion.Promoter.
   ranges are calibrated (MinMax) on ``calibration_size`` EuroSAT training patches in the
   model's input units (:func:`calibration_files`: chosen per class by a salted name hash among
   the files that are not in the gate's hold-out, so the int8 model is never checked on patches
-  it was calibrated on);
+  it was calibrated on, unless the hold-out is too big for the data to leave out, as the
+  trainer decides); the input convolutions' grid spans the patches' per-band 99.99 %
+  percentiles (:data:`.input_stem.INPUT_PERCENTILE`), not their min and max;
 * scores both on the hold-out (top-1 accuracy of each, their top-1 agreement) and, with a
   reference set configured, on its maps (the gate's map figure of each);
 * judges (:func:`judge`, pure): the int8 accuracy may be at most ``max_accuracy_loss`` below the
@@ -58,6 +60,7 @@ from eostream.shared.holdout import (
     held_out_files,
     ms_candidates,
     rgb_candidates,
+    starved,
 )
 from eostream.shared.labels import MASK_UNKNOWN as UNKNOWN
 from eostream.shared.modelcard import (
@@ -89,6 +92,7 @@ def quantise(
     *,
     stem: Stem = "fused",
     conv_kernel: ConvKernel = "direct",
+    input_percentile: float = input_stem.INPUT_PERCENTILE,
 ) -> bytes:
     """Static int8 quantisation of an ONNX model (QDQ, per-channel int8 weights, uint8
     activations calibrated with MinMax on ``calibration``, float32 [N, C, H, W] in the model's
@@ -112,7 +116,9 @@ def quantise(
 
     ``conv_kernel`` chooses how onnxruntime will run the int8 convolutions, the values being
     the same either way (:func:`gemm_weights`): ``gemm`` (im2col and its int8 GEMM) or
-    ``direct`` (its symmetric direct-convolution kernels)."""
+    ``direct`` (its symmetric direct-convolution kernels). ``input_percentile``: the per-band
+    percentile of ``calibration`` a fused stem's input grid reaches (100: min to max;
+    ``benchmarks/inference/bench_int8_calibration.py`` compares them)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -161,7 +167,7 @@ def quantise(
         proto = onnx.load(str(out))
     if stem == "fused":
         try:  # the rewritten file must also load and run in onnxruntime
-            input_stem.fuse(proto, calibration)
+            input_stem.fuse(proto, calibration, percentile=input_percentile)
             _run_once(proto, calibration[:1])
         except Exception as exc:  # onnx and onnxruntime raise many types
             log.warning("int8: the stem stays fp32: %s", exc)
@@ -362,11 +368,33 @@ def calibration_files(
     data_dir: Path, band_set: str, size: int, holdout: HoldoutSettings
 ) -> list[str]:
     """About ``size`` training patches (paths relative to ``data_dir``), the same number per
-    class, none of them in the hold-out."""
+    class, none of them in the hold-out; unless the hold-out is too big for the data to leave
+    out (:func:`~eostream.shared.holdout.starved`: the trainer then trains on it, said on the
+    run and the version), in which case each class is filled up from its held-out patches
+    after its others. The data folder's EuroSAT MS set is such a case: 270 of its 276 patches
+    are held out, and without them the 13-band models calibrated on 6 patches of 2 classes."""
     candidates = rgb_candidates(data_dir) if band_set == "rgb" else ms_candidates(data_dir)
     held = set(held_out_files(data_dir, band_set, holdout.per_class, holdout.salt))
+    per_class = math.ceil(size / len(EUROSAT_CLASSES))
     remaining = {cls: [f for f in names if f not in held] for cls, names in candidates.items()}
-    return choose(remaining, math.ceil(size / len(EUROSAT_CLASSES)), CALIBRATION_SALT)
+    files = choose(remaining, per_class, CALIBRATION_SALT)
+    taken = {cls: sum(f in held for f in names) for cls, names in candidates.items()}
+    starving = starved({cls: len(names) for cls, names in candidates.items()}, taken)
+    if not starving:
+        return files
+    for cls, names in candidates.items():
+        short = per_class - len(remaining[cls])
+        if short > 0:
+            files += choose({cls: [f for f in names if f in held]}, short, CALIBRATION_SALT)
+    log.warning(
+        "int8 calibration: the gate's hold-out takes half or more of some %s classes (%s) and "
+        "the trainer trains on it; %d of the %d calibration patches are held-out ones",
+        band_set,
+        ", ".join(f"{c} {v}" for c, v in sorted(starving.items())),
+        sum(f in held for f in files),
+        len(files),
+    )
+    return files
 
 
 def load_calibration(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -158,14 +159,21 @@ def test_the_fused_file_runs_as_inference_runs_it_and_agrees_with_fp32(
     assert fused_error <= max(4 * step, 2 * stem_error), (fused_error, stem_error, step)
 
 
-def test_band_range_leaves_out_the_brightest_and_darkest_pixels() -> None:
-    x = np.random.default_rng(0).uniform(0.0, 0.3, (16, 3, 32, 32))
+def test_band_range_leaves_out_the_brightest_and_darkest_pixels_of_each_band() -> None:
+    rng = np.random.default_rng(0)
+    ranges = np.array([0.1, 0.3, 2.0]).reshape(1, 3, 1, 1)  # each band its own range
+    x = rng.uniform(0.0, 1.0, (16, 3, 32, 32)) * ranges
     low, high = band_range(x, 100)
-    assert np.array_equal(low, x.min(axis=(0, 2, 3))) and np.array_equal(high, x.max((0, 2, 3)))
+    for c in range(3):
+        assert (low[c], high[c]) == (x[:, c].min(), x[:, c].max())
     x[0, 1, 0, 0], x[3, 2, 5, 5] = 9.0, -9.0  # 1 of 16,384 pixels each: under 0.01 %
     low, high = band_range(x, INPUT_PERCENTILE)
-    assert np.all(high < 0.31) and np.all(low > -0.01)
-    assert band_range(x, 100)[1][1] == 9.0 and band_range(x, 100)[0][2] == -9.0
+    for c in range(3):
+        expected = np.percentile(x[:, c], [100 - INPUT_PERCENTILE, INPUT_PERCENTILE])
+        assert np.allclose((low[c], high[c]), expected)
+    assert np.all(high <= ranges.ravel()) and np.all(low >= 0)  # the outliers left out
+    with pytest.raises(ValueError, match="not in"):
+        band_range(x, 50)
 
 
 def test_a_few_outlier_pixels_in_the_calibration_keep_the_input_grid_fine(
@@ -194,8 +202,9 @@ def test_a_few_outlier_pixels_in_the_calibration_keep_the_input_grid_fine(
         "bright": quantise(path.read_bytes(), bright),
     }
     assert step(models["bright"]) == pytest.approx(step(models["clean"]), rel=0.02)
-    # what a min-max grid would have made of it: a step 13x as coarse
-    assert (5.0 - mean[1]) / std[1] / 255 > 10 * step(models["clean"])
+    # what a min-max grid makes of it: a step over 10x as coarse
+    min_max = quantise(path.read_bytes(), bright, input_percentile=100)
+    assert step(min_max) > 10 * step(models["clean"])
     fp32 = onnx_model.logits(onnx_model.session(path.read_bytes()), x[32:])
     error = {
         name: np.abs(onnx_model.logits(onnx_model.session(data), x[32:]) - fp32).max()
@@ -495,7 +504,7 @@ def test_a_stem_that_cannot_be_fused_stays_fp32(
     the int8 file keeps its stem fp32 instead of failing the int8 check."""
     from eostream.registry_bridge import input_stem
 
-    def refuse(_model: onnx.ModelProto, _calibration: np.ndarray) -> onnx.ModelProto:
+    def refuse(_model: onnx.ModelProto, _calibration: np.ndarray, **_: Any) -> onnx.ModelProto:
         raise ValueError("a band's zero point falls outside uint8")
 
     monkeypatch.setattr(input_stem, "fuse", refuse)

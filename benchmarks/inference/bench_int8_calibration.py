@@ -6,10 +6,10 @@ hold-out (``quantize.calibration_files``) and, since its input convolutions are 
 (``input_stem.fuse``), sets one uint8 grid for all bands from those patches. Two choices are
 compared, each on its own and together, for every model:
 
-* **patches**: only those outside the hold-out (before: on the data folder's 375-patch EuroSAT
-  MS set that leaves 6 patches of 2 classes, as the hold-out takes 270 of the 276 distinct
-  ones), or filled up from the hold-out where it would starve the data (now, as the trainer
-  trains on it then);
+* **patches**: only those outside the hold-out (before: in the data folder's 276-file
+  ``eurosat_ms`` that leaves 6 patches of 2 classes, as the hold-out takes 270), or, for a
+  version trained on the hold-out (the trainer's choice there: these models are), filled up
+  from it (now);
 * **input grid**: the calibration's per-band min and max (before) or its 0.01 and 99.99
   percentiles (now, ``input_stem.INPUT_PERCENTILE``).
 
@@ -62,7 +62,7 @@ def calibration_sets(data_dir: Path) -> dict[bool, list[str]]:
 
     holdout = HoldoutSettings()
     held = set(held_out_files(data_dir, "ms13", holdout.per_class, holdout.salt))
-    now = calibration_files(data_dir, "ms13", SIZE, holdout)
+    now = calibration_files(data_dir, "ms13", SIZE, holdout, trained_on_holdout=True)
     return {True: now, False: [f for f in now if f not in held]}
 
 
@@ -193,6 +193,8 @@ def main() -> None:
                 folder.mkdir()
                 path = bench_int8.train_and_export(recipe, data_dir, folder, seed, None)
                 models[f"{recipe} seed {seed}"] = path
+    if not models:
+        parser.error("no models: give --onnx files or --seeds")
     figures = {}
     for name, path in models.items():
         figures[name] = compare(path, data_dir, labels, work / name.replace(" ", "-"), args.stride)

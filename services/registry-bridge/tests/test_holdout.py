@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from eostream.registry_bridge import holdout
-from eostream.shared.holdout import choose, starved
+from eostream.shared.holdout import choose
 
 
 def test_selection_is_deterministic_and_order_free() -> None:
@@ -38,12 +38,3 @@ def test_ms13_holdout_is_reflectance_in_file_band_order(data_dir: Path) -> None:
     assert h.images[:, 9].mean() < 0.01
     assert abs(h.images[:, 12].mean() - h.images[:, 7].mean()) < 0.05
     assert len({Path(f).name for f in h.files}) == 30
-
-
-def test_a_class_is_starved_when_the_holdout_takes_half_of_it_or_more() -> None:
-    sizes = {"Forest": 100, "River": 30, "SeaLake": 21}
-    assert starved(sizes, {"Forest": 30, "River": 14, "SeaLake": 10}) == {}
-    assert starved(sizes, {"Forest": 30, "River": 15, "SeaLake": 21}) == {
-        "River": "15 of 30",
-        "SeaLake": "21 of 21",
-    }

@@ -6,8 +6,10 @@ Growing ``per_class`` keeps the files already chosen.
 
 Two services use it: the bridge loads these files and scores each new version and the champion
 on them; the trainer leaves them out of every split it trains, validates or tests on, so the gate
-never scores a model on patches it learned from. Both must use the same settings (the defaults
-match; ``BRIDGE_HOLDOUT__*`` and ``TRAINER_GATE_HOLDOUT__*`` override them).
+never scores a model on patches it learned from, unless leaving them out would starve the data
+(then it trains on them and tags the version ``gate_holdout_excluded=false``, and the bridge's
+int8 calibration of that version may draw on them too). Both must use the same settings (the
+defaults match; ``BRIDGE_HOLDOUT__*`` and ``TRAINER_GATE_HOLDOUT__*`` override them).
 """
 
 from __future__ import annotations
@@ -49,13 +51,6 @@ def choose(names_by_class: Mapping[str, Iterable[str]], per_class: int, salt: st
         )
         chosen.extend(sorted(names[:per_class]))
     return chosen
-
-
-def starved(sizes: Mapping[str, int], taken: Mapping[str, int]) -> dict[str, str]:
-    """Pure: the classes of which the held-out set takes half or more of the ``sizes`` patches
-    (class -> ``"taken of size"``). Leaving the hold-out out would starve them, so the trainer
-    trains on it anyway (and says so) and the bridge's int8 calibration may draw on it."""
-    return {c: f"{n} of {sizes.get(c, 0)}" for c, n in taken.items() if 2 * n >= sizes.get(c, 0)}
 
 
 def digest_of(files: Iterable[str], salt: str) -> str:

@@ -10,9 +10,10 @@ After a version passed the gate and before it ships (:meth:`.promotion.Promoter.
   ranges are calibrated (MinMax) on ``calibration_size`` EuroSAT training patches in the
   model's input units (:func:`calibration_files`: chosen per class by a salted name hash among
   the files that are not in the gate's hold-out, so the int8 model is never checked on patches
-  it was calibrated on, unless the hold-out is too big for the data to leave out, as the
-  trainer decides); the input convolutions' grid spans the patches' per-band 99.99 %
-  percentiles (:data:`.input_stem.INPUT_PERCENTILE`), not their min and max;
+  it was calibrated on; unless the version trained on the hold-out, as the trainer does where
+  leaving it out would starve the data: then a class short of other patches is filled up from
+  it and the verdict says so); the input convolutions' uint8 grid spans the patches' per-band
+  0.01-99.99 % percentiles (:data:`.input_stem.INPUT_PERCENTILE`), not their min and max;
 * scores both on the hold-out (top-1 accuracy of each, their top-1 agreement) and, with a
   reference set configured, on its maps (the gate's map figure of each);
 * judges (:func:`judge`, pure): the int8 accuracy may be at most ``max_accuracy_loss`` below the
@@ -60,7 +61,6 @@ from eostream.shared.holdout import (
     held_out_files,
     ms_candidates,
     rgb_candidates,
-    starved,
 )
 from eostream.shared.labels import MASK_UNKNOWN as UNKNOWN
 from eostream.shared.modelcard import (
@@ -95,7 +95,8 @@ def quantise(
     input_percentile: float = input_stem.INPUT_PERCENTILE,
 ) -> bytes:
     """Static int8 quantisation of an ONNX model (QDQ, per-channel int8 weights, uint8
-    activations calibrated with MinMax on ``calibration``, float32 [N, C, H, W] in the model's
+    activations calibrated with MinMax (a fused stem's input grid: per-band percentiles,
+    ``input_percentile``) on ``calibration``, float32 [N, C, H, W] in the model's
     input units). The ModelCard metadata entry is carried over, so inference loads the result,
     and an ``eostream.precision`` entry says int8.
 
@@ -365,45 +366,77 @@ def name_nodes(model: onnx.ModelProto) -> None:
 
 
 def calibration_files(
-    data_dir: Path, band_set: str, size: int, holdout: HoldoutSettings
+    data_dir: Path,
+    band_set: str,
+    size: int,
+    holdout: HoldoutSettings,
+    *,
+    trained_on_holdout: bool = False,
 ) -> list[str]:
     """About ``size`` training patches (paths relative to ``data_dir``), the same number per
-    class, none of them in the hold-out; unless the hold-out is too big for the data to leave
-    out (:func:`~eostream.shared.holdout.starved`: the trainer then trains on it, said on the
-    run and the version), in which case each class is filled up from its held-out patches
-    after its others. The data folder's EuroSAT MS set is such a case: 270 of its 276 patches
-    are held out, and without them the 13-band models calibrated on 6 patches of 2 classes."""
+    class, none of them in the hold-out; for a version that trained on the hold-out (its
+    ``gate_holdout_excluded`` tag false: the trainer keeps it where leaving it out would starve
+    the data), a class short of patches outside it is filled up from its held-out ones, after
+    its others. The data folder's 276-file ``eurosat_ms`` is such a case: the hold-out takes
+    270, and without them the 13-band models calibrated on 6 patches of 2 classes
+    (benchmarks/inference/README.md)."""
     candidates = rgb_candidates(data_dir) if band_set == "rgb" else ms_candidates(data_dir)
     held = set(held_out_files(data_dir, band_set, holdout.per_class, holdout.salt))
     per_class = math.ceil(size / len(EUROSAT_CLASSES))
     remaining = {cls: [f for f in names if f not in held] for cls, names in candidates.items()}
     files = choose(remaining, per_class, CALIBRATION_SALT)
-    taken = {cls: sum(f in held for f in names) for cls, names in candidates.items()}
-    starving = starved({cls: len(names) for cls, names in candidates.items()}, taken)
-    if not starving:
+    if not trained_on_holdout:
         return files
+    filled = 0
     for cls, names in candidates.items():
         short = per_class - len(remaining[cls])
         if short > 0:
-            files += choose({cls: [f for f in names if f in held]}, short, CALIBRATION_SALT)
-    log.warning(
-        "int8 calibration: the gate's hold-out takes half or more of some %s classes (%s) and "
-        "the trainer trains on it; %d of the %d calibration patches are held-out ones",
-        band_set,
-        ", ".join(f"{c} {v}" for c, v in sorted(starving.items())),
-        sum(f in held for f in files),
-        len(files),
-    )
+            extra = choose({cls: [f for f in names if f in held]}, short, CALIBRATION_SALT)
+            files += extra
+            filled += len(extra)
+    if filled:
+        log.warning(
+            "int8 calibration of a version trained on the gate's %s hold-out: %d of its %d "
+            "patches are held-out ones (too few training patches outside it)",
+            band_set,
+            filled,
+            len(files),
+        )
     return files
 
 
+def holdout_overlap_note(
+    files: list[str], data_dir: Path, band_set: str, holdout: HoldoutSettings
+) -> str | None:
+    """The int8 verdict's note when calibration ``files`` include held-out ones (None: none)."""
+    held = set(held_out_files(data_dir, band_set, holdout.per_class, holdout.salt))
+    overlap = len(set(files) & held)
+    if not overlap:
+        return None
+    return (
+        f"NOTE: calibrated on {len(files)} patches, {overlap} of them in the gate's hold-out: "
+        "the version trained on it (gate_holdout_excluded=false), so the hold-out figures "
+        "are optimistic"
+    )
+
+
 def load_calibration(
-    data_dir: Path, band_set: str, size: int, holdout: HoldoutSettings
-) -> np.ndarray:
-    files = calibration_files(data_dir, band_set, size, holdout)
+    data_dir: Path,
+    band_set: str,
+    size: int,
+    holdout: HoldoutSettings,
+    *,
+    trained_on_holdout: bool = False,
+) -> tuple[np.ndarray, str | None]:
+    """The calibration patches (:func:`calibration_files`) as images in the model's units, and
+    the verdict's note on their overlap with the hold-out (:func:`holdout_overlap_note`)."""
+    files = calibration_files(
+        data_dir, band_set, size, holdout, trained_on_holdout=trained_on_holdout
+    )
     if not files:
         raise FileNotFoundError(f"no {band_set} training patches under {data_dir} to calibrate on")
-    return read_images(data_dir, band_set, files)
+    note = holdout_overlap_note(files, data_dir, band_set, holdout) if trained_on_holdout else None
+    return read_images(data_dir, band_set, files), note
 
 
 @dataclass(frozen=True)
@@ -525,13 +558,15 @@ def check(
     fp32_maps: Callable[[], MapScores | None] | None = None,
     map_metric: Literal["mean_iou", "overall_accuracy"] = "mean_iou",
     threads: int = 1,
+    calibration_note: Callable[[], str | None] | None = None,
 ) -> Int8Check:
     """Quantise ``fp32`` and check it (see the module). ``logits(onnx, images)`` runs a model;
     ``maps(onnx)`` scores one on the reference set and ``fp32_maps()`` gives the fp32 model's
     figures (both None: no reference set); ``threads``: the intra-op threads of the sessions
-    that time the kernels (``conv_kernel=auto``). Never raises for a model that cannot be
-    quantised or calibration patches that cannot be read: that fails the check (fp32 ships
-    anyway)."""
+    that time the kernels (``conv_kernel=auto``); ``calibration_note()``, asked after
+    ``calibration()``, a note on those patches for the verdict (None: nothing to say). Never
+    raises for a model that cannot be quantised or calibration patches that cannot be read:
+    that fails the check (fp32 ships anyway)."""
     if not settings.enabled:
         return skipped("int8 disabled (BRIDGE_INT8__ENABLED=false)")
     if card.task not in ("patch", "segmentation"):
@@ -543,8 +578,11 @@ def check(
     x = np.zeros((0,), np.float32)
     kernel: ConvKernel = "direct" if settings.conv_kernel == "auto" else settings.conv_kernel
     timed: dict[ConvKernel, float] = {}
+    noted: tuple[str, ...] = ()
     try:
         x = calibration()
+        note = calibration_note() if calibration_note is not None else None
+        noted = (note,) if note else ()
         int8 = quantise(fp32, x, conv_kernel=kernel)
         if settings.conv_kernel == "auto":
             int8, kernel, timed = fastest_kernel(int8, x, threads)
@@ -568,6 +606,7 @@ def check(
     passed, reasons = judge(
         accuracy32, accuracy8, map32, map8, settings, map_checked=maps is not None
     )
+    reasons = (*reasons, *noted)
     if timed:
         reasons = (
             *reasons,
@@ -618,6 +657,7 @@ __all__ = [
     "check",
     "fastest_kernel",
     "gemm_weights",
+    "holdout_overlap_note",
     "judge",
     "load_calibration",
     "output_step",

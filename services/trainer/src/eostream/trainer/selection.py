@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from eostream.shared.holdout import HoldoutSettings, held_out_files, starved
+from eostream.shared.holdout import HoldoutSettings, held_out_files
 from eostream.shared.modelcard import EUROSAT_CLASSES
 from eostream.trainer.catalog import CatalogTable
 from eostream.trainer.errors import DatasetError
@@ -195,13 +195,13 @@ def gate_exclusion(table: CatalogTable, held_out: Sequence[str]) -> tuple[str, .
             ).fetchall()
         )
     taken = Counter(key.split("/", 1)[0] for key in keys)
-    starving = starved(sizes, taken)
-    if starving:
+    starved = {c: f"{n} of {sizes.get(c, 0)}" for c, n in taken.items() if 2 * n >= sizes.get(c, 0)}
+    if starved:
         log.warning(
             "the gate's held-out set would take half or more of some %s classes (%s): training "
             "on it anyway, so the gate's scores of this model are optimistic",
             table.band_set,
-            ", ".join(f"{c} {v}" for c, v in sorted(starving.items())),
+            ", ".join(f"{c} {v}" for c, v in sorted(starved.items())),
         )
         return ()
     return keys

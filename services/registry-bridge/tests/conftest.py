@@ -124,7 +124,7 @@ def export_onnx(
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model,
-            (torch.zeros(2, len(card.bands) if card is not None else 3, 64, 64),),
+            (torch.zeros(2, 3, 64, 64),),
             buf,  # type: ignore[arg-type]  # a file object works; the stub says path
             input_names=[input_name],
             output_names=["logits"],

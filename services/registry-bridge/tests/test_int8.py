@@ -17,7 +17,6 @@ from typing import Any
 import mlflow
 import numpy as np
 import onnx
-import pytest
 from onnx import numpy_helper
 from pydantic import SecretStr
 
@@ -27,11 +26,17 @@ from eostream.inference.settings import InferenceSettings
 from eostream.inference.wiring import build_service
 from eostream.registry_bridge.holdout import Holdout
 from eostream.registry_bridge.input_stem import FUSED_NODE
-from eostream.registry_bridge.quantize import calibration_files, check, judge, load_calibration
+from eostream.registry_bridge.quantize import (
+    calibration_files,
+    check,
+    judge,
+    load_calibration,
+    training_candidates,
+)
 from eostream.registry_bridge.settings import BridgeSettings, Int8Settings
 from eostream.shared import mlm, tags
 from eostream.shared.events import ModelPromoted
-from eostream.shared.holdout import HoldoutSettings, held_out_files, ms_candidates
+from eostream.shared.holdout import HoldoutSettings, held_out_files
 from eostream.shared.modelcard import EUROSAT_CLASSES, ModelCard
 from eostream.shared.storage import build_object_store
 
@@ -198,81 +203,26 @@ def test_calibration_patches_are_training_patches_never_the_holdout(data_dir: Pa
         assert len({f.split("/")[1] for f in files}) == 10  # every class
 
 
-def test_a_version_trained_on_the_holdout_calibrates_on_it_where_too_few_lie_outside(
-    data_dir: Path, caplog: pytest.LogCaptureFixture
+def test_ms13_calibration_draws_on_every_training_patch_outside_the_holdout(
+    data_dir: Path,
 ) -> None:
-    """The data folder's EuroSAT MS files: the hold-out takes 270 of the 276 and the trainer
-    trains on it (gate_holdout_excluded=false). Calibrating on the 6 others (2 classes) clipped
-    the activations of every other class, so for such a version each class short of patches
-    outside the hold-out is filled up from its held-out ones, after its others; a class with
-    enough outside it gets none, and a version that left the hold-out out gets none at all."""
+    """The hold-out is drawn from the tifs under eurosat_ms and takes 270 of the 276 in the data
+    folder; calibrating on the 6 others (2 classes) clipped the activations of every other
+    class. The trainer also trains on the EuroSAT100 catalogue's tifs (its MANIFEST), so the
+    calibration draws on those too: every class, and still none of the hold-out."""
     holdout = HoldoutSettings()
-    held = set(held_out_files(data_dir, "ms13", holdout.per_class, holdout.salt))
-    spare = {f for names in ms_candidates(data_dir).values() for f in names if f not in held}
-    assert 0 < len(spare) < 20
-
-    def by_class(files: list[str]) -> dict[str, list[str]]:
-        return {cls: [f for f in files if f.split("/")[-2] == cls] for cls in EUROSAT_CLASSES}
-
-    assert set(calibration_files(data_dir, "ms13", 100, holdout)) == spare  # never the hold-out
-    assert "held-out ones" not in caplog.text
-    files = calibration_files(data_dir, "ms13", 100, holdout, trained_on_holdout=True)
-    assert len(files) == len(set(files)) == 100 and spare <= set(files)
-    assert "94 of its 100 patches are held-out ones" in caplog.text
-    for cls, names in by_class(files).items():
-        flags = [f in held for f in names]
-        assert len(names) == 10 and flags == sorted(flags), cls  # held-out ones after the others
-    # 2 a class: AnnualCrop and Forest have 3 patches outside the hold-out, so none in it
-    few = by_class(calibration_files(data_dir, "ms13", 20, holdout, trained_on_holdout=True))
-    assert not {f for cls in ("AnnualCrop", "Forest") for f in few[cls]} & held
-    assert all(len(names) == 2 for names in few.values())
-    # the verdict's note says so (RGB: enough outside the hold-out, so nothing to say)
-    images, note = load_calibration(data_dir, "ms13", 100, holdout, trained_on_holdout=True)
-    assert len(images) == 100 and note is not None and "94 of them in the gate's hold-out" in note
-    assert load_calibration(data_dir, "ms13", 100, holdout)[1] is None
-    assert load_calibration(data_dir, "rgb", 20, holdout, trained_on_holdout=True)[1] is None
-
-
-async def test_the_verdict_says_when_the_calibration_drew_on_the_holdout(
-    bridge_settings: BridgeSettings, register: Any, card: ModelCard, data_dir: Path
-) -> None:
-    """A 13-band version the trainer trained on the hold-out (the data folder's MS files are
-    too few to leave it out): its int8 file is calibrated on held-out patches too, and the
-    verdict on the version says so."""
-    import torch
-
-    from eostream.shared.modelcard import BAND_SETS, BandScaling
-
-    ms13 = card.model_copy(
-        update={
-            "band_set": "ms13",
-            "bands": BAND_SETS["ms13"],
-            "scaling": tuple(BandScaling(band=b, scale=1.0) for b in BAND_SETS["ms13"]),
-        }
-    )
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(13, 8, 3, padding=1),
-        torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1),
-        torch.nn.Flatten(),
-        torch.nn.Linear(8, 10),
-    )
-    gate = bridge_settings.gate.model_copy(update={"min_accuracy": 0.0})
-    settings = with_int8(bridge_settings.model_copy(update={"gate": gate}), max_accuracy_loss=1)
-    bridge = make_bridge(settings)
-    version = register(net, card=ms13, tags={tags.GATE_HOLDOUT_EXCLUDED: "false"})
-    assert (await bridge.handle_version(NAME, version)).state == "promoted"
-    vtags = mlflow.MlflowClient().get_model_version(NAME, version).tags
-    reasons = json.loads(vtags[tags.INT8_REASONS])
-    assert vtags[tags.INT8] == "passed", reasons
-    h = settings.holdout
-    size = settings.int8.calibration_size
-    files = calibration_files(data_dir, "ms13", size, h, trained_on_holdout=True)
-    held = len(set(files) & set(held_out_files(data_dir, "ms13", h.per_class, h.salt)))
-    assert 0 < held < len(files)
-    note = f"NOTE: calibrated on {len(files)} patches, {held} of them in the gate's hold-out"
-    assert any(r.startswith(note) for r in reasons), reasons
+    held = held_out_files(data_dir, "ms13", holdout.per_class, holdout.salt)
+    held_keys = {(f.split("/")[-2], f.split("/")[-1]) for f in held}
+    files = calibration_files(data_dir, "ms13", 256, holdout)
+    assert len(files) == len(set(files)) > 100
+    assert not {(f.split("/")[-2], f.split("/")[-1]) for f in files} & held_keys
+    per_class = {cls: sum(f.split("/")[-2] == cls for f in files) for cls in EUROSAT_CLASSES}
+    assert min(per_class.values()) >= 9, per_class
+    assert sum(f.startswith("eurosat100_stac/") for f in files) > 90
+    trained = {f for names in training_candidates(data_dir, "ms13").values() for f in names}
+    assert set(files) <= trained
+    images = load_calibration(data_dir, "ms13", 256, holdout)
+    assert images.shape == (len(files), 13, 64, 64) and 0 < float(np.median(images)) < 1
 
 
 def test_judge() -> None:

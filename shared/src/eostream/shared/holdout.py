@@ -6,10 +6,8 @@ Growing ``per_class`` keeps the files already chosen.
 
 Two services use it: the bridge loads these files and scores each new version and the champion
 on them; the trainer leaves them out of every split it trains, validates or tests on, so the gate
-never scores a model on patches it learned from, unless leaving them out would starve the data
-(then it trains on them and tags the version ``gate_holdout_excluded=false``, and the bridge's
-int8 calibration of that version may draw on them too). Both must use the same settings (the
-defaults match; ``BRIDGE_HOLDOUT__*`` and ``TRAINER_GATE_HOLDOUT__*`` override them).
+never scores a model on patches it learned from. Both must use the same settings (the defaults
+match; ``BRIDGE_HOLDOUT__*`` and ``TRAINER_GATE_HOLDOUT__*`` override them).
 """
 
 from __future__ import annotations

@@ -40,7 +40,6 @@ class Gatekeeper:
         self.shipper = shipper
         self._holdouts: dict[str, holdout.Holdout] = {}
         self._calibration: dict[str, np.ndarray] = {}
-        self._calibration_notes: dict[str, str | None] = {}
         self._chip_tables: dict[str, str] = {}  # a card's dataset -> its table readable here
         self._evaluations: dict[tuple[str, str, str], Evaluation] = {}
         gate = settings.gate
@@ -212,17 +211,10 @@ class Gatekeeper:
         return scores if scores.figure(self.settings.gate.map_metric) is not None else None
 
     def calibration_for(
-        self,
-        band_set: str,
-        card: ModelCard | None = None,
-        run_id: str | None = None,
-        *,
-        trained_on_holdout: bool = False,
+        self, band_set: str, card: ModelCard | None = None, run_id: str | None = None
     ) -> np.ndarray:
-        """The int8 calibration patches of a band set (training patches, read once; for a
-        version that trained on the hold-out, filled up from it where too few lie outside it:
-        :func:`.quantize.calibration_files`); for a chip dataset's model, chips of its train
-        split."""
+        """The int8 calibration patches of a band set (training patches, read once); for a
+        chip dataset's model, chips of its train split."""
         if card is not None and card.dataset is not None:
             key = f"chips:{card.dataset}"
             if key not in self._calibration:
@@ -230,41 +222,24 @@ class Gatekeeper:
                 size = self.settings.int8.calibration_size
                 self._calibration[key] = chips[:: max(1, len(chips) // size)][:size]
             return self._calibration[key]
-        key = f"{band_set}:with-holdout" if trained_on_holdout else band_set
-        if key not in self._calibration:
+        if band_set not in self._calibration:
             s = self.settings
-            self._calibration[key], self._calibration_notes[key] = quantize.load_calibration(
-                s.data_dir,
-                band_set,
-                s.int8.calibration_size,
-                s.holdout,
-                trained_on_holdout=trained_on_holdout,
+            self._calibration[band_set] = quantize.load_calibration(
+                s.data_dir, band_set, s.int8.calibration_size, s.holdout
             )
-        return self._calibration[key]
-
-    def calibration_note(self, band_set: str, *, trained_on_holdout: bool) -> str | None:
-        """What the verdict says of the calibration :meth:`calibration_for` read (None: nothing,
-        e.g. no held-out patch among them)."""
-        key = f"{band_set}:with-holdout" if trained_on_holdout else band_set
-        return self._calibration_notes.get(key)
+        return self._calibration[band_set]
 
     def int8_check(self, verified: Verified) -> quantize.Int8Check:
         """Quantise ``verified`` to int8 and check it against its fp32 model on the hold-out and,
         when configured, the reference set's maps (:mod:`.quantize`)."""
         band_set, threads = verified.card.band_set, self.settings.torch_threads
         reference = self.reference
-        # the trainer says whether it kept the hold-out (too few patches outside it)
-        version = self.registry.get_version(verified.name, verified.version)
-        trained = version.tags.get(tags.GATE_HOLDOUT_EXCLUDED) == "false"
         return quantize.check(
             verified.onnx_bytes,
             verified.card,
             settings=self.settings.int8,
             holdout=self.holdout_for(verified.card, verified.run_id),
-            calibration=lambda: self.calibration_for(
-                band_set, verified.card, verified.run_id, trained_on_holdout=trained
-            ),
-            calibration_note=lambda: self.calibration_note(band_set, trained_on_holdout=trained),
+            calibration=lambda: self.calibration_for(band_set, verified.card, verified.run_id),
             logits=lambda data, x: onnx_model.logits(onnx_model.session(data, threads), x),
             maps=(lambda data: reference.score(data).scores) if reference is not None else None,
             # the fp32 figures the gate recorded (memory, else the version's tags), else scored

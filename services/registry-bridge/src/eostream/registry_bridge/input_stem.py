@@ -49,14 +49,15 @@ Water IoU of the 13-band model's map of Boadella 2020-09-14 (stride 4): 0.894 as
 the min/max grid of the table's runs; 20:24 UTC run, 2.42x at batch 64).
 
 Why percentiles: one grid serves all bands, so its step is set by the band with the widest
-normalised range, and a min/max range by a handful of pixels. In the bridge's 250 calibration
-patches of the data folder's EuroSAT MS files the blue band's brightest pixel lies 53.7 standard
-deviations above its mean (clouds, glinting roofs), its 99.99th percentile 10.9: the min/max
-step was 3.6x the 99.99 % one. Over six 13-band models' maps of three labelled Boadella dates
-(2026-12-06, ``benchmarks/inference/bench_int8_calibration.py``) the lowest all-class agreement
-with the fp32 map was 0.888 with those patches and a min/max grid, 0.956 with 99.99 %; water IoU
-moved by up to 0.049 and 0.030. A first try on the scratch profile had rejected 99.99 % for
-moving some test windows' logits by up to 1.07; the maps say otherwise.
+normalised range, and a min/max range by a handful of pixels. In the bridge's 105 calibration
+patches of the data folder's EuroSAT MS files the blue band's brightest pixel lies 46.7 standard
+deviations above its mean (clouds, glinting roofs), while every band's 99.99th percentile lies
+within 14.6: the min/max step was 2.6x the 99.99 % one. Over six 13-band models' maps of three
+labelled Boadella dates (2026-12-06, ``benchmarks/inference/bench_int8_calibration.py``) the
+mean of each model's lowest all-class agreement with its fp32 map was 0.959 with a min/max grid
+and 0.973 with 99.99 %, water IoU within 0.035 and 0.025 of fp32. A first try on the scratch
+profile had rejected 99.99 % for moving some test windows' logits by up to 1.07; the maps say
+otherwise.
 
 A graph that does not start this way (spectral indices before the normalisation, a normalised
 input read by something other than a convolution or a crop) is left to the caller

@@ -9,11 +9,10 @@ After a version passed the gate and before it ships (:meth:`.promotion.Promoter.
   to run on onnxruntime's int8 GEMM: :func:`gemm_weights`), uint8 activations (U8S8) whose
   ranges are calibrated (MinMax) on ``calibration_size`` EuroSAT training patches in the
   model's input units (:func:`calibration_files`: chosen per class by a salted name hash among
-  the files that are not in the gate's hold-out, so the int8 model is never checked on patches
-  it was calibrated on; unless the version trained on the hold-out, as the trainer does where
-  leaving it out would starve the data: then a class short of other patches is filled up from
-  it and the verdict says so); the input convolutions' uint8 grid spans the patches' per-band
-  0.01-99.99 % percentiles (:data:`.input_stem.INPUT_PERCENTILE`), not their min and max;
+  the trainer's patches that are not in the gate's hold-out, so the int8 model is never
+  checked on patches it was calibrated on); the input convolutions' uint8 grid spans the
+  patches' per-band 0.01-99.99 % percentiles (:data:`.input_stem.INPUT_PERCENTILE`), not their
+  min and max;
 * scores both on the hold-out (top-1 accuracy of each, their top-1 agreement) and, with a
   reference set configured, on its maps (the gate's map figure of each);
 * judges (:func:`judge`, pure): the int8 accuracy may be at most ``max_accuracy_loss`` below the
@@ -35,6 +34,7 @@ it. This module never imports torch.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -42,7 +42,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import numpy as np
@@ -56,6 +56,7 @@ from eostream.registry_bridge.settings import Int8Settings
 from eostream.shared import tags
 from eostream.shared.digest import sha256_hex
 from eostream.shared.holdout import (
+    MS_DIR,
     HoldoutSettings,
     choose,
     held_out_files,
@@ -81,6 +82,8 @@ Stem = Literal["fused", "fp32", "int8"]
 #: onnxruntime's default (direct) ones
 GEMM_MARGIN = 0.03
 CALIBRATION_SALT = "eostream-int8-calibration-v1"
+#: the trainer's list of EuroSAT MS patches (services/trainer/.../catalog.py reads the same)
+MS_MANIFEST = f"{MS_DIR}/MANIFEST.csv"
 INT8 = "int8"
 FP32 = "fp32"
 
@@ -365,78 +368,52 @@ def name_nodes(model: onnx.ModelProto) -> None:
         taken.add(name)
 
 
+def training_candidates(data_dir: Path, band_set: str) -> dict[str, list[str]]:
+    """The patches the trainer trains a band set on, by class (paths relative to ``data_dir``):
+    every EuroSAT RGB JPEG; for ``ms13`` the rows of ``eurosat_ms/MANIFEST.csv`` that are not
+    duplicates (the trainer's catalogue: ``eurosat_ms`` and the EuroSAT100 STAC catalogue's
+    tifs), or without a manifest the tifs under ``eurosat_ms``."""
+    if band_set == "rgb":
+        return rgb_candidates(data_dir)
+    manifest = data_dir / MS_MANIFEST
+    if not manifest.is_file():
+        return ms_candidates(data_dir)
+    found: dict[str, list[str]] = {cls: [] for cls in EUROSAT_CLASSES}
+    with manifest.open(newline="") as f:
+        for row in csv.DictReader(f):
+            if not row["duplicate_of"] and row["class_name"] in found:
+                found[row["class_name"]].append(row["path"])
+    return found
+
+
 def calibration_files(
-    data_dir: Path,
-    band_set: str,
-    size: int,
-    holdout: HoldoutSettings,
-    *,
-    trained_on_holdout: bool = False,
+    data_dir: Path, band_set: str, size: int, holdout: HoldoutSettings
 ) -> list[str]:
     """About ``size`` training patches (paths relative to ``data_dir``), the same number per
-    class, none of them in the hold-out; for a version that trained on the hold-out (its
-    ``gate_holdout_excluded`` tag false: the trainer keeps it where leaving it out would starve
-    the data), a class short of patches outside it is filled up from its held-out ones, after
-    its others. The data folder's 276-file ``eurosat_ms`` is such a case: the hold-out takes
-    270, and without them the 13-band models calibrated on 6 patches of 2 classes
-    (benchmarks/inference/README.md)."""
-    candidates = rgb_candidates(data_dir) if band_set == "rgb" else ms_candidates(data_dir)
-    held = set(held_out_files(data_dir, band_set, holdout.per_class, holdout.salt))
-    per_class = math.ceil(size / len(EUROSAT_CLASSES))
-    remaining = {cls: [f for f in names if f not in held] for cls, names in candidates.items()}
-    files = choose(remaining, per_class, CALIBRATION_SALT)
-    if not trained_on_holdout:
-        return files
-    filled = 0
-    for cls, names in candidates.items():
-        short = per_class - len(remaining[cls])
-        if short > 0:
-            extra = choose({cls: [f for f in names if f in held]}, short, CALIBRATION_SALT)
-            files += extra
-            filled += len(extra)
-    if filled:
-        log.warning(
-            "int8 calibration of a version trained on the gate's %s hold-out: %d of its %d "
-            "patches are held-out ones (too few training patches outside it)",
-            band_set,
-            filled,
-            len(files),
-        )
-    return files
-
-
-def holdout_overlap_note(
-    files: list[str], data_dir: Path, band_set: str, holdout: HoldoutSettings
-) -> str | None:
-    """The int8 verdict's note when calibration ``files`` include held-out ones (None: none)."""
-    held = set(held_out_files(data_dir, band_set, holdout.per_class, holdout.salt))
-    overlap = len(set(files) & held)
-    if not overlap:
-        return None
-    return (
-        f"NOTE: calibrated on {len(files)} patches, {overlap} of them in the gate's hold-out: "
-        "the version trained on it (gate_holdout_excluded=false), so the hold-out figures "
-        "are optimistic"
-    )
+    class, none of them in the hold-out (by class and file name, as the trainer leaves it
+    out). For ``ms13`` they come from all the trainer's patches (:func:`training_candidates`),
+    not only those the hold-out is drawn from: in the data folder the hold-out takes 270 of
+    the 276 tifs under ``eurosat_ms``, and without the EuroSAT100 catalogue's 99 the 13-band
+    models calibrated on 6 patches of 2 classes (benchmarks/inference/README.md)."""
+    candidates = training_candidates(data_dir, band_set)
+    held = {
+        (PurePosixPath(f).parent.name, PurePosixPath(f).name)
+        for f in held_out_files(data_dir, band_set, holdout.per_class, holdout.salt)
+    }
+    remaining = {
+        cls: [f for f in names if (cls, PurePosixPath(f).name) not in held]
+        for cls, names in candidates.items()
+    }
+    return choose(remaining, math.ceil(size / len(EUROSAT_CLASSES)), CALIBRATION_SALT)
 
 
 def load_calibration(
-    data_dir: Path,
-    band_set: str,
-    size: int,
-    holdout: HoldoutSettings,
-    *,
-    trained_on_holdout: bool = False,
-) -> tuple[np.ndarray, str | None]:
-    """The calibration patches (:func:`calibration_files`) as images in the model's units, and
-    the verdict's note on their overlap with the hold-out (:func:`holdout_overlap_note`)."""
-    files = calibration_files(
-        data_dir, band_set, size, holdout, trained_on_holdout=trained_on_holdout
-    )
+    data_dir: Path, band_set: str, size: int, holdout: HoldoutSettings
+) -> np.ndarray:
+    files = calibration_files(data_dir, band_set, size, holdout)
     if not files:
         raise FileNotFoundError(f"no {band_set} training patches under {data_dir} to calibrate on")
-    note = holdout_overlap_note(files, data_dir, band_set, holdout) if trained_on_holdout else None
-    return read_images(data_dir, band_set, files), note
+    return read_images(data_dir, band_set, files)
 
 
 @dataclass(frozen=True)
@@ -558,15 +535,13 @@ def check(
     fp32_maps: Callable[[], MapScores | None] | None = None,
     map_metric: Literal["mean_iou", "overall_accuracy"] = "mean_iou",
     threads: int = 1,
-    calibration_note: Callable[[], str | None] | None = None,
 ) -> Int8Check:
     """Quantise ``fp32`` and check it (see the module). ``logits(onnx, images)`` runs a model;
     ``maps(onnx)`` scores one on the reference set and ``fp32_maps()`` gives the fp32 model's
     figures (both None: no reference set); ``threads``: the intra-op threads of the sessions
-    that time the kernels (``conv_kernel=auto``); ``calibration_note()``, asked after
-    ``calibration()``, a note on those patches for the verdict (None: nothing to say). Never
-    raises for a model that cannot be quantised or calibration patches that cannot be read:
-    that fails the check (fp32 ships anyway)."""
+    that time the kernels (``conv_kernel=auto``). Never raises for a model that cannot be
+    quantised or calibration patches that cannot be read: that fails the check (fp32 ships
+    anyway)."""
     if not settings.enabled:
         return skipped("int8 disabled (BRIDGE_INT8__ENABLED=false)")
     if card.task not in ("patch", "segmentation"):
@@ -578,11 +553,8 @@ def check(
     x = np.zeros((0,), np.float32)
     kernel: ConvKernel = "direct" if settings.conv_kernel == "auto" else settings.conv_kernel
     timed: dict[ConvKernel, float] = {}
-    noted: tuple[str, ...] = ()
     try:
         x = calibration()
-        note = calibration_note() if calibration_note is not None else None
-        noted = (note,) if note else ()
         int8 = quantise(fp32, x, conv_kernel=kernel)
         if settings.conv_kernel == "auto":
             int8, kernel, timed = fastest_kernel(int8, x, threads)
@@ -606,7 +578,6 @@ def check(
     passed, reasons = judge(
         accuracy32, accuracy8, map32, map8, settings, map_checked=maps is not None
     )
-    reasons = (*reasons, *noted)
     if timed:
         reasons = (
             *reasons,
@@ -657,10 +628,10 @@ __all__ = [
     "check",
     "fastest_kernel",
     "gemm_weights",
-    "holdout_overlap_note",
     "judge",
     "load_calibration",
     "output_step",
     "quantise",
     "skipped",
+    "training_candidates",
 ]

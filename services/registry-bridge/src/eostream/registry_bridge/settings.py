@@ -89,9 +89,8 @@ class Int8Settings(BaseModel):
         default=256,
         ge=10,
         le=5000,
-        description="training patches the activation ranges are calibrated on, spread over "
-        "the classes; never the hold-out's, unless the version trained on it (too few "
-        "patches outside it), then classes short of others are filled up from it",
+        description="training patches (never the hold-out's) the activation ranges are "
+        "calibrated on, spread over the classes",
     )
     conv_kernel: Literal["auto", "gemm", "direct"] = Field(
         default="auto",

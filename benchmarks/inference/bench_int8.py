@@ -320,32 +320,40 @@ def measure(folder: Path, fp32: Path, threads: int, repeats: int | None) -> dict
 
 
 # -- maps (optional) ----------------------------------------------------------------------
-def maps(data_dir: Path, work: Path, fp32: Path, int8: Path, date: str, stride: int) -> None:
-    import rasterio
+def map_settings(root: Path, stride: int, **overrides: Any) -> Any:
+    """Inference settings for mapping in-process under ``root`` (memory bus, local store, a
+    SQLite results index) at ``stride``; ``overrides`` set any other field."""
     from pydantic import SecretStr
 
-    from eostream.inference import evaluation, reference
     from eostream.inference.settings import InferenceSettings
-    from eostream.shared.modelcard import EUROSAT_CLASSES
     from eostream.shared.settings import load_settings
+
+    return load_settings(
+        InferenceSettings,
+        api_key=SecretStr(""),
+        bus="memory",
+        store="local",
+        local_store_root=root / "objects",
+        results_db=f"sqlite:///{root}/results.db",
+        stride=stride,
+        allow_coarse_scenes=True,
+        **overrides,
+    )
+
+
+def maps(data_dir: Path, work: Path, fp32: Path, int8: Path, date: str, stride: int) -> None:
+    import rasterio
+
+    from eostream.inference import evaluation, reference
+    from eostream.shared.modelcard import EUROSAT_CLASSES
 
     labels = reference.build_boadella(data_dir, work / f"ref-{fp32.stem}", dates=[date])
     water: dict[str, float | None] = {}
     rasters: dict[str, np.ndarray] = {}
     for key, model in (("fp32", fp32), ("int8", int8)):
         root = work / f"maps-{fp32.stem}-{key}"
-        settings = load_settings(
-            InferenceSettings,
-            api_key=SecretStr(""),
-            bus="memory",
-            store="local",
-            local_store_root=root / "objects",
-            results_db=f"sqlite:///{root}/results.db",
-            stride=stride,
-            allow_coarse_scenes=True,
-            uncertain_below=0.0,
-            out_of_domain_limit=1000.0,
-            intra_op_threads=2,
+        settings = map_settings(
+            root, stride, uncertain_below=0.0, out_of_domain_limit=1000.0, intra_op_threads=2
         )
         started = time.perf_counter()
         report = evaluation.evaluate(str(labels), str(model), settings=settings)

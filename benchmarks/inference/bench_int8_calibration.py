@@ -93,23 +93,11 @@ def input_step(model: bytes) -> float | None:
 def map_model(labels: Path, model: Path, root: Path, stride: int) -> dict[str, Any]:
     """Water IoU per date (and NDWI's) and the class rasters of ``model``'s maps."""
     import rasterio
-    from pydantic import SecretStr
 
     from eostream.inference import evaluation
-    from eostream.inference.settings import InferenceSettings
-    from eostream.shared.settings import load_settings
 
-    settings = load_settings(
-        InferenceSettings,
-        api_key=SecretStr(""),
-        bus="memory",
-        store="local",
-        local_store_root=root / "objects",
-        results_db=f"sqlite:///{root}/results.db",
-        stride=stride,
-        allow_coarse_scenes=True,
-        intra_op_threads=int(os.environ.get("BENCH_THREADS", "2")),
-    )
+    threads = int(os.environ.get("BENCH_THREADS", "2"))
+    settings = bench_int8.map_settings(root, stride, intra_op_threads=threads)
     report = evaluation.evaluate(str(labels), str(model), settings=settings)
     for line in report.errors:
         print(f"  error: {line}", flush=True)

@@ -389,8 +389,8 @@ def training_candidates(data_dir: Path, band_set: str) -> dict[str, list[str]]:
 def calibration_files(
     data_dir: Path, band_set: str, size: int, holdout: HoldoutSettings
 ) -> list[str]:
-    """About ``size`` training patches (paths relative to ``data_dir``), the same number per
-    class, none of them in the hold-out (by class and file name, as the trainer leaves it
+    """About ``size`` training patches (paths relative to ``data_dir``), up to the same number
+    per class, none of them in the hold-out (by class and file name, as the trainer leaves it
     out). For ``ms13`` they come from all the trainer's patches (:func:`training_candidates`),
     not only those the hold-out is drawn from: in the data folder the hold-out takes 270 of
     the 276 tifs under ``eurosat_ms``, and without the EuroSAT100 catalogue's 99 the 13-band

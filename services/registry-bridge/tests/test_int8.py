@@ -225,6 +225,37 @@ def test_ms13_calibration_draws_on_every_training_patch_outside_the_holdout(
     assert images.shape == (len(files), 13, 64, 64) and 0 < float(np.median(images)) < 1
 
 
+def test_ms13_training_candidates_without_a_manifest_are_the_tifs_under_eurosat_ms(
+    tmp_path: Path,
+) -> None:
+    """A data folder without eurosat_ms/MANIFEST.csv (tifs copied in by hand): the calibration
+    takes the tifs under eurosat_ms, one per class and file name, as the hold-out's candidates
+    are; the manifest, once there, decides (its duplicates left out)."""
+    for rel in (
+        "eurosat_ms/a/Forest/Forest_1.tif",
+        "eurosat_ms/b/Forest/Forest_1.tif",  # the same patch from a second source
+        "eurosat_ms/a/River/River_2.tif",
+        "eurosat_ms/a/Clouds/Clouds_3.tif",  # not a EuroSAT class
+        "eurosat100_stac/c/Forest_4.tif",  # only a manifest names tifs outside eurosat_ms
+    ):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).touch()
+    found = training_candidates(tmp_path, "ms13")
+    assert found["Forest"] == ["eurosat_ms/a/Forest/Forest_1.tif"]
+    assert found["River"] == ["eurosat_ms/a/River/River_2.tif"]
+    assert sum(map(len, found.values())) == 2
+
+    (tmp_path / "eurosat_ms" / "MANIFEST.csv").write_text(
+        "path,class_name,duplicate_of\n"
+        "eurosat_ms/a/Forest/Forest_1.tif,Forest,\n"
+        "eurosat_ms/b/Forest/Forest_1.tif,Forest,eurosat_ms/a/Forest/Forest_1.tif\n"
+        "eurosat100_stac/c/Forest_4.tif,Forest,\n"
+    )
+    found = training_candidates(tmp_path, "ms13")
+    assert found["Forest"] == ["eurosat_ms/a/Forest/Forest_1.tif", "eurosat100_stac/c/Forest_4.tif"]
+    assert sum(map(len, found.values())) == 2
+
+
 def test_judge() -> None:
     s = Int8Settings(max_accuracy_loss=0.01, max_map_loss=0.02)
     ok, reasons = judge(0.90, 0.895, None, None, s, map_checked=False)

@@ -12,6 +12,7 @@ match; ``BRIDGE_HOLDOUT__*`` and ``TRAINER_GATE_HOLDOUT__*`` override them).
 
 from __future__ import annotations
 
+import csv
 import hashlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
@@ -22,6 +23,9 @@ from eostream.shared.modelcard import EUROSAT_CLASSES
 
 RGB_DIR = "eurosat_rgb"
 MS_DIR = "eurosat_ms"
+#: every EuroSAT MS patch in the data folder, one row each: the tifs under ``eurosat_ms`` and the
+#: EuroSAT100 STAC catalogue's (``eostream data fetch`` writes it where the data folder lacks it)
+MS_MANIFEST = f"{MS_DIR}/MANIFEST.csv"
 DEFAULT_SALT = "eostream-holdout-v1"
 DEFAULT_PER_CLASS = 30
 
@@ -73,6 +77,19 @@ def ms_candidates(data_dir: Path) -> dict[str, list[str]]:
         if cls in found:  # the same patch may sit in two sources: keep one copy per name
             found[cls].setdefault(path.name, path.relative_to(data_dir).as_posix())
     return {cls: list(by_name.values()) for cls, by_name in found.items()}
+
+
+def ms_manifest_rows(data_dir: Path) -> list[dict[str, str]]:
+    """The rows of ``eurosat_ms/MANIFEST.csv`` the trainer trains on, in file order: each a
+    patch of a EuroSAT class that is no other row's duplicate (``duplicate_of`` empty). Its
+    columns: ``path`` (relative to ``data_dir``), ``class_name``, ``bytes``, ``epsg``, the
+    native bounds ``minx``..``maxy``, ``source_split``. Raises FileNotFoundError without one."""
+    with (data_dir / MS_MANIFEST).open(newline="") as f:
+        return [
+            row
+            for row in csv.DictReader(f)
+            if not row["duplicate_of"] and row["class_name"] in EUROSAT_CLASSES
+        ]
 
 
 def held_out_files(data_dir: Path, band_set: str, per_class: int, salt: str) -> list[str]:

@@ -34,7 +34,6 @@ it. This module never imports torch.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -56,11 +55,12 @@ from eostream.registry_bridge.settings import Int8Settings
 from eostream.shared import tags
 from eostream.shared.digest import sha256_hex
 from eostream.shared.holdout import (
-    MS_DIR,
+    MS_MANIFEST,
     HoldoutSettings,
     choose,
     held_out_files,
     ms_candidates,
+    ms_manifest_rows,
     rgb_candidates,
 )
 from eostream.shared.labels import MASK_UNKNOWN as UNKNOWN
@@ -82,8 +82,6 @@ Stem = Literal["fused", "fp32", "int8"]
 #: onnxruntime's default (direct) ones
 GEMM_MARGIN = 0.03
 CALIBRATION_SALT = "eostream-int8-calibration-v1"
-#: the trainer's list of EuroSAT MS patches (services/trainer/.../catalog.py reads the same)
-MS_MANIFEST = f"{MS_DIR}/MANIFEST.csv"
 INT8 = "int8"
 FP32 = "fp32"
 
@@ -375,14 +373,11 @@ def training_candidates(data_dir: Path, band_set: str) -> dict[str, list[str]]:
     tifs), or without a manifest the tifs under ``eurosat_ms``."""
     if band_set == "rgb":
         return rgb_candidates(data_dir)
-    manifest = data_dir / MS_MANIFEST
-    if not manifest.is_file():
+    if not (data_dir / MS_MANIFEST).is_file():
         return ms_candidates(data_dir)
     found: dict[str, list[str]] = {cls: [] for cls in EUROSAT_CLASSES}
-    with manifest.open(newline="") as f:
-        for row in csv.DictReader(f):
-            if not row["duplicate_of"] and row["class_name"] in found:
-                found[row["class_name"]].append(row["path"])
+    for row in ms_manifest_rows(data_dir):
+        found[row["class_name"]].append(row["path"])
     return found
 
 

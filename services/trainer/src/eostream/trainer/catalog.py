@@ -21,7 +21,6 @@ range around the dataset's making instead of a ``datetime``.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import os
@@ -42,6 +41,7 @@ from pystac.extensions.label import (
     LabelType,
 )
 
+from eostream.shared.holdout import MS_MANIFEST, RGB_DIR, ms_manifest_rows
 from eostream.shared.modelcard import BAND_SETS, EUROSAT_CLASSES, EUROSAT_MS_FILE_ORDER
 from eostream.shared.settings import cache_root
 from eostream.trainer.errors import DatasetError
@@ -49,9 +49,6 @@ from eostream.trainer.errors import DatasetError
 log = logging.getLogger(__name__)
 
 BUILDER_VERSION = "1"
-RGB_DIR = "eurosat_rgb"
-MS_DIR = "eurosat_ms"
-MS_MANIFEST = f"{MS_DIR}/MANIFEST.csv"
 #: EuroSAT gives no acquisition dates; Sentinel-2A launch to the dataset's publication.
 _NAN = float("nan")
 DATE_RANGE = (datetime(2015, 6, 23, tzinfo=UTC), datetime(2017, 8, 31, tzinfo=UTC))
@@ -117,26 +114,17 @@ def _list_ms(data_dir: Path) -> list[PatchSource]:
     manifest = data_dir / MS_MANIFEST
     if not manifest.is_file():
         raise DatasetError(f"no EuroSAT MS data: {manifest} is missing (check EOSTREAM_DATA_DIR)")
-    sources: list[PatchSource] = []
-    with manifest.open(newline="") as f:
-        for row in csv.DictReader(f):
-            if row["duplicate_of"] or row["class_name"] not in EUROSAT_CLASSES:
-                continue
-            sources.append(
-                PatchSource(
-                    relpath=row["path"],
-                    class_name=row["class_name"],
-                    size=int(row["bytes"]),
-                    epsg=int(row["epsg"]),
-                    bounds=(
-                        float(row["minx"]),
-                        float(row["miny"]),
-                        float(row["maxx"]),
-                        float(row["maxy"]),
-                    ),
-                    source_split=row["source_split"],
-                )
-            )
+    sources = [
+        PatchSource(
+            relpath=row["path"],
+            class_name=row["class_name"],
+            size=int(row["bytes"]),
+            epsg=int(row["epsg"]),
+            bounds=(float(row["minx"]), float(row["miny"]), float(row["maxx"]), float(row["maxy"])),
+            source_split=row["source_split"],
+        )
+        for row in ms_manifest_rows(data_dir)
+    ]
     return sorted(sources, key=lambda s: s.relpath)
 
 

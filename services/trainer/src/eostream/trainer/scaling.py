@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from eostream.shared.holdout import RGB_DIR
 from eostream.shared.modelcard import BAND_SETS, BandScaling
-from eostream.trainer.catalog import RGB_DIR, list_sources
+from eostream.trainer.catalog import list_sources
 from eostream.trainer.datasets import read_ms, read_rgb
 
 log = logging.getLogger(__name__)

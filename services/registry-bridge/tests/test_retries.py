@@ -76,3 +76,21 @@ def test_store_outage_is_retried_then_shipping_completes(
     assert down.attempts == 3
     assert shipper.existing("m", "1") is not None
     assert Shipper(down).existing("m", "1") is None  # nothing half-shipped is visible
+
+
+def test_mlflow_down_is_not_taken_for_a_missing_champion(
+    monkeypatch: pytest.MonkeyPatch, tracking_uri: str
+) -> None:
+    """An unreachable server's error names the alias route (.../registered-models/alias), so a
+    test of the text alone read it as "no champion": a rollback answered 409 "nothing to roll
+    back" and the gate saw no champion. Only MLflow's own not-found answer means no alias."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    down = MlflowRegistry("http://127.0.0.1:9", attempts=2, backoff=0.01, backoff_max=0.02)
+    with pytest.raises(RegistryUnavailableError, match="did not answer"):
+        down.alias_version("eurosat-landcover", "champion")
+    # a real registry: a model without the alias, and no such model, are both None
+    registry = MlflowRegistry(tracking_uri, attempts=1)
+    registry.client.create_registered_model("no-champion-yet")
+    assert registry.alias_version("no-champion-yet", "champion") is None
+    assert registry.alias_version("no-such-model", "champion") is None

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from mlflow.webhooks.delivery import _generate_hmac_signature
 
 from eostream.registry_bridge.webhook import sign, verify_signature, webhook_router
+from eostream.shared import http_errors
 
 SECRET = "s3cret"  # noqa: S105 - a test fixture
 
@@ -104,3 +105,35 @@ def test_endpoint_queues_created_versions_and_alias_changes_only_when_signed() -
     forged = client.post("/webhooks/mlflow", content=created, headers=headers(created, "wrong"))
     assert forged.status_code == 401
     assert queued == [("m", "4", "webhook"), ("m", None, "webhook")]
+
+
+def test_a_signed_delivery_that_is_not_a_webhook_payload_is_a_400_and_queues_nothing() -> None:
+    """A sender holding the secret may still send nonsense: each gets a 400 naming what is
+    wrong, never a 500 (a missing version and a deeply nested body were 500s)."""
+    queued: list[tuple[str, str | None, str]] = []
+
+    async def enqueue(name: str, version: str | None, source: str) -> None:
+        queued.append((name, version, source))
+
+    app = FastAPI()
+    http_errors.install(app)
+    app.include_router(webhook_router(SECRET, 300, enqueue))
+    client = TestClient(app, raise_server_exceptions=False)
+    created = {"entity": "model_version", "action": "created"}
+    bodies = {
+        "no version": json.dumps({**created, "data": {"name": "m"}}),
+        "a version not a number": json.dumps({**created, "data": {"name": "m", "version": "4/x"}}),
+        "data not an object": json.dumps({**created, "data": ["m", "4"]}),
+        "a list": json.dumps([created]),
+        "no name": json.dumps({**created, "data": {"version": "4"}}),
+        "nested too deeply": "[" * 100_000 + "]" * 100_000,
+        "not JSON": "entity=model_version",
+    }
+    for case, body in bodies.items():
+        response = client.post("/webhooks/mlflow", content=body, headers=headers(body))
+        assert response.status_code == 400, (case, response.text)
+        assert response.json()["code"] == "bad_payload", case
+    # a number as MLflow's REST gives it is still a version
+    body = json.dumps({**created, "data": {"name": "m", "version": 7}})
+    assert client.post("/webhooks/mlflow", content=body, headers=headers(body)).status_code == 202
+    assert queued == [("m", "7", "webhook")]

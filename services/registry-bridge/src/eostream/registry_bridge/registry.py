@@ -86,6 +86,18 @@ def is_not_found(exc: BaseException) -> bool:
     return isinstance(exc, MlflowException) and exc.error_code == "RESOURCE_DOES_NOT_EXIST"
 
 
+def alias_missing(exc: BaseException) -> bool:
+    """MLflow's answer for a model without that alias: INVALID_PARAMETER_VALUE, "Registered
+    model alias champion not found." (a server that cannot be reached names the alias route in
+    its error too, so the text alone does not tell: that one is INTERNAL_ERROR, and retried)."""
+    return (
+        isinstance(exc, MlflowException)
+        and exc.error_code == "INVALID_PARAMETER_VALUE"
+        and "alias" in str(exc).lower()
+        and "not found" in str(exc).lower()
+    )
+
+
 def version_info(mv: ModelVersion) -> VersionInfo:
     return VersionInfo(
         name=str(mv.name),
@@ -190,7 +202,7 @@ class MlflowRegistry:
             try:
                 return str(self.client.get_model_version_by_alias(name, alias).version)
             except MlflowException as exc:
-                if is_not_found(exc) or "alias" in str(exc).lower():
+                if is_not_found(exc) or alias_missing(exc):
                     return None
                 raise
 

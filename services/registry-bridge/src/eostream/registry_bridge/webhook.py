@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Literal
@@ -24,6 +25,7 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from eostream.registry_bridge import metrics
+from eostream.registry_bridge.registry import VERSION_PATTERN
 from eostream.shared.http_errors import error_body, error_responses
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,8 @@ DELIVERY_ID_HEADER = "X-MLflow-Delivery-Id"
 TIMESTAMP_HEADER = "X-MLflow-Timestamp"
 
 MISSING_HEADERS = "missing signature, delivery id or timestamp header"
+#: the longest model name a delivery may carry (the bridge watches names of up to 256)
+MAX_NAME = 256
 
 Enqueue = Callable[[str, str | None, str], Awaitable[None]]  # (name, version or None, source)
 
@@ -100,6 +104,37 @@ class WebhookAck(BaseModel):
     )
 
 
+class BadPayload(ValueError):
+    """A signed delivery whose body is not an MLflow webhook payload (400)."""
+
+
+def read_payload(body: bytes) -> tuple[str, str, str, str | None]:
+    """``(entity, action, model name, version)`` of an MLflow webhook body; the version only
+    for ``model_version.created``, where it is required. Raises :class:`BadPayload` naming what
+    is wrong (a signed sender may still send nonsense: never a 500)."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        detail = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
+        raise BadPayload(f"the body is not JSON: {detail}"[:300]) from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("data"), dict):
+        raise BadPayload("the body must be an object with entity, action and a data object")
+    entity, action, data = payload.get("entity"), payload.get("action"), payload["data"]
+    if not isinstance(entity, str) or not isinstance(action, str):
+        raise BadPayload("entity and action must be strings")
+    name = data.get("name")
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
+        raise BadPayload(f"data.name must be a model name of 1 to {MAX_NAME} characters")
+    if (entity, action) != ("model_version", "created"):
+        return entity, action, name, None
+    version = data.get("version")
+    if isinstance(version, int) and not isinstance(version, bool):
+        version = str(version)
+    if not isinstance(version, str) or not re.fullmatch(VERSION_PATTERN, version):
+        raise BadPayload(f"data.version must be a version number ({VERSION_PATTERN})")
+    return entity, action, name, version
+
+
 def webhook_router(secret: str | None, tolerance_seconds: int, enqueue: Enqueue) -> APIRouter:
     router = APIRouter(tags=["webhooks"])
 
@@ -141,15 +176,13 @@ def webhook_router(secret: str | None, tolerance_seconds: int, enqueue: Enqueue)
             log.warning("webhook refused: %s", problem)
             raise HTTPException(401, error_body("bad_signature", problem))
         try:
-            payload = json.loads(body)
-            entity, action, data = payload["entity"], payload["action"], payload["data"]
-            name = str(data["name"])
-        except (ValueError, KeyError, TypeError) as exc:
+            entity, action, name, version = read_payload(body)
+        except BadPayload as exc:
             metrics.WEBHOOKS.labels("rejected").inc()
             raise HTTPException(400, error_body("bad_payload", str(exc))) from None
         metrics.WEBHOOKS.labels("accepted").inc()
         if (entity, action) == ("model_version", "created"):
-            await enqueue(name, str(data["version"]), "webhook")
+            await enqueue(name, version, "webhook")
         elif (entity, action) == ("model_version_alias", "created"):
             await enqueue(name, None, "webhook")
         else:

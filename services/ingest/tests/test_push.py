@@ -23,14 +23,15 @@ from cloudevents.v1.conversion import to_binary, to_structured
 from cloudevents.v1.http import CloudEvent
 from pydantic import SecretStr, ValidationError
 
-from eostream.ingest.api import PUSH_PATH, create_app
+from eostream.ingest.api import PUSH_PATH, RETRY_AFTER_SECONDS, create_app
 from eostream.ingest.arrivals import Arrivals
 from eostream.ingest.service import build_ingest, from_settings, running
-from eostream.ingest.settings import IngestSettings, PushSettings, StaticSource
+from eostream.ingest.settings import IngestSettings, PushSettings, StacApiSource, StaticSource
 from eostream.shared import deadletters as dl
 from eostream.shared import deadletters_bus as dlb
 from eostream.shared import topics
 from eostream.shared.bus.memory import InMemoryBus
+from eostream.shared.errors import BusUnavailableError
 from eostream.shared.ops import OpsServer
 from eostream.shared.testing import BodyRead, StreamedBody
 from eostream.shared.webhooks import signed_headers
@@ -65,6 +66,22 @@ def signed(
     if not structured:
         headers["content-type"] = "application/json"
     return headers, body
+
+
+async def raw_post(
+    client: httpx.AsyncClient, path: str, headers: dict[str, str], body: bytes, *, length: str
+) -> tuple[int, bytes]:
+    """POST over a bare socket with ``length`` as the Content-Length header, as written."""
+    url = client.base_url
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    lines = [f"POST {path} HTTP/1.1", f"host: {url.host}", f"content-length: {length}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()] + ["connection: close", "", ""]
+    writer.write("\r\n".join(lines).encode() + body)
+    await writer.drain()
+    response = await reader.read()
+    writer.close()
+    head, _, rest = response.partition(b"\r\n\r\n")
+    return int(head.split()[1]), rest
 
 
 @asynccontextmanager
@@ -194,19 +211,28 @@ async def test_pushed_items_pass_the_policies_of_polled_ones(
         limit = PushSettings().max_body_bytes
         body_read.read = 0
         huge = b"x" * (2 * limit)
-        big = await client.post(
-            PUSH_PATH, content=huge, headers={"content-type": "application/json"}
-        )
+        # signature headers (checked before the body; the signature itself after it)
+        stamped = {"content-type": "application/json", **stamp}
+        big = await client.post(PUSH_PATH, content=huge, headers=stamped)
         assert (big.status_code, big.json()["code"]) == (413, "too_large")
         assert body_read.read == 0, "the body was read before its declared length was checked"
         # ...and cut off while streaming when it declares no length (chunked)
         body_read.read = 0
         streamed = StreamedBody(16 * limit, chunk=1 << 16)
-        cut = await client.post(
-            PUSH_PATH, content=streamed, headers={"content-type": "application/json"}
-        )
+        cut = await client.post(PUSH_PATH, content=streamed, headers=stamped)
         assert (cut.status_code, cut.json()["code"]) == (413, "too_large")
         assert limit < body_read.read < 2 * limit, f"read {body_read.read} of {streamed.total}"
+        # unsigned: refused before a byte of the body is read, whatever its length
+        body_read.read = 0
+        unsigned = await client.post(
+            PUSH_PATH, content=b"{}" * 1000, headers={"content-type": "application/json"}
+        )
+        assert (unsigned.status_code, unsigned.json()["code"]) == (401, "unauthorized")
+        assert body_read.read == 0, "an unsigned body was read"
+        # a Content-Length that is no number is a bad request, not a large one (sent by hand:
+        # httpx will not send it; uvicorn refuses it before the app, which would too)
+        status, _answer = await raw_post(client, PUSH_PATH, stamped, b"{}", length="abc")
+        assert status == 400
         assert bus.size(SCENES) == 0
         spec = (await client.get("/openapi.json")).json()
         route = spec["paths"][PUSH_PATH]["post"]
@@ -262,3 +288,128 @@ async def test_the_ingest_api_answers_only_documented_statuses_under_fuzzing(
         assert not failures, "\n".join(failures[:10])
         assert ("POST", PUSH_PATH, 401) in seen
         assert bus.size(SCENES) == 0
+
+
+async def test_a_captured_push_resent_with_other_headers_names_only_its_signed_item(
+    tmp_path: Path, earth_search_v1: list[JsonDict]
+) -> None:
+    """The signature covers the body, not the ce-* headers of binary mode: a captured request
+    re-sent within the tolerance with another ce-subject must not announce another item (it
+    did: a signed ``{}`` body took its item from the unsigned subject)."""
+    first, other = earth_search_v1[0], earth_search_v1[1]
+    async with push_server(tmp_path, [first, other]) as (client, bus, _watcher):
+        headers, body = signed(event({"id": first["id"], "collection": first["collection"]}))
+        assert (await client.post(PUSH_PATH, content=body, headers=headers)).status_code == 200
+        retargeted = {**headers, "ce-subject": other["id"], "ce-id": "another"}
+        again = await client.post(PUSH_PATH, content=body, headers=retargeted)
+        assert again.json()["item_id"] == first["id"]
+        assert again.json()["outcome"] == "duplicate"
+        # an empty signed body naming its item by ce-subject alone is refused
+        headers, body = signed(event({}))
+        only_subject = await client.post(
+            PUSH_PATH, content=body, headers={**headers, "ce-subject": other["id"]}
+        )
+        assert only_subject.status_code == 422, only_subject.text
+        assert "structured mode only" in only_subject.json()["description"]
+        # in structured mode the subject is signed with the rest of the event
+        ce = CloudEvent(
+            {"type": ADDED, "source": "/eoepca/resource-registration", "subject": other["id"]},
+            {"collection": other["collection"]},
+        )
+        headers, body = signed(ce, structured=True)
+        taken = await client.post(PUSH_PATH, content=body, headers=headers)
+        assert (taken.status_code, taken.json()["item_id"]) == (200, other["id"]), taken.text
+        events = await drain(bus, SCENES, "check")
+    assert sorted(e.item_id for e in events) == sorted([first["id"], other["id"]])
+
+
+async def test_malformed_signed_cloudevents_are_400s(
+    tmp_path: Path, earth_search_v1: list[JsonDict]
+) -> None:
+    """A sender holding the secret may still send nonsense: a 400 naming it, never a 500."""
+    item = earth_search_v1[0]
+    structured = {"content-type": "application/cloudevents+json"}
+    attributes = f'"id": "1", "source": "/x", "type": "{ADDED}"'
+    bodies = {
+        "specversion a list": f'{{"specversion": [1], {attributes}, "data": {{"id": "a"}}}}',
+        "specversion an object": f'{{"specversion": {{}}, {attributes}, "data": {{}}}}',
+        "nested too deeply": f'{{"specversion": "1.0", {attributes}, "data": '
+        + "[" * 100_000
+        + "]" * 100_000
+        + "}",
+        "a list": "[1, 2]",
+    }
+    async with push_server(tmp_path, [item]) as (client, bus, _watcher):
+        for case, text in bodies.items():
+            body = text.encode()
+            stamp = signed_headers(SECRET, uuid.uuid4().hex, int(time.time()), body)
+            answer = await client.post(PUSH_PATH, content=body, headers={**structured, **stamp})
+            assert answer.status_code == 400, (case, answer.text)
+            assert answer.json()["code"] == "bad_request", case
+        assert bus.size(SCENES) == 0
+
+
+async def test_a_push_while_the_broker_is_down_is_a_503_and_is_announced_on_the_retry(
+    tmp_path: Path, earth_search_v1: list[JsonDict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing is lost: the sender is told to retry (503, Retry-After), nothing is marked seen,
+    and the same notification sent again once the broker is back is announced."""
+    item = earth_search_v1[0]
+    async with push_server(tmp_path, [item]) as (client, bus, _watcher):
+        headers, body = signed(event({"id": item["id"], "collection": item["collection"]}))
+
+        async def broker_down(*_args: Any, **_kwargs: Any) -> None:
+            raise BusUnavailableError("kafka 127.0.0.1:9092: not reachable")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(bus, "publish_many", broker_down)
+            patch.setattr(bus, "publish", broker_down)
+            down = await client.post(PUSH_PATH, content=body, headers=headers)
+        assert (down.status_code, down.json()["code"]) == (503, "unavailable"), down.text
+        assert down.headers["retry-after"] == str(RETRY_AFTER_SECONDS)
+        retried = await client.post(PUSH_PATH, content=body, headers=headers)
+        assert retried.json()["outcome"] == "announced", retried.text
+        events = await drain(bus, SCENES, "check")
+    assert [e.item_id for e in events] == [item["id"]]
+
+
+async def test_a_source_urls_credentials_reach_neither_readyz_nor_a_push_answer(
+    tmp_path: Path,
+) -> None:
+    """A STAC API behind basic auth in its URL: when it cannot be read, /readyz (no key) and a
+    push's 503 say which source and host, never the user and password (both showed them)."""
+    url = "http://stacuser:S3cretT0ken@127.0.0.1:9/stac"
+    settings = IngestSettings(
+        bus="memory",
+        sources=(StacApiSource(name="api", url=url, timeout_seconds=2),),
+        sqlite_path=tmp_path / "state.sqlite",
+        push=PushSettings(enabled=True, secret=SecretStr(SECRET)),
+    )
+    bus = InMemoryBus(service="ingest")
+    async with running(settings, from_settings(settings, bus=bus)) as watcher:
+        stop = asyncio.Event()
+        polling = asyncio.create_task(watcher.run(stop))
+        for _ in range(200):
+            ready, why = watcher.readiness()
+            if "SourceUnavailable" in why:
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await polling
+        app: Any = create_app(
+            settings, readiness=watcher.readiness, arrivals_now=lambda: Arrivals(watcher)
+        )
+        server = OpsServer(app, "127.0.0.1", 0)
+        await server.start()
+        try:
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+                readyz = await client.get("/readyz")
+                headers, body = signed(event({"id": "S2B_X", "collection": "sentinel-2-l2a"}))
+                pushed = await client.post(PUSH_PATH, content=body, headers=headers)
+        finally:
+            await server.stop()
+    assert not ready and "127.0.0.1:9" in why
+    assert readyz.status_code == 503 and "127.0.0.1:9" in readyz.text
+    assert (pushed.status_code, pushed.json()["code"]) == (503, "unavailable")
+    for text in (why, readyz.text, pushed.text):
+        assert "S3cretT0ken" not in text and "stacuser" not in text, text

@@ -65,16 +65,13 @@ def signed_headers(secret: str, msg_id: str, timestamp: int, body: bytes) -> dic
     }
 
 
-def verify(
-    secret: str, headers: Mapping[str, str], body: bytes, *, now: float, tolerance: float
-) -> str:
-    """The message id of a request signed with ``secret``; raises :class:`SignatureError` when
-    a header is missing, the timestamp is not within ``tolerance`` seconds of ``now`` (against
-    replay) or no signature matches (compared in constant time)."""
+def check_headers(headers: Mapping[str, str], *, now: float, tolerance: float) -> tuple[str, int]:
+    """The message id and timestamp of a request's signature headers, checked before its body
+    is read; raises :class:`SignatureError` when one is missing or the timestamp is not within
+    ``tolerance`` seconds of ``now`` (against replay). :func:`verify` calls it too."""
     msg_id = headers.get("webhook-id")
     stamp = headers.get("webhook-timestamp")
-    given = headers.get("webhook-signature")
-    if not msg_id or not stamp or not given:
+    if not msg_id or not stamp or not headers.get("webhook-signature"):
         raise SignatureError(
             "unauthorized",
             "unsigned: webhook-id, webhook-timestamp and webhook-signature are required "
@@ -87,7 +84,18 @@ def verify(
             "stale_timestamp",
             f"webhook-timestamp is more than {tolerance:g} s from now: refused against replay",
         )
-    expected = sign(secret, msg_id, int(stamp), body).encode()
+    return msg_id, int(stamp)
+
+
+def verify(
+    secret: str, headers: Mapping[str, str], body: bytes, *, now: float, tolerance: float
+) -> str:
+    """The message id of a request signed with ``secret``; raises :class:`SignatureError` when
+    a header is missing, the timestamp is not within ``tolerance`` seconds of ``now`` (against
+    replay) or no signature matches (compared in constant time)."""
+    msg_id, stamp = check_headers(headers, now=now, tolerance=tolerance)
+    given = headers["webhook-signature"]
+    expected = sign(secret, msg_id, stamp, body).encode()
     for candidate in given.split():
         if candidate.startswith("v1,") and hmac.compare_digest(candidate.encode(), expected):
             return msg_id

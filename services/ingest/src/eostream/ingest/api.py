@@ -9,6 +9,7 @@ seen-set writer, ADR 0006): a standby answers 503, and the sender retries.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Literal
@@ -23,13 +24,18 @@ from eostream.ingest.errors import PushRefused
 from eostream.ingest.settings import IngestSettings, PushSettings
 from eostream.shared import http_errors
 from eostream.shared.body_limit import valid_length
+from eostream.shared.errors import BusUnavailableError, RetryableError
 from eostream.shared.http_errors import error_body, error_responses
 from eostream.shared.ops import ReadinessCheck, ops_router
 
 SERVICE = "ingest"
 PUSH_PATH = "/notifications"
+#: what a 503 asks the sender to wait before its retry
+RETRY_AFTER_SECONDS = 5
 #: who takes arrivals now: the leader's Arrivals, None while this replica stands by
 ArrivalsNow = Callable[[], Arrivals | None]
+
+log = logging.getLogger(__name__)
 
 
 class PushAnswer(BaseModel):
@@ -74,8 +80,10 @@ def push_router(settings: PushSettings, arrivals_now: ArrivalsNow) -> APIRouter:
     )
     async def notifications(request: Request) -> PushAnswer | JSONResponse:
         try:
-            body = await _read_body(request, settings.max_body_bytes)
             headers = {k.lower(): v for k, v in request.headers.items()}
+            # unsigned or stale: refused before the body is read
+            push.check_headers(headers, now=time.time(), tolerance=settings.tolerance_seconds)
+            body = await _read_body(request, settings.max_body_bytes)
             push.verify(
                 secret, headers, body, now=time.time(), tolerance=settings.tolerance_seconds
             )
@@ -85,13 +93,23 @@ def push_router(settings: PushSettings, arrivals_now: ArrivalsNow) -> APIRouter:
                 raise PushRefused(
                     503, "standby", "this replica stands by; the leader takes notifications"
                 )
-            taken = await arrivals.take(arrival)
+            try:
+                taken = await arrivals.take(arrival)
+            except (BusUnavailableError, RetryableError) as exc:
+                # the broker or the seen-set's database is down: nothing was announced, and
+                # the sender's retry (or the poll) announces it once they are back
+                log.warning("push of %s not taken now: %s", arrival.item_id, exc)
+                raise PushRefused(
+                    503, "unavailable", "the bus or ingest's state is unavailable; retry later"
+                ) from exc
         except PushRefused as exc:
             if exc.status in (400, 401, 413):
                 metrics.NOTIFICATIONS.labels("push", "refused").inc()
             answer = JSONResponse(error_body(exc.code, exc.description), status_code=exc.status)
             if exc.status == 401:
                 answer.headers["WWW-Authenticate"] = 'Signature realm="webhook"'
+            elif exc.status == 503:
+                answer.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
             return answer
         if taken.outcome in ("rejected", "filtered"):
             code = "item_rejected" if taken.outcome == "rejected" else "filtered_out"
@@ -109,7 +127,9 @@ def push_router(settings: PushSettings, arrivals_now: ArrivalsNow) -> APIRouter:
 
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and (not valid_length(declared) or int(declared) > limit):
+    if declared is not None and not valid_length(declared):
+        raise PushRefused(400, "bad_request", "Content-Length is not a number of bytes")
+    if declared is not None and int(declared) > limit:
         raise PushRefused(413, "too_large", f"the body is over the {limit} bytes allowed")
     chunks: list[bytes] = []
     size = 0

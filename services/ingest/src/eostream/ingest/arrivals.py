@@ -140,7 +140,8 @@ def arrival_from_data(data: Any, *, subject: str | None, via: Via, notice: str |
             422,
             "invalid_notification",
             "the notification names no item: data needs an id (or item_id) of 1 to 256 "
-            "characters, or the event a subject",
+            "characters (a subject counts in structured mode only: binary mode's ce-* headers "
+            "are not signed)",
         )
     if collection is not None and (not isinstance(collection, str) or len(collection) > 256):
         raise PushRefused(422, "invalid_notification", "data.collection must be a string")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from eostream.shared.errors import ConfigError, EostreamError, RetryableError
+from eostream.shared.redaction import redact_urls
 
 
 class ItemRejected(EostreamError, ValueError):
@@ -16,7 +17,13 @@ class ItemRejected(EostreamError, ValueError):
 
 
 class SourceUnavailable(RetryableError):
-    """A source cannot be read now (API down, catalogue unreadable): back off and retry."""
+    """A source cannot be read now (API down, catalogue unreadable): back off and retry.
+
+    Its text names the source's URL without a user or password (``https://user:token@host``
+    would otherwise reach ``/readyz`` and a push's 503 answer)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact_urls(message))
 
 
 class UnknownSource(ConfigError):

@@ -10,7 +10,8 @@ credential: no separate API key (ADR 0016).
 Event: a CloudEvent (HTTP binding, binary mode with ``ce-*`` headers or structured mode with
 ``application/cloudevents+json``) of an accepted type (EOEPCA resource registration's
 ``org.eoepca.resource-registration.resource.added`` by default) whose data is the STAC item or
-a reference to it (``id``, ``collection``).
+a reference to it (``id``, ``collection``). In binary mode the data must name the item: the
+``ce-*`` headers are outside the signature (:func:`parse`).
 """
 
 from __future__ import annotations
@@ -35,22 +36,45 @@ def verify(
         raise PushRefused(401, exc.code, exc.description) from None
 
 
+def check_headers(headers: Mapping[str, str], *, now: float, tolerance: float) -> None:
+    """Refuse (401) a request whose signature headers are missing or stale before its body is
+    read (:func:`verify` checks the signature itself on the body)."""
+    try:
+        webhooks.check_headers(headers, now=now, tolerance=tolerance)
+    except webhooks.SignatureError as exc:
+        raise PushRefused(401, exc.code, exc.description) from None
+
+
+def structured(headers: Mapping[str, str]) -> bool:
+    """Whether the request is in structured mode (the whole event in the signed body)."""
+    return headers.get("content-type", "").lower().startswith("application/cloudevents")
+
+
 def parse(
     headers: Mapping[str, str], body: bytes, *, accepted_types: Collection[str]
 ) -> tuple[Arrival, str]:
     """The arrival a CloudEvent names, and its type. Raises :class:`PushRefused`: 400 when the
-    request is not a CloudEvent, 422 when its type is not accepted or it names no item."""
+    request is not a CloudEvent, 422 when its type is not accepted or it names no item.
+
+    The signature covers the body, not the headers: in binary mode the ``ce-*`` attributes are
+    headers, so the item is taken from the data alone there (a ``ce-subject`` is not taken: a
+    captured request re-sent with another subject must not name another item). In structured
+    mode the attributes are in the body, and the subject may name the item."""
     from cloudevents.v1.exceptions import GenericException
     from cloudevents.v1.http import from_http
 
     try:
         event = from_http(dict(headers), body, data_unmarshaller=_json_data)
-    except (GenericException, ValueError) as exc:
+    # the library's own errors, and what it lets through from malformed attributes
+    # ({"specversion": [1]}: TypeError) or data nested too deeply for json (RecursionError)
+    except (GenericException, ValueError, TypeError, AttributeError, KeyError) as exc:
         raise PushRefused(
             400,
             "bad_request",
             f"not a CloudEvent (HTTP binding, binary or structured mode): {exc}"[:500],
         ) from None
+    except RecursionError:
+        raise PushRefused(400, "bad_request", "the body is nested too deeply") from None
     kind = str(event["type"])
     if kind not in accepted_types:
         raise PushRefused(
@@ -58,7 +82,7 @@ def parse(
             "unsupported_event_type",
             f"event type {kind!r} is not taken here (accepted: {', '.join(accepted_types)})",
         )
-    subject = event.get("subject")
+    subject = event.get("subject") if structured(headers) else None
     arrival = arrival_from_data(
         event.data,
         subject=subject if isinstance(subject, str) else None,

@@ -29,6 +29,7 @@ from eostream.ingest.state import SeenRecord, StateStore
 from eostream.shared.bus import Bus
 from eostream.shared.errors import InvalidEventError
 from eostream.shared.events import ItemReplayRequested, SceneDiscovered
+from eostream.shared.redaction import redact_urls
 
 log = logging.getLogger(__name__)
 SERVICE = "ingest"
@@ -379,7 +380,8 @@ class Watcher:
     def _on_failure(self, name: str, exc: Exception) -> None:
         self._healthy[name] = False
         self._failures[name] = self._failures.get(name, 0) + 1
-        self._errors[name] = f"{type(exc).__name__}: {exc}"[:300]
+        # /readyz shows it: no credential of a source's URL (a library's own error text)
+        self._errors[name] = redact_urls(f"{type(exc).__name__}: {exc}")[:300]
         metrics.SOURCE_ERRORS.labels(name, type(exc).__name__).inc()
         metrics.SOURCE_UP.labels(name).set(0)
         log.warning(

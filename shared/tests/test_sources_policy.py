@@ -55,6 +55,7 @@ def test_allowed(uri: str) -> None:
         ("ftp://earth-search.aws.element84.com/x", PUBLIC, "scheme 'ftp'"),
         ("zip+file:///data/x.zip!/a.tif", [], "scheme"),
         ("/data/x.tif\x00.json", [], "control characters"),
+        ("http://[bad/x", PUBLIC, "not a URL"),  # urlparse raises: was a 500 on every route
     ],
 )
 def test_refused(uri: str, addresses: list[str], reason: str) -> None:
@@ -81,6 +82,25 @@ def test_check_resolves_symlinks_and_answers_one_message(tmp_path: Path) -> None
             sources_policy.check(uri, policy)
         answers.add(str(caught.value))
     assert answers == {GENERIC}
+
+
+def test_a_symlink_before_a_dotdot_is_resolved_as_the_system_opens_it(tmp_path: Path) -> None:
+    """``root/link/../item.json`` opens ``<link's target>/../item.json``: the text's ``..``
+    cancelled the link (normpath), so a file outside the roots was read and classified."""
+    root, secret = tmp_path / "allowed", tmp_path / "secret"
+    (secret / "sub").mkdir(parents=True)
+    (secret / "item.json").write_text("{}")
+    root.mkdir()
+    (root / "item.json").write_text("{}")
+    (root / "link").symlink_to(secret / "sub")
+    policy = SourcePolicy.build([str(root)], hosts=["*"])
+    sources_policy.check(str(root / "item.json"), policy)
+    sources_policy.check(f"{root}/sub/../item.json", policy)  # a plain ".." inside the root
+    for uri in (f"{root}/link/../item.json", f"file://{root}/link/../item.json"):
+        with pytest.raises(SourceNotAllowedError):
+            sources_policy.check(uri, policy)
+    with pytest.raises(SourceNotAllowedError):
+        sources_policy.check("http://[bad/x", policy)
 
 
 def test_check_resolves_every_address_of_the_host() -> None:

@@ -202,6 +202,7 @@ async def test_named_sources_outside_the_allow_list_get_one_answer(
             "http://[::1]:1/item.json",
             "s3://some-other-bucket/item.json",
             "gopher://127.0.0.1:70/",
+            "http://[bad/x",  # not a URL: urlparse raised, a 500
         ]
         for href in hrefs:
             r = await client.post("/classify/item", json={"item_href": href}, headers=AUTH)
@@ -344,3 +345,44 @@ async def test_the_pixel_budget_refuses_a_scene_before_classifying_it(
         assert written == [], written
     finally:
         await svc.stop()
+
+
+async def test_nested_json_far_dates_and_odd_scene_fields_get_4xx_not_500(
+    service: InferenceService,
+    client: httpx.AsyncClient,
+    boadella_item: Callable[[str], Path],
+    make_model: Callable[..., ModelPromoted],
+    tmp_path: Path,
+) -> None:
+    """Each of these was a 500: an item file of 200,000 nested brackets (RecursionError), the
+    change of the day 9999-12-31 (its end computed as the next day's start: OverflowError, no
+    key needed), and a public search sorted by a property a provider wrote as text in one
+    scene and a number in another (str < int)."""
+    await asyncio.to_thread(service.deployment.deploy, make_model("1"))
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 200_000)
+    r = await client.post("/classify/item", json={"item_href": str(deep)}, headers=AUTH)
+    assert (r.status_code, r.json()["code"]) == (400, "bad_input"), r.text
+    assert "nested too deeply" in r.json()["description"]
+    for query in ("a=9999-12-31&b=2020-06-21", "a=2020-06-21&b=9999-12-31"):
+        r = await client.get(f"/results/change?{query}")
+        assert r.status_code == 404 and r.json()["code"], (query, r.text)
+    # eo:cloud_cover as text: the map is made, its result carries no cloud cover
+    for date, cover in (("2020-06-21", "7"), ("2021-07-16", 5)):
+        item = json.loads(boadella_item(date).read_text())
+        item["properties"]["eo:cloud_cover"] = cover
+        href = tmp_path / f"cover-{date}.json"
+        href.write_text(json.dumps(item))
+        r = await client.post("/classify/item", json={"item_href": str(href)}, headers=AUTH)
+        assert r.status_code == 200, r.text
+    found = await client.get("/stac/search", params={"sortby": "-eo:cloud_cover", "limit": 10})
+    assert found.status_code == 200, found.text
+    covers = [f["properties"].get("eo:cloud_cover") for f in found.json()["features"]]
+    assert covers == [5, None]
+
+
+def test_sorting_a_property_of_numbers_and_text_orders_each_among_its_own() -> None:
+    from eostream.inference.api.stac import _order
+
+    values: list[str | int | float] = [3, "b", 1.5, "a", 2]
+    assert sorted(values, key=_order) == [1.5, 2, 3, "a", "b"]

@@ -64,6 +64,17 @@ def _bad_items(good: dict[str, Any]) -> dict[str, tuple[dict[str, Any], str]]:
         "assets-list": (variant(top(assets=[1])), "assets must be an object"),
         "before-year-1-in-utc": (variant(when("0001-01-01T00:00:00+01:00")), "years 1..9999"),
         "after-9999-in-utc": (variant(when("9999-12-31T23:59:59-01:00")), "years 1..9999"),
+        # a geometry that is not GeoJSON went into the result item, and every area search
+        # that met its bbox answered 500 (shapely could not read it)
+        "geometry-text": (variant(top(geometry="x")), "the item's geometry must be a GeoJSON"),
+        "geometry-coordinates-text": (
+            variant(top(geometry={"type": "Point", "coordinates": "x"})),
+            "the item's geometry is not a GeoJSON geometry",
+        ),
+        "geometry-off-the-globe": (
+            variant(top(geometry={"type": "Point", "coordinates": [500, 42]})),
+            "outside longitude",
+        ),
     }
 
 

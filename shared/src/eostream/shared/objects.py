@@ -65,8 +65,11 @@ def read_bytes(
     """
     if policy is not None:
         sources_policy.check(uri, policy)
-    path = local_path(uri)
-    parsed = urlparse(uri)
+    try:
+        path = local_path(uri)
+        parsed = urlparse(uri)
+    except ValueError:  # "http://[bad/x"
+        raise ObjectUnreadableError(f"{uri}: not a URL") from None
     if path is not None:
         if not path.is_file():
             raise ObjectNotFoundError(f"{uri}: no such file")
@@ -113,7 +116,10 @@ def _http_get(uri: str, policy: SourcePolicy | None) -> httpx.Response:
             raise RetryableError(f"{uri}: {exc}") from exc
         if not response.is_redirect:
             return response
-        target = urlparse(urljoin(current, response.headers.get("location", "")))
+        try:
+            target = urlparse(urljoin(current, response.headers.get("location", "")))
+        except ValueError:
+            raise sources_policy.SourceNotAllowedError("a redirect to no URL") from None
         if (target.scheme, target.netloc) != (origin.scheme, origin.netloc):
             raise sources_policy.SourceNotAllowedError("a redirect to another host")
         current = target.geturl()

@@ -94,10 +94,13 @@ def _address_allowed(address: str, networks: Sequence[Network]) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
-def local_target(uri: str) -> str | None:
-    """The absolute, normalised path a local URI (a path or ``file://``) names; None if remote
-    or not a plain local file name."""
-    parsed = urlparse(uri)
+def local_path(uri: str) -> str | None:
+    """The absolute path a local URI (a path or ``file://``) names, as written (``..`` and all);
+    None if remote, unparseable or not a plain local file name."""
+    try:
+        parsed = urlparse(uri)
+    except ValueError:
+        return None
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
             return None
@@ -106,7 +109,15 @@ def local_target(uri: str) -> str | None:
         raw = uri
     else:
         return None
-    return os.path.normpath(raw) if raw.startswith("/") else None
+    return raw if raw.startswith("/") else None
+
+
+def local_target(uri: str) -> str | None:
+    """The absolute, normalised path a local URI names (:func:`local_path`, its ``..`` taken
+    as text); the file opened may differ where a symlink comes before a ``..``, which
+    :func:`check` resolves as the system does."""
+    raw = local_path(uri)
+    return os.path.normpath(raw) if raw is not None else None
 
 
 def refusal(uri: str, policy: SourcePolicy, addresses: Sequence[str] = ()) -> str | None:
@@ -117,7 +128,10 @@ def refusal(uri: str, policy: SourcePolicy, addresses: Sequence[str] = ()) -> st
     """
     if "\x00" in uri or any(c in uri for c in "\r\n"):
         return "control characters"
-    parsed = urlparse(uri)
+    try:
+        parsed = urlparse(uri)
+    except ValueError:  # "http://[bad/x": not a URL
+        return "not a URL"
     if parsed.scheme in ("", "file"):
         path = local_target(uri)
         if path is None:
@@ -160,7 +174,10 @@ def check(
 ) -> None:
     """Raise :class:`SourceNotAllowedError` unless ``uri`` may be read: a local path is checked
     with its symlinks resolved, an http(s) host with every address it resolves to."""
-    parsed = urlparse(uri)
+    try:
+        parsed = urlparse(uri)
+    except ValueError:
+        raise SourceNotAllowedError("not a URL") from None
     addresses: list[str] = []
     if parsed.scheme in ("http", "https") and parsed.hostname:
         try:
@@ -170,8 +187,10 @@ def check(
         addresses = resolve(parsed.hostname, port)
     reason = refusal(uri, policy, addresses)
     if reason is None and parsed.scheme in ("", "file"):
-        path = local_target(uri)
+        path = local_path(uri)
         if path is not None:
-            reason = refusal(os.path.realpath(path), policy)  # a symlink may point outside
+            # a symlink may point outside; realpath of the path as written resolves it before
+            # a ".." after it, as opening the file does ("root/link/../x" is not "root/x")
+            reason = refusal(os.path.realpath(path), policy)
     if reason is not None:
         raise SourceNotAllowedError(reason)

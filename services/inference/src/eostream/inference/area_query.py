@@ -15,7 +15,7 @@ import re
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 
@@ -182,12 +182,11 @@ def resolve(
             day = date.fromisoformat(ref)
         except ValueError:
             raise BadInputError(f"{ref!r} is not a date (YYYY-MM-DD)") from None
-        start = datetime.combine(day, time(), UTC)
         found = select(
             results,
             geometry,
-            start,
-            start + timedelta(days=1) - timedelta(microseconds=1),
+            datetime.combine(day, time(), UTC),
+            datetime.combine(day, time.max, UTC),  # not the next day's start: 9999-12-31
             model_version=model_version,
         )
         if not found:

@@ -85,6 +85,7 @@ def check_http_raster(uri: str, policy: SourcePolicy) -> None:
     cannot be reached get the same one message."""
     import httpx
 
+    check_source(uri, policy)  # also refuses what is not a URL
     origin = urlparse(uri)
     current = uri
     for _ in range(MAX_REDIRECTS + 1):
@@ -103,7 +104,11 @@ def check_http_raster(uri: str, policy: SourcePolicy) -> None:
             raise SourceNotAllowedError(sources_policy.GENERIC) from None
         if location is None:
             return
-        target = urlparse(urljoin(current, location))
+        try:
+            target = urlparse(urljoin(current, location))
+        except ValueError:
+            log.warning("refused source %r: a redirect to no URL (%r)", uri, location)
+            raise SourceNotAllowedError(sources_policy.GENERIC) from None
         if (target.scheme, target.netloc) != (origin.scheme, origin.netloc):
             log.warning("refused source %r: a redirect to another host (%s)", uri, target.netloc)
             raise SourceNotAllowedError(sources_policy.GENERIC)
@@ -124,7 +129,7 @@ def read_bytes(
     except ObjectNotFoundError as exc:
         raise NotFoundError(str(exc)) from None
     except ObjectUnreadableError as exc:
-        hint = " (INFERENCE_S3__*)" if urlparse(uri).scheme == "s3" and s3 is None else ""
+        hint = " (INFERENCE_S3__*)" if uri.startswith("s3://") and s3 is None else ""
         raise BadInputError(f"{exc}{hint}") from None
 
 

@@ -23,14 +23,20 @@ GEOMETRY_TYPES = frozenset(
 
 
 def parse_geometry(
-    value: object, max_vertices: int = MAX_VERTICES, *, name: str = "geometry"
+    value: object,
+    max_vertices: int = MAX_VERTICES,
+    *,
+    name: str = "geometry",
+    simple_features: bool = True,
 ) -> BaseGeometry:
     """A GeoJSON geometry in longitude/latitude (RFC 7946), valid and of at most
     ``max_vertices`` positions, as a shapely geometry; BadInputError says what is wrong
-    (naming the parameter ``name``). A GeometryCollection's members are checked each."""
+    (naming the parameter ``name``). A GeometryCollection's members are checked each.
+    ``simple_features=False``: its structure only (a provider's footprint may touch itself,
+    and is still a footprint), and it may be empty."""
     budget = [max_vertices]
-    geometry = _geometry(value, budget, max_vertices, name)
-    if geometry.is_empty:
+    geometry = _geometry(value, budget, max_vertices, name, simple_features)
+    if geometry.is_empty and simple_features:
         raise BadInputError(f"{name} is empty")
     return geometry
 
@@ -48,7 +54,9 @@ def bbox_shape(bbox: tuple[float, float, float, float]) -> BaseGeometry:
     )
 
 
-def _geometry(value: object, budget: list[int], limit: int, name: str) -> BaseGeometry:
+def _geometry(
+    value: object, budget: list[int], limit: int, name: str, simple_features: bool = True
+) -> BaseGeometry:
     if not isinstance(value, Mapping):
         raise BadInputError(f"{name} must be a GeoJSON geometry object")
     kind = value.get("type")
@@ -56,7 +64,9 @@ def _geometry(value: object, budget: list[int], limit: int, name: str) -> BaseGe
         members = value.get("geometries")
         if not isinstance(members, list | tuple):
             raise BadInputError(f"{name} is not a GeoJSON geometry: no `geometries` array")
-        return shapely.GeometryCollection([_geometry(m, budget, limit, name) for m in members])
+        return shapely.GeometryCollection(
+            [_geometry(m, budget, limit, name, simple_features) for m in members]
+        )
     if kind not in GEOMETRY_TYPES:
         raise BadInputError(
             f"{name} type must be one of {sorted(GEOMETRY_TYPES)} or GeometryCollection "
@@ -78,7 +88,7 @@ def _geometry(value: object, budget: list[int], limit: int, name: str) -> BaseGe
         geometry = shape({"type": kind, "coordinates": coordinates})
     except (ValueError, TypeError, IndexError, AttributeError, shapely.errors.ShapelyError) as exc:
         raise BadInputError(f"{name} is not valid GeoJSON: {exc}") from None
-    if not geometry.is_valid:
+    if simple_features and not geometry.is_valid:
         raise BadInputError(f"{name} is not valid: {explain_validity(geometry)}")
     return geometry
 

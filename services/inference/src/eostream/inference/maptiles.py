@@ -155,7 +155,7 @@ def read_scene_item(
     data = _scene_item_text(href, s3, max_bytes, policy)
     try:
         item = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deeply
         raise BadInputError(f"the scene item {href} is not JSON") from None
     if not isinstance(item, dict):
         raise BadInputError(f"the scene item {href} is not a JSON object")

@@ -125,7 +125,7 @@ def info_from_item(data: bytes, href: str) -> ModelInfo:
         version = str(props.get("eostream:model_version") or "")
         sha256 = str(props["eostream:sha256"])
         run_id = props.get("eostream:mlflow_run_id")
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise BadInputError(
             f"{href} is not an MLM item of an eostream model (needs properties "
             f"eostream:sha256 and an asset with role mlm:model): {exc!r}"

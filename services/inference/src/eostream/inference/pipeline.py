@@ -86,6 +86,8 @@ def parse_item(data: bytes, href: str) -> dict[str, Any]:
         item = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadInputError(f"{href} is not JSON: {exc}") from None
+    except RecursionError:  # thousands of nested brackets
+        raise BadInputError(f"{href} is not a STAC item: JSON nested too deeply") from None
     if not isinstance(item, dict) or "id" not in item:
         raise BadInputError(f"{href} is not a STAC item (no id)")
     return item

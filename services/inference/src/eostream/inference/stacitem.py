@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -21,8 +22,18 @@ SHARE_PREFIX = "eostream:share:"
 STORAGE_ALTERNATE = "storage"
 #: the title of a result item's ``derived_from`` link to the model's MLM item
 MODEL_LINK_TITLE = "model (STAC MLM item)"
-#: properties of the source scene a result item repeats (queryable: the scene's cloud cover)
-SCENE_PROPERTIES = ("eo:cloud_cover",)
+
+
+def scene_properties(props: dict[str, Any]) -> dict[str, Any]:
+    """The properties of the source scene a result item repeats (queryable: the scene's cloud
+    cover), where they are what STAC says (``eo:cloud_cover``:
+    a number in 0..100); a result is still made of a scene whose provider wrote one otherwise,
+    without it (a string among numbers would break every search sorted by it)."""
+    cover = props.get("eo:cloud_cover")
+    if isinstance(cover, int | float) and not isinstance(cover, bool):
+        if math.isfinite(cover) and 0 <= cover <= 100:
+            return {"eo:cloud_cover": cover}
+    return {}
 
 
 def result_item_id(scene_id: str, model_name: str, version: str) -> str:
@@ -64,7 +75,7 @@ def build_result_item(
             "eostream:model_precision": precision,  # fp32, or int8 (the MLM item's model_int8)
             "eostream:class_shares": {k: v["share"] for k, v in stats["classes"].items()},
             "eostream:class_area_km2": {k: v["area_km2"] for k, v in stats["classes"].items()},
-            **{k: props[k] for k in SCENE_PROPERTIES if props.get(k) is not None},
+            **scene_properties(props),
             "processing:software": {"eostream-inference": "0.1.0"},
             "created": datetime.now(UTC).isoformat(),
             **extra_properties,

@@ -17,9 +17,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from eostream.inference.errors import BadInputError
+from eostream.inference.geojson import parse_geometry
 from eostream.shared import sentinel2
 from eostream.shared.errors import InvalidItemError
 
+#: Most positions a scene's footprint may have (Sentinel-2 tiles' have tens to hundreds)
+MAX_FOOTPRINT_VERTICES = 100_000
 #: Longest scene id accepted (it becomes part of store keys and result ids).
 MAX_ID_LENGTH = 256
 #: Letters, digits, ``_ . -``; starting with a letter, digit or ``_``. No ``/``, no spaces.
@@ -30,6 +33,7 @@ def validate_item(item: dict[str, Any], href: str) -> None:
     """Raise :class:`BadInputError` naming the first problem of ``item``; return if it is fine."""
     check_id(item.get("id"), href)
     check_bbox(item.get("bbox"), href)
+    check_geometry(item.get("geometry"), href)
     properties = item.get("properties")
     if not isinstance(properties, dict):
         raise BadInputError(f"{href}: the item has no properties object")
@@ -66,6 +70,19 @@ def _number(value: object) -> float | None:
         return None
     number = float(value)
     return number if math.isfinite(number) else None
+
+
+def check_geometry(value: object, href: str) -> None:
+    """A STAC item's geometry: null, or a GeoJSON geometry of finite longitudes and latitudes
+    (its structure; not simple-features validity, which real footprints do not always have).
+    It becomes the result item's, which every area search reads."""
+    if value is not None:
+        parse_geometry(
+            value,
+            MAX_FOOTPRINT_VERTICES,
+            name=f"{href}: the item's geometry",
+            simple_features=False,
+        )
 
 
 def check_bbox(value: object, href: str) -> None:

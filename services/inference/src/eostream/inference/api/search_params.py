@@ -125,9 +125,14 @@ def pick_fields(
 
 
 def footprint(record: ResultRecord) -> shapely.Geometry:
+    """A result's footprint: its geometry, else (none, or one that is not GeoJSON: a result
+    made before scenes' geometries were checked) its bbox."""
     geometry = record.item.get("geometry")
     if geometry:
-        return shapely.geometry.shape(geometry)
+        try:
+            return shapely.geometry.shape(geometry)
+        except (ValueError, TypeError, IndexError, AttributeError, shapely.errors.ShapelyError):
+            pass
     return bbox_shape(record.bbox) if record.bbox else shapely.Point()
 
 

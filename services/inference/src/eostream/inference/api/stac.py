@@ -272,7 +272,7 @@ def _records(
     for name, descending in reversed(sortby or []):  # stable sorts, last key first
         present = [r for r in hits if _value(r, name) is not None]
         missing = [r for r in hits if _value(r, name) is None]
-        present.sort(key=lambda r: _value(r, name), reverse=descending)
+        present.sort(key=lambda r: _order(_value(r, name)), reverse=descending)
         hits = present + missing  # items without the property come last either way
     return hits[query.offset : query.offset + query.limit], len(hits)
 
@@ -285,6 +285,15 @@ def _value(record: ResultRecord, name: str) -> Any:
     key = name.removeprefix("properties.")
     value = record.item.get("properties", {}).get(key)
     return value if isinstance(value, str | int | float) else None
+
+
+def _order(value: str | int | float) -> tuple[int, float, str]:
+    """A sort key that orders numbers among numbers and text among text, numbers first: the
+    same property may be a number in one item and text in another (a provider's), and Python
+    will not compare the two."""
+    if isinstance(value, str):
+        return (1, 0.0, value)
+    return (0, float(value), "")
 
 
 def _limit(limit: int) -> int:

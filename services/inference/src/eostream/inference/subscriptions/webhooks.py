@@ -45,7 +45,10 @@ def policy(settings: SubscriptionsSettings) -> SourcePolicy:
 def refusal(url: str, settings: SubscriptionsSettings) -> str | None:
     """Why ``url`` may not be called (None: it may). Resolves its host (every address must be
     public, or in the allowed networks), so it blocks: async callers run it in a thread."""
-    parsed = urlparse(url)
+    try:
+        parsed = urlparse(url)
+    except ValueError:  # "http://[bad/x"
+        return "not a URL"
     if parsed.scheme not in settings.allowed_schemes:
         return f"scheme {parsed.scheme!r} not allowed"
     if parsed.username is not None or parsed.password is not None:

@@ -30,6 +30,7 @@ from typer.testing import CliRunner
 
 from eostream.inference import testing
 from eostream.inference.api.app import create_app
+from eostream.inference.errors import BadInputError
 from eostream.inference.results_cli import app as results_cli
 from eostream.inference.service import InferenceService
 from eostream.inference.settings import InferenceSettings
@@ -394,3 +395,14 @@ async def test_two_maps_of_different_grids_are_not_compared(
             assert by_date.status_code == 400 and "pass result ids" in by_date.text
     finally:
         await service.stop()
+
+
+def test_a_bbox_is_four_finite_numbers() -> None:
+    """One parser for every route's bbox (/results, /stac, aggregate): infinities are no box
+    (/results and /stac/search took ``-inf,...`` as the whole world)."""
+    from eostream.inference.api.params import parse_bbox
+
+    assert parse_bbox("2.8,42.3,2.9,42.4") == (2.8, 42.3, 2.9, 42.4)
+    for text in ("-inf,-90,180,90", "0,0,inf,1", "nan,0,1,1", "1,2,3"):
+        with pytest.raises(BadInputError, match="must be four numbers"):
+            parse_bbox(text)

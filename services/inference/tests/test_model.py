@@ -10,8 +10,14 @@ import numpy.typing as npt
 import pytest
 
 from eostream.inference import testing
-from eostream.inference.errors import ModelLoadError
-from eostream.inference.model import LoadedModel, ModelInfo, choose_providers, load_model
+from eostream.inference.errors import BadInputError, ModelLoadError
+from eostream.inference.model import (
+    LoadedModel,
+    ModelInfo,
+    choose_providers,
+    info_from_item,
+    load_model,
+)
 from eostream.shared.modelcard import PATCH_SIZE
 
 INFO = ModelInfo(name="m", version="1")
@@ -119,3 +125,20 @@ def test_card_must_match_graph(kwargs: dict[str, object], message: str) -> None:
 def test_garbage_is_not_a_model() -> None:
     with pytest.raises(ModelLoadError, match="ONNX"):
         _load(b"not an onnx graph at all")
+
+
+def test_a_file_that_is_not_an_mlm_item_is_told_in_words() -> None:
+    """The 400 says what is wrong, not a Python exception's repr (it showed
+    AttributeError("'list' object has no attribute 'values'"))."""
+    cases = {
+        b"{not json": "not JSON",
+        b"[" * 100_000: "not JSON",
+        b'{"id": "m", "assets": {}}': "no 'properties'",
+        b'{"id": "m", "properties": {}, "assets": []}': "a field of the wrong type",
+    }
+    for data, words in cases.items():
+        with pytest.raises(BadInputError) as caught:
+            info_from_item(data, "mlm.json")
+        message = str(caught.value)
+        assert message.startswith("mlm.json is not an MLM item") and words in message, message
+        assert "Error(" not in message

@@ -126,9 +126,15 @@ def info_from_item(data: bytes, href: str) -> ModelInfo:
         sha256 = str(props["eostream:sha256"])
         run_id = props.get("eostream:mlflow_run_id")
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        # what was wrong, in words: not JSON, or which field is missing or of the wrong kind
+        found = (
+            "not JSON"
+            if isinstance(exc, ValueError | RecursionError)
+            else (f"no {exc}" if isinstance(exc, KeyError) else "a field of the wrong type")
+        )
         raise BadInputError(
             f"{href} is not an MLM item of an eostream model (needs properties "
-            f"eostream:sha256 and an asset with role mlm:model): {exc!r}"
+            f"eostream:sha256 and an asset with role mlm:model): {found}"
         ) from None
     if len(assets) != 1 or not version:
         raise BadInputError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 from eostream.inference.errors import BadInputError
@@ -16,7 +17,7 @@ def parse_bbox(text: str | None) -> tuple[float, float, float, float] | None:
         raise BadInputError(f"bbox {text!r} must be four numbers: minx,miny,maxx,maxy") from None
     if len(parts) == 6:
         parts = [parts[0], parts[1], parts[3], parts[4]]
-    if len(parts) != 4 or any(p != p for p in parts):
+    if len(parts) != 4 or not all(math.isfinite(p) for p in parts):  # NaN, inf: no box
         raise BadInputError(f"bbox {text!r} must be four numbers: minx,miny,maxx,maxy")
     minx, miny, maxx, maxy = parts
     if minx > maxx:

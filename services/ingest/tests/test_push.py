@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -66,22 +67,6 @@ def signed(
     if not structured:
         headers["content-type"] = "application/json"
     return headers, body
-
-
-async def raw_post(
-    client: httpx.AsyncClient, path: str, headers: dict[str, str], body: bytes, *, length: str
-) -> tuple[int, bytes]:
-    """POST over a bare socket with ``length`` as the Content-Length header, as written."""
-    url = client.base_url
-    reader, writer = await asyncio.open_connection(url.host, url.port)
-    lines = [f"POST {path} HTTP/1.1", f"host: {url.host}", f"content-length: {length}"]
-    lines += [f"{k}: {v}" for k, v in headers.items()] + ["connection: close", "", ""]
-    writer.write("\r\n".join(lines).encode() + body)
-    await writer.drain()
-    response = await reader.read()
-    writer.close()
-    head, _, rest = response.partition(b"\r\n\r\n")
-    return int(head.split()[1]), rest
 
 
 @asynccontextmanager
@@ -229,10 +214,15 @@ async def test_pushed_items_pass_the_policies_of_polled_ones(
         )
         assert (unsigned.status_code, unsigned.json()["code"]) == (401, "unauthorized")
         assert body_read.read == 0, "an unsigned body was read"
-        # a Content-Length that is no number is a bad request, not a large one (sent by hand:
-        # httpx will not send it; uvicorn refuses it before the app, which would too)
-        status, _answer = await raw_post(client, PUSH_PATH, stamped, b"{}", length="abc")
-        assert status == 400
+        # a Content-Length that is no number is a bad request, not a large one: uvicorn
+        # refuses it before the app; the app itself, under another server (in-process here)
+        app: Any = create_app(settings_for(tmp_path, tmp_path), readiness=lambda: (True, "t"))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://in-process") as asgi:
+            junk = await asgi.post(
+                PUSH_PATH, content=b"{}", headers={**stamped, "content-length": "abc"}
+            )
+        assert (junk.status_code, junk.json()["code"]) == (400, "bad_request"), junk.text
         assert bus.size(SCENES) == 0
         spec = (await client.get("/openapi.json")).json()
         route = spec["paths"][PUSH_PATH]["post"]
@@ -304,13 +294,18 @@ async def test_a_captured_push_resent_with_other_headers_names_only_its_signed_i
         again = await client.post(PUSH_PATH, content=body, headers=retargeted)
         assert again.json()["item_id"] == first["id"]
         assert again.json()["outcome"] == "duplicate"
-        # an empty signed body naming its item by ce-subject alone is refused
+        # an empty signed body naming its item by ce-subject alone is refused, whatever
+        # content-type says (the CloudEvents library reads all of these in binary mode)
         headers, body = signed(event({}))
-        only_subject = await client.post(
-            PUSH_PATH, content=body, headers={**headers, "ce-subject": other["id"]}
-        )
-        assert only_subject.status_code == 422, only_subject.text
-        assert "structured mode only" in only_subject.json()["description"]
+        for content_type in (
+            "application/json",
+            "APPLICATION/CLOUDEVENTS+JSON",
+            "application/cloudevents-batch+json",
+        ):
+            sent = {**headers, "ce-subject": other["id"], "content-type": content_type}
+            only_subject = await client.post(PUSH_PATH, content=body, headers=sent)
+            assert only_subject.status_code == 422, (content_type, only_subject.text)
+            assert "structured mode only" in only_subject.json()["description"]
         # in structured mode the subject is signed with the rest of the event
         ce = CloudEvent(
             {"type": ADDED, "source": "/eoepca/resource-registration", "subject": other["id"]},
@@ -319,6 +314,10 @@ async def test_a_captured_push_resent_with_other_headers_names_only_its_signed_i
         headers, body = signed(ce, structured=True)
         taken = await client.post(PUSH_PATH, content=body, headers=headers)
         assert (taken.status_code, taken.json()["item_id"]) == (200, other["id"]), taken.text
+        # ...also sent as application/json without ce-* headers: structured to the library too
+        plain = {**headers, "content-type": "application/json"}
+        again = await client.post(PUSH_PATH, content=body, headers=plain)
+        assert (again.status_code, again.json()["item_id"]) == (200, other["id"]), again.text
         events = await drain(bus, SCENES, "check")
     assert sorted(e.item_id for e in events) == sorted([first["id"], other["id"]])
 
@@ -355,7 +354,7 @@ async def test_a_push_while_the_broker_is_down_is_a_503_and_is_announced_on_the_
     """Nothing is lost: the sender is told to retry (503, Retry-After), nothing is marked seen,
     and the same notification sent again once the broker is back is announced."""
     item = earth_search_v1[0]
-    async with push_server(tmp_path, [item]) as (client, bus, _watcher):
+    async with push_server(tmp_path, [item]) as (client, bus, watcher):
         headers, body = signed(event({"id": item["id"], "collection": item["collection"]}))
 
         async def broker_down(*_args: Any, **_kwargs: Any) -> None:
@@ -367,6 +366,14 @@ async def test_a_push_while_the_broker_is_down_is_a_503_and_is_announced_on_the_
             down = await client.post(PUSH_PATH, content=body, headers=headers)
         assert (down.status_code, down.json()["code"]) == (503, "unavailable"), down.text
         assert down.headers["retry-after"] == str(RETRY_AFTER_SECONDS)
+
+        async def locked(*_args: Any, **_kwargs: Any) -> set[tuple[str, str]]:
+            raise sqlite3.OperationalError("database is locked")
+
+        with monkeypatch.context() as patch:  # the seen-set's database, not the broker
+            patch.setattr(watcher._store, "unseen", locked)
+            busy = await client.post(PUSH_PATH, content=body, headers=headers)
+        assert (busy.status_code, busy.json()["code"]) == (503, "unavailable"), busy.text
         retried = await client.post(PUSH_PATH, content=body, headers=headers)
         assert retried.json()["outcome"] == "announced", retried.text
         events = await drain(bus, SCENES, "check")

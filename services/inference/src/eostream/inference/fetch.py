@@ -85,11 +85,12 @@ def check_http_raster(uri: str, policy: SourcePolicy) -> None:
     cannot be reached get the same one message."""
     import httpx
 
-    check_source(uri, policy)  # also refuses what is not a URL
+    check_source(uri, policy)  # refuses what is not a URL before it is parsed here
     origin = urlparse(uri)
     current = uri
-    for _ in range(MAX_REDIRECTS + 1):
-        check_source(current, policy)
+    for hop in range(MAX_REDIRECTS + 1):
+        if hop:
+            check_source(current, policy)
         try:
             with httpx.stream(
                 "GET",

@@ -33,7 +33,7 @@ def parse_geometry(
     ``max_vertices`` positions, as a shapely geometry; BadInputError says what is wrong
     (naming the parameter ``name``). A GeometryCollection's members are checked each.
     ``simple_features=False``: its structure only (a provider's footprint may touch itself,
-    and is still a footprint), and it may be empty."""
+    and is still a footprint); an empty GeometryCollection passes."""
     budget = [max_vertices]
     geometry = _geometry(value, budget, max_vertices, name, simple_features)
     if geometry.is_empty and simple_features:

@@ -24,7 +24,7 @@ from eostream.ingest.errors import PushRefused
 from eostream.ingest.settings import IngestSettings, PushSettings
 from eostream.shared import http_errors
 from eostream.shared.body_limit import valid_length
-from eostream.shared.errors import BusUnavailableError, RetryableError
+from eostream.shared.errors import BusUnavailableError, is_transient
 from eostream.shared.http_errors import error_body, error_responses
 from eostream.shared.ops import ReadinessCheck, ops_router
 
@@ -95,9 +95,14 @@ def push_router(settings: PushSettings, arrivals_now: ArrivalsNow) -> APIRouter:
                 )
             try:
                 taken = await arrivals.take(arrival)
-            except (BusUnavailableError, RetryableError) as exc:
-                # the broker or the seen-set's database is down: nothing was announced, and
-                # the sender's retry (or the poll) announces it once they are back
+            except Exception as exc:
+                # the broker or the seen-set's database is down (the bus's publish retries
+                # spent, or a driver's OperationalError): the item is not marked seen, so the
+                # sender's retry (or the poll) announces it once they are back; if only the
+                # marking failed, after the publish, that announcement repeats the same event
+                # id, which consumers take once
+                if not isinstance(exc, BusUnavailableError) and not is_transient(exc):
+                    raise
                 log.warning("push of %s not taken now: %s", arrival.item_id, exc)
                 raise PushRefused(
                     503, "unavailable", "the bus or ingest's state is unavailable; retry later"

@@ -287,13 +287,14 @@ def _value(record: ResultRecord, name: str) -> Any:
     return value if isinstance(value, str | int | float) else None
 
 
-def _order(value: str | int | float) -> tuple[int, float, str]:
-    """A sort key that orders numbers among numbers and text among text, numbers first: the
-    same property may be a number in one item and text in another (a provider's), and Python
-    will not compare the two."""
+def _order(value: str | int | float) -> tuple[int, int | float, str]:
+    """A sort key that orders numbers among numbers (exactly: ints are not made floats) and text
+    among text, numbers before text in ascending order (after it in descending): the same
+    property may be a number in one item and text in another, and Python will not compare
+    the two."""
     if isinstance(value, str):
-        return (1, 0.0, value)
-    return (0, float(value), "")
+        return (1, 0, value)
+    return (0, value, "")
 
 
 def _limit(limit: int) -> int:

@@ -4,8 +4,9 @@ classes (water, other), which inference's pipeline then runs on a third real dat
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import duckdb
 import mlflow
@@ -26,7 +27,10 @@ from eostream.shared.modelcard import ModelCard
 from eostream.trainer import chipset
 from eostream.trainer.cli import app as trainer_app
 from eostream.trainer.cli import fit_command, submit
+from eostream.trainer.errors import DatasetError
 from eostream.trainer.labels_cli import app as labels_app
+
+from .conftest import make_settings
 
 TRAIN_DATES = ("2020-06-21", "2020-09-14")
 MAP_DATE = "2021-07-16"
@@ -358,3 +362,148 @@ def test_an_option_out_of_the_requests_bounds_is_one_line(command: str) -> None:
     ), result.output
     result = CliRunner().invoke(train_app, [command, "--epochs", "0", "--seed", "-1"])
     assert result.output.strip().endswith("(and 1 more)"), result.output
+
+
+def _variant(dataset: Path, out: Path, select_sql: str = "*", arrays: Any = None) -> Path:
+    """A copy of ``dataset`` with its table rewritten by ``select_sql`` (duckdb, over the rows
+    as ``t``) and each scene's arrays passed through ``arrays(x, mask) -> (x, mask)``."""
+    shutil.copytree(dataset, out)
+    table = out / chipset.TABLE
+    with duckdb.connect() as con:
+        # the test's own SQL, over a copy of the test's own table
+        con.execute(
+            f"COPY (SELECT {select_sql} FROM read_parquet($p) t) TO '{out / 'new.parquet'}' "  # noqa: S608
+            "(FORMAT parquet)",
+            {"p": str(table)},
+        )
+    (out / "new.parquet").replace(table)
+    if arrays is not None:
+        for npz in (out / "arrays").glob("*.npz"):
+            with np.load(npz) as f:
+                x, mask = arrays(f["x"], f["mask"])
+            np.savez(npz, x=x, mask=mask)
+    return out
+
+
+def _loaded(path: Path) -> None:
+    data = chipset.open_dataset(path)
+    chosen = chipset.select(data)
+    patches = list(chosen.of("train"))
+    chipset.load(data, patches)
+    chipset.load_masks(data, patches)
+
+
+def test_chip_datasets_that_are_not_what_their_table_says_are_refused_before_training(
+    dataset: Path, tmp_path: Path
+) -> None:
+    """Each of these stopped the trainer's consumer (restarted on the same record for ever), or
+    trained and registered a model: a chip without a class index, a chip index past its array,
+    arrays of another size than proj:shape, NaN pixels, a mask class beyond the classes, one
+    class. Each is a DatasetError (dead-lettered) naming it, before a run starts."""
+    first = "(SELECT min(id) FROM read_parquet($p))"
+    nan_x = lambda x, m: (np.full_like(x, np.nan), m)  # noqa: E731
+    cases = {
+        "a null class index": (
+            f"* REPLACE (CASE WHEN id = {first} THEN NULL ELSE class_index END AS class_index)",
+            None,
+            "without a class",
+        ),
+        "an index past the array": (
+            f"* REPLACE (CASE WHEN id = {first} THEN chip_index + 100000 ELSE chip_index END "
+            "AS chip_index)",
+            None,
+            "is past the",
+        ),
+        "2 x 2 arrays": ("*", lambda x, m: (x[..., :2, :2], m[..., :2, :2]), "not 32 x 32"),
+        "NaN pixels": ("*", nan_x, "NaN or infinite"),
+        "a mask class 7": ("*", lambda x, m: (x, np.where(m == 0, 7, m)), "beyond the 2"),
+        "one class": (
+            "* REPLACE (0 AS class_index, 'water' AS class)",
+            None,
+            "a model needs at least two",
+        ),
+    }
+    for i, (case, (sql, arrays, words)) in enumerate(cases.items()):
+        path = _variant(
+            dataset, tmp_path / f"v{i}", sql.replace("$p", f"'{dataset / chipset.TABLE}'"), arrays
+        )
+        with pytest.raises(DatasetError) as caught:
+            _loaded(path)
+        assert words in str(caught.value), (case, str(caught.value))
+    _loaded(dataset)  # the dataset they were made of loads
+
+
+def test_run_and_chip_folders_stay_one_folder_inside_the_cache() -> None:
+    """A request id ``..`` made the run folder the cache itself (its clean-up emptied it), and
+    ``x/../../..`` put a label collection's chips outside the cache."""
+    from eostream.trainer.labelled import _folder_name
+    from eostream.trainer.pipeline import _safe
+
+    names = {_safe(text) for text in ("..", ".", "x/../../../../zz", "x_.._zz", "a b", "")}
+    assert len(names) == 6  # distinct ids, distinct folders
+    for name in names | {_folder_name("labels", key) for key in ("..", "x/../../zz", "/")}:
+        assert name not in (".", "..") and "/" not in name and not name.startswith("."), name
+    digest = "ab" * 32
+    assert _folder_name("boadella", digest) == f"boadella-{digest[:16]}"  # caches keep names
+    assert _safe("long") == "long" and _safe(digest) == digest  # so do plain request ids
+
+
+def test_a_broken_label_catalogue_is_a_dataset_error_not_a_stopped_consumer(
+    references: tuple[Path, Path], data_dir: Path, tmp_path: Path
+) -> None:
+    """pystac's own errors (a link to a scene item that is gone, an item without assets)
+    stopped the trainer's consumer, restarted on the same record for ever."""
+    from eostream.shared.events import TrainingRequested
+    from eostream.trainer.labelled import request_plan
+
+    settings = make_settings(data_dir, tmp_path / "cache", "sqlite:///unused.db")
+    root = references[0].parent.parent
+    scene = "boadella-scenes/boadella-2020-06-21/boadella-2020-06-21.json"
+    label = "boadella-water-labels/boadella-water-2020-06-21/boadella-water-2020-06-21.json"
+
+    def no_assets(path: Path) -> None:
+        item = json.loads(path.read_text())
+        item.pop("assets")
+        path.write_text(json.dumps(item))
+
+    def gone(path: Path) -> None:
+        path.unlink()
+
+    for i, (relative, breaks) in enumerate(((scene, gone), (label, no_assets))):
+        broken = tmp_path / f"broken-{i}"
+        shutil.copytree(root, broken)
+        breaks(broken / relative)
+        collection = broken / references[0].relative_to(root)
+        request = TrainingRequested(request_id=f"broken-{i}", dataset=str(collection))
+        with pytest.raises(DatasetError, match="labels "):
+            request_plan(request, settings)
+
+
+@pytest.mark.usefixtures("root_logging")
+def test_an_embedded_submission_the_worker_refuses_ends_in_one_line(
+    dataset: Path,
+    data_dir: Path,
+    sqlite_mlflow: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``eostream train`` on the in-process bus waited for ever (or for --timeout) once the
+    worker dead-lettered its request; now it says why and exits 1."""
+    nan = _variant(dataset, tmp_path / "nan", arrays=lambda x, m: (np.full_like(x, np.nan), m))
+    for name, value in {
+        "BUS": "memory",
+        "DATA_DIR": str(data_dir),
+        "CACHE_DIR": str(tmp_path / "cache"),
+        "MLFLOW_TRACKING_URI": sqlite_mlflow,
+        "NUM_THREADS": "2",
+        "DEVICE": "cpu",
+    }.items():
+        monkeypatch.setenv(f"TRAINER_{name}", value)
+    train_app = typer.Typer()
+    train_app.command("fit")(fit_command)
+    train_app.command("submit")(submit)
+    args = ["submit", "--dataset", str(nan), "--epochs", "1", "--timeout", "120"]
+    result = CliRunner().invoke(train_app, args)
+    assert result.exit_code == 1, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: request ") and "NaN or infinite" in last, result.output

@@ -83,3 +83,8 @@ def test_the_tolerance_grows_with_the_logits(tmp_path: Path) -> None:
     assert large.max_abs_diff == pytest.approx(2e-3, rel=0.1) and large.argmax_agreement == 1.0
     with pytest.raises(ExportMismatchError, match=r"tolerance 0\.001 x 1, the largest"):
         compare_onnx(path, x / 20 + 2e-3, x / 20, 1e-3, "torch")
+    # a diverged model: NaN logits on both sides compare as no difference (NaN > tolerance is
+    # False) and every argmax agrees, so it passed and was registered
+    nan = np.full_like(x, np.nan)
+    with pytest.raises(ExportMismatchError, match="NaN or infinite"):
+        compare_onnx(path, nan, nan, 1e-3, "torch")

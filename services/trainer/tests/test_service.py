@@ -74,6 +74,11 @@ async def test_bad_requests_are_dead_lettered_with_reasons(
             DatasetUpdated(dataset="x", href="file:///x", digest="abc", band_set="sar"),
         )
     )
+    # an href that names nothing retrained the live model on EuroSAT (a typo, another scheme)
+    for key, href in (("typo", str(tmp_path / "no-such-labels")), ("ftp", "ftp://x/labels")):
+        events.append(
+            (topics.DATASETS_UPDATED, DatasetUpdated(dataset=key, href=href, digest=key * 8))
+        )
     bus = await _run(sqlite_settings, events, done=len(events))
     letters = await bus.read_dead_letters(limit=10)
     reasons = {letter.original_key: letter.reason for letter in letters}
@@ -83,6 +88,8 @@ async def test_bad_requests_are_dead_lettered_with_reasons(
     assert "must be models:/NAME/VERSION" in reasons["base"]
     assert "batch_size must be at least 2" in reasons["batch"]
     assert "band_set 'sar' is unknown" in reasons["x"]
+    for key in ("typo", "ftp"):
+        assert "is neither a label collection, a chip dataset nor a local folder" in reasons[key]
     assert all(
         letter.original_topic in (topics.TRAINING_REQUESTS, topics.DATASETS_UPDATED)
         for letter in letters

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from eostream.shared.labels import MASK_UNKNOWN as UNKNOWN
 from eostream.trainer.catalog import CatalogTable
 from eostream.trainer.errors import DatasetError
 from eostream.trainer.selection import SPLITS, Patch, Selection, SelectionSpec
@@ -165,13 +166,23 @@ def open_dataset(href: str | Path) -> ChipDataset:
             count = con.execute(
                 "SELECT count(*) FROM read_parquet($p)", {"p": str(path)}
             ).fetchone()
+            blanks = con.execute(REQUIRED_SQL, {"p": str(path)}).fetchone()
     except duckdb.Error as exc:
         raise DatasetError(f"{path} is not a chip dataset table: {exc}") from None
+    if blanks and blanks[0]:
+        raise DatasetError(
+            f"{path}: {blanks[0]} chip(s) without a class, class_index, proj:shape, image "
+            "href or chip_index; cut it again"
+        )
     indices = [int(i) for _, i in classes]
     if indices != list(range(len(indices))) or len(meta) != 1:
         raise DatasetError(
             f"{path}: classes {classes} or band set/size {meta} are inconsistent; cut it again"
         )
+    if len(indices) < 2:
+        raise DatasetError(f"{path}: one class ({classes}): a model needs at least two to tell")
+    if not MIN_CHIP <= int(meta[0][1]) <= MAX_CHIP:
+        raise DatasetError(f"{path}: chips of {meta[0][1]} px; from {MIN_CHIP} to {MAX_CHIP}")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     band_set, size, level = meta[0]
     return ChipDataset(
@@ -184,6 +195,16 @@ def open_dataset(href: str | Path) -> ChipDataset:
         str(level),
     )
 
+
+#: chips that lack what training reads (counted: a dataset with any is refused)
+REQUIRED_SQL = """
+    SELECT count(*) FROM read_parquet($p)
+    WHERE class IS NULL OR class_index IS NULL OR "proj:shape" IS NULL
+       OR assets.image.href IS NULL OR chip_index IS NULL
+"""
+#: the chip sizes taken: the cutter's smallest to TRAINER_LABEL_CHIP_SIZE's largest (2 px chips
+#: failed in the model's pooling, after the run had started)
+MIN_CHIP, MAX_CHIP = 8, 1024
 
 SELECT_SQL = """
     SELECT id, class, class_index, assets.image.href AS href, chip_index, split
@@ -221,20 +242,43 @@ def _stacked(dataset: ChipDataset, patches: list[Patch], array: str) -> npt.NDAr
     order of ``patches``; each scene's ``arrays/<scene>.npz`` read once."""
     if not patches:
         raise DatasetError("no chips to load")
+    folder = dataset.path.parent.resolve()
     files: dict[str, Any] = {}
     rows = []
     for p in patches:
         name, _, index = p.href.partition("#")
         if name not in files:
-            f = dataset.path.parent / name
+            f = (folder / name).resolve()
+            if not f.is_relative_to(folder):
+                raise DatasetError(f"chip {p.item_id}: {name} is outside the dataset's folder")
             if not f.is_file():
                 raise DatasetError(f"chip array file {f} is missing")
             with np.load(f) as npz:
                 if array not in npz:
                     raise DatasetError(f"{f} has no {array!r} array; cut the chips again")
                 files[name] = npz[array]
-        rows.append(files[name][int(index)])
-    return np.stack(rows)
+        chips = files[name]
+        if not 0 <= int(index) < len(chips):
+            raise DatasetError(f"chip {p.item_id}: #{index} is past the {len(chips)} in {name}")
+        rows.append(chips[int(index)])
+    stacked = np.stack(rows) if len({r.shape for r in rows}) == 1 else None
+    if stacked is None or stacked.shape[-2:] != (dataset.size, dataset.size):
+        shapes = sorted({str(r.shape) for r in rows})[:3]
+        raise DatasetError(
+            f"the chips' {array} arrays are {', '.join(shapes)}, not {dataset.size} x "
+            f"{dataset.size} as the table's proj:shape says; cut the chips again"
+        )
+    if array == "x" and not np.isfinite(stacked).all():
+        raise DatasetError("the chips hold NaN or infinite values; cut the chips again")
+    if array == "mask":
+        classes = len(dataset.classes)
+        beyond = (stacked >= classes) & (stacked != UNKNOWN)
+        if beyond.any():
+            bad = np.unique(stacked[beyond])[:5]
+            raise DatasetError(
+                f"the chips' masks hold class indices {bad.tolist()} beyond the {classes} classes"
+            )
+    return stacked
 
 
 def load(dataset: ChipDataset, patches: list[Patch]) -> PatchTensors:

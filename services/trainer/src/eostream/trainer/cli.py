@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -31,6 +31,7 @@ from eostream.shared.settings import configure_logging, load_settings
 from eostream.trainer.settings import TrainerSettings
 
 if TYPE_CHECKING:  # torch stays unimported until a command needs it
+    from eostream.shared.bus import Bus
     from eostream.trainer.pipeline import Outcome
     from eostream.trainer.plan import TrainingPlan
     from eostream.trainer.task import BatchCallback
@@ -265,7 +266,7 @@ def fit_command(
 
         plan = replace(plan, dataset=str(chips.path), classes=chips.classes)
     # a pixel model has no batches to count
-    from eostream.trainer.errors import BadTrainingRequestError
+    from eostream.trainer.errors import BadTrainingRequestError, ExportMismatchError
 
     try:
         with contextlib.nullcontext(None) if pixel else progress_bar() as on_batch:
@@ -278,7 +279,8 @@ def fit_command(
                 ),
                 on_batch=on_batch,
             )
-    except BadTrainingRequestError as exc:  # e.g. a pretrained file that is missing or wrong
+    except (BadTrainingRequestError, ExportMismatchError) as exc:  # e.g. a pretrained file
+        # that is missing or wrong, chips that are not what their table says, a diverged model
         typer.echo(f"eostream: {exc}", err=True)
         raise typer.Exit(2) from None
     done = "already registered" if outcome.reused else "registered"
@@ -392,6 +394,7 @@ def evaluate_command(
 
     from eostream.trainer.catalog import build_catalog
     from eostream.trainer.datasets import load_patches
+    from eostream.trainer.errors import BadTrainingRequestError
     from eostream.trainer.pipeline import tracker_for
     from eostream.trainer.selection import SelectionSpec, select
     from eostream.trainer.task import evaluate
@@ -400,7 +403,11 @@ def evaluate_command(
     torch.set_num_threads(settings.num_threads)
     tracker = tracker_for(settings)
     tracker.configure()
-    model, _card = tracker.load_base(model_uri)
+    try:
+        model, _card = tracker.load_base(model_uri)
+    except BadTrainingRequestError as exc:  # not models:/NAME/VERSION, or no such version
+        typer.echo(f"eostream: {exc}", err=True)
+        raise typer.Exit(2) from None
     table = build_catalog(settings.data_dir, settings.cache_dir, bands)
     selection = select(
         table,
@@ -465,6 +472,39 @@ def _run_line(event: TrainingStarted) -> str:
     return f"MLflow run: {event.run_url}"
 
 
+class RequestFailed(Exception):
+    """The embedded worker refused the request (dead-lettered it) or stopped."""
+
+
+T = TypeVar("T")
+
+
+async def _watched(
+    wanted: asyncio.Future[T],
+    worker: asyncio.Task[None],
+    bus: Bus,
+    request_id: str,
+    timeout: float | None,
+) -> T:
+    """``wanted``'s result, from the embedded worker; raises :class:`RequestFailed` when the
+    worker dead-letters the request (its reason) or stops (both left the command waiting for
+    ever), TimeoutError after ``timeout`` seconds (None: no limit)."""
+    deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+    while True:
+        pending: set[asyncio.Future[Any]] = {wanted, worker}
+        finished, _ = await asyncio.wait(pending, timeout=1.0)
+        if wanted in finished:
+            return wanted.result()
+        if worker in finished:
+            failure = worker.exception() if not worker.cancelled() else None
+            raise RequestFailed(f"the trainer stopped: {failure or 'cancelled'}")
+        for letter in await bus.read_dead_letters(limit=1000, timeout=0.5):
+            if letter.original_key == request_id:
+                raise RequestFailed(f"request {request_id} refused: {letter.reason}")
+        if deadline is not None and asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError
+
+
 async def _submit(
     settings: TrainerSettings, request: TrainingRequested, wait: bool, timeout: float
 ) -> None:
@@ -502,10 +542,11 @@ async def _submit(
             with progress_bar() as on_batch:
                 tracker = tracker_for(settings)
                 worker = build_trainer(settings, bus=bus, tracker=tracker, on_batch=on_batch)
-                tasks.append(asyncio.create_task(worker.consumer().run()))
-                event = await asyncio.wait_for(started, timeout)
+                running = asyncio.create_task(worker.consumer().run())
+                tasks.append(running)
+                event = await _watched(started, running, bus, request.request_id, timeout)
                 typer.echo(_run_line(event))
-                registered = await done
+                registered = await _watched(done, running, bus, request.request_id, None)
         else:
             event = await asyncio.wait_for(started, timeout)
             typer.echo(_run_line(event))
@@ -524,6 +565,9 @@ async def _submit(
             f"(service {SERVICE})",
             err=True,
         )
+        raise typer.Exit(1) from None
+    except RequestFailed as exc:
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     finally:
         await listener.stop()

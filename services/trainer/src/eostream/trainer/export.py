@@ -107,7 +107,12 @@ def compare_onnx(
         diff,
         agreement,
     )
-    if diff > tolerance * scale or agreement < least:
+    if not np.isfinite(expected).all():  # NaN > tolerance is False: it would pass below
+        raise ExportMismatchError(
+            f"the trained {library} model's outputs are NaN or infinite on the check's patches "
+            "(a diverged training, or non-finite inputs): not registered"
+        )
+    if not diff <= tolerance * scale or agreement < least:
         raise ExportMismatchError(
             f"ONNX export disagrees with {library}: max |diff| {diff:.3g} (tolerance "
             f"{tolerance} x {scale:.3g}, the largest |logit|), argmax agreement {agreement:.4f}"

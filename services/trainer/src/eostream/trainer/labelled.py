@@ -14,8 +14,9 @@ chips is a bad dataset, dead-lettered with the reason.
 A label collection on a STAC API (``<root>/collections/<id>``, what ingest announces on the
 stack) is first copied into a static catalogue (:mod:`eostream.trainer.stac_labels`: the items,
 their labels read from the object store with ``TRAINER_S3__*``). ``href`` may also name a chip
-dataset written beforehand (its folder or ``chips.parquet``). Any other href (e.g. a EuroSAT
-folder) keeps the old meaning: retrain the default model on EuroSAT.
+dataset written beforehand (its folder or ``chips.parquet``). Any other local folder (e.g. a
+EuroSAT folder) keeps the old meaning: retrain the default model on EuroSAT; an href that names
+none of these (a missing path, another scheme) is dead-lettered.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 
 import pystac
 
+from eostream.shared.digest import sha256_hex
 from eostream.shared.errors import EostreamError, RetryableError
 from eostream.shared.events import DatasetUpdated, TrainingRequested
 from eostream.shared.label_catalog import (
@@ -72,8 +74,11 @@ def is_label_stac(path: Path) -> bool:
 
 
 def _folder_name(name: str, key: str) -> str:
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "labels"
-    return f"{safe}-{key[:16]}"
+    """``<name>-<key>`` as one folder name: ``key`` (a digest, or a request id as a sender
+    wrote it: ``x/../../..`` wrote chips outside the cache) is kept only when it is hex."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "labels"
+    tag = key[:16] if re.fullmatch(r"[0-9a-f]{16,}", key) else sha256_hex(key.encode())[:16]
+    return f"{safe}-{tag}"
 
 
 def cut_chips(labels: Path, out: Path, settings: TrainerSettings, band_set: str) -> Path:
@@ -89,9 +94,16 @@ def cut_chips(labels: Path, out: Path, settings: TrainerSettings, band_set: str)
     try:
         cut = cutter.cut(str(labels), band_set=band_set, rules=rules, skip_empty=True)
         chipset.write(cut, partial, rules)
-    except EostreamError as exc:  # the labels' own problem: the event is dead-lettered
+    # the labels' own problem (a link to no STAC object or to no file, an item without assets
+    # or of the wrong shape): the event is dead-lettered, where pystac's errors stopped the
+    # consumer for ever
+    except (
+        EostreamError, pystac.STACError, FileNotFoundError, KeyError, TypeError, AttributeError
+    ) as exc:  # fmt: skip
         shutil.rmtree(partial, ignore_errors=True)
-        raise DatasetError(f"labels {labels}: {exc}") from None
+        if isinstance(exc, RetryableError):
+            raise
+        raise DatasetError(f"labels {labels}: {type(exc).__name__}: {exc}"[:1000]) from None
     partial.replace(out)
     counts = cut.counts()
     log.info(
@@ -179,9 +191,16 @@ def dataset_plan(event: DatasetUpdated, settings: TrainerSettings) -> TrainingPl
         shutil.rmtree(settings.cache_dir / CHIPS_FOLDER / _folder_name(event.dataset, now), True)
         raise RetryableError(f"labels {event.dataset} changed while their chips were cut")
     if data is None:  # not labels: retrain the default model with defaults
-        return plan_for_dataset(
+        default = plan_for_dataset(
             event, event.model_name or settings.default_model_name, settings.dataset_updated_epochs
         )
+        path = local_path(event.href)
+        if path is None or not path.is_dir():  # a typo retrained the live model on EuroSAT
+            raise DatasetError(
+                f"dataset {event.dataset}: {event.href} is neither a label collection, a chip "
+                "dataset nor a local folder (a EuroSAT folder retrains the default model)"
+            )
+        return default
     plan = plan_for_dataset(
         event.model_copy(update={"band_set": data.band_set}),
         event.model_name or event.dataset,

@@ -7,9 +7,11 @@ under the cache folder by request id). Registration is the last step.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -569,5 +571,17 @@ def chip_card(
     )
 
 
+#: a request id that is its own run folder's name
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
+
+
 def _safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:200]
+    """A folder name for ``text`` (a request id, as a sender wrote it): the id itself when it is
+    a plain name (letters, digits, ``-_.``, not starting with a dot, at most 64 characters),
+    else its letters, digits and ``-_.`` and a digest of the whole, so two ids never share a
+    folder; never ``.`` or ``..`` (the id ``..`` made the run folder the cache itself, which its
+    clean-up then emptied)."""
+    if PLAIN_NAME.fullmatch(text):
+        return text
+    shown = "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip(".")[:64]
+    return f"{shown or 'request'}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"

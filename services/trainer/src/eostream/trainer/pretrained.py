@@ -72,7 +72,11 @@ def resolve_pretrained(source: str) -> PretrainedSource:
             f"pretrained {source!r} is neither a known checkpoint ({sorted(CHECKPOINTS)}) "
             "nor an existing file"
         )
-    return PretrainedSource(str(path.resolve()), path, file_sha256(path))
+    try:
+        digest = file_sha256(path)
+    except OSError as exc:  # a file that cannot be read through (/proc/self/mem: EIO)
+        raise BadTrainingRequestError(f"pretrained {source!r}: cannot be read ({exc})") from None
+    return PretrainedSource(str(path.resolve()), path, digest)
 
 
 def read_state_dict(source: PretrainedSource) -> dict[str, torch.Tensor]:

@@ -30,6 +30,25 @@ def test_the_cli_turns_a_config_error_into_one_line() -> None:
     ]
 
 
+def test_the_cli_turns_any_of_eostreams_own_errors_into_one_line() -> None:
+    """A command that lets a domain error through (``inference classify`` with a model that
+    does not load printed 68 to 1,013 lines of traceback): one line, credentials masked."""
+    code = (
+        "from eostream.runner.cli import app, run\n"
+        "from eostream.shared.errors import RetryableError\n"
+        "@app.command()\n"
+        "def boom() -> None:\n"
+        "    raise RetryableError('MLflow at http://alice:s3cret@127.0.0.1:1 did not answer')\n"
+        "import sys; sys.argv = ['eostream', 'boom']\n"
+        "run(app)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "eostream: MLflow at http://***@127.0.0.1:1 did not answer"
+    ]
+
+
 # -- `eostream up --stack local` while its services start -------------------------------------
 # The command runs as a child process, as a person runs it, with one fake service (a small
 # python child) in place of the real ones and made-up stack addresses (nothing connects to them).

@@ -52,7 +52,7 @@ def test_since_takes_durations_and_iso_times() -> None:
     assert dl.parse_since("1.5d", NOW) == NOW - timedelta(hours=36)
     assert dl.parse_since("2024-04-30T08:00:00Z", NOW) == datetime(2024, 4, 30, 8, tzinfo=UTC)
     assert dl.parse_since("2024-04-30", NOW) == datetime(2024, 4, 30, tzinfo=UTC)  # naive: UTC
-    for bad in ("yesterday", "2x", "-3h", ""):
+    for bad in ("yesterday", "2x", "-3h", "", "999999w"):  # 999999w: an OverflowError before
         with pytest.raises(dl.DeadLetterQueryError, match="--since"):
             dl.parse_since(bad, NOW)
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import platform
+import socket
 import threading
 
 import httpx
+import pytest
 
 from eostream.shared import metrics
+from eostream.shared.errors import ConfigError
 from eostream.shared.ops import OpsServer, create_ops_app
 
 
@@ -82,3 +85,15 @@ async def test_a_readiness_check_that_blocks_stops_neither_livez_nor_the_loop() 
         release.set()
         beat.cancel()
         await server.stop()
+
+
+async def test_a_port_in_use_is_one_configuration_error() -> None:
+    """uvicorn answers a port it cannot bind with sys.exit, which left the event loop as a
+    traceback (every service's ``run`` and ``serve``): the server binds it itself now."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        server = OpsServer(create_ops_app("test", lambda: (True, "ok")), "127.0.0.1", port)
+        with pytest.raises(ConfigError, match=rf"cannot listen on 127.0.0.1:{port}"):
+            await server.start()

@@ -406,3 +406,19 @@ def test_a_bbox_is_four_finite_numbers() -> None:
     for text in ("-inf,-90,180,90", "0,0,inf,1", "nan,0,1,1", "1,2,3"):
         with pytest.raises(BadInputError, match="must be four numbers"):
             parse_bbox(text)
+
+
+def test_overwrite_replaces_only_a_zarr_store(tmp_path: Path) -> None:
+    """``--overwrite`` removed any folder it was given, with everything in it."""
+    from eostream.inference.maps_cli import app as maps_cli
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "important.txt").write_text("keep me")
+    for app, args in (
+        (maps_cli, ["cube", str(tmp_path / "catalog.json")]),
+        (results_cli, ["cube", "--url", "http://127.0.0.1:1", "--bbox", "0,0,1,1"]),
+    ):
+        result = CliRunner().invoke(app, [*args, "--out", str(victim), "--overwrite"])
+        assert result.exit_code != 0 and "is not a zarr store" in result.output, result.output
+    assert (victim / "important.txt").read_text() == "keep me"

@@ -73,3 +73,26 @@ def test_promote_rollback_list(
         ("promote", v1, v2, "bob", "cli"),
         ("rollback", v2, v1, "carol", "cli"),
     ]
+
+
+def test_mlflow_refusing_the_caller_is_one_line(
+    mlflow_uri: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The stack's MLflow (basic auth) asked without credentials answers 401: ``models list``,
+    ``promote`` and ``rollback`` printed about 120 lines of MLflow's traceback."""
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in {
+        "BRIDGE_BUS": "memory",
+        "BRIDGE_STORE": "local",
+        "BRIDGE_LOCAL_STORE_ROOT": str(tmp_path / "objects"),
+        "BRIDGE_MLFLOW_TRACKING_URI": mlflow_uri,
+    }.items():
+        monkeypatch.setenv(key, value)
+    runner = CliRunner()
+    for args in (["list", NAME], ["rollback", NAME, "--by", "carol"]):
+        result = runner.invoke(models_app, args)
+        assert result.exit_code == 1, (args, result.output)
+        last = result.output.strip().splitlines()[-1]  # below the bridge's own log lines
+        assert last.startswith("eostream: MLflow refused: ") and "401" in last, result.output
+        assert "Traceback" not in result.output

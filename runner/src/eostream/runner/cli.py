@@ -15,7 +15,8 @@ from typing import Annotated
 
 import typer
 
-from eostream.shared.errors import ConfigError
+from eostream.shared.errors import ConfigError, EostreamError
+from eostream.shared.redaction import redact_urls
 
 app = typer.Typer(
     name="eostream",
@@ -257,9 +258,12 @@ def main() -> None:
 
 
 def run(command: typer.Typer) -> None:
-    """Run a typer app; a ConfigError becomes one line on stderr and exit status 2."""
+    """Run a typer app; a ConfigError, or any of eostream's own errors a command let through
+    (a model that does not load, a scene that is not an item, a server down after its
+    retries: their messages are for people), becomes one line on stderr and exit status 2."""
     try:
         command()
-    except ConfigError as exc:
-        print(f"eostream: {exc}", file=sys.stderr)  # noqa: T201 - the one line a user sees
+    except EostreamError as exc:
+        # the one line a user sees, without a URL's credentials
+        print(f"eostream: {redact_urls(str(exc))}", file=sys.stderr)  # noqa: T201
         raise SystemExit(2) from None

@@ -200,6 +200,8 @@ async def run(
     """The embedded system; with ``demo``, the demo's job first. It then serves until SIGINT or
     SIGTERM (``exit_after``: it stops once the job is done), and says so in one line."""
     home = home.resolve()
+    if home.exists() and not home.is_dir():
+        raise ConfigError(f"--home {home} is a file, not a folder")
     home.mkdir(parents=True, exist_ok=True)
     # on the loop's thread, before anything runs on it: Ctrl-C stops it at once
     data_dir = demo_data_dir(data_dir)

@@ -187,6 +187,8 @@ def ensure_data(
     """
     mirror = mirror if mirror is not None else os.environ.get(MIRROR_ENV) or None
     root = target_dir.expanduser().resolve()
+    if root.exists() and not root.is_dir():
+        raise DataFetchError(f"{root} is a file, not a folder to put the data in")
     root.mkdir(parents=True, exist_ok=True)
     with _locked(root):
         verified = _read_marker(root)

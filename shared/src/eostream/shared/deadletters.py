@@ -163,7 +163,12 @@ def parse_since(text: str, now: datetime) -> datetime:
     match = _DURATION.match(text)
     if match:
         amount, unit = float(match.group(1)), match.group(2).lower()
-        return now - timedelta(seconds=amount * _UNITS[unit])
+        try:
+            return now - timedelta(seconds=amount * _UNITS[unit])
+        except (OverflowError, ValueError):  # 999999w: before the year 1
+            raise DeadLetterQueryError(
+                f"--since {text!r} reaches back before the year 1: give a shorter duration"
+            ) from None
     try:
         value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:

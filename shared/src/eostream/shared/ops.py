@@ -17,6 +17,7 @@ from fastapi import APIRouter, FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from eostream.shared import metrics
+from eostream.shared.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +109,32 @@ class OpsServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    def _bind(self) -> socket.socket:
+        """The listening socket, or ConfigError naming the address (one line for the user)."""
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(
+                self.host, self.port, type=socket.SOCK_STREAM
+            )[0]
+            sock = socket.socket(family, kind, proto)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {self.host}:{self.port}: {exc}") from None
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(
+                f"cannot listen on {self.host}:{self.port} ({exc.strerror}): choose another "
+                "port or stop what holds it"
+            ) from None
+        return sock
+
     async def start(self) -> None:
         # The service's own loop owns SIGTERM/SIGINT (graceful drain), not uvicorn.
         self._server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-        self._task = asyncio.create_task(self._server.serve())
+        # bound here, not by uvicorn: its answer to a port it cannot bind is sys.exit, which
+        # escapes the event loop as a traceback
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._bind()]))
         while not self._server.started:
             if self._task.done():
                 self._task.result()

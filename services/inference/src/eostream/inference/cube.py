@@ -20,6 +20,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -234,3 +235,15 @@ def class_areas(dataset: Any) -> tuple[list[str], list[str], list[list[float]]]:
         table.append([float(counts.km2[v]) for v in values])
     dates = [str(v)[:10] for v in dataset["time"].values]
     return dates, names, table
+
+
+#: what a zarr store holds at its top (v2 group, consolidated metadata; v3)
+ZARR_MARKERS = (".zgroup", ".zmetadata", "zarr.json")
+
+
+def replaceable(out: Path) -> bool:
+    """Whether ``--overwrite`` may remove ``out`` to write a cube there: a zarr store or an
+    empty folder (it removed any folder it was given, with everything in it)."""
+    if not out.is_dir():
+        return False
+    return not any(out.iterdir()) or any((out / name).is_file() for name in ZARR_MARKERS)

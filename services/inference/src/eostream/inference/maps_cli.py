@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from eostream.inference.cube import replaceable
 from eostream.inference.errors import InferenceError
 from eostream.shared.errors import EostreamError
 
@@ -145,6 +146,10 @@ def cube(
 
     if out.exists() and not overwrite:
         raise _fail(f"{out} exists (pass --overwrite to replace it)")
+    if out.exists() and not replaceable(out):
+        raise _fail(
+            f"{out} is not a zarr store: --overwrite replaces only one (or an empty folder)"
+        )
     logging.getLogger("rasterio").setLevel(logging.ERROR)
     try:
         scenes = scenecube.scenes_in(catalog)

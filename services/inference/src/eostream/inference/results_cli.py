@@ -18,6 +18,7 @@ import httpx
 import typer
 
 from eostream.client import ApiError, InferenceClient
+from eostream.inference.cube import replaceable
 from eostream.inference.errors import InferenceError
 
 app = typer.Typer(
@@ -84,6 +85,11 @@ def _aggregate(
             )  # fmt: skip
         except ApiError as exc:
             raise _fail(_said(exc)) from None
+    if not isinstance(body.get("dates"), list) or not isinstance(body.get("legend"), list):
+        raise _fail(
+            f"the answer of {url} is not what an eostream API sends (no dates and legend): is "
+            "the URL right?"
+        )
     if not body["dates"]:
         raise _fail("no result map meets the area in that time")
     return body
@@ -164,6 +170,10 @@ def cube(
 
     if out.exists() and not overwrite:
         raise _fail(f"{out} exists (pass --overwrite to replace it)")
+    if out.exists() and not replaceable(out):
+        raise _fail(
+            f"{out} is not a zarr store: --overwrite replaces only one (or an empty folder)"
+        )
     area = _area(bbox, intersects)
     body = _aggregate(url, area, datetime, model_version)
     names = tuple(e["name"] for e in body["legend"] if e["name"] != "uncertain")

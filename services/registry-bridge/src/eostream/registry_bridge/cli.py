@@ -8,13 +8,16 @@ same audit entries as the REST API (via ``cli``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import json
+from collections.abc import Iterator
 from typing import Annotated, NoReturn
 
 import typer
 
 from eostream.registry_bridge.settings import BridgeSettings
+from eostream.shared.redaction import redact_urls
 from eostream.shared.settings import configure_logging, load_settings
 
 app = typer.Typer(
@@ -79,8 +82,24 @@ def _os_user() -> str:
 
 
 def _fail(exc: Exception) -> NoReturn:
-    typer.echo(f"eostream: {exc}", err=True)
+    typer.echo(f"eostream: {redact_urls(str(exc))}", err=True)
     raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _one_line() -> Iterator[None]:
+    """What the registry or MLflow refuses (an outage after its retries, a 401, a 403): one
+    line and exit status 1, not MLflow's traceback."""
+    from mlflow.exceptions import MlflowException
+
+    from eostream.registry_bridge.errors import PromotionError, RegistryUnavailableError
+
+    try:
+        yield
+    except (PromotionError, RegistryUnavailableError) as exc:
+        _fail(exc)
+    except MlflowException as exc:
+        _fail(Exception(f"MLflow refused: {exc.message}"))
 
 
 def _check(name: str, version: str | None = None) -> None:
@@ -104,11 +123,9 @@ def promote(
     force: Annotated[bool, typer.Option(help="promote even if the gate failed")] = False,
 ) -> None:
     """Make VERSION of NAME the champion: ship it and announce ModelPromoted."""
-    from eostream.registry_bridge.errors import PromotionError, RegistryUnavailableError
-
     _check(name, version)
 
-    try:
+    with _one_line():
         typer.echo(
             asyncio.run(
                 _with_bridge(
@@ -121,8 +138,6 @@ def promote(
                 )
             )
         )
-    except (PromotionError, RegistryUnavailableError) as exc:
-        _fail(exc)
 
 
 @models_app.command("rollback")
@@ -132,16 +147,12 @@ def rollback(
     reason: Annotated[str, typer.Option("--reason", help="why")] = "manual rollback",
 ) -> None:
     """Make the previous champion of NAME live again."""
-    from eostream.registry_bridge.errors import PromotionError, RegistryUnavailableError
-
     _check(name)
 
-    try:
+    with _one_line():
         typer.echo(
             asyncio.run(_with_bridge("rollback", name=name, by=by or _os_user(), reason=reason))
         )
-    except (PromotionError, RegistryUnavailableError) as exc:
-        _fail(exc)
 
 
 @models_app.command("list")
@@ -159,7 +170,9 @@ def list_versions(
 
     _check(name)
     mlflow_client_defaults()
-    rows = [r.model_dump(mode="json") for r in describe_versions(build_registry(_settings()), name)]
+    with _one_line():
+        registry = build_registry(_settings())
+        rows = [r.model_dump(mode="json") for r in describe_versions(registry, name)]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return

@@ -14,6 +14,7 @@ Bad input ends the command with one line on stderr and exit status 2.
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -277,8 +278,8 @@ def _bbox(text: str | None) -> list[float] | None:
         box = [float(v) for v in text.split(",")]
     except ValueError:
         box = []
-    if len(box) != 4 or box[0] > box[2] or box[1] > box[3]:
-        raise LabelError(f"--bbox {text!r}: expected WEST,SOUTH,EAST,NORTH")
+    if len(box) != 4 or not all(map(math.isfinite, box)) or box[0] > box[2] or box[1] > box[3]:
+        raise LabelError(f"--bbox {text!r}: expected WEST,SOUTH,EAST,NORTH (finite numbers)")
     return box
 
 

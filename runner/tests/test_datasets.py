@@ -358,6 +358,11 @@ def test_data_check_names_a_wrong_file(data_dir: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(data_app, ["check", str(tmp_path)])
     assert result.exit_code == 1
     assert "wrong or missing" in result.output
+    # a folder that is not there: one line, not a table of every file missing
+    result = CliRunner().invoke(data_app, ["check", str(tmp_path / "nowhere")])
+    assert (
+        result.exit_code == 1 and result.output.strip() == f"{tmp_path / 'nowhere'} is not a folder"
+    )
 
 
 def test_a_checkpoint_is_fetched_once_through_the_mirror_and_checked(

@@ -320,3 +320,14 @@ def test_status_command_lists_sources(
     lines = result.output.splitlines()
     assert any(line.startswith("rkh") and " 1 " in line for line in lines)
     assert any(line.startswith("idle") and "never polled" in line for line in lines)
+
+
+def test_a_backfill_that_ends_before_it_starts_is_refused() -> None:
+    """It scanned the source, found nothing and exited 0."""
+    from typer.testing import CliRunner
+
+    from eostream.ingest.cli import app
+
+    args = ["--source", "any", "--start", "2020-02-01T00:00:00Z", "--end", "2020-01-01T00:00:00Z"]
+    result = CliRunner().invoke(app, ["backfill", *args])
+    assert result.exit_code == 2 and "is before --start" in result.output, result.output

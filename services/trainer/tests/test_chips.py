@@ -507,3 +507,15 @@ def test_an_embedded_submission_the_worker_refuses_ends_in_one_line(
     assert result.exit_code == 1, result.output
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("error: request ") and "NaN or infinite" in last, result.output
+
+
+def test_evaluate_refuses_an_unknown_band_set_before_asking_mlflow(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With MLflow down, ``trainer evaluate --bands nope`` took four minutes of MLflow's retries
+    before a traceback; the band set is checked first."""
+    monkeypatch.setenv("TRAINER_MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    args = ["evaluate", "--model-uri", "models:/m/1", "--bands", "nope"]
+    result = CliRunner().invoke(trainer_app, args)
+    assert result.exit_code == 2
+    assert result.output.strip() == "eostream: --bands 'nope': use rgb or ms13"

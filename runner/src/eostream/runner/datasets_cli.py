@@ -62,6 +62,9 @@ def check(
 ) -> None:
     """Re-hash the files the demo needs in a data folder; exit status 1 if any is wrong."""
     folder = folder or Path(os.environ.get("EOSTREAM_DATA_DIR") or default_data_dir())
+    if not folder.is_dir():  # not a table of every file missing
+        console.print(f"[red]{folder} is not a folder[/red]", soft_wrap=True)
+        raise typer.Exit(1)
     results = check_data(folder)
     bad = [r for r in results if not r.ok]
     if bad:

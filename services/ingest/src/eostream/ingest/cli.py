@@ -59,6 +59,8 @@ def backfill(
     from eostream.ingest.service import from_settings, running, started
 
     begin, finish = _when(start), _when(end)
+    if finish < begin:  # it scanned, found nothing and exited 0
+        raise typer.BadParameter(f"--end {end} is before --start {start}")
     try:
         settings = _settings()
         configure_logging(settings.log_level)

@@ -399,6 +399,9 @@ def evaluate_command(
     from eostream.trainer.selection import SelectionSpec, select
     from eostream.trainer.task import evaluate
 
+    if bands not in ("rgb", "ms13"):  # before MLflow is asked (minutes when it is down)
+        typer.echo(f"eostream: --bands {bands!r}: use rgb or ms13", err=True)
+        raise typer.Exit(2)
     settings = _settings()
     torch.set_num_threads(settings.num_threads)
     tracker = tracker_for(settings)

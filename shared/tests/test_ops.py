@@ -97,3 +97,18 @@ async def test_a_port_in_use_is_one_configuration_error() -> None:
         server = OpsServer(create_ops_app("test", lambda: (True, "ok")), "127.0.0.1", port)
         with pytest.raises(ConfigError, match=rf"cannot listen on 127.0.0.1:{port}"):
             await server.start()
+
+
+async def test_a_host_name_listens_on_each_of_its_addresses() -> None:
+    """The server binds its own sockets (above) as asyncio's create_server would: every
+    address the host names (``localhost`` may be ``::1`` and ``127.0.0.1``), an empty host on
+    every interface."""
+    for host in ("localhost", ""):
+        server = OpsServer(create_ops_app("test", lambda: (True, "ok")), host, 0)
+        await server.start()
+        try:
+            async with httpx.AsyncClient(timeout=10) as client:
+                answer = await client.get(f"http://127.0.0.1:{server.port}/livez")
+            assert answer.status_code == 200, host
+        finally:
+            await server.stop()

@@ -333,7 +333,10 @@ def test_bad_chip_requests_get_one_line(
     assert code == 2 and output.startswith(
         "eostream labels: too few chips to split: they lie in 1 date(s)"
     ), output
-    for out in ("a", "b", "c", "d"):
+    # larger than the trainer takes: refused before cutting, not by the trainer after it
+    code, output = _chips(third, tmp_path / "e", "--size", "2048", "--classes", "water,other")
+    assert code == 2 and output.strip() == "eostream labels: --size 2048: chips of 8 to 1024 px"
+    for out in ("a", "b", "c", "d", "e"):
         assert not (tmp_path / out).exists()  # nothing half-written
     assert len(output.strip().splitlines()) == 1
 
@@ -403,6 +406,12 @@ def test_chip_datasets_that_are_not_what_their_table_says_are_refused_before_tra
     first = "(SELECT min(id) FROM read_parquet($p))"
     nan_x = lambda x, m: (np.full_like(x, np.nan), m)  # noqa: E731
     cases = {
+        "a proj:shape of one number": (
+            f'* REPLACE (CASE WHEN id = {first} THEN "proj:shape"[1:1] ELSE "proj:shape" END '
+            'AS "proj:shape")',
+            None,
+            "without a class",
+        ),
         "a null class index": (
             f"* REPLACE (CASE WHEN id = {first} THEN NULL ELSE class_index END AS class_index)",
             None,

@@ -8,6 +8,7 @@ stderr and exit status 2, not a stack trace.
 
 from __future__ import annotations
 
+import logging
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -258,12 +259,15 @@ def main() -> None:
 
 
 def run(command: typer.Typer) -> None:
-    """Run a typer app; a ConfigError, or any of eostream's own errors a command let through
-    (a model that does not load, a scene that is not an item, a server down after its
-    retries: their messages are for people), becomes one line on stderr and exit status 2."""
+    """Run a typer app; a ConfigError becomes one line on stderr and exit status 2, any other
+    of eostream's own errors a command let through (a model that does not load, a scene that
+    is not an item, a server down after its retries: their messages are for people) one line
+    and exit status 1, its traceback logged at debug level."""
     try:
         command()
     except EostreamError as exc:
         # the one line a user sees, without a URL's credentials
         print(f"eostream: {redact_urls(str(exc))}", file=sys.stderr)  # noqa: T201
-        raise SystemExit(2) from None
+        if not isinstance(exc, ConfigError):
+            logging.getLogger("eostream").debug("the command failed", exc_info=exc)
+        raise SystemExit(2 if isinstance(exc, ConfigError) else 1) from None

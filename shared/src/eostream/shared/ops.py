@@ -109,32 +109,40 @@ class OpsServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def _bind(self) -> socket.socket:
-        """The listening socket, or ConfigError naming the address (one line for the user)."""
+    def _bind(self) -> list[socket.socket]:
+        """Listening sockets on every address the host names, as asyncio's ``create_server``
+        binds them (``localhost``: ``::1`` and ``127.0.0.1``; an empty host: every interface;
+        IPv6 ones IPv6-only), or ConfigError naming the address (one line for the user)."""
         try:
-            family, kind, proto, _, address = socket.getaddrinfo(
-                self.host, self.port, type=socket.SOCK_STREAM
-            )[0]
-            sock = socket.socket(family, kind, proto)
+            found = socket.getaddrinfo(
+                self.host or None, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
         except OSError as exc:
             raise ConfigError(f"cannot listen on {self.host}:{self.port}: {exc}") from None
+        sockets: list[socket.socket] = []
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
+            for family, kind, proto, _, address in dict.fromkeys(found):
+                sock = socket.socket(family, kind, proto)
+                sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
         except OSError as exc:
-            sock.close()
+            for sock in sockets:
+                sock.close()
             raise ConfigError(
                 f"cannot listen on {self.host}:{self.port} ({exc.strerror}): choose another "
                 "port or stop what holds it"
             ) from None
-        return sock
+        return sockets
 
     async def start(self) -> None:
         # The service's own loop owns SIGTERM/SIGINT (graceful drain), not uvicorn.
         self._server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
         # bound here, not by uvicorn: its answer to a port it cannot bind is sys.exit, which
         # escapes the event loop as a traceback
-        self._task = asyncio.create_task(self._server.serve(sockets=[self._bind()]))
+        self._task = asyncio.create_task(self._server.serve(sockets=self._bind()))
         while not self._server.started:
             if self._task.done():
                 self._task.result()

@@ -72,8 +72,8 @@ class ChipRules:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.size < 8:
-            raise BadInputError(f"--size {self.size} is too small (at least 8 px)")
+        if not 8 <= self.size <= 1024:  # what the trainer takes (its TRAINER_LABEL_CHIP_SIZE)
+            raise BadInputError(f"--size {self.size}: chips of 8 to 1024 px")
         if self.stride is not None and self.stride < 1:
             raise BadInputError("--stride must be at least 1 px")
         if not 0.5 < self.min_share <= 1:

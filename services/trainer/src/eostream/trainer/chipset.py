@@ -200,10 +200,11 @@ def open_dataset(href: str | Path) -> ChipDataset:
 REQUIRED_SQL = """
     SELECT count(*) FROM read_parquet($p)
     WHERE class IS NULL OR class_index IS NULL OR "proj:shape" IS NULL
+       OR len("proj:shape") <> 2 OR "proj:shape"[1] IS NULL
        OR assets.image.href IS NULL OR chip_index IS NULL
 """
-#: the chip sizes taken: the cutter's smallest to TRAINER_LABEL_CHIP_SIZE's largest (2 px chips
-#: failed in the model's pooling, after the run had started)
+#: the chip sizes taken: the cutter's (ChipRules) and TRAINER_LABEL_CHIP_SIZE's range (2 px
+#: chips failed in the model's pooling, after the run had started)
 MIN_CHIP, MAX_CHIP = 8, 1024
 
 SELECT_SQL = """

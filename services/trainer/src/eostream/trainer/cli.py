@@ -499,8 +499,12 @@ async def _watched(
         if wanted in finished:
             return wanted.result()
         if worker in finished:
-            failure = worker.exception() if not worker.cancelled() else None
-            raise RequestFailed(f"the trainer stopped: {failure or 'cancelled'}")
+            if worker.cancelled():
+                raise RequestFailed("the trainer was cancelled")
+            failure = worker.exception()
+            raise RequestFailed(
+                f"the trainer stopped: {failure}" if failure else "the trainer stopped"
+            )
         for letter in await bus.read_dead_letters(limit=1000, timeout=0.5):
             if letter.original_key == request_id:
                 raise RequestFailed(f"request {request_id} refused: {letter.reason}")

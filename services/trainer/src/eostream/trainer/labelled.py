@@ -103,6 +103,8 @@ def cut_chips(labels: Path, out: Path, settings: TrainerSettings, band_set: str)
         shutil.rmtree(partial, ignore_errors=True)
         if isinstance(exc, RetryableError):
             raise
+        # the traceback too: a KeyError may be the cutter's own bug, not the labels'
+        log.warning("cutting chips of %s failed", labels, exc_info=exc)
         raise DatasetError(f"labels {labels}: {type(exc).__name__}: {exc}"[:1000]) from None
     partial.replace(out)
     counts = cut.counts()
@@ -195,7 +197,7 @@ def dataset_plan(event: DatasetUpdated, settings: TrainerSettings) -> TrainingPl
             event, event.model_name or settings.default_model_name, settings.dataset_updated_epochs
         )
         path = local_path(event.href)
-        if path is None or not path.is_dir():  # a typo retrained the live model on EuroSAT
+        if path is None or not path.is_dir():  # a missing path (a typo) or another scheme
             raise DatasetError(
                 f"dataset {event.dataset}: {event.href} is neither a label collection, a chip "
                 "dataset nor a local folder (a EuroSAT folder retrains the default model)"

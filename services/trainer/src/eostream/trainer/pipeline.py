@@ -578,9 +578,9 @@ PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 def _safe(text: str) -> str:
     """A folder name for ``text`` (a request id, as a sender wrote it): the id itself when it is
     a plain name (letters, digits, ``-_.``, not starting with a dot, at most 64 characters),
-    else its letters, digits and ``-_.`` and a digest of the whole, so two ids never share a
-    folder; never ``.`` or ``..`` (the id ``..`` made the run folder the cache itself, which its
-    clean-up then emptied)."""
+    else its letters, digits and ``-_.`` and a digest of the whole, so two ids do not share a
+    folder by accident; never ``.`` or ``..`` (the id ``..`` made the run folder the cache
+    itself, which its clean-up then emptied)."""
     if PLAIN_NAME.fullmatch(text):
         return text
     shown = "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip(".")[:64]

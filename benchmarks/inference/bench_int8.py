@@ -321,24 +321,11 @@ def measure(folder: Path, fp32: Path, threads: int, repeats: int | None) -> dict
 
 # -- maps (optional) ----------------------------------------------------------------------
 def map_settings(root: Path, stride: int, **overrides: Any) -> Any:
-    """Inference settings for mapping in-process under ``root`` (memory bus, local store, a
-    SQLite results index) at ``stride``; ``overrides`` set any other field."""
-    from pydantic import SecretStr
+    """Inference settings for mapping in-process under ``root`` at ``stride`` (a coarse scene
+    allowed); ``overrides`` set any other field."""
+    from eostream.inference.settings import scratch_settings
 
-    from eostream.inference.settings import InferenceSettings
-    from eostream.shared.settings import load_settings
-
-    return load_settings(
-        InferenceSettings,
-        api_key=SecretStr(""),
-        bus="memory",
-        store="local",
-        local_store_root=root / "objects",
-        results_db=f"sqlite:///{root}/results.db",
-        stride=stride,
-        allow_coarse_scenes=True,
-        **overrides,
-    )
+    return scratch_settings(root, stride=stride, allow_coarse_scenes=True, **overrides)
 
 
 def maps(data_dir: Path, work: Path, fp32: Path, int8: Path, date: str, stride: int) -> None:

@@ -36,15 +36,13 @@ from pathlib import Path
 
 import rasterio
 import torch
-from pydantic import SecretStr
 
 from eostream.inference import evaluation, reference
 from eostream.inference.fetch import local_path
 from eostream.inference.model import ModelInfo
-from eostream.inference.settings import InferenceSettings
+from eostream.inference.settings import InferenceSettings, scratch_settings
 from eostream.inference.wiring import build_service
 from eostream.shared.modelcard import EUROSAT_CLASSES, ModelCard
-from eostream.shared.settings import load_settings
 from eostream.trainer.augment import training_augmentation
 from eostream.trainer.export import export_onnx
 from eostream.trainer.pixel import (
@@ -167,13 +165,8 @@ def inference_settings(
     extra: dict[str, object] = {}
     if not uncertain:
         extra = {"uncertain_below": 0.0, "out_of_domain_limit": 1000.0}
-    return load_settings(
-        InferenceSettings,
-        api_key=SecretStr(""),
-        bus="memory",
-        store="local",
-        local_store_root=work / "objects",
-        results_db=f"sqlite:///{work}/results.db",
+    return scratch_settings(
+        work,
         stride=stride,
         allow_coarse_scenes=True,
         asset_href_rewrites={RKH_BUCKET: f"{data_dir / RKH}/"},

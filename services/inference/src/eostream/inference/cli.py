@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from pydantic import SecretStr
 
-from eostream.inference.settings import InferenceSettings
+from eostream.inference.settings import InferenceSettings, scratch_settings
 from eostream.shared.settings import configure_logging, load_settings
 
 if TYPE_CHECKING:  # the service's modules are slow to import: serve imports them when it runs
@@ -196,14 +196,7 @@ def classify(
         return
     with tempfile.TemporaryDirectory(prefix="eostream-classify-") as tmp:
         # a scratch store and index: the catalog in --stac-out is the only result
-        settings = load_settings(
-            InferenceSettings,
-            **overrides,
-            bus="memory",
-            store="local",
-            local_store_root=Path(tmp) / "objects",
-            results_db=f"sqlite:///{tmp}/results.db",
-        )
+        settings = scratch_settings(Path(tmp), **overrides)
         configure_logging(settings.log_level)
         items = asyncio.run(main(settings))
         catalog = write_stac_catalog(items, stac_out)

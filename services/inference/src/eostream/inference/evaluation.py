@@ -27,7 +27,6 @@ from urllib.parse import urlparse
 import numpy as np
 import pystac
 import rasterio
-from pydantic import SecretStr
 from pystac.extensions.label import LabelExtension
 from rasterio.features import rasterize
 from rasterio.warp import Resampling, reproject, transform_geom
@@ -40,9 +39,8 @@ from eostream.inference.errors import InferenceError, ReferenceSetError
 from eostream.inference.fetch import local_path
 from eostream.inference.model import ModelInfo, info_from_item
 from eostream.inference.pipeline import Pipeline
-from eostream.inference.settings import CatalogSettings, InferenceSettings
+from eostream.inference.settings import CatalogSettings, InferenceSettings, scratch_settings
 from eostream.shared.modelcard import ModelCard
-from eostream.shared.settings import load_settings
 
 log = logging.getLogger(__name__)
 WATER = "water"
@@ -371,15 +369,7 @@ def evaluate(
     if not ref.items:
         raise ReferenceSetError(f"{reference_href} holds no label items")
     with tempfile.TemporaryDirectory(prefix="eostream-maps-") as tmp:
-        s = settings or load_settings(
-            InferenceSettings,
-            api_key=SecretStr(""),
-            bus="memory",
-            store="local",
-            local_store_root=Path(tmp) / "objects",
-            results_db=f"sqlite:///{tmp}/results.db",
-            **(overrides or {}),
-        )
+        s = settings or scratch_settings(Path(tmp), **(overrides or {}))
         return asyncio.run(_evaluate(ref, model_uri, s, on_error))
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import ipaddress
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from eostream.shared.settings import ServiceSettings
+from eostream.shared.settings import ServiceSettings, load_settings
 
 
 class SourcesSettings(BaseModel):
@@ -301,3 +301,19 @@ class InferenceSettings(ServiceSettings):
         if stride > 64 or (64 - stride) % 2:
             raise ValueError("must be at most 64 and of the same parity as 64 (e.g. 64, 48, 32)")
         return stride
+
+
+def scratch_settings(root: Path, **overrides: Any) -> InferenceSettings:
+    """Settings to classify in-process under ``root``, a scratch folder: no API key (no REST
+    API is served), the in-memory bus, a local store and a SQLite results index in ``root``;
+    ``overrides`` set any field (the environment still sets the others). What ``inference
+    classify --stac-out``, ``maps evaluate``, the bridge's map check and the benchmarks map
+    with. Raises ConfigError naming a bad field."""
+    fields: dict[str, Any] = {
+        "api_key": SecretStr(""),
+        "bus": "memory",
+        "store": "local",
+        "local_store_root": root / "objects",
+        "results_db": f"sqlite:///{root}/results.db",
+    }
+    return load_settings(InferenceSettings, **(fields | overrides))

@@ -22,11 +22,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import SecretStr
-
 from eostream.inference import accuracy, evaluation
 from eostream.inference.errors import InferenceError
-from eostream.inference.settings import InferenceSettings
+from eostream.inference.settings import scratch_settings
 from eostream.registry_bridge.policy import MapScores
 from eostream.shared import tags
 
@@ -79,12 +77,8 @@ class ReferenceSet:
         with tempfile.TemporaryDirectory(prefix="eostream-bridge-maps-") as tmp:
             model = Path(tmp) / "model.onnx"
             model.write_bytes(onnx_bytes)
-            settings = InferenceSettings(
-                api_key=SecretStr(""),
-                bus="memory",
-                store="local",
-                local_store_root=Path(tmp) / "objects",
-                results_db=f"sqlite:///{tmp}/results.db",
+            settings = scratch_settings(
+                Path(tmp),
                 stride=self.stride,
                 uncertain_below=self.uncertain_below,
                 intra_op_threads=self.threads,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import socket
 import threading
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -20,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -304,6 +306,36 @@ def test_an_archive_with_a_tampered_member_is_refused(data_dir: Path, tmp_path: 
         ensure_data(target, mirror=mirror.url, progress=False,
                     manifest=replace(only, archives=(good,)))  # fmt: skip
     assert len(list((target / "eurosat_rgb").rglob("*.jpg"))) == 20
+
+
+def test_a_mirror_that_does_not_answer_fails_after_its_first_file(tmp_path: Path) -> None:
+    """A mirror (or host) that refuses connections: every one of the demo's 385 files was tried
+    three times, minutes of retries; the first file that cannot connect now stops the rest."""
+    with socket.socket() as probe:  # a port nobody listens on: connections are refused
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    sent: list[str] = []
+
+    class Counting(httpx.HTTPTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            sent.append(str(request.url))
+            return super().handle_request(request)
+
+    with httpx.Client(transport=Counting()) as client, pytest.raises(DataFetchError) as info:
+        ensure_data(tmp_path / "data", mirror=closed, progress=False, client=client)
+    assert "download failed" in str(info.value) and "ConnectError" in str(info.value)
+    assert "the host does not answer, so the other downloads were not tried" in str(info.value)
+    total = len(DEMO.files) + len(DEMO.archives)
+    # the files in flight when the first one failed (4 workers) finish their 3 attempts
+    assert total > 300 and len(sent) <= 2 * 4 * 3, f"{len(sent)} requests for {total} files"
+
+
+def test_a_mirror_that_is_not_an_http_url_is_one_line() -> None:
+    for bad in ("http://[bad", "ftp://m.example", "m.example/eo", "https://"):
+        result = CliRunner().invoke(data_app, ["urls", "--mirror", bad])
+        assert result.exit_code != 0 and "Traceback" not in result.output
+        assert isinstance(result.exception, DataFetchError)
+        assert "not an http(s) URL" in str(result.exception)
 
 
 def test_an_interrupted_download_resumes_where_it_stopped(data_dir: Path, tmp_path: Path) -> None:

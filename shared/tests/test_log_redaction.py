@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from eostream.shared.redaction import redact_urls
 from eostream.shared.settings import configure_logging
 
 
@@ -43,3 +44,25 @@ def test_log_lines_mask_url_credentials(configured: io.StringIO) -> None:
     assert "API request to http://***@mlflow.internal:5000/api failed" in err
     assert "Traceback" in err and "postgresql://***@db/x" in err
     assert "ConnectionError: Max retries exceeded with url http://***@mlflow.internal:5000" in err
+
+
+def test_secrets_in_query_strings_are_masked() -> None:
+    """A token or a presigned URL's signature in a query string is a credential too; other
+    parameters stay readable."""
+    presigned = (
+        "http://minio:9000/maps/x.tif?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+        "&X-Amz-Credential=AKIA%2F20261207&X-Amz-Signature=abc123&X-Amz-Security-Token=tok9"
+    )
+    text = (
+        f"GET https://stac.example/search?limit=10&token=t0ps3cret failed; {presigned} "
+        "and https://api.example/items?API_KEY=k3y&sortby=datetime#top"
+    )
+    shown = redact_urls(text)
+    for secret in ("t0ps3cret", "AKIA", "abc123", "tok9", "k3y"):
+        assert secret not in shown, shown
+    assert "search?limit=10&token=*** failed" in shown
+    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=***&X-Amz-Signature=***" in shown
+    assert "items?API_KEY=***&sortby=datetime#top" in shown
+    assert redact_urls("http://h/p?monkey=1&sort_by=key&keyword=x") == (
+        "http://h/p?monkey=1&sort_by=key&keyword=x"
+    )

@@ -73,6 +73,9 @@ def test_promote_rollback_list(
         ("promote", v1, v2, "bob", "cli"),
         ("rollback", v2, v1, "carol", "cli"),
     ]
+    result = runner.invoke(models_app, ["audit", f"{NAME}-typo"])  # printed nothing, exit 0
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"eostream: no audit entries for model '{NAME}-typo'"
 
 
 def test_mlflow_refusing_the_caller_is_one_line(

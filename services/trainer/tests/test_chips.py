@@ -3,8 +3,10 @@ classes (water, other), which inference's pipeline then runs on a third real dat
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,12 +25,18 @@ from eostream.registry_bridge.gatekeeper import Gatekeeper
 from eostream.registry_bridge.registry import MlflowRegistry
 from eostream.registry_bridge.settings import BridgeSettings, Int8Settings
 from eostream.registry_bridge.shipping import Shipper
+from eostream.shared.bus.kafka import KafkaBus
+from eostream.shared.events import TrainingRequested
 from eostream.shared.modelcard import ModelCard
+from eostream.shared.settings import KafkaSettings
 from eostream.trainer import chipset
+from eostream.trainer.cli import _submit, fit_command, submit
 from eostream.trainer.cli import app as trainer_app
-from eostream.trainer.cli import fit_command, submit
 from eostream.trainer.errors import DatasetError
 from eostream.trainer.labels_cli import app as labels_app
+from eostream.trainer.pipeline import tracker_for
+from eostream.trainer.service import build_trainer
+from eostream.trainer.settings import TrainerSettings
 
 from .conftest import make_settings
 
@@ -516,6 +524,50 @@ def test_an_embedded_submission_the_worker_refuses_ends_in_one_line(
     assert result.exit_code == 1, result.output
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("error: request ") and "NaN or infinite" in last, result.output
+
+
+@pytest.mark.stack
+async def test_a_kafka_submission_the_worker_refuses_ends_in_one_line(
+    dataset: Path,
+    data_dir: Path,
+    kafka_bootstrap: str,
+    sqlite_mlflow: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``eostream train --wait`` against the trainer service on Kafka waited for ever once the
+    service dead-lettered its request (and, refused before it started, said after --timeout that
+    the trainer was not up); it now reads the dead letters while it waits and says why."""
+    nan = _variant(dataset, tmp_path / "nan", arrays=lambda x, m: (np.full_like(x, np.nan), m))
+    run = uuid.uuid4().hex[:8]
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"submit{run}.")
+    settings = TrainerSettings(
+        bus="kafka",
+        kafka=kafka,
+        data_dir=data_dir,
+        cache_dir=tmp_path / "cache",
+        mlflow_tracking_uri=sqlite_mlflow,
+        num_threads=2,
+        device="cpu",
+        consumer_group=f"trainer-submit-{run}",
+    )
+    bus = KafkaBus(kafka, service="trainer")
+    await bus.start()
+    worker = build_trainer(settings, bus=bus, tracker=tracker_for(settings)).consumer()
+    running = asyncio.create_task(worker.run())
+    request = TrainingRequested(
+        request_id=f"nan-{run}", dataset=str(nan), epochs=1, requested_by="test_chips"
+    )
+    try:
+        with pytest.raises(typer.Exit) as exited:
+            await _submit(settings, request, True, 120.0)
+    finally:
+        await worker.stop()
+        await asyncio.gather(running, return_exceptions=True)
+        await bus.close()
+    assert exited.value.exit_code == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"error: request nan-{run} refused:") and "NaN or infinite" in last
 
 
 def test_evaluate_refuses_an_unknown_band_set_before_asking_mlflow(

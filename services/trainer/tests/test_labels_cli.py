@@ -265,6 +265,20 @@ def test_bad_options_are_one_line_and_exit_2(
     assert expected in result.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.parametrize("command", ["list", "search"])
+def test_a_home_that_is_no_folder_is_one_line(tmp_path: Path, command: str) -> None:
+    """``--home`` naming a file, or a folder that is not there (a typo), read as an empty
+    catalogue: nothing listed, exit 0."""
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    for home, problem in ((afile, "not a folder"), (tmp_path / "typo", "no such folder")):
+        result = invoke(command, "--home", home)
+        assert result.exit_code == 2, result.output
+        assert result.stderr.strip() == f"eostream labels: --home {home}: {problem}"
+    result = invoke("import", "--scene", "s.json", "--geojson", "g.json", "--home", afile)
+    assert result.stderr.strip() == f"eostream labels: --home {afile}: not a folder"
+
+
 # -- the stack's STAC API ----------------------------------------------------------------------
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from eostream.shared.events import DatasetUpdated, TrainingRequested
+from eostream.trainer import labelled
 from eostream.trainer.errors import BadTrainingRequestError
 from eostream.trainer.plan import plan_for_dataset, plan_training
+from eostream.trainer.settings import TrainerSettings
 from eostream.trainer.tracking import parse_model_uri
 
 
@@ -47,6 +51,18 @@ def test_dataset_update_retrains_once_per_digest() -> None:
     )
     assert first.request_id == again.request_id != changed.request_id
     assert first.epochs == 5 and first.requested_by == "dataset.updated"
+
+
+def test_a_eurosat_folder_retrains_the_default_model(tmp_path: Path) -> None:
+    """A data folder holding eurosat_rgb/ (or that folder itself) retrains the default model;
+    other folders are dead-lettered (test_service.py)."""
+    (tmp_path / "eurosat_rgb").mkdir()
+    settings = TrainerSettings(bus="memory", default_model_name="live")
+    for href in (str(tmp_path), (tmp_path / "eurosat_rgb").as_uri()):
+        event = DatasetUpdated(dataset="eurosat", href=href, digest="f" * 64, band_set="rgb")
+        plan = labelled.dataset_plan(event, settings)
+        assert (plan.model_name, plan.requested_by) == ("live", "dataset.updated")
+    assert not labelled.is_eurosat_folder(tmp_path / "eurosat_ms")  # not there
 
 
 def test_a_pixel_model_is_planned_for_ms13_only() -> None:

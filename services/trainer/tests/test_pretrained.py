@@ -15,9 +15,10 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from eostream.shared import mlm, tags
-from eostream.shared.checkpoints import CHECKPOINTS, checkpoint_path
+from eostream.shared.checkpoints import CHECKPOINTS, checkpoint_dir, checkpoint_path
 from eostream.shared.events import TrainingRequested
 from eostream.shared.modelcard import BAND_SETS, ModelCard
+from eostream.trainer import labelled
 from eostream.trainer.catalog import CatalogTable
 from eostream.trainer.cli import app
 from eostream.trainer.datasets import PatchTensors, band_statistics, load_patches
@@ -213,3 +214,32 @@ def test_fit_refuses_a_missing_checkpoint_in_one_line(
     assert result.exit_code == 2, result.output
     assert f"pretrained '{missing}' is neither a known checkpoint" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_request_off_the_bus_names_a_checkpoint_file_in_the_allowed_folders(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    """A TrainingRequested could name any file the trainer's machine holds (it read it and
+    recorded its digest); off the bus a file must lie in ``pretrained_dirs``, through links too.
+    A registry name stays allowed; ``trainer fit --pretrained`` (a local user) takes any file."""
+    settings = TrainerSettings(bus="memory", pretrained_dirs=(checkpoint.parent,))
+    allowed = _request(band_set="ms13", pretrained=str(checkpoint))
+    assert labelled.request_plan(allowed, settings).pretrained == str(checkpoint)
+    assert labelled.request_plan(_request(band_set="ms13"), settings).pretrained is None
+    registry = _request(band_set="ms13", pretrained="resnet18-imagenet")
+    assert labelled.request_plan(registry, settings).pretrained == "resnet18-imagenet"
+    link = checkpoint.parent / "elsewhere.pth"
+    link.unlink(missing_ok=True)
+    link.symlink_to(tmp_path / "x.pth")
+    outside = [
+        "/etc/passwd",
+        str(tmp_path / "x.pth"),
+        f"{checkpoint.parent}/../{tmp_path.name}/x.pth",
+        str(link),
+    ]
+    for source in outside:
+        request = _request(band_set="ms13", pretrained=source)
+        with pytest.raises(BadTrainingRequestError, match=r"must lie in .*TRAINER_PRETRAINED_DIRS"):
+            labelled.request_plan(request, settings)
+    default = TrainerSettings(bus="memory")
+    assert default.pretrained_dirs == (checkpoint_dir(),)

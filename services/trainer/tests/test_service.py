@@ -75,12 +75,17 @@ async def test_bad_requests_are_dead_lettered_with_reasons(
         )
     )
     # an href that names nothing retrained the live model on EuroSAT (a typo, another scheme)
-    for key, href in (("typo", str(tmp_path / "no-such-labels")), ("ftp", "ftp://x/labels")):
+    # and so did any folder: /tmp, a label folder without its catalog.json
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "collection.json").write_text("{}")
+    strays = {"tmp": str(tmp_path), "nocatalog": str(tmp_path / "labels")}
+    nothing = {"typo": str(tmp_path / "no-such-labels"), "ftp": "ftp://x/labels"}
+    for key, href in (nothing | strays).items():
         events.append(
             (topics.DATASETS_UPDATED, DatasetUpdated(dataset=key, href=href, digest=key * 8))
         )
     bus = await _run(sqlite_settings, events, done=len(events))
-    letters = await bus.read_dead_letters(limit=10)
+    letters = await bus.read_dead_letters(limit=20)
     reasons = {letter.original_key: letter.reason for letter in letters}
     assert "band_set 'hyperspectral' is unknown" in reasons["bands"]
     assert "architecture 'vit_huge' is unknown" in reasons["arch"]
@@ -88,8 +93,8 @@ async def test_bad_requests_are_dead_lettered_with_reasons(
     assert "must be models:/NAME/VERSION" in reasons["base"]
     assert "batch_size must be at least 2" in reasons["batch"]
     assert "band_set 'sar' is unknown" in reasons["x"]
-    for key in ("typo", "ftp"):
-        assert "is neither a label collection, a chip dataset nor a local folder" in reasons[key]
+    for key in nothing | strays:
+        assert "is neither a label collection, a chip dataset nor a EuroSAT folder" in reasons[key]
     assert all(
         letter.original_topic in (topics.TRAINING_REQUESTS, topics.DATASETS_UPDATED)
         for letter in letters

@@ -27,11 +27,30 @@ class DataFetchError(ConfigError):
 
 
 def mirrored(url: str, mirror: str | None) -> str:
-    """``url`` on the mirror: ``<mirror>/<host>/<path>``, the query dropped; as is without one."""
+    """``url`` on the mirror: ``<mirror>/<host>/<path>``, the query dropped; as is without one.
+    A mirror that is not an http(s) URL is refused (it made 385 URLs that could not work)."""
     if not mirror:
         return url
+    try:
+        base = urlsplit(mirror)
+        valid = base.scheme in ("http", "https") and bool(base.hostname)
+    except ValueError:
+        valid = False
+    if not valid:
+        raise DataFetchError(f"mirror {mirror!r}: not an http(s) URL (EOSTREAM_DATA_MIRROR)")
     parts = urlsplit(url)
     return f"{mirror.rstrip('/')}/{parts.netloc}{parts.path}"
+
+
+def unreachable(exc: BaseException) -> bool:
+    """``exc`` (or what caused it) says the host does not answer at all: no name, no route,
+    refused or timed out connecting. The other files of that host will not come either."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, httpx.ConnectError | httpx.ConnectTimeout):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def file_digest(path: Path, algorithm: str = "sha256") -> str:

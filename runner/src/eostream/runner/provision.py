@@ -54,6 +54,7 @@ from eostream.runner.download import (
     fetch_verified,
     file_digest,
     mirrored,
+    unreachable,
 )
 
 
@@ -246,6 +247,8 @@ def _fetch_all(
             bar.advance(task, n)
 
         def one(item: RemoteFile | RemoteArchive) -> tuple[str, str]:
+            if stop.is_set():  # a file queued behind a host that does not answer
+                raise DataFetchError("download stopped; the next fetch resumes it")
             url = mirrored(item.url, mirror)
             if isinstance(item, RemoteArchive):
                 _fetch_archive(http, root, item, url, advance)
@@ -262,8 +265,11 @@ def _fetch_all(
                 try:
                     key, digest = future.result()
                     verified[key] = digest
-                except Exception as exc:  # every download ends before the first error
+                except Exception as exc:  # every download ends before the first error...
                     errors.append(exc)
+                    if unreachable(exc):  # ...but a host that does not answer: no retries of
+                        stop.set()  # every other file (minutes), the rest are cancelled
+                        break
         except BaseException:  # Ctrl-C: the workers stop at their next chunk
             stop.set()
             raise
@@ -274,6 +280,8 @@ def _fetch_all(
                 http.close()
     if errors:
         more = f" (and {len(errors) - 1} more failures)" if len(errors) > 1 else ""
+        if stop.is_set():
+            more += "; the host does not answer, so the other downloads were not tried"
         if isinstance(errors[0], DataFetchError):
             raise DataFetchError(f"{errors[0]}{more}") from errors[0]
         raise errors[0]

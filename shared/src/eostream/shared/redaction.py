@@ -1,6 +1,7 @@
 """Credentials out of what people read: a URI may carry ``user:password@`` (an MLflow tracking
-server behind basic auth, a database DSN, a broker or object-store URL). Error bodies (the
-bridge's ``GET /models/{name}`` is public), catalogue links and every service's log lines
+server behind basic auth, a database DSN, a broker or object-store URL) or a secret in its query
+(``?token=``, ``?api_key=``, a presigned URL's ``X-Amz-Signature``). Error bodies (the bridge's
+``GET /models/{name}`` is public), catalogue links and every service's log lines
 (:class:`RedactingFormatter`, installed by ``settings.configure_logging``) show it without them."""
 
 from __future__ import annotations
@@ -11,12 +12,21 @@ from urllib.parse import urlsplit, urlunsplit
 
 #: the userinfo of every URL in a text: up to the last ``@`` before the path, query or fragment
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)[^/?#\s]*@")
+#: a query parameter named one of these words, or ending in one after ``_``, ``-`` or ``.``
+_SECRET_PARAM = re.compile(
+    r"(?P<name>[?&](?:[\w.\-]*[_.\-])?"
+    r"(?:token|key|apikey|secret|password|passwd|pwd|signature|sig|credential|auth)=)"
+    r"[^&#\s\"'<>]*",
+    re.IGNORECASE,
+)
 MASK = "***"
 
 
 def redact_urls(text: str) -> str:
-    """``text`` with the user and password of every URL in it replaced by ``***``."""
-    return _USERINFO.sub(rf"\g<scheme>{MASK}@", text)
+    """``text`` with the user and password of every URL in it, and the value of every query
+    parameter named as a secret, replaced by ``***``."""
+    text = _USERINFO.sub(rf"\g<scheme>{MASK}@", text)
+    return _SECRET_PARAM.sub(rf"\g<name>{MASK}", text)
 
 
 def without_userinfo(uri: str) -> str:

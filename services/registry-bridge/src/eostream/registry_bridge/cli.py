@@ -212,5 +212,10 @@ def audit(name: str) -> None:
         backoff=settings.retry_backoff_seconds,
         backoff_max=settings.retry_backoff_max_seconds,
     )
+    found = 0
     for entry in log.entries(name):
         typer.echo(entry.model_dump_json())
+        found += 1
+    if not found:  # an unknown name (a typo) printed nothing and exited 0
+        typer.echo(f"eostream: no audit entries for model {name!r}", err=True)
+        raise typer.Exit(1)

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import hashlib
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from pydantic import ValidationError
 
-from eostream.shared import tags
+from eostream.shared import tags, topics
 from eostream.shared.events import TrainingRequested, TrainingStarted
 from eostream.shared.settings import configure_logging, load_settings
 from eostream.trainer.settings import TrainerSettings
@@ -476,46 +477,56 @@ def _run_line(event: TrainingStarted) -> str:
 
 
 class RequestFailed(Exception):
-    """The embedded worker refused the request (dead-lettered it) or stopped."""
+    """The trainer refused the request (dead-lettered it), or the embedded worker stopped."""
 
 
 T = TypeVar("T")
 
+#: seconds between two reads of the dead-letter topic while a submission waits on Kafka (each
+#: read is a consumer of its own over the whole topic); the in-process bus is read every second
+KAFKA_LETTERS_EVERY = 5.0
+
 
 async def _watched(
     wanted: asyncio.Future[T],
-    worker: asyncio.Task[None],
+    worker: asyncio.Task[None] | None,
     bus: Bus,
     request_id: str,
     timeout: float | None,
+    *,
+    letters_every: float = 1.0,
 ) -> T:
-    """``wanted``'s result, from the embedded worker; raises :class:`RequestFailed` when the
-    worker dead-letters the request (its reason) or stops (both left the command waiting for
-    ever), TimeoutError after ``timeout`` seconds (None: no limit)."""
-    deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+    """``wanted``'s result; raises :class:`RequestFailed` when the trainer dead-letters the
+    request (its reason) or the embedded ``worker`` stops (both left the command waiting for
+    ever), TimeoutError after ``timeout`` seconds (None: no limit). ``worker`` is None where the
+    trainer is a service of its own (Kafka)."""
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
     while True:
-        pending: set[asyncio.Future[Any]] = {wanted, worker}
-        finished, _ = await asyncio.wait(pending, timeout=1.0)
+        pending: set[asyncio.Future[Any]] = {wanted} if worker is None else {wanted, worker}
+        finished, _ = await asyncio.wait(pending, timeout=letters_every)
         if wanted in finished:
             return wanted.result()
-        if worker in finished:
+        if worker is not None and worker in finished:
             if worker.cancelled():
                 raise RequestFailed("the trainer was cancelled")
             failure = worker.exception()
             raise RequestFailed(
                 f"the trainer stopped: {failure}" if failure else "the trainer stopped"
             )
-        for letter in await bus.read_dead_letters(limit=1000, timeout=0.5):
-            if letter.original_key == request_id:
+        # every letter, not the oldest few: a long-lived dead-letter topic holds many
+        for letter in await bus.read_dead_letters(limit=sys.maxsize, timeout=letters_every):
+            if letter.original_topic == topics.TRAINING_REQUESTS and letter.original_key == (
+                request_id
+            ):
                 raise RequestFailed(f"request {request_id} refused: {letter.reason}")
-        if deadline is not None and asyncio.get_running_loop().time() > deadline:
+        if deadline is not None and loop.time() > deadline:
             raise TimeoutError
 
 
 async def _submit(
     settings: TrainerSettings, request: TrainingRequested, wait: bool, timeout: float
 ) -> None:
-    from eostream.shared import topics
     from eostream.shared.bus import build_bus
     from eostream.shared.events import Event, ModelVersionRegistered
     from eostream.trainer.pipeline import tracker_for
@@ -554,12 +565,17 @@ async def _submit(
                 event = await _watched(started, running, bus, request.request_id, timeout)
                 typer.echo(_run_line(event))
                 registered = await _watched(done, running, bus, request.request_id, None)
-        else:
-            event = await asyncio.wait_for(started, timeout)
+        else:  # the trainer is a service: it may refuse the request before or after starting
+            every = KAFKA_LETTERS_EVERY
+            event = await _watched(
+                started, None, bus, request.request_id, timeout, letters_every=every
+            )
             typer.echo(_run_line(event))
             if not wait:
                 return
-            registered = await done
+            registered = await _watched(
+                done, None, bus, request.request_id, None, letters_every=every
+            )
         accuracy = registered.metrics.get("test_accuracy")
         typer.echo(
             f"{'already registered' if event.reused else 'registered'} {registered.name} "

@@ -34,6 +34,7 @@ import pystac
 from eostream.shared.digest import sha256_hex
 from eostream.shared.errors import EostreamError, RetryableError
 from eostream.shared.events import DatasetUpdated, TrainingRequested
+from eostream.shared.holdout import MS_DIR, RGB_DIR
 from eostream.shared.label_catalog import (
     ALL_ITEMS,
     LabelQuery,
@@ -44,6 +45,7 @@ from eostream.shared.objects import local_path
 from eostream.trainer import chipset, stac_labels
 from eostream.trainer.errors import DatasetError
 from eostream.trainer.plan import TrainingPlan, plan_for_dataset, plan_training
+from eostream.trainer.pretrained import check_requested
 from eostream.trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,8 @@ log = logging.getLogger(__name__)
 CHIPS_FOLDER = "label-chips"
 #: copies of label collections served by a STAC API (:mod:`eostream.trainer.stac_labels`)
 STAC_FOLDER = "label-stac"
+#: what makes a folder a EuroSAT one (a DatasetUpdated naming it retrains the default model)
+EUROSAT_FOLDERS = (RGB_DIR, MS_DIR)
 
 
 def is_label_stac(path: Path) -> bool:
@@ -173,6 +177,14 @@ def labels_digest(href: str) -> str | None:
     return items_digest(items) if items else None
 
 
+def is_eurosat_folder(path: Path) -> bool:
+    """A EuroSAT data folder (``eurosat_rgb/`` or ``eurosat_ms/`` in it, as in the trainer's
+    ``data_dir``) or one of those two folders itself."""
+    if path.name in EUROSAT_FOLDERS:
+        return path.is_dir()
+    return any((path / name).is_dir() for name in EUROSAT_FOLDERS)
+
+
 def dataset_plan(event: DatasetUpdated, settings: TrainerSettings) -> TrainingPlan:
     """The training a ``DatasetUpdated`` asks for (blocking: may cut chips), on the labels as
     they are now: named after their digest, which differs from the event's when newer labels
@@ -197,10 +209,13 @@ def dataset_plan(event: DatasetUpdated, settings: TrainerSettings) -> TrainingPl
             event, event.model_name or settings.default_model_name, settings.dataset_updated_epochs
         )
         path = local_path(event.href)
-        if path is None or not path.is_dir():  # a missing path (a typo) or another scheme
+        # a missing path (a typo), another scheme, or a folder of something else: /tmp, a label
+        # folder without its catalog.json; each retrained the live model on EuroSAT
+        if path is None or not is_eurosat_folder(path):
             raise DatasetError(
                 f"dataset {event.dataset}: {event.href} is neither a label collection, a chip "
-                "dataset nor a local folder (a EuroSAT folder retrains the default model)"
+                "dataset nor a EuroSAT folder (one holding eurosat_rgb/ or eurosat_ms/, which "
+                "retrains the default model)"
             )
         return default
     plan = plan_for_dataset(
@@ -218,6 +233,8 @@ def request_plan(event: TrainingRequested, settings: TrainerSettings) -> Trainin
     """The training a ``TrainingRequested`` asks for; with ``dataset``, on those chips (cut
     first when it names a label collection; blocking)."""
     plan = plan_training(event)
+    if event.pretrained is not None:
+        check_requested(event.pretrained, settings.pretrained_dirs)
     if event.dataset is None:
         return plan
     problems = [

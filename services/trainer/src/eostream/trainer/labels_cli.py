@@ -78,8 +78,14 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _catalog(stac_api: str | None, home: Path | None) -> LabelCatalog:
+def _catalog(stac_api: str | None, home: Path | None, *, writing: bool = False) -> LabelCatalog:
+    """The catalogue the options name; ``--home`` must be a folder (made when ``writing``): a
+    file, or a folder that is not there (a typo), read as an empty catalogue."""
     if home is not None:
+        if home.exists() and not home.is_dir():
+            raise _fail(f"--home {home}: not a folder")
+        if not writing and not home.is_dir():
+            raise _fail(f"--home {home}: no such folder")
         return StaticLabelCatalog(home / "labels")
     if stac_api:
         return StacApiLabelCatalog(stac_api)
@@ -178,7 +184,7 @@ def import_(
     """Import labels over a scene as a STAC label item."""
     if (geojson is None) == (mask is None):
         raise _fail("give exactly one of --geojson FILE and --mask FILE.tif")
-    catalog = _catalog(stac_api, home)
+    catalog = _catalog(stac_api, home, writing=True)
     try:
         step = 1
 

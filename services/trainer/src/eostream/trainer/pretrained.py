@@ -20,6 +20,8 @@ lower backbone learning rate is :attr:`eostream.trainer.task.TrainConfig.backbon
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +79,21 @@ def resolve_pretrained(source: str) -> PretrainedSource:
     except OSError as exc:  # a file that cannot be read through (/proc/self/mem: EIO)
         raise BadTrainingRequestError(f"pretrained {source!r}: cannot be read ({exc})") from None
     return PretrainedSource(str(path.resolve()), path, digest)
+
+
+def check_requested(source: str, folders: Sequence[Path]) -> None:
+    """Refuse a requested ``pretrained`` file outside ``folders``: a request off the bus must not
+    make the trainer read (and record the digest of) any file its machine holds. A name of
+    :data:`CHECKPOINTS` is always allowed."""
+    if source in CHECKPOINTS:
+        return
+    real = Path(os.path.realpath(Path(source).expanduser()))
+    if not any(real.is_relative_to(os.path.realpath(folder)) for folder in folders):
+        raise BadTrainingRequestError(
+            f"pretrained {source!r}: a requested checkpoint file must lie in "
+            f"{', '.join(str(f) for f in folders) or '(no folder)'} (TRAINER_PRETRAINED_DIRS), "
+            f"or name one of {sorted(CHECKPOINTS)}"
+        )
 
 
 def read_state_dict(source: PretrainedSource) -> dict[str, torch.Tensor]:

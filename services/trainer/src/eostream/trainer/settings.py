@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
+from eostream.shared.checkpoints import checkpoint_dir
 from eostream.shared.holdout import HoldoutSettings
 from eostream.shared.settings import ServiceSettings
 
@@ -60,6 +61,12 @@ class TrainerSettings(ServiceSettings):
         default=1e-3,
         gt=0,
         description="max abs diff of ONNX logits, relative to the largest |logit| above 1",
+    )
+    pretrained_dirs: tuple[Path, ...] = Field(
+        default_factory=lambda: (checkpoint_dir(),),
+        description="the folders a requested pretrained file may lie in (a TrainingRequested off "
+        "the bus; a registry name is always allowed, `trainer fit --pretrained` any file); by "
+        "default the checkpoint folder `eostream data checkpoint` downloads into",
     )
     dataset_updated_epochs: int = Field(
         default=10, ge=1, description="epochs for data-triggered runs"

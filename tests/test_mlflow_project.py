@@ -93,8 +93,9 @@ def project_run(
     env = {
         **os.environ,
         **account("trainer").client_env(),
+        # the trainer follows the project's server: no TRAINER_MLFLOW_TRACKING_URI (its default,
+        # a sqlite file in the working folder, failed with "Run ... not found")
         "MLFLOW_TRACKING_URI": mlflow_uri,
-        "TRAINER_MLFLOW_TRACKING_URI": mlflow_uri,
         "TRAINER_CACHE_DIR": str(tmp_path_factory.mktemp("mlproject-cache")),
         "TRAINER_NUM_THREADS": "2",
         "TRAINER_DEVICE": "cpu",
@@ -104,7 +105,8 @@ def project_run(
     }
     # what earlier tests in this process may have left for MLflow (`mlflow run` refuses an
     # experiment id beside --experiment-name)
-    for leftover in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+    leftovers = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+    for leftover in (*leftovers, "TRAINER_MLFLOW_TRACKING_URI", "TRAINER_MLFLOW_UI_URL"):
         env.pop(leftover, None)
     env.pop(provenance.COMMIT_ENV, None)
     done = subprocess.run(

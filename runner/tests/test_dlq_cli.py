@@ -18,6 +18,7 @@ from eostream.shared import deadletters as dl
 from eostream.shared import deadletters_bus as dlb
 from eostream.shared.bus.memory import InMemoryBus
 from eostream.shared.codec import encode
+from eostream.shared.embedded import embedded_bus
 from eostream.shared.testing import letter_of, scene
 
 pytestmark = pytest.mark.timeout(180)
@@ -45,7 +46,42 @@ def test_the_embedded_bus_is_said_to_be_out_of_reach(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("EOSTREAM_BUS", "memory")
     result = CliRunner().invoke(dlq_app, ["list"])
     assert result.exit_code == 2
-    assert "cannot be reached from another process" in _one_line(result.stderr)
+    assert "name its home: `eostream dlq list --home HOME`" in _one_line(result.stderr)
+
+
+def test_the_embedded_systems_letters_are_listed_and_replayed_through_its_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embedded system's dead letters (its durable log, HOME/bus.sqlite) were out of the
+    tool's reach; the advice named an in-process bus it has not used since ADR 0014."""
+    monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.delenv("EOSTREAM_KAFKA__BOOTSTRAP_SERVERS", raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    bus = embedded_bus(home, service="ingest")
+    original = encode(scene("EMBEDDED"))
+
+    async def dead_letter() -> None:
+        await bus.start()
+        await bus.publish_raw(bus.dead_letter_topic, letter_of(original, reason="bad scene"))
+        await bus.close()
+
+    asyncio.run(dead_letter())
+    runner = CliRunner()
+    listed = runner.invoke(dlq_app, ["list", "--home", str(home)])
+    assert listed.exit_code == 0, listed.output
+    assert "dead letters: 1 of 1 match" in listed.stdout and "bad scene" in listed.stdout
+    replayed = runner.invoke(dlq_app, ["replay", "--all", "--home", str(home)])
+    assert replayed.exit_code == 0 and "1 replayed" in replayed.stdout, replayed.output
+    again = embedded_bus(home, service="check")
+    assert [(r.key, r.value) for r in again.records("eostream.scenes.discovered")] == [
+        (original.key, original.value)
+    ]
+    nothing = runner.invoke(dlq_app, ["list", "--home", str(tmp_path)])
+    assert nothing.exit_code == 2
+    assert _one_line(nothing.stderr) == (
+        f"eostream dlq: --home {tmp_path}: no embedded bus (bus.sqlite) there"
+    )
 
 
 def test_an_unreachable_broker_and_a_replay_without_selection_are_one_line(

@@ -59,6 +59,12 @@ async def test_an_unreachable_stac_api_does_not_fail_the_scene(
         assert service.results.get(outcome.record.scene_id) is not None  # indexed all the same
         assert any("not published" in r.getMessage() for r in caplog.records)
 
+        # with a public URL, the stored item names the API's collection, and links to it
+        stored, own = outcome.record.item, settings.collection_id
+        assert stored["collection"] == own
+        assert [link["href"] for link in stored["links"] if link["rel"] == "collection"] == [
+            f"http://maps.example.org/stac/collections/{own}"
+        ]
         item = published_item(outcome.record, "eostream-results", "http://maps.example.org")
         assert item["collection"] == "eostream-results"
         assert item["assets"]["classification"]["href"].startswith(

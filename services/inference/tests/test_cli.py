@@ -3,6 +3,7 @@ API key is one clear configuration error, and `classify` leaves the service's de
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -17,7 +18,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from eostream.inference.cli import app
+from eostream.inference import reference
+from eostream.inference.cli import app, item_hrefs
 from eostream.inference.settings import InferenceSettings
 from eostream.inference.wiring import build_service
 from eostream.shared.errors import ConfigError
@@ -90,9 +92,14 @@ def test_classify_into_the_service_index_leaves_its_last_live_model(
         service.results.close()
 
     adhoc = make_model("7", name="adhoc")
-    for name in ("INFERENCE_MODEL_NAME", "INFERENCE_MODEL_ALIAS", "INFERENCE_INITIAL_MODEL_URI"):
+    for name in (
+        "INFERENCE_MODEL_NAME",
+        "INFERENCE_MODEL_ALIAS",
+        "INFERENCE_INITIAL_MODEL_URI",
+        "INFERENCE_KAFKA__BOOTSTRAP_SERVERS",
+    ):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("INFERENCE_BUS", "memory")
+    monkeypatch.setenv("INFERENCE_BUS", "kafka")  # the service's; classify uses no bus at all
     monkeypatch.setenv("INFERENCE_STORE", "local")
     monkeypatch.setenv("INFERENCE_LOCAL_STORE_ROOT", str(settings.local_store_root))
     monkeypatch.setenv("INFERENCE_RESULTS_DB", settings.results_db)
@@ -100,15 +107,40 @@ def test_classify_into_the_service_index_leaves_its_last_live_model(
     href = str(boadella_item("2020-06-21"))
     result = CliRunner().invoke(app, ["classify", href, "--model", adhoc.artifact_uri])
     assert result.exit_code == 0, result.output
+    # another file of the same card's name: another model, not "already classified" (both were
+    # "cli v0", and the second run answered with the first one's result)
+    other = make_model("8", name="adhoc")
+    result = CliRunner().invoke(app, ["classify", href, "--model", other.artifact_uri])
+    assert result.exit_code == 0, result.output
 
     restarted = build_service(settings, consume=False)
     try:
-        record = restarted.results.get("boadella-2020-06-21")
-        assert record is not None and record.model_name == "cli"  # the CLI's result is kept
+        for model in (adhoc, other):  # the CLI's results are kept, named by card and file
+            version = f"file-{model.sha256[:12]}"
+            record = restarted.results.get("boadella-2020-06-21", version, model_name="adhoc")
+            assert record is not None, version
+            properties = record.item["properties"]
+            assert properties["eostream:model_sha256"] == model.sha256
+            assert properties["eostream:model_version"] == version
         restarted.deployment.load_initial()
         live = restarted.deployment.current
         assert live is not None
         assert (live.info.name, live.info.version) == ("eurosat", "1")
-        assert "cli" not in {d["name"] for d in restarted.results.deployments(50)}
+        assert "adhoc" not in {d["name"] for d in restarted.results.deployments(50)}
     finally:
         restarted.results.close()
+
+
+def test_a_reference_sets_catalogue_is_classified_scene_by_scene(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """``classify`` on a reference set's catalogue classified its scenes, then failed on its
+    first label item (no bands) and wrote nothing; label items are left out."""
+    labels = reference.build_boadella(data_dir, tmp_path / "ref", ("2020-06-21", "2020-09-14"))
+    catalog = next(p for p in (labels.parents[1] / "catalog.json", labels) if p.is_file())
+    hrefs = item_hrefs(str(catalog))
+    assert sorted(Path(h).parent.name for h in hrefs) == [
+        "boadella-2020-06-21",
+        "boadella-2020-09-14",
+    ]
+    assert all(json.loads(Path(h).read_text())["assets"] for h in hrefs)

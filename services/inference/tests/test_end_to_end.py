@@ -13,10 +13,13 @@ from urllib.parse import urlparse
 
 import httpx
 import numpy as np
+import pystac
+import pystac.validation
 import rasterio
 from PIL import Image
 
 from eostream.inference.service import InferenceService
+from eostream.inference.stacitem import SOFTWARE_VERSION
 from eostream.shared import topics
 from eostream.shared.bus.memory import InMemoryBus
 from eostream.shared.codec import decode
@@ -92,9 +95,30 @@ async def test_real_tile_end_to_end(
     # the quicklook and the STAC item
     png = Image.open(local(event.quicklook_href or ""))
     assert png.format == "PNG" and png.info["map_box"] == "0,0,549,549"  # <= 1024 px a side
+    assert png.info["caption"] == (
+        "S2A_29RKH_20200219_0_L2A  |  eurosat v3 (run run3, fp32)"
+    )  # the picture names the run and the precision too
     result = json.loads(local(event.result_item_href).read_text())
     props = result["properties"]
     assert props["eostream:model_version"] == "3" and props["eostream:mlflow_run_id"] == "run3"
+    assert props["eostream:model_file_sha256"] == props["eostream:model_sha256"] == promoted.sha256
+    # the stored item is valid STAC 1.1 (pystac's bundled core schema; extensions are offline):
+    # it named a collection without a link to it; the STAC answers add both
+    pystac.validation.validate_dict(result, extensions=[])
+    assert "collection" not in result
+    # the map file names what made it, without its item (a downloaded map)
+    with rasterio.open(local(event.cog_href)) as cog:
+        tags = cog.tags()
+    assert {k: v for k, v in tags.items() if k.startswith("EOSTREAM_")} == {
+        "EOSTREAM_SCENE_ID": "S2A_29RKH_20200219_0_L2A",
+        "EOSTREAM_MODEL_NAME": "eurosat",
+        "EOSTREAM_MODEL_VERSION": "3",
+        "EOSTREAM_MLFLOW_RUN_ID": "run3",
+        "EOSTREAM_MODEL_SHA256": promoted.sha256,
+        "EOSTREAM_MODEL_FILE_SHA256": promoted.sha256,
+        "EOSTREAM_MODEL_PRECISION": "fp32",
+        "EOSTREAM_SOFTWARE": f"eostream-inference {SOFTWARE_VERSION}",
+    }
     assert props["eostream:level_mismatch"].startswith("adapt")
     derived = {link["href"] for link in result["links"] if link["rel"] == "derived_from"}
     assert derived == {str(rkh_item), promoted.mlm_item_href}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import httpx
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from eostream.inference import writer
 from eostream.inference.engine import NODATA, UNCERTAIN
 from eostream.inference.service import InferenceService
 from eostream.inference.writer import LEGEND_INK, colormap, quicklook_png
@@ -39,7 +41,7 @@ def test_the_quicklook_shows_the_map_and_a_legend_of_every_class_and_uncertain()
     assert (pixels[:bottom, :right] == labels).all(), "the map keeps its class values"
     assert image.width > right, "the legend is drawn to the right of the map"
     panel = pixels[:, right:]
-    cmap = colormap(len(classes))
+    cmap = colormap(classes)
     for value in [*range(len(classes)), UNCERTAIN]:
         assert (panel == value).sum() >= 100, f"a swatch of {value}"  # 12x12 inside the outline
         assert palette[value * 3 : value * 3 + 3] == list(cmap[value][:3])
@@ -90,4 +92,37 @@ async def test_a_classified_scene_s_quicklook_names_the_scene_and_the_model(
     assert r.status_code == 200
     with Image.open(io.BytesIO(r.content)) as image:
         assert isinstance(image, PngImagePlugin.PngImageFile)
-        assert image.text["caption"] == "S2A_29RKH_20200219_0_L2A  |  eurosat v3"
+        assert image.text["caption"] == "S2A_29RKH_20200219_0_L2A  |  eurosat v3 (run run3, fp32)"
+
+
+def test_a_class_list_of_its_own_gets_distinct_colours_by_name_and_safe_names() -> None:
+    """Colours went by index: a user's 12 classes repeated EuroSAT's 10 colours (open water and
+    mangrove alike, bare soil drawn forest green), and "open water" was not a name the
+    classification extension takes. EuroSAT's colours are unchanged."""
+    assert [writer.class_colours(EUROSAT_CLASSES)[i] for i in range(10)] == list(writer.PALETTE)
+    own = (
+        "open water", "mangrove", "forest", "bare soil", "snow/ice", "cropland", "built-up",
+        "grassland", "moss & lichen", "shrubland", "wetland (herbaceous)", "road",
+    )  # fmt: skip
+    colours = writer.class_colours(own)
+    assert len(set(colours)) == len(own), "every class a colour of its own"
+    assert writer.UNCERTAIN_COLOUR not in colours
+    named = dict(zip(own, colours, strict=True))
+    assert named["open water"] == writer.PALETTE[EUROSAT_CLASSES.index("River")]
+    assert named["forest"] == writer.PALETTE[EUROSAT_CLASSES.index("Forest")]
+    assert named["bare soil"] == (210, 180, 140)
+    assert named["mangrove"] == (0, 150, 130) != named["wetland (herbaceous)"]  # taken: next
+    water, other = writer.class_colours(("water", "other"))  # the Boadella labels' classes
+    assert water == named["open water"] and other == (90, 90, 90)
+    assert len(set(writer.class_colours(tuple(f"c{i}" for i in range(250))))) == 250
+
+    entries = writer.legend(own)
+    assert [(e["name"], e.get("title")) for e in entries[:4]] == [
+        ("open_water", "open water"), ("mangrove", None), ("forest", None),
+        ("bare_soil", "bare soil"),
+    ]  # fmt: skip
+    assert entries[4]["name"] == "snow_ice" and entries[8]["name"] == "moss_lichen"
+    assert all(re.fullmatch(r"[0-9A-Za-z_-]+", e["name"]) for e in entries)
+    assert b"<Category>open water</Category>" in writer.pam_xml(entries)  # GDAL shows the title
+    cmap = colormap(own)
+    assert [cmap[i][:3] for i in range(len(own))] == colours

@@ -93,7 +93,7 @@ def test_a_real_tile_written_in_strips_equals_the_whole_map(
     properties = outcome.record.item["properties"]
     assert {k: properties[k] for k in confidence} == confidence
     assert outcome.record.stats == stats
-    caption = f"{item['id']}  |  eurosat v1"
+    caption = f"{item['id']}  |  eurosat v1 (run run1, fp32)"
     assert local(assets["quicklook"]["href"]).read_bytes() == writer.quicklook_png(
         whole.labels, card.classes, caption=caption
     )

@@ -67,7 +67,7 @@ async def test_landcover_tile_is_the_cog_in_the_legend_colours(
         labels = set(np.unique(ds.read(1)).tolist()) - {NODATA}
     model = service.deployment.current
     assert model is not None
-    cmap = colormap(len(model.card.classes))
+    cmap = colormap(model.card.classes)
     allowed = {cmap[v][:3] for v in labels}
     seen = {tuple(int(c) for c in p) for p in rgba[opaque][:, :3]}
     assert seen and seen <= allowed, seen - allowed

@@ -304,7 +304,8 @@ def test_status_command_lists_sources(
         await store.close()
 
     asyncio.run(seed())
-    monkeypatch.setenv("INGEST_BUS", "memory")
+    monkeypatch.setenv("INGEST_BUS", "kafka")  # the service's; status reads the state store only
+    monkeypatch.delenv("INGEST_KAFKA__BOOTSTRAP_SERVERS", raising=False)
     monkeypatch.setenv("INGEST_SQLITE_PATH", str(state))
     monkeypatch.setenv(
         "INGEST_SOURCES",

@@ -73,9 +73,17 @@ def test_promote_rollback_list(
         ("promote", v1, v2, "bob", "cli"),
         ("rollback", v2, v1, "carol", "cli"),
     ]
+    # reading commands need no broker (they asked for BRIDGE_KAFKA__BOOTSTRAP_SERVERS)
+    monkeypatch.setenv("BRIDGE_BUS", "kafka")
+    monkeypatch.delenv("BRIDGE_KAFKA__BOOTSTRAP_SERVERS", raising=False)
+    result = runner.invoke(models_app, ["audit", NAME])
+    assert result.exit_code == 0 and len(result.stdout.splitlines()) == 3, result.output
     result = runner.invoke(models_app, ["audit", f"{NAME}-typo"])  # printed nothing, exit 0
     assert result.exit_code == 1
     assert result.stderr.strip() == f"eostream: no audit entries for model '{NAME}-typo'"
+    result = runner.invoke(models_app, ["list", f"{NAME}-typo"])  # an empty table, exit 0
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"eostream: no registered model '{NAME}-typo' in MLflow"
 
 
 def test_mlflow_refusing_the_caller_is_one_line(

@@ -3,9 +3,9 @@
 Settings (``EOSTREAM_`` prefix, as every service's bus settings): ``EOSTREAM_BUS`` (kafka),
 ``EOSTREAM_KAFKA__BOOTSTRAP_SERVERS`` (else the local stack's ``EOSTREAM_KAFKA_BOOTSTRAP``),
 ``EOSTREAM_KAFKA__TOPIC_PREFIX`` (a deployment's namespace), ``EOSTREAM_KAFKA__DEAD_LETTER_TOPIC``;
-``--bootstrap-servers`` and ``--topic-prefix`` override them. The embedded mode's in-process bus
-is not reachable from another process: there, call :mod:`eostream.shared.deadletters_bus` on the
-``InMemoryBus`` object.
+``--bootstrap-servers`` and ``--topic-prefix`` override them. ``--home HOME`` reads (and replays
+onto) the embedded system's bus instead: the durable log ``HOME/bus.sqlite`` of ``eostream up
+--home HOME``, while it runs or after.
 
 Every error ends the command with one line on stderr (status 2 for a bad selection or setting,
 1 for a failure on the way), never a traceback.
@@ -21,6 +21,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -43,9 +44,8 @@ dlq_app = typer.Typer(
 )
 
 EMBEDDED = (
-    "EOSTREAM_BUS=memory: the embedded bus lives inside the process that runs it (`eostream up`) "
-    "and cannot be reached from another process; use eostream.shared.deadletters_bus on its "
-    "InMemoryBus from that process, or run the services on Kafka"
+    "EOSTREAM_BUS=memory is a bus inside one process: for the embedded system (`eostream up`), "
+    "name its home: `eostream dlq list --home HOME` (its bus is HOME/bus.sqlite)"
 )
 T = TypeVar("T")
 
@@ -80,15 +80,27 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _run(settings_of: Callable[[], DlqSettings], work: Callable[[Bus], Awaitable[T]]) -> T:
-    """Build the bus, run ``work`` on it, close it; any error is one line."""
+def _bus_of(home: Path | None, bootstrap_servers: str | None, topic_prefix: str | None) -> Bus:
+    """The embedded system's log at ``home``, else the Kafka the settings and options name."""
     from eostream.shared.bus import build_bus
+    from eostream.shared.embedded import BUS_FILE, embedded_bus
 
+    if home is None:
+        return build_bus(load_dlq_settings(bootstrap_servers, topic_prefix), service="dlq")
+    if bootstrap_servers or topic_prefix is not None:
+        raise ConfigError("--home reads the embedded system's bus: no Kafka options beside it")
+    if not (home / BUS_FILE).is_file():
+        raise ConfigError(f"--home {home}: no embedded bus ({BUS_FILE}) there")
+    return embedded_bus(home, service="dlq")
+
+
+def _run(bus_of: Callable[[], Bus], work: Callable[[Bus], Awaitable[T]]) -> T:
+    """Build the bus, run ``work`` on it, close it; any error is one line."""
     configure_logging("WARNING")
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # our own line says it once
 
     async def go() -> T:
-        bus = build_bus(settings_of(), service="dlq")
+        bus = bus_of()
         await bus.start()
         try:
             return await work(bus)
@@ -147,6 +159,10 @@ BootstrapOpt = Annotated[
 PrefixOpt = Annotated[
     str | None, typer.Option("--topic-prefix", help="the deployment's topic namespace")
 ]
+HomeOpt = Annotated[
+    Path | None,
+    typer.Option("--home", help="the embedded system's home (`eostream up --home`): its bus"),
+]
 
 
 def _cells(*values: str) -> list[Text]:
@@ -175,6 +191,7 @@ def list_letters(
     limit: Annotated[int, typer.Option(help="show at most this many (newest)")] = 200,
     bootstrap_servers: BootstrapOpt = None,
     topic_prefix: PrefixOpt = None,
+    home: HomeOpt = None,
 ) -> None:
     """A table of the dead letters that match, oldest first, with whether each was replayed."""
     where = _filter(topic, reason, since, letter, service)
@@ -183,7 +200,7 @@ def list_letters(
         found = await dlb.read_letters(bus)
         return dl.select(found, where), len(found), await dlb.read_marks(bus)
 
-    chosen, total, marks = _run(lambda: load_dlq_settings(bootstrap_servers, topic_prefix), work)
+    chosen, total, marks = _run(lambda: _bus_of(home, bootstrap_servers, topic_prefix), work)
     table = Table(title=f"dead letters: {len(chosen)} of {total} match", title_justify="left")
     for name, wrap in (
         ("id", False),
@@ -224,6 +241,7 @@ def show(
     full: Annotated[bool, typer.Option("--full", help="the whole value, however long")] = False,
     bootstrap_servers: BootstrapOpt = None,
     topic_prefix: PrefixOpt = None,
+    home: HomeOpt = None,
 ) -> None:
     """One letter: where it came from, why, its headers and its value."""
     where = _filter(topic, reason, since, letter, service)
@@ -232,7 +250,7 @@ def show(
         item = dl.pick(await dlb.read_letters(bus), where)
         return item, (await dlb.read_marks(bus)).get(item.id)
 
-    item, mark = _run(lambda: load_dlq_settings(bootstrap_servers, topic_prefix), work)
+    item, mark = _run(lambda: _bus_of(home, bootstrap_servers, topic_prefix), work)
     letter_ = item.letter
     console = Console(soft_wrap=True, highlight=False)
     rows = [
@@ -280,6 +298,7 @@ def replay(
     ] = False,
     bootstrap_servers: BootstrapOpt = None,
     topic_prefix: PrefixOpt = None,
+    home: HomeOpt = None,
 ) -> None:
     """Publish the matching letters again, once each: bus records to their original topic (key,
     value and headers as they were, plus dlq_replayed_from), rejected STAC items to ingest, which
@@ -294,7 +313,7 @@ def replay(
             dl.pick(chosen, where)  # raises: none, or an ambiguous prefix
         return await dlb.replay(bus, chosen, dry_run=dry_run, requested_by=_who())
 
-    outcomes = _run(lambda: load_dlq_settings(bootstrap_servers, topic_prefix), work)
+    outcomes = _run(lambda: _bus_of(home, bootstrap_servers, topic_prefix), work)
     table = Table(title="dead letters" + (" (dry run)" if dry_run else ""), title_justify="left")
     for name in ("id", "original topic", "key", "outcome", "to"):
         table.add_column(name, overflow="fold", no_wrap=name == "id")

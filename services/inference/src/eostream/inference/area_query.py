@@ -258,7 +258,7 @@ def change_png(found: Change) -> bytes:
     names = found.names[:-1]
     picture = writer.with_legend(Image.fromarray(image, mode="P"), names)
     palette = [0] * 768
-    for index, (r, g, bl, _alpha) in writer.colormap(len(names)).items():
+    for index, (r, g, bl, _alpha) in writer.colormap(names).items():
         palette[index * 3 : index * 3 + 3] = [r, g, bl]
     palette[UNCHANGED * 3 : UNCHANGED * 3 + 3] = list(UNCHANGED_COLOUR)
     palette[writer.LEGEND_BACKGROUND * 3 : writer.LEGEND_BACKGROUND * 3 + 3] = [255, 255, 255]

@@ -92,10 +92,21 @@ def item_hrefs(href: str) -> list[str]:
     catalog = pystac.read_file(str(path.resolve()))
     if not isinstance(catalog, pystac.Catalog):
         raise typer.BadParameter(f"{path} is not a STAC catalog")
-    hrefs = [str(item.get_self_href()) for item in catalog.get_items(recursive=True)]
+    items = list(catalog.get_items(recursive=True))
+    # a reference set's catalogue holds its label items beside its scenes: no scene to classify
+    hrefs = [str(item.get_self_href()) for item in items if not _is_label_item(item)]
+    if len(hrefs) < len(items):
+        log.info("%s: %d label item(s) left out", path, len(items) - len(hrefs))
     if not hrefs:
-        raise typer.BadParameter(f"the STAC catalog {path} holds no items")
+        raise typer.BadParameter(f"the STAC catalog {path} holds no scene items")
     return hrefs
+
+
+def _is_label_item(item: Any) -> bool:
+    """A STAC label item (the label extension), not a scene."""
+    return any("/label/" in url for url in item.stac_extensions) or any(
+        key.startswith("label:") for key in item.properties
+    )
 
 
 def _stac_type(path: Path) -> object:
@@ -164,7 +175,9 @@ def classify(
     from eostream.inference.model import ModelInfo
     from eostream.inference.wiring import build_service
 
-    overrides: dict[str, Any] = {}
+    # no bus: nothing is consumed, and a one-off result is announced to nobody (it asked for
+    # INFERENCE_KAFKA__BOOTSTRAP_SERVERS all the same)
+    overrides: dict[str, Any] = {"bus": "memory"}
     if "INFERENCE_API_KEY" not in os.environ:
         overrides["api_key"] = SecretStr("")  # only the REST API needs a key; classify serves none
     hrefs = item_hrefs(item_href)
@@ -176,9 +189,7 @@ def classify(
         try:
             # not recorded: the index's deployments are the service's, whose restart reloads
             # its last live model (never this one-off)
-            service.deployment.deploy_uri(
-                ModelInfo(name="cli", version="0", artifact_uri=model), model, None, record=False
-            )
+            service.deployment.deploy_uri(ModelInfo.of_file(model), model, None, record=False)
             for href in hrefs:
                 outcome = await asyncio.to_thread(
                     service.pipeline.classify_href, href, replace=replace

@@ -181,9 +181,7 @@ class ModelDeployment:
             except SourceNotAllowedError:
                 raise
             except Exception as exc:  # the fp32 file is always there to fall back on
-                log.warning(
-                    "int8 file of %s v%s not loaded, running fp32: %s", info.name, info.version, exc
-                )
+                log.warning("int8 file of %s not loaded, running fp32: %s", info.label, exc)
         return load_model(
             self._read(uri, policy),
             info,
@@ -222,13 +220,13 @@ class ModelDeployment:
         except BadInputError as exc:
             metrics.MODEL_SWAPS.labels("failed").inc()
             self._record(info, "failed", str(exc), None, record=record)
-            raise ModelLoadError(f"cannot load model {info.name} v{info.version}: {exc}") from exc
+            raise ModelLoadError(f"cannot load model {info.label}: {exc}") from exc
         except ModelLoadError as exc:
             metrics.MODEL_SWAPS.labels("failed").inc()
             self._record(info, "failed", str(exc), None, record=record)
             raise
         self.holder.swap(model)
-        self._record(info, "live", "", model.provider, record=record)
+        self._record(model.info, "live", "", model.provider, record=record)  # a file: named now
         return model
 
     def _record(
@@ -261,12 +259,7 @@ class ModelDeployment:
         live deployment of the served model in the results index (a failure is logged)."""
         s = self.settings
         if s.initial_model_uri:
-            info = ModelInfo(
-                name="initial",
-                version="0",
-                artifact_uri=s.initial_model_uri,
-                sha256=s.initial_model_sha256 or "",
-            )
+            info = ModelInfo.of_file(s.initial_model_uri, s.initial_model_sha256)
             return self.deploy_uri(info, s.initial_model_uri, s.initial_model_sha256)
         row = self._last_live()
         if row is None:

@@ -11,6 +11,7 @@ gives (:func:`eostream.inference.writer.write_classification` is this writer fed
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -80,6 +81,7 @@ class MapWriter:
         classification: Path | None = None,
         probabilities: Path | None = None,
         quicklook_size: int = QUICKLOOK_SIZE,
+        tags: Mapping[str, str] | None = None,
     ) -> None:
         self.height, self.width = int(shape[0]), int(shape[1])
         self.classes = classes
@@ -94,7 +96,8 @@ class MapWriter:
         self._open: dict[str, Any] = {}
         if classification is not None:
             dst = self._create("classification", classification, 1, transform, crs)
-            dst.write_colormap(1, colormap(len(classes)))
+            dst.update_tags(**(tags or {}))
+            dst.write_colormap(1, colormap(classes))
             dst.update_tags(
                 1,
                 **{f"class_{i}": name for i, name in enumerate(classes)},
@@ -103,6 +106,7 @@ class MapWriter:
             dst.set_band_description(1, "class")
         if probabilities is not None:
             dst = self._create("probabilities", probabilities, len(classes), transform, crs)
+            dst.update_tags(**(tags or {}))
             for i, name in enumerate(classes, start=1):
                 dst.set_band_description(i, name)
             dst.update_tags(scale=str(1 / 254))

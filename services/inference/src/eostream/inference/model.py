@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -45,6 +45,11 @@ log = logging.getLogger(__name__)
 Precision = Literal["fp32", "int8"]
 
 
+#: the version of a model loaded from a file (no registry version): ``file-`` and the first hex
+#: digits of its sha256, so another file is another model's result, never this one's
+FILE_VERSION_PREFIX = "file-"
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
@@ -54,6 +59,18 @@ class ModelInfo:
     sha256: str = ""
     artifact_uri: str = ""
     mlm_item_href: str | None = None
+
+    @classmethod
+    def of_file(cls, uri: str, sha256: str | None = None) -> ModelInfo:
+        """A model named only by its file (``inference classify --model``,
+        ``INITIAL_MODEL_URI``): :func:`load_model` names it after its card's name and its digest
+        (:data:`FILE_VERSION_PREFIX`) once it is read."""
+        return cls(name="", version="", sha256=sha256 or "", artifact_uri=uri)
+
+    @property
+    def label(self) -> str:
+        """``NAME vVERSION``, or the file of a model not yet named (:meth:`of_file`)."""
+        return f"{self.name} v{self.version}" if self.version else f"file {self.artifact_uri}"
 
 
 @dataclass(frozen=True)
@@ -75,6 +92,9 @@ class LoadedModel:
     provider: str
     loaded_at: float = field(default_factory=time.time)
     precision: Precision = "fp32"
+    #: the sha256 of the file that runs: the int8 one's when int8 runs (``info.sha256`` is the
+    #: promoted fp32 file's, the model's identity)
+    file_sha256: str = ""
 
     def run(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         out = self.session.run([self.card.output_name], {self.card.input_name: batch})
@@ -187,7 +207,7 @@ def load_model(
     digest = sha256_hex(data)
     if expected_sha256 is not None and digest != expected_sha256:
         raise ModelLoadError(
-            f"model {info.name} v{info.version}: sha256 {digest} does not match the promoted "
+            f"model {info.label}: sha256 {digest} does not match the promoted "
             f"{expected_sha256}; refusing it"
         )
     options = ort_session.configure(ort.SessionOptions(), threads=intra_op_threads)
@@ -200,21 +220,18 @@ def load_model(
             **ort_session.session_arguments(),
         )
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise ModelLoadError(
-            f"model {info.name} v{info.version}: not a loadable ONNX graph: {exc}"
-        ) from exc
+        raise ModelLoadError(f"model {info.label}: not a loadable ONNX graph: {exc}") from exc
     meta = session.get_modelmeta().custom_metadata_map
     if METADATA_KEY not in meta:
-        raise ModelLoadError(
-            f"model {info.name} v{info.version} has no {METADATA_KEY} metadata entry"
-        )
+        raise ModelLoadError(f"model {info.label} has no {METADATA_KEY} metadata entry")
     try:
         card = ModelCard.from_json(meta[METADATA_KEY])
     except (ValidationError, ValueError) as exc:
-        raise ModelLoadError(
-            f"model {info.name} v{info.version}: invalid model card: {exc}"
-        ) from exc
+        raise ModelLoadError(f"model {info.label}: invalid model card: {exc}") from exc
     check_card_against_graph(card, session)
+    if not info.version:  # a file (ModelInfo.of_file): its card's name, its digest as version
+        version = FILE_VERSION_PREFIX + digest[:12]
+        info = replace(info, name=card.name, version=version, sha256=info.sha256 or digest)
     if meta.get(PRECISION_METADATA_KEY) == "int8":  # an int8 file loaded by its path, too
         precision = "int8"
     provider = session.get_providers()[0]
@@ -235,6 +252,7 @@ def load_model(
         session=session,
         provider=provider,
         precision=precision,
+        file_sha256=digest,
     )
     _warm(model)
     log.info(

@@ -32,7 +32,7 @@ from eostream.inference.results import ResultRecord, ResultsStore
 from eostream.inference.scene import ScenePlan, SceneReader, prepare_scene
 from eostream.inference.session import release_free_memory
 from eostream.inference.settings import InferenceSettings
-from eostream.inference.stacitem import build_result_item, result_item_id
+from eostream.inference.stacitem import SOFTWARE_VERSION, build_result_item, result_item_id
 from eostream.inference.validation import validate_item
 from eostream.shared.events import SceneClassified
 from eostream.shared.storage import ObjectStore
@@ -278,6 +278,7 @@ class Pipeline:
                 card.classes,
                 classification=tmp / "classification.tif",
                 probabilities=tmp / "probabilities.tif" if s.write_probabilities else None,
+                tags=provenance_tags(plan.item_id, model),
             )
             with maps:
                 result = classify_strips(
@@ -355,16 +356,20 @@ class Pipeline:
         started: float,
     ) -> Outcome:
         s, card, info = self.settings, model.card, model.info
-        caption = f"{plan.item_id}  |  {info.name} v{info.version}"
+        run = f"run {info.run_id}" if info.run_id else "no MLflow run"
+        caption = f"{plan.item_id}  |  {info.name} v{info.version} ({run}, {model.precision})"
         hrefs = self._put_products(prefix, maps, card.classes, stats, caption)
+        public = s.public_url.rstrip("/") if s.public_url else None
         stac = build_result_item(
             scene=item,
             scene_href=item_href,
             collection_id=s.collection_id,
+            collection_href=f"{public}/stac/collections/{s.collection_id}" if public else None,
             info=info,
             card=card,
             provider=model.provider,
             precision=model.precision,
+            file_sha256=model.file_sha256,
             hrefs=hrefs,
             stats=stats,
             extra_properties=extra,
@@ -444,6 +449,23 @@ class Pipeline:
         )
         hrefs["statistics"] = self.store.uri(f"{prefix}/statistics.json")
         return hrefs
+
+
+def provenance_tags(scene_id: str, model: LoadedModel) -> dict[str, str]:
+    """What a map file says of itself (GeoTIFF dataset tags, kept by its COG): the scene, the
+    model version, the MLflow run and the file that made it, so a downloaded map still names
+    them (``gdalinfo`` shows them)."""
+    info = model.info
+    return {
+        "EOSTREAM_SCENE_ID": scene_id,
+        "EOSTREAM_MODEL_NAME": info.name,
+        "EOSTREAM_MODEL_VERSION": info.version,
+        "EOSTREAM_MLFLOW_RUN_ID": info.run_id or "",
+        "EOSTREAM_MODEL_SHA256": info.sha256,
+        "EOSTREAM_MODEL_FILE_SHA256": model.file_sha256 or info.sha256,
+        "EOSTREAM_MODEL_PRECISION": model.precision,
+        "EOSTREAM_SOFTWARE": f"eostream-inference {SOFTWARE_VERSION}",
+    }
 
 
 def _reporter(progress: ReportProgress | None) -> Callable[[int, int, float], None] | None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -428,10 +430,25 @@ class SqliteResultsStore(SqlResultsStore):
             cursor = dbapi_conn.cursor()
             cursor.execute("PRAGMA foreign_keys=ON")
             if not memory:
-                cursor.execute("PRAGMA journal_mode=WAL")
+                _wal(cursor)
             cursor.close()
 
         super().__init__(engine)
+
+
+def _wal(cursor: Any, seconds: float = 30.0) -> None:
+    """Switch a sqlite database to WAL. Replicas opening a new file at once: the switch needs
+    the file to itself and answers "database is locked" at once (no busy wait) while another
+    connection has it; that one's switch is for good, so try again until the file says WAL."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 class PostgresResultsStore(SqlResultsStore):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from importlib import metadata
 from typing import Any
 from urllib.parse import quote
 
@@ -16,10 +17,13 @@ from eostream.shared.modelcard import ModelCard
 
 CLASSIFICATION_EXT = "https://stac-extensions.github.io/classification/v2.0.0/schema.json"
 ALTERNATE_EXT = "https://stac-extensions.github.io/alternate-assets/v1.2.0/schema.json"
+PROCESSING_EXT = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
 #: flat per-class share properties (``eostream:share:Forest``) a CQL2 filter can compare
 SHARE_PREFIX = "eostream:share:"
 #: the name of the object-store href kept beside an asset's HTTP href (alternate-assets)
 STORAGE_ALTERNATE = "storage"
+#: the version of the software that made a result (``processing:software``)
+SOFTWARE_VERSION = metadata.version("eostream-inference")
 #: the title of a result item's ``derived_from`` link to the model's MLM item
 MODEL_LINK_TITLE = "model (STAC MLM item)"
 
@@ -45,14 +49,19 @@ def build_result_item(
     scene: dict[str, Any],
     scene_href: str,
     collection_id: str,
+    collection_href: str | None = None,
     info: ModelInfo,
     card: ModelCard,
     provider: str,
     precision: str = "fp32",
+    file_sha256: str = "",
     hrefs: dict[str, str],
     stats: dict[str, Any],
     extra_properties: dict[str, Any],
 ) -> pystac.Item:
+    """The result item. ``collection_href``: where its collection is served (the API's
+    ``/stac/collections/<id>`` at its public URL); without one the item names no collection (a
+    ``collection`` field needs a link to it, STAC 1.1), and the STAC answers add both."""
     props = scene.get("properties") or {}
     when = props.get("datetime")
     dt = datetime.fromisoformat(str(when).replace("Z", "+00:00")) if when else datetime.now(UTC)
@@ -68,6 +77,7 @@ def build_result_item(
             "eostream:model_alias": info.alias,
             "eostream:mlflow_run_id": info.run_id,
             "eostream:model_sha256": info.sha256,
+            "eostream:model_file_sha256": file_sha256 or info.sha256,  # the int8 file's if int8
             "eostream:model_bands": list(card.bands),
             "eostream:model_library": card.library,
             "eostream:model_task": card.task,
@@ -76,13 +86,15 @@ def build_result_item(
             "eostream:class_shares": {k: v["share"] for k, v in stats["classes"].items()},
             "eostream:class_area_km2": {k: v["area_km2"] for k, v in stats["classes"].items()},
             **scene_properties(props),
-            "processing:software": {"eostream-inference": "0.1.0"},
+            "processing:software": {"eostream-inference": SOFTWARE_VERSION},
             "created": datetime.now(UTC).isoformat(),
             **extra_properties,
         },
-        collection=collection_id,
-        stac_extensions=[CLASSIFICATION_EXT],
+        collection=collection_id if collection_href else None,
+        stac_extensions=[CLASSIFICATION_EXT, PROCESSING_EXT],
     )
+    if collection_href:
+        item.add_link(pystac.Link("collection", collection_href, media_type="application/json"))
     item.add_link(
         pystac.Link(
             "derived_from", scene_href, media_type="application/geo+json", title="source scene"

@@ -3,9 +3,13 @@ per-class area statistics."""
 
 from __future__ import annotations
 
+import colorsys
 import io
+import itertools
 import json
 import logging
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +18,7 @@ import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from eostream.inference.engine import NODATA, UNCERTAIN
+from eostream.shared.modelcard import EUROSAT_CLASSES
 from eostream.shared.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -57,12 +62,85 @@ UNCERTAIN_COLOUR = (215, 215, 215)
 UNCERTAIN_NAME = "uncertain"
 
 
+#: colours of classes named otherwise than EuroSAT's, by a word in their name (first match);
+#: a user's "open water" is blue and "bare soil" tan, not the colour of EuroSAT's class of that
+#: index (AnnualCrop's yellow for water)
+NAMED_COLOURS: tuple[tuple[tuple[str, ...], tuple[int, int, int]], ...] = (
+    (("water", "sea", "lake", "river", "ocean", "reservoir", "pond"), (60, 140, 230)),
+    (("snow", "ice", "glacier"), (150, 220, 245)),
+    (("mangrove", "wetland", "marsh", "swamp", "bog"), (0, 150, 130)),
+    (("forest", "tree", "wood"), (20, 110, 40)),
+    (("moss", "lichen"), (150, 170, 110)),
+    (("shrub", "scrub", "bush"), (110, 150, 60)),
+    (("grass", "pasture", "meadow", "herb", "rangeland"), (140, 200, 90)),
+    (("crop", "agri", "farm", "field", "orchard", "vineyard"), (230, 180, 60)),
+    (("industr",), (200, 40, 160)),
+    (("urban", "built", "residential", "building", "settlement", "city"), (230, 60, 50)),
+    (("road", "highway", "street", "rail"), (120, 120, 120)),
+    (("bare", "soil", "sand", "desert", "rock", "dune"), (210, 180, 140)),
+    (("cloud",), (250, 250, 250)),
+    (("other", "background", "rest"), (90, 90, 90)),
+)
+#: more distinct colours (Glasbey-like) for classes no word names, or whose colour is taken
+EXTRA_COLOURS: tuple[tuple[int, int, int], ...] = (
+    (255, 127, 14), (148, 103, 189), (23, 190, 207), (188, 189, 34), (140, 86, 75),
+    (227, 119, 194), (0, 90, 110), (255, 220, 0), (110, 0, 60), (0, 200, 90),
+    (255, 160, 160), (80, 60, 0), (170, 255, 195), (0, 0, 90), (255, 215, 180),
+)  # fmt: skip
+_EUROSAT_INDEX = {name: i for i, name in enumerate(EUROSAT_CLASSES)}
+#: a name the classification extension takes (v2.0.0: letters, digits, ``-`` and ``_``)
+_UNSAFE = re.compile(r"[^0-9A-Za-z_-]+")
+
+
+def class_colours(classes: tuple[str, ...]) -> list[tuple[int, int, int]]:
+    """One colour per class, all different and none uncertain's: EuroSAT's classes keep their
+    palette colour, others get the colour their name suggests (:data:`NAMED_COLOURS`), the rest
+    (and a second class of the same suggestion) the next free distinct colour."""
+    chosen: list[tuple[int, int, int]] = []
+    spare = itertools.chain(PALETTE, EXTRA_COLOURS, _generated())
+    for name in classes:
+        colour = _suggested(name)
+        while colour is None or colour in chosen or colour == UNCERTAIN_COLOUR:
+            colour = next(spare)
+        chosen.append(colour)
+    return chosen
+
+
+def _suggested(name: str) -> tuple[int, int, int] | None:
+    if name in _EUROSAT_INDEX:
+        return PALETTE[_EUROSAT_INDEX[name]]
+    lowered = name.lower()
+    for words, colour in NAMED_COLOURS:
+        if any(word in lowered for word in words):
+            return colour
+    return None
+
+
+def _generated() -> Iterator[tuple[int, int, int]]:
+    """Endless colours spread over the hue circle (golden ratio), for very long class lists."""
+    hue = 0.0
+    while True:
+        hue = (hue + 0.618033988749895) % 1.0
+        for value in (0.85, 0.6):
+            r, g, b = colorsys.hsv_to_rgb(hue, 0.75, value)
+            yield round(r * 255), round(g * 255), round(b * 255)
+
+
+def safe_class_name(name: str) -> str:
+    """``name`` as the classification extension's ``name`` (``open water`` -> ``open_water``)."""
+    return _UNSAFE.sub("_", name).strip("_") or "class"
+
+
 def legend(classes: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Value, name and colour of every label the map can hold (classes, then uncertain)."""
-    entries = [
-        {"value": i, "name": name, "color_hint": "{:02X}{:02X}{:02X}".format(*_colour(i))}
-        for i, name in enumerate(classes)
-    ]
+    """Value, name and colour of every label the map can hold (classes, then uncertain); a
+    class name the classification extension does not take is made safe and kept as ``title``."""
+    entries: list[dict[str, Any]] = []
+    for i, (name, colour) in enumerate(zip(classes, class_colours(classes), strict=True)):
+        entry: dict[str, Any] = {"value": i, "name": safe_class_name(name)}
+        if entry["name"] != name:
+            entry["title"] = name
+        entry["color_hint"] = "{:02X}{:02X}{:02X}".format(*colour)
+        entries.append(entry)
     entries.append(
         {
             "value": UNCERTAIN,
@@ -74,12 +152,10 @@ def legend(classes: tuple[str, ...]) -> list[dict[str, Any]]:
     return entries
 
 
-def _colour(i: int) -> tuple[int, int, int]:
-    return PALETTE[i % len(PALETTE)]
-
-
-def colormap(n_classes: int) -> dict[int, tuple[int, int, int, int]]:
-    cmap = {i: (*_colour(i), 255) for i in range(n_classes)}
+def colormap(classes: tuple[str, ...] | int) -> dict[int, tuple[int, int, int, int]]:
+    """Pixel value -> RGBA of a class map (:func:`class_colours`; a count: unnamed classes)."""
+    names = classes if isinstance(classes, tuple) else tuple(f"class_{i}" for i in range(classes))
+    cmap = {i: (*colour, 255) for i, colour in enumerate(class_colours(names))}
     cmap[UNCERTAIN] = (*UNCERTAIN_COLOUR, 255)
     cmap[NODATA] = (0, 0, 0, 0)
     return cmap
@@ -96,7 +172,7 @@ def pam_xml(entries: list[dict[str, Any]]) -> bytes:
     by_value = {int(e["value"]): e for e in entries}
     top = max(by_value, default=-1)
     names = "".join(
-        f"<Category>{escape(str(by_value[v]['name']))}</Category>"
+        f"<Category>{escape(str(by_value[v].get('title', by_value[v]['name'])))}</Category>"
         if v in by_value
         else "<Category></Category>"
         for v in range(top + 1)
@@ -112,7 +188,8 @@ def pam_xml(entries: list[dict[str, Any]]) -> bytes:
     for i, (value, e) in enumerate(sorted(by_value.items())):
         hint = str(e.get("color_hint", "000000"))
         r, g, b = (int(hint[k : k + 2], 16) for k in (0, 2, 4))
-        cells = f"<F>{value}</F><F>{escape(str(e['name']))}</F><F>{r}</F><F>{g}</F><F>{b}</F>"
+        shown = escape(str(e.get("title", e["name"])))  # the class as its user named it
+        cells = f"<F>{value}</F><F>{shown}</F><F>{r}</F><F>{g}</F><F>{b}</F>"
         rows.append(f'<Row index="{i}">{cells}</Row>')
     table = (
         f'<GDALRasterAttributeTable tableType="thematic">{columns}{"".join(rows)}'
@@ -165,11 +242,10 @@ def quicklook_png(
     the chunk ``caption`` and the map's box in the image the chunk ``map_box`` (left, top, right,
     bottom)."""
     names = classes if isinstance(classes, tuple) else tuple(f"class_{i}" for i in range(classes))
-    n_classes = len(names)
     step = max(1, int(np.ceil(max(labels.shape) / max_size)))
     small = np.ascontiguousarray(labels[::step, ::step])
     image = with_caption(with_legend(Image.fromarray(small, mode="P"), names), caption)
-    cmap = colormap(n_classes)
+    cmap = colormap(names)
     palette = [0] * 768
     for index, (r, g, b, _a) in cmap.items():
         palette[index * 3 : index * 3 + 3] = [r, g, b]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -20,8 +20,8 @@ app = typer.Typer(
 )
 
 
-def _settings() -> IngestSettings:
-    return load_settings(IngestSettings)
+def _settings(**overrides: Any) -> IngestSettings:
+    return load_settings(IngestSettings, **overrides)
 
 
 def _when(text: str) -> datetime:
@@ -97,7 +97,7 @@ def status() -> None:
     """Watermark and counts per source, from the state store."""
     from eostream.ingest.service import build_state
 
-    settings = _settings()
+    settings = _settings(bus="memory")  # it reads the state store only: no Kafka settings
 
     async def go() -> None:
         store = build_state(settings)

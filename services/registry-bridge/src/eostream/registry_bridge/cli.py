@@ -28,8 +28,10 @@ models_app = typer.Typer(
 )
 
 
-def _settings() -> BridgeSettings:
-    settings = load_settings(BridgeSettings)
+def _settings(*, reading: bool = False) -> BridgeSettings:
+    """The bridge's settings; ``reading``: a command that publishes nothing (``list``,
+    ``audit``) asks for no broker settings (the in-process bus stands in, unused)."""
+    settings = load_settings(BridgeSettings, **({"bus": "memory"} if reading else {}))
     configure_logging(settings.log_level)
     return settings
 
@@ -171,8 +173,11 @@ def list_versions(
     _check(name)
     mlflow_client_defaults()
     with _one_line():
-        registry = build_registry(_settings())
+        registry = build_registry(_settings(reading=True))
         rows = [r.model_dump(mode="json") for r in describe_versions(registry, name)]
+    if not rows:  # an unknown name (a typo) printed an empty table and exited 0
+        typer.echo(f"eostream: no registered model {name!r} in MLflow", err=True)
+        raise typer.Exit(1)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -204,7 +209,7 @@ def audit(name: str) -> None:
     from eostream.shared.storage import build_object_store
 
     _check(name)
-    settings = _settings()
+    settings = _settings(reading=True)
     log = AuditLog(
         build_object_store(settings),
         settings.audit_prefix,

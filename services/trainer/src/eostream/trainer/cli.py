@@ -403,7 +403,7 @@ def evaluate_command(
     if bands not in ("rgb", "ms13"):  # before MLflow is asked (minutes when it is down)
         typer.echo(f"eostream: --bands {bands!r}: use rgb or ms13", err=True)
         raise typer.Exit(2)
-    settings = _settings()
+    settings = _settings(bus="memory")  # evaluate publishes nothing: no Kafka settings needed
     torch.set_num_threads(settings.num_threads)
     tracker = tracker_for(settings)
     tracker.configure()

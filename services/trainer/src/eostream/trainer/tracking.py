@@ -30,6 +30,7 @@ from mlflow.tracking import MlflowClient
 
 from eostream.shared import errors, provenance, tags
 from eostream.shared.modelcard import INPUT_NAME, OUTPUT_NAME, ModelCard
+from eostream.shared.redaction import redact_urls
 from eostream.trainer.errors import BadTrainingRequestError
 from eostream.trainer.models import EuroSATNet
 from eostream.trainer.selection import Selection
@@ -131,9 +132,11 @@ class Tracker:
         self._board_dir: Path | None = None
 
     def configure(self) -> str:
+        project_run = os.environ.get("MLFLOW_RUN_ID")  # set by `mlflow run` (MLproject)
+        if project_run:  # read before set_tracking_uri, which sets MLFLOW_TRACKING_URI
+            self._follow_project(project_run, os.environ.get("MLFLOW_TRACKING_URI"))
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.registry_uri)
-        project_run = os.environ.get("MLFLOW_RUN_ID")  # set by `mlflow run` (MLproject)
         if project_run:  # its run, and so its experiment, is the one to use
             experiment_id = self.client.get_run(project_run).info.experiment_id
             experiment = mlflow.set_experiment(experiment_id=experiment_id)
@@ -141,6 +144,24 @@ class Tracker:
             experiment = mlflow.set_experiment(self.experiment_name)
         self.experiment_id = str(experiment.experiment_id)
         return self.experiment_id
+
+    def _follow_project(self, run_id: str, project_uri: str | None) -> None:
+        """Under ``mlflow run`` the project's run is in the tracking server MLflow was given
+        (``MLFLOW_TRACKING_URI``): track there, not in ``TRAINER_MLFLOW_TRACKING_URI``'s (its
+        default, a sqlite file in the working folder, answered "Run ... not found")."""
+        if not project_uri or project_uri == self.tracking_uri:
+            return
+        log.warning(
+            "under `mlflow run` (run %s): tracking to its MLflow %s, not %s",
+            run_id,
+            redact_urls(project_uri),
+            redact_urls(self.tracking_uri),
+        )
+        if self.registry_uri == self.tracking_uri:
+            self.registry_uri = project_uri
+        if self.ui_url == self.tracking_uri.rstrip("/"):
+            self.ui_url = project_uri.rstrip("/")
+        self.tracking_uri = project_uri
 
     @property
     def client(self) -> MlflowClient:

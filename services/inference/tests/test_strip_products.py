@@ -82,6 +82,7 @@ def test_a_real_tile_written_in_strips_equals_the_whole_map(
     with rasterio.open(local(assets["probabilities"]["href"])) as cog:
         assert whole.probabilities is not None
         np.testing.assert_array_equal(cog.read(), whole.probabilities)
+        assert cog.scales == (1 / 254,) * cog.count  # GDAL's band scale, kept by the COG
     stats = json.loads(local(assets["statistics"]["href"]).read_bytes())
     expected = writer.statistics(whole.labels, card.classes, pixel_km2)
     assert whole.confidence is not None

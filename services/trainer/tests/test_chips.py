@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -568,6 +569,21 @@ async def test_a_kafka_submission_the_worker_refuses_ends_in_one_line(
     assert exited.value.exit_code == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f"error: request nan-{run} refused:") and "NaN or infinite" in last
+
+
+def test_evaluate_with_mlflow_down_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's client retried a server that refuses connections for minutes, then raised a
+    traceback; its retries are now a few seconds' (kept if set) and the error one line."""
+    monkeypatch.setenv("TRAINER_MLFLOW_TRACKING_URI", "http://alice:pw@127.0.0.1:9")
+    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)  # unset, and restored (unset) after the test
+    args = ["evaluate", "--model-uri", "models:/m/1", "--bands", "rgb"]
+    result = CliRunner().invoke(trainer_app, args)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("eostream: MLflow at http://***@127.0.0.1:9: API request to"), last
 
 
 def test_evaluate_refuses_an_unknown_band_set_before_asking_mlflow(

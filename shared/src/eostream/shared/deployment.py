@@ -200,3 +200,12 @@ def service_env(
     if deployment.data_dir is not None:
         env["EOSTREAM_DATA_DIR"] = str(deployment.data_dir)
     return env
+
+
+def mlflow_client_defaults() -> None:
+    """Fail fast inside MLflow's own HTTP client (its defaults retry an unreachable server for
+    minutes): the bridge does its own backoff, and a command says in one line that MLflow does
+    not answer. Values set in the environment are kept."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")

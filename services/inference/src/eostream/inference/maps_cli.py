@@ -13,6 +13,7 @@ import typer
 
 from eostream.inference.cube import replaceable
 from eostream.inference.errors import InferenceError
+from eostream.shared.deployment import mlflow_client_defaults
 from eostream.shared.errors import EostreamError
 
 app = typer.Typer(
@@ -108,6 +109,7 @@ def evaluate(
         if out is not None:
             typer.echo(f"summary and confusion matrices: {out}")
         if mlflow_uri:
+            mlflow_client_defaults()  # one line when it does not answer, not minutes of retries
             try:
                 run_id = maps_report.log_to_mlflow(report, mlflow_uri, experiment, artifacts)
             except ImportError as exc:

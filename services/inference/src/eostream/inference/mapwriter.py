@@ -109,7 +109,8 @@ class MapWriter:
             dst.update_tags(**(tags or {}))
             for i, name in enumerate(classes, start=1):
                 dst.set_band_description(i, name)
-            dst.update_tags(scale=str(1 / 254))
+            dst.update_tags(scale=str(1 / 254))  # kept for readers of the tag
+            dst.scales = (1 / 254,) * len(classes)  # GDAL's own: probability = value x scale
 
     def _create(self, key: str, target: Path, count: int, transform: Any, crs: Any) -> Any:
         tmp = target.with_name(f".{target.name}.strips.tif")

@@ -50,7 +50,8 @@ def run_bridge() -> None:
 
 
 async def _with_bridge(action: str, **kwargs: str | bool) -> str:
-    from eostream.registry_bridge.service import mlflow_client_defaults, standalone_bridge
+    from eostream.registry_bridge.service import standalone_bridge
+    from eostream.shared.deployment import mlflow_client_defaults
 
     mlflow_client_defaults()
     bridge = standalone_bridge(_settings())
@@ -168,7 +169,7 @@ def list_versions(
 
     from eostream.registry_bridge.api import describe_versions
     from eostream.registry_bridge.registry import build_registry
-    from eostream.registry_bridge.service import mlflow_client_defaults
+    from eostream.shared.deployment import mlflow_client_defaults
 
     _check(name)
     mlflow_client_defaults()

@@ -37,8 +37,9 @@ from typing import Any
 
 from eostream.registry_bridge.bridge import build_bridge
 from eostream.registry_bridge.registry import build_registry
-from eostream.registry_bridge.service import SERVICE, BridgeService, mlflow_client_defaults
+from eostream.registry_bridge.service import SERVICE, BridgeService
 from eostream.registry_bridge.settings import BridgeSettings
+from eostream.shared.deployment import mlflow_client_defaults
 from eostream.shared.embedded import EmbeddedContext
 from eostream.shared.events import ModelPromoted
 from eostream.shared.settings import load_settings

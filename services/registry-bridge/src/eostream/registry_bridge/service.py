@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 
 from fastapi import FastAPI
 
@@ -20,6 +19,7 @@ from eostream.registry_bridge.webhook import webhook_router
 from eostream.registry_bridge.worker import Worker
 from eostream.shared import http_errors, topics
 from eostream.shared.bus import Consumers, Delivery, build_bus
+from eostream.shared.deployment import mlflow_client_defaults
 from eostream.shared.events import Event, ModelVersionRegistered
 from eostream.shared.ops import OpsServer, create_ops_app
 from eostream.shared.redaction import redact_urls
@@ -29,13 +29,6 @@ log = logging.getLogger(__name__)
 
 SERVICE = "registry-bridge"
 DRAIN_TIMEOUT_SECONDS = 45.0
-
-
-def mlflow_client_defaults() -> None:
-    """Fail fast inside MLflow's own HTTP client; the bridge does its own backoff."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
 def standalone_bridge(settings: BridgeSettings) -> Bridge:

@@ -27,7 +27,9 @@ import typer
 from pydantic import ValidationError
 
 from eostream.shared import tags, topics
+from eostream.shared.deployment import mlflow_client_defaults
 from eostream.shared.events import TrainingRequested, TrainingStarted
+from eostream.shared.redaction import redact_urls
 from eostream.shared.settings import configure_logging, load_settings
 from eostream.trainer.settings import TrainerSettings
 
@@ -59,6 +61,22 @@ def _settings(**overrides: Any) -> TrainerSettings:
     settings = load_settings(TrainerSettings, **overrides)
     _configure_logging(settings)
     return settings
+
+
+@contextlib.contextmanager
+def _mlflow_answers(settings: TrainerSettings) -> Iterator[None]:
+    """MLflow not answering (or refusing us) is one line and exit status 1: its client retries
+    for seconds, not minutes (:func:`mlflow_client_defaults`), and raised a traceback."""
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client_defaults()
+    try:
+        yield
+    except MlflowException as exc:
+        where = redact_urls(settings.mlflow_tracking_uri)
+        first = redact_urls(str(exc.message).splitlines()[0])[:300]
+        typer.echo(f"eostream: MLflow at {where}: {first}", err=True)
+        raise typer.Exit(1) from None
 
 
 def _configure_logging(settings: TrainerSettings) -> None:
@@ -270,7 +288,10 @@ def fit_command(
     from eostream.trainer.errors import BadTrainingRequestError, ExportMismatchError
 
     try:
-        with contextlib.nullcontext(None) if pixel else progress_bar() as on_batch:
+        with (
+            _mlflow_answers(settings),
+            contextlib.nullcontext(None) if pixel else progress_bar() as on_batch,
+        ):
             outcome = train_and_register(
                 plan,
                 settings,
@@ -406,9 +427,10 @@ def evaluate_command(
     settings = _settings(bus="memory")  # evaluate publishes nothing: no Kafka settings needed
     torch.set_num_threads(settings.num_threads)
     tracker = tracker_for(settings)
-    tracker.configure()
     try:
-        model, _card = tracker.load_base(model_uri)
+        with _mlflow_answers(settings):
+            tracker.configure()
+            model, _card = tracker.load_base(model_uri)
     except BadTrainingRequestError as exc:  # not models:/NAME/VERSION, or no such version
         typer.echo(f"eostream: {exc}", err=True)
         raise typer.Exit(2) from None

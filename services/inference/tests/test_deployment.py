@@ -129,5 +129,8 @@ def test_on_cpu_the_int8_file_of_the_mlm_item_runs_when_its_checksum_holds(
         finally:
             service.results.close()
         assert model.precision == expected, (item_bytes, s.int8_on_cpu)
+        ran = int8 if expected == "int8" else fp32  # the running file's digest, beside the model's
+        assert model.file_sha256 == hashlib.sha256(ran).hexdigest()
+        assert model.info.sha256 == hashlib.sha256(fp32).hexdigest()
         described = DeployedModel.model_validate(service.deployment.describe())  # GET /models
         assert described.precision == expected

@@ -72,6 +72,7 @@ async def test_real_tile_end_to_end(
     await run_until(bus, topics.SCENES_CLASSIFIED, 1)
     event = classified(bus)
     assert (event.model_name, event.model_version, event.run_id) == ("eurosat", "3", "run3")
+    assert event.model_precision == "fp32"
     assert sum(event.class_shares.values()) == pytest_approx(1.0)
 
     # the COG: whole grid, uint8, nodata 255 only where the SCL says cloud/shadow or data is missing
@@ -126,6 +127,7 @@ async def test_real_tile_end_to_end(
     # REST
     r = await client.get("/results/S2A_29RKH_20200219_0_L2A")
     assert r.status_code == 200 and r.json()["model_version"] == "3"
+    assert r.json()["model_precision"] == "fp32"
     stats = (await client.get("/results/S2A_29RKH_20200219_0_L2A/statistics")).json()
     assert stats["masked_pixels"] == int(masked.sum())
     assert set(stats["classes"]) == set(EUROSAT_CLASSES)

@@ -31,6 +31,7 @@ class ResultSummary(_Open):
     model_name: str
     model_version: str
     run_id: str | None = None
+    model_precision: str | None = None
     datetime: str | None = None
     bbox: list[float] | None = None
     created: str

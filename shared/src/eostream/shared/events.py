@@ -232,6 +232,9 @@ class SceneClassified(Event):
     model_name: str
     model_version: str
     run_id: str | None = None
+    model_precision: Literal["fp32", "int8"] | None = Field(
+        default=None, description="the model file that ran: fp32, or its int8 quantisation"
+    )
     result_item_href: str
     cog_href: str
     quicklook_href: str | None = None

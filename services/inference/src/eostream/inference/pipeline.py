@@ -72,6 +72,7 @@ class Outcome:
             model_name=self.record.model_name,
             model_version=self.record.model_version,
             run_id=self.record.run_id,
+            model_precision=self.record.item["properties"].get("eostream:model_precision"),
             result_item_href=store.uri(f"{self.record.prefix}/item.json"),
             cog_href=assets["classification"]["href"],
             quicklook_href=assets.get("quicklook", {}).get("href"),

@@ -38,6 +38,7 @@ def summary(record: ResultRecord, base: str) -> dict[str, Any]:
         "model_name": record.model_name,
         "model_version": record.model_version,
         "run_id": record.run_id,
+        "model_precision": record.item.get("properties", {}).get("eostream:model_precision"),
         "datetime": record.datetime.isoformat() if record.datetime else None,
         "bbox": list(record.bbox) if record.bbox else None,
         "created": record.created.isoformat(),

@@ -56,6 +56,9 @@ class ResultSummary(BaseModel):
     model_name: str
     model_version: str
     run_id: str | None
+    model_precision: str | None = Field(
+        default=None, description="the model file that ran: fp32, or int8 (its quantised file)"
+    )
     datetime: str | None = Field(description="the scene's acquisition time, RFC 3339")
     bbox: list[float] | None = Field(description="minx, miny, maxx, maxy (WGS84)")
     created: str = Field(description="when the result was written, RFC 3339")

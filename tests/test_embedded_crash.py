@@ -33,7 +33,7 @@ SCENE = "S2A_29RKH_20200219_0_L2A"
 #: inference logs this as the 100 m demo scene's classification begins
 STARTED = "classifying a 100 m scene at its own resolution"
 #: ... and this as it ends (a model file is named by its card's name and digest: ModelInfo.of_file)
-DONE = f"classified {SCENE} with crash-test vfile-"
+DONE = f"classified {SCENE} with crash-test file-"
 EOSTREAM = [sys.executable, "-u", "-c", "from eostream.runner.cli import main; main()"]
 SERVICE_PREFIXES = ("INGEST_", "TRAINER_", "BRIDGE_", "INFERENCE_")
 

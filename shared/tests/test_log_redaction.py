@@ -63,6 +63,12 @@ def test_secrets_in_query_strings_are_masked() -> None:
     assert "search?limit=10&token=*** failed" in shown
     assert "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=***&X-Amz-Signature=***" in shown
     assert "items?API_KEY=***&sortby=datetime#top" in shown
-    assert redact_urls("http://h/p?monkey=1&sort_by=key&keyword=x") == (
-        "http://h/p?monkey=1&sort_by=key&keyword=x"
+    kept = "http://h/p?monkey=1&sort_by=key&keyword=x&sort_key=a&metric_key=loss&cache-key=c"
+    assert redact_urls(kept) == kept  # names that hold no secret
+    assert redact_urls("(see http://h/p?token=abc), then") == "(see http://h/p?token=***), then"
+    assert redact_urls("<a href='/x?a=1&amp;access_token=z'>") == (
+        "<a href='/x?a=1&amp;access_token=***'>"
+    )
+    assert redact_urls("http://h/p?X-API-Key=k&key=g&authorization=b") == (
+        "http://h/p?X-API-Key=***&key=***&authorization=***"
     )

@@ -115,6 +115,11 @@ def test_a_class_list_of_its_own_gets_distinct_colours_by_name_and_safe_names() 
     water, other = writer.class_colours(("water", "other"))  # the Boadella labels' classes
     assert water == named["open water"] and other == (90, 90, 90)
     assert len(set(writer.class_colours(tuple(f"c{i}" for i in range(250))))) == 250
+    street, seasonal, rice, woodland = writer.class_colours(
+        ("street", "seasonal crop", "rice paddy", "woodland")
+    )  # whole words or their beginnings: not tree, sea, ice
+    assert street == (120, 120, 120) and seasonal == (230, 180, 60)
+    assert rice not in (writer.PALETTE[8], (150, 220, 245)) and woodland == (20, 110, 40)
 
     entries = writer.legend(own)
     assert [(e["name"], e.get("title")) for e in entries[:4]] == [
@@ -123,6 +128,8 @@ def test_a_class_list_of_its_own_gets_distinct_colours_by_name_and_safe_names() 
     ]  # fmt: skip
     assert entries[4]["name"] == "snow_ice" and entries[8]["name"] == "moss_lichen"
     assert all(re.fullmatch(r"[0-9A-Za-z_-]+", e["name"]) for e in entries)
+    same = writer.legend(("snow/ice", "snow ice", "水", "森林"))
+    assert [e["name"] for e in same] == ["snow_ice", "snow_ice_1", "class", "class_3", "uncertain"]
     assert b"<Category>open water</Category>" in writer.pam_xml(entries)  # GDAL shows the title
     cmap = colormap(own)
     assert [cmap[i][:3] for i in range(len(own))] == colours

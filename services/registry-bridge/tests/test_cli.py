@@ -83,7 +83,9 @@ def test_promote_rollback_list(
     assert result.stderr.strip() == f"eostream: no audit entries for model '{NAME}-typo'"
     result = runner.invoke(models_app, ["list", f"{NAME}-typo"])  # an empty table, exit 0
     assert result.exit_code == 1
-    assert result.stderr.strip() == f"eostream: no registered model '{NAME}-typo' in MLflow"
+    assert result.stderr.strip() == (
+        f"eostream: no registered versions of model '{NAME}-typo' in MLflow"
+    )
 
 
 def test_mlflow_refusing_the_caller_is_one_line(

@@ -26,6 +26,7 @@ from eostream.registry_bridge.gatekeeper import Gatekeeper
 from eostream.registry_bridge.registry import MlflowRegistry
 from eostream.registry_bridge.settings import BridgeSettings, Int8Settings
 from eostream.registry_bridge.shipping import Shipper
+from eostream.shared import topics
 from eostream.shared.bus.kafka import KafkaBus
 from eostream.shared.events import TrainingRequested
 from eostream.shared.modelcard import ModelCard
@@ -569,6 +570,36 @@ async def test_a_kafka_submission_the_worker_refuses_ends_in_one_line(
     assert exited.value.exit_code == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f"error: request nan-{run} refused:") and "NaN or infinite" in last
+
+
+async def test_a_wait_reads_the_letters_again_after_a_failed_read() -> None:
+    """The wait of a submission to a trainer service: another request's letter, or another
+    topic's with the same key, is not this refusal; a read that fails (a broker blip) ended the
+    wait in a traceback, and is now read again at the next turn."""
+    from eostream.shared.events import DeadLetter
+    from eostream.trainer.cli import RequestFailed, _watched
+
+    def letter(topic: str, key: str) -> DeadLetter:
+        return DeadLetter(
+            reason=f"{key} on {topic}", error_type="DatasetError", service="trainer",
+            original_topic=topic, original_key=key, original_value=b"{}",
+        )  # fmt: skip
+
+    reads: list[int] = []
+
+    async def letters() -> list[DeadLetter]:
+        reads.append(1)
+        if len(reads) == 1:
+            raise ConnectionError("broker blip")
+        found = [letter("eostream.training.events", "mine"), letter(topics.TRAINING_REQUESTS, "x")]
+        return found if len(reads) == 2 else [*found, letter(topics.TRAINING_REQUESTS, "mine")]
+
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    with pytest.raises(
+        RequestFailed, match=f"request mine refused: mine on {topics.TRAINING_REQUESTS}"
+    ):
+        await _watched(never, None, letters, "mine", 30.0, letters_every=0.01)
+    assert len(reads) == 3
 
 
 def test_evaluate_with_mlflow_down_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -243,3 +243,11 @@ def test_a_request_off_the_bus_names_a_checkpoint_file_in_the_allowed_folders(
             labelled.request_plan(request, settings)
     default = TrainerSettings(bus="memory")
     assert default.pretrained_dirs == (checkpoint_dir(),)
+
+
+def test_pretrained_dirs_are_a_path_list_or_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``TRAINER_PRETRAINED_DIRS=/models`` was refused (JSON only) and ``~`` never expanded."""
+    for value in ("/models:~/ckpt", '["/models", "~/ckpt"]'):
+        monkeypatch.setenv("TRAINER_PRETRAINED_DIRS", value)
+        dirs = TrainerSettings(bus="memory").pretrained_dirs
+        assert dirs == (Path("/models"), Path.home() / "ckpt"), value

@@ -18,7 +18,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -261,7 +261,7 @@ def _fetch_all(
         try:
             todo: list[RemoteFile | RemoteArchive] = [*archives, *files]
             futures = [pool.submit(one, item) for item in todo]
-            for future in futures:
+            for future in as_completed(futures):  # a failure seen as it happens
                 try:
                     key, digest = future.result()
                     verified[key] = digest

@@ -115,7 +115,7 @@ function showLegend(classes) {
     swatch.style.background = `#${c.color_hint ?? "000000"}`;
     const name = document.createElement("span");
     name.className = "name";
-    name.textContent = c.name;
+    name.textContent = c.title ?? c.name; // the class as its user named it
     li.append(swatch, name);
     ul.append(li);
   }

@@ -1,8 +1,10 @@
 """Credentials out of what people read: a URI may carry ``user:password@`` (an MLflow tracking
 server behind basic auth, a database DSN, a broker or object-store URL) or a secret in its query
 (``?token=``, ``?api_key=``, a presigned URL's ``X-Amz-Signature``). Error bodies (the bridge's
-``GET /models/{name}`` is public), catalogue links and every service's log lines
-(:class:`RedactingFormatter`, installed by ``settings.configure_logging``) show it without them."""
+``GET /models/{name}`` is public) and every service's log lines (:class:`RedactingFormatter`,
+installed by ``settings.configure_logging``) show both masked (:func:`redact_urls`); a link
+(:func:`without_userinfo`) keeps its query, which a presigned link needs, and loses its user and
+password."""
 
 from __future__ import annotations
 
@@ -12,11 +14,18 @@ from urllib.parse import urlsplit, urlunsplit
 
 #: the userinfo of every URL in a text: up to the last ``@`` before the path, query or fragment
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)[^/?#\s]*@")
-#: a query parameter named one of these words, or ending in one after ``_``, ``-`` or ``.``
+#: a query parameter that carries a secret: named ``token``, ``secret``, ``password``,
+#: ``signature``, ``credential`` (or ending in one after ``_``, ``-`` or ``.``: ``access_token``,
+#: ``X-Amz-Signature``), ``sig``, ``key``, ``apikey``, ``auth``, or an API/access/secret/
+#: subscription/private key (``api_key``, ``X-API-Key``); not ``sort_key`` or ``metric_key``.
+#: Its value ends at ``&``, ``#``, a blank, a quote, a bracket or ``,``/``;``.
 _SECRET_PARAM = re.compile(
-    r"(?P<name>[?&](?:[\w.\-]*[_.\-])?"
-    r"(?:token|key|apikey|secret|password|passwd|pwd|signature|sig|credential|auth)=)"
-    r"[^&#\s\"'<>]*",
+    r"(?P<name>(?:[?&;])(?:"
+    r"(?:[\w.\-]*[_.\-])?(?:token|secret|password|passwd|pwd|signature|credential)"
+    r"|sig|key|apikey|auth|authorization"
+    r"|(?:[\w.\-]*[_.\-])?(?:api|access|secret|subscription|private)[_.\-]?key"
+    r")=)"
+    r"[^&#\s\"'<>(),;]*",
     re.IGNORECASE,
 )
 MASK = "***"

@@ -20,6 +20,7 @@ import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, Literal, Protocol
 
 from eostream.inference import fetch, metrics
@@ -240,6 +241,8 @@ class ModelDeployment:
     ) -> None:
         if not record:
             return
+        if not info.version:  # a file that did not load (ModelInfo.of_file): named by its path
+            info = replace(info, name=info.artifact_uri.rsplit("/", 1)[-1] or "file", version="-")
         self.results.record_deployment(
             name=info.name,
             version=info.version,

@@ -404,9 +404,8 @@ async def _evaluate(
         if mlm_item is not None:  # what inference runs for this version: int8 where it would
             info = info_from_item(mlm_item, model_uri)
             sha256: str | None = info.sha256
-        else:
-            name = Path(local_path(model_uri) or model_uri).stem or "model"
-            info, sha256 = ModelInfo(name=name, version="0", artifact_uri=model_uri), None
+        else:  # a file: named by its card and digest once loaded, as `inference classify`
+            info, sha256 = ModelInfo.of_file(model_uri), None
         loaded = await asyncio.to_thread(deployment.deploy_uri, info, info.artifact_uri, sha256)
         report = Report(
             model=model_uri,

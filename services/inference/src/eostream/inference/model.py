@@ -69,8 +69,13 @@ class ModelInfo:
 
     @property
     def label(self) -> str:
-        """``NAME vVERSION``, or the file of a model not yet named (:meth:`of_file`)."""
-        return f"{self.name} v{self.version}" if self.version else f"file {self.artifact_uri}"
+        """``NAME vVERSION`` (``NAME file-...`` for a model named by its file), or the file of a
+        model not yet named (:meth:`of_file`)."""
+        if not self.version:
+            return f"file {self.artifact_uri}"
+        if self.version.startswith(FILE_VERSION_PREFIX):
+            return f"{self.name} {self.version}"
+        return f"{self.name} v{self.version}"
 
 
 @dataclass(frozen=True)

@@ -181,10 +181,7 @@ class Pipeline:
                     if existing is not None:
                         metrics.SCENES.labels("skipped").inc()
                         log.info(
-                            "%s already classified by %s v%s; skipping",
-                            scene_id,
-                            model.info.name,
-                            model.info.version,
+                            "%s already classified by %s; skipping", scene_id, model.info.label
                         )
                         self._run_hooks(existing)
                         return Outcome(existing, skipped=True)
@@ -358,7 +355,7 @@ class Pipeline:
     ) -> Outcome:
         s, card, info = self.settings, model.card, model.info
         run = f"run {info.run_id}" if info.run_id else "no MLflow run"
-        caption = f"{plan.item_id}  |  {info.name} v{info.version} ({run}, {model.precision})"
+        caption = f"{plan.item_id}  |  {info.label} ({run}, {model.precision})"
         hrefs = self._put_products(prefix, maps, card.classes, stats, caption)
         public = s.public_url.rstrip("/") if s.public_url else None
         stac = build_result_item(
@@ -408,10 +405,9 @@ class Pipeline:
             uncertain_share=extra.get("eostream:uncertain_share"),
         )
         log.info(
-            "classified %s with %s v%s: %dx%d px, %d windows in %.2fs (%.0f px/s, read wait %.2fs)",
+            "classified %s with %s: %dx%d px, %d windows in %.2fs (%.0f px/s, read wait %.2fs)",
             plan.item_id,
-            info.name,
-            info.version,
+            info.label,
             result.width,
             result.height,
             result.windows,

@@ -438,8 +438,9 @@ class SqliteResultsStore(SqlResultsStore):
 
 def _wal(cursor: Any, seconds: float = 30.0) -> None:
     """Switch a sqlite database to WAL. Replicas opening a new file at once: the switch needs
-    the file to itself and answers "database is locked" at once (no busy wait) while another
-    connection has it; that one's switch is for good, so try again until the file says WAL."""
+    the file to itself and, on busy cores, answered "database is locked" (after the driver's
+    own 5 s busy wait) while another connection had it; that one's switch is for good, so try
+    again, for ``seconds`` beyond those waits."""
     deadline = time.monotonic() + seconds
     while True:
         try:

@@ -318,7 +318,7 @@ def maps_dataset(cube: Any, maps: dict[int, npt.NDArray[np.uint8]], classes: Seq
         attrs={
             "long_name": "class",
             "flag_values": np.array([*range(len(classes)), UNCERTAIN], np.uint8),
-            "flag_meanings": " ".join([*classes, writer.UNCERTAIN_NAME]),
+            "flag_meanings": " ".join(e["name"] for e in legend),  # CF: words, no blanks
             "flag_colors": " ".join("#" + e["color_hint"] for e in legend),
             "legend": json.dumps(legend),
             "grid_mapping": "spatial_ref",

@@ -79,7 +79,7 @@ NAMED_COLOURS: tuple[tuple[tuple[str, ...], tuple[int, int, int]], ...] = (
     (("road", "highway", "street", "rail"), (120, 120, 120)),
     (("bare", "soil", "sand", "desert", "rock", "dune"), (210, 180, 140)),
     (("cloud",), (250, 250, 250)),
-    (("other", "background", "rest"), (90, 90, 90)),
+    (("other", "background"), (90, 90, 90)),
 )
 #: more distinct colours (Glasbey-like) for classes no word names, or whose colour is taken
 EXTRA_COLOURS: tuple[tuple[int, int, int], ...] = (
@@ -94,25 +94,37 @@ _UNSAFE = re.compile(r"[^0-9A-Za-z_-]+")
 
 def class_colours(classes: tuple[str, ...]) -> list[tuple[int, int, int]]:
     """One colour per class, all different and none uncertain's: EuroSAT's classes keep their
-    palette colour, others get the colour their name suggests (:data:`NAMED_COLOURS`), the rest
-    (and a second class of the same suggestion) the next free distinct colour."""
-    chosen: list[tuple[int, int, int]] = []
-    spare = itertools.chain(PALETTE, EXTRA_COLOURS, _generated())
+    palette colour, others get the colour their name suggests (:data:`NAMED_COLOURS`; the first
+    class to ask for one has it), the rest the free distinct colours in turn."""
+    used = {UNCERTAIN_COLOUR}
+    chosen: list[tuple[int, int, int] | None] = []
     for name in classes:
         colour = _suggested(name)
-        while colour is None or colour in chosen or colour == UNCERTAIN_COLOUR:
+        chosen.append(colour if colour not in used else None)
+        used.add(colour or UNCERTAIN_COLOUR)
+    spare = (
+        c for c in itertools.chain(PALETTE, EXTRA_COLOURS, _generated()) if c not in used
+    )  # lazily: `used` grows as the rest take theirs
+    filled = []
+    for colour in chosen:
+        if colour is None:
             colour = next(spare)
-        chosen.append(colour)
-    return chosen
+            used.add(colour)
+        filled.append(colour)
+    return filled
 
 
 def _suggested(name: str) -> tuple[int, int, int] | None:
+    """The colour a word of ``name`` suggests: a word that is one of :data:`NAMED_COLOURS`'
+    or, for those of 4 letters or more, begins with it ("grassland", "woodland"; not "street"
+    for tree, "seasonal" for sea or "rice" for ice)."""
     if name in _EUROSAT_INDEX:
         return PALETTE[_EUROSAT_INDEX[name]]
-    lowered = name.lower()
+    tokens = re.findall(r"[a-z]+", name.lower())
     for words, colour in NAMED_COLOURS:
-        if any(word in lowered for word in words):
-            return colour
+        for word in words:
+            if any(t == word or (len(word) >= 4 and t.startswith(word)) for t in tokens):
+                return colour
     return None
 
 
@@ -135,9 +147,14 @@ def legend(classes: tuple[str, ...]) -> list[dict[str, Any]]:
     """Value, name and colour of every label the map can hold (classes, then uncertain); a
     class name the classification extension does not take is made safe and kept as ``title``."""
     entries: list[dict[str, Any]] = []
+    taken = {UNCERTAIN_NAME}
     for i, (name, colour) in enumerate(zip(classes, class_colours(classes), strict=True)):
-        entry: dict[str, Any] = {"value": i, "name": safe_class_name(name)}
-        if entry["name"] != name:
+        safe = safe_class_name(name)
+        if safe in taken:  # "snow/ice" and "snow ice"; names of no ASCII letter ("class")
+            safe = f"{safe}_{i}"
+        taken.add(safe)
+        entry: dict[str, Any] = {"value": i, "name": safe}
+        if safe != name:
             entry["title"] = name
         entry["color_hint"] = "{:02X}{:02X}{:02X}".format(*colour)
         entries.append(entry)

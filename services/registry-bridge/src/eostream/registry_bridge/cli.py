@@ -177,7 +177,7 @@ def list_versions(
         registry = build_registry(_settings(reading=True))
         rows = [r.model_dump(mode="json") for r in describe_versions(registry, name)]
     if not rows:  # an unknown name (a typo) printed an empty table and exited 0
-        typer.echo(f"eostream: no registered model {name!r} in MLflow", err=True)
+        typer.echo(f"eostream: no registered versions of model {name!r} in MLflow", err=True)
         raise typer.Exit(1)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))

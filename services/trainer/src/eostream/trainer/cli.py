@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import shutil
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -35,6 +36,7 @@ from eostream.trainer.settings import TrainerSettings
 
 if TYPE_CHECKING:  # torch stays unimported until a command needs it
     from eostream.shared.bus import Bus
+    from eostream.shared.events import DeadLetter
     from eostream.trainer.pipeline import Outcome
     from eostream.trainer.plan import TrainingPlan
     from eostream.trainer.task import BatchCallback
@@ -503,25 +505,30 @@ class RequestFailed(Exception):
 
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
-#: seconds between two reads of the dead-letter topic while a submission waits on Kafka (each
-#: read is a consumer of its own over the whole topic); the in-process bus is read every second
+#: seconds between two reads of the dead letters while a submission waits (on Kafka, of the
+#: letters written since the request was published)
+LETTERS_EVERY = 1.0
 KAFKA_LETTERS_EVERY = 5.0
+
+LetterReader = Callable[[], Awaitable["list[DeadLetter]"]]
 
 
 async def _watched(
     wanted: asyncio.Future[T],
     worker: asyncio.Task[None] | None,
-    bus: Bus,
+    letters: LetterReader,
     request_id: str,
     timeout: float | None,
     *,
-    letters_every: float = 1.0,
+    letters_every: float = LETTERS_EVERY,
 ) -> T:
     """``wanted``'s result; raises :class:`RequestFailed` when the trainer dead-letters the
-    request (its reason) or the embedded ``worker`` stops (both left the command waiting for
-    ever), TimeoutError after ``timeout`` seconds (None: no limit). ``worker`` is None where the
-    trainer is a service of its own (Kafka)."""
+    request (one of ``letters()``: its reason) or the embedded ``worker`` stops (both left the
+    command waiting for ever), TimeoutError after ``timeout`` seconds (None: no limit).
+    ``worker`` is None where the trainer is a service of its own (Kafka). A read of the letters
+    that fails (a broker blip) is logged and tried again at the next turn."""
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     while True:
@@ -536,14 +543,37 @@ async def _watched(
             raise RequestFailed(
                 f"the trainer stopped: {failure}" if failure else "the trainer stopped"
             )
-        # every letter, not the oldest few: a long-lived dead-letter topic holds many
-        for letter in await bus.read_dead_letters(limit=sys.maxsize, timeout=letters_every):
+        try:
+            found = await letters()
+        except Exception as exc:  # the wait goes on; the next turn reads again
+            log.warning("could not read the dead letters (%s); reading again", exc)
+            found = []
+        for letter in found:
             if letter.original_topic == topics.TRAINING_REQUESTS and letter.original_key == (
                 request_id
             ):
                 raise RequestFailed(f"request {request_id} refused: {letter.reason}")
         if deadline is not None and loop.time() > deadline:
             raise TimeoutError
+
+
+async def _letters_since_now(bus: Bus) -> LetterReader:
+    """A reader of the dead letters written from now on: on Kafka, from the dead-letter
+    topic's end offsets of this moment (not the whole topic at every turn, whose newest letters
+    a read cut short by its timeout missed); an in-process or embedded bus is read whole."""
+    from eostream.shared.bus.base import parse_dead_letter
+    from eostream.shared.bus.kafka import KafkaBus
+
+    if not isinstance(bus, KafkaBus):
+        return lambda: bus.read_dead_letters(limit=sys.maxsize)
+    topic = bus.dead_letter_topic
+    marks = await bus.end_offsets(topic)
+
+    async def read() -> list[DeadLetter]:
+        records = await bus.read_topic(topic, timeout=30.0, start=marks)
+        return [parse_dead_letter(r) for r in records]
+
+    return read
 
 
 async def _submit(
@@ -574,6 +604,7 @@ async def _submit(
     )
     tasks = [asyncio.create_task(listener.run())]
     try:
+        letters = await _letters_since_now(bus)  # before the request: its refusal comes after
         await bus.publish(topics.TRAINING_REQUESTS, request)
         typer.echo(
             f"requested training {request.request_id} ({request.band_set}, {request.epochs} epochs)"
@@ -584,19 +615,19 @@ async def _submit(
                 worker = build_trainer(settings, bus=bus, tracker=tracker, on_batch=on_batch)
                 running = asyncio.create_task(worker.consumer().run())
                 tasks.append(running)
-                event = await _watched(started, running, bus, request.request_id, timeout)
+                event = await _watched(started, running, letters, request.request_id, timeout)
                 typer.echo(_run_line(event))
-                registered = await _watched(done, running, bus, request.request_id, None)
+                registered = await _watched(done, running, letters, request.request_id, None)
         else:  # the trainer is a service: it may refuse the request before or after starting
             every = KAFKA_LETTERS_EVERY
             event = await _watched(
-                started, None, bus, request.request_id, timeout, letters_every=every
+                started, None, letters, request.request_id, timeout, letters_every=every
             )
             typer.echo(_run_line(event))
             if not wait:
                 return
             registered = await _watched(
-                done, None, bus, request.request_id, None, letters_every=every
+                done, None, letters, request.request_id, None, letters_every=every
             )
         accuracy = registered.metrics.get("test_accuracy")
         typer.echo(

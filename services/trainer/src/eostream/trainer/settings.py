@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from eostream.shared.checkpoints import checkpoint_dir
 from eostream.shared.holdout import HoldoutSettings
@@ -62,11 +64,12 @@ class TrainerSettings(ServiceSettings):
         gt=0,
         description="max abs diff of ONNX logits, relative to the largest |logit| above 1",
     )
-    pretrained_dirs: tuple[Path, ...] = Field(
+    pretrained_dirs: Annotated[tuple[Path, ...], NoDecode] = Field(
         default_factory=lambda: (checkpoint_dir(),),
         description="the folders a requested pretrained file may lie in (a TrainingRequested off "
-        "the bus; a registry name is always allowed, `trainer fit --pretrained` any file); by "
-        "default the checkpoint folder `eostream data checkpoint` downloads into",
+        "the bus; a registry name is always allowed, `trainer fit --pretrained` any file), "
+        "separated by ':' or given as a JSON list; by default the checkpoint folder `eostream "
+        "data checkpoint` downloads into",
     )
     dataset_updated_epochs: int = Field(
         default=10, ge=1, description="epochs for data-triggered runs"
@@ -112,3 +115,15 @@ class TrainerSettings(ServiceSettings):
     default_model_name: str = Field(
         default="eurosat-landcover", min_length=1, description="model trained on DatasetUpdated"
     )
+
+    @field_validator("pretrained_dirs", mode="before")
+    @classmethod
+    def _folders(cls, value: Any) -> Any:
+        """``TRAINER_PRETRAINED_DIRS``: ``/a:/b`` (a path list, as PATH) or a JSON list; ``~``
+        is the user's home."""
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else text.split(os.pathsep)
+        if isinstance(value, list | tuple):
+            return tuple(Path(str(v)).expanduser() for v in value if str(v).strip())
+        return value

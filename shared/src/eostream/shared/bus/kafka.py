@@ -269,9 +269,31 @@ class KafkaBus:
         found.sort(key=lambda d: (d.time, d.original_partition or 0, d.original_offset or 0))
         return found[:limit]
 
-    async def read_topic(self, topic: str, *, timeout: float = 20.0) -> list[WireMessage]:
-        """Every record of ``topic`` from the beginning to its end now, without a group (nothing
-        is committed): for operators' tools and tests, not for services."""
+    async def end_offsets(self, topic: str, *, timeout: float = 20.0) -> dict[int, int]:
+        """Where each partition of ``topic`` ends now (for :meth:`read_topic`'s ``start``: what
+        comes after this moment)."""
+        await self.ensure_topics([topic])
+        consumer = AIOKafkaConsumer(
+            self.physical(topic),
+            bootstrap_servers=self._settings.bootstrap_servers,
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        try:
+            deadline = asyncio.get_running_loop().time() + timeout
+            while not consumer.assignment() and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+            ends = await consumer.end_offsets(sorted(consumer.assignment()))
+            return {tp.partition: offset for tp, offset in ends.items()}
+        finally:
+            await consumer.stop()
+
+    async def read_topic(
+        self, topic: str, *, timeout: float = 20.0, start: dict[int, int] | None = None
+    ) -> list[WireMessage]:
+        """Every record of ``topic`` from the beginning (or from ``start``'s offset of each
+        partition, :meth:`end_offsets`) to its end now, without a group (nothing is committed):
+        for operators' tools and tests, not for services."""
         await self.ensure_topics([topic])
         name = self.physical(topic)
         # No group: aiokafka assigns every partition of the topic, and nothing is committed.
@@ -291,7 +313,11 @@ class KafkaBus:
             tps = sorted(consumer.assignment())
             if not tps:
                 return []
-            await consumer.seek_to_beginning(*tps)
+            if start is None:
+                await consumer.seek_to_beginning(*tps)
+            else:
+                for tp in tps:
+                    consumer.seek(tp, start.get(tp.partition, 0))
             ends = await consumer.end_offsets(tps)
             found: list[WireMessage] = []
             deadline = asyncio.get_running_loop().time() + timeout

@@ -255,7 +255,12 @@ def _aggregate(
 
 
 def _legend(names: tuple[str, ...]) -> list[dict[str, Any]]:
-    return [{k: e[k] for k in ("value", "name", "color_hint")} for e in writer.legend(names)]
+    """The legend by the class names the dates' ``classes`` use (the model's own, not the
+    STAC item's names made safe for the classification extension)."""
+    return [
+        {"value": e["value"], "name": e.get("title", e["name"]), "color_hint": e["color_hint"]}
+        for e in writer.legend(names)
+    ]
 
 
 @contextlib.contextmanager

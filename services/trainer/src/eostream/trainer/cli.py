@@ -82,8 +82,6 @@ def _mlflow_answers(settings: TrainerSettings) -> Iterator[None]:
 
 
 def _configure_logging(settings: TrainerSettings) -> None:
-    import logging
-
     configure_logging(settings.log_level)
     for noisy in ("stac_geoparquet", "onnxscript", "onnx_ir", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -13,6 +13,8 @@ import hashlib
 import json
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -425,3 +427,17 @@ def test_an_unknown_checkpoint_is_refused() -> None:
     result = CliRunner().invoke(data_app, ["checkpoint", "no-such-net"])
     assert isinstance(result.exception, DataFetchError)
     assert "resnet18-imagenet" in str(result.exception)
+
+
+def test_urls_into_a_pipe_closed_early_end_quietly() -> None:
+    """`eostream data urls | head -1` exited 1 (a BrokenPipeError, silently)."""
+    command = f"'{Path(sys.executable).with_name('eostream')}' data urls | head -1"
+    done = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("https://") and len(done.stdout.splitlines()) == 1

@@ -6,6 +6,7 @@ Wired into the ``eostream`` command with ``app.add_typer(data_app, name="data")`
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -124,5 +125,12 @@ def checkpoint(
 @data_app.command()
 def urls(mirror: MirrorOption = None) -> None:
     """Print every URL the download uses; a mirror serves each under <mirror>/<host>/<path>."""
-    for url in [*DEMO.urls(), *(c.url for c in CHECKPOINTS.values())]:
-        typer.echo(mirrored(url, mirror))
+    lines = [
+        mirrored(url, mirror) for url in [*DEMO.urls(), *(c.url for c in CHECKPOINTS.values())]
+    ]
+    try:
+        for line in lines:
+            typer.echo(line)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit

@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # torch stays unimported until a command needs it
     from eostream.trainer.pipeline import Outcome
     from eostream.trainer.plan import TrainingPlan
     from eostream.trainer.task import BatchCallback
+    from eostream.trainer.tracking import Tracker
 
 
 class Mix(StrEnum):
@@ -66,16 +67,17 @@ def _settings(**overrides: Any) -> TrainerSettings:
 
 
 @contextlib.contextmanager
-def _mlflow_answers(settings: TrainerSettings) -> Iterator[None]:
+def _mlflow_answers(tracker: Tracker) -> Iterator[None]:
     """MLflow not answering (or refusing us) is one line and exit status 1: its client retries
-    for seconds, not minutes (:func:`mlflow_client_defaults`), and raised a traceback."""
+    for seconds, not minutes (:func:`mlflow_client_defaults`), and raised a traceback. The line
+    names the server the tracker uses (under ``mlflow run``, the project's)."""
     from mlflow.exceptions import MlflowException
 
     mlflow_client_defaults()
     try:
         yield
     except MlflowException as exc:
-        where = redact_urls(settings.mlflow_tracking_uri)
+        where = redact_urls(tracker.tracking_uri)
         first = redact_urls(str(exc.message).splitlines()[0])[:300]
         typer.echo(f"eostream: MLflow at {where}: {first}", err=True)
         raise typer.Exit(1) from None
@@ -289,7 +291,7 @@ def fit_command(
 
     try:
         with (
-            _mlflow_answers(settings),
+            _mlflow_answers(tracker),
             contextlib.nullcontext(None) if pixel else progress_bar() as on_batch,
         ):
             outcome = train_and_register(
@@ -428,7 +430,7 @@ def evaluate_command(
     torch.set_num_threads(settings.num_threads)
     tracker = tracker_for(settings)
     try:
-        with _mlflow_answers(settings):
+        with _mlflow_answers(tracker):
             tracker.configure()
             model, _card = tracker.load_base(model_uri)
     except BadTrainingRequestError as exc:  # not models:/NAME/VERSION, or no such version

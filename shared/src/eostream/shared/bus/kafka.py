@@ -10,10 +10,11 @@ the event's natural key. This module is the bus (producer, topics, reading a top
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     InvalidProducerEpoch,
@@ -269,36 +270,15 @@ class KafkaBus:
         found.sort(key=lambda d: (d.time, d.original_partition or 0, d.original_offset or 0))
         return found[:limit]
 
-    async def end_offsets(self, topic: str, *, timeout: float = 20.0) -> dict[int, int]:
-        """Where each partition of ``topic`` ends now (for :meth:`read_topic`'s ``start``: what
-        comes after this moment)."""
+    @contextlib.asynccontextmanager
+    async def _groupless(
+        self, topic: str, timeout: float
+    ) -> AsyncIterator[tuple[AIOKafkaConsumer, list[TopicPartition]]]:
+        """A consumer of ``topic`` without a group (aiokafka assigns every partition, nothing is
+        committed), and its partitions once assigned (none after ``timeout``)."""
         await self.ensure_topics([topic])
         consumer = AIOKafkaConsumer(
             self.physical(topic),
-            bootstrap_servers=self._settings.bootstrap_servers,
-            enable_auto_commit=False,
-        )
-        await consumer.start()
-        try:
-            deadline = asyncio.get_running_loop().time() + timeout
-            while not consumer.assignment() and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.05)
-            ends = await consumer.end_offsets(sorted(consumer.assignment()))
-            return {tp.partition: offset for tp, offset in ends.items()}
-        finally:
-            await consumer.stop()
-
-    async def read_topic(
-        self, topic: str, *, timeout: float = 20.0, start: dict[int, int] | None = None
-    ) -> list[WireMessage]:
-        """Every record of ``topic`` from the beginning (or from ``start``'s offset of each
-        partition, :meth:`end_offsets`) to its end now, without a group (nothing is committed):
-        for operators' tools and tests, not for services."""
-        await self.ensure_topics([topic])
-        name = self.physical(topic)
-        # No group: aiokafka assigns every partition of the topic, and nothing is committed.
-        consumer = AIOKafkaConsumer(
-            name,
             bootstrap_servers=self._settings.bootstrap_servers,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -310,7 +290,24 @@ class KafkaBus:
             deadline = asyncio.get_running_loop().time() + timeout
             while not consumer.assignment() and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.05)
-            tps = sorted(consumer.assignment())
+            yield consumer, sorted(consumer.assignment())
+        finally:
+            await consumer.stop()
+
+    async def end_offsets(self, topic: str, *, timeout: float = 20.0) -> dict[int, int]:
+        """Where each partition of ``topic`` ends now (for :meth:`read_topic`'s ``start``: what
+        comes after this moment)."""
+        async with self._groupless(topic, timeout) as (consumer, tps):
+            ends = await consumer.end_offsets(tps) if tps else {}
+            return {tp.partition: offset for tp, offset in ends.items()}
+
+    async def read_topic(
+        self, topic: str, *, timeout: float = 20.0, start: dict[int, int] | None = None
+    ) -> list[WireMessage]:
+        """Every record of ``topic`` from the beginning (or from ``start``'s offset of each
+        partition, :meth:`end_offsets`) to its end now, without a group (nothing is committed):
+        for operators' tools and tests, not for services."""
+        async with self._groupless(topic, timeout) as (consumer, tps):
             if not tps:
                 return []
             if start is None:
@@ -329,5 +326,3 @@ class KafkaBus:
                 for records in batch.values():
                     found.extend(wire_message(r) for r in records)
             return found
-        finally:
-            await consumer.stop()

@@ -70,6 +70,7 @@ SECRETS = {
     "EOSTREAM_MLFLOW_TRAINER_PASSWORD": "mlflow-trainer-password-of-the-test-0001",
     "EOSTREAM_MLFLOW_BRIDGE_PASSWORD": "mlflow-bridge-password-of-the-test-0001",
     "EOSTREAM_MLFLOW_SECRET_KEY": "mlflow-secret-key-of-the-test-0001",
+    "EOSTREAM_MLFLOW_WEBHOOK_KEY": "bWxmbG93LXdlYmhvb2sta2V5LW9mLXRoZS10ZXN0MDE=",
 }
 ENV_PREFIXES = ("INGEST_", "TRAINER_", "BRIDGE_", "INFERENCE_", "EOSTREAM_")
 

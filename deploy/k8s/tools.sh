@@ -6,8 +6,9 @@
 #   deploy/k8s/tools.sh install   install what is missing (needs Go and uv; registries only)
 #   deploy/k8s/tools.sh env       print KUSTOMIZE=... and KUBERNETES_VALIDATE=... (exit 1 if missing)
 #   deploy/k8s/tools.sh validate  build every overlay and validate it (what tests/test_k8s.py does)
-#   deploy/k8s/tools.sh secret    print a Secret eostream-secrets with fresh random values, for a
-#                                 laptop cluster: deploy/k8s/tools.sh secret | kubectl apply -f -
+#   deploy/k8s/tools.sh secret    print the Namespace eostream and a Secret eostream-secrets with
+#                                 fresh random values, for a laptop cluster:
+#                                 deploy/k8s/tools.sh secret | kubectl apply -f -
 #
 # Cache: ${EOSTREAM_CACHE:-$HOME/.cache/eostream}/tools/<tool>-<version>/
 set -euo pipefail
@@ -85,15 +86,21 @@ cmd_validate() {
 cmd_secret() {
     # random, URL-safe values (pg-password is embedded in connection URLs); nothing published
     python3 - <<'PY'
+import base64
+import os
 import secrets
 
 keys = ["s3-secret-key", "pg-password", "inference-api-key", "mlflow-webhook-secret",
         "bridge-operator-key", "mlflow-admin-password", "mlflow-trainer-password",
         "mlflow-bridge-password", "mlflow-secret-key"]
+# the namespace first: on a new cluster the overlay that makes it is applied after the Secret
+print("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: eostream\n---")
 print("apiVersion: v1\nkind: Secret\nmetadata:\n  name: eostream-secrets\n  namespace: eostream")
 print("type: Opaque\nstringData:\n  s3-access-key: eostream")
 for key in keys:
     print(f"  {key}: {secrets.token_urlsafe(24)}")
+# a Fernet key: MLflow encrypts the stored webhook secrets with it
+print(f"  mlflow-webhook-encryption-key: {base64.urlsafe_b64encode(os.urandom(32)).decode()}")
 PY
 }
 

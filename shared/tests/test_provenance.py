@@ -31,12 +31,35 @@ def test_git_wins_in_a_checkout_even_when_the_image_variable_is_set(
     version = provenance.code_version("eostream-shared", cwd=REPO)
     assert (version.commit, version.commit_source) == (head(), "git")
     assert version.version == importlib.metadata.version("eostream-shared")
+    changed = subprocess.run(
+        ["git", "diff", "HEAD", "--quiet"], cwd=REPO, capture_output=True, check=False
+    )
     assert version.run_tags() == {
         "mlflow.source.git.commit": head(),
         "eostream.git_commit_source": "git",
         "eostream.package": "eostream-shared",
         "eostream.package_version": version.version,
+        "eostream.git_dirty": "true" if changed.returncode else "false",
     }
+
+
+def test_a_changed_checkout_is_said_and_its_diff_kept(tmp_path: Path) -> None:
+    """A run from a checkout with uncommitted changes was tagged with the clean commit alone:
+    checking that commit out did not give the code that ran."""
+
+    def git(*words: str) -> None:
+        subprocess.run(["git", *words], cwd=tmp_path, capture_output=True, check=True)
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "code.py")
+    git("-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-q", "-m", "one")
+    clean = provenance.code_version("eostream-shared", cwd=tmp_path)
+    assert (clean.dirty, clean.run_tags()["eostream.git_dirty"]) == (False, "false")
+    (tmp_path / "code.py").write_text("x = 2\n")
+    changed = provenance.code_version("eostream-shared", cwd=tmp_path)
+    assert changed.dirty and changed.run_tags()["eostream.git_dirty"] == "true"
+    assert "+x = 2" in provenance.uncommitted_diff(tmp_path)
 
 
 def test_without_git_the_baked_commit_then_unknown(
@@ -49,4 +72,5 @@ def test_without_git_the_baked_commit_then_unknown(
     assert provenance.git_commit(tmp_path) == ("unknown", "unknown")
     monkeypatch.delenv(provenance.COMMIT_ENV)
     assert provenance.git_commit(tmp_path) == ("unknown", "unknown")
+    assert provenance.code_version("eostream-shared", cwd=tmp_path).dirty is None
     assert provenance.package_version("eostream-no-such-package") == "unknown"

@@ -205,7 +205,9 @@ def service_env(
 def mlflow_client_defaults() -> None:
     """Fail fast inside MLflow's own HTTP client (its defaults retry an unreachable server for
     minutes): the bridge does its own backoff, and a command says in one line that MLflow does
-    not answer. Values set in the environment are kept."""
+    not answer. No progress bars on a command's output for the small artifacts it reads (a
+    run's recorded split). Values set in the environment are kept."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")

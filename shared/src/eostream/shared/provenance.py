@@ -22,6 +22,8 @@ GIT_COMMIT_TAG = "mlflow.source.git.commit"
 COMMIT_SOURCE_TAG = "eostream.git_commit_source"
 PACKAGE_TAG = "eostream.package"
 PACKAGE_VERSION_TAG = "eostream.package_version"
+#: "true" when tracked files differ from the commit (the diff is then a run artifact)
+DIRTY_TAG = "eostream.git_dirty"
 
 
 @dataclass(frozen=True)
@@ -30,14 +32,20 @@ class CodeVersion:
     version: str
     commit: str
     commit_source: str  # git | env | unknown
+    #: tracked files changed since the commit (known only from git): the commit alone is not
+    #: the code that ran
+    dirty: bool | None = None
 
     def run_tags(self) -> dict[str, str]:
-        return {
+        tags = {
             GIT_COMMIT_TAG: self.commit,
             COMMIT_SOURCE_TAG: self.commit_source,
             PACKAGE_TAG: self.package,
             PACKAGE_VERSION_TAG: self.version,
         }
+        if self.dirty is not None:
+            tags[DIRTY_TAG] = "true" if self.dirty else "false"
+        return tags
 
 
 def package_version(distribution: str) -> str:
@@ -70,7 +78,42 @@ def git_commit(cwd: Path | None = None) -> tuple[str, str]:
     return UNKNOWN, UNKNOWN
 
 
+def uncommitted_diff(cwd: Path | None = None) -> str:
+    """``git diff HEAD`` of the tracked files in ``cwd``'s checkout (this file's by default):
+    what the code that runs has beyond its commit; "" when it has nothing (or no git)."""
+    try:
+        out = subprocess.run(
+            ["git", "diff", "HEAD", "--no-color"],  # noqa: S607 - git from PATH, fixed arguments
+            capture_output=True,
+            text=True,
+            timeout=20,
+            cwd=cwd or Path(__file__).parent,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout if out.returncode == 0 else ""
+
+
 def code_version(distribution: str, cwd: Path | None = None) -> CodeVersion:
-    """The package ``distribution``'s version and the commit of the code that runs."""
+    """The package ``distribution``'s version, the commit of the code that runs and, from git,
+    whether tracked files differ from it."""
     commit, source = git_commit(cwd)
-    return CodeVersion(distribution, package_version(distribution), commit, source)
+    dirty = bool(uncommitted_diff(cwd)) if source == "git" else None
+    return CodeVersion(distribution, package_version(distribution), commit, source, dirty)
+
+
+def run_reference(url: str) -> str:
+    """A run's link as people can follow it: an MLflow server's URL as it is; a run in a local
+    store (``sqlite:///mlflow.db/#/experiments/1/runs/ID``, not a URL anybody can open) as its id,
+    experiment and store, with the command that shows it."""
+    if url.startswith(("http://", "https://")):
+        return url
+    store, _, rest = url.partition("/#/experiments/")
+    experiment, _, run = rest.partition("/runs/")
+    if not (store and experiment and run):
+        return url
+    return (
+        f"{run} (experiment {experiment}) in {store}; to look at it: "
+        f"mlflow ui --backend-store-uri {store}"
+    )

@@ -26,7 +26,10 @@ Splits are spatial by default: the grid is cut into blocks of ``block`` x ``bloc
 (``block * size`` px), each block goes whole to train, val or test (on every date alike), and a
 train chip that touches (overlaps or shares an edge with) a val or test chip, or a val chip that
 touches a test chip, is dropped: no training chip touches a test chip. ``split_by="date"`` puts
-whole dates in one split instead (the same places then appear in several splits).
+whole dates in one split instead (the same places then appear in several splits). Either way the
+split is stratified by class: a class found in three blocks (dates) or more has chips in train, val
+and test (water in one corner of a scene no longer leaves validation without water), and the
+splits' sizes follow the fractions as near as whole blocks allow (:func:`_split_of`).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -175,24 +178,67 @@ def dataset_classes(
     return labels, tuple(classes)
 
 
-def _split_of(keys: Sequence[str], rules: ChipRules, what: str) -> dict[str, str]:
-    """Whole groups (blocks or dates) to splits: ordered by MD5(key:seed), then the first go to
-    test, the next to val, the rest to train (at least one group each)."""
-    n = len(keys)
+def _split_of(groups: Mapping[str, Counter[int]], rules: ChipRules, what: str) -> dict[str, str]:
+    """Whole groups (blocks or dates) to splits, stratified by class.
+
+    First, for each class from the rarest, in at least three groups: each split without it takes
+    one of its groups (test, then val, then train; in MD5(key:seed) order, the seed's draw).
+    Then the other groups go one by one (rarest class first, then the draw) to the split they
+    bring closest to the wanted shares: the train/val/test fractions of every class's chips and of
+    all chips (least squares). A split still empty when as many groups remain as empty splits
+    takes the next one, so each split gets one at least."""
+    n = len(groups)
     if n < 3:
         raise BadInputError(
             f"too few chips to split: they lie in {n} {what}(s); train, val and test need 3 "
             f"at least (use a smaller --size or --block, or label more)"
         )
-    order = sorted(
-        keys,
-        key=lambda k: hashlib.md5(f"{k}:{rules.seed}".encode(), usedforsecurity=False).digest(),
-    )
-    n_test = max(1, round(n * (1 - rules.train_fraction - rules.val_fraction)))
-    n_val = max(1, round(n * rules.val_fraction))
-    n_test, n_val = min(n_test, n - 2), min(n_val, n - 1 - min(n_test, n - 2))
-    return {k: ("test" if i < n_test else "val" if i < n_test + n_val else "train")
-            for i, k in enumerate(order)}  # fmt: skip
+    want = {"train": rules.train_fraction, "val": rules.val_fraction}
+    want["test"] = 1 - want["train"] - want["val"]
+    total: Counter[int] = Counter()
+    for counts in groups.values():
+        total.update(counts)
+    everything = -1  # a "class" of all chips: the splits' sizes follow the fractions too
+    total[everything] = sum(total.values())
+
+    def draw(key: str) -> bytes:
+        return hashlib.md5(f"{key}:{rules.seed}".encode(), usedforsecurity=False).digest()
+
+    def rarest(key: str) -> int:
+        return min((total[k] for k, m in groups[key].items() if m), default=0)
+
+    have = {s: Counter[int]() for s in SPLITS}
+    out: dict[str, str] = {}
+
+    def give(key: str, split: str) -> None:
+        have[split].update(groups[key])
+        have[split][everything] += sum(groups[key].values())
+        out[key] = split
+
+    drawn = sorted(groups, key=draw)
+    for k in sorted((k for k in total if k != everything), key=lambda k: (total[k], k)):
+        holders = [g for g in drawn if groups[g][k]]
+        if len(holders) < len(SPLITS):
+            continue
+        for split in ("test", "val", "train"):
+            free = [g for g in holders if g not in out]
+            if free and not have[split][k]:
+                give(free[0], split)
+    rest = sorted((g for g in groups if g not in out), key=lambda g: (rarest(g), draw(g)))
+    for i, key in enumerate(rest):
+
+        def miss(split: str, key: str = key) -> float:
+            extra = Counter(groups[key])
+            extra[everything] = sum(groups[key].values())
+            return sum(
+                ((have[s][k] + (extra[k] if s == split else 0)) / total[k] - want[s]) ** 2
+                for k in total
+                for s in SPLITS
+            )
+
+        empty = [s for s in ("test", "val", "train") if not have[s][everything]]
+        give(key, empty[0] if len(empty) >= len(rest) - i else min(SPLITS, key=miss))
+    return out
 
 
 def _footprint(grid: Any, row: int, col: int, size: int) -> tuple[float, float, float, float]:
@@ -311,11 +357,17 @@ def _split(
         raise BadInputError("too few chips to split: no window passed the chip rules")
     s, edge = rules.size, rules.block * rules.size
     if rules.split_by == "date":
-        split = _split_of(sorted({f[1] for f in found}), rules, "date")
+        by_date: dict[str, Counter[int]] = {}
+        for f in found:
+            by_date.setdefault(f[1], Counter())[f[4]] += 1
+        split = _split_of(by_date, rules, "date")
         where = {(f[1], f[2], f[3]): split[f[1]] for f in found}
     else:
         places = sorted({(f[2], f[3]) for f in found})
-        split = _split_of(sorted({f"{r // edge}:{c // edge}" for r, c in places}), rules, "block")
+        by_block: dict[str, Counter[int]] = {}
+        for f in found:
+            by_block.setdefault(f"{f[2] // edge}:{f[3] // edge}", Counter())[f[4]] += 1
+        split = _split_of(by_block, rules, "block")
         at = {(r, c): split[f"{r // edge}:{c // edge}"] for r, c in places}
         rank = {"train": 0, "val": 1, "test": 2}
         reach = range(-(s // rules.step), s // rules.step + 1)  # the chips a chip touches

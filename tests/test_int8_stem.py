@@ -136,7 +136,7 @@ def test_the_fused_file_runs_as_inference_runs_it_and_agrees_with_fp32(
     file), the fused int8 logits stay as close to fp32's as the stem-fp32 file's do, within a
     few output steps."""
     from eostream.registry_bridge import onnx_model
-    from eostream.registry_bridge.quantize import output_step
+    from eostream.registry_bridge.int8_kernels import output_step
 
     bands = len(BAND_SETS[band_set])
     path = exported(
@@ -386,7 +386,7 @@ def test_the_gemm_kernels_weights_stand_for_the_same_values(
     int8 GEMM is exact (VNNI or AMX); where it is not, the bridge's timing keeps the direct
     kernels."""
     from eostream.registry_bridge import onnx_model
-    from eostream.registry_bridge.quantize import fastest_kernel, output_step
+    from eostream.registry_bridge.int8_kernels import fastest_kernel, output_step
 
     bands = BAND_SETS[band_set]
     path = exported(architecture, band_set, tmp_path)
@@ -470,7 +470,7 @@ def test_the_bridge_times_both_kernels_in_rounds_of_either_order(
     """``fastest_kernel``'s choice on a fake clock: the median over pairs of rounds (one in
     each order) of their time ratios, the GEMM twin only when it saves ``GEMM_MARGIN``; no
     timed assertion (the clock is a counter)."""
-    from eostream.registry_bridge import onnx_model, quantize
+    from eostream.registry_bridge import int8_kernels, onnx_model
 
     x = np.random.default_rng(0).uniform(0, 0.3, (8, 3, 64, 64)).astype(np.float32)
     direct = quantise(exported("small_cnn", "rgb", tmp_path).read_bytes(), x)
@@ -478,7 +478,7 @@ def test_the_bridge_times_both_kernels_in_rounds_of_either_order(
     calls = [0]
 
     def session(data: bytes, _threads: int = 1) -> _Session:
-        kernel = quantize.kernel_of(data)
+        kernel = int8_kernels.kernel_of(data)
 
         def cost() -> float:
             # one warm-up run of each, then rounds of one run of each (runs=1)
@@ -489,12 +489,12 @@ def test_the_bridge_times_both_kernels_in_rounds_of_either_order(
         return _Session(clock, cost)
 
     monkeypatch.setattr(onnx_model, "session", session)
-    monkeypatch.setattr(quantize, "time", clock)
-    data, kernel, medians = quantize.fastest_kernel(direct, x, pairs=4, runs=1)
-    assert kernel == chosen and quantize.kernel_of(data) == chosen
+    monkeypatch.setattr(int8_kernels, "time", clock)
+    data, kernel, medians = int8_kernels.fastest_kernel(direct, x, pairs=4, runs=1)
+    assert kernel == chosen and int8_kernels.kernel_of(data) == chosen
     assert medians.keys() == {"direct", "gemm"}
     with pytest.raises(ValueError, match="at least 1"):
-        quantize.fastest_kernel(direct, x, pairs=0)
+        int8_kernels.fastest_kernel(direct, x, pairs=0)
 
 
 def test_a_stem_that_cannot_be_fused_stays_fp32(

@@ -1,5 +1,5 @@
 """The registry-bridge calibrates its int8 files on the patches the trainer trains on: for each
-band set, the bridge's candidates (``quantize.training_candidates``) are the trainer's catalogue
+band set, the bridge's candidates (``calibration.training_candidates``) are the trainer's catalogue
 (``catalog.list_sources``), class by class, on the real data folder. Both read the MS manifest
 through ``eostream.shared.holdout.ms_manifest_rows``; this holds them to it."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from eostream.registry_bridge.quantize import training_candidates
+from eostream.registry_bridge.calibration import training_candidates
 from eostream.shared.modelcard import EUROSAT_CLASSES
 from eostream.trainer.catalog import list_sources
 

@@ -343,7 +343,7 @@ def main() -> None:
     item = build_tile(data_dir, args.size)
     fp32, int8 = model_files(data_dir, args.epochs, args.seed)
     mlm_item_for(fp32, int8)
-    from eostream.registry_bridge.quantize import kernel_of
+    from eostream.registry_bridge.int8_kernels import kernel_of
 
     # read from the file: a cached one keeps the kernels chosen when it was made
     print(f"int8 convolutions on onnxruntime's {kernel_of(int8.read_bytes())} kernels", flush=True)

@@ -201,7 +201,7 @@ def quantise(
     ``"direct"``: that one. ``stem``: how the input convolutions are quantised (``"fused"``, the
     bridge's: int8, the normalisation folded into the input's quantisation; ``"fp32"``: kept
     fp32, what it shipped from 2026-12-04 to 12-06, for comparison)."""
-    from eostream.registry_bridge.quantize import fastest_kernel
+    from eostream.registry_bridge.int8_kernels import fastest_kernel
     from eostream.registry_bridge.quantize import quantise as product_quantise
 
     kernel = "direct" if conv_kernel == "auto" else conv_kernel

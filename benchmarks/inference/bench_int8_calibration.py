@@ -2,7 +2,7 @@
 it made before, each factor alone, on real labelled scenes, against the fp32 map of the same model.
 
 The registry-bridge calibrates a model's int8 file on EuroSAT training patches outside the gate's
-hold-out (``quantize.calibration_files``) and, since its input convolutions are int8 too
+hold-out (``calibration.calibration_files``) and, since its input convolutions are int8 too
 (``input_stem.fuse``), sets one uint8 grid for all bands from those patches. Two choices are
 compared, each on its own and together, for every model:
 
@@ -62,7 +62,7 @@ def calibration_sets(data_dir: Path) -> dict[str, list[str]]:
     hold-out), and those filled up per class from the hold-out to ~SIZE (for reference)."""
     import math
 
-    from eostream.registry_bridge.quantize import CALIBRATION_SALT, calibration_files
+    from eostream.registry_bridge.calibration import CALIBRATION_SALT, calibration_files
     from eostream.shared.holdout import HoldoutSettings, choose, held_out_files, ms_candidates
 
     holdout = HoldoutSettings()

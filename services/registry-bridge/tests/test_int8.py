@@ -24,15 +24,14 @@ from eostream.inference import testing
 from eostream.inference.model import ModelInfo, load_model
 from eostream.inference.settings import InferenceSettings
 from eostream.inference.wiring import build_service
-from eostream.registry_bridge.holdout import Holdout
-from eostream.registry_bridge.input_stem import FUSED_NODE
-from eostream.registry_bridge.quantize import (
+from eostream.registry_bridge.calibration import (
     calibration_files,
-    check,
-    judge,
     load_calibration,
     training_candidates,
 )
+from eostream.registry_bridge.holdout import Holdout
+from eostream.registry_bridge.input_stem import FUSED_NODE
+from eostream.registry_bridge.quantize import check, judge
 from eostream.registry_bridge.settings import BridgeSettings, Int8Settings
 from eostream.shared import mlm, tags
 from eostream.shared.events import ModelPromoted

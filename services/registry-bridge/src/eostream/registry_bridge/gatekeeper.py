@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eostream.registry_bridge import holdout, maps, onnx_model, quantize
+from eostream.registry_bridge import calibration, holdout, maps, onnx_model, quantize
 from eostream.registry_bridge.contract import reasons_json
 from eostream.registry_bridge.errors import RefusedError
 from eostream.registry_bridge.policy import Evaluation, MapScores
@@ -224,7 +224,7 @@ class Gatekeeper:
             return self._calibration[key]
         if band_set not in self._calibration:
             s = self.settings
-            self._calibration[band_set] = quantize.load_calibration(
+            self._calibration[band_set] = calibration.load_calibration(
                 s.data_dir, band_set, s.int8.calibration_size, s.holdout
             )
         return self._calibration[band_set]

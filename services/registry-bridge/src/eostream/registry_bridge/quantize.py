@@ -6,21 +6,21 @@ After a version passed the gate and before it ships (:meth:`.promotion.Promoter.
   every convolution int8, the input ones fed by one per-band QuantizeLinear that does the
   model's normalisation (:mod:`.input_stem`; a network that does not start with its
   normalisation keeps its stem fp32), per-channel symmetric int8 weights (zero point 0, or -1
-  to run on onnxruntime's int8 GEMM: :func:`gemm_weights`), uint8 activations (U8S8) whose
-  ranges are calibrated (MinMax) on ``calibration_size`` EuroSAT training patches in the
-  model's input units (:func:`calibration_files`: chosen per class by a salted name hash among
-  the trainer's patches that are not in the gate's hold-out, so the int8 model is never
-  checked on patches it was calibrated on); the input convolutions' uint8 grid spans the
-  patches' per-band 0.01-99.99 % percentiles (:data:`.input_stem.INPUT_PERCENTILE`), not their
-  min and max;
+  to run on onnxruntime's int8 GEMM: :func:`.int8_kernels.gemm_weights`), uint8
+  activations (U8S8) whose ranges are calibrated (MinMax) on ``calibration_size`` EuroSAT
+  training patches in the model's input units (:func:`.calibration.calibration_files`: chosen
+  per class by a salted name hash among the trainer's patches that are not in the gate's
+  hold-out, so the int8 model is never checked on patches it was calibrated on); the input
+  convolutions' uint8 grid spans the patches' per-band 0.01-99.99 % percentiles
+  (:data:`.input_stem.INPUT_PERCENTILE`), not their min and max;
 * scores both on the hold-out (top-1 accuracy of each, their top-1 agreement) and, with a
   reference set configured, on its maps (the gate's map figure of each);
 * judges (:func:`judge`, pure): the int8 accuracy may be at most ``max_accuracy_loss`` below the
   fp32 one, its map figure at most ``max_map_loss`` below.
-* with ``conv_kernel=auto``, times the int8 model's two kernel choices (:func:`gemm_weights`,
-  the values bit for bit the same) on 64 calibration patches on this host and ships the faster
-  (:func:`fastest_kernel`); the verdict's notes and the asset (``eostream:int8_conv_kernel``)
-  say which and the times.
+* with ``conv_kernel=auto``, times the int8 model's two kernel choices
+  (:func:`.int8_kernels.gemm_weights`, the values bit for bit the same) on 64 calibration
+  patches on this host and ships the faster (:func:`.int8_kernels.fastest_kernel`); the
+  verdict's notes and the asset (``eostream:int8_conv_kernel``) say which and the times.
 
 A passed int8 model ships as a second asset of the MLM item (``model_int8``, with its checksum,
 ``eostream:precision`` and the figures); a failed one is not shipped, the fp32 one is anyway. The
@@ -36,36 +36,25 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from eostream.registry_bridge import input_stem
-from eostream.registry_bridge.holdout import Holdout, read_images
+from eostream.registry_bridge.holdout import Holdout
+from eostream.registry_bridge.int8_kernels import ConvKernel, fastest_kernel, gemm_weights
 from eostream.registry_bridge.policy import MapScores
 from eostream.registry_bridge.settings import Int8Settings
 from eostream.shared import tags
 from eostream.shared.digest import sha256_hex
-from eostream.shared.holdout import (
-    MS_MANIFEST,
-    HoldoutSettings,
-    choose,
-    held_out_files,
-    ms_candidates,
-    ms_manifest_rows,
-    rgb_candidates,
-)
 from eostream.shared.labels import MASK_UNKNOWN as UNKNOWN
 from eostream.shared.modelcard import (
-    EUROSAT_CLASSES,
     INPUT_NAME,
     PRECISION_METADATA_KEY,
     ModelCard,
@@ -74,14 +63,8 @@ from eostream.shared.modelcard import (
 log = logging.getLogger(__name__)
 
 Outcome = Literal["passed", "failed", "skipped"]
-#: how onnxruntime runs the int8 convolutions (:func:`gemm_weights`)
-ConvKernel = Literal["gemm", "direct"]
 #: how the input convolutions are quantised (:func:`quantise`)
 Stem = Literal["fused", "fp32", "int8"]
-#: what the GEMM kernels must save (:func:`fastest_kernel`'s median ratio) to be chosen over
-#: onnxruntime's default (direct) ones
-GEMM_MARGIN = 0.03
-CALIBRATION_SALT = "eostream-int8-calibration-v1"
 INT8 = "int8"
 FP32 = "fp32"
 
@@ -117,7 +100,7 @@ def quantise(
     * ``int8``: quantize_static's own quantisation of every node (shipped before 2026-12-04).
 
     ``conv_kernel`` chooses how onnxruntime will run the int8 convolutions, the values being
-    the same either way (:func:`gemm_weights`): ``gemm`` (im2col and its int8 GEMM) or
+    the same either way (:func:`.int8_kernels.gemm_weights`): ``gemm`` (im2col and its int8 GEMM) or
     ``direct`` (its symmetric direct-convolution kernels). ``input_percentile``: the per-band
     percentile of ``calibration`` a fused stem's input grid reaches (100: min to max;
     ``benchmarks/inference/bench_int8_calibration.py`` compares them)."""
@@ -194,139 +177,6 @@ def _run_once(model: onnx.ModelProto, x: np.ndarray) -> None:
     session.run(None, {INPUT_NAME: np.ascontiguousarray(x, np.float32)})
 
 
-def gemm_weights(model: onnx.ModelProto) -> int:
-    """Store each int8 convolution's symmetric weights with zero point -1 instead of 0 (the
-    weights one less: [-127, 127] becomes [-128, 126]), so they stand for the same values; returns
-    how many convolutions were rewritten.
-
-    Only the kernel onnxruntime picks changes: a QLinearConv whose weight zero points are all 0
-    runs on its symmetric direct-convolution kernels (``MlasConvSym``: VNNI or AVX2), any other on
-    im2col and its int8 GEMM (``MlasGemm``), which uses AMX where the CPU has it. On this host's
-    Xeon (AVX-512, VNNI, AMX) a 2048^3 MatMulInteger ran 3.6 T ops/s against 0.29 T for the fp32
-    MatMul, and the RGB ``small_cnn``'s three int8 convolutions at batch 64 took 5.1 ms against
-    5.3 ms on the direct kernels, the logits bit for bit the same; but single convolutions timed
-    alone went either way (0.54x-1.65x), so the bridge times both on each model
-    (:func:`fastest_kernel`, ``BRIDGE_INT8__CONV_KERNEL=auto``) unless told which.
-    ``benchmarks/inference/bench_int8.py`` times both. A convolution whose weights already use
-    -128 is left as it is."""
-    rewritten = 0
-    done: set[str] = set()
-    for weights, zero_point in _conv_weights(model.graph):
-        if {weights.name, zero_point.name} & done:
-            continue
-        w, zp = numpy_helper.to_array(weights), numpy_helper.to_array(zero_point)
-        if w.dtype != np.int8 or zp.dtype != np.int8 or np.any(zp != 0) or w.min() < -127:
-            continue
-        weights.CopyFrom(
-            numpy_helper.from_array((w.astype(np.int16) - 1).astype(np.int8), weights.name)
-        )
-        zero_point.CopyFrom(numpy_helper.from_array(np.full_like(zp, -1), zero_point.name))
-        done |= {weights.name, zero_point.name}
-        rewritten += 1
-    return rewritten
-
-
-def _conv_weights(graph: onnx.GraphProto) -> list[tuple[onnx.TensorProto, onnx.TensorProto]]:
-    """Each int8 convolution's weights and their zero point (the initialisers its weights'
-    DequantizeLinear reads), in the graph's order."""
-    initialisers = {init.name: init for init in graph.initializer}
-    dequantised_by = {
-        out: node
-        for node in graph.node
-        if node.op_type == "DequantizeLinear"
-        for out in node.output
-    }
-    found = []
-    for conv in (node for node in graph.node if node.op_type == "Conv"):
-        dq = dequantised_by.get(conv.input[1]) if len(conv.input) > 1 else None
-        if dq is None or len(dq.input) < 3:
-            continue
-        weights, zero_point = (initialisers.get(dq.input[i]) for i in (0, 2))
-        if weights is not None and zero_point is not None:
-            found.append((weights, zero_point))
-    return found
-
-
-def fastest_kernel(
-    int8: bytes, windows: np.ndarray, threads: int = 1, pairs: int = 4, runs: int = 4
-) -> tuple[bytes, ConvKernel, dict[ConvKernel, float]]:
-    """The faster of ``int8`` (quantised with ``conv_kernel="direct"``) and its
-    :func:`gemm_weights` twin on this host: both run on the same ``windows`` (up to 64) in
-    sessions set up as inference sets them up, one warm-up, then ``pairs`` pairs of rounds, a
-    round being ``runs`` runs of one and ``runs`` of the other, the GEMM twin first in one round
-    of a pair and second in the other. A pair's figure is the geometric mean of its two rounds'
-    time ratios (GEMM / direct), in which what running first or second does cancels out; the
-    GEMM twin is chosen when the median of the pairs' figures is ``GEMM_MARGIN`` below 1.
-    Returns the chosen model, its kernel and each one's median seconds a run.
-
-    Paired rounds of several runs, because single runs (~25-50 ms here) are too noisy on a
-    shared host: five of them each, medians compared, chose the RGB ``small_cnn``'s GEMM twin
-    on an AMD EPYC with AVX-512 VNNI and no AMX (2026-12-05), which ``bench_int8.py`` then
-    measured 10 % slower than the direct kernels; single-run ratios of the two ranged 0.7-2.1
-    there, the ratios of four-run rounds 1.0-1.4, with medians of 1.11-1.21 (the direct ones
-    faster) in six trials of six for that model (and of six for the 13-band ``centre_cnn``).
-
-    The twin must also give the same outputs to within one step of the output's quantisation
-    (:func:`output_step`): on a CPU without VNNI (AVX2 only) onnxruntime's u8s8 GEMM adds pairs
-    of products in int16, which saturates on full-range weights (seen 2026-12-04 on an AMD EPYC
-    with AVX2 only: logits 4 steps apart). Then the direct kernels ship and no times are
-    returned."""
-    from eostream.registry_bridge import onnx_model
-
-    if pairs < 1 or runs < 1:
-        raise ValueError(f"pairs and runs must be at least 1, not {pairs} and {runs}")
-    proto = onnx.load_model_from_string(int8)
-    if not gemm_weights(proto):
-        return int8, "direct", {}
-    models: dict[ConvKernel, bytes] = {
-        "direct": int8,
-        "gemm": bytes(proto.SerializeToString()),
-    }
-    x = np.ascontiguousarray(windows[:64], np.float32)
-    sessions = {kernel: onnx_model.session(data, threads) for kernel, data in models.items()}
-    warm = {kernel: sess.run(None, {INPUT_NAME: x})[0] for kernel, sess in sessions.items()}
-    apart = float(np.abs(np.asarray(warm["gemm"]) - np.asarray(warm["direct"])).max())
-    if apart > output_step(proto) + 1e-6:
-        log.warning(
-            "int8: the GEMM kernels' outputs differ from the direct ones by %.4g on this CPU "
-            "(int16 saturation without VNNI?): shipping the direct kernels",
-            apart,
-        )
-        return int8, "direct", {}
-    times: dict[ConvKernel, list[float]] = {kernel: [] for kernel in models}
-    orders: tuple[tuple[ConvKernel, ConvKernel], ...] = (("gemm", "direct"), ("direct", "gemm"))
-    for _ in range(pairs):
-        for order in orders:
-            for kernel in order:
-                started = time.perf_counter()
-                for _ in range(runs):
-                    sessions[kernel].run(None, {INPUT_NAME: x})
-                times[kernel].append((time.perf_counter() - started) / runs)
-    ratios = np.divide(times["gemm"], times["direct"]).reshape(pairs, len(orders))
-    ratio = float(np.median(np.sqrt(ratios.prod(axis=1))))
-    chosen: ConvKernel = "gemm" if ratio < 1 - GEMM_MARGIN else "direct"
-    return models[chosen], chosen, {k: float(np.median(v)) for k, v in times.items()}
-
-
-def kernel_of(int8: bytes) -> ConvKernel:
-    """The kernels onnxruntime runs an int8 model's convolutions on: ``gemm`` when a
-    convolution's weight zero point is -1 (:func:`gemm_weights`), else ``direct``."""
-    conv_weights = _conv_weights(onnx.load_model_from_string(int8).graph)
-    minus_one = (np.any(numpy_helper.to_array(zp) == -1) for _, zp in conv_weights)
-    return "gemm" if any(minus_one) else "direct"
-
-
-def output_step(model: onnx.ModelProto) -> float:
-    """The quantisation step of the graph's first output: the scale of the DequantizeLinear that
-    makes it (0.0 when none does: then outputs must be equal)."""
-    name = model.graph.output[0].name
-    scales = {i.name: i for i in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "DequantizeLinear" and name in node.output and node.input[1] in scales:
-            return float(np.max(numpy_helper.to_array(scales[node.input[1]])))
-    return 0.0
-
-
 def stem_nodes(model: onnx.ModelProto) -> list[str]:
     """The names of the stem's nodes: every Conv that reads the graph's inputs with no Conv in
     between (the input convolutions: one in most networks, two in ``centre_cnn``), the nodes on
@@ -364,51 +214,6 @@ def name_nodes(model: onnx.ModelProto) -> None:
             name = f"{name}_{i}"
         node.name = name
         taken.add(name)
-
-
-def training_candidates(data_dir: Path, band_set: str) -> dict[str, list[str]]:
-    """The patches the trainer trains a band set on, by class (paths relative to ``data_dir``):
-    every EuroSAT RGB JPEG; for ``ms13`` the rows of ``eurosat_ms/MANIFEST.csv`` that are not
-    duplicates (the trainer's catalogue: ``eurosat_ms`` and the EuroSAT100 STAC catalogue's
-    tifs), or without a manifest the tifs under ``eurosat_ms``."""
-    if band_set == "rgb":
-        return rgb_candidates(data_dir)
-    if not (data_dir / MS_MANIFEST).is_file():
-        return ms_candidates(data_dir)
-    found: dict[str, list[str]] = {cls: [] for cls in EUROSAT_CLASSES}
-    for row in ms_manifest_rows(data_dir):
-        found[row["class_name"]].append(row["path"])
-    return found
-
-
-def calibration_files(
-    data_dir: Path, band_set: str, size: int, holdout: HoldoutSettings
-) -> list[str]:
-    """About ``size`` training patches (paths relative to ``data_dir``), up to the same number
-    per class, none of them in the hold-out (by class and file name, as the trainer leaves it
-    out). For ``ms13`` they come from all the trainer's patches (:func:`training_candidates`),
-    not only those the hold-out is drawn from: in the data folder the hold-out takes 270 of
-    the 276 tifs under ``eurosat_ms``, and without the EuroSAT100 catalogue's 99 the 13-band
-    models calibrated on 6 patches of 2 classes (benchmarks/inference/README.md)."""
-    candidates = training_candidates(data_dir, band_set)
-    held = {
-        (PurePosixPath(f).parent.name, PurePosixPath(f).name)
-        for f in held_out_files(data_dir, band_set, holdout.per_class, holdout.salt)
-    }
-    remaining = {
-        cls: [f for f in names if (cls, PurePosixPath(f).name) not in held]
-        for cls, names in candidates.items()
-    }
-    return choose(remaining, math.ceil(size / len(EUROSAT_CLASSES)), CALIBRATION_SALT)
-
-
-def load_calibration(
-    data_dir: Path, band_set: str, size: int, holdout: HoldoutSettings
-) -> np.ndarray:
-    files = calibration_files(data_dir, band_set, size, holdout)
-    if not files:
-        raise FileNotFoundError(f"no {band_set} training patches under {data_dir} to calibrate on")
-    return read_images(data_dir, band_set, files)
 
 
 @dataclass(frozen=True)
@@ -615,18 +420,10 @@ def check(
 
 __all__ = [
     "FP32",
-    "GEMM_MARGIN",
     "INT8",
-    "ConvKernel",
     "Int8Check",
-    "calibration_files",
     "check",
-    "fastest_kernel",
-    "gemm_weights",
     "judge",
-    "load_calibration",
-    "output_step",
     "quantise",
     "skipped",
-    "training_candidates",
 ]

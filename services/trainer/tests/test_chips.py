@@ -32,13 +32,14 @@ from eostream.shared.events import TrainingRequested
 from eostream.shared.modelcard import ModelCard
 from eostream.shared.settings import KafkaSettings
 from eostream.trainer import chipset
-from eostream.trainer.cli import _submit, fit_command, submit
 from eostream.trainer.cli import app as trainer_app
+from eostream.trainer.cli import fit_command, submit
 from eostream.trainer.errors import DatasetError
 from eostream.trainer.labels_cli import app as labels_app
 from eostream.trainer.pipeline import tracker_for
 from eostream.trainer.service import build_trainer
 from eostream.trainer.settings import TrainerSettings
+from eostream.trainer.submission import submit_request
 
 from .conftest import make_settings
 
@@ -88,6 +89,10 @@ def test_chips_are_labelled_on_purpose_and_split_apart(dataset: Path) -> None:
         ).fetchall()
     assert {r[0] for r in rows} == {"train", "val", "test"}
     assert {r[1] for r in rows} == {"water", "other"}
+    # stratified: validation (which picks the kept epoch) and test hold water too
+    assert {(r[0], r[1]) for r in rows} == {
+        (s, c) for s in ("train", "val", "test") for c in ("water", "other")
+    }
     assert {r[7] for r in rows} == {f"boadella-{d}" for d in TRAIN_DATES}
     assert min(r[2] for r in rows) >= 0.75  # every chip's class covers 75 % of it
     # no training chip touches (overlaps or borders) a test chip, on any date
@@ -465,6 +470,8 @@ def test_run_and_chip_folders_stay_one_folder_inside_the_cache() -> None:
     digest = "ab" * 32
     assert _folder_name("boadella", digest) == f"boadella-{digest[:16]}"  # caches keep names
     assert _safe("long") == "long" and _safe(digest) == digest  # so do plain request ids
+    forged = _safe("a/b")  # an id written as another id's folder name gets a folder of its own
+    assert _safe(forged) != forged and _safe(forged).startswith(forged)
 
 
 def test_a_broken_label_catalogue_is_a_dataset_error_not_a_stopped_consumer(
@@ -562,7 +569,7 @@ async def test_a_kafka_submission_the_worker_refuses_ends_in_one_line(
     )
     try:
         with pytest.raises(typer.Exit) as exited:
-            await _submit(settings, request, True, 120.0)
+            await submit_request(settings, request, True, 120.0)
     finally:
         await worker.stop()
         await asyncio.gather(running, return_exceptions=True)
@@ -577,7 +584,7 @@ async def test_a_wait_reads_the_letters_again_after_a_failed_read() -> None:
     topic's with the same key, is not this refusal; a read that fails (a broker blip) ended the
     wait in a traceback, and is now read again at the next turn."""
     from eostream.shared.events import DeadLetter
-    from eostream.trainer.cli import RequestFailed, _watched
+    from eostream.trainer.submission import RequestFailed, watched
 
     def letter(topic: str, key: str) -> DeadLetter:
         return DeadLetter(
@@ -598,7 +605,7 @@ async def test_a_wait_reads_the_letters_again_after_a_failed_read() -> None:
     with pytest.raises(
         RequestFailed, match=f"request mine refused: mine on {topics.TRAINING_REQUESTS}"
     ):
-        await _watched(never, None, letters, "mine", 30.0, letters_every=0.01)
+        await watched(never, None, letters, "mine", 30.0, letters_every=0.01)
     assert len(reads) == 3
 
 

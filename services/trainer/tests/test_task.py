@@ -237,3 +237,16 @@ def test_a_checkpoint_resumes_whatever_the_precision_and_from_before_the_field()
     assert task.resumable(older) == task.resumable(config)
     assert task.resumable({**config, "cpu_bf16": True}) == task.resumable(config)
     assert task.resumable({**config, "epochs": 4}) != task.resumable(config)
+
+
+def test_an_epochs_learning_rate_is_the_one_it_trained_at(
+    ms_data: dict[str, PatchTensors],
+) -> None:
+    """The metric was read after the scheduler's step: the next epoch's rate, 0.0 at the end
+    beside the run's learning_rate parameter of 0.001."""
+    config = TrainConfig(epochs=2, batch_size=16, learning_rate=1e-3)
+    history = fit(
+        _model(ms_data["train"]), ms_data["train"], ms_data["val"], config, torch.device("cpu")
+    )
+    rates = [e["learning_rate"] for e in history.epochs]
+    assert rates[0] == pytest.approx(1e-3) and 0 < rates[1] < rates[0]

@@ -1,15 +1,27 @@
 """Transfer learning through the registry: a 13-band model fine-tuned from a registered RGB model
-(models:/NAME/VERSION), its first conv widened with the RGB filters at B04/B03/B02."""
+(models:/NAME/VERSION), its first conv widened with the RGB filters at B04/B03/B02; and a
+fine-tuned model is never scored on the patches its base trained on."""
 
 from __future__ import annotations
 
+import csv
+import re
+import tempfile
+from pathlib import Path
+
+import mlflow
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from eostream.shared.modelcard import BAND_SETS
+from eostream.trainer.catalog import build_catalog
+from eostream.trainer.cli import app as trainer_app
 from eostream.trainer.pipeline import tracker_for, train_and_register
 from eostream.trainer.plan import TrainingPlan
+from eostream.trainer.selection import SelectionSpec, select_for_training, training_keys
 from eostream.trainer.settings import TrainerSettings
+from eostream.trainer.tracking import Tracker
 
 
 @pytest.mark.slow
@@ -51,3 +63,71 @@ def test_fine_tune_ms13_from_registered_rgb(sqlite_settings: TrainerSettings) ->
     moved = (tuned.first_conv.weight[:, rgb_positions] - base.first_conv.weight).abs().mean()
     assert float(moved) < float(base.first_conv.weight.abs().mean())
     assert torch.isfinite(tuned(torch.rand(2, 13, 64, 64) * 0.3)).all()
+
+
+def _split_rows(tracker: Tracker, run_id: str) -> list[dict[str, str]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id,
+            artifact_path="dataset/split.csv",
+            dst_path=tmp,
+            tracking_uri=tracker.tracking_uri,
+        )
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_a_fine_tuned_model_is_never_scored_on_what_its_base_trained_on(
+    sqlite_settings: TrainerSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fine-tuning with another seed drew a new split: 41 of the tuned model's 51 test patches
+    had trained its base, and its test accuracy rose by 0.08 with nothing said. And `trainer
+    evaluate` scored a version on the seed-42 split whatever it trained with (and an ms13
+    version on RGB patches: a traceback)."""
+    tracker = tracker_for(sqlite_settings)
+    common = {"band_set": "ms13", "epochs": 1, "batch_size": 32}
+    base = train_and_register(
+        TrainingPlan(request_id="base-7", model_name="base-ms", seed=7, **common),
+        sqlite_settings,
+        tracker=tracker,
+    )
+    uri = f"models:/base-ms/{base.version.version}"
+    seen = set(tracker.training_keys_of(uri))
+    assert seen == set(training_keys(_split_rows(tracker, base.version.run_id)))
+    table = build_catalog(sqlite_settings.data_dir, sqlite_settings.cache_dir, "ms13")
+    spec = SelectionSpec(band_set="ms13", seed=42)
+    drawn = select_for_training(table, spec, sqlite_settings.data_dir, sqlite_settings.gate_holdout)
+    unseen = drawn.of("val") + drawn.of("test")
+    assert {f"{p.class_name}/{Path(p.href).stem}" for p in unseen} & seen  # seed 42 alone would
+
+    tuned = train_and_register(
+        TrainingPlan(
+            request_id="tuned-42", model_name="tuned-ms", seed=42, base_model=uri, **common
+        ),
+        sqlite_settings,
+        tracker=tracker,
+    )
+    rows = _split_rows(tracker, tuned.version.run_id)
+    scored = {f"{r['class']}/{Path(r['href']).stem}" for r in rows if r["split"] != "train"}
+    assert scored and not scored & seen
+    params = tracker.client.get_run(tuned.version.run_id).data.params
+    assert params["base_model_train_patches"] == str(len(seen))
+
+    # `trainer evaluate`: the version's own test split by default, its figure the run's
+    monkeypatch.setenv("TRAINER_MLFLOW_TRACKING_URI", sqlite_settings.mlflow_tracking_uri)
+    monkeypatch.setenv("TRAINER_EXPERIMENT_NAME", sqlite_settings.experiment_name)
+    monkeypatch.setenv("TRAINER_CACHE_DIR", str(sqlite_settings.cache_dir))
+    monkeypatch.setenv("EOSTREAM_DATA_DIR", str(sqlite_settings.data_dir))
+    own = CliRunner().invoke(trainer_app, ["evaluate", "--model-uri", uri])
+    assert own.exit_code == 0, own.output
+    tested = sum(1 for r in _split_rows(tracker, base.version.run_id) if r["split"] == "test")
+    assert f"test accuracy {base.metrics['test_accuracy']:.4f} on {tested} patches" in own.stdout
+    assert f"the test split it was trained with, run {base.version.run_id}" in own.stdout
+    anew = CliRunner().invoke(trainer_app, ["evaluate", "--model-uri", uri, "--seed", "42"])
+    assert anew.exit_code == 0, anew.output
+    left = re.search(r"seed 42, random split; (\d+) patches it trained on left out", anew.stdout)
+    assert left and int(left.group(1)) > 0, anew.stdout
+    wrong = CliRunner().invoke(trainer_app, ["evaluate", "--model-uri", uri, "--bands", "rgb"])
+    assert wrong.exit_code == 2
+    assert wrong.stderr.strip() == f"eostream: {uri} takes ms13 patches (its model card), not rgb"

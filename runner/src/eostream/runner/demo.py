@@ -62,6 +62,7 @@ from eostream.shared.events import (
     SceneDiscovered,
     TrainingStarted,
 )
+from eostream.shared.provenance import run_reference
 from eostream.shared.runtime import install_stop_signals
 from eostream.shared.storage.local import LocalObjectStore
 
@@ -95,7 +96,7 @@ class Observer:
     async def __call__(self, event: Event, delivery: Delivery) -> None:
         if isinstance(event, TrainingStarted):
             done = "trained already" if event.reused else "training started"
-            self.say(f"{done}: MLflow run {event.run_url}")
+            self.say(f"{done}: MLflow run {run_reference(event.run_url)}")
         elif isinstance(event, ModelPromoted):
             self.promoted.append(event)
             self.say(f"model {event.name} v{event.version} is {event.alias} ({event.sha256[:12]})")

@@ -1,45 +1,40 @@
 """``eostream trainer ...`` (the worker and local tools) and ``eostream train`` (submit a request).
 
 ``eostream train --bands rgb --epochs 20`` publishes TrainingRequested and prints the MLflow run
-link as soon as the worker's TrainingStarted arrives. With ``TRAINER_BUS=memory`` (embedded mode)
-there is no other process to train, so the command runs the worker itself, with a progress bar.
+link as soon as the worker's TrainingStarted arrives (:mod:`eostream.trainer.submission`; in
+embedded mode it runs the worker itself).
 
 ``eostream trainer fit --stac-out DIR`` also writes the registered model as a self-contained STAC
-catalog (``catalog.json``, one MLM item, the ONNX file and its model card): the stage-out layout
-of the OGC EO application package best practice, which the CWL package in deploy/cwl relies on.
+catalog (:mod:`eostream.trainer.stageout`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import shutil
-import sys
 import tempfile
-import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from enum import StrEnum
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
 
-from eostream.shared import tags, topics
+from eostream.shared import tags
 from eostream.shared.deployment import mlflow_client_defaults
-from eostream.shared.events import TrainingRequested, TrainingStarted
+from eostream.shared.events import TrainingRequested
+from eostream.shared.provenance import run_reference
 from eostream.shared.redaction import redact_urls
 from eostream.shared.settings import configure_logging, load_settings
+from eostream.trainer.progress import progress_bar
 from eostream.trainer.settings import TrainerSettings
+from eostream.trainer.stageout import write_model_catalog
+from eostream.trainer.submission import submit_request
 
 if TYPE_CHECKING:  # torch stays unimported until a command needs it
-    from eostream.shared.bus import Bus
-    from eostream.shared.events import DeadLetter
-    from eostream.trainer.pipeline import Outcome
     from eostream.trainer.plan import TrainingPlan
-    from eostream.trainer.task import BatchCallback
     from eostream.trainer.tracking import Tracker
 
 
@@ -87,30 +82,6 @@ def _configure_logging(settings: TrainerSettings) -> None:
     configure_logging(settings.log_level)
     for noisy in ("stac_geoparquet", "onnxscript", "onnx_ir", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-@contextlib.contextmanager
-def progress_bar() -> Iterator[BatchCallback]:
-    """A rich progress bar counting training images, with the rate in images/s."""
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-
-    columns = (
-        TextColumn("training"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.completed:,.0f} images"),
-        TextColumn("[cyan]{task.fields[rate]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns) as progress:
-        task = progress.add_task("train", total=None, rate="")
-
-        def on_batch(n: int) -> None:
-            progress.advance(task, n)
-            speed = progress.tasks[0].speed
-            progress.update(task, rate=f"{speed:,.0f} images/s" if speed else "")
-
-        yield on_batch
 
 
 def _request(**fields: Any) -> TrainingRequested:
@@ -299,7 +270,8 @@ def fit_command(
                 settings,
                 tracker=tracker,
                 on_started=lambda _r, url, _e, reused: typer.echo(
-                    f"{'already trained by this request id' if reused else 'MLflow run'}: {url}"
+                    f"{'already trained by this request id' if reused else 'MLflow run'}: "
+                    f"{run_reference(url)}"
                 ),
                 on_batch=on_batch,
             )
@@ -345,110 +317,115 @@ def _chip_dataset(dataset: Path, family: str, pretrained: str | None) -> Any:
         raise typer.Exit(2) from None
 
 
-def write_model_catalog(
-    outcome: Outcome, onnx_path: Path, out_dir: Path, base_model: str | None = None
-) -> Path:
-    """A self-contained STAC catalog in ``out_dir`` with one MLM item: the ONNX and its card.
-
-    The item is the one the registry-bridge ships (:mod:`eostream.shared.mlm`): what inference
-    needs (bands in order, per-band scaling to the model's units, classes in output order) as
-    STAC MLM fields, the test metrics and the MLflow run; here also the card as a JSON asset.
-    """
-    from datetime import UTC, datetime
-
-    import pystac
-
-    from eostream.shared import mlm
-    from eostream.shared.modelcard import ModelCard
-    from eostream.trainer.tracking import CARD_TAG
-
-    version = outcome.version
-    card = ModelCard.from_json(version.tags[CARD_TAG])
-    folder = out_dir / mlm.item_id(version.name, version.version)
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(onnx_path, folder / "model.onnx")
-    (folder / "model-card.json").write_text(card.to_json())
-    data = onnx_path.read_bytes()
-    facts = mlm.MlmFacts(
-        name=version.name,
-        version=version.version,
-        card=card,
-        artifact_href=str((folder / "model.onnx").resolve()),
-        sha256=hashlib.sha256(data).hexdigest(),
-        size=len(data),
-        created=datetime.now(UTC),
-        run_id=version.run_id,
-        # a server's UI, not a sqlite file
-        run_href=outcome.run_url if outcome.run_url.startswith(("http://", "https://")) else None,
-        metrics=tuple(sorted(outcome.metrics.items())),
-        base_model=base_model,
-    )
-    item = pystac.Item.from_dict(mlm.build_item(facts, str((folder / "item.json").resolve())))
-    item.add_asset(
-        "model-card",
-        pystac.Asset(
-            str((folder / "model-card.json").resolve()),
-            title="eostream model card: bands, scaling, classes",
-            media_type=pystac.MediaType.JSON,
-            roles=["metadata"],
-        ),
-    )
-    catalog = pystac.Catalog(
-        id="eostream-models",
-        description="EuroSAT land-cover models trained by eostream",
-        title="eostream models",
-    )
-    catalog.add_item(item)
-    catalog.normalize_hrefs(str(out_dir.resolve()))
-    catalog.make_all_asset_hrefs_relative()
-    catalog.save(pystac.CatalogType.SELF_CONTAINED)
-    return out_dir / "catalog.json"
-
-
 @app.command("evaluate")
 def evaluate_command(
-    model_uri: Annotated[str, typer.Option(help="models:/NAME/VERSION")],
-    bands: BandsOption = "rgb",
-    samples_per_class: int | None = None,
-    split: str = "random",
-    seed: int = 42,
+    model_uri: Annotated[str, typer.Option(help="models:/NAME/VERSION (or @alias)")],
+    bands: Annotated[
+        str | None, typer.Option(help="rgb or ms13; default and only choice: the version's own")
+    ] = None,
+    samples_per_class: Annotated[
+        int | None, typer.Option(help="a new selection: patches per class")
+    ] = None,
+    split: Annotated[str | None, typer.Option(help="a new selection: random or spatial")] = None,
+    seed: Annotated[int | None, typer.Option(help="a new selection: its seed")] = None,
 ) -> None:
-    """Score a registered model on the test split of a selection."""
+    """Score a registered version on EuroSAT patches it never trained on.
+
+    By default on the test split it was trained with (its run's ``dataset/split.csv``). With
+    ``--seed``, ``--split`` or ``--samples-per-class``, on a new selection's test split (the
+    gate's hold-out left out, as the trainer leaves it out) less the patches the version trained
+    on. Under ``mlflow run ... -e evaluate`` the figures are logged to that run."""
+    import os
+
     import torch
 
-    from eostream.trainer.catalog import build_catalog
-    from eostream.trainer.datasets import load_patches
     from eostream.trainer.errors import BadTrainingRequestError
     from eostream.trainer.pipeline import tracker_for
-    from eostream.trainer.selection import SelectionSpec, select
-    from eostream.trainer.task import evaluate
 
-    if bands not in ("rgb", "ms13"):  # before MLflow is asked (minutes when it is down)
-        typer.echo(f"eostream: --bands {bands!r}: use rgb or ms13", err=True)
-        raise typer.Exit(2)
+    if bands not in (None, "rgb", "ms13"):  # before MLflow is asked (minutes when it is down)
+        raise _usage(f"--bands {bands!r}: use rgb or ms13")
+    if split not in (None, "random", "spatial"):
+        raise _usage(f"--split {split!r}: use random or spatial")
     settings = _settings(bus="memory")  # evaluate publishes nothing: no Kafka settings needed
     torch.set_num_threads(settings.num_threads)
     tracker = tracker_for(settings)
     try:
         with _mlflow_answers(tracker):
             tracker.configure()
-            model, _card = tracker.load_base(model_uri)
+            model, card = tracker.load_base(model_uri)
+            run_id, recorded = tracker.recorded_split(model_uri)
     except BadTrainingRequestError as exc:  # not models:/NAME/VERSION, or no such version
-        typer.echo(f"eostream: {exc}", err=True)
-        raise typer.Exit(2) from None
-    table = build_catalog(settings.data_dir, settings.cache_dir, bands)
-    selection = select(
-        table,
-        SelectionSpec(
-            band_set=bands,
-            samples_per_class=samples_per_class,
-            split="spatial" if split == "spatial" else "random",
-            seed=seed,
-        ),
+        raise _usage(str(exc)) from None
+    if bands is not None and bands != card.band_set:
+        raise _usage(f"{model_uri} takes {card.band_set} patches (its model card), not {bands}")
+    if card.band_set not in ("rgb", "ms13"):
+        raise _usage(f"{model_uri} is a model of {card.band_set} chips, not of EuroSAT patches")
+    anew = samples_per_class is not None or split is not None or seed is not None
+    test, where = _evaluation_patches(settings, card.band_set, run_id, recorded, anew, {
+        "samples_per_class": samples_per_class, "split": split or "random",
+        "seed": 42 if seed is None else seed,
+    })  # fmt: skip
+    from eostream.trainer.datasets import load_patches
+    from eostream.trainer.task import evaluate
+
+    data = load_patches(settings.data_dir, card.band_set, test, settings.num_threads)
+    result = evaluate(model, data, torch.device("cpu"))
+    accuracy = result["accuracy"]
+    typer.echo(f"{model_uri}: test accuracy {accuracy:.4f} on {len(data)} patches ({where})")
+    if os.environ.get("MLFLOW_RUN_ID"):  # `mlflow run -e evaluate`: the figures go to its run
+        import mlflow
+
+        with mlflow.start_run(run_id=os.environ["MLFLOW_RUN_ID"]):
+            tracker.log_evaluation("test", result, card.classes)
+            mlflow.log_params({"evaluated_model": model_uri, "evaluated_on": where})
+
+
+def _usage(message: str) -> typer.Exit:
+    typer.echo(f"eostream: {message}", err=True)
+    return typer.Exit(2)
+
+
+def _evaluation_patches(
+    settings: TrainerSettings,
+    band_set: str,
+    run_id: str,
+    recorded: list[dict[str, str]] | str,
+    anew: bool,
+    spec: dict[str, Any],
+) -> tuple[list[Any], str]:
+    """The test patches ``evaluate`` scores, and a few words on where they come from."""
+    from eostream.trainer.catalog import build_catalog
+    from eostream.trainer.selection import (
+        Patch,
+        SelectionSpec,
+        select_for_training,
+        training_keys,
     )
-    test = load_patches(settings.data_dir, bands, selection.of("test"), settings.num_threads)
-    result = evaluate(model, test, torch.device("cpu"))
-    typer.echo(f"{model_uri}: test accuracy {result['accuracy']:.4f} on {len(test)} patches")
+
+    if not anew:
+        if isinstance(recorded, str):
+            raise _usage(
+                f"the version's run {run_id} recorded no split ({recorded}); choose one with "
+                "--seed, --split or --samples-per-class"
+            )
+        rows = [r for r in recorded if r["split"] == "test"]
+        patches = [Patch(r["id"], r["class"], int(r["label"]), r["href"], "test") for r in rows]
+        return patches, f"the test split it was trained with, run {run_id}"
+    table = build_catalog(settings.data_dir, settings.cache_dir, band_set)
+    selection = select_for_training(
+        table, SelectionSpec(band_set=band_set, **spec), settings.data_dir, settings.gate_holdout
+    )
+    seen = set(training_keys(recorded)) if not isinstance(recorded, str) else set()
+    test = [
+        p
+        for p in selection.of("test")
+        if f"{p.class_name}/{PurePosixPath(p.href).stem}" not in seen
+    ]
+    left = len(selection.of("test")) - len(test)
+    words = f"seed {spec['seed']}, {spec['split']} split"
+    if isinstance(recorded, str):
+        return test, f"{words}; what the version trained on is unknown: {recorded}"
+    return test, f"{words}; {left} patches it trained on left out"
 
 
 def submit(
@@ -491,163 +468,4 @@ def submit(
         requested_by="eostream train",
     )
     _checked(request)  # refuse a bad request here, before it reaches the bus
-    asyncio.run(_submit(_settings(), request, wait, timeout))
-
-
-def _run_line(event: TrainingStarted) -> str:
-    if event.reused:
-        return f"already trained by request {event.request_id}: MLflow run {event.run_url}"
-    return f"MLflow run: {event.run_url}"
-
-
-class RequestFailed(Exception):
-    """The trainer refused the request (dead-lettered it), or the embedded worker stopped."""
-
-
-T = TypeVar("T")
-log = logging.getLogger(__name__)
-
-#: seconds between two reads of the dead letters while a submission waits (on Kafka, of the
-#: letters written since the request was published)
-LETTERS_EVERY = 1.0
-KAFKA_LETTERS_EVERY = 5.0
-
-LetterReader = Callable[[], Awaitable["list[DeadLetter]"]]
-
-
-async def _watched(
-    wanted: asyncio.Future[T],
-    worker: asyncio.Task[None] | None,
-    letters: LetterReader,
-    request_id: str,
-    timeout: float | None,
-    *,
-    letters_every: float = LETTERS_EVERY,
-) -> T:
-    """``wanted``'s result; raises :class:`RequestFailed` when the trainer dead-letters the
-    request (one of ``letters()``: its reason) or the embedded ``worker`` stops (both left the
-    command waiting for ever), TimeoutError after ``timeout`` seconds (None: no limit).
-    ``worker`` is None where the trainer is a service of its own (Kafka). A read of the letters
-    that fails (a broker blip) is logged and tried again at the next turn."""
-    loop = asyncio.get_running_loop()
-    deadline = None if timeout is None else loop.time() + timeout
-    while True:
-        pending: set[asyncio.Future[Any]] = {wanted} if worker is None else {wanted, worker}
-        finished, _ = await asyncio.wait(pending, timeout=letters_every)
-        if wanted in finished:
-            return wanted.result()
-        if worker is not None and worker in finished:
-            if worker.cancelled():
-                raise RequestFailed("the trainer was cancelled")
-            failure = worker.exception()
-            raise RequestFailed(
-                f"the trainer stopped: {failure}" if failure else "the trainer stopped"
-            )
-        try:
-            found = await letters()
-        except Exception as exc:  # the wait goes on; the next turn reads again
-            log.warning("could not read the dead letters (%s); reading again", exc)
-            found = []
-        for letter in found:
-            if letter.original_topic == topics.TRAINING_REQUESTS and letter.original_key == (
-                request_id
-            ):
-                raise RequestFailed(f"request {request_id} refused: {letter.reason}")
-        if deadline is not None and loop.time() > deadline:
-            raise TimeoutError
-
-
-async def _letters_since_now(bus: Bus) -> LetterReader:
-    """A reader of the dead letters written from now on: on Kafka, from the dead-letter
-    topic's end offsets of this moment (not the whole topic at every turn, whose newest letters
-    a read cut short by its timeout missed); an in-process or embedded bus is read whole."""
-    from eostream.shared.bus.base import parse_dead_letter
-    from eostream.shared.bus.kafka import KafkaBus
-
-    if not isinstance(bus, KafkaBus):
-        return lambda: bus.read_dead_letters(limit=sys.maxsize)
-    topic = bus.dead_letter_topic
-    marks = await bus.end_offsets(topic)
-
-    async def read() -> list[DeadLetter]:
-        records = await bus.read_topic(topic, timeout=30.0, start=marks)
-        return [parse_dead_letter(r) for r in records]
-
-    return read
-
-
-async def _submit(
-    settings: TrainerSettings, request: TrainingRequested, wait: bool, timeout: float
-) -> None:
-    from eostream.shared.bus import build_bus
-    from eostream.shared.events import Event, ModelVersionRegistered
-    from eostream.trainer.pipeline import tracker_for
-    from eostream.trainer.service import SERVICE, build_trainer
-
-    bus = build_bus(settings, service="trainer-cli")
-    await bus.start()
-    started: asyncio.Future[TrainingStarted] = asyncio.get_running_loop().create_future()
-    done: asyncio.Future[ModelVersionRegistered] = asyncio.get_running_loop().create_future()
-
-    async def listen(event: Event, _delivery: object) -> None:
-        if isinstance(event, TrainingStarted) and event.request_id == request.request_id:
-            if not started.done():
-                started.set_result(event)
-        if isinstance(event, ModelVersionRegistered) and event.request_id == request.request_id:
-            if not done.done():
-                done.set_result(event)
-
-    group = f"trainer-cli-{uuid.uuid4().hex[:8]}"
-    # a follower: a bad record is the services' to dead-letter, not each submission's again
-    listener = bus.consumer(
-        [topics.TRAINING_EVENTS, topics.MODELS_REGISTERED], group, listen, dead_letter=False
-    )
-    tasks = [asyncio.create_task(listener.run())]
-    try:
-        letters = await _letters_since_now(bus)  # before the request: its refusal comes after
-        await bus.publish(topics.TRAINING_REQUESTS, request)
-        typer.echo(
-            f"requested training {request.request_id} ({request.band_set}, {request.epochs} epochs)"
-        )
-        if settings.bus == "memory":  # embedded mode: this process is the worker
-            with progress_bar() as on_batch:
-                tracker = tracker_for(settings)
-                worker = build_trainer(settings, bus=bus, tracker=tracker, on_batch=on_batch)
-                running = asyncio.create_task(worker.consumer().run())
-                tasks.append(running)
-                event = await _watched(started, running, letters, request.request_id, timeout)
-                typer.echo(_run_line(event))
-                registered = await _watched(done, running, letters, request.request_id, None)
-        else:  # the trainer is a service: it may refuse the request before or after starting
-            every = KAFKA_LETTERS_EVERY
-            event = await _watched(
-                started, None, letters, request.request_id, timeout, letters_every=every
-            )
-            typer.echo(_run_line(event))
-            if not wait:
-                return
-            registered = await _watched(
-                done, None, letters, request.request_id, None, letters_every=every
-            )
-        accuracy = registered.metrics.get("test_accuracy")
-        typer.echo(
-            f"{'already registered' if event.reused else 'registered'} {registered.name} "
-            f"version {registered.version}"
-            + ("" if accuracy is None else f" (test accuracy {accuracy:.3f})")
-        )
-    except TimeoutError:
-        typer.echo(
-            f"no TrainingStarted within {timeout:.0f}s: is `eostream trainer run` up? "
-            f"(service {SERVICE})",
-            err=True,
-        )
-        raise typer.Exit(1) from None
-    except RequestFailed as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    finally:
-        await listener.stop()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await bus.close()
+    asyncio.run(submit_request(_settings(), request, wait, timeout))

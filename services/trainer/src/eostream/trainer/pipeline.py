@@ -241,10 +241,11 @@ def pretrained_start(
 
 
 def select_and_load(
-    plan: TrainingPlan, settings: TrainerSettings
+    plan: TrainingPlan, settings: TrainerSettings, base_train: tuple[str, ...] = ()
 ) -> tuple[Selection, dict[str, PatchTensors]]:
-    """The request's selection (the gate's hold-out left out) and its train/val/test patches;
-    with ``plan.dataset``, the chip dataset's chips in their recorded splits."""
+    """The request's selection (the gate's hold-out left out; ``base_train``, the patches a
+    base model trained on, kept in train) and its train/val/test patches; with
+    ``plan.dataset``, the chip dataset's chips in their recorded splits."""
     if plan.dataset is not None:
         dataset = chipset.open_dataset(plan.dataset)
         chosen = chipset.select(dataset, plan.seed)
@@ -263,6 +264,7 @@ def select_and_load(
             samples_per_class=plan.samples_per_class,
             split=plan.split,
             seed=plan.seed,
+            train_only=base_train,
         ),
         settings.data_dir,
         settings.gate_holdout,
@@ -316,7 +318,14 @@ def train_and_register(
         return train_pixel_model(plan, settings, tracker=tracker, on_started=on_started)
     # a missing or wrong checkpoint file is refused before the data is read
     checked = resolve_pretrained(plan.pretrained) if plan.pretrained else None
-    selection, data = select_and_load(plan, settings)
+    # what a base model trained on stays in train: its new seed or split must not score the
+    # fine-tuned model on patches it has seen (they flattered its test accuracy by 0.08)
+    base_train = (
+        tracker.training_keys_of(plan.base_model)
+        if plan.base_model is not None and plan.dataset is None
+        else ()
+    )
+    selection, data = select_and_load(plan, settings, base_train)
     # the torch family's model; the keras family builds its own (keras_family.fit_and_export)
     model = prepare_model(plan, tracker, data["train"]) if plan.family == "torch" else None
     pretrained = pretrained_start(plan, model, checked) if model is not None else None
@@ -532,6 +541,8 @@ def run_params(plan: TrainingPlan, selection: Selection) -> dict[str, object]:
     params["dataset_digest"] = selection.table.digest
     params["selection_digest"] = selection.digest
     params["gate_holdout_excluded"] = len(selection.spec.exclude)
+    if selection.spec.train_only:
+        params["base_model_train_patches"] = len(selection.spec.train_only)
     for split, count in selection.counts().items():
         params[f"n_{split}"] = count
     return params
@@ -573,15 +584,18 @@ def chip_card(
 
 #: a request id that is its own run folder's name
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
+#: how the folder name of any other id ends (a plain id ending so gets one too)
+DIGESTED = re.compile(r"-[0-9a-f]{16}$")
 
 
 def _safe(text: str) -> str:
     """A folder name for ``text`` (a request id, as a sender wrote it): the id itself when it is
     a plain name (letters, digits, ``-_.``, not starting with a dot, at most 64 characters),
-    else its letters, digits and ``-_.`` and a digest of the whole, so two ids do not share a
-    folder by accident; never ``.`` or ``..`` (the id ``..`` made the run folder the cache
-    itself, which its clean-up then emptied)."""
-    if PLAIN_NAME.fullmatch(text):
+    else its letters, digits and ``-_.`` and a digest of the whole, so two ids never share a
+    folder: not even an id written as another one's folder name, since a plain id that ends
+    like a digest gets one of its own too; never ``.`` or ``..`` (the id ``..`` made the run
+    folder the cache itself, which its clean-up then emptied)."""
+    if PLAIN_NAME.fullmatch(text) and not DIGESTED.search(text):
         return text
     shown = "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip(".")[:64]
     return f"{shown or 'request'}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"

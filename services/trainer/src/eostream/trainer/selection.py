@@ -13,6 +13,10 @@ readers use to check a recorded split).
   consecutive patch numbers within a class. Nothing published says EuroSAT's numbering follows
   space, so for RGB this is a *grouped* hold-out, not a proven spatial one.
 
+A model fine-tuned from a base model keeps the patches the base trained on in train
+(``train_only``, read from the base run's recorded split): whatever the new seed or split, its
+validation and test patches are unseen by both.
+
 Before any split, the registry-bridge's gate hold-out (:mod:`eostream.shared.holdout`) is left
 out (:func:`gate_exclusion`), so the gate never scores a model on patches it learned from, unless
 that would take half or more of some class (the small EuroSAT MS set here); then the overlap is
@@ -25,7 +29,7 @@ import hashlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -53,6 +57,9 @@ class SelectionSpec:
     train_fraction: float = 0.7
     val_fraction: float = 0.15
     exclude: tuple[str, ...] = ()  # "Class/file name" keys left out of every split
+    #: "Class/file stem" keys kept in train whatever their group draws: the patches a base
+    #: model trained on (:func:`training_keys`), never scored as unseen
+    train_only: tuple[str, ...] = ()
     #: the classes the table knows (EuroSAT's; a chip dataset's own, see trainer/chipset.py)
     vocabulary: tuple[str, ...] = EUROSAT_CLASSES
 
@@ -137,7 +144,10 @@ def build_sql(table: CatalogTable, spec: SelectionSpec) -> tuple[str, dict[str, 
               AND NOT list_contains($exclude, class || '/' || parse_filename(assets.image.href))
         )
         SELECT id, class, class_index, href,
-               CASE WHEN f < $train THEN 'train' WHEN f < $train_val THEN 'val'
+               CASE WHEN f < $train THEN 'train'
+                    WHEN list_contains($train_only, class || '/' || parse_filename(href, true))
+                        THEN 'train'
+                    WHEN f < $train_val THEN 'val'
                     ELSE 'test' END AS split
         FROM (SELECT *, {_fraction_sql("group_key", spec.seed)} AS f FROM chosen {limit})
         ORDER BY id
@@ -146,6 +156,7 @@ def build_sql(table: CatalogTable, spec: SelectionSpec) -> tuple[str, dict[str, 
         "path": str(table.path),
         "classes": list(spec.classes),
         "exclude": list(spec.exclude),
+        "train_only": list(spec.train_only),
         "train": spec.train_fraction,
         "train_val": spec.train_fraction + spec.val_fraction,
     }
@@ -178,6 +189,17 @@ def select(table: CatalogTable, spec: SelectionSpec) -> Selection:
 
 def exclusion_key(class_name: str, href: str) -> str:
     return f"{class_name}/{PurePosixPath(href).name}"
+
+
+def training_keys(rows: Sequence[Mapping[str, str]]) -> tuple[str, ...]:
+    """The "Class/file stem" keys of the train rows of a run's ``dataset/split.csv`` (columns
+    ``class``, ``href``, ``split``): the same place whether the run read its RGB JPEG or its
+    13-band tif, so a model widened from RGB to ms13 is not scored on patches it saw."""
+    return tuple(
+        sorted(
+            {f"{r['class']}/{PurePosixPath(r['href']).stem}" for r in rows if r["split"] == "train"}
+        )
+    )
 
 
 def gate_exclusion(table: CatalogTable, held_out: Sequence[str]) -> tuple[str, ...]:
@@ -221,6 +243,8 @@ def _digest(table: CatalogTable, spec: SelectionSpec, patches: tuple[Patch, ...]
     fields = asdict(spec)
     if spec.vocabulary == EUROSAT_CLASSES:  # EuroSAT digests stay what they were
         del fields["vocabulary"]
+    if not spec.train_only:  # and so do those of models trained from scratch
+        del fields["train_only"]
     h.update(json.dumps(fields, sort_keys=True).encode())
     for p in patches:
         h.update(f"{p.item_id}\t{p.label}\t{p.split}\n".encode())

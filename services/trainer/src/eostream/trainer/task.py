@@ -430,6 +430,7 @@ def fit(
         summed_loss, summed_correct = float(total_loss), int(correct)  # waits for the device
         elapsed = time.perf_counter() - started
         seen, busy = seen + len(train), busy + elapsed
+        rate = float(scheduler.get_last_lr()[0])  # this epoch's, before the step to the next
         scheduler.step()
         if ema is not None:
             refresh_batch_norm(ema.module, train, device, config)
@@ -441,7 +442,7 @@ def fit(
             "val_accuracy": result["accuracy"],
             **({"val_mean_iou": result["mean_iou"]} if per_pixel else {}),
             "images_per_second": len(train) / max(elapsed, 1e-9),
-            "learning_rate": float(scheduler.get_last_lr()[0]),
+            "learning_rate": rate,
         }
         history.epochs.append(metrics)
         score = metrics["val_mean_iou" if per_pixel else "val_accuracy"]

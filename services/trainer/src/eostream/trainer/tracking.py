@@ -26,6 +26,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from eostream.shared import errors, provenance, tags
@@ -33,7 +34,7 @@ from eostream.shared.modelcard import INPUT_NAME, OUTPUT_NAME, ModelCard
 from eostream.shared.redaction import redact_urls
 from eostream.trainer.errors import BadTrainingRequestError
 from eostream.trainer.models import EuroSATNet
-from eostream.trainer.selection import Selection
+from eostream.trainer.selection import Selection, training_keys
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,14 @@ def version_description(card: ModelCard, selection: Selection, test_accuracy: fl
     )
 
 
+def artifacts_beside(tracking_uri: str) -> str | None:
+    """``file://.../mlartifacts`` beside a sqlite store's database file; None for a server."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    database = Path(tracking_uri.removeprefix("sqlite:///").split("?", 1)[0])
+    return (database.resolve().parent / "mlartifacts").as_uri()
+
+
 class Tracker:
     def __init__(
         self,
@@ -141,9 +150,23 @@ class Tracker:
             experiment_id = self.client.get_run(project_run).info.experiment_id
             experiment = mlflow.set_experiment(experiment_id=experiment_id)
         else:
+            self._create_beside_store()
             experiment = mlflow.set_experiment(self.experiment_name)
         self.experiment_id = str(experiment.experiment_id)
         return self.experiment_id
+
+    def _create_beside_store(self) -> None:
+        """A new experiment in a sqlite store keeps its artifacts beside the database file
+        (``mlartifacts/``, as the embedded MLflow server does), not in ``./mlruns`` of whatever
+        folder the first run happened to start in."""
+        root = artifacts_beside(self.tracking_uri)
+        if root is None or mlflow.get_experiment_by_name(self.experiment_name) is not None:
+            return
+        try:
+            mlflow.create_experiment(self.experiment_name, artifact_location=root)
+        except MlflowException as exc:  # another trainer made it first
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
 
     def _follow_project(self, run_id: str, project_uri: str | None) -> None:
         """Under ``mlflow run`` the project's run is in the tracking server MLflow was given
@@ -173,7 +196,8 @@ class Tracker:
     @contextmanager
     def run(self, run_id: str | None, run_name: str, tags: Mapping[str, str]) -> Iterator[str]:
         """Start (or resume, when ``run_id`` is given) a run tagged with ``tags`` and the code
-        version (:func:`code_tags`); yields its id. Epoch scalars go to TensorBoard event files
+        version (:func:`code_tags`; with tracked files changed since the commit, their diff as
+        ``code/uncommitted.diff``); yields its id. Epoch scalars go to TensorBoard event files
         in a temporary folder, logged as ``tensorboard/`` before registration (or at the end)."""
         with (
             tempfile.TemporaryDirectory(prefix="eostream-tensorboard-") as board,
@@ -185,6 +209,8 @@ class Tracker:
             ) as active,
         ):
             self._board_dir = Path(board)
+            if active.data.tags.get(provenance.DIRTY_TAG) == "true":  # the commit is not all
+                mlflow.log_text(provenance.uncommitted_diff(), "code/uncommitted.diff")
             try:
                 yield str(active.info.run_id)
                 self.log_tensorboard()
@@ -443,27 +469,64 @@ class Tracker:
     def version_tags(self, name: str, version: str) -> dict[str, str]:
         return dict(self.client.get_model_version(name, version).tags)
 
-    def load_base(self, uri: str) -> tuple[EuroSATNet, ModelCard]:
-        """The model and card of ``models:/NAME/VERSION`` (or ``@alias``) to fine-tune from."""
-        import mlflow.pytorch
-        from mlflow.exceptions import MlflowException
-
+    def _base_version(self, uri: str) -> Any:
+        """The registered version ``models:/NAME/VERSION`` (or ``@alias``) names."""
         name, version, alias = parse_model_uri(uri)
         client = self.client
         try:
-            mv = (
+            return (
                 client.get_model_version(name, version)
                 if version
                 else client.get_model_version_by_alias(name, alias or "")
             )
         except MlflowException as exc:
             raise BadTrainingRequestError(f"base_model {uri}: {exc.message}") from exc
+
+    def load_base(self, uri: str) -> tuple[EuroSATNet, ModelCard]:
+        """The model and card of ``models:/NAME/VERSION`` (or ``@alias``) to fine-tune from."""
+        import mlflow.pytorch
+
+        mv = self._base_version(uri)
         if CARD_TAG not in mv.tags:
             raise BadTrainingRequestError(f"base_model {uri} has no {CARD_TAG} tag")
-        model = mlflow.pytorch.load_model(f"models:/{name}/{mv.version}", map_location="cpu")
+        model = mlflow.pytorch.load_model(f"models:/{mv.name}/{mv.version}", map_location="cpu")
         if not isinstance(model, EuroSATNet):
             raise BadTrainingRequestError(f"base_model {uri} is not an eostream EuroSATNet")
         return model, ModelCard.from_json(mv.tags[CARD_TAG])
+
+    def recorded_split(self, uri: str) -> tuple[str, list[dict[str, str]] | str]:
+        """The run id of the version ``uri`` and its run's ``dataset/split.csv`` rows (id,
+        class, label, href, split), or why there are none (a model of chips, one made
+        elsewhere)."""
+        import csv
+
+        mv = self._base_version(uri)
+        try:
+            with tempfile.TemporaryDirectory(prefix="eostream-split-") as tmp:
+                path = mlflow.artifacts.download_artifacts(
+                    run_id=mv.run_id,
+                    artifact_path="dataset/split.csv",
+                    dst_path=tmp,
+                    tracking_uri=self.tracking_uri,
+                )
+                with open(path, newline="") as f:
+                    return str(mv.run_id), list(csv.DictReader(f))
+        except (MlflowException, OSError) as exc:
+            return str(mv.run_id), str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+    def training_keys_of(self, uri: str) -> tuple[str, ...]:
+        """The EuroSAT patches the version ``uri`` trained on ("Class/file stem":
+        :func:`.selection.training_keys`); () when its run recorded none, with a warning."""
+        _run, rows = self.recorded_split(uri)
+        if isinstance(rows, str):
+            log.warning(
+                "%s: the patches it trained on are unknown (%s); some may be in this run's "
+                "validation or test split",
+                uri,
+                rows,
+            )
+            return ()
+        return training_keys(rows)
 
 
 def confusion_figure(matrix: np.ndarray, classes: Sequence[str], title: str) -> Any:

@@ -1,0 +1,44 @@
+"""A run tracked to a sqlite store keeps its artifacts beside the database, and `trainer fit`
+names a run in such a store in words people can act on (it has no URL)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from eostream.shared.provenance import run_reference
+from eostream.trainer.tracking import Tracker, artifacts_beside
+
+
+def test_artifacts_go_beside_the_database_not_into_the_working_folder(
+    sqlite_mlflow: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    tracker = Tracker(sqlite_mlflow, "beside")
+    tracker.configure()
+    with mlflow.start_run(experiment_id=tracker.experiment_id) as run:
+        mlflow.log_text("hello", "note.txt")
+    assert (tmp_path / "mlartifacts" / run.info.run_id / "artifacts" / "note.txt").is_file()
+    assert not (elsewhere / "mlruns").exists()
+    # a second tracker (another process) finds the same experiment
+    again = Tracker(sqlite_mlflow, "beside")
+    assert again.configure() == tracker.experiment_id
+
+
+def test_only_a_sqlite_store_gets_a_folder_chosen() -> None:
+    assert artifacts_beside("http://127.0.0.1:5000") is None
+    assert artifacts_beside("sqlite:////srv/x/mlflow.db") == "file:///srv/x/mlartifacts"
+
+
+def test_a_run_in_a_local_store_is_named_by_id_and_store() -> None:
+    url = "http://127.0.0.1:5000/#/experiments/3/runs/abc"
+    assert run_reference(url) == url
+    local = run_reference("sqlite:///.eostream/mlflow.db/#/experiments/1/runs/4242")
+    assert local == (
+        "4242 (experiment 1) in sqlite:///.eostream/mlflow.db; to look at it: "
+        "mlflow ui --backend-store-uri sqlite:///.eostream/mlflow.db"
+    )

@@ -38,7 +38,8 @@ from eostream.trainer.labels_cli import app as labels_app
 DATES = ("2020-06-21", "2020-09-14", "2021-07-16")
 MODEL = "boadella-water"
 
-#: maps scored as `eostream maps evaluate` scores them: every pixel gets its top class
+#: every pixel gets its top class, as the bridge's map check scores maps (`eostream maps evaluate`
+#: with INFERENCE_UNCERTAIN_BELOW=0)
 SCORING = {"uncertain_below": 0.0, "intra_op_threads": 2}
 
 

@@ -41,7 +41,8 @@ from eostream.trainer.pixel import PIXEL_ARCHITECTURES
 
 DATES = ("2020-06-21", "2020-09-14", "2021-07-16")
 
-#: maps scored as `eostream maps evaluate` scores them: every pixel gets its top class
+#: every pixel gets its top class, as the bridge's map check scores maps (`eostream maps evaluate`
+#: with INFERENCE_UNCERTAIN_BELOW=0)
 SCORING = {"uncertain_below": 0.0, "intra_op_threads": 2}
 
 

@@ -42,7 +42,8 @@ PARTIAL = {"2020-02-02"}
 HELD_OUT = "2021-07-16"
 FOLDER = reference.BOADELLA_FOLDER + "/sentinel_2"
 
-#: maps scored as `eostream maps evaluate` scores them: every pixel gets its top class
+#: every pixel gets its top class, as the bridge's map check scores maps (`eostream maps evaluate`
+#: with INFERENCE_UNCERTAIN_BELOW=0)
 SCORING = {"uncertain_below": 0.0, "intra_op_threads": 2}
 
 

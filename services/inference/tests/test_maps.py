@@ -4,6 +4,7 @@ and ``eostream maps evaluate`` end to end with a small model and a sqlite MLflow
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -251,6 +252,9 @@ def test_maps_evaluate_end_to_end_logs_to_mlflow(
     assert result.exit_code == 0, result.output + result.stderr
     assert "2020-06-21  complete" in result.stdout
     assert "NDWI water" in result.stdout
+    # how the maps were made, which moves the figures, and what they left uncertain
+    made = re.search(r"maps at stride (\d+), uncertain below ([\d.]+): ([\d.]+)% of", result.stdout)
+    assert made and made.group(2) == "0.5", result.stdout
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["pooled"]["ndwi"]["water"]["iou"] > 0.8
     assert (summary["precision"], summary["model_version"]) == ("fp32", None)
@@ -270,6 +274,13 @@ def test_maps_evaluate_end_to_end_logs_to_mlflow(
     assert "2020-06-21/ndwi/water_iou" in run.data.metrics
     assert run.data.params["class_mapping"] == json.dumps({"water": ["SeaLake", "River"]})
     assert run.data.params["precision"] == "fp32"
+    assert run.data.params["scoring_uncertain_below"] == "0.5"
+    assert run.data.params["scoring_stride"] == made.group(1)
+    [item] = summary["items"]
+    assert summary["scoring"]["uncertain_below"] == 0.5 and 0 <= item["uncertain_pixels"]
+    assert item["uncertain_pixels"] / item["pixels"] == pytest.approx(
+        float(made.group(3)) / 100, abs=0.001
+    )
     names = {a.path for a in client.list_artifacts(run.info.run_id, "map-accuracy")}
     assert "map-accuracy/confusion.png" in names
     assert run.data.tags["eostream.package"] == "eostream-inference"  # and the commit

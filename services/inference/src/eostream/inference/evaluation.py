@@ -34,7 +34,7 @@ from shapely.geometry import box, shape
 from shapely.ops import unary_union
 
 from eostream.inference import accuracy, reference
-from eostream.inference.engine import NODATA
+from eostream.inference.engine import NODATA, UNCERTAIN
 from eostream.inference.errors import InferenceError, ReferenceSetError
 from eostream.inference.fetch import local_path
 from eostream.inference.model import ModelInfo, info_from_item
@@ -71,6 +71,9 @@ class ItemResult:
     pixels: int
     model_cm: np.ndarray
     ndwi_cm: np.ndarray | None
+    #: scored pixels the map left uncertain (below ``uncertain_below``, or out of the model's
+    #: domain): counted as the background class, so a miss of every other class
+    uncertain: int = 0
 
     @property
     def partial(self) -> bool:
@@ -88,6 +91,9 @@ class Report:
     precision: str = "fp32"
     model_version: str | None = None
     model_run_id: str | None = None  # the MLflow run that trained it (an MLM item names it)
+    #: the inference settings the maps were made with, which move the figures (stride,
+    #: uncertain_below, out_of_domain_limit)
+    scoring: dict[str, Any] = field(default_factory=dict)
     items: list[ItemResult] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -264,7 +270,10 @@ def evaluate_item(
         ndwi_cm = accuracy.confusion_matrix(truth, baseline, n, valid)
     model_cm = accuracy.confusion_matrix(truth, mapped, n, valid)
     when = scene.datetime.date().isoformat() if scene.datetime else ""
-    return ItemResult(item.id, scene.id, when, coverage, int(valid.sum()), model_cm, ndwi_cm)
+    uncertain = int((valid & (predicted == UNCERTAIN)).sum())
+    return ItemResult(
+        item.id, scene.id, when, coverage, int(valid.sum()), model_cm, ndwi_cm, uncertain
+    )
 
 
 def rasterize_labels(
@@ -373,6 +382,16 @@ def evaluate(
         return asyncio.run(_evaluate(ref, model_uri, s, on_error))
 
 
+def scoring_of(settings: InferenceSettings) -> dict[str, Any]:
+    """The settings of the maps that move the figures: the window step, the threshold under
+    which a pixel is uncertain, the out-of-domain limit (0: every pixel gets its top class)."""
+    return {
+        "stride": settings.stride,
+        "uncertain_below": settings.uncertain_below,
+        "out_of_domain_limit": settings.out_of_domain_limit,
+    }
+
+
 def read_item(model_uri: str, read: Callable[[str], bytes]) -> bytes | None:
     """The bytes of the version's MLM item ``evaluate`` was given, or None for an ONNX file: told
     by its name (``.json``, ``.onnx``), else by its first byte (a STAC API's item URL has no
@@ -414,6 +433,7 @@ async def _evaluate(
             precision=loaded.precision,
             model_version=info.version if mlm_item is not None else None,
             model_run_id=info.run_id,
+            scoring=scoring_of(settings),
         )
         for item in ref.items:
             try:

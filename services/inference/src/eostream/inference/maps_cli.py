@@ -86,7 +86,12 @@ def evaluate(
     ] = "eostream-map-accuracy",
 ) -> None:
     """Classify the reference scenes with MODEL and score the maps (per class and overall)
-    beside NDWI > 0 on the same pixels. Exit status 1 when an item could not be evaluated."""
+    beside NDWI > 0 on the same pixels. Exit status 1 when an item could not be evaluated.
+
+    The maps are made as inference makes them here (``INFERENCE_STRIDE``,
+    ``INFERENCE_UNCERTAIN_BELOW``...: printed, and logged with the figures); uncertain pixels
+    count as the background class. ``INFERENCE_UNCERTAIN_BELOW=0`` gives every pixel its top
+    class, as the registry-bridge's map check and the benchmarks score."""
     from eostream.inference import evaluation, maps_report
     from eostream.shared.settings import configure_logging
 

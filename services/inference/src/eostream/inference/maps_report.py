@@ -30,6 +30,7 @@ def summary(report: Report) -> dict[str, Any]:
             "date": r.date,
             "coverage": r.coverage,
             "pixels": r.pixels,
+            "uncertain_pixels": r.uncertain,
             "model": scores_for(r.model_cm, classes, r.partial),
             "model_confusion": r.model_cm.tolist(),
             "model_overall_accuracy": None if r.partial else _oa(r.model_cm),
@@ -68,6 +69,8 @@ def summary(report: Report) -> dict[str, Any]:
         "background_class": f"{ref.background}: every other model class",
         "baseline": "NDWI = (B03 - B08) / (B03 + B08) > 0 -> water, on the same pixels",
         "partial_labels": PARTIAL_NOTE,
+        "scoring": report.scoring,
+        "uncertain": f"uncertain pixels are counted as {ref.background}",
         "items": items,
         "pooled": pooled,
         "errors": report.errors,
@@ -88,6 +91,19 @@ def _version(report: Report) -> str:
     return f" v{report.model_version}" if report.model_version else ""
 
 
+def _scoring_line(report: Report) -> str:
+    """How the maps were made, which moves the figures (``INFERENCE_STRIDE``,
+    ``INFERENCE_UNCERTAIN_BELOW``); and how many scored pixels they left uncertain."""
+    s = report.scoring
+    pixels = sum(r.pixels for r in report.items)
+    uncertain = sum(r.uncertain for r in report.items)
+    share = f"{uncertain / pixels:.1%}" if pixels else "-"
+    return (
+        f"maps at stride {s.get('stride', '?')}, uncertain below {s.get('uncertain_below', '?')}:"
+        f" {share} of the scored pixels uncertain, counted as {report.reference.background}"
+    )
+
+
 def table(report: Report) -> list[str]:
     """The lines printed for a person: water per date (model beside NDWI), then pooled scores."""
     s = summary(report)
@@ -97,6 +113,7 @@ def table(report: Report) -> list[str]:
         f"reference {ref.collection_id}: {len(ref.items)} label items; {mapping}; "
         f"{ref.background} <- every other model class",
         f"model {report.model_name}{_version(report)} ({report.model}), {report.precision}",
+        _scoring_line(report),
         "",
         f"{'date':<11} {'coverage':<9} {'pixels':>7}  {'model water P / R / IoU':<24}"
         f"{'NDWI water P / R / IoU':<24}{'model OA':>9}{'NDWI OA':>9}",
@@ -248,6 +265,7 @@ def log_to_mlflow(report: Report, tracking_uri: str, experiment: str, artifacts:
             "class_mapping": json.dumps(report.reference.mapping),
             "baseline": "ndwi>0",
             "partial_labels": "recall only, not pooled",
+            **{f"scoring_{k}": str(v) for k, v in report.scoring.items()},
         }
         if report.model_version:
             params["model_version"] = report.model_version

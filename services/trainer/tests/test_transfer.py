@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import re
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import mlflow
@@ -86,9 +87,9 @@ def test_a_fine_tuned_model_is_never_scored_on_what_its_base_trained_on(
     evaluate` scored a version on the seed-42 split whatever it trained with (and an ms13
     version on RGB patches: a traceback)."""
     tracker = tracker_for(sqlite_settings)
-    common = {"band_set": "ms13", "epochs": 1, "batch_size": 32}
+    common = partial(TrainingPlan, band_set="ms13", epochs=1, batch_size=32)
     base = train_and_register(
-        TrainingPlan(request_id="base-7", model_name="base-ms", seed=7, **common),
+        common(request_id="base-7", model_name="base-ms", seed=7),
         sqlite_settings,
         tracker=tracker,
     )
@@ -102,9 +103,7 @@ def test_a_fine_tuned_model_is_never_scored_on_what_its_base_trained_on(
     assert {f"{p.class_name}/{Path(p.href).stem}" for p in unseen} & seen  # seed 42 alone would
 
     tuned = train_and_register(
-        TrainingPlan(
-            request_id="tuned-42", model_name="tuned-ms", seed=42, base_model=uri, **common
-        ),
+        common(request_id="tuned-42", model_name="tuned-ms", seed=42, base_model=uri),
         sqlite_settings,
         tracker=tracker,
     )

@@ -27,9 +27,10 @@ Splits are spatial by default: the grid is cut into blocks of ``block`` x ``bloc
 train chip that touches (overlaps or shares an edge with) a val or test chip, or a val chip that
 touches a test chip, is dropped: no training chip touches a test chip. ``split_by="date"`` puts
 whole dates in one split instead (the same places then appear in several splits). Either way the
-split is stratified by class: a class found in three blocks (dates) or more has chips in train, val
-and test (water in one corner of a scene no longer leaves validation without water), and the
-splits' sizes follow the fractions as near as whole blocks allow (:func:`_split_of`).
+split is stratified by class where the groups allow: a class found in three blocks (dates) or
+more gets a group in train, val and test (water in one corner of a scene no longer leaves
+validation without water), and the splits' sizes follow the fractions as near as whole blocks
+allow (:func:`_split_of`). A class a split still lacks after the gap drops is logged.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -179,10 +181,12 @@ def dataset_classes(
 
 
 def _split_of(groups: Mapping[str, Counter[int]], rules: ChipRules, what: str) -> dict[str, str]:
-    """Whole groups (blocks or dates) to splits, stratified by class.
+    """Whole groups (blocks or dates) to splits, stratified by class where the groups allow.
 
-    First, for each class from the rarest, in at least three groups: each split without it takes
-    one of its groups (test, then val, then train; in MD5(key:seed) order, the seed's draw).
+    First, for each class from the rarest, in at least three groups: test, then val, each take the
+    first of its free groups in MD5(key:seed) order (the seed's draw) that gives them no more than
+    their fraction of the class's chips (else its smallest group), and train the next one, if
+    they lack the class. A class whose groups were all taken by rarer classes may miss a split.
     Then the other groups go one by one (rarest class first, then the draw) to the split they
     bring closest to the wanted shares: the train/val/test fractions of every class's chips and of
     all chips (least squares). A split still empty when as many groups remain as empty splits
@@ -209,6 +213,25 @@ def _split_of(groups: Mapping[str, Counter[int]], rules: ChipRules, what: str) -
 
     have = {s: Counter[int]() for s in SPLITS}
     out: dict[str, str] = {}
+    classes = sorted(total)  # a fixed order: sums of floats that tie, tie alike
+
+    def miss(key: str, split: str) -> float:
+        """How far from the wanted shares the splits are with ``key`` given to ``split``."""
+        extra = Counter(groups[key])
+        extra[everything] = sum(groups[key].values())
+        return sum(
+            ((have[s][k] + (extra[k] if s == split else 0)) / total[k] - want[s]) ** 2
+            for k in classes
+            for s in SPLITS
+        )
+
+    def suiting(candidates: list[str], split: str, k: int) -> str:
+        """The first group in the draw that gives ``split`` no more than its share of class
+        ``k``'s chips (else the one that gives least): val and test get the class, and train,
+        which learns it from few labels, keeps the most of it."""
+        share = want[split] * total[k]
+        fitting = [g for g in candidates if have[split][k] + groups[g][k] <= share]
+        return fitting[0] if fitting else min(candidates, key=lambda g: groups[g][k])
 
     def give(key: str, split: str) -> None:
         have[split].update(groups[key])
@@ -216,28 +239,19 @@ def _split_of(groups: Mapping[str, Counter[int]], rules: ChipRules, what: str) -
         out[key] = split
 
     drawn = sorted(groups, key=draw)
-    for k in sorted((k for k in total if k != everything), key=lambda k: (total[k], k)):
+    for k in sorted((k for k in classes if k != everything), key=lambda k: (total[k], k)):
         holders = [g for g in drawn if groups[g][k]]
         if len(holders) < len(SPLITS):
             continue
         for split in ("test", "val", "train"):
             free = [g for g in holders if g not in out]
             if free and not have[split][k]:
-                give(free[0], split)
+                give(free[0] if split == "train" else suiting(free, split, k), split)
     rest = sorted((g for g in groups if g not in out), key=lambda g: (rarest(g), draw(g)))
     for i, key in enumerate(rest):
-
-        def miss(split: str, key: str = key) -> float:
-            extra = Counter(groups[key])
-            extra[everything] = sum(groups[key].values())
-            return sum(
-                ((have[s][k] + (extra[k] if s == split else 0)) / total[k] - want[s]) ** 2
-                for k in total
-                for s in SPLITS
-            )
-
         empty = [s for s in ("test", "val", "train") if not have[s][everything]]
-        give(key, empty[0] if len(empty) >= len(rest) - i else min(SPLITS, key=miss))
+        chosen = empty[0] if len(empty) >= len(rest) - i else min(SPLITS, key=partial(miss, key))
+        give(key, chosen)
     return out
 
 
@@ -395,6 +409,15 @@ def _split(
                  len(xs[scene]) - 1)
         )  # fmt: skip
     per_split = Counter(c.split for c in chips)
+    lacking = [
+        f"{name} in {split}"
+        for name in wanted
+        if any(c.class_name == name for c in chips)
+        for split in SPLITS
+        if not any(c.class_name == name and c.split == split for c in chips)
+    ]
+    if lacking:
+        log.warning("the split leaves no chip of %s (too few blocks or dates)", ", ".join(lacking))
     missing = [n for n in SPLITS if not per_split[n]]
     if missing:
         raise BadInputError(

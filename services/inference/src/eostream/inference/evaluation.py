@@ -384,7 +384,8 @@ def evaluate(
 
 def scoring_of(settings: InferenceSettings) -> dict[str, Any]:
     """The settings of the maps that move the figures: the window step, the threshold under
-    which a pixel is uncertain, the out-of-domain limit (0: every pixel gets its top class)."""
+    which a pixel is uncertain (0: every pixel gets its top class) and the out-of-domain limit
+    (for a card that carries its training input's statistics)."""
     return {
         "stride": settings.stride,
         "uncertain_below": settings.uncertain_below,

@@ -91,7 +91,8 @@ def evaluate(
     The maps are made as inference makes them here (``INFERENCE_STRIDE``,
     ``INFERENCE_UNCERTAIN_BELOW``...: printed, and logged with the figures); uncertain pixels
     count as the background class. ``INFERENCE_UNCERTAIN_BELOW=0`` gives every pixel its top
-    class, as the registry-bridge's map check and the benchmarks score."""
+    class, as the registry-bridge's map check and the benchmarks score (a card with its training
+    input's statistics also marks out-of-domain windows: ``INFERENCE_OUT_OF_DOMAIN_LIMIT``)."""
     from eostream.inference import evaluation, maps_report
     from eostream.shared.settings import configure_logging
 

@@ -135,6 +135,10 @@ def test_a_water_other_classifier_trains_and_maps_a_third_date(
     assert card.patch_size == SIZE and card.processing_level == "L2A"
     assert card.dataset == str((dataset / chipset.TABLE).resolve())
     assert card.dataset_test_split == "test"
+    # `trainer evaluate` scores EuroSAT patches: a model of chips is refused in one line
+    asked = ["evaluate", "--model-uri", "models:/boadella-water/1"]
+    scored = CliRunner().invoke(trainer_app, asked)
+    assert scored.exit_code == 2 and "trained on labelled chips" in scored.stderr, scored.output
     onnx_path = next(out.rglob("*.onnx"))
     # the bridge's contract takes its classes, and its gate scores it on the dataset's test split
     data = onnx_path.read_bytes()

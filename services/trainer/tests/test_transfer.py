@@ -5,6 +5,7 @@ fine-tuned model is never scored on the patches its base trained on."""
 from __future__ import annotations
 
 import csv
+import json
 import re
 import tempfile
 from functools import partial
@@ -15,12 +16,18 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from eostream.shared.modelcard import BAND_SETS
+from eostream.shared.modelcard import BAND_SETS, EUROSAT_CLASSES
 from eostream.trainer.catalog import build_catalog
 from eostream.trainer.cli import app as trainer_app
 from eostream.trainer.pipeline import tracker_for, train_and_register
 from eostream.trainer.plan import TrainingPlan
-from eostream.trainer.selection import SelectionSpec, select_for_training, training_keys
+from eostream.trainer.selection import (
+    SelectionSpec,
+    group_key_sql,
+    select,
+    select_for_training,
+    training_keys,
+)
 from eostream.trainer.settings import TrainerSettings
 from eostream.trainer.tracking import Tracker
 
@@ -112,6 +119,17 @@ def test_a_fine_tuned_model_is_never_scored_on_what_its_base_trained_on(
     assert scored and not scored & seen
     params = tracker.client.get_run(tuned.version.run_id).data.params
     assert params["base_model_train_patches"] == str(len(seen))
+    # the test confusion matrix as counts, beside its picture
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=tuned.version.run_id,
+            artifact_path="evaluation/test_confusion_matrix.json",
+            dst_path=tmp,
+            tracking_uri=tracker.tracking_uri,
+        )
+        counts = json.loads(Path(path).read_text())
+    assert counts["classes"] == list(EUROSAT_CLASSES)
+    assert sum(map(sum, counts["matrix"])) == sum(1 for r in rows if r["split"] == "test")
 
     # `trainer evaluate`: the version's own test split by default, its figure the run's
     monkeypatch.setenv("TRAINER_MLFLOW_TRACKING_URI", sqlite_settings.mlflow_tracking_uri)
@@ -125,8 +143,37 @@ def test_a_fine_tuned_model_is_never_scored_on_what_its_base_trained_on(
     assert f"the test split it was trained with, run {base.version.run_id}" in own.stdout
     anew = CliRunner().invoke(trainer_app, ["evaluate", "--model-uri", uri, "--seed", "42"])
     assert anew.exit_code == 0, anew.output
-    left = re.search(r"seed 42, random split; (\d+) patches it trained on left out", anew.stdout)
+    told = r"seed 42, random split; (\d+) patches it trained or was validated on left out"
+    left = re.search(told, anew.stdout)
     assert left and int(left.group(1)) > 0, anew.stdout
     wrong = CliRunner().invoke(trainer_app, ["evaluate", "--model-uri", uri, "--bands", "rgb"])
     assert wrong.exit_code == 2
     assert wrong.stderr.strip() == f"eostream: {uri} takes ms13 patches (its model card), not rgb"
+
+
+def test_a_base_models_patches_take_their_whole_group_to_train(
+    data_dir: Path, trainer_cache: Path
+) -> None:
+    """Forced into train one by one, a base model's patches split their 20 km cells: 6 of 35
+    validation and test patches shared a cell with one of them."""
+    import duckdb
+
+    table = build_catalog(data_dir, trainer_cache, "ms13")
+    base = select(table, SelectionSpec(band_set="ms13", seed=7))
+    rows = [{"class": p.class_name, "href": p.href, "split": p.split} for p in base.patches]
+    keys = training_keys(rows)
+    spec = SelectionSpec(band_set="ms13", split="spatial", seed=42, train_only=keys)
+    tuned = select(table, spec)
+    with duckdb.connect() as con:
+        cells = dict(
+            con.execute(
+                f"SELECT id, {group_key_sql('ms13', 'spatial')} FROM read_parquet($p)",  # noqa: S608
+                {"p": str(table.path)},
+            ).fetchall()
+        )
+    splits: dict[str, set[str]] = {}
+    for p in tuned.patches:
+        splits.setdefault(cells[p.item_id], set()).add(p.split)
+    assert all(len(found) == 1 for found in splits.values()), splits
+    unseen = [p for p in tuned.patches if p.split != "train"]
+    assert unseen and not {f"{p.class_name}/{Path(p.href).stem}" for p in unseen} & set(keys)

@@ -334,7 +334,7 @@ def evaluate_command(
     By default on the test split it was trained with (its run's ``dataset/split.csv``). With
     ``--seed``, ``--split`` or ``--samples-per-class``, on a new selection's test split (the
     gate's hold-out left out, as the trainer leaves it out) less the patches the version trained
-    on. Under ``mlflow run ... -e evaluate`` the figures are logged to that run."""
+    or was validated on. Under ``mlflow run ... -e evaluate`` the figures are logged to that run."""
     import os
 
     import torch
@@ -358,8 +358,11 @@ def evaluate_command(
         raise _usage(str(exc)) from None
     if bands is not None and bands != card.band_set:
         raise _usage(f"{model_uri} takes {card.band_set} patches (its model card), not {bands}")
-    if card.band_set not in ("rgb", "ms13"):
-        raise _usage(f"{model_uri} is a model of {card.band_set} chips, not of EuroSAT patches")
+    if card.dataset is not None or card.task != "patch" or card.band_set not in ("rgb", "ms13"):
+        raise _usage(
+            f"{model_uri} was trained on labelled chips ({card.dataset or card.band_set}), not on "
+            "EuroSAT patches: the registry-bridge scores it on its dataset's test chips and maps"
+        )
     anew = samples_per_class is not None or split is not None or seed is not None
     test, where = _evaluation_patches(settings, card.band_set, run_id, recorded, anew, {
         "samples_per_class": samples_per_class, "split": split or "random",
@@ -395,6 +398,7 @@ def _evaluation_patches(
 ) -> tuple[list[Any], str]:
     """The test patches ``evaluate`` scores, and a few words on where they come from."""
     from eostream.trainer.catalog import build_catalog
+    from eostream.trainer.errors import DatasetError
     from eostream.trainer.selection import (
         Patch,
         SelectionSpec,
@@ -412,10 +416,17 @@ def _evaluation_patches(
         patches = [Patch(r["id"], r["class"], int(r["label"]), r["href"], "test") for r in rows]
         return patches, f"the test split it was trained with, run {run_id}"
     table = build_catalog(settings.data_dir, settings.cache_dir, band_set)
-    selection = select_for_training(
-        table, SelectionSpec(band_set=band_set, **spec), settings.data_dir, settings.gate_holdout
-    )
-    seen = set(training_keys(recorded)) if not isinstance(recorded, str) else set()
+    try:
+        selection = select_for_training(
+            table,
+            SelectionSpec(band_set=band_set, **spec),
+            settings.data_dir,
+            settings.gate_holdout,
+        )
+    except DatasetError as exc:  # e.g. too few samples per class to fill every split
+        raise _usage(str(exc)) from None
+    # what trained the version, and what chose its kept epoch
+    seen = set() if isinstance(recorded, str) else set(training_keys(recorded, ("train", "val")))
     test = [
         p
         for p in selection.of("test")
@@ -425,7 +436,7 @@ def _evaluation_patches(
     words = f"seed {spec['seed']}, {spec['split']} split"
     if isinstance(recorded, str):
         return test, f"{words}; what the version trained on is unknown: {recorded}"
-    return test, f"{words}; {left} patches it trained on left out"
+    return test, f"{words}; {left} patches it trained or was validated on left out"
 
 
 def submit(

@@ -13,9 +13,10 @@ readers use to check a recorded split).
   consecutive patch numbers within a class. Nothing published says EuroSAT's numbering follows
   space, so for RGB this is a *grouped* hold-out, not a proven spatial one.
 
-A model fine-tuned from a base model keeps the patches the base trained on in train
-(``train_only``, read from the base run's recorded split): whatever the new seed or split, its
-validation and test patches are unseen by both.
+A model fine-tuned from a base model keeps the patches the base trained on in train, with the
+rest of their groups (``train_only``, read from the base run's recorded split): whatever the new
+seed or split, its validation and test patches are unseen by both, and a spatial split stays
+whole.
 
 Before any split, the registry-bridge's gate hold-out (:mod:`eostream.shared.holdout`) is left
 out (:func:`gate_exclusion`), so the gate never scores a model on patches it learned from, unless
@@ -57,8 +58,8 @@ class SelectionSpec:
     train_fraction: float = 0.7
     val_fraction: float = 0.15
     exclude: tuple[str, ...] = ()  # "Class/file name" keys left out of every split
-    #: "Class/file stem" keys kept in train whatever their group draws: the patches a base
-    #: model trained on (:func:`training_keys`), never scored as unseen
+    #: "Class/file stem" keys whose groups go to train whatever they draw: the patches a base
+    #: model trained on (:func:`training_keys`), never scored as unseen, nor their neighbours
     train_only: tuple[str, ...] = ()
     #: the classes the table knows (EuroSAT's; a chip dataset's own, see trainer/chipset.py)
     vocabulary: tuple[str, ...] = EUROSAT_CLASSES
@@ -144,12 +145,15 @@ def build_sql(table: CatalogTable, spec: SelectionSpec) -> tuple[str, dict[str, 
               AND NOT list_contains($exclude, class || '/' || parse_filename(assets.image.href))
         )
         SELECT id, class, class_index, href,
-               CASE WHEN f < $train THEN 'train'
-                    WHEN list_contains($train_only, class || '/' || parse_filename(href, true))
-                        THEN 'train'
-                    WHEN f < $train_val THEN 'val'
+               CASE WHEN f < $train OR forced THEN 'train' WHEN f < $train_val THEN 'val'
                     ELSE 'test' END AS split
-        FROM (SELECT *, {_fraction_sql("group_key", spec.seed)} AS f FROM chosen {limit})
+        FROM (
+            SELECT *, {_fraction_sql("group_key", spec.seed)} AS f,
+                   -- a group holding a patch a base model trained on goes to train whole
+                   bool_or(list_contains($train_only, class || '/' || parse_filename(href, true)))
+                       OVER (PARTITION BY group_key) AS forced
+            FROM chosen {limit}
+        )
         ORDER BY id
     """  # noqa: S608
     params: dict[str, object] = {
@@ -191,15 +195,15 @@ def exclusion_key(class_name: str, href: str) -> str:
     return f"{class_name}/{PurePosixPath(href).name}"
 
 
-def training_keys(rows: Sequence[Mapping[str, str]]) -> tuple[str, ...]:
-    """The "Class/file stem" keys of the train rows of a run's ``dataset/split.csv`` (columns
-    ``class``, ``href``, ``split``): the same place whether the run read its RGB JPEG or its
-    13-band tif, so a model widened from RGB to ms13 is not scored on patches it saw."""
-    return tuple(
-        sorted(
-            {f"{r['class']}/{PurePosixPath(r['href']).stem}" for r in rows if r["split"] == "train"}
-        )
-    )
+def training_keys(
+    rows: Sequence[Mapping[str, str]], splits: Sequence[str] = ("train",)
+) -> tuple[str, ...]:
+    """The "Class/file stem" keys of the rows of a run's ``dataset/split.csv`` (columns
+    ``class``, ``href``, ``split``) in ``splits``: the same place whether the run read its RGB
+    JPEG or its 13-band tif, so a model widened from RGB to ms13 is not scored on patches it
+    saw."""
+    keys = {f"{r['class']}/{PurePosixPath(r['href']).stem}" for r in rows if r["split"] in splits}
+    return tuple(sorted(keys))
 
 
 def gate_exclusion(table: CatalogTable, held_out: Sequence[str]) -> tuple[str, ...]:

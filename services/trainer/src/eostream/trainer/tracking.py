@@ -303,6 +303,11 @@ class Tracker:
             confusion_figure(result["confusion"], classes, prefix),
             f"evaluation/{prefix}_confusion_matrix.png",
         )
+        # the counts too, to add up over runs or plot otherwise (rows: truth, columns: predicted)
+        mlflow.log_dict(
+            {"classes": list(classes), "matrix": np.asarray(result["confusion"]).tolist()},
+            f"evaluation/{prefix}_confusion_matrix.json",
+        )
 
     def log_model(self, model: EuroSATNet, example: np.ndarray) -> str:
         import mlflow.pytorch

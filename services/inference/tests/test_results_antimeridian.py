@@ -16,6 +16,7 @@ import httpx
 import pytest
 import shapely.geometry
 
+from eostream.inference.api.app import create_app
 from eostream.inference.api.stac import index_bbox
 from eostream.inference.results import (
     ResultQuery,
@@ -24,7 +25,10 @@ from eostream.inference.results import (
     build_results_store,
 )
 from eostream.inference.service import InferenceService
+from eostream.inference.settings import InferenceSettings
 from eostream.inference.subscriptions.matching import footprint
+from eostream.inference.wiring import build_service
+from eostream.shared.bus.memory import InMemoryBus
 
 Box = tuple[float, float, float, float]
 
@@ -217,3 +221,31 @@ async def test_a_result_without_a_geometry_is_its_bbox_on_both_sides(
         )
         assert r.status_code == 200, r.text
         assert len(r.json()["features"]) == int(meets), area.bounds
+
+
+async def test_a_split_area_loads_only_the_results_across_the_antimeridian(
+    settings: InferenceSettings, bus: InMemoryBus
+) -> None:
+    """The search itself asked the index for the area's bounds, the whole -180..180 band: with
+    more results in that band than it may load, a split area near Fiji answered 413."""
+    narrow = settings.model_copy(update={"stac_max_candidates": 3})
+    service = build_service(narrow, bus=bus)
+    await service.start()
+    try:
+        for i in range(5):  # near 0 degrees, in the same latitudes
+            service.results.put(_record(f"zero-{i}", (0.1 * i, -16.8, 0.1 * i + 0.05, -16.2), "m"))
+        service.results.put(_record("fiji", (179.2, -16.8, 179.8, -16.2), "m"))
+        split = {
+            "type": "MultiPolygon",
+            "coordinates": [
+                [[[179.0, -17], [180, -17], [180, -16], [179.0, -16], [179.0, -17]]],
+                [[[-180, -17], [-179.5, -17], [-179.5, -16], [-180, -16], [-180, -17]]],
+            ],
+        }
+        transport = httpx.ASGITransport(app=create_app(narrow, service))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            r = await client.post("/stac/search", json={"intersects": split, "limit": 10})
+        assert r.status_code == 200, r.text
+        assert {f["properties"]["eostream:scene_id"] for f in r.json()["features"]} == {"fiji"}
+    finally:
+        await service.stop()

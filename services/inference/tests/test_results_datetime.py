@@ -3,6 +3,7 @@ embedded index) and on PostgreSQL (the full stack's)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
@@ -73,5 +74,49 @@ def _check_offsets(store: ResultsStore, model: str) -> None:
         }
         back = store.get(offset_scene)
         assert back is not None and back.datetime == datetime(2020, 7, 14, 11, 34, tzinfo=UTC)
+    finally:
+        store.close()
+
+
+def test_a_date_alone_is_its_whole_day(tmp_path: Path) -> None:
+    """``2020-01-01/2021-12-31`` (the README's example) was read as ending at midnight of the
+    31st, so a result of that day was not found; a date alone found only results at 00:00."""
+    from eostream.inference.api.params import parse_datetime
+
+    store = build_results_store(f"sqlite:///{tmp_path}/results.db")
+    store.put(_record("last-day", datetime(2021, 12, 31, 10, 56, tzinfo=UTC)))
+    try:
+
+        def found(text: str) -> int:
+            start, end = parse_datetime(text)
+            return store.search(ResultQuery(start=start, end=end))[1]
+
+        assert found("2020-01-01/2021-12-31") == 1
+        assert found("2021-12-31") == 1
+        assert found("2021-12-31/..") == 1
+        assert found("2022-01-01") == found("../2021-12-30") == 0
+        assert found("2021-12-31T00:00:00Z") == 0  # an instant stays an instant
+    finally:
+        store.close()
+
+
+def test_a_class_without_min_share_means_present(tmp_path: Path) -> None:
+    """Statistics list every class of the model, at 0 % too: ``class=Forest`` found every map
+    of a model that knows Forest, where subscriptions read the same request as "present"."""
+    store = build_results_store(f"sqlite:///{tmp_path}/results.db")
+    when = datetime(2021, 6, 1, tzinfo=UTC)
+    for scene, share in (("none", 0.0), ("some", 0.3)):
+        record = _record(scene, when)
+        shares = {"Forest": share, "SeaLake": 1.0 - share}
+        stats = {"classes": {k: {"share": v, "area_km2": 100 * v} for k, v in shares.items()}}
+        store.put(dataclasses.replace(record, stats=stats))
+    try:
+
+        def found(**query: object) -> set[str]:
+            return {r.scene_id for r in store.search(ResultQuery(**query))[0]}  # type: ignore[arg-type]
+
+        assert found(class_name="Forest") == {"some"}
+        assert found(class_name="Forest", min_share=0.0) == {"none", "some"}
+        assert found(class_name="Forest", min_share=0.5) == set()
     finally:
         store.close()

@@ -172,6 +172,13 @@ async def test_two_models_with_one_version_keep_their_own_results(
         assert stats == record.stats
         cog = await _ok(client, f"/results/{SCENE}/cog", **which)
         assert cog.content == cogs[model]
+        # the area's maps link to this model's map, not the newest of any model's version 3
+        assert record.bbox is not None
+        box = ",".join(str(v) for v in record.bbox)
+        areas = (await _ok(client, "/results/aggregate", bbox=box, **which)).json()
+        [day] = areas["dates"]
+        assert [(await _ok(client, link)).content for link in day["maps"]] == [cogs[model]]
+        assert day["map_classes"] == [list(record.stats["classes"])]
 
         # the item as STAC serves it: asset hrefs name the model in the path, and answer
         stac = (

@@ -7,6 +7,7 @@ import * as maplibregl from "../maplibre/maplibre-gl.mjs";
 const base = new URL(".", document.baseURI);
 const api = (path) => new URL(path, base).href;
 const TMS = "WebMercatorQuad";
+const LIMIT = 500; // results one search asks for (the newest first)
 const $ = (id) => document.getElementById(id);
 
 const state = { results: [], selected: null, legendFor: null };
@@ -173,13 +174,16 @@ async function select(index) {
   }
 }
 
-function showResults(results) {
+function showResults(results, total) {
   // oldest first: the slider runs through time
   state.results = results.sort((a, b) => (a.datetime ?? "").localeCompare(b.datetime ?? ""));
   const scenes = new Set(results.map((r) => r.scene_id));
+  // a page is the newest LIMIT results: say so when the view holds more
+  const shown = total > results.length ? `${results.length} of ${total}` : `${results.length}`;
   $("found").textContent =
-    `${results.length} result${results.length === 1 ? "" : "s"} of ${scenes.size} ` +
-    `scene${scenes.size === 1 ? "" : "s"} in view`;
+    `${shown} result${total === 1 ? "" : "s"} of ${scenes.size} ` +
+    `scene${scenes.size === 1 ? "" : "s"} in view` +
+    (total > results.length ? " (the newest; zoom in for the others)" : "");
   const ol = $("results");
   ol.replaceChildren();
   results.forEach((r, i) => {
@@ -206,8 +210,8 @@ async function searchView() {
     .map((v, i) => Math.max(i % 2 ? -90 : -180, Math.min(i % 2 ? 90 : 180, v)).toFixed(6))
     .join(",");
   try {
-    const page = await getJSON(`results?${query({ bbox, limit: 500 })}`);
-    showResults(page.results);
+    const page = await getJSON(`results?${query({ bbox, limit: LIMIT })}`);
+    showResults(page.results, page.total ?? page.results.length);
   } catch (error) {
     $("found").textContent = `search failed: ${error.message}`;
   }
@@ -217,7 +221,7 @@ async function start() {
   // first view: every result there is (the newest 500), then searches follow the map
   let page;
   try {
-    page = await getJSON(`results?${query({ limit: 500 })}`);
+    page = await getJSON(`results?${query({ limit: LIMIT })}`);
   } catch (error) {
     $("found").textContent = `search failed: ${error.message}`;
     return;

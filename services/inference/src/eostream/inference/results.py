@@ -291,7 +291,11 @@ class SqlResultsStore:
         if q.class_name is not None:
             sub = sa.select(classes_table.c.result_id).where(
                 classes_table.c.class_name == q.class_name,
-                classes_table.c.share >= (q.min_share if q.min_share is not None else 0.0),
+                # without min_share: present at all (statistics list every class of the model,
+                # at 0 too), as subscriptions read the same request
+                classes_table.c.share > 0.0
+                if q.min_share is None
+                else classes_table.c.share >= q.min_share,
             )
             where.append(c.id.in_(sub))
         return where

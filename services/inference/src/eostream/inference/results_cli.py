@@ -177,16 +177,22 @@ def cube(
     area = _area(bbox, intersects)
     body = _aggregate(url, area, datetime, model_version)
     names = tuple(e["name"] for e in body["legend"] if e["name"] != "uncertain")
-    todo = [(d, r, m) for d in body["dates"] for r, m in zip(d["results"], d["maps"], strict=True)]
+    todo = [
+        (d, r, m, tuple(c) if c else names)  # each map's own classes (a server before: the legend)
+        for d in body["dates"]
+        for r, m, c in zip(
+            d["results"], d["maps"], d.get("map_classes") or [None] * len(d["maps"]), strict=True
+        )
+    ]
     maps = []
     with InferenceClient(url, timeout=300) as client:
-        for n, (entry, result, href) in enumerate(todo, start=1):
+        for n, (entry, result, href, classes) in enumerate(todo, start=1):
             typer.echo(f"map {n}/{len(todo)}: {result}", err=True)
             try:
                 cog = client.download(href)
             except ApiError as exc:
                 raise _fail(_said(exc)) from None
-            maps.append(cubes.Map(date.fromisoformat(entry["date"]), result, names, cog))
+            maps.append(cubes.Map(date.fromisoformat(entry["date"]), result, classes, cog))
     try:
         dataset = cubes.build(maps, body["area"])
     except InferenceError as exc:

@@ -61,6 +61,11 @@ class DateAreas(BaseModel):
     results: list[str] = Field(description="the result ids summed for this date")
     scenes: list[str]
     maps: list[str] = Field(description="the results' classification COGs")
+    map_classes: list[list[str]] = Field(
+        default_factory=list,
+        description="each map's classes, by pixel value (its model's; the legend's values are "
+        "positions in all the classes seen)",
+    )
     area_pixels: int = Field(description="pixels of the maps inside the area")
     area_km2: float
     nodata_pixels: int = Field(description="of those, pixels without a label (masked, nodata)")
@@ -240,9 +245,14 @@ def _aggregate(
                 scenes=e.scenes,
                 maps=[
                     f"{request.base_url}results/{quote(r.scene_id, safe='')}/cog?"
-                    + urlencode({"model_version": r.model_version})
+                    # the model too: another model's version of the same number is another map
+                    + urlencode(
+                        {"model_version": r.model_version}
+                        | ({"model_name": r.model_name} if r.model_name else {})
+                    )
                     for r in e.records
                 ],
+                map_classes=[list(area_query.class_names(r)) for r in e.records],
                 area_pixels=e.area_pixels,
                 area_km2=e.area_km2,
                 nodata_pixels=e.nodata_pixels,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+import re
+from datetime import UTC, date, datetime, time
 
 from eostream.inference.errors import BadInputError
 
@@ -30,9 +31,21 @@ def parse_bbox(text: str | None) -> tuple[float, float, float, float] | None:
     return minx, miny, maxx, maxy
 
 
-def _instant(text: str) -> datetime | None:
+#: a calendar date alone (``2021-12-31``): the whole day, in UTC
+DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _instant(text: str, *, end: bool = False) -> datetime | None:
+    """An RFC 3339 date-time; a date alone is its day's first instant (UTC), or with ``end``
+    its last, so ``2020-01-01/2021-12-31`` and ``2021-12-31`` take in the whole last day."""
     if text in ("", ".."):
         return None
+    if DATE_ONLY.fullmatch(text):
+        try:
+            day = date.fromisoformat(text)
+        except ValueError:
+            raise BadInputError(f"{text!r} is not a calendar date") from None
+        return datetime.combine(day, time.max if end else time.min, UTC)
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -46,14 +59,13 @@ def _instant(text: str) -> datetime | None:
 
 
 def parse_datetime(text: str | None) -> tuple[datetime | None, datetime | None]:
-    """``a/b``, ``../b``, ``a/..`` or a single instant."""
+    """``a/b``, ``../b``, ``a/..`` or a single instant (a date alone: its whole day)."""
     if not text:
         return None, None
     if "/" in text:
         start_text, _, end_text = text.partition("/")
-        start, end = _instant(start_text), _instant(end_text)
+        start, end = _instant(start_text), _instant(end_text, end=True)
         if start and end and start > end:
             raise BadInputError(f"datetime interval {text!r} ends before it starts")
         return start, end
-    instant = _instant(text)
-    return instant, instant
+    return _instant(text), _instant(text, end=True)

@@ -248,7 +248,7 @@ def _records(
         return found
     wide = ResultQuery(
         ids=query.ids,
-        bbox=area.bounds if area is not None else query.bbox,
+        bbox=index_bbox(area) if area is not None else query.bbox,  # across the antimeridian
         start=query.start,
         end=query.end,
         limit=max_candidates,

@@ -202,6 +202,8 @@ async def test_the_areas_of_twelve_dates_are_the_sums_of_the_per_scene_statistic
             row = by_key[(entry["date"], name)]
             assert int(row["pixels"]) == value["pixels"]
             assert float(row["km2"]) == pytest.approx(value["km2"])
+            assert int(row["nodata_pixels"]) == entry["nodata_pixels"]  # a cloudy date says so
+            assert float(row["area_km2"]) == pytest.approx(entry["area_km2"])
     async with httpx.AsyncClient(timeout=120) as client:
         accepted = await client.get(
             f"{twelve.url}/results/aggregate",

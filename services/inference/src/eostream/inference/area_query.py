@@ -155,13 +155,16 @@ def aggregate(
 
 
 def csv_lines(entries: Sequence[DateAreas]) -> str:
-    """Long format: one row per date and class."""
+    """Long format: one row per date and class, with the date's mapped area and its pixels
+    without a label (cloud, nodata, outside the maps), so a cloudy date does not read as a
+    loss of every class."""
     out = io.StringIO()
-    out.write("date,class,km2,pixels,results\n")
+    out.write("date,class,km2,pixels,area_km2,area_pixels,nodata_pixels,results\n")
     for entry in entries:
         for name, value in entry.classes.items():
             out.write(
                 f"{entry.date.isoformat()},{name},{value['km2']},{value['pixels']},"
+                f"{entry.area_km2},{entry.area_pixels},{entry.nodata_pixels},"
                 f"{' '.join(entry.results)}\n"
             )
     return out.getvalue()

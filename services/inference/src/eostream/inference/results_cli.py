@@ -130,12 +130,14 @@ def aggregate(
     datetime: Datetime = None,
     model_version: Version = None,
 ) -> None:
-    """Print km2 per class per acquisition date (CSV: date,class,km2,pixels)."""
+    """Print km2 per class per acquisition date (CSV: date,class,km2,pixels, and the date's
+    mapped area and unlabelled pixels: a cloudy date is not a loss of every class)."""
     body = _aggregate(url, _area(bbox, intersects), datetime, model_version)
-    typer.echo("date,class,km2,pixels")
+    typer.echo("date,class,km2,pixels,area_km2,area_pixels,nodata_pixels")
     for entry in body["dates"]:
+        whole = f"{entry['area_km2']},{entry['area_pixels']},{entry['nodata_pixels']}"
         for name, value in entry["classes"].items():
-            typer.echo(f"{entry['date']},{name},{value['km2']},{value['pixels']}")
+            typer.echo(f"{entry['date']},{name},{value['km2']},{value['pixels']},{whole}")
 
 
 @app.command()

@@ -179,6 +179,11 @@ async def test_two_models_with_one_version_keep_their_own_results(
         [day] = areas["dates"]
         assert [(await _ok(client, link)).content for link in day["maps"]] == [cogs[model]]
         assert day["map_classes"] == [list(record.stats["classes"])]
+        # and the change of a date in the area is between this model's maps
+        assert record.datetime is not None
+        when = record.datetime.date().isoformat()
+        change = await _ok(client, "/results/change", a=when, b=when, bbox=box, **which)
+        assert (change.json()["a"], change.json()["b"]) == (record.id, record.id)
 
         # the item as STAC serves it: asset hrefs name the model in the path, and answer
         stac = (

@@ -177,9 +177,11 @@ def resolve(
     geometry: areas.Geometry | None,
     *,
     model_version: str | None = None,
+    model_name: str | None = None,
 ) -> ResultRecord:
     """``ref``: a result id (the ``id`` of ``/results``), or an acquisition date YYYY-MM-DD, then
-    the one scene of that date in the area (its latest result, or of ``model_version``)."""
+    the one scene of that date in the area (its latest result, or of ``model_name`` and
+    ``model_version``: versions are numbered per model)."""
     if _DATE.match(ref):
         try:
             day = date.fromisoformat(ref)
@@ -190,6 +192,7 @@ def resolve(
             geometry,
             datetime.combine(day, time(), UTC),
             datetime.combine(day, time.max, UTC),  # not the next day's start: 9999-12-31
+            model_name=model_name,
             model_version=model_version,
         )
         if not found:

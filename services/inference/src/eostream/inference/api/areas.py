@@ -49,6 +49,10 @@ Version = Annotated[
         max_length=100, description="this model version's results (default: each scene's latest)"
     ),
 ]
+ModelNameQuery = Annotated[
+    str | None,
+    Query(max_length=200, description="this model's results (versions are numbered per model)"),
+]
 
 
 class ClassArea(BaseModel):
@@ -284,12 +288,14 @@ def _pair(
     bbox: str | None,
     intersects: str | None,
     model_version: str | None,
+    model_name: str | None = None,
 ) -> Iterator[tuple[ResultRecord, ResultRecord, area_query.Change]]:
     """The two results and their change, within the budget until the block ends (the map and
     the COG are drawn from the maps read)."""
     geometry = parse_area(bbox, intersects) if bbox is not None or intersects is not None else None
-    first = area_query.resolve(results, a, geometry, model_version=model_version)
-    second = area_query.resolve(results, b, geometry, model_version=model_version)
+    which = {"model_version": model_version, "model_name": model_name}
+    first = area_query.resolve(results, a, geometry, **which)
+    second = area_query.resolve(results, b, geometry, **which)
     how = (
         "give an area (bbox or intersects) around what you compare"
         if geometry is None
@@ -321,8 +327,11 @@ def change(
     bbox: Annotated[str | None, Query(max_length=400, description=OptionalArea)] = None,
     intersects: Intersects = None,
     model_version: Version = None,
+    model_name: ModelNameQuery = None,
 ) -> ChangeMatrix:
-    with _pair(request, settings, results, store, a, b, bbox, intersects, model_version) as (
+    with _pair(
+        request, settings, results, store, a, b, bbox, intersects, model_version, model_name
+    ) as (
         first,
         second,
         found,
@@ -362,9 +371,12 @@ def change_map(
     bbox: Annotated[str | None, Query(max_length=400, description=OptionalArea)] = None,
     intersects: Intersects = None,
     model_version: Version = None,
+    model_name: ModelNameQuery = None,
     f: Annotated[Literal["png", "tif"], Query(description="png or tif (COG)")] = "png",
 ) -> Response:
-    with _pair(request, settings, results, store, a, b, bbox, intersects, model_version) as (
+    with _pair(
+        request, settings, results, store, a, b, bbox, intersects, model_version, model_name
+    ) as (
         _first,
         _second,
         found,

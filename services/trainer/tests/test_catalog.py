@@ -12,9 +12,9 @@ import pytest
 
 from eostream.shared.holdout import DEFAULT_PER_CLASS, DEFAULT_SALT, held_out_files
 from eostream.shared.modelcard import EUROSAT_CLASSES
+from eostream.trainer.cards import card_scaling
 from eostream.trainer.catalog import CatalogTable, build_catalog
 from eostream.trainer.errors import DatasetError
-from eostream.trainer.pipeline import card_scaling
 from eostream.trainer.selection import (
     SPATIAL_CELL_METRES,
     SelectionSpec,

@@ -24,12 +24,13 @@ from eostream.trainer.cli import app
 from eostream.trainer.datasets import PatchTensors, band_statistics, load_patches
 from eostream.trainer.errors import BadTrainingRequestError
 from eostream.trainer.models import EuroSATNet, build_model
-from eostream.trainer.pipeline import pretrained_start, tracker_for, train_and_register
+from eostream.trainer.pipeline import tracker_for, train_and_register
 from eostream.trainer.plan import plan_training
 from eostream.trainer.pretrained import load_pretrained, resolve_pretrained
 from eostream.trainer.scaling import identity_scaling
 from eostream.trainer.selection import SelectionSpec, select
 from eostream.trainer.settings import TrainerSettings
+from eostream.trainer.start import pretrained_start
 from eostream.trainer.task import TrainConfig, fit, param_groups
 
 

@@ -15,9 +15,8 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import Any
 
@@ -25,41 +24,27 @@ import numpy as np
 import torch
 
 from eostream.shared import tags
-from eostream.shared.modelcard import BandScaling, ModelCard
+from eostream.shared.modelcard import ModelCard
 from eostream.trainer import chipset
 from eostream.trainer.augment import training_augmentation
-from eostream.trainer.bands import band_set_bands
+from eostream.trainer.cards import card_scaling, chip_card, eurosat_card
 from eostream.trainer.catalog import (
     build_catalog,
-    cached_copy,
-    keep_copy,
-    list_sources,
-    sources_digest,
 )
-from eostream.trainer.datasets import PatchTensors, band_statistics, load_patches
+from eostream.trainer.datasets import PatchTensors, load_patches
 from eostream.trainer.errors import BadTrainingRequestError
 from eostream.trainer.export import check_onnx, export_onnx
 from eostream.trainer.models import (
-    ENCODER_SOURCES,
-    INDEX_ARCHITECTURES,
     SEGMENTATION_ARCHITECTURES,
     EuroSATNet,
-    SpectralIndices,
-    build_model,
-    new_head,
-    transfer_encoder,
-    widen_input,
 )
 from eostream.trainer.plan import TrainingPlan
 from eostream.trainer.pretrained import (
-    PretrainedSource,
-    freeze_loaded,
-    load_pretrained,
     resolve_pretrained,
 )
-from eostream.trainer.scaling import fit_rgb_scaling, identity_scaling
 from eostream.trainer.selection import Selection, SelectionSpec, select_for_training
 from eostream.trainer.settings import TrainerSettings
+from eostream.trainer.start import prepare_model, pretrained_start
 from eostream.trainer.task import (
     BatchCallback,
     TrainConfig,
@@ -78,14 +63,6 @@ log = logging.getLogger(__name__)
 #: already registered a version, whose run this is
 StartedCallback = Callable[[str, str, str, bool], None]
 ONNX_CHECK_SAMPLES = 256
-
-
-#: Each family's library, as the card names it, and the distribution its version is read from.
-LIBRARIES = {
-    "torch": ("pytorch", "torch"),
-    "keras": ("keras", "keras"),
-    "sklearn": ("scikit-learn", "scikit-learn"),
-}
 
 
 @dataclass(frozen=True)
@@ -116,128 +93,6 @@ def tracker_for(settings: TrainerSettings) -> Tracker:
         settings.mlflow_registry_uri,
         settings.mlflow_ui_url,
     )
-
-
-def card_scaling(band_set: str, settings: TrainerSettings) -> tuple[BandScaling, ...]:
-    """The card's scaling; the RGB fit is cached under the cache folder, keyed by the MS data
-    (and copied from this machine's copy: :func:`eostream.trainer.catalog.cached_copy`)."""
-    if band_set != "rgb":
-        return identity_scaling(band_set)
-    digest = sources_digest("ms13", list_sources(settings.data_dir, "ms13"))[:16]
-    path = settings.cache_dir / "scaling" / f"rgb-scaling-{digest}.json"
-    if cached_copy(path, lambda p: _read_scaling(p) is not None):
-        return _read_scaling(path) or ()
-    fit_result = fit_rgb_scaling(settings.data_dir)  # ~6 s of CPU
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps([s.model_dump() for s in fit_result.scaling]))
-    keep_copy(path)
-    return fit_result.scaling
-
-
-def _read_scaling(path: Path) -> tuple[BandScaling, ...] | None:
-    """The scaling saved in ``path``; None when it is not one (a damaged file is fitted again)."""
-    try:
-        found = tuple(BandScaling.model_validate(s) for s in json.loads(path.read_text()))
-    except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
-        return None
-    return found or None
-
-
-def prepare_model(plan: TrainingPlan, tracker: Tracker, train: PatchTensors) -> EuroSATNet:
-    bands = band_set_bands(plan.band_set)
-    seen = train.x
-    if plan.architecture in INDEX_ARCHITECTURES:  # normalised as the network sees them
-        with torch.no_grad():
-            seen = SpectralIndices(bands)(train.x)
-    mean, std = band_statistics(seen)
-    if plan.base_model is None:
-        # the initial weights follow the request's seed, not whatever drew from torch's global
-        # generator before in this process: the same request trains the same model
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(plan.seed)
-            return build_model(plan.architecture, bands, mean, std, num_classes=len(plan.classes))
-    base, base_card = tracker.load_base(plan.base_model)
-    if plan.dataset is not None:
-        return start_from_base(plan, base, base_card, mean, std)
-    if base.architecture != plan.architecture:
-        raise BadTrainingRequestError(
-            f"base_model {plan.base_model} is a {base.architecture}, the request asks for "
-            f"{plan.architecture}"
-        )
-    if base.bands == bands:
-        return base
-    if not set(base.bands) <= set(bands):
-        raise BadTrainingRequestError(
-            f"base_model {plan.base_model} takes bands {base.bands}, which cannot be widened to "
-            f"{plan.band_set} {bands}"
-        )
-    # the base model's units = scale * reflectance + offset; the new model takes reflectance
-    unit_map = {s.band: (s.scale, s.offset) for s in base_card.scaling}
-    log.info("widening %s from %s to %s", plan.base_model, base.bands, bands)
-    return widen_input(base, bands, mean, std, unit_map=unit_map, seed=plan.seed)
-
-
-def start_from_base(
-    plan: TrainingPlan,
-    base: EuroSATNet,
-    base_card: ModelCard,
-    mean: Sequence[float],
-    std: Sequence[float],
-) -> EuroSATNet:
-    """A chip dataset's model that starts from a registered version (``plan.base_model``):
-    the base's input moved to the chips' bands and units (bands it has and the chips lack
-    dropped, bands the chips add starting small), then either the same architecture with a
-    new head when the class list differs, or a ``seg_small_cnn`` whose encoder is a
-    ``small_cnn``/``centre_cnn`` classifier's (a EuroSAT classifier's filters for a
-    segmentation model)."""
-    bands = band_set_bands(plan.band_set)
-    encoder_only = plan.architecture == "seg_small_cnn" and base.architecture in ENCODER_SOURCES
-    if base.architecture != plan.architecture and not encoder_only:
-        encoder = base.architecture in ENCODER_SOURCES
-        also = " (or seg_small_cnn, with its encoder)" if encoder else ""
-        raise BadTrainingRequestError(
-            f"base_model {plan.base_model} is a {base.architecture}: fine-tune it as a "
-            f"{base.architecture}{also}, not a {plan.architecture}"
-        )
-    # the base model's units = scale * reflectance + offset; the chips hold reflectance
-    unit_map = {s.band: (s.scale, s.offset) for s in base_card.scaling}
-    try:
-        model = widen_input(
-            base, bands, mean, std, unit_map=unit_map, seed=plan.seed, drop_missing=True
-        )
-    except ValueError as exc:
-        raise BadTrainingRequestError(f"base_model {plan.base_model}: {exc}") from exc
-    log.info(
-        "starting from %s (%s, %s) on the chips' %s",
-        plan.base_model,
-        base.architecture,
-        ", ".join(base_card.classes),
-        plan.band_set,
-    )
-    if encoder_only:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(plan.seed)
-            segmenter = build_model(
-                plan.architecture, bands, mean, std, num_classes=len(plan.classes)
-            )
-        return transfer_encoder(model, segmenter)
-    if tuple(base_card.classes) != tuple(plan.classes):
-        new_head(model, len(plan.classes), seed=plan.seed)
-    return model
-
-
-def pretrained_start(
-    plan: TrainingPlan, model: EuroSATNet, source: PretrainedSource | None = None
-) -> PretrainedSource | None:
-    """Load the plan's pretrained checkpoint (``source``, if resolved already) into ``model``
-    and freeze it if asked: the checkpoint, or None without one."""
-    if plan.pretrained is None:
-        return None
-    source = source or resolve_pretrained(plan.pretrained)
-    load_pretrained(model, source)
-    if plan.freeze_backbone:
-        freeze_loaded(model)
-    return source
 
 
 def select_and_load(
@@ -333,22 +188,10 @@ def train_and_register(
     if model is not None and augmentation:  # training-only (identity in eval): not in the ONNX
         units = {s.band: (s.scale, s.offset) for s in card_scaling(plan.band_set, settings)}
         model.with_jitter(training_augmentation(augmentation, model.bands, units))
-    library, distribution = LIBRARIES[plan.family]
     card = (
-        chip_card(plan, chipset.open_dataset(plan.dataset), selection.digest, distribution)
+        chip_card(plan, chipset.open_dataset(plan.dataset), selection.digest)
         if plan.dataset is not None
-        else ModelCard(
-            name=plan.model_name,
-            band_set=plan.band_set,
-            bands=band_set_bands(plan.band_set),
-            scaling=card_scaling(plan.band_set, settings),
-            architecture=plan.architecture,
-            training_data_digest=selection.digest,
-            description=f"EuroSAT {plan.band_set} {plan.architecture}, request {plan.request_id}",
-            library=library,
-            library_version=dist_version(distribution),
-            pretrained_source=pretrained.description if pretrained else None,
-        )
+        else eurosat_card(plan, settings, selection.digest, pretrained)
     )
     device = resolve_device(settings.device)
     work = settings.cache_dir / "runs" / _safe(plan.request_id)
@@ -546,40 +389,6 @@ def run_params(plan: TrainingPlan, selection: Selection) -> dict[str, object]:
     for split, count in selection.counts().items():
         params[f"n_{split}"] = count
     return params
-
-
-def chip_card(
-    plan: TrainingPlan, dataset: chipset.ChipDataset, digest: str, distribution: str = "torch"
-) -> ModelCard:
-    """The card of a model trained on a chip dataset: its classes, band set, chip size and
-    processing level; input in reflectance (scale 1, offset 0: what the chips hold). A
-    segmentation architecture's card says so (``task``): one class per pixel of the chip."""
-    segmentation = plan.architecture in SEGMENTATION_ARCHITECTURES
-    if segmentation and dataset.size % 4:
-        raise BadTrainingRequestError(
-            f"{plan.architecture} halves its chips twice: their side must be a multiple of 4, "
-            f"not {dataset.size} (eostream labels chips --size 32)"
-        )
-    return ModelCard(
-        task="segmentation" if segmentation else "patch",
-        name=plan.model_name,
-        band_set=dataset.band_set,
-        bands=band_set_bands(dataset.band_set),
-        scaling=identity_scaling(dataset.band_set),
-        classes=dataset.classes,
-        patch_size=dataset.size,
-        processing_level=dataset.processing_level,
-        architecture=plan.architecture,
-        training_data_digest=digest,
-        description=f"{', '.join(dataset.classes)} {plan.architecture} "
-        f"{'(per-pixel masks) ' if segmentation else ''}on chips "
-        f"{dataset.path.parent.name}, request {plan.request_id}",
-        library="pytorch",
-        library_version=dist_version(distribution),
-        dataset=str(dataset.path.resolve()),
-        dataset_test_split="test",
-        pretrained_source=plan.base_model,
-    )
 
 
 #: a request id that is its own run folder's name

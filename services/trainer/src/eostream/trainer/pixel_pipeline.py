@@ -28,15 +28,9 @@ from eostream.shared.spectral import index_features
 from eostream.trainer import chipset, label_pixels
 from eostream.trainer.augment import training_augmentation
 from eostream.trainer.bands import band_set_bands
+from eostream.trainer.cards import card_scaling, chip_card
 from eostream.trainer.datasets import UNKNOWN, PatchTensors
-from eostream.trainer.pipeline import (
-    Outcome,
-    StartedCallback,
-    card_scaling,
-    chip_card,
-    run_params,
-    select_and_load,
-)
+from eostream.trainer.pipeline import Outcome, StartedCallback, run_params, select_and_load
 from eostream.trainer.pixel import (
     SKOPS_TRUSTED,
     PixelModel,
@@ -152,7 +146,7 @@ def _train_on_label_chips(
     }
     bands = band_set_bands(dataset.band_set)
     with_bands = label_pixels.uses_bands(bands, settings.label_pixel_indices_only)
-    card = chip_card(plan, dataset, selection.digest, "scikit-learn").model_copy(
+    card = chip_card(plan, dataset, selection.digest).model_copy(
         update={
             "task": "pixel",
             "patch_size": 1,

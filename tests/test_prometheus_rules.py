@@ -249,6 +249,73 @@ def test_unit_test_series_look_like_what_the_code_exports() -> None:
     assert not wrong
 
 
+# A fresh process as the services start: their metrics modules imported, one consumer under
+# supervision and one watched source built. What it exports before any event happens.
+FRESH_PROCESS = """
+import eostream.inference.metrics, eostream.ingest.metrics
+import eostream.registry_bridge.metrics, eostream.trainer.metrics
+from prometheus_client import generate_latest
+from eostream.ingest.settings import StaticSource
+from eostream.ingest.watcher import WatchedSource, Watcher
+from eostream.shared.bus.memory import InMemoryBus
+from eostream.shared.bus.supervisor import SupervisedConsumer
+
+async def handler(event, delivery):
+    return None
+
+bus = InMemoryBus(service="svc")
+SupervisedConsumer(lambda: bus.consumer(["topic"], "group", handler), service="svc", group="group")
+bus.consumer(["topic"], "group", handler)
+source = WatchedSource(source=None, config=StaticSource(name="source", href="item.json"))
+Watcher([source], store=None, bus=bus, topic="scenes", dead_letter_topic="dead")
+print(generate_latest().decode())
+"""
+_INCREASE = re.compile(r"\bincrease\(\s*([a-zA-Z_:][\w:]*)\s*(\{[^}]*\})?\s*\[")
+
+
+def test_the_first_event_an_alert_counts_fires_it() -> None:
+    """``increase()`` sees no rise in a series that first appears at 1, so an alert on "any
+    failure in the window" missed the first one (a poison message, a failed swap): every
+    series such an alert counts is exported at 0 before its first event, or (an open label,
+    like an exception's type) the alert also takes a series new in the window by its value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    shown = run(sys.executable, "-c", FRESH_PROCESS)
+    assert shown.returncode == 0, shown.stderr
+    samples = [
+        (sample.name, sample.labels)
+        for family in text_string_to_metric_families(shown.stdout)
+        for sample in family.samples
+    ]
+    missing: list[str] = []
+    for alert in alerts():
+        expr = " ".join(alert["expr"].split())
+        for name, selector in _INCREASE.findall(expr):
+            wanted = [
+                (label, op, value)
+                for label, op, value in catalogue.matchers(f"{name}{selector}")
+                if label not in catalogue.SCRAPE_LABELS
+            ]
+            if any(
+                sample == name and all(_matches(labels.get(k, ""), op, v) for k, op, v in wanted)
+                for sample, labels in samples
+            ):
+                continue
+            if re.search(rf"{re.escape(name)}(\{{[^}}]*\}})?\s+unless\s+{re.escape(name)}", expr):
+                continue
+            missing.append(f"{alert['alert']}: {name}{selector}")
+    assert not missing, "series that start at their first event, at 1: " + ", ".join(missing)
+
+
+def _matches(value: str, op: str, wanted: str) -> bool:
+    return {
+        "=": value == wanted,
+        "!=": value != wanted,
+        "=~": re.fullmatch(wanted, value) is not None,
+        "!~": re.fullmatch(wanted, value) is None,
+    }[op]
+
+
 def test_rules_and_their_tests_name_real_jobs_and_services() -> None:
     """`job` values as the scrape configs set them, `service` values as the services name their
     bus: a rule on up{job="eostream-registry-bridge"} would never fire."""

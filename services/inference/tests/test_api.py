@@ -13,6 +13,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck
 from hypothesis import settings as hsettings
+from prometheus_client import REGISTRY
 from pystac_client import Client
 
 from eostream.inference.api.app import create_app
@@ -93,6 +94,33 @@ async def test_results_filters_and_errors(
     assert 'eostream_inference_model_info{name="eurosat",provider=' in metrics
     assert "eostream_inference_request_duration_seconds_bucket" in metrics
     assert (await client.get("/livez")).json()["status"] == "ok"
+
+
+async def test_the_request_metric_counts_unhandled_errors_and_bounds_methods(
+    settings: InferenceSettings, service: InferenceService
+) -> None:
+    """A bug's 500 (an error no handler answers) is what the API-errors alert exists for: it was
+    not counted. A method is the client's word: one not HTTP's own is one series, "other"."""
+    app = create_app(settings, service)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise KeyError("a bug")
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        assert (await c.get("/boom")).status_code == 500
+        await c.request("PROPFIND", "/results")
+        await c.request("BREW", "/results")
+    metric = "eostream_inference_request_duration_seconds_count"
+    assert REGISTRY.get_sample_value(metric, {"route": "/boom", "method": "GET", "status": "500"})
+    methods = {
+        s.labels["method"]
+        for family in REGISTRY.collect()
+        for s in family.samples
+        if s.name == metric and s.labels["route"] == "/results"
+    }
+    assert "other" in methods and not methods & {"PROPFIND", "BREW"}
 
 
 async def test_not_ready_without_a_model(client: httpx.AsyncClient) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from eostream.inference import testing
 from eostream.inference.api.schemas import DeployedModel
@@ -18,7 +19,10 @@ from eostream.inference.model import ModelInfo
 from eostream.inference.results import build_results_store
 from eostream.inference.settings import InferenceSettings
 from eostream.inference.wiring import build_service
+from eostream.shared.errors import RetryableError
 from eostream.shared.events import ModelPromoted
+
+SWAPS = "eostream_inference_model_swaps_total"
 
 
 class ModelsInMemory:
@@ -134,3 +138,24 @@ def test_on_cpu_the_int8_file_of_the_mlm_item_runs_when_its_checksum_holds(
         assert model.info.sha256 == hashlib.sha256(fp32).hexdigest()
         described = DeployedModel.model_validate(service.deployment.describe())  # GET /models
         assert described.precision == expected
+
+
+class UnreachableModels:
+    """A ModelSource whose store cannot be reached (a MinIO outage during a promotion)."""
+
+    def read(self, uri: str) -> bytes:
+        raise RetryableError(f"{uri}: connection refused")
+
+
+def test_a_swap_the_store_stops_counts_as_failed(settings: InferenceSettings) -> None:
+    """A promotion the object store cannot serve leaves the old model serving: the failed-swap
+    alert must see it (it counted only a bad model file, not an unreachable store)."""
+    service = build_service(settings, models=UnreachableModels(), consume=False)
+    failed = REGISTRY.get_sample_value(SWAPS, {"outcome": "failed"}) or 0.0
+    try:
+        info = ModelInfo(name="mem-cnn", version="1", artifact_uri="mem://mem-cnn/1")
+        with pytest.raises(RetryableError):  # retried by the consumer, dead-lettered at last
+            service.deployment.deploy_uri(info, "mem://mem-cnn/1", None)
+    finally:
+        service.results.close()
+    assert REGISTRY.get_sample_value(SWAPS, {"outcome": "failed"}) == failed + 1

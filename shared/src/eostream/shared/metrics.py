@@ -7,7 +7,9 @@ id or a path. Services add their own metrics in their own ``metrics.py`` with th
 from __future__ import annotations
 
 import importlib.metadata
+import itertools
 import platform
+from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram, Info
 
@@ -24,9 +26,10 @@ PRODUCER_REPLACED = Counter(
     "Kafka producers replaced after losing their idempotence state (e.g. a broker restart)",
     ["service"],
 )
+CONSUMED_OUTCOMES = ("ok", "retried", "dead_letter", "error")
 CONSUMED = Counter(
     "eostream_events_consumed_total",
-    "Records consumed, by outcome (ok, retried, dead_letter, error)",
+    f"Records consumed, by outcome ({', '.join(CONSUMED_OUTCOMES)})",
     ["service", "topic", "outcome"],
 )
 DEAD_LETTERS = Counter(
@@ -78,6 +81,18 @@ BUILD = Info("eostream_build", "Version of the eostream code and the Python that
 BUILD.info(
     {"version": importlib.metadata.version("eostream-shared"), "python": platform.python_version()}
 )
+
+
+def at_zero(metric: Counter | Histogram, *values: Iterable[str]) -> None:
+    """Export every combination of label ``values`` of ``metric`` at 0, before its first event.
+
+    A counter series that first appears at 1 shows Prometheus no rise: ``increase()`` over its
+    one sample is nothing, so an alert on "any failure in the last N minutes" would miss the
+    first failure (a series needs a 0 before it). Outcomes are known in advance; open labels
+    such as an exception's type are not, and their alerts also take a new series' own value.
+    """
+    for combination in itertools.product(*values):
+        metric.labels(*combination)
 
 
 def announce(service: str) -> None:

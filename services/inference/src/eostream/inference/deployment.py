@@ -226,6 +226,9 @@ class ModelDeployment:
             metrics.MODEL_SWAPS.labels("failed").inc()
             self._record(info, "failed", str(exc), None, record=record)
             raise
+        except Exception:  # e.g. the store unreachable: retried, and the old model serves meanwhile
+            metrics.MODEL_SWAPS.labels("failed").inc()
+            raise
         self.holder.swap(model)
         self._record(model.info, "live", "", model.provider, record=record)  # a file: named now
         return model

@@ -8,14 +8,16 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram
 
 from eostream.inference.writer import UNCERTAIN_NAME
+from eostream.shared.metrics import at_zero
 
 PIXELS_PER_SECOND = Gauge(
     "eostream_inference_pixels_per_second", "Pixels classified per second in the last scene"
 )
 PIXELS = Counter("eostream_inference_pixels_total", "Pixels classified")
+SCENE_OUTCOMES = ("classified", "skipped", "refused", "failed")
 SCENES = Counter(
     "eostream_inference_scenes_total",
-    "Scenes handled, by outcome (classified, skipped, refused, failed)",
+    f"Scenes handled, by outcome ({', '.join(SCENE_OUTCOMES)})",
     ["outcome"],
 )
 SCENE_DURATION = Histogram(
@@ -48,6 +50,10 @@ NOTIFICATIONS_PENDING = Gauge(
     "eostream_inference_notifications_pending",
     "Subscription notifications waiting for delivery (as last counted by the worker)",
 )
+# the first failure of each kind must be a rise from 0 (see at_zero)
+at_zero(SCENES, SCENE_OUTCOMES)
+at_zero(MODEL_SWAPS, ("ok", "failed"))
+at_zero(NOTIFICATIONS, ("webhook", "kafka"), ("sent", "failed", "dead_lettered"))
 
 
 def set_model_info(name: str, version: str, provider: str) -> None:

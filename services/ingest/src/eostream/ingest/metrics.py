@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from eostream.shared.metrics import at_zero
+
+ITEM_OUTCOMES = ("seen", "published", "rejected", "filtered", "duplicate")
 ITEMS = Counter(
     "eostream_ingest_items_total",
     "STAC items by outcome: seen (returned by the source), published, rejected (dead-lettered), "
@@ -40,3 +43,9 @@ NOTIFICATIONS = Counter(
     "event), failed (source unreadable)",
     ["via", "outcome"],
 )
+NOTIFICATION_OUTCOMES = (
+    *("announced", "duplicate", "filtered", "rejected"),
+    *("not_found", "not_watched", "refused", "failed"),
+)
+# the first failure must be a rise from 0 (see at_zero)
+at_zero(NOTIFICATIONS, ("push", "notify"), NOTIFICATION_OUTCOMES)

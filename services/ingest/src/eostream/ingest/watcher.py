@@ -29,6 +29,7 @@ from eostream.ingest.state import SeenRecord, StateStore
 from eostream.shared.bus import Bus
 from eostream.shared.errors import InvalidEventError
 from eostream.shared.events import ItemReplayRequested, SceneDiscovered
+from eostream.shared.metrics import at_zero
 from eostream.shared.redaction import redact_urls
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ class Watcher:
         backoff_max: float = 300.0,
     ) -> None:
         self._sources = list(sources)
+        # each source's first rejected item must be a rise from 0 (see shared metrics.at_zero)
+        at_zero(metrics.ITEMS, [w.config.name for w in self._sources], metrics.ITEM_OUTCOMES)
         self._store = store
         self._bus = bus
         self._topic = topic

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from eostream.shared.metrics import at_zero
+
 VERSIONS_SEEN = Counter(
     "eostream_bridge_versions_seen_total",
     "Model versions looked at, by where the bridge heard of them",
@@ -66,6 +68,13 @@ CHAMPION_VERSION = Gauge(
     "Version number the champion alias points to",
     ["model"],
 )
+
+# the first event of each outcome must be a rise from 0 (see at_zero)
+at_zero(VERSIONS_SEEN, ("webhook", "reconcile", "event", "manual"))
+at_zero(GATE_RESULTS, ("passed", "failed", "refused"))
+at_zero(PROMOTIONS, ("auto", "manual", "override", "alias"))
+at_zero(SHIP_DURATION, ("shipped", "already_shipped", "error"))
+at_zero(WEBHOOKS, ("accepted", "rejected"))
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 # (model, role) -> (version, classes with a recall series) currently exported

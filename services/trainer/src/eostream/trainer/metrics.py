@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from eostream.shared.metrics import at_zero
+from eostream.shared.modelcard import BAND_SETS
+
 TRAININGS = Counter(
     "eostream_trainer_trainings_total",
     "Training requests handled, by outcome",
     ["band_set", "outcome"],
 )
+# the first failure must be a rise from 0 (see at_zero)
+at_zero(TRAININGS, BAND_SETS, ("registered", "reused", "failed"))
 TRAINING_DURATION = Histogram(
     "eostream_trainer_training_duration_seconds",
     "Wall time of one training request",

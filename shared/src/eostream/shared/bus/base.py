@@ -221,7 +221,10 @@ class RecordProcessor:
         policy: RetryPolicy,
         dead_letter: Callable[[WireMessage], Awaitable[None]] | None,
         progress: ConsumerProgress | None = None,
+        topics: Iterable[str] = (),
     ) -> None:
+        # every outcome of every topic exported from the start, at 0: see metrics.at_zero
+        metrics.at_zero(metrics.CONSUMED, [service], topics, metrics.CONSUMED_OUTCOMES)
         self._service = service
         self._handler = handler
         self._policy = policy

@@ -91,6 +91,7 @@ class KafkaConsumer:
         self._committed_at = 0.0
         self._processor = RecordProcessor(
             service=bus._service,
+            topics=topics,
             handler=handler,
             policy=bus._policy,
             dead_letter=(lambda m: bus.publish_raw(bus.dead_letter_topic, m))

@@ -52,6 +52,7 @@ class SqliteConsumer:
         self._ready = False
         self._processor = RecordProcessor(
             service=bus._service,
+            topics=topics,
             handler=handler,
             policy=bus._policy,
             dead_letter=(lambda m: bus.publish_raw(bus.dead_letter_topic, m))

@@ -35,6 +35,9 @@ from eostream.inference.settings import InferenceSettings
 from eostream.inference.wiring import build_service
 from eostream.shared.ops import ops_router
 
+#: the methods the request metric names; any other is counted as "other" (a client's word)
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 
 def create_app(settings: InferenceSettings, service: InferenceService | None = None) -> FastAPI:
     """The API over ``service``; without one, over a service built from the settings alone
@@ -84,13 +87,19 @@ def create_app(settings: InferenceSettings, service: InferenceService | None = N
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        template = getattr(route, "path", "unmatched")
-        metrics.REQUEST_DURATION.labels(
-            template, request.method, str(response.status_code)
-        ).observe(time.perf_counter() - started)
-        return response
+        status = 500  # an error no handler answers reaches the server as a 500: count it so
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            # the method is the client's word: any other than HTTP's own is one series, "other"
+            method = request.method if request.method in HTTP_METHODS else "other"
+            metrics.REQUEST_DURATION.labels(template, method, str(status)).observe(
+                time.perf_counter() - started
+            )
 
     def body_limit(path: str) -> int:
         if path == UPLOAD_PATH:

@@ -23,6 +23,7 @@ import httpx
 import numpy as np
 import pytest
 import rasterio
+import typer
 import xarray as xr
 from pydantic import SecretStr
 from rasterio.windows import Window
@@ -424,3 +425,22 @@ def test_overwrite_replaces_only_a_zarr_store(tmp_path: Path) -> None:
         result = CliRunner().invoke(app, [*args, "--out", str(victim), "--overwrite"])
         assert result.exit_code != 0 and "is not a zarr store" in result.output, result.output
     assert (victim / "important.txt").read_text() == "keep me"
+
+
+def test_a_date_past_the_plots_calendar_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A result dated 9999-12-31 (the API stores what an item says) gave `results plot` a
+    matplotlib traceback; aggregate and cube take it."""
+    from eostream.inference.results_cli import _plot
+
+    legend = [{"name": "Forest", "color_hint": "006400"}]
+    dates = [
+        {"date": day, "classes": {"Forest": {"km2": 1.0, "pixels": 100}}}
+        for day in ("2020-06-21", "9999-12-31")
+    ]
+    with pytest.raises(typer.Exit):
+        _plot({"legend": legend, "dates": dates}, {"bbox": [0, 0, 1, 1]}, tmp_path / "p.png")
+    error = capsys.readouterr().err
+    assert error.startswith("error: cannot plot these dates (2020-06-21, 9999-12-31)"), error
+    assert error.count("\n") == 1

@@ -131,6 +131,23 @@ def test_classify_into_the_service_index_leaves_its_last_live_model(
         restarted.results.close()
 
 
+def test_a_stac_out_it_cannot_write_is_refused_before_any_work(
+    tmp_path: Path, make_model: Callable[..., ModelPromoted], boadella_item: Callable[[str], Path]
+) -> None:
+    """The maps were made in a scratch store, then the catalog's folder failed: two tracebacks
+    and every finished map thrown away. Now one line, before a scene is read."""
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    href = str(boadella_item("2020-06-21"))
+    model = make_model("1").artifact_uri
+    result = CliRunner().invoke(
+        app, ["classify", href, "--model", model, "--stac-out", str(blocked / "out")]
+    )
+    assert result.exit_code == 2, result.output
+    assert "cannot write to" in result.output and "Traceback" not in result.output
+    assert "valid_pixels" not in result.output  # no scene was classified first
+
+
 def test_a_reference_sets_catalogue_is_classified_scene_by_scene(
     data_dir: Path, tmp_path: Path
 ) -> None:

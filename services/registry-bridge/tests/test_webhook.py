@@ -104,6 +104,15 @@ def test_endpoint_queues_created_versions_and_alias_changes_only_when_signed() -
         assert response.status_code == 202
     forged = client.post("/webhooks/mlflow", content=created, headers=headers(created, "wrong"))
     assert forged.status_code == 401
+    # timestamps int() reads but no clock is: 400 digits overflowed into a 500, unsigned
+    for stamp in ("9" * 400, "-" + "9" * 400, "+1", "1_000", "0x10"):
+        refused = client.post(
+            "/webhooks/mlflow",
+            content=created,
+            headers={**headers(created), "X-MLflow-Timestamp": stamp},
+        )
+        assert refused.status_code == 401, stamp
+        assert "not a Unix time" in refused.text, stamp
     assert queued == [("m", "4", "webhook"), ("m", None, "webhook")]
 
 

@@ -79,6 +79,21 @@ async def test_bad_requests_are_dead_lettered_with_reasons(
     (tmp_path / "labels").mkdir()
     (tmp_path / "labels" / "collection.json").write_text("{}")
     strays = {"tmp": str(tmp_path), "nocatalog": str(tmp_path / "labels")}
+    # collection files of the wrong shape stopped the consumer (TypeError, RecursionError)
+    for key, text in {
+        "exts": '{"type": "Collection", "id": "c", "stac_extensions": 5}',
+        "links": '{"type": "Catalog", "id": "c", "links": "x"}',
+        "deep": "[" * 100_000,
+    }.items():
+        (tmp_path / key).mkdir()
+        (tmp_path / key / "collection.json").write_text(text)
+        strays[key] = str(tmp_path / key / "collection.json")
+    events.append(
+        (
+            topics.TRAINING_REQUESTS,
+            TrainingRequested(request_id="shape", dataset=str(tmp_path / "exts")),
+        )
+    )
     nothing = {"typo": str(tmp_path / "no-such-labels"), "ftp": "ftp://x/labels"}
     for key, href in (nothing | strays).items():
         events.append(
@@ -92,6 +107,7 @@ async def test_bad_requests_are_dead_lettered_with_reasons(
     assert "samples_per_class 2 is too few" in reasons["few"]
     assert "must be models:/NAME/VERSION" in reasons["base"]
     assert "batch_size must be at least 2" in reasons["batch"]
+    assert "neither a chip dataset" in reasons["shape"]
     assert "band_set 'sar' is unknown" in reasons["x"]
     for key in nothing | strays:
         assert "is neither a label collection, a chip dataset nor a EuroSAT folder" in reasons[key]

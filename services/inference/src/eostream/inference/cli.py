@@ -205,6 +205,13 @@ def classify(
         configure_logging(settings.log_level)
         asyncio.run(main(settings))
         return
+    try:  # before the work: a folder it cannot write threw away every finished map
+        stac_out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=stac_out).close()
+    except OSError as exc:
+        raise typer.BadParameter(
+            f"cannot write to {stac_out}: {exc.strerror or exc}", param_hint="--stac-out"
+        ) from None
     with tempfile.TemporaryDirectory(prefix="eostream-classify-") as tmp:
         # a scratch store and index: the catalog in --stac-out is the only result
         settings = scratch_settings(Path(tmp), **overrides)

@@ -114,7 +114,14 @@ def _plot(body: dict[str, Any], area: dict[str, Any], out: Path) -> None:
         raise _fail(f"{exc.name} is missing: install eostream-inference[maps]") from None
     except OSError as exc:
         raise _fail(f"cannot write {out}: {exc}") from None
+    except ValueError as exc:  # e.g. a result dated 9999-12-31: past matplotlib's calendar
+        raise _fail(f"cannot plot these dates ({', '.join(_span(body))}): {exc}") from None
     typer.echo(f"plot: {out}")
+
+
+def _span(body: dict[str, Any]) -> list[str]:
+    dates = sorted(d["date"] for d in body["dates"])
+    return [dates[0], dates[-1]] if dates else []
 
 
 def _title(area: dict[str, Any]) -> str:

@@ -67,13 +67,16 @@ def is_label_stac(path: Path) -> bool:
         return False
     try:
         doc: Any = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nested past Python's stack
         return False
     if not isinstance(doc, dict) or doc.get("type") not in ("Collection", "Catalog"):
         return False
-    extensions = " ".join(str(e) for e in doc.get("stac_extensions", []))
-    return "/label/" in extensions or any(
-        link.get("rel") == "item" for link in doc.get("links", []) if isinstance(link, dict)
+    # a file of the wrong shape is not labels (it stopped the consumer with a TypeError)
+    extensions, links = doc.get("stac_extensions"), doc.get("links")
+    if isinstance(extensions, list) and any("/label/" in str(e) for e in extensions):
+        return True
+    return isinstance(links, list) and any(
+        isinstance(link, dict) and link.get("rel") == "item" for link in links
     )
 
 
@@ -102,7 +105,8 @@ def cut_chips(labels: Path, out: Path, settings: TrainerSettings, band_set: str)
     # or of the wrong shape): the event is dead-lettered, where pystac's errors stopped the
     # consumer for ever
     except (
-        EostreamError, pystac.STACError, FileNotFoundError, KeyError, TypeError, AttributeError
+        EostreamError, pystac.STACError, FileNotFoundError, KeyError, TypeError, AttributeError,
+        RecursionError,
     ) as exc:  # fmt: skip
         shutil.rmtree(partial, ignore_errors=True)
         if isinstance(exc, RetryableError):
@@ -168,7 +172,7 @@ def labels_digest(href: str) -> str | None:
         return None
     try:
         collection = str(json.loads(path.read_text())["id"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
     try:
         items = StaticLabelCatalog(root).search(LabelQuery(collection, limit=ALL_ITEMS))

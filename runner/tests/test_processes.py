@@ -5,6 +5,7 @@ hand their processes."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -19,7 +20,7 @@ from eostream.runner.processes import (
     discover_process_factories,
     parse_exports,
 )
-from eostream.shared.deployment import Deployment, LocalStack, ProcessSpec
+from eostream.shared.deployment import STACK_VARIABLES, Deployment, LocalStack, ProcessSpec
 from eostream.shared.errors import ConfigError
 
 SERVER = """
@@ -209,7 +210,7 @@ def test_children_do_not_outlive_a_killed_supervisor(tmp_path: Path) -> None:
 import sys, time
 from pathlib import Path
 from eostream.runner.processes import ProcessGroup
-from eostream.shared.deployment import Deployment, LocalStack, ProcessSpec
+from eostream.shared.deployment import STACK_VARIABLES, Deployment, LocalStack, ProcessSpec
 SERVER = {SERVER!r}
 def factory(stack, deployment, port):
     return ProcessSpec("one", (sys.executable, "-c", SERVER, str(port)), {{}}, port)
@@ -237,3 +238,34 @@ time.sleep(600)
         time.sleep(0.1)
     os.kill(child, signal.SIGKILL)
     pytest.fail("the service process outlived its killed supervisor")
+
+
+def test_one_service_runs_by_hand_with_the_settings_up_prints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service README's `eostream trainer run` failed on a fresh checkout (TRAINER_KAFKA__...
+    not set), and `stack env`'s names are not the services': `up --stack local --env SERVICE`
+    prints the settings `up --stack local` runs it with, which its own settings then load."""
+    from typer.testing import CliRunner
+
+    from eostream.runner.cli import app
+    from eostream.trainer.settings import TrainerSettings
+
+    for field, var in STACK_VARIABLES.items():
+        monkeypatch.setenv(var, str(getattr(STACK, field)))
+    args = ["up", "--stack", "local", "--env", "trainer", "--home", str(tmp_path)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    exported = parse_exports(result.output)
+    assert len(exported) == len(result.output.strip().splitlines())  # nothing but exports
+    for name in list(os.environ):
+        if name.startswith("TRAINER_"):
+            monkeypatch.delenv(name)
+    for name, value in exported.items():
+        monkeypatch.setenv(name, value)
+    settings = TrainerSettings()
+    assert (settings.bus, settings.kafka.bootstrap_servers) == ("kafka", STACK.kafka_bootstrap)
+    assert settings.mlflow_tracking_uri == STACK.mlflow_uri
+    wrong = CliRunner().invoke(app, ["up", "--stack", "local", "--env", "nope"])
+    assert isinstance(wrong.exception, ConfigError)  # the command prints it as one line
+    assert "unknown service 'nope'" in str(wrong.exception)

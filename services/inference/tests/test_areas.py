@@ -216,6 +216,16 @@ async def test_the_areas_of_twelve_dates_are_the_sums_of_the_per_scene_statistic
         "2020-06-21",
         "2020-09-14",
     }
+    # the CLI names the model too (version numbers are each model's own)
+    runner = CliRunner()
+    for name, rows_expected in (("areas", 12 * len(body["legend"])), ("another-model", 0)):
+        args = ["aggregate", "--url", twelve.url, "--bbox", AREA, "--model-name", name]
+        result = await asyncio.to_thread(runner.invoke, results_cli, args)
+        if rows_expected:
+            assert result.exit_code == 0, result.output
+            assert len(result.output.strip().splitlines()) == 1 + rows_expected
+        else:
+            assert result.exit_code == 2 and "no result map meets the area" in result.output
 
 
 async def test_an_area_that_cuts_the_scene_counts_the_pixels_inside_it(twelve: Served) -> None:

@@ -86,10 +86,24 @@ def up(
             min=0.1, help="--stack local: seconds each service has to answer /livez when it starts"
         ),
     ] = 240.0,
+    env_of: Annotated[
+        str | None,
+        typer.Option(
+            "--env",
+            metavar="SERVICE",
+            help="--stack local: start nothing, print the settings SERVICE would run with "
+            "(export lines: eval them, then run it by hand, e.g. `eostream trainer run`)",
+        ),
+    ] = None,
 ) -> None:
     """Run the whole system until Ctrl-C: in this process, or one process per service."""
     from eostream.shared.settings import configure_logging
 
+    if env_of is not None:
+        if stack != "local":
+            raise ConfigError("--env SERVICE is for --stack local (the embedded mode has none)")
+        print_service_env(env_of, home, data_dir, topic_prefix)
+        return
     configure_logging("INFO")
     if stack == "local":
         up_local(home, data_dir, topic_prefix, ready_timeout=ready_timeout)
@@ -100,6 +114,36 @@ def up(
     from eostream.shared.runtime import run_service
 
     run_service(lambda: run_embedded(home, data_dir, demo=False, mlflow_port=mlflow_port))
+
+
+def print_service_env(service: str, home: Path, data_dir: Path | None, topic_prefix: str) -> None:
+    """``up --stack local --env SERVICE``: the ``export`` lines of the settings ``up --stack
+    local`` runs SERVICE with (its variables read the stack's addresses: ``stack env``'s names
+    are not the services' own), for a newcomer running one service by hand."""
+    import os
+    import shlex
+
+    from eostream.runner.processes import (
+        discover_process_factories,
+        free_port,
+        stack_from_script,
+    )
+    from eostream.shared.deployment import Deployment, LocalStack
+
+    factories = discover_process_factories()
+    if service not in factories:
+        raise ConfigError(f"unknown service {service!r}; known: {', '.join(sorted(factories))}")
+    script = Path("deploy/local/stack")
+    if os.environ.get("EOSTREAM_KAFKA_BOOTSTRAP") or not script.exists():
+        local = LocalStack.from_environ()
+    else:  # in a checkout: the addresses the stack's script prints (it starts nothing here)
+        local = stack_from_script(script, start=False)
+    deployment = Deployment(
+        home=home.resolve() / "local", data_dir=data_dir, topic_prefix=topic_prefix
+    )
+    spec = factories[service](local, deployment, free_port(deployment.host))
+    for name, value in sorted(spec.env.items()):
+        typer.echo(f"export {name}={shlex.quote(value)}")
 
 
 def up_local(

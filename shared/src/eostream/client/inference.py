@@ -169,12 +169,18 @@ class InferenceClient(RestClient):
         intersects: dict[str, Any] | None = None,
         datetime: str | None = None,
         model_version: str | None = None,
+        model_name: str | None = None,
     ) -> dict[str, Any]:
         """Class areas (km2) inside an area per acquisition date: ``GET /results/aggregate`` with
-        a bbox, POST with a GeoJSON geometry (it may be too long for a URL)."""
+        a bbox, POST with a GeoJSON geometry (it may be too long for a URL). ``model_name``:
+        that model's maps only (version numbers are each model's own)."""
         if (bbox is None) == (intersects is None):
             raise ValueError("give the area: a bbox or an intersects geometry")
-        params: dict[str, Any] = {"datetime": datetime, "model_version": model_version}
+        params: dict[str, Any] = {
+            "datetime": datetime,
+            "model_version": model_version,
+            "model_name": model_name,
+        }
         if intersects is not None:
             body = {"intersects": intersects, **{k: v for k, v in params.items() if v}}
             return self.call("POST", "/results/aggregate", json_object, json=body)

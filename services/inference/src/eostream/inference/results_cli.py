@@ -2,8 +2,8 @@
 
 The commands talk to the service's REST API through ``eostream.client`` (``--url`` or
 ``EOSTREAM_INFERENCE_URL``; reads need no key): ``/results/aggregate`` picks the results (each
-scene's latest, or ``--model-version``) and gives the areas; ``cube`` then fetches each
-result's COG and stacks them into a zarr data cube (``eostream.inference.cube``).
+scene's latest, or ``--model-name``/``--model-version``'s) and gives the areas; ``cube`` then
+fetches each result's COG and stacks them into a zarr data cube (``eostream.inference.cube``).
 """
 
 from __future__ import annotations
@@ -42,6 +42,13 @@ Datetime = Annotated[str | None, typer.Option(help="RFC 3339 interval, e.g. 2020
 Version = Annotated[
     str | None, typer.Option(help="this model version's results (default: each scene's latest)")
 ]
+ModelName = Annotated[
+    str | None,
+    typer.Option(
+        help="this model's results only (version numbers are each model's own: with "
+        "--model-version, name the model too)"
+    ),
+]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -74,14 +81,18 @@ def _area(bbox: str | None, intersects: str | None) -> dict[str, Any]:
 
 
 def _aggregate(
-    url: str, area: dict[str, Any], datetime: str | None, version: str | None
+    url: str,
+    area: dict[str, Any],
+    datetime: str | None,
+    version: str | None,
+    model_name: str | None = None,
 ) -> dict[str, Any]:
     """The areas: GET with a bbox, POST with a geometry (it may be too large for a URL)."""
     with InferenceClient(url, timeout=120) as client:
         try:
             body = client.aggregate(
                 bbox=area.get("bbox"), intersects=area.get("intersects"), datetime=datetime,
-                model_version=version,
+                model_version=version, model_name=model_name,
             )  # fmt: skip
         except ApiError as exc:
             raise _fail(_said(exc)) from None
@@ -136,10 +147,11 @@ def aggregate(
     intersects: Intersects = None,
     datetime: Datetime = None,
     model_version: Version = None,
+    model_name: ModelName = None,
 ) -> None:
     """Print km2 per class per acquisition date (CSV: date,class,km2,pixels, and the date's
     mapped area and unlabelled pixels: a cloudy date is not a loss of every class)."""
-    body = _aggregate(url, _area(bbox, intersects), datetime, model_version)
+    body = _aggregate(url, _area(bbox, intersects), datetime, model_version, model_name)
     typer.echo("date,class,km2,pixels,area_km2,area_pixels,nodata_pixels")
     for entry in body["dates"]:
         whole = f"{entry['area_km2']},{entry['area_pixels']},{entry['nodata_pixels']}"
@@ -155,10 +167,11 @@ def plot(
     intersects: Intersects = None,
     datetime: Datetime = None,
     model_version: Version = None,
+    model_name: ModelName = None,
 ) -> None:
     """Plot the class areas of an area over time (PNG, the maps' class colours)."""
     area = _area(bbox, intersects)
-    _plot(_aggregate(url, area, datetime, model_version), area, out)
+    _plot(_aggregate(url, area, datetime, model_version, model_name), area, out)
 
 
 @app.command()
@@ -169,6 +182,7 @@ def cube(
     intersects: Intersects = None,
     datetime: Datetime = None,
     model_version: Version = None,
+    model_name: ModelName = None,
     plot: Annotated[
         Path | None, typer.Option("--plot", help="also plot the areas over time (PNG)")
     ] = None,
@@ -184,7 +198,7 @@ def cube(
             f"{out} is not a zarr store: --overwrite replaces only one (or an empty folder)"
         )
     area = _area(bbox, intersects)
-    body = _aggregate(url, area, datetime, model_version)
+    body = _aggregate(url, area, datetime, model_version, model_name)
     names = tuple(e["name"] for e in body["legend"] if e["name"] != "uncertain")
     todo = [
         (d, r, m, tuple(c) if c else names)  # each map's own classes (a server before: the legend)

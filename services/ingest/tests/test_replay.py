@@ -11,8 +11,11 @@ import copy
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from prometheus_client import REGISTRY
+
 from eostream.ingest.labelwatch import SOURCE_PREFIX, LabelWatcher
 from eostream.ingest.service import (
+    REPLAY_GROUP,
     IngestRunner,
     build_ingest,
     build_lock,
@@ -30,6 +33,8 @@ from eostream.shared.label_catalog import StaticLabelCatalog
 
 from .conftest import JsonDict
 from .helpers import LABEL_ITEM, drain, write_catalogue
+
+UP = "eostream_ingest_source_up"
 
 SCENES = topics.SCENES_DISCOVERED
 
@@ -198,6 +203,39 @@ async def test_two_watchers_on_one_state_one_polls_the_other_stands_by_then_take
         await store_b.close()
     events = await drain(bus, SCENES, "t")
     assert sorted(e.item_id for e in events) == sorted(i["id"] for i in items)  # each once
+
+
+async def test_a_replica_that_stops_leading_leaves_no_health_series_behind(
+    tmp_path: Path, earth_search_v1: list[JsonDict]
+) -> None:
+    """A leader that resigns stops its consumers and its polling on purpose: its last
+    "consumer up 0" and "source up 0" kept EostreamConsumerNotRunning (critical) and
+    EostreamIngestSourceDown firing on a healthy standby."""
+    catalog = write_catalogue(tmp_path / "cat", earth_search_v1[:2])
+    settings = settings_for(tmp_path, catalog)
+    store = SqliteStateStore(settings.sqlite_path)
+    await store.open()
+    runner = build_ingest(
+        settings,
+        bus=InMemoryBus(service="ingest"),
+        state=store,
+        lock=build_lock(settings),
+        sources=build_sources(settings),
+    )
+    source = runner.watcher.sources[0].config.name
+    consumer = {"service": "ingest", "group": REPLAY_GROUP}
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        await until(lambda: REGISTRY.get_sample_value(UP, {"source": source}) == 1, "a poll")
+        assert REGISTRY.get_sample_value("eostream_consumer_up", consumer) == 1
+    finally:
+        stop.set()
+        await task
+        await store.close()
+    assert REGISTRY.get_sample_value(UP, {"source": source}) is None
+    assert REGISTRY.get_sample_value("eostream_consumer_up", consumer) is None
+    assert REGISTRY.get_sample_value("eostream_consumer_stalled", consumer) is None
 
 
 class HeldStateStore(SqliteStateStore):

@@ -41,13 +41,15 @@ HANDLER_DURATION = Histogram(
     "eostream_handler_duration_seconds",
     "Time to handle one record, retries included",
     ["service", "topic"],
-    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 1800),
+    # to 4 h: a training's handler runs for hours, and a quantile cannot pass the last bucket
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 1800, 3600, 7200, 14400),
 )
 EVENT_AGE = Histogram(
     "eostream_event_age_seconds",
     "Time from an event's creation to the end of its handling",
     ["service", "topic"],
-    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600),
+    # to a day: a backlog past an hour read as exactly 3600 s at p95
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 7200, 21600, 86400),
 )
 CONSUMER_LAG = Gauge(
     "eostream_consumer_lag_messages",

@@ -13,6 +13,7 @@ turns (one lock), so an item is never announced by both.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -344,6 +345,17 @@ class Watcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll every source until ``stop`` is set; the poll in flight is finished first."""
+        try:
+            await self._run(stop)
+        finally:
+            # a replica that stopped polling (resigned, standing by) says nothing of the
+            # sources: its last "down" kept the source-down alert firing on a healthy standby
+            for watched in self._sources:
+                for gauge in (metrics.SOURCE_UP, metrics.WATERMARK_LAG):
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(watched.config.name)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         next_at = {w.config.name: 0.0 for w in self._sources}
         loop = asyncio.get_running_loop()
         while not stop.is_set():

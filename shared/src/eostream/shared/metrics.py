@@ -61,6 +61,12 @@ CONSUMER_UP = Gauge(
     "1 while the group's consumer runs; 0 while it restarts after a failure, or has stopped",
     ["service", "group"],
 )
+CONSUMER_CONNECTED = Gauge(
+    "eostream_consumer_connected",
+    "1 while the group's Kafka consumer knows its group coordinator (the broker answers for the "
+    "group); 0 while it does not: the broker is out of reach, and lag and progress are stale",
+    ["service", "group"],
+)
 CONSUMER_STALLED = Gauge(
     "eostream_consumer_stalled",
     "1 while the group's consumer has records waiting and made no progress for the stall time",

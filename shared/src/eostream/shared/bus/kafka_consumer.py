@@ -4,6 +4,7 @@ as records finish, on rebalance and on stop (ADR 0003, ADR 0008)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -50,6 +51,17 @@ async def _close(kafka: AIOKafkaConsumer, group: str) -> None:
         log.warning("%s: the consumer closed uncleanly (broker unreachable)", group)
     except KafkaError as exc:
         log.warning("%s: the consumer closed uncleanly: %s", group, exc)
+
+
+def has_coordinator(kafka: AIOKafkaConsumer) -> bool:
+    """Whether ``kafka`` knows its group's coordinator: the broker answers for the group. It
+    forgets it within seconds of the broker going out of reach, and keeps its partitions and
+    their last known ends meanwhile (so the lag reads 0 and the consumer looks idle). aiokafka
+    has no public word for it; without the attribute (another version), True: no alarm."""
+    coordinator = getattr(kafka, "_coordinator", None)
+    if coordinator is None or not hasattr(coordinator, "coordinator_id"):
+        return True
+    return coordinator.coordinator_id is not None
 
 
 class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -161,8 +173,11 @@ class KafkaConsumer:
         self._kafka = kafka
         self._ready = True
         loop = asyncio.get_running_loop()
+        connected = metrics.CONSUMER_CONNECTED.labels(self._bus._service, self.group)
         try:
             while not self._stopping.is_set():
+                reachable = has_coordinator(kafka)
+                connected.set(1 if reachable else 0)
                 batch = await kafka.getmany(timeout_ms=500, max_records=settings.batch_size)
                 for tp, records in batch.items():
                     self._next[tp] = records[0].offset
@@ -189,13 +204,20 @@ class KafkaConsumer:
                             await self.commit_pending()
                 await self.commit_pending()
                 lag = await self._lag(kafka)
-                if lag is not None:
+                # without its coordinator the broker is out of reach: the partition ends it
+                # knows are stale, so "nothing waiting" would be a guess, not progress
+                if lag is not None and reachable:
                     self.progress.idle(lag)
         finally:
             self._ready = False
             await self.commit_pending()
             self._kafka = None
             await _close(kafka, self.group)
+            if self._stopping.is_set():  # stopped on purpose: nothing to report
+                with contextlib.suppress(KeyError):
+                    metrics.CONSUMER_CONNECTED.remove(self._bus._service, self.group)
+            else:
+                connected.set(0)
 
     async def _lag(self, kafka: AIOKafkaConsumer) -> int | None:
         """Records behind the end of each assigned partition (exported per partition); the sum,

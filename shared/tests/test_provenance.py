@@ -59,7 +59,8 @@ def test_a_changed_checkout_is_said_and_its_diff_kept(tmp_path: Path) -> None:
     (tmp_path / "code.py").write_text("x = 2\n")
     changed = provenance.code_version("eostream-shared", cwd=tmp_path)
     assert changed.dirty and changed.run_tags()["eostream.git_dirty"] == "true"
-    assert "+x = 2" in provenance.uncommitted_diff(tmp_path)
+    assert "+x = 2" in changed.diff  # read once, with dirty: the run's artifact
+    assert changed.diff == provenance.uncommitted_diff(tmp_path)
 
 
 def test_without_git_the_baked_commit_then_unknown(

@@ -8,6 +8,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from eostream.shared import provenance
 from eostream.shared.provenance import run_reference
 from eostream.trainer.tracking import Tracker, artifacts_beside
 
@@ -42,3 +43,27 @@ def test_a_run_in_a_local_store_is_named_by_id_and_store() -> None:
         "4242 (experiment 1) in sqlite:///.eostream/mlflow.db; to look at it: "
         "mlflow ui --backend-store-uri sqlite:///.eostream/mlflow.db"
     )
+
+
+def test_a_run_from_a_changed_checkout_keeps_its_diff(
+    sqlite_mlflow: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit alone is not the code that ran: the run is tagged dirty and keeps the diff,
+    read once with the tag (`git diff HEAD` ran twice a run)."""
+    reads: list[str] = []
+
+    def changed(distribution: str, cwd: Path | None = None) -> provenance.CodeVersion:
+        reads.append(distribution)
+        return provenance.CodeVersion(
+            distribution, "1.0", "abc", "git", dirty=True, diff="+x = 2\n"
+        )
+
+    monkeypatch.setattr(provenance, "code_version", changed)
+    tracker = Tracker(sqlite_mlflow, "dirty")
+    tracker.configure()
+    with tracker.run(None, "dirty-run", {}) as run_id:
+        pass
+    run = mlflow.get_run(run_id)
+    assert run.data.tags[provenance.DIRTY_TAG] == "true"
+    diff = mlflow.artifacts.load_text(f"runs:/{run_id}/code/uncommitted.diff")
+    assert diff == "+x = 2\n" and reads == ["eostream-trainer"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 #: The variable the images carry the commit in (deploy/docker/Dockerfile's GIT_COMMIT).
@@ -35,6 +35,8 @@ class CodeVersion:
     #: tracked files changed since the commit (known only from git): the commit alone is not
     #: the code that ran
     dirty: bool | None = None
+    #: their ``git diff HEAD`` (read once, with ``dirty``): a run keeps it as an artifact
+    diff: str = field(default="", repr=False, compare=False)
 
     def run_tags(self) -> dict[str, str]:
         tags = {
@@ -99,8 +101,9 @@ def code_version(distribution: str, cwd: Path | None = None) -> CodeVersion:
     """The package ``distribution``'s version, the commit of the code that runs and, from git,
     whether tracked files differ from it."""
     commit, source = git_commit(cwd)
-    dirty = bool(uncommitted_diff(cwd)) if source == "git" else None
-    return CodeVersion(distribution, package_version(distribution), commit, source, dirty)
+    diff = uncommitted_diff(cwd) if source == "git" else ""
+    dirty = bool(diff) if source == "git" else None
+    return CodeVersion(distribution, package_version(distribution), commit, source, dirty, diff)
 
 
 def run_reference(url: str) -> str:

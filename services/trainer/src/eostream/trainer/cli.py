@@ -16,7 +16,7 @@ import logging
 import tempfile
 from collections.abc import Iterator
 from enum import StrEnum
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -402,6 +402,7 @@ def _evaluation_patches(
     from eostream.trainer.selection import (
         Patch,
         SelectionSpec,
+        place_key,
         select_for_training,
         training_keys,
     )
@@ -427,11 +428,7 @@ def _evaluation_patches(
         raise _usage(str(exc)) from None
     # what trained the version, and what chose its kept epoch
     seen = set() if isinstance(recorded, str) else set(training_keys(recorded, ("train", "val")))
-    test = [
-        p
-        for p in selection.of("test")
-        if f"{p.class_name}/{PurePosixPath(p.href).stem}" not in seen
-    ]
+    test = [p for p in selection.of("test") if place_key(p.class_name, p.href) not in seen]
     left = len(selection.of("test")) - len(test)
     words = f"seed {spec['seed']}, {spec['split']} split"
     if isinstance(recorded, str):

@@ -195,6 +195,11 @@ def exclusion_key(class_name: str, href: str) -> str:
     return f"{class_name}/{PurePosixPath(href).name}"
 
 
+def place_key(class_name: str, href: str) -> str:
+    """A EuroSAT place as "Class/file stem": the same for its RGB JPEG and its 13-band tif."""
+    return f"{class_name}/{PurePosixPath(href).stem}"
+
+
 def training_keys(
     rows: Sequence[Mapping[str, str]], splits: Sequence[str] = ("train",)
 ) -> tuple[str, ...]:
@@ -202,7 +207,7 @@ def training_keys(
     ``class``, ``href``, ``split``) in ``splits``: the same place whether the run read its RGB
     JPEG or its 13-band tif, so a model widened from RGB to ms13 is not scored on patches it
     saw."""
-    keys = {f"{r['class']}/{PurePosixPath(r['href']).stem}" for r in rows if r["split"] in splits}
+    keys = {place_key(r["class"], r["href"]) for r in rows if r["split"] in splits}
     return tuple(sorted(keys))
 
 

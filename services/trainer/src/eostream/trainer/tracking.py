@@ -88,10 +88,10 @@ def filter_value(value: str) -> str:
     raise ValueError(f"{value[:80]!r} holds both kinds of quote: MLflow cannot search for it")
 
 
-def code_tags() -> dict[str, str]:
+def code_version() -> provenance.CodeVersion:
     """The package version and git commit every run records (the image's baked commit where
-    there is no checkout)."""
-    return provenance.code_version(PACKAGE).run_tags()
+    there is no checkout), and the checkout's uncommitted diff."""
+    return provenance.code_version(PACKAGE)
 
 
 def version_description(card: ModelCard, selection: Selection, test_accuracy: float) -> str:
@@ -196,21 +196,22 @@ class Tracker:
     @contextmanager
     def run(self, run_id: str | None, run_name: str, tags: Mapping[str, str]) -> Iterator[str]:
         """Start (or resume, when ``run_id`` is given) a run tagged with ``tags`` and the code
-        version (:func:`code_tags`; with tracked files changed since the commit, their diff as
-        ``code/uncommitted.diff``); yields its id. Epoch scalars go to TensorBoard event files
+        version (:func:`code_version`; with tracked files changed since the commit, their diff
+        as ``code/uncommitted.diff``); yields its id. Epoch scalars go to TensorBoard event files
         in a temporary folder, logged as ``tensorboard/`` before registration (or at the end)."""
+        code = code_version()
         with (
             tempfile.TemporaryDirectory(prefix="eostream-tensorboard-") as board,
             mlflow.start_run(
                 run_id=run_id,
                 run_name=None if run_id else run_name,
                 experiment_id=self.experiment_id,
-                tags={**dict(tags), **code_tags()},
+                tags={**dict(tags), **code.run_tags()},
             ) as active,
         ):
             self._board_dir = Path(board)
-            if active.data.tags.get(provenance.DIRTY_TAG) == "true":  # the commit is not all
-                mlflow.log_text(provenance.uncommitted_diff(), "code/uncommitted.diff")
+            if code.diff:  # the commit is not all the code that ran
+                mlflow.log_text(code.diff, "code/uncommitted.diff")
             try:
                 yield str(active.info.run_id)
                 self.log_tensorboard()

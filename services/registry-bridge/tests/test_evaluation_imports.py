@@ -74,3 +74,8 @@ def test_the_gate_evaluation_imports_no_evaluator_lazily(
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    # the gate's run keeps its artifacts beside the sqlite database, not in ./mlruns of the
+    # folder the bridge happened to run in
+    assert not (tmp_path / "mlruns").exists()
+    database = Path(uri.removeprefix("sqlite:///"))
+    assert any((database.parent / "mlartifacts").rglob("*")), "no artifact beside the database"

@@ -10,7 +10,7 @@ import pytest
 
 from eostream.shared import provenance
 from eostream.shared.provenance import run_reference
-from eostream.trainer.tracking import Tracker, artifacts_beside
+from eostream.trainer.tracking import Tracker
 
 
 def test_artifacts_go_beside_the_database_not_into_the_working_folder(
@@ -31,8 +31,9 @@ def test_artifacts_go_beside_the_database_not_into_the_working_folder(
 
 
 def test_only_a_sqlite_store_gets_a_folder_chosen() -> None:
-    assert artifacts_beside("http://127.0.0.1:5000") is None
-    assert artifacts_beside("sqlite:////srv/x/mlflow.db") == "file:///srv/x/mlartifacts"
+    assert provenance.artifacts_beside("http://127.0.0.1:5000") is None
+    beside = provenance.artifacts_beside("sqlite:////srv/x/mlflow.db")
+    assert beside == "file:///srv/x/mlartifacts"
 
 
 def test_a_run_in_a_local_store_is_named_by_id_and_store() -> None:

@@ -50,6 +50,16 @@ class CodeVersion:
         return tags
 
 
+def artifacts_beside(tracking_uri: str) -> str | None:
+    """``file://.../mlartifacts`` beside a sqlite MLflow store's database file (where the
+    embedded MLflow server keeps them too), for a new experiment's artifacts; None for a server.
+    MLflow's own default is ``./mlruns`` of whatever folder the first run starts in."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    database = Path(tracking_uri.removeprefix("sqlite:///").split("?", 1)[0])
+    return (database.resolve().parent / "mlartifacts").as_uri()
+
+
 def package_version(distribution: str) -> str:
     try:
         return importlib.metadata.version(distribution)

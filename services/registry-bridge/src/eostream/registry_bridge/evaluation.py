@@ -149,7 +149,7 @@ def evaluate(
             else f"chips-{holdout.band_set}-holdout-{holdout.digest[:12]}"
         ),
     )
-    mlflow.set_experiment(experiment)
+    _set_experiment(experiment)
     code = provenance.code_version("eostream-registry-bridge").run_tags()  # package, commit
     with (
         mlflow.start_run(run_name=run_name, tags={**code, **tags}) as run,
@@ -193,3 +193,16 @@ def evaluate(
     )
     log.info("%s: accuracy %.4f on %d held-out images", run_name, evaluation.accuracy, len(frame))
     return evaluation, run.info.run_id
+
+
+def _set_experiment(name: str) -> None:
+    """``name`` as the active experiment; made new in a sqlite store, its artifacts beside the
+    database (the gate's runs wrote ``./mlruns`` of whatever folder the bridge ran in)."""
+    root = provenance.artifacts_beside(mlflow.get_tracking_uri())
+    if root is not None and mlflow.get_experiment_by_name(name) is None:
+        try:
+            mlflow.create_experiment(name, artifact_location=root)
+        except mlflow.exceptions.MlflowException as exc:  # another bridge made it first
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+    mlflow.set_experiment(name)

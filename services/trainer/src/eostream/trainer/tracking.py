@@ -116,14 +116,6 @@ def version_description(card: ModelCard, selection: Selection, test_accuracy: fl
     )
 
 
-def artifacts_beside(tracking_uri: str) -> str | None:
-    """``file://.../mlartifacts`` beside a sqlite store's database file; None for a server."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    database = Path(tracking_uri.removeprefix("sqlite:///").split("?", 1)[0])
-    return (database.resolve().parent / "mlartifacts").as_uri()
-
-
 class Tracker:
     def __init__(
         self,
@@ -159,7 +151,7 @@ class Tracker:
         """A new experiment in a sqlite store keeps its artifacts beside the database file
         (``mlartifacts/``, as the embedded MLflow server does), not in ``./mlruns`` of whatever
         folder the first run happened to start in."""
-        root = artifacts_beside(self.tracking_uri)
+        root = provenance.artifacts_beside(self.tracking_uri)
         if root is None or mlflow.get_experiment_by_name(self.experiment_name) is not None:
             return
         try:

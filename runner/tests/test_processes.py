@@ -264,7 +264,8 @@ def test_one_service_runs_by_hand_with_the_settings_up_prints(
     for name, value in exported.items():
         monkeypatch.setenv(name, value)
     settings = TrainerSettings()
-    assert (settings.bus, settings.kafka.bootstrap_servers) == ("kafka", STACK.kafka_bootstrap)
+    assert settings.bus == "kafka" and settings.kafka is not None
+    assert settings.kafka.bootstrap_servers == STACK.kafka_bootstrap
     assert settings.mlflow_tracking_uri == STACK.mlflow_uri
     wrong = CliRunner().invoke(app, ["up", "--stack", "local", "--env", "nope"])
     assert isinstance(wrong.exception, ConfigError)  # the command prints it as one line

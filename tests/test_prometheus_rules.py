@@ -301,7 +301,9 @@ def test_the_first_event_an_alert_counts_fires_it() -> None:
                 for sample, labels in samples
             ):
                 continue
-            if re.search(rf"{re.escape(name)}(\{{[^}}]*\}})?\s+unless\s+{re.escape(name)}", expr):
+            metric = re.escape(name)
+            new = rf"{metric}(\{{[^}}]*\}})?\s+unless\s+present_over_time\(\s*{metric}"
+            if re.search(new, expr):
                 continue
             missing.append(f"{alert['alert']}: {name}{selector}")
     assert not missing, "series that start at their first event, at 1: " + ", ".join(missing)

@@ -84,4 +84,6 @@ async def test_a_consumer_without_its_broker_says_so_and_makes_no_progress(
         await member.stop()
         await asyncio.wait_for(task, 60)
         await bus.close()
-    assert REGISTRY.get_sample_value(CONNECTED, labels) is None  # stopped on purpose: no series
+    # stopped on purpose: no series of its own (its partitions are no longer its)
+    assert REGISTRY.get_sample_value(CONNECTED, labels) is None
+    assert REGISTRY.get_sample_value(LAG, lag) is None

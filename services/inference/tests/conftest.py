@@ -6,6 +6,7 @@ import hashlib
 import http.server
 import json
 import os
+import tempfile
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -130,6 +131,8 @@ def settings(tmp_path: Path) -> InferenceSettings:
         allow_coarse_scenes=True,  # most tests classify the 100 m 29RKH tile
         # test HTTP servers on 127.0.0.1 stand for STAC APIs (loopback is refused by default)
         sources=SourcesSettings(allowed_networks=("127.0.0.1/32",)),
+        # the tests' models lie in pytest's temporary folders, not in a store the bridge shipped
+        model_roots=(tempfile.gettempdir(),),
         _env_file=None,
     )
 

@@ -15,6 +15,7 @@ import csv
 import hashlib
 import io
 import json
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +110,7 @@ def area_settings(root: Path) -> InferenceSettings:
         intra_op_threads=2,
         stride=32,
         model_wait_seconds=5,
+        model_roots=(tempfile.gettempdir(),),  # the test model's folder
         _env_file=None,
     )
 

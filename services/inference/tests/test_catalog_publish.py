@@ -44,6 +44,7 @@ async def test_an_unreachable_stac_api_does_not_fail_the_scene(
         catalog=CatalogSettings(
             stac_api_url=f"http://127.0.0.1:{_closed_port()}", timeout_seconds=2
         ),
+        model_roots=(str(tmp_path),),  # make_model's files
         _env_file=None,
     )
     service = build_service(settings, consume=False)

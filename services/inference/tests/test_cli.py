@@ -146,6 +146,11 @@ def test_a_stac_out_it_cannot_write_is_refused_before_any_work(
     assert result.exit_code == 2, result.output
     assert "cannot write to" in result.output and "Traceback" not in result.output
     assert "valid_pixels" not in result.output  # no scene was classified first
+    # and a run that fails later (here: no such model) leaves no folder behind
+    later = tmp_path / "new" / "catalog"
+    args = ["classify", href, "--model", str(tmp_path / "none.onnx"), "--stac-out", str(later)]
+    assert CliRunner().invoke(app, args).exit_code != 0
+    assert not (tmp_path / "new").exists()
 
 
 def test_a_reference_sets_catalogue_is_classified_scene_by_scene(

@@ -159,3 +159,41 @@ def test_a_swap_the_store_stops_counts_as_failed(settings: InferenceSettings) ->
     finally:
         service.results.close()
     assert REGISTRY.get_sample_value(SWAPS, {"outcome": "failed"}) == failed + 1
+
+
+def test_a_promotion_names_a_file_where_models_ship_or_nothing_loads(
+    settings: InferenceSettings, tmp_path: Path
+) -> None:
+    """Anyone who could publish a ModelPromoted chose the file inference ran: its checksum comes
+    in the same event. A promotion's file must lie in the service's own store (where the
+    registry-bridge ships) or INFERENCE_MODEL_ROOTS; the refusal is recorded and counted."""
+    strict = settings.model_copy(update={"model_roots": ()})
+    blob = testing.build_onnx(testing.model_card(name="eurosat"))
+    sha = hashlib.sha256(blob).hexdigest()
+    outside = tmp_path / "elsewhere" / "model.onnx"
+    inside = strict.local_store_root / "models" / "eurosat" / "2" / "model.onnx"
+    for path in (outside, inside):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(blob)
+
+    def promoted(version: str, uri: str) -> ModelPromoted:
+        return ModelPromoted(
+            name="eurosat", version=version, alias="champion", artifact_uri=uri, sha256=sha,
+            mlm_item_href=(inside.parent / "item.json").as_uri(), run_id="r",
+        )  # fmt: skip
+
+    service = build_service(strict, consume=False)
+    failed = REGISTRY.get_sample_value(SWAPS, {"outcome": "failed"}) or 0.0
+    try:
+        for version, uri in (("1", outside.as_uri()), ("3", "https://example.org/m.onnx")):
+            with pytest.raises(ModelLoadError, match="outside this service's model store"):
+                service.deployment.deploy(promoted(version, uri))
+        assert service.deployment.current is None
+        service.deployment.deploy(promoted("2", inside.as_uri()))
+        live = service.deployment.current
+        assert live is not None and live.info.version == "2"
+        history = {(d["version"], d["status"]) for d in service.results.deployments(5)}
+        assert {("1", "failed"), ("3", "failed"), ("2", "live")} <= history
+    finally:
+        service.results.close()
+    assert REGISTRY.get_sample_value(SWAPS, {"outcome": "failed"}) == failed + 2

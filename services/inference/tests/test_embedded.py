@@ -29,12 +29,13 @@ OPTIONS = {"inference": {"intra_op_threads": 1, "stride": 64, "model_wait_second
 
 
 def context(tmp_path: Path, bus: InMemoryBus, **options: object) -> EmbeddedContext:
+    mine = {**OPTIONS["inference"], "model_roots": (str(tmp_path),), **options}  # make_model's
     return EmbeddedContext(
         bus=bus,
         store=LocalObjectStore(tmp_path / "objects", "eostream"),
         home=tmp_path / "home",
         mlflow_tracking_uri="sqlite:///unused.db",
-        options={"inference": {**OPTIONS["inference"], **options}},
+        options={"inference": mine},
     )
 
 

@@ -44,6 +44,7 @@ def settings(tmp_path: Path) -> InferenceSettings:
         intra_op_threads=1,
         stride=32,
         sources=SourcesSettings(allowed_roots=(str(tmp_path / "allowed"),)),
+        model_roots=(str(tmp_path),),  # make_model's files
         _env_file=None,
     )
 

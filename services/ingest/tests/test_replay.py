@@ -233,6 +233,8 @@ async def test_a_replica_that_stops_leading_leaves_no_health_series_behind(
         stop.set()
         await task
         await store.close()
+    assert runner.consumers is not None
+    runner.consumers.liveness()  # a /livez probe after the stop made the series again
     assert REGISTRY.get_sample_value(UP, {"source": source}) is None
     assert REGISTRY.get_sample_value("eostream_consumer_up", consumer) is None
     assert REGISTRY.get_sample_value("eostream_consumer_stalled", consumer) is None

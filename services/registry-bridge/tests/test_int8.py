@@ -79,6 +79,7 @@ def classify(tmp: Path, data_dir: Path, event: ModelPromoted, **overrides: Any) 
         stride=32,
         allow_coarse_scenes=True,
         providers=("CPUExecutionProvider",),
+        model_roots=(str(tmp.parent),),  # where the bridge's own store shipped it
         _env_file=None,
         **overrides,
     )

@@ -205,13 +205,14 @@ def classify(
         configure_logging(settings.log_level)
         asyncio.run(main(settings))
         return
-    try:  # before the work: a folder it cannot write threw away every finished map
-        stac_out.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=stac_out).close()
-    except OSError as exc:
+    # before the work (a folder it cannot write threw every finished map away), creating
+    # nothing: the nearest folder that exists must take a new entry
+    nearest = next(p for p in (stac_out.absolute(), *stac_out.absolute().parents) if p.exists())
+    if not nearest.is_dir() or not os.access(nearest, os.W_OK | os.X_OK):
         raise typer.BadParameter(
-            f"cannot write to {stac_out}: {exc.strerror or exc}", param_hint="--stac-out"
-        ) from None
+            f"cannot write to {stac_out}: {nearest} is not a folder this user may write",
+            param_hint="--stac-out",
+        )
     with tempfile.TemporaryDirectory(prefix="eostream-classify-") as tmp:
         # a scratch store and index: the catalog in --stac-out is the only result
         settings = scratch_settings(Path(tmp), **overrides)

@@ -36,6 +36,7 @@ from eostream.inference.model import (
 from eostream.inference.results import ResultsStore
 from eostream.inference.session import ModelHolder
 from eostream.inference.settings import InferenceSettings
+from eostream.shared import sources_policy
 from eostream.shared.errors import InvalidEventError
 from eostream.shared.events import ModelPromoted
 from eostream.shared.settings import S3Settings
@@ -144,8 +145,21 @@ class ModelDeployment:
         return self.deploy(event)
 
     def deploy(self, event: ModelPromoted) -> LoadedModel:
-        """Fetch, verify, build and warm the promoted model beside the live one, then swap."""
-        return self.deploy_uri(info_of(event), event.artifact_uri, event.sha256)
+        """Fetch, verify, build and warm the promoted model beside the live one, then swap. Its
+        file must lie where the registry-bridge ships (:func:`fetch.promotion_policy`): the
+        checksum comes with the event, so it proves nothing about who chose the file."""
+        info = info_of(event)
+        try:
+            fetch.check_promoted(event.artifact_uri, self.settings)
+        except sources_policy.SourceNotAllowedError as exc:
+            reason = (
+                f"its file {event.artifact_uri} is outside this service's model store and "
+                f"INFERENCE_MODEL_ROOTS ({exc.reason})"
+            )
+            metrics.MODEL_SWAPS.labels("failed").inc()
+            self._record(info, "failed", reason, None)
+            raise ModelLoadError(f"cannot load model {info.label}: {reason}") from None
+        return self.deploy_uri(info, event.artifact_uri, event.sha256)
 
     def load(
         self,
@@ -203,11 +217,15 @@ class ModelDeployment:
         s = self.settings
         if not info.mlm_item_href or not int8_wanted(s.providers, s.int8_on_cpu):
             return None
-        try:
+        try:  # the item and its int8 file lie where models ship too
+            fetch.check_promoted(info.mlm_item_href, s)
             item = json.loads(self.source.read(info.mlm_item_href))
-            return int8_artifact(item, info.mlm_item_href)
-        except Exception as exc:  # no item, or not one: run fp32
-            log.warning("MLM item %s not read (%s); running fp32", info.mlm_item_href, exc)
+            found = int8_artifact(item, info.mlm_item_href)
+            if found is not None:
+                fetch.check_promoted(found.uri, s)
+            return found
+        except Exception as exc:  # no item, not one, or not where models ship: run fp32
+            log.warning("MLM item %s not used (%s); running fp32", info.mlm_item_href, exc)
             return None
 
     def deploy_uri(

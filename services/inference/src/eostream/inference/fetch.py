@@ -65,6 +65,29 @@ def source_policy(settings: InferenceSettings) -> SourcePolicy:
     )
 
 
+def promotion_policy(settings: InferenceSettings) -> SourcePolicy:
+    """Where a promotion on the bus may name its files: the service's own store (where the
+    registry-bridge ships them) and ``settings.model_roots``; no http(s) host."""
+    roots = list(settings.model_roots)
+    if settings.store == "local":
+        roots.append(str(settings.local_store_root))
+    else:
+        roots.append(f"s3://{settings.bucket}")
+    return SourcePolicy.build(roots)
+
+
+#: what the service's own model reader reads; a ModelSource plugged in for another scheme (a
+#: registry client, a cache) decides itself what it reads
+READ_SCHEMES = frozenset({"", "file", "s3", "http", "https"})
+
+
+def check_promoted(uri: str, settings: InferenceSettings) -> None:
+    """Raise :class:`sources_policy.SourceNotAllowedError` (with its reason) unless a promotion's
+    file ``uri`` lies where models ship (:func:`promotion_policy`)."""
+    if urlparse(uri).scheme in READ_SCHEMES:
+        sources_policy.check(uri, promotion_policy(settings))
+
+
 def check_source(uri: str, policy: SourcePolicy) -> None:
     """Raise this service's SourceNotAllowedError (one message; the reason is logged)."""
     try:

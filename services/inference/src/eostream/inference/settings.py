@@ -228,6 +228,13 @@ class InferenceSettings(ServiceSettings):
         "services/inference/viewer beside the package",
     )
     sources: SourcesSettings = Field(default_factory=SourcesSettings)
+    model_roots: tuple[str, ...] = Field(
+        default=(),
+        description="local folders and s3://bucket[/prefix] a promotion on the bus may name its "
+        "model files in (the ONNX file, its MLM item and int8 file), besides the service's own "
+        "store, where the registry-bridge ships them; no http(s) source. Anyone who could "
+        "publish on the bus chose the file inference ran",
+    )
     max_request_pixels: int = Field(
         default=30_000_000,
         ge=1,

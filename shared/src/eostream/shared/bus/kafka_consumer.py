@@ -100,6 +100,8 @@ class KafkaConsumer:
         self._pending: dict[TopicPartition, int] = {}
         self._next: dict[TopicPartition, int] = {}  # next offset to handle, per partition
         self.joined = False  # a rebalance gave this member its partitions (maybe none)
+        #: the lag series this consumer set (service, topic, group, partition)
+        self._lag_series: set[tuple[str, str, str, str]] = set()
         self._committed_at = 0.0
         self._processor = RecordProcessor(
             service=bus._service,
@@ -176,8 +178,7 @@ class KafkaConsumer:
         connected = metrics.CONSUMER_CONNECTED.labels(self._bus._service, self.group)
         try:
             while not self._stopping.is_set():
-                reachable = has_coordinator(kafka)
-                connected.set(1 if reachable else 0)
+                connected.set(1 if has_coordinator(kafka) else 0)
                 batch = await kafka.getmany(timeout_ms=500, max_records=settings.batch_size)
                 for tp, records in batch.items():
                     self._next[tp] = records[0].offset
@@ -206,6 +207,8 @@ class KafkaConsumer:
                 lag = await self._lag(kafka)
                 # without its coordinator the broker is out of reach: the partition ends it
                 # knows are stale, so "nothing waiting" would be a guess, not progress
+                reachable = has_coordinator(kafka)
+                connected.set(1 if reachable else 0)
                 if lag is not None and reachable:
                     self.progress.idle(lag)
         finally:
@@ -213,11 +216,14 @@ class KafkaConsumer:
             await self.commit_pending()
             self._kafka = None
             await _close(kafka, self.group)
-            if self._stopping.is_set():  # stopped on purpose: nothing to report
-                with contextlib.suppress(KeyError):
-                    metrics.CONSUMER_CONNECTED.remove(self._bus._service, self.group)
-            else:
-                connected.set(0)
+            # only a running consumer says whether it reaches its broker: one that ended (a
+            # handler's bug, a crash loop) is EostreamConsumerNotRunning's, not "disconnected"
+            with contextlib.suppress(KeyError):
+                metrics.CONSUMER_CONNECTED.remove(self._bus._service, self.group)
+            if self._stopping.is_set():  # stopped on purpose: its partitions are not its now
+                for labels in self._lag_series:
+                    with contextlib.suppress(KeyError):
+                        metrics.CONSUMER_LAG.remove(*labels)
 
     async def _lag(self, kafka: AIOKafkaConsumer) -> int | None:
         """Records behind the end of each assigned partition (exported per partition); the sum,
@@ -238,9 +244,14 @@ class KafkaConsumer:
                     total = None
                     continue
             lag = max(0, highwater - self._next[tp])
-            metrics.CONSUMER_LAG.labels(
-                self._bus._service, self._bus.logical(tp.topic), self.group, str(tp.partition)
-            ).set(lag)
+            labels = (
+                self._bus._service,
+                self._bus.logical(tp.topic),
+                self.group,
+                str(tp.partition),
+            )
+            metrics.CONSUMER_LAG.labels(*labels).set(lag)
+            self._lag_series.add(labels)
             if total is not None:
                 total += lag
         return total

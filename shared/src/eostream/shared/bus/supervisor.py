@@ -181,6 +181,8 @@ class SupervisedConsumer:
 
     def refresh(self) -> None:
         """Bring the gauges up to date (also done every few seconds while running)."""
+        if self.state is State.STOPPED:  # a /livez probe after a stop made its series again
+            return
         if self._consumer is not None and self.state is State.RUNNING:
             if self._moved(self._consumer):
                 self.failures_in_a_row = 0  # back at work: the failures are behind it

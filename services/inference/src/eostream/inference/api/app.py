@@ -87,12 +87,8 @@ def create_app(settings: InferenceSettings, service: InferenceService | None = N
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         started = time.perf_counter()
-        status = 500  # an error no handler answers reaches the server as a 500: count it so
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
+
+        def observe(status: int) -> None:
             route = request.scope.get("route")
             template = getattr(route, "path", "unmatched")
             # the method is the client's word: any other than HTTP's own is one series, "other"
@@ -100,6 +96,14 @@ def create_app(settings: InferenceSettings, service: InferenceService | None = N
             metrics.REQUEST_DURATION.labels(template, method, str(status)).observe(
                 time.perf_counter() - started
             )
+
+        try:
+            response = await call_next(request)
+        except Exception:  # no handler answers it: the server sends a 500 (a cancel is none)
+            observe(500)
+            raise
+        observe(response.status_code)
+        return response
 
     def body_limit(path: str) -> int:
         if path == UPLOAD_PATH:

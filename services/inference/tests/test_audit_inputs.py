@@ -98,6 +98,9 @@ def test_range_positions_of_thousands_of_digits() -> None:
     assert parse_range(f"bytes=-{huge}", 100) == (0, 99)
     assert parse_range(f"bytes={'0' * 4999}5-", 100) == (5, 99)
     assert parse_range("bytes=10-19", 100) == (10, 19)
+    # last before first: an invalid range, ignored (RFC 9110 14.2), not "past the end" (416)
+    assert parse_range("bytes=5-1", 100) is None
+    assert parse_range("bytes=500-1", 100) is None
 
 
 # -- C: every href a REST user's scene or model names ------------------------------------------

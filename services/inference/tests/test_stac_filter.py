@@ -149,6 +149,10 @@ async def test_bad_filters_and_geometries_answer_400(stac: str) -> None:
              "not a GeoJSON geometry"),
             (client.get(f"{stac}/search", params={"intersects": "{not json"}),
              "not a GeoJSON geometry"),
+            (client.get(f"{stac}/search", params={"filter": "datetime > TIMESTAMP('abc')"}),
+             "'abc' is not a timestamp"),
+            (client.post(f"{stac}/search", json={"intersects": {"type": "Point", "coordinates": [[0, 0]]}}),  # noqa: E501
+             "nest 1 deep where its type puts positions 0 deep"),
             (client.get(f"{stac}/search", params={"bbox": "170,-10,-170,10"}),
              "antimeridian"),
             (client.post(f"{stac}/search", json={"bbox": [170, -10, -170, 10]}),

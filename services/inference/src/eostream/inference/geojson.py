@@ -77,7 +77,7 @@ def _geometry(
         raise BadInputError(
             f"{name} is not a GeoJSON geometry: its coordinates must be a non-empty array"
         )
-    positions = _positions(coordinates, budget, limit, name)
+    positions = _positions(coordinates, budget, limit, name, POSITION_DEPTH[kind])
     for lon, lat in positions:
         if not (-180 <= lon <= 180 and -90 <= lat <= 90):
             raise BadInputError(
@@ -93,24 +93,41 @@ def _geometry(
     return geometry
 
 
+#: how deep a geometry type's positions lie in its coordinates (a Point's are the position)
+POSITION_DEPTH = {
+    "Point": 0,
+    "MultiPoint": 1,
+    "LineString": 1,
+    "MultiLineString": 2,
+    "Polygon": 2,
+    "MultiPolygon": 3,
+}
+
+
 def _positions(
-    coordinates: list[Any] | tuple[Any, ...], budget: list[int], limit: int, name: str
+    coordinates: list[Any] | tuple[Any, ...], budget: list[int], limit: int, name: str, depth: int
 ) -> list[tuple[float, float]]:
-    """Every position of a coordinates array (any nesting), each two or three finite numbers;
-    ``budget[0]`` counts down the positions the whole geometry may still have."""
+    """Every position of a coordinates array, each two or three finite numbers, all ``depth``
+    arrays deep (a Point of ``[[0, 0]]`` was taken as a point); ``budget[0]`` counts down the
+    positions the whole geometry may still have."""
     found: list[tuple[float, float]] = []
-    stack: list[Any] = [coordinates]
+    stack: list[tuple[Any, int]] = [(coordinates, 0)]
     while stack:
-        node = stack.pop()
+        node, level = stack.pop()
         if not isinstance(node, list | tuple) or not node:
             raise BadInputError(f"{name} coordinates must be nested arrays of positions")
         if all(isinstance(v, int | float) and not isinstance(v, bool) for v in node):
             if len(node) not in (2, 3) or not all(math.isfinite(v) for v in node):
                 raise BadInputError(f"a {name} position must be 2 or 3 finite numbers")
+            if level != depth:
+                raise BadInputError(
+                    f"{name} coordinates nest {level} deep where its type puts positions "
+                    f"{depth} deep"
+                )
             found.append((float(node[0]), float(node[1])))
             budget[0] -= 1
             if budget[0] < 0:
                 raise BadInputError(f"{name} has more than {limit} positions")
         else:
-            stack.extend(node)
+            stack.extend((child, level + 1) for child in node)
     return found

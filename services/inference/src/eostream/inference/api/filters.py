@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any
 
 import cql2
@@ -136,12 +137,32 @@ class Filter:
             return False
 
 
+def _instant(text: Any, what: str) -> None:
+    """A CQL2 TIMESTAMP (RFC 3339) or DATE literal, or ".." in an INTERVAL; BadInputError else
+    (``TIMESTAMP('abc')`` matched nothing and answered 200)."""
+    try:
+        if what == "date":
+            date.fromisoformat(str(text))
+        elif text != "..":
+            datetime.fromisoformat(str(text).replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise BadInputError(f"filter: {text!r} is not a {what} (RFC 3339)") from None
+
+
 def _names(node: Any, props: set[str], ops: set[str]) -> None:
     if isinstance(node, dict):
         if isinstance(node.get("property"), str):
             props.add(node["property"])
         if isinstance(node.get("op"), str):
             ops.add(node["op"])
+        if "timestamp" in node:
+            _instant(node["timestamp"], "timestamp")
+        if "date" in node:
+            _instant(node["date"], "date")
+        if isinstance(node.get("interval"), list):
+            for end in node["interval"]:
+                if isinstance(end, str):
+                    _instant(end, "timestamp")
         for value in node.values():
             _names(value, props, ops)
     elif isinstance(node, list):

@@ -78,7 +78,8 @@ class Unsatisfiable(ValueError):
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """(first, last) byte of a single ``bytes=`` range; None to answer the whole object (no
     header, several ranges or another unit: the server may ignore a Range it does not
-    serve); :class:`Unsatisfiable` for a range that starts past the end."""
+    serve, or an invalid one: its last byte before its first, which RFC 9110 says to ignore);
+    :class:`Unsatisfiable` for a range that starts past the end."""
     if not header:
         return None
     match = _RANGE.fullmatch(header.strip())
@@ -93,8 +94,10 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
             raise Unsatisfiable(header)
         return max(0, size - n), size - 1
     start = _position(first)
+    if last and _position(last) < start:  # an invalid range-spec: the header is ignored
+        return None
     end = min(_position(last), size - 1) if last else size - 1
-    if start >= size or (last and _position(last) < start):
+    if start >= size:
         raise Unsatisfiable(header)
     return start, end
 

@@ -151,6 +151,8 @@ async def test_bad_filters_and_geometries_answer_400(stac: str) -> None:
              "not a GeoJSON geometry"),
             (client.get(f"{stac}/search", params={"filter": "datetime > TIMESTAMP('abc')"}),
              "'abc' is not a timestamp"),
+            (client.get(f"{stac}/search", params={"sortby": "-"}),
+             "has an empty field"),
             (client.post(f"{stac}/search", json={"intersects": {"type": "Point", "coordinates": [[0, 0]]}}),  # noqa: E501
              "nest 1 deep where its type puts positions 0 deep"),
             (client.get(f"{stac}/search", params={"bbox": "170,-10,-170,10"}),

@@ -26,16 +26,18 @@ def parse_sortby(value: Any) -> list[tuple[str, bool]] | None:
     keys: list[tuple[str, bool]] = []
     if isinstance(value, str):
         for part in value.split(","):
-            name = part.strip().lstrip("+")
+            text = part.strip()
+            descending = text.startswith("-")
+            name = text[1:] if text[:1] in "+-" else text  # one sign ("-" alone was a field)
             if not name:
-                raise BadInputError(f"sortby {value!r} has an empty field")
-            keys.append((name.lstrip("-"), name.startswith("-")))
+                raise BadInputError(f"sortby {value[:100]!r} has an empty field")
+            keys.append((name, descending))
         return keys
     if not isinstance(value, list):
         raise BadInputError("sortby must be a list of {field, direction}")
     for entry in value:
         if not isinstance(entry, dict) or not isinstance(entry.get("field"), str):
-            raise BadInputError(f"sortby entry {entry!r} has no field")
+            raise BadInputError(f"sortby entry {str(entry)[:100]} has no field")
         direction = entry.get("direction", "asc")
         if direction not in ("asc", "desc"):
             raise BadInputError(f"sortby direction {direction!r} is not asc or desc")

@@ -5,6 +5,7 @@ service declares checked against the standard's abstract tests (OGC 18-062r2, An
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 from collections.abc import AsyncIterator, Callable
@@ -14,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from eostream.inference import testing
 from eostream.inference.api.app import create_app
@@ -21,6 +23,7 @@ from eostream.inference.api.ogc import CONFORMANCE, EXCEPTION, REL, SPEC, OgcErr
 from eostream.inference.api.processes import sync_result
 from eostream.inference.errors import NotFoundError
 from eostream.inference.jobs import FAILED, JobRunner, JobStore
+from eostream.inference.metrics import JOB_OUTCOMES
 from eostream.inference.results import jobs_table
 from eostream.inference.service import InferenceService
 from eostream.inference.settings import InferenceSettings
@@ -33,6 +36,7 @@ from .conftest import AUTH
 EXECUTE = "/processes/classify-scene/execution"
 ASYNC = {**AUTH, "Prefer": "respond-async"}
 FINAL = ("successful", "failed", "dismissed")
+JOBS = "eostream_inference_jobs_total"
 
 
 @pytest.fixture
@@ -397,3 +401,34 @@ async def test_failed_and_dismissed_jobs_answer_their_own_status(
     assert r.status_code == 422 and r.json()["code"] == "referenced_not_found", r.text
     r = await client.get(f"/jobs/{busy.id}/results")
     assert r.status_code == 503 and r.json()["code"] == "busy", r.text
+
+
+async def test_jobs_are_counted_by_how_they_ended(service: InferenceService) -> None:
+    """A job's bug was in the log only: operators see jobs by outcome (an unexpected error is
+    EostreamInferenceJobErrors), each counted once (a job dismissed while it ran is dismissed)."""
+    store = JobStore(service.results.engine)
+    runner = JobRunner(store, workers=1, max_pending=2, heartbeat=60)
+    before = {o: REGISTRY.get_sample_value(JOBS, {"outcome": o}) or 0.0 for o in JOB_OUTCOMES}
+
+    def bug(progress: Any) -> dict[str, Any]:
+        raise KeyError("a bug")
+
+    def gone(progress: Any) -> dict[str, Any]:
+        raise NotFoundError("the scene's item is gone (404)")
+
+    def fine(progress: Any) -> dict[str, Any]:
+        return {"result": {}}
+
+    def dismissed_meanwhile(progress: Any) -> dict[str, Any]:
+        runner.dismiss(cut.id)
+        return {"result": {}}
+
+    for work in (bug, gone, fine):
+        with contextlib.suppress(KeyError, NotFoundError):
+            runner.run_now(store.create("classify-scene", {}, ("eurosat", "1")), work)
+    cut = store.create("classify-scene", {}, ("eurosat", "1"))
+    runner.run_now(cut, dismissed_meanwhile)
+    after = {o: REGISTRY.get_sample_value(JOBS, {"outcome": o}) or 0.0 for o in JOB_OUTCOMES}
+    assert {o: after[o] - before[o] for o in JOB_OUTCOMES} == {
+        "successful": 1, "failed": 1, "error": 1, "dismissed": 1, "lost": 0,
+    }  # fmt: skip

@@ -30,6 +30,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from eostream.inference import metrics
 from eostream.inference.errors import InferenceError
 from eostream.inference.results import create_tables, jobs_table
 from eostream.shared.errors import EostreamError, RetryableError
@@ -278,6 +279,7 @@ class JobRunner:
         failed = self.store.fail_unfinished(stale)
         if failed:
             log.warning("%d unfinished job(s) lost their runner; marked failed", failed)
+            metrics.JOBS.labels("lost").inc(failed)
         return failed
 
     def _heartbeat(self) -> None:
@@ -308,6 +310,7 @@ class JobRunner:
                     "try again later"
                 )
             self._pending += 1
+            metrics.JOBS_PENDING.set(self._pending)
             self._held.add(job.id)
             self._futures[job.id] = self._pool.submit(self._run, job.id, work)
 
@@ -340,6 +343,8 @@ class JobRunner:
             message="dismissed by the client",
             finished=job.finished or now,
         )
+        if job.status in UNFINISHED:  # a finished job's outcome was counted already
+            metrics.JOBS.labels("dismissed").inc()
         return self.store.get(job_id)
 
     def _done(self, job_id: str) -> None:
@@ -347,6 +352,7 @@ class JobRunner:
             self._held.discard(job_id)
             if self._futures.pop(job_id, None) is not None:
                 self._pending = max(0, self._pending - 1)
+                metrics.JOBS_PENDING.set(self._pending)
 
     def _run(self, job_id: str, work: Work) -> None:
         try:
@@ -369,24 +375,28 @@ class JobRunner:
             result = work(Progress(self.store, job_id))
         except EostreamError as exc:
             log.info("job %s failed: %s", job_id, exc)
-            self._finish(job_id, FAILED, str(exc), error_code=getattr(exc, "code", "error"))
+            code = getattr(exc, "code", "error")
+            self._finish(job_id, FAILED, str(exc), "failed", error_code=code)
             if reraise:
                 raise
             return
         except Exception:
             log.exception("job %s failed unexpectedly", job_id)
-            self._finish(job_id, FAILED, "internal error", error_code="internal")
+            self._finish(job_id, FAILED, "internal error", "error", error_code="internal")
             if reraise:
                 raise
             return
-        self._finish(job_id, SUCCESSFUL, "done", result=result, progress=100)
+        self._finish(job_id, SUCCESSFUL, "done", "successful", result=result, progress=100)
 
-    def _finish(self, job_id: str, status: str, message: str, **fields: Any) -> None:
-        self.store.update(
+    def _finish(self, job_id: str, status: str, message: str, outcome: str, **fields: Any) -> None:
+        """Record the job's end, counted as ``outcome`` (a job dismissed meanwhile stays so, and
+        was counted then)."""
+        if self.store.update(
             job_id,
             unless=(DISMISSED,),
             status=status,
             message=message[:2000],
             finished=datetime.now(UTC),
             **fields,
-        )
+        ):
+            metrics.JOBS.labels(outcome).inc()

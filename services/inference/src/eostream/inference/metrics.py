@@ -50,7 +50,19 @@ NOTIFICATIONS_PENDING = Gauge(
     "eostream_inference_notifications_pending",
     "Subscription notifications waiting for delivery (as last counted by the worker)",
 )
+JOB_OUTCOMES = ("successful", "failed", "error", "dismissed", "lost")
+JOBS = Counter(
+    "eostream_inference_jobs_total",
+    "OGC API - Processes jobs ended, by outcome: successful, failed (the request's or the "
+    "scene's fault: the job's message says), error (an unexpected error: the log has the "
+    "traceback), dismissed (by the client), lost (their runner stopped: marked failed by a sweep)",
+    ["outcome"],
+)
+JOBS_PENDING = Gauge(
+    "eostream_inference_jobs_pending", "Asynchronous jobs this replica holds waiting for a runner"
+)
 # the first failure of each kind must be a rise from 0 (see at_zero)
+at_zero(JOBS, JOB_OUTCOMES)
 at_zero(SCENES, SCENE_OUTCOMES)
 at_zero(MODEL_SWAPS, ("ok", "failed"))
 at_zero(NOTIFICATIONS, ("webhook", "kafka"), ("sent", "failed", "dead_lettered"))

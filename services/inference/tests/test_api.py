@@ -91,7 +91,7 @@ async def test_results_filters_and_errors(
     assert missing.status_code == 404 and missing.json()["code"] == "not_found"
     metrics = (await client.get("/metrics")).text
     assert "eostream_inference_scenes_total" in metrics
-    assert 'eostream_inference_model_info{name="eurosat",provider=' in metrics
+    assert 'eostream_inference_model_info{alias="champion",name="eurosat",provider=' in metrics
     assert "eostream_inference_request_duration_seconds_bucket" in metrics
     assert (await client.get("/livez")).json()["status"] == "ok"
 

@@ -56,3 +56,15 @@ def test_champion_version_and_no_champion() -> None:
     metrics.show_champion(MODEL, None)  # the alias was deleted
     assert REGISTRY.get_sample_value("eostream_bridge_champion_version", {"model": MODEL}) is None
     assert ("7", "champion") not in series("eostream_bridge_holdout_accuracy_ratio")
+
+
+def test_the_champion_as_a_label_follows_the_alias() -> None:
+    """eostream_bridge_champion_info{model, version}: what inference should serve, one series
+    per model (EostreamServedModelIsNotChampion compares it with inference's model_info)."""
+    for version in ("2", "3"):
+        metrics.show_champion(MODEL, version)
+    assert series("eostream_bridge_champion_info") == {("3",)}
+    metrics.show_champion(MODEL, "2")  # a rollback
+    assert series("eostream_bridge_champion_info") == {("2",)}
+    metrics.show_champion(MODEL, None)
+    assert series("eostream_bridge_champion_info") == set()

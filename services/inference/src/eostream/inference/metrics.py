@@ -27,8 +27,9 @@ SCENE_DURATION = Histogram(
 )
 MODEL_INFO = Gauge(
     "eostream_inference_model_info",
-    "The deployed model (value 1 for the live one)",
-    ["name", "version", "provider"],
+    "The deployed model (value 1 for the live one) and the alias it was promoted under ('' for "
+    "a model named by its file)",
+    ["name", "version", "provider", "alias"],
 )
 MODEL_SWAPS = Counter(
     "eostream_inference_model_swaps_total", "Model hot swaps, by outcome (ok, failed)", ["outcome"]
@@ -68,9 +69,9 @@ at_zero(MODEL_SWAPS, ("ok", "failed"))
 at_zero(NOTIFICATIONS, ("webhook", "kafka"), ("sent", "failed", "dead_lettered"))
 
 
-def set_model_info(name: str, version: str, provider: str) -> None:
+def set_model_info(name: str, version: str, provider: str, alias: str | None = None) -> None:
     MODEL_INFO.clear()
-    MODEL_INFO.labels(name, version, provider).set(1)
+    MODEL_INFO.labels(name, version, provider, alias or "").set(1)
 
 
 # -- what the maps say, per model version ------------------------------------------------------

@@ -80,7 +80,9 @@ class ModelHolder:
                 if not free_now:
                     self._retired.add(old)
         metrics.MODEL_SWAPS.labels("ok").inc()
-        metrics.set_model_info(model.info.name, model.info.version, model.provider)
+        metrics.set_model_info(
+            model.info.name, model.info.version, model.provider, model.info.alias
+        )
         if old is None:
             return None
         previous = old.model

@@ -68,6 +68,12 @@ CHAMPION_VERSION = Gauge(
     "Version number the champion alias points to",
     ["model"],
 )
+CHAMPION_INFO = Gauge(
+    "eostream_bridge_champion_info",
+    "The version the champion alias points to, as a label (value 1): what inference's "
+    "eostream_inference_model_info should show",
+    ["model", "version"],
+)
 
 # the first event of each outcome must be a rise from 0 (see at_zero)
 at_zero(VERSIONS_SEEN, ("webhook", "reconcile", "event", "manual"))
@@ -79,6 +85,8 @@ at_zero(WEBHOOKS, ("accepted", "rejected"))
 CHALLENGER, CHAMPION = "challenger", "champion"
 # (model, role) -> (version, classes with a recall series) currently exported
 _shown: dict[tuple[str, str], tuple[str, frozenset[str]]] = {}
+# (model, version) of the champion_info series currently exported
+_champions: set[tuple[str, str]] = set()
 
 
 def _drop(model: str, role: str) -> None:
@@ -110,11 +118,17 @@ def forget_scores(model: str, role: str) -> None:
 
 
 def show_champion(model: str, version: str | None) -> None:
-    """Export the champion's version number; ``None``: the model has no champion."""
+    """Export the champion's version, as a number and as a label; ``None``: no champion."""
+    for shown_model, shown in sorted(_champions):
+        if shown_model == model and shown != version:
+            CHAMPION_INFO.remove(model, shown)
+            _champions.discard((model, shown))
     if version is None:
         CHAMPION_VERSION.remove(model)
         forget_scores(model, CHAMPION)
         return
+    CHAMPION_INFO.labels(model, version).set(1)
+    _champions.add((model, version))
     try:
         CHAMPION_VERSION.labels(model).set(int(version))
     except ValueError:  # MLflow versions are integers; anything else is not a number to plot

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,27 @@ def test_a_promotion_names_a_file_where_models_ship_or_nothing_loads(
     finally:
         service.results.close()
     assert REGISTRY.get_sample_value(SWAPS, {"outcome": "failed"}) == failed + 2
+
+
+def test_a_replayed_promotion_never_undoes_a_later_one(
+    settings: InferenceSettings, make_model: Callable[..., ModelPromoted]
+) -> None:
+    """v3 promoted, then rolled back to v2: v3's promotion replayed from the dead letters (or
+    delivered late) made v3 live again, with no promoter's word and no audit entry."""
+    start = datetime(2026, 12, 7, 10, tzinfo=UTC)
+    v2, v3 = make_model("2"), make_model("3")
+    service = build_service(settings, consume=False)
+    try:
+        promote = service.deployment.promote
+        assert promote(v2.model_copy(update={"time": start})) is not None
+        promoted_v3 = v3.model_copy(update={"time": start + timedelta(minutes=5)})
+        assert promote(promoted_v3) is not None
+        rollback = v2.model_copy(update={"time": start + timedelta(minutes=9)})
+        assert promote(rollback) is not None
+        assert promote(promoted_v3) is None  # the replay
+        live = service.deployment.current
+        assert live is not None and live.info.version == "2"
+        later = v3.model_copy(update={"time": start + timedelta(minutes=12)})
+        assert promote(later) is not None  # a new promotion of v3 is one
+    finally:
+        service.results.close()

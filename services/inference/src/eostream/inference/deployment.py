@@ -76,6 +76,7 @@ def info_of(event: ModelPromoted) -> ModelInfo:
         sha256=event.sha256,
         artifact_uri=event.artifact_uri,
         mlm_item_href=event.mlm_item_href,
+        promoted_at=event.time,
     )
 
 
@@ -141,6 +142,17 @@ class ModelDeployment:
             return None
         if self.is_live(event):
             log.info("model %s v%s is already live; nothing to do", event.name, event.version)
+            return None
+        live = self.holder.current
+        since = live.info.promoted_at if live is not None else None
+        if since is not None and event.time < since:
+            # a dead letter replayed, or a late delivery: it must not undo a later promotion
+            # (a rollback made after it); the newest promotion wins
+            log.warning(
+                "ignoring promotion of %s v%s made at %s: the live %s was promoted later, at %s",
+                event.name, event.version, event.time.isoformat(), live.info.label,
+                since.isoformat(),
+            )  # fmt: skip
             return None
         return self.deploy(event)
 

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any, Literal
 
 import numpy as np
@@ -59,6 +60,9 @@ class ModelInfo:
     sha256: str = ""
     artifact_uri: str = ""
     mlm_item_href: str | None = None
+    #: when the promotion that named it was made (its event's time); None for a model named by
+    #: its file or reloaded at a start
+    promoted_at: datetime | None = None
 
     @classmethod
     def of_file(cls, uri: str, sha256: str | None = None) -> ModelInfo:

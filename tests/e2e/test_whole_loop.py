@@ -150,7 +150,8 @@ def test_a_better_model_is_trained_gated_promoted_and_swapped_in_while_classifyi
     letters = [d for d in system.dead_letters() if d.original_key in inserted_at]
     assert letters == []
     metrics = httpx.get(f"{system.inference_url}/metrics", timeout=30).text
-    assert 'eostream_inference_scenes_total{outcome="failed"}' not in metrics
+    # exported from the start at 0 (an alert counts the first failure): still 0
+    assert 'eostream_inference_scenes_total{outcome="failed"} 0.0' in metrics
     # what the maps say reaches the real Prometheus, per model version and scene kind (L2A)
     _assert_map_metrics_in_prometheus(system, (first_champion.version, version))
 

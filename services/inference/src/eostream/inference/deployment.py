@@ -145,7 +145,7 @@ class ModelDeployment:
             return None
         live = self.holder.current
         since = live.info.promoted_at if live is not None else None
-        if since is not None and event.time < since:
+        if live is not None and since is not None and event.time < since:
             # a dead letter replayed, or a late delivery: it must not undo a later promotion
             # (a rollback made after it); the newest promotion wins
             log.warning(

@@ -67,6 +67,7 @@ at_zero(JOBS, JOB_OUTCOMES)
 at_zero(SCENES, SCENE_OUTCOMES)
 at_zero(MODEL_SWAPS, ("ok", "failed"))
 at_zero(NOTIFICATIONS, ("webhook", "kafka"), ("sent", "failed", "dead_lettered"))
+at_zero(NOTIFICATIONS, ("any",), ("failed",))  # a result no subscription could be matched to
 
 
 def set_model_info(name: str, version: str, provider: str, alias: str | None = None) -> None:

@@ -257,17 +257,22 @@ async def test_promotions_record_the_credentials_name_and_a_force_is_an_audited_
         (v1, "alice"),
     ]
 
-    # the recorded override lets the forced version be champion again, also by an alias move
+    # the force ended with its rollback: moving the alias back to the forced version in MLflow
+    # is undone (anyone with MLflow write access could do it), and audited
     mlflow.MlflowClient().set_registered_model_alias(MODEL_NAME, "champion", v2)
-    event = await bridge.sync_champion(MODEL_NAME)
-    assert event is not None and event.version == v2 and champion() == v2
+    assert await bridge.sync_champion(MODEL_NAME) is None
+    assert champion() == v1
     last = (await asyncio.to_thread(bridge.audit.entries, MODEL_NAME))[-1]
-    assert (last.action, last.from_version, last.to_version, last.via) == (
-        "alias_accepted",
-        v1,
-        v2,
-        "mlflow",
-    )
+    assert (last.action, last.to_version, last.via) == ("alias_undone", v1, "mlflow")
+    # while a force is in force, an alias move to its version is accepted
+    async with client(service) as http:
+        r = await http.post(
+            f"/models/{MODEL_NAME}/promote",
+            headers=as_("bob"),
+            json={"version": v2, "reason": "again: rivers fixed upstream", "force": True},
+        )
+        assert r.status_code == 200, r.text
+    assert champion() == v2
 
 
 async def test_champion_alias_moved_to_a_gate_failed_version_is_undone_and_audited(

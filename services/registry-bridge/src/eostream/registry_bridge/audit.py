@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Literal, TypeVar
 from urllib.parse import quote
@@ -105,5 +105,24 @@ class AuditLog:
         return found
 
     def overridden(self, name: str, version: str) -> bool:
-        """Whether a credentialed force promotion of ``name`` v``version`` is on record."""
-        return any(e.action == "override" and e.to_version == version for e in self.entries(name))
+        """Whether a credentialed force promotion of ``name`` v``version`` is in force: on
+        record, and the champion has not moved to another version since (a promotion, another
+        force, a rollback or an accepted alias move). A force rolled back "because it
+        misclassifies rivers" could be made champion again by anyone moving the alias in
+        MLflow; now that takes a new force, with its reason."""
+        return in_force(self.entries(name), version)
+
+
+#: entries after which the champion is their ``to_version``
+MOVES = frozenset({"promote", "override", "rollback", "alias_accepted"})
+
+
+def in_force(entries: Iterable[AuditEntry], version: str) -> bool:
+    """Whether the last force of ``version`` in ``entries`` (oldest first) still holds."""
+    forced = False
+    for entry in entries:
+        if entry.action == "override" and entry.to_version == version:
+            forced = True
+        elif entry.action in MOVES and entry.to_version != version:
+            forced = False
+    return forced

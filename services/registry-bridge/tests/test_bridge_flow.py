@@ -305,6 +305,31 @@ async def test_a_forced_promotion_cut_short_after_its_announcement_is_announced_
     assert [(e.action, e.by) for e in to_v2] == [("override", "alice")]  # once, as it was
 
 
+async def test_an_old_champion_made_to_look_unannounced_is_an_alias_move_not_its_promoter(
+    bridge_settings: BridgeSettings, register: Any, models: Any
+) -> None:
+    """Whether a promotion's publish was lost was read from tags anyone with MLflow write access
+    can set: an old champion's stage set back to Production and the alias moved to it was
+    announced and audited as its first promoter's ("alice", via auto). The audit log decides."""
+    bridge, bus = bridge_and_bus(bridge_settings.model_copy(update={"auto_promote": False}))
+    await bus.start()
+    name = "eurosat-landcover"
+    v1 = register(models.better)
+    assert (await bridge.handle_version(name, v1, "event")).state == "challenger"
+    await bridge.promote(name, v1, by="alice", reason="first model")
+    v2 = register(models.worse)
+    await bridge.handle_version(name, v2, "event")
+    await bridge.promote(name, v2, by="bob", reason="hotfix", force=True)
+
+    client = mlflow.MlflowClient()  # someone with MLflow write access, not a promoter
+    client.set_model_version_tag(name, v1, tags.STAGE, tags.STAGE_PRODUCTION)
+    client.set_registered_model_alias(name, "champion", v1)
+    event = await bridge.sync_champion(name)
+    assert event is not None and event.version == v1 and event.promoted_by == "mlflow-alias"
+    last = bridge.promoter.audit.entries(name)[-1]
+    assert (last.action, last.by, last.via) == ("alias_accepted", "mlflow-alias", "mlflow")
+
+
 class _Bands13(torch.nn.Module):
     """A 13-band classifier (untrained): what `eostream train --bands ms13` registers."""
 

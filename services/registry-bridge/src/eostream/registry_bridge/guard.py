@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from eostream.registry_bridge import metrics
+from eostream.registry_bridge.audit import AuditEntry
 from eostream.registry_bridge.contract import reasons_json
 from eostream.registry_bridge.errors import RefusedError
 from eostream.registry_bridge.port import ModelRegistry
@@ -56,44 +57,35 @@ class ChampionGuard:
             self.undo_alias(name, champion, live, "it cannot ship: " + "; ".join(exc.reasons))
             return None
         vtags = self.registry.get_version(name, champion).tags
-        # the bridge's own promotion whose publish was lost (tags written, then a crash)
-        lost_publish = tags.PROMOTED_AT in vtags and vtags.get(tags.STAGE) == tags.STAGE_PRODUCTION
+        # the bridge's own promotion whose publish was lost (audited, then a crash): known from
+        # the audit log, never from tags, which anyone with MLflow write access can set (they
+        # re-announced an old version as its first promoter's, audited in that name)
+        lost = self._recorded(name, champion)
         by, reason = "mlflow-alias", "champion alias set in MLflow"
         update = {tags.STAGE: tags.STAGE_PRODUCTION}
-        if lost_publish:
-            by = vtags.get(tags.PROMOTED_BY, by)
-            reason = vtags.get(tags.PROMOTED_REASON, reason)
+        if lost is not None:
+            by, reason = lost.by, lost.reason
         else:
             update |= {tags.PROMOTED_BY: by, tags.PROMOTED_REASON: reason, tags.PROMOTED_AT: now()}
         if live and live != champion:
-            if not (lost_publish and tags.PREVIOUS_CHAMPION in vtags):
+            if not (lost is not None and tags.PREVIOUS_CHAMPION in vtags):
                 update[tags.PREVIOUS_CHAMPION] = live
             self.registry.set_version_tags(name, live, {tags.STAGE: tags.STAGE_ARCHIVED})
         self.registry.set_version_tags(name, champion, update)
         event = p.announce(name, champion, shipment, live, by, reason)
         metrics.PROMOTIONS.labels("alias").inc()
-        if lost_publish and not self._recorded(name, champion):
-            # the promotion is audited before its publish (Promoter.promote): only a stop in
-            # the moment between its tags and its audit entry leaves none
-            p.record(
-                name,
-                "promote",
-                by,
-                "auto",
-                live,
-                champion,
-                f"{reason} (announced again after an interruption)",
-            )
-        elif not lost_publish:
+        if lost is None:  # a promotion stopped before its audit entry is an alias move too
             p.record(name, "alias_accepted", by, "mlflow", live, champion, reason)
         p.show_champion(name, champion)
         return event
 
-    def _recorded(self, name: str, version: str) -> bool:
-        """Whether the model's newest audit entry is the promotion of ``version``."""
+    def _recorded(self, name: str, version: str) -> AuditEntry | None:
+        """The model's newest audit entry when it is the promotion of ``version``."""
         entries = self.promoter.audit.entries(name)
         last = entries[-1] if entries else None
-        return last is not None and last.to_version == version and last.action in PROMOTING_ACTIONS
+        if last is not None and last.to_version == version and last.action in PROMOTING_ACTIONS:
+            return last
+        return None
 
     def restore_alias(self, name: str, live: str) -> None:
         """The champion alias was deleted in MLflow while inference still serves ``live``: set

@@ -172,7 +172,7 @@ def test_a_promotion_names_a_file_where_models_ship_or_nothing_loads(
     blob = testing.build_onnx(testing.model_card(name="eurosat"))
     sha = hashlib.sha256(blob).hexdigest()
     outside = tmp_path / "elsewhere" / "model.onnx"
-    inside = strict.local_store_root / "models" / "eurosat" / "2" / "model.onnx"
+    inside = strict.local_store_root / strict.bucket / "models" / "eurosat" / "2" / "model.onnx"
     for path in (outside, inside):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(blob)

@@ -108,7 +108,7 @@ def validate_stack(
 
 
 async def test_results_in_the_stacks_stac_api(
-    make_model: Callable[..., ModelPromoted], boadella_item: Callable[[str], Path]
+    make_model: Callable[..., ModelPromoted], boadella_item: Callable[[str], Path], tmp_path: Path
 ) -> None:
     stac_api = _env("EOSTREAM_STAC_API_URL")
     s3 = S3Settings(
@@ -133,6 +133,7 @@ async def test_results_in_the_stacks_stac_api(
         http_port=port,
         public_url=f"http://127.0.0.1:{port}",
         catalog=CatalogSettings(stac_api_url=stac_api, collection=collection),
+        model_roots=(str(tmp_path),),  # make_model's file, not in the bucket
         _env_file=None,
     )
     service = build_service(settings, consume=False)

@@ -484,6 +484,7 @@ async def test_the_embedded_component_notifies_over_real_http(
             "allowed_networks": ["127.0.0.1/32"],
             "backoff_seconds": 0.05,
         },
+        "model_roots": [str(tmp_path)],  # make_model's files, outside the store
     }
     inference = component(
         EmbeddedContext(

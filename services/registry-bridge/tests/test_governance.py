@@ -320,3 +320,23 @@ async def test_champion_alias_moved_to_a_gate_failed_version_is_undone_and_audit
     with pytest.raises(PromotionError, match="may not be champion"):
         await bridge.rollback(MODEL_NAME, by="alice", reason="drill")
     assert champion() == v2
+
+
+async def test_a_rollback_from_a_bad_version_to_a_forced_hotfix_is_one_command(
+    service: BridgeService, register: Any, models: Any
+) -> None:
+    """A force ends when the champion moves on, but rolling back the promotion that moved it
+    on restores it: v2 forced as a hotfix, v3 promoted after it, v3 misbehaves: back to v2."""
+    bridge = service.bridge
+    v1 = register(models.better)
+    assert (await bridge.handle_version(MODEL_NAME, v1, "event")).state == "promoted"
+    v2 = register(models.worse)
+    assert (await bridge.handle_version(MODEL_NAME, v2, "event")).state == "failed"
+    await bridge.promote(MODEL_NAME, v2, by="bob", reason="hotfix", force=True)
+    v3 = register(models.better)  # fails on one class's recall against the hotfix: forced too
+    await bridge.handle_version(MODEL_NAME, v3, "event")
+    await bridge.promote(MODEL_NAME, v3, by="alice", reason="better overall", force=True)
+    event = await bridge.rollback(MODEL_NAME, by="alice", reason="v3 misbehaves")
+    assert event.version == v2 and champion() == v2
+    # but an alias move back to v3 and then to v2 again would need a new force: only the
+    # rollback of the very promotion that ended it restores it

@@ -89,11 +89,15 @@ class ModelDeployment:
         results: ResultsStore,
         source: ModelSource,
         holder: ModelHolder | None = None,
+        store_root: str | None = None,
     ) -> None:
+        """``store_root``: the root of the object store the service writes to, where the
+        registry-bridge ships models (:func:`fetch.store_root`); else the settings' store."""
         self.settings = settings
         self.results = results
         self.source = source
         self.holder = holder or ModelHolder()
+        self.store_root = store_root
 
     # -- what the pipeline and the probes read -------------------------------------------
     @property
@@ -162,7 +166,7 @@ class ModelDeployment:
         checksum comes with the event, so it proves nothing about who chose the file."""
         info = info_of(event)
         try:
-            fetch.check_promoted(event.artifact_uri, self.settings)
+            fetch.check_promoted(event.artifact_uri, self.settings, self.store_root)
         except sources_policy.SourceNotAllowedError as exc:
             reason = (
                 f"its file {event.artifact_uri} is outside this service's model store and "
@@ -171,7 +175,7 @@ class ModelDeployment:
             metrics.MODEL_SWAPS.labels("failed").inc()
             self._record(info, "failed", reason, None)
             raise ModelLoadError(f"cannot load model {info.label}: {reason}") from None
-        return self.deploy_uri(info, event.artifact_uri, event.sha256)
+        return self.deploy_uri(info, event.artifact_uri, event.sha256, promoted=True)
 
     def load(
         self,
@@ -181,6 +185,7 @@ class ModelDeployment:
         *,
         int8: Artifact | Literal["item"] | None = "item",
         policy: SourcePolicy | None = None,
+        promoted: bool = False,
     ) -> LoadedModel:
         """Load ``info``'s model: its int8 file when there is one to run, else (or when that
         fails) the fp32 file at ``uri`` with ``sha256``.
@@ -192,7 +197,7 @@ class ModelDeployment:
         fallback but the user's error."""
         s = self.settings
         if isinstance(int8, str):
-            int8 = self.int8_of(info)
+            int8 = self.int8_of(info, promoted=promoted)
         elif not int8_wanted(s.providers, s.int8_on_cpu):
             int8 = None
         if int8 is not None:
@@ -223,31 +228,41 @@ class ModelDeployment:
         s = self.settings
         return fetch.read_bytes(uri, s3=s.s3, max_bytes=s.max_model_bytes, policy=policy)
 
-    def int8_of(self, info: ModelInfo) -> Artifact | None:
+    def int8_of(self, info: ModelInfo, *, promoted: bool = False) -> Artifact | None:
         """The int8 file to run for ``info``: on the CPU provider, with int8 allowed, when its
-        MLM item ships one that passed its check; else None."""
+        MLM item ships one that passed its check; else None. ``promoted``: a promotion on the
+        bus named it, so the item and its int8 file must lie where models ship too (a model an
+        operator named, e.g. ``maps evaluate``'s, is read where it is)."""
         s = self.settings
         if not info.mlm_item_href or not int8_wanted(s.providers, s.int8_on_cpu):
             return None
-        try:  # the item and its int8 file lie where models ship too
-            fetch.check_promoted(info.mlm_item_href, s)
+        try:
+            if promoted:
+                fetch.check_promoted(info.mlm_item_href, s, self.store_root)
             item = json.loads(self.source.read(info.mlm_item_href))
             found = int8_artifact(item, info.mlm_item_href)
-            if found is not None:
-                fetch.check_promoted(found.uri, s)
+            if found is not None and promoted:
+                fetch.check_promoted(found.uri, s, self.store_root)
             return found
         except Exception as exc:  # no item, not one, or not where models ship: run fp32
             log.warning("MLM item %s not used (%s); running fp32", info.mlm_item_href, exc)
             return None
 
     def deploy_uri(
-        self, info: ModelInfo, uri: str, sha256: str | None, *, record: bool = True
+        self,
+        info: ModelInfo,
+        uri: str,
+        sha256: str | None,
+        *,
+        record: bool = True,
+        promoted: bool = False,
     ) -> LoadedModel:
         """Load the model at ``uri`` and make it live. ``record=False`` (the CLI's one-off
         classification) keeps it out of the results index's deployments, so a service on that
-        index never reloads it as its last live model."""
+        index never reloads it as its last live model. ``promoted``: a promotion on the bus
+        named it (:meth:`int8_of`)."""
         try:
-            model = self.load(info, uri, sha256)
+            model = self.load(info, uri, sha256, promoted=promoted)
         except BadInputError as exc:
             metrics.MODEL_SWAPS.labels("failed").inc()
             self._record(info, "failed", str(exc), None, record=record)

@@ -19,6 +19,7 @@ from eostream.shared.errors import ObjectNotFoundError, ObjectUnreadableError
 from eostream.shared.objects import local_path
 from eostream.shared.settings import S3Settings
 from eostream.shared.sources_policy import SourcePolicy
+from eostream.shared.storage import ObjectStore
 
 __all__ = [
     "RASTER_DRIVERS",
@@ -65,11 +66,25 @@ def source_policy(settings: InferenceSettings) -> SourcePolicy:
     )
 
 
-def promotion_policy(settings: InferenceSettings) -> SourcePolicy:
-    """Where a promotion on the bus may name its files: the service's own store (where the
-    registry-bridge ships them) and ``settings.model_roots``; no http(s) host."""
+#: a key whose URI, less the key, is the store's root (``s3://bucket``, ``file:///root/bucket``)
+_PROBE = "eostream-probe"
+
+
+def store_root(store: ObjectStore) -> str:
+    """The root of ``store`` as a policy root: ``s3://bucket``, or its local folder."""
+    root = store.uri(_PROBE).removesuffix("/" + _PROBE)
+    path = local_path(root)
+    return str(path) if path is not None else root
+
+
+def promotion_policy(settings: InferenceSettings, store: str | None = None) -> SourcePolicy:
+    """Where a promotion on the bus may name its files: the service's own store (``store``,
+    :func:`store_root` of the one it was built with, where the registry-bridge ships them; else
+    the settings') and ``settings.model_roots``; no http(s) host."""
     roots = list(settings.model_roots)
-    if settings.store == "local":
+    if store is not None:
+        roots.append(store)
+    elif settings.store == "local":
         roots.append(str(settings.local_store_root))
     else:
         roots.append(f"s3://{settings.bucket}")
@@ -81,11 +96,11 @@ def promotion_policy(settings: InferenceSettings) -> SourcePolicy:
 READ_SCHEMES = frozenset({"", "file", "s3", "http", "https"})
 
 
-def check_promoted(uri: str, settings: InferenceSettings) -> None:
+def check_promoted(uri: str, settings: InferenceSettings, store: str | None = None) -> None:
     """Raise :class:`sources_policy.SourceNotAllowedError` (with its reason) unless a promotion's
     file ``uri`` lies where models ship (:func:`promotion_policy`)."""
     if urlparse(uri).scheme in READ_SCHEMES:
-        sources_policy.check(uri, promotion_policy(settings))
+        sources_policy.check(uri, promotion_policy(settings, store))
 
 
 def check_source(uri: str, policy: SourcePolicy) -> None:

@@ -337,14 +337,19 @@ class JobRunner:
         if future is not None and future.cancel():
             self._done(job_id)
         now = datetime.now(UTC)
-        self.store.update(
+        said = "dismissed by the client"
+        # an unfinished job's dismissal is its outcome, counted once (a job that finished
+        # meanwhile, or a second DELETE, was counted already)
+        if self.store.update(
             job_id,
+            unless=(SUCCESSFUL, FAILED, DISMISSED),
             status=DISMISSED,
-            message="dismissed by the client",
-            finished=job.finished or now,
-        )
-        if job.status in UNFINISHED:  # a finished job's outcome was counted already
+            message=said,
+            finished=now,
+        ):
             metrics.JOBS.labels("dismissed").inc()
+        else:
+            self.store.update(job_id, status=DISMISSED, message=said, finished=job.finished or now)
         return self.store.get(job_id)
 
     def _done(self, job_id: str) -> None:

@@ -60,7 +60,8 @@ JOBS = Counter(
     ["outcome"],
 )
 JOBS_PENDING = Gauge(
-    "eostream_inference_jobs_pending", "Asynchronous jobs this replica holds waiting for a runner"
+    "eostream_inference_jobs_pending",
+    "Asynchronous jobs this replica holds, waiting for a runner or running",
 )
 # the first failure of each kind must be a rise from 0 (see at_zero)
 at_zero(JOBS, JOB_OUTCOMES)

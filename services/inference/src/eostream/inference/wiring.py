@@ -13,6 +13,7 @@ thread.
 
 from __future__ import annotations
 
+from eostream.inference import fetch
 from eostream.inference.catalog import with_catalog
 from eostream.inference.deployment import FetchedModels, ModelDeployment, ModelSource
 from eostream.inference.pipeline import Pipeline
@@ -46,7 +47,7 @@ def build_service(
     results = with_catalog(results, settings)  # publishes into the stack's STAC API if set
     if models is None:
         models = FetchedModels.from_settings(settings)
-    deployment = ModelDeployment(settings, results, models)
+    deployment = ModelDeployment(settings, results, models, store_root=fetch.store_root(store))
     pipeline = Pipeline(settings, store, results, deployment)
     owns_bus = False
     if not consume:

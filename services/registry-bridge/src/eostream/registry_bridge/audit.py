@@ -104,21 +104,16 @@ class AuditLog:
                 log.warning("audit entry %s unreadable, left out: %s", key, exc)
         return found
 
-    def overridden(self, name: str, version: str) -> bool:
-        """Whether a credentialed force promotion of ``name`` v``version`` is in force: on
-        record, and the champion has not moved to another version since (a promotion, another
-        force, a rollback or an accepted alias move). A force rolled back "because it
-        misclassifies rivers" could be made champion again by anyone moving the alias in
-        MLflow; now that takes a new force, with its reason."""
-        return in_force(self.entries(name), version)
-
 
 #: entries after which the champion is their ``to_version``
 MOVES = frozenset({"promote", "override", "rollback", "alias_accepted"})
 
 
 def in_force(entries: Iterable[AuditEntry], version: str) -> bool:
-    """Whether the last force of ``version`` in ``entries`` (oldest first) still holds."""
+    """Whether the last force of ``version`` in ``entries`` (oldest first) still holds: the
+    champion has not moved to another version since (a promotion, another force, a rollback or
+    an accepted alias move). A force rolled back "because it misclassifies rivers" could be
+    made champion again by anyone moving the alias in MLflow; now that takes a new force."""
     forced = False
     for entry in entries:
         if entry.action == "override" and entry.to_version == version:

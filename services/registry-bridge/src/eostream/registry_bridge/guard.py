@@ -33,7 +33,7 @@ class ChampionGuard:
         return champion, self.registry.model_tags(name).get(tags.LIVE_VERSION)
 
     def sync(self, name: str) -> ModelPromoted | None:
-        """A version that may not be champion (gate not passed, and no force promotion on record
+        """A version that may not be champion (gate not passed, and no force promotion in force
         in the audit log) is neither shipped nor announced; the alias goes back to the version
         last announced. A passing version is shipped and announced."""
         p = self.promoter

@@ -203,8 +203,9 @@ def champion_refusal(gate: str | None, overridden: bool) -> str | None:
     """Pure: None when a version with gate verdict ``gate`` (the ``eostream.gate`` tag) may be
     champion, else why not. The alias guard asks this of a champion alias moved in MLflow.
 
-    A passed verdict may; a failed one only with a credentialed force promotion on record
-    (``overridden``); a refused version (contract broken) or one not gated yet never.
+    A passed verdict may; a failed one only with a credentialed force promotion in force
+    (``overridden``: on record, and the champion not moved on since); a refused version
+    (contract broken) or one not gated yet never.
     """
     if gate == tags.GATE_PASSED:
         return None
@@ -212,8 +213,9 @@ def champion_refusal(gate: str | None, overridden: bool) -> str | None:
         if overridden:
             return None
         return (
-            "it failed the promotion gate and no force promotion is on record; promote it "
-            "through the bridge with force to override"
+            "it failed the promotion gate and no force promotion of it is in force (a force "
+            "ends when the champion moves on); promote it through the bridge with force to "
+            "override"
         )
     if gate == tags.GATE_REFUSED:
         return "it was refused by the gate (contract or verification) and can never ship"

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from eostream.registry_bridge import metrics
-from eostream.registry_bridge.audit import Action, AuditEntry, AuditLog, Via
+from eostream.registry_bridge.audit import Action, AuditEntry, AuditLog, Via, in_force
 from eostream.registry_bridge.errors import PromotionError, RefusedError, VersionNotFoundError
 from eostream.registry_bridge.gatekeeper import Gatekeeper
 from eostream.registry_bridge.policy import champion_refusal
@@ -284,7 +284,7 @@ class Promoter:
                 f"{name} v{current} has no previous champion recorded; promote a version "
                 "explicitly with `eostream models promote`"
             )
-        why_not = self.champion_refusal(name, target)
+        why_not = self.champion_refusal(name, target, undoing=current)
         if why_not is not None:
             raise PromotionError(
                 f"{name} v{target}, the previous champion, may not be champion: {why_not}"
@@ -320,12 +320,25 @@ class Promoter:
         self.show_champion(name, target)
         return event
 
-    def champion_refusal(self, name: str, version: str) -> str | None:
+    def champion_refusal(
+        self, name: str, version: str, *, undoing: str | None = None
+    ) -> str | None:
         """Why ``version`` may not be champion (None: it may); the audit log, not a tag, tells
-        whether a failed version was forced."""
+        whether a failed version's force is in force. ``undoing``: a rollback of the champion
+        ``undoing`` to ``version``, which restores a force that promotion alone ended (the
+        one-command way back from a bad version to a forced hotfix)."""
         gate = self.registry.get_version(name, version).tags.get(tags.GATE)
-        overridden = gate == tags.GATE_FAILED and self.audit.overridden(name, version)
-        return champion_refusal(gate, overridden)
+        if gate != tags.GATE_FAILED:
+            return champion_refusal(gate, False)
+        entries = self.audit.entries(name)
+        last = entries[-1] if entries else None
+        if (
+            undoing is not None
+            and last is not None
+            and (last.from_version, last.to_version) == (version, undoing)
+        ):
+            entries = entries[:-1]
+        return champion_refusal(gate, in_force(entries, version))
 
     # ------------------------------------------------------------------ announce
     def announce(

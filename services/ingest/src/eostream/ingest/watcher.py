@@ -13,7 +13,6 @@ turns (one lock), so an item is never announced by both.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -352,8 +351,7 @@ class Watcher:
             # sources: its last "down" kept the source-down alert firing on a healthy standby
             for watched in self._sources:
                 for gauge in (metrics.SOURCE_UP, metrics.WATERMARK_LAG):
-                    with contextlib.suppress(KeyError):
-                        gauge.remove(watched.config.name)
+                    gauge.remove(watched.config.name)
 
     async def _run(self, stop: asyncio.Event) -> None:
         next_at = {w.config.name: 0.0 for w in self._sources}

@@ -4,7 +4,6 @@ as records finish, on rebalance and on stop (ADR 0003, ADR 0008)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -218,12 +217,10 @@ class KafkaConsumer:
             await _close(kafka, self.group)
             # only a running consumer says whether it reaches its broker: one that ended (a
             # handler's bug, a crash loop) is EostreamConsumerNotRunning's, not "disconnected"
-            with contextlib.suppress(KeyError):
-                metrics.CONSUMER_CONNECTED.remove(self._bus._service, self.group)
+            metrics.CONSUMER_CONNECTED.remove(self._bus._service, self.group)
             if self._stopping.is_set():  # stopped on purpose: its partitions are not its now
                 for labels in self._lag_series:
-                    with contextlib.suppress(KeyError):
-                        metrics.CONSUMER_LAG.remove(*labels)
+                    metrics.CONSUMER_LAG.remove(*labels)
 
     async def _lag(self, kafka: AIOKafkaConsumer) -> int | None:
         """Records behind the end of each assigned partition (exported per partition); the sum,

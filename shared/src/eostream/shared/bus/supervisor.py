@@ -104,11 +104,13 @@ class SupervisedConsumer:
             if self._stopping.is_set():
                 # stopped on purpose (the service stops, or an ingest replica stands by): no
                 # series, where a 0 kept "consumer not running" firing on a healthy standby
-                for gauge in (metrics.CONSUMER_UP, metrics.CONSUMER_STALLED):
-                    with contextlib.suppress(KeyError):
-                        gauge.remove(self.service, self.group)
-                with contextlib.suppress(KeyError):
-                    metrics.CONSUMER_PROGRESS.remove(self.service, self.group)
+                # (remove() of a series that is not there does nothing)
+                for gauge in (
+                    metrics.CONSUMER_UP,
+                    metrics.CONSUMER_STALLED,
+                    metrics.CONSUMER_PROGRESS,
+                ):
+                    gauge.remove(self.service, self.group)
             else:
                 metrics.CONSUMER_UP.labels(self.service, self.group).set(0)
                 metrics.CONSUMER_STALLED.labels(self.service, self.group).set(0)

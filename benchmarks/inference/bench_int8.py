@@ -120,7 +120,7 @@ def train_and_export(name: str, data_dir: Path, work: Path, seed: int, epochs: i
     from eostream.shared.modelcard import ModelCard
     from eostream.trainer.export import export_onnx
     from eostream.trainer.recipe import fit_recipe, load_training_data
-    from eostream.trainer.task import evaluate
+    from eostream.trainer.scoring import evaluate
 
     band_set, architecture, augmentation, per_class, default_epochs, batch = MODELS[name]
     data = load_training_data(

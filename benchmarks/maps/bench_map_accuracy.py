@@ -52,7 +52,7 @@ from eostream.trainer.pixel import (
     sample_pixels,
 )
 from eostream.trainer.recipe import fit_recipe, load_training_data
-from eostream.trainer.task import evaluate
+from eostream.trainer.scoring import evaluate
 
 RKH = "sentinel2_scenes/S2A_29RKH_20200219_0_L2A_cog_downsampled"
 RKH_BUCKET = (

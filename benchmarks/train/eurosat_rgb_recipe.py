@@ -49,9 +49,10 @@ from eostream.shared.modelcard import BAND_SETS
 from eostream.shared.settings import load_settings
 from eostream.trainer.datasets import PatchTensors, band_statistics, load_patches
 from eostream.trainer.models import build_model
+from eostream.trainer.scoring import evaluate
 from eostream.trainer.selection import Patch
 from eostream.trainer.settings import TrainerSettings
-from eostream.trainer.task import TrainConfig, evaluate, fit, resolve_device
+from eostream.trainer.task import TrainConfig, fit, resolve_device
 
 #: the ladder: each step adds its settings to those of the steps before it
 STEPS: dict[str, dict[str, Any]] = {

@@ -382,7 +382,7 @@ async def test_nested_json_far_dates_and_odd_scene_fields_get_4xx_not_500(
 
 
 def test_sorting_a_property_of_numbers_and_text_orders_each_among_its_own() -> None:
-    from eostream.inference.api.stac import _order
+    from eostream.inference.api.search import sort_key
 
     values: list[str | int | float] = [3, "b", 1.5, "a", 2, 2**53 + 1, 2**53]
-    assert sorted(values, key=_order) == [1.5, 2, 3, 2**53, 2**53 + 1, "a", "b"]
+    assert sorted(values, key=sort_key) == [1.5, 2, 3, 2**53, 2**53 + 1, "a", "b"]

@@ -24,9 +24,9 @@ from eostream.inference.api.processes import sync_result
 from eostream.inference.errors import NotFoundError
 from eostream.inference.jobs import FAILED, JobRunner, JobStore
 from eostream.inference.metrics import JOB_OUTCOMES
-from eostream.inference.results import jobs_table
 from eostream.inference.service import InferenceService
 from eostream.inference.settings import InferenceSettings
+from eostream.inference.tables import jobs_table
 from eostream.inference.wiring import build_service
 from eostream.shared import mlm
 from eostream.shared.events import ModelPromoted

@@ -17,7 +17,7 @@ import pytest
 import shapely.geometry
 
 from eostream.inference.api.app import create_app
-from eostream.inference.api.stac import index_bbox
+from eostream.inference.api.search import index_bbox
 from eostream.inference.results import (
     ResultQuery,
     ResultRecord,

@@ -21,15 +21,10 @@ import sqlalchemy as sa
 
 from eostream.inference.catalog import published_item
 from eostream.inference.pipeline import Outcome
-from eostream.inference.results import (
-    ResultRecord,
-    ResultsStore,
-    build_results_store,
-    classes_table,
-    results_table,
-)
+from eostream.inference.results import ResultRecord, ResultsStore, build_results_store
 from eostream.inference.service import InferenceService
 from eostream.inference.settings import InferenceSettings
+from eostream.inference.tables import classes_table, results_table
 from eostream.shared.events import ModelPromoted
 
 SCENE = "boadella-2020-06-21"

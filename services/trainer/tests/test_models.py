@@ -19,7 +19,7 @@ from eostream.trainer.models import (
     transfer_encoder,
     widen_input,
 )
-from eostream.trainer.task import confusion_matrix, per_class_scores
+from eostream.trainer.scoring import confusion_matrix, per_class_scores
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)

@@ -10,8 +10,8 @@ from eostream.shared.events import DatasetUpdated, TrainingRequested
 from eostream.trainer import labelled
 from eostream.trainer.errors import BadTrainingRequestError
 from eostream.trainer.plan import plan_for_dataset, plan_training
+from eostream.trainer.registered import parse_model_uri
 from eostream.trainer.settings import TrainerSettings
-from eostream.trainer.tracking import parse_model_uri
 
 
 def test_good_request_becomes_a_plan() -> None:

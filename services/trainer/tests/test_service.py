@@ -27,10 +27,11 @@ from eostream.shared.events import (
 from eostream.shared.settings import KafkaSettings
 from eostream.trainer.pipeline import Outcome, StartedCallback, tracker_for
 from eostream.trainer.plan import TrainingPlan
+from eostream.trainer.registered import RegisteredVersion, filter_value
 from eostream.trainer.service import CONSUMED, build_trainer
 from eostream.trainer.settings import TrainerSettings
 from eostream.trainer.task import BatchCallback
-from eostream.trainer.tracking import RegisteredVersion, Tracker, filter_value
+from eostream.trainer.tracking import Tracker
 
 from .helpers import events_on, wait_until
 

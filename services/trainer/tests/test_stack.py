@@ -23,10 +23,10 @@ from eostream.trainer.catalog import build_catalog
 from eostream.trainer.datasets import load_patches
 from eostream.trainer.export import onnx_logits, read_card
 from eostream.trainer.pipeline import tracker_for
+from eostream.trainer.scoring import evaluate
 from eostream.trainer.selection import SelectionSpec, select_for_training
 from eostream.trainer.service import build_trainer
 from eostream.trainer.settings import TrainerSettings
-from eostream.trainer.task import evaluate
 
 from .helpers import wait_until
 

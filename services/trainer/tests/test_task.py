@@ -15,8 +15,9 @@ from eostream.trainer import task
 from eostream.trainer.catalog import CatalogTable
 from eostream.trainer.datasets import PatchTensors, augment, band_statistics, load_patches
 from eostream.trainer.models import build_model
+from eostream.trainer.scoring import evaluate
 from eostream.trainer.selection import SelectionSpec, select
-from eostream.trainer.task import TrainConfig, evaluate, fit, mix_batch, training_precision
+from eostream.trainer.task import TrainConfig, fit, mix_batch, training_precision
 
 RECIPE = {"label_smoothing": 0.1, "mix": "both", "ema_decay": 0.9}
 

@@ -1,7 +1,7 @@
 """OGC API - Processes jobs: their records in the results index, and the bounded pool that runs
 them.
 
-A job is a row of the ``jobs`` table (``results.jobs_table``, in the database of the result
+A job is a row of the ``jobs`` table (``tables.jobs_table``, in the database of the result
 items), so jobs outlive the process. Statuses follow the standard: accepted, running,
 successful, failed, dismissed. Jobs run in their own :class:`JobRunner` threads
 (``INFERENCE_JOBS_WORKERS``), never in the threads that answer live requests, with at most
@@ -32,7 +32,7 @@ from sqlalchemy.engine import Engine
 
 from eostream.inference import metrics
 from eostream.inference.errors import InferenceError
-from eostream.inference.results import create_tables, jobs_table
+from eostream.inference.tables import create_tables, jobs_table
 from eostream.shared.errors import EostreamError, RetryableError
 
 log = logging.getLogger(__name__)

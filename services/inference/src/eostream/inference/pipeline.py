@@ -16,11 +16,8 @@ import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
-
-import pystac
 
 from eostream.inference import fetch, metrics, writer
 from eostream.inference.domain import DomainCheck
@@ -28,11 +25,11 @@ from eostream.inference.engine import Run, batch_for, classify_strips, plan_for
 from eostream.inference.errors import BadInputError, NoModelError
 from eostream.inference.mapwriter import MapWriter
 from eostream.inference.model import LoadedModel
+from eostream.inference.products import provenance_tags, store_result
 from eostream.inference.results import ResultRecord, ResultsStore
 from eostream.inference.scene import ScenePlan, SceneReader, prepare_scene
 from eostream.inference.session import release_free_memory
 from eostream.inference.settings import InferenceSettings
-from eostream.inference.stacitem import SOFTWARE_VERSION, build_result_item, result_item_id
 from eostream.inference.validation import validate_item
 from eostream.shared.events import SceneClassified
 from eostream.shared.storage import ObjectStore
@@ -353,43 +350,11 @@ class Pipeline:
         extra: dict[str, Any],
         started: float,
     ) -> Outcome:
-        s, card, info = self.settings, model.card, model.info
-        run = f"run {info.run_id}" if info.run_id else "no MLflow run"
-        caption = f"{plan.item_id}  |  {info.label} ({run}, {model.precision})"
-        hrefs = self._put_products(prefix, maps, card.classes, stats, caption)
-        public = s.public_url.rstrip("/") if s.public_url else None
-        stac = build_result_item(
-            scene=item,
-            scene_href=item_href,
-            collection_id=s.collection_id,
-            collection_href=f"{public}/stac/collections/{s.collection_id}" if public else None,
-            info=info,
-            card=card,
-            provider=model.provider,
-            precision=model.precision,
-            file_sha256=model.file_sha256,
-            hrefs=hrefs,
-            stats=stats,
-            extra_properties=extra,
-        )
-        stac.set_self_href(self.store.uri(f"{prefix}/item.json"))
-        item_dict = stac.to_dict(include_self_link=True)
-        self.store.put_bytes(
-            f"{prefix}/item.json", json.dumps(item_dict).encode(), "application/geo+json"
-        )
-        record = ResultRecord(
-            id=result_item_id(plan.item_id, info.name, info.version),
-            scene_id=plan.item_id,
-            model_name=info.name,
-            model_version=info.version,
-            run_id=info.run_id,
-            datetime=_when(stac),
-            bbox=_bbox(item),
-            prefix=prefix,
-            item=item_dict,
-            stats=stats,
-        )
-        self.results.put(record)
+        info = model.info
+        record = store_result(
+            self.settings, self.store, self.results, item, item_href, model, plan, maps,
+            prefix, stats, extra,
+        )  # fmt: skip
         self._run_hooks(record)
         seconds = time.perf_counter() - started
         metrics.SCENES.labels("classified").inc()
@@ -417,53 +382,6 @@ class Pipeline:
         )
         return Outcome(record, skipped=False, seconds=seconds, pixels=result.pixels)
 
-    def _put_products(
-        self,
-        prefix: str,
-        maps: MapWriter,
-        classes: tuple[str, ...],
-        stats: dict[str, Any],
-        caption: str = "",
-    ) -> dict[str, str]:
-        """Upload the COGs ``maps`` wrote, the quicklook and the statistics."""
-        hrefs: dict[str, str] = {}
-        if maps.classification is None:  # pragma: no cover - the pipeline always asks for it
-            raise RuntimeError("the map writer wrote no classification")
-        self.store.put_file(
-            f"{prefix}/classification.tif",
-            maps.classification,
-            "image/tiff; application=geotiff; profile=cloud-optimized",
-        )
-        hrefs["classification"] = self.store.uri(f"{prefix}/classification.tif")
-        if maps.probabilities is not None:
-            self.store.put_file(f"{prefix}/probabilities.tif", maps.probabilities, "image/tiff")
-            hrefs["probabilities"] = self.store.uri(f"{prefix}/probabilities.tif")
-        png = writer.quicklook_png(maps.quicklook, classes, caption=caption)
-        self.store.put_bytes(f"{prefix}/quicklook.png", png, "image/png")
-        hrefs["quicklook"] = self.store.uri(f"{prefix}/quicklook.png")
-        self.store.put_bytes(
-            f"{prefix}/statistics.json", json.dumps(stats).encode(), "application/json"
-        )
-        hrefs["statistics"] = self.store.uri(f"{prefix}/statistics.json")
-        return hrefs
-
-
-def provenance_tags(scene_id: str, model: LoadedModel) -> dict[str, str]:
-    """What a map file says of itself (GeoTIFF dataset tags, kept by its COG): the scene, the
-    model version, the MLflow run and the file that made it, so a downloaded map still names
-    them (``gdalinfo`` shows them)."""
-    info = model.info
-    return {
-        "EOSTREAM_SCENE_ID": scene_id,
-        "EOSTREAM_MODEL_NAME": info.name,
-        "EOSTREAM_MODEL_VERSION": info.version,
-        "EOSTREAM_MLFLOW_RUN_ID": info.run_id or "",
-        "EOSTREAM_MODEL_SHA256": info.sha256,
-        "EOSTREAM_MODEL_FILE_SHA256": model.file_sha256 or info.sha256,
-        "EOSTREAM_MODEL_PRECISION": model.precision,
-        "EOSTREAM_SOFTWARE": f"eostream-inference {SOFTWARE_VERSION}",
-    }
-
 
 def _reporter(progress: ReportProgress | None) -> Callable[[int, int, float], None] | None:
     """Strips done -> 10..90 % of a job (reading the item and writing the map are the rest)."""
@@ -478,16 +396,3 @@ def _reporter(progress: ReportProgress | None) -> Callable[[int, int, float], No
         )
 
     return on_strip
-
-
-def _when(item: pystac.Item) -> datetime | None:
-    return item.datetime
-
-
-def _bbox(item: dict[str, Any]) -> tuple[float, float, float, float] | None:
-    bbox = item.get("bbox")
-    if isinstance(bbox, list | tuple) and len(bbox) >= 4:
-        if len(bbox) == 6:
-            return (float(bbox[0]), float(bbox[1]), float(bbox[3]), float(bbox[4]))
-        return (float(bbox[0]), float(bbox[1]), float(bbox[2]), float(bbox[3]))
-    return None

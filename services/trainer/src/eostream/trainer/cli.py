@@ -369,7 +369,7 @@ def evaluate_command(
         "seed": 42 if seed is None else seed,
     })  # fmt: skip
     from eostream.trainer.datasets import load_patches
-    from eostream.trainer.task import evaluate
+    from eostream.trainer.scoring import evaluate
 
     data = load_patches(settings.data_dir, card.band_set, test, settings.num_threads)
     result = evaluate(model, data, torch.device("cpu"))

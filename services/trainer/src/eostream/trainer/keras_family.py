@@ -50,7 +50,8 @@ from eostream.trainer.datasets import PatchTensors, band_statistics
 from eostream.trainer.errors import ExportMismatchError
 from eostream.trainer.export import ExportCheck, compare_onnx, onnx_logits
 from eostream.trainer.models import NUM_CLASSES
-from eostream.trainer.task import BatchCallback, TrainConfig, evaluate, predict
+from eostream.trainer.scoring import evaluate, predict
+from eostream.trainer.task import BatchCallback, TrainConfig
 
 if TYPE_CHECKING:
     from eostream.trainer.pipeline import Fitted

@@ -42,6 +42,8 @@ from eostream.trainer.plan import TrainingPlan
 from eostream.trainer.pretrained import (
     resolve_pretrained,
 )
+from eostream.trainer.registered import RegisteredVersion, version_description
+from eostream.trainer.scoring import evaluate
 from eostream.trainer.selection import Selection, SelectionSpec, select_for_training
 from eostream.trainer.settings import TrainerSettings
 from eostream.trainer.start import prepare_model, pretrained_start
@@ -50,12 +52,11 @@ from eostream.trainer.task import (
     TrainConfig,
     balanced_class_weights,
     epochs_for_steps,
-    evaluate,
     fit,
     resolve_device,
     training_precision,
 )
-from eostream.trainer.tracking import RegisteredVersion, Tracker, version_description
+from eostream.trainer.tracking import Tracker
 
 log = logging.getLogger(__name__)
 

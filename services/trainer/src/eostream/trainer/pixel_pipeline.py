@@ -41,10 +41,11 @@ from eostream.trainer.pixel import (
     sample_pixels,
 )
 from eostream.trainer.plan import TrainingPlan
+from eostream.trainer.registered import version_description
+from eostream.trainer.scoring import confusion_matrix, per_class_scores
 from eostream.trainer.selection import Selection
 from eostream.trainer.settings import TrainerSettings
-from eostream.trainer.task import confusion_matrix, per_class_scores
-from eostream.trainer.tracking import Tracker, version_description
+from eostream.trainer.tracking import Tracker
 
 log = logging.getLogger(__name__)
 

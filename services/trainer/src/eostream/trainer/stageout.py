@@ -26,12 +26,11 @@ def write_model_catalog(
 
     import pystac
 
-    from eostream.shared import mlm
+    from eostream.shared import mlm, tags
     from eostream.shared.modelcard import ModelCard
-    from eostream.trainer.tracking import CARD_TAG
 
     version = outcome.version
-    card = ModelCard.from_json(version.tags[CARD_TAG])
+    card = ModelCard.from_json(version.tags[tags.MODEL_CARD])
     folder = out_dir / mlm.item_id(version.name, version.version)
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(onnx_path, folder / "model.onnx")

@@ -1,4 +1,5 @@
-"""Everything MLflow: the only module of the trainer that imports mlflow.
+"""Runs in MLflow: what each run logs, and its registered version (:mod:`.registered` reads
+registered versions back; with it, the only modules of the trainer that use mlflow).
 
 One experiment per task (the settings name it). A run records the request's parameters, one
 metric row per epoch, per-class precision/recall, the confusion matrix as a PNG, the selected
@@ -16,11 +17,9 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,41 +31,19 @@ from mlflow.tracking import MlflowClient
 from eostream.shared import errors, provenance, tags
 from eostream.shared.modelcard import INPUT_NAME, OUTPUT_NAME, ModelCard
 from eostream.shared.redaction import redact_urls
-from eostream.trainer.errors import BadTrainingRequestError
+from eostream.trainer import registered
+from eostream.trainer.figures import confusion_figure
 from eostream.trainer.models import EuroSATNet
-from eostream.trainer.selection import Selection, training_keys
+from eostream.trainer.registered import RegisteredVersion
+from eostream.trainer.selection import Selection
 
 log = logging.getLogger(__name__)
 
-#: Tag names shared with the registry-bridge that reads them (``eostream.shared.tags``).
-REQUEST_TAG = tags.REQUEST_ID
-CARD_TAG = tags.MODEL_CARD
 #: The distribution whose version every run records (with the commit: eostream.shared.provenance)
 PACKAGE = "eostream-trainer"
 #: Run artifact folders: TensorBoard event files, and the ONNX file as an mlflow.onnx model
 TENSORBOARD_ARTIFACT = "tensorboard"
 ONNX_MODEL_NAME = "onnx_model"
-_MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
-
-
-@dataclass(frozen=True)
-class RegisteredVersion:
-    name: str
-    version: str
-    run_id: str
-    tags: dict[str, str]
-    #: the run's final metrics (test accuracy...), where the lookup read them
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
-    """``models:/NAME/VERSION`` or ``models:/NAME@alias`` -> (name, version, alias)."""
-    match = _MODEL_URI.match(uri)
-    if match is None:
-        raise BadTrainingRequestError(
-            f"base_model {uri!r} is not models:/NAME/VERSION or models:/NAME@alias"
-        )
-    return match["name"], match["version"], match["alias"]
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -75,45 +52,10 @@ def is_transient(exc: BaseException) -> bool:
     return errors.is_transient(exc)
 
 
-def filter_value(value: str) -> str:
-    """``value`` as a string literal of an MLflow search filter: in single quotes, or in double
-    quotes when it holds a single quote (a request id is any text: ``bob's run``, or a dataset's
-    name), so no value can end the literal and add clauses. MLflow's filters have no escape for
-    a literal holding both kinds: that is refused (ValueError: a dead letter, not a crash loop).
-    """
-    if "'" not in value:
-        return f"'{value}'"
-    if '"' not in value:
-        return f'"{value}"'
-    raise ValueError(f"{value[:80]!r} holds both kinds of quote: MLflow cannot search for it")
-
-
 def code_version() -> provenance.CodeVersion:
     """The package version and git commit every run records (the image's baked commit where
     there is no checkout), and the checkout's uncommitted diff."""
     return provenance.code_version(PACKAGE)
-
-
-def version_description(card: ModelCard, selection: Selection, test_accuracy: float) -> str:
-    """The registered version's description (Markdown): what it is, what it was trained on."""
-    counts = selection.counts()
-    spec = selection.spec
-    return "\n".join(
-        [
-            f"**{card.name}**: EuroSAT {card.task} classifier, {card.architecture or '?'} "
-            f"({card.library}{' ' + card.library_version if card.library_version else ''}), "
-            f"band set {card.band_set} ({', '.join(card.bands)}), "
-            f"{len(card.classes)} classes ({', '.join(card.classes)}).",
-            "",
-            f"Trained on {counts.get('train', 0)} patches (validation {counts.get('val', 0)}, "
-            f"test {counts.get('test', 0)}; {spec.split} split, seed {spec.seed}) of the "
-            f"{selection.table.band_set} catalogue `{selection.table.path.name}` "
-            f"(dataset digest `{selection.table.digest}`, selection digest "
-            f"`{selection.digest}`); gate hold-out excluded: {len(spec.exclude)} files.",
-            "",
-            f"Test accuracy {test_accuracy:.4f}.",
-        ]
-    )
 
 
 class Tracker:
@@ -214,20 +156,7 @@ class Tracker:
 
     def find_registered(self, name: str, request_id: str) -> RegisteredVersion | None:
         """The version a request already registered (redelivery after success), if any."""
-        client = self.client
-        runs = client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{REQUEST_TAG}` = {filter_value(request_id)}",
-        )
-        for run in runs:
-            for mv in client.search_model_versions(
-                f"name = {filter_value(name)} and run_id = {filter_value(run.info.run_id)}"
-            ):
-                metrics = {k: float(v) for k, v in run.data.metrics.items()}
-                return RegisteredVersion(
-                    mv.name, str(mv.version), run.info.run_id, dict(mv.tags), metrics
-                )
-        return None
+        return registered.find_registered(self.client, self.experiment_id, name, request_id)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
@@ -467,89 +396,14 @@ class Tracker:
     def version_tags(self, name: str, version: str) -> dict[str, str]:
         return dict(self.client.get_model_version(name, version).tags)
 
-    def _base_version(self, uri: str) -> Any:
-        """The registered version ``models:/NAME/VERSION`` (or ``@alias``) names."""
-        name, version, alias = parse_model_uri(uri)
-        client = self.client
-        try:
-            return (
-                client.get_model_version(name, version)
-                if version
-                else client.get_model_version_by_alias(name, alias or "")
-            )
-        except MlflowException as exc:
-            raise BadTrainingRequestError(f"base_model {uri}: {exc.message}") from exc
-
     def load_base(self, uri: str) -> tuple[EuroSATNet, ModelCard]:
         """The model and card of ``models:/NAME/VERSION`` (or ``@alias``) to fine-tune from."""
-        import mlflow.pytorch
-
-        mv = self._base_version(uri)
-        if CARD_TAG not in mv.tags:
-            raise BadTrainingRequestError(f"base_model {uri} has no {CARD_TAG} tag")
-        model = mlflow.pytorch.load_model(f"models:/{mv.name}/{mv.version}", map_location="cpu")
-        if not isinstance(model, EuroSATNet):
-            raise BadTrainingRequestError(f"base_model {uri} is not an eostream EuroSATNet")
-        return model, ModelCard.from_json(mv.tags[CARD_TAG])
+        return registered.load_base(self.client, uri)
 
     def recorded_split(self, uri: str) -> tuple[str, list[dict[str, str]] | str]:
-        """The run id of the version ``uri`` and its run's ``dataset/split.csv`` rows (id,
-        class, label, href, split), or why there are none (a model of chips, one made
-        elsewhere)."""
-        import csv
-
-        mv = self._base_version(uri)
-        try:
-            with tempfile.TemporaryDirectory(prefix="eostream-split-") as tmp:
-                path = mlflow.artifacts.download_artifacts(
-                    run_id=mv.run_id,
-                    artifact_path="dataset/split.csv",
-                    dst_path=tmp,
-                    tracking_uri=self.tracking_uri,
-                )
-                with open(path, newline="") as f:
-                    return str(mv.run_id), list(csv.DictReader(f))
-        except (MlflowException, OSError) as exc:
-            return str(mv.run_id), str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        """The run id of the version ``uri`` and its run's ``dataset/split.csv`` rows."""
+        return registered.recorded_split(self.client, self.tracking_uri, uri)
 
     def training_keys_of(self, uri: str) -> tuple[str, ...]:
-        """The EuroSAT patches the version ``uri`` trained on ("Class/file stem":
-        :func:`.selection.training_keys`); () when its run recorded none, with a warning."""
-        _run, rows = self.recorded_split(uri)
-        if isinstance(rows, str):
-            log.warning(
-                "%s: the patches it trained on are unknown (%s); some may be in this run's "
-                "validation or test split",
-                uri,
-                rows,
-            )
-            return ()
-        return training_keys(rows)
-
-
-def confusion_figure(matrix: np.ndarray, classes: Sequence[str], title: str) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 7))
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"confusion matrix ({title})")
-    for (i, j), value in np.ndenumerate(matrix):
-        ax.text(
-            j,
-            i,
-            str(value),
-            ha="center",
-            va="center",
-            fontsize=7,
-            color="white" if value > matrix.max() / 2 else "black",
-        )
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
+        """The EuroSAT patches the version ``uri`` trained on (() when unknown)."""
+        return registered.training_keys_of(self.client, self.tracking_uri, uri)

@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from eostream.inference.results import classes_table, create_tables
+from eostream.inference.tables import classes_table, create_tables
 
 metadata = sa.MetaData()
 

@@ -104,6 +104,39 @@ def test_metrics_on_a_hand_made_example() -> None:
     assert defined.tolist() == [[True, False], [True, True]]
 
 
+def test_a_tuned_ndwi_threshold_is_chosen_on_the_other_dates_only() -> None:
+    """Leave one date out: a date's threshold is the best of the OTHER complete dates' pooled
+    water IoU; its own labels (or a partial date's) choose nothing."""
+    ref = evaluation.Reference("labels", "labels", {"water": ["SeaLake"]}, "other", [])
+
+    def cm(tp: int, fn: int, fp: int) -> np.ndarray:  # rows: water, other
+        return np.array([[tp, fn], [fp, 1000]])
+
+    def sweep(best: float) -> dict[float, np.ndarray]:  # IoU peaks at ``best``
+        return {t: cm(100, int(abs(t - best) * 100), 0) for t in accuracy.NDWI_THRESHOLDS}
+
+    def result(date: str, best: float, coverage: str = reference.COMPLETE) -> evaluation.ItemResult:
+        return evaluation.ItemResult(
+            date, date, date, coverage, 1, cm(1, 0, 0), cm(1, 0, 0), ndwi_sweep=sweep(best)
+        )
+
+    a, b, c = result("a", 0.3), result("b", -0.1), result("c", -0.1)
+    partial = result("p", 0.5, reference.PARTIAL)
+    report = evaluation.Report("m", "m", ref, items=[a, b, c, partial])
+    tuned = report.tuned_ndwi(a)
+    assert tuned is not None
+    assert (tuned[0], tuned[2]) == (-0.1, ["b", "c"])  # not a's own 0.3, not the partial's
+    assert (tuned[1] == a.ndwi_sweep[-0.1]).all()
+    assert report.tuned_ndwi(b) is not None and report.tuned_ndwi(b)[2] == ["a", "c"]
+    pooled = report.pooled("ndwi_tuned")
+    assert pooled is not None
+    expected = sum(r.ndwi_sweep[report.tuned_ndwi(r)[0]] for r in (a, b, c))  # type: ignore[index]
+    assert (pooled == expected).all()
+    # one complete date alone has no other date to tune on
+    assert evaluation.Report("m", "m", ref, items=[a]).tuned_ndwi(a) is None
+    assert evaluation.Report("m", "m", ref, items=[a]).pooled("ndwi_tuned") is None
+
+
 def test_ndwi_reaches_high_water_iou_on_a_real_boadella_date(boadella_ref: Path) -> None:
     labels = pystac.Collection.from_file(str(boadella_ref))
     item = labels.get_item("boadella-water-2020-06-21")
@@ -236,7 +269,7 @@ def test_maps_evaluate_end_to_end_logs_to_mlflow(
         app,
         [
             "reference", "build", "--from", "boadella", "--out", str(tmp_path / "ref"),
-            "--data-dir", str(data_dir), "--date", "2020-06-21",
+            "--data-dir", str(data_dir), "--date", "2020-06-21", "--date", "2020-09-14",
         ],
     )  # fmt: skip
     assert built.exit_code == 0, built.output
@@ -250,8 +283,8 @@ def test_maps_evaluate_end_to_end_logs_to_mlflow(
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output + result.stderr
-    assert "2020-06-21  complete" in result.stdout
-    assert "NDWI water" in result.stdout
+    assert "2020-06-21  complete" in result.stdout and "2020-09-14  complete" in result.stdout
+    assert "NDWI water" in result.stdout and "tuned NDWI" in result.stdout
     # how the maps were made, which moves the figures, and what they left uncertain
     made = re.search(r"maps at stride (\d+), uncertain below ([\d.]+): ([\d.]+)% of", result.stdout)
     assert made and made.group(2) == "0.5", result.stdout
@@ -276,11 +309,22 @@ def test_maps_evaluate_end_to_end_logs_to_mlflow(
     assert run.data.params["precision"] == "fp32"
     assert run.data.params["scoring_uncertain_below"] == "0.5"
     assert run.data.params["scoring_stride"] == made.group(1)
-    [item] = summary["items"]
-    assert summary["scoring"]["uncertain_below"] == 0.5 and 0 <= item["uncertain_pixels"]
-    assert item["uncertain_pixels"] / item["pixels"] == pytest.approx(
-        float(made.group(3)) / 100, abs=0.001
+    items = summary["items"]
+    assert summary["scoring"]["uncertain_below"] == 0.5
+    assert all(0 <= item["uncertain_pixels"] for item in items)
+    assert sum(i["uncertain_pixels"] for i in items) / sum(i["pixels"] for i in items) == (
+        pytest.approx(float(made.group(3)) / 100, abs=0.001)
     )
+    # the tuned baseline: each date's NDWI threshold chosen on the other date's labels
+    first, second = items
+    assert (first["ndwi_tuned"]["tuned_on"], second["ndwi_tuned"]["tuned_on"]) == (
+        ["2020-09-14"],
+        ["2020-06-21"],
+    )
+    assert all(-0.5 <= i["ndwi_tuned"]["threshold"] <= 0.5 for i in items)
+    assert summary["pooled"]["ndwi_tuned"]["water"]["iou"] > 0.8
+    assert run.data.metrics["ndwi_tuned_water_iou"] > 0.8
+    assert "2020-09-14/ndwi_tuned/water_iou" in run.data.metrics
     names = {a.path for a in client.list_artifacts(run.info.run_id, "map-accuracy")}
     assert "map-accuracy/confusion.png" in names
     assert run.data.tags["eostream.package"] == "eostream-inference"  # and the commit

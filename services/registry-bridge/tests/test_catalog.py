@@ -65,6 +65,8 @@ def test_an_item_names_its_state_gate_figures_and_sources(card: ModelCard) -> No
             tags.GATE_REASONS: '["PASS accuracy 0.91 >= 0.5"]',
             tags.GATE_EVAL_RUN: "evalrun",
             "eostream.gate.map_accuracy": "0.77",  # figures the gate adds later are carried too
+            tags.GATE_MAP_NDWI_IOU: "0.939",
+            tags.GATE_MAP_CONDITIONS: '{"file": "fp32", "items": ["a"], "stride": 8}',
             "eostream.gate.note": "not a figure",
             tags.PROMOTED_BY: "alice",
         },
@@ -80,6 +82,9 @@ def test_an_item_names_its_state_gate_figures_and_sources(card: ModelCard) -> No
     assert props["eostream:gate:map_accuracy"] == 0.77 and "eostream:gate:note" not in props
     assert props["eostream:gate:reasons"] == ["PASS accuracy 0.91 >= 0.5"]
     assert props["eostream:gate:eval_run_id"] == "evalrun"
+    # a map figure comes with its baseline and what it was measured on and with
+    assert props["eostream:gate:map_ndwi_iou_water"] == 0.939
+    assert props["eostream:gate:map_conditions"] == {"file": "fp32", "items": ["a"], "stride": 8}
     assert props["eostream:metric:test_accuracy"] == 0.9
     assert props["eostream:classes"] == list(card.classes)
     assert props["eostream:bands"] == ["B04", "B03", "B02"]

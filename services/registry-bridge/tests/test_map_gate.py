@@ -152,6 +152,20 @@ async def test_gate_refuses_better_patches_worse_maps_and_promotes_better_on_bot
     assert float(t2[tags.GATE_MAP_CHAMPION_FIGURE]) == pytest.approx(champion_figure, abs=1e-6)
     figure = float(t2[tags.GATE_MAP_FIGURE])
     assert figure < champion_figure - configured.gate.map_margin, "worse on the map"
+    # the figures say what they were measured on and with, beside the baseline on those pixels
+    conditions = json.loads(t2[tags.GATE_MAP_CONDITIONS])
+    assert conditions == {
+        "reference": "boadella-water-labels",
+        "items": conditions["items"],
+        "stride": 16,
+        "uncertain_below": 0.0,
+        "file": "fp32",
+    }
+    assert conditions["items"] and all(i.startswith("boadella-water-") for i in conditions["items"])
+    assert json.loads(t1[tags.GATE_MAP_CONDITIONS]) == conditions  # the champion, same set
+    assert 0.8 < float(t2[tags.GATE_MAP_NDWI_IOU]) == pytest.approx(
+        float(t1[tags.GATE_MAP_NDWI_IOU])
+    )
     # the verdict
     assert outcome.state == "failed"
     assert (t2[tags.GATE], t2[tags.GATE_MAP], t2[tags.GATE_MAP_METRIC]) == (

@@ -38,6 +38,12 @@ GATE_MAP_FIGURE = "eostream.gate.map.figure"  # this version's compared figure
 GATE_MAP_CHAMPION_FIGURE = "eostream.gate.map.champion_figure"  # the champion's, when compared
 GATE_MAP_MEAN_IOU = "eostream.gate.map.mean_iou"  # mean IoU of the reference classes
 GATE_MAP_OVERALL_ACCURACY = "eostream.gate.map.overall_accuracy"
+# the simple baseline on the same pixels: NDWI > 0's water IoU (a reference set with water)
+GATE_MAP_NDWI_IOU = "eostream.gate.map.ndwi_iou_water"
+# what the figures above were measured on and with (JSON): the reference collection and its
+# scored items, the map settings (stride, uncertain_below) and the file scored (fp32); inference
+# may serve other settings and the int8 file (eostream.int8.map_delta)
+GATE_MAP_CONDITIONS = "eostream.gate.map.conditions"
 # digest of the reference set and the evaluation settings the figures above hold for: a champion's
 # figures are reused while it matches, not recomputed for every candidate
 GATE_MAP_KEY = "eostream.gate.map.key"

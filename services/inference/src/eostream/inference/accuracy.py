@@ -80,6 +80,43 @@ def ndwi(green: npt.NDArray[np.floating[Any]], nir: npt.NDArray[np.floating[Any]
     return np.asarray(out)
 
 
+#: NDWI thresholds a tuned baseline chooses from: -0.5 .. 0.5 in steps of 0.02
+NDWI_THRESHOLDS = tuple(round(-0.5 + 0.02 * i, 2) for i in range(51))
+
+
+def ndwi_sweep(
+    truth: Labels,
+    index: np.ndarray,
+    water: int,
+    background: int,
+    n_classes: int,
+    valid: Mask,
+    thresholds: tuple[float, ...] = NDWI_THRESHOLDS,
+) -> dict[float, np.ndarray]:
+    """The confusion matrix of NDWI > t (water, else ``background``) over ``valid``, for every
+    ``t`` in ``thresholds``: what a baseline tuned on labelled dates chooses from
+    (:func:`best_threshold`)."""
+    out = {}
+    finite = np.nan_to_num(index, nan=-np.inf)
+    for t in thresholds:
+        baseline = np.where(finite > t, water, background).astype(np.int16)
+        out[t] = confusion_matrix(truth, baseline, n_classes, valid)
+    return out
+
+
+def best_threshold(sweeps: list[dict[float, np.ndarray]], water: int) -> float | None:
+    """The threshold of the highest water IoU pooled over ``sweeps`` (each a
+    :func:`ndwi_sweep`; the lowest such threshold on a tie), or None without any."""
+    if not sweeps:
+        return None
+    best: tuple[float, float] | None = None
+    for t in sweeps[0]:
+        iou = class_scores(np.sum([s[t] for s in sweeps], axis=0), water).iou
+        if iou is not None and (best is None or iou > best[1]):
+            best = (t, iou)
+    return None if best is None else best[0]
+
+
 def ndwi_water(
     green: npt.NDArray[np.floating[Any]],
     nir: npt.NDArray[np.floating[Any]],

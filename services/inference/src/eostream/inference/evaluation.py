@@ -74,6 +74,9 @@ class ItemResult:
     #: scored pixels the map left uncertain (below ``uncertain_below``, or out of the model's
     #: domain): counted as the background class, so a miss of every other class
     uncertain: int = 0
+    #: NDWI > t on the same pixels for each t of :data:`accuracy.NDWI_THRESHOLDS`, from which
+    #: :meth:`Report.tuned_ndwi` chooses a threshold on the other dates
+    ndwi_sweep: dict[float, np.ndarray] = field(default_factory=dict)
 
     @property
     def partial(self) -> bool:
@@ -102,10 +105,33 @@ class Report:
         return self.reference.classes
 
     def pooled(self, which: str = "model") -> np.ndarray | None:
-        """The summed confusion matrix of the complete items (partial ones are left out)."""
-        cms = [r.model_cm if which == "model" else r.ndwi_cm for r in self.items if not r.partial]
+        """The summed confusion matrix of the complete items (partial ones are left out):
+        ``model``, ``ndwi`` (NDWI > 0) or ``ndwi_tuned`` (each item at the NDWI threshold tuned on
+        the other complete items: :meth:`tuned_ndwi`)."""
+        complete = [r for r in self.items if not r.partial]
+        if which == "ndwi_tuned":
+            tuned = [self.tuned_ndwi(r) for r in complete]
+            cms = [t[1] if t is not None else None for t in tuned]
+        else:
+            cms = [r.model_cm if which == "model" else r.ndwi_cm for r in complete]
         kept = [cm for cm in cms if cm is not None]
-        return np.sum(kept, axis=0) if kept else None
+        return np.sum(kept, axis=0) if kept and len(kept) == len(cms) else None
+
+    def tuned_ndwi(self, item: ItemResult) -> tuple[float, np.ndarray, list[str]] | None:
+        """NDWI as a baseline that learnt from labels too: its threshold chosen where the water
+        IoU pooled over the OTHER complete items (dates) is highest, then scored on ``item``
+        (leave one date out, as a model trained on the other dates' labels is scored). Returns
+        (threshold, confusion matrix, the dates it was tuned on), or None with no other
+        complete item."""
+        others = [r for r in self.items if r is not item and not r.partial and r.ndwi_sweep]
+        if not item.ndwi_sweep or not others or WATER not in self.classes:
+            return None
+        threshold = accuracy.best_threshold(
+            [r.ndwi_sweep for r in others], self.classes.index(WATER)
+        )
+        if threshold is None:
+            return None
+        return threshold, item.ndwi_sweep[threshold], [r.date or r.item_id for r in others]
 
 
 def scores_for(cm: np.ndarray, classes: list[str], partial: bool) -> dict[str, dict[str, Any]]:
@@ -261,6 +287,7 @@ def evaluate_item(
     mapped = lut[predicted]
 
     ndwi_cm = None
+    sweep: dict[float, np.ndarray] = {}
     if WATER in index:
         green = read_band_on_grid(scene, GREEN, grid, transform, crs)
         nir = read_band_on_grid(scene, NIR, grid, transform, crs)
@@ -268,12 +295,14 @@ def evaluate_item(
         valid &= defined
         baseline = np.where(water, index[WATER], bg).astype(np.int16)
         ndwi_cm = accuracy.confusion_matrix(truth, baseline, n, valid)
+        sweep = accuracy.ndwi_sweep(truth, accuracy.ndwi(green, nir), index[WATER], bg, n, valid)
     model_cm = accuracy.confusion_matrix(truth, mapped, n, valid)
     when = scene.datetime.date().isoformat() if scene.datetime else ""
     uncertain = int((valid & (predicted == UNCERTAIN)).sum())
     return ItemResult(
-        item.id, scene.id, when, coverage, int(valid.sum()), model_cm, ndwi_cm, uncertain
-    )
+        item.id, scene.id, when, coverage, int(valid.sum()), model_cm, ndwi_cm, uncertain,
+        ndwi_sweep=sweep,
+    )  # fmt: skip
 
 
 def rasterize_labels(

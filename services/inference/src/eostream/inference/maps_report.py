@@ -14,6 +14,11 @@ from eostream.inference.evaluation import WATER, Report, scores_for
 from eostream.inference.reference import PARTIAL
 
 METRICS = ("precision", "recall", "f1", "iou")
+TUNED_NOTE = (
+    "NDWI > t -> water, t chosen where the water IoU pooled over the other complete dates is "
+    "highest (leave one date out): a baseline that learnt from labels, as a model trained on the "
+    "other dates' labels did"
+)
 PARTIAL_NOTE = (
     "partial labels: scored inside the labelled polygons only (recall; precision, F1 and IoU "
     "are undefined there) and left out of the pooled figures"
@@ -39,6 +44,14 @@ def summary(report: Report) -> dict[str, Any]:
             entry["ndwi"] = {WATER: scores_for(r.ndwi_cm, classes, r.partial)[WATER]}
             entry["ndwi_confusion"] = r.ndwi_cm.tolist()
             entry["ndwi_overall_accuracy"] = None if r.partial else _oa(r.ndwi_cm)
+        tuned = report.tuned_ndwi(r)
+        if tuned is not None:
+            threshold, tcm, dates = tuned
+            entry["ndwi_tuned"] = {
+                WATER: scores_for(tcm, classes, r.partial)[WATER],
+                "threshold": threshold,
+                "tuned_on": dates,
+            }
         items.append(entry)
     pooled: dict[str, Any] = {"items": [r.item_id for r in report.items if not r.partial]}
     cm = report.pooled("model")
@@ -55,6 +68,9 @@ def summary(report: Report) -> dict[str, Any]:
             "ndwi_overall_accuracy": _oa(ncm),
             "ndwi_confusion": ncm.tolist(),
         }
+    tuned_cm = report.pooled("ndwi_tuned")
+    if tuned_cm is not None:
+        pooled["ndwi_tuned"] = {WATER: scores_for(tuned_cm, classes, False)[WATER]}
     ref = report.reference
     return {
         "model": report.model,
@@ -68,6 +84,7 @@ def summary(report: Report) -> dict[str, Any]:
         "class_mapping": ref.mapping,
         "background_class": f"{ref.background}: every other model class",
         "baseline": "NDWI = (B03 - B08) / (B03 + B08) > 0 -> water, on the same pixels",
+        "tuned_baseline": TUNED_NOTE,
         "partial_labels": PARTIAL_NOTE,
         "scoring": report.scoring,
         "uncertain": f"uncertain pixels are counted as {ref.background}",
@@ -116,17 +133,21 @@ def table(report: Report) -> list[str]:
         _scoring_line(report),
         "",
         f"{'date':<11} {'coverage':<9} {'pixels':>7}  {'model water P / R / IoU':<24}"
-        f"{'NDWI water P / R / IoU':<24}{'model OA':>9}{'NDWI OA':>9}",
+        f"{'NDWI water P / R / IoU':<24}{'tuned NDWI IoU (t)':<20}{'model OA':>9}{'NDWI OA':>9}",
     ]
     for e in s["items"]:
         m = e["model"].get(WATER, {})
         n = e.get("ndwi", {}).get(WATER, {})
+        tuned = e.get("ndwi_tuned")
+        t = f"{_f(tuned[WATER]['iou'])} ({tuned['threshold']:+.2f})" if tuned else "  -"
         lines.append(
             f"{e['date']:<11} {e['coverage']:<9} {e['pixels']:>7}  "
             f"{_f(m.get('precision'))} / {_f(m.get('recall'))} / {_f(m.get('iou'))}   "
             f"{_f(n.get('precision'))} / {_f(n.get('recall'))} / {_f(n.get('iou'))}   "
-            f"{_f(e['model_overall_accuracy']):>7}{_f(e.get('ndwi_overall_accuracy')):>9}"
+            f"{t:<18}{_f(e['model_overall_accuracy']):>9}{_f(e.get('ndwi_overall_accuracy')):>9}"
         )
+    if any("ndwi_tuned" in e for e in s["items"]):
+        lines.append(f"(tuned NDWI: {TUNED_NOTE})")
     if any(e["coverage"] == PARTIAL for e in s["items"]):
         lines.append(f"({PARTIAL_NOTE})")
     pooled = s["pooled"]
@@ -138,6 +159,9 @@ def table(report: Report) -> list[str]:
         if "ndwi" in pooled:
             sc = pooled["ndwi"][WATER]
             lines.append(f"  {'NDWI water':<10}" + "".join(f"{_f(sc[k]):>11}" for k in METRICS))
+        if "ndwi_tuned" in pooled:
+            sc = pooled["ndwi_tuned"][WATER]
+            lines.append(f"  {'tuned NDWI':<10}" + "".join(f"{_f(sc[k]):>11}" for k in METRICS))
         lines.append(
             f"  overall accuracy: model {_f(pooled['model_overall_accuracy'])}, "
             f"NDWI {_f(pooled.get('ndwi_overall_accuracy'))}"
@@ -211,8 +235,9 @@ def write_outputs(report: Report, out_dir: Path) -> list[Path]:
 
 
 def mlflow_metrics(report: Report) -> dict[str, float]:
-    """Flat metric names: ``<class>_<metric>`` pooled, ``ndwi_water_<metric>``, and per date
-    ``<date>/model/<class>_<metric>`` / ``<date>/ndwi/water_<metric>``."""
+    """Flat metric names: ``<class>_<metric>`` pooled, ``ndwi_water_<metric>``,
+    ``ndwi_tuned_water_<metric>``, and per date ``<date>/model/<class>_<metric>`` /
+    ``<date>/ndwi/water_<metric>`` / ``<date>/ndwi_tuned/water_<metric>``."""
     s = summary(report)
     out: dict[str, float] = {}
 
@@ -225,12 +250,16 @@ def mlflow_metrics(report: Report) -> dict[str, float]:
     pooled = s["pooled"]
     put("", pooled.get("model", {}))
     put("ndwi_", pooled.get("ndwi", {}))
+    put("ndwi_tuned_", pooled.get("ndwi_tuned", {}))
     for key in ("model_overall_accuracy", "ndwi_overall_accuracy"):
         if pooled.get(key) is not None:
             out[key] = float(pooled[key])
     for e in s["items"]:
         put(f"{e['date']}/model/", e["model"])
         put(f"{e['date']}/ndwi/", e.get("ndwi", {}))
+        tuned = e.get("ndwi_tuned")
+        if tuned:
+            put(f"{e['date']}/ndwi_tuned/", {WATER: tuned[WATER]})
     out["items_evaluated"] = float(len(report.items))
     out["items_failed"] = float(len(report.errors))
     return out

@@ -205,7 +205,7 @@ class Gatekeeper:
             if found is None:
                 log.info("scoring the champion %s v%s on %s", name, version, reference.href)
                 found = reference.score(self.champion_onnx(name, version)).scores
-                self.registry.set_version_tags(name, version, maps.as_tags(found, key))
+                self.registry.set_version_tags(name, version, maps.as_tags(found, key, reference))
             self._maps[(name, version, key)] = found
         scores = self._maps[(name, version, key)]
         return scores if scores.figure(self.settings.gate.map_metric) is not None else None

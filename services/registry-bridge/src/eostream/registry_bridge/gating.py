@@ -184,7 +184,7 @@ class Gating:
         figure = candidate.figure(metric)
         theirs = champion.figure(metric) if champion is not None else None
         values = {
-            **maps.as_tags(candidate, self.gate.map_key()),
+            **maps.as_tags(candidate, self.gate.map_key(), self.gate.reference),
             tags.GATE_MAP_METRIC: metric,
             tags.GATE_MAP_FIGURE: "" if figure is None else f"{figure:.6f}",
             tags.GATE_MAP_CHAMPION_FIGURE: "" if theirs is None else f"{theirs:.6f}",

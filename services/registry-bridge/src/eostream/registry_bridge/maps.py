@@ -71,6 +71,22 @@ class ReferenceSet:
             h.update(json.dumps(shapes, sort_keys=True).encode())
         return h.hexdigest()
 
+    def conditions(self, scores: MapScores) -> dict[str, object]:
+        """What figures scored on this set hold for (:data:`tags.GATE_MAP_CONDITIONS`): its
+        labels collection and scored items, the map settings, and the file scored (the gate
+        scores a version's fp32 file; its int8 file's difference is ``eostream.int8.map_delta``)."""
+        try:
+            collection: str | None = evaluation.load_reference(self.href).collection_id
+        except InferenceError:
+            collection = None
+        return {
+            "reference": collection,
+            "items": list(scores.scored),
+            "stride": self.stride,
+            "uncertain_below": self.uncertain_below,
+            "file": "fp32",
+        }
+
     def score(self, onnx_bytes: bytes) -> MapReport:
         """Classify the reference scenes with the model and score its maps. Never raises for a
         bad reference set or model: the errors come back in ``scores.errors``."""
@@ -113,11 +129,13 @@ def summarise(report: evaluation.Report) -> MapReport:
         if value is not None:
             metrics[f"map_iou_{name}"] = value
     baseline = report.pooled("ndwi")
+    ndwi = None
     if baseline is not None and evaluation.WATER in report.classes:
         ndwi = accuracy.scores(baseline, report.classes)[evaluation.WATER].iou
         if ndwi is not None:
             metrics["map_ndwi_iou_water"] = ndwi  # the NDWI > 0 baseline on the same pixels
-    return MapReport(MapScores(mean_iou, overall, len(complete), errors), metrics)
+    scored = tuple(r.item_id for r in complete)
+    return MapReport(MapScores(mean_iou, overall, len(complete), errors, ndwi, scored), metrics)
 
 
 def _number(text: str | None) -> float | None:
@@ -134,12 +152,14 @@ def from_tags(values: dict[str, str], key: str) -> MapScores | None:
     scores = MapScores(
         _number(values.get(tags.GATE_MAP_MEAN_IOU)),
         _number(values.get(tags.GATE_MAP_OVERALL_ACCURACY)),
+        ndwi_iou=_number(values.get(tags.GATE_MAP_NDWI_IOU)),
     )
     return scores if scores.mean_iou is not None or scores.overall_accuracy is not None else None
 
 
-def as_tags(scores: MapScores, key: str) -> dict[str, str]:
-    """The figures as version tags (empty string: not scored)."""
+def as_tags(scores: MapScores, key: str, reference: ReferenceSet) -> dict[str, str]:
+    """The figures as version tags (empty string: not scored), with the NDWI baseline on the
+    same pixels and what they were measured on and with (:meth:`ReferenceSet.conditions`)."""
 
     def fmt(value: float | None) -> str:
         return "" if value is None else f"{value:.6f}"
@@ -148,4 +168,6 @@ def as_tags(scores: MapScores, key: str) -> dict[str, str]:
         tags.GATE_MAP_KEY: key,
         tags.GATE_MAP_MEAN_IOU: fmt(scores.mean_iou),
         tags.GATE_MAP_OVERALL_ACCURACY: fmt(scores.overall_accuracy),
+        tags.GATE_MAP_NDWI_IOU: fmt(scores.ndwi_iou),
+        tags.GATE_MAP_CONDITIONS: json.dumps(reference.conditions(scores), sort_keys=True),
     }

@@ -52,6 +52,10 @@ class MapScores:
     overall_accuracy: float | None
     items: int = 0
     errors: tuple[str, ...] = ()
+    #: the NDWI > 0 baseline's water IoU on the same pixels (None: no water class, or not read)
+    ndwi_iou: float | None = None
+    #: the completely labelled items the figures are pooled over (their ids)
+    scored: tuple[str, ...] = ()
 
     def figure(self, metric: MapMetric) -> float | None:
         return self.mean_iou if metric == "mean_iou" else self.overall_accuracy

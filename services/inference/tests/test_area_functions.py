@@ -87,6 +87,23 @@ def test_a_cube_warps_a_map_of_another_grid_onto_the_first(tmp_path: Path) -> No
     assert table[1] == pytest.approx([50e-4, 50e-4, 0.0])
 
 
+def test_a_cube_of_maps_far_apart_is_refused_before_it_is_allocated(tmp_path: Path) -> None:
+    """Two maps 200 km apart make a grid of their union at 10 m: 20,000 x 20,000 pixels a
+    date. Refused with its size, not a MemoryError (an analyst's bbox over two tiles took 17 GB
+    and the machine's memory)."""
+    labels = np.zeros((10, 10), np.uint8)
+    far = ORIGIN * Affine.translation(20_000, 20_000)  # 200 km east and south
+    maps = [
+        cube.Map(date(2024, 5, 1), "a", CLASSES, cog(tmp_path, labels, ORIGIN, "a")),
+        cube.Map(date(2024, 6, 1), "b", CLASSES, cog(tmp_path, labels, far, "b")),
+    ]
+    area = wgs84_box(499_000.0, 4_480_000.0, 701_000.0, 4_691_000.0)
+    with pytest.raises(BadInputError, match=r"2 x 20,010 x 20,010 = 800,800,200 cells"):
+        cube.build(maps, area)
+    small = cube.build(maps[:1], area)  # one map: its own grid
+    assert small["classification"].shape == (1, 10, 10)
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [

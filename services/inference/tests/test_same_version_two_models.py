@@ -7,6 +7,7 @@ answers the scene's newest result of that version, whichever model made it."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import uuid
 from collections.abc import Callable
@@ -264,3 +265,48 @@ def test_a_model_less_item_keeps_its_version_only_file_urls() -> None:
     assert named["assets"]["classification"]["href"] == (
         "http://maps.example.org/results/S/files/land%20cover/3/classification.tif"
     )
+
+
+async def test_a_scenes_map_is_the_served_models_not_a_newer_what_if(
+    client: httpx.AsyncClient,
+    service: InferenceService,
+    make_model: Callable[..., ModelPromoted],
+    boadella_item: Callable[[str], Path],
+) -> None:
+    """A request that names no version gets the served model's result: an old model's result
+    written later (an OGC job naming v1, a what-if) does not become the scene's map, its tiles
+    or its place in the area's time series; asked for, it is still there."""
+    href = str(boadella_item("2020-06-21"))
+    old = (await _classify(service, make_model("1"), href)).record
+    served = (await _classify(service, make_model("2", seed=5), href)).record
+    assert service.deployment.current is not None
+    assert service.deployment.current.info.version == "2"
+    # v1's result made again after v2's, as a what-if run of v1 writes it (newest created)
+    later = dataclasses.replace(old, created=datetime.now(UTC) + timedelta(hours=1))
+    service.results.put(later)
+    assert (r := service.results.get(SCENE)) is not None and r.model_version == "1"  # newest
+
+    summary = (await _ok(client, f"/results/{SCENE}")).json()
+    assert summary["id"] == served.id
+    item = (await _ok(client, f"/results/{SCENE}/item")).json()
+    assert item["properties"]["eostream:model_version"] == "2"
+    asked = (await _ok(client, f"/results/{SCENE}", model_version="1")).json()
+    assert asked["id"] == old.id
+    assert served.bbox is not None
+    box = ",".join(str(v) for v in served.bbox)
+    [day] = (await _ok(client, "/results/aggregate", bbox=box)).json()["dates"]
+    assert day["results"] == [served.id]
+    when = "2020-06-21"
+    change = (await _ok(client, "/results/change", a=when, b=when, bbox=box)).json()
+    assert (change["a"], change["b"]) == (served.id, served.id)
+    tile = _tile_path(SCENE)
+    assert (
+        (await _ok(client, tile)).content
+        == (await _ok(client, tile, model_version="2", model_name="eurosat")).content
+        != (await _ok(client, tile, model_version="1", model_name="eurosat")).content
+    )
+
+    # a served model that never mapped the scene: the newest result, as before
+    await asyncio.to_thread(service.deployment.deploy, make_model("3", seed=6))
+    newest = (await _ok(client, f"/results/{SCENE}")).json()
+    assert newest["id"] == old.id

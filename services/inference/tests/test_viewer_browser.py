@@ -13,10 +13,12 @@ Chromium comes from Debian (``deploy/local/tools.sh``, run by ``make tools``/``m
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import io
 import os
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +179,26 @@ async def test_the_map_page_shows_boadella_results_over_true_colour(
             await _wait_for_tiles(page)
             earlier = _map_pixels(await page.screenshot())
             assert np.abs(earlier.astype(int) - pixels.astype(int)).mean() > 1
+
+            # a what-if result of the newest date written later (an OGC job naming another
+            # version) is listed, but the page opens on the served model's map of that date
+            what_if = dataclasses.replace(
+                done.record,
+                id=done.record.id + "-what-if",
+                model_version="0",
+                created=datetime.now(UTC) + timedelta(hours=1),
+            )
+            await asyncio.to_thread(service.results.put, what_if)
+            await page.reload(wait_until="load")
+            await page.wait_for_selector("body[data-ready=true]", timeout=60_000)
+            await page.wait_for_function(
+                f"() => document.querySelectorAll('#results li').length === {len(DATES) + 1}"
+            )
+            await page.wait_for_function(
+                f"() => document.querySelector('#date-label').textContent === '{DATES[-1]}'"
+            )
+            facts = await page.text_content("#result-facts")
+            assert facts is not None and f"{model_name} v1" in facts, facts
             await browser.close()
     finally:
         await server.stop()

@@ -10,7 +10,8 @@ const TMS = "WebMercatorQuad";
 const LIMIT = 500; // results one search asks for (the newest first)
 const $ = (id) => document.getElementById(id);
 
-const state = { results: [], selected: null, legendFor: null };
+// served: "name/version" of the model inference serves, whose result is a scene's map
+const state = { results: [], selected: null, legendFor: null, served: null };
 
 const map = new maplibregl.Map({
   container: "map",
@@ -138,16 +139,19 @@ function showStatistics(stats) {
   }
 }
 
-async function select(index) {
+async function select(index, { fit = false } = {}) {
   const r = state.results[index];
   if (!r) return;
+  const same = state.selected?.id === r.id && map.getLayer("landcover");
   state.selected = r;
   $("date").value = String(index);
   $("date-label").textContent = day(r);
   for (const [i, li] of [...$("results").children].entries()) {
     li.classList.toggle("selected", i === index);
   }
-  showLayers(r);
+  if (!same) showLayers(r); // a pan or zoom keeps the layers of the result shown
+  // picked in the list: show where it is (far results are a pixel at the first view's zoom)
+  if (fit && r.bbox) map.fitBounds([[r.bbox[0], r.bbox[1]], [r.bbox[2], r.bbox[3]]], { padding: 20 });
   $("result").hidden = false;
   $("result-title").textContent = r.scene_id;
   const facts = $("result-facts");
@@ -174,9 +178,14 @@ async function select(index) {
   }
 }
 
+const served = (r) => (state.served === `${r.model_name}/${r.model_version}` ? 1 : 0);
+
 function showResults(results, total) {
-  // oldest first: the slider runs through time
-  state.results = results.sort((a, b) => (a.datetime ?? "").localeCompare(b.datetime ?? ""));
+  // oldest first: the slider runs through time; of one date's results the served model's comes
+  // last, so the newest date opens on the scene's map (GET /results/{scene}), not on a what-if
+  state.results = results.sort(
+    (a, b) => (a.datetime ?? "").localeCompare(b.datetime ?? "") || served(a) - served(b),
+  );
   const scenes = new Set(results.map((r) => r.scene_id));
   // a page is the newest LIMIT results: say so when the view holds more
   const shown = total > results.length ? `${results.length} of ${total}` : `${results.length}`;
@@ -189,7 +198,7 @@ function showResults(results, total) {
   results.forEach((r, i) => {
     const li = document.createElement("li");
     li.textContent = `${day(r)} · ${r.scene_id} · v${r.model_version}`;
-    li.addEventListener("click", () => select(i));
+    li.addEventListener("click", () => select(i, { fit: true }));
     ol.append(li);
   });
   const slider = $("date");
@@ -204,7 +213,18 @@ function showResults(results, total) {
   }
 }
 
+async function readServed() {
+  try {
+    const models = await getJSON("models");
+    const d = models.deployed;
+    state.served = d ? `${d.name}/${d.version}` : null;
+  } catch {
+    state.served = null; // no model yet, or the API is older: the newest result is shown
+  }
+}
+
 async function searchView() {
+  await readServed();
   const b = map.getBounds();
   const bbox = [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()]
     .map((v, i) => Math.max(i % 2 ? -90 : -180, Math.min(i % 2 ? 90 : 180, v)).toFixed(6))
@@ -220,6 +240,7 @@ async function searchView() {
 async function start() {
   // first view: every result there is (the newest 500), then searches follow the map
   let page;
+  await readServed();
   try {
     page = await getJSON(`results?${query({ limit: LIMIT })}`);
   } catch (error) {

@@ -50,8 +50,10 @@ def select(
     *,
     model_name: str | None = None,
     model_version: str | None = None,
+    served: tuple[str, str] | None = None,
 ) -> list[ResultRecord]:
-    """One result per scene (latest, or of ``model_version``), oldest acquisition first."""
+    """One result per scene, oldest acquisition first: ``model_version``'s, else the ``served``
+    model's (name, version) where it made one and no other model is named, else the latest."""
     bbox = areas.geometry_bbox(geometry) if geometry is not None else None
     query = ResultQuery(
         bbox=bbox,
@@ -66,9 +68,16 @@ def select(
         raise BadInputError(
             f"{total} results match (at most {MAX_RESULTS}): narrow the datetime or the area"
         )
+    prefer = None
+    if served is not None and model_version is None and model_name in (None, served[0]):
+        prefer = served
     latest: dict[str, ResultRecord] = {}
     for record in records:  # newest first: the first of a scene is its latest
-        if record.datetime is not None:
+        if record.datetime is None:
+            continue
+        if prefer is not None and (record.model_name, record.model_version) == prefer:
+            latest[record.scene_id] = record  # the served model's map wins over a newer one
+        else:
             latest.setdefault(record.scene_id, record)
     return sorted(latest.values(), key=lambda r: (r.datetime, r.scene_id))
 
@@ -178,10 +187,12 @@ def resolve(
     *,
     model_version: str | None = None,
     model_name: str | None = None,
+    served: tuple[str, str] | None = None,
 ) -> ResultRecord:
     """``ref``: a result id (the ``id`` of ``/results``), or an acquisition date YYYY-MM-DD, then
-    the one scene of that date in the area (its latest result, or of ``model_name`` and
-    ``model_version``: versions are numbered per model)."""
+    the one scene of that date in the area (its result as :func:`select` picks it: of
+    ``model_name`` and ``model_version``, versions being numbered per model, else the served
+    model's, else the latest)."""
     if _DATE.match(ref):
         try:
             day = date.fromisoformat(ref)
@@ -194,6 +205,7 @@ def resolve(
             datetime.combine(day, time.max, UTC),  # not the next day's start: 9999-12-31
             model_name=model_name,
             model_version=model_version,
+            served=served,
         )
         if not found:
             raise ResultNotFoundError(f"no result of {ref} in the area")

@@ -36,6 +36,10 @@ from eostream.inference import areas, writer
 from eostream.inference.engine import NODATA, UNCERTAIN
 from eostream.inference.errors import BadInputError
 
+#: cells (time x y x) a cube may hold: its labels are one byte each, and building it holds about
+#: three times that at the peak (the stack, a warped map, the area mask)
+MAX_CELLS = 500_000_000
+
 
 @dataclass(frozen=True)
 class Map:
@@ -104,8 +108,10 @@ def _warp(cog: bytes, grid: Grid) -> npt.NDArray[np.uint8]:
     return out
 
 
-def build(maps: Sequence[Map], geometry: areas.Geometry) -> Any:
-    """The ``xarray.Dataset`` of ``maps`` (any order) inside ``geometry`` (WGS84)."""
+def build(maps: Sequence[Map], geometry: areas.Geometry, max_cells: int = MAX_CELLS) -> Any:
+    """The ``xarray.Dataset`` of ``maps`` (any order) inside ``geometry`` (WGS84). A cube of more
+    than ``max_cells`` cells is refused before anything is allocated (maps far apart, e.g. of
+    two tiles, make a grid of their union at the maps' pixel size)."""
     import xarray as xr
 
     if not maps:
@@ -115,11 +121,18 @@ def build(maps: Sequence[Map], geometry: areas.Geometry) -> Any:
         raise BadInputError("the maps have different classes: pick one model_version")
     try:
         grid = target_grid(maps, geometry)
+        days = sorted({m.date for m in maps})
+        cells = len(days) * grid.height * grid.width
+        if cells > max_cells:
+            raise BadInputError(
+                f"the cube would hold {len(days)} x {grid.height:,} x {grid.width:,} = {cells:,} "
+                f"cells (at most {max_cells:,}): narrow the area or the datetime range, or pick "
+                "one model (its maps' grid is the cube's)"
+            )
         local = transform_geom("EPSG:4326", grid.crs, areas.densify(geometry))
         outside = geometry_mask(
             [local], out_shape=(grid.height, grid.width), transform=grid.transform
         )
-        days = sorted({m.date for m in maps})
         stack = np.full((len(days), grid.height, grid.width), NODATA, np.uint8)
         ids: list[list[str]] = [[] for _ in days]
         for item in sorted(maps, key=lambda m: (m.date, m.result_id)):

@@ -187,6 +187,9 @@ def cube(
         Path | None, typer.Option("--plot", help="also plot the areas over time (PNG)")
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace OUT if it exists")] = False,
+    max_cells: Annotated[
+        int, typer.Option(min=1, help="refuse a cube of more cells (time x y x; 1 byte each)")
+    ] = 500_000_000,
 ) -> None:
     """Stack the maps of an area into a zarr data cube (time, y, x) that plain xarray opens."""
     from eostream.inference import cube as cubes
@@ -217,9 +220,11 @@ def cube(
                 raise _fail(_said(exc)) from None
             maps.append(cubes.Map(date.fromisoformat(entry["date"]), result, classes, cog))
     try:
-        dataset = cubes.build(maps, body["area"])
+        dataset = cubes.build(maps, body["area"], max_cells)
     except InferenceError as exc:
         raise _fail(str(exc)) from None
+    except MemoryError:
+        raise _fail(f"not enough memory for the cube: lower --max-cells ({max_cells:,})") from None
     if out.exists():
         shutil.rmtree(out)
     # zarr v2 with consolidated metadata: every zarr reader opens it without a warning (v3 has

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from eostream.inference import area_query, areas, writer
 from eostream.inference.api import area_limits
-from eostream.inference.api.deps import Results, Settings, Store
+from eostream.inference.api.deps import Results, Served, Settings, Store
 from eostream.inference.api.params import parse_bbox, parse_datetime
 from eostream.inference.errors import BadInputError
 from eostream.inference.results import ResultRecord
@@ -148,6 +148,7 @@ def aggregate(
     settings: Settings,
     results: Results,
     store: Store,
+    served: Served,
     bbox: Bbox = None,
     intersects: Intersects = None,
     datetime: Annotated[str | None, Query(max_length=100, description="RFC 3339 a/b")] = None,
@@ -164,7 +165,7 @@ def aggregate(
     csv = f == "csv" or (f is None and accept is not None and "text/csv" in accept)
     return _aggregate(
         request, settings, results, store, geometry, datetime, wanted, model_name,
-        model_version, csv,
+        model_version, csv, served,
     )  # fmt: skip
 
 
@@ -196,7 +197,12 @@ class AggregateQuery(BaseModel):
     responses={200: {"content": {"text/csv": {}}}, **error_responses(400, 404, 413, 422, 503)},
 )
 def aggregate_post(
-    request: Request, settings: Settings, results: Results, store: Store, query: AggregateQuery
+    request: Request,
+    settings: Settings,
+    results: Results,
+    store: Store,
+    served: Served,
+    query: AggregateQuery,
 ) -> Response:
     if (query.bbox is None) == (query.intersects is None):
         raise BadInputError("give the area: bbox [minx, miny, maxx, maxy] or intersects <GeoJSON>")
@@ -209,7 +215,7 @@ def aggregate_post(
         geometry = areas.check_geometry(query.intersects)
     return _aggregate(
         request, settings, results, store, geometry, query.datetime, query.classes or [],
-        query.model_name, query.model_version, query.f == "csv",
+        query.model_name, query.model_version, query.f == "csv", served,
     )  # fmt: skip
 
 
@@ -224,11 +230,13 @@ def _aggregate(
     model_name: str | None,
     model_version: str | None,
     csv: bool,
+    served: tuple[str, str] | None = None,
 ) -> Response:
     start, end = parse_datetime(datetime)
     records = area_query.select(
-        results, geometry, start, end, model_name=model_name, model_version=model_version
-    )
+        results, geometry, start, end, model_name=model_name, model_version=model_version,
+        served=served,
+    )  # fmt: skip
     known = area_query.legend(records)
     area_query.check_classes(wanted, known)
     names = wanted or [*known, writer.UNCERTAIN_NAME]
@@ -289,13 +297,22 @@ def _pair(
     intersects: str | None,
     model_version: str | None,
     model_name: str | None = None,
+    served: tuple[str, str] | None = None,
 ) -> Iterator[tuple[ResultRecord, ResultRecord, area_query.Change]]:
     """The two results and their change, within the budget until the block ends (the map and
     the COG are drawn from the maps read)."""
     geometry = parse_area(bbox, intersects) if bbox is not None or intersects is not None else None
-    which = {"model_version": model_version, "model_name": model_name}
-    first = area_query.resolve(results, a, geometry, **which)
-    second = area_query.resolve(results, b, geometry, **which)
+    first, second = (
+        area_query.resolve(
+            results,
+            ref,
+            geometry,
+            model_version=model_version,
+            model_name=model_name,
+            served=served,
+        )  # fmt: skip
+        for ref in (a, b)
+    )
     how = (
         "give an area (bbox or intersects) around what you compare"
         if geometry is None
@@ -322,6 +339,7 @@ def change(
     settings: Settings,
     results: Results,
     store: Store,
+    served: Served,
     a: Ref,
     b: Ref,
     bbox: Annotated[str | None, Query(max_length=400, description=OptionalArea)] = None,
@@ -330,7 +348,17 @@ def change(
     model_name: ModelNameQuery = None,
 ) -> ChangeMatrix:
     with _pair(
-        request, settings, results, store, a, b, bbox, intersects, model_version, model_name
+        request,
+        settings,
+        results,
+        store,
+        a,
+        b,
+        bbox,
+        intersects,
+        model_version,
+        model_name,
+        served,
     ) as (
         first,
         second,
@@ -366,6 +394,7 @@ def change_map(
     settings: Settings,
     results: Results,
     store: Store,
+    served: Served,
     a: Ref,
     b: Ref,
     bbox: Annotated[str | None, Query(max_length=400, description=OptionalArea)] = None,
@@ -375,7 +404,17 @@ def change_map(
     f: Annotated[Literal["png", "tif"], Query(description="png or tif (COG)")] = "png",
 ) -> Response:
     with _pair(
-        request, settings, results, store, a, b, bbox, intersects, model_version, model_name
+        request,
+        settings,
+        results,
+        store,
+        a,
+        b,
+        bbox,
+        intersects,
+        model_version,
+        model_name,
+        served,
     ) as (
         _first,
         _second,

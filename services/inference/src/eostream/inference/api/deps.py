@@ -43,11 +43,19 @@ def get_store(service: Service) -> ObjectStore:
     return service.store
 
 
+def get_served(service: Service) -> tuple[str, str] | None:
+    """(name, version) of the model this replica serves now; None before the first."""
+    model = service.deployment.current
+    return (model.info.name, model.info.version) if model is not None else None
+
+
 Settings = Annotated[InferenceSettings, Depends(get_settings)]
 Results = Annotated[ResultsStore, Depends(get_results)]
 PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
 Deployment = Annotated[ModelDeployment, Depends(get_deployment)]
 Store = Annotated[ObjectStore, Depends(get_store)]
+#: the served model, whose result is a scene's map when a request names no version
+Served = Annotated[tuple[str, str] | None, Depends(get_served)]
 
 
 UNAUTHORIZED = "a valid API key is required (header X-API-Key or Authorization: Bearer)"

@@ -8,7 +8,7 @@ from urllib.parse import quote, urlencode
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from eostream.inference import writer
-from eostream.inference.api.deps import Results, Store
+from eostream.inference.api.deps import Results, Served, Store
 from eostream.inference.api.params import parse_bbox, parse_datetime
 from eostream.inference.api.ranges import ranged_object
 from eostream.inference.api.schemas import (
@@ -103,12 +103,21 @@ def search_results(
 
 
 def _one(
-    results: Results, scene_id: str, model_version: str | None, model_name: str | None = None
+    results: Results,
+    scene_id: str,
+    model_version: str | None,
+    model_name: str | None = None,
+    served: tuple[str, str] | None = None,
 ) -> ResultRecord:
-    """The result of a scene by ``model_name``'s ``model_version``; with only one of them, or
-    neither, the newest that matches (``ResultsStore.get``: latest created, ties to the
-    smallest item id)."""
-    record = results.get(scene_id, model_version, model_name)
+    """The result of a scene by ``model_name``'s ``model_version``. With no version: the result
+    of the ``served`` model (the map inference serves now) when it made one and the request
+    names no other model, else the newest that matches (``ResultsStore.get``: latest created,
+    ties to the smallest item id), so a what-if run of an old model (an OGC job naming it) does
+    not become the scene's map."""
+    record = None
+    if served is not None and model_version is None and model_name in (None, served[0]):
+        record = results.get(scene_id, served[1], served[0])
+    record = record or results.get(scene_id, model_version, model_name)
     if record is None:
         which = " ".join(
             part
@@ -143,7 +152,8 @@ LOOKUP = error_responses(404, 422)
 
 @router.get(
     "/{scene_id}",
-    summary="The latest result of one scene (or of one model and version)",
+    summary="A scene's map: the served model's result, else the latest (or one model and "
+    "version's)",
     response_model=ResultSummary,
     responses=LOOKUP,
 )
@@ -151,19 +161,25 @@ def get_result(
     request: Request,
     scene_id: str,
     results: Results,
+    served: Served,
     model_version: Version = None,
     model_name: ModelName = None,
 ) -> dict[str, Any]:
-    return summary(_one(results, scene_id, model_version, model_name), str(request.base_url))
+    record = _one(results, scene_id, model_version, model_name, served)
+    return summary(record, str(request.base_url))
 
 
 @router.get(
     "/{scene_id}/item", summary="The result STAC item", response_model=StacItem, responses=LOOKUP
 )
 def get_item(
-    scene_id: str, results: Results, model_version: Version = None, model_name: ModelName = None
+    scene_id: str,
+    results: Results,
+    served: Served,
+    model_version: Version = None,
+    model_name: ModelName = None,
 ) -> Response:
-    return as_stored(_one(results, scene_id, model_version, model_name).item)  # as stored
+    return as_stored(_one(results, scene_id, model_version, model_name, served).item)
 
 
 @router.get(
@@ -173,9 +189,13 @@ def get_item(
     responses=LOOKUP,
 )
 def get_statistics(
-    scene_id: str, results: Results, model_version: Version = None, model_name: ModelName = None
+    scene_id: str,
+    results: Results,
+    served: Served,
+    model_version: Version = None,
+    model_name: ModelName = None,
 ) -> Response:
-    return as_stored(_one(results, scene_id, model_version, model_name).stats)  # as stored
+    return as_stored(_one(results, scene_id, model_version, model_name, served).stats)
 
 
 COG = "image/tiff; application=geotiff; profile=cloud-optimized"
@@ -295,10 +315,11 @@ def get_cog(
     scene_id: str,
     results: Results,
     store: Store,
+    served: Served,
     model_version: Version = None,
     model_name: ModelName = None,
 ) -> Response:
-    record = _one(results, scene_id, model_version, model_name)
+    record = _one(results, scene_id, model_version, model_name, served)
     return _file(request, store, record, "classification.tif")
 
 
@@ -320,8 +341,9 @@ def get_quicklook(
     scene_id: str,
     results: Results,
     store: Store,
+    served: Served,
     model_version: Version = None,
     model_name: ModelName = None,
 ) -> Response:
-    record = _one(results, scene_id, model_version, model_name)
+    record = _one(results, scene_id, model_version, model_name, served)
     return _file(request, store, record, "quicklook.png")

@@ -20,7 +20,7 @@ from titiler.core.factory import TilerFactory
 
 from eostream.inference import fetch, maptiles
 from eostream.inference.api import wmts
-from eostream.inference.api.deps import Service
+from eostream.inference.api.deps import Service, get_served
 from eostream.inference.api.results import _one
 from eostream.inference.errors import BadInputError
 from eostream.inference.results import ResultRecord
@@ -42,9 +42,9 @@ ModelVersion = Annotated[
     str | None,
     Query(
         max_length=100,
-        description="The model version of the result (default: the latest). Versions are "
-        "numbered per registered model: without model_name, the newest result of any model "
-        "with this version",
+        description="The model version of the result (default: the served model's, else the "
+        "latest). Versions are numbered per registered model: without model_name, the newest "
+        "result of any model with this version",
     ),
 ]
 ModelName = Annotated[
@@ -56,7 +56,7 @@ ModelName = Annotated[
 def _record(
     service: Any, scene_id: str, model_version: str | None, model_name: str | None
 ) -> ResultRecord:
-    return _one(service.results, scene_id, model_version, model_name)
+    return _one(service.results, scene_id, model_version, model_name, get_served(service))
 
 
 def _env(service: Any) -> maptiles.EnvFactory:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
 from eostream.inference import vector
-from eostream.inference.api.deps import Results, Settings, Store
+from eostream.inference.api.deps import Results, Served, Settings, Store
 from eostream.inference.api.results import ModelName, Version, _one
 from eostream.inference.errors import ResultNotFoundError
 from eostream.shared.errors import ObjectNotFoundError
@@ -69,6 +69,7 @@ def get_vector(
     results: Results,
     store: Store,
     settings: Settings,
+    served: Served,
     model_version: Version = None,
     model_name: ModelName = None,
     f: Annotated[
@@ -79,7 +80,7 @@ def get_vector(
         float, Query(ge=0, le=1000, description="simplification tolerance in metres (0: none)")
     ] = 0,
 ) -> Response:
-    record = _one(results, scene_id, model_version, model_name)
+    record = _one(results, scene_id, model_version, model_name, served)
     try:
         cog = store.get_bytes(f"{record.prefix}/classification.tif")
     except ObjectNotFoundError:

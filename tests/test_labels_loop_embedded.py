@@ -3,8 +3,10 @@ two real Boadella dates imported with `eostream labels import --home` are announ
 trained on by the trainer (its default model for labels: a segmentation network learning every
 pixel's class from the masks of chips cut from those dates, on the bands' spectral indices),
 gated and promoted by the registry-bridge on the dataset's held-out chips (pixel by pixel) and
-on its maps of a third date, and inference maps that date with it at 10 m: its water against
-that date's hand-made labels, beside NDWI > 0 on the same pixels in the same run."""
+on its maps of the two labelled dates (the third date chooses nothing: not the champion, not
+whether its int8 file is served), and inference maps a third date with it at 10 m: its water
+against that date's hand-made labels, beside NDWI > 0 and NDWI with its threshold tuned on the
+two labelled dates, on the same pixels in the same run."""
 
 from __future__ import annotations
 
@@ -34,8 +36,9 @@ def test_imported_labels_become_a_gated_champion(data_dir: Path, tmp_path: Path)
     built = reference.build_boadella(data_dir, tmp_path / "reference", (*DATES, MAP_DATE))
     scenes = built.parent.parent / "boadella-scenes"
     folder = data_dir / reference.BOADELLA_FOLDER / "sentinel_2"
-    # the gate's map check: the date the labels leave out (besides the dataset's own test chips)
-    gate_reference = reference.build_boadella(data_dir, tmp_path / "gate-reference", (MAP_DATE,))
+    # the gate's map check: the labelled dates (besides the dataset's own test chips); the date
+    # the labels leave out is scored below and must not choose anything
+    gate_reference = reference.build_boadella(data_dir, tmp_path / "gate-reference", DATES)
     home = tmp_path / "home"
     session = EmbeddedSession.start(
         home,
@@ -82,7 +85,7 @@ def test_imported_labels_become_a_gated_champion(data_dir: Path, tmp_path: Path)
     # held-out chips
     assert champion.gate == "passed", champion
     assert champion.accuracy is not None and float(champion.accuracy) > 0.5
-    # ... and its maps of the left-out date scored by the gate's map check
+    # ... and its maps of the labelled dates scored by the gate's map check
     assert "map mean_iou" in (champion.reasons or ""), champion.reasons
     assert all(v.gate in ("passed", "failed", "refused") for v in versions)
     assert (mapped.model_name, mapped.model_version) == (MODEL, champion.version)
@@ -119,8 +122,12 @@ def test_imported_labels_become_a_gated_champion(data_dir: Path, tmp_path: Path)
     assert abs(mapped.class_shares["water"] - labelled) < 0.05, (mapped.class_shares, labelled)
     model = evaluation.scores_for(item.model_cm, report.classes, partial=False)["water"]
     ndwi = evaluation.scores_for(item.ndwi_cm, report.classes, partial=False)["water"]
+    tuned = report.tuned_ndwi(item)  # NDWI's threshold chosen on the two training dates
+    assert tuned is not None and sorted(tuned[2]) == sorted(DATES), tuned
+    tuned_iou = evaluation.scores_for(tuned[1], report.classes, partial=False)["water"]["iou"]
     logging.getLogger(__name__).warning(
-        "%s: water IoU %.3f (P %.3f R %.3f, %s), NDWI > 0 %.3f", MAP_DATE, model["iou"],
-        model["precision"], model["recall"], report.precision, ndwi["iou"],
+        "%s: water IoU %.3f (P %.3f R %.3f, %s), NDWI > 0 %.3f, NDWI > %.2f (tuned) %.3f",
+        MAP_DATE, model["iou"], model["precision"], model["recall"], report.precision,
+        ndwi["iou"], tuned[0], tuned_iou,
     )  # fmt: skip
     assert model["iou"] >= ndwi["iou"] - 0.03, (model, ndwi)

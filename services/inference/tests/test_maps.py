@@ -127,11 +127,11 @@ def test_a_tuned_ndwi_threshold_is_chosen_on_the_other_dates_only() -> None:
     assert tuned is not None
     assert (tuned[0], tuned[2]) == (-0.1, ["b", "c"])  # not a's own 0.3, not the partial's
     assert (tuned[1] == a.ndwi_sweep[-0.1]).all()
-    assert report.tuned_ndwi(b) is not None and report.tuned_ndwi(b)[2] == ["a", "c"]
+    each = [report.tuned_ndwi(r) for r in (a, b, c)]
+    assert each[1] is not None and each[1][2] == ["a", "c"]
     pooled = report.pooled("ndwi_tuned")
     assert pooled is not None
-    expected = sum(r.ndwi_sweep[report.tuned_ndwi(r)[0]] for r in (a, b, c))  # type: ignore[index]
-    assert (pooled == expected).all()
+    assert (pooled == np.sum([t[1] for t in each if t is not None], axis=0)).all()
     # one complete date alone has no other date to tune on
     assert evaluation.Report("m", "m", ref, items=[a]).tuned_ndwi(a) is None
     assert evaluation.Report("m", "m", ref, items=[a]).pooled("ndwi_tuned") is None

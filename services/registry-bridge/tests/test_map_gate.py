@@ -163,8 +163,8 @@ async def test_gate_refuses_better_patches_worse_maps_and_promotes_better_on_bot
     }
     assert conditions["items"] and all(i.startswith("boadella-water-") for i in conditions["items"])
     assert json.loads(t1[tags.GATE_MAP_CONDITIONS]) == conditions  # the champion, same set
-    assert 0.8 < float(t2[tags.GATE_MAP_NDWI_IOU]) == pytest.approx(
-        float(t1[tags.GATE_MAP_NDWI_IOU])
+    assert (
+        0.8 < float(t2[tags.GATE_MAP_NDWI_IOU]) == pytest.approx(float(t1[tags.GATE_MAP_NDWI_IOU]))
     )
     # the verdict
     assert outcome.state == "failed"

@@ -134,8 +134,8 @@ def summarise(report: evaluation.Report) -> MapReport:
         ndwi = accuracy.scores(baseline, report.classes)[evaluation.WATER].iou
         if ndwi is not None:
             metrics["map_ndwi_iou_water"] = ndwi  # the NDWI > 0 baseline on the same pixels
-    scored = tuple(r.item_id for r in complete)
-    return MapReport(MapScores(mean_iou, overall, len(complete), errors, ndwi, scored), metrics)
+    ids = tuple(r.item_id for r in complete)
+    return MapReport(MapScores(mean_iou, overall, len(complete), errors, ndwi, ids), metrics)
 
 
 def _number(text: str | None) -> float | None:

@@ -129,6 +129,8 @@ def project_run(
             "-P",
             "batch_size=32",
             "-P",
+            "learning_rate=1e-3",  # MLflow logs it as typed; the trainer's spelling is 0.001
+            "-P",
             f"model_name={model_name}",
         ],
         cwd=ROOT,
@@ -159,6 +161,7 @@ def test_mlflow_run_on_the_mlproject_trains_and_registers(
     assert client.get_experiment(run.info.experiment_id).name == EXPERIMENT
     assert run.data.tags["mlflow.project.entryPoint"] == "train"
     assert run.data.params["epochs"] == "1"
+    assert run.data.params["learning_rate"] == "1e-3"  # as typed: the same value, logged once
     assert run.data.params["samples_per_class"] == str(SAMPLES_PER_CLASS)
     logged = {
         m.name
@@ -172,6 +175,11 @@ def test_mlflow_run_on_the_mlproject_trains_and_registers(
     mv = client.get_model_version(project_run.model_name, project_run.version)
     assert mv.run_id == project_run.run_id and mv.status == "READY"
     assert "test_accuracy" in run.data.metrics
+    # best_epoch counts from 1; best_step is the step its val_* figures were logged at
+    best = run.data.metrics["best_step"]
+    assert best == run.data.metrics["best_epoch"] - 1
+    history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_accuracy")}
+    assert history[int(best)] == pytest.approx(run.data.metrics["best_val_accuracy"], abs=1e-3)
 
 
 def test_every_run_records_the_package_version_and_the_commit(

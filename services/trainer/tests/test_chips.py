@@ -211,6 +211,15 @@ def test_a_water_segmentation_network_trains_on_masks_is_gated_by_pixel_and_maps
     metrics = run.data.metrics
     # few chips: at least min_chip_steps optimiser steps, on the labelled pixels' classes
     assert int(run.data.params["epochs_for_steps"]) > 2
+    # what ran, not what the request defaulted to: the stretched patience, the chips' own
+    # split, the dataset by its absolute path and name
+    params = run.data.params
+    stretched = int(params["patience"]) * int(params["epochs_for_steps"]) // int(params["epochs"])
+    assert int(params["patience_for_steps"]) == stretched
+    assert params["split"] == "recorded" and Path(params["dataset"]).is_absolute()
+    assert run.inputs is not None
+    [used] = run.inputs.dataset_inputs
+    assert used.dataset.name.startswith("chips-"), used.dataset.name
     assert run.data.tags["compute.precision"] == "fp32"  # TRAINER_CPU_BF16 is off by default
     assert metrics["test_pixel_iou_water"] > 0.7, metrics
     assert metrics["onnx_argmax_agreement"] > 0.9999

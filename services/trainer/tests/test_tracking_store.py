@@ -68,3 +68,20 @@ def test_a_run_from_a_changed_checkout_keeps_its_diff(
     assert run.data.tags[provenance.DIRTY_TAG] == "true"
     diff = mlflow.artifacts.load_text(f"runs:/{run_id}/code/uncommitted.diff")
     assert diff == "+x = 2\n" and reads == ["eostream-trainer"]
+
+
+def test_a_parameter_logged_as_typed_is_not_logged_again_in_another_spelling(
+    sqlite_mlflow: str,
+) -> None:
+    """`mlflow run -P learning_rate=1e-3` logs "1e-3" before the trainer logs 0.001: the same
+    value, so it stays as typed (MLflow refuses to change a parameter); another value is still
+    refused, and new keys are logged."""
+    tracker = Tracker(sqlite_mlflow, "params")
+    tracker.configure()
+    with mlflow.start_run(experiment_id=tracker.experiment_id) as run:
+        mlflow.log_params({"learning_rate": "1e-3", "seed": "07"})
+        tracker.log_params({"learning_rate": 0.001, "seed": 7, "epochs": 2})
+        with pytest.raises(mlflow.exceptions.MlflowException, match="Changing param values"):
+            tracker.log_params({"learning_rate": 0.01})
+    params = mlflow.get_run(run.info.run_id).data.params
+    assert params == {"learning_rate": "1e-3", "seed": "07", "epochs": "2"}

@@ -64,6 +64,11 @@ def test_fine_tune_ms13_from_registered_rgb(sqlite_settings: TrainerSettings) ->
     )
     tuned, card = tracker.load_base(f"models:/{ms.version.name}/{ms.version.version}")
     assert card.band_set == "ms13" and card.bands == BAND_SETS["ms13"]
+    # where it started is on its card, its run and its version's description
+    assert card.pretrained_source == base_uri
+    assert tracker.client.get_run(ms.version.run_id).data.tags["eostream.pretrained"] == base_uri
+    described = tracker.client.get_model_version(ms.version.name, ms.version.version).description
+    assert f"Started from {base_uri}." in (described or "")
     assert base_card.band_set == "rgb" and base_card.scaling[0].scale > 100  # JPEG units
     assert tuned.first_conv.in_channels == 13 and base.first_conv.in_channels == 3
     # one epoch of fine-tuning moves the RGB filters only a little from where they started
@@ -119,6 +124,9 @@ def test_a_fine_tuned_model_is_never_scored_on_what_its_base_trained_on(
     assert scored and not scored & seen
     params = tracker.client.get_run(tuned.version.run_id).data.params
     assert params["base_model_train_patches"] == str(len(seen))
+    kept = {f"{r['class']}/{Path(r['href']).stem}" for r in rows if r["split"] == "train"}
+    assert params["base_model_patches_in_train"] == str(len(kept & seen))
+    assert params["base_model_patches_held_out"] == "0"
     # the test confusion matrix as counts, beside its picture
     with tempfile.TemporaryDirectory() as tmp:
         path = mlflow.artifacts.download_artifacts(

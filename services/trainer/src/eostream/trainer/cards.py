@@ -36,7 +36,9 @@ def eurosat_card(
     digest: str,
     pretrained: PretrainedSource | None = None,
 ) -> ModelCard:
-    """The card of a model trained on EuroSAT patches (``digest``: its selection's)."""
+    """The card of a model trained on EuroSAT patches (``digest``: its selection's). Where it
+    started from is its card's ``pretrained_source``: the checked pretrained weights, or the
+    registered version it fine-tunes (``base_model``)."""
     library, distribution = LIBRARIES[plan.family]
     return ModelCard(
         name=plan.model_name,
@@ -48,7 +50,7 @@ def eurosat_card(
         description=f"EuroSAT {plan.band_set} {plan.architecture}, request {plan.request_id}",
         library=library,
         library_version=dist_version(distribution),
-        pretrained_source=pretrained.description if pretrained else None,
+        pretrained_source=pretrained.description if pretrained else plan.base_model,
     )
 
 

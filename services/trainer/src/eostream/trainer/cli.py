@@ -352,7 +352,7 @@ def evaluate_command(
     try:
         with _mlflow_answers(tracker):
             tracker.configure()
-            model, card = tracker.load_base(model_uri)
+            model, card = tracker.load_base(model_uri, what="--model-uri")
             run_id, recorded = tracker.recorded_split(model_uri)
     except BadTrainingRequestError as exc:  # not models:/NAME/VERSION, or no such version
         raise _usage(str(exc)) from None

@@ -156,7 +156,8 @@ def fit(
     val_accuracy = list(history.history.get("val_accuracy", [0.0]))
     epochs_run = len(val_accuracy)
     return {
-        "best_epoch": float(int(np.argmax(val_accuracy)) + 1),
+        "best_epoch": float(int(np.argmax(val_accuracy)) + 1),  # from 1; its step: best_step
+        "best_step": float(int(np.argmax(val_accuracy))),
         "epochs_run": float(epochs_run),
         "train_images_per_second": len(train) * epochs_run / max(elapsed, 1e-9),
     }

@@ -44,7 +44,7 @@ from eostream.trainer.pretrained import (
 )
 from eostream.trainer.registered import RegisteredVersion, version_description
 from eostream.trainer.scoring import evaluate
-from eostream.trainer.selection import Selection, SelectionSpec, select_for_training
+from eostream.trainer.selection import Selection, SelectionSpec, place_key, select_for_training
 from eostream.trainer.settings import TrainerSettings
 from eostream.trainer.start import prepare_model, pretrained_start
 from eostream.trainer.task import (
@@ -204,7 +204,7 @@ def train_and_register(
         "eostream.requested_by": plan.requested_by,
         "eostream.input_augmentation": ",".join(augmentation) or "none",
         "eostream.family": plan.family,
-        "eostream.pretrained": pretrained.description if pretrained else "none",
+        "eostream.pretrained": card.pretrained_source or "none",
     }
     with tracker.run(
         resume, f"{plan.model_name}-{plan.band_set}-{plan.architecture}", run_tags
@@ -216,7 +216,7 @@ def train_and_register(
         if resume is None:
             tracker.log_params(run_params(plan, selection))
             tracker.set_tags({f"compute.{k}": v for k, v in compute_description(device).items()})
-            tracker.log_dataset(selection)
+            tracker.log_dataset(selection, dataset_name(plan))
             if plan.dataset is not None:
                 tracker.log_chips(chipset.open_dataset(plan.dataset).path)
         config = train_config(plan, settings, data["train"])
@@ -225,7 +225,11 @@ def train_and_register(
         tracker.set_tags({"compute.precision": mode})
         if resume is None and plan.dataset is not None:
             tracker.log_params(
-                {"epochs_for_steps": config.epochs, "class_weights": config.class_weights}
+                {
+                    "epochs_for_steps": config.epochs,
+                    "patience_for_steps": config.patience,
+                    "class_weights": config.class_weights,
+                }
             )
         if plan.family == "keras":
             from eostream.trainer import keras_family
@@ -321,7 +325,10 @@ def _fit_torch(
         tracker.log_artifact(onnx_path, "onnx")
         tracker.log_onnx_model(onnx_path, data["test"].x[:2].numpy())
     metrics = {
+        # epochs count from 1; the per-epoch metrics' steps from 0 (MLflow's and keras' habit):
+        # best_step is the step of the kept epoch's val_* figures
         "best_epoch": float(history.best_epoch + 1),
+        "best_step": float(history.best_epoch),
         "epochs_run": float(len(history.epochs)),
         "train_images_per_second": history.images_per_second,
         "onnx_max_abs_diff": check.max_abs_diff,
@@ -379,14 +386,29 @@ def train_config(plan: TrainingPlan, settings: TrainerSettings, train: PatchTens
     )
 
 
+def dataset_name(plan: TrainingPlan) -> str:
+    """The run's dataset input: the EuroSAT band set, or the chip dataset's folder."""
+    if plan.dataset is None:
+        return f"eurosat-{plan.band_set}"
+    return f"chips-{chipset.open_dataset(plan.dataset).path.parent.name}"
+
+
 def run_params(plan: TrainingPlan, selection: Selection) -> dict[str, object]:
     params: dict[str, object] = {k: v for k, v in asdict(plan).items() if k != "classes"}
     params["classes"] = ",".join(plan.classes)
     params["dataset_digest"] = selection.table.digest
     params["selection_digest"] = selection.digest
     params["gate_holdout_excluded"] = len(selection.spec.exclude)
-    if selection.spec.train_only:
-        params["base_model_train_patches"] = len(selection.spec.train_only)
+    if selection.spec.train_only:  # a fine-tune: where the base's training patches went
+        base = set(selection.spec.train_only)
+        params["base_model_train_patches"] = len(base)
+        held = {s: sum(place_key(p.class_name, p.href) in base for p in selection.of(s))
+                for s in ("train", "val", "test")}  # fmt: skip
+        params["base_model_patches_in_train"] = held["train"]
+        params["base_model_patches_held_out"] = held["val"] + held["test"]  # 0: never scored on
+    if plan.dataset is not None:  # chips keep the splits they were cut with
+        params["split"] = "recorded"
+        params["dataset"] = str(Path(plan.dataset).resolve())
     for split, count in selection.counts().items():
         params[f"n_{split}"] = count
     return params

@@ -30,7 +30,13 @@ from eostream.trainer.augment import training_augmentation
 from eostream.trainer.bands import band_set_bands
 from eostream.trainer.cards import card_scaling, chip_card
 from eostream.trainer.datasets import UNKNOWN, PatchTensors
-from eostream.trainer.pipeline import Outcome, StartedCallback, run_params, select_and_load
+from eostream.trainer.pipeline import (
+    Outcome,
+    StartedCallback,
+    dataset_name,
+    run_params,
+    select_and_load,
+)
 from eostream.trainer.pixel import (
     SKOPS_TRUSTED,
     PixelModel,
@@ -227,7 +233,7 @@ def _fit_and_register(
         tracker.set_tags(
             {"compute.sklearn": sklearn.__version__, "compute.threads": str(settings.num_threads)}
         )
-        tracker.log_dataset(selection)
+        tracker.log_dataset(selection, dataset_name(plan))
         if plan.dataset is not None:
             tracker.log_chips(chipset.open_dataset(plan.dataset).path)
         fit_started = time.perf_counter()

@@ -40,12 +40,13 @@ class RegisteredVersion:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
-    """``models:/NAME/VERSION`` or ``models:/NAME@alias`` -> (name, version, alias)."""
+def parse_model_uri(uri: str, what: str = "base_model") -> tuple[str, str | None, str | None]:
+    """``models:/NAME/VERSION`` or ``models:/NAME@alias`` -> (name, version, alias); ``what``
+    names the URI in an error (the request's field, or the CLI's option)."""
     match = _MODEL_URI.match(uri)
     if match is None:
         raise BadTrainingRequestError(
-            f"base_model {uri!r} is not models:/NAME/VERSION or models:/NAME@alias"
+            f"{what} {uri!r} is not models:/NAME/VERSION or models:/NAME@alias"
         )
     return match["name"], match["version"], match["alias"]
 
@@ -79,6 +80,7 @@ def version_description(card: ModelCard, selection: Selection, test_accuracy: fl
             f"{selection.table.band_set} catalogue `{selection.table.path.name}` "
             f"(dataset digest `{selection.table.digest}`, selection digest "
             f"`{selection.digest}`); gate hold-out excluded: {len(spec.exclude)} files.",
+            *(["", f"Started from {card.pretrained_source}."] if card.pretrained_source else []),
             "",
             f"Test accuracy {test_accuracy:.4f}.",
         ]
@@ -105,9 +107,9 @@ def find_registered(
     return None
 
 
-def base_version(client: MlflowClient, uri: str) -> Any:
+def base_version(client: MlflowClient, uri: str, what: str = "base_model") -> Any:
     """The registered version ``models:/NAME/VERSION`` (or ``@alias``) names."""
-    name, version, alias = parse_model_uri(uri)
+    name, version, alias = parse_model_uri(uri, what)
     try:
         return (
             client.get_model_version(name, version)
@@ -115,19 +117,22 @@ def base_version(client: MlflowClient, uri: str) -> Any:
             else client.get_model_version_by_alias(name, alias or "")
         )
     except MlflowException as exc:
-        raise BadTrainingRequestError(f"base_model {uri}: {exc.message}") from exc
+        raise BadTrainingRequestError(f"{what} {uri}: {exc.message}") from exc
 
 
-def load_base(client: MlflowClient, uri: str) -> tuple[EuroSATNet, ModelCard]:
-    """The model and card of ``models:/NAME/VERSION`` (or ``@alias``) to fine-tune from."""
+def load_base(
+    client: MlflowClient, uri: str, what: str = "base_model"
+) -> tuple[EuroSATNet, ModelCard]:
+    """The model and card of ``models:/NAME/VERSION`` (or ``@alias``) to fine-tune from (or to
+    evaluate: ``what`` names the URI in an error)."""
     import mlflow.pytorch
 
-    mv = base_version(client, uri)
+    mv = base_version(client, uri, what)
     if tags.MODEL_CARD not in mv.tags:
-        raise BadTrainingRequestError(f"base_model {uri} has no {tags.MODEL_CARD} tag")
+        raise BadTrainingRequestError(f"{what} {uri} has no {tags.MODEL_CARD} tag")
     model = mlflow.pytorch.load_model(f"models:/{mv.name}/{mv.version}", map_location="cpu")
     if not isinstance(model, EuroSATNet):
-        raise BadTrainingRequestError(f"base_model {uri} is not an eostream EuroSATNet")
+        raise BadTrainingRequestError(f"{what} {uri} is not an eostream EuroSATNet")
     return model, ModelCard.from_json(mv.tags[tags.MODEL_CARD])
 
 

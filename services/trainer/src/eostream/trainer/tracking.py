@@ -52,6 +52,17 @@ def is_transient(exc: BaseException) -> bool:
     return errors.is_transient(exc)
 
 
+def same_param(held: str, value: str) -> bool:
+    """Whether a logged parameter and a new one are the same value: the same text, or the same
+    number written otherwise (``1e-3`` and ``0.001``, ``07`` and ``7``)."""
+    if held == value:
+        return True
+    try:
+        return float(held) == float(value)
+    except ValueError:
+        return False
+
+
 def code_version() -> provenance.CodeVersion:
     """The package version and git commit every run records (the image's baked commit where
     there is no checkout), and the checkout's uncommitted diff."""
@@ -159,7 +170,15 @@ class Tracker:
         return registered.find_registered(self.client, self.experiment_id, name, request_id)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+        """Log ``params``, less those the run already holds with the same value: ``mlflow run``
+        logs the MLproject's parameters as they were typed (``-P learning_rate=1e-3``) before
+        the trainer logs its own (``0.001``), and MLflow refuses to change a parameter."""
+        values = {k: str(v)[:6000] for k, v in params.items()}
+        active = mlflow.active_run()
+        held = self.client.get_run(active.info.run_id).data.params if active else {}
+        fresh = {k: v for k, v in values.items() if k not in held or not same_param(held[k], v)}
+        if fresh:
+            mlflow.log_params(fresh)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
@@ -189,7 +208,9 @@ class Tracker:
     def set_tags(self, tags: Mapping[str, str]) -> None:
         mlflow.set_tags(dict(tags))
 
-    def log_dataset(self, selection: Selection) -> None:
+    def log_dataset(self, selection: Selection, name: str | None = None) -> None:
+        """The selected patches (or chips) as the run's training input, named ``name``
+        (default: ``eurosat-<band set>``), and their split as ``dataset/split.csv``."""
         import pandas as pd  # type: ignore[import-untyped]
         from mlflow.data.pandas_dataset import from_pandas
 
@@ -201,7 +222,7 @@ class Tracker:
             frame,
             source=str(selection.table.path),
             targets="label",
-            name=f"eurosat-{selection.spec.band_set}",
+            name=name or f"eurosat-{selection.spec.band_set}",
             digest=selection.digest[:32],
         )
         mlflow.log_input(dataset, context="training")
@@ -396,9 +417,9 @@ class Tracker:
     def version_tags(self, name: str, version: str) -> dict[str, str]:
         return dict(self.client.get_model_version(name, version).tags)
 
-    def load_base(self, uri: str) -> tuple[EuroSATNet, ModelCard]:
+    def load_base(self, uri: str, what: str = "base_model") -> tuple[EuroSATNet, ModelCard]:
         """The model and card of ``models:/NAME/VERSION`` (or ``@alias``) to fine-tune from."""
-        return registered.load_base(self.client, uri)
+        return registered.load_base(self.client, uri, what)
 
     def recorded_split(self, uri: str) -> tuple[str, list[dict[str, str]] | str]:
         """The run id of the version ``uri`` and its run's ``dataset/split.csv`` rows."""

@@ -26,6 +26,7 @@ import pytest
 import rasterio
 import typer
 import xarray as xr
+from PIL import Image
 from pydantic import SecretStr
 from rasterio.windows import Window
 from typer.testing import CliRunner
@@ -178,6 +179,9 @@ async def test_the_areas_of_twelve_dates_are_the_sums_of_the_per_scene_statistic
     body = response.json()
     assert [d["date"] for d in body["dates"]] == list(DATES)
     assert [e["name"] for e in body["legend"]][-1] == UNCERTAIN
+    # every map names its model, and all twelve are one model's: a series of like with like
+    [one] = body["models"]
+    assert all(d["models"] == [one] for d in body["dates"]) and one.startswith("areas v")
     totals: dict[str, float] = {}
     expected: dict[str, float] = {}
     for entry in body["dates"]:
@@ -225,7 +229,12 @@ async def test_the_areas_of_twelve_dates_are_the_sums_of_the_per_scene_statistic
         result = await asyncio.to_thread(runner.invoke, results_cli, args)
         if rows_expected:
             assert result.exit_code == 0, result.output
-            assert len(result.output.strip().splitlines()) == 1 + rows_expected
+            lines = result.output.strip().splitlines()
+            assert len(lines) == 1 + rows_expected
+            # which result (so which model version) each date's areas come from
+            assert lines[0].endswith(",results") and "note:" not in result.output
+            first = next(csv.DictReader(io.StringIO("\n".join(lines[:2]))))
+            assert first["results"] == " ".join(body["dates"][0]["results"])
         else:
             assert result.exit_code == 2 and "no result map meets the area" in result.output
 
@@ -294,6 +303,13 @@ async def test_the_change_matrix_of_two_dates_and_its_map(twelve: Served) -> Non
 
     png = await get(change["links"]["map"])
     assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+    with Image.open(io.BytesIO(png.content)) as picture:  # says what it compares
+        texts = dict(picture.text)  # type: ignore[attr-defined]
+        colours = picture.getpalette() or []
+    assert texts["a"].startswith(change["a"]) and texts["b"].startswith(change["b"])
+    assert " v" in texts["a"] and "run " in texts["a"]
+    unchanged = tuple(colours[3 * 251 : 3 * 251 + 3])  # its own grey, not a class's colour
+    assert unchanged == (205, 205, 205) and "light grey" in texts["description"]
     cog = await get(change["links"]["cog"])
     assert cog.status_code == 200
     with rasterio.MemoryFile(cog.content) as mem, mem.open() as ds:

@@ -164,6 +164,14 @@ async def test_two_models_with_one_version_keep_their_own_results(
                 assert linked.content == cogs[model]
         item = (await _ok(client, f"/results/{SCENE}/item", **which)).json()
         assert item["properties"]["eostream:model_name"] == model
+        # served as the STAC API serves it: hrefs a client can follow, not the store's paths
+        asset = item["assets"]["classification"]
+        assert asset["href"].startswith("http://test/results/"), asset
+        assert asset["alternate"]["storage"]["href"].startswith("file://"), asset
+        self_link = next(link["href"] for link in item["links"] if link["rel"] == "self")
+        assert (
+            self_link == f"http://test/stac/collections/{settings.collection_id}/items/{record.id}"
+        )
         stats = (await _ok(client, f"/results/{SCENE}/statistics", **which)).json()
         assert stats == record.stats
         cog = await _ok(client, f"/results/{SCENE}/cog", **which)

@@ -153,6 +153,8 @@ async def test_bad_filters_and_geometries_answer_400(stac: str) -> None:
              "'abc' is not a timestamp"),
             (client.get(f"{stac}/search", params={"sortby": "-"}),
              "has an empty field"),
+            (client.get(f"{stac}/search", params={"sortby": "-eostream:mean_confidance"}),
+             "'eostream:mean_confidance' is not a queryable"),
             (client.post(f"{stac}/search", json={"intersects": {"type": "Point", "coordinates": [[0, 0]]}}),  # noqa: E501
              "nest 1 deep where its type puts positions 0 deep"),
             (client.get(f"{stac}/search", params={"bbox": "170,-10,-170,10"}),
@@ -165,6 +167,21 @@ async def test_bad_filters_and_geometries_answer_400(stac: str) -> None:
             assert answer.status_code == 400, answer.text
             body = answer.json()
             assert set(body) == {"code", "description"} and message in body["description"], body
+        # a class share sorts (it exists only in the items as served, not as stored)
+        shares = [
+            k
+            for k in (await client.get(f"{stac}/queryables")).json()["properties"]
+            if k.startswith("eostream:share:")
+        ]
+        distinct = 0
+        for share in shares:
+            for sign, descending in (("-", True), ("+", False)):
+                params = {"sortby": f"{sign}{share}"}
+                page = (await client.get(f"{stac}/search", params=params)).json()
+                got = [f["properties"].get(share) for f in page["features"]]
+                assert got == sorted(got, reverse=descending) and len(got) == 3, (share, got)
+            distinct += len(set(got)) > 1
+        assert distinct, "no share tells the items apart: the sort would not be seen"
         # nothing was disturbed: the same searches still answer everything
         assert (await client.get(f"{stac}/search")).json()["numberMatched"] == 3
         assert (await client.get(f"{stac}/queryables")).status_code == 200

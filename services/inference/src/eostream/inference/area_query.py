@@ -34,7 +34,8 @@ from eostream.shared.storage import ObjectStore
 MAX_RESULTS = 1000
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 #: the change map's palette entry of pixels whose class did not change
-UNCHANGED, UNCHANGED_COLOUR = 251, (250, 250, 250)
+#: (a light grey: no class's colour, the near-white of "cloud" included)
+UNCHANGED, UNCHANGED_COLOUR = 251, (205, 205, 205)
 
 
 def class_names(record: ResultRecord) -> tuple[str, ...]:
@@ -229,6 +230,8 @@ class Change:
     km2: np.ndarray[Any, np.dtype[np.float64]]
     a: areas.AreaMap
     b: areas.AreaMap
+    #: the two results compared (from, to)
+    records: tuple[ResultRecord, ResultRecord]
 
     def body(self) -> dict[str, Any]:
         same = np.eye(len(self.values), dtype=bool)
@@ -263,18 +266,25 @@ def change(
         raise BadInputError(f"the area does not meet the maps of {a.id} and {b.id}")
     values = [*range(len(names_a)), UNCERTAIN]
     pixels, km2 = areas.transitions(map_a.labels, map_b.labels, map_a.inside, map_a.row_km2, values)
-    return Change((*names_a, writer.UNCERTAIN_NAME), values, pixels, km2, map_a, map_b)
+    names = (*names_a, writer.UNCERTAIN_NAME)
+    return Change(names, values, pixels, km2, map_a, map_b, (a, b))
 
 
 def change_png(found: Change) -> bytes:
-    """Changed pixels in the colour of their new class, unchanged ones near-white, the rest
-    (outside the area, nodata in either map) transparent; the legend names the new classes."""
+    """Changed pixels in the colour of their new class, unchanged ones light grey, the rest
+    (outside the area, nodata in either map) transparent; the legend names the new classes and
+    "unchanged", and a caption the two results compared."""
     a, b, inside = found.a.labels, found.b.labels, found.a.inside
     valid = inside & (a != NODATA) & (b != NODATA)
     image = np.full(a.shape, NODATA, np.uint8)
     image[valid] = np.where(a[valid] == b[valid], UNCHANGED, b[valid])
     names = found.names[:-1]
-    picture = writer.with_legend(Image.fromarray(image, mode="P"), names)
+    picture = writer.with_legend(
+        Image.fromarray(image, mode="P"), names, ((UNCHANGED, "unchanged"),)
+    )
+    first, second = found.records
+    caption = f"{first.id} -> {second.id}"
+    picture = writer.with_caption(picture, caption)
     palette = [0] * 768
     for index, (r, g, bl, _alpha) in writer.colormap(names).items():
         palette[index * 3 : index * 3 + 3] = [r, g, bl]
@@ -285,9 +295,14 @@ def change_png(found: Change) -> bytes:
     text = PngImagePlugin.PngInfo()
     text.add_text(
         "description",
-        "changed pixels in the colour of their class in b; unchanged pixels near-white "
-        "(250,250,250); transparent: outside the area or unlabelled in either map",
+        "changed pixels in the colour of their class in b; unchanged pixels light grey "
+        f"{UNCHANGED_COLOUR}; transparent: outside the area or unlabelled in either map",
     )
+    for key, record in zip(("a", "b"), found.records, strict=True):  # what it compares
+        text.add_text(
+            key,
+            f"{record.id} (model {record.model_name} v{record.model_version}, run {record.run_id})",
+        )
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG", transparency=NODATA, pnginfo=text)
     return buffer.getvalue()

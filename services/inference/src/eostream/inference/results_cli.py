@@ -120,7 +120,8 @@ def _plot(body: dict[str, Any], area: dict[str, Any], out: Path) -> None:
     colours = ["#" + e["color_hint"] for e in body["legend"]]
     table = [[d["classes"][n]["km2"] for n in names] for d in body["dates"]]
     try:
-        plot_areas([d["date"] for d in body["dates"]], names, colours, table, out, _title(area))
+        title = _title(area, _models(body))
+        plot_areas([d["date"] for d in body["dates"]], names, colours, table, out, title)
     except ImportError as exc:
         raise _fail(f"{exc.name} is missing: install eostream-inference[maps]") from None
     except OSError as exc:
@@ -135,9 +136,10 @@ def _span(body: dict[str, Any]) -> list[str]:
     return [dates[0], dates[-1]] if dates else []
 
 
-def _title(area: dict[str, Any]) -> str:
+def _title(area: dict[str, Any], models: list[str] | None = None) -> str:
     where = f"bbox {area['bbox']}" if "bbox" in area else "the given area"
-    return f"Class areas over time, {where}"
+    by = f"\nmaps of {', '.join(models)}" if models else ""
+    return f"Class areas over time, {where}{by}"
 
 
 @app.command()
@@ -152,11 +154,29 @@ def aggregate(
     """Print km2 per class per acquisition date (CSV: date,class,km2,pixels, and the date's
     mapped area and unlabelled pixels: a cloudy date is not a loss of every class)."""
     body = _aggregate(url, _area(bbox, intersects), datetime, model_version, model_name)
-    typer.echo("date,class,km2,pixels,area_km2,area_pixels,nodata_pixels")
+    _warn_mixed(body)
+    typer.echo("date,class,km2,pixels,area_km2,area_pixels,nodata_pixels,results")
     for entry in body["dates"]:
         whole = f"{entry['area_km2']},{entry['area_pixels']},{entry['nodata_pixels']}"
+        ids = " ".join(entry["results"])
         for name, value in entry["classes"].items():
-            typer.echo(f"{entry['date']},{name},{value['km2']},{value['pixels']},{whole}")
+            typer.echo(f"{entry['date']},{name},{value['km2']},{value['pixels']},{whole},{ids}")
+
+
+def _models(body: dict[str, Any]) -> list[str]:
+    """The models of the maps (NAME vVERSION); a server before had no such field: none."""
+    return list(body.get("models") or [])
+
+
+def _warn_mixed(body: dict[str, Any]) -> None:
+    """One line on stderr when the dates were mapped by more than one model version."""
+    models = _models(body)
+    if len(models) > 1:
+        typer.echo(
+            f"note: the dates were mapped by {len(models)} models ({', '.join(models)}): a change "
+            "may be the models', not the land's; --model-name and --model-version pick one",
+            err=True,
+        )
 
 
 @app.command()
@@ -171,7 +191,9 @@ def plot(
 ) -> None:
     """Plot the class areas of an area over time (PNG, the maps' class colours)."""
     area = _area(bbox, intersects)
-    _plot(_aggregate(url, area, datetime, model_version, model_name), area, out)
+    body = _aggregate(url, area, datetime, model_version, model_name)
+    _warn_mixed(body)
+    _plot(body, area, out)
 
 
 @app.command()
@@ -202,6 +224,7 @@ def cube(
         )
     area = _area(bbox, intersects)
     body = _aggregate(url, area, datetime, model_version, model_name)
+    _warn_mixed(body)
     names = tuple(e["name"] for e in body["legend"] if e["name"] != "uncertain")
     todo = [
         (d, r, m, tuple(c) if c else names)  # each map's own classes (a server before: the legend)

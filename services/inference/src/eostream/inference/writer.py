@@ -280,13 +280,18 @@ def quicklook_png(
     return buffer.getvalue()
 
 
-def with_legend(map_image: Image.Image, names: tuple[str, ...]) -> Image.Image:
+def with_legend(
+    map_image: Image.Image,
+    names: tuple[str, ...],
+    extra: tuple[tuple[int, str], ...] = (),
+) -> Image.Image:
     """``map_image`` (mode P, class values) with a legend panel to its right: one row per class
-    and one for "uncertain", each a swatch of the class's palette entry and its name."""
+    and one for "uncertain" (then ``extra``: (palette entry, name)), each a swatch of its palette
+    entry and its name."""
     if len(names) >= LEGEND_BACKGROUND:  # no free palette entry left for the panel
         return map_image
     font = ImageFont.load_default(size=_LEGEND_FONT_SIZE)
-    entries = [*enumerate(names), (UNCERTAIN, UNCERTAIN_NAME)]
+    entries = [*enumerate(names), (UNCERTAIN, UNCERTAIN_NAME), *extra]
     row = _LEGEND_SWATCH + 4
     text_width = max(int(np.ceil(font.getlength(name))) for _, name in entries)
     panel_w = _LEGEND_PAD * 4 + _LEGEND_SWATCH + text_width

@@ -70,6 +70,11 @@ class DateAreas(BaseModel):
         description="each map's classes, by pixel value (its model's; the legend's values are "
         "positions in all the classes seen)",
     )
+    models: list[str] = Field(
+        default_factory=list,
+        description="each map's model, NAME vVERSION: dates mapped by other models differ by "
+        "their models too",
+    )
     area_pixels: int = Field(description="pixels of the maps inside the area")
     area_km2: float
     nodata_pixels: int = Field(description="of those, pixels without a label (masked, nodata)")
@@ -87,7 +92,14 @@ class Aggregate(BaseModel):
 
     area: dict[str, Any] = Field(description="the area, a GeoJSON geometry (WGS84)")
     datetime: str | None
-    model_version: str | None = Field(description="null: each scene's latest result")
+    model_version: str | None = Field(
+        description="null: each scene's map (the served model's result, else its latest)"
+    )
+    models: list[str] = Field(
+        default_factory=list,
+        description="the models of all the maps, NAME vVERSION; more than one: a change over "
+        "time may be the models', not the land's (ask for one model_name and model_version)",
+    )
     legend: list[LegendEntry] = Field(description="the classes of the results, then uncertain")
     dates: list[DateAreas]
 
@@ -249,6 +261,7 @@ def _aggregate(
         area=geometry,
         datetime=datetime,
         model_version=model_version,
+        models=sorted({f"{r.model_name} v{r.model_version}" for e in entries for r in e.records}),
         legend=[LegendEntry(**e) for e in _legend(known)],
         dates=[
             DateAreas(
@@ -265,6 +278,7 @@ def _aggregate(
                     for r in e.records
                 ],
                 map_classes=[list(area_query.class_names(r)) for r in e.records],
+                models=[f"{r.model_name} v{r.model_version}" for r in e.records],
                 area_pixels=e.area_pixels,
                 area_km2=e.area_km2,
                 nodata_pixels=e.nodata_pixels,
@@ -302,17 +316,9 @@ def _pair(
     """The two results and their change, within the budget until the block ends (the map and
     the COG are drawn from the maps read)."""
     geometry = parse_area(bbox, intersects) if bbox is not None or intersects is not None else None
-    first, second = (
-        area_query.resolve(
-            results,
-            ref,
-            geometry,
-            model_version=model_version,
-            model_name=model_name,
-            served=served,
-        )  # fmt: skip
-        for ref in (a, b)
-    )
+    which = {"model_version": model_version, "model_name": model_name}
+    first = area_query.resolve(results, a, geometry, served=served, **which)
+    second = area_query.resolve(results, b, geometry, served=served, **which)
     how = (
         "give an area (bbox or intersects) around what you compare"
         if geometry is None

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from eostream.inference import writer
-from eostream.inference.api.deps import Results, Served, Store
+from eostream.inference.api.deps import Results, Served, Settings, Store
 from eostream.inference.api.params import parse_bbox, parse_datetime
 from eostream.inference.api.ranges import ranged_object
 from eostream.inference.api.schemas import (
@@ -18,6 +19,7 @@ from eostream.inference.api.schemas import (
     Statistics,
     as_stored,
 )
+from eostream.inference.api.stac import served_item
 from eostream.inference.errors import BadInputError, ResultNotFoundError
 from eostream.inference.results import ResultQuery, ResultRecord
 from eostream.shared.errors import ObjectNotFoundError
@@ -173,13 +175,21 @@ def get_result(
     "/{scene_id}/item", summary="The result STAC item", response_model=StacItem, responses=LOOKUP
 )
 def get_item(
+    request: Request,
     scene_id: str,
     results: Results,
+    settings: Settings,
     served: Served,
     model_version: Version = None,
     model_name: ModelName = None,
 ) -> Response:
-    return as_stored(_one(results, scene_id, model_version, model_name, served).item)
+    """The result item as the STAC API serves it: asset hrefs of this service (the object
+    store's kept as each asset's alternate), links to its STAC collection and root."""
+    record = _one(results, scene_id, model_version, model_name, served)
+    return Response(
+        json.dumps(served_item(request, settings, record)).encode(),
+        media_type="application/geo+json",
+    )
 
 
 @router.get(

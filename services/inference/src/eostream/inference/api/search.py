@@ -82,21 +82,26 @@ def search_records(
     hits = [r for r in candidates if area is None or area.intersects(footprint(r))]
     if where is not None:
         hits = [r for r in hits if where.matches(serve(r) if serve else r.item)]
+    # sorted on the items as served: their class shares (eostream:share:*) exist only there
+    items = {r.id: serve(r) if serve else r.item for r in hits} if sortby else {}
     for name, descending in reversed(sortby or []):  # stable sorts, last key first
-        present = [r for r in hits if sort_value(r, name) is not None]
-        missing = [r for r in hits if sort_value(r, name) is None]
-        present.sort(key=lambda r: sort_key(sort_value(r, name)), reverse=descending)
+        values = {r.id: sort_value(r.id, items[r.id], name) for r in hits}
+        present = [r for r in hits if values[r.id] is not None]
+        missing = [r for r in hits if values[r.id] is None]
+        present.sort(key=lambda r: sort_key(values[r.id]), reverse=descending)
         hits = present + missing  # items without the property come last either way
     return hits[query.offset : query.offset + query.limit], len(hits)
 
 
-def sort_value(record: ResultRecord, name: str) -> Any:
+def sort_value(item_id: str, item: dict[str, Any], name: str) -> Any:
     """An item's property for ``sortby``: ``id``, ``collection`` or a property, with or
     without the ``properties.`` prefix; scalars only."""
     if name == "id":
-        return record.id
+        return item_id
+    if name == "collection":
+        return item.get("collection")
     key = name.removeprefix("properties.")
-    value = record.item.get("properties", {}).get(key)
+    value = item.get("properties", {}).get(key)
     return value if isinstance(value, str | int | float) else None
 
 
@@ -104,7 +109,9 @@ def sort_key(value: str | int | float) -> tuple[int, int | float, str]:
     """A sort key that orders numbers among numbers (exactly: ints are not made floats) and text
     among text, numbers before text in ascending order (after it in descending): the same
     property may be a number in one item and text in another, and Python will not compare
-    the two."""
+    the two. Text of digits only (a model version) is its number."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return (0, int(value), "")  # a model version: "10" after "9"
     if isinstance(value, str):
         return (1, 0, value)
     return (0, value, "")

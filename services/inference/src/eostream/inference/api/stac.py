@@ -156,6 +156,13 @@ def public_base(request: Request, settings: Settings) -> str:
     return settings.public_url or str(request.base_url)
 
 
+def served_item(request: Request, settings: Settings, record: ResultRecord) -> dict[str, Any]:
+    """A result item as ``/stac/collections/{collection}/items/{id}`` serves it (asset hrefs of
+    this service, its STAC links), for the other routes that answer with one."""
+    request.state.public_base = public_base(request, settings)
+    return _item(request, record, settings.collection_id)
+
+
 def _item(request: Request, record: ResultRecord, collection_id: str) -> dict[str, Any]:
     root = _root(request)
     item = public_item(record.item, request.state.public_base)
@@ -210,6 +217,20 @@ def _limit(limit: int) -> int:
     if limit < 1:
         raise BadInputError(f"limit must be at least 1, not {limit}")
     return min(limit, MAX_LIMIT)
+
+
+def _sortable(
+    keys: list[tuple[str, bool]] | None, results: Results
+) -> list[tuple[str, bool]] | None:
+    """``keys``, each a queryable (``/stac/queryables``: a misspelt field sorted nothing and
+    answered 200); the footprint is not sortable."""
+    known = set(filters.known_properties(class_names(results))) - {"geometry"}
+    for name, _ in keys or []:
+        if name.removeprefix("properties.") not in known:
+            raise BadInputError(
+                f"sortby {name!r} is not a queryable property (see /stac/queryables)"
+            )
+    return keys
 
 
 def _refuse_unsupported(names: Any) -> None:
@@ -348,7 +369,7 @@ def _search(
     _prepare(request, settings, results)
     request.state.filter = _filter(request, results, body.filter, body.filter_lang, body.filter_crs)
     request.state.intersects = parse_intersects(body.intersects)
-    request.state.sortby = parse_sortby(body.sortby)
+    request.state.sortby = _sortable(parse_sortby(body.sortby), results)
     request.state.fields = parse_fields(body.fields)
     page = _page(request, query, settings.collection_id, None)
     if body.token + page["numberReturned"] < page["numberMatched"]:

@@ -87,6 +87,9 @@ async def test_results_filters_and_errors(
     assert bad_bbox.status_code == 400 and bad_bbox.json()["code"] == "bad_input"
     bad_time = await client.get("/results", params={"datetime": "yesterday"})
     assert bad_time.status_code == 400
+    misspelt = await client.get("/results", params={"class": name.lower() + "x"})
+    assert misspelt.status_code == 400 and "unknown class" in misspelt.json()["description"]
+    assert name in misspelt.json()["description"]  # the classes there are
     missing = await client.get("/results/nope/cog")
     assert missing.status_code == 404 and missing.json()["code"] == "not_found"
     metrics = (await client.get("/metrics")).text

@@ -122,7 +122,7 @@ async def test_real_tile_end_to_end(
     }
     assert props["eostream:level_mismatch"].startswith("adapt")
     derived = {link["href"] for link in result["links"] if link["rel"] == "derived_from"}
-    assert derived == {str(rkh_item), promoted.mlm_item_href}
+    assert derived == {rkh_item.as_uri(), promoted.mlm_item_href}  # URIs, not bare paths
 
     # REST
     r = await client.get("/results/S2A_29RKH_20200219_0_L2A")

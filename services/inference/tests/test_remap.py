@@ -51,7 +51,7 @@ async def test_a_better_labels_model_maps_the_earlier_scenes_again(
         if isinstance(e, SceneDiscovered) and e.source_name == SOURCE
     ]
     assert [(e.item_id, e.item_href, e.processing_level) for e in remapped] == [
-        (SCENE, str(rkh_item), "L2A")
+        (SCENE, rkh_item.as_uri(), "L2A")  # its result links the scene by URI
     ]
     done = [e for e in _events(bus, topics.SCENES_CLASSIFIED) if isinstance(e, SceneClassified)]
     assert [(e.item_id, e.model_version) for e in done] == [(SCENE, "1"), (SCENE, "2")]

@@ -193,3 +193,21 @@ async def test_cql2_json_in_a_get_is_its_json_text(stac: str) -> None:
         r = await client.get(f"{stac}/search", params={"filter": expr, "filter-lang": "cql2-json"})
     assert r.status_code == 200
     assert {f["properties"]["eostream:model_version"] for f in r.json()["features"]} == {"2"}
+
+
+async def test_the_collection_says_where_and_when_its_results_are(stac: str) -> None:
+    """Its extent is that of the results (the whole Earth and an open interval said nothing)."""
+    async with httpx.AsyncClient() as client:
+        [collection] = (await client.get(f"{stac}/collections")).json()["collections"]
+        items = (await client.get(f"{stac}/search")).json()["features"]
+    [box] = collection["extent"]["spatial"]["bbox"]
+    assert box == [
+        min(i["bbox"][0] for i in items),
+        min(i["bbox"][1] for i in items),
+        max(i["bbox"][2] for i in items),
+        max(i["bbox"][3] for i in items),
+    ]
+    assert 2.7 < box[0] < box[2] < 2.9 and 42.3 < box[1] < box[3] < 42.4  # Boadella
+    [[first, last]] = collection["extent"]["temporal"]["interval"]
+    assert first.startswith("2020-06-21T") and last.startswith("2020-09-14T")
+    assert first.endswith("Z") and "EuroSAT" not in collection["description"]

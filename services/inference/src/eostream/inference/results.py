@@ -374,6 +374,23 @@ def class_names(results: ResultsStore) -> list[str]:
         return [str(row[0]) for row in conn.execute(stmt)]
 
 
+def extent(
+    results: ResultsStore,
+) -> tuple[list[float] | None, list[str | None]]:
+    """The indexed results' extent, as a STAC collection says it: their bbox (None without any)
+    and first and last acquisition time (RFC 3339, None where unknown)."""
+    c = results_table.c
+    stmt = sa.select(
+        sa.func.min(c.minx), sa.func.min(c.miny), sa.func.max(c.maxx), sa.func.max(c.maxy),
+        sa.func.min(c.datetime), sa.func.max(c.datetime),
+    )  # fmt: skip
+    with results.engine.connect() as conn:
+        row = conn.execute(stmt).one()
+    box = [float(v) for v in row[:4]] if all(v is not None for v in row[:4]) else None
+    times = [_utc(v).isoformat().replace("+00:00", "Z") if v else None for v in row[4:]]
+    return box, times
+
+
 def build_results_store(url: str) -> ResultsStore:
     store: SqlResultsStore
     if url.startswith("sqlite"):

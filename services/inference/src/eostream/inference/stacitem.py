@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 from importlib import metadata
+from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlparse
 
 import pystac
 
@@ -42,6 +43,14 @@ def scene_properties(props: dict[str, Any]) -> dict[str, Any]:
 
 def result_item_id(scene_id: str, model_name: str, version: str) -> str:
     return f"{scene_id}__{model_name}__v{version}"
+
+
+def link_uri(href: str) -> str:
+    """``href`` as a link may carry it: a local path as a ``file://`` URI (a bare path in a
+    link is read relative to the item's own href, and led clients nowhere); URIs as they are."""
+    if not href or len(urlparse(href).scheme) > 1:  # a URI (file://, s3://, models:/...)
+        return href
+    return Path(href).absolute().as_uri()
 
 
 def build_result_item(
@@ -97,14 +106,17 @@ def build_result_item(
         item.add_link(pystac.Link("collection", collection_href, media_type="application/json"))
     item.add_link(
         pystac.Link(
-            "derived_from", scene_href, media_type="application/geo+json", title="source scene"
+            "derived_from",
+            link_uri(scene_href),
+            media_type="application/geo+json",
+            title="source scene",
         )
     )
     if info.mlm_item_href:
         item.add_link(
             pystac.Link(
                 "derived_from",
-                info.mlm_item_href,
+                link_uri(info.mlm_item_href),
                 media_type="application/geo+json",
                 title=MODEL_LINK_TITLE,
             )

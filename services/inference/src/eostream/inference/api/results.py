@@ -21,7 +21,7 @@ from eostream.inference.api.schemas import (
 )
 from eostream.inference.api.stac import served_item
 from eostream.inference.errors import BadInputError, ResultNotFoundError
-from eostream.inference.results import ResultQuery, ResultRecord
+from eostream.inference.results import ResultQuery, ResultRecord, class_names
 from eostream.shared.errors import ObjectNotFoundError
 from eostream.shared.http_errors import error_responses
 
@@ -81,6 +81,12 @@ def search_results(
 ) -> dict[str, Any]:
     if min_share is not None and class_name is None:
         raise BadInputError("min_share needs class (for example ?class=Forest&min_share=0.2)")
+    if class_name is not None:  # a misspelt class matched nothing and answered 200
+        known = class_names(results)
+        if known and class_name not in known:
+            raise BadInputError(
+                f"unknown class {class_name!r}; the results' classes: {', '.join(known)}"
+            )
     start, end = parse_datetime(datetime)
     query = ResultQuery(
         scene_id=scene_id,

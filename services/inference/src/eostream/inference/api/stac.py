@@ -32,7 +32,7 @@ from eostream.inference.api.search_params import (
     pick_fields,
 )
 from eostream.inference.errors import BadInputError, ResultNotFoundError
-from eostream.inference.results import ResultQuery, ResultRecord, class_names
+from eostream.inference.results import ResultQuery, ResultRecord, class_names, extent
 from eostream.inference.stacitem import public_item
 from eostream.shared.http_errors import error_responses
 
@@ -98,17 +98,19 @@ def conformance() -> dict[str, Any]:
     return {"conformsTo": CONFORMS}
 
 
-def _collection(request: Request, collection_id: str) -> dict[str, Any]:
+def _collection(request: Request, collection_id: str, results: Results) -> dict[str, Any]:
     root = _root(request)
+    box, times = extent(results)  # of the results there are (the whole Earth before any)
     return {
         "type": "Collection",
         "stac_version": STAC_VERSION,
         "id": collection_id,
-        "description": "Land-cover classifications of Sentinel-2 scenes (EuroSAT classes)",
+        "description": "Land-cover maps of Sentinel-2 scenes, each in the classes of the model "
+        "that made it (eostream:model_name, eostream:model_version)",
         "license": "proprietary",
         "extent": {
-            "spatial": {"bbox": [[-180, -90, 180, 90]]},
-            "temporal": {"interval": [[None, None]]},
+            "spatial": {"bbox": [box or [-180, -90, 180, 90]]},
+            "temporal": {"interval": [times]},
         },
         "links": [
             _link("self", f"{root}/collections/{collection_id}"),
@@ -125,9 +127,9 @@ def _collection(request: Request, collection_id: str) -> dict[str, Any]:
 
 
 @router.get("/collections", summary="Collections", response_model=Collections)
-def collections(request: Request, settings: Settings) -> dict[str, Any]:
+def collections(request: Request, settings: Settings, results: Results) -> dict[str, Any]:
     return {
-        "collections": [_collection(request, settings.collection_id)],
+        "collections": [_collection(request, settings.collection_id, results)],
         "links": [
             _link("self", f"{_root(request)}/collections"),
             _link("root", _root(request)),
@@ -146,9 +148,11 @@ def _check_collection(settings: Settings, collection_id: str) -> None:
     response_model=Collection,
     responses=LOOKUP,
 )
-def collection(request: Request, collection_id: str, settings: Settings) -> dict[str, Any]:
+def collection(
+    request: Request, collection_id: str, settings: Settings, results: Results
+) -> dict[str, Any]:
     _check_collection(settings, collection_id)
-    return _collection(request, collection_id)
+    return _collection(request, collection_id, results)
 
 
 def public_base(request: Request, settings: Settings) -> str:

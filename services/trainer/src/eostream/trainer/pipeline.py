@@ -260,7 +260,8 @@ def train_and_register(
             **pixel_iou_metrics(results, card.classes),
             "run_time_seconds": time.perf_counter() - started,
         }
-        tracker.log_metrics(metrics)
+        # test_accuracy and best_val_accuracy are log_evaluation's: logged once, above
+        tracker.log_metrics({k: v for k, v in metrics.items() if k not in EVALUATION_METRICS})
         version = tracker.register(
             fitted.model_uri,
             plan.model_name,
@@ -384,6 +385,10 @@ def train_config(plan: TrainingPlan, settings: TrainerSettings, train: PatchTens
         patience=plan.patience * epochs // plan.epochs,
         class_weights=balanced_class_weights(train.y, len(plan.classes)),
     )
+
+
+#: figures log_evaluation logs itself (``<prefix>_accuracy``)
+EVALUATION_METRICS = ("test_accuracy", "best_val_accuracy")
 
 
 def dataset_name(plan: TrainingPlan) -> str:

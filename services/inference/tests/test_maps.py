@@ -132,6 +132,12 @@ def test_a_tuned_ndwi_threshold_is_chosen_on_the_other_dates_only() -> None:
     pooled = report.pooled("ndwi_tuned")
     assert pooled is not None
     assert (pooled == np.sum([t[1] for t in each if t is not None], axis=0)).all()
+    # a second item of a's date (another scene that day) does not tune a's threshold
+    twin = evaluation.ItemResult(
+        "a2", "a2", "a", reference.COMPLETE, 1, cm(1, 0, 0), cm(1, 0, 0), ndwi_sweep=sweep(0.5)
+    )
+    with_twin = evaluation.Report("m", "m", ref, items=[a, twin, b, c])
+    assert (t := with_twin.tuned_ndwi(a)) is not None and t[2] == ["b", "c"] and t[0] == -0.1
     # one complete date alone has no other date to tune on
     assert evaluation.Report("m", "m", ref, items=[a]).tuned_ndwi(a) is None
     assert evaluation.Report("m", "m", ref, items=[a]).pooled("ndwi_tuned") is None

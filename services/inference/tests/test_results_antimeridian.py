@@ -23,6 +23,7 @@ from eostream.inference.results import (
     ResultRecord,
     ResultsStore,
     build_results_store,
+    extent,
 )
 from eostream.inference.service import InferenceService
 from eostream.inference.settings import InferenceSettings
@@ -129,6 +130,18 @@ def _check(store: ResultsStore, model: str) -> None:
 
 def test_scenes_across_the_antimeridian_are_found_on_sqlite(tmp_path: Path) -> None:
     _check(build_results_store(f"sqlite:///{tmp_path}/results.db"), "m")
+
+
+def test_the_extent_of_results_across_the_antimeridian_holds_them(tmp_path: Path) -> None:
+    """min(west) and max(east) of boxes with west > east make a box that misses them: such an
+    extent spans every longitude."""
+    store = build_results_store(f"sqlite:///{tmp_path}/results.db")
+    assert extent(store) == (None, [None, None])  # nothing yet: the caller says the world
+    store.put(_record("west", SCENES["west"], "m"))
+    box, (first, last) = extent(store)
+    assert box == list(SCENES["west"]) and first == last == "2024-05-01T22:10:00Z"
+    store.put(_record("across", SCENES["across"], "m"))
+    assert extent(store)[0] == [-180.0, -17.0, 180.0, -16.0]
 
 
 @pytest.mark.stack

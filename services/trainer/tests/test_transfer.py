@@ -49,6 +49,8 @@ def test_fine_tune_ms13_from_registered_rgb(sqlite_settings: TrainerSettings) ->
     )
     base_uri = f"models:/{rgb.version.name}/{rgb.version.version}"
     base, base_card = tracker.load_base(base_uri)
+    # started from an alias: the lineage names the version it pointed at (the alias moves on)
+    tracker.client.set_registered_model_alias(rgb.version.name, "champion", rgb.version.version)
     ms = train_and_register(
         TrainingPlan(
             request_id="ms-tuned",
@@ -57,7 +59,7 @@ def test_fine_tune_ms13_from_registered_rgb(sqlite_settings: TrainerSettings) ->
             epochs=1,
             samples_per_class=20,
             batch_size=32,
-            base_model=base_uri,
+            base_model=f"models:/{rgb.version.name}@champion",
         ),
         sqlite_settings,
         tracker=tracker,

@@ -151,7 +151,10 @@ async function select(index, { fit = false } = {}) {
   }
   if (!same) showLayers(r); // a pan or zoom keeps the layers of the result shown
   // picked in the list: show where it is (far results are a pixel at the first view's zoom)
-  if (fit && r.bbox) map.fitBounds([[r.bbox[0], r.bbox[1]], [r.bbox[2], r.bbox[3]]], { padding: 20 });
+  // (a bbox across the antimeridian, west > east, would zoom out to the world: left as it is)
+  if (fit && r.bbox && r.bbox[0] <= r.bbox[2]) {
+    map.fitBounds([[r.bbox[0], r.bbox[1]], [r.bbox[2], r.bbox[3]]], { padding: 20 });
+  }
   $("result").hidden = false;
   $("result-title").textContent = r.scene_id;
   const facts = $("result-facts");
@@ -215,7 +218,7 @@ function showResults(results, total) {
 
 async function readServed() {
   try {
-    const models = await getJSON("models");
+    const models = await getJSON("models?limit=1"); // the deployed one; history: one row
     const d = models.deployed;
     state.served = d ? `${d.name}/${d.version}` : null;
   } catch {

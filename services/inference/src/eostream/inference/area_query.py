@@ -301,7 +301,8 @@ def change_png(found: Change) -> bytes:
     for key, record in zip(("a", "b"), found.records, strict=True):  # what it compares
         text.add_text(
             key,
-            f"{record.id} (model {record.model_name} v{record.model_version}, run {record.run_id})",
+            f"{record.id} (model {record.model_name} v{record.model_version}, "
+            f"run {record.run_id or 'none recorded'})",
         )
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG", transparency=NODATA, pnginfo=text)

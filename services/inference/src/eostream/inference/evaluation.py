@@ -123,7 +123,10 @@ class Report:
         (leave one date out, as a model trained on the other dates' labels is scored). Returns
         (threshold, confusion matrix, the dates it was tuned on), or None with no other
         complete item."""
-        others = [r for r in self.items if r is not item and not r.partial and r.ndwi_sweep]
+        day = item.date or item.item_id  # leave its date out, whichever items hold it
+        others = [
+            r for r in self.items if (r.date or r.item_id) != day and not r.partial and r.ndwi_sweep
+        ]
         if not item.ndwi_sweep or not others or WATER not in self.classes:
             return None
         threshold = accuracy.best_threshold(

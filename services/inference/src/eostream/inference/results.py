@@ -380,14 +380,17 @@ def extent(
     """The indexed results' extent, as a STAC collection says it: their bbox (None without any)
     and first and last acquisition time (RFC 3339, None where unknown)."""
     c = results_table.c
+    across = sa.func.max(sa.case((c.minx > c.maxx, 1), else_=0))  # a bbox over the antimeridian
     stmt = sa.select(
         sa.func.min(c.minx), sa.func.min(c.miny), sa.func.max(c.maxx), sa.func.max(c.maxy),
-        sa.func.min(c.datetime), sa.func.max(c.datetime),
+        sa.func.min(c.datetime), sa.func.max(c.datetime), across,
     )  # fmt: skip
     with results.engine.connect() as conn:
         row = conn.execute(stmt).one()
     box = [float(v) for v in row[:4]] if all(v is not None for v in row[:4]) else None
-    times = [_utc(v).isoformat().replace("+00:00", "Z") if v else None for v in row[4:]]
+    if box is not None and row[6]:  # min and max of such boxes make no box: all longitudes
+        box[0], box[2] = -180.0, 180.0
+    times = [_utc(v).isoformat().replace("+00:00", "Z") if v else None for v in row[4:6]]
     return box, times
 
 

@@ -18,7 +18,7 @@ import httpx
 import typer
 
 from eostream.client import ApiError, InferenceClient
-from eostream.inference.cube import replaceable
+from eostream.inference.cube import MAX_CELLS, replaceable
 from eostream.inference.errors import InferenceError
 
 app = typer.Typer(
@@ -211,7 +211,7 @@ def cube(
     overwrite: Annotated[bool, typer.Option(help="replace OUT if it exists")] = False,
     max_cells: Annotated[
         int, typer.Option(min=1, help="refuse a cube of more cells (time x y x; 1 byte each)")
-    ] = 500_000_000,
+    ] = MAX_CELLS,
 ) -> None:
     """Stack the maps of an area into a zarr data cube (time, y, x) that plain xarray opens."""
     from eostream.inference import cube as cubes

@@ -74,13 +74,10 @@ class ReferenceSet:
     def conditions(self, scores: MapScores) -> dict[str, object]:
         """What figures scored on this set hold for (:data:`tags.GATE_MAP_CONDITIONS`): its
         labels collection and scored items, the map settings, and the file scored (the gate
-        scores a version's fp32 file; its int8 file's difference is ``eostream.int8.map_delta``)."""
-        try:
-            collection: str | None = evaluation.load_reference(self.href).collection_id
-        except InferenceError:
-            collection = None
+        scores a version's fp32 file; its int8 file's difference is ``eostream.int8.map_delta``).
+        Pure: what the scoring read (the set is not read again)."""
         return {
-            "reference": collection,
+            "reference": scores.reference,
             "items": list(scores.scored),
             "stride": self.stride,
             "uncertain_below": self.uncertain_below,
@@ -112,9 +109,10 @@ def summarise(report: evaluation.Report) -> MapReport:
     """The gate's figures from an evaluation report (pooled complete items)."""
     errors = tuple(report.errors)
     complete = [r for r in report.items if not r.partial]
+    ids, collection = tuple(r.item_id for r in complete), report.reference.collection_id
     pooled = report.pooled()
     if pooled is None or not pooled.sum():
-        return MapReport(MapScores(None, None, len(complete), errors))
+        return MapReport(MapScores(None, None, len(complete), errors, None, ids, collection))
     scored = accuracy.scores(pooled, report.classes)
     ious = {name: scored[name].iou for name in report.reference.mapping}
     defined = [v for v in ious.values() if v is not None]
@@ -134,8 +132,8 @@ def summarise(report: evaluation.Report) -> MapReport:
         ndwi = accuracy.scores(baseline, report.classes)[evaluation.WATER].iou
         if ndwi is not None:
             metrics["map_ndwi_iou_water"] = ndwi  # the NDWI > 0 baseline on the same pixels
-    ids = tuple(r.item_id for r in complete)
-    return MapReport(MapScores(mean_iou, overall, len(complete), errors, ndwi, ids), metrics)
+    scores = MapScores(mean_iou, overall, len(complete), errors, ndwi, ids, collection)
+    return MapReport(scores, metrics)
 
 
 def _number(text: str | None) -> float | None:

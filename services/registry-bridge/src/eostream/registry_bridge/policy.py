@@ -56,6 +56,8 @@ class MapScores:
     ndwi_iou: float | None = None
     #: the completely labelled items the figures are pooled over (their ids)
     scored: tuple[str, ...] = ()
+    #: the reference set's labels collection (its id)
+    reference: str | None = None
 
     def figure(self, metric: MapMetric) -> float | None:
         return self.mean_iou if metric == "mean_iou" else self.overall_accuracy

@@ -69,7 +69,7 @@ ONNX_CHECK_SAMPLES = 256
 @dataclass(frozen=True)
 class Fitted:
     """What a family's fit hands back to the shared steps: its evaluation on ``val`` and
-    ``test`` (:func:`eostream.trainer.task.evaluate`'s dicts), its fit and ONNX-check figures,
+    ``test`` (:func:`eostream.trainer.scoring.evaluate`'s dicts), its fit and ONNX-check figures,
     the checked ONNX's SHA-256 (logged under ``onnx/``) and the logged model's URI."""
 
     results: dict[str, dict[str, Any]]
@@ -168,6 +168,10 @@ def train_and_register(
             on_started(existing.run_id, url, tracker.experiment_id, True)
         return Outcome(existing, existing.metrics, url, reused=True)
 
+    if plan.base_model is not None and "@" in plan.base_model:
+        # the version the alias names now: what the run starts from, and its lineage for good
+        # (the alias moves on)
+        plan = replace(plan, base_model=tracker.resolve_version(plan.base_model))
     if plan.family == "sklearn":  # per-pixel models: a pipeline of their own
         from eostream.trainer.pixel_pipeline import train_pixel_model
 
@@ -204,7 +208,8 @@ def train_and_register(
         "eostream.requested_by": plan.requested_by,
         "eostream.input_augmentation": ",".join(augmentation) or "none",
         "eostream.family": plan.family,
-        "eostream.pretrained": card.pretrained_source or "none",
+        "eostream.pretrained": card.pretrained_source
+        or (pretrained.description if pretrained else "none"),
     }
     with tracker.run(
         resume, f"{plan.model_name}-{plan.band_set}-{plan.architecture}", run_tags

@@ -421,6 +421,11 @@ class Tracker:
         """The model and card of ``models:/NAME/VERSION`` (or ``@alias``) to fine-tune from."""
         return registered.load_base(self.client, uri, what)
 
+    def resolve_version(self, uri: str) -> str:
+        """``models:/NAME@alias`` as the ``models:/NAME/VERSION`` it names now."""
+        mv = registered.base_version(self.client, uri)
+        return f"models:/{mv.name}/{mv.version}"
+
     def recorded_split(self, uri: str) -> tuple[str, list[dict[str, str]] | str]:
         """The run id of the version ``uri`` and its run's ``dataset/split.csv`` rows."""
         return registered.recorded_split(self.client, self.tracking_uri, uri)

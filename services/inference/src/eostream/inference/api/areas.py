@@ -23,6 +23,7 @@ from eostream.inference import area_query, areas, writer
 from eostream.inference.api import area_limits
 from eostream.inference.api.deps import Results, Served, Settings, Store
 from eostream.inference.api.params import parse_bbox, parse_datetime
+from eostream.inference.api.search import sort_key
 from eostream.inference.errors import BadInputError
 from eostream.inference.results import ResultRecord
 from eostream.shared.http_errors import error_responses
@@ -261,7 +262,13 @@ def _aggregate(
         area=geometry,
         datetime=datetime,
         model_version=model_version,
-        models=sorted({f"{r.model_name} v{r.model_version}" for e in entries for r in e.records}),
+        models=[
+            f"{name} v{version}"  # v9 before v10
+            for name, version in sorted(
+                {(r.model_name, r.model_version) for e in entries for r in e.records},
+                key=lambda m: (m[0], sort_key(m[1])),
+            )
+        ],
         legend=[LegendEntry(**e) for e in _legend(known)],
         dates=[
             DateAreas(

@@ -53,7 +53,6 @@ GEOJSON = "application/geo+json"
 #: FastAPI answers /openapi.json as application/json, and the link's type must match it
 OPENAPI = "application/json"
 MAX_LIMIT = 1000  # a larger limit is capped to this (the spec lets a server cap it)
-#: index records a search with intersects, sortby or filter loads at most (a setting's default)
 #: extensions /stac does not implement: refused with 400 rather than silently ignored
 UNSUPPORTED = ("query",)
 QUERY = error_responses(400, 413, 422)

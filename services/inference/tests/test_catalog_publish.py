@@ -84,5 +84,10 @@ async def test_an_unreachable_stac_api_does_not_fail_the_scene(
         assert (west, south, east, north) == (item["bbox"][0], 40.0, 11.0, item["bbox"][3])
         assert grown["extent"]["temporal"]["interval"][0][1] == "2021-01-01T00:00:00Z"
         assert grown["summaries"]["eostream:model_version"] == ["1", "2"]
+        # a result across the antimeridian (west > east): the extent spans every longitude
+        fiji = dict(later, bbox=[179.0, -17.0, -179.0, -16.0])
+        across = collection_document("eostream-results", fiji, grown)["extent"]["spatial"]
+        assert across["bbox"][0] == [-180.0, -17.0, 180.0, item["bbox"][3]]
+        assert grown["extent"]["spatial"]["bbox"][0][0] == item["bbox"][0]  # left as it was
     finally:
         await service.stop()

@@ -101,6 +101,11 @@ async def test_tilejson_and_wmts(client: httpx.AsyncClient, classified: Any) -> 
     tile = await client.get(url.replace("{TileRow}", str(y)))
     assert _png(tile).shape == (256, 256, 4)
     assert doc.findall(".//w:TileMatrixSet/w:TileMatrix", ns)
+    # a result's layer says whose map it is: the scene and the model version
+    r = await client.get(f"/tiles/results/{SCENE}/WebMercatorQuad/WMTSCapabilities.xml")
+    title = ET.fromstring(r.content).find(".//w:Layer/ows:Title", ns)  # noqa: S314
+    assert title is not None and title.text is not None
+    assert SCENE in title.text and f" v{classified.model_version}" in title.text
 
 
 @pytest.mark.parametrize(

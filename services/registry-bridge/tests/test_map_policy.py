@@ -58,3 +58,32 @@ def test_gate_settings_feed_the_thresholds() -> None:
     assert gate.reference is None  # unset: the map check is skipped
     with pytest.raises(ValidationError):
         GateSettings(map_stride=7)
+
+
+def test_the_gates_summary_carries_both_baselines_and_what_was_scored() -> None:
+    """NDWI > 0 and NDWI tuned on the other dates (two complete dates or more), the items and
+    the collection the figures hold for."""
+    import numpy as np
+
+    from eostream.inference import accuracy, evaluation, reference
+    from eostream.registry_bridge.maps import summarise
+
+    ref = evaluation.Reference("href", "labels", {"water": ["SeaLake"]}, "other", [])
+
+    def cm(tp: int, fn: int, fp: int) -> np.ndarray:  # rows: water, other
+        return np.array([[tp, fn], [fp, 1000]])
+
+    sweep = {t: cm(100, int(abs(t + 0.1) * 100), 0) for t in accuracy.NDWI_THRESHOLDS}
+    items = [
+        evaluation.ItemResult(
+            d, d, d, reference.COMPLETE, 1100, cm(90, 10, 0), cm(80, 20, 0), ndwi_sweep=sweep
+        )
+        for d in ("a", "b")
+    ]
+    made = summarise(evaluation.Report("m", "m", ref, items=items))
+    assert made.metrics["map_ndwi_iou_water"] == pytest.approx(0.8)
+    assert made.metrics["map_ndwi_tuned_iou_water"] == pytest.approx(1.0)  # t -0.1 on both
+    assert (made.scores.scored, made.scores.reference) == (("a", "b"), "labels")
+    assert made.scores.mean_iou == pytest.approx(0.9)
+    alone = summarise(evaluation.Report("m", "m", ref, items=items[:1]))
+    assert "map_ndwi_tuned_iou_water" not in alone.metrics  # one date: nothing to tune on

@@ -146,8 +146,21 @@ def test_a_fine_tuned_model_is_never_scored_on_what_its_base_trained_on(
     monkeypatch.setenv("TRAINER_EXPERIMENT_NAME", sqlite_settings.experiment_name)
     monkeypatch.setenv("TRAINER_CACHE_DIR", str(sqlite_settings.cache_dir))
     monkeypatch.setenv("EOSTREAM_DATA_DIR", str(sqlite_settings.data_dir))
+    # as `mlflow run -e evaluate` runs it: into the project's run, with what it scored and the
+    # code that scored it
+    mlflow.set_tracking_uri(sqlite_settings.mlflow_tracking_uri)
+    with mlflow.start_run(experiment_id=tracker.experiment_id) as project:
+        pass
+    monkeypatch.setenv("MLFLOW_RUN_ID", project.info.run_id)
     own = CliRunner().invoke(trainer_app, ["evaluate", "--model-uri", uri])
+    monkeypatch.delenv("MLFLOW_RUN_ID")
     assert own.exit_code == 0, own.output
+    logged = mlflow.get_run(project.info.run_id)
+    assert logged.data.params["evaluated_model"] == uri and "test_accuracy" in logged.data.metrics
+    assert logged.data.tags["eostream.package"] == "eostream-trainer"
+    assert logged.inputs is not None
+    [evaluated] = logged.inputs.dataset_inputs
+    assert evaluated.dataset.name == "eurosat-ms13-evaluated"
     tested = sum(1 for r in _split_rows(tracker, base.version.run_id) if r["split"] == "test")
     assert f"test accuracy {base.metrics['test_accuracy']:.4f} on {tested} patches" in own.stdout
     assert f"the test split it was trained with, run {base.version.run_id}" in own.stdout

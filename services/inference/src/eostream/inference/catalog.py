@@ -70,6 +70,10 @@ def collection_document(
                 max(bbox[3], nb[3]),
             ]
         )
+        if nb[0] > nb[2] or bbox[0] > bbox[2]:
+            # across the antimeridian (west > east): min and max of such boxes hold neither
+            # side; every longitude does
+            bbox[0], bbox[2] = -180.0, 180.0
     start, end = _interval((old_extent.get("temporal", {}).get("interval") or [None])[0])
     when = item.get("properties", {}).get("datetime")
     if when:

@@ -67,6 +67,8 @@ class ResultSource:
     href: str
     colormap: dict[int, RGBA]
     env: EnvFactory
+    #: what the layer is, in words (the WMTS layer's title): the result's scene and model version
+    title: str = ""
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,12 @@ def legend_colormap(item: Mapping[str, Any]) -> dict[int, RGBA]:
 
 def result_source(record: ResultRecord, uri: str, env: EnvFactory) -> ResultSource:
     """The COG at ``uri`` (the store's URI of ``<prefix>/classification.tif``)."""
-    return ResultSource(href=fetch.gdal_path(uri), colormap=legend_colormap(record.item), env=env)
+    return ResultSource(
+        href=fetch.gdal_path(uri),
+        colormap=legend_colormap(record.item),
+        env=env,
+        title=f"{record.scene_id}, {record.model_name} v{record.model_version}",
+    )
 
 
 def scene_href(record: ResultRecord) -> str:

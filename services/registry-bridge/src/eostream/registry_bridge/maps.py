@@ -132,6 +132,14 @@ def summarise(report: evaluation.Report) -> MapReport:
         ndwi = accuracy.scores(baseline, report.classes)[evaluation.WATER].iou
         if ndwi is not None:
             metrics["map_ndwi_iou_water"] = ndwi  # the NDWI > 0 baseline on the same pixels
+        tuned = report.pooled("ndwi_tuned")  # its threshold tuned on the other dates (2 or more)
+        tuned_iou = (
+            accuracy.scores(tuned, report.classes)[evaluation.WATER].iou
+            if tuned is not None
+            else None
+        )
+        if tuned_iou is not None:
+            metrics["map_ndwi_tuned_iou_water"] = tuned_iou
     scores = MapScores(mean_iou, overall, len(complete), errors, ndwi, ids, collection)
     return MapReport(scores, metrics)
 

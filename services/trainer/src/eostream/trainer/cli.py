@@ -381,6 +381,7 @@ def evaluate_command(
         with mlflow.start_run(run_id=os.environ["MLFLOW_RUN_ID"]):
             tracker.log_evaluation("test", result, card.classes)
             mlflow.log_params({"evaluated_model": model_uri, "evaluated_on": where})
+            tracker.log_evaluated(test, card.band_set, str(settings.data_dir))
 
 
 def _usage(message: str) -> typer.Exit:

@@ -234,6 +234,23 @@ class Tracker:
             query.write_text(selection.sql)
             mlflow.log_artifact(str(query), "dataset")
 
+    def log_evaluated(self, patches: Sequence[Any], band_set: str, source: str) -> None:
+        """What an evaluation run (``trainer evaluate`` under ``mlflow run -e evaluate``) scored:
+        the patches (:class:`.selection.Patch`) as its dataset input, ``source`` the folder
+        they were read from; and the code version, as a training run records it."""
+        import pandas as pd
+        from mlflow.data.pandas_dataset import from_pandas
+
+        frame = pd.DataFrame(
+            [(p.item_id, p.class_name, p.label, p.href, p.split) for p in patches],
+            columns=["id", "class", "label", "href", "split"],
+        )
+        dataset = from_pandas(
+            frame, source=source, targets="label", name=f"eurosat-{band_set}-evaluated"
+        )
+        mlflow.log_input(dataset, context="evaluation")
+        mlflow.set_tags(code_version().run_tags())
+
     def log_evaluation(
         self, prefix: str, result: Mapping[str, Any], classes: Sequence[str]
     ) -> None:

@@ -158,7 +158,9 @@ class MapTiles(TilerFactory):
             template = template.replace("{y}", "{TileRow}") + ".png"
             query = request.url.query
             body = wmts.capabilities(
-                title=f"{factory.layer_name} {request.path_params.get('scene_id', '')}",
+                # a result's layer names its model version (the scene's true colour: the scene)
+                title=f"{factory.layer_name} "
+                + (getattr(src_path, "title", "") or request.path_params.get("scene_id", "")),
                 layer=factory.layer_name,
                 tms=tms,
                 bounds=bounds,

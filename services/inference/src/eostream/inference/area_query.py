@@ -43,6 +43,17 @@ def class_names(record: ResultRecord) -> tuple[str, ...]:
     return tuple(record.stats.get("classes", {}))
 
 
+def preferred(
+    served: tuple[str, str] | None, model_version: str | None, model_name: str | None
+) -> tuple[str, str] | None:
+    """The (name, version) whose result is a scene's map for a request naming ``model_version``
+    and ``model_name``: the ``served`` model's when the request names no version and no other
+    model (ADR 0018), else None (the request's own choice, or the latest)."""
+    if served is not None and model_version is None and model_name in (None, served[0]):
+        return served
+    return None
+
+
 def select(
     results: ResultsStore,
     geometry: areas.Geometry | None,
@@ -69,9 +80,7 @@ def select(
         raise BadInputError(
             f"{total} results match (at most {MAX_RESULTS}): narrow the datetime or the area"
         )
-    prefer = None
-    if served is not None and model_version is None and model_name in (None, served[0]):
-        prefer = served
+    prefer = preferred(served, model_version, model_name)
     latest: dict[str, ResultRecord] = {}
     for record in records:  # newest first: the first of a scene is its latest
         if record.datetime is None:

@@ -211,13 +211,9 @@ class Tracker:
     def log_dataset(self, selection: Selection, name: str | None = None) -> None:
         """The selected patches (or chips) as the run's training input, named ``name``
         (default: ``eurosat-<band set>``), and their split as ``dataset/split.csv``."""
-        import pandas as pd  # type: ignore[import-untyped]
         from mlflow.data.pandas_dataset import from_pandas
 
-        frame = pd.DataFrame(
-            [(p.item_id, p.class_name, p.label, p.href, p.split) for p in selection.patches],
-            columns=["id", "class", "label", "href", "split"],
-        )
+        frame = _patches_frame(selection.patches)
         dataset = from_pandas(
             frame,
             source=str(selection.table.path),
@@ -238,15 +234,13 @@ class Tracker:
         """What an evaluation run (``trainer evaluate`` under ``mlflow run -e evaluate``) scored:
         the patches (:class:`.selection.Patch`) as its dataset input, ``source`` the folder
         they were read from; and the code version, as a training run records it."""
-        import pandas as pd
         from mlflow.data.pandas_dataset import from_pandas
 
-        frame = pd.DataFrame(
-            [(p.item_id, p.class_name, p.label, p.href, p.split) for p in patches],
-            columns=["id", "class", "label", "href", "split"],
-        )
         dataset = from_pandas(
-            frame, source=source, targets="label", name=f"eurosat-{band_set}-evaluated"
+            _patches_frame(patches),
+            source=source,
+            targets="label",
+            name=f"eurosat-{band_set}-evaluated",
         )
         mlflow.log_input(dataset, context="evaluation")
         mlflow.set_tags(code_version().run_tags())
@@ -450,3 +444,14 @@ class Tracker:
     def training_keys_of(self, uri: str) -> tuple[str, ...]:
         """The EuroSAT patches the version ``uri`` trained on (() when unknown)."""
         return registered.training_keys_of(self.client, self.tracking_uri, uri)
+
+
+def _patches_frame(patches: Sequence[Any]) -> Any:
+    """Patches (:class:`.selection.Patch`) as the table a run's dataset input and
+    ``dataset/split.csv`` hold: id, class, label, href, split."""
+    import pandas as pd  # type: ignore[import-untyped]
+
+    return pd.DataFrame(
+        [(p.item_id, p.class_name, p.label, p.href, p.split) for p in patches],
+        columns=["id", "class", "label", "href", "split"],
+    )

@@ -360,19 +360,8 @@ def change(
     model_version: Version = None,
     model_name: ModelNameQuery = None,
 ) -> ChangeMatrix:
-    with _pair(
-        request,
-        settings,
-        results,
-        store,
-        a,
-        b,
-        bbox,
-        intersects,
-        model_version,
-        model_name,
-        served,
-    ) as (
+    which = (model_version, model_name, served)
+    with _pair(request, settings, results, store, a, b, bbox, intersects, *which) as (
         first,
         second,
         found,
@@ -416,19 +405,8 @@ def change_map(
     model_name: ModelNameQuery = None,
     f: Annotated[Literal["png", "tif"], Query(description="png or tif (COG)")] = "png",
 ) -> Response:
-    with _pair(
-        request,
-        settings,
-        results,
-        store,
-        a,
-        b,
-        bbox,
-        intersects,
-        model_version,
-        model_name,
-        served,
-    ) as (
+    which = (model_version, model_name, served)
+    with _pair(request, settings, results, store, a, b, bbox, intersects, *which) as (
         _first,
         _second,
         found,

@@ -8,7 +8,7 @@ from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from eostream.inference import writer
+from eostream.inference import area_query, writer
 from eostream.inference.api.deps import Results, Served, Settings, Store
 from eostream.inference.api.params import parse_bbox, parse_datetime
 from eostream.inference.api.ranges import ranged_object
@@ -122,9 +122,8 @@ def _one(
     names no other model, else the newest that matches (``ResultsStore.get``: latest created,
     ties to the smallest item id), so a what-if run of an old model (an OGC job naming it) does
     not become the scene's map."""
-    record = None
-    if served is not None and model_version is None and model_name in (None, served[0]):
-        record = results.get(scene_id, served[1], served[0])
+    prefer = area_query.preferred(served, model_version, model_name)
+    record = results.get(scene_id, prefer[1], prefer[0]) if prefer else None
     record = record or results.get(scene_id, model_version, model_name)
     if record is None:
         which = " ".join(

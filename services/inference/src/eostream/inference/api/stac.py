@@ -227,6 +227,8 @@ def _sortable(
 ) -> list[tuple[str, bool]] | None:
     """``keys``, each a queryable (``/stac/queryables``: a misspelt field sorted nothing and
     answered 200); the footprint is not sortable."""
+    if not keys:  # most searches: no index query for the class list
+        return keys
     known = set(filters.known_properties(class_names(results))) - {"geometry"}
     for name, _ in keys or []:
         if name.removeprefix("properties.") not in known:

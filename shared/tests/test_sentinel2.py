@@ -61,6 +61,31 @@ def test_a_jp2_only_item_still_has_its_bands(data_dir: Path) -> None:
     assert sentinel2.bands_of(item) == sentinel2.EVENT_ORDER
 
 
+def test_the_native_resolution_wins_over_resamplings_listed_first(data_dir: Path) -> None:
+    """stactools' L2A items list ``blue_20m`` and ``blue_60m`` before the 10 m ``blue``: an RGB
+    model read the scene on a 20 m grid."""
+    item = _item(
+        data_dir, "sentinel2_stac/stactools_sentinel2_examples/S2A_T07HFE_20190212T192646_L2A.json"
+    )
+    found, missing = sentinel2.band_sources(item["assets"])
+    assert missing == ["B10"]  # L2A
+    assert {b: found[b].asset_key for b in ("B02", "B03", "B04", "B08", "B05", "B01")} == {
+        "B02": "blue",
+        "B03": "green",
+        "B04": "red",
+        "B08": "nir",
+        "B05": "rededge1",  # 20 m native, before its rededge1_60m
+        "B01": "coastal",
+    }
+    # a resolution in the key alone counts too, and format still comes first
+    assets = {
+        "red_20m": {"href": "r20.tif"},
+        "red-jp2": {"href": "r.jp2", "gsd": 10},
+        "red_cog": {"href": "r10.tif", "raster:bands": [{"spatial_resolution": 10}]},
+    }
+    assert sentinel2.band_sources(assets, ("B04",))[0]["B04"].asset_key == "red_cog"
+
+
 @pytest.mark.parametrize(
     ("rel", "level", "baseline"),
     [

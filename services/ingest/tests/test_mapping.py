@@ -95,6 +95,29 @@ def test_eurosat_patch_needs_an_assumed_level(data_dir: Path) -> None:
     assert scene.tile is None
 
 
+def test_another_missions_item_is_refused_even_with_an_assumed_level(data_dir: Path) -> None:
+    """The real Landsat 8 item of pystac-client's recorded search: with ``assume_level`` (which
+    the unknown-level refusal advised) its OLI bands went on the bus as Sentinel-2's (nir08 as
+    B8A, Landsat's scale and offset)."""
+    import yaml
+
+    cassette = data_dir / "sentinel2_stac/pystac_client_cassette/test_multiple_collections.yaml"
+    pages = [
+        json.loads(i["response"]["body"]["string"])
+        for i in yaml.safe_load(cassette.read_text())["interactions"]
+    ]
+    found = [f for page in pages for f in page.get("features", ())]
+    [landsat] = [f for f in found if f["id"].startswith("LC08_")]
+    [sentinel] = [f for f in found if f["id"].startswith("S2")]
+    for assumed in (None, "L2A"):
+        with pytest.raises(ItemRejected, match="not a Sentinel-2 item: platform 'landsat-8'"):
+            to_scene(landsat, source="x", href="x", assume_level=assumed)  # type: ignore[arg-type]
+    assert to_scene(sentinel, source="x", href="x").processing_level == "L2A"
+    for named in ({"constellation": "Sentinel 2"}, {"platform": "Sentinel-2B"}):
+        assert to_scene({**sentinel, "properties": {**sentinel["properties"], **named}},
+                        source="x", href="x").processing_level == "L2A"  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("kind", "reason"),
     [

@@ -29,6 +29,7 @@ from eostream.registry_bridge.bridge import Bridge, build_bridge
 from eostream.registry_bridge.registry import build_registry
 from eostream.registry_bridge.service import BridgeService
 from eostream.registry_bridge.settings import BridgeSettings
+from eostream.shared import provenance
 from eostream.shared.bus import Bus
 from eostream.shared.bus.memory import InMemoryBus
 from eostream.shared.holdout import choose
@@ -199,6 +200,7 @@ def tracking_uri(sqlite_mlflow: str) -> Iterator[str]:
 
 
 Register = Callable[..., str]
+FIXTURE_EXPERIMENT = "trainer-fixture"
 
 
 def register_version(
@@ -218,7 +220,11 @@ def register_version(
     mlflow.set_registry_uri(tracking_uri)
     card = card or rgb_card()
     data = onnx_bytes if onnx_bytes is not None else export_onnx(model, card)
-    mlflow.set_experiment("trainer-fixture")
+    if mlflow.get_experiment_by_name(FIXTURE_EXPERIMENT) is None:  # its artifacts beside the db,
+        mlflow.create_experiment(  # not in ./mlruns of the folder pytest runs in
+            FIXTURE_EXPERIMENT, artifact_location=provenance.artifacts_beside(tracking_uri)
+        )
+    mlflow.set_experiment(FIXTURE_EXPERIMENT)
     with mlflow.start_run() as run, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mlflow.log_metric("test_accuracy", test_accuracy)

@@ -122,6 +122,26 @@ def _is_jp2(key: str, asset: Mapping[str, Any]) -> bool:
     return key.lower().endswith("-jp2") or "jp2" in str(asset.get("type", "")).lower()
 
 
+_RESOLUTION_IN_KEY = re.compile(r"[-_](\d{2})m$", re.IGNORECASE)
+
+
+def _resolution(key: str, asset: Mapping[str, Any], index: int) -> float:
+    """The asset's ground sampling distance in metres for its band ``index`` (1-based): its
+    ``raster:bands`` entry's ``spatial_resolution``, else the asset's ``gsd``, else a ``_20m``
+    suffix of its key; 0 when none says (taken as the band's native resolution)."""
+    bands = asset.get("raster:bands")
+    entry = bands[index - 1] if isinstance(bands, list) and 0 < index <= len(bands) else None
+    if isinstance(entry, Mapping):
+        found = entry.get("spatial_resolution")
+        if isinstance(found, int | float) and math.isfinite(found) and found > 0:
+            return float(found)
+    gsd = asset.get("gsd")
+    if isinstance(gsd, int | float) and math.isfinite(gsd) and gsd > 0:
+        return float(gsd)
+    suffix = _RESOLUTION_IN_KEY.search(key)
+    return float(suffix[1]) if suffix else 0.0
+
+
 def _names(entries: Any, what: str = "eo:bands") -> list[Mapping[str, Any]]:
     """The objects of a list field (``eo:bands``, ``raster:bands``); absent: none."""
     if entries is None:
@@ -151,18 +171,20 @@ def band_sources(
 
     A band found in several assets comes from the best one: a single-band file before a band of
     a multi-band file, and a cloud-optimised GeoTIFF before a JPEG 2000 (Earth Search's ``-jp2``
-    duplicates); among equals, the first asset. Renderings (``visual``, thumbnails, overviews)
-    are never a source.
+    duplicates); among those, the finest resolution (stactools' L2A items list the 20 m and
+    60 m resamplings of the 10 m bands, ``blue_20m`` before ``blue``); among equals, the first
+    asset. Renderings (``visual``, thumbnails, overviews) are never a source.
     """
-    best: dict[str, tuple[int, BandSource]] = {}
+    best: dict[str, tuple[tuple[int, float], BandSource]] = {}
     for key, asset in assets.items():
         if not _is_band_asset(key, asset):
             continue
         ids = _asset_bands(key, asset)
-        rank = (2 if _is_jp2(key, asset) else 0) + (0 if len(ids) == 1 else 1)
+        kind = (2 if _is_jp2(key, asset) else 0) + (0 if len(ids) == 1 else 1)
         for index, bid in enumerate(ids, start=1):
             if bid is None or bid not in wanted:
                 continue
+            rank = (kind, _resolution(key, asset, index))
             if bid not in best or rank < best[bid][0]:
                 best[bid] = (rank, BandSource(bid, key, str(asset["href"]), index))
     missing = [b for b in wanted if b not in best]
@@ -317,12 +339,36 @@ def _assets(item: Mapping[str, Any]) -> Mapping[str, Any]:
     return assets
 
 
+def _folded(value: object) -> str:
+    return re.sub(r"[^a-z0-9]", "", str(value).lower())
+
+
+def other_mission(item: Mapping[str, Any]) -> str | None:
+    """What names another mission than Sentinel-2 (``platform 'landsat-8'``), or None: an item
+    whose ``platform``, ``constellation`` or ``instruments`` say so would have its bands read as
+    Sentinel-2's (a Landsat ``nir08`` as B8A). Silence is no objection (EuroSAT patches, tests)."""
+    properties = _properties(item)
+    platform, constellation = properties.get("platform"), properties.get("constellation")
+    if isinstance(platform, str) and not _folded(platform).startswith("sentinel2"):
+        return f"platform {platform!r:.60}"
+    if isinstance(constellation, str) and _folded(constellation) != "sentinel2":
+        return f"constellation {constellation!r:.60}"
+    instruments = properties.get("instruments")
+    if isinstance(instruments, list) and instruments and "msi" not in map(_folded, instruments):
+        return f"instruments {instruments!r:.60}"
+    return None
+
+
 def check_item(item: Mapping[str, Any]) -> None:
     """Raise :class:`~eostream.shared.errors.InvalidItemError` naming the first field this
     module reads that has the wrong type: the properties' and each asset's ``eo:bands``, each
     asset's ``href``, ``roles`` and ``raster:bands`` (whose scale and offset must be finite
-    numbers). Run it before any work, so a bad item is refused, not a crash half-way."""
+    numbers); and that it is no other mission's (:func:`other_mission`). Run it before any
+    work, so a bad item is refused, not a crash half-way."""
     _names(_properties(item).get("eo:bands"), "properties.eo:bands")
+    mission = other_mission(item)
+    if mission:
+        raise InvalidItemError(f"not a Sentinel-2 item: {mission} (eostream reads Sentinel-2 MSI)")
     for key, asset in _assets(item).items():
         if not isinstance(asset, Mapping):
             continue  # not an asset: never read

@@ -330,6 +330,44 @@ async def test_an_old_champion_made_to_look_unannounced_is_an_alias_move_not_its
     assert (last.action, last.by, last.via) == ("alias_accepted", "mlflow-alias", "mlflow")
 
 
+async def test_a_gate_tag_written_in_mlflow_makes_no_version_champion(
+    bridge_settings: BridgeSettings, register: Any, models: Any
+) -> None:
+    """The bridge read a version's verdict from its ``eostream.gate`` tag, which anyone who can
+    write MLflow (the embedded server takes writes from any local process; the trainer's account
+    in the stack) can set: a version registered with the tag already passed was promoted
+    unscored ("gate passed (resumed)"), and a failed one whose tag was rewritten went live
+    through an alias move. The audit log, which only the bridge writes, decides."""
+    bridge, bus = bridge_and_bus(bridge_settings)
+    await bus.start()
+    name = "eurosat-landcover"
+    v1 = register(models.better)
+    assert (await bridge.handle_version(name, v1, "event")).state == "promoted"
+
+    # registered with a passing verdict of its own making: gated for real, and it fails
+    v2 = register(models.worse, tags={tags.GATE: tags.GATE_PASSED})
+    assert (await bridge.handle_version(name, v2, "event")).state == "failed"
+    assert version_tags(name, v2)[tags.GATE] == tags.GATE_FAILED
+    client = mlflow.MlflowClient()
+    assert str(client.get_model_version_by_alias(name, "champion").version) == v1
+
+    # a failed verdict rewritten, then the alias moved: undone, and the tag restored
+    client.set_model_version_tag(name, v2, tags.GATE, tags.GATE_PASSED)
+    client.set_registered_model_alias(name, "champion", v2)
+    assert await bridge.sync_champion(name) is None
+    assert str(client.get_model_version_by_alias(name, "champion").version) == v1
+    assert "failed the promotion gate" in version_tags(name, v2)[tags.ALIAS_UNDONE_REASON]
+    assert (await bridge.handle_version(name, v2, "event")).state == "skipped"
+    assert version_tags(name, v2)[tags.GATE] == tags.GATE_FAILED
+    with pytest.raises(PromotionError, match="failed the gate"):
+        await bridge.promote(name, v2, by="alice", reason="the tag says passed")
+    assert [e.version for e in promoted(bus)] == [v1]
+    verdicts = [
+        (e.version, e.verdict) for e in bridge.promoter.audit.entries(name) if e.action == "gated"
+    ]
+    assert verdicts == [(v1, "passed"), (v2, "failed")]
+
+
 class _Bands13(torch.nn.Module):
     """A 13-band classifier (untrained): what `eostream train --bands ms13` registers."""
 

@@ -66,6 +66,11 @@ def test_promote_rollback_list(
     result = runner.invoke(models_app, ["audit", NAME])  # the operators' names, via the CLI
     assert result.exit_code == 0, result.output
     audit = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {(e["version"], e["verdict"]) for e in audit if e["action"] == "gated"} >= {
+        (v1, "passed"),
+        (v3, "failed"),
+    }
+    audit = [e for e in audit if e["action"] != "gated"]
     assert [
         (e["action"], e["from_version"], e["to_version"], e["by"], e["via"]) for e in audit
     ] == [
@@ -77,7 +82,7 @@ def test_promote_rollback_list(
     monkeypatch.setenv("BRIDGE_BUS", "kafka")
     monkeypatch.delenv("BRIDGE_KAFKA__BOOTSTRAP_SERVERS", raising=False)
     result = runner.invoke(models_app, ["audit", NAME])
-    assert result.exit_code == 0 and len(result.stdout.splitlines()) == 3, result.output
+    assert result.exit_code == 0 and len(result.stdout.splitlines()) == 6, result.output
     result = runner.invoke(models_app, ["audit", f"{NAME}-typo"])  # printed nothing, exit 0
     assert result.exit_code == 1
     assert result.stderr.strip() == f"eostream: no audit entries for model '{NAME}-typo'"

@@ -20,6 +20,7 @@ import mlflow
 import pytest
 from prometheus_client import REGISTRY
 
+from eostream.registry_bridge.audit import moves
 from eostream.registry_bridge.registry import WEBHOOK_NAME, MlflowRegistry
 from eostream.registry_bridge.service import BridgeService, standalone_bridge
 from eostream.registry_bridge.settings import BridgeSettings
@@ -203,6 +204,8 @@ async def test_better_version_ships_by_webhook_worse_is_refused_rollback_restore
         assert events[2].sha256 == event.sha256
         assert str(client.get_model_version_by_alias(model_name, "champion").version) == v1
         audit = await asyncio.to_thread(service.bridge.audit.entries, model_name)  # in MinIO
+        assert (v2, "failed") in [(e.version, e.verdict) for e in audit if e.action == "gated"]
+        audit = moves(audit)
         assert [(e.action, e.from_version, e.to_version, e.by, e.via) for e in audit] == [
             ("promote", None, v1, "registry-bridge", "auto"),
             ("promote", v1, v3, "registry-bridge", "auto"),

@@ -30,8 +30,9 @@ T = TypeVar("T")
 #: that failed the gate made champion with ``force``; rollback: the previous champion back;
 #: alias_accepted: a champion alias moved in MLflow to a passing version, shipped and announced;
 #: alias_undone: a champion alias moved in MLflow to a version that may not be champion, moved
-#: back.
-Action = Literal["promote", "override", "rollback", "alias_accepted", "alias_undone"]
+#: back; gated: the gate's verdict on ``version`` (the ``eostream.gate`` tag says it too, but
+#: anyone who can write MLflow tags can write that one: this is the record the bridge trusts).
+Action = Literal["promote", "override", "rollback", "alias_accepted", "alias_undone", "gated"]
 #: rest: the credentialed REST API; cli: ``eostream models ...`` on an operator's machine;
 #: auto: the bridge after a passed gate; mlflow: an alias moved in MLflow.
 Via = Literal["rest", "cli", "auto", "mlflow"]
@@ -49,6 +50,10 @@ class AuditEntry(BaseModel):
     from_version: str | None = Field(description="champion before (None: there was none)")
     to_version: str | None = Field(description="champion after (None: the alias was removed)")
     reason: str
+    version: str | None = Field(default=None, description="gated: the version judged")
+    verdict: Literal["passed", "failed", "refused"] | None = Field(
+        default=None, description="gated: the gate's verdict"
+    )
 
 
 class AuditLog:
@@ -77,6 +82,9 @@ class AuditLog:
         key = f"{self._folder(entry.model)}{stamp}-{entry.id.hex}.json"
         body = entry.model_dump_json().encode()
         self._call(lambda: self.store.put_bytes(key, body, "application/json"))
+        if entry.action == "gated":
+            log.info("audit: %s v%s gate %s", entry.model, entry.version, entry.verdict)
+            return key
         log.info(
             "audit: %s %s %s -> %s by %s (%s): %s",
             entry.model,
@@ -107,6 +115,23 @@ class AuditLog:
 
 #: entries after which the champion is their ``to_version``
 MOVES = frozenset({"promote", "override", "rollback", "alias_accepted"})
+
+
+def moves(entries: Iterable[AuditEntry]) -> list[AuditEntry]:
+    """The entries about the champion alias (every one but the gate's verdicts)."""
+    return [e for e in entries if e.action != "gated"]
+
+
+def verdict_on_record(entries: Iterable[AuditEntry], version: str) -> str | None:
+    """The gate's last verdict on ``version`` as the bridge recorded it; a version the bridge
+    promoted as passing before verdicts were recorded counts as passed; None: none on record."""
+    found: str | None = None
+    for entry in entries:
+        if entry.action == "gated" and entry.version == version:
+            found = entry.verdict
+        elif found is None and entry.action == "promote" and entry.to_version == version:
+            found = "passed"  # only a passing version is promoted without force
+    return found
 
 
 def in_force(entries: Iterable[AuditEntry], version: str) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from eostream.registry_bridge import metrics
-from eostream.registry_bridge.audit import AuditEntry
+from eostream.registry_bridge.audit import AuditEntry, moves
 from eostream.registry_bridge.contract import reasons_json
 from eostream.registry_bridge.errors import RefusedError
 from eostream.registry_bridge.port import ModelRegistry
@@ -80,8 +80,8 @@ class ChampionGuard:
         return event
 
     def _recorded(self, name: str, version: str) -> AuditEntry | None:
-        """The model's newest audit entry when it is the promotion of ``version``."""
-        entries = self.promoter.audit.entries(name)
+        """The model's newest move in the audit log when it is the promotion of ``version``."""
+        entries = moves(self.promoter.audit.entries(name))
         last = entries[-1] if entries else None
         if last is not None and last.to_version == version and last.action in PROMOTING_ACTIONS:
             return last

@@ -11,13 +11,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
 from eostream.registry_bridge import metrics
-from eostream.registry_bridge.audit import Action, AuditEntry, AuditLog, Via, in_force
+from eostream.registry_bridge.audit import (
+    Action,
+    AuditEntry,
+    AuditLog,
+    Via,
+    in_force,
+    moves,
+    verdict_on_record,
+)
 from eostream.registry_bridge.errors import PromotionError, RefusedError, VersionNotFoundError
 from eostream.registry_bridge.gatekeeper import Gatekeeper
 from eostream.registry_bridge.policy import champion_refusal
@@ -178,6 +186,42 @@ class Promoter:
             )
         )
 
+    def record_gate(self, name: str, version: str, outcome: str, reasons: Sequence[str]) -> None:
+        """The gate's verdict, in the audit log: the record :meth:`verdict` trusts (written
+        before the ``eostream.gate`` tag)."""
+        self.audit.append(
+            AuditEntry(
+                model=name,
+                action="gated",
+                by=BRIDGE,
+                via="auto",
+                from_version=None,
+                to_version=None,
+                version=version,
+                verdict=outcome,
+                reason=("; ".join(reasons) or outcome)[:5000],
+            )
+        )
+
+    def verdict(self, name: str, version: str, tagged: str | None) -> str | None:
+        """The gate's verdict on ``version`` the bridge can trust: its audit log's, whatever the
+        ``eostream.gate`` tag (``tagged``) says; a tag of passed with nothing on record is no
+        verdict (None: gate it)."""
+        if tagged is None:
+            return None
+        recorded = verdict_on_record(self.audit.entries(name), version)
+        if recorded is not None:
+            return recorded
+        if tagged == tags.GATE_PASSED:
+            log.warning(
+                "%s v%s: its eostream.gate tag says passed, but the audit log has no verdict "
+                "of it: not trusted",
+                name,
+                version,
+            )
+            return None
+        return tagged  # failed or refused: a tag that keeps a version out is taken as it is
+
     def promote(
         self,
         name: str,
@@ -242,7 +286,7 @@ class Promoter:
         live = self.registry.model_tags(name).get(tags.LIVE_VERSION)
         if champion == version == live:
             raise PromotionError(f"{name} v{version} is already the live champion")
-        gate = mv.tags.get(tags.GATE)
+        gate = self.verdict(name, version, mv.tags.get(tags.GATE))
         if gate is None:
             gate = gate_first(name, version)
         reasons = self.version(name, version).tags.get(tags.GATE_REASONS, "[]")
@@ -327,10 +371,17 @@ class Promoter:
         whether a failed version's force is in force. ``undoing``: a rollback of the champion
         ``undoing`` to ``version``, which restores a force that promotion alone ended (the
         one-command way back from a bad version to a forced hotfix)."""
-        gate = self.registry.get_version(name, version).tags.get(tags.GATE)
-        if gate != tags.GATE_FAILED:
-            return champion_refusal(gate, False)
+        tagged = self.registry.get_version(name, version).tags.get(tags.GATE)
         entries = self.audit.entries(name)
+        gate = verdict_on_record(entries, version)
+        if gate is None and tagged == tags.GATE_PASSED:
+            return (
+                "its eostream.gate tag says passed, but the bridge's audit log has no such "
+                "verdict (whoever can write MLflow tags can write that one); the bridge gates it"
+            )
+        if gate != tags.GATE_FAILED:
+            return champion_refusal(gate or tagged, False)
+        entries = moves(entries)
         last = entries[-1] if entries else None
         if (
             undoing is not None

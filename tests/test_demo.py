@@ -70,7 +70,7 @@ class Lines:
 
 
 def url_of(label: str, out: str) -> str:
-    match = re.search(rf"^{re.escape(label)}: (http://\S+)$", out, re.MULTILINE)
+    match = re.search(rf"^{re.escape(label)}: (http://\S+)( \(.*\))?$", out, re.MULTILINE)
     assert match, f"no {label} URL in:\n{out}"
     return match.group(1)
 
@@ -107,15 +107,22 @@ def test_demo_maps_the_reservoir_serves_its_urls_until_ctrl_c_and_a_rerun_only_d
         api, bridge = url_of("inference REST API", first), url_of("registry-bridge REST API", first)
         mlflow = url_of("MLflow UI", first)
         assert httpx.get(f"{mlflow}/health", timeout=30).status_code == 200
-        runs = httpx.post(
-            f"{mlflow}/api/2.0/mlflow/experiments/search", json={"max_results": 50}, timeout=30
-        ).json()
+        # its MLflow takes no request without the home's account (any local process could
+        # register a version and write the tags the bridge reads), as the stack's
+        search = f"{mlflow}/api/2.0/mlflow/experiments/search"
+        create = f"{mlflow}/api/2.0/mlflow/experiments/create"
+        assert httpx.post(create, json={"name": "anyone"}, timeout=30).status_code == 401
+        assert httpx.post(search, json={"max_results": 1}, timeout=30).status_code == 401
+        assert f"password in {home / 'mlflow-password'}" in first
+        account = ("eostream", (home / "mlflow-password").read_text().strip())
+        runs = httpx.post(search, json={"max_results": 50}, auth=account, timeout=30).json()
         names = {e["name"] for e in runs["experiments"]}
         assert "eostream-demo-map-accuracy" in names, names  # the accuracy run is in the UI
         [experiment] = [e for e in runs["experiments"] if e["name"] == "eostream-demo-map-accuracy"]
         found = httpx.post(
             f"{mlflow}/api/2.0/mlflow/runs/search",
             json={"experiment_ids": [experiment["experiment_id"]]},
+            auth=account,
             timeout=30,
         ).json()
         [measured] = found["runs"]

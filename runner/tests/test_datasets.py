@@ -44,6 +44,7 @@ from eostream.runner.datasets_cli import data_app, fetch_checkpoint
 from eostream.runner.download import DataFetchError, file_digest, mirrored
 from eostream.runner.provision import check_data, ensure_data
 from eostream.shared.checkpoints import Checkpoint, checkpoint_path
+from eostream.shared.errors import ConfigError
 
 
 class Mirror:
@@ -244,12 +245,34 @@ def test_the_demo_uses_the_cache_when_no_data_folder_is_set(
     monkeypatch.delenv("EOSTREAM_DATA_DIR", raising=False)
     before = len(served.requests)
     assert demo_data_dir(None) == fetched
-    assert demo_data_dir(cache / "no-such-folder") == fetched
     assert len(served.requests) == before
     said = capsys.readouterr().out
-    assert "no data folder set" in said and "does not exist" in said and served.url in said
+    assert "no data folder set" in said and served.url in said
     assert demo_data_dir(fetched) == fetched
     assert "the data folder setting" in capsys.readouterr().out
+    # a data folder named but mistyped is an error, not a 144 MB download
+    with pytest.raises(ConfigError, match=r"no-such-folder .* is not a folder"):
+        demo_data_dir(cache / "no-such-folder")
+    assert len(served.requests) == before
+
+
+def test_the_demo_says_what_to_do_when_the_data_cannot_be_downloaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eostream.runner.demo import demo_data_dir
+
+    with socket.socket() as probe:  # a port nobody listens on: connections are refused
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.setenv("EOSTREAM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("EOSTREAM_DATA_MIRROR", closed)
+    monkeypatch.delenv("EOSTREAM_DATA_DIR", raising=False)
+    with pytest.raises(DataFetchError) as info:
+        demo_data_dir(None)
+    message = str(info.value)
+    assert "download failed" in message and "\n" not in message
+    assert "set EOSTREAM_DATA_DIR to a copy of the data folder" in message
+    assert "EOSTREAM_DATA_MIRROR" in message and "eostream data urls" in message
 
 
 def test_a_tampered_file_is_refused_and_not_left_in_place(data_dir: Path, tmp_path: Path) -> None:

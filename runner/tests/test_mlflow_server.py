@@ -63,3 +63,33 @@ def test_the_wait_for_a_server_ends_when_its_session_is_stopped(tmp_path: Path) 
         wait_healthy(
             "http://127.0.0.1:9", lambda: True, tmp_path / "mlflow.log", 600, cancelled=lambda: True
         )
+
+
+def test_the_embedded_server_takes_no_request_without_the_homes_account(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It ran without authentication: any local process could register a version, move the
+    champion alias and write the tags the bridge read (a review made a gate-failed version live
+    with two requests). Now it is MLflow's basic-auth app, with one account per home."""
+    import os
+
+    import httpx
+    import mlflow
+
+    from eostream.runner.mlflow_server import PASSWORD_FILE, USERNAME, free_port, mlflow_server
+
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    home = tmp_path / "home"
+    with mlflow_server(home, "127.0.0.1", free_port("127.0.0.1", 0)) as url:
+        assert httpx.get(f"{url}/health", timeout=30).status_code == 200
+        create = f"{url}/api/2.0/mlflow/registered-models/create"
+        assert httpx.post(create, json={"name": "forged"}, timeout=30).status_code == 401
+        wrong = (USERNAME, "not-the-password")
+        assert httpx.post(create, json={"name": "x"}, auth=wrong, timeout=30).status_code == 401
+        # this process's MLflow clients are logged in while the server runs
+        assert os.environ["MLFLOW_TRACKING_USERNAME"] == USERNAME
+        client = mlflow.MlflowClient(tracking_uri=url, registry_uri=url)
+        assert client.create_registered_model("ours").name == "ours"
+    assert "MLFLOW_TRACKING_PASSWORD" not in os.environ
+    assert (home / PASSWORD_FILE).stat().st_mode & 0o777 == 0o600

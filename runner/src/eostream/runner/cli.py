@@ -233,8 +233,9 @@ def demo(
     ] = False,
     mlflow_port: MlflowPortOption = 5000,
 ) -> None:
-    """Train, gate and promote a first model, classify a real scene, show the map and its
-    accuracy against hand-made labels; then serve until Ctrl-C."""
+    """Train and promote a first model, map a real scene, score the map; serve until Ctrl-C.
+
+    The map is scored against the scene's hand-made water labels, beside NDWI > 0."""
     from eostream.runner.demo import run as run_embedded
     from eostream.shared.runtime import run_service
 

@@ -42,7 +42,8 @@ from eostream.runner.demo_scene import (
     read_accuracy,
     request_training,
 )
-from eostream.runner.mlflow_server import free_port, mlflow_server
+from eostream.runner.download import DataFetchError
+from eostream.runner.mlflow_server import PASSWORD_FILE, USERNAME, free_port, mlflow_server
 from eostream.runner.provision import ensure_data
 from eostream.shared import topics
 from eostream.shared.bus.base import Delivery, parse_dead_letter
@@ -145,18 +146,28 @@ def demo_data_dir(data_dir: Path | None) -> Path:
     else the download cache, filled from the official sources (or ``EOSTREAM_DATA_MIRROR``) and
     checked by sha256. Says in one line where the data comes from."""
     data_dir = data_dir or (Path(p) if (p := os.environ.get("EOSTREAM_DATA_DIR")) else None)
-    if data_dir is not None and data_dir.is_dir():
+    if data_dir is not None:  # named: a typo is an error, not a 144 MB download
+        if not data_dir.is_dir():
+            raise ConfigError(
+                f"the data folder {data_dir} (--data-dir / EOSTREAM_DATA_DIR) is not a folder; "
+                "name the folder that holds the data, or set none to download it"
+            )
         console.print(f"data: {data_dir} (the data folder setting)", soft_wrap=True)
         return data_dir
     mirror = os.environ.get(MIRROR_ENV) or None
     target = default_data_dir()
     console.print(
-        f"data: {'no data folder set' if data_dir is None else f'{data_dir} does not exist'}; "
-        f"using {target}, downloaded once ({DEMO.size / 1e6:.0f} MB) from "
-        f"{mirror or 'the official sources'} and checked by sha256",
+        f"data: no data folder set; using {target}, downloaded once ({DEMO.size / 1e6:.0f} MB) "
+        f"from {mirror or 'the official sources'} and checked by sha256",
         soft_wrap=True,
     )
-    return ensure_data(target, mirror=mirror)
+    try:
+        return ensure_data(target, mirror=mirror)
+    except DataFetchError as exc:  # what to do next, on the same line
+        raise DataFetchError(
+            f"{exc}; without internet, set EOSTREAM_DATA_DIR to a copy of the data folder, or "
+            f"{MIRROR_ENV} to a mirror of its files (`eostream data urls` lists them)"
+        ) from exc
 
 
 #: ``eostream up``'s scene without sources: the 29RKH tile of the data folder, whose STAC item
@@ -213,7 +224,10 @@ async def run(
     console.print(f"[bold]eostream[/bold] embedded mode, state in {home}")
     # the services' imports (~8 s of CPU) while the MLflow server starts in its own process
     with mlflow_server(home, host, port, meanwhile=discover_components) as mlflow_url:
-        console.print(f"MLflow UI: {mlflow_url}")
+        console.print(
+            f"MLflow UI: {mlflow_url} (user {USERNAME}, password in {home / PASSWORD_FILE})",
+            soft_wrap=True,
+        )
         bus = embedded_bus(home)  # durable: a crash loses no event (ADR 0014)
         store = LocalObjectStore(home / "objects", "eostream")
         store.check()

@@ -1,5 +1,11 @@
 """The embedded mode's MLflow server (and UI) on its sqlite database, a child process.
 
+Writes need a credential, as on the stack's server: it runs MLflow's authentication app (basic
+auth) with one account, ``eostream``, whose password is made once per home and kept there
+(``mlflow-password``, readable by its owner only). The processes of the home use it
+(:func:`logged_in` sets MLflow's client variables); anyone else on the machine gets 401, where
+any local process could register versions, move aliases and write the tags the bridge reads.
+
 A process that outlives the sessions using a home (the notebooks' pytest run) can *advertise*
 its server in ``<home>/mlflow-server.json`` (URL and pid): :func:`home_mlflow_server` then
 reuses it instead of starting another one on the same database, and starts its own only when
@@ -11,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -25,6 +32,66 @@ from eostream.shared.errors import ConfigError
 
 #: Under the home: the advertised server, ``{"url": ..., "pid": ...}``.
 STATE_FILE = "mlflow-server.json"
+#: The account of the home's server, and the files (under the home) of its secrets.
+USERNAME = "eostream"
+PASSWORD_FILE = "mlflow-password"  # noqa: S105 - a file name
+_FLASK_KEY_FILE = "mlflow-flask-key"
+_CLIENT_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+def _secret(path: Path) -> str:
+    """The secret kept in ``path``, made (owner-only) on first use."""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(24)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another session of the home made it first
+        return path.read_text(encoding="utf-8").strip()
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(value + "\n")
+    return value
+
+
+def credentials(home: Path) -> tuple[str, str]:
+    """The user name and password of the home's MLflow server."""
+    return USERNAME, _secret(home / PASSWORD_FILE)
+
+
+@contextlib.contextmanager
+def logged_in(home: Path) -> Iterator[None]:
+    """MLflow's clients in this process use the home server's account until the block ends
+    (they read ``MLFLOW_TRACKING_USERNAME``/``_PASSWORD`` on every request)."""
+    before = {name: os.environ.get(name) for name in _CLIENT_VARIABLES}
+    os.environ.update(zip(_CLIENT_VARIABLES, credentials(home), strict=True))
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _auth_settings(home: Path) -> Path:
+    """The authentication app's settings (its own sqlite store of accounts beside the tracking
+    one), rewritten at each start."""
+    path = home / "mlflow-auth.ini"
+    text = (
+        "[mlflow]\n"
+        "default_permission = NO_PERMISSIONS\n"
+        f"database_uri = sqlite:///{home / 'mlflow-auth.db'}\n"
+        f"admin_username = {USERNAME}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # a password check is ~0.9 s of CPU (PBKDF2): once per 10 minutes, not per request
+        "auth_cache_ttl_seconds = 600\n"
+    )
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 def free_port(host: str, preferred: int) -> int:
@@ -41,12 +108,19 @@ def start_mlflow_server(home: Path, host: str, port: int) -> subprocess.Popen[by
     this process."""
     (home / "mlartifacts").mkdir(parents=True, exist_ok=True)
     command = [
-        sys.executable, "-m", "mlflow", "server",
+        sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
         "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
         "--artifacts-destination", str(home / "mlartifacts"),
         "--serve-artifacts", "--host", host, "--port", str(port), "--workers", "1",
     ]  # fmt: skip
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {
+        **os.environ,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "MLFLOW_AUTH_CONFIG_PATH": str(_auth_settings(home)),
+        "MLFLOW_AUTH_ADMIN_USERNAME": USERNAME,
+        "MLFLOW_AUTH_ADMIN_PASSWORD": credentials(home)[1],
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": _secret(home / _FLASK_KEY_FILE),
+    }
     with (home / "mlflow.log").open("ab") as log_file:
         return subprocess.Popen(  # noqa: S603 - our own interpreter, fixed arguments
             command,
@@ -115,7 +189,8 @@ def mlflow_server(
         wait_healthy(
             url, lambda: process.poll() is None, home / "mlflow.log", timeout, cancelled=cancelled
         )
-        yield url
+        with logged_in(home):
+            yield url
     finally:
         stop_mlflow_server(process)
 
@@ -131,7 +206,8 @@ def advertised_mlflow_server(home: Path, host: str = "127.0.0.1") -> Iterator[st
     state = home / STATE_FILE
     state.write_text(json.dumps({"url": url, "pid": process.pid}), encoding="utf-8")
     try:
-        yield url
+        with logged_in(home):
+            yield url
     finally:
         state.unlink(missing_ok=True)
         stop_mlflow_server(process)
@@ -180,7 +256,8 @@ def home_mlflow_server(
         wait_healthy(
             url, lambda: _is_mlflow(pid), home / "mlflow.log", timeout, cancelled=cancelled
         )
-        yield url
+        with logged_in(home):
+            yield url
         return
     port = free_port(host, 0)
     with mlflow_server(

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
-from pydantic_settings import SettingsConfigDict
+from pydantic import AliasChoices, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from eostream.shared.errors import ConfigError
 from eostream.shared.settings import ServiceSettings, load_settings
@@ -67,3 +67,19 @@ def test_settings_are_frozen(monkeypatch: pytest.MonkeyPatch) -> None:
         settings.bus = "kafka"  # type: ignore[misc]
     with pytest.raises(ValidationError, match="frozen"):  # the nested pieces too
         settings.consumers.stall_seconds = 1.0  # type: ignore[misc]
+
+
+class _WithAliases(BaseSettings):
+    """As the bridge's and the trainer's ``data_dir``: a prefixed variable and the shared one."""
+
+    model_config = SettingsConfigDict(env_prefix="DEMO_")
+    data_dir: str = Field(validation_alias=AliasChoices("data_dir", "DEMO_DATA_DIR", "EOSTREAM_X"))
+
+
+def test_a_missing_setting_names_every_variable_it_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``eostream models list`` without a data folder asked for BRIDGE_DATA_DIR alone, where the
+    README only ever names EOSTREAM_DATA_DIR (which the setting reads too)."""
+    for name in ("DEMO_DATA_DIR", "EOSTREAM_X", "DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match=r"DEMO_DATA_DIR \(or EOSTREAM_X\) is not set; it is"):
+        load_settings(_WithAliases)

@@ -335,3 +335,18 @@ def test_maps_evaluate_end_to_end_logs_to_mlflow(
     assert "map-accuracy/confusion.png" in names
     assert run.data.tags["eostream.package"] == "eostream-inference"  # and the commit
     assert run.data.tags["mlflow.source.git.commit"] != ""
+
+
+def test_the_confusion_figures_name_the_model_version_precision_and_run() -> None:
+    """Their panels said "model eurosat-landcover": which version, file and run made the maps
+    scored was in the terminal only."""
+    from typing import cast
+
+    from eostream.inference.evaluation import Reference, Report
+    from eostream.inference.maps_report import made_by
+
+    report = Report(
+        "item.json", "eurosat-landcover", cast(Reference, None), "int8", "3", "2d0599f5c"
+    )
+    assert made_by(report) == "eurosat-landcover v3, int8\nrun 2d0599f5"
+    assert made_by(Report("m.onnx", "m", cast(Reference, None))) == "m, fp32"

@@ -14,7 +14,15 @@ import os
 from pathlib import Path
 from typing import Any, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from eostream.shared.errors import ConfigError
@@ -151,6 +159,14 @@ def load_settings(cls: type[S], **overrides: Any) -> S:
         raise ConfigError(describe_validation_error(cls, exc)) from None
 
 
+def _env_aliases(cls: type[BaseSettings], name: str) -> list[str]:
+    """The environment variables a field also reads (its ``AliasChoices`` in upper case)."""
+    field = cls.model_fields.get(name)
+    alias = field.validation_alias if field is not None else None
+    choices = alias.choices if isinstance(alias, AliasChoices) else []
+    return [c for c in choices if isinstance(c, str) and c.isupper()]
+
+
 def describe_validation_error(cls: type[BaseSettings], exc: ValidationError) -> str:
     prefix = str(cls.model_config.get("env_prefix", "")).upper()
     delimiter = str(cls.model_config.get("env_nested_delimiter") or "__")
@@ -163,7 +179,9 @@ def describe_validation_error(cls: type[BaseSettings], exc: ValidationError) -> 
             continue
         variable = prefix + delimiter.join(location).upper()
         if error["type"] == "missing":
-            problems.append(f"{variable} is not set; it is required")
+            also = [a for a in _env_aliases(cls, location[0]) if a != variable]
+            named = f"{variable} (or {', '.join(also)})" if also else variable
+            problems.append(f"{named} is not set; it is required")
         else:
             problems.append(f"{variable} is invalid: {message}")
     return "configuration error: " + "; ".join(problems)

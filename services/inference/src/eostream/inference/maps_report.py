@@ -208,15 +208,24 @@ def confusion_png(
     return path
 
 
+def made_by(report: Report) -> str:
+    """The model as a figure names it: name, version, precision and run (``eurosat-landcover v1,
+    int8\nrun 2d0599f5``), as far as the report knows them."""
+    version = f" v{report.model_version}" if report.model_version else ""
+    run = f"\nrun {report.model_run_id[:8]}" if report.model_run_id else ""
+    return f"{report.model_name}{version}, {report.precision}{run}"
+
+
 def write_outputs(report: Report, out_dir: Path) -> list[Path]:
     """``summary.json`` and the confusion PNGs (pooled, and one per item) in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "summary.json"]
     written[0].write_text(json.dumps(summary(report), indent=2))
     classes = report.classes
+    model = made_by(report)
     cm = report.pooled("model")
     if cm is not None:
-        panels = [(f"model {report.model_name}", cm)]
+        panels = [(model, cm)]
         ncm = report.pooled("ndwi")
         if ncm is not None:
             panels.append(("NDWI > 0", ncm))
@@ -224,7 +233,7 @@ def write_outputs(report: Report, out_dir: Path) -> list[Path]:
             confusion_png(out_dir / "confusion.png", classes, panels, "pooled, complete items")
         )
     for r in report.items:
-        panels = [(f"model {report.model_name}", r.model_cm)]
+        panels = [(model, r.model_cm)]
         if r.ndwi_cm is not None:
             panels.append(("NDWI > 0", r.ndwi_cm))
         title = f"{r.item_id} ({r.coverage})"

@@ -111,7 +111,7 @@ def test_another_missions_item_is_refused_even_with_an_assumed_level(data_dir: P
     [sentinel] = [f for f in found if f["id"].startswith("S2")]
     for assumed in (None, "L2A"):
         with pytest.raises(ItemRejected, match="not a Sentinel-2 item: platform 'landsat-8'"):
-            to_scene(landsat, source="x", href="x", assume_level=assumed)  # type: ignore[arg-type]
+            to_scene(landsat, source="x", href="x", assume_level=assumed)
     assert to_scene(sentinel, source="x", href="x").processing_level == "L2A"
     for named in ({"constellation": "Sentinel 2"}, {"platform": "Sentinel-2B"}):
         assert to_scene({**sentinel, "properties": {**sentinel["properties"], **named}},

@@ -37,6 +37,11 @@ async def _exercise(store: StateStore, source: str) -> None:
     assert await store.forget_rejection(source, "a") == 0
     assert await store.forget_rejection(source, "b") == 2
     assert await store.unseen(source, [("a", "v1"), ("b", "v1")]) == {("b", "v1")}
+    # which items had a version announced (a new version of those replaces their maps)
+    await store.mark_seen(source, [SeenRecord("c", "v1", "rejected")])
+    assert await store.published(source, ["a", "b", "c", "d"]) == {"a"}
+    assert await store.published("another-source", ["a"]) == set()
+    assert await store.published(source, []) == set()
 
 
 async def test_sqlite_state_survives_reopen(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 
 from eostream.ingest import mapping
 from eostream.ingest import watcher as watcher_module
+from eostream.ingest.errors import SourceUnavailable
 from eostream.ingest.service import build_sources, from_settings, running
 from eostream.ingest.settings import IngestSettings, StacApiSource, StaticSource
 from eostream.ingest.state import SeenRecord, SqliteStateStore
@@ -332,3 +334,63 @@ def test_a_backfill_that_ends_before_it_starts_is_refused() -> None:
     args = ["--source", "any", "--start", "2020-02-01T00:00:00Z", "--end", "2020-01-01T00:00:00Z"]
     result = CliRunner().invoke(app, ["backfill", *args])
     assert result.exit_code == 2 and "is before --start" in result.output, result.output
+
+
+async def test_a_stac_geoparquet_table_is_a_catalogue(tmp_path: Path, data_dir: Path) -> None:
+    """Planetary Computer's 100 Sentinel-2 items as stac-geoparquet rows: read as the JSON items
+    they encode (the file was read as JSON and failed, retried at every poll), announced once,
+    and each as the same event as its JSON copy (two of them are in two-sentinel-2-items.json)."""
+    folder = data_dir / "sentinel2_stac/planetary_computer"
+    table = StaticSource(name="pc-table", href=str(folder / "100-sentinel-2-items.parquet"))
+    settings = _settings(tmp_path, table)
+    bus = InMemoryBus(service="ingest")
+    async with running(settings, from_settings(settings, bus=bus)) as watcher:
+        report = await watcher.poll(watcher.sources[0])
+        assert (report.published, report.rejected) == (100, 0)
+        again = await watcher.poll(watcher.sources[0])
+        assert (again.published, again.duplicates) == (0, 100)
+    events = {e.item_id: e for e in await drain(bus, SCENES, "t")}
+    assert len(events) == 100
+    assert {(e.tile, e.processing_level) for e in events.values()} == {("13TDE", "L2A")}
+    json_copies = json.loads((folder / "two-sentinel-2-items.json").read_text())["features"]
+    for item in json_copies:
+        row = events[item["id"]]
+        assert row.item_href == mapping.self_href(item)  # Planetary Computer's item URL
+        same = mapping.to_scene(item, source="pc-table", href=row.item_href)
+        fields = ("datetime", "bbox", "bands", "processing_baseline", "cloud_cover", "collection")
+        assert [getattr(row, f) for f in fields] == [getattr(same, f) for f in fields]
+
+
+async def test_a_file_that_is_no_table_says_so(tmp_path: Path) -> None:
+    broken = tmp_path / "items.parquet"
+    broken.write_text('{"type": "FeatureCollection", "features": []}')
+    [source] = build_sources(_settings(tmp_path, StaticSource(name="broken", href=str(broken))))
+    with pytest.raises(SourceUnavailable, match=f"broken: cannot read {broken}: .*Parquet"):
+        async for _ in source.source.pages(start=None, end=None):
+            pass
+
+
+async def test_a_new_version_of_an_announced_item_replaces_its_map(
+    tmp_path: Path, earth_search_v1: list[JsonDict]
+) -> None:
+    """A product re-processed under the same id (Earth Search keeps ids; a newer baseline) was
+    announced as an ordinary new scene, and inference skipped it as one its model had mapped:
+    the map stayed the old processing's. It is announced as a replacement now, under its
+    version's own event id (a crash before the mark repeats it, not a second map)."""
+    first = copy.deepcopy(earth_search_v1[0])
+    path = tmp_path / "item.json"
+    path.write_text(json.dumps(first))
+    settings = _settings(tmp_path, StaticSource(name="es", href=str(path)))
+    bus = InMemoryBus(service="ingest")
+    async with running(settings, from_settings(settings, bus=bus)) as watcher:
+        assert (await watcher.poll(watcher.sources[0])).published == 1
+        reprocessed = copy.deepcopy(first)
+        reprocessed["properties"]["updated"] = "2030-01-01T00:00:00Z"
+        reprocessed["properties"]["s2:processing_baseline"] = "05.11"
+        path.write_text(json.dumps(reprocessed))
+        assert (await watcher.poll(watcher.sources[0])).published == 1
+        assert (await watcher.poll(watcher.sources[0])).duplicates == 1
+    old, new = await drain(bus, SCENES, "t")
+    assert (old.item_id, old.replace) == (new.item_id, False)
+    assert (new.replace, new.processing_baseline) == (True, "05.11")
+    assert new.id == mapping.event_id("es", first["id"], "2030-01-01T00:00:00Z")

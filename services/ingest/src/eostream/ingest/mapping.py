@@ -187,8 +187,12 @@ def to_scene(
     href: str | None = None,
     assume_level: Level | None = None,
     replace: bool = False,
+    supersedes: bool = False,
 ) -> SceneDiscovered:
-    """Map one STAC item (as JSON) to its event, or raise ItemRejected with the reason."""
+    """Map one STAC item (as JSON) to its event, or raise ItemRejected with the reason.
+    ``replace``: announced again on request (a backfill), under a fresh event id; ``supersedes``:
+    a new version of an item announced before, under its version's own id; both ask inference
+    to map the scene again rather than skip it as mapped."""
     ident = item.get("id")
     if not isinstance(ident, str) or not ident or len(ident) > 256:
         raise ItemRejected(item_id(item), "missing or invalid id")
@@ -222,5 +226,5 @@ def to_scene(
         bbox=bbox,
         source_name=source,
         source="ingest",
-        replace=replace,
+        replace=replace or supersedes,
     )

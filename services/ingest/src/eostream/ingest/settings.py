@@ -81,7 +81,8 @@ class StaticSource(_SourceBase):
     kind: Literal["static"] = "static"
     href: str = Field(
         min_length=1,
-        description="catalog.json, collection.json, an item or a FeatureCollection; path or s3://",
+        description="catalog.json, collection.json, an item, a FeatureCollection or a "
+        "stac-geoparquet table (.parquet); path, s3:// or http(s)://",
     )
     href_rewrites: dict[str, str] = Field(
         default_factory=dict,

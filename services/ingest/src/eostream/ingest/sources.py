@@ -1,6 +1,7 @@
 """Where items come from: STAC APIs (pystac-client item search, paged) and static catalogues
-(pystac's StacIO: local files or s3://). Both yield pages of raw item JSON; nothing is parsed
-into pystac objects here, so a malformed item reaches the validator instead of breaking the walk.
+(pystac's StacIO: local files or s3://; a stac-geoparquet table, read by stac-geoparquet). Both
+yield pages of raw item JSON; nothing is parsed into pystac objects here, so a malformed item
+reaches the validator instead of breaking the walk.
 """
 
 from __future__ import annotations
@@ -197,6 +198,36 @@ class RewritingStacIO(DefaultStacIO):
             return self._s3_reader(parsed.netloc, parsed.path.lstrip("/")).decode("utf-8")
         return str(super().read_text_from_href(href))
 
+    def read_bytes(self, href: str) -> bytes:
+        """A file's bytes (a stac-geoparquet table), by the JSON reads' rewrites and policy."""
+        href = self.rewrite(href)
+        if self._policy is not None:
+            sources_policy.check(href, self._policy)
+        parsed = urlparse(href)
+        if parsed.scheme == "s3":
+            if self._s3_reader is None:
+                raise SourceUnavailable(f"{href}: s3:// catalogues need INGEST_S3__* settings")
+            return self._s3_reader(parsed.netloc, parsed.path.lstrip("/"))
+        if parsed.scheme in ("http", "https"):
+            import httpx
+
+            try:
+                response = httpx.get(href, timeout=60.0)
+                response.raise_for_status()
+            except httpx.HTTPError as exc:
+                raise OSError(f"GET {href}: {exc}") from exc
+            return response.content
+        with open(parsed.path if parsed.scheme == "file" else href, "rb") as f:
+            return f.read()
+
+
+#: what names a stac-geoparquet table (one row per item) rather than STAC JSON
+TABLE_SUFFIXES = (".parquet", ".geoparquet")
+
+
+def is_table(href: str) -> bool:
+    return urlparse(href).path.lower().endswith(TABLE_SUFFIXES)
+
 
 def catalogue_policy(config: StaticSource) -> SourcePolicy:
     """Where a static catalogue's links may lead (:mod:`eostream.shared.sources_policy`): its own
@@ -257,9 +288,39 @@ class StaticItemSource:
             return RawItem({}, where, unreadable=f"the item file {where} is not a JSON object")
         return RawItem(data, where)
 
+    def _table(self, href: str) -> Iterator[RawItem]:
+        """The rows of a stac-geoparquet table as the items they encode, a page of rows at a
+        time (stac-geoparquet's own reader); each item's self link is where it is read."""
+        import pyarrow as pa  # type: ignore[import-untyped]
+        import pyarrow.parquet as pq  # type: ignore[import-untyped]
+        from stac_geoparquet.arrow import stac_table_to_items
+
+        try:
+            table = pq.ParquetFile(pa.BufferReader(self._io.read_bytes(href)))
+            batches = iter(table.iter_batches(batch_size=self.page_size))
+        except (OSError, ValueError, KeyError, RetryableError, pa.ArrowException) as exc:
+            raise SourceUnavailable(f"{self.name}: cannot read {href}: {exc}") from exc
+        while True:
+            try:
+                batch = next(batches, None)
+                if batch is None:
+                    return
+                items = list(stac_table_to_items(pa.Table.from_batches([batch])))
+            except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as exc:
+                raise SourceUnavailable(
+                    f"{self.name}: {href} is no stac-geoparquet table eostream can read: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            for item in items:
+                link = self_href(item)
+                yield RawItem(item, self._io.rewrite(link) if link else None)
+
     def _walk(self, href: str, depth: int = 0) -> Iterator[RawItem]:
         if depth > 16:
             raise SourceUnavailable(f"{self.name}: catalogue deeper than 16 levels at {href}")
+        if is_table(href):
+            yield from self._table(href)
+            return
         data = self._read(href)
         kind = data.get("type")
         if kind == "Feature":

@@ -56,6 +56,9 @@ class StateStore(Protocol):
 
     async def mark_seen(self, source: str, records: Sequence[SeenRecord]) -> None: ...
 
+    async def published(self, source: str, item_ids: Sequence[str]) -> set[str]:
+        """The ids among ``item_ids`` this source has announced a version of."""
+
     async def forget_rejection(self, source: str, item_id: str) -> int:
         """Drop the "rejected" rows of an item (every version), so that it is looked at again
         (``eostream dlq replay``); published rows stay. Returns the rows dropped."""
@@ -180,6 +183,24 @@ class SqliteStateStore:
 
         seen = await self._in_thread(query)
         return wanted - seen
+
+    async def published(self, source: str, item_ids: Sequence[str]) -> set[str]:
+        ids = sorted(set(item_ids))
+
+        def query() -> set[str]:
+            found: set[str] = set()
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                where = f"source = ? AND outcome = 'published' AND item_id IN ({marks})"
+                rows = self._db().execute(
+                    f"SELECT DISTINCT item_id FROM seen WHERE {where}",  # noqa: S608 - placeholders only
+                    (source, *chunk),
+                )
+                found.update(r[0] for r in rows)
+            return found
+
+        return await self._in_thread(query) if ids else set()
 
     async def mark_seen(self, source: str, records: Sequence[SeenRecord]) -> None:
         if not records:

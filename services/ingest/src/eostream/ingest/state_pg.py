@@ -113,6 +113,20 @@ class PostgresStateStore:
             seen = {(str(r[0]), str(r[1])) for r in await cur.fetchall()}
             return wanted - seen
 
+    async def published(self, source: str, item_ids: Sequence[str]) -> set[str]:
+        async with self._lock:
+            if not item_ids:
+                return set()
+            await self._revive()
+            cur = await self._db().execute(
+                sql.SQL(
+                    "SELECT DISTINCT item_id FROM {} WHERE source = %s AND outcome = 'published' "
+                    "AND item_id = ANY(%s)"
+                ).format(self._t("seen")),
+                (source, sorted(set(item_ids))),
+            )
+            return {str(r[0]) for r in await cur.fetchall()}
+
     async def mark_seen(self, source: str, records: Sequence[SeenRecord]) -> None:
         async with self._lock:
             if not records:

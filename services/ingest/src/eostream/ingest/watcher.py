@@ -162,6 +162,9 @@ class Watcher:
             if replace
             else await self._store.unseen(name, [k for k, _ in keyed])
         )
+        # a new version of an item announced before (re-processed with a newer baseline, say):
+        # inference had skipped it as a scene its model had mapped; it replaces that map now
+        updated = set() if replace else await self._store.published(name, [i for i, _ in fresh])
         events: list[tuple[SceneDiscovered, str]] = []
         rejected: list[tuple[RawItem, ItemRejected, str]] = []
         newest: datetime | None = None
@@ -177,6 +180,7 @@ class Watcher:
                     href=raw.href,
                     assume_level=config.assume_level,
                     replace=replace,
+                    supersedes=key[0] in updated,
                 )
             except ItemRejected as exc:
                 rejected.append((raw, exc, key[1]))

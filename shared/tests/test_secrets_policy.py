@@ -93,3 +93,21 @@ def test_a_dsn_kept_as_a_secret_is_checked_like_a_plain_one() -> None:
     fine = base.model_copy(update={"http_host": "0.0.0.0", "pg_dsn": local})  # noqa: S104
     assert published_defaults(fine, prefix="INGEST_") == []
     assert published_defaults(base.model_copy(update={"http_host": "0.0.0.0"})) == []  # noqa: S104
+
+
+def test_a_short_secret_guarding_a_reachable_server_is_refused() -> None:
+    """``INFERENCE_API_KEY=x`` was taken for an API on 0.0.0.0 (the bridge's keys and ingest's
+    push secret already needed 16 characters); on loopback, and for other servers' secrets (S3
+    follows MinIO's own rules), a short one stays allowed."""
+    short = _Settings(bus="memory", api_key=SecretStr("x"), _env_file=None)
+    assert published_defaults(short) == []  # on 127.0.0.1
+    reachable = short.model_copy(update={"http_host": "0.0.0.0"})  # noqa: S104
+    assert published_defaults(reachable, prefix="DEMO_") == ["DEMO_API_KEY"]
+    own = reachable.model_copy(
+        update={
+            "api_key": SecretStr("sixteen-chars-ok"),
+            "store": "s3",
+            "s3": S3Settings.model_validate(_s3("minio:9000", "eight-ch")),
+        }
+    )
+    assert published_defaults(own, prefix="DEMO_") == []

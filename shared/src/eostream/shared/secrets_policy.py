@@ -1,4 +1,5 @@
-"""Published default secrets are refused outside this machine (issue #20).
+"""Published default secrets are refused outside this machine (issue #20), and so are secrets
+under 16 characters that guard a server of eostream's own (an API key, a webhook secret).
 
 Earlier versions of docker-compose.yml and the local Kubernetes overlay shipped fixed credentials
 (``eostream-local-api-key``, ``eostream-local-secret``, ...). Anybody can read them, so a service
@@ -48,6 +49,11 @@ PUBLISHED = frozenset(
 )
 
 
+#: The fewest characters of a secret that guards a server of eostream's own (an API key, a
+#: webhook secret) that other machines can reach: ``INFERENCE_API_KEY=x`` was taken on 0.0.0.0.
+#: Secrets eostream presents to other servers (S3, database passwords) follow those servers' rules.
+MIN_LENGTH = 16
+
 #: Fields that name who connects rather than prove it (S3 access keys are published with
 #: every request): never counted as secrets.
 IDENTIFIERS = frozenset({"access_key"})
@@ -96,14 +102,17 @@ def _own_host(model: BaseModel) -> str | None:
     return None  # served on the service's own server
 
 
-def _findings(model: BaseModel, path: list[str], host: str | None) -> Iterator[list[str]]:
+def _findings(
+    model: BaseModel, path: list[str], host: str | None, own: bool = True
+) -> Iterator[list[str]]:
     own_host = _own_host(model)
     if own_host is not None:
         host = own_host  # its secrets guard that endpoint, or that server of its own
+        own = "endpoint" not in type(model).model_fields
     for name in type(model).model_fields:
         if name in IDENTIFIERS:
             continue
-        yield from _value_findings(getattr(model, name), [*path, name], host)
+        yield from _value_findings(getattr(model, name), [*path, name], host, own)
 
 
 def _published_in_url(value: str) -> bool:
@@ -115,17 +124,24 @@ def _published_in_url(value: str) -> bool:
     return password in PUBLISHED and not is_loopback(url_host)
 
 
-def _value_findings(value: Any, path: list[str], host: str | None) -> Iterator[list[str]]:
+def _weak(secret: str, own: bool) -> bool:
+    """A published value, or a short one guarding a server of eostream's own (empty: unset)."""
+    return secret in PUBLISHED or (own and 0 < len(secret) < MIN_LENGTH and "://" not in secret)
+
+
+def _value_findings(
+    value: Any, path: list[str], host: str | None, own: bool = True
+) -> Iterator[list[str]]:
     if isinstance(value, SecretStr):
         # a DSN is a SecretStr too (ingest's pg_dsn): its password is checked like a plain one's
         secret = value.get_secret_value()
-        if (secret in PUBLISHED and not is_loopback(host)) or _published_in_url(secret):
+        if (_weak(secret, own) and not is_loopback(host)) or _published_in_url(secret):
             yield path
     elif isinstance(value, BaseModel):
-        yield from _findings(value, path, host)
+        yield from _findings(value, path, host, own)
     elif isinstance(value, dict):
         for item in value.values():
-            found = list(_value_findings(item, path, host))
+            found = list(_value_findings(item, path, host, own))
             if found:
                 yield path
                 return
@@ -152,7 +168,8 @@ def refusal(settings: BaseModel, *, prefix: str = "") -> str | None:
         return None
     return (
         f"{', '.join(found)} {'holds' if len(found) == 1 else 'hold'} a published default "
-        "secret, refused for a server other machines can reach; set a secret of your own "
+        f"secret (or one under {MIN_LENGTH} characters), refused for a server other machines "
+        "can reach; set a secret of your own "
         "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`), or keep the "
         "service on 127.0.0.1"
     )

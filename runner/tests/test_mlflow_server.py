@@ -93,3 +93,28 @@ def test_the_embedded_server_takes_no_request_without_the_homes_account(
         assert client.create_registered_model("ours").name == "ours"
     assert "MLFLOW_TRACKING_PASSWORD" not in os.environ
     assert (home / PASSWORD_FILE).stat().st_mode & 0o777 == 0o600
+
+
+def test_sessions_of_a_home_ending_in_any_order_keep_the_account_while_one_is_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two sessions of one home in a process (two notebooks' EmbeddedSession), the first ending
+    first, left the second with no credentials (each restored what it found)."""
+    import contextlib
+    import os
+
+    from eostream.runner.mlflow_server import credentials, logged_in
+
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    home = tmp_path / "home"
+    first, second = contextlib.ExitStack(), contextlib.ExitStack()
+    first.enter_context(logged_in(home))
+    second.enter_context(logged_in(home))
+    first.close()
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == credentials(home)[1] != ""
+    second.close()
+    assert "MLFLOW_TRACKING_PASSWORD" not in os.environ
+    # a password made anew starts a new account store (MLflow keeps an admin's first password)
+    (home / "mlflow-auth.db").write_text("an account store of an older password")
+    (home / "mlflow-password").unlink()
+    assert credentials(home)[1] and not (home / "mlflow-auth.db").exists()

@@ -3,7 +3,7 @@ rollback, a promotion), making the forced version champion again takes a new for
 
 from __future__ import annotations
 
-from eostream.registry_bridge.audit import AuditEntry, in_force
+from eostream.registry_bridge.audit import AuditEntry, in_force, verdict_on_record
 
 
 def entry(action: str, before: str | None, after: str | None) -> AuditEntry:
@@ -28,3 +28,20 @@ def test_a_force_holds_until_the_champion_moves_on() -> None:
     assert not in_force([*forced, entry("promote", "2", "3")], "2")
     assert in_force([*rolled_back, entry("override", "1", "2")], "2")
     assert not in_force([], "2")
+
+
+def test_the_verdict_on_record_is_the_versions_own() -> None:
+    """A verdict is the version's, not its number's (a model deleted and registered again
+    numbers from 1); a version the bridge made champion before verdicts were recorded (promoted,
+    or an accepted alias move) counts as passed, so earlier champions stay rollback targets."""
+    gated = AuditEntry(model="m", action="gated", by="registry-bridge", via="auto",
+                       from_version=None, to_version=None, reason="PASS", version="1",
+                       verdict="passed", registered_ms=1000)  # fmt: skip
+    assert verdict_on_record([gated], "1", 1000) == "passed"
+    assert verdict_on_record([gated], "1", 2000) is None  # another version 1
+    assert verdict_on_record([gated], "2", 1000) is None
+    legacy = [entry("promote", None, "1"), entry("alias_accepted", "1", "2")]
+    assert [verdict_on_record(legacy, v, 5) for v in ("1", "2", "3")] == ["passed", "passed", None]
+    failed = gated.model_copy(update={"verdict": "failed", "version": "2"})
+    assert verdict_on_record([*legacy, failed], "2", None) == "failed"  # the newer record
+    assert verdict_on_record([entry("override", "1", "2")], "2") is None  # forced: not passed

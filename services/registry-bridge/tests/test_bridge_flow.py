@@ -361,6 +361,14 @@ async def test_a_gate_tag_written_in_mlflow_makes_no_version_champion(
     assert version_tags(name, v2)[tags.GATE] == tags.GATE_FAILED
     with pytest.raises(PromotionError, match="failed the gate"):
         await bridge.promote(name, v2, by="alice", reason="the tag says passed")
+    # the live_version tag written beside the alias skipped every check (and a start of the
+    # bridge announced that version): undone too, and the tag set back
+    client.set_model_version_tag(name, v2, tags.GATE, tags.GATE_PASSED)
+    client.set_registered_model_alias(name, "champion", v2)
+    client.set_registered_model_tag(name, tags.LIVE_VERSION, v2)
+    assert await bridge.sync_champion(name) is None
+    assert str(client.get_model_version_by_alias(name, "champion").version) == v1
+    assert client.get_registered_model(name).tags[tags.LIVE_VERSION] == v1
     assert [e.version for e in promoted(bus)] == [v1]
     verdicts = [
         (e.version, e.verdict) for e in bridge.promoter.audit.entries(name) if e.action == "gated"

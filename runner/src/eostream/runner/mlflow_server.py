@@ -21,6 +21,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,45 +37,71 @@ STATE_FILE = "mlflow-server.json"
 USERNAME = "eostream"
 PASSWORD_FILE = "mlflow-password"  # noqa: S105 - a file name
 _FLASK_KEY_FILE = "mlflow-flask-key"
+_AUTH_DB = "mlflow-auth.db"
 _CLIENT_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
-def _secret(path: Path) -> str:
-    """The secret kept in ``path``, made (owner-only) on first use."""
+def _secret(path: Path) -> tuple[str, bool]:
+    """The secret kept in ``path``, made (owner-only) on first use; whether it was made now.
+    Written whole under another name, then linked into place: a session reading at the same
+    moment finds no file or the whole secret, never an empty one."""
     try:
-        return path.read_text(encoding="utf-8").strip()
+        return path.read_text(encoding="utf-8").strip(), False
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(24)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(secrets.token_urlsafe(24) + "\n")
+        os.link(tmp, path)
+        made = True
     except FileExistsError:  # another session of the home made it first
-        return path.read_text(encoding="utf-8").strip()
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(value + "\n")
-    return value
+        made = False
+    finally:
+        os.unlink(tmp)
+    return path.read_text(encoding="utf-8").strip(), made
 
 
 def credentials(home: Path) -> tuple[str, str]:
-    """The user name and password of the home's MLflow server."""
-    return USERNAME, _secret(home / PASSWORD_FILE)
+    """The user name and password of the home's MLflow server. A password made now starts a
+    new account store: MLflow sets the admin's password only when it creates the account, so
+    the old store would refuse the new password for good."""
+    password, made = _secret(home / PASSWORD_FILE)
+    if made:
+        (home / _AUTH_DB).unlink(missing_ok=True)
+    return USERNAME, password
+
+
+#: the homes whose account this process's MLflow clients use, and how many blocks use each
+_LOGINS: dict[Path, int] = {}
+_BEFORE: dict[str, str | None] = {}
 
 
 @contextlib.contextmanager
 def logged_in(home: Path) -> Iterator[None]:
-    """MLflow's clients in this process use the home server's account until the block ends
-    (they read ``MLFLOW_TRACKING_USERNAME``/``_PASSWORD`` on every request)."""
-    before = {name: os.environ.get(name) for name in _CLIENT_VARIABLES}
+    """MLflow's clients in this process use the home server's account until the last block of
+    the home ends (they read ``MLFLOW_TRACKING_USERNAME``/``_PASSWORD`` on every request, one
+    account per process: sessions of two homes at once in one process use the later's)."""
+    home = home.resolve()
+    if not _LOGINS:
+        _BEFORE.update({name: os.environ.get(name) for name in _CLIENT_VARIABLES})
+    _LOGINS[home] = _LOGINS.get(home, 0) + 1
     os.environ.update(zip(_CLIENT_VARIABLES, credentials(home), strict=True))
     try:
         yield
     finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        _LOGINS[home] -= 1
+        if not _LOGINS[home]:
+            del _LOGINS[home]
+        if _LOGINS:  # another home's session is still open: its account
+            os.environ.update(zip(_CLIENT_VARIABLES, credentials(next(iter(_LOGINS))), strict=True))
+        else:
+            for name, value in _BEFORE.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def _auth_settings(home: Path) -> Path:
@@ -84,7 +111,8 @@ def _auth_settings(home: Path) -> Path:
     text = (
         "[mlflow]\n"
         "default_permission = NO_PERMISSIONS\n"
-        f"database_uri = sqlite:///{home / 'mlflow-auth.db'}\n"
+        # configparser reads % as interpolation: a home path may hold one
+        f"database_uri = sqlite:///{str(home / _AUTH_DB).replace('%', '%%')}\n"
         f"admin_username = {USERNAME}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         # a password check is ~0.9 s of CPU (PBKDF2): once per 10 minutes, not per request
@@ -119,7 +147,7 @@ def start_mlflow_server(home: Path, host: str, port: int) -> subprocess.Popen[by
         "MLFLOW_AUTH_CONFIG_PATH": str(_auth_settings(home)),
         "MLFLOW_AUTH_ADMIN_USERNAME": USERNAME,
         "MLFLOW_AUTH_ADMIN_PASSWORD": credentials(home)[1],
-        "MLFLOW_FLASK_SERVER_SECRET_KEY": _secret(home / _FLASK_KEY_FILE),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": _secret(home / _FLASK_KEY_FILE)[0],
     }
     with (home / "mlflow.log").open("ab") as log_file:
         return subprocess.Popen(  # noqa: S603 - our own interpreter, fixed arguments

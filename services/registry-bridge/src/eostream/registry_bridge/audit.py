@@ -54,6 +54,11 @@ class AuditEntry(BaseModel):
     verdict: Literal["passed", "failed", "refused"] | None = Field(
         default=None, description="gated: the gate's verdict"
     )
+    registered_ms: int | None = Field(
+        default=None,
+        description="gated: when the version was registered (a model deleted and registered "
+        "again numbers its versions from 1: the verdict is this version's, not the number's)",
+    )
 
 
 class AuditLog:
@@ -69,6 +74,7 @@ class AuditLog:
         self.store = store
         self.prefix = prefix.strip("/")
         self._retrying = store_retrying(attempts, backoff, backoff_max)
+        self._read: dict[str, AuditEntry] = {}  # entries are written once: each key read once
 
     def _call(self, fn: Callable[[], T]) -> T:
         return self._retrying(fn)
@@ -106,10 +112,16 @@ class AuditLog:
 
         found = []
         for key in keys:
+            if key in self._read:
+                found.append(self._read[key])
+                continue
             try:
-                found.append(AuditEntry.model_validate(json.loads(read(key))))
+                entry = AuditEntry.model_validate(json.loads(read(key)))
             except (ObjectNotFoundError, ValueError, ValidationError) as exc:
                 log.warning("audit entry %s unreadable, left out: %s", key, exc)
+                continue
+            self._read[key] = entry
+            found.append(entry)
         return found
 
 
@@ -122,15 +134,25 @@ def moves(entries: Iterable[AuditEntry]) -> list[AuditEntry]:
     return [e for e in entries if e.action != "gated"]
 
 
-def verdict_on_record(entries: Iterable[AuditEntry], version: str) -> str | None:
-    """The gate's last verdict on ``version`` as the bridge recorded it; a version the bridge
-    promoted as passing before verdicts were recorded counts as passed; None: none on record."""
+def verdict_on_record(
+    entries: Iterable[AuditEntry], version: str, registered_ms: int | None = None
+) -> str | None:
+    """The gate's last verdict on ``version`` (registered at ``registered_ms``) as the bridge
+    recorded it; None: none on record. A version the bridge made champion as passing before
+    verdicts were recorded (a ``promote`` or an accepted alias move) counts as passed, so a
+    deployment's earlier champions stay champions and rollback targets."""
     found: str | None = None
     for entry in entries:
         if entry.action == "gated" and entry.version == version:
-            found = entry.verdict
-        elif found is None and entry.action == "promote" and entry.to_version == version:
-            found = "passed"  # only a passing version is promoted without force
+            same = entry.registered_ms is None or registered_ms is None
+            if same or entry.registered_ms == registered_ms:
+                found = entry.verdict
+        elif (
+            found is None
+            and entry.action in ("promote", "alias_accepted")
+            and entry.to_version == version
+        ):
+            found = "passed"  # made champion without force: it had passed
     return found
 
 

@@ -53,12 +53,12 @@ class Gating:
             return Outcome(name, version, "deferred", (f"status {mv.status}",))
         vtags = dict(mv.tags)
         gate = vtags.get(tags.GATE)
-        if gate == tags.GATE_PASSED:  # the tag alone is anyone's with MLflow write access
-            gate = self.promoter.verdict(name, version, gate)
-            if gate in (tags.GATE_FAILED, tags.GATE_REFUSED):
+        if gate is not None:  # the tag alone is anyone's with MLflow write access
+            tagged, gate = gate, self.promoter.verdict(mv)
+            if gate != tagged and gate in (tags.GATE_FAILED, tags.GATE_REFUSED):
                 self.registry.set_version_tags(name, version, {tags.GATE: gate})
-                log.error("%s v%s: eostream.gate set to passed outside the bridge; the audit "
-                          "log's verdict %s restored", name, version, gate)  # fmt: skip
+                log.error("%s v%s: eostream.gate set to %r outside the bridge; the audit log's "
+                          "verdict %s restored", name, version, tagged[:40], gate)  # fmt: skip
         if gate in (tags.GATE_FAILED, tags.GATE_REFUSED):
             return Outcome(name, version, "skipped", (f"already {gate}",))
         if gate == tags.GATE_PASSED:
@@ -82,7 +82,7 @@ class Gating:
         except NotReadyError as exc:
             return Outcome(name, version, "deferred", (str(exc),))
         except RefusedError as exc:
-            self.promoter.record_gate(name, version, tags.GATE_REFUSED, exc.reasons)
+            self.promoter.record_gate(mv, tags.GATE_REFUSED, exc.reasons)
             self._describe(name, version, tags.GATE_REFUSED, exc.reasons)
             self.registry.set_version_tags(
                 name,
@@ -118,7 +118,7 @@ class Gating:
         verdict = combine(patches, map_verdict)
         outcome = tags.GATE_PASSED if verdict.passed else tags.GATE_FAILED
         self._describe(name, version, outcome, verdict.reasons, champion_version)
-        self.promoter.record_gate(name, version, outcome, verdict.reasons)  # before the tag
+        self.promoter.record_gate(mv, outcome, verdict.reasons)  # before the tag
         self.gate.record_verdict(
             name, version, outcome, verdict.reasons, run_id, candidate, champion_version, map_tags
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from eostream.registry_bridge import metrics
-from eostream.registry_bridge.audit import AuditEntry, moves
+from eostream.registry_bridge.audit import MOVES, AuditEntry, moves
 from eostream.registry_bridge.contract import reasons_json
 from eostream.registry_bridge.errors import RefusedError
 from eostream.registry_bridge.port import ModelRegistry
@@ -41,6 +41,13 @@ class ChampionGuard:
         if champion is None and live is not None:
             self.restore_alias(name, live)
             return None
+        if champion is not None and champion == live:
+            # the live_version tag is anyone's with MLflow write access too: set beside the
+            # alias, it skipped every check (and the next start announced that version)
+            why_not = p.champion_refusal(name, champion)
+            if why_not is not None:
+                self.undo_alias(name, champion, self._restore_live(name, champion), why_not)
+                return None
         if champion is None or champion == live:
             p.show_champion(name, champion)
             return None
@@ -78,6 +85,15 @@ class ChampionGuard:
             p.record(name, "alias_accepted", by, "mlflow", live, champion, reason)
         p.show_champion(name, champion)
         return event
+
+    def _restore_live(self, name: str, other_than: str) -> str | None:
+        """Set ``eostream.live_version`` back to the version the audit log last made champion,
+        other than ``other_than`` (whose live tag was written outside the bridge); returns it."""
+        for entry in reversed(moves(self.promoter.audit.entries(name))):
+            if entry.action in MOVES and entry.to_version and entry.to_version != other_than:
+                self.registry.set_model_tag(name, tags.LIVE_VERSION, entry.to_version)
+                return entry.to_version
+        return None
 
     def _recorded(self, name: str, version: str) -> AuditEntry | None:
         """The model's newest move in the audit log when it is the promotion of ``version``."""
@@ -138,6 +154,10 @@ class ChampionGuard:
         p = self.promoter
         champion, live = self._champion_and_live(name)
         if champion is None or champion != live or p.announced.get(name) == champion:
+            return None
+        why_not = p.champion_refusal(name, champion)
+        if why_not is not None:  # both the alias and the live tag moved outside the bridge
+            log.error("%s: champion v%s not announced: %s", name, champion, why_not)
             return None
         try:
             shipment = p.ensure_shipped(name, champion)

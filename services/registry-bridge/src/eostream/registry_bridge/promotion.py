@@ -186,9 +186,10 @@ class Promoter:
             )
         )
 
-    def record_gate(self, name: str, version: str, outcome: str, reasons: Sequence[str]) -> None:
-        """The gate's verdict, in the audit log: the record :meth:`verdict` trusts (written
-        before the ``eostream.gate`` tag)."""
+    def record_gate(self, mv: VersionInfo, outcome: str, reasons: Sequence[str]) -> None:
+        """The gate's verdict on ``mv``, in the audit log: the record :meth:`verdict` trusts
+        (written before the ``eostream.gate`` tag)."""
+        name, version = mv.name, mv.version
         self.audit.append(
             AuditEntry(
                 model=name,
@@ -199,28 +200,33 @@ class Promoter:
                 to_version=None,
                 version=version,
                 verdict=outcome,
+                registered_ms=mv.created_ms,
                 reason=("; ".join(reasons) or outcome)[:5000],
             )
         )
 
-    def verdict(self, name: str, version: str, tagged: str | None) -> str | None:
-        """The gate's verdict on ``version`` the bridge can trust: its audit log's, whatever the
-        ``eostream.gate`` tag (``tagged``) says; a tag of passed with nothing on record is no
-        verdict (None: gate it)."""
+    def verdict(self, mv: VersionInfo, entries: list[AuditEntry] | None = None) -> str | None:
+        """The gate's verdict on ``mv`` the bridge can trust: its audit log's (``entries``, else
+        read), whatever the ``eostream.gate`` tag says; with nothing on record, a tag that keeps
+        the version out (failed, refused) is taken as it is, any other is no verdict (None:
+        gate it)."""
+        tagged = mv.tags.get(tags.GATE)
         if tagged is None:
             return None
-        recorded = verdict_on_record(self.audit.entries(name), version)
+        found = self.audit.entries(mv.name) if entries is None else entries
+        recorded = verdict_on_record(found, mv.version, mv.created_ms)
         if recorded is not None:
             return recorded
-        if tagged == tags.GATE_PASSED:
-            log.warning(
-                "%s v%s: its eostream.gate tag says passed, but the audit log has no verdict "
-                "of it: not trusted",
-                name,
-                version,
-            )
-            return None
-        return tagged  # failed or refused: a tag that keeps a version out is taken as it is
+        if tagged in (tags.GATE_FAILED, tags.GATE_REFUSED):
+            return tagged
+        log.warning(
+            "%s v%s: its eostream.gate tag says %r, but the audit log has no verdict of it: "
+            "not trusted",
+            mv.name,
+            mv.version,
+            tagged[:40],
+        )
+        return None
 
     def promote(
         self,
@@ -286,7 +292,7 @@ class Promoter:
         live = self.registry.model_tags(name).get(tags.LIVE_VERSION)
         if champion == version == live:
             raise PromotionError(f"{name} v{version} is already the live champion")
-        gate = self.verdict(name, version, mv.tags.get(tags.GATE))
+        gate = self.verdict(mv)
         if gate is None:
             gate = gate_first(name, version)
         reasons = self.version(name, version).tags.get(tags.GATE_REASONS, "[]")
@@ -371,16 +377,17 @@ class Promoter:
         whether a failed version's force is in force. ``undoing``: a rollback of the champion
         ``undoing`` to ``version``, which restores a force that promotion alone ended (the
         one-command way back from a bad version to a forced hotfix)."""
-        tagged = self.registry.get_version(name, version).tags.get(tags.GATE)
+        mv = self.registry.get_version(name, version)
         entries = self.audit.entries(name)
-        gate = verdict_on_record(entries, version)
-        if gate is None and tagged == tags.GATE_PASSED:
+        gate = self.verdict(mv, entries)
+        if gate is None and mv.tags.get(tags.GATE) is not None:
             return (
-                "its eostream.gate tag says passed, but the bridge's audit log has no such "
-                "verdict (whoever can write MLflow tags can write that one); the bridge gates it"
+                f"its eostream.gate tag says {mv.tags[tags.GATE][:40]!r}, but the bridge's audit "
+                "log has no such verdict (whoever can write MLflow tags can write that one); "
+                "the bridge gates it"
             )
         if gate != tags.GATE_FAILED:
-            return champion_refusal(gate or tagged, False)
+            return champion_refusal(gate, False)
         entries = moves(entries)
         last = entries[-1] if entries else None
         if (

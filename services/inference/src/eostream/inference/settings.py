@@ -12,6 +12,11 @@ from pydantic_settings import SettingsConfigDict
 
 from eostream.shared.settings import ServiceSettings, load_settings
 
+#: How scenes are mapped unless the operator says otherwise; the registry-bridge's map check
+#: scores candidates with the same defaults, so a version's map figure is that of its maps.
+DEFAULT_STRIDE = 32
+DEFAULT_UNCERTAIN_BELOW = 0.5
+
 
 class SourcesSettings(BaseModel):
     """What a REST request may name (``INFERENCE_SOURCES__*``); scenes announced on the bus are
@@ -172,7 +177,7 @@ class InferenceSettings(ServiceSettings):
     )
 
     # classification
-    stride: int = Field(default=32, ge=1, description="window step in pixels (<= 64)")
+    stride: int = Field(default=DEFAULT_STRIDE, ge=1, description="window step in pixels (<= 64)")
     batch_size: int = Field(
         default=0,
         ge=0,
@@ -198,7 +203,7 @@ class InferenceSettings(ServiceSettings):
         "at its own resolution (the result item says so); false = refuse it (dead letter, 422)",
     )
     uncertain_below: float = Field(
-        default=0.5,
+        default=DEFAULT_UNCERTAIN_BELOW,
         ge=0,
         le=1,
         description="pixels whose top-class probability is below this are labelled uncertain (254)",

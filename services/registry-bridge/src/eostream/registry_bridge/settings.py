@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from eostream.inference.settings import DEFAULT_STRIDE, DEFAULT_UNCERTAIN_BELOW
 from eostream.shared.holdout import HoldoutSettings
 from eostream.shared.settings import ServiceSettings
 
@@ -45,14 +46,18 @@ class GateSettings(BaseModel):
         default=None, ge=0, le=1, description="the map figure every candidate must reach (optional)"
     )
     map_stride: int = Field(
-        default=8, ge=2, le=64, description="inference window step on the reference scenes"
+        default=DEFAULT_STRIDE,
+        ge=2,
+        le=64,
+        description="inference window step on the reference scenes; inference's own default, so "
+        "the figure is that of the maps served (set both when you change one)",
     )
     map_uncertain_below: float = Field(
-        default=0.0,
+        default=DEFAULT_UNCERTAIN_BELOW,
         ge=0,
         le=1,
         description="inference's uncertain threshold while scoring maps (0: every pixel gets its "
-        "top class; uncertain pixels count as background)",
+        "top class; uncertain pixels count as background); inference's own default, as the stride",
     )
 
     @field_validator("map_stride")

@@ -45,3 +45,8 @@ def test_the_verdict_on_record_is_the_versions_own() -> None:
     failed = gated.model_copy(update={"verdict": "failed", "version": "2"})
     assert verdict_on_record([*legacy, failed], "2", None) == "failed"  # the newer record
     assert verdict_on_record([entry("override", "1", "2")], "2") is None  # forced: not passed
+    # a model deleted and registered again: the old version 1's promotion is not the new one's
+    promoted = entry("promote", None, "1")
+    registered_later = int(promoted.at.timestamp() * 1000) + 600_000  # beyond clock skew
+    assert verdict_on_record([promoted], "1", registered_later) is None
+    assert verdict_on_record([promoted], "1", registered_later - 400_000) == "passed"

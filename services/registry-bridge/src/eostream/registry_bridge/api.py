@@ -198,7 +198,7 @@ def models_router(bridge: Bridge) -> APIRouter:
 
     @router.get(
         "/{name}/audit",
-        summary="Promotions, overrides, rollbacks and undone alias moves",
+        summary="Promotions, overrides, rollbacks, undone alias moves and the gate's verdicts",
         responses=error_responses(401, 422, 503),
     )
     async def audit(

@@ -144,16 +144,28 @@ def verdict_on_record(
     found: str | None = None
     for entry in entries:
         if entry.action == "gated" and entry.version == version:
-            same = entry.registered_ms is None or registered_ms is None
-            if same or entry.registered_ms == registered_ms:
+            if None in (entry.registered_ms, registered_ms) or entry.registered_ms == registered_ms:
                 found = entry.verdict
         elif (
             found is None
             and entry.action in ("promote", "alias_accepted")
             and entry.to_version == version
+            and not _before(entry, registered_ms)
         ):
             found = "passed"  # made champion without force: it had passed
     return found
+
+
+#: how far the bridge's clock may be behind the registry's (registration times are MLflow's)
+CLOCK_SKEW_MS = 300_000
+
+
+def _before(entry: AuditEntry, registered_ms: int | None) -> bool:
+    """Whether ``entry`` was written before the version was registered: it was about another
+    version with the same number (a model deleted and registered again numbers from 1)."""
+    if registered_ms is None:
+        return False
+    return entry.at.timestamp() * 1000 < registered_ms - CLOCK_SKEW_MS
 
 
 def in_force(entries: Iterable[AuditEntry], version: str) -> bool:

@@ -115,6 +115,31 @@ def root_logging() -> Iterator[None]:
     logging.root.setLevel(level)
 
 
+MLFLOW_CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+@pytest.fixture(autouse=True)
+def mlflow_credentials_kept(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test: MLflow's clients read their account from the environment, process-wide; an
+    embedded session logs its home's account in there (``runner.mlflow_server.logged_in``). A
+    test that left another account behind made every later test of its worker talk to the
+    stack's MLflow as that account (401; clean-clone run 115). Put them back, and say who."""
+    import warnings
+
+    before = {name: os.environ.get(name) for name in MLFLOW_CREDENTIALS}
+    yield
+    after = {name: os.environ.get(name) for name in MLFLOW_CREDENTIALS}
+    if after == before:
+        return
+    changed = [name for name in MLFLOW_CREDENTIALS if after[name] != before[name]]
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    warnings.warn(f"{request.node.nodeid} left {', '.join(changed)} changed", stacklevel=1)
+
+
 @pytest.fixture(scope="session")
 def stac_api_url() -> str:
     return require_env("EOSTREAM_STAC_API_URL")

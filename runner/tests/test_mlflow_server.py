@@ -105,14 +105,17 @@ def test_sessions_of_a_home_ending_in_any_order_keep_the_account_while_one_is_op
 
     from eostream.runner.mlflow_server import credentials, logged_in
 
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
     home = tmp_path / "home"
     first, second = contextlib.ExitStack(), contextlib.ExitStack()
     first.enter_context(logged_in(home))
     second.enter_context(logged_in(home))
-    first.close()
-    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == credentials(home)[1] != ""
-    second.close()
+    try:
+        first.close()
+        assert os.environ["MLFLOW_TRACKING_PASSWORD"] == credentials(home)[1] != ""
+    finally:
+        second.close()
     assert "MLFLOW_TRACKING_PASSWORD" not in os.environ
     # a password made anew starts a new account store (MLflow keeps an admin's first password)
     (home / "mlflow-auth.db").write_text("an account store of an older password")

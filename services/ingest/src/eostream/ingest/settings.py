@@ -82,7 +82,7 @@ class StaticSource(_SourceBase):
     href: str = Field(
         min_length=1,
         description="catalog.json, collection.json, an item, a FeatureCollection or a "
-        "stac-geoparquet table (.parquet); path, s3:// or http(s)://",
+        "stac-geoparquet table (.parquet, .geoparquet); path, s3:// or http(s)://",
     )
     href_rewrites: dict[str, str] = Field(
         default_factory=dict,

@@ -116,28 +116,36 @@ def root_logging() -> Iterator[None]:
 
 
 MLFLOW_CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+#: the worker's MLflow account as the session started (``deploy/local/stack env``'s admin)
+_STARTING_CREDENTIALS = {name: os.environ.get(name) for name in MLFLOW_CREDENTIALS}
 
 
-@pytest.fixture(autouse=True)
-def mlflow_credentials_kept(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Every test: MLflow's clients read their account from the environment, process-wide; an
-    embedded session logs its home's account in there (``runner.mlflow_server.logged_in``). A
-    test that left another account behind made every later test of its worker talk to the
-    stack's MLflow as that account (401; clean-clone run 115). Put them back, and say who."""
+def _put_back_credentials(when: str) -> None:
+    """MLflow's account variables as the session started, with a warning naming ``when`` if
+    they had changed."""
     import warnings
 
-    before = {name: os.environ.get(name) for name in MLFLOW_CREDENTIALS}
-    yield
-    after = {name: os.environ.get(name) for name in MLFLOW_CREDENTIALS}
-    if after == before:
+    now = {name: os.environ.get(name) for name in MLFLOW_CREDENTIALS}
+    if now == _STARTING_CREDENTIALS:
         return
-    changed = [name for name in MLFLOW_CREDENTIALS if after[name] != before[name]]
-    for name, value in before.items():
+    for name, value in _STARTING_CREDENTIALS.items():
         if value is None:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
-    warnings.warn(f"{request.node.nodeid} left {', '.join(changed)} changed", stacklevel=1)
+    changed = [name for name in MLFLOW_CREDENTIALS if now[name] != _STARTING_CREDENTIALS[name]]
+    warnings.warn(f"{', '.join(changed)} found changed {when}; put back", stacklevel=2)
+
+
+@pytest.fixture(autouse=True)
+def mlflow_credentials_kept(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test starts and ends with MLflow's account as the session started. MLflow's clients
+    read it from the environment, process-wide, and an embedded session logs its home's account
+    in there (``runner.mlflow_server.logged_in``): clean-clone runs 115 and 116 had the stack's
+    MLflow answer 401 to every later test of a worker once another account was left behind."""
+    _put_back_credentials(f"before {request.node.nodeid}")
+    yield
+    _put_back_credentials(f"after {request.node.nodeid}")
 
 
 @pytest.fixture(scope="session")

@@ -87,21 +87,29 @@ def logged_in(home: Path) -> Iterator[None]:
     if not _LOGINS:
         _BEFORE.update({name: os.environ.get(name) for name in _CLIENT_VARIABLES})
     _LOGINS[home] = _LOGINS.get(home, 0) + 1
-    os.environ.update(zip(_CLIENT_VARIABLES, credentials(home), strict=True))
+    ours = dict(zip(_CLIENT_VARIABLES, credentials(home), strict=True))
+    os.environ.update(ours)
     try:
         yield
     finally:
         _LOGINS[home] -= 1
         if not _LOGINS[home]:
             del _LOGINS[home]
-        if _LOGINS:  # another home's session is still open: its account
-            os.environ.update(zip(_CLIENT_VARIABLES, credentials(next(iter(_LOGINS))), strict=True))
+        # what someone else set since is theirs: only the account this block set is undone
+        if all(os.environ.get(name) == value for name, value in ours.items()):
+            _log_out()
+
+
+def _log_out() -> None:
+    """The account of a home whose session is still open, else what was there before."""
+    if _LOGINS:
+        os.environ.update(zip(_CLIENT_VARIABLES, credentials(next(iter(_LOGINS))), strict=True))
+        return
+    for name, value in _BEFORE.items():
+        if value is None:
+            os.environ.pop(name, None)
         else:
-            for name, value in _BEFORE.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+            os.environ[name] = value
 
 
 def _auth_settings(home: Path) -> Path:

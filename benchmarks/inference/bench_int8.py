@@ -118,6 +118,7 @@ def train_and_export(name: str, data_dir: Path, work: Path, seed: int, epochs: i
     import torch
 
     from eostream.shared.modelcard import ModelCard
+    from eostream.trainer.cards import map_fields
     from eostream.trainer.export import export_onnx
     from eostream.trainer.recipe import fit_recipe, load_training_data
     from eostream.trainer.scoring import evaluate
@@ -145,6 +146,7 @@ def train_and_export(name: str, data_dir: Path, work: Path, seed: int, epochs: i
         scaling=scaling,
         architecture=architecture,
         description=f"bench_int8 {name}, {n} epochs",
+        **map_fields(architecture, data.train.x.shape[-1]),  # as the trainer's card has it
     )
     path = work / f"{name}.onnx"
     export_onnx(model, card, path)
@@ -242,22 +244,24 @@ def throughput(
 ) -> tuple[dict[str, float], int]:
     """Median windows/s of each session on the same windows, repeats interleaved, and how many
     repeats ran: all ``repeats``, or with a ``budget`` (s) at least 3, stopping once it is spent."""
-    from eostream.shared.modelcard import INPUT_NAME, OUTPUT_NAME
+    from eostream.shared.modelcard import INPUT_NAME
 
+    # what inference runs for a map: the per-pixel map output where the graph has one (last)
+    served = {k: [sess.get_outputs()[-1].name] for k, sess in sessions.items()}
     count = 1024 if batch > 1 else 256  # test windows repeated when there are fewer
     count = max(batch, count // batch * batch)
     windows = np.resize(x, (count, *x.shape[1:])).astype(np.float32)
     chunks = [windows[i : i + batch] for i in range(0, count, batch)]
-    for sess in sessions.values():  # warm-up
+    for key, sess in sessions.items():  # warm-up
         for chunk in chunks[:3]:
-            sess.run([OUTPUT_NAME], {INPUT_NAME: chunk})
+            sess.run(served[key], {INPUT_NAME: chunk})
     rates: dict[str, list[float]] = {k: [] for k in sessions}
     deadline = None if budget is None else time.perf_counter() + budget
     for r in range(repeats):
         for key, sess in sessions.items():
             started = time.perf_counter()
             for chunk in chunks:
-                sess.run([OUTPUT_NAME], {INPUT_NAME: chunk})
+                sess.run(served[key], {INPUT_NAME: chunk})
             rates[key].append(count / (time.perf_counter() - started))
         if deadline is not None and r >= 2 and time.perf_counter() > deadline:
             break
@@ -439,7 +443,7 @@ def main() -> None:
     )
     parser.add_argument("--maps", action="store_true", help="water IoU on one Boadella date")
     parser.add_argument("--date", default="2020-09-14", help="the Boadella date of --maps")
-    parser.add_argument("--stride", type=int, default=4, help="window step (px) of --maps")
+    parser.add_argument("--stride", type=int, default=32, help="window step (px) of --maps")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     cpu_mask.add_option(parser)
     parser.add_argument("--measure", nargs=2, metavar=("FOLDER", "ONNX"), help=argparse.SUPPRESS)

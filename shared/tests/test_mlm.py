@@ -102,3 +102,16 @@ def test_a_fine_tuned_model_names_its_base(card: ModelCard) -> None:
         ("derived_from", "models:/eurosat-rgb/4")
     ]
     assert mlm.validate_item(data, card, SHA) == []
+
+
+def test_a_map_output_is_described_as_a_second_output(card: ModelCard) -> None:
+    """centre_cnn's per-pixel map output (the card's map_output) is listed after the window's
+    classes: a semantic-segmentation output of the central block, with the same classes."""
+    mapped = card.model_copy(update={"map_output": "pixel_logits", "map_block": 32})
+    data = item(mapped)
+    assert mlm.validate_item(data, mapped, SHA) == []
+    first, second = data["properties"]["mlm:output"]
+    assert first["name"] == "logits" and first["result"]["shape"] == [-1, 10]
+    assert second["name"] == "pixel_logits" and second["tasks"] == ["semantic-segmentation"]
+    assert second["result"]["shape"] == [-1, 10, 32, 32]
+    assert second["classification:classes"] == first["classification:classes"]

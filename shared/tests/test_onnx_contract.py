@@ -139,3 +139,48 @@ def test_any_class_list_passes_when_the_output_has_one_score_per_class() -> None
     twice = card.model_copy(update={"classes": ("water", "water", "other")})
     bad = OnnxFacts(facts.inputs, facts.outputs, {METADATA_KEY: twice.to_json()})
     assert "card classes must be a non-empty list of distinct names" in graph_problems(bad, twice)
+
+
+def test_a_patch_model_may_give_per_pixel_scores_of_its_centre_as_the_card_says() -> None:
+    """A card with ``map_output`` (centre_cnn's) expects a second output ``[N, classes, B, B]``
+    beside the window's ``[N, classes]``; without it, a second output is refused as before."""
+    card = CARD.model_copy(update={"map_output": "pixel_logits", "map_block": 32})
+    inputs = (TensorFacts("input", ("N", 3, 64, 64), "float32"),)
+
+    def facts(*outputs: TensorFacts) -> OnnxFacts:
+        return OnnxFacts(inputs, outputs, {METADATA_KEY: card.to_json()})
+
+    logits = TensorFacts("logits", ("N", 10), "float32")
+    good = TensorFacts("pixel_logits", ("N", 10, 32, 32), "float32")
+    assert graph_problems(facts(logits, good), card) == []
+    assert graph_problems(facts(logits), card) == [
+        "the graph has 1 outputs; exactly 2 are expected"
+    ]
+    wrong = TensorFacts("pixel_logits", (4, 9, 16, 16), "float32")
+    assert graph_problems(facts(logits, wrong), card) == [
+        "pixel_logits batch dimension is fixed at 4; must be dynamic",
+        "pixel_logits has 9 classes; the card declares 10",
+        "pixel_logits is 16x16 per class; the card's map_block is 32",
+    ]
+    named = TensorFacts("other", ("N", 10, 32, 32), "float32")
+    assert graph_problems(facts(logits, named), card) == [
+        "the graph's second output is 'other'; the card names 'pixel_logits'"
+    ]
+    plain = OnnxFacts(inputs, (logits, good), {METADATA_KEY: CARD.to_json()})
+    assert graph_problems(plain, CARD) == ["the graph has 2 outputs; exactly 1 is expected"]
+
+
+@pytest.mark.parametrize(
+    "update",
+    [
+        {"map_output": "pixel_logits"},  # without its block
+        {"map_block": 32},  # a block without an output
+        {"map_output": "pixel_logits", "map_block": 66},  # bigger than the window
+        {"map_output": "pixel_logits", "map_block": 31},  # not centred in 64
+        {"map_output": "pixel_logits", "map_block": 32, "task": "segmentation"},
+    ],
+    ids=str,
+)
+def test_a_map_output_needs_a_centred_block_of_a_patch_model(update: dict[str, object]) -> None:
+    with pytest.raises(ValidationError, match="map_"):
+        ModelCard.model_validate({**CARD.model_dump(), **update})

@@ -88,3 +88,45 @@ def test_the_tolerance_grows_with_the_logits(tmp_path: Path) -> None:
     nan = np.full_like(x, np.nan)
     with pytest.raises(ExportMismatchError, match="NaN or infinite"):
         compare_onnx(path, nan, nan, 1e-3, "torch")
+
+
+def test_a_centre_cnn_exports_its_per_pixel_map_output_beside_its_logits(tmp_path: Path) -> None:
+    """The card the trainer writes for a centre_cnn names a second output, per-pixel logits of
+    each window's central 32x32 pixels; the graph has both, follows the ONNX contract with
+    that card, and both outputs agree with torch (check_onnx compares each)."""
+    from eostream.shared.modelcard import MAP_BLOCK, MAP_OUTPUT_NAME
+    from eostream.shared.onnx_contract import graph_problems
+    from eostream.trainer.cards import map_fields
+
+    bands = BAND_SETS["ms13"]
+    torch.manual_seed(0)
+    model = build_model("centre_cnn", bands, [0.1] * len(bands), [0.05] * len(bands))
+    card = ModelCard(
+        name="centre",
+        band_set="ms13",
+        bands=bands,
+        scaling=identity_scaling("ms13"),
+        architecture="centre_cnn",
+        **map_fields("centre_cnn", 64),
+    )
+    assert (card.map_output, card.map_block) == (MAP_OUTPUT_NAME, MAP_BLOCK)
+    path = tmp_path / "centre.onnx"
+    export_onnx(model, card, path)
+    x = torch.rand(5, len(bands), 64, 64) * 0.3
+    check = check_onnx(path, model, x, tolerance=1e-4)
+    assert check.argmax_agreement == 1.0
+
+    import onnxruntime as ort
+
+    from eostream.inference.model import graph_facts
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == [OUTPUT_NAME, MAP_OUTPUT_NAME]
+    assert graph_problems(graph_facts(session), card) == []
+    pixels = onnx_logits(path, x.numpy(), output=MAP_OUTPUT_NAME)
+    with torch.no_grad():
+        expected = model.forward_map(x, MAP_BLOCK)[1].numpy()
+    assert pixels.shape == (5, 10, MAP_BLOCK, MAP_BLOCK)
+    assert np.abs(pixels - expected).max() < 1e-4
+    # a small_cnn (no map output) and chips too small for the block and its margin: none
+    assert map_fields("small_cnn", 64) == {} and map_fields("centre_cnn", 32) == {}

@@ -206,3 +206,32 @@ def test_per_class_scores() -> None:
     assert matrix.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
     assert precision.tolist() == [0.5, 2 / 3, 0.0]
     assert recall.tolist() == [0.5, 1.0, 0.0]
+
+
+@pytest.mark.parametrize("architecture", models.MAP_ARCHITECTURES)
+def test_the_map_output_is_the_sum_the_window_logits_average(architecture: str) -> None:
+    """forward_map: the window's logits are forward's, and each pixel of the central block
+    scores the context's logits plus its own local ones, so the mean over the central 8x8
+    pixels gives the window's logits back (the map and the patch class are one model)."""
+    bands = BAND_SETS["ms13"]
+    torch.manual_seed(0)
+    model = build_model(architecture, bands, [0.1] * len(bands), [0.05] * len(bands)).eval()
+    x = torch.rand(3, len(bands), 64, 64) * 0.3
+    with torch.no_grad():
+        logits, pixels = model.forward_map(x, 32)
+        expected = model(x)
+    assert pixels.shape == (3, 10, 32, 32)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    centre = pixels[..., 12:20, 12:20].mean(dim=(2, 3))
+    torch.testing.assert_close(centre, expected, rtol=1e-5, atol=1e-5)
+    # the pixels differ where the local spectra do: not one score copied over the block
+    assert float(pixels.std(dim=(2, 3)).min()) > 0
+    with pytest.raises(ValueError, match="centre"):
+        model.forward_map(x, 7)
+
+
+def test_only_centre_networks_have_a_map_output() -> None:
+    bands = BAND_SETS["rgb"]
+    model = build_model("small_cnn", bands, [0.1] * 3, [0.05] * 3).eval()
+    with pytest.raises(TypeError, match="no per-pixel map output"):
+        model.forward_map(torch.zeros(1, 3, 64, 64), 32)

@@ -141,6 +141,21 @@ def properties(facts: MlmFacts) -> MLModelProperties:
         classes=[MLMClassification(value=i, name=c) for i, c in enumerate(card.classes)],
         post_processing_function=None,
     )
+    outputs = [model_output]
+    if card.map_output and card.map_block:  # per-pixel scores of the window's centre block
+        outputs.append(
+            ModelOutput(
+                name=card.map_output,
+                tasks={"semantic-segmentation"},
+                result=ModelResult(
+                    shape=[-1, len(card.classes), card.map_block, card.map_block],
+                    dim_order=["batch", "class", "height", "width"],
+                    data_type="float32",
+                ),
+                classes=model_output.classes,
+                post_processing_function=None,
+            )
+        )
     return MLModelProperties(
         name=f"{facts.name} v{facts.version}",
         architecture=card.architecture or "unknown",
@@ -154,7 +169,7 @@ def properties(facts: MlmFacts) -> MLModelProperties:
         pretrained=(facts.base_model or facts.card.pretrained_source) is not None,
         pretrained_source=facts.base_model or facts.card.pretrained_source,
         input=[model_input],
-        output=[model_output],
+        output=outputs,
     )
 
 

@@ -59,6 +59,13 @@ BAND_SETS: dict[str, tuple[str, ...]] = {
 PATCH_SIZE = 64
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+#: the name of a patch model's second output, per-pixel scores of its window's centre (see
+#: :attr:`ModelCard.map_output`)
+MAP_OUTPUT_NAME = "pixel_logits"
+#: the side of that block: inference's default stride, so at its defaults every window gives
+#: the pixels it labels one score each, for about 1.6x a window's class alone
+#: (docs/maps-accuracy.md)
+MAP_BLOCK = 32
 METADATA_KEY = "eostream.model_card"
 #: the ONNX metadata entry naming a file's numeric precision ("int8": written by the
 #: registry-bridge's quantisation); a file without it is fp32
@@ -149,6 +156,16 @@ class ModelCard(BaseModel):
         description="a pixel model's inputs to its estimator: the bands and the spectral indices "
         "of eostream.shared.spectral, or the indices alone (computed inside the ONNX graph)",
     )
+    map_output: str | None = Field(
+        default=None,
+        description="a patch model's second output: [N, classes, B, B] scores for each pixel of "
+        "its window's central B x B block (B: map_block), so a map labels every pixel on its "
+        "own while the window's class (output_name) is what its patch accuracy is measured on; "
+        "None: the window's class labels its whole block",
+    )
+    map_block: int | None = Field(
+        default=None, ge=1, description="the side of map_output's central block, in pixels"
+    )
     class_log_shift: tuple[float, ...] | None = Field(
         default=None,
         description="a pixel model's per-class offsets added to its log-probabilities (a "
@@ -163,6 +180,16 @@ class ModelCard(BaseModel):
             raise ValueError("bands must not repeat")
         if self.task == "pixel" and self.patch_size != 1:
             raise ValueError("a pixel model's patch_size is 1")
+        if (self.map_output is None) != (self.map_block is None):
+            raise ValueError("map_output and map_block go together")
+        if self.map_block is not None and (
+            self.task != "patch"
+            or self.map_block > self.patch_size
+            or (self.patch_size - self.map_block) % 2
+        ):
+            raise ValueError(
+                "map_block is for a patch model: at most its patch_size, centred (even margins)"
+            )
         if self.class_log_shift is not None and len(self.class_log_shift) != len(self.classes):
             raise ValueError("class_log_shift needs one offset per class")
         ref = self.input_reference

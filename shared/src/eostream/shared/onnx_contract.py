@@ -110,6 +110,29 @@ def _output_problems(shape: tuple[Dim, ...], n_classes: int, patch: int, task: s
     return problems
 
 
+def _map_output_problems(out: TensorFacts, card: ModelCard) -> list[str]:
+    """A patch model's second output (``card.map_output``): ``[N, classes, B, B]`` float32
+    scores for the pixels of its window's central ``B x B`` block (``card.map_block``)."""
+    if out.name != card.map_output:
+        return [f"the graph's second output is {out.name!r}; the card names {card.map_output!r}"]
+    block = card.map_block
+    problems = [] if out.dtype == "float32" else [f"{out.name} type is {out.dtype}; not float32"]
+    shape = out.shape
+    if len(shape) != 4:
+        return [
+            *problems,
+            f"{out.name} has rank {len(shape)}; the contract says [N, classes, B, B]",
+        ]
+    if not _is_dynamic(shape[0]):
+        problems.append(f"{out.name} batch dimension is fixed at {shape[0]}; must be dynamic")
+    if shape[1] != len(card.classes):
+        problems.append(f"{out.name} has {shape[1]} classes; the card declares {len(card.classes)}")
+    if tuple(shape[2:]) != (block, block):
+        h, w = shape[2:]
+        problems.append(f"{out.name} is {h}x{w} per class; the card's map_block is {block}")
+    return problems
+
+
 def graph_problems(facts: OnnxFacts, card: ModelCard | None) -> list[str]:
     """Every way the graph breaks the contract or its card; empty when it follows both.
 
@@ -133,10 +156,16 @@ def graph_problems(facts: OnnxFacts, card: ModelCard | None) -> list[str]:
 
     if len(facts.inputs) != 1:
         problems.append(f"the graph has {len(facts.inputs)} inputs; exactly 1 is expected")
-    if len(facts.outputs) != 1:
-        problems.append(f"the graph has {len(facts.outputs)} outputs; exactly 1 is expected")
+    n_outputs = 2 if card is not None and card.map_output else 1
+    if len(facts.outputs) != n_outputs:
+        problems.append(
+            f"the graph has {len(facts.outputs)} outputs; exactly {n_outputs} "
+            f"{'is' if n_outputs == 1 else 'are'} expected"
+        )
     if not facts.inputs or not facts.outputs:
         return problems
+    if card is not None and card.map_output and len(facts.outputs) == 2:
+        problems += _map_output_problems(facts.outputs[1], card)
 
     inp, out = facts.inputs[0], facts.outputs[0]
     expected_in = card.input_name if card else INPUT_NAME

@@ -6,7 +6,10 @@ strided views and batched. Each window labels its centre ``stride x stride`` cro
 :mod:`eostream.inference.tiling`), so every pixel is labelled exactly once. A pixel model
 (``card.task == "pixel"``) runs on a plan of 1x1 windows at stride 1: each batch is ``[N, C]``
 band vectors, one per pixel, and confidence, the out-of-domain check and placement work as
-for windows (:func:`plan_for`). A segmentation model (``card.task == "segmentation"``) gives a
+for windows (:func:`plan_for`). A patch model whose card has a map output (``centre_cnn``)
+labels the centre pixels of each window one by one from that output's per-pixel scores when the
+stride fits in its block (the default stride does), else with the window's class. A segmentation
+model (``card.task == "segmentation"``) gives a
 class score for every pixel of its window: windows overlap by half (stride ``patch / 2``) and
 each keeps the scores of its centre ``stride x stride`` pixels, so every pixel is labelled once,
 by the window it is central in, with at least ``patch / 4`` pixels of context on every side
@@ -272,9 +275,12 @@ def classify_strips(
     pixel = model.card.task == "pixel"
     if pixel and (plan.patch, plan.stride) != (1, 1):
         raise ValueError("a pixel model classifies every pixel: plan patch 1, stride 1")
-    # a segmentation model labels each window's centre stride x stride pixels, one by one
-    cell = (stride, stride) if model.card.task == "segmentation" else ()
-    crop = slice(plan.margin, plan.margin + stride)
+    # a segmentation model labels each window's centre stride x stride pixels, one by one; so
+    # does a patch model with a per-pixel map output (card.map_output) whose block holds them
+    map_block = None if pixel else model.map_block_for(stride)
+    cell = (stride, stride) if model.card.task == "segmentation" or map_block else ()
+    inner = (map_block - stride) // 2 if map_block else plan.margin
+    crop = slice(inner, inner + stride)
     strips = plan.strips(rows_per_strip or strip_rows(plan))
     started = time.perf_counter()
     wait = compute = 0.0
@@ -302,8 +308,8 @@ def classify_strips(
                 batch = gather(view, b0, b1)
                 if pixel:  # [N, C, 1, 1] windows of one pixel -> [N, C] band vectors
                     batch = batch.reshape(len(batch), channels)
-                logits = model.run(batch)
-                if cell:  # [N, K, P, P] -> the centre [N, K, S, S]
+                logits = model.run_map(batch) if map_block else model.run(batch)
+                if cell:  # [N, K, P, P] (or [N, K, B, B]) -> the centre [N, K, S, S]
                     logits = logits[:, :, crop, crop]
                 p = softmax(logits)
                 top = p.max(axis=1)

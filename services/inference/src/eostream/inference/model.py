@@ -109,6 +109,22 @@ class LoadedModel:
         out = self.session.run([self.card.output_name], {self.card.input_name: batch})
         return np.asarray(out[0], dtype=np.float32)
 
+    def run_map(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """The per-pixel scores ``[N, K, B, B]`` of the windows' central blocks (the card's
+        ``map_output``; only the nodes it needs run)."""
+        if not self.card.map_output:
+            raise ValueError(f"{self.card.name} has no per-pixel map output")
+        out = self.session.run([self.card.map_output], {self.card.input_name: batch})
+        return np.asarray(out[0], dtype=np.float32)
+
+    def map_block_for(self, stride: int) -> int | None:
+        """The block of the map output when windows at ``stride`` can label their pixels from
+        it (the stride fits in the block, centred); None: each window's class labels them."""
+        block = self.card.map_block
+        if block is None or stride > block or (block - stride) % 2:
+            return None
+        return block
+
     def close(self) -> None:
         # dropping the last reference frees the session's arena; keep nothing else alive
         del self.session
@@ -290,3 +306,17 @@ def _warm(model: LoadedModel) -> None:
     if logits.shape != (2, len(model.card.classes), *per_pixel):
         expected = ", ".join(["N", str(len(model.card.classes)), *map(str, per_pixel)])
         raise ModelLoadError(f"model output shape {logits.shape} is not [{expected}]")
+    block = model.card.map_block
+    if block is not None:  # the per-pixel output the maps are made from
+        try:
+            pixels = model.run_map(batch)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"model {model.info.name} v{model.info.version} fails to run its "
+                f"{model.card.map_output}: {exc}"
+            ) from exc
+        if pixels.shape != (2, len(model.card.classes), block, block):
+            raise ModelLoadError(
+                f"model {model.card.map_output} shape {pixels.shape} is not "
+                f"[N, {len(model.card.classes)}, {block}, {block}]"
+            )

@@ -41,6 +41,8 @@ WINDOW_LABELS = {
     "pixel": "pixel",  # every pixel on its own
     "segmentation": "centre crop per pixel",  # the centre's own per-pixel classes
 }
+#: a patch model's windows labelling their centres from its per-pixel map output
+MAP_OUTPUT_LABELS = "centre crop per pixel (map output)"
 #: Called with a percentage (0..100) and a line of text while a scene is classified.
 ReportProgress = Callable[[int, str], None]
 #: uuid5 namespace of SceneClassified event ids
@@ -316,7 +318,11 @@ class Pipeline:
                 "patch": windows.patch,
                 "stride": windows.stride,
                 "padding": "reflect",
-                "labels": WINDOW_LABELS[card.task],
+                "labels": (
+                    MAP_OUTPUT_LABELS
+                    if model.map_block_for(windows.stride) and card.task == "patch"
+                    else WINDOW_LABELS[card.task]
+                ),
             },
             "eostream:pixels": result.pixels,
             "eostream:masked_pixels": stats["masked_pixels"],

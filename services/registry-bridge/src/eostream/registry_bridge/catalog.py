@@ -112,11 +112,13 @@ def gate_properties(version_tags: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _classes(props: Mapping[str, Any]) -> list[str]:
-    return [
+    # each output lists the classes (a patch model's per-pixel map output repeats them)
+    names = (
         str(c["name"])
         for output in props.get("mlm:output", [])
         for c in output.get("classification:classes", [])
-    ]
+    )
+    return list(dict.fromkeys(names))
 
 
 def _bands(props: Mapping[str, Any]) -> list[str]:

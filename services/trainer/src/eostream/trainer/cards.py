@@ -10,13 +10,20 @@ from __future__ import annotations
 import json
 from importlib.metadata import version as dist_version
 from pathlib import Path
+from typing import Any
 
-from eostream.shared.modelcard import BandScaling, ModelCard
+from eostream.shared.modelcard import (
+    MAP_BLOCK,
+    MAP_OUTPUT_NAME,
+    PATCH_SIZE,
+    BandScaling,
+    ModelCard,
+)
 from eostream.trainer import chipset
 from eostream.trainer.bands import band_set_bands
 from eostream.trainer.catalog import cached_copy, keep_copy, list_sources, sources_digest
 from eostream.trainer.errors import BadTrainingRequestError
-from eostream.trainer.models import SEGMENTATION_ARCHITECTURES
+from eostream.trainer.models import MAP_ARCHITECTURES, SEGMENTATION_ARCHITECTURES
 from eostream.trainer.plan import TrainingPlan
 from eostream.trainer.pretrained import PretrainedSource
 from eostream.trainer.scaling import fit_rgb_scaling, identity_scaling
@@ -28,6 +35,14 @@ LIBRARIES = {
     "keras": ("keras", "keras"),
     "sklearn": ("scikit-learn", "scikit-learn"),
 }
+
+
+def map_fields(architecture: str, patch_size: int) -> dict[str, Any]:
+    """The card's ``map_output`` and ``map_block`` for a network with a per-pixel map output
+    (:data:`MAP_ARCHITECTURES`) whose windows hold the block and its 1 px margin; none else."""
+    if architecture not in MAP_ARCHITECTURES or patch_size < MAP_BLOCK + 2:
+        return {}
+    return {"map_output": MAP_OUTPUT_NAME, "map_block": MAP_BLOCK}
 
 
 def eurosat_card(
@@ -51,6 +66,7 @@ def eurosat_card(
         library=library,
         library_version=dist_version(distribution),
         pretrained_source=pretrained.description if pretrained else plan.base_model,
+        **map_fields(plan.architecture, PATCH_SIZE),
     )
 
 
@@ -109,4 +125,5 @@ def chip_card(plan: TrainingPlan, dataset: chipset.ChipDataset, digest: str) -> 
         dataset=str(dataset.path.resolve()),
         dataset_test_split="test",
         pretrained_source=plan.base_model,
+        **({} if segmentation else map_fields(plan.architecture, dataset.size)),
     )

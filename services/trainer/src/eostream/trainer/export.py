@@ -34,12 +34,16 @@ def export_onnx(model: EuroSATNet, card: ModelCard, path: Path, opset: int = 18)
     example = torch.zeros(2, len(card.bands), card.patch_size, card.patch_size)
     batch = torch.export.Dim("batch", min=1, max=65536)
     path.parent.mkdir(parents=True, exist_ok=True)
+    graph: torch.nn.Module = model
+    outputs = [OUTPUT_NAME]
+    if card.map_output and card.map_block:
+        graph, outputs = _MapGraph(model, card.map_block), [OUTPUT_NAME, card.map_output]
     torch.onnx.export(
-        model,
+        graph,
         (example,),
         str(path),
         input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
+        output_names=outputs,
         opset_version=opset,
         dynamo=True,
         external_data=False,
@@ -55,14 +59,27 @@ def export_onnx(model: EuroSATNet, card: ModelCard, path: Path, opset: int = 18)
     return file_sha256_hex(path)
 
 
-def onnx_logits(path: Path, x: np.ndarray, threads: int = 1) -> np.ndarray:
+class _MapGraph(torch.nn.Module):
+    """What a model with a map output exports: both of :meth:`EuroSATNet.forward_map`'s."""
+
+    def __init__(self, model: EuroSATNet, block: int) -> None:
+        super().__init__()
+        self.model, self.block = model, block
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.forward_map(x, self.block)
+
+
+def onnx_logits(
+    path: Path, x: np.ndarray, threads: int = 1, output: str = OUTPUT_NAME
+) -> np.ndarray:
     import onnxruntime as ort
 
     options = ort_session.configure(ort.SessionOptions(), threads=threads)
     session = ort.InferenceSession(
         str(path), options, providers=[ort_session.CPU], **ort_session.session_arguments()
     )
-    out = session.run([OUTPUT_NAME], {INPUT_NAME: x.astype(np.float32)})
+    out = session.run([output], {INPUT_NAME: x.astype(np.float32)})
     return np.asarray(out[0])
 
 
@@ -81,15 +98,26 @@ def check_onnx(path: Path, model: EuroSATNet, x: torch.Tensor, tolerance: float)
     model = model.cpu().eval()
     with torch.no_grad():
         expected = model(x).numpy()
-    return compare_onnx(path, expected, x.numpy(), tolerance, "torch")
+    check = compare_onnx(path, expected, x.numpy(), tolerance, "torch")
+    card = read_card(path)
+    if card.map_output and card.map_block:  # the per-pixel map output too
+        with torch.no_grad():
+            pixels = model.forward_map(x, card.map_block)[1].numpy()
+        compare_onnx(path, pixels, x.numpy(), tolerance, "torch", card.map_output)
+    return check
 
 
 def compare_onnx(
-    path: Path, expected: np.ndarray, x: np.ndarray, tolerance: float, library: str
+    path: Path,
+    expected: np.ndarray,
+    x: np.ndarray,
+    tolerance: float,
+    library: str,
+    output: str = OUTPUT_NAME,
 ) -> ExportCheck:
-    """ONNX logits of ``x`` against ``expected`` (``library``'s own logits of the same patches):
-    the agreement, or ExportMismatchError when they disagree."""
-    got = onnx_logits(path, x)
+    """ONNX logits of ``x`` (its ``output``) against ``expected`` (``library``'s own logits of
+    the same patches): the agreement, or ExportMismatchError when they disagree."""
+    got = onnx_logits(path, x, output=output)
     diff = float(np.abs(expected - got).max())
     agreement = float((expected.argmax(1) == got.argmax(1)).mean())
     check = ExportCheck(diff, agreement, len(x))
@@ -101,7 +129,8 @@ def compare_onnx(
     # flip within float tolerance; a patch model's classes must all agree
     least = 1.0 if expected.ndim == 2 else 1.0 - 1e-4
     log.info(
-        "ONNX vs %s on %d patches: max |diff| %.2e, argmax agreement %.4f",
+        "ONNX %s vs %s on %d patches: max |diff| %.2e, argmax agreement %.4f",
+        output,
         library,
         len(x),
         diff,

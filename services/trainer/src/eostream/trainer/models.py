@@ -69,6 +69,9 @@ INDEX_ARCHITECTURES = ("seg_unet_indices",)
 #: the central pixels whose own spectra ``centre_cnn`` classifies (inference's stride 8 labels
 #: the central 8x8 of each window)
 CENTRE_CROP = 8
+#: the networks whose ONNX graph has a second output, per-pixel scores of the window's central
+#: :data:`~eostream.shared.modelcard.MAP_BLOCK` pixels (``map_output`` in the card)
+MAP_ARCHITECTURES = ("centre_cnn", "centre_cnn_stride2")
 NUM_CLASSES = len(EUROSAT_CLASSES)
 
 
@@ -150,11 +153,29 @@ class _CentreCNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        top = (x.shape[-2] - self.crop) // 2 - 1
-        left = (x.shape[-1] - self.crop) // 2 - 1
-        centre = x[..., top : top + self.crop + 2, left : left + self.crop + 2]
-        local = self.local(centre).mean(dim=(2, 3))
+        local = self._local(x, self.crop).mean(dim=(2, 3))
         out: torch.Tensor = self.context(x) + local
+        return out
+
+    def forward_map(self, x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The window's logits ``[N, K]`` (as :meth:`forward`) and the per-pixel logits
+        ``[N, K, block, block]`` of its central ``block`` x ``block`` pixels: the context's
+        logits plus each pixel's own local logits, the same sum :meth:`forward` averages over
+        the central ``crop`` pixels. One local pass over the block gives both."""
+        if block < self.crop or (block - self.crop) % 2:
+            raise ValueError(f"block {block} must hold the {self.crop} px centre, centred")
+        local = self._local(x, block)
+        inner = (block - self.crop) // 2
+        centre = local[..., inner : inner + self.crop, inner : inner + self.crop]
+        context = self.context(x)
+        logits = context + centre.mean(dim=(2, 3))
+        return logits, context[:, :, None, None] + local
+
+    def _local(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        """Local logits ``[N, K, size, size]`` of the central pixels (a 1 px margin read in)."""
+        top = (x.shape[-2] - size) // 2 - 1
+        left = (x.shape[-1] - size) // 2 - 1
+        out: torch.Tensor = self.local(x[..., top : top + size + 2, left : left + size + 2])
         return out
 
 
@@ -303,6 +324,16 @@ class EuroSATNet(nn.Module):
             x = features(x)
         out: torch.Tensor = self.backbone(self.normalize(x))
         return out
+
+    def forward_map(self, x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A ``centre_cnn``'s two outputs (eval only, no jitter): the window's logits and the
+        per-pixel logits of its central ``block`` pixels (:meth:`_CentreCNN.forward_map`)."""
+        if not isinstance(self.backbone, _CentreCNN):
+            raise TypeError(f"{self.architecture} has no per-pixel map output")
+        features = getattr(self, "features", None)
+        if features is not None:
+            x = features(x)
+        return self.backbone.forward_map(self.normalize(x), block)
 
     def with_jitter(self, jitter: nn.Module | None) -> EuroSATNet:
         """Attach (or with None remove) a training-only input augmentation, e.g.

@@ -25,6 +25,7 @@ from eostream.registry_bridge.input_stem import (
 )
 from eostream.registry_bridge.quantize import Stem, quantise
 from eostream.shared.modelcard import BAND_SETS, ModelCard
+from eostream.trainer.cards import map_fields
 from eostream.trainer.export import export_onnx
 from eostream.trainer.models import INDEX_ARCHITECTURES, SpectralIndices, build_model
 from eostream.trainer.scaling import identity_scaling
@@ -69,6 +70,7 @@ def exported(
         bands=bands,
         scaling=identity_scaling(band_set),
         architecture=architecture,
+        **map_fields(architecture, 64),  # a centre_cnn's per-pixel map output, as trained
     )
     path = tmp_path / "model.onnx"
     export_onnx(model, card, path)
@@ -418,10 +420,17 @@ def test_the_gemm_kernels_weights_stand_for_the_same_values(
             if i.name == "logits_scale"
         )
     )
-    assert output_step(onnx.load_model_from_string(models["direct"])) == out_scale
-    logits = {k: onnx_model.logits(onnx_model.session(data), x) for k, data in models.items()}
+    proto = onnx.load_model_from_string(models["direct"])
+    assert output_step(proto) == out_scale
+    # every output (a centre_cnn's per-pixel map output too), each within its own step
+    outputs = {k: onnx_model.session(data).run(None, {"input": x}) for k, data in models.items()}
+    steps = [output_step(proto, o.name) for o in proto.graph.output]
+    assert len(outputs["direct"]) == (2 if architecture.startswith("centre_cnn") else 1)
     chosen, kernel, medians = fastest_kernel(models["direct"], x, pairs=1, runs=1)
-    if np.abs(logits["gemm"] - logits["direct"]).max() <= out_scale + 1e-6:
+    if all(
+        np.abs(g - d).max() <= step + 1e-6
+        for g, d, step in zip(outputs["gemm"], outputs["direct"], steps, strict=True)
+    ):
         assert chosen == models[kernel] and medians.keys() == {"direct", "gemm"}
     else:  # this CPU's int8 GEMM saturates (AVX2 without VNNI): the bridge keeps the direct one
         assert (chosen, kernel, medians) == (models["direct"], "direct", {})

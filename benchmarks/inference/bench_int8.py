@@ -246,7 +246,8 @@ def throughput(
     repeats ran: all ``repeats``, or with a ``budget`` (s) at least 3, stopping once it is spent."""
     from eostream.shared.modelcard import INPUT_NAME
 
-    # what inference runs for a map: the per-pixel map output where the graph has one (last)
+    # what inference asks for when it maps at a stride the block holds: the per-pixel map
+    # output where the graph has one (last); onnxruntime runs the whole graph either way
     served = {k: [sess.get_outputs()[-1].name] for k, sess in sessions.items()}
     count = 1024 if batch > 1 else 256  # test windows repeated when there are fewer
     count = max(batch, count // batch * batch)

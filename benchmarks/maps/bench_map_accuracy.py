@@ -44,6 +44,7 @@ from eostream.inference.settings import InferenceSettings, scratch_settings
 from eostream.inference.wiring import build_service
 from eostream.shared.modelcard import EUROSAT_CLASSES, ModelCard
 from eostream.trainer.augment import training_augmentation
+from eostream.trainer.cards import map_fields
 from eostream.trainer.export import export_onnx
 from eostream.trainer.pixel import (
     export_pixel_onnx,
@@ -153,6 +154,7 @@ def train(
         scaling=scaling,
         architecture=architecture,
         description=f"bench_map_accuracy {name}, augmentation {','.join(augmentation) or 'none'}",
+        **map_fields(architecture, data.train.x.shape[-1]),  # as the trainer's card has it
     )
     path = work / f"{name}.onnx"
     export_onnx(model, card, path)
@@ -219,7 +221,13 @@ def main() -> None:
     )
     parser.add_argument("--epochs", type=int, default=None, help="override every candidate's")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--stride", type=int, default=2, help="inference window step (px)")
+    parser.add_argument(
+        "--stride",
+        type=int,
+        default=32,
+        help="inference window step (px); 32, inference's default, since the centre_cnn "
+        "candidates map from their per-pixel output (the README's table was made at 2)",
+    )
     parser.add_argument(
         "--uncertain", action="store_true", help="keep the uncertain label (default: top class)"
     )

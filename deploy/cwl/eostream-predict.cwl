@@ -43,7 +43,9 @@ $graph:
         label: ONNX model
         doc: >-
           An ONNX model made by eostream-train (model.onnx in its output catalog): input
-          [N, C, 64, 64] float32, output logits [N, 10], model card in the metadata.
+          [N, C, 64, 64] float32, output logits [N, 10] (a centre_cnn also gives
+          pixel_logits [N, 10, 32, 32], which its maps are made from), model card in the
+          metadata.
     outputs:
       maps:
         type: Directory

@@ -130,3 +130,9 @@ def test_a_centre_cnn_exports_its_per_pixel_map_output_beside_its_logits(tmp_pat
     assert np.abs(pixels - expected).max() < 1e-4
     # a small_cnn (no map output) and chips too small for the block and its margin: none
     assert map_fields("small_cnn", 64) == {} and map_fields("centre_cnn", 32) == {}
+    # chips whose side leaves an odd margin around the block (35 px): no map output, and the
+    # card is valid (it used to be refused, failing the training before it started)
+    assert map_fields("centre_cnn", 35) == {}
+    odd = card.model_copy(update={"patch_size": 35, "map_output": None, "map_block": None})
+    ModelCard.model_validate({**odd.model_dump(), **map_fields("centre_cnn", 35)})
+    assert map_fields("centre_cnn", 36) == {"map_output": MAP_OUTPUT_NAME, "map_block": MAP_BLOCK}

@@ -139,8 +139,10 @@ def graph_problems(facts: OnnxFacts, card: ModelCard | None) -> list[str]:
     A patch model (the card's ``task``) takes ``[N, C, P, P]``, a pixel model ``[N, C]``; both
     give ``[N, classes]`` float32 scores whose softmax is the class probability (a pixel model
     exported from scikit-learn outputs log-probabilities) and nothing else: one output only, so
-    skl2onnx's ``label`` output must be dropped before saving. A segmentation model takes
-    ``[N, C, P, P]`` and gives ``[N, classes, P, P]``: a score per class for every pixel.
+    skl2onnx's ``label`` output must be dropped before saving; only a patch model whose card
+    names a ``map_output`` has a second one, ``[N, classes, B, B]``
+    (:func:`_map_output_problems`). A segmentation model takes ``[N, C, P, P]`` and gives
+    ``[N, classes, P, P]``: a score per class for every pixel.
 
     ``card`` is the card the graph travels with (a version's tag); the card embedded in the
     graph's metadata must exist and equal it. Without ``card`` the embedded one is used.

@@ -111,7 +111,8 @@ class LoadedModel:
 
     def run_map(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """The per-pixel scores ``[N, K, B, B]`` of the windows' central blocks (the card's
-        ``map_output``; only the nodes it needs run)."""
+        ``map_output``). onnxruntime runs the whole graph whichever output is asked for, so a
+        window costs the same through :meth:`run`: the window's logits are the block's mean."""
         if not self.card.map_output:
             raise ValueError(f"{self.card.name} has no per-pixel map output")
         out = self.session.run([self.card.map_output], {self.card.input_name: batch})
@@ -119,7 +120,8 @@ class LoadedModel:
 
     def map_block_for(self, stride: int) -> int | None:
         """The block of the map output when windows at ``stride`` can label their pixels from
-        it (the stride fits in the block, centred); None: each window's class labels them."""
+        it (the stride fits in the block, centred); None: each window's class labels them (at
+        the same cost a window: the graph computes the block either way)."""
         block = self.card.map_block
         if block is None or stride > block or (block - stride) % 2:
             return None

@@ -39,8 +39,13 @@ LIBRARIES = {
 
 def map_fields(architecture: str, patch_size: int) -> dict[str, Any]:
     """The card's ``map_output`` and ``map_block`` for a network with a per-pixel map output
-    (:data:`MAP_ARCHITECTURES`) whose windows hold the block and its 1 px margin; none else."""
-    if architecture not in MAP_ARCHITECTURES or patch_size < MAP_BLOCK + 2:
+    (:data:`MAP_ARCHITECTURES`) whose windows hold the block and its 1 px margin, centred (an
+    even margin: chips of 35 px have none); none else."""
+    if (
+        architecture not in MAP_ARCHITECTURES
+        or patch_size < MAP_BLOCK + 2
+        or (patch_size - MAP_BLOCK) % 2
+    ):
         return {}
     return {"map_output": MAP_OUTPUT_NAME, "map_block": MAP_BLOCK}
 

@@ -317,20 +317,28 @@ class Tracker:
     def log_onnx_model(self, onnx_path: Path, example: np.ndarray) -> str:
         """The ONNX file, byte for byte, as an ``mlflow.onnx`` model named ``onnx_model``
         (pyfunc, ``mlflow models serve``): signature ``input`` [-1, C, P, P] float32 ->
-        ``logits`` [-1, classes], a batch-2 input example, CPU execution."""
+        ``logits`` [-1, classes] (and a ``centre_cnn``'s per-pixel map output
+        ``pixel_logits`` [-1, classes, B, B], which pyfunc also returns), a batch-2 input
+        example, CPU execution."""
         from importlib.metadata import version
 
         import mlflow.onnx
         import onnx
         from mlflow.models import ModelSignature
-        from mlflow.types import Schema, TensorSpec
+        from mlflow.types import ColSpec, Schema, TensorSpec
 
         proto = onnx.load(str(onnx_path))
         example = example.astype(np.float32)
         classes = proto.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
+        outputs: list[ColSpec | TensorSpec] = [
+            TensorSpec(np.dtype(np.float32), (-1, classes), OUTPUT_NAME)
+        ]
+        for extra in proto.graph.output[1:]:  # the map output, per pixel of the central block
+            dims = tuple(d.dim_value for d in extra.type.tensor_type.shape.dim[1:])
+            outputs.append(TensorSpec(np.dtype(np.float32), (-1, *dims), extra.name))
         signature = ModelSignature(
             inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *example.shape[1:]), INPUT_NAME)]),
-            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, classes), OUTPUT_NAME)]),
+            outputs=Schema(outputs),
         )
         info = mlflow.onnx.log_model(
             proto,

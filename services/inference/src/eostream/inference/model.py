@@ -112,7 +112,7 @@ class LoadedModel:
     def run_map(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """The per-pixel scores ``[N, K, B, B]`` of the windows' central blocks (the card's
         ``map_output``). onnxruntime runs the whole graph whichever output is asked for, so a
-        window costs the same through :meth:`run`: the window's logits are the block's mean."""
+        window costs the same through :meth:`run` (its logits are computed from the block)."""
         if not self.card.map_output:
             raise ValueError(f"{self.card.name} has no per-pixel map output")
         out = self.session.run([self.card.map_output], {self.card.input_name: batch})

@@ -3,7 +3,13 @@ rollback, a promotion), making the forced version champion again takes a new for
 
 from __future__ import annotations
 
-from eostream.registry_bridge.audit import AuditEntry, in_force, verdict_on_record
+from eostream.registry_bridge.audit import (
+    UNVERIFIED,
+    AuditEntry,
+    in_force,
+    trusted_gate,
+    verdict_on_record,
+)
 
 
 def entry(action: str, before: str | None, after: str | None) -> AuditEntry:
@@ -50,3 +56,23 @@ def test_the_verdict_on_record_is_the_versions_own() -> None:
     registered_later = int(promoted.at.timestamp() * 1000) + 600_000  # beyond clock skew
     assert verdict_on_record([promoted], "1", registered_later) is None
     assert verdict_on_record([promoted], "1", registered_later - 400_000) == "passed"
+
+
+def test_the_surfaces_show_the_verdict_on_record_not_the_tag() -> None:
+    """``models list``, REST ``/models`` and the catalogue show what the bridge trusts: a
+    ``passed`` tag with no verdict on record is "unverified" (the bridge gates it again), a tag
+    over a recorded failure shows the failure, and a failed tag with nothing on record keeps
+    the version out as it is."""
+    gated = AuditEntry(model="m", action="gated", by="registry-bridge", via="auto",
+                       from_version=None, to_version=None, reason="FAIL", version="1",
+                       verdict="failed", registered_ms=1000)  # fmt: skip
+    assert trusted_gate(None, [gated], "1", 1000) is None  # not gated yet
+    assert trusted_gate("passed", [], "1", 1000) == UNVERIFIED
+    assert trusted_gate("Passed", [], "1", 1000) == UNVERIFIED
+    assert trusted_gate("passed", [gated], "1", 1000) == "failed"
+    assert trusted_gate("failed", [], "1", 1000) == "failed"
+    assert trusted_gate("refused", [], "1", 1000) == "refused"
+    passed = gated.model_copy(update={"verdict": "passed"})
+    assert trusted_gate("passed", [passed], "1", 1000) == "passed"
+    # an earlier champion, promoted before verdicts were recorded
+    assert trusted_gate("passed", [entry("promote", None, "1")], "1", 5) == "passed"

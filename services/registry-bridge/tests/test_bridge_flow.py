@@ -12,6 +12,7 @@ import pytest
 import torch
 from prometheus_client import REGISTRY
 
+from eostream.registry_bridge.api import describe_versions
 from eostream.registry_bridge.bridge import Bridge
 from eostream.registry_bridge.errors import PromotionError
 from eostream.registry_bridge.settings import BridgeSettings
@@ -374,6 +375,17 @@ async def test_a_gate_tag_written_in_mlflow_makes_no_version_champion(
         (e.version, e.verdict) for e in bridge.promoter.audit.entries(name) if e.action == "gated"
     ]
     assert verdicts == [(v1, "passed"), (v2, "failed")]
+
+    # what models list, REST /models and the catalogue show: the verdicts on record, with the
+    # tag beside them where it says otherwise (rewritten, or set at registration and not gated)
+    client.set_model_version_tag(name, v2, tags.GATE, tags.GATE_PASSED)
+    v3 = register(models.worse, tags={tags.GATE: tags.GATE_PASSED})
+    rows = describe_versions(bridge.registry, name, bridge.promoter.audit.entries(name))
+    assert [(r.version, r.gate, r.gate_tag) for r in rows] == [
+        (v1, "passed", None),
+        (v2, "failed", "passed"),
+        (v3, "unverified", "passed"),
+    ]
 
 
 class _Bands13(torch.nn.Module):

@@ -88,6 +88,10 @@ def test_an_item_names_its_state_gate_figures_and_sources(card: ModelCard) -> No
     assert props["eostream:metric:test_accuracy"] == 0.9
     assert props["eostream:classes"] == list(card.classes)
     assert props["eostream:bands"] == ["B04", "B03", "B02"]
+    # the verdict the bridge trusts (its audit log's) is shown instead of the tag
+    forged = VersionState((), state.tags, "unverified")
+    shown = catalog_item(shipped(card, "3", datetime(2026, 3, 1, tzinfo=UTC)), forged, COLLECTION)
+    assert shown["properties"]["eostream:gate"] == "unverified"
     assert props["eostream:promoted_by"] == "alice"
     links = {(link["rel"], link["href"]) for link in item["links"]}
     assert ("derived_from", "models:/eurosat-rgb/4") in links  # the base model

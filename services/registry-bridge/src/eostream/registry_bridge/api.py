@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from eostream.registry_bridge.audit import AuditEntry
+from eostream.registry_bridge.audit import AuditEntry, trusted_gate
 from eostream.registry_bridge.auth import (
     CHALLENGE,
     Principal,
@@ -92,7 +92,15 @@ class VersionRow(BaseModel):
 
     version: str
     aliases: list[str] = Field(description="champion and/or challenger")
-    gate: str | None = Field(description="passed, failed, refused; null: not gated yet")
+    gate: str | None = Field(
+        description="the gate's verdict as the bridge's audit log records it: passed, failed, "
+        "refused; unverified: the eostream.gate tag claims a verdict the log does not hold (a "
+        "tag set outside the bridge: the bridge gates the version again); null: not gated yet"
+    )
+    gate_tag: str | None = Field(
+        default=None,
+        description="the eostream.gate tag in MLflow, where it differs from gate (else null)",
+    )
     accuracy: str | None = Field(description="held-out accuracy the gate measured")
     stage: str | None = Field(description="Staging, Production, Archived")
     shipped: bool
@@ -132,13 +140,17 @@ def _ignored_by(by: str | None, principal: Principal) -> None:
         )
 
 
-def describe_versions(registry: ModelRegistry, name: str) -> list[VersionRow]:
-    """Blocking: every version of ``name``, oldest first."""
+def describe_versions(
+    registry: ModelRegistry, name: str, audit: Sequence[AuditEntry]
+) -> list[VersionRow]:
+    """Blocking: every version of ``name``, oldest first, with the gate's verdicts as ``audit``
+    (the model's audit entries) records them, not as the tags say (:func:`trusted_gate`)."""
     champion = registry.alias_version(name, tags.CHAMPION)
     challenger = registry.alias_version(name, tags.CHALLENGER)
     rows = []
     for mv in sorted(registry.versions(name), key=lambda v: int(v.version)):
         t = mv.tags
+        gate = trusted_gate(t.get(tags.GATE), audit, mv.version, mv.created_ms)
         rows.append(
             VersionRow(
                 version=mv.version,
@@ -147,7 +159,8 @@ def describe_versions(registry: ModelRegistry, name: str) -> list[VersionRow]:
                     for a, v in ((tags.CHAMPION, champion), (tags.CHALLENGER, challenger))
                     if v == mv.version
                 ],
-                gate=t.get(tags.GATE),
+                gate=gate,
+                gate_tag=t.get(tags.GATE) if t.get(tags.GATE) != gate else None,
                 accuracy=t.get(tags.GATE_ACCURACY),
                 stage=t.get(tags.STAGE),
                 shipped=t.get(tags.SHIPPED) == "true",
@@ -168,7 +181,10 @@ def models_router(bridge: Bridge) -> APIRouter:
         responses=error_responses(422, 503),
     )
     async def list_versions(name: ModelName) -> list[VersionRow]:
-        return await asyncio.to_thread(describe_versions, bridge.registry, name)
+        def describe() -> list[VersionRow]:
+            return describe_versions(bridge.registry, name, bridge.audit.entries(name))
+
+        return await asyncio.to_thread(describe)
 
     @router.post(
         "/{name}/promote",

@@ -156,6 +156,25 @@ def verdict_on_record(
     return found
 
 
+#: what the display surfaces (``models list``, REST ``/models``, the models catalogue) show for a
+#: version whose ``eostream.gate`` tag claims a verdict the audit log does not hold
+UNVERIFIED = "unverified"
+
+
+def trusted_gate(
+    tagged: str | None, entries: Iterable[AuditEntry], version: str, registered_ms: int | None
+) -> str | None:
+    """The gate's verdict on ``version`` as the bridge trusts it: the one on record
+    (:func:`verdict_on_record`); with none on record, a tag that keeps the version out
+    (failed, refused) as it is, any other tag :data:`UNVERIFIED`; None: no tag, not gated."""
+    if tagged is None:
+        return None
+    recorded = verdict_on_record(entries, version, registered_ms)
+    if recorded is not None:
+        return recorded
+    return tagged if tagged in ("failed", "refused") else UNVERIFIED
+
+
 #: how far the bridge's clock may be behind the registry's (registration times are MLflow's)
 CLOCK_SKEW_MS = 300_000
 

@@ -210,6 +210,10 @@ def build_bridge(
         guard=ChampionGuard(registry, promoter),
         publisher=publisher,
         catalog=ModelsCatalog(
-            registry, shipper, build_publisher(settings.catalog), settings.catalog.collection
+            registry,
+            shipper,
+            build_publisher(settings.catalog),
+            settings.catalog.collection,
+            audit,
         ),
     )

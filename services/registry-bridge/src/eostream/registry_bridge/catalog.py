@@ -31,6 +31,7 @@ from pystac.validation.stac_validator import JsonSchemaSTACValidator
 from stac_model.base import TaskEnum  # type: ignore[import-untyped]
 from stac_model.schema import SCHEMA_URI as MLM_SCHEMA  # type: ignore[import-untyped]
 
+from eostream.registry_bridge.audit import AuditLog, trusted_gate
 from eostream.registry_bridge.port import ModelRegistry
 from eostream.registry_bridge.publishers import HIERARCHY, CatalogPublisher
 from eostream.registry_bridge.shipping import Shipper
@@ -61,6 +62,9 @@ class VersionState:
 
     aliases: tuple[str, ...]
     tags: Mapping[str, str]
+    #: the gate's verdict the bridge trusts (its audit log's), shown instead of the tag; None:
+    #: the tag's
+    verdict: str | None = None
 
 
 # ------------------------------------------------------------------ pure: items and collection
@@ -87,12 +91,16 @@ def _figure(value: str) -> Any:
     return parsed if isinstance(parsed, dict | list) else None
 
 
-def gate_properties(version_tags: Mapping[str, str]) -> dict[str, Any]:
+def gate_properties(version_tags: Mapping[str, str], verdict: str | None = None) -> dict[str, Any]:
     """The gate's verdict and every figure it recorded on the version (``eostream.gate.*`` tags:
     accuracy, and whatever else the gate measures, map accuracy included) as item properties
-    ``eostream:gate`` and ``eostream:gate:<name>``."""
+    ``eostream:gate`` and ``eostream:gate:<name>``. ``verdict``: the verdict the bridge trusts
+    (its audit log's, :func:`~eostream.registry_bridge.audit.trusted_gate`), shown instead of
+    the tag."""
     props: dict[str, Any] = {}
-    if tags.GATE in version_tags:
+    if verdict is not None:
+        props["eostream:gate"] = verdict
+    elif tags.GATE in version_tags:
         props["eostream:gate"] = version_tags[tags.GATE]
     prefix = tags.GATE + "."
     for key, value in sorted(version_tags.items()):
@@ -157,7 +165,7 @@ def catalog_item(
             "eostream:status": status_of(state),
             "eostream:classes": _classes(props),
             "eostream:bands": _bands(props),
-            **gate_properties(state.tags),
+            **gate_properties(state.tags, state.verdict),
         }
     )
     for key, prop in (
@@ -308,11 +316,13 @@ class ModelsCatalog:
         shipper: Shipper,
         publisher: CatalogPublisher | None,
         collection: str,
+        audit: AuditLog | None = None,
     ) -> None:
         self.registry = registry
         self.shipper = shipper
         self.publisher = publisher
         self.collection = collection
+        self.audit = audit  # the gate's verdicts on record, shown instead of the tags
         self._shipped: dict[tuple[str, str], dict[str, Any]] = {}  # immutable once shipped
         self._published: dict[str, str] = {}  # item id -> digest of what was published
 
@@ -340,6 +350,7 @@ class ModelsCatalog:
             if version is not None:
                 aliases.setdefault(version, []).append(alias)
         found = []
+        entries = self.audit.entries(name) if self.audit is not None else None
         for mv in sorted(self.registry.versions(name), key=lambda v: int(v.version)):
             if mv.tags.get(tags.SHIPPED) != "true":
                 continue
@@ -349,7 +360,12 @@ class ModelsCatalog:
                 if shipped is None:
                     continue
                 self._shipped[(name, mv.version)] = shipped
-            state = VersionState(tuple(aliases.get(mv.version, ())), mv.tags)
+            verdict = (
+                trusted_gate(mv.tags.get(tags.GATE), entries, mv.version, mv.created_ms)
+                if entries is not None
+                else None
+            )
+            state = VersionState(tuple(aliases.get(mv.version, ())), mv.tags, verdict)
             found.append(catalog_item(shipped, state, self.collection))
         return found
 

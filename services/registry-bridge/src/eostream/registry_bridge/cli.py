@@ -12,13 +12,16 @@ import contextlib
 import getpass
 import json
 from collections.abc import Iterator
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from eostream.registry_bridge.settings import BridgeSettings
 from eostream.shared.redaction import redact_urls
 from eostream.shared.settings import configure_logging, load_settings
+
+if TYPE_CHECKING:
+    from eostream.registry_bridge.audit import AuditLog
 
 app = typer.Typer(
     name="bridge", help="registry-bridge: gate, promote and ship models.", no_args_is_help=True
@@ -174,8 +177,10 @@ def list_versions(
     _check(name)
     mlflow_client_defaults()
     with _one_line():
-        registry = build_registry(_settings(reading=True))
-        rows = [r.model_dump(mode="json") for r in describe_versions(registry, name)]
+        settings = _settings(reading=True)
+        registry = build_registry(settings)
+        entries = _audit_log(settings).entries(name)  # the verdicts as the bridge recorded them
+        rows = [r.model_dump(mode="json") for r in describe_versions(registry, name, entries)]
     if not rows:  # an unknown name (a typo) printed an empty table and exited 0
         typer.echo(f"eostream: no registered versions of model {name!r} in MLflow", err=True)
         raise typer.Exit(1)
@@ -203,21 +208,25 @@ def list_versions(
     Console().print(table)
 
 
-@models_app.command("audit")
-def audit(name: str) -> None:
-    """Print NAME's audit log (JSON lines, oldest first)."""
+def _audit_log(settings: BridgeSettings) -> AuditLog:
+    """The bridge's audit log, read with the bridge's store settings and retries."""
     from eostream.registry_bridge.audit import AuditLog
     from eostream.shared.storage import build_object_store
 
-    _check(name)
-    settings = _settings(reading=True)
-    log = AuditLog(
+    return AuditLog(
         build_object_store(settings),
         settings.audit_prefix,
         attempts=settings.retry_attempts,
         backoff=settings.retry_backoff_seconds,
         backoff_max=settings.retry_backoff_max_seconds,
     )
+
+
+@models_app.command("audit")
+def audit(name: str) -> None:
+    """Print NAME's audit log (JSON lines, oldest first)."""
+    _check(name)
+    log = _audit_log(_settings(reading=True))
     found = 0
     for entry in log.entries(name):
         typer.echo(entry.model_dump_json())

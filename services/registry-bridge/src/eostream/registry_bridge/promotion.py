@@ -18,13 +18,14 @@ from typing import Literal
 
 from eostream.registry_bridge import metrics
 from eostream.registry_bridge.audit import (
+    UNVERIFIED,
     Action,
     AuditEntry,
     AuditLog,
     Via,
     in_force,
     moves,
-    verdict_on_record,
+    trusted_gate,
 )
 from eostream.registry_bridge.errors import PromotionError, RefusedError, VersionNotFoundError
 from eostream.registry_bridge.gatekeeper import Gatekeeper
@@ -214,11 +215,9 @@ class Promoter:
         if tagged is None:
             return None
         found = self.audit.entries(mv.name) if entries is None else entries
-        recorded = verdict_on_record(found, mv.version, mv.created_ms)
-        if recorded is not None:
-            return recorded
-        if tagged in (tags.GATE_FAILED, tags.GATE_REFUSED):
-            return tagged
+        trusted = trusted_gate(tagged, found, mv.version, mv.created_ms)
+        if trusted != UNVERIFIED:
+            return trusted
         log.warning(
             "%s v%s: its eostream.gate tag says %r, but the audit log has no verdict of it: "
             "not trusted",

@@ -380,7 +380,7 @@ async def test_a_gate_tag_written_in_mlflow_makes_no_version_champion(
     # tag beside them where it says otherwise (rewritten, or set at registration and not gated)
     client.set_model_version_tag(name, v2, tags.GATE, tags.GATE_PASSED)
     v3 = register(models.worse, tags={tags.GATE: tags.GATE_PASSED})
-    rows = describe_versions(bridge.registry, name, bridge.promoter.audit.entries(name))
+    rows = describe_versions(bridge.registry, name, lambda: bridge.promoter.audit.entries(name))
     assert [(r.version, r.gate, r.gate_tag) for r in rows] == [
         (v1, "passed", None),
         (v2, "failed", "passed"),

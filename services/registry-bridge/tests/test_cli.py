@@ -92,6 +92,22 @@ def test_promote_rollback_list(
         f"eostream: no registered versions of model '{NAME}-typo' in MLflow"
     )
 
+    # a tag rewritten in MLflow: the list shows the verdict on record, and the tag beside it
+    mlflow.MlflowClient().set_model_version_tag(NAME, v3, "eostream.gate", "passed")
+    result = runner.invoke(models_app, ["list", NAME, "--json"])
+    rows = {row["version"]: row for row in json.loads(result.stdout)}
+    assert (rows[v3]["gate"], rows[v3]["gate_tag"]) == ("failed", "passed")
+    assert (rows[v1]["gate"], rows[v1]["gate_tag"]) == ("passed", None)
+    result = runner.invoke(models_app, ["list", NAME])
+    assert "(tag:" in result.stdout  # the table (wrapped to the terminal) shows the tag too
+    # pointed at another store (no audit log there): every verdict unverified, and a line says
+    # where it looked
+    monkeypatch.setenv("BRIDGE_LOCAL_STORE_ROOT", str(tmp_path / "elsewhere"))
+    result = runner.invoke(models_app, ["list", NAME, "--json"])
+    assert result.exit_code == 0, result.output
+    assert {row["gate"] for row in json.loads(result.stdout)} == {"unverified"}
+    assert "no audit entries of 'eurosat-landcover' in local store" in result.stderr
+
 
 def test_mlflow_refusing_the_caller_is_one_line(
     mlflow_uri: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path

@@ -141,16 +141,20 @@ def _ignored_by(by: str | None, principal: Principal) -> None:
 
 
 def describe_versions(
-    registry: ModelRegistry, name: str, audit: Sequence[AuditEntry]
+    registry: ModelRegistry, name: str, audit: Callable[[], Sequence[AuditEntry]]
 ) -> list[VersionRow]:
-    """Blocking: every version of ``name``, oldest first, with the gate's verdicts as ``audit``
-    (the model's audit entries) records them, not as the tags say (:func:`trusted_gate`)."""
+    """Blocking: every version of ``name``, oldest first, with the gate's verdicts as the audit
+    log (``audit()``: the model's entries) records them, not as the tags say
+    (:func:`trusted_gate`). The log is read after the versions, so a version gated between the
+    two reads shows its verdict, not "unverified"."""
     champion = registry.alias_version(name, tags.CHAMPION)
     challenger = registry.alias_version(name, tags.CHALLENGER)
+    versions = registry.versions(name)
+    entries = audit()
     rows = []
-    for mv in sorted(registry.versions(name), key=lambda v: int(v.version)):
+    for mv in sorted(versions, key=lambda v: int(v.version)):
         t = mv.tags
-        gate = trusted_gate(t.get(tags.GATE), audit, mv.version, mv.created_ms)
+        gate = trusted_gate(t.get(tags.GATE), entries, mv.version, mv.created_ms)
         rows.append(
             VersionRow(
                 version=mv.version,
@@ -181,10 +185,16 @@ def models_router(bridge: Bridge) -> APIRouter:
         responses=error_responses(422, 503),
     )
     async def list_versions(name: ModelName) -> list[VersionRow]:
-        def describe() -> list[VersionRow]:
-            return describe_versions(bridge.registry, name, bridge.audit.entries(name))
+        def entries() -> list[AuditEntry]:
+            try:
+                return bridge.audit.entries(name)
+            except Exception as exc:  # the store down, or refusing: the verdicts are there
+                log.warning("audit log of %s unreadable: %s", name, exc)
+                raise AuditUnavailableError(
+                    f"the gate's verdicts (the audit log) cannot be read now ({exc}); try again"
+                ) from None
 
-        return await asyncio.to_thread(describe)
+        return await asyncio.to_thread(describe_versions, bridge.registry, name, entries)
 
     @router.post(
         "/{name}/promote",

@@ -20,6 +20,7 @@ from uuid import UUID, uuid4
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from eostream.registry_bridge.shipping import store_retrying
+from eostream.shared import tags
 from eostream.shared.errors import ObjectNotFoundError
 from eostream.shared.storage import ObjectStore
 
@@ -172,7 +173,7 @@ def trusted_gate(
     recorded = verdict_on_record(entries, version, registered_ms)
     if recorded is not None:
         return recorded
-    return tagged if tagged in ("failed", "refused") else UNVERIFIED
+    return tagged if tagged in (tags.GATE_FAILED, tags.GATE_REFUSED) else UNVERIFIED
 
 
 #: how far the bridge's clock may be behind the registry's (registration times are MLflow's)

@@ -21,7 +21,7 @@ from eostream.shared.redaction import redact_urls
 from eostream.shared.settings import configure_logging, load_settings
 
 if TYPE_CHECKING:
-    from eostream.registry_bridge.audit import AuditLog
+    from eostream.registry_bridge.audit import AuditEntry, AuditLog
 
 app = typer.Typer(
     name="bridge", help="registry-bridge: gate, promote and ship models.", no_args_is_help=True
@@ -179,8 +179,21 @@ def list_versions(
     with _one_line():
         settings = _settings(reading=True)
         registry = build_registry(settings)
-        entries = _audit_log(settings).entries(name)  # the verdicts as the bridge recorded them
+        log = _audit_log(settings)  # the verdicts as the bridge recorded them
+        read: list[int] = []
+
+        def entries() -> list[AuditEntry]:
+            found = _audit_entries(log, name)
+            read.append(len(found))
+            return found
+
         rows = [r.model_dump(mode="json") for r in describe_versions(registry, name, entries)]
+    if read == [0] and any(row["gate_tag"] for row in rows):
+        typer.echo(
+            f"eostream: no audit entries of {name!r} in {settings.store} store "
+            f"{_store_where(settings)}: is it the bridge's? Verdicts there are shown unverified",
+            err=True,
+        )
     if not rows:  # an unknown name (a typo) printed an empty table and exited 0
         typer.echo(f"eostream: no registered versions of model {name!r} in MLflow", err=True)
         raise typer.Exit(1)
@@ -197,7 +210,7 @@ def list_versions(
                 for v in (
                     row["version"],
                     row["aliases"],
-                    row["gate"],
+                    f"{row['gate']} (tag: {row['gate_tag']})" if row["gate_tag"] else row["gate"],
                     row["accuracy"],
                     row["stage"],
                     "yes" if row["shipped"] else "",
@@ -206,6 +219,20 @@ def list_versions(
             )
         )
     Console().print(table)
+
+
+def _audit_entries(log: AuditLog, name: str) -> list[AuditEntry]:
+    """The model's audit entries, or one line and exit 1 when the store cannot be read."""
+    try:
+        return log.entries(name)
+    except Exception as exc:  # the store down after its retries, a bucket or key refused
+        _fail(Exception(f"the audit log cannot be read ({exc})"))
+
+
+def _store_where(settings: BridgeSettings) -> str:
+    if settings.store == "local":
+        return str(settings.local_store_root)
+    return f"bucket {settings.bucket}"
 
 
 def _audit_log(settings: BridgeSettings) -> AuditLog:
@@ -228,7 +255,7 @@ def audit(name: str) -> None:
     _check(name)
     log = _audit_log(_settings(reading=True))
     found = 0
-    for entry in log.entries(name):
+    for entry in _audit_entries(log, name):
         typer.echo(entry.model_dump_json())
         found += 1
     if not found:  # an unknown name (a typo) printed nothing and exited 0

@@ -95,7 +95,7 @@ class VersionRow(BaseModel):
     gate: str | None = Field(
         description="the gate's verdict as the bridge's audit log records it: passed, failed, "
         "refused; unverified: the eostream.gate tag claims a verdict the log does not hold (a "
-        "tag set outside the bridge: the bridge gates the version again); null: not gated yet"
+        "tag set outside the bridge; such a version is no champion); null: not gated yet"
     )
     gate_tag: str | None = Field(
         default=None,

@@ -68,10 +68,12 @@ def centre(tmp_path_factory: pytest.TempPathFactory) -> tuple[EuroSATNet, ModelC
     return model, card, path.read_bytes()
 
 
-def torch_map(model: EuroSATNet, image: npt.NDArray[np.float32], stride: int) -> np.ndarray:
+def torch_map(
+    model: EuroSATNet, card: ModelCard, image: npt.NDArray[np.float32], stride: int
+) -> np.ndarray:
     """The torch network's per-pixel classes, windows laid out as the engine lays them."""
     height, width = image.shape[1:]
-    plan = plan_for(model_card_stub(), height, width, stride)
+    plan = plan_for(card, height, width, stride)
     m = plan.margin
     padded = pad_block(image, m, plan.rows * stride + m - height, m, plan.cols * stride + m - width)
     windows = np.stack(
@@ -90,10 +92,6 @@ def torch_map(model: EuroSATNet, image: npt.NDArray[np.float32], stride: int) ->
     return whole[:height, :width]
 
 
-def model_card_stub() -> ModelCard:
-    return ModelCard(name="p", band_set="ms13", bands=BANDS, scaling=identity_scaling("ms13"))
-
-
 @pytest.mark.parametrize("stride", [DEFAULT_STRIDE, 16])
 def test_each_pixel_of_a_window_centre_gets_its_own_class(
     centre: tuple[EuroSATNet, ModelCard, bytes], stride: int
@@ -105,7 +103,7 @@ def test_each_pixel_of_a_window_centre_gets_its_own_class(
     assert loaded.map_block_for(stride) == MAP_BLOCK
     image = scene(100, 90)  # not whole windows: the last strip and column are partial
     got = classify(ArrayReader(image), loaded, plan_for(card, 100, 90, stride), batch_size=7)
-    expected = torch_map(model, image, stride)
+    expected = torch_map(model, card, image, stride)
     assert (got.labels == expected).mean() > 0.999
     # not one class a stride x stride cell: pixels inside a cell differ
     cells = got.labels[: 96 // stride * stride, :64].reshape(96 // stride, stride, -1, stride)

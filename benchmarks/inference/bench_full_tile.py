@@ -2,18 +2,25 @@
 fp32 against int8 of the same network, in one run.
 
 * Tile: **upsampled real data**. The data folder has 29RKH (2020-02-19, L2A) only downsampled
-  10x (B02/B03/B04 at 100 m, SCL at 200 m; see its PROVENANCE.md). The benchmark resamples those
-  bands back onto the tile's native grid (bilinear through GDAL's warper for B02/B03/B04 at 10 m,
-  nearest for SCL at 20 m) into tiled, deflate-compressed GeoTIFFs, with a STAC item that is
-  the real one with its hrefs pointed at them. The pixels are real reflectances but smooth
-  (no 10 m detail): the speed and memory of the path are real, the maps are not meaningful.
+  10x (10 m bands at 100 m, 20 m ones and SCL at 200 m, 60 m ones at 600 m; see its
+  PROVENANCE.md). The benchmark resamples the bands its model reads back onto the tile's native
+  grids (bilinear through GDAL's warper to 10, 20 or 60 m, nearest for SCL at 20 m) into tiled,
+  deflate-compressed GeoTIFFs, with a STAC item that is the real one with its hrefs pointed at
+  them, so inference resamples the 20 and 60 m bands to 10 m as it does on a real tile. The
+  pixels are real reflectances but smooth (no 10 m detail): the speed and memory of the path
+  are real, the maps are not meaningful.
   ``--size N`` crops the top-left N x N pixels of the same 10 m grid (for development).
   Built once into a cache folder (``EOSTREAM_BENCH_CACHE``, default ``$TMPDIR``).
-* Model: bench_int8's ``rgb`` model (``small_cnn`` trained on EuroSAT RGB, exported with the
-  trainer's ``export_onnx``), quantised with the registry-bridge's own ``quantise`` on 256
-  training patches (what the bridge ships as the MLM item's int8 asset). fp32 runs the export;
-  int8 runs through the deployment's own int8 choice (an MLM item naming the int8 file with its
-  checksum and a passed check, as the bridge writes it).
+* Model (``--model``): bench_int8's ``rgb`` model (``small_cnn`` trained on EuroSAT RGB, 3
+  epochs) or its ``ms13`` one (``centre_cnn`` on the 13 EuroSAT bands, 10 epochs, the demo's
+  map architecture: its per-pixel map output labels the central 32 x 32 px of each window at
+  stride 32; B10, absent from L2A, filled as inference fills it), exported with the trainer's
+  ``export_onnx``; or an existing export (``--onnx``: the demo's model, a registered version's
+  file) with the int8 file the bridge shipped for it (``--int8``). Quantised with the
+  registry-bridge's own ``quantise`` on 256 training patches (what the bridge ships as the MLM
+  item's int8 asset). fp32 runs the export; int8 runs through the deployment's own int8 choice
+  (an MLM item naming the int8 file with its checksum and a passed check, as the bridge writes
+  it).
 * Each precision classifies in a child process of its own, through the service's
   ``Pipeline.classify_href`` (what a SceneDiscovered event or ``eostream inference classify``
   runs) with the service's settings (stride 32 by default, batch 64 on the CPU and 256 on a GPU,
@@ -25,8 +32,8 @@ fp32 against int8 of the same network, in one run.
   the result item names any other provider.
 
     EOSTREAM_DATA_DIR=/work/shared/data uv run python benchmarks/inference/bench_full_tile.py \
-        [--size 10980] [--stride 32] [--threads 2] [--epochs 3] [--precisions fp32 int8] \
-        [--providers cpu cuda]
+        [--model rgb|ms13 | --onnx FP32 [--int8 INT8]] [--size 10980] [--stride 32] \
+        [--threads 2] [--epochs N] [--precisions fp32 int8] [--providers cpu cuda]
 """
 
 from __future__ import annotations
@@ -61,11 +68,22 @@ CACHE = Path(
 )
 #: asset key -> (file of the downsampled tile, metres per pixel of the rebuilt band, resampling)
 BANDS = {
+    "coastal": ("B01.tif", 60, "bilinear"),
     "blue": ("B02.tif", 10, "bilinear"),
     "green": ("B03.tif", 10, "bilinear"),
     "red": ("B04.tif", 10, "bilinear"),
+    "rededge1": ("B05.tif", 20, "bilinear"),
+    "rededge2": ("B06.tif", 20, "bilinear"),
+    "rededge3": ("B07.tif", 20, "bilinear"),
+    "nir": ("B08.tif", 10, "bilinear"),
+    "nir08": ("B8A.tif", 20, "bilinear"),
+    "nir09": ("B09.tif", 60, "bilinear"),
+    "swir16": ("B11.tif", 20, "bilinear"),
+    "swir22": ("B12.tif", 20, "bilinear"),
     "scl": ("SCL.tif", 20, "nearest"),
 }
+#: the assets a model of each band set reads (and SCL for the masks); any other band set: all
+ASSETS = {"rgb": ("blue", "green", "red", "scl")}
 
 
 def memory_mib(field: str) -> float:
@@ -90,8 +108,9 @@ def bench_int8() -> ModuleType:
 
 
 # -- the tile ---------------------------------------------------------------------------------
-def build_tile(data_dir: Path, size: int) -> Path:
-    """The 29RKH bands resampled to their native grid (top-left ``size`` px), and its item."""
+def build_tile(data_dir: Path, size: int, band_set: str = "rgb") -> Path:
+    """The 29RKH bands a ``band_set`` model reads resampled to their native grids (top-left
+    ``size`` px of the 10 m grid), and its item. A band already built for another is reused."""
     import rasterio
     from rasterio.enums import Resampling
     from rasterio.transform import from_origin
@@ -99,7 +118,7 @@ def build_tile(data_dir: Path, size: int) -> Path:
     from rasterio.windows import Window
 
     folder = CACHE / f"rkh-10m-{size}"
-    item_path = folder / "item.json"
+    item_path = folder / ("item.json" if band_set == "rgb" else "item-all.json")
     if item_path.exists():
         return item_path
     folder.mkdir(parents=True, exist_ok=True)
@@ -113,6 +132,8 @@ def build_tile(data_dir: Path, size: int) -> Path:
         target = folder / name
         started = time.perf_counter()
         with rasterio.open(source / name) as src:
+            if target.exists():  # built for another band set
+                return asset_for(key, target, n, transform)
             vrt = WarpedVRT(
                 src,
                 crs=src.crs,
@@ -143,6 +164,9 @@ def build_tile(data_dir: Path, size: int) -> Path:
         Path(f"{target}.part").rename(target)
         seconds = time.perf_counter() - started
         print(f"  built {name}: {n}x{n} px at {metres} m ({how}) in {seconds:.0f} s", flush=True)
+        return asset_for(key, target, n, transform)
+
+    def asset_for(key: str, target: Path, n: int, transform: Any) -> dict[str, Any]:
         asset = dict(item["assets"][key])
         asset["href"] = str(target)
         asset["proj:shape"] = [n, n]
@@ -150,8 +174,9 @@ def build_tile(data_dir: Path, size: int) -> Path:
         return asset
 
     # one band a thread: GDAL's warping and compression let go of the GIL
-    with concurrent.futures.ThreadPoolExecutor(min(len(BANDS), os.cpu_count() or 1)) as pool:
-        assets = dict(zip(BANDS, pool.map(build, BANDS), strict=True))
+    keys = ASSETS.get(band_set, tuple(BANDS))
+    with concurrent.futures.ThreadPoolExecutor(min(len(keys), os.cpu_count() or 1)) as pool:
+        assets = dict(zip(keys, pool.map(build, keys), strict=True))
     item["id"] = f"{item['id']}_10m_upsampled_{size}"
     item["assets"] = assets
     item["links"] = []
@@ -160,31 +185,63 @@ def build_tile(data_dir: Path, size: int) -> Path:
 
 
 # -- the model --------------------------------------------------------------------------------
-#: the rgb model's training epochs and seed unless told (``--epochs``, ``--seed``)
+#: the rgb model's training epochs and seed unless told (``--epochs``, ``--seed``); the ms13
+#: model trains bench_int8's 10 epochs
 EPOCHS, SEED = 3, 42
+MODEL_EPOCHS = {"rgb": EPOCHS, "ms13": 10}
 
 
-def model_folder(epochs: int = EPOCHS, seed: int = SEED) -> Path:
+def model_folder(epochs: int = EPOCHS, seed: int = SEED, model: str = "rgb") -> Path:
     """Where :func:`model_files` caches the model (``bench_gpu.py`` reads its export there)."""
-    return CACHE / f"model-rgb-e{epochs}-s{seed}"
+    return CACHE / f"model-{model}-e{epochs}-s{seed}"
 
 
-def model_files(data_dir: Path, epochs: int, seed: int) -> tuple[Path, Path]:
-    """bench_int8's rgb model (fp32 export) and its registry-bridge int8 file, cached."""
-    work = model_folder(epochs, seed)
+def model_files(data_dir: Path, epochs: int, seed: int, model: str = "rgb") -> tuple[Path, Path]:
+    """bench_int8's ``model`` (fp32 export) and its registry-bridge int8 file, cached."""
+    work = model_folder(epochs, seed, model)
     # the int8 file keeps the kernels the bridge chose where it was made: one per CPU mode
     mode = os.environ.get(cpu_mask.MARKER, "host")
-    fp32 = work / "rgb.onnx"
-    int8 = work / ("rgb.int8.onnx" if mode == "host" else f"rgb.int8-{mode}.onnx")
+    fp32 = work / f"{model}.onnx"
+    int8 = work / (f"{model}.int8.onnx" if mode == "host" else f"{model}.int8-{mode}.onnx")
     if not fp32.exists():
         import torch
 
         torch.set_num_threads(int(os.environ.get("TRAINER_NUM_THREADS", "2")))
-        bench_int8().train_and_export("rgb", data_dir, work, seed, epochs)
-    if not int8.exists():  # onnxruntime in a child that never imports torch
-        child = [sys.executable, __file__, "--quantise", str(work / "rgb"), str(fp32), str(int8)]
-        subprocess.run(child, check=True)  # noqa: S603
+        bench_int8().train_and_export(model, data_dir, work, seed, epochs)
+    if not int8.exists():
+        quantise_in_child(work / model, fp32, int8)
     return fp32, int8
+
+
+def export_files(
+    data_dir: Path, export: Path, int8_file: Path | None, seed: int
+) -> tuple[Path, Path]:
+    """An existing fp32 export (``--onnx``: the demo's model, a registered version's file) and
+    its int8 file: the one given (``--int8``: what the bridge shipped), else quantised here with
+    the bridge's ``quantise`` on 256 patches of its band set's training split."""
+    import shutil
+
+    work = CACHE / f"model-onnx-{hashlib.sha256(export.read_bytes()).hexdigest()[:12]}"
+    work.mkdir(parents=True, exist_ok=True)
+    fp32 = work / "model.onnx"
+    shutil.copyfile(export, fp32)
+    if int8_file is not None:
+        int8 = work / "model.int8-given.onnx"
+        shutil.copyfile(int8_file, int8)
+        return fp32, int8
+    mode = os.environ.get(cpu_mask.MARKER, "host")
+    int8 = work / ("model.int8.onnx" if mode == "host" else f"model.int8-{mode}.onnx")
+    if not int8.exists():
+        if not (work / "model" / "calibration.npy").exists():
+            bench_int8().windows_for(fp32, data_dir, work, "model", seed)
+        quantise_in_child(work / "model", fp32, int8)
+    return fp32, int8
+
+
+def quantise_in_child(folder: Path, fp32: Path, int8: Path) -> None:
+    """onnxruntime in a child that never imports torch."""
+    child = [sys.executable, __file__, "--quantise", str(folder), str(fp32), str(int8)]
+    subprocess.run(child, check=True)  # noqa: S603
 
 
 def mlm_item_for(fp32: Path, int8: Path) -> Path:
@@ -222,7 +279,7 @@ def classify_child(args: argparse.Namespace) -> None:
     from eostream.shared.storage.local import LocalObjectStore
 
     logging.basicConfig(level=logging.INFO, format="    %(asctime)s %(name)s %(message)s")
-    item, fp32, out = Path(args.item), Path(args.model), Path(args.out)
+    item, fp32, out = Path(args.item), Path(args.fp32), Path(args.out)
     with tempfile.TemporaryDirectory(prefix="bench-full-tile-") as tmp:
         s = InferenceSettings(
             api_key=SecretStr("bench"),
@@ -266,6 +323,7 @@ def classify_child(args: argparse.Namespace) -> None:
             "pixels": props["eostream:pixels"],
             "patch": window["patch"],
             "stride": window["stride"],
+            "labels": window.get("labels", ""),
             "engine_seconds": props["eostream:duration_seconds"],
             "total_seconds": total,
             "peak_rss_mib": memory_mib("VmHWM"),
@@ -298,7 +356,19 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")))
     parser.add_argument(
-        "--epochs", type=int, default=EPOCHS, help="training epochs of the rgb model"
+        "--model",
+        default="rgb",
+        choices=list(MODEL_EPOCHS),
+        help="bench_int8's rgb small_cnn or ms13 centre_cnn (the demo's map architecture)",
+    )
+    parser.add_argument(
+        "--onnx", type=Path, help="an existing fp32 export instead (e.g. the demo's model)"
+    )
+    parser.add_argument(
+        "--int8", type=Path, help="with --onnx: its int8 file as shipped (else quantised here)"
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="training epochs (rgb: 3, ms13: 10)"
     )
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument(
@@ -315,7 +385,7 @@ def main() -> None:
     cpu_mask.add_option(parser)
     parser.add_argument("--quantise", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--classify", action="store_true", help=argparse.SUPPRESS)
-    for hidden in ("--item", "--model", "--out", "--precision", "--provider"):
+    for hidden in ("--item", "--fp32", "--out", "--precision", "--provider"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quantise:  # child: onnxruntime only
@@ -335,13 +405,20 @@ def main() -> None:
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"cpu: {bench_int8().cpu_line()}; the libraries see: {seen}")
     print(f"load average: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
+    if args.int8 and not args.onnx:
+        parser.error("--int8 goes with --onnx")
+    band_set = bench_int8().band_set_of(args.onnx) if args.onnx else args.model
     print(
-        f"tile: 29RKH 2020-02-19 L2A, real bands UPSAMPLED from 100/200 m to 10/20 m, "
-        f"{args.size}x{args.size} px at 10 m",
+        f"tile: 29RKH 2020-02-19 L2A, real bands UPSAMPLED from 100/200/600 m to 10/20/60 m, "
+        f"{args.size}x{args.size} px at 10 m, for a {band_set} model",
         flush=True,
     )
-    item = build_tile(data_dir, args.size)
-    fp32, int8 = model_files(data_dir, args.epochs, args.seed)
+    item = build_tile(data_dir, args.size, band_set)
+    if args.onnx:
+        fp32, int8 = export_files(data_dir, args.onnx.resolve(), args.int8, args.seed)
+    else:
+        epochs = args.epochs or MODEL_EPOCHS[args.model]
+        fp32, int8 = model_files(data_dir, epochs, args.seed, args.model)
     mlm_item_for(fp32, int8)
     from eostream.registry_bridge.int8_kernels import kernel_of
 
@@ -359,7 +436,7 @@ def main() -> None:
             name = run_name(provider, precision, args.providers)
             out = Path(tmp) / f"{provider}-{precision}.json"
             child = [sys.executable, __file__, "--classify", "--item", str(item)]
-            child += ["--model", str(fp32), "--out", str(out), "--precision", precision]
+            child += ["--fp32", str(fp32), "--out", str(out), "--precision", precision]
             child += ["--stride", str(args.stride), "--threads", str(args.threads)]
             child += ["--provider", provider, "--batch-size", str(args.batch_size)]
             child += ["--probabilities"] if args.probabilities else []
@@ -392,6 +469,7 @@ def report(figures: dict[str, Any], args: argparse.Namespace) -> None:
         f"\ntile {side}x{side} px ({side * side / 1e6:.0f} Mpx), patch {first['patch']}, stride "
         f"{first['stride']}: {windows} windows; {args.threads} intra-op threads"
     )
+    print(f"pixels labelled by: {first['labels']}")
     print(
         "run           batch   total s   engine s   windows/s    Mpx/s   peak RSS MiB (after load)"
         "   agreement"

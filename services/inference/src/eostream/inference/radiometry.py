@@ -61,7 +61,8 @@ def units_into(
     gain = radiometry.scale * scaling.scale
     bias = radiometry.offset * scaling.scale + scaling.offset
     np.multiply(dn, np.float32(gain), out=out, casting="unsafe")
-    out += np.float32(bias)
+    if bias:  # most products have none: a pass over the strip saved
+        out += np.float32(bias)
     if scaling.clip_min is not None or scaling.clip_max is not None:
         np.clip(out, scaling.clip_min, scaling.clip_max, out=out)
 

@@ -21,14 +21,21 @@ log = logging.getLogger(__name__)
 Item = tuple[str, str | None]  # (model name, version) or (model name, None): check the champion
 
 
+#: the ``eostream.gate`` values the bridge writes
+VERDICTS = (tags.GATE_PASSED, tags.GATE_FAILED, tags.GATE_REFUSED)
+
+
 def needs_gate(version_tags: Mapping[str, str], status: str) -> bool:
-    """Pure: whether the reconcile loop should queue a version: never gated, or passed but never
-    promoted (a crash between the verdict and the promotion; the bridge decides whether to
-    resume)."""
+    """Pure: whether the reconcile loop should queue a version: never gated, tagged with a value
+    the bridge never writes (``Passed``, set outside it: the bridge gates it, as it gates a
+    ``passed`` tag with no verdict on record), or passed but never promoted (a crash between the
+    verdict and the promotion; the bridge decides whether to resume)."""
     if status != "READY":
         return False
     gate = version_tags.get(tags.GATE)
-    return gate is None or (gate == tags.GATE_PASSED and tags.PROMOTED_AT not in version_tags)
+    if gate not in VERDICTS:
+        return True
+    return gate == tags.GATE_PASSED and tags.PROMOTED_AT not in version_tags
 
 
 def pending(versions: Iterable[tuple[str, Mapping[str, str], str]]) -> list[str]:

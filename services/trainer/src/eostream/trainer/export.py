@@ -37,7 +37,7 @@ def export_onnx(model: EuroSATNet, card: ModelCard, path: Path, opset: int = 18)
     graph: torch.nn.Module = model
     outputs = [OUTPUT_NAME]
     if card.map_output and card.map_block:
-        graph, outputs = _MapGraph(model, card.map_block), [OUTPUT_NAME, card.map_output]
+        graph, outputs = _MapGraph(model, card.map_block).eval(), [OUTPUT_NAME, card.map_output]
     torch.onnx.export(
         graph,
         (example,),

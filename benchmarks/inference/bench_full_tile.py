@@ -127,7 +127,7 @@ def build_tile(data_dir: Path, size: int, band_set: str = "rgb") -> Path:
 
     def build(key: str) -> dict[str, Any]:
         name, metres, how = BANDS[key]
-        n = size * 10 // metres
+        n = -(-size * 10 // metres)  # covers the 10 m grid: read as a tile's coarser bands are
         transform = from_origin(199980, 2800020, metres, metres)
         target = folder / name
         started = time.perf_counter()
@@ -221,7 +221,8 @@ def export_files(
     the bridge's ``quantise`` on 256 patches of its band set's training split."""
     import shutil
 
-    work = CACHE / f"model-onnx-{hashlib.sha256(export.read_bytes()).hexdigest()[:12]}"
+    digest = hashlib.sha256(export.read_bytes()).hexdigest()[:12]
+    work = CACHE / (f"model-onnx-{digest}" if int8_file else f"model-onnx-{digest}-s{seed}")
     work.mkdir(parents=True, exist_ok=True)
     fp32 = work / "model.onnx"
     shutil.copyfile(export, fp32)
@@ -357,9 +358,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")))
     parser.add_argument(
         "--model",
-        default="rgb",
+        default=None,
         choices=list(MODEL_EPOCHS),
-        help="bench_int8's rgb small_cnn or ms13 centre_cnn (the demo's map architecture)",
+        help="bench_int8's rgb small_cnn (default) or ms13 centre_cnn (the demo's map model)",
     )
     parser.add_argument(
         "--onnx", type=Path, help="an existing fp32 export instead (e.g. the demo's model)"
@@ -407,7 +408,10 @@ def main() -> None:
     print(f"load average: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
     if args.int8 and not args.onnx:
         parser.error("--int8 goes with --onnx")
-    band_set = bench_int8().band_set_of(args.onnx) if args.onnx else args.model
+    if args.onnx and (args.model or args.epochs):
+        parser.error("--model and --epochs train a model: not with --onnx")
+    model = args.model or "rgb"
+    band_set = bench_int8().band_set_of(args.onnx) if args.onnx else model
     print(
         f"tile: 29RKH 2020-02-19 L2A, real bands UPSAMPLED from 100/200/600 m to 10/20/60 m, "
         f"{args.size}x{args.size} px at 10 m, for a {band_set} model",
@@ -417,8 +421,8 @@ def main() -> None:
     if args.onnx:
         fp32, int8 = export_files(data_dir, args.onnx.resolve(), args.int8, args.seed)
     else:
-        epochs = args.epochs or MODEL_EPOCHS[args.model]
-        fp32, int8 = model_files(data_dir, epochs, args.seed, args.model)
+        epochs = args.epochs or MODEL_EPOCHS[model]
+        fp32, int8 = model_files(data_dir, epochs, args.seed, model)
     mlm_item_for(fp32, int8)
     from eostream.registry_bridge.int8_kernels import kernel_of
 

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
+from rasterio.transform import from_origin
 from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
 
 from eostream.inference import radiometry, testing
 from eostream.inference.fetch import gdal_env
@@ -58,3 +60,57 @@ def test_coarser_bands_of_a_real_tile_read_as_the_warper_reads_them(rkh_item: Pa
         ours = units[card.bands.index(band)]
         assert np.abs(ours - expected).max() <= one_dn * 1.001, band
         assert np.abs(ours - expected).mean() < 0.05 * one_dn, band  # nearly all equal
+
+
+def test_nodata_stays_where_the_warper_puts_it(tmp_path: Path) -> None:
+    """A 20 and a 60 m band with nodata holes (a swath edge, a lone defective pixel) under a
+    10 m grid: in odd strips the upsampled read marks nodata exactly where the warper does (a
+    pixel whose coarse pixel is nodata) and elsewhere gives its values to 1 DN away from the
+    holes; beside them both interpolate from the valid neighbours only (weighted differently),
+    never pulling a value towards the nodata 0."""
+    size = 600
+    fine = from_origin(300_000, 5_000_040, 10, 10)
+    rng = np.random.default_rng(7)
+    for k in (2, 6):
+        n = size // k
+        data = rng.integers(5_000, 10_000, (n, n)).astype(np.uint16)
+        data[:, :9] = 0  # a swath edge
+        data[40, 30] = 0  # a defective pixel
+        data[n - 3 :, n - 5 :] = 0  # a corner at the bottom right
+        path = tmp_path / f"coarse-{k}.tif"
+        profile = {
+            "driver": "GTiff", "width": n, "height": n, "count": 1, "dtype": "uint16",
+            "crs": "EPSG:32631", "transform": from_origin(300_000, 5_000_040, 10 * k, 10 * k),
+            "nodata": 0, "tiled": True, "blockxsize": 64, "blockysize": 64,
+        }  # fmt: skip
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data, 1)
+        with rasterio.open(path) as ds:
+            vrt = WarpedVRT(
+                ds,
+                crs=ds.crs,
+                transform=fine,
+                width=size,
+                height=size,
+                resampling=Resampling.bilinear,
+                nodata=0,
+            )
+            with vrt:
+                warped = vrt.read(1).astype(np.int64)
+            reader = _Upsampled(ds, k)
+            ours = np.concatenate(
+                [
+                    reader.read(1, Window(0, top, size, min(113, size - top)))
+                    for top in range(0, size, 113)
+                ]
+            ).astype(np.int64)
+        assert ((warped == 0) == (ours == 0)).all(), k
+        assert (ours == 0).sum() >= 9 * k * size  # the holes are there
+        valid = warped != 0
+        near = np.zeros_like(valid)
+        for dy in range(-k, k + 1):  # within a coarse pixel of a hole
+            for dx in range(-k, k + 1):
+                near |= np.roll(np.roll(~valid, dy, axis=0), dx, axis=1)
+        diff = np.abs(ours - warped)
+        assert diff[valid & ~near].max() <= 1, k
+        assert ours[valid].min() >= 5_000 and warped[valid].min() >= 5_000, k  # no 0 leaks in

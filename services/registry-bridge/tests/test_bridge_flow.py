@@ -16,6 +16,7 @@ from eostream.registry_bridge.api import describe_versions
 from eostream.registry_bridge.bridge import Bridge
 from eostream.registry_bridge.errors import PromotionError
 from eostream.registry_bridge.settings import BridgeSettings
+from eostream.registry_bridge.worker import needs_gate
 from eostream.shared import tags, topics
 from eostream.shared.bus import Bus
 from eostream.shared.bus.memory import InMemoryBus
@@ -386,6 +387,15 @@ async def test_a_gate_tag_written_in_mlflow_makes_no_version_champion(
         (v2, "failed", "passed"),
         (v3, "unverified", "passed"),
     ]
+
+    # a value the bridge never writes, over a recorded pass: the reconcile loop queues it and
+    # the bridge puts the verdict on record back (else it would queue it on every pass)
+    client.set_model_version_tag(name, v1, tags.GATE, "Passed")
+    assert needs_gate(version_tags(name, v1), "READY")
+    assert (await bridge.handle_version(name, v1, "reconcile")).state == "skipped"
+    assert version_tags(name, v1)[tags.GATE] == tags.GATE_PASSED
+    assert not needs_gate(version_tags(name, v1), "READY")
+    assert [e.version for e in promoted(bus)] == [v1]  # not announced again
 
 
 class _Bands13(torch.nn.Module):

@@ -6,9 +6,9 @@ grid at the model's ground sampling distance (``card.gsd_m``: a 20 m-only item i
 10 m, so a 64-px window covers what a training patch covered), and turns DNs into the model's
 units strip by strip. A band on this grid coarsened k times from the same origin (a tile's 20 and
 60 m bands under its 10 m ones) is upsampled by GDAL's resampling read instead of the warper:
-the same bilinear values (to 1 DN) at a quarter of the cost (:class:`_Upsampled`). A scene
-whose finest band is coarser than :data:`COARSE_FACTOR` times the model's GSD is refused, or,
-when allowed, classified on its own grid and marked coarse.
+its bilinear values (to 1 DN) and nodata at a quarter of the cost (:class:`_Upsampled`). A
+scene whose finest band is coarser than :data:`COARSE_FACTOR` times the model's GSD is refused,
+or, when allowed, classified on its own grid and marked coarse.
 """
 
 from __future__ import annotations
@@ -235,9 +235,11 @@ class SceneReader:
         self.resampled = True
 
     def _integer_ratio(self, ds: Any) -> int:
-        """k when ``ds`` is this grid coarsened k times from the same origin (SCL at 20 m), else 0.
+        """k when ``ds`` is this grid coarsened k times from the same origin (SCL at 20 m, a
+        tile's 20 and 60 m bands), else 0.
 
-        Nearest-neighbour upsampling of such a grid is a repeat, far cheaper than the warper.
+        Nearest-neighbour upsampling of such a grid is a repeat, and bilinear a resampling read
+        (:class:`_Upsampled`): both far cheaper than the warper.
         """
         t, u = self.transform, ds.transform
         if ds.crs != self.crs or t.b or t.d or u.b or u.d or (t.c, t.f) != (u.c, u.f):
@@ -344,27 +346,39 @@ class SceneReader:
 class _Upsampled:
     """A band whose grid is the scene's coarsened ``k`` times from the same origin (a 20 or 60 m
     band of a Sentinel-2 tile under its 10 m grid), read bilinearly onto the scene's grid by
-    GDAL's resampling read of the matching fractional source window. The values are the
-    warper's (20 m: equal; 60 m: within 1 DN, as the warper's own strips are) at a quarter of
-    its cost or less (a 576-row strip of a 10980-px tile: 0.055 s against 0.24 s a 20 m band);
-    beside nodata it interpolates from the valid neighbours where the warper gives up (a few
-    pixels along a nodata edge become valid). A full 13-band tile on 2 cores: see
+    GDAL's resampling read of the matching fractional source window: the warper's values to
+    1 DN (its own strips differ from its whole read by as much) at a quarter of its cost or less
+    (a 576-row strip of a 10980-px tile: 0.055 s against 0.24 s a 20 m band). Nodata is the
+    warper's too: a pixel whose coarse pixel is nodata stays nodata (the resampling read would
+    fill half a coarse pixel along every nodata edge); beside nodata both interpolate from the
+    valid neighbours only, weighted differently. A full 13-band tile on 2 cores: see
     benchmarks/inference/README.md."""
 
     def __init__(self, ds: Any, k: int) -> None:
         self.ds, self.k = ds, k
 
     def read(self, index: int, window: Window) -> npt.NDArray[Any]:
-        k = self.k
-        source = Window(window.col_off / k, window.row_off / k, window.width / k, window.height / k)
-        return np.asarray(
+        k, top, left = self.k, int(window.row_off), int(window.col_off)
+        height, width = int(window.height), int(window.width)
+        source = Window(left / k, top / k, width / k, height / k)
+        fine = np.asarray(
             self.ds.read(
-                index,
-                window=source,
-                out_shape=(int(window.height), int(window.width)),
-                resampling=Resampling.bilinear,
+                index, window=source, out_shape=(height, width), resampling=Resampling.bilinear
             )
         )
+        nodata = self.ds.nodata
+        if nodata is None:
+            return fine
+        r0, c0 = top // k, left // k
+        coarse = self.ds.read(
+            index, window=Window(c0, r0, -(-(left + width) // k) - c0, -(-(top + height) // k) - r0)
+        )
+        bad = coarse == nodata
+        if bad.any():  # most strips of a tile have none
+            missing = np.repeat(np.repeat(bad, k, axis=0), k, axis=1)
+            rows, cols = top - r0 * k, left - c0 * k
+            fine[missing[rows : rows + height, cols : cols + width]] = nodata
+        return fine
 
 
 def _gsd_m(ds: Any) -> tuple[float, float]:

@@ -55,7 +55,9 @@ class Gating:
         gate = vtags.get(tags.GATE)
         if gate is not None:  # the tag alone is anyone's with MLflow write access
             tagged, gate = gate, self.promoter.verdict(mv)
-            if gate != tagged and gate in (tags.GATE_FAILED, tags.GATE_REFUSED):
+            if gate != tagged and gate in (tags.GATE_PASSED, tags.GATE_FAILED, tags.GATE_REFUSED):
+                # the verdict on record put back (a ``Passed`` over a recorded pass too, else
+                # the reconcile loop, which queues tags the bridge never writes, would for ever)
                 self.registry.set_version_tags(name, version, {tags.GATE: gate})
                 log.error("%s v%s: eostream.gate set to %r outside the bridge; the audit log's "
                           "verdict %s restored", name, version, tagged[:40], gate)  # fmt: skip

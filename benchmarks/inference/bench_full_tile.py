@@ -119,7 +119,10 @@ def build_tile(data_dir: Path, size: int, band_set: str = "rgb") -> Path:
 
     folder = CACHE / f"rkh-10m-{size}"
     item_path = folder / ("item.json" if band_set == "rgb" else "item-all.json")
-    if item_path.exists():
+    if item_path.exists() and all(  # built before coarse grids were rounded up: build again
+        asset["proj:shape"][0] == -(-size * 10 // BANDS[key][1])
+        for key, asset in json.loads(item_path.read_text())["assets"].items()
+    ):
         return item_path
     folder.mkdir(parents=True, exist_ok=True)
     source = data_dir / RKH
@@ -132,8 +135,10 @@ def build_tile(data_dir: Path, size: int, band_set: str = "rgb") -> Path:
         target = folder / name
         started = time.perf_counter()
         with rasterio.open(source / name) as src:
-            if target.exists():  # built for another band set
-                return asset_for(key, target, n, transform)
+            if target.exists():
+                with rasterio.open(target) as built:
+                    if built.width == n:  # built for another band set
+                        return asset_for(key, target, n, transform)
             vrt = WarpedVRT(
                 src,
                 crs=src.crs,
@@ -400,16 +405,16 @@ def main() -> None:
         parser.error(f"--size must be between 64 and {FULL}")
     if not os.environ.get("EOSTREAM_DATA_DIR"):
         parser.error("EOSTREAM_DATA_DIR is not set: point it at the data folder")
+    if args.int8 and not args.onnx:
+        parser.error("--int8 goes with --onnx")
+    if args.onnx and (args.model is not None or args.epochs is not None):
+        parser.error("--model and --epochs train a model: not with --onnx")
     seen = cpu_mask.enter(parser, args.cpu)  # re-runs this script masked if asked
     data_dir = Path(os.environ["EOSTREAM_DATA_DIR"]).resolve()
     load = os.getloadavg()
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"cpu: {bench_int8().cpu_line()}; the libraries see: {seen}")
     print(f"load average: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
-    if args.int8 and not args.onnx:
-        parser.error("--int8 goes with --onnx")
-    if args.onnx and (args.model or args.epochs):
-        parser.error("--model and --epochs train a model: not with --onnx")
     model = args.model or "rgb"
     band_set = bench_int8().band_set_of(args.onnx) if args.onnx else model
     print(

@@ -15,7 +15,7 @@ from rasterio.windows import Window
 
 from eostream.inference import radiometry, testing
 from eostream.inference.fetch import gdal_env
-from eostream.inference.scene import SceneReader, _Upsampled, prepare_scene
+from eostream.inference.scene import SceneReader, _Upsampled, is_nodata, prepare_scene
 
 
 def test_coarser_bands_of_a_real_tile_read_as_the_warper_reads_them(rkh_item: Path) -> None:
@@ -114,3 +114,11 @@ def test_nodata_stays_where_the_warper_puts_it(tmp_path: Path) -> None:
         diff = np.abs(ours - warped)
         assert diff[valid & ~near].max() <= 1, k
         assert ours[valid].min() >= 5_000 and warped[valid].min() >= 5_000, k  # no 0 leaks in
+
+
+def test_a_nan_nodata_is_nodata() -> None:
+    """A float raster's NaN nodata, which ``==`` never matches (it went into the model)."""
+    values = np.array([1.0, np.nan, 0.0], np.float32)
+    assert is_nodata(values, float("nan")).tolist() == [False, True, False]
+    assert is_nodata(values, 0.0).tolist() == [False, False, True]
+    assert is_nodata(np.array([0, 7], np.uint16), 0).tolist() == [True, False]

@@ -313,7 +313,7 @@ class SceneReader:
                     f"asset {self._plan.sources[band].href}: read failed (truncated?): {exc}"
                 ) from exc
             if nodata is not None:
-                invalid |= dn == nodata
+                invalid |= is_nodata(dn, nodata)
             radiometry.units_into(dn, self._plan.radiometry[band], scaling[band], out[i])
         if self._scl is not None:
             try:
@@ -373,12 +373,20 @@ class _Upsampled:
         coarse = self.ds.read(
             index, window=Window(c0, r0, -(-(left + width) // k) - c0, -(-(top + height) // k) - r0)
         )
-        bad = coarse == nodata
+        bad = is_nodata(coarse, nodata)
         if bad.any():  # most strips of a tile have none
             missing = np.repeat(np.repeat(bad, k, axis=0), k, axis=1)
             rows, cols = top - r0 * k, left - c0 * k
             fine[missing[rows : rows + height, cols : cols + width]] = nodata
         return fine
+
+
+def is_nodata(values: npt.NDArray[Any], nodata: float) -> npt.NDArray[np.bool_]:
+    """Where ``values`` are the band's nodata; a NaN nodata (float rasters) too, which ``==``
+    never matches."""
+    if isinstance(nodata, float) and math.isnan(nodata):
+        return np.asarray(np.isnan(values))
+    return np.asarray(values == nodata)
 
 
 def _gsd_m(ds: Any) -> tuple[float, float]:
